@@ -1,0 +1,282 @@
+# fastnn._kernels.activations: element-wise activation kernels, forward and backward.
+#
+# The kernel pattern (shared/DESIGN.md): the Python wrapper in fastnn/functional/activations.py
+# validates and allocates; each function here takes fused float/double memoryviews, releases the
+# GIL and runs the vectorizable span functions of fastnn_simd.h, over fixed-size chunks spread
+# across OpenMP threads when the work pays for it, in one serial call below that.
+# Element-wise results are independent of how the chunks are assigned to threads; the one
+# reduction (the PReLU alpha gradient) sums fixed row blocks in a fixed order.
+from cython cimport floating
+from cython.parallel cimport prange
+from fastnn_openmp cimport effective_threads
+
+cdef extern from "fastnn_simd.h" nogil:
+    void fnn_relu_f32(const float *x, float *out, Py_ssize_t n)
+    void fnn_relu_f64(const double *x, double *out, Py_ssize_t n)
+    void fnn_leaky_f32(const float *x, float *out, Py_ssize_t n, float alpha)
+    void fnn_leaky_f64(const double *x, double *out, Py_ssize_t n, double alpha)
+    void fnn_sigmoid_f32(const float *x, float *out, Py_ssize_t n)
+    void fnn_sigmoid_f64(const double *x, double *out, Py_ssize_t n)
+    void fnn_tanh_f32(const float *x, float *out, Py_ssize_t n)
+    void fnn_tanh_f64(const double *x, double *out, Py_ssize_t n)
+    void fnn_prelu_row_f32(const float *x, float *out, Py_ssize_t n, const float *alpha)
+    void fnn_prelu_row_f64(const double *x, double *out, Py_ssize_t n, const double *alpha)
+    void fnn_relu_bwd_f32(const float *dout, const float *y, float *dx, Py_ssize_t n)
+    void fnn_relu_bwd_f64(const double *dout, const double *y, double *dx, Py_ssize_t n)
+    void fnn_leaky_bwd_f32(const float *dout, const float *x, float *dx, Py_ssize_t n, float alpha)
+    void fnn_leaky_bwd_f64(const double *dout, const double *x, double *dx, Py_ssize_t n, double alpha)
+    void fnn_sigmoid_bwd_f32(const float *dout, const float *y, float *dx, Py_ssize_t n)
+    void fnn_sigmoid_bwd_f64(const double *dout, const double *y, double *dx, Py_ssize_t n)
+    void fnn_tanh_bwd_f32(const float *dout, const float *y, float *dx, Py_ssize_t n)
+    void fnn_tanh_bwd_f64(const double *dout, const double *y, double *dx, Py_ssize_t n)
+    void fnn_prelu_bwd_row_f32(const float *dout, const float *x, float *dx, Py_ssize_t n,
+                               const float *alpha, float *acc)
+    void fnn_prelu_bwd_row_f64(const double *dout, const double *x, double *dx, Py_ssize_t n,
+                               const double *alpha, double *acc)
+
+# Operation codes shared with the Python wrappers.
+cpdef enum Op:
+    RELU = 0
+    LEAKY_RELU = 1
+    SIGMOID = 2
+    TANH = 3
+
+# Elements per chunk handed to one thread at a time (fixed: never depends on thread count).
+cdef enum:
+    CHUNK = 16384
+
+# Threading thresholds, in "work units" per thread (an element of ReLU = 1 unit).
+# Measured with bench/threshold.py on the 2-core project machine: below ~2 * this many units a
+# second thread costs more in start-up and synchronisation than it saves.
+cdef Py_ssize_t MIN_WORK_PER_THREAD = 32768
+# Relative cost of one element of each op (forward; backward is close to a multiply).
+cdef Py_ssize_t OP_COST[4]
+OP_COST[:] = [1, 1, 6, 6]
+
+def min_work_per_thread():
+    return MIN_WORK_PER_THREAD
+
+def set_min_work_per_thread(Py_ssize_t units):
+    """Tuning hook for bench/threshold.py (not public API)."""
+    global MIN_WORK_PER_THREAD
+    if units < 1:
+        raise ValueError("units must be >= 1")
+    MIN_WORK_PER_THREAD = units
+
+
+cdef inline void _forward_span(int op, const floating *x, floating *out, Py_ssize_t n,
+                               double alpha) noexcept nogil:
+    if floating is float:
+        if op == RELU:
+            fnn_relu_f32(x, out, n)
+        elif op == LEAKY_RELU:
+            fnn_leaky_f32(x, out, n, <float>alpha)
+        elif op == SIGMOID:
+            fnn_sigmoid_f32(x, out, n)
+        else:
+            fnn_tanh_f32(x, out, n)
+    else:
+        if op == RELU:
+            fnn_relu_f64(x, out, n)
+        elif op == LEAKY_RELU:
+            fnn_leaky_f64(x, out, n, alpha)
+        elif op == SIGMOID:
+            fnn_sigmoid_f64(x, out, n)
+        else:
+            fnn_tanh_f64(x, out, n)
+
+
+cdef inline void _backward_span(int op, const floating *dout, const floating *saved,
+                                floating *dx, Py_ssize_t n, double alpha) noexcept nogil:
+    if floating is float:
+        if op == RELU:
+            fnn_relu_bwd_f32(dout, saved, dx, n)
+        elif op == LEAKY_RELU:
+            fnn_leaky_bwd_f32(dout, saved, dx, n, <float>alpha)
+        elif op == SIGMOID:
+            fnn_sigmoid_bwd_f32(dout, saved, dx, n)
+        else:
+            fnn_tanh_bwd_f32(dout, saved, dx, n)
+    else:
+        if op == RELU:
+            fnn_relu_bwd_f64(dout, saved, dx, n)
+        elif op == LEAKY_RELU:
+            fnn_leaky_bwd_f64(dout, saved, dx, n, alpha)
+        elif op == SIGMOID:
+            fnn_sigmoid_bwd_f64(dout, saved, dx, n)
+        else:
+            fnn_tanh_bwd_f64(dout, saved, dx, n)
+
+
+def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int n_threads):
+    """out = act(x) element-wise; x and out are flat, contiguous, same length, no overlap."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t nchunks, c, start, m
+    cdef int nt
+    if op < RELU or op > TANH:
+        raise ValueError(f"unknown activation op {op}")
+    if out.shape[0] != n:
+        raise ValueError("out must have as many elements as x")
+    if n == 0:
+        return
+    nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads)
+    with nogil:
+        if nt == 1:
+            _forward_span(op, &x[0], &out[0], n, alpha)
+        else:
+            nchunks = (n + CHUNK - 1) // CHUNK
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                start = c * CHUNK
+                m = n - start
+                if m > CHUNK:
+                    m = CHUNK
+                _forward_span(op, &x[start], &out[start], m, alpha)
+
+
+def backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx,
+             double alpha, int n_threads):
+    """dx = dout * act'(.) from the saved forward output (relu, sigmoid, tanh) or input (leaky)."""
+    cdef Py_ssize_t n = dout.shape[0]
+    cdef Py_ssize_t nchunks, c, start, m
+    cdef int nt
+    if op < RELU or op > TANH:
+        raise ValueError(f"unknown activation op {op}")
+    if saved.shape[0] != n or dx.shape[0] != n:
+        raise ValueError("dout, saved and dx must have the same number of elements")
+    if n == 0:
+        return
+    nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
+    with nogil:
+        if nt == 1:
+            _backward_span(op, &dout[0], &saved[0], &dx[0], n, alpha)
+        else:
+            nchunks = (n + CHUNK - 1) // CHUNK
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                start = c * CHUNK
+                m = n - start
+                if m > CHUNK:
+                    m = CHUNK
+                _backward_span(op, &dout[start], &saved[start], &dx[start], m, alpha)
+
+
+cdef inline Py_ssize_t _rows_per_block(Py_ssize_t d) noexcept nogil:
+    # Fixed by the row length only: about CHUNK elements per block.
+    cdef Py_ssize_t rb = CHUNK // (d if d > 0 else 1)
+    return rb if rb > 0 else 1
+
+
+def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[:, ::1] out,
+                  int n_threads):
+    """out[i, j] = x[i, j] if x[i, j] > 0 else alpha[j] * x[i, j]."""
+    cdef Py_ssize_t rows = x.shape[0], d = x.shape[1]
+    cdef Py_ssize_t rb, nblocks, b, i, i0, i1
+    cdef int nt
+    if alpha.shape[0] != d or out.shape[0] != rows or out.shape[1] != d:
+        raise ValueError("prelu_forward: shape mismatch")
+    if rows == 0 or d == 0:
+        return
+    rb = _rows_per_block(d)
+    nblocks = (rows + rb - 1) // rb
+    nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads)
+    with nogil:
+        for b in prange(nblocks, num_threads=nt, schedule="static"):
+            i0 = b * rb
+            i1 = i0 + rb
+            if i1 > rows:
+                i1 = rows
+            for i in range(i0, i1):
+                if floating is float:
+                    fnn_prelu_row_f32(&x[i, 0], &out[i, 0], d, &alpha[0])
+                else:
+                    fnn_prelu_row_f64(&x[i, 0], &out[i, 0], d, &alpha[0])
+
+
+def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
+                   const floating[::1] alpha, floating[:, ::1] dx, floating[::1] dalpha,
+                   int n_threads):
+    """dx = dout * (1 if x > 0 else alpha[j]); dalpha[j] = sum_i dout[i, j] * min(x[i, j], 0)
+    (x > 0 contributes 0). The sum runs over fixed row blocks in a fixed order, so it is the
+    same for any thread count."""
+    cdef Py_ssize_t rows = x.shape[0], d = x.shape[1]
+    cdef Py_ssize_t rb, nblocks, b, i, i0, i1, j
+    cdef int nt
+    cdef floating[:, ::1] partial
+    if (dout.shape[0] != rows or dout.shape[1] != d or alpha.shape[0] != d
+            or dx.shape[0] != rows or dx.shape[1] != d or dalpha.shape[0] != d):
+        raise ValueError("prelu_backward: shape mismatch")
+    dalpha[:] = 0
+    if rows == 0 or d == 0:
+        return
+    rb = _rows_per_block(d)
+    nblocks = (rows + rb - 1) // rb
+    if floating is float:
+        import numpy as np
+        partial = np.zeros((nblocks, d), dtype=np.float32)
+    else:
+        import numpy as np
+        partial = np.zeros((nblocks, d), dtype=np.float64)
+    nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
+    with nogil:
+        for b in prange(nblocks, num_threads=nt, schedule="static"):
+            i0 = b * rb
+            i1 = i0 + rb
+            if i1 > rows:
+                i1 = rows
+            for i in range(i0, i1):
+                if floating is float:
+                    fnn_prelu_bwd_row_f32(&dout[i, 0], &x[i, 0], &dx[i, 0], d, &alpha[0],
+                                          &partial[b, 0])
+                else:
+                    fnn_prelu_bwd_row_f64(&dout[i, 0], &x[i, 0], &dx[i, 0], d, &alpha[0],
+                                          &partial[b, 0])
+        for b in range(nblocks):
+            for j in range(d):
+                dalpha[j] += partial[b, j]
+
+
+def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
+                          signed char[:, ::1] argmax, int n_threads):
+    """out[n, m] = max_p z[n, m, p]; argmax keeps the winning piece. NaN wins (like np.max),
+    and among equal maxima the first piece wins (like np.argmax)."""
+    cdef Py_ssize_t rows = z.shape[0], units = z.shape[1], k = z.shape[2]
+    cdef Py_ssize_t i, m, p, best_p
+    cdef floating best, v
+    cdef int nt
+    if k < 1 or k > 127:
+        raise ValueError("maxout needs 1 to 127 pieces")
+    if out.shape[0] != rows or out.shape[1] != units or argmax.shape[0] != rows or argmax.shape[1] != units:
+        raise ValueError("maxout_reduce_forward: shape mismatch")
+    if rows == 0 or units == 0:
+        return
+    nt = effective_threads(rows * units * k, MIN_WORK_PER_THREAD, n_threads)
+    with nogil:
+        for i in prange(rows, num_threads=nt, schedule="static"):
+            for m in range(units):
+                best = z[i, m, 0]
+                best_p = 0
+                for p in range(1, k):
+                    v = z[i, m, p]
+                    if v > best or (v != v and best == best):
+                        best = v
+                        best_p = p
+                out[i, m] = best
+                argmax[i, m] = <signed char>best_p
+
+
+def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1] argmax,
+                           floating[:, :, ::1] dz, int n_threads):
+    """dz[n, m, p] = dout[n, m] where p is the forward's winner, 0 elsewhere."""
+    cdef Py_ssize_t rows = dz.shape[0], units = dz.shape[1], k = dz.shape[2]
+    cdef Py_ssize_t i, m, p, w
+    cdef int nt
+    if dout.shape[0] != rows or dout.shape[1] != units or argmax.shape[0] != rows or argmax.shape[1] != units:
+        raise ValueError("maxout_reduce_backward: shape mismatch")
+    if rows == 0 or units == 0:
+        return
+    nt = effective_threads(rows * units * k, MIN_WORK_PER_THREAD, n_threads)
+    with nogil:
+        for i in prange(rows, num_threads=nt, schedule="static"):
+            for m in range(units):
+                w = argmax[i, m]
+                for p in range(k):
+                    dz[i, m, p] = dout[i, m] if p == w else 0

@@ -1,0 +1,20 @@
+# The OpenMP helper every kernel module cimports. Declarations only (no runtime module);
+# the header provides serial fallbacks, so kernels compile with and without OpenMP.
+cdef extern from "fastnn_omp.h" nogil:
+    int FNN_HAVE_OPENMP
+    int fnn_omp_get_max_threads()
+    void fnn_omp_set_num_threads(int n)
+    int fnn_omp_get_thread_num()
+    int fnn_omp_version()
+
+
+cdef inline int effective_threads(Py_ssize_t work, Py_ssize_t min_work_per_thread, int n_threads) noexcept nogil:
+    """Threads worth starting for `work` units: 1 below the measured threshold, never more
+    than one per `min_work_per_thread` units, never more than asked for."""
+    cdef Py_ssize_t t
+    if n_threads <= 1 or FNN_HAVE_OPENMP == 0 or work < 2 * min_work_per_thread:
+        return 1
+    t = work // min_work_per_thread
+    if t < n_threads:
+        return <int>t
+    return n_threads

@@ -1,0 +1,12 @@
+"""fastnn: fast fully connected neural networks for NumPy users.
+
+Cython + OpenMP kernels under a thin Python API; ``fastnn.functional`` is a drop-in for
+CS231n-style NumPy layer code.
+"""
+__version__ = "0.1.0"
+
+from fastnn._threads import get_num_threads, set_num_threads, threads  # noqa: E402
+from fastnn._config import show_config  # noqa: E402
+from fastnn import functional  # noqa: E402,F401
+
+__all__ = ["__version__", "set_num_threads", "get_num_threads", "threads", "show_config", "functional"]

@@ -1,0 +1,65 @@
+"""fastnn.show_config(): what this build of fastnn is and how it runs here."""
+import sys
+
+import numpy as np
+
+from fastnn import _threads
+from fastnn._kernels import _config
+
+
+def _blas_info():
+    """Describe the BLAS that SciPy's cython_blas (and so fastnn's dense kernels) calls."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    import scipy
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
+    lines = []
+    if threadpool_info is not None:
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                lines.append(
+                    f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')}), "
+                    f"{pool.get('num_threads')} threads, {pool.get('filepath')}"
+                )
+    if not lines:
+        lines.append(f"SciPy {scipy.__version__} cython_blas (install threadpoolctl for details)")
+    return lines
+
+
+def config_dict():
+    import fastnn
+    return {
+        "version": fastnn.__version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "compiler": _config.compiler(),
+        "openmp": _config.openmp_enabled(),
+        "openmp_version": _config.openmp_version(),
+        "simd_path": _config.simd_path(),
+        "simd_runtime_dispatch": _config.simd_runtime_dispatch(),
+        "num_threads": _threads.get_num_threads(),
+        "blas": _blas_info(),
+    }
+
+
+def show_config(file=None):
+    """Print version, OpenMP on/off and runtime, BLAS in use, SIMD path and threads.
+    Returns the same information as a dict."""
+    info = config_dict()
+    omp = (f"on (OpenMP {info['openmp_version']})" if info["openmp"]
+           else "off (serial kernels: built without OpenMP)")
+    text = [
+        f"fastnn {info['version']}",
+        f"  python      {info['python']}, numpy {info['numpy']}",
+        f"  compiler    {info['compiler']}",
+        f"  openmp      {omp}",
+        f"  threads     {info['num_threads']}",
+        f"  simd        {info['simd_path']}"
+        + (" [runtime dispatch]" if info["simd_runtime_dispatch"] else ""),
+    ]
+    for i, line in enumerate(info["blas"]):
+        text.append(f"  {'blas' if i == 0 else ''}{' ' * (8 if i == 0 else 12)}{line}")
+    print("\n".join(text), file=file or sys.stdout)
+    return info

@@ -1,0 +1,89 @@
+"""The thread count every fastnn kernel uses.
+
+Defaults, in order: ``FASTNN_NUM_THREADS``, then ``OMP_NUM_THREADS`` (its first entry), then
+the number of CPUs this process may run on. Any positive int is honoured, also above the core
+count. Results never depend on it: kernels split work into blocks fixed by the problem shape.
+"""
+import contextlib
+import numbers
+import os
+import threading
+
+from fastnn._kernels import _config
+
+__all__ = ["set_num_threads", "get_num_threads", "threads"]
+
+_lock = threading.Lock()
+
+
+def _check_count(n, name):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(n).__name__} {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n}")
+    return n
+
+
+def _cpu_count():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _from_env():
+    value = os.environ.get("FASTNN_NUM_THREADS", "").strip()
+    if value:
+        try:
+            parsed = int(value)
+        except ValueError:
+            raise ValueError(
+                f"FASTNN_NUM_THREADS must be a positive int, got {value!r}"
+            ) from None
+        return _check_count(parsed, "FASTNN_NUM_THREADS")
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value:
+        # OpenMP allows a comma-separated list per nesting level; the first level is ours.
+        # An invalid value is the OpenMP runtime's business; we fall back to the CPU count.
+        try:
+            parsed = int(value.split(",")[0])
+            if parsed >= 1:
+                return parsed
+        except ValueError:
+            pass
+    return _cpu_count()
+
+
+_num_threads = _from_env()
+if not _config.openmp_enabled():
+    _num_threads = 1
+else:
+    _config.omp_set_num_threads(_num_threads)
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in every kernel (1 without OpenMP). Returns the previous value."""
+    global _num_threads
+    n = _check_count(n, "n")
+    with _lock:
+        previous = _num_threads
+        _num_threads = n if _config.openmp_enabled() else 1
+        # Keep the OpenMP runtime's own setting in step, so threadpoolctl reports it.
+        _config.omp_set_num_threads(_num_threads)
+    return previous
+
+
+def get_num_threads():
+    """The number of threads kernels use (large inputs; small ones run serial)."""
+    return _num_threads
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Context manager: ``with fastnn.threads(1): ...`` runs the block with ``n`` threads."""
+    previous = set_num_threads(n)
+    try:
+        yield get_num_threads()
+    finally:
+        set_num_threads(previous)

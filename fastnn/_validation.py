@@ -1,0 +1,108 @@
+"""Argument checking shared by every public function.
+
+The rules (documented in the README):
+- float32 and float64 arrays are used as they are (a copy is made only when the array is not
+  C-contiguous); float16 is computed in float32.
+- bool and integer arrays, and nested lists of numbers, are converted to float64, as NumPy's
+  ufuncs do for ``np.tanh`` or ``np.exp``.
+- complex, object, string, datetime and other arrays raise TypeError naming the argument.
+- when operands of one call mix float32 and float64, the call computes in float64
+  (NumPy's promotion rule, ``np.result_type``).
+"""
+import numbers
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(x):
+    if isinstance(x, np.ndarray):
+        return f"array of dtype {x.dtype} and shape {x.shape}"
+    return f"{type(x).__name__}"
+
+
+def float_dtype_of(x, name):
+    """The computation dtype for operand ``x`` (float32 or float64) or a TypeError."""
+    if isinstance(x, np.ndarray):
+        dt = x.dtype
+    elif x is None:
+        raise TypeError(f"{name} must be an array of floats, got None")
+    else:
+        try:
+            dt = np.asarray(x).dtype
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be an array of floats, got {type(x).__name__}: {exc}") from None
+    if dt in _FLOATS:
+        return dt
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    if dt.kind in "biu":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{name} must be a float32 or float64 array (int and bool are converted), "
+        f"got {_describe(x) if isinstance(x, np.ndarray) else 'dtype ' + str(dt)}"
+    )
+
+
+def as_float_array(x, name, dtype=None):
+    """``x`` as a C-contiguous float32/float64 array (never a view the kernel could write
+    into the caller's data through: kernels only read their inputs)."""
+    if dtype is None:
+        dtype = float_dtype_of(x, name)
+    else:
+        float_dtype_of(x, name)  # still reject complex/object/str
+    try:
+        arr = np.ascontiguousarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} could not be converted to a {np.dtype(dtype).name} array: {exc}") from None
+    return arr
+
+
+def common_dtype(*named):
+    """The float dtype shared by several operands: ``common_dtype(("dout", dout), ("x", x))``."""
+    dts = [float_dtype_of(x, name) for name, x in named]
+    return np.result_type(*dts)
+
+
+def check_ndim(arr, name, ndim):
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+
+
+def check_same_shape(a, a_name, b, b_name):
+    if a.shape != b.shape:
+        raise ValueError(f"{a_name} must have the shape of {b_name} {b.shape}, got {a.shape}")
+
+
+def check_scalar(value, name, allow_nan=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not allow_nan and not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def out_array(out, shape, dtype, *inputs):
+    """A caller-provided output buffer, checked, or a new one. ``inputs`` are the arrays the
+    kernel reads: the buffer may not overlap any of them."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {out.dtype.name}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    for arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError("out must not overlap the input arrays")
+    return out

@@ -1,0 +1,19 @@
+"""fastnn.functional: a drop-in for CS231n-style NumPy layer code, on compiled kernels.
+
+Same names, argument order, return values and defaults as the course modules, e.g.
+``out, cache = relu_forward(x)`` and ``dx = relu_backward(dout, cache)``.
+"""
+from fastnn.functional.activations import (  # noqa: F401
+    leaky_relu_backward,
+    leaky_relu_forward,
+    maxout_reduce_backward,
+    maxout_reduce_forward,
+    prelu_backward,
+    prelu_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    tanh_backward,
+    tanh_forward,
+)

@@ -1,0 +1,207 @@
+"""Activation layers, forward and backward, on the compiled element-wise kernels.
+
+Every forward returns ``(out, cache)`` and every backward takes ``(dout, cache)``, as in the
+course's ``layers.py``. Caches are small opaque objects; backward uses what forward saved (the
+output for ReLU, sigmoid and tanh; the input for Leaky ReLU and PReLU) instead of recomputing.
+``relu_backward`` also accepts the course's own cache, the input array ``x``.
+
+ReLU, Leaky ReLU, sigmoid and tanh take an optional keyword ``out=``: a C-contiguous array of
+the result's shape and dtype, not overlapping the inputs, written instead of a new array (as
+with NumPy's ufuncs; it saves the allocation and its page faults on large arrays).
+"""
+import numpy as np
+
+from fastnn import _threads
+from fastnn._kernels import activations as _k
+from fastnn._validation import (as_float_array, check_same_shape, check_scalar,
+                                common_dtype, float_dtype_of, out_array)
+
+__all__ = [
+    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+    "prelu_forward", "prelu_backward", "maxout_reduce_forward", "maxout_reduce_backward",
+]
+
+
+class ActivationCache:
+    """What an activation's forward keeps for its backward."""
+
+    __slots__ = ("kind", "saved", "alpha")
+
+    def __init__(self, kind, saved, alpha=None):
+        self.kind = kind
+        self.saved = saved
+        self.alpha = alpha
+
+    def __repr__(self):
+        return f"ActivationCache({self.kind!r}, saved shape {self.saved.shape}, dtype {self.saved.dtype})"
+
+
+# Kernel op codes as plain ints (cheapest to pass to the kernel).
+_RELU, _LEAKY, _SIGMOID, _TANH = (int(_k.Op.RELU), int(_k.Op.LEAKY_RELU), int(_k.Op.SIGMOID), int(_k.Op.TANH))
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+def _forward(op, x, out=None, alpha=0.0):
+    x = as_float_array(x, "x")
+    out = out_array(out, x.shape, x.dtype, x)
+    _k.forward(op, _flat(x), _flat(out), alpha, _threads._num_threads)
+    return out
+
+
+def _cache_array(cache, kind):
+    if isinstance(cache, ActivationCache):
+        if cache.kind != kind:
+            raise ValueError(f"cache comes from {cache.kind}_forward, not {kind}_forward")
+        return cache.saved
+    raise TypeError(f"cache must be the cache returned by {kind}_forward, got {type(cache).__name__}")
+
+
+def _backward(op, dout, saved, out=None, alpha=0.0):
+    dt = common_dtype(("dout", dout), ("cache", saved))
+    dout = as_float_array(dout, "dout", dt)
+    saved = as_float_array(saved, "cache", dt)
+    check_same_shape(dout, "dout", saved, "the forward output")
+    dx = out_array(out, dout.shape, dt, dout, saved)
+    _k.backward(op, _flat(dout), _flat(saved), _flat(dx), alpha, _threads._num_threads)
+    return dx
+
+
+# ----------------------------------------------------------------------------- ReLU
+def relu_forward(x, *, out=None):
+    """ReLU, ``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
+    out = _forward(_RELU, x, out)
+    return out, ActivationCache("relu", out)
+
+
+def relu_backward(dout, cache, *, out=None):
+    """``dout * (x > 0)``; ``cache`` is relu_forward's cache, or the input ``x`` itself."""
+    if isinstance(cache, ActivationCache):
+        saved = _cache_array(cache, "relu")
+    elif isinstance(cache, np.ndarray):
+        saved = cache  # the course's convention: cache = x; x > 0 exactly where relu(x) > 0
+    else:
+        raise TypeError(f"cache must be relu_forward's cache or the input array, got {type(cache).__name__}")
+    return _backward(_RELU, dout, saved, out)
+
+
+# ----------------------------------------------------------------------------- Leaky ReLU
+def leaky_relu_forward(x, alpha=0.01, *, out=None):
+    """``x if x > 0 else alpha * x``."""
+    alpha = check_scalar(alpha, "alpha")
+    x = as_float_array(x, "x")
+    out = out_array(out, x.shape, x.dtype, x)
+    _k.forward(_LEAKY, _flat(x), _flat(out), alpha, _threads._num_threads)
+    return out, ActivationCache("leaky_relu", x, alpha)
+
+
+def leaky_relu_backward(dout, cache, *, out=None):
+    x = _cache_array(cache, "leaky_relu")
+    return _backward(_LEAKY, dout, x, out, cache.alpha)
+
+
+# ----------------------------------------------------------------------------- sigmoid, tanh
+def sigmoid_forward(x, *, out=None):
+    """The logistic function ``1 / (1 + exp(-x))``, overflow-free and accurate in both tails."""
+    out = _forward(_SIGMOID, x, out)
+    return out, ActivationCache("sigmoid", out)
+
+
+def sigmoid_backward(dout, cache, *, out=None):
+    """``dout * s * (1 - s)`` from the saved output ``s``."""
+    return _backward(_SIGMOID, dout, _cache_array(cache, "sigmoid"), out)
+
+
+def tanh_forward(x, *, out=None):
+    out = _forward(_TANH, x, out)
+    return out, ActivationCache("tanh", out)
+
+
+def tanh_backward(dout, cache, *, out=None):
+    """``dout * (1 - t**2)`` from the saved output ``t``."""
+    return _backward(_TANH, dout, _cache_array(cache, "tanh"), out)
+
+
+# ----------------------------------------------------------------------------- PReLU
+def _rows(a):
+    """View a C-contiguous array as (rows, features), features = the last axis."""
+    if a.ndim == 0:
+        return a.reshape(1, 1)
+    d = a.shape[-1]
+    return a.reshape(int(np.prod(a.shape[:-1], dtype=np.int64)), d)
+
+
+def _prelu_alpha(alpha, x, dtype):
+    """alpha as a vector over x's last axis; returns (vector, shape to give dalpha)."""
+    if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
+        a = as_float_array(alpha, "alpha", dtype)
+        d = x.shape[-1] if x.ndim else 1
+        if a.ndim != 1 or a.shape[0] != d:
+            raise ValueError(
+                f"alpha must be a scalar or have one entry per feature (shape ({d},)), got shape {a.shape}"
+            )
+        return a, a.shape
+    value = check_scalar(alpha, "alpha")
+    d = x.shape[-1] if x.ndim else 1
+    return np.full(d, value, dtype=dtype), ()
+
+
+def prelu_forward(x, alpha):
+    """Parametric ReLU: ``x if x > 0 else alpha * x`` with a learnable ``alpha``, a scalar or
+    one value per feature (the last axis of ``x``)."""
+    if isinstance(alpha, np.ndarray) and alpha.ndim > 0:
+        dt = common_dtype(("x", x), ("alpha", alpha))
+    else:
+        dt = float_dtype_of(x, "x")
+    x = as_float_array(x, "x", dt)
+    a, ashape = _prelu_alpha(alpha, x, dt)
+    out = np.empty_like(x)
+    _k.prelu_forward(_rows(x), a, _rows(out), _threads._num_threads)
+    return out, ActivationCache("prelu", x, (a, ashape))
+
+
+def prelu_backward(dout, cache):
+    """Returns ``(dx, dalpha)``; ``dalpha`` has the shape of the alpha given to forward
+    (a NumPy scalar for a scalar alpha)."""
+    x = _cache_array(cache, "prelu")
+    a, ashape = cache.alpha
+    dt = common_dtype(("dout", dout), ("cache", x))
+    dout = as_float_array(dout, "dout", dt)
+    x = as_float_array(x, "cache", dt)
+    a = a.astype(dt, copy=False)
+    check_same_shape(dout, "dout", x, "the forward input")
+    dx = np.empty_like(dout)
+    dalpha = np.empty(a.shape[0], dtype=dt)
+    _k.prelu_backward(_rows(dout), _rows(x), a, _rows(dx), dalpha, _threads._num_threads)
+    if ashape == ():
+        return dx, dalpha.sum(dtype=dt)  # per-feature partials in a fixed order
+    return dx, dalpha.reshape(ashape)
+
+
+# ----------------------------------------------------------------------------- Maxout (element-wise part)
+def maxout_reduce_forward(z):
+    """The element-wise part of Maxout: ``out[n, m] = max_p z[n, m, p]`` over the last axis
+    (the ``k`` pieces). The winning piece is kept for backward; NaN wins, like ``np.max``."""
+    z = as_float_array(z, "z")
+    if z.ndim != 3:
+        raise ValueError(f"z must be 3-D (N, units, pieces), got shape {z.shape}")
+    if not 1 <= z.shape[2] <= 127:
+        raise ValueError(f"z must have 1 to 127 pieces on its last axis, got {z.shape[2]}")
+    out = np.empty(z.shape[:2], dtype=z.dtype)
+    argmax = np.empty(z.shape[:2], dtype=np.int8)
+    _k.maxout_reduce_forward(z, out, argmax, _threads._num_threads)
+    return out, ActivationCache("maxout_reduce", argmax, z.shape)
+
+
+def maxout_reduce_backward(dout, cache):
+    argmax = _cache_array(cache, "maxout_reduce")
+    shape = cache.alpha
+    dout = as_float_array(dout, "dout")
+    if dout.shape != shape[:2]:
+        raise ValueError(f"dout must have shape {shape[:2]}, got {dout.shape}")
+    dz = np.empty(shape, dtype=dout.dtype)
+    _k.maxout_reduce_backward(dout, argmax, dz, _threads._num_threads)
+    return dz
