@@ -8,38 +8,19 @@
 # reduction (the PReLU alpha gradient) sums fixed row blocks in a fixed order.
 from cython cimport floating
 from cython.parallel cimport prange
+import numpy as np
 from fastnn_openmp cimport effective_threads
 
-cdef extern from "fastnn_simd.h" nogil:
-    void fnn_relu_f32(const float *x, float *out, Py_ssize_t n)
-    void fnn_relu_f64(const double *x, double *out, Py_ssize_t n)
-    void fnn_leaky_f32(const float *x, float *out, Py_ssize_t n, float alpha)
-    void fnn_leaky_f64(const double *x, double *out, Py_ssize_t n, double alpha)
-    void fnn_sigmoid_f32(const float *x, float *out, Py_ssize_t n)
-    void fnn_sigmoid_f64(const double *x, double *out, Py_ssize_t n)
-    void fnn_tanh_f32(const float *x, float *out, Py_ssize_t n)
-    void fnn_tanh_f64(const double *x, double *out, Py_ssize_t n)
-    void fnn_prelu_row_f32(const float *x, float *out, Py_ssize_t n, const float *alpha)
-    void fnn_prelu_row_f64(const double *x, double *out, Py_ssize_t n, const double *alpha)
-    void fnn_relu_bwd_f32(const float *dout, const float *y, float *dx, Py_ssize_t n)
-    void fnn_relu_bwd_f64(const double *dout, const double *y, double *dx, Py_ssize_t n)
-    void fnn_leaky_bwd_f32(const float *dout, const float *x, float *dx, Py_ssize_t n, float alpha)
-    void fnn_leaky_bwd_f64(const double *dout, const double *x, double *dx, Py_ssize_t n, double alpha)
-    void fnn_sigmoid_bwd_f32(const float *dout, const float *y, float *dx, Py_ssize_t n)
-    void fnn_sigmoid_bwd_f64(const double *dout, const double *y, double *dx, Py_ssize_t n)
-    void fnn_tanh_bwd_f32(const float *dout, const float *y, float *dx, Py_ssize_t n)
-    void fnn_tanh_bwd_f64(const double *dout, const double *y, double *dx, Py_ssize_t n)
-    void fnn_prelu_bwd_row_f32(const float *dout, const float *x, float *dx, Py_ssize_t n,
-                               const float *alpha, float *acc)
-    void fnn_prelu_bwd_row_f64(const double *dout, const double *x, double *dx, Py_ssize_t n,
-                               const double *alpha, double *acc)
+from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_SIGMOID, FNN_TANH, FNN_PRELU,
+                        act_fwd, act_bwd, prelu_alpha_acc)
 
-# Operation codes shared with the Python wrappers.
-cpdef enum Op:
-    RELU = 0
-    LEAKY_RELU = 1
-    SIGMOID = 2
-    TANH = 3
+# Op codes (the same numbers the dense kernels use), for the Python wrappers.
+IDENTITY = FNN_IDENTITY
+RELU = FNN_RELU
+LEAKY_RELU = FNN_LEAKY
+SIGMOID = FNN_SIGMOID
+TANH = FNN_TANH
+PRELU = FNN_PRELU
 
 # Elements per chunk handed to one thread at a time (fixed: never depends on thread count).
 cdef enum:
@@ -50,8 +31,8 @@ cdef enum:
 # second thread costs more in start-up and synchronisation than it saves.
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 32768
 # Relative cost of one element of each op (forward; backward is close to a multiply).
-cdef Py_ssize_t OP_COST[4]
-OP_COST[:] = [1, 1, 6, 6]
+cdef Py_ssize_t OP_COST[6]
+OP_COST[:] = [1, 1, 1, 6, 6, 1]    # identity, relu, leaky, sigmoid, tanh, prelu
 
 def min_work_per_thread():
     return MIN_WORK_PER_THREAD
@@ -64,56 +45,12 @@ def set_min_work_per_thread(Py_ssize_t units):
     MIN_WORK_PER_THREAD = units
 
 
-cdef inline void _forward_span(int op, const floating *x, floating *out, Py_ssize_t n,
-                               double alpha) noexcept nogil:
-    if floating is float:
-        if op == RELU:
-            fnn_relu_f32(x, out, n)
-        elif op == LEAKY_RELU:
-            fnn_leaky_f32(x, out, n, <float>alpha)
-        elif op == SIGMOID:
-            fnn_sigmoid_f32(x, out, n)
-        else:
-            fnn_tanh_f32(x, out, n)
-    else:
-        if op == RELU:
-            fnn_relu_f64(x, out, n)
-        elif op == LEAKY_RELU:
-            fnn_leaky_f64(x, out, n, alpha)
-        elif op == SIGMOID:
-            fnn_sigmoid_f64(x, out, n)
-        else:
-            fnn_tanh_f64(x, out, n)
-
-
-cdef inline void _backward_span(int op, const floating *dout, const floating *saved,
-                                floating *dx, Py_ssize_t n, double alpha) noexcept nogil:
-    if floating is float:
-        if op == RELU:
-            fnn_relu_bwd_f32(dout, saved, dx, n)
-        elif op == LEAKY_RELU:
-            fnn_leaky_bwd_f32(dout, saved, dx, n, <float>alpha)
-        elif op == SIGMOID:
-            fnn_sigmoid_bwd_f32(dout, saved, dx, n)
-        else:
-            fnn_tanh_bwd_f32(dout, saved, dx, n)
-    else:
-        if op == RELU:
-            fnn_relu_bwd_f64(dout, saved, dx, n)
-        elif op == LEAKY_RELU:
-            fnn_leaky_bwd_f64(dout, saved, dx, n, alpha)
-        elif op == SIGMOID:
-            fnn_sigmoid_bwd_f64(dout, saved, dx, n)
-        else:
-            fnn_tanh_bwd_f64(dout, saved, dx, n)
-
-
 def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int n_threads):
     """out = act(x) element-wise; x and out are flat, contiguous, same length, no overlap."""
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t nchunks, c, start, m
     cdef int nt
-    if op < RELU or op > TANH:
+    if op < FNN_IDENTITY or op > FNN_TANH:
         raise ValueError(f"unknown activation op {op}")
     if out.shape[0] != n:
         raise ValueError("out must have as many elements as x")
@@ -122,7 +59,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
     nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         if nt == 1:
-            _forward_span(op, &x[0], &out[0], n, alpha)
+            act_fwd(op, &x[0], &out[0], n, alpha, NULL)
         else:
             nchunks = (n + CHUNK - 1) // CHUNK
             for c in prange(nchunks, num_threads=nt, schedule="static"):
@@ -130,7 +67,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
                 m = n - start
                 if m > CHUNK:
                     m = CHUNK
-                _forward_span(op, &x[start], &out[start], m, alpha)
+                act_fwd(op, &x[start], &out[start], m, alpha, NULL)
 
 
 def backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx,
@@ -139,7 +76,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
     cdef Py_ssize_t n = dout.shape[0]
     cdef Py_ssize_t nchunks, c, start, m
     cdef int nt
-    if op < RELU or op > TANH:
+    if op < FNN_IDENTITY or op > FNN_TANH:
         raise ValueError(f"unknown activation op {op}")
     if saved.shape[0] != n or dx.shape[0] != n:
         raise ValueError("dout, saved and dx must have the same number of elements")
@@ -148,7 +85,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
     nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         if nt == 1:
-            _backward_span(op, &dout[0], &saved[0], &dx[0], n, alpha)
+            act_bwd(op, &dout[0], &saved[0], &dx[0], n, alpha, NULL)
         else:
             nchunks = (n + CHUNK - 1) // CHUNK
             for c in prange(nchunks, num_threads=nt, schedule="static"):
@@ -156,7 +93,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
                 m = n - start
                 if m > CHUNK:
                     m = CHUNK
-                _backward_span(op, &dout[start], &saved[start], &dx[start], m, alpha)
+                act_bwd(op, &dout[start], &saved[start], &dx[start], m, alpha, NULL)
 
 
 cdef inline Py_ssize_t _rows_per_block(Py_ssize_t d) noexcept nogil:
@@ -185,10 +122,7 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
             if i1 > rows:
                 i1 = rows
             for i in range(i0, i1):
-                if floating is float:
-                    fnn_prelu_row_f32(&x[i, 0], &out[i, 0], d, &alpha[0])
-                else:
-                    fnn_prelu_row_f64(&x[i, 0], &out[i, 0], d, &alpha[0])
+                act_fwd(FNN_PRELU, &x[i, 0], &out[i, 0], d, 0.0, &alpha[0])
 
 
 def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
@@ -209,12 +143,7 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
         return
     rb = _rows_per_block(d)
     nblocks = (rows + rb - 1) // rb
-    if floating is float:
-        import numpy as np
-        partial = np.zeros((nblocks, d), dtype=np.float32)
-    else:
-        import numpy as np
-        partial = np.zeros((nblocks, d), dtype=np.float64)
+    partial = np.zeros((nblocks, d), dtype=np.float32 if floating is float else np.float64)
     nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         for b in prange(nblocks, num_threads=nt, schedule="static"):
@@ -223,12 +152,8 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
             if i1 > rows:
                 i1 = rows
             for i in range(i0, i1):
-                if floating is float:
-                    fnn_prelu_bwd_row_f32(&dout[i, 0], &x[i, 0], &dx[i, 0], d, &alpha[0],
-                                          &partial[b, 0])
-                else:
-                    fnn_prelu_bwd_row_f64(&dout[i, 0], &x[i, 0], &dx[i, 0], d, &alpha[0],
-                                          &partial[b, 0])
+                act_bwd(FNN_PRELU, &dout[i, 0], &x[i, 0], &dx[i, 0], d, 0.0, &alpha[0])
+                prelu_alpha_acc(&dout[i, 0], &x[i, 0], d, &partial[b, 0])
         for b in range(nblocks):
             for j in range(d):
                 dalpha[j] += partial[b, j]

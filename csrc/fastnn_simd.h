@@ -189,47 +189,86 @@ static inline double fnn_tanh1_f64(double x)
     return copysign(-t / (2.0 + t), x);
 }
 
-/* Span functions: one generated pair (float, double) per operation.
- * NaN rules follow NumPy: relu = np.maximum(x, 0) keeps NaN; backward multiplies dout by
- * the mask, so a NaN/Inf in dout behaves as in `dout * (x > 0)`. */
-#define FNN_DEFINE_SPANS(T, SFX)                                                            \
-FNN_CLONES static void fnn_relu_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT out,          \
-                                      ptrdiff_t n)                                          \
-{ for (ptrdiff_t i = 0; i < n; i++) { T v = x[i]; out[i] = (v < (T)0) ? (T)0 : v; } }       \
-FNN_CLONES static void fnn_leaky_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT out,         \
-                                       ptrdiff_t n, T alpha)                                \
-{ for (ptrdiff_t i = 0; i < n; i++) { T v = x[i]; out[i] = (v > (T)0) ? v : alpha * v; } }  \
-FNN_CLONES static void fnn_sigmoid_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT out,       \
-                                         ptrdiff_t n)                                       \
-{ for (ptrdiff_t i = 0; i < n; i++) out[i] = fnn_sigmoid1_##SFX(x[i]); }                    \
-FNN_CLONES static void fnn_tanh_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT out,          \
-                                      ptrdiff_t n)                                          \
-{ for (ptrdiff_t i = 0; i < n; i++) out[i] = fnn_tanh1_##SFX(x[i]); }                       \
-/* per-feature alpha: x, out are one row of length n, alpha has n entries */                \
-FNN_CLONES static void fnn_prelu_row_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT out,     \
-                                           ptrdiff_t n, const T *FNN_RESTRICT alpha)        \
-{ for (ptrdiff_t i = 0; i < n; i++) { T v = x[i]; out[i] = (v > (T)0) ? v : alpha[i] * v; } } \
-/* backward: saved is the forward OUTPUT for relu/sigmoid/tanh, the INPUT for leaky */      \
-FNN_CLONES static void fnn_relu_bwd_##SFX(const T *FNN_RESTRICT dout, const T *FNN_RESTRICT y, \
-                                          T *FNN_RESTRICT dx, ptrdiff_t n)                   \
-{ for (ptrdiff_t i = 0; i < n; i++) dx[i] = dout[i] * ((y[i] > (T)0) ? (T)1 : (T)0); }      \
-FNN_CLONES static void fnn_leaky_bwd_##SFX(const T *FNN_RESTRICT dout, const T *FNN_RESTRICT x, \
-                                           T *FNN_RESTRICT dx, ptrdiff_t n, T alpha)         \
-{ for (ptrdiff_t i = 0; i < n; i++) dx[i] = dout[i] * ((x[i] > (T)0) ? (T)1 : alpha); }     \
-FNN_CLONES static void fnn_sigmoid_bwd_##SFX(const T *FNN_RESTRICT dout, const T *FNN_RESTRICT y, \
-                                             T *FNN_RESTRICT dx, ptrdiff_t n)                \
-{ for (ptrdiff_t i = 0; i < n; i++) dx[i] = (dout[i] * y[i]) * ((T)1 - y[i]); }             \
-FNN_CLONES static void fnn_tanh_bwd_##SFX(const T *FNN_RESTRICT dout, const T *FNN_RESTRICT y, \
-                                          T *FNN_RESTRICT dx, ptrdiff_t n)                   \
-{ for (ptrdiff_t i = 0; i < n; i++) dx[i] = dout[i] * ((T)1 - y[i] * y[i]); }               \
-/* prelu backward for one row: dx, and dalpha accumulated into acc (per feature) */         \
-FNN_CLONES static void fnn_prelu_bwd_row_##SFX(const T *FNN_RESTRICT dout,                   \
-        const T *FNN_RESTRICT x, T *FNN_RESTRICT dx, ptrdiff_t n,                            \
-        const T *FNN_RESTRICT alpha, T *FNN_RESTRICT acc)                                    \
-{ for (ptrdiff_t i = 0; i < n; i++) {                                                       \
-      T v = x[i], g = dout[i];                                                              \
-      dx[i] = g * ((v > (T)0) ? (T)1 : alpha[i]);                                           \
-      acc[i] += g * ((v > (T)0) ? (T)0 : v); } }
+/* ---------------------------------------------------------------- op-coded span functions
+ * One op code per activation, shared by the standalone activation kernels and the fused
+ * dense epilogues (csrc/fastnn_ops.pxd mirrors these numbers). The switch on the op sits
+ * outside each loop, so every case is a plain loop the compiler vectorizes.
+ *
+ * NaN rules follow NumPy: relu = np.maximum(x, 0) keeps NaN; backward multiplies dout by the
+ * derivative, so NaN/Inf in dout behave as in `dout * (x > 0)`.
+ *
+ * `saved` in backward is the forward OUTPUT for relu, sigmoid and tanh, and the forward
+ * INPUT (pre-activation) for leaky relu and prelu. `avec` holds prelu's per-feature alpha
+ * (indexed like the span), `alpha` leaky relu's scalar. */
+enum { FNN_IDENTITY = 0, FNN_RELU = 1, FNN_LEAKY = 2, FNN_SIGMOID = 3, FNN_TANH = 4, FNN_PRELU = 5 };
+
+#define FNN_FWD_IDENTITY(SFX, T, v, i) (v)
+#define FNN_FWD_RELU(SFX, T, v, i)     (((v) < (T)0) ? (T)0 : (v))
+#define FNN_FWD_LEAKY(SFX, T, v, i)    (((v) > (T)0) ? (v) : alpha * (v))
+#define FNN_FWD_SIGMOID(SFX, T, v, i)  fnn_sigmoid1_##SFX(v)
+#define FNN_FWD_TANH(SFX, T, v, i)     fnn_tanh1_##SFX(v)
+#define FNN_FWD_PRELU(SFX, T, v, i)    (((v) > (T)0) ? (v) : avec[i] * (v))
+
+#define FNN_BWD_IDENTITY(SFX, T, g, s, i) (g)
+#define FNN_BWD_RELU(SFX, T, g, s, i)     ((g) * (((s) > (T)0) ? (T)1 : (T)0))
+#define FNN_BWD_LEAKY(SFX, T, g, s, i)    ((g) * (((s) > (T)0) ? (T)1 : alpha))
+#define FNN_BWD_SIGMOID(SFX, T, g, s, i)  (((g) * (s)) * ((T)1 - (s)))
+#define FNN_BWD_TANH(SFX, T, g, s, i)     ((g) * ((T)1 - (s) * (s)))
+#define FNN_BWD_PRELU(SFX, T, g, s, i)    ((g) * (((s) > (T)0) ? (T)1 : avec[i]))
+
+#define FNN_SWITCH_OP(op, LOOP, SFX, T)                                 \
+    switch (op) {                                                       \
+    case FNN_RELU:    LOOP(FNN_FWD_RELU, FNN_BWD_RELU, SFX, T); break;   \
+    case FNN_LEAKY:   LOOP(FNN_FWD_LEAKY, FNN_BWD_LEAKY, SFX, T); break; \
+    case FNN_SIGMOID: LOOP(FNN_FWD_SIGMOID, FNN_BWD_SIGMOID, SFX, T); break; \
+    case FNN_TANH:    LOOP(FNN_FWD_TANH, FNN_BWD_TANH, SFX, T); break;   \
+    case FNN_PRELU:   LOOP(FNN_FWD_PRELU, FNN_BWD_PRELU, SFX, T); break; \
+    default:          LOOP(FNN_FWD_IDENTITY, FNN_BWD_IDENTITY, SFX, T); break; \
+    }
+
+/* y = act(x) */
+#define FNN_LOOP_FWD(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = F(SFX, T, x[i], i)
+/* y = act(y + b), in place (the dense epilogue on a GEMM result) */
+#define FNN_LOOP_BIAS_FWD(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) { T v = y[i] + b[i]; y[i] = F(SFX, T, v, i); }
+/* z = z + b; y = act(z) (keeps the pre-activation for leaky relu / prelu backward) */
+#define FNN_LOOP_BIAS_KEEP(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) { T v = z[i] + b[i]; z[i] = v; y[i] = F(SFX, T, v, i); }
+/* dx = dout * act'(saved) */
+#define FNN_LOOP_BWD(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) dx[i] = B(SFX, T, dout[i], saved[i], i)
+/* dx = dout * act'(saved); acc += dx (a bias-gradient partial sum) */
+#define FNN_LOOP_BWD_ACC(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) { T g = B(SFX, T, dout[i], saved[i], i); dx[i] = g; acc[i] += g; }
+
+#define FNN_DEFINE_SPANS(T, SFX)                                                              \
+FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN_RESTRICT y,  \
+        ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                                     \
+{ FNN_SWITCH_OP(op, FNN_LOOP_FWD, SFX, T) }                                                   \
+FNN_CLONES static void fnn_bias_act_fwd_##SFX(int op, T *FNN_RESTRICT y,                      \
+        const T *FNN_RESTRICT b, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)            \
+{ FNN_SWITCH_OP(op, FNN_LOOP_BIAS_FWD, SFX, T) }                                              \
+FNN_CLONES static void fnn_bias_act_keep_##SFX(int op, T *FNN_RESTRICT z,                     \
+        const T *FNN_RESTRICT b, T *FNN_RESTRICT y, ptrdiff_t n, T alpha,                     \
+        const T *FNN_RESTRICT avec)                                                           \
+{ FNN_SWITCH_OP(op, FNN_LOOP_BIAS_KEEP, SFX, T) }                                             \
+FNN_CLONES static void fnn_act_bwd_##SFX(int op, const T *FNN_RESTRICT dout,                  \
+        const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
+        const T *FNN_RESTRICT avec)                                                           \
+{ FNN_SWITCH_OP(op, FNN_LOOP_BWD, SFX, T) }                                                   \
+FNN_CLONES static void fnn_act_bwd_acc_##SFX(int op, const T *FNN_RESTRICT dout,              \
+        const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
+        const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                                      \
+{ FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC, SFX, T) }                                               \
+/* prelu's alpha-gradient partial: aacc += dout * (saved > 0 ? 0 : saved) */                  \
+FNN_CLONES static void fnn_prelu_alpha_acc_##SFX(const T *FNN_RESTRICT dout,                  \
+        const T *FNN_RESTRICT saved, ptrdiff_t n, T *FNN_RESTRICT aacc)                       \
+{ for (ptrdiff_t i = 0; i < n; i++) aacc[i] += dout[i] * ((saved[i] > (T)0) ? (T)0 : saved[i]); } \
+/* acc += v (column sums of a row-major block, one row at a time) */                          \
+FNN_CLONES static void fnn_add_into_##SFX(const T *FNN_RESTRICT v, T *FNN_RESTRICT acc,       \
+        ptrdiff_t n)                                                                          \
+{ for (ptrdiff_t i = 0; i < n; i++) acc[i] += v[i]; }
 
 FNN_DEFINE_SPANS(float, f32)
 FNN_DEFINE_SPANS(double, f64)

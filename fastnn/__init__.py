@@ -6,6 +6,10 @@ CS231n-style NumPy layer code.
 __version__ = "0.1.0"
 
 from fastnn._threads import get_num_threads, set_num_threads, threads  # noqa: E402
+from fastnn import _blas  # noqa: E402
+
+_blas.register()
+
 from fastnn._config import show_config  # noqa: E402
 from fastnn import functional  # noqa: E402,F401
 

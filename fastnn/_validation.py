@@ -33,6 +33,8 @@ def float_dtype_of(x, name):
             dt = np.asarray(x).dtype
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be an array of floats, got {type(x).__name__}: {exc}") from None
+    if dt.kind == "f" and not dt.isnative:
+        dt = dt.newbyteorder("=")  # a big-endian float64 is still a float64: convert it
     if dt in _FLOATS:
         return dt
     if dt == np.float16:
@@ -53,7 +55,9 @@ def as_float_array(x, name, dtype=None):
     else:
         float_dtype_of(x, name)  # still reject complex/object/str
     try:
-        arr = np.ascontiguousarray(x, dtype=dtype)
+        # np.asarray(order="C") rather than np.ascontiguousarray: the latter turns a 0-d
+        # input into shape (1,), so relu_forward(3.0) would not have the shape of its input.
+        arr = np.asarray(x, dtype=dtype, order="C")
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} could not be converted to a {np.dtype(dtype).name} array: {exc}") from None
     return arr

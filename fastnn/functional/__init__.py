@@ -17,3 +17,19 @@ from fastnn.functional.activations import (  # noqa: F401
     tanh_backward,
     tanh_forward,
 )
+from fastnn.functional.dense import (  # noqa: F401,E402
+    affine_backward,
+    affine_forward,
+    affine_leaky_relu_backward,
+    affine_leaky_relu_forward,
+    affine_prelu_backward,
+    affine_prelu_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+    affine_sigmoid_backward,
+    affine_sigmoid_forward,
+    affine_tanh_backward,
+    affine_tanh_forward,
+    maxout_backward,
+    maxout_forward,
+)

@@ -38,7 +38,7 @@ class ActivationCache:
 
 
 # Kernel op codes as plain ints (cheapest to pass to the kernel).
-_RELU, _LEAKY, _SIGMOID, _TANH = (int(_k.Op.RELU), int(_k.Op.LEAKY_RELU), int(_k.Op.SIGMOID), int(_k.Op.TANH))
+_RELU, _LEAKY, _SIGMOID, _TANH = _k.RELU, _k.LEAKY_RELU, _k.SIGMOID, _k.TANH
 
 
 def _flat(a):

@@ -1,0 +1,76 @@
+# Op codes and span functions of fastnn_simd.h, shared by the activation and dense kernels.
+cdef extern from "fastnn_simd.h" nogil:
+    enum:
+        FNN_IDENTITY
+        FNN_RELU
+        FNN_LEAKY
+        FNN_SIGMOID
+        FNN_TANH
+        FNN_PRELU
+    void fnn_act_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_bias_act_fwd_f32(int op, float *y, const float *b, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_bias_act_fwd_f64(int op, double *y, const double *b, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_bias_act_keep_f32(int op, float *z, const float *b, float *y, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_bias_act_keep_f64(int op, double *z, const double *b, double *y, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_act_bwd_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_bwd_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_act_bwd_acc_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t n, float alpha, const float *avec, float *acc)
+    void fnn_act_bwd_acc_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec, double *acc)
+    void fnn_prelu_alpha_acc_f32(const float *dout, const float *saved, Py_ssize_t n, float *aacc)
+    void fnn_prelu_alpha_acc_f64(const double *dout, const double *saved, Py_ssize_t n, double *aacc)
+    void fnn_add_into_f32(const float *v, float *acc, Py_ssize_t n)
+    void fnn_add_into_f64(const double *v, double *acc, Py_ssize_t n)
+
+
+# Fused-type front ends: one call site per operation in the kernels, whatever the dtype.
+from cython cimport floating
+
+cdef inline void act_fwd(int op, const floating *x, floating *y, Py_ssize_t n, double alpha,
+                         const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_fwd_f32(op, x, y, n, <float>alpha, avec)
+    else:
+        fnn_act_fwd_f64(op, x, y, n, alpha, avec)
+
+cdef inline void bias_act_fwd(int op, floating *y, const floating *b, Py_ssize_t n, double alpha,
+                              const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_bias_act_fwd_f32(op, y, b, n, <float>alpha, avec)
+    else:
+        fnn_bias_act_fwd_f64(op, y, b, n, alpha, avec)
+
+cdef inline void bias_act_keep(int op, floating *z, const floating *b, floating *y, Py_ssize_t n,
+                               double alpha, const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_bias_act_keep_f32(op, z, b, y, n, <float>alpha, avec)
+    else:
+        fnn_bias_act_keep_f64(op, z, b, y, n, alpha, avec)
+
+cdef inline void act_bwd(int op, const floating *dout, const floating *saved, floating *dx,
+                         Py_ssize_t n, double alpha, const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_f32(op, dout, saved, dx, n, <float>alpha, avec)
+    else:
+        fnn_act_bwd_f64(op, dout, saved, dx, n, alpha, avec)
+
+cdef inline void act_bwd_acc(int op, const floating *dout, const floating *saved, floating *dx,
+                             Py_ssize_t n, double alpha, const floating *avec,
+                             floating *acc) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_acc_f32(op, dout, saved, dx, n, <float>alpha, avec, acc)
+    else:
+        fnn_act_bwd_acc_f64(op, dout, saved, dx, n, alpha, avec, acc)
+
+cdef inline void prelu_alpha_acc(const floating *dout, const floating *saved, Py_ssize_t n,
+                                 floating *aacc) noexcept nogil:
+    if floating is float:
+        fnn_prelu_alpha_acc_f32(dout, saved, n, aacc)
+    else:
+        fnn_prelu_alpha_acc_f64(dout, saved, n, aacc)
+
+cdef inline void add_into(const floating *v, floating *acc, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fnn_add_into_f32(v, acc, n)
+    else:
+        fnn_add_into_f64(v, acc, n)

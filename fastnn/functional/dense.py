@@ -1,0 +1,228 @@
+"""Fully connected layers on the fused dense kernels.
+
+``affine_forward(x, w, b) -> (out, cache)`` with x of shape (N, d1, ..., dk) flattened row-wise
+to (N, D), w (D, M), b (M,); ``affine_backward(dout, cache) -> (dx, dw, db)`` with dx in x's
+shape. The sandwiches ``affine_<act>_forward/backward`` (relu, leaky_relu, sigmoid, tanh, prelu)
+run the product and the whole epilogue in one call; ``maxout_forward(x, w, b)`` with w (D, M, k)
+and b (M, k) runs one product for all pieces.
+
+Caches hold references, not copies: as in the course code, ``w`` is read when backward runs.
+"""
+import numpy as np
+
+from fastnn import _threads
+from fastnn._kernels import activations as _ka
+from fastnn._kernels import dense as _kd
+from fastnn._validation import as_float_array, check_scalar, common_dtype
+from fastnn.functional.activations import maxout_reduce_backward, maxout_reduce_forward
+
+__all__ = [
+    "affine_forward", "affine_backward",
+    "affine_relu_forward", "affine_relu_backward",
+    "affine_leaky_relu_forward", "affine_leaky_relu_backward",
+    "affine_sigmoid_forward", "affine_sigmoid_backward",
+    "affine_tanh_forward", "affine_tanh_backward",
+    "affine_prelu_forward", "affine_prelu_backward",
+    "maxout_forward", "maxout_backward",
+]
+
+_INT32_MAX = 2**31 - 1
+
+
+class DenseCache:
+    """What a dense forward keeps for its backward."""
+
+    __slots__ = ("op", "x2", "x_shape", "w", "b", "saved", "alpha", "avec", "alpha_shape", "extra")
+
+    def __init__(self, op, x2, x_shape, w, b, saved, alpha=0.0, avec=None, alpha_shape=None, extra=None):
+        self.op = op
+        self.x2 = x2
+        self.x_shape = x_shape
+        self.w = w
+        self.b = b
+        self.saved = saved
+        self.alpha = alpha
+        self.avec = avec
+        self.alpha_shape = alpha_shape
+        self.extra = extra
+
+
+def _check_dim(value, what):
+    if value > _INT32_MAX:
+        raise ValueError(f"{what} is {value}, above the BLAS limit of 2**31 - 1")
+
+
+def _operands(x, w, b, w_ndim=2):
+    """Validated (x2, x_shape, w, b, dtype): x flattened to (N, D), all one float dtype."""
+    dt = common_dtype(("x", x), ("w", w), ("b", b))
+    x = as_float_array(x, "x", dt)
+    w = as_float_array(w, "w", dt)
+    b = as_float_array(b, "b", dt)
+    if x.ndim < 1:
+        raise ValueError(f"x must have a batch axis: shape (N, d1, ..., dk), got shape {x.shape}")
+    n = x.shape[0]
+    d = int(np.prod(x.shape[1:], dtype=np.int64))
+    if w.ndim != w_ndim:
+        raise ValueError(f"w must be {w_ndim}-D, got shape {w.shape}")
+    if w.shape[0] != d:
+        raise ValueError(
+            f"w must have {d} rows (the product of x.shape[1:] = {x.shape[1:]}), got shape {w.shape}"
+        )
+    if b.shape != w.shape[1:]:
+        raise ValueError(f"b must have shape {w.shape[1:]}, got {b.shape}")
+    m = int(np.prod(w.shape[1:], dtype=np.int64))
+    for value, what in ((n, "N"), (d, "D"), (m, "the number of outputs")):
+        _check_dim(value, what)
+    return x.reshape(n, d), x.shape, w, b, dt
+
+
+def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
+    x2, x_shape, w, b, dt = _operands(x, w, b)
+    n, m = x2.shape[0], w.shape[1]
+    avec = alpha_shape = None
+    if op == _ka.PRELU:
+        avec, alpha_shape = _prelu_vector(prelu_alpha, m, dt)
+    keep = op in (_ka.LEAKY_RELU, _ka.PRELU)
+    y = np.empty((n, m), dtype=dt)
+    z = np.empty((n, m), dtype=dt) if keep else None
+    if x2.shape[1] == 0:
+        # No inputs: every unit sees only its bias.
+        pre = np.broadcast_to(b, (n, m))
+        if keep:
+            z[...] = pre
+        pre = np.ascontiguousarray(pre)
+        if op == _ka.PRELU:
+            _ka.prelu_forward(pre, avec, y, _threads._num_threads)
+        else:
+            _ka.forward(op, pre.reshape(-1), y.reshape(-1), alpha, _threads._num_threads)
+    else:
+        _kd.dense_forward(op, x2, w, b, y, z, alpha, avec, _threads._num_threads)
+    saved = z if keep else y
+    return y, DenseCache(op, x2, x_shape, w, b, saved, alpha, avec, alpha_shape)
+
+
+def _prelu_vector(alpha, m, dt):
+    if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
+        a = as_float_array(alpha, "alpha", dt)
+        if a.shape != (m,):
+            raise ValueError(f"alpha must be a scalar or have one entry per unit (shape ({m},)), got shape {a.shape}")
+        return a, a.shape
+    return np.full(m, check_scalar(alpha, "alpha"), dtype=dt), ()
+
+
+def _check_cache(cache, op, name):
+    if not isinstance(cache, DenseCache):
+        raise TypeError(f"cache must be the cache returned by {name}_forward, got {type(cache).__name__}")
+    if cache.op != op or cache.extra is not None:
+        raise ValueError(f"cache does not come from {name}_forward")
+
+
+def _backward(op, dout, cache, name):
+    _check_cache(cache, op, name)
+    x2, w = cache.x2, cache.w
+    dt = common_dtype(("dout", dout), ("cache", x2), ("w", w))
+    dout = as_float_array(dout, "dout", dt)
+    n, d = x2.shape
+    m = w.shape[1]
+    if dout.shape != (n, m):
+        raise ValueError(f"dout must have shape {(n, m)}, got {dout.shape}")
+    x2 = x2.astype(dt, copy=False)
+    w = as_float_array(w, "w", dt)
+    if w.shape != (d, m):
+        raise ValueError(f"w changed shape since forward: expected {(d, m)}, got {w.shape}")
+    saved = None if op == _ka.IDENTITY else cache.saved.astype(dt, copy=False)
+    avec = None if cache.avec is None else cache.avec.astype(dt, copy=False)
+    dx = np.empty((n, d), dtype=dt)
+    dw = np.empty((d, m), dtype=dt)
+    db = np.empty(m, dtype=dt)
+    dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
+    dalpha = np.empty(m, dtype=dt) if op == _ka.PRELU else None
+    _kd.dense_backward(op, dout, saved, x2, w, dx, dw, db, dz, cache.alpha, avec, dalpha,
+                       _threads._num_threads)
+    dx = dx.reshape(cache.x_shape)
+    if op == _ka.PRELU:
+        if cache.alpha_shape == ():
+            dalpha = dalpha.sum(dtype=dt)
+        return dx, dw, db, dalpha
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- public API
+def affine_forward(x, w, b):
+    """``out = x.reshape(N, -1) @ w + b``. Returns ``(out, cache)``."""
+    return _forward(_ka.IDENTITY, x, w, b)
+
+
+def affine_backward(dout, cache):
+    """Returns ``(dx, dw, db)``, dx in x's original shape."""
+    return _backward(_ka.IDENTITY, dout, cache, "affine")
+
+
+def affine_relu_forward(x, w, b):
+    """``relu(x @ w + b)`` in one call: product, bias and ReLU fused per tile."""
+    return _forward(_ka.RELU, x, w, b)
+
+
+def affine_relu_backward(dout, cache):
+    return _backward(_ka.RELU, dout, cache, "affine_relu")
+
+
+def affine_leaky_relu_forward(x, w, b, alpha=0.01):
+    return _forward(_ka.LEAKY_RELU, x, w, b, check_scalar(alpha, "alpha"))
+
+
+def affine_leaky_relu_backward(dout, cache):
+    return _backward(_ka.LEAKY_RELU, dout, cache, "affine_leaky_relu")
+
+
+def affine_sigmoid_forward(x, w, b):
+    return _forward(_ka.SIGMOID, x, w, b)
+
+
+def affine_sigmoid_backward(dout, cache):
+    return _backward(_ka.SIGMOID, dout, cache, "affine_sigmoid")
+
+
+def affine_tanh_forward(x, w, b):
+    return _forward(_ka.TANH, x, w, b)
+
+
+def affine_tanh_backward(dout, cache):
+    return _backward(_ka.TANH, dout, cache, "affine_tanh")
+
+
+def affine_prelu_forward(x, w, b, alpha):
+    """``prelu(x @ w + b, alpha)``, alpha a scalar or one value per unit."""
+    return _forward(_ka.PRELU, x, w, b, prelu_alpha=alpha)
+
+
+def affine_prelu_backward(dout, cache):
+    """Returns ``(dx, dw, db, dalpha)``, dalpha shaped like the alpha given to forward."""
+    return _backward(_ka.PRELU, dout, cache, "affine_prelu")
+
+
+def maxout_forward(x, w, b):
+    """Maxout units: ``out[n, m] = max_p (x[n] @ w[:, m, p] + b[m, p])`` with w (D, M, k) and
+    b (M, k): one product for all pieces, then the max over pieces."""
+    x2, x_shape, w, b, dt = _operands(x, w, b, w_ndim=3)
+    n, d = x2.shape
+    _, m, k = w.shape
+    if not 1 <= k <= 127:
+        raise ValueError(f"w must have 1 to 127 pieces on its last axis, got {k}")
+    w2 = w.reshape(d, m * k)
+    z, lin_cache = _forward(_ka.IDENTITY, x2, w2, b.reshape(m * k))
+    out, red_cache = maxout_reduce_forward(z.reshape(n, m, k))
+    cache = DenseCache(_ka.IDENTITY, x2, x_shape, w2, b, None, extra=(red_cache, w))
+    return out, cache
+
+
+def maxout_backward(dout, cache):
+    """Returns ``(dx, dw, db)`` with dw (D, M, k) and db (M, k)."""
+    if not isinstance(cache, DenseCache) or cache.extra is None:
+        raise TypeError("cache must be the cache returned by maxout_forward")
+    red_cache, w3 = cache.extra
+    dz = maxout_reduce_backward(dout, red_cache)
+    n, m, k = dz.shape
+    lin = DenseCache(_ka.IDENTITY, cache.x2, cache.x_shape, w3.reshape(w3.shape[0], m * k), cache.b, None)
+    dx, dw, db = _backward(_ka.IDENTITY, dz.reshape(n, m * k), lin, "maxout")
+    return dx, dw.reshape(w3.shape), db.reshape(m, k)

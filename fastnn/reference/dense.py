@@ -1,0 +1,65 @@
+"""NumPy reference for the dense kernels (fastnn/_kernels/dense), course conventions."""
+import numpy as np
+
+from fastnn.reference import activations as act
+
+
+def affine_forward(x, w, b):
+    out = x.reshape(x.shape[0], -1) @ w + b
+    return out, (x, w, b)
+
+
+def affine_backward(dout, cache):
+    x, w, b = cache
+    x2 = x.reshape(x.shape[0], -1)
+    dx = (dout @ w.T).reshape(x.shape)
+    dw = x2.T @ dout
+    db = dout.sum(axis=0)
+    return dx, dw, db
+
+
+def _sandwich(name):
+    fwd = getattr(act, f"{name}_forward")
+    bwd = getattr(act, f"{name}_backward")
+
+    def forward(x, w, b, *args):
+        a, fc_cache = affine_forward(x, w, b)
+        out, act_cache = fwd(a, *args)
+        return out, (fc_cache, act_cache)
+
+    def backward(dout, cache):
+        fc_cache, act_cache = cache
+        da = bwd(dout, act_cache)
+        if isinstance(da, tuple):  # prelu: (da, dalpha)
+            da, dalpha = da
+            return affine_backward(da, fc_cache) + (dalpha,)
+        return affine_backward(da, fc_cache)
+
+    forward.__name__ = f"affine_{name}_forward"
+    backward.__name__ = f"affine_{name}_backward"
+    return forward, backward
+
+
+affine_relu_forward, affine_relu_backward = _sandwich("relu")
+affine_leaky_relu_forward, affine_leaky_relu_backward = _sandwich("leaky_relu")
+affine_sigmoid_forward, affine_sigmoid_backward = _sandwich("sigmoid")
+affine_tanh_forward, affine_tanh_backward = _sandwich("tanh")
+affine_prelu_forward, affine_prelu_backward = _sandwich("prelu")
+
+
+def maxout_forward(x, w, b):
+    """out[n, m] = max_p (x[n] @ w[:, m, p] + b[m, p]); w (D, M, k), b (M, k)."""
+    x2 = x.reshape(x.shape[0], -1)
+    z = np.einsum("nd,dmk->nmk", x2, w) + b
+    out, red_cache = act.maxout_reduce_forward(z)
+    return out, (x, w, b, red_cache)
+
+
+def maxout_backward(dout, cache):
+    x, w, b, red_cache = cache
+    x2 = x.reshape(x.shape[0], -1)
+    dz = act.maxout_reduce_backward(dout, red_cache)
+    dx = np.einsum("nmk,dmk->nd", dz, w).reshape(x.shape)
+    dw = np.einsum("nd,nmk->dmk", x2, dz)
+    db = dz.sum(axis=0)
+    return dx, dw, db
