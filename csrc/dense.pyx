@@ -68,8 +68,8 @@ cdef void _blas_exit() noexcept:
 # ----------------------------------------------------------------------------- tiling
 # Tile plan constants (bench/dense_tiles.py measures them): a tile is at least MIN_TILE_ROWS x
 # MIN_TILE_COLS of output and about TILE_FLOPS of work; at most MAX_TILES per product.
-cdef double TILE_FLOPS = 4.0e6
-cdef Py_ssize_t MIN_TILE_ROWS = 32
+cdef double TILE_FLOPS = 32.0e6
+cdef Py_ssize_t MIN_TILE_ROWS = 64
 cdef Py_ssize_t MIN_TILE_COLS = 64
 cdef Py_ssize_t MAX_TILES = 64
 # Products below this many flops run as one serial BLAS call.
@@ -115,27 +115,29 @@ cdef struct Plan:
 
 
 cdef Plan _plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k) noexcept nogil:
-    """Tiles for an (r x c) output with inner dimension k. Depends on the shape only."""
+    """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
+
+    About one tile per TILE_FLOPS of work (at most MAX_TILES), made by repeatedly halving
+    the longer tile side while it stays at least MIN_TILE_ROWS / MIN_TILE_COLS: near-square
+    tiles keep BLAS's packing cost (one pass over each operand panel per tile) small."""
     cdef Plan p
     cdef double flops = 2.0 * r * c * k
     cdef Py_ssize_t target = <Py_ssize_t>(flops / TILE_FLOPS)
-    cdef Py_ssize_t rb, cb
-    if flops < SERIAL_FLOPS or target <= 1:
+    cdef Py_ssize_t rb = 1, cb = 1
+    cdef bint can_r, can_c
+    if flops < SERIAL_FLOPS or target < 1:
         target = 1
     if target > MAX_TILES:
         target = MAX_TILES
-    rb = r // MIN_TILE_ROWS
-    if rb < 1:
-        rb = 1
-    if rb > target:
-        rb = target
-    cb = c // MIN_TILE_COLS
-    if cb < 1:
-        cb = 1
-    if cb > target // rb:
-        cb = target // rb
-    if cb < 1:
-        cb = 1
+    while rb * cb < target:
+        can_r = r // (rb + 1) >= MIN_TILE_ROWS
+        can_c = c // (cb + 1) >= MIN_TILE_COLS
+        if can_r and (not can_c or r * cb >= c * rb):
+            rb += 1
+        elif can_c:
+            cb += 1
+        else:
+            break
     p.tr = _cdiv(r, rb)
     if rb > 1:
         p.tr = _round_up(p.tr, 8)
@@ -355,6 +357,8 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     ntx = px.nr * px.nc if want_dx else 0
     ntw = pw.nr * pw.nc
     nt = n_threads if n_threads < ntx + ntw else <int>(ntx + ntw)
+    if 2.0 * N * M * D * (2 if want_dx else 1) < 2 * SERIAL_FLOPS:
+        nt = 1
     _blas_enter()
     try:
         with nogil:

@@ -242,6 +242,68 @@ enum { FNN_IDENTITY = 0, FNN_RELU = 1, FNN_LEAKY = 2, FNN_SIGMOID = 3, FNN_TANH 
 #define FNN_LOOP_BWD_ACC(F, B, SFX, T) \
     for (ptrdiff_t i = 0; i < n; i++) { T g = B(SFX, T, dout[i], saved[i], i); dx[i] = g; acc[i] += g; }
 
+/* ---------------------------------------------------------------- counter-based random bits
+ * Dropout masks come from a stateless hash of (seed, element index): element i's draw does not
+ * depend on how the array is split over threads, and forward and backward regenerate the same
+ * mask from the seed instead of storing it. Two rounds of the murmur3 finalizer over 32-bit
+ * lanes (vectorizes with SSE4.1/AVX2/AVX-512; fastnn/reference/dropout.py has the same in NumPy). */
+static inline uint32_t fnn_fmix32(uint32_t h)
+{
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    return h;
+}
+static inline uint32_t fnn_hash_index(uint32_t i, uint32_t seed_lo, uint32_t seed_hi)
+{
+    return fnn_fmix32(fnn_fmix32(i * 0x9e3779b9u + seed_lo) ^ seed_hi);
+}
+/* keep element i when the top 24 bits of its hash, as a fraction of 2^24, are below p:
+ * threshold = ceil(p * 2^24) (p = 1 keeps everything). */
+#define FNN_DEFINE_SPANS_DROPOUT(T, SFX)                                                      \
+FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,          \
+        ptrdiff_t n, uint32_t first, uint32_t threshold, uint32_t seed_lo, uint32_t seed_hi,   \
+        T scale)                                                                              \
+{ for (ptrdiff_t i = 0; i < n; i++) {                                                         \
+      uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi) >> 8;                \
+      y[i] = (u < threshold) ? x[i] * scale : (T)0; } }
+
+#define FNN_SQRT_f32 sqrtf
+#define FNN_SQRT_f64 sqrt
+
+/* ---------------------------------------------------------------- update rules (in place)
+ * g = dw + wd * w is the gradient with weight decay (L2, "gradual forgetting"). */
+#define FNN_DEFINE_SPANS_OPTIM(T, SFX)                                                        \
+FNN_CLONES static void fnn_sgd_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw, ptrdiff_t n, \
+        T lr, T wd)                                                                           \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i]; w[i] -= lr * g; } }            \
+FNN_CLONES static void fnn_momentum_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,        \
+        T *FNN_RESTRICT v, ptrdiff_t n, T lr, T mu, T wd)                                     \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+      T vi = mu * v[i] - lr * g; v[i] = vi; w[i] += vi; } }                                   \
+FNN_CLONES static void fnn_nesterov_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,        \
+        T *FNN_RESTRICT v, ptrdiff_t n, T lr, T mu, T wd)                                     \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+      T vp = v[i]; T vi = mu * vp - lr * g; v[i] = vi; w[i] += -mu * vp + ((T)1 + mu) * vi; } } \
+FNN_CLONES static void fnn_rmsprop_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,         \
+        T *FNN_RESTRICT c, ptrdiff_t n, T lr, T decay, T eps, T wd)                           \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+      T ci = decay * c[i] + ((T)1 - decay) * (g * g); c[i] = ci;                              \
+      w[i] -= lr * g / (FNN_SQRT_##SFX(ci) + eps); } }                                                  \
+FNN_CLONES static void fnn_adam_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,            \
+        T *FNN_RESTRICT m, T *FNN_RESTRICT v, ptrdiff_t n, T lr, T b1, T b2, T eps,           \
+        T c1, T c2, T wd)                                                                     \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+      T mi = b1 * m[i] + ((T)1 - b1) * g; T vi = b2 * v[i] + ((T)1 - b2) * (g * g);           \
+      m[i] = mi; v[i] = vi;                                                                   \
+      w[i] -= lr * (mi / c1) / (FNN_SQRT_##SFX(vi / c2) + eps); } }
+
+/* Loss helpers: y = exp(x - shift) for shift >= max(x) (the softmax numerator), and y *= s. */
+#define FNN_DEFINE_SPANS_LOSS(T, SFX)                                                         \
+FNN_CLONES static void fnn_exp_shift_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,        \
+        ptrdiff_t n, T shift)                                                                 \
+{ for (ptrdiff_t i = 0; i < n; i++) y[i] = fnn_exp_nonpos_##SFX(x[i] - shift); }              \
+FNN_CLONES static void fnn_scale_##SFX(T *FNN_RESTRICT y, ptrdiff_t n, T s)                   \
+{ for (ptrdiff_t i = 0; i < n; i++) y[i] *= s; }
+
 #define FNN_DEFINE_SPANS(T, SFX)                                                              \
 FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN_RESTRICT y,  \
         ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                                     \
@@ -270,7 +332,13 @@ FNN_CLONES static void fnn_add_into_##SFX(const T *FNN_RESTRICT v, T *FNN_RESTRI
         ptrdiff_t n)                                                                          \
 { for (ptrdiff_t i = 0; i < n; i++) acc[i] += v[i]; }
 
+FNN_DEFINE_SPANS_LOSS(float, f32)
+FNN_DEFINE_SPANS_DROPOUT(float, f32)
+FNN_DEFINE_SPANS_OPTIM(float, f32)
 FNN_DEFINE_SPANS(float, f32)
+FNN_DEFINE_SPANS_LOSS(double, f64)
+FNN_DEFINE_SPANS_DROPOUT(double, f64)
+FNN_DEFINE_SPANS_OPTIM(double, f64)
 FNN_DEFINE_SPANS(double, f64)
 
 #endif /* FASTNN_SIMD_H */

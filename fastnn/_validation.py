@@ -110,3 +110,43 @@ def out_array(out, shape, dtype, *inputs):
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError("out must not overlap the input arrays")
     return out
+
+
+def class_labels(y, n, num_classes, name="y"):
+    """Integer class labels: 1-D, n of them, each in [0, num_classes). Returns an intp array."""
+    if y is None:
+        raise TypeError(f"{name} must be an array of integer class labels, got None")
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name} must hold integer class labels, got dtype {arr.dtype}"
+            + (" (cast with y.astype(int) if the values are whole numbers)" if arr.dtype.kind == "f" else "")
+        )
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D with one label per row, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} must have {n} labels (one per row of x), got {arr.shape[0]}")
+    if n:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} must hold labels in [0, {num_classes}), got {bad}")
+    return np.ascontiguousarray(arr, dtype=np.intp)
+
+
+def binary_targets(y, n, allowed, dtype, name="y"):
+    """Binary labels (integer or bool) with values in ``allowed``, as a float array."""
+    if y is None:
+        raise TypeError(f"{name} must be an array of binary labels, got None")
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"{name} must hold integer labels in {set(allowed)}, got dtype {arr.dtype}")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    arr = arr.astype(np.int64)
+    if n and not np.isin(arr, allowed).all():
+        bad = arr[~np.isin(arr, allowed)][0]
+        raise ValueError(f"{name} must hold labels in {sorted(allowed)}, got {bad}")
+    return np.ascontiguousarray(arr, dtype=dtype)

@@ -33,3 +33,16 @@ from fastnn.functional.dense import (  # noqa: F401,E402
     maxout_backward,
     maxout_forward,
 )
+from fastnn.functional.losses import (  # noqa: F401,E402
+    binary_svm_loss,
+    logistic_loss,
+    mse_loss,
+    softmax_loss,
+    svm_loss,
+)
+from fastnn.functional.dropout import (  # noqa: F401,E402
+    dropout_backward,
+    dropout_forward,
+    gaussian_noise_backward,
+    gaussian_noise_forward,
+)

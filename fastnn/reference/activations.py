@@ -74,7 +74,11 @@ def prelu_backward(dout, cache):
     if a.ndim == 0:
         dalpha = contrib.sum(dtype=x.dtype)
     else:
-        dalpha = contrib.reshape(-1, x.shape[-1]).sum(axis=0).reshape(a.shape)
+        # rows x features, spelled out: reshape(-1, 0) is ambiguous, and a 0-d x is one
+        # sample of one feature
+        d = x.shape[-1] if x.ndim else 1
+        rows = int(np.prod(x.shape[:-1])) if x.ndim else 1
+        dalpha = contrib.reshape(rows, d).sum(axis=0).reshape(a.shape)
     return dx, dalpha
 
 

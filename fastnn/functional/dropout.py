@@ -1,0 +1,97 @@
+"""Inverted dropout and Gaussian input noise, course conventions.
+
+``dropout_forward(x, dropout_param) -> (out, cache)``: ``dropout_param['p']`` is the probability
+of KEEPING a unit, ``mode`` is 'train' or 'test', and an optional ``seed`` makes the mask the same
+call after call (what numerical gradient checks need). Without a seed each call draws a fresh
+one from NumPy's global random state, so ``np.random.seed`` makes a run reproducible.
+
+The mask comes from a counter-based hash of (seed, element index) computed in the kernel: the
+same for any thread count, and regenerated in backward from the seed instead of stored.
+"""
+import numpy as np
+
+from fastnn import _threads
+from fastnn._kernels import dropout as _kd
+from fastnn._validation import as_float_array, check_scalar
+
+__all__ = ["dropout_forward", "dropout_backward", "gaussian_noise_forward", "gaussian_noise_backward"]
+
+
+class DropoutCache:
+    __slots__ = ("mode", "p", "seed", "shape", "dtype")
+
+    def __init__(self, mode, p, seed, shape, dtype):
+        self.mode, self.p, self.seed, self.shape, self.dtype = mode, p, seed, shape, dtype
+
+
+def _params(dropout_param):
+    if not isinstance(dropout_param, dict):
+        raise TypeError(f"dropout_param must be a dict, got {type(dropout_param).__name__}")
+    if "p" not in dropout_param:
+        raise ValueError("dropout_param must have a 'p' entry (the probability of keeping a unit)")
+    p = check_scalar(dropout_param["p"], "dropout_param['p']")
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"dropout_param['p'] is the keep probability and must be in (0, 1], got {p}")
+    mode = dropout_param.get("mode", "train")
+    if mode not in ("train", "test"):
+        raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    seed = dropout_param.get("seed")
+    if seed is None:
+        seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"dropout_param['seed'] must be an int, got {type(seed).__name__}")
+    elif not 0 <= int(seed) < 2**64:
+        raise ValueError(f"dropout_param['seed'] must be in [0, 2**64), got {seed}")
+    return p, mode, int(seed)
+
+
+def dropout_forward(x, dropout_param):
+    """Returns ``(out, cache)``; in 'test' mode ``out`` is ``x`` itself (no copy)."""
+    p, mode, seed = _params(dropout_param)
+    x = as_float_array(x, "x")
+    if mode == "test":
+        return x, DropoutCache(mode, p, seed, x.shape, x.dtype)
+    out = np.empty_like(x)
+    _kd.dropout_apply(x.reshape(-1), out.reshape(-1), p, seed, _threads._num_threads)
+    return out, DropoutCache(mode, p, seed, x.shape, x.dtype)
+
+
+def dropout_backward(dout, cache):
+    if not isinstance(cache, DropoutCache):
+        raise TypeError(f"cache must be the cache returned by dropout_forward, got {type(cache).__name__}")
+    dout = as_float_array(dout, "dout")
+    if dout.shape != cache.shape:
+        raise ValueError(f"dout must have shape {cache.shape}, got {dout.shape}")
+    if cache.mode == "test":
+        return dout
+    dx = np.empty_like(dout)
+    _kd.dropout_apply(dout.reshape(-1), dx.reshape(-1), cache.p, cache.seed, _threads._num_threads)
+    return dx
+
+
+def gaussian_noise_forward(x, std, mode="train", seed=None):
+    """Input noise: ``x + std * N(0, 1)`` in 'train' mode, ``x`` in 'test' mode. Returns
+    ``(out, cache)``. The noise comes from ``np.random.default_rng(seed)``."""
+    std = check_scalar(std, "std")
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    if mode not in ("train", "test"):
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    x = as_float_array(x, "x")
+    if mode == "test" or std == 0.0:
+        return x, ("gaussian_noise", x.shape)
+    rng = np.random.default_rng(seed)
+    out = rng.standard_normal(x.shape, dtype=x.dtype)
+    out *= x.dtype.type(std)
+    out += x
+    return out, ("gaussian_noise", x.shape)
+
+
+def gaussian_noise_backward(dout, cache):
+    """Additive noise passes the gradient through unchanged."""
+    if not (isinstance(cache, tuple) and len(cache) == 2 and cache[0] == "gaussian_noise"):
+        raise TypeError("cache must be the cache returned by gaussian_noise_forward")
+    dout = as_float_array(dout, "dout")
+    if dout.shape != cache[1]:
+        raise ValueError(f"dout must have shape {cache[1]}, got {dout.shape}")
+    return dout

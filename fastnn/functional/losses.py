@@ -1,0 +1,87 @@
+"""Losses with the course's conventions: ``loss, dx = softmax_loss(x, y)``.
+
+All are averaged over the N rows, with no regularization inside; the loss is a Python float
+and dx has x's shape and dtype. Labels are checked (integer, in range, one per row) before
+any kernel runs; an empty batch is an error (the mean over no rows is undefined).
+"""
+import numpy as np
+
+from fastnn import _threads
+from fastnn._kernels import losses as _kl
+from fastnn._validation import as_float_array, binary_targets, class_labels, common_dtype
+
+__all__ = ["softmax_loss", "svm_loss", "logistic_loss", "binary_svm_loss", "mse_loss"]
+
+
+def _scores(x):
+    x = as_float_array(x, "x")
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D scores of shape (N, C), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one row: the mean loss over an empty batch is undefined")
+    if x.shape[1] == 0:
+        raise ValueError("x must have at least one class column, got shape (N, 0)")
+    return x
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy. x (N, C) scores, y (N,) integer labels in [0, C)."""
+    x = _scores(x)
+    y = class_labels(y, x.shape[0], x.shape[1])
+    dx = np.empty_like(x)
+    loss = _kl.softmax_loss(x, y, dx, _threads._num_threads)
+    return loss, dx
+
+
+def svm_loss(x, y):
+    """Multiclass SVM (hinge, margin 1). x (N, C) scores, y (N,) integer labels in [0, C)."""
+    x = _scores(x)
+    y = class_labels(y, x.shape[0], x.shape[1])
+    dx = np.empty_like(x)
+    loss = _kl.svm_loss(x, y, dx, _threads._num_threads)
+    return loss, dx
+
+
+def _binary_scores(x):
+    x = as_float_array(x, "x")
+    if not (x.ndim == 1 or (x.ndim == 2 and x.shape[1] == 1)):
+        raise ValueError(f"x must have shape (N,) or (N, 1), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one score: the mean loss over an empty batch is undefined")
+    return x
+
+
+def logistic_loss(x, y):
+    """The binary softmax classifier: one sigmoid neuron with cross-entropy. x (N,) or (N, 1)
+    scores (logits), y integer labels in {0, 1}."""
+    x = _binary_scores(x)
+    t = binary_targets(y, x.shape[0], (0, 1), x.dtype)
+    dx = np.empty_like(x)
+    loss = _kl.logistic_loss(x.reshape(-1), t, dx.reshape(-1), _threads._num_threads)
+    return loss, dx
+
+
+def binary_svm_loss(x, y):
+    """The binary SVM: hinge loss max(0, 1 - y x). x (N,) or (N, 1), y labels in {-1, +1}."""
+    x = _binary_scores(x)
+    t = binary_targets(y, x.shape[0], (-1, 1), x.dtype)
+    dx = np.empty_like(x)
+    loss = _kl.binary_svm_loss(x.reshape(-1), t, dx.reshape(-1), _threads._num_threads)
+    return loss, dx
+
+
+def mse_loss(x, y):
+    """Regression: loss = 0.5 * sum((x - y)**2) / N, dx = (x - y) / N. y has x's shape."""
+    dt = common_dtype(("x", x), ("y", y))
+    x = as_float_array(x, "x", dt)
+    y = as_float_array(y, "y", dt)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"x must have shape (N,) or (N, D), got {x.shape}")
+    if y.shape != x.shape:
+        raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one row: the mean loss over an empty batch is undefined")
+    x2 = x.reshape(x.shape[0], -1)
+    dx = np.empty_like(x)
+    loss = _kl.mse_loss(x2, y.reshape(x2.shape), dx.reshape(x2.shape), _threads._num_threads)
+    return loss, dx

@@ -1,0 +1,73 @@
+"""Numerical gradients by centered differences, with the course's gradient_check.py interface.
+
+These perturb ``x`` IN PLACE (and restore it), exactly like the course helpers: that is how
+they reach parameters that a model reads live from its arrays.
+"""
+from random import randrange
+
+import numpy as np
+
+__all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "grad_check_sparse", "rel_error"]
+
+
+def rel_error(x, y):
+    """Max relative error ``|x - y| / max(1e-8, |x| + |y|)`` (the course's definition)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
+
+
+def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
+    """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored)."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        old = x[ix]
+        x[ix] = old + h
+        fxph = f(x)
+        x[ix] = old - h
+        fxmh = f(x)
+        x[ix] = old
+        grad[ix] = (fxph - fxmh) / (2 * h)
+        if verbose:
+            print(ix, grad[ix])
+        it.iternext()
+    return grad
+
+
+def eval_numerical_gradient_array(f, x, df, h=1e-5):
+    """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        old = x[ix]
+        x[ix] = old + h
+        pos = np.array(f(x), copy=True)
+        x[ix] = old - h
+        neg = np.array(f(x), copy=True)
+        x[ix] = old
+        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
+        it.iternext()
+    return grad
+
+
+def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
+    """Compare ``analytic_grad`` with centered differences at ``num_checks`` random entries;
+    prints each comparison and returns the list of relative errors."""
+    errors = []
+    for _ in range(num_checks):
+        ix = tuple(randrange(m) for m in x.shape)
+        old = x[ix]
+        x[ix] = old + h
+        fxph = f(x)
+        x[ix] = old - h
+        fxmh = f(x)
+        x[ix] = old
+        numeric = (fxph - fxmh) / (2 * h)
+        analytic = analytic_grad[ix]
+        err = abs(numeric - analytic) / max(1e-12, abs(numeric) + abs(analytic))
+        errors.append(err)
+        print(f"numerical: {numeric:f} analytic: {analytic:f}, relative error: {err:e}")
+    return errors

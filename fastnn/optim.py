@@ -1,0 +1,144 @@
+"""Update rules with the course's interface: ``next_w, config = rule(w, dw, config)``.
+
+Each rule runs one fused, threaded pass that updates ``w`` IN PLACE and returns it as
+``next_w`` (the course's Solver stores ``next_w`` back into the model, so both conventions
+work). State (``velocity``, ``cache``, ``m``, ``v``) lives in ``config`` as arrays of w's shape and
+dtype, created on the first call. When ``w`` cannot be updated in place (not a C-contiguous
+float32/float64 array, or read-only) a new array is returned and ``w`` is left alone.
+
+Defaults are the course's: sgd/sgd_momentum/nesterov_momentum/rmsprop ``learning_rate=1e-2``,
+``momentum=0.9``, ``decay_rate=0.99``, ``epsilon=1e-8``; adam ``learning_rate=1e-3``,
+``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, and ``t`` incremented before it is used.
+A ``weight_decay`` key (default 0) adds L2 weight decay: the gradient used is ``dw + wd * w``.
+"""
+import numpy as np
+
+from fastnn import _threads
+from fastnn._kernels import optim as _ko
+from fastnn._validation import as_float_array, check_scalar
+
+__all__ = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
+
+
+def _target(w):
+    """The array to update in place: w itself when possible, else a contiguous float copy."""
+    if (isinstance(w, np.ndarray) and w.dtype in (np.float32, np.float64)
+            and w.flags.c_contiguous and w.flags.writeable):
+        return w
+    return as_float_array(w, "w").copy()
+
+
+def _grad(dw, w):
+    dw = as_float_array(dw, "dw", w.dtype)
+    if dw.shape != w.shape:
+        raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
+    return dw
+
+
+def _config(config):
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    return config
+
+
+def _state(config, key, w):
+    """config[key] as a contiguous array of w's dtype and shape (created as zeros)."""
+    s = config.get(key)
+    if s is None:
+        s = np.zeros_like(w)
+    else:
+        s = as_float_array(s, f"config['{key}']", w.dtype)
+        if s.shape != w.shape:
+            raise ValueError(f"config['{key}'] must have the shape of w {w.shape}, got {s.shape}")
+        if not s.flags.writeable:
+            s = s.copy()
+    config[key] = s
+    return s
+
+
+def _hyper(config, key, default, lo=None, hi=None, lo_open=False):
+    value = check_scalar(config.setdefault(key, default), f"config['{key}']")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"config['{key}'] must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"config['{key}'] must be <= {hi}, got {value}")
+    return value
+
+
+def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.0):
+    _ko.update(rule, w.reshape(-1), dw.reshape(-1),
+               None if s1 is None else s1.reshape(-1), None if s2 is None else s2.reshape(-1),
+               lr, h1, h2, eps, c1, c2, wd, _threads._num_threads)
+    return w
+
+
+def sgd(w, dw, config=None):
+    """Vanilla SGD: ``w -= learning_rate * dw``."""
+    config = _config(config)
+    lr = _hyper(config, "learning_rate", 1e-2)
+    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    w = _target(w)
+    return _run(_ko.SGD, w, _grad(dw, w), None, None, lr, wd=wd), config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum: ``v = momentum * v - learning_rate * dw; w += v``."""
+    config = _config(config)
+    lr = _hyper(config, "learning_rate", 1e-2)
+    mu = _hyper(config, "momentum", 0.9, lo=0.0)
+    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    w = _target(w)
+    dw = _grad(dw, w)
+    v = _state(config, "velocity", w)
+    return _run(_ko.MOMENTUM, w, dw, v, None, lr, mu, wd=wd), config
+
+
+def nesterov_momentum(w, dw, config=None):
+    """Nesterov momentum: ``v = mu * v - lr * dw; w += -mu * v_prev + (1 + mu) * v``."""
+    config = _config(config)
+    lr = _hyper(config, "learning_rate", 1e-2)
+    mu = _hyper(config, "momentum", 0.9, lo=0.0)
+    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    w = _target(w)
+    dw = _grad(dw, w)
+    v = _state(config, "velocity", w)
+    return _run(_ko.NESTEROV, w, dw, v, None, lr, mu, wd=wd), config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp: ``cache = decay_rate * cache + (1 - decay_rate) * dw**2;
+    w -= learning_rate * dw / (sqrt(cache) + epsilon)``."""
+    config = _config(config)
+    lr = _hyper(config, "learning_rate", 1e-2)
+    decay = _hyper(config, "decay_rate", 0.99, lo=0.0, hi=1.0)
+    eps = _hyper(config, "epsilon", 1e-8, lo=0.0)
+    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    w = _target(w)
+    dw = _grad(dw, w)
+    c = _state(config, "cache", w)
+    return _run(_ko.RMSPROP, w, dw, c, None, lr, decay, eps=eps, wd=wd), config
+
+
+def adam(w, dw, config=None):
+    """Adam with bias correction; ``config['t']`` is incremented before it is used."""
+    config = _config(config)
+    lr = _hyper(config, "learning_rate", 1e-3)
+    b1 = _hyper(config, "beta1", 0.9, lo=0.0, hi=1.0)
+    b2 = _hyper(config, "beta2", 0.999, lo=0.0, hi=1.0)
+    eps = _hyper(config, "epsilon", 1e-8, lo=0.0)
+    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    t = config.get("t", 0)
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+        raise ValueError(f"config['t'] must be a non-negative int, got {t!r}")
+    w = _target(w)
+    dw = _grad(dw, w)
+    m = _state(config, "m", w)
+    v = _state(config, "v", w)
+    t = int(t) + 1
+    config["t"] = t
+    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+    if c1 == 0.0 or c2 == 0.0:
+        raise ValueError("config['beta1'] and config['beta2'] must be < 1")
+    return _run(_ko.ADAM, w, dw, m, v, lr, b1, b2, eps, c1, c2, wd), config
