@@ -1,0 +1,163 @@
+"""Shared fixtures and helpers for the fastnn test suite.
+
+Helpers (import them with ``from conftest import ...``; pytest puts tests/ on sys.path):
+
+- ``ulp_distance(a, b)``: element-wise distance in units in the last place (float32/float64).
+- ``assert_ulp_close(actual, desired, maxulp)``: ulp comparison with a useful failure message.
+- ``assert_same_bits(a, b)``: bitwise equality (dtype, shape and every bit, NaN payload included).
+- ``assert_thread_invariant(fn, threads=(1, 2, 3))``: runs ``fn()`` under ``fastnn.threads(n)``
+  for each n and asserts bitwise-identical outputs; returns the first result.
+- ``numerical_gradient(f, x, dout, h=1e-5)``: central differences of ``sum(f(x) * dout)`` with
+  respect to ``x`` (perturbed IN PLACE, as the course's ``eval_numerical_gradient_array``).
+- ``ulp_of(x)``: the spacing of floats at ``x`` (``np.spacing(|x|)``).
+"""
+import numpy as np
+import pytest
+
+import fastnn
+
+THREAD_COUNTS = (1, 2, 3)
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def rng():
+    """A fresh, seeded generator per test (tests are reproducible and order-independent)."""
+    return np.random.default_rng(20240607)
+
+
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    """No test may leak a thread-count change into the next one."""
+    before = fastnn.get_num_threads()
+    yield
+    if fastnn.get_num_threads() != before:
+        fastnn.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- ulp helpers
+_INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def _ordered_ints(a):
+    """Map floats to integers that are monotonic in the float value (+0 and -0 both map to 0)."""
+    a = np.ascontiguousarray(a)
+    it = _INT_OF[a.dtype]
+    i = a.view(it).astype(np.int64) if it is np.int32 else a.view(it).copy()
+    sign_mask = np.int64(0x7FFFFFFF) if it is np.int32 else np.int64(0x7FFFFFFFFFFFFFFF)
+    return np.where(i < 0, -(i & sign_mask), i)
+
+
+def ulp_distance(a, b):
+    """How many representable floats lie between ``a`` and ``b`` (element-wise, int64 array).
+
+    Both arguments must have the same float dtype (float32 or float64). Two NaNs are at distance
+    0; a NaN and a number are at the maximal distance."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != b.dtype or a.dtype not in _INT_OF:
+        raise TypeError(f"ulp_distance needs two float32 or two float64 arrays, got {a.dtype}, {b.dtype}")
+    a, b = np.broadcast_arrays(a, b)
+    ia = _ordered_ints(a)
+    ib = _ordered_ints(b)
+    same_side = (ia < 0) == (ib < 0)
+    d = np.abs(np.where(same_side, ia - ib, 0))  # cannot overflow on the same side of zero
+    across = np.abs(ia).astype(np.uint64) + np.abs(ib).astype(np.uint64)  # < 2**64
+    across = np.minimum(across, np.uint64(np.iinfo(np.int64).max)).astype(np.int64)
+    d = np.where(same_side, d, across)
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    d = np.where(nan_a & nan_b, 0, d)
+    d = np.where(nan_a ^ nan_b, np.iinfo(np.int64).max, d)
+    return d
+
+
+def assert_ulp_close(actual, desired, maxulp, inputs=None, what=""):
+    """Every element of ``actual`` within ``maxulp`` ulp of ``desired`` (same dtype)."""
+    actual = np.asarray(actual)
+    desired = np.asarray(desired)
+    assert actual.dtype == desired.dtype, (actual.dtype, desired.dtype)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    if actual.size == 0:
+        return
+    d = ulp_distance(actual, desired)
+    worst = int(np.argmax(d))
+    if d.flat[worst] > maxulp:
+        at = "" if inputs is None else f" at input {np.asarray(inputs).flat[worst]!r}"
+        raise AssertionError(
+            f"{what}: {int(np.count_nonzero(d > maxulp))} elements more than {maxulp} ulp away; "
+            f"worst {int(d.flat[worst])} ulp{at}: got {actual.flat[worst]!r}, "
+            f"expected {desired.flat[worst]!r}"
+        )
+
+
+def ulp_of(x):
+    return np.spacing(np.abs(np.asarray(x)))
+
+
+def assert_same_bits(a, b, what=""):
+    """dtype, shape and every bit equal (stronger than ==: distinguishes -0.0 and NaN payloads)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    assert a.dtype == b.dtype, f"{what}: dtype {a.dtype} != {b.dtype}"
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    if a.tobytes() != b.tobytes():
+        ua = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+        ub = np.ascontiguousarray(b).view(np.uint8).reshape(-1)
+        first = int(np.argmax(ua != ub)) // max(a.itemsize, 1)
+        raise AssertionError(
+            f"{what}: not bitwise identical; first difference at flat index {first}: "
+            f"{a.reshape(-1)[first]!r} vs {b.reshape(-1)[first]!r}"
+        )
+
+
+# ----------------------------------------------------------------------------- threads
+def _leaves(result):
+    """The arrays/scalars of a (possibly nested tuple/list) result, in order."""
+    if isinstance(result, (tuple, list)):
+        out = []
+        for r in result:
+            out.extend(_leaves(r))
+        return out
+    return [np.asarray(result)]
+
+
+def assert_thread_invariant(fn, threads=THREAD_COUNTS):
+    """Run ``fn()`` with each thread count and assert every output is bitwise identical.
+
+    ``fn`` must return an array, a scalar or a (nested) tuple/list of them; it must build its
+    own outputs (fresh arrays) on every call. Returns the result of the first run."""
+    results = []
+    for n in threads:
+        with fastnn.threads(n):
+            assert fastnn.get_num_threads() == n
+            results.append(fn())
+    first = _leaves(results[0])
+    for n, res in zip(threads[1:], results[1:]):
+        leaves = _leaves(res)
+        assert len(leaves) == len(first)
+        for i, (a, b) in enumerate(zip(first, leaves)):
+            assert_same_bits(b, a, what=f"output {i} with {n} threads vs {threads[0]}")
+    return results[0]
+
+
+# ----------------------------------------------------------------------------- gradients
+def numerical_gradient(f, x, dout, h=1e-5):
+    """Central-difference gradient of ``sum(f(x) * dout)`` with respect to ``x``.
+
+    ``x`` must be a writeable float64 array (0-d allowed); it is perturbed IN PLACE one element
+    at a time and restored, so ``f`` may also read it through a closure (the way a model reads
+    its parameters live). ``f(x)`` returns an array broadcastable against ``dout``."""
+    x = np.asarray(x)
+    if x.dtype != np.float64 or not x.flags.writeable:
+        raise TypeError("numerical_gradient needs a writeable float64 array")
+    dout = np.asarray(dout, dtype=np.float64)
+    grad = np.zeros(x.shape, dtype=np.float64)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + h
+        fp = np.array(f(x), dtype=np.float64, copy=True)
+        x[idx] = old - h
+        fm = np.array(f(x), dtype=np.float64, copy=True)
+        x[idx] = old
+        grad[idx] = np.sum((fp - fm) * dout) / (2 * h)
+    return grad

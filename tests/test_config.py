@@ -1,0 +1,230 @@
+"""Thread control (set_num_threads, get_num_threads, threads(), environment defaults),
+show_config(), threadpoolctl integration and the package version."""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.functional as F
+from fastnn._kernels import _config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPENMP = _config.openmp_enabled()
+
+
+def _expected(n):
+    """What get_num_threads() reports after asking for n (1 in a build without OpenMP)."""
+    return n if OPENMP else 1
+
+
+# ============================================================================ set/get/threads()
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, np.int64(4), np.int32(2)], ids=repr)
+def test_set_get_roundtrip(n):
+    before = fastnn.get_num_threads()
+    previous = fastnn.set_num_threads(n)
+    assert previous == before
+    assert fastnn.get_num_threads() == _expected(int(n))
+    assert type(fastnn.get_num_threads()) is int
+
+
+def test_set_returns_previous_value():
+    fastnn.set_num_threads(3)
+    assert fastnn.set_num_threads(5) == _expected(3)
+    assert fastnn.set_num_threads(1) == _expected(5)
+
+
+def test_above_core_count_is_honoured():
+    cores = os.cpu_count() or 1
+    n = max(64, 4 * cores)
+    fastnn.set_num_threads(n)
+    assert fastnn.get_num_threads() == _expected(n)
+    # and the kernels run with it (correct, and identical to one thread)
+    x = np.linspace(-5, 5, 400_000)
+    y_many, _ = F.tanh_forward(x)
+    with fastnn.threads(1):
+        y_one, _ = F.tanh_forward(x)
+    assert y_many.tobytes() == y_one.tobytes()
+
+
+@pytest.mark.parametrize(
+    "bad,exc",
+    [(0, ValueError), (-1, ValueError), (-64, ValueError), (np.int64(0), ValueError),
+     (1.5, TypeError), (2.0, TypeError), ("2", TypeError), (True, TypeError), (False, TypeError),
+     (None, TypeError), ([2], TypeError), (np.float64(2.0), TypeError)],
+    ids=repr,
+)
+def test_invalid_values_rejected(bad, exc):
+    fastnn.set_num_threads(2)
+    with pytest.raises(exc, match="positive int"):
+        fastnn.set_num_threads(bad)
+    assert fastnn.get_num_threads() == _expected(2), "a rejected value must not change the setting"
+    with pytest.raises(exc, match="positive int"):
+        with fastnn.threads(bad):
+            pass  # pragma: no cover
+    assert fastnn.get_num_threads() == _expected(2)
+
+
+def test_threads_context_manager_sets_and_restores():
+    fastnn.set_num_threads(2)
+    with fastnn.threads(3) as n:
+        assert n == _expected(3)
+        assert fastnn.get_num_threads() == _expected(3)
+        with fastnn.threads(1) as inner:
+            assert inner == 1
+            assert fastnn.get_num_threads() == 1
+        assert fastnn.get_num_threads() == _expected(3)
+    assert fastnn.get_num_threads() == _expected(2)
+
+
+def test_threads_context_manager_restores_on_exception():
+    fastnn.set_num_threads(2)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with fastnn.threads(5):
+            assert fastnn.get_num_threads() == _expected(5)
+            raise Boom
+    assert fastnn.get_num_threads() == _expected(2)
+
+
+def test_threads_is_exported():
+    for name in ("set_num_threads", "get_num_threads", "threads", "show_config", "__version__"):
+        assert name in fastnn.__all__
+        assert hasattr(fastnn, name)
+
+
+# ============================================================================ environment defaults
+def _run_child(env_set, code):
+    """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS removed and
+    then ``env_set`` applied; fastnn is importable (PYTHONPATH kept, repo root added)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS")}
+    paths = [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(env_set)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+_REPORT = """
+    import json, os
+    import fastnn
+    from fastnn._kernels import _config
+    info = {"n": fastnn.get_num_threads(), "openmp": _config.openmp_enabled(),
+            "omp_max": _config.omp_max_threads(), "cpus": len(os.sched_getaffinity(0))}
+    try:
+        from threadpoolctl import threadpool_info
+        info["pools"] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+    except ImportError:
+        info["pools"] = None
+    print(json.dumps(info))
+"""
+
+
+def _report(env_set):
+    proc = _run_child(env_set, _REPORT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, "cpus"),
+        ({"FASTNN_NUM_THREADS": "3"}, 3),
+        ({"FASTNN_NUM_THREADS": "64"}, 64),
+        ({"FASTNN_NUM_THREADS": " 5 "}, 5),
+        ({"OMP_NUM_THREADS": "3"}, 3),
+        ({"OMP_NUM_THREADS": "5,2"}, 5),               # first nesting level
+        ({"FASTNN_NUM_THREADS": "2", "OMP_NUM_THREADS": "5"}, 2),  # fastnn's own wins
+        ({"FASTNN_NUM_THREADS": "", "OMP_NUM_THREADS": "3"}, 3),   # empty means unset
+        ({"OMP_NUM_THREADS": "abc"}, "cpus"),        # the OpenMP runtime's problem, not ours
+        ({"OMP_NUM_THREADS": "0"}, "cpus"),
+    ],
+    ids=lambda v: repr(v),
+)
+def test_environment_defaults(env, want):
+    info = _report(env)
+    want = info["cpus"] if want == "cpus" else want
+    assert info["n"] == (want if info["openmp"] else 1)
+    if info["openmp"]:
+        # the OpenMP runtime's own setting follows, so threadpoolctl reports the same number
+        assert info["omp_max"] == want
+        if info["pools"] is not None:
+            assert want in info["pools"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "2,3", "true"])
+def test_invalid_fastnn_num_threads_raises_at_import(value):
+    proc = _run_child({"FASTNN_NUM_THREADS": value}, "import fastnn")
+    assert proc.returncode != 0
+    assert "ValueError" in proc.stderr
+    assert "FASTNN_NUM_THREADS" in proc.stderr
+    assert repr(value.strip()) in proc.stderr or value.strip() in proc.stderr
+
+
+# ============================================================================ show_config
+def test_show_config_prints_and_returns_dict(capsys):
+    info = fastnn.show_config()
+    text = capsys.readouterr().out
+    assert isinstance(info, dict)
+    for key in ("version", "openmp", "openmp_version", "simd_path", "num_threads", "blas", "compiler"):
+        assert key in info, key
+    assert info["version"] == fastnn.__version__
+    assert f"fastnn {fastnn.__version__}" in text
+    assert info["openmp"] is OPENMP
+    if OPENMP:
+        assert info["openmp_version"] > 0
+        assert re.search(rf"openmp\s+on \(OpenMP {info['openmp_version']}\)", text), text
+    else:
+        assert re.search(r"openmp\s+off", text), text
+    assert info["simd_path"] == _config.simd_path() and info["simd_path"]
+    assert re.search(rf"simd\s+{re.escape(info['simd_path'])}", text), text
+    assert info["num_threads"] == fastnn.get_num_threads()
+    assert re.search(rf"threads\s+{info['num_threads']}\n", text), text
+    assert isinstance(info["blas"], list) and info["blas"]
+    assert re.search(r"\bblas\b", text)
+
+
+def test_show_config_follows_thread_setting_and_file_argument():
+    with fastnn.threads(7):
+        buf = io.StringIO()
+        info = fastnn.show_config(file=buf)
+    assert info["num_threads"] == _expected(7)
+    assert re.search(rf"threads\s+{_expected(7)}\n", buf.getvalue())
+
+
+# ============================================================================ threadpoolctl
+def test_threadpoolctl_sees_the_openmp_pool():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not OPENMP:
+        pytest.skip("built without OpenMP: there is no pool to see")
+
+    def openmp_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "openmp"]
+
+    assert openmp_threads(), "no OpenMP pool visible after importing fastnn"
+    for n in (1, 3, 64, 2):
+        fastnn.set_num_threads(n)
+        assert n in openmp_threads(), f"threadpoolctl does not see {n} threads after set_num_threads({n})"
+    with fastnn.threads(5):
+        assert 5 in openmp_threads()
+    assert 2 in openmp_threads()
+
+
+# ============================================================================ version
+def test_version_is_a_string_matching_pyproject():
+    assert isinstance(fastnn.__version__, str)
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?([abrc]+\d+)?(\.dev\d+)?(\+\S+)?", fastnn.__version__)
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    assert meta["project"]["version"] == fastnn.__version__
