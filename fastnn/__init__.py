@@ -1,7 +1,10 @@
 """fastnn: fast fully connected neural networks for NumPy users.
 
-Cython + OpenMP kernels under a thin Python API; ``fastnn.functional``, ``fastnn.optim`` and
-``fastnn.gradcheck`` are drop-ins for CS231n-style NumPy code.
+Cython + OpenMP kernels under a thin Python API:
+
+- ``fastnn.functional``, ``fastnn.optim`` and ``fastnn.gradcheck``: drop-ins for CS231n-style
+  NumPy code (``out, cache = affine_relu_forward(x, w, b)`` ...);
+- layers, ``Sequential``, losses and optimizers in the style of Keras/PyTorch.
 """
 __version__ = "0.1.0"
 
@@ -11,9 +14,19 @@ from fastnn import _blas  # noqa: E402
 _blas.register()
 
 from fastnn._config import show_config  # noqa: E402
-from fastnn import functional, gradcheck, optim  # noqa: E402,F401
+from fastnn import functional, gradcheck, init, optim  # noqa: E402,F401
+from fastnn.layers import (Dense, Dropout, GaussianNoise, Layer, LeakyReLU, Maxout,  # noqa: E402
+                           Parameter, PReLU, ReLU, Sigmoid, Tanh)
+from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError,  # noqa: E402
+                           MulticlassHinge, SoftmaxCrossEntropy)
+from fastnn.model import Sequential, load_model  # noqa: E402
+from fastnn.optimizers import SGD, Adam, RMSProp  # noqa: E402
 
 __all__ = [
     "__version__", "set_num_threads", "get_num_threads", "threads", "show_config",
-    "functional", "optim", "gradcheck",
+    "functional", "optim", "gradcheck", "init",
+    "Layer", "Parameter", "Dense", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "PReLU", "Maxout",
+    "Dropout", "GaussianNoise",
+    "SoftmaxCrossEntropy", "MulticlassHinge", "BinaryCrossEntropy", "BinaryHinge", "MeanSquaredError",
+    "Sequential", "load_model", "SGD", "RMSProp", "Adam",
 ]

@@ -117,7 +117,9 @@ def _check_cache(cache, op, name):
         raise ValueError(f"cache does not come from {name}_forward")
 
 
-def _backward(op, dout, cache, name):
+def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
+    """Gradients for a dense cache. The layer API passes need_dx=False for a network's first
+    layer (its dx product is skipped) and its own gradient arrays as dw/db, filled in place."""
     _check_cache(cache, op, name)
     x2, w = cache.x2, cache.w
     dt = common_dtype(("dout", dout), ("cache", x2), ("w", w))
@@ -132,14 +134,17 @@ def _backward(op, dout, cache, name):
         raise ValueError(f"w changed shape since forward: expected {(d, m)}, got {w.shape}")
     saved = None if op == _ka.IDENTITY else cache.saved.astype(dt, copy=False)
     avec = None if cache.avec is None else cache.avec.astype(dt, copy=False)
-    dx = np.empty((n, d), dtype=dt)
-    dw = np.empty((d, m), dtype=dt)
-    db = np.empty(m, dtype=dt)
+    dx = np.empty((n, d), dtype=dt) if need_dx else None
+    if dw is None or dw.dtype != dt:
+        dw = np.empty((d, m), dtype=dt)
+    if db is None or db.dtype != dt:
+        db = np.empty(m, dtype=dt)
     dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
     dalpha = np.empty(m, dtype=dt) if op == _ka.PRELU else None
     _kd.dense_backward(op, dout, saved, x2, w, dx, dw, db, dz, cache.alpha, avec, dalpha,
                        _threads._num_threads)
-    dx = dx.reshape(cache.x_shape)
+    if dx is not None:
+        dx = dx.reshape(cache.x_shape)
     if op == _ka.PRELU:
         if cache.alpha_shape == ():
             dalpha = dalpha.sum(dtype=dt)

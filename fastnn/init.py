@@ -1,0 +1,63 @@
+"""Weight initializers: He (ReLU family), Xavier/Glorot (the rest), and the course's
+``weight_scale * randn``. Each takes (fan_in, fan_out) and a numpy Generator."""
+import numbers
+
+import numpy as np
+
+__all__ = ["he_normal", "xavier_normal", "glorot_normal", "scaled_normal", "get_initializer", "default_for"]
+
+
+def he_normal(shape, rng, dtype=np.float32):
+    """N(0, 2 / fan_in): keeps the variance of ReLU activations constant across layers."""
+    fan_in = shape[0]
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in))).astype(dtype)
+
+
+def xavier_normal(shape, rng, dtype=np.float32):
+    """N(0, 2 / (fan_in + fan_out)) (Glorot and Bengio), for tanh/sigmoid/linear units."""
+    fan_in, fan_out = shape[0], int(np.prod(shape[1:]))
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in + fan_out))).astype(dtype)
+
+
+glorot_normal = xavier_normal
+
+
+def scaled_normal(weight_scale):
+    """The course's ``weight_scale * randn(...)``."""
+    if isinstance(weight_scale, bool) or not isinstance(weight_scale, numbers.Real) or not weight_scale >= 0:
+        raise ValueError(f"weight_scale must be a non-negative number, got {weight_scale!r}")
+
+    def init(shape, rng, dtype=np.float32):
+        return (rng.standard_normal(shape) * weight_scale).astype(dtype)
+
+    init.__name__ = f"scaled_normal({weight_scale})"
+    init.spec = ("scaled_normal", float(weight_scale))
+    return init
+
+
+_BY_NAME = {"he": he_normal, "he_normal": he_normal, "xavier": xavier_normal,
+            "xavier_normal": xavier_normal, "glorot": xavier_normal, "glorot_normal": xavier_normal}
+
+_RELU_FAMILY = (None, "relu", "leaky_relu", "prelu")
+
+
+def default_for(activation):
+    """He for the ReLU family, Xavier/Glorot otherwise (linear outputs included)."""
+    return he_normal if activation in ("relu", "leaky_relu", "prelu") else xavier_normal
+
+
+def get_initializer(spec, activation=None):
+    """An initializer from a name ('he', 'xavier', 'glorot'), a number (the course's
+    weight_scale), a callable ``f(shape, rng, dtype)``, or None (the default for the activation)."""
+    if spec is None:
+        return default_for(activation)
+    if isinstance(spec, str):
+        try:
+            return _BY_NAME[spec.lower()]
+        except KeyError:
+            raise ValueError(f"weight_init must be one of {sorted(_BY_NAME)}, a number or a callable, got {spec!r}") from None
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        return scaled_normal(spec)
+    if callable(spec):
+        return spec
+    raise TypeError(f"weight_init must be a name, a number or a callable, got {type(spec).__name__}")

@@ -1,0 +1,404 @@
+"""Layers in the style of Keras/PyTorch, over the same kernels as fastnn.functional.
+
+Every layer has ``forward(x)``, ``backward(dout)``, a train/eval mode, and ``params`` / ``grads``
+dicts of NumPy arrays: the live arrays, updated in place by optimizers and by ``backward``.
+A layer computes in its ``dtype`` (float32 by default, float64 for gradient checks); inputs are
+converted to it.
+"""
+import numbers
+
+import numpy as np
+
+from fastnn._kernels import activations as _ka
+from fastnn._validation import as_float_array, check_scalar
+from fastnn.functional import activations as _fa
+from fastnn.functional import dense as _fd
+from fastnn.functional import dropout as _fdrop
+from fastnn.init import get_initializer
+
+__all__ = ["Parameter", "Layer", "Dense", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "PReLU",
+           "Maxout", "Dropout", "GaussianNoise", "ACTIVATIONS"]
+
+# activation name -> (kernel op code, activation layer class name)
+ACTIVATIONS = {
+    None: _ka.IDENTITY, "linear": _ka.IDENTITY, "relu": _ka.RELU, "sigmoid": _ka.SIGMOID,
+    "tanh": _ka.TANH, "leaky_relu": _ka.LEAKY_RELU, "prelu": _ka.PRELU,
+}
+
+
+def _check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_width(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    if value > 2**31 - 1:
+        raise ValueError(f"{name} must be below 2**31, got {value}")
+    return int(value)
+
+
+def _check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.random.SeedSequence))):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return seed
+
+
+class Parameter:
+    """One learnable array of a layer: ``data`` is the live array (``layer.params[name]``),
+    ``grad`` its gradient. ``decay`` says whether weight decay applies (weights, not biases)."""
+
+    __slots__ = ("layer", "name", "decay")
+
+    def __init__(self, layer, name, decay):
+        self.layer, self.name, self.decay = layer, name, decay
+
+    @property
+    def data(self):
+        return self.layer.params[self.name]
+
+    @property
+    def grad(self):
+        return self.layer.grads[self.name]
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter({type(self.layer).__name__}.{self.name}, shape={self.shape}, dtype={self.data.dtype})"
+
+
+class Layer:
+    """Base class. Subclasses set ``self.params`` / ``self.grads`` and implement ``forward``,
+    ``backward``, ``output_features`` and ``get_config``."""
+
+    _decay = ()
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = _check_dtype(dtype)
+        self.training = True
+        self.params = {}
+        self.grads = {}
+        self._cache = None
+
+    # -- modes
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _is_training(self, training):
+        return self.training if training is None else bool(training)
+
+    # -- parameters
+    def parameters(self):
+        return [Parameter(self, k, k in self._decay) for k in self.params]
+
+    @property
+    def num_params(self):
+        return int(sum(v.size for v in self.params.values()))
+
+    def _add_param(self, name, value):
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def _input(self, x):
+        return as_float_array(x, "x", self.dtype)
+
+    def _need_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._cache
+
+    def output_features(self, in_features):
+        return in_features
+
+    def get_config(self):
+        return {}
+
+    def __repr__(self):
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({cfg})"
+
+
+# ----------------------------------------------------------------------------- Dense
+class Dense(Layer):
+    """Fully connected layer ``act(x @ W + b)``, W of shape (in_features, out_features).
+
+    activation: None/"linear", "relu", "sigmoid", "tanh", "leaky_relu" (slope ``alpha``) or
+    "prelu" (a learnable slope per unit, ``params["alpha"]``, initialized to ``alpha``). The
+    product, bias and activation run as one fused kernel call.
+    weight_init: None (He for the ReLU family, Xavier/Glorot otherwise), "he", "xavier",
+    "glorot", a number (the course's ``weight_scale * randn``) or ``f(shape, rng, dtype)``.
+    """
+
+    _decay = ("W",)
+
+    def __init__(self, in_features, out_features, activation=None, weight_init=None,
+                 dtype=np.float32, seed=None, alpha=None):
+        super().__init__(dtype)
+        self.in_features = _check_width(in_features, "in_features")
+        self.out_features = _check_width(out_features, "out_features")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]} or None, got {activation!r}")
+        self.activation = None if activation == "linear" else activation
+        self._op = ACTIVATIONS[activation]
+        if alpha is None:
+            alpha = 0.25 if activation == "prelu" else 0.01
+        self.alpha = check_scalar(alpha, "alpha")
+        self.seed = _check_seed(seed)
+        self.weight_init = weight_init
+        init = get_initializer(weight_init, self.activation)
+        rng = np.random.default_rng(seed)
+        self._add_param("W", init((self.in_features, self.out_features), rng, self.dtype))
+        self._add_param("b", np.zeros(self.out_features))
+        if self._op == _ka.PRELU:
+            self._add_param("alpha", np.full(self.out_features, self.alpha))
+
+    def output_features(self, in_features):
+        if in_features is not None and in_features != self.in_features:
+            raise ValueError(f"Dense expects {self.in_features} input features, got {in_features}")
+        return self.out_features
+
+    def _check_x(self, x):
+        x = self._input(x)
+        if x.ndim < 2 or int(np.prod(x.shape[1:])) != self.in_features:
+            raise ValueError(f"x must have shape (N, {self.in_features}), got {x.shape}")
+        return x
+
+    def forward(self, x, training=None):
+        return self._fused_forward(self._check_x(x), self._op, self.alpha,
+                                   self.params.get("alpha"), None)
+
+    def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer):
+        """Forward with activation `op` fused in (its own, or a following activation layer's)."""
+        out, cache = _fd._forward(op, x, self.params["W"], self.params["b"], alpha,
+                                  prelu_alpha if op == _ka.PRELU else None)
+        self._cache = (cache, act_layer)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        cache, act_layer = self._need_cache()
+        res = _fd._backward(cache.op, dout, cache, "dense", need_dx=need_dx,
+                            dw=self.grads["W"], db=self.grads["b"])
+        if cache.op == _ka.PRELU:
+            dx, dw, db, dalpha = res
+            owner = act_layer if act_layer is not None else self
+            owner.grads["alpha"][...] = dalpha
+        else:
+            dx, dw, db = res
+        if dw is not self.grads["W"]:
+            self.grads["W"][...] = dw
+        if db is not self.grads["b"]:
+            self.grads["b"][...] = db
+        return dx
+
+    def get_config(self):
+        cfg = {"in_features": self.in_features, "out_features": self.out_features,
+               "activation": self.activation, "dtype": self.dtype.name}
+        if self.activation in ("leaky_relu", "prelu"):
+            cfg["alpha"] = self.alpha
+        return cfg
+
+
+# ----------------------------------------------------------------------------- activations
+class _Activation(Layer):
+    op = None
+    name = None
+
+    def forward(self, x, training=None):
+        out, self._cache = getattr(_fa, f"{self.name}_forward")(self._input(x))
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return getattr(_fa, f"{self.name}_backward")(as_float_array(dout, "dout", self.dtype), self._need_cache())
+
+    def get_config(self):
+        return {"dtype": self.dtype.name}
+
+
+class ReLU(_Activation):
+    """``max(x, 0)``."""
+    op, name = _ka.RELU, "relu"
+
+
+class Sigmoid(_Activation):
+    """The logistic function ``1 / (1 + exp(-x))``."""
+    op, name = _ka.SIGMOID, "sigmoid"
+
+
+class Tanh(_Activation):
+    op, name = _ka.TANH, "tanh"
+
+
+class LeakyReLU(Layer):
+    """``x if x > 0 else alpha * x`` with a fixed slope ``alpha``."""
+
+    op = _ka.LEAKY_RELU
+
+    def __init__(self, alpha=0.01, dtype=np.float32):
+        super().__init__(dtype)
+        self.alpha = check_scalar(alpha, "alpha")
+
+    def forward(self, x, training=None):
+        out, self._cache = _fa.leaky_relu_forward(self._input(x), self.alpha)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return _fa.leaky_relu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
+
+    def get_config(self):
+        return {"alpha": self.alpha, "dtype": self.dtype.name}
+
+
+class PReLU(Layer):
+    """Parametric ReLU with a learnable slope: one shared (``num_parameters=1``) or one per
+    feature (``num_parameters=features``), initialized to ``init`` (0.25, as in PyTorch)."""
+
+    op = _ka.PRELU
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        super().__init__(dtype)
+        self.num_parameters = _check_width(num_parameters, "num_parameters")
+        self.init = check_scalar(init, "init")
+        self._add_param("alpha", np.full(self.num_parameters, self.init))
+
+    def _alpha_arg(self, features):
+        a = self.params["alpha"]
+        if self.num_parameters == 1:
+            return a[0]
+        if features != self.num_parameters:
+            raise ValueError(f"PReLU has {self.num_parameters} slopes but x has {features} features")
+        return a
+
+    def forward(self, x, training=None):
+        x = self._input(x)
+        out, self._cache = _fa.prelu_forward(x, self._alpha_arg(x.shape[-1] if x.ndim else 1))
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dx, dalpha = _fa.prelu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
+        self.grads["alpha"][...] = dalpha
+        return dx
+
+    def get_config(self):
+        return {"num_parameters": self.num_parameters, "init": self.init, "dtype": self.dtype.name}
+
+
+class Maxout(Layer):
+    """Maxout units: ``out[n, m] = max_p (x[n] @ W[:, m, p] + b[m, p])``, W (in, out, pieces)."""
+
+    _decay = ("W",)
+
+    def __init__(self, in_features, out_features, pieces=2, weight_init=None, dtype=np.float32, seed=None):
+        super().__init__(dtype)
+        self.in_features = _check_width(in_features, "in_features")
+        self.out_features = _check_width(out_features, "out_features")
+        self.pieces = _check_width(pieces, "pieces")
+        if self.pieces > 127:
+            raise ValueError(f"pieces must be at most 127, got {self.pieces}")
+        self.seed = _check_seed(seed)
+        init = get_initializer(weight_init, "linear")
+        rng = np.random.default_rng(seed)
+        w = init((self.in_features, self.out_features * self.pieces), rng, self.dtype)
+        self._add_param("W", w.reshape(self.in_features, self.out_features, self.pieces))
+        self._add_param("b", np.zeros((self.out_features, self.pieces)))
+
+    def output_features(self, in_features):
+        if in_features is not None and in_features != self.in_features:
+            raise ValueError(f"Maxout expects {self.in_features} input features, got {in_features}")
+        return self.out_features
+
+    def forward(self, x, training=None):
+        x = self._input(x)
+        out, self._cache = _fd.maxout_forward(x, self.params["W"], self.params["b"])
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dx, dw, db = _fd.maxout_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
+        self.grads["W"][...] = dw
+        self.grads["b"][...] = db
+        return dx
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "pieces": self.pieces, "dtype": self.dtype.name}
+
+
+# ----------------------------------------------------------------------------- regularizers
+class Dropout(Layer):
+    """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
+    keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
+
+    def __init__(self, p=0.5, seed=None, dtype=np.float32):
+        super().__init__(dtype)
+        p = check_scalar(p, "p")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p is the drop probability and must be in [0, 1), got {p}")
+        self.p = p
+        self.seed = _check_seed(seed)
+        self._rng = np.random.default_rng(seed)
+
+    def reseed(self, seed):
+        self._rng = np.random.default_rng(seed)
+
+    def forward(self, x, training=None):
+        x = self._input(x)
+        if not self._is_training(training) or self.p == 0.0:
+            self._cache = None
+            return x
+        seed = int(self._rng.integers(0, 2**63 - 1))
+        out, self._cache = _fdrop.dropout_forward(x, {"p": 1.0 - self.p, "mode": "train", "seed": seed})
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dout = as_float_array(dout, "dout", self.dtype)
+        if self._cache is None:
+            return dout
+        return _fdrop.dropout_backward(dout, self._cache)
+
+    def get_config(self):
+        return {"p": self.p, "dtype": self.dtype.name}
+
+
+class GaussianNoise(Layer):
+    """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode."""
+
+    def __init__(self, std=0.1, seed=None, dtype=np.float32):
+        super().__init__(dtype)
+        std = check_scalar(std, "std")
+        if std < 0:
+            raise ValueError(f"std must be >= 0, got {std}")
+        self.std = std
+        self.seed = _check_seed(seed)
+        self._rng = np.random.default_rng(seed)
+
+    def reseed(self, seed):
+        self._rng = np.random.default_rng(seed)
+
+    def forward(self, x, training=None):
+        x = self._input(x)
+        if not self._is_training(training) or self.std == 0.0:
+            return x
+        out = self._rng.standard_normal(x.shape, dtype=self.dtype)
+        out *= self.dtype.type(self.std)
+        out += x
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return as_float_array(dout, "dout", self.dtype)
+
+    def get_config(self):
+        return {"std": self.std, "dtype": self.dtype.name}
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Maxout, Dropout, GaussianNoise)}

@@ -1,0 +1,401 @@
+"""Sequential: a stack of layers with training, evaluation, a summary and safe save/load."""
+import io
+import json
+import numbers
+import os
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+
+import numpy as np
+
+from fastnn._validation import as_float_array
+from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
+                           ReLU, Sigmoid, Tanh)
+from fastnn.losses import get_loss
+from fastnn._kernels import activations as _ka
+
+__all__ = ["Sequential", "load_model"]
+
+_FORMAT = "fastnn.Sequential"
+_FORMAT_VERSION = 1
+_META_KEY = "__fastnn__"
+
+_FUSABLE = {ReLU: _ka.RELU, Sigmoid: _ka.SIGMOID, Tanh: _ka.TANH, LeakyReLU: _ka.LEAKY_RELU,
+            PReLU: _ka.PRELU}
+
+
+class _Unit:
+    """One step of the forward plan: a layer, or a Dense fused with the activation after it."""
+
+    __slots__ = ("layer", "act")
+
+    def __init__(self, layer, act=None):
+        self.layer, self.act = layer, act
+
+    def forward(self, x, training):
+        layer, act = self.layer, self.act
+        if act is None:
+            return layer.forward(x, training=training)
+        x = layer._check_x(x)
+        op = _FUSABLE[type(act)]
+        prelu_alpha = None
+        if op == _ka.PRELU:
+            a = act.params["alpha"]
+            prelu_alpha = a[0] if act.num_parameters == 1 else a
+        return layer._fused_forward(x, op, getattr(act, "alpha", 0.0), prelu_alpha, act)
+
+    def backward(self, dout, need_dx):
+        return self.layer.backward(dout, need_dx=need_dx)
+
+
+def _fusable(dense, act):
+    if not isinstance(dense, Dense) or dense.activation is not None or type(act) not in _FUSABLE:
+        return False
+    if dense.dtype != act.dtype:
+        return False
+    if isinstance(act, PReLU) and act.num_parameters not in (1, dense.out_features):
+        return False
+    return True
+
+
+class Sequential:
+    """A feed-forward stack of layers.
+
+    A Dense layer (without its own activation) followed by ReLU, Sigmoid, Tanh, LeakyReLU or
+    PReLU runs as one fused kernel call, exactly as ``Dense(..., activation=...)`` does.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} must be a fastnn layer, got {type(layer).__name__}")
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.layers = list(layers)
+        self._units = []
+        i = 0
+        while i < len(self.layers):
+            if i + 1 < len(self.layers) and _fusable(self.layers[i], self.layers[i + 1]):
+                self._units.append(_Unit(self.layers[i], self.layers[i + 1]))
+                i += 2
+            else:
+                self._units.append(_Unit(self.layers[i]))
+                i += 1
+        # Validate the chain of feature counts now, not at the first batch.
+        self._feature_trace()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def dtype(self):
+        return self.layers[0].dtype
+
+    @property
+    def in_features(self):
+        for layer in self.layers:
+            if hasattr(layer, "in_features"):
+                return layer.in_features
+        return None
+
+    def _feature_trace(self):
+        feats, trace = self.in_features, []
+        for layer in self.layers:
+            feats = layer.output_features(feats)
+            trace.append(feats)
+        return trace
+
+    def parameters(self):
+        """Every learnable array, as Parameter objects (``.data`` the live array, ``.grad``)."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    @property
+    def num_params(self):
+        return sum(layer.num_params for layer in self.layers)
+
+    def train(self, mode=True):
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def summary(self):
+        """The text of a table of layers, output shapes and parameter counts."""
+        rows = [("Layer (type)", "Output shape", "Params")]
+        for layer, feats in zip(self.layers, self._feature_trace()):
+            extra = ""
+            if isinstance(layer, Dense) and layer.activation:
+                extra = f", {layer.activation}"
+            name = f"{type(layer).__name__}{extra}"
+            rows.append((name, f"(None, {feats})" if feats is not None else "(same)", f"{layer.num_params:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 6)
+        out = [line, "  ".join(rows[0][c].ljust(widths[c]) for c in range(3)), line]
+        for r in rows[1:]:
+            out.append("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2])]))
+        out += [line, f"Total params: {self.num_params:,}", f"dtype: {self.dtype.name}", line]
+        return "\n".join(out)
+
+    def __repr__(self):
+        return "Sequential(\n" + "\n".join(f"  {layer!r}" for layer in self.layers) + "\n)"
+
+    # ------------------------------------------------------------------ compute
+    def _check_X(self, X, name="X"):
+        X = as_float_array(X, name, self.dtype)
+        if X.ndim < 1:
+            raise ValueError(f"{name} must have a batch axis, got a scalar")
+        return X
+
+    def forward(self, X, training=None):
+        """Scores for X. ``training`` overrides the layers' train/eval mode for this call."""
+        out = self._check_X(X)
+        for unit in self._units:
+            out = unit.forward(out, training)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        """Backpropagate ``dout`` (the gradient of the loss wrt the scores); fills every layer's
+        ``grads`` and returns the gradient wrt the input (None when ``need_dx`` is False)."""
+        d = dout
+        last = len(self._units) - 1
+        for k in range(last, -1, -1):
+            d = self._units[k].backward(d, need_dx=need_dx or k > 0)
+        return d
+
+    def predict(self, X, batch_size=None):
+        """Scores in inference mode (dropout and noise off), optionally in batches."""
+        X = self._check_X(X)
+        if batch_size is None or X.shape[0] <= batch_size:
+            return self.forward(X, training=False)
+        batch_size = _positive_int(batch_size, "batch_size")
+        parts = [self.forward(X[i:i + batch_size], training=False) for i in range(0, X.shape[0], batch_size)]
+        return np.concatenate(parts, axis=0)
+
+    def _labels(self, y, n):
+        if y is None:
+            raise TypeError("y must be an array of targets, got None")
+        y = np.asarray(y)
+        if y.ndim < 1 or y.shape[0] != n:
+            raise ValueError(f"y must have {n} entries (one per row of X), got shape {y.shape}")
+        return y
+
+    def train_step(self, X, y, loss, optimizer):
+        """One step of SGD-style training on the batch (X, y); returns the loss as a float."""
+        value, _ = self._step(self._check_X(X), y, get_loss(loss), optimizer)
+        return value
+
+    def _step(self, X, y, loss, optimizer):
+        scores = self.forward(X, training=True)
+        value, dscores = loss(scores, y)
+        self.backward(dscores, need_dx=False)
+        optimizer.step()
+        return float(value), scores
+
+    def evaluate(self, X, y, loss="softmax", batch_size=None):
+        """``{"loss": ..., "accuracy": ...}`` in inference mode (accuracy for classifiers)."""
+        loss = get_loss(loss)
+        X = self._check_X(X)
+        y = self._labels(y, X.shape[0])
+        scores = self.predict(X, batch_size=batch_size)
+        value, _ = loss(scores, y)
+        result = {"loss": float(value)}
+        pred = loss.predict_labels(scores)
+        if pred is not None:
+            result["accuracy"] = float(np.mean(pred == np.asarray(y).reshape(-1)))
+        return result
+
+    def fit(self, X, y, loss="softmax", optimizer=None, epochs=10, batch_size=32, shuffle=True,
+            validation_data=None, seed=None, verbose=True):
+        """Train for ``epochs`` passes over (X, y) in mini-batches. Prints one progress line per
+        epoch (loss, accuracy where it applies, samples/s) and returns the history, a dict of
+        per-epoch lists. A non-finite loss stops training with a warning that names the epoch
+        and step; the history then has ``"stopped"`` set to that message."""
+        from fastnn.optimizers import SGD
+
+        loss = get_loss(loss)
+        X = self._check_X(X)
+        y = self._labels(y, X.shape[0])
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("X is empty: nothing to train on")
+        epochs = _positive_int(epochs, "epochs")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if optimizer is None:
+            optimizer = SGD(self.parameters(), lr=0.01)
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+        rng = np.random.default_rng(seed)
+        if seed is not None:
+            for layer in self.layers:
+                if isinstance(layer, (Dropout, GaussianNoise)):
+                    layer.reseed(int(rng.integers(0, 2**63 - 1)))
+        classify = loss.accuracy_kind is not None
+        history = {"loss": [], "samples_per_s": []}
+        if classify:
+            history["accuracy"] = []
+        if validation_data is not None:
+            history["val_loss"] = []
+            if classify:
+                history["val_accuracy"] = []
+        self.train()
+        y_flat = y.reshape(n, -1)[:, 0] if classify else None
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            t0 = time.perf_counter()
+            total, correct = 0.0, 0
+            for step, start in enumerate(range(0, n, batch_size), 1):
+                idx = order[start:start + batch_size]
+                xb, yb = X[idx], y[idx]
+                value, scores = self._step(xb, yb, loss, optimizer)
+                if not np.isfinite(value):
+                    msg = (f"training stopped: the loss became {value} at epoch {epoch}, step {step} "
+                           f"(try a smaller learning rate, or check the inputs for NaN/Inf)")
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                    if verbose:
+                        print(msg, file=sys.stdout)
+                    history["stopped"] = msg
+                    return history
+                total += value * len(idx)
+                if classify:
+                    correct += int(np.sum(loss.predict_labels(scores) == y_flat[idx]))
+            elapsed = time.perf_counter() - t0
+            history["loss"].append(total / n)
+            history["samples_per_s"].append(n / elapsed if elapsed > 0 else float("inf"))
+            parts = [f"epoch {epoch}/{epochs}", f"loss {total / n:.4f}"]
+            if classify:
+                history["accuracy"].append(correct / n)
+                parts.append(f"acc {correct / n:.4f}")
+            if validation_data is not None:
+                ev = self.evaluate(validation_data[0], validation_data[1], loss=loss)
+                history["val_loss"].append(ev["loss"])
+                parts.append(f"val_loss {ev['loss']:.4f}")
+                if classify:
+                    history["val_accuracy"].append(ev["accuracy"])
+                    parts.append(f"val_acc {ev['accuracy']:.4f}")
+            parts.append(f"{history['samples_per_s'][-1]:,.0f} samples/s")
+            if verbose:
+                print(" - ".join(parts), file=sys.stdout, flush=True)
+        return history
+
+    # ------------------------------------------------------------------ save / load
+    def _architecture(self):
+        return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]
+
+    def save(self, path):
+        """Write the architecture and every parameter to ``path`` (an .npz file, never a pickle).
+        The file is written to a temporary name and renamed, so a crash never leaves a
+        truncated model at ``path``."""
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
+        arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+        for i, layer in enumerate(self.layers):
+            for name, value in layer.params.items():
+                arrays[f"{i}.{name}"] = value
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    def load(self, path):
+        """Load parameters saved by ``save`` into this model. The file must describe the same
+        architecture; a mismatched, truncated or corrupt file raises ValueError and leaves the
+        model unchanged. Nothing is unpickled."""
+        meta, arrays = _read_model_file(path)
+        if meta["layers"] != self._architecture():
+            raise ValueError(
+                f"{path} holds a different architecture:\n  file:  {_describe(meta['layers'])}\n"
+                f"  model: {_describe(self._architecture())}"
+            )
+        staged = []
+        for i, layer in enumerate(self.layers):
+            for name, value in layer.params.items():
+                key = f"{i}.{name}"
+                if key not in arrays:
+                    raise ValueError(f"{path} is missing the array {key!r}")
+                a = arrays[key]
+                if a.shape != value.shape or a.dtype != value.dtype:
+                    raise ValueError(f"{path}: array {key!r} has shape {a.shape} and dtype {a.dtype}, "
+                                     f"expected {value.shape} and {value.dtype}")
+                if not np.all(np.isfinite(a)):
+                    raise ValueError(f"{path}: array {key!r} holds NaN or Inf")
+                staged.append((value, a))
+        expected = {f"{i}.{name}" for i, layer in enumerate(self.layers) for name in layer.params}
+        extra = set(arrays) - expected
+        if extra:
+            raise ValueError(f"{path} has unexpected arrays: {sorted(extra)}")
+        for value, a in staged:  # everything checked: now write
+            value[...] = a
+        return self
+
+
+def _describe(layers):
+    return ", ".join(f"{entry.get('type')}({entry.get('config')})" for entry in layers)
+
+
+def _read_model_file(path):
+    """(meta, arrays) from a fastnn model file, fully read and checked, or ValueError."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read model file {path}: {exc}") from None
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            RuntimeError, NotImplementedError) as exc:
+        raise ValueError(f"{path} is not a readable fastnn model file ({type(exc).__name__}: {exc})") from None
+    if _META_KEY not in arrays:
+        raise ValueError(f"{path} is not a fastnn model file (no {_META_KEY!r} entry)")
+    meta_arr = arrays.pop(_META_KEY)
+    try:
+        if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1:
+            raise ValueError("bad metadata array")
+        meta = json.loads(meta_arr.tobytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} has corrupt metadata: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or not isinstance(meta.get("layers"), list):
+        raise ValueError(f"{path} is not a fastnn Sequential model file")
+    if meta.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {meta.get('version')}, this fastnn reads {_FORMAT_VERSION}")
+    return meta, arrays
+
+
+def load_model(path):
+    """Build a Sequential from a file written by ``Sequential.save`` (architecture and weights)."""
+    meta, _ = _read_model_file(path)
+    layers = []
+    for i, entry in enumerate(meta["layers"]):
+        if not isinstance(entry, dict) or entry.get("type") not in LAYER_TYPES or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"{path}: layer {i} has an unknown description {entry!r}")
+        try:
+            layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: layer {i} ({entry['type']}) cannot be built: {exc}") from None
+    return Sequential(*layers).load(path)
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
