@@ -1,0 +1,274 @@
+# The dense-layer machinery shared by fastnn._kernels.dense (one layer per call) and
+# fastnn._kernels.network (a whole training step per call): BLAS thread control, the shape-only
+# tiling of products, and the fused forward/backward of one layer on raw pointers.
+#
+# One DenseConfig lives in the dense module; the network module reaches the same one through
+# its address, so the BLAS-users count and the tiling parameters exist exactly once.
+from cython cimport floating
+from cython.parallel cimport prange
+cimport scipy.linalg.cython_blas as blas
+
+from fastnn_openmp cimport effective_threads
+from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, bias_act_fwd, bias_act_keep,
+                        act_bwd_acc, prelu_alpha_acc, add_into)
+
+ctypedef void (*set_threads_fn)(int) noexcept nogil
+ctypedef int (*get_threads_fn)() noexcept nogil
+
+
+cdef struct DenseConfig:
+    set_threads_fn blas_set      # the BLAS's set/get-num-threads (NULL: not controllable)
+    get_threads_fn blas_get
+    int blas_users               # fastnn calls now running products (GIL-protected)
+    int blas_saved               # the BLAS thread count to restore when they are done
+    double tile_flops            # about this much work per output tile
+    Py_ssize_t min_tile_rows
+    Py_ssize_t min_tile_cols
+    Py_ssize_t max_tiles
+    double serial_flops          # products below this run as one serial BLAS call
+    Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
+
+
+cdef struct Plan:
+    Py_ssize_t tr       # tile rows
+    Py_ssize_t tc       # tile cols
+    Py_ssize_t nr       # tiles down
+    Py_ssize_t nc       # tiles across
+
+
+cdef inline int blas_enter(DenseConfig *g) except -1:
+    """Hold the BLAS at one thread while a fastnn product runs. Call with the GIL held."""
+    if g.blas_set != NULL:
+        if g.blas_users == 0:
+            g.blas_saved = g.blas_get()
+            if g.blas_saved != 1:
+                g.blas_set(1)
+        g.blas_users += 1
+    return 0
+
+
+cdef inline void blas_exit(DenseConfig *g) noexcept:
+    if g.blas_set != NULL:
+        g.blas_users -= 1
+        if g.blas_users == 0 and g.blas_saved != 1:
+            g.blas_set(g.blas_saved)
+
+
+cdef inline Py_ssize_t cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c,
+                           Py_ssize_t k) noexcept nogil:
+    """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
+
+    About one tile per tile_flops of work (at most max_tiles), made by repeatedly splitting
+    the longer tile side while it stays at least min_tile_rows / min_tile_cols: near-square
+    tiles keep BLAS's packing cost (one pass over each operand panel per tile) small."""
+    cdef Plan p
+    cdef double flops = 2.0 * r * c * k
+    cdef Py_ssize_t target = <Py_ssize_t>(flops / g.tile_flops)
+    cdef Py_ssize_t rb = 1, cb = 1
+    cdef bint can_r, can_c
+    if flops < g.serial_flops or target < 1:
+        target = 1
+    if target > g.max_tiles:
+        target = g.max_tiles
+    while rb * cb < target:
+        can_r = r // (rb + 1) >= g.min_tile_rows
+        can_c = c // (cb + 1) >= g.min_tile_cols
+        if can_r and (not can_c or r * cb >= c * rb):
+            rb += 1
+        elif can_c:
+            cb += 1
+        else:
+            break
+    p.tr = cdiv(r, rb)
+    if rb > 1:
+        p.tr = cdiv(p.tr, 8) * 8
+    p.tc = cdiv(c, cb)
+    if cb > 1:
+        p.tc = cdiv(p.tc, 16) * 16
+    if p.tr < 1:
+        p.tr = 1
+    if p.tc < 1:
+        p.tc = 1
+    p.nr = cdiv(r, p.tr)
+    p.nc = cdiv(c, p.tc)
+    return p
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                      const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
+                      floating *C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (r x c) = op(A) (r x k) @ op(B) (k x c), as the column-major product
+    C^T = op(B)^T op(A)^T: operands swapped, transposes as flags, nothing copied. r, c, k >= 1."""
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    cdef int m_ = <int>c, n_ = <int>r, k_ = <int>k
+    cdef int lda_ = <int>ldb, ldb_ = <int>lda, ldc_ = <int>ldc
+    cdef floating one = 1, zero = 0
+    if floating is float:
+        blas.sgemm(&ta, &tb, &m_, &n_, &k_, &one, <float *>B, &lda_, <float *>A, &ldb_,
+                   &zero, C, &ldc_)
+    else:
+        blas.dgemm(&ta, &tb, &m_, &n_, &k_, &one, <double *>B, &lda_, <double *>A, &ldb_,
+                   &zero, C, &ldc_)
+
+
+cdef inline void gemm_tile(Plan p, Py_ssize_t t, bint trans_a, bint trans_b,
+                           Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                           const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
+                           floating *C, Py_ssize_t ldc) noexcept nogil:
+    """Tile t (row-major order over the plan) of the product C = op(A) @ op(B)."""
+    cdef Py_ssize_t i0 = (t // p.nc) * p.tr
+    cdef Py_ssize_t j0 = (t % p.nc) * p.tc
+    cdef Py_ssize_t ti = r - i0
+    cdef Py_ssize_t tj = c - j0
+    if ti > p.tr:
+        ti = p.tr
+    if tj > p.tc:
+        tj = p.tc
+    gemm(trans_a, trans_b, ti, tj, k,
+         A + (i0 if trans_a else i0 * lda), lda,
+         B + (j0 * ldb if trans_b else j0), ldb,
+         C + i0 * ldc + j0, ldc)
+
+
+cdef inline void forward_tile(Plan p, Py_ssize_t t, int op, bint keep, Py_ssize_t N,
+                              Py_ssize_t M, Py_ssize_t D, const floating *x, const floating *w,
+                              const floating *b, floating *dst, floating *y, double alpha,
+                              const floating *ap) noexcept nogil:
+    """One output tile: its product into dst (y, or z when the pre-activation is kept), then the
+    bias + activation epilogue on the tile's rows while they are in cache."""
+    cdef Py_ssize_t i0 = (t // p.nc) * p.tr
+    cdef Py_ssize_t j0 = (t % p.nc) * p.tc
+    cdef Py_ssize_t i1 = i0 + p.tr
+    cdef Py_ssize_t tj = M - j0
+    cdef Py_ssize_t i
+    if i1 > N:
+        i1 = N
+    if tj > p.tc:
+        tj = p.tc
+    gemm_tile(p, t, False, False, N, M, D, x, D, w, M, dst, M)
+    for i in range(i0, i1):
+        if keep:
+            bias_act_keep(op, dst + i * M + j0, b + j0, y + i * M + j0, tj, alpha,
+                          (ap + j0) if ap != NULL else NULL)
+        else:
+            bias_act_fwd(op, y + i * M + j0, b + j0, tj, alpha, NULL)
+
+
+cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating *x,
+                                   const floating *w, const floating *b, floating *y,
+                                   floating *z, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
+                                   double alpha, const floating *avec,
+                                   int n_threads) noexcept nogil:
+    """y = act(x @ w + b) (z = x @ w + b kept for leaky relu / prelu). N, M, D >= 1.
+    The caller holds the BLAS single-threaded (blas_enter)."""
+    cdef bint keep = op == FNN_LEAKY or op == FNN_PRELU
+    cdef floating *dst = z if keep else y
+    cdef Plan p = make_plan(g, N, M, D)
+    cdef Py_ssize_t t, ntiles = p.nr * p.nc
+    cdef int nt = n_threads if n_threads < ntiles else <int>ntiles
+    if nt <= 1:
+        for t in range(ntiles):
+            forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
+    else:
+        for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
+            forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
+
+
+cdef inline Py_ssize_t backward_rows_per_block(const DenseConfig *g, Py_ssize_t M) noexcept nogil:
+    cdef Py_ssize_t rb = g.row_block_elems // (M if M > 0 else 1)
+    return rb if rb > 0 else 1
+
+
+cdef inline Py_ssize_t backward_blocks(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M) noexcept nogil:
+    """How many (M,) partial-sum rows dense_backward_raw needs as workspace."""
+    return cdiv(N, backward_rows_per_block(g, M)) if N > 0 else 1
+
+
+cdef inline void backward_tile(Plan px, Plan pw, Py_ssize_t t, Py_ssize_t ntx, Py_ssize_t N,
+                               Py_ssize_t D, Py_ssize_t M, const floating *g, const floating *x,
+                               const floating *w, floating *dx, floating *dw) noexcept nogil:
+    """Tile t of the backward products: the first ntx are dx = g @ w.T, the rest dw = x.T @ g."""
+    if t < ntx:
+        gemm_tile(px, t, False, True, N, D, M, g, M, w, M, dx, D)
+    else:
+        gemm_tile(pw, t - ntx, True, False, D, M, N, x, D, g, M, dw, M)
+
+
+cdef inline void backward_block(Py_ssize_t blk, Py_ssize_t rb, int op, const floating *dout,
+                                const floating *saved, floating *dz, double alpha,
+                                const floating *avec, floating *partial, floating *apartial,
+                                Py_ssize_t N, Py_ssize_t M) noexcept nogil:
+    """Rows of block blk: dz = dout * act'(saved), accumulated into the block's partial sums."""
+    cdef Py_ssize_t i, i0 = blk * rb, i1 = blk * rb + rb
+    if i1 > N:
+        i1 = N
+    for i in range(i0, i1):
+        if op == FNN_IDENTITY:
+            add_into(dout + i * M, partial + blk * M, M)
+        else:
+            act_bwd_acc(op, dout + i * M, saved + i * M, dz + i * M, M, alpha, avec,
+                        partial + blk * M)
+            if op == FNN_PRELU:
+                prelu_alpha_acc(dout + i * M, saved + i * M, M, apartial + blk * M)
+
+
+cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floating *dout,
+                                    const floating *saved, const floating *x, const floating *w,
+                                    floating *dx, floating *dw, floating *db, floating *dz,
+                                    double alpha, const floating *avec, floating *dalpha,
+                                    floating *partial, floating *apartial,
+                                    Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
+                                    int n_threads) noexcept nogil:
+    """Gradients of y = act(x @ w + b), N, M >= 1, D >= 0 (x, w, dx, dw unused when D == 0):
+        dz = dout * act'(saved)          (identity: dz is dout, the dz buffer is not used)
+        db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
+        dx = dz @ w.T (skipped when dx is NULL), dw = x.T @ dz
+    partial (and apartial for prelu) are zeroed workspaces of backward_blocks(N, M) x M.
+    Sums run over fixed row blocks, then over the blocks in order: thread-count independent.
+    The caller holds the BLAS single-threaded (blas_enter)."""
+    cdef bint ident = op == FNN_IDENTITY
+    cdef Py_ssize_t rb = backward_rows_per_block(cfg, M)
+    cdef Py_ssize_t nblocks = cdiv(N, rb)
+    cdef Py_ssize_t blk, t, ntx, ntw, j
+    cdef const floating *g
+    cdef Plan px, pw
+    cdef int nt = effective_threads(N * M * 2, cfg.row_block_elems, n_threads)
+    for j in range(M):
+        db[j] = 0
+        if op == FNN_PRELU:
+            dalpha[j] = 0
+    # Pass 1: dz and the per-block partial sums, over fixed row blocks.
+    if nt <= 1:
+        for blk in range(nblocks):
+            backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
+    else:
+        for blk in prange(nblocks, num_threads=nt, schedule="static"):
+            backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
+    for blk in range(nblocks):
+        add_into(partial + blk * M, db, M)
+        if op == FNN_PRELU:
+            add_into(apartial + blk * M, dalpha, M)
+
+    if D == 0:
+        return  # no inputs: dx and dw are empty, only the bias gradients exist
+
+    # Pass 2: dx = G @ w.T (N x D, inner M) and dw = x.T @ G (D x M, inner N), one tile list.
+    g = dout if ident else dz
+    px = make_plan(cfg, N, D, M)
+    pw = make_plan(cfg, D, M, N)
+    ntx = px.nr * px.nc if dx != NULL else 0
+    ntw = pw.nr * pw.nc
+    nt = n_threads if n_threads < ntx + ntw else <int>(ntx + ntw)
+    if 2.0 * N * M * D * (2 if dx != NULL else 1) < 2 * cfg.serial_flops:
+        nt = 1
+    if nt <= 1:
+        for t in range(ntx + ntw):
+            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+    else:
+        for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
+            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
