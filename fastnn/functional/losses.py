@@ -29,7 +29,7 @@ def softmax_loss(x, y):
     x = _scores(x)
     y = class_labels(y, x.shape[0], x.shape[1])
     dx = np.empty_like(x)
-    loss = _kl.softmax_loss(x, y, dx, _threads._num_threads)
+    loss = _kl.class_loss(_kl.SOFTMAX, x, y, dx, _threads._num_threads)
     return loss, dx
 
 
@@ -38,7 +38,7 @@ def svm_loss(x, y):
     x = _scores(x)
     y = class_labels(y, x.shape[0], x.shape[1])
     dx = np.empty_like(x)
-    loss = _kl.svm_loss(x, y, dx, _threads._num_threads)
+    loss = _kl.class_loss(_kl.SVM, x, y, dx, _threads._num_threads)
     return loss, dx
 
 
@@ -57,7 +57,7 @@ def logistic_loss(x, y):
     x = _binary_scores(x)
     t = binary_targets(y, x.shape[0], (0, 1), x.dtype)
     dx = np.empty_like(x)
-    loss = _kl.logistic_loss(x.reshape(-1), t, dx.reshape(-1), _threads._num_threads)
+    loss = _kl.target_loss(_kl.LOGISTIC, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
     return loss, dx
 
 
@@ -66,7 +66,7 @@ def binary_svm_loss(x, y):
     x = _binary_scores(x)
     t = binary_targets(y, x.shape[0], (-1, 1), x.dtype)
     dx = np.empty_like(x)
-    loss = _kl.binary_svm_loss(x.reshape(-1), t, dx.reshape(-1), _threads._num_threads)
+    loss = _kl.target_loss(_kl.BINARY_HINGE, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
     return loss, dx
 
 
@@ -83,5 +83,5 @@ def mse_loss(x, y):
         raise ValueError("x must hold at least one row: the mean loss over an empty batch is undefined")
     x2 = x.reshape(x.shape[0], -1)
     dx = np.empty_like(x)
-    loss = _kl.mse_loss(x2, y.reshape(x2.shape), dx.reshape(x2.shape), _threads._num_threads)
+    loss = _kl.target_loss(_kl.MSE, x2, y.reshape(x2.shape), dx.reshape(x2.shape), _threads._num_threads)
     return loss, dx

@@ -1,0 +1,135 @@
+# Loss and gradient in one pass, on raw pointers: shared by fastnn._kernels.losses (one loss
+# per call) and fastnn._kernels.network (the loss inside a whole training step).
+#
+# Every loss is averaged over the N rows. Rows are independent, so they are spread over threads;
+# each row's loss goes to its own slot of `losses` and the slots are summed in row order (in
+# double precision), so the loss is the same for any thread count.
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport log, log1p, exp, fabs
+
+from fastnn_openmp cimport effective_threads
+from fastnn_ops cimport exp_shift, scale
+
+cdef enum LossKind:
+    LOSS_SOFTMAX = 0
+    LOSS_SVM = 1
+    LOSS_LOGISTIC = 2
+    LOSS_BINARY_HINGE = 3
+    LOSS_MSE = 4
+
+cdef enum:
+    LOSS_MIN_WORK_PER_THREAD = 32768
+
+
+cdef inline double softmax_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
+                               floating inv_n) noexcept nogil:
+    """Cross-entropy of one row; d receives (softmax - onehot) / N."""
+    cdef floating m = x[0]
+    cdef double s = 0.0
+    cdef Py_ssize_t j
+    for j in range(1, C):
+        if x[j] > m or x[j] != x[j]:
+            m = x[j]
+    exp_shift(x, d, C, m)              # exp(x - max): no overflow, the max term is 1
+    for j in range(C):
+        s += d[j]
+    scale(d, C, <floating>(inv_n / s))
+    d[label] -= inv_n
+    return log(s) - (<double>x[label] - <double>m)
+
+
+cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
+                           floating inv_n) noexcept nogil:
+    """Multiclass hinge (margin 1) of one row: sum_j!=y max(0, x_j - x_y + 1)."""
+    cdef floating correct = x[label], margin
+    cdef double row = 0.0
+    cdef Py_ssize_t j, count = 0
+    for j in range(C):
+        margin = x[j] - correct + 1
+        if j != label and margin > 0:
+            row += margin
+            d[j] = inv_n
+            count += 1
+        elif j != label and margin != margin:
+            row += margin              # NaN propagates into the loss
+            d[j] = margin
+        else:
+            d[j] = 0
+    d[label] = -count * inv_n
+    if correct != correct:
+        d[label] = correct
+    return row
+
+
+cdef inline double logistic_elem(floating v, floating t, floating *d, double inv_n) noexcept nogil:
+    """One sigmoid neuron with cross-entropy, t in {0, 1}:
+    log(1 + exp(-|v|)) + max(v, 0) - v t, gradient (sigmoid(v) - t) / N."""
+    cdef double e = exp(-fabs(v)), s
+    s = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+    if v != v:
+        s = v
+    d[0] = <floating>((s - t) * inv_n)
+    return log1p(e) + (v if v > 0 else 0.0) - <double>v * t
+
+
+cdef inline double hinge_elem(floating v, floating t, floating *d, double inv_n) noexcept nogil:
+    """Binary SVM, t in {-1, +1}: max(0, 1 - t v), gradient -t [1 - t v > 0] / N."""
+    cdef double m = 1.0 - <double>t * v
+    if m > 0:
+        d[0] = <floating>(-t * inv_n)
+        return m
+    if m != m:
+        d[0] = <floating>m
+        return m
+    d[0] = 0
+    return 0.0
+
+
+cdef inline double mse_row(const floating *x, const floating *y, floating *d, Py_ssize_t C,
+                           double inv_n) noexcept nogil:
+    """0.5 * sum((x - y)**2) for one row (the 0.5 is applied once, at the end); d = (x - y) / N."""
+    cdef double diff, row = 0.0
+    cdef Py_ssize_t j
+    for j in range(C):
+        diff = <double>x[j] - <double>y[j]
+        row += diff * diff
+        d[j] = <floating>(diff * inv_n)
+    return row
+
+
+cdef inline double loss_row(int kind, Py_ssize_t i, const floating *x, Py_ssize_t C,
+                            const Py_ssize_t *labels, const floating *targets, floating *dx,
+                            double inv_n) noexcept nogil:
+    if kind == LOSS_SOFTMAX:
+        return softmax_row(x + i * C, dx + i * C, C, labels[i], <floating>inv_n)
+    if kind == LOSS_SVM:
+        return svm_row(x + i * C, dx + i * C, C, labels[i], <floating>inv_n)
+    if kind == LOSS_LOGISTIC:
+        return logistic_elem(x[i], targets[i], dx + i, inv_n)
+    if kind == LOSS_BINARY_HINGE:
+        return hinge_elem(x[i], targets[i], dx + i, inv_n)
+    return mse_row(x + i * C, targets + i * C, dx + i * C, C, inv_n)
+
+
+cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
+                            const Py_ssize_t *labels, const floating *targets, floating *dx,
+                            double *losses, int n_threads) noexcept nogil:
+    """Mean loss over N >= 1 rows; dx (shaped like x) receives its gradient. Class labels
+    (softmax, svm) come in `labels`; binary targets (C == 1) and regression targets (shaped like
+    x) in `targets`. `losses` is a workspace of N doubles."""
+    cdef Py_ssize_t i
+    cdef double total = 0.0, inv_n = 1.0 / N
+    cdef int nt = effective_threads(N * C * (4 if kind == LOSS_SOFTMAX else 1) + N * 8,
+                                    LOSS_MIN_WORK_PER_THREAD, n_threads)
+    if nt <= 1:
+        for i in range(N):
+            losses[i] = loss_row(kind, i, x, C, labels, targets, dx, inv_n)
+    else:
+        for i in prange(N, num_threads=nt, schedule="static"):
+            losses[i] = loss_row(kind, i, x, C, labels, targets, dx, inv_n)
+    for i in range(N):
+        total += losses[i]
+    if kind == LOSS_MSE:
+        total *= 0.5
+    return total / N
