@@ -21,6 +21,9 @@ from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError,  #
                            MulticlassHinge, SoftmaxCrossEntropy)
 from fastnn.model import Sequential, load_model  # noqa: E402
 from fastnn.optimizers import SGD, Adam, RMSProp  # noqa: E402
+from fastnn import datasets, models  # noqa: E402,F401
+from fastnn.models import FullyConnectedNet, TwoLayerNet  # noqa: E402
+from fastnn.solver import Solver, load_checkpoint  # noqa: E402
 
 __all__ = [
     "__version__", "set_num_threads", "get_num_threads", "threads", "show_config",
@@ -29,4 +32,5 @@ __all__ = [
     "Dropout", "GaussianNoise",
     "SoftmaxCrossEntropy", "MulticlassHinge", "BinaryCrossEntropy", "BinaryHinge", "MeanSquaredError",
     "Sequential", "load_model", "SGD", "RMSProp", "Adam",
+    "datasets", "models", "TwoLayerNet", "FullyConnectedNet", "Solver", "load_checkpoint",
 ]

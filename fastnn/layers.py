@@ -27,7 +27,10 @@ ACTIVATIONS = {
 
 
 def _check_dtype(dtype):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
@@ -46,6 +49,8 @@ def _check_width(value, name):
 def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.random.SeedSequence))):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if isinstance(seed, numbers.Integral) and seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed}")
     return seed
 
 

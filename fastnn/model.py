@@ -14,8 +14,13 @@ import numpy as np
 from fastnn._validation import as_float_array
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh)
-from fastnn.losses import get_loss
+from fastnn import _threads
+from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError, MulticlassHinge,
+                           SoftmaxCrossEntropy, get_loss)
 from fastnn._kernels import activations as _ka
+from fastnn._kernels import losses as _kl
+from fastnn._kernels import network as _kn
+from fastnn._kernels import optim as _ko
 
 __all__ = ["Sequential", "load_model"]
 
@@ -49,6 +54,106 @@ class _Unit:
 
     def backward(self, dout, need_dx):
         return self.layer.backward(dout, need_dx=need_dx)
+
+
+_LOSS_KINDS = {SoftmaxCrossEntropy: _kl.SOFTMAX, MulticlassHinge: _kl.SVM,
+               BinaryCrossEntropy: _kl.LOGISTIC, BinaryHinge: _kl.BINARY_HINGE,
+               MeanSquaredError: _kl.MSE}
+
+
+class _CompiledStep:
+    """A whole training step (forward, loss, backward, updates) as one kernel call, for a
+    Sequential made of Dense layers with fused activations. Built once per batch size, loss and
+    optimizer; it refers to the live parameter, gradient and optimizer-state arrays, and is
+    rebuilt when any of them is replaced."""
+
+    def __init__(self, model, n, loss, optimizer):
+        from fastnn.optimizers import SGD, Adam, RMSProp
+
+        self.optimizer = optimizer
+        self.opt_type = type(optimizer)
+        layers = []
+        for unit in model._units:
+            dense, act = unit.layer, unit.act
+            op, alpha, avec, dalpha = dense._op, dense.alpha, None, None
+            if act is not None:
+                op = _FUSABLE[type(act)]
+                alpha = getattr(act, "alpha", 0.0)
+            if op == _ka.PRELU:
+                owner = act if act is not None else dense
+                avec, dalpha = owner.params["alpha"], owner.grads["alpha"]
+            layers.append(dict(W=dense.params["W"], b=dense.params["b"], dW=dense.grads["W"],
+                               db=dense.grads["b"], op=op, alpha=alpha, avec=avec, dalpha=dalpha))
+        if isinstance(optimizer, SGD):
+            self.rule = (_ko.SGD if optimizer.momentum == 0 else
+                         _ko.NESTEROV if optimizer.nesterov else _ko.MOMENTUM)
+            nslots = 0 if self.rule == _ko.SGD else 1
+        elif isinstance(optimizer, RMSProp):
+            self.rule, nslots = _ko.RMSPROP, 1
+        else:
+            self.rule, nslots = _ko.ADAM, 2
+        params = []
+        for p in optimizer.params:
+            slots = optimizer._slots(p, nslots) if nslots else []
+            params.append((p.data, p.grad, slots[0] if nslots else None,
+                           slots[1] if nslots == 2 else None, p.decay))
+        self.loss_kind = _LOSS_KINDS[type(loss)]
+        self.plan = _kn.StepPlan(model.dtype, n, self.loss_kind, layers, params, self.rule)
+        self.arrays = self._arrays(model, optimizer)
+
+    @staticmethod
+    def _arrays(model, optimizer):
+        """Identity of everything the plan points to (checked before each step)."""
+        ids = [id(a) for layer in model.layers for d in (layer.params, layer.grads) for a in d.values()]
+        ids += [id(a) for st in optimizer.state.values() for a in st]
+        ids += [id(p.layer) for p in optimizer.params]
+        return tuple(ids)
+
+    def run(self, model, X, y, skip_nonfinite=False):
+        opt = self.optimizer
+        labels = targets = None
+        if self.loss_kind == _kl.MSE:
+            targets = as_float_array(y, "y", model.dtype)
+            if targets.shape != self.plan.scores.shape:
+                targets = targets.reshape(self.plan.scores.shape) if targets.size == self.plan.scores.size else targets
+                if targets.shape != self.plan.scores.shape:
+                    raise ValueError(f"y must have shape {self.plan.scores.shape}, got {np.shape(y)}")
+        else:
+            labels = _int_labels(y, X.shape[0])
+        h1 = h2 = eps = 0.0
+        c1 = c2 = 1.0
+        if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
+            h1 = opt.momentum
+        elif self.rule == _ko.RMSPROP:
+            h1, eps = opt.decay_rate, opt.eps
+        elif self.rule == _ko.ADAM:
+            opt.t += 1
+            h1, h2 = opt.betas
+            eps = opt.eps
+            c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
+        try:
+            value = self.plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
+                                   opt.weight_decay, _threads._num_threads, skip_nonfinite)
+        except ValueError:
+            if self.rule == _ko.ADAM:
+                opt.t -= 1  # nothing was updated
+            raise
+        return value, self.plan.scores
+
+
+def _int_labels(y, n):
+    """Labels as a contiguous intp array of n entries (checked for range in the kernel)."""
+    if not isinstance(y, np.ndarray):
+        y = np.asarray(y)
+    if y.dtype.kind not in "iub":
+        raise TypeError(f"y must hold integer labels, got dtype {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},), got {y.shape}")
+    if y.dtype != np.intp or not y.flags.c_contiguous:
+        y = np.ascontiguousarray(y, dtype=np.intp)
+    return y
 
 
 def _fusable(dense, act):
@@ -88,6 +193,10 @@ class Sequential:
                 i += 1
         # Validate the chain of feature counts now, not at the first batch.
         self._feature_trace()
+        self._compiled = {}
+        self._compilable = all(isinstance(u.layer, Dense) and (u.act is None or not isinstance(u.act, PReLU)
+                                                              or u.act.num_parameters > 1)
+                               for u in self._units)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -170,9 +279,10 @@ class Sequential:
     def predict(self, X, batch_size=None):
         """Scores in inference mode (dropout and noise off), optionally in batches."""
         X = self._check_X(X)
+        if batch_size is not None:
+            batch_size = _positive_int(batch_size, "batch_size")
         if batch_size is None or X.shape[0] <= batch_size:
             return self.forward(X, training=False)
-        batch_size = _positive_int(batch_size, "batch_size")
         parts = [self.forward(X[i:i + batch_size], training=False) for i in range(0, X.shape[0], batch_size)]
         return np.concatenate(parts, axis=0)
 
@@ -189,9 +299,39 @@ class Sequential:
         value, _ = self._step(self._check_X(X), y, get_loss(loss), optimizer)
         return value
 
-    def _step(self, X, y, loss, optimizer):
+    def _compiled_step(self, X, loss, optimizer):
+        """The cached whole-step kernel for this batch, or None when the model, loss or
+        optimizer is not one it covers (then the layer-by-layer path runs)."""
+        from fastnn.optimizers import SGD, Adam, RMSProp
+
+        if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
+            return None
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.in_features:
+            return None
+        key = (X.shape[0], id(optimizer), type(loss))
+        step = self._compiled.get(key)
+        if step is not None:
+            if step.optimizer is optimizer and step.arrays == _CompiledStep._arrays(self, optimizer):
+                return step
+        mine = {(id(p.layer), p.name) for p in self.parameters()}
+        theirs = [(id(p.layer), p.name) for p in optimizer.params]
+        if len(theirs) != len(mine) or set(theirs) != mine:
+            return None
+        if len(self._compiled) >= 4:
+            self._compiled.clear()
+        step = _CompiledStep(self, X.shape[0], loss, optimizer)
+        self._compiled[key] = step
+        return step
+
+    def _step(self, X, y, loss, optimizer, skip_nonfinite=False):
+        compiled = self._compiled_step(X, loss, optimizer)
+        if compiled is not None:
+            value, scores = compiled.run(self, X, y, skip_nonfinite)
+            return float(value), scores
         scores = self.forward(X, training=True)
         value, dscores = loss(scores, y)
+        if skip_nonfinite and not np.isfinite(value):
+            return float(value), scores  # fit stops here: keep the last finite parameters
         self.backward(dscores, need_dx=False)
         optimizer.step()
         return float(value), scores
@@ -252,7 +392,7 @@ class Sequential:
             for step, start in enumerate(range(0, n, batch_size), 1):
                 idx = order[start:start + batch_size]
                 xb, yb = X[idx], y[idx]
-                value, scores = self._step(xb, yb, loss, optimizer)
+                value, scores = self._step(xb, yb, loss, optimizer, skip_nonfinite=True)
                 if not np.isfinite(value):
                     msg = (f"training stopped: the loss became {value} at epoch {epoch}, step {step} "
                            f"(try a smaller learning rate, or check the inputs for NaN/Inf)")
@@ -358,10 +498,16 @@ def _read_model_file(path):
     except OSError as exc:
         raise ValueError(f"cannot read model file {path}: {exc}") from None
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
+            raise ValueError("not an .npz archive")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files}
+        for k, v in arrays.items():
+            if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
+                raise ValueError(f"entry {k!r} is not a .npy array")
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
-            RuntimeError, NotImplementedError) as exc:
+            RuntimeError, NotImplementedError, MemoryError) as exc:
         raise ValueError(f"{path} is not a readable fastnn model file ({type(exc).__name__}: {exc})") from None
     if _META_KEY not in arrays:
         raise ValueError(f"{path} is not a fastnn model file (no {_META_KEY!r} entry)")
@@ -388,7 +534,7 @@ def load_model(path):
             raise ValueError(f"{path}: layer {i} has an unknown description {entry!r}")
         try:
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, MemoryError) as exc:
             raise ValueError(f"{path}: layer {i} ({entry['type']}) cannot be built: {exc}") from None
     return Sequential(*layers).load(path)
 

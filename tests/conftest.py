@@ -10,6 +10,8 @@ Helpers (import them with ``from conftest import ...``; pytest puts tests/ on sy
 - ``numerical_gradient(f, x, dout, h=1e-5)``: central differences of ``sum(f(x) * dout)`` with
   respect to ``x`` (perturbed IN PLACE, as the course's ``eval_numerical_gradient_array``).
 - ``ulp_of(x)``: the spacing of floats at ``x`` (``np.spacing(|x|)``).
+- ``openmp_workers_started(setup, call)``: how many OpenMP workers a call starts (run in a fresh
+  interpreter), to show that a thread-invariance test really runs the parallel path.
 """
 import numpy as np
 import pytest
@@ -161,3 +163,49 @@ def numerical_gradient(f, x, dout, h=1e-5):
         x[idx] = old
         grad[idx] = np.sum((fp - fm) * dout) / (2 * h)
     return grad
+
+
+# ----------------------------------------------------------------------------- OpenMP use
+def openmp_workers_started(setup, call, threads=3):
+    """How many OpenMP worker threads one ``call`` starts, in a fresh interpreter (Linux only).
+
+    ``setup`` and ``call`` are Python source: ``setup`` builds the inputs (``np``, ``fastnn`` and
+    ``F`` = fastnn.functional are imported; it runs with 1 thread), ``call`` is run once with 1
+    thread and then once with ``threads`` threads; the result is the growth of /proc/self/task
+    across the second run
+    (the OpenMP runtime keeps its workers, so a parallel region leaves them behind). 0 means
+    the call ran serial; ``threads - 1`` means it used every thread it was given. Returns None
+    where this cannot be measured (no /proc, or OpenMP disabled)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    if not os.path.isdir("/proc/self/task"):
+        return None
+    from fastnn._kernels import _config
+    if not _config.openmp_enabled():
+        return None
+    code = "\n".join([
+        "import os",
+        "import numpy as np",
+        "import fastnn",
+        "import fastnn.functional as F",
+        "def tasks():",
+        "    return len(os.listdir('/proc/self/task'))",
+        "fastnn.set_num_threads(1)",   # the setup may call kernels too: serial
+        textwrap.dedent(setup).strip(),
+        call,
+        "before = tasks()",
+        f"with fastnn.threads({int(threads)}):",
+        "    " + call,
+        "print(tasks() - before)",
+    ])
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    if res.returncode != 0:
+        raise AssertionError(f"subprocess failed:\n{res.stderr}")
+    return int(res.stdout.strip().splitlines()[-1])

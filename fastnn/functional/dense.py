@@ -76,7 +76,15 @@ def _operands(x, w, b, w_ndim=2):
     return x.reshape(n, d), x.shape, w, b, dt
 
 
+def _live(arg, converted):
+    """What a cache keeps of a parameter: the caller's own array (backward converts it again),
+    so that in-place changes between forward and backward are seen, as in the course code, also
+    for a non-contiguous w or one of another float dtype."""
+    return arg if isinstance(arg, np.ndarray) else converted
+
+
 def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
+    w_arg = w
     x2, x_shape, w, b, dt = _operands(x, w, b)
     n, m = x2.shape[0], w.shape[1]
     avec = alpha_shape = None
@@ -98,7 +106,7 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
     else:
         _kd.dense_forward(op, x2, w, b, y, z, alpha, avec, _threads._num_threads)
     saved = z if keep else y
-    return y, DenseCache(op, x2, x_shape, w, b, saved, alpha, avec, alpha_shape)
+    return y, DenseCache(op, x2, x_shape, _live(w_arg, w), b, saved, alpha, avec, alpha_shape)
 
 
 def _prelu_vector(alpha, m, dt):
@@ -209,6 +217,7 @@ def affine_prelu_backward(dout, cache):
 def maxout_forward(x, w, b):
     """Maxout units: ``out[n, m] = max_p (x[n] @ w[:, m, p] + b[m, p])`` with w (D, M, k) and
     b (M, k): one product for all pieces, then the max over pieces."""
+    w_arg = w
     x2, x_shape, w, b, dt = _operands(x, w, b, w_ndim=3)
     n, d = x2.shape
     _, m, k = w.shape
@@ -217,7 +226,7 @@ def maxout_forward(x, w, b):
     w2 = w.reshape(d, m * k)
     z, lin_cache = _forward(_ka.IDENTITY, x2, w2, b.reshape(m * k))
     out, red_cache = maxout_reduce_forward(z.reshape(n, m, k))
-    cache = DenseCache(_ka.IDENTITY, x2, x_shape, w2, b, None, extra=(red_cache, w))
+    cache = DenseCache(_ka.IDENTITY, x2, x_shape, w2, b, None, extra=(red_cache, _live(w_arg, w)))
     return out, cache
 
 

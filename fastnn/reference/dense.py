@@ -4,14 +4,19 @@ import numpy as np
 from fastnn.reference import activations as act
 
 
+def _rows(x):
+    """x as (N, D), D = prod(x.shape[1:]) spelled out: reshape(N, -1) fails for N = 0."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+
+
 def affine_forward(x, w, b):
-    out = x.reshape(x.shape[0], -1) @ w + b
+    out = _rows(x) @ w + b
     return out, (x, w, b)
 
 
 def affine_backward(dout, cache):
     x, w, b = cache
-    x2 = x.reshape(x.shape[0], -1)
+    x2 = _rows(x)
     dx = (dout @ w.T).reshape(x.shape)
     dw = x2.T @ dout
     db = dout.sum(axis=0)
@@ -49,7 +54,7 @@ affine_prelu_forward, affine_prelu_backward = _sandwich("prelu")
 
 def maxout_forward(x, w, b):
     """out[n, m] = max_p (x[n] @ w[:, m, p] + b[m, p]); w (D, M, k), b (M, k)."""
-    x2 = x.reshape(x.shape[0], -1)
+    x2 = _rows(x)
     z = np.einsum("nd,dmk->nmk", x2, w) + b
     out, red_cache = act.maxout_reduce_forward(z)
     return out, (x, w, b, red_cache)
@@ -57,7 +62,7 @@ def maxout_forward(x, w, b):
 
 def maxout_backward(dout, cache):
     x, w, b, red_cache = cache
-    x2 = x.reshape(x.shape[0], -1)
+    x2 = _rows(x)
     dz = act.maxout_reduce_backward(dout, red_cache)
     dx = np.einsum("nmk,dmk->nd", dz, w).reshape(x.shape)
     dw = np.einsum("nd,nmk->dmk", x2, dz)

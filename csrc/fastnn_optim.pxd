@@ -1,0 +1,88 @@
+# The update rules' span functions (fastnn_simd.h), shared by fastnn._kernels.optim (one
+# parameter per call) and fastnn._kernels.network (every parameter at the end of a step).
+from cython cimport floating
+from cython.parallel cimport prange
+
+from fastnn_openmp cimport effective_threads
+
+cdef extern from "fastnn_simd.h" nogil:
+    void fnn_sgd_f32(float *w, const float *dw, Py_ssize_t n, float lr, float wd)
+    void fnn_sgd_f64(double *w, const double *dw, Py_ssize_t n, double lr, double wd)
+    void fnn_momentum_f32(float *w, const float *dw, float *v, Py_ssize_t n, float lr, float mu, float wd)
+    void fnn_momentum_f64(double *w, const double *dw, double *v, Py_ssize_t n, double lr, double mu, double wd)
+    void fnn_nesterov_f32(float *w, const float *dw, float *v, Py_ssize_t n, float lr, float mu, float wd)
+    void fnn_nesterov_f64(double *w, const double *dw, double *v, Py_ssize_t n, double lr, double mu, double wd)
+    void fnn_rmsprop_f32(float *w, const float *dw, float *c, Py_ssize_t n, float lr, float decay,
+                         float one_m_decay, float eps, float wd)
+    void fnn_rmsprop_f64(double *w, const double *dw, double *c, Py_ssize_t n, double lr, double decay,
+                         double one_m_decay, double eps, double wd)
+    void fnn_adam_f32(float *w, const float *dw, float *m, float *v, Py_ssize_t n, float lr, float b1,
+                      float one_m_b1, float b2, float one_m_b2, float eps, float c1, float c2, float wd)
+    void fnn_adam_f64(double *w, const double *dw, double *m, double *v, Py_ssize_t n, double lr, double b1,
+                      double one_m_b1, double b2, double one_m_b2, double eps, double c1, double c2, double wd)
+
+cdef enum Rule:
+    RULE_SGD = 0
+    RULE_MOMENTUM = 1
+    RULE_NESTEROV = 2
+    RULE_RMSPROP = 3
+    RULE_ADAM = 4
+
+cdef enum:
+    UPDATE_CHUNK = 16384
+    UPDATE_MIN_WORK_PER_THREAD = 32768
+
+
+cdef inline void update_span(int rule, floating *w, const floating *dw, floating *s1, floating *s2,
+                             Py_ssize_t n, double lr, double h1, double h2, double eps, double c1,
+                             double c2, double wd) noexcept nogil:
+    if floating is float:
+        if rule == RULE_SGD:
+            fnn_sgd_f32(w, dw, n, <float>lr, <float>wd)
+        elif rule == RULE_MOMENTUM:
+            fnn_momentum_f32(w, dw, s1, n, <float>lr, <float>h1, <float>wd)
+        elif rule == RULE_NESTEROV:
+            fnn_nesterov_f32(w, dw, s1, n, <float>lr, <float>h1, <float>wd)
+        elif rule == RULE_RMSPROP:
+            fnn_rmsprop_f32(w, dw, s1, n, <float>lr, <float>h1, <float>(1.0 - h1), <float>eps,
+                            <float>wd)
+        else:
+            fnn_adam_f32(w, dw, s1, s2, n, <float>lr, <float>h1, <float>(1.0 - h1), <float>h2,
+                         <float>(1.0 - h2), <float>eps, <float>c1, <float>c2, <float>wd)
+    else:
+        if rule == RULE_SGD:
+            fnn_sgd_f64(w, dw, n, lr, wd)
+        elif rule == RULE_MOMENTUM:
+            fnn_momentum_f64(w, dw, s1, n, lr, h1, wd)
+        elif rule == RULE_NESTEROV:
+            fnn_nesterov_f64(w, dw, s1, n, lr, h1, wd)
+        elif rule == RULE_RMSPROP:
+            fnn_rmsprop_f64(w, dw, s1, n, lr, h1, 1.0 - h1, eps, wd)
+        else:
+            fnn_adam_f64(w, dw, s1, s2, n, lr, h1, 1.0 - h1, h2, 1.0 - h2, eps, c1, c2, wd)
+
+
+cdef inline void update_chunk(Py_ssize_t c, int rule, floating *w, const floating *dw,
+                              floating *s1, floating *s2, Py_ssize_t n, double lr, double h1,
+                              double h2, double eps, double c1, double c2,
+                              double wd) noexcept nogil:
+    cdef Py_ssize_t start = c * UPDATE_CHUNK
+    cdef Py_ssize_t m = n - start
+    if m > UPDATE_CHUNK:
+        m = UPDATE_CHUNK
+    update_span(rule, w + start, dw + start, (s1 + start) if s1 != NULL else NULL,
+                (s2 + start) if s2 != NULL else NULL, m, lr, h1, h2, eps, c1, c2, wd)
+
+
+cdef inline void update_raw(int rule, floating *w, const floating *dw, floating *s1, floating *s2,
+                            Py_ssize_t n, double lr, double h1, double h2, double eps, double c1,
+                            double c2, double wd, int n_threads) noexcept nogil:
+    """One in-place update of w (n elements), over fixed chunks spread across threads when the
+    parameter is large enough. s1: velocity / cache / Adam's m; s2: Adam's v."""
+    cdef Py_ssize_t c, nchunks = (n + UPDATE_CHUNK - 1) // UPDATE_CHUNK
+    cdef int nt = effective_threads(n * 3, UPDATE_MIN_WORK_PER_THREAD, n_threads)
+    if nt <= 1:
+        update_span(rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)
+    else:
+        for c in prange(nchunks, num_threads=nt, schedule="static"):
+            update_chunk(c, rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)

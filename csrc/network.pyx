@@ -1,0 +1,318 @@
+# fastnn._kernels.network: a whole training step of a dense network in one call.
+#
+# For a stack of Dense layers (each with a fused activation), a loss and an update rule, one
+# call runs the forward pass, the loss, the backward pass and every parameter update without
+# the GIL, on buffers allocated once per batch size. A small network's step then costs one
+# Python-to-kernel crossing instead of a dozen. The layer machinery is the same as the one-layer
+# kernels (fastnn_dense.pxd, fastnn_losses.pxd, fastnn_optim.pxd), so the results are the same
+# numbers, and the same for any thread count.
+from cython cimport floating
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+import numpy as np
+
+from fastnn_ops cimport FNN_LEAKY, FNN_PRELU
+from fastnn_dense cimport (DenseConfig, blas_enter, blas_exit, dense_forward_raw,
+                           dense_backward_raw, backward_blocks)
+from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
+                            loss_raw)
+from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw
+
+from fastnn._kernels import dense as _dense_module
+
+cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
+
+
+cdef struct NetPlan:
+    int n_layers
+    Py_ssize_t N
+    int loss_kind
+    Py_ssize_t *fan_in
+    Py_ssize_t *fan_out
+    int *op
+    double *alpha
+    void **W
+    void **b
+    void **dW
+    void **db
+    void **avec          # prelu slopes per unit (NULL otherwise)
+    void **dalpha        # prelu slope gradients (NULL otherwise)
+    void **act           # layer outputs, N x fan_out
+    void **pre           # pre-activations for leaky relu / prelu (NULL otherwise)
+    void *dscores        # N x fan_out[last]
+    void *dz             # N x max width
+    void *dact0          # two N x max width buffers, alternating down the layers
+    void *dact1
+    void *partial        # bias-gradient partial sums (zeroed per layer)
+    void *apartial
+    Py_ssize_t partial_elems
+    void *targets        # binary targets as floats, N
+    double *losses       # N
+    int n_params
+    void **p_data
+    void **p_grad
+    void **p_s1
+    void **p_s2
+    Py_ssize_t *p_n
+    int *p_decay
+
+
+cdef Py_ssize_t _check_labels(int kind, const Py_ssize_t *y, Py_ssize_t N, Py_ssize_t C,
+                              floating *targets) noexcept nogil:
+    """-1 if every label is valid for the loss, else the index of the first bad one. Binary
+    labels are converted to float targets on the way."""
+    cdef Py_ssize_t i, v
+    for i in range(N):
+        v = y[i]
+        if kind == LOSS_SOFTMAX or kind == LOSS_SVM:
+            if v < 0 or v >= C:
+                return i
+        elif kind == LOSS_LOGISTIC:
+            if v != 0 and v != 1:
+                return i
+            targets[i] = <floating>v
+        elif kind == LOSS_BINARY_HINGE:
+            if v != -1 and v != 1:
+                return i
+            targets[i] = <floating>v
+    return -1
+
+
+cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
+                      const floating *reg_targets, int rule, double lr, double h1, double h2,
+                      double eps, double c1, double c2, double wd, int nt,
+                      bint guard, double *loss_out) noexcept nogil:
+    cdef int L = P.n_layers, l, k
+    cdef Py_ssize_t N = P.N, C = P.fan_out[P.n_layers - 1], bad
+    cdef const floating *inp
+    cdef const floating *saved
+    cdef const floating *targets
+    cdef floating *dout
+    cdef floating *dx
+    cdef floating *spare
+    cdef bint keep
+    # labels first: nothing is computed for a batch with a bad label
+    if P.loss_kind == LOSS_MSE:
+        targets = reg_targets
+    else:
+        bad = _check_labels(P.loss_kind, labels, N, C, <floating *>P.targets)
+        if bad >= 0:
+            return bad
+        targets = <const floating *>P.targets
+    # forward
+    inp = X
+    for l in range(L):
+        dense_forward_raw(_cfg, P.op[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],
+                          <floating *>P.act[l], <floating *>P.pre[l], N, P.fan_in[l],
+                          P.fan_out[l], P.alpha[l], <const floating *>P.avec[l], nt)
+        inp = <const floating *>P.act[l]
+    loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dscores,
+                           P.losses, nt)
+    if guard and not (loss_out[0] - loss_out[0] == 0):
+        return -1  # non-finite loss: leave gradients and parameters as they are
+    # backward
+    dout = <floating *>P.dscores
+    dx = <floating *>P.dact0
+    spare = <floating *>P.dact1
+    for l in range(L - 1, -1, -1):
+        keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
+        saved = <const floating *>(P.pre[l] if keep else P.act[l])
+        memset(P.partial, 0, P.partial_elems * sizeof(floating))
+        if P.op[l] == FNN_PRELU:
+            memset(P.apartial, 0, P.partial_elems * sizeof(floating))
+        dense_backward_raw(_cfg, P.op[l], dout, saved,
+                           X if l == 0 else <const floating *>P.act[l - 1],
+                           <const floating *>P.W[l], dx if l > 0 else NULL,
+                           <floating *>P.dW[l], <floating *>P.db[l], <floating *>P.dz,
+                           P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
+                           <floating *>P.partial, <floating *>P.apartial,
+                           N, P.fan_in[l], P.fan_out[l], nt)
+        dout = dx
+        dx = spare
+        spare = dout
+    # updates
+    for k in range(P.n_params):
+        update_raw(rule, <floating *>P.p_data[k], <const floating *>P.p_grad[k],
+                   <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2, eps,
+                   c1, c2, wd if P.p_decay[k] else 0.0, nt)
+    return -1
+
+
+cdef void *_ptr(object arr):
+    return NULL if arr is None else <void *><size_t>arr.ctypes.data
+
+
+cdef class StepPlan:
+    """The compiled training step of one network for one batch size (see fastnn/model.py)."""
+
+    cdef NetPlan P
+    cdef readonly bint is_double
+    cdef readonly int rule
+    cdef list _refs
+    cdef readonly object scores
+
+    def __cinit__(self):
+        memset(&self.P, 0, sizeof(NetPlan))
+
+    def __init__(self, dtype, Py_ssize_t N, int loss_kind, list layers, list params, int rule):
+        """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`);
+        params: (data, grad, s1, s2, decay) for every parameter, in update order."""
+        cdef int L = len(layers), l, k
+        cdef Py_ssize_t width = 0, blocks = 0, m
+        dt = np.dtype(dtype)
+        if dt != np.float32 and dt != np.float64:
+            raise TypeError("StepPlan: dtype must be float32 or float64")
+        if L < 1 or N < 1:
+            raise ValueError("StepPlan: need at least one layer and one row")
+        if rule < RULE_SGD or rule > RULE_ADAM:
+            raise ValueError("StepPlan: unknown rule")
+        if loss_kind < LOSS_SOFTMAX or loss_kind > LOSS_MSE:
+            raise ValueError("StepPlan: unknown loss")
+        self.is_double = dt == np.float64
+        self.rule = rule
+        self._refs = []
+        P = &self.P
+        P.n_layers = L
+        P.N = N
+        P.loss_kind = loss_kind
+        P.fan_in = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
+        P.fan_out = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
+        P.op = <int *>calloc(L, sizeof(int))
+        P.alpha = <double *>calloc(L, sizeof(double))
+        P.W = <void **>calloc(L, sizeof(void *))
+        P.b = <void **>calloc(L, sizeof(void *))
+        P.dW = <void **>calloc(L, sizeof(void *))
+        P.db = <void **>calloc(L, sizeof(void *))
+        P.avec = <void **>calloc(L, sizeof(void *))
+        P.dalpha = <void **>calloc(L, sizeof(void *))
+        P.act = <void **>calloc(L, sizeof(void *))
+        P.pre = <void **>calloc(L, sizeof(void *))
+        P.losses = <double *>calloc(N, sizeof(double))
+        n = len(params)
+        P.n_params = n
+        P.p_data = <void **>calloc(max(n, 1), sizeof(void *))
+        P.p_grad = <void **>calloc(max(n, 1), sizeof(void *))
+        P.p_s1 = <void **>calloc(max(n, 1), sizeof(void *))
+        P.p_s2 = <void **>calloc(max(n, 1), sizeof(void *))
+        P.p_n = <Py_ssize_t *>calloc(max(n, 1), sizeof(Py_ssize_t))
+        P.p_decay = <int *>calloc(max(n, 1), sizeof(int))
+        if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.alpha == NULL or P.W == NULL
+                or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
+                or P.act == NULL or P.pre == NULL or P.losses == NULL or P.p_data == NULL
+                or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
+                or P.p_decay == NULL):
+            raise MemoryError()
+
+        def keep(a):
+            if a is not None:
+                if a.dtype != dt or not a.flags.c_contiguous:
+                    raise ValueError("StepPlan: arrays must be C-contiguous and of the plan's dtype")
+                self._refs.append(a)
+            return a
+
+        for l, spec in enumerate(layers):
+            W = keep(spec["W"])
+            P.fan_in[l] = W.shape[0]
+            P.fan_out[l] = W.shape[1]
+            if l > 0 and P.fan_in[l] != P.fan_out[l - 1]:
+                raise ValueError("StepPlan: layer widths do not chain")
+            P.op[l] = spec["op"]
+            P.alpha[l] = spec["alpha"]
+            P.W[l] = _ptr(W)
+            P.b[l] = _ptr(keep(spec["b"]))
+            P.dW[l] = _ptr(keep(spec["dW"]))
+            P.db[l] = _ptr(keep(spec["db"]))
+            P.avec[l] = _ptr(keep(spec.get("avec")))
+            P.dalpha[l] = _ptr(keep(spec.get("dalpha")))
+            if P.op[l] == FNN_PRELU and (P.avec[l] == NULL or P.dalpha[l] == NULL):
+                raise ValueError("StepPlan: prelu layers need avec and dalpha")
+            m = P.fan_out[l]
+            out = keep(np.empty((N, m), dtype=dt))
+            P.act[l] = _ptr(out)
+            if l == L - 1:
+                self.scores = out
+            if P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU:
+                P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
+            width = max(width, m, P.fan_in[l])
+            blocks = max(blocks, backward_blocks(_cfg, N, m) * m)
+        P.dscores = _ptr(keep(np.empty((N, P.fan_out[L - 1]), dtype=dt)))
+        P.dz = _ptr(keep(np.empty(N * width, dtype=dt)))
+        P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
+        P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
+        P.partial = _ptr(keep(np.zeros(blocks, dtype=dt)))
+        P.apartial = _ptr(keep(np.zeros(blocks, dtype=dt)))
+        P.partial_elems = blocks
+        P.targets = _ptr(keep(np.zeros(N, dtype=dt)))
+        for k, (data, grad, s1, s2, decay) in enumerate(params):
+            if grad.shape != data.shape or (s1 is not None and s1.shape != data.shape) or (
+                    s2 is not None and s2.shape != data.shape):
+                raise ValueError("StepPlan: parameter, gradient and state shapes differ")
+            if (rule != RULE_SGD and s1 is None) or (rule == RULE_ADAM and s2 is None):
+                raise ValueError("StepPlan: the update rule needs its state arrays")
+            P.p_data[k] = _ptr(keep(data))
+            P.p_grad[k] = _ptr(keep(grad))
+            P.p_s1[k] = _ptr(keep(s1))
+            P.p_s2[k] = _ptr(keep(s2))
+            P.p_n[k] = data.size
+            P.p_decay[k] = 1 if decay else 0
+
+    def __dealloc__(self):
+        P = &self.P
+        free(P.fan_in); free(P.fan_out); free(P.op); free(P.alpha)
+        free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
+        free(P.act); free(P.pre); free(P.losses)
+        free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)
+
+    @property
+    def batch(self):
+        return self.P.N
+
+    def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
+             double eps, double c1, double c2, double wd, int n_threads, bint guard=False):
+        """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
+        or binary labels (intp, N) for classification losses, else None with float `targets`
+        (N, C) for MSE. Returns the mean loss (before the update). With `guard`, a non-finite
+        loss stops the step before the backward pass: nothing is updated."""
+        cdef double loss = 0.0
+        cdef Py_ssize_t bad = -1
+        cdef float[:, ::1] x32, t32
+        cdef double[:, ::1] x64, t64
+        cdef const Py_ssize_t *lp = NULL
+        cdef float *t32p = NULL
+        cdef double *t64p = NULL
+        P = &self.P
+        if self.P.loss_kind == LOSS_MSE:
+            if targets is None:
+                raise ValueError("y must hold regression targets")
+        else:
+            if labels is None or labels.shape[0] != P.N:
+                raise ValueError(f"y must have {P.N} labels")
+            lp = &labels[0]
+        if self.is_double:
+            x64 = X
+            if x64.shape[0] != P.N or x64.shape[1] != P.fan_in[0]:
+                raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
+            if targets is not None:
+                t64 = targets
+                t64p = &t64[0, 0]
+        else:
+            x32 = X
+            if x32.shape[0] != P.N or x32.shape[1] != P.fan_in[0]:
+                raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
+            if targets is not None:
+                t32 = targets
+                t32p = &t32[0, 0]
+        blas_enter(_cfg)
+        try:
+            with nogil:
+                if self.is_double:
+                    bad = _step(P, &x64[0, 0], lp, t64p, self.rule, lr, h1, h2, eps, c1, c2, wd,
+                                n_threads, guard, &loss)
+                else:
+                    bad = _step(P, &x32[0, 0], lp, t32p, self.rule, lr, h1, h2, eps, c1, c2, wd,
+                                n_threads, guard, &loss)
+        finally:
+            blas_exit(_cfg)
+        if bad >= 0:
+            raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")
+        return loss

@@ -1,0 +1,244 @@
+"""Fully connected classifiers with the course's model interface, on the fused kernels.
+
+A model here is the duck type that the course's ``Solver`` (and :class:`fastnn.Solver`) drives:
+
+- ``model.params``: a dict of NumPy arrays, one per learnable parameter (``W1``, ``b1``, ...);
+- ``model.loss(X)`` returns the class scores, an array of shape (N, C);
+- ``model.loss(X, y)`` returns ``(loss, grads)``: the softmax loss averaged over the batch plus
+  ``0.5 * reg * sum(W**2)`` for every weight matrix (biases are not regularized), and a dict
+  with the same keys as ``params`` holding the gradient of that loss (``dW`` includes
+  ``reg * W``).
+
+Parameters are looked up in ``self.params`` on every call and never cached, so a numerical
+gradient check that perturbs ``model.params['W1']`` in place, or a solver that swaps in new
+arrays, is seen by the next call. The compute dtype is the dtype of the parameters: ``X`` is
+cast to it (a float64 model stays float64 end to end, which gradient checks need).
+
+Weights start as ``weight_scale * randn`` and biases as zeros. With ``seed=None`` the draws come
+from NumPy's global random state (``np.random.seed`` makes them reproducible, as in the course
+notebooks); with an int seed they come from a private ``np.random.default_rng(seed)``.
+"""
+import numbers
+
+import numpy as np
+
+from fastnn.functional import (
+    affine_backward,
+    affine_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+    dropout_backward,
+    dropout_forward,
+    softmax_loss,
+)
+
+__all__ = ["TwoLayerNet", "FullyConnectedNet"]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def _nonneg_real(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _float_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dt}")
+    return dt
+
+
+def _seed_check(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be None or a non-negative int, got {type(seed).__name__}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be None or a non-negative int, got {seed}")
+    return seed
+
+
+class _Normal:
+    """Standard normal draws in float64, from a private generator or the global state."""
+
+    def __init__(self, seed):
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def __call__(self, *shape):
+        if self._rng is None:
+            return np.random.randn(*shape)
+        return self._rng.standard_normal(shape)
+
+
+def _init_layers(dims, weight_scale, dtype, seed):
+    """Params W1..WL (dims[i], dims[i+1]) as ``weight_scale * randn`` and zero biases b1..bL.
+
+    Draws are made in float64 and rounded once to ``dtype``, so a float32 model and a float64
+    model built with the same seed start from the same point (up to that rounding)."""
+    randn = _Normal(seed)
+    params = {}
+    for i in range(len(dims) - 1):
+        params[f"W{i + 1}"] = (weight_scale * randn(dims[i], dims[i + 1])).astype(dtype)
+        params[f"b{i + 1}"] = np.zeros(dims[i + 1], dtype=dtype)
+    return params
+
+
+def _model_dtype(params):
+    w = params.get("W1")
+    if isinstance(w, np.ndarray) and w.dtype in (np.float32, np.float64):
+        return w.dtype
+    return np.dtype(np.float64)
+
+
+def _as_input(X, dtype):
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"X must be an array of numbers, got dtype {arr.dtype}")
+    if arr.ndim < 2:
+        raise ValueError(f"X must have shape (N, d1, ..., dk), got shape {arr.shape}")
+    return np.asarray(arr, dtype=dtype)
+
+
+def _add_l2(loss, grads, params, reg, num_layers):
+    """Add ``0.5 * reg * sum(W**2)`` to the loss and ``reg * W`` to each weight gradient."""
+    if reg == 0.0:
+        return loss
+    penalty = 0.0
+    for i in range(1, num_layers + 1):
+        w = params[f"W{i}"]
+        penalty += float(np.sum(np.square(w, dtype=np.float64)))
+        grads[f"W{i}"] += reg * w
+    return loss + 0.5 * reg * penalty
+
+
+# ----------------------------------------------------------------------------- models
+class TwoLayerNet:
+    """affine - relu - affine - softmax, with L2 regularization on the two weight matrices.
+
+    Parameters: ``W1`` (D, H), ``b1`` (H,), ``W2`` (H, C), ``b2`` (C,), all of ``dtype``.
+    """
+
+    def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10,
+                 weight_scale=1e-3, reg=0.0, dtype=np.float32, seed=None):
+        input_dim = _positive_int(input_dim, "input_dim")
+        hidden_dim = _positive_int(hidden_dim, "hidden_dim")
+        num_classes = _positive_int(num_classes, "num_classes")
+        weight_scale = _nonneg_real(weight_scale, "weight_scale")
+        self.reg = _nonneg_real(reg, "reg")
+        self.dtype = _float_dtype(dtype)
+        self.seed = _seed_check(seed)
+        self.params = _init_layers([input_dim, hidden_dim, num_classes], weight_scale,
+                                   self.dtype, self.seed)
+
+    def loss(self, X, y=None):
+        """Scores (N, C) when ``y`` is None, else ``(loss, grads)``."""
+        p = self.params
+        X = _as_input(X, _model_dtype(p))
+        hidden, cache1 = affine_relu_forward(X, p["W1"], p["b1"])
+        scores, cache2 = affine_forward(hidden, p["W2"], p["b2"])
+        if y is None:
+            return scores
+
+        loss, dscores = softmax_loss(scores, y)
+        grads = {}
+        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, cache2)
+        _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, cache1)
+        loss = _add_l2(loss, grads, p, float(self.reg), 2)
+        return loss, grads
+
+
+class FullyConnectedNet:
+    """{affine - relu - [dropout]} x (L - 1) - affine - softmax, with L2 on the weights.
+
+    ``hidden_dims`` lists the widths of the L - 1 hidden layers; parameters are ``W1..WL`` and
+    ``b1..bL``. ``dropout_keep_ratio`` is the probability of KEEPING a hidden unit (1 means no
+    dropout). Dropout runs in 'train' mode when ``loss`` gets labels and in 'test' mode when it
+    only returns scores. When ``seed`` is given it seeds the initialization and is stored in
+    ``dropout_param['seed']``, so the dropout masks are the same on every call (the course's
+    behaviour, which numerical gradient checks rely on). Batch and layer normalization are not
+    part of fastnn: any ``normalization`` other than None raises NotImplementedError.
+    """
+
+    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10,
+                 dropout_keep_ratio=1, normalization=None, reg=0.0, weight_scale=1e-2,
+                 dtype=np.float32, seed=None):
+        if normalization is not None:
+            raise NotImplementedError(
+                f"normalization={normalization!r} is not supported: fastnn's FullyConnectedNet "
+                "has no batch or layer normalization; pass normalization=None"
+            )
+        if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
+            raise TypeError(f"hidden_dims must be a list of positive ints, got {type(hidden_dims).__name__}")
+        hidden_dims = [_positive_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
+        input_dim = _positive_int(input_dim, "input_dim")
+        num_classes = _positive_int(num_classes, "num_classes")
+        weight_scale = _nonneg_real(weight_scale, "weight_scale")
+        if isinstance(dropout_keep_ratio, bool) or not isinstance(dropout_keep_ratio, numbers.Real):
+            raise TypeError(f"dropout_keep_ratio must be a number in (0, 1], got {dropout_keep_ratio!r}")
+        keep = float(dropout_keep_ratio)
+        if not 0.0 < keep <= 1.0:
+            raise ValueError("dropout_keep_ratio is the probability of keeping a unit and must be "
+                             f"in (0, 1], got {keep}")
+
+        self.normalization = None
+        self.use_dropout = keep != 1.0
+        self.reg = _nonneg_real(reg, "reg")
+        self.num_layers = 1 + len(hidden_dims)
+        self.dtype = _float_dtype(dtype)
+        self.seed = _seed_check(seed)
+        self.params = _init_layers([input_dim] + hidden_dims + [num_classes], weight_scale,
+                                   self.dtype, self.seed)
+        self.dropout_param = {}
+        if self.use_dropout:
+            self.dropout_param = {"mode": "train", "p": keep}
+            if self.seed is not None:
+                self.dropout_param["seed"] = self.seed
+
+    def loss(self, X, y=None):
+        """Scores (N, C) when ``y`` is None, else ``(loss, grads)``."""
+        p = self.params
+        L = self.num_layers
+        X = _as_input(X, _model_dtype(p))
+        mode = "test" if y is None else "train"
+        if self.use_dropout:
+            self.dropout_param["mode"] = mode
+
+        caches = []
+        out = X
+        for i in range(1, L):
+            out, c_aff = affine_relu_forward(out, p[f"W{i}"], p[f"b{i}"])
+            c_drop = None
+            if self.use_dropout:
+                out, c_drop = dropout_forward(out, self.dropout_param)
+            caches.append((c_aff, c_drop))
+        scores, c_last = affine_forward(out, p[f"W{L}"], p[f"b{L}"])
+        if mode == "test":
+            return scores
+
+        loss, dout = softmax_loss(scores, y)
+        grads = {}
+        dout, grads[f"W{L}"], grads[f"b{L}"] = affine_backward(dout, c_last)
+        for i in range(L - 1, 0, -1):
+            c_aff, c_drop = caches[i - 1]
+            if c_drop is not None:
+                dout = dropout_backward(dout, c_drop)
+            dout, grads[f"W{i}"], grads[f"b{i}"] = affine_relu_backward(dout, c_aff)
+        loss = _add_l2(loss, grads, p, float(self.reg), L)
+        return loss, grads

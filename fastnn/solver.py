@@ -1,0 +1,314 @@
+"""Minibatch training for course-style models: ``Solver(model, data, **kwargs).train()``.
+
+The keyword arguments and the training schedule are those of the course's Solver, so code
+written for it runs unchanged:
+
+- ``data`` is a dict with ``X_train``, ``y_train``, ``X_val``, ``y_val``;
+- ``model`` has a ``params`` dict of arrays and ``loss(X, y=None)`` (scores without labels,
+  ``(loss, grads)`` with them), like :class:`fastnn.models.TwoLayerNet`;
+- each iteration draws ``batch_size`` training rows WITH replacement, computes the loss and
+  gradients, and applies the update rule to every parameter with its own config dict (each one
+  starts as a copy of ``optim_config``), storing ``next_w`` back into ``model.params``;
+- an epoch is ``max(num_train // batch_size, 1)`` iterations; after each epoch the learning
+  rate of every parameter is multiplied by ``lr_decay``;
+- train and validation accuracy are measured after the first iteration, at the end of every
+  epoch and after the last iteration; the parameters with the best validation accuracy are
+  kept (as copies) in ``best_params`` and put into ``model.params`` when ``train`` returns.
+
+Keyword arguments: ``update_rule`` ('sgd'; the name of a rule in :mod:`fastnn.optim` or a
+callable ``rule(w, dw, config) -> (next_w, config)``), ``optim_config`` ({}), ``lr_decay`` (1.0),
+``batch_size`` (100), ``num_epochs`` (10), ``num_train_samples`` (1000), ``num_val_samples``
+(None: all), ``checkpoint_name`` (None), ``print_every`` (10), ``verbose`` (True) and, beyond the
+course, ``seed`` (None). With ``seed=None`` minibatches and accuracy subsamples come from
+``np.random`` (so ``np.random.seed`` makes a run reproducible); with an int they come from a
+private ``np.random.default_rng(seed)`` and the global state is left alone.
+
+Checkpoints (no pickle anywhere). With ``checkpoint_name='run/net'`` every epoch writes two files:
+
+- ``run/net_epoch_<E>.npz``: one array per model parameter, stored under the parameter's name
+  (``W1.npy``, ``b1.npy``, ... inside the zip); read it with
+  ``np.load(path, allow_pickle=False)``;
+- ``run/net_epoch_<E>.json``: a JSON object with ``format`` ("fastnn-solver-checkpoint"),
+  ``version`` (1), ``epoch``, ``params_file`` (the .npz file name), ``param_names``,
+  ``update_rule`` (the rule's name), ``optim_config`` (its JSON-representable entries),
+  ``lr_decay``, ``batch_size``, ``num_epochs``, ``num_train_samples``, ``num_val_samples``,
+  ``seed``, ``best_val_acc``, ``loss_history``, ``train_acc_history`` and ``val_acc_history``.
+
+:func:`load_checkpoint` reads both back. Optimizer state (momentum buffers, Adam moments) is not
+saved, as in the course.
+"""
+import copy
+import json
+import numbers
+import os
+import zipfile
+
+import numpy as np
+
+from fastnn import optim as _optim
+
+__all__ = ["Solver", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "fastnn-solver-checkpoint"
+CHECKPOINT_VERSION = 1
+
+_DEFAULTS = {
+    "update_rule": "sgd",
+    "optim_config": None,
+    "lr_decay": 1.0,
+    "batch_size": 100,
+    "num_epochs": 10,
+    "num_train_samples": 1000,
+    "num_val_samples": None,
+    "checkpoint_name": None,
+    "print_every": 10,
+    "verbose": True,
+    "seed": None,
+}
+
+
+def _positive_int(value, name, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
+                        f"got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def _jsonable(value):
+    """``value`` if JSON stores it faithfully (a finite number, str, bool or None), else None."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    return None
+
+
+class Solver:
+    """Trains a model with minibatch gradient descent; see the module docstring."""
+
+    def __init__(self, model, data, **kwargs):
+        unknown = sorted(set(kwargs) - set(_DEFAULTS))
+        if unknown:
+            raise ValueError(f"Unrecognized arguments {', '.join(unknown)}; "
+                             f"known ones are {', '.join(sorted(_DEFAULTS))}")
+        opts = dict(_DEFAULTS)
+        opts.update(kwargs)
+
+        if not hasattr(model, "params") or not callable(getattr(model, "loss", None)):
+            raise TypeError("model must have a params dict and a loss(X, y=None) method")
+        self.model = model
+
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
+        if missing:
+            raise ValueError(f"data is missing {', '.join(missing)}")
+        self.X_train, self.y_train = data["X_train"], data["y_train"]
+        self.X_val, self.y_val = data["X_val"], data["y_val"]
+        for xs, ys, what in ((self.X_train, self.y_train, "train"), (self.X_val, self.y_val, "val")):
+            if len(xs) != len(ys):
+                raise ValueError(f"X_{what} has {len(xs)} rows but y_{what} has {len(ys)} labels")
+        if len(self.X_train) == 0:
+            raise ValueError("X_train must hold at least one sample")
+
+        rule = opts["update_rule"]
+        if isinstance(rule, str):
+            if rule not in _optim.__all__:
+                raise ValueError(f'Invalid update_rule "{rule}": fastnn.optim has '
+                                 f"{', '.join(_optim.__all__)}")
+            self.update_rule = getattr(_optim, rule)
+        elif callable(rule):
+            self.update_rule = rule
+        else:
+            raise ValueError(f"update_rule must be a rule name or a callable, got {rule!r}")
+        self._rule_name = rule if isinstance(rule, str) else getattr(rule, "__name__", repr(rule))
+
+        optim_config = opts["optim_config"]
+        if optim_config is None:
+            optim_config = {}
+        if not isinstance(optim_config, dict):
+            raise TypeError(f"optim_config must be a dict, got {type(optim_config).__name__}")
+        self.optim_config = optim_config
+
+        lr_decay = opts["lr_decay"]
+        if isinstance(lr_decay, bool) or not isinstance(lr_decay, numbers.Real) \
+                or not np.isfinite(lr_decay) or lr_decay <= 0:
+            raise ValueError(f"lr_decay must be a finite number > 0, got {lr_decay!r}")
+        self.lr_decay = float(lr_decay)
+        self.batch_size = _positive_int(opts["batch_size"], "batch_size")
+        self.num_epochs = _positive_int(opts["num_epochs"], "num_epochs")
+        self.num_train_samples = _positive_int(opts["num_train_samples"], "num_train_samples", True)
+        self.num_val_samples = _positive_int(opts["num_val_samples"], "num_val_samples", True)
+        self.print_every = _positive_int(opts["print_every"], "print_every")
+        self.verbose = bool(opts["verbose"])
+
+        name = opts["checkpoint_name"]
+        if name is not None and not isinstance(name, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_name must be a path prefix (str) or None, got {type(name).__name__}")
+        self.checkpoint_name = None if name is None else os.fspath(name)
+
+        seed = opts["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ValueError(f"seed must be None or a non-negative int, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self._rng = None if seed is None else np.random.default_rng(self.seed)
+
+        self._reset()
+
+    # ------------------------------------------------------------------------- internals
+    def _reset(self):
+        """Fresh histories and one optimizer config per parameter (copied from optim_config)."""
+        self.epoch = 0
+        self.best_val_acc = 0.0
+        self.best_params = {}
+        self.loss_history = []
+        self.train_acc_history = []
+        self.val_acc_history = []
+        self.optim_configs = {p: copy.deepcopy(self.optim_config) for p in self.model.params}
+
+    def _choice(self, n, size, replace=True):
+        if self._rng is None:
+            return np.random.choice(n, size, replace=replace)
+        return self._rng.choice(n, size, replace=replace)
+
+    def _step(self):
+        """One minibatch update of every parameter."""
+        idx = self._choice(len(self.X_train), self.batch_size)
+        X_batch = self.X_train[idx]
+        y_batch = self.y_train[idx]
+
+        loss, grads = self.model.loss(X_batch, y_batch)
+        self.loss_history.append(float(loss))
+
+        params = self.model.params
+        for name in list(params):
+            config = self.optim_configs.setdefault(name, copy.deepcopy(self.optim_config))
+            next_w, next_config = self.update_rule(params[name], grads[name], config)
+            params[name] = next_w
+            self.optim_configs[name] = next_config
+
+    def _save_checkpoint(self):
+        if self.checkpoint_name is None:
+            return
+        stem = f"{self.checkpoint_name}_epoch_{self.epoch}"
+        npz_path, json_path = stem + ".npz", stem + ".json"
+
+        tmp = npz_path + ".tmp"
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, value in self.model.params.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)
+        os.replace(tmp, npz_path)
+
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "params_file": os.path.basename(npz_path),
+            "param_names": list(self.model.params),
+            "update_rule": self._rule_name,
+            "optim_config": {k: _jsonable(v) for k, v in self.optim_config.items()
+                             if _jsonable(v) is not None},
+            "lr_decay": self.lr_decay,
+            "batch_size": self.batch_size,
+            "num_epochs": self.num_epochs,
+            "num_train_samples": self.num_train_samples,
+            "num_val_samples": self.num_val_samples,
+            "seed": self.seed,
+            "best_val_acc": self.best_val_acc,
+            "loss_history": [_jsonable(v) for v in self.loss_history],
+            "train_acc_history": list(self.train_acc_history),
+            "val_acc_history": list(self.val_acc_history),
+        }
+        tmp = json_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+        os.replace(tmp, json_path)
+        if self.verbose:
+            print(f'Saving checkpoint to "{npz_path}" and "{json_path}"')
+
+    # ------------------------------------------------------------------------- public
+    def check_accuracy(self, X, y, num_samples=None, batch_size=100):
+        """Fraction of rows of ``X`` whose highest score is the label in ``y``.
+
+        With ``num_samples`` set and fewer than the rows of ``X``, a random subset of that size
+        (without repetition) is scored. Scores are computed ``batch_size`` rows at a time."""
+        num_samples = _positive_int(num_samples, "num_samples", allow_none=True)
+        batch_size = _positive_int(batch_size, "batch_size")
+        n = len(X)
+        if n == 0:
+            raise ValueError("X must hold at least one sample")
+        if num_samples is not None and n > num_samples:
+            idx = self._choice(n, num_samples, replace=False)
+            X, y = X[idx], y[idx]
+            n = num_samples
+        y = np.asarray(y)
+
+        preds = []
+        for start in range(0, n, batch_size):
+            scores = self.model.loss(X[start:start + batch_size])
+            preds.append(np.argmax(scores, axis=1))
+        return float(np.mean(np.concatenate(preds) == y))
+
+    def train(self):
+        """Run ``num_epochs`` epochs; afterwards ``model.params`` holds the best parameters."""
+        num_train = len(self.X_train)
+        per_epoch = max(num_train // self.batch_size, 1)
+        total = self.num_epochs * per_epoch
+
+        for t in range(total):
+            self._step()
+            if self.verbose and t % self.print_every == 0:
+                print(f"(Iteration {t + 1} / {total}) loss: {self.loss_history[-1]:f}")
+
+            end_of_epoch = (t + 1) % per_epoch == 0
+            if end_of_epoch:
+                self.epoch += 1
+                for config in self.optim_configs.values():
+                    if "learning_rate" in config:
+                        config["learning_rate"] *= self.lr_decay
+
+            if t == 0 or t == total - 1 or end_of_epoch:
+                train_acc = self.check_accuracy(self.X_train, self.y_train,
+                                                num_samples=self.num_train_samples)
+                val_acc = self.check_accuracy(self.X_val, self.y_val,
+                                              num_samples=self.num_val_samples)
+                self.train_acc_history.append(train_acc)
+                self.val_acc_history.append(val_acc)
+                self._save_checkpoint()
+                if self.verbose:
+                    print(f"(Epoch {self.epoch} / {self.num_epochs}) "
+                          f"train acc: {train_acc:f}; val_acc: {val_acc:f}")
+                if not self.best_params or val_acc > self.best_val_acc:
+                    self.best_val_acc = val_acc
+                    self.best_params = {k: np.array(v, copy=True) for k, v in self.model.params.items()}
+
+        # Copies again: fastnn's update rules write into the parameter arrays, so the model
+        # must not share arrays with best_params if training continues.
+        self.model.params = {k: v.copy() for k, v in self.best_params.items()}
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :class:`Solver`: ``path`` is either file of the pair (or the
+    common stem). Returns ``(params, info)``: a dict of arrays and the JSON dict."""
+    path = os.fspath(path)
+    stem = path
+    for ext in (".npz", ".json"):
+        if path.endswith(ext):
+            stem = path[:-len(ext)]
+    with open(stem + ".json", encoding="utf-8") as fh:
+        info = json.load(fh)
+    if info.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{stem}.json is not a fastnn solver checkpoint")
+    npz = os.path.join(os.path.dirname(stem), info["params_file"])
+    with np.load(npz, allow_pickle=False) as f:
+        params = {name: f[name] for name in info["param_names"]}
+    return params, info

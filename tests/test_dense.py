@@ -1,0 +1,790 @@
+"""The dense kernels (fastnn.functional.dense) against the NumPy reference
+(fastnn.reference.dense): affine, every fused sandwich affine_<act>, and maxout; values, shapes,
+layouts, dtypes, gradients, live parameters, thread invariance, argument checking.
+
+Tolerances, and why they are what they are:
+
+- A product is compared with a bound on its magnitude, not element by element: the "scale" of
+  ``x @ w + b`` is ``max(|x| @ |w| + |b|)`` (times the activation's Lipschitz constant, and at least
+  the largest output), the scale of ``dx = dz @ w.T`` is ``max(|dout| @ |w|.T)``, of ``dw``
+  ``max(|x|.T @ |dout|)``, of ``db`` ``max(sum |dout|)``, of ``dalpha`` ``max(sum |dout * z|)``
+  (times ``max(1, |alpha|)`` where the activation's slope enters). Both BLAS and NumPy round each
+  of the K terms of a sum once, in different orders, so either is within about ``K * eps * scale``
+  of the truth and usually within ``sqrt(K) * eps * scale``.
+- float64: 1e-12 * scale. K is at most ~700 here, K * eps ~ 1.6e-13: a wide margin.
+- float32: 1e-5 * scale (~ 80 eps); the typical error is ~ sqrt(K) * eps ~ 3e-6 * scale at K ~ 700.
+- Kinks (ReLU family) and ties (maxout): where the pre-activation is within 1e-4 of its own scale
+  of the kink, or two pieces within 1e-4 of the scale of each other, the two computations may
+  legitimately take different branches; there ``dout`` is set to 0, so those elements contribute
+  nothing to any gradient, and everything else is compared at the tolerances above.
+- Numerical gradients (float64, central differences, h = 1e-5, data >= 0.05 away from kinks and
+  ties): truncation ~h**2, rounding ~eps * |f| / h ~ 1e-10; rtol 1e-7, atol 1e-8 leave a wide
+  margin while a wrong formula is off by O(1).
+- Same kernel, different input layout or dtype conversion done by the caller: bitwise identical.
+"""
+import numpy as np
+import pytest
+
+import fastnn.functional as F
+from fastnn._kernels import dense as _kd
+from fastnn.reference import activations as RA
+from fastnn.reference import dense as R
+
+from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["f32", "f64"]
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+KINK_MARGIN = 1e-4
+GRAD_RTOL, GRAD_ATOL = 1e-7, 1e-8
+
+
+# ============================================================================ sandwich table
+class Sandwich:
+    """One fused layer: the functional forward/backward and the reference oracle.
+
+    alpha: None (no parameter), a float (leaky_relu's alpha, prelu's scalar alpha) or "vector"
+    (prelu: one alpha per unit, drawn per test)."""
+
+    def __init__(self, name, act, alpha=None, default_alpha=False):
+        self.name = name
+        self.act = act                    # None (plain affine), relu, leaky_relu, sigmoid, tanh, prelu
+        self.alpha = alpha
+        self.default_alpha = default_alpha  # leaky_relu called without alpha (default 0.01)
+
+    @property
+    def base(self):
+        return "affine" if self.act is None else f"affine_{self.act}"
+
+    @property
+    def kinked(self):
+        return self.act in ("relu", "leaky_relu", "prelu")
+
+    def make_alpha(self, rng, m, dtype):
+        if self.alpha == "vector":
+            return rng.uniform(-0.5, 1.5, m).astype(dtype)
+        return self.alpha
+
+    def args(self, alpha):
+        if self.act == "prelu" or (self.act == "leaky_relu" and not self.default_alpha):
+            return (alpha,)
+        return ()
+
+    def fwd(self, x, w, b, alpha=None):
+        return getattr(F, self.base + "_forward")(x, w, b, *self.args(alpha))
+
+    def bwd(self, dout, cache):
+        return getattr(F, self.base + "_backward")(dout, cache)
+
+    def ref_fwd(self, x, w, b, alpha=None):
+        if self.act == "leaky_relu" and self.default_alpha:
+            alpha = 0.01
+        return getattr(R, self.base + "_forward")(x, w, b, *(() if alpha is None else (alpha,)))
+
+    def ref_bwd(self, dout, cache):
+        return getattr(R, self.base + "_backward")(dout, cache)
+
+    def slope(self, alpha):
+        """An upper bound of |act'| (the Lipschitz constant)."""
+        if alpha is None or self.act not in ("leaky_relu", "prelu"):
+            return 1.0
+        return max(1.0, float(np.max(np.abs(np.asarray(alpha, dtype=np.float64)), initial=0.0)))
+
+    def __repr__(self):
+        return self.name
+
+
+SANDWICHES = [
+    Sandwich("affine", None),
+    Sandwich("relu", "relu"),
+    Sandwich("leaky_relu_default", "leaky_relu", 0.01, default_alpha=True),
+    Sandwich("leaky_relu_a0.2", "leaky_relu", 0.2),
+    Sandwich("leaky_relu_a-0.3", "leaky_relu", -0.3),
+    Sandwich("sigmoid", "sigmoid"),
+    Sandwich("tanh", "tanh"),
+    Sandwich("prelu_scalar", "prelu", 0.25),
+    Sandwich("prelu_vector", "prelu", "vector"),
+]
+SANDWICH_NAMES = [s.name for s in SANDWICHES]
+BY_NAME = {s.name: s for s in SANDWICHES}
+
+# (x shape, M): the course's 4-D x, 1x1x1, primes, N = 0, D = 0, M = 1, and multi-tile
+SHAPES = [
+    ((1, 1), 1),
+    ((7, 13), 11),
+    ((2, 3, 4, 5), 6),
+    ((0, 3, 4), 5),
+    ((4, 0), 3),
+    ((4, 2, 0), 3),
+    ((0, 0), 2),
+    ((9, 17), 1),
+    ((3, 5), 0),
+    ((509, 5, 6, 10), 701),
+]
+LARGE = ((509, 5, 6, 10), 701)   # D = 300; every product is cut into ragged tiles (see below)
+
+
+# ============================================================================ data and checks
+def _problem(rng, x_shape, m, dtype):
+    """Data in the scale of a real layer: x ~ N(0, 1), w ~ N(0, 1/D) (Xavier), b ~ N(0, 0.25)."""
+    d = int(np.prod(x_shape[1:], dtype=np.int64))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal((d, m)) / np.sqrt(max(d, 1))).astype(dtype)
+    b = (0.5 * rng.standard_normal(m)).astype(dtype)
+    dout = rng.standard_normal((x_shape[0], m)).astype(dtype)
+    return x, w, b, dout
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def _rows(x):
+    """x as (N, D) (reshape(N, -1) is ambiguous for N = 0)."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+
+
+def _pre_activation(x, w, b):
+    """(z, zabs): x @ w + b in float64 and its magnitude bound |x| @ |w| + |b|."""
+    x2 = _rows(_f64(x))
+    return x2 @ _f64(w) + _f64(b), np.abs(x2) @ np.abs(_f64(w)) + np.abs(_f64(b))
+
+
+def _mask_kinks(dout, z, zabs):
+    """dout with 0 where the pre-activation is too close to 0 for both sides to agree."""
+    dout = dout.copy()
+    dout[np.abs(z) <= KINK_MARGIN * zabs] = 0
+    return dout
+
+
+def _max0(a):
+    a = np.asarray(a, dtype=np.float64)
+    return float(a.max()) if a.size else 0.0
+
+
+def assert_scaled_close(got, ref, scale, dtype, what):
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    if got.size == 0:
+        return
+    assert not np.isnan(got).any(), f"{what}: NaN in the result"
+    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    tol = RTOL[np.dtype(dtype)] * scale
+    assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g} (rtol {RTOL[np.dtype(dtype)]} x scale {scale:.3g})"
+
+
+def check_forward(sw, out, ref_out, x, w, b, alpha, dtype):
+    assert isinstance(out, np.ndarray) and out.dtype == dtype
+    assert out.shape == (x.shape[0], w.shape[1])
+    assert out.flags.c_contiguous
+    _, zabs = _pre_activation(x, w, b)
+    scale = max(_max0(zabs) * sw.slope(alpha), _max0(np.abs(ref_out)))
+    assert_scaled_close(out, ref_out, scale, dtype, f"{sw} forward")
+
+
+def check_backward(sw, grads, ref_grads, x, w, b, dout, alpha, dtype):
+    """grads = (dx, dw, db[, dalpha]) against the reference's, scaled as the docstring says."""
+    assert len(grads) == len(ref_grads) == (4 if sw.act == "prelu" else 3)
+    dx, dw, db = grads[:3]
+    for g, like, name in ((dx, x, "dx"), (dw, w, "dw"), (db, b, "db")):
+        assert isinstance(g, np.ndarray), name
+        assert g.dtype == dtype, f"{name} dtype {g.dtype}"
+        assert g.shape == np.shape(like), f"{name} shape {g.shape} != {np.shape(like)}"
+    s = sw.slope(alpha)
+    ad = np.abs(_f64(dout))
+    x2 = _rows(np.abs(_f64(x)))
+    assert_scaled_close(dx, ref_grads[0], s * _max0(ad @ np.abs(_f64(w)).T), dtype, f"{sw} dx")
+    assert_scaled_close(dw, ref_grads[1], s * _max0(x2.T @ ad), dtype, f"{sw} dw")
+    assert_scaled_close(db, ref_grads[2], s * _max0(ad.sum(axis=0)), dtype, f"{sw} db")
+    if sw.act == "prelu":
+        dalpha = grads[3]
+        assert np.shape(dalpha) == np.shape(alpha), f"dalpha shape {np.shape(dalpha)} != alpha {np.shape(alpha)}"
+        assert np.asarray(dalpha).dtype == dtype
+        _, zabs = _pre_activation(x, w, b)
+        terms = (ad * zabs).sum(axis=0)
+        scale = _max0(terms.sum() if np.ndim(alpha) == 0 else terms)
+        assert_scaled_close(dalpha, ref_grads[3], scale, dtype, f"{sw} dalpha")
+
+
+def _run_both(sw, x, w, b, dout, alpha):
+    out, cache = sw.fwd(x, w, b, alpha)
+    rout, rcache = sw.ref_fwd(x, w, b, alpha)
+    return out, rout, sw.bwd(dout, cache), sw.ref_bwd(dout, rcache)
+
+
+# ============================================================================ values vs reference
+def test_large_shape_is_multi_tile():
+    """LARGE cuts the forward product and both backward products into several tiles, with
+    ragged last tiles in both directions (so edge tiles are exercised)."""
+    (n, *rest), m = LARGE
+    d = int(np.prod(rest))
+    for r, c, k in ((n, m, d), (n, d, m), (d, m, n)):          # forward, dx, dw
+        tr, tc, nr, nc = _kd.plan(r, c, k)
+        assert nr * nc >= 4, (r, c, k, nr, nc)
+        assert nr >= 2 and nc >= 2
+        assert r % tr != 0 and c % tc != 0, f"plan {(tr, tc)} for {(r, c)} has no ragged edge tile"
+        assert (nr - 1) * tr < r <= nr * tr and (nc - 1) * tc < c <= nc * tc
+    # maxout's product at LARGE_MAXOUT has M * k columns
+    n2, d2, m2, k2 = LARGE_MAXOUT
+    tr, tc, nr, nc = _kd.plan(n2, m2 * k2, d2)
+    assert nr * nc >= 4 and n2 % tr and (m2 * k2) % tc
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_matches_reference(name, dtype, shape, rng):
+    sw = BY_NAME[name]
+    x_shape, m = shape
+    x, w, b, dout = _problem(rng, x_shape, m, dtype)
+    alpha = sw.make_alpha(rng, m, dtype)
+    if sw.kinked:
+        dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
+    out, rout, grads, rgrads = _run_both(sw, x, w, b, dout, alpha)
+    check_forward(sw, out, rout, x, w, b, alpha, dtype)
+    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+    assert grads[0].shape == x_shape  # dx in x's original shape (course convention)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_no_inputs_output_is_activation_of_bias(name, dtype, rng):
+    """D = 0: every unit sees only its bias; dx and dw are empty, db is the usual sum."""
+    sw = BY_NAME[name]
+    x = np.zeros((5, 2, 0), dtype=dtype)
+    w = np.zeros((0, 4), dtype=dtype)
+    b = np.array([-1.5, -0.25, 0.5, 2.0], dtype=dtype)
+    alpha = sw.make_alpha(rng, 4, dtype)
+    out, cache = sw.fwd(x, w, b, alpha)
+    rb = np.broadcast_to(b, (5, 4)).copy()
+    if sw.act is None:
+        expected = rb
+    elif sw.act == "prelu":
+        expected = RA.prelu_forward(rb, alpha)[0]
+    elif sw.act == "leaky_relu":
+        expected = RA.leaky_relu_forward(rb, sw.alpha)[0]
+    else:
+        expected = getattr(RA, sw.act + "_forward")(rb)[0]
+    check_forward(sw, out, expected, x, w, b, alpha, dtype)
+    dout = rng.standard_normal((5, 4)).astype(dtype)
+    grads = sw.bwd(dout, cache)
+    assert grads[0].shape == x.shape and grads[1].shape == w.shape
+    rgrads = sw.ref_bwd(dout, sw.ref_fwd(x, w, b, alpha)[1])
+    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_empty_batch_gradients_are_zero(name, dtype, rng):
+    sw = BY_NAME[name]
+    x, w, b, dout = _problem(rng, (0, 3, 2), 4, dtype)
+    alpha = sw.make_alpha(rng, 4, dtype)
+    out, cache = sw.fwd(x, w, b, alpha)
+    assert out.shape == (0, 4) and out.dtype == dtype
+    grads = sw.bwd(dout, cache)
+    assert grads[0].shape == (0, 3, 2)
+    np.testing.assert_array_equal(grads[1], np.zeros((6, 4), dtype))
+    np.testing.assert_array_equal(grads[2], np.zeros(4, dtype))
+    if sw.act == "prelu":
+        np.testing.assert_array_equal(grads[3], np.zeros(np.shape(alpha), dtype))
+
+
+# ============================================================================ layouts and dtypes
+def _layout_variants(x, w, b):
+    """(name, x', w', b') with the same values in non-contiguous / negative-stride layouts."""
+    def rev_copy(a, axis):
+        """A negative-stride view (along axis, an int or a tuple) holding a's values."""
+        return np.flip(np.flip(a, axis).copy(), axis)
+
+    def strided(a, axis):
+        """A view with a step of 2 along axis holding a's values."""
+        shape = list(a.shape)
+        shape[axis] *= 2
+        big = np.zeros(shape, dtype=a.dtype)
+        sl = [slice(None)] * a.ndim
+        sl[axis] = slice(None, None, 2)
+        big[tuple(sl)] = a
+        return big[tuple(sl)]
+
+    return [
+        ("x_rows_step", strided(x, 0), w, b),
+        ("x_negative_strides", rev_copy(x, (0, x.ndim - 1)), w, b),
+        ("x_fortran", np.asfortranarray(x), w, b),
+        ("w_fortran", x, np.asfortranarray(w), b),
+        ("w_transposed_view", x, np.ascontiguousarray(w.T).T, b),
+        ("w_negative_strides", x, rev_copy(w, (0, 1)), b),
+        ("w_cols_step", x, strided(w, 1), b),
+        ("b_step", x, w, strided(b, 0)),
+        ("b_negative", x, w, rev_copy(b, 0)),
+        ("all", np.asfortranarray(x), rev_copy(w, 1), strided(b, 0)),
+    ]
+
+
+LAYOUT_NAMES = [v[0] for v in _layout_variants(np.zeros((2, 3, 4)), np.zeros((12, 5)), np.zeros(5))]
+
+
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_noncontiguous_operands(name, dtype, layout, rng):
+    sw = BY_NAME[name]
+    x, w, b, dout = _problem(rng, (37, 3, 4, 5), 29, dtype)
+    alpha = sw.make_alpha(rng, 29, dtype)
+    variant = {v[0]: v[1:] for v in _layout_variants(x, w, b)}[layout]
+    xv, wv, bv = variant
+    np.testing.assert_array_equal(xv, x)
+    np.testing.assert_array_equal(wv, w)
+    np.testing.assert_array_equal(bv, b)
+    assert not (xv.flags.c_contiguous and wv.flags.c_contiguous and bv.flags.c_contiguous)
+    copies = [a.copy() for a in (xv, wv, bv)]
+    dout_nc = np.asfortranarray(dout)
+    out, cache = sw.fwd(xv, wv, bv, alpha)
+    grads = sw.bwd(dout_nc, cache)
+    out_c, cache_c = sw.fwd(x, w, b, alpha)
+    grads_c = sw.bwd(dout, cache_c)
+    # the layout must not change a single bit...
+    assert_same_bits(out, out_c, what=f"{layout} forward")
+    for i, (g, gc) in enumerate(zip(grads, grads_c)):
+        assert_same_bits(g, gc, what=f"{layout} gradient {i}")
+    # ...nor touch the operands
+    for a, c in zip((xv, wv, bv), copies):
+        assert_same_bits(a, c, what="operand after forward/backward")
+    # and the values are right
+    if sw.kinked:
+        dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
+    out, rout, grads, rgrads = _run_both(sw, xv, wv, bv, dout, alpha)
+    check_forward(sw, out, rout, x, w, b, alpha, dtype)
+    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+
+
+MIXES = [
+    pytest.param((np.float32, np.float64, np.float32), id="x32_w64_b32"),
+    pytest.param((np.float64, np.float32, np.float32), id="x64_w32_b32"),
+    pytest.param((np.float32, np.float32, np.float64), id="x32_w32_b64"),
+]
+
+
+@pytest.mark.parametrize("dtypes", MIXES)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_mixed_precision_computes_in_float64(name, dtypes, rng):
+    """float32 and float64 operands in one call compute in float64 (np.result_type): bitwise what
+    the same call gives on float64 copies, for forward and backward (dout float32 too)."""
+    sw = BY_NAME[name]
+    x, w, b, dout = _problem(rng, (11, 2, 3), 7, np.float64)
+    x, w, b = (a.astype(dt) for a, dt in zip((x, w, b), dtypes))
+    alpha = sw.make_alpha(rng, 7, np.float64)
+    out, cache = sw.fwd(x, w, b, alpha)
+    assert out.dtype == np.float64
+    out64, cache64 = sw.fwd(_f64(x), _f64(w), _f64(b), alpha)
+    assert_same_bits(out, out64, what="mixed forward vs float64")
+    dout32 = dout.astype(np.float32)
+    grads = sw.bwd(dout32, cache)
+    grads64 = sw.bwd(_f64(dout32), cache64)
+    for i, (g, g64) in enumerate(zip(grads, grads64)):
+        assert np.asarray(g).dtype == np.float64
+        assert_same_bits(g, g64, what=f"mixed gradient {i}")
+
+
+def test_float64_dout_on_float32_affine_cache(rng):
+    """A float64 dout on an all-float32 affine forward computes the gradients in float64."""
+    x, w, b, dout = _problem(rng, (13, 4, 3), 9, np.float32)
+    _, cache = F.affine_forward(x, w, b)
+    dout64 = rng.standard_normal((13, 9))
+    dx, dw, db = F.affine_backward(dout64, cache)
+    assert dx.dtype == dw.dtype == db.dtype == np.float64
+    _, cache64 = F.affine_forward(_f64(x), _f64(w), _f64(b))
+    for g, g64 in zip((dx, dw, db), F.affine_backward(dout64, cache64)):
+        assert_same_bits(g, g64)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda a: a.astype(np.int64), id="int64"),
+    pytest.param(lambda a: a.astype(np.int32).tolist(), id="list"),
+])
+def test_int_and_list_operands_are_float64(make, rng):
+    x = rng.integers(-3, 4, (6, 5)).astype(np.float64)
+    w = rng.integers(-3, 4, (5, 4)).astype(np.float64)
+    b = rng.integers(-3, 4, 4).astype(np.float64)
+    out, cache = F.affine_relu_forward(make(x), make(w), make(b))
+    assert out.dtype == np.float64
+    # small integers: every product and sum is exact, whatever the order
+    np.testing.assert_array_equal(out, np.maximum(x @ w + b, 0))
+    dout = rng.integers(-3, 4, (6, 4)).astype(np.float64)
+    dx, dw, db = F.affine_relu_backward(dout, cache)
+    dz = dout * (x @ w + b > 0)
+    np.testing.assert_array_equal(dx, dz @ w.T)
+    np.testing.assert_array_equal(dw, x.T @ dz)
+    np.testing.assert_array_equal(db, dz.sum(axis=0))
+
+
+# ============================================================================ gradients
+def _kink_free_problem(rng, x_shape, m, margin=0.05, tries=200):
+    """float64 data whose pre-activations are all at least `margin` away from 0."""
+    for _ in range(tries):
+        x, w, b, dout = _problem(rng, x_shape, m, np.float64)
+        z, _ = _pre_activation(x, w, b)
+        if np.all(np.abs(z) >= margin):
+            return x, w, b, dout
+    raise AssertionError("could not draw kink-free data")
+
+
+@pytest.mark.parametrize("x_shape", [(4, 6), (3, 2, 3)], ids=str)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_numerical_gradients(name, x_shape, rng):
+    sw = BY_NAME[name]
+    m = 5
+    x, w, b, dout = _kink_free_problem(rng, x_shape, m)
+    alpha = sw.make_alpha(rng, m, np.float64)
+    if sw.act == "prelu":
+        alpha = np.array(alpha, dtype=np.float64)   # 0-d or (M,): perturbed in place below
+    _, cache = sw.fwd(x, w, b, alpha)
+    grads = sw.bwd(dout, cache)
+    num = [
+        numerical_gradient(lambda v: sw.fwd(v, w, b, alpha)[0], x.copy(), dout),
+        numerical_gradient(lambda v: sw.fwd(x, v, b, alpha)[0], w.copy(), dout),
+        numerical_gradient(lambda v: sw.fwd(x, w, v, alpha)[0], b.copy(), dout),
+    ]
+    if sw.act == "prelu":
+        num.append(numerical_gradient(lambda v: sw.fwd(x, w, b, v)[0], alpha.copy(), dout))
+    assert len(grads) == len(num)
+    for g, n_, what in zip(grads, num, ["dx", "dw", "db", "dalpha"]):
+        assert np.shape(g) == n_.shape, what
+        np.testing.assert_allclose(g, n_, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"{sw} {what}")
+
+
+def test_numerical_gradient_reads_w_in_place(rng):
+    """The course's check: eval_numerical_gradient_array perturbs w in place and calls the
+    forward with the same array object each time."""
+    x, w, b, dout = _kink_free_problem(rng, (3, 4), 2)
+    num_dw = numerical_gradient(lambda _: F.affine_relu_forward(x, w, b)[0], w, dout)
+    _, cache = F.affine_relu_forward(x, w, b)
+    np.testing.assert_allclose(F.affine_relu_backward(dout, cache)[1], num_dw, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+# ============================================================================ inputs and live parameters
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_inputs_not_modified(name, rng):
+    sw = BY_NAME[name]
+    x, w, b, dout = _problem(rng, (20, 2, 3), 7, np.float64)
+    alpha = sw.make_alpha(rng, 7, np.float64)
+    args = [x, w, b, dout] + ([alpha] if isinstance(alpha, np.ndarray) else [])
+    copies = [a.copy() for a in args]
+    out, cache = sw.fwd(x, w, b, alpha)
+    out0 = out.copy()
+    sw.bwd(dout, cache)
+    sw.bwd(dout, cache)  # a second backward on the same cache is allowed and changes nothing
+    for a, c in zip(args, copies):
+        assert_same_bits(a, c, what="input after forward/backward")
+    assert_same_bits(out, out0, what="forward output after backward")
+
+
+@pytest.mark.parametrize("w_kind", ["c_contiguous", "fortran", "float32_w_float64_x"])
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_backward_reads_current_w(name, w_kind, rng):
+    """As in the course code, the cache refers to w: changing w in place between forward and
+    backward changes dx (the reference, whose cache holds w itself, does the same)."""
+    sw = BY_NAME[name]
+    x, w, b, dout = _problem(rng, (8, 3, 2), 5, np.float64)
+    if w_kind == "fortran":
+        w = np.asfortranarray(w)
+    elif w_kind == "float32_w_float64_x":
+        w = w.astype(np.float32)
+    alpha = sw.make_alpha(rng, 5, np.float64)
+    if sw.kinked:
+        dout = _mask_kinks(dout, *_pre_activation(x, w, b))
+    _, cache = sw.fwd(x, w, b, alpha)
+    _, rcache = sw.ref_fwd(x, w, b, alpha)
+    before = sw.bwd(dout, cache)
+    w *= -2.0
+    w += 0.5
+    grads = sw.bwd(dout, cache)
+    rgrads = sw.ref_bwd(dout, rcache)
+    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, np.float64)
+    assert np.max(np.abs(grads[0] - before[0])) > 0.1, "backward did not see the new w"
+
+
+# ============================================================================ threads
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_threads_bitwise_identical(name, dtype, rng):
+    sw = BY_NAME[name]
+    x_shape, m = LARGE
+    x, w, b, dout = _problem(rng, x_shape, m, dtype)
+    alpha = sw.make_alpha(rng, m, dtype)
+
+    def run():
+        out, cache = sw.fwd(x, w, b, alpha)
+        return (out,) + tuple(sw.bwd(dout, cache))
+
+    assert_thread_invariant(run)
+
+
+def test_large_shape_runs_parallel():
+    """test_threads_bitwise_identical compares really parallel runs: the LARGE product has
+    enough tiles for every thread it is given (forward and backward)."""
+    (n, *rest), m = LARGE
+    setup = (f"rng = np.random.default_rng(0)\nx = rng.standard_normal(({n}, {int(np.prod(rest))}))\n"
+             f"w = rng.standard_normal(({int(np.prod(rest))}, {m}))\nb = np.zeros({m})\n"
+             f"dout = np.ones(({n}, {m}))")
+    for call in ("F.affine_relu_forward(x, w, b)",
+                 "F.affine_relu_backward(dout, c)"):
+        pre = setup + ("\n_, c = F.affine_relu_forward(x, w, b)" if "backward" in call else "")
+        started = openmp_workers_started(pre, call)
+        if started is None:
+            pytest.skip("OpenMP worker threads cannot be observed here")
+        assert started == 2, call
+
+
+# ============================================================================ maxout
+# (N, D, M, k)
+MAXOUT_SHAPES = [
+    (1, 1, 1, 1),
+    (7, 13, 11, 3),
+    (5, 6, 4, 1),
+    (0, 6, 4, 2),
+    (4, 0, 3, 2),
+    (9, 17, 1, 2),
+    (6, 5, 3, 127),
+]
+LARGE_MAXOUT = (509, 300, 350, 2)
+
+
+def _maxout_problem(rng, n, d, m, k, dtype, x_shape=None):
+    x = rng.standard_normal(x_shape or (n, d)).astype(dtype)
+    w = (rng.standard_normal((d, m, k)) / np.sqrt(max(d, 1))).astype(dtype)
+    b = (0.5 * rng.standard_normal((m, k))).astype(dtype)
+    dout = rng.standard_normal((n, m)).astype(dtype)
+    return x, w, b, dout
+
+
+def _maxout_z(x, w, b):
+    x2 = _rows(_f64(x))
+    z = np.einsum("nd,dmk->nmk", x2, _f64(w)) + _f64(b)
+    zabs = np.einsum("nd,dmk->nmk", np.abs(x2), np.abs(_f64(w))) + np.abs(_f64(b))
+    return z, zabs
+
+
+def _mask_ties(dout, z, zabs):
+    """dout with 0 where the best two pieces are too close for both computations to agree."""
+    dout = dout.copy()
+    if z.shape[2] > 1 and z.size:
+        top2 = np.sort(z, axis=2)[:, :, -2:]
+        dout[(top2[:, :, 1] - top2[:, :, 0]) <= KINK_MARGIN * zabs.max(axis=2)] = 0
+    return dout
+
+
+def check_maxout(out, grads, rout, rgrads, x, w, b, dout, dtype):
+    n = x.shape[0]
+    m = w.shape[1]
+    assert out.dtype == dtype and out.shape == (n, m)
+    dx, dw, db = grads
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    assert dx.dtype == dw.dtype == db.dtype == dtype
+    _, zabs = _maxout_z(x, w, b)
+    ad = np.abs(_f64(dout))
+    aw = np.abs(_f64(w))
+    x2 = _rows(np.abs(_f64(x)))
+    assert_scaled_close(out, rout, max(_max0(zabs), _max0(np.abs(rout))), dtype, "maxout forward")
+    # dz holds dout at one piece per unit: |dx| <= |dout| @ max_p |w[:, :, p]|.T, and so on
+    assert_scaled_close(dx, rgrads[0], _max0(ad @ aw.max(axis=2).T), dtype, "maxout dx")
+    assert_scaled_close(dw, rgrads[1], _max0(x2.T @ ad), dtype, "maxout dw")
+    assert_scaled_close(db, rgrads[2], _max0(ad.sum(axis=0)), dtype, "maxout db")
+
+
+@pytest.mark.parametrize("shape", MAXOUT_SHAPES + [LARGE_MAXOUT], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_maxout_matches_reference(dtype, shape, rng):
+    x, w, b, dout = _maxout_problem(rng, *shape, dtype)
+    dout = _mask_ties(dout, *_maxout_z(x, w, b)).astype(dtype)
+    out, cache = F.maxout_forward(x, w, b)
+    rout, rcache = R.maxout_forward(x, w, b)
+    grads = F.maxout_backward(dout, cache)
+    rgrads = R.maxout_backward(dout, rcache)
+    check_maxout(out, grads, rout, rgrads, x, w, b, dout, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_maxout_4d_input_and_layouts(dtype, rng):
+    x, w, b, dout = _maxout_problem(rng, 2, 60, 6, 3, dtype, x_shape=(2, 3, 4, 5))
+    dout = _mask_ties(dout, *_maxout_z(x, w, b)).astype(dtype)
+    out, cache = F.maxout_forward(x, w, b)
+    grads = F.maxout_backward(dout, cache)
+    assert grads[0].shape == (2, 3, 4, 5)
+    check_maxout(out, grads, *[R.maxout_forward(x, w, b)[0]],
+                 R.maxout_backward(dout, R.maxout_forward(x, w, b)[1]), x, w, b, dout, dtype)
+    # non-contiguous, negative-stride operands: bitwise the same
+    xv = np.asfortranarray(x)
+    wv = np.flip(np.flip(w, 1).copy(), 1)
+    bv = np.asfortranarray(b)
+    assert not wv.flags.c_contiguous and not bv.flags.c_contiguous
+    out2, cache2 = F.maxout_forward(xv, wv, bv)
+    assert_same_bits(out2, out)
+    for g2, g in zip(F.maxout_backward(np.asfortranarray(dout), cache2), grads):
+        assert_same_bits(g2, g)
+
+
+def test_maxout_no_inputs_is_max_of_bias(rng):
+    b = rng.standard_normal((3, 4))
+    out, cache = F.maxout_forward(np.zeros((5, 0)), np.zeros((0, 3, 4)), b)
+    np.testing.assert_array_equal(out, np.broadcast_to(b.max(axis=1), (5, 3)))
+    dout = rng.standard_normal((5, 3))
+    dx, dw, db = F.maxout_backward(dout, cache)
+    expected_db = np.zeros((3, 4))
+    expected_db[np.arange(3), b.argmax(axis=1)] = dout.sum(axis=0)
+    np.testing.assert_allclose(db, expected_db, rtol=1e-12, atol=0)
+    assert dx.shape == (5, 0) and dw.shape == (0, 3, 4)
+
+
+def _tie_free_maxout(rng, n, d, m, k, margin=0.05, tries=200):
+    for _ in range(tries):
+        x, w, b, dout = _maxout_problem(rng, n, d, m, k, np.float64)
+        z, _ = _maxout_z(x, w, b)
+        top2 = np.sort(z, axis=2)[:, :, -2:]
+        if np.all(top2[:, :, 1] - top2[:, :, 0] >= margin):
+            return x, w, b, dout
+    raise AssertionError("could not draw tie-free data")
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_maxout_numerical_gradients(k, rng):
+    x, w, b, dout = _tie_free_maxout(rng, 4, 5, 3, k)
+    _, cache = F.maxout_forward(x, w, b)
+    dx, dw, db = F.maxout_backward(dout, cache)
+    np.testing.assert_allclose(dx, numerical_gradient(lambda v: F.maxout_forward(v, w, b)[0], x.copy(), dout),
+                               rtol=GRAD_RTOL, atol=GRAD_ATOL)
+    np.testing.assert_allclose(dw, numerical_gradient(lambda v: F.maxout_forward(x, v, b)[0], w.copy(), dout),
+                               rtol=GRAD_RTOL, atol=GRAD_ATOL)
+    np.testing.assert_allclose(db, numerical_gradient(lambda v: F.maxout_forward(x, w, v)[0], b.copy(), dout),
+                               rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.parametrize("w_kind", ["c_contiguous", "fortran"])
+def test_maxout_backward_reads_current_w_and_leaves_inputs(w_kind, rng):
+    x, w, b, dout = _maxout_problem(rng, 6, 5, 4, 3, np.float64)
+    if w_kind == "fortran":
+        w = np.asfortranarray(w)
+    dout = _mask_ties(dout, *_maxout_z(x, w, b))
+    x0, b0, dout0 = x.copy(), b.copy(), dout.copy()
+    out, cache = F.maxout_forward(x, w, b)
+    rout, rcache = R.maxout_forward(x, w, b)
+    w0 = w.copy()
+    F.maxout_backward(dout, cache)
+    assert_same_bits(w, w0)
+    w *= 3.0
+    grads = F.maxout_backward(dout, cache)
+    rgrads = R.maxout_backward(dout, rcache)
+    check_maxout(out, grads, rout, rgrads, x, w, b, dout, np.float64)
+    for a, c in ((x, x0), (b, b0), (dout, dout0)):
+        assert_same_bits(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_maxout_threads_bitwise_identical(dtype, rng):
+    x, w, b, dout = _maxout_problem(rng, *LARGE_MAXOUT, dtype)
+
+    def run():
+        out, cache = F.maxout_forward(x, w, b)
+        return (out,) + tuple(F.maxout_backward(dout, cache))
+
+    assert_thread_invariant(run)
+
+
+# ============================================================================ argument errors
+FORWARDS = SANDWICH_NAMES
+
+
+@pytest.mark.parametrize("name", FORWARDS)
+def test_wrong_shapes_name_the_argument(name, rng):
+    sw = BY_NAME[name]
+    x = np.ones((4, 2, 3))
+    alpha = sw.make_alpha(rng, 5, np.float64)
+    with pytest.raises(ValueError, match=r"\bw\b.*6 rows"):
+        sw.fwd(x, np.ones((5, 5)), np.ones(5), alpha)
+    with pytest.raises(ValueError, match=r"\bb\b"):
+        sw.fwd(x, np.ones((6, 5)), np.ones(4), alpha)
+    with pytest.raises(ValueError, match=r"\bb\b"):
+        sw.fwd(x, np.ones((6, 5)), np.ones((1, 5)), alpha)
+    with pytest.raises(ValueError, match=r"\bw\b.*2-D"):
+        sw.fwd(x, np.ones(6), np.ones(5), alpha)
+    with pytest.raises(ValueError, match=r"\bw\b.*2-D"):
+        sw.fwd(x, np.ones((6, 5, 1)), np.ones(5), alpha)
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        sw.fwd(np.float64(3.0), np.ones((1, 5)), np.ones(5), alpha)
+    for arg in range(3):
+        ops = [x, np.ones((6, 5)), np.ones(5)]
+        ops[arg] = ops[arg].astype(complex)
+        with pytest.raises(TypeError, match=r"\b%s\b" % "xwb"[arg]):
+            sw.fwd(*ops, alpha)
+
+
+def test_prelu_alpha_shape_errors():
+    x, w, b = np.ones((4, 3)), np.ones((3, 5)), np.ones(5)
+    with pytest.raises(ValueError, match="alpha"):
+        F.affine_prelu_forward(x, w, b, np.ones(4))
+    with pytest.raises(ValueError, match="alpha"):
+        F.affine_prelu_forward(x, w, b, np.ones((1, 5)))
+    with pytest.raises(TypeError, match="alpha"):
+        F.affine_prelu_forward(x, w, b, "0.1")
+    with pytest.raises(ValueError, match="alpha"):
+        F.affine_leaky_relu_forward(x, w, b, np.nan)
+
+
+def test_maxout_wrong_shapes():
+    x = np.ones((4, 6))
+    with pytest.raises(ValueError, match=r"\bw\b.*3-D"):
+        F.maxout_forward(x, np.ones((6, 5)), np.ones(5))
+    with pytest.raises(ValueError, match=r"\bw\b.*3-D"):
+        F.maxout_forward(x, np.ones((6, 5, 2, 1)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"\bw\b.*6 rows"):
+        F.maxout_forward(x, np.ones((5, 5, 2)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"\bb\b"):
+        F.maxout_forward(x, np.ones((6, 5, 2)), np.ones(5))
+    with pytest.raises(ValueError, match=r"\bb\b"):
+        F.maxout_forward(x, np.ones((6, 5, 2)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="pieces"):
+        F.maxout_forward(x, np.ones((6, 5, 0)), np.ones((5, 0)))
+
+
+def _caches(rng):
+    """One cache from every forward, by name."""
+    x, w, b = np.ones((4, 2, 3)), np.ones((6, 5)), np.ones(5)
+    caches = {}
+    for sw in SANDWICHES:
+        caches[sw.base] = sw.fwd(x, w, b, sw.make_alpha(rng, 5, np.float64))[1]
+    caches["maxout"] = F.maxout_forward(x, np.ones((6, 5, 2)), np.ones((5, 2)))[1]
+    return caches
+
+
+BACKWARDS = ["affine", "affine_relu", "affine_leaky_relu", "affine_sigmoid", "affine_tanh",
+             "affine_prelu", "maxout"]
+
+
+@pytest.mark.parametrize("base", BACKWARDS)
+def test_garbage_and_foreign_caches(base, rng):
+    bwd = getattr(F, base + "_backward")
+    caches = _caches(rng)
+    dout = np.ones((4, 5))
+    bwd(dout, caches[base])  # its own cache works
+    for other, cache in caches.items():
+        if other == base:
+            continue
+        with pytest.raises((TypeError, ValueError), match="cache"):
+            bwd(dout, cache)
+    x, w, b = np.ones((4, 6)), np.ones((6, 5)), np.ones(5)
+    for garbage in [None, (x, w, b), R.affine_forward(x, w, b)[1], "cache", {"x": x}, 3.0, x]:
+        with pytest.raises(TypeError, match="cache"):
+            bwd(dout, garbage)
+
+
+@pytest.mark.parametrize("base", BACKWARDS)
+def test_dout_errors(base, rng):
+    bwd = getattr(F, base + "_backward")
+    cache = _caches(rng)[base]
+    for bad in [np.ones((5, 4)), np.ones(20), np.ones((4, 5, 1)), np.ones((3, 5))]:
+        with pytest.raises(ValueError, match="dout"):
+            bwd(bad, cache)
+    with pytest.raises(TypeError, match="dout"):
+        bwd(np.ones((4, 5), complex), cache)
+    with pytest.raises(TypeError, match="dout"):
+        bwd(None, cache)

@@ -1,0 +1,348 @@
+"""Inverted dropout and Gaussian noise (fastnn.functional.dropout) against the NumPy reference
+(fastnn.reference.dropout), which recomputes the kernel's counter-based hash mask: outputs and
+gradients must be bitwise identical to it.
+
+Statistics: the kept fraction of n draws has standard deviation sqrt(p (1 - p) / n); the sample
+mean and standard deviation of n Gaussian draws have standard errors std / sqrt(n) and about
+std / sqrt(2 n). Every statistical check allows 5 standard errors (a false alarm about once in
+1.7 million runs; the seeds are fixed anyway, so the tests are deterministic).
+"""
+import numpy as np
+import pytest
+
+import fastnn.functional as F
+from fastnn.reference import dropout as R
+
+from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["f32", "f64"]
+SHAPES = [(0,), (1,), (7, 13), (3, 4, 5), (100_001,), (2, 16384 + 3)]
+SEEDS = [0, 1, 12345, 2**32 - 1, 2**32, 2**63 + 17, 2**64 - 1]
+
+
+def _param(p, seed=None, mode="train"):
+    d = {"p": p, "mode": mode}
+    if seed is not None:
+        d["seed"] = seed
+    return d
+
+
+# ============================================================================ vs reference
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 1.0, 1 / 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_matches_reference_bitwise(dtype, shape, p, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    out, cache = F.dropout_forward(x, _param(p, seed=2024))
+    rout, mask = R.dropout_forward(x, p, 2024)
+    assert out.dtype == dtype and out.shape == shape
+    assert_same_bits(out, rout, what="dropout forward vs reference")
+    dx = F.dropout_backward(dout, cache)
+    assert dx.dtype == dtype and dx.shape == shape
+    assert_same_bits(dx, R.dropout_backward(dout, p, mask), what="dropout backward vs reference")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_seed_bit_matters_like_the_reference(seed, rng):
+    x = rng.standard_normal(40_000)
+    out, _ = F.dropout_forward(x, _param(0.5, seed=seed))
+    assert_same_bits(out, R.dropout_forward(x, 0.5, seed)[0])
+    # the high and the low half of the seed both change the mask
+    for other in {seed ^ 1, seed ^ (1 << 40)} - {seed}:
+        if other < 2**64:
+            assert not np.array_equal(out != 0, F.dropout_forward(x, _param(0.5, seed=other))[0] != 0)
+
+
+def test_numpy_integer_seeds(rng):
+    x = rng.standard_normal(1000)
+    ref = F.dropout_forward(x, _param(0.4, seed=77))[0]
+    for seed in (np.int64(77), np.uint64(77), np.int32(77), np.uint8(77)):
+        assert_same_bits(F.dropout_forward(x, _param(0.4, seed=seed))[0], ref)
+
+
+def test_kept_values_are_scaled_by_one_over_p(rng):
+    x = rng.standard_normal(10_000)
+    p = 0.3
+    out, _ = F.dropout_forward(x, _param(p, seed=5))
+    kept = out != 0
+    np.testing.assert_array_equal(out[kept], x[kept] * (1 / p))
+    # inverted dropout keeps the expectation: mean(out) ~ mean(x) is checked statistically below
+
+
+# ============================================================================ statistics
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_kept_fraction_is_p(p):
+    """p is the probability of KEEPING a unit (the current course convention)."""
+    n = 1_000_000
+    out, _ = F.dropout_forward(np.ones(n, dtype=np.float32), _param(p, seed=99))
+    frac = np.count_nonzero(out) / n
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert abs(frac - p) <= 5 * sigma, f"kept fraction {frac} for p={p} (sigma {sigma:.2g})"
+    # and in each 16384-element chunk the kernel hands to a thread, roughly p as well
+    chunks = (out[: (n // 16384) * 16384] != 0).reshape(-1, 16384).mean(axis=1)
+    assert np.all(np.abs(chunks - p) <= 5 * np.sqrt(p * (1 - p) / 16384))
+
+
+def test_mean_is_preserved(rng):
+    n = 1_000_000
+    x = np.ones(n)
+    p = 0.25
+    out, _ = F.dropout_forward(x, _param(p, seed=3))
+    # out / (1/p) is Bernoulli(p): mean 1, standard error sqrt((1 - p) / (p n))
+    assert abs(out.mean() - 1.0) <= 5 * np.sqrt((1 - p) / (p * n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_p_one_keeps_everything(dtype, rng):
+    x = rng.standard_normal((50, 31)).astype(dtype)
+    out, cache = F.dropout_forward(x, _param(1.0, seed=8))
+    assert_same_bits(out, x)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    assert_same_bits(F.dropout_backward(dout, cache), dout)
+    out, _ = F.dropout_forward(x, _param(1))  # an int p, no seed
+    assert_same_bits(out, x)
+
+
+# ============================================================================ modes and seeds
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_test_mode_is_identity(dtype, rng):
+    x = rng.standard_normal((20, 9)).astype(dtype)
+    x0 = x.copy()
+    out, cache = F.dropout_forward(x, _param(0.3, mode="test"))
+    assert_same_bits(out, x0)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    assert_same_bits(F.dropout_backward(dout, cache), dout)
+    # seed or not, p or not: test mode never drops
+    out, _ = F.dropout_forward(x, {"p": 0.01, "mode": "test", "seed": 1})
+    assert_same_bits(out, x0)
+    assert_same_bits(x, x0)
+
+
+def test_default_mode_is_train(rng):
+    x = rng.standard_normal(1000)
+    out, _ = F.dropout_forward(x, {"p": 0.5, "seed": 4})
+    assert_same_bits(out, F.dropout_forward(x, _param(0.5, seed=4))[0])
+    assert np.count_nonzero(out == 0) > 300
+
+
+def test_seed_gives_the_same_mask_every_call(rng):
+    x = rng.standard_normal((64, 33))
+    param = _param(0.5, seed=31337)
+    first, cache = F.dropout_forward(x, param)
+    for _ in range(3):
+        again, _ = F.dropout_forward(x, param)
+        assert_same_bits(again, first)
+    assert param == _param(0.5, seed=31337), "dropout_param must not be modified"
+    other, _ = F.dropout_forward(x, _param(0.5, seed=31338))
+    assert not np.array_equal(other != 0, first != 0)
+
+
+def test_np_random_seed_controls_unseeded_masks(rng):
+    x = rng.standard_normal((100, 50))
+    param = _param(0.5)
+
+    def mask(s):
+        np.random.seed(s)
+        out, cache = F.dropout_forward(x, param)
+        return out != 0, out, cache
+
+    a, out_a, cache_a = mask(0)
+    b, _, _ = mask(0)
+    c, _, _ = mask(1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # without reseeding, each call draws a fresh mask
+    np.random.seed(0)
+    first = F.dropout_forward(x, param)[0] != 0
+    second = F.dropout_forward(x, param)[0] != 0
+    assert not np.array_equal(first, second)
+    assert "seed" not in param
+    # the backward of an unseeded forward uses that forward's mask
+    dx = F.dropout_backward(np.ones_like(x), cache_a)
+    np.testing.assert_array_equal(dx != 0, a)
+
+
+def test_backward_uses_forward_mask(rng):
+    x = rng.standard_normal((30, 40))
+    dout = rng.standard_normal(x.shape)
+    out, cache = F.dropout_forward(x, _param(0.6, seed=11))
+    dx = F.dropout_backward(dout, cache)
+    np.testing.assert_array_equal(dx != 0, out != 0)
+    np.testing.assert_array_equal(dx[out != 0], dout[out != 0] * (1 / 0.6))
+
+
+# ============================================================================ gradients, layouts, inputs
+def test_numerical_gradient(rng):
+    x = rng.standard_normal((12, 7))
+    dout = rng.standard_normal(x.shape)
+    param = _param(0.7, seed=123)
+    _, cache = F.dropout_forward(x, param)
+    dx = F.dropout_backward(dout, cache)
+    num = numerical_gradient(lambda v: F.dropout_forward(v, param)[0], x.copy(), dout)
+    np.testing.assert_allclose(dx, num, rtol=1e-7, atol=1e-9)
+    assert np.count_nonzero(dx) > 0 and np.count_nonzero(dx == 0) > 0
+
+
+def test_noncontiguous_and_inputs_unmodified(rng):
+    base = rng.standard_normal((40, 30))
+    x = base[::-2, ::3]
+    x0 = x.copy()
+    dout = np.asfortranarray(rng.standard_normal(x.shape))
+    dout0 = dout.copy()
+    out, cache = F.dropout_forward(x, _param(0.5, seed=6))
+    assert_same_bits(out, R.dropout_forward(np.ascontiguousarray(x), 0.5, 6)[0])
+    dx = F.dropout_backward(dout, cache)
+    assert_same_bits(dx, F.dropout_backward(np.ascontiguousarray(dout), cache))
+    assert_same_bits(x, x0)
+    assert_same_bits(dout, dout0)
+
+
+def test_int_input_is_float64():
+    out, _ = F.dropout_forward(np.arange(10), _param(1.0, seed=0))
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, np.arange(10.0))
+
+
+# ============================================================================ threads
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_threads_bitwise_identical(dtype, rng):
+    x = rng.standard_normal(1_000_003).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+
+    def run():
+        out, cache = F.dropout_forward(x, _param(0.5, seed=77))
+        return out, F.dropout_backward(dout, cache)
+
+    out, _ = assert_thread_invariant(run)
+    assert_same_bits(out, R.dropout_forward(x, 0.5, 77)[0])
+
+
+def test_large_array_runs_parallel():
+    started = openmp_workers_started("x = np.ones(1_000_003)", "F.dropout_forward(x, {'p': 0.5, 'seed': 1})")
+    if started is None:
+        pytest.skip("OpenMP worker threads cannot be observed here")
+    assert started == 2
+
+
+# ============================================================================ errors
+@pytest.mark.parametrize("p", [0, 0.0, -0.1, 1.5, 1.0000001, np.nan, np.inf])
+def test_bad_p_value(p):
+    with pytest.raises(ValueError, match="p"):
+        F.dropout_forward(np.ones(5), {"p": p, "mode": "train"})
+
+
+@pytest.mark.parametrize("p", ["a", "0.5", None, [0.5], True, 1j])
+def test_bad_p_type(p):
+    with pytest.raises(TypeError, match=r"\['p'\]"):
+        F.dropout_forward(np.ones(5), {"p": p, "mode": "train"})
+
+
+@pytest.mark.parametrize("mode", ["eval", "Train", "", None, 1])
+def test_bad_mode(mode):
+    with pytest.raises(ValueError, match="mode"):
+        F.dropout_forward(np.ones(5), {"p": 0.5, "mode": mode})
+
+
+@pytest.mark.parametrize("seed", [1.5, 1.0, "1", [1], True, np.float64(2.0)])
+def test_bad_seed_type(seed):
+    with pytest.raises(TypeError, match="seed"):
+        F.dropout_forward(np.ones(5), {"p": 0.5, "mode": "train", "seed": seed})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_seed_out_of_range(seed):
+    with pytest.raises(ValueError, match="seed"):
+        F.dropout_forward(np.ones(5), {"p": 0.5, "mode": "train", "seed": seed})
+
+
+def test_bad_param_dict_and_x():
+    with pytest.raises(ValueError, match="'p'"):
+        F.dropout_forward(np.ones(5), {"mode": "train"})
+    with pytest.raises(TypeError, match="dropout_param"):
+        F.dropout_forward(np.ones(5), None)
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        F.dropout_forward(np.ones(5, complex), {"p": 0.5})
+
+
+def test_backward_errors():
+    _, cache = F.dropout_forward(np.ones((3, 4)), _param(0.5, seed=1))
+    with pytest.raises(ValueError, match="dout"):
+        F.dropout_backward(np.ones((4, 3)), cache)
+    with pytest.raises(TypeError, match="dout"):
+        F.dropout_backward(np.ones((3, 4), complex), cache)
+    for garbage in [None, (np.ones((3, 4)), {"p": 0.5}), "cache", np.ones((3, 4))]:
+        with pytest.raises(TypeError, match="cache"):
+            F.dropout_backward(np.ones((3, 4)), garbage)
+
+
+# ============================================================================ Gaussian noise
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("std", [0.5, 2.0])
+def test_gaussian_noise_statistics(std, dtype):
+    n = 1_000_000
+    x = np.full(n, 3.0, dtype=dtype)
+    out, _ = F.gaussian_noise_forward(x, std, seed=42)
+    assert out.dtype == dtype and out.shape == x.shape
+    noise = out.astype(np.float64) - 3.0
+    assert abs(noise.mean()) <= 5 * std / np.sqrt(n)
+    assert abs(noise.std() - std) <= 5 * std / np.sqrt(2 * n)
+    # Gaussian, not uniform: about 68.27% within one std, 95.45% within two
+    for k, share in ((1, 0.682689), (2, 0.954500)):
+        frac = np.mean(np.abs(noise) <= k * std)
+        assert abs(frac - share) <= 5 * np.sqrt(share * (1 - share) / n)
+
+
+def test_gaussian_noise_is_additive_and_seeded(rng):
+    x = rng.standard_normal((300, 20))
+    out1, _ = F.gaussian_noise_forward(x, 0.1, seed=5)
+    out2, _ = F.gaussian_noise_forward(x, 0.1, seed=5)
+    assert_same_bits(out1, out2)
+    out3, _ = F.gaussian_noise_forward(x, 0.1, seed=6)
+    assert not np.any(out3 == out1)
+    zero, _ = F.gaussian_noise_forward(np.zeros_like(x), 0.1, seed=5)
+    # (noise + x) - x: two roundings, each within eps * (|x| + |noise|)
+    bound = 2 * np.finfo(np.float64).eps * np.max(np.abs(x) + np.abs(zero))
+    np.testing.assert_allclose(out1 - x, zero, rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_noise_test_mode_and_zero_std_are_identity(dtype, rng):
+    x = rng.standard_normal((30, 4)).astype(dtype)
+    x0 = x.copy()
+    for kwargs in ({"mode": "test"}, {"mode": "test", "seed": 1}):
+        out, cache = F.gaussian_noise_forward(x, 0.7, **kwargs)
+        assert_same_bits(out, x0)
+    out, _ = F.gaussian_noise_forward(x, 0.0, seed=1)
+    assert_same_bits(out, x0)
+    out, _ = F.gaussian_noise_forward(x, 0.7, seed=1)
+    assert not np.any(out == x0)
+    assert_same_bits(x, x0)
+
+
+def test_gaussian_noise_backward_passes_gradient(rng):
+    x = rng.standard_normal((5, 6))
+    dout = rng.standard_normal((5, 6))
+    for mode in ("train", "test"):
+        _, cache = F.gaussian_noise_forward(x, 0.3, mode=mode, seed=2)
+        assert_same_bits(F.gaussian_noise_backward(dout, cache), dout)
+    num = numerical_gradient(lambda v: F.gaussian_noise_forward(v, 0.3, seed=2)[0], x.copy(), dout)
+    np.testing.assert_allclose(num, dout, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="dout"):
+        F.gaussian_noise_backward(np.ones((6, 5)), cache)
+    for garbage in [None, ("dropout", (5, 6)), "cache"]:
+        with pytest.raises(TypeError, match="cache"):
+            F.gaussian_noise_backward(dout, garbage)
+
+
+def test_gaussian_noise_argument_errors():
+    x = np.ones(4)
+    for std in (-1, -1e-12, np.nan, np.inf):
+        with pytest.raises(ValueError, match="std"):
+            F.gaussian_noise_forward(x, std)
+    for std in ("0.1", None, [0.1]):
+        with pytest.raises(TypeError, match="std"):
+            F.gaussian_noise_forward(x, std)
+    with pytest.raises(ValueError, match="mode"):
+        F.gaussian_noise_forward(x, 0.1, mode="eval")

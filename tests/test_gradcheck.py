@@ -1,0 +1,169 @@
+"""fastnn.gradcheck: the course's gradient_check.py helpers.
+
+Central differences have truncation error h**2 * f''' / 6 (zero for the quadratics used here:
+their third derivative vanishes) and rounding error ~ eps * |f| / h ~ 1e-10 for |f| ~ 10:
+rtol 1e-7 with atol 1e-8 is a wide margin, while a wrong formula is off by O(1).
+"""
+import random
+
+import numpy as np
+import pytest
+
+from fastnn import gradcheck as G
+
+from conftest import assert_same_bits
+
+
+def _quadratic(rng, shape):
+    """f(x) = 0.5 * sum(a * x**2) + sum(c * x) + 3, gradient a * x + c."""
+    a = rng.uniform(0.5, 2.0, shape)
+    c = rng.standard_normal(shape)
+
+    def f(x):
+        return 0.5 * np.sum(a * x * x) + np.sum(c * x) + 3.0
+
+    return f, (lambda x: a * x + c)
+
+
+# ============================================================================ rel_error
+def test_rel_error_definition():
+    """max |x - y| / max(1e-8, |x| + |y|), element by element."""
+    x = np.array([1.0, 2.0, -3.0, 0.0])
+    y = np.array([1.0, 2.2, -3.0, 0.0])
+    assert G.rel_error(x, y) == pytest.approx(0.2 / 4.2, rel=1e-15)
+    assert G.rel_error(x, x) == 0.0
+    assert G.rel_error(np.zeros(3), np.zeros(3)) == 0.0
+    # the floor of the denominator: two tiny numbers are compared absolutely
+    assert G.rel_error(np.array([1e-12]), np.array([-1e-12])) == pytest.approx(2e-12 / 1e-8, rel=1e-12)
+    # opposite signs: the largest possible value, 1
+    assert G.rel_error(np.array([1.0]), np.array([-1.0])) == 1.0
+    # the maximum over elements, not the mean
+    assert G.rel_error([1.0, 1.0, 1.0], [1.0, 1.0, 3.0]) == pytest.approx(0.5, rel=1e-15)
+    assert isinstance(G.rel_error(x, y), float)
+
+
+def test_rel_error_is_symmetric_and_accepts_scalars_and_float32(rng):
+    a = rng.standard_normal((4, 5))
+    b = a + 1e-3 * rng.standard_normal((4, 5))
+    assert G.rel_error(a, b) == G.rel_error(b, a)
+    assert G.rel_error(2.0, 2.0) == 0.0
+    assert G.rel_error(a.astype(np.float32), b) == pytest.approx(G.rel_error(a.astype(np.float32).astype(np.float64), b))
+
+
+# ============================================================================ eval_numerical_gradient
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 4), (2, 3, 2)], ids=str)
+def test_eval_numerical_gradient_quadratic(shape, rng):
+    f, grad = _quadratic(rng, shape)
+    x = rng.standard_normal(shape)
+    x0 = x.copy()
+    num = G.eval_numerical_gradient(f, x, verbose=False)
+    assert num.shape == x.shape and num.dtype == x.dtype
+    np.testing.assert_allclose(num, grad(x0), rtol=1e-7, atol=1e-8)
+    assert_same_bits(x, x0, what="x after eval_numerical_gradient")
+
+
+def test_eval_numerical_gradient_perturbs_in_place(rng):
+    """The course helper reaches parameters read live: f may ignore its argument and read x."""
+    f0, grad = _quadratic(rng, (5,))
+    x = rng.standard_normal(5)
+    x0 = x.copy()
+    num = G.eval_numerical_gradient(lambda _: f0(x), x, verbose=False)
+    np.testing.assert_allclose(num, grad(x0), rtol=1e-7, atol=1e-8)
+    assert_same_bits(x, x0)
+
+
+def test_eval_numerical_gradient_step_h(rng):
+    """A cubic has truncation error h**2 * f''' / 6 per entry: it grows with h as it should."""
+    x = np.array([0.5, -1.0, 2.0])
+
+    def f(v):
+        return float(np.sum(v ** 3))
+
+    exact = 3 * x ** 2
+    for h in (1e-2, 1e-3):
+        num = G.eval_numerical_gradient(f, x, verbose=False, h=h)
+        np.testing.assert_allclose(num - exact, np.full(3, h * h), rtol=1e-5)
+
+
+def test_eval_numerical_gradient_verbose_prints(rng, capsys):
+    f, _ = _quadratic(rng, (2, 2))
+    G.eval_numerical_gradient(f, rng.standard_normal((2, 2)), verbose=True)
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+    G.eval_numerical_gradient(f, rng.standard_normal((2, 2)), verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+# ============================================================================ eval_numerical_gradient_array
+@pytest.mark.parametrize("shape", [(4,), (3, 5), (2, 3, 4)], ids=str)
+def test_eval_numerical_gradient_array_linear_map(shape, rng):
+    """f(x) = A @ x.ravel() (reshaped): the gradient of sum(f(x) * df) is A.T @ df."""
+    n = int(np.prod(shape))
+    A = rng.standard_normal((6, n))
+    x = rng.standard_normal(shape)
+    x0 = x.copy()
+    df = rng.standard_normal(6)
+    num = G.eval_numerical_gradient_array(lambda v: A @ v.reshape(-1), x, df)
+    assert num.shape == x.shape
+    np.testing.assert_allclose(num, (A.T @ df).reshape(shape), rtol=1e-7, atol=1e-8)
+    assert_same_bits(x, x0, what="x after eval_numerical_gradient_array")
+
+
+def test_eval_numerical_gradient_array_elementwise(rng):
+    """f(x) = x**2 element-wise returns an array that aliases nothing: gradient 2 x df."""
+    x = rng.standard_normal((3, 4))
+    df = rng.standard_normal((3, 4))
+    num = G.eval_numerical_gradient_array(lambda v: v ** 2, x, df)
+    np.testing.assert_allclose(num, 2 * x * df, rtol=1e-7, atol=1e-8)
+
+
+def test_eval_numerical_gradient_array_function_returning_its_input(rng):
+    """f may return x itself (a view that the perturbation changes afterwards): the helper must
+    copy each output before perturbing again. Gradient of sum(x * df) is df."""
+    x = rng.standard_normal((4, 3))
+    x0 = x.copy()
+    df = rng.standard_normal((4, 3))
+    num = G.eval_numerical_gradient_array(lambda v: v, x, df)
+    np.testing.assert_allclose(num, df, rtol=1e-7, atol=1e-8)
+    assert_same_bits(x, x0)
+
+
+# ============================================================================ grad_check_sparse
+def test_grad_check_sparse_correct_gradient(rng, capsys):
+    f, grad = _quadratic(rng, (10, 8))
+    x = rng.standard_normal((10, 8))
+    x0 = x.copy()
+    random.seed(0)
+    errors = G.grad_check_sparse(f, x, grad(x), num_checks=12)
+    assert isinstance(errors, list) and len(errors) == 12
+    assert max(errors) < 1e-7
+    assert len(capsys.readouterr().out.strip().splitlines()) == 12
+    assert_same_bits(x, x0, what="x after grad_check_sparse")
+
+
+def test_grad_check_sparse_wrong_gradient(rng):
+    f, grad = _quadratic(rng, (10, 8))
+    x = rng.standard_normal((10, 8))
+    wrong = grad(x) * 1.5 + 0.1
+    random.seed(1)
+    errors = G.grad_check_sparse(f, x, wrong, num_checks=10)
+    assert len(errors) == 10
+    assert min(errors) > 1e-2
+
+
+def test_grad_check_sparse_is_random_like_the_course(rng):
+    """Entries are drawn with Python's random module, so random.seed makes it repeatable."""
+    f, grad = _quadratic(rng, (50, 50))
+    x = rng.standard_normal((50, 50))
+    # a gradient that is wrong in one column only: the errors depend on which entries are drawn
+    g = grad(x)
+    g[:, 7] += 1.0
+    random.seed(5)
+    a = G.grad_check_sparse(f, x, g, num_checks=30)
+    random.seed(5)
+    b = G.grad_check_sparse(f, x, g, num_checks=30)
+    assert a == b
+    random.seed(6)
+    c = G.grad_check_sparse(f, x, g, num_checks=30)
+    assert c != a
+    # entries of column 7 (wrong) and elsewhere (right) are both drawn
+    assert min(a) < 1e-7 < 1e-2 < max(a)

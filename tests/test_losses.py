@@ -1,0 +1,411 @@
+"""The loss kernels (fastnn.functional.losses) against the NumPy reference
+(fastnn.reference.losses): values, return types, gradients, numerical stability, NaN, label
+checking, thread invariance.
+
+Tolerances, and why they are what they are:
+
+- The loss is compared with ``rtol * scale`` where scale is ``1 + max|x|`` (``1 + max|x - y|**2``
+  for MSE): every loss here is a mean of per-row terms whose rounding errors are a few eps
+  relative to the magnitude of the scores involved (softmax: the shifted scores ``x - max``;
+  hinge: the margins; logistic: |x|). rtol = 1e-12 in float64 (errors ~1e-16 * scale) and
+  1e-5 in float32 (~80 eps; the float32 reference sums N rows in float32, pairwise).
+- dx is compared with ``rtol * max|dx_ref|``: every entry is a probability or an indicator
+  divided by N, computed with a few roundings.
+- The float32 loss is also compared with the reference evaluated in float64 on the same
+  (float32) inputs, i.e. with the truth, at the float32 tolerance.
+- Numerical gradients (float64, central differences, h = 1e-5, data >= 0.05 away from hinge
+  kinks): rtol 1e-7, atol 1e-9 (dx entries are O(1/N) ~ 0.1; rounding ~ eps * |loss| / h ~ 1e-11).
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import fastnn.functional as F
+from fastnn.reference import losses as R
+
+from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["f32", "f64"]
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+GRAD_RTOL, GRAD_ATOL = 1e-7, 1e-9
+
+
+# ============================================================================ loss table
+def _multiclass_labels(rng, n, c):
+    return rng.integers(0, c, n)
+
+
+class Loss:
+    def __init__(self, name, kind):
+        self.name = name
+        self.kind = kind   # multiclass, binary01, binarypm, regression
+
+    @property
+    def fn(self):
+        return getattr(F, self.name)
+
+    @property
+    def ref(self):
+        return getattr(R, self.name)
+
+    def data(self, rng, shape, dtype, scale=2.0):
+        """(x, y) of the given x shape."""
+        x = (scale * rng.standard_normal(shape)).astype(dtype)
+        n = shape[0]
+        if self.kind == "multiclass":
+            y = rng.integers(0, shape[1], n)
+        elif self.kind == "binary01":
+            y = rng.integers(0, 2, n)
+        elif self.kind == "binarypm":
+            y = rng.choice([-1, 1], n)
+        else:
+            y = rng.standard_normal(shape).astype(dtype)
+        return x, y
+
+    def scale(self, x, y):
+        x = np.asarray(x, dtype=np.float64)
+        if self.kind == "regression":
+            return 1.0 + float(np.max((x - np.asarray(y, np.float64)) ** 2))
+        return 1.0 + float(np.max(np.abs(x)))
+
+    def __repr__(self):
+        return self.name
+
+
+LOSSES = [
+    Loss("softmax_loss", "multiclass"),
+    Loss("svm_loss", "multiclass"),
+    Loss("logistic_loss", "binary01"),
+    Loss("binary_svm_loss", "binarypm"),
+    Loss("mse_loss", "regression"),
+]
+BY_NAME = {lo.name: lo for lo in LOSSES}
+NAMES = list(BY_NAME)
+MULTICLASS = [lo.name for lo in LOSSES if lo.kind == "multiclass"]
+BINARY = [lo.name for lo in LOSSES if lo.kind.startswith("binary")]
+
+SHAPES = {
+    "multiclass": [(1, 1), (1, 5), (7, 13), (64, 10), (300, 3)],
+    "binary01": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
+    "binarypm": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
+    "regression": [(1,), (7,), (1, 1), (7, 13), (300, 3)],
+}
+CASES = [(name, shape) for name in NAMES for shape in SHAPES[BY_NAME[name].kind]]
+
+
+def assert_loss_close(got, ref, scale, dtype, what):
+    assert isinstance(got, float) and type(got) is float, f"{what}: loss is {type(got).__name__}, not float"
+    err = abs(got - float(ref))
+    tol = RTOL[np.dtype(dtype)] * scale
+    assert err <= tol, f"{what}: loss {got!r} vs {float(ref)!r}: error {err:.3g} > {tol:.3g}"
+
+
+def assert_dx_close(dx, ref_dx, x, dtype, what):
+    assert isinstance(dx, np.ndarray)
+    assert dx.dtype == dtype, f"{what}: dx dtype {dx.dtype}"
+    assert dx.shape == np.shape(x), f"{what}: dx shape {dx.shape} != {np.shape(x)}"
+    ref_dx = np.asarray(ref_dx)
+    assert ref_dx.shape == dx.shape
+    scale = float(np.max(np.abs(ref_dx.astype(np.float64)))) if ref_dx.size else 0.0
+    err = float(np.max(np.abs(dx.astype(np.float64) - ref_dx.astype(np.float64))))
+    tol = RTOL[np.dtype(dtype)] * scale
+    assert err <= tol, f"{what}: dx error {err:.3g} > {tol:.3g}"
+
+
+# ============================================================================ values vs reference
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_matches_reference(name, shape, dtype, rng):
+    lo = BY_NAME[name]
+    x, y = lo.data(rng, shape, dtype)
+    loss, dx = lo.fn(x, y)
+    ref_loss, ref_dx = lo.ref(x, y)
+    scale = lo.scale(x, y)
+    assert_loss_close(loss, ref_loss, scale, dtype, f"{name} vs reference")
+    assert_dx_close(dx, ref_dx, x, dtype, name)
+    # the truth: the same inputs evaluated in float64
+    x64 = x.astype(np.float64)
+    y64 = y.astype(np.float64) if lo.kind == "regression" else y
+    true_loss, _ = lo.ref(x64, y64)
+    assert_loss_close(loss, true_loss, scale, dtype, f"{name} vs float64 truth")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_is_a_mean_over_rows(name, rng):
+    """Averaged over N: a batch made of the same rows twice has the same loss and half the dx."""
+    lo = BY_NAME[name]
+    shape = {"multiclass": (9, 4), "binary01": (9,), "binarypm": (9,), "regression": (9, 3)}[lo.kind]
+    x, y = lo.data(rng, shape, np.float64)
+    loss, dx = lo.fn(x, y)
+    loss2, dx2 = lo.fn(np.concatenate([x, x]), np.concatenate([y, y]))
+    assert abs(loss2 - loss) <= 1e-12 * lo.scale(x, y)
+    np.testing.assert_allclose(dx2[:9], dx / 2, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(dx2[9:], dx / 2, rtol=1e-12, atol=0)
+
+
+def test_known_values_from_the_definitions():
+    """Small cases worked out from the formulas (no reference code involved)."""
+    x = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    y = np.array([2, 0])
+    loss, _ = F.softmax_loss(x, y)
+    e = np.exp([1.0, 2.0, 3.0])
+    expected = (-np.log(e[2] / e.sum()) + np.log(3.0)) / 2
+    assert abs(loss - expected) <= 1e-15 * 4
+    loss, dx = F.svm_loss(x, y)
+    # row 0: margins 1-3+1 = -1, 2-3+1 = 0 -> 0; row 1: 0-0+1 twice -> 2
+    assert loss == 1.0
+    np.testing.assert_array_equal(dx, [[0, 0, 0], [-1.0, 0.5, 0.5]])
+    loss, dx = F.binary_svm_loss(np.array([0.5, 2.0, -0.25]), np.array([1, 1, -1]))
+    assert abs(loss - (0.5 + 0.0 + 0.75) / 3) <= 1e-16
+    np.testing.assert_allclose(dx, [-1 / 3, 0, 1 / 3], rtol=1e-15)
+    loss, dx = F.logistic_loss(np.array([0.0, 0.0]), np.array([0, 1]))
+    assert abs(loss - np.log(2.0)) <= 1e-15
+    np.testing.assert_allclose(dx, [0.25, -0.25], rtol=1e-15)
+    loss, dx = F.mse_loss(np.array([[1.0, 2.0], [3.0, 5.0]]), np.array([[0.0, 2.0], [3.0, 3.0]]))
+    assert loss == 0.5 * (1 + 4) / 2
+    np.testing.assert_array_equal(dx, [[0.5, 0.0], [0.0, 1.0]])
+
+
+# ============================================================================ gradients
+def _hinge_safe(rng, lo, shape):
+    """float64 data with every hinge margin at least 0.05 away from its kink."""
+    for _ in range(500):
+        x, y = lo.data(rng, shape, np.float64, scale=1.0)
+        if lo.name == "svm_loss":
+            n = shape[0]
+            margins = x - x[np.arange(n), y][:, None] + 1
+            margins[np.arange(n), y] = 1.0
+            ok = np.all(np.abs(margins) >= 0.05)
+        elif lo.name == "binary_svm_loss":
+            ok = np.all(np.abs(1 - y * x.reshape(-1)) >= 0.05)
+        else:
+            ok = True
+        if ok:
+            return x, y
+    raise AssertionError("could not draw kink-free data")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_numerical_gradient(name, rng):
+    lo = BY_NAME[name]
+    shape = {"multiclass": (6, 5), "binary01": (7,), "binarypm": (7, 1), "regression": (5, 3)}[lo.kind]
+    x, y = _hinge_safe(rng, lo, shape)
+    loss, dx = lo.fn(x, y)
+    num = numerical_gradient(lambda v: np.array(lo.fn(v, y)[0]), x.copy(), 1.0)
+    np.testing.assert_allclose(dx, num, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+    assert np.max(np.abs(dx)) > 1e-3  # a gradient that is not trivially zero
+
+
+# ============================================================================ stability
+def _huge(lo, dtype):
+    """Scores of +-1e4 (exp overflows in both float32 and float64)."""
+    if lo.kind == "multiclass":
+        x = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0], [1e4, 1e4, -1e4], [-1e4, -1e4, -1e4]], dtype=dtype)
+        return x, np.array([1, 1, 2, 0])
+    if lo.kind == "binary01":
+        return np.array([1e4, -1e4, 1e4, -1e4], dtype=dtype), np.array([0, 1, 1, 0])
+    if lo.kind == "binarypm":
+        return np.array([1e4, -1e4, 1e4, -1e4], dtype=dtype), np.array([-1, 1, 1, -1])
+    return (np.array([[1e4, -1e4], [-1e4, 1e4]], dtype=dtype),
+            np.array([[-1e4, 1e4], [-1e4, 1e4]], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_huge_scores_are_finite_and_silent(name, dtype):
+    lo = BY_NAME[name]
+    x, y = _huge(lo, dtype)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        loss, dx = lo.fn(x, y)
+    assert np.isfinite(loss)
+    assert np.all(np.isfinite(dx))
+    # the exact values, from a reference evaluated in float64 (the reference is stable too)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref_loss, ref_dx = lo.ref(x64, y.astype(np.float64) if lo.kind == "regression" else y)
+    assert_loss_close(loss, ref_loss, lo.scale(x, y), dtype, f"{name} huge scores")
+    assert_dx_close(dx, ref_dx.astype(dtype), x, dtype, f"{name} huge scores")
+
+
+def test_huge_scores_known_answers():
+    """log-sum-exp of (1e4, -1e4, 0) is 1e4 (the other terms vanish): the loss of label 1 is
+    2e4 exactly in float64, and the probabilities are exactly one-hot."""
+    loss, dx = F.softmax_loss(np.array([[1e4, -1e4, 0.0]]), np.array([1]))
+    assert loss == 2e4
+    np.testing.assert_array_equal(dx, [[1.0, -1.0, 0.0]])
+    loss, dx = F.logistic_loss(np.array([1e4, -1e4]), np.array([0, 1]))
+    assert loss == 1e4
+    np.testing.assert_array_equal(dx, [0.5, -0.5])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_x_and_y_not_modified(name, rng):
+    """The course's numerical gradient check breaks if a loss shifts x in place."""
+    lo = BY_NAME[name]
+    shape = {"multiclass": (20, 6), "binary01": (20,), "binarypm": (20, 1), "regression": (20, 2)}[lo.kind]
+    x, y = lo.data(rng, shape, np.float64, scale=30.0)
+    x0, y0 = x.copy(), y.copy()
+    lo.fn(x, y)
+    assert_same_bits(x, x0, what="x after the loss")
+    assert_same_bits(y, y0, what="y after the loss")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_scores_propagate(name, rng):
+    lo = BY_NAME[name]
+    shape = {"multiclass": (5, 4), "binary01": (5,), "binarypm": (5,), "regression": (5, 2)}[lo.kind]
+    for dtype in DTYPES:
+        x, y = lo.data(rng, shape, dtype)
+        x.reshape(-1)[3] = np.nan
+        loss, dx = lo.fn(x, y)
+        assert isinstance(loss, float)
+        assert np.isnan(loss), f"{name}: a NaN score gave loss {loss}"
+        assert dx.dtype == dtype and dx.shape == x.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_noncontiguous_scores(name, rng):
+    lo = BY_NAME[name]
+    shape = {"multiclass": (30, 7), "binary01": (30,), "binarypm": (30,), "regression": (30, 4)}[lo.kind]
+    x, y = lo.data(rng, shape, np.float64)
+    xv = np.asfortranarray(x) if x.ndim == 2 else np.flip(np.flip(x).copy())
+    assert not xv.flags.c_contiguous
+    loss, dx = lo.fn(xv, y)
+    loss_c, dx_c = lo.fn(x, y)
+    assert loss == loss_c
+    assert_same_bits(dx, dx_c)
+
+
+# ============================================================================ labels
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_multiclass_label_errors(name):
+    fn = BY_NAME[name].fn
+    x = np.zeros((4, 3))
+    fn(x, np.array([0, 1, 2, 2]))
+    fn(x, np.array([0, 1, 2, 2], dtype=np.uint8))
+    fn(x, [0, 1, 2, 2])
+    with pytest.raises(TypeError, match=r"\by\b"):
+        fn(x, np.array([0.0, 1.0, 2.0, 2.0]))
+    with pytest.raises(TypeError, match=r"\by\b"):
+        fn(x, None)
+    with pytest.raises(TypeError, match=r"\by\b"):
+        fn(x, np.array(["a", "b", "c", "d"]))
+    with pytest.raises(ValueError, match=r"\by\b.*-1"):
+        fn(x, np.array([0, -1, 2, 2]))
+    with pytest.raises(ValueError, match=r"\by\b.*3"):
+        fn(x, np.array([0, 1, 3, 2]))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        fn(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        fn(x, np.array([0, 1, 2, 2, 0]))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        fn(x, np.array([[0], [1], [2], [2]]))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        fn(x, np.array(1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_batch_raises(name):
+    lo = BY_NAME[name]
+    if lo.kind == "multiclass":
+        args = (np.zeros((0, 3)), np.zeros(0, dtype=int))
+    elif lo.kind == "regression":
+        args = (np.zeros((0, 2)), np.zeros((0, 2)))
+    else:
+        args = (np.zeros(0), np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match="empty"):
+        lo.fn(*args)
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_scores_shape_errors(name):
+    fn = BY_NAME[name].fn
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        fn(np.zeros(4), np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        fn(np.zeros((4, 0)), np.zeros(4, dtype=int))
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        fn(np.zeros((4, 3), complex), np.zeros(4, dtype=int))
+
+
+def test_logistic_labels_only_0_1():
+    x = np.zeros(4)
+    F.logistic_loss(x, np.array([0, 1, 1, 0]))
+    F.logistic_loss(x, np.array([False, True, True, False]))
+    for bad in ([0, 1, 2, 0], [0, -1, 1, 0]):
+        with pytest.raises(ValueError, match=r"\by\b"):
+            F.logistic_loss(x, np.array(bad))
+    with pytest.raises(TypeError, match=r"\by\b"):
+        F.logistic_loss(x, np.array([0.0, 1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        F.logistic_loss(x, np.array([0, 1, 1]))
+
+
+def test_binary_svm_labels_only_minus1_plus1():
+    x = np.zeros(4)
+    F.binary_svm_loss(x, np.array([-1, 1, 1, -1]))
+    for bad in ([0, 1, 1, 0], [-1, 1, 2, -1], [-2, 1, 1, -1]):
+        with pytest.raises(ValueError, match=r"\by\b"):
+            F.binary_svm_loss(x, np.array(bad))
+    with pytest.raises(TypeError, match=r"\by\b"):
+        F.binary_svm_loss(x, np.array([-1.0, 1.0, 1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        F.binary_svm_loss(x, np.array([-1, 1, 1, -1, 1]))
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_binary_x_shapes(name, rng):
+    lo = BY_NAME[name]
+    x, y = lo.data(rng, (11,), np.float64)
+    loss1, dx1 = lo.fn(x, y)
+    loss2, dx2 = lo.fn(x[:, None], y)
+    loss3, dx3 = lo.fn(x[:, None], y[:, None])
+    assert dx1.shape == (11,) and dx2.shape == (11, 1) and dx3.shape == (11, 1)
+    assert loss1 == loss2 == loss3
+    assert_same_bits(dx2[:, 0], dx1)
+    assert_same_bits(dx3, dx2)
+    for bad in (np.zeros((11, 2)), np.zeros((11, 1, 1)), np.float64(1.0)):
+        with pytest.raises(ValueError, match=r"\bx\b"):
+            lo.fn(bad, y)
+    with pytest.raises(ValueError, match=r"\by\b"):
+        lo.fn(x, np.stack([y, y], axis=1))
+
+
+def test_mse_shapes():
+    with pytest.raises(ValueError, match=r"\by\b"):
+        F.mse_loss(np.ones((3, 2)), np.ones(3))
+    with pytest.raises(ValueError, match=r"\by\b"):
+        F.mse_loss(np.ones((3, 2)), np.ones((2, 3)))
+    loss, dx = F.mse_loss(np.ones((3, 2), np.float32), np.zeros((3, 2), np.float64))
+    assert dx.dtype == np.float64 and loss == 1.0
+
+
+# ============================================================================ threads
+BIG = {
+    "softmax_loss": ((5000, 100), "x = rng.standard_normal((5000, 100)); y = rng.integers(0, 100, 5000)"),
+    "svm_loss": ((5000, 100), "x = rng.standard_normal((5000, 100)); y = rng.integers(0, 100, 5000)"),
+    "logistic_loss": ((100_000,), "x = rng.standard_normal(100_000); y = rng.integers(0, 2, 100_000)"),
+    "binary_svm_loss": ((100_000,), "x = rng.standard_normal(100_000); y = rng.choice([-1, 1], 100_000)"),
+    "mse_loss": ((5000, 100), "x = rng.standard_normal((5000, 100)); y = rng.standard_normal((5000, 100))"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_threads_bitwise_identical(name, dtype, rng):
+    lo = BY_NAME[name]
+    x, y = lo.data(rng, BIG[name][0], dtype, scale=5.0)
+    assert_thread_invariant(lambda: lo.fn(x, y))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_big_batch_runs_parallel(name):
+    """The batches of test_threads_bitwise_identical are large enough for the kernel to use
+    every thread it is given (otherwise that test would compare serial runs only)."""
+    started = openmp_workers_started("rng = np.random.default_rng(0)\n" + BIG[name][1], f"F.{name}(x, y)")
+    if started is None:
+        pytest.skip("OpenMP worker threads cannot be observed here")
+    assert started == 2

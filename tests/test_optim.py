@@ -1,0 +1,397 @@
+"""The update rules (fastnn.optim) against the NumPy reference (fastnn.reference.optim) and
+against the course's formulas evaluated here in float64: values over several steps, defaults
+and config keys, in-place semantics, weight decay, thread invariance, argument checking.
+
+Tolerances: each step does a handful of roundings per element (the kernel may contract a
+multiply-add into an FMA, NumPy never does), so after a few steps parameters and states agree to
+a few eps of their magnitude. They are compared with ``rtol * scale``, scale the largest
+magnitude of the reference's value so far (over elements and steps: a result that came out of a
+cancellation, w - update or mu * v - lr * dw, carries the error of its terms): rtol 1e-12 in
+float64, 1e-5 in float32. A wrong formula moves w by a sizeable fraction of one step
+(``learning_rate * |dw|`` >= 1e-3 here, against a tolerance of ~4e-5 in float32).
+"""
+import numpy as np
+import pytest
+
+import fastnn.optim as O
+from fastnn.reference import optim as R
+
+from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["f32", "f64"]
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+RULES = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
+STATE = {"sgd": [], "sgd_momentum": ["velocity"], "nesterov_momentum": ["velocity"],
+         "rmsprop": ["cache"], "adam": ["m", "v"]}
+# the course's defaults
+DEFAULTS = {
+    "sgd": {"learning_rate": 1e-2},
+    "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
+    "nesterov_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
+    "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8},
+    "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
+}
+CUSTOM = {
+    "sgd": {"learning_rate": 0.05},
+    "sgd_momentum": {"learning_rate": 0.03, "momentum": 0.5},
+    "nesterov_momentum": {"learning_rate": 0.03, "momentum": 0.7},
+    "rmsprop": {"learning_rate": 0.02, "decay_rate": 0.9, "epsilon": 1e-6},
+    "adam": {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-6},
+}
+
+
+def _maxabs(a):
+    a = np.asarray(a, dtype=np.float64)
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+def assert_close_to(got, ref, dtype, what, scale=None):
+    """|got - ref| <= rtol * scale; scale defaults to max|ref| (pass a larger one where the
+    result came out of a cancellation: the rounding errors scale with the terms, not the sum)."""
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    assert got.dtype == dtype, f"{what}: dtype {got.dtype}"
+    if got.size == 0:
+        return
+    scale = max(_maxabs(ref), scale or 0.0)
+    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    tol = RTOL[np.dtype(dtype)] * scale
+    assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g}"
+
+
+def _steps(rule, w0, grads, config=None, ref_grads=None):
+    """Run fastnn and the reference side by side over the gradient list; compare after each.
+
+    Scales are running maxima over the steps of |w| and of each state: w_new = w - update and
+    v_new = mu * v - lr * dw can cancel, and then the error is relative to the terms (both at
+    most the running maximum), not to the small result."""
+    scales = {"w": _maxabs(w0)}
+    w = w0.copy()
+    rw = w0.copy()
+    cfg = None if config is None else dict(config)
+    rcfg = None if config is None else dict(config)
+    ref_grads = grads if ref_grads is None else ref_grads
+    for step, (dw, rdw) in enumerate(zip(grads, ref_grads)):
+        rdw = rdw(rw) if callable(rdw) else rdw
+        nw, cfg = getattr(O, rule)(w, dw, cfg)
+        assert nw is w, "a C-contiguous float w is updated in place and returned"
+        rw, rcfg = getattr(R, rule)(rw, rdw, rcfg)
+        scales["w"] = max(scales["w"], _maxabs(rw))
+        assert_close_to(w, rw, w0.dtype, f"{rule} w after step {step + 1}", scales["w"])
+        for key in STATE[rule]:
+            scales[key] = max(scales.get(key, 0.0), _maxabs(rcfg[key]))
+            assert_close_to(cfg[key], rcfg[key], w0.dtype, f"{rule} {key} after step {step + 1}", scales[key])
+        if rule == "adam":
+            assert cfg["t"] == rcfg["t"] == step + 1 + (config or {}).get("t", 0)
+    return w, cfg
+
+
+# ============================================================================ vs reference
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (3, 4, 5), (100_001,)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_matches_reference_over_steps(rule, dtype, shape, rng):
+    w0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(5)]
+    _steps(rule, w0, grads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_custom_hyperparameters(rule, dtype, rng):
+    w0 = rng.standard_normal((11, 17)).astype(dtype)
+    grads = [rng.standard_normal(w0.shape).astype(dtype) for _ in range(4)]
+    config = dict(CUSTOM[rule])
+    if rule == "adam":
+        config["t"] = 7
+    _, cfg = _steps(rule, w0, grads, config)
+    for key, value in CUSTOM[rule].items():
+        assert cfg[key] == value, f"{key} was changed"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_weight_decay_is_l2_on_the_gradient(rule, dtype, rng):
+    """config['weight_decay'] = wd uses dw + wd * w (w before the step)."""
+    wd = 0.1
+    w0 = rng.standard_normal((9, 8)).astype(dtype)
+    grads = [rng.standard_normal(w0.shape).astype(dtype) for _ in range(4)]
+    ref_grads = [lambda rw, g=g: g + dtype(wd) * rw for g in grads]
+    w, cfg = _steps(rule, w0, grads, {"weight_decay": wd}, ref_grads)
+    assert cfg["weight_decay"] == wd
+    # and it matters: without it the result is different
+    w_plain, _ = _steps(rule, w0, grads)
+    assert np.max(np.abs(w - w_plain)) > 1e-5
+
+
+def test_empty_w(rng):
+    for rule in RULES:
+        w = np.zeros((0, 3))
+        nw, cfg = getattr(O, rule)(w, np.zeros((0, 3)))
+        assert nw is w and nw.shape == (0, 3)
+
+
+# ============================================================================ defaults and config
+@pytest.mark.parametrize("rule", RULES)
+def test_course_defaults_after_first_call(rule, rng):
+    w = rng.standard_normal((4, 5))
+    dw = rng.standard_normal((4, 5))
+    _, config = getattr(O, rule)(w, dw)           # config=None
+    assert isinstance(config, dict)
+    for key, value in DEFAULTS[rule].items():
+        assert key in config, f"{rule}: missing config['{key}']"
+        assert config[key] == value, f"{rule}: config['{key}'] = {config[key]!r}, course default {value!r}"
+    for key in STATE[rule]:
+        assert isinstance(config[key], np.ndarray)
+        assert config[key].shape == w.shape and config[key].dtype == w.dtype
+    if rule == "adam":
+        assert config["t"] == 1, "Adam increments t before using it: 1 after the first call"
+    extra = set(config) - set(DEFAULTS[rule]) - set(STATE[rule]) - {"t"}
+    assert extra <= {"weight_decay"}, f"unexpected config keys {extra}"
+    assert config.get("weight_decay", 0.0) == 0.0
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_given_config_dict_is_filled_in_and_returned(rule, rng):
+    w = rng.standard_normal(6)
+    config = {"learning_rate": 0.5}
+    _, returned = getattr(O, rule)(w, np.ones(6), config)
+    assert returned is config, "the course's rules setdefault on the caller's dict and return it"
+    assert config["learning_rate"] == 0.5
+    for key, value in DEFAULTS[rule].items():
+        if key != "learning_rate":
+            assert config[key] == value
+
+
+def test_adam_t_counts_calls(rng):
+    w = rng.standard_normal(5)
+    config = None
+    for expected in (1, 2, 3):
+        _, config = O.adam(w, rng.standard_normal(5), config)
+        assert config["t"] == expected
+    _, config = O.adam(w, np.ones(5), {"t": 41})
+    assert config["t"] == 42
+
+
+# ============================================================================ known answers
+def _course_arrays():
+    """The course notebook's inputs: np.linspace over an N x D grid."""
+    N, D = 4, 5
+    w = np.linspace(-0.4, 0.6, num=N * D).reshape(N, D)
+    dw = np.linspace(-0.6, 0.4, num=N * D).reshape(N, D)
+    a = np.linspace(0.6, 0.9, num=N * D).reshape(N, D)
+    b = np.linspace(0.7, 0.5, num=N * D).reshape(N, D)
+    return w, dw, a, b
+
+
+def _elementwise(f, *arrays):
+    """Apply a scalar formula with Python floats, element by element (independent of NumPy's
+    vectorized arithmetic and of the reference module)."""
+    flat = [a.reshape(-1).tolist() for a in arrays]
+    results = [f(*vals) for vals in zip(*flat)]
+    outs = list(zip(*results)) if isinstance(results[0], tuple) else [results]
+    return [np.array(o).reshape(arrays[0].shape) for o in outs]
+
+
+def _assert_known(got, expected, what):
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12 * np.max(np.abs(expected)), err_msg=what)
+
+
+def test_known_answer_sgd():
+    w, dw, _, _ = _course_arrays()
+    (expected,) = _elementwise(lambda w_, g: w_ - 1e-3 * g, w, dw)
+    next_w, _ = O.sgd(w.copy(), dw, {"learning_rate": 1e-3})
+    _assert_known(next_w, expected, "sgd next_w")
+
+
+def test_known_answer_sgd_momentum():
+    w, dw, v, _ = _course_arrays()
+    lr, mu = 1e-3, 0.9
+
+    def step(w_, g, v_):
+        v_new = mu * v_ - lr * g
+        return w_ + v_new, v_new
+
+    expected_w, expected_v = _elementwise(step, w, dw, v)
+    next_w, config = O.sgd_momentum(w.copy(), dw, {"learning_rate": lr, "velocity": v.copy()})
+    _assert_known(next_w, expected_w, "sgd_momentum next_w")
+    _assert_known(config["velocity"], expected_v, "sgd_momentum velocity")
+
+
+def test_known_answer_nesterov_momentum():
+    w, dw, v, _ = _course_arrays()
+    lr, mu = 1e-3, 0.9
+
+    def step(w_, g, v_):
+        v_new = mu * v_ - lr * g
+        return w_ - mu * v_ + (1 + mu) * v_new, v_new
+
+    expected_w, expected_v = _elementwise(step, w, dw, v)
+    next_w, config = O.nesterov_momentum(w.copy(), dw, {"learning_rate": lr, "velocity": v.copy()})
+    _assert_known(next_w, expected_w, "nesterov next_w")
+    _assert_known(config["velocity"], expected_v, "nesterov velocity")
+
+
+def test_known_answer_rmsprop():
+    w, dw, cache, _ = _course_arrays()
+    lr, decay, eps = 1e-2, 0.99, 1e-8
+
+    def step(w_, g, c):
+        c_new = decay * c + (1 - decay) * g * g
+        return w_ - lr * g / (c_new ** 0.5 + eps), c_new
+
+    expected_w, expected_c = _elementwise(step, w, dw, cache)
+    next_w, config = O.rmsprop(w.copy(), dw, {"learning_rate": lr, "cache": cache.copy()})
+    _assert_known(next_w, expected_w, "rmsprop next_w")
+    _assert_known(config["cache"], expected_c, "rmsprop cache")
+
+
+def test_known_answer_adam():
+    w, dw, m, v = _course_arrays()
+    lr, b1, b2, eps, t = 1e-2, 0.9, 0.999, 1e-8, 5 + 1   # the notebook passes t=5
+
+    def step(w_, g, m_, v_):
+        m_new = b1 * m_ + (1 - b1) * g
+        v_new = b2 * v_ + (1 - b2) * g * g
+        mt = m_new / (1 - b1 ** t)
+        vt = v_new / (1 - b2 ** t)
+        return w_ - lr * mt / (vt ** 0.5 + eps), m_new, v_new
+
+    expected_w, expected_m, expected_v = _elementwise(step, w, dw, m, v)
+    next_w, config = O.adam(w.copy(), dw, {"learning_rate": lr, "m": m.copy(), "v": v.copy(), "t": 5})
+    _assert_known(next_w, expected_w, "adam next_w")
+    _assert_known(config["m"], expected_m, "adam m")
+    _assert_known(config["v"], expected_v, "adam v")
+    assert config["t"] == 6
+
+
+@pytest.mark.parametrize("beta2,decay", [(0.999, 0.99), (0.9999, 0.999)])
+def test_float32_moment_coefficients_are_accurate(beta2, decay):
+    """One step from zero state: Adam's v = (1 - beta2) * g**2 and RMSProp's cache =
+    (1 - decay_rate) * g**2, with the coefficient rounded to float32 once (the reference's
+    float32 result), not computed from beta2 rounded to float32 (1 - fl32(0.999) is 1.3e-5 off)."""
+    g = np.array([1.0, 2.0, 3.0, 0.5, 1e-3], dtype=np.float32)
+    g2 = g.astype(np.float64) ** 2
+    _, cfg = O.rmsprop(np.zeros(5, np.float32), g, {"decay_rate": decay})
+    rtol = 4 * np.finfo(np.float32).eps    # the coefficient, g * g and their product: 3 roundings
+    np.testing.assert_allclose(cfg["cache"], (1 - decay) * g2, rtol=rtol)
+    _, cfg = O.adam(np.zeros(5, np.float32), g, {"beta2": beta2})
+    np.testing.assert_allclose(cfg["v"], (1 - beta2) * g2, rtol=rtol)
+
+
+# ============================================================================ in place or not
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_in_place_on_contiguous_float_w(rule, dtype, rng):
+    w = rng.standard_normal((6, 7)).astype(dtype)
+    dw = rng.standard_normal((6, 7)).astype(dtype)
+    w_before = w.copy()
+    dw_before = dw.copy()
+    expected, _ = getattr(R, rule)(w_before, dw)
+    next_w, config = getattr(O, rule)(w, dw)
+    assert next_w is w
+    assert next_w.dtype == dtype
+    assert_close_to(w, expected, dtype, f"{rule} in place")
+    assert not np.array_equal(w, w_before)
+    assert_same_bits(dw, dw_before, what="dw after the update")
+
+
+def _not_in_place_cases(rng):
+    base = rng.standard_normal((6, 8))
+    ro = base[:, :4].copy()
+    ro.flags.writeable = False
+    return {
+        "fortran": np.asfortranarray(base[:, :4]),
+        "column_slice": base[:, ::2],
+        "negative_stride": base[::-1, :4],
+        "int64": rng.integers(-5, 5, (6, 4)),
+        "read_only": ro,
+        "list": base[:, :4].tolist(),
+        "float32_fortran": np.asfortranarray(base[:, :4].astype(np.float32)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_not_in_place_cases(np.random.default_rng(0))))
+@pytest.mark.parametrize("rule", RULES)
+def test_new_array_when_w_cannot_be_updated_in_place(rule, case, rng):
+    w = _not_in_place_cases(rng)[case]
+    w_before = np.array(w, copy=True)
+    dw = rng.standard_normal((6, 4))
+    next_w, config = getattr(O, rule)(w, dw)
+    assert next_w is not w
+    assert isinstance(next_w, np.ndarray) and next_w.flags.c_contiguous
+    assert_same_bits(np.asarray(w), w_before, what="w that cannot be updated in place")
+    dtype = np.float32 if np.asarray(w).dtype == np.float32 else np.float64
+    assert next_w.dtype == dtype
+    w_float = np.ascontiguousarray(w_before, dtype=dtype)
+    expected, _ = getattr(R, rule)(w_float, dw.astype(dtype))
+    assert_close_to(next_w, expected, dtype, f"{rule} new array")
+    for key in STATE[rule]:
+        assert config[key].shape == (6, 4) and config[key].dtype == dtype
+
+
+# ============================================================================ threads
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_threads_bitwise_identical(rule, dtype, rng):
+    w0 = rng.standard_normal(1_000_003).astype(dtype)
+    grads = [rng.standard_normal(w0.shape).astype(dtype) for _ in range(2)]
+
+    def run():
+        w = w0.copy()
+        config = {"weight_decay": 0.01}
+        for g in grads:
+            w, config = getattr(O, rule)(w, g, config)
+        return [w] + [config[k] for k in STATE[rule]]
+
+    assert_thread_invariant(run)
+
+
+def test_large_update_runs_parallel():
+    started = openmp_workers_started(
+        "import fastnn.optim as O\nw = np.ones(1_000_003)\ndw = np.ones(1_000_003)",
+        "O.adam(w, dw)")
+    if started is None:
+        pytest.skip("OpenMP worker threads cannot be observed here")
+    assert started == 2
+
+
+# ============================================================================ errors
+@pytest.mark.parametrize("rule", RULES)
+def test_argument_errors(rule):
+    fn = getattr(O, rule)
+    w = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"\bdw\b"):
+        fn(w, np.ones((4, 3)))
+    with pytest.raises(TypeError, match=r"\bdw\b"):
+        fn(w, np.ones((3, 4), complex))
+    with pytest.raises(TypeError, match=r"\bw\b"):
+        fn(np.ones((3, 4), complex), np.ones((3, 4)))
+    with pytest.raises(TypeError, match="config"):
+        fn(w, np.ones((3, 4)), [("learning_rate", 0.1)])
+    with pytest.raises(TypeError, match="learning_rate"):
+        fn(w, np.ones((3, 4)), {"learning_rate": "0.1"})
+    with pytest.raises(ValueError, match="weight_decay"):
+        fn(w, np.ones((3, 4)), {"weight_decay": -0.1})
+    for key in STATE[rule]:
+        with pytest.raises(ValueError, match=key):
+            fn(w, np.ones((3, 4)), {key: np.zeros((4, 3))})
+    assert np.all(w == 1), "w changed by a call that raised"
+
+
+def test_hyperparameter_ranges():
+    w, dw = np.ones(3), np.ones(3)
+    with pytest.raises(ValueError, match="momentum"):
+        O.sgd_momentum(w, dw, {"momentum": -0.5})
+    with pytest.raises(ValueError, match="decay_rate"):
+        O.rmsprop(w, dw, {"decay_rate": 1.5})
+    with pytest.raises(ValueError, match="beta1"):
+        O.adam(w, dw, {"beta1": 1.5})
+    with pytest.raises(ValueError, match="beta"):
+        O.adam(w, dw, {"beta1": 1.0})
+    with pytest.raises(ValueError, match=r"\bt\b"):
+        O.adam(w, dw, {"t": -1})
+    with pytest.raises(ValueError, match=r"\bt\b"):
+        O.adam(w, dw, {"t": 1.5})

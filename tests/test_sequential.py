@@ -1,0 +1,781 @@
+"""Sequential (fastnn.model): fusion of Dense + activation layers, structure and summary,
+inference, training (train_step, fit and its history, progress lines, reproducibility,
+non-finite stops, thread invariance) and safe save/load.
+
+Exactness, and why:
+
+- A Dense followed by an activation layer runs the same fused kernel as Dense(activation=...):
+  bitwise equal. Running the two layers one by one (product + bias, then the element-wise
+  activation) does the same roundings in the same order (the epilogue applies the activation
+  to the rounded pre-activation, and the backward GEMMs see the same dz), so it is bitwise equal
+  too; PReLU's shared slope gradient is the same fixed-order sum of per-unit partials.
+- predict(batch_size=k) is NOT bitwise equal to one call: GEMM blocking depends on the number of
+  rows (the design allows results to depend on the problem shape, not on threads). In float64
+  the difference is a few ulp: rtol 1e-12 (scaled to the largest score).
+- Training runs are bitwise identical for 1, 2 and 3 threads, and for equal seeds.
+"""
+import io
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+import pytest
+
+from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, GaussianNoise,
+                    LeakyReLU, Maxout, MeanSquaredError, MulticlassHinge, PReLU, ReLU,
+                    Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh, load_model)
+
+from conftest import assert_same_bits, assert_thread_invariant
+
+F32, F64 = np.float32, np.float64
+
+
+# ============================================================================ data
+def spiral(n_per_class=100, classes=3, seed=0):
+    """The course's 2-D spiral (CS231n "Neural Networks Case Study")."""
+    r = np.random.default_rng(seed)
+    X = np.zeros((n_per_class * classes, 2))
+    y = np.zeros(n_per_class * classes, dtype=np.int64)
+    for j in range(classes):
+        ix = slice(n_per_class * j, n_per_class * (j + 1))
+        radius = np.linspace(0.0, 1.0, n_per_class)
+        theta = np.linspace(j * 4, (j + 1) * 4, n_per_class) + r.standard_normal(n_per_class) * 0.2
+        X[ix] = np.c_[radius * np.sin(theta), radius * np.cos(theta)]
+        y[ix] = j
+    return X, y
+
+
+def blobs(n=200, seed=0):
+    """Two well separated Gaussian blobs in 2-D, labels {0, 1}."""
+    r = np.random.default_rng(seed)
+    y = r.integers(0, 2, n)
+    X = r.standard_normal((n, 2)) * 0.5 + np.where(y[:, None] == 1, 1.5, -1.5)
+    return X, y
+
+
+def param_copies(model):
+    return [p.data.copy() for p in model.parameters()]
+
+
+def assert_params_equal(model, copies):
+    params = model.parameters()
+    assert len(params) == len(copies)
+    for p, c in zip(params, copies):
+        assert_same_bits(p.data, c, what=f"{p!r}")
+
+
+# ============================================================================ fusion
+ACTS = {
+    "relu": (lambda m, dt: ReLU(dtype=dt), {}),
+    "sigmoid": (lambda m, dt: Sigmoid(dtype=dt), {}),
+    "tanh": (lambda m, dt: Tanh(dtype=dt), {}),
+    "leaky_relu": (lambda m, dt: LeakyReLU(0.15, dtype=dt), {"alpha": 0.15}),
+    "prelu-shared": (lambda m, dt: PReLU(1, init=0.3, dtype=dt), {"alpha": 0.3}),
+    "prelu-per-unit": (lambda m, dt: PReLU(m, init=0.3, dtype=dt), {"alpha": 0.3}),
+}
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 5), (300, 257, 130)], ids=["small", "tiled"])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("act", list(ACTS))
+def test_dense_plus_activation_layer_is_fused(act, dtype, shape, rng):
+    n, d, m = shape
+    make_act, kw = ACTS[act]
+    activation = act.split("-")[0]
+    X = rng.standard_normal((n, d)).astype(dtype)
+    dout = rng.standard_normal((n, m)).astype(dtype)
+    W = (rng.standard_normal((d, m)) / np.sqrt(d)).astype(dtype)
+    b = (rng.standard_normal(m) * 0.1).astype(dtype)
+    alpha = rng.uniform(-0.4, 0.6, m).astype(dtype) if act == "prelu-per-unit" else None
+
+    def dense(activation=None, **extra):
+        layer = Dense(d, m, activation=activation, dtype=dtype, seed=0, **extra)
+        layer.params["W"][...] = W
+        layer.params["b"][...] = b
+        return layer
+
+    # 1) the fused reference: Dense(activation=...)
+    ref = dense(activation, **kw)
+    if alpha is not None:
+        ref.params["alpha"][...] = alpha
+    out_ref = ref.forward(X)
+    dx_ref = ref.backward(dout)
+
+    # 2) Sequential(Dense, Act): must run fused (the activation layer's own forward is never called)
+    lin, act_layer = dense(), make_act(m, dtype)
+    if alpha is not None:
+        act_layer.params["alpha"][...] = alpha
+
+    def not_fused(*a, **k):
+        raise AssertionError("Sequential ran the activation layer separately instead of fusing it")
+
+    act_layer.forward = not_fused
+    model = Sequential(lin, act_layer)
+    out = model.forward(X)
+    dx = model.backward(dout)
+    assert_same_bits(out, out_ref, what="fused output")
+    assert_same_bits(dx, dx_ref, what="fused dx")
+    assert_same_bits(lin.grads["W"], ref.grads["W"], what="fused dW")
+    assert_same_bits(lin.grads["b"], ref.grads["b"], what="fused db")
+    assert "alpha" not in lin.grads  # a PReLU slope gradient belongs to the PReLU layer
+    if act == "prelu-per-unit":
+        assert_same_bits(act_layer.grads["alpha"], ref.grads["alpha"], what="fused dalpha")
+    elif act == "prelu-shared":
+        assert act_layer.grads["alpha"].shape == (1,)
+        assert_same_bits(act_layer.grads["alpha"][0], ref.grads["alpha"].sum(dtype=dtype),
+                         what="fused shared dalpha")
+
+    # 3) unfused: each layer's own forward/backward, one after the other
+    lin2, act2 = dense(), make_act(m, dtype)
+    if alpha is not None:
+        act2.params["alpha"][...] = alpha
+    z = lin2.forward(X)
+    out2 = act2.forward(z)
+    dz = act2.backward(dout)
+    dx2 = lin2.backward(dz)
+    assert_same_bits(out2, out_ref, what="unfused output")
+    assert_same_bits(dx2, dx_ref, what="unfused dx")
+    assert_same_bits(lin2.grads["W"], ref.grads["W"], what="unfused dW")
+    assert_same_bits(lin2.grads["b"], ref.grads["b"], what="unfused db")
+    if "prelu" in act:
+        assert_same_bits(act2.grads["alpha"], act_layer.grads["alpha"], what="unfused dalpha")
+
+
+def test_dense_with_activation_then_activation_layer_applies_both(rng):
+    """Dense(activation='tanh') followed by Sigmoid is not fused away: sigmoid(tanh(z))."""
+    X = rng.standard_normal((6, 4))
+    d = Dense(4, 3, activation="tanh", dtype=F64, seed=1)
+    model = Sequential(d, Sigmoid(dtype=F64))
+    z = X @ d.params["W"] + d.params["b"]
+    np.testing.assert_allclose(model.forward(X), 1 / (1 + np.exp(-np.tanh(z))), rtol=1e-14)
+
+
+def test_fused_prelu_reads_alpha_live(rng):
+    """The PReLU layer's slope is read at every forward, also when fused."""
+    X = rng.standard_normal((5, 3))
+    p = PReLU(4, dtype=F64)
+    model = Sequential(Dense(3, 4, dtype=F64, seed=0), p)
+    a = model.forward(X)
+    p.params["alpha"][...] = 0.9
+    b = model.forward(X)
+    neg = a < 0
+    assert neg.any()
+    np.testing.assert_allclose(b[neg], a[neg] / 0.25 * 0.9, rtol=1e-14)
+    np.testing.assert_array_equal(b[~neg], a[~neg])
+
+
+# ============================================================================ structure
+def test_summary_3_4_2():
+    model = Sequential(Dense(3, 4, activation="relu"), Dense(4, 2))
+    expected = [3 * 4 + 4, 4 * 2 + 2]
+    assert sum(expected) == 26
+    assert [sum(p.data.size for p in layer.parameters()) for layer in model.layers] == expected
+    text = model.summary()
+    assert isinstance(text, str)
+    _check_summary_rows(text, model, expected)
+    assert re.search(r"Total params:\s*26\b", text)
+    assert model.num_params == 26
+
+
+def test_summary_3_4_4_1_with_activation_layers():
+    model = Sequential(Dense(3, 4), ReLU(), Dense(4, 4), Tanh(), Dense(4, 1))
+    expected = [3 * 4 + 4, 0, 4 * 4 + 4, 0, 4 * 1 + 1]
+    assert sum(expected) == 41
+    assert [sum(p.data.size for p in layer.parameters()) for layer in model.layers] == expected
+    text = model.summary()
+    _check_summary_rows(text, model, expected)
+    assert re.search(r"Total params:\s*41\b", text)
+    assert sum(p.data.size for p in model.parameters()) == 41
+
+
+def _check_summary_rows(text, model, counts):
+    """One row per layer, in order, naming its type and ending with its parameter count."""
+    lines = text.splitlines()
+    pos = 0
+    for layer, count in zip(model.layers, counts):
+        name = type(layer).__name__
+        while pos < len(lines) and not lines[pos].startswith(name):
+            pos += 1
+        assert pos < len(lines), f"no row for {name} in\n{text}"
+        assert lines[pos].split()[-1] == f"{count:,}", lines[pos]
+        pos += 1
+
+
+def test_parameters_order_and_identity():
+    d1, pr, mx, d2 = Dense(3, 5), PReLU(5), Maxout(5, 4, pieces=3), Dense(4, 2)
+    model = Sequential(d1, pr, Dropout(0.1), mx, d2)
+    params = model.parameters()
+    owners = [(d1, "W"), (d1, "b"), (pr, "alpha"), (mx, "W"), (mx, "b"), (d2, "W"), (d2, "b")]
+    assert len(params) == len(owners)
+    for p, (layer, name) in zip(params, owners):
+        assert p.data is layer.params[name]
+        assert p.grad is layer.grads[name]
+        assert p.grad.shape == p.data.shape
+    assert [p.data.shape for p in params] == [(3, 5), (5,), (5,), (5, 4, 3), (4, 3), (4, 2), (2,)]
+    assert model.num_params == sum(p.data.size for p in params)
+
+
+def test_sequential_construction_errors():
+    with pytest.raises(ValueError, match="at least one layer"):
+        Sequential()
+    with pytest.raises(TypeError, match="layer 1"):
+        Sequential(Dense(3, 4), "relu")
+    with pytest.raises(ValueError, match="4"):
+        Sequential(Dense(3, 4), Dense(5, 2))
+
+
+# ============================================================================ inference and modes
+def _noisy_model(dtype=F32):
+    return Sequential(GaussianNoise(0.3, seed=1, dtype=dtype), Dense(6, 16, activation="relu", seed=2, dtype=dtype),
+                      Dropout(0.5, seed=3, dtype=dtype), Dense(16, 3, seed=4, dtype=dtype))
+
+
+def test_predict_is_deterministic_and_equals_forward_eval(rng):
+    model = _noisy_model()
+    X = rng.standard_normal((20, 6))
+    p1 = model.predict(X)
+    p2 = model.predict(X)
+    assert_same_bits(p1, p2)
+    assert_same_bits(p1, model.forward(X, training=False))
+    assert p1.dtype == np.float32 and p1.shape == (20, 3)
+    # predict does not change the mode: the model is still in training mode afterwards
+    assert all(layer.training for layer in model.layers)
+    assert not np.array_equal(model.forward(X), p1)
+
+
+def test_eval_and_train_modes(rng):
+    model = _noisy_model()
+    X = rng.standard_normal((20, 6))
+    assert model.eval() is model
+    a, b = model.forward(X), model.forward(X)
+    assert_same_bits(a, b)
+    assert_same_bits(a, model.predict(X))
+    model.train()
+    c, d = model.forward(X), model.forward(X)
+    assert not np.array_equal(c, d)
+    assert not np.array_equal(c, a)
+    # the noise-free network with Dropout/GaussianNoise removed gives the eval output
+    plain = Sequential(model.layers[1], model.layers[3])
+    assert_same_bits(plain.forward(X), a)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32, 99, 100, 1000])
+def test_predict_in_batches(batch_size, rng):
+    model = Sequential(Dense(5, 64, activation="tanh", dtype=F64, seed=0), Dropout(0.5, dtype=F64),
+                       Dense(64, 3, dtype=F64, seed=1))
+    X = rng.standard_normal((100, 5))
+    full = model.predict(X)
+    parts = model.predict(X, batch_size=batch_size)
+    assert parts.shape == full.shape and parts.dtype == full.dtype
+    np.testing.assert_allclose(parts, full, rtol=1e-12, atol=1e-12 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-5, ValueError), (2.5, TypeError), ("8", TypeError)])
+def test_predict_batch_size_validated(bad, exc, rng):
+    model = Sequential(Dense(5, 3))
+    with pytest.raises(exc, match="batch_size"):
+        model.predict(rng.standard_normal((4, 5)), batch_size=bad)
+
+
+def test_evaluate_matches_loss_on_predictions(rng):
+    X, y = spiral(30)
+    model = Sequential(Dense(2, 10, activation="relu", seed=0), Dropout(0.5, seed=1), Dense(10, 3, seed=2))
+    ev = model.evaluate(X, y)
+    scores = model.predict(X)
+    loss, _ = SoftmaxCrossEntropy()(scores, y)
+    assert ev["loss"] == loss
+    assert ev["accuracy"] == np.mean(np.argmax(scores, 1) == y)
+
+
+# ============================================================================ training
+def test_train_step_returns_float_and_decreases_loss(rng):
+    X, y = spiral(30)
+    model = Sequential(Dense(2, 32, activation="relu", seed=0), Dense(32, 3, seed=1))
+    opt = SGD(model.parameters(), lr=0.5, momentum=0.9)
+    losses = [model.train_step(X, y, SoftmaxCrossEntropy(), opt) for _ in range(30)]
+    assert all(type(v) is float for v in losses)
+    assert losses[0] == pytest.approx(np.log(3), rel=0.3)
+    assert losses[-1] < 0.7 * losses[0]
+    # the value is the loss of the forward pass before the update
+    before = model.forward(X, training=True)
+    value = model.train_step(X, y, "softmax", opt)
+    assert value == SoftmaxCrossEntropy()(before, y)[0]
+
+
+def test_fit_spiral(capsys):
+    X, y = spiral(100)
+    model = Sequential(Dense(2, 100, activation="relu", seed=0), Dense(100, 3, seed=1))
+    epochs = 100
+    history = model.fit(X, y, loss=SoftmaxCrossEntropy(), optimizer=Adam(model.parameters(), lr=0.01),
+                        epochs=epochs, batch_size=32, seed=0)
+    assert set(history) == {"loss", "accuracy", "samples_per_s"}
+    assert all(len(v) == epochs for v in history.values())
+    assert history["loss"][-1] < 0.25 * history["loss"][0]
+    assert history["accuracy"][-1] >= 0.9
+    assert all(s > 0 for s in history["samples_per_s"])
+    assert model.evaluate(X, y)["accuracy"] >= 0.95
+
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    assert len(lines) == epochs
+    for i, line in enumerate(lines, 1):
+        assert f"epoch {i}/{epochs}" in line
+        assert "samples/s" in line
+        assert f"{history['loss'][i - 1]:.4f}" in line
+
+
+def test_fit_validation_data(capsys):
+    X, y = spiral(60, seed=1)
+    Xv, yv = spiral(20, seed=2)
+    model = Sequential(Dense(2, 50, activation="relu", seed=0), Dense(50, 3, seed=1))
+    history = model.fit(X, y, optimizer=Adam(model.parameters(), lr=0.01), epochs=4, batch_size=30,
+                        validation_data=(Xv, yv), seed=1, verbose=False)
+    assert set(history) == {"loss", "accuracy", "samples_per_s", "val_loss", "val_accuracy"}
+    assert all(len(v) == 4 for v in history.values())
+    ev = model.evaluate(Xv, yv)
+    assert history["val_loss"][-1] == ev["loss"]
+    assert history["val_accuracy"][-1] == ev["accuracy"]
+    assert capsys.readouterr().out == ""  # verbose=False prints nothing
+
+
+def test_fit_argument_errors(rng):
+    X, y = spiral(10)
+    model = Sequential(Dense(2, 3))
+    with pytest.raises(ValueError, match="epochs"):
+        model.fit(X, y, epochs=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        model.fit(X, y, batch_size=2.0)
+    with pytest.raises(ValueError, match="y"):
+        model.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="validation_data"):
+        model.fit(X, y, validation_data=X)
+    with pytest.raises(ValueError, match="loss"):
+        model.fit(X, y, loss="nope")
+
+
+def _reproducible_model(dropout_seed=7):
+    return Sequential(Dense(2, 40, activation="relu", seed=1), Dropout(0.3, seed=dropout_seed),
+                      Dense(40, 40, activation="tanh", seed=2), GaussianNoise(0.1, seed=3), Dense(40, 3, seed=4))
+
+
+def test_fit_is_reproducible_with_seeds():
+    X, y = spiral(50)
+    runs = []
+    for fit_seed in (5, 5, 6):
+        model = _reproducible_model()
+        hist = model.fit(X, y, optimizer=SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=3,
+                         batch_size=16, seed=fit_seed, verbose=False)
+        runs.append((param_copies(model), hist["loss"]))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert_same_bits(a, b, what="same seeds")
+    assert runs[0][1] == runs[1][1]
+    assert not all(np.array_equal(a, b) for a, b in zip(runs[0][0], runs[2][0])), "fit's seed has no effect"
+
+
+def test_fit_nan_input_stops_and_keeps_last_parameters(rng):
+    """A NaN in X stops fit with a RuntimeWarning naming epoch and step; the parameters keep
+    their last finite values (the failing batch does not update them)."""
+    X, y = spiral(20)
+    X = X.copy()
+    X[25, 1] = np.nan  # batch 3 of 10 rows, without shuffling
+    model = Sequential(Dense(2, 8, activation="relu", seed=0), Dense(8, 3, seed=1))
+    twin = Sequential(Dense(2, 8, activation="relu", seed=0), Dense(8, 3, seed=1))
+    with pytest.warns(RuntimeWarning, match=r"epoch 1, step 3") as record:
+        history = model.fit(X, y, optimizer=SGD(model.parameters(), lr=0.1), epochs=3, batch_size=10,
+                            shuffle=False, verbose=False)
+    assert "stopped" in history and "epoch 1, step 3" in history["stopped"]
+    assert str(record[0].message) == history["stopped"]
+    assert history["loss"] == []
+    # the twin runs the two good steps by hand
+    opt = SGD(twin.parameters(), lr=0.1)
+    for k in range(2):
+        twin.train_step(X[10 * k:10 * (k + 1)], y[10 * k:10 * (k + 1)], "softmax", opt)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert np.all(np.isfinite(p.data))
+        assert_same_bits(p.data, q.data)
+
+
+def test_fit_absurd_learning_rate_stops(capsys):
+    X, y = spiral(30)
+    model = Sequential(Dense(2, 30, activation="relu", seed=0), Dense(30, 3, seed=1))
+    with pytest.warns(RuntimeWarning, match=r"epoch \d+, step \d+") as record:
+        history = model.fit(X, y, optimizer=SGD(model.parameters(), lr=1e30), epochs=20, batch_size=10)
+    assert "stopped" in history
+    m = re.search(r"epoch (\d+), step (\d+)", history["stopped"])
+    assert m and str(record[0].message) == history["stopped"]
+    assert len(history["loss"]) == int(m.group(1)) - 1  # the stopping epoch is not recorded
+    assert history["stopped"] in capsys.readouterr().out
+
+
+def test_fit_binary_cross_entropy():
+    X, y = blobs()
+    model = Sequential(Dense(2, 8, activation="tanh", seed=0), Dense(8, 1, seed=1))
+    history = model.fit(X, y, loss=BinaryCrossEntropy(), optimizer=Adam(model.parameters(), lr=0.05),
+                        epochs=15, batch_size=20, seed=0, verbose=False)
+    assert history["loss"][-1] < 0.3 * history["loss"][0]
+    ev = model.evaluate(X, y, loss="logistic")
+    assert ev["accuracy"] >= 0.95
+    pred = (model.predict(X)[:, 0] > 0).astype(int)
+    assert ev["accuracy"] == np.mean(pred == y)
+
+
+def test_fit_binary_hinge():
+    X, y01 = blobs(seed=1)
+    y = 2 * y01 - 1  # labels -1, +1
+    model = Sequential(Dense(2, 1, seed=0))
+    history = model.fit(X, y, loss=BinaryHinge(), optimizer=SGD(model.parameters(), lr=0.05), epochs=15,
+                        batch_size=20, seed=0, verbose=False)
+    assert history["loss"][-1] < 0.3 * history["loss"][0]
+    assert history["accuracy"][-1] >= 0.95
+    ev = model.evaluate(X, y, loss=BinaryHinge())
+    assert ev["accuracy"] >= 0.95
+    assert ev["accuracy"] == np.mean(np.where(model.predict(X)[:, 0] > 0, 1, -1) == y)
+
+
+def test_fit_multiclass_hinge():
+    X, y = spiral(50)
+    model = Sequential(Dense(2, 64, activation="relu", seed=0), Dense(64, 3, seed=1))
+    history = model.fit(X, y, loss=MulticlassHinge(), optimizer=Adam(model.parameters(), lr=0.01),
+                        epochs=40, batch_size=25, seed=0, verbose=False)
+    assert history["loss"][-1] < 0.3 * history["loss"][0]
+    assert model.evaluate(X, y, loss="svm")["accuracy"] >= 0.9
+
+
+def test_fit_regression_mse():
+    r = np.random.default_rng(3)
+    X = np.linspace(-1, 1, 200)[:, None]
+    y = np.sin(3 * X) + 0.01 * r.standard_normal(X.shape)
+    model = Sequential(Dense(1, 32, activation="tanh", seed=0), Dense(32, 1, seed=1))
+    history = model.fit(X, y, loss=MeanSquaredError(), optimizer=Adam(model.parameters(), lr=0.02),
+                        epochs=60, batch_size=20, seed=0, verbose=False)
+    assert set(history) == {"loss", "samples_per_s"}
+    assert history["loss"][-1] < 0.05 * history["loss"][0]
+    ev = model.evaluate(X, y, loss="mse")
+    assert set(ev) == {"loss"} and ev["loss"] < 0.01
+    np.testing.assert_allclose(ev["loss"], 0.5 * np.mean((model.predict(X).astype(F64) - y) ** 2), rtol=1e-5)
+
+
+def test_training_is_thread_invariant():
+    r = np.random.default_rng(0)
+    X = r.standard_normal((256, 256)).astype(F32)
+    y = r.integers(0, 10, 256)
+    # the products of this network are big enough to be split into several tiles
+    from fastnn._kernels import dense as _kd
+    tiles = _kd.plan(256, 512, 512)
+    assert tiles[2] * tiles[3] > 1
+
+    def run():
+        model = Sequential(Dense(256, 512, activation="relu", seed=1), Dropout(0.2, seed=2),
+                           Dense(512, 512, seed=3), PReLU(512), Dense(512, 10, seed=4))
+        opt = Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+        losses = [model.train_step(X, y, "softmax", opt) for _ in range(20)]
+        return losses, param_copies(model)
+
+    losses, _ = assert_thread_invariant(run)
+    assert losses[-1] < losses[0]
+
+
+# ============================================================================ save / load
+def _save_model(seed=0):
+    return Sequential(Dense(4, 6, activation="prelu", seed=seed), Dropout(0.25), Dense(6, 5, seed=seed + 1),
+                      LeakyReLU(0.05), Maxout(5, 3, pieces=2, seed=seed + 2), Tanh(), PReLU(3),
+                      Dense(3, 2, activation="sigmoid", seed=seed + 3))
+
+
+def _perturb(model, seed):
+    r = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data[...] = r.standard_normal(p.shape)
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    model = _save_model()
+    _perturb(model, 1)  # PReLU slopes and biases away from their initial values
+    X = rng.standard_normal((7, 4))
+    path = tmp_path / "model.npz"
+    model.save(path)
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+    other = _save_model(seed=10)
+    assert not np.array_equal(other.parameters()[0].data, model.parameters()[0].data)
+    assert other.load(path) is other
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert_same_bits(q.data, p.data)
+    assert_same_bits(other.predict(X), model.predict(X))
+
+    rebuilt = load_model(str(path))
+    assert [type(l) for l in rebuilt.layers] == [type(l) for l in model.layers]
+    assert [l.get_config() for l in rebuilt.layers] == [l.get_config() for l in model.layers]
+    for p, q in zip(model.parameters(), rebuilt.parameters()):
+        assert_same_bits(q.data, p.data)
+    assert_same_bits(rebuilt.predict(X), model.predict(X))
+
+
+def test_save_load_float64(tmp_path, rng):
+    model = Sequential(Dense(3, 4, activation="tanh", dtype=F64, seed=0), Dense(4, 2, dtype=F64, seed=1))
+    _perturb(model, 2)
+    path = tmp_path / "m64.npz"
+    model.save(path)
+    rebuilt = load_model(path)
+    assert rebuilt.dtype == F64
+    for p, q in zip(model.parameters(), rebuilt.parameters()):
+        assert_same_bits(q.data, p.data)
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _write_npz(path, arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _expect_rejected(model, path):
+    before = param_copies(model)
+    with pytest.raises(ValueError):
+        model.load(path)
+    assert_params_equal(model, before)
+    with pytest.raises(ValueError):
+        load_model(path)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """(model, path, arrays) of a saved model, and a target model with other parameters."""
+    src = _save_model()
+    _perturb(src, 3)
+    path = tmp_path / "src.npz"
+    src.save(path)
+    target = _save_model(seed=20)
+    return target, path, _arrays(path)
+
+
+def test_load_other_architecture(tmp_path):
+    small = Sequential(Dense(4, 6, activation="relu", seed=0), Dense(6, 2, seed=1))
+    path = tmp_path / "small.npz"
+    small.save(path)
+    target = _save_model()
+    before = param_copies(target)
+    with pytest.raises(ValueError, match="architecture"):
+        target.load(path)
+    assert_params_equal(target, before)
+    # the same layers with another width, and another activation
+    for other in (Sequential(Dense(4, 7, activation="relu"), Dense(7, 2)),
+                  Sequential(Dense(4, 6, activation="tanh"), Dense(6, 2))):
+        before = param_copies(other)
+        with pytest.raises(ValueError):
+            other.load(path)
+        assert_params_equal(other, before)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 0.5, -1, -22])
+def test_load_truncated_file(saved, tmp_path, cut):
+    target, path, _ = saved
+    raw = path.read_bytes()
+    n = int(len(raw) * cut) if isinstance(cut, float) else (cut if cut >= 0 else len(raw) + cut)
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(raw[:n])
+    _expect_rejected(target, bad)
+
+
+def test_load_corrupted_bytes(saved, tmp_path):
+    target, path, _ = saved
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "flipped.npz"
+    bad.write_bytes(bytes(raw))
+    _expect_rejected(target, bad)
+
+
+def test_load_garbage_and_missing(saved, tmp_path):
+    target, _, _ = saved
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    _expect_rejected(target, garbage)
+    text = tmp_path / "text.npz"
+    text.write_text("not a model\n")
+    _expect_rejected(target, text)
+    npy = tmp_path / "array.npy"
+    np.save(npy, np.arange(5.0))
+    _expect_rejected(target, npy)
+    _expect_rejected(target, tmp_path / "does-not-exist.npz")
+    _expect_rejected(target, tmp_path)  # a directory
+
+
+def test_load_npz_without_metadata(saved, tmp_path):
+    target, _, arrays = saved
+    del arrays["__fastnn__"]
+    bad = tmp_path / "nometa.npz"
+    _write_npz(bad, arrays)
+    _expect_rejected(target, bad)
+
+
+@pytest.mark.parametrize("meta", [b"{not json", json.dumps({"format": "other", "version": 1, "layers": []}).encode(),
+                                  json.dumps({"format": "fastnn.Sequential", "version": 99, "layers": []}).encode(),
+                                  json.dumps([1, 2]).encode()],
+                         ids=["json", "format", "version", "list"])
+def test_load_bad_metadata(saved, tmp_path, meta):
+    target, _, arrays = saved
+    arrays["__fastnn__"] = np.frombuffer(meta, dtype=np.uint8)
+    bad = tmp_path / "badmeta.npz"
+    _write_npz(bad, arrays)
+    _expect_rejected(target, bad)
+
+
+_PICKLE_RAN = []
+
+
+def _pickle_payload():
+    _PICKLE_RAN.append(True)
+    return 0.0
+
+
+class _Evil:
+    def __reduce__(self):
+        return (_pickle_payload, ())
+
+
+def test_load_never_unpickles(saved, tmp_path):
+    target, _, arrays = saved
+    key = "7.W"  # the last Dense's weights: (3, 2)
+    assert arrays[key].shape == (3, 2)
+    arrays[key] = np.array([[_Evil(), _Evil()]] * 3, dtype=object)
+    bad = tmp_path / "pickled.npz"
+    _write_npz(bad, arrays)  # np.savez pickles object arrays
+    _PICKLE_RAN.clear()
+    _expect_rejected(target, bad)
+    assert _PICKLE_RAN == [], "fastnn unpickled data from a model file"
+    # the payload is live: loading with pickles allowed would have run it
+    with np.load(bad, allow_pickle=True) as f:
+        f[key]
+    assert _PICKLE_RAN, "the crafted file does not carry a working pickle payload"
+    _PICKLE_RAN.clear()
+
+
+@pytest.mark.parametrize("change", ["dtype", "shape", "missing", "extra", "nan"])
+def test_load_wrong_array(saved, tmp_path, change):
+    target, _, arrays = saved
+    key = "7.b"  # the last array: earlier ones would already be written by a non-staged load
+    if change == "dtype":
+        arrays[key] = arrays[key].astype(np.float64)
+    elif change == "shape":
+        arrays[key] = np.concatenate([arrays[key], arrays[key]])
+    elif change == "missing":
+        del arrays[key]
+    elif change == "extra":
+        arrays["8.W"] = np.zeros((2, 2), np.float32)
+    elif change == "nan":
+        arrays[key] = np.full_like(arrays[key], np.nan)
+    bad = tmp_path / f"{change}.npz"
+    _write_npz(bad, arrays)
+    _expect_rejected(target, bad)
+
+
+def test_load_transposed_weights(saved, tmp_path):
+    target, _, arrays = saved
+    arrays["2.W"] = np.ascontiguousarray(arrays["2.W"].T)  # (5, 6) instead of (6, 5)
+    bad = tmp_path / "transposed.npz"
+    _write_npz(bad, arrays)
+    _expect_rejected(target, bad)
+
+
+def _npy_bytes(a):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("raw_key", ["__fastnn__", "0.W"])
+def test_load_zip_member_that_is_not_npy(saved, tmp_path, raw_key):
+    """np.load returns a zip member without the .npy format as raw bytes: rejected as well."""
+    target, _, arrays = saved
+    bad = tmp_path / "raw.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        for k, v in arrays.items():
+            if k == raw_key:
+                z.writestr(k, v.tobytes())  # no .npy header
+            else:
+                z.writestr(k + ".npy", _npy_bytes(v))
+    _expect_rejected(target, bad)
+
+
+def test_load_array_header_claiming_huge_shape(saved, tmp_path):
+    """An .npy header may claim any shape; the allocation failure is a ValueError too."""
+    target, _, arrays = saved
+    bad = tmp_path / "huge.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        for k, v in arrays.items():
+            if k == "0.W":
+                hdr = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    hdr, {"descr": "<f4", "fortran_order": False, "shape": (2**45,)})
+                z.writestr(k + ".npy", hdr.getvalue() + bytes(64))
+            else:
+                z.writestr(k + ".npy", _npy_bytes(v))
+    _expect_rejected(target, bad)
+
+
+@pytest.mark.parametrize("edit", ["unknown-type", "bad-config", "too-big-for-numpy", "too-big-for-memory",
+                                  "config-not-dict"])
+def test_load_model_rejects_bad_architecture(saved, tmp_path, edit):
+    _, _, arrays = saved
+    meta = json.loads(arrays["__fastnn__"].tobytes().decode())
+    entry = meta["layers"][0]
+    if edit == "unknown-type":
+        entry["type"] = "Conv2D"
+    elif edit == "bad-config":
+        entry["config"]["in_features"] = -4
+    elif edit == "too-big-for-numpy":  # 2**62 elements: numpy refuses the shape
+        entry["config"]["in_features"] = entry["config"]["out_features"] = 2**31 - 1
+    elif edit == "too-big-for-memory":  # 2**48 elements: 1-2 PiB, beyond any address space
+        entry["config"]["in_features"] = entry["config"]["out_features"] = 2**24
+    else:
+        entry["config"] = [1, 2]
+    arrays["__fastnn__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    bad = tmp_path / "arch.npz"
+    _write_npz(bad, arrays)
+    with pytest.raises(ValueError, match="layer 0"):
+        load_model(bad)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    first = _save_model()
+    _perturb(first, 4)
+    path = tmp_path / "model.npz"
+    first.save(path)
+    original = path.read_bytes()
+
+    def failing_savez(file, *args, **kwargs):
+        file.write(b"PK\x03\x04 partial archive")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    second = _save_model(seed=30)
+    with pytest.raises(OSError, match="simulated"):
+        second.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model.npz"], "a temporary file was left behind"
+    assert path.read_bytes() == original
+    rebuilt = load_model(path)
+    for p, q in zip(first.parameters(), rebuilt.parameters()):
+        assert_same_bits(q.data, p.data)
+    # and a failing first save leaves nothing at all
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError):
+        second.save(tmp_path / "new.npz")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_save_overwrites(tmp_path):
+    path = tmp_path / "m.npz"
+    a, b = _save_model(seed=0), _save_model(seed=50)
+    a.save(path)
+    b.save(path)
+    rebuilt = load_model(path)
+    for p, q in zip(b.parameters(), rebuilt.parameters()):
+        assert_same_bits(q.data, p.data)
+    assert os.listdir(tmp_path) == ["m.npz"]

@@ -1,0 +1,382 @@
+"""fastnn.solver.Solver: the course's training loop, keyword arguments and checkpoints."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastnn.optim
+from conftest import assert_same_bits
+from fastnn.models import FullyConnectedNet, TwoLayerNet
+from fastnn.solver import Solver, load_checkpoint
+
+
+# ----------------------------------------------------------------------------- fixtures
+def _data(n_train=60, n_val=30, dim=6, classes=3, seed=0):
+    """Gaussian blobs, one per class, so a small net learns something in a few epochs."""
+    rng = np.random.default_rng(seed)
+    centers = 3.0 * rng.standard_normal((classes, dim))
+
+    def draw(n):
+        y = rng.integers(0, classes, size=n)
+        return (centers[y] + rng.standard_normal((n, dim))).astype(np.float32), y
+
+    X_train, y_train = draw(n_train)
+    X_val, y_val = draw(n_val)
+    return {"X_train": X_train, "y_train": y_train, "X_val": X_val, "y_val": y_val}
+
+
+def _model(seed=0, **kw):
+    return FullyConnectedNet([16], input_dim=6, num_classes=3, weight_scale=0.1, seed=seed, **kw)
+
+
+class ScriptedModel:
+    """A model whose validation accuracy follows a script over the training steps.
+
+    One parameter ``t`` counts the steps (its gradient is -1, so ``sgd`` with learning rate 1
+    adds 1 per step). On the validation rows (labels all 0) it gets ``accuracy(t)`` right."""
+
+    def __init__(self, n_val=10, peak=4):
+        self.params = {"t": np.zeros(1)}
+        self.n_val = n_val
+        self.peak = peak
+
+    def accuracy(self, t):
+        return max(0, self.n_val - 2 * abs(int(round(t)) - self.peak)) / self.n_val
+
+    def loss(self, X, y=None):
+        if y is not None:
+            return 1.0 / (1.0 + self.params["t"][0]), {"t": np.array([-1.0])}
+        n_right = int(round(self.accuracy(self.params["t"][0]) * self.n_val))
+        idx = X[:, 0].astype(int)  # row ids in [0, n_val)
+        scores = np.zeros((len(X), 2))
+        scores[:, 1] = np.where(idx < n_right, -1.0, 1.0)
+        return scores
+
+
+def _scripted_data(n_val=10, n_train=5):
+    ids = np.arange(n_val, dtype=np.float64)[:, None]
+    return {"X_train": np.zeros((n_train, 1)), "y_train": np.zeros(n_train, dtype=int),
+            "X_val": ids, "y_val": np.zeros(n_val, dtype=int)}
+
+
+# ----------------------------------------------------------------------------- arguments
+def test_unrecognized_kwargs_raise_naming_them():
+    with pytest.raises(ValueError, match="bogus.*learnin_rate|learnin_rate.*bogus"):
+        Solver(_model(), _data(), bogus=1, learnin_rate=0.1)
+
+
+@pytest.mark.parametrize("rule", ["sgdd", "Adam", "", "__init__", 3])
+def test_unknown_update_rule_raises(rule):
+    with pytest.raises(ValueError, match="update_rule"):
+        Solver(_model(), _data(), update_rule=rule)
+
+
+def test_update_rule_callable_is_used():
+    calls = []
+
+    def rule(w, dw, config):
+        calls.append(config.get("tag"))
+        return w, config
+
+    solver = Solver(_model(), _data(), update_rule=rule, optim_config={"tag": "x"},
+                    num_epochs=1, batch_size=30, verbose=False, seed=0)
+    solver.train()
+    n_params = 2 * 2
+    assert calls == ["x"] * (n_params * 2)  # 2 iterations per epoch, 4 parameters
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [({"batch_size": 0}, "batch_size"), ({"num_epochs": -1}, "num_epochs"),
+     ({"lr_decay": 0.0}, "lr_decay"), ({"print_every": 0}, "print_every"),
+     ({"num_train_samples": 0}, "num_train_samples"), ({"seed": -3}, "seed")],
+)
+def test_bad_values_raise(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        Solver(_model(), _data(), **kwargs)
+
+
+def test_bad_data_raises():
+    data = _data()
+    del data["y_val"]
+    with pytest.raises(ValueError, match="y_val"):
+        Solver(_model(), data)
+    data = _data()
+    data["y_train"] = data["y_train"][:-1]
+    with pytest.raises(ValueError, match="X_train"):
+        Solver(_model(), data)
+    with pytest.raises(TypeError, match="data"):
+        Solver(_model(), [1, 2])
+
+
+def test_defaults_are_the_course_ones():
+    s = Solver(_model(), _data())
+    assert s.update_rule is fastnn.optim.sgd
+    assert (s.lr_decay, s.batch_size, s.num_epochs, s.num_train_samples, s.num_val_samples,
+            s.checkpoint_name, s.print_every, s.verbose) == (1.0, 100, 10, 1000, None, None, 10, True)
+    assert s.optim_config == {}
+
+
+# ----------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize("n_train, batch_size, epochs, per_epoch",
+                         [(60, 20, 4, 3), (61, 20, 3, 3), (10, 100, 3, 1)])
+def test_history_lengths(n_train, batch_size, epochs, per_epoch):
+    solver = Solver(_model(), _data(n_train=n_train), batch_size=batch_size, num_epochs=epochs,
+                    verbose=False, seed=1)
+    solver.train()
+    assert solver.epoch == epochs
+    assert len(solver.loss_history) == epochs * per_epoch
+    # after the first iteration and at the end of every epoch (one check when the first
+    # iteration is also the end of the first epoch)
+    checks = epochs + 1 if per_epoch > 1 else epochs
+    assert len(solver.train_acc_history) == checks
+    assert len(solver.val_acc_history) == checks
+    assert all(0.0 <= a <= 1.0 for a in solver.train_acc_history + solver.val_acc_history)
+    assert all(isinstance(v, float) for v in solver.loss_history)
+
+
+def test_learning_rate_decays_once_per_epoch():
+    seen = []
+
+    def rule(w, dw, config):
+        seen.append(config["learning_rate"])
+        return fastnn.optim.sgd(w, dw, config)
+
+    lr, decay, per_epoch, epochs = 0.05, 0.5, 3, 4
+    solver = Solver(_model(), _data(n_train=60), update_rule=rule, optim_config={"learning_rate": lr},
+                    lr_decay=decay, batch_size=20, num_epochs=epochs, verbose=False, seed=0)
+    solver.train()
+    n_params = 4
+    expected = [lr * decay ** (it // per_epoch) for it in range(per_epoch * epochs) for _ in range(n_params)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-15)
+    for config in solver.optim_configs.values():
+        assert config["learning_rate"] == pytest.approx(lr * decay ** epochs, rel=1e-15)
+
+
+def test_optim_config_copied_per_parameter_and_left_alone():
+    user_config = {"learning_rate": 1e-2, "momentum": 0.5}
+    solver = Solver(_model(), _data(), update_rule="sgd_momentum", optim_config=user_config,
+                    lr_decay=0.9, num_epochs=2, batch_size=30, verbose=False, seed=0)
+    solver.train()
+    assert user_config == {"learning_rate": 1e-2, "momentum": 0.5}
+    configs = solver.optim_configs
+    assert set(configs) == {"W1", "b1", "W2", "b2"}
+    assert len({id(c) for c in configs.values()}) == 4
+    for name, config in configs.items():
+        assert config["velocity"].shape == solver.model.params[name].shape
+        assert config["momentum"] == 0.5
+
+
+# ----------------------------------------------------------------------------- best params
+def test_best_params_restored_not_last():
+    model = ScriptedModel(n_val=10, peak=4)
+    solver = Solver(model, _scripted_data(), update_rule="sgd", optim_config={"learning_rate": 1.0},
+                    batch_size=1, num_epochs=2, num_train_samples=None, verbose=False, seed=0)
+    solver.train()
+    # 5 iterations per epoch: checks after steps 1, 5 and 10, i.e. at t = 1, 5, 10
+    np.testing.assert_allclose(solver.val_acc_history, [model.accuracy(t) for t in (1, 5, 10)])
+    assert solver.best_val_acc == max(solver.val_acc_history) == model.accuracy(5)
+    # the update rule wrote into the parameter array after step 5: best_params must be a copy
+    assert solver.best_params["t"][0] == 5.0
+    assert model.params["t"][0] == 5.0
+    assert model.params["t"] is not solver.best_params["t"]
+
+
+def test_best_params_restored_real_model():
+    data = _data(seed=3)
+    model = _model(seed=3)
+    solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-2},
+                    num_epochs=6, batch_size=20, verbose=False, seed=3)
+    solver.train()
+    assert set(model.params) == set(solver.best_params)
+    for k, v in solver.best_params.items():
+        assert_same_bits(model.params[k], v, what=k)
+        assert model.params[k] is not v
+    assert solver.check_accuracy(data["X_val"], data["y_val"]) == solver.best_val_acc
+    assert solver.best_val_acc == max(solver.val_acc_history)
+    # training again from the restored point does not disturb the stored copies
+    saved = {k: v.copy() for k, v in solver.best_params.items()}
+    solver._step()
+    for k in saved:
+        assert_same_bits(solver.best_params[k], saved[k], what=k)
+
+
+def test_first_check_keeps_params_even_at_zero_accuracy():
+    model = ScriptedModel(n_val=10, peak=100)  # accuracy 0 for every t seen here
+    solver = Solver(model, _scripted_data(n_train=10), optim_config={"learning_rate": 1.0},
+                    batch_size=5, num_epochs=2, verbose=False, seed=0)
+    solver.train()
+    assert solver.val_acc_history == [0.0, 0.0, 0.0]
+    assert set(model.params) == {"t"}  # never replaced by an empty dict
+    assert model.params["t"][0] == 1.0
+
+
+# ----------------------------------------------------------------------------- accuracy
+def test_check_accuracy_counts_argmax_hits():
+    model = ScriptedModel(n_val=10, peak=0)
+    data = _scripted_data()
+    solver = Solver(model, data, verbose=False, seed=0)
+    for t in range(6):
+        model.params["t"][0] = t
+        for bs in (1, 3, 100):
+            assert solver.check_accuracy(data["X_val"], data["y_val"], batch_size=bs) == model.accuracy(t)
+
+
+def test_check_accuracy_subsamples():
+    model = ScriptedModel(n_val=10, peak=2)  # 6 of the 10 rows right
+    data = _scripted_data()
+    solver = Solver(model, data, verbose=False, seed=0)
+    model.params["t"][0] = 0.0
+    accs = {solver.check_accuracy(data["X_val"], data["y_val"], num_samples=5) for _ in range(30)}
+    assert accs <= {k / 5 for k in range(6)}
+    assert len(accs) > 1  # different random subsets
+
+
+# ----------------------------------------------------------------------------- rules
+@pytest.mark.parametrize("rule, state", [
+    ("sgd", set()), ("sgd_momentum", {"velocity"}), ("nesterov_momentum", {"velocity"}),
+    ("rmsprop", {"cache"}), ("adam", {"m", "v", "t"}),
+])
+def test_each_update_rule_trains(rule, state):
+    assert rule in fastnn.optim.__all__
+    data = _data(seed=4)
+    model = _model(seed=4)
+    before = {k: v.copy() for k, v in model.params.items()}
+    lr = 1e-2 if rule in ("rmsprop", "adam") else 5e-2
+    solver = Solver(model, data, update_rule=rule, optim_config={"learning_rate": lr},
+                    num_epochs=5, batch_size=20, verbose=False, seed=4)
+    solver.train()
+    assert solver.update_rule is getattr(fastnn.optim, rule)
+    for k, config in solver.optim_configs.items():
+        assert state <= set(config), (k, set(config))
+    if rule == "adam":
+        assert all(c["t"] == 15 for c in solver.optim_configs.values())
+    assert np.isfinite(solver.loss_history).all()
+    assert np.mean(solver.loss_history[-3:]) < 0.5 * solver.loss_history[0]
+    assert any(not np.array_equal(before[k], model.params[k]) for k in before)
+    assert solver.best_val_acc > 0.6  # well-separated blobs
+
+
+# ----------------------------------------------------------------------------- randomness
+def test_seed_makes_runs_identical():
+    histories = []
+    for _ in range(2):
+        solver = Solver(_model(seed=5), _data(), num_epochs=3, batch_size=10, verbose=False, seed=7,
+                        num_train_samples=20)
+        solver.train()
+        histories.append((solver.loss_history, solver.train_acc_history))
+    assert histories[0] == histories[1]
+    other = Solver(_model(seed=5), _data(), num_epochs=3, batch_size=10, verbose=False, seed=8)
+    other.train()
+    assert other.loss_history != histories[0][0]
+
+
+def test_seed_none_uses_global_numpy_state_and_seed_leaves_it_alone():
+    runs = []
+    for _ in range(2):
+        np.random.seed(11)
+        solver = Solver(_model(seed=5), _data(), num_epochs=2, batch_size=10, verbose=False)
+        solver.train()
+        runs.append(solver.loss_history)
+    assert runs[0] == runs[1]
+
+    np.random.seed(11)
+    expected_next = np.random.rand()
+    np.random.seed(11)
+    Solver(_model(seed=5), _data(), num_epochs=2, batch_size=10, verbose=False, seed=1).train()
+    assert np.random.rand() == expected_next
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoints_are_npz_and_json_without_pickle(tmp_path):
+    model = ScriptedModel()
+    prefix = tmp_path / "run" / "net"
+    prefix.parent.mkdir()
+    solver = Solver(model, _scripted_data(n_train=5), update_rule="sgd",
+                    optim_config={"learning_rate": 1.0}, batch_size=1, num_epochs=3,
+                    lr_decay=0.5, checkpoint_name=str(prefix), verbose=False, seed=0)
+    solver.train()
+
+    names = sorted(p.name for p in prefix.parent.iterdir())
+    assert names == sorted(f"net_epoch_{e}.{ext}" for e in range(4) for ext in ("npz", "json"))
+    for e in range(4):
+        npz = prefix.parent / f"net_epoch_{e}.npz"
+        with zipfile.ZipFile(npz) as zf:
+            assert zf.namelist() == ["t.npy"]
+        with np.load(npz, allow_pickle=False) as f:
+            # epoch 0 is written after the first step, epoch e after 5 * e steps; the step
+            # size halves after every epoch (lr_decay)
+            assert f["t"].tolist() == [[1.0, 5.0, 7.5, 8.75][e]]
+        with open(prefix.parent / f"net_epoch_{e}.json", encoding="utf-8") as fh:
+            info = json.load(fh)
+        assert info["format"] == "fastnn-solver-checkpoint"
+        assert info["epoch"] == e
+        assert info["params_file"] == f"net_epoch_{e}.npz"
+        assert info["param_names"] == ["t"]
+        assert info["update_rule"] == "sgd"
+        assert info["lr_decay"] == 0.5
+        assert info["batch_size"] == 1 and info["num_epochs"] == 3
+        assert info["optim_config"] == {"learning_rate": 1.0}
+        assert len(info["train_acc_history"]) == len(info["val_acc_history"]) == e + 1
+        assert info["loss_history"] == solver.loss_history[:max(1, 5 * e)]
+        assert info["val_acc_history"] == solver.val_acc_history[:e + 1]
+
+    params, info = load_checkpoint(str(prefix) + "_epoch_2.npz")
+    assert params["t"].tolist() == [7.5] and info["epoch"] == 2
+    params, info = load_checkpoint(str(prefix) + "_epoch_3.json")
+    assert params["t"].tolist() == [8.75] and info["epoch"] == 3
+
+
+def test_checkpoint_of_a_real_model_round_trips(tmp_path):
+    model = _model(seed=2)
+    solver = Solver(model, _data(), num_epochs=1, batch_size=60, verbose=False, seed=0,
+                    checkpoint_name=str(tmp_path / "fc"))
+    solver.train()
+    params, info = load_checkpoint(tmp_path / "fc_epoch_1")
+    assert set(params) == {"W1", "b1", "W2", "b2"}
+    for k, v in params.items():  # best after a single step is that step's params: both equal
+        assert_same_bits(v, model.params[k], what=k)
+
+
+def test_verbose_prints_progress(capsys):
+    Solver(_model(), _data(), num_epochs=2, batch_size=20, print_every=2, seed=0).train()
+    out = capsys.readouterr().out
+    assert "(Iteration 1 / 6) loss:" in out
+    assert "(Iteration 3 / 6) loss:" in out and "(Iteration 2 / 6)" not in out
+    assert "(Epoch 2 / 2) train acc:" in out
+    Solver(_model(), _data(), num_epochs=1, verbose=False, seed=0).train()
+    assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------- duck type
+def test_course_style_loop_drives_models_like_solver():
+    """A loop written the way the course's Solver is (np.random.choice, model.params,
+    model.loss, an update rule per parameter, next_w stored back, argmax accuracy) trains the
+    fastnn models, and gives exactly the losses of fastnn.Solver on the same minibatches."""
+    data = _data(n_train=60)
+    for make in (lambda: TwoLayerNet(6, 16, 3, weight_scale=0.1, seed=9),
+                 lambda: FullyConnectedNet([16, 12], input_dim=6, num_classes=3, weight_scale=0.1, seed=9)):
+        model = make()
+        configs = {p: {"learning_rate": 0.05} for p in model.params}
+        np.random.seed(21)
+        course_losses = []
+        for _ in range(12):
+            idx = np.random.choice(60, 20)
+            loss, grads = model.loss(data["X_train"][idx], data["y_train"][idx])
+            course_losses.append(loss)
+            for p, w in model.params.items():
+                next_w, next_config = fastnn.optim.sgd(w, grads[p], configs[p])
+                model.params[p] = next_w
+                configs[p] = next_config
+        scores = model.loss(data["X_val"])
+        course_acc = np.mean(np.argmax(scores, axis=1) == data["y_val"])
+        assert course_losses[-1] < course_losses[0]
+        assert course_acc > 1 / 3
+
+        model2 = make()
+        np.random.seed(21)
+        solver = Solver(model2, data, optim_config={"learning_rate": 0.05}, batch_size=20,
+                        num_epochs=4, num_train_samples=None, verbose=False)
+        solver.train()
+        assert solver.loss_history == [float(v) for v in course_losses]
