@@ -1,0 +1,237 @@
+"""``python -m fastnn bench``: one training step, side by side, on this machine.
+
+For each network it times, interleaved in one process (medians of several rounds):
+
+- ``fastnn``: the layer API (``Sequential.train_step``: one kernel call per step);
+- ``functional``: a course-style step written with ``fastnn.functional`` and ``fastnn.optim``;
+- ``numpy``: the same step in plain NumPy (``fastnn.reference``);
+- ``torch``: PyTorch (CPU, same thread count), when it is installed.
+
+A step is forward, softmax loss, backward and a plain SGD update. The table gives each time,
+the speedups of fastnn over NumPy and PyTorch, and the fraction of the GEMM roofline reached:
+a step's products (6 N sum(d_i d_i+1) flops) at the matmul rate NumPy reaches in the same run.
+"""
+import argparse
+import json
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+import fastnn
+from fastnn import functional as F
+from fastnn import optim as O
+from fastnn.reference import dense as RD
+from fastnn.reference import losses as RL
+
+NETWORKS = [
+    ((2, 100, 3), 300),
+    ((64, 64, 64, 10), 32),
+    ((3072, 100, 10), 200),
+    ((784, 512, 512, 10), 128),
+    ((784, 512, 512, 10), 1024),
+    ((4096, 4096, 4096, 1000), 256),
+]
+
+
+def _params(dims, dtype, seed):
+    rng = np.random.default_rng(seed)
+    p = {}
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        p[f"W{i}"] = (rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(dtype)
+        p[f"b{i}"] = np.zeros(b, dtype)
+    return p
+
+
+def _course_step(mod_dense, mod_loss, update, p, X, y, n_layers, lr):
+    """A course-style step: affine_relu layers, affine scores, softmax loss, SGD."""
+    caches, h = [], X
+    for i in range(n_layers - 1):
+        h, c = mod_dense.affine_relu_forward(h, p[f"W{i}"], p[f"b{i}"])
+        caches.append(c)
+    s, c = mod_dense.affine_forward(h, p[f"W{n_layers - 1}"], p[f"b{n_layers - 1}"])
+    loss, d = mod_loss.softmax_loss(s, y)
+    d, dw, db = mod_dense.affine_backward(d, c)
+    grads = {f"W{n_layers - 1}": dw, f"b{n_layers - 1}": db}
+    for i in reversed(range(n_layers - 1)):
+        d, dw, db = mod_dense.affine_relu_backward(d, caches[i])
+        grads[f"W{i}"], grads[f"b{i}"] = dw, db
+    update(p, grads, lr)
+    return loss
+
+
+def _numpy_update(p, grads, lr):
+    for k in p:
+        p[k] -= lr * grads[k]
+
+
+def _fastnn_update(p, grads, lr):
+    cfg = {"learning_rate": lr}
+    for k in p:
+        p[k], _ = O.sgd(p[k], grads[k], cfg)
+
+
+def _make_runners(dims, n, dtype, torch, seed=0):
+    rng = np.random.default_rng(seed + 1)
+    X = rng.standard_normal((n, dims[0])).astype(dtype)
+    y = rng.integers(0, dims[-1], n)
+    L = len(dims) - 1
+    lr = 1e-3
+    runners = {}
+
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(fastnn.Dense(a, b, activation="relu" if i < L - 1 else None, dtype=dtype, seed=seed + i))
+    model = fastnn.Sequential(*layers)
+    opt = fastnn.SGD(model.parameters(), lr=lr)
+    loss = fastnn.SoftmaxCrossEntropy()
+    runners["fastnn"] = lambda: model.train_step(X, y, loss, opt)
+
+    pf = _params(dims, dtype, seed)
+    runners["functional"] = lambda: _course_step(F, F, _fastnn_update, pf, X, y, L, lr)
+    pn = _params(dims, dtype, seed)
+    runners["numpy"] = lambda: _course_step(RD, RL, _numpy_update, pn, X, y, L, lr)
+
+    if torch is not None:
+        tdt = torch.float32 if dtype == np.float32 else torch.float64
+        mods = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            mods.append(torch.nn.Linear(a, b).to(tdt))
+            if i < L - 1:
+                mods.append(torch.nn.ReLU())
+        tmodel = torch.nn.Sequential(*mods)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=lr)
+        tX = torch.from_numpy(X)
+        ty = torch.from_numpy(y)
+        lossfn = torch.nn.CrossEntropyLoss()
+
+        def torch_step():
+            topt.zero_grad(set_to_none=False)
+            out = lossfn(tmodel(tX), ty)
+            out.backward()
+            topt.step()
+            return out
+
+        runners["torch"] = torch_step
+    return runners, model, X, y, opt, loss
+
+
+def _time(fn, min_time):
+    """Seconds per call: repeat until at least min_time has passed."""
+    fn()
+    count, start = 0, time.perf_counter()
+    while True:
+        fn()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / count
+
+
+def matmul_rate(dtype, size=2048, rounds=5):
+    """GFLOP/s of NumPy's matmul on size x size matrices (median of rounds)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    a @ b
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * size**3 / float(np.median(ts)) / 1e9
+
+
+def step_memory(model, X, y, opt, loss):
+    """Peak bytes NumPy allocates during one fastnn step (after a warm-up step), and the bytes
+    the step must hold: parameters + gradients + activations kept for backward."""
+    model.train_step(X, y, loss, opt)
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    model.train_step(X, y, loss, opt)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    params = sum(p.data.nbytes for p in model.parameters())
+    acts = sum(X.shape[0] * layer.out_features * X.itemsize for layer in model.layers)
+    return peak, params * 2 + acts
+
+
+def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
+        stream=sys.stdout, skip_large=False):
+    if threads is not None:
+        fastnn.set_num_threads(threads)
+    nthreads = fastnn.get_num_threads()
+    torch = None
+    if use_torch:
+        try:
+            import torch as _torch
+
+            _torch.set_num_threads(nthreads)
+            torch = _torch
+        except ImportError:
+            torch = None
+    networks = networks or NETWORKS
+    results = []
+    print(f"fastnn {fastnn.__version__}, {nthreads} threads, "
+          f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
+          f"{time.strftime('%Y-%m-%d')}", file=stream)
+    for dt in dtypes:
+        dtype = np.dtype(dt)
+        rate = matmul_rate(dtype)
+        print(f"\n{dtype.name}: NumPy matmul 2048^2 at {rate:.0f} GFLOP/s (the roofline rate)", file=stream)
+        head = f"{'network (batch)':<28}{'fastnn':>10}{'functional':>12}{'numpy':>10}"
+        head += f"{'torch':>10}" if torch else ""
+        head += f"{'vs numpy':>10}" + (f"{'vs torch':>10}" if torch else "") + f"{'roofline':>10}"
+        print(head + "   (ms per step)", file=stream)
+        for dims, n in networks:
+            if skip_large and max(dims) >= 4096:
+                continue
+            runners, model, X, y, opt, loss = _make_runners(dims, n, dtype, torch)
+            times = {k: [] for k in runners}
+            for _ in range(rounds):
+                for k, fn in runners.items():
+                    times[k].append(_time(fn, min_time))
+            med = {k: float(np.median(v)) for k, v in times.items()}
+            flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+            roof = flops / (rate * 1e9) / med["fastnn"]
+            peak, need = step_memory(model, X, y, opt, loss)
+            row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
+                   "threads": nthreads, "ms": {k: v * 1e3 for k, v in med.items()},
+                   "speedup_vs_numpy": med["numpy"] / med["fastnn"],
+                   "functional_vs_numpy": med["numpy"] / med["functional"],
+                   "roofline_fraction": roof, "matmul_gflops": rate,
+                   "peak_step_bytes": peak, "params_grads_acts_bytes": need}
+            if torch:
+                row["speedup_vs_torch"] = med["torch"] / med["fastnn"]
+            results.append(row)
+            line = f"{row['network'] + ' (' + str(n) + ')':<28}"
+            line += f"{med['fastnn'] * 1e3:>10.3f}{med['functional'] * 1e3:>12.3f}{med['numpy'] * 1e3:>10.3f}"
+            if torch:
+                line += f"{med['torch'] * 1e3:>10.3f}"
+            line += f"{row['speedup_vs_numpy']:>9.2f}x"
+            if torch:
+                line += f"{row['speedup_vs_torch']:>9.2f}x"
+            line += f"{roof:>9.0%}"
+            print(line, file=stream, flush=True)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastnn bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="thread count (default: fastnn's)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--skip-large", action="store_true", help="skip the 4096-wide network")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    results = run(dtypes=dtypes, rounds=args.rounds, min_time=args.min_time, threads=args.threads,
+                  use_torch=not args.no_torch, skip_large=args.skip_large)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
