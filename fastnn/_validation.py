@@ -148,5 +148,5 @@ def binary_targets(y, n, allowed, dtype, name="y"):
     arr = arr.astype(np.int64)
     if n and not np.isin(arr, allowed).all():
         bad = arr[~np.isin(arr, allowed)][0]
-        raise ValueError(f"{name} must hold labels in {sorted(allowed)}, got {bad}")
+        raise ValueError(f"{name} must hold labels from {{{', '.join(map(str, sorted(allowed)))}}}, got {bad}")
     return np.ascontiguousarray(arr, dtype=dtype)

@@ -36,6 +36,16 @@ def _check_dtype(dtype):
     return dt
 
 
+def _digest(a):
+    import hashlib
+
+    return (a.shape, a.dtype.str, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest())
+
+
+def _dtype_name(dtype):
+    return None if dtype is None else dtype.name
+
+
 def _check_width(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
@@ -86,7 +96,8 @@ class Layer:
     _decay = ()
 
     def __init__(self, dtype=np.float32):
-        self.dtype = _check_dtype(dtype)
+        # None: a layer without parameters computes in its input's dtype.
+        self.dtype = None if dtype is None else _check_dtype(dtype)
         self.training = True
         self.params = {}
         self.grads = {}
@@ -165,6 +176,9 @@ class Dense(Layer):
         init = get_initializer(weight_init, self.activation)
         rng = np.random.default_rng(seed)
         self._add_param("W", init((self.in_features, self.out_features), rng, self.dtype))
+        # With the default initializer and no activation of its own, a Sequential that puts a
+        # ReLU-family layer after this one re-draws W with He (see _default_init_for).
+        self._default_init_W = _digest(self.params["W"]) if weight_init is None else None
         self._add_param("b", np.zeros(self.out_features))
         if self._op == _ka.PRELU:
             self._add_param("alpha", np.full(self.out_features, self.alpha))
@@ -173,6 +187,18 @@ class Dense(Layer):
         if in_features is not None and in_features != self.in_features:
             raise ValueError(f"Dense expects {self.in_features} input features, got {in_features}")
         return self.out_features
+
+    def _default_init_for(self, activation):
+        """Re-draw W with the default initializer of `activation` (the activation layer that
+        follows in a Sequential), if W is still the untouched default draw."""
+        W = self.params["W"]
+        if self._default_init_W is None or self.activation is not None:
+            return
+        if _digest(W) != self._default_init_W:
+            return  # the caller has set the weights: keep them
+        init = get_initializer(None, activation)
+        W[...] = init(W.shape, np.random.default_rng(self.seed), self.dtype)
+        self._default_init_W = None
 
     def _check_x(self, x):
         x = self._input(x)
@@ -227,8 +253,11 @@ class _Activation(Layer):
     def backward(self, dout, need_dx=True):
         return getattr(_fa, f"{self.name}_backward")(as_float_array(dout, "dout", self.dtype), self._need_cache())
 
+    def __init__(self, dtype=None):
+        super().__init__(dtype)
+
     def get_config(self):
-        return {"dtype": self.dtype.name}
+        return {"dtype": _dtype_name(self.dtype)}
 
 
 class ReLU(_Activation):
@@ -250,7 +279,7 @@ class LeakyReLU(Layer):
 
     op = _ka.LEAKY_RELU
 
-    def __init__(self, alpha=0.01, dtype=np.float32):
+    def __init__(self, alpha=0.01, dtype=None):
         super().__init__(dtype)
         self.alpha = check_scalar(alpha, "alpha")
 
@@ -262,7 +291,7 @@ class LeakyReLU(Layer):
         return _fa.leaky_relu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
 
     def get_config(self):
-        return {"alpha": self.alpha, "dtype": self.dtype.name}
+        return {"alpha": self.alpha, "dtype": _dtype_name(self.dtype)}
 
 
 class PReLU(Layer):
@@ -294,6 +323,11 @@ class PReLU(Layer):
         dx, dalpha = _fa.prelu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
         self.grads["alpha"][...] = dalpha
         return dx
+
+    def output_features(self, in_features):
+        if in_features is not None and self.num_parameters not in (1, in_features):
+            raise ValueError(f"PReLU has {self.num_parameters} slopes but its input has {in_features} features")
+        return in_features
 
     def get_config(self):
         return {"num_parameters": self.num_parameters, "init": self.init, "dtype": self.dtype.name}
@@ -344,7 +378,7 @@ class Dropout(Layer):
     """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
     keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
 
-    def __init__(self, p=0.5, seed=None, dtype=np.float32):
+    def __init__(self, p=0.5, seed=None, dtype=None):
         super().__init__(dtype)
         p = check_scalar(p, "p")
         if not 0.0 <= p < 1.0:
@@ -372,13 +406,13 @@ class Dropout(Layer):
         return _fdrop.dropout_backward(dout, self._cache)
 
     def get_config(self):
-        return {"p": self.p, "dtype": self.dtype.name}
+        return {"p": self.p, "dtype": _dtype_name(self.dtype)}
 
 
 class GaussianNoise(Layer):
     """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode."""
 
-    def __init__(self, std=0.1, seed=None, dtype=np.float32):
+    def __init__(self, std=0.1, seed=None, dtype=None):
         super().__init__(dtype)
         std = check_scalar(std, "std")
         if std < 0:
@@ -394,8 +428,8 @@ class GaussianNoise(Layer):
         x = self._input(x)
         if not self._is_training(training) or self.std == 0.0:
             return x
-        out = self._rng.standard_normal(x.shape, dtype=self.dtype)
-        out *= self.dtype.type(self.std)
+        out = self._rng.standard_normal(x.shape, dtype=x.dtype)
+        out *= x.dtype.type(self.std)
         out += x
         return out
 
@@ -403,7 +437,7 @@ class GaussianNoise(Layer):
         return as_float_array(dout, "dout", self.dtype)
 
     def get_config(self):
-        return {"std": self.std, "dtype": self.dtype.name}
+        return {"std": self.std, "dtype": _dtype_name(self.dtype)}
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Dense, ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Maxout, Dropout, GaussianNoise)}

@@ -56,6 +56,8 @@ class _Unit:
         return self.layer.backward(dout, need_dx=need_dx)
 
 
+_RELU_NAMES = {ReLU: "relu", LeakyReLU: "leaky_relu", PReLU: "prelu"}
+
 _LOSS_KINDS = {SoftmaxCrossEntropy: _kl.SOFTMAX, MulticlassHinge: _kl.SVM,
                BinaryCrossEntropy: _kl.LOGISTIC, BinaryHinge: _kl.BINARY_HINGE,
                MeanSquaredError: _kl.MSE}
@@ -159,7 +161,7 @@ def _int_labels(y, n):
 def _fusable(dense, act):
     if not isinstance(dense, Dense) or dense.activation is not None or type(act) not in _FUSABLE:
         return False
-    if dense.dtype != act.dtype:
+    if act.dtype is not None and dense.dtype != act.dtype:
         return False
     if isinstance(act, PReLU) and act.num_parameters not in (1, dense.out_features):
         return False
@@ -183,6 +185,11 @@ class Sequential:
             raise ValueError("Sequential needs at least one layer")
         self.layers = list(layers)
         self._units = []
+        for i in range(len(self.layers) - 1):
+            # Dense + ReLU-family layer: the default initialization is He, as for
+            # Dense(..., activation="relu") (Xavier/Glorot stays for the others).
+            if isinstance(self.layers[i], Dense) and isinstance(self.layers[i + 1], (ReLU, LeakyReLU, PReLU)):
+                self.layers[i]._default_init_for(_RELU_NAMES[type(self.layers[i + 1])])
         i = 0
         while i < len(self.layers):
             if i + 1 < len(self.layers) and _fusable(self.layers[i], self.layers[i + 1]):
@@ -201,7 +208,11 @@ class Sequential:
     # ------------------------------------------------------------------ structure
     @property
     def dtype(self):
-        return self.layers[0].dtype
+        """The dtype of the first layer that has one (float32 if none does)."""
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return np.dtype(np.float32)
 
     @property
     def in_features(self):
@@ -328,6 +339,8 @@ class Sequential:
         if compiled is not None:
             value, scores = compiled.run(self, X, y, skip_nonfinite)
             return float(value), scores
+        if isinstance(loss, MeanSquaredError):
+            y = as_float_array(y, "y", self.dtype)  # targets in the model's dtype, as the kernel
         scores = self.forward(X, training=True)
         value, dscores = loss(scores, y)
         if skip_nonfinite and not np.isfinite(value):
@@ -342,6 +355,8 @@ class Sequential:
         X = self._check_X(X)
         y = self._labels(y, X.shape[0])
         scores = self.predict(X, batch_size=batch_size)
+        if isinstance(loss, MeanSquaredError):
+            y = as_float_array(y, "y", self.dtype)
         value, _ = loss(scores, y)
         result = {"loss": float(value)}
         pred = loss.predict_labels(scores)
@@ -444,6 +459,15 @@ class Sequential:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
+            # mkstemp makes the file owner-only; give it the mode a plain open() would have
+            # (or the mode of the file it replaces).
+            try:
+                mode = os.stat(path).st_mode & 0o777
+            except OSError:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -527,11 +551,20 @@ def _read_model_file(path):
 
 def load_model(path):
     """Build a Sequential from a file written by ``Sequential.save`` (architecture and weights)."""
-    meta, _ = _read_model_file(path)
+    meta, arrays = _read_model_file(path)
     layers = []
     for i, entry in enumerate(meta["layers"]):
         if not isinstance(entry, dict) or entry.get("type") not in LAYER_TYPES or not isinstance(entry.get("config"), dict):
             raise ValueError(f"{path}: layer {i} has an unknown description {entry!r}")
+        # Check the stored weights against the described widths before building anything, so a
+        # crafted description of a huge layer costs nothing.
+        cfg = entry["config"]
+        stored = arrays.get(f"{i}.W")
+        if "in_features" in cfg and "out_features" in cfg:
+            if stored is None or stored.shape[:2] != (cfg["in_features"], cfg["out_features"]):
+                raise ValueError(f"{path}: layer {i} is described as {cfg.get('in_features')} -> "
+                                 f"{cfg.get('out_features')} but its stored W has shape "
+                                 f"{None if stored is None else stored.shape}")
         try:
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
         except (TypeError, ValueError, MemoryError) as exc:

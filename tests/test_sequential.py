@@ -456,7 +456,8 @@ def test_fit_regression_mse():
     np.testing.assert_allclose(ev["loss"], 0.5 * np.mean((model.predict(X).astype(F64) - y) ** 2), rtol=1e-5)
 
 
-def test_training_is_thread_invariant():
+@pytest.mark.parametrize("regularized", [False, True], ids=["dense-only", "dropout"])
+def test_training_is_thread_invariant(regularized):
     r = np.random.default_rng(0)
     X = r.standard_normal((256, 256)).astype(F32)
     y = r.integers(0, 10, 256)
@@ -466,7 +467,8 @@ def test_training_is_thread_invariant():
     assert tiles[2] * tiles[3] > 1
 
     def run():
-        model = Sequential(Dense(256, 512, activation="relu", seed=1), Dropout(0.2, seed=2),
+        extra = [Dropout(0.2, seed=2)] if regularized else []
+        model = Sequential(Dense(256, 512, activation="relu", seed=1), *extra,
                            Dense(512, 512, seed=3), PReLU(512), Dense(512, 10, seed=4))
         opt = Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
         losses = [model.train_step(X, y, "softmax", opt) for _ in range(20)]
@@ -474,6 +476,69 @@ def test_training_is_thread_invariant():
 
     losses, _ = assert_thread_invariant(run)
     assert losses[-1] < losses[0]
+
+
+class _MySGD(SGD):
+    """A user's optimizer subclass: same update rule as SGD."""
+
+
+class _MyAdam(Adam):
+    pass
+
+
+def _targets(kind, r, n, dtype):
+    if kind == "classes":
+        return r.integers(0, 10, n)
+    if kind == "01":
+        return r.integers(0, 2, n)
+    if kind == "pm1":
+        return r.choice([-1, 1], n)
+    return r.standard_normal((n, 1)).astype(dtype)
+
+
+@pytest.mark.parametrize("variant", ["subclassed-optimizer", "dropout-0"])
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("loss,kind", [("softmax", "classes"), ("svm", "classes"), ("logistic", "01"),
+                                       ("binary_hinge", "pm1"), ("mse", "real")])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_training_equivalent_variants(dtype, loss, kind, opt, variant):
+    """Training with a built-in optimizer on a plain Dense stack gives bitwise the same run as
+    with an optimizer subclass, or with an identity Dropout(0) layer inserted: equivalent
+    models train identically whatever path the implementation takes."""
+    r = np.random.default_rng(1)
+    X = r.standard_normal((96, 24)).astype(dtype)
+    y = _targets(kind, r, 96, dtype)
+    out = 10 if kind == "classes" else 1
+    runs = []
+    for alternative in (False, True):
+        mid = [Dropout(0.0, dtype=dtype)] if alternative and variant == "dropout-0" else []
+        model = Sequential(Dense(24, 40, activation="relu", seed=1, dtype=dtype), *mid,
+                           Dense(40, 30, seed=2, dtype=dtype), PReLU(30, dtype=dtype),
+                           Dense(30, out, seed=3, dtype=dtype))
+        cls = {"sgd": (SGD, _MySGD), "adam": (Adam, _MyAdam)}[opt][int(alternative and variant != "dropout-0")]
+        kw = dict(lr=0.05, momentum=0.9) if opt == "sgd" else dict(lr=1e-3)
+        optimizer = cls(model.parameters(), weight_decay=1e-3, **kw)
+        losses = [model.train_step(X, y, loss, optimizer) for _ in range(5)]
+        runs.append((losses, param_copies(model)))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert_same_bits(a, b)
+
+
+def test_mse_float64_targets_same_run_either_way():
+    """Targets are converted to the model's dtype on both paths (the whole-step kernel and the
+    layer-by-layer path), so a float32 model trains the same way whatever the optimizer class."""
+    r = np.random.default_rng(2)
+    X = r.standard_normal((64, 8)).astype(F32)
+    y = r.standard_normal((64, 1))  # float64 targets for a float32 model
+    runs = []
+    for cls in (SGD, _MySGD):
+        model = Sequential(Dense(8, 16, activation="tanh", seed=1), Dense(16, 1, seed=2))
+        optimizer = cls(model.parameters(), lr=0.05)
+        runs.append([model.train_step(X, y, "mse", optimizer) for _ in range(3)] + param_copies(model))
+    assert runs[0][:3] == runs[1][:3]
+    for a, b in zip(runs[0][3:], runs[1][3:]):
+        assert_same_bits(a, b)
 
 
 # ============================================================================ save / load

@@ -32,7 +32,8 @@ _INT32_MAX = 2**31 - 1
 class DenseCache:
     """What a dense forward keeps for its backward."""
 
-    __slots__ = ("op", "x2", "x_shape", "w", "b", "saved", "alpha", "avec", "alpha_shape", "extra")
+    __slots__ = ("op", "x2", "x_shape", "w", "b", "saved", "alpha", "avec", "alpha_shape", "extra",
+                 "alpha_src")
 
     def __init__(self, op, x2, x_shape, w, b, saved, alpha=0.0, avec=None, alpha_shape=None, extra=None):
         self.op = op
@@ -45,6 +46,7 @@ class DenseCache:
         self.avec = avec
         self.alpha_shape = alpha_shape
         self.extra = extra
+        self.alpha_src = None
 
 
 def _check_dim(value, what):
@@ -52,9 +54,13 @@ def _check_dim(value, what):
         raise ValueError(f"{what} is {value}, above the BLAS limit of 2**31 - 1")
 
 
-def _operands(x, w, b, w_ndim=2):
-    """Validated (x2, x_shape, w, b, dtype): x flattened to (N, D), all one float dtype."""
-    dt = common_dtype(("x", x), ("w", w), ("b", b))
+def _operands(x, w, b, w_ndim=2, alpha=None):
+    """Validated (x2, x_shape, w, b, dtype): x flattened to (N, D), all one float dtype (a
+    per-unit PReLU ``alpha`` array takes part in the promotion)."""
+    named = [("x", x), ("w", w), ("b", b)]
+    if isinstance(alpha, np.ndarray) and alpha.ndim > 0:
+        named.append(("alpha", alpha))
+    dt = common_dtype(*named)
     x = as_float_array(x, "x", dt)
     w = as_float_array(w, "w", dt)
     b = as_float_array(b, "b", dt)
@@ -85,7 +91,7 @@ def _live(arg, converted):
 
 def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
     w_arg = w
-    x2, x_shape, w, b, dt = _operands(x, w, b)
+    x2, x_shape, w, b, dt = _operands(x, w, b, alpha=prelu_alpha)
     n, m = x2.shape[0], w.shape[1]
     avec = alpha_shape = None
     if op == _ka.PRELU:
@@ -106,7 +112,9 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
     else:
         _kd.dense_forward(op, x2, w, b, y, z, alpha, avec, _threads._num_threads)
     saved = z if keep else y
-    return y, DenseCache(op, x2, x_shape, _live(w_arg, w), b, saved, alpha, avec, alpha_shape)
+    cache = DenseCache(op, x2, x_shape, _live(w_arg, w), b, saved, alpha, avec, alpha_shape)
+    cache.alpha_src = prelu_alpha
+    return y, cache
 
 
 def _prelu_vector(alpha, m, dt):
@@ -141,7 +149,12 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     if w.shape != (d, m):
         raise ValueError(f"w changed shape since forward: expected {(d, m)}, got {w.shape}")
     saved = None if op == _ka.IDENTITY else cache.saved.astype(dt, copy=False)
-    avec = None if cache.avec is None else cache.avec.astype(dt, copy=False)
+    avec = None
+    if cache.avec is not None:
+        # Read the slopes live, as w: the caller's alpha array as it is now.
+        src = cache.alpha_src
+        avec = (_prelu_vector(src, m, dt)[0] if isinstance(src, np.ndarray) and src.ndim > 0
+                else cache.avec.astype(dt, copy=False))
     dx = np.empty((n, d), dtype=dt) if need_dx else None
     if dw is None or dw.dtype != dt:
         dw = np.empty((d, m), dtype=dt)

@@ -71,7 +71,8 @@ def dropout_backward(dout, cache):
 
 def gaussian_noise_forward(x, std, mode="train", seed=None):
     """Input noise: ``x + std * N(0, 1)`` in 'train' mode, ``x`` in 'test' mode. Returns
-    ``(out, cache)``. The noise comes from ``np.random.default_rng(seed)``."""
+    ``(out, cache)``. The noise comes from ``np.random.default_rng(seed)``; without a seed, one
+    is drawn from NumPy's global random state."""
     std = check_scalar(std, "std")
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std}")
@@ -80,6 +81,8 @@ def gaussian_noise_forward(x, std, mode="train", seed=None):
     x = as_float_array(x, "x")
     if mode == "test" or std == 0.0:
         return x, ("gaussian_noise", x.shape)
+    if seed is None:  # like dropout: np.random.seed makes a run reproducible
+        seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
     rng = np.random.default_rng(seed)
     out = rng.standard_normal(x.shape, dtype=x.dtype)
     out *= x.dtype.type(std)
