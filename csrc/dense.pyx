@@ -29,11 +29,11 @@ _cfg.blas_set = NULL
 _cfg.blas_get = NULL
 _cfg.blas_users = 0
 _cfg.blas_saved = 1
-_cfg.tile_flops = 32.0e6
+_cfg.tile_flops = 64.0e6
 _cfg.min_tile_rows = 64
 _cfg.min_tile_cols = 64
 _cfg.max_tiles = 64
-_cfg.serial_flops = 1.0e6
+_cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
 
 

@@ -62,25 +62,26 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c,
                            Py_ssize_t k) noexcept nogil:
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
 
-    About one tile per tile_flops of work (at most max_tiles), made by repeatedly splitting
-    the longer tile side while it stays at least min_tile_rows / min_tile_cols: near-square
-    tiles keep BLAS's packing cost (one pass over each operand panel per tile) small."""
+    A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
+    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles. Each
+    doubling halves the longer tile side while it stays at least min_tile_rows /
+    min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
+    panel per tile) small."""
     cdef Plan p
     cdef double flops = 2.0 * r * c * k
-    cdef Py_ssize_t target = <Py_ssize_t>(flops / g.tile_flops)
-    cdef Py_ssize_t rb = 1, cb = 1
+    cdef Py_ssize_t target = 1, rb = 1, cb = 1
     cdef bint can_r, can_c
-    if flops < g.serial_flops or target < 1:
-        target = 1
-    if target > g.max_tiles:
-        target = g.max_tiles
+    if flops >= g.serial_flops:
+        target = 2
+        while target * 2 <= g.max_tiles and target * 2 * g.tile_flops <= flops:
+            target *= 2
     while rb * cb < target:
-        can_r = r // (rb + 1) >= g.min_tile_rows
-        can_c = c // (cb + 1) >= g.min_tile_cols
+        can_r = r // (rb * 2) >= g.min_tile_rows
+        can_c = c // (cb * 2) >= g.min_tile_cols
         if can_r and (not can_c or r * cb >= c * rb):
-            rb += 1
+            rb *= 2
         elif can_c:
-            cb += 1
+            cb *= 2
         else:
             break
     p.tr = cdiv(r, rb)
