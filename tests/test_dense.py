@@ -32,6 +32,16 @@ from fastnn.reference import dense as R
 
 from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
 
+
+@pytest.fixture(autouse=True)
+def _small_tiles():
+    """Tiles of ~2 MFLOP (instead of the tuned ~64) so that test-sized products are cut into
+    many ragged tiles and every tiling path runs; restored after each test."""
+    saved = _kd.tile_params()
+    _kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)
+    yield
+    _kd.set_tile_params(**saved)
+
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["f32", "f64"]
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -524,7 +534,9 @@ def test_large_shape_runs_parallel():
     """test_threads_bitwise_identical compares really parallel runs: the LARGE product has
     enough tiles for every thread it is given (forward and backward)."""
     (n, *rest), m = LARGE
-    setup = (f"rng = np.random.default_rng(0)\nx = rng.standard_normal(({n}, {int(np.prod(rest))}))\n"
+    setup = ("from fastnn._kernels import dense as _kd\n"
+             "_kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)\n"
+             f"rng = np.random.default_rng(0)\nx = rng.standard_normal(({n}, {int(np.prod(rest))}))\n"
              f"w = rng.standard_normal(({int(np.prod(rest))}, {m}))\nb = np.zeros({m})\n"
              f"dout = np.ones(({n}, {m}))")
     for call in ("F.affine_relu_forward(x, w, b)",
