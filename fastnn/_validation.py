@@ -80,6 +80,8 @@ def check_same_shape(a, a_name, b, b_name):
 
 
 def check_scalar(value, name, allow_nan=False):
+    if type(value) is float and (allow_nan or value - value == 0.0):
+        return value  # the common case, without the slower checks below
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
             value = value.item()

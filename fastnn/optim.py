@@ -22,13 +22,16 @@ __all__ = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
 
 def _target(w):
     """The array to update in place: w itself when possible, else a contiguous float copy."""
-    if (isinstance(w, np.ndarray) and w.dtype in (np.float32, np.float64)
-            and w.flags.c_contiguous and w.flags.writeable):
-        return w
+    if type(w) is np.ndarray and w.dtype.char in "fd":
+        flags = w.flags
+        if flags.c_contiguous and flags.writeable:
+            return w
     return as_float_array(w, "w").copy()
 
 
 def _grad(dw, w):
+    if type(dw) is np.ndarray and dw.dtype is w.dtype and dw.shape == w.shape and dw.flags.c_contiguous:
+        return dw
     dw = as_float_array(dw, "dw", w.dtype)
     if dw.shape != w.shape:
         raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")

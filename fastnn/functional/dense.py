@@ -89,7 +89,37 @@ def _live(arg, converted):
     return arg if isinstance(arg, np.ndarray) else converted
 
 
+_FLOAT_CHARS = ("f", "d")
+
+
+def _fast_forward(op, x, w, b, alpha):
+    """The common case with no conversion to do: C-contiguous 2-D x, 2-D w and 1-D b of one
+    float dtype. Returns None when the call needs the checked path (which also produces the
+    error messages: the kernel's own shape checks only decide that the fast path is off)."""
+    if type(x) is not np.ndarray or type(w) is not np.ndarray or type(b) is not np.ndarray:
+        return None
+    dt = x.dtype
+    if w.dtype is not dt or b.dtype is not dt or dt.char not in _FLOAT_CHARS or x.ndim != 2:
+        return None
+    n, d = x.shape
+    m = w.shape[-1]
+    if d == 0:
+        return None
+    keep = op == _ka.LEAKY_RELU
+    y = np.empty((n, m), dtype=dt)
+    z = np.empty((n, m), dtype=dt) if keep else None
+    try:
+        _kd.dense_forward(op, x, w, b, y, z, alpha, None, _threads._num_threads)
+    except (ValueError, TypeError, BufferError):
+        return None
+    return y, DenseCache(op, x, x.shape, w, b, z if keep else y, alpha)
+
+
 def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
+    if op != _ka.PRELU:
+        res = _fast_forward(op, x, w, b, alpha)
+        if res is not None:
+            return res
     w_arg = w
     x2, x_shape, w, b, dt = _operands(x, w, b, alpha=prelu_alpha)
     n, m = x2.shape[0], w.shape[1]
@@ -138,6 +168,27 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     layer (its dx product is skipped) and its own gradient arrays as dw/db, filled in place."""
     _check_cache(cache, op, name)
     x2, w = cache.x2, cache.w
+    if op != _ka.PRELU and type(dout) is np.ndarray and type(w) is np.ndarray:
+        # Fast path: everything already in one float dtype and C order (see _fast_forward).
+        dt = x2.dtype
+        if dout.dtype is dt and w.dtype is dt and dout.ndim == 2:
+            n, d = x2.shape
+            m = w.shape[-1]
+            if dw is None or dw.dtype is not dt:
+                dw = np.empty((d, m), dtype=dt)
+            if db is None or db.dtype is not dt:
+                db = np.empty(m, dtype=dt)
+            dx = np.empty((n, d), dtype=dt) if need_dx else None
+            dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
+            try:
+                _kd.dense_backward(op, dout, cache.saved, x2, w, dx, dw, db, dz, cache.alpha,
+                                   None, None, _threads._num_threads)
+            except (ValueError, TypeError, BufferError):
+                pass  # the checked path below redoes it, or names the problem
+            else:
+                if dx is not None and len(cache.x_shape) != 2:
+                    dx = dx.reshape(cache.x_shape)
+                return dx, dw, db
     dt = common_dtype(("dout", dout), ("cache", x2), ("w", w))
     dout = as_float_array(dout, "dout", dt)
     n, d = x2.shape
