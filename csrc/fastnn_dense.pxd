@@ -10,7 +10,7 @@ cimport scipy.linalg.cython_blas as blas
 
 from fastnn_openmp cimport effective_threads
 from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, bias_act_fwd, bias_act_keep,
-                        act_bwd_acc, prelu_alpha_acc, add_into)
+                        act_bwd_acc, act_bwd_acc_inplace, prelu_alpha_acc, add_into)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -212,10 +212,15 @@ cdef inline void backward_block(Py_ssize_t blk, Py_ssize_t rb, int op, const flo
         if op == FNN_IDENTITY:
             add_into(dout + i * M, partial + blk * M, M)
         else:
-            act_bwd_acc(op, dout + i * M, saved + i * M, dz + i * M, M, alpha, avec,
-                        partial + blk * M)
+            # (the alpha partial reads dout first: with dz == dout it is overwritten next)
             if op == FNN_PRELU:
                 prelu_alpha_acc(dout + i * M, saved + i * M, M, apartial + blk * M)
+            if <const floating *>dz == dout:
+                act_bwd_acc_inplace(op, dz + i * M, saved + i * M, M, alpha, avec,
+                                    partial + blk * M)
+            else:
+                act_bwd_acc(op, dout + i * M, saved + i * M, dz + i * M, M, alpha, avec,
+                            partial + blk * M)
 
 
 cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floating *dout,
@@ -226,7 +231,8 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
                                     Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
                                     int n_threads) noexcept nogil:
     """Gradients of y = act(x @ w + b), N, M >= 1, D >= 0 (x, w, dx, dw unused when D == 0):
-        dz = dout * act'(saved)          (identity: dz is dout, the dz buffer is not used)
+        dz = dout * act'(saved)          (identity: dz is dout, the dz buffer is not used;
+                                          dz == dout: computed in place, dout is overwritten)
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is NULL), dw = x.T @ dz
     partial (and apartial for prelu) are zeroed workspaces of backward_blocks(N, M) x M.

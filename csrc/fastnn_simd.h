@@ -306,6 +306,10 @@ FNN_CLONES static void fnn_exp_shift_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTR
 FNN_CLONES static void fnn_scale_##SFX(T *FNN_RESTRICT y, ptrdiff_t n, T s)                   \
 { for (ptrdiff_t i = 0; i < n; i++) y[i] *= s; }
 
+/* g = g * act'(saved) in place; acc += g (the step kernel's own gradient buffer) */
+#define FNN_LOOP_BWD_ACC_INPLACE(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) { T v = B(SFX, T, g[i], saved[i], i); g[i] = v; acc[i] += v; }
+
 #define FNN_DEFINE_SPANS(T, SFX)                                                              \
 FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN_RESTRICT y,  \
         ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                                     \
@@ -325,6 +329,10 @@ FNN_CLONES static void fnn_act_bwd_acc_##SFX(int op, const T *FNN_RESTRICT dout,
         const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
         const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                                      \
 { FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC, SFX, T) }                                               \
+FNN_CLONES static void fnn_act_bwd_acc_inplace_##SFX(int op, T *FNN_RESTRICT g,                \
+        const T *FNN_RESTRICT saved, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec,        \
+        T *FNN_RESTRICT acc)                                                                  \
+{ FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC_INPLACE, SFX, T) }                                       \
 /* prelu's alpha-gradient partial: aacc += dout * (saved > 0 ? 0 : saved) */                  \
 FNN_CLONES static void fnn_prelu_alpha_acc_##SFX(const T *FNN_RESTRICT dout,                  \
         const T *FNN_RESTRICT saved, ptrdiff_t n, T *FNN_RESTRICT aacc)                       \

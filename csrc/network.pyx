@@ -39,10 +39,8 @@ cdef struct NetPlan:
     void **dalpha        # prelu slope gradients (NULL otherwise)
     void **act           # layer outputs, N x fan_out
     void **pre           # pre-activations for leaky relu / prelu (NULL otherwise)
-    void *dscores        # N x fan_out[last]
-    void *dz             # N x max width
-    void *dact0          # two N x max width buffers, alternating down the layers
-    void *dact1
+    void *dact0          # two N x max-width buffers, alternating down the layers: the loss
+    void *dact1          # writes dscores into dact0, each layer's dz is formed in place
     void *partial        # bias-gradient partial sums (zeroed per layer)
     void *apartial
     Py_ssize_t partial_elems
@@ -106,14 +104,14 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
                           <floating *>P.act[l], <floating *>P.pre[l], N, P.fan_in[l],
                           P.fan_out[l], P.alpha[l], <const floating *>P.avec[l], nt)
         inp = <const floating *>P.act[l]
-    loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dscores,
+    loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                            P.losses, nt)
     if guard and not (loss_out[0] - loss_out[0] == 0):
         return -1  # non-finite loss: leave gradients and parameters as they are
     # backward
-    dout = <floating *>P.dscores
-    dx = <floating *>P.dact0
-    spare = <floating *>P.dact1
+    dout = <floating *>P.dact0
+    dx = <floating *>P.dact1
+    spare = <floating *>P.dact0
     for l in range(L - 1, -1, -1):
         keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
         saved = <const floating *>(P.pre[l] if keep else P.act[l])
@@ -123,7 +121,7 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
         dense_backward_raw(_cfg, P.op[l], dout, saved,
                            X if l == 0 else <const floating *>P.act[l - 1],
                            <const floating *>P.W[l], dx if l > 0 else NULL,
-                           <floating *>P.dW[l], <floating *>P.db[l], <floating *>P.dz,
+                           <floating *>P.dW[l], <floating *>P.db[l], dout,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
                            <floating *>P.partial, <floating *>P.apartial,
                            N, P.fan_in[l], P.fan_out[l], nt)
@@ -233,10 +231,8 @@ cdef class StepPlan:
                 self.scores = out
             if P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU:
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
-            width = max(width, m, P.fan_in[l])
+            width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
             blocks = max(blocks, backward_blocks(_cfg, N, m) * m)
-        P.dscores = _ptr(keep(np.empty((N, P.fan_out[L - 1]), dtype=dt)))
-        P.dz = _ptr(keep(np.empty(N * width, dtype=dt)))
         P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
         P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
         P.partial = _ptr(keep(np.zeros(blocks, dtype=dt)))
