@@ -20,7 +20,7 @@ import numpy as np
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
                            blas_exit, make_plan, dense_forward_raw, dense_backward_raw,
-                           backward_blocks)
+                           backward_blocks, backward_rows_per_block)
 
 # The one configuration of the dense machinery in the process (the network module uses it too,
 # through config_address()). Tiling constants: bench/dense_tiles.py measures them.
@@ -132,6 +132,7 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef floating *dxp = NULL
     cdef floating *dzp = NULL
     cdef floating *dap = NULL
+    cdef Py_ssize_t rb
     cdef floating *dwp = NULL
     cdef const floating *sp = NULL
     cdef const floating *ap = NULL
@@ -162,8 +163,9 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         if op == FNN_PRELU:
             dalpha[:] = 0
         return
-    partial = np.zeros((backward_blocks(&_cfg, N, M), M), dtype=dt)
-    apartial = np.zeros((backward_blocks(&_cfg, N, M) if op == FNN_PRELU else 1, M), dtype=dt)
+    rb = backward_rows_per_block(&_cfg, M)   # read once: the buffers and the kernel agree
+    partial = np.zeros((backward_blocks(N, rb), M), dtype=dt)
+    apartial = np.zeros((backward_blocks(N, rb) if op == FNN_PRELU else 1, M), dtype=dt)
     if D > 0:
         xp = &x[0, 0]
         wp = &w[0, 0]
@@ -181,6 +183,6 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         with nogil:
             dense_backward_raw(&_cfg, op, &dout[0, 0], sp, xp, wp, dxp, dwp,
                                &db[0], dzp, alpha, ap, dap, &partial[0, 0], &apartial[0, 0],
-                               N, D, M, n_threads)
+                               rb, N, D, M, n_threads)
     finally:
         blas_exit(&_cfg)

@@ -185,9 +185,9 @@ cdef inline Py_ssize_t backward_rows_per_block(const DenseConfig *g, Py_ssize_t 
     return rb if rb > 0 else 1
 
 
-cdef inline Py_ssize_t backward_blocks(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M) noexcept nogil:
-    """How many (M,) partial-sum rows dense_backward_raw needs as workspace."""
-    return cdiv(N, backward_rows_per_block(g, M)) if N > 0 else 1
+cdef inline Py_ssize_t backward_blocks(Py_ssize_t N, Py_ssize_t rb) noexcept nogil:
+    """How many (M,) partial-sum rows dense_backward_raw needs for N rows in blocks of rb."""
+    return cdiv(N, rb) if N > 0 else 1
 
 
 cdef inline void backward_tile(Plan px, Plan pw, Py_ssize_t t, Py_ssize_t ntx, Py_ssize_t N,
@@ -227,7 +227,7 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
                                     const floating *saved, const floating *x, const floating *w,
                                     floating *dx, floating *dw, floating *db, floating *dz,
                                     double alpha, const floating *avec, floating *dalpha,
-                                    floating *partial, floating *apartial,
+                                    floating *partial, floating *apartial, Py_ssize_t rb,
                                     Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
                                     int n_threads) noexcept nogil:
     """Gradients of y = act(x @ w + b), N, M >= 1, D >= 0 (x, w, dx, dw unused when D == 0):
@@ -235,11 +235,11 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
                                           dz == dout: computed in place, dout is overwritten)
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is NULL), dw = x.T @ dz
-    partial (and apartial for prelu) are zeroed workspaces of backward_blocks(N, M) x M.
+    partial (and apartial for prelu) are zeroed workspaces of backward_blocks(N, rb) x M, rb
+    the rows per block the caller sized them with (backward_rows_per_block when it allocated).
     Sums run over fixed row blocks, then over the blocks in order: thread-count independent.
     The caller holds the BLAS single-threaded (blas_enter)."""
     cdef bint ident = op == FNN_IDENTITY
-    cdef Py_ssize_t rb = backward_rows_per_block(cfg, M)
     cdef Py_ssize_t nblocks = cdiv(N, rb)
     cdef Py_ssize_t blk, t, ntx, ntw, j
     cdef const floating *g

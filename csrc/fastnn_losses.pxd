@@ -70,7 +70,10 @@ cdef inline double logistic_elem(floating v, floating t, floating *d, double inv
     if v != v:
         s = v
     d[0] = <floating>((s - t) * inv_n)
-    return log1p(e) + (v if v > 0 else 0.0) - <double>v * t
+    # max(v, 0) - v t, written per label so that v = +-inf gives inf or 0, never inf - inf
+    if t > 0.5:
+        return log1p(e) + (-<double>v if v < 0 else 0.0)
+    return log1p(e) + (<double>v if v > 0 else 0.0)
 
 
 cdef inline double hinge_elem(floating v, floating t, floating *d, double inv_n) noexcept nogil:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastnn_ops cimport FNN_LEAKY, FNN_PRELU
 from fastnn_dense cimport (DenseConfig, blas_enter, blas_exit, dense_forward_raw,
-                           dense_backward_raw, backward_blocks)
+                           dense_backward_raw, backward_blocks, backward_rows_per_block)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw
@@ -30,6 +30,7 @@ cdef struct NetPlan:
     Py_ssize_t *fan_in
     Py_ssize_t *fan_out
     int *op
+    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums (fixed at build)
     double *alpha
     void **W
     void **b
@@ -123,7 +124,7 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
                            <const floating *>P.W[l], dx if l > 0 else NULL,
                            <floating *>P.dW[l], <floating *>P.db[l], dout,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
-                           <floating *>P.partial, <floating *>P.apartial,
+                           <floating *>P.partial, <floating *>P.apartial, P.rb[l],
                            N, P.fan_in[l], P.fan_out[l], nt)
         dout = dx
         dx = spare
@@ -166,6 +167,10 @@ cdef class StepPlan:
             raise ValueError("StepPlan: unknown rule")
         if loss_kind < LOSS_SOFTMAX or loss_kind > LOSS_MSE:
             raise ValueError("StepPlan: unknown loss")
+        if N > 2**31 - 1:
+            raise ValueError("StepPlan: the batch must have fewer than 2**31 rows")
+        if self.P.fan_in != NULL:
+            raise RuntimeError("StepPlan is already initialized")
         self.is_double = dt == np.float64
         self.rule = rule
         self._refs = []
@@ -176,6 +181,7 @@ cdef class StepPlan:
         P.fan_in = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.fan_out = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.op = <int *>calloc(L, sizeof(int))
+        P.rb = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.alpha = <double *>calloc(L, sizeof(double))
         P.W = <void **>calloc(L, sizeof(void *))
         P.b = <void **>calloc(L, sizeof(void *))
@@ -194,37 +200,46 @@ cdef class StepPlan:
         P.p_s2 = <void **>calloc(max(n, 1), sizeof(void *))
         P.p_n = <Py_ssize_t *>calloc(max(n, 1), sizeof(Py_ssize_t))
         P.p_decay = <int *>calloc(max(n, 1), sizeof(int))
-        if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.alpha == NULL or P.W == NULL
+        if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.rb == NULL or P.alpha == NULL or P.W == NULL
                 or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
                 or P.act == NULL or P.pre == NULL or P.losses == NULL or P.p_data == NULL
                 or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
                 or P.p_decay == NULL):
             raise MemoryError()
 
-        def keep(a):
+        def keep(a, shape=None):
             if a is not None:
-                if a.dtype != dt or not a.flags.c_contiguous:
+                if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
                     raise ValueError("StepPlan: arrays must be C-contiguous and of the plan's dtype")
+                if not a.flags.writeable:
+                    raise ValueError("StepPlan: arrays must be writeable")
+                if shape is not None and a.shape != shape:
+                    raise ValueError(f"StepPlan: an array has shape {a.shape}, expected {shape}")
                 self._refs.append(a)
             return a
 
         for l, spec in enumerate(layers):
-            W = keep(spec["W"])
+            W = spec["W"]
+            if type(W) is not np.ndarray or W.ndim != 2 or W.shape[0] < 1 or W.shape[1] < 1:
+                raise ValueError("StepPlan: W must be a 2-D array with both dimensions >= 1")
+            if W.shape[0] > 2**31 - 1 or W.shape[1] > 2**31 - 1:
+                raise ValueError("StepPlan: layer widths must be below 2**31")
+            keep(W)
+            m = W.shape[1]
             P.fan_in[l] = W.shape[0]
-            P.fan_out[l] = W.shape[1]
+            P.fan_out[l] = m
             if l > 0 and P.fan_in[l] != P.fan_out[l - 1]:
                 raise ValueError("StepPlan: layer widths do not chain")
             P.op[l] = spec["op"]
             P.alpha[l] = spec["alpha"]
             P.W[l] = _ptr(W)
-            P.b[l] = _ptr(keep(spec["b"]))
-            P.dW[l] = _ptr(keep(spec["dW"]))
-            P.db[l] = _ptr(keep(spec["db"]))
-            P.avec[l] = _ptr(keep(spec.get("avec")))
-            P.dalpha[l] = _ptr(keep(spec.get("dalpha")))
+            P.b[l] = _ptr(keep(spec["b"], (m,)))
+            P.dW[l] = _ptr(keep(spec["dW"], W.shape))
+            P.db[l] = _ptr(keep(spec["db"], (m,)))
+            P.avec[l] = _ptr(keep(spec.get("avec"), (m,)))
+            P.dalpha[l] = _ptr(keep(spec.get("dalpha"), (m,)))
             if P.op[l] == FNN_PRELU and (P.avec[l] == NULL or P.dalpha[l] == NULL):
                 raise ValueError("StepPlan: prelu layers need avec and dalpha")
-            m = P.fan_out[l]
             out = keep(np.empty((N, m), dtype=dt))
             P.act[l] = _ptr(out)
             if l == L - 1:
@@ -232,7 +247,10 @@ cdef class StepPlan:
             if P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU:
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
-            blocks = max(blocks, backward_blocks(_cfg, N, m) * m)
+            P.rb[l] = backward_rows_per_block(_cfg, m)
+            blocks = max(blocks, backward_blocks(N, P.rb[l]) * m)
+        if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:
+            raise ValueError("StepPlan: binary losses need one output unit")
         P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
         P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
         P.partial = _ptr(keep(np.zeros(blocks, dtype=dt)))
@@ -254,7 +272,7 @@ cdef class StepPlan:
 
     def __dealloc__(self):
         P = &self.P
-        free(P.fan_in); free(P.fan_out); free(P.op); free(P.alpha)
+        free(P.fan_in); free(P.fan_out); free(P.op); free(P.rb); free(P.alpha)
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
         free(P.act); free(P.pre); free(P.losses)
         free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)

@@ -22,6 +22,8 @@ def _check_count(n, name):
     n = int(n)
     if n < 1:
         raise ValueError(f"{name} must be a positive int, got {n}")
+    if n > 2**31 - 1:
+        raise ValueError(f"{name} must be below 2**31, got {n}")
     return n
 
 
@@ -48,7 +50,7 @@ def _from_env():
         # An invalid value is the OpenMP runtime's business; we fall back to the CPU count.
         try:
             parsed = int(value.split(",")[0])
-            if parsed >= 1:
+            if 1 <= parsed <= 2**31 - 1:
                 return parsed
         except ValueError:
             pass

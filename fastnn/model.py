@@ -86,14 +86,8 @@ class _CompiledStep:
                 avec, dalpha = owner.params["alpha"], owner.grads["alpha"]
             layers.append(dict(W=dense.params["W"], b=dense.params["b"], dW=dense.grads["W"],
                                db=dense.grads["b"], op=op, alpha=alpha, avec=avec, dalpha=dalpha))
-        if isinstance(optimizer, SGD):
-            self.rule = (_ko.SGD if optimizer.momentum == 0 else
-                         _ko.NESTEROV if optimizer.nesterov else _ko.MOMENTUM)
-            nslots = 0 if self.rule == _ko.SGD else 1
-        elif isinstance(optimizer, RMSProp):
-            self.rule, nslots = _ko.RMSPROP, 1
-        else:
-            self.rule, nslots = _ko.ADAM, 2
+        self.rule = _rule_of(optimizer)
+        nslots = {_ko.SGD: 0, _ko.MOMENTUM: 1, _ko.NESTEROV: 1, _ko.RMSPROP: 1, _ko.ADAM: 2}[self.rule]
         params = []
         for p in optimizer.params:
             slots = optimizer._slots(p, nslots) if nslots else []
@@ -101,14 +95,18 @@ class _CompiledStep:
                            slots[1] if nslots == 2 else None, p.decay))
         self.loss_kind = _LOSS_KINDS[type(loss)]
         self.plan = _kn.StepPlan(model.dtype, n, self.loss_kind, layers, params, self.rule)
-        self.arrays = self._arrays(model, optimizer)
+        self.signature = self.signature_of(model, optimizer)
 
     @staticmethod
-    def _arrays(model, optimizer):
-        """Identity of everything the plan points to (checked before each step)."""
+    def signature_of(model, optimizer):
+        """Everything the plan was built from and does not re-read on each step: the identity
+        of every array it points to, the optimizer's parameter list, its update rule, and the
+        fixed activation slopes. A plan whose signature changed is rebuilt."""
         ids = [id(a) for layer in model.layers for d in (layer.params, layer.grads) for a in d.values()]
         ids += [id(a) for st in optimizer.state.values() for a in st]
-        ids += [id(p.layer) for p in optimizer.params]
+        ids += [(id(p.layer), p.name) for p in optimizer.params]
+        ids += [getattr(layer, "alpha", None) for layer in model.layers]
+        ids.append(_rule_of(optimizer))
         return tuple(ids)
 
     def run(self, model, X, y, skip_nonfinite=False):
@@ -116,12 +114,20 @@ class _CompiledStep:
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             targets = as_float_array(y, "y", model.dtype)
-            if targets.shape != self.plan.scores.shape:
-                targets = targets.reshape(self.plan.scores.shape) if targets.size == self.plan.scores.size else targets
-                if targets.shape != self.plan.scores.shape:
-                    raise ValueError(f"y must have shape {self.plan.scores.shape}, got {np.shape(y)}")
+            shape = self.plan.scores.shape
+            if targets.shape != shape:
+                if shape[1] == 1 and targets.shape == (shape[0],):
+                    targets = targets.reshape(shape)  # (N,) targets for a single output
+                else:
+                    raise ValueError(f"y must have the shape of the scores {shape}, got {np.shape(y)}")
         else:
-            labels = _int_labels(y, X.shape[0])
+            # bool labels are 0/1: binary losses take them (as the functional losses do), the
+            # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
+            labels = _int_labels(y, X.shape[0], allow_bool=self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE))
+        if not X.flags.writeable:
+            X = X.copy()  # StepPlan.step takes X (and targets) as writeable memoryviews
+        if targets is not None and not targets.flags.writeable:
+            targets = targets.copy()
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
@@ -140,14 +146,29 @@ class _CompiledStep:
             if self.rule == _ko.ADAM:
                 opt.t -= 1  # nothing was updated
             raise
+        if skip_nonfinite and self.rule == _ko.ADAM and not np.isfinite(value):
+            opt.t -= 1  # the guard stopped the step before any update
         return value, self.plan.scores
 
 
-def _int_labels(y, n):
+def _rule_of(optimizer):
+    """The update-rule kernel code an optimizer runs now."""
+    from fastnn.optimizers import SGD, RMSProp
+
+    if isinstance(optimizer, SGD):
+        if optimizer.momentum == 0:
+            return _ko.SGD
+        return _ko.NESTEROV if optimizer.nesterov else _ko.MOMENTUM
+    if isinstance(optimizer, RMSProp):
+        return _ko.RMSPROP
+    return _ko.ADAM
+
+
+def _int_labels(y, n, allow_bool=True):
     """Labels as a contiguous intp array of n entries (checked for range in the kernel)."""
     if not isinstance(y, np.ndarray):
         y = np.asarray(y)
-    if y.dtype.kind not in "iub":
+    if y.dtype.kind not in ("iub" if allow_bool else "iu"):
         raise TypeError(f"y must hold integer labels, got dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -201,7 +222,7 @@ class Sequential:
         # Validate the chain of feature counts now, not at the first batch.
         self._feature_trace()
         self._compiled = {}
-        self._compilable = all(isinstance(u.layer, Dense) and (u.act is None or not isinstance(u.act, PReLU)
+        self._compilable = all(type(u.layer) is Dense and (u.act is None or not isinstance(u.act, PReLU)
                                                               or u.act.num_parameters > 1)
                                for u in self._units)
 
@@ -307,6 +328,7 @@ class Sequential:
 
     def train_step(self, X, y, loss, optimizer):
         """One step of SGD-style training on the batch (X, y); returns the loss as a float."""
+        _check_optimizer(optimizer)
         value, _ = self._step(self._check_X(X), y, get_loss(loss), optimizer)
         return value
 
@@ -320,18 +342,22 @@ class Sequential:
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.in_features:
             return None
         key = (X.shape[0], id(optimizer), type(loss))
-        step = self._compiled.get(key)
-        if step is not None:
-            if step.optimizer is optimizer and step.arrays == _CompiledStep._arrays(self, optimizer):
-                return step
+        signature = _CompiledStep.signature_of(self, optimizer)
+        cached = self._compiled.get(key)
+        if cached is not None and cached[0] == signature and cached[2] is optimizer:
+            return cached[1]
+        step = None
         mine = {(id(p.layer), p.name) for p in self.parameters()}
         theirs = [(id(p.layer), p.name) for p in optimizer.params]
-        if len(theirs) != len(mine) or set(theirs) != mine:
-            return None
+        if len(theirs) == len(mine) and set(theirs) == mine:
+            try:
+                step = _CompiledStep(self, X.shape[0], loss, optimizer)
+            except ValueError:
+                step = None  # something the kernel does not take: the layer path decides
         if len(self._compiled) >= 4:
             self._compiled.clear()
-        step = _CompiledStep(self, X.shape[0], loss, optimizer)
-        self._compiled[key] = step
+        # (a failed build is remembered too, until the signature changes)
+        self._compiled[key] = (_CompiledStep.signature_of(self, optimizer), step, optimizer)
         return step
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False):
@@ -382,6 +408,7 @@ class Sequential:
         batch_size = _positive_int(batch_size, "batch_size")
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
+        _check_optimizer(optimizer)
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
@@ -447,11 +474,11 @@ class Sequential:
         The file is written to a temporary name and renamed, so a crash never leaves a
         truncated model at ``path``."""
         meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
+        path = _fspath(path)
         arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
         for i, layer in enumerate(self.layers):
             for name, value in layer.params.items():
                 arrays[f"{i}.{name}"] = value
-        path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
         try:
@@ -513,9 +540,22 @@ def _describe(layers):
     return ", ".join(f"{entry.get('type')}({entry.get('config')})" for entry in layers)
 
 
+def _fspath(path):
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
+def _check_optimizer(optimizer):
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError("optimizer must be a fastnn optimizer (SGD, RMSProp, Adam) or an object with a "
+                        f"step() method, got {type(optimizer).__name__}")
+
+
 def _read_model_file(path):
     """(meta, arrays) from a fastnn model file, fully read and checked, or ValueError."""
-    path = os.fspath(path)
+    path = _fspath(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()

@@ -22,7 +22,7 @@ __all__ = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
 
 def _target(w):
     """The array to update in place: w itself when possible, else a contiguous float copy."""
-    if type(w) is np.ndarray and w.dtype.char in "fd":
+    if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative:
         flags = w.flags
         if flags.c_contiguous and flags.writeable:
             return w
@@ -135,13 +135,13 @@ def adam(w, dw, config=None):
     t = config.get("t", 0)
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
         raise ValueError(f"config['t'] must be a non-negative int, got {t!r}")
+    t = int(t) + 1
+    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+    if c1 == 0.0 or c2 == 0.0:  # checked before config changes
+        raise ValueError("config['beta1'] and config['beta2'] must be < 1")
     w = _target(w)
     dw = _grad(dw, w)
     m = _state(config, "m", w)
     v = _state(config, "v", w)
-    t = int(t) + 1
     config["t"] = t
-    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-    if c1 == 0.0 or c2 == 0.0:
-        raise ValueError("config['beta1'] and config['beta2'] must be < 1")
     return _run(_ko.ADAM, w, dw, m, v, lr, b1, b2, eps, c1, c2, wd), config

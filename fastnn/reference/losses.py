@@ -31,7 +31,8 @@ def logistic_loss(x, y):
     x = x.reshape(-1)
     y = np.asarray(y).reshape(-1).astype(x.dtype)
     n = x.shape[0]
-    loss = (np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0) - x * y).sum() / n
+    # max(x, 0) - x y per label: x = +-inf gives inf or 0, never inf - inf
+    loss = (np.log1p(np.exp(-np.abs(x))) + np.where(y > 0.5, np.maximum(-x, 0), np.maximum(x, 0))).sum() / n
     with np.errstate(over="ignore"):
         e = np.exp(-np.abs(x))
     s = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
