@@ -159,49 +159,75 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
                 dalpha[j] += partial[b, j]
 
 
+cdef extern from "fastnn_simd.h" nogil:
+    void fnn_maxout_fwd_f32(const float *z, float *out, signed char *am, Py_ssize_t n, Py_ssize_t k)
+    void fnn_maxout_fwd_f64(const double *z, double *out, signed char *am, Py_ssize_t n, Py_ssize_t k)
+    void fnn_maxout_bwd_f32(const float *g, const signed char *am, float *dz, Py_ssize_t n, Py_ssize_t k)
+    void fnn_maxout_bwd_f64(const double *g, const signed char *am, double *dz, Py_ssize_t n, Py_ssize_t k)
+
+
+cdef inline void _maxout_fwd_chunk(Py_ssize_t c, Py_ssize_t n, Py_ssize_t k, const floating *z,
+                                   floating *out, signed char *am) noexcept nogil:
+    cdef Py_ssize_t start = c * CHUNK, m = n - c * CHUNK
+    if m > CHUNK:
+        m = CHUNK
+    if floating is float:
+        fnn_maxout_fwd_f32(z + start * k, out + start, am + start, m, k)
+    else:
+        fnn_maxout_fwd_f64(z + start * k, out + start, am + start, m, k)
+
+
+cdef inline void _maxout_bwd_chunk(Py_ssize_t c, Py_ssize_t n, Py_ssize_t k, const floating *g,
+                                   const signed char *am, floating *dz) noexcept nogil:
+    cdef Py_ssize_t start = c * CHUNK, m = n - c * CHUNK
+    if m > CHUNK:
+        m = CHUNK
+    if floating is float:
+        fnn_maxout_bwd_f32(g + start, am + start, dz + start * k, m, k)
+    else:
+        fnn_maxout_bwd_f64(g + start, am + start, dz + start * k, m, k)
+
+
 def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
                           signed char[:, ::1] argmax, int n_threads):
     """out[n, m] = max_p z[n, m, p]; argmax keeps the winning piece. NaN wins (like np.max),
     and among equal maxima the first piece wins (like np.argmax)."""
     cdef Py_ssize_t rows = z.shape[0], units = z.shape[1], k = z.shape[2]
-    cdef Py_ssize_t i, m, p, best_p
-    cdef floating best, v
+    cdef Py_ssize_t n = rows * units, c, nchunks
     cdef int nt
     if k < 1 or k > 127:
         raise ValueError("maxout needs 1 to 127 pieces")
     if out.shape[0] != rows or out.shape[1] != units or argmax.shape[0] != rows or argmax.shape[1] != units:
         raise ValueError("maxout_reduce_forward: shape mismatch")
-    if rows == 0 or units == 0:
+    if n == 0:
         return
-    nt = effective_threads(rows * units * k, MIN_WORK_PER_THREAD, n_threads)
+    nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
+    nchunks = (n + CHUNK - 1) // CHUNK
     with nogil:
-        for i in prange(rows, num_threads=nt, schedule="static"):
-            for m in range(units):
-                best = z[i, m, 0]
-                best_p = 0
-                for p in range(1, k):
-                    v = z[i, m, p]
-                    if v > best or (v != v and best == best):
-                        best = v
-                        best_p = p
-                out[i, m] = best
-                argmax[i, m] = <signed char>best_p
+        if nt == 1:
+            for c in range(nchunks):
+                _maxout_fwd_chunk(c, n, k, &z[0, 0, 0], &out[0, 0], &argmax[0, 0])
+        else:
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                _maxout_fwd_chunk(c, n, k, &z[0, 0, 0], &out[0, 0], &argmax[0, 0])
 
 
 def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1] argmax,
                            floating[:, :, ::1] dz, int n_threads):
     """dz[n, m, p] = dout[n, m] where p is the forward's winner, 0 elsewhere."""
     cdef Py_ssize_t rows = dz.shape[0], units = dz.shape[1], k = dz.shape[2]
-    cdef Py_ssize_t i, m, p, w
+    cdef Py_ssize_t n = rows * units, c, nchunks
     cdef int nt
     if dout.shape[0] != rows or dout.shape[1] != units or argmax.shape[0] != rows or argmax.shape[1] != units:
         raise ValueError("maxout_reduce_backward: shape mismatch")
-    if rows == 0 or units == 0:
+    if n == 0:
         return
-    nt = effective_threads(rows * units * k, MIN_WORK_PER_THREAD, n_threads)
+    nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
+    nchunks = (n + CHUNK - 1) // CHUNK
     with nogil:
-        for i in prange(rows, num_threads=nt, schedule="static"):
-            for m in range(units):
-                w = argmax[i, m]
-                for p in range(k):
-                    dz[i, m, p] = dout[i, m] if p == w else 0
+        if nt == 1:
+            for c in range(nchunks):
+                _maxout_bwd_chunk(c, n, k, &dout[0, 0], &argmax[0, 0], &dz[0, 0, 0])
+        else:
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                _maxout_bwd_chunk(c, n, k, &dout[0, 0], &argmax[0, 0], &dz[0, 0, 0])

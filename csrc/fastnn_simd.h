@@ -298,6 +298,35 @@ FNN_CLONES static void fnn_adam_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT d
       m[i] = mi; v[i] = vi;                                                                   \
       w[i] -= lr * (mi / c1) / (FNN_SQRT_##SFX(vi / c2) + eps); } }
 
+/* Maxout's element-wise part over n units of k pieces each (z is n*k, unit-major): the max
+ * and the winning piece (NaN wins, like np.max; the first of equal maxima, like np.argmax),
+ * and its backward (the gradient goes to the winner). k == 2, the common case, has its own
+ * branch-free loop that the compiler vectorizes. */
+#define FNN_DEFINE_SPANS_MAXOUT(T, SFX)                                                       \
+FNN_CLONES static void fnn_maxout_fwd_##SFX(const T *FNN_RESTRICT z, T *FNN_RESTRICT out,     \
+        signed char *FNN_RESTRICT am, ptrdiff_t n, ptrdiff_t k)                               \
+{ if (k == 2) {                                                                               \
+      for (ptrdiff_t m = 0; m < n; m++) {                                                     \
+          T a = z[2 * m], b = z[2 * m + 1];                                                   \
+          int take_b = (b > a) | ((b != b) & (a == a));                                       \
+          out[m] = take_b ? b : a; am[m] = (signed char)take_b; }                             \
+  } else {                                                                                    \
+      for (ptrdiff_t m = 0; m < n; m++) {                                                     \
+          const T *zm = z + m * k; T best = zm[0]; int bp = 0;                                \
+          for (ptrdiff_t p = 1; p < k; p++) {                                                 \
+              T v = zm[p];                                                                    \
+              if (v > best || (v != v && best == best)) { best = v; bp = (int)p; } }          \
+          out[m] = best; am[m] = (signed char)bp; } } }                                       \
+FNN_CLONES static void fnn_maxout_bwd_##SFX(const T *FNN_RESTRICT g,                          \
+        const signed char *FNN_RESTRICT am, T *FNN_RESTRICT dz, ptrdiff_t n, ptrdiff_t k)     \
+{ if (k == 2) {                                                                               \
+      for (ptrdiff_t m = 0; m < n; m++) {                                                     \
+          T v = g[m]; int w = am[m];                                                          \
+          dz[2 * m] = (w == 0) ? v : (T)0; dz[2 * m + 1] = (w == 1) ? v : (T)0; }             \
+  } else {                                                                                    \
+      for (ptrdiff_t m = 0; m < n; m++)                                                       \
+          for (ptrdiff_t p = 0; p < k; p++) dz[m * k + p] = (p == am[m]) ? g[m] : (T)0; } }
+
 /* Loss helpers: y = exp(x - shift) for shift >= max(x) (the softmax numerator), and y *= s. */
 #define FNN_DEFINE_SPANS_LOSS(T, SFX)                                                         \
 FNN_CLONES static void fnn_exp_shift_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,        \
@@ -343,10 +372,12 @@ FNN_CLONES static void fnn_add_into_##SFX(const T *FNN_RESTRICT v, T *FNN_RESTRI
 { for (ptrdiff_t i = 0; i < n; i++) acc[i] += v[i]; }
 
 FNN_DEFINE_SPANS_LOSS(float, f32)
+FNN_DEFINE_SPANS_MAXOUT(float, f32)
 FNN_DEFINE_SPANS_DROPOUT(float, f32)
 FNN_DEFINE_SPANS_OPTIM(float, f32)
 FNN_DEFINE_SPANS(float, f32)
 FNN_DEFINE_SPANS_LOSS(double, f64)
+FNN_DEFINE_SPANS_MAXOUT(double, f64)
 FNN_DEFINE_SPANS_DROPOUT(double, f64)
 FNN_DEFINE_SPANS_OPTIM(double, f64)
 FNN_DEFINE_SPANS(double, f64)
