@@ -100,6 +100,10 @@ def _base_cflags(compiler, debug, sanitize):
     if compiler.compiler_type == "msvc":
         return (["/Od", "/Zi"] if debug else ["/O2"]), []
     cflags = ["-O0", "-g"] if debug else ["-O3"]
+    if not debug and "-g" not in os.environ.get("CFLAGS", "").split():
+        # Python's own CFLAGS carry -g: debug info would be ~80% of each module (and of the
+        # wheel). Symbols stay for profilers; CFLAGS=-g keeps debug info in an optimized build.
+        cflags.append("-g0")
     # Keeps IEEE semantics (NaN/Inf propagate); only drops errno and trap side effects,
     # which lets loops with conditionals and sqrt vectorize. Never -ffast-math.
     cflags += ["-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function", "-Wno-unreachable-code"]
@@ -147,7 +151,23 @@ class FastnnBuildExt(build_ext):
             ext.define_macros = list(ext.define_macros or []) + [
                 ("FASTNN_BUILT_WITH_OPENMP", "1" if use_openmp else "0"),
             ]
+        # setuptools skips a module whose .so is newer than its sources, so switching
+        # FASTNN_OPENMP/FASTNN_DEBUG/... in a tree built before would reuse the old build:
+        # rebuild everything when the flags differ from the last build's.
+        stamp = os.path.join(self.build_temp, "fastnn-build-flags.txt")
+        flags = repr((sorted(set(cflags)), sorted(set(lflags)), use_openmp, debug))
+        try:
+            with open(stamp) as f:
+                same = f.read() == flags
+        except OSError:
+            same = False
+        if not same:
+            self.force = True
+            self.compiler.force = True
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(flags)
 
 
 def _extensions():

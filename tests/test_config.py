@@ -16,6 +16,10 @@ import fastnn.functional as F
 from fastnn._kernels import _config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the fastnn under test was imported from: the checkout (in-place or editable build) or
+# site-packages (an installed wheel, with the tests copied elsewhere). Child interpreters import
+# the same one.
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
 OPENMP = _config.openmp_enabled()
 
 
@@ -105,21 +109,24 @@ def test_threads_is_exported():
 # ============================================================================ environment defaults
 def _run_child(env_set, code):
     """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS removed and
-    then ``env_set`` applied; fastnn is importable (PYTHONPATH kept, repo root added)."""
+    then ``env_set`` applied; it imports the same fastnn as this process (PYTHONPATH kept, the
+    directory fastnn was imported from added first and used as the working directory)."""
     env = {k: v for k, v in os.environ.items() if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS")}
-    paths = [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [IMPORT_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(env_set)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
 
 
 _REPORT = """
     import json, os
     import fastnn
     from fastnn._kernels import _config
+    # the CPUs this process may use (no sched_getaffinity on macOS and Windows)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"n": fastnn.get_num_threads(), "openmp": _config.openmp_enabled(),
-            "omp_max": _config.omp_max_threads(), "cpus": len(os.sched_getaffinity(0))}
+            "omp_max": _config.omp_max_threads(), "cpus": cpus}
     try:
         from threadpoolctl import threadpool_info
         info["pools"] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
@@ -221,10 +228,39 @@ def test_threadpoolctl_sees_the_openmp_pool():
 
 
 # ============================================================================ version
-def test_version_is_a_string_matching_pyproject():
+def test_version_is_a_string():
     assert isinstance(fastnn.__version__, str)
     assert re.fullmatch(r"\d+\.\d+(\.\d+)?([abrc]+\d+)?(\.dev\d+)?(\+\S+)?", fastnn.__version__)
+
+
+def test_version_has_one_source():
+    """pyproject.toml takes the version from fastnn/__init__.py and states none of its own."""
+    path = os.path.join(REPO_ROOT, "pyproject.toml")
+    if not os.path.isfile(path):
+        pytest.skip("tests run outside the source tree: no pyproject.toml beside them")
     tomllib = pytest.importorskip("tomllib")
-    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+    with open(path, "rb") as f:
         meta = tomllib.load(f)
-    assert meta["project"]["version"] == fastnn.__version__
+    assert "version" not in meta["project"], "the version lives in fastnn/__init__.py only"
+    assert "version" in meta["project"]["dynamic"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fastnn.__version__"}
+
+
+def test_installed_metadata_matches_version():
+    """The installed distribution's metadata (wheel or editable install) says the same version."""
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("fastnn")
+    except metadata.PackageNotFoundError:
+        dist = None
+    if dist is None or dist.read_text("INSTALLER") is None:  # none, or a checkout's egg-info
+        pytest.skip("fastnn is not installed (in-place build on PYTHONPATH)")
+    from urllib.parse import unquote, urlparse
+    init = os.path.realpath(fastnn.__file__)
+    files = [os.path.realpath(str(dist.locate_file(f))) for f in (dist.files or [])]
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    editable_root = (os.path.realpath(unquote(urlparse(direct_url.get("url", "")).path))
+                     if direct_url.get("dir_info", {}).get("editable") else None)
+    if init not in files and editable_root != os.path.realpath(IMPORT_ROOT):
+        pytest.skip(f"the installed fastnn {dist.version} is not the one imported ({init})")
+    assert dist.version == fastnn.__version__

@@ -1,0 +1,26 @@
+"""Fused dense-layer kernels over SciPy's BLAS (csrc/dense.pyx). Private: use fastnn.functional.
+
+Array arguments are C-contiguous float32 or float64 arrays, all of one dtype per call; outputs
+are written in place. Arguments typed ``... | None`` may be None (see the docstrings)."""
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Float = NDArray[np.floating[Any]]
+
+def config_address() -> int: ...
+def register_blas_thread_control(set_addr: int, get_addr: int) -> None: ...
+def blas_thread_control() -> bool: ...
+def tile_params() -> Dict[str, Any]: ...
+def set_tile_params(tile_flops: Optional[float] = None, min_tile_rows: Optional[int] = None,
+                    min_tile_cols: Optional[int] = None, max_tiles: Optional[int] = None,
+                    serial_flops: Optional[float] = None,
+                    row_block_elems: Optional[int] = None) -> None: ...
+def plan(r: int, c: int, k: int) -> Tuple[int, int, int, int]: ...
+def dense_forward(op: int, x: _Float, w: _Float, b: _Float, y: _Float, z: Optional[_Float],
+                  alpha: float, avec: Optional[_Float], n_threads: int) -> None: ...
+def dense_backward(op: int, dout: _Float, saved: _Float, x: _Float, w: _Float,
+                   dx: Optional[_Float], dw: _Float, db: _Float, dz: Optional[_Float],
+                   alpha: float, avec: Optional[_Float], dalpha: Optional[_Float],
+                   n_threads: int) -> None: ...

@@ -1,0 +1,18 @@
+"""Fused parameter-update kernels (csrc/optim.pyx). Private: use fastnn.optim or the
+optimizers."""
+from typing import Any, Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Float = NDArray[np.floating[Any]]
+
+SGD: int
+MOMENTUM: int
+NESTEROV: int
+RMSPROP: int
+ADAM: int
+
+def update(rule: int, w: _Float, dw: _Float, s1: Optional[_Float], s2: Optional[_Float],
+           lr: float, h1: float, h2: float, eps: float, c1: float, c2: float, wd: float,
+           n_threads: int) -> None: ...
