@@ -128,10 +128,13 @@ def assert_thread_invariant(fn, threads=THREAD_COUNTS):
 
     ``fn`` must return an array, a scalar or a (nested) tuple/list of them; it must build its
     own outputs (fresh arrays) on every call. Returns the result of the first run."""
+    from fastnn._kernels import _config
+
     results = []
     for n in threads:
         with fastnn.threads(n):
-            assert fastnn.get_num_threads() == n
+            # a serial build (FASTNN_OPENMP=0) runs on one thread whatever it is asked for
+            assert fastnn.get_num_threads() == (n if _config.openmp_enabled() else 1)
             results.append(fn())
     first = _leaves(results[0])
     for n, res in zip(threads[1:], results[1:]):
@@ -175,7 +178,7 @@ def openmp_workers_started(setup, call, threads=3):
     across the second run
     (the OpenMP runtime keeps its workers, so a parallel region leaves them behind). 0 means
     the call ran serial; ``threads - 1`` means it used every thread it was given. Returns None
-    where this cannot be measured (no /proc, or OpenMP disabled)."""
+    where this cannot be measured (no /proc); skips the calling test in a build without OpenMP."""
     import os
     import subprocess
     import sys
@@ -185,7 +188,7 @@ def openmp_workers_started(setup, call, threads=3):
         return None
     from fastnn._kernels import _config
     if not _config.openmp_enabled():
-        return None
+        pytest.skip("built without OpenMP (FASTNN_OPENMP=0): serial kernels start no workers")
     code = "\n".join([
         "import os",
         "import numpy as np",
@@ -202,10 +205,55 @@ def openmp_workers_started(setup, call, threads=3):
         "print(tasks() - before)",
     ])
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # the child imports the same fastnn as this process: the checkout or an installed wheel
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
+                         timeout=120, cwd=root)
     if res.returncode != 0:
         raise AssertionError(f"subprocess failed:\n{res.stderr}")
     return int(res.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- slow tests
+# Tests marked ``slow`` (the full OpInfo product, long timing checks) are deselected unless asked
+# for: ``python -m pytest --run-slow`` or FASTNN_RUN_SLOW=1. The hypothesis example counts are a
+# separate switch (profiles below).
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="run the tests marked slow (also: FASTNN_RUN_SLOW=1)")
+
+
+def _run_slow(config):
+    import os
+
+    return config.getoption("--run-slow") or os.environ.get("FASTNN_RUN_SLOW", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _run_slow(config):
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+# ----------------------------------------------------------------------------- hypothesis
+# Profiles for the property tests (tests/test_properties.py): "fastnn-default" (few examples,
+# the default run) and "slow" (10,000 examples per property). Select with
+# ``--hypothesis-profile=slow`` or the environment variable FASTNN_HYPOTHESIS_PROFILE=slow.
+try:
+    from hypothesis import HealthCheck, settings as _hyp_settings
+except ImportError:  # hypothesis is in the test extra; test_properties.py skips without it
+    pass
+else:
+    import os as _os
+
+    _hyp_settings.register_profile("fastnn-default", max_examples=25, deadline=None, derandomize=True,
+                                   print_blob=True,
+                                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    _hyp_settings.register_profile("slow", max_examples=10_000, deadline=None, print_blob=True,
+                                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                          HealthCheck.filter_too_much])
+    _hyp_settings.load_profile(_os.environ.get("FASTNN_HYPOTHESIS_PROFILE", "fastnn-default"))
