@@ -29,10 +29,12 @@ cdef enum:
 # Threading thresholds, in "work units" per thread (an element of ReLU = 1 unit).
 # Measured with bench/threshold.py on the 2-core project machine: below ~2 * this many units a
 # second thread costs more in start-up and synchronisation than it saves.
-cdef Py_ssize_t MIN_WORK_PER_THREAD = 32768
-# Relative cost of one element of each op (forward; backward is close to a multiply).
+cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536
+# Relative cost of one element of each op, forward (bench/threshold.py: in cache, sigmoid and
+# tanh cost ~3.5x a ReLU element, but both are memory-bound at the sizes where threads start;
+# 2 puts their crossover at 65536 elements, ReLU's at 131072). Backward counts 1 per element.
 cdef Py_ssize_t OP_COST[6]
-OP_COST[:] = [1, 1, 1, 6, 6, 1]    # identity, relu, leaky, sigmoid, tanh, prelu
+OP_COST[:] = [1, 1, 1, 2, 2, 1]    # identity, relu, leaky, sigmoid, tanh, prelu
 
 def min_work_per_thread():
     return MIN_WORK_PER_THREAD
@@ -56,12 +58,14 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
         raise ValueError("out must have as many elements as x")
     if n == 0:
         return
+    nchunks = (n + CHUNK - 1) // CHUNK
     nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads)
+    if nt > nchunks:
+        nt = <int>nchunks
     with nogil:
         if nt == 1:
             act_fwd(op, &x[0], &out[0], n, alpha, NULL)
         else:
-            nchunks = (n + CHUNK - 1) // CHUNK
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * CHUNK
                 m = n - start
@@ -82,12 +86,14 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
         raise ValueError("dout, saved and dx must have the same number of elements")
     if n == 0:
         return
-    nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
+    nchunks = (n + CHUNK - 1) // CHUNK
+    nt = effective_threads(n, MIN_WORK_PER_THREAD, n_threads)
+    if nt > nchunks:
+        nt = <int>nchunks
     with nogil:
         if nt == 1:
             act_bwd(op, &dout[0], &saved[0], &dx[0], n, alpha, NULL)
         else:
-            nchunks = (n + CHUNK - 1) // CHUNK
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * CHUNK
                 m = n - start

@@ -9,6 +9,8 @@ ReLU, Leaky ReLU, sigmoid and tanh take an optional keyword ``out=``: a C-contig
 the result's shape and dtype, not overlapping the inputs, written instead of a new array (as
 with NumPy's ufuncs; it saves the allocation and its page faults on large arrays).
 """
+import math
+
 import numpy as np
 
 from fastnn import _threads
@@ -131,7 +133,7 @@ def _rows(a):
     if a.ndim == 0:
         return a.reshape(1, 1)
     d = a.shape[-1]
-    return a.reshape(int(np.prod(a.shape[:-1], dtype=np.int64)), d)
+    return a.reshape(math.prod(a.shape[:-1]), d)
 
 
 def _prelu_alpha(alpha, x, dtype):
@@ -167,12 +169,17 @@ def prelu_backward(dout, cache):
     """Returns ``(dx, dalpha)``; ``dalpha`` has the shape of the alpha given to forward
     (a NumPy scalar for a scalar alpha)."""
     x = _cache_array(cache, "prelu")
-    a, ashape = cache.alpha
     dt = common_dtype(("dout", dout), ("cache", x))
     dout = as_float_array(dout, "dout", dt)
     x = as_float_array(x, "cache", dt)
-    a = a.astype(dt, copy=False)
     check_same_shape(dout, "dout", x, "the forward input")
+    d = x.shape[-1] if x.ndim else 1
+    ok = isinstance(cache.alpha, tuple) and len(cache.alpha) == 2
+    a, ashape = cache.alpha if ok else (None, None)
+    if not (ok and isinstance(a, np.ndarray) and a.shape == (d,) and ashape in ((), (d,))):
+        raise ValueError(f"cache is damaged or not from prelu_forward: its slopes do not match the "
+                         f"{d} features of its input")
+    a = as_float_array(a, "cache", dt)
     dx = np.empty_like(dout)
     dalpha = np.empty(a.shape[0], dtype=dt)
     _k.prelu_backward(_rows(dout), _rows(x), a, _rows(dx), dalpha, _threads._num_threads)
@@ -199,6 +206,9 @@ def maxout_reduce_forward(z):
 def maxout_reduce_backward(dout, cache):
     argmax = _cache_array(cache, "maxout_reduce")
     shape = cache.alpha
+    if not (isinstance(argmax, np.ndarray) and argmax.dtype == np.int8 and isinstance(shape, tuple)
+            and len(shape) == 3 and argmax.shape == shape[:2] and argmax.flags.c_contiguous):
+        raise ValueError("cache is damaged or not from maxout_reduce_forward")
     dout = as_float_array(dout, "dout")
     if dout.shape != shape[:2]:
         raise ValueError(f"dout must have shape {shape[:2]}, got {dout.shape}")

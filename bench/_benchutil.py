@@ -1,0 +1,98 @@
+"""Helpers shared by the standalone benchmark scripts in bench/ (not collected by pytest)."""
+import datetime
+import os
+import platform
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)  # run from a source checkout without installing
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def simd_path():
+    try:
+        from fastnn._kernels import _config
+        return _config.simd_path()
+    except Exception:
+        return "unknown"
+
+
+def _busy_jiffies():
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v[:8]) - idle
+
+
+class OtherLoad:
+    """CPU time used by OTHER processes while the block runs, in cores (0.0 = quiet machine,
+    1.0 = one core busy elsewhere). Linux only; None elsewhere."""
+
+    def __enter__(self):
+        self._j0, self._t0, self._w0 = _busy_jiffies(), os.times(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        j1, t1, w1 = _busy_jiffies(), os.times(), time.perf_counter()
+        if self._j0 is None or j1 is None or w1 <= self._w0:
+            self.cores = None
+            return False
+        hz = os.sysconf("SC_CLK_TCK")
+        total = (j1 - self._j0) / hz
+        own = (t1.user - self._t0.user) + (t1.system - self._t0.system)
+        self.cores = max(0.0, (total - own) / (w1 - self._w0))
+        return False
+
+    def describe(self):
+        c = getattr(self, "cores", None)
+        return "n/a" if c is None else f"{c:.2f} cores"
+
+
+def now():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def header_lines(extra=(), started=None):
+    """Header of a benchmark report; `started` is the now() string taken when measuring began."""
+    import numpy as np
+
+    import fastnn
+    lines = [
+        f"date: {started or now()}",
+        f"CPU: {cpu_model()}, {cpus()} CPUs available to this process",
+        f"fastnn {fastnn.__version__}: {fastnn.get_num_threads()} threads, SIMD {simd_path()}; "
+        f"NumPy {np.__version__} (element-wise ufuncs single-threaded); Python {platform.python_version()}",
+    ]
+    lines.extend(extra)
+    return lines
