@@ -15,6 +15,7 @@
 # with the bias (and PReLU alpha) gradient partials; then the dx and dw products run as one list
 # of tiles. The machinery itself is in fastnn_dense.pxd, shared with the network step kernel.
 from cython cimport floating
+from libc.stdlib cimport calloc, free
 import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
@@ -138,8 +139,8 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef const floating *ap = NULL
     cdef const floating *xp = NULL
     cdef const floating *wp = NULL
-    cdef floating[:, ::1] partial
-    cdef floating[:, ::1] apartial
+    cdef floating *partial = NULL
+    cdef floating *apartial = NULL
     dt = np.float32 if floating is float else np.float64
     if (dout.shape[0] != N or dout.shape[1] != M or w.shape[0] != D or dw.shape[0] != D
             or dw.shape[1] != M or db.shape[0] != M):
@@ -164,8 +165,15 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
             dalpha[:] = 0
         return
     rb = backward_rows_per_block(&_cfg, M)   # read once: the buffers and the kernel agree
-    partial = np.zeros((backward_blocks(N, rb), M), dtype=dt)
-    apartial = np.zeros((backward_blocks(N, rb) if op == FNN_PRELU else 1, M), dtype=dt)
+    # zeroed workspaces for the bias (and prelu slope) partial sums; calloc is cheaper than
+    # two NumPy allocations on the small calls where it matters
+    partial = <floating *>calloc(backward_blocks(N, rb) * M, sizeof(floating))
+    apartial = <floating *>calloc((backward_blocks(N, rb) if op == FNN_PRELU else 1) * M,
+                                  sizeof(floating))
+    if partial == NULL or apartial == NULL:
+        free(partial)
+        free(apartial)
+        raise MemoryError()
     if D > 0:
         xp = &x[0, 0]
         wp = &w[0, 0]
@@ -182,7 +190,9 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     try:
         with nogil:
             dense_backward_raw(&_cfg, op, &dout[0, 0], sp, xp, wp, dxp, dwp,
-                               &db[0], dzp, alpha, ap, dap, &partial[0, 0], &apartial[0, 0],
+                               &db[0], dzp, alpha, ap, dap, partial, apartial,
                                rb, N, D, M, n_threads)
     finally:
         blas_exit(&_cfg)
+        free(partial)
+        free(apartial)
