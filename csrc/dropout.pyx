@@ -17,7 +17,7 @@ cdef extern from "fastnn_simd.h" nogil:
 
 cdef enum:
     CHUNK = 16384
-cdef Py_ssize_t MIN_WORK_PER_THREAD = 32768
+cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 
 
 def keep_threshold(double p):
@@ -41,7 +41,7 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
         raise ValueError("dropout supports at most 2**32 - 1 elements per call")
     if n == 0:
         return
-    nt = effective_threads(n * 4, MIN_WORK_PER_THREAD, n_threads)
+    nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
     nchunks = (n + CHUNK - 1) // CHUNK
     with nogil:
         for c in prange(nchunks, num_threads=nt, schedule="static"):

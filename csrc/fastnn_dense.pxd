@@ -244,7 +244,8 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
     cdef Py_ssize_t blk, t, ntx, ntw, j
     cdef const floating *g
     cdef Plan px, pw
-    cdef int nt = effective_threads(N * M * 2, cfg.row_block_elems, n_threads)
+    # element-wise pass: threads from 131072 elements (bench/threshold.py's backward crossover)
+    cdef int nt = effective_threads(N * M, 65536, n_threads)
     for j in range(M):
         db[j] = 0
         if op == FNN_PRELU:

@@ -19,7 +19,8 @@ cdef enum LossKind:
     LOSS_MSE = 4
 
 cdef enum:
-    LOSS_MIN_WORK_PER_THREAD = 32768
+    # in ReLU-element units, as the activation kernels (bench/threshold.py)
+    LOSS_MIN_WORK_PER_THREAD = 65536
 
 
 cdef inline double softmax_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
@@ -123,7 +124,7 @@ cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_
     x) in `targets`. `losses` is a workspace of N doubles."""
     cdef Py_ssize_t i
     cdef double total = 0.0, inv_n = 1.0 / N
-    cdef int nt = effective_threads(N * C * (4 if kind == LOSS_SOFTMAX else 1) + N * 8,
+    cdef int nt = effective_threads(N * C * (2 if kind == LOSS_SOFTMAX else 1) + N * 4,
                                     LOSS_MIN_WORK_PER_THREAD, n_threads)
     if nt <= 1:
         for i in range(N):

@@ -30,7 +30,7 @@ cdef enum Rule:
 
 cdef enum:
     UPDATE_CHUNK = 16384
-    UPDATE_MIN_WORK_PER_THREAD = 32768
+    UPDATE_MIN_WORK_PER_THREAD = 65536   # threads from 131072 elements (bench/threshold.py)
 
 
 cdef inline void update_span(int rule, floating *w, const floating *dw, floating *s1, floating *s2,
@@ -80,7 +80,7 @@ cdef inline void update_raw(int rule, floating *w, const floating *dw, floating 
     """One in-place update of w (n elements), over fixed chunks spread across threads when the
     parameter is large enough. s1: velocity / cache / Adam's m; s2: Adam's v."""
     cdef Py_ssize_t c, nchunks = (n + UPDATE_CHUNK - 1) // UPDATE_CHUNK
-    cdef int nt = effective_threads(n * 3, UPDATE_MIN_WORK_PER_THREAD, n_threads)
+    cdef int nt = effective_threads(n, UPDATE_MIN_WORK_PER_THREAD, n_threads)
     if nt <= 1:
         update_span(rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)
     else:
