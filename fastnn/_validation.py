@@ -152,3 +152,26 @@ def binary_targets(y, n, allowed, dtype, name="y"):
         bad = arr[~np.isin(arr, allowed)][0]
         raise ValueError(f"{name} must hold labels from {{{', '.join(map(str, sorted(allowed)))}}}, got {bad}")
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_float_dtype(dtype, name="dtype"):
+    """A dtype argument that must be float32 or float64 (as a NumPy dtype)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be np.float32 or np.float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} must be np.float32 or np.float64, got {dt}")
+    return dt
+
+
+def check_seed(seed, name="seed"):
+    """None or a non-negative int (returned as an int)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None or a non-negative int, got {type(seed).__name__}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"{name} must be None or a non-negative int, got {seed}")
+    return seed

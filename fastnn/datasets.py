@@ -14,6 +14,8 @@ import numbers
 
 import numpy as np
 
+from fastnn._validation import check_float_dtype, check_seed
+
 __all__ = ["spiral", "circle", "regression_1d"]
 
 
@@ -42,16 +44,6 @@ def _noise(value):
     return value
 
 
-def _dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be np.float32 or np.float64, got {dt}")
-    return dt
-
-
 def _generator(seed):
     if isinstance(seed, np.random.Generator):
         return seed
@@ -60,9 +52,7 @@ def _generator(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be None, a non-negative int or a np.random.Generator, "
                         f"got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed}")
-    return np.random.default_rng(int(seed))
+    return np.random.default_rng(check_seed(seed))
 
 
 def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32):
@@ -75,7 +65,7 @@ def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32)
     n_per_class = _positive_int(n_per_class, "n_per_class")
     n_classes = _positive_int(n_classes, "n_classes")
     noise = _noise(noise)
-    dtype = _dtype(dtype)
+    dtype = check_float_dtype(dtype)
     rng = _generator(seed)
 
     radius = np.linspace(0.0, 1.0, n_per_class)
@@ -104,7 +94,7 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
         raise ValueError(f"factor (the inner radius relative to the outer one) must be in (0, 1), got {factor}")
     if inner not in ("ring", "disk"):
         raise ValueError(f"inner must be 'ring' or 'disk', got {inner!r}")
-    dtype = _dtype(dtype)
+    dtype = check_float_dtype(dtype)
     rng = _generator(seed)
 
     n_in = n // 2
@@ -133,7 +123,7 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
     return N finite values (shape (N,) or (N, 1))."""
     n = _positive_int(n, "n")
     noise = _noise(noise)
-    dtype = _dtype(dtype)
+    dtype = check_float_dtype(dtype)
     if fn is None:
         fn = np.sin
     elif not callable(fn):

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 from fastnn._kernels import activations as _ka
-from fastnn._validation import as_float_array, check_scalar
+from fastnn._validation import as_float_array, check_float_dtype, check_scalar
 from fastnn.functional import activations as _fa
 from fastnn.functional import dense as _fd
 from fastnn.functional import dropout as _fdrop
@@ -27,13 +27,7 @@ ACTIVATIONS = {
 
 
 def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+    return check_float_dtype(dtype)
 
 
 def _digest(a):
@@ -54,6 +48,13 @@ def _check_width(value, name):
     if value > 2**31 - 1:
         raise ValueError(f"{name} must be below 2**31, got {value}")
     return int(value)
+
+
+def _param_dtype(dtype):
+    """The dtype of a layer with parameters: float32 or float64, never None."""
+    if dtype is None:
+        raise TypeError("dtype must be float32 or float64 for a layer with parameters, got None")
+    return dtype
 
 
 def _check_seed(seed):
@@ -161,7 +162,7 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, activation=None, weight_init=None,
                  dtype=np.float32, seed=None, alpha=None):
-        super().__init__(dtype)
+        super().__init__(_param_dtype(dtype))
         self.in_features = _check_width(in_features, "in_features")
         self.out_features = _check_width(out_features, "out_features")
         if activation not in ACTIVATIONS:
@@ -301,7 +302,7 @@ class PReLU(Layer):
     op = _ka.PRELU
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
-        super().__init__(dtype)
+        super().__init__(_param_dtype(dtype))
         self.num_parameters = _check_width(num_parameters, "num_parameters")
         self.init = check_scalar(init, "init")
         self._add_param("alpha", np.full(self.num_parameters, self.init))
@@ -339,7 +340,7 @@ class Maxout(Layer):
     _decay = ("W",)
 
     def __init__(self, in_features, out_features, pieces=2, weight_init=None, dtype=np.float32, seed=None):
-        super().__init__(dtype)
+        super().__init__(_param_dtype(dtype))
         self.in_features = _check_width(in_features, "in_features")
         self.out_features = _check_width(out_features, "out_features")
         self.pieces = _check_width(pieces, "pieces")
@@ -374,24 +375,42 @@ class Maxout(Layer):
 
 
 # ----------------------------------------------------------------------------- regularizers
-class Dropout(Layer):
-    """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
-    keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
+def _check_pass_through(dout, layer):
+    """A layer whose backward passes dout through: dout must have the forward output's shape."""
+    shape = getattr(layer, "_shape", None)
+    if shape is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
+    if dout.shape != shape:
+        raise ValueError(f"dout must have shape {shape}, got {dout.shape}")
 
-    def __init__(self, p=0.5, seed=None, dtype=None):
+
+class _Stochastic(Layer):
+    """A layer that draws random numbers in training: its own Generator, seeded by ``seed``
+    (``Sequential.fit(seed=...)`` reseeds it for a reproducible run)."""
+
+    def __init__(self, seed, dtype):
         super().__init__(dtype)
-        p = check_scalar(p, "p")
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"p is the drop probability and must be in [0, 1), got {p}")
-        self.p = p
         self.seed = _check_seed(seed)
         self._rng = np.random.default_rng(seed)
 
     def reseed(self, seed):
         self._rng = np.random.default_rng(seed)
 
+
+class Dropout(_Stochastic):
+    """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
+    keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
+
+    def __init__(self, p=0.5, seed=None, dtype=None):
+        super().__init__(seed, dtype)
+        p = check_scalar(p, "p")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p is the drop probability and must be in [0, 1), got {p}")
+        self.p = p
+
     def forward(self, x, training=None):
         x = self._input(x)
+        self._shape = x.shape
         if not self._is_training(training) or self.p == 0.0:
             self._cache = None
             return x
@@ -402,6 +421,7 @@ class Dropout(Layer):
     def backward(self, dout, need_dx=True):
         dout = as_float_array(dout, "dout", self.dtype)
         if self._cache is None:
+            _check_pass_through(dout, self)
             return dout
         return _fdrop.dropout_backward(dout, self._cache)
 
@@ -409,23 +429,19 @@ class Dropout(Layer):
         return {"p": self.p, "dtype": _dtype_name(self.dtype)}
 
 
-class GaussianNoise(Layer):
+class GaussianNoise(_Stochastic):
     """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode."""
 
     def __init__(self, std=0.1, seed=None, dtype=None):
-        super().__init__(dtype)
+        super().__init__(seed, dtype)
         std = check_scalar(std, "std")
         if std < 0:
             raise ValueError(f"std must be >= 0, got {std}")
         self.std = std
-        self.seed = _check_seed(seed)
-        self._rng = np.random.default_rng(seed)
-
-    def reseed(self, seed):
-        self._rng = np.random.default_rng(seed)
 
     def forward(self, x, training=None):
         x = self._input(x)
+        self._shape = x.shape
         if not self._is_training(training) or self.std == 0.0:
             return x
         out = self._rng.standard_normal(x.shape, dtype=x.dtype)
@@ -434,7 +450,9 @@ class GaussianNoise(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        return as_float_array(dout, "dout", self.dtype)
+        dout = as_float_array(dout, "dout", self.dtype)
+        _check_pass_through(dout, self)
+        return dout
 
     def get_config(self):
         return {"std": self.std, "dtype": _dtype_name(self.dtype)}

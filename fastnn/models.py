@@ -22,6 +22,8 @@ import numbers
 
 import numpy as np
 
+from fastnn._validation import check_float_dtype, check_seed
+
 from fastnn.functional import (
     affine_backward,
     affine_forward,
@@ -53,26 +55,6 @@ def _nonneg_real(value, name):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
 
-
-def _float_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be np.float32 or np.float64, got {dt}")
-    return dt
-
-
-def _seed_check(seed):
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be None or a non-negative int, got {type(seed).__name__}")
-    seed = int(seed)
-    if seed < 0:
-        raise ValueError(f"seed must be None or a non-negative int, got {seed}")
-    return seed
 
 
 class _Normal:
@@ -142,8 +124,8 @@ class TwoLayerNet:
         num_classes = _positive_int(num_classes, "num_classes")
         weight_scale = _nonneg_real(weight_scale, "weight_scale")
         self.reg = _nonneg_real(reg, "reg")
-        self.dtype = _float_dtype(dtype)
-        self.seed = _seed_check(seed)
+        self.dtype = check_float_dtype(dtype)
+        self.seed = check_seed(seed)
         self.params = _init_layers([input_dim, hidden_dim, num_classes], weight_scale,
                                    self.dtype, self.seed)
 
@@ -201,8 +183,8 @@ class FullyConnectedNet:
         self.use_dropout = keep != 1.0
         self.reg = _nonneg_real(reg, "reg")
         self.num_layers = 1 + len(hidden_dims)
-        self.dtype = _float_dtype(dtype)
-        self.seed = _seed_check(seed)
+        self.dtype = check_float_dtype(dtype)
+        self.seed = check_seed(seed)
         self.params = _init_layers([input_dim] + hidden_dims + [num_classes], weight_scale,
                                    self.dtype, self.seed)
         self.dropout_param = {}

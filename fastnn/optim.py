@@ -86,8 +86,7 @@ def sgd(w, dw, config=None):
     return _run(_ko.SGD, w, _grad(dw, w), None, None, lr, wd=wd), config
 
 
-def sgd_momentum(w, dw, config=None):
-    """SGD with momentum: ``v = momentum * v - learning_rate * dw; w += v``."""
+def _momentum(rule, w, dw, config):
     config = _config(config)
     lr = _hyper(config, "learning_rate", 1e-2)
     mu = _hyper(config, "momentum", 0.9, lo=0.0)
@@ -95,19 +94,17 @@ def sgd_momentum(w, dw, config=None):
     w = _target(w)
     dw = _grad(dw, w)
     v = _state(config, "velocity", w)
-    return _run(_ko.MOMENTUM, w, dw, v, None, lr, mu, wd=wd), config
+    return _run(rule, w, dw, v, None, lr, mu, wd=wd), config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum: ``v = momentum * v - learning_rate * dw; w += v``."""
+    return _momentum(_ko.MOMENTUM, w, dw, config)
 
 
 def nesterov_momentum(w, dw, config=None):
     """Nesterov momentum: ``v = mu * v - lr * dw; w += -mu * v_prev + (1 + mu) * v``."""
-    config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2)
-    mu = _hyper(config, "momentum", 0.9, lo=0.0)
-    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
-    w = _target(w)
-    dw = _grad(dw, w)
-    v = _state(config, "velocity", w)
-    return _run(_ko.NESTEROV, w, dw, v, None, lr, mu, wd=wd), config
+    return _momentum(_ko.NESTEROV, w, dw, config)
 
 
 def rmsprop(w, dw, config=None):
