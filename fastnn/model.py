@@ -541,8 +541,9 @@ def _describe(layers):
 
 
 def _fspath(path):
+    """path as a str (a bytes path is decoded as the OS does)."""
     try:
-        return os.fspath(path)
+        return os.fsdecode(os.fspath(path))
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
 

@@ -18,7 +18,11 @@ __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
 
 class Optimizer:
     def __init__(self, params, lr, weight_decay):
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"params must be an iterable of Parameters (model.parameters()), "
+                            f"got {type(params).__name__}") from None
         if not params:
             raise ValueError("params is empty: pass model.parameters() of a model with learnable layers")
         for p in params:

@@ -8,6 +8,8 @@ and b (M, k) runs one product for all pieces.
 
 Caches hold references, not copies: as in the course code, ``w`` is read when backward runs.
 """
+import math
+
 import numpy as np
 
 from fastnn import _threads
@@ -61,9 +63,11 @@ def _operands(x, w, b, w_ndim=2, alpha=None):
     if isinstance(alpha, np.ndarray) and alpha.ndim > 0:
         named.append(("alpha", alpha))
     dt = common_dtype(*named)
-    x = as_float_array(x, "x", dt)
-    w = as_float_array(w, "w", dt)
-    b = as_float_array(b, "b", dt)
+    # Shapes first, conversions after: a broadcast or strided view of a huge shape must be
+    # refused before it is copied. (Lists are converted here: they already hold their data.)
+    x = x if isinstance(x, np.ndarray) else as_float_array(x, "x", dt)
+    w = w if isinstance(w, np.ndarray) else as_float_array(w, "w", dt)
+    b = b if isinstance(b, np.ndarray) else as_float_array(b, "b", dt)
     if x.ndim < 1:
         raise ValueError(f"x must have a batch axis: shape (N, d1, ..., dk), got shape {x.shape}")
     n = x.shape[0]
@@ -79,6 +83,9 @@ def _operands(x, w, b, w_ndim=2, alpha=None):
     m = int(np.prod(w.shape[1:], dtype=np.int64))
     for value, what in ((n, "N"), (d, "D"), (m, "the number of outputs")):
         _check_dim(value, what)
+    x = as_float_array(x, "x", dt)
+    w = as_float_array(w, "w", dt)
+    b = as_float_array(b, "b", dt)
     return x.reshape(n, d), x.shape, w, b, dt
 
 
@@ -103,8 +110,8 @@ def _fast_forward(op, x, w, b, alpha):
         return None
     n, d = x.shape
     m = w.shape[-1]
-    if d == 0:
-        return None
+    if d == 0 or n > _INT32_MAX or d > _INT32_MAX or m > _INT32_MAX:
+        return None  # the checked path handles D == 0 and names a dimension above the BLAS limit
     keep = op == _ka.LEAKY_RELU
     y = np.empty((n, m), dtype=dt)
     z = np.empty((n, m), dtype=dt) if keep else None
@@ -163,10 +170,42 @@ def _check_cache(cache, op, name):
         raise ValueError(f"cache does not come from {name}_forward")
 
 
+def _check_cache_arrays(cache, op, name):
+    """The arrays a dense cache holds have the shapes its forward gave them (a cache is an
+    opaque object, but a damaged one must be an error, not a kernel call on bad buffers).
+    Returns (n, d, m)."""
+    x2, w = cache.x2, cache.w
+    if not isinstance(x2, np.ndarray) or x2.ndim != 2 or x2.dtype.kind != "f":
+        raise ValueError(f"cache is damaged or not from {name}_forward: its input is "
+                         f"{type(x2).__name__ if not isinstance(x2, np.ndarray) else x2.shape}")
+    if not isinstance(w, np.ndarray) or w.ndim != 2:
+        raise ValueError(f"w changed shape since forward: expected a 2-D array, got "
+                         f"{np.shape(w) if isinstance(w, np.ndarray) else type(w).__name__}")
+    n, d = x2.shape
+    m = w.shape[1]
+    xs = cache.x_shape
+    if not (isinstance(xs, tuple) and len(xs) >= 1 and xs[0] == n and math.prod(xs[1:]) == d):
+        raise ValueError(f"cache is damaged or not from {name}_forward: input shape {xs!r} "
+                         f"does not match its flattened input {x2.shape}")
+    if op != _ka.IDENTITY:
+        saved = cache.saved
+        if not isinstance(saved, np.ndarray) or saved.shape != (n, m):
+            raise ValueError(f"cache is damaged or not from {name}_forward: its saved activations "
+                             f"have shape {np.shape(saved) if isinstance(saved, np.ndarray) else None}, "
+                             f"expected {(n, m)}")
+    if op == _ka.PRELU:
+        avec = cache.avec
+        if not isinstance(avec, np.ndarray) or avec.shape != (m,):
+            raise ValueError(f"cache is damaged or not from {name}_forward: its slopes have shape "
+                             f"{np.shape(avec) if isinstance(avec, np.ndarray) else None}, expected {(m,)}")
+    return n, d, m
+
+
 def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     """Gradients for a dense cache. The layer API passes need_dx=False for a network's first
     layer (its dx product is skipped) and its own gradient arrays as dw/db, filled in place."""
     _check_cache(cache, op, name)
+    _check_cache_arrays(cache, op, name)
     x2, w = cache.x2, cache.w
     if op != _ka.PRELU and type(dout) is np.ndarray and type(w) is np.ndarray:
         # Fast path: everything already in one float dtype and C order (see _fast_forward).
@@ -195,17 +234,17 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     m = w.shape[1]
     if dout.shape != (n, m):
         raise ValueError(f"dout must have shape {(n, m)}, got {dout.shape}")
-    x2 = x2.astype(dt, copy=False)
+    x2 = as_float_array(x2, "cache", dt)
     w = as_float_array(w, "w", dt)
     if w.shape != (d, m):
         raise ValueError(f"w changed shape since forward: expected {(d, m)}, got {w.shape}")
-    saved = None if op == _ka.IDENTITY else cache.saved.astype(dt, copy=False)
+    saved = None if op == _ka.IDENTITY else as_float_array(cache.saved, "cache", dt)
     avec = None
     if cache.avec is not None:
         # Read the slopes live, as w: the caller's alpha array as it is now.
         src = cache.alpha_src
         avec = (_prelu_vector(src, m, dt)[0] if isinstance(src, np.ndarray) and src.ndim > 0
-                else cache.avec.astype(dt, copy=False))
+                else as_float_array(cache.avec, "cache", dt))
     dx = np.empty((n, d), dtype=dt) if need_dx else None
     if dw is None or dw.dtype != dt:
         dw = np.empty((d, m), dtype=dt)
@@ -298,9 +337,14 @@ def maxout_backward(dout, cache):
     """Returns ``(dx, dw, db)`` with dw (D, M, k) and db (M, k)."""
     if not isinstance(cache, DenseCache) or cache.extra is None:
         raise TypeError("cache must be the cache returned by maxout_forward")
+    if not (isinstance(cache.extra, tuple) and len(cache.extra) == 2):
+        raise ValueError("cache is damaged or not from maxout_forward")
     red_cache, w3 = cache.extra
     dz = maxout_reduce_backward(dout, red_cache)
     n, m, k = dz.shape
+    if not isinstance(w3, np.ndarray) or w3.ndim != 3 or w3.shape[1:] != (m, k):
+        raise ValueError(f"w changed shape since forward: expected (D, {m}, {k}), got "
+                         f"{np.shape(w3) if isinstance(w3, np.ndarray) else type(w3).__name__}")
     lin = DenseCache(_ka.IDENTITY, cache.x2, cache.x_shape, w3.reshape(w3.shape[0], m * k), cache.b, None)
     dx, dw, db = _backward(_ka.IDENTITY, dz.reshape(n, m * k), lin, "maxout")
     return dx, dw.reshape(w3.shape), db.reshape(m, k)

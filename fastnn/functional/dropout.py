@@ -12,7 +12,7 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import dropout as _kd
-from fastnn._validation import as_float_array, check_scalar
+from fastnn._validation import as_float_array, check_scalar, check_seed
 
 __all__ = ["dropout_forward", "dropout_backward", "gaussian_noise_forward", "gaussian_noise_backward"]
 
@@ -78,6 +78,7 @@ def gaussian_noise_forward(x, std, mode="train", seed=None):
         raise ValueError(f"std must be >= 0, got {std}")
     if mode not in ("train", "test"):
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    seed = check_seed(seed)
     x = as_float_array(x, "x")
     if mode == "test" or std == 0.0:
         return x, ("gaussian_noise", x.shape)

@@ -1,0 +1,432 @@
+"""Threads: results independent of the thread count, safe concurrent use from Python threads, and
+kernels that release the GIL.
+
+- Thread-count independence (DESIGN.md, "Numbers users can trust"): a course-style functional
+  training run (20 steps of affine/ReLU/Leaky ReLU/dropout/softmax with the fastnn.optim rules),
+  the course models driven by their loss() and update rules, and Sequential.fit with shuffling,
+  dropout and every optimizer class, are bitwise identical for 1, 2 and 3 threads. (Sequential's
+  20-step train_step run and each kernel's outputs and gradients are covered in
+  test_sequential.py, test_dense.py, test_activations.py, test_losses.py, test_optim.py and
+  test_opinfo.py.) The problems are big enough for the kernels to go parallel; the helper
+  ``openmp_workers_started`` shows that they do.
+- Concurrency: 8 Python threads calling forward/backward (functional, layers, Sequential
+  train_step, a shared model's predict) at the same time, on different data, get exactly the
+  results of serial calls.
+- The GIL is released inside kernels: while the main thread is inside one long kernel call, a
+  second Python thread keeps running Python code. The detector records the times at which the
+  second thread ran; when a call holds the GIL the other thread cannot run at all between the
+  call's start and end (at most a switch interval, 5 ms, at each edge), so "ran in the interior
+  of the call" is a yes/no observation that does not depend on the machine's speed or load. A
+  control shows the detector reports no for a call that holds the GIL (``list.sort``).
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.functional as F
+import fastnn.optim as O
+from fastnn import (SGD, Adam, Dense, Dropout, LeakyReLU, PReLU, ReLU, RMSProp, Sequential, Tanh)
+
+from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
+
+F32, F64 = np.float32, np.float64
+
+
+# ============================================================================ thread-count independence
+def _course_run(dtype, rule):
+    """20 steps of a course-style 3-layer net written with fastnn.functional and fastnn.optim,
+    as an assignment's training loop would be: affine_relu -> affine_leaky_relu -> dropout ->
+    affine -> softmax_loss, backward through every layer, one update rule per parameter."""
+    r = np.random.default_rng(11)
+    n, d, h1, h2, c = 256, 300, 400, 300, 10
+    X = r.standard_normal((n, d)).astype(dtype)
+    y = r.integers(0, c, n)
+    params = {"W1": (r.standard_normal((d, h1)) * np.sqrt(2 / d)).astype(dtype), "b1": np.zeros(h1, dtype),
+              "W2": (r.standard_normal((h1, h2)) * np.sqrt(2 / h1)).astype(dtype), "b2": np.zeros(h2, dtype),
+              "W3": (r.standard_normal((h2, c)) * np.sqrt(1 / h2)).astype(dtype), "b3": np.zeros(c, dtype)}
+    configs = {k: {"learning_rate": 1e-2 if rule != "adam" else 1e-3} for k in params}
+    losses = []
+    for step in range(20):
+        a1, c1 = F.affine_relu_forward(X, params["W1"], params["b1"])
+        a2, c2 = F.affine_leaky_relu_forward(a1, params["W2"], params["b2"], 0.05)
+        a2d, cd = F.dropout_forward(a2, {"p": 0.8, "mode": "train", "seed": 1000 + step})
+        scores, c3 = F.affine_forward(a2d, params["W3"], params["b3"])
+        loss, dscores = F.softmax_loss(scores, y)
+        reg = 1e-3
+        loss += 0.5 * reg * sum(float(np.sum(params[k] ** 2)) for k in ("W1", "W2", "W3"))
+        da2d, dW3, db3 = F.affine_backward(dscores, c3)
+        da2 = F.dropout_backward(da2d, cd)
+        da1, dW2, db2 = F.affine_leaky_relu_backward(da2, c2)
+        _, dW1, db1 = F.affine_relu_backward(da1, c1)
+        grads = {"W1": dW1 + reg * params["W1"], "b1": db1, "W2": dW2 + reg * params["W2"], "b2": db2,
+                 "W3": dW3 + reg * params["W3"], "b3": db3}
+        for k in params:
+            params[k], configs[k] = getattr(O, rule)(params[k], grads[k], configs[k])
+        losses.append(loss)
+    return losses, [params[k] for k in sorted(params)], scores
+
+
+@pytest.mark.parametrize("dtype,rule", [(F32, "sgd_momentum"), (F64, "adam"), (F32, "rmsprop")],
+                         ids=["f32-sgd_momentum", "f64-adam", "f32-rmsprop"])
+def test_course_functional_training_run_is_thread_invariant(dtype, rule):
+    losses, _, _ = assert_thread_invariant(lambda: _course_run(dtype, rule))
+    assert losses[-1] < losses[0], "the run does not train: the comparison would be vacuous"
+
+
+def test_course_run_is_really_parallel():
+    """The products and element-wise passes of _course_run are large enough to use every thread
+    they are given (so the thread-invariance test above compares really parallel runs)."""
+    setup = """
+r = np.random.default_rng(0)
+X = r.standard_normal((256, 300)); W = r.standard_normal((300, 400)); b = np.zeros(400)
+"""
+    call = "F.affine_relu_backward(np.ones((256, 400)), F.affine_relu_forward(X, W, b)[1])"
+    started = openmp_workers_started(setup, call, threads=3)
+    if started is None:
+        pytest.skip("OpenMP worker threads cannot be observed here")
+    assert started == 2
+
+
+def test_course_models_training_is_thread_invariant():
+    """fastnn.models.FullyConnectedNet (dropout, L2) driven the way the course's Solver drives
+    it: loss(X, y) then one update per parameter, 20 steps."""
+    from fastnn.models import FullyConnectedNet
+
+    r = np.random.default_rng(3)
+    X = r.standard_normal((200, 3 * 8 * 8)).astype(F32)
+    y = r.integers(0, 10, 200)
+
+    def run():
+        model = FullyConnectedNet([300, 200], input_dim=3 * 8 * 8, num_classes=10, dropout_keep_ratio=0.75,
+                                  reg=1e-3, weight_scale=5e-2, dtype=np.float32, seed=7)
+        np.random.seed(5)  # the unseeded dropout masks come from NumPy's global state
+        configs = {k: None for k in model.params}
+        losses = []
+        for _ in range(20):
+            loss, grads = model.loss(X, y)
+            for k in model.params:
+                model.params[k], configs[k] = O.adam(model.params[k], grads[k], configs[k])
+            losses.append(loss)
+        return losses, [model.params[k].copy() for k in sorted(model.params)]
+
+    losses, _ = assert_thread_invariant(run)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("opt", ["sgd-nesterov", "rmsprop", "adam"])
+@pytest.mark.parametrize("path", ["compiled", "layerwise"])
+def test_fit_is_thread_invariant(path, opt):
+    """Sequential.fit (shuffled mini-batches, validation data, weight decay) on both training
+    paths and with every optimizer: the history and the parameters are bitwise identical."""
+    r = np.random.default_rng(8)
+    X = r.standard_normal((600, 128)).astype(F32)
+    y = r.integers(0, 6, 600)
+    Xv, yv = X[:100], y[:100]
+
+    def run():
+        mid = [Dropout(0.2, seed=4)] if path == "layerwise" else []
+        model = Sequential(Dense(128, 384, seed=1), ReLU(), *mid, Dense(384, 256, seed=2), Tanh(),
+                           Dense(256, 128, seed=3), LeakyReLU(0.1), Dense(128, 6, seed=5))
+        ps = model.parameters()
+        optimizer = {"sgd-nesterov": lambda: SGD(ps, lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4),
+                     "rmsprop": lambda: RMSProp(ps, lr=1e-3, weight_decay=1e-4),
+                     "adam": lambda: Adam(ps, lr=1e-3, weight_decay=1e-4)}[opt]()
+        hist = model.fit(X, y, optimizer=optimizer, epochs=2, batch_size=200, validation_data=(Xv, yv), seed=9,
+                         verbose=False)
+        hist.pop("samples_per_s")
+        return [hist[k] for k in sorted(hist)], [p.data.copy() for p in model.parameters()]
+
+    hist, _ = assert_thread_invariant(run)
+
+
+# ============================================================================ 8 Python threads
+N_PY_THREADS = 8
+
+
+def _run_concurrently(work, n=N_PY_THREADS, rounds=1, duration=0.1):
+    """Run work(i) on n Python threads released together, each repeating its call for at least
+    ``duration`` seconds; returns, per round, the list of every thread's results (a list of
+    results per thread). Exceptions are re-raised; the threads must have overlapped in time."""
+    all_rounds = []
+    for _ in range(rounds):
+        barrier = threading.Barrier(n)
+        results = [None] * n
+        spans = [None] * n
+        errors = []
+
+        def target(i):
+            try:
+                barrier.wait()
+                t0 = time.perf_counter()
+                mine = [work(i)]
+                while time.perf_counter() - t0 < duration:
+                    mine.append(work(i))
+                results[i] = mine
+                spans[i] = (t0, time.perf_counter())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a thread did not finish"
+        if errors:
+            raise errors[0]
+        # the calls really ran at the same time: some two of them overlap
+        first_end = min(e for _, e in spans)
+        assert sum(1 for b, _ in spans if b < first_end) >= 2, "the threads ran one after another"
+        all_rounds.append(results)
+    return all_rounds
+
+
+def _assert_same_nested(a, b, what):
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_nested(x, y, f"{what}[{i}]")
+    else:
+        assert_same_bits(np.asarray(a), np.asarray(b), what=what)
+
+
+def _functional_work(i):
+    """Forward and backward through every kind of kernel, on data of seed i."""
+    r = np.random.default_rng(100 + i)
+    dt = F32 if i % 2 else F64
+    x = r.standard_normal((256, 130)).astype(dt)
+    w1 = (r.standard_normal((130, 200)) * 0.1).astype(dt)
+    b1 = r.standard_normal(200).astype(dt)
+    w2 = (r.standard_normal((200, 7)) * 0.1).astype(dt)
+    b2 = r.standard_normal(7).astype(dt)
+    y = r.integers(0, 7, 256)
+    h, ch = F.affine_relu_forward(x, w1, b1)
+    s, cs = F.sigmoid_forward(h)
+    t, ct = F.tanh_forward(s)
+    p, cp = F.prelu_forward(t, np.linspace(0.1, 0.3, 200).astype(dt))
+    d, cd = F.dropout_forward(p, {"p": 0.7, "mode": "train", "seed": i})
+    scores, c2 = F.affine_forward(d, w2, b2)
+    loss, dscores = F.softmax_loss(scores, y)
+    hinge, _ = F.svm_loss(scores, y)
+    dd, dw2, db2 = F.affine_backward(dscores, c2)
+    dp = F.dropout_backward(dd, cd)
+    dt_, dalpha = F.prelu_backward(dp, cp)
+    ds = F.tanh_backward(dt_, ct)
+    dh = F.sigmoid_backward(ds, cs)
+    dx, dw1, db1 = F.affine_relu_backward(dh, ch)
+    w1n, cfg = O.adam(w1.copy(), dw1, None)
+    return [loss, hinge, scores, dx, dw1, db1, dw2, db2, dalpha, w1n, cfg["m"], cfg["v"]]
+
+
+def _layers_work(i):
+    r = np.random.default_rng(200 + i)
+    x = r.standard_normal((256, 200)).astype(F32)
+    net = [Dense(200, 400, activation="tanh", seed=i), PReLU(400), Dropout(0.3, seed=i), Dense(400, 5, seed=i + 1)]
+    out = x
+    for layer in net:
+        out = layer.forward(out)
+    dout = r.standard_normal(out.shape).astype(F32)
+    d = dout
+    for layer in reversed(net):
+        d = layer.backward(d)
+    return [out, d] + [g.copy() for layer in net for g in layer.grads.values()]
+
+
+def _sequential_work(i):
+    r = np.random.default_rng(300 + i)
+    X = r.standard_normal((128, 64)).astype(F32)
+    y = r.integers(0, 4, 128)
+    model = Sequential(Dense(64, 128, seed=i), ReLU(), Dense(128, 64, seed=i + 1), Tanh(), Dense(64, 4, seed=i + 2))
+    opt = Adam(model.parameters(), lr=1e-3)
+    losses = [model.train_step(X, y, "softmax", opt) for _ in range(5)]
+    return [losses] + [p.data.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("work", [_functional_work, _layers_work, _sequential_work],
+                         ids=["functional", "layers", "sequential-train_step"])
+def test_eight_python_threads_get_the_serial_results(work, nthreads):
+    with fastnn.threads(nthreads):
+        serial = [work(i) for i in range(N_PY_THREADS)]
+        for results in _run_concurrently(work):
+            for i in range(N_PY_THREADS):
+                for k, res in enumerate(results[i]):
+                    _assert_same_nested(res, serial[i], f"{work.__name__} thread {i} call {k}")
+
+
+def test_eight_python_threads_predict_with_one_shared_model():
+    """Inference on one model from many threads (a server): every thread gets the scores of its
+    own batch."""
+    r = np.random.default_rng(4)
+    model = Sequential(Dense(50, 300, seed=1), ReLU(), Dense(300, 200, activation="sigmoid", seed=2),
+                       PReLU(200), Dense(200, 10, seed=3))
+    batches = [r.standard_normal((100 + 7 * i, 50)).astype(F32) for i in range(N_PY_THREADS)]
+    with fastnn.threads(2):
+        serial = [model.predict(b) for b in batches]
+        for results in _run_concurrently(lambda i: model.predict(batches[i])):
+            for i in range(N_PY_THREADS):
+                for k, res in enumerate(results[i]):
+                    assert_same_bits(res, serial[i], what=f"predict in thread {i}, call {k}")
+
+
+# ============================================================================ the GIL
+class _Ticker:
+    """A Python thread that records perf_counter() timestamps while it can run Python code."""
+
+    def __init__(self):
+        self.ticks = []
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        ticks = self.ticks
+        stop = self._stop
+        self._started.set()
+        k = 0
+        while not stop.is_set():
+            k += 1
+            if k % 200 == 0:
+                ticks.append(time.perf_counter())
+
+    def __enter__(self):
+        self._thread.start()
+        self._started.wait(10)
+        time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+        return False
+
+
+def _interior_ticks(fn, margin=0.02):
+    """(ticks of the second thread strictly inside fn's call, minus ``margin`` at each edge; the
+    call's duration)."""
+    with _Ticker() as ticker:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+    inside = [t for t in ticker.ticks if t0 + margin < t < t1 - margin]
+    return len(inside), t1 - t0
+
+
+def _long_enough(make_call, grow, target=0.25, limit=6):
+    """A call that takes at least ``target`` seconds with one thread: make_call(size) -> fn,
+    the size grown (by ``grow``) until it does."""
+    size = None
+    for _ in range(limit):
+        size = grow(size)
+        fn = make_call(size)
+        with fastnn.threads(1):
+            t0 = time.perf_counter()
+            fn()
+            if time.perf_counter() - t0 >= target:
+                return fn
+    return fn
+
+
+def _dense_call(n):
+    r = np.random.default_rng(0)
+    x = r.standard_normal((n, n))
+    w = r.standard_normal((n, n))
+    b = np.zeros(n)
+    return lambda: F.affine_forward(x, w, b)
+
+
+def _dense_backward_call(n):
+    r = np.random.default_rng(0)
+    x = r.standard_normal((n, n))
+    w = r.standard_normal((n, n))
+    _, cache = F.affine_tanh_forward(x, w, np.zeros(n))
+    dout = np.ones((n, n))
+    return lambda: F.affine_tanh_backward(dout, cache)
+
+
+def _cheap_data(shape):
+    """Random-looking data without the cost of drawing millions of normals."""
+    return np.resize(np.random.default_rng(0).standard_normal(4099), shape)
+
+
+def _loss_call(n):
+    x = _cheap_data((n, 1000))
+    y = np.arange(n) % 1000
+    return lambda: F.softmax_loss(x, y)
+
+
+def _tanh_call(n):
+    x = _cheap_data(n)
+    return lambda: F.tanh_forward(x)
+
+
+def _step_call(n):
+    X = _cheap_data((n, 512)).astype(F32)
+    y = np.arange(n) % 10
+    model = Sequential(Dense(512, 1024, activation="relu", seed=0), Dense(1024, 10, seed=1))
+    opt = SGD(model.parameters(), lr=1e-3)
+    model.train_step(X, y, "softmax", opt)  # builds the whole-step kernel's plan
+    return lambda: model.train_step(X, y, "softmax", opt)
+
+
+GIL_CALLS = [
+    ("affine_forward", _dense_call, lambda s: 1024 if s is None else int(1.5 * s)),
+    ("affine_tanh_backward", _dense_backward_call, lambda s: 768 if s is None else int(1.5 * s)),
+    ("softmax_loss", _loss_call, lambda s: 16384 if s is None else 2 * s),
+    ("tanh_forward", _tanh_call, lambda s: 2**23 if s is None else 2 * s),
+    ("Sequential.train_step", _step_call, lambda s: 4096 if s is None else 2 * s),
+]
+
+
+@pytest.mark.parametrize("name,make,grow", GIL_CALLS, ids=[g[0] for g in GIL_CALLS])
+def test_kernels_release_the_gil(name, make, grow):
+    fn = _long_enough(make, grow)
+    with fastnn.threads(1):  # leave a core to the other Python thread
+        inside, duration = _interior_ticks(fn)
+    assert duration > 0.06, f"{name}: the call took {duration:.3f} s, too short to observe"
+    assert inside >= 5, (f"{name}: another Python thread did not run during a {duration:.3f} s kernel "
+                         f"call ({inside} ticks): the kernel holds the GIL")
+
+
+def test_detector_sees_a_call_that_holds_the_gil():
+    """The control: list.sort of Python ints holds the GIL for its whole duration, and the
+    detector reports no interior ticks for it."""
+    data = np.random.default_rng(0).permutation(1_500_000).tolist()
+    for _ in range(4):
+        copy = list(data)
+        inside, duration = _interior_ticks(copy.sort)
+        if duration > 0.08:
+            break
+        data = data * 2
+    assert duration > 0.08
+    assert inside == 0, f"{inside} ticks during a call that holds the GIL"
+
+
+@pytest.mark.slow
+def test_two_concurrent_products_overlap_in_time():
+    """Two Python threads each doing a large product (one fastnn thread each) finish in clearly
+    less than twice the time of one. Timing-based, so marked slow (noisy on shared machines);
+    retried a few times."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    fn = _long_enough(_dense_call, lambda s: 512 if s is None else 2 * s, target=0.4)
+    best = None
+    with fastnn.threads(1):
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            fn()
+            serial = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _run_concurrently(lambda i: fn(), n=2, rounds=1, duration=0)
+            both = time.perf_counter() - t0
+            ratio = both / serial
+            best = ratio if best is None else min(best, ratio)
+            if best < 0.8:
+                break
+    assert best < 0.8, f"2 concurrent products took {best:.2f} of their serial time"

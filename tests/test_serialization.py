@@ -1,0 +1,309 @@
+"""Save/load robustness beyond tests/test_sequential.py (which covers round trips, the atomic
+rename under a failing np.savez, truncated/corrupt/garbage files, bad metadata, pickles, wrong
+arrays and bad architectures):
+
+- a process killed (SIGKILL) while it writes a model never leaves a truncated model at the
+  target path: the previous file is intact and loads;
+- a failure at any later stage of save (fsync, the rename, a KeyboardInterrupt) leaves the old
+  file and no temporary file;
+- every truncation and every single-byte corruption of a file is either rejected with a
+  ValueError, with the model unchanged, or (a byte the format does not use) loads exactly the saved
+  parameters: never a different model;
+- files of another dtype or architecture are rejected; a metadata entry that is a pickle is
+  never unpickled;
+- concurrent saves to one path leave one complete model; str, bytes and pathlib paths work.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastnn.model as fmodel
+from fastnn import Dense, Dropout, LeakyReLU, Maxout, PReLU, Sequential, Tanh, load_model
+
+from conftest import assert_same_bits
+
+
+def _model(seed=0, dtype=np.float32):
+    return Sequential(Dense(4, 6, activation="prelu", seed=seed, dtype=dtype), Dropout(0.25),
+                      Dense(6, 5, seed=seed + 1, dtype=dtype), LeakyReLU(0.05),
+                      Maxout(5, 3, pieces=2, seed=seed + 2, dtype=dtype), Tanh(), PReLU(3, dtype=dtype),
+                      Dense(3, 2, activation="sigmoid", seed=seed + 3, dtype=dtype))
+
+
+def _perturb(model, seed):
+    r = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data[...] = r.standard_normal(p.shape)
+    return model
+
+
+def _params(model):
+    return [p.data.copy() for p in model.parameters()]
+
+
+def _assert_params(model, params, what=""):
+    got = [p.data for p in model.parameters()]
+    assert len(got) == len(params)
+    for a, b in zip(got, params):
+        assert_same_bits(a, b, what=what)
+
+
+def _expect_rejected(model, path):
+    before = _params(model)
+    with pytest.raises(ValueError):
+        model.load(path)
+    _assert_params(model, before, "a rejected load changed the model")
+    with pytest.raises(ValueError):
+        load_model(path)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    src = _perturb(_model(), 1)
+    path = tmp_path / "model.npz"
+    src.save(path)
+    return src, path
+
+
+# ============================================================================ interrupted writes
+_SLOW_SAVE = r"""
+import os, sys, time
+import numpy as np
+from fastnn import Dense, Sequential
+
+path = sys.argv[1]
+real_savez = np.savez
+
+class Slow:
+    # a file that takes its time: the parent kills this process in the middle of the write
+    def __init__(self, f):
+        self.f = f
+    def write(self, b):
+        mv = memoryview(b)
+        for i in range(0, len(mv), 1 << 16):
+            self.f.write(mv[i:i + (1 << 16)])
+            self.f.flush()
+            time.sleep(0.002)
+        return len(mv)
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+def slow_savez(file, *args, **kwargs):
+    return real_savez(Slow(file), *args, **kwargs)
+
+np.savez = slow_savez
+model = Sequential(Dense(1000, 1000, seed=5), Dense(1000, 500, seed=6))   # ~6 MB
+print("saving", flush=True)
+model.save(path)
+print("saved", flush=True)
+"""
+
+
+def _temp_files(directory):
+    return [f for f in os.listdir(directory) if f.startswith(".fastnn-")]
+
+
+@pytest.mark.parametrize("when", ["early", "middle", "late"])
+def test_killed_mid_write_leaves_the_old_model(tmp_path, saved, when):
+    src, path = saved
+    original = path.read_bytes()
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saving"
+        want = {"early": 1, "middle": 2_000_000, "late": 5_000_000}[when]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            # bytes written so far: to a temporary file, or (a non-atomic save) to the target
+            sizes = [os.path.getsize(tmp_path / t) for t in _temp_files(tmp_path) if (tmp_path / t).exists()]
+            if path.exists() and path.stat().st_size != len(original):
+                sizes.append(path.stat().st_size)
+            if max(sizes, default=-1) >= want:
+                break
+            assert proc.poll() is None, "the save finished before it could be interrupted"
+            time.sleep(0.001)
+        else:
+            raise AssertionError("the temporary file never grew")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    # the target is the old model, complete; the partial write is only in a temporary file
+    assert path.read_bytes() == original
+    _assert_params(load_model(path), _params(src))
+    leftovers = _temp_files(tmp_path)
+    assert leftovers, "the kill came after the rename: the test did not interrupt anything"
+    for t in leftovers:
+        _expect_rejected(_model(seed=9), tmp_path / t)  # and the partial file is not a model
+    # a later save over the same path works and replaces the model completely
+    other = _perturb(_model(seed=3), 7)
+    other.save(path)
+    _assert_params(load_model(path), _params(other))
+
+
+@pytest.mark.parametrize("stage", ["fsync", "replace", "chmod", "keyboard-interrupt"])
+def test_failure_at_any_stage_keeps_the_old_file_and_cleans_up(tmp_path, saved, monkeypatch, stage):
+    src, path = saved
+    original = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError(f"{stage} failed (simulated)")
+
+    if stage == "fsync":
+        monkeypatch.setattr(fmodel.os, "fsync", boom)
+    elif stage == "replace":
+        monkeypatch.setattr(fmodel.os, "replace", boom)
+    elif stage == "chmod":
+        monkeypatch.setattr(fmodel.os, "chmod", boom)
+    else:
+        real = np.savez
+
+        def interrupted(file, *args, **kwargs):
+            real(file, *args, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(np, "savez", interrupted)
+    other = _perturb(_model(seed=4), 8)
+    with pytest.raises(KeyboardInterrupt if stage == "keyboard-interrupt" else OSError):
+        other.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == original
+    assert _temp_files(tmp_path) == [], "a temporary file was left behind"
+    _assert_params(load_model(path), _params(src))
+
+
+def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(fmodel.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no (simulated)")))
+    with pytest.raises(OSError):
+        _model().save(tmp_path / "new.npz")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_to_a_directory_fails_cleanly(tmp_path):
+    target = tmp_path / "adir"
+    target.mkdir()
+    with pytest.raises(OSError):
+        _model().save(target)
+    assert sorted(os.listdir(tmp_path)) == ["adir"] and os.listdir(target) == []
+
+
+# ============================================================================ damaged files
+def test_every_truncation_is_rejected(saved, tmp_path):
+    _, path = saved
+    raw = path.read_bytes()
+    target = _perturb(_model(seed=20), 2)
+    bad = tmp_path / "cut.npz"
+    cuts = sorted(set(np.linspace(0, len(raw) - 1, 48).astype(int)) | set(range(len(raw) - 30, len(raw))))
+    for cut in cuts:
+        bad.write_bytes(raw[:cut])
+        _expect_rejected(target, bad)
+
+
+def test_single_byte_corruptions_never_load_a_different_model(saved, tmp_path):
+    """Flip every byte of the first and last 256 (headers, the zip directory, the metadata) and
+    a spread of bytes in between (the arrays): each file is either rejected (model unchanged) or
+    loads exactly the saved parameters."""
+    src, path = saved
+    raw = path.read_bytes()
+    want = _params(src)
+    target = _perturb(_model(seed=21), 3)
+    bad = tmp_path / "flip.npz"
+    positions = sorted(set(range(min(256, len(raw)))) | set(range(max(0, len(raw) - 256), len(raw)))
+                       | set(np.linspace(0, len(raw) - 1, 200).astype(int)))
+    loaded = rejected = 0
+    for pos in positions:
+        corrupt = bytearray(raw)
+        corrupt[pos] ^= 0x5A
+        bad.write_bytes(bytes(corrupt))
+        before = _params(target)
+        try:
+            target.load(bad)
+        except ValueError:
+            rejected += 1
+            _assert_params(target, before, f"rejected load at byte {pos} changed the model")
+        else:
+            loaded += 1
+            _assert_params(target, want, f"byte {pos} flipped: a different model was loaded")
+            _perturb(target, pos)  # next round starts from other values again
+    assert rejected > 0 and loaded + rejected == len(positions)
+
+
+def test_other_dtype_is_rejected(tmp_path):
+    path = tmp_path / "f64.npz"
+    _perturb(_model(dtype=np.float64), 1).save(path)
+    target = _model(dtype=np.float32)
+    before = _params(target)
+    with pytest.raises(ValueError, match="architecture"):
+        target.load(path)
+    _assert_params(target, before)
+    assert load_model(path).dtype == np.float64
+
+
+def test_pickled_metadata_is_never_unpickled(saved, tmp_path):
+    _, path = saved
+    ran = []
+
+    class Evil:
+        def __reduce__(self):
+            return (ran.append, (True,))
+
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["__fastnn__"] = np.array([Evil()], dtype=object)
+    bad = tmp_path / "evil.npz"
+    with open(bad, "wb") as fh:
+        np.savez(fh, **arrays)
+    _expect_rejected(_model(seed=5), bad)
+    assert ran == []
+
+
+@pytest.mark.parametrize("kind", ["str", "bytes", "pathlib"])
+def test_path_types(tmp_path, kind):
+    model = _perturb(_model(), 6)
+    p = tmp_path / "m.npz"
+    path = {"str": str(p), "bytes": os.fsencode(str(p)), "pathlib": pathlib.Path(p)}[kind]
+    model.save(path)
+    _assert_params(load_model(path), _params(model))
+    other = _model(seed=11)
+    other.load(path)
+    _assert_params(other, _params(model))
+
+
+def test_concurrent_saves_leave_one_complete_model(tmp_path):
+    path = tmp_path / "shared.npz"
+    models = [_perturb(Sequential(Dense(300, 300, seed=i), Dense(300, 10, seed=i)), 100 + i) for i in range(6)]
+    barrier = threading.Barrier(len(models))
+    errors = []
+
+    def save(m):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                m.save(path)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    loaded = load_model(path)
+    got = _params(loaded)
+    assert any(all(np.array_equal(a, b) for a, b in zip(got, _params(m))) for m in models)
+    assert _temp_files(tmp_path) == []
