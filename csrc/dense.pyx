@@ -102,11 +102,12 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     if op == FNN_PRELU:
         if avec is None or avec.shape[0] != M:
             raise ValueError("dense_forward: prelu needs one alpha per unit")
-        ap = &avec[0]
     if N == 0 or M == 0:
         return
     if D == 0:
         raise ValueError("dense_forward: D must be >= 1 (the wrapper handles D == 0)")
+    if op == FNN_PRELU:
+        ap = &avec[0]      # (taken only now: M >= 1)
     if keep:
         zp = &z[0, 0]
     blas_enter(&_cfg)
