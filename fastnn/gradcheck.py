@@ -17,18 +17,30 @@ def rel_error(x, y):
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
 
 
+def _plus_minus(f, x, ix, h, as_array=False):
+    """(f(x + h e_ix), f(x - h e_ix)), perturbing x[ix] in place and always restoring it."""
+    old = x[ix]
+    try:
+        x[ix] = old + h
+        pos = f(x)
+        if as_array:
+            pos = np.array(pos, copy=True)
+        x[ix] = old - h
+        neg = f(x)
+        if as_array:
+            neg = np.array(neg, copy=True)
+    finally:
+        x[ix] = old
+    return pos, neg
+
+
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored)."""
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
         ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        fxph = f(x)
-        x[ix] = old - h
-        fxmh = f(x)
-        x[ix] = old
+        fxph, fxmh = _plus_minus(f, x, ix, h)
         grad[ix] = (fxph - fxmh) / (2 * h)
         if verbose:
             print(ix, grad[ix])
@@ -42,12 +54,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
         ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        pos = np.array(f(x), copy=True)
-        x[ix] = old - h
-        neg = np.array(f(x), copy=True)
-        x[ix] = old
+        pos, neg = _plus_minus(f, x, ix, h, as_array=True)
         grad[ix] = np.sum((pos - neg) * df) / (2 * h)
         it.iternext()
     return grad
@@ -59,12 +66,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
     errors = []
     for _ in range(num_checks):
         ix = tuple(randrange(m) for m in x.shape)
-        old = x[ix]
-        x[ix] = old + h
-        fxph = f(x)
-        x[ix] = old - h
-        fxmh = f(x)
-        x[ix] = old
+        fxph, fxmh = _plus_minus(f, x, ix, h)
         numeric = (fxph - fxmh) / (2 * h)
         analytic = analytic_grad[ix]
         err = abs(numeric - analytic) / max(1e-12, abs(numeric) + abs(analytic))
