@@ -20,6 +20,8 @@ cdef extern from "fastnn_simd.h" nogil:
                       float one_m_b1, float b2, float one_m_b2, float eps, float c1, float c2, float wd)
     void fnn_adam_f64(double *w, const double *dw, double *m, double *v, Py_ssize_t n, double lr, double b1,
                       double one_m_b1, double b2, double one_m_b2, double eps, double c1, double c2, double wd)
+    int fnn_all_finite_f32(const float *x, Py_ssize_t n)
+    int fnn_all_finite_f64(const double *x, Py_ssize_t n)
 
 cdef enum Rule:
     RULE_SGD = 0
@@ -86,3 +88,11 @@ cdef inline void update_raw(int rule, floating *w, const floating *dw, floating 
     else:
         for c in prange(nchunks, num_threads=nt, schedule="static"):
             update_chunk(c, rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)
+
+
+cdef inline bint all_finite(const floating *x, Py_ssize_t n) noexcept nogil:
+    """True if none of the n elements is Inf or NaN (fit's guard before an update)."""
+    if floating is float:
+        return fnn_all_finite_f32(x, n) != 0
+    else:
+        return fnn_all_finite_f64(x, n) != 0

@@ -371,6 +371,21 @@ FNN_CLONES static void fnn_add_into_##SFX(const T *FNN_RESTRICT v, T *FNN_RESTRI
         ptrdiff_t n)                                                                          \
 { for (ptrdiff_t i = 0; i < n; i++) acc[i] += v[i]; }
 
+/* 1 if no element of x is Inf or NaN, else 0. With the sign bit cleared, a float's bits are
+ * at least those of +Inf exactly when it is Inf or NaN, so the check is an unsigned max
+ * reduction over the bit patterns, which the compiler vectorizes (a float compare would
+ * need a branch per element, and a sum of x * 0 a serial chain of additions). */
+FNN_CLONES static int fnn_all_finite_f32(const float *FNN_RESTRICT x, ptrdiff_t n)
+{ uint32_t acc = 0;
+  for (ptrdiff_t i = 0; i < n; i++) { uint32_t u; memcpy(&u, x + i, sizeof u); u &= 0x7fffffffu;
+      acc = u > acc ? u : acc; }
+  return acc < 0x7f800000u; }
+FNN_CLONES static int fnn_all_finite_f64(const double *FNN_RESTRICT x, ptrdiff_t n)
+{ uint64_t acc = 0;
+  for (ptrdiff_t i = 0; i < n; i++) { uint64_t u; memcpy(&u, x + i, sizeof u);
+      u &= 0x7fffffffffffffffull; acc = u > acc ? u : acc; }
+  return acc < 0x7ff0000000000000ull; }
+
 FNN_DEFINE_SPANS_LOSS(float, f32)
 FNN_DEFINE_SPANS_MAXOUT(float, f32)
 FNN_DEFINE_SPANS_DROPOUT(float, f32)

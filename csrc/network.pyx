@@ -16,7 +16,7 @@ from fastnn_dense cimport (DenseConfig, blas_enter, blas_exit, dense_forward_raw
                            dense_backward_raw, backward_blocks, backward_rows_per_block)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw)
-from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw
+from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
 
 from fastnn._kernels import dense as _dense_module
 
@@ -77,6 +77,11 @@ cdef Py_ssize_t _check_labels(int kind, const Py_ssize_t *y, Py_ssize_t N, Py_ss
     return -1
 
 
+cdef enum:
+    COMPLETED = -1   # _step's results other than the index of a bad label
+    STOPPED = -2     # the guard stopped the step before any update
+
+
 cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
                       const floating *reg_targets, int rule, double lr, double h1, double h2,
                       double eps, double c1, double c2, double wd, int nt,
@@ -108,7 +113,7 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
     loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                            P.losses, nt)
     if guard and not (loss_out[0] - loss_out[0] == 0):
-        return -1  # non-finite loss: leave gradients and parameters as they are
+        return STOPPED  # non-finite loss: leave gradients and parameters as they are
     # backward
     dout = <floating *>P.dact0
     dx = <floating *>P.dact1
@@ -129,12 +134,18 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
         dout = dx
         dx = spare
         spare = dout
+    if guard:
+        # a finite loss can still give non-finite gradients (an Inf input that the activation
+        # maps to a finite value, then inf * 0 in x.T @ dz): stop before they reach a parameter
+        for k in range(P.n_params):
+            if not all_finite(<const floating *>P.p_grad[k], P.p_n[k]):
+                return STOPPED
     # updates
     for k in range(P.n_params):
         update_raw(rule, <floating *>P.p_data[k], <const floating *>P.p_grad[k],
                    <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2, eps,
                    c1, c2, wd if P.p_decay[k] else 0.0, nt)
-    return -1
+    return COMPLETED
 
 
 cdef void *_ptr(object arr):
@@ -149,6 +160,7 @@ cdef class StepPlan:
     cdef readonly int rule
     cdef list _refs
     cdef readonly object scores
+    cdef readonly bint stopped   # the last step's guard stopped it before any update
 
     def __cinit__(self):
         memset(&self.P, 0, sizeof(NetPlan))
@@ -286,14 +298,17 @@ cdef class StepPlan:
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
         or binary labels (intp, N) for classification losses, else None with float `targets`
         (N, C) for MSE. Returns the mean loss (before the update). With `guard`, a non-finite
-        loss stops the step before the backward pass: nothing is updated."""
+        loss or gradient stops the step before any update, and `stopped` is then True."""
         cdef double loss = 0.0
         cdef Py_ssize_t bad = -1
-        cdef float[:, ::1] x32, t32
-        cdef double[:, ::1] x64, t64
+        cdef const float[:, ::1] x32
+        cdef const float[:, ::1] t32
+        cdef const double[:, ::1] x64
+        cdef const double[:, ::1] t64
         cdef const Py_ssize_t *lp = NULL
-        cdef float *t32p = NULL
-        cdef double *t64p = NULL
+        cdef const float *t32p = NULL
+        cdef const double *t64p = NULL
+        cdef Py_ssize_t C = self.P.fan_out[self.P.n_layers - 1]
         P = &self.P
         if self.P.loss_kind == LOSS_MSE:
             if targets is None:
@@ -308,6 +323,8 @@ cdef class StepPlan:
                 raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
             if targets is not None:
                 t64 = targets
+                if t64.shape[0] != P.N or t64.shape[1] != C:
+                    raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
                 t64p = &t64[0, 0]
         else:
             x32 = X
@@ -315,7 +332,10 @@ cdef class StepPlan:
                 raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
             if targets is not None:
                 t32 = targets
+                if t32.shape[0] != P.N or t32.shape[1] != C:
+                    raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
                 t32p = &t32[0, 0]
+        self.stopped = False
         blas_enter(_cfg)
         try:
             with nogil:
@@ -329,4 +349,5 @@ cdef class StepPlan:
             blas_exit(_cfg)
         if bad >= 0:
             raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")
+        self.stopped = bad == STOPPED
         return loss

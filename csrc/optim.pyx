@@ -6,7 +6,7 @@
 from cython cimport floating
 
 from fastnn_optim cimport (RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, RULE_ADAM,
-                           update_raw)
+                           update_raw, all_finite as _all_finite)
 
 # Rule codes for the Python wrappers.
 SGD = RULE_SGD
@@ -41,3 +41,12 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
         p2 = &s2[0]
     with nogil:
         update_raw(rule, &w[0], &dw[0], p1, p2, n, lr, h1, h2, eps, c1, c2, wd, n_threads)
+
+
+def all_finite(const floating[::1] x):
+    """True if x holds no Inf or NaN."""
+    cdef bint ok = True
+    if x.shape[0] > 0:
+        with nogil:
+            ok = _all_finite(&x[0], x.shape[0])
+    return ok

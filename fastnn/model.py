@@ -63,6 +63,13 @@ _LOSS_KINDS = {SoftmaxCrossEntropy: _kl.SOFTMAX, MulticlassHinge: _kl.SVM,
                MeanSquaredError: _kl.MSE}
 
 
+def _grad_is_finite(grad):
+    """True if a gradient array holds no Inf or NaN (fit's guard on the layer path)."""
+    if grad.flags.c_contiguous and grad.dtype in (np.float32, np.float64):
+        return _ko.all_finite(grad.reshape(-1))
+    return bool(np.isfinite(grad).all())
+
+
 class _CompiledStep:
     """A whole training step (forward, loss, backward, updates) as one kernel call, for a
     Sequential made of Dense layers with fused activations. Built once per batch size, loss and
@@ -124,10 +131,6 @@ class _CompiledStep:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
             labels = _int_labels(y, X.shape[0], allow_bool=self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE))
-        if not X.flags.writeable:
-            X = X.copy()  # StepPlan.step takes X (and targets) as writeable memoryviews
-        if targets is not None and not targets.flags.writeable:
-            targets = targets.copy()
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
@@ -146,9 +149,10 @@ class _CompiledStep:
             if self.rule == _ko.ADAM:
                 opt.t -= 1  # nothing was updated
             raise
-        if skip_nonfinite and self.rule == _ko.ADAM and not np.isfinite(value):
+        stopped = self.plan.stopped
+        if stopped and self.rule == _ko.ADAM:
             opt.t -= 1  # the guard stopped the step before any update
-        return value, self.plan.scores
+        return value, self.plan.scores, stopped
 
 
 def _rule_of(optimizer):
@@ -329,7 +333,7 @@ class Sequential:
     def train_step(self, X, y, loss, optimizer):
         """One step of SGD-style training on the batch (X, y); returns the loss as a float."""
         _check_optimizer(optimizer)
-        value, _ = self._step(self._check_X(X), y, get_loss(loss), optimizer)
+        value, _, _ = self._step(self._check_X(X), y, get_loss(loss), optimizer)
         return value
 
     def _compiled_step(self, X, loss, optimizer):
@@ -361,19 +365,24 @@ class Sequential:
         return step
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False):
+        """One step; returns (loss, scores, stopped). With ``skip_nonfinite`` (fit), a
+        non-finite loss or gradient stops the step before any update (``stopped`` True), so the
+        parameters keep their last finite values."""
         compiled = self._compiled_step(X, loss, optimizer)
         if compiled is not None:
-            value, scores = compiled.run(self, X, y, skip_nonfinite)
-            return float(value), scores
+            value, scores, stopped = compiled.run(self, X, y, skip_nonfinite)
+            return float(value), scores, stopped
         if isinstance(loss, MeanSquaredError):
             y = as_float_array(y, "y", self.dtype)  # targets in the model's dtype, as the kernel
         scores = self.forward(X, training=True)
         value, dscores = loss(scores, y)
         if skip_nonfinite and not np.isfinite(value):
-            return float(value), scores  # fit stops here: keep the last finite parameters
+            return float(value), scores, True
         self.backward(dscores, need_dx=False)
+        if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in optimizer.params):
+            return float(value), scores, True
         optimizer.step()
-        return float(value), scores
+        return float(value), scores, False
 
     def evaluate(self, X, y, loss="softmax", batch_size=None):
         """``{"loss": ..., "accuracy": ...}`` in inference mode (accuracy for classifiers)."""
@@ -394,8 +403,9 @@ class Sequential:
             validation_data=None, seed=None, verbose=True):
         """Train for ``epochs`` passes over (X, y) in mini-batches. Prints one progress line per
         epoch (loss, accuracy where it applies, samples/s) and returns the history, a dict of
-        per-epoch lists. A non-finite loss stops training with a warning that names the epoch
-        and step; the history then has ``"stopped"`` set to that message."""
+        per-epoch lists. A non-finite loss or gradient stops training before that step updates
+        anything, with a warning that names the epoch and step; the history then has
+        ``"stopped"`` set to that message."""
         from fastnn.optimizers import SGD
 
         loss = get_loss(loss)
@@ -434,9 +444,11 @@ class Sequential:
             for step, start in enumerate(range(0, n, batch_size), 1):
                 idx = order[start:start + batch_size]
                 xb, yb = X[idx], y[idx]
-                value, scores = self._step(xb, yb, loss, optimizer, skip_nonfinite=True)
-                if not np.isfinite(value):
-                    msg = (f"training stopped: the loss became {value} at epoch {epoch}, step {step} "
+                value, scores, stopped = self._step(xb, yb, loss, optimizer, skip_nonfinite=True)
+                if stopped:
+                    what = (f"the loss became {value}" if not np.isfinite(value) else
+                            f"the gradients became non-finite (loss {value:.6g})")
+                    msg = (f"training stopped: {what} at epoch {epoch}, step {step} "
                            f"(try a smaller learning rate, or check the inputs for NaN/Inf)")
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
                     if verbose:

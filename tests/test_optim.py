@@ -395,3 +395,30 @@ def test_hyperparameter_ranges():
         O.adam(w, dw, {"t": -1})
     with pytest.raises(ValueError, match=r"\bt\b"):
         O.adam(w, dw, {"t": 1.5})
+
+
+# ---------------------------------------------------------------- the finiteness check of fit
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_all_finite_kernel_matches_numpy(dtype):
+    """fastnn._kernels.optim.all_finite (fit's guard before an update) says what
+    np.isfinite(x).all() says, for every special value at every position of short arrays (the
+    vector body and the scalar tail) and at the end of a long one."""
+    from fastnn._kernels.optim import all_finite
+
+    info = np.finfo(dtype)
+    specials = [np.nan, -np.nan, np.inf, -np.inf, info.max, -info.max, info.tiny / 4, -0.0,
+                info.smallest_normal]
+    # a NaN with a payload and the sign bit set, made from bits
+    bits = np.array([-1], dtype=np.int32 if dtype == np.float32 else np.int64)
+    specials.append(bits.view(dtype)[0])
+    rng = np.random.default_rng(0)
+    for n in list(range(0, 40)) + [1000, 4097]:
+        base = rng.standard_normal(n).astype(dtype)
+        assert all_finite(base) is True
+        for pos in sorted({0, n // 2, n - 1}) if n else []:
+            for v in specials:
+                x = base.copy()
+                x[pos] = v
+                want = bool(np.isfinite(x).all())
+                assert all_finite(x) is want, (n, pos, v)
+                assert_same_bits(x[pos:pos + 1], np.array([v], dtype=dtype))  # not written
