@@ -24,7 +24,8 @@ from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, bl
                            backward_blocks, backward_rows_per_block)
 
 # The one configuration of the dense machinery in the process (the network module uses it too,
-# through config_address()). Tiling constants: bench/dense_tiles.py measures them.
+# through config_address()). The tiling constants were measured with sgemm per tile against
+# whole-matrix products (see the README); `thin` with bench/thin_products.py.
 cdef DenseConfig _cfg
 _cfg.blas_set = NULL
 _cfg.blas_get = NULL
@@ -36,6 +37,7 @@ _cfg.min_tile_cols = 64
 _cfg.max_tiles = 64
 _cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
+_cfg.thin = 4
 
 
 def config_address():
@@ -58,11 +60,12 @@ def blas_thread_control():
 def tile_params():
     return dict(tile_flops=_cfg.tile_flops, min_tile_rows=_cfg.min_tile_rows,
                 min_tile_cols=_cfg.min_tile_cols, max_tiles=_cfg.max_tiles,
-                serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems)
+                serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
+                thin=_cfg.thin)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
-                    serial_flops=None, row_block_elems=None):
+                    serial_flops=None, row_block_elems=None, thin=None):
     """Tuning hook for bench/ (not public API)."""
     if tile_flops is not None:
         _cfg.tile_flops = max(1.0, float(tile_flops))
@@ -76,6 +79,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.serial_flops = float(serial_flops)
     if row_block_elems is not None:
         _cfg.row_block_elems = max(1, int(row_block_elems))
+    if thin is not None:
+        _cfg.thin = max(0, int(thin))
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k):

@@ -514,6 +514,104 @@ def test_backward_reads_current_w(name, w_kind, rng):
     assert np.max(np.abs(grads[0] - before[0])) > 0.1, "backward did not see the new w"
 
 
+# ============================================================================ thin products
+# Products with at most DenseConfig.thin (4) output rows or columns run as one gemv per row or
+# column instead of one gemm. (x shape, M), with the products each one makes thin:
+THIN_SHAPES = [
+    ((300, 2), 100),   # dx (300 x 2): columns, w transposed; dw (2 x 100): rows, x transposed
+    ((300, 100), 3),   # forward (300 x 3): columns; dw (100 x 3): columns, x transposed
+    ((3, 50), 40),     # forward (3 x 40): rows; dx (3 x 50): rows, w transposed
+    ((2, 3), 4),       # everything thin, rows and columns as small as each other
+    ((1, 7), 1),       # one row, one unit
+    ((31, 500), 34),   # two 32-column forward tiles: the second, 2 wide, is thin
+]
+
+
+def _thin_products(x_shape, m):
+    """The (r, c) of the forward, dx and dw products of a layer."""
+    n, d = x_shape[0], int(np.prod(x_shape[1:]))
+    return [(n, m), (n, d), (d, m)]
+
+
+def test_thin_shapes_cover_every_gemv_case():
+    """THIN_SHAPES reach the gemv path by columns and by rows, with and without each operand
+    transposed (forward: neither; dx: w; dw: x), and through a ragged edge tile."""
+    thin = _kd.tile_params()["thin"]
+    assert thin >= 3
+    cases = set()
+    for (x_shape, m) in THIN_SHAPES:
+        for kind, (r, c) in zip(("forward", "dx", "dw"), _thin_products(x_shape, m)):
+            if min(r, c) <= thin:
+                cases.add((kind, "columns" if c <= r else "rows"))
+    assert cases >= {(k, how) for k in ("forward", "dx", "dw") for how in ("columns", "rows")}, cases
+    tr, tc, nr, nc = _kd.plan(31, 34, 500)
+    assert nc == 2 and 34 - tc <= thin < tc
+
+
+@pytest.fixture
+def gemm_only():
+    """A function that runs f with the thin-product path off (every product one gemm)."""
+    def run(f):
+        saved = _kd.tile_params()
+        _kd.set_tile_params(thin=0)
+        try:
+            return f()
+        finally:
+            _kd.set_tile_params(**saved)
+    return run
+
+
+@pytest.mark.parametrize("shape", THIN_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_thin_products_match_reference_and_gemm(name, dtype, shape, rng, gemm_only):
+    """The gemv path against the NumPy reference, and against the same layer computed with
+    gemm only (at the same tolerance: the two sum in different orders)."""
+    sw = BY_NAME[name]
+    x_shape, m = shape
+    x, w, b, dout = _problem(rng, x_shape, m, dtype)
+    alpha = sw.make_alpha(rng, m, dtype)
+    if sw.kinked:
+        dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
+    out, rout, grads, rgrads = _run_both(sw, x, w, b, dout, alpha)
+    check_forward(sw, out, rout, x, w, b, alpha, dtype)
+    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+    gout, _, ggrads, _ = gemm_only(lambda: _run_both(sw, x, w, b, dout, alpha))
+    check_forward(sw, out, gout, x, w, b, alpha, dtype)
+    check_backward(sw, grads, ggrads, x, w, b, dout, alpha, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_thin_products_ignore_what_the_output_held(dtype, rng):
+    """gemv with beta = 0 must not read y; the kernel clears y itself, so NaN garbage in an
+    output buffer (np.empty can hold any bits) never reaches the result."""
+    x, w, b, _ = _problem(rng, (300, 100), 3, dtype)
+    y = np.full((300, 3), np.nan, dtype)
+    _kd.dense_forward(0, x, w, b, y, None, 0.0, None, 1)
+    ref = _f64(x) @ _f64(w) + _f64(b)
+    assert_scaled_close(y, ref, _max0(np.abs(_f64(x)) @ np.abs(_f64(w)) + np.abs(_f64(b))), dtype,
+                        "forward into a NaN-filled buffer")
+    dout = rng.standard_normal((300, 3)).astype(dtype)
+    dx = np.full((300, 100), np.nan, dtype)
+    dw = np.full((100, 3), np.nan, dtype)
+    db = np.full(3, np.nan, dtype)
+    _kd.dense_backward(0, dout, y, x, w, dx, dw, db, None, 0.0, None, None, 1)
+    assert_scaled_close(dw, _f64(x).T @ _f64(dout), _max0(np.abs(_f64(x)).T @ np.abs(_f64(dout))), dtype, "dw")
+    assert_scaled_close(dx, _f64(dout) @ _f64(w).T, _max0(np.abs(_f64(dout)) @ np.abs(_f64(w)).T), dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [THIN_SHAPES[0], THIN_SHAPES[1], THIN_SHAPES[-1]], ids=str)
+def test_thin_products_threads_bitwise_identical(shape, dtype, rng):
+    x, w, b, dout = _problem(rng, *shape, dtype)
+
+    def run():
+        out, cache = F.affine_relu_forward(x, w, b)
+        return (out,) + tuple(F.affine_relu_backward(dout, cache))
+
+    assert_thread_invariant(run)
+
+
 # ============================================================================ threads
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", SANDWICH_NAMES)

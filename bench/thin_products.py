@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Which products should run as matrix-vector products (gemv) instead of one gemm?
+
+    python3 bench/thin_products.py [--rounds R] [--values 0,2,4,8,16]
+
+A dense layer with one to a few outputs (a binary classifier, the course's 3-class toy), or
+the weight gradient of a layer with a few inputs (2-D data), makes products with very few
+output rows or columns. OpenBLAS's sgemm packs both operands for its blocked kernel, which at
+these shapes costs more than the arithmetic; one sgemv per output row or column reads each
+operand once and packs nothing. ``DenseConfig.thin`` (csrc/dense.pyx) is the largest row or
+column count that takes the gemv path; 0 turns it off.
+
+For each value of ``thin`` this times, interleaved and as the median of R rounds, a training
+step (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step
+kernel) of networks with thin and not-so-thin products, float32, and prints microseconds per
+step. The choice depends on the product's shape only, so any value keeps results independent
+of the thread count; different values give results that differ in the last bits (another
+summation order).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _benchutil import header_lines, now  # noqa: E402  (also puts the repo on sys.path)
+
+# (layer widths, batch, binary): 2-D inputs, 1-3 outputs, and wider layers as a control
+NETWORKS = [
+    ((2, 100, 3), 300, False),
+    ((2, 100, 1), 300, True),
+    ((20, 50, 2), 1000, False),
+    ((4, 8, 8, 1), 64, True),
+    ((64, 64, 64, 10), 32, False),
+    ((3072, 100, 10), 200, False),
+    ((784, 512, 512, 10), 128, False),
+]
+
+
+def _model(dims, n, binary, seed=0):
+    from fastnn import SGD, Dense, Sequential
+    from fastnn.losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+
+    rng = np.random.default_rng(seed)
+    layers = [Dense(a, b, activation="relu" if i < len(dims) - 2 else None, seed=i)
+              for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
+    model = Sequential(*layers)
+    X = rng.standard_normal((n, dims[0])).astype(np.float32)
+    y = rng.integers(0, 2 if binary else dims[-1], n)
+    loss = BinaryCrossEntropy() if binary else SoftmaxCrossEntropy()
+    return model, X, y, loss, SGD(model.parameters(), lr=1e-4)
+
+
+def _time(f, min_time):
+    f()
+    reps, t = 1, 0.0
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f()
+        t = time.perf_counter() - t0
+        if t >= min_time:
+            return t / reps
+        reps *= 2
+
+
+def main(argv=None):
+    from fastnn._kernels import dense as _kd
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--values", default="0,2,4,8,16", help="values of thin to compare")
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
+    args = ap.parse_args(argv)
+    values = [int(v) for v in args.values.split(",")]
+    saved = _kd.tile_params()
+    started = now()
+    print("\n".join(header_lines(started=started)))
+    print(f"\ntraining step, float32, microseconds (median of {args.rounds} interleaved rounds)")
+    print(f"{'network (batch)':28s}" + "".join(f"{'thin=' + str(v):>11s}" for v in values))
+    try:
+        for dims, n, binary in NETWORKS:
+            model, X, y, loss, opt = _model(dims, n, binary)
+            times = {v: [] for v in values}
+            for _ in range(args.rounds):
+                for v in values:
+                    _kd.set_tile_params(thin=v)
+                    times[v].append(_time(lambda: model.train_step(X, y, loss, opt), args.min_time))
+            name = "-".join(map(str, dims)) + f" ({n})" + (" binary" if binary else "")
+            print(f"{name:28s}" + "".join(f"{np.median(times[v]) * 1e6:11.1f}" for v in values), flush=True)
+    finally:
+        _kd.set_tile_params(**saved)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
