@@ -24,7 +24,7 @@ except ImportError:  # the `bench` extra is not installed: nothing to collect he
 _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Each benchmark runs for at most this long unless --benchmark-max-time is given (pytest-benchmark's
-# default is 1 s): ~115 benchmarks then take about 1.5 minutes instead of 3.
+# default is 1 s): the ~115 activation benchmarks then take about 1.5 minutes instead of 3.
 DEFAULT_MAX_TIME = 0.5
 
 
@@ -61,9 +61,11 @@ def pytest_collection_modifyitems(config, items):
     bench_items = [it for it in items if str(it.path).startswith(_BENCH_DIR + os.sep)]
     if not bench_items:
         return
-    # Run all implementations of one case back to back, cases grouped by size: the big
-    # inputs are built once per case (see _data in test_bench_activations.py) and the
-    # numbers being compared are taken close together in time on a noisy machine.
+    # Run all implementations of one case back to back, in the order the module's
+    # bench_sort_key gives (by size in test_bench_activations.py): the big inputs are built
+    # once per case (see _data in the test_bench_*.py modules) and the numbers being compared
+    # are taken close together in time on a noisy machine. Modules are kept apart (their sort
+    # keys are only comparable within one module).
     position = {id(it): i for i, it in enumerate(items)}
 
     def key(it):
@@ -71,7 +73,7 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(it, "callspec", None)
         if sort_key is None or callspec is None:
             return (1, (), position[id(it)])
-        return (0, sort_key(callspec.id, it.originalname), position[id(it)])
+        return (0, str(it.path), sort_key(callspec.id, it.originalname), position[id(it)])
 
     bench_ids = {id(it) for it in bench_items}
     others = [it for it in items if id(it) not in bench_ids]
