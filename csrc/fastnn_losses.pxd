@@ -9,7 +9,7 @@ from cython.parallel cimport prange
 from libc.math cimport log, log1p, exp, fabs
 
 from fastnn_openmp cimport effective_threads
-from fastnn_ops cimport exp_shift, scale
+from fastnn_ops cimport softmax_rows
 
 cdef enum LossKind:
     LOSS_SOFTMAX = 0
@@ -21,23 +21,24 @@ cdef enum LossKind:
 cdef enum:
     # in ReLU-element units, as the activation kernels (bench/threshold.py)
     LOSS_MIN_WORK_PER_THREAD = 65536
+    SOFTMAX_BLOCK_ELEMS = 2048       # softmax rows go in blocks of about this many scores
 
 
-cdef inline double softmax_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
-                               floating inv_n) noexcept nogil:
-    """Cross-entropy of one row; d receives (softmax - onehot) / N."""
-    cdef floating m = x[0]
-    cdef double s = 0.0
-    cdef Py_ssize_t j
-    for j in range(1, C):
-        if x[j] > m or x[j] != x[j]:
-            m = x[j]
-    exp_shift(x, d, C, m)              # exp(x - max): no overflow, the max term is 1
-    for j in range(C):
-        s += d[j]
-    scale(d, C, <floating>(inv_n / s))
-    d[label] -= inv_n
-    return log(s) - (<double>x[label] - <double>m)
+cdef inline Py_ssize_t softmax_block_rows(Py_ssize_t C) noexcept nogil:
+    """Rows per softmax block: fixed by C, so the blocking never depends on the thread count
+    (each row's arithmetic does not depend on its block anyway)."""
+    cdef Py_ssize_t rb = SOFTMAX_BLOCK_ELEMS // C
+    return rb if rb > 0 else 1
+
+
+cdef inline void softmax_block(Py_ssize_t blk, Py_ssize_t rb, const floating *x, floating *dx,
+                               Py_ssize_t N, Py_ssize_t C, const Py_ssize_t *labels,
+                               floating inv_n, double *losses) noexcept nogil:
+    """Rows [blk * rb, blk * rb + rb) of the softmax loss (fnn_softmax_rows in fastnn_simd.h)."""
+    cdef Py_ssize_t i0 = blk * rb, rows = rb
+    if i0 + rows > N:
+        rows = N - i0
+    softmax_rows(x + i0 * C, dx + i0 * C, rows, C, labels + i0, inv_n, losses + i0)
 
 
 cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
@@ -105,8 +106,6 @@ cdef inline double mse_row(const floating *x, const floating *y, floating *d, Py
 cdef inline double loss_row(int kind, Py_ssize_t i, const floating *x, Py_ssize_t C,
                             const Py_ssize_t *labels, const floating *targets, floating *dx,
                             double inv_n) noexcept nogil:
-    if kind == LOSS_SOFTMAX:
-        return softmax_row(x + i * C, dx + i * C, C, labels[i], <floating>inv_n)
     if kind == LOSS_SVM:
         return svm_row(x + i * C, dx + i * C, C, labels[i], <floating>inv_n)
     if kind == LOSS_LOGISTIC:
@@ -122,11 +121,22 @@ cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_
     """Mean loss over N >= 1 rows; dx (shaped like x) receives its gradient. Class labels
     (softmax, svm) come in `labels`; binary targets (C == 1) and regression targets (shaped like
     x) in `targets`. `losses` is a workspace of N doubles."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, blk, rb, nblocks
     cdef double total = 0.0, inv_n = 1.0 / N
     cdef int nt = effective_threads(N * C * (2 if kind == LOSS_SOFTMAX else 1) + N * 4,
                                     LOSS_MIN_WORK_PER_THREAD, n_threads)
-    if nt <= 1:
+    if kind == LOSS_SOFTMAX:
+        rb = softmax_block_rows(C)
+        nblocks = (N + rb - 1) // rb
+        if nt > nblocks:
+            nt = <int>nblocks
+        if nt <= 1:
+            for blk in range(nblocks):
+                softmax_block(blk, rb, x, dx, N, C, labels, <floating>inv_n, losses)
+        else:
+            for blk in prange(nblocks, num_threads=nt, schedule="static"):
+                softmax_block(blk, rb, x, dx, N, C, labels, <floating>inv_n, losses)
+    elif nt <= 1:
         for i in range(N):
             losses[i] = loss_row(kind, i, x, C, labels, targets, dx, inv_n)
     else:

@@ -23,10 +23,10 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_prelu_alpha_acc_f64(const double *dout, const double *saved, Py_ssize_t n, double *aacc)
     void fnn_add_into_f32(const float *v, float *acc, Py_ssize_t n)
     void fnn_add_into_f64(const double *v, double *acc, Py_ssize_t n)
-    void fnn_exp_shift_f32(const float *x, float *y, Py_ssize_t n, float shift)
-    void fnn_exp_shift_f64(const double *x, double *y, Py_ssize_t n, double shift)
-    void fnn_scale_f32(float *y, Py_ssize_t n, float s)
-    void fnn_scale_f64(double *y, Py_ssize_t n, double s)
+    void fnn_softmax_rows_f32(const float *x, float *d, Py_ssize_t rows, Py_ssize_t C,
+                              const Py_ssize_t *labels, float inv_n, double *losses)
+    void fnn_softmax_rows_f64(const double *x, double *d, Py_ssize_t rows, Py_ssize_t C,
+                              const Py_ssize_t *labels, double inv_n, double *losses)
 
 
 # Fused-type front ends: one call site per operation in the kernels, whatever the dtype.
@@ -89,14 +89,10 @@ cdef inline void add_into(const floating *v, floating *acc, Py_ssize_t n) noexce
     else:
         fnn_add_into_f64(v, acc, n)
 
-cdef inline void exp_shift(const floating *x, floating *y, Py_ssize_t n, floating shift) noexcept nogil:
+cdef inline void softmax_rows(const floating *x, floating *d, Py_ssize_t rows, Py_ssize_t C,
+                              const Py_ssize_t *labels, floating inv_n,
+                              double *losses) noexcept nogil:
     if floating is float:
-        fnn_exp_shift_f32(x, y, n, shift)
+        fnn_softmax_rows_f32(x, d, rows, C, labels, inv_n, losses)
     else:
-        fnn_exp_shift_f64(x, y, n, shift)
-
-cdef inline void scale(floating *y, Py_ssize_t n, floating s) noexcept nogil:
-    if floating is float:
-        fnn_scale_f32(y, n, s)
-    else:
-        fnn_scale_f64(y, n, s)
+        fnn_softmax_rows_f64(x, d, rows, C, labels, inv_n, losses)

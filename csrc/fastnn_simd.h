@@ -327,13 +327,29 @@ FNN_CLONES static void fnn_maxout_bwd_##SFX(const T *FNN_RESTRICT g,            
       for (ptrdiff_t m = 0; m < n; m++)                                                       \
           for (ptrdiff_t p = 0; p < k; p++) dz[m * k + p] = (p == am[m]) ? g[m] : (T)0; } }
 
-/* Loss helpers: y = exp(x - shift) for shift >= max(x) (the softmax numerator), and y *= s. */
+/* Softmax cross-entropy of `rows` rows of C scores (x, row-major) with their labels: each row's
+ * loss goes to losses[i], and d receives (softmax - onehot) * inv_n. Done for a block of rows at
+ * once so that the exponentials run as one vectorized pass over rows * C elements: per row,
+ * with the course's C = 3 or 10, a call per row cost more than the arithmetic. Per element the
+ * operations are exp(x - max) (no overflow, the largest term is 1; a NaN score makes the max NaN
+ * and the row NaN), the row sum in double, and one scale by inv_n / sum. */
 #define FNN_DEFINE_SPANS_LOSS(T, SFX)                                                         \
-FNN_CLONES static void fnn_exp_shift_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,        \
-        ptrdiff_t n, T shift)                                                                 \
-{ for (ptrdiff_t i = 0; i < n; i++) y[i] = fnn_exp_nonpos_##SFX(x[i] - shift); }              \
-FNN_CLONES static void fnn_scale_##SFX(T *FNN_RESTRICT y, ptrdiff_t n, T s)                   \
-{ for (ptrdiff_t i = 0; i < n; i++) y[i] *= s; }
+FNN_CLONES static void fnn_softmax_rows_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT d,     \
+        ptrdiff_t rows, ptrdiff_t C, const ptrdiff_t *FNN_RESTRICT labels, T inv_n,          \
+        double *FNN_RESTRICT losses)                                                          \
+{ for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
+      const T *xi = x + i * C; T *di = d + i * C; T m = xi[0];                                \
+      for (ptrdiff_t j = 1; j < C; j++) if (xi[j] > m || xi[j] != xi[j]) m = xi[j];           \
+      for (ptrdiff_t j = 0; j < C; j++) di[j] = xi[j] - m;                                    \
+      losses[i] = (double)m; }                                                                \
+  for (ptrdiff_t k = 0; k < rows * C; k++) d[k] = fnn_exp_nonpos_##SFX(d[k]);                 \
+  for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
+      T *di = d + i * C; double s = 0.0; ptrdiff_t y = labels[i];                             \
+      for (ptrdiff_t j = 0; j < C; j++) s += (double)di[j];                                   \
+      T f = (T)((double)inv_n / s);                                                           \
+      for (ptrdiff_t j = 0; j < C; j++) di[j] *= f;                                           \
+      di[y] -= inv_n;                                                                         \
+      losses[i] = log(s) - ((double)x[i * C + y] - losses[i]); } }
 
 /* g = g * act'(saved) in place; acc += g (the step kernel's own gradient buffer) */
 #define FNN_LOOP_BWD_ACC_INPLACE(F, B, SFX, T) \

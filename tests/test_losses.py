@@ -87,7 +87,9 @@ MULTICLASS = [lo.name for lo in LOSSES if lo.kind == "multiclass"]
 BINARY = [lo.name for lo in LOSSES if lo.kind.startswith("binary")]
 
 SHAPES = {
-    "multiclass": [(1, 1), (1, 5), (7, 13), (64, 10), (300, 3)],
+    # (700, 3): the softmax kernel's row blocks (2048 // C rows) with a ragged last one;
+    # (5, 3000): more classes than a block holds, one row per block
+    "multiclass": [(1, 1), (1, 5), (7, 13), (64, 10), (300, 3), (700, 3), (5, 3000)],
     "binary01": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
     "binarypm": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
     "regression": [(1,), (7,), (1, 1), (7, 13), (300, 3)],
