@@ -24,6 +24,27 @@ cdef enum:
     SOFTMAX_BLOCK_ELEMS = 2048       # softmax rows go in blocks of about this many scores
 
 
+cdef inline Py_ssize_t check_labels(int kind, const Py_ssize_t *y, Py_ssize_t N, Py_ssize_t C,
+                                    floating *targets) noexcept nogil:
+    """-1 if every label is valid for the loss, else the index of the first bad one. Binary
+    labels are converted to float targets on the way."""
+    cdef Py_ssize_t i, v
+    for i in range(N):
+        v = y[i]
+        if kind == LOSS_SOFTMAX or kind == LOSS_SVM:
+            if v < 0 or v >= C:
+                return i
+        elif kind == LOSS_LOGISTIC:
+            if v != 0 and v != 1:
+                return i
+            targets[i] = <floating>v
+        elif kind == LOSS_BINARY_HINGE:
+            if v != -1 and v != 1:
+                return i
+            targets[i] = <floating>v
+    return -1
+
+
 cdef inline Py_ssize_t softmax_block_rows(Py_ssize_t C) noexcept nogil:
     """Rows per softmax block: fixed by C, so the blocking never depends on the thread count
     (each row's arithmetic does not depend on its block anyway)."""

@@ -1,12 +1,13 @@
 # fastnn._kernels.losses: classification and regression losses, loss and gradient in one pass.
 #
 # The per-row work is in fastnn_losses.pxd (shared with the network step kernel). Labels and
-# shapes are validated by the Python wrappers (fastnn/functional/losses.py) before any call.
+# shapes are validated before any loss runs: class labels and shapes by the Python wrappers
+# (fastnn/functional/losses.py), binary labels by binary_targets here, in one pass.
 from cython cimport floating
 import numpy as np
 
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
-                            loss_raw)
+                            loss_raw, check_labels)
 
 SOFTMAX = LOSS_SOFTMAX
 SVM = LOSS_SVM
@@ -49,3 +50,17 @@ def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, fl
         out = loss_raw(kind, &x[0, 0], N, C, <const Py_ssize_t *>NULL, &t[0, 0], &dx[0, 0],
                        &losses[0], n_threads)
     return out
+
+
+def binary_targets(int kind, const Py_ssize_t[::1] y, floating[::1] t):
+    """t = y as floats if every label is valid for the binary loss `kind` (LOGISTIC: 0 or 1,
+    BINARY_HINGE: -1 or +1). Returns -1, or the index of the first invalid label."""
+    cdef Py_ssize_t bad = -1
+    if kind != LOSS_LOGISTIC and kind != LOSS_BINARY_HINGE:
+        raise ValueError("binary_targets: kind must be LOGISTIC or BINARY_HINGE")
+    if t.shape[0] != y.shape[0]:
+        raise ValueError("binary_targets: shape mismatch")
+    if y.shape[0] > 0:
+        with nogil:
+            bad = check_labels(kind, &y[0], y.shape[0], 1, &t[0])
+    return bad

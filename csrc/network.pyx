@@ -15,7 +15,7 @@ from fastnn_ops cimport FNN_LEAKY, FNN_PRELU
 from fastnn_dense cimport (DenseConfig, blas_enter, blas_exit, dense_forward_raw,
                            dense_backward_raw, backward_blocks, backward_rows_per_block)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
-                            loss_raw)
+                            loss_raw, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
 
 from fastnn._kernels import dense as _dense_module
@@ -56,27 +56,6 @@ cdef struct NetPlan:
     int *p_decay
 
 
-cdef Py_ssize_t _check_labels(int kind, const Py_ssize_t *y, Py_ssize_t N, Py_ssize_t C,
-                              floating *targets) noexcept nogil:
-    """-1 if every label is valid for the loss, else the index of the first bad one. Binary
-    labels are converted to float targets on the way."""
-    cdef Py_ssize_t i, v
-    for i in range(N):
-        v = y[i]
-        if kind == LOSS_SOFTMAX or kind == LOSS_SVM:
-            if v < 0 or v >= C:
-                return i
-        elif kind == LOSS_LOGISTIC:
-            if v != 0 and v != 1:
-                return i
-            targets[i] = <floating>v
-        elif kind == LOSS_BINARY_HINGE:
-            if v != -1 and v != 1:
-                return i
-            targets[i] = <floating>v
-    return -1
-
-
 cdef enum:
     COMPLETED = -1   # _step's results other than the index of a bad label
     STOPPED = -2     # the guard stopped the step before any update
@@ -99,7 +78,7 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
     if P.loss_kind == LOSS_MSE:
         targets = reg_targets
     else:
-        bad = _check_labels(P.loss_kind, labels, N, C, <floating *>P.targets)
+        bad = check_labels(P.loss_kind, labels, N, C, <floating *>P.targets)
         if bad >= 0:
             return bad
         targets = <const floating *>P.targets

@@ -66,6 +66,8 @@ def as_float_array(x, name, dtype=None):
 def common_dtype(*named):
     """The float dtype shared by several operands: ``common_dtype(("dout", dout), ("x", x))``."""
     dts = [float_dtype_of(x, name) for name, x in named]
+    if all(dt is dts[0] for dt in dts):
+        return dts[0]  # the common case, without np.result_type's cost
     return np.result_type(*dts)
 
 
@@ -137,7 +139,10 @@ def class_labels(y, n, num_classes, name="y"):
 
 
 def binary_targets(y, n, allowed, dtype, name="y"):
-    """Binary labels (integer or bool) with values in ``allowed``, as a float array."""
+    """Binary labels (integer or bool) with values in ``allowed`` ((0, 1) or (-1, 1)), as a
+    float array of ``dtype``."""
+    from fastnn._kernels import losses as _kl
+
     if y is None:
         raise TypeError(f"{name} must be an array of binary labels, got None")
     arr = np.asarray(y)
@@ -147,11 +152,23 @@ def binary_targets(y, n, allowed, dtype, name="y"):
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
-    arr = arr.astype(np.int64)
-    if n and not np.isin(arr, allowed).all():
-        bad = arr[~np.isin(arr, allowed)][0]
-        raise ValueError(f"{name} must hold labels from {{{', '.join(map(str, sorted(allowed)))}}}, got {bad}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    kind = {(0, 1): _kl.LOGISTIC, (-1, 1): _kl.BINARY_HINGE}[tuple(sorted(allowed))]
+    # checked and converted in one pass by the kernel (np.isin cost more than the loss itself
+    # at course batch sizes); unsigned values beyond intp would wrap around on the cast
+    # (2**64 - 1 to -1), so those are refused first
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= np.dtype(np.intp).itemsize and n:
+        big = np.flatnonzero(arr > np.iinfo(np.intp).max)
+        bad = int(big[0]) if big.size else -1
+    else:
+        bad = -1
+    out = np.empty(n, dtype=dtype)
+    if bad < 0:
+        labels = arr if arr.dtype == np.intp and arr.flags.c_contiguous else arr.astype(np.intp)
+        bad = _kl.binary_targets(kind, labels, out)
+    if bad >= 0:
+        raise ValueError(f"{name} must hold labels from {{{', '.join(map(str, sorted(allowed)))}}}, "
+                         f"got {arr[bad]}")
+    return out
 
 
 def check_float_dtype(dtype, name="dtype"):

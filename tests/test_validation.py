@@ -541,6 +541,34 @@ def test_binary_labels(loss, y, exc):
     raises_naming(exc, "y", call.fn, x, y)
 
 
+@pytest.mark.parametrize("loss,y", [
+    ("logistic_loss", np.array([0, 1, 2**64 - 1, 1], dtype=np.uint64)),  # -1 once cast to intp
+    ("binary_svm_loss", np.array([1, 2**64 - 1, 1, 1], dtype=np.uint64)),
+    ("logistic_loss", np.array([0, 1, 2**32 + 1, 1])),                   # 1 in the low 32 bits
+    ("binary_svm_loss", np.array([1, -1, 2**63 - 1, 1])),
+])
+def test_binary_labels_out_of_range_integers(loss, y):
+    """Labels are checked on their full value (a cast that wraps is no way in), and the error
+    reports the label as given."""
+    call = BY_NAME[loss]
+    x = call.args()[0]
+    bad = [v for v in y.tolist() if v not in ((0, 1) if loss == "logistic_loss" else (-1, 1))][0]
+    with pytest.raises(ValueError, match=f"y.*got {bad}"):
+        call.fn(x, y)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.uint8, np.int64])
+def test_binary_labels_of_any_integer_dtype(dtype):
+    x = np.array([0.5, -1.0, 2.0, 0.1])
+    for fn, y in ((F.logistic_loss, [1, 0, 1, 1]), (F.binary_svm_loss, [1, -1, 1, 1])):
+        if dtype == np.uint8 and fn is F.binary_svm_loss:
+            continue
+        assert_same_results(fn(x, np.array(y, dtype=dtype)), fn(x, np.array(y)), f"{fn.__name__} {dtype}")
+        # a non-contiguous label array
+        assert_same_results(fn(x, np.repeat(np.array(y, dtype=dtype), 2)[::2]), fn(x, np.array(y)),
+                            "strided labels")
+
+
 def test_binary_bool_labels_are_0_1():
     x = np.array([0.5, -1.0, 2.0])
     assert_same_results(F.logistic_loss(x, np.array([True, False, True])), F.logistic_loss(x, np.array([1, 0, 1])),
