@@ -35,6 +35,7 @@ _cfg.tile_flops = 64.0e6
 _cfg.min_tile_rows = 64
 _cfg.min_tile_cols = 64
 _cfg.max_tiles = 64
+_cfg.max_tile_elems = 65536
 _cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
 _cfg.thin = 4
@@ -60,12 +61,13 @@ def blas_thread_control():
 def tile_params():
     return dict(tile_flops=_cfg.tile_flops, min_tile_rows=_cfg.min_tile_rows,
                 min_tile_cols=_cfg.min_tile_cols, max_tiles=_cfg.max_tiles,
+                max_tile_elems=_cfg.max_tile_elems,
                 serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
                 thin=_cfg.thin)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
-                    serial_flops=None, row_block_elems=None, thin=None):
+                    serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None):
     """Tuning hook for bench/ (not public API)."""
     if tile_flops is not None:
         _cfg.tile_flops = max(1.0, float(tile_flops))
@@ -81,6 +83,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.row_block_elems = max(1, int(row_block_elems))
     if thin is not None:
         _cfg.thin = max(0, int(thin))
+    if max_tile_elems is not None:
+        _cfg.max_tile_elems = max(1, int(max_tile_elems))
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k):

@@ -8,9 +8,10 @@ from cython cimport floating
 from cython.parallel cimport prange
 cimport scipy.linalg.cython_blas as blas
 
-from fastnn_openmp cimport effective_threads
+from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num
 from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, bias_act_fwd, bias_act_keep,
-                        act_bwd_acc, act_bwd_acc_inplace, prelu_alpha_acc, add_into)
+                        act_bwd, act_bwd_acc, act_bwd_acc_inplace, act_bwd_into_saved,
+                        prelu_alpha_acc, add_into)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -25,6 +26,7 @@ cdef struct DenseConfig:
     Py_ssize_t min_tile_rows
     Py_ssize_t min_tile_cols
     Py_ssize_t max_tiles
+    Py_ssize_t max_tile_elems    # tiles are split further while they hold more outputs than this
     double serial_flops          # products below this run as one serial BLAS call
     Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
     Py_ssize_t thin              # products with at most this many output rows or columns
@@ -66,7 +68,8 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c,
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
 
     A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
-    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles. Each
+    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles, and
+    more where a tile would hold more than max_tile_elems outputs. Each
     doubling halves the longer tile side while it stays at least min_tile_rows /
     min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
     panel per tile) small."""
@@ -78,7 +81,9 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c,
         target = 2
         while target * 2 <= g.max_tiles and target * 2 * g.tile_flops <= flops:
             target *= 2
-    while rb * cb < target:
+    # (a product with a small inner dimension has few flops but many outputs: its tiles are
+    # also bounded by max_tile_elems, so that the step kernel's per-thread dx tile stays small)
+    while rb * cb < target or cdiv(r, rb) * cdiv(c, cb) > g.max_tile_elems:
         can_r = r // (rb * 2) >= g.min_tile_rows
         can_c = c // (cb * 2) >= g.min_tile_cols
         if can_r and (not can_c or r * cb >= c * rb):
@@ -264,6 +269,62 @@ cdef inline void backward_block(Py_ssize_t blk, Py_ssize_t rb, int op, const flo
                             partial + blk * M)
 
 
+cdef inline void backward_pass1(int op, const floating *dout, const floating *saved,
+                                floating *dz, double alpha, const floating *avec, floating *db,
+                                floating *dalpha, floating *partial, floating *apartial,
+                                Py_ssize_t rb, Py_ssize_t N, Py_ssize_t M,
+                                int n_threads) noexcept nogil:
+    """The element-wise pass of a layer's backward: dz = dout * act'(saved) (identity: nothing
+    is written, dz is dout), and db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0)
+    (prelu), over fixed blocks of rb rows summed in order. See dense_backward_raw."""
+    cdef Py_ssize_t nblocks = cdiv(N, rb)
+    cdef Py_ssize_t blk, j
+    # threads from 131072 elements (bench/threshold.py's backward crossover)
+    cdef int nt = effective_threads(N * M, 65536, n_threads)
+    for j in range(M):
+        db[j] = 0
+        if op == FNN_PRELU:
+            dalpha[j] = 0
+    if nt <= 1:
+        for blk in range(nblocks):
+            backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
+    else:
+        for blk in prange(nblocks, num_threads=nt, schedule="static"):
+            backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
+    for blk in range(nblocks):
+        add_into(partial + blk * M, db, M)
+        if op == FNN_PRELU:
+            add_into(apartial + blk * M, dalpha, M)
+
+
+cdef inline int product_threads(const DenseConfig *cfg, Py_ssize_t ntiles, double flops,
+                                int n_threads) noexcept nogil:
+    """Threads for a list of ntiles product tiles worth `flops` in all: one below the serial
+    threshold, never more than there are tiles."""
+    if ntiles <= 1 or flops < 2 * cfg.serial_flops:
+        return 1
+    return n_threads if n_threads < ntiles else <int>ntiles
+
+
+cdef inline void backward_products(const DenseConfig *cfg, const floating *g, const floating *x,
+                                   const floating *w, floating *dx, floating *dw, Py_ssize_t N,
+                                   Py_ssize_t D, Py_ssize_t M, int n_threads) noexcept nogil:
+    """dx = g @ w.T (N x D, inner M; skipped when dx is NULL) and dw = x.T @ g (D x M, inner
+    N), as one list of shape-fixed tiles. D >= 1."""
+    cdef Plan px = make_plan(cfg, N, D, M)
+    cdef Plan pw = make_plan(cfg, D, M, N)
+    cdef Py_ssize_t t, ntx = px.nr * px.nc if dx != NULL else 0
+    cdef Py_ssize_t ntw = pw.nr * pw.nc
+    cdef int nt = product_threads(cfg, ntx + ntw, 2.0 * N * M * D * (2 if dx != NULL else 1),
+                                  n_threads)
+    if nt <= 1:
+        for t in range(ntx + ntw):
+            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+    else:
+        for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
+            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+
+
 cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floating *dout,
                                     const floating *saved, const floating *x, const floating *w,
                                     floating *dx, floating *dw, floating *db, floating *dz,
@@ -280,44 +341,62 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
     the rows per block the caller sized them with (backward_rows_per_block when it allocated).
     Sums run over fixed row blocks, then over the blocks in order: thread-count independent.
     The caller holds the BLAS single-threaded (blas_enter)."""
-    cdef bint ident = op == FNN_IDENTITY
-    cdef Py_ssize_t nblocks = cdiv(N, rb)
-    cdef Py_ssize_t blk, t, ntx, ntw, j
-    cdef const floating *g
-    cdef Plan px, pw
-    # element-wise pass: threads from 131072 elements (bench/threshold.py's backward crossover)
-    cdef int nt = effective_threads(N * M, 65536, n_threads)
-    for j in range(M):
-        db[j] = 0
-        if op == FNN_PRELU:
-            dalpha[j] = 0
-    # Pass 1: dz and the per-block partial sums, over fixed row blocks.
-    if nt <= 1:
-        for blk in range(nblocks):
-            backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
-    else:
-        for blk in prange(nblocks, num_threads=nt, schedule="static"):
-            backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
-    for blk in range(nblocks):
-        add_into(partial + blk * M, db, M)
-        if op == FNN_PRELU:
-            add_into(apartial + blk * M, dalpha, M)
-
+    backward_pass1(op, dout, saved, dz, alpha, avec, db, dalpha, partial, apartial, rb, N, M,
+                   n_threads)
     if D == 0:
         return  # no inputs: dx and dw are empty, only the bias gradients exist
+    backward_products(cfg, dout if op == FNN_IDENTITY else dz, x, w, dx, dw, N, D, M, n_threads)
 
-    # Pass 2: dx = G @ w.T (N x D, inner M) and dw = x.T @ G (D x M, inner N), one tile list.
-    g = dout if ident else dz
-    px = make_plan(cfg, N, D, M)
-    pw = make_plan(cfg, D, M, N)
-    ntx = px.nr * px.nc if dx != NULL else 0
-    ntw = pw.nr * pw.nc
-    nt = n_threads if n_threads < ntx + ntw else <int>(ntx + ntw)
-    if 2.0 * N * M * D * (2 if dx != NULL else 1) < 2 * cfg.serial_flops:
-        nt = 1
+
+cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_t D,
+                                  Py_ssize_t M, const floating *g, const floating *w,
+                                  floating *scratch, int op, floating *act,
+                                  const floating *pre, double alpha) noexcept nogil:
+    """Tile t of dx = g @ w.T into scratch, then the layer below's activation derivative,
+    written over that layer's output: act = dx * act'(saved), saved = act itself (identity,
+    relu, sigmoid, tanh) or pre (leaky relu). The same tiles and the same element-wise
+    formula as dense_backward_raw's dx and the next backward_pass1's dz: the same numbers."""
+    cdef Py_ssize_t i0 = (t // px.nc) * px.tr
+    cdef Py_ssize_t j0 = (t % px.nc) * px.tc
+    cdef Py_ssize_t ti = N - i0, tj = D - j0, r
+    if ti > px.tr:
+        ti = px.tr
+    if tj > px.tc:
+        tj = px.tc
+    gemm(False, True, ti, tj, M, g + i0 * M, M, w + j0 * M, M, scratch, tj, px.thin)
+    for r in range(ti):
+        if pre == NULL:
+            act_bwd_into_saved(op, scratch + r * tj, act + (i0 + r) * D + j0, tj, alpha, NULL)
+        else:
+            act_bwd(op, scratch + r * tj, pre + (i0 + r) * D + j0, act + (i0 + r) * D + j0, tj,
+                    alpha, NULL)
+
+
+cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
+                                       Py_ssize_t M, int n_threads) noexcept nogil:
+    """Scratch elements dx_into_act needs for these arguments: one tile per thread."""
+    cdef Plan px = make_plan(cfg, N, D, M)
+    cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
+    return px.tr * px.tc * nt
+
+
+cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
+                             const floating *g, const floating *w, floating *scratch,
+                             Py_ssize_t scratch_elems, int op, floating *act,
+                             const floating *pre, double alpha, int n_threads) noexcept nogil:
+    """dx = g @ w.T, tile by tile through a per-thread scratch tile, turned into the layer
+    below's dz in that layer's own activation buffer (dx_into_act_tile). The full N x D dx
+    never exists. scratch holds scratch_elems >= dx_scratch_need (fewer threads run if it
+    holds less). D >= 1; the caller has already used act as an input (dw = act.T @ g)."""
+    cdef Plan px = make_plan(cfg, N, D, M)
+    cdef Py_ssize_t t, ntiles = px.nr * px.nc, stride = px.tr * px.tc
+    cdef int nt = product_threads(cfg, ntiles, 2.0 * N * M * D, n_threads)
+    if nt > scratch_elems // stride:
+        nt = <int>(scratch_elems // stride)
     if nt <= 1:
-        for t in range(ntx + ntw):
-            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+        for t in range(ntiles):
+            dx_into_act_tile(px, t, N, D, M, g, w, scratch, op, act, pre, alpha)
     else:
-        for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
-            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+        for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
+            dx_into_act_tile(px, t, N, D, M, g, w, scratch + fnn_omp_get_thread_num() * stride,
+                             op, act, pre, alpha)

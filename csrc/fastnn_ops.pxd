@@ -19,6 +19,8 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_act_bwd_acc_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec, double *acc)
     void fnn_act_bwd_acc_inplace_f32(int op, float *g, const float *saved, Py_ssize_t n, float alpha, const float *avec, float *acc)
     void fnn_act_bwd_acc_inplace_f64(int op, double *g, const double *saved, Py_ssize_t n, double alpha, const double *avec, double *acc)
+    void fnn_act_bwd_into_saved_f32(int op, const float *g, float *s, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_bwd_into_saved_f64(int op, const double *g, double *s, Py_ssize_t n, double alpha, const double *avec)
     void fnn_prelu_alpha_acc_f32(const float *dout, const float *saved, Py_ssize_t n, float *aacc)
     void fnn_prelu_alpha_acc_f64(const double *dout, const double *saved, Py_ssize_t n, double *aacc)
     void fnn_add_into_f32(const float *v, float *acc, Py_ssize_t n)
@@ -75,6 +77,13 @@ cdef inline void act_bwd_acc_inplace(int op, floating *g, const floating *saved,
         fnn_act_bwd_acc_inplace_f32(op, g, saved, n, <float>alpha, avec, acc)
     else:
         fnn_act_bwd_acc_inplace_f64(op, g, saved, n, alpha, avec, acc)
+
+cdef inline void act_bwd_into_saved(int op, const floating *g, floating *s, Py_ssize_t n,
+                                    double alpha, const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_into_saved_f32(op, g, s, n, <float>alpha, avec)
+    else:
+        fnn_act_bwd_into_saved_f64(op, g, s, n, alpha, avec)
 
 cdef inline void prelu_alpha_acc(const floating *dout, const floating *saved, Py_ssize_t n,
                                  floating *aacc) noexcept nogil:

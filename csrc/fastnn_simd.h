@@ -351,6 +351,11 @@ FNN_CLONES static void fnn_softmax_rows_##SFX(const T *FNN_RESTRICT x, T *FNN_RE
       di[y] -= inv_n;                                                                         \
       losses[i] = log(s) - ((double)x[i * C + y] - losses[i]); } }
 
+/* s = g * act'(s) in place on the saved output (the step kernel writes a layer's input gradient
+ * into the activation buffer it no longer needs: relu, sigmoid and tanh save their output) */
+#define FNN_LOOP_BWD_INTO_SAVED(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) s[i] = B(SFX, T, g[i], s[i], i);
+
 /* g = g * act'(saved) in place; acc += g (the step kernel's own gradient buffer) */
 #define FNN_LOOP_BWD_ACC_INPLACE(F, B, SFX, T) \
     for (ptrdiff_t i = 0; i < n; i++) { T v = B(SFX, T, g[i], saved[i], i); g[i] = v; acc[i] += v; }
@@ -374,6 +379,9 @@ FNN_CLONES static void fnn_act_bwd_acc_##SFX(int op, const T *FNN_RESTRICT dout,
         const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
         const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                                      \
 { FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC, SFX, T) }                                               \
+FNN_CLONES static void fnn_act_bwd_into_saved_##SFX(int op, const T *FNN_RESTRICT g,          \
+        T *FNN_RESTRICT s, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                  \
+{ FNN_SWITCH_OP(op, FNN_LOOP_BWD_INTO_SAVED, SFX, T) }                                        \
 FNN_CLONES static void fnn_act_bwd_acc_inplace_##SFX(int op, T *FNN_RESTRICT g,                \
         const T *FNN_RESTRICT saved, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec,        \
         T *FNN_RESTRICT acc)                                                                  \

@@ -11,9 +11,10 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 import numpy as np
 
-from fastnn_ops cimport FNN_LEAKY, FNN_PRELU
+from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
 from fastnn_dense cimport (DenseConfig, blas_enter, blas_exit, dense_forward_raw,
-                           dense_backward_raw, backward_blocks, backward_rows_per_block)
+                           dense_backward_raw, backward_blocks, backward_rows_per_block,
+                           backward_pass1, backward_products, dx_into_act, dx_scratch_need)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
@@ -40,8 +41,13 @@ cdef struct NetPlan:
     void **dalpha        # prelu slope gradients (NULL otherwise)
     void **act           # layer outputs, N x fan_out
     void **pre           # pre-activations for leaky relu / prelu (NULL otherwise)
-    void *dact0          # two N x max-width buffers, alternating down the layers: the loss
-    void *dact1          # writes dscores into dact0, each layer's dz is formed in place
+    bint fused           # no prelu below the last layer: each layer's dz is written into its
+                         # own activation buffer by the layer above (dx_into_act)
+    void *dact0          # fused: N x C, the loss's dscores (the last layer's dz, in place).
+    void *dact1          # Otherwise two N x max-width buffers, alternating down the layers:
+                         # dscores go into dact0, each layer's dz is formed in place
+    void *scratch        # fused: one dx tile per thread
+    Py_ssize_t scratch_elems
     void *partial        # bias-gradient partial sums (zeroed per layer)
     void *apartial
     Py_ssize_t partial_elems
@@ -61,19 +67,14 @@ cdef enum:
     STOPPED = -2     # the guard stopped the step before any update
 
 
-cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
+cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py_ssize_t *labels,
                       const floating *reg_targets, int rule, double lr, double h1, double h2,
                       double eps, double c1, double c2, double wd, int nt,
                       bint guard, double *loss_out) noexcept nogil:
     cdef int L = P.n_layers, l, k
     cdef Py_ssize_t N = P.N, C = P.fan_out[P.n_layers - 1], bad
     cdef const floating *inp
-    cdef const floating *saved
     cdef const floating *targets
-    cdef floating *dout
-    cdef floating *dx
-    cdef floating *spare
-    cdef bint keep
     # labels first: nothing is computed for a batch with a bad label
     if P.loss_kind == LOSS_MSE:
         targets = reg_targets
@@ -85,7 +86,7 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
     # forward
     inp = X
     for l in range(L):
-        dense_forward_raw(_cfg, P.op[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],
+        dense_forward_raw(cfg, P.op[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],
                           <floating *>P.act[l], <floating *>P.pre[l], N, P.fan_in[l],
                           P.fan_out[l], P.alpha[l], <const floating *>P.avec[l], nt)
         inp = <const floating *>P.act[l]
@@ -94,25 +95,10 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
     if guard and not (loss_out[0] - loss_out[0] == 0):
         return STOPPED  # non-finite loss: leave gradients and parameters as they are
     # backward
-    dout = <floating *>P.dact0
-    dx = <floating *>P.dact1
-    spare = <floating *>P.dact0
-    for l in range(L - 1, -1, -1):
-        keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
-        saved = <const floating *>(P.pre[l] if keep else P.act[l])
-        memset(P.partial, 0, P.partial_elems * sizeof(floating))
-        if P.op[l] == FNN_PRELU:
-            memset(P.apartial, 0, P.partial_elems * sizeof(floating))
-        dense_backward_raw(_cfg, P.op[l], dout, saved,
-                           X if l == 0 else <const floating *>P.act[l - 1],
-                           <const floating *>P.W[l], dx if l > 0 else NULL,
-                           <floating *>P.dW[l], <floating *>P.db[l], dout,
-                           P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
-                           <floating *>P.partial, <floating *>P.apartial, P.rb[l],
-                           N, P.fan_in[l], P.fan_out[l], nt)
-        dout = dx
-        dx = spare
-        spare = dout
+    if P.fused:
+        _backward_fused(P, cfg, X, nt)
+    else:
+        _backward_buffers(P, cfg, X, nt)
     if guard:
         # a finite loss can still give non-finite gradients (an Inf input that the activation
         # maps to a finite value, then inf * 0 in x.T @ dz): stop before they reach a parameter
@@ -127,6 +113,79 @@ cdef Py_ssize_t _step(NetPlan *P, const floating *X, const Py_ssize_t *labels,
     return COMPLETED
 
 
+cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
+                          int nt) noexcept nogil:
+    """The backward pass without an N x width gradient buffer: dscores (dact0) are the last
+    layer's dz; every layer l >= 1 computes dw = act[l-1].T @ dz first, then its dx tile by
+    tile into a scratch tile and from there, times the activation derivative of layer l-1,
+    over act[l-1] (which dw no longer needs): that is layer l-1's dz, and its bias gradient
+    is its column sums. The same tiles and element-wise formulas as _backward_buffers: the
+    same numbers."""
+    cdef int L = P.n_layers, l
+    cdef Py_ssize_t N = P.N
+    cdef floating *g
+    cdef bint keep
+    for l in range(L - 1, -1, -1):
+        memset(P.partial, 0, P.partial_elems * sizeof(floating))
+        if l == L - 1:
+            keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
+            if P.op[l] == FNN_PRELU:
+                memset(P.apartial, 0, P.partial_elems * sizeof(floating))
+            g = <floating *>P.dact0
+            backward_pass1(P.op[l], g, <const floating *>(P.pre[l] if keep else P.act[l]), g,
+                           P.alpha[l], <const floating *>P.avec[l], <floating *>P.db[l],
+                           <floating *>P.dalpha[l], <floating *>P.partial,
+                           <floating *>P.apartial, P.rb[l], N, P.fan_out[l], nt)
+        else:
+            g = <floating *>P.act[l]   # dz, written there by the layer above
+            backward_pass1(FNN_IDENTITY, g, <const floating *>NULL, <floating *>NULL, 0.0,
+                           <const floating *>NULL, <floating *>P.db[l], <floating *>NULL,
+                           <floating *>P.partial, <floating *>P.apartial, P.rb[l], N,
+                           P.fan_out[l], nt)
+        backward_products(cfg, g, X if l == 0 else <const floating *>P.act[l - 1],
+                          <const floating *>P.W[l], <floating *>NULL, <floating *>P.dW[l], N,
+                          P.fan_in[l], P.fan_out[l], nt)
+        if l > 0:
+            dx_into_act(cfg, N, P.fan_in[l], P.fan_out[l], g, <const floating *>P.W[l],
+                        <floating *>P.scratch, P.scratch_elems, P.op[l - 1],
+                        <floating *>P.act[l - 1],
+                        <const floating *>(P.pre[l - 1] if P.op[l - 1] == FNN_LEAKY else NULL),
+                        P.alpha[l - 1], nt)
+
+
+cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *X,
+                            int nt) noexcept nogil:
+    """The backward pass through two alternating N x width gradient buffers, for networks
+    with a prelu layer below the last (its slope gradient needs the incoming gradient itself,
+    which the fused pass never keeps)."""
+    cdef int L = P.n_layers, l
+    cdef Py_ssize_t N = P.N
+    cdef const floating *saved
+    cdef floating *dout
+    cdef floating *dx
+    cdef floating *spare
+    cdef bint keep
+    dout = <floating *>P.dact0
+    dx = <floating *>P.dact1
+    spare = <floating *>P.dact0
+    for l in range(L - 1, -1, -1):
+        keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
+        saved = <const floating *>(P.pre[l] if keep else P.act[l])
+        memset(P.partial, 0, P.partial_elems * sizeof(floating))
+        if P.op[l] == FNN_PRELU:
+            memset(P.apartial, 0, P.partial_elems * sizeof(floating))
+        dense_backward_raw(cfg, P.op[l], dout, saved,
+                           X if l == 0 else <const floating *>P.act[l - 1],
+                           <const floating *>P.W[l], dx if l > 0 else NULL,
+                           <floating *>P.dW[l], <floating *>P.db[l], dout,
+                           P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
+                           <floating *>P.partial, <floating *>P.apartial, P.rb[l],
+                           N, P.fan_in[l], P.fan_out[l], nt)
+        dout = dx
+        dx = spare
+        spare = dout
+
+
 cdef void *_ptr(object arr):
     return NULL if arr is None else <void *><size_t>arr.ctypes.data
 
@@ -138,6 +197,7 @@ cdef class StepPlan:
     cdef readonly bint is_double
     cdef readonly int rule
     cdef list _refs
+    cdef object _scratch         # fused backward: the per-thread dx tiles (grown on demand)
     cdef readonly object scores
     cdef readonly bint stopped   # the last step's guard stopped it before any update
 
@@ -242,8 +302,15 @@ cdef class StepPlan:
             blocks = max(blocks, backward_blocks(N, P.rb[l]) * m)
         if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:
             raise ValueError("StepPlan: binary losses need one output unit")
-        P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
-        P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
+        P.fused = True
+        for l in range(L - 1):
+            if P.op[l] == FNN_PRELU:
+                P.fused = False
+        if P.fused:
+            P.dact0 = _ptr(keep(np.empty(N * P.fan_out[L - 1], dtype=dt)))
+        else:
+            P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
+            P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
         P.partial = _ptr(keep(np.zeros(blocks, dtype=dt)))
         P.apartial = _ptr(keep(np.zeros(blocks, dtype=dt)))
         P.partial_elems = blocks
@@ -272,6 +339,26 @@ cdef class StepPlan:
     def batch(self):
         return self.P.N
 
+    @property
+    def fused_backward(self):
+        """True when the backward pass writes each layer's dz into its activation buffer
+        (no N x width gradient buffers; every network without a prelu hidden layer)."""
+        return bool(self.P.fused)
+
+    cdef int _size_scratch(self, const DenseConfig *cfg, int n_threads) except -1:
+        """Make the scratch hold one dx tile per thread the fused backward can start, for the
+        tiling in cfg (the snapshot the step runs with)."""
+        cdef NetPlan *P = &self.P
+        cdef Py_ssize_t need = 1
+        cdef int l
+        for l in range(1, P.n_layers):
+            need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l], n_threads))
+        if self._scratch is None or self._scratch.shape[0] < need:
+            self._scratch = np.empty(need, dtype=np.float64 if self.is_double else np.float32)
+            P.scratch = _ptr(self._scratch)
+            P.scratch_elems = need
+        return 0
+
     def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
@@ -288,6 +375,7 @@ cdef class StepPlan:
         cdef const float *t32p = NULL
         cdef const double *t64p = NULL
         cdef Py_ssize_t C = self.P.fan_out[self.P.n_layers - 1]
+        cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
         P = &self.P
         if self.P.loss_kind == LOSS_MSE:
             if targets is None:
@@ -314,15 +402,17 @@ cdef class StepPlan:
                 if t32.shape[0] != P.N or t32.shape[1] != C:
                     raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
                 t32p = &t32[0, 0]
+        if P.fused:
+            self._size_scratch(&cfg, n_threads)
         self.stopped = False
         blas_enter(_cfg)
         try:
             with nogil:
                 if self.is_double:
-                    bad = _step(P, &x64[0, 0], lp, t64p, self.rule, lr, h1, h2, eps, c1, c2, wd,
+                    bad = _step(P, &cfg, &x64[0, 0], lp, t64p, self.rule, lr, h1, h2, eps, c1, c2, wd,
                                 n_threads, guard, &loss)
                 else:
-                    bad = _step(P, &x32[0, 0], lp, t32p, self.rule, lr, h1, h2, eps, c1, c2, wd,
+                    bad = _step(P, &cfg, &x32[0, 0], lp, t32p, self.rule, lr, h1, h2, eps, c1, c2, wd,
                                 n_threads, guard, &loss)
         finally:
             blas_exit(_cfg)

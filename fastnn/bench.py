@@ -9,7 +9,9 @@ For each network it times, interleaved in one process (medians of several rounds
 
 A step is forward, softmax loss, backward and a plain SGD update. The table gives each time,
 the speedups of fastnn over NumPy and PyTorch, and the fraction of the GEMM roofline reached:
-a step's products (6 N sum(d_i d_i+1) flops) at the matmul rate NumPy reaches in the same run.
+a step's products (6 N sum(d_i d_i+1) flops) at the matmul rate NumPy reaches in the same run,
+and the memory the layer API's step holds as a fraction of what it must hold (parameters,
+gradients and the activations backward reads; see ``step_memory``).
 """
 import argparse
 import json
@@ -144,18 +146,27 @@ def matmul_rate(dtype, size=2048, rounds=5):
 
 
 def step_memory(model, X, y, opt, loss):
-    """Peak bytes NumPy allocates during one fastnn step (after a warm-up step), and the bytes
-    the step must hold: parameters + gradients + activations kept for backward."""
-    model.train_step(X, y, loss, opt)
+    """Memory of the layer API's training step, in bytes: (held, need, per_step).
+
+    held: what the step holds while it runs: parameters and gradients, plus everything NumPy
+    allocates during the first step (the whole-step kernel's buffers: activations, gradient
+    buffers, partial sums) at its peak. need: what any implementation must hold: parameters,
+    gradients and the activations the backward pass reads. per_step: the peak allocation
+    during a later step of the same shape (buffers are reused, so only small Python objects)."""
+    model._compiled.clear()  # so that the first step below builds (and counts) its buffers
     tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    model.train_step(X, y, loss, opt)
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    params = sum(p.data.nbytes for p in model.parameters())
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        model.train_step(X, y, loss, opt)
+        current, first_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        model.train_step(X, y, loss, opt)
+        per_step = tracemalloc.get_traced_memory()[1] - current
+    finally:
+        tracemalloc.stop()
+    params = sum(p.data.nbytes + p.grad.nbytes for p in model.parameters())
     acts = sum(X.shape[0] * layer.out_features * X.itemsize for layer in model.layers)
-    return peak, params * 2 + acts
+    return params + (first_peak - base), params + acts, per_step
 
 
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
@@ -184,6 +195,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
         head = f"{'network (batch)':<28}{'fastnn':>10}{'functional':>12}{'numpy':>10}"
         head += f"{'torch':>10}" if torch else ""
         head += f"{'vs numpy':>10}" + (f"{'vs torch':>10}" if torch else "") + f"{'roofline':>10}"
+        head += f"{'memory':>9}"
         print(head + "   (ms per step)", file=stream)
         for dims, n in networks:
             if skip_large and max(dims) >= 4096:
@@ -196,13 +208,14 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             med = {k: float(np.median(v)) for k, v in times.items()}
             flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
             roof = flops / (rate * 1e9) / med["fastnn"]
-            peak, need = step_memory(model, X, y, opt, loss)
+            held, need, per_step = step_memory(model, X, y, opt, loss)
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
                    "threads": nthreads, "ms": {k: v * 1e3 for k, v in med.items()},
                    "speedup_vs_numpy": med["numpy"] / med["fastnn"],
                    "functional_vs_numpy": med["numpy"] / med["functional"],
                    "roofline_fraction": roof, "matmul_gflops": rate,
-                   "peak_step_bytes": peak, "params_grads_acts_bytes": need}
+                   "held_bytes": held, "params_grads_acts_bytes": need,
+                   "memory_fraction": held / need, "per_step_alloc_bytes": per_step}
             if torch:
                 row["speedup_vs_torch"] = med["torch"] / med["fastnn"]
             results.append(row)
@@ -213,7 +226,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             line += f"{row['speedup_vs_numpy']:>9.2f}x"
             if torch:
                 line += f"{row['speedup_vs_torch']:>9.2f}x"
-            line += f"{roof:>9.0%}"
+            line += f"{roof:>9.0%}{held / need:>9.0%}"
             print(line, file=stream, flush=True)
     return results
 

@@ -844,3 +844,118 @@ def test_save_overwrites(tmp_path):
     for p, q in zip(b.parameters(), rebuilt.parameters()):
         assert_same_bits(q.data, p.data)
     assert os.listdir(tmp_path) == ["m.npz"]
+
+
+# ============================================================================ the step kernel's backward
+# Without a PReLU below the last layer, the whole-step kernel writes each layer's input gradient,
+# tile by tile through a per-thread scratch tile, over the activation buffer of the layer below
+# (which its weight gradient has already read): no N x width gradient buffer. The tiles and the
+# element-wise formulas are those of the layer-by-layer path, so the numbers are too.
+FUSED_HIDDEN = {
+    "relu": lambda dt: [ReLU(dtype=dt)],
+    "leaky_relu": lambda dt: [LeakyReLU(0.1, dtype=dt)],
+    "sigmoid": lambda dt: [Sigmoid(dtype=dt)],
+    "tanh": lambda dt: [Tanh(dtype=dt)],
+    "identity": lambda dt: [],
+}
+# (batch, widths): one tile per product; several tiles (threads share the dx tiles, each with
+# its own scratch), with products whose small inner dimension splits them by max_tile_elems
+FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (300, (96, 512, 384, 10))}
+
+
+def _fused_model(hidden, widths, dtype, dropout0=False):
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(Dense(a, b, seed=10 + i, dtype=dtype))
+        if i < len(widths) - 2:
+            layers += FUSED_HIDDEN[hidden](dtype)
+            if dropout0 and i == 0:
+                layers.append(Dropout(0.0, dtype=dtype))  # an identity that forces the layer path
+    return Sequential(*layers)
+
+
+def _train_runs(model, X, y, loss, steps=4):
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    losses = [model.train_step(X, y, loss, opt) for _ in range(steps)]
+    return losses, param_copies(model), opt
+
+
+@pytest.mark.parametrize("size", list(FUSED_SIZES))
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", list(FUSED_HIDDEN))
+def test_step_kernel_fused_backward_matches_the_layer_path(hidden, dtype, size):
+    n, widths = FUSED_SIZES[size]
+    r = np.random.default_rng(3)
+    X = r.standard_normal((n, widths[0])).astype(dtype)
+    y = r.integers(0, widths[-1], n)
+    model = _fused_model(hidden, widths, dtype)
+    losses, params, opt = _train_runs(model, X, y, "softmax")
+    plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert plan is not None and plan.plan.fused_backward
+    twin = _fused_model(hidden, widths, dtype, dropout0=True)
+    twin_losses, twin_params, topt = _train_runs(twin, X, y, "softmax")
+    assert twin._compiled_step(X, SoftmaxCrossEntropy(), topt) is None  # the layer path
+    assert losses == twin_losses
+    for a, b in zip(params, twin_params):
+        assert_same_bits(a, b)
+
+
+def test_step_kernel_fused_backward_shapes_are_multi_tile():
+    """The "tiled" size really cuts the dx products into several tiles (so 2 and 3 threads run
+    them in parallel, each with its own scratch tile), including the one whose small inner
+    dimension (10 classes) is split by max_tile_elems alone."""
+    from fastnn._kernels import dense as _kd
+
+    n, widths = FUSED_SIZES["tiled"]
+    for d, m in zip(widths[1:-1], widths[2:]):
+        tr, tc, nr, nc = _kd.plan(n, d, m)   # dx of the layer d -> m: (n x d), inner m
+        assert nr * nc >= 2, (d, m)
+    params = _kd.tile_params()
+    flops = 2.0 * n * widths[-2] * widths[-1]
+    assert flops < params["tile_flops"] * 2 and n * widths[-2] > params["max_tile_elems"]
+
+
+@pytest.mark.parametrize("hidden", ["relu", "leaky_relu", "tanh"])
+def test_step_kernel_fused_backward_is_thread_invariant(hidden):
+    n, widths = FUSED_SIZES["tiled"]
+    r = np.random.default_rng(4)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run():
+        losses, params, _ = _train_runs(_fused_model(hidden, widths, F32), X, y, "softmax", steps=3)
+        return losses, params
+
+    assert_thread_invariant(run)
+
+
+def test_step_kernel_with_a_prelu_hidden_layer_keeps_the_gradient_buffers():
+    """A PReLU below the last layer needs its incoming gradient for the slope gradient: that
+    network's plan takes the buffered backward (tested against the layer path in
+    test_training_equivalent_variants)."""
+    X = np.random.default_rng(5).standard_normal((8, 4)).astype(F32)
+    y = np.arange(8) % 3
+    model = Sequential(Dense(4, 6, seed=1), PReLU(6), Dense(6, 3, seed=2))
+    opt = SGD(model.parameters(), lr=0.1)
+    model.train_step(X, y, "softmax", opt)
+    assert not model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.fused_backward
+
+
+def test_step_memory_is_parameters_gradients_and_activations():
+    """What the layer API's step holds beyond parameters and gradients (its buffers, counted by
+    tracemalloc during the first step) is within 10% of the activations backward reads, for
+    a network large enough that the per-step constants do not matter. (Before the fused
+    backward it held two more batch x 512 gradient buffers: 145%.)"""
+    from fastnn.bench import step_memory
+
+    import fastnn
+    r = np.random.default_rng(6)
+    X = r.standard_normal((1024, 784)).astype(F32)
+    y = r.integers(0, 10, 1024)
+    model = Sequential(Dense(784, 512, activation="relu", seed=1), Dense(512, 512, activation="relu", seed=2),
+                       Dense(512, 10, seed=3))
+    opt = SGD(model.parameters(), lr=1e-3)
+    with fastnn.threads(2):
+        held, need, per_step = step_memory(model, X, y, opt, SoftmaxCrossEntropy())
+    assert held <= 1.10 * need, (held, need)
+    assert per_step < 16384  # buffers are reused: only small Python objects per step
