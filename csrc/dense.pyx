@@ -87,9 +87,10 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.max_tile_elems = max(1, int(max_tile_elems))
 
 
-def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k):
-    """(tile_rows, tile_cols, tiles_down, tiles_across) for an r x c x k product (for tests)."""
-    cdef Plan p = make_plan(&_cfg, r, c, k)
+def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False):
+    """(tile_rows, tile_cols, tiles_down, tiles_across) for an r x c x k product (for tests);
+    dx: the plan of an input-gradient product (tiles bounded by max_tile_elems)."""
+    cdef Plan p = make_plan(&_cfg, r, c, k, _cfg.max_tile_elems if dx else 0)
     return (p.tr, p.tc, p.nr, p.nc)
 
 

@@ -26,7 +26,7 @@ cdef struct DenseConfig:
     Py_ssize_t min_tile_rows
     Py_ssize_t min_tile_cols
     Py_ssize_t max_tiles
-    Py_ssize_t max_tile_elems    # tiles are split further while they hold more outputs than this
+    Py_ssize_t max_tile_elems    # dx tiles are split further while they hold more outputs
     double serial_flops          # products below this run as one serial BLAS call
     Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
     Py_ssize_t thin              # products with at most this many output rows or columns
@@ -63,13 +63,14 @@ cdef inline Py_ssize_t cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c,
-                           Py_ssize_t k) noexcept nogil:
+cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                           Py_ssize_t max_elems=0) noexcept nogil:
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
 
     A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
     tile_flops of work, between 2 (once the product is worth two threads) and max_tiles, and
-    more where a tile would hold more than max_tile_elems outputs. Each
+    more where a tile would hold more than max_elems outputs (when > 0: the dx products, whose
+    tiles the step kernel passes through a per-thread scratch tile). Each
     doubling halves the longer tile side while it stays at least min_tile_rows /
     min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
     panel per tile) small."""
@@ -81,9 +82,9 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c,
         target = 2
         while target * 2 <= g.max_tiles and target * 2 * g.tile_flops <= flops:
             target *= 2
-    # (a product with a small inner dimension has few flops but many outputs: its tiles are
-    # also bounded by max_tile_elems, so that the step kernel's per-thread dx tile stays small)
-    while rb * cb < target or cdiv(r, rb) * cdiv(c, cb) > g.max_tile_elems:
+    # (a dx product with a small inner dimension has few flops but many outputs: its tiles are
+    # also bounded, so that the step kernel's per-thread dx tile stays small)
+    while rb * cb < target or (max_elems > 0 and cdiv(r, rb) * cdiv(c, cb) > max_elems):
         can_r = r // (rb * 2) >= g.min_tile_rows
         can_c = c // (cb * 2) >= g.min_tile_cols
         if can_r and (not can_c or r * cb >= c * rb):
@@ -301,7 +302,7 @@ cdef inline int product_threads(const DenseConfig *cfg, Py_ssize_t ntiles, doubl
                                 int n_threads) noexcept nogil:
     """Threads for a list of ntiles product tiles worth `flops` in all: one below the serial
     threshold, never more than there are tiles."""
-    if ntiles <= 1 or flops < 2 * cfg.serial_flops:
+    if ntiles <= 1 or n_threads < 1 or flops < 2 * cfg.serial_flops:
         return 1
     return n_threads if n_threads < ntiles else <int>ntiles
 
@@ -311,7 +312,7 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
                                    Py_ssize_t D, Py_ssize_t M, int n_threads) noexcept nogil:
     """dx = g @ w.T (N x D, inner M; skipped when dx is NULL) and dw = x.T @ g (D x M, inner
     N), as one list of shape-fixed tiles. D >= 1."""
-    cdef Plan px = make_plan(cfg, N, D, M)
+    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef Plan pw = make_plan(cfg, D, M, N)
     cdef Py_ssize_t t, ntx = px.nr * px.nc if dx != NULL else 0
     cdef Py_ssize_t ntw = pw.nr * pw.nc
@@ -375,7 +376,7 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
                                        Py_ssize_t M, int n_threads) noexcept nogil:
     """Scratch elements dx_into_act needs for these arguments: one tile per thread."""
-    cdef Plan px = make_plan(cfg, N, D, M)
+    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
     return px.tr * px.tc * nt
 
@@ -388,9 +389,11 @@ cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
     below's dz in that layer's own activation buffer (dx_into_act_tile). The full N x D dx
     never exists. scratch holds scratch_elems >= dx_scratch_need (fewer threads run if it
     holds less). D >= 1; the caller has already used act as an input (dw = act.T @ g)."""
-    cdef Plan px = make_plan(cfg, N, D, M)
+    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef Py_ssize_t t, ntiles = px.nr * px.nc, stride = px.tr * px.tc
     cdef int nt = product_threads(cfg, ntiles, 2.0 * N * M * D, n_threads)
+    if scratch_elems < stride:
+        return  # cannot happen when sized by dx_scratch_need; never write past the scratch
     if nt > scratch_elems // stride:
         nt = <int>(scratch_elems // stride)
     if nt <= 1:

@@ -200,6 +200,7 @@ cdef class StepPlan:
     cdef object _scratch         # fused backward: the per-thread dx tiles (grown on demand)
     cdef readonly object scores
     cdef readonly bint stopped   # the last step's guard stopped it before any update
+    cdef bint _busy              # a step is running (its buffers are in use)
 
     def __cinit__(self):
         memset(&self.P, 0, sizeof(NetPlan))
@@ -402,9 +403,14 @@ cdef class StepPlan:
                 if t32.shape[0] != P.N or t32.shape[1] != C:
                     raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
                 t32p = &t32[0, 0]
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        if self._busy:
+            raise RuntimeError("StepPlan.step is already running on this plan in another thread")
         if P.fused:
             self._size_scratch(&cfg, n_threads)
         self.stopped = False
+        self._busy = True
         blas_enter(_cfg)
         try:
             with nogil:
@@ -416,6 +422,7 @@ cdef class StepPlan:
                                 n_threads, guard, &loss)
         finally:
             blas_exit(_cfg)
+            self._busy = False
         if bad >= 0:
             raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")
         self.stopped = bad == STOPPED

@@ -138,6 +138,20 @@ def class_labels(y, n, num_classes, name="y"):
     return np.ascontiguousarray(arr, dtype=np.intp)
 
 
+def beyond_intp(arr):
+    """Index of the first integer label an intp cannot hold (a cast to intp would wrap it, so
+    that 2**64 - 1 became -1), or -1. Only dtypes wider than intp, or unsigned ones as wide,
+    are searched."""
+    intp = np.dtype(np.intp)
+    if arr.size == 0 or arr.dtype.kind not in "iu" or arr.dtype.itemsize < intp.itemsize or (
+            arr.dtype.itemsize == intp.itemsize and arr.dtype.kind == "i"):
+        return -1
+    info = np.iinfo(intp)
+    big = np.flatnonzero((arr > info.max) | (arr < info.min)) if arr.dtype.kind == "i" else \
+        np.flatnonzero(arr > info.max)
+    return int(big[0]) if big.size else -1
+
+
 def binary_targets(y, n, allowed, dtype, name="y"):
     """Binary labels (integer or bool) with values in ``allowed`` ((0, 1) or (-1, 1)), as a
     float array of ``dtype``."""
@@ -154,13 +168,9 @@ def binary_targets(y, n, allowed, dtype, name="y"):
         raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
     kind = {(0, 1): _kl.LOGISTIC, (-1, 1): _kl.BINARY_HINGE}[tuple(sorted(allowed))]
     # checked and converted in one pass by the kernel (np.isin cost more than the loss itself
-    # at course batch sizes); unsigned values beyond intp would wrap around on the cast
-    # (2**64 - 1 to -1), so those are refused first
-    if arr.dtype.kind == "u" and arr.dtype.itemsize >= np.dtype(np.intp).itemsize and n:
-        big = np.flatnonzero(arr > np.iinfo(np.intp).max)
-        bad = int(big[0]) if big.size else -1
-    else:
-        bad = -1
+    # at course batch sizes); values beyond intp would wrap around on the cast, so those are
+    # refused first
+    bad = beyond_intp(arr)
     out = np.empty(n, dtype=dtype)
     if bad < 0:
         labels = arr if arr.dtype == np.intp and arr.flags.c_contiguous else arr.astype(np.intp)

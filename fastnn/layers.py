@@ -69,10 +69,24 @@ class Parameter:
     """One learnable array of a layer: ``data`` is the live array (``layer.params[name]``),
     ``grad`` its gradient. ``decay`` says whether weight decay applies (weights, not biases)."""
 
-    __slots__ = ("layer", "name", "decay")
+    __slots__ = ("_layer", "_name", "_decay")
 
     def __init__(self, layer, name, decay):
-        self.layer, self.name, self.decay = layer, name, decay
+        self._layer, self._name, self._decay = layer, name, bool(decay)
+
+    # read-only: a compiled training step is built for what a Parameter names (and an
+    # optimizer's state is keyed by it); to train something else, make a new Parameter
+    @property
+    def layer(self):
+        return self._layer
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def decay(self):
+        return self._decay
 
     @property
     def data(self):

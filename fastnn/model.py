@@ -5,13 +5,14 @@ import numbers
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
 
 import numpy as np
 
-from fastnn._validation import as_float_array
+from fastnn._validation import as_float_array, beyond_intp
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh)
 from fastnn import _threads
@@ -102,6 +103,7 @@ class _CompiledStep:
         self.loss_kind = _LOSS_KINDS[type(loss)]
         # the signature holds ids of these objects: keeping them alive keeps the ids unique
         self.param_objs = list(optimizer.params)
+        self.lock = threading.Lock()
         self.plan = _kn.StepPlan(model.dtype, n, self.loss_kind, layers, params, self.rule)
         self.signature = self.signature_of(model, optimizer)
 
@@ -137,6 +139,10 @@ class _CompiledStep:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
             labels = _int_labels(y, X.shape[0], allow_bool=self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE))
+        with self.lock:  # one step at a time on this plan's buffers, whatever the Python thread
+            return self._run_locked(opt, X, labels, targets, skip_nonfinite)
+
+    def _run_locked(self, opt, X, labels, targets, skip_nonfinite):
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
@@ -182,6 +188,9 @@ def _int_labels(y, n, allow_bool=True):
         y = y[:, 0]
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"y must have shape ({n},), got {y.shape}")
+    bad = beyond_intp(y)
+    if bad >= 0:
+        raise ValueError(f"y[{bad}] = {y[bad]} is not a valid label for this loss")
     if y.dtype != np.intp or not y.flags.c_contiguous:
         y = np.ascontiguousarray(y, dtype=np.intp)
     return y

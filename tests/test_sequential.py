@@ -908,7 +908,7 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
 
     n, widths = FUSED_SIZES["tiled"]
     for d, m in zip(widths[1:-1], widths[2:]):
-        tr, tc, nr, nc = _kd.plan(n, d, m)   # dx of the layer d -> m: (n x d), inner m
+        tr, tc, nr, nc = _kd.plan(n, d, m, dx=True)   # dx of the layer d -> m: (n x d), inner m
         assert nr * nc >= 2, (d, m)
     params = _kd.tile_params()
     flops = 2.0 * n * widths[-2] * widths[-1]
@@ -959,3 +959,82 @@ def test_step_memory_is_parameters_gradients_and_activations():
         held, need, per_step = step_memory(model, X, y, opt, SoftmaxCrossEntropy())
     assert held <= 1.10 * need, (held, need)
     assert per_step < 16384  # buffers are reused: only small Python objects per step
+
+
+def test_dx_tile_bound_leaves_other_products_alone():
+    """max_tile_elems bounds the tiles of input-gradient products only: forward and weight
+    gradient products keep the flop-based tiling."""
+    from fastnn._kernels import dense as _kd
+
+    bound = _kd.tile_params()["max_tile_elems"]
+    assert _kd.plan(4096, 4096, 4096) == _kd.plan(4096, 4096, 4096, dx=False)
+    tr, tc, nr, nc = _kd.plan(4096, 4096, 4096)
+    assert nr * nc == _kd.tile_params()["max_tiles"] and tr * tc > bound
+    tr, tc, nr, nc = _kd.plan(1024, 512, 10, dx=True)
+    assert tr * tc <= bound and nr * nc >= 1024 * 512 // bound
+
+
+def test_concurrent_train_steps_on_one_model_run_one_after_the_other():
+    """Two Python threads calling train_step on the same model (the whole-step kernel, one set
+    of buffers) are serialized: the result is that of two steps in a row, bitwise (both steps
+    use the same batch, so the order does not matter)."""
+    import threading
+
+    r = np.random.default_rng(7)
+    X = r.standard_normal((256, 128)).astype(F32)
+    y = r.integers(0, 10, 256)
+
+    def make():
+        model = Sequential(Dense(128, 512, activation="relu", seed=1), Dense(512, 10, seed=2))
+        return model, SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    serial, sopt = make()
+    for _ in range(2):
+        serial.train_step(X, y, "softmax", sopt)
+    for _ in range(5):
+        model, opt = make()
+        model.train_step(X, y, "softmax", opt)  # builds the plan: both threads then share it
+        twin, topt = make()
+        twin.train_step(X, y, "softmax", topt)
+        start = threading.Barrier(2)
+        errors = []
+
+        def one_step():
+            try:
+                start.wait()
+                model.train_step(X, y, "softmax", opt)
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one_step) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for _ in range(2):
+            twin.train_step(X, y, "softmax", topt)
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert_same_bits(p.data, q.data)
+
+
+def test_step_plan_refuses_a_thread_count_below_one():
+    X = np.random.default_rng(8).standard_normal((2048, 64)).astype(F32)
+    y = np.arange(2048) % 64
+    model = Sequential(Dense(64, 256, activation="relu", seed=1), Dense(256, 256, activation="relu", seed=2),
+                       Dense(256, 64, seed=3))
+    opt = SGD(model.parameters(), lr=0.01)
+    model.train_step(X, y, "softmax", opt)
+    plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="n_threads"):
+            plan.step(X, y.astype(np.intp), None, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, bad)
+
+
+def test_parameters_are_read_only():
+    """A compiled step and an optimizer's state are built for what a Parameter names."""
+    p = Sequential(Dense(3, 2, seed=0)).parameters()[0]
+    for attr, value in (("layer", None), ("name", "b"), ("decay", False)):
+        with pytest.raises(AttributeError):
+            setattr(p, attr, value)
+    assert (p.name, p.decay) == ("W", True)

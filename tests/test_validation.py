@@ -1348,3 +1348,21 @@ def test_step_plan_checks_the_targets_shape_itself(dtype):
     Xr.setflags(write=False)
     Yr.setflags(write=False)
     assert np.isfinite(plan.step(Xr, None, Yr, *args))
+
+
+@pytest.mark.parametrize("mname,make", MODELS, ids=[m for m, _ in MODELS])
+@pytest.mark.parametrize("loss", ["binary_hinge", "logistic", "softmax"])
+def test_train_step_labels_beyond_intp_are_refused(mname, make, loss):
+    """uint64 labels an intp cannot hold are refused on both training paths (a cast to intp
+    would turn 2**64 - 1 into -1, a valid binary hinge label), naming the label as given."""
+    X = np.random.default_rng(3).standard_normal((8, 3)).astype(np.float32)
+    model = make()
+    if loss != "softmax":
+        model = Sequential(*model.layers[:-1], Dense(4, 1, seed=1))
+    ok = {"binary_hinge": 1, "logistic": 1, "softmax": 2}[loss]
+    y = np.array([ok, 2**64 - 1] * 4, dtype=np.uint64)
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="18446744073709551615"):
+        model.train_step(X, y, loss, SGD(model.parameters(), lr=0.1))
+    for p, b in zip(model.parameters(), before):
+        assert_same_bits(p.data, b)
