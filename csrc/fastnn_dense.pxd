@@ -9,9 +9,10 @@ from cython.parallel cimport prange
 cimport scipy.linalg.cython_blas as blas
 
 from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num
-from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, bias_act_fwd, bias_act_keep,
-                        act_bwd, act_bwd_acc, act_bwd_acc_inplace, act_bwd_into_saved,
-                        prelu_alpha_acc, add_into)
+from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU,
+                        act_bwd_acc, act_bwd_acc_inplace, prelu_alpha_acc, add_into,
+                        bias_act_fwd_rows, bias_act_keep_rows, add_into_rows,
+                        act_bwd_into_saved_rows, act_bwd_rows)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -199,12 +200,11 @@ cdef inline void forward_tile(Plan p, Py_ssize_t t, int op, bint keep, Py_ssize_
     if tj > p.tc:
         tj = p.tc
     gemm_tile(p, t, False, False, N, M, D, x, D, w, M, dst, M)
-    for i in range(i0, i1):
-        if keep:
-            bias_act_keep(op, dst + i * M + j0, b + j0, y + i * M + j0, tj, alpha,
-                          (ap + j0) if ap != NULL else NULL)
-        else:
-            bias_act_fwd(op, y + i * M + j0, b + j0, tj, alpha, NULL)
+    if keep:
+        bias_act_keep_rows(op, dst + i0 * M + j0, b + j0, y + i0 * M + j0, M, i1 - i0, tj, alpha,
+                           (ap + j0) if ap != NULL else NULL)
+    else:
+        bias_act_fwd_rows(op, y + i0 * M + j0, M, i1 - i0, b + j0, tj, alpha, NULL)
 
 
 cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating *x,
@@ -255,19 +255,18 @@ cdef inline void backward_block(Py_ssize_t blk, Py_ssize_t rb, int op, const flo
     cdef Py_ssize_t i, i0 = blk * rb, i1 = blk * rb + rb
     if i1 > N:
         i1 = N
+    if op == FNN_IDENTITY:
+        add_into_rows(dout + i0 * M, M, i1 - i0, partial + blk * M, M)
+        return
     for i in range(i0, i1):
-        if op == FNN_IDENTITY:
-            add_into(dout + i * M, partial + blk * M, M)
+        # (the alpha partial reads dout first: with dz == dout it is overwritten next)
+        if op == FNN_PRELU:
+            prelu_alpha_acc(dout + i * M, saved + i * M, M, apartial + blk * M)
+        if <const floating *>dz == dout:
+            act_bwd_acc_inplace(op, dz + i * M, saved + i * M, M, alpha, avec, partial + blk * M)
         else:
-            # (the alpha partial reads dout first: with dz == dout it is overwritten next)
-            if op == FNN_PRELU:
-                prelu_alpha_acc(dout + i * M, saved + i * M, M, apartial + blk * M)
-            if <const floating *>dz == dout:
-                act_bwd_acc_inplace(op, dz + i * M, saved + i * M, M, alpha, avec,
-                                    partial + blk * M)
-            else:
-                act_bwd_acc(op, dout + i * M, saved + i * M, dz + i * M, M, alpha, avec,
-                            partial + blk * M)
+            act_bwd_acc(op, dout + i * M, saved + i * M, dz + i * M, M, alpha, avec,
+                        partial + blk * M)
 
 
 cdef inline void backward_pass1(int op, const floating *dout, const floating *saved,
@@ -365,12 +364,10 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
     if tj > px.tc:
         tj = px.tc
     gemm(False, True, ti, tj, M, g + i0 * M, M, w + j0 * M, M, scratch, tj, px.thin)
-    for r in range(ti):
-        if pre == NULL:
-            act_bwd_into_saved(op, scratch + r * tj, act + (i0 + r) * D + j0, tj, alpha, NULL)
-        else:
-            act_bwd(op, scratch + r * tj, pre + (i0 + r) * D + j0, act + (i0 + r) * D + j0, tj,
-                    alpha, NULL)
+    if pre == NULL:
+        act_bwd_into_saved_rows(op, scratch, tj, act + i0 * D + j0, D, ti, tj, alpha, NULL)
+    else:
+        act_bwd_rows(op, scratch, tj, pre + i0 * D + j0, act + i0 * D + j0, D, ti, tj, alpha, NULL)
 
 
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,

@@ -9,18 +9,22 @@ cdef extern from "fastnn_simd.h" nogil:
         FNN_PRELU
     void fnn_act_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, float alpha, const float *avec)
     void fnn_act_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha, const double *avec)
-    void fnn_bias_act_fwd_f32(int op, float *y, const float *b, Py_ssize_t n, float alpha, const float *avec)
-    void fnn_bias_act_fwd_f64(int op, double *y, const double *b, Py_ssize_t n, double alpha, const double *avec)
-    void fnn_bias_act_keep_f32(int op, float *z, const float *b, float *y, Py_ssize_t n, float alpha, const float *avec)
-    void fnn_bias_act_keep_f64(int op, double *z, const double *b, double *y, Py_ssize_t n, double alpha, const double *avec)
     void fnn_act_bwd_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t n, float alpha, const float *avec)
     void fnn_act_bwd_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec)
     void fnn_act_bwd_acc_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t n, float alpha, const float *avec, float *acc)
     void fnn_act_bwd_acc_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec, double *acc)
     void fnn_act_bwd_acc_inplace_f32(int op, float *g, const float *saved, Py_ssize_t n, float alpha, const float *avec, float *acc)
     void fnn_act_bwd_acc_inplace_f64(int op, double *g, const double *saved, Py_ssize_t n, double alpha, const double *avec, double *acc)
-    void fnn_act_bwd_into_saved_f32(int op, const float *g, float *s, Py_ssize_t n, float alpha, const float *avec)
-    void fnn_act_bwd_into_saved_f64(int op, const double *g, double *s, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_bias_act_fwd_rows_f32(int op, float *y, Py_ssize_t ldy, Py_ssize_t rows, const float *b, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_bias_act_fwd_rows_f64(int op, double *y, Py_ssize_t ldy, Py_ssize_t rows, const double *b, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_bias_act_keep_rows_f32(int op, float *z, const float *b, float *y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_bias_act_keep_rows_f64(int op, double *z, const double *b, double *y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_add_into_rows_f32(const float *v, Py_ssize_t ldv, Py_ssize_t rows, float *acc, Py_ssize_t n)
+    void fnn_add_into_rows_f64(const double *v, Py_ssize_t ldv, Py_ssize_t rows, double *acc, Py_ssize_t n)
+    void fnn_act_bwd_into_saved_rows_f32(int op, const float *g, Py_ssize_t ldg, float *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_bwd_into_saved_rows_f64(int op, const double *g, Py_ssize_t ldg, double *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_act_bwd_rows_f32(int op, const float *dout, Py_ssize_t ldg, const float *saved, float *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_bwd_rows_f64(int op, const double *dout, Py_ssize_t ldg, const double *saved, double *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
     void fnn_prelu_alpha_acc_f32(const float *dout, const float *saved, Py_ssize_t n, float *aacc)
     void fnn_prelu_alpha_acc_f64(const double *dout, const double *saved, Py_ssize_t n, double *aacc)
     void fnn_add_into_f32(const float *v, float *acc, Py_ssize_t n)
@@ -40,20 +44,6 @@ cdef inline void act_fwd(int op, const floating *x, floating *y, Py_ssize_t n, d
         fnn_act_fwd_f32(op, x, y, n, <float>alpha, avec)
     else:
         fnn_act_fwd_f64(op, x, y, n, alpha, avec)
-
-cdef inline void bias_act_fwd(int op, floating *y, const floating *b, Py_ssize_t n, double alpha,
-                              const floating *avec) noexcept nogil:
-    if floating is float:
-        fnn_bias_act_fwd_f32(op, y, b, n, <float>alpha, avec)
-    else:
-        fnn_bias_act_fwd_f64(op, y, b, n, alpha, avec)
-
-cdef inline void bias_act_keep(int op, floating *z, const floating *b, floating *y, Py_ssize_t n,
-                               double alpha, const floating *avec) noexcept nogil:
-    if floating is float:
-        fnn_bias_act_keep_f32(op, z, b, y, n, <float>alpha, avec)
-    else:
-        fnn_bias_act_keep_f64(op, z, b, y, n, alpha, avec)
 
 cdef inline void act_bwd(int op, const floating *dout, const floating *saved, floating *dx,
                          Py_ssize_t n, double alpha, const floating *avec) noexcept nogil:
@@ -78,12 +68,45 @@ cdef inline void act_bwd_acc_inplace(int op, floating *g, const floating *saved,
     else:
         fnn_act_bwd_acc_inplace_f64(op, g, saved, n, alpha, avec, acc)
 
-cdef inline void act_bwd_into_saved(int op, const floating *g, floating *s, Py_ssize_t n,
-                                    double alpha, const floating *avec) noexcept nogil:
+cdef inline void bias_act_fwd_rows(int op, floating *y, Py_ssize_t ldy, Py_ssize_t rows,
+                                   const floating *b, Py_ssize_t n, double alpha,
+                                   const floating *avec) noexcept nogil:
     if floating is float:
-        fnn_act_bwd_into_saved_f32(op, g, s, n, <float>alpha, avec)
+        fnn_bias_act_fwd_rows_f32(op, y, ldy, rows, b, n, <float>alpha, avec)
     else:
-        fnn_act_bwd_into_saved_f64(op, g, s, n, alpha, avec)
+        fnn_bias_act_fwd_rows_f64(op, y, ldy, rows, b, n, alpha, avec)
+
+cdef inline void bias_act_keep_rows(int op, floating *z, const floating *b, floating *y,
+                                    Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha,
+                                    const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_bias_act_keep_rows_f32(op, z, b, y, ld, rows, n, <float>alpha, avec)
+    else:
+        fnn_bias_act_keep_rows_f64(op, z, b, y, ld, rows, n, alpha, avec)
+
+cdef inline void add_into_rows(const floating *v, Py_ssize_t ldv, Py_ssize_t rows,
+                               floating *acc, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fnn_add_into_rows_f32(v, ldv, rows, acc, n)
+    else:
+        fnn_add_into_rows_f64(v, ldv, rows, acc, n)
+
+cdef inline void act_bwd_into_saved_rows(int op, const floating *g, Py_ssize_t ldg, floating *s,
+                                         Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n,
+                                         double alpha, const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_into_saved_rows_f32(op, g, ldg, s, lds, rows, n, <float>alpha, avec)
+    else:
+        fnn_act_bwd_into_saved_rows_f64(op, g, ldg, s, lds, rows, n, alpha, avec)
+
+cdef inline void act_bwd_rows(int op, const floating *dout, Py_ssize_t ldg,
+                              const floating *saved, floating *dx, Py_ssize_t ld,
+                              Py_ssize_t rows, Py_ssize_t n, double alpha,
+                              const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_rows_f32(op, dout, ldg, saved, dx, ld, rows, n, <float>alpha, avec)
+    else:
+        fnn_act_bwd_rows_f64(op, dout, ldg, saved, dx, ld, rows, n, alpha, avec)
 
 cdef inline void prelu_alpha_acc(const floating *dout, const floating *saved, Py_ssize_t n,
                                  floating *aacc) noexcept nogil:

@@ -360,17 +360,46 @@ FNN_CLONES static void fnn_softmax_rows_##SFX(const T *FNN_RESTRICT x, T *FNN_RE
 #define FNN_LOOP_BWD_ACC_INPLACE(F, B, SFX, T) \
     for (ptrdiff_t i = 0; i < n; i++) { T v = B(SFX, T, g[i], saved[i], i); g[i] = v; acc[i] += v; }
 
+/* Spans over a block of `rows` rows of n elements, ld apart (a GEMM tile's rows, or a row block
+ * of a backward pass), in one call: each row is the plain loop (FNN_LOOP_*), rows in order, so
+ * sums into acc accumulate row by row as before. A call per row cost more than a short row's
+ * work on the small networks. The dense epilogues: y = act(y + b), z = z + b with y = act(z),
+ * acc += v (bias-gradient partials), s = g * act'(s) (the step kernel's dz over the saved
+ * output), dx = dout * act'(saved). */
+#define FNN_DEFINE_SPANS_ROWS(T, SFX)                                                         \
+FNN_CLONES static void fnn_bias_act_fwd_rows_##SFX(int op, T *FNN_RESTRICT y0, ptrdiff_t ldy, \
+        ptrdiff_t rows, const T *FNN_RESTRICT b, ptrdiff_t n, T alpha,                        \
+        const T *FNN_RESTRICT avec)                                                           \
+{ for (ptrdiff_t r = 0; r < rows; r++) { T *FNN_RESTRICT y = y0 + r * ldy;                    \
+      FNN_SWITCH_OP(op, FNN_LOOP_BIAS_FWD, SFX, T) } }                                        \
+FNN_CLONES static void fnn_bias_act_keep_rows_##SFX(int op, T *FNN_RESTRICT z0,               \
+        const T *FNN_RESTRICT b, T *FNN_RESTRICT y0, ptrdiff_t ld, ptrdiff_t rows,            \
+        ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                                     \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      T *FNN_RESTRICT z = z0 + r * ld; T *FNN_RESTRICT y = y0 + r * ld;                       \
+      FNN_SWITCH_OP(op, FNN_LOOP_BIAS_KEEP, SFX, T) } }                                       \
+FNN_CLONES static void fnn_add_into_rows_##SFX(const T *FNN_RESTRICT v0, ptrdiff_t ldv,       \
+        ptrdiff_t rows, T *FNN_RESTRICT acc, ptrdiff_t n)                                     \
+{ for (ptrdiff_t r = 0; r < rows; r++) { const T *FNN_RESTRICT v = v0 + r * ldv;              \
+      for (ptrdiff_t i = 0; i < n; i++) acc[i] += v[i]; } }                                   \
+FNN_CLONES static void fnn_act_bwd_into_saved_rows_##SFX(int op, const T *FNN_RESTRICT g0,    \
+        ptrdiff_t ldg, T *FNN_RESTRICT s0, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t n,        \
+        T alpha, const T *FNN_RESTRICT avec)                                                  \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      const T *FNN_RESTRICT g = g0 + r * ldg; T *FNN_RESTRICT s = s0 + r * lds;               \
+      FNN_SWITCH_OP(op, FNN_LOOP_BWD_INTO_SAVED, SFX, T) } }                                  \
+FNN_CLONES static void fnn_act_bwd_rows_##SFX(int op, const T *FNN_RESTRICT dout0,            \
+        ptrdiff_t ldg, const T *FNN_RESTRICT saved0, T *FNN_RESTRICT dx0, ptrdiff_t ld,       \
+        ptrdiff_t rows, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                     \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      const T *FNN_RESTRICT dout = dout0 + r * ldg; const T *FNN_RESTRICT saved = saved0 + r * ld; \
+      T *FNN_RESTRICT dx = dx0 + r * ld;                                                      \
+      FNN_SWITCH_OP(op, FNN_LOOP_BWD, SFX, T) } }
+
 #define FNN_DEFINE_SPANS(T, SFX)                                                              \
 FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN_RESTRICT y,  \
         ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                                     \
 { FNN_SWITCH_OP(op, FNN_LOOP_FWD, SFX, T) }                                                   \
-FNN_CLONES static void fnn_bias_act_fwd_##SFX(int op, T *FNN_RESTRICT y,                      \
-        const T *FNN_RESTRICT b, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)            \
-{ FNN_SWITCH_OP(op, FNN_LOOP_BIAS_FWD, SFX, T) }                                              \
-FNN_CLONES static void fnn_bias_act_keep_##SFX(int op, T *FNN_RESTRICT z,                     \
-        const T *FNN_RESTRICT b, T *FNN_RESTRICT y, ptrdiff_t n, T alpha,                     \
-        const T *FNN_RESTRICT avec)                                                           \
-{ FNN_SWITCH_OP(op, FNN_LOOP_BIAS_KEEP, SFX, T) }                                             \
 FNN_CLONES static void fnn_act_bwd_##SFX(int op, const T *FNN_RESTRICT dout,                  \
         const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
         const T *FNN_RESTRICT avec)                                                           \
@@ -379,9 +408,6 @@ FNN_CLONES static void fnn_act_bwd_acc_##SFX(int op, const T *FNN_RESTRICT dout,
         const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
         const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                                      \
 { FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC, SFX, T) }                                               \
-FNN_CLONES static void fnn_act_bwd_into_saved_##SFX(int op, const T *FNN_RESTRICT g,          \
-        T *FNN_RESTRICT s, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                  \
-{ FNN_SWITCH_OP(op, FNN_LOOP_BWD_INTO_SAVED, SFX, T) }                                        \
 FNN_CLONES static void fnn_act_bwd_acc_inplace_##SFX(int op, T *FNN_RESTRICT g,                \
         const T *FNN_RESTRICT saved, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec,        \
         T *FNN_RESTRICT acc)                                                                  \
@@ -415,10 +441,12 @@ FNN_DEFINE_SPANS_MAXOUT(float, f32)
 FNN_DEFINE_SPANS_DROPOUT(float, f32)
 FNN_DEFINE_SPANS_OPTIM(float, f32)
 FNN_DEFINE_SPANS(float, f32)
+FNN_DEFINE_SPANS_ROWS(float, f32)
 FNN_DEFINE_SPANS_LOSS(double, f64)
 FNN_DEFINE_SPANS_MAXOUT(double, f64)
 FNN_DEFINE_SPANS_DROPOUT(double, f64)
 FNN_DEFINE_SPANS_OPTIM(double, f64)
 FNN_DEFINE_SPANS(double, f64)
+FNN_DEFINE_SPANS_ROWS(double, f64)
 
 #endif /* FASTNN_SIMD_H */
