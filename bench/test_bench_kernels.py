@@ -212,20 +212,12 @@ def _dense(case, rng):
         if act is None:
             u_fwd = u_bwd = None
         else:
-            a_fwd, a_bwd = getattr(F, f"{act}_forward"), getattr(F, f"{act}_backward")
+            # fastnn's unfused pair: affine then the activation, composed as the course does
+            u_fwd_fn, u_bwd = RD.compose_sandwich(F.affine_forward, F.affine_backward,
+                                                  getattr(F, f"{act}_forward"), getattr(F, f"{act}_backward"))
 
             def u_fwd():
-                a, fc_cache = F.affine_forward(x, w, b)
-                out, act_cache = a_fwd(a, *args)
-                return out, (fc_cache, act_cache)
-
-            def u_bwd(dout, cache):
-                fc_cache, act_cache = cache
-                da = a_bwd(dout, act_cache)
-                if isinstance(da, tuple):  # prelu: (da, dalpha)
-                    da, dalpha = da
-                    return F.affine_backward(da, fc_cache) + (dalpha,)
-                return F.affine_backward(da, fc_cache)
+                return u_fwd_fn(x, w, b, *args)
 
     fwds = {"fastnn": f_fwd, "fastnn_unfused": u_fwd, "numpy_ref": r_fwd}
     bwds = {"fastnn": f_bwd, "fastnn_unfused": u_bwd, "numpy_ref": r_bwd}

@@ -241,10 +241,9 @@ def test_large_shape_is_multi_tile():
     assert nr * nc >= 4 and n2 % tr and (m2 * k2) % tc
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", SANDWICH_NAMES)
-def test_matches_reference(name, dtype, shape, rng):
+def check_against_reference(name, dtype, shape, rng):
+    """One layer's forward and backward against the reference on a fresh problem of shape
+    (x shape, M), dout masked at the kinks; returns (sw, problem, out, grads)."""
     sw = BY_NAME[name]
     x_shape, m = shape
     x, w, b, dout = _problem(rng, x_shape, m, dtype)
@@ -254,7 +253,15 @@ def test_matches_reference(name, dtype, shape, rng):
     out, rout, grads, rgrads = _run_both(sw, x, w, b, dout, alpha)
     check_forward(sw, out, rout, x, w, b, alpha, dtype)
     check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
-    assert grads[0].shape == x_shape  # dx in x's original shape (course convention)
+    return sw, (x, w, b, dout, alpha), out, grads
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_matches_reference(name, dtype, shape, rng):
+    _, _, _, grads = check_against_reference(name, dtype, shape, rng)
+    assert grads[0].shape == shape[0]  # dx in x's original shape (course convention)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -567,15 +574,7 @@ def gemm_only():
 def test_thin_products_match_reference_and_gemm(name, dtype, shape, rng, gemm_only):
     """The gemv path against the NumPy reference, and against the same layer computed with
     gemm only (at the same tolerance: the two sum in different orders)."""
-    sw = BY_NAME[name]
-    x_shape, m = shape
-    x, w, b, dout = _problem(rng, x_shape, m, dtype)
-    alpha = sw.make_alpha(rng, m, dtype)
-    if sw.kinked:
-        dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
-    out, rout, grads, rgrads = _run_both(sw, x, w, b, dout, alpha)
-    check_forward(sw, out, rout, x, w, b, alpha, dtype)
-    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+    sw, (x, w, b, dout, alpha), out, grads = check_against_reference(name, dtype, shape, rng)
     gout, _, ggrads, _ = gemm_only(lambda: _run_both(sw, x, w, b, dout, alpha))
     check_forward(sw, out, gout, x, w, b, alpha, dtype)
     check_backward(sw, grads, ggrads, x, w, b, dout, alpha, dtype)

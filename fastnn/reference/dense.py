@@ -23,23 +23,29 @@ def affine_backward(dout, cache):
     return dx, dw, db
 
 
-def _sandwich(name):
-    fwd = getattr(act, f"{name}_forward")
-    bwd = getattr(act, f"{name}_backward")
+def compose_sandwich(aff_fwd, aff_bwd, act_fwd, act_bwd):
+    """affine_<act>_forward/backward made of an affine pair and an activation pair, the way
+    the course's layer_utils does it (also used by bench/ to time fastnn's unfused layers)."""
 
     def forward(x, w, b, *args):
-        a, fc_cache = affine_forward(x, w, b)
-        out, act_cache = fwd(a, *args)
+        a, fc_cache = aff_fwd(x, w, b)
+        out, act_cache = act_fwd(a, *args)
         return out, (fc_cache, act_cache)
 
     def backward(dout, cache):
         fc_cache, act_cache = cache
-        da = bwd(dout, act_cache)
+        da = act_bwd(dout, act_cache)
         if isinstance(da, tuple):  # prelu: (da, dalpha)
             da, dalpha = da
-            return affine_backward(da, fc_cache) + (dalpha,)
-        return affine_backward(da, fc_cache)
+            return aff_bwd(da, fc_cache) + (dalpha,)
+        return aff_bwd(da, fc_cache)
 
+    return forward, backward
+
+
+def _sandwich(name):
+    forward, backward = compose_sandwich(affine_forward, affine_backward,
+                                         getattr(act, f"{name}_forward"), getattr(act, f"{name}_backward"))
     forward.__name__ = f"affine_{name}_forward"
     backward.__name__ = f"affine_{name}_backward"
     return forward, backward
