@@ -1038,3 +1038,34 @@ def test_parameters_are_read_only():
         with pytest.raises(AttributeError):
             setattr(p, attr, value)
     assert (p.name, p.decay) == ("W", True)
+
+
+FUSED_EDGE_MODELS = {
+    "one-layer": lambda extra: [Dense(4, 6, seed=1), *extra],
+    "prelu-last": lambda extra: [Dense(4, 5, activation="tanh", seed=1), *extra, Dense(5, 6, seed=2), PReLU(6)],
+    "sigmoid-last": lambda extra: [Dense(4, 5, activation="relu", seed=1), *extra,
+                                   Dense(5, 6, activation="sigmoid", seed=2)],
+    "leaky-chain": lambda extra: [Dense(4, 5, seed=1), LeakyReLU(0.2), *extra, Dense(5, 7, seed=2),
+                                  LeakyReLU(0.3), Dense(7, 6, seed=3)],
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED_EDGE_MODELS))
+def test_step_kernel_fused_backward_edge_networks(name):
+    """The fused backward with one layer only (no dx at all), a PReLU or sigmoid on the last
+    layer (its dz is formed in the dscores buffer), and leaky ReLUs that keep their
+    pre-activations: bitwise the layer path's run, with Adam and MSE."""
+    r = np.random.default_rng(9)
+    X = r.standard_normal((50, 4)).astype(F32)
+    Y = r.standard_normal((50, 6)).astype(F32)
+    runs = []
+    for extra in ([], [Dropout(0.0)]):
+        model = Sequential(*FUSED_EDGE_MODELS[name](extra))
+        opt = Adam(model.parameters(), lr=1e-2)
+        losses = [model.train_step(X, Y, "mse", opt) for _ in range(4)]
+        step = model._compiled_step(X, MeanSquaredError(), opt)
+        assert (step is not None and step.plan.fused_backward) == (not extra)
+        runs.append((losses, param_copies(model)))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert_same_bits(a, b)
