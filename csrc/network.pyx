@@ -376,6 +376,7 @@ cdef class StepPlan:
         cdef const float *t32p = NULL
         cdef const double *t64p = NULL
         cdef Py_ssize_t C = self.P.fan_out[self.P.n_layers - 1]
+        cdef Py_ssize_t xr, xc, tr = 0, tc = 0
         cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
         P = &self.P
         if self.P.loss_kind == LOSS_MSE:
@@ -385,23 +386,27 @@ cdef class StepPlan:
             if labels is None or labels.shape[0] != P.N:
                 raise ValueError(f"y must have {P.N} labels")
             lp = &labels[0]
+        # the views first (they check dtype and layout), then one shape check for either dtype
         if self.is_double:
             x64 = X
-            if x64.shape[0] != P.N or x64.shape[1] != P.fan_in[0]:
-                raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
+            xr, xc = x64.shape[0], x64.shape[1]
             if targets is not None:
                 t64 = targets
-                if t64.shape[0] != P.N or t64.shape[1] != C:
-                    raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
-                t64p = &t64[0, 0]
+                tr, tc = t64.shape[0], t64.shape[1]
         else:
             x32 = X
-            if x32.shape[0] != P.N or x32.shape[1] != P.fan_in[0]:
-                raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
+            xr, xc = x32.shape[0], x32.shape[1]
             if targets is not None:
                 t32 = targets
-                if t32.shape[0] != P.N or t32.shape[1] != C:
-                    raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
+                tr, tc = t32.shape[0], t32.shape[1]
+        if xr != P.N or xc != P.fan_in[0]:
+            raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
+        if targets is not None:
+            if tr != P.N or tc != C:
+                raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
+            if self.is_double:
+                t64p = &t64[0, 0]
+            else:
                 t32p = &t32[0, 0]
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")

@@ -5,26 +5,15 @@ the number of CPUs this process may run on. Any positive int is honoured, also a
 count. Results never depend on it: kernels split work into blocks fixed by the problem shape.
 """
 import contextlib
-import numbers
 import os
 import threading
 
 from fastnn._kernels import _config
+from fastnn._validation import check_int
 
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
 
 _lock = threading.Lock()
-
-
-def _check_count(n, name):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(n).__name__} {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"{name} must be a positive int, got {n}")
-    if n > 2**31 - 1:
-        raise ValueError(f"{name} must be below 2**31, got {n}")
-    return n
 
 
 def _cpu_count():
@@ -43,7 +32,7 @@ def _from_env():
             raise ValueError(
                 f"FASTNN_NUM_THREADS must be a positive int, got {value!r}"
             ) from None
-        return _check_count(parsed, "FASTNN_NUM_THREADS")
+        return check_int(parsed, "FASTNN_NUM_THREADS", below=2**31)
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value:
         # OpenMP allows a comma-separated list per nesting level; the first level is ours.
@@ -67,7 +56,7 @@ else:
 def set_num_threads(n):
     """Use ``n`` threads in every kernel (1 without OpenMP). Returns the previous value."""
     global _num_threads
-    n = _check_count(n, "n")
+    n = check_int(n, "n", below=2**31)
     with _lock:
         previous = _num_threads
         _num_threads = n if _config.openmp_enabled() else 1

@@ -81,6 +81,25 @@ def check_same_shape(a, a_name, b, b_name):
         raise ValueError(f"{a_name} must have the shape of {b_name} {b.shape}, got {a.shape}")
 
 
+def check_int(value, name, minimum=1, below=None, allow_none=False):
+    """An int argument (count, width, batch size, ...) >= minimum (and < below), returned as a
+    Python int; bool is refused; None passes through with allow_none."""
+    if value is None and allow_none:
+        return None
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {what}{' or None' if allow_none else ''}, "
+                        f"got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value}")
+    if below is not None and value >= below:
+        power = below.bit_length() - 1
+        limit = f"2**{power}" if below == 1 << power else str(below)
+        raise ValueError(f"{name} must be below {limit}, got {value}")
+    return value
+
+
 def check_scalar(value, name, allow_nan=False):
     if type(value) is float and (allow_nan or value - value == 0.0):
         return value  # the common case, without the slower checks below

@@ -14,31 +14,13 @@ import numbers
 
 import numpy as np
 
-from fastnn._validation import check_float_dtype, check_seed
+from fastnn._validation import check_float_dtype, check_int, check_scalar, check_seed
 
 __all__ = ["spiral", "circle", "regression_1d"]
 
 
-def _positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _real(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
 def _noise(value):
-    value = _real(value, "noise")
+    value = check_scalar(value, "noise")
     if value < 0:
         raise ValueError(f"noise must be >= 0, got {value}")
     return value
@@ -62,8 +44,8 @@ def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32)
     starting at ``2 * pi * k / n_classes`` so that the arms are spread evenly around the origin;
     ``noise`` is the standard deviation of a normal perturbation of each point's angle.
     ``y`` holds the arm index (int64, in ``[0, n_classes)``)."""
-    n_per_class = _positive_int(n_per_class, "n_per_class")
-    n_classes = _positive_int(n_classes, "n_classes")
+    n_per_class = check_int(n_per_class, "n_per_class")
+    n_classes = check_int(n_classes, "n_classes")
     noise = _noise(noise)
     dtype = check_float_dtype(dtype)
     rng = _generator(seed)
@@ -87,9 +69,9 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
     (``n // 2`` points) is the circle of radius ``factor`` when ``inner='ring'``, or the disk of
     radius ``factor``, filled uniformly at random, when ``inner='disk'``. ``noise`` is the
     standard deviation of normal noise added to both coordinates. ``0 < factor < 1``."""
-    n = _positive_int(n, "n", minimum=2)
+    n = check_int(n, "n", minimum=2)
     noise = _noise(noise)
-    factor = _real(factor, "factor")
+    factor = check_scalar(factor, "factor")
     if not 0.0 < factor < 1.0:
         raise ValueError(f"factor (the inner radius relative to the outer one) must be in (0, 1), got {factor}")
     if inner not in ("ring", "disk"):
@@ -121,7 +103,7 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
     ``X`` holds ``n`` points drawn uniformly from ``[-pi, pi]`` and sorted; ``y = fn(X) + noise *
     N(0, 1)``. ``fn`` (default ``np.sin``) receives a float64 array of shape (N, 1) and must
     return N finite values (shape (N,) or (N, 1))."""
-    n = _positive_int(n, "n")
+    n = check_int(n, "n")
     noise = _noise(noise)
     dtype = check_float_dtype(dtype)
     if fn is None:

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 from fastnn._kernels import activations as _ka
-from fastnn._validation import as_float_array, check_float_dtype, check_scalar
+from fastnn._validation import as_float_array, check_float_dtype, check_int, check_scalar
 from fastnn.functional import activations as _fa
 from fastnn.functional import dense as _fd
 from fastnn.functional import dropout as _fdrop
@@ -38,16 +38,6 @@ def _digest(a):
 
 def _dtype_name(dtype):
     return None if dtype is None else dtype.name
-
-
-def _check_width(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    if value > 2**31 - 1:
-        raise ValueError(f"{name} must be below 2**31, got {value}")
-    return int(value)
 
 
 def _param_dtype(dtype):
@@ -177,8 +167,8 @@ class Dense(Layer):
     def __init__(self, in_features, out_features, activation=None, weight_init=None,
                  dtype=np.float32, seed=None, alpha=None):
         super().__init__(_param_dtype(dtype))
-        self.in_features = _check_width(in_features, "in_features")
-        self.out_features = _check_width(out_features, "out_features")
+        self.in_features = check_int(in_features, "in_features", below=2**31)
+        self.out_features = check_int(out_features, "out_features", below=2**31)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]} or None, got {activation!r}")
         self.activation = None if activation == "linear" else activation
@@ -317,7 +307,7 @@ class PReLU(Layer):
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
         super().__init__(_param_dtype(dtype))
-        self.num_parameters = _check_width(num_parameters, "num_parameters")
+        self.num_parameters = check_int(num_parameters, "num_parameters", below=2**31)
         self.init = check_scalar(init, "init")
         self._add_param("alpha", np.full(self.num_parameters, self.init))
 
@@ -355,9 +345,9 @@ class Maxout(Layer):
 
     def __init__(self, in_features, out_features, pieces=2, weight_init=None, dtype=np.float32, seed=None):
         super().__init__(_param_dtype(dtype))
-        self.in_features = _check_width(in_features, "in_features")
-        self.out_features = _check_width(out_features, "out_features")
-        self.pieces = _check_width(pieces, "pieces")
+        self.in_features = check_int(in_features, "in_features", below=2**31)
+        self.out_features = check_int(out_features, "out_features", below=2**31)
+        self.pieces = check_int(pieces, "pieces", below=2**31)
         if self.pieces > 127:
             raise ValueError(f"pieces must be at most 127, got {self.pieces}")
         self.seed = _check_seed(seed)

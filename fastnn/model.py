@@ -1,7 +1,6 @@
 """Sequential: a stack of layers with training, evaluation, a summary and safe save/load."""
 import io
 import json
-import numbers
 import os
 import sys
 import tempfile
@@ -12,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from fastnn._validation import as_float_array, beyond_intp
+from fastnn._validation import as_float_array, beyond_intp, check_int
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh)
 from fastnn import _threads
@@ -329,7 +328,7 @@ class Sequential:
         """Scores in inference mode (dropout and noise off), optionally in batches."""
         X = self._check_X(X)
         if batch_size is not None:
-            batch_size = _positive_int(batch_size, "batch_size")
+            batch_size = check_int(batch_size, "batch_size")
         if batch_size is None or X.shape[0] <= batch_size:
             return self.forward(X, training=False)
         parts = [self.forward(X[i:i + batch_size], training=False) for i in range(0, X.shape[0], batch_size)]
@@ -425,8 +424,8 @@ class Sequential:
         n = X.shape[0]
         if n == 0:
             raise ValueError("X is empty: nothing to train on")
-        epochs = _positive_int(epochs, "epochs")
-        batch_size = _positive_int(batch_size, "batch_size")
+        epochs = check_int(epochs, "epochs")
+        batch_size = check_int(batch_size, "batch_size")
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
         _check_optimizer(optimizer)
@@ -634,11 +633,3 @@ def load_model(path):
         except (TypeError, ValueError, MemoryError) as exc:
             raise ValueError(f"{path}: layer {i} ({entry['type']}) cannot be built: {exc}") from None
     return Sequential(*layers).load(path)
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)

@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-from fastnn._validation import check_float_dtype, check_seed
+from fastnn._validation import check_float_dtype, check_int, check_scalar, check_seed
 
 from fastnn.functional import (
     affine_backward,
@@ -38,20 +38,9 @@ __all__ = ["TwoLayerNet", "FullyConnectedNet"]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
 def _nonneg_real(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0:
+    value = check_scalar(value, name)
+    if value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
 
@@ -119,9 +108,9 @@ class TwoLayerNet:
 
     def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10,
                  weight_scale=1e-3, reg=0.0, dtype=np.float32, seed=None):
-        input_dim = _positive_int(input_dim, "input_dim")
-        hidden_dim = _positive_int(hidden_dim, "hidden_dim")
-        num_classes = _positive_int(num_classes, "num_classes")
+        input_dim = check_int(input_dim, "input_dim")
+        hidden_dim = check_int(hidden_dim, "hidden_dim")
+        num_classes = check_int(num_classes, "num_classes")
         weight_scale = _nonneg_real(weight_scale, "weight_scale")
         self.reg = _nonneg_real(reg, "reg")
         self.dtype = check_float_dtype(dtype)
@@ -168,9 +157,9 @@ class FullyConnectedNet:
             )
         if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
             raise TypeError(f"hidden_dims must be a list of positive ints, got {type(hidden_dims).__name__}")
-        hidden_dims = [_positive_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
-        input_dim = _positive_int(input_dim, "input_dim")
-        num_classes = _positive_int(num_classes, "num_classes")
+        hidden_dims = [check_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
+        input_dim = check_int(input_dim, "input_dim")
+        num_classes = check_int(num_classes, "num_classes")
         weight_scale = _nonneg_real(weight_scale, "weight_scale")
         if isinstance(dropout_keep_ratio, bool) or not isinstance(dropout_keep_ratio, numbers.Real):
             raise TypeError(f"dropout_keep_ratio must be a number in (0, 1], got {dropout_keep_ratio!r}")

@@ -46,6 +46,7 @@ import zipfile
 import numpy as np
 
 from fastnn import optim as _optim
+from fastnn._validation import check_int
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -65,18 +66,6 @@ _DEFAULTS = {
     "verbose": True,
     "seed": None,
 }
-
-
-def _positive_int(value, name, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
-                        f"got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def _jsonable(value):
@@ -143,11 +132,11 @@ class Solver:
                 or not np.isfinite(lr_decay) or lr_decay <= 0:
             raise ValueError(f"lr_decay must be a finite number > 0, got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
-        self.batch_size = _positive_int(opts["batch_size"], "batch_size")
-        self.num_epochs = _positive_int(opts["num_epochs"], "num_epochs")
-        self.num_train_samples = _positive_int(opts["num_train_samples"], "num_train_samples", True)
-        self.num_val_samples = _positive_int(opts["num_val_samples"], "num_val_samples", True)
-        self.print_every = _positive_int(opts["print_every"], "print_every")
+        self.batch_size = check_int(opts["batch_size"], "batch_size")
+        self.num_epochs = check_int(opts["num_epochs"], "num_epochs")
+        self.num_train_samples = check_int(opts["num_train_samples"], "num_train_samples", allow_none=True)
+        self.num_val_samples = check_int(opts["num_val_samples"], "num_val_samples", allow_none=True)
+        self.print_every = check_int(opts["print_every"], "print_every")
         self.verbose = bool(opts["verbose"])
 
         name = opts["checkpoint_name"]
@@ -241,8 +230,8 @@ class Solver:
 
         With ``num_samples`` set and fewer than the rows of ``X``, a random subset of that size
         (without repetition) is scored. Scores are computed ``batch_size`` rows at a time."""
-        num_samples = _positive_int(num_samples, "num_samples", allow_none=True)
-        batch_size = _positive_int(batch_size, "batch_size")
+        num_samples = check_int(num_samples, "num_samples", allow_none=True)
+        batch_size = check_int(batch_size, "batch_size")
         n = len(X)
         if n == 0:
             raise ValueError("X must hold at least one sample")

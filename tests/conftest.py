@@ -9,10 +9,13 @@ Helpers (import them with ``from conftest import ...``; pytest puts tests/ on sy
   for each n and asserts bitwise-identical outputs; returns the first result.
 - ``numerical_gradient(f, x, dout, h=1e-5)``: central differences of ``sum(f(x) * dout)`` with
   respect to ``x`` (perturbed IN PLACE, as the course's ``eval_numerical_gradient_array``).
+- ``result_leaves(result, skip_other=False)``: the arrays and numbers of a (nested) result.
 - ``ulp_of(x)``: the spacing of floats at ``x`` (``np.spacing(|x|)``).
 - ``openmp_workers_started(setup, call)``: how many OpenMP workers a call starts (run in a fresh
   interpreter), to show that a thread-invariance test really runs the parallel path.
 """
+import numbers
+
 import numpy as np
 import pytest
 
@@ -113,14 +116,18 @@ def assert_same_bits(a, b, what=""):
 
 
 # ----------------------------------------------------------------------------- threads
-def _leaves(result):
-    """The arrays/scalars of a (possibly nested tuple/list) result, in order."""
+def result_leaves(result, skip_other=False):
+    """The arrays and numbers of a result, in order: tuples and lists item by item, dicts by key.
+    Anything else (a cache object) is skipped with ``skip_other``, else an error."""
     if isinstance(result, (tuple, list)):
-        out = []
-        for r in result:
-            out.extend(_leaves(r))
-        return out
-    return [np.asarray(result)]
+        return [leaf for r in result for leaf in result_leaves(r, skip_other)]
+    if isinstance(result, dict):
+        return [leaf for k in sorted(result, key=str) for leaf in result_leaves(result[k], skip_other)]
+    if isinstance(result, (np.ndarray, np.generic, numbers.Number)):
+        return [np.asarray(result)]
+    if skip_other:
+        return []
+    raise TypeError(f"a result to compare holds a {type(result).__name__}, not arrays or numbers")
 
 
 def assert_thread_invariant(fn, threads=THREAD_COUNTS):
@@ -136,9 +143,9 @@ def assert_thread_invariant(fn, threads=THREAD_COUNTS):
             # a serial build (FASTNN_OPENMP=0) runs on one thread whatever it is asked for
             assert fastnn.get_num_threads() == (n if _config.openmp_enabled() else 1)
             results.append(fn())
-    first = _leaves(results[0])
+    first = result_leaves(results[0])
     for n, res in zip(threads[1:], results[1:]):
-        leaves = _leaves(res)
+        leaves = result_leaves(res)
         assert len(leaves) == len(first)
         for i, (a, b) in enumerate(zip(first, leaves)):
             assert_same_bits(b, a, what=f"output {i} with {n} threads vs {threads[0]}")

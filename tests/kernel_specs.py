@@ -161,6 +161,18 @@ def _subnormal_floor(dtype, k):
     return (k + 2) * float(np.finfo(dtype).smallest_subnormal)
 
 
+def _zero_dout_where(inp, mask):
+    """inp with dout set to 0 where mask holds (a copy; inp itself when mask is empty): those
+    elements then contribute nothing to any gradient, whichever branch the kernel took."""
+    if not mask.any():
+        return inp
+    inp = dict(inp)
+    dout = np.array(inp["dout"], copy=True)
+    dout[mask] = 0
+    inp["dout"] = dout
+    return inp
+
+
 class Spec:
     """Base: name, family, the array inputs (the keys a layout is applied to)."""
 
@@ -383,13 +395,7 @@ class DenseSpec(Spec):
         floor = _subnormal_floor(dt, max(1, int(np.prod(np.shape(inp["x"])[1:], dtype=np.int64))))
         with _quiet():
             near = ~(np.abs(z) > KINK_MARGIN * zabs + floor)
-        if not near.any():
-            return inp
-        inp = dict(inp)
-        dout = np.array(inp["dout"], copy=True)
-        dout[near] = 0
-        inp["dout"] = dout
-        return inp
+        return _zero_dout_where(inp, near)
 
     def run(self, inp):
         out, cache = getattr(F, self._base() + "_forward")(inp["x"], inp["w"], inp["b"], *self._args(inp))
@@ -488,13 +494,7 @@ class MaxoutSpec(Spec):
         floor = 2 * _subnormal_floor(dt, max(1, int(np.prod(np.shape(inp["x"])[1:], dtype=np.int64))))
         with _quiet():
             tie = ~(top2[..., 1] - top2[..., 0] > KINK_MARGIN * zabs.max(axis=2) + floor)
-        if not tie.any():
-            return inp
-        inp = dict(inp)
-        dout = np.array(inp["dout"], copy=True)
-        dout[tie] = 0
-        inp["dout"] = dout
-        return inp
+        return _zero_dout_where(inp, tie)
 
     def run(self, inp):
         out, cache = F.maxout_forward(inp["x"], inp["w"], inp["b"])
@@ -746,7 +746,7 @@ def with_layout(a, layout):
     """An array with the values of ``a`` laid out in memory as ``layout`` says: "C" (a fresh
     C-contiguous copy), "F" (Fortran order), "strided" (every other element of a buffer twice as
     long in the last axis), "negstride" (negative strides on every axis), "readonly" (a C copy
-    that cannot be written)."""
+    that cannot be written), "bigendian" (a byte-swapped copy)."""
     a = np.asarray(a)
     if layout == "C":
         return a.copy()
@@ -764,6 +764,8 @@ def with_layout(a, layout):
         r = a.copy()
         r.flags.writeable = False
         return r
+    if layout == "bigendian":
+        return a.astype(a.dtype.newbyteorder(">"))
     raise AssertionError(layout)
 
 

@@ -38,7 +38,8 @@ from fastnn import (Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, Gauss
 from fastnn.reference import losses as RL
 from fastnn.reference import optim as RO
 
-from conftest import assert_same_bits
+from conftest import assert_same_bits, result_leaves
+from kernel_specs import with_layout
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 BAD_ERRORS = (ValueError, TypeError)
@@ -53,22 +54,9 @@ def raises_naming(exc, name, fn, *args, **kwargs):
     return info.value
 
 
-def _leaves(result):
-    """The numbers and arrays of a result: tuples/lists in order, dicts by key; caches skipped."""
-    if isinstance(result, (tuple, list)):
-        out = []
-        for r in result:
-            out.extend(_leaves(r))
-        return out
-    if isinstance(result, dict):
-        return [leaf for k in sorted(result, key=str) for leaf in _leaves(result[k])]
-    if isinstance(result, (np.ndarray, np.generic, float, int)):
-        return [np.asarray(result)]
-    return []
-
-
 def assert_same_results(a, b, what):
-    la, lb = _leaves(a), _leaves(b)
+    """The numbers and arrays of two results (caches skipped) bitwise equal."""
+    la, lb = result_leaves(a, skip_other=True), result_leaves(b, skip_other=True)
     assert len(la) == len(lb), f"{what}: {len(la)} vs {len(lb)} outputs"
     for i, (x, y) in enumerate(zip(la, lb)):
         assert_same_bits(x, y, what=f"{what}: output {i}")
@@ -256,7 +244,7 @@ def test_int_and_bool_operands_are_converted_to_float64(call, operand, kind):
     args[i], ref_args[i] = _integer_valued(args[i], kind)
     got = call.fn(*args)
     want = call.fn(*ref_args)
-    for leaf in _leaves(got):
+    for leaf in result_leaves(got, skip_other=True):
         if leaf.dtype.kind == "f":
             assert leaf.dtype == F64, f"{call}: {kind} {operand} gave a {leaf.dtype} result"
     assert_same_results(got, want, f"{call} with {kind} {operand}")
@@ -282,12 +270,12 @@ def test_mixed_float32_float64_computes_in_float64(call, operand):
     ref_args[i] = v32.astype(np.float64)
     if len(call.operands) == 1 and not call.name.endswith("_backward"):
         # a single operand: float32 stays float32 (nothing to promote against)
-        for leaf in _leaves(call.fn(*args)):
+        for leaf in result_leaves(call.fn(*args), skip_other=True):
             if leaf.dtype.kind == "f" and leaf.ndim:
                 assert leaf.dtype == F32
         return
     got = call.fn(*args)
-    for leaf in _leaves(got):
+    for leaf in result_leaves(got, skip_other=True):
         if leaf.dtype.kind == "f" and leaf.ndim:
             assert leaf.dtype == F64, f"{call}: float32 {operand} gave a {leaf.dtype} result"
     assert_same_results(got, call.fn(*ref_args), f"{call} with float32 {operand}")
@@ -298,11 +286,12 @@ def test_float64_dout_on_float32_cache_computes_in_float64(call):
     args32 = call.args(F32)
     dout = args32[0].astype(np.float64)
     res = call.fn(dout, args32[1])
-    for leaf in _leaves(res):
+    for leaf in result_leaves(res, skip_other=True):
         if leaf.dtype.kind == "f" and leaf.ndim:
             assert leaf.dtype == F64
     # the float32 call on the same (float32-exact) dout agrees to float32 precision
-    for a, b in zip(_leaves(res), _leaves(call.fn(args32[0], args32[1]))):
+    for a, b in zip(result_leaves(res, skip_other=True),
+                    result_leaves(call.fn(args32[0], args32[1]), skip_other=True)):
         np.testing.assert_allclose(a, b.astype(np.float64), rtol=1e-5, atol=1e-6)
 
 
@@ -334,25 +323,6 @@ def test_update_rules_keep_the_dtype_of_w(rule):
 
 
 # ============================================================================ layouts, read-only
-def _layout(a, layout):
-    a = np.asarray(a)
-    if layout == "F":
-        return np.array(a, order="F", copy=True)
-    if layout == "strided":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    if layout == "negstride":
-        return np.flip(np.flip(a).copy())
-    if layout == "readonly":
-        r = a.copy()
-        r.flags.writeable = False
-        return r
-    if layout == "bigendian":
-        return a.astype(a.dtype.newbyteorder(">"))
-    raise AssertionError(layout)
-
-
 @pytest.mark.parametrize("layout", ["F", "strided", "negstride", "readonly", "bigendian"])
 @pytest.mark.parametrize("call", CALLS, ids=repr)
 def test_layouts_give_the_same_bits_and_inputs_are_never_written(call, layout):
@@ -363,7 +333,7 @@ def test_layouts_give_the_same_bits_and_inputs_are_never_written(call, layout):
             and args[1].dtype.kind == "i":
         positions.append(1)  # labels too
     for i in positions:
-        laid[i] = _layout(args[i], layout)
+        laid[i] = with_layout(args[i], layout)
     before = {i: np.array(laid[i], copy=True) for i in positions}
     got = call.fn(*laid)
     want = call.fn(*ref_args)
@@ -1017,7 +987,7 @@ def test_layer_layouts_and_inputs_never_written(name, make, shape, layout):
     x = rng.standard_normal(shape).astype(np.float32)
     probe = make().forward(x)
     dout = rng.standard_normal(probe.shape).astype(np.float32)
-    xl, dl = _layout(x, layout), _layout(dout, layout)
+    xl, dl = with_layout(x, layout), with_layout(dout, layout)
     xc, dc = xl.copy(), dl.copy()
     assert_same_results(_layer_run(make, xl, dl), _layer_run(make, x, dout), f"{name} {layout}")
     assert_same_bits(xl, xc)
@@ -1199,7 +1169,7 @@ def test_sequential_inputs_never_written_and_layouts(mname, make):
     X = rng.standard_normal((12, 3)).astype(np.float32)
     y = rng.integers(0, 3, 12)
     for layout in ("readonly", "F", "strided", "negstride", "bigendian"):
-        Xl, yl = _layout(X, layout), _layout(y, layout)
+        Xl, yl = with_layout(X, layout), with_layout(y, layout)
         Xc, yc = Xl.copy(), yl.copy()
         runs = []
         for Xa, ya in ((Xl, yl), (X, y)):

@@ -24,22 +24,22 @@ def _scores(x):
     return x
 
 
-def softmax_loss(x, y):
-    """Softmax cross-entropy. x (N, C) scores, y (N,) integer labels in [0, C)."""
+def _class_loss(kind, x, y):
     x = _scores(x)
     y = class_labels(y, x.shape[0], x.shape[1])
     dx = np.empty_like(x)
-    loss = _kl.class_loss(_kl.SOFTMAX, x, y, dx, _threads._num_threads)
+    loss = _kl.class_loss(kind, x, y, dx, _threads._num_threads)
     return loss, dx
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy. x (N, C) scores, y (N,) integer labels in [0, C)."""
+    return _class_loss(_kl.SOFTMAX, x, y)
 
 
 def svm_loss(x, y):
     """Multiclass SVM (hinge, margin 1). x (N, C) scores, y (N,) integer labels in [0, C)."""
-    x = _scores(x)
-    y = class_labels(y, x.shape[0], x.shape[1])
-    dx = np.empty_like(x)
-    loss = _kl.class_loss(_kl.SVM, x, y, dx, _threads._num_threads)
-    return loss, dx
+    return _class_loss(_kl.SVM, x, y)
 
 
 def _binary_scores(x):
@@ -51,23 +51,23 @@ def _binary_scores(x):
     return x
 
 
+def _binary_loss(kind, allowed, x, y):
+    x = _binary_scores(x)
+    t = binary_targets(y, x.shape[0], allowed, x.dtype)
+    dx = np.empty_like(x)
+    loss = _kl.target_loss(kind, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
+    return loss, dx
+
+
 def logistic_loss(x, y):
     """The binary softmax classifier: one sigmoid neuron with cross-entropy. x (N,) or (N, 1)
     scores (logits), y integer labels in {0, 1}."""
-    x = _binary_scores(x)
-    t = binary_targets(y, x.shape[0], (0, 1), x.dtype)
-    dx = np.empty_like(x)
-    loss = _kl.target_loss(_kl.LOGISTIC, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
-    return loss, dx
+    return _binary_loss(_kl.LOGISTIC, (0, 1), x, y)
 
 
 def binary_svm_loss(x, y):
     """The binary SVM: hinge loss max(0, 1 - y x). x (N,) or (N, 1), y labels in {-1, +1}."""
-    x = _binary_scores(x)
-    t = binary_targets(y, x.shape[0], (-1, 1), x.dtype)
-    dx = np.empty_like(x)
-    loss = _kl.target_loss(_kl.BINARY_HINGE, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
-    return loss, dx
+    return _binary_loss(_kl.BINARY_HINGE, (-1, 1), x, y)
 
 
 def mse_loss(x, y):
