@@ -12,7 +12,8 @@ import numpy as np
 from fastnn_openmp cimport effective_threads
 
 from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_SIGMOID, FNN_TANH, FNN_PRELU,
-                        act_fwd, act_bwd, prelu_alpha_acc)
+                        act_fwd, act_bwd, act_fwd_rows, act_bwd_rows, prelu_alpha_acc_rows,
+                        add_into_rows)
 
 # Op codes (the same numbers the dense kernels use), for the Python wrappers.
 IDENTITY = FNN_IDENTITY
@@ -112,7 +113,7 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
                   int n_threads):
     """out[i, j] = x[i, j] if x[i, j] > 0 else alpha[j] * x[i, j]."""
     cdef Py_ssize_t rows = x.shape[0], d = x.shape[1]
-    cdef Py_ssize_t rb, nblocks, b, i, i0, i1
+    cdef Py_ssize_t rb, nblocks, b, i0, i1
     cdef int nt
     if alpha.shape[0] != d or out.shape[0] != rows or out.shape[1] != d:
         raise ValueError("prelu_forward: shape mismatch")
@@ -127,8 +128,7 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
             i1 = i0 + rb
             if i1 > rows:
                 i1 = rows
-            for i in range(i0, i1):
-                act_fwd(FNN_PRELU, &x[i, 0], &out[i, 0], d, 0.0, &alpha[0])
+            act_fwd_rows(FNN_PRELU, &x[i0, 0], &out[i0, 0], d, i1 - i0, d, 0.0, &alpha[0])
 
 
 def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
@@ -138,7 +138,7 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     (x > 0 contributes 0). The sum runs over fixed row blocks in a fixed order, so it is the
     same for any thread count."""
     cdef Py_ssize_t rows = x.shape[0], d = x.shape[1]
-    cdef Py_ssize_t rb, nblocks, b, i, i0, i1, j
+    cdef Py_ssize_t rb, nblocks, b, i0, i1
     cdef int nt
     cdef floating[:, ::1] partial
     if (dout.shape[0] != rows or dout.shape[1] != d or alpha.shape[0] != d
@@ -157,12 +157,10 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
             i1 = i0 + rb
             if i1 > rows:
                 i1 = rows
-            for i in range(i0, i1):
-                act_bwd(FNN_PRELU, &dout[i, 0], &x[i, 0], &dx[i, 0], d, 0.0, &alpha[0])
-                prelu_alpha_acc(&dout[i, 0], &x[i, 0], d, &partial[b, 0])
-        for b in range(nblocks):
-            for j in range(d):
-                dalpha[j] += partial[b, j]
+            act_bwd_rows(FNN_PRELU, &dout[i0, 0], d, &x[i0, 0], &dx[i0, 0], d, i1 - i0, d, 0.0,
+                         &alpha[0])
+            prelu_alpha_acc_rows(&dout[i0, 0], &x[i0, 0], d, i1 - i0, d, &partial[b, 0])
+        add_into_rows(&partial[0, 0], d, nblocks, &dalpha[0], d)
 
 
 cdef extern from "fastnn_simd.h" nogil:

@@ -15,7 +15,7 @@
 # with the bias (and PReLU alpha) gradient partials; then the dx and dw products run as one list
 # of tiles. The machinery itself is in fastnn_dense.pxd, shared with the network step kernel.
 from cython cimport floating
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport free, malloc
 import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
@@ -152,7 +152,6 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef const floating *wp = NULL
     cdef floating *partial = NULL
     cdef floating *apartial = NULL
-    dt = np.float32 if floating is float else np.float64
     if (dout.shape[0] != N or dout.shape[1] != M or w.shape[0] != D or dw.shape[0] != D
             or dw.shape[1] != M or db.shape[0] != M):
         raise ValueError("dense_backward: shape mismatch")
@@ -176,11 +175,11 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
             dalpha[:] = 0
         return
     rb = backward_rows_per_block(&_cfg, M)   # read once: the buffers and the kernel agree
-    # zeroed workspaces for the bias (and prelu slope) partial sums; calloc is cheaper than
-    # two NumPy allocations on the small calls where it matters
-    partial = <floating *>calloc(backward_blocks(N, rb) * M, sizeof(floating))
-    apartial = <floating *>calloc((backward_blocks(N, rb) if op == FNN_PRELU else 1) * M,
-                                  sizeof(floating))
+    # workspaces for the bias (and prelu slope) partial sums (each block zeroes its own row);
+    # malloc is cheaper than two NumPy allocations on the small calls where it matters
+    partial = <floating *>malloc(backward_blocks(N, rb) * M * sizeof(floating))
+    apartial = <floating *>malloc((backward_blocks(N, rb) if op == FNN_PRELU else 1) * M
+                                  * sizeof(floating))
     if partial == NULL or apartial == NULL:
         free(partial)
         free(apartial)

@@ -5,6 +5,7 @@
 # regenerated in backward from the seed instead of being stored.
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport ceil
 from libc.stdint cimport uint32_t
 
 from fastnn_openmp cimport effective_threads
@@ -20,10 +21,12 @@ cdef enum:
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 
 
-def keep_threshold(double p):
+cpdef uint32_t keep_threshold(double p) noexcept:
     """The 24-bit threshold for keep probability p in (0, 1]."""
-    import math
-    return min(1 << 24, int(math.ceil(p * (1 << 24))))
+    cdef double t = ceil(p * 16777216.0)
+    if not (t > 0.0):
+        return 0  # (the wrappers only pass p in (0, 1]; NaN or p <= 0 keep nothing)
+    return 16777216 if t >= 16777216.0 else <uint32_t>t
 
 
 def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned long long seed,

@@ -6,13 +6,14 @@
 # its address, so the BLAS-users count and the tiling parameters exist exactly once.
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.string cimport memset
 cimport scipy.linalg.cython_blas as blas
 
 from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num
 from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU,
-                        act_bwd_acc, act_bwd_acc_inplace, prelu_alpha_acc, add_into,
                         bias_act_fwd_rows, bias_act_keep_rows, add_into_rows,
-                        act_bwd_into_saved_rows, act_bwd_rows)
+                        act_bwd_into_saved_rows, act_bwd_rows, act_bwd_acc_rows,
+                        act_bwd_acc_inplace_rows, prelu_alpha_acc_rows)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -251,22 +252,25 @@ cdef inline void backward_block(Py_ssize_t blk, Py_ssize_t rb, int op, const flo
                                 const floating *saved, floating *dz, double alpha,
                                 const floating *avec, floating *partial, floating *apartial,
                                 Py_ssize_t N, Py_ssize_t M) noexcept nogil:
-    """Rows of block blk: dz = dout * act'(saved), accumulated into the block's partial sums."""
-    cdef Py_ssize_t i, i0 = blk * rb, i1 = blk * rb + rb
-    if i1 > N:
-        i1 = N
+    """Rows of block blk: dz = dout * act'(saved), summed into the block's own partial-sum
+    row (zeroed here first: callers pass workspaces of any content)."""
+    cdef Py_ssize_t i0 = blk * rb, rows = rb
+    cdef floating *acc = partial + blk * M
+    if i0 + rows > N:
+        rows = N - i0
+    memset(acc, 0, M * sizeof(floating))
     if op == FNN_IDENTITY:
-        add_into_rows(dout + i0 * M, M, i1 - i0, partial + blk * M, M)
+        add_into_rows(dout + i0 * M, M, rows, acc, M)
         return
-    for i in range(i0, i1):
-        # (the alpha partial reads dout first: with dz == dout it is overwritten next)
-        if op == FNN_PRELU:
-            prelu_alpha_acc(dout + i * M, saved + i * M, M, apartial + blk * M)
-        if <const floating *>dz == dout:
-            act_bwd_acc_inplace(op, dz + i * M, saved + i * M, M, alpha, avec, partial + blk * M)
-        else:
-            act_bwd_acc(op, dout + i * M, saved + i * M, dz + i * M, M, alpha, avec,
-                        partial + blk * M)
+    if op == FNN_PRELU:
+        # the slope partial reads dout first: with dz == dout it is overwritten next
+        memset(apartial + blk * M, 0, M * sizeof(floating))
+        prelu_alpha_acc_rows(dout + i0 * M, saved + i0 * M, M, rows, M, apartial + blk * M)
+    if <const floating *>dz == dout:
+        act_bwd_acc_inplace_rows(op, dz + i0 * M, saved + i0 * M, M, rows, M, alpha, avec, acc)
+    else:
+        act_bwd_acc_rows(op, dout + i0 * M, saved + i0 * M, dz + i0 * M, M, rows, M, alpha,
+                         avec, acc)
 
 
 cdef inline void backward_pass1(int op, const floating *dout, const floating *saved,
@@ -291,10 +295,9 @@ cdef inline void backward_pass1(int op, const floating *dout, const floating *sa
     else:
         for blk in prange(nblocks, num_threads=nt, schedule="static"):
             backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
-    for blk in range(nblocks):
-        add_into(partial + blk * M, db, M)
-        if op == FNN_PRELU:
-            add_into(apartial + blk * M, dalpha, M)
+    add_into_rows(partial, M, nblocks, db, M)
+    if op == FNN_PRELU:
+        add_into_rows(apartial, M, nblocks, dalpha, M)
 
 
 cdef inline int product_threads(const DenseConfig *cfg, Py_ssize_t ntiles, double flops,
@@ -337,7 +340,7 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
                                           dz == dout: computed in place, dout is overwritten)
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is NULL), dw = x.T @ dz
-    partial (and apartial for prelu) are zeroed workspaces of backward_blocks(N, rb) x M, rb
+    partial (and apartial for prelu) are workspaces (of any content) of backward_blocks(N, rb) x M, rb
     the rows per block the caller sized them with (backward_rows_per_block when it allocated).
     Sums run over fixed row blocks, then over the blocks in order: thread-count independent.
     The caller holds the BLAS single-threaded (blas_enter)."""

@@ -11,10 +11,14 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_act_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha, const double *avec)
     void fnn_act_bwd_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t n, float alpha, const float *avec)
     void fnn_act_bwd_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec)
-    void fnn_act_bwd_acc_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t n, float alpha, const float *avec, float *acc)
-    void fnn_act_bwd_acc_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t n, double alpha, const double *avec, double *acc)
-    void fnn_act_bwd_acc_inplace_f32(int op, float *g, const float *saved, Py_ssize_t n, float alpha, const float *avec, float *acc)
-    void fnn_act_bwd_acc_inplace_f64(int op, double *g, const double *saved, Py_ssize_t n, double alpha, const double *avec, double *acc)
+    void fnn_act_fwd_rows_f32(int op, const float *x, float *y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_fwd_rows_f64(int op, const double *x, double *y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_act_bwd_acc_rows_f32(int op, const float *dout, const float *saved, float *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec, float *acc)
+    void fnn_act_bwd_acc_rows_f64(int op, const double *dout, const double *saved, double *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec, double *acc)
+    void fnn_act_bwd_acc_inplace_rows_f32(int op, float *g, const float *saved, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec, float *acc)
+    void fnn_act_bwd_acc_inplace_rows_f64(int op, double *g, const double *saved, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec, double *acc)
+    void fnn_prelu_alpha_acc_rows_f32(const float *dout, const float *saved, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float *aacc)
+    void fnn_prelu_alpha_acc_rows_f64(const double *dout, const double *saved, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double *aacc)
     void fnn_bias_act_fwd_rows_f32(int op, float *y, Py_ssize_t ldy, Py_ssize_t rows, const float *b, Py_ssize_t n, float alpha, const float *avec)
     void fnn_bias_act_fwd_rows_f64(int op, double *y, Py_ssize_t ldy, Py_ssize_t rows, const double *b, Py_ssize_t n, double alpha, const double *avec)
     void fnn_bias_act_keep_rows_f32(int op, float *z, const float *b, float *y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
@@ -25,10 +29,6 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_act_bwd_into_saved_rows_f64(int op, const double *g, Py_ssize_t ldg, double *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
     void fnn_act_bwd_rows_f32(int op, const float *dout, Py_ssize_t ldg, const float *saved, float *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
     void fnn_act_bwd_rows_f64(int op, const double *dout, Py_ssize_t ldg, const double *saved, double *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
-    void fnn_prelu_alpha_acc_f32(const float *dout, const float *saved, Py_ssize_t n, float *aacc)
-    void fnn_prelu_alpha_acc_f64(const double *dout, const double *saved, Py_ssize_t n, double *aacc)
-    void fnn_add_into_f32(const float *v, float *acc, Py_ssize_t n)
-    void fnn_add_into_f64(const double *v, double *acc, Py_ssize_t n)
     void fnn_softmax_rows_f32(const float *x, float *d, Py_ssize_t rows, Py_ssize_t C,
                               const Py_ssize_t *labels, float inv_n, double *losses)
     void fnn_softmax_rows_f64(const double *x, double *d, Py_ssize_t rows, Py_ssize_t C,
@@ -51,22 +51,6 @@ cdef inline void act_bwd(int op, const floating *dout, const floating *saved, fl
         fnn_act_bwd_f32(op, dout, saved, dx, n, <float>alpha, avec)
     else:
         fnn_act_bwd_f64(op, dout, saved, dx, n, alpha, avec)
-
-cdef inline void act_bwd_acc(int op, const floating *dout, const floating *saved, floating *dx,
-                             Py_ssize_t n, double alpha, const floating *avec,
-                             floating *acc) noexcept nogil:
-    if floating is float:
-        fnn_act_bwd_acc_f32(op, dout, saved, dx, n, <float>alpha, avec, acc)
-    else:
-        fnn_act_bwd_acc_f64(op, dout, saved, dx, n, alpha, avec, acc)
-
-cdef inline void act_bwd_acc_inplace(int op, floating *g, const floating *saved, Py_ssize_t n,
-                                     double alpha, const floating *avec,
-                                     floating *acc) noexcept nogil:
-    if floating is float:
-        fnn_act_bwd_acc_inplace_f32(op, g, saved, n, <float>alpha, avec, acc)
-    else:
-        fnn_act_bwd_acc_inplace_f64(op, g, saved, n, alpha, avec, acc)
 
 cdef inline void bias_act_fwd_rows(int op, floating *y, Py_ssize_t ldy, Py_ssize_t rows,
                                    const floating *b, Py_ssize_t n, double alpha,
@@ -108,19 +92,6 @@ cdef inline void act_bwd_rows(int op, const floating *dout, Py_ssize_t ldg,
     else:
         fnn_act_bwd_rows_f64(op, dout, ldg, saved, dx, ld, rows, n, alpha, avec)
 
-cdef inline void prelu_alpha_acc(const floating *dout, const floating *saved, Py_ssize_t n,
-                                 floating *aacc) noexcept nogil:
-    if floating is float:
-        fnn_prelu_alpha_acc_f32(dout, saved, n, aacc)
-    else:
-        fnn_prelu_alpha_acc_f64(dout, saved, n, aacc)
-
-cdef inline void add_into(const floating *v, floating *acc, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        fnn_add_into_f32(v, acc, n)
-    else:
-        fnn_add_into_f64(v, acc, n)
-
 cdef inline void softmax_rows(const floating *x, floating *d, Py_ssize_t rows, Py_ssize_t C,
                               const Py_ssize_t *labels, floating inv_n,
                               double *losses) noexcept nogil:
@@ -128,3 +99,37 @@ cdef inline void softmax_rows(const floating *x, floating *d, Py_ssize_t rows, P
         fnn_softmax_rows_f32(x, d, rows, C, labels, inv_n, losses)
     else:
         fnn_softmax_rows_f64(x, d, rows, C, labels, inv_n, losses)
+
+cdef inline void act_fwd_rows(int op, const floating *x, floating *y, Py_ssize_t ld,
+                              Py_ssize_t rows, Py_ssize_t n, double alpha,
+                              const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_fwd_rows_f32(op, x, y, ld, rows, n, <float>alpha, avec)
+    else:
+        fnn_act_fwd_rows_f64(op, x, y, ld, rows, n, alpha, avec)
+
+cdef inline void act_bwd_acc_rows(int op, const floating *dout, const floating *saved,
+                                  floating *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n,
+                                  double alpha, const floating *avec,
+                                  floating *acc) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_acc_rows_f32(op, dout, saved, dx, ld, rows, n, <float>alpha, avec, acc)
+    else:
+        fnn_act_bwd_acc_rows_f64(op, dout, saved, dx, ld, rows, n, alpha, avec, acc)
+
+cdef inline void act_bwd_acc_inplace_rows(int op, floating *g, const floating *saved,
+                                          Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n,
+                                          double alpha, const floating *avec,
+                                          floating *acc) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_acc_inplace_rows_f32(op, g, saved, ld, rows, n, <float>alpha, avec, acc)
+    else:
+        fnn_act_bwd_acc_inplace_rows_f64(op, g, saved, ld, rows, n, alpha, avec, acc)
+
+cdef inline void prelu_alpha_acc_rows(const floating *dout, const floating *saved, Py_ssize_t ld,
+                                      Py_ssize_t rows, Py_ssize_t n,
+                                      floating *aacc) noexcept nogil:
+    if floating is float:
+        fnn_prelu_alpha_acc_rows_f32(dout, saved, ld, rows, n, aacc)
+    else:
+        fnn_prelu_alpha_acc_rows_f64(dout, saved, ld, rows, n, aacc)

@@ -388,6 +388,32 @@ FNN_CLONES static void fnn_act_bwd_into_saved_rows_##SFX(int op, const T *FNN_RE
 { for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
       const T *FNN_RESTRICT g = g0 + r * ldg; T *FNN_RESTRICT s = s0 + r * lds;               \
       FNN_SWITCH_OP(op, FNN_LOOP_BWD_INTO_SAVED, SFX, T) } }                                  \
+FNN_CLONES static void fnn_act_fwd_rows_##SFX(int op, const T *FNN_RESTRICT x0,              \
+        T *FNN_RESTRICT y0, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, T alpha,               \
+        const T *FNN_RESTRICT avec)                                                           \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      const T *FNN_RESTRICT x = x0 + r * ld; T *FNN_RESTRICT y = y0 + r * ld;                 \
+      FNN_SWITCH_OP(op, FNN_LOOP_FWD, SFX, T) } }                                             \
+FNN_CLONES static void fnn_act_bwd_acc_rows_##SFX(int op, const T *FNN_RESTRICT dout0,        \
+        const T *FNN_RESTRICT saved0, T *FNN_RESTRICT dx0, ptrdiff_t ld, ptrdiff_t rows,      \
+        ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      const T *FNN_RESTRICT dout = dout0 + r * ld; const T *FNN_RESTRICT saved = saved0 + r * ld; \
+      T *FNN_RESTRICT dx = dx0 + r * ld;                                                      \
+      FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC, SFX, T) } }                                         \
+FNN_CLONES static void fnn_act_bwd_acc_inplace_rows_##SFX(int op, T *FNN_RESTRICT g0,         \
+        const T *FNN_RESTRICT saved0, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, T alpha,     \
+        const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                                      \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      T *FNN_RESTRICT g = g0 + r * ld; const T *FNN_RESTRICT saved = saved0 + r * ld;         \
+      FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC_INPLACE, SFX, T) } }                                 \
+/* prelu's slope-gradient partial: aacc += dout * (saved > 0 ? 0 : saved) */                  \
+FNN_CLONES static void fnn_prelu_alpha_acc_rows_##SFX(const T *FNN_RESTRICT dout0,            \
+        const T *FNN_RESTRICT saved0, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,              \
+        T *FNN_RESTRICT aacc)                                                                 \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      const T *FNN_RESTRICT dout = dout0 + r * ld; const T *FNN_RESTRICT saved = saved0 + r * ld; \
+      for (ptrdiff_t i = 0; i < n; i++) aacc[i] += dout[i] * ((saved[i] > (T)0) ? (T)0 : saved[i]); } } \
 FNN_CLONES static void fnn_act_bwd_rows_##SFX(int op, const T *FNN_RESTRICT dout0,            \
         ptrdiff_t ldg, const T *FNN_RESTRICT saved0, T *FNN_RESTRICT dx0, ptrdiff_t ld,       \
         ptrdiff_t rows, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec)                     \
@@ -403,38 +429,21 @@ FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN
 FNN_CLONES static void fnn_act_bwd_##SFX(int op, const T *FNN_RESTRICT dout,                  \
         const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
         const T *FNN_RESTRICT avec)                                                           \
-{ FNN_SWITCH_OP(op, FNN_LOOP_BWD, SFX, T) }                                                   \
-FNN_CLONES static void fnn_act_bwd_acc_##SFX(int op, const T *FNN_RESTRICT dout,              \
-        const T *FNN_RESTRICT saved, T *FNN_RESTRICT dx, ptrdiff_t n, T alpha,                \
-        const T *FNN_RESTRICT avec, T *FNN_RESTRICT acc)                                      \
-{ FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC, SFX, T) }                                               \
-FNN_CLONES static void fnn_act_bwd_acc_inplace_##SFX(int op, T *FNN_RESTRICT g,                \
-        const T *FNN_RESTRICT saved, ptrdiff_t n, T alpha, const T *FNN_RESTRICT avec,        \
-        T *FNN_RESTRICT acc)                                                                  \
-{ FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC_INPLACE, SFX, T) }                                       \
-/* prelu's alpha-gradient partial: aacc += dout * (saved > 0 ? 0 : saved) */                  \
-FNN_CLONES static void fnn_prelu_alpha_acc_##SFX(const T *FNN_RESTRICT dout,                  \
-        const T *FNN_RESTRICT saved, ptrdiff_t n, T *FNN_RESTRICT aacc)                       \
-{ for (ptrdiff_t i = 0; i < n; i++) aacc[i] += dout[i] * ((saved[i] > (T)0) ? (T)0 : saved[i]); } \
-/* acc += v (column sums of a row-major block, one row at a time) */                          \
-FNN_CLONES static void fnn_add_into_##SFX(const T *FNN_RESTRICT v, T *FNN_RESTRICT acc,       \
-        ptrdiff_t n)                                                                          \
-{ for (ptrdiff_t i = 0; i < n; i++) acc[i] += v[i]; }
+{ FNN_SWITCH_OP(op, FNN_LOOP_BWD, SFX, T) }
+
 
 /* 1 if no element of x is Inf or NaN, else 0. With the sign bit cleared, a float's bits are
  * at least those of +Inf exactly when it is Inf or NaN, so the check is an unsigned max
  * reduction over the bit patterns, which the compiler vectorizes (a float compare would
  * need a branch per element, and a sum of x * 0 a serial chain of additions). */
-FNN_CLONES static int fnn_all_finite_f32(const float *FNN_RESTRICT x, ptrdiff_t n)
-{ uint32_t acc = 0;
-  for (ptrdiff_t i = 0; i < n; i++) { uint32_t u; memcpy(&u, x + i, sizeof u); u &= 0x7fffffffu;
-      acc = u > acc ? u : acc; }
-  return acc < 0x7f800000u; }
-FNN_CLONES static int fnn_all_finite_f64(const double *FNN_RESTRICT x, ptrdiff_t n)
-{ uint64_t acc = 0;
-  for (ptrdiff_t i = 0; i < n; i++) { uint64_t u; memcpy(&u, x + i, sizeof u);
-      u &= 0x7fffffffffffffffull; acc = u > acc ? u : acc; }
-  return acc < 0x7ff0000000000000ull; }
+#define FNN_DEFINE_ALL_FINITE(T, SFX, U, ABS_MASK, INF_BITS)                                  \
+FNN_CLONES static int fnn_all_finite_##SFX(const T *FNN_RESTRICT x, ptrdiff_t n)              \
+{ U acc = 0;                                                                                  \
+  for (ptrdiff_t i = 0; i < n; i++) { U u; memcpy(&u, x + i, sizeof u); u &= ABS_MASK;        \
+      acc = u > acc ? u : acc; }                                                              \
+  return acc < INF_BITS; }
+FNN_DEFINE_ALL_FINITE(float, f32, uint32_t, 0x7fffffffu, 0x7f800000u)
+FNN_DEFINE_ALL_FINITE(double, f64, uint64_t, 0x7fffffffffffffffull, 0x7ff0000000000000ull)
 
 FNN_DEFINE_SPANS_LOSS(float, f32)
 FNN_DEFINE_SPANS_MAXOUT(float, f32)

@@ -48,7 +48,7 @@ cdef struct NetPlan:
                          # dscores go into dact0, each layer's dz is formed in place
     void *scratch        # fused: one dx tile per thread
     Py_ssize_t scratch_elems
-    void *partial        # bias-gradient partial sums (zeroed per layer)
+    void *partial        # bias-gradient partial sums (each row block zeroes its own row)
     void *apartial
     Py_ssize_t partial_elems
     void *targets        # binary targets as floats, N
@@ -126,11 +126,8 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef floating *g
     cdef bint keep
     for l in range(L - 1, -1, -1):
-        memset(P.partial, 0, P.partial_elems * sizeof(floating))
         if l == L - 1:
             keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
-            if P.op[l] == FNN_PRELU:
-                memset(P.apartial, 0, P.partial_elems * sizeof(floating))
             g = <floating *>P.dact0
             backward_pass1(P.op[l], g, <const floating *>(P.pre[l] if keep else P.act[l]), g,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.db[l],
@@ -171,9 +168,6 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
     for l in range(L - 1, -1, -1):
         keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
         saved = <const floating *>(P.pre[l] if keep else P.act[l])
-        memset(P.partial, 0, P.partial_elems * sizeof(floating))
-        if P.op[l] == FNN_PRELU:
-            memset(P.apartial, 0, P.partial_elems * sizeof(floating))
         dense_backward_raw(cfg, P.op[l], dout, saved,
                            X if l == 0 else <const floating *>P.act[l - 1],
                            <const floating *>P.W[l], dx if l > 0 else NULL,
