@@ -171,32 +171,41 @@ def beyond_intp(arr):
     return int(big[0]) if big.size else -1
 
 
+def int_labels(y, n, allow_bool=True, name="y", what="integer labels"):
+    """Integer (or bool) labels as a C-contiguous intp array of n entries, (n, 1) accepted.
+    Values an intp cannot hold are refused here (a cast would wrap 2**64 - 1 to -1); the
+    range a loss allows is checked by its kernel."""
+    if y is None:
+        raise TypeError(f"{name} must be an array of {what}, got None")
+    arr = np.asarray(y)
+    if arr.dtype.kind not in ("iub" if allow_bool else "iu"):
+        raise TypeError(f"{name} must hold {what}, got dtype {arr.dtype}")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    bad = beyond_intp(arr)
+    if bad >= 0:
+        raise ValueError(f"{name} must hold {what}, got {arr[bad]} (at index {bad})")
+    if arr.dtype != np.intp or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=np.intp)
+    return arr
+
+
 def binary_targets(y, n, allowed, dtype, name="y"):
     """Binary labels (integer or bool) with values in ``allowed`` ((0, 1) or (-1, 1)), as a
     float array of ``dtype``."""
     from fastnn._kernels import losses as _kl
 
-    if y is None:
-        raise TypeError(f"{name} must be an array of binary labels, got None")
-    arr = np.asarray(y)
-    if arr.dtype.kind not in "iub":
-        raise TypeError(f"{name} must hold integer labels in {set(allowed)}, got dtype {arr.dtype}")
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    what = f"labels from {{{', '.join(map(str, sorted(allowed)))}}}"
+    labels = int_labels(y, n, True, name, what)
     kind = {(0, 1): _kl.LOGISTIC, (-1, 1): _kl.BINARY_HINGE}[tuple(sorted(allowed))]
     # checked and converted in one pass by the kernel (np.isin cost more than the loss itself
-    # at course batch sizes); values beyond intp would wrap around on the cast, so those are
-    # refused first
-    bad = beyond_intp(arr)
+    # at course batch sizes)
     out = np.empty(n, dtype=dtype)
-    if bad < 0:
-        labels = arr if arr.dtype == np.intp and arr.flags.c_contiguous else arr.astype(np.intp)
-        bad = _kl.binary_targets(kind, labels, out)
+    bad = _kl.binary_targets(kind, labels, out)
     if bad >= 0:
-        raise ValueError(f"{name} must hold labels from {{{', '.join(map(str, sorted(allowed)))}}}, "
-                         f"got {arr[bad]}")
+        raise ValueError(f"{name} must hold {what}, got {labels[bad]}")
     return out
 
 

@@ -38,8 +38,6 @@ def scaled_normal(weight_scale):
 _BY_NAME = {"he": he_normal, "he_normal": he_normal, "xavier": xavier_normal,
             "xavier_normal": xavier_normal, "glorot": xavier_normal, "glorot_normal": xavier_normal}
 
-_RELU_FAMILY = (None, "relu", "leaky_relu", "prelu")
-
 
 def default_for(activation):
     """He for the ReLU family, Xavier/Glorot otherwise (linear outputs included)."""

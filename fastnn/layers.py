@@ -5,6 +5,7 @@ dicts of NumPy arrays: the live arrays, updated in place by optimizers and by ``
 A layer computes in its ``dtype`` (float32 by default, float64 for gradient checks); inputs are
 converted to it.
 """
+import math
 import numbers
 
 import numpy as np
@@ -207,7 +208,7 @@ class Dense(Layer):
 
     def _check_x(self, x):
         x = self._input(x)
-        if x.ndim < 2 or int(np.prod(x.shape[1:])) != self.in_features:
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(f"x must have shape (N, {self.in_features}), got {x.shape}")
         return x
 
@@ -368,9 +369,13 @@ class Maxout(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        dx, dw, db = _fd.maxout_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
-        self.grads["W"][...] = dw
-        self.grads["b"][...] = db
+        W, b = self.grads["W"], self.grads["b"]
+        dx, dw, db = _fd._maxout_backward(as_float_array(dout, "dout", self.dtype), self._need_cache(),
+                                          need_dx=need_dx, dw=W, db=b)
+        if not np.may_share_memory(dw, W):  # (written in place unless the dtypes differ)
+            W[...] = dw
+        if not np.may_share_memory(db, b):
+            b[...] = db
         return dx
 
     def get_config(self):
@@ -448,10 +453,7 @@ class GaussianNoise(_Stochastic):
         self._shape = x.shape
         if not self._is_training(training) or self.std == 0.0:
             return x
-        out = self._rng.standard_normal(x.shape, dtype=x.dtype)
-        out *= x.dtype.type(self.std)
-        out += x
-        return out
+        return _fdrop._add_noise(x, self.std, self._rng)
 
     def backward(self, dout, need_dx=True):
         dout = as_float_array(dout, "dout", self.dtype)

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from fastnn._validation import as_float_array, beyond_intp, check_int
+from fastnn._validation import as_float_array, check_int, int_labels
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh)
 from fastnn import _threads
@@ -47,10 +47,7 @@ class _Unit:
             return layer.forward(x, training=training)
         x = layer._check_x(x)
         op = _FUSABLE[type(act)]
-        prelu_alpha = None
-        if op == _ka.PRELU:
-            a = act.params["alpha"]
-            prelu_alpha = a[0] if act.num_parameters == 1 else a
+        prelu_alpha = act._alpha_arg(layer.out_features) if op == _ka.PRELU else None
         return layer._fused_forward(x, op, getattr(act, "alpha", 0.0), prelu_alpha, act)
 
     def backward(self, dout, need_dx):
@@ -137,7 +134,7 @@ class _CompiledStep:
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
-            labels = _int_labels(y, X.shape[0], allow_bool=self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE))
+            labels = int_labels(y, X.shape[0], allow_bool=self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE))
         with self.lock:  # one step at a time on this plan's buffers, whatever the Python thread
             return self._run_locked(opt, X, labels, targets, skip_nonfinite)
 
@@ -175,24 +172,6 @@ def _rule_of(optimizer):
     if isinstance(optimizer, RMSProp):
         return _ko.RMSPROP
     return _ko.ADAM
-
-
-def _int_labels(y, n, allow_bool=True):
-    """Labels as a contiguous intp array of n entries (checked for range in the kernel)."""
-    if not isinstance(y, np.ndarray):
-        y = np.asarray(y)
-    if y.dtype.kind not in ("iub" if allow_bool else "iu"):
-        raise TypeError(f"y must hold integer labels, got dtype {y.dtype}")
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},), got {y.shape}")
-    bad = beyond_intp(y)
-    if bad >= 0:
-        raise ValueError(f"y[{bad}] = {y[bad]} is not a valid label for this loss")
-    if y.dtype != np.intp or not y.flags.c_contiguous:
-        y = np.ascontiguousarray(y, dtype=np.intp)
-    return y
 
 
 def _fusable(dense, act):
@@ -370,8 +349,10 @@ class Sequential:
                 step = None  # something the kernel does not take: the layer path decides
         if len(self._compiled) >= 4:
             self._compiled.clear()
-        # (a failed build is remembered too, until the signature changes)
-        self._compiled[key] = (_CompiledStep.signature_of(self, optimizer), step, optimizer)
+        # (a failed build is remembered too, until the signature changes; building may add
+        # optimizer state, so the signature is the one taken after it)
+        self._compiled[key] = (step.signature if step is not None else
+                               _CompiledStep.signature_of(self, optimizer), step, optimizer)
         return step
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False):
@@ -432,6 +413,8 @@ class Sequential:
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
+            # converted once here, not every epoch
+            validation_data = (self._check_X(validation_data[0], "X_val"), validation_data[1])
         rng = np.random.default_rng(seed)
         if seed is not None:
             for layer in self.layers:

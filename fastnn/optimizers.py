@@ -8,7 +8,7 @@ biases or PReLU slopes.
 """
 import numpy as np
 
-from fastnn import _threads
+from fastnn import optim as _optim
 from fastnn._kernels import optim as _ko
 from fastnn._validation import check_scalar
 from fastnn.layers import Parameter
@@ -61,9 +61,7 @@ class Optimizer:
         if not (w.flags.c_contiguous and w.flags.writeable):
             raise ValueError(f"parameter {p.name} must be a writeable C-contiguous array")
         wd = self.weight_decay if p.decay else 0.0
-        _ko.update(rule, w.reshape(-1), p.grad.reshape(-1),
-                   None if s1 is None else s1.reshape(-1), None if s2 is None else s2.reshape(-1),
-                   self.lr, h1, h2, eps, c1, c2, wd, _threads._num_threads)
+        _optim._run(rule, w, p.grad, s1, s2, self.lr, h1, h2, eps, c1, c2, wd)
 
 
 class SGD(Optimizer):

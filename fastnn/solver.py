@@ -179,7 +179,9 @@ class Solver:
 
         params = self.model.params
         for name in list(params):
-            config = self.optim_configs.setdefault(name, copy.deepcopy(self.optim_config))
+            config = self.optim_configs.get(name)
+            if config is None:  # (a deep copy per step and parameter only the first time)
+                config = copy.deepcopy(self.optim_config)
             next_w, next_config = self.update_rule(params[name], grads[name], config)
             params[name] = next_w
             self.optim_configs[name] = next_config

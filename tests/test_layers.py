@@ -120,6 +120,25 @@ def test_maxout_gradients(rng):
     np.testing.assert_allclose(layer.forward(x), z.max(axis=2), rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+def test_maxout_backward_fills_its_gradients_in_place_and_can_skip_dx(dtype, rng):
+    """As a first layer (need_dx=False) Maxout computes no input gradient; its weight and bias
+    gradients are written into its own grads arrays, equal to the functional backward's."""
+    layer = Maxout(5, 3, pieces=2, dtype=dtype, seed=2)
+    x = rng.standard_normal((7, 5)).astype(dtype)
+    dout = rng.standard_normal((7, 3)).astype(dtype)
+    W_grad, b_grad = layer.grads["W"], layer.grads["b"]
+    layer.forward(x)
+    assert layer.backward(dout, need_dx=False) is None
+    assert layer.grads["W"] is W_grad and layer.grads["b"] is b_grad
+    _, cache = F.maxout_forward(x, layer.params["W"], layer.params["b"])
+    dx, dw, db = F.maxout_backward(dout, cache)
+    assert_same_bits(W_grad, dw)
+    assert_same_bits(b_grad, db)
+    layer.forward(x)
+    assert_same_bits(layer.backward(dout), dx)
+
+
 def test_dropout_gradients_fixed_seed_train_mode(rng):
     p = 0.3
     layer = Dropout(p, seed=11, dtype=F64)

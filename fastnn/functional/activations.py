@@ -136,19 +136,16 @@ def _rows(a):
     return a.reshape(math.prod(a.shape[:-1]), d)
 
 
-def _prelu_alpha(alpha, x, dtype):
-    """alpha as a vector over x's last axis; returns (vector, shape to give dalpha)."""
+def _prelu_vector(alpha, d, dtype, per="feature"):
+    """PReLU's alpha (a scalar, or one value per feature / unit) as a vector of d slopes;
+    returns (vector, the shape to give dalpha: () for a scalar alpha)."""
     if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
         a = as_float_array(alpha, "alpha", dtype)
-        d = x.shape[-1] if x.ndim else 1
-        if a.ndim != 1 or a.shape[0] != d:
-            raise ValueError(
-                f"alpha must be a scalar or have one entry per feature (shape ({d},)), got shape {a.shape}"
-            )
+        if a.shape != (d,):
+            raise ValueError(f"alpha must be a scalar or have one entry per {per} (shape ({d},)), "
+                             f"got shape {a.shape}")
         return a, a.shape
-    value = check_scalar(alpha, "alpha")
-    d = x.shape[-1] if x.ndim else 1
-    return np.full(d, value, dtype=dtype), ()
+    return np.full(d, check_scalar(alpha, "alpha"), dtype=dtype), ()
 
 
 def prelu_forward(x, alpha):
@@ -159,7 +156,7 @@ def prelu_forward(x, alpha):
     else:
         dt = float_dtype_of(x, "x")
     x = as_float_array(x, "x", dt)
-    a, ashape = _prelu_alpha(alpha, x, dt)
+    a, ashape = _prelu_vector(alpha, x.shape[-1] if x.ndim else 1, dt)
     out = np.empty_like(x)
     _k.prelu_forward(_rows(x), a, _rows(out), _threads._num_threads)
     return out, ActivationCache("prelu", x, (a, ashape))

@@ -16,7 +16,7 @@ from fastnn import _threads
 from fastnn._kernels import activations as _ka
 from fastnn._kernels import dense as _kd
 from fastnn._validation import as_float_array, check_scalar, common_dtype
-from fastnn.functional.activations import maxout_reduce_backward, maxout_reduce_forward
+from fastnn.functional.activations import _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
 
 __all__ = [
     "affine_forward", "affine_backward",
@@ -132,7 +132,7 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
     n, m = x2.shape[0], w.shape[1]
     avec = alpha_shape = None
     if op == _ka.PRELU:
-        avec, alpha_shape = _prelu_vector(prelu_alpha, m, dt)
+        avec, alpha_shape = _prelu_vector(prelu_alpha, m, dt, per="unit")
     keep = op in (_ka.LEAKY_RELU, _ka.PRELU)
     y = np.empty((n, m), dtype=dt)
     z = np.empty((n, m), dtype=dt) if keep else None
@@ -152,15 +152,6 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
     cache = DenseCache(op, x2, x_shape, _live(w_arg, w), b, saved, alpha, avec, alpha_shape)
     cache.alpha_src = prelu_alpha
     return y, cache
-
-
-def _prelu_vector(alpha, m, dt):
-    if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
-        a = as_float_array(alpha, "alpha", dt)
-        if a.shape != (m,):
-            raise ValueError(f"alpha must be a scalar or have one entry per unit (shape ({m},)), got shape {a.shape}")
-        return a, a.shape
-    return np.full(m, check_scalar(alpha, "alpha"), dtype=dt), ()
 
 
 def _check_cache(cache, op, name):
@@ -243,7 +234,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     if cache.avec is not None:
         # Read the slopes live, as w: the caller's alpha array as it is now.
         src = cache.alpha_src
-        avec = (_prelu_vector(src, m, dt)[0] if isinstance(src, np.ndarray) and src.ndim > 0
+        avec = (_prelu_vector(src, m, dt, per="unit")[0] if isinstance(src, np.ndarray) and src.ndim > 0
                 else as_float_array(cache.avec, "cache", dt))
     dx = np.empty((n, d), dtype=dt) if need_dx else None
     if dw is None or dw.dtype != dt:
@@ -335,6 +326,12 @@ def maxout_forward(x, w, b):
 
 def maxout_backward(dout, cache):
     """Returns ``(dx, dw, db)`` with dw (D, M, k) and db (M, k)."""
+    return _maxout_backward(dout, cache)
+
+
+def _maxout_backward(dout, cache, need_dx=True, dw=None, db=None):
+    """maxout_backward; the layer API passes need_dx=False for a network's first layer and its
+    own gradient arrays as dw/db, filled in place (as _backward)."""
     if not isinstance(cache, DenseCache) or cache.extra is None:
         raise TypeError("cache must be the cache returned by maxout_forward")
     if not (isinstance(cache.extra, tuple) and len(cache.extra) == 2):
@@ -346,5 +343,7 @@ def maxout_backward(dout, cache):
         raise ValueError(f"w changed shape since forward: expected (D, {m}, {k}), got "
                          f"{np.shape(w3) if isinstance(w3, np.ndarray) else type(w3).__name__}")
     lin = DenseCache(_ka.IDENTITY, cache.x2, cache.x_shape, w3.reshape(w3.shape[0], m * k), cache.b, None)
-    dx, dw, db = _backward(_ka.IDENTITY, dz.reshape(n, m * k), lin, "maxout")
+    dx, dw, db = _backward(_ka.IDENTITY, dz.reshape(n, m * k), lin, "maxout", need_dx=need_dx,
+                           dw=None if dw is None else dw.reshape(w3.shape[0], m * k),
+                           db=None if db is None else db.reshape(m * k))
     return dx, dw.reshape(w3.shape), db.reshape(m, k)

@@ -84,11 +84,15 @@ def gaussian_noise_forward(x, std, mode="train", seed=None):
         return x, ("gaussian_noise", x.shape)
     if seed is None:  # like dropout: np.random.seed makes a run reproducible
         seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
-    rng = np.random.default_rng(seed)
+    return _add_noise(x, std, np.random.default_rng(seed)), ("gaussian_noise", x.shape)
+
+
+def _add_noise(x, std, rng):
+    """x + std * N(0, 1), drawn from rng in x's dtype (also the GaussianNoise layer's)."""
     out = rng.standard_normal(x.shape, dtype=x.dtype)
     out *= x.dtype.type(std)
     out += x
-    return out, ("gaussian_noise", x.shape)
+    return out
 
 
 def gaussian_noise_backward(dout, cache):
