@@ -183,11 +183,20 @@ def _nbytes(kernel, direction, shape):
     return (8 if direction == "fwd" else 12) * n
 
 
+def _first_array(result):
+    """The output array of a call that returns it, (out, cache) or (dx, dalpha)."""
+    return np.asarray(result[0] if isinstance(result, tuple) else result)
+
+
 def _run(benchmark, impl, case):
     kernel, direction, size = case.split("-")
     data = _data(kernel, size)
     fn = IMPLS[(kernel, direction)][impl](data)
-    fn()  # warm-up (first touch of buffers, lazy imports)
+    got = np.array(_first_array(fn()))  # warm-up (first touch of buffers, lazy imports), and
+    if impl != "numpy_ref":            # the check that this implementation computes the same
+        want = _first_array(IMPLS[(kernel, direction)]["numpy_ref"](data)())
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=f"{case} {impl}")
     benchmark.group = case
     benchmark.extra_info.update(
         impl=impl, kernel=kernel, direction=direction, shape="x".join(map(str, SIZES[size])),

@@ -263,8 +263,10 @@ def test_scalar_input_keeps_0d_shape(op, value):
     expected_dtype = np.float32 if isinstance(value, np.float32) else np.float64
     assert y.dtype == expected_dtype
     assert_forward_close(op, y, np.asarray(value, dtype=expected_dtype))
-    dx = op.bwd(np.asarray(2.0, dtype=expected_dtype), cache)
+    dout = np.asarray(2.0, dtype=expected_dtype)
+    dx = op.bwd(dout, cache)
     assert dx.shape == ()
+    assert_backward_close(op, dx, dout, np.asarray(value, dtype=expected_dtype), y)
 
 
 @pytest.mark.parametrize("op", OPS, ids=repr)
@@ -935,8 +937,9 @@ def test_maxout_threads_bitwise_identical(dtype, rng):
 
 
 def test_maxout_small_inputs_forced_parallel(rng, force_parallel):
-    z = rng.standard_normal((7, 5, 3))
-    dout = rng.standard_normal((7, 5))
+    # 35,000 units: three 16384-unit chunks (the last one ragged), so there is something to share
+    z = rng.standard_normal((7, 5000, 3))
+    dout = rng.standard_normal((7, 5000))
     out, _ = assert_thread_invariant(
         lambda: (F.maxout_reduce_forward(z)[0], F.maxout_reduce_backward(dout, F.maxout_reduce_forward(z)[1])),
         threads=(1, 2, 3, 8))

@@ -534,23 +534,22 @@ THIN_SHAPES = [
 ]
 
 
-def _thin_products(x_shape, m):
-    """The (r, c) of the forward, dx and dw products of a layer."""
-    n, d = x_shape[0], int(np.prod(x_shape[1:]))
-    return [(n, m), (n, d), (d, m)]
-
-
 def test_thin_shapes_cover_every_gemv_case():
-    """THIN_SHAPES reach the gemv path by columns and by rows, with and without each operand
-    transposed (forward: neither; dx: w; dw: x), and through a ragged edge tile."""
+    """THIN_SHAPES, and THIN_THREADED tile by tile, reach the gemv path by columns and by rows,
+    with and without each operand transposed (forward: neither; dx: w; dw: x); THIN_SHAPES also
+    through a ragged edge tile."""
     thin = _kd.tile_params()["thin"]
     assert thin >= 3
-    cases = set()
-    for (x_shape, m) in THIN_SHAPES:
-        for kind, (r, c) in zip(("forward", "dx", "dw"), _thin_products(x_shape, m)):
-            if min(r, c) <= thin:
-                cases.add((kind, "columns" if c <= r else "rows"))
-    assert cases >= {(k, how) for k in ("forward", "dx", "dw") for how in ("columns", "rows")}, cases
+    every = {(k, how) for k in ("forward", "dx", "dw") for how in ("columns", "rows")}
+    for shapes, tiled in ((THIN_SHAPES, False), (THIN_THREADED, True)):
+        cases = set()
+        for (x_shape, m) in shapes:
+            n, d = x_shape[0], int(np.prod(x_shape[1:]))
+            for kind, (r, c, k) in zip(("forward", "dx", "dw"), ((n, m, d), (n, d, m), (d, m, n))):
+                tr, tc, nr, nc = _kd.plan(r, c, k, dx=kind == "dx")
+                if min(tr, tc, r, c) <= thin and (nr * nc >= 2 or not tiled):
+                    cases.add((kind, "columns" if min(tc, c) <= min(tr, r) else "rows"))
+        assert cases >= every, (tiled, cases)
     tr, tc, nr, nc = _kd.plan(31, 34, 500)
     assert nc == 2 and 34 - tc <= thin < tc
 
@@ -599,8 +598,14 @@ def test_thin_products_ignore_what_the_output_held(dtype, rng):
     assert_scaled_close(dx, _f64(dout) @ _f64(w).T, _max0(np.abs(_f64(dout)) @ np.abs(_f64(w)).T), dtype, "dx")
 
 
+# Big enough (with this module's small tiles) for the thin products to be cut into tiles that
+# threads share: every gemv case (rows and columns; plain, w transposed, x transposed) runs in
+# parallel across these three.
+THIN_THREADED = [((6000, 2), 100), ((6000, 100), 3), ((3, 20000), 40)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", [THIN_SHAPES[0], THIN_SHAPES[1], THIN_SHAPES[-1]], ids=str)
+@pytest.mark.parametrize("shape", THIN_THREADED, ids=str)
 def test_thin_products_threads_bitwise_identical(shape, dtype, rng):
     x, w, b, dout = _problem(rng, *shape, dtype)
 
@@ -625,6 +630,22 @@ def test_threads_bitwise_identical(name, dtype, rng):
         return (out,) + tuple(sw.bwd(dout, cache))
 
     assert_thread_invariant(run)
+
+
+@pytest.mark.parametrize("shape", THIN_THREADED, ids=str)
+def test_thin_threaded_shapes_run_parallel(shape):
+    """test_thin_products_threads_bitwise_identical compares really parallel runs."""
+    (n, d), m = shape
+    setup = ("from fastnn._kernels import dense as _kd\n"
+             "_kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)\n"
+             f"rng = np.random.default_rng(0)\nx = rng.standard_normal(({n}, {d}))\n"
+             f"w = rng.standard_normal(({d}, {m}))\nb = np.zeros({m})\ndout = np.ones(({n}, {m}))\n"
+             "_, c = F.affine_forward(x, w, b)")
+    for call in ("F.affine_forward(x, w, b)", "F.affine_backward(dout, c)"):
+        started = openmp_workers_started(setup, call)
+        if started is None:
+            pytest.skip("OpenMP worker threads cannot be observed here")
+        assert started >= 1, call
 
 
 def test_large_shape_runs_parallel():

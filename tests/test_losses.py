@@ -269,6 +269,12 @@ def test_nan_scores_propagate(name, rng):
         assert isinstance(loss, float)
         assert np.isnan(loss), f"{name}: a NaN score gave loss {loss}"
         assert dx.dtype == dtype and dx.shape == x.shape
+        # the gradient of the sample with the NaN score is NaN (its whole row for the multiclass
+        # losses, which couple a row's scores), every other entry is a number. (The NumPy
+        # reference's hinge losses give 0 there instead: NaN > 0 is False.)
+        nan_x = np.isnan(x)
+        want = np.broadcast_to(nan_x.any(axis=1, keepdims=True), x.shape) if lo.kind == "multiclass" else nan_x
+        np.testing.assert_array_equal(np.isnan(dx), want, err_msg=f"{name}: where dx is NaN")
 
 
 @pytest.mark.parametrize("name", NAMES)

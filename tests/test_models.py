@@ -6,7 +6,7 @@ kernels; numerical gradients come from fastnn.gradcheck on float64 models.
 import numpy as np
 import pytest
 
-from conftest import assert_same_bits, assert_thread_invariant
+from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
 from fastnn.functional import dropout_forward
 from fastnn.gradcheck import eval_numerical_gradient, rel_error
 from fastnn.models import FullyConnectedNet, TwoLayerNet
@@ -387,16 +387,30 @@ def test_two_layer_and_fully_connected_agree(rng):
         assert_same_bits(g1[k], g2[k], what=k)
 
 
+# big enough that products and element-wise passes use every thread (see the next test)
+THREADED_NET = dict(hidden_dims=[300, 200], input_dim=192, num_classes=10)
+
+
 def test_loss_and_gradients_thread_invariant(rng):
-    model = FullyConnectedNet([64, 48], input_dim=40, num_classes=10, reg=0.1, weight_scale=0.1,
-                              dropout_keep_ratio=0.7, seed=3)
-    X, y = _problem(rng, n=64, input_shape=(40,), num_classes=10)
+    model = FullyConnectedNet(**THREADED_NET, reg=0.1, weight_scale=0.1, dropout_keep_ratio=0.7, seed=3)
+    X, y = _problem(rng, n=200, input_shape=(192,), num_classes=10)
 
     def run():
         loss, grads = model.loss(X, y)
         return [np.float64(loss)] + [grads[k] for k in sorted(grads)]
 
     assert_thread_invariant(run)
+
+
+def test_loss_and_gradients_thread_invariant_runs_parallel():
+    setup = ("from fastnn.models import FullyConnectedNet\n"
+             f"m = FullyConnectedNet(**{THREADED_NET!r}, dropout_keep_ratio=0.7, seed=3)\n"
+             "r = np.random.default_rng(0)\n"
+             "X = r.standard_normal((200, 192)); y = r.integers(0, 10, 200)")
+    started = openmp_workers_started(setup, "m.loss(X, y)", threads=3)
+    if started is None:
+        pytest.skip("OpenMP worker threads cannot be observed here")
+    assert started == 2
 
 
 # ----------------------------------------------------------------------------- gradients

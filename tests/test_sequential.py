@@ -860,7 +860,7 @@ FUSED_HIDDEN = {
 }
 # (batch, widths): one tile per product; several tiles (threads share the dx tiles, each with
 # its own scratch), with products whose small inner dimension splits them by max_tile_elems
-FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (300, (96, 512, 384, 10))}
+FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10))}
 
 
 def _fused_model(hidden, widths, dtype, dropout0=False):
@@ -907,10 +907,13 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
     from fastnn._kernels import dense as _kd
 
     n, widths = FUSED_SIZES["tiled"]
+    params = _kd.tile_params()
     for d, m in zip(widths[1:-1], widths[2:]):
         tr, tc, nr, nc = _kd.plan(n, d, m, dx=True)   # dx of the layer d -> m: (n x d), inner m
         assert nr * nc >= 2, (d, m)
-    params = _kd.tile_params()
+        # and worth threads: product_threads (csrc/fastnn_dense.pxd) runs tiles in parallel
+        # from 2 * serial_flops
+        assert 2.0 * n * d * m >= 2 * params["serial_flops"], (d, m)
     flops = 2.0 * n * widths[-2] * widths[-1]
     assert flops < params["tile_flops"] * 2 and n * widths[-2] > params["max_tile_elems"]
 
