@@ -64,7 +64,6 @@ OPS = [
 # The kernel's current weights, for the "parallel from" column (keep in sync with csrc/activations.pyx).
 CURRENT_OP_COST = {"RELU": 1, "LEAKY_RELU": 1, "TANH": 6, "SIGMOID": 6}
 CURRENT_BWD_COST = 2
-CHUNK = 16384  # csrc/activations.pyx: elements per prange chunk
 
 
 def sizes(lo=1024, hi=1 << 20):
@@ -449,8 +448,8 @@ def main(argv=None):
         "CPU used by other processes while each sweep ran (cores; a sweep above "
         f"{args.max_other:g} is re-run, up to {args.attempts} times, keeping the least disturbed): "
         + ", ".join(f"{k[0]} {k[1]}: {v:.2f}".replace(" :", ":") for k, v in loads.items()),
-        f"kernel MIN_WORK_PER_THREAD = {orig} (set to 1 during the sweep, restored); CHUNK = {CHUNK} "
-        f"elements per prange chunk, so below {CHUNK + 1} elements the second thread has no chunk",
+        f"kernel MIN_WORK_PER_THREAD = {orig} (set to 1 during the sweep, restored); CHUNK = {K.CHUNK} "
+        f"elements per prange chunk, so below {K.CHUNK + 1} elements the second thread has no chunk",
     ], started=started)
     if md:
         lines.append("### Threading threshold of the element-wise kernels (float32)")

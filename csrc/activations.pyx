@@ -9,7 +9,7 @@
 from cython cimport floating
 from cython.parallel cimport prange
 import numpy as np
-from fastnn_openmp cimport effective_threads
+from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
 
 from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_SIGMOID, FNN_TANH, FNN_PRELU,
                         act_fwd, act_bwd, act_fwd_rows, act_bwd_rows, prelu_alpha_acc_rows,
@@ -24,8 +24,7 @@ TANH = FNN_TANH
 PRELU = FNN_PRELU
 
 # Elements per chunk handed to one thread at a time (fixed: never depends on thread count).
-cdef enum:
-    CHUNK = 16384
+CHUNK = FNN_CHUNK
 
 # Threading thresholds, in "work units" per thread (an element of ReLU = 1 unit).
 # Measured with bench/threshold.py on the 2-core project machine: below ~2 * this many units a
@@ -59,7 +58,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
         raise ValueError("out must have as many elements as x")
     if n == 0:
         return
-    nchunks = (n + CHUNK - 1) // CHUNK
+    nchunks = chunk_count(n)
     nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads)
     if nt > nchunks:
         nt = <int>nchunks
@@ -68,11 +67,8 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
             act_fwd(op, &x[0], &out[0], n, alpha, NULL)
         else:
             for c in prange(nchunks, num_threads=nt, schedule="static"):
-                start = c * CHUNK
-                m = n - start
-                if m > CHUNK:
-                    m = CHUNK
-                act_fwd(op, &x[start], &out[start], m, alpha, NULL)
+                start = c * FNN_CHUNK
+                act_fwd(op, &x[start], &out[start], chunk_len(c, n), alpha, NULL)
 
 
 def backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx,
@@ -87,7 +83,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
         raise ValueError("dout, saved and dx must have the same number of elements")
     if n == 0:
         return
-    nchunks = (n + CHUNK - 1) // CHUNK
+    nchunks = chunk_count(n)
     nt = effective_threads(n, MIN_WORK_PER_THREAD, n_threads)
     if nt > nchunks:
         nt = <int>nchunks
@@ -96,16 +92,13 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
             act_bwd(op, &dout[0], &saved[0], &dx[0], n, alpha, NULL)
         else:
             for c in prange(nchunks, num_threads=nt, schedule="static"):
-                start = c * CHUNK
-                m = n - start
-                if m > CHUNK:
-                    m = CHUNK
-                act_bwd(op, &dout[start], &saved[start], &dx[start], m, alpha, NULL)
+                start = c * FNN_CHUNK
+                act_bwd(op, &dout[start], &saved[start], &dx[start], chunk_len(c, n), alpha, NULL)
 
 
 cdef inline Py_ssize_t _rows_per_block(Py_ssize_t d) noexcept nogil:
     # Fixed by the row length only: about CHUNK elements per block.
-    cdef Py_ssize_t rb = CHUNK // (d if d > 0 else 1)
+    cdef Py_ssize_t rb = FNN_CHUNK // (d if d > 0 else 1)
     return rb if rb > 0 else 1
 
 
@@ -172,9 +165,7 @@ cdef extern from "fastnn_simd.h" nogil:
 
 cdef inline void _maxout_fwd_chunk(Py_ssize_t c, Py_ssize_t n, Py_ssize_t k, const floating *z,
                                    floating *out, signed char *am) noexcept nogil:
-    cdef Py_ssize_t start = c * CHUNK, m = n - c * CHUNK
-    if m > CHUNK:
-        m = CHUNK
+    cdef Py_ssize_t start = c * FNN_CHUNK, m = chunk_len(c, n)
     if floating is float:
         fnn_maxout_fwd_f32(z + start * k, out + start, am + start, m, k)
     else:
@@ -183,9 +174,7 @@ cdef inline void _maxout_fwd_chunk(Py_ssize_t c, Py_ssize_t n, Py_ssize_t k, con
 
 cdef inline void _maxout_bwd_chunk(Py_ssize_t c, Py_ssize_t n, Py_ssize_t k, const floating *g,
                                    const signed char *am, floating *dz) noexcept nogil:
-    cdef Py_ssize_t start = c * CHUNK, m = n - c * CHUNK
-    if m > CHUNK:
-        m = CHUNK
+    cdef Py_ssize_t start = c * FNN_CHUNK, m = chunk_len(c, n)
     if floating is float:
         fnn_maxout_bwd_f32(g + start, am + start, dz + start * k, m, k)
     else:
@@ -206,7 +195,7 @@ def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
     if n == 0:
         return
     nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
-    nchunks = (n + CHUNK - 1) // CHUNK
+    nchunks = chunk_count(n)
     with nogil:
         if nt == 1:
             for c in range(nchunks):
@@ -227,7 +216,7 @@ def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1
     if n == 0:
         return
     nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
-    nchunks = (n + CHUNK - 1) // CHUNK
+    nchunks = chunk_count(n)
     with nogil:
         if nt == 1:
             for c in range(nchunks):

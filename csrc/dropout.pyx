@@ -8,7 +8,7 @@ from cython.parallel cimport prange
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t
 
-from fastnn_openmp cimport effective_threads
+from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
 
 cdef extern from "fastnn_simd.h" nogil:
     void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
@@ -16,8 +16,6 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
                          uint32_t threshold, uint32_t seed_lo, uint32_t seed_hi, double scale)
 
-cdef enum:
-    CHUNK = 16384
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 
 
@@ -45,14 +43,20 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     if n == 0:
         return
     nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
-    nchunks = (n + CHUNK - 1) // CHUNK
+    nchunks = chunk_count(n)
     with nogil:
-        for c in prange(nchunks, num_threads=nt, schedule="static"):
-            start = c * CHUNK
-            m = n - start
-            if m > CHUNK:
-                m = CHUNK
+        if nt <= 1:  # (the mask is a function of the element index: one span is the same)
             if floating is float:
-                fnn_dropout_f32(&x[start], &y[start], m, <uint32_t>start, threshold, lo, hi, scale)
+                fnn_dropout_f32(&x[0], &y[0], n, 0, threshold, lo, hi, scale)
             else:
-                fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, threshold, lo, hi, scale)
+                fnn_dropout_f64(&x[0], &y[0], n, 0, threshold, lo, hi, scale)
+        else:
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                start = c * FNN_CHUNK
+                m = chunk_len(c, n)
+                if floating is float:
+                    fnn_dropout_f32(&x[start], &y[start], m, <uint32_t>start, threshold, lo, hi,
+                                    scale)
+                else:
+                    fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, threshold, lo, hi,
+                                    scale)

@@ -166,23 +166,33 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py
                    &zero, C, &ldc_)
 
 
+cdef struct Tile:
+    Py_ssize_t i0       # first row
+    Py_ssize_t j0       # first column
+    Py_ssize_t ti       # rows (the last tile down may be short)
+    Py_ssize_t tj       # columns
+
+
+cdef inline Tile tile_of(Plan p, Py_ssize_t t, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
+    """Tile t (row-major order over the plan) of an r x c output."""
+    cdef Tile q
+    q.i0 = (t // p.nc) * p.tr
+    q.j0 = (t % p.nc) * p.tc
+    q.ti = min(r - q.i0, p.tr)
+    q.tj = min(c - q.j0, p.tc)
+    return q
+
+
 cdef inline void gemm_tile(Plan p, Py_ssize_t t, bint trans_a, bint trans_b,
                            Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
                            const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
                            floating *C, Py_ssize_t ldc) noexcept nogil:
     """Tile t (row-major order over the plan) of the product C = op(A) @ op(B)."""
-    cdef Py_ssize_t i0 = (t // p.nc) * p.tr
-    cdef Py_ssize_t j0 = (t % p.nc) * p.tc
-    cdef Py_ssize_t ti = r - i0
-    cdef Py_ssize_t tj = c - j0
-    if ti > p.tr:
-        ti = p.tr
-    if tj > p.tc:
-        tj = p.tc
-    gemm(trans_a, trans_b, ti, tj, k,
-         A + (i0 if trans_a else i0 * lda), lda,
-         B + (j0 * ldb if trans_b else j0), ldb,
-         C + i0 * ldc + j0, ldc, p.thin)
+    cdef Tile q = tile_of(p, t, r, c)
+    gemm(trans_a, trans_b, q.ti, q.tj, k,
+         A + (q.i0 if trans_a else q.i0 * lda), lda,
+         B + (q.j0 * ldb if trans_b else q.j0), ldb,
+         C + q.i0 * ldc + q.j0, ldc, p.thin)
 
 
 cdef inline void forward_tile(Plan p, Py_ssize_t t, int op, bint keep, Py_ssize_t N,
@@ -191,21 +201,13 @@ cdef inline void forward_tile(Plan p, Py_ssize_t t, int op, bint keep, Py_ssize_
                               const floating *ap) noexcept nogil:
     """One output tile: its product into dst (y, or z when the pre-activation is kept), then the
     bias + activation epilogue on the tile's rows while they are in cache."""
-    cdef Py_ssize_t i0 = (t // p.nc) * p.tr
-    cdef Py_ssize_t j0 = (t % p.nc) * p.tc
-    cdef Py_ssize_t i1 = i0 + p.tr
-    cdef Py_ssize_t tj = M - j0
-    cdef Py_ssize_t i
-    if i1 > N:
-        i1 = N
-    if tj > p.tc:
-        tj = p.tc
+    cdef Tile q = tile_of(p, t, N, M)
     gemm_tile(p, t, False, False, N, M, D, x, D, w, M, dst, M)
     if keep:
-        bias_act_keep_rows(op, dst + i0 * M + j0, b + j0, y + i0 * M + j0, M, i1 - i0, tj, alpha,
-                           (ap + j0) if ap != NULL else NULL)
+        bias_act_keep_rows(op, dst + q.i0 * M + q.j0, b + q.j0, y + q.i0 * M + q.j0, M, q.ti, q.tj,
+                           alpha, (ap + q.j0) if ap != NULL else NULL)
     else:
-        bias_act_fwd_rows(op, y + i0 * M + j0, M, i1 - i0, b + j0, tj, alpha, NULL)
+        bias_act_fwd_rows(op, y + q.i0 * M + q.j0, M, q.ti, b + q.j0, q.tj, alpha, NULL)
 
 
 cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating *x,
@@ -359,18 +361,13 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
     written over that layer's output: act = dx * act'(saved), saved = act itself (identity,
     relu, sigmoid, tanh) or pre (leaky relu). The same tiles and the same element-wise
     formula as dense_backward_raw's dx and the next backward_pass1's dz: the same numbers."""
-    cdef Py_ssize_t i0 = (t // px.nc) * px.tr
-    cdef Py_ssize_t j0 = (t % px.nc) * px.tc
-    cdef Py_ssize_t ti = N - i0, tj = D - j0, r
-    if ti > px.tr:
-        ti = px.tr
-    if tj > px.tc:
-        tj = px.tc
-    gemm(False, True, ti, tj, M, g + i0 * M, M, w + j0 * M, M, scratch, tj, px.thin)
+    cdef Tile q = tile_of(px, t, N, D)
+    gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, scratch, q.tj, px.thin)
     if pre == NULL:
-        act_bwd_into_saved_rows(op, scratch, tj, act + i0 * D + j0, D, ti, tj, alpha, NULL)
+        act_bwd_into_saved_rows(op, scratch, q.tj, act + q.i0 * D + q.j0, D, q.ti, q.tj, alpha, NULL)
     else:
-        act_bwd_rows(op, scratch, tj, pre + i0 * D + j0, act + i0 * D + j0, D, ti, tj, alpha, NULL)
+        act_bwd_rows(op, scratch, q.tj, pre + q.i0 * D + q.j0, act + q.i0 * D + q.j0, D, q.ti, q.tj,
+                     alpha, NULL)
 
 
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,

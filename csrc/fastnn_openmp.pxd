@@ -18,3 +18,18 @@ cdef inline int effective_threads(Py_ssize_t work, Py_ssize_t min_work_per_threa
     if t < n_threads:
         return <int>t
     return n_threads
+
+
+# Element-wise work is split into chunks of FNN_CHUNK elements, fixed by the size only (never by
+# the thread count): chunk c of n covers [c * FNN_CHUNK, c * FNN_CHUNK + chunk_len(c, n)).
+cdef enum:
+    FNN_CHUNK = 16384
+
+
+cdef inline Py_ssize_t chunk_count(Py_ssize_t n) noexcept nogil:
+    return (n + FNN_CHUNK - 1) // FNN_CHUNK
+
+
+cdef inline Py_ssize_t chunk_len(Py_ssize_t c, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t m = n - c * FNN_CHUNK
+    return FNN_CHUNK if m > FNN_CHUNK else m

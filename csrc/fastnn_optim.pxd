@@ -3,7 +3,7 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastnn_openmp cimport effective_threads
+from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
 
 cdef extern from "fastnn_simd.h" nogil:
     void fnn_sgd_f32(float *w, const float *dw, Py_ssize_t n, float lr, float wd)
@@ -31,7 +31,6 @@ cdef enum Rule:
     RULE_ADAM = 4
 
 cdef enum:
-    UPDATE_CHUNK = 16384
     UPDATE_MIN_WORK_PER_THREAD = 65536   # threads from 131072 elements (bench/threshold.py)
 
 
@@ -68,10 +67,8 @@ cdef inline void update_chunk(Py_ssize_t c, int rule, floating *w, const floatin
                               floating *s1, floating *s2, Py_ssize_t n, double lr, double h1,
                               double h2, double eps, double c1, double c2,
                               double wd) noexcept nogil:
-    cdef Py_ssize_t start = c * UPDATE_CHUNK
-    cdef Py_ssize_t m = n - start
-    if m > UPDATE_CHUNK:
-        m = UPDATE_CHUNK
+    cdef Py_ssize_t start = c * FNN_CHUNK
+    cdef Py_ssize_t m = chunk_len(c, n)
     update_span(rule, w + start, dw + start, (s1 + start) if s1 != NULL else NULL,
                 (s2 + start) if s2 != NULL else NULL, m, lr, h1, h2, eps, c1, c2, wd)
 
@@ -81,7 +78,7 @@ cdef inline void update_raw(int rule, floating *w, const floating *dw, floating 
                             double c2, double wd, int n_threads) noexcept nogil:
     """One in-place update of w (n elements), over fixed chunks spread across threads when the
     parameter is large enough. s1: velocity / cache / Adam's m; s2: Adam's v."""
-    cdef Py_ssize_t c, nchunks = (n + UPDATE_CHUNK - 1) // UPDATE_CHUNK
+    cdef Py_ssize_t c, nchunks = chunk_count(n)
     cdef int nt = effective_threads(n, UPDATE_MIN_WORK_PER_THREAD, n_threads)
     if nt <= 1:
         update_span(rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)

@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 
 _Float = NDArray[np.floating[Any]]
 
+CHUNK: int  # elements per fixed chunk of element-wise work
 IDENTITY: int
 RELU: int
 LEAKY_RELU: int
