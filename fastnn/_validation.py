@@ -100,17 +100,28 @@ def check_int(value, name, minimum=1, below=None, allow_none=False):
     return value
 
 
-def check_scalar(value, name, allow_nan=False):
-    if type(value) is float and (allow_nan or value - value == 0.0):
-        return value  # the common case, without the slower checks below
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-            value = value.item()
+def check_scalar(value, name, allow_nan=False, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A real number argument as a float: finite (unless allow_nan), and within [lo, hi] when
+    bounds are given (lo_open / hi_open exclude the bound itself)."""
+    if type(value) is not float or not (allow_nan or value - value == 0.0):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+                value = value.item()
+            else:
+                raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        if not allow_nan and not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    below = lo is not None and (value < lo or (lo_open and value == lo))
+    above = hi is not None and (value > hi or (hi_open and value == hi))
+    if below or above:
+        if lo is not None and hi is not None:
+            want = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        elif lo is not None:
+            want = f"{'>' if lo_open else '>='} {lo}"
         else:
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not allow_nan and not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+            want = f"{'<' if hi_open else '<='} {hi}"
+        raise ValueError(f"{name} must be {want}, got {value}")
     return value
 
 

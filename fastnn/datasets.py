@@ -19,13 +19,6 @@ from fastnn._validation import check_float_dtype, check_int, check_scalar, check
 __all__ = ["spiral", "circle", "regression_1d"]
 
 
-def _noise(value):
-    value = check_scalar(value, "noise")
-    if value < 0:
-        raise ValueError(f"noise must be >= 0, got {value}")
-    return value
-
-
 def _generator(seed):
     if isinstance(seed, np.random.Generator):
         return seed
@@ -46,7 +39,7 @@ def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32)
     ``y`` holds the arm index (int64, in ``[0, n_classes)``)."""
     n_per_class = check_int(n_per_class, "n_per_class")
     n_classes = check_int(n_classes, "n_classes")
-    noise = _noise(noise)
+    noise = check_scalar(noise, "noise", lo=0.0)
     dtype = check_float_dtype(dtype)
     rng = _generator(seed)
 
@@ -70,7 +63,7 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
     radius ``factor``, filled uniformly at random, when ``inner='disk'``. ``noise`` is the
     standard deviation of normal noise added to both coordinates. ``0 < factor < 1``."""
     n = check_int(n, "n", minimum=2)
-    noise = _noise(noise)
+    noise = check_scalar(noise, "noise", lo=0.0)
     factor = check_scalar(factor, "factor")
     if not 0.0 < factor < 1.0:
         raise ValueError(f"factor (the inner radius relative to the outer one) must be in (0, 1), got {factor}")
@@ -104,7 +97,7 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
     N(0, 1)``. ``fn`` (default ``np.sin``) receives a float64 array of shape (N, 1) and must
     return N finite values (shape (N,) or (N, 1))."""
     n = check_int(n, "n")
-    noise = _noise(noise)
+    noise = check_scalar(noise, "noise", lo=0.0)
     dtype = check_float_dtype(dtype)
     if fn is None:
         fn = np.sin

@@ -443,10 +443,7 @@ class GaussianNoise(_Stochastic):
 
     def __init__(self, std=0.1, seed=None, dtype=None):
         super().__init__(seed, dtype)
-        std = check_scalar(std, "std")
-        if std < 0:
-            raise ValueError(f"std must be >= 0, got {std}")
-        self.std = std
+        self.std = check_scalar(std, "std", lo=0.0)
 
     def forward(self, x, training=None):
         x = self._input(x)

@@ -38,12 +38,6 @@ __all__ = ["TwoLayerNet", "FullyConnectedNet"]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _nonneg_real(value, name):
-    value = check_scalar(value, name)
-    if value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
 
 
 class _Normal:
@@ -111,8 +105,8 @@ class TwoLayerNet:
         input_dim = check_int(input_dim, "input_dim")
         hidden_dim = check_int(hidden_dim, "hidden_dim")
         num_classes = check_int(num_classes, "num_classes")
-        weight_scale = _nonneg_real(weight_scale, "weight_scale")
-        self.reg = _nonneg_real(reg, "reg")
+        weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
+        self.reg = check_scalar(reg, "reg", lo=0.0)
         self.dtype = check_float_dtype(dtype)
         self.seed = check_seed(seed)
         self.params = _init_layers([input_dim, hidden_dim, num_classes], weight_scale,
@@ -160,7 +154,7 @@ class FullyConnectedNet:
         hidden_dims = [check_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
         input_dim = check_int(input_dim, "input_dim")
         num_classes = check_int(num_classes, "num_classes")
-        weight_scale = _nonneg_real(weight_scale, "weight_scale")
+        weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
         if isinstance(dropout_keep_ratio, bool) or not isinstance(dropout_keep_ratio, numbers.Real):
             raise TypeError(f"dropout_keep_ratio must be a number in (0, 1], got {dropout_keep_ratio!r}")
         keep = float(dropout_keep_ratio)
@@ -170,7 +164,7 @@ class FullyConnectedNet:
 
         self.normalization = None
         self.use_dropout = keep != 1.0
-        self.reg = _nonneg_real(reg, "reg")
+        self.reg = check_scalar(reg, "reg", lo=0.0)
         self.num_layers = 1 + len(hidden_dims)
         self.dtype = check_float_dtype(dtype)
         self.seed = check_seed(seed)

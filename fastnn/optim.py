@@ -62,12 +62,7 @@ def _state(config, key, w):
 
 
 def _hyper(config, key, default, lo=None, hi=None, lo_open=False):
-    value = check_scalar(config.setdefault(key, default), f"config['{key}']")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"config['{key}'] must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"config['{key}'] must be <= {hi}, got {value}")
-    return value
+    return check_scalar(config.setdefault(key, default), f"config['{key}']", lo=lo, hi=hi, lo_open=lo_open)
 
 
 def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.0):

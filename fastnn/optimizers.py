@@ -38,10 +38,7 @@ class Optimizer:
 
     @staticmethod
     def _positive(value, name, allow_zero=False):
-        value = check_scalar(value, name)
-        if value < 0 or (value == 0 and not allow_zero):
-            raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
-        return value
+        return check_scalar(value, name, lo=0.0, lo_open=not allow_zero)
 
     def zero_grad(self):
         for p in self.params:
@@ -86,9 +83,7 @@ class SGD(Optimizer):
 class RMSProp(Optimizer):
     def __init__(self, params, lr=0.01, decay_rate=0.99, eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
-        self.decay_rate = check_scalar(decay_rate, "decay_rate")
-        if not 0 <= self.decay_rate < 1:
-            raise ValueError(f"decay_rate must be in [0, 1), got {self.decay_rate}")
+        self.decay_rate = check_scalar(decay_rate, "decay_rate", lo=0.0, hi=1.0, hi_open=True)
         self.eps = self._positive(eps, "eps", allow_zero=True)
 
     def step(self):
@@ -102,9 +97,7 @@ class Adam(Optimizer):
         super().__init__(params, lr, weight_decay)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(check_scalar(b, "betas") for b in betas)
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        self.betas = tuple(check_scalar(b, "betas", lo=0.0, hi=1.0, hi_open=True) for b in betas)
         self.eps = self._positive(eps, "eps", allow_zero=True)
         self.t = 0
 

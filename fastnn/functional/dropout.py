@@ -73,9 +73,7 @@ def gaussian_noise_forward(x, std, mode="train", seed=None):
     """Input noise: ``x + std * N(0, 1)`` in 'train' mode, ``x`` in 'test' mode. Returns
     ``(out, cache)``. The noise comes from ``np.random.default_rng(seed)``; without a seed, one
     is drawn from NumPy's global random state."""
-    std = check_scalar(std, "std")
-    if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
+    std = check_scalar(std, "std", lo=0.0)
     if mode not in ("train", "test"):
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
     seed = check_seed(seed)
