@@ -161,6 +161,14 @@ def _subnormal_floor(dtype, k):
     return (k + 2) * float(np.finfo(dtype).smallest_subnormal)
 
 
+def _kinked(rng, shape, dtype):
+    """Inputs of scale 3 with every 7th element exactly at the ReLU family's kink (0)."""
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    if x.size:
+        x.reshape(-1)[::7] = 0
+    return x
+
+
 def _zero_dout_where(inp, mask):
     """inp with dout set to 0 where mask holds (a copy; inp itself when mask is empty): those
     elements then contribute nothing to any gradient, whichever branch the kernel took."""
@@ -206,10 +214,7 @@ class Elementwise(Spec):
 
     def make(self, rng, dtype, size):
         shape = self.shapes(size)
-        x = (3 * rng.standard_normal(shape)).astype(dtype)
-        if x.size:
-            x.reshape(-1)[::7] = 0  # the kink
-        return {"x": x, "dout": rng.standard_normal(shape).astype(dtype)}
+        return {"x": _kinked(rng, shape, dtype), "dout": rng.standard_normal(shape).astype(dtype)}
 
     def run(self, inp):
         fwd = getattr(F, self.kind + "_forward")
@@ -266,9 +271,7 @@ class PReLUSpec(Spec):
 
     def make(self, rng, dtype, size):
         shape = self.shapes(size)
-        x = (3 * rng.standard_normal(shape)).astype(dtype)
-        if x.size:
-            x.reshape(-1)[::7] = 0
+        x = _kinked(rng, shape, dtype)
         return {"x": x, "alpha": rng.uniform(-0.5, 1.5, shape[-1]).astype(dtype),
                 "dout": rng.standard_normal(shape).astype(dtype)}
 
