@@ -20,8 +20,9 @@ import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
-                           blas_exit, make_plan, dense_forward_raw, dense_backward_raw,
-                           backward_blocks, backward_rows_per_block)
+                           blas_exit, make_plan, row_plan, chunk_rows, dense_forward_raw,
+                           dense_backward_raw, backward_blocks, bias_rows_per_block,
+                           wslot_elems)
 
 # The one configuration of the dense machinery in the process (the network module uses it too,
 # through config_address()). The tiling constants were measured with sgemm per tile against
@@ -39,6 +40,9 @@ _cfg.max_tile_elems = 65536
 _cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
 _cfg.thin = 4
+_cfg.chunk_min_rows = 16
+_cfg.chunk_rows_more = 128
+_cfg.max_chunks = 16
 
 
 def config_address():
@@ -63,11 +67,13 @@ def tile_params():
                 min_tile_cols=_cfg.min_tile_cols, max_tiles=_cfg.max_tiles,
                 max_tile_elems=_cfg.max_tile_elems,
                 serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
-                thin=_cfg.thin)
+                thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
+                chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
-                    serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None):
+                    serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
+                    chunk_min_rows=None, chunk_rows_more=None, max_chunks=None):
     """Tuning hook for bench/ (not public API)."""
     if tile_flops is not None:
         _cfg.tile_flops = max(1.0, float(tile_flops))
@@ -85,13 +91,26 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.thin = max(0, int(thin))
     if max_tile_elems is not None:
         _cfg.max_tile_elems = max(1, int(max_tile_elems))
+    if chunk_min_rows is not None:
+        _cfg.chunk_min_rows = max(0, int(chunk_min_rows))
+    if chunk_rows_more is not None:
+        _cfg.chunk_rows_more = max(1, int(chunk_rows_more))
+    if max_chunks is not None:
+        _cfg.max_chunks = 1 << max(1, int(max_chunks)).bit_length() - 1  # a power of two >= 1
 
 
-def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False):
+def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False):
     """(tile_rows, tile_cols, tiles_down, tiles_across) for an r x c x k product (for tests);
-    dx: the plan of an input-gradient product (tiles bounded by max_tile_elems)."""
-    cdef Plan p = make_plan(&_cfg, r, c, k, _cfg.max_tile_elems if dx else 0)
+    dx: the plan of an input-gradient product (tiles bounded by max_tile_elems); batch: the
+    output rows are the batch (a forward or dx product: row chunks apply to small layers)."""
+    cdef Py_ssize_t ch = chunk_rows(&_cfg, r, c, k) if (batch or dx) else 0
+    cdef Plan p = make_plan(&_cfg, r, c, k, _cfg.max_tile_elems if dx else 0, ch)
     return (p.tr, p.tc, p.nr, p.nc)
+
+
+def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
+    """Rows per chunk of a layer N x D -> M (0: it does not run in chunks). For tests/bench."""
+    return chunk_rows(&_cfg, N, D, M)
 
 
 def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
@@ -152,6 +171,8 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef const floating *wp = NULL
     cdef floating *partial = NULL
     cdef floating *apartial = NULL
+    cdef floating *wslots = NULL
+    cdef DenseConfig cfg = _cfg   # one snapshot: the workspaces and the kernel agree
     if (dout.shape[0] != N or dout.shape[1] != M or w.shape[0] != D or dw.shape[0] != D
             or dw.shape[1] != M or db.shape[0] != M):
         raise ValueError("dense_backward: shape mismatch")
@@ -174,15 +195,18 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         if op == FNN_PRELU:
             dalpha[:] = 0
         return
-    rb = backward_rows_per_block(&_cfg, M)   # read once: the buffers and the kernel agree
-    # workspaces for the bias (and prelu slope) partial sums (each block zeroes its own row);
-    # malloc is cheaper than two NumPy allocations on the small calls where it matters
+    rb = bias_rows_per_block(&cfg, N, D, M)
+    # workspaces for the bias (and prelu slope) partial sums (each block zeroes its own row)
+    # and for a chunked layer's weight-gradient partials; malloc is cheaper than NumPy
+    # allocations on the small calls where it matters
     partial = <floating *>malloc(backward_blocks(N, rb) * M * sizeof(floating))
     apartial = <floating *>malloc((backward_blocks(N, rb) if op == FNN_PRELU else 1) * M
                                   * sizeof(floating))
-    if partial == NULL or apartial == NULL:
+    wslots = <floating *>malloc(max(wslot_elems(&cfg, N, D, M), 1) * sizeof(floating))
+    if partial == NULL or apartial == NULL or wslots == NULL:
         free(partial)
         free(apartial)
+        free(wslots)
         raise MemoryError()
     if D > 0:
         xp = &x[0, 0]
@@ -199,10 +223,11 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     blas_enter(&_cfg)
     try:
         with nogil:
-            dense_backward_raw(&_cfg, op, &dout[0, 0], sp, xp, wp, dxp, dwp,
-                               &db[0], dzp, alpha, ap, dap, partial, apartial,
+            dense_backward_raw(&cfg, op, &dout[0, 0], sp, xp, wp, dxp, dwp,
+                               &db[0], dzp, alpha, ap, dap, partial, apartial, wslots,
                                rb, N, D, M, n_threads)
     finally:
         blas_exit(&_cfg)
         free(partial)
         free(apartial)
+        free(wslots)

@@ -33,6 +33,10 @@ cdef struct DenseConfig:
     Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
     Py_ssize_t thin              # products with at most this many output rows or columns
                                  # run as one matrix-vector product (gemv) per row/column
+    Py_ssize_t chunk_min_rows    # small layers run in two row chunks of at least this many
+                                 # rows (0: never; see chunk_rows),
+    Py_ssize_t chunk_rows_more   # in more chunks while each keeps at least this many rows,
+    Py_ssize_t max_chunks        # up to this many (a power of two)
 
 
 cdef struct Plan:
@@ -65,8 +69,36 @@ cdef inline Py_ssize_t cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
+cdef inline Py_ssize_t batch_chunk_rows(const DenseConfig *g, Py_ssize_t N) noexcept nogil:
+    """Rows per chunk of a batch of N rows (0: too few rows to cut): two chunks of at least
+    chunk_min_rows rows, or a power of two of them up to max_chunks while each keeps
+    chunk_rows_more rows (more chunks cost more calls and partial sums: bench/tile_params.py).
+    N only: the layers that run in chunks (chunk_rows) and the losses (loss_raw's softmax
+    blocks never cross a chunk boundary) cut a batch the same way."""
+    cdef Py_ssize_t nch = 2
+    if g.chunk_min_rows <= 0 or N < 2 * g.chunk_min_rows:
+        return 0
+    while nch * 2 <= g.max_chunks and N // (nch * 2) >= g.chunk_rows_more:
+        nch *= 2
+    return cdiv(cdiv(N, nch), 8) * 8
+
+
+cdef inline Py_ssize_t chunk_rows(const DenseConfig *g, Py_ssize_t N, Py_ssize_t D,
+                                  Py_ssize_t M) noexcept nogil:
+    """Rows per chunk when a layer (N rows, D inputs, M outputs) runs in row chunks; 0 when it
+    does not. A small layer (its forward product below serial_flops, so it would otherwise be
+    one serial tile) computes its forward, its dx and its bias gradient chunk by chunk
+    (batch_chunk_rows), and its weight gradient as the sum, in chunk order, of one product
+    per chunk. Every layer that chunks cuts the batch the same way, so the step kernel can
+    run a small network's whole step chunk by chunk, a chunk per thread, with the layer
+    path's numbers (network.pyx)."""
+    if 2.0 * N * D * M >= g.serial_flops:
+        return 0
+    return batch_chunk_rows(g, N)
+
+
 cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
-                           Py_ssize_t max_elems=0) noexcept nogil:
+                           Py_ssize_t max_elems=0, Py_ssize_t chunk=0) noexcept nogil:
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
 
     A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
@@ -75,11 +107,24 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     tiles the step kernel passes through a per-thread scratch tile). Each
     doubling halves the longer tile side while it stays at least min_tile_rows /
     min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
-    panel per tile) small."""
+    panel per tile) small.
+
+    chunk > 0 (a layer that runs in row chunks, chunk_rows): one row of tiles per chunk of
+    rows, split across only while a dx tile would hold more than max_elems outputs."""
     cdef Plan p
     cdef double flops = 2.0 * r * c * k
     cdef Py_ssize_t target = 1, rb = 1, cb = 1
     cdef bint can_r, can_c
+    p.thin = g.thin
+    if chunk > 0:
+        while (max_elems > 0 and chunk * cdiv(c, cb) > max_elems
+               and c // (cb * 2) >= g.min_tile_cols):
+            cb *= 2
+        p.tr = chunk
+        p.tc = cdiv(c, cb) if cb == 1 else cdiv(cdiv(c, cb), 16) * 16
+        p.nr = cdiv(r, p.tr)
+        p.nc = cdiv(c, p.tc)
+        return p
     if flops >= g.serial_flops:
         target = 2
         while target * 2 <= g.max_tiles and target * 2 * g.tile_flops <= flops:
@@ -107,8 +152,14 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
         p.tc = 1
     p.nr = cdiv(r, p.tr)
     p.nc = cdiv(c, p.tc)
-    p.thin = g.thin
     return p
+
+
+cdef inline Plan row_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t c, Py_ssize_t k,
+                          Py_ssize_t max_elems=0) noexcept nogil:
+    """The plan of a product whose output rows are the batch (a forward, N x M with inner D,
+    or a dx, N x D with inner M): in row chunks when the layer runs in chunks."""
+    return make_plan(g, N, c, k, max_elems, chunk_rows(g, N, c, k))
 
 
 cdef inline void gemv(bint trans, Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t lda,
@@ -219,9 +270,11 @@ cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating 
     The caller holds the BLAS single-threaded (blas_enter)."""
     cdef bint keep = op == FNN_LEAKY or op == FNN_PRELU
     cdef floating *dst = z if keep else y
-    cdef Plan p = make_plan(g, N, M, D)
+    cdef Plan p = row_plan(g, N, M, D)
     cdef Py_ssize_t t, ntiles = p.nr * p.nc
     cdef int nt = n_threads if n_threads < ntiles else <int>ntiles
+    if chunk_rows(g, N, D, M) > 0:
+        nt = 1   # a small layer's chunks: not worth a parallel region of their own
     if nt <= 1:
         for t in range(ntiles):
             forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
@@ -240,12 +293,50 @@ cdef inline Py_ssize_t backward_blocks(Py_ssize_t N, Py_ssize_t rb) noexcept nog
     return cdiv(N, rb) if N > 0 else 1
 
 
-cdef inline void backward_tile(Plan px, Plan pw, Py_ssize_t t, Py_ssize_t ntx, Py_ssize_t N,
-                               Py_ssize_t D, Py_ssize_t M, const floating *g, const floating *x,
-                               const floating *w, floating *dx, floating *dw) noexcept nogil:
-    """Tile t of the backward products: the first ntx are dx = g @ w.T, the rest dw = x.T @ g."""
+cdef inline Py_ssize_t bias_rows_per_block(const DenseConfig *g, Py_ssize_t N, Py_ssize_t D,
+                                           Py_ssize_t M) noexcept nogil:
+    """Rows per block of a layer's bias-gradient sums: its chunks when it runs in chunks (so
+    the blocks are the chunks), else backward_rows_per_block."""
+    cdef Py_ssize_t ch = chunk_rows(g, N, D, M)
+    return ch if ch > 0 else backward_rows_per_block(g, M)
+
+
+cdef inline Py_ssize_t wslot_elems(const DenseConfig *g, Py_ssize_t N, Py_ssize_t D,
+                                   Py_ssize_t M) noexcept nogil:
+    """Elements of the weight-gradient workspace of a layer that runs in chunks: one D x M
+    partial per chunk after the first (the first goes to dw itself). 0 otherwise."""
+    cdef Py_ssize_t ch = chunk_rows(g, N, D, M)
+    return (cdiv(N, ch) - 1) * D * M if ch > 0 else 0
+
+
+cdef inline void dw_chunk(Py_ssize_t c, Py_ssize_t ch, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
+                          const floating *g, const floating *x, floating *dst,
+                          Py_ssize_t thin) noexcept nogil:
+    """Chunk c's weight-gradient product x[rows].T @ g[rows] (D x M) into dst."""
+    cdef Py_ssize_t r0 = c * ch
+    cdef Py_ssize_t rows = min(ch, N - r0)
+    gemm(True, False, D, M, rows, x + r0 * D, D, g + r0 * M, M, dst, M, thin)
+
+
+cdef inline void dw_sum_chunks(Py_ssize_t nch, Py_ssize_t D, Py_ssize_t M, floating *dw,
+                               const floating *wslots) noexcept nogil:
+    """dw = ((dw + partial 1) + partial 2) + ...: the chunks' products in chunk order."""
+    if nch > 1:
+        add_into_rows(wslots, D * M, nch - 1, dw, D * M)
+
+
+cdef inline void backward_tile(Plan px, Plan pw, Py_ssize_t t, Py_ssize_t ntx, Py_ssize_t ch,
+                               Py_ssize_t N, Py_ssize_t D, Py_ssize_t M, const floating *g,
+                               const floating *x, const floating *w, floating *dx, floating *dw,
+                               floating *wslots) noexcept nogil:
+    """Task t of the backward products: the first ntx are dx = g @ w.T tiles, the rest dw =
+    x.T @ g tiles (or, for a layer in chunks of ch rows, its chunks' products)."""
     if t < ntx:
         gemm_tile(px, t, False, True, N, D, M, g, M, w, M, dx, D)
+    elif ch > 0:
+        # chunk 0 into dw itself, the others into their partials (dw_sum_chunks adds them)
+        dw_chunk(t - ntx, ch, N, D, M, g, x,
+                 dw if t == ntx else wslots + (t - ntx - 1) * D * M, pw.thin)
     else:
         gemm_tile(pw, t - ntx, True, False, D, M, N, x, D, g, M, dw, M)
 
@@ -312,30 +403,35 @@ cdef inline int product_threads(const DenseConfig *cfg, Py_ssize_t ntiles, doubl
 
 
 cdef inline void backward_products(const DenseConfig *cfg, const floating *g, const floating *x,
-                                   const floating *w, floating *dx, floating *dw, Py_ssize_t N,
-                                   Py_ssize_t D, Py_ssize_t M, int n_threads) noexcept nogil:
+                                   const floating *w, floating *dx, floating *dw,
+                                   floating *wslots, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
+                                   int n_threads) noexcept nogil:
     """dx = g @ w.T (N x D, inner M; skipped when dx is NULL) and dw = x.T @ g (D x M, inner
-    N), as one list of shape-fixed tiles. D >= 1."""
-    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems)
+    N), as one list of shape-fixed tasks. D >= 1. wslots: wslot_elems(N, D, M) elements (a
+    layer in row chunks sums its chunks' dw products there)."""
+    cdef Py_ssize_t ch = chunk_rows(cfg, N, D, M)
+    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems, ch)
     cdef Plan pw = make_plan(cfg, D, M, N)
     cdef Py_ssize_t t, ntx = px.nr * px.nc if dx != NULL else 0
-    cdef Py_ssize_t ntw = pw.nr * pw.nc
+    cdef Py_ssize_t ntw = cdiv(N, ch) if ch > 0 else pw.nr * pw.nc
     cdef int nt = product_threads(cfg, ntx + ntw, 2.0 * N * M * D * (2 if dx != NULL else 1),
                                   n_threads)
     if nt <= 1:
         for t in range(ntx + ntw):
-            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+            backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
     else:
         for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
-            backward_tile(px, pw, t, ntx, N, D, M, g, x, w, dx, dw)
+            backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
+    if ch > 0:
+        dw_sum_chunks(ntw, D, M, dw, wslots)
 
 
 cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floating *dout,
                                     const floating *saved, const floating *x, const floating *w,
                                     floating *dx, floating *dw, floating *db, floating *dz,
                                     double alpha, const floating *avec, floating *dalpha,
-                                    floating *partial, floating *apartial, Py_ssize_t rb,
-                                    Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
+                                    floating *partial, floating *apartial, floating *wslots,
+                                    Py_ssize_t rb, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
                                     int n_threads) noexcept nogil:
     """Gradients of y = act(x @ w + b), N, M >= 1, D >= 0 (x, w, dx, dw unused when D == 0):
         dz = dout * act'(saved)          (identity: dz is dout, the dz buffer is not used;
@@ -343,14 +439,16 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is NULL), dw = x.T @ dz
     partial (and apartial for prelu) are workspaces (of any content) of backward_blocks(N, rb) x M, rb
-    the rows per block the caller sized them with (backward_rows_per_block when it allocated).
+    the rows per block the caller sized them with (bias_rows_per_block when it allocated);
+    wslots has wslot_elems(N, D, M) elements.
     Sums run over fixed row blocks, then over the blocks in order: thread-count independent.
     The caller holds the BLAS single-threaded (blas_enter)."""
     backward_pass1(op, dout, saved, dz, alpha, avec, db, dalpha, partial, apartial, rb, N, M,
                    n_threads)
     if D == 0:
         return  # no inputs: dx and dw are empty, only the bias gradients exist
-    backward_products(cfg, dout if op == FNN_IDENTITY else dz, x, w, dx, dw, N, D, M, n_threads)
+    backward_products(cfg, dout if op == FNN_IDENTITY else dz, x, w, dx, dw, wslots, N, D, M,
+                      n_threads)
 
 
 cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_t D,
@@ -373,7 +471,7 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
                                        Py_ssize_t M, int n_threads) noexcept nogil:
     """Scratch elements dx_into_act needs for these arguments: one tile per thread."""
-    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems)
+    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
     return px.tr * px.tc * nt
 
@@ -386,7 +484,7 @@ cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
     below's dz in that layer's own activation buffer (dx_into_act_tile). The full N x D dx
     never exists. scratch holds scratch_elems >= dx_scratch_need (fewer threads run if it
     holds less). D >= 1; the caller has already used act as an input (dw = act.T @ g)."""
-    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems)
+    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef Py_ssize_t t, ntiles = px.nr * px.nc, stride = px.tr * px.tc
     cdef int nt = product_threads(cfg, ntiles, 2.0 * N * M * D, n_threads)
     if scratch_elems < stride:

@@ -52,16 +52,6 @@ cdef inline Py_ssize_t softmax_block_rows(Py_ssize_t C) noexcept nogil:
     return rb if rb > 0 else 1
 
 
-cdef inline void softmax_block(Py_ssize_t blk, Py_ssize_t rb, const floating *x, floating *dx,
-                               Py_ssize_t N, Py_ssize_t C, const Py_ssize_t *labels,
-                               floating inv_n, double *losses) noexcept nogil:
-    """Rows [blk * rb, blk * rb + rb) of the softmax loss (fnn_softmax_rows in fastnn_simd.h)."""
-    cdef Py_ssize_t i0 = blk * rb, rows = rb
-    if i0 + rows > N:
-        rows = N - i0
-    softmax_rows(x + i0 * C, dx + i0 * C, rows, C, labels + i0, inv_n, losses + i0)
-
-
 cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
                            floating inv_n) noexcept nogil:
     """Multiclass hinge (margin 1) of one row: sum_j!=y max(0, x_j - x_y + 1)."""
@@ -136,35 +126,67 @@ cdef inline double loss_row(int kind, Py_ssize_t i, const floating *x, Py_ssize_
     return mse_row(x + i * C, targets + i * C, dx + i * C, C, inv_n)
 
 
-cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
-                            const Py_ssize_t *labels, const floating *targets, floating *dx,
-                            double *losses, int n_threads) noexcept nogil:
-    """Mean loss over N >= 1 rows; dx (shaped like x) receives its gradient. Class labels
-    (softmax, svm) come in `labels`; binary targets (C == 1) and regression targets (shaped like
-    x) in `targets`. `losses` is a workspace of N doubles."""
-    cdef Py_ssize_t i, blk, rb, nblocks
-    cdef double total = 0.0, inv_n = 1.0 / N
-    cdef int nt = effective_threads(N * C * (2 if kind == LOSS_SOFTMAX else 1) + N * 4,
-                                    LOSS_MIN_WORK_PER_THREAD, n_threads)
+cdef inline void loss_rows(int kind, Py_ssize_t r0, Py_ssize_t r1, const floating *x,
+                           Py_ssize_t N, Py_ssize_t C, const Py_ssize_t *labels,
+                           const floating *targets, floating *dx, double *losses) noexcept nogil:
+    """Rows [r0, r1) of the loss over N rows: each row's loss into losses, its gradient into
+    dx. Softmax rows go in blocks of softmax_block_rows(C) counted from r0, so a chunked step
+    that calls this on each chunk of rows (batch_chunk_rows) gets loss_raw's numbers."""
+    cdef Py_ssize_t i, rows, rb
+    cdef double inv_n = 1.0 / N
     if kind == LOSS_SOFTMAX:
         rb = softmax_block_rows(C)
-        nblocks = (N + rb - 1) // rb
-        if nt > nblocks:
-            nt = <int>nblocks
-        if nt <= 1:
-            for blk in range(nblocks):
-                softmax_block(blk, rb, x, dx, N, C, labels, <floating>inv_n, losses)
-        else:
-            for blk in prange(nblocks, num_threads=nt, schedule="static"):
-                softmax_block(blk, rb, x, dx, N, C, labels, <floating>inv_n, losses)
-    elif nt <= 1:
-        for i in range(N):
-            losses[i] = loss_row(kind, i, x, C, labels, targets, dx, inv_n)
+        i = r0
+        while i < r1:
+            rows = min(rb, r1 - i)
+            softmax_rows(x + i * C, dx + i * C, rows, C, labels + i, <floating>inv_n, losses + i)
+            i += rows
     else:
-        for i in prange(N, num_threads=nt, schedule="static"):
+        for i in range(r0, r1):
             losses[i] = loss_row(kind, i, x, C, labels, targets, dx, inv_n)
+
+
+cdef inline double loss_total(int kind, Py_ssize_t N, const double *losses) noexcept nogil:
+    """The mean loss from the rows' losses, summed in row order."""
+    cdef double total = 0.0
+    cdef Py_ssize_t i
     for i in range(N):
         total += losses[i]
     if kind == LOSS_MSE:
         total *= 0.5
     return total / N
+
+
+cdef inline void loss_task(int kind, Py_ssize_t t, Py_ssize_t ch, Py_ssize_t bpc, Py_ssize_t rb,
+                           const floating *x, Py_ssize_t N, Py_ssize_t C,
+                           const Py_ssize_t *labels, const floating *targets, floating *dx,
+                           double *losses) noexcept nogil:
+    """Task t of loss_raw: block t % bpc (of rb rows) of chunk t // bpc (of ch rows)."""
+    cdef Py_ssize_t r0 = (t // bpc) * ch + (t % bpc) * rb
+    cdef Py_ssize_t r1 = min(min(r0 + rb, (t // bpc + 1) * ch), N)
+    if r0 < r1:
+        loss_rows(kind, r0, r1, x, N, C, labels, targets, dx, losses)
+
+
+cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
+                            const Py_ssize_t *labels, const floating *targets, floating *dx,
+                            double *losses, Py_ssize_t chunk, int n_threads) noexcept nogil:
+    """Mean loss over N >= 1 rows; dx (shaped like x) receives its gradient. Class labels
+    (softmax, svm) come in `labels`; binary targets (C == 1) and regression targets (shaped like
+    x) in `targets`. `losses` is a workspace of N doubles. chunk: the batch's rows per chunk
+    (batch_chunk_rows; 0: one chunk), which softmax blocks never cross (see loss_rows)."""
+    cdef Py_ssize_t t, ch = chunk if chunk > 0 else N
+    cdef Py_ssize_t rb = softmax_block_rows(C) if kind == LOSS_SOFTMAX else 256
+    cdef Py_ssize_t bpc = (ch + rb - 1) // rb
+    cdef Py_ssize_t ntasks = ((N + ch - 1) // ch) * bpc
+    cdef int nt = effective_threads(N * C * (2 if kind == LOSS_SOFTMAX else 1) + N * 4,
+                                    LOSS_MIN_WORK_PER_THREAD, n_threads)
+    if nt > ntasks:
+        nt = <int>ntasks
+    if nt <= 1:
+        for t in range(ntasks):
+            loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, losses)
+    else:
+        for t in prange(ntasks, num_threads=nt, schedule="static"):
+            loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, losses)
+    return loss_total(kind, N, losses)

@@ -8,6 +8,13 @@ import numpy as np
 
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, check_labels)
+from fastnn_dense cimport DenseConfig, batch_chunk_rows
+
+from fastnn._kernels import dense as _dense_module
+
+# the dense machinery's configuration: a batch's row chunks (which softmax blocks never cross,
+# so that the step kernel's chunk-by-chunk loss has these numbers)
+cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
 
 SOFTMAX = LOSS_SOFTMAX
 SVM = LOSS_SVM
@@ -28,7 +35,7 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
         raise ValueError("class_loss: shape mismatch")
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, &y[0], <const floating *>NULL, &dx[0, 0],
-                       &losses[0], n_threads)
+                       &losses[0], batch_chunk_rows(_cfg, N), n_threads)
     return out
 
 
@@ -48,7 +55,7 @@ def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, fl
         raise ValueError("target_loss: shape mismatch")
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, <const Py_ssize_t *>NULL, &t[0, 0], &dx[0, 0],
-                       &losses[0], n_threads)
+                       &losses[0], batch_chunk_rows(_cfg, N), n_threads)
     return out
 
 

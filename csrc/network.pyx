@@ -7,16 +7,20 @@
 # kernels (fastnn_dense.pxd, fastnn_losses.pxd, fastnn_optim.pxd), so the results are the same
 # numbers, and the same for any thread count.
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 import numpy as np
 
-from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
-from fastnn_dense cimport (DenseConfig, blas_enter, blas_exit, dense_forward_raw,
-                           dense_backward_raw, backward_blocks, backward_rows_per_block,
-                           backward_pass1, backward_products, dx_into_act, dx_scratch_need)
+from fastnn_openmp cimport fnn_omp_get_thread_num
+from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, add_into_rows
+from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
+                           dense_backward_raw, backward_blocks, bias_rows_per_block,
+                           backward_pass1, backward_products, backward_block, dx_into_act,
+                           dx_into_act_tile, dx_scratch_need, chunk_rows, batch_chunk_rows,
+                           row_plan, forward_tile, wslot_elems, dw_chunk, dw_sum_chunks)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
-                            loss_raw, check_labels)
+                            loss_raw, loss_rows, loss_total, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
 
 from fastnn._kernels import dense as _dense_module
@@ -31,7 +35,10 @@ cdef struct NetPlan:
     Py_ssize_t *fan_in
     Py_ssize_t *fan_out
     int *op
-    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums (fixed at build)
+    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums    (these three:
+    Py_ssize_t *poff     # where each layer's partial sums start in partial     set for each
+    Py_ssize_t *woff     # where each layer's dw chunk partials start in wslots step by
+    Py_ssize_t chunk     # rows per chunk when the whole step runs in chunks    _size_buffers)
     double *alpha
     void **W
     void **b
@@ -48,9 +55,9 @@ cdef struct NetPlan:
                          # dscores go into dact0, each layer's dz is formed in place
     void *scratch        # fused: one dx tile per thread
     Py_ssize_t scratch_elems
-    void *partial        # bias-gradient partial sums (each row block zeroes its own row)
-    void *apartial
-    Py_ssize_t partial_elems
+    void *partial        # bias-gradient partial sums, per layer (each block zeroes its own row)
+    void *apartial       # prelu slope partial sums (one layer at a time)
+    void *wslots         # weight-gradient partials of layers in row chunks, per layer
     void *targets        # binary targets as floats, N
     double *losses       # N
     int n_params
@@ -60,6 +67,11 @@ cdef struct NetPlan:
     void **p_s2
     Py_ssize_t *p_n
     int *p_decay
+
+
+# A chunked step (a small network on a batch of several row chunks) shares its chunks among
+# threads from this much forward work (2 N sum(d_i d_i+1) flops); below it, one thread
+cdef double CHUNK_PARALLEL_FLOPS = 1.0e5
 
 
 cdef enum:
@@ -83,22 +95,28 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         if bad >= 0:
             return bad
         targets = <const floating *>P.targets
-    # forward
-    inp = X
-    for l in range(L):
-        dense_forward_raw(cfg, P.op[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],
-                          <floating *>P.act[l], <floating *>P.pre[l], N, P.fan_in[l],
-                          P.fan_out[l], P.alpha[l], <const floating *>P.avec[l], nt)
-        inp = <const floating *>P.act[l]
-    loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
-                           P.losses, nt)
-    if guard and not (loss_out[0] - loss_out[0] == 0):
-        return STOPPED  # non-finite loss: leave gradients and parameters as they are
-    # backward
-    if P.fused:
-        _backward_fused(P, cfg, X, nt)
+    if P.chunk > 0:
+        # a small network: forward, loss and backward chunk by chunk, then the sums
+        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, nt)
+        if guard and not (loss_out[0] - loss_out[0] == 0):
+            return STOPPED  # (the chunks' gradients are still partials: nothing was written)
+        _sum_chunks(P, X)
     else:
-        _backward_buffers(P, cfg, X, nt)
+        inp = X
+        for l in range(L):
+            dense_forward_raw(cfg, P.op[l], inp, <const floating *>P.W[l],
+                              <const floating *>P.b[l], <floating *>P.act[l],
+                              <floating *>P.pre[l], N, P.fan_in[l], P.fan_out[l], P.alpha[l],
+                              <const floating *>P.avec[l], nt)
+            inp = <const floating *>P.act[l]
+        loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
+                               P.losses, batch_chunk_rows(cfg, N), nt)
+        if guard and not (loss_out[0] - loss_out[0] == 0):
+            return STOPPED  # non-finite loss: leave gradients and parameters as they are
+        if P.fused:
+            _backward_fused(P, cfg, X, nt)
+        else:
+            _backward_buffers(P, cfg, X, nt)
     if guard:
         # a finite loss can still give non-finite gradients (an Inf input that the activation
         # maps to a finite value, then inf * 0 in x.T @ dz): stop before they reach a parameter
@@ -111,6 +129,136 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                    <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2, eps,
                    c1, c2, wd if P.p_decay[k] else 0.0, nt)
     return COMPLETED
+
+
+cdef inline int _chunk_threads(NetPlan *P, Py_ssize_t nch, int nt) noexcept nogil:
+    """Threads for a chunked step: one per chunk at most; one when the whole step is too
+    small to share (its forward products below CHUNK_PARALLEL_FLOPS)."""
+    cdef double flops = 0
+    cdef int l
+    for l in range(P.n_layers):
+        flops += 2.0 * P.N * P.fan_in[l] * P.fan_out[l]
+    if nt <= 1 or nch <= 1 or flops < CHUNK_PARALLEL_FLOPS:
+        return 1
+    return nt if nt < nch else <int>nch
+
+
+cdef Py_ssize_t _chunk_tile_elems(NetPlan *P, const DenseConfig *cfg) noexcept nogil:
+    """The largest dx tile of a chunked step (at least 1): each thread's scratch."""
+    cdef Py_ssize_t need = 1
+    cdef Plan px
+    cdef int l
+    for l in range(1, P.n_layers):
+        px = row_plan(cfg, P.N, P.fan_in[l], P.fan_out[l], cfg.max_tile_elems)
+        need = max(need, px.tr * px.tc)
+    return need
+
+
+cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
+                         Py_ssize_t c) noexcept nogil:
+    """The forward pass of chunk c's rows through every layer: the tiles of row c of each
+    layer's plan (row_plan), exactly as dense_forward_raw computes them."""
+    cdef int l
+    cdef Py_ssize_t j, N = P.N
+    cdef const floating *inp = X
+    cdef Plan p
+    cdef bint keep
+    for l in range(P.n_layers):
+        p = row_plan(cfg, N, P.fan_out[l], P.fan_in[l])
+        keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
+        for j in range(p.nc):
+            forward_tile(p, c * p.nc + j, P.op[l], keep, N, P.fan_out[l], P.fan_in[l], inp,
+                         <const floating *>P.W[l], <const floating *>P.b[l],
+                         <floating *>(P.pre[l] if keep else P.act[l]), <floating *>P.act[l],
+                         P.alpha[l], <const floating *>P.avec[l])
+        inp = <const floating *>P.act[l]
+
+
+cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, Py_ssize_t c,
+                          floating *scratch) noexcept nogil:
+    """The backward pass of chunk c's rows through every layer, as _backward_fused computes
+    them for the whole batch: the same blocks (the chunks) of each layer's bias-gradient
+    sums, the same per-chunk weight-gradient products, the same dx tiles (row c of each
+    plan) through this thread's scratch tile into the activations below. Every chunk's
+    partials (chunk 0's weight gradient too) go to the workspaces; _sum_chunks adds them."""
+    cdef int L = P.n_layers, l
+    cdef Py_ssize_t j, N = P.N, ch = P.chunk, D, M
+    cdef floating *g
+    cdef bint keep
+    cdef Plan px
+    for l in range(L - 1, -1, -1):
+        D = P.fan_in[l]
+        M = P.fan_out[l]
+        if l == L - 1:
+            keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
+            g = <floating *>P.dact0
+            backward_block(c, ch, P.op[l], g, <const floating *>(P.pre[l] if keep else P.act[l]),
+                           g, P.alpha[l], <const floating *>P.avec[l],
+                           <floating *>P.partial + P.poff[l], <floating *>P.apartial, N, M)
+        else:
+            g = <floating *>P.act[l]   # dz, written there by the layer above
+            backward_block(c, ch, FNN_IDENTITY, g, <const floating *>NULL, <floating *>NULL,
+                           0.0, <const floating *>NULL, <floating *>P.partial + P.poff[l],
+                           <floating *>NULL, N, M)
+        dw_chunk(c, ch, N, D, M, g, X if l == 0 else <const floating *>P.act[l - 1],
+                 <floating *>P.wslots + P.woff[l] + c * D * M, cfg.thin)
+        if l > 0:
+            px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
+            for j in range(px.nc):
+                dx_into_act_tile(px, c * px.nc + j, N, D, M, g, <const floating *>P.W[l],
+                                 scratch, P.op[l - 1], <floating *>P.act[l - 1],
+                                 <const floating *>(P.pre[l - 1] if P.op[l - 1] == FNN_LEAKY
+                                                    else NULL), P.alpha[l - 1])
+
+
+cdef void _chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py_ssize_t *labels,
+                 const floating *targets, Py_ssize_t c, floating *scratch) noexcept nogil:
+    """Chunk c's rows through the whole step but the sums: forward, loss (loss_rows: the rows'
+    losses and dscores), backward."""
+    cdef Py_ssize_t r0 = c * P.chunk
+    _forward_chunk(P, cfg, X, c)
+    loss_rows(P.loss_kind, r0, min(r0 + P.chunk, P.N), <const floating *>P.act[P.n_layers - 1],
+              P.N, P.fan_out[P.n_layers - 1], labels, targets, <floating *>P.dact0, P.losses)
+    _backward_chunk(P, cfg, X, c, scratch)
+
+
+cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
+                        const Py_ssize_t *labels, const floating *targets, int nt) noexcept nogil:
+    """Every chunk (_chunk), a chunk per thread, in one parallel region; returns the mean loss."""
+    cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk), stride = _chunk_tile_elems(P, cfg)
+    cdef int threads = _chunk_threads(P, nch, nt)
+    if threads > P.scratch_elems // stride:
+        threads = <int>(P.scratch_elems // stride)   # never write past the scratch
+    if threads <= 1:
+        for c in range(nch):
+            _chunk(P, cfg, X, labels, targets, c, <floating *>P.scratch)
+    else:
+        for c in prange(nch, num_threads=threads, schedule="dynamic"):
+            _chunk(P, cfg, X, labels, targets, c,
+                   <floating *>P.scratch + fnn_omp_get_thread_num() * stride)
+    return loss_total(P.loss_kind, P.N, P.losses)
+
+
+cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
+    """Each layer's gradients from its chunks' partials, summed in chunk order as
+    backward_pass1 (bias, prelu slope) and backward_products (weights) sum them. (X only
+    picks the dtype.)"""
+    cdef int L = P.n_layers, l
+    cdef Py_ssize_t j, nch = cdiv(P.N, P.chunk), M, DM
+    cdef floating *slots
+    for l in range(L):
+        M = P.fan_out[l]
+        DM = P.fan_in[l] * M
+        for j in range(M):
+            (<floating *>P.db[l])[j] = 0
+        add_into_rows(<floating *>P.partial + P.poff[l], M, nch, <floating *>P.db[l], M)
+        if l == L - 1 and P.op[l] == FNN_PRELU:
+            for j in range(M):
+                (<floating *>P.dalpha[l])[j] = 0
+            add_into_rows(<floating *>P.apartial, M, nch, <floating *>P.dalpha[l], M)
+        slots = <floating *>P.wslots + P.woff[l]
+        memcpy(P.dW[l], slots, DM * sizeof(floating))
+        dw_sum_chunks(nch, P.fan_in[l], M, <floating *>P.dW[l], slots + DM)
 
 
 cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
@@ -131,17 +279,17 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
             g = <floating *>P.dact0
             backward_pass1(P.op[l], g, <const floating *>(P.pre[l] if keep else P.act[l]), g,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.db[l],
-                           <floating *>P.dalpha[l], <floating *>P.partial,
+                           <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
                            <floating *>P.apartial, P.rb[l], N, P.fan_out[l], nt)
         else:
             g = <floating *>P.act[l]   # dz, written there by the layer above
             backward_pass1(FNN_IDENTITY, g, <const floating *>NULL, <floating *>NULL, 0.0,
                            <const floating *>NULL, <floating *>P.db[l], <floating *>NULL,
-                           <floating *>P.partial, <floating *>P.apartial, P.rb[l], N,
-                           P.fan_out[l], nt)
+                           <floating *>P.partial + P.poff[l], <floating *>P.apartial, P.rb[l],
+                           N, P.fan_out[l], nt)
         backward_products(cfg, g, X if l == 0 else <const floating *>P.act[l - 1],
-                          <const floating *>P.W[l], <floating *>NULL, <floating *>P.dW[l], N,
-                          P.fan_in[l], P.fan_out[l], nt)
+                          <const floating *>P.W[l], <floating *>NULL, <floating *>P.dW[l],
+                          <floating *>P.wslots + P.woff[l], N, P.fan_in[l], P.fan_out[l], nt)
         if l > 0:
             dx_into_act(cfg, N, P.fan_in[l], P.fan_out[l], g, <const floating *>P.W[l],
                         <floating *>P.scratch, P.scratch_elems, P.op[l - 1],
@@ -173,7 +321,8 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
                            <const floating *>P.W[l], dx if l > 0 else NULL,
                            <floating *>P.dW[l], <floating *>P.db[l], dout,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
-                           <floating *>P.partial, <floating *>P.apartial, P.rb[l],
+                           <floating *>P.partial + P.poff[l], <floating *>P.apartial,
+                           <floating *>P.wslots + P.woff[l], P.rb[l],
                            N, P.fan_in[l], P.fan_out[l], nt)
         dout = dx
         dx = spare
@@ -192,6 +341,9 @@ cdef class StepPlan:
     cdef readonly int rule
     cdef list _refs
     cdef object _scratch         # fused backward: the per-thread dx tiles (grown on demand)
+    cdef object _partial         # the workspaces of _size_buffers (grown on demand)
+    cdef object _apartial
+    cdef object _wslots
     cdef readonly object scores
     cdef readonly bint stopped   # the last step's guard stopped it before any update
     cdef bint _busy              # a step is running (its buffers are in use)
@@ -203,7 +355,7 @@ cdef class StepPlan:
         """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`);
         params: (data, grad, s1, s2, decay) for every parameter, in update order."""
         cdef int L = len(layers), l, k
-        cdef Py_ssize_t width = 0, blocks = 0, m
+        cdef Py_ssize_t width = 0, m
         dt = np.dtype(dtype)
         if dt != np.float32 and dt != np.float64:
             raise TypeError("StepPlan: dtype must be float32 or float64")
@@ -228,6 +380,8 @@ cdef class StepPlan:
         P.fan_out = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.op = <int *>calloc(L, sizeof(int))
         P.rb = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
+        P.poff = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
+        P.woff = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.alpha = <double *>calloc(L, sizeof(double))
         P.W = <void **>calloc(L, sizeof(void *))
         P.b = <void **>calloc(L, sizeof(void *))
@@ -246,7 +400,8 @@ cdef class StepPlan:
         P.p_s2 = <void **>calloc(max(n, 1), sizeof(void *))
         P.p_n = <Py_ssize_t *>calloc(max(n, 1), sizeof(Py_ssize_t))
         P.p_decay = <int *>calloc(max(n, 1), sizeof(int))
-        if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.rb == NULL or P.alpha == NULL or P.W == NULL
+        if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.rb == NULL or P.poff == NULL
+                or P.woff == NULL or P.alpha == NULL or P.W == NULL
                 or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
                 or P.act == NULL or P.pre == NULL or P.losses == NULL or P.p_data == NULL
                 or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
@@ -293,8 +448,6 @@ cdef class StepPlan:
             if P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU:
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
-            P.rb[l] = backward_rows_per_block(_cfg, m)
-            blocks = max(blocks, backward_blocks(N, P.rb[l]) * m)
         if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:
             raise ValueError("StepPlan: binary losses need one output unit")
         P.fused = True
@@ -306,9 +459,6 @@ cdef class StepPlan:
         else:
             P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
             P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
-        P.partial = _ptr(keep(np.zeros(blocks, dtype=dt)))
-        P.apartial = _ptr(keep(np.zeros(blocks, dtype=dt)))
-        P.partial_elems = blocks
         P.targets = _ptr(keep(np.zeros(N, dtype=dt)))
         for k, (data, grad, s1, s2, decay) in enumerate(params):
             if grad.shape != data.shape or (s1 is not None and s1.shape != data.shape) or (
@@ -325,7 +475,8 @@ cdef class StepPlan:
 
     def __dealloc__(self):
         P = &self.P
-        free(P.fan_in); free(P.fan_out); free(P.op); free(P.rb); free(P.alpha)
+        free(P.fan_in); free(P.fan_out); free(P.op); free(P.rb); free(P.poff); free(P.woff)
+        free(P.alpha)
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
         free(P.act); free(P.pre); free(P.losses)
         free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)
@@ -335,23 +486,62 @@ cdef class StepPlan:
         return self.P.N
 
     @property
+    def chunk_rows(self):
+        """Rows per chunk when the last step ran the whole network chunk by chunk (a small
+        network on a batch of several chunks; see chunk_rows in fastnn_dense.pxd), else 0."""
+        return self.P.chunk
+
+    @property
     def fused_backward(self):
         """True when the backward pass writes each layer's dz into its activation buffer
         (no N x width gradient buffers; every network without a prelu hidden layer)."""
         return bool(self.P.fused)
 
-    cdef int _size_scratch(self, const DenseConfig *cfg, int n_threads) except -1:
-        """Make the scratch hold one dx tile per thread the fused backward can start, for the
-        tiling in cfg (the snapshot the step runs with)."""
+    cdef int _size_buffers(self, const DenseConfig *cfg, int n_threads) except -1:
+        """Lay out the workspaces for the tiling in cfg (the snapshot the step runs with) and
+        grow them where they are too small: each layer's bias-gradient blocks and partial
+        sums, its weight-gradient chunk partials, whether the whole step runs in row chunks,
+        and the scratch of one dx tile per thread the backward pass can start."""
         cdef NetPlan *P = &self.P
-        cdef Py_ssize_t need = 1
-        cdef int l
-        for l in range(1, P.n_layers):
-            need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l], n_threads))
+        cdef Py_ssize_t need = 1, psum = 0, amax = 1, wsum = 0, blocks, D, M
+        cdef int l, threads
+        cdef bint chunked = P.fused
+        for l in range(P.n_layers):
+            if chunk_rows(cfg, P.N, P.fan_in[l], P.fan_out[l]) == 0:
+                chunked = False
+        P.chunk = chunk_rows(cfg, P.N, P.fan_in[0], P.fan_out[0]) if chunked else 0
+        for l in range(P.n_layers):
+            D = P.fan_in[l]
+            M = P.fan_out[l]
+            P.rb[l] = bias_rows_per_block(cfg, P.N, D, M)
+            blocks = backward_blocks(P.N, P.rb[l]) * M
+            P.poff[l] = psum
+            psum += blocks
+            amax = max(amax, blocks)
+            P.woff[l] = wsum
+            # (a chunked step keeps chunk 0's weight gradient apart too: nothing is written
+            # to the gradients before the loss is known to be finite)
+            wsum += wslot_elems(cfg, P.N, D, M) + (D * M if P.chunk > 0 else 0)
+        if P.chunk > 0:
+            threads = _chunk_threads(P, cdiv(P.N, P.chunk), n_threads)
+            need = _chunk_tile_elems(P, cfg) * threads
+        elif P.fused:
+            for l in range(1, P.n_layers):
+                need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l], n_threads))
+        dt = np.float64 if self.is_double else np.float32
         if self._scratch is None or self._scratch.shape[0] < need:
-            self._scratch = np.empty(need, dtype=np.float64 if self.is_double else np.float32)
+            self._scratch = np.empty(need, dtype=dt)
             P.scratch = _ptr(self._scratch)
             P.scratch_elems = need
+        if self._partial is None or self._partial.shape[0] < psum:
+            self._partial = np.empty(psum, dtype=dt)
+            P.partial = _ptr(self._partial)
+        if self._apartial is None or self._apartial.shape[0] < amax:
+            self._apartial = np.empty(amax, dtype=dt)
+            P.apartial = _ptr(self._apartial)
+        if self._wslots is None or self._wslots.shape[0] < max(wsum, 1):
+            self._wslots = np.empty(max(wsum, 1), dtype=dt)
+            P.wslots = _ptr(self._wslots)
         return 0
 
     def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
@@ -406,8 +596,7 @@ cdef class StepPlan:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         if self._busy:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
-        if P.fused:
-            self._size_scratch(&cfg, n_threads)
+        self._size_buffers(&cfg, n_threads)
         self.stopped = False
         self._busy = True
         blas_enter(_cfg)

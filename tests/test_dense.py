@@ -130,8 +130,10 @@ SHAPES = [
     ((9, 17), 1),
     ((3, 5), 0),
     ((509, 5, 6, 10), 701),
+    ((601, 3, 2), 7),
 ]
 LARGE = ((509, 5, 6, 10), 701)   # D = 300; every product is cut into ragged tiles (see below)
+CHUNKED = ((601, 3, 2), 7)       # a small layer on a batch of 4 row chunks (see below)
 
 
 # ============================================================================ data and checks
@@ -467,6 +469,41 @@ def test_numerical_gradients(name, x_shape, rng):
     assert len(grads) == len(num)
     for g, n_, what in zip(grads, num, ["dx", "dw", "db", "dalpha"]):
         assert np.shape(g) == n_.shape, what
+        np.testing.assert_allclose(g, n_, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"{sw} {what}")
+
+
+def test_chunked_shape_runs_in_chunks():
+    """CHUNKED is a layer small enough to run in row chunks (its forward and dx a row of tiles
+    per chunk, its weight gradient the sum of one product per chunk, in chunk order), with
+    more than two chunks and a shorter last one."""
+    (n, *rest), m = CHUNKED
+    d = int(np.prod(rest))
+    ch = _kd.layer_chunk_rows(n, d, m)
+    assert ch > 0 and -(-n // ch) >= 3 and n % ch != 0
+    assert _kd.plan(n, m, d, batch=True)[0::2] == (ch, -(-n // ch))
+    assert _kd.layer_chunk_rows(*LARGE[0][:1], 300, LARGE[1]) == 0
+
+
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_numerical_gradients_in_row_chunks(name, rng):
+    """The parameter gradients of a layer in row chunks (CHUNKED): summed over the chunks,
+    against central differences (dx is row by row, checked at the small shapes above)."""
+    sw = BY_NAME[name]
+    x_shape, m = CHUNKED
+    x, w, b, dout = _problem(rng, x_shape, m, np.float64)
+    # no output within 0.05 of a kink carries a gradient (a perturbation of w or b moves the
+    # pre-activations by ~1e-5 * |x| at most: none crosses a kink where dout is not 0)
+    dout[np.abs(_pre_activation(x, w, b)[0]) < 0.05] = 0
+    alpha = sw.make_alpha(rng, m, np.float64)
+    if sw.act == "prelu":
+        alpha = np.array(alpha, dtype=np.float64)
+    _, cache = sw.fwd(x, w, b, alpha)
+    grads = sw.bwd(dout, cache)
+    num = [numerical_gradient(lambda v: sw.fwd(x, v, b, alpha)[0], w.copy(), dout),
+           numerical_gradient(lambda v: sw.fwd(x, w, v, alpha)[0], b.copy(), dout)]
+    if sw.act == "prelu":
+        num.append(numerical_gradient(lambda v: sw.fwd(x, w, b, v)[0], alpha.copy(), dout))
+    for g, n_, what in zip(grads[1:], num, ["dw", "db", "dalpha"]):
         np.testing.assert_allclose(g, n_, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"{sw} {what}")
 
 

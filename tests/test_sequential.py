@@ -27,7 +27,9 @@ from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, 
                     LeakyReLU, Maxout, MeanSquaredError, MulticlassHinge, PReLU, ReLU,
                     Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh, load_model)
 
-from conftest import assert_same_bits, assert_thread_invariant
+from fastnn.losses import get_loss
+
+from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
 
 F32, F64 = np.float32, np.float64
 
@@ -859,8 +861,10 @@ FUSED_HIDDEN = {
     "identity": lambda dt: [],
 }
 # (batch, widths): one tile per product; several tiles (threads share the dx tiles, each with
-# its own scratch), with products whose small inner dimension splits them by max_tile_elems
-FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10))}
+# its own scratch), with products whose small inner dimension splits them by max_tile_elems;
+# a small network on a batch of several row chunks (the whole step runs chunk by chunk)
+FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10)),
+               "chunked": (601, (5, 40, 30, 3))}
 
 
 def _fused_model(hidden, widths, dtype, dropout0=False):
@@ -892,6 +896,7 @@ def test_step_kernel_fused_backward_matches_the_layer_path(hidden, dtype, size):
     losses, params, opt = _train_runs(model, X, y, "softmax")
     plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
     assert plan is not None and plan.plan.fused_backward
+    assert (plan.plan.chunk_rows > 0) == (size == "chunked")
     twin = _fused_model(hidden, widths, dtype, dropout0=True)
     twin_losses, twin_params, topt = _train_runs(twin, X, y, "softmax")
     assert twin._compiled_step(X, SoftmaxCrossEntropy(), topt) is None  # the layer path
@@ -930,6 +935,125 @@ def test_step_kernel_fused_backward_is_thread_invariant(hidden):
         return losses, params
 
     assert_thread_invariant(run)
+
+
+# ============================================================================ the step kernel in row chunks
+# A small network (every layer's forward product below serial_flops) on a batch of several row
+# chunks runs its whole step chunk by chunk, a chunk per thread, in one parallel region:
+# forward, loss and backward of each chunk's rows, then the gradients summed over the chunks
+# in chunk order. The layer path cuts those layers' products, bias sums and loss blocks the
+# same way, so the numbers are the same (FUSED_SIZES["chunked"] above, and below).
+def test_chunked_sizes_are_what_they_claim():
+    from fastnn._kernels import dense as _kd
+
+    n, widths = FUSED_SIZES["chunked"]
+    ch = _kd.layer_chunk_rows(n, widths[0], widths[1])
+    assert 0 < ch and -(-n // ch) >= 3 and n % ch != 0   # 3+ chunks (sums in a given order), the last shorter
+    for d, m in zip(widths[:-1], widths[1:]):
+        assert _kd.layer_chunk_rows(n, d, m) == ch   # every layer: the same chunks
+        assert _kd.plan(n, m, d, batch=True)[0::2] == (ch, -(-n // ch))   # forward: a row per chunk
+        assert _kd.plan(n, d, m, dx=True)[0::2] == (ch, -(-n // ch))      # dx too
+    n2, w2 = FUSED_SIZES["tiled"]
+    assert _kd.layer_chunk_rows(n2, w2[0], w2[1]) == 0   # a big layer never runs in chunks
+    assert _kd.layer_chunk_rows(13, 5, 7) == 0           # nor a batch too small to cut
+
+
+def _chunked_model(out, dtype, prelu_out=False):
+    # prelu_out: the last layer's per-unit slopes have their own partial sums over the chunks
+    return [Dense(5, 40, activation="relu", seed=1, dtype=dtype),
+            Dense(40, 30, activation="tanh", seed=2, dtype=dtype),
+            Dense(30, out, activation="prelu" if prelu_out else None, seed=3, dtype=dtype)]
+
+
+@pytest.mark.parametrize("prelu_out", [False, True], ids=["linear", "prelu-out"])
+@pytest.mark.parametrize("loss,kind", [("softmax", "classes"), ("svm", "classes"), ("logistic", "01"),
+                                       ("binary_hinge", "pm1"), ("mse", "real")])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_chunked_step_matches_the_layer_path_for_every_loss(dtype, loss, kind, prelu_out):
+    n = FUSED_SIZES["chunked"][0]
+    r = np.random.default_rng(11)
+    X = r.standard_normal((n, 5)).astype(dtype)
+    y = _targets(kind, r, n, dtype)
+    out = 10 if kind == "classes" else 1
+    runs = []
+    for twin in (False, True):
+        layers = _chunked_model(out, dtype, prelu_out)
+        if twin:
+            layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
+        model = Sequential(*layers)
+        opt = Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+        losses = [model.train_step(X, y, loss, opt) for _ in range(4)]
+        step = model._compiled_step(X, get_loss(loss), opt)
+        if twin:
+            assert step is None
+        else:
+            assert step is not None and step.plan.chunk_rows > 0
+        runs.append((losses, param_copies(model), [p.grad.copy() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1] + runs[0][2], runs[1][1] + runs[1][2]):
+        assert_same_bits(a, b)
+
+
+def test_chunked_step_is_thread_invariant_and_shares_its_chunks():
+    n, widths = FUSED_SIZES["chunked"]
+    r = np.random.default_rng(12)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run():
+        losses, params, _ = _train_runs(_fused_model("relu", widths, F32), X, y, "softmax", steps=3)
+        return losses, params
+
+    assert_thread_invariant(run)
+    # the chunks really go to several threads (so the invariance above is not one thread's)
+    setup = f"""
+        from fastnn import Dense, Sequential, SGD
+        r = np.random.default_rng(0)
+        X = r.standard_normal(({n}, {widths[0]})).astype(np.float32)
+        y = r.integers(0, {widths[-1]}, {n})
+        model = Sequential(*[Dense(a, b, activation="relu", seed=1)
+                             for a, b in zip({widths[:-1]}, {widths[1:]})])
+        opt = SGD(model.parameters(), lr=0.01)
+    """
+    started = openmp_workers_started(setup, "model.train_step(X, y, 'softmax', opt)")
+    assert started is None or started >= 1, started
+
+
+@pytest.mark.parametrize("bad", ["nan-loss", "nan-gradient"])
+def test_chunked_step_guard_stops_before_any_update(bad):
+    """fit's guard on a chunked step: a non-finite loss leaves the parameters and the
+    gradients as they were (the chunks' gradients are only partial sums until the loss is
+    known); a finite loss with non-finite gradients leaves the parameters."""
+    n = FUSED_SIZES["chunked"][0]
+    r = np.random.default_rng(13)
+    X = r.standard_normal((n, 5)).astype(F32)
+    y = r.integers(0, 10, n)
+    model = Sequential(*_chunked_model(10, F32))
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train_step(X, y, "softmax", opt)   # gradients and velocities of a good step
+    assert model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.chunk_rows > 0
+    params = param_copies(model)
+    grads = [p.grad.copy() for p in model.parameters()]
+    state = [a.copy() for v in opt.state.values() for a in v]
+    Xbad = X.copy()
+    if bad == "nan-loss":
+        Xbad[200, 1] = np.nan   # a row in a later chunk
+    else:
+        Xbad[200, 1] = np.inf
+        model.layers[0].params["W"][1, :] = -1.0   # relu(-inf) = 0: a finite loss, inf * 0 in x.T @ dz
+        params = param_copies(model)
+    value, _, stopped = model._step(Xbad, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=True)
+    assert stopped
+    assert np.isfinite(value) == (bad == "nan-gradient")
+    for a, b in zip(param_copies(model), params):
+        assert_same_bits(a, b)
+    for a, b in zip([a for v in opt.state.values() for a in v], state):
+        assert_same_bits(a, b)
+    if bad == "nan-loss":
+        for p, g in zip(model.parameters(), grads):
+            assert_same_bits(p.grad, g)
+    else:
+        assert not all(np.all(np.isfinite(p.grad)) for p in model.parameters())
 
 
 def test_step_kernel_with_a_prelu_hidden_layer_keeps_the_gradient_buffers():
