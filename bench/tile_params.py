@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""Which products should run as matrix-vector products (gemv) instead of one gemm?
+"""Training steps under different values of one tuning parameter of the dense kernels.
 
-    python3 bench/thin_products.py [--rounds R] [--values 0,2,4,8,16]
+    python3 bench/tile_params.py [PARAM] [--values V1,V2,...] [--rounds R]
 
-A dense layer with one to a few outputs (a binary classifier, the course's 3-class toy), or
-the weight gradient of a layer with a few inputs (2-D data), makes products with very few
-output rows or columns. OpenBLAS's sgemm packs both operands for its blocked kernel, which at
-these shapes costs more than the arithmetic; one sgemv per output row or column reads each
-operand once and packs nothing. ``DenseConfig.thin`` (csrc/dense.pyx) is the largest row or
-column count that takes the gemv path; 0 turns it off.
+PARAM is a key of ``fastnn._kernels.dense.tile_params()`` (``DenseConfig`` in
+csrc/fastnn_dense.pxd); the two this script was written for:
 
-For each value of ``thin`` this times, interleaved and as the median of R rounds, a training
-step (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step
-kernel) of networks with thin and not-so-thin products, float32, and prints microseconds per
-step. The choice depends on the product's shape only, so any value keeps results independent
-of the thread count; different values give results that differ in the last bits (another
-summation order).
+- ``thin`` (default; values 0,2,4,8,16): a dense layer with one to a few outputs (a binary
+  classifier, the course's 3-class toy), or the weight gradient of a layer with a few inputs
+  (2-D data), makes products with very few output rows or columns. OpenBLAS's sgemm packs both
+  operands for its blocked kernel, which at these shapes costs more than the arithmetic; one
+  sgemv per output row or column reads each operand once and packs nothing. ``thin`` is the
+  largest row or column count that takes the gemv path; 0 turns it off.
+- ``chunk_min_rows`` (0 turns chunks off) and ``chunk_rows_more``: how a small network's batch
+  is cut into row chunks, which the whole-step kernel runs a chunk per thread (chunk_rows in
+  csrc/fastnn_dense.pxd). Try ``chunk_min_rows --values 0,16,32`` and
+  ``chunk_rows_more --values 32,64,128,256``.
+
+For each value this times, interleaved and as the median of R rounds, a training step
+(``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step kernel)
+of small and not-so-small networks, float32, and prints microseconds per step. These choices
+depend on the shapes only, so any value keeps results independent of the thread count;
+different values give results that differ in the last bits (another summation order).
 """
 import argparse
 import os
@@ -27,13 +33,16 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import header_lines, now  # noqa: E402  (also puts the repo on sys.path)
 
-# (layer widths, batch, binary): 2-D inputs, 1-3 outputs, and wider layers as a control
+# (layer widths, batch, binary): 2-D inputs, 1-3 outputs, small networks on batches of
+# several chunks, and wider layers as a control
 NETWORKS = [
     ((2, 100, 3), 300, False),
+    ((2, 100, 3), 1000, False),
     ((2, 100, 1), 300, True),
     ((20, 50, 2), 1000, False),
     ((4, 8, 8, 1), 64, True),
     ((64, 64, 64, 10), 32, False),
+    ((64, 64, 64, 10), 256, False),
     ((3072, 100, 10), 200, False),
     ((784, 512, 512, 10), 128, False),
 ]
@@ -70,23 +79,28 @@ def main(argv=None):
     from fastnn._kernels import dense as _kd
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("param", nargs="?", default="thin", help="the parameter to vary (default: thin)")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--values", default="0,2,4,8,16", help="values of thin to compare")
+    ap.add_argument("--values", default="0,2,4,8,16", help="values to compare")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
     args = ap.parse_args(argv)
-    values = [int(v) for v in args.values.split(",")]
     saved = _kd.tile_params()
+    if args.param not in saved:
+        ap.error(f"unknown parameter {args.param!r}; one of {', '.join(sorted(saved))}")
+    values = [type(saved[args.param])(v) for v in args.values.split(",")]
+    label = {"thin": "thin", "chunk_min_rows": "min", "chunk_rows_more": "more"}.get(args.param, "v")
     started = now()
     print("\n".join(header_lines(started=started)))
     print(f"\ntraining step, float32, microseconds (median of {args.rounds} interleaved rounds)")
-    print(f"{'network (batch)':28s}" + "".join(f"{'thin=' + str(v):>11s}" for v in values))
+    print(f"{args.param} (now {saved[args.param]})")
+    print(f"{'network (batch)':28s}" + "".join(f"{label + '=' + str(v):>11s}" for v in values))
     try:
         for dims, n, binary in NETWORKS:
             model, X, y, loss, opt = _model(dims, n, binary)
             times = {v: [] for v in values}
             for _ in range(args.rounds):
                 for v in values:
-                    _kd.set_tile_params(thin=v)
+                    _kd.set_tile_params(**{args.param: v})
                     times[v].append(_time(lambda: model.train_step(X, y, loss, opt), args.min_time))
             name = "-".join(map(str, dims)) + f" ({n})" + (" binary" if binary else "")
             print(f"{name:28s}" + "".join(f"{np.median(times[v]) * 1e6:11.1f}" for v in values), flush=True)
