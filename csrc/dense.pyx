@@ -113,12 +113,27 @@ def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
     return chunk_rows(&_cfg, N, D, M)
 
 
+cdef inline DenseConfig _snapshot(bint chunks) noexcept:
+    """The configuration one call runs with; without `chunks`, small layers are not cut into
+    row chunks (chunk_rows in fastnn_dense.pxd)."""
+    cdef DenseConfig cfg = _cfg
+    if not chunks:
+        cfg.chunk_min_rows = 0
+    return cfg
+
+
 def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
                   const floating[::1] b, floating[:, ::1] y, floating[:, ::1] z,
-                  double alpha, const floating[::1] avec, int n_threads):
+                  double alpha, const floating[::1] avec, int n_threads, bint chunks=False):
     """y = act(x @ w + b). For leaky relu and prelu (which need the pre-activation in backward)
     z receives x @ w + b; otherwise z may be None. avec: prelu's per-unit alpha, else None.
-    x (N, D), w (D, M), b (M,), y and z (N, M); D >= 1."""
+    x (N, D), w (D, M), b (M,), y and z (N, M); D >= 1.
+
+    chunks: a small layer runs in row chunks, as in the network step kernel (the layer API
+    asks for this, so that a model trained layer by layer gets the whole-step kernel's
+    numbers; fastnn.functional does not: the chunks cost it a few BLAS calls and buy nothing
+    on one thread)."""
+    cdef DenseConfig cfg = _snapshot(chunks)
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint keep = op == FNN_LEAKY or op == FNN_PRELU
     cdef floating *zp = NULL
@@ -142,7 +157,7 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     blas_enter(&_cfg)
     try:
         with nogil:
-            dense_forward_raw(&_cfg, op, &x[0, 0], &w[0, 0], &b[0], &y[0, 0], zp, N, D, M,
+            dense_forward_raw(&cfg, op, &x[0, 0], &w[0, 0], &b[0], &y[0, 0], zp, N, D, M,
                               alpha, ap, n_threads)
     finally:
         blas_exit(&_cfg)
@@ -152,12 +167,13 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
                    const floating[:, ::1] x, const floating[:, ::1] w,
                    floating[:, ::1] dx, floating[:, ::1] dw, floating[::1] db,
                    floating[:, ::1] dz, double alpha, const floating[::1] avec,
-                   floating[::1] dalpha, int n_threads):
+                   floating[::1] dalpha, int n_threads, bint chunks=False):
     """Gradients of y = act(x @ w + b):
         dz = dout * act'(saved)          (dz may be None for the identity: dz = dout)
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is None), dw = x.T @ dz
-    `saved` is the forward output (relu, sigmoid, tanh) or pre-activation (leaky, prelu)."""
+    `saved` is the forward output (relu, sigmoid, tanh) or pre-activation (leaky, prelu).
+    chunks: as in dense_forward (pass what the forward was given)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint ident = op == FNN_IDENTITY
     cdef floating *dxp = NULL
@@ -172,7 +188,7 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef floating *partial = NULL
     cdef floating *apartial = NULL
     cdef floating *wslots = NULL
-    cdef DenseConfig cfg = _cfg   # one snapshot: the workspaces and the kernel agree
+    cdef DenseConfig cfg = _snapshot(chunks)   # one snapshot: the workspaces and the kernel agree
     if (dout.shape[0] != N or dout.shape[1] != M or w.shape[0] != D or dw.shape[0] != D
             or dw.shape[1] != M or db.shape[0] != M):
         raise ValueError("dense_backward: shape mismatch")

@@ -86,6 +86,23 @@ class Sandwich:
     def bwd(self, dout, cache):
         return getattr(F, self.base + "_backward")(dout, cache)
 
+    def fwd_chunked(self, x, w, b, alpha=None):
+        """The forward as the layer API runs it: a small layer in row chunks."""
+        from fastnn._kernels import activations as _ka
+        from fastnn.functional import dense as _fd
+
+        op = getattr(_ka, (self.act or "identity").upper())
+        if self.act == "prelu":
+            return _fd._forward(op, x, w, b, prelu_alpha=alpha, chunks=True)
+        a = 0.01 if self.act == "leaky_relu" and self.default_alpha else (alpha or 0.0)
+        return _fd._forward(op, x, w, b, a, chunks=True)
+
+    def bwd_chunked(self, dout, cache):
+        from fastnn.functional import dense as _fd
+
+        assert cache.chunks
+        return _fd._backward(cache.op, dout, cache, self.base)
+
     def ref_fwd(self, x, w, b, alpha=None):
         if self.act == "leaky_relu" and self.default_alpha:
             alpha = 0.01
@@ -473,15 +490,45 @@ def test_numerical_gradients(name, x_shape, rng):
 
 
 def test_chunked_shape_runs_in_chunks():
-    """CHUNKED is a layer small enough to run in row chunks (its forward and dx a row of tiles
-    per chunk, its weight gradient the sum of one product per chunk, in chunk order), with
-    more than two chunks and a shorter last one."""
+    """CHUNKED is a layer small enough to run in row chunks when the layer API asks for them
+    (its forward and dx a row of tiles per chunk, its weight gradient the sum of one product
+    per chunk, in chunk order), with more than two chunks and a shorter last one."""
     (n, *rest), m = CHUNKED
     d = int(np.prod(rest))
     ch = _kd.layer_chunk_rows(n, d, m)
     assert ch > 0 and -(-n // ch) >= 3 and n % ch != 0
     assert _kd.plan(n, m, d, batch=True)[0::2] == (ch, -(-n // ch))
     assert _kd.layer_chunk_rows(*LARGE[0][:1], 300, LARGE[1]) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_row_chunks_match_reference(name, dtype, rng):
+    """A layer in row chunks (the layer API's way) against the reference. fastnn.functional
+    itself does not cut: its results are those of the kernels with chunks turned off."""
+    sw = BY_NAME[name]
+    x_shape, m = CHUNKED
+    x, w, b, dout = _problem(rng, x_shape, m, dtype)
+    alpha = sw.make_alpha(rng, m, dtype)
+    if sw.kinked:
+        dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
+    out, cache = sw.fwd_chunked(x, w, b, alpha)
+    rout, rcache = sw.ref_fwd(x, w, b, alpha)
+    grads, rgrads = sw.bwd_chunked(dout, cache), sw.ref_bwd(dout, rcache)
+    check_forward(sw, out, rout, x, w, b, alpha, dtype)
+    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+    fout, fcache = sw.fwd(x, w, b, alpha)
+    fgrads = sw.bwd(dout, fcache)
+    saved = _kd.tile_params()
+    _kd.set_tile_params(chunk_min_rows=0)
+    try:
+        nout, ncache = sw.fwd_chunked(x, w, b, alpha)
+        ngrads = sw.bwd_chunked(dout, ncache)
+    finally:
+        _kd.set_tile_params(**saved)
+    assert_same_bits(fout, nout)
+    for a, b_ in zip(fgrads, ngrads):
+        assert_same_bits(a, b_)
 
 
 @pytest.mark.parametrize("name", SANDWICH_NAMES)
@@ -497,12 +544,12 @@ def test_numerical_gradients_in_row_chunks(name, rng):
     alpha = sw.make_alpha(rng, m, np.float64)
     if sw.act == "prelu":
         alpha = np.array(alpha, dtype=np.float64)
-    _, cache = sw.fwd(x, w, b, alpha)
-    grads = sw.bwd(dout, cache)
-    num = [numerical_gradient(lambda v: sw.fwd(x, v, b, alpha)[0], w.copy(), dout),
-           numerical_gradient(lambda v: sw.fwd(x, w, v, alpha)[0], b.copy(), dout)]
+    _, cache = sw.fwd_chunked(x, w, b, alpha)
+    grads = sw.bwd_chunked(dout, cache)
+    num = [numerical_gradient(lambda v: sw.fwd_chunked(x, v, b, alpha)[0], w.copy(), dout),
+           numerical_gradient(lambda v: sw.fwd_chunked(x, w, v, alpha)[0], b.copy(), dout)]
     if sw.act == "prelu":
-        num.append(numerical_gradient(lambda v: sw.fwd(x, w, b, v)[0], alpha.copy(), dout))
+        num.append(numerical_gradient(lambda v: sw.fwd_chunked(x, w, b, v)[0], alpha.copy(), dout))
     for g, n_, what in zip(grads[1:], num, ["dw", "db", "dalpha"]):
         np.testing.assert_allclose(g, n_, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"{sw} {what}")
 

@@ -35,7 +35,7 @@ class DenseCache:
     """What a dense forward keeps for its backward."""
 
     __slots__ = ("op", "x2", "x_shape", "w", "b", "saved", "alpha", "avec", "alpha_shape", "extra",
-                 "alpha_src")
+                 "alpha_src", "chunks")
 
     def __init__(self, op, x2, x_shape, w, b, saved, alpha=0.0, avec=None, alpha_shape=None, extra=None):
         self.op = op
@@ -49,6 +49,7 @@ class DenseCache:
         self.alpha_shape = alpha_shape
         self.extra = extra
         self.alpha_src = None
+        self.chunks = False   # the forward ran a small layer in row chunks (the layer API)
 
 
 def _check_dim(value, what):
@@ -99,7 +100,7 @@ def _live(arg, converted):
 _FLOAT_CHARS = ("f", "d")
 
 
-def _fast_forward(op, x, w, b, alpha):
+def _fast_forward(op, x, w, b, alpha, chunks=False):
     """The common case with no conversion to do: C-contiguous 2-D x, 2-D w and 1-D b of one
     float dtype. Returns None when the call needs the checked path (which also produces the
     error messages: the kernel's own shape checks only decide that the fast path is off)."""
@@ -116,15 +117,18 @@ def _fast_forward(op, x, w, b, alpha):
     y = np.empty((n, m), dtype=dt)
     z = np.empty((n, m), dtype=dt) if keep else None
     try:
-        _kd.dense_forward(op, x, w, b, y, z, alpha, None, _threads._num_threads)
+        _kd.dense_forward(op, x, w, b, y, z, alpha, None, _threads._num_threads, chunks)
     except (ValueError, TypeError, BufferError):
         return None
-    return y, DenseCache(op, x, x.shape, w, b, z if keep else y, alpha)
+    cache = DenseCache(op, x, x.shape, w, b, z if keep else y, alpha)
+    cache.chunks = chunks
+    return y, cache
 
 
-def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
+def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
+    """chunks: run a small layer in row chunks (the layer API; see _kd.dense_forward)."""
     if op != _ka.PRELU:
-        res = _fast_forward(op, x, w, b, alpha)
+        res = _fast_forward(op, x, w, b, alpha, chunks)
         if res is not None:
             return res
     w_arg = w
@@ -147,10 +151,11 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None):
         else:
             _ka.forward(op, pre.reshape(-1), y.reshape(-1), alpha, _threads._num_threads)
     else:
-        _kd.dense_forward(op, x2, w, b, y, z, alpha, avec, _threads._num_threads)
+        _kd.dense_forward(op, x2, w, b, y, z, alpha, avec, _threads._num_threads, chunks)
     saved = z if keep else y
     cache = DenseCache(op, x2, x_shape, _live(w_arg, w), b, saved, alpha, avec, alpha_shape)
     cache.alpha_src = prelu_alpha
+    cache.chunks = chunks
     return y, cache
 
 
@@ -212,7 +217,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
             dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
             try:
                 _kd.dense_backward(op, dout, cache.saved, x2, w, dx, dw, db, dz, cache.alpha,
-                                   None, None, _threads._num_threads)
+                                   None, None, _threads._num_threads, cache.chunks is True)
             except (ValueError, TypeError, BufferError):
                 pass  # the checked path below redoes it, or names the problem
             else:
@@ -244,7 +249,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
     dalpha = np.empty(m, dtype=dt) if op == _ka.PRELU else None
     _kd.dense_backward(op, dout, saved, x2, w, dx, dw, db, dz, cache.alpha, avec, dalpha,
-                       _threads._num_threads)
+                       _threads._num_threads, cache.chunks is True)
     if dx is not None:
         dx = dx.reshape(cache.x_shape)
     if op == _ka.PRELU:
