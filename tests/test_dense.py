@@ -236,10 +236,10 @@ def check_backward(sw, grads, ref_grads, x, w, b, dout, alpha, dtype):
         assert_scaled_close(dalpha, ref_grads[3], scale, dtype, f"{sw} dalpha")
 
 
-def _run_both(sw, x, w, b, dout, alpha):
-    out, cache = sw.fwd(x, w, b, alpha)
+def _run_both(sw, x, w, b, dout, alpha, chunked=False):
+    out, cache = (sw.fwd_chunked if chunked else sw.fwd)(x, w, b, alpha)
     rout, rcache = sw.ref_fwd(x, w, b, alpha)
-    return out, rout, sw.bwd(dout, cache), sw.ref_bwd(dout, rcache)
+    return out, rout, (sw.bwd_chunked if chunked else sw.bwd)(dout, cache), sw.ref_bwd(dout, rcache)
 
 
 # ============================================================================ values vs reference
@@ -260,16 +260,17 @@ def test_large_shape_is_multi_tile():
     assert nr * nc >= 4 and n2 % tr and (m2 * k2) % tc
 
 
-def check_against_reference(name, dtype, shape, rng):
+def check_against_reference(name, dtype, shape, rng, chunked=False):
     """One layer's forward and backward against the reference on a fresh problem of shape
-    (x shape, M), dout masked at the kinks; returns (sw, problem, out, grads)."""
+    (x shape, M), dout masked at the kinks; returns (sw, problem, out, grads). chunked: as
+    the layer API runs it (a small layer in row chunks)."""
     sw = BY_NAME[name]
     x_shape, m = shape
     x, w, b, dout = _problem(rng, x_shape, m, dtype)
     alpha = sw.make_alpha(rng, m, dtype)
     if sw.kinked:
         dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
-    out, rout, grads, rgrads = _run_both(sw, x, w, b, dout, alpha)
+    out, rout, grads, rgrads = _run_both(sw, x, w, b, dout, alpha, chunked)
     check_forward(sw, out, rout, x, w, b, alpha, dtype)
     check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
     return sw, (x, w, b, dout, alpha), out, grads
@@ -506,17 +507,7 @@ def test_chunked_shape_runs_in_chunks():
 def test_row_chunks_match_reference(name, dtype, rng):
     """A layer in row chunks (the layer API's way) against the reference. fastnn.functional
     itself does not cut: its results are those of the kernels with chunks turned off."""
-    sw = BY_NAME[name]
-    x_shape, m = CHUNKED
-    x, w, b, dout = _problem(rng, x_shape, m, dtype)
-    alpha = sw.make_alpha(rng, m, dtype)
-    if sw.kinked:
-        dout = _mask_kinks(dout, *_pre_activation(x, w, b)).astype(dtype)
-    out, cache = sw.fwd_chunked(x, w, b, alpha)
-    rout, rcache = sw.ref_fwd(x, w, b, alpha)
-    grads, rgrads = sw.bwd_chunked(dout, cache), sw.ref_bwd(dout, rcache)
-    check_forward(sw, out, rout, x, w, b, alpha, dtype)
-    check_backward(sw, grads, rgrads, x, w, b, dout, alpha, dtype)
+    sw, (x, w, b, dout, alpha), _, _ = check_against_reference(name, dtype, CHUNKED, rng, chunked=True)
     fout, fcache = sw.fwd(x, w, b, alpha)
     fgrads = sw.bwd(dout, fcache)
     saved = _kd.tile_params()
