@@ -1,6 +1,7 @@
 """``python -m fastnn bench``: one training step, side by side, on this machine.
 
-For each network it times, interleaved in one process (medians of several rounds):
+For each network it times, interleaved in one process (medians of several rounds, each
+implementation after a pause in which the previous one's worker threads stop spinning):
 
 - ``fastnn``: the layer API (``Sequential.train_step``: one kernel call per step);
 - ``functional``: a course-style step written with ``fastnn.functional`` and ``fastnn.optim``;
@@ -119,6 +120,13 @@ def _make_runners(dims, n, dtype, torch, seed=0):
     return runners, model, X, y, opt, loss
 
 
+# Seconds to wait before timing each implementation: a library's worker threads keep spinning
+# for a while after its last parallel call and take a core from whatever runs next (measured
+# here: NumPy's OpenBLAS ~0.1 s of one core's time after a matmul, PyTorch's ~0.01 s). Without
+# the pause, the implementation timed after NumPy lost part of its 2-core machine.
+SETTLE = 0.15
+
+
 def _time(fn, min_time):
     """Seconds per call: repeat until at least min_time has passed."""
     fn()
@@ -204,6 +212,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             times = {k: [] for k in runners}
             for _ in range(rounds):
                 for k, fn in runners.items():
+                    time.sleep(SETTLE)
                     times[k].append(_time(fn, min_time))
             med = {k: float(np.median(v)) for k, v in times.items()}
             flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
