@@ -92,11 +92,11 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
     if max_tile_elems is not None:
         _cfg.max_tile_elems = max(1, int(max_tile_elems))
     if chunk_min_rows is not None:
-        _cfg.chunk_min_rows = max(0, int(chunk_min_rows))
+        _cfg.chunk_min_rows = min(max(0, int(chunk_min_rows)), 2**30)
     if chunk_rows_more is not None:
-        _cfg.chunk_rows_more = max(1, int(chunk_rows_more))
+        _cfg.chunk_rows_more = min(max(1, int(chunk_rows_more)), 2**30)
     if max_chunks is not None:
-        _cfg.max_chunks = 1 << max(1, int(max_chunks)).bit_length() - 1  # a power of two >= 1
+        _cfg.max_chunks = 1 << min(max(1, int(max_chunks)), 2**30).bit_length() - 1  # a power of two
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False):

@@ -34,7 +34,7 @@ cdef struct DenseConfig:
     Py_ssize_t thin              # products with at most this many output rows or columns
                                  # run as one matrix-vector product (gemv) per row/column
     Py_ssize_t chunk_min_rows    # small layers run in two row chunks of at least this many
-                                 # rows (0: never; see chunk_rows),
+                                 # rows (0, or max_chunks < 2: never; see chunk_rows),
     Py_ssize_t chunk_rows_more   # in more chunks while each keeps at least this many rows,
     Py_ssize_t max_chunks        # up to this many (a power of two)
 
@@ -76,7 +76,7 @@ cdef inline Py_ssize_t batch_chunk_rows(const DenseConfig *g, Py_ssize_t N) noex
     N only: the layers that run in chunks (chunk_rows) and the losses (loss_raw's softmax
     blocks never cross a chunk boundary) cut a batch the same way."""
     cdef Py_ssize_t nch = 2
-    if g.chunk_min_rows <= 0 or N < 2 * g.chunk_min_rows:
+    if g.chunk_min_rows <= 0 or g.max_chunks < 2 or N < 2 * g.chunk_min_rows:
         return 0
     while nch * 2 <= g.max_chunks and N // (nch * 2) >= g.chunk_rows_more:
         nch *= 2

@@ -95,8 +95,10 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         if bad >= 0:
             return bad
         targets = <const floating *>P.targets
-    if P.chunk > 0:
-        # a small network: forward, loss and backward chunk by chunk, then the sums
+    if P.chunk > 0 and P.scratch_elems >= _chunk_tile_elems(P, cfg):
+        # a small network: forward, loss and backward chunk by chunk, then the sums (the
+        # scratch check cannot fail after _size_buffers; the path below would give the
+        # same numbers)
         loss_out[0] = _run_chunks(P, cfg, X, labels, targets, nt)
         if guard and not (loss_out[0] - loss_out[0] == 0):
             return STOPPED  # (the chunks' gradients are still partials: nothing was written)
@@ -228,7 +230,8 @@ cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk), stride = _chunk_tile_elems(P, cfg)
     cdef int threads = _chunk_threads(P, nch, nt)
     if threads > P.scratch_elems // stride:
-        threads = <int>(P.scratch_elems // stride)   # never write past the scratch
+        threads = <int>(P.scratch_elems // stride)   # never write past the scratch (_step
+                                                     # checked that it holds one tile)
     if threads <= 1:
         for c in range(nch):
             _chunk(P, cfg, X, labels, targets, c, <floating *>P.scratch)

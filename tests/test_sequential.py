@@ -956,6 +956,12 @@ def test_chunked_sizes_are_what_they_claim():
     n2, w2 = FUSED_SIZES["tiled"]
     assert _kd.layer_chunk_rows(n2, w2[0], w2[1]) == 0   # a big layer never runs in chunks
     assert _kd.layer_chunk_rows(13, 5, 7) == 0           # nor a batch too small to cut
+    saved = _kd.tile_params()
+    try:
+        _kd.set_tile_params(max_chunks=1)                # the tuning hook's "at most one chunk"
+        assert _kd.layer_chunk_rows(n, widths[0], widths[1]) == 0
+    finally:
+        _kd.set_tile_params(**saved)
 
 
 def _chunked_model(out, dtype, prelu_out=False):
@@ -970,13 +976,15 @@ def _chunked_model(out, dtype, prelu_out=False):
                                        ("binary_hinge", "pm1"), ("mse", "real")])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_chunked_step_matches_the_layer_path_for_every_loss(dtype, loss, kind, prelu_out):
+    """The compiled step in chunks, at 1, 2 and 3 threads (so its parallel region runs even on
+    a one-core machine), against the layer path: bitwise, losses, parameters, gradients."""
     n = FUSED_SIZES["chunked"][0]
     r = np.random.default_rng(11)
     X = r.standard_normal((n, 5)).astype(dtype)
     y = _targets(kind, r, n, dtype)
     out = 10 if kind == "classes" else 1
-    runs = []
-    for twin in (False, True):
+
+    def run(twin=False):
         layers = _chunked_model(out, dtype, prelu_out)
         if twin:
             layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
@@ -988,9 +996,12 @@ def test_chunked_step_matches_the_layer_path_for_every_loss(dtype, loss, kind, p
             assert step is None
         else:
             assert step is not None and step.plan.chunk_rows > 0
-        runs.append((losses, param_copies(model), [p.grad.copy() for p in model.parameters()]))
-    assert runs[0][0] == runs[1][0]
-    for a, b in zip(runs[0][1] + runs[0][2], runs[1][1] + runs[1][2]):
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    compiled = assert_thread_invariant(run)
+    layerwise = run(twin=True)
+    assert compiled[0] == layerwise[0]
+    for a, b in zip(compiled[1] + compiled[2], layerwise[1] + layerwise[2]):
         assert_same_bits(a, b)
 
 
