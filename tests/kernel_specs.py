@@ -730,12 +730,49 @@ class OptimSpec(Spec):
 
 # ============================================================================ the table
 ELEMENTWISE = [Elementwise("relu"), Elementwise("leaky_relu", 0.2), Elementwise("sigmoid"), Elementwise("tanh")]
+class ChunkedDenseSpec(DenseSpec):
+    """A DenseSpec run the way the layer API runs a small layer: in row chunks (each chunk's
+    rows on their own, the weight and bias gradients summed over the chunks in chunk order).
+    The chunk settings are lowered while it runs (chunks of 8+ rows from 8 rows up), so that
+    property-test batches of a few dozen rows are cut."""
+
+    n_max = 40
+
+    def __init__(self, act, alpha=None):
+        super().__init__(act, alpha)
+        self.name = "chunked_" + self.name
+
+    def run(self, inp):
+        from fastnn._kernels import activations as _ka
+        from fastnn._kernels import dense as _kd
+        from fastnn.functional import dense as _fd
+
+        op = getattr(_ka, (self.act or "identity").upper())
+        saved = _kd.tile_params()
+        _kd.set_tile_params(chunk_min_rows=4, chunk_rows_more=8)
+        try:
+            if self.act == "prelu":
+                out, cache = _fd._forward(op, inp["x"], inp["w"], inp["b"], prelu_alpha=inp["alpha"], chunks=True)
+            else:
+                alpha = float(inp["alpha"]) if self.act == "leaky_relu" else 0.0
+                out, cache = _fd._forward(op, inp["x"], inp["w"], inp["b"], alpha, chunks=True)
+            grads = _fd._backward(op, inp["dout"], cache, self._base())
+        finally:
+            _kd.set_tile_params(**saved)
+        res = {"out": out, "dx": grads[0], "dw": grads[1], "db": grads[2]}
+        if self.act == "prelu":
+            res["dalpha"] = grads[3]
+        return res
+
+
 DENSE = [DenseSpec(None), DenseSpec("relu"), DenseSpec("leaky_relu", 0.2), DenseSpec("sigmoid"),
          DenseSpec("tanh"), DenseSpec("prelu", "vector"), MaxoutSpec()]
 LOSSES = [LossSpec("softmax_loss", "multiclass"), LossSpec("svm_loss", "multiclass"),
           LossSpec("logistic_loss", "binary01"), LossSpec("binary_svm_loss", "binarypm"),
           LossSpec("mse_loss", "regression")]
 OPTIM = [OptimSpec(r) for r in ("sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam")]
+CHUNKED_DENSE = [ChunkedDenseSpec(None), ChunkedDenseSpec("relu"), ChunkedDenseSpec("leaky_relu", 0.2),
+                 ChunkedDenseSpec("sigmoid"), ChunkedDenseSpec("tanh"), ChunkedDenseSpec("prelu", "vector")]
 SPECS = ELEMENTWISE + [PReLUSpec(), MaxoutReduceSpec()] + DENSE + LOSSES + [DropoutSpec()] + OPTIM
 BY_NAME = {s.name: s for s in SPECS}
 assert len(BY_NAME) == len(SPECS)

@@ -22,8 +22,8 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from conftest import assert_same_bits  # noqa: E402
-from kernel_specs import (DENSE, ELEMENTWISE, LOSSES, OPTIM, DenseSpec, DropoutSpec, MaxoutReduceSpec,  # noqa: E402
-                          PReLUSpec, assert_nonfinite_match, fresh)
+from kernel_specs import (CHUNKED_DENSE, DENSE, ELEMENTWISE, LOSSES, OPTIM, DenseSpec, DropoutSpec,  # noqa: E402
+                          MaxoutReduceSpec, PReLUSpec, assert_nonfinite_match, fresh)
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -124,7 +124,7 @@ def test_maxout_reduce_matches_reference(data):
 def _dense_inputs(data, spec, nonfinite):
     # each operand's dtype is drawn: mixed float32/float64 operands compute in float64
     dts = [data.draw(st.sampled_from(DTYPES), label=f"{k} dtype") for k in ("x", "w", "b")]
-    n = data.draw(st.integers(0, 5), label="N")
+    n = data.draw(st.integers(0, getattr(spec, "n_max", 5)), label="N")
     feat = data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=2), label="x.shape[1:]")
     d = int(np.prod(feat))
     m = data.draw(st.integers(0, 5), label="M")
@@ -146,14 +146,14 @@ def _dense_inputs(data, spec, nonfinite):
     return spec.prepare(inp)
 
 
-@pytest.mark.parametrize("spec", DENSE, ids=repr)
+@pytest.mark.parametrize("spec", DENSE + CHUNKED_DENSE, ids=repr)
 @given(data=st.data())
 def test_dense_matches_reference(spec, data):
     inp = _dense_inputs(data, spec, nonfinite=False)
     run_and_check(spec, inp)
 
 
-@pytest.mark.parametrize("spec", DENSE, ids=repr)
+@pytest.mark.parametrize("spec", DENSE + CHUNKED_DENSE, ids=repr)
 @given(data=st.data())
 def test_dense_nonfinite_propagates_like_numpy(spec, data):
     """NaN and +-Inf in x: NaN and infinities exactly where the NumPy reference, evaluated in the
