@@ -18,7 +18,7 @@ from cython cimport floating
 from libc.stdlib cimport free, malloc
 import numpy as np
 
-from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU
+from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
                            blas_exit, make_plan, row_plan, chunk_rows, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
@@ -135,7 +135,7 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     on one thread)."""
     cdef DenseConfig cfg = _snapshot(chunks)
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
-    cdef bint keep = op == FNN_LEAKY or op == FNN_PRELU
+    cdef bint keep = keeps_pre(op)
     cdef floating *zp = NULL
     cdef const floating *ap = NULL
     if w.shape[0] != D or b.shape[0] != M or y.shape[0] != N or y.shape[1] != M:

@@ -10,7 +10,7 @@ from libc.string cimport memset
 cimport scipy.linalg.cython_blas as blas
 
 from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num
-from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU,
+from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre,
                         bias_act_fwd_rows, bias_act_keep_rows, add_into_rows,
                         act_bwd_into_saved_rows, act_bwd_rows, act_bwd_acc_rows,
                         act_bwd_acc_inplace_rows, prelu_alpha_acc_rows)
@@ -268,7 +268,7 @@ cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating 
                                    int n_threads) noexcept nogil:
     """y = act(x @ w + b) (z = x @ w + b kept for leaky relu / prelu). N, M, D >= 1.
     The caller holds the BLAS single-threaded (blas_enter)."""
-    cdef bint keep = op == FNN_LEAKY or op == FNN_PRELU
+    cdef bint keep = keeps_pre(op)
     cdef floating *dst = z if keep else y
     cdef Plan p = row_plan(g, N, M, D)
     cdef Py_ssize_t t, ntiles = p.nr * p.nc
@@ -366,6 +366,21 @@ cdef inline void backward_block(Py_ssize_t blk, Py_ssize_t rb, int op, const flo
                          avec, acc)
 
 
+cdef inline void sum_block_partials(int op, floating *db, floating *dalpha,
+                                    const floating *partial, const floating *apartial,
+                                    Py_ssize_t nblocks, Py_ssize_t M) noexcept nogil:
+    """db = the blocks' partial-sum rows added in block order (and dalpha from the slope
+    partials, prelu): the one reduction of backward_block's partials, whoever ran the blocks."""
+    cdef Py_ssize_t j
+    for j in range(M):
+        db[j] = 0
+    add_into_rows(partial, M, nblocks, db, M)
+    if op == FNN_PRELU:
+        for j in range(M):
+            dalpha[j] = 0
+        add_into_rows(apartial, M, nblocks, dalpha, M)
+
+
 cdef inline void backward_pass1(int op, const floating *dout, const floating *saved,
                                 floating *dz, double alpha, const floating *avec, floating *db,
                                 floating *dalpha, floating *partial, floating *apartial,
@@ -375,22 +390,16 @@ cdef inline void backward_pass1(int op, const floating *dout, const floating *sa
     is written, dz is dout), and db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0)
     (prelu), over fixed blocks of rb rows summed in order. See dense_backward_raw."""
     cdef Py_ssize_t nblocks = cdiv(N, rb)
-    cdef Py_ssize_t blk, j
+    cdef Py_ssize_t blk
     # threads from 131072 elements (bench/threshold.py's backward crossover)
     cdef int nt = effective_threads(N * M, 65536, n_threads)
-    for j in range(M):
-        db[j] = 0
-        if op == FNN_PRELU:
-            dalpha[j] = 0
     if nt <= 1:
         for blk in range(nblocks):
             backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
     else:
         for blk in prange(nblocks, num_threads=nt, schedule="static"):
             backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
-    add_into_rows(partial, M, nblocks, db, M)
-    if op == FNN_PRELU:
-        add_into_rows(apartial, M, nblocks, dalpha, M)
+    sum_block_partials(op, db, dalpha, partial, apartial, nblocks, M)
 
 
 cdef inline int product_threads(const DenseConfig *cfg, Py_ssize_t ntiles, double flops,

@@ -38,6 +38,11 @@ cdef extern from "fastnn_simd.h" nogil:
 # Fused-type front ends: one call site per operation in the kernels, whatever the dtype.
 from cython cimport floating
 
+
+cdef inline bint keeps_pre(int op) noexcept nogil:
+    """The activation's backward reads its pre-activation (leaky relu, prelu), not its output."""
+    return op == FNN_LEAKY or op == FNN_PRELU
+
 cdef inline void act_fwd(int op, const floating *x, floating *y, Py_ssize_t n, double alpha,
                          const floating *avec) noexcept nogil:
     if floating is float:

@@ -13,12 +13,13 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from fastnn_openmp cimport fnn_omp_get_thread_num
-from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, add_into_rows
+from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
                            dx_into_act_tile, dx_scratch_need, chunk_rows, batch_chunk_rows,
-                           row_plan, forward_tile, wslot_elems, dw_chunk, dw_sum_chunks)
+                           row_plan, forward_tile, wslot_elems, dw_chunk, dw_sum_chunks,
+                           sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, loss_rows, loss_total, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
@@ -84,7 +85,8 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                       double eps, double c1, double c2, double wd, int nt,
                       bint guard, double *loss_out) noexcept nogil:
     cdef int L = P.n_layers, l, k
-    cdef Py_ssize_t N = P.N, C = P.fan_out[P.n_layers - 1], bad
+    cdef Py_ssize_t N = P.N, C = P.fan_out[P.n_layers - 1], bad, stride
+    cdef bint chunked
     cdef const floating *inp
     cdef const floating *targets
     # labels first: nothing is computed for a batch with a bad label
@@ -95,14 +97,12 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         if bad >= 0:
             return bad
         targets = <const floating *>P.targets
-    if P.chunk > 0 and P.scratch_elems >= _chunk_tile_elems(P, cfg):
-        # a small network: forward, loss and backward chunk by chunk, then the sums (the
-        # scratch check cannot fail after _size_buffers; the path below would give the
-        # same numbers)
-        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, nt)
-        if guard and not (loss_out[0] - loss_out[0] == 0):
-            return STOPPED  # (the chunks' gradients are still partials: nothing was written)
-        _sum_chunks(P, X)
+    # a small network runs forward, loss and backward chunk by chunk, then the sums (the
+    # scratch check cannot fail after _size_buffers; the other path gives the same numbers)
+    stride = _chunk_tile_elems(P, cfg) if P.chunk > 0 else 0
+    chunked = P.chunk > 0 and P.scratch_elems >= stride
+    if chunked:
+        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, stride, nt)
     else:
         inp = X
         for l in range(L):
@@ -113,12 +113,16 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
             inp = <const floating *>P.act[l]
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.losses, batch_chunk_rows(cfg, N), nt)
-        if guard and not (loss_out[0] - loss_out[0] == 0):
-            return STOPPED  # non-finite loss: leave gradients and parameters as they are
-        if P.fused:
-            _backward_fused(P, cfg, X, nt)
-        else:
-            _backward_buffers(P, cfg, X, nt)
+    if guard and not (loss_out[0] - loss_out[0] == 0):
+        # non-finite loss: leave gradients and parameters as they are (a chunked step's
+        # gradients are still the chunks' partials: nothing was written)
+        return STOPPED
+    if chunked:
+        _sum_chunks(P, X)
+    elif P.fused:
+        _backward_fused(P, cfg, X, nt)
+    else:
+        _backward_buffers(P, cfg, X, nt)
     if guard:
         # a finite loss can still give non-finite gradients (an Inf input that the activation
         # maps to a finite value, then inf * 0 in x.T @ dz): stop before they reach a parameter
@@ -131,6 +135,18 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                    <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2, eps,
                    c1, c2, wd if P.p_decay[k] else 0.0, nt)
     return COMPLETED
+
+
+cdef inline void *_saved(NetPlan *P, int l) noexcept nogil:
+    """What layer l's activation backward reads: its pre-activation or its output."""
+    return P.pre[l] if keeps_pre(P.op[l]) else P.act[l]
+
+
+cdef inline void *_below_pre(NetPlan *P, int l) noexcept nogil:
+    """For the fused backward's dx_into_act over layer l's activations: its pre-activation
+    for leaky relu (prelu never sits below the last layer there), NULL when the derivative
+    reads the output itself."""
+    return P.pre[l] if P.op[l] == FNN_LEAKY else NULL
 
 
 cdef inline int _chunk_threads(NetPlan *P, Py_ssize_t nch, int nt) noexcept nogil:
@@ -164,15 +180,13 @@ cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef Py_ssize_t j, N = P.N
     cdef const floating *inp = X
     cdef Plan p
-    cdef bint keep
     for l in range(P.n_layers):
         p = row_plan(cfg, N, P.fan_out[l], P.fan_in[l])
-        keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
         for j in range(p.nc):
-            forward_tile(p, c * p.nc + j, P.op[l], keep, N, P.fan_out[l], P.fan_in[l], inp,
-                         <const floating *>P.W[l], <const floating *>P.b[l],
-                         <floating *>(P.pre[l] if keep else P.act[l]), <floating *>P.act[l],
-                         P.alpha[l], <const floating *>P.avec[l])
+            forward_tile(p, c * p.nc + j, P.op[l], keeps_pre(P.op[l]), N, P.fan_out[l],
+                         P.fan_in[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],
+                         <floating *>_saved(P, l), <floating *>P.act[l], P.alpha[l],
+                         <const floating *>P.avec[l])
         inp = <const floating *>P.act[l]
 
 
@@ -186,16 +200,13 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef int L = P.n_layers, l
     cdef Py_ssize_t j, N = P.N, ch = P.chunk, D, M
     cdef floating *g
-    cdef bint keep
     cdef Plan px
     for l in range(L - 1, -1, -1):
         D = P.fan_in[l]
         M = P.fan_out[l]
         if l == L - 1:
-            keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
             g = <floating *>P.dact0
-            backward_block(c, ch, P.op[l], g, <const floating *>(P.pre[l] if keep else P.act[l]),
-                           g, P.alpha[l], <const floating *>P.avec[l],
+            backward_block(c, ch, P.op[l], g, <const floating *>_saved(P, l), g, P.alpha[l], <const floating *>P.avec[l],
                            <floating *>P.partial + P.poff[l], <floating *>P.apartial, N, M)
         else:
             g = <floating *>P.act[l]   # dz, written there by the layer above
@@ -209,8 +220,7 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
             for j in range(px.nc):
                 dx_into_act_tile(px, c * px.nc + j, N, D, M, g, <const floating *>P.W[l],
                                  scratch, P.op[l - 1], <floating *>P.act[l - 1],
-                                 <const floating *>(P.pre[l - 1] if P.op[l - 1] == FNN_LEAKY
-                                                    else NULL), P.alpha[l - 1])
+                                 <const floating *>_below_pre(P, l - 1), P.alpha[l - 1])
 
 
 cdef void _chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py_ssize_t *labels,
@@ -225,9 +235,11 @@ cdef void _chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py
 
 
 cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
-                        const Py_ssize_t *labels, const floating *targets, int nt) noexcept nogil:
-    """Every chunk (_chunk), a chunk per thread, in one parallel region; returns the mean loss."""
-    cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk), stride = _chunk_tile_elems(P, cfg)
+                        const Py_ssize_t *labels, const floating *targets, Py_ssize_t stride,
+                        int nt) noexcept nogil:
+    """Every chunk (_chunk), a chunk per thread (each with `stride` elements of the scratch,
+    _chunk_tile_elems), in one parallel region; returns the mean loss."""
+    cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk)
     cdef int threads = _chunk_threads(P, nch, nt)
     if threads > P.scratch_elems // stride:
         threads = <int>(P.scratch_elems // stride)   # never write past the scratch (_step
@@ -247,18 +259,15 @@ cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
     backward_pass1 (bias, prelu slope) and backward_products (weights) sum them. (X only
     picks the dtype.)"""
     cdef int L = P.n_layers, l
-    cdef Py_ssize_t j, nch = cdiv(P.N, P.chunk), M, DM
+    cdef Py_ssize_t nch = cdiv(P.N, P.chunk), M, DM
     cdef floating *slots
     for l in range(L):
         M = P.fan_out[l]
         DM = P.fan_in[l] * M
-        for j in range(M):
-            (<floating *>P.db[l])[j] = 0
-        add_into_rows(<floating *>P.partial + P.poff[l], M, nch, <floating *>P.db[l], M)
-        if l == L - 1 and P.op[l] == FNN_PRELU:
-            for j in range(M):
-                (<floating *>P.dalpha[l])[j] = 0
-            add_into_rows(<floating *>P.apartial, M, nch, <floating *>P.dalpha[l], M)
+        # (the layers below the last summed their dz as the identity's: see _backward_chunk)
+        sum_block_partials(P.op[l] if l == L - 1 else FNN_IDENTITY, <floating *>P.db[l],
+                           <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
+                           <floating *>P.apartial, nch, M)
         slots = <floating *>P.wslots + P.woff[l]
         memcpy(P.dW[l], slots, DM * sizeof(floating))
         dw_sum_chunks(nch, P.fan_in[l], M, <floating *>P.dW[l], slots + DM)
@@ -275,12 +284,10 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef int L = P.n_layers, l
     cdef Py_ssize_t N = P.N
     cdef floating *g
-    cdef bint keep
     for l in range(L - 1, -1, -1):
         if l == L - 1:
-            keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
             g = <floating *>P.dact0
-            backward_pass1(P.op[l], g, <const floating *>(P.pre[l] if keep else P.act[l]), g,
+            backward_pass1(P.op[l], g, <const floating *>_saved(P, l), g,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.db[l],
                            <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
                            <floating *>P.apartial, P.rb[l], N, P.fan_out[l], nt)
@@ -296,8 +303,7 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
         if l > 0:
             dx_into_act(cfg, N, P.fan_in[l], P.fan_out[l], g, <const floating *>P.W[l],
                         <floating *>P.scratch, P.scratch_elems, P.op[l - 1],
-                        <floating *>P.act[l - 1],
-                        <const floating *>(P.pre[l - 1] if P.op[l - 1] == FNN_LEAKY else NULL),
+                        <floating *>P.act[l - 1], <const floating *>_below_pre(P, l - 1),
                         P.alpha[l - 1], nt)
 
 
@@ -312,13 +318,11 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
     cdef floating *dout
     cdef floating *dx
     cdef floating *spare
-    cdef bint keep
     dout = <floating *>P.dact0
     dx = <floating *>P.dact1
     spare = <floating *>P.dact0
     for l in range(L - 1, -1, -1):
-        keep = P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU
-        saved = <const floating *>(P.pre[l] if keep else P.act[l])
+        saved = <const floating *>_saved(P, l)
         dense_backward_raw(cfg, P.op[l], dout, saved,
                            X if l == 0 else <const floating *>P.act[l - 1],
                            <const floating *>P.W[l], dx if l > 0 else NULL,
@@ -448,7 +452,7 @@ cdef class StepPlan:
             P.act[l] = _ptr(out)
             if l == L - 1:
                 self.scores = out
-            if P.op[l] == FNN_LEAKY or P.op[l] == FNN_PRELU:
+            if keeps_pre(P.op[l]):
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
         if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:

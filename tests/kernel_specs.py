@@ -400,9 +400,13 @@ class DenseSpec(Spec):
             near = ~(np.abs(z) > KINK_MARGIN * zabs + floor)
         return _zero_dout_where(inp, near)
 
-    def run(self, inp):
+    def _call(self, inp):
+        """(out, grads) of fastnn.functional's forward and backward."""
         out, cache = getattr(F, self._base() + "_forward")(inp["x"], inp["w"], inp["b"], *self._args(inp))
-        grads = getattr(F, self._base() + "_backward")(inp["dout"], cache)
+        return out, getattr(F, self._base() + "_backward")(inp["dout"], cache)
+
+    def run(self, inp):
+        out, grads = self._call(inp)
         res = {"out": out, "dx": grads[0], "dw": grads[1], "db": grads[2]}
         if self.act == "prelu":
             res["dalpha"] = grads[3]
@@ -730,6 +734,23 @@ class OptimSpec(Spec):
 
 # ============================================================================ the table
 ELEMENTWISE = [Elementwise("relu"), Elementwise("leaky_relu", 0.2), Elementwise("sigmoid"), Elementwise("tanh")]
+def layer_api_dense(act, x, w, b, alpha=None):
+    """One fused dense layer the way the layer API runs it (fastnn.layers.Dense): a small layer
+    in row chunks. act: None or an activation name; alpha: leaky relu's slope (a float) or
+    prelu's slopes. Returns (out, cache) and the backward, a function of dout."""
+    from fastnn._kernels import activations as _ka
+    from fastnn.functional import dense as _fd
+
+    op = getattr(_ka, (act or "identity").upper())
+    if act == "prelu":
+        out, cache = _fd._forward(op, x, w, b, prelu_alpha=alpha, chunks=True)
+    else:
+        out, cache = _fd._forward(op, x, w, b, float(alpha) if act == "leaky_relu" else 0.0, chunks=True)
+    assert cache.chunks
+    name = "affine" if act is None else f"affine_{act}"
+    return (out, cache), lambda dout: _fd._backward(op, dout, cache, name)
+
+
 class ChunkedDenseSpec(DenseSpec):
     """A DenseSpec run the way the layer API runs a small layer: in row chunks (each chunk's
     rows on their own, the weight and bias gradients summed over the chunks in chunk order).
@@ -742,27 +763,16 @@ class ChunkedDenseSpec(DenseSpec):
         super().__init__(act, alpha)
         self.name = "chunked_" + self.name
 
-    def run(self, inp):
-        from fastnn._kernels import activations as _ka
+    def _call(self, inp):
         from fastnn._kernels import dense as _kd
-        from fastnn.functional import dense as _fd
 
-        op = getattr(_ka, (self.act or "identity").upper())
         saved = _kd.tile_params()
         _kd.set_tile_params(chunk_min_rows=4, chunk_rows_more=8)
         try:
-            if self.act == "prelu":
-                out, cache = _fd._forward(op, inp["x"], inp["w"], inp["b"], prelu_alpha=inp["alpha"], chunks=True)
-            else:
-                alpha = float(inp["alpha"]) if self.act == "leaky_relu" else 0.0
-                out, cache = _fd._forward(op, inp["x"], inp["w"], inp["b"], alpha, chunks=True)
-            grads = _fd._backward(op, inp["dout"], cache, self._base())
+            (out, _), backward = layer_api_dense(self.act, inp["x"], inp["w"], inp["b"], inp.get("alpha"))
+            return out, backward(inp["dout"])
         finally:
             _kd.set_tile_params(**saved)
-        res = {"out": out, "dx": grads[0], "dw": grads[1], "db": grads[2]}
-        if self.act == "prelu":
-            res["dalpha"] = grads[3]
-        return res
 
 
 DENSE = [DenseSpec(None), DenseSpec("relu"), DenseSpec("leaky_relu", 0.2), DenseSpec("sigmoid"),

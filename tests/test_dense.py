@@ -31,6 +31,7 @@ from fastnn.reference import activations as RA
 from fastnn.reference import dense as R
 
 from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
+from kernel_specs import layer_api_dense
 
 
 @pytest.fixture(autouse=True)
@@ -87,21 +88,15 @@ class Sandwich:
         return getattr(F, self.base + "_backward")(dout, cache)
 
     def fwd_chunked(self, x, w, b, alpha=None):
-        """The forward as the layer API runs it: a small layer in row chunks."""
-        from fastnn._kernels import activations as _ka
-        from fastnn.functional import dense as _fd
-
-        op = getattr(_ka, (self.act or "identity").upper())
-        if self.act == "prelu":
-            return _fd._forward(op, x, w, b, prelu_alpha=alpha, chunks=True)
-        a = 0.01 if self.act == "leaky_relu" and self.default_alpha else (alpha or 0.0)
-        return _fd._forward(op, x, w, b, a, chunks=True)
+        """The forward as the layer API runs it: a small layer in row chunks. The cache it
+        returns is the backward's (bwd_chunked)."""
+        if self.act == "leaky_relu" and self.default_alpha:
+            alpha = 0.01
+        (out, _), backward = layer_api_dense(self.act, x, w, b, alpha)
+        return out, backward
 
     def bwd_chunked(self, dout, cache):
-        from fastnn.functional import dense as _fd
-
-        assert cache.chunks
-        return _fd._backward(cache.op, dout, cache, self.base)
+        return cache(dout)
 
     def ref_fwd(self, x, w, b, alpha=None):
         if self.act == "leaky_relu" and self.default_alpha:

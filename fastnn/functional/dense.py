@@ -217,7 +217,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
             dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
             try:
                 _kd.dense_backward(op, dout, cache.saved, x2, w, dx, dw, db, dz, cache.alpha,
-                                   None, None, _threads._num_threads, cache.chunks is True)
+                                   None, None, _threads._num_threads, cache.chunks)
             except (ValueError, TypeError, BufferError):
                 pass  # the checked path below redoes it, or names the problem
             else:
@@ -249,7 +249,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     dz = None if op == _ka.IDENTITY else np.empty((n, m), dtype=dt)
     dalpha = np.empty(m, dtype=dt) if op == _ka.PRELU else None
     _kd.dense_backward(op, dout, saved, x2, w, dx, dw, db, dz, cache.alpha, avec, dalpha,
-                       _threads._num_threads, cache.chunks is True)
+                       _threads._num_threads, cache.chunks)
     if dx is not None:
         dx = dx.reshape(cache.x_shape)
     if op == _ka.PRELU:
