@@ -107,8 +107,8 @@ class _CompiledStep:
     def signature_of(model, optimizer):
         """Everything the plan was built from and does not re-read on each step: the identity
         of every array it points to, of the optimizer's parameter objects, its update rule, and
-        the fixed activation slopes. A plan whose signature changed is rebuilt. (Checked on
-        every step, so written for speed: ~1 us for a 3-layer network.)"""
+        the fixed activation slopes. A plan whose signature changed is rebuilt. (Each step
+        checks it with the compiled twin of this function, network.signature_matches.)"""
         sig = [_rule_of(optimizer)]
         add, extend = sig.append, sig.extend
         for layer in model.layers:
@@ -335,9 +335,9 @@ class Sequential:
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.in_features:
             return None
         key = (X.shape[0], id(optimizer), type(loss))
-        signature = _CompiledStep.signature_of(self, optimizer)
         cached = self._compiled.get(key)
-        if cached is not None and cached[0] == signature and cached[2] is optimizer:
+        if (cached is not None and cached[2] is optimizer
+                and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
             return cached[1]
         step = None
         mine = {(id(p.layer), p.name) for p in self.parameters()}

@@ -1156,6 +1156,52 @@ def test_concurrent_train_steps_on_one_model_run_one_after_the_other():
             assert_same_bits(p.data, q.data)
 
 
+def _swap(container, key):
+    container[key] = container[key].copy()
+
+
+SIGNATURE_CHANGES = {
+    "nothing": lambda m, opt: None,
+    "weights replaced": lambda m, opt: _swap(m.layers[1].params, "W"),
+    "bias gradient replaced": lambda m, opt: _swap(m.layers[0].grads, "b"),
+    "slope changed": lambda m, opt: setattr(m.layers[0], "alpha", 0.5),
+    "momentum off (another update rule)": lambda m, opt: setattr(opt, "momentum", 0.0),
+    "optimizer state replaced": lambda m, opt: _swap(next(iter(opt.state.values())), 0),
+    "optimizer state dropped": lambda m, opt: opt.state.popitem(),
+    "optimizer parameters reordered": lambda m, opt: opt.params.reverse(),
+    "a parameter added": lambda m, opt: m.layers[1].params.__setitem__("extra", np.zeros(2, F32)),
+}
+
+
+@pytest.mark.parametrize("change", list(SIGNATURE_CHANGES))
+def test_compiled_step_signature_check_agrees_with_the_signature(change):
+    """The compiled check each step makes (network.signature_matches) says "unchanged" exactly
+    when _CompiledStep.signature_of still gives the plan's signature; a plan whose arrays were
+    replaced is rebuilt, and the step then updates the new arrays."""
+    from fastnn._kernels import network as kn
+    from fastnn.model import _CompiledStep, _rule_of
+
+    r = np.random.default_rng(11)
+    X = r.standard_normal((64, 5)).astype(F32)
+    y = r.integers(0, 3, 64)
+    model = Sequential(Dense(5, 8, activation="leaky_relu", seed=1), Dense(8, 3, seed=2))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train_step(X, y, "softmax", opt)
+    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert step is not None
+    sig, old = list(step.signature), model.layers[1].params["W"]
+    before = old.copy()
+    SIGNATURE_CHANGES[change](model, opt)
+    same = _CompiledStep.signature_of(model, opt) == sig
+    assert same == (change == "nothing")
+    assert kn.signature_matches(sig, model.layers, opt, _rule_of(opt)) == same
+    if change == "weights replaced":
+        model.train_step(X, y, "softmax", opt)
+        assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not step
+        assert_same_bits(old, before)                                   # left alone
+        assert not np.array_equal(model.layers[1].params["W"], before)  # trained
+
+
 def test_step_plan_refuses_a_thread_count_below_one():
     X = np.random.default_rng(8).standard_normal((2048, 64)).astype(F32)
     y = np.arange(2048) % 64
