@@ -16,6 +16,9 @@ csrc/fastnn_dense.pxd); the two this script was written for:
   is cut into row chunks, which the whole-step kernel runs a chunk per thread (chunk_rows in
   csrc/fastnn_dense.pxd). Try ``chunk_min_rows --values 0,16,32`` and
   ``chunk_rows_more --values 32,64,128,256``.
+- ``max_tiles`` with ``--large`` (``--values 64,16``): how many tiles a product beyond 1 GFLOP
+  is cut into. Smaller tiles share better among many threads but each packs its panels of
+  both operands again; only the 4096-wide network (added by ``--large``) has such products.
 
 For each value this times, interleaved and as the median of R rounds, a training step
 (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step kernel)
@@ -46,6 +49,7 @@ NETWORKS = [
     ((3072, 100, 10), 200, False),
     ((784, 512, 512, 10), 128, False),
 ]
+LARGE = [((4096, 4096, 4096, 1000), 256, False)]
 
 
 def _model(dims, n, binary, seed=0):
@@ -83,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--values", default="0,2,4,8,16", help="values to compare")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
+    ap.add_argument("--large", action="store_true",
+                    help="also the 4096-4096-4096-1000 (256) network (~0.25 s a step here)")
     args = ap.parse_args(argv)
     saved = _kd.tile_params()
     if args.param not in saved:
@@ -95,7 +101,7 @@ def main(argv=None):
     print(f"{args.param} (now {saved[args.param]})")
     print(f"{'network (batch)':28s}" + "".join(f"{label + '=' + str(v):>11s}" for v in values))
     try:
-        for dims, n, binary in NETWORKS:
+        for dims, n, binary in NETWORKS + (LARGE if args.large else []):
             model, X, y, loss, opt = _model(dims, n, binary)
             times = {v: [] for v in values}
             for _ in range(args.rounds):
