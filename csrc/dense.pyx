@@ -35,7 +35,7 @@ _cfg.blas_saved = 1
 _cfg.tile_flops = 64.0e6
 _cfg.min_tile_rows = 64
 _cfg.min_tile_cols = 64
-# at most 16 tiles: enough for 16 threads, and the tiles of a product beyond 1 GFLOP stay big.
+# at most 16 tiles: enough for 16 threads, and the tiles of a product of 2 GFLOP or more stay big.
 # One thread, X (256 x 4096) @ W (4096 x 4096) per tile: 128 x 128 tiles ~93 GFLOP/s, 256 x 256
 # ~108 (each tile packs its row panel of X and column panel of W: smaller tiles pack more);
 # the 4096-4096-4096-1000 (256) step took 7% less time (float64 9.5%) than with 64 tiles.

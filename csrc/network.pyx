@@ -628,7 +628,11 @@ cdef inline bint _same_ids(list sig, Py_ssize_t *i, values) except -1:
     """Whether the objects in `values` are, in order, the ones whose ids sig holds from i on
     (advances i past them)."""
     for v in values:
-        if i[0] >= len(sig) or <Py_ssize_t>sig[i[0]] != <Py_ssize_t><void *>v:
+        if i[0] >= len(sig):
+            return False
+        x = sig[i[0]]
+        # (a slot signature_of gave a slope, a float or None, where an id is now due: changed)
+        if type(x) is not int or <Py_ssize_t>x != <Py_ssize_t><void *>v:
             return False
         i[0] += 1
     return True

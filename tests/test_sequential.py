@@ -1162,14 +1162,18 @@ def _swap(container, key):
 
 SIGNATURE_CHANGES = {
     "nothing": lambda m, opt: None,
-    "weights replaced": lambda m, opt: _swap(m.layers[1].params, "W"),
+    "weights replaced": lambda m, opt: _swap(m.layers[2].params, "W"),
     "bias gradient replaced": lambda m, opt: _swap(m.layers[0].grads, "b"),
-    "slope changed": lambda m, opt: setattr(m.layers[0], "alpha", 0.5),
+    "slope changed": lambda m, opt: setattr(m.layers[1], "alpha", 0.5),
     "momentum off (another update rule)": lambda m, opt: setattr(opt, "momentum", 0.0),
     "optimizer state replaced": lambda m, opt: _swap(next(iter(opt.state.values())), 0),
     "optimizer state dropped": lambda m, opt: opt.state.popitem(),
     "optimizer parameters reordered": lambda m, opt: opt.params.reverse(),
-    "a parameter added": lambda m, opt: m.layers[1].params.__setitem__("extra", np.zeros(2, F32)),
+    "a parameter added": lambda m, opt: m.layers[2].params.__setitem__("extra", np.zeros(2, F32)),
+    "a gradient added (an id where a slope was)":
+        lambda m, opt: m.layers[0].grads.__setitem__("extra", np.zeros(2, F32)),
+    "an optimizer parameter dropped": lambda m, opt: opt.params.pop(),
+    "a layer without parameters removed": lambda m, opt: m.layers.pop(1),   # the LeakyReLU
 }
 
 
@@ -1184,12 +1188,12 @@ def test_compiled_step_signature_check_agrees_with_the_signature(change):
     r = np.random.default_rng(11)
     X = r.standard_normal((64, 5)).astype(F32)
     y = r.integers(0, 3, 64)
-    model = Sequential(Dense(5, 8, activation="leaky_relu", seed=1), Dense(8, 3, seed=2))
+    model = Sequential(Dense(5, 8, seed=1), LeakyReLU(0.2), Dense(8, 3, seed=2))
     opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
     model.train_step(X, y, "softmax", opt)
     step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
     assert step is not None
-    sig, old = list(step.signature), model.layers[1].params["W"]
+    sig, old = list(step.signature), model.layers[2].params["W"]
     before = old.copy()
     SIGNATURE_CHANGES[change](model, opt)
     same = _CompiledStep.signature_of(model, opt) == sig
@@ -1199,7 +1203,7 @@ def test_compiled_step_signature_check_agrees_with_the_signature(change):
         model.train_step(X, y, "softmax", opt)
         assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not step
         assert_same_bits(old, before)                                   # left alone
-        assert not np.array_equal(model.layers[1].params["W"], before)  # trained
+        assert not np.array_equal(model.layers[2].params["W"], before)  # trained
 
 
 def test_step_plan_refuses_a_thread_count_below_one():
