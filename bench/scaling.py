@@ -24,6 +24,13 @@ once (a library's worker threads get a pause to go idle before the next one star
 
 Results are the same bits for every T (fastnn's kernels do not depend on the thread count);
 only the times change. Nothing here is a pass/fail test: the tables go into the README.
+
+fastnn cuts each product into tiles by its shape alone (about one per ``tile_flops``, 64 MFLOP):
+OpenBLAS's result for an output element depends on the extent of the tile it is computed in
+(up to 5e-5 apart in float32 here), so tiles that followed the thread count would change the
+bits. The price is that a 784-512-512-10 (128) product has 2 tiles, and a many-core machine
+runs it on 2 threads. ``--tile-flops 8e6`` (16 tiles there) times the steps with smaller tiles
+too, for that trade-off (on 2 cores here: 2.50 against 2.13 ms).
 """
 import argparse
 import json
@@ -125,7 +132,25 @@ def _at_threads(lib, t, torch):
     return _blas_limit(t) or contextlib.nullcontext()
 
 
-def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES):
+def _tiles(value):
+    """A context running fastnn's products with tile_flops = value (None: as configured)."""
+    import contextlib
+
+    from fastnn._kernels import dense as kd
+
+    @contextlib.contextmanager
+    def tiles():
+        saved = kd.tile_params()
+        if value is not None:
+            kd.set_tile_params(tile_flops=value)
+        try:
+            yield
+        finally:
+            kd.set_tile_params(**saved)
+    return tiles()
+
+
+def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES, tile_flops=()):
     torch = _torch() if use_torch else None
     libs = ["fastnn"] + (["torch"] if torch is not None else [])
     ew = _Elementwise(n, torch)
@@ -155,8 +180,13 @@ def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES
         for b in batches:
             runners = steps[b]
             times = {}
+            variants = [("fastnn", None)] + [(f"fastnn tile_flops={v:g}", v) for v in tile_flops]
             for _ in range(rounds):
-                for lib in ["fastnn", "numpy"] + (["torch"] if torch is not None else []):
+                for name, value in variants:
+                    with _at_threads("fastnn", t, torch), _tiles(value):
+                        time.sleep(fb.SETTLE)
+                        times.setdefault(name, []).append(fb._time(runners["fastnn"], min_time))
+                for lib in ["numpy"] + (["torch"] if torch is not None else []):
                     with _at_threads(lib, t, torch):
                         time.sleep(fb.SETTLE)
                         times.setdefault(lib, []).append(fb._time(runners[lib], min_time))
@@ -203,6 +233,11 @@ def tables(results):
             if has_torch:
                 line += f"{ms['torch']:.2f} | {ms['torch'] / ms['fastnn']:.2f}x | "
             lines.append(line + f"{ms['numpy'] / ms['fastnn']:.2f}x |")
+        others = [k for k in rows[0]["ms"] if k.startswith("fastnn ")]
+        if others:
+            lines.append("")
+            lines.append("fastnn with other tilings, ms: " + "; ".join(
+                f"{r['threads']} thr: " + ", ".join(f"{k[7:]} {r['ms'][k]:.2f}" for k in others) for r in rows))
     return "\n".join(lines)
 
 
@@ -215,6 +250,11 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--json", default=None, help="also write the results (and the header) as JSON")
+    ap.add_argument("--tile-flops", default="",
+                    help="comma-separated tile_flops values to time fastnn's steps with as well "
+                         "(fastnn's products are cut into about one tile per tile_flops, a "
+                         "power of two of them, for any thread count: smaller values give many "
+                         "threads more tiles, each less efficient)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 1-2 threads, 64K elements, 1 round, batch 128 only")
     args = ap.parse_args(argv)
@@ -230,8 +270,9 @@ def main(argv=None):
     head = header_lines(started=started)
     print("\n".join(head))
     print(f"threads {thread_counts}, {args.elements} elements, {args.rounds} rounds\n", flush=True)
+    tile_flops = [float(v) for v in args.tile_flops.split(",") if v]
     results = run(thread_counts, args.elements, args.rounds, args.min_time,
-                  use_torch=not args.no_torch, batches=batches)
+                  use_torch=not args.no_torch, batches=batches, tile_flops=tile_flops)
     print(tables(results))
     if args.json:
         with open(args.json, "w") as f:
