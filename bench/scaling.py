@@ -25,12 +25,13 @@ once (a library's worker threads get a pause to go idle before the next one star
 Results are the same bits for every T (fastnn's kernels do not depend on the thread count);
 only the times change. Nothing here is a pass/fail test: the tables go into the README.
 
-fastnn cuts each product into tiles by its shape alone (about one per ``tile_flops``, 64 MFLOP):
-OpenBLAS's result for an output element depends on the extent of the tile it is computed in
-(up to 5e-5 apart in float32 here), so tiles that followed the thread count would change the
-bits. The price is that a 784-512-512-10 (128) product has 2 tiles, and a many-core machine
-runs it on 2 threads. ``--tile-flops 8e6`` (16 tiles there) times the steps with smaller tiles
-too, for that trade-off (on 2 cores here: 2.50 against 2.13 ms).
+fastnn cuts each product into tiles by its shape and by the CPU count it was imported on
+(``FASTNN_TILE_CORES``), never by the thread count: OpenBLAS's result for an output element
+depends on the extent of the tile it is computed in (up to 5e-5 apart in float32 here), so
+tiles that followed the thread count would change the bits. ``--tile-cores 2`` times fastnn's
+steps with the tiles of a 2-CPU machine as well (a 784-512-512-10 (128) product in 2 tiles
+instead of 16): what sizing the tiles for the machine buys on many cores. On 2 cores here the
+16-CPU tiles cost 14% at batch 128 (2.24 against 1.96 ms per step) and 5% at 1024.
 """
 import argparse
 import json
@@ -133,7 +134,7 @@ def _at_threads(lib, t, torch):
 
 
 def _tiles(value):
-    """A context running fastnn's products with tile_flops = value (None: as configured)."""
+    """A context running fastnn's products with tiles for `value` CPUs (None: as configured)."""
     import contextlib
 
     from fastnn._kernels import dense as kd
@@ -142,7 +143,7 @@ def _tiles(value):
     def tiles():
         saved = kd.tile_params()
         if value is not None:
-            kd.set_tile_params(tile_flops=value)
+            kd.set_tile_params(tile_cores=value)
         try:
             yield
         finally:
@@ -150,7 +151,7 @@ def _tiles(value):
     return tiles()
 
 
-def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES, tile_flops=()):
+def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES, tile_cores=()):
     torch = _torch() if use_torch else None
     libs = ["fastnn"] + (["torch"] if torch is not None else [])
     ew = _Elementwise(n, torch)
@@ -180,7 +181,7 @@ def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES
         for b in batches:
             runners = steps[b]
             times = {}
-            variants = [("fastnn", None)] + [(f"fastnn tile_flops={v:g}", v) for v in tile_flops]
+            variants = [("fastnn", None)] + [(f"fastnn tile_cores={v}", v) for v in tile_cores]
             for _ in range(rounds):
                 for name, value in variants:
                     with _at_threads("fastnn", t, torch), _tiles(value):
@@ -250,11 +251,9 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--json", default=None, help="also write the results (and the header) as JSON")
-    ap.add_argument("--tile-flops", default="",
-                    help="comma-separated tile_flops values to time fastnn's steps with as well "
-                         "(fastnn's products are cut into about one tile per tile_flops, a "
-                         "power of two of them, for any thread count: smaller values give many "
-                         "threads more tiles, each less efficient)")
+    ap.add_argument("--tile-cores", default="",
+                    help="comma-separated CPU counts to also size fastnn's tiles for and time its "
+                         "steps with (e.g. 2: the tiles of a 2-CPU machine)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 1-2 threads, 64K elements, 1 round, batch 128 only")
     args = ap.parse_args(argv)
@@ -270,9 +269,9 @@ def main(argv=None):
     head = header_lines(started=started)
     print("\n".join(head))
     print(f"threads {thread_counts}, {args.elements} elements, {args.rounds} rounds\n", flush=True)
-    tile_flops = [float(v) for v in args.tile_flops.split(",") if v]
+    tile_cores = [int(v) for v in args.tile_cores.split(",") if v]
     results = run(thread_counts, args.elements, args.rounds, args.min_time,
-                  use_torch=not args.no_torch, batches=batches, tile_flops=tile_flops)
+                  use_torch=not args.no_torch, batches=batches, tile_cores=tile_cores)
     print(tables(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -40,6 +40,10 @@ _cfg.min_tile_cols = 64
 # ~108 (each tile packs its row panel of X and column panel of W: smaller tiles pack more);
 # the 4096-4096-4096-1000 (256) step took 7% less time (float64 9.5%) than with 64 tiles.
 _cfg.max_tiles = 16
+# Set once at import (fastnn._threads: FASTNN_TILE_CORES, else the CPUs the process may run on).
+# OpenBLAS's result for an output element depends on the extent of the tile it is computed in,
+# so the tiles may follow the machine but never the thread count.
+_cfg.tile_cores = 2
 _cfg.max_tile_elems = 65536
 _cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
@@ -69,7 +73,7 @@ def blas_thread_control():
 def tile_params():
     return dict(tile_flops=_cfg.tile_flops, min_tile_rows=_cfg.min_tile_rows,
                 min_tile_cols=_cfg.min_tile_cols, max_tiles=_cfg.max_tiles,
-                max_tile_elems=_cfg.max_tile_elems,
+                tile_cores=_cfg.tile_cores, max_tile_elems=_cfg.max_tile_elems,
                 serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
                 thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
                 chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks)
@@ -77,8 +81,8 @@ def tile_params():
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
-                    chunk_min_rows=None, chunk_rows_more=None, max_chunks=None):
-    """Tuning hook for bench/ (not public API)."""
+                    chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None):
+    """Tuning hook for bench/ (not public API); tile_cores is also set once at import."""
     if tile_flops is not None:
         _cfg.tile_flops = max(1.0, float(tile_flops))
     if min_tile_rows is not None:
@@ -99,6 +103,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.chunk_min_rows = min(max(0, int(chunk_min_rows)), 2**30)
     if chunk_rows_more is not None:
         _cfg.chunk_rows_more = min(max(1, int(chunk_rows_more)), 2**30)
+    if tile_cores is not None:
+        _cfg.tile_cores = 1 << min(max(1, int(tile_cores)), 2**30).bit_length() - 1  # a power of two
     if max_chunks is not None:
         _cfg.max_chunks = 1 << min(max(1, int(max_chunks)), 2**30).bit_length() - 1  # a power of two
 

@@ -28,6 +28,8 @@ cdef struct DenseConfig:
     Py_ssize_t min_tile_rows
     Py_ssize_t min_tile_cols
     Py_ssize_t max_tiles
+    Py_ssize_t tile_cores        # the CPUs the tiles are sized for (a power of two): set once at
+                                 # import from the machine, never from the thread count
     Py_ssize_t max_tile_elems    # dx tiles are split further while they hold more outputs
     double serial_flops          # products below this run as one serial BLAS call
     Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
@@ -102,9 +104,10 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
 
     A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
-    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles, and
-    more where a tile would hold more than max_elems outputs (when > 0: the dx products, whose
-    tiles the step kernel passes through a per-thread scratch tile). Each
+    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles; on a
+    machine with more CPUs (tile_cores), up to that many while each tile keeps serial_flops of
+    work; and more where a tile would hold more than max_elems outputs (when > 0: the dx
+    products, whose tiles the step kernel passes through a per-thread scratch tile). Each
     doubling halves the longer tile side while it stays at least min_tile_rows /
     min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
     panel per tile) small.
@@ -128,6 +131,9 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     if flops >= g.serial_flops:
         target = 2
         while target * 2 <= g.max_tiles and target * 2 * g.tile_flops <= flops:
+            target *= 2
+        while (target * 2 <= g.max_tiles and target * 2 <= g.tile_cores
+               and target * 2 * g.serial_flops <= flops):
             target *= 2
     # (a dx product with a small inner dimension has few flops but many outputs: its tiles are
     # also bounded, so that the step kernel's per-thread dx tile stays small)

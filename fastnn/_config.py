@@ -5,6 +5,7 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import _config
+from fastnn._kernels import dense as _dense
 
 
 def _blas_info():
@@ -40,6 +41,7 @@ def config_dict():
         "simd_path": _config.simd_path(),
         "simd_runtime_dispatch": _config.simd_runtime_dispatch(),
         "num_threads": _threads.get_num_threads(),
+        "tile_cores": _dense.tile_params()["tile_cores"],
         "blas": _blas_info(),
     }
 
@@ -56,6 +58,7 @@ def show_config(file=None):
         f"  compiler    {info['compiler']}",
         f"  openmp      {omp}",
         f"  threads     {info['num_threads']}",
+        f"  tiles       sized for {info['tile_cores']} CPUs (FASTNN_TILE_CORES)",
         f"  simd        {info['simd_path']}"
         + (" [runtime dispatch]" if info["simd_runtime_dispatch"] else ""),
     ]

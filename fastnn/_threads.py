@@ -1,14 +1,17 @@
-"""The thread count every fastnn kernel uses.
+"""The thread count every fastnn kernel uses, and the CPU count its product tiles are sized for.
 
-Defaults, in order: ``FASTNN_NUM_THREADS``, then ``OMP_NUM_THREADS`` (its first entry), then
-the number of CPUs this process may run on. Any positive int is honoured, also above the core
-count. Results never depend on it: kernels split work into blocks fixed by the problem shape.
+Thread count defaults, in order: ``FASTNN_NUM_THREADS``, then ``OMP_NUM_THREADS`` (its first
+entry), then the number of CPUs this process may run on. Any positive int is honoured, also
+above the core count. Results never depend on it: kernels split work into blocks fixed by the
+problem shape and by ``FASTNN_TILE_CORES`` (default: the CPUs this process may run on, read
+once at import), which sizes the products' tiles for the machine.
 """
 import contextlib
 import os
 import threading
 
 from fastnn._kernels import _config
+from fastnn._kernels import dense as _dense
 from fastnn._validation import check_int
 
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
@@ -23,16 +26,22 @@ def _cpu_count():
         return max(1, os.cpu_count() or 1)
 
 
+def _positive_env(name):
+    """The positive int environment variable `name` holds, or None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    return check_int(parsed, name, below=2**31)
+
+
 def _from_env():
-    value = os.environ.get("FASTNN_NUM_THREADS", "").strip()
-    if value:
-        try:
-            parsed = int(value)
-        except ValueError:
-            raise ValueError(
-                f"FASTNN_NUM_THREADS must be a positive int, got {value!r}"
-            ) from None
-        return check_int(parsed, "FASTNN_NUM_THREADS", below=2**31)
+    parsed = _positive_env("FASTNN_NUM_THREADS")
+    if parsed is not None:
+        return parsed
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value:
         # OpenMP allows a comma-separated list per nesting level; the first level is ours.
@@ -47,6 +56,10 @@ def _from_env():
 
 
 _num_threads = _from_env()
+# The machine's CPU count, never the thread count, sizes the tiles (rounded down to a power of
+# two, at most 16): many cores get more, smaller tiles, the same for any thread count.
+_tile_cores = _positive_env("FASTNN_TILE_CORES")
+_dense.set_tile_params(tile_cores=_tile_cores if _tile_cores is not None else _cpu_count())
 if not _config.openmp_enabled():
     _num_threads = 1
 else:

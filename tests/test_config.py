@@ -14,6 +14,7 @@ import pytest
 import fastnn
 import fastnn.functional as F
 from fastnn._kernels import _config
+from fastnn._kernels import dense as _kd
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the fastnn under test was imported from: the checkout (in-place or editable build) or
@@ -108,10 +109,12 @@ def test_threads_is_exported():
 
 # ============================================================================ environment defaults
 def _run_child(env_set, code):
-    """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS removed and
+    """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS/FASTNN_TILE_CORES
+    removed and
     then ``env_set`` applied; it imports the same fastnn as this process (PYTHONPATH kept, the
     directory fastnn was imported from added first and used as the working directory)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS", "FASTNN_TILE_CORES")}
     paths = [IMPORT_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(env_set)
@@ -126,7 +129,8 @@ _REPORT = """
     # the CPUs this process may use (no sched_getaffinity on macOS and Windows)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"n": fastnn.get_num_threads(), "openmp": _config.openmp_enabled(),
-            "omp_max": _config.omp_max_threads(), "cpus": cpus}
+            "omp_max": _config.omp_max_threads(), "cpus": cpus,
+            "tile_cores": fastnn.show_config()["tile_cores"]}
     try:
         from threadpoolctl import threadpool_info
         info["pools"] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
@@ -178,6 +182,36 @@ def test_invalid_fastnn_num_threads_raises_at_import(value):
     assert repr(value.strip()) in proc.stderr or value.strip() in proc.stderr
 
 
+def _pow2_floor(n):
+    return 1 << (n.bit_length() - 1)
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, "cpus"),
+        ({"FASTNN_NUM_THREADS": "64", "OMP_NUM_THREADS": "3"}, "cpus"),  # never the thread count
+        ({"FASTNN_TILE_CORES": "16"}, 16),
+        ({"FASTNN_TILE_CORES": " 6 "}, 4),   # a power of two
+        ({"FASTNN_TILE_CORES": "1"}, 1),
+        ({"FASTNN_TILE_CORES": ""}, "cpus"),  # empty means unset
+    ],
+    ids=lambda v: repr(v),
+)
+def test_tile_cores_follow_the_machine_or_fastnn_tile_cores(env, want):
+    """The products' tiles are sized for the CPUs the process may run on (a power of two), or
+    for FASTNN_TILE_CORES: read once at import, whatever the thread count."""
+    info = _report(env)
+    assert info["tile_cores"] == _pow2_floor(info["cpus"] if want == "cpus" else want)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
+def test_invalid_fastnn_tile_cores_raises_at_import(value):
+    proc = _run_child({"FASTNN_TILE_CORES": value}, "import fastnn")
+    assert proc.returncode != 0
+    assert "ValueError" in proc.stderr and "FASTNN_TILE_CORES" in proc.stderr
+
+
 # ============================================================================ show_config
 def test_show_config_prints_and_returns_dict(capsys):
     info = fastnn.show_config()
@@ -197,6 +231,8 @@ def test_show_config_prints_and_returns_dict(capsys):
     assert re.search(rf"simd\s+{re.escape(info['simd_path'])}", text), text
     assert info["num_threads"] == fastnn.get_num_threads()
     assert re.search(rf"threads\s+{info['num_threads']}\n", text), text
+    assert info["tile_cores"] == _kd.tile_params()["tile_cores"]
+    assert re.search(rf"tiles\s+sized for {info['tile_cores']} CPUs", text), text
     assert isinstance(info["blas"], list) and info["blas"]
     assert re.search(r"\bblas\b", text)
 

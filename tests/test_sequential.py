@@ -937,6 +937,59 @@ def test_step_kernel_fused_backward_is_thread_invariant(hidden):
     assert_thread_invariant(run)
 
 
+@pytest.fixture
+def many_core_tiles():
+    """Tiles sized for a 16-CPU machine (FASTNN_TILE_CORES=16), whatever this one has."""
+    from fastnn._kernels import dense as _kd
+
+    saved = _kd.tile_params()
+    _kd.set_tile_params(tile_cores=16)
+    try:
+        yield _kd
+    finally:
+        _kd.set_tile_params(**saved)
+
+
+def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
+    """On a machine with more CPUs the products get more tiles, each keeping serial_flops of
+    work; products below two tiles' worth keep theirs; the 2-CPU plan is the one measured."""
+    _kd = many_core_tiles
+    serial = _kd.tile_params()["serial_flops"]
+    for r, c, k in [(128, 512, 784), (128, 512, 512), (1024, 512, 784)]:   # forward products
+        tr, tc, nr, nc = _kd.plan(r, c, k, batch=True)
+        assert nr * nc == 16 and 2.0 * tr * tc * k >= serial * 0.9, (r, c, k)
+    assert _kd.plan(128, 10, 512, batch=True)[2:] == (2, 1)   # 1.3 MFLOP: as before
+    _kd.set_tile_params(tile_cores=2)
+    assert _kd.plan(128, 512, 784, batch=True)[2:] == (1, 2)
+    assert _kd.plan(1024, 512, 784, batch=True)[2:] == (4, 2)
+
+
+@pytest.mark.parametrize("hidden", ["relu", "leaky_relu"])
+def test_step_kernel_on_many_core_tiles(hidden, many_core_tiles):
+    """With tiles sized for 16 CPUs (more, smaller tiles than this machine's plan): the
+    whole-step kernel still equals the layer path bitwise and is the same for 1, 2, 3 threads."""
+    n, widths = FUSED_SIZES["tiled"]
+    _kd = many_core_tiles
+    assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (8, 2)   # 16 tiles, not 2
+    _kd.set_tile_params(tile_cores=2)
+    assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (2, 1)
+    _kd.set_tile_params(tile_cores=16)
+    r = np.random.default_rng(5)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run():
+        losses, params, _ = _train_runs(_fused_model(hidden, widths, F32), X, y, "softmax", steps=2)
+        return losses, params
+
+    losses, params = assert_thread_invariant(run)
+    twin = _fused_model(hidden, widths, F32, dropout0=True)
+    twin_losses, twin_params, _ = _train_runs(twin, X, y, "softmax", steps=2)
+    assert losses == twin_losses
+    for a, b in zip(params, twin_params):
+        assert_same_bits(a, b)
+
+
 # ============================================================================ the step kernel in row chunks
 # A small network (every layer's forward product below serial_flops) on a batch of several row
 # chunks runs its whole step chunk by chunk, a chunk per thread, in one parallel region:
