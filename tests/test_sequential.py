@@ -923,18 +923,24 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
     assert flops < params["tile_flops"] * 2 and n * widths[-2] > params["max_tile_elems"]
 
 
-@pytest.mark.parametrize("hidden", ["relu", "leaky_relu", "tanh"])
-def test_step_kernel_fused_backward_is_thread_invariant(hidden):
+def _tiled_training_is_thread_invariant(hidden, seed, steps):
+    """Trains the "tiled" network at 1, 2 and 3 threads; asserts the same bits, returns
+    (widths, X, y, (losses, params))."""
     n, widths = FUSED_SIZES["tiled"]
-    r = np.random.default_rng(4)
+    r = np.random.default_rng(seed)
     X = r.standard_normal((n, widths[0])).astype(F32)
     y = r.integers(0, widths[-1], n)
 
     def run():
-        losses, params, _ = _train_runs(_fused_model(hidden, widths, F32), X, y, "softmax", steps=3)
+        losses, params, _ = _train_runs(_fused_model(hidden, widths, F32), X, y, "softmax", steps=steps)
         return losses, params
 
-    assert_thread_invariant(run)
+    return widths, X, y, assert_thread_invariant(run)
+
+
+@pytest.mark.parametrize("hidden", ["relu", "leaky_relu", "tanh"])
+def test_step_kernel_fused_backward_is_thread_invariant(hidden):
+    _tiled_training_is_thread_invariant(hidden, seed=4, steps=3)
 
 
 @pytest.fixture
@@ -974,15 +980,7 @@ def test_step_kernel_on_many_core_tiles(hidden, many_core_tiles):
     _kd.set_tile_params(tile_cores=2)
     assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (2, 1)
     _kd.set_tile_params(tile_cores=16)
-    r = np.random.default_rng(5)
-    X = r.standard_normal((n, widths[0])).astype(F32)
-    y = r.integers(0, widths[-1], n)
-
-    def run():
-        losses, params, _ = _train_runs(_fused_model(hidden, widths, F32), X, y, "softmax", steps=2)
-        return losses, params
-
-    losses, params = assert_thread_invariant(run)
+    widths, X, y, (losses, params) = _tiled_training_is_thread_invariant(hidden, seed=5, steps=2)
     twin = _fused_model(hidden, widths, F32, dropout0=True)
     twin_losses, twin_params, _ = _train_runs(twin, X, y, "softmax", steps=2)
     assert losses == twin_losses
