@@ -5,8 +5,9 @@
 # nothing is copied or transposed in memory.
 #
 # Determinism: the output of every product is cut into tiles whose sizes depend on the problem
-# shape only; each tile is one BLAS call, with BLAS itself held to one thread, and the tiles are
-# spread over OpenMP threads. A tile's result does not depend on which thread computes it, so
+# shape and on the machine's CPU count read at import (tile_cores), never on the thread count;
+# each tile is one BLAS call, with BLAS itself held to one thread, and the tiles are spread over
+# OpenMP threads. A tile's result does not depend on which thread computes it, so
 # outputs and gradients are bitwise identical for any thread count. (OpenBLAS's own threading is
 # not: shared/PERFORMANCE.md.) The bias gradient sums fixed row blocks in a fixed order.
 #
@@ -40,7 +41,7 @@ _cfg.min_tile_cols = 64
 # ~108 (each tile packs its row panel of X and column panel of W: smaller tiles pack more);
 # the 4096-4096-4096-1000 (256) step took 7% less time (float64 9.5%) than with 64 tiles.
 _cfg.max_tiles = 16
-# Set once at import (fastnn._threads: FASTNN_TILE_CORES, else the CPUs the process may run on).
+# Set once at import (fastnn._threads: FASTNN_TILE_CORES, else the machine's CPU count).
 # OpenBLAS's result for an output element depends on the extent of the tile it is computed in,
 # so the tiles may follow the machine but never the thread count.
 _cfg.tile_cores = 2

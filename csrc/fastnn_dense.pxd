@@ -101,7 +101,8 @@ cdef inline Py_ssize_t chunk_rows(const DenseConfig *g, Py_ssize_t N, Py_ssize_t
 
 cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
                            Py_ssize_t max_elems=0, Py_ssize_t chunk=0) noexcept nogil:
-    """Tiles for an (r x c) output with inner dimension k. Depends on the shape only.
+    """Tiles for an (r x c) output with inner dimension k. Depends on the shape and on
+    tile_cores (set once at import from the machine), never on the thread count.
 
     A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
     tile_flops of work, between 2 (once the product is worth two threads) and max_tiles; on a

@@ -1,6 +1,7 @@
 """Find the BLAS behind scipy.linalg.cython_blas and hand its thread control to the kernels.
 
-fastnn threads its products itself, over tiles fixed by the problem shape, and needs each
+fastnn threads its products itself, over tiles fixed by the problem shape (and the machine's
+CPU count, read once at import), and needs each
 BLAS call to run on one thread: that is what makes results independent of the thread count
 (OpenBLAS's own threading is not bitwise stable across thread counts). The dense kernels hold
 the BLAS at one thread only while a fastnn product runs and restore its setting afterwards,

@@ -3,8 +3,8 @@
 Thread count defaults, in order: ``FASTNN_NUM_THREADS``, then ``OMP_NUM_THREADS`` (its first
 entry), then the number of CPUs this process may run on. Any positive int is honoured, also
 above the core count. Results never depend on it: kernels split work into blocks fixed by the
-problem shape and by ``FASTNN_TILE_CORES`` (default: the CPUs this process may run on, read
-once at import), which sizes the products' tiles for the machine.
+problem shape and by ``FASTNN_TILE_CORES`` (default: the machine's CPU count, ``os.cpu_count()``,
+read once at import; at most 16), which sizes the products' tiles for the machine.
 """
 import contextlib
 import os
@@ -57,9 +57,13 @@ def _from_env():
 
 _num_threads = _from_env()
 # The machine's CPU count, never the thread count, sizes the tiles (rounded down to a power of
-# two, at most 16): many cores get more, smaller tiles, the same for any thread count.
+# two, at most max_tiles = 16): many cores get more, smaller tiles, the same for any thread
+# count. os.cpu_count(), not the affinity mask: taskset, OMP_PROC_BIND or OMP_PLACES (libgomp
+# pins the importing thread) would otherwise change the tiles, and with them the bits.
 _tile_cores = _positive_env("FASTNN_TILE_CORES")
-_dense.set_tile_params(tile_cores=_tile_cores if _tile_cores is not None else _cpu_count())
+if _tile_cores is None:
+    _tile_cores = max(1, os.cpu_count() or 1)
+_dense.set_tile_params(tile_cores=min(_tile_cores, _dense.tile_params()["max_tiles"]))
 if not _config.openmp_enabled():
     _num_threads = 1
 else:

@@ -129,7 +129,7 @@ _REPORT = """
     # the CPUs this process may use (no sched_getaffinity on macOS and Windows)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"n": fastnn.get_num_threads(), "openmp": _config.openmp_enabled(),
-            "omp_max": _config.omp_max_threads(), "cpus": cpus,
+            "omp_max": _config.omp_max_threads(), "cpus": cpus, "machine_cpus": os.cpu_count(),
             "tile_cores": fastnn.show_config()["tile_cores"]}
     try:
         from threadpoolctl import threadpool_info
@@ -189,20 +189,23 @@ def _pow2_floor(n):
 @pytest.mark.parametrize(
     "env,want",
     [
-        ({}, "cpus"),
-        ({"FASTNN_NUM_THREADS": "64", "OMP_NUM_THREADS": "3"}, "cpus"),  # never the thread count
+        ({}, "machine"),
+        ({"FASTNN_NUM_THREADS": "64", "OMP_NUM_THREADS": "3"}, "machine"),  # not the thread count
+        ({"OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}, "machine"),  # nor the pinning
         ({"FASTNN_TILE_CORES": "16"}, 16),
         ({"FASTNN_TILE_CORES": " 6 "}, 4),   # a power of two
         ({"FASTNN_TILE_CORES": "1"}, 1),
-        ({"FASTNN_TILE_CORES": ""}, "cpus"),  # empty means unset
+        ({"FASTNN_TILE_CORES": "64"}, 16),   # at most max_tiles
+        ({"FASTNN_TILE_CORES": ""}, "machine"),  # empty means unset
     ],
     ids=lambda v: repr(v),
 )
 def test_tile_cores_follow_the_machine_or_fastnn_tile_cores(env, want):
-    """The products' tiles are sized for the CPUs the process may run on (a power of two), or
-    for FASTNN_TILE_CORES: read once at import, whatever the thread count."""
+    """The products' tiles are sized for the machine's CPU count (a power of two, at most 16),
+    or for FASTNN_TILE_CORES: read once at import, whatever the thread count or pinning."""
     info = _report(env)
-    assert info["tile_cores"] == _pow2_floor(info["cpus"] if want == "cpus" else want)
+    want = info["machine_cpus"] if want == "machine" else want
+    assert info["tile_cores"] == _pow2_floor(min(want, 16))
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
