@@ -25,6 +25,7 @@ import numpy as np
 import fastnn
 from fastnn import functional as F
 from fastnn import optim as O
+from fastnn._kernels import dense as _kd
 from fastnn.reference import dense as RD
 from fastnn.reference import losses as RL
 
@@ -193,7 +194,8 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             torch = None
     networks = networks or NETWORKS
     results = []
-    print(f"fastnn {fastnn.__version__}, {nthreads} threads, "
+    print(f"fastnn {fastnn.__version__}, {nthreads} threads (tiles for "
+          f"{_kd.tile_params()['tile_cores']} CPUs), "
           f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
           f"{time.strftime('%Y-%m-%d')}", file=stream)
     for dt in dtypes:
@@ -219,7 +221,8 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             roof = flops / (rate * 1e9) / med["fastnn"]
             held, need, per_step = step_memory(model, X, y, opt, loss)
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
-                   "threads": nthreads, "ms": {k: v * 1e3 for k, v in med.items()},
+                   "threads": nthreads, "tile_cores": _kd.tile_params()["tile_cores"],
+                   "ms": {k: v * 1e3 for k, v in med.items()},
                    "speedup_vs_numpy": med["numpy"] / med["fastnn"],
                    "functional_vs_numpy": med["numpy"] / med["functional"],
                    "roofline_fraction": roof, "matmul_gflops": rate,
