@@ -454,8 +454,9 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
                                           dz == dout: computed in place, dout is overwritten)
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is NULL), dw = x.T @ dz
-    partial (and apartial for prelu) are workspaces (of any content) of backward_blocks(N, rb) x M, rb
-    the rows per block the caller sized them with (bias_rows_per_block when it allocated);
+    partial (and apartial for prelu) are workspaces (of any content) of backward_blocks(N, rb)
+    x M, rb the rows per block the caller sized them with (bias_rows_per_block when it
+    allocated);
     wslots has wslot_elems(N, D, M) elements.
     Sums run over fixed row blocks, then over the blocks in order: thread-count independent.
     The caller holds the BLAS single-threaded (blas_enter)."""

@@ -40,6 +40,7 @@ cdef struct NetPlan:
     Py_ssize_t *poff     # where each layer's partial sums start in partial     set for each
     Py_ssize_t *woff     # where each layer's dw chunk partials start in wslots step by
     Py_ssize_t chunk     # rows per chunk when the whole step runs in chunks    _size_buffers)
+    Py_ssize_t chunk_stride   # a chunked step: each thread's scratch (_chunk_tile_elems)
     double *alpha
     void **W
     void **b
@@ -85,7 +86,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                       double eps, double c1, double c2, double wd, int nt,
                       bint guard, double *loss_out) noexcept nogil:
     cdef int L = P.n_layers, l, k
-    cdef Py_ssize_t N = P.N, C = P.fan_out[P.n_layers - 1], bad, stride
+    cdef Py_ssize_t N = P.N, C = P.fan_out[P.n_layers - 1], bad
     cdef bint chunked
     cdef const floating *inp
     cdef const floating *targets
@@ -99,10 +100,9 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         targets = <const floating *>P.targets
     # a small network runs forward, loss and backward chunk by chunk, then the sums (the
     # scratch check cannot fail after _size_buffers; the other path gives the same numbers)
-    stride = _chunk_tile_elems(P, cfg) if P.chunk > 0 else 0
-    chunked = P.chunk > 0 and P.scratch_elems >= stride
+    chunked = P.chunk > 0 and P.scratch_elems >= P.chunk_stride
     if chunked:
-        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, stride, nt)
+        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, P.chunk_stride, nt)
     else:
         inp = X
         for l in range(L):
@@ -206,8 +206,9 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
         M = P.fan_out[l]
         if l == L - 1:
             g = <floating *>P.dact0
-            backward_block(c, ch, P.op[l], g, <const floating *>_saved(P, l), g, P.alpha[l], <const floating *>P.avec[l],
-                           <floating *>P.partial + P.poff[l], <floating *>P.apartial, N, M)
+            backward_block(c, ch, P.op[l], g, <const floating *>_saved(P, l), g, P.alpha[l],
+                           <const floating *>P.avec[l], <floating *>P.partial + P.poff[l],
+                           <floating *>P.apartial, N, M)
         else:
             g = <floating *>P.act[l]   # dz, written there by the layer above
             backward_block(c, ch, FNN_IDENTITY, g, <const floating *>NULL, <floating *>NULL,
@@ -529,9 +530,10 @@ cdef class StepPlan:
             # (a chunked step keeps chunk 0's weight gradient apart too: nothing is written
             # to the gradients before the loss is known to be finite)
             wsum += wslot_elems(cfg, P.N, D, M) + (D * M if P.chunk > 0 else 0)
+        P.chunk_stride = _chunk_tile_elems(P, cfg) if P.chunk > 0 else 0
         if P.chunk > 0:
             threads = _chunk_threads(P, cdiv(P.N, P.chunk), n_threads)
-            need = _chunk_tile_elems(P, cfg) * threads
+            need = P.chunk_stride * threads
         elif P.fused:
             for l in range(1, P.n_layers):
                 need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l], n_threads))
