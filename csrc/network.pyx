@@ -41,6 +41,8 @@ cdef struct NetPlan:
     Py_ssize_t *woff     # where each layer's dw chunk partials start in wslots step by
     Py_ssize_t chunk     # rows per chunk when the whole step runs in chunks    _size_buffers)
     Py_ssize_t chunk_stride   # a chunked step: each thread's scratch (_chunk_tile_elems)
+    bint w0_apart        # a chunked step under the guard: chunk 0's weight gradients go to
+                         # wslots too (nothing reaches dW before the loss is known finite)
     double *alpha
     void **W
     void **b
@@ -114,8 +116,8 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.losses, batch_chunk_rows(cfg, N), nt)
     if guard and not (loss_out[0] - loss_out[0] == 0):
-        # non-finite loss: leave gradients and parameters as they are (a chunked step's
-        # gradients are still the chunks' partials: nothing was written)
+        # non-finite loss: leave gradients and parameters as they are (under the guard a
+        # chunked step kept chunk 0's weight gradients apart too: nothing was written)
         return STOPPED
     if chunked:
         _sum_chunks(P, X)
@@ -195,11 +197,13 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     """The backward pass of chunk c's rows through every layer, as _backward_fused computes
     them for the whole batch: the same blocks (the chunks) of each layer's bias-gradient
     sums, the same per-chunk weight-gradient products, the same dx tiles (row c of each
-    plan) through this thread's scratch tile into the activations below. Every chunk's
-    partials (chunk 0's weight gradient too) go to the workspaces; _sum_chunks adds them."""
+    plan) through this thread's scratch tile into the activations below. Chunk 0's weight
+    gradient goes into dW itself, as on the layer path (into its own slot under the guard:
+    w0_apart), the other chunks' into their partials; _sum_chunks adds them."""
     cdef int L = P.n_layers, l
     cdef Py_ssize_t j, N = P.N, ch = P.chunk, D, M
     cdef floating *g
+    cdef floating *dw
     cdef Plan px
     for l in range(L - 1, -1, -1):
         D = P.fan_in[l]
@@ -214,8 +218,13 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
             backward_block(c, ch, FNN_IDENTITY, g, <const floating *>NULL, <floating *>NULL,
                            0.0, <const floating *>NULL, <floating *>P.partial + P.poff[l],
                            <floating *>NULL, N, M)
-        dw_chunk(c, ch, N, D, M, g, X if l == 0 else <const floating *>P.act[l - 1],
-                 <floating *>P.wslots + P.woff[l] + c * D * M, cfg.thin)
+        if P.w0_apart:
+            dw = <floating *>P.wslots + P.woff[l] + c * D * M
+        elif c == 0:
+            dw = <floating *>P.dW[l]
+        else:
+            dw = <floating *>P.wslots + P.woff[l] + (c - 1) * D * M
+        dw_chunk(c, ch, N, D, M, g, X if l == 0 else <const floating *>P.act[l - 1], dw, cfg.thin)
         if l > 0:
             px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
             for j in range(px.nc):
@@ -270,8 +279,10 @@ cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
                            <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
                            <floating *>P.apartial, nch, M)
         slots = <floating *>P.wslots + P.woff[l]
-        memcpy(P.dW[l], slots, DM * sizeof(floating))
-        dw_sum_chunks(nch, P.fan_in[l], M, <floating *>P.dW[l], slots + DM)
+        if P.w0_apart:
+            memcpy(P.dW[l], slots, DM * sizeof(floating))
+            slots += DM
+        dw_sum_chunks(nch, P.fan_in[l], M, <floating *>P.dW[l], slots)
 
 
 cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
@@ -505,7 +516,7 @@ cdef class StepPlan:
         (no N x width gradient buffers; every network without a prelu hidden layer)."""
         return bool(self.P.fused)
 
-    cdef int _size_buffers(self, const DenseConfig *cfg, int n_threads) except -1:
+    cdef int _size_buffers(self, const DenseConfig *cfg, int n_threads, bint guard) except -1:
         """Lay out the workspaces for the tiling in cfg (the snapshot the step runs with) and
         grow them where they are too small: each layer's bias-gradient blocks and partial
         sums, its weight-gradient chunk partials, whether the whole step runs in row chunks,
@@ -518,6 +529,7 @@ cdef class StepPlan:
             if chunk_rows(cfg, P.N, P.fan_in[l], P.fan_out[l]) == 0:
                 chunked = False
         P.chunk = chunk_rows(cfg, P.N, P.fan_in[0], P.fan_out[0]) if chunked else 0
+        P.w0_apart = P.chunk > 0 and guard
         for l in range(P.n_layers):
             D = P.fan_in[l]
             M = P.fan_out[l]
@@ -527,9 +539,9 @@ cdef class StepPlan:
             psum += blocks
             amax = max(amax, blocks)
             P.woff[l] = wsum
-            # (a chunked step keeps chunk 0's weight gradient apart too: nothing is written
-            # to the gradients before the loss is known to be finite)
-            wsum += wslot_elems(cfg, P.N, D, M) + (D * M if P.chunk > 0 else 0)
+            # (a chunked step under the guard keeps chunk 0's weight gradient apart too:
+            # nothing is written to the gradients before the loss is known to be finite)
+            wsum += wslot_elems(cfg, P.N, D, M) + (D * M if P.w0_apart else 0)
         P.chunk_stride = _chunk_tile_elems(P, cfg) if P.chunk > 0 else 0
         if P.chunk > 0:
             threads = _chunk_threads(P, cdiv(P.N, P.chunk), n_threads)
@@ -605,7 +617,7 @@ cdef class StepPlan:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         if self._busy:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
-        self._size_buffers(&cfg, n_threads)
+        self._size_buffers(&cfg, n_threads, guard)
         self.stopped = False
         self._busy = True
         blas_enter(_cfg)

@@ -1081,6 +1081,38 @@ def test_chunked_step_is_thread_invariant_and_shares_its_chunks():
     assert started is None or started >= 1, started
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_chunked_step_with_and_without_the_guard_matches_the_layer_path(dtype):
+    """fit's guarded steps keep chunk 0's weight gradients in a workspace of their own, the
+    unguarded ones write them into the gradients: alternating the two on one plan (its
+    workspace laid out again each time) gives the layer path's numbers, bitwise."""
+    n = FUSED_SIZES["chunked"][0]
+    r = np.random.default_rng(14)
+    X = r.standard_normal((n, 5)).astype(dtype)
+    y = r.integers(0, 10, n)
+
+    def run(twin=False):
+        layers = _chunked_model(10, dtype)
+        if twin:
+            layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
+        model = Sequential(*layers)
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        out = []
+        for guard in (False, True, True, False, True):
+            value, _, stopped = model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=guard)
+            assert not stopped
+            out.append(value)
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin and (twin or step.plan.chunk_rows > 0)
+        return out, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    compiled = assert_thread_invariant(run)
+    layerwise = run(twin=True)
+    assert compiled[0] == layerwise[0]
+    for a, b in zip(compiled[1] + compiled[2], layerwise[1] + layerwise[2]):
+        assert_same_bits(a, b)
+
+
 @pytest.mark.parametrize("bad", ["nan-loss", "nan-gradient"])
 def test_chunked_step_guard_stops_before_any_update(bad):
     """fit's guard on a chunked step: a non-finite loss leaves the parameters and the
