@@ -17,7 +17,18 @@ _SET_NAMES = ("scipy_openblas_set_num_threads", "openblas_set_num_threads",
 _GET_NAMES = ("scipy_openblas_get_num_threads", "openblas_get_num_threads",
               "scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_")
 
-_state = {"library": None, "controlled": False}
+_CORENAME_NAMES = ("scipy_openblas_get_corename", "openblas_get_corename",
+                   "scipy_openblas_get_corename64_", "openblas_get_corename64_")
+
+# OpenBLAS kernel sets with a small-matrix sgemm/dgemm path (no packing for small products:
+# SMALL_MATRIX_OPT, the SKYLAKEX kernels, which COOPERLAKE and SAPPHIRERAPIDS reuse). With
+# them a packing-free gemm beats one gemv per output row or column on thin products, so the
+# dense kernels' gemv path (`thin`) is turned off. Measured on Zen 4 with the SkylakeX kernels
+# (bench/tile_params.py thin --values 0,4): 2-100-3 (300) 18.6 -> 15.8 us per step, 2-100-3
+# (1000) 48.6 -> 41.2; with the Haswell kernels the gemv path wins (50 -> 30 us).
+_SMALL_GEMM_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+_state = {"library": None, "controlled": False, "corename": None}
 
 
 def _candidate_paths():
@@ -75,9 +86,31 @@ def register():
         set_addr = ctypes.cast(set_fn, ctypes.c_void_p).value
         get_addr = ctypes.cast(get_fn, ctypes.c_void_p).value
         dense.register_blas_thread_control(set_addr, get_addr)
-        _state.update(library=path, controlled=True)
+        corename = _corename(lib)
+        _state.update(library=path, controlled=True, corename=corename)
+        dense.set_tile_params(thin=thin_products_for(corename))
         return True
     return False
+
+
+def _corename(lib):
+    """The kernel set OpenBLAS chose when it loaded (or OPENBLAS_CORETYPE named), or None."""
+    for name in _CORENAME_NAMES:
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            fn.argtypes = []
+            value = fn()
+            return value.decode("ascii", "replace").strip() if value else None
+    return None
+
+
+def thin_products_for(corename):
+    """The dense kernels' `thin` setting (largest output row or column count that runs as
+    gemv calls; 0: never) for SciPy's OpenBLAS with kernel set `corename`."""
+    if corename is not None and corename.lower() in _SMALL_GEMM_CORES:
+        return 0
+    return 4
 
 
 def info():

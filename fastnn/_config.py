@@ -1,4 +1,5 @@
 """fastnn.show_config(): what this build of fastnn is and how it runs here."""
+import os
 import sys
 
 import numpy as np
@@ -29,6 +30,39 @@ def _blas_info():
     return lines
 
 
+def _blas_owner(path):
+    """Which package a BLAS library file came with, from the wheel's folder of bundled
+    libraries (``scipy.libs``, ``numpy.libs``), else the file's name."""
+    parts = os.path.normpath(path or "").split(os.sep)
+    for part in reversed(parts[:-1]):
+        if part.endswith(".libs"):
+            return {"scipy.libs": "SciPy", "numpy.libs": "NumPy"}.get(part, part[:-5])
+    return os.path.basename(path or "") or "BLAS"
+
+
+def blas_kernels():
+    """One line on the kernels each BLAS in this process runs: OpenBLAS picks them for the CPU
+    when it loads, unless ``OPENBLAS_CORETYPE`` names others. fastnn's products run on SciPy's,
+    the NumPy reference's on NumPy's, and step times depend on the choice (see the README)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
+    parts = []
+    if threadpool_info is not None:
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                parts.append(f"{_blas_owner(pool.get('filepath'))}'s {pool.get('internal_api')} "
+                             f"{pool.get('version')} ({pool.get('architecture')} kernels)")
+    if not parts:
+        parts.append("kernels unknown (install threadpoolctl to see them)")
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    if coretype is not None:
+        parts.append(f"OPENBLAS_CORETYPE={coretype} set")
+    return "; ".join(parts)
+
+
 def config_dict():
     import fastnn
     return {
@@ -42,7 +76,9 @@ def config_dict():
         "simd_runtime_dispatch": _config.simd_runtime_dispatch(),
         "num_threads": _threads.get_num_threads(),
         "tile_cores": _dense.tile_params()["tile_cores"],
+        "thin": _dense.tile_params()["thin"],
         "blas": _blas_info(),
+        "blas_kernels": blas_kernels(),
     }
 
 
@@ -58,11 +94,14 @@ def show_config(file=None):
         f"  compiler    {info['compiler']}",
         f"  openmp      {omp}",
         f"  threads     {info['num_threads']}",
-        f"  tiles       sized for {info['tile_cores']} CPUs (FASTNN_TILE_CORES)",
+        f"  tiles       sized for {info['tile_cores']} CPUs (FASTNN_TILE_CORES); "
+        + (f"products with at most {info['thin']} output rows or columns as gemv calls"
+           if info["thin"] else "no gemv path (the BLAS has small-matrix kernels)"),
         f"  simd        {info['simd_path']}"
         + (" [runtime dispatch]" if info["simd_runtime_dispatch"] else ""),
     ]
     for i, line in enumerate(info["blas"]):
         text.append(f"  {'blas' if i == 0 else ''}{' ' * (8 if i == 0 else 12)}{line}")
+    text.append(f"  kernels     {info['blas_kernels']}")
     print("\n".join(text), file=file or sys.stdout)
     return info

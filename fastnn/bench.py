@@ -23,6 +23,7 @@ import tracemalloc
 import numpy as np
 
 import fastnn
+from fastnn import _config as _fastnn_config
 from fastnn import functional as F
 from fastnn import optim as O
 from fastnn._kernels import dense as _kd
@@ -198,6 +199,8 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
           f"{_kd.tile_params()['tile_cores']} CPUs), "
           f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
           f"{time.strftime('%Y-%m-%d')}", file=stream)
+    kernels = _fastnn_config.blas_kernels()
+    print(f"BLAS: {kernels}", file=stream)
     for dt in dtypes:
         dtype = np.dtype(dt)
         rate = matmul_rate(dtype)
@@ -222,6 +225,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             held, need, per_step = step_memory(model, X, y, opt, loss)
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
                    "threads": nthreads, "tile_cores": _kd.tile_params()["tile_cores"],
+                   "blas_kernels": kernels, "thin": _kd.tile_params()["thin"],
                    "ms": {k: v * 1e3 for k, v in med.items()},
                    "speedup_vs_numpy": med["numpy"] / med["fastnn"],
                    "functional_vs_numpy": med["numpy"] / med["functional"],

@@ -13,6 +13,7 @@ import pytest
 
 import fastnn
 import fastnn.functional as F
+from fastnn import _config as _fastnn_config
 from fastnn._kernels import _config
 from fastnn._kernels import dense as _kd
 
@@ -240,6 +241,36 @@ def test_show_config_prints_and_returns_dict(capsys):
     assert re.search(r"\bblas\b", text)
 
 
+@pytest.mark.parametrize("coretype", [None, "Haswell", ""])
+def test_blas_kernels_names_each_blas_and_the_coretype_override(monkeypatch, coretype):
+    """The bench header's BLAS line: whose BLAS runs which kernels, and OPENBLAS_CORETYPE
+    when it is set (it overrides OpenBLAS's choice for the CPU; the step times follow it)."""
+    if coretype is None:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+    line = _fastnn_config.blas_kernels()
+    assert ("OPENBLAS_CORETYPE" in line) == (coretype is not None), line
+    if coretype is not None:
+        assert line.endswith(f"OPENBLAS_CORETYPE={coretype} set"), line
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pools = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert line.count(" kernels)") == len(pools) >= 1, line
+    for p in pools:
+        assert f"{p['version']} ({p['architecture']} kernels)" in line, line
+
+
+@pytest.mark.parametrize("path,owner", [
+    ("/site-packages/scipy.libs/libscipy_openblas-6cdc3b4a.so", "SciPy"),
+    ("/site-packages/numpy.libs/libscipy_openblas64_-32a4b2a6.so", "NumPy"),
+    ("/site-packages/torch.libs/libopenblas.so", "torch"),
+    ("/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "libopenblas.so.0"),
+    (None, "BLAS"),
+])
+def test_blas_owner_from_the_wheels_library_folder(path, owner):
+    assert _fastnn_config._blas_owner(path) == owner
+
+
 def test_show_config_follows_thread_setting_and_file_argument():
     with fastnn.threads(7):
         buf = io.StringIO()
@@ -303,3 +334,63 @@ def test_installed_metadata_matches_version():
     if init not in files and editable_root != os.path.realpath(IMPORT_ROOT):
         pytest.skip(f"the installed fastnn {dist.version} is not the one imported ({init})")
     assert dist.version == fastnn.__version__
+
+
+def test_bench_reports_the_blas_kernels_it_ran_on():
+    """python -m fastnn bench: the header and every JSON row say which BLAS kernels ran."""
+    from fastnn import bench
+
+    buf = io.StringIO()
+    rows = bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, use_torch=False, stream=buf)
+    kernels = _fastnn_config.blas_kernels()
+    assert f"BLAS: {kernels}\n" in buf.getvalue()
+    assert len(rows) == 1 and rows[0]["blas_kernels"] == kernels
+    assert rows[0]["network"] == "3-5-2" and rows[0]["batch"] == 7
+    json.dumps(rows)
+
+
+# ============================================================================ BLAS kernels
+_CORE_AND_THIN = ("import fastnn\nfrom fastnn import _blas\nfrom fastnn._kernels import dense\n"
+                  "print(_blas.info()['corename'], dense.tile_params()['thin'])")
+
+
+def test_thin_products_follow_the_blas_kernels():
+    """The gemv path for thin products is off exactly for OpenBLAS kernel sets with a
+    small-matrix gemm, and the setting at import follows the kernels SciPy's BLAS runs."""
+    from fastnn import _blas
+
+    for name in ("SkylakeX", "skylakex", "Cooperlake", "SapphireRapids"):
+        assert _blas.thin_products_for(name) == 0, name
+    for name in ("Haswell", "Zen", "Sandybridge", "Prescott", "neoversen1", "", None):
+        assert _blas.thin_products_for(name) == 4, name
+    corename = _blas.info()["corename"]
+    # a fresh interpreter: the setting at import (this one's tests may have changed it)
+    proc = _run_child({}, _CORE_AND_THIN)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.split()
+    assert out[0] == str(corename) and int(out[1]) == _blas.thin_products_for(corename), out
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    archs = [p["architecture"] for p in threadpoolctl.threadpool_info()
+             if p["user_api"] == "blas" and p["filepath"] == _blas.info()["library"]]
+    if archs:
+        assert archs[0] == corename
+
+
+@pytest.mark.parametrize("coretype,thin", [("Haswell", 4), ("SkylakeX", 0)])
+def test_openblas_coretype_sets_the_thin_products(coretype, thin):
+    """OPENBLAS_CORETYPE picks SciPy's OpenBLAS kernels, and with them the gemv path."""
+    from fastnn import _blas
+
+    if _blas.info()["corename"] is None:
+        pytest.skip("SciPy's BLAS does not name its kernels (not OpenBLAS)")
+    if coretype == "SkylakeX":
+        try:
+            with open("/proc/cpuinfo") as f:
+                avx512 = "avx512f" in f.read()
+        except OSError:
+            avx512 = False
+        if not avx512:
+            pytest.skip("no AVX-512 seen here: OpenBLAS cannot run its SkylakeX kernels")
+    proc = _run_child({"OPENBLAS_CORETYPE": coretype}, _CORE_AND_THIN)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [coretype, str(thin)], proc.stdout

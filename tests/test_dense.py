@@ -37,9 +37,11 @@ from kernel_specs import layer_api_dense
 @pytest.fixture(autouse=True)
 def _small_tiles():
     """Tiles of ~2 MFLOP (instead of the tuned ~64) so that test-sized products are cut into
-    many ragged tiles and every tiling path runs; restored after each test."""
+    many ragged tiles and every tiling path runs, and the gemv path for thin products on
+    whatever kernels the BLAS has (fastnn turns it off where it has small-matrix ones; the
+    gemm_only fixture runs without it); restored after each test."""
     saved = _kd.tile_params()
-    _kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)
+    _kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6, thin=4)
     yield
     _kd.set_tile_params(**saved)
 
@@ -707,7 +709,8 @@ def test_thin_threaded_shapes_run_parallel(shape):
     """test_thin_products_threads_bitwise_identical compares really parallel runs."""
     (n, d), m = shape
     setup = ("from fastnn._kernels import dense as _kd\n"
-             "_kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)\n"
+             "_kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6,"
+             " thin=4)\n"
              f"rng = np.random.default_rng(0)\nx = rng.standard_normal(({n}, {d}))\n"
              f"w = rng.standard_normal(({d}, {m}))\nb = np.zeros({m})\ndout = np.ones(({n}, {m}))\n"
              "_, c = F.affine_forward(x, w, b)")
