@@ -109,7 +109,11 @@ def check_scalar(value, name, allow_nan=False, lo=None, hi=None, lo_open=False, 
                 value = value.item()
             else:
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:   # an int beyond float's range (10**400)
+            raise ValueError(f"{name} must be finite, got an integer of "
+                             f"{int(value).bit_length()} bits") from None
         if not allow_nan and not np.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
     below = lo is not None and (value < lo or (lo_open and value == lo))

@@ -7,14 +7,30 @@ from random import randrange
 
 import numpy as np
 
+from fastnn._validation import check_int, check_scalar
+
 __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "grad_check_sparse", "rel_error"]
 
 
 def rel_error(x, y):
-    """Max relative error ``|x - y| / max(1e-8, |x| + |y|)`` (the course's definition)."""
+    """Max relative error ``|x - y| / max(1e-8, |x| + |y|)`` (the course's definition); 0.0
+    for two empty arrays."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
+    err = np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))
+    return float(np.max(err)) if err.size else 0.0
+
+
+def _check_point(x, h):
+    """x must be a float ndarray (it is perturbed in place: an int array would round x + h
+    back to x) and h a positive finite step."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray (perturbed in place), got {type(x).__name__}")
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:
+        raise TypeError(f"x must be a float32 or float64 array, got dtype {x.dtype}")
+    if not x.flags.writeable:
+        raise ValueError("x must be writeable (it is perturbed in place)")
+    return check_scalar(h, "h", lo=0.0, lo_open=True)
 
 
 def _plus_minus(f, x, ix, h, as_array=False):
@@ -36,6 +52,7 @@ def _plus_minus(f, x, ix, h, as_array=False):
 
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored)."""
+    h = _check_point(x, h)
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
@@ -50,6 +67,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``."""
+    h = _check_point(x, h)
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
@@ -63,6 +81,13 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
 def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
     """Compare ``analytic_grad`` with centered differences at ``num_checks`` random entries;
     prints each comparison and returns the list of relative errors."""
+    h = _check_point(x, h)
+    num_checks = check_int(num_checks, "num_checks", minimum=0)
+    if np.shape(analytic_grad) != x.shape:
+        raise ValueError(f"analytic_grad must have the shape of x {x.shape}, got {np.shape(analytic_grad)}")
+    if x.size == 0 and num_checks:
+        raise ValueError("x is empty: there is no entry to check")
+    analytic_grad = np.asarray(analytic_grad)
     errors = []
     for _ in range(num_checks):
         ix = tuple(randrange(m) for m in x.shape)

@@ -56,6 +56,22 @@ def _check_seed(seed):
     return seed
 
 
+def _initial_weights(init, shape, rng, dtype):
+    """init(shape, rng, dtype) (a weight_init), checked: real, finite, of exactly that shape."""
+    w = init(shape, rng, dtype)
+    try:
+        arr = np.asarray(w)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"weight_init returned something that is not an array: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"weight_init must return real numbers, got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"weight_init returned shape {arr.shape}, expected {tuple(shape)}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError("weight_init returned NaN or Inf")
+    return arr
+
+
 class Parameter:
     """One learnable array of a layer: ``data`` is the live array (``layer.params[name]``),
     ``grad`` its gradient. ``decay`` says whether weight decay applies (weights, not biases)."""
@@ -181,7 +197,7 @@ class Dense(Layer):
         self.weight_init = weight_init
         init = get_initializer(weight_init, self.activation)
         rng = np.random.default_rng(seed)
-        self._add_param("W", init((self.in_features, self.out_features), rng, self.dtype))
+        self._add_param("W", _initial_weights(init, (self.in_features, self.out_features), rng, self.dtype))
         # With the default initializer and no activation of its own, a Sequential that puts a
         # ReLU-family layer after this one re-draws W with He (see _default_init_for).
         self._default_init_W = _digest(self.params["W"]) if weight_init is None else None
@@ -207,10 +223,15 @@ class Dense(Layer):
         self._default_init_W = None
 
     def _check_x(self, x):
+        if isinstance(x, np.ndarray):
+            self._check_x_shape(x.shape)   # before the conversion: a huge view is not copied
         x = self._input(x)
-        if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
-            raise ValueError(f"x must have shape (N, {self.in_features}), got {x.shape}")
+        self._check_x_shape(x.shape)
         return x
+
+    def _check_x_shape(self, shape):
+        if len(shape) < 2 or math.prod(shape[1:]) != self.in_features:
+            raise ValueError(f"x must have shape (N, {self.in_features}), got {shape}")
 
     def forward(self, x, training=None):
         return self._fused_forward(self._check_x(x), self._op, self.alpha,
@@ -356,7 +377,7 @@ class Maxout(Layer):
         self.seed = _check_seed(seed)
         init = get_initializer(weight_init, "linear")
         rng = np.random.default_rng(seed)
-        w = init((self.in_features, self.out_features * self.pieces), rng, self.dtype)
+        w = _initial_weights(init, (self.in_features, self.out_features * self.pieces), rng, self.dtype)
         self._add_param("W", w.reshape(self.in_features, self.out_features, self.pieces))
         self._add_param("b", np.zeros((self.out_features, self.pieces)))
 
@@ -461,6 +482,26 @@ class GaussianNoise(_Stochastic):
 
     def get_config(self):
         return {"std": self.std, "dtype": _dtype_name(self.dtype)}
+
+
+def described_param_shapes(type_name, config):
+    """{name: shape} of the parameters a layer of type `type_name` built from `config` (a
+    ``get_config`` dict, as a model file stores it) would have, without building it (so
+    without allocating them): load_model checks a file's arrays against these first. The
+    sizes are checked as the constructors check them (TypeError / ValueError)."""
+    if type_name in ("Dense", "Maxout"):
+        d = check_int(config.get("in_features"), "in_features", below=2**31)
+        m = check_int(config.get("out_features"), "out_features", below=2**31)
+        if type_name == "Maxout":
+            k = check_int(config.get("pieces", 2), "pieces", below=128)
+            return {"W": (d, m, k), "b": (m, k)}
+        shapes = {"W": (d, m), "b": (m,)}
+        if config.get("activation") == "prelu":
+            shapes["alpha"] = (m,)
+        return shapes
+    if type_name == "PReLU":
+        return {"alpha": (check_int(config.get("num_parameters", 1), "num_parameters", below=2**31),)}
+    return {}   # the other layer types hold no parameters
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Dense, ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Maxout, Dropout, GaussianNoise)}

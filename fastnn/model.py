@@ -13,7 +13,7 @@ import numpy as np
 
 from fastnn._validation import as_float_array, check_int, int_labels
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
-                           ReLU, Sigmoid, Tanh)
+                           ReLU, Sigmoid, Tanh, _check_seed, described_param_shapes)
 from fastnn import _threads
 from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError, MulticlassHinge,
                            SoftmaxCrossEntropy, get_loss)
@@ -407,6 +407,7 @@ class Sequential:
             raise ValueError("X is empty: nothing to train on")
         epochs = check_int(epochs, "epochs")
         batch_size = check_int(batch_size, "batch_size")
+        seed = _check_seed(seed)
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
         _check_optimizer(optimizer)
@@ -586,8 +587,8 @@ def _read_model_file(path):
         if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1:
             raise ValueError("bad metadata array")
         meta = json.loads(meta_arr.tobytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} has corrupt metadata: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: nesting)
+        raise ValueError(f"{path} has corrupt metadata: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or not isinstance(meta.get("layers"), list):
         raise ValueError(f"{path} is not a fastnn Sequential model file")
     if meta.get("version") != _FORMAT_VERSION:
@@ -602,14 +603,18 @@ def load_model(path):
     for i, entry in enumerate(meta["layers"]):
         if not isinstance(entry, dict) or entry.get("type") not in LAYER_TYPES or not isinstance(entry.get("config"), dict):
             raise ValueError(f"{path}: layer {i} has an unknown description {entry!r}")
-        # Check the stored weights against the described widths before building anything, so a
-        # crafted description of a huge layer costs nothing.
-        cfg = entry["config"]
-        stored = arrays.get(f"{i}.W")
-        if "in_features" in cfg and "out_features" in cfg:
-            if stored is None or stored.shape[:2] != (cfg["in_features"], cfg["out_features"]):
-                raise ValueError(f"{path}: layer {i} is described as {cfg.get('in_features')} -> "
-                                 f"{cfg.get('out_features')} but its stored W has shape "
+        # Check the stored parameters against the shapes the description gives before building
+        # anything, so a crafted description of a huge layer costs nothing: the layer then
+        # allocates no more than the file's own arrays hold.
+        try:
+            shapes = described_param_shapes(entry["type"], entry["config"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: layer {i} ({entry['type']}) has a bad description: {exc}") from None
+        for name, shape in shapes.items():
+            stored = arrays.get(f"{i}.{name}")
+            if stored is None or stored.shape != shape:
+                raise ValueError(f"{path}: layer {i} ({entry['type']}) is described with {name} of "
+                                 f"shape {shape} but its stored {name} has shape "
                                  f"{None if stored is None else stored.shape}")
         try:
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))

@@ -32,6 +32,8 @@ def _target(w):
 def _grad(dw, w):
     if type(dw) is np.ndarray and dw.dtype is w.dtype and dw.shape == w.shape and dw.flags.c_contiguous:
         return dw
+    if isinstance(dw, np.ndarray) and dw.shape != w.shape:   # before a copy of a huge view
+        raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
     dw = as_float_array(dw, "dw", w.dtype)
     if dw.shape != w.shape:
         raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
@@ -62,7 +64,15 @@ def _state(config, key, w):
 
 
 def _hyper(config, key, default, lo=None, hi=None, lo_open=False):
-    return check_scalar(config.setdefault(key, default), f"config['{key}']", lo=lo, hi=hi, lo_open=lo_open)
+    """config[key] (default if absent) checked; the default is written into config only by
+    _keep_defaults, once every check has passed, so a refused call leaves config as it was."""
+    return check_scalar(config.get(key, default), f"config['{key}']", lo=lo, hi=hi, lo_open=lo_open)
+
+
+def _keep_defaults(config, **defaults):
+    """The course's rules leave their defaults in config (config.setdefault)."""
+    for key, value in defaults.items():
+        config.setdefault(key, value)
 
 
 def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.0):
@@ -75,20 +85,23 @@ def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.
 def sgd(w, dw, config=None):
     """Vanilla SGD: ``w -= learning_rate * dw``."""
     config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2)
+    lr = _hyper(config, "learning_rate", 1e-2, lo=0.0)
     wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
-    return _run(_ko.SGD, w, _grad(dw, w), None, None, lr, wd=wd), config
+    dw = _grad(dw, w)
+    _keep_defaults(config, learning_rate=1e-2, weight_decay=0.0)
+    return _run(_ko.SGD, w, dw, None, None, lr, wd=wd), config
 
 
 def _momentum(rule, w, dw, config):
     config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2)
+    lr = _hyper(config, "learning_rate", 1e-2, lo=0.0)
     mu = _hyper(config, "momentum", 0.9, lo=0.0)
     wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
     v = _state(config, "velocity", w)
+    _keep_defaults(config, learning_rate=1e-2, momentum=0.9, weight_decay=0.0)
     return _run(rule, w, dw, v, None, lr, mu, wd=wd), config
 
 
@@ -106,20 +119,21 @@ def rmsprop(w, dw, config=None):
     """RMSProp: ``cache = decay_rate * cache + (1 - decay_rate) * dw**2;
     w -= learning_rate * dw / (sqrt(cache) + epsilon)``."""
     config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2)
+    lr = _hyper(config, "learning_rate", 1e-2, lo=0.0)
     decay = _hyper(config, "decay_rate", 0.99, lo=0.0, hi=1.0)
     eps = _hyper(config, "epsilon", 1e-8, lo=0.0)
     wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
     c = _state(config, "cache", w)
+    _keep_defaults(config, learning_rate=1e-2, decay_rate=0.99, epsilon=1e-8, weight_decay=0.0)
     return _run(_ko.RMSPROP, w, dw, c, None, lr, decay, eps=eps, wd=wd), config
 
 
 def adam(w, dw, config=None):
     """Adam with bias correction; ``config['t']`` is incremented before it is used."""
     config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-3)
+    lr = _hyper(config, "learning_rate", 1e-3, lo=0.0)
     b1 = _hyper(config, "beta1", 0.9, lo=0.0, hi=1.0)
     b2 = _hyper(config, "beta2", 0.999, lo=0.0, hi=1.0)
     eps = _hyper(config, "epsilon", 1e-8, lo=0.0)
@@ -135,5 +149,7 @@ def adam(w, dw, config=None):
     dw = _grad(dw, w)
     m = _state(config, "m", w)
     v = _state(config, "v", w)
+    _keep_defaults(config, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                   weight_decay=0.0)
     config["t"] = t
     return _run(_ko.ADAM, w, dw, m, v, lr, b1, b2, eps, c1, c2, wd), config

@@ -100,8 +100,22 @@ class Solver:
         missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
         if missing:
             raise ValueError(f"data is missing {', '.join(missing)}")
-        self.X_train, self.y_train = data["X_train"], data["y_train"]
-        self.X_val, self.y_val = data["X_val"], data["y_val"]
+        arrays = {}
+        for key in ("X_train", "y_train", "X_val", "y_val"):
+            # arrays as given (the course's Solver keeps them); lists and the like as arrays,
+            # since batches are taken by fancy indexing
+            value = data[key]
+            if not isinstance(value, np.ndarray):
+                try:
+                    value = np.asarray(value)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(f"data['{key}'] must be an array: {exc}") from None
+            if value.ndim < 1 or value.dtype.kind not in "biuf":
+                raise TypeError(f"data['{key}'] must be a numeric array with a sample axis, got "
+                                f"shape {value.shape} and dtype {value.dtype}")
+            arrays[key] = value
+        self.X_train, self.y_train = arrays["X_train"], arrays["y_train"]
+        self.X_val, self.y_val = arrays["X_val"], arrays["y_val"]
         for xs, ys, what in ((self.X_train, self.y_train, "train"), (self.X_val, self.y_val, "val")):
             if len(xs) != len(ys):
                 raise ValueError(f"X_{what} has {len(xs)} rows but y_{what} has {len(ys)} labels")
@@ -234,14 +248,19 @@ class Solver:
         (without repetition) is scored. Scores are computed ``batch_size`` rows at a time."""
         num_samples = check_int(num_samples, "num_samples", allow_none=True)
         batch_size = check_int(batch_size, "batch_size")
+        X = X if isinstance(X, np.ndarray) else np.asarray(X)
+        y = np.asarray(y)
+        if X.ndim < 1:
+            raise ValueError(f"X must have a sample axis, got shape {X.shape}")
         n = len(X)
         if n == 0:
             raise ValueError("X must hold at least one sample")
+        if y.shape != (n,):
+            raise ValueError(f"y must hold one label per row of X ({n}), got shape {y.shape}")
         if num_samples is not None and n > num_samples:
             idx = self._choice(n, num_samples, replace=False)
             X, y = X[idx], y[idx]
             n = num_samples
-        y = np.asarray(y)
 
         preds = []
         for start in range(0, n, batch_size):
@@ -289,17 +308,51 @@ class Solver:
 
 def load_checkpoint(path):
     """Read a checkpoint written by :class:`Solver`: ``path`` is either file of the pair (or the
-    common stem). Returns ``(params, info)``: a dict of arrays and the JSON dict."""
-    path = os.fspath(path)
+    common stem). Returns ``(params, info)``: a dict of arrays and the JSON dict. A missing,
+    truncated or foreign file raises ValueError; the arrays are read from the directory of the
+    JSON file only, and nothing is unpickled."""
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
     stem = path
     for ext in (".npz", ".json"):
         if path.endswith(ext):
             stem = path[:-len(ext)]
-    with open(stem + ".json", encoding="utf-8") as fh:
-        info = json.load(fh)
-    if info.get("format") != CHECKPOINT_FORMAT:
+    try:
+        with open(stem + ".json", encoding="utf-8") as fh:
+            info = json.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read checkpoint {stem}.json: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or text (UnicodeDecodeError), nesting
+        raise ValueError(f"{stem}.json is not a fastnn solver checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{stem}.json is not a fastnn solver checkpoint")
-    npz = os.path.join(os.path.dirname(stem), info["params_file"])
-    with np.load(npz, allow_pickle=False) as f:
-        params = {name: f[name] for name in info["param_names"]}
+    name = info.get("params_file")
+    names = info.get("param_names")
+    # the arrays sit beside the JSON file: a bare file name, never a path elsewhere
+    if (not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name
+            or "/" in name or "\\" in name):
+        raise ValueError(f"{stem}.json: params_file must be the file name of the .npz beside it, "
+                         f"got {name!r}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{stem}.json: param_names must be a list of names, got {names!r}")
+    npz = os.path.join(os.path.dirname(stem), name)
+    try:
+        loaded = np.load(npz, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
+            raise ValueError("not an .npz archive")
+        with loaded as f:
+            missing = [n for n in names if n not in f.files]
+            if missing:
+                raise ValueError(f"no array {missing[0]!r} in it")
+            params = {n: f[n] for n in names}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            RuntimeError, NotImplementedError) as exc:
+        raise ValueError(f"{npz} is not a readable checkpoint array file "
+                         f"({type(exc).__name__}: {exc})") from None
+    for n, a in params.items():
+        if not isinstance(a, np.ndarray):  # a member that is not a .npy file comes back as bytes
+            raise ValueError(f"{npz}: entry {n!r} is not a .npy array")
     return params, info

@@ -307,3 +307,66 @@ def test_concurrent_saves_leave_one_complete_model(tmp_path):
     got = _params(loaded)
     assert any(all(np.array_equal(a, b) for a, b in zip(got, _params(m))) for m in models)
     assert _temp_files(tmp_path) == []
+
+
+def _model_file(tmp_path, layers, arrays=None, name="crafted.npz"):
+    """A model file with the given layer descriptions and arrays, written by hand."""
+    import json
+
+    from fastnn.model import _FORMAT, _FORMAT_VERSION, _META_KEY
+
+    meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": layers}
+    out = tmp_path / name
+    np.savez(out, **{_META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}, **(arrays or {}))
+    return out
+
+
+@pytest.mark.parametrize("entry,arrays", [
+    ({"type": "PReLU", "config": {"num_parameters": 2**30}}, {}),
+    ({"type": "PReLU", "config": {"num_parameters": 2**30}}, {"0.alpha": np.zeros(3, np.float32)}),
+    ({"type": "Maxout", "config": {"in_features": 2000, "out_features": 2000, "pieces": 127}},
+     {"0.W": np.zeros((2, 2, 2), np.float32), "0.b": np.zeros((2, 2), np.float32)}),
+    ({"type": "Dense", "config": {"in_features": 2**20, "out_features": 2**11, "activation": "prelu"}},
+     {"0.W": np.zeros((2**20, 1), np.float32)}),
+    ({"type": "Dense", "config": {"in_features": 4, "out_features": 3, "activation": "prelu"}},
+     {"0.W": np.zeros((4, 3), np.float32), "0.b": np.zeros(3, np.float32)}),   # no alpha
+    ({"type": "Dense", "config": {"in_features": "4", "out_features": 3}}, {}),
+    ({"type": "Maxout", "config": {"in_features": 2, "out_features": 2, "pieces": 500}}, {}),
+], ids=["prelu-huge-no-array", "prelu-huge-small-array", "maxout-huge", "dense-huge",
+        "dense-prelu-missing-alpha", "dense-str-width", "maxout-pieces"])
+def test_a_described_layer_is_checked_against_the_stored_arrays_before_it_is_built(
+        tmp_path, entry, arrays, monkeypatch):
+    """A crafted description of a huge layer costs nothing: load_model compares the shapes the
+    description gives with the file's arrays before any layer allocates its parameters."""
+    import fastnn.layers as layers_mod
+
+    path = _model_file(tmp_path, [entry], arrays)
+    built = []
+    for name, cls in list(layers_mod.LAYER_TYPES.items()):
+        monkeypatch.setitem(layers_mod.LAYER_TYPES, name,
+                            lambda *a, _cls=cls, **k: built.append(_cls) or _cls(*a, **k))
+    with pytest.raises(ValueError, match=r"layer 0 \(" + entry["type"]):
+        load_model(path)
+    assert built == [], "a layer was built before its description was checked"
+
+
+def test_described_param_shapes_match_every_layer_type():
+    """described_param_shapes (what load_model checks before building) gives exactly the
+    parameters every layer type has, so a new layer type cannot slip past it."""
+    from fastnn.layers import LAYER_TYPES, described_param_shapes
+
+    examples = {"Dense": [dict(in_features=3, out_features=4, activation=a)
+                          for a in (None, "relu", "leaky_relu", "prelu")],
+                "PReLU": [dict(num_parameters=1), dict(num_parameters=5)],
+                "Maxout": [dict(in_features=3, out_features=4), dict(in_features=3, out_features=4, pieces=5)]}
+    for name, cls in LAYER_TYPES.items():
+        for cfg in examples.get(name, [{}]):
+            layer = cls(**cfg)
+            want = {k: v.shape for k, v in layer.params.items()}
+            assert described_param_shapes(name, layer.get_config()) == want, (name, cfg)
+
+
+def test_deeply_nested_metadata_is_a_valueerror(tmp_path):
+    path = tmp_path / "deep.npz"
+    np.savez(path, __fastnn__=np.frombuffer(("[" * 100000 + "]" * 100000).encode(), np.uint8))
+    _expect_rejected(_model(seed=5), path)

@@ -1,5 +1,6 @@
 """fastnn.solver.Solver: the course's training loop, keyword arguments and checkpoints."""
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -337,6 +338,77 @@ def test_checkpoint_of_a_real_model_round_trips(tmp_path):
     assert set(params) == {"W1", "b1", "W2", "b2"}
     for k, v in params.items():  # best after a single step is that step's params: both equal
         assert_same_bits(v, model.params[k], what=k)
+
+
+def _checkpoint_pair(tmp_path, info=None, npz=None, json_text=None):
+    """ck.json (info as JSON, or json_text verbatim) and, when npz is given, ck.npz with those
+    arrays (or those raw bytes)."""
+    base = {"format": "fastnn-solver-checkpoint", "params_file": "ck.npz", "param_names": ["W1"]}
+    with open(tmp_path / "ck.json", "w", encoding="utf-8") as fh:
+        fh.write(json_text if json_text is not None else json.dumps(dict(base, **(info or {}))))
+    if isinstance(npz, bytes):
+        (tmp_path / "ck.npz").write_bytes(npz)
+    elif npz is not None:
+        np.savez(tmp_path / "ck.npz", **npz)
+    return tmp_path / "ck.json"
+
+
+@pytest.mark.parametrize("case", [
+    "missing", "json-list", "deep-json", "not-utf8", "no-params-file", "absolute-params-file",
+    "dotdot-params-file", "dot-params-file", "names-not-list", "missing-name", "truncated-npz",
+    "empty-npz-file", "npy-not-npz", "object-array", "non-npy-member",
+])
+def test_load_checkpoint_refuses_bad_files_with_valueerror(tmp_path, case):
+    """Every way a checkpoint can be missing, foreign, truncated or crafted is a ValueError;
+    the arrays come only from the JSON file's own directory; nothing is unpickled."""
+    good = {"W1": np.ones(2)}
+    outside = tmp_path.parent / f"outside_{case}.npz"
+    np.savez(outside, W1=np.ones(2))
+    sub = tmp_path / "dir"
+    sub.mkdir()
+    if case == "missing":
+        path = sub / "nope.json"
+    elif case == "json-list":
+        path = _checkpoint_pair(sub, json_text="[1]", npz=good)
+    elif case == "deep-json":
+        path = _checkpoint_pair(sub, json_text="[" * 100000 + "]" * 100000, npz=good)
+    elif case == "not-utf8":
+        path = _checkpoint_pair(sub, json_text="", npz=good)
+        path.write_bytes(b"\xff\xfe{")
+    elif case == "no-params-file":
+        path = _checkpoint_pair(sub, {"params_file": None}, npz=good)
+    elif case == "absolute-params-file":
+        path = _checkpoint_pair(sub, {"params_file": str(outside)}, npz=good)
+    elif case == "dotdot-params-file":
+        path = _checkpoint_pair(sub, {"params_file": os.path.join("..", "..", outside.name)}, npz=good)
+    elif case == "dot-params-file":
+        path = _checkpoint_pair(sub, {"params_file": "."}, npz=good)
+    elif case == "names-not-list":
+        path = _checkpoint_pair(sub, {"param_names": "W1"}, npz=good)
+    elif case == "missing-name":
+        path = _checkpoint_pair(sub, {"param_names": ["W1", "b1"]}, npz=good)
+    elif case == "truncated-npz":
+        np.savez(sub / "full.npz", **good)
+        path = _checkpoint_pair(sub, npz=(sub / "full.npz").read_bytes()[:60])
+    elif case == "empty-npz-file":
+        path = _checkpoint_pair(sub, npz=b"")
+    elif case == "npy-not-npz":
+        path = _checkpoint_pair(sub)
+        np.save(sub / "ck.npy", np.ones(2))
+        os.replace(sub / "ck.npy", sub / "ck.npz")
+    elif case == "object-array":
+        path = _checkpoint_pair(sub, npz={"W1": np.array([{"a": 1}], dtype=object)})
+    else:  # a zip member that is not a .npy file
+        path = _checkpoint_pair(sub)
+        with zipfile.ZipFile(sub / "ck.npz", "w") as zf:
+            zf.writestr("W1", b"not an array")
+    with pytest.raises(ValueError):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_path_type():
+    with pytest.raises(TypeError, match="path"):
+        load_checkpoint(3)
 
 
 def test_verbose_prints_progress(capsys):

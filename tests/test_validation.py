@@ -455,14 +455,40 @@ CONFIG_ERRORS = [
     ("adam", {"t": -1}, ValueError, "config['t']"),
     ("adam", {"t": 1.5}, ValueError, "config['t']"),
     ("adam", {"t": True}, ValueError, "config['t']"),
+    ("sgd", {"learning_rate": -1.0}, ValueError, "learning_rate"),
+    ("sgd_momentum", {"learning_rate": -1e-3}, ValueError, "learning_rate"),
+    ("rmsprop", {"learning_rate": -1.0}, ValueError, "learning_rate"),
+    ("adam", {"learning_rate": -1.0}, ValueError, "learning_rate"),
+    ("sgd", {"learning_rate": 10**400}, ValueError, "learning_rate"),
+    ("adam", {"beta1": 10**400}, ValueError, "beta1"),
+    ("adam", {"beta2": 2.0}, ValueError, "beta2"),
 ]
 
 
 @pytest.mark.parametrize("rule,config,exc,word", CONFIG_ERRORS, ids=[f"{r}-{w}" for r, _, _, w in CONFIG_ERRORS])
 def test_update_rule_config_errors(rule, config, exc, word):
     w = np.ones(5)
+    before = dict(config) if isinstance(config, dict) else None
     raises_naming(exc, word, getattr(O, rule), w, np.ones(5), config)
     assert_same_bits(w, np.ones(5))
+    if before is not None:   # a refused call leaves config as it was (no defaults, no state)
+        assert config.keys() == before.keys(), (before, config)
+
+
+@pytest.mark.parametrize("rule", O.__all__)
+def test_update_rule_with_the_wrong_dw_leaves_config_alone(rule):
+    config = {}
+    raises_naming(ValueError, "dw", getattr(O, rule), np.ones(5), np.ones(4), config)
+    assert config == {}
+    O.sgd(np.ones(5), np.ones(5), config)   # and a good call still fills in the defaults
+    assert config["learning_rate"] == 1e-2
+
+
+def test_zero_learning_rate_is_allowed_in_the_course_rules():
+    w = np.ones(5)
+    for rule in O.__all__:
+        w2, _ = getattr(O, rule)(w, np.ones(5), {"learning_rate": 0.0})
+        assert_same_bits(w2, np.ones(5))
 
 
 # ============================================================================ labels
@@ -1336,3 +1362,101 @@ def test_train_step_labels_beyond_intp_are_refused(mname, make, loss):
         model.train_step(X, y, loss, SGD(model.parameters(), lr=0.1))
     for p, b in zip(model.parameters(), before):
         assert_same_bits(p.data, b)
+
+
+# ============================================================================ found by an audit
+@pytest.mark.parametrize("fn", [F.affine_forward, F.affine_relu_forward, F.affine_sigmoid_forward,
+                                F.affine_tanh_forward, F.affine_leaky_relu_forward])
+def test_zero_d_w_names_w(fn):
+    raises_naming(ValueError, "w", fn, np.ones((4, 5)), np.array(2.0), np.ones(3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: F.leaky_relu_forward(np.ones(3), 10**400),
+    lambda: F.dropout_forward(np.ones(3), {"p": 10**400, "mode": "train", "seed": 0}),
+    lambda: SGD(Sequential(Dense(5, 3)).parameters(), lr=10**400),
+    lambda: Dense(3, 2, weight_init=10**400),
+    lambda: Dense(3, 2, activation="leaky_relu", alpha=-(10**400)),
+], ids=["leaky-alpha", "dropout-p", "SGD-lr", "weight_init", "Dense-alpha"])
+def test_integers_beyond_float_range_are_valueerrors(make):
+    with pytest.raises(ValueError, match="finite"):
+        make()
+
+
+@pytest.mark.parametrize("init,exc,word", [
+    (lambda shape, rng, dt: np.zeros((7, 7)), ValueError, "shape"),
+    (lambda shape, rng, dt: np.zeros(shape, np.complex128), TypeError, "real"),
+    (lambda shape, rng, dt: np.full(shape, np.inf), ValueError, "NaN or Inf"),
+    (lambda shape, rng, dt: None, TypeError, "weight_init"),
+    (float("inf"), ValueError, "weight_scale"),
+    (float("nan"), ValueError, "weight_scale"),
+])
+@pytest.mark.parametrize("layer", ["Dense", "Maxout"])
+def test_weight_init_results_are_checked(layer, init, exc, word):
+    raises_naming(exc, word, {"Dense": Dense, "Maxout": Maxout}[layer], 3, 2, weight_init=init)
+
+
+def test_shapes_are_checked_before_huge_views_are_copied():
+    """A wrong-shaped broadcast view of a huge shape is refused by its shape, not copied into
+    a MemoryError."""
+    huge = np.broadcast_to(np.float64(1.0), (4, 2**40))
+    _, cache = F.affine_forward(np.ones((4, 5)), np.ones((5, 3)), np.ones(3))
+    raises_naming(ValueError, "dout", F.affine_backward, np.broadcast_to(1.0, (2**40, 3)), cache)
+    raises_naming(ValueError, "dw", O.sgd, np.ones((4, 5)), np.broadcast_to(0.0, (2**40,)))
+    raises_naming(ValueError, "x", Dense(5, 3, dtype=np.float64).forward, huge)
+    raises_naming(ValueError, "y", F.mse_loss, np.ones((4, 3)), np.broadcast_to(0.0, (2**40, 3)))
+
+
+def test_mse_loss_of_zero_outputs_is_the_references():
+    x, y = np.zeros((4, 0)), np.zeros((4, 0))
+    loss, dx = F.mse_loss(x, y)
+    rloss, rdx = RL.mse_loss(x, y)
+    assert loss == rloss == 0.0 and dx.shape == rdx.shape == (4, 0)
+
+
+@pytest.mark.parametrize("seed,exc", [(-1, ValueError), ("x", TypeError), (1.5, TypeError)])
+def test_fit_checks_its_seed(seed, exc):
+    model = Sequential(Dense(5, 3))
+    raises_naming(exc, "seed", model.fit, np.ones((4, 5)), np.zeros(4, int), seed=seed, verbose=False)
+
+
+def test_gradcheck_arguments():
+    from fastnn import gradcheck as G
+
+    f = lambda a: float(np.sum(a ** 2))   # noqa: E731
+    for fn, extra in ((G.eval_numerical_gradient, {"verbose": False}), (G.eval_numerical_gradient_array, None),
+                      (G.grad_check_sparse, None)):
+        def call(x, h=1e-5, fn=fn, extra=extra):
+            if fn is G.eval_numerical_gradient:
+                return fn(f, x, h=h, **extra)
+            if fn is G.eval_numerical_gradient_array:
+                return fn(lambda a: a * 2, x, np.ones_like(x), h=h)
+            return fn(f, x, 2 * x, num_checks=2, h=h)
+        raises_naming(ValueError, "h", call, np.ones(3), 0.0)
+        raises_naming(ValueError, "h", call, np.ones(3), float("nan"))
+        raises_naming(TypeError, "x", call, np.ones(3, int))
+        raises_naming(TypeError, "x", call, np.ones(3, np.float16))
+        raises_naming(TypeError, "x", call, [1.0, 2.0])
+        ro = np.ones(3)
+        ro.flags.writeable = False
+        raises_naming(ValueError, "x", call, ro)
+    raises_naming(ValueError, "analytic_grad", G.grad_check_sparse, f, np.ones(3), np.ones(4))
+    assert G.rel_error(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_solver_data_and_check_accuracy_arguments():
+    from fastnn.models import TwoLayerNet
+    from fastnn.solver import Solver
+
+    r = np.random.default_rng(0)
+    X, y = r.standard_normal((10, 4)), r.integers(0, 3, 10)
+    data = {"X_train": X.tolist(), "y_train": y.tolist(), "X_val": X, "y_val": y}
+    solver = Solver(TwoLayerNet(4, 5, 3, seed=0), data, num_epochs=1, batch_size=5, verbose=False)
+    assert isinstance(solver.X_train, np.ndarray) and solver.X_train.shape == (10, 4)
+    solver.train()
+    raises_naming(TypeError, "data['X_train']",
+                  Solver, TwoLayerNet(4, 5, 3), dict(data, X_train=[{"a": 1}] * 10), verbose=False)
+    raises_naming(TypeError, "data['y_val']", Solver, TwoLayerNet(4, 5, 3), dict(data, y_val=3), verbose=False)
+    raises_naming(ValueError, "y", solver.check_accuracy, X, y[:7])
+    raises_naming(ValueError, "y", solver.check_accuracy, X, y[:7], num_samples=5)
+    assert 0.0 <= solver.check_accuracy(X.tolist(), y, num_samples=5) <= 1.0

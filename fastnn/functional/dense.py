@@ -82,7 +82,8 @@ def _operands(x, w, b, w_ndim=2, alpha=None):
     if b.shape != w.shape[1:]:
         raise ValueError(f"b must have shape {w.shape[1:]}, got {b.shape}")
     m = int(np.prod(w.shape[1:], dtype=np.int64))
-    for value, what in ((n, "N"), (d, "D"), (m, "the number of outputs")):
+    for value, what in ((n, "N (x's batch size)"), (d, "D (x's features per row: the product of "
+                        "x.shape[1:])"), (m, "the number of outputs (of w)")):
         _check_dim(value, what)
     x = as_float_array(x, "x", dt)
     w = as_float_array(w, "w", dt)
@@ -107,7 +108,8 @@ def _fast_forward(op, x, w, b, alpha, chunks=False):
     if type(x) is not np.ndarray or type(w) is not np.ndarray or type(b) is not np.ndarray:
         return None
     dt = x.dtype
-    if w.dtype is not dt or b.dtype is not dt or dt.char not in _FLOAT_CHARS or x.ndim != 2:
+    if (w.dtype is not dt or b.dtype is not dt or dt.char not in _FLOAT_CHARS or x.ndim != 2
+            or w.ndim != 2):
         return None
     n, d = x.shape
     m = w.shape[-1]
@@ -225,9 +227,11 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
                     dx = dx.reshape(cache.x_shape)
                 return dx, dw, db
     dt = common_dtype(("dout", dout), ("cache", x2), ("w", w))
-    dout = as_float_array(dout, "dout", dt)
     n, d = x2.shape
     m = w.shape[1]
+    if isinstance(dout, np.ndarray) and dout.shape != (n, m):   # before a copy of a huge view
+        raise ValueError(f"dout must have shape {(n, m)}, got {dout.shape}")
+    dout = as_float_array(dout, "dout", dt)
     if dout.shape != (n, m):
         raise ValueError(f"dout must have shape {(n, m)}, got {dout.shape}")
     x2 = as_float_array(x2, "cache", dt)
