@@ -186,17 +186,20 @@ def beyond_intp(arr):
     return int(big[0]) if big.size else -1
 
 
-def int_labels(y, n, allow_bool=True, name="y", what="integer labels"):
-    """Integer (or bool) labels as a C-contiguous intp array of n entries, (n, 1) accepted.
-    Values an intp cannot hold are refused here (a cast would wrap 2**64 - 1 to -1); the
-    range a loss allows is checked by its kernel."""
+def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_column=True):
+    """Integer (or bool) labels as a C-contiguous intp array of n entries, (n, 1) accepted
+    with allow_column (binary labels, beside (n, 1) scores; class labels are 1-D, as
+    class_labels wants them). Values an intp cannot hold are refused here (a cast would wrap
+    2**64 - 1 to -1); the range a loss allows is checked by its kernel."""
     if y is None:
         raise TypeError(f"{name} must be an array of {what}, got None")
     arr = np.asarray(y)
     if arr.dtype.kind not in ("iub" if allow_bool else "iu"):
         raise TypeError(f"{name} must hold {what}, got dtype {arr.dtype}")
-    if arr.ndim == 2 and arr.shape[1] == 1:
+    if arr.ndim == 2 and arr.shape[1] == 1 and allow_column:
         arr = arr[:, 0]
+    if arr.ndim != 1 and not allow_column:
+        raise ValueError(f"{name} must be 1-D with one label per row, got shape {arr.shape}")
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
     bad = beyond_intp(arr)

@@ -134,7 +134,8 @@ class _CompiledStep:
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
-            labels = int_labels(y, X.shape[0], allow_bool=self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE))
+            binary = self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
+            labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary)
         with self.lock:  # one step at a time on this plan's buffers, whatever the Python thread
             return self._run_locked(opt, X, labels, targets, skip_nonfinite)
 

@@ -1100,6 +1100,7 @@ TRAIN_LABELS = [
     ("str", "svm", np.array(list("abcdef")), TypeError),
     ("None", "softmax", None, TypeError),
     ("2-D", "svm", np.zeros((6, 2), int), ValueError),
+    ("column", "softmax", np.zeros((6, 1), int), ValueError),   # class labels are 1-D
     ("mse-wrong-shape", "mse", np.zeros((6, 2)), ValueError),
     ("mse-complex", "mse", np.zeros((6, 3), complex), TypeError),
 ]
