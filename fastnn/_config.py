@@ -9,22 +9,24 @@ from fastnn._kernels import _config
 from fastnn._kernels import dense as _dense
 
 
-def _blas_info():
-    """Describe the BLAS that SciPy's cython_blas (and so fastnn's dense kernels) calls."""
+def _blas_pools():
+    """threadpoolctl's record of each BLAS loaded in this process (SciPy's loaded first), or
+    None without threadpoolctl."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        threadpool_info = None
-    import scipy
+        return None
     import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
-    lines = []
-    if threadpool_info is not None:
-        for pool in threadpool_info():
-            if pool.get("user_api") == "blas":
-                lines.append(
-                    f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')}), "
-                    f"{pool.get('num_threads')} threads, {pool.get('filepath')}"
-                )
+    return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
+def _blas_info():
+    """Describe the BLAS that SciPy's cython_blas (and so fastnn's dense kernels) calls."""
+    import scipy
+
+    lines = [f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')}), "
+             f"{pool.get('num_threads')} threads, {pool.get('filepath')}"
+             for pool in _blas_pools() or ()]
     if not lines:
         lines.append(f"SciPy {scipy.__version__} cython_blas (install threadpoolctl for details)")
     return lines
@@ -44,17 +46,9 @@ def blas_kernels():
     """One line on the kernels each BLAS in this process runs: OpenBLAS picks them for the CPU
     when it loads, unless ``OPENBLAS_CORETYPE`` names others. fastnn's products run on SciPy's,
     the NumPy reference's on NumPy's, and step times depend on the choice (see the README)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        threadpool_info = None
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
-    parts = []
-    if threadpool_info is not None:
-        for pool in threadpool_info():
-            if pool.get("user_api") == "blas":
-                parts.append(f"{_blas_owner(pool.get('filepath'))}'s {pool.get('internal_api')} "
-                             f"{pool.get('version')} ({pool.get('architecture')} kernels)")
+    parts = [f"{_blas_owner(pool.get('filepath'))}'s {pool.get('internal_api')} "
+             f"{pool.get('version')} ({pool.get('architecture')} kernels)"
+             for pool in _blas_pools() or ()]
     if not parts:
         parts.append("kernels unknown (install threadpoolctl to see them)")
     coretype = os.environ.get("OPENBLAS_CORETYPE")

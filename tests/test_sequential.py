@@ -1015,6 +1015,17 @@ def test_chunked_sizes_are_what_they_claim():
         _kd.set_tile_params(**saved)
 
 
+def _compiled_matches_layerwise(run):
+    """run() trains with the whole-step kernel and returns (losses, params, grads); run(twin=True)
+    the same model with an identity Dropout (the layer path). The first is the same at 1, 2 and
+    3 threads, and bitwise the second's."""
+    compiled = assert_thread_invariant(run)
+    layerwise = run(twin=True)
+    assert compiled[0] == layerwise[0]
+    for a, b in zip(compiled[1] + compiled[2], layerwise[1] + layerwise[2]):
+        assert_same_bits(a, b)
+
+
 def _chunked_model(out, dtype, prelu_out=False):
     # prelu_out: the last layer's per-unit slopes have their own partial sums over the chunks
     return [Dense(5, 40, activation="relu", seed=1, dtype=dtype),
@@ -1049,11 +1060,7 @@ def test_chunked_step_matches_the_layer_path_for_every_loss(dtype, loss, kind, p
             assert step is not None and step.plan.chunk_rows > 0
         return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
 
-    compiled = assert_thread_invariant(run)
-    layerwise = run(twin=True)
-    assert compiled[0] == layerwise[0]
-    for a, b in zip(compiled[1] + compiled[2], layerwise[1] + layerwise[2]):
-        assert_same_bits(a, b)
+    _compiled_matches_layerwise(run)
 
 
 def test_chunked_step_is_thread_invariant_and_shares_its_chunks():
@@ -1106,11 +1113,7 @@ def test_chunked_step_with_and_without_the_guard_matches_the_layer_path(dtype):
         assert (step is None) == twin and (twin or step.plan.chunk_rows > 0)
         return out, param_copies(model), [p.grad.copy() for p in model.parameters()]
 
-    compiled = assert_thread_invariant(run)
-    layerwise = run(twin=True)
-    assert compiled[0] == layerwise[0]
-    for a, b in zip(compiled[1] + compiled[2], layerwise[1] + layerwise[2]):
-        assert_same_bits(a, b)
+    _compiled_matches_layerwise(run)
 
 
 @pytest.mark.parametrize("bad", ["nan-loss", "nan-gradient"])
