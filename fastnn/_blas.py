@@ -31,6 +31,18 @@ _SMALL_GEMM_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 _state = {"library": None, "controlled": False, "corename": None}
 
 
+def _is_numpys_copy(path):
+    """Whether a BLAS library file is the one NumPy's wheel bundles (in ``numpy.libs``, or
+    inside the numpy package as on macOS), not SciPy's: a folder name, not any "numpy" in
+    the path (a virtual environment can live in ~/numpy-course)."""
+    import numpy
+
+    numpy_dir = os.path.dirname(os.path.abspath(numpy.__file__))
+    full = os.path.abspath(path)
+    return (os.path.basename(os.path.dirname(full)) == "numpy.libs"
+            or full.startswith(numpy_dir + os.sep))
+
+
 def _candidate_paths():
     import scipy
     import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS library)
@@ -53,7 +65,7 @@ def _candidate_paths():
         pass
     # SciPy's own copy first (NumPy ships a different one, which we leave alone).
     seen, ordered = set(), []
-    for p in sorted(paths, key=lambda p: (not p.startswith(scipy_root) or "numpy" in p, p)):
+    for p in sorted(paths, key=lambda p: (not p.startswith(scipy_root) or _is_numpys_copy(p), p)):
         if p not in seen:
             seen.add(p)
             ordered.append(p)
@@ -66,7 +78,7 @@ def register():
     from fastnn._kernels import dense
 
     for path in _candidate_paths():
-        if "numpy" in path:
+        if _is_numpys_copy(path):
             continue
         try:
             lib = ctypes.CDLL(path)

@@ -17,7 +17,10 @@ def _blas_pools():
     except ImportError:
         return None
     import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
-    return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    try:
+        return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    except Exception:  # noqa: BLE001  (a report must not fail on threadpoolctl's introspection)
+        return None
 
 
 def _blas_info():
@@ -46,11 +49,15 @@ def blas_kernels():
     """One line on the kernels each BLAS in this process runs: OpenBLAS picks them for the CPU
     when it loads, unless ``OPENBLAS_CORETYPE`` names others. fastnn's products run on SciPy's,
     the NumPy reference's on NumPy's, and step times depend on the choice (see the README)."""
-    parts = [f"{_blas_owner(pool.get('filepath'))}'s {pool.get('internal_api')} "
-             f"{pool.get('version')} ({pool.get('architecture')} kernels)"
+    from fastnn import _blas
+
+    parts = [f"{_blas_owner(pool.get('filepath'))}'s {pool.get('internal_api')} {pool.get('version')}"
+             + (f" ({pool['architecture']} kernels)" if pool.get("architecture") else "")
              for pool in _blas_pools() or ()]
     if not parts:
-        parts.append("kernels unknown (install threadpoolctl to see them)")
+        corename = _blas.info()["corename"]
+        parts.append(f"SciPy's OpenBLAS ({corename} kernels)" if corename else
+                     "kernels unknown (install threadpoolctl to see them)")
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     if coretype is not None:
         parts.append(f"OPENBLAS_CORETYPE={coretype} set")

@@ -56,8 +56,9 @@ def _check_seed(seed):
     return seed
 
 
-def _initial_weights(init, shape, rng, dtype):
-    """init(shape, rng, dtype) (a weight_init), checked: real, finite, of exactly that shape."""
+def _initial_weights(init, shape, rng, dtype, also=None):
+    """init(shape, rng, dtype) (a weight_init), checked: real, finite, of exactly that shape
+    (or of the shape `also`, reshaped to `shape`: Maxout's (in, out, pieces))."""
     w = init(shape, rng, dtype)
     try:
         arr = np.asarray(w)
@@ -65,8 +66,11 @@ def _initial_weights(init, shape, rng, dtype):
         raise TypeError(f"weight_init returned something that is not an array: {exc}") from None
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"weight_init must return real numbers, got dtype {arr.dtype}")
+    if also is not None and arr.shape == tuple(also):
+        arr = arr.reshape(shape)
     if arr.shape != tuple(shape):
-        raise ValueError(f"weight_init returned shape {arr.shape}, expected {tuple(shape)}")
+        raise ValueError(f"weight_init returned shape {arr.shape}, expected {tuple(shape)}"
+                         + (f" or {tuple(also)}" if also is not None else ""))
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ValueError("weight_init returned NaN or Inf")
     return arr
@@ -377,7 +381,8 @@ class Maxout(Layer):
         self.seed = _check_seed(seed)
         init = get_initializer(weight_init, "linear")
         rng = np.random.default_rng(seed)
-        w = _initial_weights(init, (self.in_features, self.out_features * self.pieces), rng, self.dtype)
+        w = _initial_weights(init, (self.in_features, self.out_features * self.pieces), rng, self.dtype,
+                             also=(self.in_features, self.out_features, self.pieces))
         self._add_param("W", w.reshape(self.in_features, self.out_features, self.pieces))
         self._add_param("b", np.zeros((self.out_features, self.pieces)))
 

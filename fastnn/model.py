@@ -1,6 +1,7 @@
 """Sequential: a stack of layers with training, evaluation, a summary and safe save/load."""
 import io
 import json
+import numbers
 import os
 import sys
 import tempfile
@@ -13,7 +14,7 @@ import numpy as np
 
 from fastnn._validation import as_float_array, check_int, int_labels
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
-                           ReLU, Sigmoid, Tanh, _check_seed, described_param_shapes)
+                           ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
 from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError, MulticlassHinge,
                            SoftmaxCrossEntropy, get_loss)
@@ -408,7 +409,7 @@ class Sequential:
             raise ValueError("X is empty: nothing to train on")
         epochs = check_int(epochs, "epochs")
         batch_size = check_int(batch_size, "batch_size")
-        seed = _check_seed(seed)
+        rng = _fit_rng(seed)
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
         _check_optimizer(optimizer)
@@ -417,7 +418,6 @@ class Sequential:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             # converted once here, not every epoch
             validation_data = (self._check_X(validation_data[0], "X_val"), validation_data[1])
-        rng = np.random.default_rng(seed)
         if seed is not None:
             for layer in self.layers:
                 if isinstance(layer, (Dropout, GaussianNoise)):
@@ -553,6 +553,21 @@ def _fspath(path):
         return os.fsdecode(os.fspath(path))
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
+def _fit_rng(seed):
+    """fit's random source: np.random.default_rng(seed) for what it takes (None, an int >= 0,
+    a sequence of them, a SeedSequence or Generator), bools and floats refused, errors naming
+    seed."""
+    if isinstance(seed, (bool, float, np.floating)):
+        raise TypeError(f"seed must be an int, a SeedSequence, a Generator or None, got "
+                        f"{type(seed).__name__} {seed!r}")
+    if isinstance(seed, numbers.Integral) and seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed}")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"seed must be an int, a SeedSequence, a Generator or None: {exc}") from None
 
 
 def _check_optimizer(optimizer):

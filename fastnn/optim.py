@@ -49,7 +49,8 @@ def _config(config):
 
 
 def _state(config, key, w):
-    """config[key] as a contiguous array of w's dtype and shape (created as zeros)."""
+    """config[key] as a contiguous array of w's dtype and shape (created as zeros); not yet
+    stored in config (_keep_state does that once every check has passed)."""
     s = config.get(key)
     if s is None:
         s = np.zeros_like(w)
@@ -59,8 +60,11 @@ def _state(config, key, w):
             raise ValueError(f"config['{key}'] must have the shape of w {w.shape}, got {s.shape}")
         if not s.flags.writeable:
             s = s.copy()
-    config[key] = s
     return s
+
+
+def _keep_state(config, **state):
+    config.update(state)
 
 
 def _hyper(config, key, default, lo=None, hi=None, lo_open=False):
@@ -101,6 +105,7 @@ def _momentum(rule, w, dw, config):
     w = _target(w)
     dw = _grad(dw, w)
     v = _state(config, "velocity", w)
+    _keep_state(config, velocity=v)
     _keep_defaults(config, learning_rate=1e-2, momentum=0.9, weight_decay=0.0)
     return _run(rule, w, dw, v, None, lr, mu, wd=wd), config
 
@@ -126,6 +131,7 @@ def rmsprop(w, dw, config=None):
     w = _target(w)
     dw = _grad(dw, w)
     c = _state(config, "cache", w)
+    _keep_state(config, cache=c)
     _keep_defaults(config, learning_rate=1e-2, decay_rate=0.99, epsilon=1e-8, weight_decay=0.0)
     return _run(_ko.RMSPROP, w, dw, c, None, lr, decay, eps=eps, wd=wd), config
 
@@ -149,6 +155,7 @@ def adam(w, dw, config=None):
     dw = _grad(dw, w)
     m = _state(config, "m", w)
     v = _state(config, "v", w)
+    _keep_state(config, m=m, v=v)
     _keep_defaults(config, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8,
                    weight_decay=0.0)
     config["t"] = t

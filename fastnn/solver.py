@@ -110,9 +110,10 @@ class Solver:
                     value = np.asarray(value)
                 except (TypeError, ValueError) as exc:
                     raise TypeError(f"data['{key}'] must be an array: {exc}") from None
-            if value.ndim < 1 or value.dtype.kind not in "biuf":
-                raise TypeError(f"data['{key}'] must be a numeric array with a sample axis, got "
-                                f"shape {value.shape} and dtype {value.dtype}")
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"data['{key}'] must be a numeric array, got dtype {value.dtype}")
+            if value.ndim < 1:
+                raise ValueError(f"data['{key}'] must have a sample axis, got shape {value.shape}")
             arrays[key] = value
         self.X_train, self.y_train = arrays["X_train"], arrays["y_train"]
         self.X_val, self.y_val = arrays["X_val"], arrays["y_val"]
@@ -255,7 +256,7 @@ class Solver:
         n = len(X)
         if n == 0:
             raise ValueError("X must hold at least one sample")
-        if y.shape != (n,):
+        if y.ndim < 1 or len(y) != n:
             raise ValueError(f"y must hold one label per row of X ({n}), got shape {y.shape}")
         if num_samples is not None and n > num_samples:
             idx = self._choice(n, num_samples, replace=False)
@@ -349,7 +350,7 @@ def load_checkpoint(path):
                 raise ValueError(f"no array {missing[0]!r} in it")
             params = {n: f[n] for n in names}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
-            RuntimeError, NotImplementedError) as exc:
+            RuntimeError, NotImplementedError, MemoryError) as exc:
         raise ValueError(f"{npz} is not a readable checkpoint array file "
                          f"({type(exc).__name__}: {exc})") from None
     for n, a in params.items():

@@ -1385,7 +1385,8 @@ def test_integers_beyond_float_range_are_valueerrors(make):
 
 
 @pytest.mark.parametrize("init,exc,word", [
-    (lambda shape, rng, dt: np.zeros((7, 7)), ValueError, "shape"),
+    (lambda shape, rng, dt: np.zeros((7, 7)), ValueError, "weight_init returned shape"),
+    (lambda shape, rng, dt: np.zeros(shape[::-1]), ValueError, "weight_init returned shape"),
     (lambda shape, rng, dt: np.zeros(shape, np.complex128), TypeError, "real"),
     (lambda shape, rng, dt: np.full(shape, np.inf), ValueError, "NaN or Inf"),
     (lambda shape, rng, dt: None, TypeError, "weight_init"),
@@ -1395,6 +1396,28 @@ def test_integers_beyond_float_range_are_valueerrors(make):
 @pytest.mark.parametrize("layer", ["Dense", "Maxout"])
 def test_weight_init_results_are_checked(layer, init, exc, word):
     raises_naming(exc, word, {"Dense": Dense, "Maxout": Maxout}[layer], 3, 2, weight_init=init)
+
+
+def test_maxout_weight_init_may_return_in_out_pieces():
+    w = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
+    layer = Maxout(3, 2, pieces=4, weight_init=lambda shape, rng, dt: w)
+    assert_same_bits(layer.params["W"], w)
+
+
+BAD_STATES = [("adam", {"v": np.ones(4)}), ("adam", {"m": np.ones(4)}), ("adam", {"m": np.ones(5), "v": np.ones(6)}),
+              ("rmsprop", {"cache": np.ones((5, 1))}), ("sgd_momentum", {"velocity": np.ones(6)}),
+              ("nesterov_momentum", {"velocity": np.ones(4)})]
+
+
+@pytest.mark.parametrize("rule,config", BAD_STATES, ids=[f"{r}-{'-'.join(c)}" for r, c in BAD_STATES])
+def test_update_rule_with_a_bad_state_leaves_config_alone(rule, config):
+    config = {k: v.copy() for k, v in config.items()}
+    before = {k: v.copy() for k, v in config.items()}
+    bad = next(k for k, v in config.items() if v.shape != (5,))
+    raises_naming(ValueError, f"config['{bad}']", getattr(O, rule), np.ones(5), np.ones(5), config)
+    assert config.keys() == before.keys()
+    for k in config:
+        assert_same_bits(config[k], before[k])
 
 
 def test_shapes_are_checked_before_huge_views_are_copied():
@@ -1415,10 +1438,26 @@ def test_mse_loss_of_zero_outputs_is_the_references():
     assert loss == rloss == 0.0 and dx.shape == rdx.shape == (4, 0)
 
 
-@pytest.mark.parametrize("seed,exc", [(-1, ValueError), ("x", TypeError), (1.5, TypeError)])
+@pytest.mark.parametrize("seed,exc", [(-1, ValueError), ("x", TypeError), (1.5, TypeError),
+                                      (True, TypeError), ([1, -2], TypeError)])
 def test_fit_checks_its_seed(seed, exc):
     model = Sequential(Dense(5, 3))
     raises_naming(exc, "seed", model.fit, np.ones((4, 5)), np.zeros(4, int), seed=seed, verbose=False)
+
+
+def test_fit_takes_what_default_rng_takes():
+    def run(seed):
+        model = Sequential(Dense(5, 3, seed=0), Dropout(0.5), Dense(3, 2, seed=1))
+        r = np.random.default_rng(3)
+        model.fit(r.standard_normal((8, 5)), r.integers(0, 2, 8), epochs=2, batch_size=4, seed=seed,
+                  verbose=False)
+        return [p.data.copy() for p in model.parameters()]
+
+    ref = run(7)
+    for seed in (np.int64(7), np.random.SeedSequence(7), np.random.default_rng(7)):
+        for a, b in zip(run(seed), ref):
+            assert_same_bits(a, b)
+    run([1, 2])
 
 
 def test_gradcheck_arguments():
@@ -1457,7 +1496,11 @@ def test_solver_data_and_check_accuracy_arguments():
     solver.train()
     raises_naming(TypeError, "data['X_train']",
                   Solver, TwoLayerNet(4, 5, 3), dict(data, X_train=[{"a": 1}] * 10), verbose=False)
-    raises_naming(TypeError, "data['y_val']", Solver, TwoLayerNet(4, 5, 3), dict(data, y_val=3), verbose=False)
+    raises_naming(ValueError, "data['y_val']", Solver, TwoLayerNet(4, 5, 3), dict(data, y_val=3), verbose=False)
     raises_naming(ValueError, "y", solver.check_accuracy, X, y[:7])
     raises_naming(ValueError, "y", solver.check_accuracy, X, y[:7], num_samples=5)
+    raises_naming(ValueError, "data['X_val']", Solver, TwoLayerNet(4, 5, 3), dict(data, X_val=np.float64(1)),
+                  verbose=False)
+    # (N, 1) targets of a duck-typed model train as before (the accuracy means little there)
+    assert 0.0 <= solver.check_accuracy(X, y[:, None]) <= 1.0
     assert 0.0 <= solver.check_accuracy(X.tolist(), y, num_samples=5) <= 1.0
