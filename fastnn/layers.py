@@ -127,6 +127,7 @@ class Layer:
         self.training = True
         self.params = {}
         self.grads = {}
+        self._shapes = {}   # each parameter's shape, as _add_param made it
         self._cache = None
 
     # -- modes
@@ -152,6 +153,37 @@ class Layer:
         value = np.ascontiguousarray(value, dtype=self.dtype)
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
+        self.__dict__.setdefault("_shapes", {})[name] = value.shape   # (also without Layer.__init__)
+
+    def check_arrays(self):
+        """Every params / grads entry (which users may replace) is still what the kernels
+        write: an ndarray of the layer's dtype and of the parameter's shape, C-contiguous and
+        writeable; else a TypeError or ValueError naming it. (~1 us per parameter: the layer
+        path runs it every step, the whole-step kernel when it builds its plan.)"""
+        dt = self.dtype
+        shapes = self.__dict__.get("_shapes", {})
+        for name, value in self.params.items():
+            grad = self.grads.get(name)
+            shape = shapes.get(name, getattr(grad, "shape", None))
+            if not (type(value) is np.ndarray and type(grad) is np.ndarray and value.dtype == dt
+                    and grad.dtype == dt and value.shape == shape and grad.shape == shape
+                    and value.flags.c_contiguous and grad.flags.c_contiguous
+                    and value.flags.writeable and grad.flags.writeable):
+                self._explain_arrays(name, shape)
+
+    def _explain_arrays(self, name, shape):
+        for kind, arr in (("params", self.params[name]), ("grads", self.grads.get(name))):
+            what = f"{type(self).__name__}.{kind}[{name!r}]"
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"{what} must be a numpy.ndarray, got {type(arr).__name__}")
+            if arr.dtype != self.dtype:
+                raise TypeError(f"{what} must have the layer's dtype {self.dtype.name}, got {arr.dtype}")
+            if shape is None:
+                shape = arr.shape   # (a layer of its own that set params directly)
+            if arr.shape != shape:
+                raise ValueError(f"{what} must have shape {shape}, got {arr.shape}")
+            if not (arr.flags.c_contiguous and arr.flags.writeable):
+                raise ValueError(f"{what} must be C-contiguous and writeable")
 
     def _input(self, x):
         return as_float_array(x, "x", self.dtype)

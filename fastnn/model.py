@@ -299,6 +299,8 @@ class Sequential:
     def backward(self, dout, need_dx=True):
         """Backpropagate ``dout`` (the gradient of the loss wrt the scores); fills every layer's
         ``grads`` and returns the gradient wrt the input (None when ``need_dx`` is False)."""
+        for layer in self.layers:
+            layer.check_arrays()
         d = dout
         last = len(self._units) - 1
         for k in range(last, -1, -1):
@@ -341,6 +343,8 @@ class Sequential:
         if (cached is not None and cached[2] is optimizer
                 and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
             return cached[1]
+        for layer in self.layers:   # (a build: the first step, or something was replaced)
+            layer.check_arrays()
         step = None
         mine = {(id(p.layer), p.name) for p in self.parameters()}
         theirs = [(id(p.layer), p.name) for p in optimizer.params]
@@ -365,6 +369,8 @@ class Sequential:
         if compiled is not None:
             value, scores, stopped = compiled.run(self, X, y, skip_nonfinite)
             return float(value), scores, stopped
+        for layer in self.layers:
+            layer.check_arrays()   # a replaced params / grads entry, named before any kernel
         if isinstance(loss, MeanSquaredError):
             y = as_float_array(y, "y", self.dtype)  # targets in the model's dtype, as the kernel
         scores = self.forward(X, training=True)

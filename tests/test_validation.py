@@ -1504,3 +1504,38 @@ def test_solver_data_and_check_accuracy_arguments():
     # (N, 1) targets of a duck-typed model train as before (the accuracy means little there)
     assert 0.0 <= solver.check_accuracy(X, y[:, None]) <= 1.0
     assert 0.0 <= solver.check_accuracy(X.tolist(), y, num_samples=5) <= 1.0
+
+
+REPLACED = [
+    ("params", "W", lambda: np.ones((5, 2)), TypeError, "dtype float32"),
+    ("params", "W", lambda: np.asfortranarray(np.ones((5, 2), np.float32)), ValueError, "C-contiguous"),
+    ("params", "W", lambda: np.ones((5, 3), np.float32), ValueError, "shape (5, 2)"),
+    ("params", "b", lambda: [0.0, 0.0], TypeError, "ndarray"),
+    ("grads", "W", lambda: np.zeros((5, 2)), TypeError, "dtype float32"),
+    ("grads", "W", lambda: np.zeros((2, 5), np.float32), ValueError, "shape (5, 2)"),
+    ("grads", "b", lambda: None, TypeError, "ndarray"),
+]
+
+
+@pytest.mark.parametrize("kind,name,make,exc,word", REPLACED,
+                         ids=[f"{k}-{n}-{w}" for k, n, _, _, w in REPLACED])
+@pytest.mark.parametrize("path", ["compiled", "layerwise", "backward"])
+def test_a_replaced_param_or_grad_is_named(path, kind, name, make, exc, word):
+    """A params / grads entry replaced by something the kernels cannot write gets an error
+    naming it, on either training path and in backward, before anything is updated."""
+    layers = [Dense(5, 2, seed=0)] + ([Dropout(0.25, seed=1)] if path == "layerwise" else [])
+    model = Sequential(*layers)
+    opt = SGD(model.parameters(), lr=0.1)
+    x, y = np.ones((4, 5), np.float32), np.array([0, 1, 0, 1])
+    model.train_step(x, y, "softmax", opt)   # a first step with the layer's own arrays
+    if path == "backward":
+        model.forward(x)
+    getattr(model.layers[0], kind)[name] = make()
+    kept = {k: v.copy() for k, v in model.layers[0].params.items() if isinstance(v, np.ndarray)}
+    if path == "backward":
+        e = raises_naming(exc, f"Dense.{kind}['{name}']", model.backward, np.ones((4, 2), np.float32))
+    else:
+        e = raises_naming(exc, f"Dense.{kind}['{name}']", model.train_step, x, y, "softmax", opt)
+    assert word in str(e)
+    for k, v in kept.items():
+        assert_same_bits(model.layers[0].params[k], v)
