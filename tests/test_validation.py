@@ -1539,3 +1539,12 @@ def test_a_replaced_param_or_grad_is_named(path, kind, name, make, exc, word):
     assert word in str(e)
     for k, v in kept.items():
         assert_same_bits(model.layers[0].params[k], v)
+
+
+@pytest.mark.parametrize("field,value", [("seed", -1), ("seed", 2**64), ("seed", 1.5), ("seed", None),
+                                         ("p", 0.0), ("p", float("nan")), ("mode", "eval")])
+def test_an_edited_dropout_cache_is_refused(field, value):
+    x = np.ones((3, 4))
+    _, cache = F.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 1})
+    setattr(cache, field, value)
+    raises_naming(ValueError, "cache", F.dropout_backward, np.ones((3, 4)), cache)

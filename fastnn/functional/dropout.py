@@ -59,13 +59,19 @@ def dropout_forward(x, dropout_param):
 def dropout_backward(dout, cache):
     if not isinstance(cache, DropoutCache):
         raise TypeError(f"cache must be the cache returned by dropout_forward, got {type(cache).__name__}")
+    if cache.seed is None:
+        raise ValueError("cache is damaged: its seed is None")
+    try:  # the fields the kernel reads, as dropout_forward checked them (a cache can be edited)
+        p, mode, seed = _params({"p": cache.p, "mode": cache.mode, "seed": cache.seed})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cache is damaged or not from dropout_forward: {exc}") from None
     dout = as_float_array(dout, "dout")
     if dout.shape != cache.shape:
         raise ValueError(f"dout must have shape {cache.shape}, got {dout.shape}")
-    if cache.mode == "test":
+    if mode == "test":
         return dout
     dx = np.empty_like(dout)
-    _kd.dropout_apply(dout.reshape(-1), dx.reshape(-1), cache.p, cache.seed, _threads._num_threads)
+    _kd.dropout_apply(dout.reshape(-1), dx.reshape(-1), p, seed, _threads._num_threads)
     return dx
 
 
