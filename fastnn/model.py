@@ -301,6 +301,9 @@ class Sequential:
         ``grads`` and returns the gradient wrt the input (None when ``need_dx`` is False)."""
         for layer in self.layers:
             layer.check_arrays()
+        return self._backward(dout, need_dx)
+
+    def _backward(self, dout, need_dx):
         d = dout
         last = len(self._units) - 1
         for k in range(last, -1, -1):
@@ -377,7 +380,7 @@ class Sequential:
         value, dscores = loss(scores, y)
         if skip_nonfinite and not np.isfinite(value):
             return float(value), scores, True
-        self.backward(dscores, need_dx=False)
+        self._backward(dscores, need_dx=False)   # (_step checked the arrays)
         if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in optimizer.params):
             return float(value), scores, True
         optimizer.step()
