@@ -106,7 +106,10 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
     rng = _generator(seed)
 
     X = np.sort(rng.uniform(-np.pi, np.pi, n))[:, None]
-    target = np.asarray(fn(X.copy()), dtype=np.float64)
+    raw = np.asarray(fn(X.copy()))
+    if raw.dtype.kind not in "biuf":   # (complex would lose its imaginary part to a cast)
+        raise TypeError(f"fn must return real numbers, got dtype {raw.dtype}")
+    target = raw.astype(np.float64)
     if target.shape not in ((n,), (n, 1)):
         raise ValueError(f"fn must return {n} values, shape ({n},) or ({n}, 1); got shape {target.shape}")
     if not np.all(np.isfinite(target)):

@@ -187,6 +187,9 @@ def test_float32_is_float64_rounded():
         (lambda: regression_1d(fn=3), TypeError, "fn"),
         (lambda: regression_1d(10, fn=lambda x: x[:5]), ValueError, "fn"),
         (lambda: regression_1d(10, fn=lambda x: np.log(x)), ValueError, "fn"),
+        (lambda: regression_1d(10, fn=lambda x: x * 1j), TypeError, "fn"),
+        (lambda: regression_1d(10, fn=lambda x: np.array(["a"] * 10)), TypeError, "fn"),
+        (lambda: regression_1d(10, fn=lambda x: [None] * 10), TypeError, "fn"),
         (lambda: regression_1d(dtype=complex), TypeError, "dtype"),
     ],
 )
