@@ -370,3 +370,21 @@ def test_deeply_nested_metadata_is_a_valueerror(tmp_path):
     path = tmp_path / "deep.npz"
     np.savez(path, __fastnn__=np.frombuffer(("[" * 100000 + "]" * 100000).encode(), np.uint8))
     _expect_rejected(_model(seed=5), path)
+
+
+def test_a_compressed_archive_is_refused_before_it_is_inflated(saved, tmp_path):
+    """Sequential.save writes stored (uncompressed) members; a deflated member, which could
+    inflate ~1000-fold, is refused without being read."""
+    model, path = saved
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    packed = tmp_path / "packed.npz"
+    np.savez_compressed(packed, **arrays)
+    with pytest.raises(ValueError, match="compressed"):
+        load_model(packed)
+    with pytest.raises(ValueError, match="compressed"):
+        model.load(packed)
+    # the same arrays stored: loads
+    stored = tmp_path / "stored.npz"
+    np.savez(stored, **arrays)
+    _assert_params(load_model(stored), _params(model))
