@@ -248,3 +248,14 @@ def check_seed(seed, name="seed"):
     if seed < 0:
         raise ValueError(f"{name} must be None or a non-negative int, got {seed}")
     return seed
+
+
+def check_stored_members(npz, writer):
+    """ValueError if an opened .npz archive has a compressed member. fastnn writes its files
+    (`writer`) with stored members, so reading one takes no more memory than the file holds;
+    a deflated member can inflate ~1000-fold."""
+    import zipfile
+
+    packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them uncompressed")

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from fastnn._validation import as_float_array, check_int, int_labels
+from fastnn._validation import as_float_array, check_int, check_stored_members, int_labels
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -598,13 +598,7 @@ def _read_model_file(path):
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
             raise ValueError("not an .npz archive")
         with loaded as npz:
-            # Sequential.save stores its arrays uncompressed, so what is read is no larger
-            # than the file; a compressed member could inflate ~1000-fold (a small file
-            # that fills the memory)
-            packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
-            if packed:
-                raise ValueError(f"it has compressed members ({packed[0]!r}): Sequential.save "
-                                 "writes them uncompressed")
+            check_stored_members(npz, "Sequential.save")   # before anything is inflated
             arrays = {k: npz[k] for k in npz.files}
         for k, v in arrays.items():
             if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes

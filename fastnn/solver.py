@@ -46,7 +46,7 @@ import zipfile
 import numpy as np
 
 from fastnn import optim as _optim
-from fastnn._validation import check_int
+from fastnn._validation import check_int, check_stored_members
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -345,6 +345,7 @@ def load_checkpoint(path):
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
             raise ValueError("not an .npz archive")
         with loaded as f:
+            check_stored_members(f, "Solver")   # before anything is inflated
             missing = [n for n in names if n not in f.files]
             if missing:
                 raise ValueError(f"no array {missing[0]!r} in it")

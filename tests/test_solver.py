@@ -356,7 +356,7 @@ def _checkpoint_pair(tmp_path, info=None, npz=None, json_text=None):
 @pytest.mark.parametrize("case", [
     "missing", "json-list", "deep-json", "not-utf8", "no-params-file", "absolute-params-file",
     "dotdot-params-file", "dot-params-file", "names-not-list", "missing-name", "truncated-npz",
-    "empty-npz-file", "npy-not-npz", "object-array", "non-npy-member",
+    "empty-npz-file", "npy-not-npz", "object-array", "non-npy-member", "compressed",
 ])
 def test_load_checkpoint_refuses_bad_files_with_valueerror(tmp_path, case):
     """Every way a checkpoint can be missing, foreign, truncated or crafted is a ValueError;
@@ -396,6 +396,9 @@ def test_load_checkpoint_refuses_bad_files_with_valueerror(tmp_path, case):
         path = _checkpoint_pair(sub)
         np.save(sub / "ck.npy", np.ones(2))
         os.replace(sub / "ck.npy", sub / "ck.npz")
+    elif case == "compressed":
+        path = _checkpoint_pair(sub)
+        np.savez_compressed(sub / "ck.npz", **good)
     elif case == "object-array":
         path = _checkpoint_pair(sub, npz={"W1": np.array([{"a": 1}], dtype=object)})
     else:  # a zip member that is not a .npy file
