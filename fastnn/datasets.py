@@ -107,9 +107,12 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
 
     X = np.sort(rng.uniform(-np.pi, np.pi, n))[:, None]
     raw = np.asarray(fn(X.copy()))
-    if raw.dtype.kind not in "biuf":   # (complex would lose its imaginary part to a cast)
+    if raw.dtype.kind == "c":   # (a cast would drop the imaginary part)
         raise TypeError(f"fn must return real numbers, got dtype {raw.dtype}")
-    target = raw.astype(np.float64)
+    try:   # (real numbers in an object or string array convert)
+        target = raw.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"fn must return real numbers, got dtype {raw.dtype}: {exc}") from None
     if target.shape not in ((n,), (n, 1)):
         raise ValueError(f"fn must return {n} values, shape ({n},) or ({n}, 1); got shape {target.shape}")
     if not np.all(np.isfinite(target)):

@@ -156,34 +156,47 @@ class Layer:
         self.__dict__.setdefault("_shapes", {})[name] = value.shape   # (also without Layer.__init__)
 
     def check_arrays(self):
-        """Every params / grads entry (which users may replace) is still what the kernels
-        write: an ndarray of the layer's dtype and of the parameter's shape, C-contiguous and
-        writeable; else a TypeError or ValueError naming it. (~1 us per parameter: the layer
-        path runs it every step, the whole-step kernel when it builds its plan.)"""
-        dt = self.dtype
+        """Every params / grads entry (which users may replace) is still what the kernels use:
+        float32/float64 ndarrays, C-contiguous, each gradient of its parameter's dtype and
+        shape and writeable (the kernels write gradients; parameters only the optimizer, which
+        checks the ones it updates, so a frozen layer's may be read-only). A parameter made by
+        _add_param also keeps the layer's dtype and its shape. Else a TypeError or ValueError
+        naming the entry. (~1 us per parameter: the layer path runs it every step, the
+        whole-step kernel when it builds its plan.)"""
+        if not self.params:
+            return
+        dt = getattr(self, "dtype", None)
         shapes = self.__dict__.get("_shapes", {})
         for name, value in self.params.items():
             grad = self.grads.get(name)
-            shape = shapes.get(name, getattr(grad, "shape", None))
-            if not (type(value) is np.ndarray and type(grad) is np.ndarray and value.dtype == dt
-                    and grad.dtype == dt and value.shape == shape and grad.shape == shape
+            own = name in shapes and dt is not None   # made by _add_param: the layer's dtype
+            if not (type(value) is np.ndarray and type(grad) is np.ndarray
+                    and value.dtype == grad.dtype and value.shape == grad.shape
+                    and (value.dtype == dt if own else value.dtype.char in "fd")
+                    and (not own or value.shape == shapes[name])
                     and value.flags.c_contiguous and grad.flags.c_contiguous
-                    and value.flags.writeable and grad.flags.writeable):
-                self._explain_arrays(name, shape)
+                    and grad.flags.writeable):
+                self._explain_arrays(name, dt if own else None, shapes.get(name))
 
-    def _explain_arrays(self, name, shape):
-        for kind, arr in (("params", self.params[name]), ("grads", self.grads.get(name))):
+    def _explain_arrays(self, name, dtype, shape):
+        value = self.params[name]
+        for kind, arr in (("params", value), ("grads", self.grads.get(name))):
             what = f"{type(self).__name__}.{kind}[{name!r}]"
             if not isinstance(arr, np.ndarray):
                 raise TypeError(f"{what} must be a numpy.ndarray, got {type(arr).__name__}")
-            if arr.dtype != self.dtype:
-                raise TypeError(f"{what} must have the layer's dtype {self.dtype.name}, got {arr.dtype}")
-            if shape is None:
-                shape = arr.shape   # (a layer of its own that set params directly)
-            if arr.shape != shape:
-                raise ValueError(f"{what} must have shape {shape}, got {arr.shape}")
-            if not (arr.flags.c_contiguous and arr.flags.writeable):
-                raise ValueError(f"{what} must be C-contiguous and writeable")
+            want = dtype if dtype is not None else (value.dtype if kind == "grads" else None)
+            if want is not None and arr.dtype != want:
+                raise TypeError(f"{what} must have dtype {np.dtype(want).name}"
+                                f"{' (the layer' + chr(39) + 's)' if dtype is not None else ''}, got {arr.dtype}")
+            if arr.dtype.char not in "fd":
+                raise TypeError(f"{what} must be float32 or float64, got {arr.dtype}")
+            want_shape = shape if shape is not None else (value.shape if kind == "grads" else None)
+            if want_shape is not None and arr.shape != want_shape:
+                raise ValueError(f"{what} must have shape {want_shape}, got {arr.shape}")
+            if not arr.flags.c_contiguous:
+                raise ValueError(f"{what} must be C-contiguous")
+            if kind == "grads" and not arr.flags.writeable:
+                raise ValueError(f"{what} must be writeable (the backward pass writes it)")
 
     def _input(self, x):
         return as_float_array(x, "x", self.dtype)

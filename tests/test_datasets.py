@@ -189,7 +189,7 @@ def test_float32_is_float64_rounded():
         (lambda: regression_1d(10, fn=lambda x: np.log(x)), ValueError, "fn"),
         (lambda: regression_1d(10, fn=lambda x: x * 1j), TypeError, "fn"),
         (lambda: regression_1d(10, fn=lambda x: np.array(["a"] * 10)), TypeError, "fn"),
-        (lambda: regression_1d(10, fn=lambda x: [None] * 10), TypeError, "fn"),
+        (lambda: regression_1d(10, fn=lambda x: [None] * 10), ValueError, "fn"),   # NaN
         (lambda: regression_1d(dtype=complex), TypeError, "dtype"),
     ],
 )
@@ -197,3 +197,11 @@ def test_argument_validation(call, exc, word):
     with np.errstate(invalid="ignore", divide="ignore"):
         with pytest.raises(exc, match=word):
             call()
+
+
+def test_regression_fn_may_return_real_numbers_in_any_array():
+    _, ref = regression_1d(20, noise=0.0, seed=1, dtype=np.float64)
+    for fn in (lambda x: np.sin(x).astype(str), lambda x: np.array(list(np.sin(x[:, 0])), dtype=object),
+               lambda x: np.sin(x).tolist()):
+        _, y = regression_1d(20, noise=0.0, seed=1, dtype=np.float64, fn=fn)
+        np.testing.assert_allclose(y, ref, rtol=1e-15)

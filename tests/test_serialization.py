@@ -388,3 +388,31 @@ def test_a_compressed_archive_is_refused_before_it_is_inflated(saved, tmp_path):
     stored = tmp_path / "stored.npz"
     np.savez(stored, **arrays)
     _assert_params(load_model(stored), _params(model))
+
+
+@pytest.mark.parametrize("how", ["one-member-deflated", "corrupt-deflate-stream"])
+def test_any_compressed_member_is_refused_before_anything_is_read(saved, tmp_path, how):
+    """One deflated member among stored ones is enough; and it is refused before any member is
+    read (a corrupt deflate stream would otherwise raise zlib.error from the read)."""
+    import zipfile
+
+    model, path = saved
+    out = tmp_path / f"{how}.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        names = src.namelist()
+        target = [n for n in names if n != "__fastnn__.npy"][-1]
+        for name in names:
+            data = src.read(name)
+            dst.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if name == target else zipfile.ZIP_STORED)
+    if how == "corrupt-deflate-stream":
+        raw = bytearray(out.read_bytes())
+        with zipfile.ZipFile(out) as zf:
+            info = zf.getinfo(target)
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        for i in range(start + 2, start + min(info.compress_size, 40)):
+            raw[i] ^= 0x5A
+        out.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="compressed"):
+        load_model(out)
+    with pytest.raises(ValueError, match="compressed"):
+        model.load(out)

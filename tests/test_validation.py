@@ -1514,7 +1514,14 @@ REPLACED = [
     ("grads", "W", lambda: np.zeros((5, 2)), TypeError, "dtype float32"),
     ("grads", "W", lambda: np.zeros((2, 5), np.float32), ValueError, "shape (5, 2)"),
     ("grads", "b", lambda: None, TypeError, "ndarray"),
+    ("grads", "W", lambda: _read_only(np.zeros((5, 2), np.float32)), ValueError, "writeable"),
+    ("grads", "b", lambda: np.zeros(4, np.float32)[::2], ValueError, "C-contiguous"),
 ]
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
 
 
 @pytest.mark.parametrize("kind,name,make,exc,word", REPLACED,
@@ -1539,6 +1546,71 @@ def test_a_replaced_param_or_grad_is_named(path, kind, name, make, exc, word):
     assert word in str(e)
     for k, v in kept.items():
         assert_same_bits(model.layers[0].params[k], v)
+
+
+def test_replaced_arrays_are_checked_before_the_step_kernel_is_built(monkeypatch):
+    """The whole-step path names a bad entry itself, before it builds a plan (not by failing
+    to build one and leaving it to the layer path)."""
+    import fastnn.model as model_mod
+
+    built = []
+    real = model_mod._CompiledStep
+    monkeypatch.setattr(model_mod, "_CompiledStep", lambda *a, **k: built.append(1) or real(*a, **k))
+    model = Sequential(Dense(5, 2, seed=0))
+    opt = SGD(model.parameters(), lr=0.1)
+    x, y = np.ones((4, 5), np.float32), np.array([0, 1, 0, 1])
+    model.train_step(x, y, "softmax", opt)
+    assert built == [1]
+    model.layers[0].grads["W"] = np.zeros((5, 2))
+    raises_naming(TypeError, "Dense.grads['W']", model.train_step, x, y, "softmax", opt)
+    assert built == [1]
+
+
+@pytest.mark.parametrize("path", ["compiled", "layerwise"])
+def test_a_frozen_layer_with_read_only_params_still_trains_the_others(path):
+    """Parameters are written only by the optimizer (which checks the ones it updates): a layer
+    frozen by making its arrays read-only, and left out of the optimizer, is fine."""
+    layers = [Dense(5, 4, seed=0), ReLU(), Dense(4, 2, seed=1)]
+    if path == "layerwise":
+        layers.insert(2, Dropout(0.25, seed=2))
+    model = Sequential(*layers)
+    frozen = {k: _read_only(v.copy()) for k, v in model.layers[0].params.items()}
+    model.layers[0].params.update(frozen)
+    last = model.layers[-1]
+    before = last.params["W"].copy()
+    model.train_step(np.ones((4, 5), np.float32), np.array([0, 1, 0, 1]), "softmax",
+                     SGD(last.parameters(), lr=0.5))
+    assert not np.array_equal(last.params["W"], before)
+    for k, v in frozen.items():
+        assert model.layers[0].params[k] is v
+
+
+def test_check_arrays_takes_layers_of_their_own():
+    """A Layer subclass that skips Layer.__init__, or has no dtype of its own and sets its
+    params itself (in either float dtype), passes; its gradients must match its params."""
+    from fastnn import Layer
+
+    class Bare(Layer):
+        def __init__(self):
+            self.params, self.grads = {}, {}
+
+    Bare().check_arrays()
+
+    class Scale(Layer):
+        def __init__(self, dtype):
+            super().__init__(None)
+            self.params = {"s": np.ones(3, dtype)}
+            self.grads = {"s": np.zeros(3, dtype)}
+
+    for dt in (np.float32, np.float64):
+        Scale(dt).check_arrays()
+    layer = Scale(np.float32)
+    layer.grads["s"] = np.zeros(3)
+    raises_naming(TypeError, "Scale.grads['s']", layer.check_arrays)
+    layer.grads["s"] = np.zeros(4, np.float32)
+    raises_naming(ValueError, "Scale.grads['s']", layer.check_arrays)
+    layer.params["s"] = np.ones(3, np.int64)
+    raises_naming(TypeError, "Scale.params['s']", layer.check_arrays)
 
 
 @pytest.mark.parametrize("field,value", [("seed", -1), ("seed", 2**64), ("seed", 1.5), ("seed", None),
