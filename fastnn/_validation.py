@@ -259,3 +259,16 @@ def check_stored_members(npz, writer):
     packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
     if packed:
         raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them uncompressed")
+
+
+def numeric_array(value, name, kinds="biuf"):
+    """value as an ndarray (converted when it is not one) of a dtype kind in `kinds` (real
+    numbers: bool, int, uint, float by default), else a TypeError naming `name`."""
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if value.dtype.kind not in kinds:
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    return value

@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from fastnn._kernels import activations as _ka
-from fastnn._validation import as_float_array, check_float_dtype, check_int, check_scalar
+from fastnn._validation import as_float_array, check_float_dtype, check_int, check_scalar, numeric_array
 from fastnn.functional import activations as _fa
 from fastnn.functional import dense as _fd
 from fastnn.functional import dropout as _fdrop
@@ -59,13 +59,7 @@ def _check_seed(seed):
 def _initial_weights(init, shape, rng, dtype, also=None):
     """init(shape, rng, dtype) (a weight_init), checked: real, finite, of exactly that shape
     (or of the shape `also`, reshaped to `shape`: Maxout's (in, out, pieces))."""
-    w = init(shape, rng, dtype)
-    try:
-        arr = np.asarray(w)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"weight_init returned something that is not an array: {exc}") from None
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"weight_init must return real numbers, got dtype {arr.dtype}")
+    arr = numeric_array(init(shape, rng, dtype), "weight_init's result", kinds="fiu")
     if also is not None and arr.shape == tuple(also):
         arr = arr.reshape(shape)
     if arr.shape != tuple(shape):

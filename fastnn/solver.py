@@ -46,7 +46,7 @@ import zipfile
 import numpy as np
 
 from fastnn import optim as _optim
-from fastnn._validation import check_int, check_stored_members
+from fastnn._validation import check_int, check_stored_members, numeric_array
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -104,14 +104,7 @@ class Solver:
         for key in ("X_train", "y_train", "X_val", "y_val"):
             # arrays as given (the course's Solver keeps them); lists and the like as arrays,
             # since batches are taken by fancy indexing
-            value = data[key]
-            if not isinstance(value, np.ndarray):
-                try:
-                    value = np.asarray(value)
-                except (TypeError, ValueError) as exc:
-                    raise TypeError(f"data['{key}'] must be an array: {exc}") from None
-            if value.dtype.kind not in "biuf":
-                raise TypeError(f"data['{key}'] must be a numeric array, got dtype {value.dtype}")
+            value = numeric_array(data[key], f"data['{key}']")
             if value.ndim < 1:
                 raise ValueError(f"data['{key}'] must have a sample axis, got shape {value.shape}")
             arrays[key] = value
