@@ -88,11 +88,13 @@ def header_lines(extra=(), started=None):
     import numpy as np
 
     import fastnn
+    from fastnn._config import blas_kernels
     lines = [
         f"date: {started or now()}",
         f"CPU: {cpu_model()}, {cpus()} CPUs available to this process",
         f"fastnn {fastnn.__version__}: {fastnn.get_num_threads()} threads, SIMD {simd_path()}; "
         f"NumPy {np.__version__} (element-wise ufuncs single-threaded); Python {platform.python_version()}",
+        f"BLAS: {blas_kernels()}",   # (step times follow the kernels: README, OPENBLAS_CORETYPE)
     ]
     lines.extend(extra)
     return lines

@@ -10,6 +10,8 @@ The rules (documented in the README):
   (NumPy's promotion rule, ``np.result_type``).
 """
 import numbers
+import os
+import zipfile
 
 import numpy as np
 
@@ -47,9 +49,16 @@ def float_dtype_of(x, name):
     )
 
 
-def as_float_array(x, name, dtype=None):
+def as_float_array(x, name, dtype=None, shape=None, shape_text=None):
     """``x`` as a C-contiguous float32/float64 array (never a view the kernel could write
-    into the caller's data through: kernels only read their inputs)."""
+    into the caller's data through: kernels only read their inputs). With ``shape``, it must
+    have that shape (ValueError: "{name} must have {shape_text}", by default "shape ..."),
+    checked on an array before it is converted too, so that a huge broadcast view of the
+    wrong shape is refused rather than copied."""
+    if shape is not None:
+        shape = tuple(shape)
+        if isinstance(x, np.ndarray):
+            _check_shape(x, name, shape, shape_text)
     if dtype is None:
         dtype = float_dtype_of(x, name)
     else:
@@ -60,7 +69,14 @@ def as_float_array(x, name, dtype=None):
         arr = np.asarray(x, dtype=dtype, order="C")
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} could not be converted to a {np.dtype(dtype).name} array: {exc}") from None
+    if shape is not None:
+        _check_shape(arr, name, shape, shape_text)
     return arr
+
+
+def _check_shape(arr, name, shape, shape_text):
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have {shape_text or f'shape {shape}'}, got {arr.shape}")
 
 
 def common_dtype(*named):
@@ -250,15 +266,41 @@ def check_seed(seed, name="seed"):
     return seed
 
 
-def check_stored_members(npz, writer):
-    """ValueError if an opened .npz archive has a compressed member. fastnn writes its files
-    (`writer`) with stored members, so reading one takes no more memory than the file holds;
-    a deflated member can inflate ~1000-fold."""
-    import zipfile
+def fs_path(path, name="path"):
+    """A file path argument as a str (a bytes path decoded as the OS does)."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
 
-    packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
-    if packed:
-        raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them uncompressed")
+
+def read_npz(source, what, writer, names=None):
+    """The arrays (all, or `names`) of an .npz archive that fastnn's `writer` wrote, never
+    unpickled; anything else is a ValueError saying that `what` is not readable. fastnn
+    stores its arrays uncompressed, so a compressed member is refused before anything is
+    read: what is read is then no larger than the file (a deflated member can inflate
+    ~1000-fold)."""
+    try:
+        loaded = np.load(source, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
+            raise ValueError("not an .npz archive")
+        with loaded as npz:
+            packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them "
+                                 "uncompressed")
+            keys = npz.files if names is None else names
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise ValueError(f"no array {missing[0]!r} in it")
+            arrays = {k: npz[k] for k in keys}
+        for k, v in arrays.items():
+            if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
+                raise ValueError(f"entry {k!r} is not a .npy array")
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            RuntimeError, NotImplementedError, MemoryError) as exc:
+        raise ValueError(f"{what} is not readable ({type(exc).__name__}: {exc})") from None
+    return arrays
 
 
 def numeric_array(value, name, kinds="biuf"):

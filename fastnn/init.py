@@ -1,9 +1,10 @@
 """Weight initializers: He (ReLU family), Xavier/Glorot (the rest), and the course's
 ``weight_scale * randn``. Each takes (fan_in, fan_out) and a numpy Generator."""
-import math
 import numbers
 
 import numpy as np
+
+from fastnn._validation import check_scalar
 
 __all__ = ["he_normal", "xavier_normal", "glorot_normal", "scaled_normal", "get_initializer", "default_for"]
 
@@ -25,14 +26,7 @@ glorot_normal = xavier_normal
 
 def scaled_normal(weight_scale):
     """The course's ``weight_scale * randn(...)``."""
-    if isinstance(weight_scale, bool) or not isinstance(weight_scale, numbers.Real):
-        raise TypeError(f"weight_scale must be a non-negative number, got {weight_scale!r}")
-    try:
-        finite = math.isfinite(weight_scale)
-    except OverflowError:   # an int beyond float's range
-        finite = False
-    if not (finite and weight_scale >= 0):
-        raise ValueError(f"weight_scale must be a finite non-negative number, got {weight_scale!r}")
+    weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
 
     def init(shape, rng, dtype=np.float32):
         return (rng.standard_normal(shape) * weight_scale).astype(dtype)

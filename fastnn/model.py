@@ -1,18 +1,16 @@
 """Sequential: a stack of layers with training, evaluation, a summary and safe save/load."""
 import io
 import json
-import numbers
 import os
 import sys
 import tempfile
 import threading
 import time
 import warnings
-import zipfile
 
 import numpy as np
 
-from fastnn._validation import as_float_array, check_int, check_stored_members, int_labels
+from fastnn._validation import as_float_array, check_int, check_seed, fs_path, int_labels, read_npz
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -299,9 +297,14 @@ class Sequential:
     def backward(self, dout, need_dx=True):
         """Backpropagate ``dout`` (the gradient of the loss wrt the scores); fills every layer's
         ``grads`` and returns the gradient wrt the input (None when ``need_dx`` is False)."""
+        self._check_arrays()
+        return self._backward(dout, need_dx)
+
+    def _check_arrays(self):
+        """Every layer's params / grads entries, named if one was replaced by something the
+        kernels cannot use (Layer.check_arrays)."""
         for layer in self.layers:
             layer.check_arrays()
-        return self._backward(dout, need_dx)
 
     def _backward(self, dout, need_dx):
         d = dout
@@ -346,8 +349,7 @@ class Sequential:
         if (cached is not None and cached[2] is optimizer
                 and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
             return cached[1]
-        for layer in self.layers:   # (a build: the first step, or something was replaced)
-            layer.check_arrays()
+        self._check_arrays()   # (a build: the first step, or something was replaced)
         step = None
         mine = {(id(p.layer), p.name) for p in self.parameters()}
         theirs = [(id(p.layer), p.name) for p in optimizer.params]
@@ -372,8 +374,7 @@ class Sequential:
         if compiled is not None:
             value, scores, stopped = compiled.run(self, X, y, skip_nonfinite)
             return float(value), scores, stopped
-        for layer in self.layers:
-            layer.check_arrays()   # a replaced params / grads entry, named before any kernel
+        self._check_arrays()   # before any kernel
         if isinstance(loss, MeanSquaredError):
             y = as_float_array(y, "y", self.dtype)  # targets in the model's dtype, as the kernel
         scores = self.forward(X, training=True)
@@ -490,7 +491,7 @@ class Sequential:
         The file is written to a temporary name and renamed, so a crash never leaves a
         truncated model at ``path``."""
         meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
-        path = _fspath(path)
+        path = fs_path(path)
         arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
         for i, layer in enumerate(self.layers):
             for name, value in layer.params.items():
@@ -556,23 +557,13 @@ def _describe(layers):
     return ", ".join(f"{entry.get('type')}({entry.get('config')})" for entry in layers)
 
 
-def _fspath(path):
-    """path as a str (a bytes path is decoded as the OS does)."""
-    try:
-        return os.fsdecode(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
-
-
 def _fit_rng(seed):
     """fit's random source: np.random.default_rng(seed) for what it takes (None, an int >= 0,
-    a sequence of them, a SeedSequence or Generator), bools and floats refused, errors naming
-    seed."""
-    if isinstance(seed, (bool, float, np.floating)):
-        raise TypeError(f"seed must be an int, a SeedSequence, a Generator or None, got "
-                        f"{type(seed).__name__} {seed!r}")
-    if isinstance(seed, numbers.Integral) and seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed}")
+    a sequence of them, a SeedSequence or Generator), errors naming seed; a scalar is checked
+    as every seed is (check_seed: bools, floats and negative ints refused)."""
+    if not isinstance(seed, (list, tuple, np.ndarray, np.random.SeedSequence,
+                             np.random.BitGenerator, np.random.Generator)):
+        check_seed(seed)
     try:
         return np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:
@@ -587,25 +578,13 @@ def _check_optimizer(optimizer):
 
 def _read_model_file(path):
     """(meta, arrays) from a fastnn model file, fully read and checked, or ValueError."""
-    path = _fspath(path)
+    path = fs_path(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
         raise ValueError(f"cannot read model file {path}: {exc}") from None
-    try:
-        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
-            raise ValueError("not an .npz archive")
-        with loaded as npz:
-            check_stored_members(npz, "Sequential.save")   # before anything is inflated
-            arrays = {k: npz[k] for k in npz.files}
-        for k, v in arrays.items():
-            if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
-                raise ValueError(f"entry {k!r} is not a .npy array")
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
-            RuntimeError, NotImplementedError, MemoryError) as exc:
-        raise ValueError(f"{path} is not a readable fastnn model file ({type(exc).__name__}: {exc})") from None
+    arrays = read_npz(io.BytesIO(raw), f"{path} (a fastnn model file)", "Sequential.save")
     if _META_KEY not in arrays:
         raise ValueError(f"{path} is not a fastnn model file (no {_META_KEY!r} entry)")
     meta_arr = arrays.pop(_META_KEY)

@@ -32,12 +32,7 @@ def _target(w):
 def _grad(dw, w):
     if type(dw) is np.ndarray and dw.dtype is w.dtype and dw.shape == w.shape and dw.flags.c_contiguous:
         return dw
-    if isinstance(dw, np.ndarray) and dw.shape != w.shape:   # before a copy of a huge view
-        raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
-    dw = as_float_array(dw, "dw", w.dtype)
-    if dw.shape != w.shape:
-        raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
-    return dw
+    return as_float_array(dw, "dw", w.dtype, shape=w.shape, shape_text=f"the shape of w {w.shape}")
 
 
 def _config(config):
@@ -50,7 +45,7 @@ def _config(config):
 
 def _state(config, key, w):
     """config[key] as a contiguous array of w's dtype and shape (created as zeros); not yet
-    stored in config (_keep_state does that once every check has passed)."""
+    stored in config (_commit does that once every check has passed)."""
     s = config.get(key)
     if s is None:
         s = np.zeros_like(w)
@@ -63,20 +58,20 @@ def _state(config, key, w):
     return s
 
 
-def _keep_state(config, **state):
-    config.update(state)
-
-
-def _hyper(config, key, default, lo=None, hi=None, lo_open=False):
-    """config[key] (default if absent) checked; the default is written into config only by
-    _keep_defaults, once every check has passed, so a refused call leaves config as it was."""
+def _hyper(config, defaults, key, default, lo=None, hi=None, lo_open=False):
+    """config[key] (default if absent) checked. The default is noted in `defaults`; _commit
+    writes it into config once every check has passed, so a refused call leaves config as
+    it was."""
+    defaults[key] = default
     return check_scalar(config.get(key, default), f"config['{key}']", lo=lo, hi=hi, lo_open=lo_open)
 
 
-def _keep_defaults(config, **defaults):
-    """The course's rules leave their defaults in config (config.setdefault)."""
+def _commit(config, defaults, **state):
+    """After every check: the course's rules leave their defaults in config (setdefault) and
+    their state arrays."""
     for key, value in defaults.items():
         config.setdefault(key, value)
+    config.update(state)
 
 
 def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.0):
@@ -88,25 +83,24 @@ def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.
 
 def sgd(w, dw, config=None):
     """Vanilla SGD: ``w -= learning_rate * dw``."""
-    config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2, lo=0.0)
-    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    config, defaults = _config(config), {}
+    lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
+    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
-    _keep_defaults(config, learning_rate=1e-2, weight_decay=0.0)
+    _commit(config, defaults)
     return _run(_ko.SGD, w, dw, None, None, lr, wd=wd), config
 
 
 def _momentum(rule, w, dw, config):
-    config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2, lo=0.0)
-    mu = _hyper(config, "momentum", 0.9, lo=0.0)
-    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    config, defaults = _config(config), {}
+    lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
+    mu = _hyper(config, defaults, "momentum", 0.9, lo=0.0)
+    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
     v = _state(config, "velocity", w)
-    _keep_state(config, velocity=v)
-    _keep_defaults(config, learning_rate=1e-2, momentum=0.9, weight_decay=0.0)
+    _commit(config, defaults, velocity=v)
     return _run(rule, w, dw, v, None, lr, mu, wd=wd), config
 
 
@@ -123,27 +117,26 @@ def nesterov_momentum(w, dw, config=None):
 def rmsprop(w, dw, config=None):
     """RMSProp: ``cache = decay_rate * cache + (1 - decay_rate) * dw**2;
     w -= learning_rate * dw / (sqrt(cache) + epsilon)``."""
-    config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-2, lo=0.0)
-    decay = _hyper(config, "decay_rate", 0.99, lo=0.0, hi=1.0)
-    eps = _hyper(config, "epsilon", 1e-8, lo=0.0)
-    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    config, defaults = _config(config), {}
+    lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
+    decay = _hyper(config, defaults, "decay_rate", 0.99, lo=0.0, hi=1.0)
+    eps = _hyper(config, defaults, "epsilon", 1e-8, lo=0.0)
+    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
     c = _state(config, "cache", w)
-    _keep_state(config, cache=c)
-    _keep_defaults(config, learning_rate=1e-2, decay_rate=0.99, epsilon=1e-8, weight_decay=0.0)
+    _commit(config, defaults, cache=c)
     return _run(_ko.RMSPROP, w, dw, c, None, lr, decay, eps=eps, wd=wd), config
 
 
 def adam(w, dw, config=None):
     """Adam with bias correction; ``config['t']`` is incremented before it is used."""
-    config = _config(config)
-    lr = _hyper(config, "learning_rate", 1e-3, lo=0.0)
-    b1 = _hyper(config, "beta1", 0.9, lo=0.0, hi=1.0)
-    b2 = _hyper(config, "beta2", 0.999, lo=0.0, hi=1.0)
-    eps = _hyper(config, "epsilon", 1e-8, lo=0.0)
-    wd = _hyper(config, "weight_decay", 0.0, lo=0.0)
+    config, defaults = _config(config), {}
+    lr = _hyper(config, defaults, "learning_rate", 1e-3, lo=0.0)
+    b1 = _hyper(config, defaults, "beta1", 0.9, lo=0.0, hi=1.0)
+    b2 = _hyper(config, defaults, "beta2", 0.999, lo=0.0, hi=1.0)
+    eps = _hyper(config, defaults, "epsilon", 1e-8, lo=0.0)
+    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
     t = config.get("t", 0)
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
         raise ValueError(f"config['t'] must be a non-negative int, got {t!r}")
@@ -155,8 +148,6 @@ def adam(w, dw, config=None):
     dw = _grad(dw, w)
     m = _state(config, "m", w)
     v = _state(config, "v", w)
-    _keep_state(config, m=m, v=v)
-    _keep_defaults(config, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                   weight_decay=0.0)
+    _commit(config, defaults, m=m, v=v)
     config["t"] = t
     return _run(_ko.ADAM, w, dw, m, v, lr, b1, b2, eps, c1, c2, wd), config

@@ -46,7 +46,7 @@ import zipfile
 import numpy as np
 
 from fastnn import optim as _optim
-from fastnn._validation import check_int, check_stored_members, numeric_array
+from fastnn._validation import check_int, fs_path, numeric_array, read_npz
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -305,10 +305,7 @@ def load_checkpoint(path):
     common stem). Returns ``(params, info)``: a dict of arrays and the JSON dict. A missing,
     truncated or foreign file raises ValueError; the arrays are read from the directory of the
     JSON file only, and nothing is unpickled."""
-    try:
-        path = os.fsdecode(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    path = fs_path(path)
     stem = path
     for ext in (".npz", ".json"):
         if path.endswith(ext):
@@ -333,21 +330,5 @@ def load_checkpoint(path):
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{stem}.json: param_names must be a list of names, got {names!r}")
     npz = os.path.join(os.path.dirname(stem), name)
-    try:
-        loaded = np.load(npz, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
-            raise ValueError("not an .npz archive")
-        with loaded as f:
-            check_stored_members(f, "Solver")   # before anything is inflated
-            missing = [n for n in names if n not in f.files]
-            if missing:
-                raise ValueError(f"no array {missing[0]!r} in it")
-            params = {n: f[n] for n in names}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
-            RuntimeError, NotImplementedError, MemoryError) as exc:
-        raise ValueError(f"{npz} is not a readable checkpoint array file "
-                         f"({type(exc).__name__}: {exc})") from None
-    for n, a in params.items():
-        if not isinstance(a, np.ndarray):  # a member that is not a .npy file comes back as bytes
-            raise ValueError(f"{npz}: entry {n!r} is not a .npy array")
+    params = read_npz(npz, f"{npz} (a checkpoint's arrays)", "Solver", names=names)
     return params, info

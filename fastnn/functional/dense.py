@@ -229,11 +229,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     dt = common_dtype(("dout", dout), ("cache", x2), ("w", w))
     n, d = x2.shape
     m = w.shape[1]
-    if isinstance(dout, np.ndarray) and dout.shape != (n, m):   # before a copy of a huge view
-        raise ValueError(f"dout must have shape {(n, m)}, got {dout.shape}")
-    dout = as_float_array(dout, "dout", dt)
-    if dout.shape != (n, m):
-        raise ValueError(f"dout must have shape {(n, m)}, got {dout.shape}")
+    dout = as_float_array(dout, "dout", dt, shape=(n, m))
     x2 = as_float_array(x2, "cache", dt)
     w = as_float_array(w, "w", dt)
     if w.shape != (d, m):
