@@ -10,10 +10,11 @@ from libc.string cimport memset
 cimport scipy.linalg.cython_blas as blas
 
 from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num
-from fastnn_ops cimport (FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre,
+from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_PRELU, keeps_pre,
                         bias_act_fwd_rows, bias_act_keep_rows, add_into_rows,
-                        act_bwd_into_saved_rows, act_bwd_rows, act_bwd_acc_rows,
-                        act_bwd_acc_inplace_rows, prelu_alpha_acc_rows)
+                        act_bwd_into_saved_rows, act_bwd_inplace_rows, act_bwd_acc_rows,
+                        act_bwd_acc_inplace_rows, prelu_alpha_acc_rows, relu_mask_rows,
+                        relu_bwd_mask_rows)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -468,45 +469,77 @@ cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floati
                       n_threads)
 
 
+cdef inline bint dx_direct(int op) noexcept nogil:
+    """Whether dx_into_act writes a dx tile straight over the activations below (no float
+    scratch tile): their derivative needs nothing of that output (identity), reads the kept
+    pre-activation (leaky relu), or only its sign, kept as bits (relu). Sigmoid and tanh
+    read the output's value, so their dx tile goes through the scratch."""
+    return op == FNN_IDENTITY or op == FNN_RELU or op == FNN_LEAKY
+
+
+cdef inline Py_ssize_t dx_tile_scratch(int op, Py_ssize_t tr, Py_ssize_t tc,
+                                       Py_ssize_t itemsize) noexcept nogil:
+    """Scratch elements (of itemsize bytes) of one dx tile of tr x tc over activations of
+    `op` (dx_into_act_tile): the tile itself, relu's sign bits (a word of the element's width
+    per column and 8 * itemsize rows, see fnn_relu_mask_rows), or nothing."""
+    if not dx_direct(op):
+        return tr * tc
+    if op == FNN_RELU:
+        return cdiv(tr, 8 * itemsize) * tc
+    return 0
+
+
 cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_t D,
                                   Py_ssize_t M, const floating *g, const floating *w,
                                   floating *scratch, int op, floating *act,
                                   const floating *pre, double alpha) noexcept nogil:
-    """Tile t of dx = g @ w.T into scratch, then the layer below's activation derivative,
-    written over that layer's output: act = dx * act'(saved), saved = act itself (identity,
-    relu, sigmoid, tanh) or pre (leaky relu). The same tiles and the same element-wise
-    formula as dense_backward_raw's dx and the next backward_pass1's dz: the same numbers."""
+    """Tile t of dx = g @ w.T, turned into the layer below's dz over that layer's output:
+    act = dx * act'(saved), saved = act itself (identity, relu, sigmoid, tanh) or pre (leaky
+    relu). Where the derivative needs nothing of the output but its sign (dx_direct), the
+    product goes straight into act (relu's signs kept as bits in scratch first); otherwise
+    into the scratch tile, and from there times the derivative into act. The same tiles and
+    element-wise formula as dense_backward_raw's dx and the next backward_pass1's dz: the
+    same numbers."""
     cdef Tile q = tile_of(px, t, N, D)
+    cdef floating *a = act + q.i0 * D + q.j0
+    if dx_direct(op):
+        if op == FNN_RELU:
+            relu_mask_rows(<const floating *>a, D, q.ti, q.tj, <void *>scratch)
+        gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, a, D, px.thin)
+        if op == FNN_RELU:
+            relu_bwd_mask_rows(a, D, q.ti, q.tj, <const void *>scratch)
+        elif op == FNN_LEAKY:
+            act_bwd_inplace_rows(op, a, D, pre + q.i0 * D + q.j0, D, q.ti, q.tj, alpha, NULL)
+        return
     gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, scratch, q.tj, px.thin)
-    if pre == NULL:
-        act_bwd_into_saved_rows(op, scratch, q.tj, act + q.i0 * D + q.j0, D, q.ti, q.tj, alpha, NULL)
-    else:
-        act_bwd_rows(op, scratch, q.tj, pre + q.i0 * D + q.j0, act + q.i0 * D + q.j0, D, q.ti, q.tj,
-                     alpha, NULL)
+    act_bwd_into_saved_rows(op, scratch, q.tj, a, D, q.ti, q.tj, alpha, NULL)
 
 
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
-                                       Py_ssize_t M, int n_threads) noexcept nogil:
-    """Scratch elements dx_into_act needs for these arguments: one tile per thread."""
+                                       Py_ssize_t M, int op, Py_ssize_t itemsize,
+                                       int n_threads) noexcept nogil:
+    """Scratch elements dx_into_act needs for these arguments: one tile's (dx_tile_scratch)
+    per thread."""
     cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
-    return px.tr * px.tc * nt
+    return dx_tile_scratch(op, px.tr, px.tc, itemsize) * nt
 
 
 cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
                              const floating *g, const floating *w, floating *scratch,
                              Py_ssize_t scratch_elems, int op, floating *act,
                              const floating *pre, double alpha, int n_threads) noexcept nogil:
-    """dx = g @ w.T, tile by tile through a per-thread scratch tile, turned into the layer
-    below's dz in that layer's own activation buffer (dx_into_act_tile). The full N x D dx
-    never exists. scratch holds scratch_elems >= dx_scratch_need (fewer threads run if it
-    holds less). D >= 1; the caller has already used act as an input (dw = act.T @ g)."""
+    """dx = g @ w.T, tile by tile, turned into the layer below's dz in that layer's own
+    activation buffer (dx_into_act_tile). The full N x D dx never exists. scratch holds
+    scratch_elems >= dx_scratch_need (fewer threads run if it holds less). D >= 1; the
+    caller has already used act as an input (dw = act.T @ g)."""
     cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
-    cdef Py_ssize_t t, ntiles = px.nr * px.nc, stride = px.tr * px.tc
+    cdef Py_ssize_t t, ntiles = px.nr * px.nc
+    cdef Py_ssize_t stride = dx_tile_scratch(op, px.tr, px.tc, sizeof(floating))
     cdef int nt = product_threads(cfg, ntiles, 2.0 * N * M * D, n_threads)
     if scratch_elems < stride:
         return  # cannot happen when sized by dx_scratch_need; never write past the scratch
-    if nt > scratch_elems // stride:
+    if stride > 0 and nt > scratch_elems // stride:
         nt = <int>(scratch_elems // stride)
     if nt <= 1:
         for t in range(ntiles):

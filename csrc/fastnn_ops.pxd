@@ -29,6 +29,12 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_act_bwd_into_saved_rows_f64(int op, const double *g, Py_ssize_t ldg, double *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
     void fnn_act_bwd_rows_f32(int op, const float *dout, Py_ssize_t ldg, const float *saved, float *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
     void fnn_act_bwd_rows_f64(int op, const double *dout, Py_ssize_t ldg, const double *saved, double *dx, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_act_bwd_inplace_rows_f32(int op, float *g, Py_ssize_t ldg, const float *saved, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, float alpha, const float *avec)
+    void fnn_act_bwd_inplace_rows_f64(int op, double *g, Py_ssize_t ldg, const double *saved, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, double alpha, const double *avec)
+    void fnn_relu_mask_rows_f32(const float *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, void *bits)
+    void fnn_relu_mask_rows_f64(const double *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, void *bits)
+    void fnn_relu_bwd_mask_rows_f32(float *g, Py_ssize_t ldg, Py_ssize_t rows, Py_ssize_t n, const void *bits)
+    void fnn_relu_bwd_mask_rows_f64(double *g, Py_ssize_t ldg, Py_ssize_t rows, Py_ssize_t n, const void *bits)
     void fnn_softmax_rows_f32(const float *x, float *d, Py_ssize_t rows, Py_ssize_t C,
                               const Py_ssize_t *labels, float inv_n, double *losses)
     void fnn_softmax_rows_f64(const double *x, double *d, Py_ssize_t rows, Py_ssize_t C,
@@ -96,6 +102,28 @@ cdef inline void act_bwd_rows(int op, const floating *dout, Py_ssize_t ldg,
         fnn_act_bwd_rows_f32(op, dout, ldg, saved, dx, ld, rows, n, <float>alpha, avec)
     else:
         fnn_act_bwd_rows_f64(op, dout, ldg, saved, dx, ld, rows, n, alpha, avec)
+
+cdef inline void act_bwd_inplace_rows(int op, floating *g, Py_ssize_t ldg, const floating *saved,
+                                      Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, double alpha,
+                                      const floating *avec) noexcept nogil:
+    if floating is float:
+        fnn_act_bwd_inplace_rows_f32(op, g, ldg, saved, lds, rows, n, <float>alpha, avec)
+    else:
+        fnn_act_bwd_inplace_rows_f64(op, g, ldg, saved, lds, rows, n, alpha, avec)
+
+cdef inline void relu_mask_rows(const floating *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n,
+                                void *bits) noexcept nogil:
+    if floating is float:
+        fnn_relu_mask_rows_f32(s, lds, rows, n, bits)
+    else:
+        fnn_relu_mask_rows_f64(s, lds, rows, n, bits)
+
+cdef inline void relu_bwd_mask_rows(floating *g, Py_ssize_t ldg, Py_ssize_t rows, Py_ssize_t n,
+                                    const void *bits) noexcept nogil:
+    if floating is float:
+        fnn_relu_bwd_mask_rows_f32(g, ldg, rows, n, bits)
+    else:
+        fnn_relu_bwd_mask_rows_f64(g, ldg, rows, n, bits)
 
 cdef inline void softmax_rows(const floating *x, floating *d, Py_ssize_t rows, Py_ssize_t C,
                               const Py_ssize_t *labels, floating inv_n,

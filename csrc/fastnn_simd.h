@@ -360,6 +360,11 @@ FNN_CLONES static void fnn_softmax_rows_##SFX(const T *FNN_RESTRICT x, T *FNN_RE
 #define FNN_LOOP_BWD_ACC_INPLACE(F, B, SFX, T) \
     for (ptrdiff_t i = 0; i < n; i++) { T v = B(SFX, T, g[i], saved[i], i); g[i] = v; acc[i] += v; }
 
+/* g = g * act'(saved) in place, saved apart (the step kernel's dz of a leaky relu layer, over
+ * the output that layer's weight gradient has already read; saved is its pre-activation) */
+#define FNN_LOOP_BWD_INPLACE(F, B, SFX, T) \
+    for (ptrdiff_t i = 0; i < n; i++) g[i] = B(SFX, T, g[i], saved[i], i);
+
 /* Spans over a block of `rows` rows of n elements, ld apart (a GEMM tile's rows, or a row block
  * of a backward pass), in one call: each row is the plain loop (FNN_LOOP_*), rows in order, so
  * sums into acc accumulate row by row as before. A call per row cost more than a short row's
@@ -407,6 +412,12 @@ FNN_CLONES static void fnn_act_bwd_acc_inplace_rows_##SFX(int op, T *FNN_RESTRIC
 { for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
       T *FNN_RESTRICT g = g0 + r * ld; const T *FNN_RESTRICT saved = saved0 + r * ld;         \
       FNN_SWITCH_OP(op, FNN_LOOP_BWD_ACC_INPLACE, SFX, T) } }                                 \
+FNN_CLONES static void fnn_act_bwd_inplace_rows_##SFX(int op, T *FNN_RESTRICT g0,             \
+        ptrdiff_t ldg, const T *FNN_RESTRICT saved0, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t n, \
+        T alpha, const T *FNN_RESTRICT avec)                                                  \
+{ for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      T *FNN_RESTRICT g = g0 + r * ldg; const T *FNN_RESTRICT saved = saved0 + r * lds;       \
+      FNN_SWITCH_OP(op, FNN_LOOP_BWD_INPLACE, SFX, T) } }                                     \
 /* prelu's slope-gradient partial: aacc += dout * (saved > 0 ? 0 : saved) */                  \
 FNN_CLONES static void fnn_prelu_alpha_acc_rows_##SFX(const T *FNN_RESTRICT dout0,            \
         const T *FNN_RESTRICT saved0, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,              \
@@ -421,6 +432,28 @@ FNN_CLONES static void fnn_act_bwd_rows_##SFX(int op, const T *FNN_RESTRICT dout
       const T *FNN_RESTRICT dout = dout0 + r * ldg; const T *FNN_RESTRICT saved = saved0 + r * ld; \
       T *FNN_RESTRICT dx = dx0 + r * ld;                                                      \
       FNN_SWITCH_OP(op, FNN_LOOP_BWD, SFX, T) } }
+
+/* relu's derivative as bits, so that the step kernel can write a layer's input gradient over
+ * the relu output it no longer needs: bit (r % W) of bits[(r / W) * n + j] is s[r][j] > 0, with
+ * W the bits of U, an unsigned integer as wide as T (rows interleaved, W to a word, so that
+ * both loops run along a row in lanes as wide as T's and vectorize without narrowing); then
+ * g = g * (bit ? 1 : 0), FNN_BWD_RELU's formula with the same operands. */
+#define FNN_DEFINE_RELU_MASK(T, SFX, U, W)                                                    \
+FNN_CLONES static void fnn_relu_mask_rows_##SFX(const T *FNN_RESTRICT s0, ptrdiff_t lds,      \
+        ptrdiff_t rows, ptrdiff_t n, void *bits_)                                             \
+{ U *FNN_RESTRICT bits = (U *)bits_;                                                          \
+  for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      const T *FNN_RESTRICT s = s0 + r * lds; U *FNN_RESTRICT b = bits + (r / W) * n;         \
+      int e = (int)(r % W);                                                                   \
+      if (e == 0) { for (ptrdiff_t j = 0; j < n; j++) b[j] = (U)(s[j] > (T)0); }              \
+      else { for (ptrdiff_t j = 0; j < n; j++) b[j] |= (U)(s[j] > (T)0) << e; } } }           \
+FNN_CLONES static void fnn_relu_bwd_mask_rows_##SFX(T *FNN_RESTRICT g0, ptrdiff_t ldg,        \
+        ptrdiff_t rows, ptrdiff_t n, const void *bits_)                                       \
+{ const U *FNN_RESTRICT bits = (const U *)bits_;                                              \
+  for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
+      T *FNN_RESTRICT g = g0 + r * ldg; const U *FNN_RESTRICT b = bits + (r / W) * n;         \
+      int e = (int)(r % W);                                                                   \
+      for (ptrdiff_t j = 0; j < n; j++) g[j] = g[j] * (T)((b[j] >> e) & 1u); } }
 
 #define FNN_DEFINE_SPANS(T, SFX)                                                              \
 FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN_RESTRICT y,  \
@@ -451,11 +484,13 @@ FNN_DEFINE_SPANS_DROPOUT(float, f32)
 FNN_DEFINE_SPANS_OPTIM(float, f32)
 FNN_DEFINE_SPANS(float, f32)
 FNN_DEFINE_SPANS_ROWS(float, f32)
+FNN_DEFINE_RELU_MASK(float, f32, uint32_t, 32)
 FNN_DEFINE_SPANS_LOSS(double, f64)
 FNN_DEFINE_SPANS_MAXOUT(double, f64)
 FNN_DEFINE_SPANS_DROPOUT(double, f64)
 FNN_DEFINE_SPANS_OPTIM(double, f64)
 FNN_DEFINE_SPANS(double, f64)
 FNN_DEFINE_SPANS_ROWS(double, f64)
+FNN_DEFINE_RELU_MASK(double, f64, uint64_t, 64)
 
 #endif /* FASTNN_SIMD_H */

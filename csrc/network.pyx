@@ -17,9 +17,9 @@ from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
-                           dx_into_act_tile, dx_scratch_need, chunk_rows, batch_chunk_rows,
-                           row_plan, forward_tile, wslot_elems, dw_chunk, dw_sum_chunks,
-                           sum_block_partials)
+                           dx_into_act_tile, dx_scratch_need, dx_tile_scratch, chunk_rows,
+                           batch_chunk_rows, row_plan, forward_tile, wslot_elems, dw_chunk,
+                           dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, loss_rows, loss_total, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
@@ -163,14 +163,16 @@ cdef inline int _chunk_threads(NetPlan *P, Py_ssize_t nch, int nt) noexcept nogi
     return nt if nt < nch else <int>nch
 
 
-cdef Py_ssize_t _chunk_tile_elems(NetPlan *P, const DenseConfig *cfg) noexcept nogil:
-    """The largest dx tile of a chunked step (at least 1): each thread's scratch."""
+cdef Py_ssize_t _chunk_tile_elems(NetPlan *P, const DenseConfig *cfg,
+                                  Py_ssize_t itemsize) noexcept nogil:
+    """The largest dx tile scratch of a chunked step (dx_tile_scratch, at least 1): each
+    thread's scratch."""
     cdef Py_ssize_t need = 1
     cdef Plan px
     cdef int l
     for l in range(1, P.n_layers):
         px = row_plan(cfg, P.N, P.fan_in[l], P.fan_out[l], cfg.max_tile_elems)
-        need = max(need, px.tr * px.tc)
+        need = max(need, dx_tile_scratch(P.op[l - 1], px.tr, px.tc, itemsize))
     return need
 
 
@@ -522,7 +524,7 @@ cdef class StepPlan:
         sums, its weight-gradient chunk partials, whether the whole step runs in row chunks,
         and the scratch of one dx tile per thread the backward pass can start."""
         cdef NetPlan *P = &self.P
-        cdef Py_ssize_t need = 1, psum = 0, amax = 1, wsum = 0, blocks, D, M
+        cdef Py_ssize_t need = 1, psum = 0, amax = 1, wsum = 0, blocks, D, M, itemsize
         cdef int l, threads
         cdef bint chunked = P.fused
         for l in range(P.n_layers):
@@ -542,13 +544,15 @@ cdef class StepPlan:
             # (a chunked step under the guard keeps chunk 0's weight gradient apart too:
             # nothing is written to the gradients before the loss is known to be finite)
             wsum += wslot_elems(cfg, P.N, D, M) + (D * M if P.w0_apart else 0)
-        P.chunk_stride = _chunk_tile_elems(P, cfg) if P.chunk > 0 else 0
+        itemsize = 8 if self.is_double else 4
+        P.chunk_stride = _chunk_tile_elems(P, cfg, itemsize) if P.chunk > 0 else 0
         if P.chunk > 0:
             threads = _chunk_threads(P, cdiv(P.N, P.chunk), n_threads)
             need = P.chunk_stride * threads
         elif P.fused:
             for l in range(1, P.n_layers):
-                need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l], n_threads))
+                need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l],
+                                                 P.op[l - 1], itemsize, n_threads))
         dt = np.float64 if self.is_double else np.float32
         if self._scratch is None or self._scratch.shape[0] < need:
             self._scratch = np.empty(need, dtype=dt)
