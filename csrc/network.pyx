@@ -62,8 +62,8 @@ cdef struct NetPlan:
     void *partial        # bias-gradient partial sums, per layer (each block zeroes its own row)
     void *apartial       # prelu slope partial sums (one layer at a time)
     void *wslots         # weight-gradient partials of layers in row chunks, per layer
-    void *targets        # binary targets as floats, N
-    double *losses       # N
+    void *targets        # binary losses: the labels as floats, N (else NULL)
+    double *losses       # N, each row's loss
     int n_params
     void **p_data
     void **p_grad
@@ -412,7 +412,6 @@ cdef class StepPlan:
         P.dalpha = <void **>calloc(L, sizeof(void *))
         P.act = <void **>calloc(L, sizeof(void *))
         P.pre = <void **>calloc(L, sizeof(void *))
-        P.losses = <double *>calloc(N, sizeof(double))
         n = len(params)
         P.n_params = n
         P.p_data = <void **>calloc(max(n, 1), sizeof(void *))
@@ -424,14 +423,14 @@ cdef class StepPlan:
         if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.rb == NULL or P.poff == NULL
                 or P.woff == NULL or P.alpha == NULL or P.W == NULL
                 or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
-                or P.act == NULL or P.pre == NULL or P.losses == NULL or P.p_data == NULL
+                or P.act == NULL or P.pre == NULL or P.p_data == NULL
                 or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
                 or P.p_decay == NULL):
             raise MemoryError()
 
-        def keep(a, shape=None):
+        def keep(a, shape=None, dtype=dt):
             if a is not None:
-                if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
+                if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
                     raise ValueError("StepPlan: arrays must be C-contiguous and of the plan's dtype")
                 if not a.flags.writeable:
                     raise ValueError("StepPlan: arrays must be writeable")
@@ -480,7 +479,11 @@ cdef class StepPlan:
         else:
             P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
             P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
-        P.targets = _ptr(keep(np.zeros(N, dtype=dt)))
+        if loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE:
+            P.targets = _ptr(keep(np.zeros(N, dtype=dt)))   # the labels as floats (else NULL)
+        # the rows' losses, summed in row order (a NumPy array, so that tracemalloc counts it
+        # in bench.step_memory as it counts every other buffer)
+        P.losses = <double *><void *>_ptr(keep(np.zeros(N, dtype=np.float64), None, np.float64))
         for k, (data, grad, s1, s2, decay) in enumerate(params):
             if grad.shape != data.shape or (s1 is not None and s1.shape != data.shape) or (
                     s2 is not None and s2.shape != data.shape):
@@ -499,7 +502,7 @@ cdef class StepPlan:
         free(P.fan_in); free(P.fan_out); free(P.op); free(P.rb); free(P.poff); free(P.woff)
         free(P.alpha)
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
-        free(P.act); free(P.pre); free(P.losses)
+        free(P.act); free(P.pre)
         free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)
 
     @property
@@ -539,7 +542,8 @@ cdef class StepPlan:
             blocks = backward_blocks(P.N, P.rb[l]) * M
             P.poff[l] = psum
             psum += blocks
-            amax = max(amax, blocks)
+            if P.op[l] == FNN_PRELU:
+                amax = max(amax, blocks)   # slope partial sums: prelu layers only
             P.woff[l] = wsum
             # (a chunked step under the guard keeps chunk 0's weight gradient apart too:
             # nothing is written to the gradients before the loss is known to be finite)
