@@ -1185,6 +1185,28 @@ def test_step_memory_is_parameters_gradients_and_activations():
     assert per_step < 16384  # buffers are reused: only small Python objects per step
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("hidden", ["relu", None])
+def test_small_step_memory_has_no_dx_scratch_tile(hidden, threads):
+    """Below a relu (or no activation) the backward pass writes each dx tile straight over the
+    activations (relu's derivative kept as bits first), so a small network's step holds no
+    float scratch tile per thread: for 2-100-3 (300) that tile was as large as its whole
+    hidden activation (205% of what the step must hold; now ~114%, the rest is the dscores,
+    the rows' losses and one weight-gradient partial of the second row chunk)."""
+    from fastnn.bench import step_memory
+
+    import fastnn
+    r = np.random.default_rng(7)
+    X = r.standard_normal((300, 2)).astype(F32)
+    y = r.integers(0, 3, 300)
+    model = Sequential(Dense(2, 100, activation=hidden, seed=1), Dense(100, 3, seed=2))
+    opt = SGD(model.parameters(), lr=1e-3)
+    with fastnn.threads(threads):
+        held, need, _ = step_memory(model, X, y, opt, SoftmaxCrossEntropy())
+        assert model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.chunk_rows > 0
+    assert held <= 1.16 * need, (held, need)
+
+
 def test_dx_tile_bound_leaves_other_products_alone():
     """max_tile_elems bounds the tiles of input-gradient products only: forward and weight
     gradient products keep the flop-based tiling."""
