@@ -189,6 +189,18 @@ static inline double fnn_tanh1_f64(double x)
     return copysign(-t / (2.0 + t), x);
 }
 
+/* prelu's alpha comes in as an argument, so avec[i] is read for every element: inside the ?:
+ * (`v > 0 ? v : avec[i] * v`) the load is conditional, and without masked loads (baseline
+ * SSE2) GCC 12 leaves such a loop scalar. Same operations and operand order as the formulas
+ * they replace (bwd: g * (s > 0 ? 1 : a)); v3 and v4 compile to the same results, NaN bits
+ * included. */
+static inline float fnn_prelu_fwd1_f32(float v, float a) { return (v > 0.0f) ? v : a * v; }
+static inline double fnn_prelu_fwd1_f64(double v, double a) { return (v > 0.0) ? v : a * v; }
+static inline float fnn_prelu_bwd1_f32(float g, float s, float a)
+{ float m = (s > 0.0f) ? 1.0f : a; return g * m; }
+static inline double fnn_prelu_bwd1_f64(double g, double s, double a)
+{ double m = (s > 0.0) ? 1.0 : a; return g * m; }
+
 /* ---------------------------------------------------------------- op-coded span functions
  * One op code per activation, shared by the standalone activation kernels and the fused
  * dense epilogues (csrc/fastnn_ops.pxd mirrors these numbers). The switch on the op sits
@@ -207,14 +219,14 @@ enum { FNN_IDENTITY = 0, FNN_RELU = 1, FNN_LEAKY = 2, FNN_SIGMOID = 3, FNN_TANH 
 #define FNN_FWD_LEAKY(SFX, T, v, i)    (((v) > (T)0) ? (v) : alpha * (v))
 #define FNN_FWD_SIGMOID(SFX, T, v, i)  fnn_sigmoid1_##SFX(v)
 #define FNN_FWD_TANH(SFX, T, v, i)     fnn_tanh1_##SFX(v)
-#define FNN_FWD_PRELU(SFX, T, v, i)    (((v) > (T)0) ? (v) : avec[i] * (v))
+#define FNN_FWD_PRELU(SFX, T, v, i)    fnn_prelu_fwd1_##SFX(v, avec[i])
 
 #define FNN_BWD_IDENTITY(SFX, T, g, s, i) (g)
 #define FNN_BWD_RELU(SFX, T, g, s, i)     ((g) * (((s) > (T)0) ? (T)1 : (T)0))
 #define FNN_BWD_LEAKY(SFX, T, g, s, i)    ((g) * (((s) > (T)0) ? (T)1 : alpha))
 #define FNN_BWD_SIGMOID(SFX, T, g, s, i)  (((g) * (s)) * ((T)1 - (s)))
 #define FNN_BWD_TANH(SFX, T, g, s, i)     ((g) * ((T)1 - (s) * (s)))
-#define FNN_BWD_PRELU(SFX, T, g, s, i)    ((g) * (((s) > (T)0) ? (T)1 : avec[i]))
+#define FNN_BWD_PRELU(SFX, T, g, s, i)    fnn_prelu_bwd1_##SFX(g, s, avec[i])
 
 #define FNN_SWITCH_OP(op, LOOP, SFX, T)                                 \
     switch (op) {                                                       \
@@ -257,14 +269,16 @@ static inline uint32_t fnn_hash_index(uint32_t i, uint32_t seed_lo, uint32_t see
     return fnn_fmix32(fnn_fmix32(i * 0x9e3779b9u + seed_lo) ^ seed_hi);
 }
 /* keep element i when the top 24 bits of its hash, as a fraction of 2^24, are below p:
- * threshold = ceil(p * 2^24) (p = 1 keeps everything). */
+ * threshold = ceil(p * 2^24) (p = 1 keeps everything). x[i] is read on every element, not
+ * under the ?:, where it would be a masked load at v3/v4 (slower) and leave the baseline
+ * loop scalar. */
 #define FNN_DEFINE_SPANS_DROPOUT(T, SFX)                                                      \
 FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,          \
         ptrdiff_t n, uint32_t first, uint32_t threshold, uint32_t seed_lo, uint32_t seed_hi,   \
         T scale)                                                                              \
 { for (ptrdiff_t i = 0; i < n; i++) {                                                         \
       uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi) >> 8;                \
-      y[i] = (u < threshold) ? x[i] * scale : (T)0; } }
+      T xi = x[i]; y[i] = (u < threshold) ? xi * scale : (T)0; } }
 
 #define FNN_SQRT_f32 sqrtf
 #define FNN_SQRT_f64 sqrt
@@ -437,7 +451,9 @@ FNN_CLONES static void fnn_act_bwd_rows_##SFX(int op, const T *FNN_RESTRICT dout
  * the relu output it no longer needs: bit (r % W) of bits[(r / W) * n + j] is s[r][j] > 0, with
  * W the bits of U, an unsigned integer as wide as T (rows interleaved, W to a word, so that
  * both loops run along a row in lanes as wide as T's and vectorize without narrowing); then
- * g = g * (bit ? 1 : 0), FNN_BWD_RELU's formula with the same operands. */
+ * g = g * (bit ? 1 : 0), FNN_BWD_RELU's formula with the same operands. That 1 or +0 is made
+ * from the bit by masking the bits of (T)1, not by converting the integer: there is no 64-bit
+ * integer to double conversion below AVX-512, and GCC 12 left the double loop scalar on AVX2. */
 #define FNN_DEFINE_RELU_MASK(T, SFX, U, W)                                                    \
 FNN_CLONES static void fnn_relu_mask_rows_##SFX(const T *FNN_RESTRICT s0, ptrdiff_t lds,      \
         ptrdiff_t rows, ptrdiff_t n, void *bits_)                                             \
@@ -449,11 +465,14 @@ FNN_CLONES static void fnn_relu_mask_rows_##SFX(const T *FNN_RESTRICT s0, ptrdif
       else { for (ptrdiff_t j = 0; j < n; j++) b[j] |= (U)(s[j] > (T)0) << e; } } }           \
 FNN_CLONES static void fnn_relu_bwd_mask_rows_##SFX(T *FNN_RESTRICT g0, ptrdiff_t ldg,        \
         ptrdiff_t rows, ptrdiff_t n, const void *bits_)                                       \
-{ const U *FNN_RESTRICT bits = (const U *)bits_;                                              \
+{ const U *FNN_RESTRICT bits = (const U *)bits_; T one_t = (T)1; U one;                       \
+  memcpy(&one, &one_t, sizeof one);                                                           \
   for (ptrdiff_t r = 0; r < rows; r++) {                                                      \
       T *FNN_RESTRICT g = g0 + r * ldg; const U *FNN_RESTRICT b = bits + (r / W) * n;         \
       int e = (int)(r % W);                                                                   \
-      for (ptrdiff_t j = 0; j < n; j++) g[j] = g[j] * (T)((b[j] >> e) & 1u); } }
+      for (ptrdiff_t j = 0; j < n; j++) {                                                     \
+          U mb = ((U)0 - ((b[j] >> e) & 1u)) & one; T m; memcpy(&m, &mb, sizeof m);           \
+          g[j] = g[j] * m; } } }
 
 #define FNN_DEFINE_SPANS(T, SFX)                                                              \
 FNN_CLONES static void fnn_act_fwd_##SFX(int op, const T *FNN_RESTRICT x, T *FNN_RESTRICT y,  \
