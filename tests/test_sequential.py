@@ -923,24 +923,28 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
     assert flops < params["tile_flops"] * 2 and n * widths[-2] > params["max_tile_elems"]
 
 
-def _tiled_training_is_thread_invariant(hidden, seed, steps):
+def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32):
     """Trains the "tiled" network at 1, 2 and 3 threads; asserts the same bits, returns
     (widths, X, y, (losses, params))."""
     n, widths = FUSED_SIZES["tiled"]
     r = np.random.default_rng(seed)
-    X = r.standard_normal((n, widths[0])).astype(F32)
+    X = r.standard_normal((n, widths[0])).astype(dtype)
     y = r.integers(0, widths[-1], n)
 
     def run():
-        losses, params, _ = _train_runs(_fused_model(hidden, widths, F32), X, y, "softmax", steps=steps)
+        losses, params, _ = _train_runs(_fused_model(hidden, widths, dtype), X, y, "softmax", steps=steps)
         return losses, params
 
     return widths, X, y, assert_thread_invariant(run)
 
 
-@pytest.mark.parametrize("hidden", ["relu", "leaky_relu", "tanh"])
-def test_step_kernel_fused_backward_is_thread_invariant(hidden):
-    _tiled_training_is_thread_invariant(hidden, seed=4, steps=3)
+@pytest.mark.parametrize("hidden,dtype", [("relu", F32), ("relu", F64), ("leaky_relu", F32),
+                                          ("tanh", F32), ("sigmoid", F32), ("identity", F32)])
+def test_step_kernel_fused_backward_is_thread_invariant(hidden, dtype):
+    """Each way a dx tile reaches the activations below (relu: straight in, its signs kept as
+    bits in the thread's scratch; leaky relu and none: straight in, no scratch; tanh and
+    sigmoid: through the thread's scratch tile), on tiles shared by 2 and 3 threads."""
+    _tiled_training_is_thread_invariant(hidden, seed=4, steps=3, dtype=dtype)
 
 
 @pytest.fixture
@@ -1191,7 +1195,7 @@ def test_small_step_memory_has_no_dx_scratch_tile(hidden, threads):
     """Below a relu (or no activation) the backward pass writes each dx tile straight over the
     activations (relu's derivative kept as bits first), so a small network's step holds no
     float scratch tile per thread: for 2-100-3 (300) that tile was as large as its whole
-    hidden activation (205% of what the step must hold; now ~114%, the rest is the dscores,
+    hidden activation (205% of what the step must hold; now 113-114%, the rest is the dscores,
     the rows' losses and one weight-gradient partial of the second row chunk)."""
     from fastnn.bench import step_memory
 
@@ -1204,7 +1208,7 @@ def test_small_step_memory_has_no_dx_scratch_tile(hidden, threads):
     with fastnn.threads(threads):
         held, need, _ = step_memory(model, X, y, opt, SoftmaxCrossEntropy())
         assert model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.chunk_rows > 0
-    assert held <= 1.16 * need, (held, need)
+    assert held <= 1.20 * need, (held, need)   # 113-114% measured
 
 
 def test_dx_tile_bound_leaves_other_products_alone():
