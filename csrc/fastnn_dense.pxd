@@ -171,23 +171,24 @@ cdef inline Plan row_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t c, Py_s
 
 
 cdef inline void gemv(bint trans, Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t lda,
-                      const floating *x, Py_ssize_t incx, floating *y,
-                      Py_ssize_t incy) noexcept nogil:
-    """Column-major y = op(A) x, A (m x n) with leading dimension lda; y is overwritten."""
+                      const floating *x, Py_ssize_t incx, floating *y, Py_ssize_t incy,
+                      floating beta) noexcept nogil:
+    """Column-major y = op(A) x + beta y, A (m x n) with leading dimension lda."""
     cdef char t = b'T' if trans else b'N'
     cdef int m_ = <int>m, n_ = <int>n, lda_ = <int>lda, incx_ = <int>incx, incy_ = <int>incy
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1
     if floating is float:
-        blas.sgemv(&t, &m_, &n_, &one, <float *>A, &lda_, <float *>x, &incx_, &zero, y, &incy_)
+        blas.sgemv(&t, &m_, &n_, &one, <float *>A, &lda_, <float *>x, &incx_, &beta, y, &incy_)
     else:
-        blas.dgemv(&t, &m_, &n_, &one, <double *>A, &lda_, <double *>x, &incx_, &zero, y, &incy_)
+        blas.dgemv(&t, &m_, &n_, &one, <double *>A, &lda_, <double *>x, &incx_, &beta, y, &incy_)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
                       const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
-                      floating *C, Py_ssize_t ldc, Py_ssize_t thin) noexcept nogil:
+                      floating *C, Py_ssize_t ldc, Py_ssize_t thin, bint acc) noexcept nogil:
     """Row-major C (r x c) = op(A) (r x k) @ op(B) (k x c), as the column-major product
     C^T = op(B)^T op(A)^T: operands swapped, transposes as flags, nothing copied. r, c, k >= 1.
+    acc: C += the product instead (beta = 1).
 
     A thin product (c or r at most `thin`: a layer with one to a few outputs, or the weight
     gradient of one with a few inputs) is one gemv per output column or row instead: sgemm
@@ -198,31 +199,34 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py
     cdef char tb = b'T' if trans_a else b'N'
     cdef int m_ = <int>c, n_ = <int>r, k_ = <int>k
     cdef int lda_ = <int>ldb, ldb_ = <int>lda, ldc_ = <int>ldc
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1
+    cdef floating beta = 1 if acc else 0
     cdef Py_ssize_t i, j
     if c <= thin or r <= thin:
-        # y = 0 first: with beta = 0 the BLAS need not read y, but not every OpenBLAS release
-        # got that right (0 * NaN garbage), and C may be uninitialized memory
-        for i in range(r):
-            for j in range(c):
-                C[i * ldc + j] = 0
+        # y = 0 first (unless accumulating): with beta = 0 the BLAS need not read y, but not
+        # every OpenBLAS release got that right (0 * NaN garbage), and C may be uninitialized
+        if not acc:
+            for i in range(r):
+                for j in range(c):
+                    C[i * ldc + j] = 0
         if c <= r:
             # column j of C: op(A) @ op(B)[:, j]; row-major A (r x k) is column-major A^T
             for j in range(c):
                 gemv(not trans_a, r if trans_a else k, k if trans_a else r, A, lda,
-                     B + (j * ldb if trans_b else j), 1 if trans_b else ldb, C + j, ldc)
+                     B + (j * ldb if trans_b else j), 1 if trans_b else ldb, C + j, ldc, beta)
         else:
             # row i of C: op(B)^T @ op(A)[i, :]; row-major B (k x c) is column-major B^T
             for i in range(r):
                 gemv(trans_b, k if trans_b else c, c if trans_b else k, B, ldb,
-                     A + (i if trans_a else i * lda), lda if trans_a else 1, C + i * ldc, 1)
+                     A + (i if trans_a else i * lda), lda if trans_a else 1, C + i * ldc, 1,
+                     beta)
         return
     if floating is float:
         blas.sgemm(&ta, &tb, &m_, &n_, &k_, &one, <float *>B, &lda_, <float *>A, &ldb_,
-                   &zero, C, &ldc_)
+                   &beta, C, &ldc_)
     else:
         blas.dgemm(&ta, &tb, &m_, &n_, &k_, &one, <double *>B, &lda_, <double *>A, &ldb_,
-                   &zero, C, &ldc_)
+                   &beta, C, &ldc_)
 
 
 cdef struct Tile:
@@ -251,7 +255,7 @@ cdef inline void gemm_tile(Plan p, Py_ssize_t t, bint trans_a, bint trans_b,
     gemm(trans_a, trans_b, q.ti, q.tj, k,
          A + (q.i0 if trans_a else q.i0 * lda), lda,
          B + (q.j0 * ldb if trans_b else q.j0), ldb,
-         C + q.i0 * ldc + q.j0, ldc, p.thin)
+         C + q.i0 * ldc + q.j0, ldc, p.thin, False)
 
 
 cdef inline void forward_tile(Plan p, Py_ssize_t t, int op, bint keep, Py_ssize_t N,
@@ -309,27 +313,49 @@ cdef inline Py_ssize_t bias_rows_per_block(const DenseConfig *g, Py_ssize_t N, P
     return ch if ch > 0 else backward_rows_per_block(g, M)
 
 
+cdef inline bint dw_in_turns(Py_ssize_t ch, Py_ssize_t D) noexcept nogil:
+    """Whether a layer in row chunks of ch rows with D inputs adds its chunks' weight-gradient
+    products into dw one after another, in chunk order (beta = 1), rather than each into a
+    partial of its own, summed afterwards: when such a partial (D x M) would be larger than
+    the chunk's share of the layer's outputs (ch x M). Those products are short (ch rows),
+    so the step kernel's threads lose little waiting for their turn (network.pyx); the
+    longer ones keep their partials and run side by side. Shape only, like the chunks."""
+    return D > ch
+
+
 cdef inline Py_ssize_t wslot_elems(const DenseConfig *g, Py_ssize_t N, Py_ssize_t D,
                                    Py_ssize_t M) noexcept nogil:
     """Elements of the weight-gradient workspace of a layer that runs in chunks: one D x M
-    partial per chunk after the first (the first goes to dw itself). 0 otherwise."""
+    partial per chunk after the first (the first goes to dw itself), unless its chunks take
+    turns (dw_in_turns). 0 otherwise."""
     cdef Py_ssize_t ch = chunk_rows(g, N, D, M)
-    return (cdiv(N, ch) - 1) * D * M if ch > 0 else 0
+    return (cdiv(N, ch) - 1) * D * M if ch > 0 and not dw_in_turns(ch, D) else 0
 
 
 cdef inline void dw_chunk(Py_ssize_t c, Py_ssize_t ch, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
                           const floating *g, const floating *x, floating *dst,
-                          Py_ssize_t thin) noexcept nogil:
-    """Chunk c's weight-gradient product x[rows].T @ g[rows] (D x M) into dst."""
+                          Py_ssize_t thin, bint acc) noexcept nogil:
+    """Chunk c's weight-gradient product x[rows].T @ g[rows] (D x M) into dst (acc: added to
+    it)."""
     cdef Py_ssize_t r0 = c * ch
     cdef Py_ssize_t rows = min(ch, N - r0)
-    gemm(True, False, D, M, rows, x + r0 * D, D, g + r0 * M, M, dst, M, thin)
+    gemm(True, False, D, M, rows, x + r0 * D, D, g + r0 * M, M, dst, M, thin, acc)
 
 
-cdef inline void dw_sum_chunks(Py_ssize_t nch, Py_ssize_t D, Py_ssize_t M, floating *dw,
-                               const floating *wslots) noexcept nogil:
-    """dw = ((dw + partial 1) + partial 2) + ...: the chunks' products in chunk order."""
-    if nch > 1:
+cdef inline floating *dw_chunk_dst(Py_ssize_t c, Py_ssize_t ch, Py_ssize_t D, Py_ssize_t M,
+                                   floating *dw, floating *wslots) noexcept nogil:
+    """Where chunk c's weight-gradient product goes: dw itself for chunk 0 or when the chunks
+    take turns (dw_in_turns, chunks after the first adding to it), else its partial."""
+    if c == 0 or dw_in_turns(ch, D):
+        return dw
+    return wslots + (c - 1) * D * M
+
+
+cdef inline void dw_sum_chunks(Py_ssize_t nch, Py_ssize_t ch, Py_ssize_t D, Py_ssize_t M,
+                               floating *dw, const floating *wslots) noexcept nogil:
+    """dw = ((dw + partial 1) + partial 2) + ...: the chunks' products in chunk order (nothing
+    to do when they took turns)."""
+    if nch > 1 and not dw_in_turns(ch, D):
         add_into_rows(wslots, D * M, nch - 1, dw, D * M)
 
 
@@ -338,13 +364,17 @@ cdef inline void backward_tile(Plan px, Plan pw, Py_ssize_t t, Py_ssize_t ntx, P
                                const floating *x, const floating *w, floating *dx, floating *dw,
                                floating *wslots) noexcept nogil:
     """Task t of the backward products: the first ntx are dx = g @ w.T tiles, the rest dw =
-    x.T @ g tiles (or, for a layer in chunks of ch rows, its chunks' products)."""
+    x.T @ g tiles (or, for a layer in chunks of ch rows, its chunks' products: one task per
+    chunk, or one for all when they take turns, dw_in_turns)."""
+    cdef Py_ssize_t c
     if t < ntx:
         gemm_tile(px, t, False, True, N, D, M, g, M, w, M, dx, D)
+    elif ch > 0 and dw_in_turns(ch, D):
+        for c in range(cdiv(N, ch)):
+            dw_chunk(c, ch, N, D, M, g, x, dw, pw.thin, c > 0)
     elif ch > 0:
-        # chunk 0 into dw itself, the others into their partials (dw_sum_chunks adds them)
-        dw_chunk(t - ntx, ch, N, D, M, g, x,
-                 dw if t == ntx else wslots + (t - ntx - 1) * D * M, pw.thin)
+        c = t - ntx
+        dw_chunk(c, ch, N, D, M, g, x, dw_chunk_dst(c, ch, D, M, dw, wslots), pw.thin, False)
     else:
         gemm_tile(pw, t - ntx, True, False, D, M, N, x, D, g, M, dw, M)
 
@@ -425,12 +455,13 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
                                    int n_threads) noexcept nogil:
     """dx = g @ w.T (N x D, inner M; skipped when dx is NULL) and dw = x.T @ g (D x M, inner
     N), as one list of shape-fixed tasks. D >= 1. wslots: wslot_elems(N, D, M) elements (a
-    layer in row chunks sums its chunks' dw products there)."""
+    layer in row chunks may sum its chunks' dw products there)."""
     cdef Py_ssize_t ch = chunk_rows(cfg, N, D, M)
     cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems, ch)
     cdef Plan pw = make_plan(cfg, D, M, N)
     cdef Py_ssize_t t, ntx = px.nr * px.nc if dx != NULL else 0
-    cdef Py_ssize_t ntw = cdiv(N, ch) if ch > 0 else pw.nr * pw.nc
+    cdef Py_ssize_t ntw = ((1 if dw_in_turns(ch, D) else cdiv(N, ch)) if ch > 0
+                           else pw.nr * pw.nc)
     cdef int nt = product_threads(cfg, ntx + ntw, 2.0 * N * M * D * (2 if dx != NULL else 1),
                                   n_threads)
     if nt <= 1:
@@ -440,7 +471,7 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
         for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
             backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
     if ch > 0:
-        dw_sum_chunks(ntw, D, M, dw, wslots)
+        dw_sum_chunks(cdiv(N, ch), ch, D, M, dw, wslots)
 
 
 cdef inline void dense_backward_raw(const DenseConfig *cfg, int op, const floating *dout,
@@ -505,13 +536,14 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
     if dx_direct(op):
         if op == FNN_RELU:
             relu_mask_rows(<const floating *>a, D, q.ti, q.tj, <void *>scratch)
-        gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, a, D, px.thin)
+        gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, a, D, px.thin, False)
         if op == FNN_RELU:
             relu_bwd_mask_rows(a, D, q.ti, q.tj, <const void *>scratch)
         elif op == FNN_LEAKY:
             act_bwd_inplace_rows(op, a, D, pre + q.i0 * D + q.j0, D, q.ti, q.tj, alpha, NULL)
         return
-    gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, scratch, q.tj, px.thin)
+    gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, scratch, q.tj, px.thin,
+         False)
     act_bwd_into_saved_rows(op, scratch, q.tj, a, D, q.ti, q.tj, alpha, NULL)
 
 

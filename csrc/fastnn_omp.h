@@ -18,4 +18,37 @@ static inline int fnn_omp_get_thread_num(void) { return 0; }
 static inline int fnn_omp_version(void) { return 0; }
 #endif
 
+/* Turns between threads (the step kernel's row chunks add their weight-gradient products into
+ * one buffer in chunk order): fnn_turn_wait spins until *turn == want, then sees every write
+ * made before the fnn_turn_pass(turn, want) that set it (acquire / release). After a few
+ * thousand spins it yields the CPU, for a machine whose other core is busy. */
+#if defined(_MSC_VER)
+#include <intrin.h>
+static inline int fnn_turn_load(volatile int *p) { int v = *p; _ReadWriteBarrier(); return v; }
+static inline void fnn_turn_pass(volatile int *p, int v) { _ReadWriteBarrier(); *p = v; }
+#else
+static inline int fnn_turn_load(volatile int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fnn_turn_pass(volatile int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+#endif
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+#include <immintrin.h>
+#define FNN_SPIN_PAUSE() _mm_pause()
+#else
+#define FNN_SPIN_PAUSE() ((void)0)
+#endif
+#if defined(_WIN32)
+#define FNN_SPIN_YIELD() FNN_SPIN_PAUSE()
+#else
+#include <sched.h>
+#define FNN_SPIN_YIELD() sched_yield()
+#endif
+static inline void fnn_turn_wait(volatile int *p, int want)
+{
+    int spins = 0;
+    while (fnn_turn_load(p) != want) {
+        if (spins < 4096) { spins++; FNN_SPIN_PAUSE(); }
+        else FNN_SPIN_YIELD();
+    }
+}
+
 #endif /* FASTNN_OMP_H */

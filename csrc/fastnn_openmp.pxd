@@ -6,6 +6,8 @@ cdef extern from "fastnn_omp.h" nogil:
     void fnn_omp_set_num_threads(int n)
     int fnn_omp_get_thread_num()
     int fnn_omp_version()
+    void fnn_turn_wait(volatile int *turn, int want)
+    void fnn_turn_pass(volatile int *turn, int value)
 
 
 cdef inline int effective_threads(Py_ssize_t work, Py_ssize_t min_work_per_thread, int n_threads) noexcept nogil:

@@ -9,17 +9,17 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 import numpy as np
 
-from fastnn_openmp cimport fnn_omp_get_thread_num
+from fastnn_openmp cimport fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
                            dx_into_act_tile, dx_scratch_need, dx_tile_scratch, chunk_rows,
                            batch_chunk_rows, row_plan, forward_tile, wslot_elems, dw_chunk,
-                           dw_sum_chunks, sum_block_partials)
+                           dw_chunk_dst, dw_in_turns, dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, loss_rows, loss_total, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
@@ -36,13 +36,13 @@ cdef struct NetPlan:
     Py_ssize_t *fan_in
     Py_ssize_t *fan_out
     int *op
-    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums    (these three:
+    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums    (these five:
     Py_ssize_t *poff     # where each layer's partial sums start in partial     set for each
     Py_ssize_t *woff     # where each layer's dw chunk partials start in wslots step by
     Py_ssize_t chunk     # rows per chunk when the whole step runs in chunks    _size_buffers)
-    Py_ssize_t chunk_stride   # a chunked step: each thread's scratch (_chunk_tile_elems)
-    bint w0_apart        # a chunked step under the guard: chunk 0's weight gradients go to
-                         # wslots too (nothing reaches dW before the loss is known finite)
+    Py_ssize_t chunk_stride   # a chunked step: each thread's scratch
+    int *dw_turn         # a chunked step: per layer whose chunks take turns (dw_in_turns),
+                         # the chunk whose turn it is to add its weight-gradient product to dW
     double *alpha
     void **W
     void **b
@@ -61,7 +61,7 @@ cdef struct NetPlan:
     Py_ssize_t scratch_elems
     void *partial        # bias-gradient partial sums, per layer (each block zeroes its own row)
     void *apartial       # prelu slope partial sums (one layer at a time)
-    void *wslots         # weight-gradient partials of layers in row chunks, per layer
+    void *wslots         # weight-gradient partials of layers in row chunks (wslot_elems)
     void *targets        # binary losses: the labels as floats, N (else NULL)
     double *losses       # N, each row's loss
     int n_params
@@ -83,6 +83,12 @@ cdef enum:
     STOPPED = -2     # the guard stopped the step before any update
 
 
+cdef enum:
+    CHUNK_FORWARD = 1    # what _run_chunks runs of each chunk: forward and loss,
+    CHUNK_BACKWARD = 2   # backward,
+    CHUNK_BOTH = 3       # or both in one parallel region
+
+
 cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py_ssize_t *labels,
                       const floating *reg_targets, int rule, double lr, double h1, double h2,
                       double eps, double c1, double c2, double wd, int nt,
@@ -100,11 +106,14 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         if bad >= 0:
             return bad
         targets = <const floating *>P.targets
-    # a small network runs forward, loss and backward chunk by chunk, then the sums (the
-    # scratch check cannot fail after _size_buffers; the other path gives the same numbers)
+    # a small network runs forward, loss and backward chunk by chunk, then the bias sums (the
+    # scratch check cannot fail after _size_buffers; the other path gives the same numbers).
+    # Under the guard the chunks' backward waits, in a second parallel region, until the loss
+    # is known to be finite: their weight gradients go straight into dW.
     chunked = P.chunk > 0 and P.scratch_elems >= P.chunk_stride
     if chunked:
-        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, P.chunk_stride, nt)
+        loss_out[0] = _run_chunks(P, cfg, X, labels, targets, P.chunk_stride, nt,
+                                  CHUNK_FORWARD if guard else CHUNK_BOTH)
     else:
         inp = X
         for l in range(L):
@@ -116,10 +125,11 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.losses, batch_chunk_rows(cfg, N), nt)
     if guard and not (loss_out[0] - loss_out[0] == 0):
-        # non-finite loss: leave gradients and parameters as they are (under the guard a
-        # chunked step kept chunk 0's weight gradients apart too: nothing was written)
+        # non-finite loss: leave gradients and parameters as they are (nothing was written)
         return STOPPED
     if chunked:
+        if guard:
+            _run_chunks(P, cfg, X, labels, targets, P.chunk_stride, nt, CHUNK_BACKWARD)
         _sum_chunks(P, X)
     elif P.fused:
         _backward_fused(P, cfg, X, nt)
@@ -199,13 +209,16 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     """The backward pass of chunk c's rows through every layer, as _backward_fused computes
     them for the whole batch: the same blocks (the chunks) of each layer's bias-gradient
     sums, the same per-chunk weight-gradient products, the same dx tiles (row c of each
-    plan) through this thread's scratch tile into the activations below. Chunk 0's weight
-    gradient goes into dW itself, as on the layer path (into its own slot under the guard:
-    w0_apart), the other chunks' into their partials; _sum_chunks adds them."""
+    plan) through this thread's scratch into the activations below. Chunk 0's weight
+    gradient goes into dW, the other chunks' into their partials (summed by _sum_chunks),
+    or, for a layer whose chunks take turns (dw_in_turns), added into dW in chunk order as
+    on the layer path: chunk c waits for its turn (chunk c - 1 has added its product) and
+    passes it on. Chunks are handed out in order and never wait for a later one, so the
+    turns cannot deadlock."""
     cdef int L = P.n_layers, l
     cdef Py_ssize_t j, N = P.N, ch = P.chunk, D, M
     cdef floating *g
-    cdef floating *dw
+    cdef bint turns
     cdef Plan px
     for l in range(L - 1, -1, -1):
         D = P.fan_in[l]
@@ -220,13 +233,14 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
             backward_block(c, ch, FNN_IDENTITY, g, <const floating *>NULL, <floating *>NULL,
                            0.0, <const floating *>NULL, <floating *>P.partial + P.poff[l],
                            <floating *>NULL, N, M)
-        if P.w0_apart:
-            dw = <floating *>P.wslots + P.woff[l] + c * D * M
-        elif c == 0:
-            dw = <floating *>P.dW[l]
-        else:
-            dw = <floating *>P.wslots + P.woff[l] + (c - 1) * D * M
-        dw_chunk(c, ch, N, D, M, g, X if l == 0 else <const floating *>P.act[l - 1], dw, cfg.thin)
+        turns = dw_in_turns(ch, D)
+        if turns:
+            fnn_turn_wait(&P.dw_turn[l], <int>c)
+        dw_chunk(c, ch, N, D, M, g, X if l == 0 else <const floating *>P.act[l - 1],
+                 dw_chunk_dst(c, ch, D, M, <floating *>P.dW[l],
+                              <floating *>P.wslots + P.woff[l]), cfg.thin, turns and c > 0)
+        if turns:
+            fnn_turn_pass(&P.dw_turn[l], <int>(c + 1))
         if l > 0:
             px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
             for j in range(px.nc):
@@ -236,55 +250,57 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
 
 
 cdef void _chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py_ssize_t *labels,
-                 const floating *targets, Py_ssize_t c, floating *scratch) noexcept nogil:
-    """Chunk c's rows through the whole step but the sums: forward, loss (loss_rows: the rows'
-    losses and dscores), backward."""
+                 const floating *targets, Py_ssize_t c, floating *scratch,
+                 int part) noexcept nogil:
+    """Chunk c's rows through the whole step but the bias sums: forward and loss (loss_rows:
+    the rows' losses and dscores), backward, or both (part: CHUNK_*)."""
     cdef Py_ssize_t r0 = c * P.chunk
-    _forward_chunk(P, cfg, X, c)
-    loss_rows(P.loss_kind, r0, min(r0 + P.chunk, P.N), <const floating *>P.act[P.n_layers - 1],
-              P.N, P.fan_out[P.n_layers - 1], labels, targets, <floating *>P.dact0, P.losses)
-    _backward_chunk(P, cfg, X, c, scratch)
+    if part & CHUNK_FORWARD:
+        _forward_chunk(P, cfg, X, c)
+        loss_rows(P.loss_kind, r0, min(r0 + P.chunk, P.N),
+                  <const floating *>P.act[P.n_layers - 1], P.N, P.fan_out[P.n_layers - 1],
+                  labels, targets, <floating *>P.dact0, P.losses)
+    if part & CHUNK_BACKWARD:
+        _backward_chunk(P, cfg, X, c, scratch)
 
 
 cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
                         const Py_ssize_t *labels, const floating *targets, Py_ssize_t stride,
-                        int nt) noexcept nogil:
-    """Every chunk (_chunk), a chunk per thread (each with `stride` elements of the scratch,
-    _chunk_tile_elems), in one parallel region; returns the mean loss."""
+                        int nt, int part) noexcept nogil:
+    """`part` (CHUNK_*) of every chunk (_chunk), a chunk per thread (each with `stride`
+    elements of the scratch, _chunk_tile_elems), in one parallel region, chunks handed out
+    in order; returns the mean loss (when the forward part ran)."""
     cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk)
-    cdef int threads = _chunk_threads(P, nch, nt)
+    cdef int threads = _chunk_threads(P, nch, nt), l
+    if part & CHUNK_BACKWARD:
+        for l in range(P.n_layers):
+            P.dw_turn[l] = 0    # (the parallel region's start orders these stores)
     if threads > P.scratch_elems // stride:
         threads = <int>(P.scratch_elems // stride)   # never write past the scratch (_step
                                                      # checked that it holds one tile)
     if threads <= 1:
         for c in range(nch):
-            _chunk(P, cfg, X, labels, targets, c, <floating *>P.scratch)
+            _chunk(P, cfg, X, labels, targets, c, <floating *>P.scratch, part)
     else:
         for c in prange(nch, num_threads=threads, schedule="dynamic"):
             _chunk(P, cfg, X, labels, targets, c,
-                   <floating *>P.scratch + fnn_omp_get_thread_num() * stride)
-    return loss_total(P.loss_kind, P.N, P.losses)
+                   <floating *>P.scratch + fnn_omp_get_thread_num() * stride, part)
+    return loss_total(P.loss_kind, P.N, P.losses) if part & CHUNK_FORWARD else 0.0
 
 
 cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
     """Each layer's gradients from its chunks' partials, summed in chunk order as
-    backward_pass1 (bias, prelu slope) and backward_products (weights) sum them. (X only
-    picks the dtype.)"""
+    backward_pass1 (bias, prelu slope) and backward_products (weights) sum them (weights
+    whose chunks took turns are summed already). (X only picks the dtype.)"""
     cdef int L = P.n_layers, l
-    cdef Py_ssize_t nch = cdiv(P.N, P.chunk), M, DM
-    cdef floating *slots
+    cdef Py_ssize_t nch = cdiv(P.N, P.chunk)
     for l in range(L):
-        M = P.fan_out[l]
-        DM = P.fan_in[l] * M
         # (the layers below the last summed their dz as the identity's: see _backward_chunk)
         sum_block_partials(P.op[l] if l == L - 1 else FNN_IDENTITY, <floating *>P.db[l],
                            <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
-                           <floating *>P.apartial, nch, M)
-        slots = <floating *>P.wslots + P.woff[l]
-        if P.w0_apart:
-            memcpy(P.dW[l], slots, DM * sizeof(floating))
-            slots += DM
-        dw_sum_chunks(nch, P.fan_in[l], M, <floating *>P.dW[l], slots)
+                           <floating *>P.apartial, nch, P.fan_out[l])
+        dw_sum_chunks(nch, P.chunk, P.fan_in[l], P.fan_out[l], <floating *>P.dW[l],
+                      <floating *>P.wslots + P.woff[l])
 
 
 cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
@@ -403,6 +419,7 @@ cdef class StepPlan:
         P.rb = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.poff = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
         P.woff = <Py_ssize_t *>calloc(L, sizeof(Py_ssize_t))
+        P.dw_turn = <int *>calloc(L, sizeof(int))
         P.alpha = <double *>calloc(L, sizeof(double))
         P.W = <void **>calloc(L, sizeof(void *))
         P.b = <void **>calloc(L, sizeof(void *))
@@ -421,7 +438,7 @@ cdef class StepPlan:
         P.p_n = <Py_ssize_t *>calloc(max(n, 1), sizeof(Py_ssize_t))
         P.p_decay = <int *>calloc(max(n, 1), sizeof(int))
         if (P.fan_in == NULL or P.fan_out == NULL or P.op == NULL or P.rb == NULL or P.poff == NULL
-                or P.woff == NULL or P.alpha == NULL or P.W == NULL
+                or P.woff == NULL or P.dw_turn == NULL or P.alpha == NULL or P.W == NULL
                 or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
                 or P.act == NULL or P.pre == NULL or P.p_data == NULL
                 or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
@@ -500,6 +517,7 @@ cdef class StepPlan:
     def __dealloc__(self):
         P = &self.P
         free(P.fan_in); free(P.fan_out); free(P.op); free(P.rb); free(P.poff); free(P.woff)
+        free(P.dw_turn)
         free(P.alpha)
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
         free(P.act); free(P.pre)
@@ -521,7 +539,7 @@ cdef class StepPlan:
         (no N x width gradient buffers; every network without a prelu hidden layer)."""
         return bool(self.P.fused)
 
-    cdef int _size_buffers(self, const DenseConfig *cfg, int n_threads, bint guard) except -1:
+    cdef int _size_buffers(self, const DenseConfig *cfg, int n_threads) except -1:
         """Lay out the workspaces for the tiling in cfg (the snapshot the step runs with) and
         grow them where they are too small: each layer's bias-gradient blocks and partial
         sums, its weight-gradient chunk partials, whether the whole step runs in row chunks,
@@ -534,7 +552,6 @@ cdef class StepPlan:
             if chunk_rows(cfg, P.N, P.fan_in[l], P.fan_out[l]) == 0:
                 chunked = False
         P.chunk = chunk_rows(cfg, P.N, P.fan_in[0], P.fan_out[0]) if chunked else 0
-        P.w0_apart = P.chunk > 0 and guard
         for l in range(P.n_layers):
             D = P.fan_in[l]
             M = P.fan_out[l]
@@ -545,9 +562,7 @@ cdef class StepPlan:
             if P.op[l] == FNN_PRELU:
                 amax = max(amax, blocks)   # slope partial sums: prelu layers only
             P.woff[l] = wsum
-            # (a chunked step under the guard keeps chunk 0's weight gradient apart too:
-            # nothing is written to the gradients before the loss is known to be finite)
-            wsum += wslot_elems(cfg, P.N, D, M) + (D * M if P.w0_apart else 0)
+            wsum += wslot_elems(cfg, P.N, D, M)
         itemsize = 8 if self.is_double else 4
         P.chunk_stride = _chunk_tile_elems(P, cfg, itemsize) if P.chunk > 0 else 0
         if P.chunk > 0:
@@ -625,7 +640,7 @@ cdef class StepPlan:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         if self._busy:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
-        self._size_buffers(&cfg, n_threads, guard)
+        self._size_buffers(&cfg, n_threads)
         self.stopped = False
         self._busy = True
         blas_enter(_cfg)
