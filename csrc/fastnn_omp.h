@@ -20,12 +20,15 @@ static inline int fnn_omp_version(void) { return 0; }
 
 /* Turns between threads (the step kernel's row chunks add their weight-gradient products into
  * one buffer in chunk order): fnn_turn_wait spins until *turn == want, then sees every write
- * made before the fnn_turn_pass(turn, want) that set it (acquire / release). After a few
- * thousand spins it yields the CPU, for a machine whose other core is busy. */
+ * made before the fnn_turn_pass(turn, want) that set it (acquire / release; MSVC: interlocked
+ * operations, full barriers on x64 and ARM64 alike). After a few thousand spins it yields the
+ * CPU, for a machine whose other core is busy or a thread count above the core count. */
 #if defined(_MSC_VER)
 #include <intrin.h>
-static inline int fnn_turn_load(volatile int *p) { int v = *p; _ReadWriteBarrier(); return v; }
-static inline void fnn_turn_pass(volatile int *p, int v) { _ReadWriteBarrier(); *p = v; }
+static inline int fnn_turn_load(volatile int *p)
+{ return (int)_InterlockedCompareExchange((volatile long *)p, 0, 0); }
+static inline void fnn_turn_pass(volatile int *p, int v)
+{ _InterlockedExchange((volatile long *)p, (long)v); }
 #else
 static inline int fnn_turn_load(volatile int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void fnn_turn_pass(volatile int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -33,11 +36,17 @@ static inline void fnn_turn_pass(volatile int *p, int v) { __atomic_store_n(p, v
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
 #include <immintrin.h>
 #define FNN_SPIN_PAUSE() _mm_pause()
+#elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define FNN_SPIN_PAUSE() __asm__ __volatile__("yield")
 #else
 #define FNN_SPIN_PAUSE() ((void)0)
 #endif
 #if defined(_WIN32)
-#define FNN_SPIN_YIELD() FNN_SPIN_PAUSE()
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#define FNN_SPIN_YIELD() SwitchToThread()
 #else
 #include <sched.h>
 #define FNN_SPIN_YIELD() sched_yield()

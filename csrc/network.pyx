@@ -36,10 +36,11 @@ cdef struct NetPlan:
     Py_ssize_t *fan_in
     Py_ssize_t *fan_out
     int *op
-    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums    (these five:
-    Py_ssize_t *poff     # where each layer's partial sums start in partial     set for each
-    Py_ssize_t *woff     # where each layer's dw chunk partials start in wslots step by
-    Py_ssize_t chunk     # rows per chunk when the whole step runs in chunks    _size_buffers)
+    # (rb, poff, woff, chunk and chunk_stride are set for each step by _size_buffers)
+    Py_ssize_t *rb       # rows per block of each layer's bias-gradient sums
+    Py_ssize_t *poff     # where each layer's partial sums start in partial
+    Py_ssize_t *woff     # where each layer's dw chunk partials start in wslots
+    Py_ssize_t chunk     # rows per chunk when the whole step runs in chunks
     Py_ssize_t chunk_stride   # a chunked step: each thread's scratch
     int *dw_turn         # a chunked step: per layer whose chunks take turns (dw_in_turns),
                          # the chunk whose turn it is to add its weight-gradient product to dW
@@ -213,8 +214,8 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     gradient goes into dW, the other chunks' into their partials (summed by _sum_chunks),
     or, for a layer whose chunks take turns (dw_in_turns), added into dW in chunk order as
     on the layer path: chunk c waits for its turn (chunk c - 1 has added its product) and
-    passes it on. Chunks are handed out in order and never wait for a later one, so the
-    turns cannot deadlock."""
+    passes it on. Each thread runs its chunks in increasing order and a chunk only waits
+    for earlier ones, so the turns cannot deadlock (_run_chunks)."""
     cdef int L = P.n_layers, l
     cdef Py_ssize_t j, N = P.N, ch = P.chunk, D, M
     cdef floating *g
@@ -268,8 +269,8 @@ cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
                         const Py_ssize_t *labels, const floating *targets, Py_ssize_t stride,
                         int nt, int part) noexcept nogil:
     """`part` (CHUNK_*) of every chunk (_chunk), a chunk per thread (each with `stride`
-    elements of the scratch, _chunk_tile_elems), in one parallel region, chunks handed out
-    in order; returns the mean loss (when the forward part ran)."""
+    elements of the scratch, _chunk_tile_elems), in one parallel region; returns the mean
+    loss (when the forward part ran)."""
     cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk)
     cdef int threads = _chunk_threads(P, nch, nt), l
     if part & CHUNK_BACKWARD:
@@ -282,7 +283,12 @@ cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
         for c in range(nch):
             _chunk(P, cfg, X, labels, targets, c, <floating *>P.scratch, part)
     else:
-        for c in prange(nch, num_threads=threads, schedule="dynamic"):
+        # static, one chunk at a time: each thread runs its chunks in increasing order (a
+        # monotonic schedule), which the turns of _backward_chunk rely on: the lowest
+        # unfinished chunk never waits, so there is no deadlock (a nonmonotonic dynamic
+        # schedule, e.g. libomp's work stealing, would still finish, but could run turns
+        # nearly serially)
+        for c in prange(nch, num_threads=threads, schedule="static", chunksize=1):
             _chunk(P, cfg, X, labels, targets, c,
                    <floating *>P.scratch + fnn_omp_get_thread_num() * stride, part)
     return loss_total(P.loss_kind, P.N, P.losses) if part & CHUNK_FORWARD else 0.0

@@ -865,11 +865,12 @@ FUSED_HIDDEN = {
 # a small network on a batch of several row chunks (the whole step runs chunk by chunk), each
 # chunk's weight-gradient products into a partial of its own; the same on two chunks of 32
 # rows, where the 40-input layer's chunks take turns adding theirs into the gradient instead
-# (more inputs than chunk rows: dw_in_turns), the others keep partials; and four chunks (on
-# 1, 2 or 3 threads) that all take turns
+# (more inputs than chunk rows: dw_in_turns), the others keep partials; four chunks (on 1, 2
+# or 3 threads) that all take turns; and turns on a 3-output layer (one gemv per column:
+# Plan.thin, with the BLAS's beta = 1)
 FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10)),
                "chunked": (601, (5, 40, 30, 3)), "chunked-turns": (64, (5, 40, 30, 3)),
-               "chunked-4-turns": (600, (200, 8, 3))}
+               "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (64, (20, 40, 3))}
 
 
 def _fused_model(hidden, widths, dtype, dropout0=False):
@@ -1077,7 +1078,7 @@ def test_chunked_sizes_take_turns_where_they_claim():
     chunks take turns), "chunked-4-turns" four chunks, and "chunked" none."""
     from fastnn._kernels import dense as _kd
 
-    for size, nch in (("chunked-turns", 2), ("chunked-4-turns", 4)):
+    for size, nch in (("chunked-turns", 2), ("chunked-4-turns", 4), ("chunked-thin-turns", 2)):
         n, widths = FUSED_SIZES[size]
         chunks = {_kd.plan(n, b, a, batch=True)[0] for a, b in zip(widths[:-1], widths[1:])}
         assert len(chunks) == 1, chunks
@@ -1087,7 +1088,7 @@ def test_chunked_sizes_take_turns_where_they_claim():
     assert all(d <= _kd.plan(n, widths[1], widths[0], batch=True)[0] for d in widths[:-1])
 
 
-@pytest.mark.parametrize("size", ["chunked", "chunked-turns", "chunked-4-turns"])
+@pytest.mark.parametrize("size", ["chunked", "chunked-turns", "chunked-4-turns", "chunked-thin-turns"])
 def test_chunked_step_is_thread_invariant_and_shares_its_chunks(size):
     n, widths = FUSED_SIZES[size]
     r = np.random.default_rng(12)
@@ -1111,6 +1112,30 @@ def test_chunked_step_is_thread_invariant_and_shares_its_chunks(size):
     """
     started = openmp_workers_started(setup, "model.train_step(X, y, 'softmax', opt)")
     assert started is None or started >= 1, started
+
+
+def test_many_chunks_in_turns_on_a_few_threads():
+    """Sixteen chunks whose layers all take turns, on 1, 2, 3 and 5 threads (several chunks
+    per thread, more threads than this machine's cores): the same bits every time, no hang."""
+    from fastnn._kernels import dense as _kd
+
+    saved = _kd.tile_params()
+    _kd.set_tile_params(chunk_rows_more=8)
+    try:
+        n, widths = 256, (40, 24, 3)
+        assert _kd.plan(n, widths[1], widths[0], batch=True)[:3:2] == (16, 16)   # 16 x 16 rows
+        r = np.random.default_rng(16)
+        X = r.standard_normal((n, widths[0])).astype(F32)
+        y = r.integers(0, widths[-1], n)
+
+        def run():
+            losses, params, _ = _train_runs(_fused_model("relu", widths, F32), X, y, "softmax",
+                                            steps=6)
+            return losses, params
+
+        assert_thread_invariant(run, threads=(1, 2, 3, 5))
+    finally:
+        _kd.set_tile_params(**saved)
 
 
 @pytest.mark.parametrize("size", ["chunked", "chunked-turns"])
@@ -1142,12 +1167,14 @@ def test_chunked_step_with_and_without_the_guard_matches_the_layer_path(dtype, s
     _compiled_matches_layerwise(run)
 
 
+@pytest.mark.parametrize("size", ["chunked", "chunked-turns"])
 @pytest.mark.parametrize("bad", ["nan-loss", "nan-gradient"])
-def test_chunked_step_guard_stops_before_any_update(bad):
+def test_chunked_step_guard_stops_before_any_update(bad, size):
     """fit's guard on a chunked step: a non-finite loss leaves the parameters and the
-    gradients as they were (the chunks' gradients are only partial sums until the loss is
-    known); a finite loss with non-finite gradients leaves the parameters."""
-    n = FUSED_SIZES["chunked"][0]
+    gradients as they were (the chunks' backward, which writes the gradients, runs only once
+    the loss is known to be finite); a finite loss with non-finite gradients leaves the
+    parameters. With partials and with chunks in turns."""
+    n = FUSED_SIZES[size][0]
     r = np.random.default_rng(13)
     X = r.standard_normal((n, 5)).astype(F32)
     y = r.integers(0, 10, n)
@@ -1160,9 +1187,9 @@ def test_chunked_step_guard_stops_before_any_update(bad):
     state = [a.copy() for v in opt.state.values() for a in v]
     Xbad = X.copy()
     if bad == "nan-loss":
-        Xbad[200, 1] = np.nan   # a row in a later chunk
+        Xbad[n // 3 * 2, 1] = np.nan   # a row in a later chunk
     else:
-        Xbad[200, 1] = np.inf
+        Xbad[n // 3 * 2, 1] = np.inf
         model.layers[0].params["W"][1, :] = -1.0   # relu(-inf) = 0: a finite loss, inf * 0 in x.T @ dz
         params = param_copies(model)
     value, _, stopped = model._step(Xbad, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=True)
