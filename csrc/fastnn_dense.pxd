@@ -547,14 +547,22 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
     act_bwd_into_saved_rows(op, scratch, q.tj, a, D, q.ti, q.tj, alpha, NULL)
 
 
+cdef inline Py_ssize_t dx_tile_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
+                                    Py_ssize_t M, int op, Py_ssize_t itemsize) noexcept nogil:
+    """Scratch elements of one tile of the dx = g @ w.T product (N x D, inner M) over
+    activations of `op` (dx_tile_scratch of the tiles dx_into_act cuts)."""
+    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
+    return dx_tile_scratch(op, px.tr, px.tc, itemsize)
+
+
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
                                        Py_ssize_t M, int op, Py_ssize_t itemsize,
                                        int n_threads) noexcept nogil:
-    """Scratch elements dx_into_act needs for these arguments: one tile's (dx_tile_scratch)
-    per thread."""
+    """Scratch elements dx_into_act needs for these arguments: one tile's (dx_tile_need) per
+    thread."""
     cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
-    return dx_tile_scratch(op, px.tr, px.tc, itemsize) * nt
+    return dx_tile_need(cfg, N, D, M, op, itemsize) * nt
 
 
 cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,

@@ -17,7 +17,7 @@ from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
-                           dx_into_act_tile, dx_scratch_need, dx_tile_scratch, chunk_rows,
+                           dx_into_act_tile, dx_scratch_need, dx_tile_need, chunk_rows,
                            batch_chunk_rows, row_plan, forward_tile, wslot_elems, dw_chunk,
                            dw_chunk_dst, dw_in_turns, dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
@@ -176,14 +176,13 @@ cdef inline int _chunk_threads(NetPlan *P, Py_ssize_t nch, int nt) noexcept nogi
 
 cdef Py_ssize_t _chunk_tile_elems(NetPlan *P, const DenseConfig *cfg,
                                   Py_ssize_t itemsize) noexcept nogil:
-    """The largest dx tile scratch of a chunked step (dx_tile_scratch, at least 1): each
+    """The largest dx tile scratch of a chunked step (dx_tile_need, at least 1): each
     thread's scratch."""
     cdef Py_ssize_t need = 1
-    cdef Plan px
     cdef int l
     for l in range(1, P.n_layers):
-        px = row_plan(cfg, P.N, P.fan_in[l], P.fan_out[l], cfg.max_tile_elems)
-        need = max(need, dx_tile_scratch(P.op[l - 1], px.tr, px.tc, itemsize))
+        need = max(need, dx_tile_need(cfg, P.N, P.fan_in[l], P.fan_out[l], P.op[l - 1],
+                                      itemsize))
     return need
 
 
@@ -569,7 +568,8 @@ cdef class StepPlan:
                 amax = max(amax, blocks)   # slope partial sums: prelu layers only
             P.woff[l] = wsum
             wsum += wslot_elems(cfg, P.N, D, M)
-        itemsize = 8 if self.is_double else 4
+        dt = np.float64 if self.is_double else np.float32
+        itemsize = sizeof(double) if self.is_double else sizeof(float)
         P.chunk_stride = _chunk_tile_elems(P, cfg, itemsize) if P.chunk > 0 else 0
         if P.chunk > 0:
             threads = _chunk_threads(P, cdiv(P.N, P.chunk), n_threads)
@@ -578,7 +578,6 @@ cdef class StepPlan:
             for l in range(1, P.n_layers):
                 need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l],
                                                  P.op[l - 1], itemsize, n_threads))
-        dt = np.float64 if self.is_double else np.float32
         if self._scratch is None or self._scratch.shape[0] < need:
             self._scratch = np.empty(need, dtype=dt)
             P.scratch = _ptr(self._scratch)

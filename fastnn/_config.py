@@ -66,6 +66,7 @@ def blas_kernels():
 
 def config_dict():
     import fastnn
+    tiles = _dense.tile_params()
     return {
         "version": fastnn.__version__,
         "python": sys.version.split()[0],
@@ -76,8 +77,8 @@ def config_dict():
         "simd_path": _config.simd_path(),
         "simd_runtime_dispatch": _config.simd_runtime_dispatch(),
         "num_threads": _threads.get_num_threads(),
-        "tile_cores": _dense.tile_params()["tile_cores"],
-        "thin": _dense.tile_params()["thin"],
+        "tile_cores": tiles["tile_cores"],
+        "thin": tiles["thin"],
         "blas": _blas_info(),
         "blas_kernels": blas_kernels(),
     }

@@ -195,8 +195,9 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             torch = None
     networks = networks or NETWORKS
     results = []
+    tiles = _kd.tile_params()
     print(f"fastnn {fastnn.__version__}, {nthreads} threads (tiles for "
-          f"{_kd.tile_params()['tile_cores']} CPUs), "
+          f"{tiles['tile_cores']} CPUs), "
           f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
           f"{time.strftime('%Y-%m-%d')}", file=stream)
     kernels = _fastnn_config.blas_kernels()
@@ -224,8 +225,8 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             roof = flops / (rate * 1e9) / med["fastnn"]
             held, need, per_step = step_memory(model, X, y, opt, loss)
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
-                   "threads": nthreads, "tile_cores": _kd.tile_params()["tile_cores"],
-                   "blas_kernels": kernels, "thin": _kd.tile_params()["thin"],
+                   "threads": nthreads, "tile_cores": tiles["tile_cores"],
+                   "blas_kernels": kernels, "thin": tiles["thin"],
                    "ms": {k: v * 1e3 for k, v in med.items()},
                    "speedup_vs_numpy": med["numpy"] / med["fastnn"],
                    "functional_vs_numpy": med["numpy"] / med["functional"],

@@ -1245,13 +1245,15 @@ SMALL_STEPS = {"2-100-3 (300)": ((2, 100, 3), 300), "64-64-64-10 (32)": ((64, 64
 @pytest.mark.parametrize("hidden", ["relu", None])
 @pytest.mark.parametrize("net", list(SMALL_STEPS))
 def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, threads):
-    """A small network's step in row chunks holds neither a float dx scratch tile per thread
-    (below a relu or no activation the backward pass writes each dx tile straight over the
-    activations, relu's derivative kept as bits first) nor a weight-gradient partial per
-    chunk (the chunks add their products into the gradients in chunk order). 2-100-3 (300)
-    held 205% of what the step must hold with the scratch tile, as large there as its hidden
-    activation; 64-64-64-10 (32) 148% with its second chunk's 36 KB partial. Now 112% and
-    108% (float32): the rest is the dscores, the rows' losses and the relu bits."""
+    """A small network's step in row chunks holds no float dx scratch tile per thread (below a
+    relu or no activation the backward pass writes each dx tile straight over the
+    activations, relu's derivative kept as bits first), nor, for layers with more inputs
+    than chunk rows, a weight-gradient partial per chunk (those chunks add their products
+    into the gradients in turns, in chunk order). 2-100-3 (300) held 205% of what the step
+    must hold with the scratch tile, as large there as its hidden activation; 64-64-64-10
+    (32) 148% with its second chunk's 36 KB partial. Now 113-114% and 108-110% (float32):
+    the rest is the dscores, the rows' losses, the relu bits and (2-100-3, whose layers have
+    fewer inputs than chunk rows) the second chunk's small partial."""
     from fastnn.bench import step_memory
 
     import fastnn
