@@ -1,9 +1,10 @@
 # Loss and gradient in one pass, on raw pointers: shared by fastnn._kernels.losses (one loss
 # per call) and fastnn._kernels.network (the loss inside a whole training step).
 #
-# Every loss is averaged over the N rows. Rows are independent, so they are spread over threads;
-# each row's loss goes to its own slot of `losses` and the slots are summed in row order (in
-# double precision), so the loss is the same for any thread count.
+# Every loss is averaged over the N rows. Rows are independent, so they are spread over threads.
+# The rows' losses are summed in double precision in fixed groups of LOSS_GROUP_ROWS rows, each
+# group in row order into its own slot, and the slots in group order: the groups depend on N
+# only, so the loss is the same for any thread count (and a workspace of N / 8 doubles does).
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport log, log1p, exp, fabs
@@ -22,6 +23,13 @@ cdef enum:
     # in ReLU-element units, as the activation kernels (bench/threshold.py)
     LOSS_MIN_WORK_PER_THREAD = 65536
     SOFTMAX_BLOCK_ELEMS = 2048       # softmax rows go in blocks of about this many scores
+    LOSS_GROUP_ROWS = 8              # rows per slot of the loss's sum (see above)
+    LOSS_PASS_ROWS = 64              # rows per pass of loss_rows (their losses on the stack)
+
+
+cdef inline Py_ssize_t loss_groups(Py_ssize_t N) noexcept nogil:
+    """Slots of the loss's workspace for N rows: one per group of LOSS_GROUP_ROWS rows."""
+    return (N + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
 
 
 cdef inline Py_ssize_t check_labels(int kind, const Py_ssize_t *y, Py_ssize_t N, Py_ssize_t C,
@@ -46,10 +54,11 @@ cdef inline Py_ssize_t check_labels(int kind, const Py_ssize_t *y, Py_ssize_t N,
 
 
 cdef inline Py_ssize_t softmax_block_rows(Py_ssize_t C) noexcept nogil:
-    """Rows per softmax block: fixed by C, so the blocking never depends on the thread count
-    (each row's arithmetic does not depend on its block anyway)."""
-    cdef Py_ssize_t rb = SOFTMAX_BLOCK_ELEMS // C
-    return rb if rb > 0 else 1
+    """Rows per softmax task of loss_raw: fixed by C, so the blocking never depends on the
+    thread count, and whole groups of the loss's sum (each row's arithmetic does not depend on
+    its block anyway)."""
+    cdef Py_ssize_t rb = (SOFTMAX_BLOCK_ELEMS // C) // LOSS_GROUP_ROWS * LOSS_GROUP_ROWS
+    return rb if rb > 0 else LOSS_GROUP_ROWS
 
 
 cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
@@ -126,32 +135,78 @@ cdef inline double loss_row(int kind, Py_ssize_t i, const floating *x, Py_ssize_
     return mse_row(x + i * C, targets + i * C, dx + i * C, C, inv_n)
 
 
+cdef inline bint label_hit(int kind, Py_ssize_t i, const floating *x, Py_ssize_t C,
+                          const Py_ssize_t *labels) noexcept nogil:
+    """Whether row i's scores predict its label as Loss.predict_labels does: np.argmax (the
+    first NaN, else the first largest score) for softmax and svm, score > 0 for the binary
+    losses (1, else 0 for logistic, -1 for the binary hinge)."""
+    cdef const floating *r
+    cdef Py_ssize_t j, best = 0
+    if kind == LOSS_SOFTMAX or kind == LOSS_SVM:
+        r = x + i * C
+        if r[0] == r[0]:
+            for j in range(1, C):
+                if r[j] != r[j]:
+                    best = j
+                    break
+                if r[j] > r[best]:
+                    best = j
+        return best == labels[i]
+    if kind == LOSS_LOGISTIC:
+        return (1 if x[i] > 0 else 0) == labels[i]
+    if kind == LOSS_BINARY_HINGE:
+        return (1 if x[i] > 0 else -1) == labels[i]
+    return False
+
+
 cdef inline void loss_rows(int kind, Py_ssize_t r0, Py_ssize_t r1, const floating *x,
                            Py_ssize_t N, Py_ssize_t C, const Py_ssize_t *labels,
-                           const floating *targets, floating *dx, double *losses) noexcept nogil:
-    """Rows [r0, r1) of the loss over N rows: each row's loss into losses, its gradient into
-    dx. Softmax rows go in blocks of softmax_block_rows(C) counted from r0, so a chunked step
-    that calls this on each chunk of rows (batch_chunk_rows) gets loss_raw's numbers."""
-    cdef Py_ssize_t i, rows, rb
+                           const floating *targets, floating *dx, double *groups,
+                           unsigned char *hits) noexcept nogil:
+    """Rows [r0, r1) of the loss over N rows (r0 a multiple of LOSS_GROUP_ROWS, and r1 too
+    unless it is N): each row's gradient into dx, and each group's rows' losses, summed in row
+    order, into its slot of groups (loss_groups(N) of them). hits (unless NULL; classification
+    losses) gets each group's count of rows whose scores predict their label (label_hit).
+    dx may be x itself: the step kernel writes dscores over the scores (each row is read
+    before it is written, and the hits are counted first). Any cut of the batch into such
+    runs of rows gives the same numbers, so a chunked step that calls this on each chunk of
+    rows (batch_chunk_rows, a multiple of 8) gets loss_raw's."""
+    cdef double row[LOSS_PASS_ROWS]
+    cdef double s
+    cdef Py_ssize_t i, k, g, ng, rows, end
+    cdef unsigned char h
     cdef double inv_n = 1.0 / N
-    if kind == LOSS_SOFTMAX:
-        rb = softmax_block_rows(C)
-        i = r0
-        while i < r1:
-            rows = min(rb, r1 - i)
-            softmax_rows(x + i * C, dx + i * C, rows, C, labels + i, <floating>inv_n, losses + i)
-            i += rows
-    else:
-        for i in range(r0, r1):
-            losses[i] = loss_row(kind, i, x, C, labels, targets, dx, inv_n)
+    i = r0
+    while i < r1:
+        rows = min(<Py_ssize_t>LOSS_PASS_ROWS, r1 - i)
+        ng = (rows + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
+        if hits != NULL:
+            for g in range(ng):
+                end = min((g + 1) * LOSS_GROUP_ROWS, rows)
+                h = 0
+                for k in range(g * LOSS_GROUP_ROWS, end):
+                    h += label_hit(kind, i + k, x, C, labels)
+                hits[i // LOSS_GROUP_ROWS + g] = h
+        if kind == LOSS_SOFTMAX:
+            softmax_rows(x + i * C, dx + i * C, rows, C, labels + i, <floating>inv_n, row)
+        else:
+            for k in range(rows):
+                row[k] = loss_row(kind, i + k, x, C, labels, targets, dx, inv_n)
+        for g in range(ng):
+            end = min((g + 1) * LOSS_GROUP_ROWS, rows)
+            s = row[g * LOSS_GROUP_ROWS]
+            for k in range(g * LOSS_GROUP_ROWS + 1, end):
+                s += row[k]
+            groups[i // LOSS_GROUP_ROWS + g] = s
+        i += rows
 
 
-cdef inline double loss_total(int kind, Py_ssize_t N, const double *losses) noexcept nogil:
-    """The mean loss from the rows' losses, summed in row order."""
+cdef inline double loss_total(int kind, Py_ssize_t N, const double *groups) noexcept nogil:
+    """The mean loss from the groups' sums (loss_rows), added in group order."""
     cdef double total = 0.0
     cdef Py_ssize_t i
-    for i in range(N):
-        total += losses[i]
+    for i in range(loss_groups(N)):
+        total += groups[i]
     if kind == LOSS_MSE:
         total *= 0.5
     return total / N
@@ -160,21 +215,24 @@ cdef inline double loss_total(int kind, Py_ssize_t N, const double *losses) noex
 cdef inline void loss_task(int kind, Py_ssize_t t, Py_ssize_t ch, Py_ssize_t bpc, Py_ssize_t rb,
                            const floating *x, Py_ssize_t N, Py_ssize_t C,
                            const Py_ssize_t *labels, const floating *targets, floating *dx,
-                           double *losses) noexcept nogil:
+                           double *groups, unsigned char *hits) noexcept nogil:
     """Task t of loss_raw: block t % bpc (of rb rows) of chunk t // bpc (of ch rows)."""
     cdef Py_ssize_t r0 = (t // bpc) * ch + (t % bpc) * rb
     cdef Py_ssize_t r1 = min(min(r0 + rb, (t // bpc + 1) * ch), N)
     if r0 < r1:
-        loss_rows(kind, r0, r1, x, N, C, labels, targets, dx, losses)
+        loss_rows(kind, r0, r1, x, N, C, labels, targets, dx, groups, hits)
 
 
 cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
                             const Py_ssize_t *labels, const floating *targets, floating *dx,
-                            double *losses, Py_ssize_t chunk, int n_threads) noexcept nogil:
-    """Mean loss over N >= 1 rows; dx (shaped like x) receives its gradient. Class labels
-    (softmax, svm) come in `labels`; binary targets (C == 1) and regression targets (shaped like
-    x) in `targets`. `losses` is a workspace of N doubles. chunk: the batch's rows per chunk
-    (batch_chunk_rows; 0: one chunk), which softmax blocks never cross (see loss_rows)."""
+                            double *groups, unsigned char *hits, Py_ssize_t chunk,
+                            int n_threads) noexcept nogil:
+    """Mean loss over N >= 1 rows; dx (shaped like x, or x itself) receives its gradient.
+    Class labels (softmax, svm) come in `labels`; binary targets (C == 1) and regression
+    targets (shaped like x) in `targets`. `groups` is a workspace of loss_groups(N) doubles;
+    hits, unless NULL, receives each group's count of right predictions (loss_rows). chunk:
+    the batch's rows per chunk (batch_chunk_rows, a multiple of 8; 0: one chunk): tasks never
+    cross a chunk, as the step kernel's chunks do not."""
     cdef Py_ssize_t t, ch = chunk if chunk > 0 else N
     cdef Py_ssize_t rb = softmax_block_rows(C) if kind == LOSS_SOFTMAX else 256
     cdef Py_ssize_t bpc = (ch + rb - 1) // rb
@@ -185,8 +243,8 @@ cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_
         nt = <int>ntasks
     if nt <= 1:
         for t in range(ntasks):
-            loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, losses)
+            loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, groups, hits)
     else:
         for t in prange(ntasks, num_threads=nt, schedule="static"):
-            loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, losses)
-    return loss_total(kind, N, losses)
+            loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, groups, hits)
+    return loss_total(kind, N, groups)

@@ -346,16 +346,18 @@ FNN_CLONES static void fnn_maxout_bwd_##SFX(const T *FNN_RESTRICT g,            
  * once so that the exponentials run as one vectorized pass over rows * C elements: per row,
  * with the course's C = 3 or 10, a call per row cost more than the arithmetic. Per element the
  * operations are exp(x - max) (no overflow, the largest term is 1; a NaN score makes the max NaN
- * and the row NaN), the row sum in double, and one scale by inv_n / sum. */
+ * and the row NaN), the row sum in double, and one scale by inv_n / sum. x and d may be the
+ * same array (the step kernel writes dscores over the scores): each row's x[label] - max is
+ * taken, into losses[i], before the row is written, and nothing reads x after that. */
 #define FNN_DEFINE_SPANS_LOSS(T, SFX)                                                         \
-FNN_CLONES static void fnn_softmax_rows_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT d,     \
+FNN_CLONES static void fnn_softmax_rows_##SFX(const T *x, T *d,                               \
         ptrdiff_t rows, ptrdiff_t C, const ptrdiff_t *FNN_RESTRICT labels, T inv_n,          \
         double *FNN_RESTRICT losses)                                                          \
 { for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
       const T *xi = x + i * C; T *di = d + i * C; T m = xi[0];                                \
       for (ptrdiff_t j = 1; j < C; j++) if (xi[j] > m || xi[j] != xi[j]) m = xi[j];           \
-      for (ptrdiff_t j = 0; j < C; j++) di[j] = xi[j] - m;                                    \
-      losses[i] = (double)m; }                                                                \
+      losses[i] = (double)xi[labels[i]] - (double)m;                                          \
+      for (ptrdiff_t j = 0; j < C; j++) di[j] = xi[j] - m; }                                  \
   for (ptrdiff_t k = 0; k < rows * C; k++) d[k] = fnn_exp_nonpos_##SFX(d[k]);                 \
   for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
       T *di = d + i * C; double s = 0.0; ptrdiff_t y = labels[i];                             \
@@ -363,7 +365,7 @@ FNN_CLONES static void fnn_softmax_rows_##SFX(const T *FNN_RESTRICT x, T *FNN_RE
       T f = (T)((double)inv_n / s);                                                           \
       for (ptrdiff_t j = 0; j < C; j++) di[j] *= f;                                           \
       di[y] -= inv_n;                                                                         \
-      losses[i] = log(s) - ((double)x[i * C + y] - losses[i]); } }
+      losses[i] = log(s) - losses[i]; } }
 
 /* s = g * act'(s) in place on the saved output (the step kernel writes a layer's input gradient
  * into the activation buffer it no longer needs: relu, sigmoid and tanh save their output) */

@@ -7,13 +7,13 @@ from cython cimport floating
 import numpy as np
 
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
-                            loss_raw, check_labels)
+                            loss_raw, loss_groups, check_labels)
 from fastnn_dense cimport DenseConfig, batch_chunk_rows
 
 from fastnn._kernels import dense as _dense_module
 
-# the dense machinery's configuration: a batch's row chunks (which softmax blocks never cross,
-# so that the step kernel's chunk-by-chunk loss has these numbers)
+# the dense machinery's configuration: a batch's row chunks (which the loss's tasks never cross,
+# as the step kernel's chunk-by-chunk loss)
 cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
 
 SOFTMAX = LOSS_SOFTMAX
@@ -27,7 +27,7 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
                int n_threads):
     """softmax (kind SOFTMAX) or multiclass hinge (SVM) on scores x (N, C), labels y (N,)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
-    cdef double[::1] losses = np.empty(max(N, 1), dtype=np.float64)
+    cdef double[::1] groups = np.empty(max(loss_groups(N), 1), dtype=np.float64)
     cdef double out
     if kind != LOSS_SOFTMAX and kind != LOSS_SVM:
         raise ValueError("class_loss: kind must be SOFTMAX or SVM")
@@ -35,7 +35,7 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
         raise ValueError("class_loss: shape mismatch")
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, &y[0], <const floating *>NULL, &dx[0, 0],
-                       &losses[0], batch_chunk_rows(_cfg, N), n_threads)
+                       &groups[0], NULL, batch_chunk_rows(_cfg, N), n_threads)
     return out
 
 
@@ -44,7 +44,7 @@ def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, fl
     """logistic (LOGISTIC) or binary hinge (BINARY_HINGE) on x (N, 1) with targets t (N, 1), or
     mean squared error (MSE) on x (N, D) with targets t (N, D)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
-    cdef double[::1] losses = np.empty(max(N, 1), dtype=np.float64)
+    cdef double[::1] groups = np.empty(max(loss_groups(N), 1), dtype=np.float64)
     cdef double out
     if kind != LOSS_LOGISTIC and kind != LOSS_BINARY_HINGE and kind != LOSS_MSE:
         raise ValueError("target_loss: kind must be LOGISTIC, BINARY_HINGE or MSE")
@@ -55,7 +55,7 @@ def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, fl
         raise ValueError("target_loss: shape mismatch")
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, <const Py_ssize_t *>NULL, &t[0, 0], &dx[0, 0],
-                       &losses[0], batch_chunk_rows(_cfg, N), n_threads)
+                       &groups[0], NULL, batch_chunk_rows(_cfg, N), n_threads)
     return out
 
 

@@ -21,7 +21,7 @@ from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense
                            batch_chunk_rows, row_plan, forward_tile, wslot_elems, dw_chunk,
                            dw_chunk_dst, dw_in_turns, dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
-                            loss_raw, loss_rows, loss_total, check_labels)
+                            loss_raw, loss_rows, loss_total, loss_groups, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
 
 from fastnn._kernels import dense as _dense_module
@@ -55,7 +55,9 @@ cdef struct NetPlan:
     void **pre           # pre-activations for leaky relu / prelu (NULL otherwise)
     bint fused           # no prelu below the last layer: each layer's dz is written into its
                          # own activation buffer by the layer above (dx_into_act)
-    void *dact0          # fused: N x C, the loss's dscores (the last layer's dz, in place).
+    void *dact0          # fused: N x C, the loss's dscores (the last layer's dz, in place;
+                         # the scores' own buffer when the last layer's backward does not read
+                         # its output: no activation, leaky relu, prelu).
     void *dact1          # Otherwise two N x max-width buffers, alternating down the layers:
                          # dscores go into dact0, each layer's dz is formed in place
     void *scratch        # fused: one dx tile per thread
@@ -64,7 +66,9 @@ cdef struct NetPlan:
     void *apartial       # prelu slope partial sums (one layer at a time)
     void *wslots         # weight-gradient partials of layers in row chunks (wslot_elems)
     void *targets        # binary losses: the labels as floats, N (else NULL)
-    double *losses       # N, each row's loss
+    double *groups       # the loss's sums of groups of rows (loss_groups(N), fastnn_losses.pxd)
+    unsigned char *hits  # the groups' counts of right predictions (a step that counts them),
+                         # else NULL
     int n_params
     void **p_data
     void **p_grad
@@ -124,7 +128,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                               <const floating *>P.avec[l], nt)
             inp = <const floating *>P.act[l]
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
-                               P.losses, batch_chunk_rows(cfg, N), nt)
+                               P.groups, P.hits, batch_chunk_rows(cfg, N), nt)
     if guard and not (loss_out[0] - loss_out[0] == 0):
         # non-finite loss: leave gradients and parameters as they are (nothing was written)
         return STOPPED
@@ -253,13 +257,13 @@ cdef void _chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py
                  const floating *targets, Py_ssize_t c, floating *scratch,
                  int part) noexcept nogil:
     """Chunk c's rows through the whole step but the bias sums: forward and loss (loss_rows:
-    the rows' losses and dscores), backward, or both (part: CHUNK_*)."""
+    the rows' losses, hits and dscores), backward, or both (part: CHUNK_*)."""
     cdef Py_ssize_t r0 = c * P.chunk
     if part & CHUNK_FORWARD:
         _forward_chunk(P, cfg, X, c)
         loss_rows(P.loss_kind, r0, min(r0 + P.chunk, P.N),
                   <const floating *>P.act[P.n_layers - 1], P.N, P.fan_out[P.n_layers - 1],
-                  labels, targets, <floating *>P.dact0, P.losses)
+                  labels, targets, <floating *>P.dact0, P.groups, P.hits)
     if part & CHUNK_BACKWARD:
         _backward_chunk(P, cfg, X, c, scratch)
 
@@ -290,7 +294,7 @@ cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
         for c in prange(nch, num_threads=threads, schedule="static", chunksize=1):
             _chunk(P, cfg, X, labels, targets, c,
                    <floating *>P.scratch + fnn_omp_get_thread_num() * stride, part)
-    return loss_total(P.loss_kind, P.N, P.losses) if part & CHUNK_FORWARD else 0.0
+    return loss_total(P.loss_kind, P.N, P.groups) if part & CHUNK_FORWARD else 0.0
 
 
 cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
@@ -386,7 +390,11 @@ cdef class StepPlan:
     cdef object _partial         # the workspaces of _size_buffers (grown on demand)
     cdef object _apartial
     cdef object _wslots
-    cdef readonly object scores
+    cdef object _hits            # the groups' counts of right predictions (made on demand)
+    cdef readonly tuple score_shape   # (N, outputs of the last layer)
+    cdef readonly bint scores_in_place   # dscores are written over the scores
+    cdef readonly Py_ssize_t correct  # the last step's count of right predictions (-1: not
+                                      # counted)
     cdef readonly bint stopped   # the last step's guard stopped it before any update
     cdef bint _busy              # a step is running (its buffers are in use)
 
@@ -486,7 +494,7 @@ cdef class StepPlan:
             out = keep(np.empty((N, m), dtype=dt))
             P.act[l] = _ptr(out)
             if l == L - 1:
-                self.scores = out
+                self.score_shape = (N, m)
             if keeps_pre(P.op[l]):
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
@@ -496,16 +504,24 @@ cdef class StepPlan:
         for l in range(L - 1):
             if P.op[l] == FNN_PRELU:
                 P.fused = False
-        if P.fused:
+        if P.fused and (P.op[L - 1] == FNN_IDENTITY or keeps_pre(P.op[L - 1])):
+            # the last layer's backward reads its pre-activation or nothing, so the loss
+            # writes dscores over the scores: fit counts its right predictions in the loss
+            # pass (loss_rows) instead of reading the scores afterwards
+            P.dact0 = P.act[L - 1]
+            self.scores_in_place = True
+        elif P.fused:
             P.dact0 = _ptr(keep(np.empty(N * P.fan_out[L - 1], dtype=dt)))
         else:
             P.dact0 = _ptr(keep(np.empty(N * width, dtype=dt)))
             P.dact1 = _ptr(keep(np.empty(N * width, dtype=dt)))
         if loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE:
             P.targets = _ptr(keep(np.zeros(N, dtype=dt)))   # the labels as floats (else NULL)
-        # the rows' losses, summed in row order (a NumPy array, so that tracemalloc counts it
-        # in bench.step_memory as it counts every other buffer)
-        P.losses = <double *><void *>_ptr(keep(np.zeros(N, dtype=np.float64), None, np.float64))
+        # the loss's group sums (a NumPy array, so that tracemalloc counts it in
+        # bench.step_memory as it counts every other buffer)
+        P.groups = <double *><void *>_ptr(keep(np.zeros(loss_groups(N), dtype=np.float64), None,
+                                               np.float64))
+        self.correct = -1
         for k, (data, grad, s1, s2, decay) in enumerate(params):
             if grad.shape != data.shape or (s1 is not None and s1.shape != data.shape) or (
                     s2 is not None and s2.shape != data.shape):
@@ -594,13 +610,17 @@ cdef class StepPlan:
         return 0
 
     def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
-             double eps, double c1, double c2, double wd, int n_threads, bint guard=False):
+             double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
+             bint count=False):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
         or binary labels (intp, N) for classification losses, else None with float `targets`
         (N, C) for MSE. Returns the mean loss (before the update). With `guard`, a non-finite
-        loss or gradient stops the step before any update, and `stopped` is then True."""
+        loss or gradient stops the step before any update, and `stopped` is then True. With
+        `count` (a classification loss), `correct` is then the number of rows whose scores
+        predict their label (as the loss's predict_labels), else -1."""
         cdef double loss = 0.0
-        cdef Py_ssize_t bad = -1
+        cdef Py_ssize_t bad = -1, k, hits = 0
+        cdef const unsigned char[::1] hv
         cdef const float[:, ::1] x32
         cdef const float[:, ::1] t32
         cdef const double[:, ::1] x64
@@ -647,6 +667,12 @@ cdef class StepPlan:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
         self._size_buffers(&cfg, n_threads)
         self.stopped = False
+        self.correct = -1
+        P.hits = NULL
+        if count and P.loss_kind != LOSS_MSE:
+            if self._hits is None:
+                self._hits = np.zeros(loss_groups(P.N), dtype=np.uint8)
+            P.hits = <unsigned char *><void *>_ptr(self._hits)
         self._busy = True
         blas_enter(_cfg)
         try:
@@ -663,6 +689,11 @@ cdef class StepPlan:
         if bad >= 0:
             raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")
         self.stopped = bad == STOPPED
+        if P.hits != NULL:
+            hv = self._hits
+            for k in range(hv.shape[0]):
+                hits += hv[k]
+            self.correct = hits
         return loss
 
 

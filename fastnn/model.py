@@ -119,12 +119,12 @@ class _CompiledStep:
         extend(map(id, optimizer.params))
         return sig
 
-    def run(self, model, X, y, skip_nonfinite=False):
+    def run(self, model, X, y, skip_nonfinite=False, count=False):
         opt = self.optimizer
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             targets = as_float_array(y, "y", model.dtype)
-            shape = self.plan.scores.shape
+            shape = self.plan.score_shape
             if targets.shape != shape:
                 if shape[1] == 1 and targets.shape == (shape[0],):
                     targets = targets.reshape(shape)  # (N,) targets for a single output
@@ -136,9 +136,9 @@ class _CompiledStep:
             binary = self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
             labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary)
         with self.lock:  # one step at a time on this plan's buffers, whatever the Python thread
-            return self._run_locked(opt, X, labels, targets, skip_nonfinite)
+            return self._run_locked(opt, X, labels, targets, skip_nonfinite, count)
 
-    def _run_locked(self, opt, X, labels, targets, skip_nonfinite):
+    def _run_locked(self, opt, X, labels, targets, skip_nonfinite, count):
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
@@ -152,7 +152,8 @@ class _CompiledStep:
             c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
         try:
             value = self.plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
-                                   opt.weight_decay, _threads._num_threads, skip_nonfinite)
+                                   opt.weight_decay, _threads._num_threads, skip_nonfinite,
+                                   count)
         except ValueError:
             if self.rule == _ko.ADAM:
                 opt.t -= 1  # nothing was updated
@@ -160,7 +161,8 @@ class _CompiledStep:
         stopped = self.plan.stopped
         if stopped and self.rule == _ko.ADAM:
             opt.t -= 1  # the guard stopped the step before any update
-        return value, self.plan.scores, stopped
+        correct = self.plan.correct
+        return value, (correct if correct >= 0 else None), stopped
 
 
 def _rule_of(optimizer):
@@ -366,26 +368,33 @@ class Sequential:
                                _CompiledStep.signature_of(self, optimizer), step, optimizer)
         return step
 
-    def _step(self, X, y, loss, optimizer, skip_nonfinite=False):
-        """One step; returns (loss, scores, stopped). With ``skip_nonfinite`` (fit), a
+    def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
+        """One step; returns (loss, correct, stopped). With ``skip_nonfinite`` (fit), a
         non-finite loss or gradient stops the step before any update (``stopped`` True), so the
-        parameters keep their last finite values."""
+        parameters keep their last finite values. With ``count`` and a classification loss,
+        ``correct`` is the number of rows whose scores (before the update) predict their label
+        as ``loss.predict_labels`` does, else None. (The whole-step kernel counts them in its
+        loss pass: it may write the loss gradient over the scores.)"""
         compiled = self._compiled_step(X, loss, optimizer)
         if compiled is not None:
-            value, scores, stopped = compiled.run(self, X, y, skip_nonfinite)
-            return float(value), scores, stopped
+            value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
+            return float(value), correct, stopped
         self._check_arrays()   # before any kernel
         if isinstance(loss, MeanSquaredError):
             y = as_float_array(y, "y", self.dtype)  # targets in the model's dtype, as the kernel
         scores = self.forward(X, training=True)
         value, dscores = loss(scores, y)
+        correct = None
+        if count and loss.accuracy_kind is not None:
+            pred = loss.predict_labels(scores)
+            correct = int(np.sum(pred == np.asarray(y).reshape(len(pred), -1)[:, 0]))
         if skip_nonfinite and not np.isfinite(value):
-            return float(value), scores, True
+            return float(value), correct, True
         self._backward(dscores, need_dx=False)   # (_step checked the arrays)
         if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in optimizer.params):
-            return float(value), scores, True
+            return float(value), correct, True
         optimizer.step()
-        return float(value), scores, False
+        return float(value), correct, False
 
     def evaluate(self, X, y, loss="softmax", batch_size=None):
         """``{"loss": ..., "accuracy": ...}`` in inference mode (accuracy for classifiers)."""
@@ -441,7 +450,6 @@ class Sequential:
             if classify:
                 history["val_accuracy"] = []
         self.train()
-        y_flat = y.reshape(n, -1)[:, 0] if classify else None
         for epoch in range(1, epochs + 1):
             order = rng.permutation(n) if shuffle else np.arange(n)
             t0 = time.perf_counter()
@@ -449,7 +457,8 @@ class Sequential:
             for step, start in enumerate(range(0, n, batch_size), 1):
                 idx = order[start:start + batch_size]
                 xb, yb = X[idx], y[idx]
-                value, scores, stopped = self._step(xb, yb, loss, optimizer, skip_nonfinite=True)
+                value, hits, stopped = self._step(xb, yb, loss, optimizer, skip_nonfinite=True,
+                                                  count=classify)
                 if stopped:
                     what = (f"the loss became {value}" if not np.isfinite(value) else
                             f"the gradients became non-finite (loss {value:.6g})")
@@ -462,7 +471,7 @@ class Sequential:
                     return history
                 total += value * len(idx)
                 if classify:
-                    correct += int(np.sum(loss.predict_labels(scores) == y_flat[idx]))
+                    correct += hits
             elapsed = time.perf_counter() - t0
             history["loss"].append(total / n)
             history["samples_per_s"].append(n / elapsed if elapsed > 0 else float("inf"))

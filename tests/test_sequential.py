@@ -1238,6 +1238,84 @@ def test_step_memory_is_parameters_gradients_and_activations():
     assert per_step < 16384  # buffers are reused: only small Python objects per step
 
 
+@pytest.mark.parametrize("special", ["ties", "nan"])
+@pytest.mark.parametrize("last", [None, "tanh"], ids=["scores-in-place", "scores-kept"])
+@pytest.mark.parametrize("n", [12, 300], ids=["whole", "chunked"])
+@pytest.mark.parametrize("loss,kind", [("softmax", "classes"), ("svm", "classes"), ("logistic", "01"),
+                                       ("binary_hinge", "pm1")])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_step_counts_right_predictions_as_predict_labels(dtype, loss, kind, n, last, special):
+    """fit's accuracy: the whole-step kernel counts, in its loss pass, the rows whose scores
+    predict their label (it may write dscores over the scores, so nothing reads them after
+    the step). The count is the one of loss.predict_labels on the scores: a third of the rows
+    have all scores 0 (ties: the first class; binary: 0 predicts 0 or -1), or, with "nan",
+    a NaN in class 1 only (np.argmax: the first NaN; binary: NaN > 0 is False). Chunked or
+    not, scores in place or kept (a tanh output), and the layer path gives the same count."""
+    r = np.random.default_rng(5)
+    out = 10 if kind == "classes" else 1
+    X = r.standard_normal((n, 3)).astype(dtype)
+    X[: n // 3] = 0          # relu(0 @ W1 + 0) = 0: every score of these rows is 0 (b2 = 0) ...
+    y = _targets(kind, r, n, dtype)
+    # two in three of their labels are what those scores predict, the others another label
+    pred = {"classes": 0 if special == "ties" else 1, "01": 0, "pm1": -1}[kind]
+    right = np.arange(n // 3) % 3 != 2
+    y[: n // 3] = np.where(right, pred, {"classes": 2, "01": 1, "pm1": 1}[kind])
+    lossf = get_loss(loss)
+
+    def build(twin):
+        layers = [Dense(3, 6, activation="relu", seed=1, dtype=dtype),
+                  Dense(6, out, activation=last, seed=2, dtype=dtype)]
+        for layer in layers:
+            layer.params["b"][...] = 0
+        if special == "nan":
+            layers[1].params["W"][0, min(1, out - 1)] = np.inf   # ... or NaN (0 * inf) there
+        if twin:
+            layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
+        return Sequential(*layers)
+
+    counts = []
+    for twin in (False, True):
+        model = build(twin)
+        opt = SGD(model.parameters(), lr=1e-3)
+        expected = int(np.sum(lossf.predict_labels(model.predict(X)) == y))
+        value, correct, stopped = model._step(X, y, lossf, opt, skip_nonfinite=True, count=True)
+        assert correct == expected
+        assert stopped == (special == "nan")
+        counts.append(correct)
+        step = model._compiled_step(X, lossf, opt)
+        if twin:
+            assert step is None
+        else:
+            assert step.plan.scores_in_place == (last is None)
+            assert (step.plan.chunk_rows > 0) == (n == 300)
+            # without count the kernel counts nothing
+            assert model._step(X, y, lossf, opt, skip_nonfinite=True)[1] is None
+            assert step.plan.correct == -1
+    assert counts[0] == counts[1]
+    # (the special rows' predictions are the ones above)
+    special_rows = lossf.predict_labels(build(False).predict(X[: n // 3])) == y[: n // 3]
+    assert np.array_equal(special_rows, right)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "layer-path"])
+def test_fit_accuracy_is_the_share_of_right_predictions(compiled):
+    """With a learning rate too small to move the scores, an epoch's accuracy is the share of
+    rows whose scores predict their label (the compiled step counts them in its loss pass)."""
+    r = np.random.default_rng(9)
+    X = r.standard_normal((100, 4)).astype(F32)
+    y = r.integers(0, 5, 100)
+    layers = [Dense(4, 16, activation="relu", seed=3), Dense(16, 5, seed=4)]
+    if not compiled:
+        layers.insert(1, Dropout(0.0))
+    model = Sequential(*layers)
+    before = float(np.mean(np.argmax(model.predict(X), 1) == y))
+    opt = SGD(model.parameters(), lr=1e-30)
+    history = model.fit(X, y, optimizer=opt, epochs=1, batch_size=32, shuffle=False,
+                        verbose=False)
+    assert history["accuracy"][0] == before
+    assert (model._compiled_step(X[:32], SoftmaxCrossEntropy(), opt) is not None) == compiled
+
+
 SMALL_STEPS = {"2-100-3 (300)": ((2, 100, 3), 300), "64-64-64-10 (32)": ((64, 64, 64, 10), 32)}
 
 
@@ -1245,15 +1323,17 @@ SMALL_STEPS = {"2-100-3 (300)": ((2, 100, 3), 300), "64-64-64-10 (32)": ((64, 64
 @pytest.mark.parametrize("hidden", ["relu", None])
 @pytest.mark.parametrize("net", list(SMALL_STEPS))
 def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, threads):
-    """A small network's step in row chunks holds no float dx scratch tile per thread (below a
-    relu or no activation the backward pass writes each dx tile straight over the
-    activations, relu's derivative kept as bits first), nor, for layers with more inputs
-    than chunk rows, a weight-gradient partial per chunk (those chunks add their products
-    into the gradients in turns, in chunk order). 2-100-3 (300) held 205% of what the step
-    must hold with the scratch tile, as large there as its hidden activation; 64-64-64-10
-    (32) 148% with its second chunk's 36 KB partial. Now 113-114% and 108-110% (float32):
-    the rest is the dscores, the rows' losses, the relu bits and (2-100-3, whose layers have
-    fewer inputs than chunk rows) the second chunk's small partial."""
+    """A small network's step in row chunks holds at most 10% more than what the step must
+    hold (issue 5's target): no float dx scratch tile per thread (below a relu or no
+    activation the backward pass writes each dx tile straight over the activations, relu's
+    derivative kept as bits first); for layers with more inputs than chunk rows, no
+    weight-gradient partial per chunk (those chunks add their products into the gradients
+    in turns, in chunk order); no dscores buffer (the loss writes them over the scores) and
+    no per-row losses (sums of groups of 8 rows). 2-100-3 (300) held 205% with the scratch
+    tile, as large there as its hidden activation, and 113-114% with the dscores and the
+    rows' losses; 64-64-64-10 (32) 148% with its second chunk's 36 KB partial. Now 108-109%
+    and 106% (float32): the rest is the relu bits, (2-100-3, whose layers have fewer inputs
+    than chunk rows) the second chunk's small partials, and Python objects."""
     from fastnn.bench import step_memory
 
     import fastnn
@@ -1268,7 +1348,7 @@ def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, thread
     with fastnn.threads(threads):
         held, need, _ = step_memory(model, X, y, opt, SoftmaxCrossEntropy())
         assert model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.chunk_rows > 0
-    assert held <= 1.16 * need, (held, need)
+    assert held <= 1.10 * need, (held, need)
 
 
 def test_dx_tile_bound_leaves_other_products_alone():
