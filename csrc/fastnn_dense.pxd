@@ -76,8 +76,9 @@ cdef inline Py_ssize_t batch_chunk_rows(const DenseConfig *g, Py_ssize_t N) noex
     """Rows per chunk of a batch of N rows (0: too few rows to cut): two chunks of at least
     chunk_min_rows rows, or a power of two of them up to max_chunks while each keeps
     chunk_rows_more rows (more chunks cost more calls and partial sums: bench/tile_params.py).
-    N only: the layers that run in chunks (chunk_rows) and the losses (loss_raw's softmax
-    blocks never cross a chunk boundary) cut a batch the same way."""
+    N only: the layers that run in chunks (chunk_rows) and the losses (loss_raw's tasks never
+    cross a chunk boundary) cut a batch the same way. A multiple of 8 rows: the loss sums its
+    rows in groups of 8 (fastnn_losses.pxd), which must not straddle two chunks."""
     cdef Py_ssize_t nch = 2
     if g.chunk_min_rows <= 0 or g.max_chunks < 2 or N < 2 * g.chunk_min_rows:
         return 0

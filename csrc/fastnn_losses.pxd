@@ -4,7 +4,8 @@
 # Every loss is averaged over the N rows. Rows are independent, so they are spread over threads.
 # The rows' losses are summed in double precision in fixed groups of LOSS_GROUP_ROWS rows, each
 # group in row order into its own slot, and the slots in group order: the groups depend on N
-# only, so the loss is the same for any thread count (and a workspace of N / 8 doubles does).
+# only, so the loss is the same for any thread count, and its workspace is ceil(N / 8) doubles
+# rather than N.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport log, log1p, exp, fabs
@@ -22,7 +23,7 @@ cdef enum LossKind:
 cdef enum:
     # in ReLU-element units, as the activation kernels (bench/threshold.py)
     LOSS_MIN_WORK_PER_THREAD = 65536
-    SOFTMAX_BLOCK_ELEMS = 2048       # softmax rows go in blocks of about this many scores
+    SOFTMAX_BLOCK_ELEMS = 2048       # loss_raw's softmax tasks hold about this many scores
     LOSS_GROUP_ROWS = 8              # rows per slot of the loss's sum (see above)
     LOSS_PASS_ROWS = 64              # rows per pass of loss_rows (their losses on the stack)
 

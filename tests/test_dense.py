@@ -499,6 +499,23 @@ def test_chunked_shape_runs_in_chunks():
     assert _kd.layer_chunk_rows(*LARGE[0][:1], 300, LARGE[1]) == 0
 
 
+@pytest.mark.parametrize("settings", [{}, {"chunk_min_rows": 1, "chunk_rows_more": 1},
+                                      {"chunk_min_rows": 3, "chunk_rows_more": 5, "max_chunks": 64}],
+                         ids=["default", "smallest", "odd"])
+def test_row_chunks_are_whole_groups_of_the_loss(settings):
+    """Row chunks are a multiple of 8 rows for any N and chunk settings: the loss sums its rows
+    in groups of 8 (fastnn_losses.pxd), and a chunk of the step kernel writes whole groups, so
+    no group is shared between two threads."""
+    saved = _kd.tile_params()
+    _kd.set_tile_params(**settings)
+    try:
+        chunks = [_kd.layer_chunk_rows(n, 2, 3) for n in range(1, 2050)]
+    finally:
+        _kd.set_tile_params(**saved)
+    assert all(ch % 8 == 0 for ch in chunks)
+    assert sum(ch > 0 for ch in chunks) > 2000
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", SANDWICH_NAMES)
 def test_row_chunks_match_reference(name, dtype, rng):
