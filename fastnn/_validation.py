@@ -202,11 +202,17 @@ def beyond_intp(arr):
     return int(big[0]) if big.size else -1
 
 
+_INTP = np.dtype(np.intp)
+
+
 def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_column=True):
     """Integer (or bool) labels as a C-contiguous intp array of n entries, (n, 1) accepted
     with allow_column (binary labels, beside (n, 1) scores; class labels are 1-D, as
     class_labels wants them). Values an intp cannot hold are refused here (a cast would wrap
     2**64 - 1 to -1); the range a loss allows is checked by its kernel."""
+    if (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1 and y.shape[0] == n
+            and y.flags.c_contiguous):
+        return y   # already what the checks below would return (a training step's fast path)
     if y is None:
         raise TypeError(f"{name} must be an array of {what}, got None")
     arr = np.asarray(y)

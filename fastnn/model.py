@@ -55,6 +55,9 @@ class _Unit:
 
 _RELU_NAMES = {ReLU: "relu", LeakyReLU: "leaky_relu", PReLU: "prelu"}
 
+# train_step's losses given by name (Loss objects hold no state)
+_NAMED_LOSSES = {name: get_loss(name) for name in ("softmax", "svm", "logistic", "binary_hinge", "mse")}
+
 _LOSS_KINDS = {SoftmaxCrossEntropy: _kl.SOFTMAX, MulticlassHinge: _kl.SVM,
                BinaryCrossEntropy: _kl.LOGISTIC, BinaryHinge: _kl.BINARY_HINGE,
                MeanSquaredError: _kl.MSE}
@@ -96,6 +99,8 @@ class _CompiledStep:
             params.append((p.data, p.grad, slots[0] if nslots else None,
                            slots[1] if nslots == 2 else None, p.decay))
         self.loss_kind = _LOSS_KINDS[type(loss)]
+        self.binary = self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
+        self.fan_in = layers[0]["W"].shape[0]
         # the signature holds ids of these objects: keeping them alive keeps the ids unique
         self.param_objs = list(optimizer.params)
         self.lock = threading.Lock()
@@ -133,7 +138,7 @@ class _CompiledStep:
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
-            binary = self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
+            binary = self.binary
             labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary)
         with self.lock:  # one step at a time on this plan's buffers, whatever the Python thread
             return self._run_locked(opt, X, labels, targets, skip_nonfinite, count)
@@ -284,7 +289,10 @@ class Sequential:
 
     # ------------------------------------------------------------------ compute
     def _check_X(self, X, name="X"):
-        X = as_float_array(X, name, self.dtype)
+        dtype = self.dtype
+        if type(X) is np.ndarray and X.dtype is dtype and X.ndim >= 1 and X.flags.c_contiguous:
+            return X   # what as_float_array returns for it (a training step's fast path)
+        X = as_float_array(X, name, dtype)
         if X.ndim < 1:
             raise ValueError(f"{name} must have a batch axis, got a scalar")
         return X
@@ -336,12 +344,24 @@ class Sequential:
     def train_step(self, X, y, loss, optimizer):
         """One step of SGD-style training on the batch (X, y); returns the loss as a float."""
         _check_optimizer(optimizer)
-        value, _, _ = self._step(self._check_X(X), y, get_loss(loss), optimizer)
+        if type(loss) is str and loss in _NAMED_LOSSES:
+            loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
+        else:
+            loss = get_loss(loss)
+        value, _, _ = self._step(self._check_X(X), y, loss, optimizer)
         return value
 
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
+        if X.ndim == 2:
+            # a step built before for this batch size, optimizer and loss, still valid: what
+            # the checks below would find, without them (~0.4 us of a small network's step)
+            cached = self._compiled.get((X.shape[0], id(optimizer), type(loss)))
+            if (cached is not None and cached[2] is optimizer and cached[1] is not None
+                    and X.shape[1] == cached[1].fan_in
+                    and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
+                return cached[1]
         if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
             return None
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.in_features:

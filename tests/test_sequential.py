@@ -1364,6 +1364,44 @@ def test_dx_tile_bound_leaves_other_products_alone():
     assert tr * tc <= bound and nr * nc >= 1024 * 512 // bound
 
 
+def test_train_step_fast_paths_keep_every_check():
+    """train_step's fast paths (an X or y already as the kernel takes it, a step already built
+    for this batch size) skip only work whose outcome is known: a wrong width still gets the
+    layer path's error, and a 3-D X, a strided X, int32, strided or list labels and a Loss
+    object give the numbers of the plain case, bit for bit."""
+    from fastnn._validation import int_labels
+
+    r = np.random.default_rng(3)
+    X = r.standard_normal((40, 2)).astype(F32)
+    y = r.integers(0, 3, 40)
+
+    def model():
+        m = Sequential(Dense(2, 5, activation="relu", seed=0), Dense(5, 3, seed=1))
+        return m, SGD(m.parameters(), lr=0.1)
+
+    m0, o0 = model()
+    want = [m0.train_step(X, y, "softmax", o0) for _ in range(3)]
+    wide = np.zeros((40, 4), F32)
+    wide[:, ::2] = X
+    ylong = np.zeros(80, np.intp)
+    ylong[::2] = y
+    variants = {"3-D X": (X.reshape(40, 2, 1), y, "softmax"), "strided X": (wide[:, ::2], y, "softmax"),
+                "int32 y": (X, y.astype(np.int32), "softmax"), "strided y": (X, ylong[::2], "softmax"),
+                "list y": (X, y.tolist(), "softmax"), "Loss object": (X, y, SoftmaxCrossEntropy())}
+    for what, (Xv, yv, loss) in variants.items():
+        m, o = model()
+        got = [m.train_step(Xv, yv, loss, o) for _ in range(3)]
+        assert got == want, what
+        for a, b in zip(param_copies(m), param_copies(m0)):
+            assert_same_bits(a, b, what)
+        with pytest.raises(ValueError, match=r"must have shape \(N, 2\), got \(40, 3\)"):
+            m.train_step(np.ones((40, 3), F32), y, "softmax", o)   # after a built step
+    assert int_labels(y, 40) is y                      # already what the kernel takes
+    assert int_labels(ylong[::2], 40) is not ylong     # strided: a contiguous copy
+    with pytest.raises(ValueError, match="shape"):
+        int_labels(y, 41)
+
+
 def test_concurrent_train_steps_on_one_model_run_one_after_the_other():
     """Two Python threads calling train_step on the same model (the whole-step kernel, one set
     of buffers) are serialized: the result is that of two steps in a row, bitwise (both steps
