@@ -55,6 +55,10 @@ class _Unit:
 
 _RELU_NAMES = {ReLU: "relu", LeakyReLU: "leaky_relu", PReLU: "prelu"}
 
+# held while a whole-step kernel is built (rare: a model's first step for a batch size, or
+# after something was replaced), so that two threads never build two plans for one model
+_BUILD_LOCK = threading.Lock()
+
 # train_step's losses given by name (Loss objects hold no state)
 _NAMED_LOSSES = {name: get_loss(name) for name in ("softmax", "svm", "logistic", "binary_hinge", "mse")}
 
@@ -372,21 +376,29 @@ class Sequential:
                 and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
             return cached[1]
         self._check_arrays()   # (a build: the first step, or something was replaced)
-        step = None
-        mine = {(id(p.layer), p.name) for p in self.parameters()}
-        theirs = [(id(p.layer), p.name) for p in optimizer.params]
-        if len(theirs) == len(mine) and set(theirs) == mine:
-            try:
-                step = _CompiledStep(self, X.shape[0], loss, optimizer)
-            except ValueError:
-                step = None  # something the kernel does not take: the layer path decides
-        if len(self._compiled) >= 4:
-            self._compiled.clear()
-        # (a failed build is remembered too, until the signature changes; building may add
-        # optimizer state, so the signature is the one taken after it)
-        self._compiled[key] = (step.signature if step is not None else
-                               _CompiledStep.signature_of(self, optimizer), step, optimizer)
-        return step
+        with _BUILD_LOCK:
+            # threads whose first steps meet here share one build, and so one plan and its
+            # lock: their steps then run one after the other (each building its own plan,
+            # they would have run at once on the same parameters)
+            cached = self._compiled.get(key)
+            if (cached is not None and cached[2] is optimizer
+                    and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
+                return cached[1]
+            step = None
+            mine = {(id(p.layer), p.name) for p in self.parameters()}
+            theirs = [(id(p.layer), p.name) for p in optimizer.params]
+            if len(theirs) == len(mine) and set(theirs) == mine:
+                try:
+                    step = _CompiledStep(self, X.shape[0], loss, optimizer)
+                except ValueError:
+                    step = None  # something the kernel does not take: the layer path decides
+            if len(self._compiled) >= 4:
+                self._compiled.clear()
+            # (a failed build is remembered too, until the signature changes; building may add
+            # optimizer state, so the signature is the one taken after it)
+            self._compiled[key] = (step.signature if step is not None else
+                                   _CompiledStep.signature_of(self, optimizer), step, optimizer)
+            return step
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
         """One step; returns (loss, correct, stopped). With ``skip_nonfinite`` (fit), a

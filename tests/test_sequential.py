@@ -1396,10 +1396,65 @@ def test_train_step_fast_paths_keep_every_check():
             assert_same_bits(a, b, what)
         with pytest.raises(ValueError, match=r"must have shape \(N, 2\), got \(40, 3\)"):
             m.train_step(np.ones((40, 3), F32), y, "softmax", o)   # after a built step
+    # a model whose step the kernel does not cover (an optimizer over some parameters only:
+    # the failed build is remembered) takes the layer path on every step
+    m, _ = model()
+    part = SGD(m.parameters()[:2], lr=0.1)
+    assert np.isfinite([m.train_step(X, y, "softmax", part) for _ in range(3)]).all()
+    assert m._compiled_step(X, SoftmaxCrossEntropy(), part) is None
     assert int_labels(y, 40) is y                      # already what the kernel takes
     assert int_labels(ylong[::2], 40) is not ylong     # strided: a contiguous copy
     with pytest.raises(ValueError, match="shape"):
         int_labels(y, 41)
+
+
+def test_concurrent_first_train_steps_share_one_plan():
+    """Two Python threads making a model's first train_step at once build one plan between
+    them (the build is locked and looked up again), so their steps run one after the other:
+    the result is that of two steps in a row, bitwise. Each thread used to build its own plan
+    (its own lock), and the two steps then ran at once on the same parameters (about one
+    trial in six differed, with a short switch interval)."""
+    import sys
+    import threading
+
+    r = np.random.default_rng(0)
+    X = r.standard_normal((512, 64)).astype(F32)
+    y = np.arange(512) % 10
+
+    def make():
+        m = Sequential(Dense(64, 256, activation="relu", seed=0), Dense(256, 10, seed=1))
+        return m, SGD(m.parameters(), lr=0.1)
+
+    m0, o0 = make()
+    want_losses = sorted(m0.train_step(X, y, "softmax", o0) for _ in range(2))
+    want = param_copies(m0)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for trial in range(40):
+            m, o = make()
+            start = threading.Barrier(2)
+            losses, errors = [], []
+
+            def one_step():
+                try:
+                    start.wait()
+                    losses.append(m.train_step(X, y, "softmax", o))
+                except Exception as exc:  # noqa: BLE001 (reported below)
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=one_step) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert sorted(losses) == want_losses, trial
+            for a, b in zip(param_copies(m), want):
+                assert_same_bits(a, b, f"trial {trial}")
+            assert len(m._compiled) == 1
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_concurrent_train_steps_on_one_model_run_one_after_the_other():
