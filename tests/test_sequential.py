@@ -1408,6 +1408,29 @@ def test_train_step_fast_paths_keep_every_check():
         int_labels(y, 41)
 
 
+def _train_steps_in_two_threads(model, X, y, opt):
+    """One train_step in each of two Python threads, started together; their losses."""
+    import threading
+
+    start = threading.Barrier(2)
+    losses, errors = [], []
+
+    def one_step():
+        try:
+            start.wait()
+            losses.append(model.train_step(X, y, "softmax", opt))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_step) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return losses
+
+
 def test_concurrent_first_train_steps_share_one_plan():
     """Two Python threads making a model's first train_step at once build one plan between
     them (the build is locked and looked up again), so their steps run one after the other:
@@ -1415,7 +1438,6 @@ def test_concurrent_first_train_steps_share_one_plan():
     (its own lock), and the two steps then ran at once on the same parameters (about one
     trial in six differed, with a short switch interval)."""
     import sys
-    import threading
 
     r = np.random.default_rng(0)
     X = r.standard_normal((512, 64)).astype(F32)
@@ -1433,22 +1455,7 @@ def test_concurrent_first_train_steps_share_one_plan():
     try:
         for trial in range(40):
             m, o = make()
-            start = threading.Barrier(2)
-            losses, errors = [], []
-
-            def one_step():
-                try:
-                    start.wait()
-                    losses.append(m.train_step(X, y, "softmax", o))
-                except Exception as exc:  # noqa: BLE001 (reported below)
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=one_step) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert not errors, errors
+            losses = _train_steps_in_two_threads(m, X, y, o)
             assert sorted(losses) == want_losses, trial
             for a, b in zip(param_copies(m), want):
                 assert_same_bits(a, b, f"trial {trial}")
@@ -1461,8 +1468,6 @@ def test_concurrent_train_steps_on_one_model_run_one_after_the_other():
     """Two Python threads calling train_step on the same model (the whole-step kernel, one set
     of buffers) are serialized: the result is that of two steps in a row, bitwise (both steps
     use the same batch, so the order does not matter)."""
-    import threading
-
     r = np.random.default_rng(7)
     X = r.standard_normal((256, 128)).astype(F32)
     y = r.integers(0, 10, 256)
@@ -1479,22 +1484,7 @@ def test_concurrent_train_steps_on_one_model_run_one_after_the_other():
         model.train_step(X, y, "softmax", opt)  # builds the plan: both threads then share it
         twin, topt = make()
         twin.train_step(X, y, "softmax", topt)
-        start = threading.Barrier(2)
-        errors = []
-
-        def one_step():
-            try:
-                start.wait()
-                model.train_step(X, y, "softmax", opt)
-            except Exception as exc:  # noqa: BLE001 (reported below)
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one_step) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        _train_steps_in_two_threads(model, X, y, opt)
         for _ in range(2):
             twin.train_step(X, y, "softmax", topt)
         for p, q in zip(model.parameters(), twin.parameters()):
