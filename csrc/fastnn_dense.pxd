@@ -559,11 +559,11 @@ cdef inline Py_ssize_t dx_tile_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssi
 cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
                                        Py_ssize_t M, int op, Py_ssize_t itemsize,
                                        int n_threads) noexcept nogil:
-    """Scratch elements dx_into_act needs for these arguments: one tile's (dx_tile_need) per
-    thread."""
+    """Scratch elements dx_into_act needs for these arguments: one tile's (dx_tile_scratch)
+    per thread."""
     cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
-    return dx_tile_need(cfg, N, D, M, op, itemsize) * nt
+    return dx_tile_scratch(op, px.tr, px.tc, itemsize) * nt
 
 
 cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,

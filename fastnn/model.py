@@ -358,31 +358,26 @@ class Sequential:
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
-        if X.ndim == 2:
-            # a step built before for this batch size, optimizer and loss, still valid: what
-            # the checks below would find, without them (~0.4 us of a small network's step)
-            cached = self._compiled.get((X.shape[0], id(optimizer), type(loss)))
-            if (cached is not None and cached[2] is optimizer and cached[1] is not None
-                    and X.shape[1] == cached[1].fan_in
-                    and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
-                return cached[1]
-        if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
-            return None
-        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.in_features:
+        if X.ndim != 2 or X.shape[0] == 0:
             return None
         key = (X.shape[0], id(optimizer), type(loss))
-        cached = self._compiled.get(key)
-        if (cached is not None and cached[2] is optimizer
-                and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
-            return cached[1]
+        cached = self._valid_entry(key, optimizer)
+        if cached is not None:
+            # built before and still valid (its build checked the model, loss and optimizer
+            # types); None if that build failed, or for an X of another width
+            step = cached[1]
+            return step if step is None or X.shape[1] == step.fan_in else None
+        if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
+            return None
+        if X.shape[1] != self.in_features:
+            return None
         self._check_arrays()   # (a build: the first step, or something was replaced)
         with _BUILD_LOCK:
             # threads whose first steps meet here share one build, and so one plan and its
             # lock: their steps then run one after the other (each building its own plan,
             # they would have run at once on the same parameters)
-            cached = self._compiled.get(key)
-            if (cached is not None and cached[2] is optimizer
-                    and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
+            cached = self._valid_entry(key, optimizer)
+            if cached is not None:
                 return cached[1]
             step = None
             mine = {(id(p.layer), p.name) for p in self.parameters()}
@@ -399,6 +394,16 @@ class Sequential:
             self._compiled[key] = (step.signature if step is not None else
                                    _CompiledStep.signature_of(self, optimizer), step, optimizer)
             return step
+
+    def _valid_entry(self, key, optimizer):
+        """The cache entry (signature, step, optimizer) for key while it still describes the
+        model and optimizer (the same optimizer object, no array replaced, the same rule),
+        else None."""
+        cached = self._compiled.get(key)
+        if (cached is not None and cached[2] is optimizer
+                and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
+            return cached
+        return None
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
         """One step; returns (loss, correct, stopped). With ``skip_nonfinite`` (fit), a
