@@ -19,6 +19,9 @@ csrc/fastnn_dense.pxd); the two this script was written for:
 - ``max_tiles`` with ``--large`` (``--values 64,16``): how many tiles a product beyond 1 GFLOP
   is cut into. Smaller tiles share better among many threads but each packs its panels of
   both operands again; only the 4096-wide network (added by ``--large``) has such products.
+- ``k_split`` (0 turns it off): a forward product whose inner dimension is at least this many
+  times its larger output side runs in two parts of that dimension (forward_plan in
+  csrc/fastnn_dense.pxd); 3072-100-10's first layer is the one here.
 
 For each value this times, interleaved and as the median of R rounds, a training step
 (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step kernel)

@@ -21,7 +21,8 @@ import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
-                           blas_exit, make_plan, row_plan, chunk_rows, dense_forward_raw,
+                           blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
+                           chunk_rows, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            wslot_elems)
 
@@ -52,6 +53,12 @@ _cfg.thin = 4
 _cfg.chunk_min_rows = 16
 _cfg.chunk_rows_more = 128
 _cfg.max_chunks = 16
+# A forward product at least this many times deeper than its larger output side runs in two
+# halves of its inner dimension (forward_plan). 3072-100-10, batch 200, 2 threads: the first
+# layer's forward 627-639 us as two 104-row tiles, 559-572 us as two halves; the step 6% faster.
+# 784 x 512 at 128 rows (depth 1.5x) gains nothing from halves (one thread: 450 us against 455
+# for column halves), so the bar is well above it.
+_cfg.k_split = 4.0
 
 
 def config_address():
@@ -77,12 +84,14 @@ def tile_params():
                 tile_cores=_cfg.tile_cores, max_tile_elems=_cfg.max_tile_elems,
                 serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
                 thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
-                chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks)
+                chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks,
+                k_split=_cfg.k_split)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
-                    chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None):
+                    chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None,
+                    k_split=None):
     """Tuning hook for bench/ (not public API); tile_cores is also set once at import."""
     if tile_flops is not None:
         _cfg.tile_flops = max(1.0, float(tile_flops))
@@ -108,6 +117,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.tile_cores = 1 << min(max(1, int(tile_cores)), 2**30).bit_length() - 1  # a power of two
     if max_chunks is not None:
         _cfg.max_chunks = 1 << min(max(1, int(max_chunks)), 2**30).bit_length() - 1  # a power of two
+    if k_split is not None:
+        _cfg.k_split = max(0.0, float(k_split))
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False):
@@ -117,6 +128,14 @@ def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=Fal
     cdef Py_ssize_t ch = chunk_rows(&_cfg, r, c, k) if (batch or dx) else 0
     cdef Plan p = make_plan(&_cfg, r, c, k, _cfg.max_tile_elems if dx else 0, ch)
     return (p.tr, p.tc, p.nr, p.nc)
+
+
+def forward_plan_of(Py_ssize_t N, Py_ssize_t M, Py_ssize_t D, bint chunks=False):
+    """(tile_rows, tile_cols, tiles_down, tiles_across, parts, part_depth) of the forward
+    product N x M with inner D, as dense_forward cuts it (for tests)."""
+    cdef DenseConfig cfg = _snapshot(chunks)
+    cdef Plan p = forward_plan(&cfg, N, M, D)
+    return (p.tr, p.tc, p.nr, p.nc, p.kb, p.kd)
 
 
 def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
@@ -148,7 +167,9 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint keep = keeps_pre(op)
     cdef floating *zp = NULL
+    cdef floating *ws = NULL
     cdef const floating *ap = NULL
+    cdef Py_ssize_t wse
     if w.shape[0] != D or b.shape[0] != M or y.shape[0] != N or y.shape[1] != M:
         raise ValueError("dense_forward: shape mismatch")
     if keep:
@@ -165,13 +186,19 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
         ap = &avec[0]      # (taken only now: M >= 1)
     if keep:
         zp = &z[0, 0]
+    wse = forward_ws_elems(&cfg, N, D, M)   # a deep product's partial (forward_plan)
+    if wse > 0:
+        ws = <floating *>malloc(wse * sizeof(floating))
+        if ws == NULL:
+            raise MemoryError()
     blas_enter(&_cfg)
     try:
         with nogil:
             dense_forward_raw(&cfg, op, &x[0, 0], &w[0, 0], &b[0], &y[0, 0], zp, N, D, M,
-                              alpha, ap, n_threads)
+                              alpha, ap, ws, n_threads)
     finally:
         blas_exit(&_cfg)
+        free(ws)
 
 
 def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] saved,

@@ -40,6 +40,9 @@ cdef struct DenseConfig:
                                  # rows (0, or max_chunks < 2: never; see chunk_rows),
     Py_ssize_t chunk_rows_more   # in more chunks while each keeps at least this many rows,
     Py_ssize_t max_chunks        # up to this many (a power of two)
+    double k_split               # a forward product whose inner dimension is at least this
+                                 # many times its larger output side runs in two halves of
+                                 # that dimension (0: never; see forward_plan)
 
 
 cdef struct Plan:
@@ -48,6 +51,8 @@ cdef struct Plan:
     Py_ssize_t nr       # tiles down
     Py_ssize_t nc       # tiles across
     Py_ssize_t thin     # DenseConfig.thin, for gemm()
+    Py_ssize_t kb       # parts of the inner dimension (forward_plan: 1 or 2; 1 elsewhere),
+    Py_ssize_t kd       # each kd deep but the last; the tiles above are those of one part
 
 
 cdef inline int blas_enter(DenseConfig *g) except -1:
@@ -101,36 +106,11 @@ cdef inline Py_ssize_t chunk_rows(const DenseConfig *g, Py_ssize_t N, Py_ssize_t
     return batch_chunk_rows(g, N)
 
 
-cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
-                           Py_ssize_t max_elems=0, Py_ssize_t chunk=0) noexcept nogil:
-    """Tiles for an (r x c) output with inner dimension k. Depends on the shape and on
-    tile_cores (set once at import from the machine), never on the thread count.
-
-    A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
-    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles; on a
-    machine with more CPUs (tile_cores), up to that many while each tile keeps serial_flops of
-    work; and more where a tile would hold more than max_elems outputs (when > 0: the dx
-    products, whose tiles the step kernel passes through a per-thread scratch tile). Each
-    doubling halves the longer tile side while it stays at least min_tile_rows /
-    min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
-    panel per tile) small.
-
-    chunk > 0 (a layer that runs in row chunks, chunk_rows): one row of tiles per chunk of
-    rows, split across only while a dx tile would hold more than max_elems outputs."""
-    cdef Plan p
-    cdef double flops = 2.0 * r * c * k
-    cdef Py_ssize_t target = 1, rb = 1, cb = 1
-    cdef bint can_r, can_c
-    p.thin = g.thin
-    if chunk > 0:
-        while (max_elems > 0 and chunk * cdiv(c, cb) > max_elems
-               and c // (cb * 2) >= g.min_tile_cols):
-            cb *= 2
-        p.tr = chunk
-        p.tc = cdiv(c, cb) if cb == 1 else cdiv(cdiv(c, cb), 16) * 16
-        p.nr = cdiv(r, p.tr)
-        p.nc = cdiv(c, p.tc)
-        return p
+cdef inline Py_ssize_t tile_target(const DenseConfig *g, double flops) noexcept nogil:
+    """How many tiles a product of `flops` is worth (make_plan): 1 below serial_flops, else a
+    power of two from 2, about one per tile_flops up to max_tiles, and up to tile_cores while
+    each keeps serial_flops."""
+    cdef Py_ssize_t target = 1
     if flops >= g.serial_flops:
         target = 2
         while target * 2 <= g.max_tiles and target * 2 * g.tile_flops <= flops:
@@ -138,6 +118,17 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
         while (target * 2 <= g.max_tiles and target * 2 <= g.tile_cores
                and target * 2 * g.serial_flops <= flops):
             target *= 2
+    return target
+
+
+cdef inline Plan tile_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t target,
+                           Py_ssize_t max_elems) noexcept nogil:
+    """An r x c output cut into about `target` tiles (make_plan's rules; kb = 1, kd unset)."""
+    cdef Plan p
+    cdef Py_ssize_t rb = 1, cb = 1
+    cdef bint can_r, can_c
+    p.thin = g.thin
+    p.kb = 1
     # (a dx product with a small inner dimension has few flops but many outputs: its tiles are
     # also bounded, so that the step kernel's per-thread dx tile stays small)
     while rb * cb < target or (max_elems > 0 and cdiv(r, rb) * cdiv(c, cb) > max_elems):
@@ -164,11 +155,76 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     return p
 
 
+cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                           Py_ssize_t max_elems=0, Py_ssize_t chunk=0) noexcept nogil:
+    """Tiles for an (r x c) output with inner dimension k. Depends on the shape and on
+    tile_cores (set once at import from the machine), never on the thread count.
+
+    A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
+    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles; on a
+    machine with more CPUs (tile_cores), up to that many while each tile keeps serial_flops of
+    work; and more where a tile would hold more than max_elems outputs (when > 0: the dx
+    products, whose tiles the step kernel passes through a per-thread scratch tile). Each
+    doubling halves the longer tile side while it stays at least min_tile_rows /
+    min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
+    panel per tile) small.
+
+    chunk > 0 (a layer that runs in row chunks, chunk_rows): one row of tiles per chunk of
+    rows, split across only while a dx tile would hold more than max_elems outputs."""
+    cdef Plan p
+    cdef Py_ssize_t cb = 1
+    if chunk > 0:
+        while (max_elems > 0 and chunk * cdiv(c, cb) > max_elems
+               and c // (cb * 2) >= g.min_tile_cols):
+            cb *= 2
+        p.thin = g.thin
+        p.kb = 1
+        p.kd = k
+        p.tr = chunk
+        p.tc = cdiv(c, cb) if cb == 1 else cdiv(cdiv(c, cb), 16) * 16
+        p.nr = cdiv(r, p.tr)
+        p.nc = cdiv(c, p.tc)
+        return p
+    p = tile_plan(g, r, c, tile_target(g, 2.0 * r * c * k), max_elems)
+    p.kd = k
+    return p
+
+
 cdef inline Plan row_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t c, Py_ssize_t k,
                           Py_ssize_t max_elems=0) noexcept nogil:
     """The plan of a product whose output rows are the batch (a forward, N x M with inner D,
     or a dx, N x D with inner M): in row chunks when the layer runs in chunks."""
     return make_plan(g, N, c, k, max_elems, chunk_rows(g, N, c, k))
+
+
+cdef inline Plan forward_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M,
+                              Py_ssize_t D) noexcept nogil:
+    """The plan of a forward product (N x M, inner D): row_plan's, except for a deep product
+    (D at least k_split times the larger of N and M, worth two tiles or more, not in row
+    chunks), which runs in kb = 2 parts of its inner dimension, each over the whole output
+    cut into half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:], added in that order
+    (forward_parts_rows). Row or column tiles of such a product would each pack the whole of
+    its deep operand panel again (3072-100-10, batch 200: two 104-row tiles each pack all of
+    W, 1.2 MB); the parts pack each operand once and cost one N x M partial (forward_ws_elems)
+    and one pass over the output. Shape and tile_cores only, like every plan."""
+    cdef Py_ssize_t ch = chunk_rows(g, N, D, M), target
+    cdef Plan p
+    if ch == 0 and g.k_split > 0 and D >= 2 and D >= g.k_split * max(N, M):
+        target = tile_target(g, 2.0 * N * M * D)
+        if target >= 2:
+            p = tile_plan(g, N, M, target // 2, 0)
+            p.kb = 2
+            p.kd = min(cdiv(cdiv(D, 2), 16) * 16, D - 1)
+            return p
+    return make_plan(g, N, M, D, 0, ch)
+
+
+cdef inline Py_ssize_t forward_ws_elems(const DenseConfig *g, Py_ssize_t N, Py_ssize_t D,
+                                        Py_ssize_t M) noexcept nogil:
+    """Workspace elements of a forward product (dense_forward_raw's ws): an N x M partial per
+    part of the inner dimension after the first (forward_plan)."""
+    cdef Plan p = forward_plan(g, N, M, D)
+    return (p.kb - 1) * N * M
 
 
 cdef inline void gemv(bint trans, Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t lda,
@@ -274,18 +330,84 @@ cdef inline void forward_tile(Plan p, Py_ssize_t t, int op, bint keep, Py_ssize_
         bias_act_fwd_rows(op, y + q.i0 * M + q.j0, M, q.ti, b + q.j0, q.tj, alpha, NULL)
 
 
+cdef inline void forward_part_tile(Plan p, Py_ssize_t t, Py_ssize_t N, Py_ssize_t M,
+                                   Py_ssize_t D, const floating *x, const floating *w,
+                                   floating *dst, floating *ws) noexcept nogil:
+    """Task t of a forward product in parts of its inner dimension (forward_plan, kb > 1):
+    tile t % (nr nc) of part t // (nr nc), into dst (part 0) or the part's N x M slot of ws."""
+    cdef Py_ssize_t per = p.nr * p.nc, part = t // per
+    cdef Py_ssize_t k0 = part * p.kd
+    cdef floating *out = dst if part == 0 else ws + (part - 1) * N * M
+    gemm_tile(p, t % per, False, False, N, M, p.kd if part < p.kb - 1 else D - k0,
+              x + k0, D, w + k0 * M, M, out, M)
+
+
+cdef inline void forward_parts_rows(Plan p, Py_ssize_t i0, Py_ssize_t rows, int op, bint keep,
+                                    Py_ssize_t N, Py_ssize_t M, const floating *b,
+                                    floating *dst, floating *y, const floating *ws,
+                                    double alpha, const floating *ap) noexcept nogil:
+    """Rows i0 .. i0 + rows of a forward product in parts: dst += each later part, in part
+    order, then forward_tile's epilogue (bias, activation) on those rows."""
+    cdef Py_ssize_t part, i
+    for part in range(1, p.kb):
+        for i in range(i0, i0 + rows):
+            add_into_rows(ws + (part - 1) * N * M + i * M, M, 1, dst + i * M, M)
+    if keep:
+        bias_act_keep_rows(op, dst + i0 * M, b, y + i0 * M, M, rows, M, alpha, ap)
+    else:
+        bias_act_fwd_rows(op, y + i0 * M, M, rows, b, M, alpha, NULL)
+
+
+cdef inline void forward_in_parts(const DenseConfig *g, Plan p, int op, bint keep,
+                                  const floating *x, const floating *w, const floating *b,
+                                  floating *dst, floating *y, floating *ws, Py_ssize_t N,
+                                  Py_ssize_t D, Py_ssize_t M, double alpha,
+                                  const floating *avec, int n_threads) noexcept nogil:
+    """dense_forward_raw for a plan with kb > 1 parts: every part's tiles as one task list,
+    then the sum of the parts and the epilogue over fixed row blocks (element-wise: any
+    thread may take any block)."""
+    cdef Py_ssize_t t, ntasks = p.kb * p.nr * p.nc
+    cdef Py_ssize_t rb = max(1, g.row_block_elems // M), blk, nblocks = cdiv(N, rb)
+    cdef int nt = n_threads if n_threads < ntasks else <int>ntasks
+    if nt <= 1:
+        for t in range(ntasks):
+            forward_part_tile(p, t, N, M, D, x, w, dst, ws)
+    else:
+        for t in prange(ntasks, num_threads=nt, schedule="dynamic"):
+            forward_part_tile(p, t, N, M, D, x, w, dst, ws)
+    nt = effective_threads(N * M, 65536, n_threads)
+    if nt <= 1 or nblocks <= 1:
+        for blk in range(nblocks):
+            forward_parts_rows(p, blk * rb, min(rb, N - blk * rb), op, keep, N, M, b, dst, y,
+                               ws, alpha, avec)
+    else:
+        for blk in prange(nblocks, num_threads=nt, schedule="static"):
+            forward_parts_rows(p, blk * rb, min(rb, N - blk * rb), op, keep, N, M, b, dst, y,
+                               ws, alpha, avec)
+
+
 cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating *x,
                                    const floating *w, const floating *b, floating *y,
                                    floating *z, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
-                                   double alpha, const floating *avec,
+                                   double alpha, const floating *avec, floating *ws,
                                    int n_threads) noexcept nogil:
     """y = act(x @ w + b) (z = x @ w + b kept for leaky relu / prelu). N, M, D >= 1.
-    The caller holds the BLAS single-threaded (blas_enter)."""
+    ws: forward_ws_elems(N, D, M) elements (a deep product's partial; may be NULL when that
+    is 0). The caller holds the BLAS single-threaded (blas_enter)."""
     cdef bint keep = keeps_pre(op)
     cdef floating *dst = z if keep else y
-    cdef Plan p = row_plan(g, N, M, D)
+    cdef Plan p = forward_plan(g, N, M, D)
     cdef Py_ssize_t t, ntiles = p.nr * p.nc
     cdef int nt = n_threads if n_threads < ntiles else <int>ntiles
+    if p.kb > 1:
+        if ws != NULL:
+            forward_in_parts(g, p, op, keep, x, w, b, dst, y, ws, N, D, M, alpha, avec,
+                             n_threads)
+            return
+        # (cannot happen when ws is sized by forward_ws_elems: never write through NULL)
+        p = make_plan(g, N, M, D)
+        ntiles = p.nr * p.nc
+        nt = n_threads if n_threads < ntiles else <int>ntiles
     if chunk_rows(g, N, D, M) > 0:
         nt = 1   # a small layer's chunks: not worth a parallel region of their own
     if nt <= 1:

@@ -18,7 +18,8 @@ from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
                            dx_into_act_tile, dx_scratch_need, dx_tile_need, chunk_rows,
-                           batch_chunk_rows, row_plan, forward_tile, wslot_elems, dw_chunk,
+                           batch_chunk_rows, row_plan, forward_tile, forward_ws_elems,
+                           wslot_elems, dw_chunk,
                            dw_chunk_dst, dw_in_turns, dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, loss_rows, loss_total, loss_groups, check_labels)
@@ -125,7 +126,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
             dense_forward_raw(cfg, P.op[l], inp, <const floating *>P.W[l],
                               <const floating *>P.b[l], <floating *>P.act[l],
                               <floating *>P.pre[l], N, P.fan_in[l], P.fan_out[l], P.alpha[l],
-                              <const floating *>P.avec[l], nt)
+                              <const floating *>P.avec[l], <floating *>P.wslots, nt)
             inp = <const floating *>P.act[l]
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.groups, P.hits, batch_chunk_rows(cfg, N), nt)
@@ -564,9 +565,11 @@ cdef class StepPlan:
         """Lay out the workspaces for the tiling in cfg (the snapshot the step runs with) and
         grow them where they are too small: each layer's bias-gradient blocks and partial
         sums, its weight-gradient chunk partials, whether the whole step runs in row chunks,
-        and the scratch of one dx tile per thread the backward pass can start."""
+        and the scratch of one dx tile per thread the backward pass can start. The forward
+        pass of a deep layer (forward_plan) keeps its partial in the weight-gradient
+        workspace, which the backward pass only uses later."""
         cdef NetPlan *P = &self.P
-        cdef Py_ssize_t need = 1, psum = 0, amax = 1, wsum = 0, blocks, D, M, itemsize
+        cdef Py_ssize_t need = 1, psum = 0, amax = 1, wsum = 0, fws = 0, blocks, D, M, itemsize
         cdef int l, threads
         cdef bint chunked = P.fused
         for l in range(P.n_layers):
@@ -584,6 +587,8 @@ cdef class StepPlan:
                 amax = max(amax, blocks)   # slope partial sums: prelu layers only
             P.woff[l] = wsum
             wsum += wslot_elems(cfg, P.N, D, M)
+            fws = max(fws, forward_ws_elems(cfg, P.N, D, M))
+        wsum = max(wsum, fws)
         dt = np.float64 if self.is_double else np.float32
         itemsize = sizeof(double) if self.is_double else sizeof(float)
         P.chunk_stride = _chunk_tile_elems(P, cfg, itemsize) if P.chunk > 0 else 0

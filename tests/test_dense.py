@@ -145,9 +145,11 @@ SHAPES = [
     ((3, 5), 0),
     ((509, 5, 6, 10), 701),
     ((601, 3, 2), 7),
+    ((83, 2111), 24),
 ]
 LARGE = ((509, 5, 6, 10), 701)   # D = 300; every product is cut into ragged tiles (see below)
 CHUNKED = ((601, 3, 2), 7)       # a small layer on a batch of 4 row chunks (see below)
+DEEP = ((83, 2111), 24)          # a forward product in two parts of its inner dimension (below)
 
 
 # ============================================================================ data and checks
@@ -255,6 +257,52 @@ def test_large_shape_is_multi_tile():
     n2, d2, m2, k2 = LARGE_MAXOUT
     tr, tc, nr, nc = _kd.plan(n2, m2 * k2, d2)
     assert nr * nc >= 4 and n2 % tr and (m2 * k2) % tc
+
+
+def test_deep_forward_runs_in_parts():
+    """DEEP's forward (inner dimension far above both output sides) runs as two parts of its
+    inner dimension, each over the whole output in ragged row tiles; LARGE's does not, nor a
+    deep product too small for two tiles (the size below which layers run in row chunks),
+    nor anything with k_split = 0 (which gives the ordinary plan)."""
+    (n, d), m = DEEP
+    tr, tc, nr, nc, kb, kd = _kd.forward_plan_of(n, m, d)
+    assert kb == 2 and kd % 16 == 0 and 0 < kd < d, (kb, kd)
+    assert nr * nc >= 2 and n % tr != 0
+    assert d >= _kd.tile_params()["k_split"] * max(n, m)
+    (n2, *rest), m2 = LARGE
+    assert _kd.forward_plan_of(n2, m2, int(np.prod(rest)))[4] == 1
+    assert 2.0 * 40 * 3 * 400 < _kd.tile_params()["serial_flops"] and _kd.layer_chunk_rows(40, 400, 3)
+    assert _kd.forward_plan_of(40, 3, 400, chunks=True)[4] == 1
+    assert _kd.forward_plan_of(40, 3, 400)[2:] == (1, 1, 1, 400)
+    saved = _kd.tile_params()
+    _kd.set_tile_params(k_split=0)
+    try:
+        assert _kd.forward_plan_of(n, m, d)[4:] == (1, d)
+        assert _kd.forward_plan_of(n, m, d)[:4] == _kd.plan(n, m, d)
+    finally:
+        _kd.set_tile_params(**saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_deep_forward_in_parts_is_close_to_one_part(name, dtype, rng):
+    """The parts change only the order of the inner sum: the forward is within rounding of
+    the same product in one part (k_split = 0), and the backward does not change at all."""
+    sw = BY_NAME[name]
+    (n, d), m = DEEP
+    x, w, b, _ = _problem(rng, (n, d), m, dtype)
+    alpha = sw.make_alpha(rng, m, dtype)
+    out, _ = sw.fwd(x, w, b, alpha)
+    saved = _kd.tile_params()
+    _kd.set_tile_params(k_split=0)
+    try:
+        one, _ = sw.fwd(x, w, b, alpha)
+    finally:
+        _kd.set_tile_params(**saved)
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64) + np.abs(b)
+    tol = 8 * d * np.finfo(dtype).eps
+    assert np.all(np.abs(out.astype(np.float64) - one) <= tol * scale)
+    assert not np.array_equal(out, one)   # the parts did run: the sums are not the same
 
 
 def check_against_reference(name, dtype, shape, rng, chunked=False):
@@ -706,11 +754,12 @@ def test_thin_products_threads_bitwise_identical(shape, dtype, rng):
 
 
 # ============================================================================ threads
+@pytest.mark.parametrize("shape", [LARGE, DEEP], ids=["large", "deep"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", SANDWICH_NAMES)
-def test_threads_bitwise_identical(name, dtype, rng):
+def test_threads_bitwise_identical(name, dtype, shape, rng):
     sw = BY_NAME[name]
-    x_shape, m = LARGE
+    x_shape, m = shape
     x, w, b, dout = _problem(rng, x_shape, m, dtype)
     alpha = sw.make_alpha(rng, m, dtype)
 
@@ -738,10 +787,12 @@ def test_thin_threaded_shapes_run_parallel(shape):
         assert started >= 1, call
 
 
-def test_large_shape_runs_parallel():
-    """test_threads_bitwise_identical compares really parallel runs: the LARGE product has
-    enough tiles for every thread it is given (forward and backward)."""
-    (n, *rest), m = LARGE
+@pytest.mark.parametrize("shape", [LARGE, DEEP], ids=["large", "deep"])
+def test_large_shape_runs_parallel(shape):
+    """test_threads_bitwise_identical compares really parallel runs: the LARGE and DEEP
+    products have enough tiles (or parts) for every thread they are given (forward and
+    backward)."""
+    (n, *rest), m = shape
     setup = ("from fastnn._kernels import dense as _kd\n"
              "_kd.set_tile_params(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)\n"
              f"rng = np.random.default_rng(0)\nx = rng.standard_normal(({n}, {int(np.prod(rest))}))\n"

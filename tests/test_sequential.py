@@ -866,11 +866,14 @@ FUSED_HIDDEN = {
 # chunk's weight-gradient products into a partial of its own; the same on two chunks of 32
 # rows, where the 40-input layer's chunks take turns adding theirs into the gradient instead
 # (more inputs than chunk rows: dw_in_turns), the others keep partials; four chunks (on 1, 2
-# or 3 threads) that all take turns; and turns on a 3-output layer (one gemv per column:
-# Plan.thin, with the BLAS's beta = 1)
+# or 3 threads) that all take turns; turns on a 3-output layer (one gemv per column:
+# Plan.thin, with the BLAS's beta = 1); and a deep first layer whose forward runs in two parts
+# of its inner dimension (forward_plan), its partial in the weight-gradient workspace, above
+# a layer in row chunks
 FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10)),
                "chunked": (601, (5, 40, 30, 3)), "chunked-turns": (64, (5, 40, 30, 3)),
-               "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (64, (20, 40, 3))}
+               "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (64, (20, 40, 3)),
+               "deep": (64, (3072, 16, 10))}
 
 
 def _fused_model(hidden, widths, dtype, dropout0=False):
@@ -929,10 +932,10 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
     assert flops < params["tile_flops"] * 2 and n * widths[-2] > params["max_tile_elems"]
 
 
-def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32):
-    """Trains the "tiled" network at 1, 2 and 3 threads; asserts the same bits, returns
-    (widths, X, y, (losses, params))."""
-    n, widths = FUSED_SIZES["tiled"]
+def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32, size="tiled"):
+    """Trains the "tiled" network (or another of FUSED_SIZES) at 1, 2 and 3 threads; asserts
+    the same bits, returns (widths, X, y, (losses, params))."""
+    n, widths = FUSED_SIZES[size]
     r = np.random.default_rng(seed)
     X = r.standard_normal((n, widths[0])).astype(dtype)
     y = r.integers(0, widths[-1], n)
@@ -951,6 +954,18 @@ def test_step_kernel_fused_backward_is_thread_invariant(hidden, dtype):
     bits in the thread's scratch; leaky relu and none: straight in, no scratch; tanh and
     sigmoid: through the thread's scratch tile), on tiles shared by 2 and 3 threads."""
     _tiled_training_is_thread_invariant(hidden, seed=4, steps=3, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype):
+    """The "deep" network: its first layer's forward runs in two parts of the inner dimension
+    (shared by 2 threads), summed into the output, the same for 1, 2 and 3 threads."""
+    from fastnn._kernels import dense as _kd
+
+    n, widths = FUSED_SIZES["deep"]
+    assert _kd.forward_plan_of(n, widths[1], widths[0], chunks=True)[4] == 2
+    assert _kd.layer_chunk_rows(n, widths[1], widths[2]) > 0
+    _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size="deep")
 
 
 @pytest.fixture
