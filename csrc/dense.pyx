@@ -121,12 +121,15 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.k_split = max(0.0, float(k_split))
 
 
-def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False):
+def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False,
+         bint chunks=True):
     """(tile_rows, tile_cols, tiles_down, tiles_across) for an r x c x k product (for tests);
     dx: the plan of an input-gradient product (tiles bounded by max_tile_elems); batch: the
-    output rows are the batch (a forward or dx product: row chunks apply to small layers)."""
-    cdef Py_ssize_t ch = chunk_rows(&_cfg, r, c, k) if (batch or dx) else 0
-    cdef Plan p = make_plan(&_cfg, r, c, k, _cfg.max_tile_elems if dx else 0, ch)
+    output rows are the batch (a forward or dx product: row chunks apply to small layers);
+    chunks=False: as fastnn.functional cuts it (no row chunks, unbounded dx tiles)."""
+    cdef DenseConfig cfg = _snapshot(chunks)
+    cdef Py_ssize_t ch = chunk_rows(&cfg, r, c, k) if (batch or dx) else 0
+    cdef Plan p = make_plan(&cfg, r, c, k, cfg.max_tile_elems if dx else 0, ch)
     return (p.tr, p.tc, p.nr, p.nc)
 
 
@@ -144,11 +147,17 @@ def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
 
 
 cdef inline DenseConfig _snapshot(bint chunks) noexcept:
-    """The configuration one call runs with; without `chunks`, small layers are not cut into
-    row chunks (chunk_rows in fastnn_dense.pxd)."""
+    """The configuration one call runs with. `chunks` asks for the layer API's (and the
+    network step kernel's) cut; without it (fastnn.functional), small layers are not cut into
+    row chunks (chunk_rows in fastnn_dense.pxd), and input-gradient tiles are not bounded by
+    max_tile_elems: that bound keeps the step kernel's per-thread dx scratch tile small, and
+    fastnn.functional writes dx straight into its result. (3072-100-10, batch 200: the first
+    layer's dx, 200 x 3072 with inner 100, in 16 tiles of 200 x 192 or 2 of 200 x 1536; its
+    affine_relu_backward 1568 against 1364 us.)"""
     cdef DenseConfig cfg = _cfg
     if not chunks:
         cfg.chunk_min_rows = 0
+        cfg.max_tile_elems = 0
     return cfg
 
 
@@ -159,10 +168,10 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     z receives x @ w + b; otherwise z may be None. avec: prelu's per-unit alpha, else None.
     x (N, D), w (D, M), b (M,), y and z (N, M); D >= 1.
 
-    chunks: a small layer runs in row chunks, as in the network step kernel (the layer API
-    asks for this, so that a model trained layer by layer gets the whole-step kernel's
-    numbers; fastnn.functional does not: the chunks cost it a few BLAS calls and buy nothing
-    on one thread)."""
+    chunks: cut the products as the network step kernel does (_snapshot): a small layer runs
+    in row chunks, and dx tiles are bounded (the layer API asks for this, so that a model
+    trained layer by layer gets the whole-step kernel's numbers; fastnn.functional does not:
+    the chunks cost it a few BLAS calls and buy nothing on one thread)."""
     cdef DenseConfig cfg = _snapshot(chunks)
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint keep = keeps_pre(op)

@@ -1379,6 +1379,26 @@ def test_dx_tile_bound_leaves_other_products_alone():
     assert tr * tc <= bound and nr * nc >= 1024 * 512 // bound
 
 
+def test_functional_dx_tiles_are_not_bounded():
+    """The bound is for the step kernel's per-thread dx scratch tile: the layer API (which must
+    give the step kernel's numbers) keeps it, fastnn.functional (which writes dx straight
+    into its result) cuts dx products by their flops alone. 3072-100-10's first layer: 16
+    tiles against 2."""
+    from fastnn._kernels import dense as _kd
+
+    saved = _kd.tile_params()
+    _kd.set_tile_params(tile_cores=2)   # (the plan measured; 16-CPU tiles are smaller anyway)
+    try:
+        bound = _kd.tile_params()["max_tile_elems"]
+        tr, tc, nr, nc = _kd.plan(200, 3072, 100, dx=True)
+        assert tr * tc <= bound and nr * nc >= 200 * 3072 // bound
+        assert _kd.plan(200, 3072, 100, dx=True, chunks=False) == _kd.plan(200, 3072, 100)
+        tr, tc, nr, nc = _kd.plan(200, 3072, 100, dx=True, chunks=False)
+        assert tr * tc > bound and nr * nc == 2
+    finally:
+        _kd.set_tile_params(**saved)
+
+
 def test_train_step_fast_paths_keep_every_check():
     """train_step's fast paths (an X or y already as the kernel takes it, a step already built
     for this batch size) skip only work whose outcome is known: a wrong width still gets the
