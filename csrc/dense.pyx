@@ -12,7 +12,8 @@
 # not: shared/PERFORMANCE.md.) The bias gradient sums fixed row blocks in a fixed order.
 #
 # Fusion: in forward, each tile's epilogue (bias, activation) runs right after the tile's product,
-# while it is in cache. In backward one threaded pass computes dz = dout * act'(saved) together
+# while it is in cache (a deep product, in two parts of its inner dimension, gets it in a second
+# pass, after the parts are added: forward_plan). In backward one threaded pass computes dz = dout * act'(saved) together
 # with the bias (and PReLU alpha) gradient partials; then the dx and dw products run as one list
 # of tiles. The machinery itself is in fastnn_dense.pxd, shared with the network step kernel.
 from cython cimport floating
@@ -133,9 +134,9 @@ def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=Fal
     return (p.tr, p.tc, p.nr, p.nc)
 
 
-def forward_plan_of(Py_ssize_t N, Py_ssize_t M, Py_ssize_t D, bint chunks=False):
+def forward_plan_of(Py_ssize_t N, Py_ssize_t M, Py_ssize_t D, bint chunks=True):
     """(tile_rows, tile_cols, tiles_down, tiles_across, parts, part_depth) of the forward
-    product N x M with inner D, as dense_forward cuts it (for tests)."""
+    product N x M with inner D, as dense_forward cuts it (for tests; chunks as in plan)."""
     cdef DenseConfig cfg = _snapshot(chunks)
     cdef Plan p = forward_plan(&cfg, N, M, D)
     return (p.tr, p.tc, p.nr, p.nc, p.kb, p.kd)

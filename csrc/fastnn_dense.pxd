@@ -32,6 +32,8 @@ cdef struct DenseConfig:
     Py_ssize_t tile_cores        # the CPUs the tiles are sized for (a power of two): set once at
                                  # import from the machine, never from the thread count
     Py_ssize_t max_tile_elems    # dx tiles are split further while they hold more outputs
+                                 # (the layer API and the step kernel, for its per-thread dx
+                                 # scratch; 0 in fastnn.functional's snapshot: no bound)
     double serial_flops          # products below this run as one serial BLAS call
     Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
     Py_ssize_t thin              # products with at most this many output rows or columns
@@ -41,8 +43,9 @@ cdef struct DenseConfig:
     Py_ssize_t chunk_rows_more   # in more chunks while each keeps at least this many rows,
     Py_ssize_t max_chunks        # up to this many (a power of two)
     double k_split               # a forward product whose inner dimension is at least this
-                                 # many times its larger output side runs in two halves of
-                                 # that dimension (0: never; see forward_plan)
+                                 # many times its larger output side, worth two tiles or
+                                 # more, runs in two parts of that dimension (0: never; see
+                                 # forward_plan)
 
 
 cdef struct Plan:
@@ -192,21 +195,23 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
 
 cdef inline Plan row_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t c, Py_ssize_t k,
                           Py_ssize_t max_elems=0) noexcept nogil:
-    """The plan of a product whose output rows are the batch (a forward, N x M with inner D,
-    or a dx, N x D with inner M): in row chunks when the layer runs in chunks."""
+    """The plan of a product whose output rows are the batch (a dx, N x D with inner M, or
+    the forward, N x M with inner D, of a layer that is not deep: forward_plan): in row chunks
+    when the layer runs in chunks."""
     return make_plan(g, N, c, k, max_elems, chunk_rows(g, N, c, k))
 
 
 cdef inline Plan forward_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M,
                               Py_ssize_t D) noexcept nogil:
     """The plan of a forward product (N x M, inner D): row_plan's, except for a deep product
-    (D at least k_split times the larger of N and M, worth two tiles or more, not in row
-    chunks), which runs in kb = 2 parts of its inner dimension, each over the whole output
-    cut into half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:], added in that order
-    (forward_parts_rows). Row or column tiles of such a product would each pack the whole of
-    its deep operand panel again (3072-100-10, batch 200: two 104-row tiles each pack all of
-    W, 1.2 MB); the parts pack each operand once and cost one N x M partial (forward_ws_elems)
-    and one pass over the output. Shape and tile_cores only, like every plan."""
+    (D at least k_split times the larger of N and M, worth two tiles or more, hence never a
+    layer in row chunks), which runs in kb = 2 parts of its inner dimension, each over the
+    whole output cut into half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:] (kd a
+    multiple of 16), added in that order (forward_parts_rows). Row or column tiles of such a
+    product would each pack the whole of its deep operand panel again (3072-100-10, batch
+    200: two 104-row tiles each pack all of W, 1.2 MB); two parts of one tile each (a 2-CPU
+    plan) pack each operand once, for one N x M partial (forward_ws_elems) and one pass
+    over the output. Shape and tile_cores only, like every plan."""
     cdef Py_ssize_t ch = chunk_rows(g, N, D, M), target
     cdef Plan p
     if ch == 0 and g.k_split > 0 and D >= 2 and D >= g.k_split * max(N, M):
@@ -393,7 +398,8 @@ cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating 
                                    int n_threads) noexcept nogil:
     """y = act(x @ w + b) (z = x @ w + b kept for leaky relu / prelu). N, M, D >= 1.
     ws: forward_ws_elems(N, D, M) elements (a deep product's partial; may be NULL when that
-    is 0). The caller holds the BLAS single-threaded (blas_enter)."""
+    is 0: without it a deep product runs in one part, which gives other numbers than the
+    layer path's). The caller holds the BLAS single-threaded (blas_enter)."""
     cdef bint keep = keeps_pre(op)
     cdef floating *dst = z if keep else y
     cdef Plan p = forward_plan(g, N, M, D)

@@ -18,7 +18,8 @@ from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
                            dx_into_act_tile, dx_scratch_need, dx_tile_need, chunk_rows,
-                           batch_chunk_rows, row_plan, forward_tile, forward_ws_elems,
+                           batch_chunk_rows, row_plan, forward_plan, forward_tile,
+                           forward_ws_elems,
                            wslot_elems, dw_chunk,
                            dw_chunk_dst, dw_in_turns, dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
@@ -65,7 +66,9 @@ cdef struct NetPlan:
     Py_ssize_t scratch_elems
     void *partial        # bias-gradient partial sums, per layer (each block zeroes its own row)
     void *apartial       # prelu slope partial sums (one layer at a time)
-    void *wslots         # weight-gradient partials of layers in row chunks (wslot_elems)
+    void *wslots         # weight-gradient partials of layers in row chunks (wslot_elems);
+                         # during the forward pass (which ends before any backward work
+                         # starts), a deep layer's partial (forward_ws_elems, at offset 0)
     void *targets        # binary losses: the labels as floats, N (else NULL)
     double *groups       # the loss's sums of groups of rows (loss_groups(N), fastnn_losses.pxd)
     unsigned char *hits  # the groups' counts of right predictions (a step that counts them),
@@ -194,13 +197,14 @@ cdef Py_ssize_t _chunk_tile_elems(NetPlan *P, const DenseConfig *cfg,
 cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
                          Py_ssize_t c) noexcept nogil:
     """The forward pass of chunk c's rows through every layer: the tiles of row c of each
-    layer's plan (row_plan), exactly as dense_forward_raw computes them."""
+    layer's plan (forward_plan: for a layer in row chunks, never in parts of its inner
+    dimension), exactly as dense_forward_raw computes them."""
     cdef int l
     cdef Py_ssize_t j, N = P.N
     cdef const floating *inp = X
     cdef Plan p
     for l in range(P.n_layers):
-        p = row_plan(cfg, N, P.fan_out[l], P.fan_in[l])
+        p = forward_plan(cfg, N, P.fan_out[l], P.fan_in[l])
         for j in range(p.nc):
             forward_tile(p, c * p.nc + j, P.op[l], keeps_pre(P.op[l]), N, P.fan_out[l],
                          P.fan_in[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],

@@ -282,8 +282,8 @@ class Dense(Layer):
 
     def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer):
         """Forward with activation `op` fused in (its own, or a following activation layer's)."""
-        # (in row chunks, as the whole-step kernel runs a small network: the same numbers
-        # whichever way a model trains)
+        # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
+        # bounded dx tiles; the same numbers whichever way a model trains)
         out, cache = _fd._forward(op, x, self.params["W"], self.params["b"], alpha,
                                   prelu_alpha if op == _ka.PRELU else None, chunks=True)
         self._cache = (cache, act_layer)

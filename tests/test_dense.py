@@ -272,8 +272,8 @@ def test_deep_forward_runs_in_parts():
     (n2, *rest), m2 = LARGE
     assert _kd.forward_plan_of(n2, m2, int(np.prod(rest)))[4] == 1
     assert 2.0 * 40 * 3 * 400 < _kd.tile_params()["serial_flops"] and _kd.layer_chunk_rows(40, 400, 3)
-    assert _kd.forward_plan_of(40, 3, 400, chunks=True)[4] == 1
-    assert _kd.forward_plan_of(40, 3, 400)[2:] == (1, 1, 1, 400)
+    assert _kd.forward_plan_of(40, 3, 400)[4] == 1
+    assert _kd.forward_plan_of(40, 3, 400, chunks=False)[2:] == (1, 1, 1, 400)
     saved = _kd.tile_params()
     _kd.set_tile_params(k_split=0)
     try:
@@ -287,7 +287,7 @@ def test_deep_forward_runs_in_parts():
 @pytest.mark.parametrize("name", SANDWICH_NAMES)
 def test_deep_forward_in_parts_is_close_to_one_part(name, dtype, rng):
     """The parts change only the order of the inner sum: the forward is within rounding of
-    the same product in one part (k_split = 0), and the backward does not change at all."""
+    the same product in one part (k_split = 0)."""
     sw = BY_NAME[name]
     (n, d), m = DEEP
     x, w, b, _ = _problem(rng, (n, d), m, dtype)
@@ -303,6 +303,29 @@ def test_deep_forward_in_parts_is_close_to_one_part(name, dtype, rng):
     tol = 8 * d * np.finfo(dtype).eps
     assert np.all(np.abs(out.astype(np.float64) - one) <= tol * scale)
     assert not np.array_equal(out, one)   # the parts did run: the sums are not the same
+
+
+# (x shape, M) at the edges of the parts: one row, one output (the gemv path), a depth just
+# above the first part's 16 (kd = 16, the second part one deep), depths 2 and 3 (kd = 1 and 2)
+DEEP_EDGES = [((1, 40), 3), ((5, 37), 1), ((3, 17), 2), ((1, 2), 1), ((2, 3), 1), ((4, 2, 9), 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_deep_forward_edges_in_parts(name, dtype, rng):
+    """With every product worth tiles and a low k_split, tiny deep products run in parts at
+    their edges (one row, one output, the shortest depths), against the reference, and
+    the same for 1, 2 and 3 threads."""
+    saved = _kd.tile_params()
+    _kd.set_tile_params(serial_flops=1, tile_flops=1, min_tile_rows=1, min_tile_cols=1, k_split=0.5)
+    try:
+        for shape in DEEP_EDGES:
+            (n, *rest), m = shape
+            assert _kd.forward_plan_of(n, m, int(np.prod(rest)), chunks=False)[4] == 2, shape
+            sw, (x, w, b, dout, alpha), _, _ = check_against_reference(name, dtype, shape, rng)
+            assert_thread_invariant(lambda: sw.fwd(x, w, b, alpha)[0])
+    finally:
+        _kd.set_tile_params(**saved)
 
 
 def check_against_reference(name, dtype, shape, rng, chunked=False):
@@ -568,7 +591,8 @@ def test_row_chunks_are_whole_groups_of_the_loss(settings):
 @pytest.mark.parametrize("name", SANDWICH_NAMES)
 def test_row_chunks_match_reference(name, dtype, rng):
     """A layer in row chunks (the layer API's way) against the reference. fastnn.functional
-    itself does not cut: its results are those of the kernels with chunks turned off."""
+    itself does not cut: its results are those of the kernels with chunks turned off (and
+    dx tiles unbounded, which changes nothing at this size: N x D < max_tile_elems)."""
     sw, (x, w, b, dout, alpha), _, _ = check_against_reference(name, dtype, CHUNKED, rng, chunked=True)
     fout, fcache = sw.fwd(x, w, b, alpha)
     fgrads = sw.bwd(dout, fcache)

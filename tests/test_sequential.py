@@ -867,13 +867,13 @@ FUSED_HIDDEN = {
 # rows, where the 40-input layer's chunks take turns adding theirs into the gradient instead
 # (more inputs than chunk rows: dw_in_turns), the others keep partials; four chunks (on 1, 2
 # or 3 threads) that all take turns; turns on a 3-output layer (one gemv per column:
-# Plan.thin, with the BLAS's beta = 1); and a deep first layer whose forward runs in two parts
-# of its inner dimension (forward_plan), its partial in the weight-gradient workspace, above
-# a layer in row chunks
+# Plan.thin, with the BLAS's beta = 1); a deep first layer whose forward runs in two parts of
+# its inner dimension (forward_plan), its partial in the weight-gradient workspace, below a
+# layer in row chunks; and a deep output layer with 3 outputs (its parts through gemv)
 FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10)),
                "chunked": (601, (5, 40, 30, 3)), "chunked-turns": (64, (5, 40, 30, 3)),
                "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (64, (20, 40, 3)),
-               "deep": (64, (3072, 16, 10))}
+               "deep": (64, (3072, 16, 10)), "deep-thin-last": (256, (20, 4096, 3))}
 
 
 def _fused_model(hidden, widths, dtype, dropout0=False):
@@ -956,16 +956,21 @@ def test_step_kernel_fused_backward_is_thread_invariant(hidden, dtype):
     _tiled_training_is_thread_invariant(hidden, seed=4, steps=3, dtype=dtype)
 
 
+@pytest.mark.parametrize("size,deep", [("deep", 0), ("deep-thin-last", 1)])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
-def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype):
-    """The "deep" network: its first layer's forward runs in two parts of the inner dimension
-    (shared by 2 threads), summed into the output, the same for 1, 2 and 3 threads."""
+def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype, size, deep):
+    """The "deep" networks: one layer's forward runs in two parts of the inner dimension
+    (shared by 2 threads), summed into the output, the same for 1, 2 and 3 threads; below a
+    layer in row chunks, or as a 3-output layer (the gemv path in each part)."""
     from fastnn._kernels import dense as _kd
 
-    n, widths = FUSED_SIZES["deep"]
-    assert _kd.forward_plan_of(n, widths[1], widths[0], chunks=True)[4] == 2
-    assert _kd.layer_chunk_rows(n, widths[1], widths[2]) > 0
-    _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size="deep")
+    n, widths = FUSED_SIZES[size]
+    assert _kd.forward_plan_of(n, widths[deep + 1], widths[deep])[4] == 2
+    if size == "deep":
+        assert _kd.layer_chunk_rows(n, widths[1], widths[2]) > 0
+    else:   # (gemv in each part, unless the BLAS has small-matrix kernels: thin = 0)
+        assert widths[-1] <= _kd.tile_params()["thin"] or _kd.tile_params()["thin"] == 0
+    _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size=size)
 
 
 @pytest.fixture

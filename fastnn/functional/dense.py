@@ -49,7 +49,8 @@ class DenseCache:
         self.alpha_shape = alpha_shape
         self.extra = extra
         self.alpha_src = None
-        self.chunks = False   # the forward ran a small layer in row chunks (the layer API)
+        self.chunks = False   # the forward cut its products as the step kernel does (the layer
+                              # API: small layers in row chunks, bounded dx tiles)
 
 
 def _check_dim(value, what):
@@ -128,7 +129,8 @@ def _fast_forward(op, x, w, b, alpha, chunks=False):
 
 
 def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
-    """chunks: run a small layer in row chunks (the layer API; see _kd.dense_forward)."""
+    """chunks: cut the products as the step kernel does (the layer API: small layers in row
+    chunks, bounded dx tiles; see _kd.dense_forward)."""
     if op != _ka.PRELU:
         res = _fast_forward(op, x, w, b, alpha, chunks)
         if res is not None:
