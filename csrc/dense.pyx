@@ -13,9 +13,10 @@
 #
 # Fusion: in forward, each tile's epilogue (bias, activation) runs right after the tile's product,
 # while it is in cache (a deep product, in two parts of its inner dimension, gets it in a second
-# pass, after the parts are added: forward_plan). In backward one threaded pass computes dz = dout * act'(saved) together
-# with the bias (and PReLU alpha) gradient partials; then the dx and dw products run as one list
-# of tiles. The machinery itself is in fastnn_dense.pxd, shared with the network step kernel.
+# pass, after the parts are added: forward_plan). In backward one threaded pass computes
+# dz = dout * act'(saved) together with the bias (and PReLU alpha) gradient partials; then the dx
+# and dw products run as one list of tiles. The machinery itself is in fastnn_dense.pxd, shared
+# with the network step kernel.
 from cython cimport floating
 from libc.stdlib cimport free, malloc
 import numpy as np
@@ -55,10 +56,10 @@ _cfg.chunk_min_rows = 16
 _cfg.chunk_rows_more = 128
 _cfg.max_chunks = 16
 # A forward product at least this many times deeper than its larger output side runs in two
-# halves of its inner dimension (forward_plan). 3072-100-10, batch 200, 2 threads: the first
-# layer's forward 627-639 us as two 104-row tiles, 559-572 us as two halves; the step 6% faster.
-# 784 x 512 at 128 rows (depth 1.5x) gains nothing from halves (one thread: 450 us against 455
-# for column halves), so the bar is well above it.
+# parts of its inner dimension (forward_plan). 3072-100-10, batch 200, 2 threads: the first
+# layer's forward 627-639 us as two 104-row tiles, 559-572 us as two parts; the step 5-6%
+# faster. 784-512-512-10 (128), whose products are 1-1.5x deeper than wide, gained nothing
+# with k_split = 1 (1996 against 2001 us per step), so the bar is well above them.
 _cfg.k_split = 4.0
 
 
