@@ -19,9 +19,8 @@ from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense
                            backward_pass1, backward_products, backward_block, dx_into_act,
                            dx_into_act_tile, dx_scratch_need, dx_tile_need, chunk_rows,
                            batch_chunk_rows, row_plan, forward_plan, forward_tile,
-                           forward_ws_elems,
-                           wslot_elems, dw_chunk,
-                           dw_chunk_dst, dw_in_turns, dw_sum_chunks, sum_block_partials)
+                           forward_ws_elems, wslot_elems, dw_chunk, dw_chunk_dst, dw_in_turns,
+                           dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, loss_rows, loss_total, loss_groups, check_labels)
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
