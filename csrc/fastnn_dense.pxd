@@ -352,11 +352,11 @@ cdef inline void forward_parts_rows(Plan p, Py_ssize_t i0, Py_ssize_t rows, int 
                                     floating *dst, floating *y, const floating *ws,
                                     double alpha, const floating *ap) noexcept nogil:
     """Rows i0 .. i0 + rows of a forward product in parts: dst += each later part, in part
-    order, then forward_tile's epilogue (bias, activation) on those rows."""
-    cdef Py_ssize_t part, i
+    order, then forward_tile's epilogue (bias, activation) on those rows. (The rows are
+    contiguous: one element-wise add of rows * M elements per part.)"""
+    cdef Py_ssize_t part
     for part in range(1, p.kb):
-        for i in range(i0, i0 + rows):
-            add_into_rows(ws + (part - 1) * N * M + i * M, M, 1, dst + i * M, M)
+        add_into_rows(ws + (part - 1) * N * M + i0 * M, rows * M, 1, dst + i0 * M, rows * M)
     if keep:
         bias_act_keep_rows(op, dst + i0 * M, b, y + i0 * M, M, rows, M, alpha, ap)
     else:

@@ -1443,7 +1443,9 @@ def test_train_step_fast_paths_keep_every_check():
     assert np.isfinite([m.train_step(X, y, "softmax", part) for _ in range(3)]).all()
     assert m._compiled_step(X, SoftmaxCrossEntropy(), part) is None
     assert int_labels(y, 40) is y                      # already what the kernel takes
-    assert int_labels(ylong[::2], 40) is not ylong     # strided: a contiguous copy
+    strided = ylong[::2]
+    copied = int_labels(strided, 40)                   # strided: a contiguous copy
+    assert copied is not strided and copied.flags.c_contiguous and np.array_equal(copied, y)
     with pytest.raises(ValueError, match="shape"):
         int_labels(y, 41)
 
