@@ -24,7 +24,7 @@ import numpy as np
 from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
                            blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
-                           chunk_rows, dense_forward_raw,
+                           chunk_rows, dense_forward_raw, gemm,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            wslot_elems)
 
@@ -146,6 +146,52 @@ def forward_plan_of(Py_ssize_t N, Py_ssize_t M, Py_ssize_t D, bint chunks=True):
 def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
     """Rows per chunk of a layer N x D -> M (0: it does not run in chunks). For tests/bench."""
     return chunk_rows(&_cfg, N, D, M)
+
+
+def gemm_seconds(r, c, k, bint trans_a=False, bint trans_b=False, reps=1, dtype=np.float32):
+    """Time the kernels' own product (gemm in fastnn_dense.pxd: one BLAS call, or one gemv per
+    output row or column for a thin product) of C = op(A) @ op(B), C r x c, inner k, on this
+    thread with the BLAS held to one thread: reps calls back to back, without the GIL. Returns
+    (seconds per call, C, A, B), A and B as stored (A is k x r when trans_a, B is c x k when
+    trans_b), filled from a fixed seed. For bench/ceiling.py and its tests; not public API."""
+    cdef Py_ssize_t r_, c_, k_, n, i
+    cdef object dt = np.dtype(dtype)
+    if dt != np.float32 and dt != np.float64:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    for name, v in (("r", r), ("c", c), ("k", k), ("reps", reps)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+        if v < 1:
+            raise ValueError(f"{name} must be at least 1, got {v}")
+    if max(r * k, k * c, r * c) > 2**31 - 1:
+        raise ValueError(f"r, c and k give an operand of more than 2**31 - 1 elements")
+    r_, c_, k_, n = r, c, k, reps
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((k_, r_) if trans_a else (r_, k_)).astype(dt)
+    B = rng.standard_normal((c_, k_) if trans_b else (k_, c_)).astype(dt)
+    C = np.zeros((r_, c_), dt)
+    import time
+    blas_enter(&_cfg)
+    try:
+        t0 = time.perf_counter()
+        if dt == np.float32:
+            _gemm_loop[float](A, B, C, trans_a, trans_b, r_, c_, k_, n)
+        else:
+            _gemm_loop[double](A, B, C, trans_a, trans_b, r_, c_, k_, n)
+        t1 = time.perf_counter()
+    finally:
+        blas_exit(&_cfg)
+    return (t1 - t0) / n, C, A, B
+
+
+cdef void _gemm_loop(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
+                     bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                     Py_ssize_t reps) noexcept:
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(reps):
+            gemm(trans_a, trans_b, r, c, k, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
+                 &C[0, 0], c, _cfg.thin, False)
 
 
 cdef inline DenseConfig _snapshot(bint chunks) noexcept:

@@ -777,6 +777,37 @@ def test_thin_products_threads_bitwise_identical(shape, dtype, rng):
     assert_thread_invariant(run)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
+                                             (True, True)])
+@pytest.mark.parametrize("shape", [(16, 64, 64), (7, 5, 3), (300, 3, 100), (2, 40, 9), (1, 1, 1)],
+                         ids=str)
+def test_gemm_seconds_times_the_kernels_product(shape, trans_a, trans_b, dtype):
+    """bench/ceiling.py's timer runs the kernels' own product (thin shapes: the gemv path):
+    C = op(A) @ op(B) against NumPy, with A and B as returned (stored transposed for a flag)."""
+    r, c, k = shape
+    t, C, A, B = _kd.gemm_seconds(r, c, k, trans_a, trans_b, reps=3, dtype=dtype)
+    assert t > 0
+    assert A.shape == ((k, r) if trans_a else (r, k)) and B.shape == ((c, k) if trans_b else (k, c))
+    assert C.shape == (r, c) and C.dtype == dtype and A.dtype == dtype and B.dtype == dtype
+    ref = (A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B).astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(C, ref, rtol=tol, atol=tol * np.sqrt(k))
+    assert not np.array_equal(C, 0)
+
+
+def test_gemm_seconds_rejects_bad_arguments():
+    for kw, exc, word in [(dict(r=0), ValueError, "r"), (dict(c=-1), ValueError, "c"),
+                          (dict(k=0), ValueError, "k"), (dict(reps=0), ValueError, "reps"),
+                          (dict(r=2.0), TypeError, "r"), (dict(reps=True), TypeError, "reps"),
+                          (dict(dtype=np.int32), TypeError, "dtype"),
+                          (dict(r=2**16, c=2**16), ValueError, "2\\*\\*31")]:
+        args = dict(r=2, c=3, k=4)
+        args.update(kw)
+        with pytest.raises(exc, match=word):
+            _kd.gemm_seconds(**args)
+
+
 # ============================================================================ threads
 @pytest.mark.parametrize("shape", [LARGE, DEEP], ids=["large", "deep"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
