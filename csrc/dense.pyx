@@ -18,7 +18,11 @@
 # and dw products run as one list of tiles. The machinery itself is in fastnn_dense.pxd, shared
 # with the network step kernel.
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
+import operator
+import time
+
 import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, keeps_pre
@@ -148,50 +152,89 @@ def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
     return chunk_rows(&_cfg, N, D, M)
 
 
-def gemm_seconds(r, c, k, bint trans_a=False, bint trans_b=False, reps=1, dtype=np.float32):
+def gemm_seconds(r, c, k, trans_a=False, trans_b=False, reps=1, dtype=np.float32,
+                 accumulate=False, concurrent=1):
     """Time the kernels' own product (gemm in fastnn_dense.pxd: one BLAS call, or one gemv per
-    output row or column for a thin product) of C = op(A) @ op(B), C r x c, inner k, on this
-    thread with the BLAS held to one thread: reps calls back to back, without the GIL. Returns
-    (seconds per call, C, A, B), A and B as stored (A is k x r when trans_a, B is c x k when
-    trans_b), filled from a fixed seed. For bench/ceiling.py and its tests; not public API."""
-    cdef Py_ssize_t r_, c_, k_, n, i
-    cdef object dt = np.dtype(dtype)
+    output row or column for a thin product) of C = op(A) @ op(B), C r x c, inner k, with the
+    BLAS held to one thread: reps calls back to back, without the GIL. Returns (seconds per
+    call, C, A, B); A and B as stored (A is k x r when trans_a, B is c x k when trans_b),
+    filled from a fixed seed.
+
+    accumulate: each call adds its product into C (beta = 1), so C ends as reps times the
+    product (what the tests count the calls with); otherwise each call overwrites C.
+    concurrent: that many OpenMP threads make the reps calls at the same time, each into a C
+    of its own (C is then concurrent x r x c); seconds per call is the wall time over reps.
+    This shows what calls cost one another (OpenBLAS serializes part of each call: README).
+    Without OpenMP the threads' calls run one after another.
+
+    For bench/ceiling.py and its tests; not public API. reps calls are not interruptible."""
+    cdef Py_ssize_t r_, c_, k_, n, nt
+    if dtype is None:
+        raise TypeError("dtype must be float32 or float64, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from e
     if dt != np.float32 and dt != np.float64:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    for name, v in (("r", r), ("c", c), ("k", k), ("reps", reps)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+    for name, v in (("trans_a", trans_a), ("trans_b", trans_b), ("accumulate", accumulate)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    vals = {}
+    for name, v, hi in (("r", r, 2**31 - 1), ("c", c, 2**31 - 1), ("k", k, 2**31 - 1),
+                        ("reps", reps, 2**31 - 1), ("concurrent", concurrent, 256)):
+        if isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-        if v < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
-    if max(r * k, k * c, r * c) > 2**31 - 1:
-        raise ValueError(f"r, c and k give an operand of more than 2**31 - 1 elements")
-    r_, c_, k_, n = r, c, k, reps
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {type(v).__name__}") from None
+        if v < 1 or v > hi:
+            raise ValueError(f"{name} must be between 1 and {hi}, got {v}")
+        vals[name] = v
+    if max(vals["r"] * vals["k"], vals["k"] * vals["c"],
+           vals["r"] * vals["c"] * vals["concurrent"]) > 2**31 - 1:
+        raise ValueError("r, c, k and concurrent give an array of more than 2**31 - 1 elements")
+    r_, c_, k_, n, nt = vals["r"], vals["c"], vals["k"], vals["reps"], vals["concurrent"]
     rng = np.random.default_rng(0)
     A = rng.standard_normal((k_, r_) if trans_a else (r_, k_)).astype(dt)
     B = rng.standard_normal((c_, k_) if trans_b else (k_, c_)).astype(dt)
-    C = np.zeros((r_, c_), dt)
-    import time
+    C = np.zeros((nt, r_, c_), dt)
     blas_enter(&_cfg)
     try:
         t0 = time.perf_counter()
         if dt == np.float32:
-            _gemm_loop[float](A, B, C, trans_a, trans_b, r_, c_, k_, n)
+            _gemm_loop[float](A, B, C, bool(trans_a), bool(trans_b), r_, c_, k_, n,
+                              bool(accumulate), <int>nt)
         else:
-            _gemm_loop[double](A, B, C, trans_a, trans_b, r_, c_, k_, n)
+            _gemm_loop[double](A, B, C, bool(trans_a), bool(trans_b), r_, c_, k_, n,
+                               bool(accumulate), <int>nt)
         t1 = time.perf_counter()
     finally:
         blas_exit(&_cfg)
-    return (t1 - t0) / n, C, A, B
+    return (t1 - t0) / n, (C[0] if nt == 1 else C), A, B
 
 
-cdef void _gemm_loop(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
-                     bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
-                     Py_ssize_t reps) noexcept:
+cdef void _gemm_calls(const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
+                      floating *C, bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c,
+                      Py_ssize_t k, Py_ssize_t reps, bint acc) noexcept nogil:
     cdef Py_ssize_t i
+    for i in range(reps):
+        gemm(trans_a, trans_b, r, c, k, A, lda, B, ldb, C, c, _cfg.thin, acc)
+
+
+cdef void _gemm_loop(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, :, ::1] C,
+                     bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                     Py_ssize_t reps, bint acc, int nt) noexcept:
+    cdef int t
     with nogil:
-        for i in range(reps):
-            gemm(trans_a, trans_b, r, c, k, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
-                 &C[0, 0], c, _cfg.thin, False)
+        if nt == 1:
+            _gemm_calls(&A[0, 0], A.shape[1], &B[0, 0], B.shape[1], &C[0, 0, 0], trans_a,
+                        trans_b, r, c, k, reps, acc)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _gemm_calls(&A[0, 0], A.shape[1], &B[0, 0], B.shape[1], &C[t, 0, 0], trans_a,
+                            trans_b, r, c, k, reps, acc)
 
 
 cdef inline DenseConfig _snapshot(bint chunks) noexcept:

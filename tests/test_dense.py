@@ -777,14 +777,17 @@ def test_thin_products_threads_bitwise_identical(shape, dtype, rng):
     assert_thread_invariant(run)
 
 
+GEMM_TIMED = [(16, 64, 64), (7, 5, 3), (300, 3, 100), (2, 40, 9), (1, 1, 1)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
                                              (True, True)])
-@pytest.mark.parametrize("shape", [(16, 64, 64), (7, 5, 3), (300, 3, 100), (2, 40, 9), (1, 1, 1)],
-                         ids=str)
+@pytest.mark.parametrize("shape", GEMM_TIMED, ids=str)
 def test_gemm_seconds_times_the_kernels_product(shape, trans_a, trans_b, dtype):
     """bench/ceiling.py's timer runs the kernels' own product (thin shapes: the gemv path):
-    C = op(A) @ op(B) against NumPy, with A and B as returned (stored transposed for a flag)."""
+    C = op(A) @ op(B) against NumPy, with A and B as returned (stored transposed for a flag);
+    with accumulate, C is reps times the product, so every one of the reps calls ran."""
     r, c, k = shape
     t, C, A, B = _kd.gemm_seconds(r, c, k, trans_a, trans_b, reps=3, dtype=dtype)
     assert t > 0
@@ -794,18 +797,46 @@ def test_gemm_seconds_times_the_kernels_product(shape, trans_a, trans_b, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(C, ref, rtol=tol, atol=tol * np.sqrt(k))
     assert not np.array_equal(C, 0)
+    _, C3, _, _ = _kd.gemm_seconds(r, c, k, trans_a, trans_b, reps=3, dtype=dtype,
+                                   accumulate=True)
+    np.testing.assert_allclose(C3, 3 * ref, rtol=3 * tol, atol=3 * tol * np.sqrt(k))
 
 
-def test_gemm_seconds_rejects_bad_arguments():
-    for kw, exc, word in [(dict(r=0), ValueError, "r"), (dict(c=-1), ValueError, "c"),
-                          (dict(k=0), ValueError, "k"), (dict(reps=0), ValueError, "reps"),
-                          (dict(r=2.0), TypeError, "r"), (dict(reps=True), TypeError, "reps"),
-                          (dict(dtype=np.int32), TypeError, "dtype"),
-                          (dict(r=2**16, c=2**16), ValueError, "2\\*\\*31")]:
-        args = dict(r=2, c=3, k=4)
-        args.update(kw)
-        with pytest.raises(exc, match=word):
-            _kd.gemm_seconds(**args)
+@pytest.mark.parametrize("shape", GEMM_TIMED, ids=str)
+def test_gemm_seconds_concurrent_calls(shape):
+    """concurrent threads each compute the product into their own C, all the same bits (one
+    tile computed by any thread), each after all of its own reps calls."""
+    r, c, k = shape
+    _, C, A, B = _kd.gemm_seconds(r, c, k, False, True, reps=4, concurrent=3, accumulate=True)
+    assert C.shape == (3, r, c)
+    ref = A.astype(np.float64) @ B.T.astype(np.float64)
+    np.testing.assert_allclose(C[0], 4 * ref, rtol=4e-5, atol=4e-5 * np.sqrt(k))
+    assert_same_bits(C[1], C[0])
+    assert_same_bits(C[2], C[0])
+
+
+@pytest.mark.parametrize("kw,exc,msg", [
+    (dict(r=0), ValueError, "^r must"), (dict(c=-1), ValueError, "^c must"),
+    (dict(k=0), ValueError, "^k must"), (dict(reps=0), ValueError, "^reps must"),
+    (dict(reps=2**70), ValueError, "^reps must"),
+    (dict(concurrent=0), ValueError, "^concurrent must"),
+    (dict(concurrent=1000), ValueError, "^concurrent must"),
+    (dict(r=2.0), TypeError, "^r must"), (dict(reps=True), TypeError, "^reps must"),
+    (dict(k=np.bool_(True)), TypeError, "^k must"), (dict(c="3"), TypeError, "^c must"),
+    (dict(dtype=np.int32), TypeError, "^dtype must"), (dict(dtype="foo"), TypeError, "^dtype must"),
+    (dict(dtype=None), TypeError, "^dtype must"),
+    (dict(trans_a="no"), TypeError, "^trans_a must"), (dict(trans_b=1), TypeError, "^trans_b must"),
+    (dict(accumulate=np.zeros(2)), TypeError, "^accumulate must"),
+    (dict(r=2**16, c=2**16), ValueError, "more than 2"),
+    # NumPy integers whose products would wrap around in their own type
+    (dict(r=np.int32(2**16), c=np.int32(2**16)), ValueError, "more than 2"),
+    (dict(r=np.int32(2**16), c=np.int32(2**15), concurrent=2), ValueError, "more than 2"),
+], ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(map(str, v)))
+def test_gemm_seconds_rejects_bad_arguments(kw, exc, msg):
+    args = dict(r=2, c=3, k=4)
+    args.update(kw)
+    with pytest.raises(exc, match=msg):
+        _kd.gemm_seconds(**args)
 
 
 # ============================================================================ threads
