@@ -3,33 +3,41 @@
 targets (README, "How fast a step can be here").
 
     python3 bench/ceiling.py [--rounds R] [--min-time S] [--threads T] [--large] [--no-torch]
+    python3 bench/ceiling.py --quick      # a smoke run: one short round, the small networks
 
 A step of a fully connected network is mostly matrix products, and fastnn hands each of them to
-SciPy's BLAS (no GEMM of its own). So no implementation that computes a step's products with this
-BLAS on T cores can take less than:
+SciPy's BLAS (no GEMM of its own). Two floors under the time of a step that computes its
+products with this BLAS, with the kernels it runs now (OPENBLAS_CORETYPE), on T cores:
 
-- peak: the step's FLOPs at T times the one-core rate of a 2048 x 2048 x 2048 product (the most
-  one core does with this BLAS);
+- peak: the step's FLOPs at T times the best one-core rate measured in the run (a 2048^3
+  product, or any of the networks' own products if faster). No code can run the products
+  faster than the cores' best rate with these kernels, so this one holds for any way of
+  cutting the work, up to the noise of that measured rate.
 - products: the step's products, each timed whole (the whole batch, one BLAS call) on one
   thread, summed and divided by T: every product at the rate the BLAS has at its own shape,
   the work shared perfectly, and nothing else (element-wise passes, the loss, the update,
   Python) costing anything. Cutting a product into tiles for T threads does not make its
-  packing cheaper, so at these sizes this is close to a bound too; for the small networks it
-  is not (a tiny product's fixed cost is paid again by each tile), and their real floor is
-  higher.
+  packing cheaper, so for the large networks this is close to a floor too. For the small
+  networks it is not: each tile pays a tiny product's fixed cost again, so their real floor
+  is higher. (Thin products take fastnn's own gemv path, as in the kernels.)
+
+Both floors use the fastest round of each measurement (a floor should be optimistic); the steps
+use the median of the rounds, as `python -m fastnn bench`.
 
 The layer API's step computes every layer's forward and weight gradient and the input gradient
-of every layer above the first. The course-style step (fastnn.functional, as the NumPy
-reference) also computes the first layer's input gradient, which course code throws away.
+of every layer above the first (as PyTorch's, whose input needs no gradient). The course-style
+step (fastnn.functional, as the NumPy reference) also computes the first layer's input
+gradient, which course code throws away.
 
-The script times, interleaved and as medians of R rounds (as `python -m fastnn bench`), the
-layer API's step, the course-style functional step, the NumPy reference step and PyTorch's
-(when installed), and prints for each network the two bounds and the largest speedup each
-allows against NumPy and PyTorch, beside what fastnn reaches and the README's target. A target
-above the "peak" speedup cannot be met by any implementation that computes these products with
-this BLAS on these cores, the NumPy reference included.
+For each network the script times, interleaved in each of R rounds, the layer API's step, the
+course-style functional step, the NumPy reference step, PyTorch's (when installed), each of the
+step's products on one thread and the 2048^3 product; then it prints the two floors, the largest
+speedup each allows against NumPy and PyTorch ("most": their step time over the floor), what
+fastnn reaches and the README's target. Last, for T >= 2, what the products of a 16-row chunk
+of 64-64-64-10 cost on one thread alone and with T threads making the same calls at once.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -37,7 +45,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _benchutil import header_lines, now  # noqa: E402  (also puts the repo on sys.path)
+from _benchutil import cpus, header_lines, now  # noqa: E402  (also puts the repo on sys.path)
 
 # (layer widths, batch, layer API target vs NumPy, vs PyTorch, functional target vs NumPy):
 # the targets of the README's step table (None: a roofline target, not a speedup)
@@ -49,6 +57,7 @@ NETWORKS = [
     ((784, 512, 512, 10), 1024, None, None, 1.2),
 ]
 LARGE = [((4096, 4096, 4096, 1000), 256, None, None, None)]
+PEAK = (2048, 2048, 2048, False, False)
 
 
 def step_products(dims, n, first_dx):
@@ -69,20 +78,21 @@ def product_flops(products):
     return sum(2.0 * r * c * k for r, c, k, _, _ in products)
 
 
-def one_thread_seconds(shape, min_time):
-    """A product's seconds per call on one thread: gemm_seconds, enough calls back to back to
-    fill min_time (after one call that also warms up)."""
+def one_thread_seconds(shape, min_time, concurrent=1):
+    """A product's seconds per call on one thread (or with `concurrent` threads making the
+    calls at once): gemm_seconds, enough calls back to back to fill min_time, after one call
+    that also warms up."""
     from fastnn._kernels import dense as _kd
 
     r, c, k, ta, tb = shape
-    per = _kd.gemm_seconds(r, c, k, ta, tb, 1)[0]
-    reps = max(1, int(min_time / max(per, 1e-9)))
-    return _kd.gemm_seconds(r, c, k, ta, tb, reps)[0]
+    per = _kd.gemm_seconds(r, c, k, ta, tb, 1)[0]   # (one thread: a parallel region's start
+    reps = max(1, int(min_time / max(per, 1e-9)))   # would make the count too small)
+    return _kd.gemm_seconds(r, c, k, ta, tb, reps, concurrent=concurrent)[0]
 
 
-def bounds(products, seconds, peak_rate, threads):
-    """(flops, peak bound, products bound) in seconds of a step's products, given each product
-    shape's one-thread seconds and the one-core peak rate (FLOP/s)."""
+def floors(products, seconds, peak_rate, threads):
+    """(flops, peak floor, products floor), the floors in seconds, of a step's products given
+    each product shape's one-thread seconds and the one-core peak rate (FLOP/s)."""
     flops = product_flops(products)
     return flops, flops / (peak_rate * threads), sum(seconds[p] for p in products) / threads
 
@@ -96,6 +106,45 @@ def _x(v):
     return "" if v is None else f"{v:.2f}x"
 
 
+def _most(t, pk, pr):
+    return _x(t / pk) + " / " + _x(t / pr)
+
+
+def _blas_limit(n):
+    """A context holding every BLAS (NumPy's too, threadpoolctl) to n threads, or a null
+    context without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("(threadpoolctl not installed: NumPy's BLAS keeps its own thread count)")
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def measure(networks, rounds, min_time, torch, settle):
+    """Per network: the steps' median times, and each product's and the 2048^3 product's
+    fastest one-thread time, interleaved in each round."""
+    from fastnn import bench as fb
+
+    out = []
+    for dims, n, t_np, t_torch, t_func in networks:
+        runners, *_ = fb._make_runners(dims, n, np.float32, torch)
+        shapes = sorted(set(step_products(dims, n, True)) | {PEAK})
+        times = {k: [] for k in runners}
+        ptimes = {p: [] for p in shapes}
+        for _ in range(rounds):
+            for k, fn in runners.items():
+                time.sleep(settle)
+                times[k].append(fb._time(fn, min_time))
+            time.sleep(settle)
+            for p in shapes:
+                ptimes[p].append(one_thread_seconds(p, min_time / len(shapes)))
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        fastest = {p: float(np.min(v)) for p, v in ptimes.items()}
+        out.append((dims, n, t_np, t_torch, t_func, med, fastest))
+    return out
+
+
 def main(argv=None):
     import fastnn
     from fastnn import bench as fb
@@ -104,23 +153,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians)")
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
-    ap.add_argument("--threads", type=int, default=None, help="cores T (default: fastnn's threads)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="cores T (default: fastnn's threads); NumPy's BLAS and PyTorch get T too")
     ap.add_argument("--large", action="store_true", help="also the 4096-4096-4096-1000 (256) network")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--quick", action="store_true",
-                    help="one round, short measurements, the two small networks (a smoke run)")
+                    help="a smoke run: one round, short measurements, the two small networks "
+                         "(overrides --rounds, --min-time and --large)")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.min_time <= 0:
         ap.error("--min-time must be positive")
-    if args.threads is not None:
-        if args.threads < 1:
-            ap.error("--threads must be at least 1")
-        fastnn.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        ap.error("--threads must be at least 1")
     networks = NETWORKS + (LARGE if args.large else [])
     if args.quick:
         args.rounds, args.min_time, networks = 1, 0.002, NETWORKS[:2]
+    if args.threads is not None:
+        fastnn.set_num_threads(args.threads)
     threads = fastnn.get_num_threads()
     torch = None
     if not args.no_torch:
@@ -129,72 +180,67 @@ def main(argv=None):
 
             _torch.set_num_threads(threads)
             torch = _torch
-        except ImportError:
+        except Exception:   # not installed, or a broken install: run without it
             torch = None
 
-    started = now()
-    print("\n".join(header_lines(started=started)))
+    print("\n".join(header_lines(started=now())))
     print(f"PyTorch: {torch.__version__ if torch else 'not used'}; T = {threads} cores; "
           f"{args.rounds} rounds of {args.min_time} s measurements")
-    print("\nfloat32, ms per step; 'most' = the largest speedup a bound allows (peak / products)")
+    if threads > cpus():
+        print(f"WARNING: T = {threads} threads on {cpus()} CPUs: the floors assume T cores")
+    if not _kd.blas_thread_control():
+        print("WARNING: fastnn found no thread control for SciPy's BLAS, so the one-thread "
+              "timings may have run on several threads: the floors are not floors")
+    with (_blas_limit(threads) if args.threads is not None else contextlib.nullcontext()):
+        data = measure(networks, args.rounds, args.min_time, torch,
+                       0.0 if args.quick else fb.SETTLE)
+    # the one-core peak: the best rate of any product measured, the 2048^3 one included
+    peak_rate = max(2.0 * r * c * k / t for *_, fastest in data
+                    for (r, c, k, _, _), t in fastest.items())
+    print(f"one-core peak (the best rate of any product measured): {peak_rate / 1e9:.1f} GFLOP/s; "
+          f"T cores at that rate: {threads * peak_rate / 1e9:.0f} GFLOP/s")
+    print("\nfloat32, ms per step; 'most' = the largest speedup a floor allows (peak / products)")
 
-    rows, best = [], 0.0
-    for dims, n, t_np, t_torch, t_func in networks:
-        runners, *_ = fb._make_runners(dims, n, np.float32, torch)
-        layer_p = step_products(dims, n, False)
-        func_p = step_products(dims, n, True)
-        shapes = sorted(set(func_p))
-        times = {k: [] for k in runners}
-        ptimes = {p: [] for p in shapes}
-        peaks = []
-        settle = 0.0 if args.quick else fb.SETTLE
-        # the steps, the products one by one and the 2048^3 rate, side by side in each round
-        for _ in range(args.rounds):
-            for k, fn in runners.items():
-                time.sleep(settle)
-                times[k].append(fb._time(fn, args.min_time))
-            time.sleep(settle)
-            for p in shapes:
-                ptimes[p].append(one_thread_seconds(p, args.min_time / len(shapes)))
-            peaks.append(_kd.gemm_seconds(2048, 2048, 2048)[0])
-        med = {k: float(np.median(v)) for k, v in times.items()}
-        seconds = {p: float(np.median(v)) for p, v in ptimes.items()}
-        # the one-core peak: the 2048^3 product's rate, or a product's of the step if higher
-        peak_rate = max([2.0 * 2048**3 / float(np.median(peaks))]
-                        + [2.0 * r * c * k / seconds[(r, c, k, a, b)] for r, c, k, a, b in shapes])
-        best = max(best, peak_rate)
-        rows.append((dims, n, t_np, t_torch, t_func, med, peak_rate,
-                     bounds(layer_p, seconds, peak_rate, threads),
-                     bounds(func_p, seconds, peak_rate, threads)))
-
-    head = (f"{'network (batch)':<26}{'GFLOP':>7}{'peak':>8}{'products':>10}{'fastnn':>9}"
-            f"{'numpy':>9}{'torch':>9}   {'vs numpy: most':>17}{'fastnn':>8}{'target':>8}"
-            f"   {'vs torch: most':>17}{'fastnn':>8}{'target':>8}")
     print("\nlayer API step (Sequential.train_step)")
-    print(head)
-    for dims, n, t_np, t_torch, _, med, _, (fl, pk, pr), _ in rows:
-        name = "-".join(map(str, dims)) + f" ({n})"
+    print(f"{'network (batch)':<26}{'GFLOP':>7}{'peak':>8}{'products':>10}{'fastnn':>9}"
+          f"{'numpy':>9}{'torch':>9}   {'vs numpy: most':>17}{'fastnn':>8}{'target':>8}"
+          f"   {'vs torch: most':>17}{'fastnn':>8}{'target':>8}")
+    for dims, n, t_np, t_torch, _, med, fastest in data:
+        fl, pk, pr = floors(step_products(dims, n, False), fastest, peak_rate, threads)
         tt = med.get("torch")
-        line = (f"{name:<26}{fl / 1e9:>7.3f}{_fmt_ms(pk):>8}{_fmt_ms(pr):>10}"
-                f"{_fmt_ms(med['fastnn']):>9}{_fmt_ms(med['numpy']):>9}"
-                f"{_fmt_ms(tt) if tt else '':>9}   "
-                f"{_x(med['numpy'] / pk) + ' / ' + _x(med['numpy'] / pr):>17}"
-                f"{_x(med['numpy'] / med['fastnn']):>8}{_x(t_np):>8}   ")
+        line = (f"{'-'.join(map(str, dims)) + f' ({n})':<26}{fl / 1e9:>7.3f}{_fmt_ms(pk):>8}"
+                f"{_fmt_ms(pr):>10}{_fmt_ms(med['fastnn']):>9}{_fmt_ms(med['numpy']):>9}"
+                f"{_fmt_ms(tt) if tt else '':>9}   {_most(med['numpy'], pk, pr):>17}"
+                f"{_x(med['numpy'] / med['fastnn']):>8}{_x(t_np):>8}")
         if tt:
-            line += (f"{_x(tt / pk) + ' / ' + _x(tt / pr):>17}"
-                     f"{_x(tt / med['fastnn']):>8}{_x(t_torch):>8}")
+            line += f"   {_most(tt, pk, pr):>17}{_x(tt / med['fastnn']):>8}{_x(t_torch):>8}"
         print(line, flush=True)
+
     print("\ncourse-style step with fastnn.functional (the first layer's dx included)")
     print(f"{'network (batch)':<26}{'GFLOP':>7}{'peak':>8}{'products':>10}{'functional':>11}"
           f"{'numpy':>9}   {'vs numpy: most':>17}{'functional':>11}{'target':>8}")
-    for dims, n, _, _, t_func, med, _, _, (fl, pk, pr) in rows:
-        name = "-".join(map(str, dims)) + f" ({n})"
-        print(f"{name:<26}{fl / 1e9:>7.3f}{_fmt_ms(pk):>8}{_fmt_ms(pr):>10}"
-              f"{_fmt_ms(med['functional']):>11}{_fmt_ms(med['numpy']):>9}   "
-              f"{_x(med['numpy'] / pk) + ' / ' + _x(med['numpy'] / pr):>17}"
-              f"{_x(med['numpy'] / med['functional']):>11}{_x(t_func):>8}", flush=True)
-    print(f"\none-core peak (the best of the 2048^3 product and the steps' own): "
-          f"{best / 1e9:.1f} GFLOP/s")
+    for dims, n, _, _, t_func, med, fastest in data:
+        fl, pk, pr = floors(step_products(dims, n, True), fastest, peak_rate, threads)
+        print(f"{'-'.join(map(str, dims)) + f' ({n})':<26}{fl / 1e9:>7.3f}{_fmt_ms(pk):>8}"
+              f"{_fmt_ms(pr):>10}{_fmt_ms(med['functional']):>11}{_fmt_ms(med['numpy']):>9}   "
+              f"{_most(med['numpy'], pk, pr):>17}{_x(med['numpy'] / med['functional']):>11}"
+              f"{_x(t_func):>8}", flush=True)
+
+    if threads >= 2:
+        # what the small step's calls cost each other: T threads calling at the same time
+        print(f"\n64-64-64-10, the products of one 16-row chunk: us per call on one thread "
+              f"alone / with {threads} threads making the same calls at once (fastest of "
+              f"{args.rounds})")
+        total = [0.0, 0.0]
+        for p in step_products((64, 64, 64, 10), 16, False):
+            alone = min(one_thread_seconds(p, args.min_time / 8) for _ in range(args.rounds))
+            both = min(one_thread_seconds(p, args.min_time / 8, threads)
+                       for _ in range(args.rounds))
+            total[0] += alone
+            total[1] += both
+            print(f"  {p[0]:>4} x {p[1]:<4} inner {p[2]:<4}{' (x.T)' if p[3] else '':<7}"
+                  f"{' (w.T)' if p[4] else '':<7}{alone * 1e6:>7.2f} / {both * 1e6:.2f}")
+        print(f"  all eight{'':>26}{total[0] * 1e6:>7.2f} / {total[1] * 1e6:.2f}")
     return 0
 
 
