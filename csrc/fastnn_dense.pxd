@@ -363,6 +363,12 @@ cdef inline void forward_parts_rows(Plan p, Py_ssize_t i0, Py_ssize_t rows, int 
         bias_act_fwd_rows(op, y + i0 * M, M, rows, b, M, alpha, NULL)
 
 
+cdef inline Py_ssize_t rows_per_block(const DenseConfig *g, Py_ssize_t M) noexcept nogil:
+    """Rows per block of an element-wise pass over rows of M elements (row_block_elems)."""
+    cdef Py_ssize_t rb = g.row_block_elems // (M if M > 0 else 1)
+    return rb if rb > 0 else 1
+
+
 cdef inline void forward_in_parts(const DenseConfig *g, Plan p, int op, bint keep,
                                   const floating *x, const floating *w, const floating *b,
                                   floating *dst, floating *y, floating *ws, Py_ssize_t N,
@@ -372,7 +378,7 @@ cdef inline void forward_in_parts(const DenseConfig *g, Plan p, int op, bint kee
     then the sum of the parts and the epilogue over fixed row blocks (element-wise: any
     thread may take any block)."""
     cdef Py_ssize_t t, ntasks = p.kb * p.nr * p.nc
-    cdef Py_ssize_t rb = max(1, g.row_block_elems // M), blk, nblocks = cdiv(N, rb)
+    cdef Py_ssize_t rb = rows_per_block(g, M), blk, nblocks = cdiv(N, rb)
     cdef int nt = n_threads if n_threads < ntasks else <int>ntasks
     if nt <= 1:
         for t in range(ntasks):
@@ -424,11 +430,6 @@ cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating 
             forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
 
 
-cdef inline Py_ssize_t backward_rows_per_block(const DenseConfig *g, Py_ssize_t M) noexcept nogil:
-    cdef Py_ssize_t rb = g.row_block_elems // (M if M > 0 else 1)
-    return rb if rb > 0 else 1
-
-
 cdef inline Py_ssize_t backward_blocks(Py_ssize_t N, Py_ssize_t rb) noexcept nogil:
     """How many (M,) partial-sum rows dense_backward_raw needs for N rows in blocks of rb."""
     return cdiv(N, rb) if N > 0 else 1
@@ -437,9 +438,9 @@ cdef inline Py_ssize_t backward_blocks(Py_ssize_t N, Py_ssize_t rb) noexcept nog
 cdef inline Py_ssize_t bias_rows_per_block(const DenseConfig *g, Py_ssize_t N, Py_ssize_t D,
                                            Py_ssize_t M) noexcept nogil:
     """Rows per block of a layer's bias-gradient sums: its chunks when it runs in chunks (so
-    the blocks are the chunks), else backward_rows_per_block."""
+    the blocks are the chunks), else rows_per_block."""
     cdef Py_ssize_t ch = chunk_rows(g, N, D, M)
-    return ch if ch > 0 else backward_rows_per_block(g, M)
+    return ch if ch > 0 else rows_per_block(g, M)
 
 
 cdef inline bint dw_in_turns(Py_ssize_t ch, Py_ssize_t D) noexcept nogil:

@@ -180,7 +180,7 @@ cdef inline void loss_rows(int kind, Py_ssize_t r0, Py_ssize_t r1, const floatin
     i = r0
     while i < r1:
         rows = min(<Py_ssize_t>LOSS_PASS_ROWS, r1 - i)
-        ng = (rows + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
+        ng = loss_groups(rows)
         if hits != NULL:
             for g in range(ng):
                 end = min((g + 1) * LOSS_GROUP_ROWS, rows)
