@@ -206,8 +206,8 @@ static inline double fnn_prelu_bwd1_f64(double g, double s, double a)
  * dense epilogues (csrc/fastnn_ops.pxd mirrors these numbers). The switch on the op sits
  * outside each loop, so every case is a plain loop the compiler vectorizes.
  *
- * NaN rules follow NumPy: relu = np.maximum(x, 0) keeps NaN; backward multiplies dout by the
- * derivative, so NaN/Inf in dout behave as in `dout * (x > 0)`.
+ * NaN rules follow NumPy: relu = np.maximum(x, 0) keeps NaN and maps -0.0 to +0.0; backward
+ * multiplies dout by the derivative, so NaN/Inf in dout behave as in `dout * (x > 0)`.
  *
  * `saved` in backward is the forward OUTPUT for relu, sigmoid and tanh, and the forward
  * INPUT (pre-activation) for leaky relu and prelu. `avec` holds prelu's per-feature alpha
@@ -215,7 +215,7 @@ static inline double fnn_prelu_bwd1_f64(double g, double s, double a)
 enum { FNN_IDENTITY = 0, FNN_RELU = 1, FNN_LEAKY = 2, FNN_SIGMOID = 3, FNN_TANH = 4, FNN_PRELU = 5 };
 
 #define FNN_FWD_IDENTITY(SFX, T, v, i) (v)
-#define FNN_FWD_RELU(SFX, T, v, i)     (((v) < (T)0) ? (T)0 : (v))
+#define FNN_FWD_RELU(SFX, T, v, i)     (((v) <= (T)0) ? (T)0 : (v))
 #define FNN_FWD_LEAKY(SFX, T, v, i)    (((v) > (T)0) ? (v) : alpha * (v))
 #define FNN_FWD_SIGMOID(SFX, T, v, i)  fnn_sigmoid1_##SFX(v)
 #define FNN_FWD_TANH(SFX, T, v, i)     fnn_tanh1_##SFX(v)

@@ -369,6 +369,23 @@ def test_relu_nan_is_nan_like_np_maximum(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("n", [3, 7, 1000])
+def test_relu_of_negative_zero_is_positive_zero_like_np_maximum(dtype, n):
+    """np.maximum(-0.0, 0) is +0.0: relu, standalone and fused after a product, gives the same
+    bits (the scalar tail and the vector body alike), and NaN stays NaN."""
+    x = np.full(n, -0.0, dtype=dtype)
+    x[::3] = np.nan
+    x[1::3] = 2.5
+    want = np.maximum(x, 0)
+    assert_same_bits(F.relu_forward(x)[0], want)
+    assert_same_bits(F.relu_forward(x.reshape(1, n))[0], want.reshape(1, n))
+    # affine_relu: a pre-activation of exactly -0.0 (x @ 0 = +0.0, plus a bias of -0.0)
+    xa = np.ones((n, 2), dtype=dtype)
+    out, _ = F.affine_relu_forward(xa, np.zeros((2, 3), dtype), np.full(3, -0.0, dtype))
+    assert_same_bits(out, np.maximum(xa @ np.zeros((2, 3), dtype) + np.full(3, -0.0, dtype), 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_saturation_exact_and_silent(dtype):
     x = np.array([-1000, -200, -110, 110, 200, 1000, -np.finfo(dtype).max, np.finfo(dtype).max], dtype=dtype)
     with warnings.catch_warnings(), np.errstate(all="raise"):
