@@ -1,6 +1,6 @@
 # fastnn._kernels.dropout: inverted dropout with masks from a counter-based hash.
 #
-# Element i of a call is kept when hash(seed, i) falls below the keep probability, so the mask
+# Element i of a call is kept when hash(seed, i) / 2**32 falls below the keep probability, so the mask
 # depends on the seed and the element's index only: identical for any thread count, and
 # regenerated in backward from the seed instead of being stored.
 from cython cimport floating
@@ -12,19 +12,22 @@ from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
 
 cdef extern from "fastnn_simd.h" nogil:
     void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
-                         uint32_t threshold, uint32_t seed_lo, uint32_t seed_hi, float scale)
+                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
     void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
-                         uint32_t threshold, uint32_t seed_lo, uint32_t seed_hi, double scale)
+                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
 
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 
 
-cpdef uint32_t keep_threshold(double p) noexcept:
-    """The 24-bit threshold for keep probability p in (0, 1]."""
-    cdef double t = ceil(p * 16777216.0)
-    if not (t > 0.0):
-        return 0  # (the wrappers only pass p in (0, 1]; NaN or p <= 0 keep nothing)
-    return 16777216 if t >= 16777216.0 else <uint32_t>t
+cpdef uint32_t keep_limit(double p) noexcept:
+    """The largest kept hash for keep probability p in (0, 1]: an element whose 32-bit hash h
+    has h <= keep_limit(p) is kept, so the keep rate is ceil(p * 2**32) / 2**32, within 2**-32
+    of p (a 24-bit threshold kept 2 / 2**24 = 1.19e-7 of the units for p = 1e-7: 19% more than
+    the 1 / p scale assumes). (dropout_apply refuses p outside (0, 1].)"""
+    cdef double t = ceil(p * 4294967296.0)
+    if t >= 4294967296.0:
+        return 4294967295u
+    return <uint32_t>t - 1 if t >= 1.0 else 0
 
 
 def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned long long seed,
@@ -32,10 +35,13 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     """y = x * mask / p with mask from (seed, index). Works for forward (x = input) and backward
     (x = dout): both see the same mask. At most 2**32 elements per call."""
     cdef Py_ssize_t n = x.shape[0], c, start, m, nchunks
-    cdef uint32_t threshold = keep_threshold(p)
+    cdef uint32_t limit
     cdef uint32_t lo = <uint32_t>(seed & 0xffffffffu), hi = <uint32_t>(seed >> 32)
     cdef floating scale = <floating>(1.0 / p)
     cdef int nt
+    if not (0.0 < p <= 1.0):
+        raise ValueError(f"dropout_apply: p must be in (0, 1], got {p}")
+    limit = keep_limit(p)
     if y.shape[0] != n:
         raise ValueError("dropout_apply: shape mismatch")
     if n > 4294967295:
@@ -47,16 +53,16 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     with nogil:
         if nt <= 1:  # (the mask is a function of the element index: one span is the same)
             if floating is float:
-                fnn_dropout_f32(&x[0], &y[0], n, 0, threshold, lo, hi, scale)
+                fnn_dropout_f32(&x[0], &y[0], n, 0, limit, lo, hi, scale)
             else:
-                fnn_dropout_f64(&x[0], &y[0], n, 0, threshold, lo, hi, scale)
+                fnn_dropout_f64(&x[0], &y[0], n, 0, limit, lo, hi, scale)
         else:
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
                 m = chunk_len(c, n)
                 if floating is float:
-                    fnn_dropout_f32(&x[start], &y[start], m, <uint32_t>start, threshold, lo, hi,
+                    fnn_dropout_f32(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
                                     scale)
                 else:
-                    fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, threshold, lo, hi,
+                    fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
                                     scale)

@@ -268,17 +268,17 @@ static inline uint32_t fnn_hash_index(uint32_t i, uint32_t seed_lo, uint32_t see
 {
     return fnn_fmix32(fnn_fmix32(i * 0x9e3779b9u + seed_lo) ^ seed_hi);
 }
-/* keep element i when the top 24 bits of its hash, as a fraction of 2^24, are below p:
- * threshold = ceil(p * 2^24) (p = 1 keeps everything). x[i] is read on every element, not
+/* keep element i when its 32-bit hash, as a fraction of 2^32, is below p: hash <= limit =
+ * ceil(p * 2^32) - 1 (p = 1 keeps everything; dropout.pyx keep_limit). x[i] is read on every element, not
  * under the ?:, where it would be a masked load at v3/v4 (slower) and leave the baseline
  * loop scalar. */
 #define FNN_DEFINE_SPANS_DROPOUT(T, SFX)                                                      \
 FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,          \
-        ptrdiff_t n, uint32_t first, uint32_t threshold, uint32_t seed_lo, uint32_t seed_hi,   \
+        ptrdiff_t n, uint32_t first, uint32_t limit, uint32_t seed_lo, uint32_t seed_hi,       \
         T scale)                                                                              \
 { for (ptrdiff_t i = 0; i < n; i++) {                                                         \
-      uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi) >> 8;                \
-      T xi = x[i]; y[i] = (u < threshold) ? xi * scale : (T)0; } }
+      uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi);                     \
+      T xi = x[i]; y[i] = (u <= limit) ? xi * scale : (T)0; } }
 
 #define FNN_SQRT_f32 sqrtf
 #define FNN_SQRT_f64 sqrt

@@ -346,3 +346,29 @@ def test_gaussian_noise_argument_errors():
             F.gaussian_noise_forward(x, std)
     with pytest.raises(ValueError, match="mode"):
         F.gaussian_noise_forward(x, 0.1, mode="eval")
+
+
+@pytest.mark.parametrize("p", [2.0**-30, 1e-7, 1e-6, 3e-4, 0.3, 0.5, 1 - 1e-9, 1.0])
+def test_keep_rate_is_p_to_32_bits(p):
+    """A unit is kept when its 32-bit hash is at most keep_limit(p): the keep rate
+    (limit + 1) / 2**32 is p rounded up to a multiple of 2**-32, so the 1 / p scale keeps the
+    mean unbiased to 2**-32 / p relative (a 24-bit threshold kept 19% too many units at
+    p = 1e-7, and 4 of 2**26 at p = 2**-30 where 0.06 were due); the reference agrees."""
+    from fastnn._kernels import dropout as kd
+
+    limit = kd.keep_limit(p)
+    assert p <= (limit + 1) / 2**32 < p + 2**-32
+    # the kernel and the reference keep exactly the units whose hash is at most the limit
+    x = np.ones(1 << 16, np.float32)
+    out, _ = F.dropout_forward(x, {"p": p, "mode": "train", "seed": 99})
+    assert_same_bits(out != 0, R.keep_mask(x.size, p, 99))
+
+
+@pytest.mark.parametrize("p", [0.0, -0.5, 1.5, float("nan")])
+def test_dropout_kernel_refuses_p_outside_unit_interval(p):
+    """The compiled kernel checks p itself (the public functions check it first, naming p)."""
+    from fastnn._kernels import dropout as kd
+
+    x = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="p must be in"):
+        kd.dropout_apply(x, np.empty_like(x), p, 0, 1)

@@ -19,8 +19,10 @@ def keep_mask(n, p, seed):
     i = np.arange(n, dtype=np.uint32)
     with np.errstate(over="ignore"):
         h = _fmix32(_fmix32(i * _GOLDEN + lo) ^ hi)
-    threshold = min(1 << 24, int(np.ceil(p * (1 << 24))))
-    return (h >> np.uint32(8)) < threshold
+    # kept when h / 2**32 < p, i.e. h <= ceil(p * 2**32) - 1 (the keep rate is then within 2**-32
+    # of p, so the 1 / p scale leaves the mean unbiased even for tiny p)
+    limit = min((1 << 32) - 1, int(np.ceil(p * float(1 << 32))) - 1)
+    return h <= np.uint32(limit)
 
 
 def dropout_forward(x, p, seed):
