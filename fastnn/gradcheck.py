@@ -51,9 +51,12 @@ def _plus_minus(f, x, ix, h, as_array=False):
 
 
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
-    """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored)."""
+    """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored).
+    An empty x has an empty gradient (of x's shape and dtype; f is not called)."""
     h = _check_point(x, h)
     grad = np.zeros_like(x)
+    if x.size == 0:  # np.nditer refuses zero-sized operands
+        return grad
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
         ix = it.multi_index
@@ -66,9 +69,12 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
 
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
-    """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``."""
+    """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``.
+    An empty x has an empty gradient (of x's shape and dtype; f is not called)."""
     h = _check_point(x, h)
     grad = np.zeros_like(x)
+    if x.size == 0:  # np.nditer refuses zero-sized operands
+        return grad
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
         ix = it.multi_index

@@ -6,11 +6,22 @@ work). State (``velocity``, ``cache``, ``m``, ``v``) lives in ``config`` as arra
 dtype, created on the first call. When ``w`` cannot be updated in place (not a C-contiguous
 float32/float64 array, or read-only) a new array is returned and ``w`` is left alone.
 
+State arrays are updated in place too, but only those fastnn.optim allocated itself (it keeps a
+weak, identity-based registry of them): a state array the caller put into ``config`` is copied on
+first use, the copy (which fastnn then owns) goes into the returned config, and the caller's
+array is never written. So the arrays of a returned config are updated in place by the next
+call with that config (copy them, e.g. ``copy.deepcopy(config)``, to keep a snapshot). A state
+array that shares memory with ``w``, ``dw`` or another state array of the same call is replaced
+by a copy, and a ``dw`` that shares memory with ``w`` is copied before ``w`` is updated, so
+aliased arguments give the reference's numbers.
+
 Defaults are the course's: sgd/sgd_momentum/nesterov_momentum/rmsprop ``learning_rate=1e-2``,
 ``momentum=0.9``, ``decay_rate=0.99``, ``epsilon=1e-8``; adam ``learning_rate=1e-3``,
 ``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, and ``t`` incremented before it is used.
 A ``weight_decay`` key (default 0) adds L2 weight decay: the gradient used is ``dw + wd * w``.
 """
+import weakref
+
 import numpy as np
 
 from fastnn import _threads
@@ -30,9 +41,13 @@ def _target(w):
 
 
 def _grad(dw, w):
-    if type(dw) is np.ndarray and dw.dtype is w.dtype and dw.shape == w.shape and dw.flags.c_contiguous:
-        return dw
-    return as_float_array(dw, "dw", w.dtype, shape=w.shape, shape_text=f"the shape of w {w.shape}")
+    """dw as a contiguous array of w's dtype and shape, never sharing memory with w (the kernel
+    writes w while it reads dw: overlapping views of one buffer would read updated values)."""
+    if not (type(dw) is np.ndarray and dw.dtype is w.dtype and dw.shape == w.shape and dw.flags.c_contiguous):
+        dw = as_float_array(dw, "dw", w.dtype, shape=w.shape, shape_text=f"the shape of w {w.shape}")
+    if _may_share(dw, w):
+        dw = dw.copy()
+    return dw
 
 
 def _config(config):
@@ -43,19 +58,42 @@ def _config(config):
     return config
 
 
-def _state(config, key, w):
-    """config[key] as a contiguous array of w's dtype and shape (created as zeros); not yet
-    stored in config (_commit does that once every check has passed)."""
+# The state arrays fastnn.optim allocated itself, by id (ndarrays are not hashable, so no
+# WeakSet): only these are updated in place. Weak values: an entry goes when its array dies,
+# so a reused id never matches (the lookup also checks identity).
+_owned = weakref.WeakValueDictionary()
+# np.may_share_memory without its __array_function__ dispatch (every array compared here is a
+# plain ndarray; the dispatch is half the cost of a call). The arrays are C-contiguous, so the
+# bounds check is exact: their bounds overlap only when they share memory.
+_may_share = getattr(np.may_share_memory, "_implementation", np.may_share_memory)
+
+
+def _own(a):
+    _owned[id(a)] = a
+    return a
+
+
+def _state(config, key, w, *others):
+    """config[key] as a contiguous, writeable array of w's dtype and shape that fastnn owns and
+    that shares no memory with w or with `others` (dw and the call's other state arrays):
+    config[key] itself when it is such an array, else a registered copy (zeros when absent).
+    Not yet stored in config (_commit does that once every check has passed)."""
     s = config.get(key)
     if s is None:
-        s = np.zeros_like(w)
-    else:
-        s = as_float_array(s, f"config['{key}']", w.dtype)
-        if s.shape != w.shape:
-            raise ValueError(f"config['{key}'] must have the shape of w {w.shape}, got {s.shape}")
-        if not s.flags.writeable:
-            s = s.copy()
-    return s
+        return _own(np.zeros_like(w))
+    if _owned.get(id(s)) is s and (s.dtype is w.dtype or s.dtype == w.dtype) and s.shape == w.shape:
+        flags = s.flags
+        if flags.c_contiguous and flags.writeable:
+            for other in (w,) + others:
+                if _may_share(s, other):
+                    return _own(s.copy())
+            return s
+    a = as_float_array(s, f"config['{key}']", w.dtype)
+    if a.shape != w.shape:
+        raise ValueError(f"config['{key}'] must have the shape of w {w.shape}, got {a.shape}")
+    if a is s or not a.flags.owndata:  # the caller's memory (the array itself or a view of it)
+        a = a.copy()
+    return _own(a)
 
 
 def _hyper(config, defaults, key, default, lo=None, hi=None, lo_open=False):
@@ -99,7 +137,7 @@ def _momentum(rule, w, dw, config):
     wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
-    v = _state(config, "velocity", w)
+    v = _state(config, "velocity", w, dw)
     _commit(config, defaults, velocity=v)
     return _run(rule, w, dw, v, None, lr, mu, wd=wd), config
 
@@ -124,7 +162,7 @@ def rmsprop(w, dw, config=None):
     wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
     w = _target(w)
     dw = _grad(dw, w)
-    c = _state(config, "cache", w)
+    c = _state(config, "cache", w, dw)
     _commit(config, defaults, cache=c)
     return _run(_ko.RMSPROP, w, dw, c, None, lr, decay, eps=eps, wd=wd), config
 
@@ -146,8 +184,8 @@ def adam(w, dw, config=None):
         raise ValueError("config['beta1'] and config['beta2'] must be < 1")
     w = _target(w)
     dw = _grad(dw, w)
-    m = _state(config, "m", w)
-    v = _state(config, "v", w)
+    m = _state(config, "m", w, dw)
+    v = _state(config, "v", w, dw, m)
     _commit(config, defaults, m=m, v=v)
     config["t"] = t
     return _run(_ko.ADAM, w, dw, m, v, lr, b1, b2, eps, c1, c2, wd), config

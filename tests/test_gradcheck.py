@@ -127,6 +127,47 @@ def test_eval_numerical_gradient_array_function_returning_its_input(rng):
     assert_same_bits(x, x0)
 
 
+# ============================================================================ empty x
+EMPTY_SHAPES = [(0,), (0, 3), (3, 0, 2)]
+
+
+def _never_called(*_):
+    raise AssertionError("f was called for an empty x")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+def test_eval_numerical_gradient_empty_x(shape, dtype, capsys):
+    """An empty x has an empty gradient of its shape and of the dtype a non-empty x of that
+    dtype gets (it used to raise NumPy's "Iteration of zero-sized operands is not enabled");
+    f is not called and nothing is printed."""
+    x = np.zeros(shape, dtype)
+    nonempty = G.eval_numerical_gradient(lambda v: float(np.sum(v)), np.ones(2, dtype), verbose=False)
+    num = G.eval_numerical_gradient(_never_called, x, verbose=True)
+    assert isinstance(num, np.ndarray) and num is not x
+    assert num.shape == shape and num.dtype == nonempty.dtype == dtype
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+def test_eval_numerical_gradient_array_empty_x(shape, dtype):
+    x = np.zeros(shape, dtype)
+    nonempty = G.eval_numerical_gradient_array(lambda v: 2 * v, np.ones(2, dtype), np.ones(2))
+    num = G.eval_numerical_gradient_array(_never_called, x, np.zeros(shape))
+    assert isinstance(num, np.ndarray) and num is not x
+    assert num.shape == shape and num.dtype == nonempty.dtype == dtype
+
+
+def test_empty_x_still_checked():
+    """The argument checks come first: an empty int x or a bad h is refused as before."""
+    for fn, extra in ((G.eval_numerical_gradient, ()), (G.eval_numerical_gradient_array, (np.zeros(0),))):
+        with pytest.raises(TypeError, match=r"\bx\b"):
+            fn(_never_called, np.zeros(0, dtype=np.int64), *extra)
+        with pytest.raises(ValueError, match=r"\bh\b"):
+            fn(_never_called, np.zeros(0), *extra, h=0.0)
+
+
 # ============================================================================ grad_check_sparse
 def test_grad_check_sparse_correct_gradient(rng, capsys):
     f, grad = _quadratic(rng, (10, 8))

@@ -93,7 +93,8 @@ SHAPES = {
     "multiclass": [(1, 1), (1, 5), (7, 13), (64, 10), (300, 3), (700, 3), (5, 3000)],
     "binary01": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
     "binarypm": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
-    "regression": [(1,), (7,), (1, 1), (7, 13), (300, 3)],
+    # (N, d1, ..., dk): rows flattened like the reference's sum over all axes
+    "regression": [(1,), (7,), (1, 1), (7, 13), (300, 3), (4, 3, 5), (2, 3, 4, 5), (1, 1, 1)],
 }
 CASES = [(name, shape) for name in NAMES for shape in SHAPES[BY_NAME[name].kind]]
 
@@ -392,6 +393,65 @@ def test_mse_shapes():
         F.mse_loss(np.ones((3, 2)), np.ones((2, 3)))
     loss, dx = F.mse_loss(np.ones((3, 2), np.float32), np.zeros((3, 2), np.float64))
     assert dx.dtype == np.float64 and loss == 1.0
+    # x of any ndim >= 1, y of x's shape exactly (not merely the same size)
+    for x_shape, y_shape in [((3, 2, 2), (3, 4)), ((3, 4), (3, 2, 2)), ((3, 2, 2), (3, 2, 2, 1)),
+                             ((3, 2, 2), (3, 2))]:
+        with pytest.raises(ValueError, match=r"\by\b"):
+            F.mse_loss(np.ones(x_shape), np.ones(y_shape))
+        with pytest.raises(ValueError, match=r"\by\b"):   # as lists too (checked after conversion)
+            F.mse_loss(np.ones(x_shape).tolist(), np.ones(y_shape).tolist())
+    for bad in (np.float64(1.0), np.ones(()), 2.0):
+        with pytest.raises(ValueError, match=r"\bx\b"):
+            F.mse_loss(bad, bad)
+    with pytest.raises(ValueError, match=r"\bx\b"):     # an empty batch, as in 2-D
+        F.mse_loss(np.ones((0, 2, 3)), np.ones((0, 2, 3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_mse_any_ndim(dtype, rng):
+    """x (N, d1, ..., dk) as the reference takes it: loss and dx (in x's shape) against the
+    reference, bitwise the result of the same rows flattened to (N, D); non-contiguous input,
+    inputs untouched, no outputs per row (D = 0: loss 0.0, as the reference's empty sum)."""
+    lo = BY_NAME["mse_loss"]
+    for shape in [(5, 3, 4), (2, 3, 1, 4), (6, 1, 7)]:
+        x, y = lo.data(rng, shape, dtype)
+        x0, y0 = x.copy(), y.copy()
+        loss, dx = F.mse_loss(x, y)
+        ref_loss, ref_dx = R.mse_loss(x, y)
+        assert dx.shape == shape and dx.dtype == dtype
+        assert_loss_close(loss, ref_loss, lo.scale(x, y), dtype, f"mse_loss {shape} vs reference")
+        assert_dx_close(dx, ref_dx, x, dtype, f"mse_loss {shape}")
+        flat_loss, flat_dx = F.mse_loss(x.reshape(shape[0], -1), y.reshape(shape[0], -1))
+        assert loss == flat_loss
+        assert_same_bits(dx.reshape(shape[0], -1), flat_dx, what=f"mse_loss {shape} dx vs flattened")
+        assert_same_bits(x, x0, what="x")
+        assert_same_bits(y, y0, what="y")
+    # non-contiguous 3-D views (a transpose and a step slice)
+    base_x, base_y = lo.data(rng, (4, 6, 5), dtype)
+    for view in (lambda a: a.transpose(0, 2, 1), lambda a: a[:, ::2, ::-1]):
+        x, y = view(base_x), view(base_y)
+        loss, dx = F.mse_loss(x, y)
+        ref_loss, ref_dx = R.mse_loss(x, y)
+        assert dx.shape == x.shape
+        assert_loss_close(loss, ref_loss, lo.scale(x, y), dtype, "mse_loss non-contiguous 3-D")
+        assert_dx_close(dx, ref_dx, x, dtype, "mse_loss non-contiguous 3-D")
+    x = np.ones((3, 0, 2), dtype)
+    loss, dx = F.mse_loss(x, x)
+    ref_loss, ref_dx = R.mse_loss(x, x)
+    assert loss == float(ref_loss) == 0.0 and type(loss) is float
+    assert dx.shape == ref_dx.shape == (3, 0, 2) and dx.dtype == dtype
+
+
+def test_mse_any_ndim_gradient_and_threads(rng):
+    """The 3-D dx is the numerical gradient of the loss, and bitwise the same for any thread
+    count on a batch big enough for the kernel's threads."""
+    lo = BY_NAME["mse_loss"]
+    x, y = lo.data(rng, (4, 3, 2), np.float64)
+    _, dx = F.mse_loss(x, y)
+    num = numerical_gradient(lambda v: np.array(F.mse_loss(v, y)[0]), x, np.array(1.0))
+    np.testing.assert_allclose(dx, num, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+    x, y = lo.data(rng, (5000, 10, 10), np.float32, scale=5.0)
+    assert_thread_invariant(lambda: F.mse_loss(x, y))
 
 
 # ============================================================================ threads

@@ -61,22 +61,34 @@ def assert_close_to(got, ref, dtype, what, scale=None):
     assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g}"
 
 
-def _steps(rule, w0, grads, config=None, ref_grads=None):
+def _steps(rule, w0, grads, config=None, ref_grads=None, ref_config=None):
     """Run fastnn and the reference side by side over the gradient list; compare after each.
+    ref_config (default: config) is the reference's starting config.
 
     Scales are running maxima over the steps of |w| and of each state: w_new = w - update and
     v_new = mu * v - lr * dw can cancel, and then the error is relative to the terms (both at
-    most the running maximum), not to the small result."""
+    most the running maximum), not to the small result.
+
+    From the second step on, the state arrays in config are the ones the first step returned,
+    updated in place (fastnn owns them: the fast path, no copy per step)."""
     scales = {"w": _maxabs(w0)}
     w = w0.copy()
     rw = w0.copy()
     cfg = None if config is None else dict(config)
-    rcfg = None if config is None else dict(config)
+    ref_config = config if ref_config is None else ref_config
+    rcfg = None if ref_config is None else dict(ref_config)
     ref_grads = grads if ref_grads is None else ref_grads
+    owned = None
     for step, (dw, rdw) in enumerate(zip(grads, ref_grads)):
         rdw = rdw(rw) if callable(rdw) else rdw
+        given = cfg
         nw, cfg = getattr(O, rule)(w, dw, cfg)
+        assert given is None or cfg is given, "the config dict passed in is returned"
         assert nw is w, "a C-contiguous float w is updated in place and returned"
+        if owned is None:
+            owned = {key: cfg[key] for key in STATE[rule]}
+        for key in STATE[rule]:
+            assert cfg[key] is owned[key], f"{rule}: config['{key}'] replaced at step {step + 1}"
         rw, rcfg = getattr(R, rule)(rw, rdw, rcfg)
         scales["w"] = max(scales["w"], _maxabs(rw))
         assert_close_to(w, rw, w0.dtype, f"{rule} w after step {step + 1}", scales["w"])
@@ -330,6 +342,170 @@ def test_new_array_when_w_cannot_be_updated_in_place(rule, case, rng):
     assert_close_to(next_w, expected, dtype, f"{rule} new array")
     for key in STATE[rule]:
         assert config[key].shape == (6, 4) and config[key].dtype == dtype
+
+
+# ============================================================================ state arrays
+# The update rules write into w (the documented exception) and into the state arrays fastnn
+# itself allocated; a state array the caller put into config is copied on first use, and any
+# aliasing between w, dw and the state arrays of one call is broken by a copy.
+STATEFUL = [rule for rule in RULES if STATE[rule]]
+
+
+def _state_values(rule, shape, dtype, rng):
+    """Caller-made state: any sign for velocity and m, positive for cache and v (square roots)."""
+    return {key: (np.abs(rng.standard_normal(shape)) + 0.1 if key in ("cache", "v")
+                  else rng.standard_normal(shape)).astype(dtype)
+            for key in STATE[rule]}
+
+
+def _check_step(rule, w, dw, config, what):
+    """One fastnn step against the reference run first, on copies of the same values (the
+    reference never writes its inputs, so no aliasing changes its numbers). The scale is the
+    largest input magnitude: the error of each result is relative to its terms."""
+    def snapshot(a):
+        return np.array(a, copy=True) if isinstance(a, np.ndarray) else a
+
+    rconfig = {k: snapshot(v) for k, v in config.items()}
+    arrays = [w, dw] + [v for v in rconfig.values() if isinstance(v, np.ndarray)]
+    scale = max(_maxabs(a) for a in arrays)
+    rw, rcfg = getattr(R, rule)(snapshot(w), snapshot(dw), rconfig)
+    nw, cfg = getattr(O, rule)(w, dw, config)
+    dtype = np.asarray(w).dtype
+    assert_close_to(nw, rw, dtype, f"{what}: {rule} next_w", scale)
+    for key in STATE[rule]:
+        assert_close_to(cfg[key], rcfg[key], dtype, f"{what}: {rule} {key}", scale)
+    return nw, cfg
+
+
+@pytest.mark.parametrize("form", ["array", "memoryview"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", STATEFUL)
+def test_callers_state_arrays_are_never_written(rule, dtype, form, rng):
+    """Over several steps the caller's state arrays keep every bit (also when handed over as a
+    memoryview of an array, which NumPy wraps without a copy); the returned config holds
+    fastnn's copies, which later steps update in place; the numbers are the reference's."""
+    shape = (5, 6)
+    w0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(4)]
+    given = _state_values(rule, shape, dtype, rng)
+    before = {key: a.copy() for key, a in given.items()}
+    config = {key: memoryview(a) if form == "memoryview" else a for key, a in given.items()}
+    _, cfg = _steps(rule, w0, grads, config, ref_config=dict(before))
+    for key in STATE[rule]:
+        assert_same_bits(given[key], before[key], what=f"the caller's config['{key}']")
+        assert not np.may_share_memory(cfg[key], given[key])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", STATEFUL)
+def test_owned_state_is_updated_in_place(rule, dtype, rng):
+    """The speed path: the state arrays of the returned config are the same objects step after
+    step (no copy per call), their values the reference's (checked by _steps), also over a
+    long w (the threaded kernel)."""
+    for shape in [(3, 4), (100_001,)]:
+        w0 = rng.standard_normal(shape).astype(dtype)
+        grads = [rng.standard_normal(shape).astype(dtype) for _ in range(4)]
+        w = w0.copy()
+        _, cfg = getattr(O, rule)(w, grads[0])
+        states = {key: cfg[key] for key in STATE[rule]}
+        for g in grads[1:]:
+            _, returned = getattr(O, rule)(w, g, cfg)
+            assert returned is cfg
+            for key in STATE[rule]:
+                assert cfg[key] is states[key], f"{rule}: config['{key}'] was replaced"
+        _steps(rule, w0, grads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_adam_with_one_array_for_m_and_v(dtype, rng):
+    """config['m'] and config['v'] one array: the caller's (NaN before), or fastnn's own after
+    a step (config['v'] = config['m']: m keeps its array, v gets a copy)."""
+    shape = (4, 5)
+    w = rng.standard_normal(shape).astype(dtype)
+    z = np.abs(rng.standard_normal(shape)).astype(dtype)
+    z_before = z.copy()
+    _, cfg = _check_step("adam", w, rng.standard_normal(shape).astype(dtype), {"m": z, "v": z}, "caller's m is v")
+    assert_same_bits(z, z_before, what="the caller's m/v array")
+    assert cfg["m"] is not cfg["v"]
+    for _ in range(2):
+        m = cfg["m"]
+        np.abs(m, out=m)   # in place, so still fastnn's array; v must be >= 0 (square root)
+        cfg["v"] = m
+        _, cfg = _check_step("adam", w, rng.standard_normal(shape).astype(dtype), cfg, "fastnn's m is v")
+        assert cfg["m"] is m and cfg["v"] is not m
+
+
+def _owned_config(rule, w, rng):
+    """A config whose state arrays fastnn made (one step from zeros), all positive values."""
+    scratch = w.copy()
+    _, cfg = getattr(O, rule)(scratch, np.abs(rng.standard_normal(w.shape)).astype(w.dtype))
+    for key in STATE[rule]:
+        np.abs(cfg[key], out=cfg[key])
+        cfg[key] += 0.5
+    return cfg
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", STATEFUL)
+def test_state_aliasing_w(rule, dtype, rng):
+    """A state array that is w: the caller's (config = {'velocity': w}), or fastnn's own
+    (w is config['velocity'], or another view of its memory)."""
+    shape = (6, 5)
+    w = (np.abs(rng.standard_normal(shape)) + 0.5).astype(dtype)
+    nw, cfg = _check_step(rule, w, rng.standard_normal(shape).astype(dtype),
+                          {key: w for key in STATE[rule]}, "caller's state is w")
+    assert nw is w
+    for key in STATE[rule]:
+        assert not np.may_share_memory(cfg[key], w)
+    for view in ("itself", "a view"):
+        cfg = _owned_config(rule, w, rng)
+        for key in STATE[rule]:
+            w_alias = cfg[key] if view == "itself" else cfg[key].view()
+            nw, cfg = _check_step(rule, w_alias, rng.standard_normal(shape).astype(dtype), cfg,
+                                  f"w is fastnn's {key} ({view})")
+            assert nw is w_alias
+            for k in STATE[rule]:
+                assert not np.may_share_memory(cfg[k], w_alias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", STATEFUL)
+def test_state_aliasing_dw(rule, dtype, rng):
+    """A state array that is dw or overlaps it: the caller's (dw itself, or the other end of one
+    buffer: the caller's buffer keeps every bit), or fastnn's own passed as dw."""
+    shape = (6, 5)
+    n = int(np.prod(shape))
+    w = rng.standard_normal(shape).astype(dtype)
+    buf = (np.abs(rng.standard_normal(n + 3)) + 0.5).astype(dtype)
+    before = buf.copy()
+    cases = {
+        "dw itself": (buf[:n].reshape(shape), lambda: buf[:n].reshape(shape)),
+        "overlapping dw": (buf[3:].reshape(shape), lambda: buf[:n].reshape(shape)),
+    }
+    for what, (dw, make_state) in cases.items():
+        _check_step(rule, w, dw, {key: make_state() for key in STATE[rule]}, f"caller's state, {what}")
+        assert_same_bits(buf, before, what=f"the caller's buffer ({what})")
+    for key in STATE[rule]:
+        cfg = _owned_config(rule, w, rng)
+        _, cfg = _check_step(rule, w, cfg[key], cfg, f"fastnn's {key} is dw")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_w_and_dw_overlapping_views(rule, dtype, rng):
+    """w and dw views of one buffer (shifted either way, or dw is w): dw is read as it was
+    before the update; w is updated in place."""
+    n = 41
+    for shift in (1, -1, 7, 0):
+        buf = rng.standard_normal(n + abs(shift)).astype(dtype)
+        if shift > 0:
+            w, dw = buf[shift:], buf[:n]
+        elif shift < 0:
+            w, dw = buf[:n], buf[-shift:]
+        else:
+            w, dw = buf, buf
+        nw, _ = _check_step(rule, w, dw, {}, f"w and dw shifted by {shift}")
+        assert nw is w
 
 
 # ============================================================================ threads

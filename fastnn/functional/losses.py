@@ -71,14 +71,15 @@ def binary_svm_loss(x, y):
 
 
 def mse_loss(x, y):
-    """Regression: loss = 0.5 * sum((x - y)**2) / N, dx = (x - y) / N. y has x's shape."""
+    """Regression: loss = 0.5 * sum((x - y)**2) / N, dx = (x - y) / N. x is (N,) or
+    (N, d1, ..., dk) (rows flattened for the kernel, dx in x's shape); y has x's shape."""
     dt = common_dtype(("x", x), ("y", y))
     if isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and y.shape != x.shape:
         raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")   # before copies
     x = as_float_array(x, "x", dt)
     y = as_float_array(y, "y", dt)
-    if x.ndim not in (1, 2):
-        raise ValueError(f"x must have shape (N,) or (N, D), got {x.shape}")
+    if x.ndim == 0:
+        raise ValueError("x must have shape (N,) or (N, d1, ..., dk), got a 0-d array")
     if y.shape != x.shape:
         raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
     if x.shape[0] == 0:
