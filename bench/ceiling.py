@@ -151,9 +151,9 @@ def main(argv=None):
     from fastnn._kernels import dense as _kd
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians)")
-    ap.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--rounds", type=fb.positive_int, default=5, help="interleaved rounds (medians)")
+    ap.add_argument("--min-time", type=fb.positive_seconds, default=0.2, help="seconds per measurement")
+    ap.add_argument("--threads", type=fb.positive_int, default=None,
                     help="cores T (default: fastnn's threads); NumPy's BLAS and PyTorch get T too")
     ap.add_argument("--large", action="store_true", help="also the 4096-4096-4096-1000 (256) network")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")

@@ -247,8 +247,8 @@ def main(argv=None):
     ap.add_argument("--threads", default=None,
                     help="comma-separated thread counts (default: 1, 2, 4, ... up to the cores here)")
     ap.add_argument("--elements", type=int, default=64 * 2**20, help="elements per element-wise call")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
+    ap.add_argument("--rounds", type=fb.positive_int, default=5)
+    ap.add_argument("--min-time", type=fb.positive_seconds, default=0.2, help="seconds per measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--json", default=None, help="also write the results (and the header) as JSON")
     ap.add_argument("--tile-cores", default="",

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import header_lines, now  # noqa: E402  (also puts the repo on sys.path)
+from fastnn import bench as fb  # noqa: E402
 
 # (layer widths, batch, binary): 2-D inputs, 1-3 outputs, small networks on batches of
 # several chunks, and wider layers as a control
@@ -87,9 +88,9 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("param", nargs="?", default="thin", help="the parameter to vary (default: thin)")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=fb.positive_int, default=7)
     ap.add_argument("--values", default="0,2,4,8,16", help="values to compare")
-    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
+    ap.add_argument("--min-time", type=fb.positive_seconds, default=0.05, help="seconds per measurement")
     ap.add_argument("--large", action="store_true",
                     help="also the 4096-4096-4096-1000 (256) network (~0.25 s a step here)")
     args = ap.parse_args(argv)

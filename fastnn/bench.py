@@ -27,6 +27,7 @@ from fastnn import _config as _fastnn_config
 from fastnn import functional as F
 from fastnn import optim as O
 from fastnn._kernels import dense as _kd
+from fastnn._validation import check_int
 from fastnn.reference import dense as RD
 from fastnn.reference import losses as RL
 
@@ -181,6 +182,9 @@ def step_memory(model, X, y, opt, loss):
 
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
         stream=sys.stdout, skip_large=False):
+    rounds = check_int(rounds, "rounds")
+    if not (isinstance(min_time, (int, float)) and 0.0 < min_time < float("inf")):
+        raise ValueError(f"min_time must be finite seconds > 0, got {min_time!r}")
     if threads is not None:
         fastnn.set_num_threads(threads)
     nthreads = fastnn.get_num_threads()
@@ -248,12 +252,35 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
     return results
 
 
+def positive_int(text):
+    """argparse type: an int >= 1 (a count of rounds or threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def positive_seconds(text):
+    """argparse type: a finite number of seconds > 0 (a measurement repeats until that much
+    time has passed: NaN or Inf would never end it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not (0.0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected finite seconds > 0, got {text!r}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="thread count (default: fastnn's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="thread count (default: fastnn's)")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
-    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument("--min-time", type=positive_seconds, default=0.2, help="seconds per measurement")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--skip-large", action="store_true", help="skip the 4096-wide network")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

@@ -411,3 +411,31 @@ def test_numpys_blas_is_told_apart_by_its_folder_not_by_the_word():
     assert not _blas._is_numpys_copy("/opt/conda/lib/libopenblas.so.0")
     if _blas.info()["controlled"]:
         assert not _blas._is_numpys_copy(_blas.info()["library"])
+
+
+@pytest.mark.parametrize("args,name", [
+    (["--min-time", "nan"], "--min-time"), (["--min-time", "inf"], "--min-time"),
+    (["--min-time", "0"], "--min-time"), (["--min-time", "-1"], "--min-time"),
+    (["--rounds", "0"], "--rounds"), (["--rounds", "two"], "--rounds"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bench_refuses_bad_arguments_up_front(args, name, capsys):
+    """`python -m fastnn bench` refuses a measurement time that is not finite and positive
+    (each measurement repeats until that much time has passed: --min-time nan ran forever) and
+    counts below 1 (--rounds 0 printed a table of NaN), before anything is timed."""
+    from fastnn import bench
+
+    with pytest.raises(SystemExit) as info:
+        bench.main(args)
+    assert info.value.code == 2
+    assert name in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs,name", [({"min_time": float("nan")}, "min_time"),
+                                         ({"min_time": 0.0}, "min_time"),
+                                         ({"rounds": 0}, "rounds")])
+def test_bench_run_refuses_bad_arguments(kwargs, name):
+    from fastnn import bench
+
+    with pytest.raises(ValueError, match=name):
+        bench.run(networks=[((3, 5, 2), 7)], use_torch=False, stream=io.StringIO(), **kwargs)
