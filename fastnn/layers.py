@@ -203,6 +203,12 @@ class Layer:
     def output_features(self, in_features):
         return in_features
 
+    def _infer(self, x):
+        """forward in inference mode, keeping nothing in the layer (no cache for backward):
+        what Sequential.predict runs, so that predictions in one thread never disturb a
+        training step of the same model in another. (The fastnn layers override it.)"""
+        return self.forward(x, training=False)
+
     def get_config(self):
         return {}
 
@@ -280,13 +286,19 @@ class Dense(Layer):
         return self._fused_forward(self._check_x(x), self._op, self.alpha,
                                    self.params.get("alpha"), None)
 
-    def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer):
-        """Forward with activation `op` fused in (its own, or a following activation layer's)."""
+    def _infer(self, x):
+        return self._fused_forward(self._check_x(x), self._op, self.alpha,
+                                   self.params.get("alpha"), None, keep=False)
+
+    def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer, keep=True):
+        """Forward with activation `op` fused in (its own, or a following activation layer's);
+        ``keep`` False: no cache kept for backward (inference)."""
         # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
         # bounded dx tiles; the same numbers whichever way a model trains)
         out, cache = _fd._forward(op, x, self.params["W"], self.params["b"], alpha,
                                   prelu_alpha if op == _ka.PRELU else None, chunks=True)
-        self._cache = (cache, act_layer)
+        if keep:
+            self._cache = (cache, act_layer)
         return out
 
     def backward(self, dout, need_dx=True):
@@ -321,6 +333,9 @@ class _Activation(Layer):
     def forward(self, x, training=None):
         out, self._cache = getattr(_fa, f"{self.name}_forward")(self._input(x))
         return out
+
+    def _infer(self, x):
+        return getattr(_fa, f"{self.name}_forward")(self._input(x))[0]
 
     def backward(self, dout, need_dx=True):
         return getattr(_fa, f"{self.name}_backward")(as_float_array(dout, "dout", self.dtype), self._need_cache())
@@ -359,6 +374,9 @@ class LeakyReLU(Layer):
         out, self._cache = _fa.leaky_relu_forward(self._input(x), self.alpha)
         return out
 
+    def _infer(self, x):
+        return _fa.leaky_relu_forward(self._input(x), self.alpha)[0]
+
     def backward(self, dout, need_dx=True):
         return _fa.leaky_relu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
 
@@ -390,6 +408,10 @@ class PReLU(Layer):
         x = self._input(x)
         out, self._cache = _fa.prelu_forward(x, self._alpha_arg(x.shape[-1] if x.ndim else 1))
         return out
+
+    def _infer(self, x):
+        x = self._input(x)
+        return _fa.prelu_forward(x, self._alpha_arg(x.shape[-1] if x.ndim else 1))[0]
 
     def backward(self, dout, need_dx=True):
         dx, dalpha = _fa.prelu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
@@ -435,6 +457,9 @@ class Maxout(Layer):
         out, self._cache = _fd.maxout_forward(x, self.params["W"], self.params["b"])
         return out
 
+    def _infer(self, x):
+        return _fd.maxout_forward(self._input(x), self.params["W"], self.params["b"])[0]
+
     def backward(self, dout, need_dx=True):
         W, b = self.grads["W"], self.grads["b"]
         dx, dw, db = _fd._maxout_backward(as_float_array(dout, "dout", self.dtype), self._need_cache(),
@@ -471,6 +496,9 @@ class _Stochastic(Layer):
 
     def reseed(self, seed):
         self._rng = np.random.default_rng(seed)
+
+    def _infer(self, x):
+        return self._input(x)   # off in inference mode (forward(x, training=False))
 
 
 class Dropout(_Stochastic):

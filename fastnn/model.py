@@ -1,6 +1,7 @@
 """Sequential: a stack of layers with training, evaluation, a summary and safe save/load."""
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -52,12 +53,68 @@ class _Unit:
     def backward(self, dout, need_dx):
         return self.layer.backward(dout, need_dx=need_dx)
 
+    def infer(self, x):
+        """forward in inference mode without keeping anything in the layers (predict)."""
+        layer, act = self.layer, self.act
+        if act is None:
+            if type(layer) in _INFER_TYPES:
+                return layer._infer(x)
+            return layer.forward(x, training=False)   # a layer class of the caller's own
+        x = layer._check_x(x)
+        op = _FUSABLE[type(act)]
+        prelu_alpha = act._alpha_arg(layer.out_features) if op == _ka.PRELU else None
+        return layer._fused_forward(x, op, getattr(act, "alpha", 0.0), prelu_alpha, act, keep=False)
+
+
+# the layer types whose _infer is their forward(training=False) without its stored state
+_INFER_TYPES = frozenset(LAYER_TYPES.values())
+
+
+def _infer(units, X):
+    for unit in units:
+        X = unit.infer(X)
+    return X
+
 
 _RELU_NAMES = {ReLU: "relu", LeakyReLU: "leaky_relu", PReLU: "prelu"}
 
-# held while a whole-step kernel is built (rare: a model's first step for a batch size, or
-# after something was replaced), so that two threads never build two plans for one model
-_BUILD_LOCK = threading.Lock()
+
+def _changes(name):
+    """A list method that marks the list changed once it ran (even when it raised half way:
+    ``extend`` from a failing iterator), so that its model rebuilds what it derives from it."""
+    method = getattr(list, name)
+
+    def changing(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.changed = True   # (after the change: a rebuild that ran meanwhile is redone)
+
+    changing.__name__ = changing.__qualname__ = name
+    changing.__doc__ = method.__doc__
+    return changing
+
+
+class _LayerList(list):
+    """``Sequential.layers``: a plain list of the model's layers that records being changed.
+    Its model checks ``changed`` (one attribute read) before it runs, and rebuilds its forward
+    plan (fusions, the whole-step kernels) from the list when it is set, validating it as the
+    constructor does."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, layers=()):
+        super().__init__(layers)
+        self.changed = False
+
+    def __reduce_ex__(self, protocol):
+        return (list, (list(self),))   # pickled (or copied) on its own: a plain list
+
+
+for _name in ("append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",
+              "__setitem__", "__delitem__", "__iadd__", "__imul__"):
+    setattr(_LayerList, _name, _changes(_name))
+del _name
 
 # train_step's losses given by name (Loss objects hold no state)
 _NAMED_LOSSES = {name: get_loss(name) for name in ("softmax", "svm", "logistic", "binary_hinge", "mse")}
@@ -107,7 +164,6 @@ class _CompiledStep:
         self.fan_in = layers[0]["W"].shape[0]
         # the signature holds ids of these objects: keeping them alive keeps the ids unique
         self.param_objs = list(optimizer.params)
-        self.lock = threading.Lock()
         self.plan = _kn.StepPlan(model.dtype, n, self.loss_kind, layers, params, self.rule)
         self.signature = self.signature_of(model, optimizer)
 
@@ -119,16 +175,21 @@ class _CompiledStep:
         checks it with the compiled twin of this function, network.signature_matches.)"""
         sig = [_rule_of(optimizer)]
         add, extend = sig.append, sig.extend
-        for layer in model.layers:
+        for layer in model._layers:
             extend(map(id, layer.params.values()))
             extend(map(id, layer.grads.values()))
             add(getattr(layer, "alpha", None))
         for st in optimizer.state.values():
-            extend(map(id, st))
+            if isinstance(st, (list, tuple)):
+                extend(map(id, st))
+            else:
+                add(id(st))   # (not state the optimizer made: _slots names it at the build)
         extend(map(id, optimizer.params))
         return sig
 
     def run(self, model, X, y, skip_nonfinite=False, count=False):
+        """One step on this plan's buffers; the caller holds the model's lock (Sequential._step),
+        so one step at a time runs on them and on the parameters, whatever the Python thread."""
         opt = self.optimizer
         labels = targets = None
         if self.loss_kind == _kl.MSE:
@@ -144,10 +205,6 @@ class _CompiledStep:
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
             binary = self.binary
             labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary)
-        with self.lock:  # one step at a time on this plan's buffers, whatever the Python thread
-            return self._run_locked(opt, X, labels, targets, skip_nonfinite, count)
-
-    def _run_locked(self, opt, X, labels, targets, skip_nonfinite, count):
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
@@ -195,6 +252,30 @@ def _fusable(dense, act):
     return True
 
 
+def _dtype_of(layers):
+    for layer in layers:
+        if layer.dtype is not None:
+            return layer.dtype
+    return np.dtype(np.float32)
+
+
+def _in_features_of(layers):
+    for layer in layers:
+        if hasattr(layer, "in_features"):
+            return layer.in_features
+    return None
+
+
+def _feature_trace(layers):
+    """Each layer's output feature count (None where it keeps its input's), checking that
+    the counts chain (the ValueError of the layer that does not take its input's)."""
+    feats, trace = _in_features_of(layers), []
+    for layer in layers:
+        feats = layer.output_features(feats)
+        trace.append(feats)
+    return trace
+
+
 class Sequential:
     """A feed-forward stack of layers.
 
@@ -205,66 +286,134 @@ class Sequential:
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} must be a fastnn layer, got {type(layer).__name__}")
-        if not layers:
-            raise ValueError("Sequential needs at least one layer")
-        self.layers = list(layers)
-        self._units = []
-        for i in range(len(self.layers) - 1):
-            # Dense + ReLU-family layer: the default initialization is He, as for
-            # Dense(..., activation="relu") (Xavier/Glorot stays for the others).
-            if isinstance(self.layers[i], Dense) and isinstance(self.layers[i + 1], (ReLU, LeakyReLU, PReLU)):
-                self.layers[i]._default_init_for(_RELU_NAMES[type(self.layers[i + 1])])
-        i = 0
-        while i < len(self.layers):
-            if i + 1 < len(self.layers) and _fusable(self.layers[i], self.layers[i + 1]):
-                self._units.append(_Unit(self.layers[i], self.layers[i + 1]))
-                i += 2
-            else:
-                self._units.append(_Unit(self.layers[i]))
-                i += 1
-        # Validate the chain of feature counts now, not at the first batch.
-        self._feature_trace()
+        # One lock per model, held for a whole training step (either path: train_step, fit's
+        # steps), forward / backward, a plan build or rebuild, save's and load's arrays: steps
+        # from several Python threads run one after the other on the shared parameters,
+        # optimizer state, layer caches and plan buffers. (predict takes it only to rebuild a
+        # changed layer list: it keeps nothing in the layers.) Reentrant: a custom optimizer's
+        # step(), run inside the step, may still call forward or parameters().
+        self._lock = threading.RLock()
         self._compiled = {}
-        self._compilable = all(type(u.layer) is Dense and (u.act is None or not isinstance(u.act, PReLU)
-                                                              or u.act.num_parameters > 1)
-                               for u in self._units)
+        self._layers = _LayerList(layers)
+        self._build()   # (validates now: the constructor raises for a bad stack)
 
     # ------------------------------------------------------------------ structure
     @property
+    def layers(self):
+        """The layers, a list that may be changed (append, insert, pop, item assignment, ...)
+        or replaced (``model.layers = [...]``): the model then runs the new stack from its next
+        use on, as ``Sequential(*model.layers)`` would, and a stack the constructor would
+        refuse raises its error there."""
+        return self._layers
+
+    @layers.setter
+    def layers(self, value):
+        if value is self._layers:   # (model.layers += [...] assigns the changed list back)
+            value.changed = True
+            return
+        if isinstance(value, Layer) or not hasattr(value, "__iter__"):
+            raise TypeError(f"layers must be a list of fastnn layers, got {type(value).__name__}")
+        new = _LayerList(value)
+        new.changed = True
+        self._layers = new
+
+    def _build(self):
+        """Derive the forward plan from the layer list: validate it (the constructor's errors),
+        give a Dense followed by a ReLU-family layer the default He initialization (while its
+        weights are the untouched default draw), fuse Dense + activation pairs, and drop every
+        whole-step kernel built for the previous stack. The caller holds the lock (or is the
+        constructor)."""
+        listed = self._layers
+        listed.changed = False   # first: a change made while this runs marks the list again
+        try:
+            layers = tuple(listed)
+            for i, layer in enumerate(layers):
+                if not isinstance(layer, Layer):
+                    raise TypeError(f"layer {i} must be a fastnn layer, got {type(layer).__name__}")
+            if not layers:
+                raise ValueError("Sequential needs at least one layer")
+            # Validate the chain of feature counts now, not at the first batch.
+            _feature_trace(layers)
+            for i in range(len(layers) - 1):
+                # Dense + ReLU-family layer: the default initialization is He, as for
+                # Dense(..., activation="relu") (Xavier/Glorot stays for the others).
+                if isinstance(layers[i], Dense) and isinstance(layers[i + 1], (ReLU, LeakyReLU, PReLU)):
+                    layers[i]._default_init_for(_RELU_NAMES[type(layers[i + 1])])
+            units = []
+            i = 0
+            while i < len(layers):
+                if i + 1 < len(layers) and _fusable(layers[i], layers[i + 1]):
+                    units.append(_Unit(layers[i], layers[i + 1]))
+                    i += 2
+                else:
+                    units.append(_Unit(layers[i]))
+                    i += 1
+        except BaseException:
+            listed.changed = True   # still to do: the next use raises again
+            raise
+        self._units = units
+        self._compilable = all(type(u.layer) is Dense and (u.act is None or not isinstance(u.act, PReLU)
+                                                           or u.act.num_parameters > 1)
+                               for u in units)
+        self._compiled = {}
+
+    def _sync(self):
+        """Rebuild the forward plan if the layer list changed since it was built (callers check
+        ``self._layers.changed`` first: one attribute read on the hot paths)."""
+        with self._lock:
+            if self._layers.changed:
+                self._build()
+
+    def __getstate__(self):
+        # pickle / copy.deepcopy / copy.copy: no lock, no compiled plans (rebuilt when needed);
+        # the copy gets its own lock and its own layer list
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_compiled"] = {}
+        state["_layers"] = list(self._layers)
+        state["_layers_changed"] = self._layers.changed
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        changed = state.pop("_layers_changed", True)
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._layers = _LayerList(state["_layers"])
+        self._layers.changed = changed
+
+    @property
     def dtype(self):
         """The dtype of the first layer that has one (float32 if none does)."""
-        for layer in self.layers:
-            if layer.dtype is not None:
-                return layer.dtype
-        return np.dtype(np.float32)
+        if self._layers.changed:
+            self._sync()
+        return _dtype_of(self._layers)
 
     @property
     def in_features(self):
-        for layer in self.layers:
-            if hasattr(layer, "in_features"):
-                return layer.in_features
-        return None
+        if self._layers.changed:
+            self._sync()
+        return _in_features_of(self._layers)
 
     def _feature_trace(self):
-        feats, trace = self.in_features, []
-        for layer in self.layers:
-            feats = layer.output_features(feats)
-            trace.append(feats)
-        return trace
+        return _feature_trace(self._layers)
 
     def parameters(self):
         """Every learnable array, as Parameter objects (``.data`` the live array, ``.grad``)."""
-        return [p for layer in self.layers for p in layer.parameters()]
+        if self._layers.changed:
+            self._sync()
+        return [p for layer in self._layers for p in layer.parameters()]
 
     @property
     def num_params(self):
-        return sum(layer.num_params for layer in self.layers)
+        if self._layers.changed:
+            self._sync()
+        return sum(layer.num_params for layer in self._layers)
 
     def train(self, mode=True):
-        for layer in self.layers:
+        if self._layers.changed:
+            self._sync()
+        for layer in self._layers:
             layer.train(mode)
         return self
 
@@ -273,8 +422,10 @@ class Sequential:
 
     def summary(self):
         """The text of a table of layers, output shapes and parameter counts."""
+        if self._layers.changed:
+            self._sync()
         rows = [("Layer (type)", "Output shape", "Params")]
-        for layer, feats in zip(self.layers, self._feature_trace()):
+        for layer, feats in zip(self._layers, self._feature_trace()):
             extra = ""
             if isinstance(layer, Dense) and layer.activation:
                 extra = f", {layer.activation}"
@@ -293,7 +444,7 @@ class Sequential:
 
     # ------------------------------------------------------------------ compute
     def _check_X(self, X, name="X"):
-        dtype = self.dtype
+        dtype = _dtype_of(self._layers)   # (the callers rebuilt a changed layer list first)
         if type(X) is np.ndarray and X.dtype is dtype and X.ndim >= 1 and X.flags.c_contiguous:
             return X   # what as_float_array returns for it (a training step's fast path)
         X = as_float_array(X, name, dtype)
@@ -302,8 +453,16 @@ class Sequential:
         return X
 
     def forward(self, X, training=None):
-        """Scores for X. ``training`` overrides the layers' train/eval mode for this call."""
-        out = self._check_X(X)
+        """Scores for X. ``training`` overrides the layers' train/eval mode for this call.
+        Each layer keeps what its backward needs (call ``backward`` next); a training step of
+        the same model in another thread waits for it, and it for the step."""
+        with self._lock:
+            if self._layers.changed:
+                self._build()
+            return self._forward(self._check_X(X), training)
+
+    def _forward(self, X, training):
+        out = X
         for unit in self._units:
             out = unit.forward(out, training)
         return out
@@ -311,13 +470,16 @@ class Sequential:
     def backward(self, dout, need_dx=True):
         """Backpropagate ``dout`` (the gradient of the loss wrt the scores); fills every layer's
         ``grads`` and returns the gradient wrt the input (None when ``need_dx`` is False)."""
-        self._check_arrays()
-        return self._backward(dout, need_dx)
+        with self._lock:
+            if self._layers.changed:
+                self._build()
+            self._check_arrays()
+            return self._backward(dout, need_dx)
 
     def _check_arrays(self):
         """Every layer's params / grads entries, named if one was replaced by something the
         kernels cannot use (Layer.check_arrays)."""
-        for layer in self.layers:
+        for layer in self._layers:
             layer.check_arrays()
 
     def _backward(self, dout, need_dx):
@@ -328,30 +490,72 @@ class Sequential:
         return d
 
     def predict(self, X, batch_size=None):
-        """Scores in inference mode (dropout and noise off), optionally in batches."""
+        """Scores in inference mode (dropout and noise off), optionally in batches. The fastnn
+        layers keep nothing from it (no backward caches): predictions may run in several
+        threads at once, also beside a training step of the same model, which they leave
+        undisturbed (the weights they read may then be half way through that step's update)."""
+        if self._layers.changed:
+            self._sync()
         X = self._check_X(X)
         if batch_size is not None:
             batch_size = check_int(batch_size, "batch_size")
+        units = self._units   # (one plan for every part, should the layer list change meanwhile)
         if batch_size is None or X.shape[0] <= batch_size:
-            return self.forward(X, training=False)
-        parts = [self.forward(X[i:i + batch_size], training=False) for i in range(0, X.shape[0], batch_size)]
+            return _infer(units, X)
+        parts = [_infer(units, X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)]
         return np.concatenate(parts, axis=0)
 
-    def _labels(self, y, n):
+    def _labels(self, y, n, name="y", rows="X"):
         if y is None:
-            raise TypeError("y must be an array of targets, got None")
+            raise TypeError(f"{name} must be an array of targets, got None")
         y = np.asarray(y)
         if y.ndim < 1 or y.shape[0] != n:
-            raise ValueError(f"y must have {n} entries (one per row of X), got shape {y.shape}")
+            raise ValueError(f"{name} must have {n} entries (one per row of {rows}), got shape {y.shape}")
         return y
 
+    def _check_targets(self, loss, y, n, name, out):
+        """fit's check of all of its targets (or validation targets) before anything trains:
+        what a step of either path would refuse in some mini-batch, refused up front, with the
+        index into ``y`` itself. ``out``: the model's output features (None: not known before
+        a forward, as for a stack without Dense or Maxout layers; the steps check the range)."""
+        kind = _LOSS_KINDS.get(type(loss))
+        if kind is None:
+            return   # a Loss class of the caller's own: its steps check what it takes
+        if kind == _kl.MSE:
+            t = as_float_array(y, name, _dtype_of(self._layers))
+            if out is not None and t.shape != (n, out) and not (out == 1 and t.shape == (n,)):
+                raise ValueError(f"{name} must have the shape of the scores {(n, out)}, got {t.shape}")
+            return
+        binary = kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
+        if not binary and np.asarray(y).dtype.kind == "f":   # (the hint the class losses give)
+            raise TypeError(f"{name} must hold integer class labels, got dtype {np.asarray(y).dtype} "
+                            f"(cast with {name}.astype(int) if the values are whole numbers)")
+        labels = int_labels(y, n, allow_bool=binary, name=name,
+                            what="integer labels" if binary else "integer class labels",
+                            allow_column=binary)
+        if kind == _kl.LOGISTIC:
+            bad, valid = (labels != 0) & (labels != 1), "{0, 1}"
+        elif kind == _kl.BINARY_HINGE:
+            bad, valid = (labels != -1) & (labels != 1), "{-1, 1}"
+        elif out is None:
+            return
+        else:
+            bad, valid = (labels < 0) | (labels >= out), f"[0, {out})"
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name}[{i}] = {labels[i]} is not a valid label for this loss "
+                             f"(labels must be in {valid})")
+
     def train_step(self, X, y, loss, optimizer):
-        """One step of SGD-style training on the batch (X, y); returns the loss as a float."""
+        """One step of SGD-style training on the batch (X, y); returns the loss as a float.
+        Steps on one model from several Python threads run one after the other."""
         _check_optimizer(optimizer)
         if type(loss) is str and loss in _NAMED_LOSSES:
             loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
         else:
             loss = get_loss(loss)
+        if self._layers.changed:
+            self._sync()
         value, _, _ = self._step(self._check_X(X), y, loss, optimizer)
         return value
 
@@ -369,18 +573,17 @@ class Sequential:
             return step if step is None or X.shape[1] == step.fan_in else None
         if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
             return None
-        if X.shape[1] != self.in_features:
+        if X.shape[1] != _in_features_of(self._layers):
             return None
         self._check_arrays()   # (a build: the first step, or something was replaced)
-        with _BUILD_LOCK:
-            # threads whose first steps meet here share one build, and so one plan and its
-            # lock: their steps then run one after the other (each building its own plan,
-            # they would have run at once on the same parameters)
+        with self._lock:
+            # (_step holds it already; a direct call takes it here, and looks up again what
+            # a step in another thread may have built meanwhile)
             cached = self._valid_entry(key, optimizer)
             if cached is not None:
                 return cached[1]
             step = None
-            mine = {(id(p.layer), p.name) for p in self.parameters()}
+            mine = {(id(p.layer), p.name) for layer in self._layers for p in layer.parameters()}
             theirs = [(id(p.layer), p.name) for p in optimizer.params]
             if len(theirs) == len(mine) and set(theirs) == mine:
                 try:
@@ -400,9 +603,12 @@ class Sequential:
         model and optimizer (the same optimizer object, no array replaced, the same rule),
         else None."""
         cached = self._compiled.get(key)
-        if (cached is not None and cached[2] is optimizer
-                and _kn.signature_matches(cached[0], self.layers, optimizer, _rule_of(optimizer))):
-            return cached
+        if cached is not None and cached[2] is optimizer:
+            try:
+                if _kn.signature_matches(cached[0], self._layers, optimizer, _rule_of(optimizer)):
+                    return cached
+            except TypeError:
+                pass   # something replaced by what is not iterable: a rebuild names it
         return None
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
@@ -411,15 +617,28 @@ class Sequential:
         parameters keep their last finite values. With ``count`` and a classification loss,
         ``correct`` is the number of rows whose scores (before the update) predict their label
         as ``loss.predict_labels`` does, else None. (The whole-step kernel counts them in its
-        loss pass: it may write the loss gradient over the scores.)"""
-        compiled = self._compiled_step(X, loss, optimizer)
-        if compiled is not None:
-            value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
-            return float(value), correct, stopped
+        loss pass: it may write the loss gradient over the scores.)
+
+        The whole step runs under the model's lock, on both paths: steps from several Python
+        threads (any batch size, optimizer or loss) run one after the other."""
+        with self._lock:
+            if self._layers.changed:
+                self._build()
+            compiled = self._compiled_step(X, loss, optimizer)
+            if compiled is not None:
+                value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
+                return float(value), correct, stopped
+            return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
+
+    def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count):
+        """_step layer by layer (the caller holds the lock)."""
         self._check_arrays()   # before any kernel
-        if isinstance(loss, MeanSquaredError):
-            y = as_float_array(y, "y", self.dtype)  # targets in the model's dtype, as the kernel
-        scores = self.forward(X, training=True)
+        mse = isinstance(loss, MeanSquaredError)
+        if mse:
+            y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
+        scores = self._forward(X, True)
+        if mse and y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
+            y = y.reshape(scores.shape)   # (N,) targets for a single output, as the kernel takes them
         value, dscores = loss(scores, y)
         correct = None
         if count and loss.accuracy_kind is not None:
@@ -427,7 +646,7 @@ class Sequential:
             correct = int(np.sum(pred == np.asarray(y).reshape(len(pred), -1)[:, 0]))
         if skip_nonfinite and not np.isfinite(value):
             return float(value), correct, True
-        self._backward(dscores, need_dx=False)   # (_step checked the arrays)
+        self._backward(dscores, need_dx=False)   # (checked the arrays above)
         if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in optimizer.params):
             return float(value), correct, True
         optimizer.step()
@@ -436,11 +655,15 @@ class Sequential:
     def evaluate(self, X, y, loss="softmax", batch_size=None):
         """``{"loss": ..., "accuracy": ...}`` in inference mode (accuracy for classifiers)."""
         loss = get_loss(loss)
+        if self._layers.changed:
+            self._sync()
         X = self._check_X(X)
         y = self._labels(y, X.shape[0])
         scores = self.predict(X, batch_size=batch_size)
         if isinstance(loss, MeanSquaredError):
-            y = as_float_array(y, "y", self.dtype)
+            y = as_float_array(y, "y", _dtype_of(self._layers))
+            if y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
+                y = y.reshape(scores.shape)   # (N,) targets for a single output, as train_step
         value, _ = loss(scores, y)
         result = {"loss": float(value)}
         pred = loss.predict_labels(scores)
@@ -454,10 +677,16 @@ class Sequential:
         epoch (loss, accuracy where it applies, samples/s) and returns the history, a dict of
         per-epoch lists. A non-finite loss or gradient stops training before that step updates
         anything, with a warning that names the epoch and step; the history then has
-        ``"stopped"`` set to that message."""
+        ``"stopped"`` set to that message.
+
+        Everything is checked before the first step: the arguments, every label (or target) of
+        ``y`` for the loss, and ``validation_data`` (X_val's shape, y_val's length and labels),
+        so a bad one raises before anything trains."""
         from fastnn.optimizers import SGD
 
         loss = get_loss(loss)
+        if self._layers.changed:
+            self._sync()
         X = self._check_X(X)
         y = self._labels(y, X.shape[0])
         n = X.shape[0]
@@ -469,13 +698,24 @@ class Sequential:
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
         _check_optimizer(optimizer)
+        out = self._feature_trace()[-1]   # the scores' width (None: unknown before a forward)
+        self._check_targets(loss, y, n, "y", out)   # all of y: the steps check only their batch
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            # converted once here, not every epoch
-            validation_data = (self._check_X(validation_data[0], "X_val"), validation_data[1])
+            # checked and converted once here, before the first epoch, not after it
+            X_val = self._check_X(validation_data[0], "X_val")
+            n_val = X_val.shape[0]
+            if n_val == 0:
+                raise ValueError("X_val is empty: the validation loss over no rows is undefined")
+            d = _in_features_of(self._layers)
+            if d is not None and (X_val.ndim < 2 or math.prod(X_val.shape[1:]) != d):
+                raise ValueError(f"X_val must have shape (N, {d}), got {X_val.shape}")
+            y_val = self._labels(validation_data[1], n_val, "y_val", "X_val")
+            self._check_targets(loss, y_val, n_val, "y_val", out)
+            validation_data = (X_val, y_val)
         if seed is not None:
-            for layer in self.layers:
+            for layer in self._layers:
                 if isinstance(layer, (Dropout, GaussianNoise)):
                     layer.reseed(int(rng.integers(0, 2**63 - 1)))
         classify = loss.accuracy_kind is not None
@@ -530,23 +770,27 @@ class Sequential:
 
     # ------------------------------------------------------------------ save / load
     def _architecture(self):
-        return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]
+        return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self._layers]
 
     def save(self, path):
         """Write the architecture and every parameter to ``path`` (an .npz file, never a pickle).
         The file is written to a temporary name and renamed, so a crash never leaves a
-        truncated model at ``path``."""
-        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
+        truncated model at ``path``. A training step of the model in another thread waits
+        while the arrays are written (the file holds the weights between two steps)."""
         path = fs_path(path)
-        arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-        for i, layer in enumerate(self.layers):
-            for name, value in layer.params.items():
-                arrays[f"{i}.{name}"] = value
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                with self._lock:
+                    if self._layers.changed:
+                        self._build()
+                    meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
+                    arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+                    for i, layer in enumerate(self._layers):
+                        for name, value in layer.params.items():
+                            arrays[f"{i}.{name}"] = value
+                    np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             # mkstemp makes the file owner-only; give it the mode a plain open() would have
@@ -570,17 +814,31 @@ class Sequential:
     def load(self, path):
         """Load parameters saved by ``save`` into this model. The file must describe the same
         architecture; a mismatched, truncated or corrupt file raises ValueError and leaves the
-        model unchanged. Nothing is unpickled."""
+        model unchanged, as does a parameter array that cannot be written (a frozen layer's
+        read-only copy: the error names it). Nothing is unpickled. A training step of the model
+        in another thread waits while the arrays are written."""
         meta, arrays = _read_model_file(path)
+        with self._lock:
+            if self._layers.changed:
+                self._build()
+            return self._load_locked(path, meta, arrays)
+
+    def _load_locked(self, path, meta, arrays):
         if meta["layers"] != self._architecture():
             raise ValueError(
                 f"{path} holds a different architecture:\n  file:  {_describe(meta['layers'])}\n"
                 f"  model: {_describe(self._architecture())}"
             )
         staged = []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self._layers):
             for name, value in layer.params.items():
                 key = f"{i}.{name}"
+                what = f"layer {i} ({type(layer).__name__}) parameter {name}"
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"cannot load {path}: {what} must be a numpy.ndarray, "
+                                    f"got {type(value).__name__}; nothing was loaded")
+                if not value.flags.writeable:
+                    raise ValueError(f"cannot load {path}: {what} is read-only; nothing was loaded")
                 if key not in arrays:
                     raise ValueError(f"{path} is missing the array {key!r}")
                 a = arrays[key]
@@ -590,7 +848,7 @@ class Sequential:
                 if not np.all(np.isfinite(a)):
                     raise ValueError(f"{path}: array {key!r} holds NaN or Inf")
                 staged.append((value, a))
-        expected = {f"{i}.{name}" for i, layer in enumerate(self.layers) for name in layer.params}
+        expected = {f"{i}.{name}" for i, layer in enumerate(self._layers) for name in layer.params}
         extra = set(arrays) - expected
         if extra:
             raise ValueError(f"{path} has unexpected arrays: {sorted(extra)}")

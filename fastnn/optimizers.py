@@ -16,6 +16,11 @@ from fastnn.layers import Parameter
 __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
 
 
+def _fits(a, data):
+    """State array `a` was made for parameter array `data` (its shape and dtype)."""
+    return isinstance(a, np.ndarray) and a.shape == data.shape and a.dtype == data.dtype
+
+
 class Optimizer:
     def __init__(self, params, lr, weight_decay):
         try:
@@ -44,21 +49,65 @@ class Optimizer:
         for p in self.params:
             p.grad[...] = 0
 
-    def _slots(self, p, n):
+    def _slots(self, p, n, data=None):
+        """The n state arrays of parameter p (SGD's velocity; RMSProp's cache; Adam's m, v):
+        made (zeros) for a parameter without state, and remade for one whose state was made
+        for an array of another shape or dtype (the parameter was replaced). State that is not
+        a list of n arrays of the parameter's shape and dtype (edited by hand) raises a
+        TypeError or ValueError naming it, as the update kernels would, but before any update."""
         key = (id(p.layer), p.name)
-        data = p.data
+        if data is None:
+            data = p.data
         st = self.state.get(key)
-        if st is None or st[0].shape != data.shape or st[0].dtype != data.dtype:
-            st = [np.zeros_like(data) for _ in range(n)]
-            self.state[key] = st
+        if type(st) is list and len(st) == n:   # (the state this method makes: the fast path)
+            shape, dtype = data.shape, data.dtype
+            s0 = st[0]
+            if type(s0) is np.ndarray and s0.shape == shape and s0.dtype == dtype:
+                if n == 1:
+                    return st
+                s1 = st[1]
+                if type(s1) is np.ndarray and s1.shape == shape and s1.dtype == dtype:
+                    return st
+        return self._remade_slots(key, p, data, st, n)
+
+    def _remade_slots(self, key, p, data, st, n):
+        what = f"{type(self).__name__}.state[{key!r}] (the state of {p!r})"
+        if st is not None:
+            if not isinstance(st, (list, tuple)):
+                raise TypeError(f"{what} must be a list of {n} arrays, got {type(st).__name__}")
+            if len(st) != n:
+                raise ValueError(f"{what} must hold {n} array{'s' if n > 1 else ''}, got {len(st)}")
+            for k, a in enumerate(st):
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{what} entry {k} must be a numpy.ndarray, got {type(a).__name__}")
+            if all(_fits(a, data) for a in st):
+                return st   # (a tuple, or an ndarray subclass: taken as before)
+            if _fits(st[0], data):   # the first fits: not a replaced parameter's
+                k = next(k for k, a in enumerate(st) if not _fits(a, data))
+                raise ValueError(f"{what} entry {k} must have the parameter's shape {data.shape} "
+                                 f"and dtype {data.dtype}, got {st[k].shape} and {st[k].dtype}")
+        st = [np.zeros_like(data) for _ in range(n)]
+        self.state[key] = st
         return st
 
-    def _update(self, rule, p, s1=None, s2=None, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0):
-        w = p.data
-        if not (w.flags.c_contiguous and w.flags.writeable):
-            raise ValueError(f"parameter {p.name} must be a writeable C-contiguous array")
+    def _update(self, rule, p, w, s1=None, s2=None, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0):
         wd = self.weight_decay if p.decay else 0.0
         _optim._run(rule, w, p.grad, s1, s2, self.lr, h1, h2, eps, c1, c2, wd)
+
+    def _prepared(self, n):
+        """(parameter, its array, its n state arrays) for every parameter, all checked before
+        the first update: a step that raises has updated nothing."""
+        work = []
+        add, slots = work.append, self._slots
+        for p in self.params:
+            w = p.data
+            if type(w) is not np.ndarray and not isinstance(w, np.ndarray):
+                raise TypeError(f"parameter {p.name} must be a numpy.ndarray, got {type(w).__name__}")
+            flags = w.flags
+            if not (flags.c_contiguous and flags.writeable):
+                raise ValueError(f"parameter {p.name} must be a writeable C-contiguous array")
+            add((p, w, slots(p, n, w) if n else None))
+        return work
 
 
 class SGD(Optimizer):
@@ -72,12 +121,13 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
 
     def step(self):
-        for p in self.params:
-            if self.momentum == 0:
-                self._update(_ko.SGD, p)
-            else:
-                (v,) = self._slots(p, 1)
-                self._update(_ko.NESTEROV if self.nesterov else _ko.MOMENTUM, p, v, h1=self.momentum)
+        if self.momentum == 0:
+            for p, w, _ in self._prepared(0):
+                self._update(_ko.SGD, p, w)
+        else:
+            rule = _ko.NESTEROV if self.nesterov else _ko.MOMENTUM
+            for p, w, (v,) in self._prepared(1):
+                self._update(rule, p, w, v, h1=self.momentum)
 
 
 class RMSProp(Optimizer):
@@ -87,9 +137,8 @@ class RMSProp(Optimizer):
         self.eps = self._positive(eps, "eps", allow_zero=True)
 
     def step(self):
-        for p in self.params:
-            (c,) = self._slots(p, 1)
-            self._update(_ko.RMSPROP, p, c, h1=self.decay_rate, eps=self.eps)
+        for p, w, (c,) in self._prepared(1):
+            self._update(_ko.RMSPROP, p, w, c, h1=self.decay_rate, eps=self.eps)
 
 
 class Adam(Optimizer):
@@ -102,9 +151,9 @@ class Adam(Optimizer):
         self.t = 0
 
     def step(self):
+        work = self._prepared(2)   # (before t moves: a step that raises changes nothing)
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
-        for p in self.params:
-            m, v = self._slots(p, 2)
-            self._update(_ko.ADAM, p, m, v, h1=b1, h2=b2, eps=self.eps, c1=c1, c2=c2)
+        for p, w, (m, v) in work:
+            self._update(_ko.ADAM, p, w, m, v, h1=b1, h2=b2, eps=self.eps, c1=c1, c2=c2)

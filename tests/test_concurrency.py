@@ -272,6 +272,174 @@ def test_eight_python_threads_predict_with_one_shared_model():
                     assert_same_bits(res, serial[i], what=f"predict in thread {i}, call {k}")
 
 
+# ============================================================================ one model, several threads
+def _at_once(calls):
+    """Run each call in its own Python thread, released together, with a switch interval short
+    enough for Python code to interleave at almost any bytecode; returns their results in order
+    (re-raising the first exception)."""
+    import sys
+
+    barrier = threading.Barrier(len(calls))
+    results, errors = [None] * len(calls), []
+
+    def target(i):
+        try:
+            barrier.wait()
+            results[i] = calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _state(model, opt):
+    return [p.data.copy() for p in model.parameters()] + [getattr(opt, "t", None)]
+
+
+def _same_state(a, b):
+    return a[-1] == b[-1] and all(x.tobytes() == y.tobytes() for x, y in zip(a[:-1], b[:-1]))
+
+
+_R = np.random.default_rng(21)
+_XA, _YA = _R.standard_normal((384, 48)).astype(F32), _R.integers(0, 10, 384)
+_XB, _YB = _R.standard_normal((160, 48)).astype(F32), _R.integers(0, 10, 160)
+
+# (model factory, whether it runs the whole-step kernel)
+_ONE_MODEL = {
+    "compiled": (lambda: Sequential(Dense(48, 256, activation="relu", seed=1), Dense(256, 256, seed=2), Tanh(),
+                                    Dense(256, 10, seed=3)), True),
+    "layer-path": (lambda: Sequential(Dense(48, 256, seed=1), PReLU(1), Dropout(0.3, seed=4),
+                                      Dense(256, 128, seed=2), Tanh(), Dense(128, 10, seed=3)), False),
+}
+
+
+@pytest.mark.parametrize("path", list(_ONE_MODEL))
+@pytest.mark.parametrize("case", ["two-batch-sizes", "two-optimizers"])
+def test_train_steps_on_one_model_from_two_threads_run_one_after_the_other(path, case):
+    """Two Python threads calling train_step on one model at once, with batches of two sizes
+    (the whole-step kernel has a plan, and had a lock, per batch size) or with two optimizers
+    over the same parameters (a plan per optimizer): the steps run one after the other, so the
+    parameters end bitwise as after the two steps in one of the two orders. (They used to run
+    at once on the same parameters: 20 of 20 trials matched neither order, and the layer path
+    raised "dout must have shape ..." when one step's forward replaced the other's caches.)"""
+    make, compiled = _ONE_MODEL[path]
+
+    def setup():
+        model = make()
+        if case == "two-batch-sizes":
+            opt = Adam(model.parameters(), lr=1e-3)
+            steps = [lambda: model.train_step(_XA, _YA, "softmax", opt),
+                     lambda: model.train_step(_XB, _YB, "softmax", opt)]
+        else:
+            opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+            other = RMSProp(model.parameters(), lr=1e-3)
+            steps = [lambda: model.train_step(_XA, _YA, "softmax", opt),
+                     lambda: model.train_step(_XA, _YA, "svm", other)]
+        for step in steps:   # (builds every plan first: the steps below only run them)
+            step()
+        return model, opt, steps
+
+    wants = []
+    for order in ((0, 1), (1, 0)):
+        model, opt, steps = setup()
+        losses = [steps[k]() for k in order]
+        wants.append((_state(model, opt), [losses[order.index(k)] for k in (0, 1)]))
+    assert not _same_state(wants[0][0], wants[1][0])   # the order shows
+    for trial in range(8):
+        model, opt, steps = setup()
+        if compiled:
+            assert all(v[1] is not None for v in model._compiled.values()) and len(model._compiled) == 2
+        losses = _at_once(steps)
+        got = _state(model, opt)
+        assert any(_same_state(got, s) and losses == l for s, l in wants), f"trial {trial}"
+
+
+@pytest.mark.parametrize("path", list(_ONE_MODEL))
+def test_fit_and_train_step_in_two_threads_run_one_after_the_other(path):
+    """fit's steps take the model's lock as train_step's do: a one-step fit (the whole batch,
+    no shuffling, so the same numbers as train_step) and a train_step on the same model at once
+    end as the two steps in a row (the same batch: either order gives the same bits)."""
+    make, _ = _ONE_MODEL[path]
+
+    def setup():
+        model = make()
+        if path == "layer-path":   # the same dropout masks whichever runs first: none
+            model.layers[2].p = 0.0
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        model.train_step(_XA, _YA, "softmax", opt)
+        return model, opt
+
+    serial, sopt = setup()
+    for _ in range(2):
+        serial.train_step(_XA, _YA, "softmax", sopt)
+    want = _state(serial, sopt)
+    for trial in range(6):
+        model, opt = setup()
+        _at_once([lambda: model.fit(_XA, _YA, optimizer=opt, epochs=1, batch_size=len(_XA), shuffle=False,
+                                    verbose=False),
+                  lambda: model.train_step(_XA, _YA, "softmax", opt)])
+        assert _same_state(_state(model, opt), want), f"trial {trial}"
+
+
+def test_predict_beside_a_layer_path_training_step_leaves_the_step_alone():
+    """predict keeps nothing in the layers, so predictions in other threads cannot replace the
+    caches (or the dropout mask) a layer-path step's backward reads: the training run is bitwise
+    the one without them. (predict's forward used to store its caches: the step's backward then
+    raised "dout must have shape ..." or computed with another batch's activations.)"""
+    import sys
+
+    make, _ = _ONE_MODEL["layer-path"]
+    serial = make()
+    sopt = SGD(serial.parameters(), lr=0.05)
+    want_losses = [serial.train_step(_XA, _YA, "softmax", sopt) for _ in range(4)]
+    want = _state(serial, sopt)
+    Xp = _XB[:100]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for trial in range(4):
+            model = make()
+            opt = SGD(model.parameters(), lr=0.05)
+            stop, errors, calls = threading.Event(), [], [0]
+
+            def predicting():
+                try:
+                    while not stop.is_set():
+                        model.predict(Xp)
+                        calls[0] += 1
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            t = threading.Thread(target=predicting)
+            t.start()
+            try:
+                losses = [model.train_step(_XA, _YA, "softmax", opt) for _ in range(4)]
+            finally:
+                stop.set()
+                t.join(60)
+            assert not errors, errors
+            assert calls[0] > 0
+            assert losses == want_losses, f"trial {trial}"
+            assert _same_state(_state(model, opt), want), f"trial {trial}"
+    finally:
+        sys.setswitchinterval(interval)
+    # and predict is still forward in inference mode, bitwise
+    assert_same_bits(model.predict(Xp), model.forward(Xp, training=False))
+
+
 # ============================================================================ the GIL
 class _Ticker:
     """A Python thread that records perf_counter() timestamps while it can run Python code."""

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, GaussianNoise,
-                    LeakyReLU, Maxout, MeanSquaredError, MulticlassHinge, PReLU, ReLU,
+                    LeakyReLU, Maxout, MeanSquaredError, MulticlassHinge, PReLU, ReLU, RMSProp,
                     Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh, load_model)
 
 from fastnn.losses import get_loss
@@ -1581,6 +1581,15 @@ def test_compiled_step_signature_check_agrees_with_the_signature(change):
         assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not step
         assert_same_bits(old, before)                                   # left alone
         assert not np.array_equal(model.layers[2].params["W"], before)  # trained
+    if change == "a layer without parameters removed":
+        # and the model now runs the stack without it (it used to keep the fused LeakyReLU)
+        import copy
+
+        fresh = Sequential(*copy.deepcopy(list(model.layers)))
+        assert_same_bits(model.predict(X), fresh.predict(X))
+        loss = model.train_step(X, y, "softmax", opt)
+        assert loss == fresh.train_step(X, y, "softmax", SGD(fresh.parameters(), lr=0.1))
+        assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not step
 
 
 def test_step_plan_refuses_a_thread_count_below_one():
@@ -1634,3 +1643,428 @@ def test_step_kernel_fused_backward_edge_networks(name):
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         assert_same_bits(a, b)
+
+
+# ============================================================================ changing model.layers
+def _stack_base():
+    return Sequential(Dense(4, 6, seed=1), Tanh(), Dense(6, 6, seed=2), Dense(6, 3, seed=3))
+
+
+# name -> (the model before, the change, whether the changed model trains: a layer listed twice
+# shares its backward cache between its two places)
+LAYER_LIST_CHANGES = {
+    "append": (lambda: Sequential(Dense(4, 3, seed=1)),
+               lambda m: (m.layers.append(ReLU()), m.layers.append(Dense(3, 2, seed=2))), True),
+    "extend": (lambda: Sequential(Dense(4, 3, seed=1)),
+               lambda m: m.layers.extend([LeakyReLU(0.1), Dense(3, 2, seed=2)]), True),
+    "iadd": (lambda: Sequential(Dense(4, 3, seed=1)),
+             lambda m: m.layers.__iadd__([Sigmoid(), Dense(3, 2, seed=2)]), True),
+    "plus-assign": (_stack_base, lambda m: setattr(m, "layers", m.layers + [PReLU(3)]), True),
+    "pop": (lambda: Sequential(Dense(4, 6, seed=1), LeakyReLU(0.5), Dense(6, 3, seed=2)),
+            lambda m: m.layers.pop(1), True),
+    "pop-last": (_stack_base, lambda m: m.layers.pop(), True),
+    "remove": (_stack_base, lambda m: m.layers.remove(m.layers[1]), True),
+    "delitem": (_stack_base, lambda m: m.layers.__delitem__(2), True),
+    "insert": (_stack_base, lambda m: m.layers.insert(3, ReLU()), True),
+    "insert-layer-path": (_stack_base, lambda m: m.layers.insert(1, Dropout(0.5, seed=3)), True),
+    "setitem": (_stack_base, lambda m: m.layers.__setitem__(1, Sigmoid()), True),
+    "setitem-dense": (_stack_base, lambda m: m.layers.__setitem__(2, Dense(6, 6, activation="relu", seed=7)), True),
+    "setitem-slice": (_stack_base, lambda m: m.layers.__setitem__(slice(1, 3), [Maxout(6, 6, seed=5)]), True),
+    "reverse": (lambda: Sequential(Dense(4, 4, seed=1), Tanh(), Dense(4, 4, seed=2)),
+                lambda m: m.layers.reverse(), True),
+    "sort": (lambda: Sequential(Dense(4, 4, seed=1), Tanh(), Dense(4, 4, seed=2)),
+             lambda m: m.layers.sort(key=lambda layer: isinstance(layer, Tanh)), True),
+    "imul": (lambda: Sequential(Dense(4, 4, activation="tanh", seed=1)), lambda m: m.layers.__imul__(2), False),
+    "reassign": (_stack_base, lambda m: setattr(m, "layers", [Dense(4, 5, seed=4), ReLU(), Dense(5, 3, seed=5)]),
+                 True),
+    "reassign-tuple": (_stack_base, lambda m: setattr(m, "layers", (m.layers[0], m.layers[3 - 1], m.layers[3])),
+                       True),
+}
+
+
+def _changed_and_fresh(name, train_first):
+    """The model of LAYER_LIST_CHANGES[name] (trained a step first or not) after the change, and
+    a Sequential freshly built from copies of its layers as they are right after the change."""
+    import copy
+
+    make, change, _ = LAYER_LIST_CHANGES[name]
+    model = make()
+    X0 = np.random.default_rng(0).standard_normal((9, 4)).astype(F32)
+    if train_first:
+        out = model.predict(X0).shape[1]
+        model.train_step(X0, np.arange(9) % out, "softmax", SGD(model.parameters(), lr=0.1))
+    change(model)
+    fresh = Sequential(*copy.deepcopy(list(model.layers)))
+    return model, fresh
+
+
+@pytest.mark.parametrize("train_first", [False, True], ids=["fresh", "trained"])
+@pytest.mark.parametrize("name", list(LAYER_LIST_CHANGES))
+def test_a_changed_layer_list_runs_as_a_fresh_model_of_its_layers(name, train_first, tmp_path):
+    """model.layers is a list users may change; forward, predict, train_step (whole-step kernel
+    and layer path), fit, summary and save/load then all run the changed stack, bitwise as a
+    Sequential built from (copies of) the same layers. (forward, predict and train_step used to
+    keep running the stack the constructor saw, while parameters(), summary() and save() used
+    the list: a saved and reloaded model predicted differently from the one saved.)"""
+    r = np.random.default_rng(5)
+    X = r.standard_normal((24, 4)).astype(F32)
+    model, fresh = _changed_and_fresh(name, train_first)
+    assert_same_bits(model.predict(X), fresh.predict(X))
+    assert_same_bits(model.forward(X, training=False), fresh.forward(X, training=False))
+    assert model.summary() == fresh.summary()
+    assert [p.shape for p in model.parameters()] == [p.shape for p in fresh.parameters()]
+    assert_params_equal(model, param_copies(fresh))
+    assert model._compilable == fresh._compilable
+    trains = LAYER_LIST_CHANGES[name][2]
+    if trains:
+        out = fresh.predict(X).shape[1]
+        y = r.integers(0, out, 24)
+        for layer_path in (False, True):
+            pair = list(_changed_and_fresh(name, train_first))
+            for m in pair:
+                m.parameters()   # (the changed model rebuilds its plan at its first use)
+                if layer_path:
+                    m._compilable = False
+            opts = [Adam(m.parameters(), lr=1e-2) for m in pair]
+            losses = [[m.train_step(X, y, "softmax", o) for _ in range(3)] for m, o in zip(pair, opts)]
+            assert losses[0] == losses[1], layer_path
+            assert_params_equal(pair[0], param_copies(pair[1]))
+            compiled = [any(v[1] is not None for v in m._compiled.values()) for m in pair]
+            assert compiled[0] == compiled[1] == (pair[1]._compilable and not layer_path)
+            hist = [m.fit(X, y, optimizer=o, epochs=2, batch_size=8, seed=3, verbose=False)
+                    for m, o in zip(pair, opts)]
+            assert hist[0]["loss"] == hist[1]["loss"]
+            assert_params_equal(pair[0], param_copies(pair[1]))
+        model = pair[0]
+    path = str(tmp_path / "changed.npz")
+    model.save(path)
+    loaded = load_model(path)
+    assert_same_bits(loaded.predict(X), model.predict(X))
+    assert loaded.summary() == model.summary()
+    _perturb(model, 9)
+    model.load(path)
+    assert_same_bits(model.predict(X), loaded.predict(X))
+
+
+def test_a_changed_layer_list_is_validated_at_its_next_use():
+    """A change that leaves a stack the constructor would refuse raises the constructor's own
+    error at the next use (and at every use until the list is fixed), before anything runs;
+    the fixed list then runs."""
+    r = np.random.default_rng(6)
+    X = r.standard_normal((8, 4)).astype(F32)
+    y = r.integers(0, 3, 8)
+    uses = {
+        "predict": lambda m, opt: m.predict(X),
+        "forward": lambda m, opt: m.forward(X),
+        "train_step": lambda m, opt: m.train_step(X, y, "softmax", opt),
+        "fit": lambda m, opt: m.fit(X, y, optimizer=opt, epochs=1, verbose=False),
+        "evaluate": lambda m, opt: m.evaluate(X, y),
+        "summary": lambda m, opt: m.summary(),
+        "parameters": lambda m, opt: m.parameters(),
+        "save": lambda m, opt: m.save(os.devnull),
+        "dtype": lambda m, opt: m.dtype,
+    }
+    bad = {
+        "widths": (lambda m: m.layers.append(Dense(5, 2)), lambda layers: Sequential(*layers),
+                   ValueError, "expects 5 input features, got 3"),
+        "not a layer": (lambda m: m.layers.insert(1, "relu"), lambda layers: Sequential(*layers),
+                        TypeError, "layer 1 must be a fastnn layer, got str"),
+        "empty": (lambda m: m.layers.clear(), lambda layers: Sequential(*layers), ValueError, "at least one layer"),
+        "prelu slopes": (lambda m: m.layers.__setitem__(1, PReLU(4)), lambda layers: Sequential(*layers),
+                         ValueError, "PReLU has 4 slopes"),
+    }
+    for what, (change, construct, exc, match) in bad.items():
+        model = Sequential(Dense(4, 6, seed=1), Tanh(), Dense(6, 3, seed=2))
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model.train_step(X, y, "softmax", opt)
+        arrays = [layer.params[k] for layer in model.layers for k in layer.params]
+        before = [a.copy() for a in arrays]
+        change(model)
+        with pytest.raises(exc, match=match):
+            construct(list(model.layers))   # what the constructor says
+        for use, call in uses.items():
+            with pytest.raises(exc, match=match):
+                call(model, opt)
+            for a, b in zip(arrays, before):
+                assert_same_bits(a, b, use)
+        model.layers = [Dense(4, 6, seed=1), Tanh(), Dense(6, 3, seed=2)]
+        model.train_step(X, y, "softmax", SGD(model.parameters(), lr=0.1))   # fixed: runs
+    model = Sequential(Dense(4, 3))
+    for value in (5, None, Dense(4, 3)):
+        with pytest.raises(TypeError, match="layers must be a list of fastnn layers"):
+            model.layers = value
+    assert model.predict(X).shape == (8, 3)
+
+
+def test_copies_and_pickles_of_a_model_have_their_own_lock_and_layer_list():
+    """copy.deepcopy and pickle work before and after training with the whole-step kernel (a
+    compiled plan and the model's lock are not copied: the copy makes its own), and copy.copy
+    too; a copy trains on as the original does, and changing a copy's layer list leaves the
+    original alone."""
+    import copy
+    import pickle
+
+    r = np.random.default_rng(7)
+    X = r.standard_normal((16, 4)).astype(F32)
+    y = r.integers(0, 3, 16)
+    model = Sequential(Dense(4, 6, activation="relu", seed=1), Dense(6, 3, seed=2))
+    copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
+    for dup in copies:
+        assert_same_bits(dup.predict(X), model.predict(X))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train_step(X, y, "softmax", opt)
+    assert model._compiled
+    copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model)), copy.copy(model)]
+    for dup in copies:
+        assert dup._lock is not model._lock and dup.layers is not model.layers
+        assert type(dup.layers) is type(model.layers)
+        assert_same_bits(dup.predict(X), model.predict(X))
+    want = model.predict(X)
+    copies[0].layers.append(ReLU())
+    copies[2].layers.pop()
+    assert_same_bits(model.predict(X), want)
+    assert copies[2].predict(X).shape == (16, 6)
+    assert pickle.loads(pickle.dumps(model.layers)).__class__ is list
+    # a deep copy trains on as the original (its optimizer state copied over)
+    deep = copy.deepcopy(model)
+    deep_opt = SGD(deep.parameters(), lr=0.1, momentum=0.9)
+    deep_opt.state = {(id(p.layer), p.name): [v.copy() for v in opt.state[(id(q.layer), q.name)]]
+                      for p, q in zip(deep.parameters(), model.parameters())}
+    for _ in range(2):
+        assert model.train_step(X, y, "softmax", opt) == deep.train_step(X, y, "softmax", deep_opt)
+    assert deep._compiled
+    assert_params_equal(deep, param_copies(model))
+
+
+def test_a_dense_followed_by_a_relu_after_a_list_change_gets_he_initialization():
+    """As in the constructor: a Dense whose weights are still its default draw gets the He draw
+    of Dense(..., activation="relu") once a ReLU-family layer follows it; trained weights are
+    kept."""
+    X = np.ones((2, 4), F32)
+    model = Sequential(Dense(4, 3, seed=1))
+    xavier = model.layers[0].params["W"].copy()
+    model.layers.append(LeakyReLU(0.1))
+    model.predict(X)
+    he = Dense(4, 3, activation="leaky_relu", seed=1).params["W"]
+    assert not np.array_equal(he, xavier)
+    assert_same_bits(model.layers[0].params["W"], he)
+    trained = Sequential(Dense(4, 3, seed=1))
+    trained.train_step(X, [0, 1], "softmax", SGD(trained.parameters(), lr=0.1))
+    kept = trained.layers[0].params["W"].copy()
+    trained.layers.append(ReLU())
+    trained.predict(X)
+    assert_same_bits(trained.layers[0].params["W"], kept)
+
+
+# ============================================================================ MSE targets of shape (N,)
+def _regressor(layer_path, outputs=1):
+    model = Sequential(Dense(3, 8, activation="tanh", seed=1), Dense(8, outputs, seed=2))
+    model._compilable = not layer_path   # (False: the layer path, as for a model the kernel does not run)
+    return model
+
+
+def test_mse_targets_of_shape_n_for_one_output_on_both_paths_and_evaluate():
+    """A single-output regressor takes MSE targets of shape (N,) as (N, 1) everywhere: the
+    whole-step kernel, the layer path (train_step and fit) and evaluate, bitwise as (N, 1)
+    targets. (The kernel took them; the layer path and evaluate raised "y must have the shape
+    of x (32, 1)".) Two outputs still refuse (N,) targets on both paths."""
+    r = np.random.default_rng(12)
+    X = r.standard_normal((32, 3)).astype(F32)
+    y = r.standard_normal(32).astype(F32)
+    runs = {}
+    for layer_path in (False, True):
+        for shape in ("n", "n1"):
+            model = _regressor(layer_path)
+            opt = Adam(model.parameters(), lr=1e-2)
+            t = y if shape == "n" else y[:, None]
+            losses = [model.train_step(X, t, "mse", opt) for _ in range(3)]
+            hist = model.fit(X, t, loss="mse", optimizer=opt, epochs=2, batch_size=8, seed=0, verbose=False)
+            ev = model.evaluate(X, t, loss="mse")
+            assert (any(v[1] is not None for v in model._compiled.values())) == (not layer_path)
+            runs[layer_path, shape] = (losses, hist["loss"], ev, param_copies(model))
+    base = runs[False, "n1"]
+    for key, run in runs.items():
+        assert run[:3] == base[:3], key
+        for a, b in zip(run[3], base[3]):
+            assert_same_bits(a, b, str(key))
+    assert y.shape == (32,)   # (the caller's targets are left as they were)
+    for layer_path in (False, True):
+        two = _regressor(layer_path, outputs=2)
+        opt = SGD(two.parameters(), lr=0.1)
+        with pytest.raises(ValueError, match=r"^y must have the shape"):
+            two.train_step(X, y, "mse", opt)
+        with pytest.raises(ValueError, match=r"^y must have the shape"):
+            two.evaluate(X, y, loss="mse")
+
+
+# ============================================================================ fit checks everything first
+def _fit_case_model(loss, layer_path):
+    outputs = 1 if loss in ("logistic", "binary_hinge", "mse") else 3
+    model = Sequential(Dense(4, 8, activation="relu", seed=1), Dropout(0.2, seed=5), Dense(8, outputs, seed=2))
+    if not layer_path:
+        model.layers.pop(1)
+    return model
+
+
+_R16 = np.random.default_rng(16)
+_FX = _R16.standard_normal((64, 4)).astype(F32)
+_FY = {"softmax": _R16.integers(0, 3, 64), "svm": _R16.integers(0, 3, 64), "logistic": _R16.integers(0, 2, 64),
+       "binary_hinge": _R16.integers(0, 2, 64) * 2 - 1, "mse": _R16.standard_normal((64, 1)).astype(F32)}
+
+
+def _with(y, i, value):
+    y = np.array(y, copy=True)
+    y[i] = value
+    return y
+
+
+# name -> (loss, X, y, validation_data, exception, message)
+FIT_UP_FRONT = {
+    "label out of range": ("softmax", _FX, _with(_FY["softmax"], 37, 5), None, ValueError,
+                           r"^y\[37\] = 5 is not a valid label for this loss \(labels must be in \[0, 3\)\)"),
+    "negative label": ("svm", _FX, _with(_FY["svm"], 50, -1), None, ValueError, r"^y\[50\] = -1 is not a valid"),
+    "logistic label 2": ("logistic", _FX, _with(_FY["logistic"], 40, 2), None, ValueError,
+                         r"^y\[40\] = 2 is not a valid label .*\{0, 1\}"),
+    "hinge label 0": ("binary_hinge", _FX, _with(_FY["binary_hinge"], 63, 0), None, ValueError,
+                      r"^y\[63\] = 0 is not a valid label .*\{-1, 1\}"),
+    "float class labels": ("softmax", _FX, _FY["softmax"].astype(F64), None, TypeError,
+                           r"^y must hold integer class labels"),
+    "bool class labels": ("softmax", _FX, _FY["softmax"] > 0, None, TypeError, r"^y must hold integer class labels"),
+    "mse targets of another width": ("mse", _FX, np.zeros((64, 2), F32), None, ValueError,
+                                     r"^y must have the shape of the scores \(64, 1\)"),
+    "mse complex targets": ("mse", _FX, np.zeros((64, 1), complex), None, TypeError, r"^y\b"),
+    "y_val too short": ("softmax", _FX, _FY["softmax"], (_FX, _FY["softmax"][:10]), ValueError,
+                        r"^y_val must have 64 entries \(one per row of X_val\)"),
+    "y_val None": ("softmax", _FX, _FY["softmax"], (_FX, None), TypeError, r"^y_val must be an array"),
+    "y_val label out of range": ("softmax", _FX, _FY["softmax"], (_FX[:20], _with(_FY["softmax"][:20], 7, 3)),
+                                 ValueError, r"^y_val\[7\] = 3 is not a valid label"),
+    "y_val floats": ("svm", _FX, _FY["svm"], (_FX, _FY["svm"] + 0.5), TypeError, r"^y_val must hold integer"),
+    "y_val logistic label": ("logistic", _FX, _FY["logistic"], (_FX, _with(_FY["logistic"], 3, -1)), ValueError,
+                             r"^y_val\[3\] = -1 is not a valid label"),
+    "y_val mse width": ("mse", _FX, _FY["mse"], (_FX, np.zeros((64, 3), F32)), ValueError,
+                        r"^y_val must have the shape of the scores \(64, 1\)"),
+    "X_val width": ("softmax", _FX, _FY["softmax"], (_FX[:, :2], _FY["softmax"]), ValueError,
+                    r"^X_val must have shape \(N, 4\), got \(64, 2\)"),
+    "X_val 1-D": ("softmax", _FX, _FY["softmax"], (_FX[0], _FY["softmax"][:4]), ValueError,
+                  r"^X_val must have shape \(N, 4\), got \(4,\)"),
+    "X_val empty": ("softmax", _FX, _FY["softmax"], (_FX[:0], _FY["softmax"][:0]), ValueError, r"^X_val is empty"),
+    "X_val complex": ("softmax", _FX, _FY["softmax"], (_FX.astype(complex), _FY["softmax"]), TypeError, r"^X_val"),
+}
+
+
+@pytest.mark.parametrize("layer_path", [False, True], ids=["kernel", "layer-path"])
+@pytest.mark.parametrize("case", list(FIT_UP_FRONT))
+def test_fit_refuses_bad_targets_and_validation_data_before_it_trains(case, layer_path):
+    """fit checks all of y for its loss (not one mini-batch at a time) and validation_data
+    (X_val's shape, y_val's length and labels) before the first step: the error names y or
+    X_val / y_val, with the index into the caller's array, and nothing was trained (parameters,
+    optimizer state and step count, the dropout draws) on either path. (A bad label in a later
+    mini-batch used to raise after the earlier ones trained, naming its index in the batch,
+    "y[5] = 5" for y[37]; bad validation data was found after a whole epoch, naming x / y.)"""
+    loss, X, y, val, exc, match = FIT_UP_FRONT[case]
+    model = _fit_case_model(loss, layer_path)
+    twin = _fit_case_model(loss, layer_path)
+    before = param_copies(model)
+    opt = Adam(model.parameters(), lr=1e-2)
+    X0, y0 = X.copy(), np.array(y, copy=True)
+    with pytest.raises(exc, match=match):
+        model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16, shuffle=False,
+                  validation_data=val, verbose=False)
+    assert_params_equal(model, before)
+    assert opt.t == 0 and not opt.state
+    assert_same_bits(X, X0)
+    assert_same_bits(np.asarray(y), y0)
+    # the same run as an untouched model's from here on (dropout drew nothing)
+    good = _FY[loss]
+    h = [m.fit(_FX, good, loss=loss, optimizer=Adam(m.parameters(), lr=1e-2), epochs=1, batch_size=16,
+               shuffle=False, verbose=False) for m in (model, twin)]
+    assert h[0]["loss"] == h[1]["loss"]
+    assert_params_equal(model, param_copies(twin))
+
+
+@pytest.mark.parametrize("layer_path", [False, True], ids=["kernel", "layer-path"])
+def test_train_step_still_checks_its_labels(layer_path):
+    """The per-step checks stay (train_step has no fit to check for it): a bad label raises
+    before the step updates anything, on both paths."""
+    for loss, bad in (("softmax", 3), ("svm", -1), ("logistic", 2), ("binary_hinge", 0)):
+        model = _fit_case_model(loss, layer_path)
+        before = param_copies(model)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        with pytest.raises(ValueError, match=r"^y"):
+            model.train_step(_FX[:16], _with(_FY[loss][:16], 5, bad), loss, opt)
+        assert_params_equal(model, before)
+
+
+# ============================================================================ optimizer state edited by hand
+def _last_key(opt):
+    return list(opt.state)[-1]   # (the last parameter's: a step that raised there had updated the others)
+
+
+# name -> (optimizer, the edit, exception, message; None: the state is remade and the step runs)
+BAD_STATE = {
+    "adam one entry": (lambda m: Adam(m.parameters(), lr=1e-2), lambda o, k: o.state.__setitem__(k, o.state[k][:1]),
+                       ValueError,
+                       r"^Adam\.state\[.*\] \(the state of Parameter\(Dense\.b, shape=\(3,\).*\) must hold 2 arrays, "
+                       r"got 1"),
+    "adam no entry": (lambda m: Adam(m.parameters(), lr=1e-2), lambda o, k: o.state.__setitem__(k, []),
+                      ValueError, r"must hold 2 arrays, got 0"),
+    "adam three entries": (lambda m: Adam(m.parameters(), lr=1e-2),
+                           lambda o, k: o.state[k].append(o.state[k][0].copy()), ValueError,
+                           r"must hold 2 arrays, got 3"),
+    "momentum two entries": (lambda m: SGD(m.parameters(), lr=0.1, momentum=0.9),
+                             lambda o, k: o.state[k].append(o.state[k][0].copy()), ValueError,
+                             r"^SGD\.state\[.*must hold 1 array, got 2"),
+    "adam v of another shape": (lambda m: Adam(m.parameters(), lr=1e-2),
+                                lambda o, k: o.state.__setitem__(k, [o.state[k][0], np.zeros(4, F32)]), ValueError,
+                                r"entry 1 must have the parameter's shape"),
+    "adam v float64": (lambda m: Adam(m.parameters(), lr=1e-2),
+                       lambda o, k: o.state[k].__setitem__(1, o.state[k][1].astype(F64)), ValueError,
+                       r"entry 1 must have the parameter's shape .* and dtype float32"),
+    "adam v a list": (lambda m: Adam(m.parameters(), lr=1e-2),
+                      lambda o, k: o.state[k].__setitem__(1, o.state[k][1].tolist()), TypeError,
+                      r"entry 1 must be a numpy\.ndarray, got list"),
+    "rmsprop state an int": (lambda m: RMSProp(m.parameters(), lr=1e-2), lambda o, k: o.state.__setitem__(k, 3),
+                             TypeError, r"^RMSProp\.state\[.*must be a list of 1 arrays, got int"),
+    # made for a replaced parameter of another shape: remade from zeros, as before
+    "adam m of another shape": (lambda m: Adam(m.parameters(), lr=1e-2),
+                                lambda o, k: o.state.__setitem__(k, [np.zeros(4, F32), np.zeros(4, F32)]), None, None),
+    "tuple state": (lambda m: SGD(m.parameters(), lr=0.1, momentum=0.9),
+                    lambda o, k: o.state.__setitem__(k, tuple(o.state[k])), None, None),
+}
+
+
+@pytest.mark.parametrize("layer_path", [False, True], ids=["kernel", "layer-path"])
+@pytest.mark.parametrize("case", list(BAD_STATE))
+def test_optimizer_state_edited_by_hand(case, layer_path):
+    """State that is not a list of the rule's arrays of the parameter's shape and dtype (an
+    Adam state of one entry was an IndexError at `slots[1]` in the kernel's build, and "not
+    enough values to unpack" on the layer path) is a ValueError or TypeError naming the
+    state, the same on both paths, raised before anything is updated (Adam's step count
+    included); state made for a parameter of another shape is remade, as before."""
+    make_opt, edit, exc, match = BAD_STATE[case]
+    r = np.random.default_rng(17)
+    X = r.standard_normal((16, 4)).astype(F32)
+    y = r.integers(0, 3, 16)
+    model = Sequential(Dense(4, 5, activation="relu", seed=1), Dense(5, 3, seed=2))
+    model._compilable = not layer_path
+    opt = make_opt(model)
+    model.train_step(X, y, "softmax", opt)
+    edit(opt, _last_key(opt))
+    before, t = param_copies(model), getattr(opt, "t", None)
+    if exc is None:
+        model.train_step(X, y, "softmax", opt)
+        st = opt.state[_last_key(opt)]
+        assert all(a.shape == (3,) for a in st)
+        return
+    for _ in range(2):   # (and again: the failed build is not a plan that runs)
+        with pytest.raises(exc, match=match):
+            model.train_step(X, y, "softmax", opt)
+        assert_params_equal(model, before)
+        assert getattr(opt, "t", None) == t
+    with pytest.raises(exc, match=match):
+        opt.step()   # the optimizer on its own
+    assert_params_equal(model, before)
+    assert getattr(opt, "t", None) == t
+    opt.state.clear()   # fixed: trains again
+    model.train_step(X, y, "softmax", opt)
+    assert not np.array_equal(model.parameters()[0].data, before[0])

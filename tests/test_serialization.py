@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import fastnn.model as fmodel
-from fastnn import Dense, Dropout, LeakyReLU, Maxout, PReLU, Sequential, Tanh, load_model
+from fastnn import SGD, Dense, Dropout, LeakyReLU, Maxout, PReLU, Sequential, Tanh, load_model
 
 from conftest import assert_same_bits
 
@@ -416,3 +416,108 @@ def test_any_compressed_member_is_refused_before_anything_is_read(saved, tmp_pat
         load_model(out)
     with pytest.raises(ValueError, match="compressed"):
         model.load(out)
+
+
+# ============================================================================ loading into a model that cannot take it
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("layer,name", [(0, "W"), (4, "W"), (6, "alpha"), (7, "b")])
+def test_load_into_a_frozen_layer_names_it_and_changes_nothing(saved, layer, name):
+    """A layer frozen as the README says (its arrays replaced by read-only copies) cannot take a
+    load: the error names the layer and the parameter, and no parameter changed, also none of
+    the layers before it (load used to write the arrays in order and fail at the frozen one with
+    NumPy's "assignment destination is read-only", naming nothing)."""
+    _src, path = saved
+    model = _perturb(_model(), 2)
+    frozen = model.layers[layer]
+    frozen.params[name] = _read_only(frozen.params[name])
+    before = _params(model)
+    kind = type(frozen).__name__
+    with pytest.raises(ValueError, match=rf"^cannot load .*: layer {layer} \({kind}\) parameter {name} is read-only; "
+                                         r"nothing was loaded$"):
+        model.load(path)
+    _assert_params(model, before, "a failed load changed the model")
+    frozen.params[name] = frozen.params[name].copy()   # writeable again: loads
+    model.load(path)
+    _assert_params(model, _params(_src), "the load after unfreezing")
+
+
+def test_load_into_a_parameter_that_is_not_an_array_names_it(saved):
+    _src, path = saved
+    model = _perturb(_model(), 3)
+    before = _params(model)
+    model.layers[2].params["b"] = model.layers[2].params["b"].tolist()
+    with pytest.raises(TypeError, match=r"layer 2 \(Dense\) parameter b must be a numpy\.ndarray, got list"):
+        model.load(path)
+    model.layers[2].params["b"] = np.asarray(model.layers[2].params["b"], dtype=np.float32)
+    _assert_params(model, before, "a failed load changed the model")
+
+
+def test_load_waits_for_a_training_step_in_another_thread(tmp_path):
+    """load writes the parameters under the model's lock: a training step running meanwhile in
+    another thread ends before the load writes, or starts after it, never half way through."""
+    def steady(seed):
+        model = _perturb(_model(), seed)
+        model.layers.pop(1)   # (no dropout: the same step in any model)
+        return model
+
+    path = steady(1).save(tmp_path / "steady.npz")
+    X = np.random.default_rng(3).standard_normal((400, 4)).astype(np.float32)
+    y = np.random.default_rng(4).integers(0, 2, 400)
+    ref = steady(2).load(path)
+    loaded = _params(ref)   # a step, then the load
+    ref.train_step(X, y, "softmax", SGD(ref.parameters(), lr=0.05))
+    after_step = _params(ref)   # the load, then a step
+    model = steady(2)
+    opt = SGD(model.parameters(), lr=0.05)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for trial in range(10):
+            model.load(steady(5 + trial).save(tmp_path / "other.npz"))
+            go = threading.Barrier(2)
+            t = threading.Thread(target=lambda: (go.wait(), model.train_step(X, y, "softmax", opt)))
+            t.start()
+            go.wait()
+            model.load(path)
+            t.join()
+            got = _params(model)
+            assert any(all(a.tobytes() == b.tobytes() for a, b in zip(got, want))
+                       for want in (loaded, after_step)), trial
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_save_beside_a_training_step_writes_the_weights_before_or_after_it(tmp_path):
+    """save reads the parameters under the model's lock: a file saved while another thread
+    trains the model holds the weights before that step or after it, never half of each."""
+    def steady(seed):
+        model = _perturb(_model(), seed)
+        model.layers.pop(1)   # (no dropout: the same step in any model)
+        return model
+
+    X = np.random.default_rng(3).standard_normal((400, 4)).astype(np.float32)
+    y = np.random.default_rng(4).integers(0, 2, 400)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for trial in range(10):
+            model, ref = steady(trial), steady(trial)
+            opt = SGD(model.parameters(), lr=0.05)
+            before = _params(ref)
+            ref.train_step(X, y, "softmax", SGD(ref.parameters(), lr=0.05))
+            after = _params(ref)
+            go = threading.Barrier(2)
+            t = threading.Thread(target=lambda: (go.wait(), model.train_step(X, y, "softmax", opt)))
+            t.start()
+            go.wait()
+            path = model.save(tmp_path / "during.npz")
+            t.join()
+            got = _params(load_model(path))
+            assert any(all(a.tobytes() == b.tobytes() for a, b in zip(got, want)) for want in (before, after)), trial
+    finally:
+        sys.setswitchinterval(interval)
