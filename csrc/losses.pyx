@@ -29,10 +29,16 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef double[::1] groups = np.empty(max(loss_groups(N), 1), dtype=np.float64)
     cdef double out
+    cdef Py_ssize_t bad
     if kind != LOSS_SOFTMAX and kind != LOSS_SVM:
         raise ValueError("class_loss: kind must be SOFTMAX or SVM")
     if y.shape[0] != N or dx.shape[0] != N or dx.shape[1] != C or N < 1 or C < 1:
         raise ValueError("class_loss: shape mismatch")
+    # the kernel indexes the scores with the labels: never trust them (the public losses
+    # check them first, with messages that name y; this is the backstop, O(N))
+    bad = check_labels(kind, &y[0], N, C, <floating *>NULL)
+    if bad >= 0:
+        raise ValueError(f"class_loss: y[{bad}] = {y[bad]} is not in [0, {C})")
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, &y[0], <const floating *>NULL, &dx[0, 0],
                        &groups[0], NULL, batch_chunk_rows(_cfg, N), n_threads)

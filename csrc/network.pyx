@@ -10,6 +10,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS
+from cpython.ref cimport PyObject
 import numpy as np
 
 from fastnn_openmp cimport fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass
@@ -383,6 +385,22 @@ cdef void *_ptr(object arr):
     return NULL if arr is None else <void *><size_t>arr.ctypes.data
 
 
+class ArraysChanged(ValueError):
+    """An array users can reach (a parameter, gradient or optimizer state) that the plan would
+    write is read-only (StepPlan.__init__), or is no longer writeable, C-contiguous, or of the
+    shape, item size or memory it had when the plan was built (StepPlan.step: nothing was
+    computed). fastnn.model then builds again from the arrays as they are now, or runs the
+    layer path, whose checks name the array."""
+
+
+cdef struct Watched:
+    PyObject *arr     # (a reference held by StepPlan._refs)
+    void *data
+    Py_ssize_t itemsize
+    int ndim
+    Py_ssize_t shape[2]
+
+
 cdef class StepPlan:
     """The compiled training step of one network for one batch size (see fastnn/model.py)."""
 
@@ -401,6 +419,10 @@ cdef class StepPlan:
                                       # counted)
     cdef readonly bint stopped   # the last step's guard stopped it before any update
     cdef bint _busy              # a step is running (its buffers are in use)
+    cdef bint _ready             # __init__ completed (a plan whose __init__ raised or never
+                                 # ran has NULL buffers: step refuses it)
+    cdef Watched *_watched       # the parameters, gradients and optimizer state (arrays users
+    cdef int _n_watched          # can reach) as they were at build time, checked every step
 
     def __cinit__(self):
         memset(&self.P, 0, sizeof(NetPlan))
@@ -467,7 +489,7 @@ cdef class StepPlan:
                 if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
                     raise ValueError("StepPlan: arrays must be C-contiguous and of the plan's dtype")
                 if not a.flags.writeable:
-                    raise ValueError("StepPlan: arrays must be writeable")
+                    raise ArraysChanged("StepPlan: arrays must be writeable")
                 if shape is not None and a.shape != shape:
                     raise ValueError(f"StepPlan: an array has shape {a.shape}, expected {shape}")
                 self._refs.append(a)
@@ -538,6 +560,57 @@ cdef class StepPlan:
             P.p_s2[k] = _ptr(keep(s2))
             P.p_n[k] = data.size
             P.p_decay[k] = 1 if decay else 0
+        self._watch([a for spec in layers for a in (spec["W"], spec["b"], spec["dW"], spec["db"],
+                                                    spec.get("avec"), spec.get("dalpha"))]
+                    + [a for prm in params for a in prm[:4]])
+        self._ready = True
+
+    cdef _watch(self, list arrays):
+        """Record the arrays users can reach (each once) as they are now, for _check_watched."""
+        cdef list seen = []
+        cdef Watched *w
+        for a in arrays:
+            if a is not None and not any(a is b for b in seen):
+                seen.append(a)
+        self._watched = <Watched *>calloc(max(len(seen), 1), sizeof(Watched))
+        if self._watched == NULL:
+            raise MemoryError()
+        for a in seen:
+            if a.ndim > 2:
+                raise ValueError("StepPlan: arrays must have at most 2 dimensions")
+            w = &self._watched[self._n_watched]
+            w.arr = <PyObject *>a        # (kept alive by self._refs: keep() took every one)
+            w.data = _ptr(a)
+            w.itemsize = a.itemsize
+            w.ndim = a.ndim
+            for k in range(a.ndim):
+                w.shape[k] = a.shape[k]
+            self._n_watched += 1
+
+    cdef int _check_watched(self) except -1:
+        """Raise ArraysChanged unless every watched array is still writeable, C-contiguous, at
+        the same memory, of the same shape and item size: what the plan writes through its
+        pointers. (~60 ns an array: the buffer protocol, without NumPy's C API.)"""
+        cdef Py_buffer v
+        cdef Watched *w
+        cdef int k, d
+        cdef bint same
+        for k in range(self._n_watched):
+            w = &self._watched[k]
+            try:
+                PyObject_GetBuffer(<object>w.arr, &v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+            except (BufferError, ValueError, TypeError):
+                raise ArraysChanged("StepPlan: an array it was built on is no longer "
+                                    "writeable and C-contiguous")
+            same = v.buf == w.data and v.itemsize == w.itemsize and v.ndim == w.ndim
+            if same:
+                for d in range(w.ndim):
+                    same = same and v.shape[d] == w.shape[d]
+            PyBuffer_Release(&v)
+            if not same:
+                raise ArraysChanged("StepPlan: an array it was built on changed its shape, "
+                                    "dtype or memory")
+        return 0
 
     def __dealloc__(self):
         P = &self.P
@@ -547,6 +620,7 @@ cdef class StepPlan:
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
         free(P.act); free(P.pre)
         free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)
+        free(self._watched)
 
     @property
     def batch(self):
@@ -636,10 +710,14 @@ cdef class StepPlan:
         cdef const Py_ssize_t *lp = NULL
         cdef const float *t32p = NULL
         cdef const double *t64p = NULL
-        cdef Py_ssize_t C = self.P.fan_out[self.P.n_layers - 1]
+        cdef Py_ssize_t C
         cdef Py_ssize_t xr, xc, tr = 0, tc = 0
         cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
         P = &self.P
+        if not self._ready:
+            raise RuntimeError("StepPlan was not initialized (its __init__ never ran or failed)")
+        self._check_watched()
+        C = P.fan_out[P.n_layers - 1]
         if self.P.loss_kind == LOSS_MSE:
             if targets is None:
                 raise ValueError("y must hold regression targets")

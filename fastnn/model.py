@@ -570,7 +570,11 @@ class Sequential:
             # built before and still valid (its build checked the model, loss and optimizer
             # types); None if that build failed, or for an X of another width
             step = cached[1]
-            return step if step is None or X.shape[1] == step.fan_in else None
+            if step is None or step.plan.is_double == (X.dtype.itemsize == 8):
+                return step if step is None or X.shape[1] == step.fan_in else None
+            # a plan of the other dtype: the layers' dtype was changed on arrays it holds;
+            # build again, which checks the arrays against the layers (and names one)
+            del self._compiled[key]
         if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
             return None
         if X.shape[1] != _in_features_of(self._layers):
@@ -588,6 +592,10 @@ class Sequential:
             if len(theirs) == len(mine) and set(theirs) == mine:
                 try:
                     step = _CompiledStep(self, X.shape[0], loss, optimizer)
+                except _kn.ArraysChanged:
+                    # a read-only parameter or state array: the layer path refuses it, naming
+                    # it; not remembered, so that the next step builds once it is writeable
+                    return None
                 except ValueError:
                     step = None  # something the kernel does not take: the layer path decides
             if len(self._compiled) >= 4:
@@ -626,7 +634,17 @@ class Sequential:
                 self._build()
             compiled = self._compiled_step(X, loss, optimizer)
             if compiled is not None:
-                value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
+                try:
+                    value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
+                except _kn.ArraysChanged:
+                    # an array the plan holds was made read-only or reshaped in place since
+                    # it was built (nothing ran): build again from the arrays as they are now,
+                    # or take the layer path, whose checks name a bad one
+                    self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
+                    compiled = self._compiled_step(X, loss, optimizer)
+                    if compiled is None:
+                        return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
+                    value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
                 return float(value), correct, stopped
             return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
 

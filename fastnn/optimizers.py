@@ -16,6 +16,12 @@ from fastnn.layers import Parameter
 __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
 
 
+def _writable(a):
+    """The update kernels can write state array `a` in place."""
+    flags = a.flags
+    return flags.writeable and flags.c_contiguous
+
+
 def _fits(a, data):
     """State array `a` was made for parameter array `data` (its shape and dtype)."""
     return isinstance(a, np.ndarray) and a.shape == data.shape and a.dtype == data.dtype
@@ -53,8 +59,8 @@ class Optimizer:
         """The n state arrays of parameter p (SGD's velocity; RMSProp's cache; Adam's m, v):
         made (zeros) for a parameter without state, and remade for one whose state was made
         for an array of another shape or dtype (the parameter was replaced). State that is not
-        a list of n arrays of the parameter's shape and dtype (edited by hand) raises a
-        TypeError or ValueError naming it, as the update kernels would, but before any update."""
+        a list of n writeable C-contiguous arrays of the parameter's shape and dtype (edited by
+        hand) raises a TypeError or ValueError naming it, before any update."""
         key = (id(p.layer), p.name)
         if data is None:
             data = p.data
@@ -62,11 +68,11 @@ class Optimizer:
         if type(st) is list and len(st) == n:   # (the state this method makes: the fast path)
             shape, dtype = data.shape, data.dtype
             s0 = st[0]
-            if type(s0) is np.ndarray and s0.shape == shape and s0.dtype == dtype:
+            if type(s0) is np.ndarray and s0.shape == shape and s0.dtype == dtype and _writable(s0):
                 if n == 1:
                     return st
                 s1 = st[1]
-                if type(s1) is np.ndarray and s1.shape == shape and s1.dtype == dtype:
+                if type(s1) is np.ndarray and s1.shape == shape and s1.dtype == dtype and _writable(s1):
                     return st
         return self._remade_slots(key, p, data, st, n)
 
@@ -81,6 +87,9 @@ class Optimizer:
                 if not isinstance(a, np.ndarray):
                     raise TypeError(f"{what} entry {k} must be a numpy.ndarray, got {type(a).__name__}")
             if all(_fits(a, data) for a in st):
+                for k, a in enumerate(st):
+                    if not _writable(a):   # (the update kernels write it in place)
+                        raise ValueError(f"{what} entry {k} must be a writeable C-contiguous array")
                 return st   # (a tuple, or an ndarray subclass: taken as before)
             if _fits(st[0], data):   # the first fits: not a replaced parameter's
                 k = next(k for k, a in enumerate(st) if not _fits(a, data))

@@ -21,6 +21,7 @@ keeps"):
 - NaN and Inf flow through like NumPy.
 """
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -1620,3 +1621,171 @@ def test_an_edited_dropout_cache_is_refused(field, value):
     _, cache = F.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 1})
     setattr(cache, field, value)
     raises_naming(ValueError, "cache", F.dropout_backward, np.ones((3, 4)), cache)
+
+
+# ============================================= the whole-step kernel's own guards (tenth session)
+def _plan(dtype=np.float32, rule="sgd", n=6):
+    """A StepPlan built from arrays of our own, with its arrays: (plan, layers, params, X, y)."""
+    from fastnn._kernels import activations as ka, losses as kl, network as kn, optim as ko
+
+    rng = np.random.default_rng(7)
+    layers, params = [], []
+    for i, (a, b) in enumerate([(3, 5), (5, 4)]):
+        W = rng.standard_normal((a, b)).astype(dtype)
+        bias = rng.standard_normal(b).astype(dtype)
+        dW, db = np.zeros_like(W), np.zeros_like(bias)
+        layers.append(dict(W=W, b=bias, dW=dW, db=db, op=ka.RELU if i == 0 else ka.IDENTITY,
+                           alpha=0.0, avec=None, dalpha=None))
+        for data, grad in ((W, dW), (bias, db)):
+            state = np.zeros_like(data) if rule == "momentum" else None
+            params.append((data, grad, state, None, data is W))
+    code = ko.MOMENTUM if rule == "momentum" else ko.SGD
+    plan = kn.StepPlan(dtype, n, kl.SOFTMAX, layers, params, code)
+    X = rng.standard_normal((n, 3)).astype(dtype)
+    y = (np.arange(n) % 4).astype(np.intp)
+    return plan, layers, params, X, y
+
+
+_STEP_ARGS = (0.1, 0.9, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
+
+
+def test_step_plan_uninitialized_raises_not_crashes():
+    """A StepPlan whose __init__ never ran, or raised, has no buffers: step refuses it with a
+    RuntimeError instead of reading through NULL pointers (it used to crash the interpreter)."""
+    from fastnn._kernels import network as kn
+
+    X = np.zeros((2, 3), np.float32)
+    y = np.zeros(2, np.intp)
+    fresh = kn.StepPlan.__new__(kn.StepPlan)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        fresh.step(X, y, None, *_STEP_ARGS)
+    plan, layers, params, _, _ = _plan()
+    failed = kn.StepPlan.__new__(kn.StepPlan)
+    with pytest.raises(ValueError, match="chain"):
+        failed.__init__(np.float32, 2, 0, [layers[1], layers[0]], params, 0)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        failed.step(X, y, None, *_STEP_ARGS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("change", ["param read-only", "grad read-only", "state read-only",
+                                    "param reshaped in place", "bias reshaped in place",
+                                    "param as other dtype"])
+def test_step_plan_refuses_arrays_changed_since_build(dtype, change):
+    """The plan writes through pointers taken at build time. If one of the arrays users can
+    reach (a parameter, its gradient, the optimizer's state) was made read-only, reshaped in
+    place or viewed as a dtype of another size since, step raises ArraysChanged (a ValueError) before
+    anything is computed or written, instead of writing into it or reading it with its old
+    shape (fastnn.model then rebuilds the plan, whose checks name the array)."""
+    from fastnn._kernels import network as kn
+
+    plan, layers, params, X, y = _plan(dtype, rule="momentum")
+    plan.step(X, y, None, *_STEP_ARGS)     # it runs as built
+    W, dW, vW = params[0][0], params[0][1], params[0][2]
+    if change == "param read-only":
+        W.flags.writeable = False
+    elif change == "grad read-only":
+        dW.flags.writeable = False
+    elif change == "state read-only":
+        vW.flags.writeable = False
+    elif change == "param reshaped in place":
+        W.shape = (W.shape[1], W.shape[0])
+    elif change == "bias reshaped in place":
+        layers[0]["b"].shape = (1, layers[0]["b"].shape[0])
+    else:
+        W.dtype = np.float16 if dtype == np.float32 else np.float32   # (3, 10) of half the size
+    before = [a.tobytes() for prm in params for a in prm[:3]]
+    with pytest.raises(kn.ArraysChanged) as info:
+        plan.step(X, y, None, *_STEP_ARGS)
+    assert isinstance(info.value, ValueError)
+    assert [a.tobytes() for prm in params for a in prm[:3]] == before, "the refused step wrote"
+
+
+def test_class_loss_kernel_checks_its_labels():
+    """The compiled class loss indexes the scores with the labels: called directly (the public
+    losses check labels first), a label outside [0, C) is refused, not read out of bounds."""
+    from fastnn._kernels import losses as kl
+
+    x = np.zeros((3, 4), np.float32)
+    dx = np.full_like(x, 7.0)
+    for kind in (kl.SOFTMAX, kl.SVM):
+        dx[...] = 7.0
+        for bad in (-1, 4, 2**40):
+            with pytest.raises(ValueError, match=r"y\[1\]"):
+                kl.class_loss(kind, x, np.array([0, bad, 1], np.intp), dx, 1)
+            assert (dx == 7.0).all()
+        assert np.isfinite(kl.class_loss(kind, x, np.array([0, 3, 1], np.intp), dx, 1))
+
+
+def _flip(model, opt, change):
+    """Change, in place, an array of a trained model: what the whole-step kernel's plan holds."""
+    dense = model.layers[0]
+    if change == "W read-only":
+        dense.params["W"].flags.writeable = False
+    elif change == "grad read-only":
+        dense.grads["W"].flags.writeable = False
+    elif change == "state read-only":
+        opt.state[next(iter(opt.state))][0].flags.writeable = False
+    elif change == "W reshaped":
+        dense.params["W"].shape = dense.params["W"].shape[::-1]
+    elif change == "layer dtype":
+        for layer in model.layers:
+            if hasattr(layer, "dtype"):
+                layer.dtype = np.dtype(np.float64)
+
+
+@pytest.mark.parametrize("change", ["W read-only", "grad read-only", "state read-only",
+                                    "W reshaped", "layer dtype"])
+def test_arrays_changed_in_place_give_the_layer_paths_error(change):
+    """A parameter, gradient or optimizer-state array changed in place after training started
+    (flags, shape, the layers' dtype) meets the same error on the whole-step kernel as on the
+    layer path, naming the array, and no parameter or state is written; the kernel used to write into the
+    read-only array, or read it with its old shape. Once the change is undone, training goes
+    on the whole-step kernel again, with the layer path's numbers."""
+    results = {}
+    for path in ("compiled", "layerwise"):
+        model = Sequential(Dense(3, 4, seed=0), ReLU(), Dense(4, 3, seed=1))
+        if path == "layerwise":
+            model._compilable = False
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        y = np.array([0, 1, 2, 0, 1, 2])
+        model.train_step(X6, y, "softmax", opt)
+        if path == "compiled":
+            assert model._compiled_step(X6, SoftmaxCrossEntropy(), opt) is not None
+        _flip(model, opt, change)
+        # (the gradients may be written: the layer path runs the backward pass before the
+        # optimizer refuses a read-only parameter, and so does the kernel's fallback to it)
+        before = [a.copy() for layer in model.layers for a in layer.params.values()] + [
+            a.copy() for st in opt.state.values() for a in st]
+        with pytest.raises(BAD_ERRORS) as info:
+            model.train_step(X6, y, "softmax", opt)
+        after = [a for layer in model.layers for a in layer.params.values()] + [
+            a for st in opt.state.values() for a in st]
+        for a, b in zip(after, before):
+            assert_same_bits(a, b, what=f"{path}: the refused step wrote")
+        results[path] = (type(info.value), re.sub(r"\(\d+, ", "(ID, ", str(info.value)))  # (state keys)
+    assert results["compiled"] == results["layerwise"]
+    assert any(word in results["compiled"][1] for word in ("W", "parameter", "state")), results
+
+
+def test_flags_flipped_back_return_to_the_whole_step_kernel():
+    """A parameter made read-only and writeable again: the refused step builds nothing that
+    lasts, and the next steps run the whole-step kernel again, bitwise as the layer path."""
+    y = np.array([0, 1, 2, 0, 1, 2])
+    models = []
+    for compiled in (True, False):
+        model = Sequential(Dense(3, 4, seed=0), ReLU(), Dense(4, 3, seed=1))
+        model._compilable = compiled
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model.train_step(X6, y, "softmax", opt)
+        W = model.layers[0].params["W"]
+        W.flags.writeable = False
+        with pytest.raises(ValueError, match="parameter W"):
+            model.train_step(X6, y, "softmax", opt)
+        W.flags.writeable = True
+        for _ in range(3):
+            model.train_step(X6, y, "softmax", opt)
+        assert (model._compiled_step(X6, SoftmaxCrossEntropy(), opt) is not None) == compiled
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert_same_bits(a.data, b.data)

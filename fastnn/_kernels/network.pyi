@@ -7,6 +7,8 @@ from numpy.typing import DTypeLike, NDArray
 
 _Float = NDArray[np.floating[Any]]
 
+class ArraysChanged(ValueError): ...
+
 class StepPlan:
     @property
     def is_double(self) -> bool: ...
