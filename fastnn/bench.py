@@ -16,6 +16,7 @@ gradients and the activations backward reads; see ``step_memory``).
 """
 import argparse
 import json
+import numbers
 import sys
 import time
 import tracemalloc
@@ -183,8 +184,11 @@ def step_memory(model, X, y, opt, loss):
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
         stream=sys.stdout, skip_large=False):
     rounds = check_int(rounds, "rounds")
-    if not (isinstance(min_time, (int, float)) and 0.0 < min_time < float("inf")):
+    if isinstance(min_time, bool) or not isinstance(min_time, numbers.Real):
+        raise TypeError(f"min_time must be a number of seconds, got {type(min_time).__name__}")
+    if not (0.0 < min_time < float("inf")):
         raise ValueError(f"min_time must be finite seconds > 0, got {min_time!r}")
+    min_time = float(min_time)
     if threads is not None:
         fastnn.set_num_threads(threads)
     nthreads = fastnn.get_num_threads()

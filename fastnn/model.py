@@ -164,7 +164,10 @@ class _CompiledStep:
         self.fan_in = layers[0]["W"].shape[0]
         # the signature holds ids of these objects: keeping them alive keeps the ids unique
         self.param_objs = list(optimizer.params)
-        self.plan = _kn.StepPlan(model.dtype, n, self.loss_kind, layers, params, self.rule)
+        # (the dtype of the stack this plan is built from: model.dtype would rebuild the model
+        # here, under its lock, should its layer list have changed meanwhile)
+        self.dtype = _dtype_of(unit.layer for unit in model._units)
+        self.plan = _kn.StepPlan(self.dtype, n, self.loss_kind, layers, params, self.rule)
         self.signature = self.signature_of(model, optimizer)
 
     @staticmethod
@@ -193,7 +196,7 @@ class _CompiledStep:
         opt = self.optimizer
         labels = targets = None
         if self.loss_kind == _kl.MSE:
-            targets = as_float_array(y, "y", model.dtype)
+            targets = as_float_array(y, "y", self.dtype)
             shape = self.plan.score_shape
             if targets.shape != shape:
                 if shape[1] == 1 and targets.shape == (shape[0],):
@@ -359,14 +362,21 @@ class Sequential:
 
     def _sync(self):
         """Rebuild the forward plan if the layer list changed since it was built (callers check
-        ``self._layers.changed`` first: one attribute read on the hot paths)."""
+        ``self._layers.changed`` first: one attribute read on the hot paths). Not from inside an
+        operation that holds the lock (a custom optimizer or loss calling model.parameters()
+        during a step): that operation runs on the plan it started with, and the next one
+        rebuilds (the list stays marked changed)."""
+        if self._lock._is_owned():
+            return
         with self._lock:
             if self._layers.changed:
                 self._build()
 
     def __getstate__(self):
         # pickle / copy.deepcopy / copy.copy: no lock, no compiled plans (rebuilt when needed);
-        # the copy gets its own lock and its own layer list
+        # the copy gets its own lock and its own layer list. (The arrays are read after this
+        # returns, so a copy taken while another thread trains the model may hold a step
+        # part-way, as predict may; save() is the consistent snapshot.)
         state = self.__dict__.copy()
         del state["_lock"]
         state["_compiled"] = {}
@@ -377,9 +387,13 @@ class Sequential:
     def __setstate__(self, state):
         state = dict(state)
         changed = state.pop("_layers_changed", True)
+        layers = state.pop("_layers", None)
+        if layers is None:
+            layers = state.pop("layers")   # pickled before layers became a property
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        self._layers = _LayerList(state["_layers"])
+        self._compiled = {}
+        self._layers = _LayerList(layers)
         self._layers.changed = changed
 
     @property
@@ -657,6 +671,8 @@ class Sequential:
         scores = self._forward(X, True)
         if mse and y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
             y = y.reshape(scores.shape)   # (N,) targets for a single output, as the kernel takes them
+        if mse and y.shape != scores.shape:   # (the kernel's message: "x" would be the scores)
+            raise ValueError(f"y must have the shape of the scores {scores.shape}, got {y.shape}")
         value, dscores = loss(scores, y)
         correct = None
         if count and loss.accuracy_kind is not None:

@@ -58,10 +58,11 @@ def _config(config):
     return config
 
 
-# The state arrays fastnn.optim allocated itself, by id (ndarrays are not hashable, so no
-# WeakSet): only these are updated in place. Weak values: an entry goes when its array dies,
-# so a reused id never matches (the lookup also checks identity).
-_owned = weakref.WeakValueDictionary()
+# The state arrays fastnn.optim allocated itself, as id -> weak reference (ndarrays are not
+# hashable, so no WeakSet; a plain dict of weakrefs is ~5x faster to look up than a
+# WeakValueDictionary): only these are updated in place. An entry goes when its array dies, so
+# a reused id never matches (the lookup also checks identity).
+_owned = {}
 # np.may_share_memory without its __array_function__ dispatch (every array compared here is a
 # plain ndarray; the dispatch is half the cost of a call). The arrays are C-contiguous, so the
 # bounds check is exact: their bounds overlap only when they share memory.
@@ -69,8 +70,15 @@ _may_share = getattr(np.may_share_memory, "_implementation", np.may_share_memory
 
 
 def _own(a):
-    _owned[id(a)] = a
+    """Register `a`, an array fastnn.optim allocated (so it owns its memory), as its own."""
+    key = id(a)
+    _owned[key] = weakref.ref(a, lambda _, key=key: _owned.pop(key, None))
     return a
+
+
+def _is_owned(a):
+    ref = _owned.get(id(a))
+    return ref is not None and ref() is a
 
 
 def _state(config, key, w, *others):
@@ -81,11 +89,13 @@ def _state(config, key, w, *others):
     s = config.get(key)
     if s is None:
         return _own(np.zeros_like(w))
-    if _owned.get(id(s)) is s and (s.dtype is w.dtype or s.dtype == w.dtype) and s.shape == w.shape:
+    if _is_owned(s) and (s.dtype is w.dtype or s.dtype == w.dtype) and s.shape == w.shape:
         flags = s.flags
         if flags.c_contiguous and flags.writeable:
             for other in (w,) + others:
-                if _may_share(s, other):
+                # s owns its memory (fastnn allocated it), so an array that owns its memory too
+                # overlaps it only by being it: the memory check is for views (base not None)
+                if other is s or (other.base is not None and _may_share(s, other)):
                     return _own(s.copy())
             return s
     a = as_float_array(s, f"config['{key}']", w.dtype)

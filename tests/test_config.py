@@ -431,11 +431,13 @@ def test_bench_refuses_bad_arguments_up_front(args, name, capsys):
     assert name in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kwargs,name", [({"min_time": float("nan")}, "min_time"),
-                                         ({"min_time": 0.0}, "min_time"),
-                                         ({"rounds": 0}, "rounds")])
-def test_bench_run_refuses_bad_arguments(kwargs, name):
+@pytest.mark.parametrize("kwargs,name,exc", [({"min_time": float("nan")}, "min_time", ValueError),
+                                              ({"min_time": 0.0}, "min_time", ValueError),
+                                              ({"min_time": True}, "min_time", TypeError),
+                                              ({"min_time": "1"}, "min_time", TypeError),
+                                              ({"rounds": 0}, "rounds", ValueError)])
+def test_bench_run_refuses_bad_arguments(kwargs, name, exc):
     from fastnn import bench
 
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(exc, match=name):
         bench.run(networks=[((3, 5, 2), 7)], use_torch=False, stream=io.StringIO(), **kwargs)

@@ -2068,3 +2068,60 @@ def test_optimizer_state_edited_by_hand(case, layer_path):
     opt.state.clear()   # fixed: trains again
     model.train_step(X, y, "softmax", opt)
     assert not np.array_equal(model.parameters()[0].data, before[0])
+
+
+def test_a_layer_list_changed_while_a_step_builds_its_kernel_is_followed_by_the_next_step():
+    """A change to model.layers that lands while a step holds the model's lock (here: made
+    from inside the optimizer while the whole-step kernel is built, as another thread could)
+    does not get folded into that build: the step finishes on the stack it started with, and
+    the next one runs the new stack (a nested rebuild used to leave the old kernel cached
+    under the new stack's signature, training ReLU while predict ran Tanh)."""
+    import copy
+
+    X = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    y = np.arange(16) % 3
+    model = Sequential(Dense(4, 8, seed=0), ReLU(), Dense(8, 3, seed=1))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    calls = []
+
+    def slots(p, n, data=None):
+        if not calls:
+            calls.append(p)
+            model.layers[1] = Tanh()     # "another thread", during the build
+        return SGD._slots(opt, p, n, data)
+
+    opt._slots = slots
+    model.train_step(X, y, "softmax", opt)
+    del opt._slots
+    assert calls and model.layers.changed, "the change must stay pending for the next use"
+    # the next step: the Tanh stack's loss, before its update, on both paths
+    fresh = copy.deepcopy(model)
+    want = fresh.evaluate(X, y)["loss"]
+    assert [type(u.act).__name__ for u in fresh._units][:1] == ["Tanh"]
+    assert model.train_step(X, y, "softmax", opt) == pytest.approx(want, rel=1e-6)
+
+
+def test_predict_between_forward_and_backward_leaves_the_backward_alone():
+    """predict keeps nothing in the layers: forward(X1), then predict(X2) of another batch
+    size, then backward gives bitwise the gradients of forward(X1) then backward alone (every
+    layer kind, fused and unfused)."""
+    rng = np.random.default_rng(4)
+    X1 = rng.standard_normal((6, 5)).astype(np.float32)
+    X2 = rng.standard_normal((9, 5)).astype(np.float32)
+    dout = rng.standard_normal((6, 3)).astype(np.float32)
+
+    def make():
+        return Sequential(Dense(5, 8, seed=0), ReLU(), Dense(8, 8, seed=1), Tanh(),
+                          Maxout(8, 6, pieces=2, seed=2), PReLU(6), Dense(6, 3, seed=3),
+                          Sigmoid(), Dense(3, 3, seed=4))
+
+    grads = []
+    for with_predict in (False, True):
+        model = make()
+        model.forward(X1, training=True)
+        if with_predict:
+            model.predict(X2)
+        dx = model.backward(dout)
+        grads.append([dx] + [p.grad.copy() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert_same_bits(a, b, what="a predict between forward and backward changed the backward")

@@ -1670,7 +1670,7 @@ def test_step_plan_uninitialized_raises_not_crashes():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("change", ["param read-only", "grad read-only", "state read-only",
                                     "param reshaped in place", "bias reshaped in place",
-                                    "param as other dtype"])
+                                    "param as other dtype", "param as int of its size"])
 def test_step_plan_refuses_arrays_changed_since_build(dtype, change):
     """The plan writes through pointers taken at build time. If one of the arrays users can
     reach (a parameter, its gradient, the optimizer's state) was made read-only, reshaped in
@@ -1692,8 +1692,10 @@ def test_step_plan_refuses_arrays_changed_since_build(dtype, change):
         W.shape = (W.shape[1], W.shape[0])
     elif change == "bias reshaped in place":
         layers[0]["b"].shape = (1, layers[0]["b"].shape[0])
-    else:
+    elif change == "param as other dtype":
         W.dtype = np.float16 if dtype == np.float32 else np.float32   # (3, 10) of half the size
+    else:
+        W.dtype = np.int32 if dtype == np.float32 else np.int64       # the same shape and size
     before = [a.tobytes() for prm in params for a in prm[:3]]
     with pytest.raises(kn.ArraysChanged) as info:
         plan.step(X, y, None, *_STEP_ARGS)
@@ -1728,6 +1730,8 @@ def _flip(model, opt, change):
         opt.state[next(iter(opt.state))][0].flags.writeable = False
     elif change == "W reshaped":
         dense.params["W"].shape = dense.params["W"].shape[::-1]
+    elif change == "W as int32":
+        dense.params["W"].dtype = np.int32
     elif change == "layer dtype":
         for layer in model.layers:
             if hasattr(layer, "dtype"):
@@ -1735,7 +1739,7 @@ def _flip(model, opt, change):
 
 
 @pytest.mark.parametrize("change", ["W read-only", "grad read-only", "state read-only",
-                                    "W reshaped", "layer dtype"])
+                                    "W reshaped", "W as int32", "layer dtype"])
 def test_arrays_changed_in_place_give_the_layer_paths_error(change):
     """A parameter, gradient or optimizer-state array changed in place after training started
     (flags, shape, the layers' dtype) meets the same error on the whole-step kernel as on the
