@@ -80,6 +80,18 @@ def _jsonable(value):
     return None
 
 
+def _labels(y, name):
+    """y as a 1-D array of integer class labels: (N,) or a column (N, 1) (compared with (N,)
+    predictions, a column would broadcast to an N x N table and give a wrong accuracy)."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{name} must hold one label per row, (N,) or (N, 1), got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    return y
+
+
 class Solver:
     """Trains a model with minibatch gradient descent; see the module docstring."""
 
@@ -113,8 +125,14 @@ class Solver:
         for xs, ys, what in ((self.X_train, self.y_train, "train"), (self.X_val, self.y_val, "val")):
             if len(xs) != len(ys):
                 raise ValueError(f"X_{what} has {len(xs)} rows but y_{what} has {len(ys)} labels")
+            _labels(ys, f"data['y_{what}']")   # (their range: at the first accuracy check)
         if len(self.X_train) == 0:
             raise ValueError("X_train must hold at least one sample")
+        if len(self.X_val) == 0:
+            raise ValueError("data['X_val'] must hold at least one sample (the validation accuracy)")
+        if self.X_val.shape[1:] != self.X_train.shape[1:]:
+            raise ValueError(f"data['X_val'] must have rows of X_train's shape {self.X_train.shape[1:]}, "
+                             f"got {self.X_val.shape[1:]}")
 
         rule = opts["update_rule"]
         if isinstance(rule, str):
@@ -151,6 +169,10 @@ class Solver:
         if name is not None and not isinstance(name, (str, os.PathLike)):
             raise TypeError(f"checkpoint_name must be a path prefix (str) or None, got {type(name).__name__}")
         self.checkpoint_name = None if name is None else os.fspath(name)
+        if self.checkpoint_name is not None:
+            folder = os.path.dirname(os.path.abspath(self.checkpoint_name))
+            if not os.path.isdir(folder):   # (checked now, not after the first epoch)
+                raise ValueError(f"checkpoint_name {self.checkpoint_name!r}: no folder {folder!r}")
 
         seed = opts["seed"]
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
@@ -239,7 +261,11 @@ class Solver:
         """Fraction of rows of ``X`` whose highest score is the label in ``y``.
 
         With ``num_samples`` set and fewer than the rows of ``X``, a random subset of that size
-        (without repetition) is scored. Scores are computed ``batch_size`` rows at a time."""
+        (without repetition) is scored. Scores are computed ``batch_size`` rows at a time.
+        ``y`` holds integer class labels, (N,) or a column (N, 1), each a column of the scores."""
+        return self._accuracy(X, y, num_samples, batch_size, "y")
+
+    def _accuracy(self, X, y, num_samples, batch_size, name):
         num_samples = check_int(num_samples, "num_samples", allow_none=True)
         batch_size = check_int(batch_size, "batch_size")
         X = X if isinstance(X, np.ndarray) else np.asarray(X)
@@ -250,16 +276,23 @@ class Solver:
         if n == 0:
             raise ValueError("X must hold at least one sample")
         if y.ndim < 1 or len(y) != n:
-            raise ValueError(f"y must hold one label per row of X ({n}), got shape {y.shape}")
+            raise ValueError(f"{name} must hold one label per row of X ({n}), got shape {y.shape}")
+        y = _labels(y, name)
         if num_samples is not None and n > num_samples:
             idx = self._choice(n, num_samples, replace=False)
             X, y = X[idx], y[idx]
             n = num_samples
 
         preds = []
+        classes = None
         for start in range(0, n, batch_size):
             scores = self.model.loss(X[start:start + batch_size])
+            classes = np.shape(scores)[1]
             preds.append(np.argmax(scores, axis=1))
+        bad = (y < 0) | (y >= classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name}[{i}] = {y[i]} is not a class of the model's {classes} scores")
         return float(np.mean(np.concatenate(preds) == y))
 
     def train(self):
@@ -281,10 +314,10 @@ class Solver:
                         config["learning_rate"] *= self.lr_decay
 
             if t == 0 or t == total - 1 or end_of_epoch:
-                train_acc = self.check_accuracy(self.X_train, self.y_train,
-                                                num_samples=self.num_train_samples)
-                val_acc = self.check_accuracy(self.X_val, self.y_val,
-                                              num_samples=self.num_val_samples)
+                train_acc = self._accuracy(self.X_train, self.y_train, self.num_train_samples,
+                                           100, "data['y_train']")
+                val_acc = self._accuracy(self.X_val, self.y_val, self.num_val_samples, 100,
+                                         "data['y_val']")
                 self.train_acc_history.append(train_acc)
                 self.val_acc_history.append(val_acc)
                 self._save_checkpoint()

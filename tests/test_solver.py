@@ -455,3 +455,63 @@ def test_course_style_loop_drives_models_like_solver():
                         num_epochs=4, num_train_samples=None, verbose=False)
         solver.train()
         assert solver.loss_history == [float(v) for v in course_losses]
+
+
+# ----------------------------------------------------------------- labels checked (tenth session)
+def test_a_column_of_validation_labels_gives_the_accuracy_of_the_1d_labels():
+    """y_val as a column (N, 1): compared with the (N,) predictions it broadcast to an N x N
+    table, whose mean was reported as the accuracy (and picked the best parameters)."""
+    data = _data()
+    runs = []
+    for column in (False, True):
+        d = dict(data)
+        if column:
+            d["y_val"] = d["y_val"][:, None]
+        solver = Solver(_model(), d, num_epochs=2, batch_size=20, verbose=False, seed=0)
+        solver.train()
+        runs.append((solver.val_acc_history, solver.check_accuracy(d["X_val"], d["y_val"])))
+    assert runs[0] == runs[1]
+    # and check_accuracy itself against the predictions, for a column
+    solver = Solver(_model(), data, verbose=False, seed=0)
+    pred = np.argmax(solver.model.loss(data["X_val"]), axis=1)
+    assert solver.check_accuracy(data["X_val"], data["y_val"][:, None]) == np.mean(pred == data["y_val"])
+
+
+@pytest.mark.parametrize("key,value,exc,words", [
+    ("y_val", lambda d: d["y_val"] + 100, ValueError, "data['y_val'][0]"),
+    ("y_val", lambda d: -d["y_val"] - 1, ValueError, "data['y_val'][0]"),
+    ("y_val", lambda d: d["y_val"].astype(np.float64), TypeError, "data['y_val']"),
+    ("y_val", lambda d: np.stack([d["y_val"]] * 2, axis=1), ValueError, "data['y_val']"),
+    ("y_train", lambda d: d["y_train"].astype(np.float32), TypeError, "data['y_train']"),
+    ("X_val", lambda d: d["X_val"][:, :4], ValueError, "data['X_val']"),
+])
+def test_solver_names_bad_labels_and_validation_rows(key, value, exc, words):
+    """Validation labels outside the model's classes (accepted before, as wrong answers),
+    float or 2-D labels, and X_val rows of another shape than X_train's are refused with the
+    data key named: the shapes and dtypes when the Solver is made, the label range at the
+    first accuracy check (the classes are the scores' columns)."""
+    data = _data()
+    before = {k: v.copy() for k, v in data.items()}
+    data[key] = value(data)
+    with pytest.raises(exc) as info:
+        Solver(_model(), data, num_epochs=1, verbose=False, seed=0).train()
+    assert words in str(info.value)
+    for k in ("X_train", "y_train") if key != "y_train" else ("X_train",):
+        assert_same_bits(data[k], before[k])
+
+
+def test_check_accuracy_refuses_labels_outside_the_scores():
+    data = _data()
+    solver = Solver(_model(), data, verbose=False, seed=0)
+    with pytest.raises(ValueError, match=r"^y\[2\] = 3 is not a class"):
+        y = data["y_val"].copy()
+        y[2] = 3
+        solver.check_accuracy(data["X_val"], y)
+
+
+def test_checkpoint_folder_is_checked_when_the_solver_is_made(tmp_path):
+    """A checkpoint_name in a folder that does not exist is refused at once, naming it (it
+    failed with FileNotFoundError after the first epoch had trained)."""
+    with pytest.raises(ValueError, match="checkpoint_name"):
+        Solver(_model(), _data(), checkpoint_name=str(tmp_path / "missing" / "ck"), verbose=False)
+    Solver(_model(), _data(), checkpoint_name=str(tmp_path / "ck"), verbose=False)
