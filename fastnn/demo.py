@@ -18,6 +18,7 @@ import numpy as np
 
 import fastnn
 from fastnn import datasets
+from fastnn._validation import check_int
 from fastnn.reference import dense as ref_dense
 from fastnn.reference import losses as ref_losses
 
@@ -91,6 +92,13 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=sys
             say("matplotlib is not installed: no figures this time. Get them with\n"
                 "    pip install \"fastnn[plot]\"     (or: pip install matplotlib)\n"
                 "The accuracies below are computed all the same.\n")
+    seed = check_int(seed, "seed", minimum=0)
+    if plt is not None:
+        # the figures' folder now, not after every network has trained
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"out_dir {out_dir!r}: cannot make the folder ({e.strerror or e})") from None
     say(f"fastnn {fastnn.__version__} demo: {fastnn.get_num_threads()} threads, seed {seed}\n")
 
     X, y = datasets.spiral(n_per_class=40, n_classes=3, noise=0.6, seed=seed)
@@ -146,7 +154,6 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=sys
         f"plain NumPy reference {ref_time:.2f} s ({ref_time / fast_time:.1f}x)")
 
     if plt is not None:
-        os.makedirs(out_dir, exist_ok=True)
         files = []
         for name, keys, fmt in (("capacity.png", [("capacity", h) for h in (3, 6, 20)], "{} hidden units"),
                                 ("regularization.png", [("l2", l) for l in (0.001, 0.01, 0.1)], "L2 lambda = {}")):
@@ -186,5 +193,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error("--steps must be positive")
-    run(out_dir=args.out, steps=args.steps, seed=args.seed, plots=not args.no_plots)
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
+    if not args.no_plots and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a file, not a folder")
+    try:
+        run(out_dir=args.out, steps=args.steps, seed=args.seed, plots=not args.no_plots)
+    except ValueError as e:
+        if str(e).startswith("out_dir "):   # (checked before anything trains)
+            parser.error(f"--out{str(e)[len('out_dir'):]}")
+        raise
     return 0

@@ -1,0 +1,61 @@
+"""python -m fastnn demo (fastnn/demo.py), the README's main job: it runs, and its options are
+checked before anything trains."""
+import io
+import sys
+import types
+
+import pytest
+
+from fastnn import demo
+
+
+def test_demo_runs_and_reports_the_course_experiments():
+    out = io.StringIO()
+    results = demo.run(steps=40, seed=3, plots=False, stream=out)
+    text = out.getvalue()
+    assert "seed 3" in text and "Universal approximation" in text and "plain NumPy reference" in text
+    assert results and all(0.0 <= acc <= 1.0 for pair in results.values() for acc in pair)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--seed", "-1"], "--seed"),
+    (["--steps", "0"], "--steps"),
+    (["--out", "{file}"], "is a file"),
+])
+def test_demo_options_are_refused_before_training(args, words, tmp_path, capsys):
+    """A negative seed or an --out that is a file: a usage error at once (they ended in a
+    traceback, --out only after every network had trained)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SystemExit) as info:
+        demo.main([a.format(file=afile) for a in args])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert words in captured.err
+    assert "accuracy" not in captured.out
+
+
+def test_demo_figures_folder_is_made_before_training(tmp_path, monkeypatch, capsys):
+    """With figures on, a folder that cannot be made (under a file) is reported before any
+    network trains, as a usage error naming --out (matplotlib stubbed: the folder is made
+    before it draws anything)."""
+    mpl = types.ModuleType("matplotlib")
+    mpl.use = lambda backend: None
+    pyplot = types.ModuleType("matplotlib.pyplot")
+    mpl.pyplot = pyplot
+    monkeypatch.setitem(sys.modules, "matplotlib", mpl)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="out_dir"):
+        demo.run(out_dir=str(afile / "sub"), steps=5, stream=io.StringIO())
+    with pytest.raises(SystemExit) as info:
+        demo.main(["--out", str(afile / "sub"), "--steps", "5"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert "--out" in captured.err and "accuracy" not in captured.out
+
+
+def test_demo_run_checks_its_seed():
+    with pytest.raises(ValueError, match="seed"):
+        demo.run(steps=5, seed=-1, plots=False, stream=io.StringIO())
