@@ -117,5 +117,8 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
         raise ValueError(f"fn must return {n} values, shape ({n},) or ({n}, 1); got shape {target.shape}")
     if not np.all(np.isfinite(target)):
         raise ValueError("fn returned values that are not finite")
-    y = target.reshape(n, 1) + noise * rng.standard_normal((n, 1))
-    return X.astype(dtype), y.astype(dtype)
+    with np.errstate(over="ignore"):
+        y = (target.reshape(n, 1) + noise * rng.standard_normal((n, 1))).astype(dtype)
+    if not np.all(np.isfinite(y)):   # (finite in float64, beyond the range of dtype)
+        raise ValueError(f"fn returned values beyond the range of {np.dtype(dtype).name}")
+    return X.astype(dtype), y

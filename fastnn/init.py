@@ -9,14 +9,21 @@ from fastnn._validation import check_scalar
 __all__ = ["he_normal", "xavier_normal", "glorot_normal", "scaled_normal", "get_initializer", "default_for"]
 
 
+def _check_rng(rng):
+    if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+
+
 def he_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / fan_in): keeps the variance of ReLU activations constant across layers."""
+    _check_rng(rng)
     fan_in = shape[0]
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in))).astype(dtype)
 
 
 def xavier_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / (fan_in + fan_out)) (Glorot and Bengio), for tanh/sigmoid/linear units."""
+    _check_rng(rng)
     fan_in, fan_out = shape[0], int(np.prod(shape[1:]))
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in + fan_out))).astype(dtype)
 
@@ -29,6 +36,7 @@ def scaled_normal(weight_scale):
     weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
 
     def init(shape, rng, dtype=np.float32):
+        _check_rng(rng)
         return (rng.standard_normal(shape) * weight_scale).astype(dtype)
 
     init.__name__ = f"scaled_normal({weight_scale})"

@@ -67,6 +67,9 @@ def _initial_weights(init, shape, rng, dtype, also=None):
                          + (f" or {tuple(also)}" if also is not None else ""))
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ValueError("weight_init returned NaN or Inf")
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite(arr.astype(dtype, copy=False))):
+            raise ValueError(f"weight_init returned values beyond the range of {np.dtype(dtype).name}")
     return arr
 
 

@@ -190,6 +190,8 @@ def test_float32_is_float64_rounded():
         (lambda: regression_1d(10, fn=lambda x: x * 1j), TypeError, "fn"),
         (lambda: regression_1d(10, fn=lambda x: np.array(["a"] * 10)), TypeError, "fn"),
         (lambda: regression_1d(10, fn=lambda x: [None] * 10), ValueError, "fn"),   # NaN
+        # finite in float64, beyond float32: the targets came back as inf
+        (lambda: regression_1d(10, fn=lambda x: x * 1e300), ValueError, "fn"),
         (lambda: regression_1d(dtype=complex), TypeError, "dtype"),
     ],
 )

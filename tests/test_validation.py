@@ -1390,6 +1390,8 @@ def test_integers_beyond_float_range_are_valueerrors(make):
     (lambda shape, rng, dt: np.zeros(shape[::-1]), ValueError, "weight_init returned shape"),
     (lambda shape, rng, dt: np.zeros(shape, np.complex128), TypeError, "real"),
     (lambda shape, rng, dt: np.full(shape, np.inf), ValueError, "NaN or Inf"),
+    # finite in float64, beyond float32 (the layers' default dtype): W was inf
+    (lambda shape, rng, dt: np.full(shape, 1e300), ValueError, "beyond the range of float32"),
     (lambda shape, rng, dt: None, TypeError, "weight_init"),
     (float("inf"), ValueError, "weight_scale"),
     (float("nan"), ValueError, "weight_scale"),
@@ -1397,6 +1399,15 @@ def test_integers_beyond_float_range_are_valueerrors(make):
 @pytest.mark.parametrize("layer", ["Dense", "Maxout"])
 def test_weight_init_results_are_checked(layer, init, exc, word):
     raises_naming(exc, word, {"Dense": Dense, "Maxout": Maxout}[layer], 3, 2, weight_init=init)
+
+
+@pytest.mark.parametrize("name", ["he_normal", "xavier_normal", "scaled"])
+def test_initializers_name_a_bad_rng(name):
+    import fastnn.init as I
+
+    init = I.scaled_normal(0.1) if name == "scaled" else getattr(I, name)
+    raises_naming(TypeError, "rng", init, (2, 3), 0)
+    assert init((2, 3), np.random.default_rng(0)).shape == (2, 3)
 
 
 def test_maxout_weight_init_may_return_in_out_pieces():
