@@ -8,6 +8,7 @@ read once at import; at most 16), which sizes the products' tiles for the machin
 """
 import contextlib
 import os
+import re
 import threading
 
 from fastnn._kernels import _config
@@ -26,15 +27,20 @@ def _cpu_count():
         return max(1, os.cpu_count() or 1)
 
 
+def _decimal(value):
+    """int(value) for plain ASCII decimal digits (an optional +), else None: Python's int()
+    also takes 4_0 and non-ASCII digits, which the OpenMP runtime refuses."""
+    return int(value) if re.fullmatch(r"\+?[0-9]+", value) else None
+
+
 def _positive_env(name):
     """The positive int environment variable `name` holds, or None when it is unset or empty."""
     value = os.environ.get(name, "").strip()
     if not value:
         return None
-    try:
-        parsed = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    parsed = _decimal(value)
+    if parsed is None:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
     return check_int(parsed, name, below=2**31)
 
 
@@ -46,12 +52,9 @@ def _from_env():
     if value:
         # OpenMP allows a comma-separated list per nesting level; the first level is ours.
         # An invalid value is the OpenMP runtime's business; we fall back to the CPU count.
-        try:
-            parsed = int(value.split(",")[0])
-            if 1 <= parsed <= 2**31 - 1:
-                return parsed
-        except ValueError:
-            pass
+        parsed = _decimal(value.split(",")[0].strip())
+        if parsed is not None and 1 <= parsed <= 2**31 - 1:
+            return parsed
     return _cpu_count()
 
 
@@ -87,11 +90,33 @@ def get_num_threads():
     return _num_threads
 
 
+# The open `threads` blocks, oldest first, as [token, the count to restore when it closes].
+# The count is one for the process (the OpenMP runtime's, threadpoolctl's and PyTorch's are
+# too), so blocks open in several Python threads at once set it in turn, the latest winning;
+# when one closes out of order, the block opened after it inherits what it was to restore, so
+# the count ends where it was before the first block opened (a save-and-restore per block left
+# it at an inner block's value for good).
+_open_blocks = []
+
+
 @contextlib.contextmanager
 def threads(n):
-    """Context manager: ``with fastnn.threads(1): ...`` runs the block with ``n`` threads."""
-    previous = set_num_threads(n)
+    """Context manager: ``with fastnn.threads(1): ...`` runs the block with ``n`` threads
+    (a process-wide setting, as set_num_threads; see _open_blocks for blocks in several
+    Python threads at once)."""
+    n = check_int(n, "n", below=2**31)
+    token = object()
+    with _lock:
+        _open_blocks.append([token, _num_threads])
+    set_num_threads(n)
     try:
         yield get_num_threads()
     finally:
-        set_num_threads(previous)
+        with _lock:
+            i = next(k for k, block in enumerate(_open_blocks) if block[0] is token)
+            restore = _open_blocks.pop(i)[1]
+            if i < len(_open_blocks):   # a block opened after this one is still open
+                _open_blocks[i][1] = restore
+                restore = None
+        if restore is not None:
+            set_num_threads(restore)

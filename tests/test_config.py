@@ -102,6 +102,37 @@ def test_threads_context_manager_restores_on_exception():
     assert fastnn.get_num_threads() == _expected(2)
 
 
+def test_threads_blocks_in_two_python_threads_end_where_they_started():
+    """The count is one for the process; two `threads` blocks open in two Python threads at
+    once, closed in the order they opened: inside the later block its count holds, and after
+    both the count is the one from before (each block saving and restoring its own previous
+    value left the process at the first block's count for good)."""
+    import threading
+
+    fastnn.set_num_threads(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with fastnn.threads(1):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with fastnn.threads(3):
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = fastnn.get_num_threads()
+
+    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+    ta.start(), tb.start()
+    ta.join(10), tb.join(10)
+    assert seen["b"] == _expected(3)
+    assert fastnn.get_num_threads() == _expected(2)
+
+
 def test_threads_is_exported():
     for name in ("set_num_threads", "get_num_threads", "threads", "show_config", "__version__"):
         assert name in fastnn.__all__
@@ -160,6 +191,8 @@ def _report(env_set):
         ({"FASTNN_NUM_THREADS": "", "OMP_NUM_THREADS": "3"}, 3),   # empty means unset
         ({"OMP_NUM_THREADS": "abc"}, "cpus"),        # the OpenMP runtime's problem, not ours
         ({"OMP_NUM_THREADS": "0"}, "cpus"),
+        ({"OMP_NUM_THREADS": "4_0"}, "cpus"),         # int() takes these, OpenMP refuses them
+        ({"OMP_NUM_THREADS": "\u0663"}, "cpus"),      # (an Arabic-Indic 3)
     ],
     ids=lambda v: repr(v),
 )
@@ -174,7 +207,7 @@ def test_environment_defaults(env, want):
             assert want in info["pools"]
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "2,3", "true"])
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "2,3", "true", "4_0", "\u0663"])
 def test_invalid_fastnn_num_threads_raises_at_import(value):
     proc = _run_child({"FASTNN_NUM_THREADS": value}, "import fastnn")
     assert proc.returncode != 0
