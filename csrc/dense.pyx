@@ -20,6 +20,8 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
+import math
+import numbers
 import operator
 import time
 
@@ -98,33 +100,59 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
                     chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None,
                     k_split=None):
-    """Tuning hook for bench/ (not public API); tile_cores is also set once at import."""
-    if tile_flops is not None:
-        _cfg.tile_flops = max(1.0, float(tile_flops))
-    if min_tile_rows is not None:
-        _cfg.min_tile_rows = max(1, int(min_tile_rows))
-    if min_tile_cols is not None:
-        _cfg.min_tile_cols = max(1, int(min_tile_cols))
-    if max_tiles is not None:
-        _cfg.max_tiles = max(1, int(max_tiles))
-    if serial_flops is not None:
-        _cfg.serial_flops = float(serial_flops)
-    if row_block_elems is not None:
-        _cfg.row_block_elems = max(1, int(row_block_elems))
-    if thin is not None:
-        _cfg.thin = max(0, int(thin))
-    if max_tile_elems is not None:
-        _cfg.max_tile_elems = max(1, int(max_tile_elems))
-    if chunk_min_rows is not None:
-        _cfg.chunk_min_rows = min(max(0, int(chunk_min_rows)), 2**30)
-    if chunk_rows_more is not None:
-        _cfg.chunk_rows_more = min(max(1, int(chunk_rows_more)), 2**30)
-    if tile_cores is not None:
-        _cfg.tile_cores = 1 << min(max(1, int(tile_cores)), 2**30).bit_length() - 1  # a power of two
-    if max_chunks is not None:
-        _cfg.max_chunks = 1 << min(max(1, int(max_chunks)), 2**30).bit_length() - 1  # a power of two
-    if k_split is not None:
-        _cfg.k_split = max(0.0, float(k_split))
+    """Tuning hook for bench/ (not public API); tile_cores is also set once at import. Every
+    value is checked (finite numbers, ints; a bad one named) before any is set; ints are
+    clamped to [their least, 2**30]."""
+    given = dict(tile_flops=tile_flops, min_tile_rows=min_tile_rows, min_tile_cols=min_tile_cols,
+                 max_tiles=max_tiles, serial_flops=serial_flops, row_block_elems=row_block_elems,
+                 thin=thin, max_tile_elems=max_tile_elems, chunk_min_rows=chunk_min_rows,
+                 chunk_rows_more=chunk_rows_more, max_chunks=max_chunks, tile_cores=tile_cores,
+                 k_split=k_split)
+    v = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in ("tile_flops", "serial_flops", "k_split"):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"set_tile_params: {name} must be a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"set_tile_params: {name} must be finite, got {value!r}")
+            v[name] = float(value)
+        else:
+            if isinstance(value, bool):
+                raise TypeError(f"set_tile_params: {name} must be an int, got bool")
+            try:
+                value = operator.index(value)
+            except TypeError:
+                raise TypeError(f"set_tile_params: {name} must be an int, "
+                                f"got {type(value).__name__}") from None
+            v[name] = min(max(value, 0 if name in ("thin", "chunk_min_rows") else 1), 2**30)
+    if "tile_flops" in v:
+        _cfg.tile_flops = max(1.0, v["tile_flops"])
+    if "min_tile_rows" in v:
+        _cfg.min_tile_rows = v["min_tile_rows"]
+    if "min_tile_cols" in v:
+        _cfg.min_tile_cols = v["min_tile_cols"]
+    if "max_tiles" in v:
+        _cfg.max_tiles = v["max_tiles"]
+    if "serial_flops" in v:
+        _cfg.serial_flops = v["serial_flops"]
+    if "row_block_elems" in v:
+        _cfg.row_block_elems = v["row_block_elems"]
+    if "thin" in v:
+        _cfg.thin = v["thin"]
+    if "max_tile_elems" in v:
+        _cfg.max_tile_elems = v["max_tile_elems"]
+    if "chunk_min_rows" in v:
+        _cfg.chunk_min_rows = v["chunk_min_rows"]
+    if "chunk_rows_more" in v:
+        _cfg.chunk_rows_more = v["chunk_rows_more"]
+    if "tile_cores" in v:
+        _cfg.tile_cores = 1 << v["tile_cores"].bit_length() - 1   # a power of two
+    if "max_chunks" in v:
+        _cfg.max_chunks = 1 << v["max_chunks"].bit_length() - 1   # a power of two
+    if "k_split" in v:
+        _cfg.k_split = max(0.0, v["k_split"])
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False,

@@ -238,6 +238,8 @@ class Dense(Layer):
         super().__init__(_param_dtype(dtype))
         self.in_features = check_int(in_features, "in_features", below=2**31)
         self.out_features = check_int(out_features, "out_features", below=2**31)
+        if activation is not None and not isinstance(activation, str):
+            raise TypeError(f"activation must be a str or None, got {type(activation).__name__}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]} or None, got {activation!r}")
         self.activation = None if activation == "linear" else activation
@@ -498,7 +500,7 @@ class _Stochastic(Layer):
         self._rng = np.random.default_rng(seed)
 
     def reseed(self, seed):
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(_check_seed(seed))
 
     def _infer(self, x):
         return self._input(x)   # off in inference mode (forward(x, training=False))

@@ -692,6 +692,8 @@ class Sequential:
         if self._layers.changed:
             self._sync()
         X = self._check_X(X)
+        if X.shape[0] == 0:   # (the loss would name its own x: the scores)
+            raise ValueError("X must hold at least one row: the loss over no rows is undefined")
         y = self._labels(y, X.shape[0])
         scores = self.predict(X, batch_size=batch_size)
         if isinstance(loss, MeanSquaredError):

@@ -1145,3 +1145,25 @@ def test_dout_errors(base, rng):
         bwd(np.ones((4, 5), complex), cache)
     with pytest.raises(TypeError, match="dout"):
         bwd(None, cache)
+
+
+@pytest.mark.parametrize("bad,exc", [
+    ({"max_tiles": 1.5}, TypeError), ({"tile_flops": float("nan")}, ValueError),
+    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError),
+    ({"thin": True}, TypeError),
+])
+def test_set_tile_params_checks_everything_before_setting_anything(bad, exc):
+    """The tuning hook refuses a bad value by name and sets none of the values of that call
+    (it used to apply the ones before it, then fail with an OverflowError naming nothing)."""
+    from fastnn._kernels import dense as kd
+
+    saved = kd.tile_params()
+    try:
+        with pytest.raises(exc, match=next(iter(bad))):
+            kd.set_tile_params(min_tile_rows=saved["min_tile_rows"] + 3, **bad)
+        assert kd.tile_params() == saved
+        kd.set_tile_params(max_tiles=2**70)   # ints are clamped, not overflowed
+        assert kd.tile_params()["max_tiles"] == 2**30
+    finally:
+        kd.set_tile_params(**saved)
+    assert kd.tile_params() == saved

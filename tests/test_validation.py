@@ -1804,3 +1804,26 @@ def test_flags_flipped_back_return_to_the_whole_step_kernel():
         models.append(model)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert_same_bits(a.data, b.data)
+
+
+@pytest.mark.parametrize("make,exc,word", [
+    (lambda: Dense(3, 4, activation=["relu"]), TypeError, "activation"),   # (was: unhashable type)
+    (lambda: Dropout(0.5).reseed(-1), ValueError, "seed"),
+    (lambda: Dropout(0.5).reseed(1.5), TypeError, "seed"),
+    (lambda: GaussianNoise(0.1).reseed("x"), TypeError, "seed"),
+    (lambda: Sequential(Dense(3, 2, seed=0)).evaluate(np.zeros((0, 3)), np.zeros(0, int)), ValueError, "X"),
+])
+def test_more_arguments_named(make, exc, word):
+    """Found by the tenth session's audit: NumPy's or Python's own messages came through."""
+    err = raises_naming(exc, word, make)
+    assert "unhashable" not in str(err) and "SeedSequence" not in str(err)
+
+
+def test_reseed_still_takes_none_and_ints():
+    layer = Dropout(0.5, seed=1)
+    x = np.ones((4, 8), np.float32)
+    layer.reseed(7)
+    a = layer.forward(x, training=True)
+    layer.reseed(7)
+    assert_same_bits(layer.forward(x, training=True), a)
+    layer.reseed(None)
