@@ -75,13 +75,18 @@ else:
 
 def set_num_threads(n):
     """Use ``n`` threads in every kernel (1 without OpenMP). Returns the previous value."""
-    global _num_threads
     n = check_int(n, "n", below=2**31)
     with _lock:
-        previous = _num_threads
-        _num_threads = n if _config.openmp_enabled() else 1
-        # Keep the OpenMP runtime's own setting in step, so threadpoolctl reports it.
-        _config.omp_set_num_threads(_num_threads)
+        return _set_locked(n)
+
+
+def _set_locked(n):
+    """Set the count (the caller holds _lock); returns the previous one."""
+    global _num_threads
+    previous = _num_threads
+    _num_threads = n if _config.openmp_enabled() else 1
+    # Keep the OpenMP runtime's own setting in step, so threadpoolctl reports it.
+    _config.omp_set_num_threads(_num_threads)
     return previous
 
 
@@ -106,9 +111,8 @@ def threads(n):
     Python threads at once)."""
     n = check_int(n, "n", below=2**31)
     token = object()
-    with _lock:
-        _open_blocks.append([token, _num_threads])
-    set_num_threads(n)
+    with _lock:   # (recorded and set at once: a block closing meanwhile sees both or neither)
+        _open_blocks.append([token, _set_locked(n)])
     try:
         yield get_num_threads()
     finally:
@@ -117,6 +121,5 @@ def threads(n):
             restore = _open_blocks.pop(i)[1]
             if i < len(_open_blocks):   # a block opened after this one is still open
                 _open_blocks[i][1] = restore
-                restore = None
-        if restore is not None:
-            set_num_threads(restore)
+            else:
+                _set_locked(restore)

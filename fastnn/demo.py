@@ -77,7 +77,9 @@ def _plot_regions(plt, ax, model, X, y, title):
     ax.set_yticks([])
 
 
-def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=sys.stdout):
+def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=None):
+    stream = sys.stdout if stream is None else stream   # (the one at call time: capsys, redirects)
+
     def say(*a):
         print(*a, file=stream, flush=True)
 

@@ -129,7 +129,49 @@ def test_threads_blocks_in_two_python_threads_end_where_they_started():
     ta, tb = threading.Thread(target=a), threading.Thread(target=b)
     ta.start(), tb.start()
     ta.join(10), tb.join(10)
+    assert a_in.is_set() and b_in.is_set() and a_out.is_set(), "the threads did not interleave"
     assert seen["b"] == _expected(3)
+    assert fastnn.get_num_threads() == _expected(2)
+
+
+def test_threads_blocks_from_many_python_threads_leave_the_count_as_it_was():
+    """Blocks opened and closed at random in eight Python threads, with the interpreter
+    switching threads as often as it can: once all have closed, the count is the one from
+    before and no block is left on the books (recording a block and setting its count, or
+    dropping it and restoring, under two acquisitions of the lock let a block opened in
+    between save a count about to be replaced, and keep it for good)."""
+    import random
+    import sys
+    import threading
+
+    from fastnn import _threads
+
+    fastnn.set_num_threads(2)
+    errors = []
+
+    def worker(seed):
+        rnd = random.Random(seed)
+        try:
+            for _ in range(150):
+                with fastnn.threads(rnd.randint(1, 9)):
+                    if rnd.random() < 0.5:
+                        with fastnn.threads(rnd.randint(1, 9)):
+                            pass
+        except Exception as exc:   # (reported below: an assertion in a thread is lost)
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+    assert _threads._open_blocks == []
     assert fastnn.get_num_threads() == _expected(2)
 
 

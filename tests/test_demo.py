@@ -9,6 +9,13 @@ import pytest
 from fastnn import demo
 
 
+def test_demo_main_prints_to_the_stdout_of_the_moment(capsys):
+    """main() writes to sys.stdout as it is when called (so that the checks below, that
+    nothing trained, can see a run's output at all)."""
+    assert demo.main(["--steps", "5", "--no-plots"]) == 0
+    assert "train accuracy" in capsys.readouterr().out
+
+
 def test_demo_runs_and_reports_the_course_experiments():
     out = io.StringIO()
     results = demo.run(steps=40, seed=3, plots=False, stream=out)

@@ -515,3 +515,27 @@ def test_checkpoint_folder_is_checked_when_the_solver_is_made(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_name"):
         Solver(_model(), _data(), checkpoint_name=str(tmp_path / "missing" / "ck"), verbose=False)
     Solver(_model(), _data(), checkpoint_name=str(tmp_path / "ck"), verbose=False)
+
+
+def test_train_calls_a_subclass_check_accuracy_as_the_course_solver_does():
+    """A Solver subclass that overrides check_accuracy (another metric, logging) is called by
+    train, twice per accuracy check, as the course's Solver calls it."""
+    calls = []
+
+    class Logged(Solver):
+        def check_accuracy(self, X, y, num_samples=None, batch_size=100):
+            calls.append(len(X))
+            return super().check_accuracy(X, y, num_samples=num_samples, batch_size=batch_size)
+
+    data = _data()
+    plain = Solver(_model(), data, num_epochs=2, batch_size=20, verbose=False, seed=0)
+    plain.train()
+    logged = Logged(_model(), data, num_epochs=2, batch_size=20, verbose=False, seed=0)
+    logged.train()
+    assert len(calls) == 2 * len(plain.val_acc_history) > 0
+    assert logged.val_acc_history == plain.val_acc_history
+
+
+def test_checkpoint_name_ending_in_a_slash_names_its_folder(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_name"):
+        Solver(_model(), _data(), checkpoint_name=str(tmp_path / "missing") + os.sep, verbose=False)
