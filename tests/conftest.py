@@ -15,6 +15,8 @@ Helpers (import them with ``from conftest import ...``; pytest puts tests/ on sy
   interpreter), to show that a thread-invariance test really runs the parallel path.
 """
 import numbers
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -264,3 +266,33 @@ else:
                                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                           HealthCheck.filter_too_much])
     _hyp_settings.load_profile(_os.environ.get("FASTNN_HYPOTHESIS_PROFILE", "fastnn-default"))
+
+
+def run_at_once(calls):
+    """Run each call in its own Python thread, released together, with a switch interval short
+    enough for Python code to interleave at almost any bytecode; returns their results in order
+    (re-raising the first exception)."""
+    barrier = threading.Barrier(len(calls))
+    results, errors = [None] * len(calls), []
+
+    def target(i):
+        try:
+            barrier.wait()
+            results[i] = calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    if errors:
+        raise errors[0]
+    return results

@@ -31,6 +31,7 @@ import fastnn.optim as O
 from fastnn import (SGD, Adam, Dense, Dropout, LeakyReLU, PReLU, ReLU, RMSProp, Sequential, Tanh)
 
 from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
+from conftest import run_at_once as _at_once
 
 F32, F64 = np.float32, np.float64
 
@@ -273,38 +274,6 @@ def test_eight_python_threads_predict_with_one_shared_model():
 
 
 # ============================================================================ one model, several threads
-def _at_once(calls):
-    """Run each call in its own Python thread, released together, with a switch interval short
-    enough for Python code to interleave at almost any bytecode; returns their results in order
-    (re-raising the first exception)."""
-    import sys
-
-    barrier = threading.Barrier(len(calls))
-    results, errors = [None] * len(calls), []
-
-    def target(i):
-        try:
-            barrier.wait()
-            results[i] = calls[i]()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=target, args=(i,)) for i in range(len(calls))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not any(t.is_alive() for t in threads), "a thread did not finish"
-    if errors:
-        raise errors[0]
-    return results
-
-
 def _state(model, opt):
     return [p.data.copy() for p in model.parameters()] + [getattr(opt, "t", None)]
 

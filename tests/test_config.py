@@ -141,36 +141,21 @@ def test_threads_blocks_from_many_python_threads_leave_the_count_as_it_was():
     dropping it and restoring, under two acquisitions of the lock let a block opened in
     between save a count about to be replaced, and keep it for good)."""
     import random
-    import sys
-    import threading
 
+    from conftest import run_at_once
     from fastnn import _threads
 
     fastnn.set_num_threads(2)
-    errors = []
 
     def worker(seed):
         rnd = random.Random(seed)
-        try:
-            for _ in range(150):
-                with fastnn.threads(rnd.randint(1, 9)):
-                    if rnd.random() < 0.5:
-                        with fastnn.threads(rnd.randint(1, 9)):
-                            pass
-        except Exception as exc:   # (reported below: an assertion in a thread is lost)
-            errors.append(exc)
+        for _ in range(150):
+            with fastnn.threads(rnd.randint(1, 9)):
+                if rnd.random() < 0.5:
+                    with fastnn.threads(rnd.randint(1, 9)):
+                        pass
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        workers = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not errors
+    run_at_once([lambda k=k: worker(k) for k in range(8)])   # (re-raises a thread's error)
     assert _threads._open_blocks == []
     assert fastnn.get_num_threads() == _expected(2)
 
