@@ -20,8 +20,6 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
-import math
-import numbers
 import operator
 import time
 
@@ -108,16 +106,13 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
                  thin=thin, max_tile_elems=max_tile_elems, chunk_min_rows=chunk_min_rows,
                  chunk_rows_more=chunk_rows_more, max_chunks=max_chunks, tile_cores=tile_cores,
                  k_split=k_split)
+    from fastnn._validation import check_scalar
     v = {}
     for name, value in given.items():
         if value is None:
             continue
         if name in ("tile_flops", "serial_flops", "k_split"):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"set_tile_params: {name} must be a number, got {type(value).__name__}")
-            if not math.isfinite(value):
-                raise ValueError(f"set_tile_params: {name} must be finite, got {value!r}")
-            v[name] = float(value)
+            v[name] = check_scalar(value, name)   # (finite; clamped below where they must be)
         else:
             if isinstance(value, bool):
                 raise TypeError(f"set_tile_params: {name} must be an int, got bool")
@@ -208,18 +203,10 @@ def gemm_seconds(r, c, k, trans_a=False, trans_b=False, reps=1, dtype=np.float32
     for name, v in (("trans_a", trans_a), ("trans_b", trans_b), ("accumulate", accumulate)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    vals = {}
-    for name, v, hi in (("r", r, 2**31 - 1), ("c", c, 2**31 - 1), ("k", k, 2**31 - 1),
-                        ("reps", reps, 2**31 - 1), ("concurrent", concurrent, 256)):
-        if isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-        try:
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name} must be an integer, got {type(v).__name__}") from None
-        if v < 1 or v > hi:
-            raise ValueError(f"{name} must be between 1 and {hi}, got {v}")
-        vals[name] = v
+    from fastnn._validation import check_int
+    vals = {name: check_int(v, name, below=below)
+            for name, v, below in (("r", r, 2**31), ("c", c, 2**31), ("k", k, 2**31),
+                                   ("reps", reps, 2**31), ("concurrent", concurrent, 257))}
     if max(vals["r"] * vals["k"], vals["k"] * vals["c"],
            vals["r"] * vals["c"] * vals["concurrent"]) > 2**31 - 1:
         raise ValueError("r, c, k and concurrent give an array of more than 2**31 - 1 elements")

@@ -397,7 +397,6 @@ cdef struct Watched:
     PyObject *arr     # (a reference held by StepPlan._refs)
     PyObject *dtype   # its dtype at build time (a reference held by StepPlan._watched_dtypes)
     void *data
-    Py_ssize_t itemsize
     int ndim
     Py_ssize_t shape[2]
 
@@ -585,10 +584,9 @@ cdef class StepPlan:
             w.arr = <PyObject *>a        # (kept alive by self._refs: keep() took every one)
             w.dtype = <PyObject *>self._watched_dtypes[k]
             w.data = _ptr(a)
-            w.itemsize = a.itemsize
             w.ndim = a.ndim
-            for k in range(a.ndim):
-                w.shape[k] = a.shape[k]
+            for d in range(a.ndim):
+                w.shape[d] = a.shape[d]
             self._n_watched += 1
 
     cdef int _check_watched(self) except -1:
@@ -607,7 +605,7 @@ cdef class StepPlan:
             except (BufferError, ValueError, TypeError):
                 raise ArraysChanged("StepPlan: an array it was built on is no longer "
                                     "writeable and C-contiguous")
-            same = v.buf == w.data and v.itemsize == w.itemsize and v.ndim == w.ndim
+            same = v.buf == w.data and v.ndim == w.ndim   # (the dtype, below, fixes the item size)
             if same:
                 for d in range(w.ndim):
                     same = same and v.shape[d] == w.shape[d]

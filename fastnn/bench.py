@@ -16,7 +16,6 @@ gradients and the activations backward reads; see ``step_memory``).
 """
 import argparse
 import json
-import numbers
 import sys
 import time
 import tracemalloc
@@ -28,7 +27,7 @@ from fastnn import _config as _fastnn_config
 from fastnn import functional as F
 from fastnn import optim as O
 from fastnn._kernels import dense as _kd
-from fastnn._validation import check_int
+from fastnn._validation import check_int, check_scalar
 from fastnn.reference import dense as RD
 from fastnn.reference import losses as RL
 
@@ -184,11 +183,7 @@ def step_memory(model, X, y, opt, loss):
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
         stream=sys.stdout, skip_large=False):
     rounds = check_int(rounds, "rounds")
-    if isinstance(min_time, bool) or not isinstance(min_time, numbers.Real):
-        raise TypeError(f"min_time must be a number of seconds, got {type(min_time).__name__}")
-    if not (0.0 < min_time < float("inf")):
-        raise ValueError(f"min_time must be finite seconds > 0, got {min_time!r}")
-    min_time = float(min_time)
+    min_time = check_scalar(min_time, "min_time", lo=0.0, lo_open=True)   # (seconds)
     if threads is not None:
         fastnn.set_num_threads(threads)
     nthreads = fastnn.get_num_threads()

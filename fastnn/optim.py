@@ -31,12 +31,16 @@ from fastnn._validation import as_float_array, check_scalar
 __all__ = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
 
 
+def _writable(a):
+    """The update kernels can write array `a` in place (w or a state array)."""
+    flags = a.flags
+    return flags.c_contiguous and flags.writeable
+
+
 def _target(w):
     """The array to update in place: w itself when possible, else a contiguous float copy."""
-    if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative:
-        flags = w.flags
-        if flags.c_contiguous and flags.writeable:
-            return w
+    if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative and _writable(w):
+        return w
     return as_float_array(w, "w").copy()
 
 
@@ -89,15 +93,14 @@ def _state(config, key, w, *others):
     s = config.get(key)
     if s is None:
         return _own(np.zeros_like(w))
-    if _is_owned(s) and (s.dtype is w.dtype or s.dtype == w.dtype) and s.shape == w.shape:
-        flags = s.flags
-        if flags.c_contiguous and flags.writeable:
-            for other in (w,) + others:
-                # s owns its memory (fastnn allocated it), so an array that owns its memory too
-                # overlaps it only by being it: the memory check is for views (base not None)
-                if other is s or (other.base is not None and _may_share(s, other)):
-                    return _own(s.copy())
-            return s
+    if (_is_owned(s) and (s.dtype is w.dtype or s.dtype == w.dtype) and s.shape == w.shape
+            and _writable(s)):
+        for other in (w,) + others:
+            # s owns its memory (fastnn allocated it), so an array that owns its memory too
+            # overlaps it only by being it: the memory check is for views (base not None)
+            if other is s or (other.base is not None and _may_share(s, other)):
+                return _own(s.copy())
+        return s
     a = as_float_array(s, f"config['{key}']", w.dtype)
     if a.shape != w.shape:
         raise ValueError(f"config['{key}'] must have the shape of w {w.shape}, got {a.shape}")

@@ -16,12 +16,6 @@ from fastnn.layers import Parameter
 __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
 
 
-def _writable(a):
-    """The update kernels can write state array `a` in place."""
-    flags = a.flags
-    return flags.writeable and flags.c_contiguous
-
-
 def _fits(a, data):
     """State array `a` was made for parameter array `data` (its shape and dtype)."""
     return isinstance(a, np.ndarray) and a.shape == data.shape and a.dtype == data.dtype
@@ -68,11 +62,11 @@ class Optimizer:
         if type(st) is list and len(st) == n:   # (the state this method makes: the fast path)
             shape, dtype = data.shape, data.dtype
             s0 = st[0]
-            if type(s0) is np.ndarray and s0.shape == shape and s0.dtype == dtype and _writable(s0):
+            if type(s0) is np.ndarray and s0.shape == shape and s0.dtype == dtype and _optim._writable(s0):
                 if n == 1:
                     return st
                 s1 = st[1]
-                if type(s1) is np.ndarray and s1.shape == shape and s1.dtype == dtype and _writable(s1):
+                if type(s1) is np.ndarray and s1.shape == shape and s1.dtype == dtype and _optim._writable(s1):
                     return st
         return self._remade_slots(key, p, data, st, n)
 
@@ -88,7 +82,7 @@ class Optimizer:
                     raise TypeError(f"{what} entry {k} must be a numpy.ndarray, got {type(a).__name__}")
             if all(_fits(a, data) for a in st):
                 for k, a in enumerate(st):
-                    if not _writable(a):   # (the update kernels write it in place)
+                    if not _optim._writable(a):   # (the update kernels write it in place)
                         raise ValueError(f"{what} entry {k} must be a writeable C-contiguous array")
                 return st   # (a tuple, or an ndarray subclass: taken as before)
             if _fits(st[0], data):   # the first fits: not a replaced parameter's
@@ -110,10 +104,9 @@ class Optimizer:
         add, slots = work.append, self._slots
         for p in self.params:
             w = p.data
-            if type(w) is not np.ndarray and not isinstance(w, np.ndarray):
+            if not isinstance(w, np.ndarray):
                 raise TypeError(f"parameter {p.name} must be a numpy.ndarray, got {type(w).__name__}")
-            flags = w.flags
-            if not (flags.c_contiguous and flags.writeable):
+            if not _optim._writable(w):
                 raise ValueError(f"parameter {p.name} must be a writeable C-contiguous array")
             add((p, w, slots(p, n, w) if n else None))
         return work

@@ -46,7 +46,7 @@ import zipfile
 import numpy as np
 
 from fastnn import optim as _optim
-from fastnn._validation import check_int, fs_path, numeric_array, read_npz
+from fastnn._validation import check_int, fs_path, int_labels, numeric_array, read_npz
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -78,18 +78,6 @@ def _jsonable(value):
         v = float(value)
         return v if np.isfinite(v) else None
     return None
-
-
-def _labels(y, name):
-    """y as a 1-D array of integer class labels: (N,) or a column (N, 1) (compared with (N,)
-    predictions, a column would broadcast to an N x N table and give a wrong accuracy)."""
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"{name} must hold one label per row, (N,) or (N, 1), got shape {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    return y
 
 
 class Solver:
@@ -125,7 +113,10 @@ class Solver:
         for xs, ys, what in ((self.X_train, self.y_train, "train"), (self.X_val, self.y_val, "val")):
             if len(xs) != len(ys):
                 raise ValueError(f"X_{what} has {len(xs)} rows but y_{what} has {len(ys)} labels")
-            _labels(ys, f"data['y_{what}']")   # (their range: at the first accuracy check)
+            # integer, (N,) or a column (N, 1): compared with (N,) predictions, a column would
+            # broadcast to an N x N table (their range: at the first accuracy check)
+            int_labels(ys, len(ys), allow_bool=False, name=f"data['y_{what}']",
+                       what="integer class labels")
         if len(self.X_train) == 0:
             raise ValueError("X_train must hold at least one sample")
         if len(self.X_val) == 0:
@@ -277,7 +268,7 @@ class Solver:
             raise ValueError("X must hold at least one sample")
         if y.ndim < 1 or len(y) != n:
             raise ValueError(f"{name} must hold one label per row of X ({n}), got shape {y.shape}")
-        y = _labels(y, name)
+        y = int_labels(y, n, allow_bool=False, name=name, what="integer class labels")
         if num_samples is not None and n > num_samples:
             idx = self._choice(n, num_samples, replace=False)
             X, y = X[idx], y[idx]
