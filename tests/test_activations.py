@@ -486,6 +486,33 @@ def test_float64_accuracy(op, rng):
     np.testing.assert_allclose(y, expected, rtol=F64_RTOL, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_backward_relative_accuracy_near_saturation(dtype, rng):
+    """tanh's derivative from a saved output t close to +-1 is (1 - t)(1 + t), which cancels
+    if computed as 1 - t*t without a fused multiply-add (the baseline, non-AVX2 path: hundreds
+    of ulp in float32). Within 2 ulp of the exact dout (1 - t)(1 + t) of the same t, on the
+    standalone kernel and the fused affine_tanh backward, on every SIMD path."""
+    hi = 8.0 if dtype == np.float32 else 18.0  # below where tanh(x) rounds to 1
+    x = (rng.uniform(1.0, hi, 4096) * rng.choice([-1.0, 1.0], 4096)).astype(dtype)
+    dout = rng.uniform(0.5, 2.0, x.shape).astype(dtype)
+    t, cache = F.tanh_forward(x)
+    wide = np.longdouble
+    one = wide(1)
+    exact = dout.astype(wide) * ((one - t.astype(wide)) * (one + t.astype(wide)))
+    exact = exact.astype(dtype)
+    assert np.all(np.abs(t) < 1)  # no case saturated (there the derivative is exactly 0)
+    assert_ulp_close(F.tanh_backward(dout, cache), exact, 2, inputs=t, what="tanh_backward")
+
+    # the fused dense backward: one row through an identity layer, so the pre-activation is x
+    # itself and db (a sum over that one row) is the derivative times dout, element by element
+    n = 257
+    x1, g1 = x[None, :n], dout[None, :n]
+    out1, c1 = F.affine_tanh_forward(x1, np.eye(n, dtype=dtype), np.zeros(n, dtype=dtype))
+    _, _, db1 = F.affine_tanh_backward(g1, c1)
+    ex1 = g1[0].astype(wide) * ((one - out1[0].astype(wide)) * (one + out1[0].astype(wide)))
+    assert_ulp_close(db1, ex1.astype(dtype), 2, inputs=out1[0], what="affine_tanh_backward db")
+
+
 # ============================================================================ gradients
 def _away_from_kinks(rng, shape):
     """float64 data with |x| >= 0.1, so a 1e-5 step never crosses the ReLU kink."""
