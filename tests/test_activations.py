@@ -9,10 +9,10 @@ Tolerances, and why they are what they are:
 - float32 sigmoid/tanh: within 4 ulp of the float64-evaluated function rounded to float32
   (the contract in csrc/fastnn_simd.h: "within a few ulp of a correctly rounded result").
 - float64 sigmoid/tanh: within 1e-15 relative (~4.5 eps) of the float64 reference.
-- sigmoid/tanh backward compute ``dout * g(y)`` with ``g(y) = y(1-y)`` or ``1-y*y`` in [0, 1]
-  from the SAME saved ``y``. ``1 - y*y`` cancels near |y| = 1: whether or not the compiler fuses
-  it into an FMA (it does on the AVX2/AVX-512 paths, not on baseline SSE2), its absolute error is
-  below eps, so the bound is ``eps * |dout| + 2 ulp(result)``.
+- sigmoid/tanh backward compute ``dout * g(y)`` with ``g(y) = y(1-y)`` or ``(1-y)(1+y)`` in
+  [0, 1] from the SAME saved ``y``. The reference's ``1 - y*y`` cancels near |y| = 1 (its
+  absolute error is below eps), so against it the bound is ``eps * |dout| + 2 ulp(result)``;
+  the kernel's own relative accuracy there is tested against the exact product (2 ulp).
 - PReLU dalpha is a sum: the error bound of recursive summation, ``n * eps * sum(|terms|)``.
 - numerical gradients (float64, central differences, h = 1e-5): truncation ~h**2 = 1e-10,
   rounding ~eps/h = 1e-11; rtol 1e-7 leaves a wide margin and any wrong formula is off by O(1).
