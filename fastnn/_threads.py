@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import threading
+import warnings
 
 from fastnn._kernels import _config
 from fastnn._kernels import dense as _dense
@@ -73,18 +74,63 @@ else:
     _config.omp_set_num_threads(_num_threads)
 
 
+def _uses_libgomp():
+    """GCC's OpenMP runtime is loaded (Linux: its name in this process's memory map)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
+
+
+# GCC's OpenMP runtime (libgomp) is not fork-safe: once a parallel region has run with more
+# than one thread, a child made by fork() (multiprocessing's default start method on Linux
+# before Python 3.14) waits forever in its first parallel region for worker threads that were
+# not copied into it. So in such a child every kernel runs on one thread (the same numbers, as
+# for any thread count). Serial processes (count 1 since import) and other OpenMP runtimes
+# (LLVM's libomp restarts its pool in the child) are left alone.
+_parallel_used = _config.openmp_enabled() and _num_threads > 1
+_forked = False   # this process is such a child
+_gomp = _config.openmp_enabled() and _uses_libgomp()
+
+
+def _after_fork_in_child():
+    global _lock, _num_threads, _forked
+    _lock = threading.Lock()   # (another thread of the parent may have held it)
+    if _gomp and _parallel_used:
+        _forked = True
+        _num_threads = 1
+        _config.omp_set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def set_num_threads(n):
     """Use ``n`` threads in every kernel (1 without OpenMP). Returns the previous value."""
     n = check_int(n, "n", below=2**31)
     with _lock:
-        return _set_locked(n)
+        return _set_locked(n, warn_at=3)
 
 
-def _set_locked(n):
-    """Set the count (the caller holds _lock); returns the previous one."""
-    global _num_threads
+def _set_locked(n, warn_at=None):
+    """Set the count (the caller holds _lock); returns the previous one. In a forked child
+    (see _after_fork_in_child) it stays 1, with a warning at stack level `warn_at` when given
+    (a count the user asked for, not one a closing block restores)."""
+    global _num_threads, _parallel_used
     previous = _num_threads
+    if _forked and n > 1:
+        if warn_at is not None:
+            warnings.warn(
+                f"fastnn runs on 1 thread, not {n}: this process was forked from one that "
+                "had started OpenMP threads, and GCC's OpenMP runtime cannot start threads in "
+                "a forked child (it would hang). Start child processes with multiprocessing's "
+                "'spawn' or 'forkserver' method to use threads in them.", RuntimeWarning,
+                stacklevel=warn_at)
+        n = 1
     _num_threads = n if _config.openmp_enabled() else 1
+    _parallel_used = _parallel_used or _num_threads > 1
     # Keep the OpenMP runtime's own setting in step, so threadpoolctl reports it.
     _config.omp_set_num_threads(_num_threads)
     return previous
@@ -112,7 +158,7 @@ def threads(n):
     n = check_int(n, "n", below=2**31)
     token = object()
     with _lock:   # (recorded and set at once: a block closing meanwhile sees both or neither)
-        _open_blocks.append([token, _set_locked(n)])
+        _open_blocks.append([token, _set_locked(n, warn_at=4)])
     try:
         yield get_num_threads()
     finally:

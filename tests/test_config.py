@@ -501,3 +501,82 @@ def test_bench_run_refuses_bad_arguments(kwargs, name, exc):
 
     with pytest.raises(exc, match=name):
         bench.run(networks=[((3, 5, 2), 7)], use_torch=False, stream=io.StringIO(), **kwargs)
+
+
+# ============================================================================ fork
+_FORK = """
+    import json, os, sys, time, warnings
+    import numpy as np
+    import fastnn, fastnn.functional as F
+    n_parent = int(sys.argv[1])
+    fastnn.set_num_threads(n_parent)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1024, 784)).astype(np.float32)
+    w = rng.standard_normal((784, 512)).astype(np.float32)
+    b = np.zeros(512, np.float32)
+    ref = F.affine_relu_forward(x, w, b)[0]   # (large enough to run in parallel)
+    r, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fastnn.set_num_threads(2)
+        n = fastnn.get_num_threads()
+        out = F.affine_relu_forward(x, w, b)[0]
+        report = {"n": n, "same": bool(np.array_equal(out, ref)),
+                  "warnings": [str(c.category.__name__) + ": " + str(c.message) for c in caught]}
+        os.write(wfd, json.dumps(report).encode())
+        os._exit(0)
+    os.close(wfd)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print(json.dumps({"hang": True}))
+        sys.exit(0)
+    print(os.read(r, 65536).decode())
+"""
+
+
+def _fork_report(n_parent):
+    """The forked child's report, from a parent that imported fastnn with FASTNN_NUM_THREADS
+    set to n_parent and ran a large kernel."""
+    env = dict(os.environ, FASTNN_NUM_THREADS=str(n_parent),
+               PYTHONPATH=os.pathsep.join([IMPORT_ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK), str(n_parent)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+needs_gomp_fork = pytest.mark.skipif(
+    not (OPENMP and hasattr(os, "fork") and fastnn._threads._gomp),
+    reason="the fork rule is for GCC's OpenMP runtime (libgomp), on a platform with fork()")
+
+
+@needs_gomp_fork
+def test_forked_child_after_parallel_kernels_runs_on_one_thread():
+    """libgomp hangs a forked child in its first parallel region once the parent has run one
+    with several threads: there the child runs every kernel on one thread (same numbers), and a
+    request for more threads warns instead of hanging."""
+    report = _fork_report(2)
+    assert "hang" not in report, "the forked child hung in its first parallel kernel"
+    assert report["n"] == 1
+    assert report["same"]
+    assert len(report["warnings"]) == 1
+    assert report["warnings"][0].startswith("RuntimeWarning: fastnn runs on 1 thread, not 2")
+    assert "'spawn'" in report["warnings"][0]
+
+
+@needs_gomp_fork
+def test_forked_child_of_a_serial_process_keeps_its_threads():
+    """A parent that never used more than one thread (since its import) started no OpenMP
+    workers: its child may."""
+    report = _fork_report(1)
+    assert "hang" not in report
+    assert report == {"n": 2, "same": True, "warnings": []}
