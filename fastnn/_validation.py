@@ -9,6 +9,7 @@ The rules (documented in the README):
 - when operands of one call mix float32 and float64, the call computes in float64
   (NumPy's promotion rule, ``np.result_type``).
 """
+import contextlib
 import numbers
 import os
 import zipfile
@@ -287,22 +288,27 @@ def read_npz(source, what, writer, names=None):
     read: what is read is then no larger than the file (a deflated member can inflate
     ~1000-fold)."""
     try:
-        loaded = np.load(source, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
-            raise ValueError("not an .npz archive")
-        with loaded as npz:
-            packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
-            if packed:
-                raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them "
-                                 "uncompressed")
-            keys = npz.files if names is None else names
-            missing = [k for k in keys if k not in npz.files]
-            if missing:
-                raise ValueError(f"no array {missing[0]!r} in it")
-            arrays = {k: npz[k] for k in keys}
-        for k, v in arrays.items():
-            if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
-                raise ValueError(f"entry {k!r} is not a .npy array")
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, (str, bytes, os.PathLike)):
+                # opened here, so it is closed here even when NumPy's zip parsing fails after
+                # it took the file over (the error's traceback would otherwise hold it open)
+                source = stack.enter_context(open(source, "rb"))
+            loaded = np.load(source, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
+                raise ValueError("not an .npz archive")
+            with loaded as npz:
+                packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                if packed:
+                    raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them "
+                                     "uncompressed")
+                keys = npz.files if names is None else names
+                missing = [k for k in keys if k not in npz.files]
+                if missing:
+                    raise ValueError(f"no array {missing[0]!r} in it")
+                arrays = {k: npz[k] for k in keys}
+            for k, v in arrays.items():
+                if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
+                    raise ValueError(f"entry {k!r} is not a .npy array")
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
             RuntimeError, NotImplementedError, MemoryError) as exc:
         raise ValueError(f"{what} is not readable ({type(exc).__name__}: {exc})") from None

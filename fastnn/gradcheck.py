@@ -2,6 +2,13 @@
 
 These perturb ``x`` IN PLACE (and restore it), exactly like the course helpers: that is how
 they reach parameters that a model reads live from its arrays.
+
+They call ``f`` as often and in the same order as the course's helpers, so an ``f`` that draws
+random numbers (dropout without a seed) leaves ``np.random`` where the course's would:
+``eval_numerical_gradient`` evaluates ``f(x)`` once at the unperturbed point first, as the
+course does (its value is not used), then ``f(x + h)`` and ``f(x - h)`` per entry: 2n + 1 calls
+for n entries; ``eval_numerical_gradient_array`` makes 2n calls and ``grad_check_sparse``
+2 * num_checks, neither with a first call.
 """
 from random import randrange
 
@@ -52,8 +59,10 @@ def _plus_minus(f, x, ix, h, as_array=False):
 
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored).
-    An empty x has an empty gradient (of x's shape and dtype; f is not called)."""
+    ``f(x)`` is evaluated once first, as the course's helper does, then twice per entry. An empty
+    x has an empty gradient (of x's shape and dtype; f is called that first time only)."""
     h = _check_point(x, h)
+    f(x)  # the course's ``fx = f(x)``: unused, but it draws what f draws
     grad = np.zeros_like(x)
     if x.size == 0:  # np.nditer refuses zero-sized operands
         return grad

@@ -14,9 +14,19 @@ gradient check that perturbs ``model.params['W1']`` in place, or a solver that s
 arrays, is seen by the next call. The compute dtype is the dtype of the parameters: ``X`` is
 cast to it (a float64 model stays float64 end to end, which gradient checks need).
 
-Weights start as ``weight_scale * randn`` and biases as zeros. With ``seed=None`` the draws come
-from NumPy's global random state (``np.random.seed`` makes them reproducible, as in the course
-notebooks); with an int seed they come from a private ``np.random.default_rng(seed)``.
+Weights start as ``weight_scale * np.random.randn(...)`` (drawn in float64, W1 first, then cast
+to the model's dtype) and biases as zeros, as in the course. Where the draws come from:
+
+- ``TwoLayerNet(input_dim, hidden_dim, num_classes, weight_scale, reg, dtype=np.float64,
+  seed=None)``: the course's class has neither ``dtype`` nor ``seed`` and is float64, so fastnn's
+  default dtype is float64 too. With ``seed=None`` (the default) the weights come from NumPy's
+  global random state, exactly the course's numbers after the same ``np.random.seed``. ``seed``
+  is a fastnn extension: an int draws the weights from a private
+  ``np.random.default_rng(seed)`` and leaves the global state alone.
+- ``FullyConnectedNet(..., dtype=np.float32, seed=None)``: as in the course, the weights ALWAYS
+  come from NumPy's global random state (``np.random.seed(231)`` then
+  ``FullyConnectedNet(..., seed=123)`` gives the course's weights), and ``seed`` only goes into
+  ``dropout_param['seed']`` (the dropout masks).
 """
 import numbers
 
@@ -97,11 +107,14 @@ def _add_l2(loss, grads, params, reg, num_layers):
 class TwoLayerNet:
     """affine - relu - affine - softmax, with L2 regularization on the two weight matrices.
 
-    Parameters: ``W1`` (D, H), ``b1`` (H,), ``W2`` (H, C), ``b2`` (C,), all of ``dtype``.
+    Parameters: ``W1`` (D, H), ``b1`` (H,), ``W2`` (H, C), ``b2`` (C,), all of ``dtype``
+    (float64 by default, as the course's class, which has no dtype argument). ``dtype`` and
+    ``seed`` are fastnn extensions: ``seed=None`` draws the weights from ``np.random`` (the
+    course's numbers), an int from a private ``np.random.default_rng(seed)``.
     """
 
     def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10,
-                 weight_scale=1e-3, reg=0.0, dtype=np.float32, seed=None):
+                 weight_scale=1e-3, reg=0.0, dtype=np.float64, seed=None):
         input_dim = check_int(input_dim, "input_dim")
         hidden_dim = check_int(hidden_dim, "hidden_dim")
         num_classes = check_int(num_classes, "num_classes")
@@ -135,7 +148,8 @@ class FullyConnectedNet:
     ``hidden_dims`` lists the widths of the L - 1 hidden layers; parameters are ``W1..WL`` and
     ``b1..bL``. ``dropout_keep_ratio`` is the probability of KEEPING a hidden unit (1 means no
     dropout). Dropout runs in 'train' mode when ``loss`` gets labels and in 'test' mode when it
-    only returns scores. When ``seed`` is given it seeds the initialization and is stored in
+    only returns scores. The weights always come from NumPy's global random state, as in the
+    course, whatever ``seed`` is: ``seed`` (when given, and only with dropout) is stored in
     ``dropout_param['seed']``, so the dropout masks are the same on every call (the course's
     behaviour, which numerical gradient checks rely on). Batch and layer normalization are not
     part of fastnn: any ``normalization`` other than None raises NotImplementedError.
@@ -168,8 +182,11 @@ class FullyConnectedNet:
         self.num_layers = 1 + len(hidden_dims)
         self.dtype = check_float_dtype(dtype)
         self.seed = check_seed(seed)
+        if self.seed is not None and self.seed >= 2**64:  # (dropout_param['seed']'s range)
+            raise ValueError(f"seed must be below 2**64 (the dropout masks' seed), got {self.seed}")
+        # the course: weights from np.random whatever the seed (it is for dropout only)
         self.params = _init_layers([input_dim] + hidden_dims + [num_classes], weight_scale,
-                                   self.dtype, self.seed)
+                                   self.dtype, None)
         self.dropout_param = {}
         if self.use_dropout:
             self.dropout_param = {"mode": "train", "p": keep}

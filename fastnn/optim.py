@@ -18,8 +18,13 @@ aliased arguments give the reference's numbers.
 Defaults are the course's: sgd/sgd_momentum/nesterov_momentum/rmsprop ``learning_rate=1e-2``,
 ``momentum=0.9``, ``decay_rate=0.99``, ``epsilon=1e-8``; adam ``learning_rate=1e-3``,
 ``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, and ``t`` incremented before it is used.
-A ``weight_decay`` key (default 0) adds L2 weight decay: the gradient used is ``dw + wd * w``.
+Beyond the course, a ``weight_decay`` key adds L2 weight decay: the gradient used is
+``dw + wd * w``. It is read when the caller puts it into ``config`` and is never added when absent
+(0 then), so the returned config has exactly the course's keys. Adam's ``t`` may be any finite
+real >= 0 (a float, as read back from JSON, too): an int stays an int and a float becomes
+``t + 1.0``.
 """
+import numbers
 import weakref
 
 import numpy as np
@@ -117,6 +122,37 @@ def _hyper(config, defaults, key, default, lo=None, hi=None, lo_open=False):
     return check_scalar(config.get(key, default), f"config['{key}']", lo=lo, hi=hi, lo_open=lo_open)
 
 
+def _weight_decay(config):
+    """config['weight_decay'], checked, or 0.0 when absent: a fastnn extension, so unlike the
+    course's hyperparameters it is not written into config (the course's rules have no such
+    key)."""
+    return _hyper(config, {}, "weight_decay", 0.0, lo=0.0)
+
+
+def _adam_step_count(config):
+    """config['t'] + 1 (config['t'] absent: 0). t may be any finite real >= 0, as the course's
+    ``config['t'] += 1`` takes it; an int stays an int (a Python int), a float becomes a float."""
+    t = config.get("t", 0)
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(f"config['t'] must be a non-negative number (the step count), "
+                        f"got {type(t).__name__} {t!r}")
+    if isinstance(t, numbers.Integral):
+        t = int(t)
+        if t < 0:
+            raise ValueError(f"config['t'] must be >= 0 (the step count), got {t}")
+        if t >= 2**1023:   # (beta ** t would raise OverflowError)
+            raise ValueError(f"config['t'] must be finite as a float, got an integer of "
+                             f"{t.bit_length()} bits")
+        return t + 1
+    try:
+        t = float(t)
+    except (OverflowError, ValueError):
+        raise ValueError(f"config['t'] must be a finite number >= 0, got {t!r}") from None
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"config['t'] must be a finite number >= 0, got {t}")
+    return t + 1.0
+
+
 def _commit(config, defaults, **state):
     """After every check: the course's rules leave their defaults in config (setdefault) and
     their state arrays."""
@@ -136,7 +172,7 @@ def sgd(w, dw, config=None):
     """Vanilla SGD: ``w -= learning_rate * dw``."""
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
-    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
+    wd = _weight_decay(config)
     w = _target(w)
     dw = _grad(dw, w)
     _commit(config, defaults)
@@ -147,7 +183,7 @@ def _momentum(rule, w, dw, config):
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     mu = _hyper(config, defaults, "momentum", 0.9, lo=0.0)
-    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
+    wd = _weight_decay(config)
     w = _target(w)
     dw = _grad(dw, w)
     v = _state(config, "velocity", w, dw)
@@ -172,7 +208,7 @@ def rmsprop(w, dw, config=None):
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     decay = _hyper(config, defaults, "decay_rate", 0.99, lo=0.0, hi=1.0)
     eps = _hyper(config, defaults, "epsilon", 1e-8, lo=0.0)
-    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
+    wd = _weight_decay(config)
     w = _target(w)
     dw = _grad(dw, w)
     c = _state(config, "cache", w, dw)
@@ -187,11 +223,8 @@ def adam(w, dw, config=None):
     b1 = _hyper(config, defaults, "beta1", 0.9, lo=0.0, hi=1.0)
     b2 = _hyper(config, defaults, "beta2", 0.999, lo=0.0, hi=1.0)
     eps = _hyper(config, defaults, "epsilon", 1e-8, lo=0.0)
-    wd = _hyper(config, defaults, "weight_decay", 0.0, lo=0.0)
-    t = config.get("t", 0)
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-        raise ValueError(f"config['t'] must be a non-negative int, got {t!r}")
-    t = int(t) + 1
+    wd = _weight_decay(config)
+    t = _adam_step_count(config)
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t
     if c1 == 0.0 or c2 == 0.0:  # checked before config changes
         raise ValueError("config['beta1'] and config['beta2'] must be < 1")

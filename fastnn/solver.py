@@ -19,11 +19,20 @@ Keyword arguments: ``update_rule`` ('sgd'; the name of a rule in :mod:`fastnn.op
 callable ``rule(w, dw, config) -> (next_w, config)``), ``optim_config`` ({}), ``lr_decay`` (1.0),
 ``batch_size`` (100), ``num_epochs`` (10), ``num_train_samples`` (1000), ``num_val_samples``
 (None: all), ``checkpoint_name`` (None), ``print_every`` (10), ``verbose`` (True) and, beyond the
-course, ``seed`` (None). With ``seed=None`` minibatches and accuracy subsamples come from
-``np.random`` (so ``np.random.seed`` makes a run reproducible); with an int they come from a
-private ``np.random.default_rng(seed)`` and the global state is left alone.
+course, ``seed`` (None).
 
-Checkpoints (no pickle anywhere). With ``checkpoint_name='run/net'`` every epoch writes two files:
+Random draws are the course's, call for call: each step draws its minibatch with
+``np.random.choice(num_train, batch_size)``, and each accuracy check on more rows than
+``num_train_samples`` / ``num_val_samples`` draws its subsample with
+``np.random.choice(N, num_samples)`` (WITH replacement, as the course does), in the course's
+order. So with ``seed=None`` and the same ``np.random.seed`` (and a model that draws the same
+numbers), the minibatches, accuracies and loss history are the course Solver's. With an int
+``seed`` the same calls go to a private ``np.random.default_rng(seed)`` instead, and the global
+state is left alone.
+
+Checkpoints (no pickle anywhere). With ``checkpoint_name='run/net'`` every accuracy check writes
+two files (each through a temporary file in the same folder, renamed when complete; a write that
+fails part-way, e.g. on a full disk, removes the temporary file and raises):
 
 - ``run/net_epoch_<E>.npz``: one array per model parameter, stored under the parameter's name
   (``W1.npy``, ``b1.npy``, ... inside the zip); read it with
@@ -46,6 +55,7 @@ import zipfile
 import numpy as np
 
 from fastnn import optim as _optim
+from fastnn._files import atomic_write
 from fastnn._validation import check_int, fs_path, int_labels, numeric_array, read_npz
 
 __all__ = ["Solver", "load_checkpoint"]
@@ -184,10 +194,12 @@ class Solver:
         self.val_acc_history = []
         self.optim_configs = {p: copy.deepcopy(self.optim_config) for p in self.model.params}
 
-    def _choice(self, n, size, replace=True):
+    def _choice(self, n, size):
+        """``size`` indices into ``range(n)``, drawn WITH replacement: the course's
+        ``np.random.choice(n, size)``, or the same call on the private generator of ``seed``."""
         if self._rng is None:
-            return np.random.choice(n, size, replace=replace)
-        return self._rng.choice(n, size, replace=replace)
+            return np.random.choice(n, size)
+        return self._rng.choice(n, size)
 
     def _step(self):
         """One minibatch update of every parameter."""
@@ -213,12 +225,12 @@ class Solver:
         stem = f"{self.checkpoint_name}_epoch_{self.epoch}"
         npz_path, json_path = stem + ".npz", stem + ".json"
 
-        tmp = npz_path + ".tmp"
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        # (atomic_write: a temporary file renamed when complete, removed if writing fails)
+        with atomic_write(npz_path) as f, \
+                zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, value in self.model.params.items():
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                     np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)
-        os.replace(tmp, npz_path)
 
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -240,10 +252,8 @@ class Solver:
             "train_acc_history": list(self.train_acc_history),
             "val_acc_history": list(self.val_acc_history),
         }
-        tmp = json_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_write(json_path, text=True) as fh:
             json.dump(meta, fh, indent=1)
-        os.replace(tmp, json_path)
         if self.verbose:
             print(f'Saving checkpoint to "{npz_path}" and "{json_path}"')
 
@@ -251,8 +261,9 @@ class Solver:
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of rows of ``X`` whose highest score is the label in ``y``.
 
-        With ``num_samples`` set and fewer than the rows of ``X``, a random subset of that size
-        (without repetition) is scored. Scores are computed ``batch_size`` rows at a time.
+        With ``num_samples`` set and fewer than the rows of ``X``, ``num_samples`` rows drawn
+        WITH replacement (the course's ``np.random.choice(N, num_samples)``) are scored. Scores
+        are computed ``batch_size`` rows at a time.
         ``y`` holds integer class labels, (N,) or a column (N, 1), each a column of the scores."""
         return self._accuracy(X, y, num_samples, batch_size, "y")
 
@@ -270,7 +281,7 @@ class Solver:
             raise ValueError(f"{name} must hold one label per row of X ({n}), got shape {y.shape}")
         y = int_labels(y, n, allow_bool=False, name=name, what="integer class labels")
         if num_samples is not None and n > num_samples:
-            idx = self._choice(n, num_samples, replace=False)
+            idx = self._choice(n, num_samples)
             X, y = X[idx], y[idx]
             n = num_samples
 

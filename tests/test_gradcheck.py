@@ -140,10 +140,13 @@ def _never_called(*_):
 def test_eval_numerical_gradient_empty_x(shape, dtype, capsys):
     """An empty x has an empty gradient of its shape and of the dtype a non-empty x of that
     dtype gets (it used to raise NumPy's "Iteration of zero-sized operands is not enabled");
-    f is not called and nothing is printed."""
+    f is called once (the course's first ``fx = f(x)``, 2n + 1 calls for n = 0) and nothing
+    is printed."""
     x = np.zeros(shape, dtype)
     nonempty = G.eval_numerical_gradient(lambda v: float(np.sum(v)), np.ones(2, dtype), verbose=False)
-    num = G.eval_numerical_gradient(_never_called, x, verbose=True)
+    calls = []
+    num = G.eval_numerical_gradient(lambda v: calls.append(v) or 0.0, x, verbose=True)
+    assert len(calls) == 1 and calls[0] is x
     assert isinstance(num, np.ndarray) and num is not x
     assert num.shape == shape and num.dtype == nonempty.dtype == dtype
     assert capsys.readouterr().out == ""
@@ -208,3 +211,115 @@ def test_grad_check_sparse_is_random_like_the_course(rng):
     assert c != a
     # entries of column 7 (wrong) and elsewhere (right) are both drawn
     assert min(a) < 1e-7 < 1e-2 < max(a)
+
+
+# ============================================================================ the course's calls
+def _course_eval_numerical_gradient(f, x, h=1e-5):
+    """The course's gradient_check.eval_numerical_gradient (verbose=False), in plain NumPy."""
+    f(x)  # the course: fx = f(x), evaluated first (its value unused)
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        oldval = x[ix]
+        x[ix] = oldval + h
+        fxph = f(x)
+        x[ix] = oldval - h
+        fxmh = f(x)
+        x[ix] = oldval
+        grad[ix] = (fxph - fxmh) / (2 * h)
+        it.iternext()
+    return grad
+
+
+def _course_eval_numerical_gradient_array(f, x, df, h=1e-5):
+    """The course's gradient_check.eval_numerical_gradient_array, in plain NumPy."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        oldval = x[ix]
+        x[ix] = oldval + h
+        pos = f(x).copy()
+        x[ix] = oldval - h
+        neg = f(x).copy()
+        x[ix] = oldval
+        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
+        it.iternext()
+    return grad
+
+
+def _course_grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
+    """The course's gradient_check.grad_check_sparse (without its printing)."""
+    for _ in range(num_checks):
+        ix = tuple([random.randrange(m) for m in x.shape])
+        oldval = x[ix]
+        x[ix] = oldval + h
+        f(x)
+        x[ix] = oldval - h
+        f(x)
+        x[ix] = oldval
+
+
+def _recording(f):
+    """f, recording each call's argument (a copy) and drawing one np.random number per call,
+    as a model with unseeded dropout does."""
+    seen = []
+
+    def g(x):
+        seen.append(np.array(x, copy=True))
+        return f(x) + 0.0 * np.random.rand()
+    return g, seen
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (2, 3)], ids=str)
+def test_eval_numerical_gradient_calls_f_as_the_course_does(shape, rng):
+    """f(x) once at the unperturbed point first, then f(x + h), f(x - h) per entry: the same
+    2n + 1 calls, with the same arguments in the same order, as the course's helper; an f that
+    draws random numbers leaves np.random where the course's leaves it."""
+    f0, _ = _quadratic(rng, shape)
+    x = rng.standard_normal(shape)
+    runs = []
+    for helper in (_course_eval_numerical_gradient,
+                   lambda f, x: G.eval_numerical_gradient(f, x, verbose=False)):
+        f, seen = _recording(f0)
+        np.random.seed(0)
+        grad = helper(f, x.copy())
+        runs.append((grad, seen, np.random.rand()))
+    (ref, ref_seen, ref_next), (got, seen, nxt) = runs
+    assert len(seen) == len(ref_seen) == 2 * x.size + 1
+    for a, b in zip(seen, ref_seen):
+        assert_same_bits(a, b)
+    assert nxt == ref_next
+    assert_same_bits(got, ref)
+
+
+def test_eval_numerical_gradient_array_and_grad_check_sparse_call_f_as_the_course_does(rng):
+    """Neither has a first call: 2n calls for eval_numerical_gradient_array, 2 per check for
+    grad_check_sparse (at the entries Python's random module picks), in the course's order."""
+    x = rng.standard_normal((2, 3))
+    df = rng.standard_normal((2, 3))
+    runs = []
+    for helper in (_course_eval_numerical_gradient_array, G.eval_numerical_gradient_array):
+        f, seen = _recording(lambda v: v ** 2)
+        np.random.seed(0)
+        helper(f, x.copy(), df)
+        runs.append((seen, np.random.rand()))
+    (ref_seen, ref_next), (seen, nxt) = runs
+    assert len(seen) == len(ref_seen) == 2 * x.size
+    for a, b in zip(seen, ref_seen):
+        assert_same_bits(a, b)
+    assert nxt == ref_next
+
+    runs = []
+    for helper in (_course_grad_check_sparse, G.grad_check_sparse):
+        f, seen = _recording(lambda v: float(np.sum(v ** 2)))
+        np.random.seed(0)
+        random.seed(4)
+        helper(f, x.copy(), 2 * x, 5)
+        runs.append((seen, np.random.rand(), random.random()))
+    (ref_seen, ref_next, ref_py), (seen, nxt, py) = runs
+    assert len(seen) == len(ref_seen) == 10
+    for a, b in zip(seen, ref_seen):
+        assert_same_bits(a, b)
+    assert (nxt, py) == (ref_next, ref_py)

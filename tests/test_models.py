@@ -15,6 +15,27 @@ from fastnn.solver import Solver
 GRAD_TOL = 1e-6  # float64 centered differences with h = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _global_numpy_state():
+    """FullyConnectedNet draws its weights from np.random, as the course's does: each test starts
+    from the same global state (order-independent), and leaves the state as it found it."""
+    state = np.random.get_state()
+    np.random.seed(20240607)
+    yield
+    np.random.set_state(state)
+
+
+def _fc_net(*args, init_seed, **kwargs):
+    """A FullyConnectedNet whose weights come from ``np.random.seed(init_seed)`` (its own
+    ``seed`` argument is for dropout only); the global state is restored afterwards."""
+    state = np.random.get_state()
+    np.random.seed(init_seed)
+    try:
+        return FullyConnectedNet(*args, **kwargs)
+    finally:
+        np.random.set_state(state)
+
+
 # ----------------------------------------------------------------------------- oracle
 def numpy_net_loss(params, X, y, reg, num_layers, masks=None):
     """Plain-NumPy {affine - relu - [mask]} x (L-1) - affine - softmax + 0.5*reg*sum(W**2).
@@ -131,7 +152,11 @@ def test_dtype_default_float32_and_float64_honored(cls, rng):
         return FullyConnectedNet([8, 6], input_dim=15, num_classes=4, **kw)
 
     X, y = _problem(rng, n=5, input_shape=(15,), num_classes=4)
-    for kw, dt in (({}, np.float32), ({"dtype": np.float64}, np.float64), ({"dtype": "float32"}, np.float32)):
+    # the defaults are the course's: TwoLayerNet (no dtype argument there) is float64,
+    # FullyConnectedNet's dtype defaults to float32
+    default = np.float64 if cls == "two" else np.float32
+    for kw, dt in (({}, default), ({"dtype": np.float64}, np.float64), ({"dtype": "float32"}, np.float32),
+                   ({"dtype": "float64"}, np.float64)):
         model = build(seed=3, **kw)
         for name, arr in model.params.items():
             assert arr.dtype == dt, name
@@ -146,21 +171,70 @@ def test_dtype_default_float32_and_float64_honored(cls, rng):
         build(dtype=np.int32)
 
 
-def test_same_seed_same_params_and_different_seed_differs():
-    a = FullyConnectedNet([10, 10], input_dim=6, num_classes=3, seed=42)
-    b = FullyConnectedNet([10, 10], input_dim=6, num_classes=3, seed=42)
-    c = FullyConnectedNet([10, 10], input_dim=6, num_classes=3, seed=43)
-    for k in a.params:
-        assert_same_bits(a.params[k], b.params[k], what=k)
-    assert not np.array_equal(a.params["W1"], c.params["W1"])
-
+def test_two_layer_seed_is_a_private_generator():
+    """TwoLayerNet's seed (a fastnn extension: the course's class has none) draws from a
+    private generator: the same seed gives the same weights, another seed others, and the
+    global state is not touched."""
+    np.random.seed(5)
+    expected_next = np.random.rand()
+    np.random.seed(5)
     t1 = TwoLayerNet(6, 5, 3, seed=7)
+    assert np.random.rand() == expected_next
     t2 = TwoLayerNet(6, 5, 3, seed=7)
     for k in t1.params:
         assert_same_bits(t1.params[k], t2.params[k], what=k)
+    assert not np.array_equal(t1.params["W1"], TwoLayerNet(6, 5, 3, seed=8).params["W1"])
     # float32 and float64 models with one seed start from the same (rounded) draws
-    t64 = TwoLayerNet(6, 5, 3, seed=7, dtype=np.float64)
-    assert_same_bits(t64.params["W1"].astype(np.float32), t1.params["W1"])
+    t32 = TwoLayerNet(6, 5, 3, seed=7, dtype=np.float32)
+    assert_same_bits(t1.params["W1"].astype(np.float32), t32.params["W1"])
+
+
+def _course_weights(dims, weight_scale, dtype):
+    """The course's initialization, written out: ``weight_scale * np.random.randn`` per layer
+    from the global state (W1 first), zero biases, then every array cast to ``dtype``."""
+    params = {}
+    for i in range(len(dims) - 1):
+        params[f"W{i + 1}"] = weight_scale * np.random.randn(dims[i], dims[i + 1])
+        params[f"b{i + 1}"] = np.zeros(dims[i + 1])
+    return {k: v.astype(dtype) for k, v in params.items()}
+
+
+def test_two_layer_default_is_the_course_float64_init():
+    """TwoLayerNet() after np.random.seed(0) has the course's float64 weights, bit for bit, and
+    leaves np.random where the course's constructor does."""
+    np.random.seed(0)
+    expected = _course_weights([5, 50, 7], 1e-1, np.float64)
+    expected_next = np.random.rand()
+    np.random.seed(0)
+    model = TwoLayerNet(input_dim=5, hidden_dim=50, num_classes=7, weight_scale=1e-1)
+    assert np.random.rand() == expected_next
+    assert set(model.params) == set(expected)
+    for k in expected:
+        assert_same_bits(model.params[k], expected[k], what=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("seed", [None, 123, 124])
+def test_fully_connected_weights_come_from_np_random_whatever_the_seed(seed, dtype):
+    """As in the course: the weights are drawn from np.random even when seed is given (seed
+    only goes into dropout_param['seed']), so np.random.seed(231) then
+    FullyConnectedNet(..., seed=123) gives the course's weights and leaves the same state."""
+    np.random.seed(231)
+    expected = _course_weights([15, 20, 30, 10], 5e-2, dtype)
+    expected_next = np.random.rand()
+    for keep in (1, 0.5):
+        np.random.seed(231)
+        model = FullyConnectedNet([20, 30], input_dim=15, num_classes=10, weight_scale=5e-2,
+                                  dtype=dtype, seed=seed, dropout_keep_ratio=keep)
+        assert np.random.rand() == expected_next
+        for k in expected:
+            assert_same_bits(model.params[k], expected[k], what=k)
+        if keep == 1:
+            assert model.dropout_param == {}
+        elif seed is None:
+            assert model.dropout_param == {"mode": "train", "p": 0.5}
+        else:
+            assert model.dropout_param == {"mode": "train", "p": 0.5, "seed": seed}
 
 
 def test_seed_none_follows_global_numpy_state():
@@ -191,6 +265,8 @@ def test_normalization_not_implemented(norm):
         ({"reg": -1.0}, ValueError, "reg"),
         ({"input_dim": 0}, ValueError, "input_dim"),
         ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 2**64}, ValueError, "seed"),
+        ({"seed": 1.5}, TypeError, "seed"),
     ],
 )
 def test_fully_connected_argument_validation(kwargs, exc, word):
@@ -322,10 +398,10 @@ def test_fully_connected_dropout_matches_numpy_reference_with_mask(rng):
 
 
 def test_dropout_is_identity_at_test_time_and_active_in_training(rng):
-    drop = FullyConnectedNet([16, 16], input_dim=6, num_classes=3, dropout_keep_ratio=0.5,
-                             weight_scale=0.5, dtype=np.float64, seed=4)
-    plain = FullyConnectedNet([16, 16], input_dim=6, num_classes=3, weight_scale=0.5,
-                              dtype=np.float64, seed=4)
+    drop = _fc_net([16, 16], input_dim=6, num_classes=3, dropout_keep_ratio=0.5,
+                   weight_scale=0.5, dtype=np.float64, seed=4, init_seed=4)
+    plain = _fc_net([16, 16], input_dim=6, num_classes=3, weight_scale=0.5,
+                    dtype=np.float64, seed=4, init_seed=4)
     X, y = _problem(rng, n=8, input_shape=(6,), num_classes=3)
     for k in plain.params:
         assert_same_bits(drop.params[k], plain.params[k], what=k)

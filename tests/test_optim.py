@@ -161,8 +161,7 @@ def test_course_defaults_after_first_call(rule, rng):
     if rule == "adam":
         assert config["t"] == 1, "Adam increments t before using it: 1 after the first call"
     extra = set(config) - set(DEFAULTS[rule]) - set(STATE[rule]) - {"t"}
-    assert extra <= {"weight_decay"}, f"unexpected config keys {extra}"
-    assert config.get("weight_decay", 0.0) == 0.0
+    assert not extra, f"unexpected config keys {extra}"  # weight_decay only when given
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -569,8 +568,6 @@ def test_hyperparameter_ranges():
         O.adam(w, dw, {"beta1": 1.0})
     with pytest.raises(ValueError, match=r"\bt\b"):
         O.adam(w, dw, {"t": -1})
-    with pytest.raises(ValueError, match=r"\bt\b"):
-        O.adam(w, dw, {"t": 1.5})
 
 
 # ---------------------------------------------------------------- the finiteness check of fit
@@ -598,3 +595,137 @@ def test_all_finite_kernel_matches_numpy(dtype):
                 want = bool(np.isfinite(x).all())
                 assert all_finite(x) is want, (n, pos, v)
                 assert_same_bits(x[pos:pos + 1], np.array([v], dtype=dtype))  # not written
+
+
+# ============================================================================ the course's config
+def _course_rules():
+    """The course's optim.py update rules, in plain NumPy (float64)."""
+    def sgd(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-2)
+        w -= config["learning_rate"] * dw
+        return w, config
+
+    def sgd_momentum(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-2)
+        config.setdefault("momentum", 0.9)
+        v = config.get("velocity", np.zeros_like(w))
+        v = config["momentum"] * v - config["learning_rate"] * dw
+        config["velocity"] = v
+        return w + v, config
+
+    def rmsprop(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-2)
+        config.setdefault("decay_rate", 0.99)
+        config.setdefault("epsilon", 1e-8)
+        config.setdefault("cache", np.zeros_like(w))
+        config["cache"] = config["decay_rate"] * config["cache"] + (1 - config["decay_rate"]) * dw**2
+        return w - config["learning_rate"] * dw / (np.sqrt(config["cache"]) + config["epsilon"]), config
+
+    def adam(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-3)
+        config.setdefault("beta1", 0.9)
+        config.setdefault("beta2", 0.999)
+        config.setdefault("epsilon", 1e-8)
+        config.setdefault("m", np.zeros_like(w))
+        config.setdefault("v", np.zeros_like(w))
+        config.setdefault("t", 0)
+        config["t"] += 1
+        config["m"] = config["beta1"] * config["m"] + (1 - config["beta1"]) * dw
+        mt = config["m"] / (1 - config["beta1"] ** config["t"])
+        config["v"] = config["beta2"] * config["v"] + (1 - config["beta2"]) * (dw**2)
+        vt = config["v"] / (1 - config["beta2"] ** config["t"])
+        return w - config["learning_rate"] * mt / (np.sqrt(vt) + config["epsilon"]), config
+
+    # nesterov_momentum is not in the course's optim.py; it keeps sgd_momentum's keys
+    return {"sgd": sgd, "sgd_momentum": sgd_momentum, "nesterov_momentum": sgd_momentum,
+            "rmsprop": rmsprop, "adam": adam}
+
+
+@pytest.mark.parametrize("given", [None, {}, {"learning_rate": 0.5}], ids=["None", "empty", "lr"])
+@pytest.mark.parametrize("rule", RULES)
+def test_config_keys_are_the_courses(rule, given, rng):
+    """The returned config has the keys the course's rule leaves (its setdefault defaults and
+    its state), no weight_decay among them, over several steps; the course's values for the
+    hyperparameters."""
+    course = _course_rules()[rule]
+    w = rng.standard_normal((3, 4))
+    ref_cfg = None if given is None else dict(given)
+    cfg = None if given is None else dict(given)
+    for _ in range(3):
+        dw = rng.standard_normal((3, 4))
+        _, ref_cfg = course(w.copy(), dw, ref_cfg)
+        _, cfg = getattr(O, rule)(w.copy(), dw, cfg)
+        assert set(cfg) == set(ref_cfg)
+        for key, value in ref_cfg.items():
+            if not isinstance(value, np.ndarray):
+                assert cfg[key] == value and type(cfg[key]) is type(value), key
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_weight_decay_kept_when_given(rule, rng):
+    """A weight_decay key the caller puts in is read (and stays, with its value); 0 is the
+    plain rule."""
+    w = rng.standard_normal((3, 4))
+    dw = rng.standard_normal((3, 4))
+    w_plain, plain = getattr(O, rule)(w.copy(), dw, {})
+    w_zero, zero = getattr(O, rule)(w.copy(), dw, {"weight_decay": 0.0})
+    assert zero["weight_decay"] == 0.0 and set(zero) == set(plain) | {"weight_decay"}
+    assert_same_bits(w_zero, w_plain)
+    _, decayed = getattr(O, rule)(w.copy(), dw, {"weight_decay": 0.25})
+    assert decayed["weight_decay"] == 0.25
+
+
+@pytest.mark.parametrize("t, t_next", [
+    (0, 1), (5, 6), (np.int64(5), 6), (5.0, 6.0), (np.float64(5.0), 6.0), (0.0, 1.0),
+    (2.5, 3.5), (1e6, 1e6 + 1.0),
+], ids=repr)
+def test_adam_t_any_finite_real(t, t_next, rng):
+    """config['t'] as the course's ``t += 1`` takes it: a float (read back from JSON, say) too.
+    An int stays an int, a float becomes t + 1.0, and the step is the course's for that t."""
+    course = _course_rules()["adam"]
+    w = rng.standard_normal((4, 5))
+    dw = rng.standard_normal((4, 5))
+    m = rng.standard_normal((4, 5))
+    v = rng.uniform(0.5, 1.0, (4, 5))
+    ref_w, ref_cfg = course(w.copy(), dw, {"learning_rate": 1e-2, "m": m.copy(), "v": v.copy(), "t": t})
+    got_w, cfg = O.adam(w.copy(), dw, {"learning_rate": 1e-2, "m": m.copy(), "v": v.copy(), "t": t})
+    assert cfg["t"] == t_next == ref_cfg["t"]
+    assert type(cfg["t"]) is type(t_next)
+    assert_close_to(got_w, ref_w, np.float64, "w", scale=_maxabs(w))
+    for key in ("m", "v"):
+        assert_close_to(cfg[key], ref_cfg[key], np.float64, key)
+
+
+def test_adam_t_float32_is_counted_in_float64(rng):
+    """A float32 t becomes the Python float t + 1.0 (the bias corrections are computed in
+    float64; NumPy would compute ``beta ** float32(t)`` in float32)."""
+    w = rng.standard_normal(4)
+    got, cfg = O.adam(w.copy(), np.ones(4), {"t": np.float32(5.0)})
+    assert type(cfg["t"]) is float and cfg["t"] == 6.0
+    ref, _ = O.adam(w.copy(), np.ones(4), {"t": 5.0})
+    assert_same_bits(got, ref)
+
+
+@pytest.mark.parametrize("t, exc", [
+    (-1, ValueError), (-0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (-float("inf"), ValueError), (np.float64("nan"), ValueError), (2**1100, ValueError),
+    (True, TypeError), (np.bool_(True), TypeError), ("5", TypeError), (None, TypeError),
+    (np.array(5.0), TypeError), (1 + 0j, TypeError),
+], ids=repr)
+def test_adam_t_refused(t, exc):
+    """NaN, infinite, negative, bool and non-numbers are refused naming config['t'], before
+    anything changes."""
+    w = np.ones(3)
+    config = {"t": t}
+    with pytest.raises(exc, match=r"config\['t'\]"):
+        O.adam(w, np.ones(3), config)
+    assert np.all(w == 1.0)
+    assert set(config) == {"t"}

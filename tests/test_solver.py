@@ -1,6 +1,9 @@
 """fastnn.solver.Solver: the course's training loop, keyword arguments and checkpoints."""
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import numpy as np
@@ -27,8 +30,25 @@ def _data(n_train=60, n_val=30, dim=6, classes=3, seed=0):
     return {"X_train": X_train, "y_train": y_train, "X_val": X_val, "y_val": y_val}
 
 
+@pytest.fixture(autouse=True)
+def _global_numpy_state():
+    """Each test starts from the same np.random state (the unseeded Solvers and models draw
+    from it) and leaves the state as it found it."""
+    state = np.random.get_state()
+    np.random.seed(20240607)
+    yield
+    np.random.set_state(state)
+
+
 def _model(seed=0, **kw):
-    return FullyConnectedNet([16], input_dim=6, num_classes=3, weight_scale=0.1, seed=seed, **kw)
+    """A small FullyConnectedNet with the weights of ``np.random.seed(seed)`` (it draws them from
+    np.random, as the course's does); the global state is restored afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return FullyConnectedNet([16], input_dim=6, num_classes=3, weight_scale=0.1, seed=seed, **kw)
+    finally:
+        np.random.set_state(state)
 
 
 class ScriptedModel:
@@ -234,6 +254,31 @@ def test_check_accuracy_subsamples():
     assert len(accs) > 1  # different random subsets
 
 
+@pytest.mark.parametrize("seed", [None, 3])
+def test_check_accuracy_subsample_is_the_courses(seed):
+    """More rows than num_samples: the rows scored are the course's
+    ``np.random.choice(N, num_samples)`` (WITH replacement), one call, so np.random is left
+    where the course's check_accuracy leaves it; with a Solver seed the same call goes to the
+    private generator."""
+    data = _data(n_val=30)
+    X, y = data["X_val"], data["y_val"]
+    solver = Solver(_model(), data, verbose=False, seed=seed)
+    pred = np.argmax(solver.model.loss(X), axis=1)
+    for num_samples in (5, 29):
+        np.random.seed(17)
+        draw = np.random if seed is None else np.random.default_rng(seed)
+        mask = draw.choice(30, num_samples)
+        expected = np.mean(pred[mask] == y[mask])
+        expected_next = np.random.rand()
+        np.random.seed(17)
+        if seed is not None:
+            solver._rng = np.random.default_rng(seed)
+        assert solver.check_accuracy(X, y, num_samples=num_samples) == expected
+        assert np.random.rand() == expected_next
+    # with a few repeated rows among 29 draws of 30 (a draw without replacement has none)
+    assert len(set(mask.tolist())) < 29
+
+
 # ----------------------------------------------------------------------------- rules
 @pytest.mark.parametrize("rule, state", [
     ("sgd", set()), ("sgd_momentum", {"velocity"}), ("nesterov_momentum", {"velocity"}),
@@ -432,6 +477,7 @@ def test_course_style_loop_drives_models_like_solver():
     data = _data(n_train=60)
     for make in (lambda: TwoLayerNet(6, 16, 3, weight_scale=0.1, seed=9),
                  lambda: FullyConnectedNet([16, 12], input_dim=6, num_classes=3, weight_scale=0.1, seed=9)):
+        np.random.seed(3)  # (FullyConnectedNet draws its weights from np.random)
         model = make()
         configs = {p: {"learning_rate": 0.05} for p in model.params}
         np.random.seed(21)
@@ -449,6 +495,7 @@ def test_course_style_loop_drives_models_like_solver():
         assert course_losses[-1] < course_losses[0]
         assert course_acc > 1 / 3
 
+        np.random.seed(3)
         model2 = make()
         np.random.seed(21)
         solver = Solver(model2, data, optim_config={"learning_rate": 0.05}, batch_size=20,
@@ -539,3 +586,187 @@ def test_train_calls_a_subclass_check_accuracy_as_the_course_solver_does():
 def test_checkpoint_name_ending_in_a_slash_names_its_folder(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_name"):
         Solver(_model(), _data(), checkpoint_name=str(tmp_path / "missing") + os.sep, verbose=False)
+
+
+# ------------------------------------------------------- the course's random draws (audit)
+def _course_sgd(w, dw, config=None):
+    """The course's optim.sgd, in plain NumPy."""
+    if config is None:
+        config = {}
+    config.setdefault("learning_rate", 1e-2)
+    w -= config["learning_rate"] * dw
+    return w, config
+
+
+def _course_check_accuracy(model, X, y, num_samples, draw, batch_size=100):
+    """The course's Solver.check_accuracy: a subsample WITH replacement, then batches."""
+    N = X.shape[0]
+    if num_samples is not None and N > num_samples:
+        mask = draw.choice(N, num_samples)
+        N = num_samples
+        X = X[mask]
+        y = y[mask]
+    num_batches = N // batch_size + (N % batch_size != 0)
+    y_pred = [np.argmax(model.loss(X[i * batch_size:(i + 1) * batch_size]), axis=1)
+              for i in range(num_batches)]
+    return np.mean(np.hstack(y_pred) == y)
+
+
+def _course_train(model, data, draw, update_rule, optim_config, lr_decay, batch_size, num_epochs,
+                  num_train_samples, num_val_samples):
+    """The course's Solver.train, written out (its draws made with ``draw.choice``)."""
+    configs = {p: dict(optim_config) for p in model.params}
+    loss_history, train_acc, val_acc = [], [], []
+    num_train = data["X_train"].shape[0]
+    per_epoch = max(num_train // batch_size, 1)
+    total = num_epochs * per_epoch
+    for t in range(total):
+        batch_mask = draw.choice(num_train, batch_size)
+        loss, grads = model.loss(data["X_train"][batch_mask], data["y_train"][batch_mask])
+        loss_history.append(loss)
+        for p, w in model.params.items():
+            model.params[p], configs[p] = update_rule(w, grads[p], configs[p])
+        epoch_end = (t + 1) % per_epoch == 0
+        if epoch_end:
+            for k in configs:
+                configs[k]["learning_rate"] *= lr_decay
+        if t == 0 or t == total - 1 or epoch_end:
+            train_acc.append(_course_check_accuracy(model, data["X_train"], data["y_train"],
+                                                    num_train_samples, draw))
+            val_acc.append(_course_check_accuracy(model, data["X_val"], data["y_val"],
+                                                  num_val_samples, draw))
+    return loss_history, train_acc, val_acc
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+@pytest.mark.parametrize("samples", [(100, None), (100, 20), (None, None)], ids=str)
+def test_training_draws_the_courses_random_numbers(seed, samples):
+    """The Solver makes the course Solver's random draws, call for call (minibatches, then the
+    accuracy subsamples WITH replacement), so after the same np.random.seed the loss and
+    accuracy histories are the course's exactly, and np.random ends where the course's leaves
+    it. With a Solver seed the same calls go to np.random.default_rng(seed)."""
+    num_train_samples, num_val_samples = samples
+    data = _data(n_train=300, n_val=60, seed=6)
+    data = {k: v.astype(np.float64) if k.startswith("X") else v for k, v in data.items()}
+    kw = dict(optim_config={"learning_rate": 5e-2}, lr_decay=0.9, batch_size=50, num_epochs=3,
+              num_train_samples=num_train_samples, num_val_samples=num_val_samples)
+
+    np.random.seed(1)
+    course_model = TwoLayerNet(6, 12, 3, weight_scale=0.1)
+    np.random.seed(2)
+    draw = np.random if seed is None else np.random.default_rng(seed)
+    course = _course_train(course_model, data, draw, _course_sgd, **kw)
+    course_next = np.random.rand()
+
+    np.random.seed(1)
+    model = TwoLayerNet(6, 12, 3, weight_scale=0.1)
+    np.random.seed(2)
+    solver = Solver(model, data, update_rule=_course_sgd, verbose=False, seed=seed, **kw)
+    solver.train()
+    assert np.random.rand() == course_next
+    assert solver.loss_history == [float(v) for v in course[0]]
+    assert solver.train_acc_history == [float(v) for v in course[1]]
+    assert solver.val_acc_history == [float(v) for v in course[2]]
+
+
+# ------------------------------------------------------- checkpoints that fail part-way
+def _failing_part_way(file_arg, text, nbytes=100):
+    """A writer (``np.lib.format.write_array(fh, a)``, file_arg 0, or ``json.dump(obj, fh)``,
+    file_arg 1) that writes ``nbytes`` and then fails as a full disk does."""
+    def write(*args, **kwargs):
+        args[file_arg].write(" " * nbytes if text else b"\0" * nbytes)
+        raise OSError(28, "No space left on device")
+    return write
+
+
+@pytest.mark.parametrize("which", ["npz", "json"])
+def test_checkpoint_write_failing_part_way_leaves_no_temporary_file(tmp_path, monkeypatch, which):
+    """A checkpoint whose writing fails part-way raises the error and leaves no temporary file;
+    a file of that name written before is left as it was."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    old = folder / f"net_epoch_0.{which}"
+    old.write_bytes(b"an older run's file")
+    if which == "npz":
+        monkeypatch.setattr(np.lib.format, "write_array", _failing_part_way(0, text=False))
+    else:
+        monkeypatch.setattr(json, "dump", _failing_part_way(1, text=True))
+    solver = Solver(_model(), _data(), num_epochs=1, batch_size=20, verbose=False, seed=0,
+                    checkpoint_name=str(folder / "net"))
+    with pytest.raises(OSError, match="No space left"):
+        solver.train()
+    expected = {old.name} if which == "npz" else {old.name, "net_epoch_0.npz"}
+    assert {p.name for p in folder.iterdir()} == expected
+    assert old.read_bytes() == b"an older run's file"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_checkpoint_over_the_file_size_limit_leaves_no_temporary_file(tmp_path):
+    """The audit's case: a file-size limit (like a full disk or a quota) stops the write of the
+    parameters part-way; the error propagates and nothing is left in the folder. Run in a child
+    process, which alone gets the limit."""
+    code = textwrap.dedent(f"""
+        import os, resource, signal
+        import numpy as np
+        from fastnn.models import TwoLayerNet
+        from fastnn.solver import Solver
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # write() then fails with EFBIG
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((200, 300)); y = rng.integers(0, 10, 200)
+        net = TwoLayerNet(input_dim=300, hidden_dim=256, num_classes=10, seed=0)  # ~600 KiB
+        s = Solver(net, dict(X_train=X, y_train=y, X_val=X, y_val=y), num_epochs=1,
+                   batch_size=100, verbose=False, checkpoint_name={str(tmp_path / "run")!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+        try:
+            s.train()
+        except OSError as exc:
+            print("OSError", exc.errno)
+    """)
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.optim.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["OSError", "27"]   # EFBIG
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_checkpoint_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """The temporary files are made owner-only (mkstemp); the checkpoint files that replace
+    them get the mode open(path, 'w') would have given them."""
+    (tmp_path / "plain").write_bytes(b"")
+    want = os.stat(tmp_path / "plain").st_mode & 0o777
+    Solver(_model(), _data(), num_epochs=1, batch_size=60, verbose=False, seed=0,
+           checkpoint_name=str(tmp_path / "net")).train()
+    for ext in ("npz", "json"):
+        assert os.stat(tmp_path / f"net_epoch_1.{ext}").st_mode & 0o777 == want, ext
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc/self/fd")
+def test_a_truncated_checkpoint_leaves_no_file_open(tmp_path):
+    """NumPy takes over a zip file it is given by name before its zip parsing fails; the error's
+    traceback then held the file open for as long as the exception lived. The file is opened
+    and closed by fastnn now: kept exceptions hold no file."""
+    np.savez(tmp_path / "full.npz", W1=np.zeros((100, 100)))
+    raw = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "ck.npz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "ck.json").write_text(json.dumps(
+        {"format": "fastnn-solver-checkpoint", "params_file": "ck.npz", "param_names": ["W1"]}))
+
+    def open_on_it():
+        target = os.path.realpath(tmp_path / "ck.npz")
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")) == target
+            except OSError:
+                pass
+        return n
+
+    kept = []
+    for _ in range(5):
+        with pytest.raises(ValueError, match="not readable") as info:
+            load_checkpoint(tmp_path / "ck")
+        kept.append(info.value)
+    assert open_on_it() == 0

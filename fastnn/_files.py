@@ -1,0 +1,61 @@
+"""Writing files so that a failure part-way never leaves a partial file behind.
+
+:func:`atomic_write` is the one way fastnn writes a file it may replace (model files, Solver
+checkpoints): the data go to a temporary file in the target's folder, which is flushed to disk
+and renamed over the target only when everything was written. When writing fails (disk full, a
+file-size or quota limit, an exception in the caller's block, KeyboardInterrupt), the temporary
+file is removed, the error propagates, and the target is as it was before.
+"""
+import contextlib
+import os
+import secrets
+
+__all__ = ["atomic_write"]
+
+
+def _create_temp(directory):
+    """(fd, name) of a new file in `directory`, created with mode 0o666 less the umask (what a
+    plain open(path, 'w') gives; the kernel applies the umask, so it is never read: reading it
+    means setting it, for every thread). O_EXCL: never someone else's file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(directory, f".fastnn-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory!r}")
+
+
+@contextlib.contextmanager
+def atomic_write(path, text=False):
+    """``with atomic_write(path) as f:`` yields a file open for writing (binary, or UTF-8 text
+    with ``text=True``); when the block ends without an error the file is flushed, fsync'ed and
+    renamed to ``path`` (replacing it). When the block or any of those steps raises, the
+    temporary file is removed and the exception propagates; ``path`` is left untouched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o777   # a file replaced keeps its mode
+    except OSError:
+        mode = None
+    fd, tmp = _create_temp(directory)
+    try:
+        try:
+            f = os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
