@@ -2,15 +2,15 @@
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
+import weakref
 
 import numpy as np
 
+from fastnn._files import atomic_write
 from fastnn._validation import as_float_array, check_int, check_seed, fs_path, int_labels, read_npz
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
                            ReLU, Sigmoid, Tanh, described_param_shapes)
@@ -138,7 +138,8 @@ class _CompiledStep:
     rebuilt when any of them is replaced."""
 
     def __init__(self, model, n, loss, optimizer):
-        self.optimizer = optimizer
+        # (not the optimizer itself: the model's cache holds it weakly, so that a dropped
+        # optimizer frees its state and this plan; run() gets it from the step)
         self.opt_type = type(optimizer)
         layers = []
         for unit in model._units:
@@ -190,10 +191,10 @@ class _CompiledStep:
         extend(map(id, optimizer.params))
         return sig
 
-    def run(self, model, X, y, skip_nonfinite=False, count=False):
-        """One step on this plan's buffers; the caller holds the model's lock (Sequential._step),
-        so one step at a time runs on them and on the parameters, whatever the Python thread."""
-        opt = self.optimizer
+    def run(self, model, X, y, opt, skip_nonfinite=False, count=False):
+        """One step on this plan's buffers with `opt`, the optimizer it was built for; the caller
+        holds the model's lock (Sequential._step), so one step at a time runs on them and on the
+        parameters, whatever the Python thread."""
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             targets = as_float_array(y, "y", self.dtype)
@@ -232,6 +233,28 @@ class _CompiledStep:
             opt.t -= 1  # the guard stopped the step before any update
         correct = self.plan.correct
         return value, (correct if correct >= 0 else None), stopped
+
+
+# The whole-step kernels a model keeps: one per (batch size, optimizer, loss type) in use, each
+# with its activation buffers. fit with a partial last batch uses two (it drops the second when
+# it returns); more than this many in turn are rebuilt as they come back.
+_MAX_PLANS = 4
+
+
+def _plan_dropper(model):
+    """The callback of the weak reference a cache entry holds to its optimizer: drops that
+    entry (and so its plan) from the model's cache when the optimizer is collected. It holds the
+    model weakly too (no reference cycle), and may run in any thread (only atomic dict calls)."""
+    model_ref = weakref.ref(model)
+
+    def drop(opt_ref):
+        model = model_ref()
+        if model is not None:
+            cache = model._compiled
+            for key, entry in list(cache.items()):
+                if entry[2] is opt_ref:
+                    cache.pop(key, None)
+    return drop
 
 
 def _rule_of(optimizer):
@@ -588,7 +611,7 @@ class Sequential:
                 return step if step is None or X.shape[1] == step.fan_in else None
             # a plan of the other dtype: the layers' dtype was changed on arrays it holds;
             # build again, which checks the arrays against the layers (and names one)
-            del self._compiled[key]
+            self._compiled.pop(key, None)
         if not self._compilable or type(loss) not in _LOSS_KINDS or type(optimizer) not in (SGD, RMSProp, Adam):
             return None
         if X.shape[1] != _in_features_of(self._layers):
@@ -612,22 +635,34 @@ class Sequential:
                     return None
                 except ValueError:
                     step = None  # something the kernel does not take: the layer path decides
-            if len(self._compiled) >= 4:
-                self._compiled.clear()
             # (a failed build is remembered too, until the signature changes; building may add
             # optimizer state, so the signature is the one taken after it)
-            self._compiled[key] = (step.signature if step is not None else
-                                   _CompiledStep.signature_of(self, optimizer), step, optimizer)
+            self._remember(key, step.signature if step is not None else
+                           _CompiledStep.signature_of(self, optimizer), step, optimizer)
             return step
+
+    def _remember(self, key, signature, step, optimizer):
+        """Cache a step (or a refused build: None) under key = (batch size, id(optimizer), loss
+        type). At most _MAX_PLANS entries, the least recently used dropped first. An entry holds
+        its optimizer weakly and goes when the optimizer is collected, so a model does not keep
+        a dropped optimizer's state, nor the plan's buffers, alive."""
+        cache = self._compiled
+        cache.pop(key, None)
+        while len(cache) >= _MAX_PLANS:
+            cache.pop(next(iter(cache)), None)
+        cache[key] = (signature, step, weakref.ref(optimizer, _plan_dropper(self)))
 
     def _valid_entry(self, key, optimizer):
         """The cache entry (signature, step, optimizer) for key while it still describes the
         model and optimizer (the same optimizer object, no array replaced, the same rule),
         else None."""
-        cached = self._compiled.get(key)
-        if cached is not None and cached[2] is optimizer:
+        cache = self._compiled
+        cached = cache.get(key)
+        if cached is not None and cached[2]() is optimizer:
             try:
                 if _kn.signature_matches(cached[0], self._layers, optimizer, _rule_of(optimizer)):
+                    if len(cache) > 1 and cache.pop(key, None) is not None:
+                        cache[key] = cached   # the most recently used now
                     return cached
             except TypeError:
                 pass   # something replaced by what is not iterable: a rebuild names it
@@ -649,7 +684,8 @@ class Sequential:
             compiled = self._compiled_step(X, loss, optimizer)
             if compiled is not None:
                 try:
-                    value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
+                    value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite,
+                                                           count)
                 except _kn.ArraysChanged:
                     # an array the plan holds was made read-only or reshaped in place since
                     # it was built (nothing ran): build again from the arrays as they are now,
@@ -658,12 +694,23 @@ class Sequential:
                     compiled = self._compiled_step(X, loss, optimizer)
                     if compiled is None:
                         return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
-                    value, correct, stopped = compiled.run(self, X, y, skip_nonfinite, count)
+                    value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite,
+                                                           count)
                 return float(value), correct, stopped
             return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
 
     def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count):
-        """_step layer by layer (the caller holds the lock)."""
+        """_step layer by layer (the caller holds the lock). The layers' backward caches go
+        when the step is done, as autograd frees what a backward pass used: the model does not
+        keep its last batch's activations alive (nor pickle them), and the next step's forward
+        does not allocate while they are still held."""
+        try:
+            return self._layer_step_run(X, y, loss, optimizer, skip_nonfinite, count)
+        finally:
+            for layer in self._layers:
+                layer._cache = None
+
+    def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel
         mse = isinstance(loss, MeanSquaredError)
         if mse:
@@ -763,13 +810,38 @@ class Sequential:
             if classify:
                 history["val_accuracy"] = []
         self.train()
+        # One batch buffer for every step (a partial last batch uses its first rows), gathered
+        # into by np.take: no per-step copy of the batch. mode="clip": with "raise" np.take
+        # buffers its output anyway (the indices are in range).
+        rows = min(batch_size, n)
+        xbuf = np.empty((rows,) + X.shape[1:], X.dtype)
+        ybuf = np.empty((rows,) + y.shape[1:], y.dtype)
+        # a plan fit builds for a partial last batch is dropped when it returns: kept, it would
+        # hold a second set of activation buffers for good
+        partial = n % batch_size if n > batch_size else 0
+        partial_key = (partial, id(optimizer), type(loss))
+        drop_partial = partial and partial_key not in self._compiled
+        try:
+            return self._fit_epochs(X, y, loss, optimizer, epochs, batch_size, shuffle,
+                                    validation_data, verbose, rng, classify, history, xbuf, ybuf)
+        finally:
+            if drop_partial:
+                with self._lock:
+                    self._compiled.pop(partial_key, None)
+
+    def _fit_epochs(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
+                    verbose, rng, classify, history, xbuf, ybuf):
+        """fit's loop over epochs and batches, after its checks."""
+        n = X.shape[0]
         for epoch in range(1, epochs + 1):
             order = rng.permutation(n) if shuffle else np.arange(n)
             t0 = time.perf_counter()
             total, correct = 0.0, 0
             for step, start in enumerate(range(0, n, batch_size), 1):
                 idx = order[start:start + batch_size]
-                xb, yb = X[idx], y[idx]
+                m = len(idx)
+                xb = np.take(X, idx, axis=0, out=xbuf[:m], mode="clip")
+                yb = np.take(y, idx, axis=0, out=ybuf[:m], mode="clip")
                 value, hits, stopped = self._step(xb, yb, loss, optimizer, skip_nonfinite=True,
                                                   count=classify)
                 if stopped:
@@ -814,37 +886,16 @@ class Sequential:
         truncated model at ``path``. A training step of the model in another thread waits
         while the arrays are written (the file holds the weights between two steps)."""
         path = fs_path(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                with self._lock:
-                    if self._layers.changed:
-                        self._build()
-                    meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
-                    arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-                    for i, layer in enumerate(self._layers):
-                        for name, value in layer.params.items():
-                            arrays[f"{i}.{name}"] = value
-                    np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            # mkstemp makes the file owner-only; give it the mode a plain open() would have
-            # (or the mode of the file it replaces).
-            try:
-                mode = os.stat(path).st_mode & 0o777
-            except OSError:
-                umask = os.umask(0)
-                os.umask(umask)
-                mode = 0o666 & ~umask
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_write(path) as f:
+            with self._lock:
+                if self._layers.changed:
+                    self._build()
+                meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
+                arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+                for i, layer in enumerate(self._layers):
+                    for name, value in layer.params.items():
+                        arrays[f"{i}.{name}"] = value
+                np.savez(f, **arrays)
         return path
 
     def load(self, path):

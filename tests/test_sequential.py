@@ -2125,3 +2125,112 @@ def test_predict_between_forward_and_backward_leaves_the_backward_alone():
         grads.append([dx] + [p.grad.copy() for p in model.parameters()])
     for a, b in zip(*grads):
         assert_same_bits(a, b, what="a predict between forward and backward changed the backward")
+
+
+# ============================================================================ memory held
+def _mlp(seed=0, dims=(20, 32, 32, 4)):
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(Dense(dims[i], dims[i + 1], activation="relu" if i < len(dims) - 2 else None,
+                            seed=seed + i))
+    return Sequential(*layers)
+
+
+def test_a_dropped_optimizer_frees_its_plan_and_state():
+    """A model keeps whole-step plans per optimizer; an optimizer the user drops is freed with
+    its state and the plan's buffers (the cache held it strongly: up to 4 dead optimizers)."""
+    import gc
+    import weakref
+
+    model = _mlp()
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 16)
+    refs = []
+    for k in range(3):
+        opt = Adam(model.parameters(), lr=1e-3)
+        model.train_step(X, y, "softmax", opt)
+        assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not None  # the kernel ran
+        state = [a for slots in opt.state.values() for a in slots]
+        assert state
+        refs.append((weakref.ref(opt), [weakref.ref(a) for a in state]))
+        del opt, state
+        gc.collect()
+        assert len(model._compiled) == 0
+    for opt_ref, state_refs in refs:
+        assert opt_ref() is None and all(r() is None for r in state_refs)
+    # and a model still trains with a new optimizer afterwards, on the kernel
+    opt = SGD(model.parameters(), lr=0.1)
+    model.train_step(X, y, "softmax", opt)
+    assert len(model._compiled) == 1
+
+
+def test_plan_cache_drops_the_least_recently_used():
+    """At most 4 plans; a fifth drops the least recently used one, not all of them."""
+    model = _mlp()
+    opt = SGD(model.parameters(), lr=0.01)
+    loss = SoftmaxCrossEntropy()
+    rng = np.random.default_rng(1)
+    batches = {n: (rng.standard_normal((n, 20)).astype(np.float32), rng.integers(0, 4, n))
+               for n in (8, 9, 10, 11, 12)}
+    for n in (8, 9, 10, 11):
+        model.train_step(*batches[n], loss, opt)
+    plans = {n: model._compiled_step(batches[n][0], loss, opt) for n in (8, 9, 10, 11)}
+    assert all(p is not None for p in plans.values())
+    model.train_step(*batches[8], loss, opt)      # 8 is now the most recently used; 9 the least
+    model.train_step(*batches[12], loss, opt)     # a fifth batch size
+    assert sorted(k[0] for k in model._compiled) == [8, 10, 11, 12]
+    for n in (8, 10, 11):
+        assert model._compiled_step(batches[n][0], loss, opt) is plans[n]   # kept, not rebuilt
+
+
+def test_layer_path_steps_keep_no_activations():
+    """After a step on the layer path (Dropout: no whole-step kernel) no layer holds its
+    backward cache: the model does not keep a batch's activations alive, nor pickle them."""
+    import pickle
+
+    model = Sequential(Dense(20, 64, activation="relu", seed=0), Dropout(0.5, seed=1),
+                       Dense(64, 4, seed=2))
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((256, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 256)
+    opt = SGD(model.parameters(), lr=0.01)
+    fresh = len(pickle.dumps(model))
+    model.train_step(X, y, "softmax", opt)
+    assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None   # the layer path ran
+    assert all(layer._cache is None for layer in model.layers)
+    model.fit(X, y, epochs=1, batch_size=100, optimizer=opt, verbose=False, seed=0)
+    assert all(layer._cache is None for layer in model.layers)
+    assert len(pickle.dumps(model)) < fresh + 4096   # the parameters, not 256 rows of activations
+    # forward / backward called by the user still keep what backward needs
+    model.forward(X)
+    model.backward(np.ones((256, 4), np.float32))
+
+
+def test_fit_drops_its_partial_batch_plan_and_gathers_batches_in_place():
+    """fit with a partial last batch: the plan built for it goes when fit returns (the full
+    batch's stays), and batches are gathered into one reused buffer (no batch-sized copy per
+    step on top of it: traced peak of a second fit well below two batches)."""
+    import tracemalloc
+
+    model = Sequential(Dense(2000, 4, seed=0))   # X's rows dwarf the activations
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((1000, 2000)).astype(np.float32)
+    y = rng.integers(0, 4, 1000)
+    opt = SGD(model.parameters(), lr=0.01)
+    model.fit(X, y, epochs=1, batch_size=256, optimizer=opt, verbose=False, seed=0)
+    assert [k[0] for k in model._compiled] == [256]        # 1000 = 3 * 256 + 232: 232 dropped
+    batch = 256 * 2000 * 4
+    tracemalloc.start()
+    try:
+        model.fit(X, y, epochs=2, batch_size=256, optimizer=opt, verbose=False, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # one batch buffer, the 232-row plan (rebuilt once: its buffers are small here), the
+    # permutation; a copy per step would add a second batch while the previous one is held
+    assert peak < 1.5 * batch, (peak, batch)
+    # a batch size fit did not build stays: a train_step's plan of that size is not dropped
+    model.train_step(X[:232], y[:232], "softmax", opt)
+    model.fit(X, y, epochs=1, batch_size=256, optimizer=opt, verbose=False, seed=0)
+    assert sorted(k[0] for k in model._compiled) == [232, 256]

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-import fastnn.model as fmodel
+import fastnn._files as ffiles
 from fastnn import SGD, Dense, Dropout, LeakyReLU, Maxout, PReLU, Sequential, Tanh, load_model
 
 from conftest import assert_same_bits
@@ -163,11 +163,11 @@ def test_failure_at_any_stage_keeps_the_old_file_and_cleans_up(tmp_path, saved, 
         raise OSError(f"{stage} failed (simulated)")
 
     if stage == "fsync":
-        monkeypatch.setattr(fmodel.os, "fsync", boom)
+        monkeypatch.setattr(ffiles.os, "fsync", boom)
     elif stage == "replace":
-        monkeypatch.setattr(fmodel.os, "replace", boom)
+        monkeypatch.setattr(ffiles.os, "replace", boom)
     elif stage == "chmod":
-        monkeypatch.setattr(fmodel.os, "chmod", boom)
+        monkeypatch.setattr(ffiles.os, "chmod", boom)
     else:
         real = np.savez
 
@@ -186,7 +186,7 @@ def test_failure_at_any_stage_keeps_the_old_file_and_cleans_up(tmp_path, saved, 
 
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(fmodel.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no (simulated)")))
+    monkeypatch.setattr(ffiles.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no (simulated)")))
     with pytest.raises(OSError):
         _model().save(tmp_path / "new.npz")
     monkeypatch.undo()
