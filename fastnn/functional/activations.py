@@ -38,6 +38,32 @@ class ActivationCache:
     def __repr__(self):
         return f"ActivationCache({self.kind!r}, saved shape {self.saved.shape}, dtype {self.saved.dtype})"
 
+    # The course's relu_backward reads its cache as the input x: ``dout * (x > 0)``,
+    # ``dx[x <= 0] = 0``, ``np.where(x > 0, ...)``. relu_forward's cache compares like x (it
+    # holds the output, which is > 0 exactly where x is) and converts to that array, so the
+    # course's relu_backward takes it. Other kinds have no course counterpart.
+    def _relu_saved(self):
+        return self.saved if self.kind == "relu" else None
+
+    def __array__(self, dtype=None, copy=None):
+        saved = self._relu_saved()
+        if saved is None:
+            raise TypeError(f"a {self.kind}_forward cache is fastnn's own: pass it to "
+                            f"fastnn.functional.{self.kind}_backward")
+        return np.array(saved, dtype=dtype, copy=True) if copy else np.asarray(saved, dtype=dtype)
+
+    def _compare(op):
+        def compare(self, other):
+            saved = self._relu_saved()
+            return NotImplemented if saved is None else op(saved, other)
+        return compare
+
+    __gt__ = _compare(np.greater)
+    __ge__ = _compare(np.greater_equal)
+    __lt__ = _compare(np.less)
+    __le__ = _compare(np.less_equal)
+    del _compare
+
 
 # Kernel op codes as plain ints (cheapest to pass to the kernel).
 _RELU, _LEAKY, _SIGMOID, _TANH = _k.RELU, _k.LEAKY_RELU, _k.SIGMOID, _k.TANH

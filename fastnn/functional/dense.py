@@ -52,6 +52,22 @@ class DenseCache:
         self.chunks = False   # the forward cut its products as the step kernel does (the layer
                               # API: small layers in row chunks, bounded dx tiles)
 
+    def __iter__(self):
+        """Course code unpacks caches: ``x, w, b = cache`` in its affine_backward and
+        ``fc_cache, relu_cache = cache`` in its affine_relu_backward. The caches of
+        affine_forward and affine_relu_forward unpack the same way (x in its original shape;
+        relu_cache is the ReLU's output, whose ``> 0`` mask is the course's ``a > 0``), so the
+        course's backward functions take them. The other caches have no course counterpart."""
+        if self.extra is None and self.x2 is not None:
+            fc = (self.x2.reshape(self.x_shape), self.w, self.b)
+            if self.op == _ka.IDENTITY:
+                return iter(fc)
+            if self.op == _ka.RELU:
+                return iter((fc, self.saved))
+        raise TypeError("this cache is fastnn's own (only affine_forward's and "
+                        "affine_relu_forward's unpack like the course's): pass it to the "
+                        "matching fastnn.functional backward")
+
 
 def _check_dim(value, what):
     if value > _INT32_MAX:

@@ -1,0 +1,103 @@
+"""Course code mixed with fastnn: a course backward function (written here in plain NumPy, as
+the course's layers.py / layer_utils.py have them) fed the cache of fastnn's forward gives the
+numbers of fastnn's own backward. Students keep their own layers.py for the parts fastnn does
+not have and import some functions from fastnn, so forwards and backwards from the two meet."""
+import numpy as np
+import pytest
+
+import fastnn.functional as F
+
+
+# ----------------------------------------------------------------------------- the course's code
+def course_affine_backward(dout, cache):
+    x, w, b = cache
+    dx = (dout @ w.T).reshape(x.shape)
+    dw = x.reshape(x.shape[0], -1).T @ dout
+    db = np.sum(dout, axis=0)
+    return dx, dw, db
+
+
+def course_relu_backward(dout, cache):
+    dx, x = None, cache
+    dx = dout * (x > 0)
+    return dx
+
+
+def course_relu_backward_masked(dout, cache):
+    x = cache
+    dx = dout.copy()
+    dx[x <= 0] = 0
+    return dx
+
+
+def course_relu_backward_where(dout, cache):
+    return np.where(np.asarray(cache) > 0, dout, 0)
+
+
+def course_affine_relu_backward(dout, cache):
+    fc_cache, relu_cache = cache
+    da = course_relu_backward(dout, relu_cache)
+    return course_affine_backward(da, fc_cache)
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xshape", [(5, 12), (4, 3, 2, 2), (1, 7)], ids=str)
+def test_course_affine_backward_takes_fastnn_caches(dtype, xshape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xshape).astype(dtype)
+    d = int(np.prod(xshape[1:]))
+    w = rng.standard_normal((d, 6)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    dout = rng.standard_normal((xshape[0], 6)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    _, cache = F.affine_forward(x, w, b)
+    ours = F.affine_backward(dout, cache)
+    theirs = course_affine_backward(dout, cache)
+    assert theirs[0].shape == xshape
+    for a, c in zip(ours, theirs):
+        np.testing.assert_allclose(c, a, **tol)
+
+    # the fused sandwich: (fc_cache, relu_cache), relu_cache's > 0 is the course's a > 0
+    x[0].reshape(-1)[:3] = 0   # (exact zeros of the pre-activation are rare; the mask is tested below)
+    _, cache = F.affine_relu_forward(x, w, b)
+    ours = F.affine_relu_backward(dout, cache)
+    theirs = course_affine_relu_backward(dout, cache)
+    for a, c in zip(ours, theirs):
+        np.testing.assert_allclose(c, a, **tol)
+
+
+@pytest.mark.parametrize("course_bwd", [course_relu_backward, course_relu_backward_masked,
+                                        course_relu_backward_where], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_course_relu_backward_takes_fastnn_relu_cache(course_bwd, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 9)).astype(dtype)
+    x[0, :4] = [0.0, -0.0, np.nan, np.inf]
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    _, cache = F.relu_forward(x)
+    got = course_bwd(dout, cache)
+    want = course_bwd(dout, x)     # the course's own cache: the input
+    np.testing.assert_array_equal(got, want)
+    # (the masked variant keeps dout where x is NaN; fastnn's is the dout * (x > 0) one)
+    np.testing.assert_array_equal(F.relu_backward(dout, cache), course_relu_backward(dout, x))
+
+
+def test_other_caches_say_they_are_fastnn_own():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4))
+    w = rng.standard_normal((4, 5))
+    b = np.zeros(5)
+    for fwd in (F.affine_sigmoid_forward, F.affine_tanh_forward, F.affine_leaky_relu_forward):
+        _, cache = fwd(x, w, b)
+        with pytest.raises(TypeError, match="fastnn's own"):
+            course_affine_relu_backward(np.ones((3, 5)), cache)
+    _, cache = F.maxout_forward(x, rng.standard_normal((4, 5, 2)), np.zeros((5, 2)))
+    with pytest.raises(TypeError, match="fastnn's own"):
+        course_affine_backward(np.ones((3, 5)), cache)
+    _, cache = F.sigmoid_forward(x)
+    with pytest.raises(TypeError):
+        course_relu_backward(np.ones((3, 4)), cache)
+    with pytest.raises(TypeError, match="fastnn's own"):
+        np.asarray(cache)
