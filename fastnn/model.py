@@ -1016,4 +1016,6 @@ def load_model(path):
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
         except (TypeError, ValueError, MemoryError) as exc:
             raise ValueError(f"{path}: layer {i} ({entry['type']}) cannot be built: {exc}") from None
-    return Sequential(*layers).load(path)
+    model = Sequential(*layers)
+    with model._lock:   # (the arrays read above: the file is read once, not again by load)
+        return model._load_locked(fs_path(path), meta, arrays)

@@ -521,3 +521,23 @@ def test_save_beside_a_training_step_writes_the_weights_before_or_after_it(tmp_p
             assert any(all(a.tobytes() == b.tobytes() for a, b in zip(got, want)) for want in (before, after)), trial
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_load_model_reads_the_file_once(saved, monkeypatch):
+    """load_model checks the arrays it read against the description, builds the layers and
+    fills them from those arrays: it used to read and parse the whole file a second time
+    (through Sequential.load), doubling its peak memory."""
+    import fastnn.model as fm
+
+    src, path = saved
+    calls = []
+    real = fm._read_model_file
+
+    def counting(p):
+        calls.append(p)
+        return real(p)
+
+    monkeypatch.setattr(fm, "_read_model_file", counting)
+    model = load_model(path)
+    assert len(calls) == 1
+    _assert_params(model, _params(src))
