@@ -9,7 +9,8 @@
 from cython cimport floating
 from cython.parallel cimport prange
 import numpy as np
-from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
+from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
+                            fnn_note_parallel, fnn_parallel_seen)
 
 from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_SIGMOID, FNN_TANH, FNN_PRELU,
                         act_fwd, act_bwd, act_fwd_rows, act_bwd_rows, prelu_alpha_acc_rows,
@@ -66,6 +67,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
         if nt == 1:
             act_fwd(op, &x[0], &out[0], n, alpha, NULL)
         else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
                 act_fwd(op, &x[start], &out[start], chunk_len(c, n), alpha, NULL)
@@ -91,6 +93,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
         if nt == 1:
             act_bwd(op, &dout[0], &saved[0], &dx[0], n, alpha, NULL)
         else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
                 act_bwd(op, &dout[start], &saved[start], &dx[start], chunk_len(c, n), alpha, NULL)
@@ -116,6 +119,8 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
     nblocks = (rows + rb - 1) // rb
     nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
+        if nt > 1:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for b in prange(nblocks, num_threads=nt, schedule="static"):
             i0 = b * rb
             i1 = i0 + rb
@@ -145,6 +150,8 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     partial = np.zeros((nblocks, d), dtype=np.float32 if floating is float else np.float64)
     nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
+        if nt > 1:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for b in prange(nblocks, num_threads=nt, schedule="static"):
             i0 = b * rb
             i1 = i0 + rb
@@ -201,6 +208,7 @@ def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
             for c in range(nchunks):
                 _maxout_fwd_chunk(c, n, k, &z[0, 0, 0], &out[0, 0], &argmax[0, 0])
         else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 _maxout_fwd_chunk(c, n, k, &z[0, 0, 0], &out[0, 0], &argmax[0, 0])
 
@@ -222,5 +230,12 @@ def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1
             for c in range(nchunks):
                 _maxout_bwd_chunk(c, n, k, &dout[0, 0], &argmax[0, 0], &dz[0, 0, 0])
         else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 _maxout_bwd_chunk(c, n, k, &dout[0, 0], &argmax[0, 0], &dz[0, 0, 0])
+
+
+def parallel_seen():
+    """Whether this module ran a parallel region with more than one thread (fork safety:
+    fastnn/_threads.py)."""
+    return fnn_parallel_seen() != 0

@@ -18,6 +18,8 @@
 # and dw products run as one list of tiles. The machinery itself is in fastnn_dense.pxd, shared
 # with the network step kernel.
 from cython cimport floating
+
+from fastnn_openmp cimport fnn_note_parallel, fnn_parallel_seen
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 import operator
@@ -247,6 +249,7 @@ cdef void _gemm_loop(const floating[:, ::1] A, const floating[:, ::1] B, floatin
             _gemm_calls(&A[0, 0], A.shape[1], &B[0, 0], B.shape[1], &C[0, 0, 0], trans_a,
                         trans_b, r, c, k, reps, acc)
         else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
                 _gemm_calls(&A[0, 0], A.shape[1], &B[0, 0], B.shape[1], &C[t, 0, 0], trans_a,
                             trans_b, r, c, k, reps, acc)
@@ -400,3 +403,9 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         free(partial)
         free(apartial)
         free(wslots)
+
+
+def parallel_seen():
+    """Whether this module ran a parallel region with more than one thread (fork safety:
+    fastnn/_threads.py)."""
+    return fnn_parallel_seen() != 0

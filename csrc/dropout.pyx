@@ -8,7 +8,8 @@ from cython.parallel cimport prange
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t
 
-from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
+from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
+                            fnn_note_parallel, fnn_parallel_seen)
 
 cdef extern from "fastnn_simd.h" nogil:
     void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
@@ -57,6 +58,7 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
             else:
                 fnn_dropout_f64(&x[0], &y[0], n, 0, limit, lo, hi, scale)
         else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
                 m = chunk_len(c, n)
@@ -66,3 +68,9 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
                 else:
                     fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
                                     scale)
+
+
+def parallel_seen():
+    """Whether this module ran a parallel region with more than one thread (fork safety:
+    fastnn/_threads.py)."""
+    return fnn_parallel_seen() != 0

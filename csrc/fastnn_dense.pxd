@@ -9,7 +9,7 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 cimport scipy.linalg.cython_blas as blas
 
-from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num
+from fastnn_openmp cimport effective_threads, fnn_omp_get_thread_num, fnn_note_parallel
 from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_PRELU, keeps_pre,
                         bias_act_fwd_rows, bias_act_keep_rows, add_into_rows,
                         act_bwd_into_saved_rows, act_bwd_inplace_rows, act_bwd_acc_rows,
@@ -384,6 +384,7 @@ cdef inline void forward_in_parts(const DenseConfig *g, Plan p, int op, bint kee
         for t in range(ntasks):
             forward_part_tile(p, t, N, M, D, x, w, dst, ws)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntasks, num_threads=nt, schedule="dynamic"):
             forward_part_tile(p, t, N, M, D, x, w, dst, ws)
     nt = effective_threads(N * M, 65536, n_threads)
@@ -392,6 +393,7 @@ cdef inline void forward_in_parts(const DenseConfig *g, Plan p, int op, bint kee
             forward_parts_rows(p, blk * rb, min(rb, N - blk * rb), op, keep, N, M, b, dst, y,
                                ws, alpha, avec)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for blk in prange(nblocks, num_threads=nt, schedule="static"):
             forward_parts_rows(p, blk * rb, min(rb, N - blk * rb), op, keep, N, M, b, dst, y,
                                ws, alpha, avec)
@@ -426,6 +428,7 @@ cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating 
         for t in range(ntiles):
             forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
             forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
 
@@ -565,6 +568,7 @@ cdef inline void backward_pass1(int op, const floating *dout, const floating *sa
         for blk in range(nblocks):
             backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for blk in prange(nblocks, num_threads=nt, schedule="static"):
             backward_block(blk, rb, op, dout, saved, dz, alpha, avec, partial, apartial, N, M)
     sum_block_partials(op, db, dalpha, partial, apartial, nblocks, M)
@@ -598,6 +602,7 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
         for t in range(ntx + ntw):
             backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
             backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
     if ch > 0:
@@ -715,6 +720,7 @@ cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
         for t in range(ntiles):
             dx_into_act_tile(px, t, N, D, M, g, w, scratch, op, act, pre, alpha)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
             dx_into_act_tile(px, t, N, D, M, g, w, scratch + fnn_omp_get_thread_num() * stride,
                              op, act, pre, alpha)

@@ -10,7 +10,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport log, log1p, exp, fabs
 
-from fastnn_openmp cimport effective_threads
+from fastnn_openmp cimport effective_threads, fnn_note_parallel
 from fastnn_ops cimport softmax_rows
 
 cdef enum LossKind:
@@ -246,6 +246,7 @@ cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_
         for t in range(ntasks):
             loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, groups, hits)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntasks, num_threads=nt, schedule="static"):
             loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, groups, hits)
     return loss_total(kind, N, groups)

@@ -18,6 +18,14 @@ static inline int fnn_omp_get_thread_num(void) { return 0; }
 static inline int fnn_omp_version(void) { return 0; }
 #endif
 
+/* Whether this module ran a parallel region with more than one thread (fnn_note_parallel just
+ * before each one): GCC's OpenMP runtime then has worker threads, which a fork() child lacks,
+ * so fastnn keeps a forked child on one thread only when this is set (fastnn/_threads.py).
+ * One flag per extension module (static); Python asks each one. */
+static int fnn_parallel_flag = 0;
+static inline void fnn_note_parallel(void) { fnn_parallel_flag = 1; }
+static inline int fnn_parallel_seen(void) { return fnn_parallel_flag; }
+
 /* Turns between threads (the step kernel's row chunks add their weight-gradient products into
  * one buffer in chunk order): fnn_turn_wait spins until *turn == want, then sees every write
  * made before the fnn_turn_pass(turn, want) that set it (acquire / release; MSVC: interlocked

@@ -8,6 +8,8 @@ cdef extern from "fastnn_omp.h" nogil:
     int fnn_omp_version()
     void fnn_turn_wait(volatile int *turn, int want)
     void fnn_turn_pass(volatile int *turn, int value)
+    void fnn_note_parallel()
+    int fnn_parallel_seen()
 
 
 cdef inline int effective_threads(Py_ssize_t work, Py_ssize_t min_work_per_thread, int n_threads) noexcept nogil:

@@ -3,7 +3,7 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads
+from fastnn_openmp cimport FNN_CHUNK, chunk_count, chunk_len, effective_threads, fnn_note_parallel
 
 cdef extern from "fastnn_simd.h" nogil:
     void fnn_sgd_f32(float *w, const float *dw, Py_ssize_t n, float lr, float wd)
@@ -83,6 +83,7 @@ cdef inline void update_raw(int rule, floating *w, const floating *dw, floating 
     if nt <= 1:
         update_span(rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)
     else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for c in prange(nchunks, num_threads=nt, schedule="static"):
             update_chunk(c, rule, w, dw, s1, s2, n, lr, h1, h2, eps, c1, c2, wd)
 

@@ -4,6 +4,8 @@
 # shapes are validated before any loss runs: class labels and shapes by the Python wrappers
 # (fastnn/functional/losses.py), binary labels by binary_targets here, in one pass.
 from cython cimport floating
+
+from fastnn_openmp cimport fnn_parallel_seen
 import numpy as np
 
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
@@ -77,3 +79,9 @@ def binary_targets(int kind, const Py_ssize_t[::1] y, floating[::1] t):
         with nogil:
             bad = check_labels(kind, &y[0], y.shape[0], 1, &t[0])
     return bad
+
+
+def parallel_seen():
+    """Whether this module ran a parallel region with more than one thread (fork safety:
+    fastnn/_threads.py)."""
+    return fnn_parallel_seen() != 0

@@ -14,7 +14,8 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cpython.ref cimport PyObject
 import numpy as np
 
-from fastnn_openmp cimport fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass
+from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
+                            fnn_note_parallel, fnn_parallel_seen)
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
@@ -297,6 +298,7 @@ cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
         # unfinished chunk never waits, so there is no deadlock (a nonmonotonic dynamic
         # schedule, e.g. libomp's work stealing, would still finish, but could run turns
         # nearly serially)
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for c in prange(nch, num_threads=threads, schedule="static", chunksize=1):
             _chunk(P, cfg, X, labels, targets, c,
                    <floating *>P.scratch + fnn_omp_get_thread_num() * stride, part)
@@ -823,3 +825,9 @@ def signature_matches(list sig, layers, optimizer, int rule):
         if not _same_ids(sig, &i, st):
             return False
     return _same_ids(sig, &i, optimizer.params) and i == len(sig)
+
+
+def parallel_seen():
+    """Whether this module ran a parallel region with more than one thread (fork safety:
+    fastnn/_threads.py)."""
+    return fnn_parallel_seen() != 0

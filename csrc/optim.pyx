@@ -5,6 +5,8 @@
 # network step kernel).
 from cython cimport floating
 
+from fastnn_openmp cimport fnn_parallel_seen
+
 from fastnn_optim cimport (RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, RULE_ADAM,
                            update_raw, all_finite as _all_finite)
 
@@ -50,3 +52,9 @@ def all_finite(const floating[::1] x):
         with nogil:
             ok = _all_finite(&x[0], x.shape[0])
     return ok
+
+
+def parallel_seen():
+    """Whether this module ran a parallel region with more than one thread (fork safety:
+    fastnn/_threads.py)."""
+    return fnn_parallel_seen() != 0

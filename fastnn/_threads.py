@@ -87,17 +87,23 @@ def _uses_libgomp():
 # than one thread, a child made by fork() (multiprocessing's default start method on Linux
 # before Python 3.14) waits forever in its first parallel region for worker threads that were
 # not copied into it. So in such a child every kernel runs on one thread (the same numbers, as
-# for any thread count). Serial processes (count 1 since import) and other OpenMP runtimes
-# (LLVM's libomp restarts its pool in the child) are left alone.
-_parallel_used = _config.openmp_enabled() and _num_threads > 1
+# for any thread count). Every kernel module notes when it starts a parallel region of more
+# than one thread (parallel_seen): a child of a process that never did, and other OpenMP
+# runtimes (LLVM's libomp restarts its pool in the child), are left alone.
 _forked = False   # this process is such a child
 _gomp = _config.openmp_enabled() and _uses_libgomp()
+
+
+def _parallel_seen():
+    """Whether any kernel module of this process ran a parallel region of several threads."""
+    from fastnn._kernels import activations, dropout, losses, network, optim
+    return any(m.parallel_seen() for m in (activations, _dense, dropout, losses, network, optim))
 
 
 def _after_fork_in_child():
     global _lock, _num_threads, _forked
     _lock = threading.Lock()   # (another thread of the parent may have held it)
-    if _gomp and _parallel_used:
+    if _gomp and _parallel_seen():
         _forked = True
         _num_threads = 1
         _config.omp_set_num_threads(1)
@@ -118,7 +124,7 @@ def _set_locked(n, warn_at=None):
     """Set the count (the caller holds _lock); returns the previous one. In a forked child
     (see _after_fork_in_child) it stays 1, with a warning at stack level `warn_at` when given
     (a count the user asked for, not one a closing block restores)."""
-    global _num_threads, _parallel_used
+    global _num_threads
     previous = _num_threads
     if _forked and n > 1:
         if warn_at is not None:
@@ -130,7 +136,6 @@ def _set_locked(n, warn_at=None):
                 stacklevel=warn_at)
         n = 1
     _num_threads = n if _config.openmp_enabled() else 1
-    _parallel_used = _parallel_used or _num_threads > 1
     # Keep the OpenMP runtime's own setting in step, so threadpoolctl reports it.
     _config.omp_set_num_threads(_num_threads)
     return previous

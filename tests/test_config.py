@@ -508,13 +508,19 @@ _FORK = """
     import json, os, sys, time, warnings
     import numpy as np
     import fastnn, fastnn.functional as F
-    n_parent = int(sys.argv[1])
+    n_parent, computes = int(sys.argv[1]), sys.argv[2] == "1"
     fastnn.set_num_threads(n_parent)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1024, 784)).astype(np.float32)
     w = rng.standard_normal((784, 512)).astype(np.float32)
     b = np.zeros(512, np.float32)
-    ref = F.affine_relu_forward(x, w, b)[0]   # (large enough to run in parallel)
+    seen_at_import = fastnn._threads._parallel_seen()
+    with fastnn.threads(1):
+        ref = F.affine_relu_forward(x, w, b)[0]   # (serial: no OpenMP workers)
+    seen_serial = fastnn._threads._parallel_seen()
+    if computes:
+        assert np.array_equal(F.affine_relu_forward(x, w, b)[0], ref)  # (large: parallel)
+    seen = fastnn._threads._parallel_seen()
     r, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -525,7 +531,8 @@ _FORK = """
         n = fastnn.get_num_threads()
         out = F.affine_relu_forward(x, w, b)[0]
         report = {"n": n, "same": bool(np.array_equal(out, ref)),
-                  "warnings": [str(c.category.__name__) + ": " + str(c.message) for c in caught]}
+                  "warnings": [str(c.category.__name__) + ": " + str(c.message) for c in caught],
+                  "seen": [seen_at_import, seen_serial, seen]}
         os.write(wfd, json.dumps(report).encode())
         os._exit(0)
     os.close(wfd)
@@ -543,12 +550,13 @@ _FORK = """
 """
 
 
-def _fork_report(n_parent):
+def _fork_report(n_parent, computes=True):
     """The forked child's report, from a parent that imported fastnn with FASTNN_NUM_THREADS
-    set to n_parent and ran a large kernel."""
+    set to n_parent, ran a large kernel on one thread and then (computes) on n_parent."""
     env = dict(os.environ, FASTNN_NUM_THREADS=str(n_parent),
                PYTHONPATH=os.pathsep.join([IMPORT_ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK), str(n_parent)], env=env,
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK), str(n_parent),
+                           "1" if computes else "0"], env=env,
                           capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -566,6 +574,7 @@ def test_forked_child_after_parallel_kernels_runs_on_one_thread():
     request for more threads warns instead of hanging."""
     report = _fork_report(2)
     assert "hang" not in report, "the forked child hung in its first parallel kernel"
+    assert report["seen"] == [False, False, True]
     assert report["n"] == 1
     assert report["same"]
     assert len(report["warnings"]) == 1
@@ -579,4 +588,13 @@ def test_forked_child_of_a_serial_process_keeps_its_threads():
     workers: its child may."""
     report = _fork_report(1)
     assert "hang" not in report
-    assert report == {"n": 2, "same": True, "warnings": []}
+    assert report == {"n": 2, "same": True, "warnings": [], "seen": [False, False, False]}
+
+
+@needs_gomp_fork
+def test_forked_child_of_a_process_that_never_ran_parallel_kernels_keeps_its_threads():
+    """What counts is a parallel region that ran, not the thread count: `import fastnn` then a
+    fork (a multiprocessing pool made before any training) keeps the children parallel."""
+    report = _fork_report(2, computes=False)
+    assert "hang" not in report
+    assert report == {"n": 2, "same": True, "warnings": [], "seen": [False, False, False]}

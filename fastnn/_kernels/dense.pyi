@@ -37,3 +37,6 @@ def dense_backward(op: int, dout: _Float, saved: _Float, x: _Float, w: _Float,
                    dx: Optional[_Float], dw: _Float, db: _Float, dz: Optional[_Float],
                    alpha: float, avec: Optional[_Float], dalpha: Optional[_Float],
                    n_threads: int, chunks: bool = False) -> None: ...
+
+
+def parallel_seen() -> bool: ...
