@@ -34,6 +34,21 @@ def course_relu_backward_where(dout, cache):
     return np.where(np.asarray(cache) > 0, dout, 0)
 
 
+def course_relu_backward_lt(dout, cache):
+    x = cache
+    dx = dout.copy()
+    dx[x < 0] = 0      # (keeps dout where x == 0: another subgradient)
+    return dx
+
+
+def course_relu_backward_ge(dout, cache):
+    return dout * (cache >= 0)
+
+
+def course_relu_backward_where_lt(dout, cache):
+    return np.where(cache < 0, 0, dout)
+
+
 def course_affine_relu_backward(dout, cache):
     fc_cache, relu_cache = cache
     da = course_relu_backward(dout, relu_cache)
@@ -68,13 +83,16 @@ def test_course_affine_backward_takes_fastnn_caches(dtype, xshape):
         np.testing.assert_allclose(c, a, **tol)
 
 
-@pytest.mark.parametrize("course_bwd", [course_relu_backward, course_relu_backward_masked,
-                                        course_relu_backward_where], ids=lambda f: f.__name__)
+ALL_RELU_BACKWARDS = [course_relu_backward, course_relu_backward_masked, course_relu_backward_where,
+                      course_relu_backward_lt, course_relu_backward_ge, course_relu_backward_where_lt]
+
+
+@pytest.mark.parametrize("course_bwd", ALL_RELU_BACKWARDS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_course_relu_backward_takes_fastnn_relu_cache(course_bwd, dtype):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((6, 9)).astype(dtype)
-    x[0, :4] = [0.0, -0.0, np.nan, np.inf]
+    x[0, :4] = [0.0, -0.0, np.nan, np.inf]   # (exact zeros: where > / >= and < / <= differ)
     dout = rng.standard_normal(x.shape).astype(dtype)
     _, cache = F.relu_forward(x)
     got = course_bwd(dout, cache)
@@ -101,3 +119,24 @@ def test_other_caches_say_they_are_fastnn_own():
         course_relu_backward(np.ones((3, 4)), cache)
     with pytest.raises(TypeError, match="fastnn's own"):
         np.asarray(cache)
+
+
+@pytest.mark.parametrize("course_bwd", ALL_RELU_BACKWARDS, ids=lambda f: f.__name__)
+def test_fused_relu_cache_answers_exactly_or_refuses(course_bwd):
+    """affine_relu_forward keeps the ReLU's output, not the pre-activation a: its relu_cache
+    answers > 0 and <= 0 (exactly a's masks) and refuses < 0 and >= 0 (they differ from those
+    where a is exactly 0, which the output cannot show) instead of answering wrongly."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 5))
+    x[0] = 0.0   # a row of zeros: its pre-activation is exactly b = 0
+    w = rng.standard_normal((5, 4))
+    b = np.zeros(4)
+    a = x @ w + b
+    dout = rng.standard_normal((6, 4))
+    _, cache = F.affine_relu_forward(x, w, b)
+    _, relu_cache = cache
+    if course_bwd in (course_relu_backward, course_relu_backward_masked):
+        np.testing.assert_array_equal(course_bwd(dout, relu_cache), course_bwd(dout, a))
+    else:
+        with pytest.raises(TypeError, match="keeps the ReLU output"):
+            course_bwd(dout, relu_cache)

@@ -28,41 +28,81 @@ __all__ = [
 class ActivationCache:
     """What an activation's forward keeps for its backward."""
 
-    __slots__ = ("kind", "saved", "alpha")
+    __slots__ = ("kind", "saved", "alpha", "x")
 
-    def __init__(self, kind, saved, alpha=None):
+    def __init__(self, kind, saved, alpha=None, x=None):
         self.kind = kind
         self.saved = saved
         self.alpha = alpha
+        self.x = x   # relu: the input, for the course's relu_backward (below)
 
     def __repr__(self):
         return f"ActivationCache({self.kind!r}, saved shape {self.saved.shape}, dtype {self.saved.dtype})"
 
-    # The course's relu_backward reads its cache as the input x: ``dout * (x > 0)``,
-    # ``dx[x <= 0] = 0``, ``np.where(x > 0, ...)``. relu_forward's cache compares like x (it
-    # holds the output, which is > 0 exactly where x is) and converts to that array, so the
-    # course's relu_backward takes it. Other kinds have no course counterpart.
-    def _relu_saved(self):
-        return self.saved if self.kind == "relu" else None
-
-    def __array__(self, dtype=None, copy=None):
-        saved = self._relu_saved()
-        if saved is None:
+    # The course's relu_backward reads its cache as the input x (``dout * (x > 0)``,
+    # ``dx[x <= 0] = 0``, ``np.where(x < 0, 0, dout)``, ...). relu_forward's cache holds a
+    # reference to that input (as the course's cache does), converts to it and compares like
+    # it, so the course's relu_backward takes it. Other kinds have no course counterpart.
+    def _course_x(self):
+        if self.x is None:
             raise TypeError(f"a {self.kind}_forward cache is fastnn's own: pass it to "
                             f"fastnn.functional.{self.kind}_backward")
-        return np.array(saved, dtype=dtype, copy=True) if copy else np.asarray(saved, dtype=dtype)
+        return self.x
 
-    def _compare(op):
-        def compare(self, other):
-            saved = self._relu_saved()
-            return NotImplemented if saved is None else op(saved, other)
-        return compare
+    def __array__(self, dtype=None, copy=None):
+        x = self._course_x()
+        return np.array(x, dtype=dtype, copy=True) if copy else np.asarray(x, dtype=dtype)
 
-    __gt__ = _compare(np.greater)
-    __ge__ = _compare(np.greater_equal)
-    __lt__ = _compare(np.less)
-    __le__ = _compare(np.less_equal)
-    del _compare
+    def __gt__(self, other):
+        return self._course_x() > other
+
+    def __ge__(self, other):
+        return self._course_x() >= other
+
+    def __lt__(self, other):
+        return self._course_x() < other
+
+    def __le__(self, other):
+        return self._course_x() <= other
+
+
+class ReluOutput:
+    """The relu_cache of affine_relu_forward's cache unpacked as the course's
+    ``fc_cache, relu_cache`` (see DenseCache.__iter__): the fused kernel keeps the ReLU's output,
+    not its input ``a``, so this compares like ``a`` only where the output tells: ``> 0`` and
+    ``<= 0`` (exactly where ``a > 0`` / ``a <= 0``). ``a < 0`` and ``a >= 0`` differ from those
+    where ``a`` is exactly 0, which the output cannot show: they raise TypeError."""
+
+    __slots__ = ("out",)
+
+    def __init__(self, out):
+        self.out = out
+
+    def _against_zero(self, other, op):
+        if isinstance(other, (int, float, np.number)) and not isinstance(other, bool) and other == 0:
+            return op(self.out, 0)
+        raise TypeError(self._refusal(op))
+
+    @staticmethod
+    def _refusal(op):
+        return (f"fastnn's fused affine_relu cache keeps the ReLU output, not its input: it "
+                f"answers 'x > 0' and 'x <= 0' only (not {op.__name__} or other numbers); use "
+                "fastnn.functional.affine_relu_backward, or relu_forward's cache, which keeps x")
+
+    def __gt__(self, other):
+        return self._against_zero(other, np.greater)
+
+    def __le__(self, other):
+        return self._against_zero(other, np.less_equal)
+
+    def __lt__(self, other):
+        raise TypeError(self._refusal(np.less))
+
+    def __ge__(self, other):
+        raise TypeError(self._refusal(np.greater_equal))
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(self._refusal(np.asarray))
 
 
 # Kernel op codes as plain ints (cheapest to pass to the kernel).
@@ -102,7 +142,7 @@ def _backward(op, dout, saved, out=None, alpha=0.0):
 def relu_forward(x, *, out=None):
     """ReLU, ``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
     out = _forward(_RELU, x, out)
-    return out, ActivationCache("relu", out)
+    return out, ActivationCache("relu", out, x=x)
 
 
 def relu_backward(dout, cache, *, out=None):
