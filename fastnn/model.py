@@ -235,9 +235,14 @@ class _CompiledStep:
         return value, (correct if correct >= 0 else None), stopped
 
 
+# fit drops the plan it built for a partial last batch when that batch's activations take at
+# least this many bytes (estimated as rows x the layers' widths x the item size).
+_KEEP_PLAN_BYTES = 1 << 20
+
 # The whole-step kernels a model keeps: one per (batch size, optimizer, loss type) in use, each
 # with its activation buffers. fit with a partial last batch uses two (it drops the second when
-# it returns); more than this many in turn are rebuilt as they come back.
+# it returns, if large: _KEEP_PLAN_BYTES); more than this many in turn are rebuilt as they come
+# back.
 _MAX_PLANS = 4
 
 
@@ -811,16 +816,20 @@ class Sequential:
                 history["val_accuracy"] = []
         self.train()
         # One batch buffer for every step (a partial last batch uses its first rows), gathered
-        # into by np.take: no per-step copy of the batch. mode="clip": with "raise" np.take
-        # buffers its output anyway (the indices are in range).
+        # into by ndarray.take: no batch-sized allocation per step. mode="clip": with "raise"
+        # take buffers its output anyway (the indices are in range). (Positional arguments to
+        # the method: np.take with keywords costs more than the gather of a small batch.)
         rows = min(batch_size, n)
         xbuf = np.empty((rows,) + X.shape[1:], X.dtype)
         ybuf = np.empty((rows,) + y.shape[1:], y.dtype)
-        # a plan fit builds for a partial last batch is dropped when it returns: kept, it would
-        # hold a second set of activation buffers for good
+        # a plan fit builds for a partial last batch is dropped when it returns, when its
+        # activations are large (kept, it would hold a second set of them; rebuilding it costs
+        # little beside steps of that size); a small one stays for the next fit call
         partial = n % batch_size if n > batch_size else 0
         partial_key = (partial, id(optimizer), type(loss))
-        drop_partial = partial and partial_key not in self._compiled
+        widths = sum(getattr(layer, "out_features", 0) for layer in self._layers)
+        drop_partial = (partial and partial_key not in self._compiled
+                        and partial * widths * X.dtype.itemsize >= _KEEP_PLAN_BYTES)
         try:
             return self._fit_epochs(X, y, loss, optimizer, epochs, batch_size, shuffle,
                                     validation_data, verbose, rng, classify, history, xbuf, ybuf)
@@ -833,6 +842,8 @@ class Sequential:
                     verbose, rng, classify, history, xbuf, ybuf):
         """fit's loop over epochs and batches, after its checks."""
         n = X.shape[0]
+        full = len(xbuf)
+        xlast, ylast = xbuf[:n % full], ybuf[:n % full]   # a partial last batch's rows
         for epoch in range(1, epochs + 1):
             order = rng.permutation(n) if shuffle else np.arange(n)
             t0 = time.perf_counter()
@@ -840,8 +851,8 @@ class Sequential:
             for step, start in enumerate(range(0, n, batch_size), 1):
                 idx = order[start:start + batch_size]
                 m = len(idx)
-                xb = np.take(X, idx, axis=0, out=xbuf[:m], mode="clip")
-                yb = np.take(y, idx, axis=0, out=ybuf[:m], mode="clip")
+                xb = X.take(idx, 0, xbuf if m == full else xlast, "clip")
+                yb = y.take(idx, 0, ybuf if m == full else ylast, "clip")
                 value, hits, stopped = self._step(xb, yb, loss, optimizer, skip_nonfinite=True,
                                                   count=classify)
                 if stopped:

@@ -513,6 +513,19 @@ def test_tanh_backward_relative_accuracy_near_saturation(dtype, rng):
     assert_ulp_close(db1, ex1.astype(dtype), 2, inputs=out1[0], what="affine_tanh_backward db")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_backward_is_the_product_form_bit_for_bit(dtype, rng):
+    """The kernel computes dout * ((1 - t) * (1 + t)): no multiply feeds an add, so no CPU path
+    can fuse anything and every path gives NumPy's bits for the same expression (the former
+    1 - t*t did not: its FMA on the AVX2/AVX-512 paths rounded differently from NumPy and from
+    the baseline path)."""
+    x = (rng.standard_normal(50_003) * 4).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    t, cache = F.tanh_forward(x)
+    one = dtype(1)
+    assert_same_bits(F.tanh_backward(dout, cache), dout * ((one - t) * (one + t)), "tanh_backward")
+
+
 # ============================================================================ gradients
 def _away_from_kinks(rng, shape):
     """float64 data with |x| >= 0.1, so a 1e-5 step never crosses the ReLU kink."""

@@ -2207,10 +2207,9 @@ def test_layer_path_steps_keep_no_activations():
     model.backward(np.ones((256, 4), np.float32))
 
 
-def test_fit_drops_its_partial_batch_plan_and_gathers_batches_in_place():
-    """fit with a partial last batch: the plan built for it goes when fit returns (the full
-    batch's stays), and batches are gathered into one reused buffer (no batch-sized copy per
-    step on top of it: traced peak of a second fit well below two batches)."""
+def test_fit_gathers_batches_into_one_buffer():
+    """fit gathers each batch into one reused buffer: no batch-sized copy per step on top of it
+    (the traced peak of a second fit stays well below two batches)."""
     import tracemalloc
 
     model = Sequential(Dense(2000, 4, seed=0))   # X's rows dwarf the activations
@@ -2219,7 +2218,8 @@ def test_fit_drops_its_partial_batch_plan_and_gathers_batches_in_place():
     y = rng.integers(0, 4, 1000)
     opt = SGD(model.parameters(), lr=0.01)
     model.fit(X, y, epochs=1, batch_size=256, optimizer=opt, verbose=False, seed=0)
-    assert [k[0] for k in model._compiled] == [256]        # 1000 = 3 * 256 + 232: 232 dropped
+    # 1000 = 3 * 256 + 232: the small 232-row plan stays for the next fit call
+    assert sorted(k[0] for k in model._compiled) == [232, 256]
     batch = 256 * 2000 * 4
     tracemalloc.start()
     try:
@@ -2227,10 +2227,21 @@ def test_fit_drops_its_partial_batch_plan_and_gathers_batches_in_place():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # one batch buffer, the 232-row plan (rebuilt once: its buffers are small here), the
-    # permutation; a copy per step would add a second batch while the previous one is held
+    # one batch buffer and the permutation; a copy per step would add a second batch while the
+    # previous one is still held
     assert peak < 1.5 * batch, (peak, batch)
-    # a batch size fit did not build stays: a train_step's plan of that size is not dropped
+
+
+def test_fit_drops_a_large_partial_batch_plan():
+    """The plan fit builds for a partial last batch goes when fit returns when its activations
+    are large (the full batch's stays); a batch size fit did not build is left alone."""
+    model = Sequential(Dense(300, 1200, activation="relu", seed=0), Dense(1200, 4, seed=1))
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((1000, 300)).astype(np.float32)
+    y = rng.integers(0, 4, 1000)
+    opt = SGD(model.parameters(), lr=0.01)
+    model.fit(X, y, epochs=2, batch_size=256, optimizer=opt, verbose=False, seed=0)
+    assert [k[0] for k in model._compiled] == [256]   # 232 rows x 1204 units x 4 B > 1 MiB
     model.train_step(X[:232], y[:232], "softmax", opt)
     model.fit(X, y, epochs=1, batch_size=256, optimizer=opt, verbose=False, seed=0)
     assert sorted(k[0] for k in model._compiled) == [232, 256]
