@@ -7,8 +7,10 @@ file-size or quota limit, an exception in the caller's block, KeyboardInterrupt)
 file is removed, the error propagates, and the target is as it was before.
 """
 import contextlib
+import errno
 import os
 import secrets
+import stat
 
 __all__ = ["atomic_write"]
 
@@ -49,13 +51,44 @@ def atomic_write(path, text=False):
         with f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            _fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
+            os.chmod(tmp, stat.S_IREAD | stat.S_IWRITE)   # (Windows refuses to delete read-only files)
+        except OSError:
+            pass
+        try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+    _sync_directory(directory)
+
+
+def _fsync(fd):
+    """os.fsync, except where the file system has no such thing (EINVAL/ENOTSUP: some network
+    and FUSE file systems): there the data are as safe as that file system makes them."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)):
+            raise
+
+
+def _sync_directory(directory):
+    """Make the rename durable too (POSIX: fsync the folder); best effort, never an error."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -107,6 +107,12 @@ def _after_fork_in_child():
         _forked = True
         _num_threads = 1
         _config.omp_set_num_threads(1)
+    # the threads() blocks of the parent's other threads never close here (those threads were
+    # not copied): close them now, as blocks closing out of order
+    me = threading.get_ident()
+    for i in reversed(range(len(_open_blocks))):
+        if _open_blocks[i][2] != me:
+            _close_block(i)
 
 
 if hasattr(os, "register_at_fork"):
@@ -146,7 +152,8 @@ def get_num_threads():
     return _num_threads
 
 
-# The open `threads` blocks, oldest first, as [token, the count to restore when it closes].
+# The open `threads` blocks, oldest first, as [token, the count to restore when it closes, the
+# ident of the Python thread that opened it].
 # The count is one for the process (the OpenMP runtime's, threadpoolctl's and PyTorch's are
 # too), so blocks open in several Python threads at once set it in turn, the latest winning;
 # when one closes out of order, the block opened after it inherits what it was to restore, so
@@ -163,14 +170,19 @@ def threads(n):
     n = check_int(n, "n", below=2**31)
     token = object()
     with _lock:   # (recorded and set at once: a block closing meanwhile sees both or neither)
-        _open_blocks.append([token, _set_locked(n, warn_at=4)])
+        _open_blocks.append([token, _set_locked(n, warn_at=4), threading.get_ident()])
     try:
         yield get_num_threads()
     finally:
         with _lock:
-            i = next(k for k, block in enumerate(_open_blocks) if block[0] is token)
-            restore = _open_blocks.pop(i)[1]
-            if i < len(_open_blocks):   # a block opened after this one is still open
-                _open_blocks[i][1] = restore
-            else:
-                _set_locked(restore)
+            _close_block(next(k for k, block in enumerate(_open_blocks) if block[0] is token))
+
+
+def _close_block(i):
+    """Close _open_blocks[i] (the caller holds _lock): the block opened after it, if any, takes
+    over what it was to restore; else the count is restored."""
+    restore = _open_blocks.pop(i)[1]
+    if i < len(_open_blocks):   # a block opened after this one is still open
+        _open_blocks[i][1] = restore
+    else:
+        _set_locked(restore)

@@ -127,6 +127,15 @@ class Layer:
         self._shapes = {}   # each parameter's shape, as _add_param made it
         self._cache = None
 
+    def _drop_cache(self):
+        """Forget what the last forward kept for backward (a model's training step calls this
+        when the step is done). A layer class of your own that keeps its own state under that
+        name (a read-only property, say) is left alone."""
+        try:
+            self._cache = None
+        except (AttributeError, TypeError):
+            pass
+
     # -- modes
     def train(self, mode=True):
         self.training = bool(mode)

@@ -653,8 +653,9 @@ class Sequential:
         a dropped optimizer's state, nor the plan's buffers, alive."""
         cache = self._compiled
         cache.pop(key, None)
-        while len(cache) >= _MAX_PLANS:
-            cache.pop(next(iter(cache)), None)
+        # (a snapshot of the keys: an optimizer's callback may drop entries meanwhile)
+        for old in list(cache)[:max(0, len(cache) - _MAX_PLANS + 1)]:
+            cache.pop(old, None)
         cache[key] = (signature, step, weakref.ref(optimizer, _plan_dropper(self)))
 
     def _valid_entry(self, key, optimizer):
@@ -713,7 +714,7 @@ class Sequential:
             return self._layer_step_run(X, y, loss, optimizer, skip_nonfinite, count)
         finally:
             for layer in self._layers:
-                layer._cache = None
+                layer._drop_cache()
 
     def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel

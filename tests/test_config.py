@@ -598,3 +598,45 @@ def test_forked_child_of_a_process_that_never_ran_parallel_kernels_keeps_its_thr
     report = _fork_report(2, computes=False)
     assert "hang" not in report
     assert report == {"n": 2, "same": True, "warnings": [], "seen": [False, False, False]}
+
+
+_FORK_BLOCKS = """
+    import json, os, sys, threading, time
+    import fastnn
+    fastnn.set_num_threads(3)
+    opened, done = threading.Event(), threading.Event()
+
+    def other():
+        with fastnn.threads(5):
+            opened.set()
+            done.wait()
+
+    t = threading.Thread(target=other)
+    t.start()
+    opened.wait()
+    r, wfd = os.pipe()
+    with fastnn.threads(2):
+        pid = os.fork()
+    if pid == 0:
+        # the child's own block has closed; the other thread's never will (not copied)
+        report = {"n": fastnn.get_num_threads(), "open": len(fastnn._threads._open_blocks)}
+        os.write(wfd, json.dumps(report).encode())
+        os._exit(0)
+    os.close(wfd)
+    os.waitpid(pid, 0)
+    done.set()
+    t.join()
+    print(os.read(r, 65536).decode())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_forked_child_closes_the_blocks_of_threads_it_does_not_have():
+    """A threads() block open in another Python thread of the parent never closes in a forked
+    child: the child closes it at the fork, so its own blocks restore the count from before."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([IMPORT_ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK_BLOCKS)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"n": _expected(3), "open": 0}

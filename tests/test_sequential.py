@@ -2245,3 +2245,32 @@ def test_fit_drops_a_large_partial_batch_plan():
     model.train_step(X[:232], y[:232], "softmax", opt)
     model.fit(X, y, epochs=1, batch_size=256, optimizer=opt, verbose=False, seed=0)
     assert sorted(k[0] for k in model._compiled) == [232, 256]
+
+
+def test_a_layer_of_your_own_with_a_read_only_cache_attribute_still_trains():
+    """Steps drop the layers' backward caches when done; a layer class of your own that keeps
+    its own state under that name (here a read-only property) is left alone, and the step's
+    result is not replaced by an error from that clean-up."""
+    from fastnn import Layer
+
+    class Twice(Layer):
+        def __init__(self):   # (not Layer.__init__, which sets _cache)
+            self.dtype, self.training, self.params, self.grads, self._shapes = None, True, {}, {}, {}
+
+        @property
+        def _cache(self):
+            return "mine"
+
+        def forward(self, x, training=None):
+            return 2 * x
+
+        def backward(self, dout, need_dx=True):
+            return 2 * dout
+
+    model = Sequential(Dense(5, 3, seed=0), Twice())
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((8, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    loss = model.train_step(X, y, "softmax", SGD(model.parameters(), lr=0.1))
+    assert np.isfinite(loss)
+    assert model.layers[1]._cache == "mine" and model.layers[0]._cache is None

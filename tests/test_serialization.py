@@ -541,3 +541,21 @@ def test_load_model_reads_the_file_once(saved, monkeypatch):
     model = load_model(path)
     assert len(calls) == 1
     _assert_params(model, _params(src))
+
+
+@pytest.mark.parametrize("code", ["EINVAL", "ENOTSUP"])
+def test_save_where_the_file_system_has_no_fsync(tmp_path, monkeypatch, code):
+    """fsync refused as unsupported (some network and FUSE file systems) does not fail a save:
+    the file is written and renamed; any other fsync error still fails it (the stage test)."""
+    import errno
+
+    def unsupported(fd):
+        raise OSError(getattr(errno, code), f"fsync: {code} (simulated)")
+
+    src = _perturb(_model(), 2)
+    monkeypatch.setattr(ffiles.os, "fsync", unsupported)
+    path = tmp_path / "m.npz"
+    src.save(path)
+    monkeypatch.undo()
+    _assert_params(load_model(path), _params(src))
+    assert _temp_files(tmp_path) == []
