@@ -296,3 +296,55 @@ def run_at_once(calls):
     if errors:
         raise errors[0]
     return results
+
+
+def course_optim_rules():
+    """The course's optim.py update rules, in plain NumPy, config mutated in place as the course's
+    do (fastnn/reference/optim.py copies its config): {name: rule} (test_optim, test_solver)."""
+    def sgd(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-2)
+        w -= config["learning_rate"] * dw
+        return w, config
+
+    def sgd_momentum(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-2)
+        config.setdefault("momentum", 0.9)
+        v = config.get("velocity", np.zeros_like(w))
+        v = config["momentum"] * v - config["learning_rate"] * dw
+        config["velocity"] = v
+        return w + v, config
+
+    def rmsprop(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-2)
+        config.setdefault("decay_rate", 0.99)
+        config.setdefault("epsilon", 1e-8)
+        config.setdefault("cache", np.zeros_like(w))
+        config["cache"] = config["decay_rate"] * config["cache"] + (1 - config["decay_rate"]) * dw**2
+        return w - config["learning_rate"] * dw / (np.sqrt(config["cache"]) + config["epsilon"]), config
+
+    def adam(w, dw, config=None):
+        if config is None:
+            config = {}
+        config.setdefault("learning_rate", 1e-3)
+        config.setdefault("beta1", 0.9)
+        config.setdefault("beta2", 0.999)
+        config.setdefault("epsilon", 1e-8)
+        config.setdefault("m", np.zeros_like(w))
+        config.setdefault("v", np.zeros_like(w))
+        config.setdefault("t", 0)
+        config["t"] += 1
+        config["m"] = config["beta1"] * config["m"] + (1 - config["beta1"]) * dw
+        mt = config["m"] / (1 - config["beta1"] ** config["t"])
+        config["v"] = config["beta2"] * config["v"] + (1 - config["beta2"]) * (dw**2)
+        vt = config["v"] / (1 - config["beta2"] ** config["t"])
+        return w - config["learning_rate"] * mt / (np.sqrt(vt) + config["epsilon"]), config
+
+    # nesterov_momentum is not in the course's optim.py; it keeps sgd_momentum's keys
+    return {"sgd": sgd, "sgd_momentum": sgd_momentum, "nesterov_momentum": sgd_momentum,
+            "rmsprop": rmsprop, "adam": adam}

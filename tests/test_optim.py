@@ -16,7 +16,7 @@ import pytest
 import fastnn.optim as O
 from fastnn.reference import optim as R
 
-from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
+from conftest import assert_same_bits, assert_thread_invariant, course_optim_rules, openmp_workers_started
 
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["f32", "f64"]
@@ -598,64 +598,13 @@ def test_all_finite_kernel_matches_numpy(dtype):
 
 
 # ============================================================================ the course's config
-def _course_rules():
-    """The course's optim.py update rules, in plain NumPy (float64)."""
-    def sgd(w, dw, config=None):
-        if config is None:
-            config = {}
-        config.setdefault("learning_rate", 1e-2)
-        w -= config["learning_rate"] * dw
-        return w, config
-
-    def sgd_momentum(w, dw, config=None):
-        if config is None:
-            config = {}
-        config.setdefault("learning_rate", 1e-2)
-        config.setdefault("momentum", 0.9)
-        v = config.get("velocity", np.zeros_like(w))
-        v = config["momentum"] * v - config["learning_rate"] * dw
-        config["velocity"] = v
-        return w + v, config
-
-    def rmsprop(w, dw, config=None):
-        if config is None:
-            config = {}
-        config.setdefault("learning_rate", 1e-2)
-        config.setdefault("decay_rate", 0.99)
-        config.setdefault("epsilon", 1e-8)
-        config.setdefault("cache", np.zeros_like(w))
-        config["cache"] = config["decay_rate"] * config["cache"] + (1 - config["decay_rate"]) * dw**2
-        return w - config["learning_rate"] * dw / (np.sqrt(config["cache"]) + config["epsilon"]), config
-
-    def adam(w, dw, config=None):
-        if config is None:
-            config = {}
-        config.setdefault("learning_rate", 1e-3)
-        config.setdefault("beta1", 0.9)
-        config.setdefault("beta2", 0.999)
-        config.setdefault("epsilon", 1e-8)
-        config.setdefault("m", np.zeros_like(w))
-        config.setdefault("v", np.zeros_like(w))
-        config.setdefault("t", 0)
-        config["t"] += 1
-        config["m"] = config["beta1"] * config["m"] + (1 - config["beta1"]) * dw
-        mt = config["m"] / (1 - config["beta1"] ** config["t"])
-        config["v"] = config["beta2"] * config["v"] + (1 - config["beta2"]) * (dw**2)
-        vt = config["v"] / (1 - config["beta2"] ** config["t"])
-        return w - config["learning_rate"] * mt / (np.sqrt(vt) + config["epsilon"]), config
-
-    # nesterov_momentum is not in the course's optim.py; it keeps sgd_momentum's keys
-    return {"sgd": sgd, "sgd_momentum": sgd_momentum, "nesterov_momentum": sgd_momentum,
-            "rmsprop": rmsprop, "adam": adam}
-
-
 @pytest.mark.parametrize("given", [None, {}, {"learning_rate": 0.5}], ids=["None", "empty", "lr"])
 @pytest.mark.parametrize("rule", RULES)
 def test_config_keys_are_the_courses(rule, given, rng):
     """The returned config has the keys the course's rule leaves (its setdefault defaults and
     its state), no weight_decay among them, over several steps; the course's values for the
     hyperparameters."""
-    course = _course_rules()[rule]
+    course = course_optim_rules()[rule]
     w = rng.standard_normal((3, 4))
     ref_cfg = None if given is None else dict(given)
     cfg = None if given is None else dict(given)
@@ -690,7 +639,7 @@ def test_weight_decay_kept_when_given(rule, rng):
 def test_adam_t_any_finite_real(t, t_next, rng):
     """config['t'] as the course's ``t += 1`` takes it: a float (read back from JSON, say) too.
     An int stays an int, a float becomes t + 1.0, and the step is the course's for that t."""
-    course = _course_rules()["adam"]
+    course = course_optim_rules()["adam"]
     w = rng.standard_normal((4, 5))
     dw = rng.standard_normal((4, 5))
     m = rng.standard_normal((4, 5))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastnn.optim
-from conftest import assert_same_bits
+from conftest import assert_same_bits, course_optim_rules
 from fastnn.models import FullyConnectedNet, TwoLayerNet
 from fastnn.solver import Solver, load_checkpoint
 
@@ -589,13 +589,7 @@ def test_checkpoint_name_ending_in_a_slash_names_its_folder(tmp_path):
 
 
 # ------------------------------------------------------- the course's random draws (audit)
-def _course_sgd(w, dw, config=None):
-    """The course's optim.sgd, in plain NumPy."""
-    if config is None:
-        config = {}
-    config.setdefault("learning_rate", 1e-2)
-    w -= config["learning_rate"] * dw
-    return w, config
+_course_sgd = course_optim_rules()["sgd"]
 
 
 def _course_check_accuracy(model, X, y, num_samples, draw, batch_size=100):
