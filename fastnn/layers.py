@@ -346,6 +346,7 @@ class _Activation(Layer):
 
     def forward(self, x, training=None):
         out, self._cache = getattr(_fa, f"{self.name}_forward")(self._input(x))
+        self._cache.x = None   # (relu's input, kept for the course's code: backward reads the output)
         return out
 
     def _infer(self, x):

@@ -506,6 +506,7 @@ def test_bench_run_refuses_bad_arguments(kwargs, name, exc):
 # ============================================================================ fork
 _FORK = """
     import json, os, sys, time, warnings
+    warnings.filterwarnings("ignore", category=DeprecationWarning)   # (3.12+: fork with threads)
     import numpy as np
     import fastnn, fastnn.functional as F
     n_parent, computes = int(sys.argv[1]), sys.argv[2] == "1"
@@ -601,7 +602,8 @@ def test_forked_child_of_a_process_that_never_ran_parallel_kernels_keeps_its_thr
 
 
 _FORK_BLOCKS = """
-    import json, os, sys, threading, time
+    import json, os, sys, threading, time, warnings
+    warnings.filterwarnings("ignore", category=DeprecationWarning)   # (3.12+: fork with threads)
     import fastnn
     fastnn.set_num_threads(3)
     opened, done = threading.Event(), threading.Event()

@@ -122,21 +122,36 @@ def test_other_caches_say_they_are_fastnn_own():
 
 
 @pytest.mark.parametrize("course_bwd", ALL_RELU_BACKWARDS, ids=lambda f: f.__name__)
-def test_fused_relu_cache_answers_exactly_or_refuses(course_bwd):
-    """affine_relu_forward keeps the ReLU's output, not the pre-activation a: its relu_cache
-    answers > 0 and <= 0 (exactly a's masks) and refuses < 0 and >= 0 (they differ from those
-    where a is exactly 0, which the output cannot show) instead of answering wrongly."""
+def test_fused_relu_cache_is_the_courses_pre_activation(course_bwd):
+    """affine_relu_forward's fused kernel keeps the ReLU's output, not the pre-activation a:
+    unpacked by course code, its relu_cache is a computed with NumPy as the course computes it,
+    so every formulation of the course's relu_backward gives the course's numbers, also where
+    a is exactly 0 (where > / >= and < / <= differ, which the output alone cannot show)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 5))
     x[0] = 0.0   # a row of zeros: its pre-activation is exactly b = 0
     w = rng.standard_normal((5, 4))
     b = np.zeros(4)
-    a = x @ w + b
+    a = x.reshape(x.shape[0], -1).dot(w) + b   # the course's affine_forward
     dout = rng.standard_normal((6, 4))
     _, cache = F.affine_relu_forward(x, w, b)
     _, relu_cache = cache
-    if course_bwd in (course_relu_backward, course_relu_backward_masked):
-        np.testing.assert_array_equal(course_bwd(dout, relu_cache), course_bwd(dout, a))
-    else:
-        with pytest.raises(TypeError, match="keeps the ReLU output"):
-            course_bwd(dout, relu_cache)
+    assert isinstance(relu_cache, np.ndarray)
+    np.testing.assert_array_equal(course_bwd(dout, relu_cache), course_bwd(dout, a))
+
+
+def test_relu_layer_keeps_no_input():
+    """The course's relu_forward cache holds x; the ReLU layer's backward reads the output
+    only, so the layer drops x (one activation less held between forward and backward)."""
+    from fastnn import ReLU
+
+    layer = ReLU()
+    layer.forward(np.ones((4, 3), np.float32))
+    assert layer._cache.x is None
+    np.testing.assert_array_equal(layer.backward(np.ones((4, 3), np.float32)), np.ones((4, 3)))
+
+
+def test_relu_cache_of_a_list_compares_like_its_array():
+    _, cache = F.relu_forward([-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(cache > 0, [False, False, True])
+    np.testing.assert_array_equal(cache < 0, [True, False, False])

@@ -66,45 +66,6 @@ class ActivationCache:
         return self._course_x() <= other
 
 
-class ReluOutput:
-    """The relu_cache of affine_relu_forward's cache unpacked as the course's
-    ``fc_cache, relu_cache`` (see DenseCache.__iter__): the fused kernel keeps the ReLU's output,
-    not its input ``a``, so this compares like ``a`` only where the output tells: ``> 0`` and
-    ``<= 0`` (exactly where ``a > 0`` / ``a <= 0``). ``a < 0`` and ``a >= 0`` differ from those
-    where ``a`` is exactly 0, which the output cannot show: they raise TypeError."""
-
-    __slots__ = ("out",)
-
-    def __init__(self, out):
-        self.out = out
-
-    def _against_zero(self, other, op):
-        if isinstance(other, (int, float, np.number)) and not isinstance(other, bool) and other == 0:
-            return op(self.out, 0)
-        raise TypeError(self._refusal(op))
-
-    @staticmethod
-    def _refusal(op):
-        return (f"fastnn's fused affine_relu cache keeps the ReLU output, not its input: it "
-                f"answers 'x > 0' and 'x <= 0' only (not {op.__name__} or other numbers); use "
-                "fastnn.functional.affine_relu_backward, or relu_forward's cache, which keeps x")
-
-    def __gt__(self, other):
-        return self._against_zero(other, np.greater)
-
-    def __le__(self, other):
-        return self._against_zero(other, np.less_equal)
-
-    def __lt__(self, other):
-        raise TypeError(self._refusal(np.less))
-
-    def __ge__(self, other):
-        raise TypeError(self._refusal(np.greater_equal))
-
-    def __array__(self, dtype=None, copy=None):
-        raise TypeError(self._refusal(np.asarray))
-
-
 # Kernel op codes as plain ints (cheapest to pass to the kernel).
 _RELU, _LEAKY, _SIGMOID, _TANH = _k.RELU, _k.LEAKY_RELU, _k.SIGMOID, _k.TANH
 
@@ -141,6 +102,7 @@ def _backward(op, dout, saved, out=None, alpha=0.0):
 # ----------------------------------------------------------------------------- ReLU
 def relu_forward(x, *, out=None):
     """ReLU, ``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
+    x = as_float_array(x, "x")
     out = _forward(_RELU, x, out)
     return out, ActivationCache("relu", out, x=x)
 

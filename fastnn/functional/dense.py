@@ -16,8 +16,7 @@ from fastnn import _threads
 from fastnn._kernels import activations as _ka
 from fastnn._kernels import dense as _kd
 from fastnn._validation import as_float_array, check_scalar, common_dtype
-from fastnn.functional.activations import (ReluOutput, _prelu_vector, maxout_reduce_backward,
-                                           maxout_reduce_forward)
+from fastnn.functional.activations import _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
 
 __all__ = [
     "affine_forward", "affine_backward",
@@ -56,16 +55,17 @@ class DenseCache:
     def __iter__(self):
         """Course code unpacks caches: ``x, w, b = cache`` in its affine_backward and
         ``fc_cache, relu_cache = cache`` in its affine_relu_backward. The caches of
-        affine_forward and affine_relu_forward unpack the same way (x in its original shape;
-        relu_cache compares like the course's pre-activation ``a`` where the ReLU's output can
-        tell: ``> 0`` and ``<= 0``; see ReluOutput), so the course's backward functions take
-        them. The other caches have no course counterpart."""
+        affine_forward and affine_relu_forward unpack the same way (x in its original shape),
+        so the course's backward functions take them. relu_cache is the pre-activation
+        ``x @ w + b``, which the fused kernel does not keep: it is computed here with NumPy, as
+        the course's affine_forward computes it (a product, paid only by code that unpacks).
+        The other caches have no course counterpart."""
         if self.extra is None and self.x2 is not None:
             fc = (self.x2.reshape(self.x_shape), self.w, self.b)
             if self.op == _ka.IDENTITY:
                 return iter(fc)
             if self.op == _ka.RELU:
-                return iter((fc, ReluOutput(self.saved)))
+                return iter((fc, self.x2.dot(np.asarray(self.w)) + np.asarray(self.b)))
         raise TypeError("this cache is fastnn's own (only affine_forward's and "
                         "affine_relu_forward's unpack like the course's): pass it to the "
                         "matching fastnn.functional backward")
