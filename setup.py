@@ -195,16 +195,32 @@ def _extensions():
         )
         for name in KERNEL_MODULES
     ]
-    return cythonize(
+    # cythonize regenerates a module's C only when its sources are newer than it: after a
+    # switch of FASTNN_DEBUG (bounds checks) the old C would be compiled again. Regenerate all
+    # when the directives differ from those of the C in build/cython.
+    build_dir = os.path.join("build", "cython")
+    stamp = os.path.join(build_dir, "fastnn-cython-directives.txt")
+    wanted = repr(sorted(directives.items()))
+    try:
+        with open(stamp) as f:
+            force = f.read() != wanted
+    except OSError:
+        force = True
+    modules = cythonize(
         exts,
         include_path=[CSRC],
         compiler_directives=directives,
         # OpenMP is decided per build, so the generated C must not depend on it:
         # Cython emits #ifdef _OPENMP guards around every pragma.
         compile_time_env={"FASTNN_DEBUG": debug},
-        build_dir="build/cython",
+        build_dir=build_dir,
+        force=force,
         quiet=True,
     )
+    os.makedirs(build_dir, exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(wanted)
+    return modules
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": FastnnBuildExt})

@@ -8,6 +8,27 @@ Cython + OpenMP kernels under a thin Python API:
 """
 __version__ = "0.1.0"
 
+
+def _check_built():
+    """A clear error for the common mistake: importing fastnn from a source checkout whose
+    compiled modules were never built in place (``pip install .`` builds them elsewhere, and
+    ``python -m fastnn ...`` run in the checkout's root imports the checkout first)."""
+    try:
+        from fastnn._kernels import _config  # noqa: F401
+    except ImportError as exc:
+        import os
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isfile(os.path.join(root, "setup.py")) and os.path.isdir(os.path.join(root, "csrc")):
+            raise ImportError(
+                f"fastnn was imported from its source folder {root}, where its compiled modules "
+                "are not built. Run Python from another folder (to use an installed fastnn), or "
+                "build in place: python3 -m pip install -e ."
+            ) from exc
+        raise
+
+
+_check_built()
+
 from fastnn._threads import get_num_threads, set_num_threads, threads  # noqa: E402
 from fastnn import _blas  # noqa: E402
 

@@ -642,3 +642,23 @@ def test_forked_child_closes_the_blocks_of_threads_it_does_not_have():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"n": _expected(3), "open": 0}
+
+
+def test_a_source_checkout_without_built_modules_says_so(tmp_path):
+    """`pip install .` then `python -m fastnn ...` in the checkout's root imports the checkout,
+    which has no compiled modules: the error says so and what to do."""
+    import shutil
+
+    src = os.path.join(REPO_ROOT, "fastnn")
+    if not os.path.isfile(os.path.join(REPO_ROOT, "setup.py")):
+        pytest.skip("needs the source checkout")
+    shutil.copytree(src, tmp_path / "fastnn",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    proc = subprocess.run([sys.executable, "-c", "import fastnn"], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "imported from its source folder" in proc.stderr
+    assert "pip install -e" in proc.stderr
