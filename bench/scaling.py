@@ -244,21 +244,28 @@ def tables(results):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", default=None,
+    ap.add_argument("--threads", type=fb.int_list(1), default=None,
                     help="comma-separated thread counts (default: 1, 2, 4, ... up to the cores here)")
-    ap.add_argument("--elements", type=int, default=64 * 2**20, help="elements per element-wise call")
+    ap.add_argument("--elements", type=fb.positive_int, default=64 * 2**20,
+                    help="elements per element-wise call")
     ap.add_argument("--rounds", type=fb.positive_int, default=5)
     ap.add_argument("--min-time", type=fb.positive_seconds, default=0.2, help="seconds per measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--json", default=None, help="also write the results (and the header) as JSON")
-    ap.add_argument("--tile-cores", default="",
+    ap.add_argument("--tile-cores", type=fb.int_list(1), default=[],
                     help="comma-separated CPU counts to also size fastnn's tiles for and time its "
                          "steps with (e.g. 2: the tiles of a 2-CPU machine)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 1-2 threads, 64K elements, 1 round, batch 128 only")
     args = ap.parse_args(argv)
+    out = None
+    if args.json:
+        try:   # (opened before measuring: a path that cannot be written fails now, not after)
+            out = open(args.json, "w")
+        except OSError as exc:
+            ap.error(f"--json: cannot write {args.json}: {exc}")
     if args.threads:
-        thread_counts = [int(t) for t in args.threads.split(",")]
+        thread_counts = args.threads
     else:
         thread_counts = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= cpus()]
     batches = STEP_BATCHES
@@ -269,13 +276,13 @@ def main(argv=None):
     head = header_lines(started=started)
     print("\n".join(head))
     print(f"threads {thread_counts}, {args.elements} elements, {args.rounds} rounds\n", flush=True)
-    tile_cores = [int(v) for v in args.tile_cores.split(",") if v]
+    tile_cores = args.tile_cores
     results = run(thread_counts, args.elements, args.rounds, args.min_time,
                   use_torch=not args.no_torch, batches=batches, tile_cores=tile_cores)
     print(tables(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(header=head, elements=args.elements, rounds=args.rounds, **results), f, indent=1)
+    if out is not None:
+        with out:
+            json.dump(dict(header=head, elements=args.elements, rounds=args.rounds, **results), out, indent=1)
     return 0
 
 

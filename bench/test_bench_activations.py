@@ -183,20 +183,28 @@ def _nbytes(kernel, direction, shape):
     return (8 if direction == "fwd" else 12) * n
 
 
-def _first_array(result):
-    """The output array of a call that returns it, (out, cache) or (dx, dalpha)."""
-    return np.asarray(result[0] if isinstance(result, tuple) else result)
+def _arrays(result, direction):
+    """The output arrays of a call: the array it returns, out of a forward's (out, cache) (a
+    cache is not an output, whatever its type), or every array of a backward's (dx, dalpha)."""
+    if not isinstance(result, tuple):
+        return [np.asarray(result)]
+    if direction == "fwd":
+        return [np.asarray(result[0])]
+    return [np.asarray(r) for r in result]
 
 
 def _run(benchmark, impl, case):
     kernel, direction, size = case.split("-")
     data = _data(kernel, size)
     fn = IMPLS[(kernel, direction)][impl](data)
-    got = np.array(_first_array(fn()))  # warm-up (first touch of buffers, lazy imports), and
-    if impl != "numpy_ref":            # the check that this implementation computes the same
-        want = _first_array(IMPLS[(kernel, direction)]["numpy_ref"](data)())
-        scale = float(np.max(np.abs(want))) if want.size else 0.0
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=f"{case} {impl}")
+    got = [np.array(a) for a in _arrays(fn(), direction)]  # warm-up (first touch of buffers, lazy
+    if impl != "numpy_ref":                     # imports), and the check that this
+        # implementation computes the same outputs (all of them: prelu's dalpha too)
+        wants = _arrays(IMPLS[(kernel, direction)]["numpy_ref"](data)(), direction)
+        assert len(got) == len(wants), f"{case} {impl}: {len(got)} outputs, the reference {len(wants)}"
+        for g, want in zip(got, wants):
+            scale = float(np.max(np.abs(want))) if want.size else 0.0
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6 * scale, err_msg=f"{case} {impl}")
     benchmark.group = case
     benchmark.extra_info.update(
         impl=impl, kernel=kernel, direction=direction, shape="x".join(map(str, SIZES[size])),

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import OtherLoad, header_lines, loadavg, now  # noqa: E402  (also puts the repo on sys.path)
 
+from fastnn import bench as fb  # noqa: E402
 from fastnn import functional as F  # noqa: E402
 from fastnn._kernels import activations as K  # noqa: E402
 
@@ -349,21 +350,21 @@ def sweep_report(ns, hot, cold, cross, orig, args, md):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per size (median)")
-    p.add_argument("--margin", type=float, default=1.15,
+    p.add_argument("--rounds", type=fb.positive_int, default=15, help="interleaved rounds per size (median)")
+    p.add_argument("--margin", type=fb.nonnegative_float, default=1.15,
                    help="2 threads must be this many times faster (default 1.15)")
     p.add_argument("--cold", action="store_true", help="also measure single calls after an idle gap")
-    p.add_argument("--gap-ms", type=float, default=20.0, help="idle gap before each cold call (ms)")
+    p.add_argument("--gap-ms", type=fb.nonnegative_float, default=20.0, help="idle gap before each cold call (ms)")
     p.add_argument("--markdown", action="store_true")
-    p.add_argument("--max-other", type=float, default=0.3,
+    p.add_argument("--max-other", type=fb.nonnegative_float, default=0.3,
                    help="re-run a sweep if other processes used more than this many cores (default 0.3)")
-    p.add_argument("--attempts", type=int, default=4, help="at most this many tries per sweep (default 4)")
+    p.add_argument("--attempts", type=fb.positive_int, default=4, help="at most this many tries per sweep (default 4)")
     p.add_argument("--scheme", action="append", default=[], metavar="MIN,RELU,LEAKY,TANH,SIGMOID,BWD",
                    help="also verify this constant set: MIN_WORK_PER_THREAD, the forward OP_COST of relu, "
                         "leaky_relu, tanh, sigmoid, and the backward weight (repeatable)")
     p.add_argument("--verify-only", action="store_true",
                    help="skip the sweeps: only measure where the current and --scheme sets go parallel")
-    p.add_argument("--repeat", type=int, default=2,
+    p.add_argument("--repeat", type=fb.positive_int, default=2,
                    help="independent hot sweeps per op, at different times; t1 and t2 are the medians "
                         "over them (default 2)")
     args = p.parse_args(argv)

@@ -97,7 +97,12 @@ def main(argv=None):
     saved = _kd.tile_params()
     if args.param not in saved:
         ap.error(f"unknown parameter {args.param!r}; one of {', '.join(sorted(saved))}")
-    values = [type(saved[args.param])(v) for v in args.values.split(",")]
+    try:
+        values = [type(saved[args.param])(v) for v in args.values.split(",")]
+    except ValueError:
+        ap.error(f"--values: expected comma-separated {type(saved[args.param]).__name__}s, got {args.values!r}")
+    if any(not (v >= 0) for v in values):   # (a negative or NaN setting: the hook refuses it)
+        ap.error(f"--values: expected values >= 0, got {args.values!r}")
     label = {"thin": "thin", "chunk_min_rows": "min", "chunk_rows_more": "more"}.get(args.param, "v")
     started = now()
     print("\n".join(header_lines(started=started)))

@@ -5,16 +5,23 @@ implementation after a pause in which the previous one's worker threads stop spi
 
 - ``fastnn``: the layer API (``Sequential.train_step``: one kernel call per step);
 - ``functional``: a course-style step written with ``fastnn.functional`` and ``fastnn.optim``;
-- ``numpy``: the same step in plain NumPy (``fastnn.reference``);
+- ``numpy``: the same course-style step in plain NumPy (``fastnn.reference``);
+- ``numpy_same``: that NumPy step without the first layer's input gradient, which the course's
+  affine_relu_backward computes and throws away: the work the layer API and PyTorch do;
 - ``torch``: PyTorch (CPU, same thread count), when it is installed.
 
-A step is forward, softmax loss, backward and a plain SGD update. The table gives each time,
-the speedups of fastnn over NumPy and PyTorch, and the fraction of the GEMM roofline reached:
-a step's products (6 N sum(d_i d_i+1) flops) at the matmul rate NumPy reaches in the same run,
-and the memory the layer API's step holds as a fraction of what it must hold (parameters,
-gradients and the activations backward reads; see ``step_memory``).
+A step is forward, softmax loss, backward and a plain SGD update; every implementation starts
+from the same weights, and their first losses are checked to agree. NumPy's BLAS runs on the
+same thread count (threadpoolctl, when installed). The table gives each time, the speedups of
+fastnn over the course-style NumPy step, over the NumPy step of the same work and over
+PyTorch, and the fraction of the GEMM roofline reached: the layer API's products (6 N
+sum(d_i d_i+1) flops less the first layer's input gradient, 2 N d_0 d_1) at the matmul rate
+NumPy reaches in the same run (the best of its rounds), and the memory the layer API's step
+holds as a fraction of what it must hold (parameters, gradients and the activations backward
+reads; see ``step_memory``).
 """
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -50,8 +57,9 @@ def _params(dims, dtype, seed):
     return p
 
 
-def _course_step(mod_dense, mod_loss, update, p, X, y, n_layers, lr):
-    """A course-style step: affine_relu layers, affine scores, softmax loss, SGD."""
+def _course_step(mod_dense, mod_loss, update, p, X, y, n_layers, lr, first_dx=True):
+    """A course-style step: affine_relu layers, affine scores, softmax loss, SGD. With
+    first_dx=False (plain NumPy only) the first layer's backward skips its input gradient."""
     caches, h = [], X
     for i in range(n_layers - 1):
         h, c = mod_dense.affine_relu_forward(h, p[f"W{i}"], p[f"b{i}"])
@@ -61,6 +69,11 @@ def _course_step(mod_dense, mod_loss, update, p, X, y, n_layers, lr):
     d, dw, db = mod_dense.affine_backward(d, c)
     grads = {f"W{n_layers - 1}": dw, f"b{n_layers - 1}": db}
     for i in reversed(range(n_layers - 1)):
+        if i == 0 and not first_dx:
+            (x, _, _), a = caches[0]   # the reference's (fc_cache, relu_cache = a)
+            da = d * (a > 0)
+            grads["W0"], grads["b0"] = x.T @ da, da.sum(axis=0)
+            break
         d, dw, db = mod_dense.affine_relu_backward(d, caches[i])
         grads[f"W{i}"], grads[f"b{i}"] = dw, db
     update(p, grads, lr)
@@ -87,23 +100,34 @@ def _make_runners(dims, n, dtype, torch, seed=0):
     runners = {}
 
     layers = []
+    start = _params(dims, dtype, seed)   # every implementation starts from these weights
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(fastnn.Dense(a, b, activation="relu" if i < L - 1 else None, dtype=dtype, seed=seed + i))
+        layer = fastnn.Dense(a, b, activation="relu" if i < L - 1 else None, dtype=dtype, seed=seed + i)
+        layer.params["W"][...] = start[f"W{i}"]
+        layer.params["b"][...] = start[f"b{i}"]
+        layers.append(layer)
     model = fastnn.Sequential(*layers)
     opt = fastnn.SGD(model.parameters(), lr=lr)
     loss = fastnn.SoftmaxCrossEntropy()
     runners["fastnn"] = lambda: model.train_step(X, y, loss, opt)
 
-    pf = _params(dims, dtype, seed)
+    pf = {k: v.copy() for k, v in start.items()}
     runners["functional"] = lambda: _course_step(F, F, _fastnn_update, pf, X, y, L, lr)
-    pn = _params(dims, dtype, seed)
+    pn = {k: v.copy() for k, v in start.items()}
     runners["numpy"] = lambda: _course_step(RD, RL, _numpy_update, pn, X, y, L, lr)
+    ps = {k: v.copy() for k, v in start.items()}
+    runners["numpy_same"] = lambda: _course_step(RD, RL, _numpy_update, ps, X, y, L, lr,
+                                                 first_dx=False)
 
     if torch is not None:
         tdt = torch.float32 if dtype == np.float32 else torch.float64
         mods = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            mods.append(torch.nn.Linear(a, b).to(tdt))
+            lin = torch.nn.Linear(a, b).to(tdt)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(start[f"W{i}"].T.copy()))
+                lin.bias.copy_(torch.from_numpy(start[f"b{i}"]))
+            mods.append(lin)
             if i < L - 1:
                 mods.append(torch.nn.ReLU())
         tmodel = torch.nn.Sequential(*mods)
@@ -117,10 +141,23 @@ def _make_runners(dims, n, dtype, torch, seed=0):
             out = lossfn(tmodel(tX), ty)
             out.backward()
             topt.step()
-            return out
+            return out.item()
 
         runners["torch"] = torch_step
     return runners, model, X, y, opt, loss
+
+
+def _check_same_start(runners, dtype):
+    """Each implementation's first step, from the same weights, gives the same loss (the
+    steps compared do the same computation); raises otherwise. Called once per network: it
+    also takes each implementation's first (warm-up) step."""
+    losses = {k: float(fn()) for k, fn in runners.items()}
+    ref = losses["numpy"]
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    bad = {k: v for k, v in losses.items() if not abs(v - ref) <= tol * max(1.0, abs(ref))}
+    if bad:
+        raise RuntimeError(f"first-step losses differ from NumPy's {ref!r}: {bad}")
+    return losses
 
 
 # Seconds to wait before timing each implementation: a library's worker threads keep spinning
@@ -143,7 +180,8 @@ def _time(fn, min_time):
 
 
 def matmul_rate(dtype, size=2048, rounds=5):
-    """GFLOP/s of NumPy's matmul on size x size matrices (median of rounds)."""
+    """GFLOP/s of NumPy's matmul on size x size matrices (median of rounds; run() takes the
+    best over its network rounds)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
@@ -180,6 +218,21 @@ def step_memory(model, X, y, opt, loss):
     return params + (first_peak - base), params + acts, per_step
 
 
+def _blas_threads(n):
+    """NumPy's (and SciPy's) BLAS held to n threads for the block, when threadpoolctl is
+    installed (else left as it is); yields the count it set, or None."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def limited():
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield n
+    return limited()
+
+
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
         stream=sys.stdout, skip_large=False):
     rounds = check_int(rounds, "rounds")
@@ -196,57 +249,80 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             torch = _torch
         except ImportError:
             torch = None
-    networks = networks or NETWORKS
+    with _blas_threads(nthreads) as blas_threads:
+        return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
+                    skip_large, blas_threads)
+
+
+def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):
     results = []
     tiles = _kd.tile_params()
+    date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(f"fastnn {fastnn.__version__}, {nthreads} threads (tiles for "
           f"{tiles['tile_cores']} CPUs), "
           f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
-          f"{time.strftime('%Y-%m-%d')}", file=stream)
+          f"{date}", file=stream)
     kernels = _fastnn_config.blas_kernels()
-    print(f"BLAS: {kernels}", file=stream)
+    print(f"BLAS: {kernels}; NumPy's BLAS threads: "
+          f"{blas_threads if blas_threads else 'as set (threadpoolctl not installed)'}", file=stream)
+    print("numpy: the course-style step; numpy=: the same without the first layer's input "
+          "gradient (the work fastnn's layer API and PyTorch do)", file=stream)
     for dt in dtypes:
         dtype = np.dtype(dt)
-        rate = matmul_rate(dtype)
-        print(f"\n{dtype.name}: NumPy matmul 2048^2 at {rate:.0f} GFLOP/s (the roofline rate)", file=stream)
-        head = f"{'network (batch)':<28}{'fastnn':>10}{'functional':>12}{'numpy':>10}"
+        rates = [matmul_rate(dtype)]
+        print(f"\n{dtype.name}: NumPy matmul 2048^2 at {rates[0]:.0f} GFLOP/s "
+              "(the roofline rate: the best of this and one measurement per round)", file=stream)
+        head = f"{'network (batch)':<28}{'fastnn':>10}{'functional':>12}{'numpy':>10}{'numpy=':>10}"
         head += f"{'torch':>10}" if torch else ""
-        head += f"{'vs numpy':>10}" + (f"{'vs torch':>10}" if torch else "") + f"{'roofline':>10}"
-        head += f"{'memory':>9}"
+        head += f"{'vs numpy':>10}{'vs numpy=':>10}" + (f"{'vs torch':>10}" if torch else "")
+        head += f"{'func/np':>9}{'roofline':>10}{'memory':>9}"
         print(head + "   (ms per step)", file=stream)
         for dims, n in networks:
             if skip_large and max(dims) >= 4096:
                 continue
             runners, model, X, y, opt, loss = _make_runners(dims, n, dtype, torch)
+            first = _check_same_start(runners, dtype)
             times = {k: [] for k in runners}
             for _ in range(rounds):
                 for k, fn in runners.items():
                     time.sleep(SETTLE)
                     times[k].append(_time(fn, min_time))
+                rates.append(matmul_rate(dtype, rounds=1))
+            rate = max(rates)
             med = {k: float(np.median(v)) for k, v in times.items()}
-            flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+            # the layer API's products: every layer's forward, weight gradient and input
+            # gradient, less the first layer's input gradient (never computed)
+            flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:])) - 2.0 * n * dims[0] * dims[1]
             roof = flops / (rate * 1e9) / med["fastnn"]
             held, need, per_step = step_memory(model, X, y, opt, loss)
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
-                   "threads": nthreads, "tile_cores": tiles["tile_cores"],
-                   "blas_kernels": kernels, "thin": tiles["thin"],
+                   "threads": nthreads, "numpy_blas_threads": blas_threads,
+                   "tile_cores": tiles["tile_cores"],
+                   "blas_kernels": kernels, "thin": tiles["thin"], "date": date,
+                   "fastnn_version": fastnn.__version__,
+                   "torch_version": torch.__version__ if torch else None,
+                   "rounds": rounds, "min_time": min_time,
                    "ms": {k: v * 1e3 for k, v in med.items()},
+                   "ms_rounds": {k: [t * 1e3 for t in v] for k, v in times.items()},
+                   "first_step_loss": first,
                    "speedup_vs_numpy": med["numpy"] / med["fastnn"],
+                   "speedup_vs_numpy_same_work": med["numpy_same"] / med["fastnn"],
                    "functional_vs_numpy": med["numpy"] / med["functional"],
-                   "roofline_fraction": roof, "matmul_gflops": rate,
+                   "roofline_fraction": roof, "roofline_flops": flops, "matmul_gflops": rate,
                    "held_bytes": held, "params_grads_acts_bytes": need,
                    "memory_fraction": held / need, "per_step_alloc_bytes": per_step}
             if torch:
                 row["speedup_vs_torch"] = med["torch"] / med["fastnn"]
             results.append(row)
             line = f"{row['network'] + ' (' + str(n) + ')':<28}"
-            line += f"{med['fastnn'] * 1e3:>10.3f}{med['functional'] * 1e3:>12.3f}{med['numpy'] * 1e3:>10.3f}"
+            line += f"{med['fastnn'] * 1e3:>10.3f}{med['functional'] * 1e3:>12.3f}"
+            line += f"{med['numpy'] * 1e3:>10.3f}{med['numpy_same'] * 1e3:>10.3f}"
             if torch:
                 line += f"{med['torch'] * 1e3:>10.3f}"
-            line += f"{row['speedup_vs_numpy']:>9.2f}x"
+            line += f"{row['speedup_vs_numpy']:>9.2f}x{row['speedup_vs_numpy_same_work']:>9.2f}x"
             if torch:
                 line += f"{row['speedup_vs_torch']:>9.2f}x"
-            line += f"{roof:>9.0%}{held / need:>9.0%}"
+            line += f"{row['functional_vs_numpy']:>8.2f}x{roof:>9.0%}{held / need:>9.0%}"
             print(line, file=stream, flush=True)
     return results
 
@@ -260,6 +336,30 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
     return value
+
+
+def nonnegative_float(text):
+    """argparse type: a finite number >= 0 (a margin, a gap, a share of a core)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (0.0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def int_list(minimum):
+    """argparse type: comma-separated ints, each >= minimum (thread counts: 1; values: 0)."""
+    def parse(text):
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated ints >= {minimum}, got {text!r}")
+        return values
+    return parse
 
 
 def positive_seconds(text):
@@ -276,7 +376,8 @@ def positive_seconds(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=positive_int, default=None, help="thread count (default: fastnn's)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="thread count of every implementation (default: fastnn's)")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (median reported)")
     parser.add_argument("--min-time", type=positive_seconds, default=0.2, help="seconds per measurement")
@@ -285,9 +386,16 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-    results = run(dtypes=dtypes, rounds=args.rounds, min_time=args.min_time, threads=args.threads,
-                  use_torch=not args.no_torch, skip_large=args.skip_large)
+    out = None
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        try:   # (opened before measuring: a path that cannot be written fails now, not after)
+            out = open(args.json, "w")
+        except OSError as exc:
+            parser.error(f"--json: cannot write {args.json}: {exc}")
+    with out if out is not None else contextlib.nullcontext():
+        results = run(dtypes=dtypes, rounds=args.rounds, min_time=args.min_time,
+                      threads=args.threads, use_torch=not args.no_torch,
+                      skip_large=args.skip_large)
+        if out is not None:
+            json.dump(results, out, indent=2)
     return 0

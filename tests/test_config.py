@@ -405,10 +405,48 @@ def test_bench_reports_the_blas_kernels_it_ran_on():
     buf = io.StringIO()
     rows = bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, use_torch=False, stream=buf)
     kernels = _fastnn_config.blas_kernels()
-    assert f"BLAS: {kernels}\n" in buf.getvalue()
+    assert f"BLAS: {kernels}; " in buf.getvalue()
     assert len(rows) == 1 and rows[0]["blas_kernels"] == kernels
     assert rows[0]["network"] == "3-5-2" and rows[0]["batch"] == 7
     json.dumps(rows)
+
+
+def test_bench_compares_equal_work_from_equal_weights():
+    """Every implementation starts from the same weights (their first losses agree); the
+    NumPy step of the layer API's work skips the first layer's input gradient, and the
+    roofline counts the layer API's products only (without that gradient)."""
+    from fastnn import bench
+    from fastnn.reference import dense as RD, losses as RL
+
+    dims, n = (6, 5, 3), 9
+    runners, *_ = bench._make_runners(dims, n, np.float64, None)
+    first = bench._check_same_start(runners, np.float64)
+    assert set(first) == {"fastnn", "functional", "numpy", "numpy_same"}
+    assert max(first.values()) - min(first.values()) < 1e-12
+    # numpy_same's weight gradients equal the full step's: only the unused dx is skipped
+    p1, p2 = bench._params(dims, np.float64, 0), bench._params(dims, np.float64, 0)
+    X = np.random.default_rng(1).standard_normal((n, dims[0]))
+    y = np.arange(n) % dims[-1]
+    bench._course_step(RD, RL, bench._numpy_update, p1, X, y, 2, 0.1)
+    bench._course_step(RD, RL, bench._numpy_update, p2, X, y, 2, 0.1, first_dx=False)
+    for k in p1:
+        np.testing.assert_allclose(p2[k], p1[k], rtol=1e-13, atol=1e-15)
+    rows = bench.run(networks=[(dims, n)], dtypes=("float64",), rounds=1, min_time=0.001,
+                     use_torch=False, stream=io.StringIO())
+    assert rows[0]["roofline_flops"] == 6 * n * (6 * 5 + 5 * 3) - 2 * n * 6 * 5
+    assert rows[0]["speedup_vs_numpy_same_work"] > 0
+    # a step that does not start from the same weights is refused
+    runners["numpy_same"] = lambda: 123.0
+    with pytest.raises(RuntimeError, match="first-step losses differ"):
+        bench._check_same_start(runners, np.float64)
+
+
+def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
+    from fastnn import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--json", str(tmp_path / "missing" / "x.json"), "--rounds", "1"])
+    assert "--json" in capsys.readouterr().err
 
 
 # ============================================================================ BLAS kernels
@@ -501,6 +539,30 @@ def test_bench_run_refuses_bad_arguments(kwargs, name, exc):
 
     with pytest.raises(exc, match=name):
         bench.run(networks=[((3, 5, 2), 7)], use_torch=False, stream=io.StringIO(), **kwargs)
+
+
+_BENCH_DIR = os.path.join(REPO_ROOT, "bench")
+
+
+@pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")
+@pytest.mark.parametrize("script,args,name", [
+    ("scaling.py", ["--threads", "0"], "--threads"), ("scaling.py", ["--threads", "a"], "--threads"),
+    ("scaling.py", ["--elements", "0"], "--elements"), ("scaling.py", ["--tile-cores", "x"], "--tile-cores"),
+    ("scaling.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
+    ("tile_params.py", ["thin", "--values", "a"], "--values"),
+    ("tile_params.py", ["thin", "--values", "-1"], "--values"),
+    ("threshold.py", ["--rounds", "0"], "--rounds"), ("threshold.py", ["--attempts", "0"], "--attempts"),
+    ("threshold.py", ["--gap-ms", "-1"], "--gap-ms"), ("ceiling.py", ["--threads", "100000"], "--threads"),
+], ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_bench_scripts_refuse_bad_arguments_up_front(script, args, name):
+    """A usage error naming the option, before anything runs (they gave tracebacks, a table of
+    NaN, or failed at the end of a run)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([IMPORT_ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, os.path.join(_BENCH_DIR, script)] + args, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
+    assert "error:" in proc.stderr and name in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # ============================================================================ fork
