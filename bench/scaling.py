@@ -258,12 +258,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 1-2 threads, 64K elements, 1 round, batch 128 only")
     args = ap.parse_args(argv)
-    out = None
-    if args.json:
-        try:   # (opened before measuring: a path that cannot be written fails now, not after)
-            out = open(args.json, "w")
-        except OSError as exc:
-            ap.error(f"--json: cannot write {args.json}: {exc}")
+    out = fb.open_json(ap, args.json)
     if args.threads:
         thread_counts = args.threads
     else:

@@ -374,6 +374,17 @@ def positive_seconds(text):
     return value
 
 
+def open_json(parser, path):
+    """The --json file opened for writing, or None without one: opened before anything is
+    measured, so a path that cannot be written is a usage error now, not after the run."""
+    if not path:
+        return None
+    try:
+        return open(path, "w")
+    except OSError as exc:
+        parser.error(f"--json: cannot write {path}: {exc}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn bench", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -386,12 +397,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-    out = None
-    if args.json:
-        try:   # (opened before measuring: a path that cannot be written fails now, not after)
-            out = open(args.json, "w")
-        except OSError as exc:
-            parser.error(f"--json: cannot write {args.json}: {exc}")
+    out = open_json(parser, args.json)
     with out if out is not None else contextlib.nullcontext():
         results = run(dtypes=dtypes, rounds=args.rounds, min_time=args.min_time,
                       threads=args.threads, use_torch=not args.no_torch,
