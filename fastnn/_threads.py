@@ -13,7 +13,12 @@ import threading
 import warnings
 
 from fastnn._kernels import _config
+from fastnn._kernels import activations as _activations
 from fastnn._kernels import dense as _dense
+from fastnn._kernels import dropout as _dropout
+from fastnn._kernels import losses as _losses
+from fastnn._kernels import network as _network
+from fastnn._kernels import optim as _optim
 from fastnn._validation import check_int
 
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
@@ -91,13 +96,15 @@ def _uses_libgomp():
 # than one thread (parallel_seen): a child of a process that never did, and other OpenMP
 # runtimes (LLVM's libomp restarts its pool in the child), are left alone.
 _forked = False   # this process is such a child
+# (imported here, not in the fork hook: nothing to import in a child that may have been forked
+# while another thread held the import lock)
+_KERNEL_MODULES = (_activations, _dense, _dropout, _losses, _network, _optim)
 _gomp = _config.openmp_enabled() and _uses_libgomp()
 
 
 def _parallel_seen():
     """Whether any kernel module of this process ran a parallel region of several threads."""
-    from fastnn._kernels import activations, dropout, losses, network, optim
-    return any(m.parallel_seen() for m in (activations, _dense, dropout, losses, network, optim))
+    return any(m.parallel_seen() for m in _KERNEL_MODULES)
 
 
 def _after_fork_in_child():

@@ -659,9 +659,9 @@ class Sequential:
         cache[key] = (signature, step, weakref.ref(optimizer, _plan_dropper(self)))
 
     def _valid_entry(self, key, optimizer):
-        """The cache entry (signature, step, optimizer) for key while it still describes the
-        model and optimizer (the same optimizer object, no array replaced, the same rule),
-        else None."""
+        """The cache entry (signature, step, weak reference to the optimizer) for key while it
+        still describes the model and optimizer (the same optimizer object, no array replaced,
+        the same rule), else None. A hit becomes the most recently used entry."""
         cache = self._compiled
         cached = cache.get(key)
         if cached is not None and cached[2]() is optimizer:
