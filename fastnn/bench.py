@@ -327,26 +327,29 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
     return results
 
 
-def positive_int(text):
-    """argparse type: an int >= 1 (a count of rounds or threads)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
+def _argtype(name, convert, ok, expected):
+    """An argparse type: `convert(text)`, refused (a usage error saying `expected`) when it
+    fails or when `ok(value)` is not true."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = name
+    return parse
 
 
-def nonnegative_float(text):
-    """argparse type: a finite number >= 0 (a margin, a gap, a share of a core)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (0.0 <= value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+# a count of rounds or threads
+positive_int = _argtype("positive_int", int, lambda v: v >= 1, "a positive int")
+# a margin, a gap, a share of a core
+nonnegative_float = _argtype("nonnegative_float", float, lambda v: 0.0 <= v < float("inf"),
+                             "a finite number >= 0")
+# a measurement repeats until that much time has passed: NaN or Inf would never end it
+positive_seconds = _argtype("positive_seconds", float, lambda v: 0.0 < v < float("inf"),
+                            "finite seconds > 0")
 
 
 def int_list(minimum):
@@ -360,18 +363,6 @@ def int_list(minimum):
             raise argparse.ArgumentTypeError(f"expected comma-separated ints >= {minimum}, got {text!r}")
         return values
     return parse
-
-
-def positive_seconds(text):
-    """argparse type: a finite number of seconds > 0 (a measurement repeats until that much
-    time has passed: NaN or Inf would never end it)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not (0.0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected finite seconds > 0, got {text!r}")
-    return value
 
 
 def open_json(parser, path):
