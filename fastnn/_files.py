@@ -11,8 +11,11 @@ import errno
 import os
 import secrets
 import stat
+import zipfile
 
-__all__ = ["atomic_write"]
+import numpy as np
+
+__all__ = ["atomic_write", "write_npz"]
 
 
 def _create_temp(directory):
@@ -35,8 +38,10 @@ def atomic_write(path, text=False):
     with ``text=True``); when the block ends without an error the file is flushed, fsync'ed and
     renamed to ``path`` (replacing it). When the block or any of those steps raises, the
     temporary file is removed and the exception propagates; ``path`` is left untouched."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    # through a symbolic link to the file it names (as open(path, "w") writes), so that the
+    # link stays a link; the temporary file sits beside that file, on its file system
+    path = os.path.realpath(os.fspath(path))
+    directory = os.path.dirname(path)
     try:
         mode = os.stat(path).st_mode & 0o777   # a file replaced keeps its mode
     except OSError:
@@ -92,3 +97,13 @@ def _sync_directory(directory):
         pass
     finally:
         os.close(fd)
+
+
+def write_npz(f, arrays):
+    """The arrays (a dict name -> ndarray) into the open binary file f as an uncompressed .npz
+    archive (what np.load reads back by name), refusing to pickle: an object array raises
+    ValueError instead of being stored as a pickle, which fastnn's readers would refuse."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)

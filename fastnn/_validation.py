@@ -12,6 +12,7 @@ The rules (documented in the README):
 import contextlib
 import numbers
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -151,10 +152,13 @@ def out_array(out, shape, dtype, *inputs):
     kernel reads: the buffer may not overlap any of them."""
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if type(out) is not np.ndarray:   # (a subclass such as np.matrix keeps its own shape rules)
+        raise TypeError(f"out must be a numpy.ndarray (not a subclass), got {type(out).__name__}")
     if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {out.dtype.name}")
+        got = out.dtype.name
+        if out.dtype.newbyteorder("=") == dtype:
+            got = f"{out.dtype.str} (not in the machine's byte order)"
+        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {got}")
     if out.shape != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
     if not out.flags.c_contiguous:
@@ -281,6 +285,20 @@ def fs_path(path, name="path"):
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
 
 
+def open_regular(path, text=False):
+    """``path`` opened for reading (binary, or UTF-8 text), or OSError when it is not a regular
+    file: a FIFO would block the reader forever and a device such as /dev/zero never ends.
+    (Opened without blocking, so that a FIFO is refused instead of waited on.)"""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path!r} is not a regular file")
+        return os.fdopen(fd, "r", encoding="utf-8") if text else os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_npz(source, what, writer, names=None):
     """The arrays (all, or `names`) of an .npz archive that fastnn's `writer` wrote, never
     unpickled; anything else is a ValueError saying that `what` is not readable. fastnn
@@ -292,7 +310,7 @@ def read_npz(source, what, writer, names=None):
             if isinstance(source, (str, bytes, os.PathLike)):
                 # opened here, so it is closed here even when NumPy's zip parsing fails after
                 # it took the file over (the error's traceback would otherwise hold it open)
-                source = stack.enter_context(open(source, "rb"))
+                source = stack.enter_context(open_regular(source))
             loaded = np.load(source, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
                 raise ValueError("not an .npz archive")
@@ -301,7 +319,16 @@ def read_npz(source, what, writer, names=None):
                 if packed:
                     raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them "
                                      "uncompressed")
+                # each name once: NumPy reads a member again for every entry of its name, so
+                # a few bytes of repeated directory entries would make reading take hours
+                members = [i.filename for i in npz.zip.infolist()]
+                twice = _first_repeat(members)
+                if twice is not None:
+                    raise ValueError(f"it has two entries named {twice!r}")
                 keys = npz.files if names is None else names
+                twice = _first_repeat(keys)
+                if twice is not None:
+                    raise ValueError(f"the array {twice!r} is asked for twice")
                 missing = [k for k in keys if k not in npz.files]
                 if missing:
                     raise ValueError(f"no array {missing[0]!r} in it")
@@ -313,6 +340,16 @@ def read_npz(source, what, writer, names=None):
             RuntimeError, NotImplementedError, MemoryError) as exc:
         raise ValueError(f"{what} is not readable ({type(exc).__name__}: {exc})") from None
     return arrays
+
+
+def _first_repeat(items):
+    """The first item that appeared before it in `items`, or None."""
+    seen = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def numeric_array(value, name, kinds="biuf"):

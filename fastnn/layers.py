@@ -169,11 +169,20 @@ class Layer:
         _add_param also keeps the layer's dtype and its shape. Else a TypeError or ValueError
         naming the entry. (~1 us per parameter: the layer path runs it every step, the
         whole-step kernel when it builds its plan.)"""
-        if not self.params:
-            return
-        dt = getattr(self, "dtype", None)
+        params = self.params
+        if type(params) is not dict or type(self.grads) is not dict:
+            kind, d = ("params", params) if type(params) is not dict else ("grads", self.grads)
+            raise TypeError(f"{type(self).__name__}.{kind} must be a dict of arrays, got "
+                            f"{type(d).__name__}")
         shapes = self.__dict__.get("_shapes", {})
-        for name, value in self.params.items():
+        if len(params) < len(shapes) or not params:
+            missing = [name for name in shapes if name not in params]
+            if missing:
+                raise ValueError(f"{type(self).__name__}.params has no entry {missing[0]!r}")
+            if not params:
+                return
+        dt = getattr(self, "dtype", None)
+        for name, value in params.items():
             grad = self.grads.get(name)
             own = name in shapes and dt is not None   # made by _add_param: the layer's dtype
             if not (type(value) is np.ndarray and type(grad) is np.ndarray
@@ -188,8 +197,8 @@ class Layer:
         value = self.params[name]
         for kind, arr in (("params", value), ("grads", self.grads.get(name))):
             what = f"{type(self).__name__}.{kind}[{name!r}]"
-            if not isinstance(arr, np.ndarray):
-                raise TypeError(f"{what} must be a numpy.ndarray, got {type(arr).__name__}")
+            if type(arr) is not np.ndarray:   # (a subclass, np.matrix, changes what @ means)
+                raise TypeError(f"{what} must be a numpy.ndarray (not a subclass), got {type(arr).__name__}")
             want = dtype if dtype is not None else (value.dtype if kind == "grads" else None)
             if want is not None and arr.dtype != want:
                 raise TypeError(f"{what} must have dtype {np.dtype(want).name}"
@@ -203,6 +212,8 @@ class Layer:
                 raise ValueError(f"{what} must be C-contiguous")
             if kind == "grads" and not arr.flags.writeable:
                 raise ValueError(f"{what} must be writeable (the backward pass writes it)")
+        raise ValueError(f"{type(self).__name__}.params[{name!r}] and its gradient are not "
+                         "arrays the kernels can use")   # (not reached: a case above named it)
 
     def _input(self, x):
         return as_float_array(x, "x", self.dtype)

@@ -10,10 +10,11 @@ import weakref
 
 import numpy as np
 
-from fastnn._files import atomic_write
-from fastnn._validation import as_float_array, check_int, check_seed, fs_path, int_labels, read_npz
-from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, PReLU,
-                           ReLU, Sigmoid, Tanh, described_param_shapes)
+from fastnn._files import atomic_write, write_npz
+from fastnn._validation import (as_float_array, check_int, check_seed, fs_path, int_labels,
+                                open_regular, read_npz)
+from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, Parameter,
+                           PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
 from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError, MulticlassHinge,
                            SoftmaxCrossEntropy, get_loss)
@@ -21,7 +22,7 @@ from fastnn._kernels import activations as _ka
 from fastnn._kernels import losses as _kl
 from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
-from fastnn.optimizers import SGD, Adam, RMSProp
+from fastnn.optimizers import SGD, Adam, Optimizer, RMSProp
 
 __all__ = ["Sequential", "load_model"]
 
@@ -77,6 +78,11 @@ def _infer(units, X):
 
 
 _RELU_NAMES = {ReLU: "relu", LeakyReLU: "leaky_relu", PReLU: "prelu"}
+
+
+def _relu_name(layer):
+    """The activation name of a ReLU-family layer, also of a subclass of one."""
+    return next(_RELU_NAMES[c] for c in type(layer).__mro__ if c in _RELU_NAMES)
 
 
 def _changes(name):
@@ -273,8 +279,44 @@ def _rule_of(optimizer):
     return _ko.ADAM
 
 
+def _check_no_overlap(layers):
+    """ValueError naming a layer listed twice, or a gradient that shares memory with another
+    gradient or with a parameter. (Parameters may share memory with each other: they are only read.) The arrays
+    are C-contiguous (checked first), so each spans [start, start + nbytes)."""
+    spans = []
+    seen = {}
+    for i, layer in enumerate(layers):
+        if seen.setdefault(id(layer), i) != i:
+            raise ValueError(f"layer {i} is layer {seen[id(layer)]} again: to be trained, a layer "
+                             "object can appear once in a model (its backward cache and "
+                             "gradients are its own)")
+        for kind in ("params", "grads"):
+            for name, a in getattr(layer, kind).items():
+                if a.nbytes:
+                    start = a.__array_interface__["data"][0]
+                    spans.append((start, start + a.nbytes, kind == "grads",
+                                  f"layer {i} ({type(layer).__name__}) {kind}[{name!r}]"))
+    spans.sort(key=lambda sp: sp[0])
+    end_any = end_grad = -1
+    what_any = what_grad = None
+    for start, end, is_grad, what in spans:
+        other = what_any if is_grad and start < end_any else (
+            what_grad if start < end_grad else None)
+        if other is not None:
+            raise ValueError(f"{what} shares memory with {other}: every gradient needs memory "
+                             "of its own (the backward pass writes it)")
+        if end > end_any:
+            end_any, what_any = end, what
+        if is_grad and end > end_grad:
+            end_grad, what_grad = end, what
+
+
 def _fusable(dense, act):
-    if not isinstance(dense, Dense) or dense.activation is not None or type(act) not in _FUSABLE:
+    # (a Dense subclass of the caller's own whose forward or backward differs would be
+    # bypassed by the fused kernels: it runs on its own, as the other layer classes do)
+    if (not isinstance(dense, Dense) or type(dense).forward is not Dense.forward
+            or type(dense).backward is not Dense.backward
+            or dense.activation is not None or type(act) not in _FUSABLE):
         return False
     if act.dtype is not None and dense.dtype != act.dtype:
         return False
@@ -325,6 +367,7 @@ class Sequential:
         # step(), run inside the step, may still call forward or parameters().
         self._lock = threading.RLock()
         self._compiled = {}
+        self._overlap_checked = ()   # the arrays _check_arrays last found apart
         self._layers = _LayerList(layers)
         self._build()   # (validates now: the constructor raises for a bad stack)
 
@@ -369,7 +412,7 @@ class Sequential:
                 # Dense + ReLU-family layer: the default initialization is He, as for
                 # Dense(..., activation="relu") (Xavier/Glorot stays for the others).
                 if isinstance(layers[i], Dense) and isinstance(layers[i + 1], (ReLU, LeakyReLU, PReLU)):
-                    layers[i]._default_init_for(_RELU_NAMES[type(layers[i + 1])])
+                    layers[i]._default_init_for(_relu_name(layers[i + 1]))
             units = []
             i = 0
             while i < len(layers):
@@ -408,6 +451,7 @@ class Sequential:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_compiled"] = {}
+        state.pop("_overlap_checked", None)   # (a copy's arrays are others)
         state["_layers"] = list(self._layers)
         state["_layers_changed"] = self._layers.changed
         return state
@@ -421,6 +465,7 @@ class Sequential:
         self.__dict__.update(state)
         self._lock = threading.RLock()
         self._compiled = {}
+        self._overlap_checked = ()
         self._layers = _LayerList(layers)
         self._layers.changed = changed
 
@@ -518,11 +563,23 @@ class Sequential:
             self._check_arrays()
             return self._backward(dout, need_dx)
 
-    def _check_arrays(self):
+    def _check_arrays(self, training=True):
         """Every layer's params / grads entries, named if one was replaced by something the
-        kernels cannot use (Layer.check_arrays)."""
-        for layer in self._layers:
+        kernels cannot use (Layer.check_arrays). For training (gradients to be written), also
+        a layer listed twice or a gradient that shares memory with another gradient or a
+        parameter (the whole-step kernel and the layer path would then compute different
+        things, and neither what the layers mean)."""
+        layers = self._layers
+        for layer in layers:
             layer.check_arrays()
+        if not training:
+            return
+        arrays = tuple(a for layer in layers for d in (layer.params, layer.grads)
+                       for a in d.values())
+        last = self._overlap_checked
+        if len(last) != len(arrays) or any(a is not b for a, b in zip(arrays, last)):
+            _check_no_overlap(layers)
+            self._overlap_checked = arrays   # (held: an id could be reused, an array cannot)
 
     def _backward(self, dout, need_dx):
         d = dout
@@ -670,8 +727,8 @@ class Sequential:
                     if len(cache) > 1 and cache.pop(key, None) is not None:
                         cache[key] = cached   # the most recently used now
                     return cached
-            except TypeError:
-                pass   # something replaced by what is not iterable: a rebuild names it
+            except (TypeError, AttributeError):
+                pass   # params / grads replaced by what is not a dict: a rebuild names it
         return None
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
@@ -718,6 +775,7 @@ class Sequential:
 
     def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel
+        _check_owned(optimizer, self._layers)
         mse = isinstance(loss, MeanSquaredError)
         if mse:
             y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
@@ -894,7 +952,9 @@ class Sequential:
 
     def save(self, path):
         """Write the architecture and every parameter to ``path`` (an .npz file, never a pickle).
-        The file is written to a temporary name and renamed, so a crash never leaves a
+        Parameters that loading would refuse (NaN or Inf, arrays the kernels cannot use) raise
+        before anything is written. The file is written to a temporary name and renamed (over
+        the file a symbolic link names, which stays a link), so a crash never leaves a
         truncated model at ``path``. A training step of the model in another thread waits
         while the arrays are written (the file holds the weights between two steps)."""
         path = fs_path(path)
@@ -902,12 +962,17 @@ class Sequential:
             with self._lock:
                 if self._layers.changed:
                     self._build()
+                # what load_model would refuse is refused here, before anything is written
+                self._check_arrays(training=False)
                 meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
                 arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
                 for i, layer in enumerate(self._layers):
                     for name, value in layer.params.items():
+                        if not np.isfinite(value).all():
+                            raise ValueError(f"layer {i} ({type(layer).__name__}) parameter {name} "
+                                             "holds NaN or Inf: load_model would refuse the file")
                         arrays[f"{i}.{name}"] = value
-                np.savez(f, **arrays)
+                write_npz(f, arrays)
         return path
 
     def load(self, path):
@@ -973,6 +1038,24 @@ def _fit_rng(seed):
         raise TypeError(f"seed must be an int, a SeedSequence, a Generator or None: {exc}") from None
 
 
+def _check_owned(optimizer, layers):
+    """ValueError when a fastnn optimizer holds no parameters or one that is not this model's
+    (an optimizer made for another model's parameters() would leave this one untrained, and
+    step the other with stale gradients). A subset is fine: the other layers stay frozen.
+    (The whole-step kernel is built only for an optimizer of exactly the model's parameters.)"""
+    if not isinstance(optimizer, Optimizer):
+        return   # an object of the caller's own with a step() method: its own business
+    if not optimizer.params:
+        raise ValueError("optimizer has no parameters to update (its params list is empty)")
+    mine = {id(layer) for layer in layers}
+    for p in optimizer.params:
+        if id(getattr(p, "layer", None)) not in mine:
+            what = (f"the parameter {p.name!r} of a {type(p.layer).__name__} layer"
+                    if isinstance(p, Parameter) else repr(p))
+            raise ValueError(f"optimizer updates {what} that is not in this model: make the "
+                             "optimizer from this model's parameters()")
+
+
 def _check_optimizer(optimizer):
     if not callable(getattr(optimizer, "step", None)):
         raise TypeError("optimizer must be a fastnn optimizer (SGD, RMSProp, Adam) or an object with a "
@@ -983,7 +1066,7 @@ def _read_model_file(path):
     """(meta, arrays) from a fastnn model file, fully read and checked, or ValueError."""
     path = fs_path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read()
     except OSError as exc:
         raise ValueError(f"cannot read model file {path}: {exc}") from None
@@ -999,7 +1082,7 @@ def _read_model_file(path):
         raise ValueError(f"{path} has corrupt metadata: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or not isinstance(meta.get("layers"), list):
         raise ValueError(f"{path} is not a fastnn Sequential model file")
-    if meta.get("version") != _FORMAT_VERSION:
+    if type(meta.get("version")) is not int or meta["version"] != _FORMAT_VERSION:
         raise ValueError(f"{path} has format version {meta.get('version')}, this fastnn reads {_FORMAT_VERSION}")
     return meta, arrays
 
@@ -1009,7 +1092,8 @@ def load_model(path):
     meta, arrays = _read_model_file(path)
     layers = []
     for i, entry in enumerate(meta["layers"]):
-        if not isinstance(entry, dict) or entry.get("type") not in LAYER_TYPES or not isinstance(entry.get("config"), dict):
+        if (not isinstance(entry, dict) or not isinstance(entry.get("type"), str)
+                or entry["type"] not in LAYER_TYPES or not isinstance(entry.get("config"), dict)):
             raise ValueError(f"{path}: layer {i} has an unknown description {entry!r}")
         # Check the stored parameters against the shapes the description gives before building
         # anything, so a crafted description of a huge layer costs nothing: the layer then
@@ -1028,6 +1112,9 @@ def load_model(path):
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
         except (TypeError, ValueError, MemoryError) as exc:
             raise ValueError(f"{path}: layer {i} ({entry['type']}) cannot be built: {exc}") from None
-    model = Sequential(*layers)
+    try:
+        model = Sequential(*layers)
+    except (TypeError, ValueError) as exc:   # no layers, or layers whose sizes do not chain
+        raise ValueError(f"{path}: its layers do not make a model: {exc}") from None
     with model._lock:   # (the arrays read above: the file is read once, not again by load)
         return model._load_locked(fs_path(path), meta, arrays)

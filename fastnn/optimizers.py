@@ -10,7 +10,7 @@ import numpy as np
 
 from fastnn import optim as _optim
 from fastnn._kernels import optim as _ko
-from fastnn._validation import check_scalar
+from fastnn._validation import check_int, check_scalar
 from fastnn.layers import Parameter
 
 __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
@@ -34,16 +34,21 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise TypeError(f"params must be Parameter objects (from model.parameters()), got {type(p).__name__}")
         self.params = params
-        self.lr = self._positive(lr, "lr")
-        wd = check_scalar(weight_decay, "weight_decay")
-        if wd < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {wd}")
-        self.weight_decay = wd
+        self.lr = lr
+        self.weight_decay = weight_decay
         self.state = {}
 
-    @staticmethod
-    def _positive(value, name, allow_zero=False):
-        return check_scalar(value, name, lo=0.0, lo_open=not allow_zero)
+    # The hyper-parameters are checked whenever they are set, in the constructor or later (a
+    # learning-rate schedule, a hand edit): a bad value raises naming it at the assignment,
+    # before a step can use it. Reading them stays a plain attribute lookup.
+    _CHECKS = {
+        "lr": lambda v: check_scalar(v, "lr", lo=0.0, lo_open=True),
+        "weight_decay": lambda v: check_scalar(v, "weight_decay", lo=0.0),
+    }
+
+    def __setattr__(self, name, value):
+        check = self._CHECKS.get(name)
+        object.__setattr__(self, name, value if check is None else check(value))
 
     def zero_grad(self):
         for p in self.params:
@@ -117,10 +122,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
-        self.momentum = self._positive(momentum, "momentum", allow_zero=True)
+        self.momentum = momentum
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+
+    _CHECKS = dict(Optimizer._CHECKS, momentum=lambda v: check_scalar(v, "momentum", lo=0.0))
 
     def step(self):
         if self.momentum == 0:
@@ -135,22 +142,33 @@ class SGD(Optimizer):
 class RMSProp(Optimizer):
     def __init__(self, params, lr=0.01, decay_rate=0.99, eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
-        self.decay_rate = check_scalar(decay_rate, "decay_rate", lo=0.0, hi=1.0, hi_open=True)
-        self.eps = self._positive(eps, "eps", allow_zero=True)
+        self.decay_rate = decay_rate
+        self.eps = eps
+
+    _CHECKS = dict(Optimizer._CHECKS,
+                   decay_rate=lambda v: check_scalar(v, "decay_rate", lo=0.0, hi=1.0, hi_open=True),
+                   eps=lambda v: check_scalar(v, "eps", lo=0.0))
 
     def step(self):
         for p, w, (c,) in self._prepared(1):
             self._update(_ko.RMSPROP, p, w, c, h1=self.decay_rate, eps=self.eps)
 
 
+def _betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return tuple(check_scalar(b, "betas", lo=0.0, hi=1.0, hi_open=True) for b in betas)
+
+
 class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(check_scalar(b, "betas", lo=0.0, hi=1.0, hi_open=True) for b in betas)
-        self.eps = self._positive(eps, "eps", allow_zero=True)
+        self.betas = betas
+        self.eps = eps
         self.t = 0
+
+    _CHECKS = dict(Optimizer._CHECKS, betas=_betas, eps=RMSProp._CHECKS["eps"],
+                   t=lambda v: v if type(v) is int and v >= 0 else check_int(v, "t", minimum=0))
 
     def step(self):
         work = self._prepared(2)   # (before t moves: a step that raises changes nothing)

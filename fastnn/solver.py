@@ -50,13 +50,12 @@ import copy
 import json
 import numbers
 import os
-import zipfile
 
 import numpy as np
 
 from fastnn import optim as _optim
-from fastnn._files import atomic_write
-from fastnn._validation import check_int, fs_path, int_labels, numeric_array, read_npz
+from fastnn._files import atomic_write, write_npz
+from fastnn._validation import check_int, fs_path, int_labels, numeric_array, open_regular, read_npz
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -226,11 +225,8 @@ class Solver:
         npz_path, json_path = stem + ".npz", stem + ".json"
 
         # (atomic_write: a temporary file renamed when complete, removed if writing fails)
-        with atomic_write(npz_path) as f, \
-                zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, value in self.model.params.items():
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
-                    np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)
+        with atomic_write(npz_path) as f:
+            write_npz(f, self.model.params)
 
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -353,7 +349,7 @@ def load_checkpoint(path):
         if path.endswith(ext):
             stem = path[:-len(ext)]
     try:
-        with open(stem + ".json", encoding="utf-8") as fh:
+        with open_regular(stem + ".json", text=True) as fh:
             info = json.load(fh)
     except OSError as exc:
         raise ValueError(f"cannot read checkpoint {stem}.json: {exc}") from None
@@ -362,6 +358,10 @@ def load_checkpoint(path):
                          f"({type(exc).__name__}: {exc})") from None
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{stem}.json is not a fastnn solver checkpoint")
+    version = info.get("version")
+    if type(version) is not int or version != CHECKPOINT_VERSION:
+        raise ValueError(f"{stem}.json has checkpoint version {version!r}, this fastnn reads "
+                         f"{CHECKPOINT_VERSION}")
     name = info.get("params_file")
     names = info.get("param_names")
     # the arrays sit beside the JSON file: a bare file name, never a path elsewhere
@@ -371,6 +371,8 @@ def load_checkpoint(path):
                          f"got {name!r}")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{stem}.json: param_names must be a list of names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{stem}.json: param_names names a parameter twice")
     npz = os.path.join(os.path.dirname(stem), name)
     params = read_npz(npz, f"{npz} (a checkpoint's arrays)", "Solver", names=names)
     return params, info

@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import fastnn.model as fmodel
 from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, GaussianNoise,
                     LeakyReLU, Maxout, MeanSquaredError, MulticlassHinge, PReLU, ReLU, RMSProp,
                     Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh, load_model)
@@ -815,11 +816,11 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     first.save(path)
     original = path.read_bytes()
 
-    def failing_savez(file, *args, **kwargs):
+    def failing_write(file, arrays):
         file.write(b"PK\x03\x04 partial archive")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(np, "savez", failing_savez)
+    monkeypatch.setattr(fmodel, "write_npz", failing_write)
     second = _save_model(seed=30)
     with pytest.raises(OSError, match="simulated"):
         second.save(path)
@@ -830,7 +831,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     for p, q in zip(first.parameters(), rebuilt.parameters()):
         assert_same_bits(q.data, p.data)
     # and a failing first save leaves nothing at all
-    monkeypatch.setattr(np, "savez", failing_savez)
+    monkeypatch.setattr(fmodel, "write_npz", failing_write)
     with pytest.raises(OSError):
         second.save(tmp_path / "new.npz")
     monkeypatch.undo()

@@ -1,5 +1,5 @@
 """Save/load robustness beyond tests/test_sequential.py (which covers round trips, the atomic
-rename under a failing np.savez, truncated/corrupt/garbage files, bad metadata, pickles, wrong
+rename under a failing archive write, truncated/corrupt/garbage files, bad metadata, pickles, wrong
 arrays and bad architectures):
 
 - a process killed (SIGKILL) while it writes a model never leaves a truncated model at the
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import fastnn._files as ffiles
+import fastnn.model as fmodel
 from fastnn import SGD, Dense, Dropout, LeakyReLU, Maxout, PReLU, Sequential, Tanh, load_model
 
 from conftest import assert_same_bits
@@ -76,10 +77,11 @@ def saved(tmp_path):
 _SLOW_SAVE = r"""
 import os, sys, time
 import numpy as np
+import fastnn.model
 from fastnn import Dense, Sequential
 
 path = sys.argv[1]
-real_savez = np.savez
+real_write = fastnn.model.write_npz
 
 class Slow:
     # a file that takes its time: the parent kills this process in the middle of the write
@@ -95,10 +97,10 @@ class Slow:
     def __getattr__(self, name):
         return getattr(self.f, name)
 
-def slow_savez(file, *args, **kwargs):
-    return real_savez(Slow(file), *args, **kwargs)
+def slow_write(file, arrays):
+    return real_write(Slow(file), arrays)
 
-np.savez = slow_savez
+fastnn.model.write_npz = slow_write
 model = Sequential(Dense(1000, 1000, seed=5), Dense(1000, 500, seed=6))   # ~6 MB
 print("saving", flush=True)
 model.save(path)
@@ -169,13 +171,13 @@ def test_failure_at_any_stage_keeps_the_old_file_and_cleans_up(tmp_path, saved, 
     elif stage == "chmod":
         monkeypatch.setattr(ffiles.os, "chmod", boom)
     else:
-        real = np.savez
+        real = fmodel.write_npz
 
-        def interrupted(file, *args, **kwargs):
-            real(file, *args, **kwargs)
+        def interrupted(file, arrays):
+            real(file, arrays)
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(np, "savez", interrupted)
+        monkeypatch.setattr(fmodel, "write_npz", interrupted)
     other = _perturb(_model(seed=4), 8)
     with pytest.raises(KeyboardInterrupt if stage == "keyboard-interrupt" else OSError):
         other.save(path)

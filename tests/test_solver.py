@@ -746,7 +746,8 @@ def test_a_truncated_checkpoint_leaves_no_file_open(tmp_path):
     raw = (tmp_path / "full.npz").read_bytes()
     (tmp_path / "ck.npz").write_bytes(raw[: len(raw) // 2])
     (tmp_path / "ck.json").write_text(json.dumps(
-        {"format": "fastnn-solver-checkpoint", "params_file": "ck.npz", "param_names": ["W1"]}))
+        {"format": "fastnn-solver-checkpoint", "version": 1, "params_file": "ck.npz",
+         "param_names": ["W1"]}))
 
     def open_on_it():
         target = os.path.realpath(tmp_path / "ck.npz")

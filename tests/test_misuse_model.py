@@ -1,0 +1,402 @@
+"""Misuse of the layer API, model files and Solver checkpoints that used to pass silently, compute
+something else, or fail with an error naming nothing (found by the twelfth session's audits):
+
+- files: a model or checkpoint file whose zip directory names an array many times (each entry
+  was read again: minutes of loading from a few KB), a checkpoint asking for a name twice, a
+  path that is not a regular file (a FIFO blocked forever, /dev/zero read until memory ran
+  out), a version that is a bool or a float, a layer type that is not a string;
+- save: parameters that load would refuse (NaN, replaced by an object array: np.savez would
+  have pickled it), and a target that is a symbolic link (it stays a link);
+- training: an optimizer of another model's parameters (nothing trained, the other model
+  decayed), an empty optimizer, gradient arrays that share memory, a layer listed twice;
+- layers: a Dense subclass with its own forward (the fused kernels bypassed it), a ReLU
+  subclass after a Dense (KeyError), params / grads replaced by something that is not a dict,
+  a missing entry, an np.matrix;
+- optimizer hyper-parameters set after construction (now checked on every assignment).
+"""
+import json
+import os
+import stat
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import SGD, Adam, Dense, ReLU, RMSProp, Sequential, load_model
+from fastnn.solver import load_checkpoint
+
+F32 = np.float32
+
+
+def _data(n=16, d=5, c=3, seed=0):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, d)).astype(F32), r.integers(0, c, n)
+
+
+def _net(seed=0):
+    return Sequential(Dense(5, 7, activation="relu", seed=seed), Dense(7, 3, seed=seed + 1))
+
+
+# ------------------------------------------------------------------------------------ files
+def _with_repeated_entry(src, dst, member, copies):
+    """dst: src with `copies` more central-directory entries for `member`, all pointing at its
+    one stored copy (a few dozen bytes each)."""
+    raw = open(src, "rb").read()
+    with zipfile.ZipFile(src) as zf:
+        info = zf.getinfo(member)
+    eocd = raw.rindex(b"PK\x05\x06")
+    cd_size, cd_offset = np.frombuffer(raw[eocd + 12:eocd + 20], "<u4")
+    entries = raw[cd_offset:cd_offset + cd_size]
+    start = entries.index(b"PK\x01\x02" + raw[cd_offset + 4:cd_offset + 4])   # the first entry
+    # find the member's own central-directory record
+    pos = 0
+    record = None
+    while pos < len(entries):
+        name_len, extra_len, comment_len = np.frombuffer(entries[pos + 28:pos + 34], "<u2")
+        end = pos + 46 + name_len + extra_len + comment_len
+        if entries[pos + 46:pos + 46 + name_len].decode() == info.filename:
+            record = entries[pos:end]
+        pos = end
+    assert start == 0 and record is not None
+    new_cd = entries + record * copies
+    n_entries = int(np.frombuffer(raw[eocd + 10:eocd + 12], "<u2")[0]) + copies
+    eocd_rec = bytearray(raw[eocd:])
+    eocd_rec[8:10] = np.array([n_entries], "<u2").tobytes()
+    eocd_rec[10:12] = np.array([n_entries], "<u2").tobytes()
+    eocd_rec[12:16] = np.array([len(new_cd)], "<u4").tobytes()
+    with open(dst, "wb") as f:
+        f.write(raw[:cd_offset] + new_cd + bytes(eocd_rec))
+
+
+def test_a_model_file_naming_an_array_twice_is_refused(tmp_path):
+    src, dst = tmp_path / "m.npz", tmp_path / "dup.npz"
+    _net().save(src)
+    _with_repeated_entry(src, dst, "0.W.npy", 3)
+    with zipfile.ZipFile(dst) as zf:   # (the file is what the test means: one name, 4 entries)
+        assert [i.filename for i in zf.infolist()].count("0.W.npy") == 4
+    with pytest.raises(ValueError, match="two entries named '0.W.npy'"):
+        load_model(dst)
+    with pytest.raises(ValueError, match="two entries named"):
+        _net().load(dst)
+    load_model(src)   # the original still loads
+
+
+def _checkpoint(tmp_path, **changes):
+    np.savez(tmp_path / "ck_epoch_1.npz", W1=np.zeros((3, 3), F32))
+    info = {"format": "fastnn-solver-checkpoint", "version": 1, "params_file": "ck_epoch_1.npz",
+            "param_names": ["W1"]}
+    info.update(changes)
+    (tmp_path / "ck_epoch_1.json").write_text(json.dumps(info))
+    return tmp_path / "ck_epoch_1.json"
+
+
+def test_a_checkpoint_asking_for_a_name_twice_is_refused(tmp_path):
+    params, _ = load_checkpoint(_checkpoint(tmp_path))
+    assert list(params) == ["W1"]
+    with pytest.raises(ValueError, match="param_names names a parameter twice"):
+        load_checkpoint(_checkpoint(tmp_path, param_names=["W1"] * 50))
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None, 2])
+def test_a_checkpoint_version_must_be_the_int_this_fastnn_reads(tmp_path, version):
+    with pytest.raises(ValueError, match="checkpoint version"):
+        load_checkpoint(_checkpoint(tmp_path, version=version))
+
+
+def _unblock_later(fifo):
+    """Should a reader wait on the FIFO (the bug), open its other end after a few seconds so
+    that the test fails instead of hanging."""
+    def writer():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:   # no reader waiting (the fix): nothing to unblock
+            return
+        os.close(fd)
+
+    timer = threading.Timer(5.0, writer)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    for name, load in (("m.npz", load_model), ("ck.json", load_checkpoint)):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        timer = _unblock_later(fifo)
+        try:
+            with pytest.raises(ValueError, match="not a regular file"):
+                load(fifo)
+        finally:
+            timer.cancel()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_a_device_is_refused(tmp_path):
+    """(/dev/zero, which never ends, was read until memory ran out; /dev/null is the harmless
+    device of the same kind to test with.)"""
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_model("/dev/null")
+    os.symlink("/dev/null", tmp_path / "ck_epoch_1.json")
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_checkpoint(tmp_path / "ck_epoch_1.json")
+    os.unlink(tmp_path / "ck_epoch_1.json")
+    os.symlink("/dev/null", tmp_path / "w.npz")
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_checkpoint(_checkpoint(tmp_path, params_file="w.npz"))
+
+
+def _rewrite_meta(src, dst, edit):
+    from fastnn.model import _META_KEY
+    with np.load(src) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays[_META_KEY].tobytes().decode())
+    edit(meta)
+    arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(dst, **arrays)
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_a_model_file_version_must_be_an_int(tmp_path, version):
+    _net().save(tmp_path / "m.npz")
+    _rewrite_meta(tmp_path / "m.npz", tmp_path / "v.npz", lambda m: m.update(version=version))
+    with pytest.raises(ValueError, match="format version"):
+        load_model(tmp_path / "v.npz")
+
+
+@pytest.mark.parametrize("kind", [["Dense"], {"Dense": 1}, 3])
+def test_a_layer_type_that_is_not_a_string_is_a_value_error(tmp_path, kind):
+    _net().save(tmp_path / "m.npz")
+    _rewrite_meta(tmp_path / "m.npz", tmp_path / "t.npz", lambda m: m["layers"][0].update(type=kind))
+    with pytest.raises(ValueError, match="layer 0 has an unknown description"):
+        load_model(tmp_path / "t.npz")
+
+
+def test_a_model_file_without_layers_names_the_file(tmp_path):
+    _net().save(tmp_path / "m.npz")
+    from fastnn.model import _META_KEY
+    with np.load(tmp_path / "m.npz") as npz:
+        meta = json.loads(npz[_META_KEY].tobytes().decode())
+    meta["layers"] = []
+    np.savez(tmp_path / "e.npz", **{_META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    with pytest.raises(ValueError, match="e.npz: its layers do not make a model"):
+        load_model(tmp_path / "e.npz")
+
+
+# ------------------------------------------------------------------------------------- save
+def test_save_refuses_what_load_would_refuse_and_writes_nothing(tmp_path):
+    model = _net()
+    model.layers[0].params["b"][2] = np.nan
+    with pytest.raises(ValueError, match=r"layer 0 \(Dense\) parameter b holds NaN"):
+        model.save(tmp_path / "nan.npz")
+    model = _net()
+    model.layers[1].params["W"] = np.empty((7, 3), dtype=object)
+    with pytest.raises(TypeError, match=r"Dense.params\['W'\]"):
+        model.save(tmp_path / "obj.npz")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_never_pickles(tmp_path, monkeypatch):
+    """Every member is written with allow_pickle=False (an object array that got past the
+    checks would be an error, not a pickle)."""
+    import fastnn._files as ffiles
+    seen = []
+    real = np.lib.format.write_array
+
+    def spy(fp, array, version=None, allow_pickle=True, pickle_kwargs=None):
+        seen.append(allow_pickle)
+        return real(fp, array, version, allow_pickle, pickle_kwargs)
+
+    monkeypatch.setattr(ffiles.np.lib.format, "write_array", spy)
+    _net().save(tmp_path / "m.npz")
+    assert seen and not any(seen)
+    with open(tmp_path / "o.npz", "wb") as f, pytest.raises(ValueError, match="allow_pickle"):
+        ffiles.write_npz(f, {"a": np.array([object()])})
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links")
+def test_save_through_a_symbolic_link_keeps_the_link(tmp_path):
+    target = tmp_path / "real" / "m.npz"
+    target.parent.mkdir()
+    _net(seed=1).save(target)
+    link = tmp_path / "link.npz"
+    os.symlink(target, link)
+    model = _net(seed=2)
+    model.save(link)
+    assert stat.S_ISLNK(os.lstat(link).st_mode)
+    np.testing.assert_array_equal(load_model(target).layers[0].params["W"],
+                                  model.layers[0].params["W"])
+    assert sorted(os.listdir(target.parent)) == ["m.npz"]
+
+
+# --------------------------------------------------------------------------------- training
+def test_an_optimizer_of_another_models_parameters_is_refused():
+    X, y = _data()
+    a, b = _net(seed=0), _net(seed=1)
+    before = [p.data.copy() for p in b.parameters()]
+    opt = SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    for step in (lambda: a.train_step(X, y, "softmax", opt),
+                 lambda: a.fit(X, y, optimizer=opt, epochs=1, batch_size=8, verbose=False)):
+        with pytest.raises(ValueError, match="not in this model"):
+            step()
+    for p, q in zip(b.parameters(), before):   # the other model was not touched either
+        np.testing.assert_array_equal(p.data, q)
+    # a subset of the model's own parameters is fine (the rest stay frozen)
+    first = a.layers[0]
+    frozen = first.params["W"].copy()
+    a.train_step(X, y, "softmax", SGD([p for p in a.parameters() if p.layer is not first], lr=0.1))
+    np.testing.assert_array_equal(first.params["W"], frozen)
+
+
+def test_an_optimizer_with_its_parameters_removed_is_refused():
+    X, y = _data()
+    model = _net()
+    opt = Adam(model.parameters())
+    opt.params.clear()
+    with pytest.raises(ValueError, match="no parameters"):
+        model.train_step(X, y, "softmax", opt)
+
+
+@pytest.mark.parametrize("share", ["grad-grad", "grad-param", "view"])
+def test_gradients_sharing_memory_are_refused_on_both_paths(share):
+    X, y = _data(300)
+    for layer_path in (False, True):
+        model = _net()
+        l0, l1 = model.layers
+        if share == "grad-grad":
+            l1.grads["b"] = l0.grads["b"][:3]
+        elif share == "grad-param":
+            l1.grads["W"] = l1.params["W"]
+        else:
+            l0.grads["b"] = l0.grads["W"][0]
+        if layer_path:
+            model._compilable = False
+        before = [p.data.copy() for p in model.parameters()]
+        with pytest.raises(ValueError, match="shares memory with"):
+            model.train_step(X, y, "softmax", SGD(model.parameters(), lr=0.1))
+        for p, q in zip(model.parameters(), before):
+            np.testing.assert_array_equal(p.data, q)
+
+
+def test_parameters_may_share_memory_with_each_other():
+    """Only gradients are written by the kernels: two layers reading one weight array train
+    (the same on both paths)."""
+    X, y = _data()
+    losses = []
+    for layer_path in (False, True):
+        model = Sequential(Dense(5, 5, activation="tanh", seed=0), Dense(5, 5, seed=1))
+        model.layers[1].params["W"] = model.layers[0].params["W"]
+        if layer_path:
+            model._compilable = False
+        losses.append([model.train_step(X, y, "softmax", SGD(model.parameters(), lr=0.1))
+                       for _ in range(3)])
+    assert losses[0] == losses[1]
+
+
+def test_a_layer_listed_twice_is_refused_for_training_but_predicts_and_saves(tmp_path):
+    X, y = _data()
+    layer = Dense(5, 5, activation="tanh", seed=0)
+    model = Sequential(layer, layer)
+    model.predict(X)
+    model.save(tmp_path / "twice.npz")
+    with pytest.raises(ValueError, match="layer 1 is layer 0 again"):
+        model.train_step(X, y % 5, "softmax", SGD(model.parameters(), lr=0.1))
+
+
+# ----------------------------------------------------------------------------------- layers
+class _Doubled(Dense):
+    def forward(self, x, training=None):
+        return 2 * super().forward(x, training)
+
+
+def test_a_dense_subclass_with_its_own_forward_is_not_fused_away():
+    X, _ = _data()
+    plain = Sequential(Dense(5, 4, seed=3), ReLU())
+    doubled = Sequential(_Doubled(5, 4, seed=3), ReLU())
+    np.testing.assert_allclose(doubled.predict(X), 2 * plain.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(doubled.forward(X), 2 * plain.forward(X), rtol=1e-6)
+
+
+def test_a_relu_subclass_after_a_dense_builds():
+    class MyReLU(fastnn.ReLU):
+        pass
+
+    class MyLeaky(fastnn.LeakyReLU):
+        pass
+
+    X, _ = _data()
+    for act, ref in ((MyReLU(), ReLU()), (MyLeaky(0.2), fastnn.LeakyReLU(0.2))):
+        mine = Sequential(Dense(5, 4, seed=3), act, Dense(4, 2, seed=4))
+        theirs = Sequential(Dense(5, 4, seed=3), ref, Dense(4, 2, seed=4))
+        np.testing.assert_allclose(mine.predict(X), theirs.predict(X), rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("damage, error, match", [
+    (lambda layer: layer.params.pop("b"), ValueError, r"Dense.params has no entry 'b'"),
+    (lambda layer: setattr(layer, "params", None), TypeError, r"Dense.params must be a dict"),
+    (lambda layer: setattr(layer, "grads", [1]), TypeError, r"Dense.grads must be a dict"),
+    (lambda layer: layer.params.update(W=np.matrix(layer.params["W"])), TypeError,
+     r"Dense.params\['W'\] must be a numpy.ndarray \(not a subclass\), got matrix"),
+])
+def test_damaged_layer_dicts_are_named(damage, error, match):
+    X, y = _data()
+    for layer_path in (False, True):
+        model = _net()
+        opt = SGD(model.parameters(), lr=0.1)
+        model.train_step(X, y, "softmax", opt)   # (a plan is built: then the damage)
+        damage(model.layers[0])
+        if layer_path:
+            model._compilable = False
+        with pytest.raises(error, match=match):
+            model.train_step(X, y, "softmax", opt)
+
+
+# ------------------------------------------------------------------------ optimizer settings
+def _setting_id(v):
+    if isinstance(v, str):
+        return v
+    if isinstance(v, type):
+        return v.__name__
+    return "make" if callable(v) else repr(v)[:12]
+
+
+@pytest.mark.parametrize("make, name, bad, error", [
+    (lambda p: SGD(p), "lr", "x", TypeError),
+    (lambda p: SGD(p), "lr", 10 ** 400, ValueError),
+    (lambda p: SGD(p), "lr", float("nan"), ValueError),
+    (lambda p: SGD(p), "lr", -0.1, ValueError),
+    (lambda p: SGD(p), "weight_decay", -1.0, ValueError),
+    (lambda p: SGD(p), "momentum", "0.9", TypeError),
+    (lambda p: RMSProp(p), "decay_rate", 1.0, ValueError),
+    (lambda p: RMSProp(p), "eps", float("inf"), ValueError),
+    (lambda p: Adam(p), "betas", (0.9,), ValueError),
+    (lambda p: Adam(p), "betas", (0.9, 1.5), ValueError),
+    (lambda p: Adam(p), "t", -1, ValueError),
+    (lambda p: Adam(p), "t", 1.5, TypeError),
+], ids=_setting_id)
+def test_optimizer_settings_are_checked_when_set(make, name, bad, error):
+    model = _net()
+    opt = make(model.parameters())
+    good = getattr(opt, name)
+    with pytest.raises(error, match=name):
+        setattr(opt, name, bad)
+    assert getattr(opt, name) == good   # unchanged
+    X, y = _data()
+    model.train_step(X, y, "softmax", opt)   # and still trains
+
+
+def test_optimizer_settings_set_later_are_used():
+    X, y = _data()
+    runs = []
+    for later in (False, True):
+        model = _net()
+        opt = SGD(model.parameters(), lr=0.5 if not later else 0.01, momentum=0.0)
+        if later:
+            opt.lr = np.float32(0.5)   # (a NumPy scalar, as a schedule may compute it)
+        runs.append([model.train_step(X, y, "softmax", opt) for _ in range(3)])
+        assert type(opt.lr) is float
+    assert runs[0] == runs[1]
