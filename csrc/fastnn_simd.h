@@ -290,30 +290,33 @@ FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRIC
 #define FNN_SQRT_f64 sqrt
 
 /* ---------------------------------------------------------------- update rules (in place)
- * g = dw + wd * w is the gradient with weight decay (L2, "gradual forgetting"). Coefficients
+ * g = dw + wd * w is the gradient with weight decay (L2, "gradual forgetting"); without decay
+ * (wd = 0) it is dw itself, not dw + 0 * w, which an infinite weight would turn into NaN where
+ * the course's rules keep it infinite (the branch is loop-invariant: -O3 hoists it). Coefficients
  * like 1 - beta2 arrive precomputed in double and rounded once: computing 1 - 0.999f in float
  * would be off by 5e-5 relative. */
+#define FNN_DECAYED(i) (wd != 0 ? dw[i] + wd * w[i] : dw[i])
 #define FNN_DEFINE_SPANS_OPTIM(T, SFX)                                                        \
 FNN_CLONES static void fnn_sgd_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw, ptrdiff_t n, \
         T lr, T wd)                                                                           \
-{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i]; w[i] -= lr * g; } }            \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = FNN_DECAYED(i); w[i] -= lr * g; } }            \
 FNN_CLONES static void fnn_momentum_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,        \
         T *FNN_RESTRICT v, ptrdiff_t n, T lr, T mu, T wd)                                     \
-{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = FNN_DECAYED(i);                                \
       T vi = mu * v[i] - lr * g; v[i] = vi; w[i] += vi; } }                                   \
 FNN_CLONES static void fnn_nesterov_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,        \
         T *FNN_RESTRICT v, ptrdiff_t n, T lr, T mu, T wd)                                     \
-{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = FNN_DECAYED(i);                                \
       T vp = v[i]; T vi = mu * vp - lr * g; v[i] = vi; w[i] += -mu * vp + ((T)1 + mu) * vi; } } \
 FNN_CLONES static void fnn_rmsprop_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,         \
         T *FNN_RESTRICT c, ptrdiff_t n, T lr, T decay, T one_m_decay, T eps, T wd)            \
-{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = FNN_DECAYED(i);                                \
       T ci = decay * c[i] + one_m_decay * (g * g); c[i] = ci;                                 \
       w[i] -= lr * g / (FNN_SQRT_##SFX(ci) + eps); } }                                                  \
 FNN_CLONES static void fnn_adam_##SFX(T *FNN_RESTRICT w, const T *FNN_RESTRICT dw,            \
         T *FNN_RESTRICT m, T *FNN_RESTRICT v, ptrdiff_t n, T lr, T b1, T one_m_b1, T b2,      \
         T one_m_b2, T eps, T c1, T c2, T wd)                                                  \
-{ for (ptrdiff_t i = 0; i < n; i++) { T g = dw[i] + wd * w[i];                                \
+{ for (ptrdiff_t i = 0; i < n; i++) { T g = FNN_DECAYED(i);                                \
       T mi = b1 * m[i] + one_m_b1 * g; T vi = b2 * v[i] + one_m_b2 * (g * g);                 \
       m[i] = mi; v[i] = vi;                                                                   \
       w[i] -= lr * (mi / c1) / (FNN_SQRT_##SFX(vi / c2) + eps); } }

@@ -14,7 +14,7 @@ from random import randrange
 
 import numpy as np
 
-from fastnn._validation import check_int, check_scalar
+from fastnn._validation import check_int, check_scalar, numeric_array
 
 __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "grad_check_sparse", "rel_error"]
 
@@ -22,8 +22,8 @@ __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "grad_che
 def rel_error(x, y):
     """Max relative error ``|x - y| / max(1e-8, |x| + |y|)`` (the course's definition); 0.0
     for two empty arrays."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x = numeric_array(x, "x").astype(np.float64, copy=False)   # (complex would lose its
+    y = numeric_array(y, "y").astype(np.float64, copy=False)   # imaginary part: refused)
     err = np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))
     return float(np.max(err)) if err.size else 0.0
 

@@ -10,6 +10,7 @@ the result's shape and dtype, not overlapping the inputs, written instead of a n
 with NumPy's ufuncs; it saves the allocation and its page faults on large arrays).
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -130,7 +131,15 @@ def leaky_relu_forward(x, alpha=0.01, *, out=None):
 
 def leaky_relu_backward(dout, cache, *, out=None):
     x = _cache_array(cache, "leaky_relu")
+    if not _finite_real(cache.alpha):
+        raise ValueError(f"cache is damaged or not from leaky_relu_forward: its slope is "
+                         f"{cache.alpha!r}, not a finite number")
     return _backward(_LEAKY, dout, x, out, cache.alpha)
+
+
+def _finite_real(a):
+    """Whether a is a finite real number (a slope a cache holds), not a bool."""
+    return isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isfinite(a)
 
 
 # ----------------------------------------------------------------------------- sigmoid, tanh
@@ -187,7 +196,9 @@ def prelu_forward(x, alpha):
     a, ashape = _prelu_vector(alpha, x.shape[-1] if x.ndim else 1, dt)
     out = np.empty_like(x)
     _k.prelu_forward(_rows(x), a, _rows(out), _threads._num_threads)
-    return out, ActivationCache("prelu", x, (a, ashape))
+    # (a 0-d slope array is kept as it is: backward reads it live, as it reads a 1-D one)
+    live = alpha if isinstance(alpha, np.ndarray) and alpha.ndim == 0 else a
+    return out, ActivationCache("prelu", x, (live, ashape))
 
 
 def prelu_backward(dout, cache):
@@ -201,6 +212,8 @@ def prelu_backward(dout, cache):
     d = x.shape[-1] if x.ndim else 1
     ok = isinstance(cache.alpha, tuple) and len(cache.alpha) == 2
     a, ashape = cache.alpha if ok else (None, None)
+    if ashape == () and isinstance(a, np.ndarray) and a.ndim == 0:
+        a = _prelu_vector(a, d, dt)[0]   # the caller's 0-d slope array, as it is now
     if not (ok and isinstance(a, np.ndarray) and a.shape == (d,) and ashape in ((), (d,))):
         raise ValueError(f"cache is damaged or not from prelu_forward: its slopes do not match the "
                          f"{d} features of its input")
@@ -232,7 +245,8 @@ def maxout_reduce_backward(dout, cache):
     argmax = _cache_array(cache, "maxout_reduce")
     shape = cache.alpha
     if not (isinstance(argmax, np.ndarray) and argmax.dtype == np.int8 and isinstance(shape, tuple)
-            and len(shape) == 3 and argmax.shape == shape[:2] and argmax.flags.c_contiguous):
+            and len(shape) == 3 and all(type(s) is int for s in shape)
+            and argmax.shape == shape[:2] and argmax.flags.c_contiguous):
         raise ValueError("cache is damaged or not from maxout_reduce_forward")
     dout = as_float_array(dout, "dout")
     if dout.shape != shape[:2]:

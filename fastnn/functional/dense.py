@@ -16,7 +16,7 @@ from fastnn import _threads
 from fastnn._kernels import activations as _ka
 from fastnn._kernels import dense as _kd
 from fastnn._validation import as_float_array, check_scalar, common_dtype
-from fastnn.functional.activations import _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
+from fastnn.functional.activations import _finite_real, _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
 
 __all__ = [
     "affine_forward", "affine_backward",
@@ -35,13 +35,14 @@ class DenseCache:
     """What a dense forward keeps for its backward."""
 
     __slots__ = ("op", "x2", "x_shape", "w", "b", "saved", "alpha", "avec", "alpha_shape", "extra",
-                 "alpha_src", "chunks")
+                 "alpha_src", "chunks", "m")
 
     def __init__(self, op, x2, x_shape, w, b, saved, alpha=0.0, avec=None, alpha_shape=None, extra=None):
         self.op = op
         self.x2 = x2
         self.x_shape = x_shape
         self.w = w
+        self.m = w.shape[-1]   # the outputs at forward: w is read live, and may have changed
         self.b = b
         self.saved = saved
         self.alpha = alpha
@@ -196,11 +197,14 @@ def _check_cache_arrays(cache, op, name):
     if not isinstance(x2, np.ndarray) or x2.ndim != 2 or x2.dtype.kind != "f":
         raise ValueError(f"cache is damaged or not from {name}_forward: its input is "
                          f"{type(x2).__name__ if not isinstance(x2, np.ndarray) else x2.shape}")
-    if not isinstance(w, np.ndarray) or w.ndim != 2:
-        raise ValueError(f"w changed shape since forward: expected a 2-D array, got "
-                         f"{np.shape(w) if isinstance(w, np.ndarray) else type(w).__name__}")
     n, d = x2.shape
-    m = w.shape[1]
+    m = cache.m
+    if not isinstance(w, np.ndarray) or w.shape != (d, m):
+        raise ValueError(f"w changed shape since forward: expected {(d, m)}, got "
+                         f"{np.shape(w) if isinstance(w, np.ndarray) else type(w).__name__}")
+    if op == _ka.LEAKY_RELU and not _finite_real(cache.alpha):
+        raise ValueError(f"cache is damaged or not from {name}_forward: its slope is "
+                         f"{cache.alpha!r}, not a finite number")
     xs = cache.x_shape
     if not (isinstance(xs, tuple) and len(xs) >= 1 and xs[0] == n and math.prod(xs[1:]) == d):
         raise ValueError(f"cache is damaged or not from {name}_forward: input shape {xs!r} "
@@ -248,18 +252,16 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
                 return dx, dw, db
     dt = common_dtype(("dout", dout), ("cache", x2), ("w", w))
     n, d = x2.shape
-    m = w.shape[1]
+    m = cache.m   # (w's shape is checked against it: _check_cache_arrays)
     dout = as_float_array(dout, "dout", dt, shape=(n, m))
     x2 = as_float_array(x2, "cache", dt)
     w = as_float_array(w, "w", dt)
-    if w.shape != (d, m):
-        raise ValueError(f"w changed shape since forward: expected {(d, m)}, got {w.shape}")
     saved = None if op == _ka.IDENTITY else as_float_array(cache.saved, "cache", dt)
     avec = None
     if cache.avec is not None:
         # Read the slopes live, as w: the caller's alpha array as it is now.
         src = cache.alpha_src
-        avec = (_prelu_vector(src, m, dt, per="unit")[0] if isinstance(src, np.ndarray) and src.ndim > 0
+        avec = (_prelu_vector(src, m, dt, per="unit")[0] if isinstance(src, np.ndarray)
                 else as_float_array(cache.avec, "cache", dt))
     dx = np.empty((n, d), dtype=dt) if need_dx else None
     if dw is None or dw.dtype != dt:
