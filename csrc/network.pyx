@@ -12,6 +12,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS
 from cpython.ref cimport PyObject
+from cpython.weakref cimport PyWeakref_GetObject
 import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
@@ -825,6 +826,49 @@ def signature_matches(list sig, layers, optimizer, int rule):
         if not _same_ids(sig, &i, st):
             return False
     return _same_ids(sig, &i, optimizer.params) and i == len(sig)
+
+
+def trained_arrays(units):
+    """The arrays the kernels read and write in a training step of these units (a model's
+    forward plan): of each unit's layer, and of a fused activation with parameters, every
+    params entry and its grads entry, in order. (For Sequential._check_arrays, after each
+    layer's check_arrays found them arrays: a new list, compared with arrays_unchanged.)"""
+    cdef list out = []
+    for unit in units:
+        for layer in (unit.layer, unit.act):
+            if layer is None:
+                continue
+            grads = layer.grads
+            for name, value in layer.params.items():
+                out.append(value)
+                out.append(grads[name])
+    return out
+
+
+cdef inline bint _layer_unchanged(list refs, Py_ssize_t *i, layer) except -1:
+    """Whether layer's params / grads arrays are the ones refs holds from i on (advances i)."""
+    cdef Py_ssize_t n = len(refs)
+    if layer is None:
+        return True
+    grads = layer.grads
+    for name, value in layer.params.items():
+        if (i[0] + 1 >= n
+                or PyWeakref_GetObject(refs[i[0]]) != <PyObject *>value
+                or PyWeakref_GetObject(refs[i[0] + 1]) != <PyObject *>grads[name]):
+            return False
+        i[0] += 2
+    return True
+
+
+def arrays_unchanged(list refs, units):
+    """Whether trained_arrays(units) would be, in order, the arrays `refs` (weak references)
+    point to: the check each layer-path step makes (~0.3 us for three layers, against ~3 us to
+    build that list in Python and compare)."""
+    cdef Py_ssize_t i = 0
+    for unit in units:
+        if not (_layer_unchanged(refs, &i, unit.layer) and _layer_unchanged(refs, &i, unit.act)):
+            return False
+    return i == len(refs)
 
 
 def parallel_seen():

@@ -152,8 +152,10 @@ def out_array(out, shape, dtype, *inputs):
     kernel reads: the buffer may not overlap any of them."""
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if type(out) is not np.ndarray:   # (a subclass such as np.matrix keeps its own shape rules)
-        raise TypeError(f"out must be a numpy.ndarray (not a subclass), got {type(out).__name__}")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if isinstance(out, np.matrix):   # (always 2-D: it cannot be written as a flat array)
+        raise TypeError("out must be a numpy.ndarray, not an np.matrix")
     if out.dtype != dtype:
         got = out.dtype.name
         if out.dtype.newbyteorder("=") == dtype:

@@ -112,6 +112,9 @@ class Parameter:
         return f"Parameter({type(self.layer).__name__}.{self.name}, shape={self.shape}, dtype={self.data.dtype})"
 
 
+_NO_SHAPES = {}   # (a layer without _add_param's record: never written to)
+
+
 class Layer:
     """Base class. Subclasses set ``self.params`` / ``self.grads`` and implement ``forward``,
     ``backward``, ``output_features`` and ``get_config``."""
@@ -170,17 +173,19 @@ class Layer:
         naming the entry. (~1 us per parameter: the layer path runs it every step, the
         whole-step kernel when it builds its plan.)"""
         params = self.params
-        if type(params) is not dict or type(self.grads) is not dict:
-            kind, d = ("params", params) if type(params) is not dict else ("grads", self.grads)
-            raise TypeError(f"{type(self).__name__}.{kind} must be a dict of arrays, got "
-                            f"{type(d).__name__}")
-        shapes = self.__dict__.get("_shapes", {})
-        if len(params) < len(shapes) or not params:
+        if type(params) is not dict or type(self.grads) is not dict:   # (dict subclasses pass)
+            if not (isinstance(params, dict) and isinstance(self.grads, dict)):
+                kind, d = (("params", params) if not isinstance(params, dict)
+                           else ("grads", self.grads))
+                raise TypeError(f"{type(self).__name__}.{kind} must be a dict of arrays, got "
+                                f"{type(d).__name__}")
+        shapes = self.__dict__.get("_shapes", _NO_SHAPES)
+        if len(params) < len(shapes):
             missing = [name for name in shapes if name not in params]
             if missing:
                 raise ValueError(f"{type(self).__name__}.params has no entry {missing[0]!r}")
-            if not params:
-                return
+        if not params:
+            return
         dt = getattr(self, "dtype", None)
         for name, value in params.items():
             grad = self.grads.get(name)

@@ -222,7 +222,7 @@ class _CompiledStep:
         elif self.rule == _ko.RMSPROP:
             h1, eps = opt.decay_rate, opt.eps
         elif self.rule == _ko.ADAM:
-            opt.t += 1
+            object.__setattr__(opt, "t", opt.t + 1)   # (an int already checked: no __setattr__)
             h1, h2 = opt.betas
             eps = opt.eps
             c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
@@ -232,11 +232,11 @@ class _CompiledStep:
                                    count)
         except ValueError:
             if self.rule == _ko.ADAM:
-                opt.t -= 1  # nothing was updated
+                object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated
             raise
         stopped = self.plan.stopped
         if stopped and self.rule == _ko.ADAM:
-            opt.t -= 1  # the guard stopped the step before any update
+            object.__setattr__(opt, "t", opt.t - 1)  # the guard stopped the step before any update
         correct = self.plan.correct
         return value, (correct if correct >= 0 else None), stopped
 
@@ -279,23 +279,37 @@ def _rule_of(optimizer):
     return _ko.ADAM
 
 
-def _check_no_overlap(layers):
-    """ValueError naming a layer listed twice, or a gradient that shares memory with another
-    gradient or with a parameter. (Parameters may share memory with each other: they are only read.) The arrays
-    are C-contiguous (checked first), so each spans [start, start + nbytes)."""
+def _check_apart(layers, units):
+    """ValueError naming a layer that runs twice in a training step (listed twice, other than
+    a parameterless activation fused into the Dense before it, which keeps nothing), or a
+    gradient that shares memory with another gradient or with a parameter. (Parameters may
+    share memory with each other: they are only read.) The arrays are C-contiguous (checked
+    first), so each spans [start, start + nbytes)."""
+    def index(obj, nth):
+        return [i for i, layer in enumerate(layers) if layer is obj][nth]
+
+    seen = set()
+    for unit in units:
+        for layer in (unit.layer, unit.act):
+            if layer is None or (layer is unit.act and not layer.params):
+                continue
+            if id(layer) in seen:
+                raise ValueError(f"layer {index(layer, 1)} is layer {index(layer, 0)} again: to "
+                                 "be trained, a layer with parameters or a backward cache can "
+                                 "appear once in a model (its cache and gradients are its own)")
+            seen.add(id(layer))
     spans = []
-    seen = {}
-    for i, layer in enumerate(layers):
-        if seen.setdefault(id(layer), i) != i:
-            raise ValueError(f"layer {i} is layer {seen[id(layer)]} again: to be trained, a layer "
-                             "object can appear once in a model (its backward cache and "
-                             "gradients are its own)")
-        for kind in ("params", "grads"):
-            for name, a in getattr(layer, kind).items():
-                if a.nbytes:
-                    start = a.__array_interface__["data"][0]
-                    spans.append((start, start + a.nbytes, kind == "grads",
-                                  f"layer {i} ({type(layer).__name__}) {kind}[{name!r}]"))
+    for unit in units:
+        for layer in (unit.layer, unit.act):
+            if layer is None:
+                continue
+            i = index(layer, 0)
+            for name, value in layer.params.items():
+                for kind, a in (("params", value), ("grads", layer.grads[name])):
+                    if a.nbytes:
+                        start = a.__array_interface__["data"][0]
+                        spans.append((start, start + a.nbytes, kind == "grads",
+                                      f"layer {i} ({type(layer).__name__}) {kind}[{name!r}]"))
     spans.sort(key=lambda sp: sp[0])
     end_any = end_grad = -1
     what_any = what_grad = None
@@ -367,7 +381,7 @@ class Sequential:
         # step(), run inside the step, may still call forward or parameters().
         self._lock = threading.RLock()
         self._compiled = {}
-        self._overlap_checked = ()   # the arrays _check_arrays last found apart
+        self._apart_checked = []   # weak references to the arrays _check_arrays last found apart
         self._layers = _LayerList(layers)
         self._build()   # (validates now: the constructor raises for a bad stack)
 
@@ -451,7 +465,7 @@ class Sequential:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_compiled"] = {}
-        state.pop("_overlap_checked", None)   # (a copy's arrays are others)
+        state.pop("_apart_checked", None)   # (weak references: a copy's arrays are others)
         state["_layers"] = list(self._layers)
         state["_layers_changed"] = self._layers.changed
         return state
@@ -465,7 +479,7 @@ class Sequential:
         self.__dict__.update(state)
         self._lock = threading.RLock()
         self._compiled = {}
-        self._overlap_checked = ()
+        self._apart_checked = []
         self._layers = _LayerList(layers)
         self._layers.changed = changed
 
@@ -563,23 +577,21 @@ class Sequential:
             self._check_arrays()
             return self._backward(dout, need_dx)
 
-    def _check_arrays(self, training=True):
+    def _check_arrays(self):
         """Every layer's params / grads entries, named if one was replaced by something the
-        kernels cannot use (Layer.check_arrays). For training (gradients to be written), also
-        a layer listed twice or a gradient that shares memory with another gradient or a
-        parameter (the whole-step kernel and the layer path would then compute different
-        things, and neither what the layers mean)."""
+        kernels cannot use (Layer.check_arrays); also a layer that would run twice in a step
+        (_check_apart) or a gradient that shares memory with another gradient or a parameter
+        (the whole-step kernel and the layer path would then compute different things, and
+        neither what the layers mean)."""
         layers = self._layers
         for layer in layers:
             layer.check_arrays()
-        if not training:
-            return
-        arrays = tuple(a for layer in layers for d in (layer.params, layer.grads)
-                       for a in d.values())
-        last = self._overlap_checked
-        if len(last) != len(arrays) or any(a is not b for a, b in zip(arrays, last)):
-            _check_no_overlap(layers)
-            self._overlap_checked = arrays   # (held: an id could be reused, an array cannot)
+        # checked again only when an array was replaced (weak references: the arrays checked
+        # last are not kept alive, and one that is gone counts as replaced)
+        units = self._units
+        if not _kn.arrays_unchanged(self._apart_checked, units):
+            _check_apart(layers, units)
+            self._apart_checked = [weakref.ref(a) for a in _kn.trained_arrays(units)]
 
     def _backward(self, dout, need_dx):
         d = dout
@@ -775,7 +787,7 @@ class Sequential:
 
     def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel
-        _check_owned(optimizer, self._layers)
+        _check_trains(optimizer, self)
         mse = isinstance(loss, MeanSquaredError)
         if mse:
             y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
@@ -962,15 +974,10 @@ class Sequential:
             with self._lock:
                 if self._layers.changed:
                     self._build()
-                # what load_model would refuse is refused here, before anything is written
-                self._check_arrays(training=False)
                 meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": self._architecture()}
                 arrays = {_META_KEY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
                 for i, layer in enumerate(self._layers):
-                    for name, value in layer.params.items():
-                        if not np.isfinite(value).all():
-                            raise ValueError(f"layer {i} ({type(layer).__name__}) parameter {name} "
-                                             "holds NaN or Inf: load_model would refuse the file")
+                    for name, value in _params_to_save(i, layer):
                         arrays[f"{i}.{name}"] = value
                 write_npz(f, arrays)
         return path
@@ -1021,6 +1028,31 @@ class Sequential:
         return self
 
 
+def _params_to_save(i, layer):
+    """(name, array) of layer i's parameters, each one that loading would accept: what it
+    would refuse (not a float32/float64 array, another shape or dtype than the layer's, NaN or
+    Inf) raises before anything is written. (Gradients are not saved, nor checked.)"""
+    what = f"layer {i} ({type(layer).__name__})"
+    params = layer.params
+    if not isinstance(params, dict):
+        raise TypeError(f"{what} params must be a dict of arrays, got {type(params).__name__}")
+    shapes = layer.__dict__.get("_shapes", {})
+    dt = getattr(layer, "dtype", None)
+    out = []
+    for name, value in params.items():
+        if not isinstance(value, np.ndarray) or value.dtype.char not in "fd":
+            raise TypeError(f"{what} parameter {name} must be a float32 or float64 array, got "
+                            f"{value.dtype if isinstance(value, np.ndarray) else type(value).__name__}")
+        if name in shapes and dt is not None and (value.shape != shapes[name] or value.dtype != dt):
+            raise ValueError(f"{what} parameter {name} must have shape {shapes[name]} and dtype "
+                             f"{np.dtype(dt).name} (the layer's), got {value.shape} and {value.dtype}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{what} parameter {name} holds NaN or Inf: loading would refuse "
+                             "the file")
+        out.append((name, value))
+    return out
+
+
 def _describe(layers):
     return ", ".join(f"{entry.get('type')}({entry.get('config')})" for entry in layers)
 
@@ -1038,22 +1070,28 @@ def _fit_rng(seed):
         raise TypeError(f"seed must be an int, a SeedSequence, a Generator or None: {exc}") from None
 
 
-def _check_owned(optimizer, layers):
-    """ValueError when a fastnn optimizer holds no parameters or one that is not this model's
-    (an optimizer made for another model's parameters() would leave this one untrained, and
-    step the other with stale gradients). A subset is fine: the other layers stay frozen.
-    (The whole-step kernel is built only for an optimizer of exactly the model's parameters.)"""
+def _check_trains(optimizer, model):
+    """ValueError when a fastnn optimizer would train nothing of `model`: it holds no
+    parameter, or none of the model's (one made from another model's parameters() would leave
+    this one as it is, and step the other with stale gradients). Other parameters beside the
+    model's are the caller's choice (one optimizer over two models that share layers), as in
+    PyTorch; a subset of the model's trains it and leaves the rest frozen."""
     if not isinstance(optimizer, Optimizer):
         return   # an object of the caller's own with a step() method: its own business
-    if not optimizer.params:
+    params = optimizer.params
+    layers = model._layers
+    for p in params:   # (the usual case: the first parameter's layer is in the list)
+        owner = getattr(p, "layer", None)
+        for layer in layers:
+            if layer is owner:
+                return
+    if not params:
         raise ValueError("optimizer has no parameters to update (its params list is empty)")
-    mine = {id(layer) for layer in layers}
-    for p in optimizer.params:
-        if id(getattr(p, "layer", None)) not in mine:
-            what = (f"the parameter {p.name!r} of a {type(p.layer).__name__} layer"
-                    if isinstance(p, Parameter) else repr(p))
-            raise ValueError(f"optimizer updates {what} that is not in this model: make the "
-                             "optimizer from this model's parameters()")
+    # layers of a layer of the caller's own (its parameters() gives theirs)
+    mine = {(id(p.layer), p.name) for p in model.parameters()}
+    if not any((id(getattr(p, "layer", None)), getattr(p, "name", None)) in mine for p in params):
+        raise ValueError("optimizer holds none of this model's parameters, so it would train "
+                         "nothing: make it from this model's parameters()")
 
 
 def _check_optimizer(optimizer):

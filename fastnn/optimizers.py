@@ -42,7 +42,7 @@ class Optimizer:
     # learning-rate schedule, a hand edit): a bad value raises naming it at the assignment,
     # before a step can use it. Reading them stays a plain attribute lookup.
     _CHECKS = {
-        "lr": lambda v: check_scalar(v, "lr", lo=0.0, lo_open=True),
+        "lr": lambda v: check_scalar(v, "lr", lo=0.0),   # (0: a schedule's warm-up or end)
         "weight_decay": lambda v: check_scalar(v, "weight_decay", lo=0.0),
     }
 
@@ -123,11 +123,22 @@ class SGD(Optimizer):
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
         self.momentum = momentum
-        self.nesterov = bool(nesterov)
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = nesterov
 
-    _CHECKS = dict(Optimizer._CHECKS, momentum=lambda v: check_scalar(v, "momentum", lo=0.0))
+    _CHECKS = dict(Optimizer._CHECKS, momentum=lambda v: check_scalar(v, "momentum", lo=0.0),
+                   nesterov=bool)
+
+    def __setattr__(self, name, value):
+        if name in ("momentum", "nesterov"):
+            value = self._CHECKS[name](value)
+            state = self.__dict__
+            nesterov = value if name == "nesterov" else state.get("nesterov", False)
+            momentum = value if name == "momentum" else state.get("momentum", 0.0)
+            if nesterov and momentum == 0:
+                raise ValueError("nesterov=True needs momentum > 0")
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def step(self):
         if self.momentum == 0:
@@ -172,7 +183,7 @@ class Adam(Optimizer):
 
     def step(self):
         work = self._prepared(2)   # (before t moves: a step that raises changes nothing)
-        self.t += 1
+        object.__setattr__(self, "t", self.t + 1)   # (an int already checked: no __setattr__)
         b1, b2 = self.betas
         c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
         for p, w, (m, v) in work:

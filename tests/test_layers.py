@@ -470,7 +470,7 @@ def test_optimizer_defaults():
 
 
 BAD_OPT = [
-    (lambda ps: SGD(ps, lr=0), ValueError, "lr"),
+    (lambda ps: SGD(ps, lr=-1), ValueError, "lr"),
     (lambda ps: SGD(ps, lr=-0.1), ValueError, "lr"),
     (lambda ps: SGD(ps, lr="0.1"), TypeError, "lr"),
     (lambda ps: SGD(ps, lr=float("nan")), ValueError, "lr"),
@@ -483,7 +483,7 @@ BAD_OPT = [
     (lambda ps: RMSProp(ps, decay_rate=1.0), ValueError, "decay_rate"),
     (lambda ps: RMSProp(ps, decay_rate=-0.1), ValueError, "decay_rate"),
     (lambda ps: RMSProp(ps, eps=-1e-8), ValueError, "eps"),
-    (lambda ps: RMSProp(ps, lr=0.0), ValueError, "lr"),
+    (lambda ps: RMSProp(ps, lr=-1e-9), ValueError, "lr"),
     (lambda ps: Adam(ps, betas=(0.9,)), ValueError, "betas"),
     (lambda ps: Adam(ps, betas=0.9), ValueError, "betas"),
     (lambda ps: Adam(ps, betas=(1.0, 0.999)), ValueError, "betas"),

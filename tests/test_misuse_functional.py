@@ -1,10 +1,10 @@
 """fastnn.functional / optim / gradcheck cases found by the twelfth session's audit:
 
 - an infinite weight stays infinite under every update rule without weight decay, as in the
-  course's rules (it became NaN: the kernels computed dw + 0 * w), on the functional rules,
-  the layer API's optimizers and the whole-step kernel alike;
-- out= given as an ndarray subclass, or in the other byte order, is refused naming out with a
-  message that says what is wrong;
+  course's rules (it became NaN: the kernels computed dw + 0 * w), in the functional rules
+  and the layer API's optimizers (the whole-step kernel calls the same update kernels);
+- out= given as an np.matrix (always 2-D), or in the other byte order, is refused naming out
+  with a message that says what is wrong (an np.memmap works);
 - a weight matrix resized in place between forward and backward is named as such (dout was
   blamed), a damaged slope in a cache is named, and a 0-d PReLU slope array is read live at
   backward like a 1-D one;
@@ -61,14 +61,18 @@ def test_an_infinite_weight_stays_infinite_in_the_layer_apis_optimizers(make):
             assert not np.isnan(a).any()
 
 
-def test_out_must_be_a_plain_ndarray():
+def test_out_may_not_be_an_np_matrix_but_a_memmap_works(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 3))
     with pytest.warns(PendingDeprecationWarning):
         m = np.matrix(np.empty((2, 3)))
-    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray \(not a subclass\), got matrix"):
+    with pytest.raises(TypeError, match="out must be a numpy.ndarray, not an np.matrix"):
         F.relu_forward(x, out=m)
-    with pytest.raises(TypeError, match="out must be a numpy.ndarray"):
+    with pytest.raises(TypeError, match="not an np.matrix"):
         F.tanh_backward(x, F.tanh_forward(x)[1], out=m)
+    mm = np.memmap(tmp_path / "out.bin", np.float64, "w+", shape=(2, 3))
+    got = F.relu_forward(x, out=mm)[0]
+    assert got is mm
+    np.testing.assert_array_equal(np.asarray(mm), np.maximum(x, 0))
 
 
 def test_out_in_the_other_byte_order_says_so():

@@ -194,9 +194,26 @@ def test_save_refuses_what_load_would_refuse_and_writes_nothing(tmp_path):
         model.save(tmp_path / "nan.npz")
     model = _net()
     model.layers[1].params["W"] = np.empty((7, 3), dtype=object)
-    with pytest.raises(TypeError, match=r"Dense.params\['W'\]"):
+    with pytest.raises(TypeError, match=r"layer 1 \(Dense\) parameter W must be a float32 or "
+                                        "float64 array, got object"):
         model.save(tmp_path / "obj.npz")
+    model = _net()
+    model.layers[1].params["b"] = np.zeros(3, np.float64)
+    with pytest.raises(ValueError, match=r"parameter b must have shape \(3,\) and dtype float32"):
+        model.save(tmp_path / "f64.npz")
     assert os.listdir(tmp_path) == []
+
+
+def test_save_does_not_check_gradients(tmp_path):
+    """A model whose gradient arrays were dropped for inference (a broadcast zero, read-only
+    and not contiguous) still saves: gradients are not part of the file."""
+    model = _net()
+    for layer in model.layers:
+        for name, g in layer.grads.items():
+            layer.grads[name] = np.broadcast_to(np.float32(0), g.shape)
+    model.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(load_model(tmp_path / "m.npz").layers[0].params["W"],
+                                  model.layers[0].params["W"])
 
 
 def test_save_never_pickles(tmp_path, monkeypatch):
@@ -240,7 +257,7 @@ def test_an_optimizer_of_another_models_parameters_is_refused():
     opt = SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
     for step in (lambda: a.train_step(X, y, "softmax", opt),
                  lambda: a.fit(X, y, optimizer=opt, epochs=1, batch_size=8, verbose=False)):
-        with pytest.raises(ValueError, match="not in this model"):
+        with pytest.raises(ValueError, match="none of this model.s parameters"):
             step()
     for p, q in zip(b.parameters(), before):   # the other model was not touched either
         np.testing.assert_array_equal(p.data, q)
@@ -249,6 +266,55 @@ def test_an_optimizer_of_another_models_parameters_is_refused():
     frozen = first.params["W"].copy()
     a.train_step(X, y, "softmax", SGD([p for p in a.parameters() if p.layer is not first], lr=0.1))
     np.testing.assert_array_equal(first.params["W"], frozen)
+
+
+def test_an_optimizer_over_two_models_that_share_a_layer_trains_both():
+    """As in PyTorch: one optimizer may hold parameters of several models; a step of one
+    model steps them all (the others with the gradients they hold)."""
+    X, y = _data()
+    shared = Dense(5, 7, activation="relu", seed=0)
+    a = Sequential(shared, Dense(7, 3, seed=1))
+    b = Sequential(shared, Dense(7, 2, seed=2))
+    opt = SGD(a.parameters() + b.parameters()[2:], lr=0.1)
+    W = shared.params["W"].copy()
+    a.train_step(X, y, "softmax", opt)
+    b.train_step(X, y % 2, "softmax", opt)
+    assert not np.array_equal(shared.params["W"], W)
+
+
+class _Block(fastnn.Layer):
+    """A layer of the caller's own made of two Dense layers (its parameters are theirs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = [Dense(5, 6, activation="tanh", seed=7), Dense(6, 4, seed=8)]
+
+    def parameters(self):
+        return [p for layer in self.inner for p in layer.parameters()]
+
+    def forward(self, x, training=None):
+        for layer in self.inner:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout, need_dx=True):
+        dout = self.inner[1].backward(dout)
+        return self.inner[0].backward(dout, need_dx=need_dx)
+
+    def output_features(self, in_features):
+        return 4
+
+    def get_config(self):
+        return {}
+
+
+def test_a_layer_of_layers_trains_with_the_models_optimizer():
+    X, y = _data()
+    model = Sequential(_Block(), Dense(4, 3, seed=9))
+    opt = SGD(model.parameters(), lr=0.1)
+    W = model.layers[0].inner[0].params["W"].copy()
+    model.train_step(X, y, "softmax", opt)
+    assert not np.array_equal(model.layers[0].inner[0].params["W"], W)
 
 
 def test_an_optimizer_with_its_parameters_removed_is_refused():
@@ -296,6 +362,25 @@ def test_parameters_may_share_memory_with_each_other():
     assert losses[0] == losses[1]
 
 
+def test_one_activation_object_used_twice_trains_as_two():
+    """A parameterless activation fused into the Dense before it keeps nothing: using one
+    ReLU object twice trains exactly as two do, on both paths (and with a Dropout in the
+    stack, which puts the model on the layer path)."""
+    X, y = _data()
+    for dropout in (False, True):
+        runs = []
+        for shared in (True, False):
+            act = ReLU()
+            acts = (act, act) if shared else (ReLU(), ReLU())
+            layers = [Dense(5, 8, seed=1), acts[0], Dense(8, 8, seed=2), acts[1], Dense(8, 3, seed=3)]
+            if dropout:
+                layers.insert(2, fastnn.Dropout(0.0))
+            model = Sequential(*layers)
+            opt = SGD(model.parameters(), lr=0.1)
+            runs.append([model.train_step(X, y, "softmax", opt) for _ in range(3)])
+        assert runs[0] == runs[1]
+
+
 def test_a_layer_listed_twice_is_refused_for_training_but_predicts_and_saves(tmp_path):
     X, y = _data()
     layer = Dense(5, 5, activation="tanh", seed=0)
@@ -304,6 +389,21 @@ def test_a_layer_listed_twice_is_refused_for_training_but_predicts_and_saves(tmp
     model.save(tmp_path / "twice.npz")
     with pytest.raises(ValueError, match="layer 1 is layer 0 again"):
         model.train_step(X, y % 5, "softmax", SGD(model.parameters(), lr=0.1))
+
+
+def test_arrays_checked_apart_are_not_kept_alive():
+    import gc
+    import weakref
+    X, y = _data()
+    model = _net()
+    opt = SGD(model.parameters(), lr=0.1)
+    model._compilable = False   # (the layer path: the plan of the other would hold them)
+    model.train_step(X, y, "softmax", opt)
+    old = weakref.ref(model.layers[0].grads["W"])
+    model.layers[0].grads["W"] = np.zeros_like(model.layers[0].grads["W"])
+    gc.collect()
+    assert old() is None
+    model.train_step(X, y, "softmax", opt)   # (and the replacement is checked)
 
 
 # ----------------------------------------------------------------------------------- layers
@@ -355,6 +455,35 @@ def test_damaged_layer_dicts_are_named(damage, error, match):
             model.train_step(X, y, "softmax", opt)
 
 
+def test_custom_layers_with_dict_subclasses_and_extra_gradients_train():
+    from collections import OrderedDict
+
+    class Scale(fastnn.Layer):
+        def __init__(self, n):
+            super().__init__()
+            self.params = OrderedDict(s=np.ones(n, F32))
+            self.grads = OrderedDict(s=np.zeros(n, F32), note=None)   # (an extra of its own)
+
+        def forward(self, x, training=None):
+            self._x = x
+            return x * self.params["s"]
+
+        def backward(self, dout, need_dx=True):
+            self.grads["s"][...] = (dout * self._x).sum(axis=0)
+            return dout * self.params["s"]
+
+        def output_features(self, in_features):
+            return in_features
+
+        def get_config(self):
+            return {}
+
+    X, y = _data()
+    model = Sequential(Dense(5, 3, seed=0), Scale(3))
+    model.train_step(X, y, "softmax", SGD(model.parameters(), lr=0.1))
+    assert not np.array_equal(model.layers[1].params["s"], np.ones(3, F32))
+
+
 # ------------------------------------------------------------------------ optimizer settings
 def _setting_id(v):
     if isinstance(v, str):
@@ -369,6 +498,8 @@ def _setting_id(v):
     (lambda p: SGD(p), "lr", 10 ** 400, ValueError),
     (lambda p: SGD(p), "lr", float("nan"), ValueError),
     (lambda p: SGD(p), "lr", -0.1, ValueError),
+    (lambda p: SGD(p, momentum=0.9, nesterov=True), "momentum", 0.0, ValueError),
+    (lambda p: SGD(p), "nesterov", True, ValueError),
     (lambda p: SGD(p), "weight_decay", -1.0, ValueError),
     (lambda p: SGD(p), "momentum", "0.9", TypeError),
     (lambda p: RMSProp(p), "decay_rate", 1.0, ValueError),
@@ -382,11 +513,25 @@ def test_optimizer_settings_are_checked_when_set(make, name, bad, error):
     model = _net()
     opt = make(model.parameters())
     good = getattr(opt, name)
-    with pytest.raises(error, match=name):
+    with pytest.raises(error, match=name if name != "nesterov" else "momentum > 0"):
         setattr(opt, name, bad)
     assert getattr(opt, name) == good   # unchanged
     X, y = _data()
     model.train_step(X, y, "softmax", opt)   # and still trains
+
+
+def test_a_learning_rate_of_zero_is_allowed():
+    """(A warm-up or a schedule's end: as in PyTorch, and in fastnn.optim.)"""
+    X, y = _data()
+    model = _net()
+    before = [p.data.copy() for p in model.parameters()]
+    opt = SGD(model.parameters(), lr=0.0)
+    model.train_step(X, y, "softmax", opt)
+    for p, q in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, q)
+    opt.lr = 0.1
+    opt.lr = 0
+    assert opt.lr == 0.0
 
 
 def test_optimizer_settings_set_later_are_used():

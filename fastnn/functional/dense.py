@@ -31,6 +31,9 @@ __all__ = [
 _INT32_MAX = 2**31 - 1
 
 
+_LEAKY = _ka.LEAKY_RELU
+
+
 class DenseCache:
     """What a dense forward keeps for its backward."""
 
@@ -202,7 +205,7 @@ def _check_cache_arrays(cache, op, name):
     if not isinstance(w, np.ndarray) or w.shape != (d, m):
         raise ValueError(f"w changed shape since forward: expected {(d, m)}, got "
                          f"{np.shape(w) if isinstance(w, np.ndarray) else type(w).__name__}")
-    if op == _ka.LEAKY_RELU and not _finite_real(cache.alpha):
+    if op == _LEAKY and not _finite_real(cache.alpha):
         raise ValueError(f"cache is damaged or not from {name}_forward: its slope is "
                          f"{cache.alpha!r}, not a finite number")
     xs = cache.x_shape
