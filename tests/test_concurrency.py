@@ -19,6 +19,7 @@ kernels that release the GIL.
   of the call" is a yes/no observation that does not depend on the machine's speed or load. A
   control shows the detector reports no for a call that holds the GIL (``list.sort``).
 """
+import sys
 import threading
 import time
 
@@ -413,7 +414,10 @@ def test_predict_beside_a_layer_path_training_step_leaves_the_step_alone():
 
 # ============================================================================ the GIL
 class _Ticker:
-    """A Python thread that records perf_counter() timestamps while it can run Python code."""
+    """A Python thread that records perf_counter() timestamps while it can run Python code.
+    It gives the GIL back by itself after each tick (a short sleep), so the measured thread
+    gets it back at once after a call that released it; _interior_ticks makes sure that the
+    measured thread is never asked to give it up."""
 
     def __init__(self):
         self.ticks = []
@@ -430,6 +434,7 @@ class _Ticker:
             k += 1
             if k % 200 == 0:
                 ticks.append(time.perf_counter())
+                time.sleep(1e-4)   # (releases the GIL: see the class docstring)
 
     def __enter__(self):
         self._thread.start()
@@ -445,11 +450,21 @@ class _Ticker:
 
 def _interior_ticks(fn, margin=0.02):
     """(ticks of the second thread strictly inside fn's call, minus ``margin`` at each edge; the
-    call's duration)."""
-    with _Ticker() as ticker:
-        t0 = time.perf_counter()
-        fn()
-        t1 = time.perf_counter()
+    call's duration). The switch interval is long meanwhile: otherwise the waiting ticker asks
+    for the GIL and may get it right after t0 is taken, before fn starts (CPython checks for
+    such requests after a C call returns); were it then descheduled by a busy machine while
+    holding the GIL, its ticks would fall past the margin, inside the window, although fn had
+    not started (this control failed so, under load). The ticker gives the GIL back by itself
+    (_Ticker), so the long interval never makes the measured thread wait."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        with _Ticker() as ticker:
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+    finally:
+        sys.setswitchinterval(interval)
     inside = [t for t in ticker.ticks if t0 + margin < t < t1 - margin]
     return len(inside), t1 - t0
 
