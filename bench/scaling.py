@@ -34,7 +34,6 @@ instead of 16): what sizing the tiles for the machine buys on many cores. On 2 c
 16-CPU tiles cost 14% at batch 128 (2.24 against 1.96 ms per step) and 5% at 1024.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -244,7 +243,7 @@ def tables(results):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=fb.int_list(1), default=None,
+    ap.add_argument("--threads", type=fb.int_list(1, below=2**31), default=None,
                     help="comma-separated thread counts (default: 1, 2, 4, ... up to the cores here)")
     ap.add_argument("--elements", type=fb.positive_int, default=64 * 2**20,
                     help="elements per element-wise call")
@@ -276,8 +275,7 @@ def main(argv=None):
                   use_torch=not args.no_torch, batches=batches, tile_cores=tile_cores)
     print(tables(results))
     if out is not None:
-        with out:
-            json.dump(dict(header=head, elements=args.elements, rounds=args.rounds, **results), out, indent=1)
+        out.dump(dict(header=head, elements=args.elements, rounds=args.rounds, **results), indent=1)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Command line: ``python -m fastnn demo`` (the main job), ``python -m fastnn bench``,
 ``python -m fastnn config``."""
+import os
 import sys
 
 
@@ -13,18 +14,40 @@ def main(argv=None):
         print(usage)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd not in ("demo", "bench", "config"):
+        print(f"unknown command {cmd!r}\n{usage}", file=sys.stderr)
+        return 2
+    if cmd == "config" and rest:
+        if rest[0] in ("-h", "--help"):
+            print("usage: python -m fastnn config\n  print the build and runtime configuration")
+            return 0
+        print(f"usage: python -m fastnn config\nconfig takes no arguments, got {rest}",
+              file=sys.stderr)
+        return 2
+    try:
+        code = _run(cmd, rest)
+        sys.stdout.flush()   # (a write error shows here, not at exit as an ignored exception)
+        return code
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, as command-line tools do; the output
+        # still buffered goes nowhere (a flush at exit would fail again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:   # a full disk, a folder that cannot be written: no traceback
+        print(f"python -m fastnn {cmd}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(cmd, rest):
     if cmd == "demo":
         from fastnn.demo import main as demo_main
         return demo_main(rest)
     if cmd == "bench":
         from fastnn.bench import main as bench_main
         return bench_main(rest)
-    if cmd == "config":
-        import fastnn
-        fastnn.show_config()
-        return 0
-    print(f"unknown command {cmd!r}\n{usage}", file=sys.stderr)
-    return 2
+    import fastnn
+    fastnn.show_config()
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["atomic_write", "write_npz"]
+__all__ = ["atomic_write", "check_writable", "write_npz"]
 
 
 def _create_temp(directory):
@@ -42,10 +42,7 @@ def atomic_write(path, text=False):
     # link stays a link; the temporary file sits beside that file, on its file system
     path = os.path.realpath(os.fspath(path))
     directory = os.path.dirname(path)
-    try:
-        mode = os.stat(path).st_mode & 0o777   # a file replaced keeps its mode
-    except OSError:
-        mode = None
+    mode = _target_mode(path)
     fd, tmp = _create_temp(directory)
     try:
         try:
@@ -71,6 +68,30 @@ def atomic_write(path, text=False):
             pass
         raise
     _sync_directory(directory)
+
+
+def _target_mode(path):
+    """The permission bits of the file at `path` (a file replaced keeps them), None when there
+    is none; OSError when something other than a regular file is there: renaming over a
+    device (/dev/null, as root) or a FIFO would replace it with a file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EEXIST, "not a regular file, so not replaced", path)
+    return st.st_mode & 0o777
+
+
+def check_writable(path):
+    """OSError unless atomic_write(path) can write there: nothing or a regular file at the
+    (resolved) path, and a file can be created in its folder (one is made and removed). An
+    existing file is left as it is (a command line checks its output path before a long run)."""
+    path = os.path.realpath(os.fspath(path))
+    _target_mode(path)
+    fd, tmp = _create_temp(os.path.dirname(path))
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _fsync(fd):

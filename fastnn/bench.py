@@ -23,6 +23,7 @@ reads; see ``step_memory``).
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 import tracemalloc
@@ -33,6 +34,7 @@ import fastnn
 from fastnn import _config as _fastnn_config
 from fastnn import functional as F
 from fastnn import optim as O
+from fastnn._files import atomic_write, check_writable
 from fastnn._kernels import dense as _kd
 from fastnn._validation import check_int, check_scalar
 from fastnn.reference import dense as RD
@@ -234,11 +236,12 @@ def _blas_threads(n):
 
 
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
-        stream=sys.stdout, skip_large=False):
+        stream=None, skip_large=False):
+    stream = sys.stdout if stream is None else stream   # (the one at call time: capsys, redirects)
     rounds = check_int(rounds, "rounds")
     min_time = check_scalar(min_time, "min_time", lo=0.0, lo_open=True)   # (seconds)
     if threads is not None:
-        fastnn.set_num_threads(threads)
+        fastnn.set_num_threads(check_int(threads, "threads", below=2**31))
     nthreads = fastnn.get_num_threads()
     torch = None
     if use_torch:
@@ -342,8 +345,11 @@ def _argtype(name, convert, ok, expected):
     return parse
 
 
-# a count of rounds or threads
+# a count of rounds
 positive_int = _argtype("positive_int", int, lambda v: v >= 1, "a positive int")
+# a thread count (fastnn.set_num_threads takes 1 to 2**31 - 1)
+thread_count = _argtype("thread_count", int, lambda v: 1 <= v < 2**31,
+                        "a thread count from 1 to 2**31 - 1")
 # a margin, a gap, a share of a core
 nonnegative_float = _argtype("nonnegative_float", float, lambda v: 0.0 <= v < float("inf"),
                              "a finite number >= 0")
@@ -352,33 +358,60 @@ positive_seconds = _argtype("positive_seconds", float, lambda v: 0.0 < v < float
                             "finite seconds > 0")
 
 
-def int_list(minimum):
-    """argparse type: comma-separated ints, each >= minimum (thread counts: 1; values: 0)."""
+def int_list(minimum, below=None):
+    """argparse type: comma-separated ints, each >= minimum (thread counts: 1; values: 0) and
+    below `below` when given (thread counts: 2**31)."""
     def parse(text):
         try:
             values = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-        if not values or min(values) < minimum:
-            raise argparse.ArgumentTypeError(f"expected comma-separated ints >= {minimum}, got {text!r}")
+        if not values or min(values) < minimum or (below is not None and max(values) >= below):
+            within = f">= {minimum}" + (f" and < {below}" if below is not None else "")
+            raise argparse.ArgumentTypeError(f"expected comma-separated ints {within}, got {text!r}")
         return values
     return parse
 
 
+class JsonOut:
+    """Where --json goes: written once the run is done, atomically (a run that fails or is
+    interrupted leaves an earlier file at the path as it was); a path that is a stream, not a
+    file (/dev/stdout, a FIFO), is written directly."""
+
+    def __init__(self, path, stream=False):
+        self.path, self.stream = path, stream
+
+    def dump(self, obj, indent):
+        if self.stream:
+            with open(self.path, "w") as f:
+                json.dump(obj, f, indent=indent)
+            return
+        with atomic_write(self.path, text=True) as f:
+            json.dump(obj, f, indent=indent)
+
+
 def open_json(parser, path):
-    """The --json file opened for writing, or None without one: opened before anything is
-    measured, so a path that cannot be written is a usage error now, not after the run."""
-    if not path:
+    """A JsonOut for --json, or None without one; the path is checked before anything is
+    measured (check_writable: nothing is written to it yet), so a path that cannot be written
+    is a usage error now, not after the run."""
+    if path is None:
         return None
+    if not path:
+        parser.error("--json: expected a file path, got ''")
     try:
-        return open(path, "w")
+        if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+            with open(path, "a"):   # (a stream: opened to check, without writing)
+                pass
+            return JsonOut(path, stream=True)
+        check_writable(path)
     except OSError as exc:
         parser.error(f"--json: cannot write {path}: {exc}")
+    return JsonOut(path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help="thread count of every implementation (default: fastnn's)")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (median reported)")
@@ -389,10 +422,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     out = open_json(parser, args.json)
-    with out if out is not None else contextlib.nullcontext():
-        results = run(dtypes=dtypes, rounds=args.rounds, min_time=args.min_time,
-                      threads=args.threads, use_torch=not args.no_torch,
-                      skip_large=args.skip_large)
-        if out is not None:
-            json.dump(results, out, indent=2)
+    results = run(dtypes=dtypes, rounds=args.rounds, min_time=args.min_time,
+                  threads=args.threads, use_torch=not args.no_torch, skip_large=args.skip_large)
+    if out is not None:
+        out.dump(results, indent=2)
     return 0

@@ -18,6 +18,7 @@ import numpy as np
 
 import fastnn
 from fastnn import datasets
+from fastnn._files import check_writable
 from fastnn._validation import check_int
 from fastnn.reference import dense as ref_dense
 from fastnn.reference import losses as ref_losses
@@ -95,12 +96,16 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
                 "    pip install \"fastnn[plot]\"     (or: pip install matplotlib)\n"
                 "The accuracies below are computed all the same.\n")
     seed = check_int(seed, "seed", minimum=0)
+    steps = check_int(steps, "steps")
     if plt is not None:
-        # the figures' folder now, not after every network has trained
+        # the figures' folder now, not after every network has trained: made, and a file
+        # made and removed in it (an existing folder may not be writable)
         try:
             os.makedirs(out_dir, exist_ok=True)
+            check_writable(os.path.join(out_dir, "capacity.png"))
         except OSError as e:
-            raise ValueError(f"out_dir {out_dir!r}: cannot make the folder ({e.strerror or e})") from None
+            raise ValueError(f"out_dir {out_dir!r}: cannot write figures there "
+                             f"({e.strerror or e})") from None
     say(f"fastnn {fastnn.__version__} demo: {fastnn.get_num_threads()} threads, seed {seed}\n")
 
     X, y = datasets.spiral(n_per_class=40, n_classes=3, noise=0.6, seed=seed)

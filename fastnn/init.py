@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from fastnn._validation import check_scalar
+from fastnn._validation import check_int, check_scalar
 
 __all__ = ["he_normal", "xavier_normal", "glorot_normal", "scaled_normal", "get_initializer", "default_for"]
 
@@ -14,16 +14,32 @@ def _check_rng(rng):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
 
+def _check_args(shape, rng, dtype):
+    """shape as a tuple of ints >= 0 (at least one), rng a NumPy random source, dtype float32
+    or float64; TypeError / ValueError naming the bad one."""
+    _check_rng(rng)
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise TypeError(f"shape must be a non-empty tuple of ints, got {shape!r}")
+    shape = tuple(check_int(n, "shape", minimum=0) for n in shape)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return shape, dt
+
+
 def he_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / fan_in): keeps the variance of ReLU activations constant across layers."""
-    _check_rng(rng)
+    shape, dtype = _check_args(shape, rng, dtype)
     fan_in = shape[0]
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in))).astype(dtype)
 
 
 def xavier_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / (fan_in + fan_out)) (Glorot and Bengio), for tanh/sigmoid/linear units."""
-    _check_rng(rng)
+    shape, dtype = _check_args(shape, rng, dtype)
     fan_in, fan_out = shape[0], int(np.prod(shape[1:]))
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in + fan_out))).astype(dtype)
 
@@ -36,7 +52,7 @@ def scaled_normal(weight_scale):
     weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
 
     def init(shape, rng, dtype=np.float32):
-        _check_rng(rng)
+        shape, dtype = _check_args(shape, rng, dtype)
         return (rng.standard_normal(shape) * weight_scale).astype(dtype)
 
     init.__name__ = f"scaled_normal({weight_scale})"
@@ -64,7 +80,10 @@ def get_initializer(spec, activation=None):
         except KeyError:
             raise ValueError(f"weight_init must be one of {sorted(_BY_NAME)}, a number or a callable, got {spec!r}") from None
     if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
-        return scaled_normal(spec)
+        try:
+            return scaled_normal(spec)
+        except ValueError as exc:   # (named as this function's argument)
+            raise ValueError(f"weight_init: {exc}") from None
     if callable(spec):
         return spec
     raise TypeError(f"weight_init must be a name, a number or a callable, got {type(spec).__name__}")

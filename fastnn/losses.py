@@ -71,10 +71,16 @@ _BY_NAME = {"softmax": SoftmaxCrossEntropy, "cross_entropy": SoftmaxCrossEntropy
 
 def get_loss(loss):
     """A Loss instance from an instance, a Loss class or a name ('softmax', 'svm', 'mse', ...)."""
-    if isinstance(loss, Loss):
-        return loss
     if isinstance(loss, type) and issubclass(loss, Loss):
-        return loss()
-    if isinstance(loss, str) and loss in _BY_NAME:
-        return _BY_NAME[loss]()
-    raise ValueError(f"loss must be a fastnn Loss or one of {sorted(_BY_NAME)}, got {loss!r}")
+        loss = loss()
+    if isinstance(loss, Loss):
+        if type(loss).fn is None and type(loss).__call__ is Loss.__call__:
+            raise TypeError(f"loss {type(loss).__name__} computes nothing: give a loss such as "
+                            f"{sorted(_BY_NAME)}, or a Loss subclass with fn or __call__")
+        return loss
+    if isinstance(loss, str):
+        if loss in _BY_NAME:
+            return _BY_NAME[loss]()
+        raise ValueError(f"loss must be a fastnn Loss or one of {sorted(_BY_NAME)}, got {loss!r}")
+    raise TypeError(f"loss must be a fastnn Loss or one of {sorted(_BY_NAME)}, got "
+                    f"{type(loss).__name__} {loss!r}")

@@ -83,7 +83,10 @@ def _model_dtype(params):
 
 
 def _as_input(X, dtype):
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as exc:   # a ragged nested list
+        raise ValueError(f"X must be an array of numbers: {exc}") from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"X must be an array of numbers, got dtype {arr.dtype}")
     if arr.ndim < 2:

@@ -449,6 +449,115 @@ def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
     assert "--json" in capsys.readouterr().err
 
 
+def test_bench_json_is_written_at_the_end_and_an_old_file_survives_a_refusal(tmp_path, capsys):
+    """A run refused by its arguments (or failing) leaves an earlier results file as it was
+    (the file used to be opened, and emptied, before anything ran); a good run replaces it."""
+    from fastnn import bench
+
+    out = tmp_path / "results.json"
+    out.write_text('{"old": 1}')
+    for argv in (["--threads", str(2**31)], ["--threads", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as info:
+            bench.main(["--json", str(out)] + argv)
+        assert info.value.code == 2
+        assert out.read_text() == '{"old": 1}'
+    assert "--threads" in capsys.readouterr().err
+    assert bench.main(["--json", str(out), "--rounds", "1", "--min-time", "0.001", "--skip-large",
+                       "--no-torch"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["network"] for r in rows][:2] == ["2-100-3", "64-64-64-10"]
+    with pytest.raises(SystemExit):
+        bench.main(["--json", ""])
+    with pytest.raises(ValueError, match="threads"):
+        bench.run(threads=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_files_are_never_renamed_over_what_is_not_a_regular_file(tmp_path):
+    """atomic_write (model files, checkpoints, the benchmark's JSON) renames a temporary file
+    over its target: over a device (/dev/null, as root) or a FIFO that would put a regular
+    file in its place. Such a target is refused and left as it is."""
+    from fastnn import _files
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        with _files.atomic_write(fifo) as f:
+            f.write(b"x")
+    with pytest.raises(OSError, match="not a regular file"):
+        fastnn.Sequential(fastnn.Dense(2, 2)).save(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        _files.check_writable(fifo)
+    assert os.path.exists(fifo) and not os.path.isfile(fifo)
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]
+    _files.check_writable(tmp_path / "new.npz")   # nothing there: fine, and nothing left
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]
+
+
+def _cli(*args, **kwargs):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "fastnn", *args], stderr=subprocess.PIPE,
+                          text=True, timeout=300, env=env, **kwargs)
+
+
+def test_cli_output_errors_are_reported_without_a_traceback(tmp_path):
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            proc = _cli("config", stdout=full)
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr and "No space left" in proc.stderr
+    proc = _cli("config", "extra")
+    assert proc.returncode == 2 and "config takes no arguments" in proc.stderr
+    proc = _cli("config", "--help")
+    assert proc.returncode == 0 and "usage: python -m fastnn config" in proc.stdout
+
+
+def test_cli_stops_quietly_when_its_reader_goes_away():
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import sys; sys.argv = ['fastnn', 'demo', '--steps', '3', "
+                             "'--no-plots']; from fastnn.__main__ import main; sys.exit(main())"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    proc.stdout.read(10)
+    proc.stdout.close()   # the reader goes away, like `| head -c 10`
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folder permissions")
+def test_demo_refuses_an_unwritable_folder_before_training(tmp_path):
+    from fastnn import demo
+
+    pytest.importorskip("matplotlib")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK) and os.geteuid() != 0:
+            pytest.skip("the folder stayed writable")
+        probe = locked / "probe"
+        try:
+            probe.touch()   # root writes anyway: then /proc/self is the unwritable folder
+            probe.unlink()
+            target = "/proc/self"
+        except OSError:
+            target = str(locked)
+        stream = io.StringIO()
+        with pytest.raises(ValueError, match="out_dir .*: cannot write figures there"):
+            demo.run(out_dir=target, steps=1, stream=stream)
+        assert "accuracy" not in stream.getvalue()   # refused before anything trained
+    finally:
+        os.chmod(locked, 0o700)
+    for bad, exc in ((0, ValueError), (True, TypeError), (2.5, TypeError)):
+        with pytest.raises(exc, match="steps"):
+            demo.run(steps=bad, plots=False, stream=io.StringIO())
+
+
 # ============================================================================ BLAS kernels
 _CORE_AND_THIN = ("import fastnn\nfrom fastnn import _blas\nfrom fastnn._kernels import dense\n"
                   "print(_blas.info()['corename'], dense.tile_params()['thin'])")

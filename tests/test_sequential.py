@@ -1747,7 +1747,7 @@ def test_a_changed_layer_list_runs_as_a_fresh_model_of_its_layers(name, train_fi
     assert_same_bits(model.predict(X), loaded.predict(X))
 
 
-def test_a_changed_layer_list_is_validated_at_its_next_use():
+def test_a_changed_layer_list_is_validated_at_its_next_use(tmp_path):
     """A change that leaves a stack the constructor would refuse raises the constructor's own
     error at the next use (and at every use until the list is fixed), before anything runs;
     the fixed list then runs."""
@@ -1762,7 +1762,7 @@ def test_a_changed_layer_list_is_validated_at_its_next_use():
         "evaluate": lambda m, opt: m.evaluate(X, y),
         "summary": lambda m, opt: m.summary(),
         "parameters": lambda m, opt: m.parameters(),
-        "save": lambda m, opt: m.save(os.devnull),
+        "save": lambda m, opt: m.save(tmp_path / "m.npz"),
         "dtype": lambda m, opt: m.dtype,
     }
     bad = {

@@ -1154,7 +1154,9 @@ SEQ_ERRORS = [
     ("fit-y-count", lambda m: m.fit(X6, np.zeros(5, int), verbose=False), ValueError, "y"),
     ("fit-y-None", lambda m: m.fit(X6, None, verbose=False), TypeError, "y"),
     ("evaluate-y-count", lambda m: m.evaluate(X6, np.zeros(7, int)), ValueError, "y"),
-    ("evaluate-loss", lambda m: m.evaluate(X6, np.zeros(6, int), loss=3), ValueError, "loss"),
+    ("evaluate-loss", lambda m: m.evaluate(X6, np.zeros(6, int), loss=3), TypeError, "loss"),
+    ("evaluate-loss-name", lambda m: m.evaluate(X6, np.zeros(6, int), loss="softmaxx"), ValueError,
+     "loss"),
     ("evaluate-labels", lambda m: m.evaluate(X6, np.full(6, 9)), ValueError, "y"),
     ("save-None", lambda m: m.save(None), TypeError, "path"),
     ("load-None", lambda m: m.load(None), TypeError, "path"),
@@ -1244,11 +1246,21 @@ def test_optimizer_constructor_errors(make, exc, word):
     raises_naming(exc, word, make, _compiled_model().parameters())
 
 
-@pytest.mark.parametrize("bad", ["softmaxx", None, 3, SoftmaxCrossEntropy.fn])
-def test_unknown_loss_names_loss(bad):
+@pytest.mark.parametrize("bad, exc", [("softmaxx", ValueError), (None, TypeError), (3, TypeError),
+                                      (SoftmaxCrossEntropy.fn, TypeError)])
+def test_unknown_loss_names_loss(bad, exc):
+    """An unknown name is a ValueError, anything else that is not a loss a TypeError (the
+    Python convention: the wrong type of argument)."""
     from fastnn.losses import get_loss
 
-    raises_naming(ValueError, "loss", get_loss, bad)
+    raises_naming(exc, "loss", get_loss, bad)
+
+
+def test_the_base_loss_class_is_refused():
+    from fastnn.losses import Loss, get_loss
+
+    for bad in (Loss, Loss()):
+        raises_naming(TypeError, "computes nothing", get_loss, bad)
 
 
 # ============================================================================ fit on a NaN loss
