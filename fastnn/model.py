@@ -964,9 +964,10 @@ class Sequential:
 
     def save(self, path):
         """Write the architecture and every parameter to ``path`` (an .npz file, never a pickle).
-        Parameters that loading would refuse (NaN or Inf, arrays the kernels cannot use) raise
-        before anything is written. The file is written to a temporary name and renamed (over
-        the file a symbolic link names, which stays a link), so a crash never leaves a
+        Parameters that loading would refuse (NaN or Inf, not float32/float64, not the layer's
+        shape or dtype) raise before anything is written; gradients are not saved. The file is
+        written to a temporary name and renamed (over the file a symbolic link names, which
+        stays a link; never over what is not a regular file), so a crash never leaves a
         truncated model at ``path``. A training step of the model in another thread waits
         while the arrays are written (the file holds the weights between two steps)."""
         path = fs_path(path)
