@@ -28,6 +28,7 @@ to the model's dtype) and biases as zeros, as in the course. Where the draws com
   ``FullyConnectedNet(..., seed=123)`` gives the course's weights), and ``seed`` only goes into
   ``dropout_param['seed']`` (the dropout masks).
 """
+import math
 import numbers
 
 import numpy as np
@@ -82,7 +83,9 @@ def _model_dtype(params):
     return np.dtype(np.float64)
 
 
-def _as_input(X, dtype):
+def _as_input(X, dtype, w1):
+    """X as an array of `dtype`, of shape (N, d1, ..., dk) with d1 * ... * dk the rows of the
+    first weight matrix w1 (named X here rather than as the product's x later)."""
     try:
         arr = np.asarray(X)
     except ValueError as exc:   # a ragged nested list
@@ -91,6 +94,10 @@ def _as_input(X, dtype):
         raise TypeError(f"X must be an array of numbers, got dtype {arr.dtype}")
     if arr.ndim < 2:
         raise ValueError(f"X must have shape (N, d1, ..., dk), got shape {arr.shape}")
+    d = getattr(w1, "shape", (None,))[0]
+    if d is not None and math.prod(arr.shape[1:]) != d:
+        raise ValueError(f"X must have {d} features per row (W1 has {d} rows), got shape "
+                         f"{arr.shape}")
     return np.asarray(arr, dtype=dtype)
 
 
@@ -131,7 +138,7 @@ class TwoLayerNet:
     def loss(self, X, y=None):
         """Scores (N, C) when ``y`` is None, else ``(loss, grads)``."""
         p = self.params
-        X = _as_input(X, _model_dtype(p))
+        X = _as_input(X, _model_dtype(p), p.get("W1"))
         hidden, cache1 = affine_relu_forward(X, p["W1"], p["b1"])
         scores, cache2 = affine_forward(hidden, p["W2"], p["b2"])
         if y is None:
@@ -200,7 +207,7 @@ class FullyConnectedNet:
         """Scores (N, C) when ``y`` is None, else ``(loss, grads)``."""
         p = self.params
         L = self.num_layers
-        X = _as_input(X, _model_dtype(p))
+        X = _as_input(X, _model_dtype(p), p.get("W1"))
         mode = "test" if y is None else "train"
         if self.use_dropout:
             self.dropout_param["mode"] = mode

@@ -545,3 +545,13 @@ def test_optimizer_settings_set_later_are_used():
         runs.append([model.train_step(X, y, "softmax", opt) for _ in range(3)])
         assert type(opt.lr) is float
     assert runs[0] == runs[1]
+
+
+def test_course_models_name_X_when_its_width_is_wrong():
+    from fastnn.models import FullyConnectedNet, TwoLayerNet
+
+    for net in (TwoLayerNet(input_dim=4, hidden_dim=5, num_classes=3),
+                FullyConnectedNet([5], input_dim=4, num_classes=3)):
+        with pytest.raises(ValueError, match=r"X must have 4 features per row \(W1 has 4 rows\)"):
+            net.loss(np.zeros((6, 5)))
+        assert net.loss(np.zeros((6, 2, 2))).shape == (6, 3)   # (N, d1, ..., dk) flattened
