@@ -26,16 +26,31 @@ def main(argv=None):
         return 2
     try:
         code = _run(cmd, rest)
-        sys.stdout.flush()   # (a write error shows here, not at exit as an ignored exception)
+        if sys.stdout is not None:   # (None: stdout closed, pythonw)
+            sys.stdout.flush()   # (a write error shows here, not at exit as an ignored exception)
         return code
     except BrokenPipeError:
         # the reader went away (| head): stop quietly, as command-line tools do; the output
         # still buffered goes nowhere (a flush at exit would fail again)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 1
     except OSError as exc:   # a full disk, a folder that cannot be written: no traceback
         print(f"python -m fastnn {cmd}: {exc}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout():
+    """Point the process's standard output at the null device (when it is a real file
+    descriptor: not when main() runs inside a program that captured stdout)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # (io.UnsupportedOperation is both)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def _run(cmd, rest):

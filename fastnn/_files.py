@@ -78,8 +78,10 @@ def _target_mode(path):
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
     if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EEXIST, "not a regular file, so not replaced", path)
+        raise OSError(errno.EINVAL, "not a regular file, so not replaced", path)
     return st.st_mode & 0o777
 
 
@@ -89,7 +91,12 @@ def check_writable(path):
     existing file is left as it is (a command line checks its output path before a long run)."""
     path = os.path.realpath(os.fspath(path))
     _target_mode(path)
-    fd, tmp = _create_temp(os.path.dirname(path))
+    directory = os.path.dirname(path)
+    try:
+        fd, tmp = _create_temp(directory)
+    except OSError as exc:   # (named as the folder, not as the probe's hidden name)
+        raise type(exc)(exc.errno, f"cannot make a file in the folder: {exc.strerror}",
+                        directory) from None
     os.close(fd)
     os.unlink(tmp)
 

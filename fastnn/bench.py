@@ -22,6 +22,7 @@ reads; see ``step_memory``).
 """
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ import fastnn
 from fastnn import _config as _fastnn_config
 from fastnn import functional as F
 from fastnn import optim as O
-from fastnn._files import atomic_write, check_writable
+from fastnn._files import check_writable
 from fastnn._kernels import dense as _kd
 from fastnn._validation import check_int, check_scalar
 from fastnn.reference import dense as RD
@@ -374,36 +375,37 @@ def int_list(minimum, below=None):
 
 
 class JsonOut:
-    """Where --json goes: written once the run is done, atomically (a run that fails or is
-    interrupted leaves an earlier file at the path as it was); a path that is a stream, not a
-    file (/dev/stdout, a FIFO), is written directly."""
+    """Where --json goes. A file is written when the run is done (not opened before: a
+    refused, failed or interrupted run leaves an earlier results file as it was); a stream
+    (/dev/stdout, a FIFO) is opened once, up front, and written at the end."""
 
-    def __init__(self, path, stream=False):
+    def __init__(self, path, stream=None):
         self.path, self.stream = path, stream
 
     def dump(self, obj, indent):
-        if self.stream:
-            with open(self.path, "w") as f:
-                json.dump(obj, f, indent=indent)
-            return
-        with atomic_write(self.path, text=True) as f:
+        with (self.stream if self.stream is not None else open(self.path, "w")) as f:
             json.dump(obj, f, indent=indent)
 
 
 def open_json(parser, path):
-    """A JsonOut for --json, or None without one; the path is checked before anything is
-    measured (check_writable: nothing is written to it yet), so a path that cannot be written
-    is a usage error now, not after the run."""
+    """A JsonOut for --json, or None without one. The path is checked before anything is
+    measured, without writing to it, so a path that cannot be written is a usage error now,
+    not after the run: an existing file must be writable (os.access), a new one's folder
+    too (a file is made and removed there: os.access passes anything for root)."""
     if path is None:
         return None
     if not path:
         parser.error("--json: expected a file path, got ''")
     try:
-        if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
-            with open(path, "a"):   # (a stream: opened to check, without writing)
-                pass
-            return JsonOut(path, stream=True)
-        check_writable(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+        if os.path.exists(path):
+            if not os.path.isfile(path):   # a stream: opened once (a FIFO's reader sees one)
+                return JsonOut(path, open(path, "w"))
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable", path)
+        else:
+            check_writable(path)
     except OSError as exc:
         parser.error(f"--json: cannot write {path}: {exc}")
     return JsonOut(path)

@@ -10,6 +10,7 @@ It prints what it trained, train and held-out accuracy, where the figures are, a
 the training took with fastnn against the same steps in the plain-NumPy reference.
 """
 import argparse
+import errno
 import os
 import sys
 import time
@@ -78,6 +79,10 @@ def _plot_regions(plt, ax, model, X, y, title):
     ax.set_yticks([])
 
 
+# the figures run() writes (checked before anything trains)
+_FIGURES = ("capacity.png", "regularization.png", "universal_approximation.png")
+
+
 def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=None):
     stream = sys.stdout if stream is None else stream   # (the one at call time: capsys, redirects)
 
@@ -102,10 +107,16 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
         # made and removed in it (an existing folder may not be writable)
         try:
             os.makedirs(out_dir, exist_ok=True)
-            check_writable(os.path.join(out_dir, "capacity.png"))
+            check_writable(os.path.join(out_dir, _FIGURES[0]))   # (a file made there)
+            for name in _FIGURES:   # (savefig writes in place: an existing figure too)
+                figure = os.path.join(out_dir, name)
+                if os.path.lexists(figure) and not (os.path.isfile(figure)
+                                                    and os.access(figure, os.W_OK)):
+                    raise PermissionError(errno.EACCES, "not a writable file", figure)
         except OSError as e:
+            where = f": {e.filename}" if e.filename and e.filename != out_dir else ""
             raise ValueError(f"out_dir {out_dir!r}: cannot write figures there "
-                             f"({e.strerror or e})") from None
+                             f"({e.strerror or e}{where})") from None
     say(f"fastnn {fastnn.__version__} demo: {fastnn.get_num_threads()} threads, seed {seed}\n")
 
     X, y = datasets.spiral(n_per_class=40, n_classes=3, noise=0.6, seed=seed)

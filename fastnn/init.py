@@ -15,17 +15,22 @@ def _check_rng(rng):
 
 
 def _check_args(shape, rng, dtype):
-    """shape as a tuple of ints >= 0 (at least one), rng a NumPy random source, dtype float32
-    or float64; TypeError / ValueError naming the bad one."""
+    """shape as a tuple of ints >= 0 (what NumPy takes as a size: an int, a sequence or 1-D
+    array of ints), rng a NumPy random source, dtype a float32 or float64 dtype (either byte
+    order); TypeError / ValueError naming the bad one."""
     _check_rng(rng)
-    if not isinstance(shape, (tuple, list)) or not shape:
-        raise TypeError(f"shape must be a non-empty tuple of ints, got {shape!r}")
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    elif isinstance(shape, np.ndarray) and shape.ndim == 1:
+        shape = tuple(shape.tolist())
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"shape must be an int or a tuple of ints, got {type(shape).__name__}")
     shape = tuple(check_int(n, "shape", minimum=0) for n in shape)
     try:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
+    if dt.kind != "f" or dt.itemsize not in (4, 8):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return shape, dt
 
@@ -33,14 +38,14 @@ def _check_args(shape, rng, dtype):
 def he_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / fan_in): keeps the variance of ReLU activations constant across layers."""
     shape, dtype = _check_args(shape, rng, dtype)
-    fan_in = shape[0]
+    fan_in = shape[0] if shape else 1
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in))).astype(dtype)
 
 
 def xavier_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / (fan_in + fan_out)) (Glorot and Bengio), for tanh/sigmoid/linear units."""
     shape, dtype = _check_args(shape, rng, dtype)
-    fan_in, fan_out = shape[0], int(np.prod(shape[1:]))
+    fan_in, fan_out = (shape[0] if shape else 1), int(np.prod(shape[1:]))
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in + fan_out))).astype(dtype)
 
 

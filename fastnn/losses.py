@@ -74,7 +74,8 @@ def get_loss(loss):
     if isinstance(loss, type) and issubclass(loss, Loss):
         loss = loss()
     if isinstance(loss, Loss):
-        if type(loss).fn is None and type(loss).__call__ is Loss.__call__:
+        cls = type(loss)
+        if getattr(cls, "fn", None) is None and getattr(cls, "__call__", None) is Loss.__call__:
             raise TypeError(f"loss {type(loss).__name__} computes nothing: give a loss such as "
                             f"{sorted(_BY_NAME)}, or a Loss subclass with fn or __call__")
         return loss

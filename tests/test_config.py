@@ -494,6 +494,62 @@ def test_files_are_never_renamed_over_what_is_not_a_regular_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["pipe"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_bench_json_into_a_fifo_reaches_its_reader(tmp_path):
+    """A stream target is opened once: checked and closed first, then opened again at the
+    end, it would have no reader left (the first close ends the reader's input) and block."""
+    import threading
+
+    from fastnn import bench
+
+    fifo = tmp_path / "results"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
+    reader.start()
+    done = []
+    runner = threading.Thread(target=lambda: done.append(bench.main(
+        ["--json", str(fifo), "--rounds", "1", "--min-time", "0.001", "--skip-large",
+         "--no-torch"])), daemon=True)
+    runner.start()
+    runner.join(240)
+    reader.join(10)
+    assert done == [0], "the benchmark did not finish (blocked on its --json FIFO?)"
+    assert json.loads(got[0])[0]["network"] == "2-100-3"
+
+
+def test_bench_json_refuses_a_file_it_cannot_write(tmp_path, capsys):
+    from fastnn import bench
+
+    target = tmp_path / "results.json"
+    target.write_text("{}")
+    os.chmod(target, 0o444)
+    try:
+        if os.access(target, os.W_OK):
+            pytest.skip("root: every file is writable")
+        with pytest.raises(SystemExit):
+            bench.main(["--json", str(target), "--rounds", "1"])
+        assert "results.json" in capsys.readouterr().err
+    finally:
+        os.chmod(target, 0o644)
+    with pytest.raises(SystemExit):
+        bench.main(["--json", str(tmp_path), "--rounds", "1"])   # a folder
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_model_saved_to_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        fastnn.Sequential(fastnn.Dense(2, 2)).save(tmp_path)
+
+
+def test_cli_main_runs_with_no_stdout(monkeypatch):
+    """sys.stdout is None under pythonw or with stdout closed; main() must not fail on it."""
+    from fastnn.__main__ import main
+
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["config"]) == 0   # (print writes nothing when sys.stdout is None)
+
+
 def _cli(*args, **kwargs):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -544,6 +600,8 @@ def test_demo_refuses_an_unwritable_folder_before_training(tmp_path):
         try:
             probe.touch()   # root writes anyway: then /proc/self is the unwritable folder
             probe.unlink()
+            if not os.path.isdir("/proc/self"):
+                pytest.skip("root, and no /proc: no folder this test cannot write")
             target = "/proc/self"
         except OSError:
             target = str(locked)
@@ -553,6 +611,16 @@ def test_demo_refuses_an_unwritable_folder_before_training(tmp_path):
         assert "accuracy" not in stream.getvalue()   # refused before anything trained
     finally:
         os.chmod(locked, 0o700)
+    figure = tmp_path / "figures" / "regularization.png"   # an existing figure it cannot replace
+    figure.parent.mkdir()
+    figure.mkdir()
+    with pytest.raises(ValueError, match="regularization.png"):
+        demo.run(out_dir=str(figure.parent), steps=1, stream=io.StringIO())
+
+
+def test_demo_run_checks_steps():
+    from fastnn import demo
+
     for bad, exc in ((0, ValueError), (True, TypeError), (2.5, TypeError)):
         with pytest.raises(exc, match="steps"):
             demo.run(steps=bad, plots=False, stream=io.StringIO())

@@ -555,3 +555,35 @@ def test_course_models_name_X_when_its_width_is_wrong():
         with pytest.raises(ValueError, match=r"X must have 4 features per row \(W1 has 4 rows\)"):
             net.loss(np.zeros((6, 5)))
         assert net.loss(np.zeros((6, 2, 2))).shape == (6, 3)   # (N, d1, ..., dk) flattened
+
+
+def test_get_loss_takes_stand_ins_of_a_loss():
+    """A Loss class without fn of its own (a test's mock) is not the base class's nothing."""
+    from unittest import mock
+
+    from fastnn.losses import SoftmaxCrossEntropy, get_loss
+
+    stand_in = mock.create_autospec(SoftmaxCrossEntropy, instance=True)
+    assert get_loss(stand_in) is stand_in
+    magic = mock.MagicMock(spec=fastnn.losses.Loss)
+    assert get_loss(magic) is magic
+
+
+@pytest.mark.parametrize("shape, want", [(5, (5,)), ((), ()), (np.array([3, 4]), (3, 4)),
+                                         ([2, 3], (2, 3)), ((np.int64(2), 3), (2, 3))])
+@pytest.mark.parametrize("init", ["he_normal", "xavier_normal", "scaled"])
+def test_initializers_take_what_numpy_takes_as_a_size(init, shape, want):
+    from fastnn import init as I
+
+    fn = I.scaled_normal(0.1) if init == "scaled" else getattr(I, init)
+    rng = np.random.default_rng(0)
+    out = fn(shape, rng)
+    assert out.shape == want and out.dtype == np.float32
+    if want:   # (a 0-d draw is a NumPy scalar: native byte order)
+        assert fn(shape, rng, dtype=">f8").dtype == np.dtype(">f8")
+    for bad, exc in ((-1, ValueError), (2.5, TypeError), ("3", TypeError)):
+        with pytest.raises(exc, match="shape"):
+            fn(bad, rng)
+    for bad in ("U3", np.int32, np.float16):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            fn(shape, rng, dtype=bad)
