@@ -49,17 +49,18 @@ def _with_repeated_entry(src, dst, member, copies):
     eocd = raw.rindex(b"PK\x05\x06")
     cd_size, cd_offset = np.frombuffer(raw[eocd + 12:eocd + 20], "<u4")
     entries = raw[cd_offset:cd_offset + cd_size]
-    start = entries.index(b"PK\x01\x02" + raw[cd_offset + 4:cd_offset + 4])   # the first entry
-    # find the member's own central-directory record
+    # the member's own central-directory record (each record: a signature, 46 bytes, its
+    # name, extra field and comment)
     pos = 0
     record = None
     while pos < len(entries):
+        assert entries[pos:pos + 4] == b"PK\x01\x02", "not a central-directory record"
         name_len, extra_len, comment_len = np.frombuffer(entries[pos + 28:pos + 34], "<u2")
         end = pos + 46 + name_len + extra_len + comment_len
         if entries[pos + 46:pos + 46 + name_len].decode() == info.filename:
             record = entries[pos:end]
         pos = end
-    assert start == 0 and record is not None
+    assert record is not None
     new_cd = entries + record * copies
     n_entries = int(np.frombuffer(raw[eocd + 10:eocd + 12], "<u2")[0]) + copies
     eocd_rec = bytearray(raw[eocd:])
