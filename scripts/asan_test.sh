@@ -32,7 +32,15 @@ grep -q "sanitize=address" "$dest/asan-build.log" || { echo "the build did not e
 # 3. the tests against it, with the ASan runtime preloaded (the python binary is not sanitized)
 libasan=$(${CC:-gcc} -print-file-name=libasan.so)
 [ -e "$libasan" ] || { echo "libasan not found (install the compiler's libasan)"; exit 1; }
-export LD_PRELOAD="$libasan"
+# libstdc++ too: ASan intercepts __cxa_throw and must find the real one when it starts, or the
+# first C++ exception in an extension that links libstdc++ later (matplotlib's ft2font, which
+# the demo tests import, throws one on import) stops the run with a "CHECK failed" abort
+libstdcxx=$(${CXX:-g++} -print-file-name=libstdc++.so 2>/dev/null || ${CC:-gcc} -print-file-name=libstdc++.so)
+if [ -e "$libstdcxx" ]; then
+    export LD_PRELOAD="$libasan $libstdcxx"
+else
+    export LD_PRELOAD="$libasan"
+fi
 # allocator_may_return_null: a huge allocation (a crafted .npy header claiming 2**45 elements) is
 # a MemoryError in Python, as without ASan, rather than an ASan abort
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:halt_on_error=1:${ASAN_OPTIONS:-}"
