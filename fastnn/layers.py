@@ -361,8 +361,10 @@ class _Activation(Layer):
     name = None
 
     def forward(self, x, training=None):
-        out, self._cache = getattr(_fa, f"{self.name}_forward")(self._input(x))
-        self._cache.x = None   # (relu's input, kept for the course's code: backward reads the output)
+        out, cache = getattr(_fa, f"{self.name}_forward")(self._input(x))
+        # relu_forward's cache is its input (the course's); the layer keeps the output instead,
+        # which the next layer holds anyway (the same mask: x > 0 exactly where relu(x) > 0)
+        self._cache = cache if isinstance(cache, _fa.ActivationCache) else _fa.ActivationCache("relu", out)
         return out
 
     def _infer(self, x):

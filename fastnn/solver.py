@@ -155,8 +155,9 @@ class Solver:
 
         lr_decay = opts["lr_decay"]
         if isinstance(lr_decay, bool) or not isinstance(lr_decay, numbers.Real) \
-                or not np.isfinite(lr_decay) or lr_decay <= 0:
-            raise ValueError(f"lr_decay must be a finite number > 0, got {lr_decay!r}")
+                or not np.isfinite(lr_decay) or lr_decay < 0:
+            # (0 is allowed, as a learning rate of 0 is: the course's Solver takes it)
+            raise ValueError(f"lr_decay must be a finite number >= 0, got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
         self.batch_size = check_int(opts["batch_size"], "batch_size")
         self.num_epochs = check_int(opts["num_epochs"], "num_epochs")

@@ -140,18 +140,224 @@ def test_fused_relu_cache_is_the_courses_pre_activation(course_bwd):
     np.testing.assert_array_equal(course_bwd(dout, relu_cache), course_bwd(dout, a))
 
 
-def test_relu_layer_keeps_no_input():
-    """The course's relu_forward cache holds x; the ReLU layer's backward reads the output
-    only, so the layer drops x (one activation less held between forward and backward)."""
+def test_relu_layer_keeps_its_output_not_its_input():
+    """relu_forward's cache is x (the course's); the ReLU layer keeps the output instead, which
+    the layer above holds anyway, and its backward gives dout * (x > 0) from it."""
     from fastnn import ReLU
 
     layer = ReLU()
-    layer.forward(np.ones((4, 3), np.float32))
-    assert layer._cache.x is None
-    np.testing.assert_array_equal(layer.backward(np.ones((4, 3), np.float32)), np.ones((4, 3)))
+    x = np.array([[-1.0, 0.0, 2.0, np.nan]], np.float32)
+    out = layer.forward(x)
+    assert layer._cache.saved is out
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 4), np.float32)), [[0, 0, 1, 0]])
 
 
 def test_relu_cache_of_a_list_compares_like_its_array():
     _, cache = F.relu_forward([-1.0, 0.0, 2.0])
     np.testing.assert_array_equal(cache > 0, [False, False, True])
     np.testing.assert_array_equal(cache < 0, [True, False, False])
+
+
+# ----------------------------------------------------------------------------- more course code
+def course_affine_forward(x, w, b):
+    out = x.reshape(x.shape[0], -1).dot(w) + b
+    return out, (x, w, b)
+
+
+def course_relu_forward(x):
+    return np.maximum(0, x), x
+
+
+def course_affine_relu_forward(x, w, b):
+    a, fc_cache = course_affine_forward(x, w, b)
+    out, relu_cache = course_relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def course_dropout_forward(x, dropout_param):
+    p, mode = dropout_param["p"], dropout_param["mode"]
+    if "seed" in dropout_param:
+        np.random.seed(dropout_param["seed"])
+    mask = None
+    if mode == "train":
+        mask = (np.random.rand(*x.shape) < p) / p
+        out = x * mask
+    else:
+        out = x
+    return out.astype(x.dtype, copy=False), (dropout_param, mask)
+
+
+def course_dropout_backward(dout, cache):
+    dropout_param, mask = cache
+    return dout * mask if dropout_param["mode"] == "train" else dout
+
+
+def course_relu_backward_shape(dout, cache):
+    x = cache
+    dx = np.zeros(x.shape, dtype=x.dtype)
+    dx[x > 0] = 1
+    return dx * dout
+
+
+def course_relu_backward_copy(dout, cache):
+    x = cache.copy()
+    x[x > 0] = 1
+    x[x <= 0] = 0
+    return dout * x
+
+
+@pytest.mark.parametrize("course_bwd", [course_relu_backward_shape, course_relu_backward_copy],
+                         ids=lambda f: f.__name__)
+def test_relu_cache_is_the_input_as_in_the_course(course_bwd):
+    """Course relu_backwards that use the cache as an array (x.shape, x.copy(), indexing)."""
+    x = np.array([[-1.5, 0.0, 2.0, 3.0], [-0.0, 1e-30, -7.0, 0.5]])
+    dout = np.arange(8.0).reshape(2, 4) + 1
+    _, cache = F.relu_forward(x)
+    assert cache is x    # (a float64 C-contiguous x needs no conversion: the very array)
+    np.testing.assert_array_equal(course_bwd(dout, cache), course_bwd(dout, x))
+    np.testing.assert_array_equal(F.relu_backward(dout, cache), course_bwd(dout, x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_affine_caches_index_like_the_courses_tuples(dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 2)).astype(dtype)
+    w = rng.standard_normal((4, 5)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    _, cache = F.affine_forward(x, w, b)
+    assert len(cache) == 3
+    np.testing.assert_array_equal(cache[0], x)
+    assert cache[0].shape == x.shape and cache[1] is w and cache[-1] is b
+    assert [c.shape for c in cache[:2]] == [x.shape, w.shape]
+    with pytest.raises(IndexError):
+        cache[3]
+    _, cache = F.affine_relu_forward(x, w, b)
+    assert len(cache) == 2
+    fc, a = cache[0], cache[1]
+    assert fc[1] is w and fc[2] is b
+    np.testing.assert_allclose(a, x.reshape(3, 4) @ w + b, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    for fwd in (F.affine_sigmoid_forward, F.affine_tanh_forward):
+        _, cache = fwd(x, w, b)
+        with pytest.raises(TypeError, match="fastnn's own"):
+            len(cache)
+        with pytest.raises(TypeError, match="fastnn's own"):
+            cache[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xshape", [(5, 12), (4, 3, 2, 2), (1, 7)], ids=str)
+def test_fastnn_backward_takes_the_courses_affine_caches(dtype, xshape):
+    """A course forward, then fastnn's backward: the course's own backward's numbers."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xshape).astype(dtype)
+    d = int(np.prod(xshape[1:]))
+    w = rng.standard_normal((d, 6)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    b[:2] = 0.0
+    x.reshape(x.shape[0], -1)[0] = 0.0   # a row whose pre-activation is exactly b: zeros in a
+    dout = rng.standard_normal((xshape[0], 6)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    before = [a.copy() for a in (x, w, b, dout)]
+
+    _, cache = course_affine_forward(x, w, b)
+    got = F.affine_backward(dout, cache)
+    assert got[0].shape == xshape and all(g.dtype == dtype for g in got)
+    for g, c in zip(got, course_affine_backward(dout, cache)):
+        np.testing.assert_allclose(g, c, **tol)
+
+    _, cache = course_affine_relu_forward(x, w, b)
+    assert (cache[1] == 0).any()
+    got = F.affine_relu_backward(dout, cache)
+    for g, c in zip(got, course_affine_relu_backward(dout, cache)):
+        np.testing.assert_allclose(g, c, **tol)
+    # and the same numbers as fastnn's own cache (the mask a > 0 is relu(a) > 0)
+    for g, c in zip(got, F.affine_relu_backward(dout, F.affine_relu_forward(x, w, b)[1])):
+        np.testing.assert_allclose(g, c, **tol)
+    for a, a0 in zip((x, w, b, dout), before):
+        np.testing.assert_array_equal(a, a0)
+
+
+def test_course_relu_cache_mask_is_exact_across_dtypes():
+    """A float64 pre-activation below float32's range is still > 0 in the mask (converting it
+    to float32 would flush it to 0); NaN counts as not > 0, as in dout * (a > 0)."""
+    x = np.ones((1, 3), np.float32)
+    w = np.ones((3, 4), np.float32)
+    b = np.zeros(4, np.float32)
+    a = np.array([[1e-50, -1e-50, np.nan, 2.0]])
+    dout = np.ones((1, 4), np.float32)
+    dx, dw, db = F.affine_relu_backward(dout, ((x, w, b), a))
+    np.testing.assert_array_equal(db, [1, 0, 0, 1])
+
+
+def test_course_affine_caches_that_do_not_fit_are_named():
+    x, w, b = np.ones((2, 3)), np.ones((3, 4)), np.zeros(4)
+    dout = np.ones((2, 4))
+    with pytest.raises(TypeError, match="cache"):
+        F.affine_backward(dout, (x, w))
+    with pytest.raises(ValueError, match=r"cache.*w must have 3 rows"):
+        F.affine_backward(dout, (x, np.ones((5, 4)), b))
+    with pytest.raises(ValueError, match="cache.*b must have shape"):
+        F.affine_backward(dout, (x, w, np.zeros(3)))
+    with pytest.raises(TypeError, match="cache"):
+        F.affine_relu_backward(dout, (x, w, b))
+    with pytest.raises(TypeError, match="fc_cache"):
+        F.affine_relu_backward(dout, ([x, w, b], np.ones((2, 4))))
+    with pytest.raises(ValueError, match="relu_cache must have shape"):
+        F.affine_relu_backward(dout, ((x, w, b), np.ones((2, 3))))
+    with pytest.raises(ValueError, match="dout"):
+        F.affine_backward(np.ones((2, 5)), (x, w, b))
+    with pytest.raises(TypeError, match="cache"):
+        F.affine_backward(dout, [x, w, b])   # (a list is no cache of either kind)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_dropout_caches_both_ways(dtype, p):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((7, 11)).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    param = {"p": p, "mode": "train", "seed": 17}
+    out, cache = F.dropout_forward(x, param)
+    # fastnn's cache in the course's backward: the course's unpacking, fastnn's numbers
+    got = course_dropout_backward(dout, cache)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, F.dropout_backward(dout, cache))
+    param_back, mask = cache
+    assert param_back == {"p": p, "mode": "train", "seed": 17} and mask.dtype == dtype
+    np.testing.assert_array_equal(x * mask, out)   # the mask the forward applied
+    assert len(cache) == 2 and cache[-1].shape == x.shape
+    # the course's cache in fastnn's backward: the course's numbers
+    state = np.random.get_state()
+    try:
+        _, ccache = course_dropout_forward(x, dict(param))
+    finally:
+        np.random.set_state(state)
+    np.testing.assert_array_equal(F.dropout_backward(dout, ccache), course_dropout_backward(dout, ccache))
+    # 'test' mode: the course's mask is None, the gradient passes through
+    _, cache = F.dropout_forward(x, {"p": p, "mode": "test"})
+    assert cache[1] is None and cache[0]["mode"] == "test"
+    np.testing.assert_array_equal(course_dropout_backward(dout, cache), dout)
+    np.testing.assert_array_equal(F.dropout_backward(dout, ({"p": p, "mode": "test"}, None)), dout)
+
+
+def test_course_dropout_caches_that_do_not_fit_are_named():
+    dout = np.ones((2, 3))
+    with pytest.raises(TypeError, match="cache"):
+        F.dropout_backward(dout, (np.ones((2, 3)),))
+    with pytest.raises(TypeError, match="cache"):
+        F.dropout_backward(dout, ("train", np.ones((2, 3))))
+    with pytest.raises(ValueError, match="mode"):
+        F.dropout_backward(dout, ({"mode": "eval"}, np.ones((2, 3))))
+    with pytest.raises(ValueError, match="shape"):
+        F.dropout_backward(dout, ({"mode": "train"}, np.ones((3, 2))))
+    with pytest.raises(TypeError, match="mask"):
+        F.dropout_backward(dout, ({"mode": "train"}, None))
+
+
+def test_star_import_binds_the_functions_only():
+    ns = {}
+    exec("from fastnn.functional import *", ns)
+    names = {k for k in ns if not k.startswith("__")}
+    assert {"affine_forward", "softmax_loss", "dropout_forward", "relu_backward"} <= names
+    assert not {"activations", "dense", "dropout", "losses"} & names
+    assert all(callable(ns[k]) for k in names)

@@ -110,7 +110,7 @@ def test_update_rule_callable_is_used():
 @pytest.mark.parametrize(
     "kwargs, word",
     [({"batch_size": 0}, "batch_size"), ({"num_epochs": -1}, "num_epochs"),
-     ({"lr_decay": 0.0}, "lr_decay"), ({"print_every": 0}, "print_every"),
+     ({"lr_decay": -0.5}, "lr_decay"), ({"print_every": 0}, "print_every"),
      ({"num_train_samples": 0}, "num_train_samples"), ({"seed": -3}, "seed")],
 )
 def test_bad_values_raise(kwargs, word):

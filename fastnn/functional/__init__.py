@@ -46,3 +46,10 @@ from fastnn.functional.dropout import (  # noqa: F401,E402
     gaussian_noise_backward,
     gaussian_noise_forward,
 )
+
+from fastnn.functional import activations as _a, dense as _d, dropout as _dr, losses as _l  # noqa: E402
+
+# What ``from fastnn.functional import *`` binds: the functions, not the submodules (course code
+# may have modules of its own named activations, dense, dropout or losses)
+__all__ = [*_a.__all__, *_d.__all__, *_l.__all__, *_dr.__all__]
+del _a, _d, _dr, _l

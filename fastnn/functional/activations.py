@@ -27,44 +27,24 @@ __all__ = [
 
 
 class ActivationCache:
-    """What an activation's forward keeps for its backward."""
+    """What an activation's forward keeps for its backward (relu_forward's cache is its input
+    itself, as the course's)."""
 
-    __slots__ = ("kind", "saved", "alpha", "x")
+    __slots__ = ("kind", "saved", "alpha")
 
-    def __init__(self, kind, saved, alpha=None, x=None):
+    def __init__(self, kind, saved, alpha=None):
         self.kind = kind
         self.saved = saved
         self.alpha = alpha
-        self.x = x   # relu: the input, for the course's relu_backward (below)
 
     def __repr__(self):
         return f"ActivationCache({self.kind!r}, saved shape {self.saved.shape}, dtype {self.saved.dtype})"
 
-    # The course's relu_backward reads its cache as the input x (``dout * (x > 0)``,
-    # ``dx[x <= 0] = 0``, ``np.where(x < 0, 0, dout)``, ...). relu_forward's cache holds a
-    # reference to that input (as the course's cache does), converts to it and compares like
-    # it, so the course's relu_backward takes it. Other kinds have no course counterpart.
-    def _course_x(self):
-        if self.x is None:
-            raise TypeError(f"a {self.kind}_forward cache is fastnn's own: pass it to "
-                            f"fastnn.functional.{self.kind}_backward")
-        return self.x
-
     def __array__(self, dtype=None, copy=None):
-        x = self._course_x()
-        return np.array(x, dtype=dtype, copy=True) if copy else np.asarray(x, dtype=dtype)
-
-    def __gt__(self, other):
-        return self._course_x() > other
-
-    def __ge__(self, other):
-        return self._course_x() >= other
-
-    def __lt__(self, other):
-        return self._course_x() < other
-
-    def __le__(self, other):
-        return self._course_x() <= other
+        # course code reading a cache it has no counterpart for (np.asarray would make a 0-d
+        # object array of it, and the error would come later, naming nothing)
+        raise TypeError(f"a {self.kind}_forward cache is fastnn's own: pass it to "
+                        f"fastnn.functional.{self.kind}_backward")
 
 
 # Kernel op codes as plain ints (cheapest to pass to the kernel).
@@ -105,17 +85,21 @@ def relu_forward(x, *, out=None):
     """ReLU, ``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
     x = as_float_array(x, "x")
     out = _forward(_RELU, x, out)
-    return out, ActivationCache("relu", out, x=x)
+    # The cache is x itself, as the course's (``cache = x``): every way course code writes its
+    # relu_backward works on it (``dout * (x > 0)``, ``dx[x <= 0] = 0``, ``x.shape``, ...), and
+    # relu_backward's mask x > 0 is exactly relu(x) > 0 (NaN: neither).
+    return out, x
 
 
 def relu_backward(dout, cache, *, out=None):
-    """``dout * (x > 0)``; ``cache`` is relu_forward's cache, or the input ``x`` itself."""
+    """``dout * (x > 0)``; ``cache`` is relu_forward's cache: the input ``x`` itself, as the
+    course's (the ReLU layer keeps its output instead: x > 0 exactly where relu(x) > 0)."""
     if isinstance(cache, ActivationCache):
         saved = _cache_array(cache, "relu")
     elif isinstance(cache, np.ndarray):
-        saved = cache  # the course's convention: cache = x; x > 0 exactly where relu(x) > 0
+        saved = cache
     else:
-        raise TypeError(f"cache must be relu_forward's cache or the input array, got {type(cache).__name__}")
+        raise TypeError(f"cache must be relu_forward's cache (the input array), got {type(cache).__name__}")
     return _backward(_RELU, dout, saved, out)
 
 

@@ -9,6 +9,7 @@ and b (M, k) runs one product for all pieces.
 Caches hold references, not copies: as in the course code, ``w`` is read when backward runs.
 """
 import math
+import operator
 
 import numpy as np
 
@@ -56,23 +57,43 @@ class DenseCache:
         self.chunks = False   # the forward cut its products as the step kernel does (the layer
                               # API: small layers in row chunks, bounded dx tiles)
 
-    def __iter__(self):
-        """Course code unpacks caches: ``x, w, b = cache`` in its affine_backward and
-        ``fc_cache, relu_cache = cache`` in its affine_relu_backward. The caches of
-        affine_forward and affine_relu_forward unpack the same way (x in its original shape),
-        so the course's backward functions take them. relu_cache is the pre-activation
-        ``x @ w + b``, which the fused kernel does not keep: it is computed here with NumPy, as
-        the course's affine_forward computes it (a product, paid only by code that unpacks).
-        The other caches have no course counterpart."""
+    # Course code takes caches apart: ``x, w, b = cache`` in its affine_backward and
+    # ``fc_cache, relu_cache = cache`` in its affine_relu_backward (or cache[0], cache[1]).
+    # The caches of affine_forward and affine_relu_forward unpack and index the same way (x in
+    # its original shape), so the course's backward functions take them. relu_cache is the
+    # pre-activation ``x @ w + b``, which the fused kernel does not keep: it is computed with
+    # NumPy, as the course's affine_forward computes it (a product, paid only by code that asks
+    # for it). The other caches have no course counterpart.
+    def _course_len(self):
         if self.extra is None and self.x2 is not None:
-            fc = (self.x2.reshape(self.x_shape), self.w, self.b)
             if self.op == _ka.IDENTITY:
-                return iter(fc)
+                return 3
             if self.op == _ka.RELU:
-                return iter((fc, self.x2.dot(np.asarray(self.w)) + np.asarray(self.b)))
+                return 2
         raise TypeError("this cache is fastnn's own (only affine_forward's and "
                         "affine_relu_forward's unpack like the course's): pass it to the "
                         "matching fastnn.functional backward")
+
+    def _course_item(self, i):
+        fc = (self.x2.reshape(self.x_shape), self.w, self.b)
+        if self.op == _ka.IDENTITY:
+            return fc[i]
+        return fc if i == 0 else self.x2.dot(np.asarray(self.w)) + np.asarray(self.b)
+
+    def __len__(self):
+        return self._course_len()
+
+    def __iter__(self):
+        return iter([self._course_item(i) for i in range(self._course_len())])
+
+    def __getitem__(self, i):
+        n = self._course_len()
+        if isinstance(i, slice):
+            return tuple(self._course_item(j) for j in range(n)[i])
+        i = operator.index(i)
+        if not -n <= i < n:
+            raise IndexError(f"cache index out of range (it has {n} entries)")
+        return self._course_item(i % n)
 
 
 def _check_dim(value, what):
@@ -226,6 +247,47 @@ def _check_cache_arrays(cache, op, name):
     return n, d, m
 
 
+def _from_course(op, cache):
+    """The course's own caches, as its layers.py and layer_utils.py make them: ``(x, w, b)``
+    from affine_forward, ``((x, w, b), a)`` from affine_relu_forward (a, the pre-activation, is
+    its relu_cache), as fastnn's, so that fastnn's backward follows a course forward. Anything
+    else is returned as it is (for _check_cache to name)."""
+    if type(cache) is not tuple:
+        return cache
+    shape = "(x, w, b)" if op == _ka.IDENTITY else "(fc_cache, relu_cache)"
+    bad = TypeError(f"cache must be the cache returned by the forward function, or the "
+                    f"course's {shape}: got a tuple of {len(cache)} entries")
+    pre = None
+    if op == _ka.IDENTITY:
+        if len(cache) != 3:
+            raise bad
+        fc = cache
+    else:
+        if len(cache) != 2:
+            raise bad
+        fc, pre = cache
+        if type(fc) is not tuple:
+            raise TypeError(f"cache's fc_cache must be the course's (x, w, b), got "
+                            f"{type(fc).__name__}")
+    if len(fc) != 3:
+        raise TypeError(f"cache's (x, w, b) must have 3 entries, got {len(fc)}")
+    w_arg = fc[1]
+    try:
+        x2, x_shape, w, b, dt = _operands(*fc)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"cache (the course's (x, w, b)): {exc}") from None
+    saved = None
+    if pre is not None:
+        a = as_float_array(pre, "cache's relu_cache")
+        if a.shape != (x2.shape[0], w.shape[1]):
+            raise ValueError(f"cache's relu_cache must have shape {(x2.shape[0], w.shape[1])} "
+                             f"(x @ w + b), got {a.shape}")
+        # the derivative reads only where the saved values are > 0: the mask itself, exact
+        # whatever the dtypes (a float64 a below float32's range stays > 0)
+        saved = (a > 0).astype(dt)
+    return DenseCache(op, x2, x_shape, _live(w_arg, w), b, saved)
+
+
 def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     """Gradients for a dense cache. The layer API passes need_dx=False for a network's first
     layer (its dx product is skipped) and its own gradient arrays as dw/db, filled in place."""
@@ -291,8 +353,9 @@ def affine_forward(x, w, b):
 
 
 def affine_backward(dout, cache):
-    """Returns ``(dx, dw, db)``, dx in x's original shape."""
-    return _backward(_ka.IDENTITY, dout, cache, "affine")
+    """Returns ``(dx, dw, db)``, dx in x's original shape. ``cache`` is affine_forward's, or
+    the course's ``(x, w, b)``."""
+    return _backward(_ka.IDENTITY, dout, _from_course(_ka.IDENTITY, cache), "affine")
 
 
 def affine_relu_forward(x, w, b):
@@ -301,7 +364,9 @@ def affine_relu_forward(x, w, b):
 
 
 def affine_relu_backward(dout, cache):
-    return _backward(_ka.RELU, dout, cache, "affine_relu")
+    """Returns ``(dx, dw, db)``. ``cache`` is affine_relu_forward's, or the course's
+    ``(fc_cache, relu_cache)``."""
+    return _backward(_ka.RELU, dout, _from_course(_ka.RELU, cache), "affine_relu")
 
 
 def affine_leaky_relu_forward(x, w, b, alpha=0.01):

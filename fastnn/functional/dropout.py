@@ -8,20 +8,56 @@ one from NumPy's global random state, so ``np.random.seed`` makes a run reproduc
 The mask comes from a counter-based hash of (seed, element index) computed in the kernel: the
 same for any thread count, and regenerated in backward from the seed instead of stored.
 """
+import operator
+
 import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import dropout as _kd
-from fastnn._validation import as_float_array, check_scalar, check_seed
+from fastnn._validation import as_float_array, check_scalar, check_seed, common_dtype
 
 __all__ = ["dropout_forward", "dropout_backward", "gaussian_noise_forward", "gaussian_noise_backward"]
 
 
 class DropoutCache:
+    """What dropout_forward keeps: the settings and the seed, from which backward regenerates
+    the mask. Course code that unpacks it (``dropout_param, mask = cache``) gets a
+    dropout_param and the course's mask (the kept units' ``1 / p``, zeros elsewhere; None in
+    'test' mode), the mask computed then."""
+
     __slots__ = ("mode", "p", "seed", "shape", "dtype")
 
     def __init__(self, mode, p, seed, shape, dtype):
         self.mode, self.p, self.seed, self.shape, self.dtype = mode, p, seed, shape, dtype
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self):
+        return iter((self[0], self[1]))
+
+    def __getitem__(self, i):
+        i = operator.index(i)
+        if not -2 <= i < 2:
+            raise IndexError("cache index out of range (it has 2 entries: dropout_param, mask)")
+        p, mode, seed = _cache_params(self)
+        if i % 2 == 0:
+            return {"p": p, "mode": mode, "seed": seed}
+        if mode == "test":
+            return None
+        mask = np.ones(self.shape, dtype=self.dtype)
+        _kd.dropout_apply(mask.reshape(-1), mask.reshape(-1), p, seed, _threads._num_threads)
+        return mask
+
+
+def _cache_params(cache):
+    """(p, mode, seed) of a DropoutCache, checked again (a cache can be edited)."""
+    if cache.seed is None:
+        raise ValueError("cache is damaged: its seed is None")
+    try:
+        return _params({"p": cache.p, "mode": cache.mode, "seed": cache.seed})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cache is damaged or not from dropout_forward: {exc}") from None
 
 
 def _params(dropout_param):
@@ -57,14 +93,14 @@ def dropout_forward(x, dropout_param):
 
 
 def dropout_backward(dout, cache):
+    """``dout`` times the forward's mask ('train'), or ``dout`` itself ('test'). ``cache`` is
+    dropout_forward's, or the course's ``(dropout_param, mask)``."""
+    if type(cache) is tuple:
+        return _course_backward(dout, cache)
     if not isinstance(cache, DropoutCache):
         raise TypeError(f"cache must be the cache returned by dropout_forward, got {type(cache).__name__}")
-    if cache.seed is None:
-        raise ValueError("cache is damaged: its seed is None")
-    try:  # the fields the kernel reads, as dropout_forward checked them (a cache can be edited)
-        p, mode, seed = _params({"p": cache.p, "mode": cache.mode, "seed": cache.seed})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"cache is damaged or not from dropout_forward: {exc}") from None
+    # the fields the kernel reads, as dropout_forward checked them (a cache can be edited)
+    p, mode, seed = _cache_params(cache)
     dout = as_float_array(dout, "dout")
     if dout.shape != cache.shape:
         raise ValueError(f"dout must have shape {cache.shape}, got {dout.shape}")
@@ -73,6 +109,25 @@ def dropout_backward(dout, cache):
     dx = np.empty_like(dout)
     _kd.dropout_apply(dout.reshape(-1), dx.reshape(-1), p, seed, _threads._num_threads)
     return dx
+
+
+def _course_backward(dout, cache):
+    """The course's dropout_backward, for the course's cache ``(dropout_param, mask)``."""
+    if len(cache) != 2 or not isinstance(cache[0], dict):
+        raise TypeError("cache must be the cache returned by dropout_forward, or the course's "
+                        "(dropout_param, mask)")
+    dropout_param, mask = cache
+    mode = dropout_param.get("mode", "train")
+    if mode not in ("train", "test"):
+        raise ValueError(f"cache's dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    if mode == "test":
+        return as_float_array(dout, "dout")
+    dt = common_dtype(("dout", dout), ("cache's mask", mask))
+    dout = as_float_array(dout, "dout", dt)
+    mask = as_float_array(mask, "cache's mask", dt)
+    if mask.shape != dout.shape:
+        raise ValueError(f"dout must have the shape of the cache's mask {mask.shape}, got {dout.shape}")
+    return dout * mask
 
 
 def gaussian_noise_forward(x, std, mode="train", seed=None):
