@@ -157,14 +157,15 @@ def test_history_lengths(n_train, batch_size, epochs, per_epoch):
     assert all(isinstance(v, float) for v in solver.loss_history)
 
 
-def test_learning_rate_decays_once_per_epoch():
+@pytest.mark.parametrize("decay", [0.5, 0.0])   # (0: the rate is 0 after the first epoch, as in
+def test_learning_rate_decays_once_per_epoch(decay):   # the course's Solver)
     seen = []
 
     def rule(w, dw, config):
         seen.append(config["learning_rate"])
         return fastnn.optim.sgd(w, dw, config)
 
-    lr, decay, per_epoch, epochs = 0.05, 0.5, 3, 4
+    lr, per_epoch, epochs = 0.05, 3, 4
     solver = Solver(_model(), _data(n_train=60), update_rule=rule, optim_config={"learning_rate": lr},
                     lr_decay=decay, batch_size=20, num_epochs=epochs, verbose=False, seed=0)
     solver.train()
