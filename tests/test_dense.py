@@ -759,6 +759,39 @@ def test_thin_products_ignore_what_the_output_held(dtype, rng):
     assert_scaled_close(dx, _f64(dout) @ _f64(w).T, _max0(np.abs(_f64(dout)) @ np.abs(_f64(w)).T), dtype, "dx")
 
 
+# Thin products over a long inner dimension: 2**17 terms, which the kernel sums in blocks
+# (THIN_K_BLOCK = 4096 in csrc/fastnn_dense.pxd), each block's gemv added into the result.
+THIN_LONG = [
+    ("dw, by rows", (131072, 2), 3),      # dw (2 x 3): x transposed, the batch inside
+    ("dw, by columns", (131072, 5), 1),   # dw (5 x 1)
+    ("forward", (3, 131072), 2),          # y (3 x 2): the features inside
+    ("dx", (3, 2), 131072),               # dx (3 x 2): w transposed, the outputs inside
+]
+
+
+@pytest.mark.parametrize("what, x_shape, m", THIN_LONG, ids=[t[0] for t in THIN_LONG])
+def test_thin_products_over_a_long_inner_dimension_stay_accurate(what, x_shape, m):
+    """float32, terms of one sign. One gemv over all 2**17 terms was up to 1.4e-5 off
+    (relative; 1.7e-4 at 10**6 rows, where sgemm, which blocks its inner dimension too, is
+    6e-7 off). In blocks: each block's sum is within ~3e-7 here, and adding the 32 block sums
+    one after another adds a rounding each, so within 32 float32 eps (3.8e-6) with room; the
+    measured worst is 2.8e-6 (NumPy: 8.8e-6 for the (5, 1) product, one gemv of its own)."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 1, x_shape).astype(np.float32)
+    w = rng.uniform(0, 1, (x_shape[1], m)).astype(np.float32)
+    dout = rng.uniform(0, 1, (x_shape[0], m)).astype(np.float32)
+    out, cache = F.affine_forward(x, w, np.zeros(m, np.float32))
+    dx, dw, _ = F.affine_backward(dout, cache)
+    if what == "forward":
+        got, want = out, _f64(x) @ _f64(w)
+    elif what == "dx":
+        got, want = dx, _f64(dout) @ _f64(w).T
+    else:
+        got, want = dw, _f64(x).T @ _f64(dout)
+    err = float(np.max(np.abs(got - want) / want))
+    assert err < 32 * np.finfo(np.float32).eps, f"{what}: relative error {err:.2e}"
+
+
 # Big enough (with this module's small tiles) for the thin products to be cut into tiles that
 # threads share: every gemv case (rows and columns; plain, w transposed, x transposed) runs in
 # parallel across these three.
