@@ -556,7 +556,11 @@ class Sequential:
     def forward(self, X, training=None):
         """Scores for X. ``training`` overrides the layers' train/eval mode for this call.
         Each layer keeps what its backward needs (call ``backward`` next); a training step of
-        the same model in another thread waits for it, and it for the step."""
+        the same model in another thread waits for it, and it for the step. What a layer keeps
+        can be the array it returned (an activation's output, from which its derivative is
+        computed; the scores when the last layer has an activation): change a copy, not the
+        returned scores in place, before ``backward``, or the gradients change with them
+        (PyTorch raises an error there; NumPy code cannot tell)."""
         with self._lock:
             if self._layers.changed:
                 self._build()
