@@ -87,12 +87,17 @@ cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssiz
 
 cdef inline double logistic_elem(floating v, floating t, floating *d, double inv_n) noexcept nogil:
     """One sigmoid neuron with cross-entropy, t in {0, 1}:
-    log(1 + exp(-|v|)) + max(v, 0) - v t, gradient (sigmoid(v) - t) / N."""
-    cdef double e = exp(-fabs(v)), s
-    s = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+    log(1 + exp(-|v|)) + max(v, 0) - v t, gradient (sigmoid(v) - t) / N. For t = 1 the
+    gradient is -sigmoid(-v), computed as such: sigmoid(v) - 1 cancels for a confidently
+    right positive (1e-3 relative error at v = 30, 0 instead of -exp(-v) from v = 37 on)."""
+    cdef double e = exp(-fabs(v)), g
+    if t > 0.5:
+        g = -(e / (1.0 + e)) if v >= 0 else -(1.0 / (1.0 + e))
+    else:
+        g = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
     if v != v:
-        s = v
-    d[0] = <floating>((s - t) * inv_n)
+        g = v
+    d[0] = <floating>(g * inv_n)
     # max(v, 0) - v t, written per label so that v = +-inf gives inf or 0, never inf - inf
     if t > 0.5:
         return log1p(e) + (-<double>v if v < 0 else 0.0)

@@ -247,6 +247,32 @@ def test_huge_scores_known_answers():
     np.testing.assert_array_equal(dx, [0.5, -0.5])
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logistic_gradient_of_confident_scores_keeps_its_digits(dtype):
+    """The gradient for label 1 is sigmoid(v) - 1 = -sigmoid(-v), computed as the latter:
+    as a difference it cancels for a confidently right positive (1e-3 relative error at
+    v = 30, and 0 from v = 37 on, where the true value is still a normal number), and for
+    label 0 sigmoid(v) itself is exact. Compared with sigmoid(-v) computed in long double
+    (80-bit on x86-64; where long double is float64, it is still the non-cancelling form)."""
+    v = np.array([-40.0, -5.0, 0.0, 5.0, 20.0, 30.0, 37.0, 50.0, 80.0, 700.0])
+    if dtype == np.float32:
+        v = v[v < 80]   # (float32's smallest normal is 1.2e-38: exp(-80) is below it)
+    x = v.astype(dtype)
+    n = x.shape[0]
+    v = x.astype(np.float64)
+    e = np.exp(-np.abs(v.astype(np.longdouble)))
+    sig_minus = np.where(v >= 0, e / (1 + e), 1 / (1 + e))   # sigmoid(-v)
+    sig = np.where(v >= 0, 1 / (1 + e), e / (1 + e))         # sigmoid(v)
+    for label, want in ((1, -sig_minus), (0, sig)):
+        _, dx = F.logistic_loss(x, np.full(n, label))
+        _, rdx = R.logistic_loss(x, np.full(n, label))
+        want = (want / n).astype(np.float64)
+        for got, what in ((dx, "fastnn"), (rdx, "reference")):
+            rel = np.abs(got.astype(np.float64) - want) / np.abs(want)
+            assert rel.max() <= 4 * np.finfo(dtype).eps, (what, label, v[rel.argmax()], rel.max())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_x_and_y_not_modified(name, rng):
     """The course's numerical gradient check breaks if a loss shifts x in place."""

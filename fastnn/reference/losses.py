@@ -36,7 +36,9 @@ def logistic_loss(x, y):
     with np.errstate(over="ignore"):
         e = np.exp(-np.abs(x))
     s = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-    return float(loss), ((s - y) / n).astype(x.dtype).reshape(shape)
+    # s - 1 as -sigmoid(-x) for the positives: no cancellation where s is close to 1
+    g = np.where(y > 0.5, -np.where(x >= 0, e / (1 + e), 1 / (1 + e)), s)
+    return float(loss), (g / n).astype(x.dtype).reshape(shape)
 
 
 def binary_svm_loss(x, y):
