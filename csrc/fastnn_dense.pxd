@@ -245,13 +245,17 @@ cdef inline void gemv(bint trans, Py_ssize_t m, Py_ssize_t n, const floating *A,
         blas.dgemv(&t, &m_, &n_, &one, <double *>A, &lda_, <double *>x, &incx_, &beta, y, &incy_)
 
 
-# A thin product's inner dimension runs in blocks of this many (the last may be shorter),
-# each block's gemv added into C: one gemv over the whole of a long inner dimension (a thin
-# layer's weight gradient over a batch of 10**6 rows) sums it in a few float32 lanes, and
-# the error grows with the length (1.7e-4 relative at 10**6 rows against 6e-7 for sgemm,
-# which also blocks its inner dimension). Shape only: thread-count independent.
+# A thin product's inner dimension runs in blocks of THIN_K_BLOCK (the last may be
+# shorter). One gemv over the whole of a long inner dimension (a thin layer's weight gradient
+# over a batch of 10**6 rows) sums it in a few float32 lanes, or, for sgemv's 'N' form (a
+# product with one output column), adds into y in many small steps; either way the error
+# grows with the length (1.7e-4 relative at 10**6 rows against 6e-7 for sgemm, which also
+# blocks its inner dimension). Each block's gemv sums into a cleared stack buffer of THIN_TMP
+# elements (C's long side in pieces that fit), which is then added into C once: one rounding
+# per block. Shapes only: thread-count independent.
 cdef enum:
     THIN_K_BLOCK = 4096
+    THIN_TMP = 1024
 
 
 cdef inline void thin_product(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c,
@@ -274,6 +278,44 @@ cdef inline void thin_product(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize
                  beta)
 
 
+cdef inline void thin_blocked(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c,
+                              Py_ssize_t k, const floating *A, Py_ssize_t lda,
+                              const floating *B, Py_ssize_t ldb, floating *C,
+                              Py_ssize_t ldc) noexcept nogil:
+    """C += op(A) @ op(B) for a thin product whose inner dimension k is longer than
+    THIN_K_BLOCK and whose short side fits THIN_TMP: C's long side in pieces of
+    THIN_TMP // (short side); for each piece, each block of the inner dimension goes through
+    the cleared buffer (thin_product, beta = 0) and is added into C."""
+    cdef floating tmp[THIN_TMP]
+    cdef bint by_rows = c <= r          # pieces of C's rows (else of its columns)
+    cdef Py_ssize_t short = c if by_rows else r, long_ = r if by_rows else c
+    cdef Py_ssize_t piece = THIN_TMP // short, p0 = 0, pl, k0, kb, i, j
+    while p0 < long_:
+        pl = min(piece, long_ - p0)
+        k0 = 0
+        while k0 < k:
+            kb = min(<Py_ssize_t>THIN_K_BLOCK, k - k0)
+            memset(tmp, 0, pl * short * sizeof(floating))
+            if by_rows:
+                # rows p0 .. p0 + pl of C: those of op(A); tmp is pl x c
+                thin_product(trans_a, trans_b, pl, c, kb,
+                             A + (k0 * lda + p0 if trans_a else p0 * lda + k0), lda,
+                             B + (k0 if trans_b else k0 * ldb), ldb, tmp, c, 0)
+                for i in range(pl):
+                    for j in range(c):
+                        C[(p0 + i) * ldc + j] += tmp[i * c + j]
+            else:
+                # columns p0 .. p0 + pl of C: those of op(B); tmp is r x pl
+                thin_product(trans_a, trans_b, r, pl, kb,
+                             A + (k0 * lda if trans_a else k0), lda,
+                             B + (p0 * ldb + k0 if trans_b else k0 * ldb + p0), ldb, tmp, pl, 0)
+                for i in range(r):
+                    for j in range(pl):
+                        C[i * ldc + p0 + j] += tmp[i * pl + j]
+            k0 += THIN_K_BLOCK
+        p0 += piece
+
+
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
                       const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
                       floating *C, Py_ssize_t ldc, Py_ssize_t thin, bint acc) noexcept nogil:
@@ -285,7 +327,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py
     gradient of one with a few inputs) is one gemv per output column or row instead: sgemm
     packs both operands for its blocked kernel, which costs more than the product itself at
     these shapes (2-100-3, batch 300: 11 us for the 100x3 weight gradient, 3.6 us as three
-    gemv), in blocks of THIN_K_BLOCK of the inner dimension. The choice depends on the shape
+    gemv), a long inner dimension in blocks (thin_blocked). The choice depends on the shape
     only, so results stay thread-count independent."""
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
@@ -293,7 +335,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py
     cdef int lda_ = <int>ldb, ldb_ = <int>lda, ldc_ = <int>ldc
     cdef floating one = 1
     cdef floating beta = 1 if acc else 0
-    cdef Py_ssize_t i, j, k0
+    cdef Py_ssize_t i, j
     if c <= thin or r <= thin:
         # y = 0 first (unless accumulating): with beta = 0 the BLAS need not read y, but not
         # every OpenBLAS release got that right (0 * NaN garbage), and C may be uninitialized
@@ -301,13 +343,12 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t r, Py_ssize_t c, Py
             for i in range(r):
                 for j in range(c):
                     C[i * ldc + j] = 0
-        k0 = 0
-        while k0 < k:
-            thin_product(trans_a, trans_b, r, c, min(<Py_ssize_t>THIN_K_BLOCK, k - k0),
-                         A + (k0 * lda if trans_a else k0), lda,
-                         B + (k0 if trans_b else k0 * ldb), ldb, C, ldc, beta)
-            beta = 1
-            k0 += THIN_K_BLOCK
+        if k > THIN_K_BLOCK and min(r, c) <= THIN_TMP:
+            thin_blocked(trans_a, trans_b, r, c, k, A, lda, B, ldb, C, ldc)
+        else:
+            # (a short inner dimension; or both sides above THIN_TMP, which only a `thin`
+            # set that high reaches: one gemv per column or row over all of k)
+            thin_product(trans_a, trans_b, r, c, k, A, lda, B, ldb, C, ldc, beta)
         return
     if floating is float:
         blas.sgemm(&ta, &tb, &m_, &n_, &k_, &one, <float *>B, &lda_, <float *>A, &ldb_,
