@@ -39,6 +39,7 @@ libstdcxx=$(${CXX:-g++} -print-file-name=libstdc++.so 2>/dev/null || ${CC:-gcc} 
 if [ -e "$libstdcxx" ]; then
     export LD_PRELOAD="$libasan $libstdcxx"
 else
+    echo "note: libstdc++ not found; preloading libasan alone (C++ extensions may abort)" >&2
     export LD_PRELOAD="$libasan"
 fi
 # allocator_may_return_null: a huge allocation (a crafted .npy header claiming 2**45 elements) is

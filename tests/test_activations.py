@@ -543,16 +543,22 @@ def test_backward_numerical_gradient(op, shape, rng):
     np.testing.assert_allclose(dx, num, rtol=1e-7, atol=1e-10)
 
 
-def test_relu_backward_accepts_raw_input_as_cache(rng):
-    """The course's layers.py caches x itself; relu_backward(dout, x) must work."""
+def test_relu_backward_from_the_input_or_the_output(rng):
+    """relu_forward's cache is x itself (the course's layers.py caches x); the ReLU layer's is
+    the output, in an ActivationCache: the same mask, x > 0 exactly where relu(x) > 0, also at
+    NaN, +-inf and +-0."""
+    from fastnn.functional.activations import ActivationCache
+
     for dtype in DTYPES:
         x = _data(rng, (9, 11), dtype)
-        x[0, :3] = [np.nan, np.inf, -np.inf]
+        x[0, :6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, np.finfo(dtype).tiny / 4]
         dout = rng.standard_normal((9, 11)).astype(dtype)
+        y, cache = F.relu_forward(x)
+        assert cache is x
         dx = F.relu_backward(dout, x)
         assert dx.dtype == dtype
         np.testing.assert_array_equal(dx, R.relu_backward(dout, x))
-        np.testing.assert_array_equal(dx, F.relu_backward(dout, F.relu_forward(x)[1]))
+        assert_same_bits(dx, F.relu_backward(dout, ActivationCache("relu", y)))
 
 
 @pytest.mark.parametrize("bad", [np.ones(3, complex), np.array([1.0, None, 2.0], dtype=object),

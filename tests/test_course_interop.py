@@ -152,10 +152,11 @@ def test_relu_layer_keeps_its_output_not_its_input():
     np.testing.assert_array_equal(layer.backward(np.ones((1, 4), np.float32)), [[0, 0, 1, 0]])
 
 
-def test_relu_cache_of_a_list_compares_like_its_array():
+def test_relu_cache_of_a_list_is_the_converted_array():
     _, cache = F.relu_forward([-1.0, 0.0, 2.0])
-    np.testing.assert_array_equal(cache > 0, [False, False, True])
-    np.testing.assert_array_equal(cache < 0, [True, False, False])
+    assert isinstance(cache, np.ndarray) and cache.dtype == np.float64
+    np.testing.assert_array_equal(cache, [-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(course_relu_backward(np.ones(3), cache), [0, 0, 1])
 
 
 # ----------------------------------------------------------------------------- more course code
@@ -361,3 +362,59 @@ def test_star_import_binds_the_functions_only():
     assert {"affine_forward", "softmax_loss", "dropout_forward", "relu_backward"} <= names
     assert not {"activations", "dense", "dropout", "losses"} & names
     assert all(callable(ns[k]) for k in names)
+
+
+def test_caches_are_true_whatever_their_length():
+    """len() exists for course code that takes caches apart; a cache is still true (``if
+    cache:``), also fastnn's own, which have no len()."""
+    x, w, b = np.ones((2, 3)), np.ones((3, 4)), np.zeros(4)
+    caches = [F.affine_forward(x, w, b)[1], F.affine_relu_forward(x, w, b)[1],
+              F.affine_sigmoid_forward(x, w, b)[1], F.affine_leaky_relu_forward(x, w, b)[1],
+              F.maxout_forward(x, np.ones((3, 4, 2)), np.zeros((4, 2)))[1],
+              F.dropout_forward(x, {"p": 0.5, "seed": 1})[1]]
+    assert all(bool(c) for c in caches)
+
+
+def test_dropout_cache_slices_like_a_tuple():
+    x = np.ones((3, 4))
+    _, cache = F.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 3})
+    whole = cache[:]
+    assert len(whole) == 2 and whole[0]["seed"] == 3
+    np.testing.assert_array_equal(whole[1], cache[1])
+    assert cache[::-1][0] is not None and cache[-2] == whole[0]
+
+
+def test_course_sandwich_built_from_fastnn_pieces():
+    """Course code whose layer_utils builds affine_relu from fastnn's affine_forward and
+    relu_forward makes the cache (affine_forward's cache, a): fastnn's affine_relu_backward
+    takes it, with the numbers of the course's own backward."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 2, 3))
+    w = rng.standard_normal((6, 4))
+    b = rng.standard_normal(4)
+    dout = rng.standard_normal((5, 4))
+    a, fc_cache = F.affine_forward(x, w, b)
+    _, relu_cache = F.relu_forward(a)
+    cache = (fc_cache, relu_cache)
+    got = F.affine_relu_backward(dout, cache)
+    for g, c in zip(got, course_affine_relu_backward(dout, cache)):
+        np.testing.assert_allclose(g, c, rtol=1e-12, atol=1e-12)
+    # a fastnn cache of another kind in fc_cache's place is named
+    with pytest.raises(TypeError, match="fc_cache"):
+        F.affine_relu_backward(dout, (F.affine_sigmoid_forward(x, w, b)[1], relu_cache))
+
+
+def test_bool_dropout_mask_is_refused():
+    """A bool mask (some course code keeps rand < p and divides by p in both passes) has no
+    scale: dout * mask would be 1 / p too small, silently. Refused, naming the mask."""
+    mask = np.array([[True, False, True]])
+    with pytest.raises(TypeError, match="mask"):
+        F.dropout_backward(np.ones((1, 3)), ({"p": 0.5, "mode": "train"}, mask))
+
+
+def test_course_cache_errors_name_the_function():
+    x, w, b = np.ones((2, 3)), np.ones((3, 4)), np.zeros(4)
+    with pytest.raises(TypeError, match="affine_forward"):
+        F.affine_backward(np.ones((2, 4)), (x, w))
+    with pytest.raises(TypeError, match="affine_relu_forward"):
+        F.affine_relu_backward(np.ones((2, 4)), (x, w, b))

@@ -827,12 +827,10 @@ def test_cache_with_replaced_arrays_raises(call, path, kind):
             f"{call}: a corrupt cache ({path} {kind}) was accepted"
 
 
-# arrays some caches keep that their backward does not read (the bias: it has no gradient input;
-# relu's input: for the course's relu_backward, fastnn's reads the output)
+# arrays some caches keep that their backward does not read (the bias: it has no gradient input)
 _UNREAD = {"affine_backward": ("b", "saved"), "affine_relu_backward": ("b",), "affine_leaky_relu_backward": ("b",),
            "affine_sigmoid_backward": ("b",), "affine_tanh_backward": ("b",), "affine_prelu_backward": ("b",),
-           "maxout_backward": ("b", "w"),  # maxout keeps w as (D, M * k) for its forward only
-           "relu_backward": ("x",)}
+           "maxout_backward": ("b", "w")}  # maxout keeps w as (D, M * k) for its forward only
 
 
 # ============================================================================ threads

@@ -1,9 +1,10 @@
 """Activation layers, forward and backward, on the compiled element-wise kernels.
 
 Every forward returns ``(out, cache)`` and every backward takes ``(dout, cache)``, as in the
-course's ``layers.py``. Caches are small opaque objects; backward uses what forward saved (the
-output for ReLU, sigmoid and tanh; the input for Leaky ReLU and PReLU) instead of recomputing.
-``relu_backward`` also accepts the course's own cache, the input array ``x``.
+course's ``layers.py``. Backward uses what forward saved instead of recomputing: the output
+for sigmoid and tanh, the input for Leaky ReLU and PReLU, in small opaque caches; ReLU's
+cache is its input array ``x`` itself, as the course's (the ReLU layer keeps the output
+instead, which gives the same mask).
 
 ReLU, Leaky ReLU, sigmoid and tanh take an optional keyword ``out=``: a C-contiguous array of
 the result's shape and dtype, not overlapping the inputs, written instead of a new array (as
@@ -43,7 +44,7 @@ class ActivationCache:
     def __array__(self, dtype=None, copy=None):
         # course code reading a cache it has no counterpart for (np.asarray would make a 0-d
         # object array of it, and the error would come later, naming nothing)
-        raise TypeError(f"a {self.kind}_forward cache is fastnn's own: pass it to "
+        raise TypeError(f"this {self.kind} cache is fastnn's own: pass it to "
                         f"fastnn.functional.{self.kind}_backward")
 
 

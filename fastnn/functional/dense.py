@@ -83,6 +83,9 @@ class DenseCache:
     def __len__(self):
         return self._course_len()
 
+    def __bool__(self):   # (not len(): fastnn's own caches have none, and are still true)
+        return True
+
     def __iter__(self):
         return iter([self._course_item(i) for i in range(self._course_len())])
 
@@ -247,7 +250,7 @@ def _check_cache_arrays(cache, op, name):
     return n, d, m
 
 
-def _from_course(op, cache):
+def _from_course(op, cache, name):
     """The course's own caches, as its layers.py and layer_utils.py make them: ``(x, w, b)``
     from affine_forward, ``((x, w, b), a)`` from affine_relu_forward (a, the pre-activation, is
     its relu_cache), as fastnn's, so that fastnn's backward follows a course forward. Anything
@@ -255,8 +258,8 @@ def _from_course(op, cache):
     if type(cache) is not tuple:
         return cache
     shape = "(x, w, b)" if op == _ka.IDENTITY else "(fc_cache, relu_cache)"
-    bad = TypeError(f"cache must be the cache returned by the forward function, or the "
-                    f"course's {shape}: got a tuple of {len(cache)} entries")
+    bad = TypeError(f"cache must be the cache returned by {name}_forward, or the course's "
+                    f"{shape}: got a tuple of {len(cache)} entries")
     pre = None
     if op == _ka.IDENTITY:
         if len(cache) != 3:
@@ -266,9 +269,12 @@ def _from_course(op, cache):
         if len(cache) != 2:
             raise bad
         fc, pre = cache
+        if isinstance(fc, DenseCache) and fc.op == _ka.IDENTITY:
+            fc = tuple(fc)   # fastnn's affine_forward cache (course code that builds the
+                             # sandwich from fastnn's pieces): its (x, w, b)
         if type(fc) is not tuple:
-            raise TypeError(f"cache's fc_cache must be the course's (x, w, b), got "
-                            f"{type(fc).__name__}")
+            raise TypeError(f"cache's fc_cache must be the course's (x, w, b) or "
+                            f"affine_forward's cache, got {type(fc).__name__}")
     if len(fc) != 3:
         raise TypeError(f"cache's (x, w, b) must have 3 entries, got {len(fc)}")
     w_arg = fc[1]
@@ -355,7 +361,7 @@ def affine_forward(x, w, b):
 def affine_backward(dout, cache):
     """Returns ``(dx, dw, db)``, dx in x's original shape. ``cache`` is affine_forward's, or
     the course's ``(x, w, b)``."""
-    return _backward(_ka.IDENTITY, dout, _from_course(_ka.IDENTITY, cache), "affine")
+    return _backward(_ka.IDENTITY, dout, _from_course(_ka.IDENTITY, cache, "affine"), "affine")
 
 
 def affine_relu_forward(x, w, b):
@@ -365,8 +371,9 @@ def affine_relu_forward(x, w, b):
 
 def affine_relu_backward(dout, cache):
     """Returns ``(dx, dw, db)``. ``cache`` is affine_relu_forward's, or the course's
-    ``(fc_cache, relu_cache)``."""
-    return _backward(_ka.RELU, dout, _from_course(_ka.RELU, cache), "affine_relu")
+    ``(fc_cache, relu_cache)`` (fc_cache the course's ``(x, w, b)`` or affine_forward's cache,
+    relu_cache the pre-activation)."""
+    return _backward(_ka.RELU, dout, _from_course(_ka.RELU, cache, "affine_relu"), "affine_relu")
 
 
 def affine_leaky_relu_forward(x, w, b, alpha=0.01):

@@ -36,7 +36,12 @@ class DropoutCache:
     def __iter__(self):
         return iter((self[0], self[1]))
 
+    def __bool__(self):
+        return True
+
     def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(2)[i])
         i = operator.index(i)
         if not -2 <= i < 2:
             raise IndexError("cache index out of range (it has 2 entries: dropout_param, mask)")
@@ -122,6 +127,11 @@ def _course_backward(dout, cache):
         raise ValueError(f"cache's dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if mode == "test":
         return as_float_array(dout, "dout")
+    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_:
+        # the course's mask holds 1 / p where a unit is kept; a bool mask leaves the scaling
+        # to the code that made it, which fastnn cannot know
+        raise TypeError("cache's mask is bool: the course's mask is (rand < p) / p, the kept "
+                        "units' scale 1 / p (multiply yours by 1 / p)")
     dt = common_dtype(("dout", dout), ("cache's mask", mask))
     dout = as_float_array(dout, "dout", dt)
     mask = as_float_array(mask, "cache's mask", dt)
