@@ -56,16 +56,21 @@ def course_affine_relu_backward(dout, cache):
 
 
 # ----------------------------------------------------------------------------- tests
+def _affine_problem(seed, dtype, xshape, m=6):
+    """x (xshape), w, b, dout of an affine layer with m outputs, and the tolerance for dtype."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal((int(np.prod(xshape[1:])), m)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    dout = rng.standard_normal((xshape[0], m)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    return x, w, b, dout, tol
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("xshape", [(5, 12), (4, 3, 2, 2), (1, 7)], ids=str)
 def test_course_affine_backward_takes_fastnn_caches(dtype, xshape):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(xshape).astype(dtype)
-    d = int(np.prod(xshape[1:]))
-    w = rng.standard_normal((d, 6)).astype(dtype)
-    b = rng.standard_normal(6).astype(dtype)
-    dout = rng.standard_normal((xshape[0], 6)).astype(dtype)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    x, w, b, dout, tol = _affine_problem(0, dtype, xshape)
 
     _, cache = F.affine_forward(x, w, b)
     ours = F.affine_backward(dout, cache)
@@ -249,15 +254,9 @@ def test_affine_caches_index_like_the_courses_tuples(dtype):
 @pytest.mark.parametrize("xshape", [(5, 12), (4, 3, 2, 2), (1, 7)], ids=str)
 def test_fastnn_backward_takes_the_courses_affine_caches(dtype, xshape):
     """A course forward, then fastnn's backward: the course's own backward's numbers."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(xshape).astype(dtype)
-    d = int(np.prod(xshape[1:]))
-    w = rng.standard_normal((d, 6)).astype(dtype)
-    b = rng.standard_normal(6).astype(dtype)
+    x, w, b, dout, tol = _affine_problem(5, dtype, xshape)
     b[:2] = 0.0
     x.reshape(x.shape[0], -1)[0] = 0.0   # a row whose pre-activation is exactly b: zeros in a
-    dout = rng.standard_normal((xshape[0], 6)).astype(dtype)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     before = [a.copy() for a in (x, w, b, dout)]
 
     _, cache = course_affine_forward(x, w, b)
