@@ -399,14 +399,23 @@ def test_course_sandwich_built_from_fastnn_pieces():
     for g, c in zip(got, course_affine_relu_backward(dout, cache)):
         np.testing.assert_allclose(g, c, rtol=1e-12, atol=1e-12)
     # a fastnn cache of another kind in fc_cache's place is named
-    with pytest.raises(TypeError, match="fc_cache"):
-        F.affine_relu_backward(dout, (F.affine_sigmoid_forward(x, w, b)[1], relu_cache))
+    for other in (F.affine_sigmoid_forward(x, w, b)[1],
+                  F.maxout_forward(x, np.ones((6, 4, 2)), np.zeros((4, 2)))[1]):
+        with pytest.raises(TypeError, match="fc_cache"):
+            F.affine_relu_backward(dout, (other, relu_cache))
+    # a w resized since the forward is named as affine_backward names it
+    w.resize((6, 3), refcheck=False)
+    with pytest.raises(ValueError, match="w changed shape"):
+        F.affine_relu_backward(dout, cache)
 
 
-def test_bool_dropout_mask_is_refused():
-    """A bool mask (some course code keeps rand < p and divides by p in both passes) has no
-    scale: dout * mask would be 1 / p too small, silently. Refused, naming the mask."""
-    mask = np.array([[True, False, True]])
+@pytest.mark.parametrize("mask", [np.array([[True, False, True]]), [[True, False, True]],
+                                  np.array([[1, 0, 1]]), np.array([[1, 0, 1]], np.uint8)],
+                         ids=["bool", "bool-list", "int", "uint8"])
+def test_unscaled_dropout_masks_are_refused(mask):
+    """A bool or integer mask (some course code keeps rand < p, or a binomial draw, and divides
+    by p in both passes) has no scale: dout * mask would be 1 / p too small, silently.
+    Refused, naming the mask."""
     with pytest.raises(TypeError, match="mask"):
         F.dropout_backward(np.ones((1, 3)), ({"p": 0.5, "mode": "train"}, mask))
 

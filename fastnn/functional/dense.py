@@ -269,9 +269,14 @@ def _from_course(op, cache, name):
         if len(cache) != 2:
             raise bad
         fc, pre = cache
-        if isinstance(fc, DenseCache) and fc.op == _ka.IDENTITY:
-            fc = tuple(fc)   # fastnn's affine_forward cache (course code that builds the
-                             # sandwich from fastnn's pieces): its (x, w, b)
+        if isinstance(fc, DenseCache):
+            # fastnn's affine_forward cache (course code that builds the sandwich from
+            # fastnn's pieces): its (x, w, b), checked as affine_backward checks it
+            if fc.op != _ka.IDENTITY or fc.extra is not None:
+                raise TypeError("cache's fc_cache must be the course's (x, w, b) or "
+                                "affine_forward's cache, got another fastnn cache")
+            _check_cache_arrays(fc, _ka.IDENTITY, "affine")
+            fc = tuple(fc)
         if type(fc) is not tuple:
             raise TypeError(f"cache's fc_cache must be the course's (x, w, b) or "
                             f"affine_forward's cache, got {type(fc).__name__}")

@@ -127,11 +127,13 @@ def _course_backward(dout, cache):
         raise ValueError(f"cache's dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if mode == "test":
         return as_float_array(dout, "dout")
-    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_:
-        # the course's mask holds 1 / p where a unit is kept; a bool mask leaves the scaling
-        # to the code that made it, which fastnn cannot know
-        raise TypeError("cache's mask is bool: the course's mask is (rand < p) / p, the kept "
-                        "units' scale 1 / p (multiply yours by 1 / p)")
+    kind = np.asarray(mask).dtype.kind if mask is not None else None
+    if kind in ("b", "i", "u"):
+        # the course's mask is float, 1 / p where a unit is kept; a bool or integer 0/1 mask
+        # leaves the scaling to the code that made it, which fastnn cannot know
+        raise TypeError(f"cache's mask is {'bool' if kind == 'b' else 'integer'}: the course's "
+                        f"mask is (rand < p) / p, a float array holding the kept units' scale "
+                        f"1 / p (multiply yours by 1 / p)")
     dt = common_dtype(("dout", dout), ("cache's mask", mask))
     dout = as_float_array(dout, "dout", dt)
     mask = as_float_array(mask, "cache's mask", dt)
