@@ -13,7 +13,7 @@ import numpy as np
 from fastnn._files import atomic_write, write_npz
 from fastnn._validation import (as_float_array, check_int, check_seed, fs_path, int_labels,
                                 open_regular, read_npz)
-from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU, Parameter,
+from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
                            PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
 from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError, MulticlassHinge,

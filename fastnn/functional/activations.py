@@ -116,15 +116,17 @@ def leaky_relu_forward(x, alpha=0.01, *, out=None):
 
 def leaky_relu_backward(dout, cache, *, out=None):
     x = _cache_array(cache, "leaky_relu")
-    if not _finite_real(cache.alpha):
-        raise ValueError(f"cache is damaged or not from leaky_relu_forward: its slope is "
-                         f"{cache.alpha!r}, not a finite number")
+    _check_slope(cache, "leaky_relu")
     return _backward(_LEAKY, dout, x, out, cache.alpha)
 
 
-def _finite_real(a):
-    """Whether a is a finite real number (a slope a cache holds), not a bool."""
-    return isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isfinite(a)
+def _check_slope(cache, name):
+    """ValueError unless the leaky slope a cache holds (``cache.alpha``) is a finite real
+    number, not a bool: a damaged cache, named as not from ``name``_forward."""
+    a = cache.alpha
+    if not (isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isfinite(a)):
+        raise ValueError(f"cache is damaged or not from {name}_forward: its slope is {a!r}, "
+                         "not a finite number")
 
 
 # ----------------------------------------------------------------------------- sigmoid, tanh

@@ -17,7 +17,7 @@ from fastnn import _threads
 from fastnn._kernels import activations as _ka
 from fastnn._kernels import dense as _kd
 from fastnn._validation import as_float_array, check_scalar, common_dtype
-from fastnn.functional.activations import _finite_real, _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
+from fastnn.functional.activations import _check_slope, _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
 
 __all__ = [
     "affine_forward", "affine_backward",
@@ -229,9 +229,8 @@ def _check_cache_arrays(cache, op, name):
     if not isinstance(w, np.ndarray) or w.shape != (d, m):
         raise ValueError(f"w changed shape since forward: expected {(d, m)}, got "
                          f"{np.shape(w) if isinstance(w, np.ndarray) else type(w).__name__}")
-    if op == _LEAKY and not _finite_real(cache.alpha):
-        raise ValueError(f"cache is damaged or not from {name}_forward: its slope is "
-                         f"{cache.alpha!r}, not a finite number")
+    if op == _LEAKY:
+        _check_slope(cache, name)
     xs = cache.x_shape
     if not (isinstance(xs, tuple) and len(xs) >= 1 and xs[0] == n and math.prod(xs[1:]) == d):
         raise ValueError(f"cache is damaged or not from {name}_forward: input shape {xs!r} "
