@@ -10,12 +10,14 @@ static inline int fnn_omp_get_max_threads(void) { return omp_get_max_threads(); 
 static inline void fnn_omp_set_num_threads(int n) { omp_set_num_threads(n); }
 static inline int fnn_omp_get_thread_num(void) { return omp_get_thread_num(); }
 static inline int fnn_omp_version(void) { return _OPENMP; }
+static inline double fnn_wtime(void) { return omp_get_wtime(); }
 #else
 #define FNN_HAVE_OPENMP 0
 static inline int fnn_omp_get_max_threads(void) { return 1; }
 static inline void fnn_omp_set_num_threads(int n) { (void)n; }
 static inline int fnn_omp_get_thread_num(void) { return 0; }
 static inline int fnn_omp_version(void) { return 0; }
+static inline double fnn_wtime(void) { return 0.0; }   /* (one thread: nothing to time) */
 #endif
 
 /* Whether this module ran a parallel region with more than one thread (fnn_note_parallel just

@@ -6,6 +6,7 @@ cdef extern from "fastnn_omp.h" nogil:
     void fnn_omp_set_num_threads(int n)
     int fnn_omp_get_thread_num()
     int fnn_omp_version()
+    double fnn_wtime()     # seconds (OpenMP's wall clock; 0.0 without OpenMP)
     void fnn_turn_wait(volatile int *turn, int want)
     void fnn_turn_pass(volatile int *turn, int value)
     void fnn_note_parallel()

@@ -16,7 +16,8 @@ from cpython.weakref cimport PyWeakref_GetObject
 import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
-                            fnn_note_parallel, fnn_parallel_seen)
+                            fnn_note_parallel, fnn_parallel_seen, fnn_wtime)
+from fastnn_governor cimport Governor, GOV_IDLE, gov_threads, gov_record, gov_reset
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
@@ -404,6 +405,66 @@ cdef struct Watched:
     Py_ssize_t shape[2]
 
 
+cdef class ThreadGovernor:
+    """The training step's thread governor (fastnn_governor.pxd). A StepPlan's `governor` is
+    driven by the plan's measured step times; from Python, by the caller's (tests)."""
+    cdef Governor g
+
+    def threads(self, int limit):
+        """The thread count for the next step, at most `limit` (>= 1)."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return gov_threads(&self.g, limit)
+
+    def record(self, int used, double seconds):
+        """Report that a step run with `used` threads took `seconds`."""
+        gov_record(&self.g, used, seconds)
+
+    def set_current(self, int count):
+        """Move to `count` threads (1 to the limit) as if a probe had won (tests)."""
+        if not 1 <= count <= self.g.limit:
+            raise ValueError(f"count must be in [1, {self.g.limit}], got {count}")
+        self.g.cur = count
+        self.g.probe = 0
+        self.g.phase = GOV_IDLE
+        self.g.n = 0
+        self.g.total = 0.0
+        self.g.ref = 0.0
+        self.g.settled = 0.0
+        self.g.budget = 0.0
+
+    def reset(self, int limit):
+        """Start afresh for `limit` threads."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        gov_reset(&self.g, limit)
+
+    @property
+    def current(self):
+        """The count in use between probes."""
+        return self.g.cur
+
+    @property
+    def probe(self):
+        """The count being probed (0: none; see `phase`)."""
+        return self.g.probe
+
+    @property
+    def phase(self):
+        """"idle", "try" (the first probe window), "back" (cur between the probe windows) or
+        "again" (the second probe window)."""
+        return ("idle", "try", "back", "again")[self.g.phase]
+
+    @property
+    def probes(self):
+        """Probes started since the last reset."""
+        return self.g.probes
+
+    @property
+    def backoff(self):
+        return self.g.backoff
+
+
 cdef class StepPlan:
     """The compiled training step of one network for one batch size (see fastnn/model.py)."""
 
@@ -421,6 +482,9 @@ cdef class StepPlan:
     cdef readonly Py_ssize_t correct  # the last step's count of right predictions (-1: not
                                       # counted)
     cdef readonly bint stopped   # the last step's guard stopped it before any update
+    cdef readonly int step_threads   # the thread count the last step ran with (n_threads, or
+                                     # fewer the governor chose; 0: no step yet)
+    cdef readonly ThreadGovernor governor   # picks the thread count when step's `dynamic`
     cdef bint _busy              # a step is running (its buffers are in use)
     cdef bint _ready             # __init__ completed (a plan whose __init__ raised or never
                                  # ran has NULL buffers: step refuses it)
@@ -430,6 +494,7 @@ cdef class StepPlan:
 
     def __cinit__(self):
         memset(&self.P, 0, sizeof(NetPlan))
+        self.governor = ThreadGovernor()
 
     def __init__(self, dtype, Py_ssize_t N, int loss_kind, list layers, list params, int rule):
         """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`);
@@ -702,14 +767,17 @@ cdef class StepPlan:
 
     def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
-             bint count=False):
+             bint count=False, bint dynamic=False):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
         or binary labels (intp, N) for classification losses, else None with float `targets`
         (N, C) for MSE. Returns the mean loss (before the update). With `guard`, a non-finite
         loss or gradient stops the step before any update, and `stopped` is then True. With
         `count` (a classification loss), `correct` is then the number of rows whose scores
-        predict their label (as the loss's predict_labels), else -1."""
-        cdef double loss = 0.0
+        predict their label (as the loss's predict_labels), else -1. With `dynamic`, the plan's
+        governor (fastnn_governor.pxd) picks the thread count, at most n_threads, from the
+        times of the steps before; else the step runs n_threads. `step_threads` tells which."""
+        cdef double loss = 0.0, t0 = 0.0
+        cdef int used
         cdef Py_ssize_t bad = -1, k, hits = 0
         cdef const unsigned char[::1] hv
         cdef const float[:, ::1] x32
@@ -760,7 +828,8 @@ cdef class StepPlan:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         if self._busy:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
-        self._size_buffers(&cfg, n_threads)
+        self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)
+        used = gov_threads(&self.governor.g, n_threads) if dynamic else n_threads
         self.stopped = False
         self.correct = -1
         P.hits = NULL
@@ -772,12 +841,16 @@ cdef class StepPlan:
         blas_enter(_cfg)
         try:
             with nogil:
+                t0 = fnn_wtime()
                 if self.is_double:
                     bad = _step(P, &cfg, &x64[0, 0], lp, t64p, self.rule, lr, h1, h2, eps, c1, c2, wd,
-                                n_threads, guard, &loss)
+                                used, guard, &loss)
                 else:
                     bad = _step(P, &cfg, &x32[0, 0], lp, t32p, self.rule, lr, h1, h2, eps, c1, c2, wd,
-                                n_threads, guard, &loss)
+                                used, guard, &loss)
+                if dynamic and bad == COMPLETED:
+                    gov_record(&self.governor.g, used, fnn_wtime() - t0)
+            self.step_threads = used
         finally:
             blas_exit(_cfg)
             self._busy = False
@@ -875,3 +948,4 @@ def parallel_seen():
     """Whether this module ran a parallel region with more than one thread (fork safety:
     fastnn/_threads.py)."""
     return fnn_parallel_seen() != 0
+

@@ -29,7 +29,8 @@ def _check_built():
 
 _check_built()
 
-from fastnn._threads import get_num_threads, set_num_threads, threads  # noqa: E402
+from fastnn._threads import (get_dynamic, get_num_threads, set_dynamic,  # noqa: E402
+                             set_num_threads, threads)
 from fastnn import _blas  # noqa: E402
 
 _blas.register()
@@ -47,7 +48,8 @@ from fastnn.models import FullyConnectedNet, TwoLayerNet  # noqa: E402
 from fastnn.solver import Solver, load_checkpoint  # noqa: E402
 
 __all__ = [
-    "__version__", "set_num_threads", "get_num_threads", "threads", "show_config",
+    "__version__", "set_num_threads", "get_num_threads", "threads", "set_dynamic",
+    "get_dynamic", "show_config",
     "functional", "optim", "gradcheck", "init",
     "Layer", "Parameter", "Dense", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "PReLU", "Maxout",
     "Dropout", "GaussianNoise",

@@ -77,6 +77,7 @@ def config_dict():
         "simd_path": _config.simd_path(),
         "simd_runtime_dispatch": _config.simd_runtime_dispatch(),
         "num_threads": _threads.get_num_threads(),
+        "dynamic": _threads.get_dynamic(),
         "tile_cores": tiles["tile_cores"],
         "thin": tiles["thin"],
         "blas": _blas_info(),
@@ -96,6 +97,10 @@ def show_config(file=None):
         f"  compiler    {info['compiler']}",
         f"  openmp      {omp}",
         f"  threads     {info['num_threads']}",
+        "  dynamic     " + ("on: the training step may run on fewer threads while that is "
+                             "faster (set_dynamic, FASTNN_DYNAMIC)" if info["dynamic"] else
+                             "off: the training step runs on every thread (set_dynamic, "
+                             "FASTNN_DYNAMIC)"),
         f"  tiles       sized for {info['tile_cores']} CPUs (FASTNN_TILE_CORES); "
         + (f"products with at most {info['thin']} output rows or columns as gemv calls"
            if info["thin"] else "no gemv path (the BLAS has small-matrix kernels)"),

@@ -5,12 +5,19 @@ entry), then the number of CPUs this process may run on. Any positive int is hon
 above the core count. Results never depend on it: kernels split work into blocks fixed by the
 problem shape and by ``FASTNN_TILE_CORES`` (default: the machine's CPU count, ``os.cpu_count()``,
 read once at import; at most 16), which sizes the products' tiles for the machine.
+
+The count is a ceiling for the layer API's training step while ``dynamic`` is on (the default;
+``FASTNN_DYNAMIC=0`` or ``set_dynamic(False)`` turns it off): each compiled step times itself
+and runs on fewer threads while fewer are measured to be faster, as they are when other
+processes keep the cores busy (see csrc/fastnn_governor.pxd).
 """
 import contextlib
 import os
 import re
 import threading
 import warnings
+
+import numpy as np
 
 from fastnn._kernels import _config
 from fastnn._kernels import activations as _activations
@@ -21,7 +28,7 @@ from fastnn._kernels import network as _network
 from fastnn._kernels import optim as _optim
 from fastnn._validation import check_int
 
-__all__ = ["set_num_threads", "get_num_threads", "threads"]
+__all__ = ["set_num_threads", "get_num_threads", "threads", "set_dynamic", "get_dynamic"]
 
 _lock = threading.Lock()
 
@@ -65,6 +72,22 @@ def _from_env():
 
 
 _num_threads = _from_env()
+
+
+def _switch_env(name, default):
+    """The on/off environment variable `name` (1/0, true/false, yes/no, on/off), or `default`
+    when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+
+
+_dynamic = _switch_env("FASTNN_DYNAMIC", True)
 # The machine's CPU count, never the thread count, sizes the tiles (rounded down to a power of
 # two, at most max_tiles = 16): many cores get more, smaller tiles, the same for any thread
 # count. os.cpu_count(), not the affinity mask: taskset, OMP_PROC_BIND or OMP_PLACES (libgomp
@@ -157,6 +180,24 @@ def _set_locked(n, warn_at=None):
 def get_num_threads():
     """The number of threads kernels use (large inputs; small ones run serial)."""
     return _num_threads
+
+
+def set_dynamic(enabled):
+    """With ``enabled`` (the default), the layer API's compiled training step may run on fewer
+    threads than ``get_num_threads()`` while its own timings show that fewer are faster: when
+    other processes keep the cores busy, a parallel step waits for a thread the scheduler has
+    paused (MKL_DYNAMIC does the same for MKL). The numbers never depend on it. ``False``: every
+    step runs the full count (thread-scaling measurements). Returns the previous setting."""
+    global _dynamic
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    previous, _dynamic = _dynamic, bool(enabled)
+    return previous
+
+
+def get_dynamic():
+    """Whether the training step may use fewer threads than set (see set_dynamic)."""
+    return _dynamic
 
 
 # The open `threads` blocks, oldest first, as [token, the count to restore when it closes, the

@@ -229,7 +229,7 @@ class _CompiledStep:
         try:
             value = self.plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
                                    opt.weight_decay, _threads._num_threads, skip_nonfinite,
-                                   count)
+                                   count, _threads._dynamic)
         except ValueError:
             if self.rule == _ko.ADAM:
                 object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated

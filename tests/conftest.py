@@ -42,6 +42,14 @@ def _restore_num_threads():
         fastnn.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _restore_dynamic():
+    """Nor a change of the dynamic thread count (fastnn.set_dynamic)."""
+    before = fastnn.get_dynamic()
+    yield
+    fastnn.set_dynamic(before)
+
+
 # ----------------------------------------------------------------------------- ulp helpers
 _INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 

@@ -168,12 +168,13 @@ def test_threads_is_exported():
 
 # ============================================================================ environment defaults
 def _run_child(env_set, code):
-    """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS/FASTNN_TILE_CORES
-    removed and
+    """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS/FASTNN_TILE_CORES/
+    FASTNN_DYNAMIC removed and
     then ``env_set`` applied; it imports the same fastnn as this process (PYTHONPATH kept, the
     directory fastnn was imported from added first and used as the working directory)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS", "FASTNN_TILE_CORES")}
+           if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS", "FASTNN_TILE_CORES",
+                        "FASTNN_DYNAMIC")}
     paths = [IMPORT_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(env_set)
@@ -730,6 +731,8 @@ _BENCH_DIR = os.path.join(REPO_ROOT, "bench")
     ("tile_params.py", ["thin", "--values", "-1"], "--values"),
     ("threshold.py", ["--rounds", "0"], "--rounds"), ("threshold.py", ["--attempts", "0"], "--attempts"),
     ("threshold.py", ["--gap-ms", "-1"], "--gap-ms"), ("ceiling.py", ["--threads", "100000"], "--threads"),
+    ("contention.py", ["--busy", "0"], "--busy"), ("contention.py", ["--min-time", "0"], "--min-time"),
+    ("contention.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bench_scripts_refuse_bad_arguments_up_front(script, args, name):
     """A usage error naming the option, before anything runs (they gave tracebacks, a table of

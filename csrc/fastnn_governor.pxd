@@ -1,0 +1,179 @@
+# The training step's thread governor (network.pyx's StepPlan keeps one per plan).
+#
+# Why: on a machine whose cores are shared with other busy processes, a parallel region waits
+# at its end for a thread the scheduler has paused. On this 2-core machine, with one CPU-bound
+# process beside it, a small network's step on two threads averages 4-7x its time on one
+# (bench/contention.py), and a large network's 1.3-1.9x. The governor finds that out by
+# measuring, and runs the step on fewer threads while fewer are faster. Results never depend
+# on the thread count (DESIGN.md), so its choice changes the speed only, never a bit of the
+# numbers.
+#
+# How: a step asks gov_threads for its count and reports its time to gov_record. Times are
+# summed over windows of at least GOV_WINDOW steps and GOV_WINDOW_SECONDS, and windows are
+# compared by their mean step time. (Not a median, and not a window of a few steps: beside a
+# busy process, a small network's step on two threads is as fast as on a free machine most of
+# the time and takes milliseconds now and then, when the scheduler pauses one of its threads.
+# Those rare slow steps are most of the time spent; a window must span several scheduler time
+# slices to see them.)
+#
+# Between windows at the current count `cur`, the governor now and then tries a neighbouring
+# count (a probe: half of cur, or twice cur up to the limit asked for, alternately when both
+# exist) for a window, then cur for one, then the probe again. It moves when both probe windows
+# beat the cur window before each by GOV_MARGIN: a single window that happened to be quick or
+# slow does not move it. (A first probe window under GOV_DECISIVE of cur's mean without its
+# slowest step moves at once: steps on two threads that each wait milliseconds for a paused
+# thread cost too much to be timed again, and one stalled step cannot make a window decisive.) Probes are spaced so that the losing ones cost at most
+# GOV_SHARE / backoff of the step time: after a probe that lost `extra` seconds against cur,
+# the next waits until the steps at cur have taken extra / GOV_SHARE * backoff seconds, and
+# backoff doubles after every losing probe, up to GOV_BACKOFF_MAX (which bounds how long a
+# change of the machine can go unseen). A window at cur whose mean moved by GOV_DRIFT from the
+# one of the last decision (another process started or stopped) starts a probe at once.
+#
+# Every function is arithmetic on the struct, so the tests drive it with made-up times
+# (network.ThreadGovernor).
+
+cdef enum:
+    GOV_WINDOW = 4       # steps in a window, at least
+    GOV_IDLE = 0         # Governor.phase: running cur between probes,
+    GOV_TRY = 1          # the first probe window,
+    GOV_BACK = 2         # the window at cur after the first probe won,
+    GOV_AGAIN = 3        # the second probe window
+
+cdef extern from *:
+    """
+    #define FNN_GOV_WINDOW_SECONDS 0.01
+    #define FNN_GOV_MARGIN 0.9
+    #define FNN_GOV_DECISIVE 0.5
+    #define FNN_GOV_DRIFT 1.5
+    #define FNN_GOV_SHARE (1.0 / 32)
+    #define FNN_GOV_BACKOFF_MAX 8.0
+    #define FNN_GOV_MIN_EXTRA 0.1
+    """
+    const double GOV_WINDOW_SECONDS "FNN_GOV_WINDOW_SECONDS"   # a window spans 10 ms at least
+    const double GOV_MARGIN "FNN_GOV_MARGIN"        # a probe wins below 0.9 of cur's mean,
+    const double GOV_DECISIVE "FNN_GOV_DECISIVE"    # and at once below 0.5 of it
+    const double GOV_DRIFT "FNN_GOV_DRIFT"          # cur's mean moving 1.5x either way: probe
+    const double GOV_SHARE "FNN_GOV_SHARE"          # the share of step time losing probes may
+                                                    # cost (at backoff 1)
+    const double GOV_BACKOFF_MAX "FNN_GOV_BACKOFF_MAX"
+    const double GOV_MIN_EXTRA "FNN_GOV_MIN_EXTRA"  # a losing probe counts as costing at least
+                                                    # 0.1 of cur's time
+
+
+cdef struct Governor:
+    int limit           # the thread count the caller allows (0: not used yet)
+    int cur             # the count in use between probes
+    int probe           # the count being probed (phases TRY, BACK, AGAIN; else 0)
+    int phase           # GOV_IDLE, GOV_TRY, GOV_BACK or GOV_AGAIN
+    int up              # the next probe goes up (when both directions exist)
+    int n               # steps in the running window
+    int probes          # probes started since the last reset (for tests and diagnostics)
+    double total        # the running window's seconds
+    double top          # its slowest step's
+    double ref          # the mean of the last window at cur (0: none yet)
+    double ref_rest     # that window's mean without its slowest step
+    double settled      # cur's mean at the last decision (the drift reference; 0: none)
+    double budget       # seconds of steps at cur before the next probe
+    double backoff
+
+
+cdef inline void gov_reset(Governor *g, int limit) noexcept nogil:
+    g.limit = limit
+    g.cur = limit
+    g.probe = 0
+    g.phase = GOV_IDLE
+    g.up = 0
+    g.n = 0
+    g.probes = 0
+    g.total = 0.0
+    g.top = 0.0
+    g.ref = 0.0
+    g.ref_rest = 0.0
+    g.settled = 0.0
+    g.budget = 0.0
+    g.backoff = 1.0
+
+
+cdef inline int gov_running(const Governor *g) noexcept nogil:
+    """The count the running window is for."""
+    return g.probe if g.phase == GOV_TRY or g.phase == GOV_AGAIN else g.cur
+
+
+cdef inline int gov_threads(Governor *g, int limit) noexcept nogil:
+    """The thread count for the next step, at most `limit` (a new limit starts afresh)."""
+    if limit != g.limit:
+        gov_reset(g, limit)
+    return gov_running(g)
+
+
+cdef inline int gov_neighbour(Governor *g) noexcept nogil:
+    """The count to probe next: half of cur or twice it (at most the limit), alternately when
+    both exist; 0 when the limit is 1."""
+    cdef int down = g.cur // 2
+    cdef int up = 0
+    if g.cur < g.limit:
+        up = g.cur * 2 if g.cur <= g.limit // 2 else g.limit
+    if down > 0 and up > 0:
+        g.up = not g.up
+        return up if g.up else down
+    return down if down > 0 else up
+
+
+cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogil:
+    """Report that a step run with `used` threads (gov_threads' answer) took `seconds`."""
+    cdef double m, extra, spent
+    cdef int steps
+    if g.limit <= 1 or used != gov_running(g):
+        return      # nothing to choose, or a count this governor did not give
+    if not (seconds >= 0.0):
+        seconds = 0.0   # (a NaN or a clock step backwards: count it as free)
+    g.total += seconds
+    if seconds > g.top:
+        g.top = seconds
+    g.n += 1
+    if g.n < GOV_WINDOW or g.total < GOV_WINDOW_SECONDS:
+        return
+    spent, steps = g.total, g.n
+    m = spent / steps
+    if g.phase == GOV_IDLE or g.phase == GOV_BACK:
+        g.ref = m
+        g.ref_rest = (spent - g.top) / (steps - 1)
+    g.n = 0
+    g.total = 0.0
+    g.top = 0.0
+    if g.phase == GOV_BACK:
+        g.phase = GOV_AGAIN     # (cur again: the reference for the second probe window)
+        return
+    if g.phase != GOV_IDLE:
+        if m < GOV_MARGIN * g.ref:
+            if g.phase == GOV_TRY and m >= GOV_DECISIVE * g.ref_rest:
+                g.phase = GOV_BACK      # won once: cur for a window, then the probe again
+                return
+            g.cur = g.probe             # won twice, or decisively: move
+            g.ref = m
+            g.settled = m
+            g.budget = spent / GOV_SHARE * GOV_MIN_EXTRA * g.backoff
+        else:                           # lost: stay, and wait longer before the next probe
+            extra = m - g.ref
+            if extra < GOV_MIN_EXTRA * g.ref:
+                extra = GOV_MIN_EXTRA * g.ref
+            g.budget = steps * extra / GOV_SHARE * g.backoff
+            g.backoff = g.backoff * 2.0
+            if g.backoff > GOV_BACKOFF_MAX:
+                g.backoff = GOV_BACKOFF_MAX
+        g.probe = 0
+        g.phase = GOV_IDLE
+        return
+    if g.settled == 0.0:
+        g.settled = m       # the first window: probe after the next one
+        g.budget = spent
+        return
+    if m > GOV_DRIFT * g.settled or m * GOV_DRIFT < g.settled:
+        g.settled = m       # the machine changed under us: probe now
+        g.budget = 0.0
+    g.budget -= spent
+    if g.budget <= 0.0:
+        g.probe = gov_neighbour(g)
+        if g.probe > 0:
+            g.phase = GOV_TRY
+            g.probes += 1

@@ -1,0 +1,367 @@
+"""The training step's thread governor (csrc/fastnn_governor.pxd; fastnn.set_dynamic).
+
+The governor's decisions are driven here by made-up step times (a simulated machine), so every
+test is deterministic and none of them times anything. The plan tests check that the compiled
+step runs the count the governor gives, and the same bits whatever it gives."""
+import io
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn._kernels import _config
+from fastnn._kernels.network import ThreadGovernor
+
+OPENMP = _config.openmp_enabled()
+
+
+def simulate(gov, limit, cost, seconds, start=0.0, trace=None):
+    """Steps on `gov` for `seconds` of simulated time from `start`: cost(k, t) is the time of a
+    step on k threads at time t. Returns (simulated time spent, {count: steps}). `trace`, a
+    list, gets (t, count) for every step whose count differs from the step before."""
+    t, end = start, start + seconds
+    steps = {}
+    last = None
+    while t < end:
+        k = gov.threads(limit)
+        assert 1 <= k <= limit
+        dt = cost(k, t)
+        gov.record(k, dt)
+        t += dt
+        steps[k] = steps.get(k, 0) + 1
+        if trace is not None and k != last:
+            trace.append((t, k))
+        last = k
+    return t - start, steps
+
+
+def fixed(times):
+    return lambda k, t: times[k]
+
+
+QUIET = {1: 30e-6, 2: 20e-6}    # a small network on this machine, quiet (bench/contention.py)
+BUSY = {1: 30e-6, 2: 180e-6}    # with a CPU-bound process beside it
+
+
+def test_one_thread_is_never_probed():
+    gov = ThreadGovernor()
+    spent, steps = simulate(gov, 1, lambda k, t: 1e-3 * (1 + math.sin(t)), 2.0)
+    assert set(steps) == {1}
+    assert gov.probes == 0 and gov.current == 1
+
+
+def test_quiet_machine_keeps_every_thread_and_probes_cheaply():
+    gov = ThreadGovernor()
+    spent, steps = simulate(gov, 2, fixed(QUIET), 5.0)
+    assert gov.current == 2
+    ideal = sum(steps.values()) * QUIET[2]
+    assert spent <= 1.01 * ideal        # the probes on one thread cost under 1%
+    # and less once they are spaced out (backoff): under 0.5% over the next 5 s
+    spent2, steps2 = simulate(gov, 2, fixed(QUIET), 5.0, start=5.0)
+    assert gov.current == 2
+    assert spent2 <= 1.005 * sum(steps2.values()) * QUIET[2]
+    assert steps2.get(1, 0) > 0         # it still looks, now and then
+
+
+def test_busy_machine_moves_to_one_thread_quickly():
+    gov = ThreadGovernor()
+    trace = []
+    spent, steps = simulate(gov, 2, fixed(BUSY), 5.0, trace=trace)
+    assert gov.current == 1
+    first_move = next(t for t, k in trace if k == 1)
+    assert first_move < 0.05            # seconds of steps before the first step on one thread
+    ideal = sum(steps.values()) * BUSY[1]
+    assert spent <= 1.03 * ideal        # learning and the probes back on two threads: < 3%
+
+
+def test_governor_follows_the_machine_as_other_work_starts_and_stops():
+    """Quiet for 2 s, busy for 2 s, quiet again: it moves to one thread within 0.1 s of the
+    busy time starting (a window's mean drifted, so it probes at once), and back to two within
+    3 s of it ending (the probes' spacing is bounded by the backoff's cap)."""
+    gov = ThreadGovernor()
+    cost = lambda k, t: (BUSY if 2.0 <= t < 4.0 else QUIET)[k]   # noqa: E731
+    trace = []
+    simulate(gov, 2, cost, 7.5, trace=trace)
+    assert gov.current == 2
+    down = [t for t, k in trace if k == 1 and t >= 2.0]
+    assert down and down[0] < 2.1
+    # on one thread when the busy time ended, and back on two within 3 s
+    assert [k for t, k in trace if t < 4.0][-1] == 1
+    back = [t for t, k in trace if k == 2 and t >= 4.0]
+    assert back and back[0] < 7.0
+    assert [k for t, k in trace][-1] == 2
+
+
+def test_judges_by_the_mean_step_time_not_the_typical_one():
+    """Beside a busy process, a step on two threads is quick most of the time and now and then
+    waits milliseconds for a paused thread: 97% of steps at 20 us, 3% at 5 ms (a mean of
+    169 us), against 30 us on one thread. A median would keep two threads."""
+    rng = np.random.default_rng(7)
+    gov = ThreadGovernor()
+
+    def cost(k, t):
+        if k == 1:
+            return 30e-6
+        return 5e-3 if rng.random() < 0.03 else 20e-6
+
+    spent, steps = simulate(gov, 2, cost, 5.0)
+    assert gov.current == 1
+    assert steps[1] >= 0.95 * sum(steps.values())
+
+
+def test_one_slow_window_does_not_move_it():
+    """A quiet machine with one 15 ms stall of a two-thread step every 0.3 s: each stall makes
+    its window look slow (and the drift starts a probe), but the probe must also beat the next
+    window on two threads, which it does not. It never moves to one thread."""
+    gov = ThreadGovernor()
+    stalls = set()
+
+    def cost(k, t):
+        slot = int(t / 0.3)
+        if k == 2 and slot not in stalls:
+            stalls.add(slot)
+            return 15e-3
+        return QUIET[k]
+
+    trace = []
+    spent, steps = simulate(gov, 2, cost, 6.0, trace=trace)
+    assert gov.probes >= 10             # the stalls did start probes
+    assert gov.current == 2
+    # the steps on one thread are the probe windows only: at most a few per probe
+    assert steps.get(1, 0) <= gov.probes * 2 * (0.01 / QUIET[1] + 4)
+
+
+def test_a_decisive_first_window_moves_at_once():
+    """A probe window under half of the current count's mean moves without the second round:
+    steps that each wait 12 ms on two threads are not timed again. Two windows of 4 steps on
+    two threads (the first, then the reference), then one thread for more than a window."""
+    gov = ThreadGovernor()
+    runs = []
+    for _ in range(2000):
+        k = gov.threads(2)
+        gov.record(k, {1: 30e-6, 2: 12e-3}[k])
+        if runs and runs[-1][0] == k:
+            runs[-1][1] += 1
+        else:
+            runs.append([k, 1])
+    assert runs[0] == [2, 8]
+    assert runs[1][0] == 1 and runs[1][1] > 0.01 / 30e-6 + 1
+    assert gov.current == 1
+
+
+def test_one_stalled_step_is_not_decisive():
+    """The same first probe against a window that is slow by one 12 ms step only: judged
+    without that step the probe is not decisive, so the second round runs (and it stays)."""
+    gov = ThreadGovernor()
+    gov.threads(2)
+    for _ in range(2):      # the first window, then the one before the probe
+        for i in range(500):
+            gov.record(2, 12e-3 if i == 499 else 20e-6)
+    assert gov.phase == "try" and gov.probe == 1
+    for _ in range(400):
+        gov.record(1, 30e-6)
+    assert gov.phase == "back" and gov.current == 2     # won once, not decisively
+    for _ in range(600):    # (10 ms; the rest are not counted: a window runs one count)
+        gov.record(2, 20e-6)
+    assert gov.phase == "again"
+    for _ in range(400):
+        gov.record(1, 30e-6)
+    assert gov.phase == "idle" and gov.current == 2
+
+
+@pytest.mark.parametrize("start_at", [16, 1])
+def test_many_threads_walk_the_ladder_to_the_best_count(start_at):
+    """16 threads allowed; a step costs 4, 2.2, 1.2, 1.6 and 2.5 ms on 1, 2, 4, 8 and 16
+    threads. It halves its way down from 16, or doubles its way up from 1, and stays at 4."""
+    gov = ThreadGovernor()
+    gov.threads(16)
+    if start_at != 16:
+        gov.set_current(start_at)
+    ms = {1: 4.0, 2: 2.2, 4: 1.2, 8: 1.6, 16: 2.5}
+    cost = lambda k, t: ms[k] * 1e-3   # noqa: E731
+    simulate(gov, 16, cost, 30.0)
+    assert gov.current == 4
+
+
+def test_a_new_limit_starts_afresh():
+    gov = ThreadGovernor()
+    simulate(gov, 2, fixed(BUSY), 1.0)
+    assert gov.current == 1 and gov.probes > 0
+    assert gov.threads(4) == 4
+    assert gov.current == 4 and gov.probes == 0 and gov.phase == "idle"
+
+
+def test_reports_of_counts_it_did_not_give_are_ignored():
+    gov = ThreadGovernor()
+    assert gov.threads(2) == 2
+    for _ in range(1000):
+        gov.record(1, 1.0)      # not the count it gave
+        gov.record(3, 1.0)
+    assert gov.phase == "idle" and gov.probes == 0
+    # and it goes on as a fresh one: the first window, then a probe after the second
+    for _ in range(8):
+        gov.record(2, 0.01)
+    assert gov.phase == "try" and gov.probe == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf"), 0.0, 1e300])
+def test_odd_times_keep_it_in_range(bad):
+    gov = ThreadGovernor()
+    for i in range(200):
+        k = gov.threads(8)
+        assert 1 <= k <= 8
+        gov.record(k, bad if i % 3 == 0 else 1e-3 * k)
+
+
+def test_no_clock_no_decisions():
+    """Zero times (a build without OpenMP has no clock; it has one thread anyway): no probe."""
+    gov = ThreadGovernor()
+    for _ in range(1000):
+        gov.record(gov.threads(4), 0.0)
+    assert gov.probes == 0 and gov.current == 4
+
+
+@pytest.mark.parametrize("call", ["threads", "reset"])
+def test_limits_below_one_are_refused(call):
+    with pytest.raises(ValueError, match="limit"):
+        getattr(ThreadGovernor(), call)(0)
+
+
+def test_set_current_is_checked():
+    gov = ThreadGovernor()
+    gov.threads(2)
+    with pytest.raises(ValueError, match="count"):
+        gov.set_current(3)
+    with pytest.raises(ValueError, match="count"):
+        gov.set_current(0)
+
+
+# ============================================================================ the public switch
+def test_set_dynamic_roundtrip():
+    before = fastnn.get_dynamic()
+    assert fastnn.set_dynamic(False) is before
+    assert fastnn.get_dynamic() is False
+    assert fastnn.set_dynamic(np.bool_(True)) is False
+    assert fastnn.get_dynamic() is True
+    assert "set_dynamic" in fastnn.__all__ and "get_dynamic" in fastnn.__all__
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0, np.int64(1)], ids=repr)
+def test_set_dynamic_takes_a_bool_only(value):
+    before = fastnn.get_dynamic()
+    with pytest.raises(TypeError, match="enabled"):
+        fastnn.set_dynamic(value)
+    assert fastnn.get_dynamic() is before
+
+
+@pytest.mark.parametrize("value,want", [("", True), ("1", True), (" on ", True), ("TRUE", True),
+                                        ("0", False), ("off", False), ("no", False)])
+def test_fastnn_dynamic_environment_variable(value, want):
+    proc = _child({"FASTNN_DYNAMIC": value}, "import fastnn; print(fastnn.get_dynamic())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == str(want)
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "-1"])
+def test_invalid_fastnn_dynamic_raises_at_import(value):
+    proc = _child({"FASTNN_DYNAMIC": value}, "import fastnn")
+    assert proc.returncode != 0
+    assert "ValueError" in proc.stderr and "FASTNN_DYNAMIC" in proc.stderr
+
+
+def _child(env_set, code):
+    """`code` in a fresh interpreter that imports the fastnn under test."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "FASTNN_DYNAMIC"}
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update(env_set)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=root)
+
+
+def test_show_config_reports_the_switch():
+    for flag in (True, False):
+        fastnn.set_dynamic(flag)
+        buf = io.StringIO()
+        info = fastnn.show_config(file=buf)
+        assert info["dynamic"] is flag
+        assert ("dynamic     on" if flag else "dynamic     off") in buf.getvalue()
+
+
+# ============================================================================ the compiled step
+def _net(dims, n, dtype=np.float32, seed=3):
+    rng = np.random.default_rng(seed)
+    layers = [fastnn.Dense(a, b, activation="relu" if i < len(dims) - 2 else None, dtype=dtype,
+                           seed=seed + i) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
+    model = fastnn.Sequential(*layers)
+    opt = fastnn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    X = rng.standard_normal((n, dims[0])).astype(dtype)
+    y = rng.integers(0, dims[-1], n)
+    return model, opt, X, y
+
+
+def _plan(model):
+    (entry,) = [e for e in model._compiled.values() if e[1] is not None]
+    return entry[1].plan
+
+
+@pytest.mark.skipif(not OPENMP, reason="one thread without OpenMP: nothing to choose")
+@pytest.mark.parametrize("dims,n", [((64, 64, 64, 10), 32), ((300, 200, 10), 256)],
+                         ids=["chunked", "layers"])
+def test_the_step_runs_the_governors_count_and_the_same_bits(dims, n):
+    """With dynamic on, the step runs the count its governor gives (here moved by hand between
+    1, 2 and 3 threads); the model trains to the same bits as one fixed on 3 threads."""
+    loss = fastnn.SoftmaxCrossEntropy()
+    fastnn.set_dynamic(False)
+    ref, ropt, X, y = _net(dims, n)
+    with fastnn.threads(3):
+        ref_losses = [ref.train_step(X, y, loss, ropt) for _ in range(12)]
+        assert _plan(ref).step_threads == 3
+
+    fastnn.set_dynamic(True)
+    model, opt, X2, y2 = _net(dims, n)
+    seen = []
+    with fastnn.threads(3):
+        losses = [model.train_step(X2, y2, loss, opt)]
+        gov = _plan(model).governor
+        for i in range(11):
+            gov.set_current((1, 2, 3)[i % 3])
+            losses.append(model.train_step(X2, y2, loss, opt))
+            seen.append(_plan(model).step_threads)
+    assert set(seen) == {1, 2, 3}
+    assert all(1 <= k <= 3 for k in seen)
+    assert losses == ref_losses
+    for i, (a, b) in enumerate(zip(model.parameters(), ref.parameters())):
+        assert a.data.tobytes() == b.data.tobytes(), i
+
+
+@pytest.mark.skipif(not OPENMP, reason="one thread without OpenMP: nothing to choose")
+def test_with_dynamic_off_the_step_runs_every_thread():
+    model, opt, X, y = _net((64, 64, 10), 64)
+    loss = fastnn.SoftmaxCrossEntropy()
+    fastnn.set_dynamic(True)
+    with fastnn.threads(2):
+        model.train_step(X, y, loss, opt)
+        _plan(model).governor.set_current(1)
+        model.train_step(X, y, loss, opt)
+        assert _plan(model).step_threads == 1
+        fastnn.set_dynamic(False)
+        model.train_step(X, y, loss, opt)
+        assert _plan(model).step_threads == 2
+    with fastnn.threads(3):
+        model.train_step(X, y, loss, opt)
+        assert _plan(model).step_threads == 3
+
+
+def test_bench_runs_on_fixed_threads_and_restores_the_switch():
+    from fastnn import bench
+
+    fastnn.set_dynamic(True)
+    out = io.StringIO()
+    bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, use_torch=False, stream=out)
+    assert "threads, fixed" in out.getvalue()
+    assert fastnn.get_dynamic() is True
