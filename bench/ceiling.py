@@ -172,6 +172,7 @@ def main(argv=None):
         args.rounds, args.min_time, networks = 1, 0.002, NETWORKS[:2]
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
+    fastnn.set_dynamic(False)   # every step on exactly T threads (no governor probes)
     threads = fastnn.get_num_threads()
     torch = None
     if not args.no_torch:

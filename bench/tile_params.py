@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import header_lines, now  # noqa: E402  (also puts the repo on sys.path)
+import fastnn  # noqa: E402
 from fastnn import bench as fb  # noqa: E402
 
 # (layer widths, batch, binary): 2-D inputs, 1-3 outputs, small networks on batches of
@@ -94,6 +95,7 @@ def main(argv=None):
     ap.add_argument("--large", action="store_true",
                     help="also the 4096-4096-4096-1000 (256) network (~0.25 s a step here)")
     args = ap.parse_args(argv)
+    fastnn.set_dynamic(False)   # every step on the full thread count (no governor probes)
     saved = _kd.tile_params()
     if args.param not in saved:
         ap.error(f"unknown parameter {args.param!r}; one of {', '.join(sorted(saved))}")

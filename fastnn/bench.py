@@ -253,16 +253,23 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             torch = _torch
         except ImportError:
             torch = None
-    with _blas_threads(nthreads) as blas_threads:
-        return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
-                    skip_large, blas_threads)
+    # every library on exactly nthreads: fastnn's step too (no dynamic thread count; its
+    # governor's probes would fall into some rounds of a large network; bench/contention.py
+    # measures the governor, busy machine and quiet)
+    dynamic = fastnn.set_dynamic(False)
+    try:
+        with _blas_threads(nthreads) as blas_threads:
+            return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
+                        skip_large, blas_threads)
+    finally:
+        fastnn.set_dynamic(dynamic)
 
 
 def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):
     results = []
     tiles = _kd.tile_params()
     date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    print(f"fastnn {fastnn.__version__}, {nthreads} threads (tiles for "
+    print(f"fastnn {fastnn.__version__}, {nthreads} threads, fixed (tiles for "
           f"{tiles['tile_cores']} CPUs), "
           f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
           f"{date}", file=stream)
