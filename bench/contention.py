@@ -86,7 +86,8 @@ def _measure(dims, n, rounds, min_time, threads, settle):
     return {v: float(np.median(ts)) * 1e6 for v, ts in times.items()}, at
 
 
-def run(networks, busy, rounds, min_time, settle=fb.SETTLE):
+def run(networks, busy, rounds, min_time, settle=fb.SETTLE, stream=None):
+    """The measurements (a list of dicts), each row printed to `stream` as it is done."""
     threads = fastnn.get_num_threads()
     previous = fastnn.get_dynamic()
     results = []
@@ -99,6 +100,8 @@ def run(networks, busy, rounds, min_time, settle=fb.SETTLE):
                     med, at = _measure(dims, n, rounds, min_time, threads, settle)
                     results.append(dict(network="-".join(map(str, dims)), batch=n, busy=load,
                                         threads=threads, us=med, governor_threads=at))
+                    if stream is not None:
+                        print(_line(results[-1]), file=stream, flush=True)
             finally:
                 _stop(procs)
     finally:
@@ -106,19 +109,19 @@ def run(networks, busy, rounds, min_time, settle=fb.SETTLE):
     return results
 
 
-def table(results):
-    lines = [f"{'network (batch)':<24}{'load':>8}{'governor':>10}{'fixed T':>10}{'1 thread':>10}"
-             f"{'numpy':>10}{'fixed T/gov':>13}{'1 thr/gov':>11}{'gov at':>8}",
-             "(microseconds per step; the last three columns: ratios, and the governor's count "
-             "after the last round)"]
-    for r in results:
-        us = r["us"]
-        load = "quiet" if r["busy"] == 0 else f"{r['busy']} busy"
-        lines.append(f"{r['network'] + ' (' + str(r['batch']) + ')':<24}{load:>8}"
-                     f"{us['dynamic']:>10.1f}{us['fixed']:>10.1f}{us['one']:>10.1f}"
-                     f"{us['numpy']:>10.1f}{us['fixed'] / us['dynamic']:>12.2f}x"
-                     f"{us['one'] / us['dynamic']:>10.2f}x{r['governor_threads'] or '-':>8}")
-    return "\n".join(lines)
+HEAD = (f"{'network (batch)':<24}{'load':>8}{'governor':>10}{'fixed T':>10}{'1 thread':>10}"
+        f"{'numpy':>10}{'fixed T/gov':>13}{'1 thr/gov':>11}{'gov at':>8}\n"
+        "(microseconds per step; the last three columns: ratios, and the governor's count after "
+        "the last round)")
+
+
+def _line(r):
+    us = r["us"]
+    load = "quiet" if r["busy"] == 0 else f"{r['busy']} busy"
+    return (f"{r['network'] + ' (' + str(r['batch']) + ')':<24}{load:>8}"
+            f"{us['dynamic']:>10.1f}{us['fixed']:>10.1f}{us['one']:>10.1f}"
+            f"{us['numpy']:>10.1f}{us['fixed'] / us['dynamic']:>12.2f}x"
+            f"{us['one'] / us['dynamic']:>10.2f}x{r['governor_threads'] or '-':>8}")
 
 
 def main(argv=None):
@@ -142,8 +145,8 @@ def main(argv=None):
     print("\n".join(head))
     print(f"float32; T = {fastnn.get_num_threads()} threads; {args.busy} busy process(es) in the "
           f"busy runs; {args.rounds} rounds of {args.min_time} s measurements\n", flush=True)
-    results = run(networks, args.busy, args.rounds, args.min_time, settle)
-    print(table(results))
+    print(HEAD, flush=True)
+    results = run(networks, args.busy, args.rounds, args.min_time, settle, stream=sys.stdout)
     if out is not None:
         out.dump(dict(header=head, rounds=args.rounds, min_time=args.min_time, results=results),
                  indent=1)

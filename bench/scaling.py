@@ -152,7 +152,14 @@ def _tiles(value):
 
 def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES, tile_cores=()):
     torch = _torch() if use_torch else None
-    fastnn.set_dynamic(False)   # fastnn's steps on exactly the thread count timed
+    dynamic = fastnn.set_dynamic(False)   # fastnn's steps on exactly the thread count timed
+    try:
+        return _run(thread_counts, n, rounds, min_time, torch, batches, tile_cores)
+    finally:
+        fastnn.set_dynamic(dynamic)
+
+
+def _run(thread_counts, n, rounds, min_time, torch, batches, tile_cores):
     libs = ["fastnn"] + (["torch"] if torch is not None else [])
     ew = _Elementwise(n, torch)
     steps = {b: fb._make_runners(STEP_DIMS, b, np.float32, torch)[0] for b in batches}

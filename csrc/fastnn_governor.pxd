@@ -2,8 +2,9 @@
 #
 # Why: on a machine whose cores are shared with other busy processes, a parallel region waits
 # at its end for a thread the scheduler has paused. On this 2-core machine, with one CPU-bound
-# process beside it, a small network's step on two threads averages 4-7x its time on one
-# (bench/contention.py), and a large network's 1.3-1.9x. The governor finds that out by
+# process beside it, a small network's step on two threads averaged 2-3x its time on one
+# (bench/contention.py; single steps took 8-16 ms instead of 20 us), and a large network's
+# 1.4-2.2x. The governor finds that out by
 # measuring, and runs the step on fewer threads while fewer are faster. Results never depend
 # on the thread count (DESIGN.md), so its choice changes the speed only, never a bit of the
 # numbers.
@@ -16,21 +17,29 @@
 # Those rare slow steps are most of the time spent; a window must span several scheduler time
 # slices to see them.)
 #
-# Between windows at the current count `cur`, the governor now and then tries a neighbouring
-# count (a probe: half of cur, or twice cur up to the limit asked for, alternately when both
-# exist) for a window, then cur for one, then the probe again. It moves when both probe windows
-# beat the cur window before each by GOV_MARGIN: a single window that happened to be quick or
-# slow does not move it. (A first probe window under GOV_DECISIVE of cur's mean without its
-# slowest step moves at once: steps on two threads that each wait milliseconds for a paused
-# thread cost too much to be timed again, and one stalled step cannot make a window decisive.) Probes are spaced so that the losing ones cost at most
-# GOV_SHARE / backoff of the step time: after a probe that lost `extra` seconds against cur,
-# the next waits until the steps at cur have taken extra / GOV_SHARE * backoff seconds, and
-# backoff doubles after every losing probe, up to GOV_BACKOFF_MAX (which bounds how long a
-# change of the machine can go unseen). A window at cur whose mean moved by GOV_DRIFT from the
-# one of the last decision (another process started or stopped) starts a probe at once.
+# Between windows at the current count `cur`, the governor now and then tries another count
+# (a probe: cur - 1, cur + 1, half or twice cur, in turn) for a window, then cur for one, then
+# the probe again. It moves when both probe windows beat the cur window before each by
+# GOV_MARGIN: a single window that happened to be quick or slow does not move it. (A first
+# probe window under GOV_DECISIVE of cur's mean without its slowest step moves at once: steps
+# on two threads that each wait milliseconds for a paused thread cost too much to be timed
+# again, and one stalled step cannot make a window decisive.) After a move it soon tries the
+# same way again, so a long way (16 threads down to 2) is walked in a few moves.
+#
+# Probes are spaced so that the losing ones cost at most GOV_SHARE / backoff of the step time:
+# after a probe that lost `extra` seconds against cur (its slowest step left out), the next
+# waits until the steps at cur have taken extra / GOV_SHARE * backoff seconds. backoff doubles
+# after every losing probe, up to GOV_BACKOFF_MAX, and is never lowered (a move does not bring
+# the frequent probing of a fresh plan back); the cap bounds how long a change of the machine
+# can go unseen. Two windows in a row at cur whose mean moved by GOV_DRIFT from the one of the
+# last decision (another process started or stopped) start a probe at once, but not before
+# extra / GOV_SHARE seconds (no backoff) have passed since the last losing probe: on a machine
+# so busy that even cur's windows vary by 1.5x, drift alone keeps probes under GOV_SHARE.
 #
 # Every function is arithmetic on the struct, so the tests drive it with made-up times
 # (network.ThreadGovernor).
+
+from libc.float cimport DBL_MAX
 
 cdef enum:
     GOV_WINDOW = 4       # steps in a window, at least
@@ -65,7 +74,8 @@ cdef struct Governor:
     int cur             # the count in use between probes
     int probe           # the count being probed (phases TRY, BACK, AGAIN; else 0)
     int phase           # GOV_IDLE, GOV_TRY, GOV_BACK or GOV_AGAIN
-    int up              # the next probe goes up (when both directions exist)
+    int turn            # which kind of neighbour to probe next (gov_neighbour)
+    int drifted         # consecutive windows at cur out of GOV_DRIFT of `settled`
     int n               # steps in the running window
     int probes          # probes started since the last reset (for tests and diagnostics)
     double total        # the running window's seconds
@@ -74,6 +84,7 @@ cdef struct Governor:
     double ref_rest     # that window's mean without its slowest step
     double settled      # cur's mean at the last decision (the drift reference; 0: none)
     double budget       # seconds of steps at cur before the next probe
+    double floor        # seconds of steps at cur before a drift may start one
     double backoff
 
 
@@ -82,7 +93,8 @@ cdef inline void gov_reset(Governor *g, int limit) noexcept nogil:
     g.cur = limit
     g.probe = 0
     g.phase = GOV_IDLE
-    g.up = 0
+    g.turn = 0
+    g.drifted = 0
     g.n = 0
     g.probes = 0
     g.total = 0.0
@@ -91,6 +103,7 @@ cdef inline void gov_reset(Governor *g, int limit) noexcept nogil:
     g.ref_rest = 0.0
     g.settled = 0.0
     g.budget = 0.0
+    g.floor = 0.0
     g.backoff = 1.0
 
 
@@ -107,26 +120,33 @@ cdef inline int gov_threads(Governor *g, int limit) noexcept nogil:
 
 
 cdef inline int gov_neighbour(Governor *g) noexcept nogil:
-    """The count to probe next: half of cur or twice it (at most the limit), alternately when
-    both exist; 0 when the limit is 1."""
-    cdef int down = g.cur // 2
-    cdef int up = 0
-    if g.cur < g.limit:
-        up = g.cur * 2 if g.cur <= g.limit // 2 else g.limit
-    if down > 0 and up > 0:
-        g.up = not g.up
-        return up if g.up else down
-    return down if down > 0 else up
+    """The count to probe next: of cur - 1, cur + 1, cur // 2 and 2 cur (at most the limit),
+    those in [1, limit] other than cur, in turn from the kind g.turn names (the kind that
+    moved last is tried first again: a long way down or up goes on the same way); 0 when the
+    limit is 1."""
+    cdef int cand[4]
+    cdef int i, k, j
+    cand[0] = g.cur - 1
+    cand[1] = g.cur + 1 if g.cur < g.limit else 0
+    cand[2] = g.cur // 2
+    cand[3] = g.limit if g.cur > g.limit // 2 else 2 * g.cur
+    for i in range(4):
+        j = (g.turn + i) % 4
+        k = cand[j]
+        if 1 <= k <= g.limit and k != g.cur:
+            g.turn = j
+            return k
+    return 0
 
 
 cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogil:
     """Report that a step run with `used` threads (gov_threads' answer) took `seconds`."""
-    cdef double m, extra, spent
+    cdef double m, m_rest, extra, spent
     cdef int steps
     if g.limit <= 1 or used != gov_running(g):
         return      # nothing to choose, or a count this governor did not give
-    if not (seconds >= 0.0):
-        seconds = 0.0   # (a NaN or a clock step backwards: count it as free)
+    if not (0.0 <= seconds <= DBL_MAX):
+        seconds = 0.0   # (NaN, inf or a clock step backwards: count it as free)
     g.total += seconds
     if seconds > g.top:
         g.top = seconds
@@ -135,9 +155,10 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
         return
     spent, steps = g.total, g.n
     m = spent / steps
+    m_rest = (spent - g.top) / (steps - 1)     # (steps >= GOV_WINDOW >= 2)
     if g.phase == GOV_IDLE or g.phase == GOV_BACK:
         g.ref = m
-        g.ref_rest = (spent - g.top) / (steps - 1)
+        g.ref_rest = m_rest
     g.n = 0
     g.total = 0.0
     g.top = 0.0
@@ -149,15 +170,21 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
             if g.phase == GOV_TRY and m >= GOV_DECISIVE * g.ref_rest:
                 g.phase = GOV_BACK      # won once: cur for a window, then the probe again
                 return
-            g.cur = g.probe             # won twice, or decisively: move
-            g.ref = m
+            g.cur = g.probe             # won twice, or decisively: move, and soon try the
+            g.ref = m                   # same way again (g.turn stays)
             g.settled = m
-            g.budget = spent / GOV_SHARE * GOV_MIN_EXTRA * g.backoff
-        else:                           # lost: stay, and wait longer before the next probe
-            extra = m - g.ref
+            g.drifted = 0
+            g.budget = spent / GOV_SHARE * GOV_MIN_EXTRA
+            g.floor = 0.0
+        else:                           # lost: stay, wait longer, try another way next
+            # (what the probe cost, without its slowest step: one step stalled for a minute
+            # by a debugger or SIGSTOP must not put the next probe off for hours)
+            extra = m_rest - g.ref
             if extra < GOV_MIN_EXTRA * g.ref:
                 extra = GOV_MIN_EXTRA * g.ref
-            g.budget = steps * extra / GOV_SHARE * g.backoff
+            g.floor = steps * extra / GOV_SHARE
+            g.budget = g.floor * g.backoff
+            g.turn = (g.turn + 1) % 4
             g.backoff = g.backoff * 2.0
             if g.backoff > GOV_BACKOFF_MAX:
                 g.backoff = GOV_BACKOFF_MAX
@@ -169,9 +196,15 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
         g.budget = spent
         return
     if m > GOV_DRIFT * g.settled or m * GOV_DRIFT < g.settled:
-        g.settled = m       # the machine changed under us: probe now
-        g.budget = 0.0
+        g.drifted += 1
+    else:
+        g.drifted = 0
     g.budget -= spent
+    g.floor -= spent
+    if g.drifted >= 2 and g.floor <= 0.0:
+        g.settled = m       # the machine changed under us: probe now
+        g.drifted = 0
+        g.budget = 0.0
     if g.budget <= 0.0:
         g.probe = gov_neighbour(g)
         if g.probe > 0:

@@ -429,9 +429,13 @@ cdef class ThreadGovernor:
         self.g.phase = GOV_IDLE
         self.g.n = 0
         self.g.total = 0.0
+        self.g.top = 0.0
         self.g.ref = 0.0
+        self.g.ref_rest = 0.0
         self.g.settled = 0.0
+        self.g.drifted = 0
         self.g.budget = 0.0
+        self.g.floor = 0.0
 
     def reset(self, int limit):
         """Start afresh for `limit` threads."""

@@ -12,6 +12,7 @@ and runs on fewer threads while fewer are measured to be faster, as they are whe
 processes keep the cores busy (see csrc/fastnn_governor.pxd).
 """
 import contextlib
+import numbers
 import os
 import re
 import threading
@@ -84,7 +85,7 @@ def _switch_env(name, default):
         return True
     if value.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    raise ValueError(f"{name} must be 0 or 1 (or off/on, false/true, no/yes), got {value!r}")
 
 
 _dynamic = _switch_env("FASTNN_DYNAMIC", True)
@@ -150,7 +151,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in every kernel (1 without OpenMP). Returns the previous value."""
+    """Use ``n`` threads in every kernel (1 without OpenMP); the layer API's training step uses
+    at most ``n`` while ``get_dynamic()`` (see set_dynamic). Returns the previous value."""
     n = check_int(n, "n", below=2**31)
     with _lock:
         return _set_locked(n, warn_at=3)
@@ -187,11 +189,16 @@ def set_dynamic(enabled):
     threads than ``get_num_threads()`` while its own timings show that fewer are faster: when
     other processes keep the cores busy, a parallel step waits for a thread the scheduler has
     paused (MKL_DYNAMIC does the same for MKL). The numbers never depend on it. ``False``: every
-    step runs the full count (thread-scaling measurements). Returns the previous setting."""
+    step runs the full count, as thread-scaling measurements need. ``enabled``: a bool, or the
+    int 0 or 1. Returns the previous setting."""
     global _dynamic
-    if not isinstance(enabled, (bool, np.bool_)):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-    previous, _dynamic = _dynamic, bool(enabled)
+    if isinstance(enabled, (bool, np.bool_)):
+        enabled = bool(enabled)
+    elif isinstance(enabled, numbers.Integral) and enabled in (0, 1):
+        enabled = bool(enabled)
+    else:
+        raise TypeError(f"enabled must be a bool (or 0 or 1), got {enabled!r}")
+    previous, _dynamic = _dynamic, enabled
     return previous
 
 
