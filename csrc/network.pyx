@@ -17,7 +17,7 @@ import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
                             fnn_note_parallel, fnn_parallel_seen, fnn_wtime)
-from fastnn_governor cimport Governor, GOV_IDLE, gov_threads, gov_record, gov_reset
+from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
@@ -421,21 +421,16 @@ cdef class ThreadGovernor:
         gov_record(&self.g, used, seconds)
 
     def set_current(self, int count):
-        """Move to `count` threads (1 to the limit) as if a probe had won (tests)."""
+        """Move to `count` threads (1 to the limit) as if a probe had won (tests); the window
+        and the references start afresh, the probe count and backoff stay."""
+        cdef int probes = self.g.probes
+        cdef double backoff = self.g.backoff
         if not 1 <= count <= self.g.limit:
             raise ValueError(f"count must be in [1, {self.g.limit}], got {count}")
+        gov_reset(&self.g, self.g.limit)
         self.g.cur = count
-        self.g.probe = 0
-        self.g.phase = GOV_IDLE
-        self.g.n = 0
-        self.g.total = 0.0
-        self.g.top = 0.0
-        self.g.ref = 0.0
-        self.g.ref_rest = 0.0
-        self.g.settled = 0.0
-        self.g.drifted = 0
-        self.g.budget = 0.0
-        self.g.floor = 0.0
+        self.g.probes = probes
+        self.g.backoff = backoff
 
     def reset(self, int limit):
         """Start afresh for `limit` threads."""
