@@ -2,16 +2,18 @@
 #
 # Why: on a machine whose cores are shared with other busy processes, a parallel region waits
 # at its end for a thread the scheduler has paused. On this 2-core machine, with one CPU-bound
-# process beside it, a small network's step on two threads averaged 2-3x its time on one
+# process beside it, a small network's step on two threads averaged 3.5-4.4x its time on one
 # (bench/contention.py; single steps took 8-16 ms instead of 20 us), and a large network's
-# 1.4-2.2x. The governor finds that out by
+# 1.6-1.7x. The governor finds that out by
 # measuring, and runs the step on fewer threads while fewer are faster. Results never depend
 # on the thread count (DESIGN.md), so its choice changes the speed only, never a bit of the
 # numbers.
 #
 # How: a step asks gov_threads for its count and reports its time to gov_record. Times are
-# summed over windows of at least GOV_WINDOW steps and GOV_WINDOW_SECONDS, and windows are
-# compared by their mean step time. (Not a median, and not a window of a few steps: beside a
+# summed over windows of at least GOV_WINDOW steps and GOV_WINDOW_SECONDS (up to
+# GOV_SCALE_MAX times longer while two windows in a row at the same count disagree by 1.25x:
+# a machine that stalls every step now and then needs windows that hold several stalls),
+# and windows are compared by their mean step time. (Not a median, and not a window of a few steps: beside a
 # busy process, a small network's step on two threads is as fast as on a free machine most of
 # the time and takes milliseconds now and then, when the scheduler pauses one of its threads.
 # Those rare slow steps are most of the time spent; a window must span several scheduler time
@@ -20,21 +22,25 @@
 # Between windows at the current count `cur`, the governor now and then tries another count
 # (a probe: cur - 1, cur + 1, half or twice cur, in turn) for a window, then cur for one, then
 # the probe again. It moves when both probe windows beat the cur window before each by
-# GOV_MARGIN: a single window that happened to be quick or slow does not move it. (A first
+# GOV_MARGIN (10%; so it can stay on a count up to ~10% slower than the best): a single window that happened to be quick or slow does not move it. (A first
 # probe window under GOV_DECISIVE of cur's mean without its slowest step moves at once: steps
 # on two threads that each wait milliseconds for a paused thread cost too much to be timed
 # again, and one stalled step cannot make a window decisive.) After a move it soon tries the
 # same way again, so a long way (16 threads down to 2) is walked in a few moves.
 #
 # Probes are spaced so that the losing ones cost at most GOV_SHARE / backoff of the step time:
-# after a probe that lost `extra` seconds against cur (its slowest step left out), the next
-# waits until the steps at cur have taken extra / GOV_SHARE * backoff seconds. backoff doubles
-# after every losing probe, up to GOV_BACKOFF_MAX, and is never lowered (a move does not bring
-# the frequent probing of a fresh plan back); the cap bounds how long a change of the machine
-# can go unseen. Two windows in a row at cur whose mean moved by GOV_DRIFT from the one of the
-# last decision (another process started or stopped) start a probe at once, but not before
-# extra / GOV_SHARE seconds (no backoff) have passed since the last losing probe: on a machine
-# so busy that even cur's windows vary by 1.5x, drift alone keeps probes under GOV_SHARE.
+# after a probe window that lost `lost` seconds against cur (its slowest step left out), the
+# next waits until the steps at cur have taken lost / GOV_SHARE * backoff seconds. (The first
+# probe comes after the second window, whatever it costs.) backoff doubles after every losing
+# probe, up to GOV_BACKOFF_MAX; a move keeps it (a move does not bring the frequent probing of
+# a fresh plan back). The cap bounds how long a change of the machine that does not show in
+# cur's own times can go unseen: about GOV_BACKOFF_MAX / GOV_SHARE = 256 times what one
+# losing probe costs. Two windows in a row at cur whose mean moved by GOV_DRIFT from the one
+# of the last decision (another process started or stopped) start a probe at once, in the
+# direction the drift suggests (and after a move the same way is tried again soon, so the
+# walk goes on); but not before lost / GOV_SHARE seconds (no backoff) have passed since the
+# last losing probe: on a machine so busy that even cur's windows vary by 1.5x, drift alone
+# keeps probes under GOV_SHARE.
 #
 # Every function is arithmetic on the struct, so the tests drive it with made-up times
 # (network.ThreadGovernor).
@@ -43,6 +49,9 @@ from libc.float cimport DBL_MAX
 
 cdef enum:
     GOV_WINDOW = 4       # steps in a window, at least
+    GOV_SCALE_MAX = 16   # windows grow to 16 x GOV_WINDOW_SECONDS while cur's disagree
+
+cdef enum:
     GOV_IDLE = 0         # Governor.phase: running cur between probes,
     GOV_TRY = 1          # the first probe window,
     GOV_BACK = 2         # the window at cur after the first probe won,
@@ -76,6 +85,7 @@ cdef struct Governor:
     int phase           # GOV_IDLE, GOV_TRY, GOV_BACK or GOV_AGAIN
     int turn            # which kind of neighbour to probe next (gov_neighbour)
     int drifted         # consecutive windows at cur out of GOV_DRIFT of `settled`
+    int scale           # a window spans scale * GOV_WINDOW_SECONDS at least
     int n               # steps in the running window
     int probes          # probes started since the last reset (for tests and diagnostics)
     double total        # the running window's seconds
@@ -95,6 +105,7 @@ cdef inline void gov_reset(Governor *g, int limit) noexcept nogil:
     g.phase = GOV_IDLE
     g.turn = 0
     g.drifted = 0
+    g.scale = 1
     g.n = 0
     g.probes = 0
     g.total = 0.0
@@ -151,11 +162,19 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
     if seconds > g.top:
         g.top = seconds
     g.n += 1
-    if g.n < GOV_WINDOW or g.total < GOV_WINDOW_SECONDS:
+    if g.n < GOV_WINDOW or g.total < GOV_WINDOW_SECONDS * g.scale:
         return
     spent, steps = g.total, g.n
     m = spent / steps
     m_rest = (spent - g.top) / (steps - 1)     # (steps >= GOV_WINDOW >= 2)
+    if g.phase == GOV_IDLE and g.ref > 0.0 and m > 0.0:
+        # two windows in a row at cur: when they disagree by more than 1.25x, one window
+        # holds too few of the machine's stalls to judge by; longer ones hold more
+        if m > 1.25 * g.ref or g.ref > 1.25 * m:
+            if g.scale < GOV_SCALE_MAX:
+                g.scale *= 2
+        elif g.scale > 1 and m < 1.1 * g.ref and g.ref < 1.1 * m:
+            g.scale //= 2
     if g.phase == GOV_IDLE or g.phase == GOV_BACK:
         g.ref = m
         g.ref_rest = m_rest
@@ -179,7 +198,7 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
         else:                           # lost: stay, wait longer, try another way next
             # (what the probe cost, without its slowest step: one step stalled for a minute
             # by a debugger or SIGSTOP must not put the next probe off for hours)
-            extra = m_rest - g.ref
+            extra = m_rest - g.ref      # (seconds lost per step)
             if extra < GOV_MIN_EXTRA * g.ref:
                 extra = GOV_MIN_EXTRA * g.ref
             g.floor = steps * extra / GOV_SHARE
@@ -202,11 +221,15 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
     g.budget -= spent
     g.floor -= spent
     if g.drifted >= 2 and g.floor <= 0.0:
-        g.settled = m       # the machine changed under us: probe now
-        g.drifted = 0
+        # the machine changed under us: probe now, first with one thread fewer when cur got
+        # slower (other work started), one more when it got faster. (backoff stays: set back
+        # to 1, it made a machine whose windows drift all the time probe 1/32 of it.)
+        g.turn = 0 if m > g.settled else 1
+        g.settled = m
         g.budget = 0.0
     if g.budget <= 0.0:
         g.probe = gov_neighbour(g)
         if g.probe > 0:
             g.phase = GOV_TRY
             g.probes += 1
+            g.drifted = 0

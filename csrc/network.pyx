@@ -421,8 +421,9 @@ cdef class ThreadGovernor:
         gov_record(&self.g, used, seconds)
 
     def set_current(self, int count):
-        """Move to `count` threads (1 to the limit) as if a probe had won (tests); the window
-        and the references start afresh, the probe count and backoff stay."""
+        """Run `count` threads (1 to the limit) from now on, measured afresh as by a new
+        limit (a first window, a probe after the second) but keeping the probe count and the
+        backoff (tests)."""
         cdef int probes = self.g.probes
         cdef double backoff = self.g.backoff
         if not 1 <= count <= self.g.limit:
@@ -461,7 +462,13 @@ cdef class ThreadGovernor:
 
     @property
     def backoff(self):
+        """What the spacing of probes is multiplied by (1 to 8; doubles after each loss)."""
         return self.g.backoff
+
+    @property
+    def scale(self):
+        """How many times 10 ms a window spans at least (1 to 16)."""
+        return self.g.scale
 
 
 cdef class StepPlan:
@@ -947,4 +954,3 @@ def parallel_seen():
     """Whether this module ran a parallel region with more than one thread (fork safety:
     fastnn/_threads.py)."""
     return fnn_parallel_seen() != 0
-

@@ -188,7 +188,9 @@ def set_dynamic(enabled):
     """With ``enabled`` (the default), the layer API's compiled training step may run on fewer
     threads than ``get_num_threads()`` while its own timings show that fewer are faster: when
     other processes keep the cores busy, a parallel step waits for a thread the scheduler has
-    paused (MKL_DYNAMIC does the same for MKL). The numbers never depend on it. ``False``: every
+    paused. (Like MKL_DYNAMIC, a permission to use fewer threads; not OpenMP's omp_set_dynamic,
+    which fastnn leaves alone.) The numbers never depend on it. What it learned is per compiled
+    step (one per batch size) and starts afresh when the thread count changes. ``False``: every
     step runs the full count, as thread-scaling measurements need. ``enabled``: a bool, or the
     int 0 or 1. Returns the previous setting."""
     global _dynamic
