@@ -2,9 +2,9 @@
 #
 # Why: on a machine whose cores are shared with other busy processes, a parallel region waits
 # at its end for a thread the scheduler has paused. On this 2-core machine, with one CPU-bound
-# process beside it, a small network's step on two threads averaged 3.5-4.4x its time on one
+# process beside it, a small network's step on two threads averaged 2.7-5.3x its time on one
 # (bench/contention.py; single steps took 8-16 ms instead of 20 us), and a large network's
-# 1.6-1.7x. The governor finds that out by
+# 1.6-2x. The governor finds that out by
 # measuring, and runs the step on fewer threads while fewer are faster. Results never depend
 # on the thread count (DESIGN.md), so its choice changes the speed only, never a bit of the
 # numbers.
