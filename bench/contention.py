@@ -42,9 +42,11 @@ NETWORKS = [((2, 100, 3), 300), ((64, 64, 64, 10), 32), ((3072, 100, 10), 200),
 VARIANTS = ("dynamic", "fixed", "one", "numpy")
 
 
-def _busy_processes(count):
-    """`count` CPU-bound Python processes (a bare loop each)."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+def _start_busy(procs, count):
+    """Start `count` CPU-bound Python processes (a bare loop each), each added to `procs` as
+    it starts (so a failure leaves none running that the caller cannot stop)."""
+    for _ in range(count):
+        procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
 
 
 def _stop(procs):
@@ -93,8 +95,9 @@ def run(networks, busy, rounds, min_time, settle=fb.SETTLE, stream=None):
     results = []
     try:
         for load in (0, busy):
-            procs = _busy_processes(load)
+            procs = []
             try:
+                _start_busy(procs, load)
                 time.sleep(0.2 if load else 0.0)
                 for dims, n in networks:
                     med, at = _measure(dims, n, rounds, min_time, threads, settle)

@@ -89,6 +89,7 @@ def _switch_env(name, default):
 
 
 _dynamic = _switch_env("FASTNN_DYNAMIC", True)
+
 # The machine's CPU count, never the thread count, sizes the tiles (rounded down to a power of
 # two, at most max_tiles = 16): many cores get more, smaller tiles, the same for any thread
 # count. os.cpu_count(), not the affinity mask: taskset, OMP_PROC_BIND or OMP_PLACES (libgomp
