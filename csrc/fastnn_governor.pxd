@@ -222,8 +222,9 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
     g.floor -= spent
     if g.drifted >= 2 and g.floor <= 0.0:
         # the machine changed under us: probe now, first with one thread fewer when cur got
-        # slower (other work started), one more when it got faster. (backoff stays: set back
-        # to 1, it made a machine whose windows drift all the time probe 1/32 of it.)
+        # slower (other work started), one more when it got faster. (backoff stays: setting it
+        # back to 1 did not speed up the walks of the tests, and on a machine whose windows
+        # drift all the time it would let the scheduled probes cost 1/32 again.)
         g.turn = 0 if m > g.settled else 1
         g.settled = m
         g.budget = 0.0
