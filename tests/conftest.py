@@ -11,6 +11,8 @@ Helpers (import them with ``from conftest import ...``; pytest puts tests/ on sy
   respect to ``x`` (perturbed IN PLACE, as the course's ``eval_numerical_gradient_array``).
 - ``result_leaves(result, skip_other=False)``: the arrays and numbers of a (nested) result.
 - ``ulp_of(x)``: the spacing of floats at ``x`` (``np.spacing(|x|)``).
+- ``run_child(env_set, code)``: ``code`` in a fresh interpreter importing the fastnn under test,
+  with fastnn's and OpenMP's thread settings removed from the environment, then ``env_set``.
 - ``openmp_workers_started(setup, call)``: how many OpenMP workers a call starts (run in a fresh
   interpreter), to show that a thread-invariance test really runs the parallel path.
 """
@@ -230,6 +232,27 @@ def openmp_workers_started(setup, call, threads=3):
     if res.returncode != 0:
         raise AssertionError(f"subprocess failed:\n{res.stderr}")
     return int(res.stdout.strip().splitlines()[-1])
+
+
+# The environment variables that set fastnn's threads and tiles: run_child leaves them out.
+_THREAD_ENV = ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS", "FASTNN_TILE_CORES", "FASTNN_DYNAMIC")
+
+
+def run_child(env_set, code):
+    """Run ``code`` in a fresh interpreter with the variables of _THREAD_ENV removed and then
+    ``env_set`` applied; it imports the same fastnn as this process (PYTHONPATH kept, the
+    directory fastnn was imported from added first and used as the working directory)."""
+    import os
+    import subprocess
+    import textwrap
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in _THREAD_ENV}
+    paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(env_set)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=root)
 
 
 # ----------------------------------------------------------------------------- slow tests

@@ -17,6 +17,8 @@ from fastnn import _config as _fastnn_config
 from fastnn._kernels import _config
 from fastnn._kernels import dense as _kd
 
+from conftest import run_child
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the fastnn under test was imported from: the checkout (in-place or editable build) or
 # site-packages (an installed wheel, with the tests copied elsewhere). Child interpreters import
@@ -167,21 +169,6 @@ def test_threads_is_exported():
 
 
 # ============================================================================ environment defaults
-def _run_child(env_set, code):
-    """Run ``code`` in a fresh interpreter with FASTNN_NUM_THREADS/OMP_NUM_THREADS/FASTNN_TILE_CORES/
-    FASTNN_DYNAMIC removed and
-    then ``env_set`` applied; it imports the same fastnn as this process (PYTHONPATH kept, the
-    directory fastnn was imported from added first and used as the working directory)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS", "FASTNN_TILE_CORES",
-                        "FASTNN_DYNAMIC")}
-    paths = [IMPORT_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update(env_set)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
-
-
 _REPORT = """
     import json, os
     import fastnn
@@ -201,7 +188,7 @@ _REPORT = """
 
 
 def _report(env_set):
-    proc = _run_child(env_set, _REPORT)
+    proc = run_child(env_set, _REPORT)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -237,7 +224,7 @@ def test_environment_defaults(env, want):
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "2,3", "true", "4_0", "\u0663"])
 def test_invalid_fastnn_num_threads_raises_at_import(value):
-    proc = _run_child({"FASTNN_NUM_THREADS": value}, "import fastnn")
+    proc = run_child({"FASTNN_NUM_THREADS": value}, "import fastnn")
     assert proc.returncode != 0
     assert "ValueError" in proc.stderr
     assert "FASTNN_NUM_THREADS" in proc.stderr
@@ -272,7 +259,7 @@ def test_tile_cores_follow_the_machine_or_fastnn_tile_cores(env, want):
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
 def test_invalid_fastnn_tile_cores_raises_at_import(value):
-    proc = _run_child({"FASTNN_TILE_CORES": value}, "import fastnn")
+    proc = run_child({"FASTNN_TILE_CORES": value}, "import fastnn")
     assert proc.returncode != 0
     assert "ValueError" in proc.stderr and "FASTNN_TILE_CORES" in proc.stderr
 
@@ -643,7 +630,7 @@ def test_thin_products_follow_the_blas_kernels():
         assert _blas.thin_products_for(name) == 4, name
     corename = _blas.info()["corename"]
     # a fresh interpreter: the setting at import (this one's tests may have changed it)
-    proc = _run_child({}, _CORE_AND_THIN)
+    proc = run_child({}, _CORE_AND_THIN)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.split()
     assert out[0] == str(corename) and int(out[1]) == _blas.thin_products_for(corename), out
@@ -669,7 +656,7 @@ def test_openblas_coretype_sets_the_thin_products(coretype, thin):
             avx512 = False
         if not avx512:
             pytest.skip("no AVX-512 seen here: OpenBLAS cannot run its SkylakeX kernels")
-    proc = _run_child({"OPENBLAS_CORETYPE": coretype}, _CORE_AND_THIN)
+    proc = run_child({"OPENBLAS_CORETYPE": coretype}, _CORE_AND_THIN)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [coretype, str(thin)], proc.stdout
 

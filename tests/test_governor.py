@@ -5,9 +5,6 @@ test is deterministic and none of them times anything. The plan tests check that
 step runs the count the governor gives, and the same bits whatever it gives."""
 import io
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +12,8 @@ import pytest
 import fastnn
 from fastnn._kernels import _config
 from fastnn._kernels.network import ThreadGovernor
+
+from conftest import run_child
 
 OPENMP = _config.openmp_enabled()
 
@@ -393,26 +392,16 @@ def test_set_dynamic_takes_a_bool_only(value):
 @pytest.mark.parametrize("value,want", [("", True), ("1", True), (" on ", True), ("TRUE", True),
                                         ("0", False), ("off", False), ("no", False)])
 def test_fastnn_dynamic_environment_variable(value, want):
-    proc = _child({"FASTNN_DYNAMIC": value}, "import fastnn; print(fastnn.get_dynamic())")
+    proc = run_child({"FASTNN_DYNAMIC": value}, "import fastnn; print(fastnn.get_dynamic())")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == str(want)
 
 
 @pytest.mark.parametrize("value", ["2", "maybe", "-1"])
 def test_invalid_fastnn_dynamic_raises_at_import(value):
-    proc = _child({"FASTNN_DYNAMIC": value}, "import fastnn")
+    proc = run_child({"FASTNN_DYNAMIC": value}, "import fastnn")
     assert proc.returncode != 0
     assert "ValueError" in proc.stderr and "FASTNN_DYNAMIC" in proc.stderr
-
-
-def _child(env_set, code):
-    """`code` in a fresh interpreter that imports the fastnn under test."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "FASTNN_DYNAMIC"}
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.update(env_set)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=root)
 
 
 def test_show_config_reports_the_switch():

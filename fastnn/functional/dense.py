@@ -9,7 +9,6 @@ and b (M, k) runs one product for all pieces.
 Caches hold references, not copies: as in the course code, ``w`` is read when backward runs.
 """
 import math
-import operator
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from fastnn import _threads
 from fastnn._kernels import activations as _ka
 from fastnn._kernels import dense as _kd
 from fastnn._validation import as_float_array, check_scalar, common_dtype
+from fastnn.functional._course import CourseTuple
 from fastnn.functional.activations import _check_slope, _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
 
 __all__ = [
@@ -35,7 +35,7 @@ _INT32_MAX = 2**31 - 1
 _LEAKY = _ka.LEAKY_RELU
 
 
-class DenseCache:
+class DenseCache(CourseTuple):
     """What a dense forward keeps for its backward."""
 
     __slots__ = ("op", "x2", "x_shape", "w", "b", "saved", "alpha", "avec", "alpha_shape", "extra",
@@ -63,7 +63,7 @@ class DenseCache:
     # its original shape), so the course's backward functions take them. relu_cache is the
     # pre-activation ``x @ w + b``, which the fused kernel does not keep: it is computed with
     # NumPy, as the course's affine_forward computes it (a product, paid only by code that asks
-    # for it). The other caches have no course counterpart.
+    # for it). The other caches have no course counterpart. (CourseTuple does the rest.)
     def _course_len(self):
         if self.extra is None and self.x2 is not None:
             if self.op == _ka.IDENTITY:
@@ -80,23 +80,6 @@ class DenseCache:
             return fc[i]
         return fc if i == 0 else self.x2.dot(np.asarray(self.w)) + np.asarray(self.b)
 
-    def __len__(self):
-        return self._course_len()
-
-    def __bool__(self):   # (not len(): fastnn's own caches have none, and are still true)
-        return True
-
-    def __iter__(self):
-        return iter([self._course_item(i) for i in range(self._course_len())])
-
-    def __getitem__(self, i):
-        n = self._course_len()
-        if isinstance(i, slice):
-            return tuple(self._course_item(j) for j in range(n)[i])
-        i = operator.index(i)
-        if not -n <= i < n:
-            raise IndexError(f"cache index out of range (it has {n} entries)")
-        return self._course_item(i % n)
 
 
 def _check_dim(value, what):

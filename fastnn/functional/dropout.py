@@ -8,18 +8,17 @@ one from NumPy's global random state, so ``np.random.seed`` makes a run reproduc
 The mask comes from a counter-based hash of (seed, element index) computed in the kernel: the
 same for any thread count, and regenerated in backward from the seed instead of stored.
 """
-import operator
-
 import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import dropout as _kd
 from fastnn._validation import as_float_array, check_scalar, check_seed, common_dtype
+from fastnn.functional._course import CourseTuple
 
 __all__ = ["dropout_forward", "dropout_backward", "gaussian_noise_forward", "gaussian_noise_backward"]
 
 
-class DropoutCache:
+class DropoutCache(CourseTuple):
     """What dropout_forward keeps: the settings and the seed, from which backward regenerates
     the mask. Course code that unpacks it (``dropout_param, mask = cache``) gets a
     dropout_param and the course's mask (the kept units' ``1 / p``, zeros elsewhere; None in
@@ -30,23 +29,14 @@ class DropoutCache:
     def __init__(self, mode, p, seed, shape, dtype):
         self.mode, self.p, self.seed, self.shape, self.dtype = mode, p, seed, shape, dtype
 
-    def __len__(self):
+    _course_entries = ": dropout_param, mask"
+
+    def _course_len(self):
         return 2
 
-    def __iter__(self):
-        return iter((self[0], self[1]))
-
-    def __bool__(self):
-        return True
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return tuple(self[j] for j in range(2)[i])
-        i = operator.index(i)
-        if not -2 <= i < 2:
-            raise IndexError("cache index out of range (it has 2 entries: dropout_param, mask)")
+    def _course_item(self, i):
         p, mode, seed = _cache_params(self)
-        if i % 2 == 0:
+        if i == 0:
             return {"p": p, "mode": mode, "seed": seed}
         if mode == "test":
             return None
