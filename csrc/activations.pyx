@@ -37,6 +37,8 @@ cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536
 cdef Py_ssize_t OP_COST[6]
 OP_COST[:] = [1, 1, 1, 2, 2, 1]    # identity, relu, leaky, sigmoid, tanh, prelu
 
+include "fastnn_sites.pxi"
+
 def min_work_per_thread():
     return MIN_WORK_PER_THREAD
 
@@ -53,6 +55,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t nchunks, c, start, m
     cdef int nt
+    cdef GovCall gc
     if op < FNN_IDENTITY or op > FNN_TANH:
         raise ValueError(f"unknown activation op {op}")
     if out.shape[0] != n:
@@ -60,6 +63,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
     if n == 0:
         return
     nchunks = chunk_count(n)
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, op, n, sizeof(floating), 0), n_threads)
     nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads)
     if nt > nchunks:
         nt = <int>nchunks
@@ -71,6 +75,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
                 act_fwd(op, &x[start], &out[start], chunk_len(c, n), alpha, NULL)
+    gov_end(&gc)
 
 
 def backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx,
@@ -79,6 +84,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
     cdef Py_ssize_t n = dout.shape[0]
     cdef Py_ssize_t nchunks, c, start, m
     cdef int nt
+    cdef GovCall gc
     if op < FNN_IDENTITY or op > FNN_TANH:
         raise ValueError(f"unknown activation op {op}")
     if saved.shape[0] != n or dx.shape[0] != n:
@@ -86,6 +92,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
     if n == 0:
         return
     nchunks = chunk_count(n)
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, op, n, sizeof(floating), 0), n_threads)
     nt = effective_threads(n, MIN_WORK_PER_THREAD, n_threads)
     if nt > nchunks:
         nt = <int>nchunks
@@ -97,6 +104,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
                 act_bwd(op, &dout[start], &saved[start], &dx[start], chunk_len(c, n), alpha, NULL)
+    gov_end(&gc)
 
 
 cdef inline Py_ssize_t _rows_per_block(Py_ssize_t d) noexcept nogil:
@@ -111,12 +119,14 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
     cdef Py_ssize_t rows = x.shape[0], d = x.shape[1]
     cdef Py_ssize_t rb, nblocks, b, i0, i1
     cdef int nt
+    cdef GovCall gc
     if alpha.shape[0] != d or out.shape[0] != rows or out.shape[1] != d:
         raise ValueError("prelu_forward: shape mismatch")
     if rows == 0 or d == 0:
         return
     rb = _rows_per_block(d)
     nblocks = (rows + rb - 1) // rb
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(2, rows, d, sizeof(floating), 0), n_threads)
     nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         if nt > 1:
@@ -127,6 +137,7 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
             if i1 > rows:
                 i1 = rows
             act_fwd_rows(FNN_PRELU, &x[i0, 0], &out[i0, 0], d, i1 - i0, d, 0.0, &alpha[0])
+    gov_end(&gc)
 
 
 def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
@@ -138,6 +149,7 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     cdef Py_ssize_t rows = x.shape[0], d = x.shape[1]
     cdef Py_ssize_t rb, nblocks, b, i0, i1
     cdef int nt
+    cdef GovCall gc
     cdef floating[:, ::1] partial
     if (dout.shape[0] != rows or dout.shape[1] != d or alpha.shape[0] != d
             or dx.shape[0] != rows or dx.shape[1] != d or dalpha.shape[0] != d):
@@ -148,6 +160,7 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     rb = _rows_per_block(d)
     nblocks = (rows + rb - 1) // rb
     partial = np.zeros((nblocks, d), dtype=np.float32 if floating is float else np.float64)
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(3, rows, d, sizeof(floating), 0), n_threads)
     nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         if nt > 1:
@@ -161,6 +174,7 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
                          &alpha[0])
             prelu_alpha_acc_rows(&dout[i0, 0], &x[i0, 0], d, i1 - i0, d, &partial[b, 0])
         add_into_rows(&partial[0, 0], d, nblocks, &dalpha[0], d)
+    gov_end(&gc)
 
 
 cdef extern from "fastnn_simd.h" nogil:
@@ -195,12 +209,14 @@ def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
     cdef Py_ssize_t rows = z.shape[0], units = z.shape[1], k = z.shape[2]
     cdef Py_ssize_t n = rows * units, c, nchunks
     cdef int nt
+    cdef GovCall gc
     if k < 1 or k > 127:
         raise ValueError("maxout needs 1 to 127 pieces")
     if out.shape[0] != rows or out.shape[1] != units or argmax.shape[0] != rows or argmax.shape[1] != units:
         raise ValueError("maxout_reduce_forward: shape mismatch")
     if n == 0:
         return
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(4, n, k, sizeof(floating), 0), n_threads)
     nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
     with nogil:
@@ -211,6 +227,7 @@ def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 _maxout_fwd_chunk(c, n, k, &z[0, 0, 0], &out[0, 0], &argmax[0, 0])
+    gov_end(&gc)
 
 
 def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1] argmax,
@@ -219,10 +236,12 @@ def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1
     cdef Py_ssize_t rows = dz.shape[0], units = dz.shape[1], k = dz.shape[2]
     cdef Py_ssize_t n = rows * units, c, nchunks
     cdef int nt
+    cdef GovCall gc
     if dout.shape[0] != rows or dout.shape[1] != units or argmax.shape[0] != rows or argmax.shape[1] != units:
         raise ValueError("maxout_reduce_backward: shape mismatch")
     if n == 0:
         return
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(5, n, k, sizeof(floating), 0), n_threads)
     nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
     with nogil:
@@ -233,6 +252,7 @@ def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 _maxout_bwd_chunk(c, n, k, &dout[0, 0], &argmax[0, 0], &dz[0, 0, 0])
+    gov_end(&gc)
 
 
 def parallel_seen():

@@ -34,6 +34,8 @@ from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, bl
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            wslot_elems)
 
+include "fastnn_sites.pxi"
+
 # The one configuration of the dense machinery in the process (the network module uses it too,
 # through config_address()). The tiling constants were measured with sgemm per tile against
 # whole-matrix products (see the README); `thin` with bench/thin_products.py.
@@ -288,6 +290,7 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     cdef floating *ws = NULL
     cdef const floating *ap = NULL
     cdef Py_ssize_t wse
+    cdef GovCall gc
     if w.shape[0] != D or b.shape[0] != M or y.shape[0] != N or y.shape[1] != M:
         raise ValueError("dense_forward: shape mismatch")
     if keep:
@@ -309,6 +312,8 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
         ws = <floating *>malloc(wse * sizeof(floating))
         if ws == NULL:
             raise MemoryError()
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(0, op * 2 + chunks, N, D, M * 16 + sizeof(floating)), n_threads)
     blas_enter(&_cfg)
     try:
         with nogil:
@@ -317,6 +322,7 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     finally:
         blas_exit(&_cfg)
         free(ws)
+    gov_end(&gc)
 
 
 def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] saved,
@@ -345,6 +351,7 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef floating *apartial = NULL
     cdef floating *wslots = NULL
     cdef DenseConfig cfg = _snapshot(chunks)   # one snapshot: the workspaces and the kernel agree
+    cdef GovCall gc
     if (dout.shape[0] != N or dout.shape[1] != M or w.shape[0] != D or dw.shape[0] != D
             or dw.shape[1] != M or db.shape[0] != M):
         raise ValueError("dense_backward: shape mismatch")
@@ -392,6 +399,9 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     if op == FNN_PRELU:
         ap = &avec[0]
         dap = &dalpha[0]
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(1, op * 4 + chunks * 2 + (dx is not None), N, D,
+                                  M * 16 + sizeof(floating)), n_threads)
     blas_enter(&_cfg)
     try:
         with nogil:
@@ -403,6 +413,7 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         free(partial)
         free(apartial)
         free(wslots)
+    gov_end(&gc)
 
 
 def parallel_seen():

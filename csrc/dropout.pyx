@@ -19,6 +19,8 @@ cdef extern from "fastnn_simd.h" nogil:
 
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 
+include "fastnn_sites.pxi"
+
 
 cpdef uint32_t keep_limit(double p) noexcept:
     """The largest kept hash for keep probability p in (0, 1]: an element whose 32-bit hash h
@@ -40,6 +42,7 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     cdef uint32_t lo = <uint32_t>(seed & 0xffffffffu), hi = <uint32_t>(seed >> 32)
     cdef floating scale = <floating>(1.0 / p)
     cdef int nt
+    cdef GovCall gc
     if not (0.0 < p <= 1.0):
         raise ValueError(f"dropout_apply: p must be in (0, 1], got {p}")
     limit = keep_limit(p)
@@ -49,6 +52,7 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
         raise ValueError("dropout supports at most 2**32 - 1 elements per call")
     if n == 0:
         return
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, n, sizeof(floating), 0, 0), n_threads)
     nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
     with nogil:
@@ -68,6 +72,7 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
                 else:
                     fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
                                     scale)
+    gov_end(&gc)
 
 
 def parallel_seen():

@@ -47,6 +47,8 @@
 
 from libc.float cimport DBL_MAX
 
+from fastnn_openmp cimport fnn_parallel_count, fnn_wtime
+
 cdef enum:
     GOV_WINDOW = 4       # steps in a window, at least
     GOV_SCALE_MAX = 16   # windows grow to 16 x GOV_WINDOW_SECONDS while cur's disagree
@@ -234,3 +236,144 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
             g.phase = GOV_TRY
             g.probes += 1
             g.drifted = 0
+
+
+# The call governor: the same governor, one per kind and shape of kernel call, for the calls
+# fastnn.functional, the layers' forward/backward and the optimizers make one by one (each a
+# parallel region of its own, so each waits for a paused thread as the step does: beside one
+# busy process, 784-512-512-10 (128)'s SGD update of its 784 x 512 weight averaged 0.8-2.4 ms
+# on two threads and 0.05-0.1 ms on one). Each kernel module keeps a table of GOV_SITES sites
+# (a static array: zero, every slot empty, at load) keyed by a hash of the call's kind and
+# shape (gov_key). A kernel's def function asks gov_begin for its thread count and calls
+# gov_end when the kernel returned; both run with the GIL held, so the table needs no lock.
+# A call given several threads that started no parallel region (too little work: it runs
+# serial at any count) marks its site serial, and is not timed again. Only the speed depends
+# on the count, never the numbers (DESIGN.md).
+
+cdef enum:
+    GOV_SITES = 128      # sites per kernel module
+    GOV_SITE_PROBE = 8   # slots searched from a key's home slot
+
+cdef struct GovSite:
+    unsigned long long key   # gov_key of the calls it governs (0: an empty slot)
+    long long calls          # calls it has seen (tests, diagnostics)
+    int serial               # its calls start no parallel region: not timed
+    int last                 # the thread count the last call was given
+    Governor g
+
+cdef struct GovCall:
+    GovSite *site            # NULL: the call is not timed
+    unsigned long long key
+    int used
+    long regions             # the module's parallel region count before the call
+    double t0
+
+
+cdef inline unsigned long long gov_mix(unsigned long long h) noexcept nogil:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    h ^= h >> 30
+    h *= 0xbf58476d1ce4e5b9ULL
+    h ^= h >> 27
+    h *= 0x94d049bb133111ebULL
+    h ^= h >> 31
+    return h
+
+
+cdef inline unsigned long long gov_key(int kind, long long a, long long b, long long c,
+                                       long long d) noexcept nogil:
+    """The site key of a call of `kind` (one per kernel function of a module) and shape
+    (a, b, c, d): never 0."""
+    cdef unsigned long long h = gov_mix(<unsigned long long>(kind + 1) * 0x9e3779b97f4a7c15ULL)
+    h = gov_mix(h ^ <unsigned long long>a)
+    h = gov_mix(h ^ <unsigned long long>b)
+    h = gov_mix(h ^ <unsigned long long>c)
+    h = gov_mix(h ^ <unsigned long long>d)
+    return h | 1
+
+
+cdef inline GovSite *gov_site(GovSite *sites, unsigned long long key) noexcept nogil:
+    """The site of `key`: found among GOV_SITE_PROBE slots from its home slot, else the first
+    empty one of them, else the home slot is taken over (what it had learned is lost)."""
+    cdef Py_ssize_t home = <Py_ssize_t>(key % GOV_SITES), i, j
+    cdef GovSite *s
+    cdef GovSite *empty = NULL
+    for i in range(GOV_SITE_PROBE):
+        j = (home + i) % GOV_SITES
+        s = &sites[j]
+        if s.key == key:
+            return s
+        if s.key == 0 and empty == NULL:
+            empty = s
+    s = empty if empty != NULL else &sites[home]
+    s.key = key
+    s.calls = 0
+    s.serial = 0
+    s.last = 0
+    gov_reset(&s.g, 0)
+    return s
+
+
+cdef inline int gov_begin(GovCall *c, GovSite *sites, bint dynamic, unsigned long long key,
+                          int n_threads) noexcept:
+    """The thread count for a call (at most n_threads) of site `key`; gov_end(c) when it has
+    returned. Off (n_threads as given, nothing timed) without `dynamic` or with one thread.
+    Called with the GIL held (the table has no lock)."""
+    cdef GovSite *s
+    c.site = NULL
+    c.used = n_threads
+    if not dynamic or n_threads <= 1:
+        return n_threads
+    s = gov_site(sites, key)
+    s.calls += 1
+    if s.serial:
+        s.last = n_threads
+        return n_threads
+    c.site = s
+    c.key = key
+    c.used = gov_threads(&s.g, n_threads)
+    s.last = c.used
+    c.regions = fnn_parallel_count()
+    c.t0 = fnn_wtime()
+    return c.used
+
+
+cdef inline void gov_end(GovCall *c) noexcept:
+    """The call gov_begin(c, ...) counted for has returned: report its time (only a call that
+    completed: one that raised is not a step of the machine's speed). With the GIL held."""
+    cdef double seconds
+    if c.site == NULL or c.site.key != c.key:
+        return      # not timed, or its slot was taken over meanwhile (another Python thread)
+    seconds = fnn_wtime() - c.t0
+    if c.used > 1 and fnn_parallel_count() == c.regions:
+        c.site.serial = 1   # given several threads, it started no parallel region
+        return
+    gov_record(&c.site.g, c.used, seconds)
+
+
+cdef inline list gov_site_list(GovSite *sites):
+    """The occupied sites, as dicts (tests and diagnostics)."""
+    cdef Py_ssize_t i
+    cdef list out = []
+    for i in range(GOV_SITES):
+        if sites[i].key != 0:
+            out.append({"key": sites[i].key, "calls": sites[i].calls,
+                        "serial": bool(sites[i].serial), "last": sites[i].last,
+                        "limit": sites[i].g.limit, "current": sites[i].g.cur,
+                        "probes": sites[i].g.probes})
+    return out
+
+
+cdef inline void gov_sites_clear(GovSite *sites) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(GOV_SITES):
+        sites[i].key = 0
+
+
+cdef inline void gov_sites_set_current(GovSite *sites, int count) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int limit
+    for i in range(GOV_SITES):
+        if sites[i].key != 0 and not sites[i].serial and sites[i].g.limit >= 1:
+            limit = sites[i].g.limit
+            gov_reset(&sites[i].g, limit)
+            sites[i].g.cur = count if count <= limit else limit

@@ -3,6 +3,10 @@
 #ifndef FASTNN_OMP_H
 #define FASTNN_OMP_H
 
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #define FNN_HAVE_OPENMP 1
@@ -20,13 +24,28 @@ static inline int fnn_omp_version(void) { return 0; }
 static inline double fnn_wtime(void) { return 0.0; }   /* (one thread: nothing to time) */
 #endif
 
-/* Whether this module ran a parallel region with more than one thread (fnn_note_parallel just
- * before each one): GCC's OpenMP runtime then has worker threads, which a fork() child lacks,
- * so fastnn keeps a forked child on one thread only when this is set (fastnn/_threads.py).
- * One flag per extension module (static); Python asks each one. */
-static int fnn_parallel_flag = 0;
-static inline void fnn_note_parallel(void) { fnn_parallel_flag = 1; }
-static inline int fnn_parallel_seen(void) { return fnn_parallel_flag; }
+/* How many parallel regions with more than one thread this module has started
+ * (fnn_note_parallel just before each one). Two readers:
+ * - fork safety: once one has run, GCC's OpenMP runtime has worker threads, which a fork()
+ *   child lacks, so fastnn keeps a forked child on one thread (fastnn/_threads.py);
+ * - the call governor (fastnn_governor.pxd's gov_begin / gov_end): a call given several
+ *   threads that started none never will, and is not timed.
+ * One count per extension module (static); Python asks each one. Relaxed atomic increments:
+ * kernels called from several Python threads at once (the GIL released) may start regions at
+ * the same time. */
+#if defined(_MSC_VER)
+static volatile long fnn_parallel_regions = 0;
+static inline void fnn_note_parallel(void) { _InterlockedIncrement(&fnn_parallel_regions); }
+static inline long fnn_parallel_count(void)
+{ return _InterlockedCompareExchange(&fnn_parallel_regions, 0, 0); }
+#else
+static long fnn_parallel_regions = 0;
+static inline void fnn_note_parallel(void)
+{ __atomic_fetch_add(&fnn_parallel_regions, 1, __ATOMIC_RELAXED); }
+static inline long fnn_parallel_count(void)
+{ return __atomic_load_n(&fnn_parallel_regions, __ATOMIC_RELAXED); }
+#endif
+static inline int fnn_parallel_seen(void) { return fnn_parallel_count() != 0; }
 
 /* Turns between threads (the step kernel's row chunks add their weight-gradient products into
  * one buffer in chunk order): fnn_turn_wait spins until *turn == want, then sees every write
@@ -34,7 +53,6 @@ static inline int fnn_parallel_seen(void) { return fnn_parallel_flag; }
  * operations, full barriers on x64 and ARM64 alike). After a few thousand spins it yields the
  * CPU, for a machine whose other core is busy or a thread count above the core count. */
 #if defined(_MSC_VER)
-#include <intrin.h>
 static inline int fnn_turn_load(volatile int *p)
 { return (int)_InterlockedCompareExchange((volatile long *)p, 0, 0); }
 static inline void fnn_turn_pass(volatile int *p, int v)

@@ -10,6 +10,7 @@ cdef extern from "fastnn_omp.h" nogil:
     void fnn_turn_wait(volatile int *turn, int want)
     void fnn_turn_pass(volatile int *turn, int value)
     void fnn_note_parallel()
+    long fnn_parallel_count()
     int fnn_parallel_seen()
 
 

@@ -17,6 +17,8 @@ NESTEROV = RULE_NESTEROV
 RMSPROP = RULE_RMSPROP
 ADAM = RULE_ADAM
 
+include "fastnn_sites.pxi"
+
 
 def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
            floating[::1] s2, double lr, double h1, double h2, double eps, double c1, double c2,
@@ -27,6 +29,8 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
     cdef Py_ssize_t n = w.shape[0]
     cdef floating *p1 = NULL
     cdef floating *p2 = NULL
+    cdef GovCall gc
+    cdef int used
     if rule < RULE_SGD or rule > RULE_ADAM:
         raise ValueError(f"unknown update rule {rule}")
     if dw.shape[0] != n:
@@ -41,8 +45,10 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
         p1 = &s1[0]
     if rule == RULE_ADAM:
         p2 = &s2[0]
+    used = gov_begin(&gc, _sites, _dynamic, gov_key(0, rule, n, sizeof(floating), 0), n_threads)
     with nogil:
-        update_raw(rule, &w[0], &dw[0], p1, p2, n, lr, h1, h2, eps, c1, c2, wd, n_threads)
+        update_raw(rule, &w[0], &dw[0], p1, p2, n, lr, h1, h2, eps, c1, c2, wd, used)
+    gov_end(&gc)
 
 
 def all_finite(const floating[::1] x):

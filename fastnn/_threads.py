@@ -89,6 +89,12 @@ def _switch_env(name, default):
 
 
 _dynamic = _switch_env("FASTNN_DYNAMIC", True)
+# The modules whose kernel functions take a thread count, each with its call governor's switch
+# (csrc/fastnn_sites.pxi); the network module's step gets the switch with every call.
+_GOVERNED_MODULES = (_activations, _dense, _dropout, _losses, _optim)
+for _m in _GOVERNED_MODULES:
+    _m.set_dynamic(_dynamic)
+del _m
 
 # The machine's CPU count, never the thread count, sizes the tiles (rounded down to a power of
 # two, at most max_tiles = 16): many cores get more, smaller tiles, the same for any thread
@@ -202,6 +208,8 @@ def set_dynamic(enabled):
     else:
         raise TypeError(f"enabled must be a bool (or 0 or 1), got {enabled!r}")
     previous, _dynamic = _dynamic, enabled
+    for m in _GOVERNED_MODULES:
+        m.set_dynamic(enabled)
     return previous
 
 

@@ -2,7 +2,7 @@
 
 Array arguments are C-contiguous float32 or float64 arrays, all of one dtype per call (Cython
 fused memoryviews); outputs are written in place."""
-from typing import Any
+from typing import Any, Dict, List
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,3 +32,10 @@ def maxout_reduce_backward(dout: _Float, argmax: NDArray[np.int8], dz: _Float,
 
 
 def parallel_seen() -> bool: ...
+
+# the call governor (csrc/fastnn_sites.pxi)
+def set_dynamic(on: bool) -> None: ...
+def governed_sites() -> List[Dict[str, Any]]: ...
+def clear_sites() -> None: ...
+def set_sites_current(count: int) -> None: ...
+def parallel_regions() -> int: ...

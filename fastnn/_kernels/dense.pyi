@@ -2,7 +2,7 @@
 
 Array arguments are C-contiguous float32 or float64 arrays, all of one dtype per call; outputs
 are written in place. Arguments typed ``... | None`` may be None (see the docstrings)."""
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,3 +40,10 @@ def dense_backward(op: int, dout: _Float, saved: _Float, x: _Float, w: _Float,
 
 
 def parallel_seen() -> bool: ...
+
+# the call governor (csrc/fastnn_sites.pxi)
+def set_dynamic(on: bool) -> None: ...
+def governed_sites() -> List[Dict[str, Any]]: ...
+def clear_sites() -> None: ...
+def set_sites_current(count: int) -> None: ...
+def parallel_regions() -> int: ...

@@ -1,7 +1,7 @@
 """Loss kernels (csrc/losses.pyx). Private: use fastnn.functional.
 
 Each returns the mean loss and writes its gradient into ``dx`` (C-contiguous, x's dtype)."""
-from typing import Any
+from typing import Any, Dict, List
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,3 +20,10 @@ def target_loss(kind: int, x: _Float, t: _Float, dx: _Float, n_threads: int) -> 
 
 
 def parallel_seen() -> bool: ...
+
+# the call governor (csrc/fastnn_sites.pxi)
+def set_dynamic(on: bool) -> None: ...
+def governed_sites() -> List[Dict[str, Any]]: ...
+def clear_sites() -> None: ...
+def set_sites_current(count: int) -> None: ...
+def parallel_regions() -> int: ...
