@@ -29,6 +29,14 @@ DEFAULT_MAX_TIME = 0.5
 
 
 def pytest_configure(config):
+    # fastnn's kernels on exactly the thread count set: the call governor's tries of other
+    # counts (fastnn.set_dynamic) would fall into some rounds
+    try:
+        import fastnn
+    except ImportError:   # (not built: the benchmark modules say so when they import it)
+        pass
+    else:
+        fastnn.set_dynamic(False)
     # Runs before pytest-benchmark's own pytest_configure (trylast) reads the option, when bench/
     # is named on the command line; otherwise the plugin default stays.
     if not hasattr(config.option, "benchmark_max_time"):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The training step on a busy machine: what the thread governor (fastnn.set_dynamic) buys,
-and what it costs on a quiet one (README, "When the cores are busy").
+"""The training step on a busy machine: what the thread governors (fastnn.set_dynamic) buy,
+and what they cost on a quiet one (README, "When the cores are busy").
 
     python3 bench/contention.py [--busy B] [--rounds R] [--min-time S] [--json F]
     python3 bench/contention.py --quick      # a smoke run: the small networks, short rounds
@@ -9,7 +9,8 @@ A parallel region ends when its last thread is done. When other processes keep t
 busy, the scheduler pauses one of the step's threads now and then, and the others wait for it:
 a small network's step on 2 threads then takes several times its time on 1. fastnn's layer
 API step times itself and runs on fewer threads while fewer are faster (csrc/
-fastnn_governor.pxd); the numbers are the same bits for any count.
+fastnn_governor.pxd), and so does each kind and shape of kernel call made one by one (the
+course-style step of fastnn.functional calls); the numbers are the same bits for any count.
 
 For each network, first on the machine as it is ("quiet") and then with B CPU-bound
 processes running beside it ("B busy"; default: half the CPUs, at least 1), the script times,
@@ -17,6 +18,7 @@ interleaved in each of R rounds:
 - fastnn's layer API step with the governor (the default) on T threads (fastnn's count);
 - the same step fixed on T threads (``fastnn.set_dynamic(False)``);
 - the same step fixed on 1 thread;
+- the course-style step of fastnn.functional calls, the same three ways;
 - the NumPy reference step (its BLAS on the threads it has).
 Each measurement is the mean step time over at least S seconds (default 1 s), so that it takes
 in the governor's probes (a window on another count now and then) at their real rate; the
@@ -39,7 +41,7 @@ from fastnn import bench as fb  # noqa: E402
 
 NETWORKS = [((2, 100, 3), 300), ((64, 64, 64, 10), 32), ((3072, 100, 10), 200),
             ((784, 512, 512, 10), 128)]
-VARIANTS = ("dynamic", "fixed", "one", "numpy")
+VARIANTS = ("dynamic", "fixed", "one", "f_dynamic", "f_fixed", "f_one", "numpy")
 
 
 def _start_busy(procs, count):
@@ -66,8 +68,10 @@ def _plan_threads(model):
 
 def _measure(dims, n, rounds, min_time, threads, settle):
     runners, model, *_ = fb._make_runners(list(dims), n, np.float32, None)
-    fast, ref = runners["fastnn"], runners["numpy"]
+    ref = runners["numpy"]
     plans = {"dynamic": (True, threads), "fixed": (False, threads), "one": (False, 1)}
+    plans.update({"f_" + k: v for k, v in plans.items()})
+    fast = runners["fastnn"]
     fast()   # builds the compiled step
     times = {v: [] for v in VARIANTS}
     for _ in range(rounds):
@@ -79,7 +83,8 @@ def _measure(dims, n, rounds, min_time, threads, settle):
             dynamic, t = plans[v]
             fastnn.set_dynamic(dynamic)
             with fastnn.threads(t):
-                times[v].append(fb._time(fast, min_time))
+                times[v].append(fb._time(runners["functional" if v[:2] == "f_" else "fastnn"],
+                                         min_time))
     fastnn.set_dynamic(True)
     at = None
     with fastnn.threads(threads):
@@ -112,10 +117,12 @@ def run(networks, busy, rounds, min_time, settle=fb.SETTLE, stream=None):
     return results
 
 
-HEAD = (f"{'network (batch)':<24}{'load':>8}{'governor':>10}{'fixed T':>10}{'1 thread':>10}"
-        f"{'numpy':>10}{'fixed T/gov':>13}{'1 thr/gov':>11}{'gov at':>8}\n"
-        "(microseconds per step; the last three columns: ratios, and the governor's count after "
-        "the last round)")
+HEAD = (f"{'':<32}{'layer API step':^41}{'functional step':^33}\n"
+        f"{'network (batch)':<24}{'load':>8}{'governor':>10}{'fixed T':>10}{'1 thread':>10}"
+        f"{'gov at':>8}{'governor':>11}{'fixed T':>10}{'1 thread':>10}{'numpy':>10}"
+        f"{'layer: fixed T/gov':>20}{'functional: fixed T/gov':>25}\n"
+        "(microseconds per step; 'gov at': the layer API step's governor's count after the last "
+        "round)")
 
 
 def _line(r):
@@ -123,8 +130,10 @@ def _line(r):
     load = "quiet" if r["busy"] == 0 else f"{r['busy']} busy"
     return (f"{r['network'] + ' (' + str(r['batch']) + ')':<24}{load:>8}"
             f"{us['dynamic']:>10.1f}{us['fixed']:>10.1f}{us['one']:>10.1f}"
-            f"{us['numpy']:>10.1f}{us['fixed'] / us['dynamic']:>12.2f}x"
-            f"{us['one'] / us['dynamic']:>10.2f}x{r['governor_threads'] or '-':>8}")
+            f"{r['governor_threads'] or '-':>8}"
+            f"{us['f_dynamic']:>11.1f}{us['f_fixed']:>10.1f}{us['f_one']:>10.1f}"
+            f"{us['numpy']:>10.1f}{us['fixed'] / us['dynamic']:>19.2f}x"
+            f"{us['f_fixed'] / us['f_dynamic']:>24.2f}x")
 
 
 def main(argv=None):

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import OtherLoad, header_lines, loadavg, now  # noqa: E402  (also puts the repo on sys.path)
 
+import fastnn  # noqa: E402
 from fastnn import bench as fb  # noqa: E402
 from fastnn import functional as F  # noqa: E402
 from fastnn._kernels import activations as K  # noqa: E402
@@ -368,6 +369,7 @@ def main(argv=None):
                    help="independent hot sweeps per op, at different times; t1 and t2 are the medians "
                         "over them (default 2)")
     args = p.parse_args(argv)
+    fastnn.set_dynamic(False)   # the kernels on exactly the counts timed (no governor probes)
     extra_schemes = []
     for spec in args.scheme:
         try:

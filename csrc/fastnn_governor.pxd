@@ -1,4 +1,5 @@
-# The training step's thread governor (network.pyx's StepPlan keeps one per plan).
+# The thread governor: the training step's (network.pyx's StepPlan keeps one per plan), and
+# the kernel calls' (one per kind and shape of call: the call governor, at the end).
 #
 # Why: on a machine whose cores are shared with other busy processes, a parallel region waits
 # at its end for a thread the scheduler has paused. On this 2-core machine, with one CPU-bound

@@ -97,10 +97,11 @@ def show_config(file=None):
         f"  compiler    {info['compiler']}",
         f"  openmp      {omp}",
         f"  threads     {info['num_threads']}",
-        "  dynamic     " + ("on: the training step may run on fewer threads while that is "
-                             "faster (set_dynamic, FASTNN_DYNAMIC)" if info["dynamic"] else
-                             "off: the training step runs on every thread (set_dynamic, "
-                             "FASTNN_DYNAMIC)"),
+        "  dynamic     " + ("on: the training step and the kernel calls may run on fewer "
+                             "threads while that is faster (set_dynamic, FASTNN_DYNAMIC)"
+                             if info["dynamic"] else
+                             "off: the training step and the kernel calls run on every thread "
+                             "(set_dynamic, FASTNN_DYNAMIC)"),
         f"  tiles       sized for {info['tile_cores']} CPUs (FASTNN_TILE_CORES); "
         + (f"products with at most {info['thin']} output rows or columns as gemv calls"
            if info["thin"] else "no gemv path (the BLAS has small-matrix kernels)"),

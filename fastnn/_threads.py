@@ -6,10 +6,11 @@ above the core count. Results never depend on it: kernels split work into blocks
 problem shape and by ``FASTNN_TILE_CORES`` (default: the machine's CPU count, ``os.cpu_count()``,
 read once at import; at most 16), which sizes the products' tiles for the machine.
 
-The count is a ceiling for the layer API's training step while ``dynamic`` is on (the default;
-``FASTNN_DYNAMIC=0`` or ``set_dynamic(False)`` turns it off): each compiled step times itself
-and runs on fewer threads while fewer are measured to be faster, as they are when other
-processes keep the cores busy (see csrc/fastnn_governor.pxd).
+The count is a ceiling while ``dynamic`` is on (the default; ``FASTNN_DYNAMIC=0`` or
+``set_dynamic(False)`` turns it off): each compiled training step of the layer API, and each
+kind and shape of kernel call made one by one (fastnn.functional, the layers, the optimizers),
+times itself and runs on fewer threads while fewer are measured to be faster, as they are when
+other processes keep the cores busy (see csrc/fastnn_governor.pxd).
 """
 import contextlib
 import numbers
@@ -192,14 +193,16 @@ def get_num_threads():
 
 
 def set_dynamic(enabled):
-    """With ``enabled`` (the default), the layer API's compiled training step may run on fewer
-    threads than ``get_num_threads()`` while its own timings show that fewer are faster: when
-    other processes keep the cores busy, a parallel step waits for a thread the scheduler has
-    paused. (Like MKL_DYNAMIC, a permission to use fewer threads; not OpenMP's omp_set_dynamic,
-    which fastnn leaves alone.) The numbers never depend on it. What it learned is per compiled
-    step (one per batch size) and starts afresh when the thread count changes. ``False``: every
-    step runs the full count, as thread-scaling measurements need. ``enabled``: a bool, or the
-    int 0 or 1. Returns the previous setting."""
+    """With ``enabled`` (the default), the layer API's compiled training step, and every kernel
+    call made one by one (fastnn.functional, the layers' forward and backward, the optimizers'
+    step), may run on fewer threads than ``get_num_threads()`` while its own timings show that
+    fewer are faster: when other processes keep the cores busy, a parallel call waits for a
+    thread the scheduler has paused. (Like MKL_DYNAMIC, a permission to use fewer threads; not
+    OpenMP's omp_set_dynamic, which fastnn leaves alone.) The numbers never depend on it. What
+    it learned is per compiled step (one per batch size) or per kind and shape of call, and
+    starts afresh when the thread count changes. ``False``: every call runs the full count, as
+    thread-scaling measurements need. ``enabled``: a bool, or the int 0 or 1. Returns the
+    previous setting."""
     global _dynamic
     if isinstance(enabled, (bool, np.bool_)):
         enabled = bool(enabled)
@@ -214,7 +217,8 @@ def set_dynamic(enabled):
 
 
 def get_dynamic():
-    """Whether the training step may use fewer threads than set (see set_dynamic)."""
+    """Whether the training step and the kernel calls may use fewer threads than set (see
+    set_dynamic)."""
     return _dynamic
 
 
