@@ -248,8 +248,11 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
 # shape (gov_key). A kernel's def function asks gov_begin for its thread count and calls
 # gov_end when the kernel returned; both run with the GIL held, so the table needs no lock.
 # A call given several threads that started no parallel region (too little work: it runs
-# serial at any count) marks its site serial, and is not timed again. Only the speed depends
-# on the count, never the numbers (DESIGN.md).
+# serial at any count) marks its site serial: its calls get the full count and are not timed
+# (a serial call's time says nothing about threads). A serial site's call that does start one
+# (the private tuning hooks, dense.set_tile_params or activations.set_min_work_per_thread,
+# lowered a threshold) is timed again from the next call. Only the speed depends on the count,
+# never the numbers (DESIGN.md).
 
 cdef enum:
     GOV_SITES = 128      # sites per kernel module
@@ -294,10 +297,12 @@ cdef inline unsigned long long gov_key(int kind, long long a, long long b, long 
 
 cdef inline GovSite *gov_site(GovSite *sites, unsigned long long key) noexcept nogil:
     """The site of `key`: found among GOV_SITE_PROBE slots from its home slot, else the first
-    empty one of them, else the home slot is taken over (what it had learned is lost)."""
+    empty one of them; when all are taken, the first serial one (it had learned nothing), else
+    the home slot is taken over (what it had learned is lost)."""
     cdef Py_ssize_t home = <Py_ssize_t>(key % GOV_SITES), i, j
     cdef GovSite *s
     cdef GovSite *empty = NULL
+    cdef GovSite *serial = NULL
     for i in range(GOV_SITE_PROBE):
         j = (home + i) % GOV_SITES
         s = &sites[j]
@@ -305,7 +310,9 @@ cdef inline GovSite *gov_site(GovSite *sites, unsigned long long key) noexcept n
             return s
         if s.key == 0 and empty == NULL:
             empty = s
-    s = empty if empty != NULL else &sites[home]
+        if s.key != 0 and s.serial and serial == NULL:
+            serial = s
+    s = empty if empty != NULL else serial if serial != NULL else &sites[home]
     s.key = key
     s.calls = 0
     s.serial = 0
@@ -326,14 +333,14 @@ cdef inline int gov_begin(GovCall *c, GovSite *sites, bint dynamic, unsigned lon
         return n_threads
     s = gov_site(sites, key)
     s.calls += 1
+    c.site = s
+    c.key = key
+    c.regions = fnn_parallel_count()
     if s.serial:
         s.last = n_threads
         return n_threads
-    c.site = s
-    c.key = key
     c.used = gov_threads(&s.g, n_threads)
     s.last = c.used
-    c.regions = fnn_parallel_count()
     c.t0 = fnn_wtime()
     return c.used
 
@@ -342,10 +349,17 @@ cdef inline void gov_end(GovCall *c) noexcept:
     """The call gov_begin(c, ...) counted for has returned: report its time (only a call that
     completed: one that raised is not a step of the machine's speed). With the GIL held."""
     cdef double seconds
+    cdef bint started
     if c.site == NULL or c.site.key != c.key:
-        return      # not timed, or its slot was taken over meanwhile (another Python thread)
+        return      # not governed, or its slot was taken over meanwhile (another Python thread)
+    started = fnn_parallel_count() != c.regions   # (or another Python thread's call did)
+    if c.site.serial:
+        if started:
+            c.site.serial = 0   # it does start regions now: timed from the next call
+            gov_reset(&c.site.g, c.used)   # (c.used: the full count it was given)
+        return
     seconds = fnn_wtime() - c.t0
-    if c.used > 1 and fnn_parallel_count() == c.regions:
+    if c.used > 1 and not started:
         c.site.serial = 1   # given several threads, it started no parallel region
         return
     gov_record(&c.site.g, c.used, seconds)

@@ -24,28 +24,30 @@ static inline int fnn_omp_version(void) { return 0; }
 static inline double fnn_wtime(void) { return 0.0; }   /* (one thread: nothing to time) */
 #endif
 
-/* How many parallel regions with more than one thread this module has started
- * (fnn_note_parallel just before each one). Two readers:
- * - fork safety: once one has run, GCC's OpenMP runtime has worker threads, which a fork()
- *   child lacks, so fastnn keeps a forked child on one thread (fastnn/_threads.py);
- * - the call governor (fastnn_governor.pxd's gov_begin / gov_end): a call given several
- *   threads that started none never will, and is not timed.
- * One count per extension module (static); Python asks each one. Relaxed atomic increments:
- * kernels called from several Python threads at once (the GIL released) may start regions at
- * the same time. */
+/* fnn_note_parallel runs just before each parallel region of more than one thread. It sets
+ * the flag fnn_parallel_seen reads (fork safety: once such a region has run, GCC's OpenMP
+ * runtime has worker threads, which a fork() child lacks, so fastnn keeps a forked child on one
+ * thread; fastnn/_threads.py) and counts the regions for the call governor
+ * (fastnn_governor.pxd's gov_begin / gov_end: a call given several threads that starts none
+ * is not timed). One flag and count per extension module (static); Python asks each one.
+ * Relaxed atomic increments: kernels called from several Python threads at once (the GIL
+ * released) may start regions at the same time. (The count may wrap; only its changes are
+ * read.) */
+static int fnn_parallel_flag = 0;
 #if defined(_MSC_VER)
 static volatile long fnn_parallel_regions = 0;
-static inline void fnn_note_parallel(void) { _InterlockedIncrement(&fnn_parallel_regions); }
 static inline long fnn_parallel_count(void)
 { return _InterlockedCompareExchange(&fnn_parallel_regions, 0, 0); }
+static inline void fnn_note_parallel(void)
+{ fnn_parallel_flag = 1; _InterlockedIncrement(&fnn_parallel_regions); }
 #else
 static long fnn_parallel_regions = 0;
-static inline void fnn_note_parallel(void)
-{ __atomic_fetch_add(&fnn_parallel_regions, 1, __ATOMIC_RELAXED); }
 static inline long fnn_parallel_count(void)
 { return __atomic_load_n(&fnn_parallel_regions, __ATOMIC_RELAXED); }
+static inline void fnn_note_parallel(void)
+{ fnn_parallel_flag = 1; __atomic_fetch_add(&fnn_parallel_regions, 1, __ATOMIC_RELAXED); }
 #endif
-static inline int fnn_parallel_seen(void) { return fnn_parallel_count() != 0; }
+static inline int fnn_parallel_seen(void) { return fnn_parallel_flag; }
 
 /* Turns between threads (the step kernel's row chunks add their weight-gradient products into
  * one buffer in chunk order): fnn_turn_wait spins until *turn == want, then sees every write

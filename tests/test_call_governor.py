@@ -21,6 +21,8 @@ from fastnn._kernels import dropout as _kdr
 from fastnn._kernels import losses as _kl
 from fastnn._kernels import optim as _ko
 
+from conftest import run_child
+
 OPENMP = _config.openmp_enabled()
 MODULES = (_ka, _kd, _kdr, _kl, _ko)
 SITES = 128   # GOV_SITES (fastnn_governor.pxd)
@@ -53,16 +55,53 @@ def _dense_backward(x, w, b, big, scores, labels):
     return F.affine_relu_backward(np.ones_like(out), cache)
 
 
+def _layer_without_dx(x, w, b, big, scores, labels):
+    """The layer path: products cut as the step kernel cuts them, no input gradient."""
+    layer = fastnn.Dense(512, 512, activation="relu", seed=1)
+    out = layer.forward(x, training=True)
+    layer.backward(np.ones_like(out), need_dx=False)
+    return out, layer.grads["W"].copy(), layer.grads["b"].copy()
+
+
+def _relu_both(x, w, b, big, scores, labels):
+    out, cache = F.relu_forward(big)
+    return out, F.relu_backward(big[::-1].copy(), cache)
+
+
+def _prelu_both(x, w, b, big, scores, labels):
+    z = big.reshape(1024, 512)
+    out, cache = F.prelu_forward(z, np.full(512, 0.1, np.float32))
+    return (out,) + tuple(F.prelu_backward(z[::-1].copy(), cache))
+
+
+def _maxout_both(x, w, b, big, scores, labels):
+    z = big.reshape(1024, 256, 2)
+    out, cache = F.maxout_reduce_forward(z)
+    return out, F.maxout_reduce_backward(out * 2, cache)
+
+
+def _adam(x, w, b, big, scores, labels):
+    config = {"learning_rate": 0.1}
+    w1, config = O.adam(big.copy(), big, config)
+    return w1, config["m"], config["v"]
+
+
 # Each case: (the module, a call whose every kernel call is in that module and worth threads
 # at 2 threads, what it returns as arrays)
 CASES = {
     "dense_forward": (_kd, lambda x, w, b, big, s, y: F.affine_relu_forward(x, w, b)[0]),
     "dense_backward": (_kd, _dense_backward),
+    "layer_without_dx": (_kd, _layer_without_dx),
     "activation": (_ka, lambda x, w, b, big, s, y: F.relu_forward(big)[0]),
+    "activation_backward": (_ka, _relu_both),
+    "prelu": (_ka, _prelu_both),
+    "maxout": (_ka, _maxout_both),
     "dropout": (_kdr, lambda x, w, b, big, s, y:
                 F.dropout_forward(big, {"p": 0.5, "mode": "train", "seed": 7})[0]),
     "loss": (_kl, lambda x, w, b, big, s, y: F.softmax_loss(s, y)),
+    "target_loss": (_kl, lambda x, w, b, big, s, y: F.mse_loss(s, s[::-1].copy())),
     "update": (_ko, lambda x, w, b, big, s, y: O.sgd(big.copy(), big, {"learning_rate": 0.1})[0]),
+    "update_adam": (_ko, _adam),
 }
 
 
@@ -134,6 +173,46 @@ def test_a_call_too_small_for_threads_is_marked_serial_and_keeps_its_count():
     assert site["serial"] and site["calls"] == 50 and site["last"] == 2 and site["probes"] == 0
 
 
+def test_a_serial_site_is_timed_again_once_its_calls_start_threads():
+    """A site marked serial whose call starts a parallel region after all (a threshold was
+    lowered by a tuning hook) is timed again."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    fastnn.set_dynamic(True)
+    saved = {k: _kd.tile_params()[k] for k in ("serial_flops", "min_tile_rows", "min_tile_cols")}
+    with fastnn.threads(2):
+        F.affine_forward(x, w, b)
+        assert [s["serial"] for s in _kd.governed_sites()] == [True]
+        try:
+            _kd.set_tile_params(serial_flops=1.0, min_tile_rows=8, min_tile_cols=8)
+            before = _kd.parallel_regions()
+            F.affine_forward(x, w, b)
+            assert _kd.parallel_regions() > before
+            assert [s["serial"] for s in _kd.governed_sites()] == [False]
+            _kd.set_sites_current(1)
+            before = _kd.parallel_regions()
+            F.affine_forward(x, w, b)
+            assert _kd.parallel_regions() == before   # the governor's count again
+        finally:
+            _kd.set_tile_params(**saved)
+
+
+def test_fastnn_dynamic_0_at_import_reaches_every_module():
+    code = ("import numpy as np, fastnn, fastnn.functional as F\n"
+            "from fastnn._kernels import activations, dense, dropout, losses, optim\n"
+            "x = np.ones((256, 512), np.float32); w = np.ones((512, 512), np.float32)\n"
+            "with fastnn.threads(2):\n"
+            "    F.affine_relu_forward(x, w, np.ones(512, np.float32))\n"
+            "    F.relu_forward(np.ones(1 << 19, np.float32))\n"
+            "print(sum(len(m.governed_sites()) for m in (activations, dense, dropout, losses, optim)))\n")
+    for value, want in (("0", "0"), ("1", "2")):
+        proc = run_child({"FASTNN_DYNAMIC": value}, code)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[-1] == want, value
+
+
 def test_each_kind_and_shape_has_its_own_site():
     x, w, b = _data()[:3]
     fastnn.set_dynamic(True)
@@ -156,6 +235,8 @@ def test_calls_report_their_times_and_probes_start(case):
     data = _data()
     fastnn.set_dynamic(True)
     with fastnn.threads(2):
+        # (each case's calls take 0.1-5 ms: the two windows take well under a second; 10 s
+        # leaves room for a slow machine, and ends the loop if the probe never starts)
         end = time.perf_counter() + 10.0
         while time.perf_counter() < end:
             call(*data)
