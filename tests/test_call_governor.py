@@ -260,6 +260,19 @@ def test_a_new_thread_count_starts_the_site_afresh():
     assert site["limit"] == 3 and site["last"] == 3 and site["current"] == 3
 
 
+def test_shapes_that_share_a_home_slot_keep_their_sites():
+    """40 kinds and shapes in a table of 128: some share a home slot (by their hash), and each
+    still keeps a site of its own (the next free slots), so none is taken over."""
+    fastnn.set_dynamic(True)
+    with fastnn.threads(2):
+        for _ in range(2):
+            for n in range(1, 41):
+                w = np.ones(n, np.float32)
+                O.sgd(w, w, {"learning_rate": 0.5})
+    sites = _ko.governed_sites()
+    assert len(sites) == 40 and all(s["calls"] == 2 for s in sites)
+
+
 def test_more_shapes_than_sites_take_slots_over():
     """More kinds and shapes than the table holds: sites are taken over (what they learned is
     lost), nothing else happens, and the newest shape has its site."""
