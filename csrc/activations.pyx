@@ -126,7 +126,8 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
         return
     rb = _rows_per_block(d)
     nblocks = (rows + rb - 1) // rb
-    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(2, rows, d, sizeof(floating), 0), n_threads)
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(2, rows, d, sizeof(floating), 0), n_threads)
     nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         if nt > 1:
@@ -160,7 +161,8 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     rb = _rows_per_block(d)
     nblocks = (rows + rb - 1) // rb
     partial = np.zeros((nblocks, d), dtype=np.float32 if floating is float else np.float64)
-    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(3, rows, d, sizeof(floating), 0), n_threads)
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(3, rows, d, sizeof(floating), 0), n_threads)
     nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
     with nogil:
         if nt > 1:

@@ -374,7 +374,8 @@ cdef inline list gov_site_list(GovSite *sites):
             out.append({"key": sites[i].key, "calls": sites[i].calls,
                         "serial": bool(sites[i].serial), "last": sites[i].last,
                         "limit": sites[i].g.limit, "current": sites[i].g.cur,
-                        "probes": sites[i].g.probes})
+                        "probe": sites[i].g.probe, "probes": sites[i].g.probes,
+                        "backoff": sites[i].g.backoff, "scale": sites[i].g.scale})
     return out
 
 

@@ -35,7 +35,6 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
     cdef double out
     cdef Py_ssize_t bad
     cdef GovCall gc
-    cdef int used
     if kind != LOSS_SOFTMAX and kind != LOSS_SVM:
         raise ValueError("class_loss: kind must be SOFTMAX or SVM")
     if y.shape[0] != N or dx.shape[0] != N or dx.shape[1] != C or N < 1 or C < 1:
@@ -45,10 +44,11 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
     bad = check_labels(kind, &y[0], N, C, <floating *>NULL)
     if bad >= 0:
         raise ValueError(f"class_loss: y[{bad}] = {y[bad]} is not in [0, {C})")
-    used = gov_begin(&gc, _sites, _dynamic, gov_key(0, kind, N, C, sizeof(floating)), n_threads)
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(0, kind, N, C, sizeof(floating)), n_threads)
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, &y[0], <const floating *>NULL, &dx[0, 0],
-                       &groups[0], NULL, batch_chunk_rows(_cfg, N), used)
+                       &groups[0], NULL, batch_chunk_rows(_cfg, N), n_threads)
     gov_end(&gc)
     return out
 
@@ -61,7 +61,6 @@ def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, fl
     cdef double[::1] groups = np.empty(max(loss_groups(N), 1), dtype=np.float64)
     cdef double out
     cdef GovCall gc
-    cdef int used
     if kind != LOSS_LOGISTIC and kind != LOSS_BINARY_HINGE and kind != LOSS_MSE:
         raise ValueError("target_loss: kind must be LOGISTIC, BINARY_HINGE or MSE")
     if kind != LOSS_MSE and C != 1:
@@ -69,10 +68,11 @@ def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, fl
     if (t.shape[0] != N or t.shape[1] != C or dx.shape[0] != N or dx.shape[1] != C
             or N < 1 or C < 1):
         raise ValueError("target_loss: shape mismatch")
-    used = gov_begin(&gc, _sites, _dynamic, gov_key(1, kind, N, C, sizeof(floating)), n_threads)
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(1, kind, N, C, sizeof(floating)), n_threads)
     with nogil:
         out = loss_raw(kind, &x[0, 0], N, C, <const Py_ssize_t *>NULL, &t[0, 0], &dx[0, 0],
-                       &groups[0], NULL, batch_chunk_rows(_cfg, N), used)
+                       &groups[0], NULL, batch_chunk_rows(_cfg, N), n_threads)
     gov_end(&gc)
     return out
 

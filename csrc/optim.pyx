@@ -30,7 +30,6 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
     cdef floating *p1 = NULL
     cdef floating *p2 = NULL
     cdef GovCall gc
-    cdef int used
     if rule < RULE_SGD or rule > RULE_ADAM:
         raise ValueError(f"unknown update rule {rule}")
     if dw.shape[0] != n:
@@ -45,9 +44,10 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
         p1 = &s1[0]
     if rule == RULE_ADAM:
         p2 = &s2[0]
-    used = gov_begin(&gc, _sites, _dynamic, gov_key(0, rule, n, sizeof(floating), 0), n_threads)
+    n_threads = gov_begin(&gc, _sites, _dynamic,
+                          gov_key(0, rule, n, sizeof(floating), 0), n_threads)
     with nogil:
-        update_raw(rule, &w[0], &dw[0], p1, p2, n, lr, h1, h2, eps, c1, c2, wd, used)
+        update_raw(rule, &w[0], &dw[0], p1, p2, n, lr, h1, h2, eps, c1, c2, wd, n_threads)
     gov_end(&gc)
 
 
