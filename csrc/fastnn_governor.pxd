@@ -242,8 +242,8 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
 # The call governor: the same governor, one per kind and shape of kernel call, for the calls
 # fastnn.functional, the layers' forward/backward and the optimizers make one by one (each a
 # parallel region of its own, so each waits for a paused thread as the step does: beside one
-# busy process, 784-512-512-10 (128)'s SGD update of its 784 x 512 weight averaged 0.8-2.4 ms
-# on two threads and 0.05-0.1 ms on one). Each kernel module keeps a table of GOV_SITES sites
+# busy process, the SGD updates of 784-512-512-10's three weights in a course-style step took
+# 2.3-2.4 ms per step on two threads and 0.1 ms on one). Each kernel module keeps a table of GOV_SITES sites
 # (a static array: zero, every slot empty, at load) keyed by a hash of the call's kind and
 # shape (gov_key). A kernel's def function asks gov_begin for its thread count and calls
 # gov_end when the kernel returned; both run with the GIL held, so the table needs no lock.
@@ -253,6 +253,13 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
 # (the private tuning hooks, dense.set_tile_params or activations.set_min_work_per_thread,
 # lowered a threshold) is timed again from the next call. Only the speed depends on the count,
 # never the numbers (DESIGN.md).
+#
+# Limits: a site's windows are of its own calls' time, so a call that is a tenth of a training
+# step needs ten times the step's time per window: after busy work started, 784-512-512-10
+# (128)'s course-style step took about 3 s of its own time to reach its 1-thread speed
+# (bench/contention.py, README). While the sites disagree (some calls on 1 thread, some on 2)
+# the step is slower than with all on 2: a 2-thread call after 1-thread ones must first wake
+# the OpenMP worker, which a busy core schedules late. The sites do not share what they learn.
 
 cdef enum:
     GOV_SITES = 128      # sites per kernel module
