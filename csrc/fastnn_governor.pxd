@@ -256,10 +256,8 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
 #
 # Limits: a site's windows are of its own calls' time, so a call that is a tenth of a training
 # step needs ten times the step's time per window: after busy work started, 784-512-512-10
-# (128)'s course-style step took about 3 s of its own time to reach its 1-thread speed
-# (bench/contention.py, README). While the sites disagree (some calls on 1 thread, some on 2)
-# the step is slower than with all on 2: a 2-thread call after 1-thread ones must first wake
-# the OpenMP worker, which a busy core schedules late. The sites do not share what they learn.
+# (128)'s course-style step took about 3 s to reach its 1-thread speed (bench/contention.py,
+# README). The sites do not share what they learn.
 
 cdef enum:
     GOV_SITES = 128      # sites per kernel module
