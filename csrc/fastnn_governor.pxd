@@ -243,10 +243,12 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
 # fastnn.functional, the layers' forward/backward and the optimizers make one by one (each a
 # parallel region of its own, so each waits for a paused thread as the step does: beside one
 # busy process, the SGD updates of 784-512-512-10's three weights in a course-style step took
-# 2.3-2.4 ms per step on two threads and 0.1 ms on one). Each kernel module keeps a table of GOV_SITES sites
-# (a static array: zero, every slot empty, at load) keyed by a hash of the call's kind and
-# shape (gov_key). A kernel's def function asks gov_begin for its thread count and calls
-# gov_end when the kernel returned; both run with the GIL held, so the table needs no lock.
+# 2.3-2.4 ms per step on two threads and 0.1 ms on one). Each kernel module keeps a table of
+# GOV_SITES sites (a static array: zero, every slot empty, at load) keyed by a hash of the
+# call's kind and shape (gov_key). A kernel's def function asks gov_begin for its thread count
+# and calls gov_end when the kernel returned; both run with the GIL held, so the table needs no
+# lock. (A call's time includes taking the GIL back after its kernel: with other Python
+# threads running, their share of the GIL is charged to the count; not a concern for one.)
 # A call given several threads that started no parallel region (too little work: it runs
 # serial at any count) marks its site serial: its calls get the full count and are not timed
 # (a serial call's time says nothing about threads). A serial site's call that does start one

@@ -206,7 +206,8 @@ def test_fastnn_dynamic_0_at_import_reaches_every_module():
             "with fastnn.threads(2):\n"
             "    F.affine_relu_forward(x, w, np.ones(512, np.float32))\n"
             "    F.relu_forward(np.ones(1 << 19, np.float32))\n"
-            "print(sum(len(m.governed_sites()) for m in (activations, dense, dropout, losses, optim)))\n")
+            "modules = (activations, dense, dropout, losses, optim)\n"
+            "print(sum(len(m.governed_sites()) for m in modules))\n")
     for value, want in (("0", "0"), ("1", "2")):
         proc = run_child({"FASTNN_DYNAMIC": value}, code)
         assert proc.returncode == 0, proc.stderr
