@@ -239,6 +239,18 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
             g.drifted = 0
 
 
+
+cdef inline void gov_nudge(Governor *g, int turn) noexcept nogil:
+    """Another governor of the same work moved from g's count (the call governor: one site of
+    a module's table, fastnn_governor's gov_site_record): between probes, try the kind of count
+    it moved to (`turn`, as in gov_neighbour) when the running window ends, without waiting
+    for the probe budget or a drift. The probe must still win for g to move."""
+    if g.phase != GOV_IDLE or g.settled == 0.0:
+        return      # probing already, or before its first window (it probes soon anyway)
+    g.turn = turn
+    g.budget = 0.0
+    g.floor = 0.0
+
 # The call governor: the same governor, one per kind and shape of kernel call, for the calls
 # fastnn.functional, the layers' forward/backward and the optimizers make one by one (each a
 # parallel region of its own, so each waits for a paused thread as the step does: beside one
@@ -256,10 +268,14 @@ cdef inline void gov_record(Governor *g, int used, double seconds) noexcept nogi
 # lowered a threshold) is timed again from the next call. Only the speed depends on the count,
 # never the numbers (DESIGN.md).
 #
+# A site that moves nudges the other timed sites of its module that run the count it left:
+# they try the way it went at the end of their running window, without waiting out the
+# spacing of their probes (gov_nudge); each moves only if the try wins for it too.
+#
 # Limits: a site's windows are of its own calls' time, so a call that is a tenth of a training
-# step needs ten times the step's time per window: after busy work started, 784-512-512-10
-# (128)'s course-style step took about 3 s to reach its 1-thread speed (bench/contention.py,
-# README). The sites do not share what they learn.
+# step needs ten times the step's time per window. After busy work started, 784-512-512-10
+# (128)'s course-style step took about 3 s to reach its 1-thread speed without the nudge, and
+# 1-2 s with it (README, "When the cores are busy"). Modules do not share what they learn.
 
 cdef enum:
     GOV_SITES = 128      # sites per kernel module
@@ -273,6 +289,7 @@ cdef struct GovSite:
     Governor g
 
 cdef struct GovCall:
+    GovSite *sites           # the module's table
     GovSite *site            # NULL: the call is not timed
     unsigned long long key
     int used
@@ -340,6 +357,7 @@ cdef inline int gov_begin(GovCall *c, GovSite *sites, bint dynamic, unsigned lon
         return n_threads
     s = gov_site(sites, key)
     s.calls += 1
+    c.sites = sites
     c.site = s
     c.key = key
     c.regions = fnn_parallel_count()
@@ -369,7 +387,23 @@ cdef inline void gov_end(GovCall *c) noexcept:
     if c.used > 1 and not started:
         c.site.serial = 1   # given several threads, it started no parallel region
         return
-    gov_record(&c.site.g, c.used, seconds)
+    gov_site_record(c.sites, c.site, c.used, seconds)
+
+
+cdef inline void gov_site_record(GovSite *sites, GovSite *s, int used,
+                                 double seconds) noexcept nogil:
+    """gov_record for site s of the table `sites`; when it makes s move, the module's other
+    timed sites that run the count s left (same limit, between probes) try the way s went at
+    the end of their running window (gov_nudge)."""
+    cdef int before = s.g.cur
+    cdef Py_ssize_t i
+    gov_record(&s.g, used, seconds)
+    if s.g.cur == before:
+        return
+    for i in range(GOV_SITES):
+        if (&sites[i] != s and sites[i].key != 0 and not sites[i].serial
+                and sites[i].g.limit == s.g.limit and sites[i].g.cur == before):
+            gov_nudge(&sites[i].g, s.g.turn)
 
 
 cdef inline list gov_site_list(GovSite *sites):
@@ -381,7 +415,8 @@ cdef inline list gov_site_list(GovSite *sites):
             out.append({"key": sites[i].key, "calls": sites[i].calls,
                         "serial": bool(sites[i].serial), "last": sites[i].last,
                         "limit": sites[i].g.limit, "current": sites[i].g.cur,
-                        "probe": sites[i].g.probe, "probes": sites[i].g.probes,
+                        "probe": sites[i].g.probe, "phase": sites[i].g.phase,
+                        "probes": sites[i].g.probes,
                         "backoff": sites[i].g.backoff, "scale": sites[i].g.scale})
     return out
 

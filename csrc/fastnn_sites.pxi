@@ -3,7 +3,8 @@
 # (An include, not a pxd: a pxd cannot hold a module's variables or def functions.)
 from fastnn_openmp cimport fnn_parallel_count
 from fastnn_governor cimport (GovSite, GovCall, GOV_SITES, gov_key, gov_begin, gov_end,
-                             gov_site_list, gov_sites_clear, gov_sites_set_current)
+                             gov_site_list, gov_sites_clear, gov_sites_set_current,
+                             gov_site_record)
 
 cdef GovSite _sites[GOV_SITES]
 cdef bint _dynamic = True
@@ -30,6 +31,18 @@ def set_sites_current(int count):
     """Give every timed site's calls `count` threads (at most its limit) from now on, measured
     afresh (tests: the kernels run the count the governor gives)."""
     gov_sites_set_current(_sites, count)
+
+
+def site_record(unsigned long long key, int used, double seconds):
+    """Report a made-up call time to the site of `key` (from governed_sites), as gov_end
+    reports a real one (tests: the governor's decisions, with simulated times). False when no
+    site has that key."""
+    cdef Py_ssize_t i
+    for i in range(GOV_SITES):
+        if _sites[i].key == key and key != 0:
+            gov_site_record(_sites, &_sites[i], used, seconds)
+            return True
+    return False
 
 
 def parallel_regions():

@@ -316,3 +316,71 @@ def test_the_layers_and_their_optimizer_are_governed():
     assert _kd.governed_sites() == [] and _ko.governed_sites() == []
     assert train(True) == off
     assert _timed_sites(_kd) and _ko.governed_sites()
+
+
+def _window(module, key, seconds, calls=4):
+    """One window of made-up call times (4 calls and at least 10 ms) on the count the site
+    of `key` runs now; returns that count."""
+    (site,) = [s for s in module.governed_sites() if s["key"] == key]
+    running = site["probe"] if site["phase"] in (1, 3) else site["current"]   # try, again
+    for _ in range(calls):
+        assert module.site_record(key, running, seconds)
+    return running
+
+
+def _site(module, key):
+    (site,) = [s for s in module.governed_sites() if s["key"] == key]
+    return site
+
+
+def test_a_site_that_moves_makes_the_others_try_the_same_way():
+    """When one site of a module moves (here from 2 threads to 1), the module's other sites on
+    that count try it at the end of their next window, instead of waiting out the spacing of
+    their probes; they move only if the try wins for them too. (Simulated times.)"""
+    x, w, b = _data()[:3]
+    fastnn.set_dynamic(True)
+    with fastnn.threads(2):
+        F.affine_relu_forward(x, w, b)
+        F.affine_relu_forward(x[:128], w, b)
+    _kd.set_sites_current(2)   # (afresh: the real calls' times are not in the windows)
+    ka, kb = sorted(s["key"] for s in _kd.governed_sites())
+    # site B: two windows, then a probe of 1 thread that loses (twice as slow), so that its
+    # next probe waits for ~64 windows
+    for _ in range(2):
+        assert _window(_kd, kb, 0.003) == 2
+    assert _site(_kd, kb)["probe"] == 1
+    assert _window(_kd, kb, 0.006) == 1
+    assert _site(_kd, kb)["probe"] == 0 and _site(_kd, kb)["current"] == 2
+    for _ in range(5):
+        _window(_kd, kb, 0.003)
+    assert _site(_kd, kb)["probe"] == 0           # still waiting
+    # site A: two windows, then a decisively faster try of 1 thread: it moves
+    for _ in range(2):
+        assert _window(_kd, ka, 0.003) == 2
+    assert _window(_kd, ka, 0.0011, calls=10) == 1
+    assert _site(_kd, ka)["current"] == 1
+    # B tries 1 thread after its next window, and stays when the try loses again
+    assert _window(_kd, kb, 0.003) == 2
+    assert _site(_kd, kb)["probe"] == 1
+    assert _window(_kd, kb, 0.006) == 1
+    assert _site(_kd, kb)["current"] == 2 and _site(_kd, kb)["probe"] == 0
+
+
+def test_a_nudged_site_moves_when_the_try_wins_for_it():
+    x, w, b = _data()[:3]
+    fastnn.set_dynamic(True)
+    with fastnn.threads(2):
+        F.affine_relu_forward(x, w, b)
+        F.affine_relu_forward(x[:128], w, b)
+    _kd.set_sites_current(2)   # (afresh: the real calls' times are not in the windows)
+    ka, kb = sorted(s["key"] for s in _kd.governed_sites())
+    for key in (kb, ka):
+        for _ in range(2):
+            _window(_kd, key, 0.003)
+    _window(_kd, kb, 0.006)                       # B's try loses
+    _window(_kd, ka, 0.0011, calls=10)            # A moves to 1
+    _window(_kd, kb, 0.003)                       # B tries 1 at once
+    assert _window(_kd, kb, 0.002, calls=5) == 1  # and wins (1.5x)
+    assert _window(_kd, kb, 0.003) == 2           # its window back on 2
+    assert _window(_kd, kb, 0.002, calls=5) == 1  # wins again: moves
+    assert _site(_kd, kb)["current"] == 1
