@@ -333,17 +333,22 @@ def _site(module, key):
     return site
 
 
-def test_a_site_that_moves_makes_the_others_try_the_same_way():
-    """When one site of a module moves (here from 2 threads to 1), the module's other sites on
-    that count try it at the end of their next window, instead of waiting out the spacing of
-    their probes; they move only if the try wins for them too. (Simulated times.)"""
+def _two_dense_sites():
+    """The keys of two dense sites on 2 threads (two batch sizes), their governors afresh."""
     x, w, b = _data()[:3]
     fastnn.set_dynamic(True)
     with fastnn.threads(2):
         F.affine_relu_forward(x, w, b)
         F.affine_relu_forward(x[:128], w, b)
     _kd.set_sites_current(2)   # (afresh: the real calls' times are not in the windows)
-    ka, kb = sorted(s["key"] for s in _kd.governed_sites())
+    return tuple(sorted(s["key"] for s in _kd.governed_sites()))
+
+
+def test_a_site_that_moves_makes_the_others_try_the_same_way():
+    """When one site of a module moves (here from 2 threads to 1), the module's other sites on
+    that count try it at the end of their next window, instead of waiting out the spacing of
+    their probes; they move only if the try wins for them too. (Simulated times.)"""
+    ka, kb = _two_dense_sites()
     # site B: two windows, then a probe of 1 thread that loses (twice as slow), so that its
     # next probe waits for ~64 windows
     for _ in range(2):
@@ -367,13 +372,7 @@ def test_a_site_that_moves_makes_the_others_try_the_same_way():
 
 
 def test_a_nudged_site_moves_when_the_try_wins_for_it():
-    x, w, b = _data()[:3]
-    fastnn.set_dynamic(True)
-    with fastnn.threads(2):
-        F.affine_relu_forward(x, w, b)
-        F.affine_relu_forward(x[:128], w, b)
-    _kd.set_sites_current(2)   # (afresh: the real calls' times are not in the windows)
-    ka, kb = sorted(s["key"] for s in _kd.governed_sites())
+    ka, kb = _two_dense_sites()
     for key in (kb, ka):
         for _ in range(2):
             _window(_kd, key, 0.003)
