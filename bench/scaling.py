@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import cpus, header_lines, now  # noqa: E402  (also puts the repo on sys.path)
 
 import fastnn  # noqa: E402
+from fastnn import _threads  # noqa: E402
 from fastnn import bench as fb  # noqa: E402
 from fastnn import functional as F  # noqa: E402
 from fastnn.reference import activations as R  # noqa: E402
@@ -152,11 +153,8 @@ def _tiles(value):
 
 def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES, tile_cores=()):
     torch = _torch() if use_torch else None
-    dynamic = fastnn.set_dynamic(False)   # fastnn's steps on exactly the thread count timed
-    try:
+    with _threads._dynamic_set(False):   # fastnn's steps on exactly the thread count timed
         return _run(thread_counts, n, rounds, min_time, torch, batches, tile_cores)
-    finally:
-        fastnn.set_dynamic(dynamic)
 
 
 def _run(thread_counts, n, rounds, min_time, torch, batches, tile_cores):

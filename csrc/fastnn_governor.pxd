@@ -121,6 +121,18 @@ cdef inline void gov_reset(Governor *g, int limit) noexcept nogil:
     g.backoff = 1.0
 
 
+cdef inline void gov_set_current(Governor *g, int count) noexcept nogil:
+    """Run `count` threads (1 to the limit, the caller checks) from now on, measured afresh as
+    after a new limit (a first window, a probe after the second), keeping the probe count and
+    the backoff (tests: ThreadGovernor.set_current, the sites' set_sites_current)."""
+    cdef int probes = g.probes
+    cdef double backoff = g.backoff
+    gov_reset(g, g.limit)
+    g.cur = count
+    g.probes = probes
+    g.backoff = backoff
+
+
 cdef inline int gov_running(const Governor *g) noexcept nogil:
     """The count the running window is for."""
     return g.probe if g.phase == GOV_TRY or g.phase == GOV_AGAIN else g.cur
@@ -428,10 +440,8 @@ cdef inline void gov_sites_clear(GovSite *sites) noexcept nogil:
 
 
 cdef inline void gov_sites_set_current(GovSite *sites, int count) noexcept nogil:
+    """gov_set_current on every timed site (count clamped to [1, its limit])."""
     cdef Py_ssize_t i
-    cdef int limit
     for i in range(GOV_SITES):
         if sites[i].key != 0 and not sites[i].serial and sites[i].g.limit >= 1:
-            limit = sites[i].g.limit
-            gov_reset(&sites[i].g, limit)
-            sites[i].g.cur = count if count <= limit else limit
+            gov_set_current(&sites[i].g, max(1, min(count, sites[i].g.limit)))

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
                             fnn_note_parallel, fnn_parallel_seen, fnn_wtime)
-from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset
+from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
@@ -424,14 +424,9 @@ cdef class ThreadGovernor:
         """Run `count` threads (1 to the limit) from now on, measured afresh as by a new
         limit (a first window, a probe after the second) but keeping the probe count and the
         backoff (tests)."""
-        cdef int probes = self.g.probes
-        cdef double backoff = self.g.backoff
         if not 1 <= count <= self.g.limit:
             raise ValueError(f"count must be in [1, {self.g.limit}], got {count}")
-        gov_reset(&self.g, self.g.limit)
-        self.g.cur = count
-        self.g.probes = probes
-        self.g.backoff = backoff
+        gov_set_current(&self.g, count)
 
     def reset(self, int limit):
         """Start afresh for `limit` threads."""

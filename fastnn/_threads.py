@@ -216,6 +216,17 @@ def set_dynamic(enabled):
     return previous
 
 
+@contextlib.contextmanager
+def _dynamic_set(enabled):
+    """Context manager: the block runs with set_dynamic(enabled), the previous setting restored
+    after it (benchmarks and tests that need every call on exactly the thread count set)."""
+    previous = set_dynamic(enabled)
+    try:
+        yield
+    finally:
+        set_dynamic(previous)
+
+
 def get_dynamic():
     """Whether the training step and the kernel calls may use fewer threads than set (see
     set_dynamic)."""

@@ -33,6 +33,7 @@ import numpy as np
 
 import fastnn
 from fastnn import _config as _fastnn_config
+from fastnn import _threads
 from fastnn import functional as F
 from fastnn import optim as O
 from fastnn._files import check_writable
@@ -256,13 +257,9 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
     # every library on exactly nthreads: fastnn's step too (no dynamic thread count; its
     # governor's probes would fall into some rounds of a large network; bench/contention.py
     # measures the governor, busy machine and quiet)
-    dynamic = fastnn.set_dynamic(False)
-    try:
-        with _blas_threads(nthreads) as blas_threads:
-            return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
-                        skip_large, blas_threads)
-    finally:
-        fastnn.set_dynamic(dynamic)
+    with _threads._dynamic_set(False), _blas_threads(nthreads) as blas_threads:
+        return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
+                    skip_large, blas_threads)
 
 
 def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):

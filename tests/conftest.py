@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import fastnn
+from fastnn import _threads
 
 THREAD_COUNTS = (1, 2, 3)
 
@@ -152,15 +153,12 @@ def assert_thread_invariant(fn, threads=THREAD_COUNTS):
     results = []
     # every call on exactly n threads: the governors (fastnn.set_dynamic) would now and then
     # try fewer, and the runs compared would not all be the counts they say
-    dynamic = fastnn.set_dynamic(False)
-    try:
+    with _threads._dynamic_set(False):
         for n in threads:
             with fastnn.threads(n):
                 # a serial build (FASTNN_OPENMP=0) runs on one thread whatever it is asked for
                 assert fastnn.get_num_threads() == (n if _config.openmp_enabled() else 1)
                 results.append(fn())
-    finally:
-        fastnn.set_dynamic(dynamic)
     first = result_leaves(results[0])
     for n, res in zip(threads[1:], results[1:]):
         leaves = result_leaves(res)
