@@ -998,7 +998,10 @@ def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
     assert _kd.plan(128, 10, 512, batch=True)[2:] == (2, 1)   # 1.3 MFLOP: as before
     _kd.set_tile_params(tile_cores=2)
     assert _kd.plan(128, 512, 784, batch=True)[2:] == (1, 2)
-    assert _kd.plan(1024, 512, 784, batch=True)[2:] == (4, 2)
+    # one tile per core up to 4 * tile_flops (4096-wide: 8.6 GFLOP), more above it
+    assert _kd.plan(1024, 512, 784, batch=True)[2:] == (2, 1)
+    assert _kd.plan(256, 4096, 4096, batch=True)[2:] == (1, 2)
+    assert _kd.plan(4096, 4096, 4096, batch=True)[2:] == (4, 4)
 
 
 @pytest.mark.parametrize("hidden", ["relu", "leaky_relu"])
