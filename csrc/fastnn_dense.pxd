@@ -25,7 +25,7 @@ cdef struct DenseConfig:
     get_threads_fn blas_get
     int blas_users               # fastnn calls now running products (GIL-protected)
     int blas_saved               # the BLAS thread count to restore when they are done
-    double tile_flops            # about this much work per output tile
+    double tile_flops            # tiles beyond tile_cores only while each keeps this much work
     Py_ssize_t min_tile_rows
     Py_ssize_t min_tile_cols
     Py_ssize_t max_tiles
@@ -111,8 +111,9 @@ cdef inline Py_ssize_t chunk_rows(const DenseConfig *g, Py_ssize_t N, Py_ssize_t
 
 cdef inline Py_ssize_t tile_target(const DenseConfig *g, double flops) noexcept nogil:
     """How many tiles a product of `flops` is worth (make_plan): 1 below serial_flops, else a
-    power of two from 2, about one per tile_flops up to max_tiles, and up to tile_cores while
-    each keeps serial_flops."""
+    power of two from 2, up to tile_cores while each keeps serial_flops, and beyond that up
+    to max_tiles while each keeps tile_flops (set high: one tile per core but for products of
+    many GFLOP, dense.pyx)."""
     cdef Py_ssize_t target = 1
     if flops >= g.serial_flops:
         target = 2
@@ -163,10 +164,10 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape and on
     tile_cores (set once at import from the machine), never on the thread count.
 
-    A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), about one per
-    tile_flops of work, between 2 (once the product is worth two threads) and max_tiles; on a
-    machine with more CPUs (tile_cores), up to that many while each tile keeps serial_flops of
-    work; and more where a tile would hold more than max_elems outputs (when > 0: the dx
+    A power of two of tiles (so that 2, 4, 8 or 16 threads share them evenly), tile_target's:
+    2 once the product is worth two threads, up to tile_cores (the machine's CPUs) while each
+    tile keeps serial_flops of work, more (up to max_tiles) only while each keeps tile_flops;
+    and more where a tile would hold more than max_elems outputs (when > 0: the dx
     products, whose tiles the step kernel passes through a per-thread scratch tile). Each
     doubling halves the longer tile side while it stays at least min_tile_rows /
     min_tile_cols: near-square tiles keep BLAS's packing cost (one pass over each operand
