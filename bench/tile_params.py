@@ -16,9 +16,11 @@ csrc/fastnn_dense.pxd); the two this script was written for:
   is cut into row chunks, which the whole-step kernel runs a chunk per thread (chunk_rows in
   csrc/fastnn_dense.pxd). Try ``chunk_min_rows --values 0,16,32`` and
   ``chunk_rows_more --values 32,64,128,256``.
-- ``max_tiles`` with ``--large`` (``--values 64,16``): how many tiles a product beyond 1 GFLOP
-  is cut into. Smaller tiles share better among many threads but each packs its panels of
-  both operands again; only the 4096-wide network (added by ``--large``) has such products.
+- ``tile_flops`` and ``max_tiles`` with ``--large`` (``tile_flops --values 64e6,4e9``,
+  ``max_tiles --values 64,16``): the work each tile beyond one per core must keep, and how
+  many tiles a product may have. More, smaller tiles even out threads of unequal speed but
+  each packs its panels of both operands again; only the networks ``--large`` adds
+  (784-512-512-10 on 1024 rows, 4096-4096-4096-1000) have products big enough to see them.
 - ``k_split`` (0 turns it off): a forward product whose inner dimension is at least this many
   times its larger output side runs in two parts of that dimension (forward_plan in
   csrc/fastnn_dense.pxd); 3072-100-10's first layer is the one here.
@@ -54,7 +56,7 @@ NETWORKS = [
     ((3072, 100, 10), 200, False),
     ((784, 512, 512, 10), 128, False),
 ]
-LARGE = [((4096, 4096, 4096, 1000), 256, False)]
+LARGE = [((784, 512, 512, 10), 1024, False), ((4096, 4096, 4096, 1000), 256, False)]
 
 
 def _model(dims, n, binary, seed=0):
@@ -93,7 +95,8 @@ def main(argv=None):
     ap.add_argument("--values", default="0,2,4,8,16", help="values to compare")
     ap.add_argument("--min-time", type=fb.positive_seconds, default=0.05, help="seconds per measurement")
     ap.add_argument("--large", action="store_true",
-                    help="also the 4096-4096-4096-1000 (256) network (~0.25 s a step here)")
+                    help="also 784-512-512-10 (1024) and 4096-4096-4096-1000 (256) (~0.25 s a "
+                         "step here)")
     args = ap.parse_args(argv)
     fastnn.set_dynamic(False)   # every step on the full thread count (no governor probes)
     saved = _kd.tile_params()
@@ -109,8 +112,8 @@ def main(argv=None):
     started = now()
     print("\n".join(header_lines(started=started)))
     print(f"\ntraining step, float32, microseconds (median of {args.rounds} interleaved rounds)")
-    print(f"{args.param} (now {saved[args.param]})")
-    print(f"{'network (batch)':28s}" + "".join(f"{label + '=' + str(v):>11s}" for v in values))
+    print(f"{args.param} (now {format(saved[args.param], 'g')})")
+    print(f"{'network (batch)':28s}" + "".join(f"{label + '=' + format(v, 'g'):>11s}" for v in values))
     try:
         for dims, n, binary in NETWORKS + (LARGE if args.large else []):
             model, X, y, loss, opt = _model(dims, n, binary)
