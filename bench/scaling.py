@@ -31,7 +31,8 @@ depends on the extent of the tile it is computed in (up to 5e-5 apart in float32
 tiles that followed the thread count would change the bits. ``--tile-cores 2`` times fastnn's
 steps with the tiles of a 2-CPU machine as well (a 784-512-512-10 (128) product in 2 tiles
 instead of 16): what sizing the tiles for the machine buys on many cores. On 2 cores here the
-16-CPU tiles cost 14% at batch 128 (2.24 against 1.96 ms per step) and 5% at 1024.
+16-CPU tiles cost 20% at batch 128 and at 1024 (2.94 against 2.45 and 27.5 against 22.8 ms per
+step, SkylakeX kernels; 14% and 5% when the 2-CPU plan still cut 1024's products into 8 tiles).
 """
 import argparse
 import os

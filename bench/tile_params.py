@@ -20,7 +20,10 @@ csrc/fastnn_dense.pxd); the two this script was written for:
   ``max_tiles --values 64,16``): the work each tile beyond one per core must keep, and how
   many tiles a product may have. More, smaller tiles even out threads of unequal speed but
   each packs its panels of both operands again; only the networks ``--large`` adds
-  (784-512-512-10 on 1024 rows, 4096-4096-4096-1000) have products big enough to see them.
+  (784-512-512-10 on 1024 rows, 4096-4096-4096-1000) have products big enough to see
+  ``tile_flops`` (64 MFLOP cuts them into 8 and 16 tiles, 4 GFLOP into 2). ``max_tiles``
+  moves nothing at 4 GFLOP a tile (none of these products reaches 16 GFLOP); it reproduces
+  the older measurement (16 against 64) with tiles of 64 MFLOP.
 - ``k_split`` (0 turns it off): a forward product whose inner dimension is at least this many
   times its larger output side runs in two parts of that dimension (forward_plan in
   csrc/fastnn_dense.pxd); 3072-100-10's first layer is the one here.

@@ -44,19 +44,21 @@ _cfg.blas_set = NULL
 _cfg.blas_get = NULL
 _cfg.blas_users = 0
 _cfg.blas_saved = 1
-# Tiles beyond one per core (tile_cores) only for products above 2 * 2 * tile_flops: every
-# tile packs its panels of both operands again, and on 2 cores fewer, bigger tiles ran faster
-# at every size measured (float32, 2 threads, F.affine_forward, GFLOP/s, SkylakeX / Haswell
-# kernels): 1024x784 @ 784x512 as 8 tiles 190 / 183, as 2 tiles 199-202 / 196; 256x4096 @
-# 4096x4096 as 16 tiles 158 / 182, 8 tiles 169 / 188, 4 tiles 179 / 191, 2 tiles 181 / 198
-# (NumPy's whole-matrix matmul 186-211). The steps of 784-512-512-10 (1024) and the 4096-wide
-# network went 8% and 12% faster than at 64 MFLOP a tile (the value until the 16th session).
-# More tiles than cores would only even out threads of unequal speed, and a busy core is the
-# thread governors' job (fastnn_governor.pxd).
+# More tiles than tile_cores only for products of at least 2 * tile_cores * tile_flops (16
+# GFLOP on 2 cores, 64 on 8; never on 16, max_tiles): every tile packs its panels of both
+# operands again, and on 2 cores fewer, bigger tiles ran faster at every size measured
+# (float32, 2 threads, F.affine_forward, GFLOP/s, SkylakeX / Haswell kernels): 1024x784 @
+# 784x512 as 8 tiles 190 / 183, as 2 tiles 199-202 / 192-197 (NumPy's matmul 204 / 212);
+# 256x4096 @ 4096x4096 as 16 tiles 157-158 / 182-184, 8 tiles 169 / 188, 4 tiles 179 / 191,
+# 2 tiles 181 / 198 (NumPy's matmul 187 / 207). The layer API's steps of 784-512-512-10
+# (1024) and the 4096-wide network took 8% and 12% less time than at 64 MFLOP a tile (the
+# value until the 16th session). More tiles than cores would only even out threads of
+# unequal speed, and a busy core is the thread governors' job (fastnn_governor.pxd).
 _cfg.tile_flops = 4.0e9
 _cfg.min_tile_rows = 64
 _cfg.min_tile_cols = 64
-# at most 16 tiles: enough for 16 threads, and the tiles of a product of 2 GFLOP or more stay big.
+# at most 16 tiles: enough for 16 threads; caps tile_cores on bigger machines, and tile_flops'
+# count for products of 128 GFLOP or more. (Measured when tiles were ~64 MFLOP:)
 # One thread, X (256 x 4096) @ W (4096 x 4096) per tile: 128 x 128 tiles ~93 GFLOP/s, 256 x 256
 # ~108 (each tile packs its row panel of X and column panel of W: smaller tiles pack more);
 # the 4096-4096-4096-1000 (256) step took 7% less time (float64 9.5%) than with 64 tiles.

@@ -36,7 +36,7 @@ from kernel_specs import layer_api_dense
 
 @pytest.fixture(autouse=True)
 def _small_tiles():
-    """Tiles of ~2 MFLOP (instead of the tuned ~4000) so that test-sized products are cut into
+    """Tiles of ~2 MFLOP (instead of the tuned ~4 GFLOP) so that test-sized products are cut into
     many ragged tiles and every tiling path runs, and the gemv path for thin products on
     whatever kernels the BLAS has (fastnn turns it off where it has small-matrix ones; the
     gemm_only fixture runs without it); restored after each test."""

@@ -27,7 +27,7 @@ from fastnn._kernels import dense as _kd
 from conftest import assert_same_bits
 from kernel_specs import BY_NAME, LAYOUTS, SPECS, apply_layout, fresh
 
-# Tiles of ~2 MFLOP (the tuned ones are ~64) so that the "large" products (8.5 MFLOP) are cut
+# Tiles of ~2 MFLOP (the tuned ones keep ~4 GFLOP) so that the "large" products (8.5 MFLOP) are cut
 # into 4 or more tiles, one per thread and more, as in test_dense.py; restored after each test.
 SMALL_TILES = dict(tile_flops=2e6, min_tile_rows=16, min_tile_cols=16, serial_flops=1e6)
 

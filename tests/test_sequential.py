@@ -929,8 +929,11 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
         # and worth threads: product_threads (csrc/fastnn_dense.pxd) runs tiles in parallel
         # from 2 * serial_flops
         assert 2.0 * n * d * m >= 2 * params["serial_flops"], (d, m)
-    flops = 2.0 * n * widths[-2] * widths[-1]
-    assert flops < params["tile_flops"] * 2 and n * widths[-2] > params["max_tile_elems"]
+    # the last layer's dx: more tiles than its flops alone would give (plan without the bound)
+    d, m = widths[-2], widths[-1]
+    tr, tc, nr, nc = _kd.plan(n, d, m, dx=True)
+    assert n * d > params["max_tile_elems"] and tr * tc <= params["max_tile_elems"]
+    assert nr * nc > np.prod(_kd.plan(n, d, m)[2:]), (nr, nc, _kd.plan(n, d, m))
 
 
 def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32, size="tiled"):
@@ -998,9 +1001,13 @@ def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
     assert _kd.plan(128, 10, 512, batch=True)[2:] == (2, 1)   # 1.3 MFLOP: as before
     _kd.set_tile_params(tile_cores=2)
     assert _kd.plan(128, 512, 784, batch=True)[2:] == (1, 2)
-    # one tile per core up to 4 * tile_flops (4096-wide: 8.6 GFLOP), more above it
+    # one tile per core below 2 * tile_cores * tile_flops (16 GFLOP here; the 4096-wide
+    # network's 256-row products are 8.6 GFLOP), more from there
     assert _kd.plan(1024, 512, 784, batch=True)[2:] == (2, 1)
     assert _kd.plan(256, 4096, 4096, batch=True)[2:] == (1, 2)
+    assert 2.0 * 2048 * 2048 * 1900 < 4 * _kd.tile_params()["tile_flops"] <= 2.0 * 2048**3
+    assert _kd.plan(2048, 2048, 1900, batch=True)[2:] == (2, 1)
+    assert _kd.plan(2048, 2048, 2048, batch=True)[2:] == (2, 2)
     assert _kd.plan(4096, 4096, 4096, batch=True)[2:] == (4, 4)
 
 
