@@ -18,7 +18,9 @@ PyTorch, and the fraction of the GEMM roofline reached: the layer API's products
 sum(d_i d_i+1) flops less the first layer's input gradient, 2 N d_0 d_1) at the matmul rate
 NumPy reaches in the same run (the best of its rounds), and the memory the layer API's step
 holds as a fraction of what it must hold (parameters, gradients and the activations backward
-reads; see ``step_memory``).
+reads; see ``step_memory``). A row where some implementation's rounds spread by more than a
+quarter of their median is marked ``unsteady`` with that implementation's name (``unsteady``):
+the machine was busy during part of it.
 """
 import argparse
 import contextlib
@@ -170,6 +172,27 @@ def _check_same_start(runners, dtype):
 # the pause, the implementation timed after NumPy lost part of its 2-core machine.
 SETTLE = 0.15
 
+# A row whose rounds of one implementation spread by more than this fraction of their median
+# (fastest to slowest, with at least UNSTEADY_MIN_ROUNDS rounds) is marked unsteady: on a
+# shared machine a busy stretch can cover several rounds and move a median (measured here: a
+# 1024^2 matmul timed every 0.3 s took twice its usual time in 8% of the samples, and whole
+# rows of a run were slow).
+UNSTEADY_SPREAD = 0.25
+UNSTEADY_MIN_ROUNDS = 3
+
+
+def unsteady(times):
+    """The implementations (keys of `times`, each a list of per-round times) whose rounds
+    spread by more than UNSTEADY_SPREAD of their median; none below UNSTEADY_MIN_ROUNDS
+    rounds. Returns (names in key order, {name: spread})."""
+    spread = {}
+    for k, v in times.items():
+        med = float(np.median(v)) if len(v) else 0.0
+        spread[k] = (max(v) - min(v)) / med if med > 0 else 0.0
+    flagged = [k for k, v in times.items()
+               if len(v) >= UNSTEADY_MIN_ROUNDS and spread[k] > UNSTEADY_SPREAD]
+    return flagged, spread
+
 
 def _time(fn, min_time):
     """Seconds per call: repeat until at least min_time has passed."""
@@ -264,6 +287,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
 
 def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):
     results = []
+    any_unsteady = False
     tiles = _kd.tile_params()
     date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(f"fastnn {fastnn.__version__}, {nthreads} threads, fixed (tiles for "
@@ -298,6 +322,7 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
                 rates.append(matmul_rate(dtype, rounds=1))
             rate = max(rates)
             med = {k: float(np.median(v)) for k, v in times.items()}
+            flagged, spread = unsteady(times)
             # the layer API's products: every layer's forward, weight gradient and input
             # gradient, less the first layer's input gradient (never computed)
             flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:])) - 2.0 * n * dims[0] * dims[1]
@@ -318,7 +343,8 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
                    "functional_vs_numpy": med["numpy"] / med["functional"],
                    "roofline_fraction": roof, "roofline_flops": flops, "matmul_gflops": rate,
                    "held_bytes": held, "params_grads_acts_bytes": need,
-                   "memory_fraction": held / need, "per_step_alloc_bytes": per_step}
+                   "memory_fraction": held / need, "per_step_alloc_bytes": per_step,
+                   "round_spread": spread, "unsteady": flagged}
             if torch:
                 row["speedup_vs_torch"] = med["torch"] / med["fastnn"]
             results.append(row)
@@ -331,7 +357,14 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             if torch:
                 line += f"{row['speedup_vs_torch']:>9.2f}x"
             line += f"{row['functional_vs_numpy']:>8.2f}x{roof:>9.0%}{held / need:>9.0%}"
+            if flagged:
+                any_unsteady = True
+                line += f"   unsteady: {', '.join(flagged)}"
             print(line, file=stream, flush=True)
+    if any_unsteady:
+        print(f"\nunsteady: that implementation's rounds spread by more than "
+              f"{UNSTEADY_SPREAD:.0%} of their median (fastest to slowest): the machine was "
+              "busy during part of the row, so its ratios may be off; rerun it", file=stream)
     return results
 
 

@@ -429,6 +429,54 @@ def test_bench_compares_equal_work_from_equal_weights():
         bench._check_same_start(runners, np.float64)
 
 
+def test_bench_unsteady_marks_rounds_that_spread():
+    """An implementation is unsteady when its rounds spread (fastest to slowest) by more than
+    UNSTEADY_SPREAD of their median, and only with UNSTEADY_MIN_ROUNDS rounds or more."""
+    from fastnn import bench
+
+    assert bench.UNSTEADY_SPREAD == 0.25 and bench.UNSTEADY_MIN_ROUNDS == 3
+    flagged, spread = bench.unsteady({"a": [1.0, 1.0, 1.0], "b": [1.0, 1.3, 1.0],
+                                      "c": [1.0, 1.25, 1.0], "d": [2.0, 1.0, 1.0]})
+    assert flagged == ["b", "d"]
+    assert spread["a"] == 0.0 and spread["b"] == pytest.approx(0.3)
+    assert spread["c"] == pytest.approx(0.25) and spread["d"] == pytest.approx(1.0)
+    assert bench.unsteady({"a": [1.0, 3.0]})[0] == []       # two rounds: not judged
+    assert bench.unsteady({"a": [0.0, 0.0, 0.0]}) == ([], {"a": 0.0})
+
+
+@pytest.mark.parametrize("rounds,slow,marked", [(3, True, True), (3, False, False),
+                                                (2, True, False)])
+def test_bench_marks_a_row_whose_rounds_spread(monkeypatch, rounds, slow, marked):
+    """python -m fastnn bench marks a row (and its JSON) with the implementations whose rounds
+    spread, and explains the mark once under the table: here NumPy's second round runs at
+    twice the time of the others (a busy stretch of the machine)."""
+    from fastnn import bench
+
+    order = ["fastnn", "functional", "numpy", "numpy_same"]   # _make_runners' order
+    count = [0]
+
+    def fake_time(fn, min_time):
+        i = count[0]
+        count[0] += 1
+        return 2e-3 if slow and order[i % 4] == "numpy" and i // 4 == 1 else 1e-3
+
+    monkeypatch.setattr(bench, "_time", fake_time)
+    monkeypatch.setattr(bench, "SETTLE", 0.0)
+    buf = io.StringIO()
+    rows = bench.run(networks=[((3, 5, 2), 7)], rounds=rounds, min_time=0.001,
+                     use_torch=False, stream=buf)
+    assert count[0] == 4 * rounds and list(rows[0]["ms"]) == order
+    out = buf.getvalue()
+    assert rows[0]["unsteady"] == (["numpy"] if marked else [])
+    numpy_rounds = [2e-3 if slow and r == 1 else 1e-3 for r in range(rounds)]
+    assert rows[0]["round_spread"]["numpy"] == pytest.approx(
+        (max(numpy_rounds) - min(numpy_rounds)) / np.median(numpy_rounds))
+    assert rows[0]["round_spread"]["fastnn"] == 0.0
+    assert ("unsteady: numpy" in out) == marked
+    assert ("the machine was busy" in out) == marked
+    json.dumps(rows)
+
+
 def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
     from fastnn import bench
 
