@@ -19,8 +19,8 @@ sum(d_i d_i+1) flops less the first layer's input gradient, 2 N d_0 d_1) at the 
 NumPy reaches in the same run (the best of its rounds), and the memory the layer API's step
 holds as a fraction of what it must hold (parameters, gradients and the activations backward
 reads; see ``step_memory``). A row where some implementation's rounds spread by more than a
-quarter of their median is marked ``unsteady`` with that implementation's name (``unsteady``):
-the machine was busy during part of it.
+quarter of their median (with 3 rounds or more) is marked ``unsteady`` with that
+implementation's name (see ``unsteady``): the machine was busy during part of it.
 """
 import argparse
 import contextlib
