@@ -1382,6 +1382,64 @@ def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, thread
     assert held <= 1.10 * need, (held, need)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adam"])
+def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer):
+    """A chunked step of a network with chunk_update_min_elems parameter elements or more runs
+    its updates, on 2 threads, in one more parallel region per step (a parameter per task on
+    the chunks' threads; see network.pyx). The losses and parameters are bitwise those of
+    the serial updates, of the layer path, and of 1 and 3 threads; below the bound (2-100-3's
+    603 elements) the updates stay serial."""
+    import fastnn
+    from fastnn import _threads
+    from fastnn._kernels import network as kn
+
+    widths, n, steps = (64, 64, 64, 10), 32, 3
+    elems = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    assert elems >= kn.chunk_update_min_elems() > 2 * 100 + 100 + 100 * 3 + 3
+    r = np.random.default_rng(11)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run(min_elems, threads, dropout0=False):
+        model = _fused_model("relu", widths, F32, dropout0=dropout0)
+        opt = (SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+               if optimizer == "sgd-momentum" else Adam(model.parameters(), lr=1e-3))
+        old = kn.chunk_update_min_elems(min_elems)
+        try:
+            with _threads._dynamic_set(False), fastnn.threads(threads):
+                model.train_step(X, y, "softmax", opt)   # builds the step
+                before = kn.parallel_regions()
+                losses = [model.train_step(X, y, "softmax", opt) for _ in range(steps)]
+                regions = kn.parallel_regions() - before
+        finally:
+            kn.chunk_update_min_elems(old)
+        plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        return losses, param_copies(model), regions, plan
+
+    default = kn.chunk_update_min_elems()
+    shared = run(default, 2)
+    assert shared[3] is not None and shared[3].plan.chunk_rows > 0
+    serial = run(2**40, 2)
+    assert shared[2] - serial[2] == steps, (shared[2], serial[2])
+    assert run(default, 1)[2] == 0
+    layer_path = run(default, 2, dropout0=True)
+    assert layer_path[3] is None
+    for other in (serial, layer_path, run(default, 1), run(default, 3)):
+        assert other[0] == shared[0]
+        for a, b in zip(other[1], shared[1]):
+            assert_same_bits(a, b)
+
+
+def test_chunk_update_min_elems_checks_its_value():
+    from fastnn._kernels import network as kn
+
+    old = kn.chunk_update_min_elems()
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(ValueError, match="chunk_update_min_elems"):
+            kn.chunk_update_min_elems(bad)
+    assert kn.chunk_update_min_elems() == old
+
+
 def test_dx_tile_bound_leaves_other_products_alone():
     """max_tile_elems bounds the tiles of input-gradient products only: forward and weight
     gradient products keep the flop-based tiling."""
