@@ -1390,8 +1390,8 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer):
     the serial updates, of the layer path, and of 1 and 3 threads; below the bound (2-100-3's
     603 elements) the updates stay serial."""
     import fastnn
-    from fastnn import _config as _fastnn_config
     from fastnn import _threads
+    from fastnn._kernels import _config as _kconfig
     from fastnn._kernels import network as kn
 
     widths, n, steps = (64, 64, 64, 10), 32, 3
@@ -1422,7 +1422,7 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer):
     assert shared[3] is not None and shared[3].plan.chunk_rows > 0
     serial = run(2**40, 2)
     # (without OpenMP every count is 1 thread: no step shares anything)
-    shares = steps if _fastnn_config.openmp_enabled() else 0
+    shares = steps if _kconfig.openmp_enabled() else 0
     assert shared[2] - serial[2] == shares, (shared[2], serial[2])
     assert run(default, 1)[2] == 0
     layer_path = run(default, 2, dropout0=True)
