@@ -167,7 +167,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
             if not all_finite(<const floating *>P.p_grad[k], P.p_n[k]):
                 return STOPPED
     # updates
-    ut = _update_threads(P, cfg, nt) if chunked else 1
+    ut = _update_threads(P, nt) if chunked else 1
     if ut > 1:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for k in prange(P.n_params, num_threads=ut, schedule="dynamic", chunksize=1):
@@ -194,7 +194,7 @@ cdef inline void *_below_pre(NetPlan *P, int l) noexcept nogil:
     return P.pre[l] if P.op[l] == FNN_LEAKY else NULL
 
 
-cdef inline int _update_threads(NetPlan *P, const DenseConfig *cfg, int nt) noexcept nogil:
+cdef inline int _update_threads(NetPlan *P, int nt) noexcept nogil:
     """Threads for a chunked step's parameter updates: the chunks' threads, one parameter per
     task, when the parameters hold _chunk_update_min_elems elements or more in all; else 1
     (update_raw's own rule, serial for every parameter of a chunked network)."""

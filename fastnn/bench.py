@@ -228,7 +228,10 @@ def step_memory(model, X, y, opt, loss):
     allocates during the first step (the whole-step kernel's buffers: activations, gradient
     buffers, partial sums) at its peak. need: what any implementation must hold: parameters,
     gradients and the activations the backward pass reads. per_step: the peak allocation
-    during a later step of the same shape (buffers are reused, so only small Python objects)."""
+    during a later step of the same shape (buffers are reused, so only small Python objects).
+    One step runs before the measurement: what a process allocates once, on its first step of
+    any model (lazy imports, the thread governor, caches), is not this step's."""
+    model.train_step(X, y, loss, opt)
     model._compiled.clear()  # so that the first step below builds (and counts) its buffers
     tracemalloc.start()
     try:
