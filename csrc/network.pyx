@@ -96,9 +96,10 @@ cdef double CHUNK_PARALLEL_FLOPS = 1.0e5
 # each line across (64-64-64-10 (32), 2 threads: the SGD update 8% of perf's samples against
 # 2.4% on one thread). From this many parameter elements in all, those updates run a
 # parameter per task on the chunks' threads (_update_threads): 64-64-64-10 (32), 8970
-# elements, 0.7-1.2 us less a step (3-5%; medians of paired interleaved rounds, two runs),
-# (256) 3.6 us less (3%); below it the parallel region costs more than it saves (2-100-3
-# (300), 603 elements: 2 us more).
+# elements, 0.4-1.2 us less a step in quiet runs (2-5%; medians of paired interleaved rounds)
+# and 4.4 us less beside a busy core; at batch 256 no gain when quiet, 3.6-5.3 us less when
+# busy. Below the bound the parallel region costs more than it saves (2-100-3 (300), 603
+# elements: 2 us more).
 # The same element-wise update either way: the same numbers.
 cdef Py_ssize_t _chunk_update_min_elems = 4096
 
@@ -171,15 +172,21 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
     if ut > 1:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for k in prange(P.n_params, num_threads=ut, schedule="dynamic", chunksize=1):
-            update_raw(rule, <floating *>P.p_data[k], <const floating *>P.p_grad[k],
-                       <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2,
-                       eps, c1, c2, wd if P.p_decay[k] else 0.0, 1)
+            _update_param(P, X, k, rule, lr, h1, h2, eps, c1, c2, wd, 1)
     else:
         for k in range(P.n_params):
-            update_raw(rule, <floating *>P.p_data[k], <const floating *>P.p_grad[k],
-                       <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2,
-                       eps, c1, c2, wd if P.p_decay[k] else 0.0, nt)
+            _update_param(P, X, k, rule, lr, h1, h2, eps, c1, c2, wd, nt)
     return COMPLETED
+
+
+cdef inline void _update_param(NetPlan *P, const floating *X, int k, int rule, double lr,
+                               double h1, double h2, double eps, double c1, double c2,
+                               double wd, int nt) noexcept nogil:
+    """Parameter k's update (weight decay only where the parameter takes it), on nt threads
+    (update_raw's own rule). (X only picks the dtype.)"""
+    update_raw(rule, <floating *>P.p_data[k], <const floating *>P.p_grad[k],
+               <floating *>P.p_s1[k], <floating *>P.p_s2[k], P.p_n[k], lr, h1, h2, eps, c1,
+               c2, wd if P.p_decay[k] else 0.0, nt)
 
 
 cdef inline void *_saved(NetPlan *P, int l) noexcept nogil:

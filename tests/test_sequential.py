@@ -1424,10 +1424,11 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer):
     # (without OpenMP every count is 1 thread: no step shares anything)
     shares = steps if _kconfig.openmp_enabled() else 0
     assert shared[2] - serial[2] == shares, (shared[2], serial[2])
-    assert run(default, 1)[2] == 0
+    one = run(default, 1)
+    assert one[2] == 0
     layer_path = run(default, 2, dropout0=True)
     assert layer_path[3] is None
-    for other in (serial, layer_path, run(default, 1), run(default, 3)):
+    for other in (serial, layer_path, one, run(default, 3)):
         assert other[0] == shared[0]
         for a, b in zip(other[1], shared[1]):
             assert_same_bits(a, b)
