@@ -13,6 +13,7 @@ from libc.string cimport memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS
 from cpython.ref cimport PyObject
 from cpython.weakref cimport PyWeakref_GetObject
+from cpython.dict cimport PyDict_Next
 import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
@@ -922,6 +923,24 @@ cdef inline bint _same_ids(list sig, Py_ssize_t *i, values) except -1:
     return True
 
 
+cdef inline bint _same_value_ids(list sig, Py_ssize_t *i, d) except -1:
+    """_same_ids over the values of d, a dict (PyDict_Next: no view or iterator object; no
+    Python code runs while it walks the dict), or else any mapping."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *key
+    cdef PyObject *value
+    if type(d) is not dict:
+        return _same_ids(sig, i, d.values())
+    while PyDict_Next(d, &pos, &key, &value):
+        if i[0] >= len(sig):
+            return False
+        x = sig[i[0]]
+        if type(x) is not int or <Py_ssize_t>x != <Py_ssize_t>value:
+            return False
+        i[0] += 1
+    return True
+
+
 def signature_matches(list sig, layers, optimizer, int rule):
     """Whether fastnn.model._CompiledStep.signature_of(model, optimizer) would equal `sig`
     (layers: model.layers; rule: the optimizer's update rule now), without building that list:
@@ -931,8 +950,8 @@ def signature_matches(list sig, layers, optimizer, int rule):
     if not sig or sig[0] != rule:
         return False
     for layer in layers:
-        if not (_same_ids(sig, &i, layer.params.values())
-                and _same_ids(sig, &i, layer.grads.values())):
+        if not (_same_value_ids(sig, &i, layer.params)
+                and _same_value_ids(sig, &i, layer.grads)):
             return False
         alpha = getattr(layer, "alpha", None)
         if i >= len(sig) or (sig[i] is not alpha and sig[i] != alpha):

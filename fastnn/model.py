@@ -217,27 +217,31 @@ class _CompiledStep:
             labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary)
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
-        if self.rule in (_ko.MOMENTUM, _ko.NESTEROV):
+        rule = self.rule
+        if rule == _ko.SGD:
+            pass   # (plain SGD reads no more hyperparameters: one comparison on its hot path)
+        elif rule in (_ko.MOMENTUM, _ko.NESTEROV):
             h1 = opt.momentum
-        elif self.rule == _ko.RMSPROP:
+        elif rule == _ko.RMSPROP:
             h1, eps = opt.decay_rate, opt.eps
-        elif self.rule == _ko.ADAM:
+        elif rule == _ko.ADAM:
             object.__setattr__(opt, "t", opt.t + 1)   # (an int already checked: no __setattr__)
             h1, h2 = opt.betas
             eps = opt.eps
             c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
+        plan = self.plan
         try:
-            value = self.plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
-                                   opt.weight_decay, _threads._num_threads, skip_nonfinite,
-                                   count, _threads._dynamic)
+            value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
+                              opt.weight_decay, _threads._num_threads, skip_nonfinite,
+                              count, _threads._dynamic)
         except ValueError:
-            if self.rule == _ko.ADAM:
+            if rule == _ko.ADAM:
                 object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated
             raise
-        stopped = self.plan.stopped
-        if stopped and self.rule == _ko.ADAM:
+        stopped = plan.stopped
+        if stopped and rule == _ko.ADAM:
             object.__setattr__(opt, "t", opt.t - 1)  # the guard stopped the step before any update
-        correct = self.plan.correct
+        correct = plan.correct
         return value, (correct if correct >= 0 else None), stopped
 
 
@@ -370,6 +374,10 @@ class Sequential:
     PReLU runs as one fused kernel call, exactly as ``Dense(..., activation=...)`` does.
     """
 
+    # (key, X shape, X dtype) of the compiled step the last cache hit returned, or None: the
+    # shortcut of _compiled_step. Plain values, no plan: a dropped entry is not kept alive.
+    _hot = None
+
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
@@ -465,6 +473,7 @@ class Sequential:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_compiled"] = {}
+        state.pop("_hot", None)
         state.pop("_apart_checked", None)   # (weak references: a copy's arrays are others)
         state["_layers"] = list(self._layers)
         state["_layers_changed"] = self._layers.changed
@@ -667,7 +676,7 @@ class Sequential:
         _check_optimizer(optimizer)
         if type(loss) is str and loss in _NAMED_LOSSES:
             loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
-        else:
+        elif type(loss) not in _LOSS_KINDS:   # (fastnn's own: what get_loss would return)
             loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
@@ -677,6 +686,20 @@ class Sequential:
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
+        hot = self._hot
+        if hot is not None and X.shape == hot[1] and X.dtype is hot[2] and type(loss) is hot[0][2]:
+            # the step of the last cache hit, for the same X shape and dtype and loss type: the
+            # checks of _valid_entry without building the key (~0.5 us of a small network's
+            # step). That entry is the most recently used already: every hit sets _hot, every
+            # new entry clears it (_remember), and dropping others does not reorder the cache.
+            cached = self._compiled.get(hot[0])
+            if cached is not None and cached[2]() is optimizer:
+                try:
+                    if _kn.signature_matches(cached[0], self._layers, optimizer,
+                                             _rule_of(optimizer)):
+                        return cached[1]
+                except (TypeError, AttributeError):
+                    pass   # (as in _valid_entry)
         if X.ndim != 2 or X.shape[0] == 0:
             return None
         key = (X.shape[0], id(optimizer), type(loss))
@@ -686,7 +709,10 @@ class Sequential:
             # types); None if that build failed, or for an X of another width
             step = cached[1]
             if step is None or step.plan.is_double == (X.dtype.itemsize == 8):
-                return step if step is None or X.shape[1] == step.fan_in else None
+                if step is None or X.shape[1] != step.fan_in:
+                    return None
+                self._hot = (key, X.shape, X.dtype)
+                return step
             # a plan of the other dtype: the layers' dtype was changed on arrays it holds;
             # build again, which checks the arrays against the layers (and names one)
             self._compiled.pop(key, None)
@@ -725,6 +751,7 @@ class Sequential:
         its optimizer weakly and goes when the optimizer is collected, so a model does not keep
         a dropped optimizer's state, nor the plan's buffers, alive."""
         cache = self._compiled
+        self._hot = None   # (_compiled_step's shortcut holds only entries found valid since)
         cache.pop(key, None)
         # (a snapshot of the keys: an optimizer's callback may drop entries meanwhile)
         for old in list(cache)[:max(0, len(cache) - _MAX_PLANS + 1)]:

@@ -2257,6 +2257,38 @@ def test_plan_cache_drops_the_least_recently_used():
         assert model._compiled_step(batches[n][0], loss, opt) is plans[n]   # kept, not rebuilt
 
 
+
+def test_the_step_shortcut_returns_no_other_plan():
+    """A repeated step skips building the cache key (Sequential._compiled_step's shortcut to
+    the last hit), but never runs a plan made for another loss or another optimizer: an SVM
+    step after softmax steps on the same batch computes the SVM loss, and a second optimizer
+    over the very same Parameter objects (so the same signature) gets a plan of its own."""
+    from fastnn.functional import softmax_loss, svm_loss
+
+    model = _mlp()
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((16, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 16)
+    params = model.parameters()
+    opt = SGD(params, lr=0.05)
+    for _ in range(2):
+        model.train_step(X, y, "softmax", opt)
+    assert model._hot is not None   # the next step of this kind takes the shortcut
+    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert step is not None and model._compiled_step(X, SoftmaxCrossEntropy(), opt) is step
+    for loss, fn in (("svm", svm_loss), ("softmax", softmax_loss), ("svm", svm_loss)):
+        want = fn(model.predict(X), y)[0]
+        got = model.train_step(X, y, loss, opt)
+        assert got == pytest.approx(want, rel=1e-5), loss
+    other = SGD(params, lr=0.05)
+    model.train_step(X, y, "svm", other)
+    assert len(model._compiled) == 3   # (softmax, opt), (svm, opt), (svm, other)
+    plans = {id(o): model._compiled_step(X, MulticlassHinge(), o) for o in (opt, other)}
+    assert None not in plans.values() and plans[id(opt)] is not plans[id(other)]
+    for o in (opt, other, opt):
+        model.train_step(X, y, "svm", o)
+        assert model._compiled_step(X, MulticlassHinge(), o) is plans[id(o)]
+
 def test_layer_path_steps_keep_no_activations():
     """After a step on the layer path (Dropout: no whole-step kernel) no layer holds its
     backward cache: the model does not keep a batch's activations alive, nor pickle them."""
