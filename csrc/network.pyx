@@ -520,6 +520,8 @@ cdef class StepPlan:
     cdef object _partial         # the workspaces of _size_buffers (grown on demand)
     cdef object _apartial
     cdef object _wslots
+    cdef Py_ssize_t _partial_elems, _apartial_elems, _wslots_elems   # their sizes (0: none yet;
+                                 # read in C on every step, not as Python shape tuples)
     cdef object _hits            # the groups' counts of right predictions (made on demand)
     cdef readonly tuple score_shape   # (N, outputs of the last layer)
     cdef readonly bint scores_in_place   # dscores are written over the scores
@@ -784,7 +786,6 @@ cdef class StepPlan:
             wsum += wslot_elems(cfg, P.N, D, M)
             fws = max(fws, forward_ws_elems(cfg, P.N, D, M))
         wsum = max(wsum, fws)
-        dt = np.float64 if self.is_double else np.float32
         itemsize = sizeof(double) if self.is_double else sizeof(float)
         P.chunk_stride = _chunk_tile_elems(P, cfg, itemsize) if P.chunk > 0 else 0
         if P.chunk > 0:
@@ -794,19 +795,33 @@ cdef class StepPlan:
             for l in range(1, P.n_layers):
                 need = max(need, dx_scratch_need(cfg, P.N, P.fan_in[l], P.fan_out[l],
                                                  P.op[l - 1], itemsize, n_threads))
-        if self._scratch is None or self._scratch.shape[0] < need:
+        wsum = max(wsum, 1)
+        if P.scratch_elems < need or self._partial_elems < psum or self._apartial_elems < amax \
+                or self._wslots_elems < wsum:
+            self._grow_buffers(need, psum, amax, wsum)
+        return 0
+
+    cdef int _grow_buffers(self, Py_ssize_t need, Py_ssize_t psum, Py_ssize_t amax,
+                           Py_ssize_t wsum) except -1:
+        """_size_buffers' allocations: each workspace smaller than asked is made anew."""
+        cdef NetPlan *P = &self.P
+        dt = np.float64 if self.is_double else np.float32
+        if P.scratch_elems < need:
             self._scratch = np.empty(need, dtype=dt)
             P.scratch = _ptr(self._scratch)
             P.scratch_elems = need
-        if self._partial is None or self._partial.shape[0] < psum:
+        if self._partial_elems < psum:
             self._partial = np.empty(psum, dtype=dt)
             P.partial = _ptr(self._partial)
-        if self._apartial is None or self._apartial.shape[0] < amax:
+            self._partial_elems = psum
+        if self._apartial_elems < amax:
             self._apartial = np.empty(amax, dtype=dt)
             P.apartial = _ptr(self._apartial)
-        if self._wslots is None or self._wslots.shape[0] < max(wsum, 1):
-            self._wslots = np.empty(max(wsum, 1), dtype=dt)
+            self._apartial_elems = amax
+        if self._wslots_elems < wsum:
+            self._wslots = np.empty(wsum, dtype=dt)
             P.wslots = _ptr(self._wslots)
+            self._wslots_elems = wsum
         return 0
 
     def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
