@@ -959,8 +959,8 @@ cdef inline bint _same_value_ids(list sig, Py_ssize_t *i, d) except -1:
 def signature_matches(list sig, layers, optimizer, int rule):
     """Whether fastnn.model._CompiledStep.signature_of(model, optimizer) would equal `sig`
     (layers: model.layers; rule: the optimizer's update rule now), without building that list:
-    the check each compiled step makes (~0.4 us against ~1.5 us in Python for a 3-layer
-    network)."""
+    the check each compiled step makes (0.36 us for a 3-layer network on the seventeenth
+    session's machine, 0.72 before it walked the dicts with PyDict_Next; ~1.5 us in Python)."""
     cdef Py_ssize_t i = 1
     if not sig or sig[0] != rule:
         return False
