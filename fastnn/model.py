@@ -690,8 +690,9 @@ class Sequential:
         if hot is not None and X.shape == hot[1] and X.dtype is hot[2] and type(loss) is hot[0][2]:
             # the step of the last cache hit, for the same X shape and dtype and loss type: the
             # checks of _valid_entry without building the key (~0.5 us of a small network's
-            # step). That entry is the most recently used already: every hit sets _hot, every
-            # new entry clears it (_remember), and dropping others does not reorder the cache.
+            # step). That entry is the most recently used already: a hit that returns a step
+            # sets _hot, moving any entry to the end of the cache (_valid_entry) or adding one
+            # (_remember) clears it, and dropping others does not reorder the cache.
             cached = self._compiled.get(hot[0])
             if cached is not None and cached[2]() is optimizer:
                 try:
@@ -769,6 +770,7 @@ class Sequential:
                 if _kn.signature_matches(cached[0], self._layers, optimizer, _rule_of(optimizer)):
                     if len(cache) > 1 and cache.pop(key, None) is not None:
                         cache[key] = cached   # the most recently used now
+                        self._hot = None   # (_compiled_step's shortcut: see there)
                     return cached
             except (TypeError, AttributeError):
                 pass   # params / grads replaced by what is not a dict: a rebuild names it

@@ -2257,7 +2257,6 @@ def test_plan_cache_drops_the_least_recently_used():
         assert model._compiled_step(batches[n][0], loss, opt) is plans[n]   # kept, not rebuilt
 
 
-
 def test_the_step_shortcut_returns_no_other_plan():
     """A repeated step skips building the cache key (Sequential._compiled_step's shortcut to
     the last hit), but never runs a plan made for another loss or another optimizer: an SVM
@@ -2288,6 +2287,32 @@ def test_the_step_shortcut_returns_no_other_plan():
     for o in (opt, other, opt):
         model.train_step(X, y, "svm", o)
         assert model._compiled_step(X, MulticlassHinge(), o) is plans[id(o)]
+
+
+def test_the_step_shortcut_keeps_the_plan_cache_in_lru_order():
+    """Steps through the shortcut do not reorder the plan cache, so the shortcut's entry must
+    be its most recently used one: a hit on another entry that returns no step (an optimizer
+    over part of the model, whose build failed and is remembered as such) moves that entry
+    last and must not leave the shortcut pointing at the first. Then new batch sizes evict
+    the partial optimizer's entry, not the plan in use (found by a reviewer of this change)."""
+    model = _mlp()
+    loss = SoftmaxCrossEntropy()
+    rng = np.random.default_rng(6)
+    batches = {n: (rng.standard_normal((n, 20)).astype(np.float32), rng.integers(0, 4, n))
+               for n in (8, 9, 10, 16)}
+    full = SGD(model.parameters(), lr=0.01)
+    part = SGD(model.layers[-1].parameters(), lr=0.01)   # the whole-step kernel refuses it
+    X, y = batches[16]
+    for opt in (full, full, part, full, part, full):
+        model.train_step(X, y, loss, opt)
+    step = model._compiled_step(X, loss, full)
+    assert step is not None and model._compiled_step(X, loss, part) is None
+    model.train_step(X, y, loss, full)
+    for n in (8, 9, 10):
+        model.train_step(*batches[n], loss, full)
+    assert sorted((k[0], k[1] == id(full)) for k in model._compiled) == [
+        (8, True), (9, True), (10, True), (16, True)]
+    assert model._compiled_step(X, loss, full) is step   # kept, not rebuilt
 
 def test_layer_path_steps_keep_no_activations():
     """After a step on the layer path (Dropout: no whole-step kernel) no layer holds its
