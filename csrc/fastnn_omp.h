@@ -81,6 +81,17 @@ static inline void fnn_turn_pass(volatile int *p, int v) { __atomic_store_n(p, v
 #include <sched.h>
 #define FNN_SPIN_YIELD() sched_yield()
 #endif
+/* fnn_count_add adds 1 to a counter shared by threads and returns the value before: what the
+ * step kernel's threads use to count the chunks done with a layer and to take parameters to
+ * update, one each (acquire and release: a thread that sees the count sees every write made
+ * before each increment it counts). */
+#if defined(_MSC_VER)
+static inline int fnn_count_add(volatile int *p)
+{ return (int)_InterlockedExchangeAdd((volatile long *)p, 1); }
+#else
+static inline int fnn_count_add(volatile int *p)
+{ return __atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL); }
+#endif
 static inline void fnn_turn_wait(volatile int *p, int want)
 {
     int spins = 0;

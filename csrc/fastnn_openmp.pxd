@@ -7,8 +7,10 @@ cdef extern from "fastnn_omp.h" nogil:
     int fnn_omp_get_thread_num()
     int fnn_omp_version()
     double fnn_wtime()     # seconds (OpenMP's wall clock; 0.0 without OpenMP)
+    int fnn_turn_load(volatile int *turn)
     void fnn_turn_wait(volatile int *turn, int want)
     void fnn_turn_pass(volatile int *turn, int value)
+    int fnn_count_add(volatile int *counter)   # returns the count before
     void fnn_note_parallel()
     long fnn_parallel_count()
     int fnn_parallel_seen()

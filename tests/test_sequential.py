@@ -1382,19 +1382,24 @@ def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, thread
     assert held <= 1.10 * need, (held, need)
 
 
+@pytest.mark.parametrize("widths", [(64, 64, 64, 10), (16, 64, 64, 10)],
+                         ids=["in-chunks-region", "second-region"])
 @pytest.mark.parametrize("optimizer", ["sgd-momentum", "adam"])
-def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer):
-    """A chunked step of a network with chunk_update_min_elems parameter elements or more runs
-    its updates, on 2 threads, in one more parallel region per step (a parameter per task on
-    the chunks' threads; see network.pyx). The losses and parameters are bitwise those of
-    the serial updates, of the layer path, and of 1 and 3 threads; below the bound (2-100-3's
-    603 elements) the updates stay serial."""
+def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer, widths):
+    """A chunked step of a network with chunk_update_min_elems parameter elements or more
+    shares its updates among the chunks' threads on 2 threads (network.pyx): in the chunks'
+    own parallel region when every layer's chunks take turns (64-64-64-10: more inputs than
+    chunk rows; `updates_in_chunks`), else a parameter per task in one more parallel region
+    per step (16-64-64-10, whose first layer keeps partials). The losses and parameters are
+    bitwise those of the serial updates, of the layer path, and of 1 and 3 threads; below the
+    bound (2-100-3's 603 elements) the updates stay serial."""
     import fastnn
     from fastnn import _threads
     from fastnn._kernels import _config as _kconfig
     from fastnn._kernels import network as kn
 
-    widths, n, steps = (64, 64, 64, 10), 32, 3
+    n, steps = 32, 3
+    in_region = widths[0] > 16   # (16-row chunks: a layer takes turns when it has more inputs)
     elems = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
     assert elems >= kn.chunk_update_min_elems() > 2 * 100 + 100 + 100 * 3 + 3
     r = np.random.default_rng(11)
@@ -1419,18 +1424,74 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer):
 
     default = kn.chunk_update_min_elems()
     shared = run(default, 2)
-    assert shared[3] is not None and shared[3].plan.chunk_rows > 0
+    assert shared[3] is not None and shared[3].plan.chunk_rows == 16
     serial = run(2**40, 2)
     # (without OpenMP every count is 1 thread: no step shares anything)
-    shares = steps if _kconfig.openmp_enabled() else 0
-    assert shared[2] - serial[2] == shares, (shared[2], serial[2])
+    openmp = _kconfig.openmp_enabled()
+    extra = steps if openmp and not in_region else 0
+    assert shared[2] - serial[2] == extra, (shared[2], serial[2])
+    assert shared[3].plan.updates_in_chunks == (openmp and in_region)
+    assert not serial[3].plan.updates_in_chunks
     one = run(default, 1)
-    assert one[2] == 0
+    assert one[2] == 0 and not one[3].plan.updates_in_chunks
     layer_path = run(default, 2, dropout0=True)
     assert layer_path[3] is None
-    for other in (serial, layer_path, one, run(default, 3)):
+    # the last chunk held back until another thread has taken a parameter to update: the
+    # updates must wait until every chunk is done with their layer
+    old = kn.hold_last_chunk(True)
+    try:
+        held = run(default, 2)
+    finally:
+        kn.hold_last_chunk(old)
+    for other in (serial, layer_path, one, run(default, 3), held):
         assert other[0] == shared[0]
         for a, b in zip(other[1], shared[1]):
+            assert_same_bits(a, b)
+
+
+@pytest.mark.parametrize("widths,tie", [((64, 64, 64, 10), "W"), ((16, 64, 64, 10), "b")],
+                         ids=["in-chunks-region", "second-region"])
+def test_tied_parameters_are_updated_one_after_the_other(widths, tie):
+    """Two layers reading one array (Parameters may share memory) have it updated by one
+    parameter after the other. Shared among threads (a parameter per task, or in the chunks'
+    parallel region), two threads could take both at once, or update one while another layer
+    still reads it: a chunked step of such a model updates serially (no region for the
+    updates), with the numbers of 1 thread and of the layer path. (Before the seventeenth
+    session two threads could update 16-64-64-10's tied biases at once.)"""
+    import fastnn
+    from fastnn import _threads
+    from fastnn._kernels import _config as _kconfig
+    from fastnn._kernels import network as kn
+
+    n, steps = 32, 4
+    openmp = _kconfig.openmp_enabled()
+    r = np.random.default_rng(12)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run(threads, tied=True, compilable=True):
+        model = _fused_model("relu", widths, F32)
+        if tied:   # (layers 0 and 2: the Dense layers 64 -> 64 / the two 64-unit biases)
+            model.layers[2].params[tie] = model.layers[0].params[tie]
+        model._compilable = compilable
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        with _threads._dynamic_set(False), fastnn.threads(threads):
+            model.train_step(X, y, "softmax", opt)
+            before = kn.parallel_regions()
+            losses = [model.train_step(X, y, "softmax", opt) for _ in range(steps)]
+            regions = kn.parallel_regions() - before
+        return losses, param_copies(model), regions, model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+
+    untied = run(2, tied=False)   # (the control: these updates are shared)
+    assert untied[3].plan.updates_in_chunks == (openmp and tie == "W")
+    assert untied[2] == (steps * (1 if tie == "W" else 2) if openmp else 0)
+    two = run(2)
+    assert two[3] is not None and two[3].plan.chunk_rows == 16
+    assert not two[3].plan.updates_in_chunks
+    assert two[2] == (steps if openmp else 0)   # the chunks' region only
+    for other in (run(1), run(2, compilable=False)):
+        assert other[0] == two[0]
+        for a, b in zip(other[1], two[1]):
             assert_same_bits(a, b)
 
 
@@ -1442,6 +1503,11 @@ def test_chunk_update_min_elems_checks_its_value():
         with pytest.raises(ValueError, match="chunk_update_min_elems"):
             kn.chunk_update_min_elems(bad)
     assert kn.chunk_update_min_elems() == old
+    old = kn.hold_last_chunk()
+    for bad in (1, "yes", None.__class__):
+        with pytest.raises(ValueError, match="hold_last_chunk"):
+            kn.hold_last_chunk(bad)
+    assert kn.hold_last_chunk() == old is False
 
 
 def test_dx_tile_bound_leaves_other_products_alone():
