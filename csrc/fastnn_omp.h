@@ -13,6 +13,7 @@
 static inline int fnn_omp_get_max_threads(void) { return omp_get_max_threads(); }
 static inline void fnn_omp_set_num_threads(int n) { omp_set_num_threads(n); }
 static inline int fnn_omp_get_thread_num(void) { return omp_get_thread_num(); }
+static inline int fnn_omp_get_num_threads(void) { return omp_get_num_threads(); }
 static inline int fnn_omp_version(void) { return _OPENMP; }
 static inline double fnn_wtime(void) { return omp_get_wtime(); }
 #else
@@ -20,6 +21,7 @@ static inline double fnn_wtime(void) { return omp_get_wtime(); }
 static inline int fnn_omp_get_max_threads(void) { return 1; }
 static inline void fnn_omp_set_num_threads(int n) { (void)n; }
 static inline int fnn_omp_get_thread_num(void) { return 0; }
+static inline int fnn_omp_get_num_threads(void) { return 1; }
 static inline int fnn_omp_version(void) { return 0; }
 static inline double fnn_wtime(void) { return 0.0; }   /* (one thread: nothing to time) */
 #endif
@@ -96,6 +98,16 @@ static inline void fnn_turn_wait(volatile int *p, int want)
 {
     int spins = 0;
     while (fnn_turn_load(p) != want) {
+        if (spins < 4096) { spins++; FNN_SPIN_PAUSE(); }
+        else FNN_SPIN_YIELD();
+    }
+}
+
+/* fnn_wait_above spins, as fnn_turn_wait does, until *p > v. */
+static inline void fnn_wait_above(volatile int *p, int v)
+{
+    int spins = 0;
+    while (fnn_turn_load(p) <= v) {
         if (spins < 4096) { spins++; FNN_SPIN_PAUSE(); }
         else FNN_SPIN_YIELD();
     }

@@ -5,9 +5,11 @@ cdef extern from "fastnn_omp.h" nogil:
     int fnn_omp_get_max_threads()
     void fnn_omp_set_num_threads(int n)
     int fnn_omp_get_thread_num()
+    int fnn_omp_get_num_threads()   # in a parallel region: its team's size
     int fnn_omp_version()
     double fnn_wtime()     # seconds (OpenMP's wall clock; 0.0 without OpenMP)
     int fnn_turn_load(volatile int *turn)
+    void fnn_wait_above(volatile int *counter, int value)
     void fnn_turn_wait(volatile int *turn, int want)
     void fnn_turn_pass(volatile int *turn, int value)
     int fnn_count_add(volatile int *counter)   # returns the count before

@@ -18,7 +18,8 @@ import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
                             fnn_note_parallel, fnn_parallel_seen, fnn_parallel_count,
-                            fnn_wtime, fnn_count_add, fnn_turn_load)
+                            fnn_wtime, fnn_count_add, fnn_wait_above,
+                            fnn_omp_get_num_threads)
 from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
@@ -58,7 +59,8 @@ cdef struct NetPlan:
     bint updated_in_chunks   # the last step ran its updates in its chunks' region
     int update_next      # the next of the parameters to update (in p_order), taken one at a
                          # time by the threads (fnn_count_add)
-    bint params_apart    # no two parameters share memory (else one thread updates them all)
+    bint params_apart    # no two parameters' arrays (data, gradient, state) share memory
+                         # (else one thread updates them all, one after the other)
     bint updates_ok      # the plan's side of _updates_in_chunks (beside params_apart): each
                          # parameter is the W or b of a layer, each of those once, and no layer
                          # is prelu (its slope gradient has partials of its own)
@@ -115,7 +117,7 @@ cdef double CHUNK_PARALLEL_FLOPS = 1.0e5
 # busy. Below the bound the parallel region costs more than it saves (2-100-3 (300), 603
 # elements: 2 us more). Since the seventeenth session a network whose layers all take turns
 # (64-64-64-10) runs those updates in its chunks' own parallel region instead of a second
-# one, each beginning as soon as its layer is done (_run_updating): 1.1 us less again.
+# one, each beginning as soon as its layer is done (_run_updating): 1.0-1.1 us less again.
 # The same element-wise update either way: the same numbers.
 cdef Py_ssize_t _chunk_update_min_elems = 4096
 
@@ -299,15 +301,18 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     or, for a layer whose chunks take turns (dw_in_turns), added into dW in chunk order as
     on the layer path: chunk c waits for its turn (chunk c - 1 has added its product) and
     passes it on. Each thread runs its chunks in increasing order and a chunk only waits
-    for earlier ones, so the turns cannot deadlock (_run_chunks)."""
+    for earlier ones, so the turns cannot deadlock (_run_chunks). In a step that updates in
+    its chunks' region (count_done), the chunk then counts itself done with each layer in
+    layer_done (_take_updates waits for those counts)."""
     cdef int L = P.n_layers, l
     cdef Py_ssize_t j, N = P.N, ch = P.chunk, D, M
     cdef floating *g
     cdef bint turns
     cdef Plan px
-    if _hold_last_chunk and P.count_done and c == cdiv(N, ch) - 1:
-        while fnn_turn_load(&P.update_next) == 0:
-            pass
+    if (_hold_last_chunk and P.count_done and c == cdiv(N, ch) - 1
+            and fnn_omp_get_num_threads() > 1):
+        fnn_wait_above(&P.update_next, 0)   # (tests: _hold_last_chunk; a team of one thread,
+                                            # which OpenMP may give, would wait forever)
     for l in range(L - 1, -1, -1):
         D = P.fan_in[l]
         M = P.fan_out[l]
@@ -389,8 +394,8 @@ cdef inline bint _updates_in_chunks(NetPlan *P, int nt) noexcept nogil:
     runs its updates in its chunks' parallel region (_run_updating): when they are shared at
     all (_update_threads), the plan allows it (updates_ok), the scratch holds a tile for two
     threads or more, and every layer's chunks take turns (dw_in_turns), so that a layer's
-    weight gradient is complete once its chunks are done with it (partials are summed after
-    the region, by _sum_chunks)."""
+    weight gradient is complete once its chunks are done with it (a layer that keeps
+    partials needs _sum_chunks, after the region)."""
     cdef int l
     if not P.updates_ok or _update_threads(P, nt) <= 1 or P.scratch_elems < 2 * P.chunk_stride:
         return False
@@ -409,8 +414,9 @@ cdef double _run_updating(NetPlan *P, const DenseConfig *cfg, const floating *X,
     update (_take_updates) while the others finish theirs. The backward pass ends with the
     first layer, so the last layers' updates run beside the last chunk's final weight-gradient
     turns, which used to leave the other threads idle; the updates no longer wait for a second
-    parallel region (64-64-64-10 (32), 2 threads, paired interleaved rounds: 1.1 us less a
-    step on a quiet machine, 3-4 us less with a busy core; batch 256: no change). The same
+    parallel region (64-64-64-10 (32), 2 threads: 1.0-1.1 us less a step on a quiet machine
+    in paired interleaved rounds and process pairs, 3-4 us less with a busy core; batch 256:
+    no change in quiet rounds, 3.9 us less in a noisy run of process pairs). The same
     element-wise updates and bias sums as _sum_chunks and the update loop of _step: the same
     numbers. Returns the mean loss."""
     cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk)
@@ -443,7 +449,8 @@ cdef void _take_updates(NetPlan *P, const floating *X, int nch, int rule, double
     read for the last time by the chunks' dx products; its bias partials written), sums a
     bias's gradient from the chunks' partials in chunk order (as _sum_chunks), and updates the
     parameter. Only threads done with all their chunks wait here, and a chunk waits only for
-    earlier chunks' turns, so every count reaches nch: no deadlock."""
+    earlier chunks' turns (or, held for tests, for a thread here to take a parameter, in a
+    team of several), so every count reaches nch: no deadlock."""
     cdef int t, k, l
     while True:
         t = fnn_count_add(&P.update_next)
@@ -806,12 +813,20 @@ cdef class StepPlan:
         cdef int L = P.n_layers, n = P.n_params, l, k
         cdef list seen = [0] * (2 * L)   # how often each layer's W and b is a parameter
         # tied weights (Parameters may share memory: they are only read) must be updated one
-        # after the other: two threads taking both at once would race
+        # after the other: two threads taking both at once would race. Likewise any array an
+        # update writes or reads (data, gradient, state) shared with another parameter's.
+        # (The arrays are C-contiguous, checked by keep(): each is one span of bytes. A sweep
+        # over the spans by their start, each against the earlier ones it starts inside.)
+        cdef list spans = sorted((<size_t>_ptr(a), <size_t>_ptr(a) + <size_t>a.nbytes, k)
+                                 for k in range(n) for a in params[k][:4]
+                                 if a is not None and a.nbytes > 0)
+        cdef list open_spans = []
         P.params_apart = True
-        for k in range(n):
-            for l in range(k):
-                if np.may_share_memory(params[k][0], params[l][0]):
-                    P.params_apart = False
+        for start, end, k in spans:
+            open_spans = [(e, o) for e, o in open_spans if e > start]
+            if any(o != k for e, o in open_spans):
+                P.params_apart = False
+            open_spans.append((end, k))
         P.updates_ok = True   # (and params_apart: _update_threads)
         for l in range(L):
             if P.op[l] == FNN_PRELU:
@@ -831,8 +846,8 @@ cdef class StepPlan:
         if any(count != 1 for count in seen):
             P.updates_ok = False
         layer_of = [P.p_layer[k] for k in range(n)]
-        for k, l in enumerate(sorted(range(n), key=layer_of.__getitem__, reverse=True)):
-            P.p_order[k] = l
+        for k, idx in enumerate(sorted(range(n), key=layer_of.__getitem__, reverse=True)):
+            P.p_order[k] = idx
 
     cdef _watch(self, list arrays):
         """Record the arrays users can reach (each once) as they are now, for _check_watched."""
@@ -906,6 +921,12 @@ cdef class StepPlan:
         """Rows per chunk when the last step ran the whole network chunk by chunk (a small
         network on a batch of several chunks; see chunk_rows in fastnn_dense.pxd), else 0."""
         return self.P.chunk
+
+    @property
+    def params_apart(self):
+        """True when no two parameters' arrays (data, gradient, state) share memory: only then
+        may a chunked step's threads update parameters side by side (_update_threads)."""
+        return bool(self.P.params_apart)
 
     @property
     def fused_backward(self):

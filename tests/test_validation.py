@@ -1672,6 +1672,29 @@ def _plan(dtype=np.float32, rule="sgd", n=6):
 _STEP_ARGS = (0.1, 0.9, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
 
 
+@pytest.mark.parametrize("overlap", ["none", "data", "state", "grad and state"])
+def test_step_plan_finds_parameters_sharing_memory(overlap):
+    """A chunked step's threads update parameters side by side only when no two parameters'
+    arrays (data, gradient, optimizer state) share memory (StepPlan.params_apart): two tied
+    arrays updated at once would race. Parameters may share memory (only the kernels'
+    gradients must be apart, which fastnn.model checks); here the plan is built directly."""
+    from fastnn._kernels import losses as kl, network as kn, optim as ko
+
+    plan, layers, params, _, _ = _plan(rule="momentum")
+    assert plan.params_apart
+    params = [list(p) for p in params]
+    b0, b1 = params[1], params[3]          # biases of 5 and 4 units
+    if overlap == "data":
+        b1[0] = b0[0][1:]                  # b1 reads and writes b0's last 4 entries
+        layers[1]["b"] = b1[0]
+    elif overlap == "state":
+        b1[2] = b0[2][:4]                  # b1's velocity in b0's
+    elif overlap == "grad and state":
+        b1[2] = b0[1][:4]                  # b1's velocity in b0's gradient
+    other = kn.StepPlan(np.float32, 6, kl.SOFTMAX, layers, [tuple(p) for p in params], ko.MOMENTUM)
+    assert other.params_apart == (overlap == "none")
+
+
 def test_step_plan_uninitialized_raises_not_crashes():
     """A StepPlan whose __init__ never ran, or raised, has no buffers: step refuses it with a
     RuntimeError instead of reading through NULL pointers (it used to crash the interpreter)."""
