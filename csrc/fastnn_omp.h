@@ -94,23 +94,25 @@ static inline int fnn_count_add(volatile int *p)
 static inline int fnn_count_add(volatile int *p)
 { return __atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL); }
 #endif
+/* one step of a spin-wait: a pause for the first few thousand, then yield the CPU */
+static inline void fnn_spin(int *spins)
+{
+    if (*spins < 4096) { (*spins)++; FNN_SPIN_PAUSE(); }
+    else FNN_SPIN_YIELD();
+}
 static inline void fnn_turn_wait(volatile int *p, int want)
 {
     int spins = 0;
-    while (fnn_turn_load(p) != want) {
-        if (spins < 4096) { spins++; FNN_SPIN_PAUSE(); }
-        else FNN_SPIN_YIELD();
-    }
+    while (fnn_turn_load(p) != want)
+        fnn_spin(&spins);
 }
 
 /* fnn_wait_above spins, as fnn_turn_wait does, until *p > v. */
 static inline void fnn_wait_above(volatile int *p, int v)
 {
     int spins = 0;
-    while (fnn_turn_load(p) <= v) {
-        if (spins < 4096) { spins++; FNN_SPIN_PAUSE(); }
-        else FNN_SPIN_YIELD();
-    }
+    while (fnn_turn_load(p) <= v)
+        fnn_spin(&spins);
 }
 
 #endif /* FASTNN_OMP_H */

@@ -359,6 +359,21 @@ cdef void _chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, const Py
         _backward_chunk(P, cfg, X, c, scratch)
 
 
+cdef inline int _chunk_team(NetPlan *P, Py_ssize_t nch, int nt, Py_ssize_t stride,
+                            bint backward) noexcept nogil:
+    """The threads of a chunked step's parallel region (_chunk_threads, as many as the scratch
+    holds tiles of `stride` elements for), with the turns of its backward pass reset (the
+    region's start orders these stores)."""
+    cdef int threads = _chunk_threads(P, nch, nt), l
+    if backward:
+        for l in range(P.n_layers):
+            P.dw_turn[l] = 0
+    if threads > P.scratch_elems // stride:
+        threads = <int>(P.scratch_elems // stride)   # never write past the scratch (_step
+                                                     # checked that it holds one tile)
+    return threads
+
+
 cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
                         const Py_ssize_t *labels, const floating *targets, Py_ssize_t stride,
                         int nt, int part) noexcept nogil:
@@ -366,13 +381,7 @@ cdef double _run_chunks(NetPlan *P, const DenseConfig *cfg, const floating *X,
     elements of the scratch, _chunk_tile_elems), in one parallel region; returns the mean
     loss (when the forward part ran)."""
     cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk)
-    cdef int threads = _chunk_threads(P, nch, nt), l
-    if part & CHUNK_BACKWARD:
-        for l in range(P.n_layers):
-            P.dw_turn[l] = 0    # (the parallel region's start orders these stores)
-    if threads > P.scratch_elems // stride:
-        threads = <int>(P.scratch_elems // stride)   # never write past the scratch (_step
-                                                     # checked that it holds one tile)
+    cdef int threads = _chunk_team(P, nch, nt, stride, part & CHUNK_BACKWARD)
     if threads <= 1:
         for c in range(nch):
             _chunk(P, cfg, X, labels, targets, c, <floating *>P.scratch, part)
@@ -420,14 +429,12 @@ cdef double _run_updating(NetPlan *P, const DenseConfig *cfg, const floating *X,
     element-wise updates and bias sums as _sum_chunks and the update loop of _step: the same
     numbers. Returns the mean loss."""
     cdef Py_ssize_t c, nch = cdiv(P.N, P.chunk)
-    cdef int threads = _chunk_threads(P, nch, nt), l
+    cdef int threads = _chunk_team(P, nch, nt, stride, True), l   # (2 or more:
+                                                                  # _updates_in_chunks)
     for l in range(P.n_layers):
-        P.dw_turn[l] = 0      # (the parallel region's start orders these stores)
         P.layer_done[l] = 0
     P.update_next = 0
     P.count_done = True
-    if threads > P.scratch_elems // stride:
-        threads = <int>(P.scratch_elems // stride)   # (at least 2: _updates_in_chunks)
     fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
     with parallel(num_threads=threads):
         # (static, one chunk at a time, each thread's chunks in increasing order: as in
@@ -460,11 +467,17 @@ cdef void _take_updates(NetPlan *P, const floating *X, int nch, int rule, double
         l = P.p_layer[k]
         fnn_turn_wait(&P.layer_done[l], nch)
         if P.p_bias[k]:
-            sum_block_partials(P.op[l] if l == P.n_layers - 1 else FNN_IDENTITY,
-                               <floating *>P.db[l], <floating *>P.dalpha[l],
-                               <floating *>P.partial + P.poff[l], <floating *>P.apartial, nch,
-                               P.fan_out[l])
+            _sum_bias(P, X, l, nch)
         _update_param(P, X, k, rule, lr, h1, h2, eps, c1, c2, wd, 1)
+
+
+cdef inline void _sum_bias(NetPlan *P, const floating *X, int l, Py_ssize_t nch) noexcept nogil:
+    """Layer l's bias gradient (and prelu slope gradient) from its nch chunks' partial sums, in
+    chunk order. (The layers below the last summed their dz as the identity's: see
+    _backward_chunk. X only picks the dtype.)"""
+    sum_block_partials(P.op[l] if l == P.n_layers - 1 else FNN_IDENTITY, <floating *>P.db[l],
+                       <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
+                       <floating *>P.apartial, nch, P.fan_out[l])
 
 
 cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
@@ -474,10 +487,7 @@ cdef void _sum_chunks(NetPlan *P, const floating *X) noexcept nogil:
     cdef int L = P.n_layers, l
     cdef Py_ssize_t nch = cdiv(P.N, P.chunk)
     for l in range(L):
-        # (the layers below the last summed their dz as the identity's: see _backward_chunk)
-        sum_block_partials(P.op[l] if l == L - 1 else FNN_IDENTITY, <floating *>P.db[l],
-                           <floating *>P.dalpha[l], <floating *>P.partial + P.poff[l],
-                           <floating *>P.apartial, nch, P.fan_out[l])
+        _sum_bias(P, X, l, nch)
         dw_sum_chunks(nch, P.chunk, P.fan_in[l], P.fan_out[l], <floating *>P.dW[l],
                       <floating *>P.wslots + P.woff[l])
 
@@ -1105,13 +1115,20 @@ cdef inline bint _same_ids(list sig, Py_ssize_t *i, values) except -1:
     """Whether the objects in `values` are, in order, the ones whose ids sig holds from i on
     (advances i past them)."""
     for v in values:
-        if i[0] >= len(sig):
+        if not _next_id_is(sig, i, <PyObject *>v):
             return False
-        x = sig[i[0]]
-        # (a slot signature_of gave a slope, a float or None, where an id is now due: changed)
-        if type(x) is not int or <Py_ssize_t>x != <Py_ssize_t><void *>v:
-            return False
-        i[0] += 1
+    return True
+
+
+cdef inline bint _next_id_is(list sig, Py_ssize_t *i, PyObject *v) except -1:
+    """Whether sig's slot i holds the id of v (then i advances past it)."""
+    if i[0] >= len(sig):
+        return False
+    x = sig[i[0]]
+    # (a slot signature_of gave a slope, a float or None, where an id is now due: changed)
+    if type(x) is not int or <Py_ssize_t>x != <Py_ssize_t>v:
+        return False
+    i[0] += 1
     return True
 
 
@@ -1124,12 +1141,8 @@ cdef inline bint _same_value_ids(list sig, Py_ssize_t *i, d) except -1:
     if type(d) is not dict:
         return _same_ids(sig, i, d.values())
     while PyDict_Next(d, &pos, &key, &value):
-        if i[0] >= len(sig):
+        if not _next_id_is(sig, i, value):
             return False
-        x = sig[i[0]]
-        if type(x) is not int or <Py_ssize_t>x != <Py_ssize_t>value:
-            return False
-        i[0] += 1
     return True
 
 

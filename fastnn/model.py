@@ -694,13 +694,8 @@ class Sequential:
             # sets _hot, moving any entry to the end of the cache (_valid_entry) or adding one
             # (_remember) clears it, and dropping others does not reorder the cache.
             cached = self._compiled.get(hot[0])
-            if cached is not None and cached[2]() is optimizer:
-                try:
-                    if _kn.signature_matches(cached[0], self._layers, optimizer,
-                                             _rule_of(optimizer)):
-                        return cached[1]
-                except (TypeError, AttributeError):
-                    pass   # (as in _valid_entry)
+            if self._entry_matches(cached, optimizer):
+                return cached[1]
         if X.ndim != 2 or X.shape[0] == 0:
             return None
         key = (X.shape[0], id(optimizer), type(loss))
@@ -765,16 +760,22 @@ class Sequential:
         the same rule), else None. A hit becomes the most recently used entry."""
         cache = self._compiled
         cached = cache.get(key)
-        if cached is not None and cached[2]() is optimizer:
-            try:
-                if _kn.signature_matches(cached[0], self._layers, optimizer, _rule_of(optimizer)):
-                    if len(cache) > 1 and cache.pop(key, None) is not None:
-                        cache[key] = cached   # the most recently used now
-                        self._hot = None   # (_compiled_step's shortcut: see there)
-                    return cached
-            except (TypeError, AttributeError):
-                pass   # params / grads replaced by what is not a dict: a rebuild names it
-        return None
+        if not self._entry_matches(cached, optimizer):
+            return None
+        if len(cache) > 1 and cache.pop(key, None) is not None:
+            cache[key] = cached   # the most recently used now
+            self._hot = None   # (_compiled_step's shortcut: see there)
+        return cached
+
+    def _entry_matches(self, cached, optimizer):
+        """Whether a cache entry (or None) still describes the model and `optimizer`: the same
+        optimizer object, no array replaced, the same rule (signature_matches)."""
+        if cached is None or cached[2]() is not optimizer:
+            return False
+        try:
+            return _kn.signature_matches(cached[0], self._layers, optimizer, _rule_of(optimizer))
+        except (TypeError, AttributeError):
+            return False   # params / grads replaced by what is not a dict: a rebuild names it
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
         """One step; returns (loss, correct, stopped). With ``skip_nonfinite`` (fit), a
