@@ -1181,6 +1181,10 @@ def load_model(path):
                 raise ValueError(f"{path}: layer {i} ({entry['type']}) is described with {name} of "
                                  f"shape {shape} but its stored {name} has shape "
                                  f"{None if stored is None else stored.shape}")
+            # (and holds its values: an array of a zero-byte dtype has any shape in no bytes)
+            if stored.dtype not in (np.float32, np.float64):
+                raise ValueError(f"{path}: layer {i} ({entry['type']}) stores {name} with dtype "
+                                 f"{stored.dtype}, expected float32 or float64")
         try:
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
         except (TypeError, ValueError, MemoryError) as exc:

@@ -334,8 +334,16 @@ def _model_file(tmp_path, layers, arrays=None, name="crafted.npz"):
      {"0.W": np.zeros((4, 3), np.float32), "0.b": np.zeros(3, np.float32)}),   # no alpha
     ({"type": "Dense", "config": {"in_features": "4", "out_features": 3}}, {}),
     ({"type": "Maxout", "config": {"in_features": 2, "out_features": 2, "pieces": 500}}, {}),
+    # arrays of a zero-byte dtype have any shape in no bytes: the shapes agree, the dtype not
+    ({"type": "Dense", "config": {"in_features": 2**12, "out_features": 2**12}},
+     {"0.W": np.empty((2**12, 2**12), "V0"), "0.b": np.empty(2**12, "V0")}),
+    ({"type": "Maxout", "config": {"in_features": 2**9, "out_features": 2**9, "pieces": 64}},
+     {"0.W": np.empty((2**9, 2**9, 64), "V0"), "0.b": np.zeros((2**9, 64), np.float32)}),
+    ({"type": "Dense", "config": {"in_features": 4, "out_features": 3}},
+     {"0.W": np.zeros((4, 3), np.int64), "0.b": np.zeros(3, np.float32)}),
 ], ids=["prelu-huge-no-array", "prelu-huge-small-array", "maxout-huge", "dense-huge",
-        "dense-prelu-missing-alpha", "dense-str-width", "maxout-pieces"])
+        "dense-prelu-missing-alpha", "dense-str-width", "maxout-pieces", "dense-huge-zero-byte",
+        "maxout-huge-zero-byte", "dense-int-weights"])
 def test_a_described_layer_is_checked_against_the_stored_arrays_before_it_is_built(
         tmp_path, entry, arrays, monkeypatch):
     """A crafted description of a huge layer costs nothing: load_model compares the shapes the
