@@ -10,7 +10,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE,
+                             PyBUF_C_CONTIGUOUS, PyBUF_STRIDES)
 from cpython.ref cimport PyObject
 from cpython.weakref cimport PyWeakref_GetObject
 from cpython.dict cimport PyDict_Next
@@ -571,8 +572,59 @@ cdef struct Watched:
     PyObject *arr     # (a reference held by StepPlan._refs)
     PyObject *dtype   # its dtype at build time (a reference held by StepPlan._watched_dtypes)
     void *data
+    size_t nbytes
     int ndim
     Py_ssize_t shape[2]
+
+
+class InputOverlaps(Exception):
+    """StepPlan.step's X or targets share memory with an array the plan reads or writes
+    (a parameter, gradient or optimizer state: training on the model's own weights): nothing
+    was computed. fastnn.model steps again on copies, as NumPy copies overlapping operands."""
+
+
+cdef inline bint _spans_meet(const char *a, size_t na, const char *b, size_t nb) noexcept nogil:
+    return na > 0 and nb > 0 and a < b + nb and b < a + na
+
+
+cdef bint _byte_span(object a, const char **lo, size_t *n) except -1:
+    """The bytes array `a` (any strides) spans: [lo, lo + n); False when `a` exports no buffer."""
+    cdef Py_buffer v
+    cdef Py_ssize_t d, low = 0, high = 0
+    try:
+        PyObject_GetBuffer(a, &v, PyBUF_STRIDES)
+    except (BufferError, ValueError, TypeError):
+        return False
+    try:
+        n[0] = 0
+        lo[0] = <const char *>v.buf
+        for d in range(v.ndim):
+            if v.shape[d] == 0:
+                return True
+            if v.strides[d] < 0:
+                low += v.strides[d] * (v.shape[d] - 1)
+            else:
+                high += v.strides[d] * (v.shape[d] - 1)
+        lo[0] = <const char *>v.buf + low
+        n[0] = <size_t>(high - low + v.itemsize)
+        return True
+    finally:
+        PyBuffer_Release(&v)
+
+
+def shares_bytes(X, arrays):
+    """Whether array X's bytes meet those of any array in `arrays` (None entries skipped; by
+    their extents, like np.may_share_memory, at ~30 ns an array): the layer path's check that
+    a training step's input is none of the gradients it writes."""
+    cdef const char *xp
+    cdef const char *ap
+    cdef size_t xn, an
+    if not _byte_span(X, &xp, &xn) or xn == 0:
+        return False
+    for a in arrays:
+        if a is not None and _byte_span(a, &ap, &an) and _spans_meet(xp, xn, ap, an):
+            return True
+    return False
 
 
 cdef class ThreadGovernor:
@@ -877,10 +929,19 @@ cdef class StepPlan:
             w.arr = <PyObject *>a        # (kept alive by self._refs: keep() took every one)
             w.dtype = <PyObject *>self._watched_dtypes[k]
             w.data = _ptr(a)
+            w.nbytes = a.nbytes
             w.ndim = a.ndim
             for d in range(a.ndim):
                 w.shape[d] = a.shape[d]
             self._n_watched += 1
+
+    cdef bint _meets_watched(self, const char *p, size_t n) noexcept:
+        """Whether bytes [p, p + n) meet any watched array's."""
+        cdef int k
+        for k in range(self._n_watched):
+            if _spans_meet(p, n, <const char *>self._watched[k].data, self._watched[k].nbytes):
+                return True
+        return False
 
     cdef int _check_watched(self) except -1:
         """Raise ArraysChanged unless every watched array is still writeable, C-contiguous, at
@@ -1034,6 +1095,9 @@ cdef class StepPlan:
         cdef const double *t64p = NULL
         cdef Py_ssize_t C
         cdef Py_ssize_t xr, xc, tr = 0, tc = 0
+        cdef const char *xb
+        cdef const char *tb
+        cdef size_t item
         cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
         P = &self.P
         if not self._ready:
@@ -1071,6 +1135,15 @@ cdef class StepPlan:
                 t32p = &t32[0, 0]
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        # X and the targets are read until the step's last product, after gradients (and, with
+        # the updates in the chunks' region, parameters and state) are written
+        if self.is_double:
+            xb, tb, item = <const char *>&x64[0, 0], <const char *>t64p, 8
+        else:
+            xb, tb, item = <const char *>&x32[0, 0], <const char *>t32p, 4
+        if self._meets_watched(xb, xr * xc * item) or (
+                tb != NULL and self._meets_watched(tb, tr * tc * item)):
+            raise InputOverlaps("X or the targets share memory with an array the step writes")
         if self._busy:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
         self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)

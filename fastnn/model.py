@@ -231,9 +231,16 @@ class _CompiledStep:
             c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
         plan = self.plan
         try:
-            value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
-                              opt.weight_decay, _threads._num_threads, skip_nonfinite,
-                              count, _threads._dynamic)
+            try:
+                value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
+                                  opt.weight_decay, _threads._num_threads, skip_nonfinite,
+                                  count, _threads._dynamic)
+            except _kn.InputOverlaps:
+                # X or y is (part of) a parameter, gradient or state array the step writes
+                # while it still reads them: step on copies, as NumPy copies overlapping operands
+                value = plan.step(X.copy(), labels, None if targets is None else targets.copy(),
+                                  opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
+                                  _threads._num_threads, skip_nonfinite, count, _threads._dynamic)
         except ValueError:
             if rule == _ko.ADAM:
                 object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated
@@ -822,6 +829,8 @@ class Sequential:
     def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel
         _check_trains(optimizer, self)
+        if _kn.shares_bytes(X, [g for layer in self._layers for g in layer.grads.values()]):
+            X = X.copy()   # (backward writes the gradients before its last read of X)
         mse = isinstance(loss, MeanSquaredError)
         if mse:
             y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
