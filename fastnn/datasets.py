@@ -37,8 +37,11 @@ def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32)
     starting at ``2 * pi * k / n_classes`` so that the arms are spread evenly around the origin;
     ``noise`` is the standard deviation of a normal perturbation of each point's angle.
     ``y`` holds the arm index (int64, in ``[0, n_classes)``)."""
-    n_per_class = check_int(n_per_class, "n_per_class")
-    n_classes = check_int(n_classes, "n_classes")
+    n_per_class = check_int(n_per_class, "n_per_class", below=2**31)
+    n_classes = check_int(n_classes, "n_classes", below=2**31)
+    if n_per_class * n_classes >= 2**31:
+        raise ValueError(f"n_per_class * n_classes must be below 2**31 points, got "
+                         f"{n_per_class} * {n_classes}")
     noise = check_scalar(noise, "noise", lo=0.0)
     dtype = check_float_dtype(dtype)
     rng = _generator(seed)
@@ -48,11 +51,12 @@ def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32)
     y = np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class)
     for k in range(n_classes):
         start = 2.0 * np.pi * k / n_classes
-        angle = start + np.linspace(0.0, 4.0, n_per_class) + noise * rng.standard_normal(n_per_class)
-        rows = slice(k * n_per_class, (k + 1) * n_per_class)
-        X[rows, 0] = radius * np.sin(angle)
-        X[rows, 1] = radius * np.cos(angle)
-    return X.astype(dtype), y
+        with np.errstate(over="ignore", invalid="ignore"):   # (_finite_points names noise)
+            angle = start + np.linspace(0.0, 4.0, n_per_class) + noise * rng.standard_normal(n_per_class)
+            rows = slice(k * n_per_class, (k + 1) * n_per_class)
+            X[rows, 0] = radius * np.sin(angle)
+            X[rows, 1] = radius * np.cos(angle)
+    return _finite_points(X, dtype, noise), y
 
 
 def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="ring"):
@@ -62,12 +66,12 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
     (``n // 2`` points) is the circle of radius ``factor`` when ``inner='ring'``, or the disk of
     radius ``factor``, filled uniformly at random, when ``inner='disk'``. ``noise`` is the
     standard deviation of normal noise added to both coordinates. ``0 < factor < 1``."""
-    n = check_int(n, "n", minimum=2)
+    n = check_int(n, "n", minimum=2, below=2**31)
     noise = check_scalar(noise, "noise", lo=0.0)
     factor = check_scalar(factor, "factor")
     if not 0.0 < factor < 1.0:
         raise ValueError(f"factor (the inner radius relative to the outer one) must be in (0, 1), got {factor}")
-    if inner not in ("ring", "disk"):
+    if not isinstance(inner, str) or inner not in ("ring", "disk"):
         raise ValueError(f"inner must be 'ring' or 'disk', got {inner!r}")
     dtype = check_float_dtype(dtype)
     rng = _generator(seed)
@@ -85,9 +89,20 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
     inside = np.stack([r_in * np.cos(t_in), r_in * np.sin(t_in)], axis=1)
 
     X = np.concatenate([outer, inside])
-    X += noise * rng.standard_normal(X.shape)
+    with np.errstate(over="ignore"):
+        X += noise * rng.standard_normal(X.shape)
     y = np.concatenate([np.zeros(n_out, dtype=np.int64), np.ones(n_in, dtype=np.int64)])
-    return X.astype(dtype), y
+    return _finite_points(X, dtype, noise), y
+
+
+def _finite_points(X, dtype, noise):
+    """X (float64) in `dtype`, or a ValueError naming noise when it took a point beyond that
+    dtype's range (regression_1d refuses the same)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = X.astype(dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"noise = {noise} takes points beyond the range of {np.dtype(dtype).name}")
+    return out
 
 
 def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
@@ -96,7 +111,7 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
     ``X`` holds ``n`` points drawn uniformly from ``[-pi, pi]`` and sorted; ``y = fn(X) + noise *
     N(0, 1)``. ``fn`` (default ``np.sin``) receives a float64 array of shape (N, 1) and must
     return N finite values (shape (N,) or (N, 1))."""
-    n = check_int(n, "n")
+    n = check_int(n, "n", below=2**31)
     noise = check_scalar(noise, "noise", lo=0.0)
     dtype = check_float_dtype(dtype)
     if fn is None:

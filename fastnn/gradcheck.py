@@ -28,9 +28,11 @@ def rel_error(x, y):
     return float(np.max(err)) if err.size else 0.0
 
 
-def _check_point(x, h):
-    """x must be a float ndarray (it is perturbed in place: an int array would round x + h
-    back to x) and h a positive finite step."""
+def _check_point(f, x, h):
+    """f must be callable, x a float ndarray (it is perturbed in place: an int array would
+    round x + h back to x) and h a positive finite step."""
+    if not callable(f):
+        raise TypeError(f"f must be a callable f(x), got {type(f).__name__}")
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a numpy.ndarray (perturbed in place), got {type(x).__name__}")
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:
@@ -61,7 +63,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored).
     ``f(x)`` is evaluated once first, as the course's helper does, then twice per entry. An empty
     x has an empty gradient (of x's shape and dtype; f is called that first time only)."""
-    h = _check_point(x, h)
+    h = _check_point(f, x, h)
     f(x)  # the course's ``fx = f(x)``: unused, but it draws what f draws
     grad = np.zeros_like(x)
     if x.size == 0:  # np.nditer refuses zero-sized operands
@@ -70,7 +72,11 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     while not it.finished:
         ix = it.multi_index
         fxph, fxmh = _plus_minus(f, x, ix, h)
-        grad[ix] = (fxph - fxmh) / (2 * h)
+        try:
+            grad[ix] = (fxph - fxmh) / (2 * h)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"f must return a number (a scalar loss), got {type(fxph).__name__}: "
+                            f"{exc}") from None
         if verbose:
             print(ix, grad[ix])
         it.iternext()
@@ -80,7 +86,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``.
     An empty x has an empty gradient (of x's shape and dtype; f is not called)."""
-    h = _check_point(x, h)
+    h = _check_point(f, x, h)
     grad = np.zeros_like(x)
     if x.size == 0:  # np.nditer refuses zero-sized operands
         return grad
@@ -96,7 +102,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
 def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
     """Compare ``analytic_grad`` with centered differences at ``num_checks`` random entries;
     prints each comparison and returns the list of relative errors."""
-    h = _check_point(x, h)
+    h = _check_point(f, x, h)
     num_checks = check_int(num_checks, "num_checks", minimum=0)
     if np.shape(analytic_grad) != x.shape:
         raise ValueError(f"analytic_grad must have the shape of x {x.shape}, got {np.shape(analytic_grad)}")

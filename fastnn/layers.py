@@ -48,6 +48,14 @@ def _param_dtype(dtype):
     return dtype
 
 
+def _check_weight_size(*dims):
+    """A weight array of shape `dims` must be one NumPy can allocate (its initializers draw
+    in float64: 8 bytes an entry), else a ValueError naming the sizes."""
+    if math.prod(dims) > (2**63 - 1) // 8:
+        raise ValueError(f"in_features x out_features{' x pieces' if len(dims) == 3 else ''} = "
+                         f"{' x '.join(map(str, dims))} is too many weights for an array")
+
+
 def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.random.SeedSequence))):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
@@ -153,6 +161,17 @@ class Layer:
     # -- parameters
     def parameters(self):
         return [Parameter(self, k, k in self._decay) for k in self.params]
+
+    def _entries(self, *names):
+        """self.params[name] for each name, or a ValueError naming the missing entry (users
+        may edit params; the arrays themselves are checked where they are used)."""
+        params = self.params
+        try:
+            return [params[name] for name in names]
+        except (KeyError, TypeError):
+            missing = next((n for n in names if not isinstance(params, dict) or n not in params),
+                           names[0])
+            raise ValueError(f"{type(self).__name__}.params has no entry {missing!r}") from None
 
     @property
     def num_params(self):
@@ -263,6 +282,7 @@ class Dense(Layer):
         super().__init__(_param_dtype(dtype))
         self.in_features = check_int(in_features, "in_features", below=2**31)
         self.out_features = check_int(out_features, "out_features", below=2**31)
+        _check_weight_size(self.in_features, self.out_features)
         if activation is not None and not isinstance(activation, str):
             raise TypeError(f"activation must be a str or None, got {type(activation).__name__}")
         if activation not in ACTIVATIONS:
@@ -291,9 +311,14 @@ class Dense(Layer):
 
     def _default_init_for(self, activation):
         """Re-draw W with the default initializer of `activation` (the activation layer that
-        follows in a Sequential), if W is still the untouched default draw."""
-        W = self.params["W"]
+        follows in a Sequential), if W is still the untouched default draw. Anything else in
+        params['W'] (missing, not an array, read-only: a frozen layer) is left as it is, for
+        the model's checks to name when it trains or predicts."""
         if self._default_init_W is None or self.activation is not None:
+            return
+        W = self.params.get("W") if isinstance(self.params, dict) else None
+        if (type(W) is not np.ndarray or W.shape != (self.in_features, self.out_features)
+                or W.dtype != self.dtype or not W.flags.writeable):
             return
         if _digest(W) != self._default_init_W:
             return  # the caller has set the weights: keep them
@@ -325,7 +350,8 @@ class Dense(Layer):
         ``keep`` False: no cache kept for backward (inference)."""
         # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
         # bounded dx tiles; the same numbers whichever way a model trains)
-        out, cache = _fd._forward(op, x, self.params["W"], self.params["b"], alpha,
+        W, b = self._entries("W", "b")
+        out, cache = _fd._forward(op, x, W, b, alpha,
                                   prelu_alpha if op == _ka.PRELU else None, chunks=True)
         if keep:
             self._cache = (cache, act_layer)
@@ -430,7 +456,7 @@ class PReLU(Layer):
         self._add_param("alpha", np.full(self.num_parameters, self.init))
 
     def _alpha_arg(self, features):
-        a = self.params["alpha"]
+        a, = self._entries("alpha")
         if self.num_parameters == 1:
             return a[0]
         if features != self.num_parameters:
@@ -472,6 +498,7 @@ class Maxout(Layer):
         self.pieces = check_int(pieces, "pieces", below=2**31)
         if self.pieces > 127:
             raise ValueError(f"pieces must be at most 127, got {self.pieces}")
+        _check_weight_size(self.in_features, self.out_features, self.pieces)
         self.seed = _check_seed(seed)
         init = get_initializer(weight_init, "linear")
         rng = np.random.default_rng(seed)
@@ -487,11 +514,11 @@ class Maxout(Layer):
 
     def forward(self, x, training=None):
         x = self._input(x)
-        out, self._cache = _fd.maxout_forward(x, self.params["W"], self.params["b"])
+        out, self._cache = _fd.maxout_forward(x, *self._entries("W", "b"))
         return out
 
     def _infer(self, x):
-        return _fd.maxout_forward(self._input(x), self.params["W"], self.params["b"])[0]
+        return _fd.maxout_forward(self._input(x), *self._entries("W", "b"))[0]
 
     def backward(self, dout, need_dx=True):
         W, b = self.grads["W"], self.grads["b"]

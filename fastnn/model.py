@@ -516,16 +516,27 @@ class Sequential:
         return _feature_trace(self._layers)
 
     def parameters(self):
-        """Every learnable array, as Parameter objects (``.data`` the live array, ``.grad``)."""
+        """Every learnable array, as Parameter objects (``.data`` the live array, ``.grad``),
+        each once: a layer object listed twice gives its parameters once, as PyTorch's
+        ``parameters()`` does (an optimizer refuses a parameter listed twice)."""
         if self._layers.changed:
             self._sync()
-        return [p for layer in self._layers for p in layer.parameters()]
+        seen = set()
+        out = []
+        for layer in self._layers:
+            for p in layer.parameters():
+                key = (id(p.layer), p.name)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(p)
+        return out
 
     @property
     def num_params(self):
         if self._layers.changed:
             self._sync()
-        return sum(layer.num_params for layer in self._layers)
+        # (each layer object once, as parameters() lists its parameters)
+        return sum(layer.num_params for layer in {id(layer): layer for layer in self._layers}.values())
 
     def train(self, mode=True):
         if self._layers.changed:

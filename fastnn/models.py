@@ -68,6 +68,10 @@ def _init_layers(dims, weight_scale, dtype, seed):
 
     Draws are made in float64 and rounded once to ``dtype``, so a float32 model and a float64
     model built with the same seed start from the same point (up to that rounding)."""
+    for i in range(len(dims) - 1):
+        if dims[i] * dims[i + 1] > (2**63 - 1) // 8:   # (drawn in float64)
+            raise ValueError(f"W{i + 1} of shape ({dims[i]}, {dims[i + 1]}) has too many entries "
+                             "for an array")
     randn = _Normal(seed)
     params = {}
     for i in range(len(dims) - 1):
@@ -125,9 +129,9 @@ class TwoLayerNet:
 
     def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10,
                  weight_scale=1e-3, reg=0.0, dtype=np.float64, seed=None):
-        input_dim = check_int(input_dim, "input_dim")
-        hidden_dim = check_int(hidden_dim, "hidden_dim")
-        num_classes = check_int(num_classes, "num_classes")
+        input_dim = check_int(input_dim, "input_dim", below=2**31)
+        hidden_dim = check_int(hidden_dim, "hidden_dim", below=2**31)
+        num_classes = check_int(num_classes, "num_classes", below=2**31)
         weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
         self.reg = check_scalar(reg, "reg", lo=0.0)
         self.dtype = check_float_dtype(dtype)
@@ -175,9 +179,9 @@ class FullyConnectedNet:
             )
         if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
             raise TypeError(f"hidden_dims must be a list of positive ints, got {type(hidden_dims).__name__}")
-        hidden_dims = [check_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
-        input_dim = check_int(input_dim, "input_dim")
-        num_classes = check_int(num_classes, "num_classes")
+        hidden_dims = [check_int(h, f"hidden_dims[{i}]", below=2**31) for i, h in enumerate(hidden_dims)]
+        input_dim = check_int(input_dim, "input_dim", below=2**31)
+        num_classes = check_int(num_classes, "num_classes", below=2**31)
         weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
         if isinstance(dropout_keep_ratio, bool) or not isinstance(dropout_keep_ratio, numbers.Real):
             raise TypeError(f"dropout_keep_ratio must be a number in (0, 1], got {dropout_keep_ratio!r}")

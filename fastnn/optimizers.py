@@ -21,18 +21,32 @@ def _fits(a, data):
     return isinstance(a, np.ndarray) and a.shape == data.shape and a.dtype == data.dtype
 
 
+def _check_params(params):
+    """params as a list of Parameters, each naming a different (layer, name), else a TypeError
+    or ValueError naming it. The same parameter twice would be updated twice per step (two
+    models sharing a layer: a.parameters() + b.parameters() lists its parameters twice)."""
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params must be an iterable of Parameters (model.parameters()), "
+                        f"got {type(params).__name__}") from None
+    if not params:
+        raise ValueError("params is empty: pass model.parameters() of a model with learnable layers")
+    seen = set()
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"params must be Parameter objects (from model.parameters()), got {type(p).__name__}")
+        key = (id(p.layer), p.name)
+        if key in seen:
+            raise ValueError(f"params[{i}] ({p.name} of {type(p.layer).__name__} at {id(p.layer):#x}) "
+                             "is listed twice: each step would update it twice (list a layer "
+                             "shared by several models once)")
+        seen.add(key)
+    return params
+
+
 class Optimizer:
     def __init__(self, params, lr, weight_decay):
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError(f"params must be an iterable of Parameters (model.parameters()), "
-                            f"got {type(params).__name__}") from None
-        if not params:
-            raise ValueError("params is empty: pass model.parameters() of a model with learnable layers")
-        for p in params:
-            if not isinstance(p, Parameter):
-                raise TypeError(f"params must be Parameter objects (from model.parameters()), got {type(p).__name__}")
         self.params = params
         self.lr = lr
         self.weight_decay = weight_decay
@@ -42,6 +56,7 @@ class Optimizer:
     # learning-rate schedule, a hand edit): a bad value raises naming it at the assignment,
     # before a step can use it. Reading them stays a plain attribute lookup.
     _CHECKS = {
+        "params": _check_params,
         "lr": lambda v: check_scalar(v, "lr", lo=0.0),   # (0: a schedule's warm-up or end)
         "weight_decay": lambda v: check_scalar(v, "weight_decay", lo=0.0),
     }
@@ -108,11 +123,22 @@ class Optimizer:
         work = []
         add, slots = work.append, self._slots
         for p in self.params:
-            w = p.data
+            try:
+                w, g = p.data, p.grad
+            except KeyError as exc:
+                raise ValueError(f"parameter {p.name}: {type(p.layer).__name__}.params or .grads "
+                                 f"has no entry {exc}") from None
             if not isinstance(w, np.ndarray):
                 raise TypeError(f"parameter {p.name} must be a numpy.ndarray, got {type(w).__name__}")
             if not _optim._writable(w):
                 raise ValueError(f"parameter {p.name} must be a writeable C-contiguous array")
+            if type(g) is not np.ndarray or g.shape != w.shape or g.dtype != w.dtype:
+                if not isinstance(g, np.ndarray):
+                    raise TypeError(f"the gradient of parameter {p.name} must be a numpy.ndarray, "
+                                    f"got {type(g).__name__}")
+                if g.shape != w.shape or g.dtype != w.dtype:
+                    raise ValueError(f"the gradient of parameter {p.name} must have its shape "
+                                     f"{w.shape} and dtype {w.dtype}, got {g.shape} and {g.dtype}")
             add((p, w, slots(p, n, w) if n else None))
         return work
 

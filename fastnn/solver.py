@@ -48,6 +48,7 @@ saved, as in the course.
 """
 import copy
 import json
+import math
 import numbers
 import os
 
@@ -154,9 +155,12 @@ class Solver:
         self.optim_config = optim_config
 
         lr_decay = opts["lr_decay"]
-        if isinstance(lr_decay, bool) or not isinstance(lr_decay, numbers.Real) \
-                or not np.isfinite(lr_decay) or lr_decay < 0:
-            # (0 is allowed, as a learning rate of 0 is: the course's Solver takes it)
+        try:   # (0 is allowed, as a learning rate of 0 is: the course's Solver takes it)
+            ok = (not isinstance(lr_decay, bool) and isinstance(lr_decay, numbers.Real)
+                  and math.isfinite(lr_decay) and lr_decay >= 0)
+        except OverflowError:   # (an int beyond float's range: 10**400)
+            ok = False
+        if not ok:
             raise ValueError(f"lr_decay must be a finite number >= 0, got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
         self.batch_size = check_int(opts["batch_size"], "batch_size")
@@ -164,7 +168,10 @@ class Solver:
         self.num_train_samples = check_int(opts["num_train_samples"], "num_train_samples", allow_none=True)
         self.num_val_samples = check_int(opts["num_val_samples"], "num_val_samples", allow_none=True)
         self.print_every = check_int(opts["print_every"], "print_every")
-        self.verbose = bool(opts["verbose"])
+        try:
+            self.verbose = bool(opts["verbose"])
+        except (TypeError, ValueError) as exc:   # (an array of several values)
+            raise TypeError(f"verbose must be a bool, got {type(opts['verbose']).__name__}: {exc}") from None
 
         name = opts["checkpoint_name"]
         if name is not None and not isinstance(name, (str, os.PathLike)):

@@ -388,6 +388,8 @@ def test_a_layer_listed_twice_is_refused_for_training_but_predicts_and_saves(tmp
     model = Sequential(layer, layer)
     model.predict(X)
     model.save(tmp_path / "twice.npz")
+    assert [p.name for p in model.parameters()] == ["W", "b"]   # (each once, as in PyTorch)
+    assert model.num_params == layer.num_params == 30
     with pytest.raises(ValueError, match="layer 1 is layer 0 again"):
         model.train_step(X, y % 5, "softmax", SGD(model.parameters(), lr=0.1))
 

@@ -1879,7 +1879,12 @@ def test_a_changed_layer_list_runs_as_a_fresh_model_of_its_layers(name, train_fi
     model.save(path)
     loaded = load_model(path)
     assert_same_bits(loaded.predict(X), model.predict(X))
-    assert loaded.summary() == model.summary()
+    if len({id(layer) for layer in model.layers}) == len(model.layers):
+        assert loaded.summary() == model.summary()
+    else:   # a file holds each entry's weights: the loaded layers are apart, counted each
+        rows = [line for line in model.summary().splitlines() if not line.startswith("Total")]
+        assert [line for line in loaded.summary().splitlines() if not line.startswith("Total")] == rows
+        assert loaded.num_params == sum(layer.num_params for layer in model.layers) > model.num_params
     _perturb(model, 9)
     model.load(path)
     assert_same_bits(model.predict(X), loaded.predict(X))

@@ -233,7 +233,7 @@ def maxout_reduce_backward(dout, cache):
     shape = cache.alpha
     if not (isinstance(argmax, np.ndarray) and argmax.dtype == np.int8 and isinstance(shape, tuple)
             and len(shape) == 3 and all(type(s) is int for s in shape)
-            and argmax.shape == shape[:2] and argmax.flags.c_contiguous):
+            and argmax.shape == shape[:2] and 1 <= shape[2] <= 127 and argmax.flags.c_contiguous):
         raise ValueError("cache is damaged or not from maxout_reduce_forward")
     dout = as_float_array(dout, "dout")
     if dout.shape != shape[:2]:

@@ -1,0 +1,278 @@
+"""Misuse found by the eighteenth session's audits, which used to compute something else, take
+gigabytes, or fail with an error naming nothing:
+
+- a model file whose parameter arrays have a zero-byte dtype (any shape in no bytes: the
+  layer was built, gigabytes, before the dtype was refused; test_serialization);
+- an optimizer listing a parameter twice (updated twice per step), and Optimizer.step with a
+  gradient of another shape, dtype or type (applied in the wrong layout, or raising half way
+  through the step after earlier parameters were updated);
+- Sequential's default-init re-draw of a Dense's W replaced by None, deleted, or frozen
+  read-only; a missing params entry at predict (KeyError);
+- a training step whose X is the model's own parameter or gradient array (the step wrote it
+  while it still read X: other numbers, and on two threads a race);
+- Solver, dataset, model and gradcheck arguments that gave NumPy's errors or MemoryError.
+"""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import SGD, Adam, Dense, ReLU, RMSProp, Sequential
+from fastnn import datasets as D
+from fastnn import functional as F
+from fastnn import gradcheck as G
+from fastnn._kernels import network as kn
+
+F32 = np.float32
+
+
+def _net(seed=0):
+    return Sequential(Dense(5, 7, activation="relu", seed=seed), Dense(7, 3, seed=seed + 1))
+
+
+def _data(n=16, d=5, c=3, seed=0):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, d)).astype(F32), r.integers(0, c, n)
+
+
+def _with_grads(model):
+    X, y = _data()
+    model.forward(X, training=True)
+    model.backward(np.ones((X.shape[0], 3), F32))
+    return model
+
+
+# -- optimizers
+
+def test_an_optimizer_refuses_a_parameter_listed_twice():
+    shared = Dense(5, 7, activation="relu", seed=0)
+    a = Sequential(shared, Dense(7, 3, seed=1))
+    b = Sequential(shared, Dense(7, 2, seed=2))
+    for make in (SGD, Adam, RMSProp):
+        with pytest.raises(ValueError, match=r"params\[4\] \(W of Dense.*listed twice"):
+            make(a.parameters() + b.parameters())
+    opt = SGD(a.parameters())
+    with pytest.raises(ValueError, match="listed twice"):
+        opt.params = a.parameters() + a.parameters()[:1]   # (checked when set, like lr)
+    assert len(opt.params) == 4
+    opt.params = a.parameters() + b.parameters()[2:]   # each once: taken
+    assert len(opt.params) == 6
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: SGD(p, lr=0.1, momentum=0.9),
+                                  lambda p: RMSProp(p), lambda p: Adam(p)],
+                         ids=["sgd", "momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("bad, error, match", [
+    (np.arange(21, dtype=F32).reshape(3, 7), ValueError, r"shape \(7, 3\) and dtype float32, got \(3, 7\)"),
+    (np.zeros((7, 3), np.float64), ValueError, "dtype float32, got .* float64"),
+    (None, TypeError, "gradient of parameter W must be a numpy.ndarray, got NoneType"),
+    ("delete", ValueError, "grads has no entry 'W'"),
+], ids=["transposed", "float64", "none", "missing"])
+def test_optimizer_step_checks_every_gradient_before_any_update(make, bad, error, match):
+    """The last layer's W gradient is bad: the step raises naming it, and no parameter, state
+    or step count changed (the first layer's parameters come first in the list)."""
+    model = _with_grads(_net())
+    opt = make(model.parameters())
+    last = model.layers[1]
+    if isinstance(bad, str):
+        del last.grads["W"]
+    else:
+        last.grads["W"] = bad
+    before = [p.data.copy() for p in opt.params[:2]]
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert all(np.array_equal(p.data, b) for p, b in zip(opt.params[:2], before))
+    # (state made for the parameters checked before the bad one is fresh state: zeros)
+    assert all(not a.any() for st in opt.state.values() for a in st)
+    assert getattr(opt, "t", 0) == 0
+    last.grads["W"] = np.zeros((7, 3), F32)
+    opt.step()   # mended: it steps
+    assert not np.array_equal(opt.params[0].data, before[0])
+
+
+def test_optimizer_step_takes_a_non_contiguous_gradient_of_the_right_shape():
+    model = _with_grads(_net())
+    twin = _with_grads(_net())
+    g = model.layers[0].grads["W"]
+    model.layers[0].grads["W"] = np.asfortranarray(g)
+    SGD(model.parameters(), lr=0.1).step()
+    SGD(twin.parameters(), lr=0.1).step()
+    assert all(np.array_equal(p.data, q.data) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+# -- layers
+
+@pytest.mark.parametrize("how", ["none", "list", "delete", "frozen"])
+def test_sequential_leaves_a_replaced_default_W_for_the_step_to_name(how):
+    """Dense + ReLU re-draws a default-initialized W with He; a W that is not the layer's
+    writeable array of its shape is left as it is (frozen: kept), and the step names it."""
+    X, y = _data()
+    d = Dense(5, 7, seed=0)
+    W = d.params["W"]
+    if how == "none":
+        d.params["W"] = None
+    elif how == "list":
+        d.params["W"] = W.tolist()
+    elif how == "delete":
+        del d.params["W"]
+    else:
+        W.flags.writeable = False
+    m = Sequential(d, ReLU(), Dense(7, 3, seed=1))
+    if how == "frozen":
+        assert d.params["W"] is W and np.array_equal(W, Dense(5, 7, seed=0).params["W"])
+        m.predict(X)   # (a frozen layer predicts; training it is refused, naming it)
+        with pytest.raises(ValueError, match="parameter W must be a writeable"):
+            m.train_step(X, y, "softmax", SGD(m.parameters()))
+        return
+    with pytest.raises((TypeError, ValueError), match=r"params\['W'\]|params has no entry 'W'"):
+        m.train_step(X, y, "softmax", SGD(m.parameters()))
+    if how == "list":   # (predict takes what fastnn.functional takes: a list converts)
+        np.testing.assert_allclose(m.predict(X), np.maximum(X @ W, 0) @ m.layers[2].params["W"],
+                                   rtol=1e-5, atol=1e-6)
+        return
+    with pytest.raises((TypeError, ValueError), match=r"\bw\b|params has no entry 'W'"):
+        m.predict(X)
+
+
+def test_the_default_W_of_a_writeable_array_is_still_redrawn_with_he():
+    m = Sequential(Dense(50, 40, seed=3), ReLU())
+    xavier = Dense(50, 40, seed=3).params["W"]
+    he = fastnn.init.get_initializer(None, "relu")((50, 40), np.random.default_rng(3), F32)
+    assert np.array_equal(m.layers[0].params["W"], he) and not np.array_equal(xavier, he)
+
+
+@pytest.mark.parametrize("layer, name", [(Dense(5, 3), "W"), (Dense(5, 3), "b"),
+                                         (fastnn.Maxout(5, 3), "W"), (fastnn.PReLU(), "alpha")])
+def test_predict_names_a_missing_parameter_entry(layer, name):
+    X, _ = _data()
+    m = Sequential(Dense(5, 5), layer) if name == "alpha" else Sequential(layer)
+    del layer.params[name]
+    with pytest.raises(ValueError, match=f"{type(layer).__name__}.params has no entry '{name}'"):
+        m.predict(X)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Dense(2**30, 2**30), r"in_features x out_features = 1073741824 x 1073741824"),
+    (lambda: fastnn.Maxout(2**30, 2**30, pieces=8), r"x pieces = 1073741824 x 1073741824 x 8"),
+    (lambda: fastnn.models.FullyConnectedNet([2**40], input_dim=5), r"hidden_dims\[0\] must be below 2\*\*31"),
+    (lambda: fastnn.models.FullyConnectedNet([2**30], input_dim=2**30), r"W1 of shape \(1073741824, 1073741824\)"),
+    (lambda: fastnn.models.TwoLayerNet(2**31, 2, 3), r"input_dim must be below 2\*\*31"),
+])
+def test_weights_too_large_for_an_array_are_refused_naming_the_sizes(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+# -- a training step's input that is the model's own array
+
+def _deep(seed=0):
+    return Sequential(Dense(64, 64, activation="relu", seed=seed),
+                      Dense(64, 64, activation="relu", seed=seed + 1), Dense(64, 10, seed=seed + 2))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("compiled", [True, False], ids=["whole-step", "layer-path"])
+@pytest.mark.parametrize("source", ["W1", "dW1", "velocity W1"])
+def test_a_step_on_the_models_own_array_computes_what_it_would_on_a_copy(source, compiled, threads):
+    """X is the second layer's weights, their gradient or their velocity (64 x 64: a batch of
+    64 rows), which the step writes while it still reads X (with the updates in the chunks'
+    region, on two threads a race): it steps on a copy, as NumPy copies overlapping operands."""
+    y = np.arange(64) % 10
+    runs = []
+    for alias in (False, True):
+        m = _deep()
+        m._compilable = compiled
+        opt = SGD(m.parameters(), lr=0.1, momentum=0.9)
+        m.layers[1].grads["W"][...] = np.random.default_rng(1).standard_normal((64, 64))
+        losses = []
+        with fastnn.threads(threads):
+            for _ in range(3):
+                if source == "W1":
+                    arr = m.layers[1].params["W"]
+                elif source == "dW1":
+                    arr = m.layers[1].grads["W"]
+                else:
+                    arr = opt.state.get((id(m.layers[1]), "W"), [m.layers[1].params["W"]])[0]
+                losses.append(m.train_step(arr if alias else arr.copy(), y, "softmax", opt))
+        runs.append((losses, [p.data.copy() for p in m.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mse_targets_that_are_a_gradient_are_read_as_a_copy(threads):
+    """The targets are the top rows of the last layer's weight gradient (64 x 10): the second
+    chunk's loss would read them after the first chunk's backward wrote that gradient."""
+    X = np.random.default_rng(0).standard_normal((32, 64)).astype(F32)
+    runs = []
+    for alias in (False, True):
+        m = _deep()
+        m.layers[2].grads["W"][...] = np.random.default_rng(2).standard_normal((64, 10))
+        opt = SGD(m.parameters(), lr=0.01)
+        with fastnn.threads(threads):
+            losses = []
+            for _ in range(3):
+                t = m.layers[2].grads["W"][:32]
+                losses.append(m.train_step(X, t if alias else t.copy(), "mse", opt))
+        runs.append((losses, [p.data.copy() for p in m.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_shares_bytes_compares_the_extents_of_any_strides():
+    a = np.zeros((10, 10))
+    assert kn.shares_bytes(a[2:4], [None, a])
+    assert not kn.shares_bytes(a[:5], [a[5:]])
+    assert kn.shares_bytes(a[::-1][:4], [a[:7]]) and not kn.shares_bytes(a[::-1][:3], [a[:7]])
+    assert kn.shares_bytes(a[:, 3], [a[9, :3]]) and not kn.shares_bytes(a[:, 3], [a[9, 4:]])
+    assert not kn.shares_bytes(a[:0], [a]) and not kn.shares_bytes(a, [a[3:3]])
+    assert not kn.shares_bytes(a, [np.zeros(3), "not an array"])
+
+
+# -- other arguments
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: D.circle(10, noise=1e39, seed=0), ValueError, "noise = 1e\\+39 takes points beyond"),
+    (lambda: D.spiral(10, noise=1e308, seed=0), ValueError, "noise = 1e\\+308 takes points beyond"),
+    (lambda: D.spiral(n_per_class=10**12), ValueError, r"n_per_class must be below 2\*\*31"),
+    (lambda: D.spiral(n_per_class=2**20, n_classes=2**12), ValueError, "n_per_class \\* n_classes"),
+    (lambda: D.circle(10**13), ValueError, r"n must be below 2\*\*31"),
+    (lambda: D.regression_1d(10**13), ValueError, r"n must be below 2\*\*31"),
+    (lambda: D.circle(inner=np.array(["ring", "disk"])), ValueError, "inner must be 'ring' or 'disk'"),
+    (lambda: G.eval_numerical_gradient(None, np.ones(2), verbose=False), TypeError, "f must be a callable"),
+    (lambda: G.eval_numerical_gradient_array(3, np.ones(2), np.ones(2)), TypeError, "f must be a callable"),
+    (lambda: G.grad_check_sparse("f", np.ones(2), np.ones(2)), TypeError, "f must be a callable"),
+    (lambda: G.eval_numerical_gradient(lambda a: a, np.ones(2), verbose=False), TypeError,
+     "f must return a number"),
+])
+def test_arguments_that_gave_numpys_errors_name_themselves(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_datasets_within_range_are_unchanged_by_the_range_check():
+    X, y = D.circle(40, noise=0.3, seed=2)
+    assert np.isfinite(X).all() and X.dtype == F32 and y.shape == (40,)
+    X64, _ = D.spiral(7, noise=1e300, seed=1, dtype=np.float64)   # (sin of a huge angle)
+    assert np.isfinite(X64).all()
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"lr_decay": 10**400}, ValueError, "lr_decay must be a finite number"),
+    ({"verbose": np.array([1, 2])}, TypeError, "verbose must be a bool"),
+])
+def test_solver_arguments_that_gave_numpys_errors_name_themselves(kw, error, match):
+    from fastnn.models import TwoLayerNet
+
+    r = np.random.default_rng(0)
+    data = dict(X_train=r.standard_normal((20, 5)), y_train=r.integers(0, 3, 20),
+                X_val=r.standard_normal((6, 5)), y_val=r.integers(0, 3, 6))
+    with pytest.raises(error, match=match):
+        fastnn.Solver(TwoLayerNet(5, 7, 3), data, **kw)
+
+
+@pytest.mark.parametrize("k", [0, 128, 200, -1, 2**40])
+def test_a_maxout_reduce_cache_with_pieces_out_of_range_is_refused(k):
+    _, cache = F.maxout_reduce_forward(np.ones((2, 3, 4)))
+    cache.alpha = (2, 3, k)
+    with pytest.raises(ValueError, match="cache is damaged"):
+        F.maxout_reduce_backward(np.ones((2, 3)), cache)
