@@ -8,6 +8,7 @@
 # numbers, and the same for any thread count.
 from cython cimport floating
 from cython.parallel cimport prange, parallel
+from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE,
@@ -584,7 +585,9 @@ class InputOverlaps(Exception):
 
 
 cdef inline bint _spans_meet(const char *a, size_t na, const char *b, size_t nb) noexcept nogil:
-    return na > 0 and nb > 0 and a < b + nb and b < a + na
+    # (compared as integers: the arrays may be different objects)
+    cdef uintptr_t pa = <uintptr_t>a, pb = <uintptr_t>b
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
 cdef bint _byte_span(object a, const char **lo, size_t *n) except -1:
@@ -610,6 +613,36 @@ cdef bint _byte_span(object a, const char **lo, size_t *n) except -1:
         return True
     finally:
         PyBuffer_Release(&v)
+
+
+def meeting(list arrays, list others):
+    """The indexes k of `arrays` whose bytes meet those of any of `others` (by extents, like
+    shares_bytes; ~25 ns an array): Optimizer.step's check that no gradient is (part of) a
+    parameter it updates."""
+    cdef Py_ssize_t n = len(others), k, j
+    cdef const char *p
+    cdef size_t m
+    cdef const char **lo = <const char **>calloc(max(n, 1), sizeof(char *))
+    cdef size_t *size = <size_t *>calloc(max(n, 1), sizeof(size_t))
+    cdef list out = []
+    if lo == NULL or size == NULL:
+        free(lo)
+        free(size)
+        raise MemoryError()
+    try:
+        for j in range(n):
+            if not _byte_span(others[j], &lo[j], &size[j]):
+                size[j] = 0
+        for k in range(len(arrays)):
+            if _byte_span(arrays[k], &p, &m):
+                for j in range(n):
+                    if _spans_meet(p, m, lo[j], size[j]):
+                        out.append(k)
+                        break
+    finally:
+        free(lo)
+        free(size)
+    return out
 
 
 def shares_bytes(X, arrays):

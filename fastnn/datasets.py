@@ -97,11 +97,12 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
 
 def _finite_points(X, dtype, noise):
     """X (float64) in `dtype`, or a ValueError naming noise when it took a point beyond that
-    dtype's range (regression_1d refuses the same)."""
+    dtype's range, or to NaN (the sine of an infinite angle; regression_1d refuses the same)."""
     with np.errstate(over="ignore", invalid="ignore"):
         out = X.astype(dtype)
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"noise = {noise} takes points beyond the range of {np.dtype(dtype).name}")
+        raise ValueError(f"noise = {noise} takes points to NaN or beyond the range of "
+                         f"{np.dtype(dtype).name}")
     return out
 
 

@@ -162,16 +162,14 @@ class Layer:
     def parameters(self):
         return [Parameter(self, k, k in self._decay) for k in self.params]
 
-    def _entries(self, *names):
-        """self.params[name] for each name, or a ValueError naming the missing entry (users
-        may edit params; the arrays themselves are checked where they are used)."""
+    def _missing(self, names):
+        """The ValueError for a params that lacks one of `names` (users may edit params; the
+        arrays themselves are checked where they are used)."""
         params = self.params
-        try:
-            return [params[name] for name in names]
-        except (KeyError, TypeError):
-            missing = next((n for n in names if not isinstance(params, dict) or n not in params),
-                           names[0])
-            raise ValueError(f"{type(self).__name__}.params has no entry {missing!r}") from None
+        if not isinstance(params, dict):
+            return TypeError(f"{type(self).__name__}.params must be a dict, got {type(params).__name__}")
+        missing = next((n for n in names if n not in params), names[0])
+        return ValueError(f"{type(self).__name__}.params has no entry {missing!r}")
 
     @property
     def num_params(self):
@@ -312,8 +310,9 @@ class Dense(Layer):
     def _default_init_for(self, activation):
         """Re-draw W with the default initializer of `activation` (the activation layer that
         follows in a Sequential), if W is still the untouched default draw. Anything else in
-        params['W'] (missing, not an array, read-only: a frozen layer) is left as it is, for
-        the model's checks to name when it trains or predicts."""
+        params['W'] is left as it is: a read-only W (a frozen layer) keeps its values, and one
+        that is missing or not an array is named by the model's checks when it trains or
+        predicts."""
         if self._default_init_W is None or self.activation is not None:
             return
         W = self.params.get("W") if isinstance(self.params, dict) else None
@@ -350,7 +349,10 @@ class Dense(Layer):
         ``keep`` False: no cache kept for backward (inference)."""
         # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
         # bounded dx tiles; the same numbers whichever way a model trains)
-        W, b = self._entries("W", "b")
+        try:
+            W, b = self.params["W"], self.params["b"]
+        except (KeyError, TypeError):
+            raise self._missing(("W", "b")) from None
         out, cache = _fd._forward(op, x, W, b, alpha,
                                   prelu_alpha if op == _ka.PRELU else None, chunks=True)
         if keep:
@@ -456,7 +458,10 @@ class PReLU(Layer):
         self._add_param("alpha", np.full(self.num_parameters, self.init))
 
     def _alpha_arg(self, features):
-        a, = self._entries("alpha")
+        try:
+            a = self.params["alpha"]
+        except (KeyError, TypeError):
+            raise self._missing(("alpha",)) from None
         if self.num_parameters == 1:
             return a[0]
         if features != self.num_parameters:
@@ -514,11 +519,17 @@ class Maxout(Layer):
 
     def forward(self, x, training=None):
         x = self._input(x)
-        out, self._cache = _fd.maxout_forward(x, *self._entries("W", "b"))
+        out, self._cache = _fd.maxout_forward(x, *self._weights())
         return out
 
     def _infer(self, x):
-        return _fd.maxout_forward(self._input(x), *self._entries("W", "b"))[0]
+        return _fd.maxout_forward(self._input(x), *self._weights())[0]
+
+    def _weights(self):
+        try:
+            return self.params["W"], self.params["b"]
+        except (KeyError, TypeError):
+            raise self._missing(("W", "b")) from None
 
     def backward(self, dout, need_dx=True):
         W, b = self.grads["W"], self.grads["b"]

@@ -591,7 +591,7 @@ class Sequential:
         with self._lock:
             if self._layers.changed:
                 self._build()
-            return self._forward(self._check_X(X), training)
+            return self._forward(self._off_grads(self._check_X(X)), training)
 
     def _forward(self, X, training):
         out = X
@@ -606,7 +606,14 @@ class Sequential:
             if self._layers.changed:
                 self._build()
             self._check_arrays()
-            return self._backward(dout, need_dx)
+            return self._backward(self._off_grads(dout), need_dx)
+
+    def _off_grads(self, a):
+        """`a` (a batch, or the gradient of the scores), or a copy of it when it shares memory
+        with a gradient array that backward writes before its last read of `a` (the model's
+        own gradient passed as the input: NumPy's rule for overlapping operands, a copy)."""
+        grads = (g for layer in self._layers for g in _grads_of(layer))
+        return a.copy() if _kn.shares_bytes(a, grads) else a
 
     def _check_arrays(self):
         """Every layer's params / grads entries, named if one was replaced by something the
@@ -840,8 +847,7 @@ class Sequential:
     def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel
         _check_trains(optimizer, self)
-        if _kn.shares_bytes(X, [g for layer in self._layers for g in layer.grads.values()]):
-            X = X.copy()   # (backward writes the gradients before its last read of X)
+        X = self._off_grads(X)
         mse = isinstance(loss, MeanSquaredError)
         if mse:
             y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
@@ -1147,6 +1153,12 @@ def _check_trains(optimizer, model):
     if not any((id(getattr(p, "layer", None)), getattr(p, "name", None)) in mine for p in params):
         raise ValueError("optimizer holds none of this model's parameters, so it would train "
                          "nothing: make it from this model's parameters()")
+
+
+def _grads_of(layer):
+    """A layer's gradient arrays (none when its grads is not a dict: the checks name that)."""
+    grads = getattr(layer, "grads", None)
+    return grads.values() if isinstance(grads, dict) else ()
 
 
 def _check_optimizer(optimizer):

@@ -9,6 +9,7 @@ biases or PReLU slopes.
 import numpy as np
 
 from fastnn import optim as _optim
+from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
 from fastnn._validation import check_int, check_scalar
 from fastnn.layers import Parameter
@@ -113,13 +114,15 @@ class Optimizer:
         self.state[key] = st
         return st
 
-    def _update(self, rule, p, w, s1=None, s2=None, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0):
+    def _update(self, rule, p, w, g, s1=None, s2=None, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0):
         wd = self.weight_decay if p.decay else 0.0
-        _optim._run(rule, w, p.grad, s1, s2, self.lr, h1, h2, eps, c1, c2, wd)
+        _optim._run(rule, w, g, s1, s2, self.lr, h1, h2, eps, c1, c2, wd)
 
     def _prepared(self, n):
-        """(parameter, its array, its n state arrays) for every parameter, all checked before
-        the first update: a step that raises has updated nothing."""
+        """(parameter, its array, its gradient, its n state arrays) for every parameter, all
+        checked before the first update: a step that raises has updated nothing. A gradient
+        that shares memory with a parameter (its own or another's, which an update before its
+        own would change) is read from a copy, as fastnn.optim's rules do."""
         work = []
         add, slots = work.append, self._slots
         for p in self.params:
@@ -139,7 +142,9 @@ class Optimizer:
                 if g.shape != w.shape or g.dtype != w.dtype:
                     raise ValueError(f"the gradient of parameter {p.name} must have its shape "
                                      f"{w.shape} and dtype {w.dtype}, got {g.shape} and {g.dtype}")
-            add((p, w, slots(p, n, w) if n else None))
+            add([p, w, g, slots(p, n, w) if n else None])
+        for k in _kn.meeting([item[2] for item in work], [item[1] for item in work]):
+            work[k][2] = work[k][2].copy()
         return work
 
 
@@ -168,12 +173,12 @@ class SGD(Optimizer):
 
     def step(self):
         if self.momentum == 0:
-            for p, w, _ in self._prepared(0):
-                self._update(_ko.SGD, p, w)
+            for p, w, g, _ in self._prepared(0):
+                self._update(_ko.SGD, p, w, g)
         else:
             rule = _ko.NESTEROV if self.nesterov else _ko.MOMENTUM
-            for p, w, (v,) in self._prepared(1):
-                self._update(rule, p, w, v, h1=self.momentum)
+            for p, w, g, (v,) in self._prepared(1):
+                self._update(rule, p, w, g, v, h1=self.momentum)
 
 
 class RMSProp(Optimizer):
@@ -187,8 +192,8 @@ class RMSProp(Optimizer):
                    eps=lambda v: check_scalar(v, "eps", lo=0.0))
 
     def step(self):
-        for p, w, (c,) in self._prepared(1):
-            self._update(_ko.RMSPROP, p, w, c, h1=self.decay_rate, eps=self.eps)
+        for p, w, g, (c,) in self._prepared(1):
+            self._update(_ko.RMSPROP, p, w, g, c, h1=self.decay_rate, eps=self.eps)
 
 
 def _betas(betas):
@@ -212,5 +217,5 @@ class Adam(Optimizer):
         object.__setattr__(self, "t", self.t + 1)   # (an int already checked: no __setattr__)
         b1, b2 = self.betas
         c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
-        for p, w, (m, v) in work:
-            self._update(_ko.ADAM, p, w, m, v, h1=b1, h2=b2, eps=self.eps, c1=c1, c2=c2)
+        for p, w, g, (m, v) in work:
+            self._update(_ko.ADAM, p, w, g, m, v, h1=b1, h2=b2, eps=self.eps, c1=c1, c2=c2)
