@@ -263,29 +263,44 @@ def _blas_threads(n):
     return limited()
 
 
+def _float_dtype(d):
+    """Whether `d` names float32 or float64 (a bench dtype)."""
+    try:
+        return isinstance(d, (str, type, np.dtype)) and np.dtype(d) in (np.float32, np.float64)
+    except TypeError:
+        return False
+
+
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
         stream=None, skip_large=False):
     stream = sys.stdout if stream is None else stream   # (the one at call time: capsys, redirects)
     rounds = check_int(rounds, "rounds")
     min_time = check_scalar(min_time, "min_time", lo=0.0, lo_open=True)   # (seconds)
-    if threads is not None:
-        fastnn.set_num_threads(check_int(threads, "threads", below=2**31))
-    nthreads = fastnn.get_num_threads()
-    torch = None
+    if isinstance(dtypes, (str, bytes)) or not all(map(_float_dtype, dtypes)):
+        raise ValueError(f"dtypes must be a sequence of float32 / float64, got {dtypes!r}")
+    nthreads = fastnn.get_num_threads() if threads is None else check_int(threads, "threads",
+                                                                          below=2**31)
+    torch = torch_threads = None
     if use_torch:
         try:
             import torch as _torch
 
-            _torch.set_num_threads(nthreads)
-            torch = _torch
+            torch, torch_threads = _torch, _torch.get_num_threads()
         except ImportError:
             torch = None
     # every library on exactly nthreads: fastnn's step too (no dynamic thread count; its
     # governor's probes would fall into some rounds of a large network; bench/contention.py
-    # measures the governor, busy machine and quiet)
-    with _threads._dynamic_set(False), _blas_threads(nthreads) as blas_threads:
-        return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
-                    skip_large, blas_threads)
+    # measures the governor, busy machine and quiet); the caller's counts are back afterwards
+    try:
+        if torch is not None:
+            torch.set_num_threads(nthreads)
+        with _threads.threads(nthreads), _threads._dynamic_set(False), \
+                _blas_threads(nthreads) as blas_threads:
+            return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
+                        skip_large, blas_threads)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
 
 
 def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):
@@ -437,7 +452,7 @@ def open_json(parser, path):
     if not path:
         parser.error("--json: expected a file path, got ''")
     try:
-        if os.path.isdir(path):
+        if os.path.isdir(path) or path.endswith(("/", os.sep)):   # ("x/" names a folder)
             raise IsADirectoryError(errno.EISDIR, "is a folder", path)
         if os.path.exists(path):
             if not os.path.isfile(path):   # a stream: opened once (a FIFO's reader sees one)

@@ -102,6 +102,8 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
                 "The accuracies below are computed all the same.\n")
     seed = check_int(seed, "seed", minimum=0)
     steps = check_int(steps, "steps")
+    if not isinstance(out_dir, (str, bytes, os.PathLike)):
+        raise TypeError(f"out_dir must be a folder path, got {type(out_dir).__name__}")
     if plt is not None:
         # the figures' folder now, not after every network has trained: made, and a file
         # made and removed in it (an existing folder may not be writable)

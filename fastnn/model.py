@@ -864,7 +864,11 @@ class Sequential:
         if skip_nonfinite and not np.isfinite(value):
             return float(value), correct, True
         self._backward(dscores, need_dx=False)   # (checked the arrays above)
-        if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in optimizer.params):
+        # (an optimizer of the caller's own may hold no params: the model's gradients then)
+        params = getattr(optimizer, "params", None)
+        if params is None:
+            params = self.parameters()
+        if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in params):
             return float(value), correct, True
         optimizer.step()
         return float(value), correct, False
@@ -913,6 +917,8 @@ class Sequential:
             raise ValueError("X is empty: nothing to train on")
         epochs = check_int(epochs, "epochs")
         batch_size = check_int(batch_size, "batch_size")
+        if not isinstance(shuffle, (bool, np.bool_)):   # ("no" would shuffle)
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__} {shuffle!r}")
         rng = _fit_rng(seed)
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
@@ -991,7 +997,7 @@ class Sequential:
                             f"the gradients became non-finite (loss {value:.6g})")
                     msg = (f"training stopped: {what} at epoch {epoch}, step {step} "
                            f"(try a smaller learning rate, or check the inputs for NaN/Inf)")
-                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                    warnings.warn(msg, RuntimeWarning, stacklevel=3)   # (the caller of fit)
                     if verbose:
                         print(msg, file=sys.stdout)
                     history["stopped"] = msg

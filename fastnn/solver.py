@@ -123,10 +123,11 @@ class Solver:
         for xs, ys, what in ((self.X_train, self.y_train, "train"), (self.X_val, self.y_val, "val")):
             if len(xs) != len(ys):
                 raise ValueError(f"X_{what} has {len(xs)} rows but y_{what} has {len(ys)} labels")
-            # integer, (N,) or a column (N, 1): compared with (N,) predictions, a column would
-            # broadcast to an N x N table (their range: at the first accuracy check)
+            # integer, (N,) or for y_val a column (N, 1): compared with (N,) predictions, a
+            # column would broadcast to an N x N table (their range: at the first accuracy
+            # check). y_train's batches go to the model's loss, which takes (N,) labels only.
             int_labels(ys, len(ys), allow_bool=False, name=f"data['y_{what}']",
-                       what="integer class labels")
+                       what="integer class labels", allow_column=what == "val")
         if len(self.X_train) == 0:
             raise ValueError("X_train must hold at least one sample")
         if len(self.X_val) == 0:

@@ -485,6 +485,28 @@ def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
     assert "--json" in capsys.readouterr().err
 
 
+def test_bench_json_naming_a_folder_to_be_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    """'results.json/' names a folder that does not exist: refused as a usage error, before
+    the run (it used to pass the check and fail at the end, after minutes of measuring)."""
+    from fastnn import bench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before the check"))
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--json", "results.json/", "--rounds", "1"])
+    assert info.value.code == 2 and "--json" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_run_leaves_the_callers_thread_count(capsys):
+    from fastnn import bench
+
+    with fastnn.threads(2):
+        bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, threads=1, use_torch=False,
+                  stream=io.StringIO())
+        assert fastnn.get_num_threads() == 2
+
+
 def test_bench_json_is_written_at_the_end_and_an_old_file_survives_a_refusal(tmp_path, capsys):
     """A run refused by its arguments (or failing) leaves an earlier results file as it was
     (the file used to be opened, and emptied, before anything ran); a good run replaces it."""
@@ -746,7 +768,11 @@ def test_bench_refuses_bad_arguments_up_front(args, name, capsys):
                                               ({"min_time": 0.0}, "min_time", ValueError),
                                               ({"min_time": True}, "min_time", TypeError),
                                               ({"min_time": "1"}, "min_time", TypeError),
-                                              ({"rounds": 0}, "rounds", ValueError)])
+                                              ({"rounds": 0}, "rounds", ValueError),
+                                              ({"dtypes": "float32"}, "dtypes", ValueError),
+                                              ({"dtypes": ("float16",)}, "dtypes", ValueError),
+                                              ({"dtypes": ("f32x",)}, "dtypes", ValueError),
+                                              ({"dtypes": (None,)}, "dtypes", ValueError)])
 def test_bench_run_refuses_bad_arguments(kwargs, name, exc):
     from fastnn import bench
 

@@ -330,3 +330,66 @@ def test_a_maxout_reduce_cache_with_pieces_out_of_range_is_refused(k):
     cache.alpha = (2, 3, k)
     with pytest.raises(ValueError, match="cache is damaged"):
         F.maxout_reduce_backward(np.ones((2, 3)), cache)
+
+
+# -- fit, Solver, demo (the second round of audits)
+
+class _OwnSGD:
+    """An optimizer of the caller's own: a step() over the model's parameters, no params."""
+
+    def __init__(self, model, lr):
+        self.model, self.lr = model, lr
+
+    def step(self):
+        for p in self.model.parameters():
+            p.data[...] -= self.lr * p.grad
+
+
+def test_fit_takes_an_optimizer_of_the_callers_own_as_train_step_does():
+    X, y = _data(n=24)
+    a, b = _net(), _net()
+    a.fit(X, y, optimizer=_OwnSGD(a, 0.1), epochs=2, batch_size=8, shuffle=False, verbose=False)
+    opt = _OwnSGD(b, 0.1)
+    for _ in range(2):
+        for i in range(0, 24, 8):
+            b.train_step(X[i:i + 8], y[i:i + 8], "softmax", opt)
+    assert all(np.array_equal(p.data, q.data) for p, q in zip(a.parameters(), b.parameters()))
+    X[3, 1] = np.nan   # (its stop check reads the model's gradients)
+    with pytest.warns(RuntimeWarning, match="training stopped"):
+        a.fit(X, y, optimizer=_OwnSGD(a, 0.1), epochs=1, batch_size=8, verbose=False)
+
+
+def test_fit_warns_where_it_was_called():
+    X, y = _data(n=16)
+    X[0, 0] = np.inf
+    with pytest.warns(RuntimeWarning, match="training stopped") as record:
+        _net().fit(X, y, epochs=1, batch_size=8, verbose=False)
+    assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize("bad", ["no", 1, None, np.array([True])])
+def test_fit_refuses_a_shuffle_that_is_not_a_bool(bad):
+    X, y = _data()
+    with pytest.raises(TypeError, match="shuffle must be a bool"):
+        _net().fit(X, y, shuffle=bad, verbose=False)
+    _net().fit(X, y, shuffle=np.bool_(False), epochs=1, verbose=False)
+
+
+def test_solver_names_a_column_of_training_labels():
+    from fastnn.models import TwoLayerNet
+
+    r = np.random.default_rng(0)
+    data = dict(X_train=r.standard_normal((20, 5)), y_train=r.integers(0, 3, (20, 1)),
+                X_val=r.standard_normal((6, 5)), y_val=r.integers(0, 3, (6, 1)))
+    with pytest.raises(ValueError, match=r"data\['y_train'\] must be 1-D"):
+        fastnn.Solver(TwoLayerNet(5, 7, 3), data)
+    data["y_train"] = data["y_train"][:, 0]   # (a column of validation labels is taken)
+    fastnn.Solver(TwoLayerNet(5, 7, 3), data, num_epochs=1, verbose=False).train()
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["out"]])
+def test_demo_names_an_out_dir_that_is_not_a_path(bad):
+    from fastnn import demo
+
+    with pytest.raises(TypeError, match="out_dir must be a folder path"):
+        demo.run(out_dir=bad, steps=1)
