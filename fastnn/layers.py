@@ -90,6 +90,9 @@ class Parameter:
     def __init__(self, layer, name, decay):
         self._layer, self._name, self._decay = layer, name, bool(decay)
 
+    def __reduce__(self):
+        return (Parameter, (self._layer, self._name, self._decay))   # (every pickle protocol)
+
     # read-only: a compiled training step is built for what a Parameter names (and an
     # optimizer's state is keyed by it); to train something else, make a new Parameter
     @property

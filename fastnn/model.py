@@ -42,6 +42,9 @@ class _Unit:
     def __init__(self, layer, act=None):
         self.layer, self.act = layer, act
 
+    def __reduce__(self):
+        return (_Unit, (self.layer, self.act))   # (every pickle protocol: __slots__, no dict)
+
     def forward(self, x, training):
         layer, act = self.layer, self.act
         if act is None:
@@ -476,7 +479,14 @@ class Sequential:
         # pickle / copy.deepcopy / copy.copy: no lock, no compiled plans (rebuilt when needed);
         # the copy gets its own lock and its own layer list. (The arrays are read after this
         # returns, so a copy taken while another thread trains the model may hold a step
-        # part-way, as predict may; save() is the consistent snapshot.)
+        # part-way, as predict may; save() is the consistent snapshot.) A layer list changed
+        # since the last use is rebuilt first, so that the copy holds what that rebuild drew
+        # (a Dense's He re-draw), not a draw of its own; one the rebuild refuses stays pending.
+        if self._layers.changed:
+            try:
+                self._sync()
+            except (TypeError, ValueError):
+                pass
         state = self.__dict__.copy()
         del state["_lock"]
         state["_compiled"] = {}

@@ -66,6 +66,28 @@ class Optimizer:
         check = self._CHECKS.get(name)
         object.__setattr__(self, name, value if check is None else check(value))
 
+    # pickle / copy.deepcopy: the state is keyed by id(layer), which a copy does not keep, so
+    # it travels keyed by the parameter's position in params and is keyed again by the copy's
+    # layers (before, a copy found no state and started from zeros, or took another layer's
+    # whose new id was an old one's). Entries of parameters the optimizer no longer holds are
+    # dropped.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if isinstance(self.state, dict):
+            where = {(id(p.layer), p.name): k for k, p in enumerate(self.params)}
+            state["state"] = {where[key]: value for key, value in self.state.items() if key in where}
+            state["_state_by_position"] = True
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        by_position = state.pop("_state_by_position", False)
+        self.__dict__.update(state)   # (values checked when they were set)
+        if by_position:
+            params = self.params
+            self.__dict__["state"] = {(id(params[k].layer), params[k].name): value
+                                      for k, value in self.state.items()}
+
     def zero_grad(self):
         for p in self.params:
             p.grad[...] = 0
