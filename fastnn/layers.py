@@ -364,6 +364,8 @@ class Dense(Layer):
 
     def backward(self, dout, need_dx=True):
         cache, act_layer = self._need_cache()
+        if type(dout) is not np.ndarray or dout.dtype != self.dtype:   # (as the other layers)
+            dout = as_float_array(dout, "dout", self.dtype)
         res = _fd._backward(cache.op, dout, cache, "dense", need_dx=need_dx,
                             dw=self.grads["W"], db=self.grads["b"])
         if cache.op == _ka.PRELU:
@@ -520,13 +522,17 @@ class Maxout(Layer):
             raise ValueError(f"Maxout expects {self.in_features} input features, got {in_features}")
         return self.out_features
 
+    # x's shape checked as Dense checks it (naming x and the width the layer takes)
+    _check_x = Dense._check_x
+    _check_x_shape = Dense._check_x_shape
+
     def forward(self, x, training=None):
-        x = self._input(x)
+        x = self._check_x(x)
         out, self._cache = _fd.maxout_forward(x, *self._weights())
         return out
 
     def _infer(self, x):
-        return _fd.maxout_forward(self._input(x), *self._weights())[0]
+        return _fd.maxout_forward(self._check_x(x), *self._weights())[0]
 
     def _weights(self):
         try:

@@ -17,16 +17,25 @@ class Loss:
         return type(self).fn(scores, y)
 
     def predict_labels(self, scores):
-        """Class predictions from scores, as the loss defines them (None for regression)."""
+        """Class predictions from scores, as the loss defines them (None for regression):
+        scores (N, C) for a multiclass loss, (N,) or (N, 1) for a binary one, else a
+        ValueError naming scores."""
         import numpy as np
 
-        if self.accuracy_kind == "multiclass":
+        kind = self.accuracy_kind
+        if kind is None:
+            return None
+        scores = np.asarray(scores)
+        if kind == "multiclass":
+            if scores.ndim != 2 or scores.shape[1] == 0:
+                raise ValueError(f"scores must have shape (N, C), got {scores.shape}")
             return np.argmax(scores, axis=1)
-        if self.accuracy_kind == "binary01":
-            return (np.asarray(scores).reshape(len(scores), -1)[:, 0] > 0).astype(np.int64)
-        if self.accuracy_kind == "binary_pm1":
-            return np.where(np.asarray(scores).reshape(len(scores), -1)[:, 0] > 0, 1, -1)
-        return None
+        if not (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1)):
+            raise ValueError(f"scores must have shape (N,) or (N, 1) for a binary loss, got {scores.shape}")
+        positive = scores.reshape(-1) > 0
+        if kind == "binary01":
+            return positive.astype(np.int64)
+        return np.where(positive, 1, -1)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

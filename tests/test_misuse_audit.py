@@ -455,3 +455,47 @@ def test_a_copy_of_a_model_with_a_pending_list_change_holds_its_rebuilt_weights(
         model.layers.insert(1, ReLU())
         dup = _COPIES[how](model)
         assert np.array_equal(dup.predict(X), model.predict(X)), how
+
+
+# -- layers and losses used directly (the fourth round of audits)
+
+def test_maxout_names_an_input_of_the_wrong_width_as_dense_does():
+    for layer in (fastnn.Maxout(5, 4), Dense(5, 4)):
+        for x in (np.ones((6, 3), F32), np.ones(5, F32)):
+            with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
+                layer.forward(x)
+            with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
+                Sequential(layer).predict(x)
+
+
+@pytest.mark.parametrize("layer", [Dense(3, 4), Dense(3, 4, activation="tanh"), fastnn.Maxout(3, 4),
+                                   fastnn.PReLU(), ReLU(dtype=F32)], ids=repr)
+def test_a_float32_layer_gives_a_float32_dx_for_a_float64_dout(layer):
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(F32)
+    out = layer.forward(x)
+    d64 = np.random.default_rng(1).standard_normal(out.shape)
+    dx = layer.backward(d64)
+    want = layer.backward(d64.astype(F32))
+    assert dx.dtype == F32 and np.array_equal(dx, want)
+
+
+@pytest.mark.parametrize("loss, bad", [
+    ("softmax", np.ones(4)), ("softmax", np.ones((4, 1, 1))), ("softmax", np.ones((4, 0))),
+    ("logistic", np.ones((4, 3))), ("binary_hinge", np.ones((4, 2))), ("logistic", np.ones((4, 1, 1))),
+])
+def test_predict_labels_refuses_scores_of_another_shape(loss, bad):
+    from fastnn.losses import get_loss
+
+    with pytest.raises(ValueError, match=r"scores must have shape"):
+        get_loss(loss).predict_labels(bad)
+
+
+def test_predict_labels_of_good_scores():
+    from fastnn.losses import get_loss
+
+    s = np.array([[0.5, -1.0, 2.0], [3.0, 0.0, -1.0]])
+    assert get_loss("softmax").predict_labels(s).tolist() == [2, 0]
+    col = np.array([[0.5], [-0.1], [0.0]])
+    assert get_loss("logistic").predict_labels(col).tolist() == [1, 0, 0]
+    assert get_loss("binary_hinge").predict_labels(col[:, 0]).tolist() == [1, -1, -1]
+    assert get_loss("mse").predict_labels(s) is None
