@@ -276,6 +276,8 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
     stream = sys.stdout if stream is None else stream   # (the one at call time: capsys, redirects)
     rounds = check_int(rounds, "rounds")
     min_time = check_scalar(min_time, "min_time", lo=0.0, lo_open=True)   # (seconds)
+    if not isinstance(dtypes, (str, bytes)):
+        dtypes = tuple(dtypes)   # (a generator is read once: here)
     if isinstance(dtypes, (str, bytes)) or not all(map(_float_dtype, dtypes)):
         raise ValueError(f"dtypes must be a sequence of float32 / float64, got {dtypes!r}")
     nthreads = fastnn.get_num_threads() if threads is None else check_int(threads, "threads",

@@ -102,7 +102,7 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
                 "The accuracies below are computed all the same.\n")
     seed = check_int(seed, "seed", minimum=0)
     steps = check_int(steps, "steps")
-    if not isinstance(out_dir, (str, bytes, os.PathLike)):
+    if plots and not isinstance(out_dir, (str, bytes, os.PathLike)):
         raise TypeError(f"out_dir must be a folder path, got {type(out_dir).__name__}")
     if plt is not None:
         # the figures' folder now, not after every network has trained: made, and a file

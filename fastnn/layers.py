@@ -90,8 +90,11 @@ class Parameter:
     def __init__(self, layer, name, decay):
         self._layer, self._name, self._decay = layer, name, bool(decay)
 
-    def __reduce__(self):
-        return (Parameter, (self._layer, self._name, self._decay))   # (every pickle protocol)
+    def __reduce_ex__(self, protocol):
+        # (__slots__ and no __dict__: protocols 0 and 1 need the arguments; 2 and up the default)
+        if protocol < 2:
+            return (type(self), (self._layer, self._name, self._decay))
+        return super().__reduce_ex__(protocol)
 
     # read-only: a compiled training step is built for what a Parameter names (and an
     # optimizer's state is keyed by it); to train something else, make a new Parameter

@@ -30,6 +30,8 @@ class Loss:
             if scores.ndim != 2 or scores.shape[1] == 0:
                 raise ValueError(f"scores must have shape (N, C), got {scores.shape}")
             return np.argmax(scores, axis=1)
+        if kind not in ("binary01", "binary_pm1"):
+            return None   # (a kind of a loss class of the caller's own)
         if not (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1)):
             raise ValueError(f"scores must have shape (N,) or (N, 1) for a binary loss, got {scores.shape}")
         positive = scores.reshape(-1) > 0

@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import numbers
 import sys
 import threading
 import time
@@ -42,8 +43,9 @@ class _Unit:
     def __init__(self, layer, act=None):
         self.layer, self.act = layer, act
 
-    def __reduce__(self):
-        return (_Unit, (self.layer, self.act))   # (every pickle protocol: __slots__, no dict)
+    def __reduce_ex__(self, protocol):
+        # (__slots__ and no __dict__: protocols 0 and 1 need the arguments; 2 and up the default)
+        return (type(self), (self.layer, self.act)) if protocol < 2 else super().__reduce_ex__(protocol)
 
     def forward(self, x, training):
         layer, act = self.layer, self.act
@@ -481,11 +483,13 @@ class Sequential:
         # returns, so a copy taken while another thread trains the model may hold a step
         # part-way, as predict may; save() is the consistent snapshot.) A layer list changed
         # since the last use is rebuilt first, so that the copy holds what that rebuild drew
-        # (a Dense's He re-draw), not a draw of its own; one the rebuild refuses stays pending.
+        # (a Dense's He re-draw), not a draw of its own: the copy waits for a step running in
+        # another thread, as any use does. A list the rebuild refuses stays pending (it raises
+        # again at the copy's first use, as at the original's).
         if self._layers.changed:
             try:
                 self._sync()
-            except (TypeError, ValueError):
+            except Exception:
                 pass
         state = self.__dict__.copy()
         del state["_lock"]
@@ -927,8 +931,11 @@ class Sequential:
             raise ValueError("X is empty: nothing to train on")
         epochs = check_int(epochs, "epochs")
         batch_size = check_int(batch_size, "batch_size")
-        if not isinstance(shuffle, (bool, np.bool_)):   # ("no" would shuffle)
-            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__} {shuffle!r}")
+        if isinstance(shuffle, (bool, np.bool_)) or (isinstance(shuffle, numbers.Integral)
+                                                     and shuffle in (0, 1)):
+            shuffle = bool(shuffle)
+        else:   # ("no" would shuffle; as set_dynamic, a bool or 0 or 1)
+            raise TypeError(f"shuffle must be a bool (or 0 or 1), got {type(shuffle).__name__} {shuffle!r}")
         rng = _fit_rng(seed)
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)

@@ -6,6 +6,9 @@ L2 regularization ("gradual forgetting") is ``weight_decay``: the gradient used 
 ``grad + weight_decay * W``. It applies to weight matrices (the course's L2 on W), not to
 biases or PReLU slopes.
 """
+import copy
+import warnings
+
 import numpy as np
 
 from fastnn import optim as _optim
@@ -46,6 +49,11 @@ def _check_params(params):
     return params
 
 
+def _id_key(key):
+    """Whether a state key has the shape of the keys _slots makes: (id(layer), name)."""
+    return type(key) is tuple and len(key) == 2 and type(key[0]) is int and type(key[1]) is str
+
+
 class Optimizer:
     def __init__(self, params, lr, weight_decay):
         self.params = params
@@ -66,27 +74,51 @@ class Optimizer:
         check = self._CHECKS.get(name)
         object.__setattr__(self, name, value if check is None else check(value))
 
-    # pickle / copy.deepcopy: the state is keyed by id(layer), which a copy does not keep, so
-    # it travels keyed by the parameter's position in params and is keyed again by the copy's
-    # layers (before, a copy found no state and started from zeros, or took another layer's
-    # whose new id was an old one's). Entries of parameters the optimizer no longer holds are
-    # dropped.
+    # pickle / copy.deepcopy: the state is keyed by (id(layer), name), which a copy does not
+    # keep, so those entries travel with their parameter's position in params and are keyed
+    # again by the copy's layers (before, a copy found no state and started from zeros, or
+    # took another layer's whose new id was an old one's). Such entries of parameters the
+    # optimizer no longer holds are dropped; keys of other shapes (a subclass's own) travel as
+    # they are. copy.copy shares the state, as it shares params.
     def __getstate__(self):
         state = self.__dict__.copy()
-        if isinstance(self.state, dict):
+        st = self.state
+        if isinstance(st, dict):
             where = {(id(p.layer), p.name): k for k, p in enumerate(self.params)}
-            state["state"] = {where[key]: value for key, value in self.state.items() if key in where}
-            state["_state_by_position"] = True
+            kept = copy.copy(st)   # (a dict subclass stays one)
+            kept.clear()
+            kept.update((key, value) for key, value in st.items() if key in where or not _id_key(key))
+            state["state"] = kept
+            state["_state_positions"] = [(key, where[key]) for key in kept if key in where]
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        by_position = state.pop("_state_by_position", False)
+        positions = state.pop("_state_positions", None)
         self.__dict__.update(state)   # (values checked when they were set)
-        if by_position:
-            params = self.params
-            self.__dict__["state"] = {(id(params[k].layer), params[k].name): value
-                                      for k, value in self.state.items()}
+        st = self.state
+        if not isinstance(st, dict):
+            return
+        if positions is None and any(_id_key(key) for key in st):
+            # pickled by a fastnn before positions travelled: its layers' ids are gone
+            warnings.warn("this optimizer was pickled by an older fastnn: its state cannot be "
+                          "matched to its parameters and starts afresh", RuntimeWarning, stacklevel=2)
+        moved = dict(positions or ())
+        params = self.params
+        fresh = copy.copy(st)
+        fresh.clear()
+        for key, value in st.items():
+            k = moved.get(key)
+            if k is not None and 0 <= k < len(params):
+                fresh[(id(params[k].layer), params[k].name)] = value
+            elif not _id_key(key):
+                fresh[key] = value
+        self.__dict__["state"] = fresh
+
+    def __copy__(self):
+        dup = object.__new__(type(self))
+        dup.__dict__.update(self.__dict__)
+        return dup
 
     def zero_grad(self):
         for p in self.params:

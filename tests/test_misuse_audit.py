@@ -367,12 +367,25 @@ def test_fit_warns_where_it_was_called():
     assert record[0].filename == __file__
 
 
-@pytest.mark.parametrize("bad", ["no", 1, None, np.array([True])])
+@pytest.mark.parametrize("bad", ["no", 2, -1, 0.0, None, np.array([True])])
 def test_fit_refuses_a_shuffle_that_is_not_a_bool(bad):
     X, y = _data()
     with pytest.raises(TypeError, match="shuffle must be a bool"):
         _net().fit(X, y, shuffle=bad, verbose=False)
-    _net().fit(X, y, shuffle=np.bool_(False), epochs=1, verbose=False)
+
+
+def test_fit_takes_a_shuffle_of_0_or_1_as_a_bool():
+    """As set_dynamic: a bool, np.bool_, or the int 0 or 1 (argparse's type=int, configs)."""
+    X, y = _data()
+    runs = {}
+    for flag in (False, np.bool_(False), 0, True, 1, np.int64(1)):
+        m = _net()
+        m.fit(X, y, shuffle=flag, epochs=2, batch_size=4, seed=3, verbose=False)
+        runs[flag] = [p.data.copy() for p in m.parameters()]
+    for group in ((False, np.bool_(False), 0), (True, 1, np.int64(1))):
+        for flag in group[1:]:
+            assert all(np.array_equal(a, b) for a, b in zip(runs[group[0]], runs[flag]))
+    assert not all(np.array_equal(a, b) for a, b in zip(runs[False], runs[True]))
 
 
 def test_solver_names_a_column_of_training_labels():
@@ -499,3 +512,76 @@ def test_predict_labels_of_good_scores():
     assert get_loss("logistic").predict_labels(col).tolist() == [1, 0, 0]
     assert get_loss("binary_hinge").predict_labels(col[:, 0]).tolist() == [1, -1, -1]
     assert get_loss("mse").predict_labels(s) is None
+
+
+class _OwnAdam(Adam):
+    """An optimizer subclass with state of its own beside the base class's."""
+
+    def step(self):
+        self.state[("steps", "taken")] = self.state.get(("steps", "taken"), 0) + 1
+        super().step()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle2", "pickle0"])
+def test_a_copied_optimizer_keeps_a_subclasss_own_state_and_drops_stale_entries(how):
+    X, y = _data()
+    model = _net()
+    opt = _OwnAdam(model.parameters(), lr=0.01)
+    model._compilable = False   # (the layer path calls the subclass's step)
+    for _ in range(2):
+        model.train_step(X, y, "softmax", opt)
+    opt.state[(12345, "W")] = [np.zeros(3, F32)]   # (a parameter it no longer holds)
+    dup, dup_opt = _COPIES[how]((model, opt))
+    dup._compilable = False
+    assert type(dup_opt) is _OwnAdam and dup_opt.state[("steps", "taken")] == 2
+    assert len(dup_opt.state) == 5
+    for _ in range(2):
+        assert model.train_step(X, y, "softmax", opt) == dup.train_step(X, y, "softmax", dup_opt)
+
+
+def test_copy_copy_of_an_optimizer_shares_its_state_as_it_shares_params():
+    import copy
+
+    X, y = _data()
+    model = _net()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    twin = copy.copy(opt)
+    assert twin.state is opt.state and twin.params is opt.params
+    model.train_step(X, y, "softmax", twin)
+    assert len(opt.state) == 4
+
+
+def test_an_optimizer_pickled_before_positions_travelled_starts_afresh_with_a_warning():
+    import pickle
+
+    X, y = _data()
+    model = _net()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train_step(X, y, "softmax", opt)
+    old = dict(opt.__dict__)   # (what an older fastnn pickled: the state under layer ids)
+    dup = object.__new__(SGD)
+    with pytest.warns(RuntimeWarning, match="older fastnn"):
+        dup.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert dup.state == {}
+
+
+class _Tagged(fastnn.layers.Parameter):
+    __slots__ = ()
+
+
+def test_a_parameter_subclass_pickles_as_itself():
+    import pickle
+
+    p = _Tagged(Dense(2, 3), "W", True)
+    for protocol in range(6):
+        q = pickle.loads(pickle.dumps(p, protocol=protocol))
+        assert type(q) is _Tagged and q.name == "W" and q.decay and q.shape == (2, 3)
+
+
+def test_predict_labels_of_a_custom_accuracy_kind_is_none():
+    from fastnn.losses import SoftmaxCrossEntropy
+
+    class Mine(SoftmaxCrossEntropy):
+        accuracy_kind = "ranking"
+
+    assert Mine().predict_labels(np.ones((3, 1))) is None
