@@ -327,7 +327,7 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
         head = f"{'network (batch)':<28}{'fastnn':>10}{'functional':>12}{'numpy':>10}{'numpy=':>10}"
         head += f"{'torch':>10}" if torch else ""
         head += f"{'vs numpy':>10}{'vs numpy=':>10}" + (f"{'vs torch':>10}" if torch else "")
-        head += f"{'func/np':>9}{'roofline':>10}{'memory':>9}"
+        head += f"{'func vs np':>11}{'roofline':>10}{'memory':>9}"
         print(head + "   (ms per step)", file=stream)
         for dims, n in networks:
             if skip_large and max(dims) >= 4096:
@@ -376,7 +376,7 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             line += f"{row['speedup_vs_numpy']:>9.2f}x{row['speedup_vs_numpy_same_work']:>9.2f}x"
             if torch:
                 line += f"{row['speedup_vs_torch']:>9.2f}x"
-            line += f"{row['functional_vs_numpy']:>8.2f}x{roof:>9.0%}{held / need:>9.0%}"
+            line += f"{row['functional_vs_numpy']:>10.2f}x{roof:>9.0%}{held / need:>9.0%}"
             if flagged:
                 any_unsteady = True
                 line += f"   unsteady: {', '.join(flagged)}"
