@@ -169,8 +169,9 @@ class Layer:
         return [Parameter(self, k, k in self._decay) for k in self.params]
 
     def _missing(self, names):
-        """The ValueError for a params that lacks one of `names` (users may edit params; the
-        arrays themselves are checked where they are used)."""
+        """The error for a params that lacks one of `names` (a ValueError naming the entry),
+        or is not a dict (a TypeError): users may edit params; the arrays themselves are
+        checked where they are used."""
         params = self.params
         if not isinstance(params, dict):
             return TypeError(f"{type(self).__name__}.params must be a dict, got {type(params).__name__}")
