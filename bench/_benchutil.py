@@ -45,38 +45,7 @@ def simd_path():
         return "unknown"
 
 
-def _busy_jiffies():
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return sum(v[:8]) - idle
-
-
-class OtherLoad:
-    """CPU time used by OTHER processes while the block runs, in cores (0.0 = quiet machine,
-    1.0 = one core busy elsewhere). Linux only; None elsewhere."""
-
-    def __enter__(self):
-        self._j0, self._t0, self._w0 = _busy_jiffies(), os.times(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        j1, t1, w1 = _busy_jiffies(), os.times(), time.perf_counter()
-        if self._j0 is None or j1 is None or w1 <= self._w0:
-            self.cores = None
-            return False
-        hz = os.sysconf("SC_CLK_TCK")
-        total = (j1 - self._j0) / hz
-        own = (t1.user - self._t0.user) + (t1.system - self._t0.system)
-        self.cores = max(0.0, (total - own) / (w1 - self._w0))
-        return False
-
-    def describe(self):
-        c = getattr(self, "cores", None)
-        return "n/a" if c is None else f"{c:.2f} cores"
+from fastnn.bench import OtherLoad  # noqa: E402,F401  (the scripts' measure of other processes' load)
 
 
 def now():

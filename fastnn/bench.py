@@ -181,6 +181,52 @@ UNSTEADY_SPREAD = 0.25
 UNSTEADY_MIN_ROUNDS = 3
 
 
+# A row during which other processes (or the hypervisor: steal time) kept at least this much
+# of a core busy on average is marked busy. Its rounds may all be slow alike, which the unsteady
+# mark cannot see (measured here: beside one CPU-bound process, fastnn's two-thread small steps
+# took 12-16 ms in every round instead of 0.02 ms, with no spread).
+BUSY_CORES = 0.25
+
+
+def _busy_jiffies():
+    """Clock ticks the machine's CPUs spent busy (all but idle and iowait, steal included)
+    since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(v) < 4:
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v[:8]) - idle
+
+
+class OtherLoad:
+    """CPU time used by OTHER processes while the block runs, in cores (0.0 = quiet machine,
+    1.0 = one core busy elsewhere): the machine's busy time less this process's own. Linux
+    only; ``cores`` is None elsewhere."""
+
+    def __enter__(self):
+        self._j0, self._t0, self._w0 = _busy_jiffies(), os.times(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        j1, t1, w1 = _busy_jiffies(), os.times(), time.perf_counter()
+        if self._j0 is None or j1 is None or w1 <= self._w0:
+            self.cores = None
+            return False
+        hz = os.sysconf("SC_CLK_TCK")
+        total = (j1 - self._j0) / hz
+        own = (t1.user - self._t0.user) + (t1.system - self._t0.system)
+        self.cores = max(0.0, (total - own) / (w1 - self._w0))
+        return False
+
+    def describe(self):
+        c = getattr(self, "cores", None)
+        return "n/a" if c is None else f"{c:.2f} cores"
+
+
 def unsteady(times):
     """The implementations (keys of `times`, each a list of per-round times) whose rounds
     spread by more than UNSTEADY_SPREAD of their median; none below UNSTEADY_MIN_ROUNDS
@@ -307,7 +353,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
 
 def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):
     results = []
-    any_unsteady = False
+    any_unsteady = any_busy = False
     tiles = _kd.tile_params()
     date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(f"fastnn {fastnn.__version__}, {nthreads} threads, fixed (tiles for "
@@ -335,11 +381,13 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             runners, model, X, y, opt, loss = _make_runners(dims, n, dtype, torch)
             first = _check_same_start(runners, dtype)
             times = {k: [] for k in runners}
-            for _ in range(rounds):
-                for k, fn in runners.items():
-                    time.sleep(SETTLE)
-                    times[k].append(_time(fn, min_time))
-                rates.append(matmul_rate(dtype, rounds=1))
+            with OtherLoad() as other:
+                for _ in range(rounds):
+                    for k, fn in runners.items():
+                        time.sleep(SETTLE)
+                        times[k].append(_time(fn, min_time))
+                    rates.append(matmul_rate(dtype, rounds=1))
+            busy = other.cores is not None and other.cores >= BUSY_CORES
             rate = max(rates)
             med = {k: float(np.median(v)) for k, v in times.items()}
             flagged, spread = unsteady(times)
@@ -364,7 +412,8 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
                    "roofline_fraction": roof, "roofline_flops": flops, "matmul_gflops": rate,
                    "held_bytes": held, "params_grads_acts_bytes": need,
                    "memory_fraction": held / need, "per_step_alloc_bytes": per_step,
-                   "round_spread": spread, "unsteady": flagged}
+                   "round_spread": spread, "unsteady": flagged,
+                   "other_load_cores": other.cores, "busy": busy}
             if torch:
                 row["speedup_vs_torch"] = med["torch"] / med["fastnn"]
             results.append(row)
@@ -380,7 +429,14 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             if flagged:
                 any_unsteady = True
                 line += f"   unsteady: {', '.join(flagged)}"
+            if busy:
+                any_busy = True
+                line += f"   busy: {other.describe()} elsewhere"
             print(line, file=stream, flush=True)
+    if any_busy:
+        print(f"\nbusy: other processes (or the hypervisor) kept at least {BUSY_CORES:g} of a core "
+              "busy on average during the row, which slows multi-threaded steps in every round "
+              "alike; rerun it on a quiet machine", file=stream)
     if any_unsteady:
         print(f"\nunsteady: that implementation's rounds spread by more than "
               f"{UNSTEADY_SPREAD:.0%} of their median (fastest to slowest): the machine was "

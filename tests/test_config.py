@@ -477,6 +477,50 @@ def test_bench_marks_a_row_whose_rounds_spread(monkeypatch, rounds, slow, marked
     json.dumps(rows)
 
 
+@pytest.mark.parametrize("jiffies, busy", [((0, 10**9), True), ((5, 5), False), ((None, None), False)],
+                         ids=["others-busy", "quiet", "no-proc-stat"])
+def test_bench_marks_a_row_while_other_processes_keep_a_core_busy(monkeypatch, jiffies, busy):
+    """Rounds that are all slow alike (a CPU-bound process beside a two-thread step) do not
+    spread: the row is marked busy from the machine's busy time less this process's own."""
+    from fastnn import bench
+
+    ticks = iter(jiffies * 2)   # (the row's start and end; the test is one row)
+    monkeypatch.setattr(bench, "_busy_jiffies", lambda: next(ticks))
+    monkeypatch.setattr(bench, "SETTLE", 0.0)
+    buf = io.StringIO()
+    rows = bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, use_torch=False, stream=buf)
+    out = buf.getvalue()
+    assert rows[0]["busy"] is busy
+    if jiffies[0] is None:
+        assert rows[0]["other_load_cores"] is None
+    elif busy:
+        assert rows[0]["other_load_cores"] > bench.BUSY_CORES
+    else:
+        assert rows[0]["other_load_cores"] == 0.0
+    assert ("   busy: " in out) == busy and ("busy: other processes" in out) == busy
+    json.dumps(rows)
+
+
+def test_other_load_is_the_machines_busy_time_less_this_process_s_own(monkeypatch):
+    """3 s of busy CPU time on the machine in 2 s of wall time, 1 s of it this process's own
+    (user 0.75 + system 0.25): one core busy elsewhere."""
+    import collections
+
+    from fastnn import bench
+
+    hz = os.sysconf("SC_CLK_TCK")
+    Times = collections.namedtuple("Times", "user system children_user children_system elapsed")
+    jiffies = iter([0, 3 * hz])
+    clock = iter([10.0, 12.0])
+    times = iter([Times(1.0, 1.0, 0, 0, 0), Times(1.75, 1.25, 0, 0, 0)])
+    monkeypatch.setattr(bench, "_busy_jiffies", lambda: next(jiffies))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(bench.os, "times", lambda: next(times))
+    with bench.OtherLoad() as other:
+        pass
+    assert other.cores == pytest.approx(1.0) and other.describe() == "1.00 cores"
+
+
 def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
     from fastnn import bench
 
