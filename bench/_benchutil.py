@@ -3,7 +3,6 @@ import datetime
 import os
 import platform
 import sys
-import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
