@@ -13,13 +13,10 @@ times itself and runs on fewer threads while fewer are measured to be faster, as
 other processes keep the cores busy (see csrc/fastnn_governor.pxd).
 """
 import contextlib
-import numbers
 import os
 import re
 import threading
 import warnings
-
-import numpy as np
 
 from fastnn._kernels import _config
 from fastnn._kernels import activations as _activations
@@ -28,7 +25,7 @@ from fastnn._kernels import dropout as _dropout
 from fastnn._kernels import losses as _losses
 from fastnn._kernels import network as _network
 from fastnn._kernels import optim as _optim
-from fastnn._validation import check_int
+from fastnn._validation import check_flag, check_int
 
 __all__ = ["set_num_threads", "get_num_threads", "threads", "set_dynamic", "get_dynamic"]
 
@@ -204,12 +201,7 @@ def set_dynamic(enabled):
     thread-scaling measurements need. ``enabled``: a bool, or the int 0 or 1. Returns the
     previous setting."""
     global _dynamic
-    if isinstance(enabled, (bool, np.bool_)):
-        enabled = bool(enabled)
-    elif isinstance(enabled, numbers.Integral) and enabled in (0, 1):
-        enabled = bool(enabled)
-    else:
-        raise TypeError(f"enabled must be a bool (or 0 or 1), got {enabled!r}")
+    enabled = check_flag(enabled, "enabled")
     previous, _dynamic = _dynamic, enabled
     for m in _GOVERNED_MODULES:
         m.set_dynamic(enabled)

@@ -10,6 +10,7 @@ The rules (documented in the README):
   (NumPy's promotion rule, ``np.result_type``).
 """
 import contextlib
+import math
 import numbers
 import os
 import stat
@@ -116,6 +117,21 @@ def check_int(value, name, minimum=1, below=None, allow_none=False):
         limit = f"2**{power}" if below == 1 << power else str(below)
         raise ValueError(f"{name} must be below {limit}, got {value}")
     return value
+
+
+def too_many_entries(shape):
+    """Whether an array of `shape` drawn in float64 (8 bytes an entry, as the weight
+    initializers draw) would be beyond what NumPy can allocate: a ValueError for the caller to
+    name its sizes, not NumPy's own error."""
+    return math.prod(shape) > (2**63 - 1) // 8
+
+
+def check_flag(value, name):
+    """A switch argument as a bool: a bool (np.bool_ too) or the int 0 or 1, else a TypeError
+    naming `name` (a str such as "no" would be true)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (or 0 or 1), got {type(value).__name__} {value!r}")
 
 
 def check_scalar(value, name, allow_nan=False, lo=None, hi=None, lo_open=False, hi_open=False):

@@ -40,7 +40,7 @@ from fastnn import functional as F
 from fastnn import optim as O
 from fastnn._files import check_writable
 from fastnn._kernels import dense as _kd
-from fastnn._validation import check_int, check_scalar
+from fastnn._validation import check_float_dtype, check_int, check_scalar
 from fastnn.reference import dense as RD
 from fastnn.reference import losses as RL
 
@@ -310,9 +310,10 @@ def _blas_threads(n):
 
 
 def _float_dtype(d):
-    """Whether `d` names float32 or float64 (a bench dtype)."""
+    """Whether `d` names float32 or float64 (a bench dtype; None, which NumPy reads as float64,
+    does not)."""
     try:
-        return isinstance(d, (str, type, np.dtype)) and np.dtype(d) in (np.float32, np.float64)
+        return d is not None and check_float_dtype(d) is not None
     except TypeError:
         return False
 

@@ -51,12 +51,12 @@ def spiral(n_per_class=100, n_classes=3, noise=0.2, seed=None, dtype=np.float32)
     y = np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class)
     for k in range(n_classes):
         start = 2.0 * np.pi * k / n_classes
-        with np.errstate(over="ignore", invalid="ignore"):   # (_finite_points names noise)
+        with np.errstate(over="ignore", invalid="ignore"):   # (_in_range names noise)
             angle = start + np.linspace(0.0, 4.0, n_per_class) + noise * rng.standard_normal(n_per_class)
             rows = slice(k * n_per_class, (k + 1) * n_per_class)
             X[rows, 0] = radius * np.sin(angle)
             X[rows, 1] = radius * np.cos(angle)
-    return _finite_points(X, dtype, noise), y
+    return _in_range(X, dtype, f"noise = {noise} takes points to NaN or"), y
 
 
 def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="ring"):
@@ -92,17 +92,17 @@ def circle(n=300, noise=0.1, factor=0.5, seed=None, dtype=np.float32, inner="rin
     with np.errstate(over="ignore"):
         X += noise * rng.standard_normal(X.shape)
     y = np.concatenate([np.zeros(n_out, dtype=np.int64), np.ones(n_in, dtype=np.int64)])
-    return _finite_points(X, dtype, noise), y
+    return _in_range(X, dtype, f"noise = {noise} takes points to NaN or"), y
 
 
-def _finite_points(X, dtype, noise):
-    """X (float64) in `dtype`, or a ValueError naming noise when it took a point beyond that
-    dtype's range, or to NaN (the sine of an infinite angle; regression_1d refuses the same)."""
+def _in_range(values, dtype, what):
+    """`values` (float64) in `dtype`, or a ValueError "<what> beyond the range of <dtype>" when
+    one is not finite there (noise that took a point to NaN, the sine of an infinite angle, or
+    past float32's range; fn's values past it)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        out = X.astype(dtype)
+        out = values.astype(dtype)
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"noise = {noise} takes points to NaN or beyond the range of "
-                         f"{np.dtype(dtype).name}")
+        raise ValueError(f"{what} beyond the range of {np.dtype(dtype).name}")
     return out
 
 
@@ -134,7 +134,5 @@ def regression_1d(n=200, noise=0.1, seed=None, dtype=np.float32, fn=None):
     if not np.all(np.isfinite(target)):
         raise ValueError("fn returned values that are not finite")
     with np.errstate(over="ignore"):
-        y = (target.reshape(n, 1) + noise * rng.standard_normal((n, 1))).astype(dtype)
-    if not np.all(np.isfinite(y)):   # (finite in float64, beyond the range of dtype)
-        raise ValueError(f"fn returned values beyond the range of {np.dtype(dtype).name}")
-    return X.astype(dtype), y
+        y = target.reshape(n, 1) + noise * rng.standard_normal((n, 1))
+    return X.astype(dtype), _in_range(y, dtype, "fn returned values")

@@ -11,7 +11,8 @@ import numbers
 import numpy as np
 
 from fastnn._kernels import activations as _ka
-from fastnn._validation import as_float_array, check_float_dtype, check_int, check_scalar, numeric_array
+from fastnn._validation import (as_float_array, check_float_dtype, check_int, check_scalar, numeric_array,
+                                too_many_entries)
 from fastnn.functional import activations as _fa
 from fastnn.functional import dense as _fd
 from fastnn.functional import dropout as _fdrop
@@ -51,7 +52,7 @@ def _param_dtype(dtype):
 def _check_weight_size(*dims):
     """A weight array of shape `dims` must be one NumPy can allocate (its initializers draw
     in float64: 8 bytes an entry), else a ValueError naming the sizes."""
-    if math.prod(dims) > (2**63 - 1) // 8:
+    if too_many_entries(dims):
         raise ValueError(f"in_features x out_features{' x pieces' if len(dims) == 3 else ''} = "
                          f"{' x '.join(map(str, dims))} is too many weights for an array")
 
@@ -167,6 +168,14 @@ class Layer:
     # -- parameters
     def parameters(self):
         return [Parameter(self, k, k in self._decay) for k in self.params]
+
+    def _weights(self):
+        """(params['W'], params['b']) of a Dense or Maxout layer, or the error naming a missing
+        entry (_missing)."""
+        try:
+            return self.params["W"], self.params["b"]
+        except (KeyError, TypeError):
+            raise self._missing(("W", "b")) from None
 
     def _missing(self, names):
         """The error for a params that lacks one of `names` (a ValueError naming the entry),
@@ -356,10 +365,7 @@ class Dense(Layer):
         ``keep`` False: no cache kept for backward (inference)."""
         # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
         # bounded dx tiles; the same numbers whichever way a model trains)
-        try:
-            W, b = self.params["W"], self.params["b"]
-        except (KeyError, TypeError):
-            raise self._missing(("W", "b")) from None
+        W, b = self._weights()
         out, cache = _fd._forward(op, x, W, b, alpha,
                                   prelu_alpha if op == _ka.PRELU else None, chunks=True)
         if keep:
@@ -537,12 +543,6 @@ class Maxout(Layer):
 
     def _infer(self, x):
         return _fd.maxout_forward(self._check_x(x), *self._weights())[0]
-
-    def _weights(self):
-        try:
-            return self.params["W"], self.params["b"]
-        except (KeyError, TypeError):
-            raise self._missing(("W", "b")) from None
 
     def backward(self, dout, need_dx=True):
         W, b = self.grads["W"], self.grads["b"]

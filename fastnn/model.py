@@ -2,7 +2,6 @@
 import io
 import json
 import math
-import numbers
 import sys
 import threading
 import time
@@ -12,7 +11,7 @@ import weakref
 import numpy as np
 
 from fastnn._files import atomic_write, write_npz
-from fastnn._validation import (as_float_array, check_int, check_seed, fs_path, int_labels,
+from fastnn._validation import (as_float_array, check_flag, check_int, check_seed, fs_path, int_labels,
                                 open_regular, read_npz)
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
                            PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
@@ -931,11 +930,7 @@ class Sequential:
             raise ValueError("X is empty: nothing to train on")
         epochs = check_int(epochs, "epochs")
         batch_size = check_int(batch_size, "batch_size")
-        if isinstance(shuffle, (bool, np.bool_)) or (isinstance(shuffle, numbers.Integral)
-                                                     and shuffle in (0, 1)):
-            shuffle = bool(shuffle)
-        else:   # ("no" would shuffle; as set_dynamic, a bool or 0 or 1)
-            raise TypeError(f"shuffle must be a bool (or 0 or 1), got {type(shuffle).__name__} {shuffle!r}")
+        shuffle = check_flag(shuffle, "shuffle")   # ("no" would shuffle)
         rng = _fit_rng(seed)
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)

@@ -33,7 +33,7 @@ import numbers
 
 import numpy as np
 
-from fastnn._validation import check_float_dtype, check_int, check_scalar, check_seed
+from fastnn._validation import check_float_dtype, check_int, check_scalar, check_seed, too_many_entries
 
 from fastnn.functional import (
     affine_backward,
@@ -69,7 +69,7 @@ def _init_layers(dims, weight_scale, dtype, seed):
     Draws are made in float64 and rounded once to ``dtype``, so a float32 model and a float64
     model built with the same seed start from the same point (up to that rounding)."""
     for i in range(len(dims) - 1):
-        if dims[i] * dims[i + 1] > (2**63 - 1) // 8:   # (drawn in float64)
+        if too_many_entries((dims[i], dims[i + 1])):
             raise ValueError(f"W{i + 1} of shape ({dims[i]}, {dims[i + 1]}) has too many entries "
                              "for an array")
     randn = _Normal(seed)
