@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import cpus, header_lines, now  # noqa: E402  (also puts the repo on sys.path)
 
 # (layer widths, batch, layer API target vs NumPy, vs PyTorch, functional target vs NumPy):
-# the targets of the README's step table (None: a roofline target, not a speedup)
+# the targets (README, "Where the targets stand"; None: a roofline target, not a speedup)
 NETWORKS = [
     ((2, 100, 3), 300, 5.0, None, 1.2),
     ((64, 64, 64, 10), 32, 5.0, None, 1.2),

@@ -38,7 +38,7 @@ include "fastnn_sites.pxi"
 
 # The one configuration of the dense machinery in the process (the network module uses it too,
 # through config_address()). The tiling constants were measured with sgemm per tile against
-# whole-matrix products (see the README); `thin` with bench/thin_products.py.
+# whole-matrix products (bench/NOTES.md); `thin` with bench/tile_params.py thin.
 cdef DenseConfig _cfg
 _cfg.blas_set = NULL
 _cfg.blas_get = NULL
@@ -202,7 +202,7 @@ def gemm_seconds(r, c, k, trans_a=False, trans_b=False, reps=1, dtype=np.float32
     product (what the tests count the calls with); otherwise each call overwrites C.
     concurrent: that many OpenMP threads make the reps calls at the same time, each into a C
     of its own (C is then concurrent x r x c); seconds per call is the wall time over reps.
-    This shows what calls cost one another (OpenBLAS serializes part of each call: README).
+    This shows what calls cost one another (OpenBLAS serializes part of each call: bench/NOTES.md).
     Without OpenMP the threads' calls run one after another.
 
     For bench/ceiling.py and its tests; not public API. reps calls are not interruptible."""

@@ -287,7 +287,7 @@ cdef inline void gov_nudge(Governor *g, int turn) noexcept nogil:
 # Limits: a site's windows are of its own calls' time, so a call that is a tenth of a training
 # step needs ten times the step's time per window. After busy work started, 784-512-512-10
 # (128)'s course-style step took about 3 s to reach its 1-thread speed without the nudge, and
-# 1-2 s with it (README, "When the cores are busy"). Modules do not share what they learn.
+# 1-2 s with it (bench/NOTES.md, "When the cores are busy"). Modules do not share what they learn.
 
 cdef enum:
     GOV_SITES = 128      # sites per kernel module
