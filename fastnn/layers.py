@@ -112,6 +112,12 @@ class Parameter:
         return self._decay
 
     @property
+    def key(self):
+        """(id(layer), name): what tells this parameter from any other while its layer lives.
+        Optimizer state is keyed by it, and a parameter listed twice is found by it."""
+        return (id(self._layer), self._name)
+
+    @property
     def data(self):
         return self.layer.params[self.name]
 

@@ -538,7 +538,7 @@ class Sequential:
         out = []
         for layer in self._layers:
             for p in layer.parameters():
-                key = (id(p.layer), p.name)
+                key = p.key
                 if key not in seen:
                     seen.add(key)
                     out.append(p)
@@ -762,8 +762,8 @@ class Sequential:
             if cached is not None:
                 return cached[1]
             step = None
-            mine = {(id(p.layer), p.name) for layer in self._layers for p in layer.parameters()}
-            theirs = [(id(p.layer), p.name) for p in optimizer.params]
+            mine = {p.key for layer in self._layers for p in layer.parameters()}
+            theirs = [p.key for p in optimizer.params]
             if len(theirs) == len(mine) and set(theirs) == mine:
                 try:
                     step = _CompiledStep(self, X.shape[0], loss, optimizer)
@@ -1167,7 +1167,7 @@ def _check_trains(optimizer, model):
     if not params:
         raise ValueError("optimizer has no parameters to update (its params list is empty)")
     # layers of a layer of the caller's own (its parameters() gives theirs)
-    mine = {(id(p.layer), p.name) for p in model.parameters()}
+    mine = {p.key for p in model.parameters()}
     if not any((id(getattr(p, "layer", None)), getattr(p, "name", None)) in mine for p in params):
         raise ValueError("optimizer holds none of this model's parameters, so it would train "
                          "nothing: make it from this model's parameters()")

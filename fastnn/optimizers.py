@@ -40,7 +40,7 @@ def _check_params(params):
     for i, p in enumerate(params):
         if not isinstance(p, Parameter):
             raise TypeError(f"params must be Parameter objects (from model.parameters()), got {type(p).__name__}")
-        key = (id(p.layer), p.name)
+        key = p.key
         if key in seen:
             raise ValueError(f"params[{i}] ({p.name} of {type(p.layer).__name__} at {id(p.layer):#x}) "
                              "is listed twice: each step would update it twice (list a layer "
@@ -84,7 +84,7 @@ class Optimizer:
         state = self.__dict__.copy()
         st = self.state
         if isinstance(st, dict):
-            where = {(id(p.layer), p.name): k for k, p in enumerate(self.params)}
+            where = {p.key: k for k, p in enumerate(self.params)}
             kept = copy.copy(st)   # (a dict subclass stays one)
             kept.clear()
             kept.update((key, value) for key, value in st.items() if key in where or not _id_key(key))
@@ -110,7 +110,7 @@ class Optimizer:
         for key, value in st.items():
             k = moved.get(key)
             if k is not None and 0 <= k < len(params):
-                fresh[(id(params[k].layer), params[k].name)] = value
+                fresh[params[k].key] = value
             elif not _id_key(key):
                 fresh[key] = value
         self.__dict__["state"] = fresh
@@ -130,7 +130,7 @@ class Optimizer:
         for an array of another shape or dtype (the parameter was replaced). State that is not
         a list of n writeable C-contiguous arrays of the parameter's shape and dtype (edited by
         hand) raises a TypeError or ValueError naming it, before any update."""
-        key = (id(p.layer), p.name)
+        key = p.key
         if data is None:
             data = p.data
         st = self.state.get(key)
