@@ -778,6 +778,8 @@ def _prelu_alpha(rng, shape, kind, dtype):
         return rng.uniform(-0.5, 1.5, d).astype(dtype)
     if kind == "list":
         return [float(v) for v in rng.uniform(0, 1, d)]
+    if kind == "shared":   # one slope for every feature, shape (1,) (PyTorch's nn.PReLU())
+        return rng.uniform(-0.5, 1.5, 1).astype(dtype)
     raise AssertionError(kind)
 
 
@@ -790,7 +792,7 @@ def _sum_bound(terms, dtype, axis=None):
     return (n + 1) * np.finfo(dtype).eps * s
 
 
-@pytest.mark.parametrize("alpha_kind", ["scalar", "vector", "list"])
+@pytest.mark.parametrize("alpha_kind", ["scalar", "vector", "list", "shared"])
 @pytest.mark.parametrize("shape", PRELU_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_prelu_matches_reference(dtype, shape, alpha_kind, rng):
@@ -816,6 +818,9 @@ def test_prelu_matches_reference(dtype, shape, alpha_kind, rng):
     if alpha_kind == "scalar":
         truth = rows.sum()
         bound = _sum_bound(rows, dtype)
+    elif alpha_kind == "shared":
+        truth = rows.sum().reshape(1)
+        bound = _sum_bound(rows, dtype)
     else:
         truth = rows.sum(axis=0)
         bound = _sum_bound(rows, dtype, axis=0)
@@ -825,12 +830,13 @@ def test_prelu_matches_reference(dtype, shape, alpha_kind, rng):
     assert np.all(np.abs(np.asarray(rdalpha, np.float64) - truth) <= bound)
 
 
-@pytest.mark.parametrize("alpha_kind", ["scalar", "vector"])
+@pytest.mark.parametrize("alpha_kind", ["scalar", "vector", "shared"])
 @pytest.mark.parametrize("shape", [(4, 5), (3, 2, 4), (6,)], ids=str)
 def test_prelu_numerical_gradients(shape, alpha_kind, rng):
     x = _away_from_kinks(rng, shape)
     dout = rng.standard_normal(shape)
-    alpha = np.array(0.3) if alpha_kind == "scalar" else rng.uniform(-0.5, 1.5, shape[-1])
+    alpha = (np.array(0.3) if alpha_kind == "scalar" else np.array([0.3]) if alpha_kind == "shared"
+             else rng.uniform(-0.5, 1.5, shape[-1]))
     _, cache = F.prelu_forward(x, alpha)
     dx, dalpha = F.prelu_backward(dout, cache)
     num_dx = numerical_gradient(lambda v: F.prelu_forward(v, alpha)[0], x.copy(), dout)
@@ -851,7 +857,7 @@ def test_prelu_reads_alpha_live(rng):
     np.testing.assert_array_equal(y1[:, [0, 1, 3]], y2[:, [0, 1, 3]])
 
 
-@pytest.mark.parametrize("alpha_kind", ["scalar", "vector"])
+@pytest.mark.parametrize("alpha_kind", ["scalar", "vector", "shared"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_prelu_threads_bitwise_identical(dtype, alpha_kind, rng):
     shape = (4001, 100)  # ~25 row blocks of the fixed dalpha blocking
@@ -910,7 +916,7 @@ def test_prelu_argument_errors():
     with pytest.raises(ValueError, match="alpha"):
         F.prelu_forward(x, np.ones((1, 3)))
     with pytest.raises(ValueError, match="alpha"):
-        F.prelu_forward(x, np.nan)
+        F.prelu_forward(x, np.ones(2))
     for bad in [np.array([1j, 2j, 3j]), "0.1", None, np.array(["a", "b", "c"])]:
         with pytest.raises(TypeError, match="alpha"):
             F.prelu_forward(x, bad)

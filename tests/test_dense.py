@@ -56,8 +56,9 @@ GRAD_RTOL, GRAD_ATOL = 1e-7, 1e-8
 class Sandwich:
     """One fused layer: the functional forward/backward and the reference oracle.
 
-    alpha: None (no parameter), a float (leaky_relu's alpha, prelu's scalar alpha) or "vector"
-    (prelu: one alpha per unit, drawn per test)."""
+    alpha: None (no parameter), a float (leaky_relu's alpha, prelu's scalar alpha), "vector"
+    (prelu: one alpha per unit, drawn per test) or "shared" (prelu: one alpha of shape (1,)
+    for every unit, drawn per test)."""
 
     def __init__(self, name, act, alpha=None, default_alpha=False):
         self.name = name
@@ -76,6 +77,8 @@ class Sandwich:
     def make_alpha(self, rng, m, dtype):
         if self.alpha == "vector":
             return rng.uniform(-0.5, 1.5, m).astype(dtype)
+        if self.alpha == "shared":   # one slope for every unit, shape (1,)
+            return rng.uniform(-0.5, 1.5, 1).astype(dtype)
         return self.alpha
 
     def args(self, alpha):
@@ -128,6 +131,7 @@ SANDWICHES = [
     Sandwich("tanh", "tanh"),
     Sandwich("prelu_scalar", "prelu", 0.25),
     Sandwich("prelu_vector", "prelu", "vector"),
+    Sandwich("prelu_shared", "prelu", "shared"),
 ]
 SANDWICH_NAMES = [s.name for s in SANDWICHES]
 BY_NAME = {s.name: s for s in SANDWICHES}

@@ -162,19 +162,24 @@ def _rows(a):
 
 def _prelu_vector(alpha, d, dtype, per="feature"):
     """PReLU's alpha (a scalar, or one value per feature / unit) as a vector of d slopes;
-    returns (vector, the shape to give dalpha: () for a scalar alpha)."""
+    returns (vector, the shape to give dalpha: () for a scalar alpha). An alpha of shape (1,)
+    is one slope shared by every feature (the shape of PyTorch's ``nn.PReLU()`` weight; NumPy
+    would broadcast it); its dalpha has shape (1,)."""
     if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
         a = as_float_array(alpha, "alpha", dtype)
+        if a.shape == (1,) and d != 1:
+            return np.full(d, a[0], dtype=dtype), (1,)
         if a.shape != (d,):
-            raise ValueError(f"alpha must be a scalar or have one entry per {per} (shape ({d},)), "
-                             f"got shape {a.shape}")
+            raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
+                             f"entry per {per} (shape ({d},)), got shape {a.shape}")
         return a, a.shape
-    return np.full(d, check_scalar(alpha, "alpha"), dtype=dtype), ()
+    # (a learnable parameter, as w: NaN and Inf flow through, as they do in a slope array)
+    return np.full(d, check_scalar(alpha, "alpha", allow_nan=True), dtype=dtype), ()
 
 
 def prelu_forward(x, alpha):
-    """Parametric ReLU: ``x if x > 0 else alpha * x`` with a learnable ``alpha``, a scalar or
-    one value per feature (the last axis of ``x``)."""
+    """Parametric ReLU: ``x if x > 0 else alpha * x`` with a learnable ``alpha``, a scalar,
+    one value per feature (the last axis of ``x``), or shape (1,): one slope shared by all."""
     if isinstance(alpha, np.ndarray) and alpha.ndim > 0:
         dt = common_dtype(("x", x), ("alpha", alpha))
     else:
@@ -183,8 +188,11 @@ def prelu_forward(x, alpha):
     a, ashape = _prelu_vector(alpha, x.shape[-1] if x.ndim else 1, dt)
     out = np.empty_like(x)
     _k.prelu_forward(_rows(x), a, _rows(out), _threads._num_threads)
-    # (a 0-d slope array is kept as it is: backward reads it live, as it reads a 1-D one)
-    live = alpha if isinstance(alpha, np.ndarray) and alpha.ndim == 0 else a
+    # (a 0-d slope array, or a shared one of shape (1,), is kept as it is: backward reads it
+    # live, as it reads a 1-D one)
+    live = a
+    if a.shape != ashape or (isinstance(alpha, np.ndarray) and alpha.ndim == 0):
+        live = alpha if isinstance(alpha, np.ndarray) else as_float_array(alpha, "alpha", dt)
     return out, ActivationCache("prelu", x, (live, ashape))
 
 
@@ -199,9 +207,10 @@ def prelu_backward(dout, cache):
     d = x.shape[-1] if x.ndim else 1
     ok = isinstance(cache.alpha, tuple) and len(cache.alpha) == 2
     a, ashape = cache.alpha if ok else (None, None)
-    if ashape == () and isinstance(a, np.ndarray) and a.ndim == 0:
-        a = _prelu_vector(a, d, dt)[0]   # the caller's 0-d slope array, as it is now
-    if not (ok and isinstance(a, np.ndarray) and a.shape == (d,) and ashape in ((), (d,))):
+    if isinstance(a, np.ndarray) and ((ashape == () and a.ndim == 0)
+                                      or (ashape == (1,) and a.shape == (1,))):
+        a = _prelu_vector(a, d, dt)[0]   # the caller's 0-d or shared slope array, as it is now
+    if not (ok and isinstance(a, np.ndarray) and a.shape == (d,) and ashape in ((), (d,), (1,))):
         raise ValueError(f"cache is damaged or not from prelu_forward: its slopes do not match the "
                          f"{d} features of its input")
     a = as_float_array(a, "cache", dt)
@@ -210,7 +219,9 @@ def prelu_backward(dout, cache):
     _k.prelu_backward(_rows(dout), _rows(x), a, _rows(dx), dalpha, _threads._num_threads)
     if ashape == ():
         return dx, dalpha.sum(dtype=dt)  # per-feature partials in a fixed order
-    return dx, dalpha.reshape(ashape)
+    if ashape != dalpha.shape:   # one shared slope, (1,)
+        return dx, dalpha.sum(dtype=dt, keepdims=True)
+    return dx, dalpha
 
 
 # ----------------------------------------------------------------------------- Maxout (element-wise part)

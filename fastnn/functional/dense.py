@@ -335,6 +335,8 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     if op == _ka.PRELU:
         if cache.alpha_shape == ():
             dalpha = dalpha.sum(dtype=dt)
+        elif cache.alpha_shape != dalpha.shape:   # one slope shared by the units, (1,)
+            dalpha = dalpha.sum(dtype=dt, keepdims=True)
         return dx, dw, db, dalpha
     return dx, dw, db
 
@@ -388,7 +390,8 @@ def affine_tanh_backward(dout, cache):
 
 
 def affine_prelu_forward(x, w, b, alpha):
-    """``prelu(x @ w + b, alpha)``, alpha a scalar or one value per unit."""
+    """``prelu(x @ w + b, alpha)``, alpha a scalar, one value per unit, or shape (1,): one
+    slope shared by every unit."""
     return _forward(_ka.PRELU, x, w, b, prelu_alpha=alpha)
 
 

@@ -73,6 +73,8 @@ def prelu_backward(dout, cache):
     contrib = dout * np.where(x > 0, x.dtype.type(0), x)
     if a.ndim == 0:
         dalpha = contrib.sum(dtype=x.dtype)
+    elif a.shape == (1,):   # one slope shared by every feature (broadcast in forward)
+        dalpha = contrib.sum(dtype=x.dtype).reshape(1)
     else:
         # rows x features, spelled out: reshape(-1, 0) is ambiguous, and a 0-d x is one
         # sample of one feature
