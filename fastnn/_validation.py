@@ -6,6 +6,8 @@ The rules (documented in the README):
 - bool and integer arrays, and nested lists of numbers, are converted to float64, as NumPy's
   ufuncs do for ``np.tanh`` or ``np.exp``.
 - complex, object, string, datetime and other arrays raise TypeError naming the argument.
+- a masked array (``numpy.ma``) with masked entries raises TypeError: the kernels would read
+  the values under the mask as data.
 - when operands of one call mix float32 and float64, the call computes in float64
   (NumPy's promotion rule, ``np.result_type``).
 """
@@ -27,9 +29,20 @@ def _describe(x):
     return f"{type(x).__name__}"
 
 
+def refuse_masked(x, name):
+    """A TypeError naming ``name`` when ``x`` is a numpy.ma.MaskedArray with masked entries:
+    converting it to an array (as every kernel does) drops the mask, so the values under it
+    would be computed with as data. One with nothing masked is its data."""
+    if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+        raise TypeError(f"{name} is a masked array with masked entries, which fastnn would read as "
+                        f"data: pass {name}.filled(value), or drop the masked rows")
+
+
 def float_dtype_of(x, name):
     """The computation dtype for operand ``x`` (float32 or float64) or a TypeError."""
     if isinstance(x, np.ndarray):
+        if type(x) is not np.ndarray:
+            refuse_masked(x, name)
         dt = x.dtype
     elif x is None:
         raise TypeError(f"{name} must be an array of floats, got None")
@@ -193,6 +206,7 @@ def class_labels(y, n, num_classes, name="y"):
     """Integer class labels: 1-D, n of them, each in [0, num_classes). Returns an intp array."""
     if y is None:
         raise TypeError(f"{name} must be an array of integer class labels, got None")
+    refuse_masked(y, name)
     arr = np.asarray(y)
     if arr.dtype.kind not in "iu":
         raise TypeError(
@@ -225,21 +239,37 @@ def beyond_intp(arr):
     return int(big[0]) if big.size else -1
 
 
+def _not_whole(arr):
+    """Index of the first float label of the 1-D ``arr`` that is not a whole number an intp
+    holds exactly (0.5, NaN, Inf, 1e300), or -1."""
+    a = arr.astype(np.float64, copy=False)   # (float16's range ends below 2**52)
+    with np.errstate(invalid="ignore"):
+        whole = (np.trunc(a) == a) & (np.abs(a) <= 2.0**52)   # (NaN fails both, Inf the second)
+    bad = np.flatnonzero(~whole)
+    return int(bad[0]) if bad.size else -1
+
+
 _INTP = np.dtype(np.intp)
 
 
-def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_column=True):
+def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_column=True,
+               allow_float=False):
     """Integer (or bool) labels as a C-contiguous intp array of n entries, (n, 1) accepted
     with allow_column (binary labels, beside (n, 1) scores; class labels are 1-D, as
     class_labels wants them). Values an intp cannot hold are refused here (a cast would wrap
-    2**64 - 1 to -1); the range a loss allows is checked by its kernel."""
+    2**64 - 1 to -1); the range a loss allows is checked by its kernel. With allow_float
+    (binary labels: 0.0 / 1.0 targets, as PyTorch's BCE loss takes them and the NumPy
+    reference computes with them), float labels that are whole numbers are taken too; 0.5,
+    NaN or Inf is refused naming its index."""
     if (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1 and y.shape[0] == n
             and y.flags.c_contiguous):
         return y   # already what the checks below would return (a training step's fast path)
     if y is None:
         raise TypeError(f"{name} must be an array of {what}, got None")
+    refuse_masked(y, name)
     arr = np.asarray(y)
-    if arr.dtype.kind not in ("iub" if allow_bool else "iu"):
+    if arr.dtype.kind not in ("iub" if allow_bool else "iu") and not (
+            allow_float and arr.dtype.kind == "f"):
         raise TypeError(f"{name} must hold {what}, got dtype {arr.dtype}")
     if arr.ndim == 2 and arr.shape[1] == 1 and allow_column:
         arr = arr[:, 0]
@@ -247,7 +277,7 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
         raise ValueError(f"{name} must be 1-D with one label per row, got shape {arr.shape}")
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
-    bad = beyond_intp(arr)
+    bad = beyond_intp(arr) if arr.dtype.kind != "f" else _not_whole(arr)
     if bad >= 0:
         raise ValueError(f"{name} must hold {what}, got {arr[bad]} (at index {bad})")
     if arr.dtype != np.intp or not arr.flags.c_contiguous:
@@ -256,12 +286,12 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
 
 
 def binary_targets(y, n, allowed, dtype, name="y"):
-    """Binary labels (integer or bool) with values in ``allowed`` ((0, 1) or (-1, 1)), as a
+    """Binary labels (integer, bool, or floats that are whole numbers) with values in ``allowed`` ((0, 1) or (-1, 1)), as a
     float array of ``dtype``."""
     from fastnn._kernels import losses as _kl
 
     what = f"labels from {{{', '.join(map(str, sorted(allowed)))}}}"
-    labels = int_labels(y, n, True, name, what)
+    labels = int_labels(y, n, True, name, what, allow_float=True)
     kind = {(0, 1): _kl.LOGISTIC, (-1, 1): _kl.BINARY_HINGE}[tuple(sorted(allowed))]
     # checked and converted in one pass by the kernel (np.isin cost more than the loss itself
     # at course batch sizes)
@@ -373,6 +403,7 @@ def _first_repeat(items):
 def numeric_array(value, name, kinds="biuf"):
     """value as an ndarray (converted when it is not one) of a dtype kind in `kinds` (real
     numbers: bool, int, uint, float by default), else a TypeError naming `name`."""
+    refuse_masked(value, name)
     if not isinstance(value, np.ndarray):
         try:
             value = np.asarray(value)

@@ -17,6 +17,7 @@ Tolerances, and why they are what they are:
 - Numerical gradients (float64, central differences, h = 1e-5, data >= 0.05 away from hinge
   kinks): rtol 1e-7, atol 1e-9 (dx entries are O(1/N) ~ 0.1; rounding ~ eps * |loss| / h ~ 1e-11).
 """
+import re
 import warnings
 
 import numpy as np
@@ -377,9 +378,32 @@ def test_logistic_labels_only_0_1():
         with pytest.raises(ValueError, match=r"\by\b"):
             F.logistic_loss(x, np.array(bad))
     with pytest.raises(TypeError, match=r"\by\b"):
-        F.logistic_loss(x, np.array([0.0, 1.0, 1.0, 0.0]))
+        F.logistic_loss(x, np.array([0j, 1, 1, 0]))
     with pytest.raises(ValueError, match=r"\by\b"):
         F.logistic_loss(x, np.array([0, 1, 1]))
+
+
+@pytest.mark.parametrize("name, labels", [("logistic", [0, 1, 1, 0, 1]),
+                                          ("binary_svm", [-1, 1, 1, -1, 1])])
+@pytest.mark.parametrize("ldtype", [np.float64, np.float32, np.float16])
+def test_binary_losses_take_float_labels_that_are_whole_numbers(name, labels, ldtype, rng):
+    """0.0 / 1.0 targets (PyTorch's BCE takes only floats; the NumPy reference computes with
+    them) give the integer labels' numbers; a float that is no label is named."""
+    fn, ref = getattr(F, name + "_loss"), getattr(R, name + "_loss")
+    x = rng.standard_normal(5)
+    want = fn(x, np.array(labels))
+    for y in (np.array(labels, dtype=ldtype), np.array(labels, dtype=ldtype).reshape(-1, 1)):
+        got = fn(x, y)
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[1], want[1])
+        r = ref(x, np.array(labels, dtype=ldtype))
+        np.testing.assert_allclose(got[0], r[0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], r[1], rtol=1e-12)
+    for bad, shown in ((0.5, "0.5"), (np.nan, "nan"), (np.inf, "inf"), (2.0, "2"), (1e300, "1e+300")):
+        y = np.array(labels, dtype=np.float64)
+        y[3] = bad
+        with pytest.raises(ValueError, match=rf"\by\b.*{re.escape(shown)}"):
+            fn(x, y)
 
 
 def test_binary_svm_labels_only_minus1_plus1():
@@ -389,7 +413,7 @@ def test_binary_svm_labels_only_minus1_plus1():
         with pytest.raises(ValueError, match=r"\by\b"):
             F.binary_svm_loss(x, np.array(bad))
     with pytest.raises(TypeError, match=r"\by\b"):
-        F.binary_svm_loss(x, np.array([-1.0, 1.0, 1.0, -1.0]))
+        F.binary_svm_loss(x, np.array(["-1", "1", "1", "-1"]))
     with pytest.raises(ValueError, match=r"\by\b"):
         F.binary_svm_loss(x, np.array([-1, 1, 1, -1, 1]))
 

@@ -9,6 +9,16 @@
   blamed), a damaged slope in a cache is named, and a 0-d PReLU slope array is read live at
   backward like a 1-D one;
 - rel_error refuses complex input (it dropped the imaginary part).
+
+And by the twentieth session's audit:
+
+- a masked array (numpy.ma) with masked entries is refused naming the argument (its mask was
+  dropped and the values under it computed with: a masked 1e6 score gave a loss of 999999);
+- a PReLU slope of shape (1,) (PyTorch's nn.PReLU() weight) is one slope shared by every
+  feature, dalpha of shape (1,); a NaN scalar slope flows through as a NaN slope array did
+  (it raised: the slope is a parameter, like w);
+- the class and binary losses check the labels against x's shape before converting x (a
+  broadcast x of a huge shape with the wrong labels was copied: MemoryError).
 """
 import numpy as np
 import pytest
@@ -122,7 +132,7 @@ def test_a_damaged_maxout_shape_is_named():
 def test_a_0d_prelu_slope_array_is_read_live_like_a_1d_one():
     r = np.random.default_rng(0)
     x, dout = r.standard_normal((4, 3)), r.standard_normal((4, 3))
-    for alpha in (np.array(0.5), np.full(3, 0.5)):
+    for alpha in (np.array(0.5), np.full(3, 0.5), np.array([0.5])):   # (1,): one shared slope
         _, cache = F.prelu_forward(x, alpha)
         alpha[...] = 9.0
         dx, dalpha = F.prelu_backward(dout, cache)
@@ -147,3 +157,61 @@ def test_rel_error_refuses_what_is_not_real(bad):
     with pytest.raises(TypeError, match="y must hold real numbers"):
         G.rel_error(np.ones(1), bad)
     assert G.rel_error(np.array([1.0, 2.0]), [1, 2]) == 0.0
+
+
+def _masked(a, where):
+    m = np.zeros(np.shape(a), bool)
+    m[where] = True
+    return np.ma.array(a, mask=m)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda mk: F.softmax_loss(mk(np.array([[1.0, 2.0, 1e6]]), (0, 2)), np.array([0])), "x"),
+    (lambda mk: F.softmax_loss(np.ones((2, 3)), mk(np.array([0, 1]), 1)), "y"),
+    (lambda mk: F.logistic_loss(np.ones(2), mk(np.array([0, 1]), 1)), "y"),
+    (lambda mk: F.mse_loss(mk(np.array([1.0, 100.0]), 1), np.array([1.0, 0.0])), "x"),
+    (lambda mk: F.mse_loss(np.array([1.0, 100.0]), mk(np.array([1.0, 0.0]), 1)), "y"),
+    (lambda mk: F.relu_forward(mk(np.array([-1.0, 5.0, np.nan]), 2)), "x"),
+    (lambda mk: F.affine_relu_forward(mk(np.ones((2, 3)), (0, 1)), np.ones((3, 2)), np.zeros(2)), "x"),
+    (lambda mk: F.affine_forward(np.ones((2, 3)), mk(np.ones((3, 2)), (1, 1)), np.zeros(2)), "w"),
+    (lambda mk: F.dropout_forward(mk(np.ones(4), 0), {"p": 0.5, "mode": "train", "seed": 1}), "x"),
+    (lambda mk: O.sgd(mk(np.ones(3), 1), np.ones(3)), "w"),
+    (lambda mk: O.adam(np.ones(3), mk(np.ones(3), 1)), "dw"),
+], ids=["softmax-x", "softmax-y", "logistic-y", "mse-x", "mse-y", "relu", "affine_relu-x",
+        "affine-w", "dropout", "sgd-w", "adam-dw"])
+def test_a_masked_array_with_masked_entries_is_refused_naming_it(call, name):
+    with pytest.raises(TypeError, match=rf"^{name} is a masked array with masked entries"):
+        call(_masked)
+    # one with nothing masked is its data
+    got, want = call(lambda a, where: np.ma.array(a)), call(lambda a, where: a)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        if isinstance(w, (np.ndarray, float)):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_scalar_prelu_slope_flows_through_like_a_slope_array(bad):
+    x = np.array([[-2.0, 0.0, 3.0], [1.0, -0.5, -1.0]])
+    dout = np.ones_like(x)
+    for alpha in (bad, np.full(3, bad), np.array([bad])):
+        out, cache = F.prelu_forward(x, alpha)
+        with np.errstate(invalid="ignore"):   # (the reference's inf * 0)
+            want = RA.prelu_forward(x, alpha)[0]
+        np.testing.assert_array_equal(out, want)
+        dx, dalpha = F.prelu_backward(dout, cache)
+        np.testing.assert_array_equal(dx, RA.prelu_backward(dout, (x, alpha))[0])
+        assert np.shape(dalpha) == np.shape(alpha)
+        w, b = np.eye(3), np.zeros(3)
+        np.testing.assert_array_equal(F.affine_prelu_forward(x, w, b, alpha)[0], want)
+
+
+@pytest.mark.parametrize("loss, x, y", [
+    (F.softmax_loss, np.broadcast_to(1.0, (2**20, 2**20)), np.zeros(3, int)),
+    (F.svm_loss, np.broadcast_to(np.float32(1.0), (2**20, 2**20)), np.zeros(3, int)),
+    (F.logistic_loss, np.broadcast_to(1.0, (2**36,)), np.zeros(3, int)),
+    (F.binary_svm_loss, np.broadcast_to(1.0, (2**36, 1)), np.ones(3, int)),
+], ids=["softmax", "svm", "logistic", "binary_svm"])
+def test_losses_check_the_labels_before_copying_a_huge_x(loss, x, y):
+    """(x would take 8 TiB or 512 GiB: a copy of it raised MemoryError.)"""
+    with pytest.raises(ValueError, match=r"^y must have"):
+        loss(x, y)

@@ -522,10 +522,11 @@ def test_multiclass_labels(loss, y, exc):
 
 BINARY_LABELS = {
     "logistic_loss": [(np.array([0, 1, 2, 1]), ValueError), (np.array([0, -1, 1, 1]), ValueError),
-                      (np.array([0.0, 1.0, 1.0, 0.0]), TypeError), (np.array([0, 1, 1]), ValueError),
+                      (np.array([0.0, 0.5, 1.0, 0.0]), ValueError), (np.array([0j, 1, 1, 0]), TypeError),
+                      (np.array([0, 1, 1]), ValueError),
                       (None, TypeError), (np.array([0, 1, 1, 0, 1]), ValueError)],
     "binary_svm_loss": [(np.array([0, 1, -1, 1]), ValueError), (np.array([2, 1, -1, 1]), ValueError),
-                        (np.array([1.0, -1.0, 1.0, 1.0]), TypeError), (np.array([1, -1]), ValueError),
+                        (np.array([1.0, -1.0, np.nan, 1.0]), ValueError), (np.array([1, -1]), ValueError),
                         (np.array(["a", "b", "c", "d"]), TypeError)],
 }
 

@@ -8,25 +8,32 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import losses as _kl
-from fastnn._validation import as_float_array, binary_targets, class_labels, common_dtype
+from fastnn._validation import as_float_array, binary_targets, class_labels, common_dtype, float_dtype_of
 
 __all__ = ["softmax_loss", "svm_loss", "logistic_loss", "binary_svm_loss", "mse_loss"]
 
 
-def _scores(x):
-    x = as_float_array(x, "x")
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D scores of shape (N, C), got shape {x.shape}")
-    if x.shape[0] == 0:
+def _check_scores(shape):
+    if len(shape) != 2:
+        raise ValueError(f"x must be 2-D scores of shape (N, C), got shape {shape}")
+    if shape[0] == 0:
         raise ValueError("x must hold at least one row: the mean loss over an empty batch is undefined")
-    if x.shape[1] == 0:
+    if shape[1] == 0:
         raise ValueError("x must have at least one class column, got shape (N, 0)")
-    return x
 
 
 def _class_loss(kind, x, y):
-    x = _scores(x)
-    y = class_labels(y, x.shape[0], x.shape[1])
+    # x's dtype and shape, then the labels, before x is converted: a broadcast view of a
+    # huge shape with the wrong labels is refused, not copied
+    if isinstance(x, np.ndarray):
+        float_dtype_of(x, "x")
+        _check_scores(x.shape)
+        y = class_labels(y, x.shape[0], x.shape[1])
+        x = as_float_array(x, "x")   # (of the shape just checked)
+    else:
+        x = as_float_array(x, "x")
+        _check_scores(x.shape)
+        y = class_labels(y, x.shape[0], x.shape[1])
     dx = np.empty_like(x)
     loss = _kl.class_loss(kind, x, y, dx, _threads._num_threads)
     return loss, dx
@@ -42,18 +49,23 @@ def svm_loss(x, y):
     return _class_loss(_kl.SVM, x, y)
 
 
-def _binary_scores(x):
-    x = as_float_array(x, "x")
-    if not (x.ndim == 1 or (x.ndim == 2 and x.shape[1] == 1)):
-        raise ValueError(f"x must have shape (N,) or (N, 1), got {x.shape}")
-    if x.shape[0] == 0:
+def _check_binary_scores(shape):
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise ValueError(f"x must have shape (N,) or (N, 1), got {shape}")
+    if shape[0] == 0:
         raise ValueError("x must hold at least one score: the mean loss over an empty batch is undefined")
-    return x
 
 
 def _binary_loss(kind, allowed, x, y):
-    x = _binary_scores(x)
-    t = binary_targets(y, x.shape[0], allowed, x.dtype)
+    if isinstance(x, np.ndarray):   # (as _class_loss: checked before x is converted)
+        dt = float_dtype_of(x, "x")
+        _check_binary_scores(x.shape)
+        t = binary_targets(y, x.shape[0], allowed, dt)
+        x = as_float_array(x, "x", dt)
+    else:
+        x = as_float_array(x, "x")
+        _check_binary_scores(x.shape)
+        t = binary_targets(y, x.shape[0], allowed, x.dtype)
     dx = np.empty_like(x)
     loss = _kl.target_loss(kind, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
     return loss, dx
