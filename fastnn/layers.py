@@ -7,6 +7,7 @@ converted to it.
 """
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -307,11 +308,11 @@ class Dense(Layer):
             raise TypeError(f"activation must be a str or None, got {type(activation).__name__}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]} or None, got {activation!r}")
-        self.activation = None if activation == "linear" else activation
+        self._activation = None if activation == "linear" else activation
         self._op = ACTIVATIONS[activation]
         if alpha is None:
             alpha = 0.25 if activation == "prelu" else 0.01
-        self.alpha = check_scalar(alpha, "alpha")
+        self._alpha = check_scalar(alpha, "alpha")
         self.seed = _check_seed(seed)
         self.weight_init = weight_init
         init = get_initializer(weight_init, self.activation)
@@ -323,6 +324,19 @@ class Dense(Layer):
         self._add_param("b", np.zeros(self.out_features))
         if self._op == _ka.PRELU:
             self._add_param("alpha", np.full(self.out_features, self.alpha))
+
+    @property
+    def activation(self):
+        """The activation given at construction. It is fixed (the fused kernel is chosen then):
+        setting it raises AttributeError; build a new layer instead."""
+        return self._activation
+
+    alpha = property(operator.attrgetter("_alpha"), lambda self, value: self._set_alpha(value),
+                     doc="The fixed slope of leaky_relu (prelu's initial slope): a finite real "
+                         "number, checked when set.")
+
+    def _set_alpha(self, value):
+        self._alpha = check_scalar(value, f"{type(self).__name__}.alpha")
 
     def output_features(self, in_features):
         if in_features is not None and in_features != self.in_features:
@@ -450,7 +464,13 @@ class LeakyReLU(Layer):
 
     def __init__(self, alpha=0.01, dtype=None):
         super().__init__(dtype)
-        self.alpha = check_scalar(alpha, "alpha")
+        self._alpha = check_scalar(alpha, "alpha")
+
+    alpha = property(operator.attrgetter("_alpha"), lambda self, value: self._set_alpha(value),
+                     doc="The slope for x <= 0: a finite real number, checked when set.")
+
+    def _set_alpha(self, value):
+        self._alpha = check_scalar(value, f"{type(self).__name__}.alpha")
 
     def forward(self, x, training=None):
         out, self._cache = _fa.leaky_relu_forward(self._input(x), self.alpha)
@@ -483,6 +503,9 @@ class PReLU(Layer):
             a = self.params["alpha"]
         except (KeyError, TypeError):
             raise self._missing(("alpha",)) from None
+        if not (type(a) is np.ndarray and a.shape == (self.num_parameters,)):
+            # (replaced by the caller: named as train_step names it, not an IndexError)
+            self._explain_arrays("alpha", self.dtype, (self.num_parameters,))
         if self.num_parameters == 1:
             return a[0]
         if features != self.num_parameters:
@@ -591,16 +614,24 @@ class _Stochastic(Layer):
         return self._input(x)   # off in inference mode (forward(x, training=False))
 
 
+def _drop_probability(p, name):
+    p = check_scalar(p, name)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} is the drop probability and must be in [0, 1), got {p}")
+    return p
+
+
 class Dropout(_Stochastic):
     """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
     keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
 
     def __init__(self, p=0.5, seed=None, dtype=None):
         super().__init__(seed, dtype)
-        p = check_scalar(p, "p")
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"p is the drop probability and must be in [0, 1), got {p}")
-        self.p = p
+        self._p = _drop_probability(p, "p")
+
+    p = property(operator.attrgetter("_p"),
+                 lambda self, value: setattr(self, "_p", _drop_probability(value, "Dropout.p")),
+                 doc="The probability of dropping a unit, in [0, 1); checked when set.")
 
     def forward(self, x, training=None):
         x = self._input(x)
@@ -628,7 +659,11 @@ class GaussianNoise(_Stochastic):
 
     def __init__(self, std=0.1, seed=None, dtype=None):
         super().__init__(seed, dtype)
-        self.std = check_scalar(std, "std", lo=0.0)
+        self._std = check_scalar(std, "std", lo=0.0)
+
+    std = property(operator.attrgetter("_std"),
+                   lambda self, value: setattr(self, "_std", check_scalar(value, "GaussianNoise.std", lo=0.0)),
+                   doc="The noise's standard deviation, >= 0; checked when set.")
 
     def forward(self, x, training=None):
         x = self._input(x)

@@ -12,7 +12,7 @@ import numpy as np
 
 from fastnn._files import atomic_write, write_npz
 from fastnn._validation import (as_float_array, check_flag, check_int, check_seed, fs_path, int_labels,
-                                open_regular, read_npz)
+                                open_regular, read_npz, refuse_masked)
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
                            PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -218,7 +218,8 @@ class _CompiledStep:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
             binary = self.binary
-            labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary)
+            labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary,
+                                allow_float=binary)
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         rule = self.rule
@@ -614,7 +615,8 @@ class Sequential:
 
     def backward(self, dout, need_dx=True):
         """Backpropagate ``dout`` (the gradient of the loss wrt the scores); fills every layer's
-        ``grads`` and returns the gradient wrt the input (None when ``need_dx`` is False)."""
+        ``grads`` (overwriting them, as the course's code does: PyTorch would add to them) and
+        returns the gradient wrt the input (None when ``need_dx`` is False)."""
         with self._lock:
             if self._layers.changed:
                 self._build()
@@ -670,6 +672,7 @@ class Sequential:
     def _labels(self, y, n, name="y", rows="X"):
         if y is None:
             raise TypeError(f"{name} must be an array of targets, got None")
+        refuse_masked(y, name)
         y = np.asarray(y)
         if y.ndim < 1 or y.shape[0] != n:
             raise ValueError(f"{name} must have {n} entries (one per row of {rows}), got shape {y.shape}")
@@ -694,7 +697,7 @@ class Sequential:
                             f"(cast with {name}.astype(int) if the values are whole numbers)")
         labels = int_labels(y, n, allow_bool=binary, name=name,
                             what="integer labels" if binary else "integer class labels",
-                            allow_column=binary)
+                            allow_column=binary, allow_float=binary)
         if kind == _kl.LOGISTIC:
             bad, valid = (labels != 0) & (labels != 1), "{0, 1}"
         elif kind == _kl.BINARY_HINGE:
@@ -913,7 +916,8 @@ class Sequential:
         epoch (loss, accuracy where it applies, samples/s) and returns the history, a dict of
         per-epoch lists. A non-finite loss or gradient stops training before that step updates
         anything, with a warning that names the epoch and step; the history then has
-        ``"stopped"`` set to that message.
+        ``"stopped"`` set to that message. The layers train in training mode (dropout and
+        noise on) and are left in the mode each had before the call.
 
         Everything is checked before the first step: the arguments, every label (or target) of
         ``y`` for the loss, and ``validation_data`` (X_val's shape, y_val's length and labels),
@@ -963,6 +967,9 @@ class Sequential:
             history["val_loss"] = []
             if classify:
                 history["val_accuracy"] = []
+        # fit trains in training mode and leaves each layer in the mode it found it in (a model
+        # put in eval mode before fit is in eval mode after it, as PyTorch users expect)
+        modes = [(layer, layer.training) for layer in self._layers]
         self.train()
         # One batch buffer for every step (a partial last batch uses its first rows), gathered
         # into by ndarray.take: no batch-sized allocation per step. mode="clip": with "raise"
@@ -983,6 +990,8 @@ class Sequential:
             return self._fit_epochs(X, y, loss, optimizer, epochs, batch_size, shuffle,
                                     validation_data, verbose, rng, classify, history, xbuf, ybuf)
         finally:
+            for layer, mode in modes:
+                layer.train(mode)
             if drop_partial:
                 with self._lock:
                     self._compiled.pop(partial_key, None)
@@ -1180,6 +1189,9 @@ def _grads_of(layer):
 
 
 def _check_optimizer(optimizer):
+    if isinstance(optimizer, type):   # (the class: its step is a function still wanting self)
+        raise TypeError(f"optimizer must be an optimizer object, got the class {optimizer.__name__}: "
+                        f"make one, e.g. {optimizer.__name__}(model.parameters(), lr=...)")
     if not callable(getattr(optimizer, "step", None)):
         raise TypeError("optimizer must be a fastnn optimizer (SGD, RMSProp, Adam) or an object with a "
                         f"step() method, got {type(optimizer).__name__}")
@@ -1206,7 +1218,8 @@ def _read_model_file(path):
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or not isinstance(meta.get("layers"), list):
         raise ValueError(f"{path} is not a fastnn Sequential model file")
     if type(meta.get("version")) is not int or meta["version"] != _FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {meta.get('version')}, this fastnn reads {_FORMAT_VERSION}")
+        raise ValueError(f"{path} has format version {meta.get('version')!r}, this fastnn reads "
+                         f"{_FORMAT_VERSION!r} (an int)")
     return meta, arrays
 
 

@@ -13,6 +13,19 @@ something else, or fail with an error naming nothing (found by the twelfth sessi
   subclass after a Dense (KeyError), params / grads replaced by something that is not a dict,
   a missing entry, an np.matrix;
 - optimizer hyper-parameters set after construction (now checked on every assignment).
+
+And by the twentieth session's audit:
+
+- a PReLU layer's slope replaced by something of the wrong shape or type (IndexError on the
+  layer path, or a silently used first entry; train_step named it);
+- layer settings assigned after construction: Dense.activation (the layer went on computing
+  the old one while save recorded the new one) is read-only; Dense.alpha, LeakyReLU.alpha,
+  Dropout.p and GaussianNoise.std are checked when set (a negative std was taken);
+- fit left every layer in training mode (a model put in eval mode before fit applied dropout
+  in forward after it);
+- fit given the optimizer class instead of an object failed after the first forward pass;
+- float labels 0.0 / 1.0 for the binary losses were refused (PyTorch's BCE takes only floats);
+- a masked X or y lost its mask (its masked entries were trained on).
 """
 import json
 import os
@@ -590,3 +603,112 @@ def test_initializers_take_what_numpy_takes_as_a_size(init, shape, want):
     for bad in ("U3", np.int32, np.float16):
         with pytest.raises(TypeError, match="dtype must be float32 or float64"):
             fn(shape, rng, dtype=bad)
+
+
+@pytest.mark.parametrize("value, exc", [(np.float32(0.1), TypeError), (np.array([], F32), ValueError),
+                                        (np.array([0.1, 0.9], F32), ValueError),
+                                        (np.array([[0.1]], F32), ValueError), ([0.1], TypeError)])
+def test_a_replaced_prelu_slope_is_named_on_every_path(value, exc):
+    x = -np.ones((2, 3), F32)
+    for run in (lambda m: m.layers[0].forward(x), lambda m: m.forward(x), lambda m: m.predict(x),
+                lambda m: m.train_step(x, np.zeros(2, int), "softmax", SGD(m.parameters()))):
+        model = Sequential(fastnn.PReLU())
+        model.layers[0].params["alpha"] = value
+        with pytest.raises(exc, match=r"PReLU\.params\['alpha'\]"):
+            run(model)
+
+
+def test_layer_settings_are_checked_when_set():
+    d = Dense(3, 2, activation="leaky_relu", seed=0)
+    with pytest.raises(AttributeError):
+        d.activation = "relu"
+    assert d.activation == "leaky_relu" and d.get_config()["activation"] == "leaky_relu"
+    for layer, name, bad, exc in ((d, "alpha", "a", TypeError), (d, "alpha", np.nan, ValueError),
+                                  (fastnn.LeakyReLU(), "alpha", None, TypeError),
+                                  (fastnn.Dropout(0.5), "p", 1.0, ValueError),
+                                  (fastnn.Dropout(0.5), "p", -0.1, ValueError),
+                                  (fastnn.GaussianNoise(0.1), "std", -1.0, ValueError)):
+        before = getattr(layer, name)
+        with pytest.raises(exc, match=rf"^{type(layer).__name__}\.{name}"):
+            setattr(layer, name, bad)
+        assert getattr(layer, name) == before
+    # a good value is taken, and the whole-step kernel and the layer path use it
+    x = np.random.default_rng(0).standard_normal((6, 3)).astype(F32)
+    d.alpha = 0.3
+    z = x @ d.params["W"] + d.params["b"]
+    np.testing.assert_allclose(d.forward(x), np.where(z > 0, z, np.float32(0.3) * z), rtol=1e-6)
+    drop = fastnn.Dropout(0.5, seed=0)
+    drop.p = 0.0
+    np.testing.assert_array_equal(drop.forward(x), x)
+    noise = fastnn.GaussianNoise(0.1, seed=0)
+    noise.std = 0.0
+    np.testing.assert_array_equal(noise.forward(x), x)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fit_leaves_each_layer_in_the_mode_it_found(mode):
+    X, y = _data()
+    model = Sequential(Dense(5, 7, activation="relu", seed=0), fastnn.Dropout(0.5, seed=1), Dense(7, 3, seed=2))
+    getattr(model, mode)()
+    model.layers[1].train()   # a mix: one layer in training mode whatever the others
+    want = [layer.training for layer in model.layers]
+    model.fit(X, y, epochs=1, batch_size=8, verbose=False, seed=0)
+    assert [layer.training for layer in model.layers] == want
+    with pytest.raises(ValueError):
+        model.fit(X, y, epochs=1, batch_size=0, verbose=False)   # (a failed fit too)
+    assert [layer.training for layer in model.layers] == want
+
+
+def test_fit_given_the_optimizer_class_says_so_before_training():
+    X, y = _data()
+    model = _net()
+    W = model.layers[0].params["W"].copy()
+    with pytest.raises(TypeError, match="optimizer .* the class Adam"):
+        model.fit(X, y, optimizer=Adam, epochs=1, verbose=False)
+    with pytest.raises(TypeError, match="the class SGD"):
+        model.train_step(X, y, "softmax", SGD)
+    np.testing.assert_array_equal(model.layers[0].params["W"], W)
+
+
+@pytest.mark.parametrize("loss, labels", [("logistic", (0, 1)), ("binary_hinge", (-1, 1))])
+def test_binary_losses_train_on_float_labels_as_on_integer_ones(loss, labels):
+    r = np.random.default_rng(0)
+    X = r.standard_normal((24, 5)).astype(F32)
+    yi = np.where(X[:, 0] > 0, labels[1], labels[0])
+    results = []
+    for y in (yi, yi.astype(np.float64), yi.astype(F32).reshape(-1, 1)):
+        model = Sequential(Dense(5, 4, activation="relu", seed=0), Dense(4, 1, seed=1))
+        opt = SGD(model.parameters(), lr=0.1)
+        hist = model.fit(X, y, loss=loss, epochs=2, batch_size=8, verbose=False, seed=0)
+        step = model.train_step(X, y, loss, opt)   # (the whole-step kernel's labels)
+        results.append((hist["loss"], step, model.layers[0].params["W"].copy()))
+    for got in results[1:]:
+        assert got[0] == results[0][0] and got[1] == results[0][1]
+        np.testing.assert_array_equal(got[2], results[0][2])
+    bad = yi.astype(np.float64)
+    bad[5] = 0.5
+    model = Sequential(Dense(5, 1, seed=0))
+    with pytest.raises(ValueError, match=r"y must hold .*0\.5 \(at index 5\)"):
+        model.fit(X, bad, loss=loss, verbose=False)
+    with pytest.raises(ValueError, match=r"y must hold .*0\.5 \(at index 5\)"):
+        model.train_step(X, bad, loss, SGD(model.parameters()))
+    with pytest.raises(TypeError, match="y must hold integer class labels"):
+        Sequential(Dense(5, 2, seed=0)).fit(X, yi.astype(np.float64), verbose=False)   # (multiclass)
+
+
+def test_a_masked_X_or_y_with_masked_entries_is_refused():
+    X, y = _data()
+    model = _net()
+    mX = np.ma.array(X, mask=np.zeros(X.shape, bool))
+    my = np.ma.array(y, mask=np.zeros(y.shape, bool))
+    mX.mask[3, 1] = True
+    my.mask[2] = True
+    opt = SGD(model.parameters())
+    W = model.layers[0].params["W"].copy()
+    for run, name in ((lambda: model.fit(mX, y, verbose=False), "X"), (lambda: model.fit(X, my, verbose=False), "y"),
+                      (lambda: model.train_step(mX, y, "softmax", opt), "X"),
+                      (lambda: model.train_step(X, my, "softmax", opt), "y"),
+                      (lambda: model.predict(mX), "X"), (lambda: model.evaluate(X, my), "y")):
+        with pytest.raises(TypeError, match=rf"^{name} is a masked array with masked entries"):
+            run()
+    np.testing.assert_array_equal(model.layers[0].params["W"], W)
