@@ -38,7 +38,7 @@ from fastnn import _config as _fastnn_config
 from fastnn import _threads
 from fastnn import functional as F
 from fastnn import optim as O
-from fastnn._files import check_writable
+from fastnn._files import atomic_write, check_writable
 from fastnn._kernels import dense as _kd
 from fastnn._validation import check_float_dtype, check_int, check_scalar
 from fastnn.reference import dense as RD
@@ -490,15 +490,24 @@ def int_list(minimum, below=None):
 
 class JsonOut:
     """Where --json goes. A file is written when the run is done (not opened before: a
-    refused, failed or interrupted run leaves an earlier results file as it was); a stream
-    (/dev/stdout, a FIFO) is opened once, up front, and written at the end."""
+    refused, failed or interrupted run leaves an earlier results file as it was), to a
+    temporary file renamed over it once complete (atomic_write: a full disk or an interrupt
+    while it is written leaves the earlier file too); a stream (/dev/stdout, a FIFO) is
+    opened once, up front, and written at the end."""
 
     def __init__(self, path, stream=None):
         self.path, self.stream = path, stream
 
     def dump(self, obj, indent):
-        with (self.stream if self.stream is not None else open(self.path, "w")) as f:
-            json.dump(obj, f, indent=indent)
+        if self.stream is not None:
+            with self.stream as f:
+                json.dump(obj, f, indent=indent)
+            return
+        try:
+            with atomic_write(self.path, text=True) as f:
+                json.dump(obj, f, indent=indent)
+        except OSError as exc:   # (raised writing the temporary file: name the target)
+            raise OSError(exc.errno, exc.strerror or str(exc), self.path) from None
 
 
 def open_json(parser, path):

@@ -19,7 +19,7 @@ import numpy as np
 
 import fastnn
 from fastnn import datasets
-from fastnn._files import check_writable
+from fastnn._files import atomic_write, check_writable
 from fastnn._validation import check_int
 from fastnn.reference import dense as ref_dense
 from fastnn.reference import losses as ref_losses
@@ -69,6 +69,19 @@ def _grid(X, steps=250):
     return xx, yy, np.c_[xx.ravel(), yy.ravel()].astype(X.dtype)
 
 
+def _save_figure(plt, fig, path):
+    """fig as a PNG at path, written to a temporary file renamed over path once complete
+    (savefig itself writes in place: a full disk or an interrupt left a truncated figure
+    where the last run's was), then closed; an OSError names path."""
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=90)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
+    finally:
+        plt.close(fig)
+
+
 def _plot_regions(plt, ax, model, X, y, title):
     xx, yy, G = _grid(X)
     regions = np.argmax(model.predict(G), axis=1).reshape(xx.shape)
@@ -110,7 +123,7 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
         try:
             os.makedirs(out_dir, exist_ok=True)
             check_writable(os.path.join(out_dir, _FIGURES[0]))   # (a file made there)
-            for name in _FIGURES:   # (savefig writes in place: an existing figure too)
+            for name in _FIGURES:   # (an existing figure is replaced: it must be a writable file)
                 figure = os.path.join(out_dir, name)
                 if os.path.lexists(figure) and not (os.path.isfile(figure)
                                                     and os.access(figure, os.W_OK)):
@@ -183,8 +196,7 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
                 _plot_regions(plt, ax, model, X, y, f"{fmt.format(key[1])}\ntrain {tr:.0%}, held-out {va:.0%}")
             fig.tight_layout()
             path = os.path.join(out_dir, name)
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
+            _save_figure(plt, fig, path)
             files.append(path)
         fig, ax = plt.subplots(figsize=(6, 4))
         order = np.argsort(Xr[:, 0])
@@ -195,8 +207,7 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
         ax.set_title("one hidden layer (50 tanh) + linear output")
         fig.tight_layout()
         path = os.path.join(out_dir, "universal_approximation.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        _save_figure(plt, fig, path)
         files.append(path)
         say("\nFigures:")
         for f in files:

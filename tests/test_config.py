@@ -575,6 +575,33 @@ def test_bench_json_is_written_at_the_end_and_an_old_file_survives_a_refusal(tmp
         bench.run(threads=0)
 
 
+def test_bench_json_that_fails_while_written_leaves_the_old_file(tmp_path, monkeypatch):
+    """A full disk (or an interrupt) while the results are written leaves the earlier file
+    whole (it was opened with "w", emptied, and left holding the part written), no temporary
+    file, and an error naming the path."""
+    import errno
+    from fastnn import bench
+
+    out = tmp_path / "results.json"
+    out.write_text('{"old": 1}')
+
+    for fail in (OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()):
+        def dump_then_fail(obj, f, indent=None):
+            f.write('[{"network": "2-100-3"')
+            raise fail
+
+        monkeypatch.setattr(bench.json, "dump", dump_then_fail)
+        with pytest.raises(type(fail)) as info:
+            bench.JsonOut(str(out)).dump([{"network": "2-100-3"}], indent=1)
+        if isinstance(fail, OSError):
+            assert info.value.filename == str(out) and info.value.errno == errno.ENOSPC
+        assert out.read_text() == '{"old": 1}'
+        assert os.listdir(tmp_path) == ["results.json"]
+    monkeypatch.undo()
+    bench.JsonOut(str(out)).dump([{"network": "2-100-3"}], indent=1)
+    assert json.loads(out.read_text()) == [{"network": "2-100-3"}]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
 def test_files_are_never_renamed_over_what_is_not_a_regular_file(tmp_path):
     """atomic_write (model files, checkpoints, the benchmark's JSON) renames a temporary file

@@ -1,6 +1,7 @@
 """python -m fastnn demo (fastnn/demo.py), the README's main job: it runs, and its options are
 checked before anything trains."""
 import io
+import os
 import sys
 import types
 
@@ -61,6 +62,42 @@ def test_demo_figures_folder_is_made_before_training(tmp_path, monkeypatch, caps
     assert info.value.code == 2
     captured = capsys.readouterr()
     assert "--out" in captured.err and "accuracy" not in captured.out
+
+
+def test_a_figure_that_fails_while_written_leaves_the_old_one(tmp_path):
+    """savefig writes in place: a full disk or an interrupt while a figure was written left a
+    truncated PNG where the last run's was. Figures go through a temporary file now; a failure
+    leaves the old figure, no temporary file, an error naming the figure, and the figure
+    closed."""
+    import errno
+
+    closed = []
+    plt = types.SimpleNamespace(close=closed.append)
+
+    class Fig:
+        def __init__(self, fail):
+            self.fail = fail
+
+        def savefig(self, f, format=None, dpi=None):
+            assert format == "png"
+            f.write(b"\x89PNG partial")
+            if self.fail:
+                raise self.fail
+
+    path = tmp_path / "capacity.png"
+    path.write_bytes(b"old figure")
+    for fail in (OSError(errno.EFBIG, "File too large"), KeyboardInterrupt()):
+        fig = Fig(fail)
+        with pytest.raises(type(fail)) as info:
+            demo._save_figure(plt, fig, str(path))
+        if isinstance(fail, OSError):
+            assert info.value.filename == str(path) and info.value.errno == errno.EFBIG
+        assert path.read_bytes() == b"old figure"
+        assert os.listdir(tmp_path) == ["capacity.png"]
+        assert closed[-1] is fig
+    fig = Fig(None)
+    demo._save_figure(plt, fig, str(path))
+    assert path.read_bytes() == b"\x89PNG partial" and closed[-1] is fig
 
 
 def test_demo_run_checks_its_seed():
