@@ -37,6 +37,10 @@ def main(argv=None):
     except OSError as exc:   # a full disk, a folder that cannot be written: no traceback
         print(f"python -m fastnn {cmd}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # Ctrl-C: one line and the shell's 128 + SIGINT, no traceback
+        # (files being written are left as they were: atomic_write removes its temporary)
+        print(f"python -m fastnn {cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _silence_stdout():

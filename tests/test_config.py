@@ -680,6 +680,18 @@ def test_cli_main_runs_with_no_stdout(monkeypatch):
     assert main(["config"]) == 0   # (print writes nothing when sys.stdout is None)
 
 
+def test_cli_main_interrupted_says_so_in_one_line(monkeypatch, capsys):
+    """Ctrl-C: exit status 130 (128 + SIGINT, as shells report it) and one line, no traceback."""
+    import fastnn.__main__ as cli
+
+    def interrupted(cmd, rest):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(["bench", "--rounds", "1"]) == 130
+    assert capsys.readouterr().err == "python -m fastnn bench: interrupted\n"
+
+
 def _cli(*args, **kwargs):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
