@@ -85,6 +85,15 @@ def _target_mode(path):
     return st.st_mode & 0o777
 
 
+def naming(exc, path):
+    """An OSError raised while writing to an open file (no filename: errno and message only)
+    as the same error naming ``path``, the file the caller was writing (the exception to raise
+    in its place); ``exc`` itself when it names a file already or has no errno."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
 def check_writable(path):
     """OSError unless atomic_write(path) can write there: nothing or a regular file at the
     (resolved) path, and a file can be created in its folder (one is made and removed). An

@@ -38,7 +38,7 @@ from fastnn import _config as _fastnn_config
 from fastnn import _threads
 from fastnn import functional as F
 from fastnn import optim as O
-from fastnn._files import atomic_write, check_writable
+from fastnn._files import atomic_write, check_writable, naming
 from fastnn._kernels import dense as _kd
 from fastnn._validation import check_float_dtype, check_int, check_scalar
 from fastnn.reference import dense as RD
@@ -507,14 +507,15 @@ class JsonOut:
             with atomic_write(self.path, text=True) as f:
                 json.dump(obj, f, indent=indent)
         except OSError as exc:   # (raised writing the temporary file: name the target)
-            raise OSError(exc.errno, exc.strerror or str(exc), self.path) from None
+            raise naming(exc, self.path) from None
 
 
 def open_json(parser, path):
     """A JsonOut for --json, or None without one. The path is checked before anything is
     measured, without writing to it, so a path that cannot be written is a usage error now,
-    not after the run: an existing file must be writable (os.access), a new one's folder
-    too (a file is made and removed there: os.access passes anything for root)."""
+    not after the run: an existing file must be writable (os.access), and the folder, of a
+    new file or an existing one, must take a new file (one is made and removed there:
+    os.access passes anything for root; JsonOut writes a temporary file there)."""
     if path is None:
         return None
     if not path:
@@ -527,8 +528,9 @@ def open_json(parser, path):
                 return JsonOut(path, open(path, "w"))
             if not os.access(path, os.W_OK):
                 raise PermissionError(errno.EACCES, "not writable", path)
-        else:
-            check_writable(path)
+        # (also an existing file: the results are written to a file made in its folder and
+        # renamed over it, so that folder must take a new file)
+        check_writable(path)
     except OSError as exc:
         parser.error(f"--json: cannot write {path}: {exc}")
     return JsonOut(path)

@@ -19,7 +19,7 @@ import numpy as np
 
 import fastnn
 from fastnn import datasets
-from fastnn._files import atomic_write, check_writable
+from fastnn._files import atomic_write, check_writable, naming
 from fastnn._validation import check_int
 from fastnn.reference import dense as ref_dense
 from fastnn.reference import losses as ref_losses
@@ -77,7 +77,7 @@ def _save_figure(plt, fig, path):
         with atomic_write(path) as f:
             fig.savefig(f, format="png", dpi=90)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
+        raise naming(exc, path) from None
     finally:
         plt.close(fig)
 

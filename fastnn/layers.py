@@ -142,6 +142,9 @@ class Layer:
     ``backward``, ``output_features`` and ``get_config``."""
 
     _decay = ()
+    #: {old name: new name} of attributes that became properties over another name: a layer
+    #: pickled (or copied) before keeps its value under the old name (__setstate__)
+    _renamed_state = {}
 
     def __init__(self, dtype=np.float32):
         # None: a layer without parameters computes in its input's dtype.
@@ -151,6 +154,19 @@ class Layer:
         self.grads = {}
         self._shapes = {}   # each parameter's shape, as _add_param made it
         self._cache = None
+
+    def __setstate__(self, state):
+        # (pickle and copy: the instance dict as it was, set without __setattr__, as the
+        # default does; renamed entries moved to their new names)
+        if isinstance(state, tuple):   # (dict, slot values) from a subclass with __slots__
+            state, slots = state
+            for name, value in (slots or {}).items():
+                object.__setattr__(self, name, value)
+        state = dict(state or {})
+        for old, new in type(self)._renamed_state.items():
+            if old in state and new not in state:
+                state[new] = state.pop(old)
+        self.__dict__.update(state)
 
     def _drop_cache(self):
         """Forget what the last forward kept for backward (a model's training step calls this
@@ -311,6 +327,7 @@ class Dense(_CheckedAlpha, Layer):
     """
 
     _decay = ("W",)
+    _renamed_state = {"activation": "_activation"}   # (a property since 2026-11-30)
 
     def __init__(self, in_features, out_features, activation=None, weight_init=None,
                  dtype=np.float32, seed=None, alpha=None):
@@ -626,6 +643,8 @@ class Dropout(_Stochastic):
     """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
     keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
 
+    _renamed_state = {"p": "_p"}   # (a property since 2026-11-30)
+
     def __init__(self, p=0.5, seed=None, dtype=None):
         super().__init__(seed, dtype)
         self._p = _drop_probability(p, "p")
@@ -657,6 +676,8 @@ class Dropout(_Stochastic):
 
 class GaussianNoise(_Stochastic):
     """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode."""
+
+    _renamed_state = {"std": "_std"}   # (a property since 2026-11-30)
 
     def __init__(self, std=0.1, seed=None, dtype=None):
         super().__init__(seed, dtype)

@@ -575,6 +575,30 @@ def test_bench_json_is_written_at_the_end_and_an_old_file_survives_a_refusal(tmp
         bench.run(threads=0)
 
 
+def test_bench_json_into_a_folder_that_takes_no_new_file_is_refused_before_measuring(
+        tmp_path, monkeypatch, capsys):
+    """The results go to a temporary file renamed over the target, so an existing writable
+    file in a folder where no file can be made would fail only after the whole run: refused
+    up front, like a new file there. (A folder that refuses files, simulated: as root every
+    folder takes them.)"""
+    import errno
+    from fastnn import _files, bench
+
+    out = tmp_path / "results.json"
+    out.write_text('{"old": 1}')
+
+    def refuse(directory):
+        raise PermissionError(errno.EACCES, "Permission denied", directory)
+
+    monkeypatch.setattr(_files, "_create_temp", refuse)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--json", str(out), "--rounds", "1"])
+    assert info.value.code == 2
+    assert "cannot make a file in the folder" in capsys.readouterr().err
+    assert out.read_text() == '{"old": 1}'
+
+
 def test_bench_json_that_fails_while_written_leaves_the_old_file(tmp_path, monkeypatch):
     """A full disk (or an interrupt) while the results are written leaves the earlier file
     whole (it was opened with "w", emptied, and left holding the part written), no temporary
