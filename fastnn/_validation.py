@@ -286,8 +286,8 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
 
 
 def binary_targets(y, n, allowed, dtype, name="y"):
-    """Binary labels (integer, bool, or floats that are whole numbers) with values in ``allowed`` ((0, 1) or (-1, 1)), as a
-    float array of ``dtype``."""
+    """Binary labels (integer, bool, or floats that are whole numbers) with values in
+    ``allowed`` ((0, 1) or (-1, 1)), as a float array of ``dtype``."""
     from fastnn._kernels import losses as _kl
 
     what = f"labels from {{{', '.join(map(str, sorted(allowed)))}}}"

@@ -684,7 +684,8 @@ class GaussianNoise(_Stochastic):
         self._std = check_scalar(std, "std", lo=0.0)
 
     std = property(operator.attrgetter("_std"),
-                   lambda self, value: setattr(self, "_std", check_scalar(value, "GaussianNoise.std", lo=0.0)),
+                   lambda self, value: setattr(self, "_std",
+                                               check_scalar(value, "GaussianNoise.std", lo=0.0)),
                    doc="The noise's standard deviation, >= 0; checked when set.")
 
     def forward(self, x, training=None):

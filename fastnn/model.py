@@ -969,7 +969,7 @@ class Sequential:
                 history["val_accuracy"] = []
         # fit trains in training mode and leaves each layer in the mode it found it in (a model
         # put in eval mode before fit is in eval mode after it, as PyTorch users expect)
-        modes = [(layer, layer.training) for layer in self._layers]
+        modes = [(layer, getattr(layer, "training", True)) for layer in self._layers]
         self.train()
         # One batch buffer for every step (a partial last batch uses its first rows), gathered
         # into by ndarray.take: no batch-sized allocation per step. mode="clip": with "raise"
