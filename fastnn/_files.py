@@ -37,10 +37,13 @@ def atomic_write(path, text=False):
     """``with atomic_write(path) as f:`` yields a file open for writing (binary, or UTF-8 text
     with ``text=True``); when the block ends without an error the file is flushed, fsync'ed and
     renamed to ``path`` (replacing it). When the block or any of those steps raises, the
-    temporary file is removed and the exception propagates; ``path`` is left untouched."""
+    temporary file is removed and the exception propagates; ``path`` is left untouched. An
+    OSError from writing the file (errno and message, no file name: a full disk, a file size
+    limit) is raised as the same error naming ``path``."""
+    given = os.fspath(path)
     # through a symbolic link to the file it names (as open(path, "w") writes), so that the
     # link stays a link; the temporary file sits beside that file, on its file system
-    path = os.path.realpath(os.fspath(path))
+    path = os.path.realpath(given)
     directory = os.path.dirname(path)
     mode = _target_mode(path)
     fd, tmp = _create_temp(directory)
@@ -57,7 +60,7 @@ def atomic_write(path, text=False):
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.chmod(tmp, stat.S_IREAD | stat.S_IWRITE)   # (Windows refuses to delete read-only files)
         except OSError:
@@ -66,6 +69,8 @@ def atomic_write(path, text=False):
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), given) from None
         raise
     _sync_directory(directory)
 
@@ -83,15 +88,6 @@ def _target_mode(path):
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file, so not replaced", path)
     return st.st_mode & 0o777
-
-
-def naming(exc, path):
-    """An OSError raised while writing to an open file (no filename: errno and message only)
-    as the same error naming ``path``, the file the caller was writing (the exception to raise
-    in its place); ``exc`` itself when it names a file already or has no errno."""
-    if exc.filename is not None or exc.errno is None:
-        return exc
-    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 def check_writable(path):

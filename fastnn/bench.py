@@ -38,7 +38,7 @@ from fastnn import _config as _fastnn_config
 from fastnn import _threads
 from fastnn import functional as F
 from fastnn import optim as O
-from fastnn._files import atomic_write, check_writable, naming
+from fastnn._files import atomic_write, check_writable
 from fastnn._kernels import dense as _kd
 from fastnn._validation import check_float_dtype, check_int, check_scalar
 from fastnn.reference import dense as RD
@@ -503,11 +503,8 @@ class JsonOut:
             with self.stream as f:
                 json.dump(obj, f, indent=indent)
             return
-        try:
-            with atomic_write(self.path, text=True) as f:
-                json.dump(obj, f, indent=indent)
-        except OSError as exc:   # (raised writing the temporary file: name the target)
-            raise naming(exc, self.path) from None
+        with atomic_write(self.path, text=True) as f:   # (an error names the path)
+            json.dump(obj, f, indent=indent)
 
 
 def open_json(parser, path):

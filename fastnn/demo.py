@@ -19,7 +19,7 @@ import numpy as np
 
 import fastnn
 from fastnn import datasets
-from fastnn._files import atomic_write, check_writable, naming
+from fastnn._files import atomic_write, check_writable
 from fastnn._validation import check_int
 from fastnn.reference import dense as ref_dense
 from fastnn.reference import losses as ref_losses
@@ -72,12 +72,10 @@ def _grid(X, steps=250):
 def _save_figure(plt, fig, path):
     """fig as a PNG at path, written to a temporary file renamed over path once complete
     (savefig itself writes in place: a full disk or an interrupt left a truncated figure
-    where the last run's was), then closed; an OSError names path."""
+    where the last run's was), then closed; an OSError names path (atomic_write)."""
     try:
         with atomic_write(path) as f:
             fig.savefig(f, format="png", dpi=90)
-    except OSError as exc:
-        raise naming(exc, path) from None
     finally:
         plt.close(fig)
 

@@ -7,13 +7,12 @@ converted to it.
 """
 import math
 import numbers
-import operator
 
 import numpy as np
 
 from fastnn._kernels import activations as _ka
-from fastnn._validation import (as_float_array, check_float_dtype, check_int, check_scalar, numeric_array,
-                                too_many_entries)
+from fastnn._validation import (CheckedSettings, as_float_array, check_float_dtype, check_int,
+                                check_scalar, numeric_array, too_many_entries)
 from fastnn.functional import activations as _fa
 from fastnn.functional import dense as _fd
 from fastnn.functional import dropout as _fdrop
@@ -142,9 +141,6 @@ class Layer:
     ``backward``, ``output_features`` and ``get_config``."""
 
     _decay = ()
-    #: {old name: new name} of attributes that became properties over another name: a layer
-    #: pickled (or copied) before keeps its value under the old name (__setstate__)
-    _renamed_state = {}
 
     def __init__(self, dtype=np.float32):
         # None: a layer without parameters computes in its input's dtype.
@@ -154,19 +150,6 @@ class Layer:
         self.grads = {}
         self._shapes = {}   # each parameter's shape, as _add_param made it
         self._cache = None
-
-    def __setstate__(self, state):
-        # (pickle and copy: the instance dict as it was, set without __setattr__, as the
-        # default does; renamed entries moved to their new names)
-        if isinstance(state, tuple):   # (dict, slot values) from a subclass with __slots__
-            state, slots = state
-            for name, value in (slots or {}).items():
-                object.__setattr__(self, name, value)
-        state = dict(state or {})
-        for old, new in type(self)._renamed_state.items():
-            if old in state and new not in state:
-                state[new] = state.pop(old)
-        self.__dict__.update(state)
 
     def _drop_cache(self):
         """Forget what the last forward kept for backward (a model's training step calls this
@@ -302,21 +285,12 @@ class Layer:
 
 
 # ----------------------------------------------------------------------------- Dense
-class _CheckedAlpha:
-    """A layer whose fixed slope ``alpha`` is checked whenever it is set (a finite real
-    number; else a TypeError or ValueError naming ``Class.alpha``). It stays a plain attribute
-    rather than a property: the whole-step kernel reads it on every step (a property cost
-    ~0.17 us a step at 64-64-64-10 (32)), and only setting an attribute pays for the check."""
-
-    __slots__ = ()
-
-    def __setattr__(self, name, value):
-        if name == "alpha":
-            value = check_scalar(value, f"{type(self).__name__}.alpha")
-        super().__setattr__(name, value)
+def _fixed_activation(layer, value):
+    raise AttributeError(f"{type(layer).__name__}.activation is fixed at construction (the fused "
+                         "kernel is chosen then): build a new layer instead")
 
 
-class Dense(_CheckedAlpha, Layer):
+class Dense(CheckedSettings, Layer):
     """Fully connected layer ``act(x @ W + b)``, W of shape (in_features, out_features).
 
     activation: None/"linear", "relu", "sigmoid", "tanh", "leaky_relu" (slope ``alpha``) or
@@ -327,7 +301,7 @@ class Dense(_CheckedAlpha, Layer):
     """
 
     _decay = ("W",)
-    _renamed_state = {"activation": "_activation"}   # (a property since 2026-11-30)
+    _CHECKS = {"alpha": lambda v: check_scalar(v, "Dense.alpha")}
 
     def __init__(self, in_features, out_features, activation=None, weight_init=None,
                  dtype=np.float32, seed=None, alpha=None):
@@ -339,7 +313,7 @@ class Dense(_CheckedAlpha, Layer):
             raise TypeError(f"activation must be a str or None, got {type(activation).__name__}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]} or None, got {activation!r}")
-        self._activation = None if activation == "linear" else activation
+        self.__dict__["activation"] = None if activation == "linear" else activation
         self._op = ACTIVATIONS[activation]
         if alpha is None:
             alpha = 0.25 if activation == "prelu" else 0.01
@@ -356,11 +330,9 @@ class Dense(_CheckedAlpha, Layer):
         if self._op == _ka.PRELU:
             self._add_param("alpha", np.full(self.out_features, self.alpha))
 
-    @property
-    def activation(self):
-        """The activation given at construction. It is fixed (the fused kernel is chosen then):
-        setting it raises AttributeError; build a new layer instead."""
-        return self._activation
+    # read-only; kept in the instance dict under its own name (the layout pickles have)
+    activation = property(lambda self: self.__dict__["activation"], _fixed_activation,
+                          doc="The activation given at construction (fixed).")
 
     def output_features(self, in_features):
         if in_features is not None and in_features != self.in_features:
@@ -481,8 +453,10 @@ class Tanh(_Activation):
     op, name = _ka.TANH, "tanh"
 
 
-class LeakyReLU(_CheckedAlpha, Layer):
+class LeakyReLU(CheckedSettings, Layer):
     """``x if x > 0 else alpha * x`` with a fixed slope ``alpha``."""
+
+    _CHECKS = {"alpha": lambda v: check_scalar(v, "LeakyReLU.alpha")}
 
     op = _ka.LEAKY_RELU
 
@@ -639,19 +613,15 @@ def _drop_probability(p, name):
     return p
 
 
-class Dropout(_Stochastic):
+class Dropout(CheckedSettings, _Stochastic):
     """Inverted dropout. ``p`` is the probability of DROPPING a unit (Keras/PyTorch), so it
     keeps each with probability ``1 - p`` (the functional API's ``p``). Off in eval mode."""
 
-    _renamed_state = {"p": "_p"}   # (a property since 2026-11-30)
+    _CHECKS = {"p": lambda v: _drop_probability(v, "Dropout.p")}
 
     def __init__(self, p=0.5, seed=None, dtype=None):
         super().__init__(seed, dtype)
-        self._p = _drop_probability(p, "p")
-
-    p = property(operator.attrgetter("_p"),
-                 lambda self, value: setattr(self, "_p", _drop_probability(value, "Dropout.p")),
-                 doc="The probability of dropping a unit, in [0, 1); checked when set.")
+        self.p = _drop_probability(p, "p")   # (named as the argument here)
 
     def forward(self, x, training=None):
         x = self._input(x)
@@ -674,19 +644,14 @@ class Dropout(_Stochastic):
         return {"p": self.p, "dtype": _dtype_name(self.dtype)}
 
 
-class GaussianNoise(_Stochastic):
+class GaussianNoise(CheckedSettings, _Stochastic):
     """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode."""
 
-    _renamed_state = {"std": "_std"}   # (a property since 2026-11-30)
+    _CHECKS = {"std": lambda v: check_scalar(v, "GaussianNoise.std", lo=0.0)}
 
     def __init__(self, std=0.1, seed=None, dtype=None):
         super().__init__(seed, dtype)
-        self._std = check_scalar(std, "std", lo=0.0)
-
-    std = property(operator.attrgetter("_std"),
-                   lambda self, value: setattr(self, "_std",
-                                               check_scalar(value, "GaussianNoise.std", lo=0.0)),
-                   doc="The noise's standard deviation, >= 0; checked when set.")
+        self.std = check_scalar(std, "std", lo=0.0)   # (named as the argument here)
 
     def forward(self, x, training=None):
         x = self._input(x)

@@ -14,7 +14,7 @@ import numpy as np
 from fastnn import optim as _optim
 from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
-from fastnn._validation import check_int, check_scalar
+from fastnn._validation import CheckedSettings, check_int, check_scalar
 from fastnn.layers import Parameter
 
 __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
@@ -54,25 +54,19 @@ def _id_key(key):
     return type(key) is tuple and len(key) == 2 and type(key[0]) is int and type(key[1]) is str
 
 
-class Optimizer:
+class Optimizer(CheckedSettings):
     def __init__(self, params, lr, weight_decay):
         self.params = params
         self.lr = lr
         self.weight_decay = weight_decay
         self.state = {}
 
-    # The hyper-parameters are checked whenever they are set, in the constructor or later (a
-    # learning-rate schedule, a hand edit): a bad value raises naming it at the assignment,
-    # before a step can use it. Reading them stays a plain attribute lookup.
+    # The hyper-parameters are checked whenever they are set (CheckedSettings).
     _CHECKS = {
         "params": _check_params,
         "lr": lambda v: check_scalar(v, "lr", lo=0.0),   # (0: a schedule's warm-up or end)
         "weight_decay": lambda v: check_scalar(v, "weight_decay", lo=0.0),
     }
-
-    def __setattr__(self, name, value):
-        check = self._CHECKS.get(name)
-        object.__setattr__(self, name, value if check is None else check(value))
 
     # pickle / copy.deepcopy: the state is keyed by (id(layer), name), which a copy does not
     # keep, so those entries travel with their parameter's position in params and are keyed

@@ -744,24 +744,31 @@ def test_a_masked_X_or_y_with_masked_entries_is_refused():
     np.testing.assert_array_equal(model.layers[0].params["W"], W)
 
 
-def test_layers_pickled_before_settings_became_properties_still_load():
-    """Dense.activation, Dropout.p and GaussianNoise.std were plain attributes until the
-    twentieth session: a layer pickled (or copied) then has them under those names in its
-    state, which __setstate__ moves to the properties' names."""
+def test_layers_with_checked_settings_pickle_and_copy_with_the_state_they_always_had():
+    """Dense.activation / alpha, LeakyReLU.alpha, Dropout.p and GaussianNoise.std are checked
+    in __setattr__ and stay plain attributes, so a layer's pickled state has the layout it had
+    before they were checked (pickles made then load), and pickle and copy restore it without
+    running the checks (a Dense's activation, fixed once set, is restored all the same)."""
+    import copy
     import pickle
 
     X, y = _data()
     model = Sequential(Dense(5, 7, activation="relu", seed=0), fastnn.Dropout(0.3, seed=1),
-                       fastnn.GaussianNoise(0.2, seed=2), Dense(7, 3, seed=3))
+                       fastnn.GaussianNoise(0.2, seed=2), Dense(7, 3, activation="leaky_relu", seed=3),
+                       fastnn.LeakyReLU(0.2))
     want = model.predict(X)
-    for layer, old, new in ((model.layers[0], "activation", "_activation"),
-                            (model.layers[1], "p", "_p"), (model.layers[2], "std", "_std")):
-        layer.__dict__[old] = layer.__dict__.pop(new)   # the old layout
-    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
-        back = pickle.loads(pickle.dumps(model, protocol=proto))
-        assert back.layers[0].activation == "relu"
-        assert back.layers[1].p == 0.3 and back.layers[2].std == 0.2
-        assert "activation" not in back.layers[0].__dict__
+    for layer, names in zip(model.layers, (("activation", "alpha"), ("p",), ("std",),
+                                           ("activation", "alpha"), ("alpha",))):
+        assert all(name in layer.__dict__ for name in names)   # (the state's layout)
+    copies = [pickle.loads(pickle.dumps(model, protocol=proto))
+              for proto in range(pickle.HIGHEST_PROTOCOL + 1)] + [copy.deepcopy(model)]
+    for back in copies:
+        assert back.layers[0].activation == "relu" and back.layers[3].alpha == 0.01
+        assert back.layers[1].p == 0.3 and back.layers[2].std == 0.2 and back.layers[4].alpha == 0.2
         np.testing.assert_array_equal(back.predict(X), want)
         assert np.isfinite(back.train_step(X, y, "softmax", SGD(back.parameters())))
         assert "relu" in repr(back)
+        with pytest.raises(AttributeError, match="fixed at construction"):
+            back.layers[0].activation = "tanh"
+        with pytest.raises(ValueError, match=r"^Dropout\.p"):
+            back.layers[1].p = 1.0

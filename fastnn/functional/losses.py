@@ -23,17 +23,15 @@ def _check_scores(shape):
 
 
 def _class_loss(kind, x, y):
-    # x's dtype and shape, then the labels, before x is converted: a broadcast view of a
-    # huge shape with the wrong labels is refused, not copied
-    if isinstance(x, np.ndarray):
-        float_dtype_of(x, "x")
-        _check_scores(x.shape)
-        y = class_labels(y, x.shape[0], x.shape[1])
-        x = as_float_array(x, "x")   # (of the shape just checked)
-    else:
+    # x's dtype and shape, then the labels, before an array x is converted: a broadcast view
+    # of a huge shape with the wrong labels is refused, not copied (a list is converted
+    # first: it already holds its data)
+    if not isinstance(x, np.ndarray):
         x = as_float_array(x, "x")
-        _check_scores(x.shape)
-        y = class_labels(y, x.shape[0], x.shape[1])
+    dt = float_dtype_of(x, "x")
+    _check_scores(x.shape)
+    y = class_labels(y, x.shape[0], x.shape[1])
+    x = as_float_array(x, "x", dt)
     dx = np.empty_like(x)
     loss = _kl.class_loss(kind, x, y, dx, _threads._num_threads)
     return loss, dx
@@ -57,15 +55,12 @@ def _check_binary_scores(shape):
 
 
 def _binary_loss(kind, allowed, x, y):
-    if isinstance(x, np.ndarray):   # (as _class_loss: checked before x is converted)
-        dt = float_dtype_of(x, "x")
-        _check_binary_scores(x.shape)
-        t = binary_targets(y, x.shape[0], allowed, dt)
-        x = as_float_array(x, "x", dt)
-    else:
+    if not isinstance(x, np.ndarray):   # (as in _class_loss)
         x = as_float_array(x, "x")
-        _check_binary_scores(x.shape)
-        t = binary_targets(y, x.shape[0], allowed, x.dtype)
+    dt = float_dtype_of(x, "x")
+    _check_binary_scores(x.shape)
+    t = binary_targets(y, x.shape[0], allowed, dt)
+    x = as_float_array(x, "x", dt)
     dx = np.empty_like(x)
     loss = _kl.target_loss(kind, x.reshape(-1, 1), t.reshape(-1, 1), dx.reshape(-1, 1), _threads._num_threads)
     return loss, dx
