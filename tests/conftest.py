@@ -27,6 +27,8 @@ import fastnn
 from fastnn import _threads
 
 THREAD_COUNTS = (1, 2, 3)
+# what a many-core machine runs (the plans for one come from the many_core_tiles fixture)
+MANY_THREADS = (1, 4, 7, 16)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -43,6 +45,20 @@ def _restore_num_threads():
     yield
     if fastnn.get_num_threads() != before:
         fastnn.set_num_threads(before)
+
+
+@pytest.fixture
+def many_core_tiles():
+    """Tiles sized for a 16-CPU machine (FASTNN_TILE_CORES=16), whatever this one has; yields
+    fastnn._kernels.dense."""
+    from fastnn._kernels import dense as _kd
+
+    saved = _kd.tile_params()
+    _kd.set_tile_params(tile_cores=16)
+    try:
+        yield _kd
+    finally:
+        _kd.set_tile_params(**saved)
 
 
 @pytest.fixture(autouse=True)

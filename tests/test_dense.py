@@ -30,7 +30,8 @@ from fastnn._kernels import dense as _kd
 from fastnn.reference import activations as RA
 from fastnn.reference import dense as R
 
-from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
+from conftest import (MANY_THREADS, assert_same_bits, assert_thread_invariant, numerical_gradient,
+                      openmp_workers_started)
 from kernel_specs import layer_api_dense
 
 
@@ -892,6 +893,26 @@ def test_threads_bitwise_identical(name, dtype, shape, rng):
         return (out,) + tuple(sw.bwd(dout, cache))
 
     assert_thread_invariant(run)
+
+
+@pytest.mark.parametrize("shape", [LARGE, DEEP, ((1024, 784), 512)], ids=["large", "deep", "784-512"])
+@pytest.mark.parametrize("name", ["affine", "relu", "prelu_vector"])
+def test_many_core_tiles_and_threads_bitwise_identical(name, shape, rng, many_core_tiles):
+    """A 16-CPU machine's plan (more, smaller tiles) on the thread counts it runs: 4, 7 (the
+    tiles shared unevenly) and 16 give one thread's bits."""
+    sw = BY_NAME[name]
+    x_shape, m = shape
+    x, w, b, dout = _problem(rng, x_shape, m, np.float32)
+    alpha = sw.make_alpha(rng, m, np.float32)
+    if shape is not DEEP:   # (16 tiles; 2 on a 2-CPU plan. DEEP runs in parts of its depth)
+        nr, nc = many_core_tiles.plan(x_shape[0], m, int(np.prod(x_shape[1:])), batch=True)[2:]
+        assert nr * nc == 16
+
+    def run():
+        out, cache = sw.fwd(x, w, b, alpha)
+        return (out,) + tuple(sw.bwd(dout, cache))
+
+    assert_thread_invariant(run, threads=MANY_THREADS)
 
 
 @pytest.mark.parametrize("shape", THIN_THREADED, ids=str)

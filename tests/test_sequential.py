@@ -30,7 +30,7 @@ from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, 
 
 from fastnn.losses import get_loss
 
-from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
+from conftest import MANY_THREADS, assert_same_bits, assert_thread_invariant, openmp_workers_started
 
 F32, F64 = np.float32, np.float64
 
@@ -977,19 +977,6 @@ def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype, size, deep):
     _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size=size)
 
 
-@pytest.fixture
-def many_core_tiles():
-    """Tiles sized for a 16-CPU machine (FASTNN_TILE_CORES=16), whatever this one has."""
-    from fastnn._kernels import dense as _kd
-
-    saved = _kd.tile_params()
-    _kd.set_tile_params(tile_cores=16)
-    try:
-        yield _kd
-    finally:
-        _kd.set_tile_params(**saved)
-
-
 def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
     """On a machine with more CPUs the products get more tiles, each keeping serial_flops of
     work; products below two tiles' worth keep theirs; the 2-CPU plan is the one measured."""
@@ -1027,6 +1014,30 @@ def test_step_kernel_on_many_core_tiles(hidden, many_core_tiles):
     assert losses == twin_losses
     for a, b in zip(params, twin_params):
         assert_same_bits(a, b)
+
+
+@pytest.mark.parametrize("size", ["tiled", "16-chunks"])
+def test_step_kernel_on_many_core_tiles_and_threads(size, many_core_tiles):
+    """The thread counts a 16-CPU machine runs, on its plan: 16 threads (a tile or a row chunk
+    each), 7 (16 tiles or chunks shared unevenly) and 4 give one thread's bits. (The other
+    tests stop at 3.)"""
+    if size == "16-chunks":   # the "chunked" network on a batch of 16 row chunks
+        n, widths = 2432, FUSED_SIZES["chunked"][1]
+        rows = many_core_tiles.layer_chunk_rows(n, widths[0], widths[1])
+        assert rows > 0 and -(-n // rows) == 16
+    else:
+        n, widths = FUSED_SIZES[size]
+        nr, nc = many_core_tiles.plan(n, widths[1], widths[0], batch=True)[2:]
+        assert nr * nc == 16
+    r = np.random.default_rng(8)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run():
+        losses, params, _ = _train_runs(_fused_model("relu", widths, F32), X, y, "softmax", steps=2)
+        return losses, params
+
+    assert_thread_invariant(run, threads=MANY_THREADS)
 
 
 # ============================================================================ the step kernel in row chunks
