@@ -9,7 +9,8 @@ FASTNN_OPENMP=0      build serial kernels (no OpenMP), whatever the compiler can
 FASTNN_OPENMP=1      OpenMP is required: a compiler without it is an error.
 (unset)              probe the compiler; without OpenMP, warn and build serial kernels.
 FASTNN_DEBUG=1       Cython bounds checks and wraparound on, -O0 -g: for debugging and sanitizers.
-FASTNN_SANITIZE=...  extra -fsanitize=... value (e.g. "address"), implies FASTNN_DEBUG.
+FASTNN_SANITIZE=...  extra -fsanitize=... value ("address", "undefined": then also -fno-wrapv),
+                     implies FASTNN_DEBUG.
 FASTNN_NATIVE=1      add -march=native (never the default: a wheel must run on any x86-64).
 """
 import os
@@ -113,6 +114,10 @@ def _base_cflags(compiler, debug, sanitize):
     if sanitize:
         cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
         lflags += [f"-fsanitize={sanitize}"]
+        if {"undefined", "signed-integer-overflow"} & set(sanitize.split(",")):
+            # Python's CFLAGS carry -fwrapv, which defines signed overflow (it wraps) and so
+            # hides it from UBSan: an index or size computation that overflows must be reported
+            cflags.append("-fno-wrapv")
     return cflags, lflags
 
 
