@@ -1106,6 +1106,19 @@ def test_maxout_threads_bitwise_identical(dtype, rng):
     assert_thread_invariant(run)
 
 
+def test_maxout_on_many_core_tiles_and_threads(rng, many_core_tiles):
+    """Maxout's one product for all pieces, on a 16-CPU machine's tiles, at 4, 7 and 16 threads."""
+    n, d, m, k = LARGE_MAXOUT
+    assert np.prod(many_core_tiles.plan(n, m * k, d, batch=True)[2:]) == 16
+    x, w, b, dout = _maxout_problem(rng, *LARGE_MAXOUT, np.float32)
+
+    def run():
+        out, cache = F.maxout_forward(x, w, b)
+        return (out,) + tuple(F.maxout_backward(dout, cache))
+
+    assert_thread_invariant(run, threads=MANY_THREADS)
+
+
 # ============================================================================ argument errors
 FORWARDS = SANDWICH_NAMES
 
