@@ -26,7 +26,7 @@ import pytest
 import fastnn
 from fastnn import _threads
 
-# 16: far more threads than this machine's CPUs, and often more than a problem has blocks or
+# 16: more threads than a small machine's CPUs, and often more than a problem has blocks or
 # tiles (the whole suite takes ~2 s longer with it on 2 CPUs)
 THREAD_COUNTS = (1, 2, 3, 16)
 # what a many-core machine runs (the plans for one come from the many_core_tiles fixture)
@@ -49,14 +49,18 @@ def _restore_num_threads():
         fastnn.set_num_threads(before)
 
 
+# the tuned tiling as fastnn set it at import, before any test file's fixtures shrink the tiles
+_TUNED_TILES = fastnn._kernels.dense.tile_params()
+
+
 @pytest.fixture
 def many_core_tiles():
-    """Tiles sized for a 16-CPU machine (FASTNN_TILE_CORES=16), whatever this one has; yields
-    fastnn._kernels.dense."""
+    """The tuned tiles sized for a 16-CPU machine (FASTNN_TILE_CORES=16), whatever this one has
+    and whatever tile sizes the test file's own fixtures set; yields fastnn._kernels.dense."""
     from fastnn._kernels import dense as _kd
 
     saved = _kd.tile_params()
-    _kd.set_tile_params(tile_cores=16)
+    _kd.set_tile_params(**dict(_TUNED_TILES, tile_cores=16))
     try:
         yield _kd
     finally:

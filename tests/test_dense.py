@@ -320,7 +320,7 @@ DEEP_EDGES = [((1, 40), 3), ((5, 37), 1), ((3, 17), 2), ((1, 2), 1), ((2, 3), 1)
 def test_deep_forward_edges_in_parts(name, dtype, rng):
     """With every product worth tiles and a low k_split, tiny deep products run in parts at
     their edges (one row, one output, the shortest depths), against the reference, and
-    the same for 1, 2 and 3 threads."""
+    the same for 1, 2, 3 and 16 threads."""
     saved = _kd.tile_params()
     _kd.set_tile_params(serial_flops=1, tile_flops=1, min_tile_rows=1, min_tile_cols=1, k_split=0.5)
     try:
@@ -895,18 +895,29 @@ def test_threads_bitwise_identical(name, dtype, shape, rng):
     assert_thread_invariant(run)
 
 
-@pytest.mark.parametrize("shape", [LARGE, DEEP, ((1024, 784), 512)], ids=["large", "deep", "784-512"])
+def _functional_tiles(n, m, d):
+    """How fastnn.functional cuts the forward product n x m (inner d), and its dx and dw
+    products: (tiles down, tiles across) of each."""
+    return (_kd.forward_plan_of(n, m, d, chunks=False)[2:4], _kd.plan(n, d, m, dx=True, chunks=False)[2:],
+            _kd.plan(d, m, n, chunks=False)[2:])
+
+
+@pytest.mark.parametrize("shape", [LARGE, ((1024, 784), 512)], ids=["large", "784-512"])
 @pytest.mark.parametrize("name", ["affine", "relu", "prelu_vector"])
 def test_many_core_tiles_and_threads_bitwise_identical(name, shape, rng, many_core_tiles):
-    """A 16-CPU machine's plan (more, smaller tiles) on the thread counts it runs: 4, 7 (the
+    """A 16-CPU machine's plan (the tuned tile sizes, not this file's small ones: 16 tiles a
+    forward product where a 2-CPU machine cuts 2) on the thread counts it runs: 4, 7 (the
     tiles shared unevenly) and 16 give one thread's bits."""
     sw = BY_NAME[name]
     x_shape, m = shape
+    n, d = x_shape[0], int(np.prod(x_shape[1:]))
+    many = _functional_tiles(n, m, d)
+    assert many[0][0] * many[0][1] == 16
+    _kd.set_tile_params(tile_cores=2)
+    assert _functional_tiles(n, m, d) != many
+    _kd.set_tile_params(tile_cores=16)
     x, w, b, dout = _problem(rng, x_shape, m, np.float32)
     alpha = sw.make_alpha(rng, m, np.float32)
-    if shape is not DEEP:   # (16 tiles; 2 on a 2-CPU plan. DEEP runs in parts of its depth)
-        nr, nc = many_core_tiles.plan(x_shape[0], m, int(np.prod(x_shape[1:])), batch=True)[2:]
-        assert nr * nc == 16
 
     def run():
         out, cache = sw.fwd(x, w, b, alpha)
@@ -1107,9 +1118,14 @@ def test_maxout_threads_bitwise_identical(dtype, rng):
 
 
 def test_maxout_on_many_core_tiles_and_threads(rng, many_core_tiles):
-    """Maxout's one product for all pieces, on a 16-CPU machine's tiles, at 4, 7 and 16 threads."""
+    """Maxout's one product for all pieces, on a 16-CPU machine's tiles (the tuned sizes: 16
+    tiles where a 2-CPU machine cuts 2), at 4, 7 and 16 threads."""
     n, d, m, k = LARGE_MAXOUT
-    assert np.prod(many_core_tiles.plan(n, m * k, d, batch=True)[2:]) == 16
+    many = _functional_tiles(n, m * k, d)
+    assert many[0][0] * many[0][1] == 16
+    _kd.set_tile_params(tile_cores=2)
+    assert _functional_tiles(n, m * k, d) != many
+    _kd.set_tile_params(tile_cores=16)
     x, w, b, dout = _maxout_problem(rng, *LARGE_MAXOUT, np.float32)
 
     def run():

@@ -12,7 +12,7 @@ Exactness, and why:
 - predict(batch_size=k) is NOT bitwise equal to one call: GEMM blocking depends on the number of
   rows (the design allows results to depend on the problem shape, not on threads). In float64
   the difference is a few ulp: rtol 1e-12 (scaled to the largest score).
-- Training runs are bitwise identical for 1, 2 and 3 threads, and for equal seeds.
+- Training runs are bitwise identical for 1, 2, 3 and 16 threads, and for equal seeds.
 """
 import io
 import json
@@ -937,7 +937,7 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
 
 
 def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32, size="tiled"):
-    """Trains the "tiled" network (or another of FUSED_SIZES) at 1, 2 and 3 threads; asserts
+    """Trains the "tiled" network (or another of FUSED_SIZES) at 1, 2, 3 and 16 threads; asserts
     the same bits, returns (widths, X, y, (losses, params))."""
     n, widths = FUSED_SIZES[size]
     r = np.random.default_rng(seed)
@@ -964,7 +964,7 @@ def test_step_kernel_fused_backward_is_thread_invariant(hidden, dtype):
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype, size, deep):
     """The "deep" networks: one layer's forward runs in two parts of the inner dimension
-    (shared by 2 threads), summed into the output, the same for 1, 2 and 3 threads; below a
+    (shared by 2 threads), summed into the output, the same for 1, 2, 3 and 16 threads; below a
     layer in row chunks, or as a 3-output layer (the gemv path in each part)."""
     from fastnn._kernels import dense as _kd
 
@@ -1001,7 +1001,8 @@ def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
 @pytest.mark.parametrize("hidden", ["relu", "leaky_relu"])
 def test_step_kernel_on_many_core_tiles(hidden, many_core_tiles):
     """With tiles sized for 16 CPUs (more, smaller tiles than this machine's plan): the
-    whole-step kernel still equals the layer path bitwise and is the same for 1, 2, 3 threads."""
+    whole-step kernel still equals the layer path bitwise and is the same for 1, 2, 3 and 16
+    threads."""
     n, widths = FUSED_SIZES["tiled"]
     _kd = many_core_tiles
     assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (8, 2)   # 16 tiles, not 2
@@ -1018,17 +1019,21 @@ def test_step_kernel_on_many_core_tiles(hidden, many_core_tiles):
 
 @pytest.mark.parametrize("size", ["tiled", "16-chunks"])
 def test_step_kernel_on_many_core_tiles_and_threads(size, many_core_tiles):
-    """The thread counts a 16-CPU machine runs, on its plan: 16 threads (a tile or a row chunk
-    each), 7 (16 tiles or chunks shared unevenly) and 4 give one thread's bits. (The other
-    tests stop at 3.)"""
-    if size == "16-chunks":   # the "chunked" network on a batch of 16 row chunks
+    """The thread counts a 16-CPU machine runs: 16 threads (a tile or a row chunk each), 7 (16
+    tiles or chunks shared unevenly) and 4 give one thread's bits. "tiled" runs that machine's
+    16-tile plan; "16-chunks" is the "chunked" network on a batch of 16 row chunks (their
+    rows do not depend on the CPU count: this case adds the thread counts 4 and 7)."""
+    _kd = many_core_tiles
+    if size == "16-chunks":
         n, widths = 2432, FUSED_SIZES["chunked"][1]
-        rows = many_core_tiles.layer_chunk_rows(n, widths[0], widths[1])
+        rows = _kd.layer_chunk_rows(n, widths[0], widths[1])
         assert rows > 0 and -(-n // rows) == 16
     else:
         n, widths = FUSED_SIZES[size]
-        nr, nc = many_core_tiles.plan(n, widths[1], widths[0], batch=True)[2:]
-        assert nr * nc == 16
+        assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (8, 2)
+        _kd.set_tile_params(tile_cores=2)
+        assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (2, 1)
+        _kd.set_tile_params(tile_cores=16)
     r = np.random.default_rng(8)
     X = r.standard_normal((n, widths[0])).astype(F32)
     y = r.integers(0, widths[-1], n)
@@ -1069,8 +1074,8 @@ def test_chunked_sizes_are_what_they_claim():
 
 def _compiled_matches_layerwise(run):
     """run() trains with the whole-step kernel and returns (losses, params, grads); run(twin=True)
-    the same model with an identity Dropout (the layer path). The first is the same at 1, 2 and
-    3 threads, and bitwise the second's."""
+    the same model with an identity Dropout (the layer path). The first is the same at 1, 2, 3
+    and 16 threads, and bitwise the second's."""
     compiled = assert_thread_invariant(run)
     layerwise = run(twin=True)
     assert compiled[0] == layerwise[0]
@@ -1090,7 +1095,7 @@ def _chunked_model(out, dtype, prelu_out=False):
                                        ("binary_hinge", "pm1"), ("mse", "real")])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_chunked_step_matches_the_layer_path_for_every_loss(dtype, loss, kind, prelu_out):
-    """The compiled step in chunks, at 1, 2 and 3 threads (so its parallel region runs even on
+    """The compiled step in chunks, at 1, 2, 3 and 16 threads (so its parallel region runs even on
     a one-core machine), against the layer path: bitwise, losses, parameters, gradients."""
     n = FUSED_SIZES["chunked"][0]
     r = np.random.default_rng(11)
