@@ -8,7 +8,9 @@
 #                             overflows, use after free, ...
 #   FASTNN_SANITIZE=undefined UndefinedBehaviorSanitizer: signed overflow in index and size
 #                             arithmetic (setup.py drops Python's -fwrapv for it), shifts out
-#                             of range, misaligned or null pointers, ...
+#                             of range, misaligned or null pointers, ... (with gcc, which links
+#                             its runtime into each module; clang would need -shared-libsan)
+# One sanitizer a run: the two need different runtimes set up.
 #
 #   scripts/sanitize_test.sh                          # ASan, the default test run (tests/)
 #   scripts/sanitize_test.sh tests/test_dense.py      # a subset; any pytest arguments
@@ -18,6 +20,7 @@
 # beside its other build outputs); this repository's own in-place extension modules are never
 # touched. ASan's leak detection is off: CPython itself does not free everything at exit.
 set -euo pipefail
+dest_arg=${FASTNN_SANITIZE_DIR:+$(realpath -m "$FASTNN_SANITIZE_DIR")}   # (before the cd)
 cd "$(dirname "$0")/.."
 root=$(pwd)
 sanitize=${FASTNN_SANITIZE:-address}
@@ -26,15 +29,27 @@ case "$sanitize" in
     undefined) short=ubsan ;;
     *) echo "FASTNN_SANITIZE must be address or undefined, got '$sanitize'" >&2; exit 2 ;;
 esac
-dest=${FASTNN_SANITIZE_DIR:-$root/build/$short}
+dest=${dest_arg:-$root/build/$short}
 python=${PYTHON:-python3}
 
-# 1. a copy of the working tree (tracked and untracked files, not ignored build outputs)
+# 1. a copy of the working tree (tracked and untracked files, not ignored build outputs; a
+# tracked file deleted from the working tree is left out), in place of the last copy's files:
+# only its build/ stays (Cython's and the compiler's outputs, which it rebuilds as needed).
+# Only the default folder, one this script made (its marker file inside) or an empty one is
+# cleared.
+marker=.fastnn-sanitize-copy
 mkdir -p "$dest"
+if [ -z "$dest_arg" ]; then
+    touch "$dest/$marker"
+elif [ ! -e "$dest/$marker" ] && [ -n "$(ls -A "$dest")" ]; then
+    echo "$dest is not empty and not a copy made by this script: choose another FASTNN_SANITIZE_DIR" >&2
+    exit 2
+fi
+find "$dest" -mindepth 1 -maxdepth 1 ! -name build ! -name "$marker" -exec rm -rf {} +
+touch "$dest/$marker"
 git ls-files -z --cached --others --exclude-standard \
-    | (cd "$root" && tar --null -T - -cf -) | (cd "$dest" && tar -xf -)
-# files deleted from the working tree since the last copy must not linger there
-rm -f "$dest"/fastnn/_kernels/*.so
+    | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done \
+    | tar --null -T - -cf - | (cd "$dest" && tar -xf -)
 
 # 2. the sanitized build (separate build directory: build/ inside the copy)
 (cd "$dest" && FASTNN_SANITIZE=$sanitize "$python" setup.py build_ext -i > "$dest/$short-build.log" 2>&1) \
@@ -66,5 +81,12 @@ else
 fi
 cd "$dest"
 export PYTHONPATH="$dest${PYTHONPATH:+:$PYTHONPATH}"   # (first: the sanitized build)
-"$python" -c "import fastnn, fastnn._kernels.dense as d; print('$sanitize build:', d.__file__)"
+"$python" - "$dest" "$sanitize" <<'EOF'
+import os, sys
+import fastnn._kernels.dense as d
+dest, sanitize = os.path.realpath(sys.argv[1]), sys.argv[2]
+where = os.path.realpath(d.__file__)
+assert where.startswith(dest + os.sep), f"imported {where}, not the {sanitize} build in {dest}"
+print(f"{sanitize} build: {where}")
+EOF
 "$python" -m pytest -q -p no:cacheprovider "${@:-tests}"
