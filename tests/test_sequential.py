@@ -30,7 +30,8 @@ from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, 
 
 from fastnn.losses import get_loss
 
-from conftest import MANY_THREADS, assert_same_bits, assert_thread_invariant, openmp_workers_started
+from conftest import (MANY_THREADS, THREAD_COUNTS, assert_same_bits, assert_thread_invariant,
+                      openmp_workers_started)
 
 F32, F64 = np.float32, np.float64
 
@@ -936,10 +937,11 @@ def test_step_kernel_fused_backward_shapes_are_multi_tile():
     assert nr * nc > np.prod(_kd.plan(n, d, m)[2:]), (nr, nc, _kd.plan(n, d, m))
 
 
-def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32, size="tiled"):
-    """Trains the "tiled" network (or another of FUSED_SIZES) at 1, 2, 3 and 16 threads; asserts
-    the same bits, returns (widths, X, y, (losses, params))."""
-    n, widths = FUSED_SIZES[size]
+def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32, size="tiled",
+                                        threads=THREAD_COUNTS):
+    """Trains the "tiled" network (or another of FUSED_SIZES, or size = (n, widths)) at 1, 2, 3
+    and 16 threads (or `threads`); asserts the same bits, returns (widths, X, y, (losses, params))."""
+    n, widths = FUSED_SIZES[size] if isinstance(size, str) else size
     r = np.random.default_rng(seed)
     X = r.standard_normal((n, widths[0])).astype(dtype)
     y = r.integers(0, widths[-1], n)
@@ -948,7 +950,7 @@ def _tiled_training_is_thread_invariant(hidden, seed, steps, dtype=F32, size="ti
         losses, params, _ = _train_runs(_fused_model(hidden, widths, dtype), X, y, "softmax", steps=steps)
         return losses, params
 
-    return widths, X, y, assert_thread_invariant(run)
+    return widths, X, y, assert_thread_invariant(run, threads=threads)
 
 
 @pytest.mark.parametrize("hidden,dtype", [("relu", F32), ("relu", F64), ("leaky_relu", F32),
@@ -1034,15 +1036,7 @@ def test_step_kernel_on_many_core_tiles_and_threads(size, many_core_tiles):
         _kd.set_tile_params(tile_cores=2)
         assert _kd.plan(n, widths[1], widths[0], batch=True)[2:] == (2, 1)
         _kd.set_tile_params(tile_cores=16)
-    r = np.random.default_rng(8)
-    X = r.standard_normal((n, widths[0])).astype(F32)
-    y = r.integers(0, widths[-1], n)
-
-    def run():
-        losses, params, _ = _train_runs(_fused_model("relu", widths, F32), X, y, "softmax", steps=2)
-        return losses, params
-
-    assert_thread_invariant(run, threads=MANY_THREADS)
+    _tiled_training_is_thread_invariant("relu", seed=8, steps=2, size=(n, widths), threads=MANY_THREADS)
 
 
 # ============================================================================ the step kernel in row chunks
