@@ -902,6 +902,16 @@ def _functional_tiles(n, m, d):
             _kd.plan(d, m, n, chunks=False)[2:])
 
 
+def _assert_many_core_plan(n, m, d):
+    """Under many_core_tiles: the layer n x m (inner d) gets 16 forward tiles, and a plan unlike
+    a 2-CPU machine's."""
+    many = _functional_tiles(n, m, d)
+    assert many[0][0] * many[0][1] == 16
+    _kd.set_tile_params(tile_cores=2)
+    assert _functional_tiles(n, m, d) != many
+    _kd.set_tile_params(tile_cores=16)
+
+
 @pytest.mark.parametrize("shape", [LARGE, ((1024, 784), 512)], ids=["large", "784-512"])
 @pytest.mark.parametrize("name", ["affine", "relu", "prelu_vector"])
 def test_many_core_tiles_and_threads_bitwise_identical(name, shape, rng, many_core_tiles):
@@ -910,12 +920,7 @@ def test_many_core_tiles_and_threads_bitwise_identical(name, shape, rng, many_co
     tiles shared unevenly) and 16 give one thread's bits."""
     sw = BY_NAME[name]
     x_shape, m = shape
-    n, d = x_shape[0], int(np.prod(x_shape[1:]))
-    many = _functional_tiles(n, m, d)
-    assert many[0][0] * many[0][1] == 16
-    _kd.set_tile_params(tile_cores=2)
-    assert _functional_tiles(n, m, d) != many
-    _kd.set_tile_params(tile_cores=16)
+    _assert_many_core_plan(x_shape[0], m, int(np.prod(x_shape[1:])))
     x, w, b, dout = _problem(rng, x_shape, m, np.float32)
     alpha = sw.make_alpha(rng, m, np.float32)
 
@@ -1121,11 +1126,7 @@ def test_maxout_on_many_core_tiles_and_threads(rng, many_core_tiles):
     """Maxout's one product for all pieces, on a 16-CPU machine's tiles (the tuned sizes: 16
     tiles where a 2-CPU machine cuts 2), at 4, 7 and 16 threads."""
     n, d, m, k = LARGE_MAXOUT
-    many = _functional_tiles(n, m * k, d)
-    assert many[0][0] * many[0][1] == 16
-    _kd.set_tile_params(tile_cores=2)
-    assert _functional_tiles(n, m * k, d) != many
-    _kd.set_tile_params(tile_cores=16)
+    _assert_many_core_plan(n, m * k, d)
     x, w, b, dout = _maxout_problem(rng, *LARGE_MAXOUT, np.float32)
 
     def run():

@@ -177,6 +177,14 @@ def _prelu_vector(alpha, d, dtype, per="feature"):
     return np.full(d, check_scalar(alpha, "alpha", allow_nan=True), dtype=dtype), ()
 
 
+def _slope_gradient(dalpha, ashape, dt):
+    """The kernel's per-feature (per-unit) slope partials as the gradient of a slope of shape
+    ``ashape``: summed in a fixed order for a scalar () or a shared (1,) slope."""
+    if dalpha.shape == ashape:
+        return dalpha
+    return dalpha.sum(dtype=dt, keepdims=ashape == (1,))
+
+
 def prelu_forward(x, alpha):
     """Parametric ReLU: ``x if x > 0 else alpha * x`` with a learnable ``alpha``, a scalar,
     one value per feature (the last axis of ``x``), or shape (1,): one slope shared by all."""
@@ -217,11 +225,7 @@ def prelu_backward(dout, cache):
     dx = np.empty_like(dout)
     dalpha = np.empty(a.shape[0], dtype=dt)
     _k.prelu_backward(_rows(dout), _rows(x), a, _rows(dx), dalpha, _threads._num_threads)
-    if ashape == ():
-        return dx, dalpha.sum(dtype=dt)  # per-feature partials in a fixed order
-    if ashape != dalpha.shape:   # one shared slope, (1,)
-        return dx, dalpha.sum(dtype=dt, keepdims=True)
-    return dx, dalpha
+    return dx, _slope_gradient(dalpha, ashape, dt)
 
 
 # ----------------------------------------------------------------------------- Maxout (element-wise part)

@@ -17,7 +17,8 @@ from fastnn._kernels import activations as _ka
 from fastnn._kernels import dense as _kd
 from fastnn._validation import as_float_array, check_scalar, common_dtype
 from fastnn.functional._course import CourseTuple
-from fastnn.functional.activations import _check_slope, _prelu_vector, maxout_reduce_backward, maxout_reduce_forward
+from fastnn.functional.activations import (_check_slope, _prelu_vector, _slope_gradient, maxout_reduce_backward,
+                                           maxout_reduce_forward)
 
 __all__ = [
     "affine_forward", "affine_backward",
@@ -333,11 +334,7 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     if dx is not None:
         dx = dx.reshape(cache.x_shape)
     if op == _ka.PRELU:
-        if cache.alpha_shape == ():
-            dalpha = dalpha.sum(dtype=dt)
-        elif cache.alpha_shape != dalpha.shape:   # one slope shared by the units, (1,)
-            dalpha = dalpha.sum(dtype=dt, keepdims=True)
-        return dx, dw, db, dalpha
+        return dx, dw, db, _slope_gradient(dalpha, cache.alpha_shape, dt)
     return dx, dw, db
 
 
