@@ -4,7 +4,8 @@ Thread count defaults, in order: ``FASTNN_NUM_THREADS``, then ``OMP_NUM_THREADS`
 entry), then the number of CPUs this process may run on. Any positive int is honoured, also
 above the core count. Results never depend on it: kernels split work into blocks fixed by the
 problem shape and by ``FASTNN_TILE_CORES`` (default: the machine's CPU count, ``os.cpu_count()``,
-read once at import; at most 16), which sizes the products' tiles for the machine.
+read once at import; either way rounded down to a power of two, at most 16), which sizes the
+products' tiles for the machine.
 
 The count is a ceiling while ``dynamic`` is on (the default; ``FASTNN_DYNAMIC=0`` or
 ``set_dynamic(False)`` turns it off): each compiled training step of the layer API, and each
@@ -238,8 +239,9 @@ _open_blocks = []
 @contextlib.contextmanager
 def threads(n):
     """Context manager: ``with fastnn.threads(1): ...`` runs the block with ``n`` threads
-    (a process-wide setting, as set_num_threads; see _open_blocks for blocks in several
-    Python threads at once)."""
+    and restores the count when it closes. The count is process-wide, as set_num_threads':
+    blocks open in several Python threads at once set it in turn, the latest winning, and
+    when they close, in any order, the count ends where it was before the first opened."""
     n = check_int(n, "n", below=2**31)
     token = object()
     with _lock:   # (recorded and set at once: a block closing meanwhile sees both or neither)

@@ -109,7 +109,7 @@ def run(out_dir="fastnn_demo_output", steps=3000, seed=0, plots=True, stream=Non
             import matplotlib.pyplot as plt
         except ImportError:
             say("matplotlib is not installed: no figures this time. Get them with\n"
-                "    pip install \"fastnn[plot]\"     (or: pip install matplotlib)\n"
+                "    pip install matplotlib     (or, in fastnn's checkout: pip install \".[plot]\")\n"
                 "The accuracies below are computed all the same.\n")
     seed = check_int(seed, "seed", minimum=0)
     steps = check_int(steps, "steps")

@@ -1,5 +1,7 @@
 """Weight initializers: He (ReLU family), Xavier/Glorot (the rest), and the course's
-``weight_scale * randn``. Each takes (fan_in, fan_out) and a numpy Generator."""
+``weight_scale * randn``. Each takes ``(shape, rng, dtype=np.float32)``: the weight's shape
+(fan_in is ``shape[0]``, fan_out the product of the rest), a numpy Generator and the dtype.
+``scaled_normal(weight_scale)`` returns such an initializer."""
 import numbers
 
 import numpy as np

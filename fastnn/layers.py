@@ -332,7 +332,8 @@ class Dense(CheckedSettings, Layer):
 
     # read-only; kept in the instance dict under its own name (the layout pickles have)
     activation = property(lambda self: self.__dict__["activation"], _fixed_activation,
-                          doc="The activation given at construction (fixed).")
+                          doc="The activation's name as given at construction (fixed); None for a "
+                              "linear layer (activation None or 'linear').")
 
     def output_features(self, in_features):
         if in_features is not None and in_features != self.in_features:
@@ -450,6 +451,7 @@ class Sigmoid(_Activation):
 
 
 class Tanh(_Activation):
+    """The hyperbolic tangent ``tanh(x)``."""
     op, name = _ka.TANH, "tanh"
 
 

@@ -230,6 +230,10 @@ class SGD(Optimizer):
 
 
 class RMSProp(Optimizer):
+    """RMSProp (the course's formula): ``cache = decay_rate * cache + (1 - decay_rate) * g**2``,
+    then ``W -= lr * g / (sqrt(cache) + eps)``, with ``g`` the gradient (plus
+    ``weight_decay * W`` for weight matrices)."""
+
     def __init__(self, params, lr=0.01, decay_rate=0.99, eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
         self.decay_rate = decay_rate
@@ -251,6 +255,11 @@ def _betas(betas):
 
 
 class Adam(Optimizer):
+    """Adam with bias correction (the course's formula): ``t`` counts steps from 1;
+    ``m = b1 * m + (1 - b1) * g``, ``v = b2 * v + (1 - b2) * g**2``, then
+    ``W -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``, with ``g`` the gradient
+    (plus ``weight_decay * W`` for weight matrices) and ``(b1, b2) = betas``."""
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
         self.betas = betas

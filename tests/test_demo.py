@@ -43,6 +43,19 @@ def test_demo_options_are_refused_before_training(args, words, tmp_path, capsys)
     assert "accuracy" not in captured.out
 
 
+def test_demo_without_matplotlib_names_an_install_that_gets_it(monkeypatch):
+    """Without matplotlib the demo says how to get the figures and trains all the same. The
+    hint names matplotlib itself: ``pip install "fastnn[plot]"`` (what it said before) fetches
+    an unrelated project of that name from PyPI (README, *Installing*)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib: ImportError
+    out = io.StringIO()
+    results = demo.run(steps=5, stream=out)
+    text = out.getvalue()
+    assert "matplotlib is not installed" in text and "pip install matplotlib" in text
+    assert "fastnn[plot]" not in text
+    assert results
+
+
 def test_demo_figures_folder_is_made_before_training(tmp_path, monkeypatch, capsys):
     """With figures on, a folder that cannot be made (under a file) is reported before any
     network trains, as a usage error naming --out (matplotlib stubbed: the folder is made

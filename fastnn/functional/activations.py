@@ -115,6 +115,7 @@ def leaky_relu_forward(x, alpha=0.01, *, out=None):
 
 
 def leaky_relu_backward(dout, cache, *, out=None):
+    """``dout`` where ``x > 0``, ``alpha * dout`` elsewhere, from leaky_relu_forward's cache."""
     x = _cache_array(cache, "leaky_relu")
     _check_slope(cache, "leaky_relu")
     return _backward(_LEAKY, dout, x, out, cache.alpha)
@@ -142,12 +143,14 @@ def sigmoid_backward(dout, cache, *, out=None):
 
 
 def tanh_forward(x, *, out=None):
+    """``tanh(x)``; the output is kept for backward."""
     out = _forward(_TANH, x, out)
     return out, ActivationCache("tanh", out)
 
 
 def tanh_backward(dout, cache, *, out=None):
-    """``dout * (1 - t**2)`` from the saved output ``t``."""
+    """``dout * (1 - t**2)`` from the saved output ``t``, computed as ``(1 - t) * (1 + t)``
+    (accurate where ``|t|`` is near 1)."""
     return _backward(_TANH, dout, _cache_array(cache, "tanh"), out)
 
 
@@ -244,6 +247,8 @@ def maxout_reduce_forward(z):
 
 
 def maxout_reduce_backward(dout, cache):
+    """``dz`` of shape (N, units, pieces): ``dout[n, m]`` at the piece that won in forward,
+    zero at the others."""
     argmax = _cache_array(cache, "maxout_reduce")
     shape = cache.alpha
     if not (isinstance(argmax, np.ndarray) and argmax.dtype == np.int8 and isinstance(shape, tuple)

@@ -363,26 +363,32 @@ def affine_relu_backward(dout, cache):
 
 
 def affine_leaky_relu_forward(x, w, b, alpha=0.01):
+    """``leaky_relu(x @ w + b, alpha)`` in one call: product, bias and activation fused per tile."""
     return _forward(_ka.LEAKY_RELU, x, w, b, check_scalar(alpha, "alpha"))
 
 
 def affine_leaky_relu_backward(dout, cache):
+    """Returns ``(dx, dw, db)`` from affine_leaky_relu_forward's cache; dx in x's shape."""
     return _backward(_ka.LEAKY_RELU, dout, cache, "affine_leaky_relu")
 
 
 def affine_sigmoid_forward(x, w, b):
+    """``sigmoid(x @ w + b)`` in one call: product, bias and activation fused per tile."""
     return _forward(_ka.SIGMOID, x, w, b)
 
 
 def affine_sigmoid_backward(dout, cache):
+    """Returns ``(dx, dw, db)`` from affine_sigmoid_forward's cache; dx in x's shape."""
     return _backward(_ka.SIGMOID, dout, cache, "affine_sigmoid")
 
 
 def affine_tanh_forward(x, w, b):
+    """``tanh(x @ w + b)`` in one call: product, bias and activation fused per tile."""
     return _forward(_ka.TANH, x, w, b)
 
 
 def affine_tanh_backward(dout, cache):
+    """Returns ``(dx, dw, db)`` from affine_tanh_forward's cache; dx in x's shape."""
     return _backward(_ka.TANH, dout, cache, "affine_tanh")
 
 
