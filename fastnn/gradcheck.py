@@ -84,9 +84,11 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
 
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
-    """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``.
-    An empty x has an empty gradient (of x's shape and dtype; f is not called)."""
+    """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``
+    (of that array's shape: a ValueError naming df otherwise, at the first evaluation). An
+    empty x has an empty gradient (of x's shape and dtype; f is not called)."""
     h = _check_point(f, x, h)
+    df = numeric_array(df, "df")
     grad = np.zeros_like(x)
     if x.size == 0:  # np.nditer refuses zero-sized operands
         return grad
@@ -94,6 +96,9 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     while not it.finished:
         ix = it.multi_index
         pos, neg = _plus_minus(f, x, ix, h, as_array=True)
+        if pos.shape != df.shape or neg.shape != df.shape:   # (broadcasting would hide it)
+            raise ValueError(f"df must have the shape of f(x) {pos.shape if pos.shape != df.shape else neg.shape}, "
+                             f"got {df.shape}")
         grad[ix] = np.sum((pos - neg) * df) / (2 * h)
         it.iternext()
     return grad
@@ -113,7 +118,13 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
     for _ in range(num_checks):
         ix = tuple(randrange(m) for m in x.shape)
         fxph, fxmh = _plus_minus(f, x, ix, h)
-        numeric = (fxph - fxmh) / (2 * h)
+        try:
+            numeric = (fxph - fxmh) / (2 * h)
+            if np.ndim(numeric) != 0:
+                raise TypeError(f"an array of shape {np.shape(numeric)}")
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"f must return a number (a scalar loss), got {type(fxph).__name__}: "
+                            f"{exc}") from None
         analytic = analytic_grad[ix]
         err = abs(numeric - analytic) / max(1e-12, abs(numeric) + abs(analytic))
         errors.append(err)

@@ -857,6 +857,30 @@ def test_prelu_reads_alpha_live(rng):
     np.testing.assert_array_equal(y1[:, [0, 1, 3]], y2[:, [0, 1, 3]])
 
 
+@pytest.mark.parametrize("layout", ["same", "other-dtype", "strided", "0-d", "shared"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_prelu_backward_reads_the_slopes_as_they_are_then(layout, dtype, rng):
+    """prelu_backward uses the slope array as it is when backward runs (a step that updates
+    it in place between forward and backward is seen, as in the course's code), whatever the
+    array's dtype and layout: a slope of the other float dtype, or strided, was converted in
+    forward and the copy kept, so backward used the old slopes."""
+    x = rng.standard_normal((5, 4)).astype(dtype)
+    x[:, :] = -np.abs(x) - 0.1   # (every entry on the slope's side)
+    dout = rng.standard_normal((5, 4)).astype(dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    alpha = {"same": np.full(4, 0.5, dtype), "other-dtype": np.full(4, 0.5, other),
+             "strided": np.full(8, 0.5, dtype)[::2], "0-d": np.array(0.5, dtype),
+             "shared": np.full(1, 0.5, dtype)}[layout]
+    _, cache = F.prelu_forward(x, alpha)
+    alpha[...] = 0.25
+    dx, dalpha = F.prelu_backward(dout, cache)
+    want_dx, want_dalpha = R.prelu_backward(dout, (x, alpha))
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6)
+    np.testing.assert_allclose(dx, 0.25 * dout, rtol=1e-6)
+    assert np.shape(dalpha) == alpha.shape
+    np.testing.assert_allclose(dalpha, want_dalpha, rtol=1e-5)
+
+
 @pytest.mark.parametrize("alpha_kind", ["scalar", "vector", "shared"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_prelu_threads_bitwise_identical(dtype, alpha_kind, rng):

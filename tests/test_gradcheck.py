@@ -323,3 +323,29 @@ def test_eval_numerical_gradient_array_and_grad_check_sparse_call_f_as_the_cours
     for a, b in zip(seen, ref_seen):
         assert_same_bits(a, b)
     assert (nxt, py) == (ref_next, ref_py)
+
+
+@pytest.mark.parametrize("df_shape", [(2,), (1,), (), (3, 1)], ids=str)
+def test_eval_numerical_gradient_array_names_a_df_of_another_shape(df_shape, rng):
+    """df must have the shape of f(x): a wrong one gave NumPy's broadcast error naming
+    nothing, and one that broadcasts (shape (1,), a scalar) gave a gradient silently. x is
+    left as it was."""
+    x = rng.standard_normal(3)
+    keep = x.copy()
+    with pytest.raises(ValueError, match=r"^df must have the shape of f\(x\) \(3,\)"):
+        G.eval_numerical_gradient_array(lambda v: 2 * v, x, np.ones(df_shape))
+    assert_same_bits(x, keep)
+    with pytest.raises(TypeError, match="^df"):
+        G.eval_numerical_gradient_array(lambda v: 2 * v, x, "abc")
+    np.testing.assert_allclose(G.eval_numerical_gradient_array(lambda v: 2 * v, x, np.ones(3)),
+                               np.full(3, 2.0))
+
+
+def test_grad_check_sparse_names_an_f_that_returns_an_array(rng, capsys):
+    """An f returning an array (a forward output instead of the loss) failed with NumPy's
+    "truth value of an array is ambiguous"."""
+    x = rng.standard_normal(4)
+    keep = x.copy()
+    with pytest.raises(TypeError, match=r"^f must return a number .*shape \(4,\)"):
+        G.grad_check_sparse(lambda v: 2 * v, x, np.ones(4), num_checks=2)
+    assert_same_bits(x, keep)

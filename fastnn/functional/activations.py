@@ -199,11 +199,14 @@ def prelu_forward(x, alpha):
     a, ashape = _prelu_vector(alpha, x.shape[-1] if x.ndim else 1, dt)
     out = np.empty_like(x)
     _k.prelu_forward(_rows(x), a, _rows(out), _threads._num_threads)
-    # (a 0-d slope array, or a shared one of shape (1,), is kept as it is: backward reads it
-    # live, as it reads a 1-D one)
-    live = a
-    if a.shape != ashape or (isinstance(alpha, np.ndarray) and alpha.ndim == 0):
-        live = alpha if isinstance(alpha, np.ndarray) else as_float_array(alpha, "alpha", dt)
+    # The caller's slope array is kept as it is, whatever its dtype and layout: backward
+    # converts it again, so that it reads the slopes as they are then (the course's code
+    # does; an in-place update between forward and backward is seen). A converted copy kept
+    # here missed it for a slope of another float dtype or with strides.
+    if isinstance(alpha, np.ndarray):
+        live = alpha
+    else:
+        live = a if a.shape == ashape else as_float_array(alpha, "alpha", dt)
     return out, ActivationCache("prelu", x, (live, ashape))
 
 
