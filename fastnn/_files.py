@@ -32,6 +32,16 @@ def _create_temp(directory):
     raise FileExistsError(f"no free temporary file name in {directory!r}")
 
 
+def _create_temp_named(directory):
+    """_create_temp, with an OSError named as the folder, not as the temporary file's hidden
+    name (which the caller never asked for): a missing folder, one that cannot be written."""
+    try:
+        return _create_temp(directory)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot make a file in the folder: {exc.strerror}",
+                        directory) from None
+
+
 @contextlib.contextmanager
 def atomic_write(path, text=False):
     """``with atomic_write(path) as f:`` yields a file open for writing (binary, or UTF-8 text
@@ -46,7 +56,7 @@ def atomic_write(path, text=False):
     path = os.path.realpath(given)
     directory = os.path.dirname(path)
     mode = _target_mode(path)
-    fd, tmp = _create_temp(directory)
+    fd, tmp = _create_temp_named(directory)
     try:
         try:
             f = os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")
@@ -77,8 +87,10 @@ def atomic_write(path, text=False):
 
 def _target_mode(path):
     """The permission bits of the file at `path` (a file replaced keeps them), None when there
-    is none; OSError when something other than a regular file is there: renaming over a
-    device (/dev/null, as root) or a FIFO would replace it with a file."""
+    is none; OSError when something other than a regular file is there (renaming over a
+    device, /dev/null as root, or a FIFO would replace it with a file), PermissionError when
+    this process may not write the file (renaming over it needs only the folder's
+    permission, so a read-only file would be replaced where open(path, "w") refuses it)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -87,6 +99,8 @@ def _target_mode(path):
         raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file, so not replaced", path)
+    if not os.access(path, os.W_OK):   # (as open(path, "w") refuses it; root may write)
+        raise PermissionError(errno.EACCES, "the file is read-only, so not replaced", path)
     return st.st_mode & 0o777
 
 
@@ -97,11 +111,7 @@ def check_writable(path):
     path = os.path.realpath(os.fspath(path))
     _target_mode(path)
     directory = os.path.dirname(path)
-    try:
-        fd, tmp = _create_temp(directory)
-    except OSError as exc:   # (named as the folder, not as the probe's hidden name)
-        raise type(exc)(exc.errno, f"cannot make a file in the folder: {exc.strerror}",
-                        directory) from None
+    fd, tmp = _create_temp_named(directory)
     os.close(fd)
     os.unlink(tmp)
 

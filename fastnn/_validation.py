@@ -169,6 +169,7 @@ def check_scalar(value, name, allow_nan=False, lo=None, hi=None, lo_open=False, 
     if type(value) is not float or not (allow_nan or value - value == 0.0):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+                refuse_masked(value, name)   # (a masked 0-d array: the value under the mask)
                 value = value.item()
             else:
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
@@ -342,11 +343,15 @@ def check_seed(seed, name="seed"):
 
 
 def fs_path(path, name="path"):
-    """A file path argument as a str (a bytes path decoded as the OS does)."""
+    """A file path argument as a str (a bytes path decoded as the OS does); ValueError for an
+    empty one (which names no file: the folder it resolves to would be reported instead)."""
     try:
-        return os.fsdecode(os.fspath(path))
+        path = os.fsdecode(os.fspath(path))
     except TypeError:
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not path:
+        raise ValueError(f"{name} must name a file, got an empty path")
+    return path
 
 
 def open_regular(path, text=False):

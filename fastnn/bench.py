@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -318,6 +319,30 @@ def _float_dtype(d):
         return False
 
 
+def _check_networks(networks):
+    """run's ``networks``: a non-empty sequence of ``(widths, batch)`` pairs, widths a sequence
+    of at least two positive ints (input, ..., classes) and batch a positive int, as a list of
+    (tuple of ints, int); else a TypeError or ValueError naming ``networks`` (before anything
+    is timed)."""
+    if isinstance(networks, (str, bytes)) or not isinstance(networks, Iterable):
+        raise TypeError(f"networks must be a sequence of (widths, batch) pairs, got "
+                        f"{type(networks).__name__}")
+    checked = []
+    for i, pair in enumerate(networks):
+        what = f"networks[{i}]"
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"{what} must be a (widths, batch) pair, got {pair!r}")
+        dims, n = pair
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) < 2:
+            raise ValueError(f"{what}: widths must be at least two layer widths (input, ..., "
+                             f"classes), got {dims!r}")
+        checked.append((tuple(check_int(d, f"{what} widths") for d in dims),
+                        check_int(n, f"{what} batch")))
+    if not checked:
+        raise ValueError("networks must name at least one network (None: the default list)")
+    return checked
+
+
 def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None, use_torch=True,
         stream=None, skip_large=False):
     stream = sys.stdout if stream is None else stream   # (the one at call time: capsys, redirects)
@@ -329,6 +354,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
         raise ValueError(f"dtypes must be a sequence of float32 / float64, got {dtypes!r}")
     nthreads = fastnn.get_num_threads() if threads is None else check_int(threads, "threads",
                                                                           below=2**31)
+    networks = NETWORKS if networks is None else _check_networks(networks)
     torch = torch_threads = None
     if use_torch:
         try:
@@ -345,7 +371,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             torch.set_num_threads(nthreads)
         with _threads.threads(nthreads), _threads._dynamic_set(False), \
                 _blas_threads(nthreads) as blas_threads:
-            return _run(networks or NETWORKS, dtypes, rounds, min_time, nthreads, torch, stream,
+            return _run(networks, dtypes, rounds, min_time, nthreads, torch, stream,
                         skip_large, blas_threads)
     finally:
         if torch is not None:

@@ -65,9 +65,15 @@ def _check_seed(seed):
     return seed
 
 
+_init_module = get_initializer.__module__   # (fastnn.init)
+
+
 def _initial_weights(init, shape, rng, dtype, also=None):
     """init(shape, rng, dtype) (a weight_init), checked: real, finite, of exactly that shape
-    (or of the shape `also`, reshaped to `shape`: Maxout's (in, out, pieces))."""
+    (or of the shape `also`, reshaped to `shape`: Maxout's (in, out, pieces)). The result of
+    an initializer of the caller's own is copied: the layer trains its weights in place, and
+    must not train an array the caller holds (nor share one with another layer made by the
+    same initializer). fastnn.init's make a new array each call."""
     arr = numeric_array(init(shape, rng, dtype), "weight_init's result", kinds="fiu")
     if also is not None and arr.shape == tuple(also):
         arr = arr.reshape(shape)
@@ -79,6 +85,8 @@ def _initial_weights(init, shape, rng, dtype, also=None):
     with np.errstate(over="ignore"):
         if not np.all(np.isfinite(arr.astype(dtype, copy=False))):
             raise ValueError(f"weight_init returned values beyond the range of {np.dtype(dtype).name}")
+    if getattr(init, "__module__", None) != _init_module:
+        arr = np.array(arr, dtype=dtype, order="C")   # (a copy, whatever its dtype)
     return arr
 
 

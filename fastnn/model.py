@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import numbers
 import sys
 import threading
 import time
@@ -362,6 +363,49 @@ def _dtype_of(layers):
     return np.dtype(np.float32)
 
 
+def _verbosity(verbose):
+    """fit's ``verbose`` as a bool: a bool, or a level (an int >= 0, printing above 0)."""
+    if isinstance(verbose, (bool, np.bool_)):
+        return bool(verbose)
+    if isinstance(verbose, numbers.Integral):
+        if verbose < 0:
+            raise ValueError(f"verbose must be a bool or an int >= 0, got {verbose}")
+        return verbose > 0
+    raise TypeError(f"verbose must be a bool or an int >= 0, got {type(verbose).__name__} {verbose!r}")
+
+
+def _refuse_binary_scores(loss, shape):
+    raise ValueError(f"{type(loss).__name__} takes one score per row, but the model's scores "
+                     f"have shape {shape}: end the model with a single output unit")
+
+
+def _targets_for(loss, scores, y):
+    """y as loss(scores, y) takes it, or a ValueError worded for the model's scores (the loss
+    would name them as its own argument ``x``): a binary loss needs scores (N,) or (N, 1), as
+    its predict_labels; MSE targets need the scores' shape, (N,) taken for one output."""
+    if loss.accuracy_kind in ("binary01", "binary_pm1"):
+        if not (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1)):
+            _refuse_binary_scores(loss, scores.shape)
+    elif isinstance(loss, MeanSquaredError):
+        if y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
+            y = y.reshape(scores.shape)   # (N,) targets for a single output, as the kernel takes them
+        if y.shape != scores.shape:
+            raise ValueError(f"y must have the shape of the scores {scores.shape}, got {y.shape}")
+    return y
+
+
+def _input_width(layers):
+    """The width of the model's input: the first Dense or Maxout layer's in_features when the
+    layers before it keep their input's width (activations, dropout, noise), else None
+    (unknown: a layer of the caller's own before it sets a width of its own)."""
+    for layer in layers:
+        if hasattr(layer, "in_features"):
+            return layer.in_features
+        if layer.output_features(None) is not None:
+            return None
+    return None
+
+
 def _in_features_of(layers):
     for layer in layers:
         if hasattr(layer, "in_features"):
@@ -594,6 +638,15 @@ class Sequential:
             raise ValueError(f"{name} must have a batch axis, got a scalar")
         return X
 
+    def _check_width(self, X, name="X"):
+        """ValueError naming `name` unless X's rows have the first layer's input width (each
+        row flattened, as Dense takes it). Before any layer runs, which would name its own
+        input ``x``; a stack without Dense or Maxout layers takes any width."""
+        d = _input_width(self._layers)
+        if d is not None and (X.ndim < 2 or math.prod(X.shape[1:]) != d):
+            raise ValueError(f"{name} must have shape (N, {d}), got {X.shape}")
+        return X
+
     def forward(self, X, training=None):
         """Scores for X. ``training`` overrides the layers' train/eval mode for this call.
         Each layer keeps what its backward needs (call ``backward`` next); a training step of
@@ -605,7 +658,7 @@ class Sequential:
         with self._lock:
             if self._layers.changed:
                 self._build()
-            return self._forward(self._off_grads(self._check_X(X)), training)
+            return self._forward(self._off_grads(self._check_width(self._check_X(X))), training)
 
     def _forward(self, X, training):
         out = X
@@ -660,7 +713,7 @@ class Sequential:
         undisturbed (the weights they read may then be half way through that step's update)."""
         if self._layers.changed:
             self._sync()
-        X = self._check_X(X)
+        X = self._check_width(self._check_X(X))
         if batch_size is not None:
             batch_size = check_int(batch_size, "batch_size")
         units = self._units   # (one plan for every part, should the layer list change meanwhile)
@@ -692,6 +745,8 @@ class Sequential:
                 raise ValueError(f"{name} must have the shape of the scores {(n, out)}, got {t.shape}")
             return
         binary = kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
+        if binary and out is not None and out != 1:
+            _refuse_binary_scores(loss, (n, out))
         if not binary and np.asarray(y).dtype.kind == "f":   # (the hint the class losses give)
             raise TypeError(f"{name} must hold integer class labels, got dtype {np.asarray(y).dtype} "
                             f"(cast with {name}.astype(int) if the values are whole numbers)")
@@ -863,15 +918,14 @@ class Sequential:
     def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
         self._check_arrays()   # before any kernel
         _check_trains(optimizer, self)
-        X = self._off_grads(X)
-        mse = isinstance(loss, MeanSquaredError)
-        if mse:
+        X = self._off_grads(self._check_width(X))
+        if X.shape[0] == 0:   # (the loss would name its own x: the scores)
+            raise ValueError("X must hold at least one row: the mean loss over an empty batch "
+                             "is undefined")
+        if isinstance(loss, MeanSquaredError):
             y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
         scores = self._forward(X, True)
-        if mse and y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
-            y = y.reshape(scores.shape)   # (N,) targets for a single output, as the kernel takes them
-        if mse and y.shape != scores.shape:   # (the kernel's message: "x" would be the scores)
-            raise ValueError(f"y must have the shape of the scores {scores.shape}, got {y.shape}")
+        y = _targets_for(loss, scores, y)
         value, dscores = loss(scores, y)
         correct = None
         if count and loss.accuracy_kind is not None:
@@ -901,9 +955,7 @@ class Sequential:
         scores = self.predict(X, batch_size=batch_size)
         if isinstance(loss, MeanSquaredError):
             y = as_float_array(y, "y", _dtype_of(self._layers))
-            if y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
-                y = y.reshape(scores.shape)   # (N,) targets for a single output, as train_step
-        value, _ = loss(scores, y)
+        value, _ = loss(scores, _targets_for(loss, scores, y))
         result = {"loss": float(value)}
         pred = loss.predict_labels(scores)
         if pred is not None:
@@ -917,7 +969,8 @@ class Sequential:
         per-epoch lists. A non-finite loss or gradient stops training before that step updates
         anything, with a warning that names the epoch and step; the history then has
         ``"stopped"`` set to that message. The layers train in training mode (dropout and
-        noise on) and are left in the mode each had before the call.
+        noise on) and are left in the mode each had before the call. ``verbose``: a bool, or a
+        verbosity level (an int >= 0; any level above 0 prints).
 
         Everything is checked before the first step: the arguments, every label (or target) of
         ``y`` for the loss, and ``validation_data`` (X_val's shape, y_val's length and labels),
@@ -927,7 +980,7 @@ class Sequential:
         loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
-        X = self._check_X(X)
+        X = self._check_width(self._check_X(X))
         y = self._labels(y, X.shape[0])
         n = X.shape[0]
         if n == 0:
@@ -935,6 +988,7 @@ class Sequential:
         epochs = check_int(epochs, "epochs")
         batch_size = check_int(batch_size, "batch_size")
         shuffle = check_flag(shuffle, "shuffle")   # ("no" would shuffle)
+        verbose = _verbosity(verbose)   # ("no" would print)
         rng = _fit_rng(seed)
         if optimizer is None:
             optimizer = SGD(self.parameters(), lr=0.01)
@@ -949,9 +1003,7 @@ class Sequential:
             n_val = X_val.shape[0]
             if n_val == 0:
                 raise ValueError("X_val is empty: the validation loss over no rows is undefined")
-            d = _in_features_of(self._layers)
-            if d is not None and (X_val.ndim < 2 or math.prod(X_val.shape[1:]) != d):
-                raise ValueError(f"X_val must have shape (N, {d}), got {X_val.shape}")
+            self._check_width(X_val, "X_val")
             y_val = self._labels(validation_data[1], n_val, "y_val", "X_val")
             self._check_targets(loss, y_val, n_val, "y_val", out)
             validation_data = (X_val, y_val)
@@ -1056,7 +1108,9 @@ class Sequential:
         written to a temporary name and renamed (over the file a symbolic link names, which
         stays a link; never over what is not a regular file), so a crash never leaves a
         truncated model at ``path``. A training step of the model in another thread waits
-        while the arrays are written (the file holds the weights between two steps)."""
+        while the arrays are written (the file holds the weights between two steps). A layer
+        object listed twice is stored at each place: the model load_model builds has two
+        layers with equal parameters there (the same predictions; they are no longer one)."""
         path = fs_path(path)
         with atomic_write(path) as f:
             with self._lock:

@@ -14,7 +14,7 @@ import numpy as np
 from fastnn import optim as _optim
 from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
-from fastnn._validation import CheckedSettings, check_int, check_scalar
+from fastnn._validation import CheckedSettings, check_flag, check_int, check_scalar
 from fastnn.layers import Parameter
 
 __all__ = ["Optimizer", "SGD", "RMSProp", "Adam"]
@@ -205,7 +205,7 @@ class SGD(Optimizer):
         self.nesterov = nesterov
 
     _CHECKS = dict(Optimizer._CHECKS, momentum=lambda v: check_scalar(v, "momentum", lo=0.0),
-                   nesterov=bool)
+                   nesterov=lambda v: check_flag(v, "nesterov"))   # ("no" would be True)
 
     def __setattr__(self, name, value):
         if name in ("momentum", "nesterov"):

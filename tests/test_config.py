@@ -552,6 +552,30 @@ def test_bench_run_leaves_the_callers_thread_count(capsys):
         assert fastnn.get_num_threads() == before
 
 
+@pytest.mark.parametrize("networks,exc,words", [
+    ([((2, 0, 3), 10)], ValueError, "networks[0] widths"),
+    ([((2, 3.5), 10)], TypeError, "networks[0] widths"),
+    ([((2, 3), -5)], ValueError, "networks[0] batch"),
+    ([((2,), 5)], ValueError, "networks[0]: widths"),
+    ([(2, 3)], ValueError, "networks[0]: widths"),
+    ([((2, 3), 5, 1)], TypeError, "networks[0]"),
+    ("abc", TypeError, "networks"),
+    (7, TypeError, "networks"),
+    ([], ValueError, "networks"),   # (ran the whole default list, 4096-wide network included)
+])
+def test_bench_run_checks_networks_before_timing_anything(networks, exc, words, monkeypatch):
+    """bench.run(networks=...) names a bad entry before anything is timed: a zero width ended
+    in a ZeroDivisionError after the matmul rate was measured, a bare (widths) pair in an
+    unrelated TypeError, and an empty list ran the default networks."""
+    from fastnn import bench
+
+    timed = []
+    monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: timed.append(a) or 1.0)
+    with pytest.raises(exc) as info:
+        bench.run(networks=networks, rounds=1, min_time=0.001, use_torch=False, stream=io.StringIO())
+    assert words in str(info.value) and not timed
+
+
 def test_bench_json_is_written_at_the_end_and_an_old_file_survives_a_refusal(tmp_path, capsys):
     """A run refused by its arguments (or failing) leaves an earlier results file as it was
     (the file used to be opened, and emptied, before anything ran); a good run replaces it."""

@@ -477,8 +477,8 @@ def test_maxout_names_an_input_of_the_wrong_width_as_dense_does():
         for x in (np.ones((6, 3), F32), np.ones(5, F32)):
             with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
                 layer.forward(x)
-            with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
-                Sequential(layer).predict(x)
+            with pytest.raises(ValueError, match=r"^X must have shape \(N, 5\)"):
+                Sequential(layer).predict(x)   # (the model's argument: X)
 
 
 @pytest.mark.parametrize("layer", [Dense(3, 4), Dense(3, 4, activation="tanh"), fastnn.Maxout(3, 4),

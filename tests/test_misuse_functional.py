@@ -19,6 +19,9 @@ And by the twentieth session's audit:
   (it raised: the slope is a parameter, like w);
 - the class and binary losses check the labels against x's shape before converting x (a
   broadcast x of a huge shape with the wrong labels was copied: MemoryError).
+
+And by the twenty-second session's: a masked 0-d hyper-parameter (a learning rate, dropout's
+p, a leaky slope) was read as the value under its mask.
 """
 import numpy as np
 import pytest
@@ -177,8 +180,14 @@ def _masked(a, where):
     (lambda mk: F.dropout_forward(mk(np.ones(4), 0), {"p": 0.5, "mode": "train", "seed": 1}), "x"),
     (lambda mk: O.sgd(mk(np.ones(3), 1), np.ones(3)), "w"),
     (lambda mk: O.adam(np.ones(3), mk(np.ones(3), 1)), "dw"),
+    # a masked 0-d hyper-parameter (its value under the mask was used)
+    (lambda mk: O.sgd(np.ones(3), np.ones(3), {"learning_rate": mk(np.array(0.5), ())}),
+     r"config\['learning_rate'\]"),
+    (lambda mk: F.dropout_forward(np.ones(4), {"p": mk(np.array(0.5), ()), "mode": "train", "seed": 1}),
+     r"dropout_param\['p'\]"),
+    (lambda mk: F.leaky_relu_forward(-np.ones(2), mk(np.array(0.5), ())), "alpha"),
 ], ids=["softmax-x", "softmax-y", "logistic-y", "mse-x", "mse-y", "relu", "affine_relu-x",
-        "affine-w", "dropout", "sgd-w", "adam-dw"])
+        "affine-w", "dropout", "sgd-w", "adam-dw", "sgd-lr-0d", "dropout-p-0d", "leaky-alpha-0d"])
 def test_a_masked_array_with_masked_entries_is_refused_naming_it(call, name):
     with pytest.raises(TypeError, match=rf"^{name} is a masked array with masked entries"):
         call(_masked)

@@ -26,6 +26,15 @@ And by the twentieth session's audit:
 - fit given the optimizer class instead of an object failed after the first forward pass;
 - float labels 0.0 / 1.0 for the binary losses were refused (PyTorch's BCE takes only floats);
 - a masked X or y lost its mask (its masked entries were trained on).
+
+And by the twenty-second session's audit (the tests at the end of this file):
+
+- a binary loss on a model of several outputs, MSE targets of another shape in evaluate, an
+  input of the wrong width and an empty batch were named as the loss's or the first layer's
+  ``x``, not as the model's scores or its ``X``;
+- fit(verbose="no") printed and SGD(nesterov="no") turned Nesterov on;
+- save into a missing folder named its hidden temporary file, save("") the current folder,
+  and save replaced a read-only file (renaming needs only the folder's permission).
 """
 import json
 import os
@@ -399,8 +408,10 @@ def test_a_layer_listed_twice_is_refused_for_training_but_predicts_and_saves(tmp
     X, y = _data()
     layer = Dense(5, 5, activation="tanh", seed=0)
     model = Sequential(layer, layer)
-    model.predict(X)
+    want = model.predict(X)
     model.save(tmp_path / "twice.npz")
+    # (stored at each place: the loaded model predicts the same with two equal layers)
+    np.testing.assert_array_equal(load_model(tmp_path / "twice.npz").predict(X), want)
     assert [p.name for p in model.parameters()] == ["W", "b"]   # (each once, as in PyTorch)
     assert model.num_params == layer.num_params == 30
     with pytest.raises(ValueError, match="layer 1 is layer 0 again"):
@@ -772,3 +783,121 @@ def test_layers_with_checked_settings_pickle_and_copy_with_the_state_they_always
             back.layers[0].activation = "tanh"
         with pytest.raises(ValueError, match=r"^Dropout\.p"):
             back.layers[1].p = 1.0
+
+
+# -- the twenty-second session's audit
+
+@pytest.mark.parametrize("loss", ["logistic", "binary_hinge"])
+def test_a_binary_loss_on_a_model_of_many_outputs_names_the_models_scores(loss):
+    """A binary loss on a model with two outputs was refused as "x must have shape (N,) or
+    (N, 1)": the loss's own argument, not the X the user passed. fit refuses it before the
+    first step, and train_step and evaluate name the scores too."""
+    X, _ = _data()
+    y = np.arange(len(X)) % 2
+    model = Sequential(Dense(5, 2))
+    before = [p.data.copy() for p in model.parameters()]
+    calls = (lambda: model.fit(X, y, loss=loss, verbose=False),
+             lambda: model.train_step(X, y, loss, SGD(model.parameters())),
+             lambda: model.evaluate(X, y, loss=loss))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"one score per row, but the model's scores have "
+                                             r"shape \(16, 2\)"):
+            call()
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, b)   # (nothing trained)
+
+
+def test_mse_targets_of_another_shape_are_named_against_the_scores_in_evaluate():
+    X, _ = _data()
+    model = Sequential(Dense(5, 2))
+    with pytest.raises(ValueError, match=r"^y must have the shape of the scores \(16, 2\), got \(16, 3\)"):
+        model.evaluate(X, np.zeros((16, 3)), loss="mse")
+    with pytest.raises(ValueError, match=r"^y must have the shape of the scores \(16, 2\), got \(16, 3\)"):
+        model.train_step(X, np.zeros((16, 3)), "mse", SGD(model.parameters()))
+    assert np.isfinite(model.evaluate(X, np.zeros((16, 2)), loss="mse")["loss"])
+
+
+def test_an_input_of_the_wrong_width_is_named_as_the_models_X():
+    """A batch of the wrong width was named as the first layer's ``x``; the model's methods
+    take ``X`` (and fit's validation data ``X_val``)."""
+    X, y = _data()
+    wide = np.ones((16, 6), F32)
+    model = _net()
+    calls = {"predict": lambda: model.predict(wide), "forward": lambda: model.forward(wide),
+             "evaluate": lambda: model.evaluate(wide, y),
+             "train_step": lambda: model.train_step(wide, y, "softmax", SGD(model.parameters())),
+             "fit": lambda: model.fit(wide, y, verbose=False),
+             "1-D": lambda: model.predict(np.ones(5, F32))}
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=r"^X must have shape \(N, 5\)"):
+            call()
+    with pytest.raises(ValueError, match=r"^X_val must have shape \(N, 5\)"):
+        model.fit(X, y, verbose=False, validation_data=(wide, y))
+    assert model.predict(X.reshape(16, 5, 1)).shape == (16, 3)   # (rows flattened, as Dense)
+
+
+@pytest.mark.parametrize("verbose,exc", [("no", TypeError), (None, TypeError), (1.0, TypeError),
+                                         (-1, ValueError)])
+def test_fit_verbose_is_a_bool_or_a_level(verbose, exc, capsys):
+    """fit(verbose="no") printed (any truthy value did); a bool or an int level >= 0 now."""
+    X, y = _data()
+    model = _net()
+    with pytest.raises(exc, match="verbose"):
+        model.fit(X, y, epochs=1, verbose=verbose)
+    for level, prints in ((0, False), (np.int64(0), False), (False, False), (2, True), (True, True)):
+        model.fit(X, y, epochs=1, verbose=level)
+        assert ("epoch 1/1" in capsys.readouterr().out) == prints, level
+
+
+@pytest.mark.parametrize("value", ["no", np.array([1, 0]), 0.5, None])
+def test_sgd_nesterov_is_a_flag(value):
+    """nesterov was taken through bool(): "no" turned Nesterov on, and an array gave NumPy's
+    ambiguous-truth error naming nothing."""
+    model = _net()
+    with pytest.raises(TypeError, match="nesterov"):
+        SGD(model.parameters(), momentum=0.9, nesterov=value)
+    opt = SGD(model.parameters(), momentum=0.9, nesterov=1)
+    assert opt.nesterov is True
+    with pytest.raises(TypeError, match="nesterov"):
+        opt.nesterov = value
+    assert opt.nesterov is True
+
+
+def test_save_into_a_missing_folder_names_the_folder_not_a_temporary_file(tmp_path):
+    """The error named the hidden temporary file save writes first
+    ('.../.fastnn-<hex>.tmp'), a name the user never gave."""
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(FileNotFoundError) as info:
+        _net().save(missing / "m.npz")
+    assert info.value.filename == str(missing) and ".tmp" not in str(info.value)
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("path", ["", b""])
+def test_an_empty_path_is_refused_by_name(path):
+    """save("") reported the current folder as "a folder, not a file"."""
+    model = _net()
+    with pytest.raises(ValueError, match="path must name a file"):
+        model.save(path)
+    with pytest.raises(ValueError, match="path must name a file"):
+        model.load(path)
+    with pytest.raises(ValueError, match="path must name a file"):
+        load_model(path)
+
+
+def test_save_does_not_replace_a_file_it_may_not_write(tmp_path, monkeypatch):
+    """save renames a new file over the target, which needs only the folder's permission: a
+    read-only model file was replaced where open(path, "w") (np.save) refuses it. The check
+    is os.access (root may write any file, so this test stands in for a non-root user)."""
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(path)
+                        else real_access(p, mode, **kw))
+    with pytest.raises(PermissionError) as info:
+        _net().save(path)
+    assert info.value.filename == str(path) and "read-only" in str(info.value)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.npz"]
+    monkeypatch.setattr(os, "access", real_access)
+    _net().save(path)
+    assert load_model(path) is not None

@@ -1126,7 +1126,7 @@ def test_train_step_label_errors_same_on_both_paths(mname, make, label_case):
 SEQ_ERRORS = [
     ("forward-complex", lambda m: m.forward(np.ones((2, 3), complex)), TypeError, "X"),
     ("forward-None", lambda m: m.forward(None), TypeError, "X"),
-    ("forward-features", lambda m: m.forward(np.ones((2, 4))), ValueError, "x"),
+    ("forward-features", lambda m: m.forward(np.ones((2, 4))), ValueError, "X must have shape"),
     ("forward-scalar", lambda m: m.forward(1.0), ValueError, "X"),
     ("backward-shape", lambda m: (m.forward(X6), m.backward(np.ones((6, 4))))[1], ValueError, "dout"),
     ("backward-dtype", lambda m: (m.forward(X6), m.backward(np.ones((6, 3), object)))[1], TypeError, "dout"),
@@ -1139,9 +1139,9 @@ SEQ_ERRORS = [
     ("train_step-optimizer-None", lambda m: m.train_step(X6, np.zeros(6, int), "softmax", None), TypeError,
      "optimizer"),
     ("train_step-X-features", lambda m: m.train_step(np.ones((6, 2)), np.zeros(6, int), "softmax",
-                                                     SGD(m.parameters())), ValueError, "x"),
+                                                     SGD(m.parameters())), ValueError, "X must have shape"),
     ("train_step-empty", lambda m: m.train_step(X6[:0], np.zeros(0, int), "softmax", SGD(m.parameters())),
-     ValueError, "x"),
+     ValueError, "X must hold"),
     ("fit-epochs-0", lambda m: m.fit(X6, np.zeros(6, int), epochs=0, verbose=False), ValueError, "epochs"),
     ("fit-epochs-float", lambda m: m.fit(X6, np.zeros(6, int), epochs=1.0, verbose=False), TypeError, "epochs"),
     ("fit-batch-neg", lambda m: m.fit(X6, np.zeros(6, int), batch_size=-1, verbose=False), ValueError, "batch_size"),
@@ -1427,6 +1427,35 @@ def test_maxout_weight_init_may_return_in_out_pieces():
     w = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
     layer = Maxout(3, 2, pieces=4, weight_init=lambda shape, rng, dt: w)
     assert_same_bits(layer.params["W"], w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer", ["Dense", "Maxout"])
+def test_weight_init_result_is_copied_not_trained_in_place(layer, dtype):
+    """The array a weight_init of the caller's own returns becomes the layer's weights as a
+    copy, whatever its dtype: before, one already of the layer's dtype (and C-contiguous) was
+    kept as it was, so training changed the caller's array, two layers made by one initializer
+    shared their weights, and a read-only one could not train."""
+    shape = (3, 2 * (2 if layer == "Maxout" else 1))
+    w0 = np.linspace(-0.5, 0.5, shape[0] * shape[1]).astype(dtype).reshape(shape)
+    keep = w0.copy()
+    w0.flags.writeable = False if dtype == np.float64 else True
+
+    def make():
+        if layer == "Maxout":
+            return Maxout(3, 2, pieces=2, weight_init=lambda s, r, t: w0, dtype=dtype)
+        return Dense(3, 2, weight_init=lambda s, r, t: w0, dtype=dtype)
+
+    a, b = make(), make()
+    for lay in (a, b):
+        assert not np.shares_memory(lay.params["W"], w0)
+        assert lay.params["W"].flags.writeable and lay.params["W"].flags.c_contiguous
+        assert_same_bits(lay.params["W"].reshape(shape), keep)
+    model = Sequential(a, Dense(2, 2, dtype=dtype))
+    model.train_step(np.ones((4, 3), dtype), [0, 1, 0, 1], "softmax", SGD(model.parameters(), lr=0.5))
+    assert not np.array_equal(a.params["W"].reshape(shape), keep)   # (it trained)
+    assert_same_bits(w0, keep)
+    assert_same_bits(b.params["W"].reshape(shape), keep)
 
 
 BAD_STATES = [("adam", {"v": np.ones(4)}), ("adam", {"m": np.ones(4)}), ("adam", {"m": np.ones(5), "v": np.ones(6)}),
