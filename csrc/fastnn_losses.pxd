@@ -64,10 +64,14 @@ cdef inline Py_ssize_t softmax_block_rows(Py_ssize_t C) noexcept nogil:
 
 cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssize_t label,
                            floating inv_n) noexcept nogil:
-    """Multiclass hinge (margin 1) of one row: sum_j!=y max(0, x_j - x_y + 1)."""
-    cdef floating correct = x[label], margin
+    """Multiclass hinge (margin 1) of one row: sum_j!=y max(0, x_j - x_y + 1). A NaN margin (a
+    NaN score, or inf - inf) makes the row's loss NaN and its whole gradient row NaN, as
+    softmax's is: the scores of a row are coupled through the correct class's, whose gradient
+    counts the positive margins, and that count is undefined with a NaN among them."""
+    cdef floating correct = x[label], margin, nan = 0
     cdef double row = 0.0
     cdef Py_ssize_t j, count = 0
+    cdef bint undefined = False
     for j in range(C):
         margin = x[j] - correct + 1
         if j != label and margin > 0:
@@ -76,12 +80,17 @@ cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssiz
             count += 1
         elif j != label and margin != margin:
             row += margin              # NaN propagates into the loss
-            d[j] = margin
+            nan = margin
+            undefined = True
         else:
             d[j] = 0
     d[label] = -count * inv_n
     if correct != correct:
-        d[label] = correct
+        nan = correct
+        undefined = True
+    if undefined:
+        for j in range(C):
+            d[j] = nan
     return row
 
 

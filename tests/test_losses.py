@@ -293,6 +293,12 @@ def test_nan_scores_propagate(name, rng):
     for dtype in DTYPES:
         x, y = lo.data(rng, shape, dtype)
         x.reshape(-1)[3] = np.nan
+        if lo.kind == "multiclass":
+            # a NaN off the label in one row, at the label in another (the hinge's gradient row
+            # is NaN either way: only the second made it NaN before)
+            x[0] = np.arange(4)
+            x[0, (y[0] + 1) % 4] = np.nan
+            x[2, y[2]] = np.nan
         loss, dx = lo.fn(x, y)
         assert isinstance(loss, float)
         assert np.isnan(loss), f"{name}: a NaN score gave loss {loss}"
@@ -303,6 +309,18 @@ def test_nan_scores_propagate(name, rng):
         nan_x = np.isnan(x)
         want = np.broadcast_to(nan_x.any(axis=1, keepdims=True), x.shape) if lo.kind == "multiclass" else nan_x
         np.testing.assert_array_equal(np.isnan(dx), want, err_msg=f"{name}: where dx is NaN")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_svm_margin_of_inf_minus_inf_is_a_nan_row(dtype):
+    """Two infinite scores, one the correct class's, make a NaN margin (inf - inf): the loss
+    is NaN and so is the row's whole gradient (it had a NaN beside finite entries); other rows
+    are what the reference gives."""
+    x = np.array([[np.inf, np.inf, 1.0], [0.5, 1.0, 2.0]], dtype)
+    y = np.array([0, 1])
+    loss, dx = F.svm_loss(x, y)
+    assert np.isnan(loss) and np.isnan(dx[0]).all()
+    np.testing.assert_array_equal(dx[1], R.svm_loss(x[1:], y[1:])[1][0] / 2)
 
 
 @pytest.mark.parametrize("name", NAMES)
