@@ -99,6 +99,22 @@ def blas_thread_control():
     return _cfg.blas_set != NULL
 
 
+def blas_users():
+    """The fastnn calls now running products that hold the BLAS at one thread (for tests)."""
+    return _cfg.blas_users
+
+
+def blas_after_fork():
+    """In a forked child (fastnn._threads' fork hook): the products that other Python threads
+    of the parent were running never finish here, so the BLAS thread count saved when the
+    first of them started is given back now, as the last of them would have (else the BLAS
+    stayed at one thread for the child's life)."""
+    if _cfg.blas_set != NULL and _cfg.blas_users > 0:
+        _cfg.blas_users = 0
+        if _cfg.blas_saved != 1:
+            _cfg.blas_set(_cfg.blas_saved)
+
+
 def tile_params():
     return dict(tile_flops=_cfg.tile_flops, min_tile_rows=_cfg.min_tile_rows,
                 min_tile_cols=_cfg.min_tile_cols, max_tiles=_cfg.max_tiles,

@@ -38,6 +38,8 @@ def _create_temp_named(directory):
     try:
         return _create_temp(directory)
     except OSError as exc:
+        if exc.errno is None:
+            raise   # (_create_temp's own: it names the folder)
         raise type(exc)(exc.errno, f"cannot make a file in the folder: {exc.strerror}",
                         directory) from None
 
@@ -99,7 +101,8 @@ def _target_mode(path):
         raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file, so not replaced", path)
-    if not os.access(path, os.W_OK):   # (as open(path, "w") refuses it; root may write)
+    # (as open(path, "w") refuses it, with the effective ids where the OS can; root may write)
+    if not os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
         raise PermissionError(errno.EACCES, "the file is read-only, so not replaced", path)
     return st.st_mode & 0o777
 

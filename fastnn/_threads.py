@@ -140,6 +140,7 @@ def _parallel_seen():
 def _after_fork_in_child():
     global _lock, _num_threads, _forked
     _lock = threading.Lock()   # (another thread of the parent may have held it)
+    _dense.blas_after_fork()   # (products other threads of the parent were running)
     if _gomp and _parallel_seen():
         _forked = True
         _num_threads = 1

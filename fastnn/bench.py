@@ -333,11 +333,14 @@ def _check_networks(networks):
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise TypeError(f"{what} must be a (widths, batch) pair, got {pair!r}")
         dims, n = pair
-        if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) < 2:
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Iterable):
+            raise TypeError(f"{what}: widths must be a sequence of layer widths (input, ..., "
+                            f"classes), got {type(dims).__name__}")
+        dims = tuple(check_int(d, f"{what} widths[{j}]") for j, d in enumerate(dims))
+        if len(dims) < 2:
             raise ValueError(f"{what}: widths must be at least two layer widths (input, ..., "
-                             f"classes), got {dims!r}")
-        checked.append((tuple(check_int(d, f"{what} widths") for d in dims),
-                        check_int(n, f"{what} batch")))
+                             f"classes), got {dims}")
+        checked.append((dims, check_int(n, f"{what} batch")))
     if not checked:
         raise ValueError("networks must name at least one network (None: the default list)")
     return checked
@@ -536,9 +539,9 @@ class JsonOut:
 def open_json(parser, path):
     """A JsonOut for --json, or None without one. The path is checked before anything is
     measured, without writing to it, so a path that cannot be written is a usage error now,
-    not after the run: an existing file must be writable (os.access), and the folder, of a
-    new file or an existing one, must take a new file (one is made and removed there:
-    os.access passes anything for root; JsonOut writes a temporary file there)."""
+    not after the run (check_writable): an existing file must be a writable regular file,
+    and the folder, of a new file or an existing one, must take a new file (one is made and
+    removed there: JsonOut writes a temporary file there and renames it)."""
     if path is None:
         return None
     if not path:
@@ -549,8 +552,6 @@ def open_json(parser, path):
         if os.path.exists(path):
             if not os.path.isfile(path):   # a stream: opened once (a FIFO's reader sees one)
                 return JsonOut(path, open(path, "w"))
-            if not os.access(path, os.W_OK):
-                raise PermissionError(errno.EACCES, "not writable", path)
         # (also an existing file: the results are written to a file made in its folder and
         # renamed over it, so that folder must take a new file)
         check_writable(path)

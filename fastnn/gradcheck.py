@@ -85,8 +85,10 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Gradient of ``sum(f(x) * df)``: for a function returning an array with upstream ``df``
-    (of that array's shape: a ValueError naming df otherwise, at the first evaluation). An
-    empty x has an empty gradient (of x's shape and dtype; f is not called)."""
+    of that array's shape, or a number (the course's helper takes one: the gradient of
+    ``df * sum(f(x))``); a ValueError naming df for another shape (NumPy would broadcast a
+    (1,) or (n, 1) one without a word), at the first evaluation. An empty x has an empty
+    gradient (of x's shape and dtype; f is not called)."""
     h = _check_point(f, x, h)
     df = numeric_array(df, "df")
     grad = np.zeros_like(x)
@@ -96,7 +98,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     while not it.finished:
         ix = it.multi_index
         pos, neg = _plus_minus(f, x, ix, h, as_array=True)
-        if pos.shape != df.shape or neg.shape != df.shape:   # (broadcasting would hide it)
+        if df.ndim and (pos.shape != df.shape or neg.shape != df.shape):   # (broadcasting would hide it)
             raise ValueError(f"df must have the shape of f(x) {pos.shape if pos.shape != df.shape else neg.shape}, "
                              f"got {df.shape}")
         grad[ix] = np.sum((pos - neg) * df) / (2 * h)

@@ -65,15 +65,11 @@ def _check_seed(seed):
     return seed
 
 
-_init_module = get_initializer.__module__   # (fastnn.init)
-
-
 def _initial_weights(init, shape, rng, dtype, also=None):
     """init(shape, rng, dtype) (a weight_init), checked: real, finite, of exactly that shape
-    (or of the shape `also`, reshaped to `shape`: Maxout's (in, out, pieces)). The result of
-    an initializer of the caller's own is copied: the layer trains its weights in place, and
-    must not train an array the caller holds (nor share one with another layer made by the
-    same initializer). fastnn.init's make a new array each call."""
+    (or of the shape `also`, reshaped to `shape`: Maxout's (in, out, pieces)), and copied: the
+    layer trains its weights in place, and must not train an array the caller's initializer
+    returned and may hold (nor share one with another layer made by the same initializer)."""
     arr = numeric_array(init(shape, rng, dtype), "weight_init's result", kinds="fiu")
     if also is not None and arr.shape == tuple(also):
         arr = arr.reshape(shape)
@@ -85,9 +81,7 @@ def _initial_weights(init, shape, rng, dtype, also=None):
     with np.errstate(over="ignore"):
         if not np.all(np.isfinite(arr.astype(dtype, copy=False))):
             raise ValueError(f"weight_init returned values beyond the range of {np.dtype(dtype).name}")
-    if getattr(init, "__module__", None) != _init_module:
-        arr = np.array(arr, dtype=dtype, order="C")   # (a copy, whatever its dtype)
-    return arr
+    return np.array(arr, dtype=dtype, order="C")   # (a copy, whatever its dtype)
 
 
 class Parameter:
@@ -146,7 +140,9 @@ _NO_SHAPES = {}   # (a layer without _add_param's record: never written to)
 
 class Layer:
     """Base class. Subclasses set ``self.params`` / ``self.grads`` and implement ``forward``,
-    ``backward``, ``output_features`` and ``get_config``."""
+    ``backward``, ``output_features`` and ``get_config``. ``output_features(in_features)``
+    returns the width of the layer's output rows for input rows of that width; the model
+    passes None where the input width is not known (the base class keeps the width)."""
 
     _decay = ()
 

@@ -3,6 +3,7 @@ import io
 import json
 import math
 import numbers
+import os
 import sys
 import threading
 import time
@@ -209,12 +210,8 @@ class _CompiledStep:
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             targets = as_float_array(y, "y", self.dtype)
-            shape = self.plan.score_shape
-            if targets.shape != shape:
-                if shape[1] == 1 and targets.shape == (shape[0],):
-                    targets = targets.reshape(shape)  # (N,) targets for a single output
-                else:
-                    raise ValueError(f"y must have the shape of the scores {shape}, got {np.shape(y)}")
+            if targets.shape != self.plan.score_shape:
+                targets = _mse_targets(targets, self.plan.score_shape)
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
@@ -363,6 +360,29 @@ def _dtype_of(layers):
     return np.dtype(np.float32)
 
 
+# Every live model, for the fork hook below (weakly: the set keeps none alive).
+_models = weakref.WeakSet()
+
+
+def _new_lock(model):
+    """A new lock for `model` (Sequential's _lock), which the fork hook can then replace."""
+    _models.add(model)
+    return threading.RLock()
+
+
+def _after_fork_in_child():
+    """A model's lock held by another Python thread of the parent when it forked (a training
+    step running there) is never released in the child, which has no such thread: a step or
+    forward on that model would wait forever. Each model gets a new lock; its arrays are what
+    they were at the fork, as all of the process's memory is."""
+    for model in list(_models):
+        model._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _verbosity(verbose):
     """fit's ``verbose`` as a bool: a bool, or a level (an int >= 0, printing above 0)."""
     if isinstance(verbose, (bool, np.bool_)):
@@ -379,37 +399,45 @@ def _refuse_binary_scores(loss, shape):
                      f"have shape {shape}: end the model with a single output unit")
 
 
-def _targets_for(loss, scores, y):
-    """y as loss(scores, y) takes it, or a ValueError worded for the model's scores (the loss
-    would name them as its own argument ``x``): a binary loss needs scores (N,) or (N, 1), as
-    its predict_labels; MSE targets need the scores' shape, (N,) taken for one output."""
-    if loss.accuracy_kind in ("binary01", "binary_pm1"):
+def _mse_targets(t, shape, name="y"):
+    """MSE targets (an array) for scores of `shape`: t itself, (N,) targets as (N, 1) for a
+    single output (as the kernel takes them), else a ValueError naming `name` against the
+    scores (the loss would name the scores as its own argument ``x``)."""
+    if t.shape == shape:
+        return t
+    if len(shape) == 2 and shape[1] == 1 and t.shape == (shape[0],):
+        return t.reshape(shape)
+    raise ValueError(f"{name} must have the shape of the scores {shape}, got {t.shape}")
+
+
+def _targets_for(loss, scores, y, dtype):
+    """y as loss(scores, y) takes it, or a ValueError worded for the model's scores: fastnn's
+    binary losses need scores (N,) or (N, 1); MSE targets (in the model's dtype, as the kernel
+    takes them) need the scores' shape (_mse_targets). A Loss class of the caller's own
+    checks what it takes."""
+    kind = _LOSS_KINDS.get(type(loss))
+    if kind in (_kl.LOGISTIC, _kl.BINARY_HINGE):
         if not (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1)):
             _refuse_binary_scores(loss, scores.shape)
     elif isinstance(loss, MeanSquaredError):
-        if y.ndim == 1 and scores.ndim == 2 and scores.shape == (y.shape[0], 1):
-            y = y.reshape(scores.shape)   # (N,) targets for a single output, as the kernel takes them
-        if y.shape != scores.shape:
-            raise ValueError(f"y must have the shape of the scores {scores.shape}, got {y.shape}")
+        y = _mse_targets(as_float_array(y, "y", dtype), scores.shape)
     return y
 
 
-def _input_width(layers):
-    """The width of the model's input: the first Dense or Maxout layer's in_features when the
-    layers before it keep their input's width (activations, dropout, noise), else None
-    (unknown: a layer of the caller's own before it sets a width of its own)."""
-    for layer in layers:
-        if hasattr(layer, "in_features"):
-            return layer.in_features
-        if layer.output_features(None) is not None:
-            return None
-    return None
+# fastnn's layers that keep their input's width (an input width is known through them)
+_KEEPS_WIDTH = frozenset({ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Dropout, GaussianNoise})
 
 
 def _in_features_of(layers):
+    """The width of the model's input rows: the first Dense's or Maxout's in_features when
+    only fastnn layers that keep their input's width (activations, dropout, noise) come before
+    it, else None (unknown: no such layer, or a layer of another kind before it, which may
+    set a width of its own)."""
     for layer in layers:
         if hasattr(layer, "in_features"):
             return layer.in_features
+        if type(layer) not in _KEEPS_WIDTH:
+            return None
     return None
 
 
@@ -443,7 +471,7 @@ class Sequential:
         # optimizer state, layer caches and plan buffers. (predict takes it only to rebuild a
         # changed layer list: it keeps nothing in the layers.) Reentrant: a custom optimizer's
         # step(), run inside the step, may still call forward or parameters().
-        self._lock = threading.RLock()
+        self._lock = _new_lock(self)
         self._compiled = {}
         self._apart_checked = []   # weak references to the arrays _check_arrays last found apart
         self._layers = _LayerList(layers)
@@ -551,7 +579,7 @@ class Sequential:
         if layers is None:
             layers = state.pop("layers")   # pickled before layers became a property
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = _new_lock(self)
         self._compiled = {}
         self._apart_checked = []
         self._layers = _LayerList(layers)
@@ -642,7 +670,7 @@ class Sequential:
         """ValueError naming `name` unless X's rows have the first layer's input width (each
         row flattened, as Dense takes it). Before any layer runs, which would name its own
         input ``x``; a stack without Dense or Maxout layers takes any width."""
-        d = _input_width(self._layers)
+        d = _in_features_of(self._layers)
         if d is not None and (X.ndim < 2 or math.prod(X.shape[1:]) != d):
             raise ValueError(f"{name} must have shape (N, {d}), got {X.shape}")
         return X
@@ -741,8 +769,8 @@ class Sequential:
             return   # a Loss class of the caller's own: its steps check what it takes
         if kind == _kl.MSE:
             t = as_float_array(y, name, _dtype_of(self._layers))
-            if out is not None and t.shape != (n, out) and not (out == 1 and t.shape == (n,)):
-                raise ValueError(f"{name} must have the shape of the scores {(n, out)}, got {t.shape}")
+            if out is not None:
+                _mse_targets(t, (n, out), name)
             return
         binary = kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
         if binary and out is not None and out != 1:
@@ -922,10 +950,8 @@ class Sequential:
         if X.shape[0] == 0:   # (the loss would name its own x: the scores)
             raise ValueError("X must hold at least one row: the mean loss over an empty batch "
                              "is undefined")
-        if isinstance(loss, MeanSquaredError):
-            y = as_float_array(y, "y", _dtype_of(self._layers))  # in the model's dtype, as the kernel
         scores = self._forward(X, True)
-        y = _targets_for(loss, scores, y)
+        y = _targets_for(loss, scores, y, _dtype_of(self._layers))
         value, dscores = loss(scores, y)
         correct = None
         if count and loss.accuracy_kind is not None:
@@ -953,9 +979,7 @@ class Sequential:
             raise ValueError("X must hold at least one row: the loss over no rows is undefined")
         y = self._labels(y, X.shape[0])
         scores = self.predict(X, batch_size=batch_size)
-        if isinstance(loss, MeanSquaredError):
-            y = as_float_array(y, "y", _dtype_of(self._layers))
-        value, _ = loss(scores, _targets_for(loss, scores, y))
+        value, _ = loss(scores, _targets_for(loss, scores, y, _dtype_of(self._layers)))
         result = {"loss": float(value)}
         pred = loss.predict_labels(scores)
         if pred is not None:

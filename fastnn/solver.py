@@ -55,7 +55,7 @@ import os
 import numpy as np
 
 from fastnn import optim as _optim
-from fastnn._files import atomic_write, write_npz
+from fastnn._files import atomic_write, check_writable, write_npz
 from fastnn._validation import check_int, fs_path, int_labels, numeric_array, open_regular, read_npz
 
 __all__ = ["Solver", "load_checkpoint"]
@@ -233,7 +233,10 @@ class Solver:
         stem = f"{self.checkpoint_name}_epoch_{self.epoch}"
         npz_path, json_path = stem + ".npz", stem + ".json"
 
-        # (atomic_write: a temporary file renamed when complete, removed if writing fails)
+        # (atomic_write: a temporary file renamed when complete, removed if writing fails;
+        # the JSON file's path is checked first, so that a JSON file that cannot be replaced
+        # does not leave new arrays beside an old description of them)
+        check_writable(json_path)
         with atomic_write(npz_path) as f:
             write_npz(f, self.model.params)
 

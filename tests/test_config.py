@@ -553,11 +553,11 @@ def test_bench_run_leaves_the_callers_thread_count(capsys):
 
 
 @pytest.mark.parametrize("networks,exc,words", [
-    ([((2, 0, 3), 10)], ValueError, "networks[0] widths"),
-    ([((2, 3.5), 10)], TypeError, "networks[0] widths"),
+    ([((2, 0, 3), 10)], ValueError, "networks[0] widths[1]"),
+    ([((2, 3), 4), ((2, 3.5), 10)], TypeError, "networks[1] widths[1]"),
     ([((2, 3), -5)], ValueError, "networks[0] batch"),
     ([((2,), 5)], ValueError, "networks[0]: widths"),
-    ([(2, 3)], ValueError, "networks[0]: widths"),
+    ([(2, 3)], TypeError, "networks[0]: widths"),
     ([((2, 3), 5, 1)], TypeError, "networks[0]"),
     ("abc", TypeError, "networks"),
     (7, TypeError, "networks"),
@@ -574,6 +574,9 @@ def test_bench_run_checks_networks_before_timing_anything(networks, exc, words, 
     with pytest.raises(exc) as info:
         bench.run(networks=networks, rounds=1, min_time=0.001, use_torch=False, stream=io.StringIO())
     assert words in str(info.value) and not timed
+    # (widths as any sequence of ints, an array too)
+    assert bench._check_networks([(np.array([3, 5, 2]), np.int64(7)), ([4, 2], 3)]) == \
+        [((3, 5, 2), 7), ((4, 2), 3)]
 
 
 def test_bench_json_is_written_at_the_end_and_an_old_file_survives_a_refusal(tmp_path, capsys):
@@ -1077,6 +1080,84 @@ def test_forked_child_closes_the_blocks_of_threads_it_does_not_have():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"n": _expected(3), "open": 0}
+
+
+_FORK_BUSY = """
+    import json, os, signal, sys, threading, time, warnings
+    warnings.filterwarnings("ignore", category=DeprecationWarning)   # (3.12+: fork with threads)
+    import numpy as np
+    import fastnn, fastnn.functional as F
+    from fastnn._kernels import dense as _kd
+    from threadpoolctl import threadpool_info, threadpool_limits
+    fastnn.set_num_threads(1)   # (the child may then use OpenMP as it likes)
+    threadpool_limits(2, user_api="blas")   # (what the BLAS is given back after a product)
+
+    def blas_threads():
+        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+    before = blas_threads()
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((1536, 1536)).astype(np.float32)
+    small = rng.standard_normal((8, 8)).astype(np.float32)
+    model = fastnn.Sequential(fastnn.Dense(8, 3))
+    stop, holding = threading.Event(), threading.Event()
+
+    def products():   # a product running in another thread at the fork: the BLAS held at 1
+        while not stop.is_set():
+            F.affine_forward(big, big, big[0])
+
+    def training_step():   # a step of the model running in another thread: its lock held
+        with model._lock:
+            holding.set()
+            stop.wait()
+
+    threads = [threading.Thread(target=products), threading.Thread(target=training_step)]
+    for t in threads:
+        t.start()
+    holding.wait()
+    deadline = time.time() + 30
+    while _kd.blas_users() == 0 and time.time() < deadline:
+        pass   # (until a product is running; then the fork, holding the GIL meanwhile)
+    running = _kd.blas_users()
+    r, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)   # (a hang ends the child)
+        report = {"users": _kd.blas_users(), "blas": blas_threads()}
+        F.affine_forward(small, small, small[0])   # (a product enters and leaves the BLAS)
+        report["blas_after"] = blas_threads()
+        y = np.zeros(4, dtype=np.int64)
+        report["step"] = bool(np.isfinite(model.train_step(small[:4], y, "softmax",
+                                                           fastnn.SGD(model.parameters()))))
+        os.write(wfd, json.dumps(report).encode())
+        os._exit(0)
+    os.close(wfd)
+    _, status = os.waitpid(pid, 0)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(json.dumps({"before": before, "running": running, "status": status,
+                      "child": json.loads(os.read(r, 65536).decode() or "null")}))
+"""
+
+
+@pytest.mark.skipif(not (hasattr(os, "fork") and fastnn._kernels.dense.blas_thread_control()),
+                    reason="fork() and a BLAS whose thread count fastnn controls")
+def test_a_child_forked_while_other_threads_run_products_and_steps_is_not_stuck():
+    """A fork while another Python thread of the parent runs a product left the child's BLAS
+    (SciPy's too) at one thread for good: the count of running products, which gives the BLAS
+    its threads back when it reaches 0, was copied and never came down. And a fork while
+    another thread trains a model left that model's lock held: a step on it in the child
+    waited forever. The fork hooks give both back."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([IMPORT_ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK_BUSY)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["before"] == [2] and report["running"] >= 1, report
+    assert report["status"] == 0, report   # (not killed by its alarm: no hang)
+    child = report["child"]
+    assert child == {"users": 0, "blas": [2], "blas_after": [2], "step": True}, report
 
 
 def test_a_source_checkout_without_built_modules_says_so(tmp_path):

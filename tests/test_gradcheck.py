@@ -325,7 +325,7 @@ def test_eval_numerical_gradient_array_and_grad_check_sparse_call_f_as_the_cours
     assert (nxt, py) == (ref_next, ref_py)
 
 
-@pytest.mark.parametrize("df_shape", [(2,), (1,), (), (3, 1)], ids=str)
+@pytest.mark.parametrize("df_shape", [(2,), (1,), (3, 1)], ids=str)
 def test_eval_numerical_gradient_array_names_a_df_of_another_shape(df_shape, rng):
     """df must have the shape of f(x): a wrong one gave NumPy's broadcast error naming
     nothing, and one that broadcasts (shape (1,), a scalar) gave a gradient silently. x is
@@ -339,6 +339,9 @@ def test_eval_numerical_gradient_array_names_a_df_of_another_shape(df_shape, rng
         G.eval_numerical_gradient_array(lambda v: 2 * v, x, "abc")
     np.testing.assert_allclose(G.eval_numerical_gradient_array(lambda v: 2 * v, x, np.ones(3)),
                                np.full(3, 2.0))
+    for scalar in (3.0, np.array(3.0)):   # (the course's helper takes a number: df * sum(f))
+        np.testing.assert_allclose(G.eval_numerical_gradient_array(lambda v: 2 * v, x, scalar),
+                                   np.full(3, 6.0))
 
 
 def test_grad_check_sparse_names_an_f_that_returns_an_array(rng, capsys):

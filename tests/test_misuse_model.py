@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 import fastnn
+import fastnn.functional as F
 from fastnn import SGD, Adam, Dense, ReLU, RMSProp, Sequential, load_model
 from fastnn.solver import load_checkpoint
 
@@ -815,6 +816,60 @@ def test_mse_targets_of_another_shape_are_named_against_the_scores_in_evaluate()
     with pytest.raises(ValueError, match=r"^y must have the shape of the scores \(16, 2\), got \(16, 3\)"):
         model.train_step(X, np.zeros((16, 3)), "mse", SGD(model.parameters()))
     assert np.isfinite(model.evaluate(X, np.zeros((16, 2)), loss="mse")["loss"])
+
+
+class _Proj(fastnn.Layer):
+    """A layer of the caller's own that maps 10 features to 5 (no parameters), leaving
+    output_features as the base class has it."""
+
+    def __init__(self):
+        super().__init__()
+        self.params, self.grads = {}, {}
+
+    def forward(self, x, training=None):
+        return np.ascontiguousarray(np.asarray(x, F32)[:, ::2])
+
+    def backward(self, dout, need_dx=True):
+        dx = np.zeros((dout.shape[0], 10), dout.dtype)
+        dx[:, ::2] = dout
+        return dx
+
+
+class _PairBCE(fastnn.losses.Loss):
+    """A loss of the caller's own with a binary accuracy kind on two scores per row."""
+    accuracy_kind = "binary01"
+
+    @staticmethod
+    def fn(scores, y):
+        return F.logistic_loss(scores[:, 0] - scores[:, 1], y)[0], None
+
+    def __call__(self, scores, y):
+        value, _ = type(self).fn(scores, y)
+        return value, np.zeros_like(scores)
+
+    def predict_labels(self, scores):
+        return (scores[:, 0] > scores[:, 1]).astype(np.int64)
+
+
+def test_the_model_level_checks_leave_layers_and_losses_of_the_callers_own_alone():
+    """The width check knows the input width only through fastnn's layers: a layer of the
+    caller's own in front of the first Dense may change the width (it was refused as "X must
+    have shape (N, 5)"). And the binary-scores check is for fastnn's binary losses: a Loss of
+    the caller's own with a binary accuracy kind takes what it takes."""
+    X = np.random.default_rng(0).standard_normal((8, 10)).astype(F32)
+    y = np.arange(8) % 3
+    model = Sequential(_Proj(), Dense(5, 3, seed=1))
+    assert model.predict(X).shape == (8, 3) and model.forward(X).shape == (8, 3)
+    assert np.isfinite(model.train_step(X, y, "softmax", SGD(model.parameters())))
+    assert len(model.fit(X, y, epochs=1, verbose=False)["loss"]) == 1
+    assert model.in_features is None
+    pair = Sequential(Dense(10, 2, seed=2))
+    assert np.isfinite(pair.train_step(X, y % 2, _PairBCE(), SGD(pair.parameters())))
+    assert 0.0 <= pair.evaluate(X, y % 2, loss=_PairBCE())["accuracy"] <= 1.0
+    # through fastnn's width-keeping layers the width is known, and checked by name
+    for first in (ReLU(), fastnn.Dropout(0.5, seed=0), fastnn.GaussianNoise(0.1, seed=0)):
+        with pytest.raises(ValueError, match=r"^X must have shape \(N, 5\)"):
+            Sequential(first, Dense(5, 3)).predict(X)
 
 
 def test_an_input_of_the_wrong_width_is_named_as_the_models_X():

@@ -584,6 +584,21 @@ def test_train_calls_a_subclass_check_accuracy_as_the_course_solver_does():
     assert logged.val_acc_history == plain.val_acc_history
 
 
+def test_a_checkpoint_whose_json_file_cannot_be_replaced_writes_neither_file(tmp_path):
+    """A checkpoint is an .npz and a .json file. The .json's path is checked before the
+    arrays are written: the arrays were written first, so a .json that could not be
+    replaced (here a folder of that name) left new arrays beside an old description."""
+    stem = tmp_path / "ck"
+    (tmp_path / "ck_epoch_1.json").mkdir()
+    solver = Solver(_model(), _data(), num_epochs=1, batch_size=20, verbose=False, seed=0,
+                    checkpoint_name=str(stem))
+    with pytest.raises(IsADirectoryError) as info:
+        solver.train()
+    assert info.value.filename == str(tmp_path / "ck_epoch_1.json")
+    left = sorted(os.listdir(tmp_path))
+    assert "ck_epoch_1.npz" not in left and not [f for f in left if f.endswith(".tmp")], left
+
+
 def test_checkpoint_name_ending_in_a_slash_names_its_folder(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_name"):
         Solver(_model(), _data(), checkpoint_name=str(tmp_path / "missing") + os.sep, verbose=False)
