@@ -661,6 +661,8 @@ class Sequential:
         dtype = _dtype_of(self._layers)   # (the callers rebuilt a changed layer list first)
         if type(X) is np.ndarray and X.dtype is dtype and X.ndim >= 1 and X.flags.c_contiguous:
             return X   # what as_float_array returns for it (a training step's fast path)
+        if isinstance(X, np.ndarray):
+            self._check_width(X, name)   # (before a copy: a huge broadcast view is not copied)
         X = as_float_array(X, name, dtype)
         if X.ndim < 1:
             raise ValueError(f"{name} must have a batch axis, got a scalar")

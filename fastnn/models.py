@@ -98,7 +98,8 @@ def _as_input(X, dtype, w1):
         raise TypeError(f"X must be an array of numbers, got dtype {arr.dtype}")
     if arr.ndim < 2:
         raise ValueError(f"X must have shape (N, d1, ..., dk), got shape {arr.shape}")
-    d = getattr(w1, "shape", (None,))[0]
+    shape = getattr(w1, "shape", None)
+    d = shape[0] if shape else None   # (a 0-d W1: the product names it)
     if d is not None and math.prod(arr.shape[1:]) != d:
         raise ValueError(f"X must have {d} features per row (W1 has {d} rows), got shape "
                          f"{arr.shape}")
@@ -166,12 +167,17 @@ class FullyConnectedNet:
     course, whatever ``seed`` is: ``seed`` (when given, and only with dropout) is stored in
     ``dropout_param['seed']``, so the dropout masks are the same on every call (the course's
     behaviour, which numerical gradient checks rely on). Batch and layer normalization are not
-    part of fastnn: any ``normalization`` other than None raises NotImplementedError.
+    part of fastnn: the course's ``normalization="batchnorm"`` or ``"layernorm"`` raises
+    NotImplementedError, any other value but None a ValueError.
     """
 
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10,
                  dropout_keep_ratio=1, normalization=None, reg=0.0, weight_scale=1e-2,
                  dtype=np.float32, seed=None):
+        if normalization is not None and not (isinstance(normalization, str)
+                                              and normalization in ("batchnorm", "layernorm")):
+            raise ValueError(f"normalization must be None (the course's 'batchnorm' and "
+                             f"'layernorm' are not part of fastnn), got {normalization!r}")
         if normalization is not None:
             raise NotImplementedError(
                 f"normalization={normalization!r} is not supported: fastnn's FullyConnectedNet "

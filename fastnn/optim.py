@@ -42,10 +42,13 @@ def _writable(a):
     return flags.c_contiguous and flags.writeable
 
 
-def _target(w):
-    """The array to update in place: w itself when possible, else a contiguous float copy."""
+def _target(w, dw):
+    """The array to update in place: w itself when possible, else a contiguous float copy
+    (made once dw is known to have w's shape: a huge broadcast w is refused, not copied)."""
     if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative and _writable(w):
         return w
+    if isinstance(w, np.ndarray) and isinstance(dw, np.ndarray) and dw.shape != w.shape:
+        raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
     return as_float_array(w, "w").copy()
 
 
@@ -106,9 +109,9 @@ def _state(config, key, w, *others):
             if other is s or (other.base is not None and _may_share(s, other)):
                 return _own(s.copy())
         return s
-    a = as_float_array(s, f"config['{key}']", w.dtype)
-    if a.shape != w.shape:
-        raise ValueError(f"config['{key}'] must have the shape of w {w.shape}, got {a.shape}")
+    # (the shape checked before a copy too: a huge broadcast view is refused, not copied)
+    a = as_float_array(s, f"config['{key}']", w.dtype, shape=w.shape,
+                       shape_text=f"the shape of w {w.shape}")
     if a is s or not a.flags.owndata:  # the caller's memory (the array itself or a view of it)
         a = a.copy()
     return _own(a)
@@ -173,7 +176,7 @@ def sgd(w, dw, config=None):
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     wd = _weight_decay(config)
-    w = _target(w)
+    w = _target(w, dw)
     dw = _grad(dw, w)
     _commit(config, defaults)
     return _run(_ko.SGD, w, dw, None, None, lr, wd=wd), config
@@ -184,7 +187,7 @@ def _momentum(rule, w, dw, config):
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     mu = _hyper(config, defaults, "momentum", 0.9, lo=0.0)
     wd = _weight_decay(config)
-    w = _target(w)
+    w = _target(w, dw)
     dw = _grad(dw, w)
     v = _state(config, "velocity", w, dw)
     _commit(config, defaults, velocity=v)
@@ -209,7 +212,7 @@ def rmsprop(w, dw, config=None):
     decay = _hyper(config, defaults, "decay_rate", 0.99, lo=0.0, hi=1.0)
     eps = _hyper(config, defaults, "epsilon", 1e-8, lo=0.0)
     wd = _weight_decay(config)
-    w = _target(w)
+    w = _target(w, dw)
     dw = _grad(dw, w)
     c = _state(config, "cache", w, dw)
     _commit(config, defaults, cache=c)
@@ -228,7 +231,7 @@ def adam(w, dw, config=None):
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t
     if c1 == 0.0 or c2 == 0.0:  # checked before config changes
         raise ValueError("config['beta1'] and config['beta2'] must be < 1")
-    w = _target(w)
+    w = _target(w, dw)
     dw = _grad(dw, w)
     m = _state(config, "m", w, dw)
     v = _state(config, "v", w, dw, m)

@@ -224,3 +224,47 @@ def test_losses_check_the_labels_before_copying_a_huge_x(loss, x, y):
     """(x would take 8 TiB or 512 GiB: a copy of it raised MemoryError.)"""
     with pytest.raises(ValueError, match=r"^y must have"):
         loss(x, y)
+
+
+_HUGE = np.broadcast_to(np.float32(1.0), (2**40,))   # (a copy: 4-8 TiB, a MemoryError)
+_X34 = np.ones((3, 4))
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: F.relu_backward(_HUGE, _X34), "dout"),
+    (lambda: F.sigmoid_backward(_HUGE, F.sigmoid_forward(_X34)[1]), "dout"),
+    (lambda: F.tanh_backward(_HUGE, F.tanh_forward(_X34)[1]), "dout"),
+    (lambda: F.leaky_relu_backward(_HUGE, F.leaky_relu_forward(_X34)[1]), "dout"),
+    (lambda: F.prelu_forward(_X34, _HUGE), "alpha"),
+    (lambda: F.prelu_backward(_HUGE, F.prelu_forward(_X34, 0.1)[1]), "dout"),
+    (lambda: F.maxout_reduce_forward(np.broadcast_to(1.0, (2, 2, 2**40))), "z"),
+    (lambda: F.maxout_reduce_backward(_HUGE, F.maxout_reduce_forward(np.ones((2, 3, 2)))[1]), "dout"),
+    (lambda: F.maxout_backward(_HUGE, F.maxout_forward(_X34, np.ones((4, 2, 3)), np.zeros((2, 3)))[1]),
+     "dout"),
+    (lambda: F.dropout_backward(_HUGE, F.dropout_forward(_X34, {"p": 0.5, "mode": "train", "seed": 1})[1]),
+     "dout"),
+    (lambda: F.gaussian_noise_backward(_HUGE, F.gaussian_noise_forward(_X34, 0.1, seed=1)[1]), "dout"),
+    (lambda: O.sgd(_HUGE, np.ones(3)), "dw"),
+    (lambda: O.adam(np.ones(3), np.ones(3), {"m": _HUGE}), r"config\['m'\]"),
+    (lambda: O.rmsprop(np.ones(3), np.ones(3), {"cache": _HUGE}), r"config\['cache'\]"),
+], ids=["relu", "sigmoid", "tanh", "leaky_relu", "prelu-alpha", "prelu", "maxout_reduce",
+        "maxout_reduce_backward", "maxout_backward", "dropout", "gaussian_noise", "sgd-w",
+        "adam-m", "rmsprop-cache"])
+def test_shapes_are_checked_before_a_huge_broadcast_view_is_copied(call, name):
+    """A 0-byte broadcast view of the wrong shape was converted (copied) before its shape
+    was compared, a MemoryError (or, where memory is overcommitted, a process killed while
+    it filled the copy) instead of a ValueError naming the argument."""
+    with pytest.raises(ValueError, match=rf"^{name} must (have|be)"):
+        call()
+
+
+@pytest.mark.parametrize("forward, backward", [
+    (F.leaky_relu_forward, F.leaky_relu_backward),
+    (lambda x: F.affine_leaky_relu_forward(x, np.eye(4), np.zeros(4)), F.affine_leaky_relu_backward),
+])
+def test_a_cache_slope_beyond_float_range_is_a_damaged_cache(forward, backward):
+    """(math.isfinite of an int beyond float's range raised OverflowError.)"""
+    out, cache = forward(-np.ones((2, 4)))
+    cache.alpha = 10**400
+    with pytest.raises(ValueError, match="cache is damaged"):
+        backward(np.ones((2, 4)), cache)

@@ -956,3 +956,14 @@ def test_save_does_not_replace_a_file_it_may_not_write(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", real_access)
     _net().save(path)
     assert load_model(path) is not None
+
+
+def test_a_huge_broadcast_X_of_the_wrong_width_is_refused_before_it_is_copied():
+    """(Converted to the model's dtype first: a 0-byte view of 2**40 rows became a MemoryError.)"""
+    model = _net()
+    huge = np.broadcast_to(np.float64(1.0), (2**40, 6))
+    for call in (lambda: model.predict(huge), lambda: model.forward(huge),
+                 lambda: model.evaluate(huge, np.zeros(1, int)),
+                 lambda: model.train_step(huge, [0], "softmax", SGD(model.parameters()))):
+        with pytest.raises(ValueError, match=r"^X must have shape \(N, 5\)"):
+            call()

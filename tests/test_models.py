@@ -254,6 +254,21 @@ def test_normalization_not_implemented(norm):
         FullyConnectedNet([4], input_dim=3, num_classes=2, normalization=norm)
 
 
+@pytest.mark.parametrize("norm", [False, 1, float("nan"), "batch", ["batchnorm"]], ids=repr)
+def test_normalization_that_is_no_option_of_the_courses_is_a_valueerror(norm):
+    """(Every value but None raised NotImplementedError, also ones that name no option.)"""
+    with pytest.raises(ValueError, match="^normalization must be None"):
+        FullyConnectedNet([4], input_dim=3, num_classes=2, normalization=norm)
+
+
+def test_a_0d_first_weight_is_named_not_an_indexerror():
+    """(params['W1'] replaced by a 0-d array: IndexError from the input check.)"""
+    for model in (TwoLayerNet(6, 5, 3, seed=0), FullyConnectedNet([5], input_dim=6, num_classes=3)):
+        model.params["W1"] = np.array(1.0)
+        with pytest.raises(ValueError, match="^w must be 2-D"):
+            model.loss(np.ones((2, 6)))
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, word",
     [

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import activations as _k
-from fastnn._validation import (as_float_array, check_same_shape, check_scalar,
+from fastnn._validation import (as_float_array, check_scalar,
                                 common_dtype, float_dtype_of, out_array)
 
 __all__ = [
@@ -73,9 +73,10 @@ def _cache_array(cache, kind):
 
 def _backward(op, dout, saved, out=None, alpha=0.0):
     dt = common_dtype(("dout", dout), ("cache", saved))
-    dout = as_float_array(dout, "dout", dt)
     saved = as_float_array(saved, "cache", dt)
-    check_same_shape(dout, "dout", saved, "the forward output")
+    # (dout's shape checked before it is converted: a huge broadcast view is not copied)
+    dout = as_float_array(dout, "dout", dt, shape=saved.shape,
+                          shape_text=f"the shape of the forward output {saved.shape}")
     dx = out_array(out, dout.shape, dt, dout, saved)
     _k.backward(op, _flat(dout), _flat(saved), _flat(dx), alpha, _threads._num_threads)
     return dx
@@ -125,7 +126,11 @@ def _check_slope(cache, name):
     """ValueError unless the leaky slope a cache holds (``cache.alpha``) is a finite real
     number, not a bool: a damaged cache, named as not from ``name``_forward."""
     a = cache.alpha
-    if not (isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isfinite(a)):
+    try:
+        finite = isinstance(a, numbers.Real) and not isinstance(a, bool) and math.isfinite(a)
+    except OverflowError:   # (an int beyond float's range)
+        finite = False
+    if not finite:
         raise ValueError(f"cache is damaged or not from {name}_forward: its slope is {a!r}, "
                          "not a finite number")
 
@@ -169,6 +174,9 @@ def _prelu_vector(alpha, d, dtype, per="feature"):
     is one slope shared by every feature (the shape of PyTorch's ``nn.PReLU()`` weight; NumPy
     would broadcast it); its dalpha has shape (1,)."""
     if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
+        if isinstance(alpha, np.ndarray) and alpha.shape not in ((1,), (d,)):   # (before a copy)
+            raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
+                             f"entry per {per} (shape ({d},)), got shape {alpha.shape}")
         a = as_float_array(alpha, "alpha", dtype)
         if a.shape == (1,) and d != 1:
             return np.full(d, a[0], dtype=dtype), (1,)
@@ -215,9 +223,9 @@ def prelu_backward(dout, cache):
     (a NumPy scalar for a scalar alpha)."""
     x = _cache_array(cache, "prelu")
     dt = common_dtype(("dout", dout), ("cache", x))
-    dout = as_float_array(dout, "dout", dt)
     x = as_float_array(x, "cache", dt)
-    check_same_shape(dout, "dout", x, "the forward input")
+    dout = as_float_array(dout, "dout", dt, shape=x.shape,
+                          shape_text=f"the shape of the forward input {x.shape}")
     d = x.shape[-1] if x.ndim else 1
     ok = isinstance(cache.alpha, tuple) and len(cache.alpha) == 2
     a, ashape = cache.alpha if ok else (None, None)
@@ -238,15 +246,21 @@ def prelu_backward(dout, cache):
 def maxout_reduce_forward(z):
     """The element-wise part of Maxout: ``out[n, m] = max_p z[n, m, p]`` over the last axis
     (the ``k`` pieces). The winning piece is kept for backward; NaN wins, like ``np.max``."""
+    if isinstance(z, np.ndarray):
+        _check_pieces(z)   # (before a copy: a huge broadcast view is refused, not copied)
     z = as_float_array(z, "z")
-    if z.ndim != 3:
-        raise ValueError(f"z must be 3-D (N, units, pieces), got shape {z.shape}")
-    if not 1 <= z.shape[2] <= 127:
-        raise ValueError(f"z must have 1 to 127 pieces on its last axis, got {z.shape[2]}")
+    _check_pieces(z)
     out = np.empty(z.shape[:2], dtype=z.dtype)
     argmax = np.empty(z.shape[:2], dtype=np.int8)
     _k.maxout_reduce_forward(z, out, argmax, _threads._num_threads)
     return out, ActivationCache("maxout_reduce", argmax, z.shape)
+
+
+def _check_pieces(z):
+    if z.ndim != 3:
+        raise ValueError(f"z must be 3-D (N, units, pieces), got shape {z.shape}")
+    if not 1 <= z.shape[2] <= 127:
+        raise ValueError(f"z must have 1 to 127 pieces on its last axis, got {z.shape[2]}")
 
 
 def maxout_reduce_backward(dout, cache):
@@ -258,9 +272,7 @@ def maxout_reduce_backward(dout, cache):
             and len(shape) == 3 and all(type(s) is int for s in shape)
             and argmax.shape == shape[:2] and 1 <= shape[2] <= 127 and argmax.flags.c_contiguous):
         raise ValueError("cache is damaged or not from maxout_reduce_forward")
-    dout = as_float_array(dout, "dout")
-    if dout.shape != shape[:2]:
-        raise ValueError(f"dout must have shape {shape[:2]}, got {dout.shape}")
+    dout = as_float_array(dout, "dout", shape=shape[:2])
     dz = np.empty(shape, dtype=dout.dtype)
     _k.maxout_reduce_backward(dout, argmax, dz, _threads._num_threads)
     return dz

@@ -49,6 +49,8 @@ def _cache_params(cache):
     """(p, mode, seed) of a DropoutCache, checked again (a cache can be edited)."""
     if cache.seed is None:
         raise ValueError("cache is damaged: its seed is None")
+    if not (isinstance(cache.shape, tuple) and all(type(n) is int for n in cache.shape)):
+        raise ValueError(f"cache is damaged: its shape is {cache.shape!r}")
     try:
         return _params({"p": cache.p, "mode": cache.mode, "seed": cache.seed})
     except (TypeError, ValueError) as exc:
@@ -96,9 +98,7 @@ def dropout_backward(dout, cache):
         raise TypeError(f"cache must be the cache returned by dropout_forward, got {type(cache).__name__}")
     # the fields the kernel reads, as dropout_forward checked them (a cache can be edited)
     p, mode, seed = _cache_params(cache)
-    dout = as_float_array(dout, "dout")
-    if dout.shape != cache.shape:
-        raise ValueError(f"dout must have shape {cache.shape}, got {dout.shape}")
+    dout = as_float_array(dout, "dout", shape=cache.shape)
     if mode == "test":
         return dout
     dx = np.empty_like(dout)
@@ -158,9 +158,7 @@ def _add_noise(x, std, rng):
 
 def gaussian_noise_backward(dout, cache):
     """Additive noise passes the gradient through unchanged."""
-    if not (isinstance(cache, tuple) and len(cache) == 2 and cache[0] == "gaussian_noise"):
+    if not (isinstance(cache, tuple) and len(cache) == 2 and cache[0] == "gaussian_noise"
+            and isinstance(cache[1], tuple)):
         raise TypeError("cache must be the cache returned by gaussian_noise_forward")
-    dout = as_float_array(dout, "dout")
-    if dout.shape != cache[1]:
-        raise ValueError(f"dout must have shape {cache[1]}, got {dout.shape}")
-    return dout
+    return as_float_array(dout, "dout", shape=cache[1])
