@@ -195,7 +195,8 @@ def check_scalar(value, name, allow_nan=False, lo=None, hi=None, lo_open=False, 
 
 def out_array(out, shape, dtype, *inputs):
     """A caller-provided output buffer, checked, or a new one. ``inputs`` are the arrays the
-    kernel reads: the buffer may not overlap any of them."""
+    kernel reads, and the caller's arrays they were converted from (anything that is not an
+    ndarray is skipped): the buffer may not overlap any of them."""
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
@@ -214,7 +215,7 @@ def out_array(out, shape, dtype, *inputs):
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
     for arr in inputs:
-        if arr is not None and np.may_share_memory(out, arr):
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
             raise ValueError("out must not overlap the input arrays")
     return out
 

@@ -642,6 +642,14 @@ def test_out_keyword_errors(op, rng):
         op.fwd(big[:6], out=big[:6])
     with pytest.raises(ValueError, match="overlap"):
         op.bwd(dout, cache, out=dout)
+    # the same when the overlapped input is one that is converted (copied) first: it was
+    # accepted then, and the call wrote into the caller's input
+    strided = np.zeros((6, 8))
+    with pytest.raises(ValueError, match="overlap"):
+        op.fwd(strided[:, ::2], out=strided.reshape(-1)[:24].reshape(6, 4))
+    with pytest.raises(ValueError, match="overlap"):
+        op.bwd(strided[:, ::2], cache, out=strided.reshape(-1)[:24].reshape(6, 4))
+    assert not strided.any()
     x_unchanged = x.copy()
     with pytest.raises(ValueError):
         op.fwd(x, out=x)

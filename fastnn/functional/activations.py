@@ -56,10 +56,12 @@ def _flat(a):
     return a.reshape(-1)
 
 
-def _forward(op, x, out=None, alpha=0.0):
-    x = as_float_array(x, "x")
-    out = out_array(out, x.shape, x.dtype, x)
-    _k.forward(op, _flat(x), _flat(out), alpha, _threads._num_threads)
+def _forward(op, x, out=None, alpha=0.0, given=None):
+    """op(x) into out (or a new array). ``given``: the caller's own x when x is a converted
+    copy of it; out may overlap neither (refused as it is for an x used as it is)."""
+    arr = as_float_array(x, "x")
+    out = out_array(out, arr.shape, arr.dtype, arr, x, given)
+    _k.forward(op, _flat(arr), _flat(out), alpha, _threads._num_threads)
     return out
 
 
@@ -73,11 +75,12 @@ def _cache_array(cache, kind):
 
 def _backward(op, dout, saved, out=None, alpha=0.0):
     dt = common_dtype(("dout", dout), ("cache", saved))
+    given = (dout, saved)   # (out may overlap neither, converted or not)
     saved = as_float_array(saved, "cache", dt)
     # (dout's shape checked before it is converted: a huge broadcast view is not copied)
     dout = as_float_array(dout, "dout", dt, shape=saved.shape,
                           shape_text=f"the shape of the forward output {saved.shape}")
-    dx = out_array(out, dout.shape, dt, dout, saved)
+    dx = out_array(out, dout.shape, dt, dout, saved, *given)
     _k.backward(op, _flat(dout), _flat(saved), _flat(dx), alpha, _threads._num_threads)
     return dx
 
@@ -85,8 +88,8 @@ def _backward(op, dout, saved, out=None, alpha=0.0):
 # ----------------------------------------------------------------------------- ReLU
 def relu_forward(x, *, out=None):
     """ReLU, ``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
-    x = as_float_array(x, "x")
-    out = _forward(_RELU, x, out)
+    given, x = x, as_float_array(x, "x")
+    out = _forward(_RELU, x, out, given=given)
     # The cache is x itself, as the course's (``cache = x``): every way course code writes its
     # relu_backward works on it (``dout * (x > 0)``, ``dx[x <= 0] = 0``, ``x.shape``, ...), and
     # relu_backward's mask x > 0 is exactly relu(x) > 0 (NaN: neither).
@@ -109,9 +112,8 @@ def relu_backward(dout, cache, *, out=None):
 def leaky_relu_forward(x, alpha=0.01, *, out=None):
     """``x if x > 0 else alpha * x``."""
     alpha = check_scalar(alpha, "alpha")
-    x = as_float_array(x, "x")
-    out = out_array(out, x.shape, x.dtype, x)
-    _k.forward(_LEAKY, _flat(x), _flat(out), alpha, _threads._num_threads)
+    given, x = x, as_float_array(x, "x")
+    out = _forward(_LEAKY, x, out, alpha, given=given)
     return out, ActivationCache("leaky_relu", x, alpha)
 
 
