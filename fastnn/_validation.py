@@ -215,9 +215,24 @@ def out_array(out, shape, dtype, *inputs):
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
     for arr in inputs:
-        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr) and _shares(out, arr):
             raise ValueError("out must not overlap the input arrays")
     return out
+
+
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
+
+
+def _shares(out, arr):
+    """Whether `arr` shares memory with `out` (a C-contiguous array whose bounds overlap
+    arr's): certainly for a contiguous arr; for a strided one (a caller's array that was
+    converted) the exact answer, a bounded search counting as yes when it gives up."""
+    if arr.flags.c_contiguous or arr.flags.f_contiguous:
+        return True
+    try:
+        return np.shares_memory(out, arr, max_work=10**5)
+    except _TooHardError:
+        return True
 
 
 def class_labels(y, n, num_classes, name="y"):

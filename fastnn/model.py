@@ -373,10 +373,19 @@ def _new_lock(model):
 def _after_fork_in_child():
     """A model's lock held by another Python thread of the parent when it forked (a training
     step running there) is never released in the child, which has no such thread: a step or
-    forward on that model would wait forever. Each model gets a new lock; its arrays are what
-    they were at the fork, as all of the process's memory is."""
+    forward on that model would wait forever. Such a model gets a new lock, and drops its
+    compiled steps (the one that was running is marked busy, and its buffers are half
+    written); its arrays are what they were at the fork, as all of the process's memory is.
+    A lock this thread can take is left as it is: free, or held by this very thread (a fork
+    from inside a step, which goes on in the child)."""
     for model in list(_models):
+        lock = model._lock
+        if lock.acquire(blocking=False):
+            lock.release()
+            continue
         model._lock = threading.RLock()
+        model._compiled = {}
+        model._hot = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -99,7 +99,10 @@ def _as_input(X, dtype, w1):
     if arr.ndim < 2:
         raise ValueError(f"X must have shape (N, d1, ..., dk), got shape {arr.shape}")
     shape = getattr(w1, "shape", None)
-    d = shape[0] if shape else None   # (a 0-d W1: the product names it)
+    if shape is not None and len(shape) != 2:
+        raise ValueError(f"params['W1'] must be 2-D (input features, hidden units), got shape "
+                         f"{shape}")
+    d = shape[0] if shape is not None else None
     if d is not None and math.prod(arr.shape[1:]) != d:
         raise ValueError(f"X must have {d} features per row (W1 has {d} rows), got shape "
                          f"{arr.shape}")
@@ -174,11 +177,10 @@ class FullyConnectedNet:
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10,
                  dropout_keep_ratio=1, normalization=None, reg=0.0, weight_scale=1e-2,
                  dtype=np.float32, seed=None):
-        if normalization is not None and not (isinstance(normalization, str)
-                                              and normalization in ("batchnorm", "layernorm")):
-            raise ValueError(f"normalization must be None (the course's 'batchnorm' and "
-                             f"'layernorm' are not part of fastnn), got {normalization!r}")
         if normalization is not None:
+            if not (isinstance(normalization, str) and normalization in ("batchnorm", "layernorm")):
+                raise ValueError(f"normalization must be None (the course's 'batchnorm' and "
+                                 f"'layernorm' are not part of fastnn), got {normalization!r}")
             raise NotImplementedError(
                 f"normalization={normalization!r} is not supported: fastnn's FullyConnectedNet "
                 "has no batch or layer normalization; pass normalization=None"

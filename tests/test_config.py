@@ -1095,49 +1095,76 @@ _FORK_BUSY = """
     def blas_threads():
         return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
 
+    def child(r, wfd, report):
+        os.close(r)
+        os.write(wfd, json.dumps(report).encode())
+        os._exit(0)
+
+    def wait(pid, r):
+        _, status = os.waitpid(pid, 0)
+        return status, json.loads(os.read(r, 65536).decode() or "null")
+
     before = blas_threads()
     rng = np.random.default_rng(0)
     big = rng.standard_normal((1536, 1536)).astype(np.float32)
     small = rng.standard_normal((8, 8)).astype(np.float32)
-    model = fastnn.Sequential(fastnn.Dense(8, 3))
-    stop, holding = threading.Event(), threading.Event()
+    X = rng.standard_normal((512, 8)).astype(np.float32)
+    y = np.arange(512) % 3
+    model = fastnn.Sequential(fastnn.Dense(8, 256, activation="relu"), fastnn.Dense(256, 3))
+    opt = fastnn.SGD(model.parameters(), lr=0.01)
+    stop = threading.Event()
 
     def products():   # a product running in another thread at the fork: the BLAS held at 1
         while not stop.is_set():
             F.affine_forward(big, big, big[0])
 
-    def training_step():   # a step of the model running in another thread: its lock held
-        with model._lock:
-            holding.set()
-            stop.wait()
+    def training():   # steps of the model in another thread: its lock held, its plan busy
+        while not stop.is_set():
+            model.train_step(X, y, "softmax", opt)
 
-    threads = [threading.Thread(target=products), threading.Thread(target=training_step)]
+    threads = [threading.Thread(target=products), threading.Thread(target=training)]
     for t in threads:
         t.start()
-    holding.wait()
-    deadline = time.time() + 30
-    while _kd.blas_users() == 0 and time.time() < deadline:
-        pass   # (until a product is running; then the fork, holding the GIL meanwhile)
-    running = _kd.blas_users()
-    r, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        signal.alarm(20)   # (a hang ends the child)
-        report = {"users": _kd.blas_users(), "blas": blas_threads()}
-        F.affine_forward(small, small, small[0])   # (a product enters and leaves the BLAS)
-        report["blas_after"] = blas_threads()
-        y = np.zeros(4, dtype=np.int64)
-        report["step"] = bool(np.isfinite(model.train_step(small[:4], y, "softmax",
-                                                           fastnn.SGD(model.parameters()))))
-        os.write(wfd, json.dumps(report).encode())
-        os._exit(0)
-    os.close(wfd)
-    _, status = os.waitpid(pid, 0)
+    tries, result = 0, None
+    while tries < 200 and result is None:
+        tries += 1
+        if _kd.blas_users() == 0 or model._lock.acquire(blocking=False):
+            if model._lock._is_owned():
+                model._lock.release()
+            time.sleep(0.001)
+            continue
+        # a product and a step under way in the other threads (the GIL held from here on)
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)   # (a hang ends the child)
+            report = {"users": _kd.blas_users(), "blas": blas_threads(),
+                      "plans": len(model._compiled)}
+            F.affine_forward(small, small, small[0])   # (a product enters and leaves the BLAS)
+            report["blas_after"] = blas_threads()
+            report["step"] = bool(np.isfinite(model.train_step(X, y, "softmax", opt)))
+            child(r, wfd, report)
+        os.close(wfd)
+        result = wait(pid, r)
     stop.set()
     for t in threads:
         t.join()
-    print(json.dumps({"before": before, "running": running, "status": status,
-                      "child": json.loads(os.read(r, 65536).decode() or "null")}))
+
+    class ForkingSGD(fastnn.SGD):   # (not SGD itself: the layer path, which calls step())
+        def step(self):
+            r, wfd = os.pipe()
+            pid = os.fork()
+            if pid == 0:   # inside the step, which goes on in the child: its lock is its own
+                child(r, wfd, {"owned": model._lock._is_owned(), "plans": len(model._compiled)})
+            os.close(wfd)
+            self.inside = wait(pid, r)
+            super().step()
+
+    fork_in_step = ForkingSGD(model.parameters(), lr=0.01)
+    model.train_step(X, y, "softmax", opt)   # (a compiled plan, kept by a fork from inside)
+    model.train_step(X, y, "softmax", fork_in_step)
+    print(json.dumps({"before": before, "tries": tries, "status": result and result[0],
+                      "child": result and result[1], "inside": fork_in_step.inside}))
 """
 
 
@@ -1147,17 +1174,20 @@ def test_a_child_forked_while_other_threads_run_products_and_steps_is_not_stuck(
     """A fork while another Python thread of the parent runs a product left the child's BLAS
     (SciPy's too) at one thread for good: the count of running products, which gives the BLAS
     its threads back when it reaches 0, was copied and never came down. And a fork while
-    another thread trains a model left that model's lock held: a step on it in the child
-    waited forever. The fork hooks give both back."""
+    another thread trains a model left that model's lock held (a step on it in the child
+    waited forever) and its compiled step marked running. The fork hooks give the BLAS its
+    threads back, and such a model a new lock and no compiled steps; a fork from inside a
+    step (the forking thread holds the lock) keeps both."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([IMPORT_ROOT, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK_BUSY)], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=IMPORT_ROOT)
+                          capture_output=True, text=True, timeout=180, cwd=IMPORT_ROOT)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["before"] == [2] and report["running"] >= 1, report
+    assert report["before"] == [2] and report["status"] is not None, report   # (forked under way)
     assert report["status"] == 0, report   # (not killed by its alarm: no hang)
-    child = report["child"]
-    assert child == {"users": 0, "blas": [2], "blas_after": [2], "step": True}, report
+    assert report["child"] == {"users": 0, "blas": [2], "plans": 0, "blas_after": [2],
+                               "step": True}, report
+    assert report["inside"] == [0, {"owned": True, "plans": 1}], report
 
 
 def test_a_source_checkout_without_built_modules_says_so(tmp_path):

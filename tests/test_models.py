@@ -265,7 +265,7 @@ def test_a_0d_first_weight_is_named_not_an_indexerror():
     """(params['W1'] replaced by a 0-d array: IndexError from the input check.)"""
     for model in (TwoLayerNet(6, 5, 3, seed=0), FullyConnectedNet([5], input_dim=6, num_classes=3)):
         model.params["W1"] = np.array(1.0)
-        with pytest.raises(ValueError, match="^w must be 2-D"):
+        with pytest.raises(ValueError, match=r"^params\['W1'\] must be 2-D"):
             model.loss(np.ones((2, 6)))
 
 

@@ -176,18 +176,21 @@ def _prelu_vector(alpha, d, dtype, per="feature"):
     is one slope shared by every feature (the shape of PyTorch's ``nn.PReLU()`` weight; NumPy
     would broadcast it); its dalpha has shape (1,)."""
     if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
-        if isinstance(alpha, np.ndarray) and alpha.shape not in ((1,), (d,)):   # (before a copy)
-            raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
-                             f"entry per {per} (shape ({d},)), got shape {alpha.shape}")
+        if isinstance(alpha, np.ndarray):   # (checked before a copy: a huge broadcast view)
+            _check_slopes(alpha.shape, d, per)
         a = as_float_array(alpha, "alpha", dtype)
+        _check_slopes(a.shape, d, per)
         if a.shape == (1,) and d != 1:
             return np.full(d, a[0], dtype=dtype), (1,)
-        if a.shape != (d,):
-            raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
-                             f"entry per {per} (shape ({d},)), got shape {a.shape}")
         return a, a.shape
     # (a learnable parameter, as w: NaN and Inf flow through, as they do in a slope array)
     return np.full(d, check_scalar(alpha, "alpha", allow_nan=True), dtype=dtype), ()
+
+
+def _check_slopes(shape, d, per):
+    if shape not in ((1,), (d,)):
+        raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
+                         f"entry per {per} (shape ({d},)), got shape {shape}")
 
 
 def _slope_gradient(dalpha, ashape, dt):
@@ -250,8 +253,10 @@ def maxout_reduce_forward(z):
     (the ``k`` pieces). The winning piece is kept for backward; NaN wins, like ``np.max``."""
     if isinstance(z, np.ndarray):
         _check_pieces(z)   # (before a copy: a huge broadcast view is refused, not copied)
-    z = as_float_array(z, "z")
-    _check_pieces(z)
+        z = as_float_array(z, "z")
+    else:
+        z = as_float_array(z, "z")
+        _check_pieces(z)
     out = np.empty(z.shape[:2], dtype=z.dtype)
     argmax = np.empty(z.shape[:2], dtype=np.int8)
     _k.maxout_reduce_forward(z, out, argmax, _threads._num_threads)
