@@ -68,10 +68,9 @@ cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssiz
     NaN score, or inf - inf) makes the row's loss NaN and its whole gradient row NaN, as
     softmax's is: the scores of a row are coupled through the correct class's, whose gradient
     counts the positive margins, and that count is undefined with a NaN among them."""
-    cdef floating correct = x[label], margin, nan = 0
+    cdef floating correct = x[label], margin
     cdef double row = 0.0
     cdef Py_ssize_t j, count = 0
-    cdef bint undefined = False
     for j in range(C):
         margin = x[j] - correct + 1
         if j != label and margin > 0:
@@ -80,17 +79,15 @@ cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssiz
             count += 1
         elif j != label and margin != margin:
             row += margin              # NaN propagates into the loss
-            nan = margin
-            undefined = True
+            d[j] = margin
         else:
             d[j] = 0
     d[label] = -count * inv_n
     if correct != correct:
-        nan = correct
-        undefined = True
-    if undefined:
-        for j in range(C):
-            d[j] = nan
+        d[label] = correct
+    if row != row:   # a NaN margin was summed (only positive and NaN margins are): the row's
+        for j in range(C):   # whole gradient is NaN, found after the loop, which stays as lean
+            d[j] = <floating>row   # as it was for the finite rows
     return row
 
 

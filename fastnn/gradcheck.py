@@ -59,6 +59,11 @@ def _plus_minus(f, x, ix, h, as_array=False):
     return pos, neg
 
 
+def _not_a_number(value, exc):
+    """The TypeError for an f that returned `value`, not a number (a scalar loss)."""
+    return TypeError(f"f must return a number (a scalar loss), got {type(value).__name__}: {exc}")
+
+
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of the scalar function ``f(x)`` at ``x`` (an array changed in place and restored).
     ``f(x)`` is evaluated once first, as the course's helper does, then twice per entry. An empty
@@ -75,8 +80,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
         try:
             grad[ix] = (fxph - fxmh) / (2 * h)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"f must return a number (a scalar loss), got {type(fxph).__name__}: "
-                            f"{exc}") from None
+            raise _not_a_number(fxph, exc) from None
         if verbose:
             print(ix, grad[ix])
         it.iternext()
@@ -125,8 +129,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
             if np.ndim(numeric) != 0:
                 raise TypeError(f"an array of shape {np.shape(numeric)}")
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"f must return a number (a scalar loss), got {type(fxph).__name__}: "
-                            f"{exc}") from None
+            raise _not_a_number(fxph, exc) from None
         analytic = analytic_grad[ix]
         err = abs(numeric - analytic) / max(1e-12, abs(numeric) + abs(analytic))
         errors.append(err)

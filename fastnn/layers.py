@@ -79,9 +79,10 @@ def _initial_weights(init, shape, rng, dtype, also=None):
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ValueError("weight_init returned NaN or Inf")
     with np.errstate(over="ignore"):
-        if not np.all(np.isfinite(arr.astype(dtype, copy=False))):
-            raise ValueError(f"weight_init returned values beyond the range of {np.dtype(dtype).name}")
-    return np.array(arr, dtype=dtype, order="C")   # (a copy, whatever its dtype)
+        weights = np.array(arr, dtype=dtype, order="C")   # (a copy, whatever its dtype)
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"weight_init returned values beyond the range of {np.dtype(dtype).name}")
+    return weights
 
 
 class Parameter:

@@ -666,15 +666,24 @@ class Sequential:
         return "Sequential(\n" + "\n".join(f"  {layer!r}" for layer in self.layers) + "\n)"
 
     # ------------------------------------------------------------------ compute
-    def _check_X(self, X, name="X"):
+    def _check_X(self, X, name="X", hot=False):
+        """X (or X_val: `name`) as an array of the model's dtype with a batch axis and rows of
+        the model's input width (_check_width; an array's checked before it is converted, so
+        that a huge broadcast view is refused, not copied). ``hot`` (train_step): an X that is
+        already such an array skips the width check, which its compiled step makes (and its
+        layer path)."""
         dtype = _dtype_of(self._layers)   # (the callers rebuilt a changed layer list first)
         if type(X) is np.ndarray and X.dtype is dtype and X.ndim >= 1 and X.flags.c_contiguous:
-            return X   # what as_float_array returns for it (a training step's fast path)
-        if isinstance(X, np.ndarray):
-            self._check_width(X, name)   # (before a copy: a huge broadcast view is not copied)
+            # what as_float_array returns for it (a training step's fast path)
+            return X if hot else self._check_width(X, name)
+        given = X
+        if isinstance(given, np.ndarray):
+            self._check_width(given, name)
         X = as_float_array(X, name, dtype)
         if X.ndim < 1:
             raise ValueError(f"{name} must have a batch axis, got a scalar")
+        if not isinstance(given, np.ndarray):
+            self._check_width(X, name)
         return X
 
     def _check_width(self, X, name="X"):
@@ -697,7 +706,7 @@ class Sequential:
         with self._lock:
             if self._layers.changed:
                 self._build()
-            return self._forward(self._off_grads(self._check_width(self._check_X(X))), training)
+            return self._forward(self._off_grads(self._check_X(X)), training)
 
     def _forward(self, X, training):
         out = X
@@ -752,7 +761,7 @@ class Sequential:
         undisturbed (the weights they read may then be half way through that step's update)."""
         if self._layers.changed:
             self._sync()
-        X = self._check_width(self._check_X(X))
+        X = self._check_X(X)
         if batch_size is not None:
             batch_size = check_int(batch_size, "batch_size")
         units = self._units   # (one plan for every part, should the layer list change meanwhile)
@@ -815,7 +824,7 @@ class Sequential:
             loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
-        value, _, _ = self._step(self._check_X(X), y, loss, optimizer)
+        value, _, _ = self._step(self._check_X(X, hot=True), y, loss, optimizer)
         return value
 
     def _compiled_step(self, X, loss, optimizer):
@@ -1015,7 +1024,7 @@ class Sequential:
         loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
-        X = self._check_width(self._check_X(X))
+        X = self._check_X(X)
         y = self._labels(y, X.shape[0])
         n = X.shape[0]
         if n == 0:
@@ -1038,7 +1047,6 @@ class Sequential:
             n_val = X_val.shape[0]
             if n_val == 0:
                 raise ValueError("X_val is empty: the validation loss over no rows is undefined")
-            self._check_width(X_val, "X_val")
             y_val = self._labels(validation_data[1], n_val, "y_val", "X_val")
             self._check_targets(loss, y_val, n_val, "y_val", out)
             validation_data = (X_val, y_val)

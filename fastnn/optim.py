@@ -31,7 +31,7 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import optim as _ko
-from fastnn._validation import as_float_array, check_scalar
+from fastnn._validation import as_float_array, check_same_shape, check_scalar
 
 __all__ = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
 
@@ -47,8 +47,8 @@ def _target(w, dw):
     (made once dw is known to have w's shape: a huge broadcast w is refused, not copied)."""
     if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative and _writable(w):
         return w
-    if isinstance(w, np.ndarray) and isinstance(dw, np.ndarray) and dw.shape != w.shape:
-        raise ValueError(f"dw must have the shape of w {w.shape}, got {dw.shape}")
+    if isinstance(w, np.ndarray) and isinstance(dw, np.ndarray):
+        check_same_shape(dw, "dw", w, "w")
     return as_float_array(w, "w").copy()
 
 

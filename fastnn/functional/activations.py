@@ -176,21 +176,19 @@ def _prelu_vector(alpha, d, dtype, per="feature"):
     is one slope shared by every feature (the shape of PyTorch's ``nn.PReLU()`` weight; NumPy
     would broadcast it); its dalpha has shape (1,)."""
     if isinstance(alpha, (list, tuple)) or (isinstance(alpha, np.ndarray) and alpha.ndim > 0):
-        if isinstance(alpha, np.ndarray):   # (checked before a copy: a huge broadcast view)
-            _check_slopes(alpha.shape, d, per)
+        # (as the losses check x: an array's shape before it is converted, so that a huge
+        # broadcast view is refused, not copied; a list is converted first)
+        if not isinstance(alpha, np.ndarray):
+            alpha = as_float_array(alpha, "alpha", dtype)
+        if alpha.shape not in ((1,), (d,)):
+            raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
+                             f"entry per {per} (shape ({d},)), got shape {alpha.shape}")
         a = as_float_array(alpha, "alpha", dtype)
-        _check_slopes(a.shape, d, per)
         if a.shape == (1,) and d != 1:
             return np.full(d, a[0], dtype=dtype), (1,)
         return a, a.shape
     # (a learnable parameter, as w: NaN and Inf flow through, as they do in a slope array)
     return np.full(d, check_scalar(alpha, "alpha", allow_nan=True), dtype=dtype), ()
-
-
-def _check_slopes(shape, d, per):
-    if shape not in ((1,), (d,)):
-        raise ValueError(f"alpha must be a scalar, one shared slope (shape (1,)), or have one "
-                         f"entry per {per} (shape ({d},)), got shape {shape}")
 
 
 def _slope_gradient(dalpha, ashape, dt):
@@ -251,23 +249,17 @@ def prelu_backward(dout, cache):
 def maxout_reduce_forward(z):
     """The element-wise part of Maxout: ``out[n, m] = max_p z[n, m, p]`` over the last axis
     (the ``k`` pieces). The winning piece is kept for backward; NaN wins, like ``np.max``."""
-    if isinstance(z, np.ndarray):
-        _check_pieces(z)   # (before a copy: a huge broadcast view is refused, not copied)
-        z = as_float_array(z, "z")
-    else:
-        z = as_float_array(z, "z")
-        _check_pieces(z)
-    out = np.empty(z.shape[:2], dtype=z.dtype)
-    argmax = np.empty(z.shape[:2], dtype=np.int8)
-    _k.maxout_reduce_forward(z, out, argmax, _threads._num_threads)
-    return out, ActivationCache("maxout_reduce", argmax, z.shape)
-
-
-def _check_pieces(z):
+    if not isinstance(z, np.ndarray):   # (as the losses: an array checked before it is
+        z = as_float_array(z, "z")      # converted, so a huge broadcast view is not copied)
     if z.ndim != 3:
         raise ValueError(f"z must be 3-D (N, units, pieces), got shape {z.shape}")
     if not 1 <= z.shape[2] <= 127:
         raise ValueError(f"z must have 1 to 127 pieces on its last axis, got {z.shape[2]}")
+    z = as_float_array(z, "z")
+    out = np.empty(z.shape[:2], dtype=z.dtype)
+    argmax = np.empty(z.shape[:2], dtype=np.int8)
+    _k.maxout_reduce_forward(z, out, argmax, _threads._num_threads)
+    return out, ActivationCache("maxout_reduce", argmax, z.shape)
 
 
 def maxout_reduce_backward(dout, cache):
