@@ -929,6 +929,9 @@ _BENCH_DIR = os.path.join(REPO_ROOT, "bench")
     ("threshold.py", ["--gap-ms", "-1"], "--gap-ms"), ("ceiling.py", ["--threads", "100000"], "--threads"),
     ("contention.py", ["--busy", "0"], "--busy"), ("contention.py", ["--min-time", "0"], "--min-time"),
     ("contention.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
+    ("step_parts.py", ["--threads", "0"], "--threads"), ("step_parts.py", ["--dims", "5"], "--dims"),
+    ("step_parts.py", ["--dims", "5,1"], "--dims"), ("step_parts.py", ["--batches", "0"], "--batches"),
+    ("step_parts.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bench_scripts_refuse_bad_arguments_up_front(script, args, name):
     """A usage error naming the option, before anything runs (they gave tracebacks, a table of
@@ -939,6 +942,40 @@ def test_bench_scripts_refuse_bad_arguments_up_front(script, args, name):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
     assert "error:" in proc.stderr and name in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _bench_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", os.path.join(_BENCH_DIR, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")
+def test_step_parts_times_the_steps_work_and_refuses_parts_that_differ(monkeypatch):
+    """bench/step_parts.py: its parts (the step's kernels one by one) give the step's own loss
+    on the starting weights, or the script stops; each row has every part and their sum."""
+    sp = _bench_module("step_parts")
+    dims = [20, 32, 16, 5]
+    rows = sp.run(dims, [64, 40], [1, 2], rounds=1, min_time=0.001, use_torch=False)
+    assert [(r["batch"], r["threads"]) for r in rows] == [(64, 1), (64, 2), (40, 1), (40, 2)]
+    for r in rows:
+        assert r["parts"] == ["fwd1", "fwd2", "fwd3", "loss", "bwd3", "bwd2", "bwd1", "update"]
+        assert set(r["ms"]) == {"step", "layer path", "parts", *r["parts"]}
+        assert r["ms"]["parts"] == pytest.approx(sum(r["ms"][k] for k in r["parts"]))
+        assert all(v > 0 for v in r["ms"].values())
+    assert "| threads | step | layer path | parts | step / parts | fwd1 |" in sp.table(dims, rows)
+    # parts that compute something else than the step are refused before anything is timed
+    original = sp._Parts.__init__
+
+    def other_weights(self, model, X, y):
+        original(self, model, X, y)
+        self.W[0] *= 1.5
+    monkeypatch.setattr(sp._Parts, "__init__", other_weights)
+    with pytest.raises(SystemExit, match="do not time the same work"):
+        sp.run(dims, [64], [1], rounds=1, min_time=0.001, use_torch=False)
 
 
 # ============================================================================ fork
