@@ -7,7 +7,7 @@
 
 Written for the many-core question in README (*Thread scaling on many cores*): on 16 threads
 fastnn's compiled 784-512-512-10 step took 1.6x and 2.4x the sum of its own kernels called
-one by one, while on 2 threads the two were within about 10%. For each batch size and thread count T this times,
+one by one, while on a 2-core machine's 2 threads the ratio was 0.99-1.13. For each batch size and thread count T this times,
 interleaved in each of R rounds (medians reported, ms per call, float32):
 
 - ``step``: the layer API's compiled step (``Sequential.train_step``, softmax loss, SGD);
@@ -19,9 +19,11 @@ interleaved in each of R rounds (medians reported, ms per call, float32):
   same tiles as the step); ``parts`` is their sum;
 - ``torch``: the same step in PyTorch (when installed) on T threads.
 
-Before timing, the parts' loss on the starting weights is checked against the step's first
-loss (the same kernels and tiles: they must agree), so the parts time the step's work.
-Nothing here is a pass/fail test.
+Before timing, the parts take one step from the model's starting weights, and it is checked
+against the compiled step's first one: the same loss, the same bits in every weight and bias
+gradient, and the same bits in the updated parameters (the same kernels and tiles must give
+them). So the parts time the step's own work, backward and update included. The layer path's
+first loss is checked too. Nothing here is a pass/fail test.
 """
 import argparse
 import os
@@ -63,8 +65,9 @@ class _Parts:
         self.out = [np.empty((n, w.shape[1]), F32) for w in self.W]
         self.dout = [np.empty((n, w.shape[1]), F32) for w in self.W]   # layer l's incoming gradient
         self.dz = [np.empty((n, w.shape[1]), F32) for w in self.W]
-        self.dW = [np.empty_like(w) for w in self.W]
-        self.db = [np.empty_like(v) for v in self.b]
+        # (NaN until a part writes them: a part left out cannot pass the check by chance)
+        self.dW = [np.full_like(w, np.nan) for w in self.W]
+        self.db = [np.full_like(v, np.nan) for v in self.b]
         self.flat = [(w.reshape(-1), g.reshape(-1)) for w, g in zip(self.W, self.dW)]
         self.flat += list(zip(self.b, self.db))
 
@@ -89,15 +92,32 @@ class _Parts:
                                for w, g in self.flat]
         return c
 
-    def loss(self, T):
-        """Forward and loss once (the parts' loss on their current weights)."""
+    def step_once(self, T):
+        """Every part once, in the step's order; returns the loss (before the update)."""
         value = None
         for name, fn in self.calls(T).items():
-            if name.startswith("fwd"):
-                fn()
-            elif name == "loss":
-                value = fn()
+            out = fn()
+            if name == "loss":
+                value = out
         return float(value)
+
+
+def _check_same_step(parts, model, first, step_first, lp_first, n):
+    """Exit unless the parts' first step is the compiled step's (and the layer path's loss)."""
+    dense = [layer for layer in model.layers if isinstance(layer, fastnn.Dense)]
+    problems = []
+    if not np.isclose(first, step_first, rtol=1e-5, atol=0.0):
+        problems.append(f"loss {first!r} against the step's {step_first!r}")
+    if not np.isclose(lp_first, step_first, rtol=1e-5, atol=0.0):
+        problems.append(f"the layer path's loss {lp_first!r} against the step's {step_first!r}")
+    for i, layer in enumerate(dense):
+        for key, mine, theirs in (("dW", parts.dW[i], layer.grads["W"]), ("db", parts.db[i], layer.grads["b"]),
+                                  ("W", parts.W[i], layer.params["W"]), ("b", parts.b[i], layer.params["b"])):
+            if not np.array_equal(mine, theirs):
+                problems.append(f"layer {i + 1}'s {key}")
+    if problems:
+        raise SystemExit(f"step_parts: the parts' first step differs from the compiled step's "
+                         f"(batch {n}): {'; '.join(problems)}. They do not time the same work")
 
 
 def _torch():
@@ -120,11 +140,10 @@ def run(dims, batches, thread_counts, rounds, min_time, use_torch=True):
             calls = {"step": runners["fastnn"],
                      "layer path": lambda: lp_model.train_step(lp_X, lp_y, lp_loss, lp_opt)}
             with fastnn.threads(thread_counts[0]):
-                first = parts.loss(thread_counts[0])
-                step_first = calls["step"]()   # (the loss before its update: the same weights)
-            if not np.isclose(first, step_first, rtol=1e-5, atol=0.0):
-                raise SystemExit(f"step_parts: the parts' loss {first!r} is not the step's "
-                                 f"{step_first!r} (batch {n}): they do not time the same work")
+                first = parts.step_once(thread_counts[0])
+                step_first = calls["step"]()   # (its loss is taken before its update)
+                lp_first = calls["layer path"]()
+            _check_same_step(parts, model, first, step_first, lp_first, n)
             for t in thread_counts:
                 part_calls = parts.calls(t)
                 times = {}
@@ -169,7 +188,7 @@ def table(dims, rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=fb.int_list(1, below=2**31), default=None,
+    ap.add_argument("--threads", type=fb.int_list(1, below=257), default=None,
                     help="comma-separated thread counts (default: 1, 2, 4, ... up to the cores here)")
     ap.add_argument("--batches", type=fb.int_list(1, below=2**20), default=[128, 1024])
     ap.add_argument("--dims", type=fb.int_list(1, below=2**16), default=[784, 512, 512, 10],

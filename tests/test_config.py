@@ -954,9 +954,10 @@ def _bench_module(name):
 
 
 @pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")
-def test_step_parts_times_the_steps_work_and_refuses_parts_that_differ(monkeypatch):
-    """bench/step_parts.py: its parts (the step's kernels one by one) give the step's own loss
-    on the starting weights, or the script stops; each row has every part and their sum."""
+def test_step_parts_times_the_steps_work():
+    """bench/step_parts.py: its parts (the step's kernels one by one) take the compiled step's
+    own first step (else the script stops: _check_same_step); each row has every part and
+    their sum."""
     sp = _bench_module("step_parts")
     dims = [20, 32, 16, 5]
     rows = sp.run(dims, [64, 40], [1, 2], rounds=1, min_time=0.001, use_torch=False)
@@ -967,15 +968,33 @@ def test_step_parts_times_the_steps_work_and_refuses_parts_that_differ(monkeypat
         assert r["ms"]["parts"] == pytest.approx(sum(r["ms"][k] for k in r["parts"]))
         assert all(v > 0 for v in r["ms"].values())
     assert "| threads | step | layer path | parts | step / parts | fwd1 |" in sp.table(dims, rows)
-    # parts that compute something else than the step are refused before anything is timed
-    original = sp._Parts.__init__
 
-    def other_weights(self, model, X, y):
-        original(self, model, X, y)
-        self.W[0] *= 1.5
-    monkeypatch.setattr(sp._Parts, "__init__", other_weights)
-    with pytest.raises(SystemExit, match="do not time the same work"):
-        sp.run(dims, [64], [1], rounds=1, min_time=0.001, use_torch=False)
+
+@pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")
+@pytest.mark.parametrize("mutant, what", [("weights", "loss"), ("bwd1", "layer 1's dW"),
+                                          ("bwd2", "layer 2's dW"), ("update", "layer 1's W")])
+def test_step_parts_refuses_parts_that_differ_from_the_step(monkeypatch, mutant, what):
+    """Parts that compute something else than the step (other weights, a backward or the
+    update left out) are refused before anything is timed, naming what differs."""
+    sp = _bench_module("step_parts")
+    if mutant == "weights":
+        original = sp._Parts.__init__
+
+        def init(self, model, X, y):
+            original(self, model, X, y)
+            self.W[0] *= 1.5
+        monkeypatch.setattr(sp._Parts, "__init__", init)
+    else:
+        original = sp._Parts.calls
+
+        def calls(self, T):
+            c = original(self, T)
+            c[mutant] = lambda: None
+            return c
+        monkeypatch.setattr(sp._Parts, "calls", calls)
+    with pytest.raises(SystemExit, match="do not time the same work") as info:
+        sp.run([20, 32, 16, 5], [64], [1], rounds=1, min_time=0.001, use_torch=False)
+    assert what in str(info.value)
 
 
 # ============================================================================ fork
