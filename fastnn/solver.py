@@ -164,9 +164,9 @@ class Solver:
         if not ok:
             raise ValueError(f"lr_decay must be a finite number >= 0, got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
-        # (a minibatch is drawn with replacement, so it may exceed the training rows; below
-        # 2**63, the most entries a NumPy array can have along an axis)
-        self.batch_size = check_int(opts["batch_size"], "batch_size", below=2**63)
+        # (a minibatch is drawn with replacement, so it may exceed the training rows; its index
+        # array is int64, which NumPy can hold at most (2**63 - 1) // 8 of: below 2**60)
+        self.batch_size = check_int(opts["batch_size"], "batch_size", below=2**60)
         self.num_epochs = check_int(opts["num_epochs"], "num_epochs")
         self.num_train_samples = check_int(opts["num_train_samples"], "num_train_samples", allow_none=True)
         self.num_val_samples = check_int(opts["num_val_samples"], "num_val_samples", allow_none=True)

@@ -112,9 +112,10 @@ def test_update_rule_callable_is_used():
     [({"batch_size": 0}, "batch_size"), ({"num_epochs": -1}, "num_epochs"),
      ({"lr_decay": -0.5}, "lr_decay"), ({"print_every": 0}, "print_every"),
      ({"num_train_samples": 0}, "num_train_samples"), ({"seed": -3}, "seed"),
-     # a minibatch larger than any array could be (it is drawn with replacement, so a batch
-     # above the training rows is fine): an OverflowError from the draw before
-     ({"batch_size": 10**30}, "batch_size"), ({"batch_size": 2**63}, "batch_size")],
+     # a minibatch larger than any index array could be (it is drawn with replacement, so a
+     # batch above the training rows is fine): OverflowError or NumPy's unnamed errors before
+     ({"batch_size": 10**30}, "batch_size"), ({"batch_size": 2**63}, "batch_size"),
+     ({"batch_size": 2**60}, "batch_size")],
 )
 def test_bad_values_raise(kwargs, word):
     with pytest.raises(ValueError, match=word):
