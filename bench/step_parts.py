@@ -7,8 +7,9 @@
 
 Written for the many-core question in README (*Thread scaling on many cores*): on 16 threads
 fastnn's compiled 784-512-512-10 step took 1.6x and 2.4x the sum of its own kernels called
-one by one, while on a 2-core machine's 2 threads the ratio was 0.99-1.13. For each batch size and thread count T this times,
-interleaved in each of R rounds (medians reported, ms per call, float32):
+one by one, while on a 2-core machine's 2 threads the ratio was 0.99-1.13. For each batch
+size and thread count T this times, interleaved in each of R rounds (medians reported, ms per
+call, float32):
 
 - ``step``: the layer API's compiled step (``Sequential.train_step``, softmax loss, SGD);
 - ``layer path``: the same step through the layer-by-layer path (a loss class of the user's
@@ -111,8 +112,9 @@ def _check_same_step(parts, model, first, step_first, lp_first, n):
     if not np.isclose(lp_first, step_first, rtol=1e-5, atol=0.0):
         problems.append(f"the layer path's loss {lp_first!r} against the step's {step_first!r}")
     for i, layer in enumerate(dense):
-        for key, mine, theirs in (("dW", parts.dW[i], layer.grads["W"]), ("db", parts.db[i], layer.grads["b"]),
-                                  ("W", parts.W[i], layer.params["W"]), ("b", parts.b[i], layer.params["b"])):
+        pairs = (("dW", parts.dW[i], layer.grads["W"]), ("db", parts.db[i], layer.grads["b"]),
+                 ("W", parts.W[i], layer.params["W"]), ("b", parts.b[i], layer.params["b"]))
+        for key, mine, theirs in pairs:
             if not np.array_equal(mine, theirs):
                 problems.append(f"layer {i + 1}'s {key}")
     if problems:
