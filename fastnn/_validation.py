@@ -155,6 +155,14 @@ def too_many_entries(shape):
     return math.prod(shape) > (2**63 - 1) // 8
 
 
+def check_rows(n, name, what="row"):
+    """ValueError naming `name` when a batch has no rows (n == 0): the mean loss over an empty
+    batch is undefined (the losses' x, the model's X)."""
+    if n == 0:
+        raise ValueError(f"{name} must hold at least one {what}: the mean loss over an empty batch "
+                         "is undefined")
+
+
 def check_flag(value, name):
     """A switch argument as a bool: a bool (np.bool_ too) or the int 0 or 1, else a TypeError
     naming `name` (a str such as "no" would be true)."""

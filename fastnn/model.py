@@ -13,8 +13,8 @@ import weakref
 import numpy as np
 
 from fastnn._files import atomic_write, write_npz
-from fastnn._validation import (as_float_array, check_flag, check_int, check_seed, fs_path, int_labels,
-                                open_regular, read_npz, refuse_masked)
+from fastnn._validation import (as_float_array, check_flag, check_int, check_rows, check_seed, fs_path,
+                                int_labels, open_regular, read_npz, refuse_masked)
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
                            PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -967,9 +967,7 @@ class Sequential:
         self._check_arrays()   # before any kernel
         _check_trains(optimizer, self)
         X = self._off_grads(self._check_width(X))
-        if X.shape[0] == 0:   # (the loss would name its own x: the scores)
-            raise ValueError("X must hold at least one row: the mean loss over an empty batch "
-                             "is undefined")
+        check_rows(X.shape[0], "X")   # (the loss would name its own x: the scores)
         scores = self._forward(X, True)
         y = _targets_for(loss, scores, y, _dtype_of(self._layers))
         value, dscores = loss(scores, y)
@@ -995,8 +993,7 @@ class Sequential:
         if self._layers.changed:
             self._sync()
         X = self._check_X(X)
-        if X.shape[0] == 0:   # (the loss would name its own x: the scores)
-            raise ValueError("X must hold at least one row: the loss over no rows is undefined")
+        check_rows(X.shape[0], "X")   # (the loss would name its own x: the scores)
         y = self._labels(y, X.shape[0])
         scores = self.predict(X, batch_size=batch_size)
         value, _ = loss(scores, _targets_for(loss, scores, y, _dtype_of(self._layers)))

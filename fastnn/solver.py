@@ -56,7 +56,8 @@ import numpy as np
 
 from fastnn import optim as _optim
 from fastnn._files import atomic_write, check_writable, write_npz
-from fastnn._validation import check_int, fs_path, int_labels, numeric_array, open_regular, read_npz
+from fastnn._validation import (check_int, fs_path, int_labels, numeric_array, open_regular, read_npz,
+                                too_many_entries)
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -164,9 +165,12 @@ class Solver:
         if not ok:
             raise ValueError(f"lr_decay must be a finite number >= 0, got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
-        # (a minibatch is drawn with replacement, so it may exceed the training rows; its index
-        # array is int64, which NumPy can hold at most (2**63 - 1) // 8 of: below 2**60)
-        self.batch_size = check_int(opts["batch_size"], "batch_size", below=2**60)
+        self.batch_size = check_int(opts["batch_size"], "batch_size")
+        # (a minibatch is drawn with replacement, so it may exceed the training rows, but its
+        # int64 index array must be one NumPy can make)
+        if too_many_entries((self.batch_size,)):
+            raise ValueError(f"batch_size must be below 2**60 (the most entries of an 8-byte array), "
+                             f"got {self.batch_size}")
         self.num_epochs = check_int(opts["num_epochs"], "num_epochs")
         self.num_train_samples = check_int(opts["num_train_samples"], "num_train_samples", allow_none=True)
         self.num_val_samples = check_int(opts["num_val_samples"], "num_val_samples", allow_none=True)

@@ -8,7 +8,8 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import losses as _kl
-from fastnn._validation import as_float_array, binary_targets, class_labels, common_dtype, float_dtype_of
+from fastnn._validation import (as_float_array, binary_targets, check_rows, class_labels, common_dtype,
+                                float_dtype_of)
 
 __all__ = ["softmax_loss", "svm_loss", "logistic_loss", "binary_svm_loss", "mse_loss"]
 
@@ -16,8 +17,7 @@ __all__ = ["softmax_loss", "svm_loss", "logistic_loss", "binary_svm_loss", "mse_
 def _check_scores(shape):
     if len(shape) != 2:
         raise ValueError(f"x must be 2-D scores of shape (N, C), got shape {shape}")
-    if shape[0] == 0:
-        raise ValueError("x must hold at least one row: the mean loss over an empty batch is undefined")
+    check_rows(shape[0], "x")
     if shape[1] == 0:
         raise ValueError("x must have at least one class column, got shape (N, 0)")
 
@@ -50,8 +50,7 @@ def svm_loss(x, y):
 def _check_binary_scores(shape):
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
         raise ValueError(f"x must have shape (N,) or (N, 1), got {shape}")
-    if shape[0] == 0:
-        raise ValueError("x must hold at least one score: the mean loss over an empty batch is undefined")
+    check_rows(shape[0], "x", "score")
 
 
 def _binary_loss(kind, allowed, x, y):
@@ -89,8 +88,7 @@ def mse_loss(x, y):
         raise ValueError("x must have shape (N,) or (N, d1, ..., dk), got a 0-d array")
     if y.shape != x.shape:
         raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
-    if x.shape[0] == 0:
-        raise ValueError("x must hold at least one row: the mean loss over an empty batch is undefined")
+    check_rows(x.shape[0], "x")
     x2 = x.reshape(x.shape[0], -1)
     dx = np.empty_like(x)
     if x2.shape[1] == 0:
