@@ -20,6 +20,16 @@ call, float32):
   same tiles as the step); ``parts`` is their sum;
 - ``torch``: the same step in PyTorch (when installed) on T threads.
 
+Then, in the same rounds, the compiled step once more with its phases timed from inside
+(``StepPlan.time_phases``: a clock read at each phase's end): each phase's time per step,
+grouped as the parts are (a layer's backward: its bias sums, weight-gradient product and dx
+product, which also applies the activation derivative of the layer below, where the part
+applies its own), beside the part's time, and ``rest``, the step's time outside those phases
+(the label check, the BLAS's thread setting; a small network's chunks, which run every phase
+in one parallel region, are all ``rest``). A phase slower than its part is work the step
+does cold (its inputs just written by other threads, or out of cache) that the part, called
+again and again on the same arrays, does hot.
+
 Before timing, the parts take one step from the model's starting weights, and it is checked
 against the compiled step's first one: the same loss, the same bits in every weight and bias
 gradient, and the same bits in the updated parameters (the same kernels and tiles must give
@@ -103,6 +113,31 @@ class _Parts:
         return float(value)
 
 
+def _plan_of(model):
+    """The StepPlan of the model's one compiled step (after its first step)."""
+    plans = [entry[1].plan for entry in model._compiled.values() if entry[1] is not None]
+    if len(plans) != 1:
+        raise SystemExit(f"step_parts: expected one compiled step, found {len(plans)}")
+    return plans[0]
+
+
+def _grouped_phases(ph, part_names):
+    """StepPlan.phase_times() (seconds over ph["steps"] steps) as ms per step, grouped by the
+    parts' names, plus "timed step" (the whole step, its BLAS setting included) and "rest"."""
+    per = 1e3 / ph["steps"]
+    out = {}
+    for name in part_names:
+        if name.startswith("bwd"):
+            l = name[3:]
+            keys = [f"bias{l}", f"dw{l}", f"dx{l}", f"bwd{l}"]
+        else:
+            keys = [name]
+        out[name] = sum(ph.get(k, 0.0) for k in keys) * per
+    out["timed step"] = (ph["step"] + ph["blas"]) * per
+    out["rest"] = out["timed step"] - sum(out[k] for k in part_names)
+    return out
+
+
 def _check_same_step(parts, model, first, step_first, lp_first, n):
     """Exit unless the parts' first step is the compiled step's (and the layer path's loss)."""
     dense = [layer for layer in model.layers if isinstance(layer, fastnn.Dense)]
@@ -146,14 +181,22 @@ def run(dims, batches, thread_counts, rounds, min_time, use_torch=True):
                 step_first = calls["step"]()   # (its loss is taken before its update)
                 lp_first = calls["layer path"]()
             _check_same_step(parts, model, first, step_first, lp_first, n)
+            plan = _plan_of(model)
             for t in thread_counts:
                 part_calls = parts.calls(t)
-                times = {}
+                times, phases = {}, {}
                 for _ in range(rounds):
                     with fastnn.threads(t):
                         time.sleep(fb.SETTLE)
                         for name, fn in list(calls.items()) + list(part_calls.items()):
                             times.setdefault(name, []).append(fb._time(fn, min_time))
+                        plan.time_phases(True)
+                        try:
+                            fb._time(calls["step"], min_time)
+                        finally:
+                            plan.time_phases(False)
+                        for k, v in _grouped_phases(plan.phase_times(), part_calls).items():
+                            phases.setdefault(k, []).append(v)
                     if torch is not None:
                         before = torch.get_num_threads()
                         torch.set_num_threads(t)
@@ -164,7 +207,8 @@ def run(dims, batches, thread_counts, rounds, min_time, use_torch=True):
                             torch.set_num_threads(before)
                 ms = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
                 ms["parts"] = sum(ms[k] for k in part_calls)
-                rows.append(dict(batch=n, threads=t, ms=ms, parts=list(part_calls)))
+                rows.append(dict(batch=n, threads=t, ms=ms, parts=list(part_calls),
+                                 phases={k: float(np.median(v)) for k, v in phases.items()}))
                 print(f"  batch {n}, {t} thread(s) done", file=sys.stderr, flush=True)
     return rows
 
@@ -183,6 +227,19 @@ def table(dims, rows):
             ms = r["ms"]
             cells = [f"{ms[k]:.3f}" for k in head] + [f"{ms['step'] / ms['parts']:.2f}"]
             cells += [f"{ms[k]:.3f}" for k in parts]
+            lines.append(f"| {r['threads']} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(f"Inside the compiled step ({n}): ms per step by phase (StepPlan.time_phases), "
+                     "and over the part's time")
+        lines.append("")
+        lines.append("| threads | timed step | " + " | ".join(parts) + " | rest |")
+        lines.append("| ---: | ---: | " + " | ".join("---:" for _ in parts) + " | ---: |")
+        for r in sel:
+            ph, ms = r["phases"], r["ms"]
+            cells = [f"{ph['timed step']:.3f}"]
+            cells += [f"{ph[k]:.3f} ({ph[k] / ms[k]:.2f})" if ms[k] > 0 else f"{ph[k]:.3f}"
+                      for k in parts]
+            cells.append(f"{ph['rest']:.3f}")
             lines.append(f"| {r['threads']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

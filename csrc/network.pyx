@@ -103,6 +103,8 @@ cdef struct NetPlan:
     void **p_s2
     Py_ssize_t *p_n
     int *p_decay
+    double *phase        # StepPlan.time_phases: seconds spent in each phase of the steps
+                         # since it was switched on (phase slots, _PH_*), else NULL
 
 
 # A chunked step (a small network on a batch of several row chunks) shares its chunks among
@@ -135,6 +137,53 @@ cdef enum:
     STOPPED = -2     # the guard stopped the step before any update
 
 
+# StepPlan.time_phases: where a step's time goes, phase by phase, inside the compiled step
+# (bench/step_parts.py shows it beside the same kernels called one by one). NetPlan.phase
+# holds, for L layers: each layer's forward (slots 0 .. L-1), the loss (L), each layer's
+# backward in parts (its bias sums, its weight-gradient product, its dx product with the
+# activation derivative of the layer below), or whole on the buffers path (_ph_layer), then
+# the step's other phases (_ph_other). Off (NULL), each mark costs one test.
+cdef enum:
+    _PH_FWD = 0      # per layer (_ph_layer)
+    _PH_BIAS = 1
+    _PH_DW = 2
+    _PH_DX = 3
+    _PH_BWD = 4
+    _PH_CHUNKS = 0   # the others (_ph_other): a chunked step's parallel region(s)
+    _PH_SUM = 1      # a chunked step's sums of the chunks' partials
+    _PH_GUARD = 2    # the guard's finite checks of the gradients
+    _PH_UPDATE = 3   # the parameter updates (outside the chunks' region)
+    _PH_LABELS = 4   # the label check
+    _PH_BLAS = 5     # the BLAS's thread count held at 1 for the step, and restored
+    _PH_STEP = 6     # the whole step, from the label check to the last update
+    _PH_OTHERS = 7
+
+
+cdef inline Py_ssize_t _ph_layer(NetPlan *P, int kind, int l) noexcept nogil:
+    """The slot of layer l's phase `kind` (_PH_FWD ... _PH_BWD); the loss's is n_layers."""
+    return l if kind == _PH_FWD else kind * P.n_layers + 1 + l
+
+
+cdef inline Py_ssize_t _ph_other(NetPlan *P, int which) noexcept nogil:
+    """The slot of the step's phase `which` (_PH_CHUNKS ... _PH_STEP)."""
+    return 5 * P.n_layers + 1 + which
+
+
+cdef inline double _ph_tick(NetPlan *P) noexcept nogil:
+    """The clock when phases are timed (else 0)."""
+    return fnn_wtime() if P.phase != NULL else 0.0
+
+
+cdef inline double _ph_mark(NetPlan *P, Py_ssize_t slot, double t0) noexcept nogil:
+    """Add the time since t0 to `slot` (when phases are timed); returns the clock."""
+    cdef double t
+    if P.phase == NULL:
+        return 0.0
+    t = fnn_wtime()
+    P.phase[slot] += t - t0
+    return t
+
+
 cdef enum:
     CHUNK_FORWARD = 1    # what _run_chunks runs of each chunk: forward and loss,
     CHUNK_BACKWARD = 2   # backward,
@@ -150,6 +199,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
     cdef bint chunked
     cdef const floating *inp
     cdef const floating *targets
+    cdef double t = _ph_tick(P)
     P.updated_in_chunks = False
     # labels first: nothing is computed for a batch with a bad label
     if P.loss_kind == LOSS_MSE:
@@ -159,6 +209,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         if bad >= 0:
             return bad
         targets = <const floating *>P.targets
+    t = _ph_mark(P, _ph_other(P, _PH_LABELS), t)
     # a small network runs forward, loss and backward chunk by chunk, then the bias sums (the
     # scratch check cannot fail after _size_buffers; the other path gives the same numbers).
     # Under the guard the chunks' backward waits, in a second parallel region, until the loss
@@ -169,10 +220,12 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         # forward, loss, backward and the updates in one parallel region (_run_updating)
         loss_out[0] = _run_updating(P, cfg, X, labels, targets, P.chunk_stride, nt, rule, lr,
                                     h1, h2, eps, c1, c2, wd)
+        _ph_mark(P, _ph_other(P, _PH_CHUNKS), t)
         return COMPLETED
     if chunked:
         loss_out[0] = _run_chunks(P, cfg, X, labels, targets, P.chunk_stride, nt,
                                   CHUNK_FORWARD if guard else CHUNK_BOTH)
+        t = _ph_mark(P, _ph_other(P, _PH_CHUNKS), t)
     else:
         inp = X
         for l in range(L):
@@ -181,25 +234,32 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                               <floating *>P.pre[l], N, P.fan_in[l], P.fan_out[l], P.alpha[l],
                               <const floating *>P.avec[l], <floating *>P.wslots, nt)
             inp = <const floating *>P.act[l]
+            t = _ph_mark(P, _ph_layer(P, _PH_FWD, l), t)
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.groups, P.hits, batch_chunk_rows(cfg, N), nt)
+        t = _ph_mark(P, L, t)
     if guard and not (loss_out[0] - loss_out[0] == 0):
         # non-finite loss: leave gradients and parameters as they are (nothing was written)
         return STOPPED
     if chunked:
         if guard:
             _run_chunks(P, cfg, X, labels, targets, P.chunk_stride, nt, CHUNK_BACKWARD)
+            t = _ph_mark(P, _ph_other(P, _PH_CHUNKS), t)
         _sum_chunks(P, X)
+        t = _ph_mark(P, _ph_other(P, _PH_SUM), t)
     elif P.fused:
         _backward_fused(P, cfg, X, nt)
+        t = _ph_tick(P)
     else:
         _backward_buffers(P, cfg, X, nt)
+        t = _ph_tick(P)
     if guard:
         # a finite loss can still give non-finite gradients (an Inf input that the activation
         # maps to a finite value, then inf * 0 in x.T @ dz): stop before they reach a parameter
         for k in range(P.n_params):
             if not all_finite(<const floating *>P.p_grad[k], P.p_n[k]):
                 return STOPPED
+        t = _ph_mark(P, _ph_other(P, _PH_GUARD), t)
     # updates
     ut = _update_threads(P, nt) if chunked else 1
     if ut > 1:
@@ -209,6 +269,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
     else:
         for k in range(P.n_params):
             _update_param(P, X, k, rule, lr, h1, h2, eps, c1, c2, wd, nt)
+    _ph_mark(P, _ph_other(P, _PH_UPDATE), t)
     return COMPLETED
 
 
@@ -505,6 +566,7 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef int L = P.n_layers, l
     cdef Py_ssize_t N = P.N
     cdef floating *g
+    cdef double t = _ph_tick(P)
     for l in range(L - 1, -1, -1):
         if l == L - 1:
             g = <floating *>P.dact0
@@ -518,14 +580,17 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
                            <const floating *>NULL, <floating *>P.db[l], <floating *>NULL,
                            <floating *>P.partial + P.poff[l], <floating *>P.apartial, P.rb[l],
                            N, P.fan_out[l], nt)
+        t = _ph_mark(P, _ph_layer(P, _PH_BIAS, l), t)
         backward_products(cfg, g, X if l == 0 else <const floating *>P.act[l - 1],
                           <const floating *>P.W[l], <floating *>NULL, <floating *>P.dW[l],
                           <floating *>P.wslots + P.woff[l], N, P.fan_in[l], P.fan_out[l], nt)
+        t = _ph_mark(P, _ph_layer(P, _PH_DW, l), t)
         if l > 0:
             dx_into_act(cfg, N, P.fan_in[l], P.fan_out[l], g, <const floating *>P.W[l],
                         <floating *>P.scratch, P.scratch_elems, P.op[l - 1],
                         <floating *>P.act[l - 1], <const floating *>_below_pre(P, l - 1),
                         P.alpha[l - 1], nt)
+            t = _ph_mark(P, _ph_layer(P, _PH_DX, l), t)
 
 
 cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *X,
@@ -539,6 +604,7 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
     cdef floating *dout
     cdef floating *dx
     cdef floating *spare
+    cdef double t = _ph_tick(P)
     dout = <floating *>P.dact0
     dx = <floating *>P.dact1
     spare = <floating *>P.dact0
@@ -552,6 +618,7 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
                            <floating *>P.partial + P.poff[l], <floating *>P.apartial,
                            <floating *>P.wslots + P.woff[l], P.rb[l],
                            N, P.fan_in[l], P.fan_out[l], nt)
+        t = _ph_mark(P, _ph_layer(P, _PH_BWD, l), t)
         dout = dx
         dx = spare
         spare = dout
@@ -751,6 +818,8 @@ cdef class StepPlan:
     cdef Watched *_watched       # the parameters, gradients and optimizer state (arrays users
     cdef int _n_watched          # can reach) as they were at build time, checked every step
     cdef list _watched_dtypes
+    cdef object _phases          # time_phases: the seconds of each phase (P.phase), or None
+    cdef Py_ssize_t _phase_steps # the steps timed since
 
     def __cinit__(self):
         memset(&self.P, 0, sizeof(NetPlan))
@@ -1020,6 +1089,48 @@ cdef class StepPlan:
     def batch(self):
         return self.P.N
 
+    def time_phases(self, bint on):
+        """Time the phases of this plan's steps from now on, from zero (on), or stop timing
+        them (off; phase_times still reads what was timed). A diagnostic (bench/step_parts.py):
+        a few clock reads a step while on, one test per phase while off, the same numbers."""
+        if self._busy:
+            raise RuntimeError("StepPlan.time_phases: a step is running on this plan")
+        if on:
+            self._phases = np.zeros(5 * self.P.n_layers + 1 + _PH_OTHERS, dtype=np.float64)
+            self._phase_steps = 0
+            self.P.phase = <double *><void *>_ptr(self._phases)
+        else:
+            self.P.phase = NULL
+
+    def phase_times(self):
+        """Seconds per phase, summed over the steps timed (time_phases), as a dict, or None
+        when none were: "fwd1" ... each layer's forward and "loss"; on a step over the whole
+        batch, each layer's backward as "bias1" ... (its bias sums, and on the last layer the
+        loss's gradient through its activation), "dw1" ... (the weight-gradient product) and
+        "dx2" ... (the input-gradient product, through the activation derivative of the layer
+        below), or "bwd1" ... whole (a prelu hidden layer's backward through buffers);
+        "chunks" (a step run chunk by chunk: its parallel region(s), forward to backward, and
+        its updates when they run there), "sum" (its sums of the chunks' partials), "guard",
+        "update", "labels" (the label check), "blas" (the BLAS held at one thread for the step
+        and restored), "step" (all of it but "blas", from the label check to the last update),
+        and "steps", the number of steps timed. Without OpenMP there is no clock: every time is
+        0."""
+        if self._phases is None:
+            return None
+        cdef int L = self.P.n_layers, l
+        v = [float(x) for x in self._phases]
+        out = {f"fwd{l + 1}": v[l] for l in range(L)}
+        out["loss"] = v[L]
+        for kind, name in ((_PH_BIAS, "bias"), (_PH_DW, "dw"), (_PH_DX, "dx"), (_PH_BWD, "bwd")):
+            for l in range(1 if kind == _PH_DX else 0, L):
+                out[f"{name}{l + 1}"] = v[_ph_layer(&self.P, kind, l)]
+        for which, name in ((_PH_CHUNKS, "chunks"), (_PH_SUM, "sum"), (_PH_GUARD, "guard"),
+                            (_PH_UPDATE, "update"), (_PH_LABELS, "labels"), (_PH_BLAS, "blas"),
+                            (_PH_STEP, "step")):
+            out[name] = v[_ph_other(&self.P, which)]
+        out["steps"] = self._phase_steps
+        return out
+
     @property
     def chunk_rows(self):
         """Rows per chunk when the last step ran the whole network chunk by chunk (a small
@@ -1189,7 +1300,9 @@ cdef class StepPlan:
                 self._hits = np.zeros(loss_groups(P.N), dtype=np.uint8)
             P.hits = <unsigned char *><void *>_ptr(self._hits)
         self._busy = True
+        t0 = _ph_tick(P)
         blas_enter(_cfg)
+        _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
         try:
             with nogil:
                 t0 = fnn_wtime()
@@ -1201,10 +1314,15 @@ cdef class StepPlan:
                                 used, guard, &loss)
                 if dynamic and bad == COMPLETED:
                     gov_record(&self.governor.g, used, fnn_wtime() - t0)
+                _ph_mark(P, _ph_other(P, _PH_STEP), t0)
             self.step_threads = used
             self.updates_in_chunks = P.updated_in_chunks
+            if P.phase != NULL:
+                self._phase_steps += 1
         finally:
+            t0 = _ph_tick(P)
             blas_exit(_cfg)
+            _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
             self._busy = False
         if bad >= 0:
             raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")

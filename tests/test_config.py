@@ -967,7 +967,33 @@ def test_step_parts_times_the_steps_work():
         assert set(r["ms"]) == {"step", "layer path", "parts", *r["parts"]}
         assert r["ms"]["parts"] == pytest.approx(sum(r["ms"][k] for k in r["parts"]))
         assert all(v > 0 for v in r["ms"].values())
-    assert "| threads | step | layer path | parts | step / parts | fwd1 |" in sp.table(dims, rows)
+        # the step's own phases (StepPlan.time_phases), grouped as the parts; no clock without
+        # OpenMP. At 64 and 40 rows this network runs in row chunks: its forward, loss and
+        # backward are one parallel region, in "rest"; only its updates are apart.
+        ph = r["phases"]
+        assert set(ph) == {"timed step", "rest", *r["parts"]}
+        assert (ph["timed step"] > 0) == OPENMP
+        assert ph["rest"] >= -1e-9 and all(ph[k] >= 0 for k in r["parts"])
+        assert ph["rest"] + sum(ph[k] for k in r["parts"]) == pytest.approx(ph["timed step"])
+        assert all(ph[k] == 0 for k in r["parts"] if k != "update")
+        assert (ph["rest"] > 0) == OPENMP
+    text = sp.table(dims, rows)
+    assert "| threads | step | layer path | parts | step / parts | fwd1 |" in text
+    assert "| threads | timed step | fwd1 | fwd2 | fwd3 | loss | bwd3 | bwd2 | bwd1 | update | rest |" in text
+
+
+@pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")
+def test_step_parts_groups_the_steps_phases_as_its_parts():
+    """_grouped_phases: a layer's backward is its bias sums, weight-gradient product and dx
+    product (or its whole buffers-path backward), per step in ms; "rest" is the step's time
+    (its BLAS setting included) outside the grouped phases."""
+    sp = _bench_module("step_parts")
+    ph = {"fwd1": 1.0, "fwd2": 2.0, "loss": 0.5, "bias1": 0.25, "bias2": 0.5, "dw1": 3.0,
+          "dw2": 4.0, "dx2": 6.0, "bwd1": 0.0, "bwd2": 0.0, "chunks": 0.0, "sum": 0.0,
+          "guard": 0.0, "update": 1.5, "labels": 0.125, "blas": 0.375, "step": 19.0, "steps": 2}
+    got = sp._grouped_phases(ph, ["fwd1", "fwd2", "loss", "bwd2", "bwd1", "update"])
+    assert got == {"fwd1": 500.0, "fwd2": 1000.0, "loss": 250.0, "bwd2": 5250.0, "bwd1": 1625.0,
+                   "update": 750.0, "timed step": 9687.5, "rest": 312.5}
 
 
 @pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")

@@ -1785,6 +1785,66 @@ def test_step_kernel_fused_backward_edge_networks(name):
         assert_same_bits(a, b)
 
 
+# path -> (model, batch, the phases that path times); "guard" is fit's guarded step
+_PHASE_PATHS = {
+    "fused": (lambda: _fused_model("relu", (96, 512, 384, 10), F32), 1200,
+              {"fwd1", "fwd2", "fwd3", "loss", "bias1", "bias2", "bias3", "dw1", "dw2", "dw3",
+               "dx2", "dx3", "update", "labels", "blas", "step"}),
+    "chunked": (lambda: _fused_model("relu", (5, 40, 30, 3), F32), 601,
+                {"chunks", "sum", "update", "labels", "blas", "step"}),
+    "buffers": (lambda: Sequential(Dense(6, 9, seed=1), PReLU(9), Dense(9, 4, seed=2)), 700,
+                {"fwd1", "fwd2", "loss", "bwd1", "bwd2", "update", "labels", "blas", "step"}),
+    "guard": (lambda: _fused_model("relu", (96, 512, 384, 10), F32), 1200,
+              {"fwd1", "fwd2", "fwd3", "loss", "bias1", "bias2", "bias3", "dw1", "dw2", "dw3",
+               "dx2", "dx3", "guard", "update", "labels", "blas", "step"}),
+}
+
+
+@pytest.mark.parametrize("path", list(_PHASE_PATHS))
+def test_step_phase_times_account_for_the_step(path):
+    """StepPlan.time_phases (bench/step_parts.py's view inside the step): steps timed phase by
+    phase give the same bits as untimed ones; the phases that the step's path runs are timed
+    and no others; they lie inside the step's own time; switched off, no step is added.
+    Without OpenMP there is no clock: every time is 0."""
+    import fastnn
+    from fastnn._kernels import _config as _kconfig
+
+    make, n, timed = _PHASE_PATHS[path]
+    r = np.random.default_rng(8)
+    runs = []
+    for phases in (False, True):
+        model = make()
+        widths = [layer.in_features for layer in model.layers if isinstance(layer, Dense)]
+        X = r.standard_normal((n, widths[0])).astype(F32) if not runs else runs[0][2]
+        y = r.integers(0, model.layers[-1].out_features, n) if not runs else runs[0][3]
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        with fastnn.threads(2):
+            losses = [model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=path == "guard")[0]]
+            plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
+            assert plan.phase_times() is None
+            plan.time_phases(phases)
+            for _ in range(3):
+                losses.append(model._step(X, y, SoftmaxCrossEntropy(), opt,
+                                          skip_nonfinite=path == "guard")[0])
+            plan.time_phases(False)
+            model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=path == "guard")
+        runs.append((losses, param_copies(model), X, y, plan))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert_same_bits(a, b)
+    assert (runs[1][4].chunk_rows > 0) == (path == "chunked")
+    assert runs[1][4].fused_backward == (path != "buffers")
+    ph = runs[1][4].phase_times()
+    assert ph.pop("steps") == 3   # (the step after time_phases(False) is not counted)
+    if not _kconfig.openmp_enabled():
+        assert set(ph.values()) == {0.0}
+        return
+    assert {k for k, v in ph.items() if v > 0} == timed, ph
+    assert all(v >= 0 for v in ph.values())
+    inside = sum(v for k, v in ph.items() if k not in ("step", "blas"))
+    assert inside <= ph["step"] * (1 + 1e-9) + 1e-12, (inside, ph["step"])
+
+
 # ============================================================================ changing model.layers
 def _stack_base():
     return Sequential(Dense(4, 6, seed=1), Tanh(), Dense(6, 6, seed=2), Dense(6, 3, seed=3))
