@@ -229,8 +229,8 @@ def table(dims, rows):
             cells += [f"{ms[k]:.3f}" for k in parts]
             lines.append(f"| {r['threads']} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append(f"Inside the compiled step ({n}): ms per step by phase (StepPlan.time_phases), "
-                     "and over the part's time")
+        lines.append(f"Inside the compiled step ({n}): ms per step by phase "
+                     "(StepPlan.time_phases), and over the part's time")
         lines.append("")
         lines.append("| threads | timed step | " + " | ".join(parts) + " | rest |")
         lines.append("| ---: | ---: | " + " | ".join("---:" for _ in parts) + " | ---: |")

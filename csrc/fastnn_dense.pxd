@@ -48,6 +48,19 @@ cdef struct DenseConfig:
                                  # forward_plan)
 
 
+# Which thread runs which product tile: a static schedule (each thread a contiguous run of tiles
+# in row-major order, the same on every call), not first come, first served. A step's phases
+# then give each thread the same rows of the batch where their cuts line up: the rows of its
+# forward tiles are those its dx tiles write back over and its bias-gradient blocks (static too)
+# read; a weight-gradient tile of whole rows is the span its thread's share of the update
+# (update_raw, static) covers; and from one step to the next a thread keeps its tiles of the
+# weights. First come, first served, those lines moved from core to core on most phases.
+# 784-512-512-10 (1024), 2 threads (bench/NOTES.md, *Static tile schedule*): the dx products
+# 0.35-0.5 ms a step faster, the step 2-4% in quiet stretches and up to 9% in slow ones. The
+# cost: a thread that the OS pauses (a busy core) is waited for instead of having its tiles
+# taken, which the thread governors avoid by dropping a thread. The layer API's backward lists
+# (backward_products with dx: dx tiles and weight-gradient tiles of other sizes) stay first
+# come, first served. Which thread runs a tile never changes its numbers.
 cdef struct Plan:
     Py_ssize_t tr       # tile rows
     Py_ssize_t tc       # tile cols
@@ -453,7 +466,7 @@ cdef inline void forward_in_parts(const DenseConfig *g, Plan p, int op, bint kee
             forward_part_tile(p, t, N, M, D, x, w, dst, ws)
     else:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
-        for t in prange(ntasks, num_threads=nt, schedule="dynamic"):
+        for t in prange(ntasks, num_threads=nt, schedule="static"):   # (see Plan)
             forward_part_tile(p, t, N, M, D, x, w, dst, ws)
     nt = effective_threads(N * M, 65536, n_threads)
     if nt <= 1 or nblocks <= 1:
@@ -497,7 +510,7 @@ cdef inline void dense_forward_raw(const DenseConfig *g, int op, const floating 
             forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
     else:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
-        for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
+        for t in prange(ntiles, num_threads=nt, schedule="static"):   # (see Plan)
             forward_tile(p, t, op, keep, N, M, D, x, w, b, dst, y, alpha, avec)
 
 
@@ -669,10 +682,15 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
     if nt <= 1:
         for t in range(ntx + ntw):
             backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
-    else:
+    elif ntx > 0:
+        # dx tiles and dw tiles (or chunks) of other sizes in one list: first come, first served
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntx + ntw, num_threads=nt, schedule="dynamic"):
             backward_tile(px, pw, t, ntx, ch, N, D, M, g, x, w, dx, dw, wslots)
+    else:
+        fnn_note_parallel()
+        for t in prange(ntw, num_threads=nt, schedule="static"):   # (see Plan)
+            backward_tile(px, pw, t, 0, ch, N, D, M, g, x, w, dx, dw, wslots)
     if ch > 0:
         dw_sum_chunks(cdiv(N, ch), ch, D, M, dw, wslots)
 
@@ -789,6 +807,6 @@ cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
             dx_into_act_tile(px, t, N, D, M, g, w, scratch, op, act, pre, alpha)
     else:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
-        for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
+        for t in prange(ntiles, num_threads=nt, schedule="static"):   # (see Plan)
             dx_into_act_tile(px, t, N, D, M, g, w, scratch + fnn_omp_get_thread_num() * stride,
                              op, act, pre, alpha)

@@ -1818,16 +1818,16 @@ def test_step_phase_times_account_for_the_step(path):
         X = r.standard_normal((n, widths[0])).astype(F32) if not runs else runs[0][2]
         y = r.integers(0, model.layers[-1].out_features, n) if not runs else runs[0][3]
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        guard = path == "guard"
         with fastnn.threads(2):
-            losses = [model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=path == "guard")[0]]
+            losses = [model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=guard)[0]]
             plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
             assert plan.phase_times() is None
             plan.time_phases(phases)
             for _ in range(3):
-                losses.append(model._step(X, y, SoftmaxCrossEntropy(), opt,
-                                          skip_nonfinite=path == "guard")[0])
+                losses.append(model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=guard)[0])
             plan.time_phases(False)
-            model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=path == "guard")
+            model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=guard)
         runs.append((losses, param_copies(model), X, y, plan))
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
