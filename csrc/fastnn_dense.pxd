@@ -56,7 +56,7 @@ cdef struct DenseConfig:
 # (update_raw, static) covers; and from one step to the next a thread keeps its tiles of the
 # weights. First come, first served, those lines moved from core to core on most phases.
 # 784-512-512-10 (1024), 2 threads (bench/NOTES.md, *Static tile schedule*): the dx products
-# 0.35-0.5 ms a step faster, the step 2-4% in quiet stretches and up to 9% in slow ones. The
+# 0.33-0.51 ms a step faster, the step 2-4% in quiet stretches and up to 9% in slow ones. The
 # cost: a thread that the OS pauses (a busy core) is waited for instead of having its tiles
 # taken, which the thread governors avoid by dropping a thread. The layer API's backward lists
 # (backward_products with dx: dx tiles and weight-gradient tiles of other sizes) stay first

@@ -160,12 +160,18 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _ph_layer(NetPlan *P, int kind, int l) noexcept nogil:
-    """The slot of layer l's phase `kind` (_PH_FWD ... _PH_BWD); the loss's is n_layers."""
+    """The slot of layer l's phase `kind` (_PH_FWD ... _PH_BWD)."""
     return l if kind == _PH_FWD else kind * P.n_layers + 1 + l
 
 
+cdef inline Py_ssize_t _ph_loss(NetPlan *P) noexcept nogil:
+    """The slot of the loss (after the forward passes)."""
+    return P.n_layers
+
+
 cdef inline Py_ssize_t _ph_other(NetPlan *P, int which) noexcept nogil:
-    """The slot of the step's phase `which` (_PH_CHUNKS ... _PH_STEP)."""
+    """The slot of the step's phase `which` (_PH_CHUNKS ... _PH_STEP; _PH_OTHERS: the number
+    of slots)."""
     return 5 * P.n_layers + 1 + which
 
 
@@ -237,7 +243,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
             t = _ph_mark(P, _ph_layer(P, _PH_FWD, l), t)
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.groups, P.hits, batch_chunk_rows(cfg, N), nt)
-        t = _ph_mark(P, L, t)
+        t = _ph_mark(P, _ph_loss(P), t)
     if guard and not (loss_out[0] - loss_out[0] == 0):
         # non-finite loss: leave gradients and parameters as they are (nothing was written)
         return STOPPED
@@ -1093,10 +1099,13 @@ cdef class StepPlan:
         """Time the phases of this plan's steps from now on, from zero (on), or stop timing
         them (off; phase_times still reads what was timed). A diagnostic (bench/step_parts.py):
         a few clock reads a step while on, one test per phase while off, the same numbers."""
+        if not self._ready:
+            raise RuntimeError("StepPlan was not initialized (its __init__ never ran or failed)")
         if self._busy:
             raise RuntimeError("StepPlan.time_phases: a step is running on this plan")
         if on:
-            self._phases = np.zeros(5 * self.P.n_layers + 1 + _PH_OTHERS, dtype=np.float64)
+            # (the layer count is fixed once _ready: __init__ runs once)
+            self._phases = np.zeros(_ph_other(&self.P, _PH_OTHERS), dtype=np.float64)
             self._phase_steps = 0
             self.P.phase = <double *><void *>_ptr(self._phases)
         else:
@@ -1113,14 +1122,16 @@ cdef class StepPlan:
         its updates when they run there), "sum" (its sums of the chunks' partials), "guard",
         "update", "labels" (the label check), "blas" (the BLAS held at one thread for the step
         and restored), "step" (all of it but "blas", from the label check to the last update),
-        and "steps", the number of steps timed. Without OpenMP there is no clock: every time is
-        0."""
+        and "steps", the number of steps timed: every step that got past its argument checks,
+        also those a bad label or the guard stopped early (with the phases they ran). Read
+        while a step runs in another thread, the sums may be mid-step. Without OpenMP there is
+        no clock: every time is 0."""
         if self._phases is None:
             return None
         cdef int L = self.P.n_layers, l
         v = [float(x) for x in self._phases]
         out = {f"fwd{l + 1}": v[l] for l in range(L)}
-        out["loss"] = v[L]
+        out["loss"] = v[_ph_loss(&self.P)]
         for kind, name in ((_PH_BIAS, "bias"), (_PH_DW, "dw"), (_PH_DX, "dx"), (_PH_BWD, "bwd")):
             for l in range(1 if kind == _PH_DX else 0, L):
                 out[f"{name}{l + 1}"] = v[_ph_layer(&self.P, kind, l)]

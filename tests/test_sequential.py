@@ -1792,6 +1792,12 @@ _PHASE_PATHS = {
                "dx2", "dx3", "update", "labels", "blas", "step"}),
     "chunked": (lambda: _fused_model("relu", (5, 40, 30, 3), F32), 601,
                 {"chunks", "sum", "update", "labels", "blas", "step"}),
+    "chunked-guard": (lambda: _fused_model("relu", (5, 40, 30, 3), F32), 601,
+                      {"chunks", "sum", "guard", "update", "labels", "blas", "step"}),
+    # every layer's chunks take turns and the updates are shared: they run in the chunks'
+    # parallel region (_run_updating)
+    "updating": (lambda: _fused_model("relu", (64, 64, 64, 10), F32), 32,
+                 {"chunks", "labels", "blas", "step"}),
     "buffers": (lambda: Sequential(Dense(6, 9, seed=1), PReLU(9), Dense(9, 4, seed=2)), 700,
                 {"fwd1", "fwd2", "loss", "bwd1", "bwd2", "update", "labels", "blas", "step"}),
     "guard": (lambda: _fused_model("relu", (96, 512, 384, 10), F32), 1200,
@@ -1818,7 +1824,7 @@ def test_step_phase_times_account_for_the_step(path):
         X = r.standard_normal((n, widths[0])).astype(F32) if not runs else runs[0][2]
         y = r.integers(0, model.layers[-1].out_features, n) if not runs else runs[0][3]
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
-        guard = path == "guard"
+        guard = path.endswith("guard")
         with fastnn.threads(2):
             losses = [model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=guard)[0]]
             plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
@@ -1832,7 +1838,8 @@ def test_step_phase_times_account_for_the_step(path):
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         assert_same_bits(a, b)
-    assert (runs[1][4].chunk_rows > 0) == (path == "chunked")
+    assert (runs[1][4].chunk_rows > 0) == path.startswith(("chunked", "updating"))
+    assert runs[1][4].updates_in_chunks == (path == "updating")
     assert runs[1][4].fused_backward == (path != "buffers")
     ph = runs[1][4].phase_times()
     assert ph.pop("steps") == 3   # (the step after time_phases(False) is not counted)
@@ -1843,6 +1850,46 @@ def test_step_phase_times_account_for_the_step(path):
     assert all(v >= 0 for v in ph.values())
     inside = sum(v for k, v in ph.items() if k not in ("step", "blas"))
     assert inside <= ph["step"] * (1 + 1e-9) + 1e-12, (inside, ph["step"])
+
+
+def test_step_phases_are_not_switched_under_a_running_step():
+    """time_phases while a step runs on the plan in another thread (the step releases the GIL)
+    is refused: that step writes through the phase pointer it was switched with."""
+    import threading
+
+    import fastnn
+
+    r = np.random.default_rng(2)
+    model = _fused_model("relu", (96, 512, 384, 10), F32)
+    X = r.standard_normal((1200, 96)).astype(F32)
+    y = r.integers(0, 10, 1200)
+    opt = SGD(model.parameters(), lr=1e-3)
+    model.train_step(X, y, "softmax", opt)
+    plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
+    done = threading.Event()
+
+    def steps():
+        with fastnn.threads(2):
+            while not done.is_set():
+                model.train_step(X, y, "softmax", opt)
+
+    worker = threading.Thread(target=steps)
+    worker.start()
+    refused = 0
+    try:
+        for i in range(2000):
+            try:
+                plan.time_phases(i % 2 == 0)
+            except RuntimeError as e:
+                assert "a step is running" in str(e)
+                refused += 1
+                if refused >= 3:
+                    break
+    finally:
+        done.set()
+        worker.join()
+    assert refused >= 3
+    plan.time_phases(False)   # (no step running now: accepted)
 
 
 # ============================================================================ changing model.layers

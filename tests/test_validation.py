@@ -1735,12 +1735,19 @@ def test_step_plan_uninitialized_raises_not_crashes():
     fresh = kn.StepPlan.__new__(kn.StepPlan)
     with pytest.raises(RuntimeError, match="not initialized"):
         fresh.step(X, y, None, *_STEP_ARGS)
+    # nor are its phases timed: an array sized before __init__ knew the layers would be written
+    # past by every step after it
+    with pytest.raises(RuntimeError, match="not initialized"):
+        fresh.time_phases(True)
+    assert fresh.phase_times() is None
     plan, layers, params, _, _ = _plan()
     failed = kn.StepPlan.__new__(kn.StepPlan)
     with pytest.raises(ValueError, match="chain"):
         failed.__init__(np.float32, 2, 0, [layers[1], layers[0]], params, 0)
     with pytest.raises(RuntimeError, match="not initialized"):
         failed.step(X, y, None, *_STEP_ARGS)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        failed.time_phases(True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
