@@ -26,9 +26,9 @@ grouped as the parts are (a layer's backward: its bias sums, weight-gradient pro
 product, which also applies the activation derivative of the layer below, where the part
 applies its own), beside the part's time, and ``rest``, the step's time outside those phases
 (the label check, the BLAS's thread setting; a small network's chunks, which run every phase
-in one parallel region, are all ``rest``). A phase slower than its part is work the step
-does cold (its inputs just written by other threads, or out of cache) that the part, called
-again and again on the same arrays, does hot.
+in one parallel region, are all ``rest``). A phase slower than its part suggests work the
+step does cold (its inputs just written by other threads, or out of cache) that the part,
+called again and again on the same arrays, does hot.
 
 Before timing, the parts take one step from the model's starting weights, and it is checked
 against the compiled step's first one: the same loss, the same bits in every weight and bias
