@@ -21,6 +21,15 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def optional_torch():
+    """PyTorch when it is installed, else None (the scripts then skip its columns)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def cpus():
     try:
         return len(os.sched_getaffinity(0))

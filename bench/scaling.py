@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _benchutil import cpus, header_lines, now  # noqa: E402  (also puts the repo on sys.path)
+from _benchutil import cpus, header_lines, now, optional_torch  # noqa: E402  (also puts the repo on sys.path)
 
 import fastnn  # noqa: E402
 from fastnn import _threads  # noqa: E402
@@ -57,14 +57,6 @@ STEP_BATCHES = (128, 1024)
 
 def _median_time(fn, rounds, min_time):
     return float(np.median([fb._time(fn, min_time) for _ in range(rounds)]))
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
 
 
 def _blas_limit(n):
@@ -153,7 +145,7 @@ def _tiles(value):
 
 
 def run(thread_counts, n, rounds, min_time, use_torch=True, batches=STEP_BATCHES, tile_cores=()):
-    torch = _torch() if use_torch else None
+    torch = optional_torch() if use_torch else None
     with _threads._dynamic_set(False):   # fastnn's steps on exactly the thread count timed
         return _run(thread_counts, n, rounds, min_time, torch, batches, tile_cores)
 

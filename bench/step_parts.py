@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _benchutil import cpus, header_lines, now  # noqa: E402  (also puts the repo on sys.path)
+from _benchutil import cpus, header_lines, now, optional_torch  # noqa: E402  (also puts the repo on sys.path)
 
 import fastnn  # noqa: E402
 from fastnn import _threads  # noqa: E402
@@ -157,16 +157,8 @@ def _check_same_step(parts, model, first, step_first, lp_first, n):
                          f"(batch {n}): {'; '.join(problems)}. They do not time the same work")
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
 def run(dims, batches, thread_counts, rounds, min_time, use_torch=True):
-    torch = _torch() if use_torch else None
+    torch = optional_torch() if use_torch else None
     rows = []
     with _threads._dynamic_set(False):   # every call on exactly the thread count timed
         for n in batches:

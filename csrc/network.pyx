@@ -827,6 +827,13 @@ cdef class StepPlan:
     cdef object _phases          # time_phases: the seconds of each phase (P.phase), or None
     cdef Py_ssize_t _phase_steps # the steps timed since
 
+    cdef int _check_ready(self) except -1:
+        """A RuntimeError unless __init__ completed: a plan whose __init__ raised or never ran
+        has NULL buffers and no layer count (step, time_phases)."""
+        if not self._ready:
+            raise RuntimeError("StepPlan was not initialized (its __init__ never ran or failed)")
+        return 0
+
     def __cinit__(self):
         memset(&self.P, 0, sizeof(NetPlan))
         self.governor = ThreadGovernor()
@@ -1099,8 +1106,7 @@ cdef class StepPlan:
         """Time the phases of this plan's steps from now on, from zero (on), or stop timing
         them (off; phase_times still reads what was timed). A diagnostic (bench/step_parts.py):
         a few clock reads a step while on, one test per phase while off, the same numbers."""
-        if not self._ready:
-            raise RuntimeError("StepPlan was not initialized (its __init__ never ran or failed)")
+        self._check_ready()
         if self._busy:
             raise RuntimeError("StepPlan.time_phases: a step is running on this plan")
         if on:
@@ -1255,8 +1261,7 @@ cdef class StepPlan:
         cdef size_t item
         cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
         P = &self.P
-        if not self._ready:
-            raise RuntimeError("StepPlan was not initialized (its __init__ never ran or failed)")
+        self._check_ready()
         self._check_watched()
         C = P.fan_out[P.n_layers - 1]
         if self.P.loss_kind == LOSS_MSE:
