@@ -102,6 +102,10 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     while not it.finished:
         ix = it.multi_index
         pos, neg = _plus_minus(f, x, ix, h, as_array=True)
+        for value in (pos, neg):
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"f must return an array of real numbers or a number, got "
+                                f"{type(value.item()).__name__ if value.ndim == 0 else value.dtype}")
         if df.ndim and (pos.shape != df.shape or neg.shape != df.shape):   # (broadcasting would hide it)
             raise ValueError(f"df must have the shape of f(x) {pos.shape if pos.shape != df.shape else neg.shape}, "
                              f"got {df.shape}")
@@ -119,7 +123,9 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
         raise ValueError(f"analytic_grad must have the shape of x {x.shape}, got {np.shape(analytic_grad)}")
     if x.size == 0 and num_checks:
         raise ValueError("x is empty: there is no entry to check")
-    analytic_grad = np.asarray(analytic_grad)
+    # real numbers, as rel_error takes them (not complex, object or masked: their entries
+    # would be compared as if they were plain floats)
+    analytic_grad = numeric_array(analytic_grad, "analytic_grad")
     errors = []
     for _ in range(num_checks):
         ix = tuple(randrange(m) for m in x.shape)

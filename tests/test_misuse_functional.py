@@ -22,6 +22,17 @@ And by the twentieth session's audit:
 
 And by the twenty-second session's: a masked 0-d hyper-parameter (a learning rate, dropout's
 p, a leaky slope) was read as the value under its mask.
+
+And by the twenty-fifth session's:
+
+- the affine forwards' fast path allocated their output (N x outputs of w) before comparing w's
+  rows and b with x: a small x and w of the wrong shapes asked for 74.5 GiB (MemoryError);
+- mse_loss with a list x, dropout_backward and affine_relu_backward with the course's caches
+  converted a huge broadcast y, mask or relu_cache before comparing its shape;
+- grad_check_sparse took a complex, object, string or masked analytic_grad (errors that did
+  not name it, or masked entries read as data), and eval_numerical_gradient_array blamed df
+  when f returned None;
+- a DenseCache made without __init__ raised AttributeError in the backward functions.
 """
 import numpy as np
 import pytest
@@ -247,9 +258,25 @@ _X34 = np.ones((3, 4))
     (lambda: O.sgd(_HUGE, np.ones(3)), "dw"),
     (lambda: O.adam(np.ones(3), np.ones(3), {"m": _HUGE}), r"config\['m'\]"),
     (lambda: O.rmsprop(np.ones(3), np.ones(3), {"cache": _HUGE}), r"config\['cache'\]"),
+    (lambda: F.mse_loss([[1.0, 2.0]], np.broadcast_to(1.0, (2**40, 3))), "y"),
+    (lambda: F.mse_loss(np.broadcast_to(1.0, (2**40, 3)), [[1.0, 2.0]]), "y"),
+    (lambda: F.dropout_backward(np.ones(3), ({"p": 0.5, "mode": "train"}, _HUGE)), "dout"),
+    (lambda: F.dropout_backward([1.0, 2.0], ({"p": 0.5, "mode": "train"}, _HUGE)), "dout"),
+    (lambda: F.affine_relu_backward(np.ones((3, 2)), ((_X34, np.ones((4, 2)), np.ones(2)),
+                                                      np.broadcast_to(1.0, (2**40, 2)))),
+     "cache's relu_cache"),
+    # the affine forwards' fast path (2-D x, w, b of one dtype): its output, 2**31 - 1 rows
+    # by the 2**31 - 1 outputs of this w, was allocated before w's rows were compared with x
+    # ("array is too big", a ValueError that names nothing)
+    *[(lambda fw=fw: fw(np.broadcast_to(1.0, (2**31 - 1, 3)), np.broadcast_to(1.0, (4, 2**31 - 1)),
+                        np.broadcast_to(1.0, (2**31 - 1,))), "w")
+      for fw in (F.affine_forward, F.affine_relu_forward, F.affine_sigmoid_forward,
+                 F.affine_tanh_forward, F.affine_leaky_relu_forward)],
 ], ids=["relu", "sigmoid", "tanh", "leaky_relu", "prelu-alpha", "prelu", "maxout_reduce",
         "maxout_reduce_backward", "maxout_backward", "dropout", "gaussian_noise", "sgd-w",
-        "adam-m", "rmsprop-cache"])
+        "adam-m", "rmsprop-cache", "mse-list-x", "mse-list-y", "dropout-course-mask",
+        "dropout-course-list-dout", "affine_relu-course-relu_cache", "affine-fast",
+        "affine_relu-fast", "affine_sigmoid-fast", "affine_tanh-fast", "affine_leaky_relu-fast"])
 def test_shapes_are_checked_before_a_huge_broadcast_view_is_copied(call, name):
     """A 0-byte broadcast view of the wrong shape was converted (copied) before its shape
     was compared, a MemoryError (or, where memory is overcommitted, a process killed while
@@ -268,3 +295,61 @@ def test_a_cache_slope_beyond_float_range_is_a_damaged_cache(forward, backward):
     cache.alpha = 10**400
     with pytest.raises(ValueError, match="cache is damaged"):
         backward(np.ones((2, 4)), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fw", [F.affine_forward, F.affine_relu_forward, F.affine_sigmoid_forward,
+                                F.affine_tanh_forward, F.affine_leaky_relu_forward])
+def test_the_fast_forward_compares_shapes_before_it_allocates(fw, dtype):
+    """x (100000, 1) with a w of 2 rows (and 100000 outputs): the output the fast path made
+    before the shapes were compared took 100000 x 100000 elements (a MemoryError, or where
+    memory is overcommitted an allocation of 37-75 GiB that tracemalloc counts)."""
+    import tracemalloc
+    x = np.ones((100000, 1), dtype)
+    for w, b, name in ((np.ones((2, 100000), dtype), np.ones(100000, dtype), "w"),
+                       (np.ones((1, 100000), dtype), np.ones(99999, dtype), "b")):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match=rf"^{name} must have"):
+                fw(x, w, b)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2**20, peak
+
+
+@pytest.mark.parametrize("bad", [np.array(["a", "b", "c"]), np.array([None] * 3),
+                                 np.ones(3, complex)], ids=["str", "object", "complex"])
+def test_grad_check_sparse_refuses_an_analytic_grad_that_is_not_real(bad):
+    x = np.ones(3)
+    with pytest.raises(TypeError, match="^analytic_grad must hold real numbers"):
+        G.grad_check_sparse(lambda a: float(np.sum(a ** 2)), x, bad, 2)
+    masked = np.ma.masked_array([2.0, 2.0, 2.0], mask=[1, 1, 1])
+    with pytest.raises(TypeError, match="^analytic_grad is a masked array"):
+        G.grad_check_sparse(lambda a: float(np.sum(a ** 2)), x, masked, 2)
+    np.testing.assert_array_equal(x, 1.0)
+    # an int or bool gradient still works (real numbers)
+    errs = G.grad_check_sparse(lambda a: float(np.sum(a ** 2)), x, np.full(3, 2), 2)
+    assert max(errs) < 1e-8
+
+
+@pytest.mark.parametrize("ret", [None, {}, "abc", 1j])
+def test_eval_numerical_gradient_array_names_f_when_it_returns_no_real_numbers(ret):
+    x = np.ones(3)
+    with pytest.raises(TypeError, match="^f must return an array of real numbers or a number"):
+        G.eval_numerical_gradient_array(lambda a: ret, x, np.ones(3))
+    with pytest.raises(TypeError, match="^f must return an array of real numbers or a number"):
+        G.eval_numerical_gradient_array(lambda a: ret, x, 1.0)
+    np.testing.assert_array_equal(x, 1.0)
+
+
+@pytest.mark.parametrize("name", ["affine", "affine_relu", "affine_sigmoid", "affine_tanh",
+                                  "affine_leaky_relu", "affine_prelu", "maxout"])
+def test_a_dense_cache_without_its_fields_is_refused(name):
+    """A DenseCache made by __new__ (no __init__: none of its slots set) raised AttributeError."""
+    _, cache = F.affine_forward(np.ones((4, 5)), np.ones((5, 3)), np.ones(3))
+    empty = type(cache).__new__(type(cache))
+    with pytest.raises((TypeError, ValueError), match="^cache"):
+        getattr(F, name + "_backward")(np.ones((4, 3)), empty)
+    with pytest.raises(TypeError, match="^cache's fc_cache"):
+        F.affine_relu_backward(np.ones((4, 3)), (empty, np.ones((4, 3))))

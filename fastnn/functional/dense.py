@@ -135,7 +135,8 @@ _FLOAT_CHARS = ("f", "d")
 def _fast_forward(op, x, w, b, alpha, chunks=False):
     """The common case with no conversion to do: C-contiguous 2-D x, 2-D w and 1-D b of one
     float dtype. Returns None when the call needs the checked path (which also produces the
-    error messages: the kernel's own shape checks only decide that the fast path is off)."""
+    error messages: the kernel's own checks, of the strides, only decide that the fast path is
+    off). The shapes are compared before the output is allocated."""
     if type(x) is not np.ndarray or type(w) is not np.ndarray or type(b) is not np.ndarray:
         return None
     dt = x.dtype
@@ -146,6 +147,8 @@ def _fast_forward(op, x, w, b, alpha, chunks=False):
     m = w.shape[-1]
     if d == 0 or n > _INT32_MAX or d > _INT32_MAX or m > _INT32_MAX:
         return None  # the checked path handles D == 0 and names a dimension above the BLAS limit
+    if w.shape[0] != d or b.shape != (m,):
+        return None  # before allocating y: its (n, m) may be huge for a mis-shaped w or b
     keep = op == _ka.LEAKY_RELU
     y = np.empty((n, m), dtype=dt)
     z = np.empty((n, m), dtype=dt) if keep else None
@@ -196,7 +199,8 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
 def _check_cache(cache, op, name):
     if not isinstance(cache, DenseCache):
         raise TypeError(f"cache must be the cache returned by {name}_forward, got {type(cache).__name__}")
-    if cache.op != op or cache.extra is not None:
+    # (getattr: a DenseCache made without __init__, by __new__, has none of its fields)
+    if getattr(cache, "op", None) != op or getattr(cache, "extra", None) is not None:
         raise ValueError(f"cache does not come from {name}_forward")
 
 
@@ -255,7 +259,7 @@ def _from_course(op, cache, name):
         if isinstance(fc, DenseCache):
             # fastnn's affine_forward cache (course code that builds the sandwich from
             # fastnn's pieces): its (x, w, b), checked as affine_backward checks it
-            if fc.op != _ka.IDENTITY or fc.extra is not None:
+            if getattr(fc, "op", None) != _ka.IDENTITY or getattr(fc, "extra", None) is not None:
                 raise TypeError("cache's fc_cache must be the course's (x, w, b) or "
                                 "affine_forward's cache, got another fastnn cache")
             _check_cache_arrays(fc, _ka.IDENTITY, "affine")
@@ -272,10 +276,11 @@ def _from_course(op, cache, name):
         raise type(exc)(f"cache (the course's (x, w, b)): {exc}") from None
     saved = None
     if pre is not None:
-        a = as_float_array(pre, "cache's relu_cache")
-        if a.shape != (x2.shape[0], w.shape[1]):
-            raise ValueError(f"cache's relu_cache must have shape {(x2.shape[0], w.shape[1])} "
-                             f"(x @ w + b), got {a.shape}")
+        want = (x2.shape[0], w.shape[1])
+        # (the shape is checked before an array is converted: a huge broadcast view of the
+        # wrong shape is refused, not copied)
+        a = as_float_array(pre, "cache's relu_cache", shape=want,
+                           shape_text=f"shape {want} (x @ w + b)")
         # the derivative reads only where the saved values are > 0: the mask itself, exact
         # whatever the dtypes (a float64 a below float32's range stays > 0)
         saved = (a > 0).astype(dt)
@@ -427,7 +432,7 @@ def maxout_backward(dout, cache):
 def _maxout_backward(dout, cache, need_dx=True, dw=None, db=None):
     """maxout_backward; the layer API passes need_dx=False for a network's first layer and its
     own gradient arrays as dw/db, filled in place (as _backward)."""
-    if not isinstance(cache, DenseCache) or cache.extra is None:
+    if not isinstance(cache, DenseCache) or getattr(cache, "extra", None) is None:
         raise TypeError("cache must be the cache returned by maxout_forward")
     if not (isinstance(cache.extra, tuple) and len(cache.extra) == 2):
         raise ValueError("cache is damaged or not from maxout_forward")

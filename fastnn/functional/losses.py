@@ -80,8 +80,12 @@ def mse_loss(x, y):
     """Regression: loss = 0.5 * sum((x - y)**2) / N, dx = (x - y) / N. x is (N,) or
     (N, d1, ..., dk) (rows flattened for the kernel, dx in x's shape); y has x's shape."""
     dt = common_dtype(("x", x), ("y", y))
-    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and y.shape != x.shape:
-        raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")   # before copies
+    # Shapes first, conversions after: a broadcast view of a huge shape must be refused before
+    # it is copied. (Lists are converted here: they already hold their data.)
+    x = x if isinstance(x, np.ndarray) else as_float_array(x, "x", dt)
+    y = y if isinstance(y, np.ndarray) else as_float_array(y, "y", dt)
+    if y.shape != x.shape:
+        raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
     x = as_float_array(x, "x", dt)
     y = as_float_array(y, "y", dt)
     if x.ndim == 0:
