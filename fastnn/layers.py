@@ -133,7 +133,12 @@ class Parameter:
         return self.data.shape
 
     def __repr__(self):
-        return f"Parameter({type(self.layer).__name__}.{self.name}, shape={self.shape}, dtype={self.data.dtype})"
+        where = f"{type(self.layer).__name__}.{self.name}"
+        try:
+            data = self.data
+        except (KeyError, TypeError):   # (params edited: the entry is gone, or not a dict)
+            return f"Parameter({where}, missing from the layer's params)"
+        return f"Parameter({where}, shape={np.shape(data)}, dtype={getattr(data, 'dtype', type(data).__name__)})"
 
 
 _NO_SHAPES = {}   # (a layer without _add_param's record: never written to)
@@ -178,7 +183,10 @@ class Layer:
 
     # -- parameters
     def parameters(self):
-        return [Parameter(self, k, k in self._decay) for k in self.params]
+        params = self.params
+        if not isinstance(params, dict):
+            raise self._missing(())   # (a TypeError naming params)
+        return [Parameter(self, k, k in self._decay) for k in params]
 
     def _weights(self):
         """(params['W'], params['b']) of a Dense or Maxout layer, or the error naming a missing
@@ -200,7 +208,10 @@ class Layer:
 
     @property
     def num_params(self):
-        return int(sum(v.size for v in self.params.values()))
+        params = self.params
+        if not isinstance(params, dict):
+            raise self._missing(())   # (a TypeError naming params)
+        return int(sum(np.size(v) for v in params.values()))
 
     def _add_param(self, name, value):
         value = np.ascontiguousarray(value, dtype=self.dtype)
@@ -375,12 +386,18 @@ class Dense(CheckedSettings, Layer):
             raise ValueError(f"x must have shape (N, {self.in_features}), got {shape}")
 
     def forward(self, x, training=None):
-        return self._fused_forward(self._check_x(x), self._op, self.alpha,
-                                   self.params.get("alpha"), None)
+        return self._fused_forward(self._check_x(x), self._op, self.alpha, self._own_slopes(),
+                                   None)
 
     def _infer(self, x):
-        return self._fused_forward(self._check_x(x), self._op, self.alpha,
-                                   self.params.get("alpha"), None, keep=False)
+        return self._fused_forward(self._check_x(x), self._op, self.alpha, self._own_slopes(),
+                                   None, keep=False)
+
+    def _own_slopes(self):
+        """params['alpha'] (a prelu Dense's slopes) or None; None too when params is not a dict,
+        which _fused_forward's _weights then names."""
+        params = self.params
+        return params.get("alpha") if isinstance(params, dict) else None
 
     def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer, keep=True):
         """Forward with activation `op` fused in (its own, or a following activation layer's);

@@ -209,9 +209,12 @@ class _CompiledStep:
         parameters, whatever the Python thread."""
         labels = targets = None
         if self.loss_kind == _kl.MSE:
+            shape = self.plan.score_shape
+            if isinstance(y, np.ndarray) and y.shape != shape:
+                _mse_targets(y, shape)   # (the shape before a copy: a huge broadcast view)
             targets = as_float_array(y, "y", self.dtype)
-            if targets.shape != self.plan.score_shape:
-                targets = _mse_targets(targets, self.plan.score_shape)
+            if targets.shape != shape:
+                targets = _mse_targets(targets, shape)
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
@@ -419,6 +422,14 @@ def _mse_targets(t, shape, name="y"):
     raise ValueError(f"{name} must have the shape of the scores {shape}, got {t.shape}")
 
 
+def _mse_targets_as(y, shape, dtype, name="y"):
+    """_mse_targets of y as a float array of dtype, an array's shape compared before it is
+    converted (a broadcast view of a huge wrong shape is refused, not copied)."""
+    if isinstance(y, np.ndarray):
+        _mse_targets(y, shape, name)
+    return _mse_targets(as_float_array(y, name, dtype), shape, name)
+
+
 def _targets_for(loss, scores, y, dtype):
     """y as loss(scores, y) takes it, or a ValueError worded for the model's scores: fastnn's
     binary losses need scores (N,) or (N, 1); MSE targets (in the model's dtype, as the kernel
@@ -429,7 +440,7 @@ def _targets_for(loss, scores, y, dtype):
         if not (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1)):
             _refuse_binary_scores(loss, scores.shape)
     elif isinstance(loss, MeanSquaredError):
-        y = _mse_targets(as_float_array(y, "y", dtype), scores.shape)
+        y = _mse_targets_as(y, scores.shape, dtype)
     return y
 
 
@@ -788,9 +799,10 @@ class Sequential:
         if kind is None:
             return   # a Loss class of the caller's own: its steps check what it takes
         if kind == _kl.MSE:
-            t = as_float_array(y, name, _dtype_of(self._layers))
             if out is not None:
-                _mse_targets(t, (n, out), name)
+                _mse_targets_as(y, (n, out), _dtype_of(self._layers), name)
+            else:
+                as_float_array(y, name, _dtype_of(self._layers))
             return
         binary = kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
         if binary and out is not None and out != 1:
@@ -1184,6 +1196,10 @@ class Sequential:
             )
         staged = []
         for i, layer in enumerate(self._layers):
+            if not isinstance(layer.params, dict):
+                raise TypeError(f"cannot load {path}: layer {i} ({type(layer).__name__}) params "
+                                f"must be a dict of arrays, got {type(layer.params).__name__}; "
+                                "nothing was loaded")
             for name, value in layer.params.items():
                 key = f"{i}.{name}"
                 what = f"layer {i} ({type(layer).__name__}) parameter {name}"
@@ -1213,13 +1229,29 @@ class Sequential:
 def _params_to_save(i, layer):
     """(name, array) of layer i's parameters, each one that loading would accept: what it
     would refuse (not a float32/float64 array, another shape or dtype than the layer's, NaN or
-    Inf) raises before anything is written. (Gradients are not saved, nor checked.)"""
+    Inf; for fastnn's layer types, other names or shapes than the layer's description gives)
+    raises before anything is written. (Gradients are not saved, nor checked.)"""
     what = f"layer {i} ({type(layer).__name__})"
     params = layer.params
     if not isinstance(params, dict):
         raise TypeError(f"{what} params must be a dict of arrays, got {type(params).__name__}")
     shapes = layer.__dict__.get("_shapes", {})
     dt = getattr(layer, "dtype", None)
+    described = None
+    cls = type(layer).__name__
+    if LAYER_TYPES.get(cls) is type(layer):
+        # what load_model reads the file by: the parameters the layer's description (its
+        # get_config, which the file stores) gives, exactly those names and shapes
+        try:
+            described = described_param_shapes(cls, layer.get_config())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what} has a description that loading would refuse: {exc}") from None
+        missing = [name for name in described if name not in params]
+        extra = [name for name in params if name not in described]
+        if missing or extra:
+            raise ValueError(f"{what} params must hold exactly {sorted(described)} (what its "
+                             f"description gives: loading would refuse the file), "
+                             + (f"missing {missing}" if missing else f"got also {extra}"))
     out = []
     for name, value in params.items():
         if not isinstance(value, np.ndarray) or value.dtype.char not in "fd":
@@ -1228,6 +1260,9 @@ def _params_to_save(i, layer):
         if name in shapes and dt is not None and (value.shape != shapes[name] or value.dtype != dt):
             raise ValueError(f"{what} parameter {name} must have shape {shapes[name]} and dtype "
                              f"{np.dtype(dt).name} (the layer's), got {value.shape} and {value.dtype}")
+        if described is not None and value.shape != described[name]:
+            raise ValueError(f"{what} parameter {name} has shape {value.shape}, but the layer's "
+                             f"description gives {described[name]}: loading would refuse the file")
         if not np.isfinite(value).all():
             raise ValueError(f"{what} parameter {name} holds NaN or Inf: loading would refuse "
                              "the file")

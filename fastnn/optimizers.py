@@ -8,6 +8,7 @@ biases or PReLU slopes.
 """
 import copy
 import warnings
+import weakref
 
 import numpy as np
 
@@ -54,6 +55,29 @@ def _id_key(key):
     return type(key) is tuple and len(key) == 2 and type(key[0]) is int and type(key[1]) is str
 
 
+def _check_state(state):
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict (keyed by Parameter.key), got {type(state).__name__}")
+    return state
+
+
+def _forget(opt_ref, key):
+    """weakref.finalize's callback when the layer of state key `key` = (id(layer), name) is
+    collected: its state goes with it. (Its id is free then: a layer made later may be given
+    it, and took the dead layer's state, a silent wrong start. Nothing else holds the key: a
+    Parameter, which an optimizer's params hold, keeps its layer alive.)"""
+    opt = opt_ref()
+    if opt is None:
+        return
+    d = opt.__dict__
+    st = d.get("state")
+    if isinstance(st, dict):
+        st.pop(key, None)
+    watched = d.get("_watched")
+    if watched is not None:
+        watched.discard(key)
+
+
 class Optimizer(CheckedSettings):
     def __init__(self, params, lr, weight_decay):
         self.params = params
@@ -66,7 +90,23 @@ class Optimizer(CheckedSettings):
         "params": _check_params,
         "lr": lambda v: check_scalar(v, "lr", lo=0.0),   # (0: a schedule's warm-up or end)
         "weight_decay": lambda v: check_scalar(v, "weight_decay", lo=0.0),
+        "state": _check_state,
     }
+
+    _watched = None   # the state keys whose layers are watched (_watch); per instance, made
+                      # by the first _watch (not pickled or shared by a copy: their own)
+
+    def _watch(self, key, layer):
+        """Drop state[key] when `layer` is collected (_forget)."""
+        watched = self.__dict__.get("_watched")
+        if watched is None:
+            watched = self.__dict__["_watched"] = set()
+        try:
+            fin = weakref.finalize(layer, _forget, weakref.ref(self), key)
+        except TypeError:
+            return   # a layer class without weak references: its state stays, as before
+        fin.atexit = False
+        watched.add(key)
 
     # pickle / copy.deepcopy: the state is keyed by (id(layer), name), which a copy does not
     # keep, so those entries travel with their parameter's position in params and are keyed
@@ -76,6 +116,7 @@ class Optimizer(CheckedSettings):
     # they are. copy.copy shares the state, as it shares params.
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_watched", None)   # (the copy watches its own layers)
         st = self.state
         if isinstance(st, dict):
             where = {p.key: k for k, p in enumerate(self.params)}
@@ -112,11 +153,17 @@ class Optimizer(CheckedSettings):
     def __copy__(self):
         dup = object.__new__(type(self))
         dup.__dict__.update(self.__dict__)
+        dup.__dict__.pop("_watched", None)   # (it watches for itself the state it shares)
         return dup
 
     def zero_grad(self):
         for p in self.params:
-            p.grad[...] = 0
+            try:
+                g = p.grad
+            except (KeyError, TypeError) as exc:   # (as step names it)
+                raise ValueError(f"parameter {p.name}: {type(p.layer).__name__}.grads has no "
+                                 f"entry {exc}") from None
+            g[...] = 0
 
     def _slots(self, p, n, data=None):
         """The n state arrays of parameter p (SGD's velocity; RMSProp's cache; Adam's m, v):
@@ -125,6 +172,9 @@ class Optimizer(CheckedSettings):
         a list of n writeable C-contiguous arrays of the parameter's shape and dtype (edited by
         hand) raises a TypeError or ValueError naming it, before any update."""
         key = p.key
+        watched = self._watched
+        if watched is None or key not in watched:
+            self._watch(key, p.layer)
         if data is None:
             data = p.data
         st = self.state.get(key)
@@ -179,6 +229,10 @@ class Optimizer(CheckedSettings):
             except KeyError as exc:
                 raise ValueError(f"parameter {p.name}: {type(p.layer).__name__}.params or .grads "
                                  f"has no entry {exc}") from None
+            except TypeError:
+                kind = "params" if not isinstance(p.layer.params, dict) else "grads"
+                raise TypeError(f"parameter {p.name}: {type(p.layer).__name__}.{kind} must be a "
+                                f"dict of arrays, got {type(getattr(p.layer, kind)).__name__}") from None
             if not isinstance(w, np.ndarray):
                 raise TypeError(f"parameter {p.name} must be a numpy.ndarray, got {type(w).__name__}")
             if not _optim._writable(w):

@@ -35,6 +35,19 @@ And by the twenty-second session's audit (the tests at the end of this file):
 - fit(verbose="no") printed and SGD(nesterov="no") turned Nesterov on;
 - save into a missing folder named its hidden temporary file, save("") the current folder,
   and save replaced a read-only file (renaming needs only the folder's permission).
+
+And by the twenty-fifth session's audit:
+
+- save wrote files that loading refuses: a layer's params missing an entry or holding one
+  more, or a W whose shape its description (get_config: in_features edited) does not give;
+- MSE targets of a wrong shape given as a huge broadcast view were converted (copied: a
+  MemoryError) before their shape was compared, in train_step, fit and evaluate;
+- an optimizer's state is keyed by (id(layer), name) and outlived its layer: a layer made
+  later at the dead one's id took its momentum (a silent wrong first step), and the state of
+  every model an optimizer had trained stayed (it grew without bound);
+- params or grads replaced by something that is not a dict, or an entry deleted, raised
+  AttributeError or KeyError in predict, forward, evaluate, load, summary, parameters,
+  zero_grad, step and a Parameter's repr; an optimizer's state could be set to a non-dict.
 """
 import json
 import os
@@ -967,3 +980,138 @@ def test_a_huge_broadcast_X_of_the_wrong_width_is_refused_before_it_is_copied():
                  lambda: model.train_step(huge, [0], "softmax", SGD(model.parameters()))):
         with pytest.raises(ValueError, match=r"^X must have shape \(N, 5\)"):
             call()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m.layers[0].params.pop("b"), r"missing \['b'\]"),
+    (lambda m: m.layers[0].params.__setitem__("extra", np.zeros(2, F32)), r"got also \['extra'\]"),
+    (lambda m: m.layers[2].params.pop("alpha"), r"missing \['alpha'\]"),
+    (lambda m: setattr(m.layers[0], "in_features", 4), r"W has shape \(5, 2\), but the layer's description gives \(4, 2\)"),
+], ids=["missing", "extra", "prelu-alpha", "in_features-edited"])
+def test_save_refuses_what_load_model_would_refuse(tmp_path, edit, match):
+    """(save wrote these files, and load_model then refused them.)"""
+    model = Sequential(Dense(5, 2, seed=0), ReLU(), fastnn.PReLU(2))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    before = path.read_bytes()
+    edit(model)
+    with pytest.raises(ValueError, match=match):
+        model.save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.npz"]
+
+
+class _SGDLayerPath(SGD):
+    """(an optimizer subclass: the model steps on the layer path, not the compiled step)"""
+
+
+@pytest.mark.parametrize("shape", [(2**40, 3), (4, 2**40)], ids=["rows", "columns"])
+def test_huge_broadcast_mse_targets_of_the_wrong_shape_are_refused_before_they_are_copied(shape):
+    X = np.ones((4, 5), F32)
+    y = np.broadcast_to(np.float64(0.0), shape)   # (0 bytes; a copy: 12-24 TiB)
+    for opt_cls in (SGD, _SGDLayerPath):
+        model = Sequential(Dense(5, 3, seed=0))
+        with pytest.raises(ValueError, match=r"^y must have"):
+            model.train_step(X, y, "mse", opt_cls(model.parameters()))
+    model = Sequential(Dense(5, 3, seed=0))
+    with pytest.raises(ValueError, match=r"^y must have"):
+        model.evaluate(X, y, loss="mse")
+    with pytest.raises(ValueError, match=r"^y must have"):
+        model.fit(X, y, loss="mse", optimizer=SGD(model.parameters()), verbose=False)
+    with pytest.raises(ValueError, match=r"^y_val must have"):
+        model.fit(X, np.zeros((4, 3), F32), loss="mse", optimizer=SGD(model.parameters()),
+                  verbose=False, validation_data=(X, y))
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: RMSProp(ps), lambda ps: Adam(ps)],
+                         ids=["momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("path", ["compiled", "layers"])
+def test_an_optimizers_state_goes_with_its_layer(make, path):
+    """State is keyed by (id(layer), name): a layer made after another was collected may get
+    its id, and took its state (a silent wrong first step)."""
+    import gc
+    X, y = _data()
+    old = Sequential(Dense(5, 3, seed=0))
+    opt = make(old.parameters())
+    if path == "layers":
+        opt.__class__ = type("Sub", (type(opt),), {})   # (a subclass: the layer path)
+    old.train_step(X, y, "softmax", opt)
+    gone = [p.key for p in old.parameters()]
+    assert all(k in opt.state for k in gone)
+    kept = Sequential(Dense(5, 3, seed=1))
+    opt.params = kept.parameters() + old.parameters()
+    old.train_step(X, y, "softmax", opt)
+    kept.train_step(X, y, "softmax", opt)
+    # a layer taken out of params but alive keeps its state (trained again later, it goes on)
+    opt.params = kept.parameters()
+    gc.collect()
+    assert all(k in opt.state for k in gone)
+    del old
+    gc.collect()
+    assert not any(k in opt.state for k in gone)
+    assert set(opt.state) == {p.key for p in kept.parameters()}
+    # the same for a copy (its own watch over the state it holds) and a pickled one
+    import copy
+    import pickle
+    dups = [copy.deepcopy(opt)] + ([pickle.loads(pickle.dumps(opt))] if path == "compiled" else [])
+    for dup in dups:   # (the layer path's subclass is local to this test: not picklable)
+        fresh = Sequential(Dense(5, 3, seed=2))
+        dup.params = fresh.parameters()
+        fresh.train_step(X, y, "softmax", dup)
+        keys = [p.key for p in fresh.parameters()]
+        assert all(k in dup.state for k in keys)
+        dup.params = kept.parameters()   # (its Parameters held fresh's layer alive)
+        del fresh
+        gc.collect()
+        assert not any(k in dup.state for k in keys)
+
+
+def test_a_new_layer_never_starts_from_a_dead_layers_state():
+    """The case as it met users: one optimizer, a fresh model per trial. The first step of
+    each must equal a fresh optimizer's (CPython soon gives a new Dense a dead one's id)."""
+    X, y = _data()
+    opt = SGD(Sequential(Dense(5, 3)).parameters(), lr=0.1, momentum=0.9)
+    for _ in range(30):
+        model = Sequential(Dense(5, 3, seed=0))
+        opt.params = model.parameters()
+        model.train_step(X, y, "softmax", opt)
+        ref = Sequential(Dense(5, 3, seed=0))
+        ref.train_step(X, y, "softmax", SGD(ref.parameters(), lr=0.1, momentum=0.9))
+        np.testing.assert_array_equal(model.layers[0].params["W"], ref.layers[0].params["W"])
+        del ref
+    assert len(opt.state) == 2
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, o, p: m.predict(np.ones((2, 5), F32)),
+    lambda m, o, p: m.forward(np.ones((2, 5), F32)),
+    lambda m, o, p: m.evaluate(np.ones((2, 5), F32), [0, 1]),
+    lambda m, o, p: m.summary(),
+    lambda m, o, p: m.parameters(),
+    lambda m, o, p: m.load(p),
+    lambda m, o, p: o.step(),
+], ids=["predict", "forward", "evaluate", "summary", "parameters", "load", "step"])
+def test_params_that_are_not_a_dict_are_named(tmp_path, call):
+    model = Sequential(Dense(5, 3, seed=0))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    opt = SGD(model.parameters())
+    model.layers[0].params = None
+    with pytest.raises(TypeError, match=r"params must be a dict"):
+        call(model, opt, path)
+
+
+def test_grads_or_state_that_are_not_dicts_or_lack_an_entry_are_named():
+    model = Sequential(Dense(5, 3, seed=0))
+    opt = SGD(model.parameters(), momentum=0.9)
+    p = model.parameters()[0]
+    with pytest.raises(TypeError, match=r"^state must be a dict"):
+        opt.state = None
+    del model.layers[0].grads["W"]
+    with pytest.raises(ValueError, match=r"grads has no entry 'W'"):
+        opt.zero_grad()
+    model.layers[0].grads = None
+    with pytest.raises(TypeError, match=r"Dense.grads must be a dict"):
+        opt.step()
+    del model.layers[0].params["W"]
+    assert repr(p) == "Parameter(Dense.W, missing from the layer's params)"
