@@ -306,6 +306,19 @@ def _fixed_activation(layer, value):
                          "kernel is chosen then): build a new layer instead")
 
 
+def _fixed_size(name):
+    """A read-only size of a layer (in_features, out_features, pieces, num_parameters), kept
+    in the instance dict under its own name (the layout pickles have). Its parameters' shapes
+    follow it, and the model's checks, the whole-step kernel and a saved file's description
+    read it: set later, the two training paths disagreed and save wrote a file that load_model
+    refused."""
+    def refuse(layer, value):
+        raise AttributeError(f"{type(layer).__name__}.{name} is fixed at construction (the "
+                             "parameters' shapes follow it): build a new layer instead")
+    return property(lambda layer: layer.__dict__[name], refuse,
+                    doc=f"{name}, as given at construction (fixed).")
+
+
 class Dense(CheckedSettings, Layer):
     """Fully connected layer ``act(x @ W + b)``, W of shape (in_features, out_features).
 
@@ -322,8 +335,8 @@ class Dense(CheckedSettings, Layer):
     def __init__(self, in_features, out_features, activation=None, weight_init=None,
                  dtype=np.float32, seed=None, alpha=None):
         super().__init__(_param_dtype(dtype))
-        self.in_features = check_int(in_features, "in_features", below=2**31)
-        self.out_features = check_int(out_features, "out_features", below=2**31)
+        self.__dict__["in_features"] = check_int(in_features, "in_features", below=2**31)
+        self.__dict__["out_features"] = check_int(out_features, "out_features", below=2**31)
         _check_weight_size(self.in_features, self.out_features)
         if activation is not None and not isinstance(activation, str):
             raise TypeError(f"activation must be a str or None, got {type(activation).__name__}")
@@ -345,6 +358,9 @@ class Dense(CheckedSettings, Layer):
         self._add_param("b", np.zeros(self.out_features))
         if self._op == _ka.PRELU:
             self._add_param("alpha", np.full(self.out_features, self.alpha))
+
+    in_features = _fixed_size("in_features")
+    out_features = _fixed_size("out_features")
 
     # read-only; kept in the instance dict under its own name (the layout pickles have)
     activation = property(lambda self: self.__dict__["activation"], _fixed_activation,
@@ -510,9 +526,11 @@ class PReLU(Layer):
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
         super().__init__(_param_dtype(dtype))
-        self.num_parameters = check_int(num_parameters, "num_parameters", below=2**31)
+        self.__dict__["num_parameters"] = check_int(num_parameters, "num_parameters", below=2**31)
         self.init = check_scalar(init, "init")
         self._add_param("alpha", np.full(self.num_parameters, self.init))
+
+    num_parameters = _fixed_size("num_parameters")
 
     def _alpha_arg(self, features):
         try:
@@ -558,9 +576,9 @@ class Maxout(Layer):
 
     def __init__(self, in_features, out_features, pieces=2, weight_init=None, dtype=np.float32, seed=None):
         super().__init__(_param_dtype(dtype))
-        self.in_features = check_int(in_features, "in_features", below=2**31)
-        self.out_features = check_int(out_features, "out_features", below=2**31)
-        self.pieces = check_int(pieces, "pieces", below=2**31)
+        self.__dict__["in_features"] = check_int(in_features, "in_features", below=2**31)
+        self.__dict__["out_features"] = check_int(out_features, "out_features", below=2**31)
+        self.__dict__["pieces"] = check_int(pieces, "pieces", below=2**31)
         if self.pieces > 127:
             raise ValueError(f"pieces must be at most 127, got {self.pieces}")
         _check_weight_size(self.in_features, self.out_features, self.pieces)
@@ -571,6 +589,10 @@ class Maxout(Layer):
                              also=(self.in_features, self.out_features, self.pieces))
         self._add_param("W", w.reshape(self.in_features, self.out_features, self.pieces))
         self._add_param("b", np.zeros((self.out_features, self.pieces)))
+
+    in_features = _fixed_size("in_features")
+    out_features = _fixed_size("out_features")
+    pieces = _fixed_size("pieces")
 
     def output_features(self, in_features):
         if in_features is not None and in_features != self.in_features:

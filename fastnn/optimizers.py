@@ -75,7 +75,16 @@ def _forget(opt_ref, key):
         st.pop(key, None)
     watched = d.get("_watched")
     if watched is not None:
-        watched.discard(key)
+        watched.pop(key, None)
+
+
+def _unwatch(watched):
+    """weakref.finalize's callback when an optimizer is collected: its watches over layers
+    that live on end (a long-lived model trained by many optimizers kept one per parameter
+    of each)."""
+    for fin in list(watched.values()):
+        fin.detach()
+    watched.clear()
 
 
 class Optimizer(CheckedSettings):
@@ -93,20 +102,22 @@ class Optimizer(CheckedSettings):
         "state": _check_state,
     }
 
-    _watched = None   # the state keys whose layers are watched (_watch); per instance, made
-                      # by the first _watch (not pickled or shared by a copy: their own)
+    _watched = None   # {state key: the finalizer watching its layer} (_watch); per instance,
+                      # made by the first _watch (not pickled or shared by a copy: their own)
 
     def _watch(self, key, layer):
-        """Drop state[key] when `layer` is collected (_forget)."""
+        """Drop state[key] when `layer` is collected (_forget); the watch ends with this
+        optimizer (_unwatch)."""
         watched = self.__dict__.get("_watched")
         if watched is None:
-            watched = self.__dict__["_watched"] = set()
+            watched = self.__dict__["_watched"] = {}
+            weakref.finalize(self, _unwatch, watched).atexit = False
         try:
             fin = weakref.finalize(layer, _forget, weakref.ref(self), key)
         except TypeError:
             return   # a layer class without weak references: its state stays, as before
         fin.atexit = False
-        watched.add(key)
+        watched[key] = fin
 
     # pickle / copy.deepcopy: the state is keyed by (id(layer), name), which a copy does not
     # keep, so those entries travel with their parameter's position in params and are keyed

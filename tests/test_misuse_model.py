@@ -45,6 +45,9 @@ And by the twenty-fifth session's audit:
 - an optimizer's state is keyed by (id(layer), name) and outlived its layer: a layer made
   later at the dead one's id took its momentum (a silent wrong first step), and the state of
   every model an optimizer had trained stayed (it grew without bound);
+- a layer's sizes (Dense's and Maxout's in_features, out_features, pieces; PReLU's
+  num_parameters) could be set after construction: the compiled step trained on while the
+  layer path refused X (they are read-only now, like Dense.activation);
 - params or grads replaced by something that is not a dict, or an entry deleted, raised
   AttributeError or KeyError in predict, forward, evaluate, load, summary, parameters,
   zero_grad, step and a Parameter's repr; an optimizer's state could be set to a non-dict.
@@ -986,7 +989,9 @@ def test_a_huge_broadcast_X_of_the_wrong_width_is_refused_before_it_is_copied():
     (lambda m: m.layers[0].params.pop("b"), r"missing \['b'\]"),
     (lambda m: m.layers[0].params.__setitem__("extra", np.zeros(2, F32)), r"got also \['extra'\]"),
     (lambda m: m.layers[2].params.pop("alpha"), r"missing \['alpha'\]"),
-    (lambda m: setattr(m.layers[0], "in_features", 4), r"W has shape \(5, 2\), but the layer's description gives \(4, 2\)"),
+    # (in_features is read-only; an edit of the instance dict goes around that)
+    (lambda m: m.layers[0].__dict__.__setitem__("in_features", 4),
+     r"W has shape \(5, 2\), but the layer's description gives \(4, 2\)"),
 ], ids=["missing", "extra", "prelu-alpha", "in_features-edited"])
 def test_save_refuses_what_load_model_would_refuse(tmp_path, edit, match):
     """(save wrote these files, and load_model then refused them.)"""
@@ -1082,6 +1087,30 @@ def test_a_new_layer_never_starts_from_a_dead_layers_state():
     assert len(opt.state) == 2
 
 
+def test_the_watch_over_a_layers_state_ends_with_its_optimizer():
+    """Many optimizers training one long-lived model (a search over learning rates) must not
+    leave a finalizer per parameter each behind."""
+    import gc
+    import weakref
+
+    def finalizers():
+        gc.collect()
+        return sum(isinstance(o, weakref.finalize) for o in gc.get_objects())
+
+    X, y = _data()
+    model = Sequential(Dense(5, 3, seed=0), ReLU(), Dense(3, 3, seed=1))
+    opt = Adam(model.parameters())
+    model.train_step(X, y, "softmax", opt)
+    del opt
+    before = finalizers()
+    for lr in np.linspace(0.01, 0.1, 20):
+        opt = SGD(model.parameters(), lr=lr, momentum=0.9)
+        model.train_step(X, y, "softmax", opt)
+        assert len(opt.state) == 4
+        del opt
+    assert finalizers() <= before
+
+
 @pytest.mark.parametrize("call", [
     lambda m, o, p: m.predict(np.ones((2, 5), F32)),
     lambda m, o, p: m.forward(np.ones((2, 5), F32)),
@@ -1099,6 +1128,28 @@ def test_params_that_are_not_a_dict_are_named(tmp_path, call):
     model.layers[0].params = None
     with pytest.raises(TypeError, match=r"params must be a dict"):
         call(model, opt, path)
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: Dense(5, 3, seed=0), ("in_features", "out_features")),
+    (lambda: fastnn.Maxout(5, 3, 2, seed=0), ("in_features", "out_features", "pieces")),
+    (lambda: fastnn.PReLU(3), ("num_parameters",)),
+], ids=["Dense", "Maxout", "PReLU"])
+def test_a_layers_sizes_are_fixed_at_construction(make, names):
+    """Dense.in_features set after construction: the whole-step kernel trained on (it reads
+    W's shape) while the layer path refused X, and save wrote a file load_model refused."""
+    import copy
+    import pickle
+    layer = make()
+    for name in names:
+        before = getattr(layer, name)
+        with pytest.raises(AttributeError, match=rf"{name} is fixed at construction"):
+            setattr(layer, name, before + 1)
+        assert getattr(layer, name) == before
+        for dup in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            assert getattr(dup, name) == before
+            with pytest.raises(AttributeError):
+                setattr(dup, name, before + 1)
 
 
 def test_grads_or_state_that_are_not_dicts_or_lack_an_entry_are_named():
