@@ -306,17 +306,35 @@ def _fixed_activation(layer, value):
                          "kernel is chosen then): build a new layer instead")
 
 
+def _fixed_size_message(cls_name, name):
+    return (f"{cls_name}.{name} is fixed at construction (the parameters' shapes follow it): "
+            "build a new layer instead")
+
+
 def _fixed_size(name):
-    """A read-only size of a layer (in_features, out_features, pieces, num_parameters), kept
-    in the instance dict under its own name (the layout pickles have). Its parameters' shapes
-    follow it, and the model's checks, the whole-step kernel and a saved file's description
-    read it: set later, the two training paths disagreed and save wrote a file that load_model
-    refused."""
+    """A read-only size of a layer (Maxout's in_features, out_features, pieces; PReLU's
+    num_parameters), kept in the instance dict under its own name (the layout pickles have).
+    Its parameters' shapes follow it, and the model's checks and a saved file's description
+    read it: set later, the two training paths disagreed (the whole-step kernel goes by W's
+    shape) and save wrote a file that load_model refused. (Dense, whose sizes the layer path
+    reads on every forward, refuses them in its _CHECKS instead: a plain attribute reads in a
+    quarter of a property's time.)"""
+    def get(layer):
+        try:
+            return layer.__dict__[name]
+        except KeyError:   # (an instance made without __init__)
+            raise AttributeError(name) from None
+
     def refuse(layer, value):
-        raise AttributeError(f"{type(layer).__name__}.{name} is fixed at construction (the "
-                             "parameters' shapes follow it): build a new layer instead")
-    return property(lambda layer: layer.__dict__[name], refuse,
-                    doc=f"{name}, as given at construction (fixed).")
+        raise AttributeError(_fixed_size_message(type(layer).__name__, name))
+    return property(get, refuse, doc=f"{name}, as given at construction (fixed).")
+
+
+def _refused_size(cls_name, name):
+    """A _CHECKS entry that refuses every assignment of a size (see _fixed_size)."""
+    def check(value):
+        raise AttributeError(_fixed_size_message(cls_name, name))
+    return check
 
 
 class Dense(CheckedSettings, Layer):
@@ -330,7 +348,9 @@ class Dense(CheckedSettings, Layer):
     """
 
     _decay = ("W",)
-    _CHECKS = {"alpha": lambda v: check_scalar(v, "Dense.alpha")}
+    _CHECKS = {"alpha": lambda v: check_scalar(v, "Dense.alpha"),
+               "in_features": _refused_size("Dense", "in_features"),
+               "out_features": _refused_size("Dense", "out_features")}
 
     def __init__(self, in_features, out_features, activation=None, weight_init=None,
                  dtype=np.float32, seed=None, alpha=None):
@@ -358,9 +378,6 @@ class Dense(CheckedSettings, Layer):
         self._add_param("b", np.zeros(self.out_features))
         if self._op == _ka.PRELU:
             self._add_param("alpha", np.full(self.out_features, self.alpha))
-
-    in_features = _fixed_size("in_features")
-    out_features = _fixed_size("out_features")
 
     # read-only; kept in the instance dict under its own name (the layout pickles have)
     activation = property(lambda self: self.__dict__["activation"], _fixed_activation,

@@ -210,7 +210,7 @@ class _CompiledStep:
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             shape = self.plan.score_shape
-            if isinstance(y, np.ndarray) and y.shape != shape:
+            if isinstance(y, np.ndarray) and y.size != shape[0] * shape[1]:
                 _mse_targets(y, shape)   # (the shape before a copy: a huge broadcast view)
             targets = as_float_array(y, "y", self.dtype)
             if targets.shape != shape:
@@ -221,6 +221,9 @@ class _CompiledStep:
             binary = self.binary
             labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary,
                                 allow_float=binary)
+        watch = opt._watch_
+        if watch is not None and watch.dead:
+            opt._prune()   # (the state of layers collected since: optimizers._Watch)
         h1 = h2 = eps = 0.0
         c1 = c2 = 1.0
         rule = self.rule

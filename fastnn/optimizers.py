@@ -61,30 +61,58 @@ def _check_state(state):
     return state
 
 
-def _forget(opt_ref, key):
-    """weakref.finalize's callback when the layer of state key `key` = (id(layer), name) is
-    collected: its state goes with it. (Its id is free then: a layer made later may be given
-    it, and took the dead layer's state, a silent wrong start. Nothing else holds the key: a
-    Parameter, which an optimizer's params hold, keeps its layer alive.)"""
-    opt = opt_ref()
-    if opt is None:
-        return
-    d = opt.__dict__
-    st = d.get("state")
-    if isinstance(st, dict):
-        st.pop(key, None)
-    watched = d.get("_watched")
-    if watched is not None:
-        watched.pop(key, None)
+def _entry(p, kind):
+    """p's array in its layer's params or grads (kind), or the error naming what is missing."""
+    d = getattr(p.layer, kind)
+    if not isinstance(d, dict):
+        raise TypeError(f"parameter {p.name}: {type(p.layer).__name__}.{kind} must be a dict of "
+                        f"arrays, got {type(d).__name__}")
+    try:
+        return d[p.name]
+    except KeyError:
+        raise ValueError(f"parameter {p.name}: {type(p.layer).__name__}.{kind} has no entry "
+                         f"{p.name!r}") from None
 
 
-def _unwatch(watched):
-    """weakref.finalize's callback when an optimizer is collected: its watches over layers
-    that live on end (a long-lived model trained by many optimizers kept one per parameter
-    of each)."""
-    for fin in list(watched.values()):
-        fin.detach()
-    watched.clear()
+def _data_of(p):
+    return _entry(p, "params")
+
+
+def _grad_of(p):
+    return _entry(p, "grads")
+
+
+class _Watch:
+    """An optimizer's watch over the layers its state is keyed by, (id(layer), name). When one
+    of them is collected, its id is free: a layer made later may be given it, and took the
+    dead layer's state (a silent wrong start), and the optimizer held the state of every model
+    it had trained. A finalizer per key notes the key (from whatever thread the collector runs
+    in) and the optimizer drops its state at its next use (Optimizer._prune), never while
+    other code may be iterating the state. Nothing else holds such a key: a Parameter, which
+    an optimizer's params hold, keeps its layer alive. The watch ends with its optimizer."""
+
+    __slots__ = ("fins", "dead", "__weakref__")
+
+    def __init__(self):
+        self.fins = {}   # state key -> its layer's finalizer (None: no weak references)
+        self.dead = []   # keys whose layers were collected, not yet dropped
+
+
+def _noted_dead(watch_ref, key):
+    """weakref.finalize's callback when the layer of state key `key` is collected."""
+    watch = watch_ref()
+    if watch is not None:
+        watch.dead.append(key)
+
+
+def _end_watch(fins):
+    """weakref.finalize's callback when an optimizer is collected: its finalizers on layers
+    that live on are detached (a long-lived model trained by many optimizers kept one per
+    parameter of each)."""
+    for fin in list(fins.values()):
+        if fin is not None:
+            fin.detach()
+    fins.clear()
 
 
 class Optimizer(CheckedSettings):
@@ -102,22 +130,54 @@ class Optimizer(CheckedSettings):
         "state": _check_state,
     }
 
-    _watched = None   # {state key: the finalizer watching its layer} (_watch); per instance,
-                      # made by the first _watch (not pickled or shared by a copy: their own)
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "params" or name == "state":
+            self._prune()
+            self._watch_held()
+
+    _watch_ = None   # its _Watch, made by the first _watch (a copy, a pickle: their own)
 
     def _watch(self, key, layer):
-        """Drop state[key] when `layer` is collected (_forget); the watch ends with this
-        optimizer (_unwatch)."""
-        watched = self.__dict__.get("_watched")
-        if watched is None:
-            watched = self.__dict__["_watched"] = {}
-            weakref.finalize(self, _unwatch, watched).atexit = False
+        """Watch `layer`, whose state is state[key] (_Watch)."""
+        watch = self.__dict__.get("_watch_")
+        if watch is None:
+            watch = self.__dict__["_watch_"] = _Watch()
+            weakref.finalize(self, _end_watch, watch.fins).atexit = False
         try:
-            fin = weakref.finalize(layer, _forget, weakref.ref(self), key)
+            fin = weakref.finalize(layer, _noted_dead, weakref.ref(watch), key)
+            fin.atexit = False
         except TypeError:
-            return   # a layer class without weak references: its state stays, as before
-        fin.atexit = False
-        watched[key] = fin
+            fin = None   # a layer class without weak references: its state stays (as before)
+        watch.fins[key] = fin
+
+    def _prune(self):
+        """Drop the state of the watched layers collected since (_Watch)."""
+        watch = self._watch_
+        if watch is None or not watch.dead:
+            return
+        st = self.__dict__.get("state")
+        while True:
+            try:
+                key = watch.dead.pop()
+            except IndexError:   # (none left; another thread may have taken the last)
+                return
+            watch.fins.pop(key, None)
+            if isinstance(st, dict):
+                st.pop(key, None)
+
+    def _watch_held(self):
+        """Watch the layer of each state entry of a parameter in params that is not watched
+        yet: state that came other than through _slots (a copy's, a pickle's, an assignment)."""
+        st = self.__dict__.get("state")
+        params = self.__dict__.get("params")
+        if not isinstance(st, dict) or not st or not params:
+            return
+        for p in params:
+            key = p.key
+            watch = self._watch_
+            if key in st and (watch is None or key not in watch.fins):
+                self._watch(key, p.layer)
 
     # pickle / copy.deepcopy: the state is keyed by (id(layer), name), which a copy does not
     # keep, so those entries travel with their parameter's position in params and are keyed
@@ -126,8 +186,9 @@ class Optimizer(CheckedSettings):
     # optimizer no longer holds are dropped; keys of other shapes (a subclass's own) travel as
     # they are. copy.copy shares the state, as it shares params.
     def __getstate__(self):
+        self._prune()
         state = self.__dict__.copy()
-        state.pop("_watched", None)   # (the copy watches its own layers)
+        state.pop("_watch_", None)   # (the copy watches its own layers)
         st = self.state
         if isinstance(st, dict):
             where = {p.key: k for k, p in enumerate(self.params)}
@@ -160,20 +221,28 @@ class Optimizer(CheckedSettings):
             elif not _id_key(key):
                 fresh[key] = value
         self.__dict__["state"] = fresh
+        self._watch_held()
 
     def __copy__(self):
         dup = object.__new__(type(self))
         dup.__dict__.update(self.__dict__)
-        dup.__dict__.pop("_watched", None)   # (it watches for itself the state it shares)
+        # it watches for itself the state it shares: the layers of its params, and the others
+        # this optimizer watches (taken out of params, alive), whose state may outlive it
+        watch = dup.__dict__.pop("_watch_", None)
+        dup._watch_held()
+        if watch is not None:
+            for key, fin in list(watch.fins.items()):
+                alive = fin.peek() if fin is not None else None
+                if alive is not None and (dup._watch_ is None or key not in dup._watch_.fins):
+                    dup._watch(key, alive[0])
         return dup
 
     def zero_grad(self):
         for p in self.params:
-            try:
-                g = p.grad
-            except (KeyError, TypeError) as exc:   # (as step names it)
-                raise ValueError(f"parameter {p.name}: {type(p.layer).__name__}.grads has no "
-                                 f"entry {exc}") from None
+            g = _grad_of(p)
+            if not isinstance(g, np.ndarray):   # (as step names it)
+                raise TypeError(f"the gradient of parameter {p.name} must be a numpy.ndarray, "
+                                f"got {type(g).__name__}")
             g[...] = 0
 
     def _slots(self, p, n, data=None):
@@ -183,9 +252,11 @@ class Optimizer(CheckedSettings):
         a list of n writeable C-contiguous arrays of the parameter's shape and dtype (edited by
         hand) raises a TypeError or ValueError naming it, before any update."""
         key = p.key
-        watched = self._watched
-        if watched is None or key not in watched:
-            self._watch(key, p.layer)
+        watch = self._watch_
+        if watch is None or key not in watch.fins or watch.dead:
+            self._prune()
+            if watch is None or key not in watch.fins:
+                self._watch(key, p.layer)
         if data is None:
             data = p.data
         st = self.state.get(key)
@@ -235,15 +306,7 @@ class Optimizer(CheckedSettings):
         work = []
         add, slots = work.append, self._slots
         for p in self.params:
-            try:
-                w, g = p.data, p.grad
-            except KeyError as exc:
-                raise ValueError(f"parameter {p.name}: {type(p.layer).__name__}.params or .grads "
-                                 f"has no entry {exc}") from None
-            except TypeError:
-                kind = "params" if not isinstance(p.layer.params, dict) else "grads"
-                raise TypeError(f"parameter {p.name}: {type(p.layer).__name__}.{kind} must be a "
-                                f"dict of arrays, got {type(getattr(p.layer, kind)).__name__}") from None
+            w, g = _data_of(p), _grad_of(p)
             if not isinstance(w, np.ndarray):
                 raise TypeError(f"parameter {p.name} must be a numpy.ndarray, got {type(w).__name__}")
             if not _optim._writable(w):

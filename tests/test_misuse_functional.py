@@ -258,6 +258,7 @@ _X34 = np.ones((3, 4))
     (lambda: O.sgd(_HUGE, np.ones(3)), "dw"),
     (lambda: O.adam(np.ones(3), np.ones(3), {"m": _HUGE}), r"config\['m'\]"),
     (lambda: O.rmsprop(np.ones(3), np.ones(3), {"cache": _HUGE}), r"config\['cache'\]"),
+    (lambda: F.relu_backward(np.ones((4, 3)), np.broadcast_to(1.0, (2**40, 3))), "dout"),
     (lambda: F.mse_loss([[1.0, 2.0]], np.broadcast_to(1.0, (2**40, 3))), "y"),
     (lambda: F.mse_loss(np.broadcast_to(1.0, (2**40, 3)), [[1.0, 2.0]]), "y"),
     (lambda: F.dropout_backward(np.ones(3), ({"p": 0.5, "mode": "train"}, _HUGE)), "dout"),
@@ -274,7 +275,7 @@ _X34 = np.ones((3, 4))
                  F.affine_tanh_forward, F.affine_leaky_relu_forward)],
 ], ids=["relu", "sigmoid", "tanh", "leaky_relu", "prelu-alpha", "prelu", "maxout_reduce",
         "maxout_reduce_backward", "maxout_backward", "dropout", "gaussian_noise", "sgd-w",
-        "adam-m", "rmsprop-cache", "mse-list-x", "mse-list-y", "dropout-course-mask",
+        "adam-m", "rmsprop-cache", "relu-course-cache", "mse-list-x", "mse-list-y", "dropout-course-mask",
         "dropout-course-list-dout", "affine_relu-course-relu_cache", "affine-fast",
         "affine_relu-fast", "affine_sigmoid-fast", "affine_tanh-fast", "affine_leaky_relu-fast"])
 def test_shapes_are_checked_before_a_huge_broadcast_view_is_copied(call, name):
@@ -353,3 +354,10 @@ def test_a_dense_cache_without_its_fields_is_refused(name):
         getattr(F, name + "_backward")(np.ones((4, 3)), empty)
     with pytest.raises(TypeError, match="^cache's fc_cache"):
         F.affine_relu_backward(np.ones((4, 3)), (empty, np.ones((4, 3))))
+
+
+def test_mse_loss_names_a_0d_x_before_comparing_shapes():
+    with pytest.raises(ValueError, match=r"^x must have shape \(N,\)"):
+        F.mse_loss(3.0, [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^x must have shape \(N,\)"):
+        F.mse_loss(np.float64(3.0), np.ones(2))

@@ -1053,6 +1053,8 @@ def test_an_optimizers_state_goes_with_its_layer(make, path):
     assert all(k in opt.state for k in gone)
     del old
     gc.collect()
+    # (dropped at the optimizer's next use, never while other code may iterate its state)
+    kept.train_step(X, y, "softmax", opt)
     assert not any(k in opt.state for k in gone)
     assert set(opt.state) == {p.key for p in kept.parameters()}
     # the same for a copy (its own watch over the state it holds) and a pickled one
@@ -1068,6 +1070,7 @@ def test_an_optimizers_state_goes_with_its_layer(make, path):
         dup.params = kept.parameters()   # (its Parameters held fresh's layer alive)
         del fresh
         gc.collect()
+        dup.params = kept.parameters()
         assert not any(k in dup.state for k in keys)
 
 
@@ -1087,6 +1090,70 @@ def test_a_new_layer_never_starts_from_a_dead_layers_state():
     assert len(opt.state) == 2
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "copy", "assigned"])
+def test_state_an_optimizer_did_not_make_is_watched_too(how):
+    """State that came by a copy, a pickle or an assignment, never stepped by the optimizer
+    that holds it, must go with its layers as well (it was never watched)."""
+    import copy
+    import gc
+    import pickle
+    X, y = _data()
+    model = Sequential(Dense(5, 3, seed=0))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train_step(X, y, "softmax", opt)
+    if how == "deepcopy":
+        model, dup = copy.deepcopy((model, opt))
+    elif how == "pickle":
+        model, dup = pickle.loads(pickle.dumps((model, opt)))
+    elif how == "copy":
+        dup = copy.copy(opt)   # (shares the state; the original goes first)
+    else:
+        dup = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        dup.state = dict(opt.state)
+    del opt
+    keys = [p.key for p in model.parameters()]
+    assert all(k in dup.state for k in keys)
+    other = Sequential(Dense(5, 3, seed=1))
+    dup.params = other.parameters()   # (before any step of dup: nothing went through _slots)
+    del model
+    gc.collect()
+    other.train_step(X, y, "softmax", dup)
+    assert not any(k in dup.state for k in keys)
+
+
+def test_a_collected_layer_never_changes_the_state_while_it_is_iterated():
+    """The finalizers note dead layers; the state changes only at the optimizer's next use
+    (a collection during a loop over opt.state raised 'dictionary changed size')."""
+    import gc
+    X, y = _data()
+    model = Sequential(Dense(5, 3, seed=0))
+    keep = Sequential(Dense(5, 3, seed=1))
+    opt = SGD(model.parameters() + keep.parameters(), lr=0.1, momentum=0.9)
+    model.train_step(X, y, "softmax", opt)
+    keep.train_step(X, y, "softmax", opt)
+    opt.params = keep.parameters()
+    seen = []
+    for key in opt.state:
+        seen.append(key)
+        if model is not None:
+            model = None
+            gc.collect()   # (the model's layers are collected here, mid-loop)
+    assert len(seen) == 4 and len(opt.state) == 4
+    keep.train_step(X, y, "softmax", opt)
+    assert set(opt.state) == {p.key for p in keep.parameters()}
+
+
+def test_zero_grad_names_what_is_wrong_with_a_gradient():
+    model = Sequential(Dense(5, 3, seed=0))
+    opt = SGD(model.parameters())
+    model.layers[0].grads["W"] = None
+    with pytest.raises(TypeError, match=r"^the gradient of parameter W must be a numpy.ndarray"):
+        opt.zero_grad()
+    model.layers[0].grads = None
+    with pytest.raises(TypeError, match=r"Dense.grads must be a dict of arrays, got NoneType"):
+        opt.zero_grad()
+
+
 def test_the_watch_over_a_layers_state_ends_with_its_optimizer():
     """Many optimizers training one long-lived model (a search over learning rates) must not
     leave a finalizer per parameter each behind."""
@@ -1095,7 +1162,8 @@ def test_the_watch_over_a_layers_state_ends_with_its_optimizer():
 
     def finalizers():
         gc.collect()
-        return sum(isinstance(o, weakref.finalize) for o in gc.get_objects())
+        # (type, not isinstance: isinstance reads __class__, on which some modules warn)
+        return sum(type(o) is weakref.finalize for o in gc.get_objects())
 
     X, y = _data()
     model = Sequential(Dense(5, 3, seed=0), ReLU(), Dense(3, 3, seed=1))

@@ -76,6 +76,12 @@ def _cache_array(cache, kind):
 def _backward(op, dout, saved, out=None, alpha=0.0):
     dt = common_dtype(("dout", dout), ("cache", saved))
     given = (dout, saved)   # (out may overlap neither, converted or not)
+    if (isinstance(saved, np.ndarray) and isinstance(dout, np.ndarray)
+            and dout.shape != saved.shape):
+        # (before saved is converted: the course's cache is its x, which may be a huge
+        # broadcast view; fastnn's own cache holds the forward's array)
+        raise ValueError(f"dout must have the shape of the forward output {saved.shape}, "
+                         f"got {dout.shape}")
     saved = as_float_array(saved, "cache", dt)
     # (dout's shape checked before it is converted: a huge broadcast view is not copied)
     dout = as_float_array(dout, "dout", dt, shape=saved.shape,
