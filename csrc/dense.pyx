@@ -90,7 +90,12 @@ def config_address():
 def register_blas_thread_control(size_t set_addr, size_t get_addr):
     """Give the kernels the BLAS library's set/get-num-threads functions (addresses found by
     fastnn._blas at import). While any fastnn product runs, the BLAS runs single-threaded:
-    fastnn does the threading itself, over fixed tiles."""
+    fastnn does the threading itself, over fixed tiles. Both addresses, or neither (0, 0: no
+    control): the kernels call the getter whenever they hold the setter. (Raw addresses, as
+    ctypes takes them: this private hook trusts its one caller to give functions.)"""
+    if (set_addr == 0) != (get_addr == 0):
+        raise ValueError("register_blas_thread_control needs both functions' addresses or neither, "
+                         f"got set={set_addr:#x}, get={get_addr:#x}")
     _cfg.blas_set = <set_threads_fn>set_addr
     _cfg.blas_get = <get_threads_fn>get_addr
 

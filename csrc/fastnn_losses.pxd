@@ -8,7 +8,7 @@
 # rather than N.
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport log, log1p, exp, fabs
+from libc.math cimport log, log1p, exp, fabs, NAN
 
 from fastnn_openmp cimport effective_threads, fnn_note_parallel
 from fastnn_ops cimport softmax_rows
@@ -68,9 +68,16 @@ cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssiz
     NaN score, or inf - inf) makes the row's loss NaN and its whole gradient row NaN, as
     softmax's is: the scores of a row are coupled through the correct class's, whose gradient
     counts the positive margins, and that count is undefined with a NaN among them."""
-    cdef floating correct = x[label], margin
+    cdef floating correct, margin
     cdef double row = 0.0
     cdef Py_ssize_t j, count = 0
+    if <size_t>label >= <size_t>C:
+        # (checked before the call, but read again at its use: another thread may have
+        # written it meanwhile; never an index outside the row, a NaN row instead)
+        for j in range(C):
+            d[j] = <floating>NAN
+        return NAN
+    correct = x[label]
     for j in range(C):
         margin = x[j] - correct + 1
         if j != label and margin > 0:

@@ -357,15 +357,19 @@ FNN_CLONES static void fnn_maxout_bwd_##SFX(const T *FNN_RESTRICT g,            
  * operations are exp(x - max) (no overflow, the largest term is 1; a NaN score makes the max NaN
  * and the row NaN), the row sum in double, and one scale by inv_n / sum. x and d may be the
  * same array (the step kernel writes dscores over the scores): each row's x[label] - max is
- * taken, into losses[i], before the row is written, and nothing reads x after that. */
+ * taken, into losses[i], before the row is written, and nothing reads x after that.
+ * The labels were checked before the call, but each is read at its use again and indexes only
+ * when it is in [0, C): another thread may write them meanwhile (the caller's y, read without
+ * the GIL). A row whose label is out of range then gets a NaN loss and no -inv_n: wrong, as a
+ * race makes it, never a read or write outside the row. */
 #define FNN_DEFINE_SPANS_LOSS(T, SFX)                                                         \
 FNN_CLONES static void fnn_softmax_rows_##SFX(const T *x, T *d,                               \
         ptrdiff_t rows, ptrdiff_t C, const ptrdiff_t *FNN_RESTRICT labels, T inv_n,          \
         double *FNN_RESTRICT losses)                                                          \
 { for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
-      const T *xi = x + i * C; T *di = d + i * C; T m = xi[0];                                \
+      const T *xi = x + i * C; T *di = d + i * C; T m = xi[0]; ptrdiff_t y = labels[i];       \
       for (ptrdiff_t j = 1; j < C; j++) if (xi[j] > m || xi[j] != xi[j]) m = xi[j];           \
-      losses[i] = (double)xi[labels[i]] - (double)m;                                          \
+      losses[i] = ((size_t)y < (size_t)C) ? (double)xi[y] - (double)m : (double)NAN;          \
       for (ptrdiff_t j = 0; j < C; j++) di[j] = xi[j] - m; }                                  \
   for (ptrdiff_t k = 0; k < rows * C; k++) d[k] = fnn_exp_nonpos_##SFX(d[k]);                 \
   for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
@@ -373,7 +377,7 @@ FNN_CLONES static void fnn_softmax_rows_##SFX(const T *x, T *d,                 
       for (ptrdiff_t j = 0; j < C; j++) s += (double)di[j];                                   \
       T f = (T)((double)inv_n / s);                                                           \
       for (ptrdiff_t j = 0; j < C; j++) di[j] *= f;                                           \
-      di[y] -= inv_n;                                                                         \
+      if ((size_t)y < (size_t)C) di[y] -= inv_n; else losses[i] = (double)NAN;               \
       losses[i] = log(s) - losses[i]; } }
 
 /* s = g * act'(s) in place on the saved output (the step kernel writes a layer's input gradient

@@ -901,7 +901,10 @@ cdef class StepPlan:
                 or P.p_decay == NULL):
             raise MemoryError()
 
-        def keep(a, shape=None, dtype=dt):
+        def keep(a, shape=None, dtype=dt, required=False):
+            if a is None and required:   # (b, dW, db, a parameter and its gradient: the kernels
+                                         # read or write them on every step)
+                raise ValueError("StepPlan: an array every step uses is None")
             if a is not None:
                 if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
                     raise ValueError("StepPlan: arrays must be C-contiguous and of the plan's dtype")
@@ -927,9 +930,9 @@ cdef class StepPlan:
             P.op[l] = spec["op"]
             P.alpha[l] = spec["alpha"]
             P.W[l] = _ptr(W)
-            P.b[l] = _ptr(keep(spec["b"], (m,)))
-            P.dW[l] = _ptr(keep(spec["dW"], W.shape))
-            P.db[l] = _ptr(keep(spec["db"], (m,)))
+            P.b[l] = _ptr(keep(spec["b"], (m,), required=True))
+            P.dW[l] = _ptr(keep(spec["dW"], W.shape, required=True))
+            P.db[l] = _ptr(keep(spec["db"], (m,), required=True))
             P.avec[l] = _ptr(keep(spec.get("avec"), (m,)))
             P.dalpha[l] = _ptr(keep(spec.get("dalpha"), (m,)))
             if P.op[l] == FNN_PRELU and (P.avec[l] == NULL or P.dalpha[l] == NULL):
@@ -971,8 +974,8 @@ cdef class StepPlan:
                 raise ValueError("StepPlan: parameter, gradient and state shapes differ")
             if (rule != RULE_SGD and s1 is None) or (rule == RULE_ADAM and s2 is None):
                 raise ValueError("StepPlan: the update rule needs its state arrays")
-            P.p_data[k] = _ptr(keep(data))
-            P.p_grad[k] = _ptr(keep(grad))
+            P.p_data[k] = _ptr(keep(data, required=True))
+            P.p_grad[k] = _ptr(keep(grad, required=True))
             P.p_s1[k] = _ptr(keep(s1))
             P.p_s2[k] = _ptr(keep(s2))
             P.p_n[k] = data.size
@@ -1259,6 +1262,7 @@ cdef class StepPlan:
         cdef const char *xb
         cdef const char *tb
         cdef size_t item
+        cdef bint entered
         cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
         P = &self.P
         self._check_ready()
@@ -1301,25 +1305,34 @@ cdef class StepPlan:
             xb, tb, item = <const char *>&x64[0, 0], <const char *>t64p, 8
         else:
             xb, tb, item = <const char *>&x32[0, 0], <const char *>t32p, 4
+        # (the labels too: a chunked step's loss reads a chunk's labels after earlier chunks
+        # wrote their weight gradients, which labels aliasing them would have become)
         if self._meets_watched(xb, xr * xc * item) or (
-                tb != NULL and self._meets_watched(tb, tr * tc * item)):
-            raise InputOverlaps("X or the targets share memory with an array the step writes")
+                tb != NULL and self._meets_watched(tb, tr * tc * item)) or (
+                lp != NULL and self._meets_watched(<const char *>lp, P.N * sizeof(Py_ssize_t))):
+            raise InputOverlaps("X, the labels or the targets share memory with an array the "
+                                "step writes")
         if self._busy:
             raise RuntimeError("StepPlan.step is already running on this plan in another thread")
-        self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)
-        used = gov_threads(&self.governor.g, n_threads) if dynamic else n_threads
-        self.stopped = False
-        self.correct = -1
-        P.hits = NULL
-        if count and P.loss_kind != LOSS_MSE:
-            if self._hits is None:
-                self._hits = np.zeros(loss_groups(P.N), dtype=np.uint8)
-            P.hits = <unsigned char *><void *>_ptr(self._hits)
+        # busy from here: growing the buffers allocates, which may run the collector and let
+        # another thread in; that thread's step must find this one running, not swap the
+        # buffers it is about to write
         self._busy = True
-        t0 = _ph_tick(P)
-        blas_enter(_cfg)
-        _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
+        entered = False
         try:
+            self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)
+            used = gov_threads(&self.governor.g, n_threads) if dynamic else n_threads
+            self.stopped = False
+            self.correct = -1
+            P.hits = NULL
+            if count and P.loss_kind != LOSS_MSE:
+                if self._hits is None:
+                    self._hits = np.zeros(loss_groups(P.N), dtype=np.uint8)
+                P.hits = <unsigned char *><void *>_ptr(self._hits)
+            t0 = _ph_tick(P)
+            blas_enter(_cfg)
+            entered = True
+            _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
             with nogil:
                 t0 = fnn_wtime()
                 if self.is_double:
@@ -1336,9 +1349,10 @@ cdef class StepPlan:
             if P.phase != NULL:
                 self._phase_steps += 1
         finally:
-            t0 = _ph_tick(P)
-            blas_exit(_cfg)
-            _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
+            if entered:
+                t0 = _ph_tick(P)
+                blas_exit(_cfg)
+                _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
             self._busy = False
         if bad >= 0:
             raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")

@@ -247,7 +247,8 @@ class _CompiledStep:
             except _kn.InputOverlaps:
                 # X or y is (part of) a parameter, gradient or state array the step writes
                 # while it still reads them: step on copies, as NumPy copies overlapping operands
-                value = plan.step(X.copy(), labels, None if targets is None else targets.copy(),
+                value = plan.step(X.copy(), None if labels is None else labels.copy(),
+                                  None if targets is None else targets.copy(),
                                   opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
                                   _threads._num_threads, skip_nonfinite, count, _threads._dynamic)
         except ValueError:
