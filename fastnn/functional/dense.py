@@ -199,8 +199,11 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
 def _check_cache(cache, op, name):
     if not isinstance(cache, DenseCache):
         raise TypeError(f"cache must be the cache returned by {name}_forward, got {type(cache).__name__}")
-    # (getattr: a DenseCache made without __init__, by __new__, has none of its fields)
-    if getattr(cache, "op", None) != op or getattr(cache, "extra", None) is not None:
+    try:
+        bad = cache.op != op or cache.extra is not None
+    except AttributeError:   # (a DenseCache made without __init__, by __new__: no fields)
+        bad = True
+    if bad:
         raise ValueError(f"cache does not come from {name}_forward")
 
 
