@@ -129,6 +129,8 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
     n_threads = gov_begin(&gc, _sites, _dynamic,
                           gov_key(2, rows, d, sizeof(floating), 0), n_threads)
     nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads)
+    if nt > nblocks:
+        nt = <int>nblocks   # (never more threads than blocks of work)
     with nogil:
         if nt > 1:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
@@ -164,6 +166,8 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     n_threads = gov_begin(&gc, _sites, _dynamic,
                           gov_key(3, rows, d, sizeof(floating), 0), n_threads)
     nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
+    if nt > nblocks:
+        nt = <int>nblocks   # (never more threads than blocks of work)
     with nogil:
         if nt > 1:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
@@ -221,6 +225,8 @@ def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(4, n, k, sizeof(floating), 0), n_threads)
     nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
+    if nt > nchunks:
+        nt = <int>nchunks   # (never more threads than chunks of work)
     with nogil:
         if nt == 1:
             for c in range(nchunks):
@@ -246,6 +252,8 @@ def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(5, n, k, sizeof(floating), 0), n_threads)
     nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
+    if nt > nchunks:
+        nt = <int>nchunks   # (never more threads than chunks of work)
     with nogil:
         if nt == 1:
             for c in range(nchunks):

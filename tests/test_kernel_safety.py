@@ -9,8 +9,12 @@ for the next one to follow):
   the GIL: a label that changed meanwhile (another thread writing y, or y aliasing dx in the
   private kernel) read and wrote outside the row. Now such a row gets a NaN loss instead;
 - StepPlan took None for a layer's b, dW or db (a null pointer the step followed), and
-  register_blas_thread_control took a setter without a getter.
+  register_blas_thread_control took a setter without a getter;
+- StepPlan.step was marked busy only after its buffers grew: a second step let in meanwhile
+  swapped them under the first (a use after free);
+- PReLU and maxout kernels started as many threads as asked, whatever their blocks of work.
 """
+import os
 import threading
 
 import numpy as np
@@ -163,3 +167,41 @@ def test_a_step_that_lets_another_in_while_it_grows_its_buffers_finds_it_refused
     assert got == want
     for a, b in zip(params, ref_params):
         np.testing.assert_array_equal(a[0], b[0])
+
+
+
+
+def _os_threads():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="counts the process's "
+                    "threads in /proc/self/status (Linux)")
+def test_element_wise_kernels_start_no_more_threads_than_blocks_of_work():
+    """With the per-thread work threshold at its least (a tuning hook), PReLU and maxout gave
+    OpenMP every thread asked for (2000 for two blocks of rows): under a memory limit its
+    runtime ended the process ('Thread creation failed')."""
+    from fastnn._kernels import activations as ka
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 64)).astype(np.float32)
+    alpha = np.full(64, 0.1, np.float32)
+    z = rng.standard_normal((300, 64, 2)).astype(np.float32)
+    want_out = np.empty_like(x)
+    ka.prelu_forward(x, alpha, want_out, 1)
+    old = ka.min_work_per_thread()
+    before = _os_threads()
+    out, dx, dalpha = np.empty_like(x), np.empty_like(x), np.empty_like(alpha)
+    mo, am, dz = np.empty((300, 64), np.float32), np.empty((300, 64), np.int8), np.empty_like(z)
+    try:
+        ka.set_min_work_per_thread(1)
+        ka.prelu_forward(x, alpha, out, 400)
+        ka.prelu_backward(np.ones_like(x), x, alpha, dx, dalpha, 400)
+        ka.maxout_reduce_forward(z, mo, am, 400)
+        ka.maxout_reduce_backward(np.ones_like(mo), am, dz, 400)
+    finally:
+        ka.set_min_work_per_thread(old)
+    assert _os_threads() - before < 40
+    np.testing.assert_array_equal(out, want_out)
