@@ -11,7 +11,7 @@ from cython.parallel cimport prange
 from libc.math cimport log, log1p, exp, fabs, NAN
 
 from fastnn_openmp cimport effective_threads, fnn_note_parallel
-from fastnn_ops cimport softmax_rows
+from fastnn_ops cimport softmax_rows, fnn_load_label
 
 cdef enum LossKind:
     LOSS_SOFTMAX = 0
@@ -145,8 +145,8 @@ cdef inline double mse_row(const floating *x, const floating *y, floating *d, Py
 cdef inline double loss_row(int kind, Py_ssize_t i, const floating *x, Py_ssize_t C,
                             const Py_ssize_t *labels, const floating *targets, floating *dx,
                             double inv_n) noexcept nogil:
-    if kind == LOSS_SVM:
-        return svm_row(x + i * C, dx + i * C, C, labels[i], <floating>inv_n)
+    if kind == LOSS_SVM:   # (the label read once: svm_row checks it, then indexes with it)
+        return svm_row(x + i * C, dx + i * C, C, fnn_load_label(labels + i), <floating>inv_n)
     if kind == LOSS_LOGISTIC:
         return logistic_elem(x[i], targets[i], dx + i, inv_n)
     if kind == LOSS_BINARY_HINGE:

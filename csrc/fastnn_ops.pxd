@@ -35,6 +35,7 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_relu_mask_rows_f64(const double *s, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t n, void *bits)
     void fnn_relu_bwd_mask_rows_f32(float *g, Py_ssize_t ldg, Py_ssize_t rows, Py_ssize_t n, const void *bits)
     void fnn_relu_bwd_mask_rows_f64(double *g, Py_ssize_t ldg, Py_ssize_t rows, Py_ssize_t n, const void *bits)
+    Py_ssize_t fnn_load_label(const Py_ssize_t *p)
     void fnn_softmax_rows_f32(const float *x, float *d, Py_ssize_t rows, Py_ssize_t C,
                               const Py_ssize_t *labels, float inv_n, double *losses)
     void fnn_softmax_rows_f64(const double *x, double *d, Py_ssize_t rows, Py_ssize_t C,

@@ -63,6 +63,10 @@ static inline const char *fnn_simd_path(void)
 static inline float fnn_bits_to_f32(int32_t i) { float f; memcpy(&f, &i, sizeof f); return f; }
 static inline int32_t fnn_f32_to_bits(float f) { int32_t i; memcpy(&i, &f, sizeof i); return i; }
 static inline double fnn_bits_to_f64(int64_t i) { double f; memcpy(&f, &i, sizeof f); return f; }
+/* One read of a label (an index the caller checked before, in memory another thread may write
+ * or an output may alias): volatile, so that the compiler keeps the value it checks at its use
+ * and never reads the label again in between. */
+static inline ptrdiff_t fnn_load_label(const ptrdiff_t *p) { return *(const volatile ptrdiff_t *)p; }
 static inline int64_t fnn_f64_to_bits(double f) { int64_t i; memcpy(&i, &f, sizeof i); return i; }
 
 /* Rounding by adding 1.5 * 2^(mantissa bits): the integer lands in the low mantissa bits. */
@@ -358,26 +362,29 @@ FNN_CLONES static void fnn_maxout_bwd_##SFX(const T *FNN_RESTRICT g,            
  * and the row NaN), the row sum in double, and one scale by inv_n / sum. x and d may be the
  * same array (the step kernel writes dscores over the scores): each row's x[label] - max is
  * taken, into losses[i], before the row is written, and nothing reads x after that.
- * The labels were checked before the call, but each is read at its use again and indexes only
- * when it is in [0, C): another thread may write them meanwhile (the caller's y, read without
- * the GIL). A row whose label is out of range then gets a NaN loss and no -inv_n: wrong, as a
- * race makes it, never a read or write outside the row. */
+ * The labels were checked before the call, but each is read at its use again (fnn_load_label)
+ * and indexes only when it is in [0, C): another thread may write them meanwhile (the caller's
+ * y, read without the GIL). A row whose label is out of range then gets a NaN loss and a NaN
+ * gradient row (as svm_row's): wrong, as a race makes it, and visible to the non-finite guard,
+ * never a read or write outside the row. */
 #define FNN_DEFINE_SPANS_LOSS(T, SFX)                                                         \
 FNN_CLONES static void fnn_softmax_rows_##SFX(const T *x, T *d,                               \
         ptrdiff_t rows, ptrdiff_t C, const ptrdiff_t *FNN_RESTRICT labels, T inv_n,          \
         double *FNN_RESTRICT losses)                                                          \
 { for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
-      const T *xi = x + i * C; T *di = d + i * C; T m = xi[0]; ptrdiff_t y = labels[i];       \
+      const T *xi = x + i * C; T *di = d + i * C; T m = xi[0];                                \
+      ptrdiff_t y = fnn_load_label(labels + i);                                               \
       for (ptrdiff_t j = 1; j < C; j++) if (xi[j] > m || xi[j] != xi[j]) m = xi[j];           \
       losses[i] = ((size_t)y < (size_t)C) ? (double)xi[y] - (double)m : (double)NAN;          \
       for (ptrdiff_t j = 0; j < C; j++) di[j] = xi[j] - m; }                                  \
   for (ptrdiff_t k = 0; k < rows * C; k++) d[k] = fnn_exp_nonpos_##SFX(d[k]);                 \
   for (ptrdiff_t i = 0; i < rows; i++) {                                                      \
-      T *di = d + i * C; double s = 0.0; ptrdiff_t y = labels[i];                             \
+      T *di = d + i * C; double s = 0.0; ptrdiff_t y = fnn_load_label(labels + i);            \
       for (ptrdiff_t j = 0; j < C; j++) s += (double)di[j];                                   \
       T f = (T)((double)inv_n / s);                                                           \
       for (ptrdiff_t j = 0; j < C; j++) di[j] *= f;                                           \
-      if ((size_t)y < (size_t)C) di[y] -= inv_n; else losses[i] = (double)NAN;               \
+      if ((size_t)y < (size_t)C) di[y] -= inv_n;                                              \
+      else { losses[i] = (double)NAN; for (ptrdiff_t j = 0; j < C; j++) di[j] = (T)NAN; }     \
       losses[i] = log(s) - losses[i]; } }
 
 /* s = g * act'(s) in place on the saved output (the step kernel writes a layer's input gradient

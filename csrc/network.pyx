@@ -652,7 +652,7 @@ cdef struct Watched:
 
 
 class InputOverlaps(Exception):
-    """StepPlan.step's X or targets share memory with an array the plan reads or writes
+    """StepPlan.step's X, labels or targets share memory with an array the plan reads or writes
     (a parameter, gradient or optimizer state: training on the model's own weights): nothing
     was computed. fastnn.model steps again on copies, as NumPy copies overlapping operands."""
 
@@ -969,13 +969,15 @@ cdef class StepPlan:
                                                np.float64))
         self.correct = -1
         for k, (data, grad, s1, s2, decay) in enumerate(params):
+            keep(data, required=True)
+            keep(grad, required=True)
             if grad.shape != data.shape or (s1 is not None and s1.shape != data.shape) or (
                     s2 is not None and s2.shape != data.shape):
                 raise ValueError("StepPlan: parameter, gradient and state shapes differ")
             if (rule != RULE_SGD and s1 is None) or (rule == RULE_ADAM and s2 is None):
                 raise ValueError("StepPlan: the update rule needs its state arrays")
-            P.p_data[k] = _ptr(keep(data, required=True))
-            P.p_grad[k] = _ptr(keep(grad, required=True))
+            P.p_data[k] = _ptr(data)
+            P.p_grad[k] = _ptr(grad)
             P.p_s1[k] = _ptr(keep(s1))
             P.p_s2[k] = _ptr(keep(s2))
             P.p_n[k] = data.size

@@ -59,13 +59,16 @@ def test_labels_that_share_memory_with_a_gradient_train_as_a_copy_would(dtype, l
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_loss_kernel_never_indexes_with_a_label_changed_since_its_check(kind, dtype):
     """(Private kernel.) y is a view of dx: the labels pass the check (all 0), and the rows'
-    gradients, written as the kernel goes, then read as labels far out of range. Those rows
-    are NaN; nothing outside a row is read or written (a segmentation fault before)."""
+    gradients, written as the kernel goes, then read as labels far out of range. Those rows'
+    losses and gradients are NaN (the non-finite guard sees them); nothing outside a row is
+    read or written (a segmentation fault before)."""
     x = np.random.default_rng(0).standard_normal((64, 3)).astype(dtype)
     dx = np.zeros((64 + 8, 3), dtype)   # (rows beyond the 64 the kernel writes: must stay 0)
     y = dx.reshape(-1).view(np.intp)[:64]
     loss = kl.class_loss(kind, x, y, dx[:64], 1)
     assert np.isnan(loss)
+    nan_rows = np.isnan(dx[:64]).all(axis=1)
+    assert nan_rows.sum() > 32 and not np.isnan(dx[:64][~nan_rows]).any()
     np.testing.assert_array_equal(dx[64:], 0)
 
 
@@ -117,6 +120,17 @@ def test_a_step_plan_refuses_a_missing_array(key, layer):
     from fastnn._kernels import optim as ko
     layers, params = _layers()
     layers[layer][key] = None
+    with pytest.raises(ValueError, match="an array every step uses is None"):
+        kn.StepPlan(np.float32, 6, kl.SOFTMAX, layers, params, ko.SGD)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_step_plan_refuses_a_missing_parameter_or_gradient(which):
+    from fastnn._kernels import optim as ko
+    layers, params = _layers()
+    entry = list(params[0])
+    entry[which] = None
+    params[0] = tuple(entry)
     with pytest.raises(ValueError, match="an array every step uses is None"):
         kn.StepPlan(np.float32, 6, kl.SOFTMAX, layers, params, ko.SGD)
 
