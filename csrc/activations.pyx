@@ -64,9 +64,7 @@ def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int 
         return
     nchunks = chunk_count(n)
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, op, n, sizeof(floating), 0), n_threads)
-    nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads)
-    if nt > nchunks:
-        nt = <int>nchunks
+    nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt == 1:
             act_fwd(op, &x[0], &out[0], n, alpha, NULL)
@@ -93,9 +91,7 @@ def backward(int op, const floating[::1] dout, const floating[::1] saved, floati
         return
     nchunks = chunk_count(n)
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, op, n, sizeof(floating), 0), n_threads)
-    nt = effective_threads(n, MIN_WORK_PER_THREAD, n_threads)
-    if nt > nchunks:
-        nt = <int>nchunks
+    nt = effective_threads(n, MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt == 1:
             act_bwd(op, &dout[0], &saved[0], &dx[0], n, alpha, NULL)
@@ -128,9 +124,7 @@ def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[
     nblocks = (rows + rb - 1) // rb
     n_threads = gov_begin(&gc, _sites, _dynamic,
                           gov_key(2, rows, d, sizeof(floating), 0), n_threads)
-    nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads)
-    if nt > nblocks:
-        nt = <int>nblocks   # (never more threads than blocks of work)
+    nt = effective_threads(rows * d, MIN_WORK_PER_THREAD, n_threads, nblocks)
     with nogil:
         if nt > 1:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
@@ -165,9 +159,7 @@ def prelu_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     partial = np.zeros((nblocks, d), dtype=np.float32 if floating is float else np.float64)
     n_threads = gov_begin(&gc, _sites, _dynamic,
                           gov_key(3, rows, d, sizeof(floating), 0), n_threads)
-    nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads)
-    if nt > nblocks:
-        nt = <int>nblocks   # (never more threads than blocks of work)
+    nt = effective_threads(rows * d * 2, MIN_WORK_PER_THREAD, n_threads, nblocks)
     with nogil:
         if nt > 1:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
@@ -223,10 +215,8 @@ def maxout_reduce_forward(const floating[:, :, ::1] z, floating[:, ::1] out,
     if n == 0:
         return
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(4, n, k, sizeof(floating), 0), n_threads)
-    nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
-    if nt > nchunks:
-        nt = <int>nchunks   # (never more threads than chunks of work)
+    nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt == 1:
             for c in range(nchunks):
@@ -250,10 +240,8 @@ def maxout_reduce_backward(const floating[:, ::1] dout, const signed char[:, ::1
     if n == 0:
         return
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(5, n, k, sizeof(floating), 0), n_threads)
-    nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
-    if nt > nchunks:
-        nt = <int>nchunks   # (never more threads than chunks of work)
+    nt = effective_threads(n * k, MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt == 1:
             for c in range(nchunks):

@@ -53,10 +53,8 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     if n == 0:
         return
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, n, sizeof(floating), 0, 0), n_threads)
-    nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads)
     nchunks = chunk_count(n)
-    if nt > nchunks:
-        nt = <int>nchunks   # (never more threads than chunks of work)
+    nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt <= 1:  # (the mask is a function of the element index: one span is the same)
             if floating is float:

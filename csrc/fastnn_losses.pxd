@@ -257,9 +257,7 @@ cdef inline double loss_raw(int kind, const floating *x, Py_ssize_t N, Py_ssize_
     cdef Py_ssize_t bpc = (ch + rb - 1) // rb
     cdef Py_ssize_t ntasks = ((N + ch - 1) // ch) * bpc
     cdef int nt = effective_threads(N * C * (2 if kind == LOSS_SOFTMAX else 1) + N * 4,
-                                    LOSS_MIN_WORK_PER_THREAD, n_threads)
-    if nt > ntasks:
-        nt = <int>ntasks
+                                    LOSS_MIN_WORK_PER_THREAD, n_threads, ntasks)
     if nt <= 1:
         for t in range(ntasks):
             loss_task(kind, t, ch, bpc, rb, x, N, C, labels, targets, dx, groups, hits)

@@ -18,16 +18,20 @@ cdef extern from "fastnn_omp.h" nogil:
     int fnn_parallel_seen()
 
 
-cdef inline int effective_threads(Py_ssize_t work, Py_ssize_t min_work_per_thread, int n_threads) noexcept nogil:
+cdef inline int effective_threads(Py_ssize_t work, Py_ssize_t min_work_per_thread, int n_threads,
+                                  Py_ssize_t blocks=0) noexcept nogil:
     """Threads worth starting for `work` units: 1 below the measured threshold, never more
-    than one per `min_work_per_thread` units, never more than asked for."""
+    than one per `min_work_per_thread` units, never more than asked for, and (blocks > 0)
+    never more than the `blocks` the work is cut into (a thread without a block only waits)."""
     cdef Py_ssize_t t
     if n_threads <= 1 or FNN_HAVE_OPENMP == 0 or work < 2 * min_work_per_thread:
         return 1
     t = work // min_work_per_thread
-    if t < n_threads:
-        return <int>t
-    return n_threads
+    if t > n_threads:
+        t = n_threads
+    if 0 < blocks < t:
+        t = blocks
+    return <int>t
 
 
 # Element-wise work is split into chunks of FNN_CHUNK elements, fixed by the size only (never by

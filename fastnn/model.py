@@ -209,12 +209,7 @@ class _CompiledStep:
         parameters, whatever the Python thread."""
         labels = targets = None
         if self.loss_kind == _kl.MSE:
-            shape = self.plan.score_shape
-            if isinstance(y, np.ndarray) and y.size != shape[0] * shape[1]:
-                _mse_targets(y, shape)   # (the shape before a copy: a huge broadcast view)
-            targets = as_float_array(y, "y", self.dtype)
-            if targets.shape != shape:
-                targets = _mse_targets(targets, shape)
+            targets = _mse_targets_as(y, self.plan.score_shape, self.dtype)
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
@@ -427,10 +422,11 @@ def _mse_targets(t, shape, name="y"):
 
 
 def _mse_targets_as(y, shape, dtype, name="y"):
-    """_mse_targets of y as a float array of dtype, an array's shape compared before it is
-    converted (a broadcast view of a huge wrong shape is refused, not copied)."""
-    if isinstance(y, np.ndarray):
-        _mse_targets(y, shape, name)
+    """_mse_targets of y as a float array of dtype. An array of another size than the scores
+    is refused before it is converted (a broadcast view of a huge wrong shape is not copied);
+    its size is compared, not its shape, so that (N,) targets are not reshaped twice."""
+    if isinstance(y, np.ndarray) and y.size != math.prod(shape):
+        _mse_targets(y, shape, name)   # (raises)
     return _mse_targets(as_float_array(y, name, dtype), shape, name)
 
 

@@ -76,16 +76,14 @@ def _cache_array(cache, kind):
 def _backward(op, dout, saved, out=None, alpha=0.0):
     dt = common_dtype(("dout", dout), ("cache", saved))
     given = (dout, saved)   # (out may overlap neither, converted or not)
-    if (isinstance(saved, np.ndarray) and isinstance(dout, np.ndarray)
-            and dout.shape != saved.shape):
-        # (before saved is converted: the course's cache is its x, which may be a huge
-        # broadcast view; fastnn's own cache holds the forward's array)
-        raise ValueError(f"dout must have the shape of the forward output {saved.shape}, "
-                         f"got {dout.shape}")
-    saved = as_float_array(saved, "cache", dt)
-    # (dout's shape checked before it is converted: a huge broadcast view is not copied)
+    # (shapes before conversions: dout's is checked before dout is converted, and before
+    # saved is, which for the course's cache is its x, maybe a huge broadcast view; a list
+    # is converted first, as it holds its data already)
+    if not isinstance(saved, np.ndarray):
+        saved = as_float_array(saved, "cache", dt)
     dout = as_float_array(dout, "dout", dt, shape=saved.shape,
                           shape_text=f"the shape of the forward output {saved.shape}")
+    saved = as_float_array(saved, "cache", dt)
     dx = out_array(out, dout.shape, dt, dout, saved, *given)
     _k.backward(op, _flat(dout), _flat(saved), _flat(dx), alpha, _threads._num_threads)
     return dx

@@ -127,11 +127,9 @@ def _course_backward(dout, cache):
     dt = common_dtype(("dout", dout), ("cache's mask", mask))
     # shapes first, conversions after: a huge broadcast view of the wrong shape is refused
     # before it is copied (lists are converted first: they already hold their data)
-    dout = dout if isinstance(dout, np.ndarray) else as_float_array(dout, "dout", dt)
     mask = mask if isinstance(mask, np.ndarray) else as_float_array(mask, "cache's mask", dt)
-    if mask.shape != dout.shape:
-        raise ValueError(f"dout must have the shape of the cache's mask {mask.shape}, got {dout.shape}")
-    dout = as_float_array(dout, "dout", dt)
+    dout = as_float_array(dout, "dout", dt, shape=mask.shape,
+                          shape_text=f"the shape of the cache's mask {mask.shape}")
     mask = as_float_array(mask, "cache's mask", dt)
     return dout * mask
 

@@ -83,13 +83,10 @@ def mse_loss(x, y):
     # Shapes first, conversions after: a broadcast view of a huge shape must be refused before
     # it is copied. (Lists are converted here: they already hold their data.)
     x = x if isinstance(x, np.ndarray) else as_float_array(x, "x", dt)
-    y = y if isinstance(y, np.ndarray) else as_float_array(y, "y", dt)
     if x.ndim == 0:
         raise ValueError("x must have shape (N,) or (N, d1, ..., dk), got a 0-d array")
-    if y.shape != x.shape:
-        raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
+    y = as_float_array(y, "y", dt, shape=x.shape, shape_text=f"the shape of x {x.shape}")
     x = as_float_array(x, "x", dt)
-    y = as_float_array(y, "y", dt)
     check_rows(x.shape[0], "x")
     x2 = x.reshape(x.shape[0], -1)
     dx = np.empty_like(x)
