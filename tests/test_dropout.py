@@ -111,6 +111,7 @@ def test_test_mode_is_identity(dtype, rng):
     x = rng.standard_normal((20, 9)).astype(dtype)
     x0 = x.copy()
     out, cache = F.dropout_forward(x, _param(0.3, mode="test"))
+    assert out is x   # (the course's `out = x`: no copy)
     assert_same_bits(out, x0)
     dout = rng.standard_normal(x.shape).astype(dtype)
     assert_same_bits(F.dropout_backward(dout, cache), dout)
@@ -319,6 +320,19 @@ def test_gaussian_noise_test_mode_and_zero_std_are_identity(dtype, rng):
     out, _ = F.gaussian_noise_forward(x, 0.7, seed=1)
     assert not np.any(out == x0)
     assert_same_bits(x, x0)
+
+
+def test_gaussian_noise_without_a_seed_follows_numpys_global_state(rng):
+    """Without a seed the noise's seed is drawn from np.random, so np.random.seed makes a run
+    reproducible (as dropout's mask); the draw moves the global state on."""
+    x = rng.standard_normal((6, 5))
+    np.random.seed(3)
+    a, _ = F.gaussian_noise_forward(x, 0.5)
+    b, _ = F.gaussian_noise_forward(x, 0.5)
+    np.random.seed(3)
+    assert_same_bits(F.gaussian_noise_forward(x, 0.5)[0], a)
+    assert_same_bits(F.gaussian_noise_forward(x, 0.5)[0], b)
+    assert not np.array_equal(a, b)
 
 
 def test_gaussian_noise_backward_passes_gradient(rng):

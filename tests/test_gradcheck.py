@@ -194,6 +194,18 @@ def test_grad_check_sparse_wrong_gradient(rng):
     assert min(errors) > 1e-2
 
 
+def test_grad_check_sparse_relative_error_of_tiny_gradients(capsys):
+    """The error reported is the course's |n - a| / max(1e-12, |n| + |a|): for gradients of
+    1e-10 and 2e-10 that is 1/3 (a larger floor would call them close)."""
+    slope = 1e-10
+    x = np.zeros(3)
+    errors = G.grad_check_sparse(lambda v: slope * float(np.sum(v)), x, np.full(3, 2 * slope),
+                                 num_checks=4)
+    assert errors == pytest.approx([1 / 3] * 4, rel=1e-4)
+    errors = G.grad_check_sparse(lambda v: 0.0, x, np.zeros(3), num_checks=2)
+    assert errors == [0.0, 0.0]
+
+
 def test_grad_check_sparse_is_random_like_the_course(rng):
     """Entries are drawn with Python's random module, so random.seed makes it repeatable."""
     f, grad = _quadratic(rng, (50, 50))

@@ -222,11 +222,27 @@ def test_dense_parameters_and_defaults():
     assert not np.array_equal(Dense(3, 4, seed=1).params["W"], d.params["W"])
 
 
-@pytest.mark.parametrize("activation,scale", [("relu", 2.0 / 400), ("tanh", 2.0 / 600), (None, 2.0 / 600)])
+@pytest.mark.parametrize("activation,scale", [("relu", 2.0 / 400), ("leaky_relu", 2.0 / 400),
+                                              ("prelu", 2.0 / 400), ("tanh", 2.0 / 600),
+                                              ("sigmoid", 2.0 / 600), (None, 2.0 / 600)])
 def test_default_initialization(activation, scale):
-    """He for the ReLU family, Xavier/Glorot otherwise: the variance of W."""
+    """He for the ReLU family (leaky and parametric ReLU too), Xavier/Glorot otherwise: the
+    variance of W."""
     w = Dense(400, 200, activation=activation, seed=0, dtype=F64).params["W"]
     assert abs(w.var() / scale - 1) < 0.03  # 80000 samples: relative sd of the variance ~0.005
+
+
+def test_dense_prelu_defaults_are_a_prelu_layers():
+    """Dense(activation='prelu') is Dense followed by PReLU(out_features) with PReLU's default
+    slope (0.25, PyTorch's) and the ReLU family's He weights: the same W as Dense('relu') of
+    that seed, and the same outputs as the slope applied by the reference."""
+    x = np.random.default_rng(4).standard_normal((6, 5))
+    fused = Dense(5, 3, activation="prelu", dtype=F64, seed=7)
+    assert fused.alpha == PReLU().init == 0.25
+    np.testing.assert_array_equal(fused.params["alpha"], np.full(3, PReLU().init))
+    np.testing.assert_array_equal(fused.params["W"], Dense(5, 3, activation="relu", dtype=F64, seed=7).params["W"])
+    z = x @ fused.params["W"] + fused.params["b"]
+    np.testing.assert_allclose(fused.forward(x), np.where(z > 0, z, 0.25 * z), rtol=1e-14, atol=1e-15)
 
 
 def test_dense_thread_invariant(rng):
@@ -465,8 +481,37 @@ def test_optimizer_defaults():
     ps = _opt_model().parameters()
     sgd = SGD(ps)
     assert (sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.01, 0.0, False, 0.0)
+    rms = RMSProp(ps)
+    assert (rms.lr, rms.decay_rate, rms.eps, rms.weight_decay) == (0.01, 0.99, 1e-8, 0.0)
     adam = Adam(ps)
     assert adam.lr == 1e-3 and adam.betas == (0.9, 0.999) and adam.eps == 1e-8
+
+
+@pytest.mark.parametrize("name,make,rule,config", [
+    ("sgd", lambda ps: SGD(ps), RO.sgd, {}),
+    ("momentum", lambda ps: SGD(ps, momentum=0.9), RO.sgd_momentum, {}),
+    ("rmsprop", lambda ps: RMSProp(ps), RO.rmsprop, {}),
+    ("adam", lambda ps: Adam(ps), RO.adam, {}),
+], ids=["sgd", "momentum", "rmsprop", "adam"])
+def test_optimizer_defaults_step_like_the_course_rules(name, make, rule, config, rng):
+    """An optimizer made with its defaults updates as the course's rule with the course's
+    defaults (an empty config): the same learning rate, decay, betas and epsilon. Tiny
+    gradients make epsilon count."""
+    params = _opt_model().parameters()
+    for p in params:
+        p.data[...] = rng.standard_normal(p.shape)
+    opt = make(params)
+    expected = [p.data.copy() for p in params]
+    configs = [dict(config) for _ in params]
+    for step, scale in enumerate((1.0, 1e-7, 1.0)):
+        for p in params:
+            p.grad[...] = scale * rng.standard_normal(p.shape)
+        for i, p in enumerate(params):
+            expected[i], configs[i] = rule(expected[i], p.grad.copy(), configs[i])
+        opt.step()
+        for i, p in enumerate(params):
+            np.testing.assert_allclose(p.data, expected[i], rtol=1e-12, atol=1e-15,
+                                       err_msg=f"{name} step {step + 1}, parameter {i} ({p.name})")
 
 
 BAD_OPT = [

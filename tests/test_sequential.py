@@ -490,6 +490,10 @@ class _MyAdam(Adam):
     pass
 
 
+class _MyRMSProp(RMSProp):
+    pass
+
+
 def _targets(kind, r, n, dtype):
     if kind == "classes":
         return r.integers(0, 10, n)
@@ -501,14 +505,16 @@ def _targets(kind, r, n, dtype):
 
 
 @pytest.mark.parametrize("variant", ["subclassed-optimizer", "dropout-0"])
-@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("opt", ["sgd", "nesterov", "rmsprop", "adam"])
 @pytest.mark.parametrize("loss,kind", [("softmax", "classes"), ("svm", "classes"), ("logistic", "01"),
                                        ("binary_hinge", "pm1"), ("mse", "real")])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_training_equivalent_variants(dtype, loss, kind, opt, variant):
     """Training with a built-in optimizer on a plain Dense stack gives bitwise the same run as
     with an optimizer subclass, or with an identity Dropout(0) layer inserted: equivalent
-    models train identically whatever path the implementation takes."""
+    models train identically whatever path the implementation takes (the Dropout(0) twin
+    trains layer by layer, with the optimizer's own step: each update rule of the whole-step
+    kernel is checked against it)."""
     r = np.random.default_rng(1)
     X = r.standard_normal((96, 24)).astype(dtype)
     y = _targets(kind, r, 96, dtype)
@@ -519,8 +525,10 @@ def test_training_equivalent_variants(dtype, loss, kind, opt, variant):
         model = Sequential(Dense(24, 40, activation="relu", seed=1, dtype=dtype), *mid,
                            Dense(40, 30, seed=2, dtype=dtype), PReLU(30, dtype=dtype),
                            Dense(30, out, seed=3, dtype=dtype))
-        cls = {"sgd": (SGD, _MySGD), "adam": (Adam, _MyAdam)}[opt][int(alternative and variant != "dropout-0")]
-        kw = dict(lr=0.05, momentum=0.9) if opt == "sgd" else dict(lr=1e-3)
+        cls = {"sgd": (SGD, _MySGD), "nesterov": (SGD, _MySGD), "rmsprop": (RMSProp, _MyRMSProp),
+               "adam": (Adam, _MyAdam)}[opt][int(alternative and variant != "dropout-0")]
+        kw = {"sgd": dict(lr=0.05, momentum=0.9), "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True),
+              "rmsprop": dict(lr=1e-3), "adam": dict(lr=1e-3)}[opt]
         optimizer = cls(model.parameters(), weight_decay=1e-3, **kw)
         losses = [model.train_step(X, y, loss, optimizer) for _ in range(5)]
         runs.append((losses, param_copies(model)))
@@ -1327,6 +1335,50 @@ def test_step_counts_right_predictions_as_predict_labels(dtype, loss, kind, n, l
     # (the special rows' predictions are the ones above)
     special_rows = lossf.predict_labels(build(False).predict(X[: n // 3])) == y[: n // 3]
     assert np.array_equal(special_rows, right)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "layer-path"])
+def test_fit_epoch_loss_weighs_each_batch_by_its_rows(compiled):
+    """An epoch's loss is the mean over its rows, whatever the batches: with a learning rate of
+    zero and a partial last batch (10 rows in batches of 4), it is evaluate's loss."""
+    r = np.random.default_rng(12)
+    X = r.standard_normal((10, 4))
+    y = r.integers(0, 3, 10)
+    layers = [Dense(4, 8, activation="relu", dtype=F64, seed=1), Dense(8, 3, dtype=F64, seed=2)]
+    if not compiled:
+        layers.insert(1, Dropout(0.0, dtype=F64))
+    model = Sequential(*layers)
+    opt = SGD(model.parameters(), lr=0.0)
+    history = model.fit(X, y, optimizer=opt, epochs=1, batch_size=4, shuffle=False, verbose=False)
+    assert history["loss"][0] == pytest.approx(model.evaluate(X, y)["loss"], rel=1e-13)
+    assert (model._compiled_step(X[:4], SoftmaxCrossEntropy(), opt) is not None) == compiled
+
+
+def test_fit_without_an_optimizer_trains_with_sgds_defaults():
+    """fit(optimizer=None) is fit with SGD(model.parameters()): bitwise the same run."""
+    X, y = spiral(20)
+    runs = []
+    for make in (lambda m: None, lambda m: SGD(m.parameters())):
+        model = Sequential(Dense(2, 16, activation="relu", seed=0), Dense(16, 3, seed=1))
+        history = model.fit(X, y, optimizer=make(model), epochs=2, batch_size=16, seed=3, verbose=False)
+        runs.append((history["loss"], param_copies(model)))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert_same_bits(a, b)
+
+
+def test_an_activation_of_another_dtype_is_not_fused_into_the_dense_before_it(rng):
+    """Sequential(Dense(float32), Tanh(dtype=float64)) predicts as its layers do one by one:
+    the Dense in float32, the activation in float64 (fusing them would compute tanh in
+    float32)."""
+    X = rng.standard_normal((7, 5)).astype(F32)
+    model = Sequential(Dense(5, 4, seed=0), Tanh(dtype=F64))
+    expected = X
+    for layer in model.layers:
+        expected = layer.forward(expected)
+    out = model.predict(X)
+    assert out.dtype == expected.dtype == F64
+    assert_same_bits(out, expected)
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "layer-path"])

@@ -282,6 +282,17 @@ def test_check_accuracy_subsample_is_the_courses(seed):
         assert np.random.rand() == expected_next
     # with a few repeated rows among 29 draws of 30 (a draw without replacement has none)
     assert len(set(mask.tolist())) < 29
+    # num_samples of N or more: every row once, and nothing drawn (the course subsamples only
+    # when N > num_samples)
+    for num_samples in (30, 31):
+        np.random.seed(17)
+        expected_next = np.random.rand()
+        np.random.seed(17)
+        private = solver._rng.bit_generator.state if seed is not None else None
+        assert solver.check_accuracy(X, y, num_samples=num_samples) == np.mean(pred == y)
+        assert np.random.rand() == expected_next
+        if seed is not None:
+            assert solver._rng.bit_generator.state == private
 
 
 # ----------------------------------------------------------------------------- rules
