@@ -29,7 +29,12 @@ def _param(p, seed=None, mode="train"):
 
 
 # ============================================================================ vs reference
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 1.0, 1 / 3])
+# keep probabilities whose float32 scale float32(1 / p) is not 1 / float32(p): the kernel must
+# round the scale as the reference does, once, from float64
+P_SCALE_ROUNDS_APART = (0.29, 0.55)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 1.0, 1 / 3, *P_SCALE_ROUNDS_APART])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_reference_bitwise(dtype, shape, p, rng):
@@ -42,6 +47,31 @@ def test_matches_reference_bitwise(dtype, shape, p, rng):
     dx = F.dropout_backward(dout, cache)
     assert dx.dtype == dtype and dx.shape == shape
     assert_same_bits(dx, R.dropout_backward(dout, p, mask), what="dropout backward vs reference")
+
+
+def test_the_scale_rounding_cases_are_what_they_claim():
+    for p in P_SCALE_ROUNDS_APART:
+        assert np.float32(1.0 / p) != np.float32(1.0) / np.float32(p)
+
+
+@pytest.mark.parametrize("seed", [123, 5 + (7 << 32)])
+def test_keep_decision_at_the_limit_is_the_references(seed):
+    """An element whose hash h is exactly the keep limit is kept (p = (h + 1) / 2**32), and
+    dropped one step below it (p = h / 2**32), as the reference decides: each element's
+    hash, taken from the reference, set on the limit in turn."""
+    n = 8
+    lo, hi = np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
+    with np.errstate(over="ignore"):
+        hashes = R._fmix32(R._fmix32(np.arange(n, dtype=np.uint32) * R._GOLDEN + lo) ^ hi)
+    x = np.ones(n)
+    for i, h in enumerate(hashes.tolist()):
+        for p, kept in (((h + 1) / 2**32, True), (h / 2**32, False)):
+            if p == 0.0:
+                continue
+            mask = R.keep_mask(n, p, seed)
+            assert mask[i] == kept   # (the case is on the limit: the reference says so)
+            out, _ = F.dropout_forward(x, {"p": p, "seed": seed})
+            assert np.array_equal(out != 0, mask), (i, p)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -1319,6 +1319,46 @@ def test_fit_stops_on_nan_loss_naming_the_step_and_keeps_the_state(mname, make, 
             assert_same_bits(a, b, what="optimizer state")
 
 
+def _guard_case(case, path):
+    """A one-unit MSE model and a batch where exactly one thing is not finite:
+    inf-loss: float64, W = 1e200, so the loss is 0.5 * 1e400 = inf while every gradient is
+    1e200, finite; last-gradient: float32 PReLU, W = -1e30, so only the slope's gradient
+    (dout * z = 2.5e29 * 1e30), the model's last parameter, overflows to inf. A Dropout(0)
+    after the layer makes fit train layer by layer."""
+    dtype = np.float64 if case == "inf-loss" else np.float32
+    dense = Dense(1, 1, activation=None if case == "inf-loss" else "prelu", dtype=dtype, seed=0)
+    dense.params["W"][...] = 1e200 if case == "inf-loss" else -1e30
+    model = Sequential(dense, *([Dropout(0.0, dtype=dtype)] if path == "layerwise" else []))
+    return model, np.ones((1, 1), dtype), np.zeros((1, 1), dtype)
+
+
+@pytest.mark.parametrize("path", ["compiled", "layerwise"])
+@pytest.mark.parametrize("case", ["inf-loss", "last-gradient"])
+def test_fit_stops_when_only_the_loss_or_only_the_last_gradient_is_not_finite(case, path):
+    """The guard checks the loss for infinities as well as NaN, and every parameter's
+    gradient, the last one's too: fit stops before the step's update, parameters untouched."""
+    model, X, y = _guard_case(case, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = model.forward(X, training=True)
+        value, dscores = MeanSquaredError()(scores, y)
+        model.backward(dscores)
+    grads_finite = [bool(np.all(np.isfinite(p.grad))) for p in model.parameters()]
+    if case == "inf-loss":   # (the case is what it claims)
+        assert value == np.inf and all(grads_finite)
+    else:
+        assert np.isfinite(value) and grads_finite == [True] * (len(grads_finite) - 1) + [False]
+    before = [p.data.copy() for p in model.parameters()]
+    opt = SGD(model.parameters(), lr=1e-3)
+    with pytest.warns(RuntimeWarning, match="epoch 1, step 1"):
+        history = model.fit(X, y, loss="mse", optimizer=opt, epochs=1, batch_size=1, shuffle=False,
+                            verbose=False)
+    assert "epoch 1, step 1" in history["stopped"] and history["loss"] == []
+    for p, b in zip(model.parameters(), before):
+        assert_same_bits(p.data, b, what=f"{p}")
+    assert (model._compiled_step(X, MeanSquaredError(), opt) is not None) == (path == "compiled")
+
+
 @pytest.mark.parametrize("mname,make", MODELS, ids=[m for m, _ in MODELS])
 def test_fit_stops_on_nan_regression_target(mname, make):
     model = make()
