@@ -521,6 +521,18 @@ def test_other_load_is_the_machines_busy_time_less_this_process_s_own(monkeypatc
     assert other.cores == pytest.approx(1.0) and other.describe() == "1.00 cores"
 
 
+def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
+    """matmul_rate: 2 n**3 FLOPs over the median round's time (a made-up clock: 0.5 s a
+    round)."""
+    import itertools
+
+    from fastnn import bench
+
+    clock = itertools.count(0.0, 0.5)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    assert bench.matmul_rate(np.float32, size=64, rounds=3) == 2.0 * 64**3 / 0.5 / 1e9
+
+
 def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
     from fastnn import bench
 

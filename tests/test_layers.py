@@ -19,6 +19,7 @@ from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, 
                     LeakyReLU, Maxout, MeanSquaredError, MulticlassHinge, PReLU, ReLU, RMSProp,
                     Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
 from fastnn.losses import get_loss
+from fastnn.reference import activations as RA
 from fastnn.reference import losses as RL
 from fastnn.reference import optim as RO
 
@@ -232,6 +233,85 @@ def test_default_initialization(activation, scale):
     assert abs(w.var() / scale - 1) < 0.03  # 80000 samples: relative sd of the variance ~0.005
 
 
+def test_layer_defaults_are_the_documented_ones():
+    """LeakyReLU's slope is the functional API's and the reference's default (0.01), Maxout
+    has 2 pieces, GaussianNoise's std is 0.1: each layer built without them equals one built
+    with them."""
+    x = np.linspace(-2, 2, 12).reshape(3, 4)
+    assert LeakyReLU().alpha == 0.01
+    np.testing.assert_array_equal(LeakyReLU(dtype=F64).forward(x), RA.leaky_relu_forward(x)[0])
+    assert Maxout(3, 4, seed=0).params["W"].shape == (3, 4, 2)
+    np.testing.assert_array_equal(Maxout(3, 4, seed=0).params["W"], Maxout(3, 4, pieces=2, seed=0).params["W"])
+    assert GaussianNoise().std == 0.1
+    z = np.zeros((4, 6), np.float32)
+    np.testing.assert_array_equal(GaussianNoise(seed=3).forward(z, training=True),
+                                  GaussianNoise(0.1, seed=3).forward(z, training=True))
+
+
+@pytest.mark.parametrize("make", [lambda s: Dropout(0.5, seed=s), lambda s: GaussianNoise(0.3, seed=s)],
+                         ids=["dropout", "noise"])
+def test_reseed_draws_what_a_layer_built_with_that_seed_draws(make):
+    x = np.ones((4, 6), np.float32)
+    layer = make(123)
+    layer.reseed(5)
+    np.testing.assert_array_equal(layer.forward(x, training=True), make(5).forward(x, training=True))
+
+
+@pytest.mark.parametrize("make", [lambda: Dense(3, 2, activation="prelu", alpha=0.1, dtype=F64),
+                                  lambda: Dense(3, 2, activation="leaky_relu", alpha=0.2, dtype=F64),
+                                  lambda: PReLU(2, init=0.5, dtype=F64),
+                                  lambda: Maxout(3, 2, pieces=3, dtype=F64)],
+                         ids=["dense-prelu", "dense-leaky", "prelu", "maxout"])
+def test_get_config_rebuilds_the_layer(make):
+    """type(layer)(**layer.get_config()) is the same layer (what load_model rebuilds from):
+    its configuration, and with the same seed the same parameters."""
+    layer = make()
+    twin = type(layer)(**layer.get_config())
+    assert twin.get_config() == layer.get_config()
+    for k in layer.params:
+        assert twin.params[k].shape == layer.params[k].shape
+    if "alpha" in layer.params:
+        np.testing.assert_array_equal(twin.params["alpha"], layer.params["alpha"])
+
+
+def test_prelu_backward_writes_its_gradient_not_adds_it(rng):
+    """As every layer's backward: the gradient of this backward, not a sum over calls."""
+    layer = PReLU(3, dtype=F64)
+    x = rng.standard_normal((5, 3))
+    d = rng.standard_normal((5, 3))
+    layer.forward(x)
+    layer.backward(d)
+    first = layer.grads["alpha"].copy()
+    layer.forward(x)
+    layer.backward(d)
+    np.testing.assert_array_equal(layer.grads["alpha"], first)
+    assert np.any(first != 0)
+
+
+def test_maxout_backward_fills_a_gradient_array_of_another_dtype(rng):
+    """A float64 grads['W'] put in place of a float32 Maxout's still receives the gradient."""
+    layer = Maxout(3, 2, pieces=2, seed=0)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    d = rng.standard_normal((4, 2)).astype(np.float32)
+    layer.forward(x)
+    layer.backward(d)
+    want = layer.grads["W"].copy()
+    layer.grads["W"] = np.zeros(layer.params["W"].shape, F64)
+    layer.forward(x)
+    layer.backward(d)
+    np.testing.assert_allclose(layer.grads["W"], want, rtol=1e-6)
+    assert np.any(want != 0)
+
+
+@pytest.mark.parametrize("make", [lambda: GaussianNoise(0.1, seed=0), lambda: Dropout(0.5, seed=0)],
+                         ids=["noise", "dropout-eval"])
+def test_pass_through_backward_checks_douts_shape(make, rng):
+    layer = make()
+    layer.forward(rng.standard_normal((4, 3)).astype(np.float32), training=isinstance(layer, GaussianNoise))
+    with pytest.raises(ValueError, match="dout must have shape"):
+        layer.backward(np.ones((4, 2), np.float32))
+
+
 def test_dense_prelu_defaults_are_a_prelu_layers():
     """Dense(activation='prelu') is Dense followed by PReLU(out_features) with PReLU's default
     slope (0.25, PyTorch's) and the ReLU family's He weights: the same W as Dense('relu') of
@@ -356,9 +436,9 @@ def test_loss_object_equals_functional(cls, fn, ref, data, names, dtype, rng):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(loss, rloss, rtol=tol)
     np.testing.assert_allclose(dx, rdx, rtol=tol, atol=tol * np.abs(rdx).max())
-    for name in names:
-        assert isinstance(get_loss(name), cls)
-    assert isinstance(get_loss(cls), cls)
+    for name in names:   # (the class itself: BinaryHinge is a MulticlassHinge too)
+        assert type(get_loss(name)) is cls, name
+    assert type(get_loss(cls)) is cls
 
 
 def test_get_loss_rejects_unknown():

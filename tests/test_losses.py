@@ -274,6 +274,34 @@ def test_logistic_gradient_of_confident_scores_keeps_its_digits(dtype):
             assert rel.max() <= 4 * np.finfo(dtype).eps, (what, label, v[rel.argmax()], rel.max())
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_logistic_loss_of_confident_scores_keeps_its_digits(dtype):
+    """The loss of a confidently right score is log1p(exp(-|v|)), tiny but not 0: computed as
+    log(1 + exp(-|v|)) it rounds to 0 from |v| ~ 37 on. Compared, per row, with log1p of
+    exp(-|v|) in long double."""
+    v = np.array([5.0, 20.0, 37.0, 40.0, 50.0, 80.0])
+    if dtype == np.float32:
+        v = v[v < 80]
+    for sign, label in ((1.0, 1), (-1.0, 0)):
+        x = (sign * v).astype(dtype)
+        want = np.log1p(np.exp(-np.abs(x.astype(np.longdouble)))).astype(np.float64)
+        for k in range(len(v)):   # (one row at a time: the mean of a batch would hide the tail)
+            loss, _ = F.logistic_loss(x[k:k + 1], np.array([label]))
+            assert abs(loss - want[k]) <= 1e-12 * want[k], (v[k], label, loss, want[k])
+
+
+def test_mse_float32_forms_the_difference_in_double(rng):
+    """float32 mse_loss subtracts in double: dx is float32((x - y) / N) rounded once from the
+    double difference, and the loss is the double formula's (x and y of different magnitudes,
+    where a float32 difference rounds)."""
+    x = (rng.standard_normal((64, 7)) * 1e3).astype(np.float32)
+    y = (rng.standard_normal((64, 7)) * 1e-2).astype(np.float32)
+    loss, dx = F.mse_loss(x, y)
+    d = x.astype(np.float64) - y.astype(np.float64)
+    assert_same_bits(dx, (d / 64).astype(np.float32))
+    assert abs(loss - 0.5 * (d * d).sum() / 64) <= 1e-12 * loss
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_x_and_y_not_modified(name, rng):
     """The course's numerical gradient check breaks if a loss shifts x in place."""

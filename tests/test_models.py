@@ -540,3 +540,23 @@ def test_small_net_overfits_fifty_samples_with_solver():
     assert solver.train_acc_history[0] < 0.9
     assert solver.train_acc_history[-1] == 1.0
     assert np.mean(solver.loss_history[-10:]) < 0.01 * solver.loss_history[0]
+
+
+def test_two_layer_net_default_weight_scale_is_the_courses():
+    """TwoLayerNet() draws its weights as weight_scale * randn with the course's default
+    weight_scale = 1e-3 (the same weights as asking for 1e-3)."""
+    default = TwoLayerNet(input_dim=50, hidden_dim=40, num_classes=10, seed=0)
+    given = TwoLayerNet(input_dim=50, hidden_dim=40, num_classes=10, weight_scale=1e-3, seed=0)
+    for k in ("W1", "W2"):
+        assert_same_bits(default.params[k], given.params[k])
+    assert abs(default.params["W1"].std() / 1e-3 - 1) < 0.05   # 2000 draws
+
+
+@pytest.mark.parametrize("make", [lambda: TwoLayerNet(input_dim=6, hidden_dim=5, num_classes=3, seed=0),
+                                  lambda: FullyConnectedNet([5], input_dim=6, num_classes=3, seed=0)],
+                         ids=["two-layer", "fully-connected"])
+def test_course_models_take_a_bool_input_as_numbers(make):
+    """A bool X is an array of 0/1 numbers, as NumPy's products take it."""
+    model = make()
+    X = np.random.default_rng(0).random((4, 6)) > 0.5
+    assert_same_bits(model.loss(X), model.loss(X.astype(np.float64)))

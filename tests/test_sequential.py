@@ -194,6 +194,17 @@ def test_summary_3_4_4_1_with_activation_layers():
     assert sum(p.data.size for p in model.parameters()) == 41
 
 
+def test_summary_names_a_dense_layers_activation_and_groups_thousands():
+    """A Dense row says its activation ("Dense, relu"); counts are written with thousands
+    separators (2,020), as the total is."""
+    model = Sequential(Dense(100, 20, activation="relu"), Dense(20, 2))
+    text = model.summary()
+    rows = [line for line in text.splitlines() if line.startswith("Dense")]
+    assert len(rows) == 2
+    assert rows[0].startswith("Dense, relu") and rows[0].split()[-1] == "2,020", rows[0]
+    assert not rows[1].startswith("Dense,") and rows[1].split()[-1] == "42", rows[1]
+
+
 def _check_summary_rows(text, model, counts):
     """One row per layer, in order, naming its type and ending with its parameter count."""
     lines = text.splitlines()
@@ -1352,6 +1363,20 @@ def test_fit_epoch_loss_weighs_each_batch_by_its_rows(compiled):
     history = model.fit(X, y, optimizer=opt, epochs=1, batch_size=4, shuffle=False, verbose=False)
     assert history["loss"][0] == pytest.approx(model.evaluate(X, y)["loss"], rel=1e-13)
     assert (model._compiled_step(X[:4], SoftmaxCrossEntropy(), opt) is not None) == compiled
+
+
+def test_step_memory_counts_the_activations_in_bytes():
+    """bench.step_memory's need: parameters and gradients plus every layer's N x outputs
+    activations, in bytes of the model's dtype (float64 doubles float32's activations)."""
+    from fastnn.bench import step_memory
+
+    for dtype in (F32, F64):
+        model = Sequential(Dense(5, 7, activation="relu", seed=0, dtype=dtype), Dense(7, 3, seed=1, dtype=dtype))
+        X = np.random.default_rng(0).standard_normal((11, 5)).astype(dtype)
+        y = np.arange(11) % 3
+        _, need, _ = step_memory(model, X, y, SGD(model.parameters(), lr=0.1), SoftmaxCrossEntropy())
+        params = sum(2 * p.data.nbytes for p in model.parameters())
+        assert need == params + 11 * (7 + 3) * np.dtype(dtype).itemsize
 
 
 def test_fit_without_an_optimizer_trains_with_sgds_defaults():

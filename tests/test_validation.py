@@ -1153,6 +1153,7 @@ SEQ_ERRORS = [
     ("fit-y-count", lambda m: m.fit(X6, np.zeros(5, int), verbose=False), ValueError, "y"),
     ("fit-y-None", lambda m: m.fit(X6, None, verbose=False), TypeError, "y"),
     ("evaluate-y-count", lambda m: m.evaluate(X6, np.zeros(7, int)), ValueError, "y"),
+    ("evaluate-empty", lambda m: m.evaluate(X6[:0], np.zeros(0, int)), ValueError, "X must hold"),
     ("evaluate-loss", lambda m: m.evaluate(X6, np.zeros(6, int), loss=3), TypeError, "loss"),
     ("evaluate-loss-name", lambda m: m.evaluate(X6, np.zeros(6, int), loss="softmaxx"), ValueError,
      "loss"),
