@@ -509,27 +509,3 @@ def test_bench_runs_on_fixed_threads_and_restores_the_switch():
     bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, use_torch=False, stream=out)
     assert "threads, fixed" in out.getvalue()
     assert fastnn.get_dynamic() is True
-
-
-@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("Yes", True), ("on", True),
-                                             ("0", False), ("false", False), ("no", False), ("OFF", False),
-                                             ("", None), ("  ", None)])
-def test_switch_environment_variables_take_each_documented_word(value, expected, monkeypatch):
-    """FASTNN_DYNAMIC and the other on/off variables: 1/0, true/false, yes/no, on/off (any case),
-    unset or empty for the default; anything else is a ValueError naming the variable."""
-    from fastnn import _threads
-
-    monkeypatch.setenv("FASTNN_TEST_SWITCH", value)
-    assert _threads._switch_env("FASTNN_TEST_SWITCH", None) is expected
-    monkeypatch.setenv("FASTNN_TEST_SWITCH", "2")
-    with pytest.raises(ValueError, match="FASTNN_TEST_SWITCH"):
-        _threads._switch_env("FASTNN_TEST_SWITCH", None)
-
-
-@pytest.mark.parametrize("bad", [2, -1])
-def test_switches_refuse_ints_other_than_0_and_1(bad):
-    with pytest.raises(TypeError, match="enabled must be a bool"):   # (set_dynamic's argument)
-        fastnn.set_dynamic(bad)
-    model = fastnn.Sequential(fastnn.Dense(2, 2))
-    with pytest.raises(TypeError, match="shuffle"):
-        model.fit(np.zeros((4, 2)), np.zeros(4, int), epochs=1, shuffle=bad, verbose=False)

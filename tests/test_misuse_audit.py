@@ -222,20 +222,6 @@ def test_mse_targets_that_are_a_gradient_are_read_as_a_copy(threads):
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
-def test_the_manual_loop_reads_an_input_that_is_the_layers_own_gradient_as_a_copy():
-    """model.forward(X) with X the (only) layer's own weight gradient: backward writes
-    dW = X.T @ dout into X while it reads X, so it must read a copy (NumPy's rule)."""
-    X0 = np.random.default_rng(0).standard_normal((96, 96))
-    for alias in (False, True):
-        m = Sequential(Dense(96, 96, dtype=np.float64, seed=0))
-        m.layers[0].grads["W"][...] = X0
-        X = m.layers[0].grads["W"] if alias else X0.copy()
-        dout = np.random.default_rng(1).standard_normal((96, 96))
-        m.forward(X, training=True)
-        m.backward(dout)
-        np.testing.assert_allclose(m.layers[0].grads["W"], X0.T @ dout, rtol=1e-12, atol=1e-12)
-
-
 def test_the_manual_loop_reads_an_input_or_dout_that_is_a_gradient_as_a_copy():
     """model.forward(X) / model.backward(dout) with X the second layer's weight gradient, or
     dout the last layer's: backward writes them before it reads X or dout for the last time."""
