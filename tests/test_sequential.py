@@ -877,6 +877,9 @@ def test_save_overwrites(tmp_path):
 FUSED_HIDDEN = {
     "relu": lambda dt: [ReLU(dtype=dt)],
     "leaky_relu": lambda dt: [LeakyReLU(0.1, dtype=dt)],
+    # a negative slope flips the sign of negative inputs: the derivative must come from the
+    # pre-activation's sign, never from the output's
+    "leaky_relu_negative": lambda dt: [LeakyReLU(-0.3, dtype=dt)],
     "sigmoid": lambda dt: [Sigmoid(dtype=dt)],
     "tanh": lambda dt: [Tanh(dtype=dt)],
     "identity": lambda dt: [],
