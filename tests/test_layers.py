@@ -266,7 +266,7 @@ def test_get_config_rebuilds_the_layer(make):
 
 
 @pytest.mark.parametrize("make,ref", [(lambda: LeakyReLU(0.2, dtype=F64), lambda x: RA.leaky_relu_forward(x, 0.2)[0]),
-                                      (lambda: PReLU(1, init=0.5, dtype=F64), lambda x: np.where(x > 0, x, 0.5 * x))],
+                                      (lambda: PReLU(1, init=0.5, dtype=F64), lambda x: RA.prelu_forward(x, 0.5)[0])],
                          ids=["leaky_relu", "prelu"])
 def test_a_standalone_activations_predict_uses_its_slope(make, ref):
     """Sequential(activation).predict, the inference path, uses the layer's own slope as its
@@ -316,7 +316,7 @@ def test_dense_prelu_defaults_are_a_prelu_layers():
     np.testing.assert_array_equal(fused.params["alpha"], np.full(3, PReLU().init))
     np.testing.assert_array_equal(fused.params["W"], Dense(5, 3, activation="relu", dtype=F64, seed=7).params["W"])
     z = x @ fused.params["W"] + fused.params["b"]
-    np.testing.assert_allclose(fused.forward(x), np.where(z > 0, z, 0.25 * z), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(fused.forward(x), RA.prelu_forward(z, 0.25)[0], rtol=1e-14, atol=1e-15)
 
 
 def test_dense_thread_invariant(rng):
