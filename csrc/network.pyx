@@ -12,10 +12,12 @@ from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE,
-                             PyBUF_C_CONTIGUOUS, PyBUF_STRIDES)
+                             PyBUF_C_CONTIGUOUS, PyBUF_STRIDES, PyBUF_FORMAT)
 from cpython.ref cimport PyObject
 from cpython.weakref cimport PyWeakref_GetObject
 from cpython.dict cimport PyDict_Next
+import sys
+
 import numpy as np
 
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
@@ -663,6 +665,45 @@ cdef inline bint _spans_meet(const char *a, size_t na, const char *b, size_t nb)
     return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
+# a '<' format prefix (little-endian, standard sizes) is native on this machine
+cdef bint _LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+cdef bint _format_is(const char *fmt, char code) noexcept:
+    """Whether a buffer's struct format is one item of `code` in native byte order: 'f'
+    (float32), 'd' (float64), or 'n' (a signed integer; the caller checks its size)."""
+    if fmt == NULL:
+        return False
+    if fmt[0] == b'@' or fmt[0] == b'=' or (fmt[0] == b'<' and _LITTLE_ENDIAN):
+        fmt += 1
+    if fmt[0] == 0 or fmt[1] != 0:
+        return False
+    if code == b'n':
+        return fmt[0] in b'bhilqn'
+    return fmt[0] == code
+
+
+cdef int _input_buffer(object obj, Py_buffer *v, char code, Py_ssize_t itemsize, int ndim,
+                       str name, str what) except -1:
+    """Take obj's buffer for a step to read (held until PyBuffer_Release(v)): C-contiguous,
+    `ndim` dimensions, items of `code` (_format_is) and `itemsize` bytes, else a TypeError or
+    ValueError naming `name`, with nothing held. The buffer protocol allocates nothing, where a
+    typed memoryview is a Python object of ~200 bytes made on every step (and ~0.1 us)."""
+    try:
+        PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {type(obj).__name__}") from None
+    except (BufferError, ValueError):
+        raise ValueError(f"{name} must be C-contiguous ({what})") from None
+    if v.ndim != ndim or v.itemsize != itemsize or not _format_is(v.format, code):
+        fmt = (<bytes>v.format).decode("ascii", "replace") if v.format != NULL else "?"
+        dims = v.ndim
+        PyBuffer_Release(v)
+        raise ValueError(f"{name} must be {what}, got {dims} dimension(s) of items "
+                         f"{fmt!r}")
+    return 0
+
+
 cdef bint _byte_span(object a, const char **lo, size_t *n) except -1:
     """The bytes array `a` (any strides) spans: [lo, lo + n); False when `a` exports no buffer."""
     cdef Py_buffer v
@@ -1237,7 +1278,7 @@ cdef class StepPlan:
             self._wslots_elems = wsum
         return 0
 
-    def step(self, X, const Py_ssize_t[::1] labels, targets, double lr, double h1, double h2,
+    def step(self, X, labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
              bint count=False, bint dynamic=False):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
@@ -1248,65 +1289,74 @@ cdef class StepPlan:
         predict their label (as the loss's predict_labels), else -1. With `dynamic`, the plan's
         governor (fastnn_governor.pxd) picks the thread count, at most n_threads, from the
         times of the steps before; else the step runs n_threads. `step_threads` tells which."""
-        cdef double loss = 0.0, t0 = 0.0
-        cdef int used
-        cdef Py_ssize_t bad = -1, k, hits = 0
-        cdef const unsigned char[::1] hv
-        cdef const float[:, ::1] x32
-        cdef const float[:, ::1] t32
-        cdef const double[:, ::1] x64
-        cdef const double[:, ::1] t64
-        cdef const Py_ssize_t *lp = NULL
-        cdef const float *t32p = NULL
-        cdef const double *t64p = NULL
-        cdef Py_ssize_t C
-        cdef Py_ssize_t xr, xc, tr = 0, tc = 0
-        cdef const char *xb
-        cdef const char *tb
-        cdef size_t item
-        cdef bint entered
-        cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
+        cdef Py_buffer xv, lv, tv
+        cdef bint has_x = False, has_l = False, has_t = False
         P = &self.P
         self._check_ready()
         self._check_watched()
+        # the inputs through the buffer protocol, held until the step returns: typed
+        # memoryviews would make ~0.4 KB of Python objects a step (tracemalloc's per-step
+        # peak of a small network's step, which allocates nothing else)
+        try:
+            if self.P.loss_kind == LOSS_MSE:
+                if targets is None:
+                    raise ValueError("y must hold regression targets")
+                _input_buffer(targets, &tv, b'd' if self.is_double else b'f',
+                              8 if self.is_double else 4, 2, "targets",
+                              "a 2-d array of the plan's dtype")
+                has_t = True
+            else:
+                if labels is None:
+                    raise ValueError(f"y must have {P.N} labels")
+                _input_buffer(labels, &lv, b'n', sizeof(Py_ssize_t), 1, "labels",
+                              "a 1-d intp array")
+                has_l = True
+                if lv.shape[0] != P.N:
+                    raise ValueError(f"y must have {P.N} labels")
+            _input_buffer(X, &xv, b'd' if self.is_double else b'f',
+                          8 if self.is_double else 4, 2, "X", "a 2-d array of the plan's dtype")
+            has_x = True
+            return self._step_on(X, &xv, &lv if has_l else NULL, &tv if has_t else NULL,
+                                 lr, h1, h2, eps, c1, c2, wd, n_threads, guard, count, dynamic)
+        finally:
+            if has_x:
+                PyBuffer_Release(&xv)
+            if has_l:
+                PyBuffer_Release(&lv)
+            if has_t:
+                PyBuffer_Release(&tv)
+
+    cdef double _step_on(self, X, Py_buffer *xv, Py_buffer *lv, Py_buffer *tv, double lr,
+                         double h1, double h2, double eps, double c1, double c2, double wd,
+                         int n_threads, bint guard, bint count, bint dynamic) except? -1.0:
+        """step's work on the buffers it holds: X's, and the labels' or the targets' (NULL for
+        the other)."""
+        cdef double loss = 0.0, t0 = 0.0
+        cdef int used
+        cdef Py_ssize_t bad = -1, k, hits = 0
+        cdef const Py_ssize_t *lp = NULL
+        cdef const char *xb = <const char *>xv.buf
+        cdef const char *tb = NULL
+        cdef Py_ssize_t C
+        cdef Py_ssize_t xr = xv.shape[0], xc = xv.shape[1], tr = 0, tc = 0
+        cdef size_t item = 8 if self.is_double else 4
+        cdef bint entered
+        cdef DenseConfig cfg = _cfg[0]   # one snapshot of the tiling for the whole step
+        P = &self.P
         C = P.fan_out[P.n_layers - 1]
-        if self.P.loss_kind == LOSS_MSE:
-            if targets is None:
-                raise ValueError("y must hold regression targets")
-        else:
-            if labels is None or labels.shape[0] != P.N:
-                raise ValueError(f"y must have {P.N} labels")
-            lp = &labels[0]
-        # the views first (they check dtype and layout), then one shape check for either dtype
-        if self.is_double:
-            x64 = X
-            xr, xc = x64.shape[0], x64.shape[1]
-            if targets is not None:
-                t64 = targets
-                tr, tc = t64.shape[0], t64.shape[1]
-        else:
-            x32 = X
-            xr, xc = x32.shape[0], x32.shape[1]
-            if targets is not None:
-                t32 = targets
-                tr, tc = t32.shape[0], t32.shape[1]
+        if lv != NULL:
+            lp = <const Py_ssize_t *>lv.buf
         if xr != P.N or xc != P.fan_in[0]:
             raise ValueError(f"X must have shape ({P.N}, {P.fan_in[0]}), got {np.shape(X)}")
-        if targets is not None:
+        if tv != NULL:
+            tb = <const char *>tv.buf
+            tr, tc = tv.shape[0], tv.shape[1]
             if tr != P.N or tc != C:
-                raise ValueError(f"targets must have shape ({P.N}, {C}), got {np.shape(targets)}")
-            if self.is_double:
-                t64p = &t64[0, 0]
-            else:
-                t32p = &t32[0, 0]
+                raise ValueError(f"targets must have shape ({P.N}, {C}), got ({tr}, {tc})")
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         # X and the targets are read until the step's last product, after gradients (and, with
         # the updates in the chunks' region, parameters and state) are written
-        if self.is_double:
-            xb, tb, item = <const char *>&x64[0, 0], <const char *>t64p, 8
-        else:
-            xb, tb, item = <const char *>&x32[0, 0], <const char *>t32p, 4
         # (the labels too: a chunked step's loss reads a chunk's labels after earlier chunks
         # wrote their weight gradients, which labels aliasing them would have become)
         if self._meets_watched(xb, xr * xc * item) or (
@@ -1338,11 +1388,11 @@ cdef class StepPlan:
             with nogil:
                 t0 = fnn_wtime()
                 if self.is_double:
-                    bad = _step(P, &cfg, &x64[0, 0], lp, t64p, self.rule, lr, h1, h2, eps, c1, c2, wd,
-                                used, guard, &loss)
+                    bad = _step(P, &cfg, <const double *>xb, lp, <const double *>tb, self.rule,
+                                lr, h1, h2, eps, c1, c2, wd, used, guard, &loss)
                 else:
-                    bad = _step(P, &cfg, &x32[0, 0], lp, t32p, self.rule, lr, h1, h2, eps, c1, c2, wd,
-                                used, guard, &loss)
+                    bad = _step(P, &cfg, <const float *>xb, lp, <const float *>tb, self.rule,
+                                lr, h1, h2, eps, c1, c2, wd, used, guard, &loss)
                 if dynamic and bad == COMPLETED:
                     gov_record(&self.governor.g, used, fnn_wtime() - t0)
                 _ph_mark(P, _ph_other(P, _PH_STEP), t0)
@@ -1357,12 +1407,11 @@ cdef class StepPlan:
                 _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
             self._busy = False
         if bad >= 0:
-            raise ValueError(f"y[{bad}] = {labels[bad]} is not a valid label for this loss")
+            raise ValueError(f"y[{bad}] = {lp[bad]} is not a valid label for this loss")
         self.stopped = bad == STOPPED
         if P.hits != NULL:
-            hv = self._hits
-            for k in range(hv.shape[0]):
-                hits += hv[k]
+            for k in range(loss_groups(P.N)):
+                hits += P.hits[k]
             self.correct = hits
         return loss
 
