@@ -175,8 +175,6 @@ class _CompiledStep:
         self.loss_kind = _LOSS_KINDS[type(loss)]
         self.binary = self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
         self.fan_in = layers[0]["W"].shape[0]
-        # the signature holds ids of these objects: keeping them alive keeps the ids unique
-        self.param_objs = list(optimizer.params)
         # (the dtype of the stack this plan is built from: model.dtype would rebuild the model
         # here, under its lock, should its layer list have changed meanwhile)
         self.dtype = _dtype_of(unit.layer for unit in model._units)
@@ -185,22 +183,23 @@ class _CompiledStep:
 
     @staticmethod
     def signature_of(model, optimizer):
-        """Everything the plan was built from and does not re-read on each step: the identity
-        of every array it points to, of the optimizer's parameter objects, its update rule, and
-        the fixed activation slopes. A plan whose signature changed is rebuilt. (Each step
-        checks it with the compiled twin of this function, network.signature_matches.)"""
+        """Everything the plan was built from and does not re-read on each step: every array it
+        points to and the optimizer's parameter objects (the objects themselves, compared by
+        identity: held here, none can be freed and its address taken by a new one), its update
+        rule, and the fixed activation slopes. A plan whose signature changed is rebuilt. (Each
+        step checks it with the compiled twin of this function, network.signature_matches.)"""
         sig = [_rule_of(optimizer)]
         add, extend = sig.append, sig.extend
         for layer in model._layers:
-            extend(map(id, layer.params.values()))
-            extend(map(id, layer.grads.values()))
+            extend(layer.params.values())
+            extend(layer.grads.values())
             add(getattr(layer, "alpha", None))
         for st in optimizer.state.values():
             if isinstance(st, (list, tuple)):
-                extend(map(id, st))
+                extend(st)
             else:
-                add(id(st))   # (not state the optimizer made: _slots names it at the build)
-        extend(map(id, optimizer.params))
+                add(st)   # (not state the optimizer made: _slots names it at the build)
+        extend(optimizer.params)
         return sig
 
     def run(self, model, X, y, opt, skip_nonfinite=False, count=False):
