@@ -181,6 +181,11 @@ SETTLE = 0.15
 UNSTEADY_SPREAD = 0.25
 UNSTEADY_MIN_ROUNDS = 3
 
+# The memory column is the median of this many builds of the step's plan (at most the run's
+# rounds): CPython keeps some of the small objects a step makes and drops for reuse, which
+# tracemalloc counts as held, and how many depends on what ran before (step_memory).
+MEMORY_ROUNDS = 5
+
 
 # A row during which other processes (or the hypervisor: steal time) kept at least this much
 # of a core busy on average is marked busy. Its rounds may all be slow alike, which the unsteady
@@ -268,7 +273,7 @@ def matmul_rate(dtype, size=2048, rounds=5):
     return 2.0 * size**3 / float(np.median(ts)) / 1e9
 
 
-def step_memory(model, X, y, opt, loss):
+def step_memory(model, X, y, opt, loss, rounds=1):
     """Memory of the layer API's training step, in bytes: (held, need, per_step).
 
     held: what the step holds while it runs: parameters and gradients, plus everything NumPy
@@ -277,22 +282,40 @@ def step_memory(model, X, y, opt, loss):
     gradients and the activations the backward pass reads. per_step: the peak allocation
     during a later step of the same shape (buffers are reused, so only small Python objects).
     One step runs before the measurement: what a process allocates once, on its first step of
-    any model (lazy imports, the thread governor, caches), is not this step's."""
+    any model (lazy imports, the thread governor, caches), is not this step's.
+
+    With rounds > 1 the plan is built and measured that many times: held is the median of
+    the rounds' and per_step the largest (held_rounds gives every round's held). tracemalloc
+    counts a small Python object (a tuple, a float) the step made and dropped as held when
+    CPython keeps it for reuse, and how many it keeps depends on what ran before: a small
+    network's held moves by up to ~2 KB from one measurement to the next."""
+    held, need, per_step, _ = step_memory_rounds(model, X, y, opt, loss, rounds)
+    return held, need, per_step
+
+
+def step_memory_rounds(model, X, y, opt, loss, rounds):
+    """step_memory, with the list of every round's held as a fourth value."""
+    rounds = check_int(rounds, "rounds")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     model.train_step(X, y, loss, opt)
-    model._compiled.clear()  # so that the first step below builds (and counts) its buffers
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        model.train_step(X, y, loss, opt)
-        current, first_peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        model.train_step(X, y, loss, opt)
-        per_step = tracemalloc.get_traced_memory()[1] - current
-    finally:
-        tracemalloc.stop()
     params = sum(p.data.nbytes + p.grad.nbytes for p in model.parameters())
     acts = sum(X.shape[0] * layer.out_features * X.itemsize for layer in model.layers)
-    return params + (first_peak - base), params + acts, per_step
+    helds, per_step = [], 0
+    for _ in range(rounds):
+        model._compiled.clear()  # so that the first step below builds (and counts) its buffers
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            model.train_step(X, y, loss, opt)
+            current, first_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            model.train_step(X, y, loss, opt)
+            per_step = max(per_step, tracemalloc.get_traced_memory()[1] - current)
+        finally:
+            tracemalloc.stop()
+        helds.append(params + (first_peak - base))
+    return int(np.median(helds)), params + acts, per_step, helds
 
 
 def _blas_threads(n):
@@ -425,7 +448,8 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             # gradient, less the first layer's input gradient (never computed)
             flops = 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:])) - 2.0 * n * dims[0] * dims[1]
             roof = flops / (rate * 1e9) / med["fastnn"]
-            held, need, per_step = step_memory(model, X, y, opt, loss)
+            held, need, per_step, helds = step_memory_rounds(model, X, y, opt, loss,
+                                                             min(rounds, MEMORY_ROUNDS))
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
                    "threads": nthreads, "numpy_blas_threads": blas_threads,
                    "tile_cores": tiles["tile_cores"],
@@ -441,7 +465,8 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
                    "functional_vs_numpy": med["numpy"] / med["functional"],
                    "roofline_fraction": roof, "roofline_flops": flops, "matmul_gflops": rate,
                    "held_bytes": held, "params_grads_acts_bytes": need,
-                   "memory_fraction": held / need, "per_step_alloc_bytes": per_step,
+                   "memory_fraction": held / need, "held_bytes_rounds": helds,
+                   "per_step_alloc_bytes": per_step,
                    "round_spread": spread, "unsteady": flagged,
                    "other_load_cores": other.cores, "busy": busy}
             if torch:

@@ -1382,6 +1382,53 @@ def test_step_memory_counts_the_activations_in_bytes():
         assert need == params + 11 * (7 + 3) * np.dtype(dtype).itemsize
 
 
+def test_step_memory_rounds_report_the_median_build(monkeypatch):
+    """bench.step_memory(rounds=k) builds and measures the plan k times: held is the median of
+    the rounds' (each a full first step: parameters, gradients and the plan's buffers at
+    least), per_step the largest; python -m fastnn bench reports every round in its JSON
+    (held_bytes_rounds) and the median as the memory column. rounds must be an int >= 1."""
+    from fastnn import bench
+
+    model = Sequential(Dense(5, 7, activation="relu", seed=0), Dense(7, 3, seed=1))
+    X = np.random.default_rng(0).standard_normal((11, 5)).astype(F32)
+    y = np.arange(11) % 3
+    opt = SGD(model.parameters(), lr=0.1)
+    held, need, per_step, helds = bench.step_memory_rounds(model, X, y, opt, SoftmaxCrossEntropy(), 3)
+    assert len(helds) == 3 and held == int(np.median(helds))
+    assert min(helds) >= need > 0 and per_step >= 0
+    # the rounds' figures, given: the median, not the first or the largest
+    fake = iter([(1500, 10), (900, 10), (1200, 30)])
+    real = bench.tracemalloc
+
+    class FakeTrace:
+        start = stop = reset_peak = staticmethod(lambda *a: None)
+        _calls = []
+
+        @classmethod
+        def get_traced_memory(cls):
+            cls._calls.append(1)
+            k = len(cls._calls) % 3
+            if k == 1:
+                cls._round = next(fake)
+                return (0, 0)                          # base
+            if k == 2:
+                return (0, cls._round[0])              # (current, the first step's peak)
+            return (0, cls._round[1])                  # the later step's peak
+
+    monkeypatch.setattr(bench, "tracemalloc", FakeTrace)
+    params = sum(2 * p.data.nbytes for p in model.parameters())
+    held, _, per_step = bench.step_memory(model, X, y, opt, SoftmaxCrossEntropy(), rounds=3)
+    monkeypatch.setattr(bench, "tracemalloc", real)
+    assert held == params + 1200 and per_step == 30
+    for bad, exc in ((0, ValueError), (-1, ValueError), (2.0, TypeError), ("3", TypeError)):
+        with pytest.raises(exc, match="rounds"):
+            bench.step_memory(model, X, y, opt, SoftmaxCrossEntropy(), rounds=bad)
+    rows = bench.run(networks=[((5, 7, 3), 11)], rounds=2, min_time=0.001, use_torch=False,
+                     stream=io.StringIO())
+    assert len(rows[0]["held_bytes_rounds"]) == 2
+    assert rows[0]["held_bytes"] == int(np.median(rows[0]["held_bytes_rounds"]))
+
+
 def test_fit_without_an_optimizer_trains_with_sgds_defaults():
     """fit(optimizer=None) is fit with SGD(model.parameters()): bitwise the same run."""
     X, y = spiral(20)
