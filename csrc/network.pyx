@@ -689,19 +689,29 @@ cdef int _input_buffer(object obj, Py_buffer *v, char code, Py_ssize_t itemsize,
     `ndim` dimensions, items of `code` (_format_is) and `itemsize` bytes, else a TypeError or
     ValueError naming `name`, with nothing held. The buffer protocol allocates nothing, where a
     typed memoryview is a Python object of ~200 bytes made on every step (and ~0.1 us)."""
+    cdef char fmt[16]
+    cdef int k, dims
     try:
         PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
     except TypeError:
         raise TypeError(f"{name} must be {what}, got {type(obj).__name__}") from None
-    except (BufferError, ValueError):
-        raise ValueError(f"{name} must be C-contiguous ({what})") from None
-    if v.ndim != ndim or v.itemsize != itemsize or not _format_is(v.format, code):
-        fmt = (<bytes>v.format).decode("ascii", "replace") if v.format != NULL else "?"
-        dims = v.ndim
-        PyBuffer_Release(v)
-        raise ValueError(f"{name} must be {what}, got {dims} dimension(s) of items "
-                         f"{fmt!r}")
-    return 0
+    except (BufferError, ValueError) as exc:
+        # (not C-contiguous, or a dtype NumPy exports no buffer for: its own words say which)
+        raise ValueError(f"{name} must be a C-contiguous array ({what}): {exc}") from None
+    if v.ndim == ndim and v.itemsize == itemsize and _format_is(v.format, code):
+        return 0
+    # refused: copy what the message needs and release before anything allocates
+    dims = v.ndim
+    fmt[0] = 0
+    if v.format != NULL:
+        k = 0
+        while k < 15 and v.format[k] != 0:
+            fmt[k] = v.format[k]
+            k += 1
+        fmt[k] = 0
+    PyBuffer_Release(v)
+    raise ValueError(f"{name} must be {what}, got {dims} dimension(s) of items "
+                     f"{(<bytes>fmt).decode('ascii', 'replace')!r}")
 
 
 cdef bint _byte_span(object a, const char **lo, size_t *n) except -1:
@@ -1282,8 +1292,9 @@ cdef class StepPlan:
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
              bint count=False, bint dynamic=False):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
-        or binary labels (intp, N) for classification losses, else None with float `targets`
-        (N, C) for MSE. Returns the mean loss (before the update). With `guard`, a non-finite
+        or binary labels (intp, N, C-contiguous) for classification losses, which do not read
+        `targets`; for MSE, float `targets` (N, C, C-contiguous, the plan's dtype), and labels
+        are not read. Returns the mean loss (before the update). With `guard`, a non-finite
         loss or gradient stops the step before any update, and `stopped` is then True. With
         `count` (a classification loss), `correct` is then the number of rows whose scores
         predict their label (as the loss's predict_labels), else -1. With `dynamic`, the plan's
@@ -1452,6 +1463,16 @@ cdef inline bint _same_values(list sig, Py_ssize_t *i, d) except -1:
     return True
 
 
+cdef inline bint _same_slope(object x, object alpha) except -1:
+    """Whether a signature's slope slot x still gives the layer's slope `alpha`: the same
+    object, or numbers of the same value. Anything else in the slot (an array, where a params
+    or grads dict lost an entry and the slots after it shifted) is a change: an array compared
+    with == would give an array, whose truth NumPy refuses."""
+    if x is alpha:
+        return True
+    return isinstance(x, (float, int)) and isinstance(alpha, (float, int)) and x == alpha
+
+
 def signature_matches(list sig, layers, optimizer, int rule):
     """Whether fastnn.model._CompiledStep.signature_of(model, optimizer) would give `sig`
     (the same objects, the same slopes; layers: model.layers; rule: the optimizer's update
@@ -1466,7 +1487,7 @@ def signature_matches(list sig, layers, optimizer, int rule):
                 and _same_values(sig, &i, layer.grads)):
             return False
         alpha = getattr(layer, "alpha", None)
-        if i >= len(sig) or (sig[i] is not alpha and sig[i] != alpha):
+        if i >= len(sig) or not _same_slope(sig[i], alpha):
             return False
         i += 1
     for st in optimizer.state.values():

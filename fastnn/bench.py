@@ -285,7 +285,8 @@ def step_memory(model, X, y, opt, loss, rounds=1):
     any model (lazy imports, the thread governor, caches), is not this step's.
 
     With rounds > 1 the plan is built and measured that many times: held is the median of
-    the rounds' and per_step the largest (held_rounds gives every round's held). tracemalloc
+    the rounds' (of an even number, the mean of the middle two, in whole bytes) and per_step
+    the largest (step_memory_rounds also gives every round's held). tracemalloc
     counts a small Python object (a tuple, a float) the step made and dropped as held when
     CPython keeps it for reuse, and how many it keeps depends on what ran before: a small
     network's held moves by up to ~2 KB from one measurement to the next."""
@@ -295,9 +296,7 @@ def step_memory(model, X, y, opt, loss, rounds=1):
 
 def step_memory_rounds(model, X, y, opt, loss, rounds):
     """step_memory, with the list of every round's held as a fourth value."""
-    rounds = check_int(rounds, "rounds")
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    rounds = check_int(rounds, "rounds")   # (an int >= 1)
     model.train_step(X, y, loss, opt)
     params = sum(p.data.nbytes + p.grad.nbytes for p in model.parameters())
     acts = sum(X.shape[0] * layer.out_features * X.itemsize for layer in model.layers)

@@ -185,7 +185,8 @@ class _CompiledStep:
     def signature_of(model, optimizer):
         """Everything the plan was built from and does not re-read on each step: every array it
         points to and the optimizer's parameter objects (the objects themselves, compared by
-        identity: held here, none can be freed and its address taken by a new one), its update
+        identity: held here, none can be freed and its address taken by a new one; a cache
+        entry, a refused build's too, keeps them until it is dropped or replaced), its update
         rule, and the fixed activation slopes. A plan whose signature changed is rebuilt. (Each
         step checks it with the compiled twin of this function, network.signature_matches.)"""
         sig = [_rule_of(optimizer)]

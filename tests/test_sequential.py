@@ -1814,8 +1814,10 @@ SIGNATURE_CHANGES = {
     "optimizer state dropped": lambda m, opt: opt.state.popitem(),
     "optimizer parameters reordered": lambda m, opt: opt.params.reverse(),
     "a parameter added": lambda m, opt: m.layers[2].params.__setitem__("extra", np.zeros(2, F32)),
-    "a gradient added (an id where a slope was)":
+    "a gradient added (an array where a slope was)":
         lambda m, opt: m.layers[0].grads.__setitem__("extra", np.zeros(2, F32)),
+    "a gradient removed (an array where a slope is due)":
+        lambda m, opt: m.layers[0].grads.pop("b"),
     "an optimizer parameter dropped": lambda m, opt: opt.params.pop(),
     "a layer without parameters removed": lambda m, opt: m.layers.pop(1),   # the LeakyReLU
 }

@@ -1396,6 +1396,23 @@ def test_step_plan_checks_the_targets_shape_itself(dtype):
             plan.step(X, None, bad, *args)
     with pytest.raises(ValueError, match="X"):
         plan.step(X[:4], None, Y, *args)
+    # targets it cannot read, and X refused after the targets' buffer was taken: each named,
+    # and no buffer left held (a held one keeps a reference to its array)
+    other = np.float64 if dtype == np.float32 else np.float32
+    cases = [(X, Y.astype(other), ValueError, "targets must be a 2-d array"),
+             (X, np.asfortranarray(np.ones((5, 2), dtype)), ValueError,
+              "targets must be a C-contiguous array"),
+             (X, Y.ravel(), ValueError, "targets must be a 2-d array"),
+             (X, Y.tolist(), TypeError, "targets must be a 2-d array"),
+             (X.astype(other), Y, ValueError, "X must be a 2-d array"),
+             (np.asfortranarray(X), Y, ValueError, "X must be a C-contiguous array")]
+    for bad_x, bad_t, exc, msg in cases:
+        refs = sys.getrefcount(bad_x), sys.getrefcount(bad_t)
+        with pytest.raises(exc, match=msg):
+            plan.step(bad_x, None, bad_t, *args)
+        assert (sys.getrefcount(bad_x), sys.getrefcount(bad_t)) == refs, msg
+    with pytest.raises(ValueError, match="regression targets"):
+        plan.step(X, None, None, *args)
     Xr, Yr = X.copy(), Y.copy()
     Xr.setflags(write=False)
     Yr.setflags(write=False)
@@ -1757,8 +1774,11 @@ def _bad_plan_inputs(dtype):
          ValueError, "X must be a 2-d array"),
         ("X 1-d", X.ravel(), y, ValueError, "X must be a 2-d array"),
         ("X 3-d", X.reshape(6, 3, 1), y, ValueError, "X must be a 2-d array"),
-        ("X strided", wide[:, ::2], y, ValueError, "X must be C-contiguous"),
-        ("X Fortran-ordered", np.asfortranarray(X), y, ValueError, "X must be C-contiguous"),
+        ("X strided", wide[:, ::2], y, ValueError, "X must be a C-contiguous array"),
+        ("X Fortran-ordered", np.asfortranarray(X), y, ValueError,
+         "X must be a C-contiguous array"),
+        ("X of datetimes", X.astype(np.int64).view("M8[s]"), y, ValueError,
+         "X must be a C-contiguous array"),   # (NumPy exports no buffer for datetimes)
         ("X byte-swapped", X.astype(X.dtype.newbyteorder()), y, ValueError,
          "X must be a 2-d array"),
         ("X a list", X.tolist(), y, TypeError, "X must be a 2-d array"),
@@ -1767,7 +1787,8 @@ def _bad_plan_inputs(dtype):
         ("labels unsigned", X, y.astype(np.uint64), ValueError, "labels must be a 1-d intp"),
         ("labels float", X, y.astype(np.float64), ValueError, "labels must be a 1-d intp"),
         ("labels 2-d", X, y.reshape(6, 1), ValueError, "labels must be a 1-d intp array"),
-        ("labels strided", X, np.repeat(y, 2)[::2], ValueError, "labels must be C-contiguous"),
+        ("labels strided", X, np.repeat(y, 2)[::2], ValueError,
+         "labels must be a C-contiguous array"),
         ("labels a list", X, y.tolist(), TypeError, "labels must be a 1-d intp array"),
         ("labels too few", X, y[:5], ValueError, "y must have 6 labels"),
         ("labels None", X, None, ValueError, "y must have 6 labels"),
@@ -1784,12 +1805,13 @@ def test_step_plan_refuses_inputs_it_cannot_read_naming_them(dtype):
     plan, layers, params, X, y = _plan(dtype)
     before = [a.tobytes() for prm in params for a in prm[:2]]
     for name, bad_x, bad_y, exc, msg in _bad_plan_inputs(dtype):
-        refs = sys.getrefcount(bad_x), sys.getrefcount(bad_y)
+        held = [a for a in (bad_x, bad_y) if a is not None]   # (None's count moves anyway)
+        refs = [sys.getrefcount(a) for a in held]
         with pytest.raises(exc, match=msg):
             plan.step(bad_x, bad_y, None, *_STEP_ARGS)
         assert [a.tobytes() for prm in params for a in prm[:2]] == before, name
         # (a buffer taken and not released would hold a reference to its array)
-        assert (sys.getrefcount(bad_x), sys.getrefcount(bad_y)) == refs, name
+        assert [sys.getrefcount(a) for a in held] == refs, name
     Xr, yr = X.copy(), y.copy()
     Xr.flags.writeable = yr.flags.writeable = False
     refs = sys.getrefcount(Xr), sys.getrefcount(yr)
