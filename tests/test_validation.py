@@ -1761,8 +1761,8 @@ _STEP_ARGS = (0.1, 0.9, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
 
 
 def _bad_plan_inputs(dtype):
-    """(argument, X, y, exception, what the message names): inputs StepPlan.step refuses before
-    it computes or writes anything."""
+    """(case, X, y, exception, the message's start): inputs StepPlan.step refuses, naming the
+    argument, before it computes or writes anything."""
     other = np.float64 if dtype == np.float32 else np.float32
     rng = np.random.default_rng(3)
     X = rng.standard_normal((6, 3)).astype(dtype)
@@ -1821,9 +1821,9 @@ def test_step_plan_refuses_inputs_it_cannot_read_naming_them(dtype):
 
 def test_step_plan_step_makes_no_python_objects_per_input():
     """A step of a built plan allocates almost nothing in Python: the inputs are read through
-    the buffer protocol. With typed memoryviews it allocated 440 bytes a step (X and the
-    labels, ~0.2 KB each), which tracemalloc counted in every step's peak (bench.step_memory's
-    per_step) and in the first step's held memory."""
+    the buffer protocol. With typed memoryviews (X and the labels, ~0.2 KB each) this step's
+    peak was 600 bytes, which tracemalloc counted in every step (bench.step_memory's per_step)
+    and in the first step's held memory; now under 100."""
     import tracemalloc
     plan, layers, params, X, y = _plan(np.float32, n=300)
     for _ in range(3):
