@@ -1302,6 +1302,8 @@ cdef class StepPlan:
         times of the steps before; else the step runs n_threads. `step_threads` tells which."""
         cdef Py_buffer xv, lv, tv
         cdef bint has_x = False, has_l = False, has_t = False
+        cdef char code = b'd' if self.is_double else b'f'   # X's and the targets' items
+        cdef Py_ssize_t size = 8 if self.is_double else 4
         P = &self.P
         self._check_ready()
         self._check_watched()
@@ -1312,8 +1314,7 @@ cdef class StepPlan:
             if self.P.loss_kind == LOSS_MSE:
                 if targets is None:
                     raise ValueError("y must hold regression targets")
-                _input_buffer(targets, &tv, b'd' if self.is_double else b'f',
-                              8 if self.is_double else 4, 2, "targets",
+                _input_buffer(targets, &tv, code, size, 2, "targets",
                               "a 2-d array of the plan's dtype")
                 has_t = True
             else:
@@ -1324,8 +1325,7 @@ cdef class StepPlan:
                 has_l = True
                 if lv.shape[0] != P.N:
                     raise ValueError(f"y must have {P.N} labels")
-            _input_buffer(X, &xv, b'd' if self.is_double else b'f',
-                          8 if self.is_double else 4, 2, "X", "a 2-d array of the plan's dtype")
+            _input_buffer(X, &xv, code, size, 2, "X", "a 2-d array of the plan's dtype")
             has_x = True
             return self._step_on(X, &xv, &lv if has_l else NULL, &tv if has_t else NULL,
                                  lr, h1, h2, eps, c1, c2, wd, n_threads, guard, count, dynamic)

@@ -60,11 +60,8 @@ def test_keep_decision_at_the_limit_is_the_references(seed):
     dropped one step below it (p = h / 2**32), as the reference decides: each element's
     hash, taken from the reference, set on the limit in turn."""
     n = 8
-    lo, hi = np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
-    with np.errstate(over="ignore"):
-        hashes = R._fmix32(R._fmix32(np.arange(n, dtype=np.uint32) * R._GOLDEN + lo) ^ hi)
     x = np.ones(n)
-    for i, h in enumerate(hashes.tolist()):
+    for i, h in enumerate(R.keep_hashes(n, seed).tolist()):
         for p, kept in (((h + 1) / 2**32, True), (h / 2**32, False)):
             if p == 0.0:
                 continue

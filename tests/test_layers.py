@@ -20,6 +20,7 @@ from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, 
                     Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
 from fastnn.losses import get_loss
 from fastnn.reference import activations as RA
+from fastnn.reference import dense as RD
 from fastnn.reference import losses as RL
 from fastnn.reference import optim as RO
 
@@ -315,7 +316,7 @@ def test_dense_prelu_defaults_are_a_prelu_layers():
     assert fused.alpha == PReLU().init == 0.25
     np.testing.assert_array_equal(fused.params["alpha"], np.full(3, PReLU().init))
     np.testing.assert_array_equal(fused.params["W"], Dense(5, 3, activation="relu", dtype=F64, seed=7).params["W"])
-    z = x @ fused.params["W"] + fused.params["b"]
+    z, _ = RD.affine_forward(x, fused.params["W"], fused.params["b"])
     np.testing.assert_allclose(fused.forward(x), RA.prelu_forward(z, 0.25)[0], rtol=1e-14, atol=1e-15)
 
 

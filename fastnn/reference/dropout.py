@@ -12,13 +12,19 @@ def _fmix32(h):
     return h ^ (h >> np.uint32(16))
 
 
-def keep_mask(n, p, seed):
-    """Boolean keep-mask of n elements for keep probability p and a 64-bit seed."""
+def keep_hashes(n, seed):
+    """The 32-bit hash of each of n elements' counters under a 64-bit seed (uint32, n): what
+    keep_mask compares with the keep limit."""
     seed = int(seed)
     lo, hi = np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
     i = np.arange(n, dtype=np.uint32)
     with np.errstate(over="ignore"):
-        h = _fmix32(_fmix32(i * _GOLDEN + lo) ^ hi)
+        return _fmix32(_fmix32(i * _GOLDEN + lo) ^ hi)
+
+
+def keep_mask(n, p, seed):
+    """Boolean keep-mask of n elements for keep probability p and a 64-bit seed."""
+    h = keep_hashes(n, seed)
     # kept when h / 2**32 < p, i.e. h <= ceil(p * 2**32) - 1 (the keep rate is then within 2**-32
     # of p, so the 1 / p scale leaves the mean unbiased even for tiny p)
     limit = min((1 << 32) - 1, int(np.ceil(p * float(1 << 32))) - 1)
