@@ -191,6 +191,7 @@ cdef inline void loss_rows(int kind, Py_ssize_t r0, Py_ssize_t r1, const floatin
     runs of rows gives the same numbers, so a chunked step that calls this on each chunk of
     rows (batch_chunk_rows, a multiple of 8) gets loss_raw's."""
     cdef double row[LOSS_PASS_ROWS]
+    cdef double sums[LOSS_PASS_ROWS]   # (softmax_rows' workspace)
     cdef double s
     cdef Py_ssize_t i, k, g, ng, rows, end
     cdef unsigned char h
@@ -207,7 +208,7 @@ cdef inline void loss_rows(int kind, Py_ssize_t r0, Py_ssize_t r1, const floatin
                     h += label_hit(kind, i + k, x, C, labels)
                 hits[i // LOSS_GROUP_ROWS + g] = h
         if kind == LOSS_SOFTMAX:
-            softmax_rows(x + i * C, dx + i * C, rows, C, labels + i, <floating>inv_n, row)
+            softmax_rows(x + i * C, dx + i * C, rows, C, labels + i, <floating>inv_n, row, sums)
         else:
             for k in range(rows):
                 row[k] = loss_row(kind, i + k, x, C, labels, targets, dx, inv_n)

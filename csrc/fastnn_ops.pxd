@@ -37,9 +37,11 @@ cdef extern from "fastnn_simd.h" nogil:
     void fnn_relu_bwd_mask_rows_f64(double *g, Py_ssize_t ldg, Py_ssize_t rows, Py_ssize_t n, const void *bits)
     Py_ssize_t fnn_load_label(const Py_ssize_t *p)
     void fnn_softmax_rows_f32(const float *x, float *d, Py_ssize_t rows, Py_ssize_t C,
-                              const Py_ssize_t *labels, float inv_n, double *losses)
+                              const Py_ssize_t *labels, float inv_n, double *losses,
+                              double *sums)
     void fnn_softmax_rows_f64(const double *x, double *d, Py_ssize_t rows, Py_ssize_t C,
-                              const Py_ssize_t *labels, double inv_n, double *losses)
+                              const Py_ssize_t *labels, double inv_n, double *losses,
+                              double *sums)
 
 
 # Fused-type front ends: one call site per operation in the kernels, whatever the dtype.
@@ -128,11 +130,11 @@ cdef inline void relu_bwd_mask_rows(floating *g, Py_ssize_t ldg, Py_ssize_t rows
 
 cdef inline void softmax_rows(const floating *x, floating *d, Py_ssize_t rows, Py_ssize_t C,
                               const Py_ssize_t *labels, floating inv_n,
-                              double *losses) noexcept nogil:
+                              double *losses, double *sums) noexcept nogil:
     if floating is float:
-        fnn_softmax_rows_f32(x, d, rows, C, labels, inv_n, losses)
+        fnn_softmax_rows_f32(x, d, rows, C, labels, inv_n, losses, sums)
     else:
-        fnn_softmax_rows_f64(x, d, rows, C, labels, inv_n, losses)
+        fnn_softmax_rows_f64(x, d, rows, C, labels, inv_n, losses, sums)
 
 cdef inline void act_fwd_rows(int op, const floating *x, floating *y, Py_ssize_t ld,
                               Py_ssize_t rows, Py_ssize_t n, double alpha,

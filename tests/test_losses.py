@@ -17,6 +17,8 @@ Tolerances, and why they are what they are:
 - Numerical gradients (float64, central differences, h = 1e-5, data >= 0.05 away from hinge
   kinks): rtol 1e-7, atol 1e-9 (dx entries are O(1/N) ~ 0.1; rounding ~ eps * |loss| / h ~ 1e-11).
 """
+import itertools
+import math
 import re
 import warnings
 
@@ -91,7 +93,8 @@ BINARY = [lo.name for lo in LOSSES if lo.kind.startswith("binary")]
 SHAPES = {
     # (700, 3): the softmax kernel's row blocks (2048 // C rows) with a ragged last one;
     # (5, 3000): more classes than a block holds, one row per block
-    "multiclass": [(1, 1), (1, 5), (7, 13), (64, 10), (300, 3), (700, 3), (5, 3000)],
+    # (9, 2), (300, 3), (64, 10): the softmax kernel's fixed-length loops for 2, 3 and 10 classes
+    "multiclass": [(1, 1), (1, 5), (9, 2), (7, 13), (64, 10), (300, 3), (700, 3), (5, 3000)],
     "binary01": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
     "binarypm": [(1,), (7,), (7, 1), (1000,), (1000, 1)],
     # (N, d1, ..., dk): rows flattened like the reference's sum over all axes
@@ -248,6 +251,32 @@ def test_huge_scores_known_answers():
     np.testing.assert_array_equal(dx, [0.5, -0.5])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_softmax_loss_of_tied_rows_is_the_log_of_the_ties(dtype):
+    """A row whose k top scores tie, the others far below (their exponentials are exactly 0),
+    has the loss log(k) for a label on a top score: the kernel's own logarithm, within an ulp
+    of math.log, for k across binades (2^j - 1, 2^j, 2^j + 1, and around sqrt(2) 2^j, where its
+    reduction moves to the next exponent), through the 2-, 3- and 10-class loops and the
+    general one."""
+    ks = set(range(1, 41))
+    for j in range(1, 13):
+        r = math.sqrt(2) * 2**j
+        ks |= {2**j - 1, 2**j, 2**j + 1, math.floor(r), math.ceil(r)}
+    checked = []
+    for C in (2, 3, 10, 4099):
+        for k in sorted(k for k in ks if k <= C):
+            x = np.full((1, C), -1e4, dtype=dtype)
+            x[0, :k] = 0.5
+            loss, dx = F.softmax_loss(x, np.array([k - 1]))
+            want = math.log(k)
+            assert abs(loss - want) <= np.spacing(want), f"C={C}, {k} ties: loss {loss!r}, log {want!r}"
+            # the softmax of a top score, 1/k, rounded to the dtype (0 for a lone top score: it
+            # is the label's, p - 1)
+            assert dx[0, 0] == (np.dtype(dtype).type(1 / k) if k > 1 else 0.0), (C, k, dx[0, 0])
+            checked.append(k)
+    assert max(checked) == 4097 and len(checked) == len(set(checked)) + 2 + 3 + 10
+
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_logistic_gradient_of_confident_scores_keeps_its_digits(dtype):
@@ -317,15 +346,18 @@ def test_x_and_y_not_modified(name, rng):
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_scores_propagate(name, rng):
     lo = BY_NAME[name]
-    shape = {"multiclass": (5, 4), "binary01": (5,), "binarypm": (5,), "regression": (5, 2)}[lo.kind]
-    for dtype in DTYPES:
+    # (5, 2), (5, 3), (5, 10): the softmax kernel's fixed-length loops
+    shapes = {"multiclass": [(5, 4), (5, 2), (5, 3), (5, 10)], "binary01": [(5,)],
+              "binarypm": [(5,)], "regression": [(5, 2)]}[lo.kind]
+    for dtype, shape in itertools.product(DTYPES, shapes):
         x, y = lo.data(rng, shape, dtype)
         x.reshape(-1)[3] = np.nan
         if lo.kind == "multiclass":
             # a NaN off the label in one row, at the label in another (the hinge's gradient row
             # is NaN either way: only the second made it NaN before)
-            x[0] = np.arange(4)
-            x[0, (y[0] + 1) % 4] = np.nan
+            C = shape[1]
+            x[0] = np.arange(C)
+            x[0, (y[0] + 1) % C] = np.nan
             x[2, y[2]] = np.nan
         loss, dx = lo.fn(x, y)
         assert isinstance(loss, float)
@@ -337,6 +369,12 @@ def test_nan_scores_propagate(name, rng):
         nan_x = np.isnan(x)
         want = np.broadcast_to(nan_x.any(axis=1, keepdims=True), x.shape) if lo.kind == "multiclass" else nan_x
         np.testing.assert_array_equal(np.isnan(dx), want, err_msg=f"{name}: where dx is NaN")
+        if lo.kind == "multiclass":
+            # each of those rows alone: a NaN loss too, whether the NaN is its label's score
+            # or another (then only the NaN in the row's sum of exponentials carries it)
+            for i in (0, 2):
+                row_loss, _ = lo.fn(x[i:i + 1], y[i:i + 1])
+                assert np.isnan(row_loss), f"{name}, {shape}: row {i} alone gave loss {row_loss}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
