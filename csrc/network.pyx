@@ -769,6 +769,31 @@ def meeting(list arrays, list others):
     return out
 
 
+def meeting_pair(list arrays):
+    """The first pair (i, j), i < j, of `arrays` whose bytes meet (by extents, like
+    shares_bytes), or None: Optimizer.step's check that no two state arrays are one memory.
+    Arrays that export no buffer meet nothing."""
+    cdef Py_ssize_t n = len(arrays), i, j
+    cdef const char **lo = <const char **>calloc(max(n, 1), sizeof(char *))
+    cdef size_t *size = <size_t *>calloc(max(n, 1), sizeof(size_t))
+    if lo == NULL or size == NULL:
+        free(lo)
+        free(size)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            if not _byte_span(arrays[i], &lo[i], &size[i]):
+                size[i] = 0
+        for j in range(1, n):
+            for i in range(j):
+                if _spans_meet(lo[i], size[i], lo[j], size[j]):
+                    return (i, j)
+        return None
+    finally:
+        free(lo)
+        free(size)
+
+
 def shares_bytes(X, arrays):
     """Whether array X's bytes meet those of any array in `arrays` (None entries skipped; by
     their extents, like np.may_share_memory, at ~30 ns an array): the layer path's check that

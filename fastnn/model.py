@@ -167,11 +167,15 @@ class _CompiledStep:
                                db=dense.grads["b"], op=op, alpha=alpha, avec=avec, dalpha=dalpha))
         self.rule = _rule_of(optimizer)
         nslots = {_ko.SGD: 0, _ko.MOMENTUM: 1, _ko.NESTEROV: 1, _ko.RMSPROP: 1, _ko.ADAM: 2}[self.rule]
-        params = []
+        params, work = [], []
         for p in optimizer.params:
             slots = optimizer._slots(p, nslots) if nslots else []
             params.append((p.data, p.grad, slots[0] if nslots else None,
                            slots[1] if nslots == 2 else None, p.decay))
+            work.append((p, p.data, p.grad, slots))
+        if nslots:
+            # (a ValueError: no plan; the layer path's optimizer step names the state array)
+            optimizer._check_state_apart(work)
         self.loss_kind = _LOSS_KINDS[type(loss)]
         self.binary = self.loss_kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
         self.fan_in = layers[0]["W"].shape[0]

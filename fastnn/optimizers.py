@@ -319,9 +319,42 @@ class Optimizer(CheckedSettings):
                     raise ValueError(f"the gradient of parameter {p.name} must have its shape "
                                      f"{w.shape} and dtype {w.dtype}, got {g.shape} and {g.dtype}")
             add([p, w, g, slots(p, n, w) if n else None])
+        if n:
+            self._check_state_apart(work)
         for k in _kn.meeting([item[2] for item in work], [item[1] for item in work]):
             work[k][2] = work[k][2].copy()
         return work
+
+    def _check_state_apart(self, work):
+        """ValueError naming a state array that shares memory with another state array, a
+        parameter or a gradient (state edited by hand: ``state[k][1] = state[k][0]``). The
+        update writes each state array in place while it reads the others, so shared memory
+        would give wrong numbers. work: (parameter, its array, its gradient, its state arrays)
+        for every parameter (_prepared's, or the compiled step's build)."""
+        states, where = [], []
+        for p, _, _, slots in work:
+            for i, a in enumerate(slots):
+                states.append(a)
+                where.append((p, i))
+        def name(k):
+            p, i = where[k]
+            return f"{type(self).__name__}.state[{p.key!r}] entry {i} (the state of {p!r})"
+        pair = _kn.meeting_pair(states)
+        if pair is not None:
+            i, j = pair
+            other = (f"entry {where[i][1]} of that state" if where[i][0] is where[j][0]
+                     else name(i))
+            raise ValueError(f"{name(j)} shares memory with {other}: each state array must be "
+                             "its own")
+        others = [item[1] for item in work] + [item[2] for item in work]
+        hit = _kn.meeting(states, others)
+        if hit:
+            k = hit[0]
+            j = _kn.meeting(others, [states[k]])[0]
+            p = work[j % len(work)][0]
+            other = f"parameter {p.name}" if j < len(work) else f"the gradient of parameter {p.name}"
+            raise ValueError(f"{name(k)} shares memory with {other}: each state array must be "
+                             "its own")
 
 
 class SGD(Optimizer):
@@ -395,7 +428,9 @@ class Adam(Optimizer):
         self.t = 0
 
     _CHECKS = dict(Optimizer._CHECKS, betas=_betas, eps=RMSProp._CHECKS["eps"],
-                   t=lambda v: v if type(v) is int and v >= 0 else check_int(v, "t", minimum=0))
+                   # (below 2**1023: beta ** t of a larger int raises OverflowError)
+                   t=lambda v: (v if type(v) is int and 0 <= v < 2**1023
+                                else check_int(v, "t", minimum=0, below=2**1023)))
 
     def step(self):
         work = self._prepared(2)   # (before t moves: a step that raises changes nothing)
