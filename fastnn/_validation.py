@@ -347,7 +347,7 @@ def check_float_dtype(dtype, name="dtype"):
     """A dtype argument that must be float32 or float64 (as a NumPy dtype)."""
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):   # (ValueError: a malformed spec, e.g. ('f4', -1))
         raise TypeError(f"{name} must be np.float32 or np.float64, got {dtype!r}") from None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{name} must be np.float32 or np.float64, got {dt}")

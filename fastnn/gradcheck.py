@@ -24,6 +24,11 @@ def rel_error(x, y):
     for two empty arrays."""
     x = numeric_array(x, "x").astype(np.float64, copy=False)   # (complex would lose its
     y = numeric_array(y, "y").astype(np.float64, copy=False)   # imaginary part: refused)
+    try:
+        np.broadcast_shapes(x.shape, y.shape)   # (NumPy's rule, as the course's x - y has it)
+    except ValueError:
+        raise ValueError(f"x and y must have the same shape (or shapes that broadcast), got "
+                         f"{x.shape} and {y.shape}") from None
     err = np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))
     return float(np.max(err)) if err.size else 0.0
 
@@ -134,6 +139,8 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
             numeric = (fxph - fxmh) / (2 * h)
             if np.ndim(numeric) != 0:
                 raise TypeError(f"an array of shape {np.shape(numeric)}")
+            if np.iscomplexobj(numeric):   # (eval_numerical_gradient's float grad refuses it)
+                raise TypeError("a complex number")
         except (TypeError, ValueError) as exc:
             raise _not_a_number(fxph, exc) from None
         analytic = analytic_grad[ix]

@@ -122,6 +122,12 @@ def _add_l2(loss, grads, params, reg, num_layers):
 
 
 # ----------------------------------------------------------------------------- models
+def _current_reg(model, y):
+    """The model's reg as a loss with labels uses it (None for scores only): checked on each
+    such call, since course code sets ``model.reg`` after construction (``net.reg = 0.5``)."""
+    return None if y is None else check_scalar(model.reg, "reg", lo=0.0)
+
+
 class TwoLayerNet:
     """affine - relu - affine - softmax, with L2 regularization on the two weight matrices.
 
@@ -145,6 +151,7 @@ class TwoLayerNet:
 
     def loss(self, X, y=None):
         """Scores (N, C) when ``y`` is None, else ``(loss, grads)``."""
+        reg = _current_reg(self, y)
         p = self.params
         X = _as_input(X, _model_dtype(p), p.get("W1"))
         hidden, cache1 = affine_relu_forward(X, p["W1"], p["b1"])
@@ -156,7 +163,7 @@ class TwoLayerNet:
         grads = {}
         dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, cache2)
         _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, cache1)
-        loss = _add_l2(loss, grads, p, float(self.reg), 2)
+        loss = _add_l2(loss, grads, p, reg, 2)
         return loss, grads
 
 
@@ -193,7 +200,10 @@ class FullyConnectedNet:
         weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
         if isinstance(dropout_keep_ratio, bool) or not isinstance(dropout_keep_ratio, numbers.Real):
             raise TypeError(f"dropout_keep_ratio must be a number in (0, 1], got {dropout_keep_ratio!r}")
-        keep = float(dropout_keep_ratio)
+        try:
+            keep = float(dropout_keep_ratio)
+        except OverflowError:   # (an int beyond float's range: 10**400)
+            keep = math.inf
         if not 0.0 < keep <= 1.0:
             raise ValueError("dropout_keep_ratio is the probability of keeping a unit and must be "
                              f"in (0, 1], got {keep}")
@@ -217,6 +227,7 @@ class FullyConnectedNet:
 
     def loss(self, X, y=None):
         """Scores (N, C) when ``y`` is None, else ``(loss, grads)``."""
+        reg = _current_reg(self, y)
         p = self.params
         L = self.num_layers
         X = _as_input(X, _model_dtype(p), p.get("W1"))
@@ -244,5 +255,5 @@ class FullyConnectedNet:
             if c_drop is not None:
                 dout = dropout_backward(dout, c_drop)
             dout, grads[f"W{i}"], grads[f"b{i}"] = affine_relu_backward(dout, c_aff)
-        loss = _add_l2(loss, grads, p, float(self.reg), L)
+        loss = _add_l2(loss, grads, p, reg, L)
         return loss, grads

@@ -11,6 +11,17 @@ gigabytes, or fail with an error naming nothing:
 - a training step whose X is the model's own parameter or gradient array (the step wrote it
   while it still read X: other numbers, and on two threads a race);
 - Solver, dataset, model and gradcheck arguments that gave NumPy's errors or MemoryError.
+
+And by the twenty-eighth session's (the tests at the end):
+
+- optimizer state edited to share memory with other state, a parameter or a gradient (Adam's
+  m and v one array: NaN weights; the kernels write state in place while they read the rest);
+- Adam's t set beyond float range (OverflowError, and t moved), FullyConnectedNet's
+  dropout_keep_ratio of 10**400 (OverflowError), a model's reg set after construction to a
+  negative, NaN or None value (taken, or an error naming nothing);
+- dropout and noise modes given as arrays, a ragged course mask, rel_error of shapes that do
+  not broadcast, a dtype spec NumPy refuses with ValueError, and grad_check_sparse with an f
+  returning a complex number (all NumPy's errors, or a silent answer).
 """
 import numpy as np
 import pytest
@@ -585,3 +596,139 @@ def test_predict_labels_of_a_custom_accuracy_kind_is_none():
         accuracy_kind = "ranking"
 
     assert Mine().predict_labels(np.ones((3, 1))) is None
+
+
+# ------------------------------------------------------------------ twenty-eighth session
+
+STATE_EDITS = {
+    # (state index, what it is made to share memory with)
+    "m and v one array": lambda st, p: st.__setitem__(1, st[0]),
+    "v a view of m": lambda st, p: st.__setitem__(1, st[0][...]),
+    "m the parameter": lambda st, p: st.__setitem__(0, p.data),
+    "v the gradient": lambda st, p: st.__setitem__(1, p.grad),
+}
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+@pytest.mark.parametrize("how", ["train_step", "step"])
+def test_state_sharing_memory_is_refused_naming_it(edit, how):
+    X, y = _data()
+    model = _net()
+    opt = Adam(model.parameters(), lr=0.01)
+    model.train_step(X, y, "softmax", opt)
+    p = model.parameters()[0]
+    STATE_EDITS[edit](opt.state[p.key], p)
+    before = [q.data.copy() for q in model.parameters()]
+    t = opt.t
+    with pytest.raises(ValueError, match=r"Adam\.state\[.*\] entry [01] .* shares memory with "
+                                         r"(entry 0 of that state|parameter W|the gradient of parameter W)"):
+        if how == "train_step":
+            model.train_step(X, y, "softmax", opt)
+        else:
+            opt.step()
+    assert opt.t == t
+    for q, old in zip(model.parameters(), before):
+        np.testing.assert_array_equal(q.data, old)
+
+
+@pytest.mark.parametrize("rule", ["momentum", "rmsprop"])
+def test_one_slot_state_sharing_another_parameters_is_refused(rule):
+    X, y = _data()
+    model = _net()
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9) if rule == "momentum" else \
+        RMSProp(model.parameters(), lr=0.01)
+    model.train_step(X, y, "softmax", opt)
+    w1, b1 = model.parameters()[:2]
+    opt.state[b1.key][0] = w1.data.reshape(-1)[:b1.data.size]   # (b's shape, W's memory)
+    with pytest.raises(ValueError, match=r"shares memory with parameter W"):
+        model.train_step(X, y, "softmax", opt)
+    # the state made by the optimizer itself is apart: steps run
+    fresh = SGD(model.parameters(), lr=0.01, momentum=0.9) if rule == "momentum" else \
+        RMSProp(model.parameters(), lr=0.01)
+    model.train_step(X, y, "softmax", fresh)
+    fresh.step()
+
+
+def test_meeting_pair_finds_the_first_pair_that_shares_bytes():
+    a = np.zeros(10)
+    b = np.zeros(10)
+    assert kn.meeting_pair([a, b, np.zeros(3)]) is None
+    assert kn.meeting_pair([a, b, a[5:]]) == (0, 2)
+    assert kn.meeting_pair([a[:5], b, a[5:]]) is None   # (adjacent, not overlapping)
+    assert kn.meeting_pair([a, b[::2], b[1::2]]) == (1, 2)   # (extents meet: a may-share rule)
+    assert kn.meeting_pair([]) is None
+    assert kn.meeting_pair([a, object(), a]) == (0, 2)   # (no buffer: meets nothing)
+
+
+def test_adam_t_beyond_float_range_is_refused_and_nothing_moves():
+    X, y = _data()
+    model = _net()
+    opt = Adam(model.parameters())
+    with pytest.raises(ValueError, match=r"t must be below 2\*\*1023"):
+        opt.t = 2**1100
+    assert opt.t == 0
+    opt.t = 2**1023 - 1   # (the largest taken: its steps' beta ** t are finite)
+    model.train_step(X, y, "softmax", opt)
+    opt.step()
+    assert opt.t == 2**1023 + 1
+
+
+def test_fully_connected_net_dropout_ratio_beyond_float_range_is_refused():
+    with pytest.raises(ValueError, match="dropout_keep_ratio"):
+        fastnn.FullyConnectedNet([4], 6, 3, dropout_keep_ratio=10**400)
+
+
+@pytest.mark.parametrize("cls", ["TwoLayerNet", "FullyConnectedNet"])
+@pytest.mark.parametrize("reg,error", [(-1.0, ValueError), (float("nan"), ValueError),
+                                       (None, TypeError), ("0.1", TypeError)])
+def test_a_reg_set_after_construction_is_checked_at_the_loss(cls, reg, error):
+    r = np.random.default_rng(0)
+    X, y = r.standard_normal((4, 6)), r.integers(0, 3, 4)
+    net = fastnn.TwoLayerNet(6, 5, 3, seed=0) if cls == "TwoLayerNet" else \
+        fastnn.FullyConnectedNet([5], 6, 3, seed=0)
+    net.reg = reg   # (course code sets it so: net.reg = 0.5)
+    with pytest.raises(error, match="reg"):
+        net.loss(X, y)
+    assert net.loss(X).shape == (4, 3)   # (scores alone do not read reg)
+    net.reg = 0.25
+    loss, _ = net.loss(X, y)
+    net.reg = 0.0
+    assert loss > net.loss(X, y)[0]
+
+
+def test_dropout_and_noise_modes_given_as_arrays_are_refused_naming_them():
+    x = np.ones((3, 4))
+    modes = np.array(["train", "test"])
+    with pytest.raises(ValueError, match=r"dropout_param\['mode'\] must be 'train' or 'test'"):
+        F.dropout_forward(x, {"p": 0.5, "mode": modes})
+    with pytest.raises(ValueError, match=r"^mode must be 'train' or 'test'"):
+        F.gaussian_noise_forward(x, 0.1, mode=modes)
+    with pytest.raises(ValueError, match=r"cache's dropout_param\['mode'\]"):
+        F.dropout_backward(x, ({"mode": modes, "p": 0.5}, np.ones((3, 4))))
+    with pytest.raises(TypeError, match="gaussian_noise_forward"):
+        F.gaussian_noise_backward(x, (np.array(["gaussian_noise", "x"]), (3, 4)))
+    # a NumPy string is a string
+    out, _ = F.dropout_forward(x, {"p": 0.5, "mode": np.str_("test")})
+    np.testing.assert_array_equal(out, x)
+
+
+def test_a_ragged_course_mask_is_refused_naming_it():
+    with pytest.raises(ValueError, match="cache's mask"):
+        F.dropout_backward(np.ones((2, 1)), ({"mode": "train", "p": 0.5}, [[1.0], [1.0, 2.0]]))
+
+
+def test_rel_error_of_shapes_that_do_not_broadcast_names_them():
+    with pytest.raises(ValueError, match=r"x and y .* got \(3,\) and \(4,\)"):
+        G.rel_error(np.ones(3), np.ones(4))
+    assert G.rel_error(np.ones((2, 3)), np.ones(3)) == 0.0   # (broadcasting, as NumPy's)
+
+
+@pytest.mark.parametrize("spec", [("f4", -1), ("f4", (2, -3))])
+def test_a_dtype_spec_numpy_refuses_with_valueerror_is_a_named_typeerror(spec):
+    with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
+        Dense(3, 2, dtype=spec)
+
+
+def test_grad_check_sparse_refuses_a_complex_f():
+    with pytest.raises(TypeError, match="f must return a number .*complex"):
+        G.grad_check_sparse(lambda x: complex(x.sum(), 1), np.ones(3), np.ones(3), 1)

@@ -57,6 +57,13 @@ def _cache_params(cache):
         raise ValueError(f"cache is damaged or not from dropout_forward: {exc}") from None
 
 
+def _check_mode(mode, name):
+    """'train' or 'test' (a str; an array or other object is refused, not compared)."""
+    if not (isinstance(mode, str) and mode in ("train", "test")):
+        raise ValueError(f"{name} must be 'train' or 'test', got {mode!r}")
+    return str(mode)
+
+
 def _params(dropout_param):
     if not isinstance(dropout_param, dict):
         raise TypeError(f"dropout_param must be a dict, got {type(dropout_param).__name__}")
@@ -65,9 +72,7 @@ def _params(dropout_param):
     p = check_scalar(dropout_param["p"], "dropout_param['p']")
     if not 0.0 < p <= 1.0:
         raise ValueError(f"dropout_param['p'] is the keep probability and must be in (0, 1], got {p}")
-    mode = dropout_param.get("mode", "train")
-    if mode not in ("train", "test"):
-        raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    mode = _check_mode(dropout_param.get("mode", "train"), "dropout_param['mode']")
     seed = dropout_param.get("seed")
     if seed is None:
         seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
@@ -112,12 +117,13 @@ def _course_backward(dout, cache):
         raise TypeError("cache must be the cache returned by dropout_forward, or the course's "
                         "(dropout_param, mask)")
     dropout_param, mask = cache
-    mode = dropout_param.get("mode", "train")
-    if mode not in ("train", "test"):
-        raise ValueError(f"cache's dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    mode = _check_mode(dropout_param.get("mode", "train"), "cache's dropout_param['mode']")
     if mode == "test":
         return as_float_array(dout, "dout")
-    kind = np.asarray(mask).dtype.kind if mask is not None else None
+    try:
+        kind = np.asarray(mask).dtype.kind if mask is not None else None
+    except ValueError as exc:   # (a ragged list: NumPy's "inhomogeneous shape")
+        raise ValueError(f"cache's mask must be an array of dout's shape: {exc}") from None
     if kind in ("b", "i", "u"):
         # the course's mask is float, 1 / p where a unit is kept; a bool or integer 0/1 mask
         # leaves the scaling to the code that made it, which fastnn cannot know
@@ -139,8 +145,7 @@ def gaussian_noise_forward(x, std, mode="train", seed=None):
     ``(out, cache)``. The noise comes from ``np.random.default_rng(seed)``; without a seed, one
     is drawn from NumPy's global random state."""
     std = check_scalar(std, "std", lo=0.0)
-    if mode not in ("train", "test"):
-        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    mode = _check_mode(mode, "mode")
     seed = check_seed(seed)
     x = as_float_array(x, "x")
     if mode == "test" or std == 0.0:
@@ -160,7 +165,8 @@ def _add_noise(x, std, rng):
 
 def gaussian_noise_backward(dout, cache):
     """Additive noise passes the gradient through unchanged."""
-    if not (isinstance(cache, tuple) and len(cache) == 2 and cache[0] == "gaussian_noise"
+    if not (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[0], str)
+            and cache[0] == "gaussian_noise"
             and isinstance(cache[1], tuple)):
         raise TypeError("cache must be the cache returned by gaussian_noise_forward")
     return as_float_array(dout, "dout", shape=cache[1])
