@@ -305,8 +305,14 @@ def _check_apart(layers, units):
     gradient that shares memory with another gradient or with a parameter. (Parameters may
     share memory with each other: they are only read.) The arrays are C-contiguous (checked
     first), so each spans [start, start + nbytes)."""
+    places = {}   # id(layer) -> its first two positions in layers (one pass: linear in the layers)
+    for i, layer in enumerate(layers):
+        at = places.setdefault(id(layer), [])
+        if len(at) < 2:
+            at.append(i)
+
     def index(obj, nth):
-        return [i for i, layer in enumerate(layers) if layer is obj][nth]
+        return places[id(obj)][nth]
 
     seen = set()
     for unit in units:

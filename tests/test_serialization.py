@@ -569,3 +569,26 @@ def test_save_where_the_file_system_has_no_fsync(tmp_path, monkeypatch, code):
     monkeypatch.undo()
     _assert_params(load_model(path), _params(src))
     assert _temp_files(tmp_path) == []
+
+
+# ============================================================================ a model of many layers
+def test_the_check_that_no_layer_runs_twice_is_linear_in_the_layers(monkeypatch):
+    """A file of 100,000 parameterless layers loaded in a second, but its first training step
+    took minutes: _check_apart found each layer's position with a pass over the whole list."""
+    class Counting(list):
+        passes = 0
+
+        def __iter__(self):
+            Counting.passes += 1
+            return super().__iter__()
+
+    model = Sequential(Dense(4, 2, seed=0), *[Tanh() for _ in range(3000)])
+    X = np.ones((8, 4), np.float32)
+    model.train_step(X, np.arange(8) % 2, "softmax", SGD(model.parameters(), lr=0.1))
+    fmodel._check_apart(Counting(model._layers), model._units)
+    assert Counting.passes <= 2
+    # and the error a layer listed twice gives is as it was
+    d = Dense(2, 2, seed=1)
+    twice = Sequential(Dense(4, 2, seed=0), d, Tanh(), d)
+    with pytest.raises(ValueError, match="layer 3 is layer 1 again"):
+        twice.train_step(X, np.arange(8) % 2, "softmax", SGD(twice.parameters(), lr=0.1))
