@@ -53,6 +53,7 @@ def atomic_write(path, text=False):
     OSError from writing the file (errno and message, no file name: a full disk, a file size
     limit) is raised as the same error naming ``path``."""
     given = os.fspath(path)
+    _refuse_folder_path(given)
     # through a symbolic link to the file it names (as open(path, "w") writes), so that the
     # link stays a link; the temporary file sits beside that file, on its file system
     path = os.path.realpath(given)
@@ -87,6 +88,16 @@ def atomic_write(path, text=False):
     _sync_directory(directory)
 
 
+def _refuse_folder_path(given):
+    """IsADirectoryError naming `given` when it ends in a path separator ("m.npz/"): it names a
+    folder, as open() takes it (EISDIR); os.path.realpath would drop the separator, so the
+    file "m.npz" would be written, which a load of "m.npz/" cannot read."""
+    text = os.fsdecode(given)
+    if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)):
+        raise IsADirectoryError(errno.EISDIR, "a path ending in a separator names a folder, "
+                                "not a file", given)
+
+
 def _target_mode(path):
     """The permission bits of the file at `path` (a file replaced keeps them), None when there
     is none; OSError when something other than a regular file is there (renaming over a
@@ -111,7 +122,9 @@ def check_writable(path):
     """OSError unless atomic_write(path) can write there: nothing or a regular file at the
     (resolved) path, and a file can be created in its folder (one is made and removed). An
     existing file is left as it is (a command line checks its output path before a long run)."""
-    path = os.path.realpath(os.fspath(path))
+    given = os.fspath(path)
+    _refuse_folder_path(given)
+    path = os.path.realpath(given)
     _target_mode(path)
     directory = os.path.dirname(path)
     fd, tmp = _create_temp_named(directory)

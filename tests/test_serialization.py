@@ -592,3 +592,14 @@ def test_the_check_that_no_layer_runs_twice_is_linear_in_the_layers(monkeypatch)
     twice = Sequential(Dense(4, 2, seed=0), d, Tanh(), d)
     with pytest.raises(ValueError, match="layer 3 is layer 1 again"):
         twice.train_step(X, np.arange(8) % 2, "softmax", SGD(twice.parameters(), lr=0.1))
+
+
+# ============================================================================ saving to a folder's path
+def test_save_to_a_path_ending_in_a_separator_is_refused(tmp_path):
+    """save("m.npz/") wrote m.npz (os.path.realpath drops the separator), which
+    load_model("m.npz/") cannot read: the path names a folder, as open() takes it."""
+    target = str(tmp_path / "m.npz") + os.sep
+    with pytest.raises(IsADirectoryError) as info:
+        _model().save(target)
+    assert info.value.filename == target
+    assert os.listdir(tmp_path) == []
