@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import stat
+import struct
 import zipfile
 
 import numpy as np
@@ -392,12 +393,22 @@ def open_regular(path, text=False):
         raise
 
 
-def read_npz(source, what, writer, names=None):
+def read_npz(source, what, writer, names=None, key_ok=None):
     """The arrays (all, or `names`) of an .npz archive that fastnn's `writer` wrote, never
-    unpickled; anything else is a ValueError saying that `what` is not readable. fastnn
-    stores its arrays uncompressed, so a compressed member is refused before anything is
-    read: what is read is then no larger than the file (a deflated member can inflate
-    ~1000-fold)."""
+    unpickled; anything else is a ValueError saying that `what` is not readable. Before any
+    member's data is read, the archive's directory and headers are checked, so that what is
+    read is no larger than the file:
+
+    - fastnn stores its arrays uncompressed: a compressed member (which can inflate
+      ~1000-fold) is refused;
+    - every member is a .npy file, each name once, and the names are the expected ones:
+      exactly `names` when given, else names that `key_ok(name)` accepts (when given);
+    - the members' bytes (local header and data) lie within the file and do not overlap: a
+      "quoted overlap" archive, whose member i holds members i+1..N in its data, would
+      otherwise be read N times over (gigabytes from a few megabytes);
+    - each .npy header (format 1.0 or 2.0) describes a shape of non-negative ints (not
+      bools) and a dtype that is not an object dtype, whose data fit in the member: NumPy
+      allocates an array of the described shape before it reads the data."""
     try:
         with contextlib.ExitStack() as stack:
             if isinstance(source, (str, bytes, os.PathLike)):
@@ -408,31 +419,124 @@ def read_npz(source, what, writer, names=None):
             if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy file
                 raise ValueError("not an .npz archive")
             with loaded as npz:
-                packed = [i.filename for i in npz.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                infos = npz.zip.infolist()
+                packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
                 if packed:
                     raise ValueError(f"it has compressed members ({packed[0]!r}): {writer} writes them "
                                      "uncompressed")
                 # each name once: NumPy reads a member again for every entry of its name, so
                 # a few bytes of repeated directory entries would make reading take hours
-                members = [i.filename for i in npz.zip.infolist()]
+                members = [i.filename for i in infos]
                 twice = _first_repeat(members)
                 if twice is not None:
                     raise ValueError(f"it has two entries named {twice!r}")
-                keys = npz.files if names is None else names
-                twice = _first_repeat(keys)
-                if twice is not None:
-                    raise ValueError(f"the array {twice!r} is asked for twice")
-                missing = [k for k in keys if k not in npz.files]
-                if missing:
-                    raise ValueError(f"no array {missing[0]!r} in it")
+                other = [m for m in members if not m.endswith(".npy")]
+                if other:   # (NpzFile would return its bytes as they are)
+                    raise ValueError(f"entry {other[0]!r} is not a .npy array")
+                stored = [m[:-len(".npy")] for m in members]
+                if names is not None:
+                    twice = _first_repeat(names)
+                    if twice is not None:
+                        raise ValueError(f"the array {twice!r} is asked for twice")
+                    missing = [k for k in names if k not in stored]
+                    if missing:
+                        raise ValueError(f"no array {missing[0]!r} in it")
+                    wanted = set(names)
+                    extra = [k for k in stored if k not in wanted]
+                    if extra:
+                        raise ValueError(f"it has arrays it should not: {name_list(extra)}")
+                    keys = list(names)
+                else:
+                    if key_ok is not None:
+                        extra = [k for k in stored if not key_ok(k)]
+                        if extra:
+                            raise ValueError(f"it has entries {writer} does not write: {name_list(extra)}")
+                    keys = stored
+                _check_layout(npz.zip, infos)
+                for k in keys:
+                    info = npz.zip.getinfo(k + ".npy")
+                    with npz.zip.open(info) as fh:
+                        _check_npy_header(fh, info.file_size, k)
                 arrays = {k: npz[k] for k in keys}
             for k, v in arrays.items():
                 if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
                     raise ValueError(f"entry {k!r} is not a .npy array")
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
-            RuntimeError, NotImplementedError, MemoryError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile,
+            zipfile.LargeZipFile, RuntimeError, NotImplementedError, MemoryError) as exc:
         raise ValueError(f"{what} is not readable ({type(exc).__name__}: {exc})") from None
     return arrays
+
+
+def name_list(names, shown=5):
+    """`names` for an error message: the first `shown` of them (repr), and how many more."""
+    names = list(names)
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")   # a zip local file header: signature .. name and extra lengths
+
+
+def _check_layout(zf, infos):
+    """ValueError unless every member's bytes (its local header, name, extra field and data)
+    lie within the file, no two members' bytes overlap, and the members' data sizes sum to at
+    most the file's size: then reading every member reads each byte of the file at most once.
+    Only the 30-byte local headers are read."""
+    fp = zf.fp
+    fp.seek(0, os.SEEK_END)
+    size = fp.tell()
+    spans = []
+    total = 0
+    for info in infos:
+        fp.seek(info.header_offset)
+        head = fp.read(_LOCAL_HEADER.size)
+        if len(head) != _LOCAL_HEADER.size:
+            raise ValueError(f"entry {info.filename!r} starts past the end of the file")
+        signature, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+        if signature != b"PK\x03\x04":
+            raise ValueError(f"entry {info.filename!r} has no local header at offset {info.header_offset}")
+        end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+        if end > size:
+            raise ValueError(f"entry {info.filename!r} runs past the end of the file ({end} > {size} bytes)")
+        spans.append((info.header_offset, end, info.filename))
+        total += info.compress_size
+    if total > size:
+        raise ValueError(f"its entries hold {total} bytes of data, more than the file's {size}")
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"entries {first!r} and {second!r} overlap in the file")
+
+
+def _check_npy_header(fh, size, key):
+    """ValueError unless the open member `fh` (of `size` bytes) starts with a .npy header of
+    format 1.0 or 2.0 whose shape is a tuple of non-negative ints (bool is refused: NumPy's own
+    check lets True through, and reshaping then fails with a bare TypeError), whose dtype holds
+    no Python objects, and whose data fit in the member."""
+    fmt = np.lib.format
+    magic = fh.read(len(fmt.MAGIC_PREFIX) + 2)
+    if not magic.startswith(fmt.MAGIC_PREFIX) or len(magic) != len(fmt.MAGIC_PREFIX) + 2:
+        raise ValueError(f"entry {key!r} is not a .npy array")
+    version = tuple(magic[len(fmt.MAGIC_PREFIX):])
+    if version == (1, 0):
+        shape, _fortran, dtype = fmt.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = fmt.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"entry {key!r} is a .npy file of format version {version}, "
+                         "not 1.0 or 2.0")
+    if (type(shape) is not tuple or not all(type(n) is int for n in shape)
+            or any(n < 0 for n in shape)):
+        raise ValueError(f"entry {key!r} has a .npy header whose shape {shape!r} is not a tuple "
+                         "of non-negative ints")
+    if dtype.hasobject:
+        raise ValueError(f"entry {key!r} holds Python objects (dtype {dtype}), which are never "
+                         "unpickled")
+    need = math.prod(shape) * dtype.itemsize
+    have = size - fh.tell()
+    if need > have:
+        raise ValueError(f"entry {key!r} describes {need} bytes of data (shape {shape}, dtype "
+                         f"{dtype}) but holds {have}")
 
 
 def _first_repeat(items):
@@ -443,6 +547,19 @@ def _first_repeat(items):
             return item
         seen.add(item)
     return None
+
+
+def no_repeated_keys(pairs):
+    """json.loads' object_pairs_hook: the object as a dict, or ValueError for a key given twice
+    (json.loads would keep the last one silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice in one object")
+            seen.add(key)
+    return obj
 
 
 def numeric_array(value, name, kinds="biuf"):

@@ -14,7 +14,8 @@ import numpy as np
 
 from fastnn._files import atomic_write, write_npz
 from fastnn._validation import (as_float_array, check_flag, check_int, check_rows, check_seed, fs_path,
-                                int_labels, open_regular, read_npz, refuse_masked)
+                                int_labels, name_list, no_repeated_keys, open_regular,
+                                read_npz, refuse_masked)
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
                            PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -1230,7 +1231,7 @@ class Sequential:
         expected = {f"{i}.{name}" for i, layer in enumerate(self._layers) for name in layer.params}
         extra = set(arrays) - expected
         if extra:
-            raise ValueError(f"{path} has unexpected arrays: {sorted(extra)}")
+            raise ValueError(f"{path} has unexpected arrays: {name_list(sorted(extra))}")
         for value, a in staged:  # everything checked: now write
             value[...] = a
         return self
@@ -1336,22 +1337,45 @@ def _check_optimizer(optimizer):
                         f"step() method, got {type(optimizer).__name__}")
 
 
+_ZIP_SIGNATURE = b"PK\x03\x04"   # how every file Sequential.save writes begins (a zip local header)
+_META_TOP_KEYS = ("format", "version", "layers")
+
+
+def _model_key(key):
+    """Whether `key` is an array name Sequential.save writes: the metadata, or
+    "<layer index>.<parameter name>"."""
+    index, dot, name = key.partition(".")
+    return key == _META_KEY or (dot == "." and index.isdigit() and index.isascii() and name != "")
+
+
 def _read_model_file(path):
-    """(meta, arrays) from a fastnn model file, fully read and checked, or ValueError."""
+    """(meta, arrays) from a fastnn model file, fully read and checked, or ValueError. Its
+    first bytes are checked before the rest is read, so that a large file of something else
+    is refused without being read."""
     path = fs_path(path)
     try:
-        with open_regular(path) as f:
-            raw = f.read()
+        with open_regular(path) as buffered:
+            f = buffered.raw   # (unbuffered: the rest is then read into one bytes object, not two)
+            head = f.read(len(_ZIP_SIGNATURE))
+            if head != _ZIP_SIGNATURE:
+                raise ValueError(f"{path} is not a fastnn model file (it does not begin as a zip "
+                                 f"archive: first bytes {head!r})")
+            f.seek(0)
+            raw = f.readall()
     except OSError as exc:
         raise ValueError(f"cannot read model file {path}: {exc}") from None
-    arrays = read_npz(io.BytesIO(raw), f"{path} (a fastnn model file)", "Sequential.save")
+    except MemoryError:
+        raise ValueError(f"cannot read model file {path}: out of memory reading it") from None
+    arrays = read_npz(io.BytesIO(raw), f"{path} (a fastnn model file)", "Sequential.save",
+                      key_ok=_model_key)
+    del raw
     if _META_KEY not in arrays:
         raise ValueError(f"{path} is not a fastnn model file (no {_META_KEY!r} entry)")
     meta_arr = arrays.pop(_META_KEY)
     try:
         if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1:
             raise ValueError("bad metadata array")
-        meta = json.loads(meta_arr.tobytes().decode("utf-8"))
+        meta = json.loads(meta_arr.tobytes().decode("utf-8"), object_pairs_hook=no_repeated_keys)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: nesting)
         raise ValueError(f"{path} has corrupt metadata: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or not isinstance(meta.get("layers"), list):
@@ -1359,7 +1383,21 @@ def _read_model_file(path):
     if type(meta.get("version")) is not int or meta["version"] != _FORMAT_VERSION:
         raise ValueError(f"{path} has format version {meta.get('version')!r}, this fastnn reads "
                          f"{_FORMAT_VERSION!r} (an int)")
+    unknown = [k for k in meta if k not in _META_TOP_KEYS]
+    if unknown:
+        raise ValueError(f"{path} has metadata entries this fastnn does not know: {name_list(unknown)}")
+    for i, entry in enumerate(meta["layers"]):
+        # (what Sequential.save writes: {"type": <class name>, "config": <its get_config()>})
+        if (not isinstance(entry, dict) or sorted(entry) != ["config", "type"]
+                or not isinstance(entry["type"], str) or not isinstance(entry["config"], dict)):
+            raise ValueError(f"{path}: layer {i} has an unknown description {_short(entry)}")
     return meta, arrays
+
+
+def _short(value, limit=200):
+    """repr(value), cut to about `limit` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_model(path):
@@ -1369,7 +1407,7 @@ def load_model(path):
     for i, entry in enumerate(meta["layers"]):
         if (not isinstance(entry, dict) or not isinstance(entry.get("type"), str)
                 or entry["type"] not in LAYER_TYPES or not isinstance(entry.get("config"), dict)):
-            raise ValueError(f"{path}: layer {i} has an unknown description {entry!r}")
+            raise ValueError(f"{path}: layer {i} has an unknown description {_short(entry)}")
         # Check the stored parameters against the shapes the description gives before building
         # anything, so a crafted description of a huge layer costs nothing: the layer then
         # allocates no more than the file's own arrays hold.

@@ -603,3 +603,253 @@ def test_save_to_a_path_ending_in_a_separator_is_refused(tmp_path):
         _model().save(target)
     assert info.value.filename == target
     assert os.listdir(tmp_path) == []
+
+
+# ============================================================================ crafted archives and metadata
+def _npy_bytes(payload):
+    """A .npy file of a uint8 vector holding `payload`."""
+    import io
+
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": "|u1", "fortran_order": False,
+                                             "shape": (len(payload),)})
+    return b.getvalue() + payload
+
+
+def _local_header(name, data):
+    import struct
+    import zlib
+
+    n = name.encode()
+    return struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data), len(data),
+                       len(data), len(n), 0) + n
+
+
+def _zip_of(body, entries):
+    """`body` (the members' local headers and data), then a central directory listing
+    `entries`: (name, data, offset of its local header in body)."""
+    import struct
+    import zlib
+
+    cd = b""
+    for name, data, off in entries:
+        n = name.encode()
+        cd += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, zlib.crc32(data),
+                          len(data), len(data), len(n), 0, 0, 0, 0, 0, off) + n
+    return body + cd + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries),
+                                   len(cd), len(body), 0)
+
+
+def _quoted_overlap(names, payload, pad=0):
+    """A stored .npz whose members overlap ("quoted overlap", the zip bomb of stored members):
+    member k's data is a .npy vector whose bytes are members k+1.. (local headers and data), so
+    reading every member reads the file's bytes over and over; `pad` zero bytes after them."""
+    seg = None
+    members = []
+    for name in reversed(names):
+        data = _npy_bytes(payload if seg is None else seg)
+        seg = _local_header(name, data) + data
+        members.append((name, data, seg))
+    entries = [(name, data, len(seg) - len(own)) for name, data, own in reversed(members)]
+    return _zip_of(seg + bytes(pad), entries)
+
+
+_MODEL_NAMES = ["__fastnn__.npy", "0.W.npy", "0.b.npy", "1.W.npy", "1.b.npy", "2.W.npy"]
+
+
+@pytest.mark.parametrize("how", ["quoted", "quoted-padded", "foreign-names"])
+@pytest.mark.parametrize("loader", ["load_model", "Sequential.load", "load_checkpoint"])
+def test_overlapping_members_are_refused_before_any_is_read(tmp_path, how, loader):
+    """A stored archive whose members overlap (member k's data holding members k+1..N) made
+    load_model read each byte of the file up to N times (~2 GB from a 10 MB file), before any
+    check: the layout (members within the file, apart, their sizes summing to at most the
+    file's) and the member names are now checked from the directory and the 30-byte local
+    headers alone."""
+    import json
+    import tracemalloc
+
+    from fastnn.solver import load_checkpoint
+
+    names = _MODEL_NAMES if how != "foreign-names" else [f"q{k}.npy" for k in range(6)]
+    if loader == "load_checkpoint":
+        names = [n.replace("__fastnn__", "w") for n in names]
+    raw = _quoted_overlap(names, bytes(1 << 18), pad=(1 << 18) * 30 if how == "quoted-padded" else 0)
+    path = tmp_path / ("ck.npz" if loader == "load_checkpoint" else "bomb.npz")
+    path.write_bytes(raw)
+    if loader == "load_checkpoint":
+        (tmp_path / "ck.json").write_text(json.dumps(
+            {"format": "fastnn-solver-checkpoint", "version": 1, "params_file": "ck.npz",
+             # (with foreign names: only the first one asked for, the others are extra)
+             "param_names": [n[:-len(".npy")] for n in names][:1 if how == "foreign-names" else None]}))
+    load = {"load_model": load_model, "Sequential.load": _model().load,
+            "load_checkpoint": lambda p: load_checkpoint(tmp_path / "ck.json")}[loader]
+    why = {"quoted": "more than the file", "quoted-padded": "overlap in the file",
+           "foreign-names": "does not write" if loader != "load_checkpoint" else "should not"}[how]
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=why) as info:
+            load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    # (the file read once, by load_model; the members overlapping it ~3.5 times over unchecked)
+    assert peak < 1.5 * len(raw), peak
+
+
+@pytest.mark.parametrize("entry", [1, "Dense", None, [], [1, 2], {"type": "Dense"},
+                                   {"config": {}}, {"type": 1, "config": {}},
+                                   {"type": "Dense", "config": []},
+                                   {"type": "Tanh", "config": {}, "extra": 1}])
+def test_a_layer_entry_that_is_not_a_layer_description_is_refused(tmp_path, entry):
+    """Sequential.load used to raise AttributeError ('int' object has no attribute 'get') while
+    it built its message for a layer entry that is not a dict; every entry is checked as a dict
+    of "type" (a str) and "config" (a dict) by both loaders."""
+    path = _model_file(tmp_path, [{"type": "Dense", "config": {"in_features": 4, "out_features": 6}},
+                                  entry])
+    for load in (load_model, Sequential(Dense(4, 6), Tanh()).load):
+        with pytest.raises(ValueError, match=r"crafted\.npz: layer 1 has an unknown description"):
+            load(path)
+
+
+def _with_npy_header(src, dst, member, header_dict_text, data):
+    import zipfile
+
+    with zipfile.ZipFile(src) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    h = header_dict_text.encode("latin1")
+    h += b" " * (64 - (10 + len(h) + 1) % 64) + b"\n"
+    members[member] = b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + data
+    with zipfile.ZipFile(dst, "w") as out:
+        for n, d in members.items():
+            out.writestr(n, d)
+
+
+@pytest.mark.parametrize("shape", ["(True, 24)", "(24, False)", "(True,)", "(-1, 24)",
+                                   "(1099511627776, 24)", "(4, 7)"])
+def test_a_npy_header_shape_is_checked_before_the_array_is_read(tmp_path, shape):
+    """A .npy header's shape passes NumPy's own check with bools in it ((True, 24)), and
+    reading it then raised a bare "TypeError: an integer is required"; the shape must be ints
+    (not bools), non-negative, and describe no more data than the member holds (NumPy
+    allocates the described array before reading it)."""
+    from fastnn.solver import load_checkpoint
+
+    src, bad = tmp_path / "m.npz", tmp_path / "bad.npz"
+    Sequential(Dense(4, 6, seed=0)).save(src)
+    _with_npy_header(src, bad, "0.W.npy", "{'descr': '<f4', 'fortran_order': False, "
+                                          f"'shape': {shape}, }}", bytes(96))
+    for load in (load_model, Sequential(Dense(4, 6)).load):
+        with pytest.raises(ValueError, match=r"bad\.npz .*(shape|describes)"):
+            load(bad)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    _with_npy_header(src, ck / "ck.npz", "0.W.npy", "{'descr': '<f4', 'fortran_order': False, "
+                                                    f"'shape': {shape}, }}", bytes(96))
+    import json
+    (ck / "ck.json").write_text(json.dumps({"format": "fastnn-solver-checkpoint", "version": 1,
+                                            "params_file": "ck.npz",
+                                            "param_names": ["__fastnn__", "0.W", "0.b"]}))
+    with pytest.raises(ValueError, match=r"ck\.npz .*(shape|describes)"):
+        load_checkpoint(ck / "ck.json")
+
+
+def test_a_file_that_does_not_begin_as_a_zip_archive_is_refused_unread(tmp_path):
+    """load_model read the whole file before any check: a large file of zeros cost its size
+    in memory before the ValueError. Its first bytes are checked first."""
+    import tracemalloc
+
+    path = tmp_path / "zeros.npz"
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)   # (sparse: 64 MiB of zeros that take no disk)
+    tracemalloc.start()
+    try:
+        for load in (load_model, _model().load):
+            with pytest.raises(ValueError, match=r"zeros\.npz is not a fastnn model file"):
+                load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_running_out_of_memory_reading_a_model_file_is_a_valueerror(saved, monkeypatch):
+    """(A huge file under a memory limit gave a bare MemoryError.)"""
+    _src, path = saved
+    real = fmodel.open_regular
+
+    class Starved:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        @property
+        def raw(self):
+            return self
+
+        def read(self, n=-1):
+            if n is None or n < 0:
+                raise MemoryError
+            return self.f.read(n)
+
+        def readall(self):
+            raise MemoryError
+
+        def seek(self, *args):
+            return self.f.seek(*args)
+
+    monkeypatch.setattr(fmodel, "open_regular", lambda p, *a: Starved(real(p, *a)))
+    for load in (load_model, _model().load):
+        with pytest.raises(ValueError, match=rf"cannot read model file {path}: out of memory"):
+            load(path)
+
+
+def _meta_text_file(tmp_path, edit):
+    """The model file of Dense(4, 2) with its metadata JSON text changed by `edit(text)`."""
+    from fastnn.model import _META_KEY
+
+    src, dst = tmp_path / "m.npz", tmp_path / "edited.npz"
+    Sequential(Dense(4, 2, seed=0)).save(src)
+    with np.load(src) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    text = edit(arrays[_META_KEY].tobytes().decode())
+    arrays[_META_KEY] = np.frombuffer(text.encode(), np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda t: t.replace('"type": "Dense"', '"type": "Conv2d", "type": "Dense"'), "'type' is given twice"),
+    (lambda t: t.replace('"format":', '"format": "other", "format":'), "'format' is given twice"),
+    (lambda t: t.replace('"in_features": 4', '"in_features": 4, "in_features": 4'), "given twice"),
+    (lambda t: t[:-1] + ', "junk": 1}', "does not know: 'junk'"),
+    (lambda t: t[:-1] + ', "Format": 1, "layers2": []}', "does not know: 'Format', 'layers2'"),
+], ids=["layer-type", "format", "config", "extra-key", "extra-keys"])
+def test_metadata_with_a_repeated_or_unknown_key_is_refused(tmp_path, edit, why):
+    """json.loads keeps the last of two equal keys silently (a file could say one thing to
+    another reader and another to fastnn), and unknown top-level entries were ignored."""
+    path = _meta_text_file(tmp_path, edit)
+    for load in (load_model, Sequential(Dense(4, 2)).load):
+        with pytest.raises(ValueError, match=rf"edited\.npz .*{why}"):
+            load(path)
+    load_model(_meta_text_file(tmp_path, lambda t: t))   # (unedited: loads)
+
+
+def test_unexpected_arrays_are_listed_briefly(saved, tmp_path):
+    """The error for arrays the model does not have listed every name (30,000 in a crafted
+    file): now the first five and a count."""
+    model, path = saved
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays.update({f"0.extra{k:03d}": np.zeros(1, np.float32) for k in range(30)})
+    crowded = tmp_path / "crowded.npz"
+    np.savez(crowded, **arrays)
+    for load in (load_model, _model().load):
+        with pytest.raises(ValueError, match=r"crowded\.npz has unexpected arrays: '0\.extra000', "
+                                             r"'0\.extra001', '0\.extra002', '0\.extra003', "
+                                             r"'0\.extra004' and 25 more$"):
+            load(crowded)
