@@ -56,8 +56,8 @@ import numpy as np
 
 from fastnn import optim as _optim
 from fastnn._files import atomic_write, check_writable, write_npz
-from fastnn._validation import (check_int, fs_path, int_labels, numeric_array, open_regular, read_npz,
-                                too_many_entries)
+from fastnn._validation import (check_int, fs_path, int_labels, no_repeated_keys, numeric_array,
+                                open_regular, read_npz, too_many_entries)
 
 __all__ = ["Solver", "load_checkpoint"]
 
@@ -368,7 +368,9 @@ def load_checkpoint(path):
             stem = path[:-len(ext)]
     try:
         with open_regular(stem + ".json", text=True) as fh:
-            info = json.load(fh)
+            # (what Solver writes: no key twice, no NaN or Infinity, which json.dump would
+            # write as constants that are not JSON)
+            info = json.load(fh, object_pairs_hook=no_repeated_keys, parse_constant=_no_constant)
     except OSError as exc:
         raise ValueError(f"cannot read checkpoint {stem}.json: {exc}") from None
     except (ValueError, RecursionError) as exc:  # bad JSON or text (UnicodeDecodeError), nesting
@@ -392,5 +394,18 @@ def load_checkpoint(path):
     if len(set(names)) != len(names):
         raise ValueError(f"{stem}.json: param_names names a parameter twice")
     npz = os.path.join(os.path.dirname(stem), name)
-    params = read_npz(npz, f"{npz} (a checkpoint's arrays)", "Solver", names=names)
+    what = f"{npz} (a checkpoint's arrays)"
+    params = read_npz(npz, what, "Solver", names=names)
+    # (as load_model checks a model file's arrays: real floats, every value finite)
+    for key, value in params.items():
+        if value.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{what}: array {key!r} has dtype {value.dtype}, expected float32 "
+                             "or float64")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{what}: array {key!r} holds NaN or Inf")
     return params, info
+
+
+def _no_constant(name):
+    """json.load's parse_constant: NaN, Infinity and -Infinity are refused."""
+    raise ValueError(f"{name} is not a JSON number")

@@ -404,7 +404,8 @@ def test_checkpoint_of_a_real_model_round_trips(tmp_path):
 def _checkpoint_pair(tmp_path, info=None, npz=None, json_text=None):
     """ck.json (info as JSON, or json_text verbatim) and, when npz is given, ck.npz with those
     arrays (or those raw bytes)."""
-    base = {"format": "fastnn-solver-checkpoint", "params_file": "ck.npz", "param_names": ["W1"]}
+    base = {"format": "fastnn-solver-checkpoint", "version": 1, "params_file": "ck.npz",
+            "param_names": ["W1"]}
     with open(tmp_path / "ck.json", "w", encoding="utf-8") as fh:
         fh.write(json_text if json_text is not None else json.dumps(dict(base, **(info or {}))))
     if isinstance(npz, bytes):
@@ -468,6 +469,48 @@ def test_load_checkpoint_refuses_bad_files_with_valueerror(tmp_path, case):
             zf.writestr("W1", b"not an array")
     with pytest.raises(ValueError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("case,why", [
+    ("nan", "'W1' holds NaN or Inf"), ("inf", "'W1' holds NaN or Inf"),
+    ("complex", "'W1' has dtype complex128"), ("int", "'W1' has dtype int64"),
+    ("bool", "'W1' has dtype bool"), ("str", "'W1' has dtype <U3"),
+    ("float16", "'W1' has dtype float16"), ("extra-array", "arrays it should not: 'b1'"),
+    ("json-nan", "NaN is not a JSON number"), ("json-infinity", "-Infinity is not a JSON number"),
+    ("json-repeated-key", "'param_names' is given twice"),
+])
+def test_load_checkpoint_checks_what_it_returns(tmp_path, case, why):
+    """load_checkpoint returned the arrays as they were stored: NaN weights, complex, int,
+    bool or str arrays, and arrays param_names does not list; and its JSON took NaN and
+    Infinity (which Solver never writes) and a key given twice (the last one kept). The
+    arrays are checked as load_model checks a model file's: real float32 / float64 arrays of
+    finite values, exactly the ones param_names lists."""
+    arrays = {"nan": {"W1": np.array([1.0, np.nan])}, "inf": {"W1": np.array([[np.inf]], np.float32)},
+              "complex": {"W1": np.zeros(2, np.complex128)}, "int": {"W1": np.arange(3)},
+              "bool": {"W1": np.ones(2, bool)}, "str": {"W1": np.array(["abc"])},
+              "float16": {"W1": np.ones(2, np.float16)},
+              "extra-array": {"W1": np.ones(2), "b1": np.ones(2)}}.get(case, {"W1": np.ones(2)})
+    good = '{"format": "fastnn-solver-checkpoint", "version": 1, "params_file": "ck.npz", ' \
+           '"param_names": ["W1"]'
+    text = {"json-nan": good + ', "best_val_acc": NaN}',
+            "json-infinity": good + ', "loss_history": [1.0, -Infinity]}',
+            "json-repeated-key": good + ', "param_names": ["b1"]}'}.get(case)
+    path = _checkpoint_pair(tmp_path, npz=arrays, json_text=text)
+    with pytest.raises(ValueError, match=why) as info:
+        load_checkpoint(path)
+    assert "ck.npz" in str(info.value) or "ck.json" in str(info.value)
+
+
+def test_load_checkpoint_returns_float_arrays_as_stored(tmp_path):
+    arrays = {"W1": np.arange(6, dtype=np.float32).reshape(2, 3), "b1": np.float64(0.5),
+              "W2": np.zeros((0, 4))}
+    path = _checkpoint_pair(tmp_path, {"param_names": list(arrays), "best_val_acc": 0.25},
+                            npz=arrays)
+    params, info = load_checkpoint(path)
+    assert list(params) == list(arrays) and info["best_val_acc"] == 0.25
+    for k, v in arrays.items():
+        assert params[k].dtype == v.dtype and params[k].shape == np.shape(v)
+        assert_same_bits(params[k], np.asarray(v), what=k)
 
 
 def test_load_checkpoint_path_type():
