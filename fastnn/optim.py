@@ -31,7 +31,7 @@ import numpy as np
 
 from fastnn import _threads
 from fastnn._kernels import optim as _ko
-from fastnn._validation import as_float_array, check_same_shape, check_scalar
+from fastnn._validation import as_float_array, check_same_shape, check_scalar, float_dtype_of
 
 __all__ = ["sgd", "sgd_momentum", "nesterov_momentum", "rmsprop", "adam"]
 
@@ -44,11 +44,20 @@ def _writable(a):
 
 def _target(w, dw):
     """The array to update in place: w itself when possible, else a contiguous float copy
-    (made once dw is known to have w's shape: a huge broadcast w is refused, not copied)."""
+    (made once dw is known to have w's shape: a huge broadcast w is refused, not copied; a
+    dw that is not an array, a list, is converted for its shape, after w's dtype is checked
+    as w's conversion checks it)."""
     if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative and _writable(w):
         return w
-    if isinstance(w, np.ndarray) and isinstance(dw, np.ndarray):
-        check_same_shape(dw, "dw", w, "w")
+    if isinstance(w, np.ndarray):
+        if isinstance(dw, np.ndarray):
+            check_same_shape(dw, "dw", w, "w")
+            float_dtype_of(w, "w")
+            float_dtype_of(dw, "dw")   # (its TypeError too before the copy, as _grad names it)
+        else:
+            float_dtype_of(w, "w")
+            # (only its shape is used: _grad converts dw again, to w's dtype)
+            check_same_shape(as_float_array(dw, "dw"), "dw", w, "w")
     return as_float_array(w, "w").copy()
 
 

@@ -33,6 +33,11 @@ And by the twenty-fifth session's:
   not name it, or masked entries read as data), and eval_numerical_gradient_array blamed df
   when f returned None;
 - a DenseCache made without __init__ raised AttributeError in the backward functions.
+
+And by a later audit of huge broadcast views (a view of a fine shape, copied before another
+argument was compared with it: MemoryError): prelu_forward's x before alpha, the element-wise
+forwards' x before out, and the update rules' w before a dw given as a list (or of a dtype
+none takes).
 """
 import numpy as np
 import pytest
@@ -283,6 +288,33 @@ def test_shapes_are_checked_before_a_huge_broadcast_view_is_copied(call, name):
     was compared, a MemoryError (or, where memory is overcommitted, a process killed while
     it filled the copy) instead of a ValueError naming the argument."""
     with pytest.raises(ValueError, match=rf"^{name} must (have|be)"):
+        call()
+
+
+_HUGE_X = np.broadcast_to(1.0, (2**40, 3))   # (a copy: 24 TiB, a MemoryError)
+_ELEMENTWISE = [F.relu_forward, F.sigmoid_forward, F.tanh_forward, F.leaky_relu_forward]
+
+
+@pytest.mark.parametrize("call, exc, name", [
+    (lambda: F.prelu_forward(_HUGE_X, np.ones(5)), ValueError, "alpha"),
+    (lambda: F.prelu_forward(_HUGE_X, [1.0, 2.0]), ValueError, "alpha"),
+    (lambda: F.prelu_forward(np.broadcast_to(np.float32(1.0), (2**40, 3)), np.ones(5)), ValueError,
+     "alpha"),
+    *[(lambda fw=fw: fw(_HUGE_X, out=np.empty(3)), ValueError, "out") for fw in _ELEMENTWISE],
+    *[(lambda fw=fw: fw(_HUGE_X, out=[0.0, 0.0, 0.0]), TypeError, "out") for fw in _ELEMENTWISE],
+    *[(lambda rule=rule: getattr(O, rule)(_HUGE, [1.0, 2.0]), ValueError, "dw") for rule in RULES],
+    (lambda: O.adam(_HUGE, np.broadcast_to(np.complex64(1), (2**40,))), TypeError, "dw"),
+], ids=["prelu-alpha-array", "prelu-alpha-list", "prelu-float32-x",
+        *[f"{fw.__name__}-out" for fw in _ELEMENTWISE],
+        *[f"{fw.__name__}-out-list" for fw in _ELEMENTWISE],
+        *[f"{rule}-list-dw" for rule in RULES], "adam-complex-dw"])
+def test_a_huge_broadcast_view_is_checked_against_the_other_arguments_before_it_is_copied(
+        call, exc, name):
+    """The huge view itself had a fine shape, but another argument did not fit it (prelu's
+    alpha, the element-wise forwards' out, an update rule's dw given as a list), or had a
+    dtype no rule takes: the view was converted (copied) before that was compared, a
+    MemoryError instead of the error naming that argument."""
+    with pytest.raises(exc, match=rf"^{name} must (have|be)"):
         call()
 
 

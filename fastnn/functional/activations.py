@@ -56,10 +56,29 @@ def _flat(a):
     return a.reshape(-1)
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _as_x(x, out):
+    """``as_float_array(x, "x")``: x itself when it is a C-contiguous float32/float64 array
+    (what as_float_array returns for it), else converted, with ``out`` checked first by
+    out_array against x's shape and dtype (x's dtype named first, as its conversion names
+    it) when x is an array: an out that the call refuses is refused before a huge broadcast
+    view is copied. (A list x holds its data already; the overlap with the inputs is
+    checked after the conversion, as before.)"""
+    if type(x) is np.ndarray:
+        dt = x.dtype
+        if (dt is _F32 or dt is _F64) and x.flags.c_contiguous:
+            return x
+    if out is not None and isinstance(x, np.ndarray):
+        out_array(out, x.shape, float_dtype_of(x, "x"))
+    return as_float_array(x, "x")
+
+
 def _forward(op, x, out=None, alpha=0.0, given=None):
     """op(x) into out (or a new array). ``given``: the caller's own x when x is a converted
     copy of it; out may overlap neither (refused as it is for an x used as it is)."""
-    arr = as_float_array(x, "x")
+    arr = _as_x(x, out)
     out = out_array(out, arr.shape, arr.dtype, arr, x, given)
     _k.forward(op, _flat(arr), _flat(out), alpha, _threads._num_threads)
     return out
@@ -92,7 +111,7 @@ def _backward(op, dout, saved, out=None, alpha=0.0):
 # ----------------------------------------------------------------------------- ReLU
 def relu_forward(x, *, out=None):
     """ReLU, ``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
-    given, x = x, as_float_array(x, "x")
+    given, x = x, _as_x(x, out)
     out = _forward(_RELU, x, out, given=given)
     # The cache is x itself, as the course's (``cache = x``): every way course code writes its
     # relu_backward works on it (``dout * (x > 0)``, ``dx[x <= 0] = 0``, ``x.shape``, ...), and
@@ -116,7 +135,7 @@ def relu_backward(dout, cache, *, out=None):
 def leaky_relu_forward(x, alpha=0.01, *, out=None):
     """``x if x > 0 else alpha * x``."""
     alpha = check_scalar(alpha, "alpha")
-    given, x = x, as_float_array(x, "x")
+    given, x = x, _as_x(x, out)
     out = _forward(_LEAKY, x, out, alpha, given=given)
     return out, ActivationCache("leaky_relu", x, alpha)
 
@@ -210,8 +229,12 @@ def prelu_forward(x, alpha):
         dt = common_dtype(("x", x), ("alpha", alpha))
     else:
         dt = float_dtype_of(x, "x")
-    x = as_float_array(x, "x", dt)
+    if not isinstance(x, np.ndarray):
+        x = as_float_array(x, "x", dt)   # (a list holds its data already)
+    # alpha checked against x's features before x is converted, so that a huge broadcast
+    # view of x is refused, not copied
     a, ashape = _prelu_vector(alpha, x.shape[-1] if x.ndim else 1, dt)
+    x = as_float_array(x, "x", dt)
     out = np.empty_like(x)
     _k.prelu_forward(_rows(x), a, _rows(out), _threads._num_threads)
     # The caller's slope array is kept as it is, whatever its dtype and layout: backward
