@@ -12,7 +12,7 @@ import numpy as np
 
 from fastnn._kernels import activations as _ka
 from fastnn._validation import (CheckedSettings, as_float_array, check_float_dtype, check_int,
-                                check_scalar, numeric_array, too_many_entries)
+                                check_scalar, float_dtype_of, numeric_array, too_many_entries)
 from fastnn.functional import activations as _fa
 from fastnn.functional import dense as _fd
 from fastnn.functional import dropout as _fdrop
@@ -300,6 +300,83 @@ class Layer:
         return f"{type(self).__name__}({cfg})"
 
 
+def _dout_as(dout, dtype, shape_of, cache, kind=None, shape_text="shape {}", intact=None):
+    """A backward's dout as an array of the layer's dtype (None: its own float dtype), as
+    as_float_array makes it. An array that is not used as it is has its shape compared with
+    ``shape_of(cache, kind)`` (what the backward compares it with; None: not known) before it
+    is converted, so that a huge broadcast view of another shape is refused, not copied: the
+    backward's own ValueError (``shape_text`` formatted with the shape), after dout's dtype's
+    TypeError (as its conversion names that first), and only when ``intact(cache)`` (what the
+    backward checks before dout's shape) holds: a damaged cache is named by the backward, as
+    before. (An array used as it is is returned as it is: the backward compares its shape.)"""
+    if type(dout) is np.ndarray:
+        dt = dout.dtype
+        if (dt is dtype or (dtype is None and dt.char in "fd" and dt.isnative)) and dout.flags.c_contiguous:
+            return dout   # (what as_float_array returns for it)
+    if isinstance(dout, np.ndarray):
+        shape = shape_of(cache, kind)
+        if shape is not None and dout.shape != shape:
+            float_dtype_of(dout, "dout")
+            if intact is None or intact(cache):
+                raise ValueError(f"dout must have {shape_text.format(shape)}, got {dout.shape}")
+    return as_float_array(dout, "dout", dtype)
+
+
+def _given_shape(shape, kind=None):
+    """(_dout_as's shape_of for a shape known already)"""
+    return shape
+
+
+def _pass_through_shape(layer, kind=None):
+    """The forward output's shape of a layer that passes dout through (None before forward)."""
+    return getattr(layer, "_shape", None)
+
+
+def _dropout_shape(cache, kind=None):
+    """The shape a Dropout cache records, or None when it is not a DropoutCache."""
+    return getattr(cache, "shape", None) if isinstance(cache, _fdrop.DropoutCache) else None
+
+
+def _saved_shape(cache, kind):
+    """The shape of the array an activation's cache of `kind` saved (what its backward
+    compares dout with), or None when `cache` is not such a cache (the backward names it)."""
+    if isinstance(cache, _fa.ActivationCache) and cache.kind == kind and isinstance(cache.saved, np.ndarray):
+        return cache.saved.shape
+    return None
+
+
+def _passes(check, *args):
+    """Whether check(*args) raises no ValueError (a damaged cache, for _dout_as's intact)."""
+    try:
+        check(*args)
+    except ValueError:
+        return False
+    return True
+
+
+def _leaky_slope_intact(cache):
+    return _passes(_fa._check_slope, cache, "leaky_relu")
+
+
+def _dropout_cache_intact(cache):
+    return _passes(_fdrop._cache_params, cache)
+
+
+def _maxout_cache_intact(cache):
+    """What maxout_backward checks of its cache before dout's shape, as a bool."""
+    extra = cache.extra
+    if not (isinstance(extra, tuple) and len(extra) == 2 and isinstance(extra[0], _fa.ActivationCache)):
+        return False
+    red = extra[0]
+    argmax, shape = red.saved, red.alpha
+    return (red.kind == "maxout_reduce" and isinstance(argmax, np.ndarray) and argmax.dtype == np.int8
+            and all(type(s) is int for s in shape) and argmax.shape == shape[:2]
+            and 1 <= shape[2] <= 127 and argmax.flags.c_contiguous)
+
+
+_FORWARD_OUTPUT = "the shape of the forward output {}"   # (the functional backwards' words)
+
+
 # ----------------------------------------------------------------------------- Dense
 def _fixed_activation(layer, value):
     raise AttributeError(f"{type(layer).__name__}.activation is fixed at construction (the fused "
@@ -447,7 +524,15 @@ class Dense(CheckedSettings, Layer):
     def backward(self, dout, need_dx=True):
         cache, act_layer = self._need_cache()
         if type(dout) is not np.ndarray or dout.dtype != self.dtype:   # (as the other layers)
-            dout = as_float_array(dout, "dout", self.dtype)
+            if isinstance(dout, np.ndarray):
+                # its shape before it is converted (a huge broadcast view is refused, not
+                # copied), after what the backward checks first: dout's dtype and the cache
+                float_dtype_of(dout, "dout")
+                _fd._check_cache(cache, cache.op, "dense")
+                n, _, m = _fd._check_cache_arrays(cache, cache.op, "dense")
+                dout = _dout_as(dout, self.dtype, _given_shape, (n, m))
+            else:
+                dout = as_float_array(dout, "dout", self.dtype)
         res = _fd._backward(cache.op, dout, cache, "dense", need_dx=need_dx,
                             dw=self.grads["W"], db=self.grads["b"])
         if cache.op == _ka.PRELU:
@@ -486,7 +571,8 @@ class _Activation(Layer):
         return getattr(_fa, f"{self.name}_forward")(self._input(x))[0]
 
     def backward(self, dout, need_dx=True):
-        return getattr(_fa, f"{self.name}_backward")(as_float_array(dout, "dout", self.dtype), self._need_cache())
+        dout = _dout_as(dout, self.dtype, _saved_shape, self._cache, self.name, _FORWARD_OUTPUT)
+        return getattr(_fa, f"{self.name}_backward")(dout, self._need_cache())
 
     def __init__(self, dtype=None):
         super().__init__(dtype)
@@ -529,7 +615,9 @@ class LeakyReLU(CheckedSettings, Layer):
         return _fa.leaky_relu_forward(self._input(x), self.alpha)[0]
 
     def backward(self, dout, need_dx=True):
-        return _fa.leaky_relu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
+        dout = _dout_as(dout, self.dtype, _saved_shape, self._cache, "leaky_relu", _FORWARD_OUTPUT,
+                        _leaky_slope_intact)
+        return _fa.leaky_relu_backward(dout, self._need_cache())
 
     def get_config(self):
         return {"alpha": self.alpha, "dtype": _dtype_name(self.dtype)}
@@ -563,17 +651,29 @@ class PReLU(Layer):
             raise ValueError(f"PReLU has {self.num_parameters} slopes but x has {features} features")
         return a
 
+    def _check_features_first(self, x):
+        """An array x whose features the slopes do not fit refused before it is converted (a
+        huge broadcast view is not copied): _alpha_arg's errors, after x's dtype's."""
+        if isinstance(x, np.ndarray) and self.num_parameters != 1 and (
+                x.shape[-1] if x.ndim else 1) != self.num_parameters:
+            float_dtype_of(x, "x")
+            self._alpha_arg(x.shape[-1] if x.ndim else 1)   # (raises)
+
     def forward(self, x, training=None):
+        self._check_features_first(x)
         x = self._input(x)
         out, self._cache = _fa.prelu_forward(x, self._alpha_arg(x.shape[-1] if x.ndim else 1))
         return out
 
     def _infer(self, x):
+        self._check_features_first(x)
         x = self._input(x)
         return _fa.prelu_forward(x, self._alpha_arg(x.shape[-1] if x.ndim else 1))[0]
 
     def backward(self, dout, need_dx=True):
-        dx, dalpha = _fa.prelu_backward(as_float_array(dout, "dout", self.dtype), self._need_cache())
+        dout = _dout_as(dout, self.dtype, _saved_shape, self._cache, "prelu",
+                        "the shape of the forward input {}")
+        dx, dalpha = _fa.prelu_backward(dout, self._need_cache())
         self.grads["alpha"][...] = dalpha
         return dx
 
@@ -630,8 +730,9 @@ class Maxout(Layer):
 
     def backward(self, dout, need_dx=True):
         W, b = self.grads["W"], self.grads["b"]
-        dx, dw, db = _fd._maxout_backward(as_float_array(dout, "dout", self.dtype), self._need_cache(),
-                                          need_dx=need_dx, dw=W, db=b)
+        dout = _dout_as(dout, self.dtype, _maxout_out_shape, self._cache, None, "shape {}",
+                        _maxout_cache_intact)
+        dx, dw, db = _fd._maxout_backward(dout, self._need_cache(), need_dx=need_dx, dw=W, db=b)
         if not np.may_share_memory(dw, W):  # (written in place unless the dtypes differ)
             W[...] = dw
         if not np.may_share_memory(db, b):
@@ -641,6 +742,17 @@ class Maxout(Layer):
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "pieces": self.pieces, "dtype": self.dtype.name}
+
+
+def _maxout_out_shape(cache, kind=None):
+    """The forward output's shape (N, units) a Maxout cache records (what its backward
+    compares dout with), or None when `cache` is not an intact one (the backward names it)."""
+    extra = getattr(cache, "extra", None) if isinstance(cache, _fd.DenseCache) else None
+    if isinstance(extra, tuple) and len(extra) == 2:
+        shape = extra[0].alpha if isinstance(extra[0], _fa.ActivationCache) else None
+        if isinstance(shape, tuple) and len(shape) == 3:
+            return shape[:2]
+    return None
 
 
 # ----------------------------------------------------------------------------- regularizers
@@ -697,11 +809,13 @@ class Dropout(CheckedSettings, _Stochastic):
         return out
 
     def backward(self, dout, need_dx=True):
-        dout = as_float_array(dout, "dout", self.dtype)
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
+            dout = _dout_as(dout, self.dtype, _pass_through_shape, self)
             _check_pass_through(dout, self)
             return dout
-        return _fdrop.dropout_backward(dout, self._cache)
+        dout = _dout_as(dout, self.dtype, _dropout_shape, cache, None, "shape {}", _dropout_cache_intact)
+        return _fdrop.dropout_backward(dout, cache)
 
     def get_config(self):
         return {"p": self.p, "dtype": _dtype_name(self.dtype)}
@@ -724,7 +838,7 @@ class GaussianNoise(CheckedSettings, _Stochastic):
         return _fdrop._add_noise(x, self.std, self._rng)
 
     def backward(self, dout, need_dx=True):
-        dout = as_float_array(dout, "dout", self.dtype)
+        dout = _dout_as(dout, self.dtype, _pass_through_shape, self)
         _check_pass_through(dout, self)
         return dout
 

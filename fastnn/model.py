@@ -13,9 +13,9 @@ import weakref
 import numpy as np
 
 from fastnn._files import atomic_write, write_npz
-from fastnn._validation import (as_float_array, check_flag, check_int, check_rows, check_seed, fs_path,
-                                int_labels, name_list, no_repeated_keys, open_regular,
-                                read_npz, refuse_masked)
+from fastnn._validation import (as_float_array, binary_targets, check_flag, check_int, check_rows,
+                                check_seed, class_labels, float_dtype_of, fs_path, int_labels,
+                                name_list, no_repeated_keys, open_regular, read_npz, refuse_masked)
 from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
                            PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -135,6 +135,9 @@ _NAMED_LOSSES = {name: get_loss(name) for name in ("softmax", "svm", "logistic",
 _LOSS_KINDS = {SoftmaxCrossEntropy: _kl.SOFTMAX, MulticlassHinge: _kl.SVM,
                BinaryCrossEntropy: _kl.LOGISTIC, BinaryHinge: _kl.BINARY_HINGE,
                MeanSquaredError: _kl.MSE}
+
+# Sequential._check_X's default for y: no labels to compare with X's rows (None is a y, refused)
+_NO_LABELS = object()
 
 
 def _grad_is_finite(grad):
@@ -688,12 +691,16 @@ class Sequential:
         return "Sequential(\n" + "\n".join(f"  {layer!r}" for layer in self.layers) + "\n)"
 
     # ------------------------------------------------------------------ compute
-    def _check_X(self, X, name="X", hot=False):
+    def _check_X(self, X, name="X", hot=False, y=_NO_LABELS, loss=None, optimizer=None):
         """X (or X_val: `name`) as an array of the model's dtype with a batch axis and rows of
         the model's input width (_check_width; an array's checked before it is converted, so
         that a huge broadcast view is refused, not copied). ``hot`` (train_step): an X that is
         already such an array skips the width check, which its compiled step makes (and its
-        layer path)."""
+        layer path). ``y`` (fit, evaluate, and train_step with its ``loss`` and
+        ``optimizer``): X's labels or targets, whose rows are compared with those of an array
+        X to be converted before it is converted too (as _labels, or train_step's
+        _check_step_label_rows, checks them), so that a huge broadcast view with too few
+        labels is refused, not copied; the callers check them again after."""
         dtype = _dtype_of(self._layers)   # (the callers rebuilt a changed layer list first)
         if type(X) is np.ndarray and X.dtype is dtype and X.ndim >= 1 and X.flags.c_contiguous:
             # what as_float_array returns for it (a training step's fast path)
@@ -701,12 +708,52 @@ class Sequential:
         given = X
         if isinstance(given, np.ndarray):
             self._check_width(given, name)
+            if y is not _NO_LABELS and given.ndim >= 1 and given.shape[0]:
+                float_dtype_of(given, name)   # (X's TypeError first, as its conversion raises it)
+                if hot:
+                    self._check_step_label_rows(given, y, loss, optimizer)
+                else:
+                    self._labels(y, given.shape[0], "y" + name[1:], name)   # (X: y, X_val: y_val)
         X = as_float_array(X, name, dtype)
         if X.ndim < 1:
             raise ValueError(f"{name} must have a batch axis, got a scalar")
         if not isinstance(given, np.ndarray):
             self._check_width(X, name)
         return X
+
+    def _check_step_label_rows(self, X, y, loss, optimizer):
+        """train_step's labels (or targets) ``y`` refused before the array X (of at least one
+        row) is converted when their number is not X's rows, as the step's own checks would
+        refuse them after: the compiled step's (_CompiledStep.run) where the step is
+        compiled, else the loss's (the layer path). Only when y's first axis does not have
+        X's rows, and for fastnn's losses (a Loss class of the caller's own checks what it
+        takes, in the step)."""
+        kind = _LOSS_KINDS.get(type(loss))
+        if kind is None:
+            return
+        n = X.shape[0]
+        try:
+            rows = np.shape(y)[:1]   # (an array's shape; a list, small, is converted)
+        except (TypeError, ValueError):   # (a ragged list: the step's checks name it)
+            return
+        if rows == (n,):
+            return
+        # (each check below raises: a y of another number of rows is refused by all of them)
+        out = self._feature_trace()[-1]   # the scores' width (None: not known)
+        dtype = _dtype_of(self._layers)
+        if kind == _kl.MSE:
+            if out is not None:
+                _mse_targets_as(y, (n, out), dtype)   # (both paths: _targets_for, run)
+            return
+        binary = kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
+        if binary and out is not None and out != 1:
+            _refuse_binary_scores(loss, (n, out))   # (both: the compiled step is not built)
+        if self._compilable and type(optimizer) in (SGD, RMSProp, Adam) and X.ndim == 2:
+            int_labels(y, n, allow_bool=binary, allow_column=binary, allow_float=binary)
+        elif binary:
+            binary_targets(y, n, (0, 1) if kind == _kl.LOGISTIC else (-1, 1), dtype)
+        else:
+            class_labels(y, n, out)
 
     def _check_width(self, X, name="X"):
         """ValueError naming `name` unless X's rows have the first layer's input width (each
@@ -847,7 +894,8 @@ class Sequential:
             loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
-        value, _, _ = self._step(self._check_X(X, hot=True), y, loss, optimizer)
+        # (positional: no cost on the fast path, an X that is already the model's array)
+        value, _, _ = self._step(self._check_X(X, "X", True, y, loss, optimizer), y, loss, optimizer)
         return value
 
     def _compiled_step(self, X, loss, optimizer):
@@ -1015,7 +1063,7 @@ class Sequential:
         loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
-        X = self._check_X(X)
+        X = self._check_X(X, "X", False, y)
         check_rows(X.shape[0], "X")   # (the loss would name its own x: the scores)
         y = self._labels(y, X.shape[0])
         scores = self.predict(X, batch_size=batch_size)
@@ -1044,7 +1092,7 @@ class Sequential:
         loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
-        X = self._check_X(X)
+        X = self._check_X(X, "X", False, y)
         y = self._labels(y, X.shape[0])
         n = X.shape[0]
         if n == 0:
@@ -1063,7 +1111,7 @@ class Sequential:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             # checked and converted once here, before the first epoch, not after it
-            X_val = self._check_X(validation_data[0], "X_val")
+            X_val = self._check_X(validation_data[0], "X_val", False, validation_data[1])
             n_val = X_val.shape[0]
             if n_val == 0:
                 raise ValueError("X_val is empty: the validation loss over no rows is undefined")

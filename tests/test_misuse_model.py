@@ -51,6 +51,13 @@ And by the twenty-fifth session's audit:
 - params or grads replaced by something that is not a dict, or an entry deleted, raised
   AttributeError or KeyError in predict, forward, evaluate, load, summary, parameters,
   zero_grad, step and a Parameter's repr; an optimizer's state could be set to a non-dict.
+
+And by a later audit of huge broadcast views (converted, a MemoryError, before the shape check
+that refuses them): fit, evaluate and train_step converted X before comparing y's length with
+its rows (fit's X_val too); the layers' backward converted dout before comparing its shape
+(ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Maxout, Dropout, GaussianNoise, and Dense for a dout
+of another dtype than the layer's: Sequential.backward too); PReLU's forward converted x
+before comparing its features with the slopes.
 """
 import json
 import os
@@ -983,6 +990,84 @@ def test_a_huge_broadcast_X_of_the_wrong_width_is_refused_before_it_is_copied():
                  lambda: model.train_step(huge, [0], "softmax", SGD(model.parameters()))):
         with pytest.raises(ValueError, match=r"^X must have shape \(N, 5\)"):
             call()
+
+
+def _huge(*shape, dtype=np.float64):
+    return np.broadcast_to(np.zeros((), dtype), shape)   # (0 bytes; a copy: TiBs)
+
+
+@pytest.mark.parametrize("loss, y, outputs", [
+    ("softmax", np.zeros(3, int), 3), ("svm", [0, 1, 2], 3), ("logistic", np.zeros(3, int), 1),
+    ("binary_hinge", np.ones((3, 1), int), 1), ("mse", np.zeros((3, 2), F32), 2),
+    ("mse", np.zeros(3), 1)], ids=["softmax", "svm-list", "logistic", "binary_hinge-column",
+                                    "mse", "mse-single-output"])
+def test_a_huge_broadcast_X_with_too_few_labels_is_refused_before_it_is_copied(loss, y, outputs):
+    """X of the right width, but y too short for it: X (a 0-byte view of 2**38 rows) was
+    converted to the model's dtype before y's length was compared with its rows (MemoryError).
+    The X_val of fit's validation_data too."""
+    X = _huge(2**38, 5)
+    for opt_cls in (SGD, _SGDLayerPath):
+        model = Sequential(Dense(5, outputs, seed=0))
+        with pytest.raises(ValueError, match=r"^y must have"):
+            model.train_step(X, y, loss, opt_cls(model.parameters()))
+    model = Sequential(Dense(5, outputs, seed=0))
+    with pytest.raises(ValueError, match=r"^y must have 274877906944 entries \(one per row of X\)"):
+        model.evaluate(X, y, loss=loss)
+    with pytest.raises(ValueError, match=r"^y must have 274877906944 entries \(one per row of X\)"):
+        model.fit(X, y, loss=loss, optimizer=SGD(model.parameters()), verbose=False)
+    Xs, ys = np.ones((3, 5), F32), np.asarray(y)
+    with pytest.raises(ValueError, match=r"^y_val must have 274877906944 entries \(one per row of X_val\)"):
+        model.fit(Xs, ys, loss=loss, optimizer=SGD(model.parameters()), verbose=False,
+                  validation_data=(X, y))
+    # (X's dtype is still named before its labels, as for a small X)
+    X = _huge(2**38, 5, dtype=np.complex128)
+    for call in (lambda: model.evaluate(X, y, loss=loss), lambda: model.fit(X, y, loss=loss, verbose=False),
+                 lambda: model.train_step(X, y, loss, SGD(model.parameters()))):
+        with pytest.raises(TypeError, match=r"^X must be a float32 or float64 array"):
+            call()
+
+
+def _fed(layer, x):
+    layer.forward(x)
+    return layer
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: _fed(ReLU(), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.Sigmoid(), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.Tanh(), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.LeakyReLU(), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.PReLU(5), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.PReLU(), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.Maxout(5, 3, 2, seed=0), np.ones((4, 5), F32)), (2**38, 3)),
+    (lambda: _fed(fastnn.Dropout(0.5, seed=0), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.Dropout(0.0), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(fastnn.GaussianNoise(0.1, seed=0), np.ones((4, 5), F32)), (2**38, 5)),
+    (lambda: _fed(Dense(5, 3, seed=0), np.ones((4, 5), F32)), (2**38, 3)),
+    (lambda: _fed(Dense(5, 3, activation="relu", seed=0), np.ones((4, 5), F32)), (2**38, 3)),
+    (lambda: _fed(Dense(5, 3, activation="prelu", seed=0), np.ones((4, 5), F32)), (2**38, 3)),
+    (lambda: _fed(Sequential(Dense(5, 3, seed=0)), np.ones((4, 5), F32)), (2**38, 3)),
+    (lambda: _fed(Sequential(Dense(5, 3, seed=0), ReLU()), np.ones((4, 5), F32)), (2**38, 3)),
+    (lambda: _fed(Sequential(Dense(5, 4, seed=0), fastnn.Maxout(4, 3, seed=0), fastnn.Dropout(0.5)),
+                  np.ones((4, 5), F32)), (2**38, 3)),
+], ids=["relu", "sigmoid", "tanh", "leaky_relu", "prelu", "prelu-shared", "maxout", "dropout",
+        "dropout-p0", "gaussian_noise", "dense", "dense-relu", "dense-prelu", "sequential",
+        "sequential-fused", "sequential-maxout-dropout"])
+def test_a_huge_broadcast_dout_of_the_wrong_shape_is_refused_before_it_is_copied(make, shape):
+    """A layer's backward converted dout to the layer's dtype (a float64 view for a float32
+    layer: a copy) before its shape was compared with the forward output's (MemoryError)."""
+    layer = make()
+    with pytest.raises(ValueError, match=r"^dout must have"):
+        layer.backward(_huge(*shape))
+    with pytest.raises(TypeError, match=r"^dout must be a float32 or float64 array"):
+        layer.backward(_huge(*shape, dtype=np.complex64))   # (its dtype named first, as before)
+
+
+def test_a_huge_broadcast_x_with_more_features_than_prelu_slopes_is_refused_before_it_is_copied():
+    layer = fastnn.PReLU(3)
+    for call in (layer.forward, layer._infer):
+        with pytest.raises(ValueError, match=r"^PReLU has 3 slopes but x has 5 features"):
+            call(_huge(2**38, 5))
 
 
 @pytest.mark.parametrize("edit, match", [
