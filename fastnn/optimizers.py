@@ -330,31 +330,29 @@ class Optimizer(CheckedSettings):
         parameter or a gradient (state edited by hand: ``state[k][1] = state[k][0]``). The
         update writes each state array in place while it reads the others, so shared memory
         would give wrong numbers. work: (parameter, its array, its gradient, its state arrays)
-        for every parameter (_prepared's, or the compiled step's build)."""
-        states, where = [], []
-        for p, _, _, slots in work:
-            for i, a in enumerate(slots):
-                states.append(a)
-                where.append((p, i))
-        def name(k):
-            p, i = where[k]
-            return f"{type(self).__name__}.state[{p.key!r}] entry {i} (the state of {p!r})"
-        pair = _kn.meeting_pair(states)
-        if pair is not None:
-            i, j = pair
-            other = (f"entry {where[i][1]} of that state" if where[i][0] is where[j][0]
-                     else name(i))
-            raise ValueError(f"{name(j)} shares memory with {other}: each state array must be "
-                             "its own")
-        others = [item[1] for item in work] + [item[2] for item in work]
-        hit = _kn.meeting(states, others)
-        if hit:
-            k = hit[0]
-            j = _kn.meeting(others, [states[k]])[0]
-            p = work[j % len(work)][0]
-            other = f"parameter {p.name}" if j < len(work) else f"the gradient of parameter {p.name}"
-            raise ValueError(f"{name(k)} shares memory with {other}: each state array must be "
-                             "its own")
+        for every parameter (_prepared's, or the compiled step's build). Parameters may share
+        memory with each other (tied weights) and gradients with parameters (read from a copy
+        then): only pairs with a state array count."""
+        n = len(work)
+        arrays = [item[1] for item in work] + [item[2] for item in work]
+        for item in work:
+            arrays.extend(item[3])
+        pair = _kn.meeting_pair(arrays, [False] * (2 * n) + [True] * (len(arrays) - 2 * n))
+        if pair is None:
+            return
+
+        def name(k):   # (arrays[k]: a parameter, a gradient, or a state array)
+            if k < 2 * n:
+                p = work[k % n][0]
+                return f"parameter {p.name}" if k < n else f"the gradient of parameter {p.name}"
+            k -= 2 * n
+            for p, _, _, slots in work:
+                if k < len(slots):
+                    return f"{type(self).__name__}.state[{p.key!r}] entry {k} (the state of {p!r})"
+                k -= len(slots)
+
+        i, j = pair   # (j is a state array's: they come last)
+        raise ValueError(f"{name(j)} shares memory with {name(i)}: each state array must be its own")
 
 
 class SGD(Optimizer):

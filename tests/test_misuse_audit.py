@@ -621,7 +621,7 @@ def test_state_sharing_memory_is_refused_naming_it(edit, how):
     before = [q.data.copy() for q in model.parameters()]
     t = opt.t
     with pytest.raises(ValueError, match=r"Adam\.state\[.*\] entry [01] .* shares memory with "
-                                         r"(entry 0 of that state|parameter W|the gradient of parameter W)"):
+                                         r"(Adam\.state\[.*\] entry 0|parameter W|the gradient of parameter W)"):
         if how == "train_step":
             model.train_step(X, y, "softmax", opt)
         else:
@@ -649,15 +649,25 @@ def test_one_slot_state_sharing_another_parameters_is_refused(rule):
     fresh.step()
 
 
-def test_meeting_pair_finds_the_first_pair_that_shares_bytes():
+def test_meeting_pair_finds_a_pair_that_shares_bytes_with_a_flagged_array():
     a = np.zeros(10)
     b = np.zeros(10)
-    assert kn.meeting_pair([a, b, np.zeros(3)]) is None
-    assert kn.meeting_pair([a, b, a[5:]]) == (0, 2)
-    assert kn.meeting_pair([a[:5], b, a[5:]]) is None   # (adjacent, not overlapping)
-    assert kn.meeting_pair([a, b[::2], b[1::2]]) == (1, 2)   # (extents meet: a may-share rule)
-    assert kn.meeting_pair([]) is None
-    assert kn.meeting_pair([a, object(), a]) == (0, 2)   # (no buffer: meets nothing)
+    T, F_ = True, False
+    assert kn.meeting_pair([a, b, np.zeros(3)], [T, T, T]) is None
+    assert kn.meeting_pair([a, b, a[5:]], [F_, F_, T]) == (0, 2)
+    assert kn.meeting_pair([a, b, a[5:]], [F_, F_, F_]) is None   # (unflagged pairs may meet)
+    assert kn.meeting_pair([a, a[2:], b], [F_, F_, T]) is None    # (tied parameters)
+    assert kn.meeting_pair([a[:5], b, a[5:]], [T, T, T]) is None   # (adjacent, not overlapping)
+    assert kn.meeting_pair([a, b[::2], b[1::2]], [F_, F_, T]) == (1, 2)   # (extents meet)
+    assert kn.meeting_pair([b[3:4], a, a[:0], b], [T, F_, T, F_]) == (0, 3)   # (no bytes: apart)
+    assert kn.meeting_pair([], []) is None
+    assert kn.meeting_pair([a, object(), a], [T, T, T]) == (0, 2)   # (no buffer: meets nothing)
+    with pytest.raises(ValueError, match="one entry per array"):
+        kn.meeting_pair([a, b], [T])
+    # many arrays apart, then one that meets the first: found (sorted extents, not all pairs)
+    many = [np.zeros(4) for _ in range(3000)]
+    assert kn.meeting_pair(many, [True] * 3000) is None
+    assert kn.meeting_pair(many + [many[0][1:]], [False] * 3000 + [True]) == (0, 3000)
 
 
 def test_adam_t_beyond_float_range_is_refused_and_nothing_moves():
