@@ -438,7 +438,8 @@ def read_npz(source, what, writer, names=None, key_ok=None):
                     twice = _first_repeat(names)
                     if twice is not None:
                         raise ValueError(f"the array {twice!r} is asked for twice")
-                    missing = [k for k in names if k not in stored]
+                    have = set(stored)
+                    missing = [k for k in names if k not in have]
                     if missing:
                         raise ValueError(f"no array {missing[0]!r} in it")
                     wanted = set(names)
@@ -495,6 +496,11 @@ def _check_layout(zf, infos):
         signature, name_len, extra_len = _LOCAL_HEADER.unpack(head)
         if signature != b"PK\x03\x04":
             raise ValueError(f"entry {info.filename!r} has no local header at offset {info.header_offset}")
+        if info.file_size != info.compress_size:
+            # (a stored member's data is its file: the directory's two sizes are one; the
+            # larger, unchecked, would be what the .npy header's data is measured against)
+            raise ValueError(f"entry {info.filename!r} is stored with {info.compress_size} bytes "
+                             f"but its directory entry claims {info.file_size}")
         end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
         if end > size:
             raise ValueError(f"entry {info.filename!r} runs past the end of the file ({end} > {size} bytes)")

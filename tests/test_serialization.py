@@ -753,6 +753,37 @@ def test_a_npy_header_shape_is_checked_before_the_array_is_read(tmp_path, shape)
         load_checkpoint(ck / "ck.json")
 
 
+def test_a_member_whose_directory_claims_more_data_than_it_stores_is_refused(tmp_path):
+    """A stored member's data size is given twice in the zip directory (compressed and
+    uncompressed: for a stored member, one number); the layout check bounded the first, and
+    the .npy header's data was measured against the second. A 1 KB file whose directory
+    claimed 4 GiB for a member whose header describes 4 GiB made NumPy allocate it before it
+    found the data missing."""
+    import struct
+    import tracemalloc
+
+    src, bad = tmp_path / "m.npz", tmp_path / "bad.npz"
+    Sequential(Dense(4, 6, seed=0)).save(src)
+    _with_npy_header(src, bad, "0.W.npy", "{'descr': '<f4', 'fortran_order': False, "
+                                          "'shape': (178956960, 6), }", bytes(96))
+    raw = bytearray(bad.read_bytes())
+    # the central directory entry of 0.W.npy: its uncompressed size is at offset 24
+    at = raw.index(b"PK\x01\x02")
+    while raw[at + 46:at + 46 + len(b"0.W.npy")] != b"0.W.npy":
+        at = raw.index(b"PK\x01\x02", at + 4)
+    struct.pack_into("<I", raw, at + 24, 0xFFFFFFF0)
+    bad.write_bytes(bytes(raw))
+    tracemalloc.start()
+    try:
+        for load in (load_model, Sequential(Dense(4, 6)).load):
+            with pytest.raises(ValueError, match=r"bad\.npz .*0\.W\.npy.* claims 4294967280"):
+                load(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
 def test_a_file_that_does_not_begin_as_a_zip_archive_is_refused_unread(tmp_path):
     """load_model read the whole file before any check: a large file of zeros cost its size
     in memory before the ValueError. Its first bytes are checked first."""
