@@ -760,7 +760,6 @@ def test_a_member_whose_directory_claims_more_data_than_it_stores_is_refused(tmp
     claimed 4 GiB for a member whose header describes 4 GiB made NumPy allocate it before it
     found the data missing."""
     import struct
-    import tracemalloc
 
     src, bad = tmp_path / "m.npz", tmp_path / "bad.npz"
     Sequential(Dense(4, 6, seed=0)).save(src)
@@ -773,33 +772,33 @@ def test_a_member_whose_directory_claims_more_data_than_it_stores_is_refused(tmp
         at = raw.index(b"PK\x01\x02", at + 4)
     struct.pack_into("<I", raw, at + 24, 0xFFFFFFF0)
     bad.write_bytes(bytes(raw))
+    peak = _peak_refusing(bad, (load_model, Sequential(Dense(4, 6)).load),
+                          r"bad\.npz .*0\.W\.npy.* claims 4294967280")
+    assert peak < 1 << 20, peak
+
+
+def _peak_refusing(path, loads, match):
+    """tracemalloc's peak while each of `loads` refuses `path` with a ValueError matching
+    `match`."""
+    import tracemalloc
+
     tracemalloc.start()
     try:
-        for load in (load_model, Sequential(Dense(4, 6)).load):
-            with pytest.raises(ValueError, match=r"bad\.npz .*0\.W\.npy.* claims 4294967280"):
-                load(bad)
-        peak = tracemalloc.get_traced_memory()[1]
+        for load in loads:
+            with pytest.raises(ValueError, match=match):
+                load(path)
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1 << 20, peak
 
 
 def test_a_file_that_does_not_begin_as_a_zip_archive_is_refused_unread(tmp_path):
     """load_model read the whole file before any check: a large file of zeros cost its size
     in memory before the ValueError. Its first bytes are checked first."""
-    import tracemalloc
-
     path = tmp_path / "zeros.npz"
     with open(path, "wb") as f:
         f.truncate(64 << 20)   # (sparse: 64 MiB of zeros that take no disk)
-    tracemalloc.start()
-    try:
-        for load in (load_model, _model().load):
-            with pytest.raises(ValueError, match=r"zeros\.npz is not a fastnn model file"):
-                load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_refusing(path, (load_model, _model().load), r"zeros\.npz is not a fastnn model file")
     assert peak < 1 << 20, peak
 
 
