@@ -145,7 +145,8 @@ def check_int(value, name, minimum=1, below=None, allow_none=False):
     if below is not None and value >= below:
         power = below.bit_length() - 1
         limit = f"2**{power}" if below == 1 << power else str(below)
-        raise ValueError(f"{name} must be below {limit}, got {value}")
+        got = str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        raise ValueError(f"{name} must be below {limit}, got {got}")
     return value
 
 
