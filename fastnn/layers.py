@@ -367,11 +367,7 @@ def _maxout_cache_intact(cache):
     extra = cache.extra
     if not (isinstance(extra, tuple) and len(extra) == 2 and isinstance(extra[0], _fa.ActivationCache)):
         return False
-    red = extra[0]
-    argmax, shape = red.saved, red.alpha
-    return (red.kind == "maxout_reduce" and isinstance(argmax, np.ndarray) and argmax.dtype == np.int8
-            and all(type(s) is int for s in shape) and argmax.shape == shape[:2]
-            and 1 <= shape[2] <= 127 and argmax.flags.c_contiguous)
+    return _passes(_fa._maxout_reduce_cache, extra[0])
 
 
 _FORWARD_OUTPUT = "the shape of the forward output {}"   # (the functional backwards' words)

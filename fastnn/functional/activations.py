@@ -289,15 +289,22 @@ def maxout_reduce_forward(z):
     return out, ActivationCache("maxout_reduce", argmax, z.shape)
 
 
-def maxout_reduce_backward(dout, cache):
-    """``dz`` of shape (N, units, pieces): ``dout[n, m]`` at the piece that won in forward,
-    zero at the others."""
+def _maxout_reduce_cache(cache):
+    """(argmax, (N, units, pieces)) of a maxout_reduce_forward cache, or ValueError (TypeError
+    for what is not an activation cache) for a damaged one."""
     argmax = _cache_array(cache, "maxout_reduce")
     shape = cache.alpha
     if not (isinstance(argmax, np.ndarray) and argmax.dtype == np.int8 and isinstance(shape, tuple)
             and len(shape) == 3 and all(type(s) is int for s in shape)
             and argmax.shape == shape[:2] and 1 <= shape[2] <= 127 and argmax.flags.c_contiguous):
         raise ValueError("cache is damaged or not from maxout_reduce_forward")
+    return argmax, shape
+
+
+def maxout_reduce_backward(dout, cache):
+    """``dz`` of shape (N, units, pieces): ``dout[n, m]`` at the piece that won in forward,
+    zero at the others."""
+    argmax, shape = _maxout_reduce_cache(cache)
     dout = as_float_array(dout, "dout", shape=shape[:2])
     dz = np.empty(shape, dtype=dout.dtype)
     _k.maxout_reduce_backward(dout, argmax, dz, _threads._num_threads)
