@@ -42,22 +42,28 @@ def _writable(a):
     return flags.c_contiguous and flags.writeable
 
 
-def _target(w, dw):
+def _target(w, dw, config=None, states=()):
     """The array to update in place: w itself when possible, else a contiguous float copy
     (made once dw is known to have w's shape: a huge broadcast w is refused, not copied; a
     dw that is not an array, a list, is converted for its shape, after w's dtype is checked
-    as w's conversion checks it)."""
+    as w's conversion checks it; and so are the arrays config holds under `states`, the
+    rule's state, with the error _state gives them)."""
     if type(w) is np.ndarray and w.dtype.char in "fd" and w.dtype.isnative and _writable(w):
         return w
     if isinstance(w, np.ndarray):
         if isinstance(dw, np.ndarray):
             check_same_shape(dw, "dw", w, "w")
-            float_dtype_of(w, "w")
+            dt = float_dtype_of(w, "w")
             float_dtype_of(dw, "dw")   # (its TypeError too before the copy, as _grad names it)
         else:
-            float_dtype_of(w, "w")
+            dt = float_dtype_of(w, "w")
             # (only its shape is used: _grad converts dw again, to w's dtype)
             check_same_shape(as_float_array(dw, "dw"), "dw", w, "w")
+        for key in states:
+            s = config.get(key)
+            if isinstance(s, np.ndarray) and s.shape != w.shape:   # (raises, naming it)
+                as_float_array(s, f"config['{key}']", dt, shape=w.shape,
+                               shape_text=f"the shape of w {w.shape}")
     return as_float_array(w, "w").copy()
 
 
@@ -196,7 +202,7 @@ def _momentum(rule, w, dw, config):
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     mu = _hyper(config, defaults, "momentum", 0.9, lo=0.0)
     wd = _weight_decay(config)
-    w = _target(w, dw)
+    w = _target(w, dw, config, ("velocity",))
     dw = _grad(dw, w)
     v = _state(config, "velocity", w, dw)
     _commit(config, defaults, velocity=v)
@@ -221,7 +227,7 @@ def rmsprop(w, dw, config=None):
     decay = _hyper(config, defaults, "decay_rate", 0.99, lo=0.0, hi=1.0)
     eps = _hyper(config, defaults, "epsilon", 1e-8, lo=0.0)
     wd = _weight_decay(config)
-    w = _target(w, dw)
+    w = _target(w, dw, config, ("cache",))
     dw = _grad(dw, w)
     c = _state(config, "cache", w, dw)
     _commit(config, defaults, cache=c)
@@ -240,7 +246,7 @@ def adam(w, dw, config=None):
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t
     if c1 == 0.0 or c2 == 0.0:  # checked before config changes
         raise ValueError("config['beta1'] and config['beta2'] must be < 1")
-    w = _target(w, dw)
+    w = _target(w, dw, config, ("m", "v"))
     dw = _grad(dw, w)
     m = _state(config, "m", w, dw)
     v = _state(config, "v", w, dw, m)

@@ -293,6 +293,8 @@ def test_shapes_are_checked_before_a_huge_broadcast_view_is_copied(call, name):
 
 _HUGE_X = np.broadcast_to(1.0, (2**40, 3))   # (a copy: 24 TiB, a MemoryError)
 _ELEMENTWISE = [F.relu_forward, F.sigmoid_forward, F.tanh_forward, F.leaky_relu_forward]
+_RULE_STATES = [("sgd_momentum", "velocity"), ("nesterov_momentum", "velocity"),
+                ("rmsprop", "cache"), ("adam", "m"), ("adam", "v")]
 
 
 @pytest.mark.parametrize("call, exc, name", [
@@ -304,16 +306,20 @@ _ELEMENTWISE = [F.relu_forward, F.sigmoid_forward, F.tanh_forward, F.leaky_relu_
     *[(lambda fw=fw: fw(_HUGE_X, out=[0.0, 0.0, 0.0]), TypeError, "out") for fw in _ELEMENTWISE],
     *[(lambda rule=rule: getattr(O, rule)(_HUGE, [1.0, 2.0]), ValueError, "dw") for rule in RULES],
     (lambda: O.adam(_HUGE, np.broadcast_to(np.complex64(1), (2**40,))), TypeError, "dw"),
+    # the rule's state in config, of another shape (w and dw fine: both the huge view)
+    *[(lambda rule=rule, key=key: getattr(O, rule)(_HUGE, _HUGE, {key: np.zeros(3)}), ValueError,
+       rf"config\['{key}'\]") for rule, key in _RULE_STATES],
 ], ids=["prelu-alpha-array", "prelu-alpha-list", "prelu-float32-x",
         *[f"{fw.__name__}-out" for fw in _ELEMENTWISE],
         *[f"{fw.__name__}-out-list" for fw in _ELEMENTWISE],
-        *[f"{rule}-list-dw" for rule in RULES], "adam-complex-dw"])
+        *[f"{rule}-list-dw" for rule in RULES], "adam-complex-dw",
+        *[f"{rule}-state-{key}" for rule, key in _RULE_STATES]])
 def test_a_huge_broadcast_view_is_checked_against_the_other_arguments_before_it_is_copied(
         call, exc, name):
     """The huge view itself had a fine shape, but another argument did not fit it (prelu's
-    alpha, the element-wise forwards' out, an update rule's dw given as a list), or had a
-    dtype no rule takes: the view was converted (copied) before that was compared, a
-    MemoryError instead of the error naming that argument."""
+    alpha, the element-wise forwards' out, an update rule's dw given as a list, or its state
+    in config), or had a dtype no rule takes: the view was converted (copied) before that was
+    compared, a MemoryError instead of the error naming that argument."""
     with pytest.raises(exc, match=rf"^{name} must (have|be)"):
         call()
 
