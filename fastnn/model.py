@@ -1210,12 +1210,35 @@ class Sequential:
 
     # ------------------------------------------------------------------ save / load
     def _architecture(self):
-        return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self._layers]
+        """The layers' descriptions as a model file stores them: [{"type": <class name>,
+        "config": <get_config()>}], each config as JSON gives it back (tuples as lists, int
+        keys as strings), so that save writes, and load compares a file with, the same thing.
+        A config that a file cannot hold (not a dict; a value JSON has no form for, such as an
+        array, NaN or Inf; two keys JSON would write as one) raises, naming the layer."""
+        out = []
+        for i, layer in enumerate(self._layers):
+            config = layer.get_config()
+            what = f"layer {i} ({type(layer).__name__}) get_config()"
+            if not isinstance(config, dict):
+                raise TypeError(f"{what} must return a dict (a model file stores it), got "
+                                f"{type(config).__name__}")
+            try:
+                stored = json.loads(json.dumps(config, allow_nan=False),
+                                    object_pairs_hook=no_repeated_keys)
+            except TypeError as exc:   # (a value or key JSON cannot write)
+                raise TypeError(f"{what} must return a dict of JSON values (a model file "
+                                f"stores it): {exc}") from None
+            except (ValueError, RecursionError) as exc:   # (NaN or Inf, a cycle, a repeated key)
+                raise ValueError(f"{what} must return a dict of JSON values (a model file "
+                                 f"stores it): {exc}") from None
+            out.append({"type": type(layer).__name__, "config": stored})
+        return out
 
     def save(self, path):
         """Write the architecture and every parameter to ``path`` (an .npz file, never a pickle).
         Parameters that loading would refuse (NaN or Inf, not float32/float64, not the layer's
-        shape or dtype) raise before anything is written; gradients are not saved. The file is
+        shape or dtype) raise before anything is written, as does a layer whose get_config()
+        is not a dict of JSON values (_architecture); gradients are not saved. The file is
         written to a temporary name and renamed (over the file a symbolic link names, which
         stays a link; never over what is not a regular file), so a crash never leaves a
         truncated model at ``path``. A training step of the model in another thread waits

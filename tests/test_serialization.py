@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pytest
 
+import fastnn
 import fastnn._files as ffiles
 import fastnn.model as fmodel
 from fastnn import SGD, Dense, Dropout, LeakyReLU, Maxout, PReLU, Sequential, Tanh, load_model
@@ -604,6 +605,58 @@ def test_save_to_a_path_ending_in_a_separator_is_refused(tmp_path):
     assert info.value.filename == target
     assert os.listdir(tmp_path) == []
 
+
+
+class _Described(fastnn.Layer):
+    """A parameterless layer of a user's own whose get_config() returns `config`."""
+
+    def __init__(self, config):
+        super().__init__(None)
+        self.config = config
+
+    def forward(self, x, training=False):
+        return 2 * x
+
+    def backward(self, dout):
+        return 2 * dout
+
+    def output_features(self, in_features):
+        return in_features
+
+    def get_config(self):
+        return self.config
+
+
+def test_a_description_with_tuples_and_int_keys_loads_back_into_its_model(tmp_path):
+    """JSON stores a tuple as a list and an int key as a string: load compared the file's
+    description with the model's own as given, and refused the file save had just written."""
+    model = Sequential(Dense(3, 4, seed=1), _Described({"shape": (1, 2), 7: "seven", "k": 2.5}))
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    W = model.layers[0].params["W"].copy()
+    model.layers[0].params["W"][...] = 0
+    model.load(path)
+    assert_same_bits(model.layers[0].params["W"], W)
+
+
+@pytest.mark.parametrize("config,error,why", [
+    (["k", 2], TypeError, "must return a dict"),
+    ({"k": float("nan")}, ValueError, "Out of range float"),
+    ({"k": float("inf")}, ValueError, "Out of range float"),
+    ({"k": np.float32(2)}, TypeError, "float32"),
+    ({"a": np.ones(2)}, TypeError, "ndarray"),
+    ({(1, 2): 3}, TypeError, "keys must be"),
+    ({1: 2, "1": 3}, ValueError, "given twice"),   # (JSON writes both keys as "1")
+], ids=["list", "nan", "inf", "numpy-scalar", "array", "tuple-key", "key-twice-in-json"])
+def test_a_description_a_file_cannot_hold_is_refused_by_save_naming_the_layer(tmp_path, config,
+                                                                             error, why):
+    """save wrote these (or failed inside json with no layer named); load then refused the
+    file, or compared NaN unequal to itself. Now save names the layer and writes nothing."""
+    path = tmp_path / "m.npz"
+    with pytest.raises(error) as info:
+        Sequential(Dense(3, 4), _Described(config)).save(str(path))
+    assert "layer 1 (_Described) get_config()" in str(info.value) and why in str(info.value)
+    assert os.listdir(tmp_path) == []
 
 # ============================================================================ crafted archives and metadata
 def _npy_bytes(payload):
