@@ -5,7 +5,9 @@ written for it runs unchanged:
 
 - ``data`` is a dict with ``X_train``, ``y_train``, ``X_val``, ``y_val``;
 - ``model`` has a ``params`` dict of arrays and ``loss(X, y=None)`` (scores without labels,
-  ``(loss, grads)`` with them), like :class:`fastnn.models.TwoLayerNet`;
+  ``(loss, grads)`` with them), like :class:`fastnn.models.TwoLayerNet`; a model that
+  breaks this (scores not of shape (N, C), a gradient missing for a parameter, a loss that
+  is not a number) gets a TypeError or ValueError that says what ``model.loss`` returned;
 - each iteration draws ``batch_size`` training rows WITH replacement, computes the loss and
   gradients, and applies the update rule to every parameter with its own config dict (each one
   starts as a copy of ``optim_config``), storing ``next_w`` back into ``model.params``;
@@ -46,6 +48,7 @@ fails part-way, e.g. on a full disk, removes the temporary file and raises):
 :func:`load_checkpoint` reads both back. Optimizer state (momentum buffers, Adam moments) is not
 saved, as in the course.
 """
+import collections.abc
 import copy
 import json
 import math
@@ -104,6 +107,9 @@ class Solver:
 
         if not hasattr(model, "params") or not callable(getattr(model, "loss", None)):
             raise TypeError("model must have a params dict and a loss(X, y=None) method")
+        if not isinstance(model.params, dict):
+            raise TypeError(f"model.params must be a dict of parameter arrays, got "
+                            f"{type(model.params).__name__}")
         self.model = model
 
         if not isinstance(data, dict):
@@ -185,6 +191,8 @@ class Solver:
             raise TypeError(f"checkpoint_name must be a path prefix (str) or None, got {type(name).__name__}")
         self.checkpoint_name = None if name is None else os.fspath(name)
         if self.checkpoint_name is not None:
+            if "\0" in self.checkpoint_name:   # (checked now, not at the first checkpoint)
+                raise ValueError(f"checkpoint_name {self.checkpoint_name!r} holds a NUL character")
             folder = os.path.dirname(self.checkpoint_name) or os.curdir   # ("dir/" names dir)
             if not os.path.isdir(folder):   # (checked now, not after the first epoch)
                 raise ValueError(f"checkpoint_name {self.checkpoint_name!r}: no folder {folder!r}")
@@ -221,14 +229,27 @@ class Solver:
         X_batch = self.X_train[idx]
         y_batch = self.y_train[idx]
 
-        loss, grads = self.model.loss(X_batch, y_batch)
-        self.loss_history.append(float(loss))
+        out = self.model.loss(X_batch, y_batch)
+        if (not isinstance(out, (tuple, list)) or len(out) != 2
+                or not isinstance(out[1], collections.abc.Mapping)):
+            raise TypeError(f"model.loss(X, y) must return (loss, grads), grads a dict of "
+                            f"gradients by parameter name; got {_kind(out)}")
+        loss, grads = out
+        try:
+            loss = float(loss)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"model.loss(X, y) returned a loss that is not a number: "
+                            f"{_kind(loss)} ({exc})") from None
+        self.loss_history.append(loss)
 
         params = self.model.params
         for name in list(params):
             config = self.optim_configs.get(name)
             if config is None:  # (a deep copy per step and parameter only the first time)
                 config = copy.deepcopy(self.optim_config)
+            if name not in grads:
+                raise ValueError(f"model.loss(X, y) returned no gradient for the parameter "
+                                 f"{name!r} of model.params")
             next_w, next_config = self.update_rule(params[name], grads[name], config)
             params[name] = next_w
             self.optim_configs[name] = next_config
@@ -302,8 +323,13 @@ class Solver:
         preds = []
         classes = None
         for start in range(0, n, batch_size):
+            rows = min(batch_size, n - start)
             scores = self.model.loss(X[start:start + batch_size])
-            classes = np.shape(scores)[1]
+            shape = np.shape(scores)
+            if len(shape) != 2 or shape[0] != rows or shape[1] < 1:
+                raise ValueError(f"model.loss(X) must return scores of shape (N, C), one row of "
+                                 f"class scores per row of X; got shape {shape} for {rows} rows")
+            classes = shape[1]
             preds.append(np.argmax(scores, axis=1))
         bad = (y < 0) | (y >= classes)
         if bad.any():
@@ -403,6 +429,13 @@ def load_checkpoint(path):
             raise ValueError(f"{what}: array {key!r} has dtype {value.dtype}, expected float32 "
                              "or float64")
     return params, info
+
+
+def _kind(value):
+    """A short description of what a user's model returned, for an error message."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(v).__name__ for v in value[:3])})"
+    return type(value).__name__
 
 
 def _no_constant(name):

@@ -639,6 +639,67 @@ def test_checkpoint_folder_is_checked_when_the_solver_is_made(tmp_path):
     Solver(_model(), _data(), checkpoint_name=str(tmp_path / "ck"), verbose=False)
 
 
+def test_a_nul_in_checkpoint_name_is_refused_when_the_solver_is_made(tmp_path):
+    """It passed the folder check (the NUL is in the file name) and failed at the first
+    checkpoint, after an epoch had trained, with open()'s 'embedded null byte'."""
+    with pytest.raises(ValueError, match="checkpoint_name .* NUL"):
+        Solver(_model(), _data(), checkpoint_name=str(tmp_path / "ck\0x"), verbose=False)
+
+
+class _Duck(ScriptedModel):
+    """ScriptedModel with its loss's output for training (y given) or scoring replaced."""
+
+    def __init__(self, train=None, scores=None):
+        super().__init__()
+        self.train_out, self.scores_out = train, scores
+
+    def loss(self, X, y=None):
+        out = super().loss(X, y)
+        if y is not None:
+            return out if self.train_out is None else self.train_out(out)
+        return out if self.scores_out is None else self.scores_out(out)
+
+
+@pytest.mark.parametrize("model,error,words", [
+    (_Duck(train=lambda out: out[0]), TypeError, "must return (loss, grads)"),
+    (_Duck(train=lambda out: (out[0], out[1], None)), TypeError, "must return (loss, grads)"),
+    (_Duck(train=lambda out: (out[0], [out[1]["t"]])), TypeError, "must return (loss, grads)"),
+    (_Duck(train=lambda out: (out[0], {})), ValueError, "no gradient for the parameter 't'"),
+    (_Duck(train=lambda out: ("x", out[1])), TypeError, "loss that is not a number"),
+    (_Duck(train=lambda out: (None, out[1])), TypeError, "loss that is not a number"),
+    (_Duck(scores=lambda s: s[:, 0]), ValueError, "scores of shape (N, C)"),
+    (_Duck(scores=lambda s: s[1:]), ValueError, "scores of shape (N, C)"),
+    (_Duck(scores=lambda s: s[:, :0]), ValueError, "scores of shape (N, C)"),
+], ids=["loss-alone", "three-values", "grads-a-list", "grad-missing", "loss-a-str", "loss-none",
+        "scores-1d", "scores-a-row-short", "scores-no-class"])
+def test_a_model_that_breaks_the_solver_protocol_is_named(model, error, words):
+    """A model of the user's own whose loss() returns something else than the course's
+    protocol: (loss, grads) for a batch with labels, (N, C) scores without. These raised
+    IndexError, KeyError or NumPy's errors about broadcasting or unpacking."""
+    solver = Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False)
+    with pytest.raises(error) as info:
+        solver.train()
+    assert "model.loss(X" in str(info.value) and words in str(info.value)
+
+
+def test_a_model_params_that_is_not_a_dict_is_refused_when_the_solver_is_made():
+    model = ScriptedModel()
+    model.params = [np.zeros(1)]
+    with pytest.raises(TypeError, match="model.params must be a dict"):
+        Solver(model, _scripted_data(), verbose=False)
+
+
+def test_the_solver_protocol_takes_a_list_pair_and_a_loss_of_any_real_type():
+    """As the course's Solver's `loss, grads = model.loss(X, y)`: a list of two unpacks too;
+    a NumPy scalar or 0-d array is a loss."""
+    for train in (lambda out: list(out), lambda out: (np.float32(out[0]), out[1]),
+                  lambda out: (np.array(out[0]), out[1])):
+        solver = Solver(_Duck(train=train), _scripted_data(), num_epochs=2, batch_size=5,
+                        update_rule="sgd", optim_config={"learning_rate": 1.0}, verbose=False)
+        solver.train()
+        assert len(solver.loss_history) == 2 and all(type(v) is float for v in solver.loss_history)
+
+
 def test_train_calls_a_subclass_check_accuracy_as_the_course_solver_does():
     """A Solver subclass that overrides check_accuracy (another metric, logging) is called by
     train, twice per accuracy check, as the course's Solver calls it."""
