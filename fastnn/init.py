@@ -37,18 +37,38 @@ def _check_args(shape, rng, dtype):
     return shape, dt
 
 
+# float64 normals drawn at once by scaled_draws (8 MiB)
+_DRAW_BLOCK = 1 << 20
+
+
+def scaled_draws(standard_normal, shape, scale, dtype):
+    """``(standard_normal(shape) * scale).astype(dtype)``, the same numbers, drawn in blocks of
+    _DRAW_BLOCK values: ``standard_normal(n)`` gives the next n float64 draws, and NumPy's
+    generators (Generator and the legacy RandomState alike) give the same stream however it
+    is split. So the float64 draw never holds more than a block: drawn whole, it and its
+    product held 4x a float32 weight's size at once (64 MiB for a 4096 x 4096 weight)."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _DRAW_BLOCK):
+        block = standard_normal(min(_DRAW_BLOCK, flat.size - start))
+        block *= scale
+        flat[start:start + block.size] = block
+        del block   # (before the next block is drawn)
+    return out
+
+
 def he_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / fan_in): keeps the variance of ReLU activations constant across layers."""
     shape, dtype = _check_args(shape, rng, dtype)
     fan_in = shape[0] if shape else 1
-    return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in))).astype(dtype)
+    return scaled_draws(rng.standard_normal, shape, np.sqrt(2.0 / max(1, fan_in)), dtype)
 
 
 def xavier_normal(shape, rng, dtype=np.float32):
     """N(0, 2 / (fan_in + fan_out)) (Glorot and Bengio), for tanh/sigmoid/linear units."""
     shape, dtype = _check_args(shape, rng, dtype)
     fan_in, fan_out = (shape[0] if shape else 1), int(np.prod(shape[1:]))
-    return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in + fan_out))).astype(dtype)
+    return scaled_draws(rng.standard_normal, shape, np.sqrt(2.0 / max(1, fan_in + fan_out)), dtype)
 
 
 glorot_normal = xavier_normal
@@ -60,7 +80,7 @@ def scaled_normal(weight_scale):
 
     def init(shape, rng, dtype=np.float32):
         shape, dtype = _check_args(shape, rng, dtype)
-        return (rng.standard_normal(shape) * weight_scale).astype(dtype)
+        return scaled_draws(rng.standard_normal, shape, weight_scale, dtype)
 
     init.__name__ = f"scaled_normal({weight_scale})"
     init.spec = ("scaled_normal", float(weight_scale))

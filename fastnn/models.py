@@ -34,6 +34,7 @@ import numbers
 import numpy as np
 
 from fastnn._validation import check_float_dtype, check_int, check_scalar, check_seed, too_many_entries
+from fastnn.init import scaled_draws
 
 from fastnn.functional import (
     affine_backward,
@@ -57,10 +58,11 @@ class _Normal:
     def __init__(self, seed):
         self._rng = None if seed is None else np.random.default_rng(seed)
 
-    def __call__(self, *shape):
+    def __call__(self, n):
+        """The next n draws (np.random.randn's stream, with the global state)."""
         if self._rng is None:
-            return np.random.randn(*shape)
-        return self._rng.standard_normal(shape)
+            return np.random.standard_normal(n)
+        return self._rng.standard_normal(n)
 
 
 def _init_layers(dims, weight_scale, dtype, seed):
@@ -75,7 +77,7 @@ def _init_layers(dims, weight_scale, dtype, seed):
     randn = _Normal(seed)
     params = {}
     for i in range(len(dims) - 1):
-        params[f"W{i + 1}"] = (weight_scale * randn(dims[i], dims[i + 1])).astype(dtype)
+        params[f"W{i + 1}"] = scaled_draws(randn, (dims[i], dims[i + 1]), weight_scale, dtype)
         params[f"b{i + 1}"] = np.zeros(dims[i + 1], dtype=dtype)
     return params
 

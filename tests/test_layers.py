@@ -234,6 +234,62 @@ def test_default_initialization(activation, scale):
     assert abs(w.var() / scale - 1) < 0.03  # 80000 samples: relative sd of the variance ~0.005
 
 
+@pytest.mark.parametrize("block", [7, 1 << 20], ids=["blocks-of-7", "default-block"])
+def test_initializers_give_the_numbers_of_one_draw(monkeypatch, block):
+    """The initializers draw in blocks (scaled_draws); the weights, and the generator's state
+    after them, are those of the one draw (rng.standard_normal(shape) * scale).astype(dtype)
+    they replace, for a Generator and the legacy RandomState, in both dtypes; and the course
+    models' weights are still weight_scale * np.random.randn(...) from the global state."""
+    import fastnn.init as I
+    from fastnn.models import FullyConnectedNet
+
+    monkeypatch.setattr(I, "_DRAW_BLOCK", block)
+    cases = [(I.he_normal, lambda s: np.sqrt(2.0 / max(1, s[0] if s else 1))),
+             (I.xavier_normal, lambda s: np.sqrt(2.0 / max(1, (s[0] if s else 1) + int(np.prod(s[1:]))))),
+             (I.scaled_normal(0.03), lambda s: 0.03)]
+    for init, scale in cases:
+        for make in (lambda: np.random.default_rng(4), lambda: np.random.RandomState(4)):
+            for dt in (np.float32, np.float64):
+                for shape in ((), (0, 5), (13,), (9, 8), (40, 3, 2)):
+                    ours, theirs = make(), make()
+                    w = init(shape, ours, dt)
+                    want = (theirs.standard_normal(shape) * scale(shape)).astype(dt)
+                    assert w.shape == want.shape and w.dtype == want.dtype
+                    assert_same_bits(w, want)
+                    assert ours.standard_normal() == theirs.standard_normal()   # same state after
+    state = np.random.get_state()
+    try:
+        for dt in (np.float32, np.float64):
+            np.random.seed(5)
+            model = FullyConnectedNet([20, 9], input_dim=7, num_classes=4, weight_scale=0.05,
+                                      dtype=dt)
+            np.random.seed(5)
+            for name, (a, b) in zip(("W1", "W2", "W3"), ((7, 20), (20, 9), (9, 4))):
+                assert_same_bits(model.params[name], (0.05 * np.random.randn(a, b)).astype(dt))
+    finally:
+        np.random.set_state(state)
+
+
+def test_an_initializer_holds_one_block_of_draws_beyond_the_weight():
+    """The whole float64 draw and its scaled copy were alive at once: 4x a float32 weight
+    (64 MiB for this 2048 x 2048 one, 16 MiB). Now the weight and one block of draws."""
+    import tracemalloc
+
+    import fastnn.init as I
+
+    tracemalloc.start()
+    try:
+        for init in (I.he_normal, I.xavier_normal, I.scaled_normal(0.01)):
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            w = init((2048, 2048), np.random.default_rng(0), np.float32)
+            peak = tracemalloc.get_traced_memory()[1] - base
+            assert peak <= w.nbytes + 8 * I._DRAW_BLOCK + (1 << 20), (init, peak, w.nbytes)
+            del w
+    finally:
+        tracemalloc.stop()
+
+
 def test_layer_defaults_are_the_documented_ones():
     """LeakyReLU's slope is the functional API's and the reference's default (0.01), Maxout
     has 2 pieces, GaussianNoise's std is 0.1: each layer built without them equals one built
