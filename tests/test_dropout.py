@@ -192,6 +192,35 @@ def test_np_random_seed_controls_unseeded_masks(rng):
     np.testing.assert_array_equal(dx != 0, a)
 
 
+def test_test_mode_without_a_seed_draws_nothing_from_np_random(rng):
+    """The course's test-mode dropout uses no random numbers; fastnn's drew a seed it never
+    used, so scoring a model with dropout (Solver's check_accuracy) moved np.random and the
+    minibatch draws after it were no longer the course's. Its cache's dropout_param is the
+    call's own (no seed), and its backward passes dout through."""
+    x = rng.standard_normal((5, 4))
+    np.random.seed(3)
+    want = np.random.rand()
+    np.random.seed(3)
+    out, cache = F.dropout_forward(x, {"p": 0.5, "mode": "test"})
+    assert np.random.rand() == want
+    assert out is x
+    param, mask = cache
+    assert param == {"p": 0.5, "mode": "test"} and mask is None
+    assert_same_bits(F.dropout_backward(2 * x, cache), 2 * x)
+
+
+def test_scoring_a_course_model_with_dropout_leaves_np_random_alone():
+    from fastnn.models import FullyConnectedNet
+
+    model = FullyConnectedNet([5, 5], input_dim=4, num_classes=3, dropout_keep_ratio=0.5)
+    X = np.random.default_rng(0).standard_normal((6, 4))
+    np.random.seed(0)
+    want = np.random.rand()
+    np.random.seed(0)
+    model.loss(X)
+    assert np.random.rand() == want
+
+
 def test_backward_uses_forward_mask(rng):
     x = rng.standard_normal((30, 40))
     dout = rng.standard_normal(x.shape)

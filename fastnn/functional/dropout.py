@@ -2,8 +2,9 @@
 
 ``dropout_forward(x, dropout_param) -> (out, cache)``: ``dropout_param['p']`` is the probability
 of KEEPING a unit, ``mode`` is 'train' or 'test', and an optional ``seed`` makes the mask the same
-call after call (what numerical gradient checks need). Without a seed each call draws a fresh
-one from NumPy's global random state, so ``np.random.seed`` makes a run reproducible.
+call after call (what numerical gradient checks need). Without a seed each 'train' call draws a
+fresh one from NumPy's global random state, so ``np.random.seed`` makes a run reproducible; a
+'test' call draws nothing.
 
 The mask comes from a counter-based hash of (seed, element index) computed in the kernel: the
 same for any thread count, and regenerated in backward from the seed instead of stored.
@@ -37,7 +38,8 @@ class DropoutCache(CourseTuple):
     def _course_item(self, i):
         p, mode, seed = _cache_params(self)
         if i == 0:
-            return {"p": p, "mode": mode, "seed": seed}
+            # (a 'test' mode call without a seed drew none: its dropout_param had none)
+            return {"p": p, "mode": mode} if seed is None else {"p": p, "mode": mode, "seed": seed}
         if mode == "test":
             return None
         mask = np.ones(self.shape, dtype=self.dtype)
@@ -47,7 +49,7 @@ class DropoutCache(CourseTuple):
 
 def _cache_params(cache):
     """(p, mode, seed) of a DropoutCache, checked again (a cache can be edited)."""
-    if cache.seed is None:
+    if cache.seed is None and cache.mode != "test":
         raise ValueError("cache is damaged: its seed is None")
     if not (isinstance(cache.shape, tuple) and all(type(n) is int for n in cache.shape)):
         raise ValueError(f"cache is damaged: its shape is {cache.shape!r}")
@@ -75,12 +77,15 @@ def _params(dropout_param):
     mode = _check_mode(dropout_param.get("mode", "train"), "dropout_param['mode']")
     seed = dropout_param.get("seed")
     if seed is None:
-        seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+        # one draw per 'train' call; 'test' mode uses no mask and draws nothing (as the
+        # course's), so scoring a model does not move np.random
+        if mode == "train":
+            seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"dropout_param['seed'] must be an int, got {type(seed).__name__}")
     elif not 0 <= int(seed) < 2**64:
         raise ValueError(f"dropout_param['seed'] must be in [0, 2**64), got {seed}")
-    return p, mode, int(seed)
+    return p, mode, None if seed is None else int(seed)
 
 
 def dropout_forward(x, dropout_param):
