@@ -475,6 +475,18 @@ def _in_features_of(layers):
     return None
 
 
+def _first_slopes_of(layers):
+    """The slope count of a PReLU layer with one slope per feature that the model's input
+    reaches with its width unchanged (only such layers before it), else None. That layer
+    takes inputs whose last axis has that many features (PReLU._check_features_first)."""
+    for layer in layers:
+        if type(layer) is PReLU:
+            return layer.num_parameters if layer.num_parameters != 1 else None
+        if type(layer) not in _KEEPS_WIDTH:
+            return None
+    return None
+
+
 def _feature_trace(layers):
     """Each layer's output feature count (None where it keeps its input's), checking that
     the counts chain (the ValueError of the layer that does not take its input's)."""
@@ -757,11 +769,16 @@ class Sequential:
 
     def _check_width(self, X, name="X"):
         """ValueError naming `name` unless X's rows have the first layer's input width (each
-        row flattened, as Dense takes it). Before any layer runs, which would name its own
-        input ``x``; a stack without Dense or Maxout layers takes any width."""
+        row flattened, as Dense takes it), and, where a PReLU with a slope per feature comes
+        first, the last axis its slope count. Before any layer runs, which would name its own
+        input ``x``; a stack without Dense, Maxout or such PReLU layers takes any width."""
         d = _in_features_of(self._layers)
         if d is not None and (X.ndim < 2 or math.prod(X.shape[1:]) != d):
             raise ValueError(f"{name} must have shape (N, {d}), got {X.shape}")
+        p = _first_slopes_of(self._layers)
+        if p is not None and (X.shape[-1] if X.ndim else 1) != p:
+            raise ValueError(f"{name} must have {p} features in its last axis (the slopes of "
+                             f"its first PReLU layer), got shape {X.shape}")
         return X
 
     def forward(self, X, training=None):

@@ -992,6 +992,24 @@ def test_a_huge_broadcast_X_of_the_wrong_width_is_refused_before_it_is_copied():
             call()
 
 
+def test_a_huge_broadcast_X_that_a_first_prelu_cannot_take_is_refused_before_it_is_copied():
+    """A model whose input reaches a PReLU with a slope per feature before any Dense: no
+    width to check, so X was converted (a copy of a 0-byte view: TiBs, MemoryError) before
+    the PReLU layer compared its features. Its last axis is checked first now."""
+    huge = np.broadcast_to(np.float64(1.0), (2**40, 6))
+    for model in (Sequential(fastnn.PReLU(5)), Sequential(ReLU(), fastnn.PReLU(5)),
+                  Sequential(fastnn.Dropout(0.5), fastnn.PReLU(5), Dense(5, 2, seed=0))):
+        for call in (lambda: model.predict(huge), lambda: model.forward(huge),
+                     lambda: model.evaluate(huge, np.zeros(1, int)),
+                     lambda: model.train_step(huge, [0], "softmax", SGD(model.parameters()))):
+            with pytest.raises(ValueError, match=r"^X must have (5 features in its last axis|shape \(N, 5\))"):
+                call()
+    # what they take is unchanged: a PReLU's features are the last axis; one shared slope
+    # takes any width
+    assert Sequential(fastnn.PReLU(5)).forward(np.ones((2, 3, 5), F32)).shape == (2, 3, 5)
+    assert Sequential(fastnn.PReLU()).forward(np.ones((2, 7), F32)).shape == (2, 7)
+
+
 def _huge(*shape, dtype=np.float64):
     return np.broadcast_to(np.zeros((), dtype), shape)   # (0 bytes; a copy: TiBs)
 
