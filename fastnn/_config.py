@@ -10,15 +10,17 @@ from fastnn._kernels import dense as _dense
 
 
 def _blas_pools():
-    """threadpoolctl's record of each BLAS loaded in this process (SciPy's loaded first), or
-    None without threadpoolctl."""
+    """threadpoolctl's record of each BLAS loaded in this process, SciPy's (the one fastnn
+    calls) first and the others in the order they loaded (which depends on what was imported
+    first), or None without threadpoolctl."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return None
     import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
     try:
-        return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+        pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+        return sorted(pools, key=lambda pool: _blas_owner(pool.get("filepath")) != "SciPy")
     except Exception:  # noqa: BLE001  (a report must not fail on threadpoolctl's introspection)
         return None
 

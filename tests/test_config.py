@@ -310,6 +310,22 @@ def test_blas_kernels_names_each_blas_and_the_coretype_override(monkeypatch, cor
         assert part in line, line
 
 
+def test_scipys_blas_is_listed_first_whatever_loaded_first(monkeypatch):
+    """show_config and the bench header list the BLAS fastnn calls (SciPy's) first: they
+    listed threadpoolctl's load order, which depends on what the process imported first (the
+    README's sample had SciPy's first, a checkout run from another folder NumPy's)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pools = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    if not any(_fastnn_config._blas_owner(p.get("filepath")) == "SciPy" for p in pools):
+        pytest.skip("SciPy's BLAS is not a wheel's bundled OpenBLAS here")
+    other = {"user_api": "blas", "internal_api": "openblas", "version": "9.9.9",
+             "architecture": "Zen", "num_threads": 1, "filepath": "/x/numpy.libs/libopenblas.so"}
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [other] + pools)
+    line = _fastnn_config.blas_kernels()
+    assert line.startswith("SciPy's "), line
+    assert line.index("SciPy's ") < line.index("NumPy's openblas 9.9.9"), line
+
+
 @pytest.mark.parametrize("path,owner", [
     ("/site-packages/scipy.libs/libscipy_openblas-6cdc3b4a.so", "SciPy"),
     ("/site-packages/numpy.libs/libscipy_openblas64_-32a4b2a6.so", "NumPy"),
