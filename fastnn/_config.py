@@ -11,8 +11,8 @@ from fastnn._kernels import dense as _dense
 
 def _blas_pools():
     """threadpoolctl's record of each BLAS loaded in this process, SciPy's (the one fastnn
-    calls) first and the others in the order they loaded (which depends on what was imported
-    first), or None without threadpoolctl."""
+    calls) first where its file tells it apart (a wheel's scipy.libs), the others in the order
+    they loaded (which depends on what was imported first); None without threadpoolctl."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:

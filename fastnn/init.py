@@ -45,8 +45,9 @@ def scaled_draws(standard_normal, shape, scale, dtype):
     """``(standard_normal(shape) * scale).astype(dtype)``, the same numbers, drawn in blocks of
     _DRAW_BLOCK values: ``standard_normal(n)`` gives the next n float64 draws, and NumPy's
     generators (Generator and the legacy RandomState alike) give the same stream however it
-    is split. So the float64 draw never holds more than a block: drawn whole, it and its
-    product held 4x a float32 weight's size at once (64 MiB for a 4096 x 4096 weight)."""
+    is split. So the float64 draw never holds more than a block: drawn whole, the draw and
+    the float32 result held 3x the weight's size at once (48 MiB for a 2048 x 2048 weight;
+    24 MiB in blocks)."""
     out = np.empty(shape, dtype)
     flat = out.reshape(-1)
     for start in range(0, flat.size, _DRAW_BLOCK):

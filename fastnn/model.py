@@ -776,7 +776,7 @@ class Sequential:
         if d is not None and (X.ndim < 2 or math.prod(X.shape[1:]) != d):
             raise ValueError(f"{name} must have shape (N, {d}), got {X.shape}")
         p = _first_slopes_of(self._layers)
-        if p is not None and (X.shape[-1] if X.ndim else 1) != p:
+        if p is not None and X.ndim >= 1 and X.shape[-1] != p:   # (0-d: _check_X names it)
             raise ValueError(f"{name} must have {p} features in its last axis (the slopes of "
                              f"its first PReLU layer), got shape {X.shape}")
         return X
@@ -1231,7 +1231,8 @@ class Sequential:
         "config": <get_config()>}], each config as JSON gives it back (tuples as lists, int
         keys as strings), so that save writes, and load compares a file with, the same thing.
         A config that a file cannot hold (not a dict; a value JSON has no form for, such as an
-        array, NaN or Inf; two keys JSON would write as one) raises, naming the layer."""
+        array or a NumPy scalar other than float64; NaN, which never equals what a file
+        reads back; two keys JSON would write as one) raises, naming the layer."""
         out = []
         for i, layer in enumerate(self._layers):
             config = layer.get_config()
@@ -1240,14 +1241,19 @@ class Sequential:
                 raise TypeError(f"{what} must return a dict (a model file stores it), got "
                                 f"{type(config).__name__}")
             try:
-                stored = json.loads(json.dumps(config, allow_nan=False),
-                                    object_pairs_hook=no_repeated_keys)
+                text = json.dumps(config)
+                stored = json.loads(text, object_pairs_hook=no_repeated_keys,
+                                    parse_constant=float)
             except TypeError as exc:   # (a value or key JSON cannot write)
                 raise TypeError(f"{what} must return a dict of JSON values (a model file "
                                 f"stores it): {exc}") from None
-            except (ValueError, RecursionError) as exc:   # (NaN or Inf, a cycle, a repeated key)
+            except (ValueError, RecursionError) as exc:   # (a cycle, a repeated key)
                 raise ValueError(f"{what} must return a dict of JSON values (a model file "
                                  f"stores it): {exc}") from None
+            # (two reads, each NaN a float object of its own, differ only where NaN != NaN)
+            if json.loads(text, parse_constant=float) != stored:
+                raise ValueError(f"{what} holds NaN, which a model file cannot compare with "
+                                 "the model's own description")
             out.append({"type": type(layer).__name__, "config": stored})
         return out
 

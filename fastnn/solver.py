@@ -107,7 +107,7 @@ class Solver:
 
         if not hasattr(model, "params") or not callable(getattr(model, "loss", None)):
             raise TypeError("model must have a params dict and a loss(X, y=None) method")
-        if not isinstance(model.params, dict):
+        if not isinstance(model.params, collections.abc.MutableMapping):
             raise TypeError(f"model.params must be a dict of parameter arrays, got "
                             f"{type(model.params).__name__}")
         self.model = model
@@ -189,7 +189,8 @@ class Solver:
         name = opts["checkpoint_name"]
         if name is not None and not isinstance(name, (str, os.PathLike)):
             raise TypeError(f"checkpoint_name must be a path prefix (str) or None, got {type(name).__name__}")
-        self.checkpoint_name = None if name is None else os.fspath(name)
+        # (a path-like object whose path is bytes: as str, since the names are built from it)
+        self.checkpoint_name = None if name is None else os.fsdecode(os.fspath(name))
         if self.checkpoint_name is not None:
             if "\0" in self.checkpoint_name:   # (checked now, not at the first checkpoint)
                 raise ValueError(f"checkpoint_name {self.checkpoint_name!r} holds a NUL character")
@@ -240,16 +241,18 @@ class Solver:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"model.loss(X, y) returned a loss that is not a number: "
                             f"{_kind(loss)} ({exc})") from None
-        self.loss_history.append(loss)
-
         params = self.model.params
-        for name in list(params):
-            config = self.optim_configs.get(name)
-            if config is None:  # (a deep copy per step and parameter only the first time)
-                config = copy.deepcopy(self.optim_config)
+        names = list(params)
+        for name in names:   # (all checked before the step records or updates anything)
             if name not in grads:
                 raise ValueError(f"model.loss(X, y) returned no gradient for the parameter "
                                  f"{name!r} of model.params")
+        self.loss_history.append(loss)
+
+        for name in names:
+            config = self.optim_configs.get(name)
+            if config is None:  # (a deep copy per step and parameter only the first time)
+                config = copy.deepcopy(self.optim_config)
             next_w, next_config = self.update_rule(params[name], grads[name], config)
             params[name] = next_w
             self.optim_configs[name] = next_config

@@ -271,8 +271,8 @@ def test_initializers_give_the_numbers_of_one_draw(monkeypatch, block):
 
 
 def test_an_initializer_holds_one_block_of_draws_beyond_the_weight():
-    """The whole float64 draw and its scaled copy were alive at once: 4x a float32 weight
-    (64 MiB for this 2048 x 2048 one, 16 MiB). Now the weight and one block of draws."""
+    """The whole float64 draw was alive beside the float32 result: 3x the weight (48 MiB
+    for this 2048 x 2048 one, 16 MiB). Now the weight and one block of draws (24 MiB)."""
     import tracemalloc
 
     import fastnn.init as I

@@ -682,6 +682,33 @@ def test_a_model_that_breaks_the_solver_protocol_is_named(model, error, words):
     assert "model.loss(X" in str(info.value) and words in str(info.value)
 
 
+def test_a_missing_gradient_is_found_before_any_parameter_is_updated():
+    model = _Duck(train=lambda out: (out[0], {"t": out[1]["t"]}))
+    model.params = {"t": np.zeros(1), "u": np.ones(2)}
+    solver = Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+                    optim_config={"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="no gradient for the parameter 'u'"):
+        solver.train()
+    assert model.params["t"][0] == 0 and solver.loss_history == []
+
+
+def test_model_params_may_be_any_mutable_mapping_and_checkpoint_name_a_bytes_path(tmp_path):
+    """As the course's Solver, which only indexes and assigns into model.params."""
+    import collections
+
+    class BytesPath:
+        def __fspath__(self):
+            return os.fsencode(str(tmp_path / "ck"))
+
+    model = ScriptedModel()
+    model.params = collections.UserDict(model.params)
+    solver = Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+                    checkpoint_name=BytesPath(), optim_config={"learning_rate": 1.0})
+    solver.train()
+    assert solver.checkpoint_name == str(tmp_path / "ck")
+    assert sorted(os.listdir(tmp_path)) == ["ck_epoch_1.json", "ck_epoch_1.npz"]
+
+
 def test_a_model_params_that_is_not_a_dict_is_refused_when_the_solver_is_made():
     model = ScriptedModel()
     model.params = [np.zeros(1)]
