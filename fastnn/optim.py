@@ -4,7 +4,8 @@ Each rule runs one fused, threaded pass that updates ``w`` IN PLACE and returns 
 ``next_w`` (the course's Solver stores ``next_w`` back into the model, so both conventions
 work). State (``velocity``, ``cache``, ``m``, ``v``) lives in ``config`` as arrays of w's shape and
 dtype, created on the first call. When ``w`` cannot be updated in place (not a C-contiguous
-float32/float64 array, or read-only) a new array is returned and ``w`` is left alone.
+float32/float64 ndarray in native byte order, an ndarray subclass such as ``np.memmap``, or
+read-only) a new array is returned and ``w`` is left alone.
 
 State arrays are updated in place too, but only those fastnn.optim allocated itself (it keeps a
 weak, identity-based registry of them): a state array the caller put into ``config`` is copied on

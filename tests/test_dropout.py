@@ -221,6 +221,20 @@ def test_scoring_a_course_model_with_dropout_leaves_np_random_alone():
     assert np.random.rand() == want
 
 
+def test_a_dropped_unit_is_zero_even_where_the_input_is_inf_or_nan():
+    """As documented (the course's x * mask gives NaN there): the kernel selects, it does not
+    multiply by a zero, in forward and in backward; kept units pass Inf and NaN on, scaled."""
+    x = np.array([np.inf, np.nan, -np.inf, 1.0] * 50)
+    param = {"p": 0.5, "seed": 3}
+    out, cache = F.dropout_forward(x, param)
+    kept = F.dropout_forward(np.ones_like(x), param)[0] != 0
+    assert 0 < kept.sum() < len(x)
+    assert np.all(out[~kept] == 0) and not np.any(np.signbit(out[~kept]))
+    np.testing.assert_array_equal(out[kept], x[kept] / 0.5)
+    dx = F.dropout_backward(np.full_like(x, np.nan), cache)
+    assert np.all(dx[~kept] == 0) and np.all(np.isnan(dx[kept]))
+
+
 def test_backward_uses_forward_mask(rng):
     x = rng.standard_normal((30, 40))
     dout = rng.standard_normal(x.shape)

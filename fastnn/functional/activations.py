@@ -3,8 +3,9 @@
 Every forward returns ``(out, cache)`` and every backward takes ``(dout, cache)``, as in the
 course's ``layers.py``. Backward uses what forward saved instead of recomputing: the output
 for sigmoid and tanh, the input for Leaky ReLU and PReLU, in small opaque caches; ReLU's
-cache is its input array ``x`` itself, as the course's (the ReLU layer keeps the output
-instead, which gives the same mask).
+cache is its input array ``x`` itself, as the course's, when ``x`` is a C-contiguous float32
+or float64 array (else its converted copy; the ReLU layer keeps the output instead, which
+gives the same mask).
 
 ReLU, Leaky ReLU, sigmoid and tanh take an optional keyword ``out=``: a C-contiguous array of
 the result's shape and dtype, not overlapping the inputs, written instead of a new array (as

@@ -6,7 +6,10 @@ shape. The sandwiches ``affine_<act>_forward/backward`` (relu, leaky_relu, sigmo
 run the product and the whole epilogue in one call; ``maxout_forward(x, w, b)`` with w (D, M, k)
 and b (M, k) runs one product for all pieces.
 
-Caches hold references, not copies: as in the course code, ``w`` is read when backward runs.
+Caches hold references, not copies, where no conversion was needed: as in the course code,
+``w`` (always the caller's array) is read when backward runs; ``x`` and ``b`` are kept as given
+when they are C-contiguous arrays of the dtype the call computes in, else as their converted
+copies.
 """
 import math
 
@@ -366,7 +369,10 @@ def affine_relu_forward(x, w, b):
 def affine_relu_backward(dout, cache):
     """Returns ``(dx, dw, db)``. ``cache`` is affine_relu_forward's, or the course's
     ``(fc_cache, relu_cache)`` (fc_cache the course's ``(x, w, b)`` or affine_forward's cache,
-    relu_cache the pre-activation)."""
+    relu_cache the pre-activation). Taken apart by course code, affine_relu_forward's cache
+    gives a relu_cache computed then from x, w and b as they are at that moment (the kernel
+    keeps no pre-activation): change them in place between forward and backward and it is not
+    the forward's, while this function's mask is (it reads the forward's output)."""
     return _backward(_ka.RELU, dout, _from_course(_ka.RELU, cache, "affine_relu"), "affine_relu")
 
 

@@ -7,7 +7,9 @@ fresh one from NumPy's global random state, so ``np.random.seed`` makes a run re
 'test' call draws nothing.
 
 The mask comes from a counter-based hash of (seed, element index) computed in the kernel: the
-same for any thread count, and regenerated in backward from the seed instead of stored.
+same for any thread count, and regenerated in backward from the seed instead of stored. A
+dropped unit is exactly 0, also where x (or dout) is Inf or NaN; the course's ``x * mask``
+gives NaN there.
 """
 import numpy as np
 

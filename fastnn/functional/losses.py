@@ -1,8 +1,11 @@
 """Losses with the course's conventions: ``loss, dx = softmax_loss(x, y)``.
 
 All are averaged over the N rows, with no regularization inside; the loss is a Python float
-and dx has x's shape and dtype. Labels are checked (integer, in range, one per row) before
-any kernel runs; an empty batch is an error (the mean over no rows is undefined).
+and dx has x's shape, in the dtype the call computes in (x's for float32 and float64;
+float16 in float32, integers in float64, mixed float32/float64 in float64, NumPy's
+promotion). Labels are checked (in range, one per row; integers, and for the binary losses
+also bools and whole-number floats) before any kernel runs; an empty batch is an error (the
+mean over no rows is undefined).
 """
 import numpy as np
 
@@ -67,7 +70,7 @@ def _binary_loss(kind, allowed, x, y):
 
 def logistic_loss(x, y):
     """The binary softmax classifier: one sigmoid neuron with cross-entropy. x (N,) or (N, 1)
-    scores (logits), y integer labels in {0, 1}."""
+    scores (logits), y labels in {0, 1} (integers, bools or whole-number floats)."""
     return _binary_loss(_kl.LOGISTIC, (0, 1), x, y)
 
 
