@@ -158,8 +158,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in every kernel (1 without OpenMP); the layer API's training step uses
-    at most ``n`` while ``get_dynamic()`` (see set_dynamic). Returns the previous value."""
+    """Use ``n`` threads in every kernel (1 without OpenMP); while ``get_dynamic()``, the
+    training step and the kernel calls use at most ``n``, fewer while that is faster (see
+    set_dynamic). Returns the previous value."""
     n = check_int(n, "n", below=2**31)
     with _lock:
         return _set_locked(n, warn_at=3)

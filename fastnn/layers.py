@@ -2,8 +2,10 @@
 
 Every layer has ``forward(x)``, ``backward(dout)``, a train/eval mode, and ``params`` / ``grads``
 dicts of NumPy arrays: the live arrays, updated in place by optimizers and by ``backward``.
-A layer computes in its ``dtype`` (float32 by default, float64 for gradient checks); inputs are
-converted to it.
+A layer with parameters computes in its ``dtype`` (float32 by default, float64 for gradient
+checks); inputs are converted to it. The layers without parameters (activations, dropout,
+noise) have ``dtype=None`` by default and compute in their input's float dtype (integers in
+float64); PReLU, which has a slope parameter, is float32 by default like Dense.
 """
 import math
 import numbers

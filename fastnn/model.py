@@ -460,6 +460,8 @@ def _targets_for(loss, scores, y, dtype):
 
 # fastnn's layers that keep their input's width (an input width is known through them)
 _KEEPS_WIDTH = frozenset({ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Dropout, GaussianNoise})
+# fastnn's layers without parameters: their backward only passes the gradient on
+_NO_PARAMS = frozenset({ReLU, Sigmoid, Tanh, LeakyReLU, Dropout, GaussianNoise})
 
 
 def _in_features_of(layers):
@@ -501,7 +503,10 @@ class Sequential:
     """A feed-forward stack of layers.
 
     A Dense layer (without its own activation) followed by ReLU, Sigmoid, Tanh, LeakyReLU or
-    PReLU runs as one fused kernel call, exactly as ``Dense(..., activation=...)`` does.
+    PReLU runs as one fused kernel call, exactly as ``Dense(..., activation=...)`` does, when
+    the activation computes in the Dense's dtype: one of another dtype (``Tanh(dtype=...)``,
+    or a float32 ``PReLU()``, its default, after a float64 Dense) runs on its own, in its own
+    dtype, as its forward alone would.
     """
 
     # (key, X shape, X dtype) of the compiled step the last cache hit returned, or None: the
@@ -803,7 +808,9 @@ class Sequential:
     def backward(self, dout, need_dx=True):
         """Backpropagate ``dout`` (the gradient of the loss wrt the scores); fills every layer's
         ``grads`` (overwriting them, as the course's code does: PyTorch would add to them) and
-        returns the gradient wrt the input (None when ``need_dx`` is False)."""
+        returns the gradient wrt the input (None when ``need_dx`` is False: then no layer
+        computes it, nor runs only to pass it on, as fastnn's parameterless layers below the
+        lowest layer with parameters would)."""
         with self._lock:
             if self._layers.changed:
                 self._build()
@@ -834,11 +841,18 @@ class Sequential:
             self._apart_checked = [weakref.ref(a) for a in _kn.trained_arrays(units)]
 
     def _backward(self, dout, need_dx):
+        units = self._units
+        stop = 0
+        if not need_dx:
+            # the units below the lowest one with parameters (fastnn's parameterless layers:
+            # input noise or dropout in front, say) would only pass on the input gradient,
+            # which is not wanted: that unit computes no input gradient, and they do not run
+            while stop < len(units) - 1 and units[stop].act is None and type(units[stop].layer) in _NO_PARAMS:
+                stop += 1
         d = dout
-        last = len(self._units) - 1
-        for k in range(last, -1, -1):
-            d = self._units[k].backward(d, need_dx=need_dx or k > 0)
-        return d
+        for k in range(len(units) - 1, stop - 1, -1):
+            d = units[k].backward(d, need_dx=need_dx or k > stop)
+        return d if need_dx else None
 
     def predict(self, X, batch_size=None):
         """Scores in inference mode (dropout and noise off), optionally in batches. The fastnn

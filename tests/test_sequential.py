@@ -2719,3 +2719,39 @@ def test_a_layer_of_your_own_with_a_read_only_cache_attribute_still_trains():
     loss = model.train_step(X, y, "softmax", SGD(model.parameters(), lr=0.1))
     assert np.isfinite(loss)
     assert model.layers[1]._cache == "mine" and model.layers[0]._cache is None
+
+
+@pytest.mark.parametrize("first", ["relu", "dropout", "noise", "prelu"])
+def test_backward_without_the_input_gradient_computes_none(first, monkeypatch):
+    """Sequential.backward(need_dx=False) said it returned None, but a model with a
+    parameterless layer in front (input noise or dropout, say) returned that gradient: the
+    Dense above it computed its input gradient (a product as large as its weight gradient's)
+    and the front layer passed it on. Now the lowest layer with parameters computes none and
+    the layers below it do not run; the gradients are the same bits. (The layer-path training
+    step asks for no input gradient: this is its backward.)"""
+    make_first = {"relu": lambda: ReLU(), "dropout": lambda: Dropout(0.3, seed=1),
+                  "noise": lambda: GaussianNoise(0.2, seed=2), "prelu": lambda: PReLU(6)}[first]
+    X = np.random.default_rng(0).standard_normal((9, 6)).astype(F32)
+    grads, outs = [], []
+    for need_dx in (True, False):
+        model = Sequential(make_first(), Dense(6, 5, activation="relu", seed=3), Dense(5, 4, seed=4))
+        s = model.forward(X, training=True)
+        calls = []
+        real = Dense.backward
+
+        def spy(self, dout, need_dx=True, _real=real, _calls=calls):
+            _calls.append((self.in_features, need_dx))
+            return _real(self, dout, need_dx=need_dx)
+
+        monkeypatch.setattr(Dense, "backward", spy)
+        if not need_dx and first != "prelu":
+            monkeypatch.setattr(type(model.layers[0]), "backward",
+                                lambda *a, **k: pytest.fail("the front layer ran"))
+        outs.append(model.backward(np.ones_like(s), need_dx=need_dx))
+        monkeypatch.undo()
+        grads.append([g.copy() for layer in model.layers for g in layer.grads.values()])
+        if not need_dx:
+            assert calls == [(5, True), (6, first == "prelu")]
+    assert isinstance(outs[0], np.ndarray) and outs[0].shape == X.shape and outs[1] is None
+    for a, b in zip(*grads):
+        assert_same_bits(a, b)
