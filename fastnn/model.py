@@ -847,7 +847,8 @@ class Sequential:
             # the units below the lowest one with parameters (fastnn's parameterless layers:
             # input noise or dropout in front, say) would only pass on the input gradient,
             # which is not wanted: that unit computes no input gradient, and they do not run
-            while stop < len(units) - 1 and units[stop].act is None and type(units[stop].layer) in _NO_PARAMS:
+            while (stop < len(units) - 1 and units[stop].act is None
+                   and type(units[stop].layer) in _NO_PARAMS):
                 stop += 1
         d = dout
         for k in range(len(units) - 1, stop - 1, -1):

@@ -437,7 +437,8 @@ def load_checkpoint(path):
 def _kind(value):
     """A short description of what a user's model returned, for an error message."""
     if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(v).__name__ for v in value[:3])})"
+        kinds = ", ".join(type(v).__name__ for v in value[:3])
+        return f"a {type(value).__name__} of {len(value)} ({kinds})"
     return type(value).__name__
 
 
