@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import OtherLoad, header_lines, loadavg, now  # noqa: E402  (also puts the repo on sys.path)
 
 import fastnn  # noqa: E402,F401
+from fastnn import bench as fb  # noqa: E402
 from fastnn import functional as F  # noqa: E402
 from fastnn.reference import activations as R  # noqa: E402
 
@@ -556,13 +557,14 @@ def report(d, results, args, header, markdown):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096 * 4096, help="elements per array (default 16M)")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds; medians are reported")
+    p.add_argument("--rounds", type=fb.positive_int, default=9,
+                   help="interleaved rounds; medians are reported")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
-    p.add_argument("--max-other", type=float, default=0.3,
+    p.add_argument("--max-other", type=fb.nonnegative_float, default=0.3,
                    help="re-run a round if other processes used more than this many cores (default 0.3)")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.size < PIECES:
-        p.error("--rounds must be >= 1 and --size >= 2")
+    if not PIECES <= args.size < 2**31:   # (several arrays of that many elements are made)
+        p.error(f"--size must be from {PIECES} to 2**31 - 1, got {args.size}")
 
     fastnn.set_dynamic(False)   # the kernels on exactly the counts timed (no governor probes)
     load_before, started = loadavg(), now()

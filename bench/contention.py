@@ -147,6 +147,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: one round of 0.05 s measurements, the two small networks")
     args = ap.parse_args(argv)
+    if args.busy > 4 * cpus():   # (each one spins a core until the run ends)
+        ap.error(f"--busy must be at most 4x the CPUs here ({4 * cpus()}), got {args.busy}")
     out = fb.open_json(ap, args.json)
     networks = NETWORKS
     settle = fb.SETTLE

@@ -242,7 +242,7 @@ def tables(results):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=fb.int_list(1, below=2**31), default=None,
+    ap.add_argument("--threads", type=fb.int_list(1, below=257), default=None,
                     help="comma-separated thread counts (default: 1, 2, 4, ... up to the cores here)")
     ap.add_argument("--elements", type=fb.positive_int, default=64 * 2**20,
                     help="elements per element-wise call")
@@ -256,6 +256,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 1-2 threads, 64K elements, 1 round, batch 128 only")
     args = ap.parse_args(argv)
+    bad = [t for t in args.tile_cores if t & (t - 1) or t > 2**30]
+    if bad:   # (the tiles are sized for a power of two of CPUs: 3 would run as 2)
+        ap.error(f"--tile-cores takes powers of two up to 2**30, got {bad[0]}")
+    if args.quick and args.threads and not any(t <= 2 for t in args.threads):
+        ap.error("--quick runs 1 or 2 threads: --threads names neither")
     out = fb.open_json(ap, args.json)
     if args.threads:
         thread_counts = args.threads

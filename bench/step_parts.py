@@ -257,6 +257,8 @@ def main(argv=None):
     threads = args.threads or [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= cpus()]
     dims, batches = args.dims, args.batches
     if args.quick:
+        if args.threads and not any(t <= 2 for t in args.threads):
+            ap.error("--quick runs 1 or 2 threads: --threads names neither")
         threads = [t for t in threads if t <= 2] or [1]
         dims, batches, args.rounds, args.min_time = [20, 32, 16, 5], [64], 1, 0.005
     head = header_lines(started=now())

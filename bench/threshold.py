@@ -355,7 +355,8 @@ def main(argv=None):
     p.add_argument("--margin", type=fb.nonnegative_float, default=1.15,
                    help="2 threads must be this many times faster (default 1.15)")
     p.add_argument("--cold", action="store_true", help="also measure single calls after an idle gap")
-    p.add_argument("--gap-ms", type=fb.nonnegative_float, default=20.0, help="idle gap before each cold call (ms)")
+    p.add_argument("--gap-ms", type=fb.nonnegative_float, default=20.0,
+                   help="idle gap before each cold call (ms; at most 10000)")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--max-other", type=fb.nonnegative_float, default=0.3,
                    help="re-run a sweep if other processes used more than this many cores (default 0.3)")
@@ -369,6 +370,8 @@ def main(argv=None):
                    help="independent hot sweeps per op, at different times; t1 and t2 are the medians "
                         "over them (default 2)")
     args = p.parse_args(argv)
+    if args.gap_ms > 10000:   # (slept before every cold call)
+        p.error(f"--gap-ms must be at most 10000, got {args.gap_ms:g}")
     fastnn.set_dynamic(False)   # the kernels on exactly the counts timed (no governor probes)
     extra_schemes = []
     for spec in args.scheme:
@@ -376,6 +379,8 @@ def main(argv=None):
             mw, relu, leaky, tanh, sig, bwd = (int(v) for v in spec.split(","))
         except ValueError:
             p.error(f"--scheme wants 6 comma-separated integers, got {spec!r}")
+        if min(mw, relu, leaky, tanh, sig, bwd) < 1:   # (a work per thread and costs, divided by)
+            p.error(f"--scheme wants 6 integers >= 1, got {spec!r}")
         extra_schemes.append((f"--scheme {spec}", {
             "min_work": mw, "fwd": {"RELU": relu, "LEAKY_RELU": leaky, "TANH": tanh, "SIGMOID": sig},
             "bwd": bwd}))

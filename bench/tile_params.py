@@ -109,8 +109,19 @@ def main(argv=None):
         values = [type(saved[args.param])(v) for v in args.values.split(",")]
     except ValueError:
         ap.error(f"--values: expected comma-separated {type(saved[args.param]).__name__}s, got {args.values!r}")
-    if any(not (v >= 0) for v in values):   # (a negative or NaN setting: the hook refuses it)
-        ap.error(f"--values: expected values >= 0, got {args.values!r}")
+    if any(not (0 <= v < float("inf")) for v in values):   # (negative, NaN or Inf: refused)
+        ap.error(f"--values: expected finite values >= 0, got {args.values!r}")
+    for v in values:   # (the hook clamps some, rounds tile_cores to a power of two)
+        try:
+            _kd.set_tile_params(**{args.param: v})
+            took = _kd.tile_params()[args.param]
+        except (TypeError, ValueError, OverflowError) as exc:
+            ap.error(f"--values: {args.param} = {format(v, 'g')}: {exc}")
+        finally:
+            _kd.set_tile_params(**saved)
+        if took != v:
+            ap.error(f"--values: {args.param} = {format(v, 'g')} runs as {format(took, 'g')}; "
+                     "give values it takes as they are")
     label = {"thin": "thin", "chunk_min_rows": "min", "chunk_rows_more": "more"}.get(args.param, "v")
     started = now()
     print("\n".join(header_lines(started=started)))

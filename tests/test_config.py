@@ -913,7 +913,7 @@ def test_numpys_blas_is_told_apart_by_its_folder_not_by_the_word():
     (["--min-time", "nan"], "--min-time"), (["--min-time", "inf"], "--min-time"),
     (["--min-time", "0"], "--min-time"), (["--min-time", "-1"], "--min-time"),
     (["--rounds", "0"], "--rounds"), (["--rounds", "two"], "--rounds"),
-    (["--threads", "0"], "--threads"),
+    (["--threads", "0"], "--threads"), (["--threads", "100000"], "--threads"),
 ])
 def test_bench_refuses_bad_arguments_up_front(args, name, capsys):
     """`python -m fastnn bench` refuses a measurement time that is not finite and positive
@@ -960,6 +960,21 @@ _BENCH_DIR = os.path.join(REPO_ROOT, "bench")
     ("step_parts.py", ["--threads", "0"], "--threads"), ("step_parts.py", ["--dims", "5"], "--dims"),
     ("step_parts.py", ["--dims", "5,1"], "--dims"), ("step_parts.py", ["--batches", "0"], "--batches"),
     ("step_parts.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
+    # (a traceback, a run of 100000 spinning processes, a run mislabelled or empty, a division
+    # by zero, a sleep of 1e297 s: a helper's audit of the scripts' arguments)
+    ("activations_table.py", ["--size", "1000000000000000"], "--size"),
+    ("activations_table.py", ["--max-other", "-1"], "--max-other"),
+    ("activations_table.py", ["--rounds", "0"], "--rounds"),
+    ("contention.py", ["--busy", "100000"], "--busy"),
+    ("scaling.py", ["--threads", "100000"], "--threads"),
+    ("scaling.py", ["--tile-cores", "3"], "--tile-cores"),
+    ("scaling.py", ["--threads", "4,8", "--quick"], "--quick"),
+    ("step_parts.py", ["--threads", "4,8", "--quick"], "--quick"),
+    ("threshold.py", ["--scheme", "1,0,1,1,1,1"], "--scheme"),
+    ("threshold.py", ["--gap-ms", "1e300"], "--gap-ms"),
+    ("tile_params.py", ["k_split", "--values", "inf"], "--values"),
+    ("tile_params.py", ["tile_cores", "--values", "3"], "--values"),
+    ("tile_params.py", ["max_tiles", "--values", "0,16"], "--values"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bench_scripts_refuse_bad_arguments_up_front(script, args, name):
     """A usage error naming the option, before anything runs (they gave tracebacks, a table of
