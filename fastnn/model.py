@@ -460,8 +460,9 @@ def _targets_for(loss, scores, y, dtype):
 
 # fastnn's layers that keep their input's width (an input width is known through them)
 _KEEPS_WIDTH = frozenset({ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, Dropout, GaussianNoise})
-# fastnn's layers without parameters: their backward only passes the gradient on
-_NO_PARAMS = frozenset({ReLU, Sigmoid, Tanh, LeakyReLU, Dropout, GaussianNoise})
+# fastnn's layers without parameters (those that keep the width, but PReLU and its slopes):
+# their backward only passes the gradient on
+_NO_PARAMS = _KEEPS_WIDTH - {PReLU}
 
 
 def _in_features_of(layers):
