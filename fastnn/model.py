@@ -149,7 +149,9 @@ def _grad_is_finite(grad):
 
 class _CompiledStep:
     """A whole training step (forward, loss, backward, updates) as one kernel call, for a
-    Sequential made of Dense layers with fused activations. Built once per batch size, loss and
+    Sequential made of Dense layers with fused activations, after any parameterless layers in
+    front (Sequential._front, run in Python first: the plan trains the Dense stack on their
+    output, of X's shape and dtype). Built once per batch size, loss and
     optimizer; it refers to the live parameter, gradient and optimizer-state arrays, and is
     rebuilt when any of them is replaced."""
 
@@ -158,7 +160,8 @@ class _CompiledStep:
         # optimizer frees its state and this plan; run() gets it from the step)
         self.opt_type = type(optimizer)
         layers = []
-        for unit in model._units:
+        stack = model._units[len(model._front):]   # (the front runs in Python: Sequential._step)
+        for unit in stack:
             dense, act = unit.layer, unit.act
             op, alpha, avec, dalpha = dense._op, dense.alpha, None, None
             if act is not None:
@@ -185,7 +188,7 @@ class _CompiledStep:
         self.fan_in = layers[0]["W"].shape[0]
         # (the dtype of the stack this plan is built from: model.dtype would rebuild the model
         # here, under its lock, should its layer list have changed meanwhile)
-        self.dtype = _dtype_of(unit.layer for unit in model._units)
+        self.dtype = _dtype_of(unit.layer for unit in stack)
         self.plan = _kn.StepPlan(self.dtype, n, self.loss_kind, layers, params, self.rule)
         self.signature = self.signature_of(model, optimizer)
 
@@ -584,9 +587,23 @@ class Sequential:
             listed.changed = True   # still to do: the next use raises again
             raise
         self._units = units
-        self._compilable = all(type(u.layer) is Dense and (u.act is None or not isinstance(u.act, PReLU)
-                                                           or u.act.num_parameters > 1)
-                               for u in units)
+        # fastnn's parameterless layers in front (input noise or dropout, say) run in Python
+        # before the whole-step kernel, which trains the Dense stack above them: the step's
+        # backward never reaches them (no input gradient is wanted), so nothing else of theirs
+        # is needed. Not when one computes in another dtype than the stack (a conversion).
+        front = 0
+        while (front < len(units) - 1 and units[front].act is None
+               and type(units[front].layer) in _NO_PARAMS):
+            front += 1
+        stack = units[front:]
+        stack_dtype = _dtype_of(u.layer for u in stack)
+        self._front = tuple(u.layer for u in units[:front])
+        self._compilable = (all(layer.dtype is None or layer.dtype == stack_dtype
+                                for layer in self._front)
+                            and all(type(u.layer) is Dense
+                                    and (u.act is None or not isinstance(u.act, PReLU)
+                                         or u.act.num_parameters > 1)
+                                    for u in stack))
         self._compiled = {}
 
     def _sync(self):
@@ -800,9 +817,9 @@ class Sequential:
                 self._build()
             return self._forward(self._off_grads(self._check_X(X)), training)
 
-    def _forward(self, X, training):
+    def _forward(self, X, training, start=0):
         out = X
-        for unit in self._units:
+        for unit in self._units[start:]:
             out = unit.forward(out, training)
         return out
 
@@ -1039,40 +1056,62 @@ class Sequential:
             if self._layers.changed:
                 self._build()
             compiled = self._compiled_step(X, loss, optimizer)
-            if compiled is not None:
-                try:
-                    value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite,
-                                                           count)
-                except _kn.ArraysChanged:
-                    # an array the plan holds was made read-only or reshaped in place since
-                    # it was built (nothing ran): build again from the arrays as they are now,
-                    # or take the layer path, whose checks name a bad one
-                    self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
-                    compiled = self._compiled_step(X, loss, optimizer)
-                    if compiled is None:
-                        return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
-                    value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite,
-                                                           count)
-                return float(value), correct, stopped
-            return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
+            if compiled is None:
+                return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
+            front = self._front
+            if not front:
+                return self._compiled_run(compiled, X, y, loss, optimizer, skip_nonfinite, count)
+            dtype = compiled.dtype
+            if X.dtype != dtype or any(layer.dtype is not None and layer.dtype != dtype
+                                       for layer in front):
+                # (a dtype set on a layer since the build: a conversion, which is the layer
+                # path's to make, decided before anything is drawn)
+                return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
+            try:
+                # the front layers' forward (their draws, in the layer path's order), then the
+                # kernel on their output, which has X's shape and dtype
+                for layer in front:
+                    X = layer.forward(X, training=True)
+                return self._compiled_run(compiled, np.ascontiguousarray(X), y, loss, optimizer,
+                                          skip_nonfinite, count, len(front))
+            finally:
+                for layer in front:
+                    layer._drop_cache()
 
-    def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count):
-        """_step layer by layer (the caller holds the lock). The layers' backward caches go
+    def _compiled_run(self, compiled, X, y, loss, optimizer, skip_nonfinite, count, start=0):
+        """_step on its whole-step kernel, for X the output of the front layers (units before
+        `start`, which have run)."""
+        try:
+            value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count)
+        except _kn.ArraysChanged:
+            # an array the plan holds was made read-only or reshaped in place since it was
+            # built (nothing ran): build again from the arrays as they are now, or take the
+            # layer path, whose checks name a bad one
+            self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
+            compiled = self._compiled_step(X, loss, optimizer)
+            if compiled is None:
+                return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count, start)
+            value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count)
+        return float(value), correct, stopped
+
+    def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count, start=0):
+        """_step layer by layer (the caller holds the lock), from unit `start` on (X: the
+        output of the units before it, which have run). The layers' backward caches go
         when the step is done, as autograd frees what a backward pass used: the model does not
         keep its last batch's activations alive (nor pickle them), and the next step's forward
         does not allocate while they are still held."""
         try:
-            return self._layer_step_run(X, y, loss, optimizer, skip_nonfinite, count)
+            return self._layer_step_run(X, y, loss, optimizer, skip_nonfinite, count, start)
         finally:
             for layer in self._layers:
                 layer._drop_cache()
 
-    def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count):
+    def _layer_step_run(self, X, y, loss, optimizer, skip_nonfinite, count, start):
         self._check_arrays()   # before any kernel
         _check_trains(optimizer, self)
         X = self._off_grads(self._check_width(X))
         check_rows(X.shape[0], "X")   # (the loss would name its own x: the scores)
-        scores = self._forward(X, True)
+        scores = self._forward(X, True, start)
         y = _targets_for(loss, scores, y, _dtype_of(self._layers))
         value, dscores = loss(scores, y)
         correct = None

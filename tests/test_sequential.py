@@ -14,6 +14,7 @@ Exactness, and why:
   the difference is a few ulp: rtol 1e-12 (scaled to the largest score).
 - Training runs are bitwise identical for 1, 2, 3 and 16 threads, and for equal seeds.
 """
+import copy
 import io
 import json
 import os
@@ -2755,3 +2756,111 @@ def test_backward_without_the_input_gradient_computes_none(first, monkeypatch):
     assert isinstance(outs[0], np.ndarray) and outs[0].shape == X.shape and outs[1] is None
     for a, b in zip(*grads):
         assert_same_bits(a, b)
+
+
+# ============================================================================ input noise and dropout in front
+# fastnn's parameterless layers in front of the first Dense (input noise, input dropout, an
+# activation) run in Python before the whole-step kernel, which trains the Dense stack above
+# them; before, one such layer sent the whole step down the layer path. Their draws are the
+# layer path's, in the same order, so the numbers are too.
+FRONTS = {"noise": lambda dt: [GaussianNoise(0.3, seed=5, dtype=dt)],
+          "dropout": lambda dt: [Dropout(0.25, seed=6)],
+          "relu-dropout-noise": lambda dt: [ReLU(), Dropout(0.4, seed=7, dtype=dt),
+                                            GaussianNoise(0.1, seed=8)]}
+
+
+def _front_model(front, widths, dtype, twin=False):
+    """FRONTS[front] on a Dense stack (relu, tanh); twin: the same model on the layer path (not
+    by an identity Dropout(0) inserted: fit would reseed it, drawing from its shuffling rng)."""
+    layers = FRONTS[front](dtype)
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        act = (None, "relu", "tanh")[min(i + 1, 2)] if i < len(widths) - 2 else None
+        layers.append(Dense(a, b, activation=act, seed=20 + i, dtype=dtype))
+    model = Sequential(*layers)
+    if twin:
+        model._compilable = False   # (as for a model the kernel does not run)
+    return model
+
+
+@pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("front", list(FRONTS))
+def test_front_layers_run_before_the_whole_step_kernel(front, dtype, size):
+    """A model with input noise or dropout in front trains on the whole-step kernel, bitwise
+    as on the layer path (losses, parameters, gradients), the same at 1, 2, 3 and 16 threads,
+    and its front layers keep no cache once the step is done."""
+    n, widths = FUSED_SIZES[size]
+    r = np.random.default_rng(4)
+    X = r.standard_normal((n, widths[0])).astype(dtype)
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _front_model(front, widths, dtype, twin)
+        opt = Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+        losses = [model.train_step(X, y, "softmax", opt) for _ in range(3)]
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin
+        if not twin:
+            assert (step.plan.chunk_rows > 0) == size.startswith("chunked")
+        assert all(getattr(layer, "_cache", None) is None for layer in model.layers)
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+def test_front_layers_fit_and_refused_labels_as_on_the_layer_path():
+    """fit (reseeded, its accuracy counted by the kernel) gives the layer path's history and
+    parameters; a step refused for a bad label has drawn the front's numbers on both paths (the
+    layer path draws them in its forward, before the loss sees the label), so the steps after
+    it agree too."""
+    X, y = spiral(40)
+    runs = []
+    for twin in (False, True):
+        model = _front_model("relu-dropout-noise", (2, 24, 16, 3), F32, twin)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = model.fit(X, y, optimizer=opt, epochs=3, batch_size=40, seed=3, verbose=False)
+        bad = y[:40].copy()
+        bad[7] = 3
+        with pytest.raises(ValueError, match="y"):
+            model.train_step(X[:40], bad, "softmax", opt)
+        after = model.train_step(X[:40], y[:40], "softmax", opt)
+        assert (model._compiled_step(X[:40], SoftmaxCrossEntropy(), opt) is None) == twin
+        runs.append((hist["loss"], hist["accuracy"], after, param_copies(model)))
+    assert runs[0][:3] == runs[1][:3]
+    for a, b in zip(runs[0][3], runs[1][3]):
+        assert_same_bits(a, b)
+
+
+def test_a_front_layer_of_another_dtype_takes_the_layer_path():
+    """A front layer that converts to another dtype than the Dense stack's (float64 input noise
+    on a float32 stack), built so or set so after a compiled step, leaves the step to the layer
+    path, which converts, before anything is drawn: the same numbers as a model built that
+    way."""
+    r = np.random.default_rng(2)
+    X = r.standard_normal((32, 6)).astype(F32)
+    y = r.integers(0, 4, 32)
+
+    def stack(noise_dtype):
+        return Sequential(GaussianNoise(0.2, seed=1, dtype=noise_dtype),
+                          Dense(6, 8, activation="relu", seed=2), Dense(8, 4, seed=3))
+
+    built = stack(F64)
+    assert not built._compilable
+    for compiled_first in (False, True):
+        changed = stack(None)
+        assert changed._compilable
+        copt = SGD(changed.parameters(), lr=0.1)
+        if compiled_first:
+            changed.train_step(X, y, "softmax", copt)
+            assert changed._compiled_step(X, SoftmaxCrossEntropy(), copt) is not None
+        changed.layers[0].dtype = np.dtype(F64)
+        # the reference: a copy (the noise's generator state too) that the kernel never runs
+        twin = copy.deepcopy(changed)
+        twin._compilable = False
+        others = (twin,) if compiled_first else (twin, built)   # (built: the same start)
+        values = [m.train_step(X, y, "softmax", SGD(m.parameters(), lr=0.1))
+                  for m in (changed,) + others]
+        assert values == [values[0]] * len(values)
+        for other in others:
+            for a, b in zip(param_copies(changed), param_copies(other)):
+                assert_same_bits(a, b)
