@@ -12,8 +12,9 @@ unless it ends in ``-f64``). Its rows are the implementations:
                           affine_forward then <act>_forward (backward: <act>_backward then
                           affine_backward), the way the NumPy reference composes them
     test_numpy_ref        the NumPy reference of the same name in fastnn/reference/
-    test_numpy_naive      dropout only: the course's textbook mask,
-                          ``(rng.random(shape) < p) / p`` (float32), then ``x * mask``
+    test_numpy_naive      dropout and noise only: for dropout the course's textbook mask,
+                          ``(rng.random(shape) < p) / p`` (float32), then ``x * mask``; for
+                          noise NumPy's ``rng.standard_normal`` (below)
 
 Cases (``size`` is the scale of the network the shape comes from):
 
@@ -32,6 +33,9 @@ Cases (``size`` is the scale of the network the shape comes from):
     optim    sgd, sgd_momentum, nesterov_momentum, rmsprop, adam (course defaults) on a
              parameter of small 64x64, course 3072x100, large 4096x4096; adam also float64
              at course
+    noise    Gaussian input noise (gaussian_noise_forward, std 0.1, fixed seed) on the inputs
+             of the course 200x3072 and the large 1024x784; its naive row is
+             ``x + std * rng.standard_normal(x.shape, dtype)`` (NumPy's Generator, float32)
     dropout  fwd and bwd, train mode, p = 0.5 (KEEP probability), fixed seed: course 200x100,
              large 1024x512 and 4096x4096
 
@@ -96,6 +100,8 @@ OPTIM_STATE = {"sgd": (), "sgd_momentum": ("velocity",), "nesterov_momentum": ("
                "rmsprop": ("cache",), "adam": ("m", "v")}
 OPTIM_SHAPES = {"small": (64, 64), "course": (3072, 100), "large": (4096, 4096)}
 DROPOUT_SHAPES = {"course": [(200, 100)], "large": [(1024, 512), (4096, 4096)]}
+NOISE_SHAPES = {"course": (200, 3072), "large": (1024, 784)}
+NOISE_STD = 0.1
 DIRECTIONS = ("fwd", "bwd")
 
 IMPL_ORDER = ("fastnn", "fastnn_unfused", "numpy_ref", "numpy_naive")
@@ -113,7 +119,7 @@ class Case:
         self.impls = ("fastnn", "numpy_ref")
         if family == "dense" and kernel.startswith("affine_"):
             self.impls = ("fastnn", "fastnn_unfused", "numpy_ref")
-        elif family == "dropout":
+        elif family in ("dropout", "noise"):
             self.impls = ("fastnn", "numpy_ref", "numpy_naive")
 
 
@@ -144,6 +150,8 @@ def _all_cases():
         for shape in shapes:
             for direction in DIRECTIONS:
                 cases.append(Case("dropout", "dropout", direction, size, shape))
+    for size, shape in NOISE_SHAPES.items():
+        cases.append(Case("noise", "gaussian_noise", "fwd", size, shape))
     return cases
 
 
@@ -323,7 +331,27 @@ def _dropout(case, rng):
     return impls, {}
 
 
-_SETUP = {"dense": _dense, "losses": _losses, "optim": _optim, "dropout": _dropout}
+def _noise(case, rng):
+    dt = case.dtype
+    x = rng.standard_normal(case.shape, dtype=dt)
+    out_f, _ = F.gaussian_noise_forward(x, NOISE_STD, seed=SEED)
+    out_r = RDO.gaussian_noise_forward(x, NOISE_STD, SEED)
+    _agree(out_f, out_r, dt, f"{case.id} fastnn: out")
+    naive_rng = np.random.default_rng(SEED)
+
+    def naive():
+        return x + dt.type(NOISE_STD) * naive_rng.standard_normal(x.shape, dtype=dt)
+
+    # another draw: checked for its spread, not for equality
+    spread = float(np.std(naive() - x))
+    assert abs(spread - NOISE_STD) <= 6 * NOISE_STD / np.sqrt(2 * x.size), spread
+    return {"fastnn": lambda: F.gaussian_noise_forward(x, NOISE_STD, seed=SEED),
+            "numpy_ref": lambda: RDO.gaussian_noise_forward(x, NOISE_STD, SEED),
+            "numpy_naive": naive}, {}
+
+
+_SETUP = {"dense": _dense, "losses": _losses, "optim": _optim, "dropout": _dropout,
+          "noise": _noise}
 _current = {}
 
 

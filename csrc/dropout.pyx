@@ -1,4 +1,5 @@
-# fastnn._kernels.dropout: inverted dropout with masks from a counter-based hash.
+# fastnn._kernels.dropout: inverted dropout with masks from a counter-based hash, and Gaussian
+# noise from the same hash (Box-Muller: fastnn_simd.h, fnn_normal_pair).
 #
 # Element i of a call is kept when hash(seed, i) / 2**32 falls below the keep probability, so the mask
 # depends on the seed and the element's index only: identical for any thread count, and
@@ -16,8 +17,13 @@ cdef extern from "fastnn_simd.h" nogil:
                          uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
     void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
                          uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
+    void fnn_noise_f32(const float *x, float *y, Py_ssize_t n, uint32_t first, double std,
+                       uint32_t seed_lo, uint32_t seed_hi)
+    void fnn_noise_f64(const double *x, double *y, Py_ssize_t n, uint32_t first, double std,
+                       uint32_t seed_lo, uint32_t seed_hi)
 
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
+cdef Py_ssize_t NOISE_COST = 8   # a noise element's cost in ReLU-element units (its kernel's rate)
 
 include "fastnn_sites.pxi"
 
@@ -72,6 +78,47 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
                 else:
                     fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
                                     scale)
+    gov_end(&gc)
+
+
+def noise_apply(const floating[::1] x, floating[::1] y, double std, unsigned long long seed,
+                int n_threads, Py_ssize_t first=0):
+    """y = x + std * z, z standard normal from (seed, index) (fastnn_simd.h, fnn_normal_pair):
+    the same numbers for any thread count. x[0] is element `first` of the counter sequence
+    (the noise of a part of a larger array: the callers pass 0). std finite and >= 0 (the
+    callers check it). At most 2**32 - 1 elements per call, as dropout_apply."""
+    cdef Py_ssize_t n = x.shape[0], c, start, m, nchunks
+    cdef uint32_t lo = <uint32_t>(seed & 0xffffffffu), hi = <uint32_t>(seed >> 32)
+    cdef uint32_t base
+    cdef int nt
+    cdef GovCall gc
+    if not (0.0 <= std < float("inf")):
+        raise ValueError(f"noise_apply: std must be finite and >= 0, got {std}")
+    if y.shape[0] != n:
+        raise ValueError("noise_apply: shape mismatch")
+    if first < 0 or n + first > 4294967295:
+        raise ValueError("Gaussian noise supports at most 2**32 - 1 elements per call")
+    if n == 0:
+        return
+    base = <uint32_t>first
+    n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, n, sizeof(floating), 0, 0), n_threads)
+    nchunks = chunk_count(n)
+    nt = effective_threads(n * NOISE_COST, MIN_WORK_PER_THREAD, n_threads, nchunks)
+    with nogil:
+        if nt <= 1:
+            if floating is float:
+                fnn_noise_f32(&x[0], &y[0], n, base, std, lo, hi)
+            else:
+                fnn_noise_f64(&x[0], &y[0], n, base, std, lo, hi)
+        else:
+            fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                start = c * FNN_CHUNK
+                m = chunk_len(c, n)
+                if floating is float:
+                    fnn_noise_f32(&x[start], &y[start], m, base + <uint32_t>start, std, lo, hi)
+                else:
+                    fnn_noise_f64(&x[start], &y[start], m, base + <uint32_t>start, std, lo, hi)
     gov_end(&gc)
 
 

@@ -338,6 +338,60 @@ FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRIC
       uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi);                     \
       T xi = x[i]; y[i] = (u <= limit) ? xi * scale : (T)0; } }
 
+/* ---------------------------------------------------------------- counter-based Gaussian noise
+ * y = x + std * z, z ~ N(0, 1) by Box-Muller from the same hash as the dropout masks: the two
+ * elements 2k and 2k + 1 share the hashes h1 = hash(2k), h2 = hash(2k + 1) and take
+ * z = R cos(theta) and z = R sin(theta), R = sqrt(-2 log u1), u1 = (h1 + 1) / 2^32 in (0, 1]
+ * (so |z| <= sqrt(64 ln 2) = 6.66), theta = 2 pi u2, u2 = h2 / 2^32. Element i's value depends on
+ * (seed, i) only: any thread count, any split of the array gives the same numbers.
+ * Computed in double for both dtypes, with basic operations only, so the loop vectorizes:
+ * fnn_log_pos_f64 above, and sin and cos of theta reduced without error: theta = (pi/2) t,
+ * t = h2 / 2^30, t = q + d / 2^30 with q the nearest integer (from the bits of h2) and
+ * |d| <= 2^29, so r = d * (pi/2) / 2^30 is in [-pi/4, pi/4], where the minimax polynomials of
+ * fdlibm's __kernel_sin and __kernel_cos (their coefficients S1..S6, C1..C6) are within about
+ * an ulp. The quadrant q, less one for the sine, picks +-sin r or +-cos r.
+ * fastnn/reference/dropout.py computes the same in NumPy with libm's log, cos and sin. */
+static inline void fnn_normal_pair(uint32_t even, uint32_t seed_lo, uint32_t seed_hi,
+                                   double *zc, double *zs)
+{
+    uint32_t h1 = fnn_hash_index(even, seed_lo, seed_hi);
+    uint32_t h2 = fnn_hash_index(even | 1u, seed_lo, seed_hi);
+    uint32_t q = ((h2 >> 29) + 1u) >> 1;              /* nearest integer to h2 / 2^30: 0..4 */
+    int32_t d = (int32_t)(h2 - (q << 30));            /* in [-2^29, 2^29) (q << 30 wraps at 4) */
+    double r = (double)d * 1.4629180792671596e-09;    /* (pi/2) / 2^30 */
+    double z = r * r;
+    double sr = r + r * z * (-1.66666666666666324348e-01 + z * (8.33333333332248946124e-03
+                + z * (-1.98412698298579493134e-04 + z * (2.75573137070700676789e-06
+                + z * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)))));
+    double cr = 1.0 - 0.5 * z + z * z * (4.16666666666666019037e-02 + z * (-1.38888888888741095749e-03
+                + z * (2.48015872894767294178e-05 + z * (-2.75573143513906633035e-07
+                + z * (2.08757232129817482790e-09 + z * -1.13596475577881948265e-11)))));
+    /* cos(k pi/2 + r) for k = 0..3: cos r, -sin r, -cos r, sin r; the sine is k = q - 1 */
+    uint32_t kc = q & 3u, ks = (q - 1u) & 3u;
+    double c = (kc & 1u) ? sr : cr, s = (ks & 1u) ? sr : cr;
+    c = ((kc + 1u) & 2u) ? -c : c;
+    s = ((ks + 1u) & 2u) ? -s : s;
+    double u1 = ((double)h1 + 1.0) * 2.3283064365386963e-10;   /* 2^-32 */
+    double radius = sqrt(-2.0 * fnn_log_pos_f64(u1));
+    *zc = radius * c;
+    *zs = radius * s;
+}
+/* One pair at a time (a pair's log, square root and polynomials serve both its elements); an
+ * odd first element (a span starting inside a pair) and an odd last one take their half. */
+#define FNN_DEFINE_SPANS_NOISE(T, SFX)                                                        \
+FNN_CLONES static void fnn_noise_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,            \
+        ptrdiff_t n, uint32_t first, double std, uint32_t seed_lo, uint32_t seed_hi)          \
+{ ptrdiff_t i = 0; double zc, zs;                                                             \
+  if (n > 0 && (first & 1u)) {                                                                \
+      fnn_normal_pair(first - 1u, seed_lo, seed_hi, &zc, &zs);                                \
+      y[0] = x[0] + (T)(std * zs); i = 1; }                                                   \
+  for (; i + 1 < n; i += 2) {                                                                 \
+      fnn_normal_pair(first + (uint32_t)i, seed_lo, seed_hi, &zc, &zs);                       \
+      y[i] = x[i] + (T)(std * zc); y[i + 1] = x[i + 1] + (T)(std * zs); }                     \
+  if (i < n) {                                                                                \
+      fnn_normal_pair(first + (uint32_t)i, seed_lo, seed_hi, &zc, &zs);                       \
+      y[i] = x[i] + (T)(std * zc); } }
+
 #define FNN_SQRT_f32 sqrtf
 #define FNN_SQRT_f64 sqrt
 
@@ -588,6 +642,7 @@ FNN_DEFINE_ALL_FINITE(double, f64, uint64_t, 0x7fffffffffffffffull, 0x7ff0000000
 FNN_DEFINE_SPANS_LOSS(float, f32)
 FNN_DEFINE_SPANS_MAXOUT(float, f32)
 FNN_DEFINE_SPANS_DROPOUT(float, f32)
+FNN_DEFINE_SPANS_NOISE(float, f32)
 FNN_DEFINE_SPANS_OPTIM(float, f32)
 FNN_DEFINE_SPANS(float, f32)
 FNN_DEFINE_SPANS_ROWS(float, f32)
@@ -595,6 +650,7 @@ FNN_DEFINE_RELU_MASK(float, f32, uint32_t, 32)
 FNN_DEFINE_SPANS_LOSS(double, f64)
 FNN_DEFINE_SPANS_MAXOUT(double, f64)
 FNN_DEFINE_SPANS_DROPOUT(double, f64)
+FNN_DEFINE_SPANS_NOISE(double, f64)
 FNN_DEFINE_SPANS_OPTIM(double, f64)
 FNN_DEFINE_SPANS(double, f64)
 FNN_DEFINE_SPANS_ROWS(double, f64)

@@ -820,7 +820,9 @@ class Dropout(CheckedSettings, _Stochastic):
 
 
 class GaussianNoise(CheckedSettings, _Stochastic):
-    """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode."""
+    """Input noise: adds ``std * N(0, 1)`` in training, nothing in eval mode. Each training
+    call takes a seed from the layer's generator; the kernel makes the noise from it
+    (fastnn.functional.gaussian_noise_forward's)."""
 
     _CHECKS = {"std": lambda v: check_scalar(v, "GaussianNoise.std", lo=0.0)}
 
@@ -833,7 +835,8 @@ class GaussianNoise(CheckedSettings, _Stochastic):
         self._shape = x.shape
         if not self._is_training(training) or self.std == 0.0:
             return x
-        return _fdrop._add_noise(x, self.std, self._rng)
+        seed = int(self._rng.integers(0, 2**63 - 1))   # (as Dropout's: the kernel draws from it)
+        return _fdrop._noise(x, self.std, seed)
 
     def backward(self, dout, need_dx=True):
         dout = _dout_as(dout, self.dtype, _pass_through_shape, self)

@@ -430,6 +430,87 @@ def test_gaussian_noise_argument_errors():
             F.gaussian_noise_forward(x, std)
     with pytest.raises(ValueError, match="mode"):
         F.gaussian_noise_forward(x, 0.1, mode="eval")
+    # the kernel's seed is 64 bits (as dropout_param['seed']): a larger one is refused, not cut
+    F.gaussian_noise_forward(x, 0.1, seed=2**64 - 1)
+    with pytest.raises(ValueError, match="seed"):
+        F.gaussian_noise_forward(x, 0.1, seed=2**64)
+
+
+# ---------------------------------------------------------------------------- the noise kernel
+def _noise_tolerance(x, std, ref):
+    """Within a few ulp of the reference: the kernel's log, sin and cos are polynomials (a few
+    1e-16 from libm's, relative), and its float32 product std * z, rounded once, can land an
+    ulp apart; then the sum rounds once more."""
+    eps = np.finfo(x.dtype).eps
+    noise = np.abs(ref.astype(np.float64) - x)
+    return 4 * eps * (np.abs(x) + noise) + 8e-15 * std * (1 + np.abs(noise) / max(std, 1e-300))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_noise_matches_reference(dtype, shape, seed, rng):
+    """x + std * z with z of the reference's Box-Muller pairs (each pair of elements from the
+    hashes of its two counters), for every seed width and odd sizes across the kernel's
+    chunks of 16384; x is left as it was."""
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    x0 = x.copy()
+    out, cache = F.gaussian_noise_forward(x, 0.7, seed=seed)
+    ref = R.gaussian_noise_forward(x, 0.7, seed)
+    assert out.dtype == dtype and out.shape == shape and ref.dtype == dtype
+    err = np.abs(out.astype(np.float64) - ref) - _noise_tolerance(x, 0.7, ref)
+    assert not np.any(err > 0), f"{np.sum(err > 0)} elements beyond the tolerance, worst by {err.max()}"
+    assert_same_bits(x, x0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_noise_is_the_same_for_any_thread_count(dtype, rng):
+    """Each element's draw depends on (seed, index) only: 1, 2, 3 and 16 threads, which cut
+    the array into different spans, give the same bits."""
+    x = rng.standard_normal(5 * 16384 + 3).astype(dtype)
+    assert_thread_invariant(lambda: F.gaussian_noise_forward(x, 1.5, seed=77)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("first", [1, 2, 16383, 16385])
+def test_gaussian_noise_of_a_part_is_that_part_of_the_whole(first, dtype, rng):
+    """noise_apply with x[0] at counter `first` (odd: the span starts inside a pair, which takes
+    its sine half; its chunks then start inside pairs too) gives the same bits as the same
+    elements of the whole array's noise, on one thread and on several."""
+    from fastnn._kernels import dropout as kd
+
+    x = rng.standard_normal(first + 3 * 16384 + 5).astype(dtype)
+    whole = np.empty_like(x)
+    kd.noise_apply(x, whole, 0.9, 2024, 1)
+    for threads in (1, 3):
+        part = np.empty_like(x[first:])
+        kd.noise_apply(x[first:], part, 0.9, 2024, threads, first)
+        assert_same_bits(part, whole[first:])
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        kd.noise_apply(x, whole, 0.9, 2024, 1, 2**32 - x.size + 1)
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        kd.noise_apply(x, whole, 0.9, 2024, 1, -1)
+
+
+def test_gaussian_noise_draws_are_independent_normals():
+    """Beyond the mean and spread (test_gaussian_noise_statistics): the normal's CDF at several
+    points including the tails, and no correlation within a Box-Muller pair (z[2k] and
+    z[2k + 1]: R cos and R sin of one angle) or between neighbouring pairs; 5 standard
+    errors each. A rule-of-thumb uniform or a shared radius would fail these."""
+    from math import erf, sqrt
+
+    n = 2_000_000
+    z = F.gaussian_noise_forward(np.zeros(n), 1.0, seed=99)[0]
+    for t in (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0):
+        share = 0.5 * (1 + erf(t / sqrt(2)))
+        assert abs(np.mean(z <= t) - share) <= 5 * sqrt(share * (1 - share) / n), t
+    m = n // 2
+    for a, b in ((z[0::2], z[1::2]), (z[1::2][:-1], z[2::2]), (z[0::2][:-1], z[2::2])):
+        assert abs(np.mean(a * b)) <= 5 / sqrt(len(a))
+        # squares: the pair's radius is shared, but cos^2 and sin^2 of a uniform angle cancel it
+        assert abs(np.corrcoef(a * a, b * b)[0, 1]) <= 5 / sqrt(len(a))
+    assert np.max(np.abs(z)) <= sqrt(64 * np.log(2))   # u1 >= 2**-32
+    assert m == len(z[0::2])
 
 
 @pytest.mark.parametrize("p", [2.0**-30, 1e-7, 1e-6, 3e-4, 0.3, 0.5, 1 - 1e-9, 1.0])

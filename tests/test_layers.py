@@ -183,6 +183,23 @@ def test_gaussian_noise_gradients_and_value(rng):
     np.testing.assert_allclose(noise, forward(np.zeros_like(x)), rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, F64], ids=["f32", "f64"])
+def test_gaussian_noise_layer_draws_a_kernel_seed_per_call(dtype, rng):
+    """Each training call takes one seed from the layer's generator (as Dropout does) and the
+    kernel's noise for it: the reference's x + std * z for that seed, a new one each call."""
+    from fastnn.reference import dropout as RDO
+
+    layer = GaussianNoise(0.4, seed=21, dtype=dtype)
+    seeds = np.random.default_rng(21)
+    x = rng.standard_normal((33, 17)).astype(dtype)
+    outs = [layer.forward(x) for _ in range(2)]
+    for out in outs:
+        ref = RDO.gaussian_noise_forward(x, 0.4, int(seeds.integers(0, 2**63 - 1)))
+        assert out.dtype == dtype
+        np.testing.assert_allclose(out, ref, rtol=0, atol=8 * np.finfo(dtype).eps * np.abs(ref).max())
+    assert not np.array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("layer", [Dropout(0.5, seed=1), GaussianNoise(1.0, seed=1)],
                          ids=["dropout", "noise"])
 def test_regularizers_off_in_eval_mode(layer, rng):

@@ -1,5 +1,5 @@
-"""Inverted dropout with counter-based masks (csrc/dropout.pyx). Private: use
-fastnn.functional."""
+"""Inverted dropout with counter-based masks, and Gaussian noise from the same hash
+(csrc/dropout.pyx). Private: use fastnn.functional."""
 from typing import Any, Dict, List
 
 import numpy as np
@@ -9,6 +9,8 @@ _Float = NDArray[np.floating[Any]]
 
 def keep_limit(p: float) -> int: ...
 def dropout_apply(x: _Float, y: _Float, p: float, seed: int, n_threads: int) -> None: ...
+def noise_apply(x: _Float, y: _Float, std: float, seed: int, n_threads: int,
+                first: int = ...) -> None: ...
 
 
 def parallel_seen() -> bool: ...

@@ -10,6 +10,9 @@ The mask comes from a counter-based hash of (seed, element index) computed in th
 same for any thread count, and regenerated in backward from the seed instead of stored. A
 dropped unit is exactly 0, also where x (or dout) is Inf or NaN; the course's ``x * mask``
 gives NaN there.
+
+``gaussian_noise_forward(x, std, mode='train', seed=None) -> (out, cache)``: the noise is a
+standard normal per element from the same hash of (seed, index), by Box-Muller, in the kernel.
 """
 import numpy as np
 
@@ -149,24 +152,29 @@ def _course_backward(dout, cache):
 
 def gaussian_noise_forward(x, std, mode="train", seed=None):
     """Input noise: ``x + std * N(0, 1)`` in 'train' mode, ``x`` in 'test' mode. Returns
-    ``(out, cache)``. The noise comes from ``np.random.default_rng(seed)``; without a seed, one
-    is drawn from NumPy's global random state."""
+    ``(out, cache)``. The noise is a counter-based draw from ``seed`` (an int in [0, 2**64)) and
+    each element's index, made in the kernel: the same for any thread count. Without a seed,
+    one is drawn from NumPy's global random state (so ``np.random.seed`` makes a run
+    reproducible, as for dropout); a 'test' call draws nothing."""
     std = check_scalar(std, "std", lo=0.0)
     mode = _check_mode(mode, "mode")
     seed = check_seed(seed)
+    if seed is not None and seed >= 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     x = as_float_array(x, "x")
     if mode == "test" or std == 0.0:
         return x, ("gaussian_noise", x.shape)
-    if seed is None:  # like dropout: np.random.seed makes a run reproducible
+    if seed is None:
         seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
-    return _add_noise(x, std, np.random.default_rng(seed)), ("gaussian_noise", x.shape)
+    return _noise(x, std, seed), ("gaussian_noise", x.shape)
 
 
-def _add_noise(x, std, rng):
-    """x + std * N(0, 1), drawn from rng in x's dtype (also the GaussianNoise layer's)."""
-    out = rng.standard_normal(x.shape, dtype=x.dtype)
-    out *= x.dtype.type(std)
-    out += x
+def _noise(x, std, seed):
+    """x + std * z for a C-contiguous float array x, z standard normal from (seed, index) by
+    Box-Muller in the kernel (fastnn_simd.h, fnn_normal_pair; fastnn/reference/dropout.py has
+    the same in NumPy). Also the GaussianNoise layer's, with a seed drawn from its generator."""
+    out = np.empty_like(x)
+    _kd.noise_apply(x.reshape(-1), out.reshape(-1), std, seed, _threads._num_threads)
     return out
 
 

@@ -1,4 +1,5 @@
-"""NumPy reference for the dropout kernel: the same counter-based mask, computed in NumPy."""
+"""NumPy reference for the dropout and noise kernels: the same counter-based masks and normal
+draws, computed in NumPy."""
 import numpy as np
 
 _M1, _M2, _GOLDEN = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35), np.uint32(0x9E3779B9)
@@ -39,3 +40,26 @@ def dropout_forward(x, p, seed):
 
 def dropout_backward(dout, p, mask):
     return np.where(mask, dout * dout.dtype.type(1.0 / p), dout.dtype.type(0))
+
+
+def standard_normals(n, seed):
+    """The standard normal draw of each of n elements under a 64-bit seed (float64, n), as the
+    noise kernel makes it: elements 2k and 2k + 1 share the hashes h1 of counter 2k and h2 of
+    counter 2k + 1 (keep_hashes), and take R cos(theta) and R sin(theta), R = sqrt(-2 log u1),
+    u1 = (h1 + 1) / 2**32, theta = 2 pi h2 / 2**32 (Box-Muller)."""
+    h = keep_hashes(n + (n & 1), seed)
+    h1 = h[0::2].astype(np.float64)
+    h2 = h[1::2].astype(np.float64)
+    radius = np.sqrt(-2.0 * np.log((h1 + 1.0) * 2.0**-32))
+    theta = (2.0 * np.pi * 2.0**-32) * h2
+    z = np.empty(n + (n & 1))
+    z[0::2] = radius * np.cos(theta)
+    z[1::2] = radius * np.sin(theta)
+    return z[:n]
+
+
+def gaussian_noise_forward(x, std, seed):
+    """Input noise ``x + std * z`` with z = standard_normals(x.size, seed), the product rounded
+    to x's dtype before the sum."""
+    z = standard_normals(x.size, seed).reshape(x.shape)
+    return x + (float(std) * z).astype(x.dtype)
