@@ -960,6 +960,8 @@ _BENCH_DIR = os.path.join(REPO_ROOT, "bench")
     ("step_parts.py", ["--threads", "0"], "--threads"), ("step_parts.py", ["--dims", "5"], "--dims"),
     ("step_parts.py", ["--dims", "5,1"], "--dims"), ("step_parts.py", ["--batches", "0"], "--batches"),
     ("step_parts.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
+    ("front_layers.py", ["--rounds", "0"], "--rounds"), ("front_layers.py", ["--min-time", "0"], "--min-time"),
+    ("front_layers.py", ["--json", "/nonexistent-dir/x.json", "--quick"], "--json"),
     # (a traceback, a run of 100000 spinning processes, a run mislabelled or empty, a division
     # by zero, a sleep of 1e297 s: a helper's audit of the scripts' arguments)
     ("activations_table.py", ["--size", "1000000000000000"], "--size"),
@@ -1065,6 +1067,34 @@ def test_step_parts_refuses_parts_that_differ_from_the_step(monkeypatch, mutant,
     with pytest.raises(SystemExit, match="do not time the same work") as info:
         sp.run([20, 32, 16, 5], [64], [1], rounds=1, min_time=0.001, use_torch=False)
     assert what in str(info.value)
+
+
+@pytest.mark.skipif(not os.path.isdir(_BENCH_DIR), reason="the bench/ scripts of the checkout")
+def test_front_layers_times_the_kernel_beside_the_layer_path(monkeypatch):
+    """bench/front_layers.py: a row per network and front, every implementation timed, and
+    its checks can fail: a model with the front layer on the layer path, or a first loss that
+    differs from the layer path's, stops the script before anything is timed."""
+    fl = _bench_module("front_layers")
+    rows = fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
+    assert [(r["network"], r["front"]) for r in rows] == [("20-32-5", "noise"), ("20-32-5", "dropout")]
+    for r in rows:
+        assert set(r["ms"]) == {"fastnn", "layer path", "no front", "numpy"}
+        assert all(v > 0 for v in r["ms"].values())
+    assert "| 20-32-5 (64) | noise |" in fl.table(rows)
+    with monkeypatch.context() as m:
+        m.setattr(fastnn.model.Sequential, "_compiled_step", lambda self, X, loss, opt: None)
+        with pytest.raises(SystemExit, match="took the layer path"):
+            fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
+    real = fl._model
+
+    def other_weights(dims, front, start, layer_path=False):
+        model = real(dims, front, start, layer_path)
+        if layer_path:
+            model.layers[1].params["W"][...] *= 2
+        return model
+    monkeypatch.setattr(fl, "_model", other_weights)
+    with pytest.raises(SystemExit, match="not the layer path's"):
+        fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
 
 
 # ============================================================================ fork
