@@ -7,7 +7,7 @@
 A model whose first layers are fastnn's parameterless ones (``GaussianNoise``, ``Dropout``, an
 activation) and whose rest is a Dense stack trains on the whole-step kernel: the front layers
 run in Python, then the kernel trains the stack on their output (``Sequential._step``). Before
-the thirtieth session any such layer sent the whole step down the layer-by-layer path. For
+2026-12-01 any such layer sent the whole step down the layer-by-layer path. For
 each network and front (``noise``: ``GaussianNoise(0.1)``; ``dropout``: ``Dropout(0.2)``, on
 the input), interleaved in each of R rounds (medians reported, ms per step, float32, softmax
 loss, plain SGD):

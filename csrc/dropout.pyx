@@ -25,6 +25,18 @@ cdef extern from "fastnn_simd.h" nogil:
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 cdef Py_ssize_t NOISE_COST = 8   # a noise element's cost in ReLU-element units (its kernel's rate)
 
+
+cpdef unsigned long long noise_key(unsigned long long seed) noexcept:
+    """The hash key the noise of `seed` uses: the splitmix64 output for state `seed` (a
+    bijection of 64-bit values), so that noise and a dropout mask given the same seed (a
+    GaussianNoise and a Dropout layer seeded alike draw the same seeds) come from unrelated
+    keys. (The mask uses the seed itself: with it, the noise of a kept element had the sign
+    of its mask's hash.)"""
+    cdef unsigned long long z = seed + 0x9e3779b97f4a7c15ULL
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
+    return z ^ (z >> 31)
+
 include "fastnn_sites.pxi"
 
 
@@ -83,12 +95,14 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
 
 def noise_apply(const floating[::1] x, floating[::1] y, double std, unsigned long long seed,
                 int n_threads, Py_ssize_t first=0):
-    """y = x + std * z, z standard normal from (seed, index) (fastnn_simd.h, fnn_normal_pair):
+    """y = x + std * z, z standard normal from (noise_key(seed), index) (fastnn_simd.h,
+    fnn_normal_pair):
     the same numbers for any thread count. x[0] is element `first` of the counter sequence
     (the noise of a part of a larger array: the callers pass 0). std finite and >= 0 (the
     callers check it). At most 2**32 - 1 elements per call, as dropout_apply."""
     cdef Py_ssize_t n = x.shape[0], c, start, m, nchunks
-    cdef uint32_t lo = <uint32_t>(seed & 0xffffffffu), hi = <uint32_t>(seed >> 32)
+    cdef unsigned long long key = noise_key(seed)
+    cdef uint32_t lo = <uint32_t>(key & 0xffffffffu), hi = <uint32_t>(key >> 32)
     cdef uint32_t base
     cdef int nt
     cdef GovCall gc
@@ -96,7 +110,7 @@ def noise_apply(const floating[::1] x, floating[::1] y, double std, unsigned lon
         raise ValueError(f"noise_apply: std must be finite and >= 0, got {std}")
     if y.shape[0] != n:
         raise ValueError("noise_apply: shape mismatch")
-    if first < 0 or n + first > 4294967295:
+    if first < 0 or first > 4294967295 - n:   # (not n + first: a first near 2**63 wraps)
         raise ValueError("Gaussian noise supports at most 2**32 - 1 elements per call")
     if n == 0:
         return

@@ -339,7 +339,8 @@ FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRIC
       T xi = x[i]; y[i] = (u <= limit) ? xi * scale : (T)0; } }
 
 /* ---------------------------------------------------------------- counter-based Gaussian noise
- * y = x + std * z, z ~ N(0, 1) by Box-Muller from the same hash as the dropout masks: the two
+ * y = x + std * z, z ~ N(0, 1) by Box-Muller from the same hash as the dropout masks, under a
+ * key of its own (dropout.pyx noise_key: the seed through splitmix64): the two
  * elements 2k and 2k + 1 share the hashes h1 = hash(2k), h2 = hash(2k + 1) and take
  * z = R cos(theta) and z = R sin(theta), R = sqrt(-2 log u1), u1 = (h1 + 1) / 2^32 in (0, 1]
  * (so |z| <= sqrt(64 ln 2) = 6.66), theta = 2 pi u2, u2 = h2 / 2^32. Element i's value depends on

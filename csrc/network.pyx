@@ -1336,6 +1336,12 @@ cdef class StepPlan:
             self._wslots_elems = wsum
         return 0
 
+    def check_arrays(self):
+        """Raise ArraysChanged where step would, before it reads anything: an array the plan
+        was built on that is no longer writeable, C-contiguous, at the same memory or of the
+        same shape and dtype. (Sequential._step asks before its front layers draw.)"""
+        self._check_watched()
+
     def step(self, X, labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
              bint count=False, bint dynamic=False):

@@ -176,7 +176,18 @@ class _CompiledStep:
         nslots = {_ko.SGD: 0, _ko.MOMENTUM: 1, _ko.NESTEROV: 1, _ko.RMSPROP: 1, _ko.ADAM: 2}[self.rule]
         params, work = [], []
         for p in optimizer.params:
-            slots = optimizer._slots(p, nslots) if nslots else []
+            try:
+                slots = optimizer._slots(p, nslots) if nslots else []
+            except ValueError:
+                st = optimizer.state.get(p.key)
+                if isinstance(st, (list, tuple)) and any(
+                        isinstance(a, np.ndarray) and not a.flags.writeable for a in st):
+                    # read-only state, as a read-only parameter (StepPlan's ArraysChanged):
+                    # not a build to remember as refused (_compiled_step), or the model
+                    # would train layer by layer for good once it is writeable again
+                    raise _kn.ArraysChanged(f"{type(optimizer).__name__}.state[{p.key!r}] "
+                                            "is read-only") from None
+                raise
             params.append((p.data, p.grad, slots[0] if nslots else None,
                            slots[1] if nslots == 2 else None, p.decay))
             work.append((p, p.data, p.grad, slots))
@@ -653,6 +664,9 @@ class Sequential:
         self._apart_checked = []
         self._layers = _LayerList(layers)
         self._layers.changed = changed
+        # pickled before the front layers ran ahead of the whole-step kernel: none do (that
+        # pickle's _compilable was computed so)
+        self.__dict__.setdefault("_front", ())
 
     @property
     def dtype(self):
@@ -981,6 +995,10 @@ class Sequential:
             return None
         if X.shape[1] != _in_features_of(self._layers):
             return None
+        if self._front and X.dtype != _dtype_of(u.layer for u in self._units[len(self._front):]):
+            # a front layer's dtype set since the build (the model's dtype follows it): a
+            # plan would be built and dropped at every step, each taking the layer path
+            return None
         self._check_arrays()   # (a build: the first step, or something was replaced)
         with self._lock:
             # (_step holds it already; a direct call takes it here, and looks up again what
@@ -1067,6 +1085,16 @@ class Sequential:
                 # (a dtype set on a layer since the build: a conversion, which is the layer
                 # path's to make, decided before anything is drawn)
                 return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
+            try:
+                # what the kernel would refuse, asked before the front draws: a plan whose
+                # arrays changed is rebuilt, or the layer path takes the step (or its check
+                # names a bad array) with nothing drawn, as when it runs from the start
+                compiled.plan.check_arrays()
+            except _kn.ArraysChanged:
+                self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
+                compiled = self._compiled_step(X, loss, optimizer)
+                if compiled is None:
+                    return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
             try:
                 # the front layers' forward (their draws, in the layer path's order), then the
                 # kernel on their output, which has X's shape and dtype

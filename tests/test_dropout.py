@@ -490,6 +490,30 @@ def test_gaussian_noise_of_a_part_is_that_part_of_the_whole(first, dtype, rng):
         kd.noise_apply(x, whole, 0.9, 2024, 1, 2**32 - x.size + 1)
     with pytest.raises(ValueError, match="2\\*\\*32"):
         kd.noise_apply(x, whole, 0.9, 2024, 1, -1)
+    with pytest.raises(ValueError, match="2\\*\\*32"):   # (n + first wrapped: accepted, counters from 0)
+        kd.noise_apply(x, whole, 0.9, 2024, 1, 2**63 - 1)
+
+
+@pytest.mark.parametrize("seed", [0, 123, 2**63 + 5])
+def test_gaussian_noise_is_unrelated_to_a_dropout_mask_of_the_same_seed(seed):
+    """A Dropout and a GaussianNoise layer seeded alike draw the same seeds, and course code
+    passes one seed to both functions: the noise has a key of its own (noise_key), else it was
+    the mask's hash again (with keep probability 0.5, every kept odd element got positive
+    noise, and the noise of kept units averaged +0.39). On kept and on dropped units, even and
+    odd elements: mean 0 and half positive, within 5 standard errors."""
+    n = 1_000_000
+    z = F.gaussian_noise_forward(np.zeros(n), 1.0, seed=seed)[0]
+    kept = R.keep_mask(n, 0.5, seed)
+    for part in (kept, ~kept):
+        for parity in (0, 1):
+            sel = z[parity::2][part[parity::2]]
+            assert abs(sel.mean()) <= 5 / np.sqrt(len(sel)), (parity, sel.mean())
+            assert abs(np.mean(sel > 0) - 0.5) <= 5 * 0.5 / np.sqrt(len(sel))
+    from fastnn import Dropout, GaussianNoise
+
+    drop, noise = Dropout(0.5, seed=7), GaussianNoise(0.5, seed=7)
+    out = drop.forward(noise.forward(np.ones((2000, 50), np.float32)))
+    assert abs(out.mean() - 1.0) <= 5 * np.std(out) / np.sqrt(out.size)
 
 
 def test_gaussian_noise_draws_are_independent_normals():

@@ -2824,7 +2824,7 @@ def test_front_layers_fit_and_refused_labels_as_on_the_layer_path():
         with pytest.raises(ValueError, match="y"):
             model.train_step(X[:40], bad, "softmax", opt)
         after = model.train_step(X[:40], y[:40], "softmax", opt)
-        assert (model._compiled_step(X[:40], SoftmaxCrossEntropy(), opt) is None) == twin
+        assert (model._compiled_step(X[:40].astype(F32), SoftmaxCrossEntropy(), opt) is None) == twin
         runs.append((hist["loss"], hist["accuracy"], after, param_copies(model)))
     assert runs[0][:3] == runs[1][:3]
     for a, b in zip(runs[0][3], runs[1][3]):
@@ -2864,3 +2864,84 @@ def test_a_front_layer_of_another_dtype_takes_the_layer_path():
         for other in others:
             for a, b in zip(param_copies(changed), param_copies(other)):
                 assert_same_bits(a, b)
+
+
+@pytest.mark.parametrize("what", ["grad", "adam-state"])
+def test_a_changed_array_refused_before_the_front_draws(what):
+    """An array the compiled plan holds, made read-only after a step: the layer path refuses it
+    (a gradient in its array check, before the forward; optimizer state in the update, after
+    it), and the front path does the same, drawing exactly what the layer path draws: the plan
+    asks (StepPlan.check_arrays) before the front layers run. Once the array is writeable
+    again, both models take the same next step."""
+    r = np.random.default_rng(0)
+    X = r.standard_normal((32, 6)).astype(F32)
+    y = r.integers(0, 4, 32)
+    losses, params = [], []
+    for twin in (False, True):
+        model = _front_model("relu-dropout-noise", (6, 8, 4), F32, twin)
+        opt = Adam(model.parameters(), lr=1e-2)
+        model.train_step(X, y, "softmax", opt)
+        arr = (model.layers[3].grads["W"] if what == "grad"
+               else next(iter(opt.state.values()))[0])
+        arr.flags.writeable = False
+        with pytest.raises(ValueError):
+            model.train_step(X, y, "softmax", opt)
+        arr.flags.writeable = True
+        losses.append([model.train_step(X, y, "softmax", opt) for _ in range(2)])
+        assert (model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == twin
+        params.append(param_copies(model))
+    assert losses[0] == losses[1]
+    for a, b in zip(*params):
+        assert_same_bits(a, b)
+
+
+def test_a_front_dtype_set_after_the_build_builds_no_plan_per_step():
+    """A front layer's dtype set to another than the stack's after a compiled step: the model's
+    dtype follows it, so each step's X is of that dtype, and the plan of the stack's dtype was
+    built and dropped at every step (the step then took the layer path anyway). Now no plan
+    is built while it lasts, and the first step back on the stack's dtype builds one again."""
+    r = np.random.default_rng(1)
+    X = r.standard_normal((16, 6)).astype(F32)
+    y = r.integers(0, 4, 16)
+    model = Sequential(GaussianNoise(0.2, seed=1), Dense(6, 8, activation="relu", seed=2),
+                       Dense(8, 4, seed=3))
+    opt = SGD(model.parameters(), lr=0.1)
+    model.train_step(X, y, "softmax", opt)
+    assert len(model._compiled) == 1
+    model.layers[0].dtype = np.dtype(F64)
+    builds = []
+    real = fmodel._CompiledStep.__init__
+
+    def counting(self, *args):
+        builds.append(1)
+        real(self, *args)
+    fmodel._CompiledStep.__init__ = counting
+    try:
+        for _ in range(3):
+            assert np.isfinite(model.train_step(X, y, "softmax", opt))
+        assert builds == [] and not model._compiled
+        model.layers[0].dtype = None
+        model.train_step(X, y, "softmax", opt)
+        assert builds == [1] and model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not None
+    finally:
+        fmodel._CompiledStep.__init__ = real
+
+
+def test_a_model_pickled_before_front_layers_trains():
+    """A Sequential pickled before the front layers ran ahead of the kernel has no _front in
+    its state: it loads and trains (an AttributeError at the first step before), as the same
+    model pickled now."""
+    import pickle
+
+    X = np.random.default_rng(2).standard_normal((8, 6)).astype(F32)
+    y = np.arange(8) % 4
+    model = Sequential(Dense(6, 8, activation="relu", seed=2), Dense(8, 4, seed=3))
+    old = model.__getstate__()
+    del old["_front"]
+    aged = Sequential.__new__(Sequential)
+    aged.__setstate__(old)
+    fresh = pickle.loads(pickle.dumps(model))
+    values = [m.train_step(X, y, "softmax", SGD(m.parameters(), lr=0.1)) for m in (aged, fresh)]
+    assert values[0] == values[1]
+    for a, b in zip(param_copies(aged), param_copies(fresh)):
+        assert_same_bits(a, b)

@@ -42,12 +42,22 @@ def dropout_backward(dout, p, mask):
     return np.where(mask, dout * dout.dtype.type(1.0 / p), dout.dtype.type(0))
 
 
+def noise_key(seed):
+    """The hash key of the noise for a 64-bit seed: splitmix64's output for state `seed`, so
+    that noise and a dropout mask given the same seed are unrelated."""
+    m = (1 << 64) - 1
+    z = (int(seed) + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
 def standard_normals(n, seed):
     """The standard normal draw of each of n elements under a 64-bit seed (float64, n), as the
     noise kernel makes it: elements 2k and 2k + 1 share the hashes h1 of counter 2k and h2 of
-    counter 2k + 1 (keep_hashes), and take R cos(theta) and R sin(theta), R = sqrt(-2 log u1),
-    u1 = (h1 + 1) / 2**32, theta = 2 pi h2 / 2**32 (Box-Muller)."""
-    h = keep_hashes(n + (n & 1), seed)
+    counter 2k + 1 (keep_hashes under noise_key(seed)), and take R cos(theta) and R sin(theta),
+    R = sqrt(-2 log u1), u1 = (h1 + 1) / 2**32, theta = 2 pi h2 / 2**32 (Box-Muller)."""
+    h = keep_hashes(n + (n & 1), noise_key(seed))
     h1 = h[0::2].astype(np.float64)
     h2 = h[1::2].astype(np.float64)
     radius = np.sqrt(-2.0 * np.log((h1 + 1.0) * 2.0**-32))
