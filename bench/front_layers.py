@@ -98,15 +98,7 @@ def _runners(dims, n, front, torch):
                                                first_dx=False)
     if torch is not None:
         mods = [] if front == "noise" else [torch.nn.Dropout(DROP)]
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            lin = torch.nn.Linear(a, b)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(start[f"W{i}"].T.copy()))
-                lin.bias.copy_(torch.from_numpy(start[f"b{i}"]))
-            mods.append(lin)
-            if i < L - 1:
-                mods.append(torch.nn.ReLU())
-        tmodel = torch.nn.Sequential(*mods).train()
+        tmodel = torch.nn.Sequential(*mods, *fb.torch_layers(torch, dims, start, F32)).train()
         topt = torch.optim.SGD(tmodel.parameters(), lr=LR)
         tX, ty = torch.from_numpy(X), torch.from_numpy(y)
         lossfn = torch.nn.CrossEntropyLoss()

@@ -98,6 +98,22 @@ def _fastnn_update(p, grads, lr):
         p[k], _ = O.sgd(p[k], grads[k], cfg)
 
 
+def torch_layers(torch, dims, start, dtype):
+    """PyTorch's Linear layers (ReLU between them) of a dims network, from the weights and
+    biases `start` (_params' dict), in dtype: the modules of the benchmarks' torch step."""
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    mods = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        lin = torch.nn.Linear(a, b).to(tdt)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(start[f"W{i}"].T.copy()))
+            lin.bias.copy_(torch.from_numpy(start[f"b{i}"]))
+        mods.append(lin)
+        if i < len(dims) - 2:
+            mods.append(torch.nn.ReLU())
+    return mods
+
+
 def _make_runners(dims, n, dtype, torch, seed=0):
     rng = np.random.default_rng(seed + 1)
     X = rng.standard_normal((n, dims[0])).astype(dtype)
@@ -127,17 +143,7 @@ def _make_runners(dims, n, dtype, torch, seed=0):
                                                  first_dx=False)
 
     if torch is not None:
-        tdt = torch.float32 if dtype == np.float32 else torch.float64
-        mods = []
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            lin = torch.nn.Linear(a, b).to(tdt)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(start[f"W{i}"].T.copy()))
-                lin.bias.copy_(torch.from_numpy(start[f"b{i}"]))
-            mods.append(lin)
-            if i < L - 1:
-                mods.append(torch.nn.ReLU())
-        tmodel = torch.nn.Sequential(*mods)
+        tmodel = torch.nn.Sequential(*torch_layers(torch, dims, start, dtype))
         topt = torch.optim.SGD(tmodel.parameters(), lr=lr)
         tX = torch.from_numpy(X)
         ty = torch.from_numpy(y)

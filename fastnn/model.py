@@ -1091,8 +1091,7 @@ class Sequential:
                 # names a bad array) with nothing drawn, as when it runs from the start
                 compiled.plan.check_arrays()
             except _kn.ArraysChanged:
-                self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
-                compiled = self._compiled_step(X, loss, optimizer)
+                compiled = self._rebuilt_step(X, loss, optimizer)
                 if compiled is None:
                     return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
             try:
@@ -1106,6 +1105,13 @@ class Sequential:
                 for layer in front:
                     layer._drop_cache()
 
+    def _rebuilt_step(self, X, loss, optimizer):
+        """_compiled_step after its plan for this batch refused arrays changed since its build
+        (ArraysChanged): built again from the arrays as they are now, or None (the layer
+        path), or the ValueError of _check_arrays naming a bad one."""
+        self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
+        return self._compiled_step(X, loss, optimizer)
+
     def _compiled_run(self, compiled, X, y, loss, optimizer, skip_nonfinite, count, start=0):
         """_step on its whole-step kernel, for X the output of the front layers (units before
         `start`, which have run)."""
@@ -1115,8 +1121,7 @@ class Sequential:
             # an array the plan holds was made read-only or reshaped in place since it was
             # built (nothing ran): build again from the arrays as they are now, or take the
             # layer path, whose checks name a bad one
-            self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
-            compiled = self._compiled_step(X, loss, optimizer)
+            compiled = self._rebuilt_step(X, loss, optimizer)
             if compiled is None:
                 return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count, start)
             value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count)
