@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
-"""A training step with input noise or input dropout in front of the network, side by side.
+"""A training step with input noise or dropout (on the input or between the layers), side by side.
 
     python3 bench/front_layers.py [--rounds R] [--min-time S] [--no-torch] [--json F]
     python3 bench/front_layers.py --quick      # small sizes, 1 round: a smoke run
 
 A model whose first layers are fastnn's parameterless ones (``GaussianNoise``, ``Dropout``, an
 activation) and whose rest is a Dense stack trains on the whole-step kernel: the front layers
-run in Python, then the kernel trains the stack on their output (``Sequential._step``). Before
+run in Python, then the kernel trains the stack on their output (``Sequential._step``). A
+``Dropout`` between two Dense layers runs inside the kernel (its seed drawn in Python). Before
 2026-12-01 any such layer sent the whole step down the layer-by-layer path. For
 each network and front (``noise``: ``GaussianNoise(0.1)``; ``dropout``: ``Dropout(0.2)``, on
-the input), interleaved in each of R rounds (medians reported, ms per step, float32, softmax
-loss, plain SGD):
+the input; ``hidden``: ``Dropout(0.2)`` after each hidden layer, none on the input), interleaved
+in each of R rounds (medians reported, ms per step, float32, softmax loss, plain SGD):
 
 - ``fastnn``: ``Sequential.train_step`` of the model with the front layer (the kernel);
 - ``layer path``: the same model on the layer-by-layer path (what ran before);
 - ``no front``: the Dense stack alone on the kernel: what the front layer adds;
 - ``numpy``: the NumPy reference step (``fastnn.bench``'s, without the first layer's input
   gradient, as the others), after the front in NumPy: ``X + std * N(0, 1)`` drawn by a
-  ``Generator`` in float32, or the course's mask ``(rng.random(X.shape) < keep) / keep``;
+  ``Generator`` in float32, or the course's mask ``(rng.random(X.shape) < keep) / keep``
+  (on the input, or on each hidden layer's output and its gradient);
 - ``torch``: the same in PyTorch (``X + std * randn`` or ``nn.Dropout``), when installed.
 
 The first step of ``fastnn`` and of ``layer path`` (two models from the same seeds) must give
@@ -45,7 +47,7 @@ LR = 1e-3   # (fastnn.bench's steps)
 STD, DROP = 0.1, 0.2
 NETWORKS = [((2, 100, 3), 300), ((64, 64, 64, 10), 32), ((3072, 100, 10), 200),
             ((784, 512, 512, 10), 128)]
-FRONTS = ("noise", "dropout")
+FRONTS = ("noise", "dropout", "hidden")
 
 
 def _front_layer(front, seed):
@@ -53,21 +55,30 @@ def _front_layer(front, seed):
 
 
 def _model(dims, front, start, layer_path=False):
-    layers = [_front_layer(front, 7)] if front else []
+    layers = [_front_layer(front, 7)] if front in ("noise", "dropout") else []
     L = len(dims) - 1
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         layer = fastnn.Dense(a, b, activation="relu" if i < L - 1 else None, seed=i)
         layer.params["W"][...] = start[f"W{i}"]
         layer.params["b"][...] = start[f"b{i}"]
         layers.append(layer)
+        if front == "hidden" and i < L - 1:
+            layers.append(fastnn.Dropout(DROP, seed=8 + i))
     model = fastnn.Sequential(*layers)
     if layer_path:
         model._compilable = False   # (as for a model the kernel does not cover)
     return model
 
 
+def _numpy_mask(rng):
+    keep = 1.0 - DROP
+    return lambda h: (rng.random(h.shape, dtype=F32) < keep) / F32(keep)
+
+
 def _numpy_front(front, rng):
     keep = 1.0 - DROP
+    if front == "hidden":
+        return lambda X: X
     if front == "noise":
         def apply(X):
             return X + F32(STD) * rng.standard_normal(X.shape, dtype=F32)
@@ -94,11 +105,13 @@ def _runners(dims, n, front, torch):
         runners[name] = (lambda m=model, o=opt: m.train_step(X, y, loss, o))
     p = {k: v.copy() for k, v in start.items()}
     apply = _numpy_front(front, np.random.default_rng(7))
+    hidden = _numpy_mask(np.random.default_rng(8)) if front == "hidden" else None
     runners["numpy"] = lambda: fb._course_step(RD, RL, fb._numpy_update, p, apply(X), y, L, LR,
-                                               first_dx=False)
+                                               first_dx=False, hidden_mask=hidden)
     if torch is not None:
-        mods = [] if front == "noise" else [torch.nn.Dropout(DROP)]
-        tmodel = torch.nn.Sequential(*mods, *fb.torch_layers(torch, dims, start, F32)).train()
+        mods = [torch.nn.Dropout(DROP)] if front == "dropout" else []
+        tmodel = torch.nn.Sequential(*mods, *fb.torch_layers(
+            torch, dims, start, F32, dropout=DROP if front == "hidden" else 0.0)).train()
         topt = torch.optim.SGD(tmodel.parameters(), lr=LR)
         tX, ty = torch.from_numpy(X), torch.from_numpy(y)
         lossfn = torch.nn.CrossEntropyLoss()

@@ -6,6 +6,7 @@
 # its address, so the BLAS-users count and the tiling parameters exist exactly once.
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.stdint cimport uint32_t
 from libc.string cimport memset
 cimport scipy.linalg.cython_blas as blas
 
@@ -15,6 +16,12 @@ from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_PRELU, keeps_pre
                         act_bwd_into_saved_rows, act_bwd_inplace_rows, act_bwd_acc_rows,
                         act_bwd_acc_inplace_rows, prelu_alpha_acc_rows, relu_mask_rows,
                         relu_bwd_mask_rows)
+
+cdef extern from "fastnn_simd.h" nogil:
+    void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
+                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
+    void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
+                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -741,23 +748,53 @@ cdef inline Py_ssize_t dx_tile_scratch(int op, Py_ssize_t tr, Py_ssize_t tc,
     return 0
 
 
+cdef struct DropMask:
+    # the mask of one dropout call (fastnn._kernels.dropout.dropout_apply's): element i of
+    # the call's array is kept when hash(seed, i) <= limit, and kept elements are scaled
+    uint32_t limit       # keep_limit(keep probability)
+    uint32_t lo          # the seed's low and high 32 bits
+    uint32_t hi
+    double scale         # 1 / keep probability (rounded to the element type, as dropout_apply)
+
+
+cdef inline void drop_rows(const DropMask *dm, const floating *x, Py_ssize_t ldx, floating *y,
+                           Py_ssize_t ldy, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t first,
+                           Py_ssize_t ld_index) noexcept nogil:
+    """y = x * mask * scale over `rows` rows of n elements (x may be y), row i's element j
+    being element first + i * ld_index + j of the dropout call's array (below 2**32: the
+    caller checks its size), so any cut of that array into tiles or chunks gives the same
+    numbers as dropout_apply over the whole of it."""
+    cdef Py_ssize_t i
+    for i in range(rows):
+        if floating is float:
+            fnn_dropout_f32(x + i * ldx, y + i * ldy, n, <uint32_t>(first + i * ld_index),
+                            dm.limit, dm.lo, dm.hi, <float>dm.scale)
+        else:
+            fnn_dropout_f64(x + i * ldx, y + i * ldy, n, <uint32_t>(first + i * ld_index),
+                            dm.limit, dm.lo, dm.hi, dm.scale)
+
+
 cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_t D,
                                   Py_ssize_t M, const floating *g, const floating *w,
                                   floating *scratch, int op, floating *act,
-                                  const floating *pre, double alpha) noexcept nogil:
+                                  const floating *pre, double alpha,
+                                  const DropMask *dm=NULL) noexcept nogil:
     """Tile t of dx = g @ w.T, turned into the layer below's dz over that layer's output:
     act = dx * act'(saved), saved = act itself (identity, relu, sigmoid, tanh) or pre (leaky
     relu). Where the derivative needs nothing of the output but its sign (dx_direct), the
     product goes straight into act (relu's signs kept as bits in scratch first); otherwise
     into the scratch tile, and from there times the derivative into act. The same tiles and
     element-wise formula as dense_backward_raw's dx and the next backward_pass1's dz: the
-    same numbers."""
+    same numbers. With dm (a dropout between the two layers, over act's N x D), the dx tile
+    goes through the dropout's backward before the derivative, as on the layer path."""
     cdef Tile q = tile_of(px, t, N, D)
     cdef floating *a = act + q.i0 * D + q.j0
     if dx_direct(op):
         if op == FNN_RELU:
             relu_mask_rows(<const floating *>a, D, q.ti, q.tj, <void *>scratch)
         gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, a, D, px.thin, False)
+        if dm != NULL:
+            drop_rows(dm, a, D, a, D, q.ti, q.tj, q.i0 * D + q.j0, D)
         if op == FNN_RELU:
             relu_bwd_mask_rows(a, D, q.ti, q.tj, <const void *>scratch)
         elif op == FNN_LEAKY:
@@ -765,6 +802,8 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
         return
     gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, scratch, q.tj, px.thin,
          False)
+    if dm != NULL:
+        drop_rows(dm, scratch, q.tj, scratch, q.tj, q.ti, q.tj, q.i0 * D + q.j0, D)
     act_bwd_into_saved_rows(op, scratch, q.tj, a, D, q.ti, q.tj, alpha, NULL)
 
 
@@ -789,9 +828,10 @@ cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_
 cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D, Py_ssize_t M,
                              const floating *g, const floating *w, floating *scratch,
                              Py_ssize_t scratch_elems, int op, floating *act,
-                             const floating *pre, double alpha, int n_threads) noexcept nogil:
+                             const floating *pre, double alpha, int n_threads,
+                             const DropMask *dm=NULL) noexcept nogil:
     """dx = g @ w.T, tile by tile, turned into the layer below's dz in that layer's own
-    activation buffer (dx_into_act_tile). The full N x D dx never exists. scratch holds
+    activation buffer (dx_into_act_tile; through a dropout's backward first with dm). The full N x D dx never exists. scratch holds
     scratch_elems >= dx_scratch_need (fewer threads run if it holds less). D >= 1; the
     caller has already used act as an input (dw = act.T @ g)."""
     cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
@@ -804,9 +844,9 @@ cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
         nt = <int>(scratch_elems // stride)
     if nt <= 1:
         for t in range(ntiles):
-            dx_into_act_tile(px, t, N, D, M, g, w, scratch, op, act, pre, alpha)
+            dx_into_act_tile(px, t, N, D, M, g, w, scratch, op, act, pre, alpha, dm)
     else:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for t in prange(ntiles, num_threads=nt, schedule="static"):   # (see Plan)
             dx_into_act_tile(px, t, N, D, M, g, w, scratch + fnn_omp_get_thread_num() * stride,
-                             op, act, pre, alpha)
+                             op, act, pre, alpha, dm)

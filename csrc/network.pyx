@@ -8,7 +8,7 @@
 # numbers, and the same for any thread count.
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uintptr_t, uint32_t
 from libc.stdlib cimport calloc, free, qsort
 from libc.string cimport memset
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE,
@@ -23,10 +23,11 @@ import numpy as np
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
                             fnn_note_parallel, fnn_parallel_seen, fnn_parallel_count,
                             fnn_wtime, fnn_count_add, fnn_wait_above,
-                            fnn_omp_get_num_threads)
+                            fnn_omp_get_num_threads, FNN_CHUNK, chunk_count, chunk_len,
+                            effective_threads)
 from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
-from fastnn_dense cimport (DenseConfig, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
+from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
                            dx_into_act_tile, dx_scratch_need, dx_tile_need, chunk_rows,
@@ -38,6 +39,7 @@ from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_H
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
 
 from fastnn._kernels import dense as _dense_module
+from fastnn._kernels.dropout import keep_limit as _keep_limit
 
 cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
 
@@ -80,6 +82,11 @@ cdef struct NetPlan:
     void **dalpha        # prelu slope gradients (NULL otherwise)
     void **act           # layer outputs, N x fan_out
     void **pre           # pre-activations for leaky relu / prelu (NULL otherwise)
+    void **hin           # a Dropout between layers l and l + 1: its output, N x fan_out[l],
+                         # which layer l + 1 reads (forward, and its weight gradient), else NULL
+    DropMask *drop       # that dropout's mask for this step (StepPlan.step's drops)
+    unsigned char *drop_on   # 1 where it drops this step (0: it passes act[l] on unchanged,
+                             # as Dropout(p=0) does, and layer l + 1 reads act[l])
     bint fused           # no prelu below the last layer: each layer's dz is written into its
                          # own activation buffer by the layer above (dx_into_act)
     void *dact0          # fused: N x C, the loss's dscores (the last layer's dz, in place;
@@ -241,7 +248,9 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                               <const floating *>P.b[l], <floating *>P.act[l],
                               <floating *>P.pre[l], N, P.fan_in[l], P.fan_out[l], P.alpha[l],
                               <const floating *>P.avec[l], <floating *>P.wslots, nt)
-            inp = <const floating *>P.act[l]
+            if P.drop_on[l]:
+                _drop_forward(P, X, l, nt)
+            inp = _input_of(P, X, l + 1)
             t = _ph_mark(P, _ph_layer(P, _PH_FWD, l), t)
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
                                P.groups, P.hits, batch_chunk_rows(cfg, N), nt)
@@ -303,6 +312,40 @@ cdef inline void *_below_pre(NetPlan *P, int l) noexcept nogil:
     return P.pre[l] if P.op[l] == FNN_LEAKY else NULL
 
 
+cdef inline const floating *_input_of(NetPlan *P, const floating *X, int l) noexcept nogil:
+    """What layer l reads (its forward's input and its weight gradient's left operand): X
+    for the first layer, else the output of the layer below, through the dropout between
+    them when it drops this step."""
+    if l == 0:
+        return X
+    if P.drop_on[l - 1]:
+        return <const floating *>P.hin[l - 1]
+    return <const floating *>P.act[l - 1]
+
+
+cdef inline const DropMask *_drop_below(NetPlan *P, int l) noexcept nogil:
+    """The mask of the dropout between layers l - 1 and l when it drops this step (layer
+    l's dx goes through its backward), else NULL."""
+    return &P.drop[l - 1] if P.drop_on[l - 1] else NULL
+
+
+cdef void _drop_forward(NetPlan *P, const floating *X, int l, int nt) noexcept nogil:
+    """hin[l] = act[l] * mask * scale over the whole batch, in the fixed element chunks of
+    dropout_apply (element-wise, from the index: the same numbers on any thread count, any
+    cut). (X only picks the dtype.)"""
+    cdef Py_ssize_t n = P.N * P.fan_out[l], c, start, nch = chunk_count(n)
+    cdef const floating *a = <const floating *>P.act[l]
+    cdef floating *h = <floating *>P.hin[l]
+    cdef int threads = effective_threads(n * 2, 65536, nt, nch)   # (dropout_apply's rule)
+    if threads <= 1:
+        drop_rows(&P.drop[l], a, n, h, n, 1, n, 0, n)
+    else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
+        for c in prange(nch, num_threads=threads, schedule="static"):
+            start = c * FNN_CHUNK
+            drop_rows(&P.drop[l], a + start, 0, h + start, 0, 1, chunk_len(c, n), start, 0)
+
+
 cdef inline int _update_threads(NetPlan *P, int nt) noexcept nogil:
     """Threads for a chunked step's parameter updates: the chunks' threads, one parameter per
     task, when the parameters hold _chunk_update_min_elems elements or more in all and no two
@@ -347,19 +390,25 @@ cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
                          Py_ssize_t c) noexcept nogil:
     """The forward pass of chunk c's rows through every layer: the tiles of row c of each
     layer's plan (forward_plan: for a layer in row chunks, never in parts of its inner
-    dimension), exactly as dense_forward_raw computes them."""
+    dimension), exactly as dense_forward_raw computes them, each layer's through the dropout
+    above it when there is one (those rows of _drop_forward's)."""
     cdef int l
-    cdef Py_ssize_t j, N = P.N
+    cdef Py_ssize_t j, N = P.N, M, r0
     cdef const floating *inp = X
     cdef Plan p
     for l in range(P.n_layers):
-        p = forward_plan(cfg, N, P.fan_out[l], P.fan_in[l])
+        M = P.fan_out[l]
+        p = forward_plan(cfg, N, M, P.fan_in[l])
         for j in range(p.nc):
-            forward_tile(p, c * p.nc + j, P.op[l], keeps_pre(P.op[l]), N, P.fan_out[l],
+            forward_tile(p, c * p.nc + j, P.op[l], keeps_pre(P.op[l]), N, M,
                          P.fan_in[l], inp, <const floating *>P.W[l], <const floating *>P.b[l],
                          <floating *>_saved(P, l), <floating *>P.act[l], P.alpha[l],
                          <const floating *>P.avec[l])
-        inp = <const floating *>P.act[l]
+        if P.drop_on[l]:
+            r0 = c * p.tr
+            drop_rows(&P.drop[l], <const floating *>P.act[l] + r0 * M, M,
+                      <floating *>P.hin[l] + r0 * M, M, min(p.tr, N - r0), M, r0 * M, M)
+        inp = _input_of(P, X, l + 1)
 
 
 cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X, Py_ssize_t c,
@@ -400,7 +449,7 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
         turns = dw_in_turns(ch, D)
         if turns:
             fnn_turn_wait(&P.dw_turn[l], <int>c)
-        dw_chunk(c, ch, N, D, M, g, X if l == 0 else <const floating *>P.act[l - 1],
+        dw_chunk(c, ch, N, D, M, g, _input_of(P, X, l),
                  dw_chunk_dst(c, ch, D, M, <floating *>P.dW[l],
                               <floating *>P.wslots + P.woff[l]), cfg.thin, turns and c > 0)
         if turns:
@@ -410,7 +459,8 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
             for j in range(px.nc):
                 dx_into_act_tile(px, c * px.nc + j, N, D, M, g, <const floating *>P.W[l],
                                  scratch, P.op[l - 1], <floating *>P.act[l - 1],
-                                 <const floating *>_below_pre(P, l - 1), P.alpha[l - 1])
+                                 <const floating *>_below_pre(P, l - 1), P.alpha[l - 1],
+                                 _drop_below(P, l))
         if P.count_done:
             fnn_count_add(&P.layer_done[l])   # (_run_updating: chunk c is done with layer l)
 
@@ -589,7 +639,7 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
                            <floating *>P.partial + P.poff[l], <floating *>P.apartial, P.rb[l],
                            N, P.fan_out[l], nt)
         t = _ph_mark(P, _ph_layer(P, _PH_BIAS, l), t)
-        backward_products(cfg, g, X if l == 0 else <const floating *>P.act[l - 1],
+        backward_products(cfg, g, _input_of(P, X, l),
                           <const floating *>P.W[l], <floating *>NULL, <floating *>P.dW[l],
                           <floating *>P.wslots + P.woff[l], N, P.fan_in[l], P.fan_out[l], nt)
         t = _ph_mark(P, _ph_layer(P, _PH_DW, l), t)
@@ -597,7 +647,7 @@ cdef void _backward_fused(NetPlan *P, const DenseConfig *cfg, const floating *X,
             dx_into_act(cfg, N, P.fan_in[l], P.fan_out[l], g, <const floating *>P.W[l],
                         <floating *>P.scratch, P.scratch_elems, P.op[l - 1],
                         <floating *>P.act[l - 1], <const floating *>_below_pre(P, l - 1),
-                        P.alpha[l - 1], nt)
+                        P.alpha[l - 1], nt, _drop_below(P, l))
             t = _ph_mark(P, _ph_layer(P, _PH_DX, l), t)
 
 
@@ -923,6 +973,7 @@ cdef class StepPlan:
     cdef Watched *_watched       # the parameters, gradients and optimizer state (arrays users
     cdef int _n_watched          # can reach) as they were at build time, checked every step
     cdef list _watched_dtypes
+    cdef list _drop_layers       # the layers a Dropout follows (hin), bottom up
     cdef object _phases          # time_phases: the seconds of each phase (P.phase), or None
     cdef Py_ssize_t _phase_steps # the steps timed since
 
@@ -938,8 +989,10 @@ cdef class StepPlan:
         self.governor = ThreadGovernor()
 
     def __init__(self, dtype, Py_ssize_t N, int loss_kind, list layers, list params, int rule):
-        """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`);
-        params: (data, grad, s1, s2, decay) for every parameter, in update order."""
+        """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`), and
+        dropout (optional, true: a Dropout follows the layer, below the next one; its mask
+        comes with each step); params: (data, grad, s1, s2, decay) for every parameter, in
+        update order."""
         cdef int L = len(layers), l, k
         cdef Py_ssize_t width = 0, m
         dt = np.dtype(dtype)
@@ -979,6 +1032,10 @@ cdef class StepPlan:
         P.dalpha = <void **>calloc(L, sizeof(void *))
         P.act = <void **>calloc(L, sizeof(void *))
         P.pre = <void **>calloc(L, sizeof(void *))
+        P.hin = <void **>calloc(L, sizeof(void *))
+        P.drop = <DropMask *>calloc(L, sizeof(DropMask))
+        P.drop_on = <unsigned char *>calloc(L, sizeof(unsigned char))
+        self._drop_layers = []
         n = len(params)
         P.n_params = n
         P.p_data = <void **>calloc(max(n, 1), sizeof(void *))
@@ -995,7 +1052,8 @@ cdef class StepPlan:
                 or P.p_layer == NULL or P.p_bias == NULL or P.p_order == NULL
                 or P.alpha == NULL or P.W == NULL
                 or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
-                or P.act == NULL or P.pre == NULL or P.p_data == NULL
+                or P.act == NULL or P.pre == NULL or P.hin == NULL or P.drop == NULL
+                or P.drop_on == NULL or P.p_data == NULL
                 or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
                 or P.p_decay == NULL):
             raise MemoryError()
@@ -1042,6 +1100,13 @@ cdef class StepPlan:
                 self.score_shape = (N, m)
             if keeps_pre(P.op[l]):
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
+            if spec.get("dropout"):
+                if l == L - 1:
+                    raise ValueError("StepPlan: a dropout must be below another layer")
+                if N * m > 4294967295:
+                    raise ValueError("dropout supports at most 2**32 - 1 elements per call")
+                P.hin[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
+                self._drop_layers.append(l)
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
         if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:
             raise ValueError("StepPlan: binary losses need one output unit")
@@ -1049,6 +1114,9 @@ cdef class StepPlan:
         for l in range(L - 1):
             if P.op[l] == FNN_PRELU:
                 P.fused = False
+        if self._drop_layers and not P.fused:
+            # (the buffers path has no dropout backward: such a model trains layer by layer)
+            raise ValueError("StepPlan: dropout needs the fused backward (no prelu hidden layer)")
         if P.fused and (P.op[L - 1] == FNN_IDENTITY or keeps_pre(P.op[L - 1])):
             # the last layer's backward reads its pre-activation or nothing, so the loss
             # writes dscores over the scores: fit counts its right predictions in the loss
@@ -1198,7 +1266,7 @@ cdef class StepPlan:
         free(P.p_layer); free(P.p_bias); free(P.p_order)
         free(P.alpha)
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
-        free(P.act); free(P.pre)
+        free(P.act); free(P.pre); free(P.hin); free(P.drop); free(P.drop_on)
         free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)
         free(self._watched)
 
@@ -1342,9 +1410,61 @@ cdef class StepPlan:
         same shape and dtype. (Sequential._step asks before its front layers draw.)"""
         self._check_watched()
 
+    @property
+    def dropout_layers(self):
+        """The layers a Dropout follows (indices, bottom up): step's drops, one each."""
+        return tuple(self._drop_layers)
+
+    cdef list _parse_drops(self, drops):
+        """step's drops as (limit, seed low, seed high, scale) or None per dropout layer, or
+        None for a plan without any."""
+        cdef Py_ssize_t n = len(self._drop_layers)
+        cdef double keep
+        if n == 0 and drops is None:
+            return None
+        if drops is None:
+            return [None] * n
+        drops = list(drops)
+        if len(drops) != n:
+            raise ValueError(f"drops must have {n} entries (one per dropout), got {len(drops)}")
+        out = []
+        for d in drops:
+            if d is None:
+                out.append(None)
+                continue
+            if not isinstance(d, tuple) or len(d) != 2:
+                raise TypeError("drops: each entry must be None or (keep, seed)")
+            keep = d[0]
+            if not (0.0 < keep <= 1.0):
+                raise ValueError(f"drops: keep probability must be in (0, 1], got {keep}")
+            if isinstance(d[1], bool) or not isinstance(d[1], (int, np.integer)):
+                raise TypeError(f"drops: seed must be an int, got {type(d[1]).__name__}")
+            seed = int(d[1])
+            if not 0 <= seed < 2**64:
+                raise ValueError(f"drops: seed must be in [0, 2**64), got {seed}")
+            out.append((_keep_limit(keep), seed & 0xffffffff, seed >> 32, 1.0 / keep))
+        return out
+
+    cdef void _set_drops(self, list parsed):
+        """The masks of this step (_parse_drops' list) into the plan (the step holds _busy)."""
+        cdef NetPlan *P = &self.P
+        cdef Py_ssize_t k
+        cdef int l
+        if parsed is None:
+            return
+        for k in range(len(self._drop_layers)):
+            l = self._drop_layers[k]
+            d = parsed[k]
+            P.drop_on[l] = d is not None
+            if d is not None:
+                P.drop[l].limit = d[0]
+                P.drop[l].lo = d[1]
+                P.drop[l].hi = d[2]
+                P.drop[l].scale = d[3]
+
     def step(self, X, labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
-             bint count=False, bint dynamic=False):
+             bint count=False, bint dynamic=False, drops=None):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
         or binary labels (intp, N, C-contiguous) for classification losses, which do not read
         `targets`; for MSE, float `targets` (N, C, C-contiguous, the plan's dtype), and labels
@@ -1353,14 +1473,20 @@ cdef class StepPlan:
         `count` (a classification loss), `correct` is then the number of rows whose scores
         predict their label (as the loss's predict_labels), else -1. With `dynamic`, the plan's
         governor (fastnn_governor.pxd) picks the thread count, at most n_threads, from the
-        times of the steps before; else the step runs n_threads. `step_threads` tells which."""
+        times of the steps before; else the step runs n_threads. `step_threads` tells which.
+        drops: for a plan with dropout layers (dropout_layers), one entry per dropout, bottom
+        up: (keep probability, seed), the mask of fastnn.functional.dropout_forward with
+        that p and seed over the layer's N x width output, or None (it passes its input on,
+        as Dropout(p=0)); drops None: none drops this step."""
         cdef Py_buffer xv, lv, tv
         cdef bint has_x = False, has_l = False, has_t = False
         cdef char code = b'd' if self.is_double else b'f'   # X's and the targets' items
         cdef Py_ssize_t size = 8 if self.is_double else 4
+        cdef list parsed
         P = &self.P
         self._check_ready()
         self._check_watched()
+        parsed = self._parse_drops(drops)
         # the inputs through the buffer protocol, held until the step returns: typed
         # memoryviews would make ~0.4 KB of Python objects a step (tracemalloc's per-step
         # peak of a small network's step, which allocates nothing else)
@@ -1382,7 +1508,8 @@ cdef class StepPlan:
             _input_buffer(X, &xv, code, size, 2, "X", "a 2-d array of the plan's dtype")
             has_x = True
             return self._step_on(X, &xv, &lv if has_l else NULL, &tv if has_t else NULL,
-                                 lr, h1, h2, eps, c1, c2, wd, n_threads, guard, count, dynamic)
+                                 lr, h1, h2, eps, c1, c2, wd, n_threads, guard, count, dynamic,
+                                 parsed)
         finally:
             if has_x:
                 PyBuffer_Release(&xv)
@@ -1393,9 +1520,10 @@ cdef class StepPlan:
 
     cdef double _step_on(self, X, Py_buffer *xv, Py_buffer *lv, Py_buffer *tv, double lr,
                          double h1, double h2, double eps, double c1, double c2, double wd,
-                         int n_threads, bint guard, bint count, bint dynamic) except? -1.0:
+                         int n_threads, bint guard, bint count, bint dynamic,
+                         list drops) except? -1.0:
         """step's work on the buffers it holds: X's, and the labels' or the targets' (NULL for
-        the other)."""
+        the other), with the dropout masks `drops` (_parse_drops)."""
         cdef double loss = 0.0, t0 = 0.0
         cdef int used
         cdef Py_ssize_t bad = -1, k, hits = 0
@@ -1437,6 +1565,7 @@ cdef class StepPlan:
         self._busy = True
         entered = False
         try:
+            self._set_drops(drops)
             self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)
             used = gov_threads(&self.governor.g, n_threads) if dynamic else n_threads
             self.stopped = False

@@ -64,18 +64,26 @@ def _params(dims, dtype, seed):
     return p
 
 
-def _course_step(mod_dense, mod_loss, update, p, X, y, n_layers, lr, first_dx=True):
+def _course_step(mod_dense, mod_loss, update, p, X, y, n_layers, lr, first_dx=True,
+                 hidden_mask=None):
     """A course-style step: affine_relu layers, affine scores, softmax loss, SGD. With
-    first_dx=False (plain NumPy only) the first layer's backward skips its input gradient."""
-    caches, h = [], X
+    first_dx=False (plain NumPy only) the first layer's backward skips its input gradient.
+    hidden_mask: a function of a hidden layer's output giving the mask it is multiplied by
+    (dropout after each hidden layer: the kept units' 1 / keep, zeros elsewhere)."""
+    caches, masks, h = [], [], X
     for i in range(n_layers - 1):
         h, c = mod_dense.affine_relu_forward(h, p[f"W{i}"], p[f"b{i}"])
         caches.append(c)
+        if hidden_mask is not None:
+            masks.append(hidden_mask(h))
+            h = h * masks[-1]
     s, c = mod_dense.affine_forward(h, p[f"W{n_layers - 1}"], p[f"b{n_layers - 1}"])
     loss, d = mod_loss.softmax_loss(s, y)
     d, dw, db = mod_dense.affine_backward(d, c)
     grads = {f"W{n_layers - 1}": dw, f"b{n_layers - 1}": db}
     for i in reversed(range(n_layers - 1)):
+        if masks:
+            d = d * masks[i]
         if i == 0 and not first_dx:
             (x, _, _), a = caches[0]   # the reference's (fc_cache, relu_cache = a)
             da = d * (a > 0)
@@ -98,9 +106,10 @@ def _fastnn_update(p, grads, lr):
         p[k], _ = O.sgd(p[k], grads[k], cfg)
 
 
-def torch_layers(torch, dims, start, dtype):
-    """PyTorch's Linear layers (ReLU between them) of a dims network, from the weights and
-    biases `start` (_params' dict), in dtype: the modules of the benchmarks' torch step."""
+def torch_layers(torch, dims, start, dtype, dropout=0.0):
+    """PyTorch's Linear layers (ReLU between them, then nn.Dropout(dropout) when > 0) of a
+    dims network, from the weights and biases `start` (_params' dict), in dtype: the modules
+    of the benchmarks' torch step."""
     tdt = torch.float32 if dtype == np.float32 else torch.float64
     mods = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -111,6 +120,8 @@ def torch_layers(torch, dims, start, dtype):
         mods.append(lin)
         if i < len(dims) - 2:
             mods.append(torch.nn.ReLU())
+            if dropout > 0:
+                mods.append(torch.nn.Dropout(dropout))
     return mods
 
 

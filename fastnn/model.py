@@ -160,9 +160,16 @@ class _CompiledStep:
         # optimizer frees its state and this plan; run() gets it from the step)
         self.opt_type = type(optimizer)
         layers = []
+        drops = []
         stack = model._units[len(model._front):]   # (the front runs in Python: Sequential._step)
         for unit in stack:
             dense, act = unit.layer, unit.act
+            if type(dense) is Dropout:
+                # between two Dense units (_build): the plan keeps its output, and each step
+                # gets its mask (Sequential._step draws the seeds, as Dropout.forward does)
+                layers[-1]["dropout"] = True
+                drops.append(dense)
+                continue
             op, alpha, avec, dalpha = dense._op, dense.alpha, None, None
             if act is not None:
                 op = _FUSABLE[type(act)]
@@ -172,6 +179,7 @@ class _CompiledStep:
                 avec, dalpha = owner.params["alpha"], owner.grads["alpha"]
             layers.append(dict(W=dense.params["W"], b=dense.params["b"], dW=dense.grads["W"],
                                db=dense.grads["b"], op=op, alpha=alpha, avec=avec, dalpha=dalpha))
+        self.drops = tuple(drops)   # the Dropout layers inside the stack, bottom up
         self.rule = _rule_of(optimizer)
         nslots = {_ko.SGD: 0, _ko.MOMENTUM: 1, _ko.NESTEROV: 1, _ko.RMSPROP: 1, _ko.ADAM: 2}[self.rule]
         params, work = [], []
@@ -225,10 +233,17 @@ class _CompiledStep:
         extend(optimizer.params)
         return sig
 
-    def run(self, model, X, y, opt, skip_nonfinite=False, count=False):
-        """One step on this plan's buffers with `opt`, the optimizer it was built for; the caller
-        holds the model's lock (Sequential._step), so one step at a time runs on them and on the
-        parameters, whatever the Python thread."""
+    def draw(self):
+        """This step's masks of the Dropout layers inside the stack (StepPlan.step's drops):
+        (keep probability, seed) each, the seed drawn from the layer's generator as its
+        forward draws it, or None where it drops nothing (p = 0: no draw)."""
+        return [None if layer.p == 0.0 else (1.0 - layer.p, int(layer._rng.integers(0, 2**63 - 1)))
+                for layer in self.drops]
+
+    def run(self, model, X, y, opt, skip_nonfinite=False, count=False, drops=None):
+        """One step on this plan's buffers with `opt`, the optimizer it was built for, and the
+        dropout masks `drops` (draw()); the caller holds the model's lock (Sequential._step), so
+        one step at a time runs on them and on the parameters, whatever the Python thread."""
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             targets = _mse_targets_as(y, self.plan.score_shape, self.dtype)
@@ -260,14 +275,15 @@ class _CompiledStep:
             try:
                 value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
                                   opt.weight_decay, _threads._num_threads, skip_nonfinite,
-                                  count, _threads._dynamic)
+                                  count, _threads._dynamic, drops)
             except _kn.InputOverlaps:
                 # X or y is (part of) a parameter, gradient or state array the step writes
                 # while it still reads them: step on copies, as NumPy copies overlapping operands
                 value = plan.step(X.copy(), None if labels is None else labels.copy(),
                                   None if targets is None else targets.copy(),
                                   opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
-                                  _threads._num_threads, skip_nonfinite, count, _threads._dynamic)
+                                  _threads._num_threads, skip_nonfinite, count, _threads._dynamic,
+                                  drops)
         except ValueError:
             if rule == _ko.ADAM:
                 object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated
@@ -609,12 +625,19 @@ class Sequential:
         stack = units[front:]
         stack_dtype = _dtype_of(u.layer for u in stack)
         self._front = tuple(u.layer for u in units[:front])
+        # Dropout between two Dense units runs inside the kernel (its masks drawn in Python:
+        # _CompiledStep.draw); a model with a prelu hidden layer then trains layer by layer
+        # (the plan refuses it)
+        hidden = tuple(u.layer for u in stack if type(u.layer) is Dropout)
         self._compilable = (all(layer.dtype is None or layer.dtype == stack_dtype
-                                for layer in self._front)
-                            and all(type(u.layer) is Dense
-                                    and (u.act is None or not isinstance(u.act, PReLU)
-                                         or u.act.num_parameters > 1)
-                                    for u in stack))
+                                for layer in self._front + hidden)
+                            and all((type(u.layer) is Dense
+                                     and (u.act is None or not isinstance(u.act, PReLU)
+                                          or u.act.num_parameters > 1))
+                                    or (type(u.layer) is Dropout and 0 < i < len(stack) - 1
+                                        and type(stack[i - 1].layer) is Dense
+                                        and type(stack[i + 1].layer) is Dense)
+                                    for i, u in enumerate(stack)))
         self._compiled = {}
 
     def _sync(self):
@@ -1077,11 +1100,11 @@ class Sequential:
             if compiled is None:
                 return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
             front = self._front
-            if not front:
+            if not front and not compiled.drops:
                 return self._compiled_run(compiled, X, y, loss, optimizer, skip_nonfinite, count)
             dtype = compiled.dtype
             if X.dtype != dtype or any(layer.dtype is not None and layer.dtype != dtype
-                                       for layer in front):
+                                       for layer in front + compiled.drops):
                 # (a dtype set on a layer since the build: a conversion, which is the layer
                 # path's to make, decided before anything is drawn)
                 return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
@@ -1095,12 +1118,14 @@ class Sequential:
                 if compiled is None:
                     return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
             try:
-                # the front layers' forward (their draws, in the layer path's order), then the
-                # kernel on their output, which has X's shape and dtype
+                # the front layers' forward and the seeds of the dropouts inside the stack
+                # (their draws, in the layer path's order), then the kernel on the front's
+                # output, which has X's shape and dtype
                 for layer in front:
                     X = layer.forward(X, training=True)
+                drops = compiled.draw() if compiled.drops else None
                 return self._compiled_run(compiled, np.ascontiguousarray(X), y, loss, optimizer,
-                                          skip_nonfinite, count, len(front))
+                                          skip_nonfinite, count, len(front), drops)
             finally:
                 for layer in front:
                     layer._drop_cache()
@@ -1112,11 +1137,13 @@ class Sequential:
         self._compiled.pop((X.shape[0], id(optimizer), type(loss)), None)
         return self._compiled_step(X, loss, optimizer)
 
-    def _compiled_run(self, compiled, X, y, loss, optimizer, skip_nonfinite, count, start=0):
+    def _compiled_run(self, compiled, X, y, loss, optimizer, skip_nonfinite, count, start=0,
+                      drops=None):
         """_step on its whole-step kernel, for X the output of the front layers (units before
-        `start`, which have run)."""
+        `start`, which have run), with the dropout masks `drops` (_CompiledStep.draw)."""
         try:
-            value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count)
+            value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count,
+                                                   drops)
         except _kn.ArraysChanged:
             # an array the plan holds was made read-only or reshaped in place since it was
             # built (nothing ran): build again from the arrays as they are now, or take the
@@ -1124,7 +1151,8 @@ class Sequential:
             compiled = self._rebuilt_step(X, loss, optimizer)
             if compiled is None:
                 return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count, start)
-            value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count)
+            value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count,
+                                                   drops)
         return float(value), correct, stopped
 
     def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count, start=0):

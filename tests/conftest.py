@@ -13,6 +13,9 @@ Helpers (import them with ``from conftest import ...``; pytest puts tests/ on sy
 - ``ulp_of(x)``: the spacing of floats at ``x`` (``np.spacing(|x|)``).
 - ``run_child(env_set, code)``: ``code`` in a fresh interpreter importing the fastnn under test,
   with fastnn's and OpenMP's thread settings removed from the environment, then ``env_set``.
+- ``LayerPathIdentity(dtype=None)``: an identity layer (Dropout(0) by a subclass, which the
+  whole-step kernel does not take): inserted between a model's layers, it puts the model on the
+  layer path, for a twin to compare the kernel with.
 - ``openmp_workers_started(setup, call)``: how many OpenMP workers a call starts (run in a fresh
   interpreter), to show that a thread-invariance test really runs the parallel path.
 """
@@ -132,6 +135,15 @@ def assert_ulp_close(actual, desired, maxulp, inputs=None, what=""):
 
 def ulp_of(x):
     return np.spacing(np.abs(np.asarray(x)))
+
+
+class LayerPathIdentity(fastnn.Dropout):
+    """Dropout(0): passes its input on. The whole-step kernel takes fastnn's own layer types
+    only (a Dropout(0) between two Dense layers runs inside it), so a model holding this one
+    trains layer by layer."""
+
+    def __init__(self, dtype=None):
+        super().__init__(0.0, dtype=dtype)
 
 
 def assert_same_bits(a, b, what=""):

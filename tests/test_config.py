@@ -1076,11 +1076,18 @@ def test_front_layers_times_the_kernel_beside_the_layer_path(monkeypatch):
     differs from the layer path's, stops the script before anything is timed."""
     fl = _bench_module("front_layers")
     rows = fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
-    assert [(r["network"], r["front"]) for r in rows] == [("20-32-5", "noise"), ("20-32-5", "dropout")]
+    assert [(r["network"], r["front"]) for r in rows] == [
+        ("20-32-5", "noise"), ("20-32-5", "dropout"), ("20-32-5", "hidden")]
     for r in rows:
         assert set(r["ms"]) == {"fastnn", "layer path", "no front", "numpy"}
         assert all(v > 0 for v in r["ms"].values())
     assert "| 20-32-5 (64) | noise |" in fl.table(rows)
+    with monkeypatch.context() as m:
+        m.setattr(fastnn.model.Sequential, "_compiled_step", lambda self, X, loss, opt: None)
+        with pytest.raises(SystemExit, match="took the layer path"):
+            fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
+    # (the hidden dropouts alone: the model whose dropouts run inside the kernel)
+    monkeypatch.setattr(fl, "FRONTS", ("hidden",))
     with monkeypatch.context() as m:
         m.setattr(fastnn.model.Sequential, "_compiled_step", lambda self, X, loss, opt: None)
         with pytest.raises(SystemExit, match="took the layer path"):
@@ -1090,11 +1097,13 @@ def test_front_layers_times_the_kernel_beside_the_layer_path(monkeypatch):
     def other_weights(dims, front, start, layer_path=False):
         model = real(dims, front, start, layer_path)
         if layer_path:
-            model.layers[1].params["W"][...] *= 2
+            model.layers[-1].params["W"][...] *= 2
         return model
     monkeypatch.setattr(fl, "_model", other_weights)
-    with pytest.raises(SystemExit, match="not the layer path's"):
-        fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
+    for fronts in (("noise",), ("hidden",)):
+        monkeypatch.setattr(fl, "FRONTS", fronts)
+        with pytest.raises(SystemExit, match="not the layer path's"):
+            fl.run([((20, 32, 5), 64)], rounds=1, min_time=0.001, use_torch=False)
 
 
 # ============================================================================ fork

@@ -31,7 +31,7 @@ from fastnn import (SGD, Adam, BinaryCrossEntropy, BinaryHinge, Dense, Dropout, 
 
 from fastnn.losses import get_loss
 
-from conftest import (MANY_THREADS, THREAD_COUNTS, assert_same_bits, assert_thread_invariant,
+from conftest import (LayerPathIdentity, MANY_THREADS, THREAD_COUNTS, assert_same_bits, assert_thread_invariant,
                       openmp_workers_started)
 
 F32, F64 = np.float32, np.float64
@@ -523,8 +523,8 @@ def _targets(kind, r, n, dtype):
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_training_equivalent_variants(dtype, loss, kind, opt, variant):
     """Training with a built-in optimizer on a plain Dense stack gives bitwise the same run as
-    with an optimizer subclass, or with an identity Dropout(0) layer inserted: equivalent
-    models train identically whatever path the implementation takes (the Dropout(0) twin
+    with an optimizer subclass, or with an identity layer inserted: equivalent models train
+    identically whatever path the implementation takes (the LayerPathIdentity twin
     trains layer by layer, with the optimizer's own step: each update rule of the whole-step
     kernel is checked against it)."""
     r = np.random.default_rng(1)
@@ -533,7 +533,7 @@ def test_training_equivalent_variants(dtype, loss, kind, opt, variant):
     out = 10 if kind == "classes" else 1
     runs = []
     for alternative in (False, True):
-        mid = [Dropout(0.0, dtype=dtype)] if alternative and variant == "dropout-0" else []
+        mid = [LayerPathIdentity(dtype)] if alternative and variant == "dropout-0" else []
         model = Sequential(Dense(24, 40, activation="relu", seed=1, dtype=dtype), *mid,
                            Dense(40, 30, seed=2, dtype=dtype), PReLU(30, dtype=dtype),
                            Dense(30, out, seed=3, dtype=dtype))
@@ -908,7 +908,7 @@ def _fused_model(hidden, widths, dtype, dropout0=False):
         if i < len(widths) - 2:
             layers += FUSED_HIDDEN[hidden](dtype)
             if dropout0 and i == 0:
-                layers.append(Dropout(0.0, dtype=dtype))  # an identity that forces the layer path
+                layers.append(LayerPathIdentity(dtype))  # an identity that forces the layer path
     return Sequential(*layers)
 
 
@@ -1114,7 +1114,7 @@ def test_chunked_step_matches_the_layer_path_for_every_loss(dtype, loss, kind, p
     def run(twin=False):
         layers = _chunked_model(out, dtype, prelu_out)
         if twin:
-            layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
+            layers.insert(1, LayerPathIdentity(dtype))   # an identity that forces the layer path
         model = Sequential(*layers)
         opt = Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
         losses = [model.train_step(X, y, loss, opt) for _ in range(4)]
@@ -1207,7 +1207,7 @@ def test_chunked_step_with_and_without_the_guard_matches_the_layer_path(dtype, s
     def run(twin=False):
         layers = _chunked_model(10, dtype)
         if twin:
-            layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
+            layers.insert(1, LayerPathIdentity(dtype))   # an identity that forces the layer path
         model = Sequential(*layers)
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
         out = []
@@ -1325,7 +1325,7 @@ def test_step_counts_right_predictions_as_predict_labels(dtype, loss, kind, n, l
         if special == "nan":
             layers[1].params["W"][0, min(1, out - 1)] = np.inf   # ... or NaN (0 * inf) there
         if twin:
-            layers.insert(1, Dropout(0.0, dtype=dtype))   # an identity that forces the layer path
+            layers.insert(1, LayerPathIdentity(dtype))   # an identity that forces the layer path
         return Sequential(*layers)
 
     counts = []
@@ -1361,7 +1361,7 @@ def test_fit_epoch_loss_weighs_each_batch_by_its_rows(compiled):
     y = r.integers(0, 3, 10)
     layers = [Dense(4, 8, activation="relu", dtype=F64, seed=1), Dense(8, 3, dtype=F64, seed=2)]
     if not compiled:
-        layers.insert(1, Dropout(0.0, dtype=F64))
+        layers.insert(1, LayerPathIdentity(F64))
     model = Sequential(*layers)
     opt = SGD(model.parameters(), lr=0.0)
     history = model.fit(X, y, optimizer=opt, epochs=1, batch_size=4, shuffle=False, verbose=False)
@@ -1466,7 +1466,7 @@ def test_fit_accuracy_is_the_share_of_right_predictions(compiled):
     y = r.integers(0, 5, 100)
     layers = [Dense(4, 16, activation="relu", seed=3), Dense(16, 5, seed=4)]
     if not compiled:
-        layers.insert(1, Dropout(0.0))
+        layers.insert(1, LayerPathIdentity())
     model = Sequential(*layers)
     before = float(np.mean(np.argmax(model.predict(X), 1) == y))
     opt = SGD(model.parameters(), lr=1e-30)
@@ -1908,7 +1908,7 @@ def test_step_kernel_fused_backward_edge_networks(name):
     X = r.standard_normal((50, 4)).astype(F32)
     Y = r.standard_normal((50, 6)).astype(F32)
     runs = []
-    for extra in ([], [Dropout(0.0)]):
+    for extra in ([], [LayerPathIdentity()]):
         model = Sequential(*FUSED_EDGE_MODELS[name](extra))
         opt = Adam(model.parameters(), lr=1e-2)
         losses = [model.train_step(X, Y, "mse", opt) for _ in range(4)]
@@ -2631,12 +2631,13 @@ def test_the_step_shortcut_keeps_the_plan_cache_in_lru_order():
     assert model._compiled_step(X, loss, full) is step   # kept, not rebuilt
 
 def test_layer_path_steps_keep_no_activations():
-    """After a step on the layer path (Dropout: no whole-step kernel) no layer holds its
-    backward cache: the model does not keep a batch's activations alive, nor pickle them."""
+    """After a step on the layer path (a layer type the whole-step kernel does not take) no
+    layer holds its backward cache: the model does not keep a batch's activations alive, nor
+    pickle them."""
     import pickle
 
     model = Sequential(Dense(20, 64, activation="relu", seed=0), Dropout(0.5, seed=1),
-                       Dense(64, 4, seed=2))
+                       LayerPathIdentity(), Dense(64, 4, seed=2))
     rng = np.random.default_rng(2)
     X = rng.standard_normal((256, 20)).astype(np.float32)
     y = rng.integers(0, 4, 256)
@@ -2944,4 +2945,198 @@ def test_a_model_pickled_before_front_layers_trains():
     values = [m.train_step(X, y, "softmax", SGD(m.parameters(), lr=0.1)) for m in (aged, fresh)]
     assert values[0] == values[1]
     for a, b in zip(param_copies(aged), param_copies(fresh)):
+        assert_same_bits(a, b)
+
+
+# ============================================================================ dropout between Dense layers
+# A Dropout between two Dense layers runs inside the whole-step kernel: the kernel keeps its
+# output (act * mask / keep) for the layer above, and its backward goes into the dx tiles
+# before the activation derivative below. Its seed is drawn in Python from the layer's
+# generator, as Dropout.forward draws it, so the numbers are the layer path's.
+def _hidden_model(widths, dtype, hidden="relu", ps=(0.3, 0.5), front=False, twin=False):
+    """Dense layers of widths with FUSED_HIDDEN[hidden] activations and a Dropout(ps[i]) after
+    each hidden one (ps cycled); front: input dropout and noise in front as well; twin: the
+    same model on the layer path."""
+    layers = [Dropout(0.2, seed=40), GaussianNoise(0.1, seed=41)] if front else []
+    n = len(widths) - 1
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(Dense(a, b, seed=30 + i, dtype=dtype))
+        if i < n - 1:
+            layers += FUSED_HIDDEN[hidden](dtype)
+            layers.append(Dropout(ps[i % len(ps)], seed=50 + i, dtype=dtype if i % 2 else None))
+    model = Sequential(*layers)
+    if twin:
+        model._compilable = False
+    return model
+
+
+HIDDEN_SIZES = ["small", "chunked", "chunked-turns", "chunked-4-turns", "tiled", "deep"]
+
+
+@pytest.mark.parametrize("size", HIDDEN_SIZES)
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", list(FUSED_HIDDEN))
+def test_hidden_dropout_runs_inside_the_whole_step_kernel(hidden, dtype, size):
+    """Dense stacks with a Dropout after every hidden layer train on the whole-step kernel,
+    over the whole batch, in row chunks (with the updates in the chunks' region) and in tiles,
+    bitwise as on the layer path (losses, parameters, gradients) at 1, 2, 3 and 16 threads,
+    for every fusable hidden activation."""
+    n, widths = FUSED_SIZES[size]
+    r = np.random.default_rng(6)
+    X = r.standard_normal((n, widths[0])).astype(dtype)
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _hidden_model(widths, dtype, hidden, twin=twin)
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        losses = [model.train_step(X, y, "softmax", opt) for _ in range(3)]
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin
+        if not twin:
+            assert step.plan.dropout_layers == tuple(range(len(widths) - 2))
+            assert (step.plan.chunk_rows > 0) == size.startswith("chunked")
+        assert all(getattr(layer, "_cache", None) is None for layer in model.layers)
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+@pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
+def test_hidden_dropout_with_a_front_and_a_changed_p(size):
+    """Input dropout and noise in front and dropouts between the layers, with Adam: the
+    layer path's numbers, also after a dropout's p is set to 0 (no draw: it passes its input
+    on, inside the kernel too) and to another value between steps (read at each step)."""
+    n, widths = FUSED_SIZES[size]
+    r = np.random.default_rng(8)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _hidden_model(widths, F32, "tanh", ps=(0.4,), front=True, twin=twin)
+        drops = [layer for layer in model.layers[2:] if type(layer) is Dropout]
+        opt = Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for p in (0.4, 0.0, 0.7):
+            drops[0].p = p
+            losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
+        assert (model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == twin
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+@pytest.mark.parametrize("loss,kind", [("svm", "classes"), ("logistic", "01"), ("mse", "real")])
+def test_hidden_dropout_fit_guard_and_refused_labels_as_on_the_layer_path(loss, kind):
+    """fit (reseeded, under the guard that checks the loss before the backward pass, its
+    accuracy counted by the kernel) gives the layer path's history and parameters; a step
+    refused for a bad label has drawn the dropouts' seeds on both paths (the layer path
+    draws them in its forward, before the loss sees the label)."""
+    r = np.random.default_rng(3)
+    X = r.standard_normal((120, 5)).astype(F32)
+    y = _targets(kind, r, 120, F32)
+    out = 10 if kind == "classes" else 1
+    runs = []
+    for twin in (False, True):
+        model = _hidden_model((5, 40, 30, out), F32, "relu", twin=twin)
+        opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+        hist = model.fit(X, y, optimizer=opt, loss=loss, epochs=2, batch_size=60, seed=3,
+                         verbose=False)
+        hist = (hist["loss"], hist.get("accuracy"))
+        if kind != "real":
+            bad = y[:60].copy()
+            bad[7] = 10 if kind == "classes" else 2
+            with pytest.raises(ValueError, match="y"):
+                model.train_step(X[:60], bad, loss, opt)
+        after = model.train_step(X[:60], y[:60], loss, opt)
+        assert (model._compiled_step(X[:60], get_loss(loss), opt) is None) == twin
+        runs.append((hist, after, param_copies(model)))
+    assert runs[0][:2] == runs[1][:2]
+    for a, b in zip(runs[0][2], runs[1][2]):
+        assert_same_bits(a, b)
+
+
+def test_hidden_dropout_masks_units_and_scales_the_kept():
+    """What the kernel's dropout does, seen from outside: with one hidden layer of identity
+    units and W2 = I, the scores are the hidden layer's output through the dropout, so the
+    kept units are scaled by 1 / keep, the dropped are 0 (the mask the functional dropout
+    makes from the drawn seed), and the first layer's weight gradient is that of the masked
+    units only."""
+    import fastnn.functional as F
+
+    r = np.random.default_rng(0)
+    X = r.standard_normal((50, 8))
+    y = r.integers(0, 8, 50)
+    model = Sequential(Dense(8, 8, seed=1, dtype=F64), Dropout(0.5, seed=9),
+                       Dense(8, 8, seed=2, dtype=F64))
+    model.layers[2].params["W"][...] = np.eye(8)
+    model.layers[2].params["b"][...] = 0
+    seed = int(np.random.default_rng(9).integers(0, 2**63 - 1))   # the layer's first draw
+    hidden = X @ model.layers[0].params["W"] + model.layers[0].params["b"]
+    scores, _ = F.dropout_forward(hidden, {"p": 0.5, "mode": "train", "seed": seed})
+    kept = scores != 0
+    assert 0.3 < kept.mean() < 0.7
+    value, dscores = F.softmax_loss(scores, y)
+    opt = SGD(model.parameters(), lr=0.0)
+    assert model.train_step(X, y, "softmax", opt) == pytest.approx(value, rel=1e-14)
+    assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not None
+    np.testing.assert_allclose(model.layers[0].grads["W"], X.T @ (dscores * kept * 2.0),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_hidden_dropout_where_the_kernel_does_not_take_it():
+    """A Dropout below a per-unit PReLU hidden layer (the buffers path has no dropout), two
+    in a row, one above the last Dense or one of another dtype than the stack: the layer path
+    trains the model (no plan), with the numbers of a model forced onto it."""
+    r = np.random.default_rng(5)
+    X = r.standard_normal((32, 6)).astype(F32)
+    y = r.integers(0, 4, 32)
+    cases = {
+        "prelu": lambda: [Dense(6, 8, activation="prelu", seed=1), Dropout(0.3, seed=2),
+                          Dense(8, 4, seed=3)],
+        "two": lambda: [Dense(6, 8, activation="relu", seed=1), Dropout(0.3, seed=2),
+                        Dropout(0.2, seed=4), Dense(8, 4, seed=3)],
+        "last": lambda: [Dense(6, 8, activation="relu", seed=1), Dense(8, 4, seed=3),
+                         Dropout(0.3, seed=2)],
+        "dtype": lambda: [Dense(6, 8, activation="relu", seed=1), Dropout(0.3, seed=2, dtype=F64),
+                          Dense(8, 4, seed=3)],
+    }
+    for name, make in cases.items():
+        runs = []
+        for twin in (False, True):
+            model = Sequential(*make())
+            if twin:
+                model._compilable = False
+            opt = SGD(model.parameters(), lr=0.1)
+            runs.append(([model.train_step(X, y, "softmax", opt) for _ in range(2)],
+                         param_copies(model)))
+            assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None, name
+        assert runs[0][0] == runs[1][0], name
+        for a, b in zip(runs[0][1], runs[1][1]):
+            assert_same_bits(a, b, name)
+
+
+def test_step_plan_drops_are_checked():
+    """StepPlan.step's drops (one (keep, seed) or None per dropout layer) are checked before
+    anything runs: a wrong count, a keep probability outside (0, 1] or NaN, a seed that is not
+    an int or not in [0, 2**64) are refused naming drops, and the plan's parameters are
+    untouched."""
+    model = Sequential(Dense(4, 6, activation="relu", seed=1), Dropout(0.5, seed=2),
+                       Dense(6, 3, seed=3))
+    X = np.random.default_rng(0).standard_normal((10, 4)).astype(F32)
+    y = np.arange(10) % 3
+    opt = SGD(model.parameters(), lr=0.1)
+    model.train_step(X, y, "softmax", opt)
+    plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
+    assert plan.dropout_layers == (0,)
+    before = param_copies(model)
+    labels = y.astype(np.intp)
+    args = (X, labels, None, 0.1, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
+    for drops, err in [([], ValueError), ([None, None], ValueError), ([(0.0, 1)], ValueError),
+                       ([(1.5, 1)], ValueError), ([(float("nan"), 1)], ValueError),
+                       ([(0.5, -1)], ValueError), ([(0.5, 2**64)], ValueError),
+                       ([(0.5, 1.0)], TypeError), ([(0.5, True)], TypeError),
+                       ([0.5], TypeError), ([(0.5, 1, 2)], TypeError)]:
+        with pytest.raises(err, match="drops"):
+            plan.step(*args, drops=drops)
+    for a, b in zip(before, param_copies(model)):
         assert_same_bits(a, b)

@@ -1,6 +1,6 @@
 """The whole training step of a dense Sequential in one call (csrc/network.pyx). Private: used
 by fastnn.model."""
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -62,7 +62,10 @@ class StepPlan:
     def step(self, X: _Float, labels: Optional[NDArray[np.intp]], targets: Optional[_Float],
              lr: float, h1: float, h2: float, eps: float, c1: float, c2: float, wd: float,
              n_threads: int, guard: bool = False, count: bool = False,
-             dynamic: bool = False) -> float: ...
+             dynamic: bool = False,
+             drops: Optional[Sequence[Optional[Tuple[float, int]]]] = None) -> float: ...
+    @property
+    def dropout_layers(self) -> Tuple[int, ...]: ...
     def time_phases(self, on: bool) -> None: ...
     def phase_times(self) -> Optional[Dict[str, float]]: ...
 
