@@ -17,6 +17,10 @@ cdef extern from "fastnn_simd.h" nogil:
                          uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
     void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
                          uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
+    void fnn_dropout_inplace_f32(float *y, Py_ssize_t n, uint32_t first, uint32_t limit,
+                                 uint32_t seed_lo, uint32_t seed_hi, float scale)
+    void fnn_dropout_inplace_f64(double *y, Py_ssize_t n, uint32_t first, uint32_t limit,
+                                 uint32_t seed_lo, uint32_t seed_hi, double scale)
     void fnn_noise_f32(const float *x, float *y, Py_ssize_t n, uint32_t first, double std,
                        uint32_t seed_lo, uint32_t seed_hi)
     void fnn_noise_f64(const double *x, double *y, Py_ssize_t n, uint32_t first, double std,
@@ -51,12 +55,27 @@ cpdef uint32_t keep_limit(double p) noexcept:
     return <uint32_t>t - 1 if t >= 1.0 else 0
 
 
+cdef inline void _dropout_span(const floating *x, floating *y, Py_ssize_t n, uint32_t first,
+                               uint32_t limit, uint32_t lo, uint32_t hi, floating scale,
+                               bint inplace) noexcept nogil:
+    if inplace:
+        if floating is float:
+            fnn_dropout_inplace_f32(y, n, first, limit, lo, hi, scale)
+        else:
+            fnn_dropout_inplace_f64(y, n, first, limit, lo, hi, scale)
+    elif floating is float:
+        fnn_dropout_f32(x, y, n, first, limit, lo, hi, scale)
+    else:
+        fnn_dropout_f64(x, y, n, first, limit, lo, hi, scale)
+
+
 def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned long long seed,
                   int n_threads):
     """y = x * mask / p with mask from (seed, index). Works for forward (x = input) and backward
     (x = dout): both see the same mask. At most 2**32 elements per call."""
-    cdef Py_ssize_t n = x.shape[0], c, start, m, nchunks
+    cdef Py_ssize_t n = x.shape[0], c, start, nchunks
     cdef uint32_t limit
+    cdef bint inplace
     cdef uint32_t lo = <uint32_t>(seed & 0xffffffffu), hi = <uint32_t>(seed >> 32)
     cdef floating scale = <floating>(1.0 / p)
     cdef int nt
@@ -73,23 +92,17 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, n, sizeof(floating), 0, 0), n_threads)
     nchunks = chunk_count(n)
     nt = effective_threads(n * 2, MIN_WORK_PER_THREAD, n_threads, nchunks)
+    inplace = <const void *>&x[0] == <void *>&y[0]   # (the course's mask, made over ones:
+                                                    # restrict pointers must not alias)
     with nogil:
         if nt <= 1:  # (the mask is a function of the element index: one span is the same)
-            if floating is float:
-                fnn_dropout_f32(&x[0], &y[0], n, 0, limit, lo, hi, scale)
-            else:
-                fnn_dropout_f64(&x[0], &y[0], n, 0, limit, lo, hi, scale)
+            _dropout_span(&x[0], &y[0], n, 0, limit, lo, hi, scale, inplace)
         else:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
-                m = chunk_len(c, n)
-                if floating is float:
-                    fnn_dropout_f32(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
-                                    scale)
-                else:
-                    fnn_dropout_f64(&x[start], &y[start], m, <uint32_t>start, limit, lo, hi,
-                                    scale)
+                _dropout_span(&x[start], &y[start], chunk_len(c, n), <uint32_t>start, limit,
+                              lo, hi, scale, inplace)
     gov_end(&gc)
 
 

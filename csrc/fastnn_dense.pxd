@@ -22,6 +22,10 @@ cdef extern from "fastnn_simd.h" nogil:
                          uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
     void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
                          uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
+    void fnn_dropout_inplace_f32(float *y, Py_ssize_t n, uint32_t first, uint32_t limit,
+                                 uint32_t seed_lo, uint32_t seed_hi, float scale)
+    void fnn_dropout_inplace_f64(double *y, Py_ssize_t n, uint32_t first, uint32_t limit,
+                                 uint32_t seed_lo, uint32_t seed_hi, double scale)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
@@ -765,13 +769,20 @@ cdef inline void drop_rows(const DropMask *dm, const floating *x, Py_ssize_t ldx
     caller checks its size), so any cut of that array into tiles or chunks gives the same
     numbers as dropout_apply over the whole of it."""
     cdef Py_ssize_t i
+    cdef uint32_t f
     for i in range(rows):
-        if floating is float:
-            fnn_dropout_f32(x + i * ldx, y + i * ldy, n, <uint32_t>(first + i * ld_index),
-                            dm.limit, dm.lo, dm.hi, <float>dm.scale)
+        f = <uint32_t>(first + i * ld_index)
+        if <const void *>x == <const void *>y and ldx == ldy:   # (in place: no aliasing
+            if floating is float:                                # restrict pointers)
+                fnn_dropout_inplace_f32(y + i * ldy, n, f, dm.limit, dm.lo, dm.hi,
+                                        <float>dm.scale)
+            else:
+                fnn_dropout_inplace_f64(y + i * ldy, n, f, dm.limit, dm.lo, dm.hi, dm.scale)
+        elif floating is float:
+            fnn_dropout_f32(x + i * ldx, y + i * ldy, n, f, dm.limit, dm.lo, dm.hi,
+                            <float>dm.scale)
         else:
-            fnn_dropout_f64(x + i * ldx, y + i * ldy, n, <uint32_t>(first + i * ld_index),
-                            dm.limit, dm.lo, dm.hi, dm.scale)
+            fnn_dropout_f64(x + i * ldx, y + i * ldy, n, f, dm.limit, dm.lo, dm.hi, dm.scale)
 
 
 cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_t D,

@@ -336,7 +336,13 @@ FNN_CLONES static void fnn_dropout_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRIC
         T scale)                                                                              \
 { for (ptrdiff_t i = 0; i < n; i++) {                                                         \
       uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi);                     \
-      T xi = x[i]; y[i] = (u <= limit) ? xi * scale : (T)0; } }
+      T xi = x[i]; y[i] = (u <= limit) ? xi * scale : (T)0; } }                               \
+/* the same over y in place (x = y: restrict pointers must not alias) */                      \
+FNN_CLONES static void fnn_dropout_inplace_##SFX(T *FNN_RESTRICT y, ptrdiff_t n,               \
+        uint32_t first, uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, T scale)          \
+{ for (ptrdiff_t i = 0; i < n; i++) {                                                         \
+      uint32_t u = fnn_hash_index(first + (uint32_t)i, seed_lo, seed_hi);                     \
+      T yi = y[i]; y[i] = (u <= limit) ? yi * scale : (T)0; } }
 
 /* ---------------------------------------------------------------- counter-based Gaussian noise
  * y = x + std * z, z ~ N(0, 1) by Box-Muller from the same hash as the dropout masks, under a

@@ -626,11 +626,15 @@ class Sequential:
         stack_dtype = _dtype_of(u.layer for u in stack)
         self._front = tuple(u.layer for u in units[:front])
         # Dropout between two Dense units runs inside the kernel (its masks drawn in Python:
-        # _CompiledStep.draw); a model with a prelu hidden layer then trains layer by layer
-        # (the plan refuses it)
+        # _CompiledStep.draw); not with a prelu hidden layer (the kernel's backward through
+        # buffers has no dropout: such a model trains layer by layer)
         hidden = tuple(u.layer for u in stack if type(u.layer) is Dropout)
         self._compilable = (all(layer.dtype is None or layer.dtype == stack_dtype
                                 for layer in self._front + hidden)
+                            and not (hidden and any(
+                                isinstance(u.act, PReLU)
+                                or (type(u.layer) is Dense and u.layer._op == _ka.PRELU)
+                                for u in stack[:-1]))
                             and all((type(u.layer) is Dense
                                      and (u.act is None or not isinstance(u.act, PReLU)
                                           or u.act.num_parameters > 1))
@@ -1279,7 +1283,11 @@ class Sequential:
         # little beside steps of that size); a small one stays for the next fit call
         partial = n % batch_size if n > batch_size else 0
         partial_key = (partial, id(optimizer), type(loss))
-        widths = sum(getattr(layer, "out_features", 0) for layer in self._layers)
+        widths = last = 0
+        for layer in self._layers:
+            # (a Dropout inside the stack: one more buffer of its width)
+            last = getattr(layer, "out_features", last)
+            widths += getattr(layer, "out_features", 0) + (last if type(layer) is Dropout else 0)
         drop_partial = (partial and partial_key not in self._compiled
                         and partial * widths * X.dtype.itemsize >= _KEEP_PLAN_BYTES)
         try:

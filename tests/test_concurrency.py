@@ -29,7 +29,8 @@ import pytest
 import fastnn
 import fastnn.functional as F
 import fastnn.optim as O
-from fastnn import (SGD, Adam, Dense, Dropout, LeakyReLU, PReLU, ReLU, RMSProp, Sequential, Tanh)
+from fastnn import (SGD, Adam, Dense, Dropout, LeakyReLU, PReLU, ReLU, RMSProp, Sequential,
+                    SoftmaxCrossEntropy, Tanh)
 
 from conftest import assert_same_bits, assert_thread_invariant, openmp_workers_started
 from conftest import run_at_once as _at_once
@@ -121,19 +122,22 @@ def test_course_models_training_is_thread_invariant():
 
 
 @pytest.mark.parametrize("opt", ["sgd-nesterov", "rmsprop", "adam"])
-@pytest.mark.parametrize("path", ["compiled", "layerwise"])
+@pytest.mark.parametrize("path", ["compiled", "dropout", "layerwise"])
 def test_fit_is_thread_invariant(path, opt):
     """Sequential.fit (shuffled mini-batches, validation data, weight decay) on both training
-    paths and with every optimizer: the history and the parameters are bitwise identical."""
+    paths (the compiled one with and without a hidden Dropout) and with every optimizer: the
+    history and the parameters are bitwise identical."""
     r = np.random.default_rng(8)
     X = r.standard_normal((600, 128)).astype(F32)
     y = r.integers(0, 6, 600)
     Xv, yv = X[:100], y[:100]
 
     def run():
-        mid = [Dropout(0.2, seed=4)] if path == "layerwise" else []
+        mid = [Dropout(0.2, seed=4)] if path != "compiled" else []
         model = Sequential(Dense(128, 384, seed=1), ReLU(), *mid, Dense(384, 256, seed=2), Tanh(),
                            Dense(256, 128, seed=3), LeakyReLU(0.1), Dense(128, 6, seed=5))
+        if path == "layerwise":
+            model._compilable = False
         ps = model.parameters()
         optimizer = {"sgd-nesterov": lambda: SGD(ps, lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4),
                      "rmsprop": lambda: RMSProp(ps, lr=1e-3, weight_decay=1e-4),
@@ -141,6 +145,8 @@ def test_fit_is_thread_invariant(path, opt):
         hist = model.fit(X, y, optimizer=optimizer, epochs=2, batch_size=200, validation_data=(Xv, yv), seed=9,
                          verbose=False)
         hist.pop("samples_per_s")
+        taken = model._compiled_step(X[:200], SoftmaxCrossEntropy(), optimizer) is not None
+        assert taken == (path != "layerwise")
         return [hist[k] for k in sorted(hist)], [p.data.copy() for p in model.parameters()]
 
     hist, _ = assert_thread_invariant(run)

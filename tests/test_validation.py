@@ -1085,13 +1085,30 @@ def _compiled_model():
     return Sequential(Dense(3, 4, seed=0), ReLU(), Dense(4, 3, seed=1))
 
 
-def _layerwise_model():
-    """A Dropout in the stack: train_step runs layer by layer."""
+def _dropout_model():
+    """A Dropout between the Dense layers: train_step runs the whole-step kernel, which
+    applies it."""
     return Sequential(Dense(3, 4, seed=0), ReLU(), Dropout(0.25, seed=2), Dense(4, 3, seed=1))
 
 
-MODELS = [("compiled", _compiled_model), ("layerwise", _layerwise_model)]
+def _layerwise_model():
+    """The same model forced onto the layer path: train_step runs layer by layer."""
+    model = _dropout_model()
+    model._compilable = False
+    return model
+
+
+MODELS = [("compiled", _compiled_model), ("dropout", _dropout_model),
+          ("layerwise", _layerwise_model)]
 X6 = np.random.default_rng(5).standard_normal((6, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name,make", MODELS, ids=[m[0] for m in MODELS])
+def test_the_models_take_the_path_they_are_named_for(name, make):
+    model = make()
+    opt = SGD(model.parameters(), lr=0.1)
+    model.train_step(X6, np.arange(6) % 3, "softmax", opt)
+    assert (model._compiled_step(X6, SoftmaxCrossEntropy(), opt) is None) == (name == "layerwise")
 
 TRAIN_LABELS = [
     ("float", "softmax", np.arange(6.0) % 3, TypeError),
@@ -1682,10 +1699,9 @@ def test_replaced_arrays_are_checked_before_the_step_kernel_is_built(monkeypatch
 def test_a_frozen_layer_with_read_only_params_still_trains_the_others(path):
     """Parameters are written only by the optimizer (which checks the ones it updates): a layer
     frozen by making its arrays read-only, and left out of the optimizer, is fine."""
-    layers = [Dense(5, 4, seed=0), ReLU(), Dense(4, 2, seed=1)]
+    model = Sequential(Dense(5, 4, seed=0), ReLU(), Dense(4, 2, seed=1))
     if path == "layerwise":
-        layers.insert(2, Dropout(0.25, seed=2))
-    model = Sequential(*layers)
+        model._compilable = False
     frozen = {k: _read_only(v.copy()) for k, v in model.layers[0].params.items()}
     model.layers[0].params.update(frozen)
     last = model.layers[-1]
