@@ -11,16 +11,10 @@ from libc.stdint cimport uint32_t
 
 from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
                             fnn_note_parallel, fnn_parallel_seen)
+from fastnn_dropout cimport (fnn_dropout_f32, fnn_dropout_f64, fnn_dropout_inplace_f32,
+                             fnn_dropout_inplace_f64)
 
 cdef extern from "fastnn_simd.h" nogil:
-    void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
-                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
-    void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
-                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
-    void fnn_dropout_inplace_f32(float *y, Py_ssize_t n, uint32_t first, uint32_t limit,
-                                 uint32_t seed_lo, uint32_t seed_hi, float scale)
-    void fnn_dropout_inplace_f64(double *y, Py_ssize_t n, uint32_t first, uint32_t limit,
-                                 uint32_t seed_lo, uint32_t seed_hi, double scale)
     void fnn_noise_f32(const float *x, float *y, Py_ssize_t n, uint32_t first, double std,
                        uint32_t seed_lo, uint32_t seed_hi)
     void fnn_noise_f64(const double *x, double *y, Py_ssize_t n, uint32_t first, double std,

@@ -17,15 +17,8 @@ from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_PRELU, keeps_pre
                         act_bwd_acc_inplace_rows, prelu_alpha_acc_rows, relu_mask_rows,
                         relu_bwd_mask_rows)
 
-cdef extern from "fastnn_simd.h" nogil:
-    void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
-                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, float scale)
-    void fnn_dropout_f64(const double *x, double *y, Py_ssize_t n, uint32_t first,
-                         uint32_t limit, uint32_t seed_lo, uint32_t seed_hi, double scale)
-    void fnn_dropout_inplace_f32(float *y, Py_ssize_t n, uint32_t first, uint32_t limit,
-                                 uint32_t seed_lo, uint32_t seed_hi, float scale)
-    void fnn_dropout_inplace_f64(double *y, Py_ssize_t n, uint32_t first, uint32_t limit,
-                                 uint32_t seed_lo, uint32_t seed_hi, double scale)
+from fastnn_dropout cimport (fnn_dropout_f32, fnn_dropout_f64, fnn_dropout_inplace_f32,
+                             fnn_dropout_inplace_f64)
 
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
