@@ -12,13 +12,7 @@ from libc.stdint cimport uint32_t
 from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
                             fnn_note_parallel, fnn_parallel_seen)
 from fastnn_dropout cimport (fnn_dropout_f32, fnn_dropout_f64, fnn_dropout_inplace_f32,
-                             fnn_dropout_inplace_f64)
-
-cdef extern from "fastnn_simd.h" nogil:
-    void fnn_noise_f32(const float *x, float *y, Py_ssize_t n, uint32_t first, double std,
-                       uint32_t seed_lo, uint32_t seed_hi)
-    void fnn_noise_f64(const double *x, double *y, Py_ssize_t n, uint32_t first, double std,
-                       uint32_t seed_lo, uint32_t seed_hi)
+                             fnn_dropout_inplace_f64, fnn_noise_f32, fnn_noise_f64)
 
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
 cdef Py_ssize_t NOISE_COST = 8   # a noise element's cost in ReLU-element units (its kernel's rate)

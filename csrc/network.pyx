@@ -27,6 +27,7 @@ from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass
                             effective_threads)
 from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
+from fastnn_dropout cimport fnn_noise_f32, fnn_noise_f64
 from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
@@ -39,7 +40,7 @@ from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_H
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
 
 from fastnn._kernels import dense as _dense_module
-from fastnn._kernels.dropout import keep_limit as _keep_limit
+from fastnn._kernels.dropout import keep_limit as _keep_limit, noise_key as _noise_key
 
 cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
 
@@ -87,6 +88,14 @@ cdef struct NetPlan:
     DropMask *drop       # that dropout's mask for this step (StepPlan.step's drops)
     unsigned char *drop_on   # 1 where it drops this step (0: it passes act[l] on unchanged,
                              # as Dropout(p=0) does, and layer l + 1 reads act[l])
+    int in_kind          # the plan's input layer (IN_*): a dropout or Gaussian noise over X,
+                         # into xin, which the first layer reads (X itself is never written)
+    void *xin            # N x fan_in[0] (NULL: IN_NONE)
+    bint in_on           # it applies this step (else the first layer reads X)
+    DropMask in_drop     # its mask (IN_DROPOUT), or
+    double in_std        # its noise's std and key halves (IN_NOISE)
+    uint32_t in_lo
+    uint32_t in_hi
     bint fused           # no prelu below the last layer: each layer's dz is written into its
                          # own activation buffer by the layer above (dx_into_act)
     void *dact0          # fused: N x C, the loss's dscores (the last layer's dz, in place;
@@ -114,6 +123,12 @@ cdef struct NetPlan:
     int *p_decay
     double *phase        # StepPlan.time_phases: seconds spent in each phase of the steps
                          # since it was switched on (phase slots, _PH_*), else NULL
+
+
+cdef enum:
+    IN_NONE = 0        # StepPlan's input layer: none,
+    IN_DROPOUT = 1     # a Dropout,
+    IN_NOISE = 2       # a GaussianNoise
 
 
 # A chunked step (a small network on a batch of several row chunks) shares its chunks among
@@ -242,7 +257,9 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                                   CHUNK_FORWARD if guard else CHUNK_BOTH)
         t = _ph_mark(P, _ph_other(P, _PH_CHUNKS), t)
     else:
-        inp = X
+        if P.in_on:
+            _input_forward(P, X, nt)
+        inp = _input_of(P, X, 0)
         for l in range(L):
             dense_forward_raw(cfg, P.op[l], inp, <const floating *>P.W[l],
                               <const floating *>P.b[l], <floating *>P.act[l],
@@ -314,10 +331,11 @@ cdef inline void *_below_pre(NetPlan *P, int l) noexcept nogil:
 
 cdef inline const floating *_input_of(NetPlan *P, const floating *X, int l) noexcept nogil:
     """What layer l reads (its forward's input and its weight gradient's left operand): X
-    for the first layer, else the output of the layer below, through the dropout between
-    them when it drops this step."""
+    for the first layer (through the plan's input layer when it applies this step), else
+    the output of the layer below, through the dropout between them when it drops this
+    step."""
     if l == 0:
-        return X
+        return <const floating *>P.xin if P.in_on else X
     if P.drop_on[l - 1]:
         return <const floating *>P.hin[l - 1]
     return <const floating *>P.act[l - 1]
@@ -344,6 +362,34 @@ cdef void _drop_forward(NetPlan *P, const floating *X, int l, int nt) noexcept n
         for c in prange(nch, num_threads=threads, schedule="static"):
             start = c * FNN_CHUNK
             drop_rows(&P.drop[l], a + start, 0, h + start, 0, 1, chunk_len(c, n), start, 0)
+
+
+cdef inline void _input_span(NetPlan *P, const floating *X, Py_ssize_t start,
+                             Py_ssize_t n) noexcept nogil:
+    """The input layer over elements start .. start + n of X (flat: row * fan_in + column,
+    as the layer's own call over the whole of X) into xin."""
+    cdef floating *h = <floating *>P.xin + start
+    if P.in_kind == IN_DROPOUT:
+        drop_rows(&P.in_drop, X + start, 0, h, 0, 1, n, start, 0)
+    elif floating is float:
+        fnn_noise_f32(X + start, h, n, <uint32_t>start, P.in_std, P.in_lo, P.in_hi)
+    else:
+        fnn_noise_f64(X + start, h, n, <uint32_t>start, P.in_std, P.in_lo, P.in_hi)
+
+
+cdef void _input_forward(NetPlan *P, const floating *X, int nt) noexcept nogil:
+    """The input layer over the whole batch, in the fixed element chunks of the dropout
+    module's functions (element-wise from the index: the same numbers on any thread count,
+    any cut; a noise element costs ~8 dropout ones: dropout.pyx's NOISE_COST)."""
+    cdef Py_ssize_t n = P.N * P.fan_in[0], c, nch = chunk_count(n)
+    cdef int threads = effective_threads(n * (2 if P.in_kind == IN_DROPOUT else 8), 65536,
+                                         nt, nch)
+    if threads <= 1:
+        _input_span(P, X, 0, n)
+    else:
+        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
+        for c in prange(nch, num_threads=threads, schedule="static"):
+            _input_span(P, X, c * FNN_CHUNK, chunk_len(c, n))
 
 
 cdef inline int _update_threads(NetPlan *P, int nt) noexcept nogil:
@@ -396,6 +442,11 @@ cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     cdef Py_ssize_t j, N = P.N, M, r0
     cdef const floating *inp = X
     cdef Plan p
+    if P.in_on:   # (the input layer over the chunk's rows: those of the first layer's plan)
+        p = forward_plan(cfg, N, P.fan_out[0], P.fan_in[0])
+        r0 = c * p.tr
+        _input_span(P, X, r0 * P.fan_in[0], min(p.tr, N - r0) * P.fan_in[0])
+        inp = _input_of(P, X, 0)
     for l in range(P.n_layers):
         M = P.fan_out[l]
         p = forward_plan(cfg, N, M, P.fan_in[l])
@@ -668,8 +719,7 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
     spare = <floating *>P.dact0
     for l in range(L - 1, -1, -1):
         saved = <const floating *>_saved(P, l)
-        dense_backward_raw(cfg, P.op[l], dout, saved,
-                           X if l == 0 else <const floating *>P.act[l - 1],
+        dense_backward_raw(cfg, P.op[l], dout, saved, _input_of(P, X, l),
                            <const floating *>P.W[l], dx if l > 0 else NULL,
                            <floating *>P.dW[l], <floating *>P.db[l], dout,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],
@@ -988,11 +1038,13 @@ cdef class StepPlan:
         memset(&self.P, 0, sizeof(NetPlan))
         self.governor = ThreadGovernor()
 
-    def __init__(self, dtype, Py_ssize_t N, int loss_kind, list layers, list params, int rule):
+    def __init__(self, dtype, Py_ssize_t N, int loss_kind, list layers, list params, int rule,
+                 int input_kind=IN_NONE):
         """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`), and
         dropout (optional, true: a Dropout follows the layer, below the next one; its mask
         comes with each step); params: (data, grad, s1, s2, decay) for every parameter, in
-        update order."""
+        update order; input_kind: 1 for a Dropout, 2 for a GaussianNoise layer over X (its
+        settings and seed come with each step), 0 for none."""
         cdef int L = len(layers), l, k
         cdef Py_ssize_t width = 0, m
         dt = np.dtype(dtype)
@@ -1008,6 +1060,8 @@ cdef class StepPlan:
             raise ValueError("StepPlan: the batch must have fewer than 2**31 rows")
         if self.P.fan_in != NULL:
             raise RuntimeError("StepPlan is already initialized")
+        if input_kind < IN_NONE or input_kind > IN_NOISE:
+            raise ValueError("StepPlan: unknown input layer")
         self.is_double = dt == np.float64
         self.rule = rule
         self._refs = []
@@ -1108,6 +1162,11 @@ cdef class StepPlan:
                 P.hin[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
                 self._drop_layers.append(l)
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
+        if input_kind != IN_NONE:
+            if N * P.fan_in[0] > 4294967295:
+                raise ValueError("dropout and noise support at most 2**32 - 1 elements per call")
+            P.in_kind = input_kind
+            P.xin = _ptr(keep(np.empty((N, P.fan_in[0]), dtype=dt)))
         if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:
             raise ValueError("StepPlan: binary losses need one output unit")
         P.fused = True
@@ -1411,6 +1470,52 @@ cdef class StepPlan:
         self._check_watched()
 
     @property
+    def input_kind(self):
+        """The input layer over X: 0 none, 1 a dropout, 2 Gaussian noise (step's front)."""
+        return self.P.in_kind
+
+    cdef tuple _parse_front(self, front):
+        """step's front as (limit or 0, low, high, scale or std), or None."""
+        cdef double v
+        if front is None:
+            return None
+        if self.P.in_kind == IN_NONE:
+            raise ValueError("front: this plan has no input layer")
+        if not isinstance(front, tuple) or len(front) != 2:
+            raise TypeError("front must be None or (keep or std, seed)")
+        v = front[0]
+        if self.P.in_kind == IN_DROPOUT and not (0.0 < v <= 1.0):
+            raise ValueError(f"front: keep probability must be in (0, 1], got {v}")
+        if self.P.in_kind == IN_NOISE and not (0.0 < v < float("inf")):
+            raise ValueError(f"front: std must be finite and > 0, got {v}")
+        if isinstance(front[1], bool) or not isinstance(front[1], (int, np.integer)):
+            raise TypeError(f"front: seed must be an int, got {type(front[1]).__name__}")
+        seed = int(front[1])
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"front: seed must be in [0, 2**64), got {seed}")
+        if self.P.in_kind == IN_DROPOUT:
+            return (_keep_limit(v), seed & 0xffffffff, seed >> 32, 1.0 / v)
+        key = _noise_key(seed)
+        return (0, key & 0xffffffff, key >> 32, v)
+
+    cdef void _set_front(self, tuple parsed):
+        """The input layer's settings of this step (_parse_front's) into the plan (the step
+        holds _busy)."""
+        cdef NetPlan *P = &self.P
+        P.in_on = parsed is not None
+        if parsed is None:
+            return
+        if P.in_kind == IN_DROPOUT:
+            P.in_drop.limit = parsed[0]
+            P.in_drop.lo = parsed[1]
+            P.in_drop.hi = parsed[2]
+            P.in_drop.scale = parsed[3]
+        else:
+            P.in_lo = parsed[1]
+            P.in_hi = parsed[2]
+            P.in_std = parsed[3]
+
+    @property
     def dropout_layers(self):
         """The layers a Dropout follows (indices, bottom up): step's drops, one each."""
         return tuple(self._drop_layers)
@@ -1464,7 +1569,7 @@ cdef class StepPlan:
 
     def step(self, X, labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
-             bint count=False, bint dynamic=False, drops=None):
+             bint count=False, bint dynamic=False, drops=None, front=None):
         """One training step on X (N, fan_in[0], C-contiguous, the plan's dtype). labels: class
         or binary labels (intp, N, C-contiguous) for classification losses, which do not read
         `targets`; for MSE, float `targets` (N, C, C-contiguous, the plan's dtype), and labels
@@ -1477,16 +1582,20 @@ cdef class StepPlan:
         drops: for a plan with dropout layers (dropout_layers), one entry per dropout, bottom
         up: (keep probability, seed), the mask of fastnn.functional.dropout_forward with
         that p and seed over the layer's N x width output, or None (it passes its input on,
-        as Dropout(p=0)); drops None: none drops this step."""
+        as Dropout(p=0)); drops None: none drops this step. front: for a plan with an input
+        layer (input_kind), (keep probability, seed) of its dropout or (std, seed) of its
+        noise over X (fastnn.functional's; X is never written), or None: X goes in as it is."""
         cdef Py_buffer xv, lv, tv
         cdef bint has_x = False, has_l = False, has_t = False
         cdef char code = b'd' if self.is_double else b'f'   # X's and the targets' items
         cdef Py_ssize_t size = 8 if self.is_double else 4
         cdef list parsed
+        cdef tuple parsed_front
         P = &self.P
         self._check_ready()
         self._check_watched()
         parsed = self._parse_drops(drops)
+        parsed_front = self._parse_front(front)
         # the inputs through the buffer protocol, held until the step returns: typed
         # memoryviews would make ~0.4 KB of Python objects a step (tracemalloc's per-step
         # peak of a small network's step, which allocates nothing else)
@@ -1509,7 +1618,7 @@ cdef class StepPlan:
             has_x = True
             return self._step_on(X, &xv, &lv if has_l else NULL, &tv if has_t else NULL,
                                  lr, h1, h2, eps, c1, c2, wd, n_threads, guard, count, dynamic,
-                                 parsed)
+                                 parsed, parsed_front)
         finally:
             if has_x:
                 PyBuffer_Release(&xv)
@@ -1521,9 +1630,10 @@ cdef class StepPlan:
     cdef double _step_on(self, X, Py_buffer *xv, Py_buffer *lv, Py_buffer *tv, double lr,
                          double h1, double h2, double eps, double c1, double c2, double wd,
                          int n_threads, bint guard, bint count, bint dynamic,
-                         list drops) except? -1.0:
+                         list drops, tuple front) except? -1.0:
         """step's work on the buffers it holds: X's, and the labels' or the targets' (NULL for
-        the other), with the dropout masks `drops` (_parse_drops)."""
+        the other), with the dropout masks `drops` (_parse_drops) and the input layer's
+        `front` (_parse_front)."""
         cdef double loss = 0.0, t0 = 0.0
         cdef int used
         cdef Py_ssize_t bad = -1, k, hits = 0
@@ -1566,6 +1676,7 @@ cdef class StepPlan:
         entered = False
         try:
             self._set_drops(drops)
+            self._set_front(front)
             self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)
             used = gov_threads(&self.governor.g, n_threads) if dynamic else n_threads
             self.stopped = False

@@ -180,6 +180,12 @@ class _CompiledStep:
             layers.append(dict(W=dense.params["W"], b=dense.params["b"], dW=dense.grads["W"],
                                db=dense.grads["b"], op=op, alpha=alpha, avec=avec, dalpha=dalpha))
         self.drops = tuple(drops)   # the Dropout layers inside the stack, bottom up
+        # a front of one Dropout or GaussianNoise runs inside the kernel too, over X (into a
+        # buffer of the plan's: X is not written); longer fronts run in Python first
+        front = model._front
+        self.front = (front[0] if len(front) == 1 and type(front[0]) in (Dropout, GaussianNoise)
+                      else None)
+        input_kind = (0 if self.front is None else 1 if type(self.front) is Dropout else 2)
         self.rule = _rule_of(optimizer)
         nslots = {_ko.SGD: 0, _ko.MOMENTUM: 1, _ko.NESTEROV: 1, _ko.RMSPROP: 1, _ko.ADAM: 2}[self.rule]
         params, work = [], []
@@ -208,7 +214,8 @@ class _CompiledStep:
         # (the dtype of the stack this plan is built from: model.dtype would rebuild the model
         # here, under its lock, should its layer list have changed meanwhile)
         self.dtype = _dtype_of(unit.layer for unit in stack)
-        self.plan = _kn.StepPlan(self.dtype, n, self.loss_kind, layers, params, self.rule)
+        self.plan = _kn.StepPlan(self.dtype, n, self.loss_kind, layers, params, self.rule,
+                                 input_kind)
         self.signature = self.signature_of(model, optimizer)
 
     @staticmethod
@@ -234,16 +241,27 @@ class _CompiledStep:
         return sig
 
     def draw(self):
-        """This step's masks of the Dropout layers inside the stack (StepPlan.step's drops):
-        (keep probability, seed) each, the seed drawn from the layer's generator as its
-        forward draws it, or None where it drops nothing (p = 0: no draw)."""
-        return [None if layer.p == 0.0 else (1.0 - layer.p, int(layer._rng.integers(0, 2**63 - 1)))
-                for layer in self.drops]
+        """This step's settings of the layers that run inside the kernel, (front, drops) for
+        StepPlan.step: the front layer's (keep probability or std, seed), or None (none, or
+        p = 0 or std = 0: no draw), and the Dropout layers' inside the stack, (keep
+        probability, seed) or None each; each seed drawn from the layer's generator as its
+        forward draws it, in the layers' order."""
+        front, f = None, self.front
+        if f is not None:
+            if type(f) is Dropout:
+                if f.p != 0.0:
+                    front = (1.0 - f.p, int(f._rng.integers(0, 2**63 - 1)))
+            elif f.std != 0.0:
+                front = (float(f.std), int(f._rng.integers(0, 2**63 - 1)))
+        return front, [None if layer.p == 0.0 else (1.0 - layer.p, int(layer._rng.integers(0, 2**63 - 1)))
+                       for layer in self.drops]
 
-    def run(self, model, X, y, opt, skip_nonfinite=False, count=False, drops=None):
+    def run(self, model, X, y, opt, skip_nonfinite=False, count=False, draws=(None, None)):
         """One step on this plan's buffers with `opt`, the optimizer it was built for, and the
-        dropout masks `drops` (draw()); the caller holds the model's lock (Sequential._step), so
-        one step at a time runs on them and on the parameters, whatever the Python thread."""
+        settings `draws` (draw()) of the layers inside it; the caller holds the model's lock
+        (Sequential._step), so one step at a time runs on them and on the parameters, whatever
+        the Python thread."""
+        front, drops = draws
         labels = targets = None
         if self.loss_kind == _kl.MSE:
             targets = _mse_targets_as(y, self.plan.score_shape, self.dtype)
@@ -275,7 +293,7 @@ class _CompiledStep:
             try:
                 value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
                                   opt.weight_decay, _threads._num_threads, skip_nonfinite,
-                                  count, _threads._dynamic, drops)
+                                  count, _threads._dynamic, drops, front)
             except _kn.InputOverlaps:
                 # X or y is (part of) a parameter, gradient or state array the step writes
                 # while it still reads them: step on copies, as NumPy copies overlapping operands
@@ -283,7 +301,7 @@ class _CompiledStep:
                                   None if targets is None else targets.copy(),
                                   opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
                                   _threads._num_threads, skip_nonfinite, count, _threads._dynamic,
-                                  drops)
+                                  drops, front)
         except ValueError:
             if rule == _ko.ADAM:
                 object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated
@@ -1122,14 +1140,16 @@ class Sequential:
                 if compiled is None:
                     return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count)
             try:
-                # the front layers' forward and the seeds of the dropouts inside the stack
-                # (their draws, in the layer path's order), then the kernel on the front's
-                # output, which has X's shape and dtype
-                for layer in front:
-                    X = layer.forward(X, training=True)
-                drops = compiled.draw() if compiled.drops else None
-                return self._compiled_run(compiled, np.ascontiguousarray(X), y, loss, optimizer,
-                                          skip_nonfinite, count, len(front), drops)
+                # the front layers' forward (unless the kernel runs the front) and the seeds of
+                # the layers inside the kernel (their draws, in the layer path's order), then
+                # the kernel on the front's output, which has X's shape and dtype
+                if compiled.front is None:
+                    for layer in front:
+                        X = layer.forward(X, training=True)
+                    X = np.ascontiguousarray(X)
+                return self._compiled_run(compiled, X, y, loss, optimizer, skip_nonfinite, count,
+                                          0 if compiled.front is not None else len(front),
+                                          compiled.draw())
             finally:
                 for layer in front:
                     layer._drop_cache()
@@ -1142,12 +1162,13 @@ class Sequential:
         return self._compiled_step(X, loss, optimizer)
 
     def _compiled_run(self, compiled, X, y, loss, optimizer, skip_nonfinite, count, start=0,
-                      drops=None):
+                      draws=(None, None)):
         """_step on its whole-step kernel, for X the output of the front layers (units before
-        `start`, which have run), with the dropout masks `drops` (_CompiledStep.draw)."""
+        `start`, which have run, or X itself when the kernel runs the front), with the
+        settings `draws` of the layers inside the kernel (_CompiledStep.draw)."""
         try:
             value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count,
-                                                   drops)
+                                                   draws)
         except _kn.ArraysChanged:
             # an array the plan holds was made read-only or reshaped in place since it was
             # built (nothing ran): build again from the arrays as they are now, or take the
@@ -1156,7 +1177,7 @@ class Sequential:
             if compiled is None:
                 return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count, start)
             value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count,
-                                                   drops)
+                                                   draws)
         return float(value), correct, stopped
 
     def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count, start=0):

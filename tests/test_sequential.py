@@ -2795,7 +2795,9 @@ def test_front_layers_run_before_the_whole_step_kernel(front, dtype, size):
     n, widths = FUSED_SIZES[size]
     r = np.random.default_rng(4)
     X = r.standard_normal((n, widths[0])).astype(dtype)
+    X.flags.writeable = False   # (a front inside the kernel reads X only)
     y = r.integers(0, widths[-1], n)
+    X0 = X.copy()
 
     def run(twin=False):
         model = _front_model(front, widths, dtype, twin)
@@ -2803,8 +2805,11 @@ def test_front_layers_run_before_the_whole_step_kernel(front, dtype, size):
         losses = [model.train_step(X, y, "softmax", opt) for _ in range(3)]
         step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
         assert (step is None) == twin
+        assert_same_bits(X, X0)
         if not twin:
             assert (step.plan.chunk_rows > 0) == size.startswith("chunked")
+            # one dropout or noise layer in front runs inside the kernel, longer fronts first
+            assert step.plan.input_kind == {"noise": 2, "dropout": 1}.get(front, 0)
         assert all(getattr(layer, "_cache", None) is None for layer in model.layers)
         return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
 
@@ -3142,3 +3147,65 @@ def test_step_plan_drops_are_checked():
             plan.step(*args, drops=drops)
     for a, b in zip(before, param_copies(model)):
         assert_same_bits(a, b)
+
+
+@pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
+@pytest.mark.parametrize("front", ["dropout", "noise"])
+def test_a_front_inside_the_kernel_reads_its_settings_each_step(front, size):
+    """A front Dropout or GaussianNoise inside the kernel, with dropouts between the layers:
+    its p or std is read at each step (0: no draw, X goes in as it is), as on the layer path,
+    bitwise, on a float64 stack and at 1-16 threads."""
+    n, widths = FUSED_SIZES[size]
+    r = np.random.default_rng(12)
+    X = r.standard_normal((n, widths[0]))
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _hidden_model(widths, F64, "sigmoid", ps=(0.25,), twin=twin)
+        layer = Dropout(0.3, seed=60) if front == "dropout" else GaussianNoise(0.2, seed=60)
+        model.layers.insert(0, layer)
+        if twin:
+            model._build()   # (the layer list changed: the build sets _compilable again)
+            model._compilable = False
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for v in (0.3, 0.0, 0.6):
+            setattr(layer, "p" if front == "dropout" else "std", v)
+            losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin
+        if not twin:
+            assert step.plan.input_kind == (1 if front == "dropout" else 2)
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+def test_step_plan_front_is_checked():
+    """StepPlan.step's front ((keep or std, seed) or None) is checked before anything runs:
+    for a plan without an input layer, a keep probability outside (0, 1], a std that is not
+    finite and positive, a seed that is not an int in [0, 2**64), refused naming front."""
+    X = np.random.default_rng(0).standard_normal((10, 4)).astype(F32)
+    y = np.arange(10) % 3
+    plans = {}
+    for name, first in (("none", []), ("dropout", [Dropout(0.5, seed=1)]),
+                        ("noise", [GaussianNoise(0.5, seed=1)])):
+        model = Sequential(*first, Dense(4, 6, activation="relu", seed=1), Dense(6, 3, seed=3))
+        opt = SGD(model.parameters(), lr=0.1)
+        model.train_step(X, y, "softmax", opt)
+        plans[name] = (model, model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan)
+    assert [p.input_kind for _, p in plans.values()] == [0, 1, 2]
+    args = (X, y.astype(np.intp), None, 0.1, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
+    cases = [("none", (0.5, 1), ValueError), ("dropout", (0.0, 1), ValueError),
+             ("dropout", (1.5, 1), ValueError), ("noise", (0.0, 1), ValueError),
+             ("noise", (float("inf"), 1), ValueError), ("noise", (float("nan"), 1), ValueError),
+             ("dropout", (0.5, -1), ValueError), ("noise", (0.5, 2**64), ValueError),
+             ("dropout", (0.5, 1.0), TypeError), ("noise", [0.5, 1], TypeError),
+             ("dropout", (0.5,), TypeError)]
+    for name, front, err in cases:
+        model, plan = plans[name]
+        before = param_copies(model)
+        with pytest.raises(err, match="front"):
+            plan.step(*args, front=front)
+        for a, b in zip(before, param_copies(model)):
+            assert_same_bits(a, b)
