@@ -5,10 +5,11 @@
     python3 bench/front_layers.py --quick      # small sizes, 1 round: a smoke run
 
 A model whose first layers are fastnn's parameterless ones (``GaussianNoise``, ``Dropout``, an
-activation) and whose rest is a Dense stack trains on the whole-step kernel: the front layers
-run in Python, then the kernel trains the stack on their output (``Sequential._step``). A
-``Dropout`` between two Dense layers runs inside the kernel (its seed drawn in Python). Before
-2026-12-01 any such layer sent the whole step down the layer-by-layer path. For
+activation) and whose rest is a Dense stack trains on the whole-step kernel: a front of one
+``GaussianNoise`` or one ``Dropout`` runs inside the kernel (into a buffer of the plan's), a
+longer front in Python before it (``Sequential._step``). A ``Dropout`` between two Dense layers
+runs inside the kernel too. Their seeds are drawn in Python. Before 2026-12-01 any such layer
+sent the whole step down the layer-by-layer path. For
 each network and front (``noise``: ``GaussianNoise(0.1)``; ``dropout``: ``Dropout(0.2)``, on
 the input; ``hidden``: ``Dropout(0.2)`` after each hidden layer, none on the input), interleaved
 in each of R rounds (medians reported, ms per step, float32, softmax loss, plain SGD):
