@@ -147,11 +147,18 @@ def _grad_is_finite(grad):
     return bool(np.isfinite(grad).all())
 
 
+def _kernel_front(front):
+    """The layer of a model's front (Sequential._front) that the whole-step kernel runs over
+    X: a front of one Dropout or one GaussianNoise, else None (longer fronts run in Python)."""
+    return front[0] if len(front) == 1 and type(front[0]) in (Dropout, GaussianNoise) else None
+
+
 class _CompiledStep:
     """A whole training step (forward, loss, backward, updates) as one kernel call, for a
     Sequential made of Dense layers with fused activations, after any parameterless layers in
-    front (Sequential._front, run in Python first: the plan trains the Dense stack on their
-    output, of X's shape and dtype). Built once per batch size, loss and
+    front (Sequential._front: one Dropout or GaussianNoise runs inside the kernel, over X;
+    longer fronts run in Python first, and the plan trains the Dense stack on their output,
+    of X's shape and dtype). Built once per batch size, loss and
     optimizer; it refers to the live parameter, gradient and optimizer-state arrays, and is
     rebuilt when any of them is replaced."""
 
@@ -161,7 +168,7 @@ class _CompiledStep:
         self.opt_type = type(optimizer)
         layers = []
         drops = []
-        stack = model._units[len(model._front):]   # (the front runs in Python: Sequential._step)
+        stack = model._units[len(model._front):]   # (the front: over X, in the kernel or before it)
         for unit in stack:
             dense, act = unit.layer, unit.act
             if type(dense) is Dropout:
@@ -182,9 +189,7 @@ class _CompiledStep:
         self.drops = tuple(drops)   # the Dropout layers inside the stack, bottom up
         # a front of one Dropout or GaussianNoise runs inside the kernel too, over X (into a
         # buffer of the plan's: X is not written); longer fronts run in Python first
-        front = model._front
-        self.front = (front[0] if len(front) == 1 and type(front[0]) in (Dropout, GaussianNoise)
-                      else None)
+        self.front = _kernel_front(model._front)
         input_kind = (0 if self.front is None else 1 if type(self.front) is Dropout else 2)
         self.rule = _rule_of(optimizer)
         nslots = {_ko.SGD: 0, _ko.MOMENTUM: 1, _ko.NESTEROV: 1, _ko.RMSPROP: 1, _ko.ADAM: 2}[self.rule]
@@ -1309,6 +1314,8 @@ class Sequential:
             # (a Dropout inside the stack: one more buffer of its width)
             last = getattr(layer, "out_features", last)
             widths += getattr(layer, "out_features", 0) + (last if type(layer) is Dropout else 0)
+        if _kernel_front(self._front) is not None:
+            widths += int(np.prod(X.shape[1:]))   # (its copy of the input, the front's output)
         drop_partial = (partial and partial_key not in self._compiled
                         and partial * widths * X.dtype.itemsize >= _KEEP_PLAN_BYTES)
         try:

@@ -2696,6 +2696,24 @@ def test_fit_drops_a_large_partial_batch_plan():
     assert sorted(k[0] for k in model._compiled) == [232, 256]
 
 
+@pytest.mark.parametrize("front", [None, "dropout", "noise"])
+def test_fit_counts_the_front_buffer_of_a_partial_batch_plan(front):
+    """A front the kernel runs (one Dropout or GaussianNoise) gives the plan a copy of the
+    input: with a wide input and a narrow stack, that copy makes a partial batch's plan large
+    (232 rows x 2000 inputs x 4 B > 1 MiB), and fit drops it; without it the plan is small
+    (232 x 4 x 4 B) and stays."""
+    layers = {None: [], "dropout": [Dropout(0.1, seed=3)], "noise": [GaussianNoise(0.1, seed=3)]}
+    model = Sequential(*layers[front], Dense(2000, 4, seed=1))
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((1000, 2000)).astype(np.float32)
+    y = rng.integers(0, 4, 1000)
+    opt = SGD(model.parameters(), lr=0.01)
+    model.fit(X, y, epochs=1, batch_size=256, optimizer=opt, verbose=False, seed=0)
+    kept = sorted(k[0] for k in model._compiled)
+    assert kept == ([232, 256] if front is None else [256])
+    assert all(type(entry[1]).__name__ == "_CompiledStep" for entry in model._compiled.values())
+
+
 def test_a_layer_of_your_own_with_a_read_only_cache_attribute_still_trains():
     """Steps drop the layers' backward caches when done; a layer class of your own that keeps
     its own state under that name (here a read-only property) is left alone, and the step's
