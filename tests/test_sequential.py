@@ -2681,6 +2681,32 @@ def test_fit_gathers_batches_into_one_buffer():
     assert peak < 1.5 * batch, (peak, batch)
 
 
+@pytest.mark.parametrize("front", ["dropout", "noise"])
+def test_a_kernel_front_allocates_no_batch_per_step(front):
+    """A front the kernel runs writes into the plan's own input buffer, reused step after
+    step: a later step allocates no batch-sized array (the front run in Python before the
+    kernel allocated its output, X's size, each step: the check below fails that way)."""
+    import tracemalloc
+
+    first = Dropout(0.2, seed=3) if front == "dropout" else GaussianNoise(0.1, seed=3)
+    model = Sequential(first, Dense(2000, 4, seed=0))   # X's rows dwarf the rest
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((256, 2000)).astype(np.float32)
+    y = rng.integers(0, 4, 256)
+    opt = SGD(model.parameters(), lr=0.01)
+    model.train_step(X, y, "softmax", opt)
+    (entry,) = model._compiled.values()
+    assert entry[1].front is first and entry[1].plan.input_kind == (1 if front == "dropout" else 2)
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            model.train_step(X, y, "softmax", opt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes // 20, (peak, X.nbytes)
+
+
 def test_fit_drops_a_large_partial_batch_plan():
     """The plan fit builds for a partial last batch goes when fit returns when its activations
     are large (the full batch's stays); a batch size fit did not build is left alone."""
