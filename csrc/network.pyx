@@ -45,6 +45,13 @@ from fastnn._kernels.dropout import keep_limit as _keep_limit, noise_key as _noi
 cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
 
 
+cdef struct Regularizer:
+    # a parameterless layer the plan runs between two of its buffers: a Dropout (m: its mask)
+    # or a GaussianNoise (m.lo, m.hi: its noise key's halves; m.scale: its std; m.limit unused)
+    int kind             # RG_*
+    DropMask m
+
+
 cdef struct NetPlan:
     int n_layers
     Py_ssize_t N
@@ -85,17 +92,15 @@ cdef struct NetPlan:
     void **pre           # pre-activations for leaky relu / prelu (NULL otherwise)
     void **hin           # a Dropout between layers l and l + 1: its output, N x fan_out[l],
                          # which layer l + 1 reads (forward, and its weight gradient), else NULL
-    DropMask *drop       # that dropout's mask for this step (StepPlan.step's drops)
+    Regularizer *reg     # the Dropout or GaussianNoise layer after layer l (its kind set at
+                         # the build, its mask or noise with each step: StepPlan.step's drops)
     unsigned char *drop_on   # 1 where it drops this step (0: it passes act[l] on unchanged,
                              # as Dropout(p=0) does, and layer l + 1 reads act[l])
-    int in_kind          # the plan's input layer (IN_*): a dropout or Gaussian noise over X,
-                         # into xin, which the first layer reads (X itself is never written)
-    void *xin            # N x fan_in[0] (NULL: IN_NONE)
+    Regularizer inl      # the plan's input layer (kind RG_NONE: none): a dropout or Gaussian
+                         # noise over X, into xin, which the first layer reads (X itself is
+                         # never written)
+    void *xin            # N x fan_in[0] (NULL: no input layer)
     bint in_on           # it applies this step (else the first layer reads X)
-    DropMask in_drop     # its mask (IN_DROPOUT), or
-    double in_std        # its noise's std and key halves (IN_NOISE)
-    uint32_t in_lo
-    uint32_t in_hi
     bint fused           # no prelu below the last layer: each layer's dz is written into its
                          # own activation buffer by the layer above (dx_into_act)
     void *dact0          # fused: N x C, the loss's dscores (the last layer's dz, in place;
@@ -126,9 +131,9 @@ cdef struct NetPlan:
 
 
 cdef enum:
-    IN_NONE = 0        # StepPlan's input layer: none,
-    IN_DROPOUT = 1     # a Dropout,
-    IN_NOISE = 2       # a GaussianNoise
+    RG_NONE = 0        # a plan's regularizing layer (Regularizer.kind): none,
+    RG_DROPOUT = 1     # a Dropout,
+    RG_NOISE = 2       # a GaussianNoise
 
 
 # A chunked step (a small network on a batch of several row chunks) shares its chunks among
@@ -258,7 +263,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         t = _ph_mark(P, _ph_other(P, _PH_CHUNKS), t)
     else:
         if P.in_on:
-            _input_forward(P, X, nt)
+            _reg_forward(&P.inl, X, <floating *>P.xin, N * P.fan_in[0], nt)
         inp = _input_of(P, X, 0)
         for l in range(L):
             dense_forward_raw(cfg, P.op[l], inp, <const floating *>P.W[l],
@@ -266,7 +271,8 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
                               <floating *>P.pre[l], N, P.fan_in[l], P.fan_out[l], P.alpha[l],
                               <const floating *>P.avec[l], <floating *>P.wslots, nt)
             if P.drop_on[l]:
-                _drop_forward(P, X, l, nt)
+                _reg_forward(&P.reg[l], <const floating *>P.act[l], <floating *>P.hin[l],
+                             N * P.fan_out[l], nt)
             inp = _input_of(P, X, l + 1)
             t = _ph_mark(P, _ph_layer(P, _PH_FWD, l), t)
         loss_out[0] = loss_raw(P.loss_kind, inp, N, C, labels, targets, <floating *>P.dact0,
@@ -343,53 +349,48 @@ cdef inline const floating *_input_of(NetPlan *P, const floating *X, int l) noex
 
 cdef inline const DropMask *_drop_below(NetPlan *P, int l) noexcept nogil:
     """The mask of the dropout between layers l - 1 and l when it drops this step (layer
-    l's dx goes through its backward), else NULL."""
-    return &P.drop[l - 1] if P.drop_on[l - 1] else NULL
+    l's dx goes through its backward), else NULL (none, or Gaussian noise: its backward
+    passes dx on as it is)."""
+    if P.drop_on[l - 1] and P.reg[l - 1].kind == RG_DROPOUT:
+        return &P.reg[l - 1].m
+    return NULL
 
 
-cdef void _drop_forward(NetPlan *P, const floating *X, int l, int nt) noexcept nogil:
-    """hin[l] = act[l] * mask * scale over the whole batch, in the fixed element chunks of
-    dropout_apply (element-wise, from the index: the same numbers on any thread count, any
-    cut). (X only picks the dtype.)"""
-    cdef Py_ssize_t n = P.N * P.fan_out[l], c, start, nch = chunk_count(n)
-    cdef const floating *a = <const floating *>P.act[l]
-    cdef floating *h = <floating *>P.hin[l]
-    cdef int threads = effective_threads(n * 2, 65536, nt, nch)   # (dropout_apply's rule)
+cdef inline void _reg_rows(const Regularizer *r, const floating *x, Py_ssize_t ldx,
+                           floating *y, Py_ssize_t ldy, Py_ssize_t rows, Py_ssize_t n,
+                           Py_ssize_t first, Py_ssize_t ld_index) noexcept nogil:
+    """y = the layer r over `rows` rows of n elements of x (y is not x), row i's element j
+    being element first + i * ld_index + j of the layer's call over the whole array (below
+    2**32: the plan checks its size): each element's value comes from its index and the
+    seed (fastnn.functional's dropout and noise), so any cut gives the same numbers."""
+    cdef Py_ssize_t i
+    if r.kind == RG_DROPOUT:
+        drop_rows(&r.m, x, ldx, y, ldy, rows, n, first, ld_index)
+        return
+    for i in range(rows):
+        if floating is float:
+            fnn_noise_f32(x + i * ldx, y + i * ldy, n, <uint32_t>(first + i * ld_index),
+                          r.m.scale, r.m.lo, r.m.hi)
+        else:
+            fnn_noise_f64(x + i * ldx, y + i * ldy, n, <uint32_t>(first + i * ld_index),
+                          r.m.scale, r.m.lo, r.m.hi)
+
+
+cdef void _reg_forward(const Regularizer *r, const floating *x, floating *y, Py_ssize_t n,
+                       int nt) noexcept nogil:
+    """y = the layer r over the n elements of x, in the fixed element chunks of the dropout
+    module's functions (element-wise from the index: the same numbers on any thread count,
+    any cut; a noise element costs ~8 dropout ones: dropout.pyx's NOISE_COST)."""
+    cdef Py_ssize_t c, start, nch = chunk_count(n)
+    cdef int threads = effective_threads(n * (2 if r.kind == RG_DROPOUT else 8), 65536, nt,
+                                         nch)
     if threads <= 1:
-        drop_rows(&P.drop[l], a, n, h, n, 1, n, 0, n)
+        _reg_rows(r, x, n, y, n, 1, n, 0, n)
     else:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for c in prange(nch, num_threads=threads, schedule="static"):
             start = c * FNN_CHUNK
-            drop_rows(&P.drop[l], a + start, 0, h + start, 0, 1, chunk_len(c, n), start, 0)
-
-
-cdef inline void _input_span(NetPlan *P, const floating *X, Py_ssize_t start,
-                             Py_ssize_t n) noexcept nogil:
-    """The input layer over elements start .. start + n of X (flat: row * fan_in + column,
-    as the layer's own call over the whole of X) into xin."""
-    cdef floating *h = <floating *>P.xin + start
-    if P.in_kind == IN_DROPOUT:
-        drop_rows(&P.in_drop, X + start, 0, h, 0, 1, n, start, 0)
-    elif floating is float:
-        fnn_noise_f32(X + start, h, n, <uint32_t>start, P.in_std, P.in_lo, P.in_hi)
-    else:
-        fnn_noise_f64(X + start, h, n, <uint32_t>start, P.in_std, P.in_lo, P.in_hi)
-
-
-cdef void _input_forward(NetPlan *P, const floating *X, int nt) noexcept nogil:
-    """The input layer over the whole batch, in the fixed element chunks of the dropout
-    module's functions (element-wise from the index: the same numbers on any thread count,
-    any cut; a noise element costs ~8 dropout ones: dropout.pyx's NOISE_COST)."""
-    cdef Py_ssize_t n = P.N * P.fan_in[0], c, nch = chunk_count(n)
-    cdef int threads = effective_threads(n * (2 if P.in_kind == IN_DROPOUT else 8), 65536,
-                                         nt, nch)
-    if threads <= 1:
-        _input_span(P, X, 0, n)
-    else:
-        fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
-        for c in prange(nch, num_threads=threads, schedule="static"):
-            _input_span(P, X, c * FNN_CHUNK, chunk_len(c, n))
+            _reg_rows(r, x + start, 0, y + start, 0, 1, chunk_len(c, n), start, 0)
 
 
 cdef inline int _update_threads(NetPlan *P, int nt) noexcept nogil:
@@ -437,7 +438,7 @@ cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     """The forward pass of chunk c's rows through every layer: the tiles of row c of each
     layer's plan (forward_plan: for a layer in row chunks, never in parts of its inner
     dimension), exactly as dense_forward_raw computes them, each layer's through the dropout
-    above it when there is one (those rows of _drop_forward's)."""
+    above it when there is one (those rows of _reg_forward's); the input layer first."""
     cdef int l
     cdef Py_ssize_t j, N = P.N, M, r0
     cdef const floating *inp = X
@@ -445,7 +446,8 @@ cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
     if P.in_on:   # (the input layer over the chunk's rows: those of the first layer's plan)
         p = forward_plan(cfg, N, P.fan_out[0], P.fan_in[0])
         r0 = c * p.tr
-        _input_span(P, X, r0 * P.fan_in[0], min(p.tr, N - r0) * P.fan_in[0])
+        _reg_rows(&P.inl, X + r0 * P.fan_in[0], 0, <floating *>P.xin + r0 * P.fan_in[0], 0,
+                  1, min(p.tr, N - r0) * P.fan_in[0], r0 * P.fan_in[0], 0)
         inp = _input_of(P, X, 0)
     for l in range(P.n_layers):
         M = P.fan_out[l]
@@ -457,7 +459,7 @@ cdef void _forward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
                          <const floating *>P.avec[l])
         if P.drop_on[l]:
             r0 = c * p.tr
-            drop_rows(&P.drop[l], <const floating *>P.act[l] + r0 * M, M,
+            _reg_rows(&P.reg[l], <const floating *>P.act[l] + r0 * M, M,
                       <floating *>P.hin[l] + r0 * M, M, min(p.tr, N - r0), M, r0 * M, M)
         inp = _input_of(P, X, l + 1)
 
@@ -993,6 +995,14 @@ cdef class ThreadGovernor:
         return self.g.scale
 
 
+cdef void _set_layer(Regularizer *r, tuple t):
+    """A regularizing layer's settings of one step (StepPlan._parse_layer's tuple)."""
+    r.m.limit = t[0]
+    r.m.lo = t[1]
+    r.m.hi = t[2]
+    r.m.scale = t[3]
+
+
 cdef class StepPlan:
     """The compiled training step of one network for one batch size (see fastnn/model.py)."""
 
@@ -1023,7 +1033,7 @@ cdef class StepPlan:
     cdef Watched *_watched       # the parameters, gradients and optimizer state (arrays users
     cdef int _n_watched          # can reach) as they were at build time, checked every step
     cdef list _watched_dtypes
-    cdef list _drop_layers       # the layers a Dropout follows (hin), bottom up
+    cdef list _drop_layers       # the layers a Dropout or GaussianNoise follows (hin), bottom up
     cdef object _phases          # time_phases: the seconds of each phase (P.phase), or None
     cdef Py_ssize_t _phase_steps # the steps timed since
 
@@ -1039,12 +1049,13 @@ cdef class StepPlan:
         self.governor = ThreadGovernor()
 
     def __init__(self, dtype, Py_ssize_t N, int loss_kind, list layers, list params, int rule,
-                 int input_kind=IN_NONE):
+                 int input_kind=RG_NONE):
         """layers: dicts with W, b, op, alpha, avec, dalpha, dW, db (arrays of `dtype`), and
-        dropout (optional, true: a Dropout follows the layer, below the next one; its mask
-        comes with each step); params: (data, grad, s1, s2, decay) for every parameter, in
-        update order; input_kind: 1 for a Dropout, 2 for a GaussianNoise layer over X (its
-        settings and seed come with each step), 0 for none."""
+        dropout or noise (optional, true: a Dropout or a GaussianNoise follows the layer,
+        below the next one; its settings and seed come with each step); params: (data, grad,
+        s1, s2, decay) for every parameter, in update order; input_kind: 1 for a Dropout, 2
+        for a GaussianNoise layer over X (its settings and seed come with each step), 0 for
+        none."""
         cdef int L = len(layers), l, k
         cdef Py_ssize_t width = 0, m
         dt = np.dtype(dtype)
@@ -1060,7 +1071,7 @@ cdef class StepPlan:
             raise ValueError("StepPlan: the batch must have fewer than 2**31 rows")
         if self.P.fan_in != NULL:
             raise RuntimeError("StepPlan is already initialized")
-        if input_kind < IN_NONE or input_kind > IN_NOISE:
+        if input_kind < RG_NONE or input_kind > RG_NOISE:
             raise ValueError("StepPlan: unknown input layer")
         self.is_double = dt == np.float64
         self.rule = rule
@@ -1087,7 +1098,7 @@ cdef class StepPlan:
         P.act = <void **>calloc(L, sizeof(void *))
         P.pre = <void **>calloc(L, sizeof(void *))
         P.hin = <void **>calloc(L, sizeof(void *))
-        P.drop = <DropMask *>calloc(L, sizeof(DropMask))
+        P.reg = <Regularizer *>calloc(L, sizeof(Regularizer))
         P.drop_on = <unsigned char *>calloc(L, sizeof(unsigned char))
         self._drop_layers = []
         n = len(params)
@@ -1106,7 +1117,7 @@ cdef class StepPlan:
                 or P.p_layer == NULL or P.p_bias == NULL or P.p_order == NULL
                 or P.alpha == NULL or P.W == NULL
                 or P.b == NULL or P.dW == NULL or P.db == NULL or P.avec == NULL or P.dalpha == NULL
-                or P.act == NULL or P.pre == NULL or P.hin == NULL or P.drop == NULL
+                or P.act == NULL or P.pre == NULL or P.hin == NULL or P.reg == NULL
                 or P.drop_on == NULL or P.p_data == NULL
                 or P.p_grad == NULL or P.p_s1 == NULL or P.p_s2 == NULL or P.p_n == NULL
                 or P.p_decay == NULL):
@@ -1154,18 +1165,21 @@ cdef class StepPlan:
                 self.score_shape = (N, m)
             if keeps_pre(P.op[l]):
                 P.pre[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
-            if spec.get("dropout"):
+            if spec.get("dropout") or spec.get("noise"):
+                if spec.get("dropout") and spec.get("noise"):
+                    raise ValueError("StepPlan: a layer has a dropout or a noise above it, not both")
                 if l == L - 1:
-                    raise ValueError("StepPlan: a dropout must be below another layer")
+                    raise ValueError("StepPlan: a dropout or noise must be below another layer")
                 if N * m > 4294967295:
-                    raise ValueError("dropout supports at most 2**32 - 1 elements per call")
+                    raise ValueError("dropout and noise support at most 2**32 - 1 elements per call")
                 P.hin[l] = _ptr(keep(np.empty((N, m), dtype=dt)))
+                P.reg[l].kind = RG_DROPOUT if spec.get("dropout") else RG_NOISE
                 self._drop_layers.append(l)
             width = max(width, m)     # every layer's output gradient; inputs of layers >= 1
-        if input_kind != IN_NONE:
+        if input_kind != RG_NONE:
             if N * P.fan_in[0] > 4294967295:
                 raise ValueError("dropout and noise support at most 2**32 - 1 elements per call")
-            P.in_kind = input_kind
+            P.inl.kind = input_kind
             P.xin = _ptr(keep(np.empty((N, P.fan_in[0]), dtype=dt)))
         if (loss_kind == LOSS_LOGISTIC or loss_kind == LOSS_BINARY_HINGE) and P.fan_out[L - 1] != 1:
             raise ValueError("StepPlan: binary losses need one output unit")
@@ -1175,7 +1189,8 @@ cdef class StepPlan:
                 P.fused = False
         if self._drop_layers and not P.fused:
             # (the buffers path has no dropout backward: such a model trains layer by layer)
-            raise ValueError("StepPlan: dropout needs the fused backward (no prelu hidden layer)")
+            raise ValueError("StepPlan: dropout and noise between layers need the fused "
+                             "backward (no prelu hidden layer)")
         if P.fused and (P.op[L - 1] == FNN_IDENTITY or keeps_pre(P.op[L - 1])):
             # the last layer's backward reads its pre-activation or nothing, so the loss
             # writes dscores over the scores: fit counts its right predictions in the loss
@@ -1325,7 +1340,7 @@ cdef class StepPlan:
         free(P.p_layer); free(P.p_bias); free(P.p_order)
         free(P.alpha)
         free(P.W); free(P.b); free(P.dW); free(P.db); free(P.avec); free(P.dalpha)
-        free(P.act); free(P.pre); free(P.hin); free(P.drop); free(P.drop_on)
+        free(P.act); free(P.pre); free(P.hin); free(P.reg); free(P.drop_on)
         free(P.p_data); free(P.p_grad); free(P.p_s1); free(P.p_s2); free(P.p_n); free(P.p_decay)
         free(self._watched)
 
@@ -1472,100 +1487,87 @@ cdef class StepPlan:
     @property
     def input_kind(self):
         """The input layer over X: 0 none, 1 a dropout, 2 Gaussian noise (step's front)."""
-        return self.P.in_kind
+        return self.P.inl.kind
 
-    cdef tuple _parse_front(self, front):
-        """step's front as (limit or 0, low, high, scale or std), or None."""
+    @property
+    def dropout_layers(self):
+        """The layers a Dropout or a GaussianNoise follows (indices, bottom up): step's
+        drops, one each."""
+        return tuple(self._drop_layers)
+
+    @property
+    def hidden_kinds(self):
+        """What follows each of dropout_layers: 1 a Dropout, 2 a GaussianNoise."""
+        return tuple(self.P.reg[l].kind for l in self._drop_layers)
+
+    @staticmethod
+    def _parse_layer(int kind, entry, str what):
+        """One layer's settings of a step, (keep probability, seed) of a dropout or (std,
+        seed) of a noise, as (limit or 0, low, high, scale or std) for _set_layer, or None."""
         cdef double v
-        if front is None:
+        if entry is None:
             return None
-        if self.P.in_kind == IN_NONE:
-            raise ValueError("front: this plan has no input layer")
-        if not isinstance(front, tuple) or len(front) != 2:
-            raise TypeError("front must be None or (keep or std, seed)")
-        v = front[0]
-        if self.P.in_kind == IN_DROPOUT and not (0.0 < v <= 1.0):
-            raise ValueError(f"front: keep probability must be in (0, 1], got {v}")
-        if self.P.in_kind == IN_NOISE and not (0.0 < v < float("inf")):
-            raise ValueError(f"front: std must be finite and > 0, got {v}")
-        if isinstance(front[1], bool) or not isinstance(front[1], (int, np.integer)):
-            raise TypeError(f"front: seed must be an int, got {type(front[1]).__name__}")
-        seed = int(front[1])
+        if not isinstance(entry, tuple) or len(entry) != 2:
+            raise TypeError(f"{what} must be None or (keep or std, seed)")
+        if isinstance(entry[0], bool) or not isinstance(entry[0], (int, float, np.integer,
+                                                                   np.floating)):
+            raise TypeError(f"{what}: keep or std must be a real number, got "
+                            f"{type(entry[0]).__name__}")
+        v = entry[0]
+        if kind == RG_DROPOUT and not (0.0 < v <= 1.0):
+            raise ValueError(f"{what}: keep probability must be in (0, 1], got {v}")
+        if kind == RG_NOISE and not (0.0 < v < float("inf")):
+            raise ValueError(f"{what}: std must be finite and > 0, got {v}")
+        if isinstance(entry[1], bool) or not isinstance(entry[1], (int, np.integer)):
+            raise TypeError(f"{what}: seed must be an int, got {type(entry[1]).__name__}")
+        seed = int(entry[1])
         if not 0 <= seed < 2**64:
-            raise ValueError(f"front: seed must be in [0, 2**64), got {seed}")
-        if self.P.in_kind == IN_DROPOUT:
+            raise ValueError(f"{what}: seed must be in [0, 2**64), got {seed}")
+        if kind == RG_DROPOUT:
             return (_keep_limit(v), seed & 0xffffffff, seed >> 32, 1.0 / v)
         key = _noise_key(seed)
         return (0, key & 0xffffffff, key >> 32, v)
 
-    cdef void _set_front(self, tuple parsed):
-        """The input layer's settings of this step (_parse_front's) into the plan (the step
-        holds _busy)."""
-        cdef NetPlan *P = &self.P
-        P.in_on = parsed is not None
-        if parsed is None:
-            return
-        if P.in_kind == IN_DROPOUT:
-            P.in_drop.limit = parsed[0]
-            P.in_drop.lo = parsed[1]
-            P.in_drop.hi = parsed[2]
-            P.in_drop.scale = parsed[3]
-        else:
-            P.in_lo = parsed[1]
-            P.in_hi = parsed[2]
-            P.in_std = parsed[3]
-
-    @property
-    def dropout_layers(self):
-        """The layers a Dropout follows (indices, bottom up): step's drops, one each."""
-        return tuple(self._drop_layers)
+    cdef tuple _parse_front(self, front):
+        """step's front as _parse_layer's tuple, or None."""
+        if front is None:
+            return None
+        if self.P.inl.kind == RG_NONE:
+            raise ValueError("front: this plan has no input layer")
+        return StepPlan._parse_layer(self.P.inl.kind, front, "front")
 
     cdef list _parse_drops(self, drops):
-        """step's drops as (limit, seed low, seed high, scale) or None per dropout layer, or
-        None for a plan without any."""
-        cdef Py_ssize_t n = len(self._drop_layers)
-        cdef double keep
+        """step's drops as _parse_layer's tuple or None per layer of dropout_layers, or None
+        for a plan without any."""
+        cdef Py_ssize_t n = len(self._drop_layers), k
         if n == 0 and drops is None:
             return None
         if drops is None:
             return [None] * n
         drops = list(drops)
         if len(drops) != n:
-            raise ValueError(f"drops must have {n} entries (one per dropout), got {len(drops)}")
-        out = []
-        for d in drops:
-            if d is None:
-                out.append(None)
-                continue
-            if not isinstance(d, tuple) or len(d) != 2:
-                raise TypeError("drops: each entry must be None or (keep, seed)")
-            keep = d[0]
-            if not (0.0 < keep <= 1.0):
-                raise ValueError(f"drops: keep probability must be in (0, 1], got {keep}")
-            if isinstance(d[1], bool) or not isinstance(d[1], (int, np.integer)):
-                raise TypeError(f"drops: seed must be an int, got {type(d[1]).__name__}")
-            seed = int(d[1])
-            if not 0 <= seed < 2**64:
-                raise ValueError(f"drops: seed must be in [0, 2**64), got {seed}")
-            out.append((_keep_limit(keep), seed & 0xffffffff, seed >> 32, 1.0 / keep))
-        return out
+            raise ValueError(f"drops must have {n} entries (one per dropout or noise), "
+                             f"got {len(drops)}")
+        return [StepPlan._parse_layer(self.P.reg[<int>self._drop_layers[k]].kind, drops[k],
+                                      "drops")
+                for k in range(n)]
 
-    cdef void _set_drops(self, list parsed):
-        """The masks of this step (_parse_drops' list) into the plan (the step holds _busy)."""
+    cdef void _set_layers(self, list drops, tuple front):
+        """This step's settings (_parse_drops', _parse_front's) into the plan (the step holds
+        _busy)."""
         cdef NetPlan *P = &self.P
         cdef Py_ssize_t k
         cdef int l
-        if parsed is None:
+        P.in_on = front is not None
+        if front is not None:
+            _set_layer(&P.inl, front)
+        if drops is None:
             return
         for k in range(len(self._drop_layers)):
             l = self._drop_layers[k]
-            d = parsed[k]
-            P.drop_on[l] = d is not None
-            if d is not None:
-                P.drop[l].limit = d[0]
-                P.drop[l].lo = d[1]
-                P.drop[l].hi = d[2]
-                P.drop[l].scale = d[3]
+            P.drop_on[l] = drops[k] is not None
+            if drops[k] is not None:
+                _set_layer(&P.reg[l], drops[k])
 
     def step(self, X, labels, targets, double lr, double h1, double h2,
              double eps, double c1, double c2, double wd, int n_threads, bint guard=False,
@@ -1579,12 +1581,14 @@ cdef class StepPlan:
         predict their label (as the loss's predict_labels), else -1. With `dynamic`, the plan's
         governor (fastnn_governor.pxd) picks the thread count, at most n_threads, from the
         times of the steps before; else the step runs n_threads. `step_threads` tells which.
-        drops: for a plan with dropout layers (dropout_layers), one entry per dropout, bottom
-        up: (keep probability, seed), the mask of fastnn.functional.dropout_forward with
-        that p and seed over the layer's N x width output, or None (it passes its input on,
-        as Dropout(p=0)); drops None: none drops this step. front: for a plan with an input
-        layer (input_kind), (keep probability, seed) of its dropout or (std, seed) of its
-        noise over X (fastnn.functional's; X is never written), or None: X goes in as it is."""
+        drops: for a plan with dropout or noise layers (dropout_layers, hidden_kinds), one
+        entry each, bottom up: a dropout's (keep probability, seed), the mask of
+        fastnn.functional.dropout_forward with that p and seed over the layer's N x width
+        output, a noise's (std, seed), fastnn.functional.gaussian_noise_forward's, or None
+        (it passes its input on, as Dropout(p=0)); drops None: none applies this step.
+        front: for a plan with an input layer (input_kind), (keep probability, seed) of its
+        dropout or (std, seed) of its noise over X (fastnn.functional's; X is never
+        written), or None: X goes in as it is."""
         cdef Py_buffer xv, lv, tv
         cdef bint has_x = False, has_l = False, has_t = False
         cdef char code = b'd' if self.is_double else b'f'   # X's and the targets' items
@@ -1675,8 +1679,7 @@ cdef class StepPlan:
         self._busy = True
         entered = False
         try:
-            self._set_drops(drops)
-            self._set_front(front)
+            self._set_layers(drops, front)
             self._size_buffers(&cfg, n_threads)    # (sized for n_threads: any count below fits)
             used = gov_threads(&self.governor.g, n_threads) if dynamic else n_threads
             self.stopped = False

@@ -153,6 +153,19 @@ def _kernel_front(front):
     return front[0] if len(front) == 1 and type(front[0]) in (Dropout, GaussianNoise) else None
 
 
+def _setting(layer):
+    """A Dropout's (keep probability, seed) or a GaussianNoise's (std, seed) for one step of
+    the kernel, the seed drawn from the layer's generator as its forward draws it; None when
+    it passes its input on (p = 0 or std = 0: no draw)."""
+    if type(layer) is Dropout:
+        if layer.p == 0.0:
+            return None
+        return (1.0 - layer.p, int(layer._rng.integers(0, 2**63 - 1)))
+    if layer.std == 0.0:
+        return None
+    return (float(layer.std), int(layer._rng.integers(0, 2**63 - 1)))
+
+
 class _CompiledStep:
     """A whole training step (forward, loss, backward, updates) as one kernel call, for a
     Sequential made of Dense layers with fused activations, after any parameterless layers in
@@ -171,10 +184,11 @@ class _CompiledStep:
         stack = model._units[len(model._front):]   # (the front: over X, in the kernel or before it)
         for unit in stack:
             dense, act = unit.layer, unit.act
-            if type(dense) is Dropout:
+            if type(dense) in (Dropout, GaussianNoise):
                 # between two Dense units (_build): the plan keeps its output, and each step
-                # gets its mask (Sequential._step draws the seeds, as Dropout.forward does)
-                layers[-1]["dropout"] = True
+                # gets its mask or noise (Sequential._step draws the seeds, as the layer's
+                # forward does)
+                layers[-1]["dropout" if type(dense) is Dropout else "noise"] = True
                 drops.append(dense)
                 continue
             op, alpha, avec, dalpha = dense._op, dense.alpha, None, None
@@ -186,7 +200,7 @@ class _CompiledStep:
                 avec, dalpha = owner.params["alpha"], owner.grads["alpha"]
             layers.append(dict(W=dense.params["W"], b=dense.params["b"], dW=dense.grads["W"],
                                db=dense.grads["b"], op=op, alpha=alpha, avec=avec, dalpha=dalpha))
-        self.drops = tuple(drops)   # the Dropout layers inside the stack, bottom up
+        self.drops = tuple(drops)   # the Dropout and GaussianNoise layers inside the stack, bottom up
         # a front of one Dropout or GaussianNoise runs inside the kernel too, over X (into a
         # buffer of the plan's: X is not written); longer fronts run in Python first
         self.front = _kernel_front(model._front)
@@ -247,19 +261,11 @@ class _CompiledStep:
 
     def draw(self):
         """This step's settings of the layers that run inside the kernel, (front, drops) for
-        StepPlan.step: the front layer's (keep probability or std, seed), or None (none, or
-        p = 0 or std = 0: no draw), and the Dropout layers' inside the stack, (keep
-        probability, seed) or None each; each seed drawn from the layer's generator as its
-        forward draws it, in the layers' order."""
-        front, f = None, self.front
-        if f is not None:
-            if type(f) is Dropout:
-                if f.p != 0.0:
-                    front = (1.0 - f.p, int(f._rng.integers(0, 2**63 - 1)))
-            elif f.std != 0.0:
-                front = (float(f.std), int(f._rng.integers(0, 2**63 - 1)))
-        return front, [None if layer.p == 0.0 else (1.0 - layer.p, int(layer._rng.integers(0, 2**63 - 1)))
-                       for layer in self.drops]
+        StepPlan.step: the front layer's and those of the Dropout and GaussianNoise layers
+        inside the stack (_setting), in the layers' order (that of their draws on the layer
+        path)."""
+        f = self.front
+        return (None if f is None else _setting(f)), [_setting(layer) for layer in self.drops]
 
     def run(self, model, X, y, opt, skip_nonfinite=False, count=False, draws=(None, None)):
         """One step on this plan's buffers with `opt`, the optimizer it was built for, and the
@@ -637,10 +643,11 @@ class Sequential:
             listed.changed = True   # still to do: the next use raises again
             raise
         self._units = units
-        # fastnn's parameterless layers in front (input noise or dropout, say) run in Python
-        # before the whole-step kernel, which trains the Dense stack above them: the step's
-        # backward never reaches them (no input gradient is wanted), so nothing else of theirs
-        # is needed. Not when one computes in another dtype than the stack (a conversion).
+        # fastnn's parameterless layers in front (input noise or dropout, say) run before the
+        # Dense stack: one Dropout or GaussianNoise inside the whole-step kernel, a longer
+        # front in Python first. The step's backward never reaches them (no input gradient is
+        # wanted), so nothing else of theirs is needed. Not when one computes in another
+        # dtype than the stack (a conversion).
         front = 0
         while (front < len(units) - 1 and units[front].act is None
                and type(units[front].layer) in _NO_PARAMS):
@@ -648,10 +655,10 @@ class Sequential:
         stack = units[front:]
         stack_dtype = _dtype_of(u.layer for u in stack)
         self._front = tuple(u.layer for u in units[:front])
-        # Dropout between two Dense units runs inside the kernel (its masks drawn in Python:
-        # _CompiledStep.draw); not with a prelu hidden layer (the kernel's backward through
-        # buffers has no dropout: such a model trains layer by layer)
-        hidden = tuple(u.layer for u in stack if type(u.layer) is Dropout)
+        # Dropout or GaussianNoise between two Dense units runs inside the kernel (its seeds
+        # drawn in Python: _CompiledStep.draw); not with a prelu hidden layer (the kernel's
+        # backward through buffers has none: such a model trains layer by layer)
+        hidden = tuple(u.layer for u in stack if type(u.layer) in (Dropout, GaussianNoise))
         self._compilable = (all(layer.dtype is None or layer.dtype == stack_dtype
                                 for layer in self._front + hidden)
                             and not (hidden and any(
@@ -661,7 +668,8 @@ class Sequential:
                             and all((type(u.layer) is Dense
                                      and (u.act is None or not isinstance(u.act, PReLU)
                                           or u.act.num_parameters > 1))
-                                    or (type(u.layer) is Dropout and 0 < i < len(stack) - 1
+                                    or (type(u.layer) in (Dropout, GaussianNoise)
+                                        and 0 < i < len(stack) - 1
                                         and type(stack[i - 1].layer) is Dense
                                         and type(stack[i + 1].layer) is Dense)
                                     for i, u in enumerate(stack)))
@@ -1311,9 +1319,10 @@ class Sequential:
         partial_key = (partial, id(optimizer), type(loss))
         widths = last = 0
         for layer in self._layers:
-            # (a Dropout inside the stack: one more buffer of its width)
+            # (a Dropout or GaussianNoise inside the stack: one more buffer of its width)
             last = getattr(layer, "out_features", last)
-            widths += getattr(layer, "out_features", 0) + (last if type(layer) is Dropout else 0)
+            widths += getattr(layer, "out_features", 0) + (
+                last if type(layer) in (Dropout, GaussianNoise) else 0)
         if _kernel_front(self._front) is not None:
             widths += int(np.prod(X.shape[1:]))   # (its copy of the input, the front's output)
         drop_partial = (partial and partial_key not in self._compiled

@@ -3004,17 +3004,20 @@ def test_a_model_pickled_before_front_layers_trains():
 # output (act * mask / keep) for the layer above, and its backward goes into the dx tiles
 # before the activation derivative below. Its seed is drawn in Python from the layer's
 # generator, as Dropout.forward draws it, so the numbers are the layer path's.
-def _hidden_model(widths, dtype, hidden="relu", ps=(0.3, 0.5), front=False, twin=False):
+def _hidden_model(widths, dtype, hidden="relu", ps=(0.3, 0.5), front=False, twin=False,
+                  noise=False):
     """Dense layers of widths with FUSED_HIDDEN[hidden] activations and a Dropout(ps[i]) after
-    each hidden one (ps cycled); front: input dropout and noise in front as well; twin: the
-    same model on the layer path."""
+    each hidden one (ps cycled); noise: a GaussianNoise(ps[i]) instead after the first hidden
+    layer and every second one after it; front: input dropout and noise in front as well;
+    twin: the same model on the layer path."""
     layers = [Dropout(0.2, seed=40), GaussianNoise(0.1, seed=41)] if front else []
     n = len(widths) - 1
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(Dense(a, b, seed=30 + i, dtype=dtype))
         if i < n - 1:
             layers += FUSED_HIDDEN[hidden](dtype)
-            layers.append(Dropout(ps[i % len(ps)], seed=50 + i, dtype=dtype if i % 2 else None))
+            kind = GaussianNoise if noise and i % 2 == 0 else Dropout
+            layers.append(kind(ps[i % len(ps)], seed=50 + i, dtype=dtype if i % 2 else None))
     model = Sequential(*layers)
     if twin:
         model._compilable = False
@@ -3045,11 +3048,95 @@ def test_hidden_dropout_runs_inside_the_whole_step_kernel(hidden, dtype, size):
         assert (step is None) == twin
         if not twin:
             assert step.plan.dropout_layers == tuple(range(len(widths) - 2))
+            assert step.plan.hidden_kinds == (1,) * (len(widths) - 2)
             assert (step.plan.chunk_rows > 0) == size.startswith("chunked")
         assert all(getattr(layer, "_cache", None) is None for layer in model.layers)
         return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
 
     _compiled_matches_layerwise(run)
+
+
+@pytest.mark.parametrize("size", HIDDEN_SIZES)
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", ["relu", "leaky_relu_negative", "tanh"])
+def test_hidden_noise_runs_inside_the_whole_step_kernel(hidden, dtype, size):
+    """GaussianNoise between two Dense layers (and Dropout between the next two, on the deeper
+    stacks) trains on the whole-step kernel: the layer above reads the noisy output, the
+    gradient passes through the noise unchanged to the activation derivative below (taken
+    from the noise-free activations), bitwise as on the layer path at 1, 2, 3 and 16
+    threads, over the whole batch, in row chunks and in tiles."""
+    n, widths = FUSED_SIZES[size]
+    r = np.random.default_rng(16)
+    X = r.standard_normal((n, widths[0])).astype(dtype)
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _hidden_model(widths, dtype, hidden, ps=(0.4, 0.3), twin=twin, noise=True)
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        losses = [model.train_step(X, y, "softmax", opt) for _ in range(3)]
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin
+        if not twin:
+            assert step.plan.hidden_kinds == tuple(2 if i % 2 == 0 else 1
+                                                   for i in range(len(widths) - 2))
+            assert (step.plan.chunk_rows > 0) == size.startswith("chunked")
+        assert all(getattr(layer, "_cache", None) is None for layer in model.layers)
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+@pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
+def test_hidden_noise_with_a_front_and_a_changed_std(size):
+    """Input dropout and noise in front, a GaussianNoise and a Dropout between the layers,
+    with Adam: the layer path's numbers, also after the noise's std is set to 0 (no draw: it
+    passes its input on) and to another value between steps (read at each step)."""
+    n, widths = FUSED_SIZES[size]
+    widths = widths[:1] + (24,) + widths[1:] if len(widths) < 4 else widths
+    r = np.random.default_rng(18)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _hidden_model(widths, F32, "relu", ps=(0.4,), front=True, twin=twin, noise=True)
+        noise = [layer for layer in model.layers[2:] if type(layer) is GaussianNoise]
+        assert len(noise) == 1 and any(type(layer) is Dropout for layer in model.layers[2:])
+        opt = Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for std in (0.4, 0.0, 1.5):
+            noise[0].std = std
+            losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
+        assert (model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == twin
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+def test_hidden_noise_adds_the_functional_noise_and_passes_the_gradient():
+    """What the kernel's hidden noise does, seen from outside: with one hidden layer of
+    identity units and W2 = I, the scores are the hidden layer's output plus the noise
+    fastnn.functional draws from the layer's seed, and the first layer's weight gradient is
+    X.T @ dscores (the noise's gradient is the identity)."""
+    import fastnn.functional as F
+
+    r = np.random.default_rng(0)
+    X = r.standard_normal((50, 8))
+    y = r.integers(0, 8, 50)
+    model = Sequential(Dense(8, 8, seed=1, dtype=F64), GaussianNoise(0.7, seed=9),
+                       Dense(8, 8, seed=2, dtype=F64))
+    model.layers[2].params["W"][...] = np.eye(8)
+    model.layers[2].params["b"][...] = 0
+    seed = int(np.random.default_rng(9).integers(0, 2**63 - 1))   # the layer's first draw
+    hidden = X @ model.layers[0].params["W"] + model.layers[0].params["b"]
+    scores, _ = F.gaussian_noise_forward(hidden, 0.7, "train", seed)
+    assert 0.5 < np.std(scores - hidden) < 0.9
+    value, dscores = F.softmax_loss(scores, y)
+    opt = SGD(model.parameters(), lr=0.0)
+    assert model.train_step(X, y, "softmax", opt) == pytest.approx(value, rel=1e-14)
+    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert step is not None and step.plan.hidden_kinds == (2,)
+    np.testing.assert_allclose(model.layers[0].grads["W"], X.T @ dscores, rtol=1e-12,
+                               atol=1e-15)
 
 
 @pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
@@ -3076,8 +3163,9 @@ def test_hidden_dropout_with_a_front_and_a_changed_p(size):
     _compiled_matches_layerwise(run)
 
 
+@pytest.mark.parametrize("noise", [False, True], ids=["dropout", "noise-and-dropout"])
 @pytest.mark.parametrize("loss,kind", [("svm", "classes"), ("logistic", "01"), ("mse", "real")])
-def test_hidden_dropout_fit_guard_and_refused_labels_as_on_the_layer_path(loss, kind):
+def test_hidden_dropout_fit_guard_and_refused_labels_as_on_the_layer_path(loss, kind, noise):
     """fit (reseeded, under the guard that checks the loss before the backward pass, its
     accuracy counted by the kernel) gives the layer path's history and parameters; a step
     refused for a bad label has drawn the dropouts' seeds on both paths (the layer path
@@ -3088,7 +3176,7 @@ def test_hidden_dropout_fit_guard_and_refused_labels_as_on_the_layer_path(loss, 
     out = 10 if kind == "classes" else 1
     runs = []
     for twin in (False, True):
-        model = _hidden_model((5, 40, 30, out), F32, "relu", twin=twin)
+        model = _hidden_model((5, 40, 30, out), F32, "relu", twin=twin, noise=noise)
         opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
         hist = model.fit(X, y, optimizer=opt, loss=loss, epochs=2, batch_size=60, seed=3,
                          verbose=False)
@@ -3135,10 +3223,10 @@ def test_hidden_dropout_masks_units_and_scales_the_kept():
 
 
 def test_hidden_dropout_where_the_kernel_does_not_take_it():
-    """A Dropout above a per-unit PReLU hidden layer (the buffers path has no dropout), two
-    in a row, one above the last Dense or one of another dtype than the stack: the model is
-    not compiled (no plan is built to be refused) and trains layer by layer, the same run
-    twice."""
+    """A Dropout or GaussianNoise above a per-unit PReLU hidden layer (the buffers path has
+    neither), two in a row, one above the last Dense or one of another dtype than the stack:
+    the model is not compiled (no plan is built to be refused) and trains layer by layer,
+    the same run twice."""
     r = np.random.default_rng(5)
     X = r.standard_normal((32, 6)).astype(F32)
     y = r.integers(0, 4, 32)
@@ -3151,6 +3239,15 @@ def test_hidden_dropout_where_the_kernel_does_not_take_it():
                          Dropout(0.3, seed=2)],
         "dtype": lambda: [Dense(6, 8, activation="relu", seed=1), Dropout(0.3, seed=2, dtype=F64),
                           Dense(8, 4, seed=3)],
+        "prelu-noise": lambda: [Dense(6, 8, seed=1), PReLU(8), GaussianNoise(0.3, seed=2),
+                                Dense(8, 4, seed=3)],
+        "noise-then-dropout": lambda: [Dense(6, 8, activation="relu", seed=1),
+                                       GaussianNoise(0.3, seed=2), Dropout(0.2, seed=4),
+                                       Dense(8, 4, seed=3)],
+        "last-noise": lambda: [Dense(6, 8, activation="relu", seed=1), Dense(8, 4, seed=3),
+                               GaussianNoise(0.3, seed=2)],
+        "noise-dtype": lambda: [Dense(6, 8, activation="relu", seed=1),
+                                GaussianNoise(0.3, seed=2, dtype=F64), Dense(8, 4, seed=3)],
     }
     for name, make in cases.items():
         runs = []
@@ -3191,6 +3288,35 @@ def test_step_plan_drops_are_checked():
             plan.step(*args, drops=drops)
     for a, b in zip(before, param_copies(model)):
         assert_same_bits(a, b)
+
+
+def test_step_plan_noise_drops_are_checked():
+    """StepPlan.step's drops for a plan with hidden noise (GaussianNoise, then Dropout): a
+    noise's (std, seed) with a std that is not finite and positive, or not a real number, is
+    refused naming drops, as a dropout's keep; the parameters are untouched."""
+    model = Sequential(Dense(4, 6, activation="relu", seed=1), GaussianNoise(0.5, seed=2),
+                       Dense(6, 5, activation="tanh", seed=3), Dropout(0.5, seed=4),
+                       Dense(5, 3, seed=5))
+    X = np.random.default_rng(0).standard_normal((10, 4)).astype(F32)
+    y = np.arange(10) % 3
+    opt = SGD(model.parameters(), lr=0.1)
+    model.train_step(X, y, "softmax", opt)
+    plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
+    assert plan.dropout_layers == (0, 1) and plan.hidden_kinds == (2, 1)
+    before = param_copies(model)
+    args = (X, y.astype(np.intp), None, 0.1, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
+    for drops, err in [([(0.0, 1), None], ValueError), ([(-1.0, 1), None], ValueError),
+                       ([(float("inf"), 1), None], ValueError),
+                       ([(float("nan"), 1), None], ValueError),
+                       ([None, (1.5, 1)], ValueError),   # (a keep probability for the dropout)
+                       ([("0.5", 1), None], TypeError), ([(True, 1), None], TypeError),
+                       ([(0.5, 1.0), None], TypeError), ([None], ValueError)]:
+        with pytest.raises(err, match="drops"):
+            plan.step(*args, drops=drops)
+    for a, b in zip(before, param_copies(model)):
+        assert_same_bits(a, b)
+    # a std above 1 is a std, not a keep probability: accepted
+    plan.step(*args, drops=[(1.5, 7), (0.5, 8)])
 
 
 @pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
@@ -3245,7 +3371,8 @@ def test_step_plan_front_is_checked():
              ("noise", (float("inf"), 1), ValueError), ("noise", (float("nan"), 1), ValueError),
              ("dropout", (0.5, -1), ValueError), ("noise", (0.5, 2**64), ValueError),
              ("dropout", (0.5, 1.0), TypeError), ("noise", [0.5, 1], TypeError),
-             ("dropout", (0.5,), TypeError)]
+             ("dropout", (0.5,), TypeError), ("noise", ("0.5", 1), TypeError),
+             ("dropout", (None, 1), TypeError), ("dropout", (True, 1), TypeError)]
     for name, front, err in cases:
         model, plan = plans[name]
         before = param_copies(model)
