@@ -50,6 +50,18 @@
 #  define FNN_ALWAYS_INLINE static inline
 #endif
 
+/* No multiply-add fused into one rounding (GCC's -ffp-contract=fast, its default, fuses them
+ * where it sees fit, and what it sees differs between the vectorized loop and a scalar branch
+ * of the same function: the noise of one element came out an ulp apart in float64 depending
+ * on where its span started). For the functions whose every element must be the same bits
+ * however the array is cut. Clang fuses only within one expression (the same everywhere);
+ * MSVC does not fuse by default. */
+#if defined(__GNUC__) && !defined(__clang__)
+#  define FNN_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#  define FNN_NO_CONTRACT
+#endif
+
 /* Name of the SIMD path the dispatcher picks on this CPU (mirrors target_clones order). */
 static inline const char *fnn_simd_path(void)
 {
@@ -188,7 +200,7 @@ static inline double fnn_expm1_nonpos_f64(double x)
  * k * ln2_hi). k becomes a double through the bits of 2^52 + k, with no integer conversion
  * (none for 64-bit lanes below AVX-512). Against glibc's log on 4.2 million x in [1, 10],
  * [1, 1 + 1e-6] and [1, e^700]: at most 1 ulp apart, 4% of them by 1 ulp. */
-static inline double fnn_log_pos_f64(double x)
+FNN_ALWAYS_INLINE double fnn_log_pos_f64(double x)
 {
     uint64_t u, mb, kb;
     double m, f, s, z, w, t1, t2, hf, k, r;
@@ -351,15 +363,16 @@ FNN_CLONES static void fnn_dropout_inplace_##SFX(T *FNN_RESTRICT y, ptrdiff_t n,
  * z = R cos(theta) and z = R sin(theta), R = sqrt(-2 log u1), u1 = (h1 + 1) / 2^32 in (0, 1]
  * (so |z| <= sqrt(64 ln 2) = 6.66), theta = 2 pi u2, u2 = h2 / 2^32. Element i's value depends on
  * (seed, i) only: any thread count, any split of the array gives the same numbers.
- * Computed in double for both dtypes, with basic operations only, so the loop vectorizes:
+ * Computed in double for both dtypes, with basic operations only, so the loop vectorizes, and
+ * none fused into a multiply-add (FNN_NO_CONTRACT): the same bits on every path and CPU build:
  * fnn_log_pos_f64 above, and sin and cos of theta reduced without error: theta = (pi/2) t,
  * t = h2 / 2^30, t = q + d / 2^30 with q the nearest integer (from the bits of h2) and
  * |d| <= 2^29, so r = d * (pi/2) / 2^30 is in [-pi/4, pi/4], where the minimax polynomials of
  * fdlibm's __kernel_sin and __kernel_cos (their coefficients S1..S6, C1..C6) are within about
  * an ulp. The quadrant q, less one for the sine, picks +-sin r or +-cos r.
  * fastnn/reference/dropout.py computes the same in NumPy with libm's log, cos and sin. */
-static inline void fnn_normal_pair(uint32_t even, uint32_t seed_lo, uint32_t seed_hi,
-                                   double *zc, double *zs)
+FNN_ALWAYS_INLINE void fnn_normal_pair(uint32_t even, uint32_t seed_lo, uint32_t seed_hi,
+                                         double *zc, double *zs)
 {
     uint32_t h1 = fnn_hash_index(even, seed_lo, seed_hi);
     uint32_t h2 = fnn_hash_index(even | 1u, seed_lo, seed_hi);
@@ -386,7 +399,8 @@ static inline void fnn_normal_pair(uint32_t even, uint32_t seed_lo, uint32_t see
 /* One pair at a time (a pair's log, square root and polynomials serve both its elements); an
  * odd first element (a span starting inside a pair) and an odd last one take their half. */
 #define FNN_DEFINE_SPANS_NOISE(T, SFX)                                                        \
-FNN_CLONES static void fnn_noise_##SFX(const T *FNN_RESTRICT x, T *FNN_RESTRICT y,            \
+FNN_CLONES FNN_NO_CONTRACT static void fnn_noise_##SFX(const T *FNN_RESTRICT x,              \
+        T *FNN_RESTRICT y,                                                                    \
         ptrdiff_t n, uint32_t first, double std, uint32_t seed_lo, uint32_t seed_hi)          \
 { ptrdiff_t i = 0; double zc, zs;                                                             \
   if (n > 0 && (first & 1u)) {                                                                \

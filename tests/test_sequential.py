@@ -3112,6 +3112,33 @@ def test_hidden_noise_with_a_front_and_a_changed_std(size):
     _compiled_matches_layerwise(run)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("width", [7, 41])
+def test_hidden_noise_over_an_odd_width_in_row_chunks(width, dtype):
+    """Row chunks over an odd width start the noise's spans inside its pairs (row r's first
+    element is r * width): the layer path's numbers still, bitwise. A reviewer found float64
+    gradients an ulp off here, from a multiply-add the compiler fused in one branch of the
+    noise kernel and not in its loop (csrc/fastnn_simd.h, FNN_NO_CONTRACT)."""
+    r = np.random.default_rng(21)
+    X = r.standard_normal((601, 5)).astype(dtype)
+    y = r.integers(0, 3, 601)
+
+    def run(twin=False):
+        model = Sequential(Dense(5, width, activation="relu", seed=1, dtype=dtype),
+                           GaussianNoise(0.5, seed=2), Dense(width, 3, seed=3, dtype=dtype))
+        if twin:
+            model._compilable = False
+        opt = SGD(model.parameters(), lr=0.05)
+        losses = [model.train_step(X, y, "softmax", opt) for _ in range(3)]
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin
+        if not twin:
+            assert step.plan.chunk_rows > 0
+        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
 def test_hidden_noise_adds_the_functional_noise_and_passes_the_gradient():
     """What the kernel's hidden noise does, seen from outside: with one hidden layer of
     identity units and W2 = I, the scores are the hidden layer's output plus the noise
