@@ -1549,7 +1549,7 @@ cdef class StepPlan:
             raise ValueError(f"drops must have {n} entries (one per dropout or noise), "
                              f"got {len(drops)}")
         return [StepPlan._parse_layer(self.P.reg[<int>self._drop_layers[k]].kind, drops[k],
-                                      "drops")
+                                      f"drops[{k}]")
                 for k in range(n)]
 
     cdef void _set_layers(self, list drops, tuple front):
