@@ -3086,32 +3086,6 @@ def test_hidden_noise_runs_inside_the_whole_step_kernel(hidden, dtype, size):
     _compiled_matches_layerwise(run)
 
 
-@pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
-def test_hidden_noise_with_a_front_and_a_changed_std(size):
-    """Input dropout and noise in front, a GaussianNoise and a Dropout between the layers,
-    with Adam: the layer path's numbers, also after the noise's std is set to 0 (no draw: it
-    passes its input on) and to another value between steps (read at each step)."""
-    n, widths = FUSED_SIZES[size]
-    widths = widths[:1] + (24,) + widths[1:] if len(widths) < 4 else widths
-    r = np.random.default_rng(18)
-    X = r.standard_normal((n, widths[0])).astype(F32)
-    y = r.integers(0, widths[-1], n)
-
-    def run(twin=False):
-        model = _hidden_model(widths, F32, "relu", ps=(0.4,), front=True, twin=twin, noise=True)
-        noise = [layer for layer in model.layers[2:] if type(layer) is GaussianNoise]
-        assert len(noise) == 1 and any(type(layer) is Dropout for layer in model.layers[2:])
-        opt = Adam(model.parameters(), lr=1e-2)
-        losses = []
-        for std in (0.4, 0.0, 1.5):
-            noise[0].std = std
-            losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
-        assert (model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == twin
-        return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
-
-    _compiled_matches_layerwise(run)
-
-
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 @pytest.mark.parametrize("width", [7, 41])
 def test_hidden_noise_over_an_odd_width_in_row_chunks(width, dtype):
@@ -3139,52 +3113,35 @@ def test_hidden_noise_over_an_odd_width_in_row_chunks(width, dtype):
     _compiled_matches_layerwise(run)
 
 
-def test_hidden_noise_adds_the_functional_noise_and_passes_the_gradient():
-    """What the kernel's hidden noise does, seen from outside: with one hidden layer of
-    identity units and W2 = I, the scores are the hidden layer's output plus the noise
-    fastnn.functional draws from the layer's seed, and the first layer's weight gradient is
-    X.T @ dscores (the noise's gradient is the identity)."""
-    import fastnn.functional as F
-
-    r = np.random.default_rng(0)
-    X = r.standard_normal((50, 8))
-    y = r.integers(0, 8, 50)
-    model = Sequential(Dense(8, 8, seed=1, dtype=F64), GaussianNoise(0.7, seed=9),
-                       Dense(8, 8, seed=2, dtype=F64))
-    model.layers[2].params["W"][...] = np.eye(8)
-    model.layers[2].params["b"][...] = 0
-    seed = int(np.random.default_rng(9).integers(0, 2**63 - 1))   # the layer's first draw
-    hidden = X @ model.layers[0].params["W"] + model.layers[0].params["b"]
-    scores, _ = F.gaussian_noise_forward(hidden, 0.7, "train", seed)
-    assert 0.5 < np.std(scores - hidden) < 0.9
-    value, dscores = F.softmax_loss(scores, y)
-    opt = SGD(model.parameters(), lr=0.0)
-    assert model.train_step(X, y, "softmax", opt) == pytest.approx(value, rel=1e-14)
-    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
-    assert step is not None and step.plan.hidden_kinds == (2,)
-    np.testing.assert_allclose(model.layers[0].grads["W"], X.T @ dscores, rtol=1e-12,
-                               atol=1e-15)
-
-
 @pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
-def test_hidden_dropout_with_a_front_and_a_changed_p(size):
-    """Input dropout and noise in front and dropouts between the layers, with Adam: the
-    layer path's numbers, also after a dropout's p is set to 0 (no draw: it passes its input
-    on, inside the kernel too) and to another value between steps (read at each step)."""
+@pytest.mark.parametrize("kind", ["dropout", "noise"])
+def test_hidden_layers_with_a_front_and_a_changed_setting(kind, size):
+    """Input dropout and noise in front and dropouts (kind "noise": a GaussianNoise, then a
+    Dropout) between the layers, with Adam: the layer path's numbers, also after the first
+    hidden layer's p or std is set to 0 (no draw: it passes its input on, inside the kernel
+    too) and to another value between steps (read at each step)."""
     n, widths = FUSED_SIZES[size]
+    if kind == "noise" and len(widths) < 4:
+        widths = widths[:1] + (24,) + widths[1:]   # (room for a Dropout above the noise)
     r = np.random.default_rng(8)
     X = r.standard_normal((n, widths[0])).astype(F32)
     y = r.integers(0, widths[-1], n)
+    layer_type, name, values = ((Dropout, "p", (0.4, 0.0, 0.7)) if kind == "dropout" else
+                                (GaussianNoise, "std", (0.4, 0.0, 1.5)))
 
     def run(twin=False):
-        model = _hidden_model(widths, F32, "tanh", ps=(0.4,), front=True, twin=twin)
-        drops = [layer for layer in model.layers[2:] if type(layer) is Dropout]
+        model = _hidden_model(widths, F32, "tanh" if kind == "dropout" else "relu", ps=(0.4,),
+                              front=True, twin=twin, noise=kind == "noise")
+        first = [layer for layer in model.layers[2:] if type(layer) is layer_type][0]
         opt = Adam(model.parameters(), lr=1e-2)
         losses = []
-        for p in (0.4, 0.0, 0.7):
-            drops[0].p = p
+        for v in values:
+            setattr(first, name, v)
             losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
-        assert (model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == twin
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert (step is None) == twin
+        if not twin and kind == "noise":
+            assert step.plan.hidden_kinds[:2] == (2, 1)
         return losses, param_copies(model), [p.grad.copy() for p in model.parameters()]
 
     _compiled_matches_layerwise(run)
@@ -3221,31 +3178,38 @@ def test_hidden_dropout_fit_guard_and_refused_labels_as_on_the_layer_path(loss, 
         assert_same_bits(a, b)
 
 
-def test_hidden_dropout_masks_units_and_scales_the_kept():
-    """What the kernel's dropout does, seen from outside: with one hidden layer of identity
-    units and W2 = I, the scores are the hidden layer's output through the dropout, so the
-    kept units are scaled by 1 / keep, the dropped are 0 (the mask the functional dropout
-    makes from the drawn seed), and the first layer's weight gradient is that of the masked
-    units only."""
+@pytest.mark.parametrize("kind", ["dropout", "noise"])
+def test_a_hidden_layer_inside_the_kernel_seen_from_outside(kind):
+    """What the kernel's hidden dropout or noise does, seen from outside: with one hidden
+    layer of identity units and W2 = I, the scores are the hidden layer's output through the
+    layer as fastnn.functional computes it from the drawn seed. A dropout's kept units are
+    scaled by 1 / keep, the dropped are 0, and the first layer's weight gradient is that of
+    the kept units only; a noise adds N(0, std^2) and passes the gradient on unchanged."""
     import fastnn.functional as F
 
     r = np.random.default_rng(0)
     X = r.standard_normal((50, 8))
     y = r.integers(0, 8, 50)
-    model = Sequential(Dense(8, 8, seed=1, dtype=F64), Dropout(0.5, seed=9),
-                       Dense(8, 8, seed=2, dtype=F64))
+    middle = Dropout(0.5, seed=9) if kind == "dropout" else GaussianNoise(0.7, seed=9)
+    model = Sequential(Dense(8, 8, seed=1, dtype=F64), middle, Dense(8, 8, seed=2, dtype=F64))
     model.layers[2].params["W"][...] = np.eye(8)
     model.layers[2].params["b"][...] = 0
     seed = int(np.random.default_rng(9).integers(0, 2**63 - 1))   # the layer's first draw
     hidden = X @ model.layers[0].params["W"] + model.layers[0].params["b"]
-    scores, _ = F.dropout_forward(hidden, {"p": 0.5, "mode": "train", "seed": seed})
-    kept = scores != 0
-    assert 0.3 < kept.mean() < 0.7
+    if kind == "dropout":
+        scores, _ = F.dropout_forward(hidden, {"p": 0.5, "mode": "train", "seed": seed})
+        passed = (scores != 0) * 2.0
+        assert 0.3 < (scores != 0).mean() < 0.7
+    else:
+        scores, _ = F.gaussian_noise_forward(hidden, 0.7, "train", seed)
+        passed = 1.0
+        assert 0.5 < np.std(scores - hidden) < 0.9
     value, dscores = F.softmax_loss(scores, y)
     opt = SGD(model.parameters(), lr=0.0)
     assert model.train_step(X, y, "softmax", opt) == pytest.approx(value, rel=1e-14)
-    assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not None
-    np.testing.assert_allclose(model.layers[0].grads["W"], X.T @ (dscores * kept * 2.0),
+    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert step is not None and step.plan.hidden_kinds == ((1,) if kind == "dropout" else (2,))
+    np.testing.assert_allclose(model.layers[0].grads["W"], X.T @ (dscores * passed),
                                rtol=1e-12, atol=1e-15)
 
 
