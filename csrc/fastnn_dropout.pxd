@@ -3,6 +3,12 @@
 # dropout between layers (fastnn_dense.pxd drop_rows) and on its input call the same ones.
 from libc.stdint cimport uint32_t
 
+cdef enum:
+    # the dropout and noise functions' rule for threads (effective_threads), wherever they run
+    DROP_MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
+    DROP_COST = 2    # a dropout element's cost in ReLU-element units
+    NOISE_COST = 8   # a noise element's (its kernel's rate; an estimate, not measured)
+
 cdef extern from "fastnn_simd.h" nogil:
     # y = x * scale where hash(seed, first + i) <= limit, else 0 (x and y must not alias)
     void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,

@@ -27,7 +27,8 @@ from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass
                             effective_threads)
 from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
-from fastnn_dropout cimport fnn_noise_f32, fnn_noise_f64
+from fastnn_dropout cimport (fnn_noise_f32, fnn_noise_f64, DROP_MIN_WORK_PER_THREAD,
+                             DROP_COST, NOISE_COST)
 from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
@@ -364,6 +365,9 @@ cdef inline void _reg_rows(const Regularizer *r, const floating *x, Py_ssize_t l
     2**32: the plan checks its size): each element's value comes from its index and the
     seed (fastnn.functional's dropout and noise), so any cut gives the same numbers."""
     cdef Py_ssize_t i
+    if ldx == n and ldy == n and ld_index == n:   # (whole rows: one span of them, one call)
+        n = rows * n
+        rows = 1
     if r.kind == RG_DROPOUT:
         drop_rows(&r.m, x, ldx, y, ldy, rows, n, first, ld_index)
         return
@@ -378,12 +382,12 @@ cdef inline void _reg_rows(const Regularizer *r, const floating *x, Py_ssize_t l
 
 cdef void _reg_forward(const Regularizer *r, const floating *x, floating *y, Py_ssize_t n,
                        int nt) noexcept nogil:
-    """y = the layer r over the n elements of x, in the fixed element chunks of the dropout
-    module's functions (element-wise from the index: the same numbers on any thread count,
-    any cut; a noise element costs ~8 dropout ones: dropout.pyx's NOISE_COST)."""
+    """y = the layer r over the n elements of x, in the fixed element chunks and on the
+    threads of the dropout module's functions (element-wise from the index: the same numbers
+    on any thread count, any cut)."""
     cdef Py_ssize_t c, start, nch = chunk_count(n)
-    cdef int threads = effective_threads(n * (2 if r.kind == RG_DROPOUT else 8), 65536, nt,
-                                         nch)
+    cdef int threads = effective_threads(n * (DROP_COST if r.kind == RG_DROPOUT else NOISE_COST),
+                                         DROP_MIN_WORK_PER_THREAD, nt, nch)
     if threads <= 1:
         _reg_rows(r, x, n, y, n, 1, n, 0, n)
     else:

@@ -147,10 +147,15 @@ def _grad_is_finite(grad):
     return bool(np.isfinite(grad).all())
 
 
+# the parameterless layers the whole-step kernel runs itself: in front of the Dense stack (one
+# of them) and between two Dense layers (_kernel_front, Sequential._build)
+_REGULARIZERS = (Dropout, GaussianNoise)
+
+
 def _kernel_front(front):
     """The layer of a model's front (Sequential._front) that the whole-step kernel runs over
     X: a front of one Dropout or one GaussianNoise, else None (longer fronts run in Python)."""
-    return front[0] if len(front) == 1 and type(front[0]) in (Dropout, GaussianNoise) else None
+    return front[0] if len(front) == 1 and type(front[0]) in _REGULARIZERS else None
 
 
 def _setting(layer):
@@ -184,7 +189,7 @@ class _CompiledStep:
         stack = model._units[len(model._front):]   # (the front: over X, in the kernel or before it)
         for unit in stack:
             dense, act = unit.layer, unit.act
-            if type(dense) in (Dropout, GaussianNoise):
+            if type(dense) in _REGULARIZERS:
                 # between two Dense units (_build): the plan keeps its output, and each step
                 # gets its mask or noise (Sequential._step draws the seeds, as the layer's
                 # forward does)
@@ -658,7 +663,7 @@ class Sequential:
         # Dropout or GaussianNoise between two Dense units runs inside the kernel (its seeds
         # drawn in Python: _CompiledStep.draw); not with a prelu hidden layer (the kernel's
         # backward through buffers has none: such a model trains layer by layer)
-        hidden = tuple(u.layer for u in stack if type(u.layer) in (Dropout, GaussianNoise))
+        hidden = tuple(u.layer for u in stack if type(u.layer) in _REGULARIZERS)
         self._compilable = (all(layer.dtype is None or layer.dtype == stack_dtype
                                 for layer in self._front + hidden)
                             and not (hidden and any(
@@ -668,7 +673,7 @@ class Sequential:
                             and all((type(u.layer) is Dense
                                      and (u.act is None or not isinstance(u.act, PReLU)
                                           or u.act.num_parameters > 1))
-                                    or (type(u.layer) in (Dropout, GaussianNoise)
+                                    or (type(u.layer) in _REGULARIZERS
                                         and 0 < i < len(stack) - 1
                                         and type(stack[i - 1].layer) is Dense
                                         and type(stack[i + 1].layer) is Dense)
@@ -1291,7 +1296,7 @@ class Sequential:
             validation_data = (X_val, y_val)
         if seed is not None:
             for layer in self._layers:
-                if isinstance(layer, (Dropout, GaussianNoise)):
+                if isinstance(layer, _REGULARIZERS):
                     layer.reseed(int(rng.integers(0, 2**63 - 1)))
         classify = loss.accuracy_kind is not None
         history = {"loss": [], "samples_per_s": []}
@@ -1322,7 +1327,7 @@ class Sequential:
             # (a Dropout or GaussianNoise inside the stack: one more buffer of its width)
             last = getattr(layer, "out_features", last)
             widths += getattr(layer, "out_features", 0) + (
-                last if type(layer) in (Dropout, GaussianNoise) else 0)
+                last if type(layer) in _REGULARIZERS else 0)
         if _kernel_front(self._front) is not None:
             widths += int(np.prod(X.shape[1:]))   # (its copy of the input, the front's output)
         drop_partial = (partial and partial_key not in self._compiled

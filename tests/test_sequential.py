@@ -3254,60 +3254,51 @@ def test_hidden_dropout_where_the_kernel_does_not_take_it():
             assert_same_bits(a, b, name)
 
 
-def test_step_plan_drops_are_checked():
-    """StepPlan.step's drops (one (keep, seed) or None per dropout layer) are checked before
-    anything runs: a wrong count, a keep probability outside (0, 1] or NaN, a seed that is not
-    an int or not in [0, 2**64) are refused naming drops, and the plan's parameters are
-    untouched."""
-    model = Sequential(Dense(4, 6, activation="relu", seed=1), Dropout(0.5, seed=2),
-                       Dense(6, 3, seed=3))
+# StepPlan.step's drops cases per plan: a Dropout between two layers; a GaussianNoise, then a
+# Dropout. Each (drops, error), and an entry the plan must accept.
+_DROPS_CASES = {
+    "dropout": ((Dropout(0.5, seed=2),), (0,), (1,), [
+        ([], ValueError), ([None, None], ValueError), ([(0.0, 1)], ValueError),
+        ([(1.5, 1)], ValueError), ([(float("nan"), 1)], ValueError),
+        ([(0.5, -1)], ValueError), ([(0.5, 2**64)], ValueError),
+        ([(0.5, 1.0)], TypeError), ([(0.5, True)], TypeError),
+        ([0.5], TypeError), ([(0.5, 1, 2)], TypeError)], [(0.5, 7)]),
+    "noise-then-dropout": ((GaussianNoise(0.5, seed=2), Dense(6, 5, activation="tanh", seed=3),
+                            Dropout(0.5, seed=4)), (0, 1), (2, 1), [
+        ([(0.0, 1), None], ValueError), ([(-1.0, 1), None], ValueError),
+        ([(float("inf"), 1), None], ValueError), ([(float("nan"), 1), None], ValueError),
+        ([None, (1.5, 1)], ValueError),   # (a keep probability for the dropout)
+        ([("0.5", 1), None], TypeError), ([(True, 1), None], TypeError),
+        ([(0.5, 1.0), None], TypeError), ([None], ValueError)],
+        [(1.5, 7), (0.5, 8)]),   # (a std above 1 is a std, not a keep probability)
+}
+
+
+@pytest.mark.parametrize("case", list(_DROPS_CASES))
+def test_step_plan_drops_are_checked(case):
+    """StepPlan.step's drops (a dropout's (keep, seed), a noise's (std, seed), or None, one
+    per layer of dropout_layers) are checked before anything runs: a wrong count, a keep
+    probability outside (0, 1] or NaN, a std that is not finite and positive, a keep or std
+    that is not a real number, a seed that is not an int or not in [0, 2**64) are refused
+    naming drops, and the plan's parameters are untouched; a valid entry is taken."""
+    middle, layers, kinds, bad, good = _DROPS_CASES[case]
+    width = 6 if len(middle) == 1 else 5
+    model = Sequential(Dense(4, 6, activation="relu", seed=1), *copy.deepcopy(middle),
+                       Dense(width, 3, seed=5))
     X = np.random.default_rng(0).standard_normal((10, 4)).astype(F32)
     y = np.arange(10) % 3
     opt = SGD(model.parameters(), lr=0.1)
     model.train_step(X, y, "softmax", opt)
     plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
-    assert plan.dropout_layers == (0,)
-    before = param_copies(model)
-    labels = y.astype(np.intp)
-    args = (X, labels, None, 0.1, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
-    for drops, err in [([], ValueError), ([None, None], ValueError), ([(0.0, 1)], ValueError),
-                       ([(1.5, 1)], ValueError), ([(float("nan"), 1)], ValueError),
-                       ([(0.5, -1)], ValueError), ([(0.5, 2**64)], ValueError),
-                       ([(0.5, 1.0)], TypeError), ([(0.5, True)], TypeError),
-                       ([0.5], TypeError), ([(0.5, 1, 2)], TypeError)]:
-        with pytest.raises(err, match="drops"):
-            plan.step(*args, drops=drops)
-    for a, b in zip(before, param_copies(model)):
-        assert_same_bits(a, b)
-
-
-def test_step_plan_noise_drops_are_checked():
-    """StepPlan.step's drops for a plan with hidden noise (GaussianNoise, then Dropout): a
-    noise's (std, seed) with a std that is not finite and positive, or not a real number, is
-    refused naming drops, as a dropout's keep; the parameters are untouched."""
-    model = Sequential(Dense(4, 6, activation="relu", seed=1), GaussianNoise(0.5, seed=2),
-                       Dense(6, 5, activation="tanh", seed=3), Dropout(0.5, seed=4),
-                       Dense(5, 3, seed=5))
-    X = np.random.default_rng(0).standard_normal((10, 4)).astype(F32)
-    y = np.arange(10) % 3
-    opt = SGD(model.parameters(), lr=0.1)
-    model.train_step(X, y, "softmax", opt)
-    plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan
-    assert plan.dropout_layers == (0, 1) and plan.hidden_kinds == (2, 1)
+    assert plan.dropout_layers == layers and plan.hidden_kinds == kinds
     before = param_copies(model)
     args = (X, y.astype(np.intp), None, 0.1, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1)
-    for drops, err in [([(0.0, 1), None], ValueError), ([(-1.0, 1), None], ValueError),
-                       ([(float("inf"), 1), None], ValueError),
-                       ([(float("nan"), 1), None], ValueError),
-                       ([None, (1.5, 1)], ValueError),   # (a keep probability for the dropout)
-                       ([("0.5", 1), None], TypeError), ([(True, 1), None], TypeError),
-                       ([(0.5, 1.0), None], TypeError), ([None], ValueError)]:
+    for drops, err in bad:
         with pytest.raises(err, match="drops"):
             plan.step(*args, drops=drops)
     for a, b in zip(before, param_copies(model)):
         assert_same_bits(a, b)
-    # a std above 1 is a std, not a keep probability: accepted
-    plan.step(*args, drops=[(1.5, 7), (0.5, 8)])
+    plan.step(*args, drops=good)
 
 
 @pytest.mark.parametrize("size", ["small", "chunked", "tiled"])
