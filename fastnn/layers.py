@@ -771,9 +771,22 @@ class _Stochastic(Layer):
         super().__init__(dtype)
         self.seed = _check_seed(seed)
         self._rng = np.random.default_rng(seed)
+        self._drawn = None   # a seed drawn for a step that then ran on the layer path
 
     def reseed(self, seed):
         self._rng = np.random.default_rng(_check_seed(seed))
+        self._drawn = None
+
+    def _next_seed(self):
+        """The seed of the next training call: one from the generator, or the one the
+        whole-step kernel drew for a step it then handed to the layer path
+        (Sequential._compiled_run), so that a step draws each seed once whichever path runs
+        it."""
+        seed = self._drawn
+        if seed is None:
+            return int(self._rng.integers(0, 2**63 - 1))
+        self._drawn = None
+        return seed
 
     def _infer(self, x):
         return self._input(x)   # off in inference mode (forward(x, training=False))
@@ -802,7 +815,7 @@ class Dropout(CheckedSettings, _Stochastic):
         if not self._is_training(training) or self.p == 0.0:
             self._cache = None
             return x
-        seed = int(self._rng.integers(0, 2**63 - 1))
+        seed = self._next_seed()
         out, self._cache = _fdrop.dropout_forward(x, {"p": 1.0 - self.p, "mode": "train", "seed": seed})
         return out
 
@@ -835,7 +848,7 @@ class GaussianNoise(CheckedSettings, _Stochastic):
         self._shape = x.shape
         if not self._is_training(training) or self.std == 0.0:
             return x
-        seed = int(self._rng.integers(0, 2**63 - 1))   # (as Dropout's: the kernel draws from it)
+        seed = self._next_seed()   # (as Dropout's: the kernel makes the noise from it)
         return _fdrop._noise(x, self.std, seed)
 
     def backward(self, dout, need_dx=True):

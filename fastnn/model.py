@@ -165,10 +165,10 @@ def _setting(layer):
     if type(layer) is Dropout:
         if layer.p == 0.0:
             return None
-        return (1.0 - layer.p, int(layer._rng.integers(0, 2**63 - 1)))
+        return (1.0 - layer.p, layer._next_seed())
     if layer.std == 0.0:
         return None
-    return (float(layer.std), int(layer._rng.integers(0, 2**63 - 1)))
+    return (float(layer.std), layer._next_seed())
 
 
 class _CompiledStep:
@@ -1191,12 +1191,36 @@ class Sequential:
             # an array the plan holds was made read-only or reshaped in place since it was
             # built (nothing ran): build again from the arrays as they are now, or take the
             # layer path, whose checks name a bad one
+            inside = (compiled.front, compiled.drops)   # (the layers draws are of)
             compiled = self._rebuilt_step(X, loss, optimizer)
             if compiled is None:
-                return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count, start)
+                # the layers inside the kernel have drawn this step's seeds: their forward on
+                # the layer path takes those (_next_seed) instead of drawing again
+                return self._layer_step_drawn(X, y, loss, optimizer, skip_nonfinite, count,
+                                              start, inside, draws)
             value, correct, stopped = compiled.run(self, X, y, optimizer, skip_nonfinite, count,
                                                    draws)
         return float(value), correct, stopped
+
+    def _layer_step_drawn(self, X, y, loss, optimizer, skip_nonfinite, count, start, inside,
+                          draws):
+        """_layer_step for a step whose seeds the kernel's layers drew (draws, _CompiledStep.draw,
+        of the layers `inside`: the kernel's front and drops) before it fell to the layer
+        path: each layer's forward takes its drawn seed, so the generators stand where one
+        step leaves them and the masks are those the kernel would have used. A seed the step
+        does not use (it stopped before that layer) is dropped with it."""
+        front, drops = inside
+        layers = ([] if front is None else [front]) + list(drops)
+        settings = [draws[0]] if front is not None else []
+        settings += list(draws[1] or ())
+        for layer, setting in zip(layers, settings):
+            if setting is not None:
+                layer._drawn = setting[1]
+        try:
+            return self._layer_step(X, y, loss, optimizer, skip_nonfinite, count, start)
+        finally:
+            for layer in layers:
+                layer._drawn = None
 
     def _layer_step(self, X, y, loss, optimizer, skip_nonfinite, count, start=0):
         """_step layer by layer (the caller holds the lock), from unit `start` on (X: the

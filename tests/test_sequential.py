@@ -2947,6 +2947,59 @@ def test_a_changed_array_refused_before_the_front_draws(what):
         assert_same_bits(a, b)
 
 
+@pytest.mark.parametrize("front", ["none", "kernel", "python"])
+def test_a_step_that_falls_to_the_layer_path_after_its_draws_draws_once(front, monkeypatch):
+    """The kernel refuses a step after its layers have drawn their seeds (an array changed
+    between StepPlan.check_arrays and the step: another Python thread) and no plan can be
+    built again: the layer path takes that step with the seeds already drawn, so it computes
+    what the kernel would have, and each generator stands where one step leaves it. A model
+    on the layer path from the start takes the same steps, bitwise, before and after."""
+    from fastnn._kernels import network as kn
+    r = np.random.default_rng(12)
+    X = r.standard_normal((40, 6)).astype(F32)
+    y = r.integers(0, 3, 40)
+    results = []
+    for twin in (False, True):
+        fronts = {"none": [], "kernel": [Dropout(0.25, seed=60)],
+                  "python": [Dropout(0.25, seed=60), GaussianNoise(0.2, seed=61)]}
+        model = Sequential(*fronts[front], Dense(6, 16, activation="relu", seed=1),
+                           Dropout(0.4, seed=62), Dense(16, 12, activation="tanh", seed=2),
+                           GaussianNoise(0.3, seed=63), Dense(12, 3, seed=3))
+        if twin:
+            model._compilable = False   # (as for a model the kernel does not run)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        losses = [model.train_step(X, y, "softmax", opt)]
+        if not twin:
+            compiled = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+            assert compiled.plan.hidden_kinds == (1, 2)
+            assert (compiled.front is not None) == (front == "kernel")
+            refused = []
+
+            def refuse(*args, **kwargs):
+                refused.append(True)
+                raise kn.ArraysChanged("changed by another thread (test)")
+
+            def no_plan(X, loss, optimizer):
+                model._compiled.clear()
+                return None
+
+            monkeypatch.setattr(compiled, "run", refuse)
+            monkeypatch.setattr(model, "_rebuilt_step", no_plan)
+        losses.append(model.train_step(X, y, "softmax", opt))
+        if not twin:
+            assert refused == [True]
+            monkeypatch.undo()
+            assert all(layer._drawn is None for layer in model.layers
+                       if isinstance(layer, (Dropout, GaussianNoise)))
+        losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
+        if not twin:
+            assert model._compiled_step(X, SoftmaxCrossEntropy(), opt) is not None
+        results.append((losses, param_copies(model)))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_same_bits(a, b)
+
+
 def test_a_front_dtype_set_after_the_build_builds_no_plan_per_step():
     """A front layer's dtype set to another than the stack's after a compiled step: the model's
     dtype follows it, so each step's X is of that dtype, and the plan of the stack's dtype was
