@@ -28,7 +28,7 @@ from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass
 from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
 from fastnn_dropout cimport (fnn_noise_f32, fnn_noise_f64, DROP_MIN_WORK_PER_THREAD,
-                             DROP_COST, NOISE_COST)
+                             DROP_COST, NOISE_COST, NOISE_CHUNK)
 from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
@@ -385,16 +385,18 @@ cdef void _reg_forward(const Regularizer *r, const floating *x, floating *y, Py_
     """y = the layer r over the n elements of x, in the fixed element chunks and on the
     threads of the dropout module's functions (element-wise from the index: the same numbers
     on any thread count, any cut)."""
-    cdef Py_ssize_t c, start, nch = chunk_count(n)
-    cdef int threads = effective_threads(n * (DROP_COST if r.kind == RG_DROPOUT else NOISE_COST),
+    cdef bint drop = r.kind == RG_DROPOUT
+    cdef Py_ssize_t c, start, size = FNN_CHUNK if drop else NOISE_CHUNK
+    cdef Py_ssize_t nch = cdiv(n, size)
+    cdef int threads = effective_threads(n * (DROP_COST if drop else NOISE_COST),
                                          DROP_MIN_WORK_PER_THREAD, nt, nch)
     if threads <= 1:
         _reg_rows(r, x, n, y, n, 1, n, 0, n)
     else:
         fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
         for c in prange(nch, num_threads=threads, schedule="static"):
-            start = c * FNN_CHUNK
-            _reg_rows(r, x + start, 0, y + start, 0, 1, chunk_len(c, n), start, 0)
+            start = c * size
+            _reg_rows(r, x + start, 0, y + start, 0, 1, min(size, n - start), start, 0)
 
 
 cdef inline int _update_threads(NetPlan *P, int nt) noexcept nogil:

@@ -10,7 +10,9 @@ std / sqrt(2 n). Every statistical check allows 5 standard errors (a false alarm
 import numpy as np
 import pytest
 
+import fastnn
 import fastnn.functional as F
+from fastnn import _threads
 from fastnn.reference import dropout as R
 
 from conftest import assert_same_bits, assert_thread_invariant, numerical_gradient, openmp_workers_started
@@ -469,6 +471,36 @@ def test_gaussian_noise_is_the_same_for_any_thread_count(dtype, rng):
     the array into different spans, give the same bits."""
     x = rng.standard_normal(5 * 16384 + 3).astype(dtype)
     assert_thread_invariant(lambda: F.gaussian_noise_forward(x, 1.5, seed=77)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("size", [8191, 8192, 8193, 12289, 16385, 24577])
+def test_gaussian_noise_threads_from_two_of_its_chunks(size, dtype, rng):
+    """Noise costs ~16 ReLU elements an element, and threaded it runs in chunks of 4096
+    elements (NOISE_CHUNK, not the 16384 of the other element-wise kernels): a call of 8192
+    elements or more takes a second thread, fewer do not; and whatever the cut, at 1, 2, 3
+    and 16 threads, a call of an odd size (its chunks starting inside Box-Muller pairs) and
+    a part of it from an odd counter give the bits of the whole on one thread."""
+    from fastnn._kernels import _config
+    from fastnn._kernels import dropout as kd
+
+    x = rng.standard_normal(size + 3).astype(dtype)
+    whole = np.empty_like(x)
+    kd.noise_apply(x, whole, 0.6, 99, 1)
+    with _threads._dynamic_set(False):
+        before = kd.parallel_regions()
+        out = np.empty(size, dtype)
+        kd.noise_apply(x[:size], out, 0.6, 99, 2)
+        started = kd.parallel_regions() - before
+    assert started == (1 if size >= 8192 and _config.openmp_enabled() else 0)
+    assert_same_bits(out, whole[:size])
+
+    def part():
+        y = np.empty(size, dtype)
+        kd.noise_apply(x[3:], y, 0.6, 99, fastnn.get_num_threads(), 3)
+        return y
+
+    assert_same_bits(assert_thread_invariant(part), whole[3:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -894,11 +894,13 @@ FUSED_HIDDEN = {
 # or 3 threads) that all take turns; turns on a 3-output layer (one gemv per column:
 # Plan.thin, with the BLAS's beta = 1); a deep first layer whose forward runs in two parts of
 # its inner dimension (forward_plan), its partial in the weight-gradient workspace, below a
-# layer in row chunks; and a deep output layer with 3 outputs (its parts through gemv)
+# layer in row chunks; a deep output layer with 3 outputs (its parts through gemv); and a
+# tiled network with a narrow hidden layer (12,480 outputs)
 FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10)),
                "chunked": (601, (5, 40, 30, 3)), "chunked-turns": (64, (5, 40, 30, 3)),
                "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (64, (20, 40, 3)),
-               "deep": (64, (3072, 16, 10)), "deep-thin-last": (256, (20, 4096, 3))}
+               "deep": (64, (3072, 16, 10)), "deep-thin-last": (256, (20, 4096, 3)),
+               "tiled-narrow": (96, (300, 130, 10))}
 
 
 def _fused_model(hidden, widths, dtype, dropout0=False):
@@ -3078,6 +3080,8 @@ def _hidden_model(widths, dtype, hidden="relu", ps=(0.3, 0.5), front=False, twin
 
 
 HIDDEN_SIZES = ["small", "chunked", "chunked-turns", "chunked-4-turns", "tiled", "deep"]
+# (tiled-narrow: a hidden layer of 12,480 elements on the tiled path, whose noise takes a
+# second thread in chunks of NOISE_CHUNK, where one of FNN_CHUNK would hold it all)
 
 
 @pytest.mark.parametrize("size", HIDDEN_SIZES)
@@ -3109,7 +3113,7 @@ def test_hidden_dropout_runs_inside_the_whole_step_kernel(hidden, dtype, size):
     _compiled_matches_layerwise(run)
 
 
-@pytest.mark.parametrize("size", HIDDEN_SIZES)
+@pytest.mark.parametrize("size", HIDDEN_SIZES + ["tiled-narrow"])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 @pytest.mark.parametrize("hidden", ["relu", "leaky_relu_negative", "tanh"])
 def test_hidden_noise_runs_inside_the_whole_step_kernel(hidden, dtype, size):
