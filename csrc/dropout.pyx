@@ -13,8 +13,7 @@ from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads
                             fnn_note_parallel, fnn_parallel_seen)
 from fastnn_dropout cimport (fnn_dropout_f32, fnn_dropout_f64, fnn_dropout_inplace_f32,
                              fnn_dropout_inplace_f64, fnn_noise_f32, fnn_noise_f64,
-                             DROP_MIN_WORK_PER_THREAD, DROP_COST, NOISE_COST,
-                             NOISE_CHUNK, noise_chunk_count, noise_chunk_len)
+                             DROP_MIN_WORK_PER_THREAD, DROP_COST, NOISE_COST, NOISE_CHUNK)
 
 
 cpdef unsigned long long noise_key(unsigned long long seed) noexcept:
@@ -116,7 +115,7 @@ def noise_apply(const floating[::1] x, floating[::1] y, double std, unsigned lon
         return
     base = <uint32_t>first
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, n, sizeof(floating), 0, 0), n_threads)
-    nchunks = noise_chunk_count(n)
+    nchunks = (n + NOISE_CHUNK - 1) // NOISE_CHUNK
     nt = effective_threads(n * NOISE_COST, DROP_MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt <= 1:
@@ -128,7 +127,7 @@ def noise_apply(const floating[::1] x, floating[::1] y, double std, unsigned lon
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * NOISE_CHUNK
-                m = noise_chunk_len(c, n)
+                m = min(<Py_ssize_t>NOISE_CHUNK, n - start)
                 if floating is float:
                     fnn_noise_f32(&x[start], &y[start], m, base + <uint32_t>start, std, lo, hi)
                 else:

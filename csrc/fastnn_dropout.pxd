@@ -16,15 +16,6 @@ cdef enum:
     # seed (the same bits for any cut: fnn_noise_*), so the chunk size changes no number.
     NOISE_CHUNK = 4096
 
-
-cdef inline Py_ssize_t noise_chunk_count(Py_ssize_t n) noexcept nogil:
-    return (n + NOISE_CHUNK - 1) // NOISE_CHUNK
-
-
-cdef inline Py_ssize_t noise_chunk_len(Py_ssize_t c, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t m = n - c * NOISE_CHUNK
-    return NOISE_CHUNK if m > NOISE_CHUNK else m
-
 cdef extern from "fastnn_simd.h" nogil:
     # y = x * scale where hash(seed, first + i) <= limit, else 0 (x and y must not alias)
     void fnn_dropout_f32(const float *x, float *y, Py_ssize_t n, uint32_t first,
