@@ -767,11 +767,14 @@ class _Stochastic(Layer):
     """A layer that draws random numbers in training: its own Generator, seeded by ``seed``
     (``Sequential.fit(seed=...)`` reseeds it for a reproducible run)."""
 
+    # a seed drawn for a step that then ran on the layer path (_next_seed); a class default,
+    # so that a layer pickled before it existed trains
+    _drawn = None
+
     def __init__(self, seed, dtype):
         super().__init__(dtype)
         self.seed = _check_seed(seed)
         self._rng = np.random.default_rng(seed)
-        self._drawn = None   # a seed drawn for a step that then ran on the layer path
 
     def reseed(self, seed):
         self._rng = np.random.default_rng(_check_seed(seed))

@@ -3002,6 +3002,85 @@ def test_a_step_that_falls_to_the_layer_path_after_its_draws_draws_once(front, m
         assert_same_bits(a, b)
 
 
+def test_seeds_handed_to_a_layer_path_that_fails_are_dropped(monkeypatch):
+    """The same fallback, the layer path raising before any layer ran: the seeds handed over
+    are dropped with the step (as the layer path's own draws are when it fails), and the
+    next step draws from the generators, as a model on the layer path whose step failed at
+    the same point does."""
+    from fastnn._kernels import network as kn
+    r = np.random.default_rng(13)
+    X = r.standard_normal((24, 5)).astype(F32)
+    y = r.integers(0, 3, 24)
+    results = []
+    for twin in (False, True):
+        model = Sequential(Dropout(0.3, seed=70), Dense(5, 9, activation="relu", seed=1),
+                           GaussianNoise(0.2, seed=71), Dense(9, 3, seed=2))
+        if twin:
+            model._compilable = False
+        opt = SGD(model.parameters(), lr=0.1)
+        losses = [model.train_step(X, y, "softmax", opt)]
+        noisy = [layer for layer in model.layers if isinstance(layer, (Dropout, GaussianNoise))]
+        # the failed step: each generator has moved one draw (the kernel's draws, or the
+        # layer path's own before it failed)
+        if twin:
+            for layer in noisy:
+                layer._rng.integers(0, 2**63 - 1)
+        else:
+            compiled = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+
+            def refuse(*args, **kwargs):
+                raise kn.ArraysChanged("changed by another thread (test)")
+
+            def no_plan(X, loss, optimizer):
+                model._compiled.clear()
+                return None
+
+            def fails(*args, **kwargs):
+                assert [layer._drawn is not None for layer in noisy] == [True, True]
+                raise RuntimeError("the layer path failed (test)")
+
+            monkeypatch.setattr(compiled, "run", refuse)
+            monkeypatch.setattr(model, "_rebuilt_step", no_plan)
+            monkeypatch.setattr(model, "_layer_step", fails)
+            with pytest.raises(RuntimeError, match="layer path failed"):
+                model.train_step(X, y, "softmax", opt)
+            monkeypatch.undo()
+            assert [layer._drawn for layer in noisy] == [None, None]
+        losses += [model.train_step(X, y, "softmax", opt) for _ in range(2)]
+        results.append((losses, param_copies(model)))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_same_bits(a, b)
+
+
+def test_dropout_and_noise_pickled_before_handed_seeds_train():
+    """A Dropout or GaussianNoise pickled before layers kept a handed-over seed (no _drawn in
+    its state) loads and trains, on the kernel and on the layer path, as one pickled now."""
+    import pickle
+
+    X = np.random.default_rng(3).standard_normal((16, 6)).astype(F32)
+    y = np.arange(16) % 3
+    for layer_path in (False, True):
+        model = Sequential(GaussianNoise(0.1, seed=5), Dense(6, 16, activation="relu", seed=1),
+                           Dropout(0.4, seed=62), Dense(16, 3, seed=3))
+        fresh = pickle.loads(pickle.dumps(model))
+        aged = pickle.loads(pickle.dumps(model))
+        for layer in aged.layers:
+            layer.__dict__.pop("_drawn", None)
+        assert not any("_drawn" in vars(layer) for layer in aged.layers)
+        values = []
+        for m in (aged, fresh):
+            if layer_path:
+                m._compilable = False
+            opt = SGD(m.parameters(), lr=0.1)
+            values.append([m.train_step(X, y, "softmax", opt) for _ in range(2)])
+            assert (m._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == layer_path
+        assert values[0] == values[1]
+        for a, b in zip(param_copies(aged), param_copies(fresh)):
+            assert_same_bits(a, b)
+        assert aged.layers[0].forward(X, training=True).shape == X.shape
+
+
 def test_a_front_dtype_set_after_the_build_builds_no_plan_per_step():
     """A front layer's dtype set to another than the stack's after a compiled step: the model's
     dtype follows it, so each step's X is of that dtype, and the plan of the stack's dtype was
