@@ -1373,3 +1373,51 @@ def test_a_source_checkout_without_built_modules_says_so(tmp_path):
     assert proc.returncode != 0
     assert "imported from its source folder" in proc.stderr
     assert "pip install -e" in proc.stderr
+
+
+def _setup_functions(*names):
+    """Functions of the build script, setup.py, without running it (it calls setup() when
+    imported): their definitions and KERNEL_MODULES, executed apart."""
+    import ast
+
+    path = os.path.join(REPO_ROOT, "setup.py")
+    if not os.path.isfile(path):
+        pytest.skip("needs the source checkout")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    keep = [node for node in tree.body
+            if (isinstance(node, ast.FunctionDef) and node.name in names)
+            or (isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "KERNEL_MODULES" for t in node.targets))]
+    assert {n.name for n in keep if isinstance(n, ast.FunctionDef)} == set(names)
+    ns = {"os": os}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), path, "exec"), ns)
+    return ns
+
+
+def test_the_build_translates_with_cython_in_forked_processes_only(monkeypatch):
+    """setup.py runs Cython's translation of the modules in FASTNN_BUILD_JOBS processes (one
+    per CPU by default, at most one per module), and only where multiprocessing forks its
+    workers: a spawned or forkserver worker would import setup.py again, which calls setup()
+    at import. One job, or another start method, translates in the build's own process."""
+    import multiprocessing
+
+    ns = _setup_functions("_build_jobs", "_cython_jobs")
+    n_modules = len(ns["KERNEL_MODULES"])
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: None)
+    for jobs, want in (("1", 0), ("3", 3), ("64", n_modules), ("0", None), ("x", None)):
+        monkeypatch.setenv("FASTNN_BUILD_JOBS", jobs)
+        cpus = os.cpu_count() or 1
+        expect = want if want is not None else (min(cpus, n_modules) if cpus > 1 else 0)
+        assert ns["_cython_jobs"]() == expect, jobs
+    monkeypatch.setenv("FASTNN_BUILD_JOBS", "3")
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    assert ns["_cython_jobs"]() == 3
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    assert ns["_cython_jobs"]() == 0   # (another start method chosen in this process)
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: None)
+    for default in ("spawn", "forkserver"):   # (macOS and Windows; Linux from Python 3.14)
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods",
+                            lambda d=default: [d, "fork"])
+        assert ns["_cython_jobs"]() == 0
