@@ -3163,6 +3163,38 @@ HIDDEN_SIZES = ["small", "chunked", "chunked-turns", "chunked-4-turns", "tiled",
 # second thread in chunks of NOISE_CHUNK, where one of FNN_CHUNK would hold it all)
 
 
+@pytest.mark.parametrize("width,threaded", [(85, False), (86, True), (130, True)])
+def test_hidden_noise_of_two_noise_chunks_takes_a_thread_in_the_kernel(width, threaded):
+    """On the tiled path the kernel's hidden noise runs in chunks of 4096 values on a second
+    thread from 8192 values on (NOISE_CHUNK, NOISE_COST): a step with the noise on starts one
+    parallel region more than the same step with std 0 when the layer holds 96 x 86 = 8256
+    values or more, none more at 96 x 85 = 8160 (a chunk of 16384 would hold all three)."""
+    import fastnn
+    from fastnn import _threads
+    from fastnn._kernels import _config as _kconfig
+    from fastnn._kernels import network as kn
+
+    n = 96
+    r = np.random.default_rng(17)
+    X = r.standard_normal((n, 300)).astype(F32)
+    y = r.integers(0, 10, n)
+    model = Sequential(Dense(300, width, activation="relu", seed=1), GaussianNoise(0.3, seed=2),
+                       Dense(width, 10, seed=3))
+    opt = SGD(model.parameters(), lr=0.01)
+    regions = {}
+    with _threads._dynamic_set(False), fastnn.threads(2):
+        for std in (0.3, 0.0, 0.3):
+            model.layers[1].std = std
+            model.train_step(X, y, "softmax", opt)
+            before = kn.parallel_regions()
+            model.train_step(X, y, "softmax", opt)
+            regions[std] = kn.parallel_regions() - before
+    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert step is not None and step.plan.chunk_rows == 0 and step.plan.hidden_kinds == (2,)
+    more = 1 if threaded and _kconfig.openmp_enabled() else 0
+    assert regions[0.3] == regions[0.0] + more, regions
+
+
 @pytest.mark.parametrize("size", HIDDEN_SIZES)
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 @pytest.mark.parametrize("hidden", list(FUSED_HIDDEN))
