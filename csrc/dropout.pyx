@@ -9,11 +9,11 @@ from cython.parallel cimport prange
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t
 
-from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
+from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len,
                             fnn_note_parallel, fnn_parallel_seen)
 from fastnn_dropout cimport (fnn_dropout_f32, fnn_dropout_f64, fnn_dropout_inplace_f32,
                              fnn_dropout_inplace_f64, fnn_noise_f32, fnn_noise_f64,
-                             DROP_MIN_WORK_PER_THREAD, DROP_COST, NOISE_COST, NOISE_CHUNK)
+                             NOISE_CHUNK, reg_threads)
 
 
 cpdef unsigned long long noise_key(unsigned long long seed) noexcept:
@@ -77,7 +77,7 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
         return
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, n, sizeof(floating), 0, 0), n_threads)
     nchunks = chunk_count(n)
-    nt = effective_threads(n * DROP_COST, DROP_MIN_WORK_PER_THREAD, n_threads, nchunks)
+    nt = reg_threads(n, False, n_threads)
     inplace = <const void *>&x[0] == <void *>&y[0]   # (the course's mask, made over ones:
                                                     # restrict pointers must not alias)
     with nogil:
@@ -116,7 +116,7 @@ def noise_apply(const floating[::1] x, floating[::1] y, double std, unsigned lon
     base = <uint32_t>first
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, n, sizeof(floating), 0, 0), n_threads)
     nchunks = (n + NOISE_CHUNK - 1) // NOISE_CHUNK
-    nt = effective_threads(n * NOISE_COST, DROP_MIN_WORK_PER_THREAD, n_threads, nchunks)
+    nt = reg_threads(n, True, n_threads)
     with nogil:
         if nt <= 1:
             if floating is float:

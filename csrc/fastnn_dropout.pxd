@@ -3,6 +3,8 @@
 # dropout between layers (fastnn_dense.pxd drop_rows) and on its input call the same ones.
 from libc.stdint cimport uint32_t
 
+from fastnn_openmp cimport FNN_CHUNK, effective_threads
+
 cdef enum:
     # the dropout and noise functions' rule for threads (effective_threads), wherever they run
     DROP_MIN_WORK_PER_THREAD = 65536   # ReLU-element units (bench/threshold.py)
@@ -15,6 +17,20 @@ cdef enum:
     # the least a call could split into. Each value comes from its element's index and the
     # seed (the same bits for any cut: fnn_noise_*), so the chunk size changes no number.
     NOISE_CHUNK = 4096
+
+
+cdef inline Py_ssize_t reg_chunk(bint noise) noexcept nogil:
+    """Elements per chunk when a dropout (noise False) or a noise call over an array runs
+    threaded: FNN_CHUNK or NOISE_CHUNK."""
+    return NOISE_CHUNK if noise else FNN_CHUNK
+
+
+cdef inline int reg_threads(Py_ssize_t n, bint noise, int n_threads) noexcept nogil:
+    """Threads for a dropout or noise call over n elements: the rule above (DROP_COST or
+    NOISE_COST a value), never more than its chunks (reg_chunk)."""
+    cdef Py_ssize_t size = reg_chunk(noise)
+    return effective_threads(n * (NOISE_COST if noise else DROP_COST), DROP_MIN_WORK_PER_THREAD,
+                             n_threads, (n + size - 1) // size)
 
 cdef extern from "fastnn_simd.h" nogil:
     # y = x * scale where hash(seed, first + i) <= limit, else 0 (x and y must not alias)

@@ -23,12 +23,10 @@ import numpy as np
 from fastnn_openmp cimport (fnn_omp_get_thread_num, fnn_turn_wait, fnn_turn_pass,
                             fnn_note_parallel, fnn_parallel_seen, fnn_parallel_count,
                             fnn_wtime, fnn_count_add, fnn_wait_above,
-                            fnn_omp_get_num_threads, FNN_CHUNK, chunk_count, chunk_len,
-                            effective_threads)
+                            fnn_omp_get_num_threads)
 from fastnn_governor cimport Governor, gov_threads, gov_record, gov_reset, gov_set_current
 from fastnn_ops cimport FNN_IDENTITY, FNN_LEAKY, FNN_PRELU, keeps_pre
-from fastnn_dropout cimport (fnn_noise_f32, fnn_noise_f64, DROP_MIN_WORK_PER_THREAD,
-                             DROP_COST, NOISE_COST, NOISE_CHUNK)
+from fastnn_dropout cimport fnn_noise_f32, fnn_noise_f64, reg_chunk, reg_threads
 from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
@@ -385,11 +383,10 @@ cdef void _reg_forward(const Regularizer *r, const floating *x, floating *y, Py_
     """y = the layer r over the n elements of x, in the fixed element chunks and on the
     threads of the dropout module's functions (element-wise from the index: the same numbers
     on any thread count, any cut)."""
-    cdef bint drop = r.kind == RG_DROPOUT
-    cdef Py_ssize_t c, start, size = FNN_CHUNK if drop else NOISE_CHUNK
+    cdef bint noise = r.kind == RG_NOISE
+    cdef Py_ssize_t c, start, size = reg_chunk(noise)
     cdef Py_ssize_t nch = cdiv(n, size)
-    cdef int threads = effective_threads(n * (DROP_COST if drop else NOISE_COST),
-                                         DROP_MIN_WORK_PER_THREAD, nt, nch)
+    cdef int threads = reg_threads(n, noise, nt)
     if threads <= 1:
         _reg_rows(r, x, n, y, n, 1, n, 0, n)
     else:
