@@ -1718,7 +1718,12 @@ cdef class StepPlan:
                 _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
             self._busy = False
         if bad >= 0:
-            raise ValueError(f"y[{bad}] = {lp[bad]} is not a valid label for this loss")
+            # (the words of Sequential._check_labels, which the layer path and fit give)
+            valid = ("{0, 1}" if P.loss_kind == LOSS_LOGISTIC else
+                     "{-1, 1}" if P.loss_kind == LOSS_BINARY_HINGE else
+                     f"[0, {P.fan_out[P.n_layers - 1]})")
+            raise ValueError(f"y[{bad}] = {lp[bad]} is not a valid label for this loss "
+                             f"(labels must be in {valid})")
         self.stopped = bad == STOPPED
         if P.hits != NULL:
             for k in range(loss_groups(P.N)):

@@ -263,8 +263,10 @@ def class_labels(y, n, num_classes, name="y"):
     if n:
         lo, hi = arr.min(), arr.max()
         if lo < 0 or hi >= num_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} must hold labels in [0, {num_classes}), got {bad}")
+            # (the first label out of range, by its index, as int_labels names a bad label)
+            i = int(np.argmax((arr < 0) | (arr >= num_classes)))
+            raise ValueError(f"{name} must hold labels in [0, {num_classes}), got {arr[i]} "
+                             f"(at index {i})")
     return np.ascontiguousarray(arr, dtype=np.intp)
 
 
@@ -341,7 +343,7 @@ def binary_targets(y, n, allowed, dtype, name="y"):
     out = np.empty(n, dtype=dtype)
     bad = _kl.binary_targets(kind, labels, out)
     if bad >= 0:
-        raise ValueError(f"{name} must hold {what}, got {labels[bad]}")
+        raise ValueError(f"{name} must hold {what}, got {labels[bad]} (at index {bad})")
     return out
 
 

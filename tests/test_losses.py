@@ -416,10 +416,13 @@ def test_multiclass_label_errors(name):
         fn(x, None)
     with pytest.raises(TypeError, match=r"\by\b"):
         fn(x, np.array(["a", "b", "c", "d"]))
-    with pytest.raises(ValueError, match=r"\by\b.*-1"):
-        fn(x, np.array([0, -1, 2, 2]))
-    with pytest.raises(ValueError, match=r"\by\b.*3"):
-        fn(x, np.array([0, 1, 3, 2]))
+    # the first label out of range, with its index (not the smallest or largest label)
+    with pytest.raises(ValueError, match=r"\by\b.*got -1 \(at index 1\)"):
+        fn(x, np.array([0, -1, 2, -2]))
+    with pytest.raises(ValueError, match=r"\by\b.*got 3 \(at index 2\)"):
+        fn(x, np.array([0, 1, 3, 7]))
+    with pytest.raises(ValueError, match=r"\by\b.*got 9 \(at index 0\)"):
+        fn(x, np.array([9, 1, 3, 2], dtype=np.uint8))
     with pytest.raises(ValueError, match=r"\by\b"):
         fn(x, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"\by\b"):
@@ -458,8 +461,8 @@ def test_logistic_labels_only_0_1():
     x = np.zeros(4)
     F.logistic_loss(x, np.array([0, 1, 1, 0]))
     F.logistic_loss(x, np.array([False, True, True, False]))
-    for bad in ([0, 1, 2, 0], [0, -1, 1, 0]):
-        with pytest.raises(ValueError, match=r"\by\b"):
+    for bad, i in (([0, 1, 2, 0], 2), ([0, -1, 1, 3], 1)):
+        with pytest.raises(ValueError, match=rf"\by\b.*got {bad[i]} \(at index {i}\)"):
             F.logistic_loss(x, np.array(bad))
     with pytest.raises(TypeError, match=r"\by\b"):
         F.logistic_loss(x, np.array([0j, 1, 1, 0]))
@@ -493,8 +496,8 @@ def test_binary_losses_take_float_labels_that_are_whole_numbers(name, labels, ld
 def test_binary_svm_labels_only_minus1_plus1():
     x = np.zeros(4)
     F.binary_svm_loss(x, np.array([-1, 1, 1, -1]))
-    for bad in ([0, 1, 1, 0], [-1, 1, 2, -1], [-2, 1, 1, -1]):
-        with pytest.raises(ValueError, match=r"\by\b"):
+    for bad, i in (([1, 0, 1, 0], 1), ([-1, 1, 2, -1], 2), ([-2, 1, 1, 5], 0)):
+        with pytest.raises(ValueError, match=rf"\by\b.*got {bad[i]} \(at index {i}\)"):
             F.binary_svm_loss(x, np.array(bad))
     with pytest.raises(TypeError, match=r"\by\b"):
         F.binary_svm_loss(x, np.array(["-1", "1", "1", "-1"]))

@@ -2378,12 +2378,16 @@ def test_fit_refuses_bad_targets_and_validation_data_before_it_trains(case, laye
 @pytest.mark.parametrize("layer_path", [False, True], ids=["kernel", "layer-path"])
 def test_train_step_still_checks_its_labels(layer_path):
     """The per-step checks stay (train_step has no fit to check for it): a bad label raises
-    before the step updates anything, on both paths."""
-    for loss, bad in (("softmax", 3), ("svm", -1), ("logistic", 2), ("binary_hinge", 0)):
+    before the step updates anything, on both paths, naming the label, its index and the
+    labels the loss takes (the kernel's message named the first two only)."""
+    for loss, bad, valid in (("softmax", 3, r"\[0, 3\)"), ("svm", -1, r"\[0, 3\)"),
+                             ("logistic", 2, r"\{0, 1\}"), ("binary_hinge", 0, r"\{-1, 1\}")):
         model = _fit_case_model(loss, layer_path)
         before = param_copies(model)
         opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
-        with pytest.raises(ValueError, match=r"^y"):
+        match = (rf"^y must hold labels (in|from) {valid}, got {bad} \(at index 5\)$" if layer_path
+                 else rf"^y\[5\] = {bad} is not a valid label for this loss \(labels must be in {valid}\)$")
+        with pytest.raises(ValueError, match=match):
             model.train_step(_FX[:16], _with(_FY[loss][:16], 5, bad), loss, opt)
         assert_params_equal(model, before)
 
