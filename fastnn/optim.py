@@ -150,8 +150,11 @@ def _weight_decay(config):
 
 def _adam_step_count(config):
     """config['t'] + 1 (config['t'] absent: 0). t may be any finite real >= 0, as the course's
-    ``config['t'] += 1`` takes it; an int stays an int (a Python int), a float becomes a float."""
+    ``config['t'] += 1`` takes it (a 0-d array too, as the other hyperparameters); an int
+    stays an int (a Python int), a float becomes a float."""
     t = config.get("t", 0)
+    if type(t) is np.ndarray and t.ndim == 0 and t.dtype.kind in "iuf":
+        t = t[()]   # (its NumPy scalar: checked below as one)
     if isinstance(t, bool) or not isinstance(t, numbers.Real):
         raise TypeError(f"config['t'] must be a non-negative number (the step count), "
                         f"got {type(t).__name__} {t!r}")

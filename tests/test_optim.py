@@ -309,6 +309,25 @@ def test_in_place_on_contiguous_float_w(rule, dtype, rng):
     assert_same_bits(dw, dw_before, what="dw after the update")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule", RULES)
+def test_dw_of_the_other_dtype_updates_in_w_dtype(rule, dtype, rng):
+    """A dw of the other float dtype: the update runs in w's dtype, in place (README), the
+    same bits as with dw converted to w's dtype first, and the caller's dw is unchanged."""
+    other = np.float64 if dtype == np.float32 else np.float32
+    w = rng.standard_normal((6, 7)).astype(dtype)
+    dw = (rng.standard_normal((6, 7)) / 3).astype(other)
+    dw_before = dw.copy()
+    want, want_cfg = getattr(O, rule)(w.copy(), dw.astype(dtype))
+    got, cfg = getattr(O, rule)(w, dw)
+    assert got is w and got.dtype == dtype
+    assert_same_bits(got, want, what=f"{rule}, dw {np.dtype(other)}")
+    for key in set(cfg) & set(STATE[rule]):
+        assert cfg[key].dtype == dtype
+        assert_same_bits(cfg[key], want_cfg[key], what=key)
+    assert_same_bits(dw, dw_before, what="dw after the update")
+
+
 def _not_in_place_cases(rng):
     base = rng.standard_normal((6, 8))
     ro = base[:, :4].copy()
@@ -653,6 +672,23 @@ def test_adam_t_any_finite_real(t, t_next, rng):
         assert_close_to(cfg[key], ref_cfg[key], np.float64, key)
 
 
+@pytest.mark.parametrize("t, t_next", [
+    (np.array(5), 6), (np.array(5, np.uint8), 6), (np.array(5.0), 6.0), (np.array(0.5), 1.5),
+], ids=repr)
+def test_adam_t_zero_d_array(t, t_next, rng):
+    """A 0-d array t (the course's ``config['t'] += 1`` takes one, as fastnn's other
+    hyperparameters do) counts as its number: the course's step, t + 1 as a Python int or
+    float, and the caller's array unchanged (the course's += would change it)."""
+    course = course_optim_rules()["adam"]
+    w = rng.standard_normal((4, 5))
+    dw = rng.standard_normal((4, 5))
+    ref_w, ref_cfg = course(w.copy(), dw, {"learning_rate": 1e-2, "t": t.copy()})
+    got_w, cfg = O.adam(w.copy(), dw, {"learning_rate": 1e-2, "t": t})
+    assert cfg["t"] == t_next == ref_cfg["t"] and type(cfg["t"]) is type(t_next)
+    assert t == t_next - 1
+    assert_close_to(got_w, ref_w, np.float64, "w", scale=_maxabs(w))
+
+
 def test_adam_t_float32_is_counted_in_float64(rng):
     """A float32 t becomes the Python float t + 1.0 (the bias corrections are computed in
     float64; NumPy would compute ``beta ** float32(t)`` in float32)."""
@@ -667,7 +703,8 @@ def test_adam_t_float32_is_counted_in_float64(rng):
     (-1, ValueError), (-0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
     (-float("inf"), ValueError), (np.float64("nan"), ValueError), (2**1100, ValueError),
     (True, TypeError), (np.bool_(True), TypeError), ("5", TypeError), (None, TypeError),
-    (np.array(5.0), TypeError), (1 + 0j, TypeError),
+    (np.array(True), TypeError), (np.array([5]), TypeError), (np.array(1 + 0j), TypeError),
+    (np.array(-1), ValueError), (np.array(np.nan), ValueError), (1 + 0j, TypeError),
 ], ids=repr)
 def test_adam_t_refused(t, exc):
     """NaN, infinite, negative, bool and non-numbers are refused naming config['t'], before
