@@ -192,11 +192,24 @@ class Layer:
 
     def _weights(self):
         """(params['W'], params['b']) of a Dense or Maxout layer, or the error naming a missing
-        entry (_missing)."""
+        entry (_missing) or an array of another shape than the layer's (_shaped)."""
         try:
-            return self.params["W"], self.params["b"]
+            W, b = self.params["W"], self.params["b"]
         except (KeyError, TypeError):
             raise self._missing(("W", "b")) from None
+        return self._shaped("W", W), self._shaped("b", b)
+
+    def _shaped(self, name, value):
+        """params[name] (value) if it has the shape the layer made it with, else the
+        ValueError check_arrays gives, naming the entry: the layer path's forward (predict)
+        would otherwise pass it to a kernel, whose error names that kernel's argument (``b``
+        for a W of another width). Anything that is not an array goes on: the kernels convert
+        it or name it."""
+        want = self.__dict__.get("_shapes", _NO_SHAPES).get(name)
+        if want is not None and type(value) is np.ndarray and value.shape != want:
+            raise ValueError(f"{type(self).__name__}.params[{name!r}] must have shape {want}, "
+                             f"got {value.shape}")
+        return value
 
     def _missing(self, names):
         """The error for a params that lacks one of `names` (a ValueError naming the entry),
@@ -416,8 +429,9 @@ class Dense(CheckedSettings, Layer):
     """Fully connected layer ``act(x @ W + b)``, W of shape (in_features, out_features).
 
     activation: None/"linear", "relu", "sigmoid", "tanh", "leaky_relu" (slope ``alpha``) or
-    "prelu" (a learnable slope per unit, ``params["alpha"]``, initialized to ``alpha``). The
-    product, bias and activation run as one fused kernel call.
+    "prelu" (a learnable slope per unit, ``params["alpha"]``, initialized to ``alpha``);
+    ``alpha`` with another activation raises ValueError. The product, bias and activation run
+    as one fused kernel call.
     weight_init: None (He for the ReLU family, Xavier/Glorot otherwise), "he", "xavier",
     "glorot", a number (the course's ``weight_scale * randn``) or ``f(shape, rng, dtype)``.
     """
@@ -441,6 +455,10 @@ class Dense(CheckedSettings, Layer):
         self._op = ACTIVATIONS[activation]
         if alpha is None:
             alpha = 0.25 if activation == "prelu" else 0.01
+        elif self._op not in (_ka.LEAKY_RELU, _ka.PRELU):
+            # (a slope the layer would not use: activation="relu", alpha=0.2 meant leaky_relu)
+            raise ValueError(f"alpha is the slope of activation 'leaky_relu' or 'prelu'; "
+                             f"activation {activation!r} has none (got alpha={alpha!r})")
         self.alpha = check_scalar(alpha, "alpha")
         self.seed = _check_seed(seed)
         self.weight_init = weight_init
@@ -505,7 +523,7 @@ class Dense(CheckedSettings, Layer):
         """params['alpha'] (a prelu Dense's slopes) or None; None too when params is not a dict,
         which _fused_forward's _weights then names."""
         params = self.params
-        return params.get("alpha") if isinstance(params, dict) else None
+        return self._shaped("alpha", params.get("alpha")) if isinstance(params, dict) else None
 
     def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer, keep=True):
         """Forward with activation `op` fused in (its own, or a following activation layer's);

@@ -425,6 +425,12 @@ BAD_ARGS = [
     (lambda: Dense(3, 2, seed=-1), ValueError, "seed"),
     (lambda: Dense(3, 2, weight_init="uniform-ish"), ValueError, "weight_init"),
     (lambda: Dense(3, 2, activation="leaky_relu", alpha="0.1"), TypeError, "alpha"),
+    # a slope for an activation without one (it would be ignored: leaky_relu was meant)
+    (lambda: Dense(3, 2, activation="relu", alpha=0.2), ValueError, "activation 'relu' has none"),
+    (lambda: Dense(3, 2, alpha=0.01), ValueError, "activation None has none"),
+    (lambda: Dense(3, 2, activation="linear", alpha=0.2), ValueError, "alpha"),
+    (lambda: Dense(3, 2, activation="sigmoid", alpha=0.2), ValueError, "alpha"),
+    (lambda: Dense(3, 2, activation="tanh", alpha=0.0), ValueError, "alpha"),
     (lambda: Maxout(0, 2), ValueError, "in_features"),
     (lambda: Maxout(2, 0), ValueError, "out_features"),
     (lambda: Maxout(2, 2, pieces=0), ValueError, "pieces"),

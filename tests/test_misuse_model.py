@@ -1339,3 +1339,34 @@ def test_grads_or_state_that_are_not_dicts_or_lack_an_entry_are_named():
         opt.step()
     del model.layers[0].params["W"]
     assert repr(p) == "Parameter(Dense.W, missing from the layer's params)"
+
+
+# ============================================================================ a parameter of another shape
+_RESHAPED = {
+    "dense W": (lambda: Dense(4, 5, seed=0), "W", (4, 6), r"Dense\.params\['W'\] must have shape \(4, 5\), got \(4, 6\)"),
+    "dense b": (lambda: Dense(4, 5, seed=0), "b", (6,), r"Dense\.params\['b'\] must have shape \(5,\), got \(6,\)"),
+    "prelu dense slopes": (lambda: Dense(4, 5, activation="prelu", seed=0), "alpha", (4,),
+                           r"Dense\.params\['alpha'\] must have shape \(5,\), got \(4,\)"),
+    "maxout W": (lambda: fastnn.Maxout(4, 5, pieces=2, seed=0), "W", (4, 5, 3),
+                 r"Maxout\.params\['W'\] must have shape \(4, 5, 2\), got \(4, 5, 3\)"),
+}
+
+
+@pytest.mark.parametrize("call", ["predict", "forward", "evaluate", "train_step"])
+@pytest.mark.parametrize("case", list(_RESHAPED))
+def test_a_parameter_replaced_by_another_shape_is_named_on_every_path(case, call):
+    """A params entry replaced by an array of another shape is named as the layer's entry by
+    predict, forward and evaluate too, as train_step's checks name it (those paths passed it
+    to the kernel, whose error named the kernel's argument: "b must have shape (6,), got (5,)"
+    for a W of 6 columns)."""
+    make, name, shape, match = _RESHAPED[case]
+    layer = make()
+    model = Sequential(layer, Dense(5, 3, seed=1))
+    layer.params[name] = np.zeros(shape, np.float32)
+    layer.grads[name] = np.zeros(shape, np.float32)
+    X, y = np.ones((3, 4), np.float32), np.array([0, 1, 2])
+    calls = {"predict": lambda: model.predict(X), "forward": lambda: model.forward(X),
+             "evaluate": lambda: model.evaluate(X, y),
+             "train_step": lambda: model.train_step(X, y, "softmax", SGD(model.parameters()))}
+    with pytest.raises(ValueError, match="^" + match + "$"):
+        calls[call]()

@@ -1063,7 +1063,7 @@ LAYER_CTOR_ERRORS = [
     (lambda: Dense(np.int64(0), 2), ValueError, "in_features"),
     (lambda: Dense(3, -(2**63)), ValueError, "out_features"),
     (lambda: Dense(3, None), TypeError, "out_features"),
-    (lambda: Dense(3, 2, activation=None, alpha=float("inf")), ValueError, "alpha"),
+    (lambda: Dense(3, 2, activation="leaky_relu", alpha=float("inf")), ValueError, "alpha"),
     (lambda: Maxout(3, 2, pieces=-1), ValueError, "pieces"),
     (lambda: PReLU(-3), ValueError, "num_parameters"),
     (lambda: PReLU(2, init=float("nan")), ValueError, "init"),
