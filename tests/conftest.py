@@ -78,6 +78,19 @@ def _restore_dynamic():
     fastnn.set_dynamic(before)
 
 
+@pytest.fixture(autouse=True)
+def _small_matmul_rate(monkeypatch):
+    """bench.run's roofline rate from 256 x 256 matrices instead of 2048 x 2048 (about a
+    second of each run on 2 cores, and what ``python -m fastnn bench`` in CI still measures):
+    the tests check the table's rows and columns, none the rate's value (a test of
+    matmul_rate itself passes its size)."""
+    from fastnn import bench
+
+    real = bench.matmul_rate
+    monkeypatch.setattr(bench, "matmul_rate",
+                        lambda dtype, size=256, rounds=5: real(dtype, size, rounds))
+
+
 # ----------------------------------------------------------------------------- ulp helpers
 _INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
