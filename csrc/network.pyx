@@ -1718,7 +1718,7 @@ cdef class StepPlan:
                 _ph_mark(P, _ph_other(P, _PH_BLAS), t0)
             self._busy = False
         if bad >= 0:
-            # (the words of Sequential._check_labels, which the layer path and fit give)
+            # (the words of Sequential._check_targets, which fit's check of all of y gives)
             valid = ("{0, 1}" if P.loss_kind == LOSS_LOGISTIC else
                      "{-1, 1}" if P.loss_kind == LOSS_BINARY_HINGE else
                      f"[0, {P.fan_out[P.n_layers - 1]})")

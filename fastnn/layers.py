@@ -192,24 +192,26 @@ class Layer:
 
     def _weights(self):
         """(params['W'], params['b']) of a Dense or Maxout layer, or the error naming a missing
-        entry (_missing) or an array of another shape than the layer's (_shaped)."""
+        entry (_missing)."""
         try:
-            W, b = self.params["W"], self.params["b"]
+            return self.params["W"], self.params["b"]
         except (KeyError, TypeError):
             raise self._missing(("W", "b")) from None
-        return self._shaped("W", W), self._shaped("b", b)
 
-    def _shaped(self, name, value):
-        """params[name] (value) if it has the shape the layer made it with, else the
-        ValueError check_arrays gives, naming the entry: the layer path's forward (predict)
-        would otherwise pass it to a kernel, whose error names that kernel's argument (``b``
-        for a W of another width). Anything that is not an array goes on: the kernels convert
-        it or name it."""
-        want = self.__dict__.get("_shapes", _NO_SHAPES).get(name)
-        if want is not None and type(value) is np.ndarray and value.shape != want:
-            raise ValueError(f"{type(self).__name__}.params[{name!r}] must have shape {want}, "
-                             f"got {value.shape}")
-        return value
+    def _raise_reshaped(self):
+        """Raise the ValueError check_arrays gives for the first params entry replaced by an
+        array of another shape than the layer made it with, naming the entry; return if there
+        is none. Asked only after a kernel refused the layer's arrays (nothing on the way of a
+        good call): the kernel's error names its own argument, ``b`` for a Dense's W of
+        another width. An entry that is not an array is left to the kernel's conversion."""
+        params = self.params
+        if not isinstance(params, dict):
+            return
+        for name, want in self.__dict__.get("_shapes", _NO_SHAPES).items():
+            value = params.get(name)
+            if type(value) is np.ndarray and value.shape != want:
+                raise ValueError(f"{type(self).__name__}.params[{name!r}] must have shape "
+                                 f"{want}, got {value.shape}") from None
 
     def _missing(self, names):
         """The error for a params that lacks one of `names` (a ValueError naming the entry),
@@ -523,7 +525,14 @@ class Dense(CheckedSettings, Layer):
         """params['alpha'] (a prelu Dense's slopes) or None; None too when params is not a dict,
         which _fused_forward's _weights then names."""
         params = self.params
-        return self._shaped("alpha", params.get("alpha")) if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            return None
+        a = params.get("alpha")
+        if type(a) is np.ndarray and a.shape != (self.out_features,):
+            # (a shared (1,) slope would pass the kernel, and its gradient be broadcast into
+            # grads['alpha']): named, after a reshaped W or b, as check_arrays orders them
+            self._raise_reshaped()
+        return a
 
     def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer, keep=True):
         """Forward with activation `op` fused in (its own, or a following activation layer's);
@@ -531,8 +540,12 @@ class Dense(CheckedSettings, Layer):
         # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
         # bounded dx tiles; the same numbers whichever way a model trains)
         W, b = self._weights()
-        out, cache = _fd._forward(op, x, W, b, alpha,
-                                  prelu_alpha if op == _ka.PRELU else None, chunks=True)
+        try:
+            out, cache = _fd._forward(op, x, W, b, alpha,
+                                      prelu_alpha if op == _ka.PRELU else None, chunks=True)
+        except ValueError:
+            self._raise_reshaped()   # (a params entry of another shape, named as the layer's)
+            raise
         if keep:
             self._cache = (cache, act_layer)
         return out
@@ -738,11 +751,18 @@ class Maxout(Layer):
 
     def forward(self, x, training=None):
         x = self._check_x(x)
-        out, self._cache = _fd.maxout_forward(x, *self._weights())
+        out, self._cache = self._maxout(x)
         return out
 
     def _infer(self, x):
-        return _fd.maxout_forward(self._check_x(x), *self._weights())[0]
+        return self._maxout(self._check_x(x))[0]
+
+    def _maxout(self, x):
+        try:
+            return _fd.maxout_forward(x, *self._weights())
+        except ValueError:
+            self._raise_reshaped()   # (as Dense's forward)
+            raise
 
     def backward(self, dout, need_dx=True):
         W, b = self.grads["W"], self.grads["b"]
