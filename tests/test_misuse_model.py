@@ -1347,6 +1347,10 @@ _RESHAPED = {
     "dense b": (lambda: Dense(4, 5, seed=0), "b", (6,), r"Dense\.params\['b'\] must have shape \(5,\), got \(6,\)"),
     "prelu dense slopes": (lambda: Dense(4, 5, activation="prelu", seed=0), "alpha", (4,),
                            r"Dense\.params\['alpha'\] must have shape \(5,\), got \(4,\)"),
+    # (a shared slope passes the kernel, whose backward would broadcast its gradient into
+    # grads['alpha']: refused before the kernel runs)
+    "prelu dense shared slope": (lambda: Dense(4, 5, activation="prelu", seed=0), "alpha", (1,),
+                                 r"Dense\.params\['alpha'\] must have shape \(5,\), got \(1,\)"),
     "maxout W": (lambda: fastnn.Maxout(4, 5, pieces=2, seed=0), "W", (4, 5, 3),
                  r"Maxout\.params\['W'\] must have shape \(4, 5, 2\), got \(4, 5, 3\)"),
 }
