@@ -1025,6 +1025,8 @@ cdef class StepPlan:
     cdef readonly Py_ssize_t correct  # the last step's count of right predictions (-1: not
                                       # counted)
     cdef readonly bint stopped   # the last step's guard stopped it before any update
+    cdef readonly Py_ssize_t updates   # steps that updated the parameters, counted as the
+                                       # kernel returns (model.py: what an interrupt left)
     cdef readonly int step_threads   # the thread count the last step ran with (n_threads, or
                                      # fewer the governor chose; 0: no step yet)
     cdef readonly bint updates_in_chunks   # the last step ran its updates in its chunks'
@@ -1704,8 +1706,10 @@ cdef class StepPlan:
                 else:
                     bad = _step(P, &cfg, <const float *>xb, lp, <const float *>tb, self.rule,
                                 lr, h1, h2, eps, c1, c2, wd, used, guard, &loss)
-                if dynamic and bad == COMPLETED:
-                    gov_record(&self.governor.g, used, fnn_wtime() - t0)
+                if bad == COMPLETED:
+                    self.updates += 1
+                    if dynamic:
+                        gov_record(&self.governor.g, used, fnn_wtime() - t0)
                 _ph_mark(P, _ph_other(P, _PH_STEP), t0)
             self.step_threads = used
             self.updates_in_chunks = P.updated_in_chunks

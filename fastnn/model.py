@@ -305,6 +305,7 @@ class _CompiledStep:
             eps = opt.eps
             c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
         plan = self.plan
+        updates = plan.updates
         try:
             try:
                 value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
@@ -318,9 +319,12 @@ class _CompiledStep:
                                   opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
                                   _threads._num_threads, skip_nonfinite, count, _threads._dynamic,
                                   drops, front)
-        except ValueError:
-            if rule == _ko.ADAM:
-                object.__setattr__(opt, "t", opt.t - 1)  # nothing was updated
+        except BaseException:
+            # Adam's count goes back unless the kernel updated: a bad argument, or an
+            # interrupt (KeyboardInterrupt) that came before the kernel ran; one that comes
+            # while it runs is raised as it returns, and its update stays counted
+            if rule == _ko.ADAM and plan.updates == updates:
+                object.__setattr__(opt, "t", opt.t - 1)
             raise
         stopped = plan.stopped
         if stopped and rule == _ko.ADAM:
@@ -442,6 +446,43 @@ def _dtype_of(layers):
 
 # Every live model, for the fork hook below (weakly: the set keeps none alive).
 _models = weakref.WeakSet()
+
+
+class _FitModes:
+    """fit's context: the layers in training mode, and afterwards each in the mode it was in
+    (a model put in eval mode before fit is in eval mode after it, as PyTorch users expect).
+    Fits of one model running at once in several threads share one record, the model's count
+    of running fits and the modes the first found, kept under its lock: the first saves the
+    modes and the last to finish puts them back. (Each fit's own save and restore left the
+    model in training mode when a second fit started after the first's train() and ended
+    after the first had put eval back.)"""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        model = self.model
+        with model._lock:
+            if not model._fits:
+                model._fit_modes = [(layer, getattr(layer, "training", True))
+                                    for layer in model._layers]
+            model._fits += 1
+        try:
+            model.train()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc):
+        model = self.model
+        with model._lock:
+            model._fits -= 1
+            if not model._fits:
+                modes, model._fit_modes = model._fit_modes, None
+                for layer, mode in modes:
+                    layer.train(mode)
 
 
 def _new_lock(model):
@@ -577,6 +618,10 @@ class Sequential:
     # (key, X shape, X dtype) of the compiled step the last cache hit returned, or None: the
     # shortcut of _compiled_step. Plain values, no plan: a dropped entry is not kept alive.
     _hot = None
+    # fits running now, and the layers' modes the first of them found (_FitModes);
+    # class defaults, so that a model pickled before them fits
+    _fits = 0
+    _fit_modes = None
 
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -710,6 +755,8 @@ class Sequential:
         del state["_lock"]
         state["_compiled"] = {}
         state.pop("_hot", None)
+        state.pop("_fits", None)        # (a copy taken during a fit runs none of it)
+        state.pop("_fit_modes", None)
         state.pop("_apart_checked", None)   # (weak references: a copy's arrays are others)
         state["_layers"] = list(self._layers)
         state["_layers_changed"] = self._layers.changed
@@ -1330,10 +1377,14 @@ class Sequential:
             history["val_loss"] = []
             if classify:
                 history["val_accuracy"] = []
-        # fit trains in training mode and leaves each layer in the mode it found it in (a model
-        # put in eval mode before fit is in eval mode after it, as PyTorch users expect)
-        modes = [(layer, getattr(layer, "training", True)) for layer in self._layers]
-        self.train()
+        with _FitModes(self):   # (training mode; the layers' own modes back afterwards)
+            return self._fit_run(X, y, loss, optimizer, epochs, batch_size, shuffle,
+                                 validation_data, verbose, rng, classify, history, n)
+
+    def _fit_run(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
+                 verbose, rng, classify, history, n):
+        """fit after its checks, in training mode: its buffers, its epochs, and the plan of a
+        partial last batch dropped afterwards when large."""
         # One batch buffer for every step (a partial last batch uses its first rows), gathered
         # into by ndarray.take: no batch-sized allocation per step. mode="clip": with "raise"
         # take buffers its output anyway (the indices are in range). (Positional arguments to
@@ -1360,8 +1411,6 @@ class Sequential:
             return self._fit_epochs(X, y, loss, optimizer, epochs, batch_size, shuffle,
                                     validation_data, verbose, rng, classify, history, xbuf, ybuf)
         finally:
-            for layer, mode in modes:
-                layer.train(mode)
             if drop_partial:
                 with self._lock:
                     self._compiled.pop(partial_key, None)

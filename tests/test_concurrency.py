@@ -372,6 +372,108 @@ def test_fit_and_train_step_in_two_threads_run_one_after_the_other(path):
         assert _same_state(_state(model, opt), want), f"trial {trial}"
 
 
+def test_two_fits_at_once_leave_an_eval_mode_model_in_eval_mode():
+    """Two fits of one model in two threads, the second starting after the first set
+    training mode and ending after the first: each saved the modes it found and put them
+    back, so the second put back the first's training mode over the eval mode the first had
+    restored (an audit's reproducer: 6 of 10 trials). The interleaving is forced: a layer's
+    train(True) call, which fit makes at its start, waits in each thread for the other."""
+    a_trained, b_saved, a_done = threading.Event(), threading.Event(), threading.Event()
+    timeouts = []
+
+    class Hook(ReLU):
+        def train(self, mode=True):
+            super().train(mode)
+            if mode and threading.current_thread().name == "fit-a":
+                a_trained.set()
+                timeouts.append(not b_saved.wait(10))   # (b starts its fit: modes saved)
+            elif mode and threading.current_thread().name == "fit-b":
+                b_saved.set()
+                timeouts.append(not a_done.wait(10))    # (a's fit ends first)
+            return self
+
+    model = Sequential(Dense(4, 8, seed=0), Hook(), Dropout(0.5, seed=1), Dense(8, 3, seed=2))
+    model.eval()
+    X = np.random.default_rng(3).standard_normal((16, 4)).astype(F32)
+    y = np.arange(16) % 3
+    errors = []
+
+    def fit():
+        try:
+            model.fit(X, y, epochs=2, batch_size=8, verbose=False)
+        except BaseException as e:   # (reported below)
+            errors.append(e)
+
+    a = threading.Thread(target=fit, name="fit-a")
+    b = threading.Thread(target=fit, name="fit-b")
+    a.start()
+    assert a_trained.wait(10)
+    b.start()
+    a.join(30)
+    a_done.set()
+    b.join(30)
+    assert not a.is_alive() and not b.is_alive() and not errors and not any(timeouts)
+    assert [layer.training for layer in model.layers] == [False] * 4
+    assert model._fits == 0 and model._fit_modes is None
+    assert_same_bits(model.forward(X), model.predict(X))   # (no dropout: eval mode)
+
+
+class _Interrupting:
+    """A whole-step plan whose step raises KeyboardInterrupt (as a Ctrl-C's handler does)
+    before the kernel runs, or as it returns after updating."""
+
+    def __init__(self, plan, when):
+        self._plan, self._when = plan, when
+
+    def __getattr__(self, name):
+        return getattr(self._plan, name)
+
+    def step(self, *args):
+        if self._when == "before":
+            raise KeyboardInterrupt
+        self._plan.step(*args)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupted_whole_step_counts_adams_step_with_its_update(when):
+    """Adam's t counts the whole-step kernel's updates: an interrupt before the kernel runs
+    leaves t and the parameters as they were (t stayed one ahead of the updates: an audit
+    found it in 59 of 1,830 interrupts), one that arrives as the kernel returns leaves both the
+    update and its count; the next steps give a twin's bits either way."""
+    X = np.random.default_rng(4).standard_normal((32, 6)).astype(F32)
+    y = np.arange(32) % 3
+
+    def make():
+        model = Sequential(Dense(6, 16, activation="relu", seed=0), Dense(16, 3, seed=1))
+        opt = Adam(model.parameters(), lr=1e-2)
+        model.train_step(X, y, "softmax", opt)
+        return model, opt
+
+    model, opt = make()
+    twin, topt = make()
+    step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+    assert step is not None   # (the whole-step kernel's path)
+    before = [p.copy() for layer in model.layers for p in layer.params.values()]
+    real, step.plan = step.plan, _Interrupting(step.plan, when)
+    with pytest.raises(KeyboardInterrupt):
+        model.train_step(X, y, "softmax", opt)
+    step.plan = real
+    after = [p.copy() for layer in model.layers for p in layer.params.values()]
+    updated = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert opt.t == (2 if when == "after" else 1)
+    assert all(updated) if when == "after" else not any(updated)
+    if when == "after":   # (the interrupted step's update, as the twin's)
+        twin.train_step(X, y, "softmax", topt)
+    for _ in range(2):
+        model.train_step(X, y, "softmax", opt)
+        twin.train_step(X, y, "softmax", topt)
+    assert opt.t == topt.t
+    for a, b in zip(model.layers, twin.layers):
+        for name in a.params:
+            assert_same_bits(a.params[name], b.params[name], what=name)
+
+
 def test_predict_beside_a_layer_path_training_step_leaves_the_step_alone():
     """predict keeps nothing in the layers, so predictions in other threads cannot replace the
     caches (or the dropout mask) a layer-path step's backward reads: the training run is bitwise
