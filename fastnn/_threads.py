@@ -245,14 +245,23 @@ def threads(n):
     blocks open in several Python threads at once set it in turn, the latest winning, and
     when they close, in any order, the count ends where it was before the first opened."""
     n = check_int(n, "n", below=2**31)
-    token = object()
-    with _lock:   # (recorded and set at once: a block closing meanwhile sees both or neither)
-        _open_blocks.append([token, _set_locked(n, warn_at=4), threading.get_ident()])
+    block = [object(), None, threading.get_ident()]
     try:
+        # recorded and set at once (a block closing meanwhile sees both or neither), and
+        # recorded first, with the count to restore: an interrupt (KeyboardInterrupt) from
+        # here on finds the block in the finally below, which restores the count (one that
+        # came once the count was set, before the block was recorded, left it set for good)
+        with _lock:
+            block[1] = _num_threads
+            _open_blocks.append(block)
+            _set_locked(n, warn_at=4)
         yield get_num_threads()
     finally:
         with _lock:
-            _close_block(next(k for k, block in enumerate(_open_blocks) if block[0] is token))
+            for k, other in enumerate(_open_blocks):
+                if other is block:
+                    _close_block(k)
+                    break
 
 
 def _close_block(i):

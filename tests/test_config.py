@@ -162,6 +162,35 @@ def test_threads_blocks_from_many_python_threads_leave_the_count_as_it_was():
     assert fastnn.get_num_threads() == _expected(2)
 
 
+@pytest.mark.parametrize("where", ["count set", "block body"])
+def test_threads_block_interrupted_as_it_opens_restores_the_count(where, monkeypatch):
+    """An interrupt (KeyboardInterrupt, raised by a signal handler between any two steps)
+    that comes once the count is set, before the block was recorded, left the count set for
+    good and no block to restore it (an audit found thousands in 20,000 interrupts of an
+    empty block). The block is now recorded first: the interrupt, here raised as the count
+    is set, finds it closed and the count back."""
+    from fastnn import _threads
+
+    fastnn.set_num_threads(2)
+    real = _threads._set_locked
+    calls = []
+
+    def interrupted(n, warn_at=None):
+        calls.append(n)
+        previous = real(n, warn_at)
+        if len(calls) == 1 and where == "count set":
+            raise KeyboardInterrupt
+        return previous
+
+    monkeypatch.setattr(_threads, "_set_locked", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with fastnn.threads(1):
+            raise KeyboardInterrupt
+    assert calls == [1, 2]   # (set, then restored)
+    assert _threads._open_blocks == []
+    assert fastnn.get_num_threads() == _expected(2)
+
+
 def test_threads_is_exported():
     for name in ("set_num_threads", "get_num_threads", "threads", "show_config", "__version__"):
         assert name in fastnn.__all__
