@@ -300,10 +300,10 @@ class _CompiledStep:
         elif rule == _ko.RMSPROP:
             h1, eps = opt.decay_rate, opt.eps
         elif rule == _ko.ADAM:
-            object.__setattr__(opt, "t", opt.t + 1)   # (an int already checked: no __setattr__)
+            t = opt.t + 1   # (an int already checked; stored below once the kernel updated)
             h1, h2 = opt.betas
             eps = opt.eps
-            c1, c2 = 1.0 - h1**opt.t, 1.0 - h2**opt.t
+            c1, c2 = 1.0 - h1**t, 1.0 - h2**t
         plan = self.plan
         updates = plan.updates
         try:
@@ -319,16 +319,16 @@ class _CompiledStep:
                                   opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
                                   _threads._num_threads, skip_nonfinite, count, _threads._dynamic,
                                   drops, front)
-        except BaseException:
-            # Adam's count goes back unless the kernel updated: a bad argument, or an
-            # interrupt (KeyboardInterrupt) that came before the kernel ran; one that comes
-            # while it runs is raised as it returns, and its update stays counted
-            if rule == _ko.ADAM and plan.updates == updates:
-                object.__setattr__(opt, "t", opt.t - 1)
-            raise
+        finally:
+            # Adam counts the step when the kernel updated (the plan counts that as the kernel
+            # returns, before any Python code runs): not when an argument was refused or the
+            # guard stopped the step, nor when an interrupt (KeyboardInterrupt) came before
+            # the kernel ran; one that comes while it runs is raised as it returns, and this
+            # runs first. (Counted before the kernel, t stayed one ahead when an interrupt
+            # came right after the count.)
+            if rule == _ko.ADAM and plan.updates != updates:
+                object.__setattr__(opt, "t", t)   # (an int already checked: no __setattr__)
         stopped = plan.stopped
-        if stopped and rule == _ko.ADAM:
-            object.__setattr__(opt, "t", opt.t - 1)  # the guard stopped the step before any update
         correct = plan.correct
         return value, (correct if correct >= 0 else None), stopped
 
@@ -449,40 +449,55 @@ _models = weakref.WeakSet()
 
 
 class _FitModes:
-    """fit's context: the layers in training mode, and afterwards each in the mode it was in
-    (a model put in eval mode before fit is in eval mode after it, as PyTorch users expect).
-    Fits of one model running at once in several threads share one record, the model's count
-    of running fits and the modes the first found, kept under its lock: the first saves the
-    modes and the last to finish puts them back. (Each fit's own save and restore left the
-    model in training mode when a second fit started after the first's train() and ended
-    after the first had put eval back.)"""
+    """fit's layer modes: training mode while it runs, and afterwards each layer in the mode
+    it was in (a model put in eval mode before fit is in eval mode after it, as PyTorch users
+    expect). Fits of one model running at once in several threads share one record,
+    ``model._fit_record`` = (the modes the first found, the fits running), under _fit_lock:
+    the first saves the modes and the last to finish puts them back. (Each fit's own save and
+    restore left the model in training mode when a second fit started after the first's
+    train() and ended after the first had put eval back.)
 
-    __slots__ = ("model",)
+    fit calls enter() and exit() inside one try / finally, and exit() closes only a fit that
+    enter() recorded: an interrupt (KeyboardInterrupt) anywhere leaves no fit on the record.
+    _fit_lock is held for a few list operations only, never across a step, so that a fit
+    ending beside another does not wait (interruptibly) for the other's step."""
+
+    __slots__ = ("model", "ident")
 
     def __init__(self, model):
         self.model = model
+        self.ident = threading.get_ident()
 
-    def __enter__(self):
+    def enter(self):
         model = self.model
-        with model._lock:
-            if not model._fits:
-                model._fit_modes = [(layer, getattr(layer, "training", True))
-                                    for layer in model._layers]
-            model._fits += 1
-        try:
-            model.train()
-        except BaseException:
-            self.__exit__()
-            raise
+        with _fit_lock:
+            record = model._fit_record
+            if record is None:
+                record = model._fit_record = (
+                    [(layer, getattr(layer, "training", True)) for layer in model._layers], [])
+            record[1].append(self)
+        model.train()
 
-    def __exit__(self, *exc):
+    def exit(self):
         model = self.model
-        with model._lock:
-            model._fits -= 1
-            if not model._fits:
-                modes, model._fit_modes = model._fit_modes, None
-                for layer, mode in modes:
-                    layer.train(mode)
+        with _fit_lock:
+            record = model._fit_record
+            if record is None or not any(fit is self for fit in record[1]):
+                return   # (not recorded: enter() was interrupted before it)
+            _close_fit(model, record, self)
+
+
+def _close_fit(model, record, fit):
+    """Drop `fit` from the model's record (the caller holds _fit_lock); the last to go puts
+    the modes back."""
+    record[1][:] = [f for f in record[1] if f is not fit]
+    if not record[1]:
+        model._fit_record = None
+        for layer, mode in record[0]:
+            layer.train(mode)
+
+
+_fit_lock = threading.Lock()
 
 
 def _new_lock(model):
@@ -498,8 +513,18 @@ def _after_fork_in_child():
     compiled steps (the one that was running is marked busy, and its buffers are half
     written); its arrays are what they were at the fork, as all of the process's memory is.
     A lock this thread can take is left as it is: free, or held by this very thread (a fork
-    from inside a step, which goes on in the child)."""
+    from inside a step, which goes on in the child). Likewise the fits of other threads
+    running at the fork end in the child at once (_FitModes)."""
+    global _fit_lock
+    _fit_lock = threading.Lock()   # (another thread of the parent may have held it)
+    me = threading.get_ident()
     for model in list(_models):
+        record = model._fit_record
+        if record is not None:
+            # the fits of the parent's other threads never end here (those threads were not
+            # copied): closed now, the modes put back when none of this thread's remains
+            for fit in [f for f in record[1] if f.ident != me]:
+                _close_fit(model, record, fit)
         lock = model._lock
         if lock.acquire(blocking=False):
             lock.release()
@@ -618,10 +643,9 @@ class Sequential:
     # (key, X shape, X dtype) of the compiled step the last cache hit returned, or None: the
     # shortcut of _compiled_step. Plain values, no plan: a dropped entry is not kept alive.
     _hot = None
-    # fits running now, and the layers' modes the first of them found (_FitModes);
-    # class defaults, so that a model pickled before them fits
-    _fits = 0
-    _fit_modes = None
+    # the layers' modes the first of the fits running now found, and those fits (_FitModes);
+    # a class default, so that a model pickled before it fits
+    _fit_record = None
 
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -755,8 +779,7 @@ class Sequential:
         del state["_lock"]
         state["_compiled"] = {}
         state.pop("_hot", None)
-        state.pop("_fits", None)        # (a copy taken during a fit runs none of it)
-        state.pop("_fit_modes", None)
+        state.pop("_fit_record", None)   # (a copy taken during a fit runs none of it)
         state.pop("_apart_checked", None)   # (weak references: a copy's arrays are others)
         state["_layers"] = list(self._layers)
         state["_layers_changed"] = self._layers.changed
@@ -1377,9 +1400,13 @@ class Sequential:
             history["val_loss"] = []
             if classify:
                 history["val_accuracy"] = []
-        with _FitModes(self):   # (training mode; the layers' own modes back afterwards)
+        modes = _FitModes(self)   # (training mode; the layers' own modes back afterwards)
+        try:
+            modes.enter()
             return self._fit_run(X, y, loss, optimizer, epochs, batch_size, shuffle,
                                  validation_data, verbose, rng, classify, history, n)
+        finally:
+            modes.exit()
 
     def _fit_run(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  verbose, rng, classify, history, n):
@@ -1437,7 +1464,8 @@ class Sequential:
                             f"the gradients became non-finite (loss {value:.6g})")
                     msg = (f"training stopped: {what} at epoch {epoch}, step {step} "
                            f"(try a smaller learning rate, or check the inputs for NaN/Inf)")
-                    warnings.warn(msg, RuntimeWarning, stacklevel=3)   # (the caller of fit)
+                    # (at fit's caller: here, _fit_run, fit, the caller)
+                    warnings.warn(msg, RuntimeWarning, stacklevel=4)
                     if verbose:
                         print(msg, file=sys.stdout)
                     history["stopped"] = msg
