@@ -533,6 +533,14 @@ class _Interrupting:
         raise KeyboardInterrupt
 
 
+def _adam_after_a_step(X, y, hidden):
+    """A two-layer model on the whole-step kernel with Adam, one step taken."""
+    model = Sequential(Dense(X.shape[1], hidden, activation="relu", seed=0), Dense(hidden, 3, seed=1))
+    opt = Adam(model.parameters(), lr=1e-2)
+    model.train_step(X, y, "softmax", opt)
+    return model, opt
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_an_interrupted_whole_step_counts_adams_step_with_its_update(when):
     """Adam's t counts the whole-step kernel's updates: an interrupt before the kernel runs
@@ -541,15 +549,8 @@ def test_an_interrupted_whole_step_counts_adams_step_with_its_update(when):
     update and its count; the next steps give a twin's bits either way."""
     X = np.random.default_rng(4).standard_normal((32, 6)).astype(F32)
     y = np.arange(32) % 3
-
-    def make():
-        model = Sequential(Dense(6, 16, activation="relu", seed=0), Dense(16, 3, seed=1))
-        opt = Adam(model.parameters(), lr=1e-2)
-        model.train_step(X, y, "softmax", opt)
-        return model, opt
-
-    model, opt = make()
-    twin, topt = make()
+    model, opt = _adam_after_a_step(X, y, 16)
+    twin, topt = _adam_after_a_step(X, y, 16)
     step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
     assert step is not None   # (the whole-step kernel's path)
     before = [p.copy() for layer in model.layers for p in layer.params.values()]
@@ -566,10 +567,7 @@ def test_an_interrupted_whole_step_counts_adams_step_with_its_update(when):
     for _ in range(2):
         model.train_step(X, y, "softmax", opt)
         twin.train_step(X, y, "softmax", topt)
-    assert opt.t == topt.t
-    for a, b in zip(model.layers, twin.layers):
-        for name in a.params:
-            assert_same_bits(a.params[name], b.params[name], what=name)
+    assert _same_state(_state(model, opt), _state(twin, topt))
 
 
 def test_adams_count_stays_with_its_updates_whichever_line_an_interrupt_hits():
@@ -585,17 +583,10 @@ def test_adams_count_stays_with_its_updates_whichever_line_an_interrupt_hits():
 
     X = np.random.default_rng(5).standard_normal((16, 6)).astype(F32)
     y = np.arange(16) % 3
-
-    def make():
-        model = Sequential(Dense(6, 8, activation="relu", seed=0), Dense(8, 3, seed=1))
-        opt = Adam(model.parameters(), lr=1e-2)
-        model.train_step(X, y, "softmax", opt)
-        return model, opt
-
     code = _CompiledStep.run.__code__
     lines, first = inspect.getsourcelines(_CompiledStep.run)
     kernel_line = first + next(i for i, text in enumerate(lines) if "plan.step(" in text)
-    model, opt = make()
+    model, opt = _adam_after_a_step(X, y, 8)
     interrupted = []
     for k in range(1, 200):
         count = [0]
@@ -626,14 +617,11 @@ def test_adams_count_stays_with_its_updates_whichever_line_an_interrupt_hits():
         after = [p.copy() for layer in model.layers for p in layer.params.values()]
         assert opt.t == t0 and all(np.array_equal(a, b) for a, b in zip(before, after)), k
     assert len(interrupted) >= 10   # (the sweep reached the lines up to the kernel)
-    twin, topt = make()
+    twin, topt = _adam_after_a_step(X, y, 8)
     model.train_step(X, y, "softmax", opt)   # (the sweep's last: the step that ran whole)
     for _ in range(2):
         twin.train_step(X, y, "softmax", topt)
-    assert opt.t == topt.t
-    for a, b in zip(model.layers, twin.layers):
-        for name in a.params:
-            assert_same_bits(a.params[name], b.params[name], what=name)
+    assert _same_state(_state(model, opt), _state(twin, topt))
 
 
 def test_predict_beside_a_layer_path_training_step_leaves_the_step_alone():
