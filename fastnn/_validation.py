@@ -34,8 +34,9 @@ class CheckedSettings:
     """Settings that are checked whenever they are set, in the constructor or later (a
     learning-rate schedule, a hand edit): ``_CHECKS`` maps a name to ``check(value) -> value``
     (a TypeError or ValueError naming it), so a bad value raises at the assignment, before
-    anything uses it. Reading stays a plain attribute lookup (the whole-step kernel reads a
-    Dense layer's alpha on every step; a property cost 0.17 us a step at 64-64-64-10 (32)),
+    anything uses it; a check that needs the object is the name of its method, called as
+    ``self.<name>(value)``. Reading stays a plain attribute lookup (the whole-step kernel reads
+    a Dense layer's alpha on every step; a property cost 0.17 us a step at 64-64-64-10 (32)),
     and pickle and copy restore the instance dict as it was, without the checks."""
 
     __slots__ = ()
@@ -43,7 +44,9 @@ class CheckedSettings:
 
     def __setattr__(self, name, value):
         check = self._CHECKS.get(name)
-        object.__setattr__(self, name, value if check is None else check(value))
+        if check is not None:
+            value = getattr(self, check)(value) if type(check) is str else check(value)
+        object.__setattr__(self, name, value)
 
 
 def refuse_masked(x, name):

@@ -439,7 +439,7 @@ class Dense(CheckedSettings, Layer):
     """
 
     _decay = ("W",)
-    _CHECKS = {"alpha": lambda v: check_scalar(v, "Dense.alpha"),
+    _CHECKS = {"alpha": "_check_alpha",
                "in_features": _refused_size("Dense", "in_features"),
                "out_features": _refused_size("Dense", "out_features")}
 
@@ -473,6 +473,17 @@ class Dense(CheckedSettings, Layer):
         self._add_param("b", np.zeros(self.out_features))
         if self._op == _ka.PRELU:
             self._add_param("alpha", np.full(self.out_features, self.alpha))
+
+    def _check_alpha(self, value):
+        """A slope set after construction: only a layer with a slope has one to change (on a
+        relu or linear Dense it would be kept and never used). The constructor's first
+        assignment, checked against the activation there, passes."""
+        value = check_scalar(value, "Dense.alpha")
+        if "alpha" in self.__dict__ and self.__dict__.get("_op") not in (_ka.LEAKY_RELU, _ka.PRELU):
+            raise ValueError(f"Dense.alpha is the slope of activation 'leaky_relu' or 'prelu'; "
+                             f"this layer's activation {self.activation!r} has none "
+                             f"(got alpha={value!r})")
+        return value
 
     # read-only; kept in the instance dict under its own name (the layout pickles have)
     activation = property(lambda self: self.__dict__["activation"], _fixed_activation,

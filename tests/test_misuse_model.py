@@ -698,6 +698,32 @@ def test_layer_settings_are_checked_when_set():
     np.testing.assert_array_equal(noise.forward(x), x)
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+def test_a_slope_set_on_a_dense_without_one_is_refused(activation):
+    """The constructor refuses alpha for an activation without a slope; set later, it was
+    kept and never used (a relu Dense stayed a relu). A slope layer still takes one."""
+    d = Dense(3, 2, activation=activation, seed=0, dtype=np.float64)
+    before = d.alpha
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    out = d.forward(x)
+    with pytest.raises(ValueError, match=rf"^Dense\.alpha .*activation {activation!r} has none"):
+        d.alpha = 0.2
+    assert d.alpha == before and "alpha" not in d.get_config()
+    np.testing.assert_array_equal(d.forward(x), out)
+    with pytest.raises(TypeError, match=r"^Dense\.alpha"):   # (the value's own check first)
+        d.alpha = "a"
+    for sloped in ("leaky_relu", "prelu"):
+        s = Dense(3, 2, activation=sloped, seed=0)
+        s.alpha = 0.2
+        assert s.alpha == 0.2 and s.get_config()["alpha"] == 0.2
+    # a copy and a pickle keep the check (it is the class's)
+    import copy
+    import pickle
+    for c in (copy.deepcopy(d), pickle.loads(pickle.dumps(d))):
+        with pytest.raises(ValueError, match=r"^Dense\.alpha"):
+            c.alpha = 0.2
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_fit_leaves_each_layer_in_the_mode_it_found(mode):
     X, y = _data()
