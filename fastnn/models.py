@@ -111,6 +111,20 @@ def _as_input(X, dtype, w1):
     return np.asarray(arr, dtype=dtype)
 
 
+def _check_batch(X, y):
+    """With labels: X holds rows and y one label per row, said with the model's own argument
+    names (softmax_loss would name the scores x). y's other checks are softmax_loss's."""
+    if X.shape[0] == 0:
+        raise ValueError("X must hold at least one row: the mean loss over an empty batch is "
+                         "undefined")
+    try:
+        shape = np.shape(y)
+    except ValueError:   # (a ragged list: softmax_loss names it)
+        return
+    if len(shape) == 1 and shape[0] != X.shape[0]:
+        raise ValueError(f"y must have {X.shape[0]} labels (one per row of X), got {shape[0]}")
+
+
 def _add_l2(loss, grads, params, reg, num_layers):
     """Add ``0.5 * reg * sum(W**2)`` to the loss and ``reg * W`` to each weight gradient."""
     if reg == 0.0:
@@ -156,6 +170,8 @@ class TwoLayerNet:
         reg = _current_reg(self, y)
         p = self.params
         X = _as_input(X, _model_dtype(p), p.get("W1"))
+        if y is not None:
+            _check_batch(X, y)
         hidden, cache1 = affine_relu_forward(X, p["W1"], p["b1"])
         scores, cache2 = affine_forward(hidden, p["W2"], p["b2"])
         if y is None:
@@ -221,6 +237,7 @@ class FullyConnectedNet:
         # the course: weights from np.random whatever the seed (it is for dropout only)
         self.params = _init_layers([input_dim] + hidden_dims + [num_classes], weight_scale,
                                    self.dtype, None)
+        self.bn_params = []   # (the course's attribute; empty: no normalization here)
         self.dropout_param = {}
         if self.use_dropout:
             self.dropout_param = {"mode": "train", "p": keep}
@@ -233,6 +250,8 @@ class FullyConnectedNet:
         p = self.params
         L = self.num_layers
         X = _as_input(X, _model_dtype(p), p.get("W1"))
+        if y is not None:
+            _check_batch(X, y)
         mode = "test" if y is None else "train"
         if self.use_dropout:
             self.dropout_param["mode"] = mode

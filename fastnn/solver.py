@@ -197,6 +197,7 @@ class Solver:
             folder = os.path.dirname(self.checkpoint_name) or os.curdir   # ("dir/" names dir)
             if not os.path.isdir(folder):   # (checked now, not after the first epoch)
                 raise ValueError(f"checkpoint_name {self.checkpoint_name!r}: no folder {folder!r}")
+            _check_param_names(model.params)   # (now too, not after the first epoch)
 
         seed = opts["seed"]
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
@@ -247,6 +248,15 @@ class Solver:
             if name not in grads:
                 raise ValueError(f"model.loss(X, y) returned no gradient for the parameter "
                                  f"{name!r} of model.params")
+            # (a course rule would broadcast a gradient of another shape into the parameter)
+            try:
+                same = np.shape(grads[name]) == np.shape(params[name])
+            except ValueError:   # (a ragged list: the update rule names it)
+                same = True
+            if not same:
+                raise ValueError(f"model.loss(X, y) returned a gradient of shape "
+                                 f"{np.shape(grads[name])} for the parameter {name!r} of "
+                                 f"model.params, of shape {np.shape(params[name])}")
         self.loss_history.append(loss)
 
         for name in names:
@@ -260,6 +270,7 @@ class Solver:
     def _save_checkpoint(self):
         if self.checkpoint_name is None:
             return
+        _check_param_names(self.model.params)   # (a key set since the constructor's check)
         stem = f"{self.checkpoint_name}_epoch_{self.epoch}"
         npz_path, json_path = stem + ".npz", stem + ".json"
 
@@ -432,6 +443,16 @@ def load_checkpoint(path):
             raise ValueError(f"{what}: array {key!r} has dtype {value.dtype}, expected float32 "
                              "or float64")
     return params, info
+
+
+def _check_param_names(params):
+    """A checkpoint stores the parameters by name, in a JSON list and an .npz archive:
+    model.params' keys must be strings that an archive entry can be named after
+    (load_checkpoint reads nothing else back)."""
+    for key in params:
+        if not isinstance(key, str) or "\0" in key:   # (NUL: no name in an .npz archive)
+            raise ValueError(f"checkpoint_name is set, and checkpoints store parameters by name: "
+                             f"model.params' keys must be str without NUL characters, got {key!r}")
 
 
 def _kind(value):

@@ -142,6 +142,7 @@ def test_fully_connected_params_keys_and_shapes():
         assert model.params[f"b{i}"].shape == (dims[i],)
         assert not model.params[f"b{i}"].any()
         assert model.params[f"W{i}"].any()
+    assert model.bn_params == []   # (the course's class has it, empty without normalization)
 
 
 @pytest.mark.parametrize("cls", ["two", "fc"])
@@ -289,6 +290,24 @@ def test_fully_connected_argument_validation(kwargs, exc, word):
     args.update(kwargs)
     with pytest.raises(exc, match=word):
         FullyConnectedNet(**args)
+
+
+@pytest.mark.parametrize("make", [lambda: TwoLayerNet(4, 3, 2),
+                                  lambda: FullyConnectedNet([3], input_dim=4, num_classes=2,
+                                                            dropout_keep_ratio=0.5, seed=0)],
+                         ids=["two", "fc"])
+def test_a_batch_without_rows_or_with_other_labels_is_named_as_the_models_arguments(make):
+    """The model's arguments are X and y; the loss inside named the scores x ('y must have 3
+    labels (one per row of x)')."""
+    model = make()
+    with pytest.raises(ValueError, match=r"^X must hold at least one row"):
+        model.loss(np.zeros((0, 4)), np.zeros(0, int))
+    assert model.loss(np.zeros((0, 4))).shape == (0, 2)   # (scores of no rows, as before)
+    for y in (np.zeros(2, int), [0, 1]):
+        with pytest.raises(ValueError, match=r"^y must have 3 labels \(one per row of X\), got 2$"):
+            model.loss(np.zeros((3, 4)), y)
+    with pytest.raises(ValueError, match=r"^y must be 1-D"):   # (softmax_loss's own checks)
+        model.loss(np.zeros((3, 4)), np.zeros((3, 2), int))
 
 
 def test_two_layer_argument_validation():

@@ -692,6 +692,53 @@ def test_a_missing_gradient_is_found_before_any_parameter_is_updated():
     assert model.params["t"][0] == 0 and solver.loss_history == []
 
 
+@pytest.mark.parametrize("rule", ["sgd", "course-sgd"])
+def test_a_gradient_of_another_shape_is_found_before_any_parameter_is_updated(rule):
+    """A course rule (w -= lr * dw) would broadcast a (2,) gradient into a (2, 2) weight;
+    fastnn's rules refused it after the parameters before it were updated, naming only dw."""
+    update = "sgd" if rule == "sgd" else course_optim_rules()["sgd"]
+    for bad in (np.ones(3), np.ones(2)):   # ((2,) into "u" of shape (2, 2): broadcasts)
+        model = _Duck(train=lambda out, bad=bad: (out[0], {"t": out[1]["t"], "u": bad}))
+        model.params = {"t": np.zeros(1), "u": np.ones((2, 2))}
+        solver = Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+                        update_rule=update, optim_config={"learning_rate": 1.0})
+        with pytest.raises(ValueError, match=r"model\.loss\(X, y\) returned a gradient of shape "
+                           rf"\({bad.shape[0]},\) for the parameter 'u' .* \(2, 2\)"):
+            solver.train()
+        assert model.params["t"][0] == 0 and solver.loss_history == []
+        np.testing.assert_array_equal(model.params["u"], np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("key", [0, ("W", 1), "a\0b"], ids=["int", "tuple", "nul"])
+def test_checkpoints_need_parameter_names_they_can_store(tmp_path, key):
+    """Checkpoints store the parameters by name (a JSON list, .npz entries): a key that is
+    not a str was written and then refused by load_checkpoint, and a NUL in one made an
+    archive it could not read. Refused when the solver is made, and at a checkpoint for a
+    key added since; without checkpoint_name such keys train as before."""
+    def make():
+        model = _Duck(train=lambda out: (out[0], {key: np.zeros(1), **out[1]}))
+        model.params = {key: np.zeros(1), **model.params}
+        return model
+    with pytest.raises(ValueError, match="checkpoint_name .* keys must be str"):
+        Solver(make(), _scripted_data(), checkpoint_name=str(tmp_path / "ck"), verbose=False)
+    assert os.listdir(tmp_path) == []
+    Solver(make(), _scripted_data(), num_epochs=1, batch_size=5, verbose=False).train()
+    model = _Duck(train=lambda out: (out[0], {key: np.zeros(1), **out[1]}))
+    solver = Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+                    checkpoint_name=str(tmp_path / "ck"))
+    model.params[key] = np.zeros(1)
+    with pytest.raises(ValueError, match="checkpoint_name .* keys must be str"):
+        solver.train()
+    assert os.listdir(tmp_path) == []
+    # names an archive can hold, odd as they are, come back
+    model = _Duck(train=lambda out: (out[0], {"": np.zeros(1), "a.npy": np.zeros(1), **out[1]}))
+    model.params = {"": np.zeros(1), "a.npy": np.zeros(1), **model.params}
+    Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+           checkpoint_name=str(tmp_path / "ok")).train()
+    params, info = load_checkpoint(str(tmp_path / "ok_epoch_1"))
+    assert sorted(params) == sorted(model.params) == sorted(info["param_names"])
+
+
 def test_model_params_may_be_any_mutable_mapping_and_checkpoint_name_a_bytes_path(tmp_path):
     """As the course's Solver, which only indexes and assigns into model.params."""
     import collections
