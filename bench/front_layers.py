@@ -185,9 +185,21 @@ def main(argv=None):
         networks, args.rounds, args.min_time = [((20, 32, 5), 64)], 1, 0.005
     head = header_lines(started=now())
     print("\n".join(head))
-    print(f"{args.rounds} rounds, float32, ms per step (medians)\n", flush=True)
-    with _threads._dynamic_set(False):   # every call on the threads set (no governor)
-        rows = run(networks, args.rounds, args.min_time, use_torch=not args.no_torch)
+    print(f"{args.rounds} rounds, float32, ms per step (medians), every library on "
+          f"{fastnn.get_num_threads()} threads\n", flush=True)
+    # every library on fastnn's thread count (fastnn without its governor), as fastnn.bench's
+    # table: NumPy's BLAS (threadpoolctl) and PyTorch would otherwise take their own defaults
+    nthreads = fastnn.get_num_threads()
+    torch = optional_torch() if not args.no_torch else None
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(nthreads)
+        with _threads._dynamic_set(False), fb._blas_threads(nthreads):
+            rows = run(networks, args.rounds, args.min_time, use_torch=torch is not None)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
     print(table(rows))
     if out is not None:
         out.dump(dict(header=head, rounds=args.rounds, rows=rows), indent=1)

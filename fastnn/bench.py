@@ -172,16 +172,29 @@ def _make_runners(dims, n, dtype, torch, seed=0):
 
 
 def _check_same_start(runners, dtype):
-    """Each implementation's first step, from the same weights, gives the same loss (the
-    steps compared do the same computation); raises otherwise. Called once per network: it
-    also takes each implementation's first (warm-up) step."""
-    losses = {k: float(fn()) for k, fn in runners.items()}
-    ref = losses["numpy"]
+    """Each implementation's first two steps, from the same weights, give the same losses: the
+    first checks the forward pass and the loss, and the change from the first to the second
+    (one SGD update apart) the backward pass, the learning rate and the update; raises
+    otherwise. Called once per network: it also takes each implementation's first (warm-up)
+    steps. Returns the first losses."""
+    first = {k: float(fn()) for k, fn in runners.items()}
+    ref = first["numpy"]
     tol = 1e-3 if dtype == np.float32 else 1e-9
-    bad = {k: v for k, v in losses.items() if not abs(v - ref) <= tol * max(1.0, abs(ref))}
+    bad = {k: v for k, v in first.items() if not abs(v - ref) <= tol * max(1.0, abs(ref))}
     if bad:
         raise RuntimeError(f"first-step losses differ from NumPy's {ref!r}: {bad}")
-    return losses
+    # the change is ~lr * |grad|^2: 0.1-2% of the loss on the benchmark's networks, where the
+    # implementations' changes agreed within 3e-5 of it in float32 and 1e-13 in float64. A 1%
+    # gap is refused, beyond the losses' own rounding (float32: ~1e-7 of the loss)
+    moved = {k: v - float(runners[k]()) for k, v in first.items()}
+    ref_moved = moved["numpy"]
+    slack = (1e-5 if dtype == np.float32 else 1e-12) * max(1.0, abs(ref))
+    bad = {k: v for k, v in moved.items() if not abs(v - ref_moved) <= 0.01 * abs(ref_moved) + slack}
+    if bad:
+        raise RuntimeError(f"the second step's loss moved by {ref_moved!r} from the first in "
+                           f"NumPy's step, by other amounts in {bad}: the steps compared do not "
+                           "update the same way")
+    return first
 
 
 # Seconds to wait before timing each implementation: a library's worker threads keep spinning
@@ -411,23 +424,29 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
     try:
         if torch is not None:
             torch.set_num_threads(nthreads)
-        with _threads.threads(nthreads), _threads._dynamic_set(False), \
+        with _threads.threads(nthreads) as fastnn_threads, _threads._dynamic_set(False), \
                 _blas_threads(nthreads) as blas_threads:
+            # (fastnn_threads: the count fastnn runs, which is 1 whatever was asked in a build
+            # without OpenMP or in a child forked after parallel kernels ran)
             return _run(networks, dtypes, rounds, min_time, nthreads, torch, stream,
-                        skip_large, blas_threads)
+                        skip_large, blas_threads, fastnn_threads,
+                        "PyTorch not installed (skipped)" if use_torch else
+                        "PyTorch skipped (--no-torch)")
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)
 
 
-def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads):
+def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads,
+         fastnn_threads, no_torch):
     results = []
     any_unsteady = any_busy = False
     tiles = _kd.tile_params()
     date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    print(f"fastnn {fastnn.__version__}, {nthreads} threads, fixed (tiles for "
+    own = "" if fastnn_threads == nthreads else f" (fastnn runs {fastnn_threads} here)"
+    print(f"fastnn {fastnn.__version__}, {nthreads} threads{own}, fixed (tiles for "
           f"{tiles['tile_cores']} CPUs), "
-          f"{'PyTorch ' + torch.__version__ if torch else 'PyTorch not installed (skipped)'}, "
+          f"{'PyTorch ' + torch.__version__ if torch else no_torch}, "
           f"{date}", file=stream)
     kernels = _fastnn_config.blas_kernels()
     print(f"BLAS: {kernels}; NumPy's BLAS threads: "
@@ -436,9 +455,10 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
           "gradient (the work fastnn's layer API and PyTorch do)", file=stream)
     for dt in dtypes:
         dtype = np.dtype(dt)
-        rates = [matmul_rate(dtype)]
-        print(f"\n{dtype.name}: NumPy matmul 2048^2 at {rates[0]:.0f} GFLOP/s "
-              "(the roofline rate: the best of this and one measurement per round)", file=stream)
+        start_rate = matmul_rate(dtype)
+        print(f"\n{dtype.name}: NumPy matmul 2048^2 at {start_rate:.0f} GFLOP/s (a row's "
+              "roofline rate: the best of this and one measurement per round of the row)",
+              file=stream)
         head = f"{'network (batch)':<28}{'fastnn':>10}{'functional':>12}{'numpy':>10}{'numpy=':>10}"
         head += f"{'torch':>10}" if torch else ""
         head += f"{'vs numpy':>10}{'vs numpy=':>10}" + (f"{'vs torch':>10}" if torch else "")
@@ -450,6 +470,9 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             runners, model, X, y, opt, loss = _make_runners(dims, n, dtype, torch)
             first = _check_same_start(runners, dtype)
             times = {k: [] for k in runners}
+            # (the row's own rates: measured beside its steps, in the same minutes; a rate
+            # from another row's minutes would move its roofline with the machine's drift)
+            rates = [start_rate]
             with OtherLoad() as other:
                 for _ in range(rounds):
                     for k, fn in runners.items():
@@ -467,7 +490,8 @@ def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large
             held, need, per_step, helds = step_memory_rounds(model, X, y, opt, loss,
                                                              min(rounds, MEMORY_ROUNDS))
             row = {"network": "-".join(map(str, dims)), "batch": n, "dtype": dtype.name,
-                   "threads": nthreads, "numpy_blas_threads": blas_threads,
+                   "threads": nthreads, "fastnn_threads": fastnn_threads,
+                   "numpy_blas_threads": blas_threads,
                    "tile_cores": tiles["tile_cores"],
                    "blas_kernels": kernels, "thin": tiles["thin"], "date": date,
                    "fastnn_version": fastnn.__version__,

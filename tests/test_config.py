@@ -474,6 +474,31 @@ def test_bench_compares_equal_work_from_equal_weights():
         bench._check_same_start(runners, np.float64)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("wrong", ["lr", "backward"])
+def test_bench_refuses_a_step_that_updates_otherwise(dtype, wrong):
+    """The check of the same start also compares each implementation's second step (one
+    update later): a learning rate 5% off, or a backward pass that drops a gradient, passed
+    the first-loss check alone."""
+    from fastnn import bench
+
+    dims, n = (6, 5, 3), 9
+    runners, model, X, y, opt, loss = bench._make_runners(dims, n, dtype, None)
+    bench._check_same_start(runners, dtype)   # (the same updates pass, after two steps each)
+    runners, model, X, y, opt, loss = bench._make_runners(dims, n, dtype, None)
+    if wrong == "lr":
+        opt.lr = 1.05 * opt.lr
+    else:
+        def no_bias_update(X=X, y=y):
+            b = model.layers[0].params["b"].copy()
+            out = model.train_step(X, y, loss, opt)
+            model.layers[0].params["b"][...] = b
+            return out
+        runners["fastnn"] = no_bias_update
+    with pytest.raises(RuntimeError, match=r"second step's loss moved by .* in \{'fastnn'"):
+        bench._check_same_start(runners, dtype)
+
+
 def test_bench_unsteady_marks_rounds_that_spread():
     """An implementation is unsteady when its rounds spread (fastest to slowest) by more than
     UNSTEADY_SPREAD of their median, and only with UNSTEADY_MIN_ROUNDS rounds or more."""
@@ -607,6 +632,36 @@ def test_bench_run_leaves_the_callers_thread_count(capsys):
         bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, threads=1, use_torch=False,
                   stream=io.StringIO())
         assert fastnn.get_num_threads() == before
+
+
+def test_bench_reports_the_thread_count_fastnn_runs_and_why_torch_is_missing(monkeypatch):
+    """The header and the JSON said the count asked for while fastnn ran on 1 thread (a build
+    without OpenMP, a child forked after parallel kernels), and 'PyTorch not installed' when
+    it was installed and left out."""
+    import contextlib
+
+    from fastnn import bench
+
+    def one_row():
+        buf = io.StringIO()
+        rows = bench.run(networks=[((3, 5, 2), 7)], rounds=1, min_time=0.001, threads=3,
+                         use_torch=False, stream=buf)
+        return buf.getvalue().splitlines()[0], rows[0]
+
+    with fastnn.threads(3):
+        runs = fastnn.get_num_threads()   # (3, or 1 in a serial build)
+    header, row = one_row()
+    assert row["threads"] == 3 and row["fastnn_threads"] == runs
+    assert ("3 threads (fastnn runs 1 here)," in header) == (runs != 3)
+    assert "PyTorch skipped (--no-torch)," in header and "not installed" not in header
+
+    @contextlib.contextmanager
+    def serial(n):   # (what threads() yields where fastnn cannot run n)
+        yield 1
+    monkeypatch.setattr(bench._threads, "threads", serial)
+    header, row = one_row()
+    assert row["threads"] == 3 and row["fastnn_threads"] == 1
+    assert "3 threads (fastnn runs 1 here)," in header
 
 
 @pytest.mark.parametrize("networks,exc,words", [
