@@ -185,8 +185,7 @@ def main(argv=None):
         networks, args.rounds, args.min_time = [((20, 32, 5), 64)], 1, 0.005
     head = header_lines(started=now())
     print("\n".join(head))
-    print(f"{args.rounds} rounds, float32, ms per step (medians), every library on "
-          f"{fastnn.get_num_threads()} threads\n", flush=True)
+    print(f"{args.rounds} rounds, float32, ms per step (medians)", flush=True)
     # every library on fastnn's thread count (fastnn without its governor), as fastnn.bench's
     # table: NumPy's BLAS (threadpoolctl) and PyTorch would otherwise take their own defaults
     nthreads = fastnn.get_num_threads()
@@ -195,7 +194,10 @@ def main(argv=None):
     try:
         if torch is not None:
             torch.set_num_threads(nthreads)
-        with _threads._dynamic_set(False), fb._blas_threads(nthreads):
+        with _threads._dynamic_set(False), fb._blas_threads(nthreads) as blas:
+            print(f"fastnn{' and PyTorch' if torch is not None else ''} on {nthreads} threads; "
+                  f"NumPy's BLAS on {blas if blas else 'its own count (threadpoolctl not installed)'}"
+                  "\n", flush=True)
             rows = run(networks, args.rounds, args.min_time, use_torch=torch is not None)
     finally:
         if torch is not None:

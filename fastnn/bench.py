@@ -431,7 +431,7 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
             return _run(networks, dtypes, rounds, min_time, nthreads, torch, stream,
                         skip_large, blas_threads, fastnn_threads,
                         "PyTorch not installed (skipped)" if use_torch else
-                        "PyTorch skipped (--no-torch)")
+                        "PyTorch skipped (use_torch=False, --no-torch)")
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)

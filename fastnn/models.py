@@ -118,11 +118,12 @@ def _check_batch(X, y):
         raise ValueError("X must hold at least one row: the mean loss over an empty batch is "
                          "undefined")
     try:
-        shape = np.shape(y)
+        arr = np.asarray(y)
     except ValueError:   # (a ragged list: softmax_loss names it)
         return
-    if len(shape) == 1 and shape[0] != X.shape[0]:
-        raise ValueError(f"y must have {X.shape[0]} labels (one per row of X), got {shape[0]}")
+    if arr.dtype.kind in "iu" and arr.ndim == 1 and arr.shape[0] != X.shape[0]:
+        # (integer labels: another dtype, or a shape, is softmax_loss's to name first)
+        raise ValueError(f"y must have {X.shape[0]} labels (one per row of X), got {arr.shape[0]}")
 
 
 def _add_l2(loss, grads, params, reg, num_layers):

@@ -248,11 +248,17 @@ class Solver:
             if name not in grads:
                 raise ValueError(f"model.loss(X, y) returned no gradient for the parameter "
                                  f"{name!r} of model.params")
-            # (a course rule would broadcast a gradient of another shape into the parameter)
+            # (a course rule would broadcast a smaller gradient into the parameter: sizes must
+            # match, and the gradient broadcast to the parameter's shape, as a number does for
+            # a one-element parameter)
             try:
-                same = np.shape(grads[name]) == np.shape(params[name])
+                gs, ps = np.shape(grads[name]), np.shape(params[name])
             except ValueError:   # (a ragged list: the update rule names it)
-                same = True
+                continue
+            try:
+                same = math.prod(gs) == math.prod(ps) and np.broadcast_shapes(gs, ps) == ps
+            except ValueError:
+                same = False
             if not same:
                 raise ValueError(f"model.loss(X, y) returned a gradient of shape "
                                  f"{np.shape(grads[name])} for the parameter {name!r} of "
@@ -450,9 +456,19 @@ def _check_param_names(params):
     model.params' keys must be strings that an archive entry can be named after
     (load_checkpoint reads nothing else back)."""
     for key in params:
-        if not isinstance(key, str) or "\0" in key:   # (NUL: no name in an .npz archive)
+        if not isinstance(key, str) or "\0" in key or not _utf8(key):   # (NUL: no .npz name)
             raise ValueError(f"checkpoint_name is set, and checkpoints store parameters by name: "
-                             f"model.params' keys must be str without NUL characters, got {key!r}")
+                             f"model.params' keys must be str in UTF-8 without NUL characters, got "
+                             f"{key!r}")
+
+
+def _utf8(text):
+    """Whether text encodes as UTF-8 (an .npz entry's name must; a lone surrogate does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value):

@@ -308,6 +308,8 @@ def test_a_batch_without_rows_or_with_other_labels_is_named_as_the_models_argume
             model.loss(np.zeros((3, 4)), y)
     with pytest.raises(ValueError, match=r"^y must be 1-D"):   # (softmax_loss's own checks)
         model.loss(np.zeros((3, 4)), np.zeros((3, 2), int))
+    with pytest.raises(TypeError, match=r"^y must hold integer class labels"):   # (first)
+        model.loss(np.zeros((3, 4)), np.zeros(2))
 
 
 def test_two_layer_argument_validation():

@@ -1,6 +1,7 @@
 """fastnn.solver.Solver: the course's training loop, keyword arguments and checkpoints."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -697,19 +698,33 @@ def test_a_gradient_of_another_shape_is_found_before_any_parameter_is_updated(ru
     """A course rule (w -= lr * dw) would broadcast a (2,) gradient into a (2, 2) weight;
     fastnn's rules refused it after the parameters before it were updated, naming only dw."""
     update = "sgd" if rule == "sgd" else course_optim_rules()["sgd"]
-    for bad in (np.ones(3), np.ones(2)):   # ((2,) into "u" of shape (2, 2): broadcasts)
+    # ((2,) into "u" of shape (2, 2) broadcasts; (4,) and (1, 2, 2) have its size and do not)
+    for bad in (np.ones(3), np.ones(2), np.ones(4), np.ones((1, 2, 2))):
         model = _Duck(train=lambda out, bad=bad: (out[0], {"t": out[1]["t"], "u": bad}))
         model.params = {"t": np.zeros(1), "u": np.ones((2, 2))}
         solver = Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
                         update_rule=update, optim_config={"learning_rate": 1.0})
         with pytest.raises(ValueError, match=r"model\.loss\(X, y\) returned a gradient of shape "
-                           rf"\({bad.shape[0]},\) for the parameter 'u' .* \(2, 2\)"):
+                           rf"{re.escape(str(bad.shape))} for the parameter 'u' .* \(2, 2\)"):
             solver.train()
         assert model.params["t"][0] == 0 and solver.loss_history == []
         np.testing.assert_array_equal(model.params["u"], np.ones((2, 2)))
 
 
-@pytest.mark.parametrize("key", [0, ("W", 1), "a\0b"], ids=["int", "tuple", "nul"])
+def test_a_number_for_a_one_element_parameters_gradient_trains_with_a_course_rule():
+    """The shape check refuses gradients of another size; a number (a float, a 0-d array)
+    for a parameter of shape (1,) is one element, and a course rule (w -= lr * dw) trains it."""
+    for grad in (-1.0, np.array(-1.0), np.float32(-1.0)):
+        model = _Duck(train=lambda out, grad=grad: (out[0], {"t": grad}))
+        solver = Solver(model, _scripted_data(), num_epochs=2, batch_size=5, verbose=False,
+                        update_rule=course_optim_rules()["sgd"], optim_config={"learning_rate": 1.0})
+        solver.train()
+        assert model.params["t"].shape == (1,) and model.params["t"][0] == solver.best_params["t"][0]
+        assert len(solver.loss_history) == 2
+
+
+@pytest.mark.parametrize("key", [0, ("W", 1), "a\0b", "W\udcff"],
+                         ids=["int", "tuple", "nul", "lone-surrogate"])
 def test_checkpoints_need_parameter_names_they_can_store(tmp_path, key):
     """Checkpoints store the parameters by name (a JSON list, .npz entries): a key that is
     not a str was written and then refused by load_checkpoint, and a NUL in one made an
