@@ -38,7 +38,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import header_lines, now, optional_torch  # noqa: E402  (also puts the repo on sys.path)
 
 import fastnn  # noqa: E402
-from fastnn import _threads  # noqa: E402
 from fastnn import bench as fb  # noqa: E402
 from fastnn.reference import dense as RD  # noqa: E402
 from fastnn.reference import losses as RL  # noqa: E402
@@ -190,18 +189,11 @@ def main(argv=None):
     # table: NumPy's BLAS (threadpoolctl) and PyTorch would otherwise take their own defaults
     nthreads = fastnn.get_num_threads()
     torch = optional_torch() if not args.no_torch else None
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    try:
-        if torch is not None:
-            torch.set_num_threads(nthreads)
-        with _threads._dynamic_set(False), fb._blas_threads(nthreads) as blas:
-            print(f"fastnn{' and PyTorch' if torch is not None else ''} on {nthreads} threads; "
-                  f"NumPy's BLAS on {blas if blas else 'its own count (threadpoolctl not installed)'}"
-                  "\n", flush=True)
-            rows = run(networks, args.rounds, args.min_time, use_torch=torch is not None)
-    finally:
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
+    with fb.every_library_on(nthreads, torch) as (_, blas):
+        print(f"fastnn{' and PyTorch' if torch is not None else ''} on {nthreads} threads; "
+              f"NumPy's BLAS on {blas if blas else 'its own count (threadpoolctl not installed)'}"
+              "\n", flush=True)
+        rows = run(networks, args.rounds, args.min_time, use_torch=torch is not None)
     print(table(rows))
     if out is not None:
         out.dump(dict(header=head, rounds=args.rounds, rows=rows), indent=1)

@@ -248,8 +248,9 @@ def _shares(out, arr):
         return True
 
 
-def class_labels(y, n, num_classes, name="y"):
-    """Integer class labels: 1-D, n of them, each in [0, num_classes). Returns an intp array."""
+def class_labels(y, n, num_classes, name="y", rows="x"):
+    """Integer class labels: 1-D, n of them (one per row of the array named `rows`), each in
+    [0, num_classes). Returns an intp array."""
     if y is None:
         raise TypeError(f"{name} must be an array of integer class labels, got None")
     refuse_masked(y, name)
@@ -262,7 +263,7 @@ def class_labels(y, n, num_classes, name="y"):
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D with one label per row, got shape {arr.shape}")
     if arr.shape[0] != n:
-        raise ValueError(f"{name} must have {n} labels (one per row of x), got {arr.shape[0]}")
+        raise ValueError(f"{name} must have {n} labels (one per row of {rows}), got {arr.shape[0]}")
     if n:
         lo, hi = arr.min(), arr.max()
         if lo < 0 or hi >= num_classes:

@@ -362,6 +362,24 @@ def _blas_threads(n):
     return limited()
 
 
+@contextlib.contextmanager
+def every_library_on(n, torch=None):
+    """fastnn (its governor off: no dynamic thread count), NumPy's (and SciPy's) BLAS (when
+    threadpoolctl is installed) and PyTorch (the module, when given) on n threads for the
+    block; each count is back afterwards. Yields (the count fastnn runs: 1 whatever n is in a
+    build without OpenMP or a child forked after parallel kernels ran, the count the BLAS
+    was held to or None)."""
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(n)
+        with _threads.threads(n) as own, _threads._dynamic_set(False), _blas_threads(n) as blas:
+            yield own, blas
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
 def _float_dtype(d):
     """Whether `d` names float32 or float64 (a bench dtype; None, which NumPy reads as float64,
     does not)."""
@@ -410,31 +428,20 @@ def run(networks=None, dtypes=("float32",), rounds=5, min_time=0.2, threads=None
     nthreads = fastnn.get_num_threads() if threads is None else check_int(threads, "threads",
                                                                           below=2**31)
     networks = NETWORKS if networks is None else _check_networks(networks)
-    torch = torch_threads = None
+    torch = None
     if use_torch:
         try:
-            import torch as _torch
-
-            torch, torch_threads = _torch, _torch.get_num_threads()
+            import torch
         except ImportError:
             torch = None
     # every library on exactly nthreads: fastnn's step too (no dynamic thread count; its
     # governor's probes would fall into some rounds of a large network; bench/contention.py
     # measures the governor, busy machine and quiet); the caller's counts are back afterwards
-    try:
-        if torch is not None:
-            torch.set_num_threads(nthreads)
-        with _threads.threads(nthreads) as fastnn_threads, _threads._dynamic_set(False), \
-                _blas_threads(nthreads) as blas_threads:
-            # (fastnn_threads: the count fastnn runs, which is 1 whatever was asked in a build
-            # without OpenMP or in a child forked after parallel kernels ran)
-            return _run(networks, dtypes, rounds, min_time, nthreads, torch, stream,
-                        skip_large, blas_threads, fastnn_threads,
-                        "PyTorch not installed (skipped)" if use_torch else
-                        "PyTorch skipped (use_torch=False, --no-torch)")
-    finally:
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
+    with every_library_on(nthreads, torch) as (fastnn_threads, blas_threads):
+        return _run(networks, dtypes, rounds, min_time, nthreads, torch, stream,
+                    skip_large, blas_threads, fastnn_threads,
+                    "PyTorch not installed (skipped)" if use_torch else
+                    "PyTorch skipped (use_torch=False, --no-torch)")
 
 
 def _run(networks, dtypes, rounds, min_time, nthreads, torch, stream, skip_large, blas_threads,

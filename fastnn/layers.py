@@ -427,6 +427,15 @@ def _refused_size(cls_name, name):
     return check
 
 
+_SLOPED = (_ka.LEAKY_RELU, _ka.PRELU)   # the activations with a slope alpha
+
+
+def _no_slope(name, activation, alpha):
+    """The ValueError for a slope given to a Dense whose activation has none."""
+    return ValueError(f"{name} is the slope of activation 'leaky_relu' or 'prelu'; activation "
+                      f"{activation!r} has none (got alpha={alpha!r})")
+
+
 class Dense(CheckedSettings, Layer):
     """Fully connected layer ``act(x @ W + b)``, W of shape (in_features, out_features).
 
@@ -457,10 +466,9 @@ class Dense(CheckedSettings, Layer):
         self._op = ACTIVATIONS[activation]
         if alpha is None:
             alpha = 0.25 if activation == "prelu" else 0.01
-        elif self._op not in (_ka.LEAKY_RELU, _ka.PRELU):
+        elif self._op not in _SLOPED:
             # (a slope the layer would not use: activation="relu", alpha=0.2 meant leaky_relu)
-            raise ValueError(f"alpha is the slope of activation 'leaky_relu' or 'prelu'; "
-                             f"activation {activation!r} has none (got alpha={alpha!r})")
+            raise _no_slope("alpha", activation, alpha)
         self.alpha = check_scalar(alpha, "alpha")
         self.seed = _check_seed(seed)
         self.weight_init = weight_init
@@ -479,10 +487,8 @@ class Dense(CheckedSettings, Layer):
         relu or linear Dense it would be kept and never used). The constructor's first
         assignment, checked against the activation there, passes."""
         value = check_scalar(value, "Dense.alpha")
-        if "alpha" in self.__dict__ and self.__dict__.get("_op") not in (_ka.LEAKY_RELU, _ka.PRELU):
-            raise ValueError(f"Dense.alpha is the slope of activation 'leaky_relu' or 'prelu'; "
-                             f"this layer's activation {self.activation!r} has none "
-                             f"(got alpha={value!r})")
+        if "alpha" in self.__dict__ and self.__dict__.get("_op") not in _SLOPED:
+            raise _no_slope("Dense.alpha", self.activation, value)
         return value
 
     # read-only; kept in the instance dict under its own name (the layout pickles have)

@@ -33,7 +33,8 @@ import numbers
 
 import numpy as np
 
-from fastnn._validation import check_float_dtype, check_int, check_scalar, check_seed, too_many_entries
+from fastnn._validation import (check_float_dtype, check_int, check_scalar, check_seed, class_labels,
+                                too_many_entries)
 from fastnn.init import scaled_draws
 
 from fastnn.functional import (
@@ -111,19 +112,12 @@ def _as_input(X, dtype, w1):
     return np.asarray(arr, dtype=dtype)
 
 
-def _check_batch(X, y):
-    """With labels: X holds rows and y one label per row, said with the model's own argument
-    names (softmax_loss would name the scores x). y's other checks are softmax_loss's."""
+def _check_rows(X):
+    """With labels: X holds rows, said as the model's argument (softmax_loss would name its
+    scores x)."""
     if X.shape[0] == 0:
         raise ValueError("X must hold at least one row: the mean loss over an empty batch is "
                          "undefined")
-    try:
-        arr = np.asarray(y)
-    except ValueError:   # (a ragged list: softmax_loss names it)
-        return
-    if arr.dtype.kind in "iu" and arr.ndim == 1 and arr.shape[0] != X.shape[0]:
-        # (integer labels: another dtype, or a shape, is softmax_loss's to name first)
-        raise ValueError(f"y must have {X.shape[0]} labels (one per row of X), got {arr.shape[0]}")
 
 
 def _add_l2(loss, grads, params, reg, num_layers):
@@ -172,13 +166,14 @@ class TwoLayerNet:
         p = self.params
         X = _as_input(X, _model_dtype(p), p.get("W1"))
         if y is not None:
-            _check_batch(X, y)
+            _check_rows(X)
         hidden, cache1 = affine_relu_forward(X, p["W1"], p["b1"])
         scores, cache2 = affine_forward(hidden, p["W2"], p["b2"])
         if y is None:
             return scores
 
-        loss, dscores = softmax_loss(scores, y)
+        # (the labels named against X, the model's argument; softmax_loss takes them as they are)
+        loss, dscores = softmax_loss(scores, class_labels(y, *scores.shape, rows="X"))
         grads = {}
         dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, cache2)
         _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, cache1)
@@ -252,7 +247,7 @@ class FullyConnectedNet:
         L = self.num_layers
         X = _as_input(X, _model_dtype(p), p.get("W1"))
         if y is not None:
-            _check_batch(X, y)
+            _check_rows(X)
         mode = "test" if y is None else "train"
         if self.use_dropout:
             self.dropout_param["mode"] = mode
@@ -269,7 +264,7 @@ class FullyConnectedNet:
         if mode == "test":
             return scores
 
-        loss, dout = softmax_loss(scores, y)
+        loss, dout = softmax_loss(scores, class_labels(y, *scores.shape, rows="X"))
         grads = {}
         dout, grads[f"W{L}"], grads[f"b{L}"] = affine_backward(dout, c_last)
         for i in range(L - 1, 0, -1):

@@ -260,9 +260,8 @@ class Solver:
             except ValueError:
                 same = False
             if not same:
-                raise ValueError(f"model.loss(X, y) returned a gradient of shape "
-                                 f"{np.shape(grads[name])} for the parameter {name!r} of "
-                                 f"model.params, of shape {np.shape(params[name])}")
+                raise ValueError(f"model.loss(X, y) returned a gradient of shape {gs} for the "
+                                 f"parameter {name!r} of model.params, of shape {ps}")
         self.loss_history.append(loss)
 
         for name in names:
