@@ -1626,6 +1626,81 @@ def test_tied_parameters_are_updated_one_after_the_other(widths, tie):
             assert_same_bits(a, b)
 
 
+_EARLY_RULES = {"sgd": lambda ps: SGD(ps, lr=0.05),
+                "momentum-decay": lambda ps: SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01),
+                "rmsprop": lambda ps: RMSProp(ps, lr=0.01),
+                "adam-decay": lambda ps: Adam(ps, lr=0.01, weight_decay=0.01)}
+
+
+@pytest.mark.parametrize("rule", list(_EARLY_RULES))
+def test_tiled_step_updates_each_layer_once_its_backward_is_done(rule):
+    """A step on the tiled path (not in chunks) updates each layer's W and b in the fused
+    backward pass, right after its dx product (the last to read W): updates_in_backward.
+    fit's guarded step, which must see every gradient first, updates them all at the end.
+    Alternating the two on one plan gives the layer path's numbers, bitwise, on 1, 2, 3 and
+    16 threads, with each rule's state and weight decay."""
+    n, widths = FUSED_SIZES["tiled"]
+    r = np.random.default_rng(21)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run(twin=False):
+        model = _fused_model("relu", widths, F32)
+        if twin:
+            model = Sequential(*model.layers[:1], LayerPathIdentity(F32), *model.layers[1:])
+        opt = _EARLY_RULES[rule](model.parameters())
+        out, early = [], []
+        for guard in (False, True, False, False, True):
+            value, _, stopped = model._step(X, y, SoftmaxCrossEntropy(), opt, skip_nonfinite=guard)
+            assert not stopped
+            out.append(value)
+            step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+            assert (step is None) == twin
+            if not twin:
+                assert step.plan.chunk_rows == 0 and step.plan.fused_backward
+                early.append(step.plan.updates_in_backward)
+        assert early == ([] if twin else [True, False, True, True, False])
+        return out, param_copies(model), [p.grad.copy() for p in model.parameters()]
+
+    _compiled_matches_layerwise(run)
+
+
+def test_tied_parameters_are_updated_after_the_backward():
+    """Two Dense layers reading one W (Parameters may share memory): the first update of it
+    in the backward pass would change the W the layer below still reads for its dx. Such a
+    plan updates at the end of the step, with the layer path's numbers; the control, untied,
+    updates in the backward pass."""
+    import fastnn
+
+    n, widths = 600, (40, 64, 64, 64, 10)
+    r = np.random.default_rng(22)
+    X = r.standard_normal((n, widths[0])).astype(F32)
+    y = r.integers(0, widths[-1], n)
+
+    def run(tied=True, compilable=True):
+        model = _fused_model("relu", widths, F32)
+        dense = [layer for layer in model.layers if isinstance(layer, Dense)]
+        if tied:   # (the two 64 -> 64 layers: the upper one's dx reads what both update)
+            dense[2].params["W"] = dense[1].params["W"]
+        model._compilable = compilable
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        with fastnn.threads(2):
+            losses = [model.train_step(X, y, "softmax", opt) for _ in range(3)]
+        step = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        return losses, param_copies(model), step
+
+    untied = run(tied=False)
+    assert untied[2].plan.chunk_rows == 0 and untied[2].plan.updates_in_backward
+    tied = run()
+    assert tied[2] is not None and tied[2].plan.chunk_rows == 0
+    assert not tied[2].plan.updates_in_backward
+    layer_path = run(compilable=False)
+    assert layer_path[2] is None
+    assert tied[0] == layer_path[0]
+    for a, b in zip(tied[1], layer_path[1]):
+        assert_same_bits(a, b)
+
+
 def test_chunk_update_min_elems_checks_its_value():
     from fastnn._kernels import network as kn
 
