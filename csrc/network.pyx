@@ -37,7 +37,7 @@ from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, b
                            dw_sum_chunks, sum_block_partials)
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
                             loss_raw, loss_rows, loss_total, loss_groups, check_labels)
-from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite
+from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite_raw
 
 from fastnn._kernels import dense as _dense_module
 from fastnn._kernels.dropout import keep_limit as _keep_limit, noise_key as _noise_key
@@ -313,7 +313,7 @@ cdef Py_ssize_t _step(NetPlan *P, const DenseConfig *cfg, const floating *X, con
         # a finite loss can still give non-finite gradients (an Inf input that the activation
         # maps to a finite value, then inf * 0 in x.T @ dz): stop before they reach a parameter
         for k in range(P.n_params):
-            if not all_finite(<const floating *>P.p_grad[k], P.p_n[k]):
+            if not all_finite_raw(<const floating *>P.p_grad[k], P.p_n[k], nt):
                 return STOPPED
         t = _ph_mark(P, _ph_other(P, _PH_GUARD), t)
     # updates

@@ -8,7 +8,7 @@ from cython cimport floating
 from fastnn_openmp cimport fnn_parallel_seen
 
 from fastnn_optim cimport (RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, RULE_ADAM,
-                           update_raw, all_finite as _all_finite)
+                           update_raw, all_finite_raw)
 
 # Rule codes for the Python wrappers.
 SGD = RULE_SGD
@@ -51,12 +51,13 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
     gov_end(&gc)
 
 
-def all_finite(const floating[::1] x):
-    """True if x holds no Inf or NaN."""
+def all_finite(const floating[::1] x, int n_threads=1):
+    """True if x holds no Inf or NaN: fit's guard before an update, on up to n_threads
+    threads for a large x (the same answer on any count)."""
     cdef bint ok = True
     if x.shape[0] > 0:
         with nogil:
-            ok = _all_finite(&x[0], x.shape[0])
+            ok = all_finite_raw(&x[0], x.shape[0], n_threads)
     return ok
 
 

@@ -143,7 +143,7 @@ _NO_LABELS = object()
 def _grad_is_finite(grad):
     """True if a gradient array holds no Inf or NaN (fit's guard on the layer path)."""
     if grad.flags.c_contiguous and grad.dtype in (np.float32, np.float64):
-        return _ko.all_finite(grad.reshape(-1))
+        return _ko.all_finite(grad.reshape(-1), _threads._num_threads)
     return bool(np.isfinite(grad).all())
 
 

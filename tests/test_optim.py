@@ -616,6 +616,32 @@ def test_all_finite_kernel_matches_numpy(dtype):
                 assert_same_bits(x[pos:pos + 1], np.array([v], dtype=dtype))  # not written
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_all_finite_kernel_on_threads_finds_every_chunk(dtype):
+    """On several threads the check reads a large array in update_raw's chunks, a run of them
+    per thread: a NaN or an Inf in the first, a middle or the last chunk (or the array's last
+    element) is found whatever the thread count, and a finite array passes; an array below
+    the threads' threshold is read on one."""
+    from fastnn._kernels import _config as _kconfig
+    from fastnn._kernels.optim import all_finite, parallel_seen
+
+    rng = np.random.default_rng(1)
+    n = 5 * 65536 + 7   # (five threads' worth, and a short last chunk)
+    base = rng.standard_normal(n).astype(dtype)
+    for threads in (1, 2, 3, 16):
+        assert all_finite(base, threads) is True
+        for pos in (0, 16384 * 9 + 5, n // 2, n - 8, n - 1):
+            for v in (np.nan, np.inf, -np.inf):
+                x = base.copy()
+                x[pos] = v
+                assert all_finite(x, threads) is False, (threads, pos, v)
+    small = base[:1000].copy()
+    small[-1] = np.nan
+    assert all_finite(small, 16) is False
+    if _kconfig.openmp_enabled():
+        assert parallel_seen()   # (the large calls above ran a region on several threads)
+
+
 # ============================================================================ the course's config
 @pytest.mark.parametrize("given", [None, {}, {"learning_rate": 0.5}], ids=["None", "empty", "lr"])
 @pytest.mark.parametrize("rule", RULES)
