@@ -1045,6 +1045,7 @@ cdef class StepPlan:
     cdef Py_ssize_t _partial_elems, _apartial_elems, _wslots_elems   # their sizes (0: none yet;
                                  # read in C on every step, not as Python shape tuples)
     cdef object _hits            # the groups' counts of right predictions (made on demand)
+    cdef unsigned char *_hits_at # its data (taken once: ndarray.ctypes costs ~1 us a step)
     cdef readonly tuple score_shape   # (N, outputs of the last layer)
     cdef readonly bint scores_in_place   # dscores are written over the scores
     cdef readonly Py_ssize_t correct  # the last step's count of right predictions (-1: not
@@ -1727,7 +1728,8 @@ cdef class StepPlan:
             if count and P.loss_kind != LOSS_MSE:
                 if self._hits is None:
                     self._hits = np.zeros(loss_groups(P.N), dtype=np.uint8)
-                P.hits = <unsigned char *><void *>_ptr(self._hits)
+                    self._hits_at = <unsigned char *><void *>_ptr(self._hits)
+                P.hits = self._hits_at
             t0 = _ph_tick(P)
             blas_enter(_cfg)
             entered = True
