@@ -365,6 +365,7 @@ cdef inline int gov_begin(GovCall *c, GovSite *sites, bint dynamic, unsigned lon
     cdef GovSite *s
     c.site = NULL
     c.used = n_threads
+    c.t0 = 0.0   # (read only for a governed call, which sets it below; GCC cannot tell)
     if not dynamic or n_threads <= 1:
         return n_threads
     s = gov_site(sites, key)

@@ -98,10 +98,9 @@ cdef inline bint all_finite(const floating *x, Py_ssize_t n) noexcept nogil:
 
 cdef inline bint all_finite_raw(const floating *x, Py_ssize_t n, int n_threads) noexcept nogil:
     """all_finite over update_raw's fixed chunks, spread across threads as update_raw spreads
-    them (each thread reads the chunks an update of the same array would give it, and the
-    weight-gradient tiles it wrote, where those split the array in row runs): a yes or no,
-    the same on any thread count. A check reads one array where an update reads two to four,
-    so it takes the update's threshold for threads: parallel only for large parameters."""
+    them (each thread reads the chunks an update of the same array would give it): a yes or
+    no, the same on any thread count. It takes the update's threshold for threads: parallel
+    only for large parameters."""
     cdef Py_ssize_t c, nchunks = chunk_count(n)
     cdef int nt = effective_threads(n, UPDATE_MIN_WORK_PER_THREAD, n_threads)
     cdef Py_ssize_t bad = 0

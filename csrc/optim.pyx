@@ -53,11 +53,17 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
 
 def all_finite(const floating[::1] x, int n_threads=1):
     """True if x holds no Inf or NaN: fit's guard before an update, on up to n_threads
-    threads for a large x (the same answer on any count)."""
+    threads for a large x (the same answer on any count; the call governor picks the count,
+    as for update)."""
     cdef bint ok = True
-    if x.shape[0] > 0:
+    cdef Py_ssize_t n = x.shape[0]
+    cdef GovCall gc
+    if n > 0:
+        n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, n, sizeof(floating), 0, 0),
+                              n_threads)
         with nogil:
-            ok = all_finite_raw(&x[0], x.shape[0], n_threads)
+            ok = all_finite_raw(&x[0], n, n_threads)
+        gov_end(&gc)
     return ok
 
 

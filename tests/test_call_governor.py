@@ -102,6 +102,10 @@ CASES = {
     "target_loss": (_kl, lambda x, w, b, big, s, y: F.mse_loss(s, s[::-1].copy())),
     "update": (_ko, lambda x, w, b, big, s, y: O.sgd(big.copy(), big, {"learning_rate": 0.1})[0]),
     "update_adam": (_ko, _adam),
+    # fit's guard on the layer path (model._grad_is_finite): a large gradient's check on the
+    # model's thread count
+    "finite_check": (_ko, lambda x, w, b, big, s, y:
+                     np.asarray(_ko.all_finite(big, fastnn.get_num_threads()))),
 }
 
 
