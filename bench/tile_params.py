@@ -24,9 +24,11 @@ csrc/fastnn_dense.pxd); the two this script was written for:
   ``tile_flops`` (64 MFLOP cuts them into 8 and 16 tiles, 4 GFLOP into 2). ``max_tiles``
   moves nothing at 4 GFLOP a tile (none of these products reaches 16 GFLOP); it reproduces
   the older measurement (16 against 64) with tiles of 64 MFLOP.
-- ``k_split`` (0 turns it off): a forward product whose inner dimension is at least this many
+- ``k_split`` (0 turns parts off): a forward product whose inner dimension is at least this many
   times its larger output side runs in two parts of that dimension (forward_plan in
   csrc/fastnn_dense.pxd); 3072-100-10's first layer is the one here.
+- ``k_split_pair`` (0: only ``k_split``): the same bar for a product worth exactly two tiles;
+  784-512-512-10's first two layers on 128 rows (``k_split_pair --values 0,1``).
 
 For each value this times, interleaved and as the median of R rounds, a training step
 (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step kernel)

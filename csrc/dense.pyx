@@ -78,8 +78,16 @@ _cfg.max_chunks = 16
 # parts of its inner dimension (forward_plan). 3072-100-10, batch 200, 2 threads: the first
 # layer's forward 627-639 us as two 104-row tiles, 559-572 us as two parts; the step 5-6%
 # faster. 784-512-512-10 (128), whose products are 1-1.5x deeper than wide, gained nothing
-# with k_split = 1 (1996 against 2001 us per step), so the bar is well above them.
+# there with k_split = 1 (1996 against 2001 us per step; before the static tile schedule and
+# the updates inside the backward pass), so the bar is well above them ...
 _cfg.k_split = 4.0
+# ... and one at least as deep as its larger output side, when it is worth exactly two tiles
+# (forward_plan: its parts are the halves of W's rows that the same threads updated). On an
+# Intel Xeon (2 CPUs, AVX-512, 2 MB of L2 a core; interleaved rounds, bench/NOTES.md) it took
+# 784-512-512-10 (128)'s step from 2.21-2.29 to 2.10-2.12 ms (the first two forwards 0.54 ->
+# 0.49 and 0.38 -> 0.35 ms), 1000-300-10 (100) and 256-256-10 (64) 9-10% faster, and left
+# the 4096-wide network and the batch of 1024 (no parts there) as they were.
+_cfg.k_split_pair = 1.0
 
 
 def config_address():
@@ -127,13 +135,13 @@ def tile_params():
                 serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
                 thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
                 chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks,
-                k_split=_cfg.k_split)
+                k_split=_cfg.k_split, k_split_pair=_cfg.k_split_pair)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
                     chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None,
-                    k_split=None):
+                    k_split=None, k_split_pair=None):
     """Tuning hook for bench/ (not public API); tile_cores is also set once at import. Every
     value is checked (finite numbers, ints; a bad one named) before any is set; ints are
     clamped to [their least, 2**30]."""
@@ -141,13 +149,13 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
                  max_tiles=max_tiles, serial_flops=serial_flops, row_block_elems=row_block_elems,
                  thin=thin, max_tile_elems=max_tile_elems, chunk_min_rows=chunk_min_rows,
                  chunk_rows_more=chunk_rows_more, max_chunks=max_chunks, tile_cores=tile_cores,
-                 k_split=k_split)
+                 k_split=k_split, k_split_pair=k_split_pair)
     from fastnn._validation import check_scalar
     v = {}
     for name, value in given.items():
         if value is None:
             continue
-        if name in ("tile_flops", "serial_flops", "k_split"):
+        if name in ("tile_flops", "serial_flops", "k_split", "k_split_pair"):
             v[name] = check_scalar(value, name)   # (finite; clamped below where they must be)
         else:
             if isinstance(value, bool):
@@ -184,6 +192,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.max_chunks = 1 << v["max_chunks"].bit_length() - 1   # a power of two
     if "k_split" in v:
         _cfg.k_split = max(0.0, v["k_split"])
+    if "k_split_pair" in v:
+        _cfg.k_split_pair = max(0.0, v["k_split_pair"])
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False,

@@ -70,6 +70,20 @@ def many_core_tiles():
         _kd.set_tile_params(**saved)
 
 
+@pytest.fixture
+def two_core_tiles():
+    """The tuned tiles sized for a 2-CPU machine (FASTNN_TILE_CORES=2), whatever this one has
+    and whatever tile sizes the test file's own fixtures set; yields fastnn._kernels.dense."""
+    from fastnn._kernels import dense as _kd
+
+    saved = _kd.tile_params()
+    _kd.set_tile_params(**dict(_TUNED_TILES, tile_cores=2))
+    try:
+        yield _kd
+    finally:
+        _kd.set_tile_params(**saved)
+
+
 @pytest.fixture(autouse=True)
 def _restore_dynamic():
     """Nor a change of the dynamic thread count (fastnn.set_dynamic)."""

@@ -310,6 +310,52 @@ def test_deep_forward_in_parts_is_close_to_one_part(name, dtype, rng):
     assert not np.array_equal(out, one)   # the parts did run: the sums are not the same
 
 
+# Forward products worth exactly two tiles under the tuned tiling of a 2-CPU machine, each
+# inner dimension between k_split_pair and k_split times the larger output side: in parts by
+# the lower bar only (784-512-512-10's first layer on 128 rows, and a smaller one)
+PAIR = ((128, 784), 512)
+PAIR_SMALL = ((96, 300), 130)
+
+
+def test_forward_worth_two_tiles_runs_in_parts_from_the_lower_bar(two_core_tiles):
+    """k_split_pair: on a 2-CPU plan a forward worth two tiles runs as two parts of its
+    inner dimension, one tile each, once that dimension reaches k_split_pair times its larger
+    output side; the same product worth four tiles (a 4-CPU plan) keeps its tiles;
+    k_split_pair = 0 leaves only k_split's bar, and k_split = 0 turns parts off."""
+    p = _kd.tile_params()
+    for (n, d), m in (PAIR, PAIR_SMALL):
+        assert p["k_split_pair"] * max(n, m) <= d < p["k_split"] * max(n, m)
+        tr, tc, nr, nc, kb, kd = _kd.forward_plan_of(n, m, d, chunks=False)
+        assert (tr, tc, nr, nc, kb) == (n, m, 1, 1, 2) and kd == (d + 31) // 32 * 16, (n, m, d)
+        assert _kd.forward_plan_of(n, m, d)[4] == 2   # (the layer API's plan too)
+    (n, d), m = PAIR
+    _kd.set_tile_params(tile_cores=4)
+    tr, tc, nr, nc, kb, kd = _kd.forward_plan_of(n, m, d)
+    assert kb == 1 and nr * nc == 4
+    _kd.set_tile_params(tile_cores=2, k_split_pair=0)
+    assert _kd.forward_plan_of(n, m, d)[4] == 1
+    _kd.set_tile_params(k_split_pair=p["k_split_pair"], k_split=0)
+    assert _kd.forward_plan_of(n, m, d)[4] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_forward_worth_two_tiles_in_parts_matches_reference(name, dtype, rng, two_core_tiles):
+    """A forward in parts by k_split_pair: forward and backward against the reference, the
+    forward the same bits on 1, 2 and 3 threads, and within rounding of (but not the same
+    as) the product in one part (k_split_pair = 0)."""
+    (n, d), m = PAIR_SMALL
+    assert _kd.forward_plan_of(n, m, d, chunks=False)[4] == 2
+    sw, (x, w, b, dout, alpha), out, _ = check_against_reference(name, dtype, PAIR_SMALL, rng)
+    assert_thread_invariant(lambda: sw.fwd(x, w, b, alpha)[0])
+    _kd.set_tile_params(k_split_pair=0)
+    one, _ = sw.fwd(x, w, b, alpha)
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64) + np.abs(b)
+    tol = 8 * d * np.finfo(dtype).eps
+    assert np.all(np.abs(out.astype(np.float64) - one) <= tol * scale)
+    assert not np.array_equal(out, one)
+
+
 # (x shape, M) at the edges of the parts: one row, one output (the gemv path), a depth just
 # above the first part's 16 (kd = 16, the second part one deep), depths 2 and 3 (kd = 1 and 2)
 DEEP_EDGES = [((1, 40), 3), ((5, 37), 1), ((3, 17), 2), ((1, 2), 1), ((2, 3), 1), ((4, 2, 9), 2)]
