@@ -27,8 +27,9 @@ csrc/fastnn_dense.pxd); the two this script was written for:
 - ``k_split`` (0 turns parts off): a forward product whose inner dimension is at least this many
   times its larger output side runs in two parts of that dimension (forward_plan in
   csrc/fastnn_dense.pxd); 3072-100-10's first layer is the one here.
-- ``k_split_pair`` (0: only ``k_split``): the same bar for a product worth exactly two tiles;
-  784-512-512-10's first two layers on 128 rows (``k_split_pair --values 0,1``).
+- ``k_split_pair`` (0: only ``k_split``): a lower bar of the same kind for a product worth two
+  tiles on a 2-CPU plan (a value at or above ``k_split`` changes nothing); 784-512-512-10's
+  first two layers on 128 rows (``k_split_pair --values 0,1``).
 
 For each value this times, interleaved and as the median of R rounds, a training step
 (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step kernel)

@@ -81,12 +81,13 @@ _cfg.max_chunks = 16
 # there with k_split = 1 (1996 against 2001 us per step; before the static tile schedule and
 # the updates inside the backward pass), so the bar is well above them ...
 _cfg.k_split = 4.0
-# ... and one at least as deep as its larger output side, when it is worth exactly two tiles
-# (forward_plan: its parts are the halves of W's rows that the same threads updated). On an
-# Intel Xeon (2 CPUs, AVX-512, 2 MB of L2 a core; interleaved rounds, bench/NOTES.md) it took
-# 784-512-512-10 (128)'s step from 2.21-2.29 to 2.10-2.12 ms (the first two forwards 0.54 ->
-# 0.49 and 0.38 -> 0.35 ms), 1000-300-10 (100) and 256-256-10 (64) 9-10% faster, and left
-# the 4096-wide network and the batch of 1024 (no parts there) as they were.
+# ... and one at least as deep as its larger output side when it is worth two tiles on a
+# 2-CPU plan (forward_plan: its parts are the halves of W's rows that the same threads
+# updated). On an Intel Xeon (2 CPUs, AVX-512, 2 MB of L2 a core; bench/NOTES.md) it took
+# 784-512-512-10 (128)'s step from 2216 to 2095 us (bench/tile_params.py k_split_pair, 9
+# interleaved rounds; its first two forwards 0.54 -> 0.49 and 0.38 -> 0.35 ms),
+# 1000-300-10 (100) and 256-256-10 (64) 9-10% faster, and the 4096-wide network (its
+# forwards in parts now) the same; 784-512-512-10 (1024) stays below the bar.
 _cfg.k_split_pair = 1.0
 
 

@@ -50,9 +50,9 @@ cdef struct DenseConfig:
                                  # many times its larger output side, worth two tiles or
                                  # more, runs in two parts of that dimension (0: never; see
                                  # forward_plan)
-    double k_split_pair          # a lower bar for a product worth exactly two tiles (a tile
-                                 # per core on a 2-CPU plan; 0: only k_split applies; never
-                                 # parts when k_split is 0)
+    double k_split_pair          # a lower bar for a product worth two tiles on a 2-CPU plan
+                                 # (tile_cores 2; 0, or a value not below k_split: only
+                                 # k_split applies; never parts when k_split is 0)
 
 
 # Which thread runs which product tile: a static schedule (each thread a contiguous run of tiles
@@ -226,25 +226,28 @@ cdef inline Plan forward_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M,
                               Py_ssize_t D) noexcept nogil:
     """The plan of a forward product (N x M, inner D): row_plan's, except for a deep product
     (D at least k_split times the larger of N and M, or k_split_pair times when the product
-    is worth exactly two tiles; worth two tiles or more, hence never a layer in row chunks),
+    is worth two tiles on a 2-CPU plan; worth two tiles or more, hence never a layer in row
+    chunks),
     which runs in kb = 2 parts of its inner dimension, each over the whole output cut into
     half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:] (kd a
     multiple of 16), added in that order (forward_parts_rows). Row or column tiles of such a
     product would each pack the whole of its deep operand panel again (3072-100-10, batch
     200: two 104-row tiles each pack all of W, 1.2 MB); two parts of one tile each (a 2-CPU
     plan) pack each operand once, for one N x M partial (forward_ws_elems) and one pass
-    over the output. A product worth exactly two tiles has the lower bar k_split_pair: its
-    two parts are W's two halves of rows, the rows the same thread updated last (update_raw
-    and the weight-gradient tiles cut W by rows, statically), where two column tiles would
-    each read half of their W from the other core (784-512-512-10 (128) on an Intel Xeon:
-    the first two forwards 0.05 and 0.03 ms faster, dense.pyx). Shape and tile_cores
+    over the output. On a 2-CPU plan (tile_cores 2) a product worth two tiles has the lower
+    bar k_split_pair: its two parts, one a thread, are W's two halves of rows, the rows that
+    thread updated last (update_raw and the weight-gradient tiles cut W by rows,
+    statically), where two column tiles would each read half of their W from the other
+    core (784-512-512-10 (128) on an Intel Xeon: the first two forwards 0.05 and 0.03 ms
+    faster, dense.pyx). With more tile_cores a thread's share is no longer those rows, and
+    with one the parts only add a partial: not there (not measured). Shape and tile_cores
     only, like every plan."""
     cdef Py_ssize_t ch = chunk_rows(g, N, D, M), target
     cdef Plan p
     cdef double bar = g.k_split
     if ch == 0 and D >= 2 and bar > 0:
         target = tile_target(g, 2.0 * N * M * D)
-        if target == 2 and 0 < g.k_split_pair < bar:
+        if target == 2 and g.tile_cores == 2 and 0 < g.k_split_pair < bar:
             bar = g.k_split_pair
         if target >= 2 and D >= bar * max(N, M):
             p = tile_plan(g, N, M, target // 2, 0)

@@ -320,8 +320,9 @@ PAIR_SMALL = ((96, 300), 130)
 def test_forward_worth_two_tiles_runs_in_parts_from_the_lower_bar(two_core_tiles):
     """k_split_pair: on a 2-CPU plan a forward worth two tiles runs as two parts of its
     inner dimension, one tile each, once that dimension reaches k_split_pair times its larger
-    output side; the same product worth four tiles (a 4-CPU plan) keeps its tiles;
-    k_split_pair = 0 leaves only k_split's bar, and k_split = 0 turns parts off."""
+    output side; the same product worth four tiles (a 4-CPU plan) keeps its tiles, and so
+    does one worth two tiles on a 1- or 16-CPU plan; k_split_pair = 0 (or a value not below
+    k_split) leaves only k_split's bar, and k_split = 0 turns parts off."""
     p = _kd.tile_params()
     for (n, d), m in (PAIR, PAIR_SMALL):
         assert p["k_split_pair"] * max(n, m) <= d < p["k_split"] * max(n, m)
@@ -332,7 +333,13 @@ def test_forward_worth_two_tiles_runs_in_parts_from_the_lower_bar(two_core_tiles
     _kd.set_tile_params(tile_cores=4)
     tr, tc, nr, nc, kb, kd = _kd.forward_plan_of(n, m, d)
     assert kb == 1 and nr * nc == 4
+    (n2, d2), m2 = PAIR_SMALL   # (two tiles' worth on any plan: 7.5 MFLOP)
+    for cores in (1, 16):
+        _kd.set_tile_params(tile_cores=cores)
+        assert _kd.forward_plan_of(n2, m2, d2, chunks=False)[2:5] == (1, 2, 1), cores
     _kd.set_tile_params(tile_cores=2, k_split_pair=0)
+    assert _kd.forward_plan_of(n, m, d)[4] == 1
+    _kd.set_tile_params(k_split_pair=p["k_split"])
     assert _kd.forward_plan_of(n, m, d)[4] == 1
     _kd.set_tile_params(k_split_pair=p["k_split_pair"], k_split=0)
     assert _kd.forward_plan_of(n, m, d)[4] == 1
@@ -1291,7 +1298,7 @@ def test_dout_errors(base, rng):
 
 @pytest.mark.parametrize("bad,exc", [
     ({"max_tiles": 1.5}, TypeError), ({"tile_flops": float("nan")}, ValueError),
-    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError),
+    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError), ({"k_split_pair": float("nan")}, ValueError),
     ({"thin": True}, TypeError),
 ])
 def test_set_tile_params_checks_everything_before_setting_anything(bad, exc):

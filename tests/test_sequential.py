@@ -1004,6 +1004,37 @@ def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype, size, deep):
     _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size=size)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_step_kernel_with_a_layer_in_parts_for_two_tiles(dtype, two_core_tiles):
+    """On a 2-CPU plan "tiled-narrow"'s first layer (96 rows, 300 deep, 130 wide: two tiles'
+    worth, below k_split's bar) runs in two parts by k_split_pair: the whole-step kernel the
+    same for 1, 2, 3 and 16 threads; and with k_split_pair switched between the steps of one
+    plan (the partial's workspace sized anew each step), the same bits as the layer path
+    switched alike."""
+    _kd = two_core_tiles
+    n, widths = FUSED_SIZES["tiled-narrow"]
+    p = _kd.tile_params()
+    assert p["k_split_pair"] * max(n, widths[1]) <= widths[0] < p["k_split"] * max(n, widths[1])
+    assert _kd.forward_plan_of(n, widths[1], widths[0])[4] == 2
+    _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size="tiled-narrow")
+    r = np.random.default_rng(5)
+    X = r.standard_normal((n, widths[0])).astype(dtype)
+    y = r.integers(0, widths[-1], n)
+    runs = []
+    for twin in (False, True):
+        model = _fused_model("relu", widths, dtype, dropout0=twin)
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for pair in (p["k_split_pair"], 0.0, p["k_split_pair"], 0.0, p["k_split_pair"]):
+            _kd.set_tile_params(k_split_pair=pair)
+            losses.append(model.train_step(X, y, SoftmaxCrossEntropy(), opt))
+        assert (model._compiled_step(X, SoftmaxCrossEntropy(), opt) is None) == twin
+        runs.append((losses, param_copies(model)))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert_same_bits(a, b)
+
+
 def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
     """On a machine with more CPUs the products get more tiles, each keeping serial_flops of
     work; products below two tiles' worth keep theirs; the 2-CPU plan is the one measured."""
