@@ -56,32 +56,30 @@ def _restore_num_threads():
 _TUNED_TILES = fastnn._kernels.dense.tile_params()
 
 
-@pytest.fixture
-def many_core_tiles():
-    """The tuned tiles sized for a 16-CPU machine (FASTNN_TILE_CORES=16), whatever this one has
-    and whatever tile sizes the test file's own fixtures set; yields fastnn._kernels.dense."""
+def _tuned_tiles_for(cores):
+    """The tuned tiles sized for a machine of `cores` CPUs (FASTNN_TILE_CORES), whatever this
+    one has and whatever tile sizes the test file's own fixtures set, restored afterwards;
+    yields fastnn._kernels.dense."""
     from fastnn._kernels import dense as _kd
 
     saved = _kd.tile_params()
-    _kd.set_tile_params(**dict(_TUNED_TILES, tile_cores=16))
+    _kd.set_tile_params(**dict(_TUNED_TILES, tile_cores=cores))
     try:
         yield _kd
     finally:
         _kd.set_tile_params(**saved)
+
+
+@pytest.fixture
+def many_core_tiles():
+    """The tuned tiles of a 16-CPU machine (_tuned_tiles_for)."""
+    yield from _tuned_tiles_for(16)
 
 
 @pytest.fixture
 def two_core_tiles():
-    """The tuned tiles sized for a 2-CPU machine (FASTNN_TILE_CORES=2), whatever this one has
-    and whatever tile sizes the test file's own fixtures set; yields fastnn._kernels.dense."""
-    from fastnn._kernels import dense as _kd
-
-    saved = _kd.tile_params()
-    _kd.set_tile_params(**dict(_TUNED_TILES, tile_cores=2))
-    try:
-        yield _kd
-    finally:
-        _kd.set_tile_params(**saved)
+    """The tuned tiles of a 2-CPU machine (_tuned_tiles_for)."""
+    yield from _tuned_tiles_for(2)
 
 
 @pytest.fixture(autouse=True)
