@@ -27,6 +27,10 @@ csrc/fastnn_dense.pxd); the two this script was written for:
 - ``k_split`` (0 turns parts off): a forward product whose inner dimension is at least this many
   times its larger output side runs in two parts of that dimension (forward_plan in
   csrc/fastnn_dense.pxd); 3072-100-10's first layer is the one here.
+- ``max_tile_elems_direct`` (with ``--large``): the most outputs a dx tile may hold when the layer
+  below takes it straight in (ReLU, leaky ReLU, none), against ``max_tile_elems`` for a tile
+  that passes through sigmoid's or tanh's per-thread scratch; only dx products of more than
+  65,536 outputs see it (784-512-512-10 on 1024 rows, the 4096-wide network).
 - ``k_split_pair`` (0: only ``k_split``): a lower bar of the same kind for a product worth two
   tiles on a 2-CPU plan (a value at or above ``k_split`` changes nothing); 784-512-512-10's
   first two layers on 128 rows (``k_split_pair --values 0,1``).

@@ -27,12 +27,12 @@ import time
 
 import numpy as np
 
-from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, keeps_pre
+from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, FNN_RELU, keeps_pre
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
                            blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
                            chunk_rows, dense_forward_raw, gemm,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
-                           wslot_elems)
+                           wslot_elems, dx_tile_bound, dx_scratch_need)
 
 include "fastnn_sites.pxi"
 
@@ -68,6 +68,13 @@ _cfg.max_tiles = 16
 # so the tiles may follow the machine but never the thread count.
 _cfg.tile_cores = 2
 _cfg.max_tile_elems = 65536
+# A dx tile that the layer below takes straight in (relu, leaky relu, none: dx_direct) needs no
+# float scratch of its size, so its bound is larger (dx_tile_bound): fewer tiles, each packing
+# the weights again. On the Intel Xeon kind, 784-512-512-10 (1024)'s second-layer dx went from
+# eight tiles to two, 2.19 -> 1.96 ms, and its step 13.9 -> 13.5 ms (StepPlan.time_phases, 7
+# rounds); the 4096-wide network's step 1.6% faster (bench/NOTES.md). Sigmoid, tanh and prelu
+# keep max_tile_elems and their scratch (one tile a thread).
+_cfg.max_tile_elems_direct = 262144
 _cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
 _cfg.thin = 4
@@ -136,13 +143,14 @@ def tile_params():
                 serial_flops=_cfg.serial_flops, row_block_elems=_cfg.row_block_elems,
                 thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
                 chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks,
-                k_split=_cfg.k_split, k_split_pair=_cfg.k_split_pair)
+                k_split=_cfg.k_split, k_split_pair=_cfg.k_split_pair,
+                max_tile_elems_direct=_cfg.max_tile_elems_direct)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
                     chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None,
-                    k_split=None, k_split_pair=None):
+                    k_split=None, k_split_pair=None, max_tile_elems_direct=None):
     """Tuning hook for bench/ (not public API); tile_cores is also set once at import. Every
     value is checked (finite numbers, ints; a bad one named) before any is set; ints are
     clamped to [their least, 2**30]."""
@@ -150,7 +158,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
                  max_tiles=max_tiles, serial_flops=serial_flops, row_block_elems=row_block_elems,
                  thin=thin, max_tile_elems=max_tile_elems, chunk_min_rows=chunk_min_rows,
                  chunk_rows_more=chunk_rows_more, max_chunks=max_chunks, tile_cores=tile_cores,
-                 k_split=k_split, k_split_pair=k_split_pair)
+                 k_split=k_split, k_split_pair=k_split_pair,
+                 max_tile_elems_direct=max_tile_elems_direct)
     from fastnn._validation import check_scalar
     v = {}
     for name, value in given.items():
@@ -183,6 +192,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.thin = v["thin"]
     if "max_tile_elems" in v:
         _cfg.max_tile_elems = v["max_tile_elems"]
+    if "max_tile_elems_direct" in v:
+        _cfg.max_tile_elems_direct = v["max_tile_elems_direct"]
     if "chunk_min_rows" in v:
         _cfg.chunk_min_rows = v["chunk_min_rows"]
     if "chunk_rows_more" in v:
@@ -198,12 +209,13 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False,
-         bint chunks=True):
+         bint chunks=True, bint direct=False):
     """(tile_rows, tile_cols, tiles_down, tiles_across) for an r x c x k product (for tests);
-    dx: the plan of an input-gradient product (tiles bounded by max_tile_elems); batch: the
-    output rows are the batch (a forward or dx product: row chunks apply to small layers);
-    chunks=False: as fastnn.functional cuts it (no row chunks, unbounded dx tiles)."""
-    cdef DenseConfig cfg = _snapshot(chunks)
+    dx: the plan of an input-gradient product (tiles bounded by max_tile_elems, or with
+    direct by max_tile_elems_direct: the layer below takes dx straight in, dx_tile_bound);
+    batch: the output rows are the batch (a forward or dx product: row chunks apply to small
+    layers); chunks=False: as fastnn.functional cuts it (no row chunks, unbounded dx tiles)."""
+    cdef DenseConfig cfg = _snapshot(2 if (chunks and direct) else chunks)
     cdef Py_ssize_t ch = chunk_rows(&cfg, r, c, k) if (batch or dx) else 0
     cdef Plan p = make_plan(&cfg, r, c, k, cfg.max_tile_elems if dx else 0, ch)
     return (p.tr, p.tc, p.nr, p.nc)
@@ -215,6 +227,14 @@ def forward_plan_of(Py_ssize_t N, Py_ssize_t M, Py_ssize_t D, bint chunks=True):
     cdef DenseConfig cfg = _snapshot(chunks)
     cdef Plan p = forward_plan(&cfg, N, M, D)
     return (p.tr, p.tc, p.nr, p.nc, p.kb, p.kd)
+
+
+def dx_scratch_of(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M, int op_below, Py_ssize_t itemsize,
+                  int n_threads):
+    """Scratch elements the step kernel holds for the dx product of a layer N x D -> M over a
+    layer below with activation op_below, on n_threads (dx_scratch_need). For tests."""
+    cdef DenseConfig cfg = _snapshot(1)
+    return dx_scratch_need(&cfg, N, D, M, op_below, itemsize, n_threads)
 
 
 def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):
@@ -300,24 +320,28 @@ cdef void _gemm_loop(const floating[:, ::1] A, const floating[:, ::1] B, floatin
                             trans_b, r, c, k, reps, acc)
 
 
-cdef inline DenseConfig _snapshot(bint chunks) noexcept:
-    """The configuration one call runs with. `chunks` asks for the layer API's (and the
-    network step kernel's) cut; without it (fastnn.functional), small layers are not cut into
-    row chunks (chunk_rows in fastnn_dense.pxd), and input-gradient tiles are not bounded by
-    max_tile_elems: that bound keeps the step kernel's per-thread dx scratch tile small, and
-    fastnn.functional writes dx straight into its result. (3072-100-10, batch 200: the first
+cdef inline DenseConfig _snapshot(int chunks) noexcept:
+    """The configuration one call runs with. `chunks` (1) asks for the layer API's (and the
+    network step kernel's) cut, and 2 for that cut of a layer whose input gradient the layer
+    below takes straight in (its dx tiles bounded by max_tile_elems_direct, as the kernel
+    bounds them: dx_tile_bound); without it (0, fastnn.functional), small layers are not cut
+    into row chunks (chunk_rows in fastnn_dense.pxd), and input-gradient tiles are not
+    bounded by max_tile_elems: that bound keeps the step kernel's per-thread dx scratch tile
+    small, and fastnn.functional writes dx straight into its result. (3072-100-10, batch 200: the first
     layer's dx, 200 x 3072 with inner 100, in 16 tiles of 200 x 192 or 2 of 200 x 1536; its
     affine_relu_backward 1568 against 1364 us.)"""
     cdef DenseConfig cfg = _cfg
     if not chunks:
         cfg.chunk_min_rows = 0
         cfg.max_tile_elems = 0
+    elif chunks == 2:
+        cfg.max_tile_elems = dx_tile_bound(&cfg, FNN_RELU)
     return cfg
 
 
 def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
                   const floating[::1] b, floating[:, ::1] y, floating[:, ::1] z,
-                  double alpha, const floating[::1] avec, int n_threads, bint chunks=False):
+                  double alpha, const floating[::1] avec, int n_threads, int chunks=0):
     """y = act(x @ w + b). For leaky relu and prelu (which need the pre-activation in backward)
     z receives x @ w + b; otherwise z may be None. avec: prelu's per-unit alpha, else None.
     x (N, D), w (D, M), b (M,), y and z (N, M); D >= 1.
@@ -356,7 +380,8 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
         if ws == NULL:
             raise MemoryError()
     n_threads = gov_begin(&gc, _sites, _dynamic,
-                          gov_key(0, op * 2 + chunks, N, D, M * 16 + sizeof(floating)), n_threads)
+                          gov_key(0, op * 2 + (chunks != 0), N, D, M * 16 + sizeof(floating)),
+                          n_threads)
     blas_enter(&_cfg)
     try:
         with nogil:
@@ -372,13 +397,14 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
                    const floating[:, ::1] x, const floating[:, ::1] w,
                    floating[:, ::1] dx, floating[:, ::1] dw, floating[::1] db,
                    floating[:, ::1] dz, double alpha, const floating[::1] avec,
-                   floating[::1] dalpha, int n_threads, bint chunks=False):
+                   floating[::1] dalpha, int n_threads, int chunks=0):
     """Gradients of y = act(x @ w + b):
         dz = dout * act'(saved)          (dz may be None for the identity: dz = dout)
         db = sum_rows dz, dalpha = sum_rows dout * min(pre, 0) (prelu only)
         dx = dz @ w.T (skipped when dx is None), dw = x.T @ dz
     `saved` is the forward output (relu, sigmoid, tanh) or pre-activation (leaky, prelu).
-    chunks: as in dense_forward (pass what the forward was given)."""
+    chunks: as in dense_forward (pass what the forward was given); 2: also, the layer below
+    takes dx straight in (the layer API's Sequential knows: _snapshot)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint ident = op == FNN_IDENTITY
     cdef floating *dxp = NULL
@@ -443,7 +469,7 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         ap = &avec[0]
         dap = &dalpha[0]
     n_threads = gov_begin(&gc, _sites, _dynamic,
-                          gov_key(1, op * 4 + chunks * 2 + (dx is not None), N, D,
+                          gov_key(1, op * 8 + chunks * 2 + (dx is not None), N, D,
                                   M * 16 + sizeof(floating)), n_threads)
     blas_enter(&_cfg)
     try:

@@ -38,6 +38,8 @@ cdef struct DenseConfig:
     Py_ssize_t max_tile_elems    # dx tiles are split further while they hold more outputs
                                  # (the layer API and the step kernel, for its per-thread dx
                                  # scratch; 0 in fastnn.functional's snapshot: no bound)
+    Py_ssize_t max_tile_elems_direct   # the same bound for a dx that the layer below takes
+                                 # straight in (dx_direct: no float scratch tile; dx_tile_bound)
     double serial_flops          # products below this run as one serial BLAS call
     Py_ssize_t row_block_elems   # element-wise backward pass: elements per row block
     Py_ssize_t thin              # products with at most this many output rows or columns
@@ -748,6 +750,21 @@ cdef inline bint dx_direct(int op) noexcept nogil:
     return op == FNN_IDENTITY or op == FNN_RELU or op == FNN_LEAKY
 
 
+cdef inline Py_ssize_t dx_tile_bound(const DenseConfig *cfg, int op_below) noexcept nogil:
+    """The most outputs a dx tile may hold (make_plan's max_elems; 0: no bound, fastnn.functional's
+    snapshot) when the layer below has activation op_below: max_tile_elems, or the larger
+    max_tile_elems_direct where that layer takes the tile straight in (dx_direct), since
+    only sigmoid's and tanh's tiles pass through a per-thread float scratch tile of their
+    size. The layer path cuts its dx products by the same rule (dense.pyx: _snapshot), so
+    that both give the same bits. Shape, op and tile parameters only: never the thread
+    count."""
+    if cfg.max_tile_elems <= 0:
+        return 0
+    if dx_direct(op_below) and cfg.max_tile_elems_direct > cfg.max_tile_elems:
+        return cfg.max_tile_elems_direct
+    return cfg.max_tile_elems
+
+
 cdef inline Py_ssize_t dx_tile_scratch(int op, Py_ssize_t tr, Py_ssize_t tc,
                                        Py_ssize_t itemsize) noexcept nogil:
     """Scratch elements (of itemsize bytes) of one dx tile of tr x tc over activations of
@@ -830,7 +847,7 @@ cdef inline Py_ssize_t dx_tile_need(const DenseConfig *cfg, Py_ssize_t N, Py_ssi
                                     Py_ssize_t M, int op, Py_ssize_t itemsize) noexcept nogil:
     """Scratch elements of one tile of the dx = g @ w.T product (N x D, inner M) over
     activations of `op` (dx_tile_scratch of the tiles dx_into_act cuts)."""
-    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
+    cdef Plan px = row_plan(cfg, N, D, M, dx_tile_bound(cfg, op))
     return dx_tile_scratch(op, px.tr, px.tc, itemsize)
 
 
@@ -839,7 +856,7 @@ cdef inline Py_ssize_t dx_scratch_need(const DenseConfig *cfg, Py_ssize_t N, Py_
                                        int n_threads) noexcept nogil:
     """Scratch elements dx_into_act needs for these arguments: one tile's (dx_tile_scratch)
     per thread."""
-    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
+    cdef Plan px = row_plan(cfg, N, D, M, dx_tile_bound(cfg, op))
     cdef int nt = product_threads(cfg, px.nr * px.nc, 2.0 * N * M * D, n_threads)
     return dx_tile_scratch(op, px.tr, px.tc, itemsize) * nt
 
@@ -853,7 +870,7 @@ cdef inline void dx_into_act(const DenseConfig *cfg, Py_ssize_t N, Py_ssize_t D,
     activation buffer (dx_into_act_tile; through a dropout's backward first with dm). The full N x D dx never exists. scratch holds
     scratch_elems >= dx_scratch_need (fewer threads run if it holds less). D >= 1; the
     caller has already used act as an input (dw = act.T @ g)."""
-    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
+    cdef Plan px = row_plan(cfg, N, D, M, dx_tile_bound(cfg, op))
     cdef Py_ssize_t t, ntiles = px.nr * px.nc
     cdef Py_ssize_t stride = dx_tile_scratch(op, px.tr, px.tc, sizeof(floating))
     cdef int nt = product_threads(cfg, ntiles, 2.0 * N * M * D, n_threads)

@@ -31,7 +31,8 @@ from fastnn_dropout cimport fnn_noise_f32, fnn_noise_f64, reg_chunk, reg_threads
 from fastnn_dense cimport (DenseConfig, DropMask, drop_rows, Plan, blas_enter, blas_exit, cdiv, dense_forward_raw,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
                            backward_pass1, backward_products, backward_block, dx_into_act,
-                           dx_into_act_tile, dx_scratch_need, dx_tile_need, chunk_rows,
+                           dx_into_act_tile, dx_scratch_need, dx_tile_need, dx_tile_bound,
+                           chunk_rows,
                            batch_chunk_rows, row_plan, forward_plan, forward_tile,
                            forward_ws_elems, wslot_elems, dw_chunk, dw_chunk_dst, dw_in_turns,
                            dw_sum_chunks, sum_block_partials)
@@ -528,7 +529,7 @@ cdef void _backward_chunk(NetPlan *P, const DenseConfig *cfg, const floating *X,
         if turns:
             fnn_turn_pass(&P.dw_turn[l], <int>(c + 1))
         if l > 0:
-            px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
+            px = row_plan(cfg, N, D, M, dx_tile_bound(cfg, P.op[l - 1]))
             for j in range(px.nc):
                 dx_into_act_tile(px, c * px.nc + j, N, D, M, g, <const floating *>P.W[l],
                                  scratch, P.op[l - 1], <floating *>P.act[l - 1],
@@ -744,12 +745,16 @@ cdef void _backward_buffers(NetPlan *P, const DenseConfig *cfg, const floating *
     cdef floating *dx
     cdef floating *spare
     cdef double t = _ph_tick(P)
+    cdef DenseConfig lc = cfg[0]   # (each layer's dx tiles bounded as the layer path's:
+                                   # by the activation of the layer below, dx_tile_bound)
     dout = <floating *>P.dact0
     dx = <floating *>P.dact1
     spare = <floating *>P.dact0
     for l in range(L - 1, -1, -1):
         saved = <const floating *>_saved(P, l)
-        dense_backward_raw(cfg, P.op[l], dout, saved, _input_of(P, X, l),
+        if l > 0:
+            lc.max_tile_elems = dx_tile_bound(cfg, P.op[l - 1])
+        dense_backward_raw(&lc, P.op[l], dout, saved, _input_of(P, X, l),
                            <const floating *>P.W[l], dx if l > 0 else NULL,
                            <floating *>P.dW[l], <floating *>P.db[l], dout,
                            P.alpha[l], <const floating *>P.avec[l], <floating *>P.dalpha[l],

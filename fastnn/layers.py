@@ -551,15 +551,18 @@ class Dense(CheckedSettings, Layer):
             self._raise_reshaped()
         return a
 
-    def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer, keep=True):
+    def _fused_forward(self, x, op, alpha, prelu_alpha, act_layer, keep=True, dx_direct=False):
         """Forward with activation `op` fused in (its own, or a following activation layer's);
-        ``keep`` False: no cache kept for backward (inference)."""
+        ``keep`` False: no cache kept for backward (inference). dx_direct: the layer below
+        takes this layer's input gradient straight in (Sequential's _Unit.dx_direct), and the
+        backward cuts it in the tiles the whole-step kernel uses there."""
         # (cut as the whole-step kernel cuts its products: a small layer in row chunks,
         # bounded dx tiles; the same numbers whichever way a model trains)
         W, b = self._weights()
         try:
             out, cache = _fd._forward(op, x, W, b, alpha,
-                                      prelu_alpha if op == _ka.PRELU else None, chunks=True)
+                                      prelu_alpha if op == _ka.PRELU else None,
+                                      chunks=2 if dx_direct else 1)
         except ValueError:
             self._raise_reshaped()   # (a params entry of another shape, named as the layer's)
             raise

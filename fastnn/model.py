@@ -38,12 +38,17 @@ _FUSABLE = {ReLU: _ka.RELU, Sigmoid: _ka.SIGMOID, Tanh: _ka.TANH, LeakyReLU: _ka
 
 
 class _Unit:
-    """One step of the forward plan: a layer, or a Dense fused with the activation after it."""
+    """One step of the forward plan: a layer, or a Dense fused with the activation after it.
+    dx_direct: the unit is a Dense whose input gradient the Dense unit below (past any Dropout
+    or GaussianNoise) takes straight in (a ReLU, leaky ReLU or no activation), so that its dx
+    tiles are bounded as the whole-step kernel bounds them there (dx_tile_bound in
+    csrc/fastnn_dense.pxd; Sequential._build sets it)."""
 
-    __slots__ = ("layer", "act")
+    __slots__ = ("layer", "act", "dx_direct")
 
     def __init__(self, layer, act=None):
         self.layer, self.act = layer, act
+        self.dx_direct = False
 
     def __reduce_ex__(self, protocol):
         # (__slots__ and no __dict__: protocols 0 and 1 need the arguments; 2 and up the default)
@@ -52,11 +57,15 @@ class _Unit:
     def forward(self, x, training):
         layer, act = self.layer, self.act
         if act is None:
+            if self.dx_direct:   # (a Dense: _dx_direct_below)
+                return layer._fused_forward(layer._check_x(x), layer._op, layer.alpha,
+                                            layer._own_slopes(), None, dx_direct=True)
             return layer.forward(x, training=training)
         x = layer._check_x(x)
         op = _FUSABLE[type(act)]
         prelu_alpha = act._alpha_arg(layer.out_features) if op == _ka.PRELU else None
-        return layer._fused_forward(x, op, getattr(act, "alpha", 0.0), prelu_alpha, act)
+        return layer._fused_forward(x, op, getattr(act, "alpha", 0.0), prelu_alpha, act,
+                                    dx_direct=self.dx_direct)
 
     def backward(self, dout, need_dx):
         return self.layer.backward(dout, need_dx=need_dx)
@@ -72,6 +81,27 @@ class _Unit:
         op = _FUSABLE[type(act)]
         prelu_alpha = act._alpha_arg(layer.out_features) if op == _ka.PRELU else None
         return layer._fused_forward(x, op, getattr(act, "alpha", 0.0), prelu_alpha, act, keep=False)
+
+
+def _dx_direct_below(units):
+    """Set each unit's dx_direct: a Dense unit whose nearest unit below, past Dropout and
+    GaussianNoise layers (which the whole-step kernel runs between its Dense layers), is a
+    Dense unit with a ReLU, leaky ReLU or no activation, as the kernel's op of the layer below
+    (_CompiledStep) decides dx_direct there."""
+    below = None   # the op of the nearest Dense unit so far, or None
+    for unit in units:
+        layer, act = unit.layer, unit.act
+        if type(layer) in _REGULARIZERS and act is None:
+            unit.dx_direct = False
+            continue
+        unit.dx_direct = isinstance(layer, Dense) and below in _DIRECT_OPS
+        below = ((_FUSABLE[type(act)] if act is not None else layer._op)
+                 if isinstance(layer, Dense) else None)
+
+
+# the activations whose layer takes the input gradient of the layer above straight in
+# (dx_direct in csrc/fastnn_dense.pxd)
+_DIRECT_OPS = frozenset({_ka.RELU, _ka.LEAKY_RELU, _ka.IDENTITY})
 
 
 # the layer types whose _infer is their forward(training=False) without its stored state
@@ -713,6 +743,7 @@ class Sequential:
                 else:
                     units.append(_Unit(layers[i]))
                     i += 1
+            _dx_direct_below(units)
         except BaseException:
             listed.changed = True   # still to do: the next use raises again
             raise

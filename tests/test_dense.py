@@ -1298,7 +1298,7 @@ def test_dout_errors(base, rng):
 
 @pytest.mark.parametrize("bad,exc", [
     ({"max_tiles": 1.5}, TypeError), ({"tile_flops": float("nan")}, ValueError),
-    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError), ({"k_split_pair": float("nan")}, ValueError),
+    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError), ({"k_split_pair": float("nan")}, ValueError), ({"max_tile_elems_direct": 2.5}, TypeError),
     ({"thin": True}, TypeError),
 ])
 def test_set_tile_params_checks_everything_before_setting_anything(bad, exc):

@@ -1035,6 +1035,56 @@ def test_step_kernel_with_a_layer_in_parts_for_two_tiles(dtype, two_core_tiles):
         assert_same_bits(a, b)
 
 
+def test_dx_tiles_over_a_layer_that_takes_them_straight_in_are_bounded_higher():
+    """A dx tile that the layer below takes straight in (ReLU, leaky ReLU, none: dx_direct, no
+    float scratch of its size) is bounded by max_tile_elems_direct, one that passes through
+    sigmoid's, tanh's or PReLU's per-thread scratch by max_tile_elems: the step kernel's
+    scratch over a tanh layer is one small tile a thread, over a ReLU layer the sign bits of
+    the larger tiles; fastnn.functional's dx tiles are bounded by neither; with the direct
+    bound set to the other, the plans are the old ones."""
+    from fastnn._kernels import activations as _ka
+    from fastnn._kernels import dense as _kd
+
+    p = _kd.tile_params()
+    small, big = p["max_tile_elems"], p["max_tile_elems_direct"]
+    n, d, m = FUSED_SIZES["tiled"][0], 512, 384   # (the "tiled" network's second layer's dx)
+    tr, tc, nr, nc = _kd.plan(n, d, m, dx=True)
+    trd, tcd, nrd, ncd = _kd.plan(n, d, m, dx=True, direct=True)
+    assert tr * tc <= small < trd * tcd <= big and 1 < nrd * ncd < nr * nc
+    free = _kd.plan(n, d, m, dx=True, chunks=False)
+    assert free == _kd.plan(n, d, m, dx=True, chunks=False, direct=True) and free[0] * free[1] > big
+    for op in (_ka.TANH, _ka.SIGMOID, _ka.PRELU):
+        assert _kd.dx_scratch_of(n, d, m, op, 4, 2) == 2 * tr * tc
+    assert _kd.dx_scratch_of(n, d, m, _ka.RELU, 4, 2) == 2 * -(-trd // 32) * tcd
+    assert _kd.dx_scratch_of(n, d, m, _ka.RELU, 8, 2) == 2 * -(-trd // 64) * tcd
+    assert _kd.dx_scratch_of(n, d, m, _ka.LEAKY_RELU, 4, 2) == _kd.dx_scratch_of(n, d, m, _ka.IDENTITY, 4, 2) == 0
+    _kd.set_tile_params(max_tile_elems_direct=small)
+    try:
+        assert _kd.plan(n, d, m, dx=True, direct=True) == (tr, tc, nr, nc)
+        assert _kd.dx_scratch_of(n, d, m, _ka.RELU, 4, 2) == 2 * -(-tr // 32) * tc
+    finally:
+        _kd.set_tile_params(**p)
+
+
+def test_sequential_marks_the_dense_layers_whose_dx_the_layer_below_takes_straight_in():
+    """The layer path cuts a Dense layer's dx tiles as the step kernel does: by the larger
+    bound where the nearest Dense below, past Dropout and GaussianNoise, has a ReLU, leaky ReLU
+    or no activation (its forward's cache says so to its backward), by the smaller one
+    elsewhere and under the first."""
+    model = Sequential(Dense(6, 8), ReLU(), Dropout(0.5), Dense(8, 7), Sigmoid(),
+                       GaussianNoise(0.1), Dense(7, 5, activation="leaky_relu"),
+                       Dense(5, 4, activation="tanh"), Dense(4, 3), Dense(3, 2, activation="prelu"),
+                       Dense(2, 2), Dense(2, 3, activation="relu"), Dense(3, 2), PReLU(), Dense(2, 2))
+    units = model._units
+    assert [type(u.layer).__name__ for u in units][:4] == ["Dense", "Dropout", "Dense", "GaussianNoise"]
+    assert [u.dx_direct for u in units] == [False, False, True, False, False, True, False, True,
+                                            False, True, True, False]
+    model.forward(np.random.default_rng(0).standard_normal((5, 6)), training=True)
+    for u in units:
+        if isinstance(u.layer, Dense):
+            assert u.layer._cache[0].chunks == (2 if u.dx_direct else 1)
+
+
 def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
     """On a machine with more CPUs the products get more tiles, each keeping serial_flops of
     work; products below two tiles' worth keep theirs; the 2-CPU plan is the one measured."""
