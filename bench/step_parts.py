@@ -95,10 +95,13 @@ class _Parts:
         c["loss"] = lambda: kl.class_loss(kl.SOFTMAX, self.out[-1], self.y, self.dout[-1], T)
         for l in range(L - 1, -1, -1):
             ident = self.ops[l] == ka.IDENTITY
-            c[f"bwd{l + 1}"] = (lambda l=l, ident=ident: kd.dense_backward(
+            # (2: the layer below takes dx straight in, so its tiles are the step's: the
+            # layer path's cut, dense.pyx _snapshot)
+            cut = 2 if l > 0 and self.ops[l - 1] in (ka.RELU, ka.LEAKY_RELU, ka.IDENTITY) else 1
+            c[f"bwd{l + 1}"] = (lambda l=l, ident=ident, cut=cut: kd.dense_backward(
                 self.ops[l], self.dout[l], self.out[l], self._input(l), self.W[l],
                 self.dout[l - 1] if l > 0 else None, self.dW[l], self.db[l],
-                None if ident else self.dz[l], 0.0, None, None, T, True))
+                None if ident else self.dz[l], 0.0, None, None, T, cut))
         c["update"] = lambda: [ko.update(ko.SGD, w, g, None, None, LR, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, T)
                                for w, g in self.flat]
         return c

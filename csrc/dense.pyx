@@ -346,10 +346,14 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     z receives x @ w + b; otherwise z may be None. avec: prelu's per-unit alpha, else None.
     x (N, D), w (D, M), b (M,), y and z (N, M); D >= 1.
 
-    chunks: cut the products as the network step kernel does (_snapshot): a small layer runs
-    in row chunks, and dx tiles are bounded (the layer API asks for this, so that a model
-    trained layer by layer gets the whole-step kernel's numbers; fastnn.functional does not:
-    the chunks cost it a few BLAS calls and buy nothing on one thread)."""
+    chunks: 1 (or True) cuts the products as the network step kernel does (_snapshot): a
+    small layer runs in row chunks, and dx tiles are bounded (the layer API asks for this, so
+    that a model trained layer by layer gets the whole-step kernel's numbers; fastnn.functional
+    does not, 0: the chunks cost it a few BLAS calls and buy nothing on one thread); 2 also
+    bounds the backward's dx tiles as for a layer below that takes them straight in (the
+    forward is cut as with 1)."""
+    if chunks < 0 or chunks > 2:
+        raise ValueError(f"dense_forward: chunks must be 0, 1 or 2, got {chunks}")
     cdef DenseConfig cfg = _snapshot(chunks)
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint keep = keeps_pre(op)
@@ -405,6 +409,8 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     `saved` is the forward output (relu, sigmoid, tanh) or pre-activation (leaky, prelu).
     chunks: as in dense_forward (pass what the forward was given); 2: also, the layer below
     takes dx straight in (the layer API's Sequential knows: _snapshot)."""
+    if chunks < 0 or chunks > 2:
+        raise ValueError(f"dense_backward: chunks must be 0, 1 or 2, got {chunks}")
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint ident = op == FNN_IDENTITY
     cdef floating *dxp = NULL

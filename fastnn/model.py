@@ -46,13 +46,14 @@ class _Unit:
 
     __slots__ = ("layer", "act", "dx_direct")
 
-    def __init__(self, layer, act=None):
-        self.layer, self.act = layer, act
-        self.dx_direct = False
+    def __init__(self, layer, act=None, dx_direct=False):
+        self.layer, self.act, self.dx_direct = layer, act, dx_direct
 
     def __reduce_ex__(self, protocol):
         # (__slots__ and no __dict__: protocols 0 and 1 need the arguments; 2 and up the default)
-        return (type(self), (self.layer, self.act)) if protocol < 2 else super().__reduce_ex__(protocol)
+        if protocol < 2:
+            return (type(self), (self.layer, self.act, getattr(self, "dx_direct", False)))
+        return super().__reduce_ex__(protocol)
 
     def forward(self, x, training):
         layer, act = self.layer, self.act
@@ -84,19 +85,21 @@ class _Unit:
 
 
 def _dx_direct_below(units):
-    """Set each unit's dx_direct: a Dense unit whose nearest unit below, past Dropout and
-    GaussianNoise layers (which the whole-step kernel runs between its Dense layers), is a
-    Dense unit with a ReLU, leaky ReLU or no activation, as the kernel's op of the layer below
-    (_CompiledStep) decides dx_direct there."""
+    """Set each unit's dx_direct: a Dense unit (the class itself, as the whole-step kernel
+    takes it; a subclass keeps its own forward) whose nearest unit below, past Dropout and
+    GaussianNoise layers (which the kernel runs between its Dense layers; their subclasses
+    too, as the tests' layer-path twins put them there), is a Dense unit with a ReLU, leaky
+    ReLU or no activation: the kernel's op of the layer below (_CompiledStep) decides
+    dx_direct there."""
     below = None   # the op of the nearest Dense unit so far, or None
     for unit in units:
         layer, act = unit.layer, unit.act
-        if type(layer) in _REGULARIZERS and act is None:
+        if isinstance(layer, _REGULARIZERS) and act is None:
             unit.dx_direct = False
             continue
-        unit.dx_direct = isinstance(layer, Dense) and below in _DIRECT_OPS
-        below = ((_FUSABLE[type(act)] if act is not None else layer._op)
-                 if isinstance(layer, Dense) else None)
+        dense = type(layer) is Dense
+        unit.dx_direct = dense and below in _DIRECT_OPS
+        below = (_FUSABLE[type(act)] if act is not None else layer._op) if dense else None
 
 
 # the activations whose layer takes the input gradient of the layer above straight in
@@ -831,6 +834,10 @@ class Sequential:
         # pickled before the front layers ran ahead of the whole-step kernel: none do (that
         # pickle's _compilable was computed so)
         self.__dict__.setdefault("_front", ())
+        if not changed and "_units" in self.__dict__:
+            # (pickled before the units carried dx_direct, or by protocol 0 or 1 from a build
+            # that lost it: marked again, as _build marks them)
+            _dx_direct_below(self._units)
 
     @property
     def dtype(self):

@@ -1035,7 +1035,7 @@ def test_step_kernel_with_a_layer_in_parts_for_two_tiles(dtype, two_core_tiles):
         assert_same_bits(a, b)
 
 
-def test_dx_tiles_over_a_layer_that_takes_them_straight_in_are_bounded_higher():
+def test_dx_tiles_over_a_layer_that_takes_them_straight_in_are_bounded_higher(two_core_tiles):
     """A dx tile that the layer below takes straight in (ReLU, leaky ReLU, none: dx_direct, no
     float scratch of its size) is bounded by max_tile_elems_direct, one that passes through
     sigmoid's, tanh's or PReLU's per-thread scratch by max_tile_elems: the step kernel's
@@ -1043,8 +1043,8 @@ def test_dx_tiles_over_a_layer_that_takes_them_straight_in_are_bounded_higher():
     the larger tiles; fastnn.functional's dx tiles are bounded by neither; with the direct
     bound set to the other, the plans are the old ones."""
     from fastnn._kernels import activations as _ka
-    from fastnn._kernels import dense as _kd
 
+    _kd = two_core_tiles   # (a 2-CPU machine's tiles: more CPUs cut this dx finer than either bound)
     p = _kd.tile_params()
     small, big = p["max_tile_elems"], p["max_tile_elems_direct"]
     n, d, m = FUSED_SIZES["tiled"][0], 512, 384   # (the "tiled" network's second layer's dx)
@@ -1059,11 +1059,17 @@ def test_dx_tiles_over_a_layer_that_takes_them_straight_in_are_bounded_higher():
     assert _kd.dx_scratch_of(n, d, m, _ka.RELU, 8, 2) == 2 * -(-trd // 64) * tcd
     assert _kd.dx_scratch_of(n, d, m, _ka.LEAKY_RELU, 4, 2) == _kd.dx_scratch_of(n, d, m, _ka.IDENTITY, 4, 2) == 0
     _kd.set_tile_params(max_tile_elems_direct=small)
-    try:
-        assert _kd.plan(n, d, m, dx=True, direct=True) == (tr, tc, nr, nc)
-        assert _kd.dx_scratch_of(n, d, m, _ka.RELU, 4, 2) == 2 * -(-tr // 32) * tc
-    finally:
-        _kd.set_tile_params(**p)
+    assert _kd.plan(n, d, m, dx=True, direct=True) == (tr, tc, nr, nc)
+    assert _kd.dx_scratch_of(n, d, m, _ka.RELU, 4, 2) == 2 * -(-tr // 32) * tc
+    # (the cut a call asks for: 0, 1 or 2, nothing else)
+    x, w, b = np.ones((3, 4), F32), np.ones((4, 2), F32), np.ones(2, F32)
+    y = np.empty((3, 2), F32)
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match="chunks"):
+            _kd.dense_forward(_ka.IDENTITY, x, w, b, y, None, 0.0, None, 1, bad)
+        with pytest.raises(ValueError, match="chunks"):
+            _kd.dense_backward(_ka.IDENTITY, y, None, x, w, None, np.empty((4, 2), F32),
+                               np.empty(2, F32), None, 0.0, None, None, 1, bad)
 
 
 def test_sequential_marks_the_dense_layers_whose_dx_the_layer_below_takes_straight_in():

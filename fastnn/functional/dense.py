@@ -58,8 +58,9 @@ class DenseCache(CourseTuple):
         self.alpha_shape = alpha_shape
         self.extra = extra
         self.alpha_src = None
-        self.chunks = False   # the forward cut its products as the step kernel does (the layer
-                              # API: small layers in row chunks, bounded dx tiles)
+        self.chunks = 0   # 1: the forward cut its products as the step kernel does (the layer
+                          # API: small layers in row chunks, bounded dx tiles); 2: also, the
+                          # layer below takes dx straight in (its larger bound: dense.pyx)
 
     # Course code takes caches apart: ``x, w, b = cache`` in its affine_backward and
     # ``fc_cache, relu_cache = cache`` in its affine_relu_backward (or cache[0], cache[1]).
@@ -165,8 +166,9 @@ def _fast_forward(op, x, w, b, alpha, chunks=False):
 
 
 def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
-    """chunks: cut the products as the step kernel does (the layer API: small layers in row
-    chunks, bounded dx tiles; see _kd.dense_forward)."""
+    """chunks: 1 or 2 cut the products as the step kernel does (the layer API: small layers in
+    row chunks, bounded dx tiles; 2 when the layer below takes dx straight in; see
+    _kd.dense_forward)."""
     if op != _ka.PRELU:
         res = _fast_forward(op, x, w, b, alpha, chunks)
         if res is not None:
