@@ -1091,6 +1091,36 @@ def test_sequential_marks_the_dense_layers_whose_dx_the_layer_below_takes_straig
             assert u.layer._cache[0].chunks == (2 if u.dx_direct else 1)
 
 
+def test_dense_marks_survive_pickling_and_skip_dense_subclasses():
+    """The dx_direct marks come back with a pickled model (any protocol, and a pickle made
+    before units carried them), and a Dense subclass is never marked: its own forward runs
+    (the kernel never takes it, so nothing needs its dx cut as the kernel's)."""
+    import pickle
+
+    calls = []
+
+    class MyDense(Dense):
+        def forward(self, x, training=None):
+            calls.append(1)
+            return super().forward(x, training)
+
+    mine = Sequential(Dense(4, 5, activation="relu"), Dense(5, 3), MyDense(3, 2))
+    assert [u.dx_direct for u in mine._units] == [False, True, False]
+    x = np.ones((2, 4), F32)
+    mine.forward(x, training=True)
+    assert calls == [1]
+    model = Sequential(Dense(4, 5, activation="relu"), Dense(5, 3, activation="tanh"), Dense(3, 2))
+    assert [u.dx_direct for u in model._units] == [False, True, False]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        again = pickle.loads(pickle.dumps(model, protocol=protocol))
+        assert [u.dx_direct for u in again._units] == [False, True, False], protocol
+    for u in model._units:
+        del u.dx_direct   # (as a pickle from before the marks holds its units)
+    again = pickle.loads(pickle.dumps(model))
+    assert [u.dx_direct for u in again._units] == [False, True, False]
+    assert_same_bits(again.forward(x, training=False), Sequential(*again.layers).forward(x, training=False))
+
+
 def test_many_core_tiles_cut_mid_size_products_finer(many_core_tiles):
     """On a machine with more CPUs the products get more tiles, each keeping serial_flops of
     work; products below two tiles' worth keep theirs; the 2-CPU plan is the one measured."""
