@@ -31,6 +31,10 @@ csrc/fastnn_dense.pxd); the two this script was written for:
   below takes it straight in (ReLU, leaky ReLU, none), against ``max_tile_elems`` for a tile
   that passes through sigmoid's or tanh's per-thread scratch; only dx products of more than
   65,536 outputs see it (784-512-512-10 on 1024 rows, the 4096-wide network).
+- ``small_mnk`` (with ``--large``; 0 turns it off): a product with an output side of 16 or less
+  and more multiply-adds than this is cut into tiles under it, which OpenBLAS's small-matrix
+  kernels take without packing (set at import where the BLAS has them); the 10-wide last
+  layer of 784-512-512-10 on 1024 rows (``small_mnk --values 0,1e6 --large``).
 - ``k_split_pair`` (0: only ``k_split``): a lower bar of the same kind for a product worth two
   tiles on a 2-CPU plan (a value at or above ``k_split`` changes nothing); 784-512-512-10's
   first two layers on 128 rows (``k_split_pair --values 0,1``).

@@ -96,6 +96,11 @@ _cfg.k_split = 4.0
 # 1000-300-10 (100) and 256-256-10 (64) 9-10% faster, and the 4096-wide network (its
 # forwards in parts now) the same; 784-512-512-10 (1024) stays below the bar.
 _cfg.k_split_pair = 1.0
+# Thin products cut under the small-matrix kernels' bar (make_plan): set at import where the
+# BLAS has them (fastnn/_blas.py, with thin = 0), else 0. 1e6 multiply-adds: SciPy's OpenBLAS
+# 0.3.30 took a 96 x 10 (inner 1024) call at its small-matrix speed and a 104 x 10 at its
+# packing one, in float32 and float64 alike (bench/NOTES.md).
+_cfg.small_mnk = 0.0
 
 
 def config_address():
@@ -144,13 +149,13 @@ def tile_params():
                 thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
                 chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks,
                 k_split=_cfg.k_split, k_split_pair=_cfg.k_split_pair,
-                max_tile_elems_direct=_cfg.max_tile_elems_direct)
+                max_tile_elems_direct=_cfg.max_tile_elems_direct, small_mnk=_cfg.small_mnk)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
                     chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None,
-                    k_split=None, k_split_pair=None, max_tile_elems_direct=None):
+                    k_split=None, k_split_pair=None, max_tile_elems_direct=None, small_mnk=None):
     """Tuning hook for bench/ (not public API); tile_cores is also set once at import. Every
     value is checked (finite numbers, ints; a bad one named) before any is set; ints are
     clamped to [their least, 2**30]."""
@@ -159,13 +164,13 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
                  thin=thin, max_tile_elems=max_tile_elems, chunk_min_rows=chunk_min_rows,
                  chunk_rows_more=chunk_rows_more, max_chunks=max_chunks, tile_cores=tile_cores,
                  k_split=k_split, k_split_pair=k_split_pair,
-                 max_tile_elems_direct=max_tile_elems_direct)
+                 max_tile_elems_direct=max_tile_elems_direct, small_mnk=small_mnk)
     from fastnn._validation import check_scalar
     v = {}
     for name, value in given.items():
         if value is None:
             continue
-        if name in ("tile_flops", "serial_flops", "k_split", "k_split_pair"):
+        if name in ("tile_flops", "serial_flops", "k_split", "k_split_pair", "small_mnk"):
             v[name] = check_scalar(value, name)   # (finite; clamped below where they must be)
         else:
             if isinstance(value, bool):
@@ -206,6 +211,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.k_split = max(0.0, v["k_split"])
     if "k_split_pair" in v:
         _cfg.k_split_pair = max(0.0, v["k_split_pair"])
+    if "small_mnk" in v:
+        _cfg.small_mnk = max(0.0, v["small_mnk"])
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False,

@@ -52,6 +52,10 @@ cdef struct DenseConfig:
                                  # many times its larger output side, worth two tiles or
                                  # more, runs in two parts of that dimension (0: never; see
                                  # forward_plan)
+    double small_mnk             # a thin product (an output side of at most 16) of more
+                                 # multiply-adds than this is cut into tiles of at most this
+                                 # many, where the BLAS's small-matrix kernels take them
+                                 # (0: never; make_plan, fastnn/_blas.py)
     double k_split_pair          # a lower bar for a product worth two tiles on a 2-CPU plan
                                  # (tile_cores 2; 0, or a value not below k_split: only
                                  # k_split applies; never parts when k_split is 0)
@@ -196,9 +200,16 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     panel per tile) small.
 
     chunk > 0 (a layer that runs in row chunks, chunk_rows): one row of tiles per chunk of
-    rows, split across only while a dx tile would hold more than max_elems outputs."""
+    rows, split across only while a dx tile would hold more than max_elems outputs.
+
+    A thin product (an output side of at most 16) of more than small_mnk multiply-adds gets
+    more tiles (a power of two, up to max_tiles) where that brings each tile under small_mnk:
+    OpenBLAS's small-matrix kernels (SkylakeX) multiply such a tile without packing either
+    operand, and a thin tile's packing is most of its time (512 x 10 with inner 1024, one
+    thread: 313 us as one call, 100 us as eight of 64 rows; bench/NOTES.md)."""
     cdef Plan p
-    cdef Py_ssize_t cb = 1
+    cdef Py_ssize_t cb = 1, target
+    cdef double mnk = <double>r * <double>c * <double>k
     if chunk > 0:
         while (max_elems > 0 and chunk * cdiv(c, cb) > max_elems
                and c // (cb * 2) >= g.min_tile_cols):
@@ -211,7 +222,16 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
         p.nr = cdiv(r, p.tr)
         p.nc = cdiv(c, p.tc)
         return p
-    p = tile_plan(g, r, c, tile_target(g, 2.0 * r * c * k), max_elems)
+    target = tile_target(g, 2.0 * r * c * k)
+    if g.small_mnk > 0 and min(r, c) <= 16 and mnk > g.small_mnk:
+        while target < g.max_tiles and mnk > g.small_mnk * target:
+            target *= 2
+        p = tile_plan(g, r, c, target, max_elems)
+        if <double>p.tr * <double>p.tc * <double>k <= g.small_mnk:
+            p.kd = k
+            return p
+        target = tile_target(g, 2.0 * r * c * k)   # (the cut cannot get there: as before)
+    p = tile_plan(g, r, c, target, max_elems)
     p.kd = k
     return p
 

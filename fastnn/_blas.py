@@ -100,7 +100,8 @@ def register():
         dense.register_blas_thread_control(set_addr, get_addr)
         corename = _corename(lib)
         _state.update(library=path, controlled=True, corename=corename)
-        dense.set_tile_params(thin=thin_products_for(corename))
+        dense.set_tile_params(thin=thin_products_for(corename),
+                              small_mnk=small_products_for(corename))
         return True
     return False
 
@@ -123,6 +124,17 @@ def thin_products_for(corename):
     if corename is not None and corename.lower() in _SMALL_GEMM_CORES:
         return 0
     return 4
+
+
+def small_products_for(corename):
+    """The dense kernels' `small_mnk` setting (thin products are cut into tiles of at most
+    this many multiply-adds, which the small-matrix kernels take; 0: never) for SciPy's
+    OpenBLAS with kernel set `corename`: its small-matrix bar, 1e6 (SMALL_MATRIX_OPT's permit
+    for sgemm and dgemm, measured on the Intel Xeon kind: 96 x 10 with inner 1024 took the
+    small-matrix path, 104 x 10 the packing one)."""
+    if corename is not None and corename.lower() in _SMALL_GEMM_CORES:
+        return 1e6
+    return 0.0
 
 
 def info():

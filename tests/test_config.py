@@ -941,7 +941,8 @@ def test_demo_run_checks_steps():
 
 # ============================================================================ BLAS kernels
 _CORE_AND_THIN = ("import fastnn\nfrom fastnn import _blas\nfrom fastnn._kernels import dense\n"
-                  "print(_blas.info()['corename'], dense.tile_params()['thin'])")
+                  "print(_blas.info()['corename'], dense.tile_params()['thin'],"
+                  " dense.tile_params()['small_mnk'])")
 
 
 def test_thin_products_follow_the_blas_kernels():
@@ -951,14 +952,17 @@ def test_thin_products_follow_the_blas_kernels():
 
     for name in ("SkylakeX", "skylakex", "Cooperlake", "SapphireRapids"):
         assert _blas.thin_products_for(name) == 0, name
+        assert _blas.small_products_for(name) == 1e6, name   # (and thin products cut for it)
     for name in ("Haswell", "Zen", "Sandybridge", "Prescott", "neoversen1", "", None):
         assert _blas.thin_products_for(name) == 4, name
+        assert _blas.small_products_for(name) == 0, name
     corename = _blas.info()["corename"]
     # a fresh interpreter: the setting at import (this one's tests may have changed it)
     proc = run_child({}, _CORE_AND_THIN)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.split()
     assert out[0] == str(corename) and int(out[1]) == _blas.thin_products_for(corename), out
+    assert float(out[2]) == _blas.small_products_for(corename), out
     threadpoolctl = pytest.importorskip("threadpoolctl")
     archs = [p.get("architecture") for p in threadpoolctl.threadpool_info()
              if p["user_api"] == "blas" and p["filepath"] == _blas.info()["library"]]
@@ -968,7 +972,8 @@ def test_thin_products_follow_the_blas_kernels():
 
 @pytest.mark.parametrize("coretype,thin", [("Haswell", 4), ("SkylakeX", 0)])
 def test_openblas_coretype_sets_the_thin_products(coretype, thin):
-    """OPENBLAS_CORETYPE picks SciPy's OpenBLAS kernels, and with them the gemv path."""
+    """OPENBLAS_CORETYPE picks SciPy's OpenBLAS kernels, and with them the gemv path (and the
+    cut of thin products under the small-matrix bar where there is no gemv path)."""
     from fastnn import _blas
 
     if _blas.info()["corename"] is None:
@@ -983,7 +988,8 @@ def test_openblas_coretype_sets_the_thin_products(coretype, thin):
             pytest.skip("no AVX-512 seen here: OpenBLAS cannot run its SkylakeX kernels")
     proc = run_child({"OPENBLAS_CORETYPE": coretype}, _CORE_AND_THIN)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [coretype, str(thin)], proc.stdout
+    assert proc.stdout.split()[:2] == [coretype, str(thin)], proc.stdout
+    assert float(proc.stdout.split()[2]) == (1e6 if thin == 0 else 0.0), proc.stdout
 
 
 def test_numpys_blas_is_told_apart_by_its_folder_not_by_the_word():

@@ -363,6 +363,36 @@ def test_forward_worth_two_tiles_in_parts_matches_reference(name, dtype, rng, tw
     assert not np.array_equal(out, one)
 
 
+def test_thin_products_are_cut_under_the_small_matrix_bar(two_core_tiles):
+    """small_mnk: a product with an output side of 16 or less and more multiply-adds than the
+    bar gets tiles under it (rows or columns, whichever side is long), where the cut can get
+    there; a product under the bar, a wider one, or one whose tiles cannot get under it keeps
+    its plan; 0 turns it off."""
+    _kd.set_tile_params(small_mnk=1e6)
+    for (r, c, k), want in [((512, 10, 1024), (64, 10, 8, 1)), ((1024, 10, 512), (128, 10, 8, 1)),
+                            ((10, 512, 1024), (10, 64, 1, 8))]:
+        tr, tc, nr, nc = _kd.plan(r, c, k)
+        assert (tr, tc, nr, nc) == want and tr * tc * k <= 1e6, (r, c, k)
+    assert _kd.forward_plan_of(1024, 10, 512)[:4] == (128, 10, 8, 1)
+    kept = [(128, 10, 512), (512, 10, 128), (512, 17, 1024), (512, 16, 1024), (1024, 512, 10)]
+    cut = [_kd.plan(*a) for a in kept]
+    _kd.set_tile_params(small_mnk=0)
+    assert [_kd.plan(*a) for a in kept] == cut
+    assert _kd.plan(512, 10, 1024) == (256, 10, 2, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", ["affine", "relu", "prelu_vector"])
+def test_thin_products_under_the_small_matrix_bar_match_reference(name, dtype, rng, two_core_tiles):
+    """A 10-output layer on 1024 rows with small_mnk set (its forward and weight gradient in
+    eight tiles each): against the reference, and the same bits on 1, 2 and 3 threads."""
+    _kd.set_tile_params(small_mnk=1e6)
+    shape = ((1024, 512), 10)
+    assert _kd.plan(512, 10, 1024)[2] == 8 and _kd.forward_plan_of(1024, 10, 512)[2] == 8
+    sw, (x, w, b, dout, alpha), _, _ = check_against_reference(name, dtype, shape, rng)
+    assert_thread_invariant(lambda: (sw.fwd(x, w, b, alpha)[0],) + tuple(sw.bwd(dout, sw.fwd(x, w, b, alpha)[1])))
+
+
 # (x shape, M) at the edges of the parts: one row, one output (the gemv path), a depth just
 # above the first part's 16 (kd = 16, the second part one deep), depths 2 and 3 (kd = 1 and 2)
 DEEP_EDGES = [((1, 40), 3), ((5, 37), 1), ((3, 17), 2), ((1, 2), 1), ((2, 3), 1), ((4, 2, 9), 2)]
@@ -1298,7 +1328,7 @@ def test_dout_errors(base, rng):
 
 @pytest.mark.parametrize("bad,exc", [
     ({"max_tiles": 1.5}, TypeError), ({"tile_flops": float("nan")}, ValueError),
-    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError), ({"k_split_pair": float("nan")}, ValueError), ({"max_tile_elems_direct": 2.5}, TypeError),
+    ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError), ({"k_split_pair": float("nan")}, ValueError), ({"small_mnk": float("inf")}, ValueError), ({"max_tile_elems_direct": 2.5}, TypeError),
     ({"thin": True}, TypeError),
 ])
 def test_set_tile_params_checks_everything_before_setting_anything(bad, exc):
