@@ -224,7 +224,7 @@ def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=Fal
     layers); chunks=False: as fastnn.functional cuts it (no row chunks, unbounded dx tiles)."""
     cdef DenseConfig cfg = _snapshot(2 if (chunks and direct) else chunks)
     cdef Py_ssize_t ch = chunk_rows(&cfg, r, c, k) if (batch or dx) else 0
-    cdef Plan p = make_plan(&cfg, r, c, k, cfg.max_tile_elems if dx else 0, ch)
+    cdef Plan p = make_plan(&cfg, r, c, k, cfg.max_tile_elems if dx else 0, ch, not dx)
     return (p.tr, p.tc, p.nr, p.nc)
 
 

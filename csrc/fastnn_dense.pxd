@@ -52,10 +52,10 @@ cdef struct DenseConfig:
                                  # many times its larger output side, worth two tiles or
                                  # more, runs in two parts of that dimension (0: never; see
                                  # forward_plan)
-    double small_mnk             # a thin product (an output side of at most 16) of more
-                                 # multiply-adds than this is cut into tiles of at most this
-                                 # many, where the BLAS's small-matrix kernels take them
-                                 # (0: never; make_plan, fastnn/_blas.py)
+    double small_mnk             # a thin forward or weight-gradient product (an output side
+                                 # of at most 16) of more multiply-adds than this is cut into
+                                 # tiles of at most this many, which the BLAS's small-matrix
+                                 # kernels take (0: never; small_cut, fastnn/_blas.py)
     double k_split_pair          # a lower bar for a product worth two tiles on a 2-CPU plan
                                  # (tile_cores 2; 0, or a value not below k_split: only
                                  # k_split applies; never parts when k_split is 0)
@@ -185,8 +185,36 @@ cdef inline Plan tile_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     return p
 
 
+cdef inline bint small_cut(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
+                           Py_ssize_t max_elems, Plan *out) noexcept nogil:
+    """The cut of a thin product (an output side of at most 16, worth two tiles or more) of
+    more than small_mnk multiply-adds into tiles of at most small_mnk each (a power of two of
+    them, up to max_tiles), into *out; False where there is no such cut (then make_plan's
+    usual one). OpenBLAS's small-matrix kernels (SkylakeX) multiply such a tile without
+    packing either operand, and a thin tile's packing is most of its time (512 x 10 with
+    inner 1024, one thread: 313 us as one call, 100 us as eight of 64 rows; bench/NOTES.md).
+    For the forward (NN) and weight-gradient (NT) products only: OpenBLAS refuses that path
+    to the dx products' form (TN) above 1200 outputs a tile, so their plans never take it."""
+    cdef double mnk = <double>r * <double>c * <double>k
+    cdef Py_ssize_t target
+    if g.small_mnk <= 0 or min(r, c) > 16 or mnk <= g.small_mnk:
+        return False
+    target = tile_target(g, 2.0 * mnk)
+    if target < 2:
+        return False   # (below serial_flops: one serial call, as every product there)
+    while True:
+        out[0] = tile_plan(g, r, c, target, max_elems)
+        if <double>out[0].tr * <double>out[0].tc * <double>k <= g.small_mnk:
+            out[0].kd = k
+            return True
+        if target * 2 > g.max_tiles:
+            return False
+        target *= 2
+
+
 cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
-                           Py_ssize_t max_elems=0, Py_ssize_t chunk=0) noexcept nogil:
+                           Py_ssize_t max_elems=0, Py_ssize_t chunk=0,
+                           bint small=True) noexcept nogil:
     """Tiles for an (r x c) output with inner dimension k. Depends on the shape and on
     tile_cores (set once at import from the machine), never on the thread count.
 
@@ -202,14 +230,10 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
     chunk > 0 (a layer that runs in row chunks, chunk_rows): one row of tiles per chunk of
     rows, split across only while a dx tile would hold more than max_elems outputs.
 
-    A thin product (an output side of at most 16) of more than small_mnk multiply-adds gets
-    more tiles (a power of two, up to max_tiles) where that brings each tile under small_mnk:
-    OpenBLAS's small-matrix kernels (SkylakeX) multiply such a tile without packing either
-    operand, and a thin tile's packing is most of its time (512 x 10 with inner 1024, one
-    thread: 313 us as one call, 100 us as eight of 64 rows; bench/NOTES.md)."""
+    small (not for dx products): a thin product cut for the small-matrix kernels where it
+    can be (small_cut)."""
     cdef Plan p
-    cdef Py_ssize_t cb = 1, target
-    cdef double mnk = <double>r * <double>c * <double>k
+    cdef Py_ssize_t cb = 1
     if chunk > 0:
         while (max_elems > 0 and chunk * cdiv(c, cb) > max_elems
                and c // (cb * 2) >= g.min_tile_cols):
@@ -222,34 +246,27 @@ cdef inline Plan make_plan(const DenseConfig *g, Py_ssize_t r, Py_ssize_t c, Py_
         p.nr = cdiv(r, p.tr)
         p.nc = cdiv(c, p.tc)
         return p
-    target = tile_target(g, 2.0 * r * c * k)
-    if g.small_mnk > 0 and min(r, c) <= 16 and mnk > g.small_mnk:
-        while target < g.max_tiles and mnk > g.small_mnk * target:
-            target *= 2
-        p = tile_plan(g, r, c, target, max_elems)
-        if <double>p.tr * <double>p.tc * <double>k <= g.small_mnk:
-            p.kd = k
-            return p
-        target = tile_target(g, 2.0 * r * c * k)   # (the cut cannot get there: as before)
-    p = tile_plan(g, r, c, target, max_elems)
+    if small and small_cut(g, r, c, k, max_elems, &p):
+        return p
+    p = tile_plan(g, r, c, tile_target(g, 2.0 * r * c * k), max_elems)
     p.kd = k
     return p
 
 
 cdef inline Plan row_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t c, Py_ssize_t k,
                           Py_ssize_t max_elems=0) noexcept nogil:
-    """The plan of a product whose output rows are the batch (a dx, N x D with inner M, or
-    the forward, N x M with inner D, of a layer that is not deep: forward_plan): in row chunks
-    when the layer runs in chunks."""
-    return make_plan(g, N, c, k, max_elems, chunk_rows(g, N, c, k))
+    """The plan of a dx product (N x D with inner M; its rows are the batch): in row chunks
+    when the layer runs in chunks, never the small-matrix cut (small_cut)."""
+    return make_plan(g, N, c, k, max_elems, chunk_rows(g, N, c, k), False)
 
 
 cdef inline Plan forward_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M,
                               Py_ssize_t D) noexcept nogil:
-    """The plan of a forward product (N x M, inner D): row_plan's, except for a deep product
-    (D at least k_split times the larger of N and M, or k_split_pair times when the product
-    is worth two tiles on a 2-CPU plan; worth two tiles or more, hence never a layer in row
-    chunks),
+    """The plan of a forward product (N x M, inner D): make_plan's (in row chunks when the
+    layer runs in chunks; a thin one cut for the small-matrix kernels first), except for a
+    deep product (D at least k_split times the larger of N and M, or k_split_pair times when
+    the product is worth two tiles on a 2-CPU plan; worth two tiles or more, hence never a
+    layer in row chunks),
     which runs in kb = 2 parts of its inner dimension, each over the whole output cut into
     half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:] (kd a
     multiple of 16), added in that order (forward_parts_rows). Row or column tiles of such a
@@ -267,6 +284,8 @@ cdef inline Plan forward_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M,
     cdef Py_ssize_t ch = chunk_rows(g, N, D, M), target
     cdef Plan p
     cdef double bar = g.k_split
+    if ch == 0 and small_cut(g, N, M, D, 0, &p):
+        return p   # (a thin forward: tiles for the small-matrix kernels before any parts)
     if ch == 0 and D >= 2 and bar > 0:
         target = tile_target(g, 2.0 * N * M * D)
         if target == 2 and g.tile_cores == 2 and 0 < g.k_split_pair < bar:
@@ -713,7 +732,7 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
     N), as one list of shape-fixed tasks. D >= 1. wslots: wslot_elems(N, D, M) elements (a
     layer in row chunks may sum its chunks' dw products there)."""
     cdef Py_ssize_t ch = chunk_rows(cfg, N, D, M)
-    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems, ch)
+    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems, ch, False)
     cdef Plan pw = make_plan(cfg, D, M, N)
     cdef Py_ssize_t t, ntx = px.nr * px.nc if dx != NULL else 0
     cdef Py_ssize_t ntw = ((1 if dw_in_turns(ch, D) else cdiv(N, ch)) if ch > 0

@@ -130,8 +130,9 @@ def small_products_for(corename):
     """The dense kernels' `small_mnk` setting (thin products are cut into tiles of at most
     this many multiply-adds, which the small-matrix kernels take; 0: never) for SciPy's
     OpenBLAS with kernel set `corename`: its small-matrix bar, 1e6 (SMALL_MATRIX_OPT's permit
-    for sgemm and dgemm, measured on the Intel Xeon kind: 96 x 10 with inner 1024 took the
-    small-matrix path, 104 x 10 the packing one)."""
+    for sgemm and dgemm in the forms of the forward and weight-gradient products, measured on
+    the Intel Xeon kind: 96 x 10 with inner 1024 took the small-matrix path, 104 x 10 the
+    packing one; the dx products' form is refused above 1200 outputs, so those are not cut)."""
     if corename is not None and corename.lower() in _SMALL_GEMM_CORES:
         return 1e6
     return 0.0

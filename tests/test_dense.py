@@ -370,15 +370,27 @@ def test_thin_products_are_cut_under_the_small_matrix_bar(two_core_tiles):
     its plan; 0 turns it off."""
     _kd.set_tile_params(small_mnk=1e6)
     for (r, c, k), want in [((512, 10, 1024), (64, 10, 8, 1)), ((1024, 10, 512), (128, 10, 8, 1)),
-                            ((10, 512, 1024), (10, 64, 1, 8))]:
-        tr, tc, nr, nc = _kd.plan(r, c, k)
+                            ((10, 512, 1024), (10, 64, 1, 8)), ((512, 16, 512), (64, 16, 8, 1)),
+                            ((1030, 10, 776), (72, 10, 15, 1))]:   # (the last: 8 tiles' rows,
+        tr, tc, nr, nc = _kd.plan(r, c, k)                         # rounded to 8, are too many)
         assert (tr, tc, nr, nc) == want and tr * tc * k <= 1e6, (r, c, k)
-    assert _kd.forward_plan_of(1024, 10, 512)[:4] == (128, 10, 8, 1)
-    kept = [(128, 10, 512), (512, 10, 128), (512, 17, 1024), (512, 16, 1024), (1024, 512, 10)]
+    # forwards too, before a part split (a 2-CPU plan would put these in parts)
+    assert _kd.forward_plan_of(1024, 10, 512)[:5] == (128, 10, 8, 1, 1)
+    assert _kd.forward_plan_of(512, 10, 512)[:5] == (128, 10, 4, 1, 1)
+    # kept: under the bar, 17 wide, out of reach with 64-row tiles, too small for two tiles
+    # (below serial_flops), and dx products (the small-matrix path refuses their form)
+    kept = [(128, 10, 512), (512, 10, 128), (512, 17, 512), (512, 16, 1024), (512, 10, 256),
+            (1024, 512, 10)]
     cut = [_kd.plan(*a) for a in kept]
-    _kd.set_tile_params(small_mnk=0)
+    dx = [_kd.plan(1024, 10, 512, dx=True), _kd.plan(16, 784, 512, dx=True)]
+    parts = _kd.forward_plan_of(512, 10, 512)
+    _kd.set_tile_params(max_tiles=6)   # (not a power of two: at most 4 tiles here)
+    assert _kd.plan(1024, 10, 512) == (512, 10, 2, 1)
+    _kd.set_tile_params(max_tiles=16, small_mnk=0)
     assert [_kd.plan(*a) for a in kept] == cut
+    assert [_kd.plan(1024, 10, 512, dx=True), _kd.plan(16, 784, 512, dx=True)] == dx
     assert _kd.plan(512, 10, 1024) == (256, 10, 2, 1)
+    assert _kd.forward_plan_of(512, 10, 512)[4] == 2 and parts[4] == 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

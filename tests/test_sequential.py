@@ -996,12 +996,41 @@ def test_step_kernel_with_a_deep_layer_is_thread_invariant(dtype, size, deep):
     from fastnn._kernels import dense as _kd
 
     n, widths = FUSED_SIZES[size]
-    assert _kd.forward_plan_of(n, widths[deep + 1], widths[deep])[4] == 2
-    if size == "deep":
-        assert _kd.layer_chunk_rows(n, widths[1], widths[2]) > 0
-    else:   # (gemv in each part, unless the BLAS has small-matrix kernels: thin = 0)
-        assert widths[-1] <= _kd.tile_params()["thin"] or _kd.tile_params()["thin"] == 0
-    _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size=size)
+    saved = _kd.tile_params()
+    # (no cut of thin products for the small-matrix kernels, which would take the 3-output
+    # layer's forward before its parts: test_step_kernel_with_thin_products_cut_small)
+    _kd.set_tile_params(small_mnk=0)
+    try:
+        assert _kd.forward_plan_of(n, widths[deep + 1], widths[deep])[4] == 2
+        if size == "deep":
+            assert _kd.layer_chunk_rows(n, widths[1], widths[2]) > 0
+        else:   # (gemv in each part, unless the BLAS has small-matrix kernels: thin = 0)
+            assert widths[-1] <= _kd.tile_params()["thin"] or _kd.tile_params()["thin"] == 0
+        _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype, size=size)
+    finally:
+        _kd.set_tile_params(**saved)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_step_kernel_with_thin_products_cut_small(dtype):
+    """With the small-matrix cut (small_mnk): "deep-thin-last"'s 3-output layer runs its
+    forward in four row tiles instead of two parts of its inner dimension, and its weight
+    gradient in tiles under the bar too; the whole-step kernel the same for 1, 2, 3 and 16
+    threads."""
+    from fastnn._kernels import dense as _kd
+
+    n, widths = FUSED_SIZES["deep-thin-last"]
+    saved = _kd.tile_params()
+    _kd.set_tile_params(small_mnk=1e6)
+    try:
+        tr, tc, nr, nc, kb, _ = _kd.forward_plan_of(n, widths[2], widths[1])
+        assert (nr * nc, kb) == (4, 1) and tr * tc * widths[1] <= 1e6
+        tr, tc, nr, nc = _kd.plan(widths[1], widths[2], n)   # (the weight gradient, 4096 x 3)
+        assert nr * nc > 2 and tr * tc * n <= 1e6
+        _tiled_training_is_thread_invariant("relu", seed=6, steps=3, dtype=dtype,
+                                            size="deep-thin-last")
+    finally:
+        _kd.set_tile_params(**saved)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
