@@ -82,6 +82,7 @@ def config_dict():
         "dynamic": _threads.get_dynamic(),
         "tile_cores": tiles["tile_cores"],
         "thin": tiles["thin"],
+        "small_mnk": tiles["small_mnk"],
         "blas": _blas_info(),
         "blas_kernels": blas_kernels(),
     }
@@ -106,7 +107,9 @@ def show_config(file=None):
                              "(set_dynamic, FASTNN_DYNAMIC)"),
         f"  tiles       sized for {info['tile_cores']} CPUs (FASTNN_TILE_CORES); "
         + (f"products with at most {info['thin']} output rows or columns as gemv calls"
-           if info["thin"] else "no gemv path (the BLAS has small-matrix kernels)"),
+           if info["thin"] else "no gemv path (the BLAS has small-matrix kernels)")
+        + (f"; thin products cut into tiles of at most {info['small_mnk']:g} multiply-adds"
+           if info["small_mnk"] else ""),
         f"  simd        {info['simd_path']}"
         + (" [runtime dispatch]" if info["simd_runtime_dispatch"] else ""),
     ]

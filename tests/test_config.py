@@ -314,6 +314,8 @@ def test_show_config_prints_and_returns_dict(capsys):
     assert re.search(rf"threads\s+{info['num_threads']}\n", text), text
     assert info["tile_cores"] == _kd.tile_params()["tile_cores"]
     assert re.search(rf"tiles\s+sized for {info['tile_cores']} CPUs", text), text
+    assert info["small_mnk"] == _kd.tile_params()["small_mnk"]
+    assert (f"tiles of at most {info['small_mnk']:g} multiply-adds" in text) == (info["small_mnk"] > 0), text
     assert isinstance(info["blas"], list) and info["blas"]
     assert re.search(r"\bblas\b", text)
 
