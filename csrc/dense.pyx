@@ -32,7 +32,7 @@ from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, bl
                            blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
                            chunk_rows, dense_forward_raw, gemm,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
-                           wslot_elems, dx_tile_bound, dx_scratch_need)
+                           wslot_elems, dx_tile_bound, dx_scratch_need, dx_direct)
 
 include "fastnn_sites.pxi"
 
@@ -242,6 +242,12 @@ def dx_scratch_of(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M, int op_below, Py_ssi
     layer below with activation op_below, on n_threads (dx_scratch_need). For tests."""
     cdef DenseConfig cfg = _snapshot(1)
     return dx_scratch_need(&cfg, N, D, M, op_below, itemsize, n_threads)
+
+
+def takes_dx_direct(int op):
+    """Whether a layer with activation `op` takes the input gradient of the layer above
+    straight in (dx_direct: its dx tiles have the larger bound, dx_tile_bound)."""
+    return bool(dx_direct(op))
 
 
 def layer_chunk_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M):

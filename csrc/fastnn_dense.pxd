@@ -266,9 +266,8 @@ cdef inline Plan forward_plan(const DenseConfig *g, Py_ssize_t N, Py_ssize_t M,
     layer runs in chunks; a thin one cut for the small-matrix kernels first), except for a
     deep product (D at least k_split times the larger of N and M, or k_split_pair times when
     the product is worth two tiles on a 2-CPU plan; worth two tiles or more, hence never a
-    layer in row chunks),
-    which runs in kb = 2 parts of its inner dimension, each over the whole output cut into
-    half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:] (kd a
+    layer in row chunks), which runs in kb = 2 parts of its inner dimension, each over the
+    whole output cut into half the tiles: x[:, :kd] @ w[:kd] and x[:, kd:] @ w[kd:] (kd a
     multiple of 16), added in that order (forward_parts_rows). Row or column tiles of such a
     product would each pack the whole of its deep operand panel again (3072-100-10, batch
     200: two 104-row tiles each pack all of W, 1.2 MB); two parts of one tile each (a 2-CPU

@@ -531,12 +531,15 @@ class Dense(CheckedSettings, Layer):
             raise ValueError(f"x must have shape (N, {self.in_features}), got {shape}")
 
     def forward(self, x, training=None):
-        return self._fused_forward(self._check_x(x), self._op, self.alpha, self._own_slopes(),
-                                   None)
+        return self._own_forward(x)
 
     def _infer(self, x):
+        return self._own_forward(x, keep=False)
+
+    def _own_forward(self, x, keep=True, dx_direct=False):
+        """The forward with this layer's own activation (_fused_forward's keep and dx_direct)."""
         return self._fused_forward(self._check_x(x), self._op, self.alpha, self._own_slopes(),
-                                   None, keep=False)
+                                   None, keep=keep, dx_direct=dx_direct)
 
     def _own_slopes(self):
         """params['alpha'] (a prelu Dense's slopes) or None; None too when params is not a dict,

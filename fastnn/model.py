@@ -16,12 +16,13 @@ from fastnn._files import atomic_write, write_npz
 from fastnn._validation import (as_float_array, binary_targets, check_flag, check_int, check_rows,
                                 check_seed, class_labels, float_dtype_of, fs_path, int_labels,
                                 name_list, no_repeated_keys, open_regular, read_npz, refuse_masked)
-from fastnn.layers import (LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer, LeakyReLU,
-                           PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
+from fastnn.layers import (ACTIVATIONS, LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer,
+                           LeakyReLU, PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
 from fastnn.losses import (BinaryCrossEntropy, BinaryHinge, MeanSquaredError, MulticlassHinge,
                            SoftmaxCrossEntropy, get_loss)
 from fastnn._kernels import activations as _ka
+from fastnn._kernels import dense as _kd
 from fastnn._kernels import losses as _kl
 from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
@@ -59,8 +60,7 @@ class _Unit:
         layer, act = self.layer, self.act
         if act is None:
             if self.dx_direct:   # (a Dense: _dx_direct_below)
-                return layer._fused_forward(layer._check_x(x), layer._op, layer.alpha,
-                                            layer._own_slopes(), None, dx_direct=True)
+                return layer._own_forward(x, dx_direct=True)
             return layer.forward(x, training=training)
         x = layer._check_x(x)
         op = _FUSABLE[type(act)]
@@ -102,9 +102,9 @@ def _dx_direct_below(units):
         below = (_FUSABLE[type(act)] if act is not None else layer._op) if dense else None
 
 
-# the activations whose layer takes the input gradient of the layer above straight in
-# (dx_direct in csrc/fastnn_dense.pxd)
-_DIRECT_OPS = frozenset({_ka.RELU, _ka.LEAKY_RELU, _ka.IDENTITY})
+# the activations whose layer takes the input gradient of the layer above straight in: the
+# kernels' own rule (dx_direct in csrc/fastnn_dense.pxd), not a copy of it
+_DIRECT_OPS = frozenset(op for op in set(ACTIVATIONS.values()) if _kd.takes_dx_direct(op))
 
 
 # the layer types whose _infer is their forward(training=False) without its stored state
