@@ -2890,6 +2890,126 @@ def test_the_step_shortcut_keeps_the_plan_cache_in_lru_order():
         (8, True), (9, True), (10, True), (16, True)]
     assert model._compiled_step(X, loss, full) is step   # kept, not rebuilt
 
+def _front_dropout_mlp(seed=0):
+    return Sequential(Dropout(0.8, seed=seed + 9), *_mlp(seed).layers)
+
+
+def _inner_dropout_mlp(seed=0):
+    return Sequential(Dense(20, 32, activation="relu", seed=seed), Dropout(0.7, seed=seed + 9),
+                      Dense(32, 4, seed=seed + 1))
+
+
+def _replace_W(model, opt, X, y, loss):
+    model.layers[0].params["W"] = model.layers[0].params["W"].copy()
+    return X, y, loss, opt
+
+
+def _set_layer_dtype(model, opt, X, y, loss):
+    for layer in model.layers:
+        layer.dtype = np.dtype(np.float64)
+    return X, y, loss, opt
+
+
+def _read_only_W(model, opt, X, y, loss):
+    model.layers[0].params["W"].flags.writeable = False
+    return X, y, loss, opt
+
+
+# name -> (the model, what changes before the third step: (model, opt, X, y, loss) -> the
+# step's (X, y, loss, opt), made on both twins alike); the changes whose step is refused:
+STEP_SHORTCUT_REFUSED = {"W read-only": "parameter W", "layers' dtype set": "float64",
+                         "labels too few": r"y must have shape \(16,\), got \(15,\)",
+                         "label out of range": r"y\[\d+\] = 4 is not a valid label"}
+STEP_SHORTCUT_CHANGES = {
+    "nothing": (_mlp, lambda m, o, X, y, loss: (X, y, loss, o)),
+    "X float64": (_mlp, lambda m, o, X, y, loss: (X.astype(np.float64), y, loss, o)),
+    "X Fortran order": (_mlp, lambda m, o, X, y, loss: (np.asfortranarray(X), y, loss, o)),
+    "X a list": (_mlp, lambda m, o, X, y, loss: (X.tolist(), y, loss, o)),
+    "X other rows": (_mlp, lambda m, o, X, y, loss: (X[:12], y[:12], loss, o)),
+    "loss by name": (_mlp, lambda m, o, X, y, loss: (X, y, "softmax", o)),
+    "another loss": (_mlp, lambda m, o, X, y, loss: (X, y, MulticlassHinge(), o)),
+    "another optimizer": (_mlp, lambda m, o, X, y, loss: (X, y, loss,
+                                                          SGD(m.parameters(), lr=0.02))),
+    "W replaced": (_mlp, _replace_W),
+    "W read-only": (_mlp, _read_only_W),
+    "layer list changed": (_mlp, lambda m, o, X, y, loss: (m.layers.append(Tanh()),
+                                                           (X, y, loss, o))[1]),
+    # (the same parameters in the same places: only the layer list's change flag tells)
+    "activation replaced": (lambda: Sequential(Dense(20, 32, seed=0), ReLU(), Dense(32, 4, seed=1)),
+                            lambda m, o, X, y, loss: (m.layers.__setitem__(1, Tanh()),
+                                                      (X, y, loss, o))[1]),
+    "layers' dtype set": (_mlp, _set_layer_dtype),
+    "labels int32": (_mlp, lambda m, o, X, y, loss: (X, y.astype(np.int32), loss, o)),
+    "labels strided": (_mlp, lambda m, o, X, y, loss: (X, np.repeat(y, 2)[::2], loss, o)),
+    "labels too few": (_mlp, lambda m, o, X, y, loss: (X, y[:-1], loss, o)),
+    "label out of range": (_mlp, lambda m, o, X, y, loss: (X, np.where(y == 0, 4, y), loss, o)),
+    "dropout in front": (_front_dropout_mlp, lambda m, o, X, y, loss: (X, y, loss, o)),
+    "dropout inside": (_inner_dropout_mlp, lambda m, o, X, y, loss: (X, y, loss, o)),
+}
+
+
+@pytest.mark.parametrize("change", list(STEP_SHORTCUT_CHANGES))
+def test_train_step_shortcut_gives_the_full_paths_results(change):
+    """train_step's shortcut (a step like the last cache hit: Sequential._hot_step) against
+    the full path (a twin whose shortcut is cleared before every step), after two steps and
+    a change between them and the third: the same losses or the same error, and the same
+    parameter bits after every step, for changes the shortcut must see (X's dtype, order,
+    type or rows, the loss, the optimizer, a replaced or read-only array, the layer list, the
+    layers' dtype, the labels) and for models it must leave to the full path (a dropout in
+    front or inside, whose masks are drawn in Python). Without a change, the shortcut is
+    what runs: neither train_step's checks of X and the optimizer nor _compiled_step."""
+    make, change_fn = STEP_SHORTCUT_CHANGES[change]
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((16, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 16)
+    results, models = [], []
+    for shortcut in (True, False):
+        model = make()
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss = SoftmaxCrossEntropy()
+        got = []
+        for k in range(4):
+            args = (X, y, loss, opt)
+            if k == 2:
+                args = change_fn(model, opt, X, y, loss)
+            if not shortcut:
+                model._hot = None
+            try:
+                got.append(model.train_step(*args))
+            except (TypeError, ValueError) as e:
+                got.append((type(e), str(e)))
+            got.append([p.data.copy() for p in model.parameters()])
+        results.append(got)
+        models.append(model)
+    third = results[0][4]   # (the third step's loss or error; its parameters follow it)
+    if change in STEP_SHORTCUT_REFUSED:
+        assert isinstance(third, tuple) and re.search(STEP_SHORTCUT_REFUSED[change], third[1]), third
+    else:
+        assert isinstance(third, float) and np.isfinite(third), third
+    for a, b in zip(*results):
+        if isinstance(a, list):
+            assert len(a) == len(b), change
+            for u, v in zip(a, b):
+                assert_same_bits(u, v, what=change)
+        else:
+            assert a == b, change
+    if change == "nothing":
+        model = models[0]
+        opt = SGD(model.parameters(), lr=0.05)
+        loss = SoftmaxCrossEntropy()
+        model.train_step(X, y, loss, opt)
+        model.train_step(X, y, loss, opt)
+        assert model._hot is not None
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the full path ran")
+
+        model._check_X = model._compiled_step = refuse
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fmodel, "_check_optimizer", refuse)
+            model.train_step(X, y, loss, opt)   # (the shortcut: none of them called)
+
+
 def test_layer_path_steps_keep_no_activations():
     """After a step on the layer path (a layer type the whole-step kernel does not take) no
     layer holds its backward cache: the model does not keep a batch's activations alive, nor
