@@ -941,6 +941,39 @@ def test_step_kernel_fused_backward_matches_the_layer_path(hidden, dtype, size):
         assert_same_bits(a, b)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", ["relu", "leaky_relu", "sigmoid", "identity"])
+def test_step_kernel_chunks_with_dx_tiles_in_columns_match_the_layer_path(hidden, dtype):
+    """A network run chunk by chunk whose dx tiles are cut into columns too (tile bounds set
+    low; the chunked networks of FUSED_SIZES have one column tile a chunk): each chunk's
+    column tiles, then its bias sums over the whole rows, give the layer path's bits for
+    every kind of layer below (sign bits, the pre-activation, the scratch tile, nothing)."""
+    from fastnn._kernels import dense as _kd
+
+    n, widths = 64, (5, 200, 30, 3)
+    saved = _kd.tile_params()
+    _kd.set_tile_params(max_tile_elems_direct=2048, max_tile_elems=2048, min_tile_cols=16)
+    try:
+        assert [_kd.layer_chunk_rows(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [32] * 3
+        tr, tc, nr, nc = _kd.plan(n, widths[1], widths[2], dx=True, direct=hidden != "sigmoid")
+        assert tr == 32 and nc >= 3, (tr, tc, nr, nc)   # (a chunk's rows, in column tiles)
+        r = np.random.default_rng(8)
+        X = r.standard_normal((n, widths[0])).astype(dtype)
+        y = r.integers(0, widths[-1], n)
+        model = _fused_model(hidden, widths, dtype)
+        losses, params, opt = _train_runs(model, X, y, "softmax")
+        plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
+        assert plan is not None and plan.plan.chunk_rows == 32
+        twin = _fused_model(hidden, widths, dtype, dropout0=True)
+        twin_losses, twin_params, topt = _train_runs(twin, X, y, "softmax")
+        assert twin._compiled_step(X, SoftmaxCrossEntropy(), topt) is None   # the layer path
+        assert losses == twin_losses
+        for a, b in zip(params, twin_params):
+            assert_same_bits(a, b)
+    finally:
+        _kd.set_tile_params(**saved)
+
+
 def test_step_kernel_fused_backward_shapes_are_multi_tile():
     """The "tiled" size really cuts the dx products into several tiles (so 2 and 3 threads run
     them in parallel, each with its own scratch tile), including the one whose small inner
