@@ -1128,6 +1128,8 @@ class Sequential:
     def train_step(self, X, y, loss, optimizer):
         """One step of SGD-style training on the batch (X, y); returns the loss as a float.
         Steps on one model from several Python threads run one after the other."""
+        if type(loss) is str and loss in _NAMED_LOSSES:
+            loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
         hot = self._hot
         if (hot is not None and type(X) is np.ndarray and X.shape == hot[1] and X.dtype is hot[2]
                 and type(loss) is hot[0][2] and X.flags.c_contiguous):
@@ -1140,9 +1142,7 @@ class Sequential:
                 if compiled is not None:
                     return self._compiled_run(compiled, X, y, loss, optimizer, False, False)[0]
         _check_optimizer(optimizer)
-        if type(loss) is str and loss in _NAMED_LOSSES:
-            loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
-        elif type(loss) not in _LOSS_KINDS:   # (fastnn's own: what get_loss would return)
+        if type(loss) not in _LOSS_KINDS:   # (fastnn's own: what get_loss would return)
             loss = get_loss(loss)
         if self._layers.changed:
             self._sync()
@@ -1156,15 +1156,18 @@ class Sequential:
         and _step's would run it as it is (no layer list changed, X already of the model's
         dtype, no front layers or layers inside the kernel that draw, the entry still valid:
         _entry_matches), else None (the full path then decides). _hot is read again here, under
-        the lock: another thread's step may have moved it since train_step read it. `optimizer` needs no check of its own: an entry holds only an
-        optimizer that passed them, and is valid only for that object."""
+        the lock: another thread's step may have moved it since train_step read it. An entry
+        holds only an optimizer that passed _check_optimizer, and is valid for that object
+        alone; what its class gave it can only change by an attribute of the instance hiding
+        `step` (then the full path's check names it)."""
         hot = self._hot
         if (hot is None or X.shape != hot[1] or X.dtype is not hot[2]
                 or type(loss) is not hot[0][2] or self._layers.changed or self._front
                 or _dtype_of(self._layers) is not X.dtype):
             return None
         cached = self._compiled.get(hot[0])
-        if not self._entry_matches(cached, optimizer) or cached[1] is None or cached[1].drops:
+        if (not self._entry_matches(cached, optimizer) or cached[1] is None or cached[1].drops
+                or "step" in getattr(optimizer, "__dict__", ())):
             return None
         return cached[1]
 

@@ -2951,6 +2951,7 @@ def _read_only_W(model, opt, X, y, loss):
 # name -> (the model, what changes before the third step: (model, opt, X, y, loss) -> the
 # step's (X, y, loss, opt), made on both twins alike); the changes whose step is refused:
 STEP_SHORTCUT_REFUSED = {"W read-only": "parameter W", "layers' dtype set": "float64",
+                         "optimizer's step hidden": "optimizer must be a fastnn optimizer",
                          "labels too few": r"y must have shape \(16,\), got \(15,\)",
                          "label out of range": r"y\[\d+\] = 4 is not a valid label"}
 STEP_SHORTCUT_CHANGES = {
@@ -2972,6 +2973,8 @@ STEP_SHORTCUT_CHANGES = {
                             lambda m, o, X, y, loss: (m.layers.__setitem__(1, Tanh()),
                                                       (X, y, loss, o))[1]),
     "layers' dtype set": (_mlp, _set_layer_dtype),
+    "optimizer's step hidden": (_mlp, lambda m, o, X, y, loss: (setattr(o, "step", None),
+                                                                (X, y, loss, o))[1]),
     "labels int32": (_mlp, lambda m, o, X, y, loss: (X, y.astype(np.int32), loss, o)),
     "labels strided": (_mlp, lambda m, o, X, y, loss: (X, np.repeat(y, 2)[::2], loss, o)),
     "labels too few": (_mlp, lambda m, o, X, y, loss: (X, y[:-1], loss, o)),
@@ -2981,57 +2984,90 @@ STEP_SHORTCUT_CHANGES = {
 }
 
 
+def _cache_state(model, opts):
+    """A model's plan cache and shortcut, comparable between twins: each key as (batch, which
+    of `opts` by position, loss type), in the cache's order, and _hot likewise."""
+    which = {id(o): i for i, o in enumerate(opts)}
+    keys = [(k[0], which.get(k[1]), k[2]) for k in model._compiled]
+    hot = model._hot
+    return keys, (None if hot is None else
+                  ((hot[0][0], which.get(hot[0][1]), hot[0][2]), hot[1], hot[2]))
+
+
+def _shortcut_twins(make, steps, optimizer=None, loss=None, targets=None):
+    """Train two twins of `make()` on the same batches, one with train_step's shortcut and one
+    without it (its _hot_step answering None: the full path, _compiled_step's own shortcut
+    included), `steps(k, model, opt, X, y, loss)` giving step k's (X, y, loss, opt). Returns
+    both runs' per-step records: the loss or (error type, message), the parameters' and the
+    optimizer state's copies, and the cache state (_cache_state)."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((16, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 16) if targets is None else targets(rng)
+    runs = []
+    for shortcut in (True, False):
+        model = make()
+        if not shortcut:
+            model._hot_step = lambda X, loss, optimizer: None
+        opt = (optimizer or (lambda ps: SGD(ps, lr=0.05, momentum=0.9)))(model.parameters())
+        opts = [opt]
+        got = []
+        for k in range(4):
+            Xk, yk, lk, ok = steps(k, model, opt, X, y, loss or SoftmaxCrossEntropy())
+            if ok not in opts:
+                opts.append(ok)
+            try:
+                got.append(model.train_step(Xk, yk, lk, ok))
+            except (TypeError, ValueError) as e:
+                got.append((type(e), str(e)))
+            got.append([p.data.copy() for p in model.parameters()]
+                       + [a.copy() for st in opt.state.values() for a in st]
+                       + [np.array(getattr(opt, "t", 0))])
+            got.append(_cache_state(model, opts))
+        runs.append((got, model))
+    return runs
+
+
+def _same_runs(runs, what):
+    for a, b in zip(runs[0][0], runs[1][0]):
+        if isinstance(a, list):
+            assert len(a) == len(b), what
+            for u, v in zip(a, b):
+                assert_same_bits(u, v, what=what)
+        else:
+            assert a == b, what
+
+
 @pytest.mark.parametrize("change", list(STEP_SHORTCUT_CHANGES))
 def test_train_step_shortcut_gives_the_full_paths_results(change):
     """train_step's shortcut (a step like the last cache hit: Sequential._hot_step) against
-    the full path (a twin whose shortcut is cleared before every step), after two steps and
-    a change between them and the third: the same losses or the same error, and the same
-    parameter bits after every step, for changes the shortcut must see (X's dtype, order,
-    type or rows, the loss, the optimizer, a replaced or read-only array, the layer list, the
-    layers' dtype, the labels) and for models it must leave to the full path (a dropout in
-    front or inside, whose masks are drawn in Python). Without a change, the shortcut is
-    what runs: neither train_step's checks of X and the optimizer nor _compiled_step."""
+    the full path (a twin whose _hot_step answers None), after two steps and a change between
+    them and the third: the same losses or the same error, the same parameter bits and the
+    same plan cache and shortcut after every step, for changes the shortcut must see (X's
+    dtype, order, type or rows, the loss, the optimizer or its step method, a replaced or
+    read-only array, the layer list, the layers' dtype, the labels) and for models it must
+    leave to the full path (a dropout in front or inside, whose masks are drawn in Python).
+    Without a change, the shortcut is what runs, for a loss object or its name: neither
+    train_step's checks of X and the optimizer nor _compiled_step."""
     make, change_fn = STEP_SHORTCUT_CHANGES[change]
-    rng = np.random.default_rng(11)
-    X = rng.standard_normal((16, 20)).astype(np.float32)
-    y = rng.integers(0, 4, 16)
-    results, models = [], []
-    for shortcut in (True, False):
-        model = make()
-        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loss = SoftmaxCrossEntropy()
-        got = []
-        for k in range(4):
-            args = (X, y, loss, opt)
-            if k == 2:
-                args = change_fn(model, opt, X, y, loss)
-            if not shortcut:
-                model._hot = None
-            try:
-                got.append(model.train_step(*args))
-            except (TypeError, ValueError) as e:
-                got.append((type(e), str(e)))
-            got.append([p.data.copy() for p in model.parameters()])
-        results.append(got)
-        models.append(model)
-    third = results[0][4]   # (the third step's loss or error; its parameters follow it)
+
+    def steps(k, model, opt, X, y, loss):
+        return change_fn(model, opt, X, y, loss) if k == 2 else (X, y, loss, opt)
+
+    runs = _shortcut_twins(make, steps)
+    third = runs[0][0][6]   # (the third step's loss or error: three records a step)
     if change in STEP_SHORTCUT_REFUSED:
         assert isinstance(third, tuple) and re.search(STEP_SHORTCUT_REFUSED[change], third[1]), third
     else:
         assert isinstance(third, float) and np.isfinite(third), third
-    for a, b in zip(*results):
-        if isinstance(a, list):
-            assert len(a) == len(b), change
-            for u, v in zip(a, b):
-                assert_same_bits(u, v, what=change)
-        else:
-            assert a == b, change
+    _same_runs(runs, change)
     if change == "nothing":
-        model = models[0]
+        model = runs[0][1]
+        rng = np.random.default_rng(3)
+        X = rng.standard_normal((16, 20)).astype(np.float32)
+        y = rng.integers(0, 4, 16)
         opt = SGD(model.parameters(), lr=0.05)
-        loss = SoftmaxCrossEntropy()
-        model.train_step(X, y, loss, opt)
-        model.train_step(X, y, loss, opt)
+        model.train_step(X, y, "softmax", opt)
+        model.train_step(X, y, "softmax", opt)
         assert model._hot is not None
 
         def refuse(*args, **kwargs):
@@ -3040,7 +3076,76 @@ def test_train_step_shortcut_gives_the_full_paths_results(change):
         model._check_X = model._compiled_step = refuse
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(fmodel, "_check_optimizer", refuse)
-            model.train_step(X, y, loss, opt)   # (the shortcut: none of them called)
+            for loss in (SoftmaxCrossEntropy(), "softmax"):   # (the shortcut: none called)
+                model.train_step(X, y, loss, opt)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("loss", ["softmax", "logistic", "mse"])
+def test_train_step_shortcut_for_each_rule_and_kind_of_loss(rule, loss):
+    """The shortcut against the full path for each update rule the kernel runs (Adam counts
+    its steps through it) and for a multiclass, a binary and a regression loss: the same
+    losses, parameters, optimizer state and step count, and the same plan cache, step by step."""
+    outputs = {"softmax": 4, "logistic": 1, "mse": 3}[loss]
+    targets = {"softmax": lambda r: r.integers(0, 4, 16),
+               "logistic": lambda r: r.integers(0, 2, 16),
+               "mse": lambda r: r.standard_normal((16, 3)).astype(np.float32)}[loss]
+    optimizer = {"sgd": lambda ps: SGD(ps, lr=0.05, momentum=0.9),
+                 "adam": lambda ps: Adam(ps, lr=1e-2),
+                 "rmsprop": lambda ps: RMSProp(ps, lr=1e-2)}[rule]
+    runs = _shortcut_twins(lambda: _mlp(dims=(20, 32, 32, outputs)),
+                           lambda k, m, o, X, y, lo: (X, y, loss, o), optimizer, targets=targets)
+    assert all(isinstance(v, float) for v in runs[0][0][::3])
+    _same_runs(runs, (rule, loss))
+    assert runs[0][1]._hot is not None   # (the shortcut's steps ran)
+
+
+def test_train_step_shortcut_holds_the_models_lock():
+    """A step through the shortcut waits for the model's lock, as the full path's does: while
+    another thread holds it, the step does not run; once it is released, the step does. The
+    shortcut is asked again under the lock (another thread may have moved it meanwhile)."""
+    import threading
+    import time
+
+    model = _mlp()
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((16, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 16)
+    opt = SGD(model.parameters(), lr=0.05)
+    loss = SoftmaxCrossEntropy()
+    model.train_step(X, y, loss, opt)
+    model.train_step(X, y, loss, opt)
+    assert model._hot is not None
+    before = [p.data.copy() for p in model.parameters()]
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (model.train_step(X, y, loss, opt), done.set()))
+    with model._lock:
+        worker.start()
+        assert not done.wait(0.3)   # (held: the step waits)
+        for p, b in zip(model.parameters(), before):
+            assert_same_bits(p.data, b)
+    assert done.wait(30)
+    worker.join()
+    assert any(not np.array_equal(p.data, b) for p, b in zip(model.parameters(), before))
+    # the shortcut is asked again under the lock: a step that found a softmax step last,
+    # then waited while another thread's SVM steps moved the shortcut to the SVM plan (same
+    # batch, same optimizer), computes the softmax loss, not the SVM plan's
+    from fastnn.functional import softmax_loss
+
+    hinge = MulticlassHinge()
+    for other in (hinge, hinge, loss, loss):
+        model.train_step(X, y, other, opt)
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("loss", model.train_step(X, y, loss, opt)))
+    with model._lock:
+        worker.start()
+        time.sleep(0.3)   # (the worker has read the shortcut and waits for the lock)
+        model.train_step(X, y, hinge, opt)
+        model.train_step(X, y, hinge, opt)
+        assert model._hot[0][2] is MulticlassHinge
+        want = softmax_loss(model.predict(X), y)[0]
+    worker.join(30)
+    assert out["loss"] == pytest.approx(want, rel=1e-5)
 
 
 def test_layer_path_steps_keep_no_activations():
