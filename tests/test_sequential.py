@@ -920,25 +920,34 @@ def _train_runs(model, X, y, loss, steps=4):
     return losses, param_copies(model), opt
 
 
-@pytest.mark.parametrize("size", list(FUSED_SIZES))
-@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
-@pytest.mark.parametrize("hidden", list(FUSED_HIDDEN))
-def test_step_kernel_fused_backward_matches_the_layer_path(hidden, dtype, size):
-    n, widths = FUSED_SIZES[size]
-    r = np.random.default_rng(3)
+def _kernel_against_layer_path(hidden, n, widths, dtype, seed):
+    """Four steps of the whole-step kernel and of its twin on the layer path (an identity
+    layer the kernel does not take), on one batch: the same losses and parameter bits.
+    Returns the kernel's plan (a _CompiledStep)."""
+    r = np.random.default_rng(seed)
     X = r.standard_normal((n, widths[0])).astype(dtype)
     y = r.integers(0, widths[-1], n)
     model = _fused_model(hidden, widths, dtype)
     losses, params, opt = _train_runs(model, X, y, "softmax")
     plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
-    assert plan is not None and plan.plan.fused_backward
-    assert (plan.plan.chunk_rows > 0) == size.startswith("chunked")
+    assert plan is not None
     twin = _fused_model(hidden, widths, dtype, dropout0=True)
     twin_losses, twin_params, topt = _train_runs(twin, X, y, "softmax")
     assert twin._compiled_step(X, SoftmaxCrossEntropy(), topt) is None  # the layer path
     assert losses == twin_losses
     for a, b in zip(params, twin_params):
         assert_same_bits(a, b)
+    return plan
+
+
+@pytest.mark.parametrize("size", list(FUSED_SIZES))
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", list(FUSED_HIDDEN))
+def test_step_kernel_fused_backward_matches_the_layer_path(hidden, dtype, size):
+    n, widths = FUSED_SIZES[size]
+    plan = _kernel_against_layer_path(hidden, n, widths, dtype, seed=3)
+    assert plan.plan.fused_backward
+    assert (plan.plan.chunk_rows > 0) == size.startswith("chunked")
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
@@ -957,19 +966,8 @@ def test_step_kernel_chunks_with_dx_tiles_in_columns_match_the_layer_path(hidden
         assert [_kd.layer_chunk_rows(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [32] * 3
         tr, tc, nr, nc = _kd.plan(n, widths[1], widths[2], dx=True, direct=hidden != "sigmoid")
         assert tr == 32 and nc >= 3, (tr, tc, nr, nc)   # (a chunk's rows, in column tiles)
-        r = np.random.default_rng(8)
-        X = r.standard_normal((n, widths[0])).astype(dtype)
-        y = r.integers(0, widths[-1], n)
-        model = _fused_model(hidden, widths, dtype)
-        losses, params, opt = _train_runs(model, X, y, "softmax")
-        plan = model._compiled_step(X, SoftmaxCrossEntropy(), opt)
-        assert plan is not None and plan.plan.chunk_rows == 32
-        twin = _fused_model(hidden, widths, dtype, dropout0=True)
-        twin_losses, twin_params, topt = _train_runs(twin, X, y, "softmax")
-        assert twin._compiled_step(X, SoftmaxCrossEntropy(), topt) is None   # the layer path
-        assert losses == twin_losses
-        for a, b in zip(params, twin_params):
-            assert_same_bits(a, b)
+        plan = _kernel_against_layer_path(hidden, n, widths, dtype, seed=8)
+        assert plan.plan.chunk_rows == 32
     finally:
         _kd.set_tile_params(**saved)
 
