@@ -97,7 +97,7 @@ class _Parts:
             ident = self.ops[l] == ka.IDENTITY
             # (2: the layer below takes dx straight in, so its tiles are the step's: the
             # layer path's cut, dense.pyx _snapshot)
-            cut = 2 if l > 0 and self.ops[l - 1] in (ka.RELU, ka.LEAKY_RELU, ka.IDENTITY) else 1
+            cut = 2 if l > 0 and kd.takes_dx_direct(self.ops[l - 1]) else 1
             c[f"bwd{l + 1}"] = (lambda l=l, ident=ident, cut=cut: kd.dense_backward(
                 self.ops[l], self.dout[l], self.out[l], self._input(l), self.W[l],
                 self.dout[l - 1] if l > 0 else None, self.dW[l], self.db[l],

@@ -731,7 +731,7 @@ cdef inline void backward_products(const DenseConfig *cfg, const floating *g, co
     N), as one list of shape-fixed tasks. D >= 1. wslots: wslot_elems(N, D, M) elements (a
     layer in row chunks may sum its chunks' dw products there)."""
     cdef Py_ssize_t ch = chunk_rows(cfg, N, D, M)
-    cdef Plan px = make_plan(cfg, N, D, M, cfg.max_tile_elems, ch, False)
+    cdef Plan px = row_plan(cfg, N, D, M, cfg.max_tile_elems)
     cdef Plan pw = make_plan(cfg, D, M, N)
     cdef Py_ssize_t t, ntx = px.nr * px.nc if dx != NULL else 0
     cdef Py_ssize_t ntw = ((1 if dw_in_turns(ch, D) else cdiv(N, ch)) if ch > 0

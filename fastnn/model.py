@@ -13,10 +13,9 @@ import weakref
 import numpy as np
 
 from fastnn._files import atomic_write, write_npz
-from fastnn._validation import (_INTP, as_float_array, binary_targets, check_flag, check_int,
-                                check_rows, check_seed, class_labels, float_dtype_of, fs_path,
-                                int_labels, name_list, no_repeated_keys, open_regular, read_npz,
-                                refuse_masked)
+from fastnn._validation import (as_float_array, binary_targets, check_flag, check_int, check_rows,
+                                check_seed, class_labels, float_dtype_of, fs_path, int_labels,
+                                name_list, no_repeated_keys, open_regular, read_npz, refuse_masked)
 from fastnn.layers import (ACTIVATIONS, LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer,
                            LeakyReLU, PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -318,14 +317,9 @@ class _CompiledStep:
         else:
             # bool labels are 0/1: binary losses take them (as the functional losses do), the
             # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
-            labels = y
-            if not (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1
-                    and y.shape[0] == X.shape[0] and y.flags.c_contiguous):
-                # (int_labels' own shortcut, without the call: an intp vector of X's rows goes
-                # in as it is, its values checked by the kernel)
-                binary = self.binary
-                labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary,
-                                    allow_float=binary)
+            binary = self.binary
+            labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary,
+                                allow_float=binary)
         watch = opt._watch_
         if watch is not None and watch.dead:
             opt._prune()   # (the state of layers collected since: optimizers._Watch)
@@ -1160,30 +1154,36 @@ class Sequential:
         holds only an optimizer that passed _check_optimizer, and is valid for that object
         alone; what its class gave it can only change by an attribute of the instance hiding
         `step` (then the full path's check names it)."""
-        hot = self._hot
-        if (hot is None or X.shape != hot[1] or X.dtype is not hot[2]
-                or type(loss) is not hot[0][2] or self._layers.changed or self._front
-                or _dtype_of(self._layers) is not X.dtype):
-            return None
-        cached = self._compiled.get(hot[0])
-        if (not self._entry_matches(cached, optimizer) or cached[1] is None or cached[1].drops
+        if (self._layers.changed or self._front or _dtype_of(self._layers) is not X.dtype
                 or "step" in getattr(optimizer, "__dict__", ())):
             return None
+        cached = self._hot_entry(X, loss, optimizer)
+        if cached is None or cached[1] is None or cached[1].drops:
+            return None
         return cached[1]
+
+    def _hot_entry(self, X, loss, optimizer):
+        """The cache entry of the last hit (_hot) when X has its shape and dtype, `loss` its
+        loss type, and the entry is still valid for `optimizer` (_entry_matches), else None:
+        the shortcut of _compiled_step and of train_step (_hot_step)."""
+        hot = self._hot
+        if hot is not None and X.shape == hot[1] and X.dtype is hot[2] and type(loss) is hot[0][2]:
+            cached = self._compiled.get(hot[0])
+            if self._entry_matches(cached, optimizer):
+                return cached
+        return None
 
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
-        hot = self._hot
-        if hot is not None and X.shape == hot[1] and X.dtype is hot[2] and type(loss) is hot[0][2]:
-            # the step of the last cache hit, for the same X shape and dtype and loss type: the
-            # checks of _valid_entry without building the key (~0.5 us of a small network's
-            # step). That entry is the most recently used already: a hit that returns a step
-            # sets _hot, moving any entry to the end of the cache (_valid_entry) or adding one
-            # (_remember) clears it, and dropping others does not reorder the cache.
-            cached = self._compiled.get(hot[0])
-            if self._entry_matches(cached, optimizer):
-                return cached[1]
+        # the step of the last cache hit, for the same X shape and dtype and loss type: the
+        # checks of _valid_entry without building the key (~0.5 us of a small network's
+        # step). That entry is the most recently used already: a hit that returns a step
+        # sets _hot, moving any entry to the end of the cache (_valid_entry) or adding one
+        # (_remember) clears it, and dropping others does not reorder the cache.
+        cached = self._hot_entry(X, loss, optimizer)
+        if cached is not None:
+            return cached[1]
         if X.ndim != 2 or X.shape[0] == 0:
             return None
         key = (X.shape[0], id(optimizer), type(loss))
