@@ -14,7 +14,7 @@ csrc/fastnn_dense.pxd); the two this script was written for:
   largest row or column count that takes the gemv path; 0 turns it off.
 - ``chunk_min_rows`` (0 turns chunks off) and ``chunk_rows_more``: how a small network's batch
   is cut into row chunks, which the whole-step kernel runs a chunk per thread (chunk_rows in
-  csrc/fastnn_dense.pxd). Try ``chunk_min_rows --values 0,16,32`` and
+  csrc/fastnn_dense.pxd). Try ``chunk_min_rows --values 0,16,64`` and
   ``chunk_rows_more --values 32,64,128,256``.
 - ``tile_flops`` and ``max_tiles`` with ``--large`` (``tile_flops --values 64e6,4e9``,
   ``max_tiles --values 64,16``): the work each tile beyond one per core must keep, and how

@@ -78,7 +78,17 @@ _cfg.max_tile_elems_direct = 262144
 _cfg.serial_flops = 4.0e6
 _cfg.row_block_elems = 16384
 _cfg.thin = 4
-_cfg.chunk_min_rows = 16
+# A batch is cut into row chunks only when each keeps at least chunk_min_rows rows (so from
+# 2 * chunk_min_rows rows on). A chunk on another thread reads the weights the other core just
+# updated and adds into gradients it just wrote, so a short chunk costs more in moving cache
+# lines between cores than it saves. On the Intel Xeon kind (2 CPUs, bench/NOTES.md, *Row
+# chunks of at least 64 rows*), every small network on fewer than 128 rows ran faster unchunked
+# (2 threads, 7-9 interleaved rounds): 64-64-64-10 (32) 28.4 -> 19.1 us a step, (64) 41.4 ->
+# 31.9, 32-128-10 (64) 39.0 -> 22.8, 2-100-3 (96) 14.5 -> 13.8; from 128 rows (two chunks of
+# 64) the chunks won or tied on most: 64-64-64-10 (128) 51.8 against 57.2, 100-100-10 (128)
+# 55.9 against 68.5, 2-100-3 (300) 29.7 against 38.6. (It was 16 on the Zen 4 kind, where two
+# 16-row chunks took 64-64-64-10 (32) from 26.6 to 23.8 us.) Shape only, like the chunks.
+_cfg.chunk_min_rows = 64
 _cfg.chunk_rows_more = 128
 _cfg.max_chunks = 16
 # A forward product at least this many times deeper than its larger output side runs in two

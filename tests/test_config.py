@@ -1105,15 +1105,15 @@ def test_step_parts_times_the_steps_work():
     their sum."""
     sp = _bench_module("step_parts")
     dims = [20, 32, 16, 5]
-    rows = sp.run(dims, [64, 40], [1, 2], rounds=1, min_time=0.001, use_torch=False)
-    assert [(r["batch"], r["threads"]) for r in rows] == [(64, 1), (64, 2), (40, 1), (40, 2)]
+    rows = sp.run(dims, [192, 128], [1, 2], rounds=1, min_time=0.001, use_torch=False)
+    assert [(r["batch"], r["threads"]) for r in rows] == [(192, 1), (192, 2), (128, 1), (128, 2)]
     for r in rows:
         assert r["parts"] == ["fwd1", "fwd2", "fwd3", "loss", "bwd3", "bwd2", "bwd1", "update"]
         assert set(r["ms"]) == {"step", "layer path", "parts", *r["parts"]}
         assert r["ms"]["parts"] == pytest.approx(sum(r["ms"][k] for k in r["parts"]))
         assert all(v > 0 for v in r["ms"].values())
         # the step's own phases (StepPlan.time_phases), grouped as the parts; no clock without
-        # OpenMP. At 64 and 40 rows this network runs in row chunks: its forward, loss and
+        # OpenMP. At 192 and 128 rows this network runs in row chunks: its forward, loss and
         # backward are one parallel region, in "rest"; only its updates are apart.
         ph = r["phases"]
         assert set(ph) == {"timed step", "rest", *r["parts"]}

@@ -276,9 +276,9 @@ def test_deep_forward_runs_in_parts():
     assert d >= _kd.tile_params()["k_split"] * max(n, m)
     (n2, *rest), m2 = LARGE
     assert _kd.forward_plan_of(n2, m2, int(np.prod(rest)))[4] == 1
-    assert 2.0 * 40 * 3 * 400 < _kd.tile_params()["serial_flops"] and _kd.layer_chunk_rows(40, 400, 3)
-    assert _kd.forward_plan_of(40, 3, 400)[4] == 1
-    assert _kd.forward_plan_of(40, 3, 400, chunks=False)[2:] == (1, 1, 1, 400)
+    assert 2.0 * 128 * 3 * 400 < _kd.tile_params()["serial_flops"] and _kd.layer_chunk_rows(128, 400, 3)
+    assert _kd.forward_plan_of(128, 3, 400)[4] == 1
+    assert _kd.forward_plan_of(128, 3, 400, chunks=False)[2:] == (1, 1, 1, 400)
     saved = _kd.tile_params()
     _kd.set_tile_params(k_split=0)
     try:
@@ -681,10 +681,12 @@ def test_row_chunks_are_whole_groups_of_the_loss(settings):
     _kd.set_tile_params(**settings)
     try:
         chunks = [_kd.layer_chunk_rows(n, 2, 3) for n in range(1, 2050)]
+        low = 2 * _kd.tile_params()["chunk_min_rows"]   # (the fewest rows that are cut)
     finally:
         _kd.set_tile_params(**saved)
     assert all(ch % 8 == 0 for ch in chunks)
-    assert sum(ch > 0 for ch in chunks) > 2000
+    assert all((ch > 0) == (n >= low) for n, ch in zip(range(1, 2050), chunks))
+    assert sum(ch > 0 for ch in chunks) > 1900
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

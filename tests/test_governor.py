@@ -431,7 +431,7 @@ def _plan(model):
 
 
 @pytest.mark.skipif(not OPENMP, reason="one thread without OpenMP: nothing to choose")
-@pytest.mark.parametrize("dims,n", [((64, 64, 64, 10), 32), ((300, 200, 10), 256)],
+@pytest.mark.parametrize("dims,n", [((64, 64, 64, 10), 128), ((300, 200, 10), 256)],
                          ids=["chunked", "layers"])
 def test_the_step_runs_the_governors_count_and_the_same_bits(dims, n):
     """With dynamic on, the step runs the count its governor gives (here moved by hand between

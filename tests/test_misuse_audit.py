@@ -175,29 +175,41 @@ def test_weights_too_large_for_an_array_are_refused_naming_the_sizes(make, match
 
 # -- a training step's input that is the model's own array
 
-def _deep(seed=0):
-    return Sequential(Dense(64, 64, activation="relu", seed=seed),
-                      Dense(64, 64, activation="relu", seed=seed + 1), Dense(64, 10, seed=seed + 2))
+def _deep(seed=0, widths=(64, 64, 64, 10)):
+    a, b, c, d = widths
+    return Sequential(Dense(a, b, activation="relu", seed=seed),
+                      Dense(b, c, activation="relu", seed=seed + 1), Dense(c, d, seed=seed + 2))
+
+
+# The first two tests below step on a batch of 128 rows, which runs in two row chunks of 64
+# (a batch under 2 * chunk_min_rows rows runs unchunked). Every layer of the first one's
+# network has more inputs than that, so their chunks take turns and the step updates in the
+# chunks' own parallel region, where the race that test looks for would be.
+CHUNKED_BATCH = 128
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("compiled", [True, False], ids=["whole-step", "layer-path"])
 @pytest.mark.parametrize("source", ["W1", "dW1", "velocity W1"])
 def test_a_step_on_the_models_own_array_computes_what_it_would_on_a_copy(source, compiled, threads):
-    """X is the second layer's weights, their gradient or their velocity (64 x 64: a batch of
-    64 rows), which the step writes while it still reads X: it steps on a copy, as NumPy copies
+    """X is the second layer's weights, their gradient or their velocity (128 x 128: a batch of
+    128 rows, in two row chunks), which the step writes while it still reads X: it steps on a copy, as NumPy copies
     overlapping operands. The gradient is written before X's last read on every path, so
     those cases fail without the copy every time. Weights and state are written by the
     updates: only on the whole-step path with the updates in the chunks' region, on two or
     three threads, can one come before X's last read (a race these cases catch only when the
     timing allows; one thread or the layer path updates after all reads)."""
-    y = np.arange(64) % 10
+    from fastnn._kernels import dense as _kd
+
+    n, widths = CHUNKED_BATCH, (96, CHUNKED_BATCH, 96, 10)   # (X: W1, 128 x 96)
+    assert [_kd.layer_chunk_rows(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [64] * 3
+    y = np.arange(n) % 10
     runs = []
     for alias in (False, True):
-        m = _deep()
+        m = _deep(widths=widths)
         m._compilable = compiled
         opt = SGD(m.parameters(), lr=0.1, momentum=0.9)
-        m.layers[1].grads["W"][...] = np.random.default_rng(1).standard_normal((64, 64))
+        m.layers[1].grads["W"][...] = np.random.default_rng(1).standard_normal(widths[1:3])
         losses = []
         with fastnn.threads(threads):
             for _ in range(3):
@@ -215,18 +227,23 @@ def test_a_step_on_the_models_own_array_computes_what_it_would_on_a_copy(source,
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_mse_targets_that_are_a_gradient_are_read_as_a_copy(threads):
-    """The targets are the top rows of the last layer's weight gradient (64 x 10): the second
-    chunk's loss would read them after the first chunk's backward wrote that gradient."""
-    X = np.random.default_rng(0).standard_normal((32, 64)).astype(F32)
+    """The targets are the last layer's weight gradient (128 x 10), on a batch of 128 rows in
+    two row chunks: the second chunk's loss would read them after the first chunk's backward
+    wrote that gradient."""
+    from fastnn._kernels import dense as _kd
+
+    n, widths = CHUNKED_BATCH, (64, 64, CHUNKED_BATCH, 10)   # (the targets: dW2, 128 x 10)
+    assert [_kd.layer_chunk_rows(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [64] * 3
+    X = np.random.default_rng(0).standard_normal((n, widths[0])).astype(F32)
     runs = []
     for alias in (False, True):
-        m = _deep()
-        m.layers[2].grads["W"][...] = np.random.default_rng(2).standard_normal((64, 10))
+        m = _deep(widths=widths)
+        m.layers[2].grads["W"][...] = np.random.default_rng(2).standard_normal(widths[2:])
         opt = SGD(m.parameters(), lr=0.01)
         with fastnn.threads(threads):
             losses = []
             for _ in range(3):
-                t = m.layers[2].grads["W"][:32]
+                t = m.layers[2].grads["W"]
                 losses.append(m.train_step(X, t if alias else t.copy(), "mse", opt))
         runs.append((losses, [p.data.copy() for p in m.parameters()]))
     assert runs[0][0] == runs[1][0]

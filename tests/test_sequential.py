@@ -888,8 +888,8 @@ FUSED_HIDDEN = {
 # (batch, widths): one tile per product; several tiles (threads share the dx tiles, each with
 # its own scratch), with products whose small inner dimension splits them by max_tile_elems;
 # a small network on a batch of several row chunks (the whole step runs chunk by chunk), each
-# chunk's weight-gradient products into a partial of its own; the same on two chunks of 32
-# rows, where the 40-input layer's chunks take turns adding theirs into the gradient instead
+# chunk's weight-gradient products into a partial of its own; the same on two chunks of 64
+# rows, where the 80-input layer's chunks take turns adding theirs into the gradient instead
 # (more inputs than chunk rows: dw_in_turns), the others keep partials; four chunks (on 1, 2
 # or 3 threads) that all take turns; turns on a 3-output layer (one gemv per column:
 # Plan.thin, with the BLAS's beta = 1); a deep first layer whose forward runs in two parts of
@@ -897,9 +897,9 @@ FUSED_HIDDEN = {
 # layer in row chunks; a deep output layer with 3 outputs (its parts through gemv); and a
 # tiled network with a narrow hidden layer (12,480 outputs)
 FUSED_SIZES = {"small": (13, (5, 7, 6, 3)), "tiled": (1200, (96, 512, 384, 10)),
-               "chunked": (601, (5, 40, 30, 3)), "chunked-turns": (64, (5, 40, 30, 3)),
-               "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (64, (20, 40, 3)),
-               "deep": (64, (3072, 16, 10)), "deep-thin-last": (256, (20, 4096, 3)),
+               "chunked": (601, (5, 40, 30, 3)), "chunked-turns": (128, (5, 80, 30, 3)),
+               "chunked-4-turns": (600, (200, 8, 3)), "chunked-thin-turns": (128, (20, 80, 3)),
+               "deep": (128, (3072, 16, 10)), "deep-thin-last": (256, (20, 4096, 3)),
                "tiled-narrow": (96, (300, 130, 10))}
 
 
@@ -959,15 +959,15 @@ def test_step_kernel_chunks_with_dx_tiles_in_columns_match_the_layer_path(hidden
     every kind of layer below (sign bits, the pre-activation, the scratch tile, nothing)."""
     from fastnn._kernels import dense as _kd
 
-    n, widths = 64, (5, 200, 30, 3)
+    n, widths = 128, (5, 200, 30, 3)
     saved = _kd.tile_params()
     _kd.set_tile_params(max_tile_elems_direct=2048, max_tile_elems=2048, min_tile_cols=16)
     try:
-        assert [_kd.layer_chunk_rows(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [32] * 3
+        assert [_kd.layer_chunk_rows(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [64] * 3
         tr, tc, nr, nc = _kd.plan(n, widths[1], widths[2], dx=True, direct=hidden != "sigmoid")
-        assert tr == 32 and nc >= 3, (tr, tc, nr, nc)   # (a chunk's rows, in column tiles)
+        assert tr == 64 and nc >= 3, (tr, tc, nr, nc)   # (a chunk's rows, in column tiles)
         plan = _kernel_against_layer_path(hidden, n, widths, dtype, seed=8)
-        assert plan.plan.chunk_rows == 32
+        assert plan.plan.chunk_rows == 64
     finally:
         _kd.set_tile_params(**saved)
 
@@ -1693,20 +1693,23 @@ SMALL_STEPS = {"2-100-3 (300)": ((2, 100, 3), 300), "64-64-64-10 (32)": ((64, 64
 @pytest.mark.parametrize("hidden", ["relu", None])
 @pytest.mark.parametrize("net", list(SMALL_STEPS))
 def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, threads):
-    """A small network's step in row chunks holds at most 10% more than what the step must
-    hold (issue 5's target): no float dx scratch tile per thread (below a relu or no
-    activation the backward pass writes each dx tile straight over the activations, relu's
-    derivative kept as bits first); for layers with more inputs than chunk rows, no
-    weight-gradient partial per chunk (those chunks add their products into the gradients
-    in turns, in chunk order); no dscores buffer (the loss writes them over the scores) and
-    no per-row losses (sums of groups of 8 rows). 2-100-3 (300) held 205% with the scratch
-    tile, as large there as its hidden activation, and 113-114% with the dscores and the
-    rows' losses; 64-64-64-10 (32) 148% with its second chunk's 36 KB partial. Now 108-109%
-    and 106% (float32): the rest is the relu bits, (2-100-3, whose layers have fewer inputs
-    than chunk rows) the second chunk's small partials, and Python objects."""
+    """A small network's step holds at most 10% more than what the step must hold (issue 5's
+    target), in row chunks (2-100-3 (300)) or on a batch too small to cut (64-64-64-10 (32):
+    chunks keep at least chunk_min_rows rows): no float dx scratch tile per thread (below a
+    relu or no activation the backward pass writes each dx tile straight over the
+    activations, relu's derivative kept as bits first); for layers with more inputs than
+    chunk rows, no weight-gradient partial per chunk (those chunks add their products into
+    the gradients in turns, in chunk order); no dscores buffer (the loss writes them over
+    the scores) and no per-row losses (sums of groups of 8 rows). 2-100-3 (300) held 205%
+    with the scratch tile, as large there as its hidden activation, and 113-114% with the
+    dscores and the rows' losses; 64-64-64-10 (32), in two chunks then, 148% with its second
+    chunk's 36 KB partial. Now 108-110% and 108% (float32): the rest is the relu bits,
+    (2-100-3, whose layers have fewer inputs than chunk rows) the second chunk's small
+    partials, and Python objects."""
     from fastnn.bench import step_memory
 
     import fastnn
+    from fastnn._kernels import dense as _kd
     widths, n = SMALL_STEPS[net]
     r = np.random.default_rng(7)
     X = r.standard_normal((n, widths[0])).astype(F32)
@@ -1717,19 +1720,20 @@ def test_small_step_memory_is_within_what_the_step_must_hold(net, hidden, thread
     opt = SGD(model.parameters(), lr=1e-3)
     with fastnn.threads(threads):
         held, need, _ = step_memory(model, X, y, opt, SoftmaxCrossEntropy())
-        assert model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.chunk_rows > 0
+        chunked = model._compiled_step(X, SoftmaxCrossEntropy(), opt).plan.chunk_rows > 0
+    assert chunked == (n >= 2 * _kd.tile_params()["chunk_min_rows"])
     assert held <= 1.10 * need, (held, need)
 
 
-@pytest.mark.parametrize("widths", [(64, 64, 64, 10), (16, 64, 64, 10)],
+@pytest.mark.parametrize("widths", [(80, 80, 80, 10), (16, 80, 80, 10)],
                          ids=["in-chunks-region", "second-region"])
 @pytest.mark.parametrize("optimizer", ["sgd-momentum", "adam"])
 def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer, widths):
     """A chunked step of a network with chunk_update_min_elems parameter elements or more
     shares its updates among the chunks' threads on 2 threads (network.pyx): in the chunks'
-    own parallel region when every layer's chunks take turns (64-64-64-10: more inputs than
+    own parallel region when every layer's chunks take turns (80-80-80-10: more inputs than
     chunk rows; `updates_in_chunks`), else a parameter per task in one more parallel region
-    per step (16-64-64-10, whose first layer keeps partials). The losses and parameters are
+    per step (16-80-80-10, whose first layer keeps partials). The losses and parameters are
     bitwise those of the serial updates, of the layer path, and of 1 and 3 threads; below the
     bound (2-100-3's 603 elements) the updates stay serial."""
     import fastnn
@@ -1737,8 +1741,8 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer, widths
     from fastnn._kernels import _config as _kconfig
     from fastnn._kernels import network as kn
 
-    n, steps = 32, 3
-    in_region = widths[0] > 16   # (16-row chunks: a layer takes turns when it has more inputs)
+    n, steps = 128, 3
+    in_region = widths[0] > 64   # (64-row chunks: a layer takes turns when it has more inputs)
     elems = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
     assert elems >= kn.chunk_update_min_elems() > 2 * 100 + 100 + 100 * 3 + 3
     r = np.random.default_rng(11)
@@ -1763,7 +1767,7 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer, widths
 
     default = kn.chunk_update_min_elems()
     shared = run(default, 2)
-    assert shared[3] is not None and shared[3].plan.chunk_rows == 16
+    assert shared[3] is not None and shared[3].plan.chunk_rows == 64
     serial = run(2**40, 2)
     # (without OpenMP every count is 1 thread: no step shares anything)
     openmp = _kconfig.openmp_enabled()
@@ -1788,7 +1792,7 @@ def test_chunked_step_shares_its_updates_with_the_same_numbers(optimizer, widths
             assert_same_bits(a, b)
 
 
-@pytest.mark.parametrize("widths,tie", [((64, 64, 64, 10), "W"), ((16, 64, 64, 10), "b")],
+@pytest.mark.parametrize("widths,tie", [((80, 80, 80, 10), "W"), ((16, 80, 80, 10), "b")],
                          ids=["in-chunks-region", "second-region"])
 def test_tied_parameters_are_updated_one_after_the_other(widths, tie):
     """Two layers reading one array (Parameters may share memory) have it updated by one
@@ -1796,13 +1800,14 @@ def test_tied_parameters_are_updated_one_after_the_other(widths, tie):
     parallel region), two threads could take both at once, or update one while another layer
     still reads it: a chunked step of such a model updates serially (no region for the
     updates), with the numbers of 1 thread and of the layer path. (Before the seventeenth
-    session two threads could update 16-64-64-10's tied biases at once.)"""
+    session two threads could update 16-64-64-10's tied biases at once; the networks are wider
+    now, so that every layer of the first has more inputs than its chunks' 64 rows.)"""
     import fastnn
     from fastnn import _threads
     from fastnn._kernels import _config as _kconfig
     from fastnn._kernels import network as kn
 
-    n, steps = 32, 4
+    n, steps = 128, 4
     openmp = _kconfig.openmp_enabled()
     r = np.random.default_rng(12)
     X = r.standard_normal((n, widths[0])).astype(F32)
@@ -1810,7 +1815,7 @@ def test_tied_parameters_are_updated_one_after_the_other(widths, tie):
 
     def run(threads, tied=True, compilable=True):
         model = _fused_model("relu", widths, F32)
-        if tied:   # (layers 0 and 2: the Dense layers 64 -> 64 / the two 64-unit biases)
+        if tied:   # (layers 0 and 2: the Dense layers 80 -> 80 / the two 80-unit biases)
             model.layers[2].params[tie] = model.layers[0].params[tie]
         model._compilable = compilable
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -1825,7 +1830,7 @@ def test_tied_parameters_are_updated_one_after_the_other(widths, tie):
     assert untied[3].plan.updates_in_chunks == (openmp and tie == "W")
     assert untied[2] == (steps * (1 if tie == "W" else 2) if openmp else 0)
     two = run(2)
-    assert two[3] is not None and two[3].plan.chunk_rows == 16
+    assert two[3] is not None and two[3].plan.chunk_rows == 64
     assert not two[3].plan.updates_in_chunks
     assert two[2] == (steps if openmp else 0)   # the chunks' region only
     for other in (run(1), run(2, compilable=False)):
@@ -2216,7 +2221,7 @@ _PHASE_PATHS = {
                       {"chunks", "sum", "guard", "update", "labels", "blas", "step"}),
     # every layer's chunks take turns and the updates are shared: they run in the chunks'
     # parallel region (_run_updating)
-    "updating": (lambda: _fused_model("relu", (64, 64, 64, 10), F32), 32,
+    "updating": (lambda: _fused_model("relu", (80, 80, 80, 10), F32), 128,
                  {"chunks", "labels", "blas", "step"}),
     "buffers": (lambda: Sequential(Dense(6, 9, seed=1), PReLU(9), Dense(9, 4, seed=2)), 700,
                 {"fwd1", "fwd2", "loss", "bwd1", "bwd2", "update", "labels", "blas", "step"}),
