@@ -33,8 +33,9 @@ For each network the script times, interleaved in each of R rounds, the layer AP
 course-style functional step, the NumPy reference step, PyTorch's (when installed), each of the
 step's products on one thread and the 2048^3 product; then it prints the two floors, the largest
 speedup each allows against NumPy and PyTorch ("most": their step time over the floor), what
-fastnn reaches and the README's target. Last, for T >= 2, what the products of a 16-row chunk
-of 64-64-64-10 cost on one thread alone and with T threads making the same calls at once.
+fastnn reaches and the README's target. Last, for T >= 2, what the products of one row chunk
+of 64-64-64-10 (64 rows, the shortest the step cuts: chunk_min_rows) cost on one thread alone
+and with T threads making the same calls at once.
 """
 import argparse
 import contextlib
@@ -229,11 +230,12 @@ def main(argv=None):
 
     if threads >= 2:
         # what the small step's calls cost each other: T threads calling at the same time
-        print(f"\n64-64-64-10, the products of one 16-row chunk: us per call on one thread "
+        rows = _kd.tile_params()["chunk_min_rows"] or 64
+        print(f"\n64-64-64-10, the products of one {rows}-row chunk: us per call on one thread "
               f"alone / with {threads} threads making the same calls at once (fastest of "
               f"{args.rounds})")
         total = [0.0, 0.0]
-        for p in step_products((64, 64, 64, 10), 16, False):
+        for p in step_products((64, 64, 64, 10), rows, False):
             alone = min(one_thread_seconds(p, args.min_time / 8) for _ in range(args.rounds))
             both = min(one_thread_seconds(p, args.min_time / 8, threads)
                        for _ in range(args.rounds))
