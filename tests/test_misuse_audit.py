@@ -192,13 +192,14 @@ CHUNKED_BATCH = 128
 @pytest.mark.parametrize("compiled", [True, False], ids=["whole-step", "layer-path"])
 @pytest.mark.parametrize("source", ["W1", "dW1", "velocity W1"])
 def test_a_step_on_the_models_own_array_computes_what_it_would_on_a_copy(source, compiled, threads):
-    """X is the second layer's weights, their gradient or their velocity (128 x 128: a batch of
-    128 rows, in two row chunks), which the step writes while it still reads X: it steps on a copy, as NumPy copies
-    overlapping operands. The gradient is written before X's last read on every path, so
-    those cases fail without the copy every time. Weights and state are written by the
-    updates: only on the whole-step path with the updates in the chunks' region, on two or
-    three threads, can one come before X's last read (a race these cases catch only when the
-    timing allows; one thread or the layer path updates after all reads)."""
+    """X is the second layer's weights, their gradient or their velocity (128 x 96: a batch of
+    128 rows, in two row chunks), which the step writes while it still reads X: it steps on a
+    copy, as NumPy copies overlapping operands. The gradient is written before X's last read
+    on every path, so those cases fail without the copy every time. Weights and state are
+    written by the updates: only on the whole-step path with the updates in the chunks'
+    region, on two or three threads, can one come before X's last read (a race these cases
+    catch only when the timing allows; one thread or the layer path updates after all
+    reads)."""
     from fastnn._kernels import dense as _kd
 
     n, widths = CHUNKED_BATCH, (96, CHUNKED_BATCH, 96, 10)   # (X: W1, 128 x 96)
