@@ -431,17 +431,21 @@ def _plan(model):
 
 
 @pytest.mark.skipif(not OPENMP, reason="one thread without OpenMP: nothing to choose")
-@pytest.mark.parametrize("dims,n", [((64, 64, 64, 10), 128), ((300, 200, 10), 256)],
+@pytest.mark.parametrize("dims,n,chunked", [((64, 64, 64, 10), 128, True),
+                                            ((300, 200, 10), 256, False)],
                          ids=["chunked", "layers"])
-def test_the_step_runs_the_governors_count_and_the_same_bits(dims, n):
+def test_the_step_runs_the_governors_count_and_the_same_bits(dims, n, chunked):
     """With dynamic on, the step runs the count its governor gives (here moved by hand between
-    1, 2 and 3 threads); the model trains to the same bits as one fixed on 3 threads."""
+    1, 2 and 3 threads); the model trains to the same bits as one fixed on 3 threads. On a
+    step in row chunks and on one layer by layer (each checked: a batch too short to cut
+    would run whole and leave the chunks' region untested)."""
     loss = fastnn.SoftmaxCrossEntropy()
     fastnn.set_dynamic(False)
     ref, ropt, X, y = _net(dims, n)
     with fastnn.threads(3):
         ref_losses = [ref.train_step(X, y, loss, ropt) for _ in range(12)]
         assert _plan(ref).step_threads == 3
+        assert (_plan(ref).chunk_rows > 0) == chunked
 
     fastnn.set_dynamic(True)
     model, opt, X2, y2 = _net(dims, n)
