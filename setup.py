@@ -31,7 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
 
 # The compiled concerns: csrc/<name>.pyx -> fastnn._kernels.<name>
-KERNEL_MODULES = ["_config", "activations", "dense", "losses", "dropout", "optim", "network"]
+KERNEL_MODULES = ["_config", "activations", "dense", "losses", "dropout", "optim", "network",
+                  "stepcall"]
 
 _PROBE_SOURCE = textwrap.dedent(
     """

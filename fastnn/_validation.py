@@ -312,7 +312,9 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
     NaN or Inf is refused naming its index."""
     if (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1 and y.shape[0] == n
             and y.flags.c_contiguous):
-        return y   # already what the checks below would return (a training step's fast path)
+        # already what the checks below would return (a training step's fast path; the
+        # compiled step call, csrc/stepcall.pyx, asks this same check before calling here)
+        return y
     if y is None:
         raise TypeError(f"{name} must be an array of {what}, got None")
     refuse_masked(y, name)
@@ -332,6 +334,26 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
     if arr.dtype != np.intp or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.intp)
     return arr
+
+
+def mse_targets(t, shape, name="y"):
+    """MSE targets (an array) for scores of `shape`: t itself, (N,) targets as (N, 1) for a
+    single output (as the kernel takes them), else a ValueError naming `name` against the
+    scores (the loss would name the scores as its own argument ``x``)."""
+    if t.shape == shape:
+        return t
+    if len(shape) == 2 and shape[1] == 1 and t.shape == (shape[0],):
+        return t.reshape(shape)
+    raise ValueError(f"{name} must have the shape of the scores {shape}, got {t.shape}")
+
+
+def mse_targets_as(y, shape, dtype, name="y"):
+    """mse_targets of y as a float array of dtype. An array of another size than the scores
+    is refused before it is converted (a broadcast view of a huge wrong shape is not copied);
+    its size is compared, not its shape, so that (N,) targets are not reshaped twice."""
+    if isinstance(y, np.ndarray) and y.size != math.prod(shape):
+        mse_targets(y, shape, name)   # (raises)
+    return mse_targets(as_float_array(y, name, dtype), shape, name)
 
 
 def binary_targets(y, n, allowed, dtype, name="y"):

@@ -15,7 +15,8 @@ import numpy as np
 from fastnn._files import atomic_write, write_npz
 from fastnn._validation import (as_float_array, binary_targets, check_flag, check_int, check_rows,
                                 check_seed, class_labels, float_dtype_of, fs_path, int_labels,
-                                name_list, no_repeated_keys, open_regular, read_npz, refuse_masked)
+                                mse_targets_as, name_list, no_repeated_keys, open_regular,
+                                read_npz, refuse_masked)
 from fastnn.layers import (ACTIVATIONS, LAYER_TYPES, Dense, Dropout, GaussianNoise, Layer,
                            LeakyReLU, PReLU, ReLU, Sigmoid, Tanh, described_param_shapes)
 from fastnn import _threads
@@ -26,6 +27,7 @@ from fastnn._kernels import dense as _kd
 from fastnn._kernels import losses as _kl
 from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
+from fastnn._kernels import stepcall as _sc
 from fastnn.optimizers import SGD, Adam, Optimizer, RMSProp
 
 __all__ = ["Sequential", "load_model"]
@@ -309,61 +311,9 @@ class _CompiledStep:
         """One step on this plan's buffers with `opt`, the optimizer it was built for, and the
         settings `draws` (draw()) of the layers inside it; the caller holds the model's lock
         (Sequential._step), so one step at a time runs on them and on the parameters, whatever
-        the Python thread."""
-        front, drops = draws
-        labels = targets = None
-        if self.loss_kind == _kl.MSE:
-            targets = _mse_targets_as(y, self.plan.score_shape, self.dtype)
-        else:
-            # bool labels are 0/1: binary losses take them (as the functional losses do), the
-            # multiclass ones refuse them like fastnn.functional.softmax_loss / svm_loss
-            binary = self.binary
-            labels = int_labels(y, X.shape[0], allow_bool=binary, allow_column=binary,
-                                allow_float=binary)
-        watch = opt._watch_
-        if watch is not None and watch.dead:
-            opt._prune()   # (the state of layers collected since: optimizers._Watch)
-        h1 = h2 = eps = 0.0
-        c1 = c2 = 1.0
-        rule = self.rule
-        if rule == _ko.SGD:
-            pass   # (plain SGD reads no more hyperparameters: one comparison on its hot path)
-        elif rule in (_ko.MOMENTUM, _ko.NESTEROV):
-            h1 = opt.momentum
-        elif rule == _ko.RMSPROP:
-            h1, eps = opt.decay_rate, opt.eps
-        elif rule == _ko.ADAM:
-            t = opt.t + 1   # (an int already checked; stored below once the kernel updated)
-            h1, h2 = opt.betas
-            eps = opt.eps
-            c1, c2 = 1.0 - h1**t, 1.0 - h2**t
-        plan = self.plan
-        updates = plan.updates
-        try:
-            try:
-                value = plan.step(X, labels, targets, opt.lr, h1, h2, eps, c1, c2,
-                                  opt.weight_decay, _threads._num_threads, skip_nonfinite,
-                                  count, _threads._dynamic, drops, front)
-            except _kn.InputOverlaps:
-                # X or y is (part of) a parameter, gradient or state array the step writes
-                # while it still reads them: step on copies, as NumPy copies overlapping operands
-                value = plan.step(X.copy(), None if labels is None else labels.copy(),
-                                  None if targets is None else targets.copy(),
-                                  opt.lr, h1, h2, eps, c1, c2, opt.weight_decay,
-                                  _threads._num_threads, skip_nonfinite, count, _threads._dynamic,
-                                  drops, front)
-        finally:
-            # Adam counts the step when the kernel updated (the plan counts that as the kernel
-            # returns, before any Python code runs): not when an argument was refused or the
-            # guard stopped the step, nor when an interrupt (KeyboardInterrupt) came before
-            # the kernel ran; one that comes while it runs is raised as it returns, and this
-            # runs first. (Counted before the kernel, t stayed one ahead when an interrupt
-            # came right after the count.)
-            if rule == _ko.ADAM and plan.updates != updates:
-                object.__setattr__(opt, "t", t)   # (an int already checked: no __setattr__)
-        stopped = plan.stopped
-        correct = plan.correct
-        return value, (correct if correct >= 0 else None), stopped
+        the Python thread. Returns (loss, correct or None, stopped). (Compiled: stepcall.run,
+        which train_step's shortcut calls directly.)"""
+        return _sc.run(self, X, y, opt, skip_nonfinite, count, draws)
 
 
 # fit drops the plan it built for a partial last batch when that batch's activations take at
@@ -393,15 +343,8 @@ def _plan_dropper(model):
     return drop
 
 
-def _rule_of(optimizer):
-    """The update-rule kernel code an optimizer runs now."""
-    if isinstance(optimizer, SGD):
-        if optimizer.momentum == 0:
-            return _ko.SGD
-        return _ko.NESTEROV if optimizer.nesterov else _ko.MOMENTUM
-    if isinstance(optimizer, RMSProp):
-        return _ko.RMSPROP
-    return _ko.ADAM
+# the update-rule kernel code an optimizer runs now (compiled, as _dtype_of)
+_rule_of = _sc.rule_of
 
 
 def _check_apart(layers, units):
@@ -470,11 +413,9 @@ def _fusable(dense, act):
     return True
 
 
-def _dtype_of(layers):
-    for layer in layers:
-        if layer.dtype is not None:
-            return layer.dtype
-    return np.dtype(np.float32)
+# the dtype of the first of some layers that has one, else float32 (compiled: train_step's
+# shortcut asks it every step)
+_dtype_of = _sc.dtype_of
 
 
 # Every live model, for the fork hook below (weakly: the set keeps none alive).
@@ -587,37 +528,17 @@ def _refuse_binary_scores(loss, shape):
                      f"have shape {shape}: end the model with a single output unit")
 
 
-def _mse_targets(t, shape, name="y"):
-    """MSE targets (an array) for scores of `shape`: t itself, (N,) targets as (N, 1) for a
-    single output (as the kernel takes them), else a ValueError naming `name` against the
-    scores (the loss would name the scores as its own argument ``x``)."""
-    if t.shape == shape:
-        return t
-    if len(shape) == 2 and shape[1] == 1 and t.shape == (shape[0],):
-        return t.reshape(shape)
-    raise ValueError(f"{name} must have the shape of the scores {shape}, got {t.shape}")
-
-
-def _mse_targets_as(y, shape, dtype, name="y"):
-    """_mse_targets of y as a float array of dtype. An array of another size than the scores
-    is refused before it is converted (a broadcast view of a huge wrong shape is not copied);
-    its size is compared, not its shape, so that (N,) targets are not reshaped twice."""
-    if isinstance(y, np.ndarray) and y.size != math.prod(shape):
-        _mse_targets(y, shape, name)   # (raises)
-    return _mse_targets(as_float_array(y, name, dtype), shape, name)
-
-
 def _targets_for(loss, scores, y, dtype):
     """y as loss(scores, y) takes it, or a ValueError worded for the model's scores: fastnn's
     binary losses need scores (N,) or (N, 1); MSE targets (in the model's dtype, as the kernel
-    takes them) need the scores' shape (_mse_targets). A Loss class of the caller's own
+    takes them) need the scores' shape (mse_targets). A Loss class of the caller's own
     checks what it takes."""
     kind = _LOSS_KINDS.get(type(loss))
     if kind in (_kl.LOGISTIC, _kl.BINARY_HINGE):
         if not (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1)):
             _refuse_binary_scores(loss, scores.shape)
     elif isinstance(loss, MeanSquaredError):
-        y = _mse_targets_as(y, scores.shape, dtype)
+        y = mse_targets_as(y, scores.shape, dtype)
     return y
 
 
@@ -963,7 +884,7 @@ class Sequential:
         dtype = _dtype_of(self._layers)
         if kind == _kl.MSE:
             if out is not None:
-                _mse_targets_as(y, (n, out), dtype)   # (both paths: _targets_for, run)
+                mse_targets_as(y, (n, out), dtype)   # (both paths: _targets_for, run)
             return
         binary = kind in (_kl.LOGISTIC, _kl.BINARY_HINGE)
         if binary and out is not None and out != 1:
@@ -1093,7 +1014,7 @@ class Sequential:
             return   # a Loss class of the caller's own: its steps check what it takes
         if kind == _kl.MSE:
             if out is not None:
-                _mse_targets_as(y, (n, out), _dtype_of(self._layers), name)
+                mse_targets_as(y, (n, out), _dtype_of(self._layers), name)
             else:
                 as_float_array(y, name, _dtype_of(self._layers))
             return
@@ -1124,17 +1045,13 @@ class Sequential:
         Steps on one model from several Python threads run one after the other."""
         if type(loss) is str and loss in _NAMED_LOSSES:
             loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
-        hot = self._hot
-        if (hot is not None and type(X) is np.ndarray and X.shape == hot[1] and X.dtype is hot[2]
-                and type(loss) is hot[0][2] and X.flags.c_contiguous):
-            # the step of the last cache hit again (same batch shape and dtype, loss type and,
-            # checked under the lock, optimizer): the checks below and _step's would all pass
-            # and find that step, so only what could have changed since is asked (_hot_step;
-            # 0.3-0.7 us less a step, in-process A/B on the small networks, bench/NOTES.md)
-            with self._lock:
-                compiled = self._hot_step(X, loss, optimizer)
-                if compiled is not None:
-                    return self._compiled_run(compiled, X, y, loss, optimizer, False, False)[0]
+        # the step of the last cache hit again (same batch shape and dtype, loss type,
+        # optimizer, nothing changed since): the checks below and _step's would all pass and
+        # find that step, so only what could have changed since is asked, compiled
+        # (stepcall.train_step; None: not that step, nothing ran)
+        value = self._shortcut(X, y, loss, optimizer)
+        if value is not None:
+            return value
         _check_optimizer(optimizer)
         if type(loss) not in _LOSS_KINDS:   # (fastnn's own: what get_loss would return)
             loss = get_loss(loss)
@@ -1144,34 +1061,9 @@ class Sequential:
         value, _, _ = self._step(self._check_X(X, "X", True, y, loss, optimizer), y, loss, optimizer)
         return value
 
-    def _hot_step(self, X, loss, optimizer):
-        """train_step's shortcut (the caller holds the lock; X is an ndarray): the cached step
-        of _hot for X's shape and dtype, `loss`'s type and `optimizer` when train_step's checks
-        and _step's would run it as it is (no layer list changed, X already of the model's
-        dtype, no front layers or layers inside the kernel that draw, the entry still valid:
-        _entry_matches), else None (the full path then decides). _hot is read again here, under
-        the lock: another thread's step may have moved it since train_step read it. An entry
-        holds only an optimizer that passed _check_optimizer, and is valid for that object
-        alone; what its class gave it can only change by an attribute of the instance hiding
-        `step` (then the full path's check names it)."""
-        if (self._layers.changed or self._front or _dtype_of(self._layers) is not X.dtype
-                or "step" in getattr(optimizer, "__dict__", ())):
-            return None
-        cached = self._hot_entry(X, loss, optimizer)
-        if cached is None or cached[1] is None or cached[1].drops:
-            return None
-        return cached[1]
-
-    def _hot_entry(self, X, loss, optimizer):
-        """The cache entry of the last hit (_hot) when X has its shape and dtype, `loss` its
-        loss type, and the entry is still valid for `optimizer` (_entry_matches), else None:
-        the shortcut of _compiled_step and of train_step (_hot_step)."""
-        hot = self._hot
-        if hot is not None and X.shape == hot[1] and X.dtype is hot[2] and type(loss) is hot[0][2]:
-            cached = self._compiled.get(hot[0])
-            if self._entry_matches(cached, optimizer):
-                return cached
-        return None
+    # train_step's shortcut, (X, y, loss, optimizer) -> the step's loss or None (a method: the
+    # compiled function binds as one; tests give a twin model one that answers None)
+    _shortcut = _sc.train_step
 
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
@@ -1181,7 +1073,7 @@ class Sequential:
         # step). That entry is the most recently used already: a hit that returns a step
         # sets _hot, moving any entry to the end of the cache (_valid_entry) or adding one
         # (_remember) clears it, and dropping others does not reorder the cache.
-        cached = self._hot_entry(X, loss, optimizer)
+        cached = _sc.hot_entry(self, X, loss, optimizer)
         if cached is not None:
             return cached[1]
         if X.ndim != 2 or X.shape[0] == 0:
@@ -1252,22 +1144,12 @@ class Sequential:
         the same rule), else None. A hit becomes the most recently used entry."""
         cache = self._compiled
         cached = cache.get(key)
-        if not self._entry_matches(cached, optimizer):
+        if not _sc.entry_matches(self._layers, cached, optimizer):
             return None
         if len(cache) > 1 and cache.pop(key, None) is not None:
             cache[key] = cached   # the most recently used now
             self._hot = None   # (_compiled_step's shortcut: see there)
         return cached
-
-    def _entry_matches(self, cached, optimizer):
-        """Whether a cache entry (or None) still describes the model and `optimizer`: the same
-        optimizer object, no array replaced, the same rule (signature_matches)."""
-        if cached is None or cached[2]() is not optimizer:
-            return False
-        try:
-            return _kn.signature_matches(cached[0], self._layers, optimizer, _rule_of(optimizer))
-        except (TypeError, AttributeError):
-            return False   # params / grads replaced by what is not a dict: a rebuild names it
 
     def _step(self, X, y, loss, optimizer, skip_nonfinite=False, count=False):
         """One step; returns (loss, correct, stopped). With ``skip_nonfinite`` (fit), a

@@ -570,56 +570,60 @@ def test_an_interrupted_whole_step_counts_adams_step_with_its_update(when):
     assert _same_state(_state(model, opt), _state(twin, topt))
 
 
-def test_adams_count_stays_with_its_updates_whichever_line_an_interrupt_hits():
-    """An interrupt raised at each line of the whole-step path (_CompiledStep.run) in turn,
-    up to the kernel's call: t and the parameters stay as they were, and the next step is a
-    twin's. (t was counted before the kernel: an interrupt at the line after the count left it
-    one ahead, the case a review found in ~8% of random interrupts. Lines after the kernel's
-    call are left out: a line-by-line trace interrupts where a signal cannot, between the
-    kernel's return and the count, which runs with no call before it.)"""
-    import inspect
-
-    from fastnn.model import _CompiledStep
-
+@pytest.mark.parametrize("path", ["shortcut", "full"])
+def test_adams_count_stays_with_its_updates_whichever_line_an_interrupt_hits(path):
+    """An interrupt raised at each line of fastnn's Python code that a whole-step training
+    step runs, in turn (train_step's shortcut, or the full path: a twin whose shortcut answers
+    None), until a step runs whole: after each, Adam's t has counted the step exactly when the
+    parameters took its update (t was counted before the kernel: an interrupt at the line
+    after the count left it one ahead, the case a review found in ~8% of random interrupts),
+    and the run ends as a twin's that took as many steps. The step call itself
+    (stepcall.run) is compiled: an interrupt reaches it only through the Python code around
+    it, which this sweeps, before the kernel's call and after it."""
     X = np.random.default_rng(5).standard_normal((16, 6)).astype(F32)
     y = np.arange(16) % 3
-    code = _CompiledStep.run.__code__
-    lines, first = inspect.getsourcelines(_CompiledStep.run)
-    kernel_line = first + next(i for i, text in enumerate(lines) if "plan.step(" in text)
     model, opt = _adam_after_a_step(X, y, 8)
-    interrupted = []
-    for k in range(1, 200):
+    if path == "full":
+        model._shortcut = lambda X, y, loss, optimizer: None
+    model.train_step(X, y, "softmax", opt)   # (a cache hit: the shortcut's step from now on)
+    assert model._hot is not None
+    package = os.path.dirname(os.path.abspath(fastnn.__file__))
+    outcomes = []
+    for k in range(1, 1000):
         count = [0]
 
-        def tracer(frame, event, arg):
-            if frame.f_code is not code:
-                return None
-
-            def local(frame, event, arg):
-                if event == "line" and frame.f_lineno <= kernel_line:
-                    count[0] += 1
-                    if count[0] == k:
-                        raise KeyboardInterrupt
-                return local
+        def local(frame, event, arg):
+            if event == "line":
+                count[0] += 1
+                if count[0] == k:
+                    raise KeyboardInterrupt
             return local
 
-        before = [p.copy() for layer in model.layers for p in layer.params.values()]
+        def tracer(frame, event, arg):
+            return local if frame.f_code.co_filename.startswith(package) else None
+
+        before = [p.data.copy() for p in model.parameters()]
         t0 = opt.t
         sys.settrace(tracer)
         try:
             model.train_step(X, y, "softmax", opt)
+            interrupted = False
         except KeyboardInterrupt:
-            interrupted.append(k)
+            interrupted = True
         finally:
             sys.settrace(None)
-        if not interrupted or interrupted[-1] != k:
-            break   # (k beyond the lines up to the kernel's call: this step ran whole)
-        after = [p.copy() for layer in model.layers for p in layer.params.values()]
-        assert opt.t == t0 and all(np.array_equal(a, b) for a, b in zip(before, after)), k
-    assert len(interrupted) >= 10   # (the sweep reached the lines up to the kernel)
+        updated = [not np.array_equal(p.data, b) for p, b in zip(model.parameters(), before)]
+        assert all(updated) or not any(updated), k
+        assert opt.t == t0 + (1 if all(updated) else 0), (k, opt.t, t0)
+        if not interrupted:
+            break   # (k beyond the lines the step runs: this step ran whole)
+        outcomes.append(all(updated))
+    # the sweep reached lines before the kernel's call and lines after it
+    assert False in outcomes and True in outcomes, outcomes
+    if path == "full":
+        assert outcomes.count(False) >= 10, outcomes
     twin, topt = _adam_after_a_step(X, y, 8)
-    model.train_step(X, y, "softmax", opt)   # (the sweep's last: the step that ran whole)
-    for _ in range(2):
+    while topt.t < opt.t:
         twin.train_step(X, y, "softmax", topt)
     assert _same_state(_state(model, opt), _state(twin, topt))
 

@@ -2999,7 +2999,7 @@ def _cache_state(model, opts):
 
 def _shortcut_twins(make, steps, optimizer=None, loss=None, targets=None):
     """Train two twins of `make()` on the same batches, one with train_step's shortcut and one
-    without it (its _hot_step answering None: the full path, _compiled_step's own shortcut
+    without it (its _shortcut answering None: the full path, _compiled_step's own shortcut
     included), `steps(k, model, opt, X, y, loss)` giving step k's (X, y, loss, opt). Returns
     both runs' per-step records: the loss or (error type, message), the parameters' and the
     optimizer state's copies, and the cache state (_cache_state)."""
@@ -3010,7 +3010,7 @@ def _shortcut_twins(make, steps, optimizer=None, loss=None, targets=None):
     for shortcut in (True, False):
         model = make()
         if not shortcut:
-            model._hot_step = lambda X, loss, optimizer: None
+            model._shortcut = lambda X, y, loss, optimizer: None
         opt = (optimizer or (lambda ps: SGD(ps, lr=0.05, momentum=0.9)))(model.parameters())
         opts = [opt]
         got = []
@@ -3042,8 +3042,8 @@ def _same_runs(runs, what):
 
 @pytest.mark.parametrize("change", list(STEP_SHORTCUT_CHANGES))
 def test_train_step_shortcut_gives_the_full_paths_results(change):
-    """train_step's shortcut (a step like the last cache hit: Sequential._hot_step) against
-    the full path (a twin whose _hot_step answers None), after two steps and a change between
+    """train_step's shortcut (a step like the last cache hit: Sequential._shortcut) against
+    the full path (a twin whose _shortcut answers None), after two steps and a change between
     them and the third: the same losses or the same error, the same parameter bits and the
     same plan cache and shortcut after every step, for changes the shortcut must see (X's
     dtype, order, type or rows, the loss, the optimizer or its step method, a replaced or

@@ -16,7 +16,7 @@ import fastnn._kernels
 
 KERNELS_DIR = os.path.dirname(os.path.abspath(fastnn._kernels.__file__))
 # Every compiled module the Python layer imports directly has a stub.
-STUBBED = ["_config", "activations", "dense", "losses", "dropout", "optim", "network"]
+STUBBED = ["_config", "activations", "dense", "losses", "dropout", "optim", "network", "stepcall"]
 
 
 def _stub(name):
