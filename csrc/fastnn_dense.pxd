@@ -448,6 +448,43 @@ cdef inline Tile tile_of(Plan p, Py_ssize_t t, Py_ssize_t r, Py_ssize_t c) noexc
     return q
 
 
+# A dx product, dx = g @ w.T (inner dimension M, the layer's output width), has both operands
+# with that dimension contiguous: as a column-major BLAS call, op(A) = T. OpenBLAS's
+# small-matrix kernels take that form only up to 1,200 outputs a call (on the kinds that have
+# them), and its general kernel packs both operands for it; the untransposed form ran 1.3-2.2x
+# faster at narrow layers' shapes (bench/NOTES.md, *dx products untransposed*). For a layer
+# of at most DX_WT_MAX_K outputs, dx_gemm copies the tile's rows of w transposed, in panels of
+# at most DX_WT_ELEMS elements on the stack (M x the panel's columns), and runs each panel's
+# product untransposed. A rule of the shape only, the same in every dx product (the layer
+# path's, the functional API's and the whole-step kernel's): their numbers stay the same as
+# each other's for any thread count.
+cdef enum:
+    DX_WT_MAX_K = 32
+    DX_WT_ELEMS = 2048
+
+
+cdef inline void dx_gemm(Py_ssize_t ti, Py_ssize_t tj, Py_ssize_t M, const floating *g,
+                         const floating *w, floating *C, Py_ssize_t ldc,
+                         Py_ssize_t thin) noexcept nogil:
+    """C (ti x tj, rows ldc apart) = g (ti x M, rows M apart) @ w.T, w the tile's tj rows of
+    the weights (rows M apart). ti, tj, M >= 1."""
+    cdef floating wt[DX_WT_ELEMS]
+    cdef Py_ssize_t j0 = 0, tw, j, m, panel
+    if M > DX_WT_MAX_K:
+        gemm(False, True, ti, tj, M, g, M, w, M, C, ldc, thin, False)
+        return
+    panel = DX_WT_ELEMS // M
+    while j0 < tj:
+        tw = tj - j0
+        if tw > panel:
+            tw = panel
+        for j in range(tw):
+            for m in range(M):
+                wt[m * tw + j] = w[(j0 + j) * M + m]
+        gemm(False, False, ti, tw, M, g, M, wt, tw, C + j0, ldc, thin, False)
+        j0 += tw
+
+
 cdef inline void gemm_tile(Plan p, Py_ssize_t t, bint trans_a, bint trans_b,
                            Py_ssize_t r, Py_ssize_t c, Py_ssize_t k,
                            const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
@@ -640,8 +677,10 @@ cdef inline void backward_tile(Plan px, Plan pw, Py_ssize_t t, Py_ssize_t ntx, P
     x.T @ g tiles (or, for a layer in chunks of ch rows, its chunks' products: one task per
     chunk, or one for all when they take turns, dw_in_turns)."""
     cdef Py_ssize_t c
+    cdef Tile q
     if t < ntx:
-        gemm_tile(px, t, False, True, N, D, M, g, M, w, M, dx, D)
+        q = tile_of(px, t, N, D)
+        dx_gemm(q.ti, q.tj, M, g + q.i0 * M, w + q.j0 * M, dx + q.i0 * D + q.j0, D, px.thin)
     elif ch > 0 and dw_in_turns(ch, D):
         for c in range(cdiv(N, ch)):
             dw_chunk(c, ch, N, D, M, g, x, dw, pw.thin, c > 0)
@@ -866,7 +905,7 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
     if dx_direct(op):
         if op == FNN_RELU:
             relu_mask_rows(<const floating *>a, D, q.ti, q.tj, <void *>scratch)
-        gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, a, D, px.thin, False)
+        dx_gemm(q.ti, q.tj, M, g + q.i0 * M, w + q.j0 * M, a, D, px.thin)
         if dm != NULL:
             drop_rows(dm, a, D, a, D, q.ti, q.tj, q.i0 * D + q.j0, D)
         if op == FNN_RELU:
@@ -874,8 +913,7 @@ cdef inline void dx_into_act_tile(Plan px, Py_ssize_t t, Py_ssize_t N, Py_ssize_
         elif op == FNN_LEAKY:
             act_bwd_inplace_rows(op, a, D, pre + q.i0 * D + q.j0, D, q.ti, q.tj, alpha, NULL)
         return
-    gemm(False, True, q.ti, q.tj, M, g + q.i0 * M, M, w + q.j0 * M, M, scratch, q.tj, px.thin,
-         False)
+    dx_gemm(q.ti, q.tj, M, g + q.i0 * M, w + q.j0 * M, scratch, q.tj, px.thin)
     if dm != NULL:
         drop_rows(dm, scratch, q.tj, scratch, q.tj, q.ti, q.tj, q.i0 * D + q.j0, D)
     act_bwd_into_saved_rows(op, scratch, q.tj, a, D, q.ti, q.tj, alpha, NULL)

@@ -452,6 +452,22 @@ def test_matches_reference(name, dtype, shape, rng):
     assert grads[0].shape == shape[0]  # dx in x's original shape (course convention)
 
 
+# A layer of at most 32 outputs computes its dx product untransposed, on panels of its
+# weights' rows copied transposed, each at most 2,048 elements (dx_gemm in
+# csrc/fastnn_dense.pxd): one panel, several (the last one short: 130 columns of 32 in
+# panels of 64; 700 of 3 in 682 and 18; 2,049 of 1), and a layer just above the bar (33
+# outputs: the transposed form).
+DX_PANEL_SHAPES = [((9, 130), 32), ((6, 70), 31), ((7, 700), 3), ((5, 2049), 1), ((3, 40), 10),
+                   ((4, 50), 33)]
+
+
+@pytest.mark.parametrize("shape", DX_PANEL_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_dx_products_on_transposed_panels_match_reference(name, dtype, shape, rng):
+    check_against_reference(name, dtype, shape, rng)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", SANDWICH_NAMES)
 def test_no_inputs_output_is_activation_of_bias(name, dtype, rng):
