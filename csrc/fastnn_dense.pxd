@@ -459,8 +459,15 @@ cdef inline Tile tile_of(Plan p, Py_ssize_t t, Py_ssize_t r, Py_ssize_t c) noexc
 # path's, the functional API's and the whole-step kernel's): their numbers stay the same as
 # each other's for any thread count.
 cdef enum:
-    DX_WT_MAX_K = 32
-    DX_WT_ELEMS = 2048
+    DX_WT_MAX_K = 64
+    DX_WT_ELEMS = 4096
+
+
+cdef extern from "fastnn_transpose.h" nogil:
+    void fnn_transpose_f32(const float *src, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lds,
+                           float *dst, Py_ssize_t ldd)
+    void fnn_transpose_f64(const double *src, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lds,
+                           double *dst, Py_ssize_t ldd)
 
 
 cdef inline void dx_gemm(Py_ssize_t ti, Py_ssize_t tj, Py_ssize_t M, const floating *g,
@@ -469,7 +476,7 @@ cdef inline void dx_gemm(Py_ssize_t ti, Py_ssize_t tj, Py_ssize_t M, const float
     """C (ti x tj, rows ldc apart) = g (ti x M, rows M apart) @ w.T, w the tile's tj rows of
     the weights (rows M apart). ti, tj, M >= 1."""
     cdef floating wt[DX_WT_ELEMS]
-    cdef Py_ssize_t j0 = 0, tw, j, m, panel
+    cdef Py_ssize_t j0 = 0, tw, panel
     if M > DX_WT_MAX_K:
         gemm(False, True, ti, tj, M, g, M, w, M, C, ldc, thin, False)
         return
@@ -478,9 +485,10 @@ cdef inline void dx_gemm(Py_ssize_t ti, Py_ssize_t tj, Py_ssize_t M, const float
         tw = tj - j0
         if tw > panel:
             tw = panel
-        for j in range(tw):
-            for m in range(M):
-                wt[m * tw + j] = w[(j0 + j) * M + m]
+        if floating is float:
+            fnn_transpose_f32(w + j0 * M, tw, M, M, wt, tw)
+        else:
+            fnn_transpose_f64(w + j0 * M, tw, M, M, wt, tw)
         gemm(False, False, ti, tw, M, g, M, wt, tw, C + j0, ldc, thin, False)
         j0 += tw
 
