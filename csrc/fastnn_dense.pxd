@@ -453,13 +453,15 @@ cdef inline Tile tile_of(Plan p, Py_ssize_t t, Py_ssize_t r, Py_ssize_t c) noexc
 # small-matrix kernels take that form only up to 1,200 outputs a call (on the kinds that have
 # them), and its general kernel packs both operands for it; the untransposed form ran 1.3-2.2x
 # faster at narrow layers' shapes (bench/NOTES.md, *dx products untransposed*). For a layer
-# of at most DX_WT_MAX_K outputs, dx_gemm copies the tile's rows of w transposed, in panels of
-# at most DX_WT_ELEMS elements on the stack (M x the panel's columns), and runs each panel's
-# product untransposed. A rule of the shape only, the same in every dx product (the layer
-# path's, the functional API's and the whole-step kernel's): their numbers stay the same as
-# each other's for any thread count.
+# of at most DX_WT_MAX_K outputs (DX_WT_MAX_K_PLAIN where the copy is plain loops, which cost
+# as much as the gain at 64 outputs: fastnn_transpose.h), dx_gemm copies the tile's rows of w
+# transposed, in panels of at most DX_WT_ELEMS elements on the stack (M x the panel's
+# columns), and runs each panel's product untransposed. A rule of the shape (and the machine)
+# only, the same in every dx product (the layer path's, the functional API's and the
+# whole-step kernel's): their numbers stay the same as each other's for any thread count.
 cdef enum:
     DX_WT_MAX_K = 64
+    DX_WT_MAX_K_PLAIN = 32
     DX_WT_ELEMS = 4096
 
 
@@ -468,6 +470,7 @@ cdef extern from "fastnn_transpose.h" nogil:
                            float *dst, Py_ssize_t ldd)
     void fnn_transpose_f64(const double *src, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lds,
                            double *dst, Py_ssize_t ldd)
+    int fnn_transpose_fast()
 
 
 cdef inline void dx_gemm(Py_ssize_t ti, Py_ssize_t tj, Py_ssize_t M, const floating *g,
@@ -477,7 +480,7 @@ cdef inline void dx_gemm(Py_ssize_t ti, Py_ssize_t tj, Py_ssize_t M, const float
     the weights (rows M apart). ti, tj, M >= 1."""
     cdef floating wt[DX_WT_ELEMS]
     cdef Py_ssize_t j0 = 0, tw, panel
-    if M > DX_WT_MAX_K:
+    if M > (DX_WT_MAX_K if fnn_transpose_fast() else DX_WT_MAX_K_PLAIN):
         gemm(False, True, ti, tj, M, g, M, w, M, C, ldc, thin, False)
         return
     panel = DX_WT_ELEMS // M

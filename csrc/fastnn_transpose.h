@@ -3,7 +3,7 @@
  *
  * dst[m * ldd + j] = src[j * lds + m] for j < rows, m < cols. A plain loop moves one element a
  * cycle or slower (each store, or each load, to another line); GCC does not vectorize it. On
- * x86-64 with AVX (checked at run time: a portable wheel runs the plain loop where it is
+ * x86-64 Linux with AVX (checked at run time: a portable wheel runs the plain loop where it is
  * missing) whole 8 x 8 (float) or 4 x 4 (double) blocks go through registers: a 64 x 64 float
  * panel in 0.27 us instead of 0.9-1.8 us (measured on the Xeon kind, bench/NOTES.md). A copy,
  * so the result is the same bits either way.
@@ -13,7 +13,10 @@
 
 #include <stddef.h>
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTNN_NO_CLONES)
+/* (where fastnn_simd.h dispatches at run time too: GCC on x86-64 Linux; clang, MSVC and other
+ * CPUs get the plain loops) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTNN_NO_CLONES)
 #  include <immintrin.h>
 #  define FNN_TR_AVX 1
 #else
@@ -94,6 +97,17 @@ __attribute__((target("avx"))) static void fnn_transpose_avx_f64(
     FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, j0, 0)
 }
 #endif
+
+/* Whether the copies below go through AVX registers here (else they are plain loops, and
+ * dx_gemm takes them for fewer layers: fastnn_dense.pxd). */
+static inline int fnn_transpose_fast(void)
+{
+#if FNN_TR_AVX
+    return __builtin_cpu_supports("avx") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
 
 static inline void fnn_transpose_f32(const float *src, ptrdiff_t rows, ptrdiff_t cols,
                                      ptrdiff_t lds, float *dst, ptrdiff_t ldd)

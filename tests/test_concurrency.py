@@ -579,7 +579,9 @@ def test_adams_count_stays_with_its_updates_whichever_line_an_interrupt_hits(pat
     after the count left it one ahead, the case a review found in ~8% of random interrupts),
     and the run ends as a twin's that took as many steps. The step call itself
     (stepcall.run) is compiled: an interrupt reaches it only through the Python code around
-    it, which this sweeps, before the kernel's call and after it."""
+    it, which this sweeps, before the kernel's call and after it (on the shortcut, that is
+    train_step's few lines; an interrupt before the kernel and one as it returns, inside the
+    compiled call, are test_an_interrupted_whole_step_counts_adams_step_with_its_update's)."""
     X = np.random.default_rng(5).standard_normal((16, 6)).astype(F32)
     y = np.arange(16) % 3
     model, opt = _adam_after_a_step(X, y, 8)

@@ -452,13 +452,13 @@ def test_matches_reference(name, dtype, shape, rng):
     assert grads[0].shape == shape[0]  # dx in x's original shape (course convention)
 
 
-# A layer of at most 64 outputs computes its dx product untransposed, on panels of its
-# weights' rows copied transposed, each at most 4,096 elements (dx_gemm in
-# csrc/fastnn_dense.pxd; the copy in blocks of 8 x 8 floats or 4 x 4 doubles where the CPU has
-# AVX, csrc/fastnn_transpose.h): one panel, several (the last one short: 130 columns of 32 in
-# panels of 128 and 2; 70 of 64 in 64 and 6; 1,400 of 3 in 1,365 and 35; 4,097 of 1), a panel
-# whose sides are not whole blocks (45 x 13), and a layer just above the bar (65 outputs: the
-# transposed form).
+# A layer of at most 64 outputs (32 where the copy is plain loops) computes its dx product
+# untransposed, on panels of its weights' rows copied transposed, each at most 4,096 elements
+# (dx_gemm in csrc/fastnn_dense.pxd; the copy in blocks of 8 x 8 floats or 4 x 4 doubles where
+# the CPU has AVX, plain loops for what is left over, csrc/fastnn_transpose.h): one panel,
+# several (the last one short: 130 columns of 32 in panels of 128 and 2; 70 of 64 in 64 and
+# 6; 1,400 of 3 in 1,365 and 35; 4,097 of 1), a panel whose sides are not whole blocks
+# (45 x 13), and a layer just above the bar (65 outputs: the transposed form).
 DX_PANEL_SHAPES = [((9, 130), 32), ((6, 70), 64), ((7, 1400), 3), ((5, 4097), 1),
                    ((11, 45), 13), ((3, 40), 10), ((4, 50), 65)]
 
