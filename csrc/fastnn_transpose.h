@@ -69,33 +69,22 @@ __attribute__((target("avx"))) static inline void fnn_t4_f64(const double *src, 
     _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
 
-__attribute__((target("avx"))) static void fnn_transpose_avx_f32(
-    const float *src, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t lds, float *dst, ptrdiff_t ldd)
-{
-    ptrdiff_t j0 = 0, m0;
-    for (; j0 + 8 <= rows; j0 += 8) {
-        for (m0 = 0; m0 + 8 <= cols; m0 += 8)
-            fnn_t8_f32(src + j0 * lds + m0, lds, dst + m0 * ldd + j0, ldd);
-        for (ptrdiff_t j = j0; j < j0 + 8; j++)
-            for (ptrdiff_t m = m0; m < cols; m++)
-                dst[m * ldd + j] = src[j * lds + m];
-    }
-    FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, j0, 0)
+/* The whole rows x cols copy: B x B blocks through `BLOCK`, the columns and rows left over
+ * (fewer than B) by the plain loops. */
+#define FNN_DEFINE_TRANSPOSE_AVX(T, SFX, B, BLOCK)                                          \
+__attribute__((target("avx"))) static void fnn_transpose_avx_##SFX(                        \
+    const T *src, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t lds, T *dst, ptrdiff_t ldd)    \
+{                                                                                           \
+    ptrdiff_t j0 = 0, m0;                                                                   \
+    for (; j0 + (B) <= rows; j0 += (B)) {                                                   \
+        for (m0 = 0; m0 + (B) <= cols; m0 += (B))                                           \
+            BLOCK(src + j0 * lds + m0, lds, dst + m0 * ldd + j0, ldd);                      \
+        FNN_TR_PLAIN(src, j0 + (B), cols, lds, dst, ldd, j0, m0)                            \
+    }                                                                                       \
+    FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, j0, 0)                                     \
 }
-
-__attribute__((target("avx"))) static void fnn_transpose_avx_f64(
-    const double *src, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t lds, double *dst, ptrdiff_t ldd)
-{
-    ptrdiff_t j0 = 0, m0;
-    for (; j0 + 4 <= rows; j0 += 4) {
-        for (m0 = 0; m0 + 4 <= cols; m0 += 4)
-            fnn_t4_f64(src + j0 * lds + m0, lds, dst + m0 * ldd + j0, ldd);
-        for (ptrdiff_t j = j0; j < j0 + 4; j++)
-            for (ptrdiff_t m = m0; m < cols; m++)
-                dst[m * ldd + j] = src[j * lds + m];
-    }
-    FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, j0, 0)
-}
+FNN_DEFINE_TRANSPOSE_AVX(float, f32, 8, fnn_t8_f32)
+FNN_DEFINE_TRANSPOSE_AVX(double, f64, 4, fnn_t4_f64)
 #endif
 
 /* Whether the copies below go through AVX registers here (else they are plain loops, and
@@ -109,28 +98,25 @@ static inline int fnn_transpose_fast(void)
 #endif
 }
 
-static inline void fnn_transpose_f32(const float *src, ptrdiff_t rows, ptrdiff_t cols,
-                                     ptrdiff_t lds, float *dst, ptrdiff_t ldd)
-{
 #if FNN_TR_AVX
-    if (__builtin_cpu_supports("avx")) {
-        fnn_transpose_avx_f32(src, rows, cols, lds, dst, ldd);
-        return;
+#  define FNN_TR_TRY_AVX(SFX)                                                               \
+    if (fnn_transpose_fast()) {                                                             \
+        fnn_transpose_avx_##SFX(src, rows, cols, lds, dst, ldd);                            \
+        return;                                                                             \
     }
+#else
+#  define FNN_TR_TRY_AVX(SFX)
 #endif
-    FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, 0, 0)
-}
 
-static inline void fnn_transpose_f64(const double *src, ptrdiff_t rows, ptrdiff_t cols,
-                                     ptrdiff_t lds, double *dst, ptrdiff_t ldd)
-{
-#if FNN_TR_AVX
-    if (__builtin_cpu_supports("avx")) {
-        fnn_transpose_avx_f64(src, rows, cols, lds, dst, ldd);
-        return;
-    }
-#endif
-    FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, 0, 0)
+/* dst[m * ldd + j] = src[j * lds + m] for j < rows, m < cols (see the top of this file) */
+#define FNN_DEFINE_TRANSPOSE(T, SFX)                                                        \
+static inline void fnn_transpose_##SFX(const T *src, ptrdiff_t rows, ptrdiff_t cols,       \
+                                       ptrdiff_t lds, T *dst, ptrdiff_t ldd)                \
+{                                                                                           \
+    FNN_TR_TRY_AVX(SFX)                                                                     \
+    FNN_TR_PLAIN(src, rows, cols, lds, dst, ldd, 0, 0)                                      \
 }
+FNN_DEFINE_TRANSPOSE(float, f32)
+FNN_DEFINE_TRANSPOSE(double, f64)
 
 #endif /* FASTNN_TRANSPOSE_H */
