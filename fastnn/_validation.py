@@ -21,6 +21,8 @@ import zipfile
 
 import numpy as np
 
+from fastnn._kernels.losses import first_bad_class_label as _first_bad_class_label
+
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -251,6 +253,12 @@ def _shares(out, arr):
 def class_labels(y, n, num_classes, name="y", rows="x"):
     """Integer class labels: 1-D, n of them (one per row of the array named `rows`), each in
     [0, num_classes). Returns an intp array."""
+    if (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1 and y.shape[0] == n
+            and y.flags.c_contiguous):
+        # already what the checks below return when its labels are in range (the common case:
+        # one compiled pass over them; a bad one is named by the checks below)
+        if _first_bad_class_label(y, num_classes) < 0:
+            return y
     if y is None:
         raise TypeError(f"{name} must be an array of integer class labels, got None")
     refuse_masked(y, name)

@@ -520,6 +520,37 @@ def test_multiclass_labels(loss, y, exc):
         raises_naming(exc, "y", call.fn, x, y)
 
 
+def test_class_label_range_check_names_the_first_bad_label():
+    """class_labels' compiled range check (for labels already a contiguous intp array) finds
+    the first label outside [0, C), as the NumPy expression does, and the error names it and
+    its index; labels in range come back as the caller's own array (no copy)."""
+    from fastnn._kernels import losses as kl
+    from fastnn._validation import class_labels
+    rng = np.random.default_rng(5)
+    C = 7
+    for n in (0, 1, 2, 9, 64, 1000):
+        for _ in range(20):
+            y = rng.integers(0, C, n).astype(np.intp)
+            if n and rng.random() < 0.8:
+                for i in rng.choice(n, size=rng.integers(1, min(n, 3) + 1), replace=False):
+                    y[i] = rng.choice([-1, C, C + 1, -2**62, 2**62, np.iinfo(np.intp).min,
+                                       np.iinfo(np.intp).max])
+            bad = np.flatnonzero((y < 0) | (y >= C))
+            want = int(bad[0]) if bad.size else -1
+            assert kl.first_bad_class_label(y, C) == want, (y, want)
+            if want < 0:
+                assert class_labels(y, n, C) is y
+            else:
+                with pytest.raises(ValueError, match=rf"y must hold labels in \[0, {C}\), "
+                                                     rf"got {y[want]} \(at index {want}\)"):
+                    class_labels(y, n, C)
+    y = np.array([0, 1, 2, 3, 4, 5], dtype=np.intp)
+    assert kl.first_bad_class_label(y, 6) == -1 and kl.first_bad_class_label(y, 5) == 5
+    assert kl.first_bad_class_label(y, 0) == 0
+    # a strided or non-intp array takes the checked path, with the same answers
+    assert class_labels(y[::2], 3, 5) is not y and class_labels(y.astype(np.int32), 6, 6).dtype == np.intp
+
+
 BINARY_LABELS = {
     "logistic_loss": [(np.array([0, 1, 2, 1]), ValueError), (np.array([0, -1, 1, 1]), ValueError),
                       (np.array([0.0, 0.5, 1.0, 0.0]), ValueError), (np.array([0j, 1, 1, 0]), TypeError),
