@@ -4,8 +4,12 @@
 # result is the same for any thread count. The spans live in fastnn_optim.pxd (shared with the
 # network step kernel).
 from cython cimport floating
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
+                             PyBUF_WRITABLE)
+from libc.math cimport isfinite
 
 from fastnn_openmp cimport fnn_parallel_seen
+import numpy as np
 
 from fastnn_optim cimport (RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, RULE_ADAM,
                            update_raw, all_finite_raw)
@@ -49,6 +53,78 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
     with nogil:
         update_raw(rule, &w[0], &dw[0], p1, p2, n, lr, h1, h2, eps, c1, c2, wd, n_threads)
     gov_end(&gc)
+
+
+cdef object _ndarray = np.ndarray
+cdef object _float32 = np.dtype(np.float32)
+cdef object _float64 = np.dtype(np.float64)
+
+
+def sgd_fast(w, dw, config, int n_threads):
+    """fastnn.optim.sgd's common case, compiled: w and dw plain C-contiguous ndarrays of one
+    native float dtype and shape, w writeable, the two not overlapping, and config a dict with a
+    float learning_rate that is finite and >= 0 and no weight_decay key. Then w is updated in
+    place and True returned, with exactly the numbers and governor site of update(SGD, ...);
+    otherwise False and nothing is touched (fastnn/optim.py's checked path, which converts,
+    copies or names the problem, does the call). The Python wrapper's half a dozen calls cost
+    more than the update of a small parameter (bench/NOTES.md, forty-second session)."""
+    cdef Py_buffer wb, gb
+    cdef double lr
+    cdef Py_ssize_t n
+    cdef char *wp
+    cdef char *gp
+    cdef bint f32
+    cdef GovCall gc
+    if type(w) is not _ndarray or type(dw) is not _ndarray or type(config) is not dict:
+        return False
+    dt = (<object>w).dtype
+    if dt is _float32:
+        f32 = True
+    elif dt is _float64:
+        f32 = False
+    else:
+        return False
+    if (<object>dw).dtype is not dt or (<object>dw).shape != (<object>w).shape:
+        return False
+    value = (<dict>config).get("learning_rate")
+    if type(value) is not float or "weight_decay" in <dict>config:
+        return False
+    lr = <double>value
+    if not isfinite(lr) or lr < 0.0:
+        return False
+    # (NumPy refuses a buffer that is not C-contiguous, or writeable when asked, with an error)
+    try:
+        PyObject_GetBuffer(w, &wb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    except (BufferError, ValueError, TypeError):
+        return False
+    try:
+        try:
+            PyObject_GetBuffer(dw, &gb, PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError, TypeError):
+            return False
+        try:
+            wp = <char *>wb.buf
+            gp = <char *>gb.buf
+            n = wb.len // wb.itemsize
+            if wb.len != gb.len or (wb.len > 0 and wp < gp + gb.len and gp < wp + wb.len):
+                return False   # (overlapping: the checked path copies dw first)
+            if n == 0:
+                return True
+            n_threads = gov_begin(&gc, _sites, _dynamic,
+                                  gov_key(0, RULE_SGD, n, 4 if f32 else 8, 0), n_threads)
+            with nogil:
+                if f32:
+                    update_raw[float](RULE_SGD, <float *>wp, <const float *>gp, NULL, NULL, n,
+                                      lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
+                else:
+                    update_raw[double](RULE_SGD, <double *>wp, <const double *>gp, NULL, NULL,
+                                       n, lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
+            gov_end(&gc)
+            return True
+        finally:
+            PyBuffer_Release(&gb)
+    finally:
+        PyBuffer_Release(&wb)
 
 
 def all_finite(const floating[::1] x, int n_threads=1):

@@ -192,6 +192,8 @@ def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.
 
 def sgd(w, dw, config=None):
     """Vanilla SGD: ``w -= learning_rate * dw``."""
+    if _ko.sgd_fast(w, dw, config, _threads._num_threads):
+        return w, config   # (the common case, checked and run in compiled code: csrc/optim.pyx)
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     wd = _weight_decay(config)

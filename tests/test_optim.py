@@ -741,3 +741,63 @@ def test_adam_t_refused(t, exc):
         O.adam(w, np.ones(3), config)
     assert np.all(w == 1.0)
     assert set(config) == {"t"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_compiled_path_takes_only_what_the_checked_path_would_do_the_same(dtype, rng):
+    """O.sgd runs its common case in compiled code (optim.sgd_fast). It must take exactly the
+    calls the checked path would run in place, with the same bits, and hand every other one to
+    the checked path untouched (that path converts, copies dw or names the problem)."""
+    from fastnn._kernels import optim as ko
+    w0 = rng.standard_normal((7, 5)).astype(dtype)
+    dw = rng.standard_normal((7, 5)).astype(dtype)
+    # taken: the same bits as the checked path (a NumPy float lr forces that path) and as the
+    # reference, in place, config returned as given
+    w = w0.copy()
+    cfg = {"learning_rate": 0.05}
+    assert ko.sgd_fast(w, dw, cfg, 2) is True
+    w_checked, _ = O.sgd(w0.copy(), dw, {"learning_rate": np.float64(0.05)})
+    assert_same_bits(w, w_checked)
+    w_ref, _ = R.sgd(w0.copy(), dw, {"learning_rate": 0.05})
+    np.testing.assert_allclose(w, w_ref, rtol=1e-6 if dtype == np.float32 else 1e-15)
+    w = w0.copy()
+    out, cfg_out = O.sgd(w, dw, cfg)
+    assert out is w and cfg_out is cfg and cfg == {"learning_rate": 0.05}
+    assert_same_bits(w, w_checked)
+    assert ko.sgd_fast(np.zeros(0, dtype), np.zeros(0, dtype), {"learning_rate": 0.1}, 2) is True
+    # declined, and nothing written
+    ro = w0.copy()
+    ro.flags.writeable = False
+    other = np.float64 if dtype == np.float32 else np.float32
+    declined = [
+        (w0.copy(), dw, None),                                      # no config: defaults to add
+        (w0.copy(), dw, {}),
+        (w0.copy(), dw, {"learning_rate": 1}),                      # an int: checked path
+        (w0.copy(), dw, {"learning_rate": np.float32(0.05)}),
+        (w0.copy(), dw, {"learning_rate": float("nan")}),
+        (w0.copy(), dw, {"learning_rate": float("inf")}),
+        (w0.copy(), dw, {"learning_rate": -0.5}),
+        (w0.copy(), dw, {"learning_rate": 0.05, "weight_decay": 0.0}),
+        (w0.copy(), dw.astype(other), {"learning_rate": 0.05}),
+        (w0.copy(), dw.reshape(5, 7), {"learning_rate": 0.05}),
+        (w0.copy(), np.asfortranarray(dw), {"learning_rate": 0.05}),
+        (np.asfortranarray(w0), dw, {"learning_rate": 0.05}),
+        (ro, dw, {"learning_rate": 0.05}),
+        (w0.astype(np.float16), dw.astype(np.float16), {"learning_rate": 0.05}),
+        (np.ma.MaskedArray(w0.copy()), dw, {"learning_rate": 0.05}),   # a subclass
+        (w0.copy(), dw.tolist(), {"learning_rate": 0.05}),
+        (w0.astype(w0.dtype.newbyteorder()), dw, {"learning_rate": 0.05}),  # not native
+    ]
+    for w_, dw_, cfg_ in declined:
+        before = np.array(w_, copy=True)
+        assert ko.sgd_fast(w_, dw_, cfg_, 2) is False, (w_.dtype, type(dw_), cfg_)
+        assert_same_bits(np.asarray(w_), before)
+    # w and dw overlapping (the same array, or views of one buffer): declined, and the
+    # checked path gives the reference's numbers from a copy of dw
+    buf = rng.standard_normal(12).astype(dtype)
+    same = buf.copy()
+    for w_, dw_ in ((same, same), (buf[:8], buf[4:])):
+        want = np.array(w_) - 0.05 * np.array(dw_)
+        assert ko.sgd_fast(w_, dw_, {"learning_rate": 0.05}, 2) is False
+        got, _ = O.sgd(w_, dw_, {"learning_rate": 0.05})
+        np.testing.assert_allclose(got, want, rtol=1e-6)
