@@ -18,6 +18,8 @@
 # and dw products run as one list of tiles. The machinery itself is in fastnn_dense.pxd, shared
 # with the network step kernel.
 from cython cimport floating
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
+                             PyBUF_WRITABLE)
 
 from fastnn_openmp cimport fnn_note_parallel, fnn_parallel_seen
 from cython.parallel cimport prange
@@ -381,10 +383,7 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[1]
     cdef bint keep = keeps_pre(op)
     cdef floating *zp = NULL
-    cdef floating *ws = NULL
     cdef const floating *ap = NULL
-    cdef Py_ssize_t wse
-    cdef GovCall gc
     if w.shape[0] != D or b.shape[0] != M or y.shape[0] != N or y.shape[1] != M:
         raise ValueError("dense_forward: shape mismatch")
     if keep:
@@ -401,7 +400,20 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
         ap = &avec[0]      # (taken only now: M >= 1)
     if keep:
         zp = &z[0, 0]
-    wse = forward_ws_elems(&cfg, N, D, M)   # a deep product's partial (forward_plan)
+    _forward_call(&cfg, op, &x[0, 0], &w[0, 0], &b[0], &y[0, 0], zp, N, D, M, alpha, ap,
+                  n_threads, chunks)
+
+
+cdef int _forward_call(const DenseConfig *cfg, int op, const floating *x, const floating *w,
+                       const floating *b, floating *y, floating *z, Py_ssize_t N, Py_ssize_t D,
+                       Py_ssize_t M, double alpha, const floating *ap, int n_threads,
+                       int chunks) except -1:
+    """dense_forward's call of the kernel, on checked buffers (N, D, M >= 1): the partial of a
+    deep product, the call governor, the BLAS held at one thread (dense_forward and
+    forward_fast)."""
+    cdef floating *ws = NULL
+    cdef Py_ssize_t wse = forward_ws_elems(cfg, N, D, M)   # a deep product's partial (forward_plan)
+    cdef GovCall gc
     if wse > 0:
         ws = <floating *>malloc(wse * sizeof(floating))
         if ws == NULL:
@@ -412,12 +424,107 @@ def dense_forward(int op, const floating[:, ::1] x, const floating[:, ::1] w,
     blas_enter(&_cfg)
     try:
         with nogil:
-            dense_forward_raw(&cfg, op, &x[0, 0], &w[0, 0], &b[0], &y[0, 0], zp, N, D, M,
-                              alpha, ap, ws, n_threads)
+            dense_forward_raw(cfg, op, x, w, b, y, z, N, D, M, alpha, ap, ws, n_threads)
     finally:
         blas_exit(&_cfg)
         free(ws)
     gov_end(&gc)
+    return 0
+
+
+cdef object _ndarray = np.ndarray
+cdef object _float32 = np.dtype(np.float32)
+cdef object _float64 = np.dtype(np.float64)
+cdef object _empty = np.empty
+cdef Py_ssize_t _INT32_MAX = 2**31 - 1
+
+
+def forward_fast(int op, x, w, b, double alpha, int n_threads, int chunks=0):
+    """fastnn.functional's common forward, checked and run in compiled code: x (N, D), w (D, M)
+    and b (M,) plain C-contiguous ndarrays of one native float dtype, D >= 1, every side at most
+    2**31 - 1, op any activation but prelu. Returns (y, z): y = act(x @ w + b) and z = x @ w + b
+    for leaky relu (None otherwise), new arrays, with dense_forward's numbers and governor
+    site; or None, with nothing allocated or computed, for any other call (the checked path in
+    fastnn/functional/dense.py converts, or names the problem). The Python wrapper's checks and
+    the fused-type dispatch cost about as much as a small layer's product (bench/NOTES.md,
+    forty-second session)."""
+    cdef Py_buffer xb, wb, bb, yb, zb
+    cdef Py_ssize_t N, D, M
+    cdef bint f32, keep
+    cdef DenseConfig cfg
+    if (op == FNN_PRELU or chunks < 0 or chunks > 2 or type(x) is not _ndarray
+            or type(w) is not _ndarray or type(b) is not _ndarray):
+        return None
+    dt = (<object>x).dtype
+    if dt is _float32:
+        f32 = True
+    elif dt is _float64:
+        f32 = False
+    else:
+        return None
+    if (<object>w).dtype is not dt or (<object>b).dtype is not dt:
+        return None
+    xs = (<object>x).shape
+    ws = (<object>w).shape
+    if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:
+        return None
+    N = xs[0]
+    D = xs[1]
+    M = ws[1]
+    if D == 0 or ws[0] != D or (<object>b).shape != (M,):
+        return None
+    if N > _INT32_MAX or D > _INT32_MAX or M > _INT32_MAX:
+        return None
+    keep = keeps_pre(op)
+    try:
+        PyObject_GetBuffer(x, &xb, PyBUF_C_CONTIGUOUS)
+    except (BufferError, ValueError, TypeError):
+        return None
+    try:
+        try:
+            PyObject_GetBuffer(w, &wb, PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError, TypeError):
+            return None
+        try:
+            try:
+                PyObject_GetBuffer(b, &bb, PyBUF_C_CONTIGUOUS)
+            except (BufferError, ValueError, TypeError):
+                return None
+            try:
+                y = _empty((N, M), dtype=dt)
+                z = _empty((N, M), dtype=dt) if keep else None
+                if N == 0 or M == 0:
+                    return (y, z)
+                cfg = _snapshot(chunks)
+                PyObject_GetBuffer(y, &yb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                try:
+                    if keep:
+                        PyObject_GetBuffer(z, &zb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                    try:
+                        if f32:
+                            _forward_call[float](&cfg, op, <const float *>xb.buf,
+                                                 <const float *>wb.buf, <const float *>bb.buf,
+                                                 <float *>yb.buf,
+                                                 <float *>zb.buf if keep else NULL, N, D, M,
+                                                 alpha, NULL, n_threads, chunks)
+                        else:
+                            _forward_call[double](&cfg, op, <const double *>xb.buf,
+                                                  <const double *>wb.buf,
+                                                  <const double *>bb.buf, <double *>yb.buf,
+                                                  <double *>zb.buf if keep else NULL, N, D, M,
+                                                  alpha, NULL, n_threads, chunks)
+                    finally:
+                        if keep:
+                            PyBuffer_Release(&zb)
+                finally:
+                    PyBuffer_Release(&yb)
+                return (y, z)
+            finally:
+                PyBuffer_Release(&bb)
+        finally:
+            PyBuffer_Release(&wb)
+    finally:
+        PyBuffer_Release(&xb)
 
 
 def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] saved,

@@ -1378,3 +1378,56 @@ def test_set_tile_params_checks_everything_before_setting_anything(bad, exc):
     finally:
         kd.set_tile_params(**saved)
     assert kd.tile_params() == saved
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_fast_takes_only_plain_calls_with_the_kernels_numbers(dtype):
+    """fastnn.functional's forward runs its common case through dense.forward_fast (compiled
+    checks, buffers instead of fused dispatch). It must give dense_forward's bits on every
+    activation and cut, and decline (None, nothing computed) every call that the checked path
+    has to convert or refuse."""
+    from fastnn._kernels import activations as ka
+    rng = np.random.default_rng(11)
+    ops = [ka.IDENTITY, ka.RELU, ka.SIGMOID, ka.TANH, ka.LEAKY_RELU]
+    for n, d, m in [(1, 1, 1), (7, 13, 5), (64, 40, 3), (200, 300, 17), (0, 4, 3), (3, 4, 0)]:
+        x = rng.standard_normal((n, d)).astype(dtype)
+        w = rng.standard_normal((d, m)).astype(dtype)
+        b = rng.standard_normal(m).astype(dtype)
+        for op in ops:
+            for chunks in (0, 1, 2):
+                y = np.empty((n, m), dtype)
+                z = np.empty((n, m), dtype) if op == ka.LEAKY_RELU else None
+                _kd.dense_forward(op, x, w, b, y, z, 0.03, None, 2, chunks)
+                got = _kd.forward_fast(op, x, w, b, 0.03, 2, chunks)
+                assert got is not None, (n, d, m, op, chunks)
+                assert got[0].shape == (n, m) and got[0].dtype == dtype
+                if n and m:
+                    assert_same_bits(got[0], y)
+                if op == ka.LEAKY_RELU:
+                    assert got[1].shape == (n, m)
+                    if n and m:
+                        assert_same_bits(got[1], z)
+                else:
+                    assert got[1] is None
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    w = rng.standard_normal((4, 3)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    declined = [
+        (ka.PRELU, x, w, b, 0),
+        (ka.RELU, x, w, b, 3), (ka.RELU, x, w, b, -1),
+        (ka.RELU, x.tolist(), w, b, 0), (ka.RELU, x, w.tolist(), b, 0), (ka.RELU, x, w, list(b), 0),
+        (ka.RELU, x.astype(other), w, b, 0), (ka.RELU, x, w.astype(other), b, 0),
+        (ka.RELU, x, w, b.astype(other), 0),
+        (ka.RELU, x.astype(np.float16), w.astype(np.float16), b.astype(np.float16), 0),
+        (ka.RELU, x.astype(x.dtype.newbyteorder()), w, b, 0),
+        (ka.RELU, x.reshape(6, 2, 2), w, b, 0),                   # (N, d1, d2): flattened there
+        (ka.RELU, x[:, :0], w[:0], b, 0),                         # D == 0
+        (ka.RELU, x, w[:3], b, 0), (ka.RELU, x, w, b[:2], 0), (ka.RELU, x, w, b.reshape(1, 3), 0),
+        (ka.RELU, np.asfortranarray(x), w, b, 0), (ka.RELU, x, np.asfortranarray(w), b, 0),
+        (ka.RELU, x, w, np.repeat(b, 2)[::2], 0),
+        (ka.RELU, x[::2], w, b, 0),
+        (ka.RELU, np.ma.MaskedArray(x), w, b, 0),
+    ]
+    for op, x_, w_, b_, chunks in declined:
+        assert _kd.forward_fast(op, x_, w_, b_, 0.0, 2, chunks) is None

@@ -170,6 +170,13 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
     row chunks, bounded dx tiles; 2 when the layer below takes dx straight in; see
     _kd.dense_forward)."""
     if op != _ka.PRELU:
+        res = _kd.forward_fast(op, x, w, b, alpha, _threads._num_threads, chunks)
+        if res is not None:
+            # (the common case, checked and run in compiled code: csrc/dense.pyx)
+            y, z = res
+            cache = DenseCache(op, x, x.shape, w, b, y if z is None else z, alpha)
+            cache.chunks = chunks
+            return y, cache
         res = _fast_forward(op, x, w, b, alpha, chunks)
         if res is not None:
             return res
