@@ -546,17 +546,12 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     cdef floating *dxp = NULL
     cdef floating *dzp = NULL
     cdef floating *dap = NULL
-    cdef Py_ssize_t rb
     cdef floating *dwp = NULL
     cdef const floating *sp = NULL
     cdef const floating *ap = NULL
     cdef const floating *xp = NULL
     cdef const floating *wp = NULL
-    cdef floating *partial = NULL
-    cdef floating *apartial = NULL
-    cdef floating *wslots = NULL
     cdef DenseConfig cfg = _snapshot(chunks)   # one snapshot: the workspaces and the kernel agree
-    cdef GovCall gc
     if (dout.shape[0] != N or dout.shape[1] != M or w.shape[0] != D or dw.shape[0] != D
             or dw.shape[1] != M or db.shape[0] != M):
         raise ValueError("dense_backward: shape mismatch")
@@ -579,19 +574,6 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
         if op == FNN_PRELU:
             dalpha[:] = 0
         return
-    rb = bias_rows_per_block(&cfg, N, D, M)
-    # workspaces for the bias (and prelu slope) partial sums (each block zeroes its own row)
-    # and for a chunked layer's weight-gradient partials; malloc is cheaper than NumPy
-    # allocations on the small calls where it matters
-    partial = <floating *>malloc(backward_blocks(N, rb) * M * sizeof(floating))
-    apartial = <floating *>malloc((backward_blocks(N, rb) if op == FNN_PRELU else 1) * M
-                                  * sizeof(floating))
-    wslots = <floating *>malloc(max(wslot_elems(&cfg, N, D, M), 1) * sizeof(floating))
-    if partial == NULL or apartial == NULL or wslots == NULL:
-        free(partial)
-        free(apartial)
-        free(wslots)
-        raise MemoryError()
     if D > 0:
         xp = &x[0, 0]
         wp = &w[0, 0]
@@ -604,21 +586,174 @@ def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] s
     if op == FNN_PRELU:
         ap = &avec[0]
         dap = &dalpha[0]
+    _backward_call(&cfg, op, &dout[0, 0], sp, xp, wp, dxp, dwp, &db[0], dzp, alpha, ap, dap,
+                   N, D, M, n_threads, chunks, dx is not None)
+
+
+cdef int _backward_call(const DenseConfig *cfg, int op, const floating *dout,
+                        const floating *sp, const floating *xp, const floating *wp,
+                        floating *dxp, floating *dwp, floating *dbp, floating *dzp,
+                        double alpha, const floating *ap, floating *dap, Py_ssize_t N,
+                        Py_ssize_t D, Py_ssize_t M, int n_threads, int chunks,
+                        bint has_dx) except -1:
+    """dense_backward's call of the kernel, on checked buffers (N, M >= 1; dxp NULL: no input
+    gradient; has_dx: the call asked for one, which picks its governor site): its workspaces, the call governor, the BLAS held at one thread (dense_backward
+    and backward_fast)."""
+    cdef Py_ssize_t rb = bias_rows_per_block(cfg, N, D, M)
+    cdef floating *partial
+    cdef floating *apartial
+    cdef floating *wslots
+    cdef GovCall gc
+    # workspaces for the bias (and prelu slope) partial sums (each block zeroes its own row)
+    # and for a chunked layer's weight-gradient partials; malloc is cheaper than NumPy
+    # allocations on the small calls where it matters
+    partial = <floating *>malloc(backward_blocks(N, rb) * M * sizeof(floating))
+    apartial = <floating *>malloc((backward_blocks(N, rb) if op == FNN_PRELU else 1) * M
+                                  * sizeof(floating))
+    wslots = <floating *>malloc(max(wslot_elems(cfg, N, D, M), 1) * sizeof(floating))
+    if partial == NULL or apartial == NULL or wslots == NULL:
+        free(partial)
+        free(apartial)
+        free(wslots)
+        raise MemoryError()
     n_threads = gov_begin(&gc, _sites, _dynamic,
-                          gov_key(1, op * 8 + chunks * 2 + (dx is not None), N, D,
+                          gov_key(1, op * 8 + chunks * 2 + has_dx, N, D,
                                   M * 16 + sizeof(floating)), n_threads)
     blas_enter(&_cfg)
     try:
         with nogil:
-            dense_backward_raw(&cfg, op, &dout[0, 0], sp, xp, wp, dxp, dwp,
-                               &db[0], dzp, alpha, ap, dap, partial, apartial, wslots,
-                               rb, N, D, M, n_threads)
+            dense_backward_raw(cfg, op, dout, sp, xp, wp, dxp, dwp, dbp, dzp, alpha, ap, dap,
+                               partial, apartial, wslots, rb, N, D, M, n_threads)
     finally:
         blas_exit(&_cfg)
         free(partial)
         free(apartial)
         free(wslots)
     gov_end(&gc)
+    return 0
+
+
+def backward_fast(int op, dout, saved, x, w, bint need_dx, double alpha, int n_threads,
+                  int chunks=0):
+    """fastnn.functional's common backward, checked and run in compiled code (the cache
+    itself is checked before, by the Python wrapper): dout (N, M), x (N, D), w (D, M) and, but
+    for the identity, saved (N, M) plain C-contiguous ndarrays of one native float dtype,
+    N, D, M >= 1 and at most 2**31 - 1, op any activation but prelu. Returns (dx, dw, db), new
+    arrays (dx None without need_dx), with dense_backward's numbers and governor site; or
+    None, with nothing allocated or computed, for any other call (the wrapper's other paths
+    take it). See forward_fast."""
+    cdef Py_buffer gb, sb, xb, wb
+    cdef Py_ssize_t N, D, M
+    cdef bint f32, ident = op == FNN_IDENTITY
+    if (op == FNN_PRELU or chunks < 0 or chunks > 2 or type(dout) is not _ndarray
+            or type(x) is not _ndarray or type(w) is not _ndarray
+            or (not ident and type(saved) is not _ndarray)):
+        return None
+    dt = (<object>x).dtype
+    if dt is _float32:
+        f32 = True
+    elif dt is _float64:
+        f32 = False
+    else:
+        return None
+    if (<object>dout).dtype is not dt or (<object>w).dtype is not dt or (
+            not ident and (<object>saved).dtype is not dt):
+        return None
+    xs = (<object>x).shape
+    ws = (<object>w).shape
+    if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:
+        return None
+    N = xs[0]
+    D = xs[1]
+    M = ws[1]
+    if N == 0 or D == 0 or M == 0 or ws[0] != D or (<object>dout).shape != (N, M) or (
+            not ident and (<object>saved).shape != (N, M)):
+        return None
+    if N > _INT32_MAX or D > _INT32_MAX or M > _INT32_MAX:
+        return None
+    try:
+        PyObject_GetBuffer(dout, &gb, PyBUF_C_CONTIGUOUS)
+    except (BufferError, ValueError, TypeError):
+        return None
+    try:
+        try:
+            PyObject_GetBuffer(x, &xb, PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError, TypeError):
+            return None
+        try:
+            try:
+                PyObject_GetBuffer(w, &wb, PyBUF_C_CONTIGUOUS)
+            except (BufferError, ValueError, TypeError):
+                return None
+            try:
+                if not ident:
+                    try:
+                        PyObject_GetBuffer(saved, &sb, PyBUF_C_CONTIGUOUS)
+                    except (BufferError, ValueError, TypeError):
+                        return None
+                try:
+                    return _backward_fast_run(op, f32, ident, need_dx, &gb,
+                                              NULL if ident else &sb, &xb, &wb, dt, N, D, M,
+                                              alpha, n_threads, chunks)
+                finally:
+                    if not ident:
+                        PyBuffer_Release(&sb)
+            finally:
+                PyBuffer_Release(&wb)
+        finally:
+            PyBuffer_Release(&xb)
+    finally:
+        PyBuffer_Release(&gb)
+
+
+cdef tuple _backward_fast_run(int op, bint f32, bint ident, bint need_dx, Py_buffer *gb,
+                              Py_buffer *sb, Py_buffer *xb, Py_buffer *wb, object dt,
+                              Py_ssize_t N, Py_ssize_t D, Py_ssize_t M, double alpha,
+                              int n_threads, int chunks):
+    """backward_fast's outputs and kernel call, on its operands' buffers."""
+    cdef Py_buffer dxb, dwb, dbb, dzb
+    cdef DenseConfig cfg = _snapshot(chunks)
+    dx = _empty((N, D), dtype=dt) if need_dx else None
+    dw = _empty((D, M), dtype=dt)
+    db = _empty(M, dtype=dt)
+    dz = None if ident else _empty((N, M), dtype=dt)
+    PyObject_GetBuffer(dw, &dwb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    try:
+        PyObject_GetBuffer(db, &dbb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+        try:
+            if need_dx:
+                PyObject_GetBuffer(dx, &dxb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            try:
+                if not ident:
+                    PyObject_GetBuffer(dz, &dzb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                try:
+                    if f32:
+                        _backward_call[float](
+                            &cfg, op, <const float *>gb.buf,
+                            NULL if ident else <const float *>sb.buf,
+                            <const float *>xb.buf, <const float *>wb.buf,
+                            <float *>dxb.buf if need_dx else NULL, <float *>dwb.buf,
+                            <float *>dbb.buf, NULL if ident else <float *>dzb.buf, alpha,
+                            NULL, NULL, N, D, M, n_threads, chunks, need_dx)
+                    else:
+                        _backward_call[double](
+                            &cfg, op, <const double *>gb.buf,
+                            NULL if ident else <const double *>sb.buf,
+                            <const double *>xb.buf, <const double *>wb.buf,
+                            <double *>dxb.buf if need_dx else NULL, <double *>dwb.buf,
+                            <double *>dbb.buf, NULL if ident else <double *>dzb.buf, alpha,
+                            NULL, NULL, N, D, M, n_threads, chunks, need_dx)
+                finally:
+                    if not ident:
+                        PyBuffer_Release(&dzb)
+            finally:
+                if need_dx:
+                    PyBuffer_Release(&dxb)
+        finally:
+            PyBuffer_Release(&dbb)
+    finally:
+        PyBuffer_Release(&dwb)
+    return (dx, dw, db)
 
 
 def parallel_seen():

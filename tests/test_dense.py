@@ -1431,3 +1431,61 @@ def test_forward_fast_takes_only_plain_calls_with_the_kernels_numbers(dtype):
     ]
     for op, x_, w_, b_, chunks in declined:
         assert _kd.forward_fast(op, x_, w_, b_, 0.0, 2, chunks) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_fast_takes_only_plain_calls_with_the_kernels_numbers(dtype):
+    """fastnn.functional's backward runs its common case through dense.backward_fast: the
+    bits of dense_backward on every activation, cut and with or without dx, and None (nothing
+    computed) for every call the wrapper's other paths must take."""
+    from fastnn._kernels import activations as ka
+    rng = np.random.default_rng(12)
+    ops = [ka.IDENTITY, ka.RELU, ka.SIGMOID, ka.TANH, ka.LEAKY_RELU]
+    for n, d, m in [(1, 1, 1), (7, 13, 5), (64, 40, 3), (200, 300, 17), (130, 64, 64)]:
+        x = rng.standard_normal((n, d)).astype(dtype)
+        w = rng.standard_normal((d, m)).astype(dtype)
+        g = rng.standard_normal((n, m)).astype(dtype)
+        saved = rng.standard_normal((n, m)).astype(dtype)
+        for op in ops:
+            for chunks in (0, 1, 2):
+                for need_dx in (True, False):
+                    dx = np.empty((n, d), dtype) if need_dx else None
+                    dw, db = np.empty((d, m), dtype), np.empty(m, dtype)
+                    dz = None if op == ka.IDENTITY else np.empty((n, m), dtype)
+                    _kd.dense_backward(op, g, saved, x, w, dx, dw, db, dz, 0.03, None, None, 2,
+                                       chunks)
+                    got = _kd.backward_fast(op, g, None if op == ka.IDENTITY else saved, x, w,
+                                            need_dx, 0.03, 2, chunks)
+                    assert got is not None, (n, d, m, op, chunks, need_dx)
+                    if need_dx:
+                        assert_same_bits(got[0], dx)
+                    else:
+                        assert got[0] is None
+                    assert_same_bits(got[1], dw)
+                    assert_same_bits(got[2], db)
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    w = rng.standard_normal((4, 3)).astype(dtype)
+    g = rng.standard_normal((6, 3)).astype(dtype)
+    s = rng.standard_normal((6, 3)).astype(dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    R_ = ka.RELU
+    declined = [
+        (ka.PRELU, g, s, x, w, 0), (R_, g, s, x, w, 3), (R_, g, s, x, w, -1),
+        (R_, g.tolist(), s, x, w, 0), (R_, g, None, x, w, 0), (R_, g, s.tolist(), x, w, 0),
+        (R_, g, s, x.tolist(), w, 0), (R_, g, s, x, w.tolist(), 0),
+        (R_, g.astype(other), s, x, w, 0), (R_, g, s.astype(other), x, w, 0),
+        (R_, g, s, x.astype(other), w, 0), (R_, g, s, x, w.astype(other), 0),
+        (R_, g.astype(np.float16), s.astype(np.float16), x.astype(np.float16),
+         w.astype(np.float16), 0),
+        (R_, g, s, x.astype(x.dtype.newbyteorder()), w, 0),
+        (R_, g[:5], s, x, w, 0), (R_, g, s[:5], x, w, 0), (R_, g, s, x[:5], w, 0),
+        (R_, g, s, x, w[:3], 0), (R_, g[:, :2], s, x, w, 0), (R_, g.reshape(3, 6), s, x, w, 0),
+        (R_, g, s, x.reshape(6, 2, 2), w, 0), (R_, g, s, x, w.reshape(4, 3, 1), 0),
+        (R_, g[:0], s[:0], x[:0], w, 0), (R_, g, s, x[:, :0], w[:0], 0),
+        (R_, g[:, :0], s[:, :0], x, w[:, :0], 0),
+        (R_, np.asfortranarray(g), s, x, w, 0), (R_, g, np.asfortranarray(s), x, w, 0),
+        (R_, g, s, np.asfortranarray(x), w, 0), (R_, g, s, x, np.asfortranarray(w), 0),
+        (R_, np.ma.MaskedArray(g), s, x, w, 0),
+    ]
+    for op, g_, s_, x_, w_, chunks in declined:
+        assert _kd.backward_fast(op, g_, s_, x_, w_, True, 0.0, 2, chunks) is None

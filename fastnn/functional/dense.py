@@ -308,6 +308,15 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
     _check_cache(cache, op, name)
     _check_cache_arrays(cache, op, name)
     x2, w = cache.x2, cache.w
+    if op != _ka.PRELU and dw is None and db is None:
+        res = _kd.backward_fast(op, dout, cache.saved, x2, w, need_dx, cache.alpha,
+                                _threads._num_threads, cache.chunks)
+        if res is not None:
+            # (the common case, checked and run in compiled code: csrc/dense.pyx)
+            dx = res[0]
+            if dx is not None and len(cache.x_shape) != 2:
+                dx = dx.reshape(cache.x_shape)
+            return dx, res[1], res[2]
     if op != _ka.PRELU and type(dout) is np.ndarray and type(w) is np.ndarray:
         # Fast path: everything already in one float dtype and C order (see _fast_forward).
         dt = x2.dtype
