@@ -133,38 +133,6 @@ def _live(arg, converted):
     return arg if isinstance(arg, np.ndarray) else converted
 
 
-_FLOAT_CHARS = ("f", "d")
-
-
-def _fast_forward(op, x, w, b, alpha, chunks=False):
-    """The common case with no conversion to do: C-contiguous 2-D x, 2-D w and 1-D b of one
-    float dtype. Returns None when the call needs the checked path (which also produces the
-    error messages: the kernel's own checks, of the strides, only decide that the fast path is
-    off). The shapes are compared before the output is allocated."""
-    if type(x) is not np.ndarray or type(w) is not np.ndarray or type(b) is not np.ndarray:
-        return None
-    dt = x.dtype
-    if (w.dtype is not dt or b.dtype is not dt or dt.char not in _FLOAT_CHARS or x.ndim != 2
-            or w.ndim != 2):
-        return None
-    n, d = x.shape
-    m = w.shape[-1]
-    if d == 0 or n > _INT32_MAX or d > _INT32_MAX or m > _INT32_MAX:
-        return None  # the checked path handles D == 0 and names a dimension above the BLAS limit
-    if w.shape[0] != d or b.shape != (m,):
-        return None  # before allocating y: its (n, m) may be huge for a mis-shaped w or b
-    keep = op == _ka.LEAKY_RELU
-    y = np.empty((n, m), dtype=dt)
-    z = np.empty((n, m), dtype=dt) if keep else None
-    try:
-        _kd.dense_forward(op, x, w, b, y, z, alpha, None, _threads._num_threads, chunks)
-    except (ValueError, TypeError, BufferError):
-        return None
-    cache = DenseCache(op, x, x.shape, w, b, z if keep else y, alpha)
-    cache.chunks = chunks
-    return y, cache
-
-
 def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
     """chunks: 1 or 2 cut the products as the step kernel does (the layer API: small layers in
     row chunks, bounded dx tiles; 2 when the layer below takes dx straight in; see
@@ -177,9 +145,6 @@ def _forward(op, x, w, b, alpha=0.0, prelu_alpha=None, chunks=False):
             cache = DenseCache(op, x, x.shape, w, b, y if z is None else z, alpha)
             cache.chunks = chunks
             return y, cache
-        res = _fast_forward(op, x, w, b, alpha, chunks)
-        if res is not None:
-            return res
     w_arg = w
     x2, x_shape, w, b, dt = _operands(x, w, b, alpha=prelu_alpha)
     n, m = x2.shape[0], w.shape[1]
@@ -318,7 +283,8 @@ def _backward(op, dout, cache, name, need_dx=True, dw=None, db=None):
                 dx = dx.reshape(cache.x_shape)
             return dx, res[1], res[2]
     if op != _ka.PRELU and type(dout) is np.ndarray and type(w) is np.ndarray:
-        # Fast path: everything already in one float dtype and C order (see _fast_forward).
+        # Fast path (the layer API's own dw and db): everything already in one float dtype
+        # and C order (as dense.forward_fast takes a forward).
         dt = x2.dtype
         if dout.dtype is dt and w.dtype is dt and dout.ndim == 2:
             n, d = x2.shape
