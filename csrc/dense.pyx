@@ -18,8 +18,6 @@
 # and dw products run as one list of tiles. The machinery itself is in fastnn_dense.pxd, shared
 # with the network step kernel.
 from cython cimport floating
-from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
-                             PyBUF_WRITABLE)
 
 from fastnn_openmp cimport fnn_note_parallel, fnn_parallel_seen
 from cython.parallel cimport prange
@@ -30,6 +28,7 @@ import time
 import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, FNN_RELU, keeps_pre
+from fastnn_buffers cimport Views, take, release_all
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
                            blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
                            chunk_rows, dense_forward_raw, gemm,
@@ -448,9 +447,14 @@ def forward_fast(int op, x, w, b, double alpha, int n_threads, int chunks=0):
     fastnn/functional/dense.py converts, or names the problem). The Python wrapper's checks and
     the fused-type dispatch cost about as much as a small layer's product (bench/NOTES.md,
     forty-second session)."""
-    cdef Py_buffer xb, wb, bb, yb, zb
+    cdef Views v
     cdef Py_ssize_t N, D, M
     cdef bint f32, keep
+    cdef void *xp
+    cdef void *wp
+    cdef void *bp
+    cdef void *yp
+    cdef void *zp = NULL
     cdef DenseConfig cfg
     if (op == FNN_PRELU or chunks < 0 or chunks > 2 or type(x) is not _ndarray
             or type(w) is not _ndarray or type(b) is not _ndarray):
@@ -476,55 +480,32 @@ def forward_fast(int op, x, w, b, double alpha, int n_threads, int chunks=0):
     if N > _INT32_MAX or D > _INT32_MAX or M > _INT32_MAX:
         return None
     keep = keeps_pre(op)
+    v.held = 0
     try:
-        PyObject_GetBuffer(x, &xb, PyBUF_C_CONTIGUOUS)
-    except (BufferError, ValueError, TypeError):
-        return None
-    try:
-        try:
-            PyObject_GetBuffer(w, &wb, PyBUF_C_CONTIGUOUS)
-        except (BufferError, ValueError, TypeError):
+        xp = take(&v, x, False)
+        wp = take(&v, w, False) if xp != NULL else NULL
+        bp = take(&v, b, False) if wp != NULL else NULL
+        if bp == NULL:
             return None
-        try:
-            try:
-                PyObject_GetBuffer(b, &bb, PyBUF_C_CONTIGUOUS)
-            except (BufferError, ValueError, TypeError):
-                return None
-            try:
-                y = _empty((N, M), dtype=dt)
-                z = _empty((N, M), dtype=dt) if keep else None
-                if N == 0 or M == 0:
-                    return (y, z)
-                cfg = _snapshot(chunks)
-                PyObject_GetBuffer(y, &yb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-                try:
-                    if keep:
-                        PyObject_GetBuffer(z, &zb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-                    try:
-                        if f32:
-                            _forward_call[float](&cfg, op, <const float *>xb.buf,
-                                                 <const float *>wb.buf, <const float *>bb.buf,
-                                                 <float *>yb.buf,
-                                                 <float *>zb.buf if keep else NULL, N, D, M,
-                                                 alpha, NULL, n_threads, chunks)
-                        else:
-                            _forward_call[double](&cfg, op, <const double *>xb.buf,
-                                                  <const double *>wb.buf,
-                                                  <const double *>bb.buf, <double *>yb.buf,
-                                                  <double *>zb.buf if keep else NULL, N, D, M,
-                                                  alpha, NULL, n_threads, chunks)
-                    finally:
-                        if keep:
-                            PyBuffer_Release(&zb)
-                finally:
-                    PyBuffer_Release(&yb)
-                return (y, z)
-            finally:
-                PyBuffer_Release(&bb)
-        finally:
-            PyBuffer_Release(&wb)
+        y = _empty((N, M), dtype=dt)
+        z = _empty((N, M), dtype=dt) if keep else None
+        if N == 0 or M == 0:
+            return (y, z)
+        yp = take(&v, y, True)
+        if keep:
+            zp = take(&v, z, True)
+        cfg = _snapshot(chunks)
+        if f32:
+            _forward_call[float](&cfg, op, <const float *>xp, <const float *>wp,
+                                 <const float *>bp, <float *>yp, <float *>zp, N, D, M, alpha,
+                                 NULL, n_threads, chunks)
+        else:
+            _forward_call[double](&cfg, op, <const double *>xp, <const double *>wp,
+                                  <const double *>bp, <double *>yp, <double *>zp, N, D, M,
+                                  alpha, NULL, n_threads, chunks)
+        return (y, z)
     finally:
-        PyBuffer_Release(&xb)
+        release_all(&v)
 
 
 def dense_backward(int op, const floating[:, ::1] dout, const floating[:, ::1] saved,
@@ -642,9 +623,18 @@ def backward_fast(int op, dout, saved, x, w, bint need_dx, double alpha, int n_t
     arrays (dx None without need_dx), with dense_backward's numbers and governor site; or
     None, with nothing allocated or computed, for any other call (the wrapper's other paths
     take it). See forward_fast."""
-    cdef Py_buffer gb, sb, xb, wb
+    cdef Views v
     cdef Py_ssize_t N, D, M
     cdef bint f32, ident = op == FNN_IDENTITY
+    cdef void *gp
+    cdef void *sp = NULL
+    cdef void *xp
+    cdef void *wp
+    cdef void *dxp = NULL
+    cdef void *dwp
+    cdef void *dbp
+    cdef void *dzp = NULL
+    cdef DenseConfig cfg
     if (op == FNN_PRELU or chunks < 0 or chunks > 2 or type(dout) is not _ndarray
             or type(x) is not _ndarray or type(w) is not _ndarray
             or (not ident and type(saved) is not _ndarray)):
@@ -671,89 +661,41 @@ def backward_fast(int op, dout, saved, x, w, bint need_dx, double alpha, int n_t
         return None
     if N > _INT32_MAX or D > _INT32_MAX or M > _INT32_MAX:
         return None
+    v.held = 0
     try:
-        PyObject_GetBuffer(dout, &gb, PyBUF_C_CONTIGUOUS)
-    except (BufferError, ValueError, TypeError):
-        return None
-    try:
-        try:
-            PyObject_GetBuffer(x, &xb, PyBUF_C_CONTIGUOUS)
-        except (BufferError, ValueError, TypeError):
+        gp = take(&v, dout, False)
+        xp = take(&v, x, False) if gp != NULL else NULL
+        wp = take(&v, w, False) if xp != NULL else NULL
+        if wp == NULL:
             return None
-        try:
-            try:
-                PyObject_GetBuffer(w, &wb, PyBUF_C_CONTIGUOUS)
-            except (BufferError, ValueError, TypeError):
+        if not ident:
+            sp = take(&v, saved, False)
+            if sp == NULL:
                 return None
-            try:
-                if not ident:
-                    try:
-                        PyObject_GetBuffer(saved, &sb, PyBUF_C_CONTIGUOUS)
-                    except (BufferError, ValueError, TypeError):
-                        return None
-                try:
-                    return _backward_fast_run(op, f32, ident, need_dx, &gb,
-                                              NULL if ident else &sb, &xb, &wb, dt, N, D, M,
-                                              alpha, n_threads, chunks)
-                finally:
-                    if not ident:
-                        PyBuffer_Release(&sb)
-            finally:
-                PyBuffer_Release(&wb)
-        finally:
-            PyBuffer_Release(&xb)
+        dx = _empty((N, D), dtype=dt) if need_dx else None
+        dw = _empty((D, M), dtype=dt)
+        db = _empty(M, dtype=dt)
+        dz = None if ident else _empty((N, M), dtype=dt)
+        if need_dx:
+            dxp = take(&v, dx, True)
+        dwp = take(&v, dw, True)
+        dbp = take(&v, db, True)
+        if not ident:
+            dzp = take(&v, dz, True)
+        cfg = _snapshot(chunks)
+        if f32:
+            _backward_call[float](&cfg, op, <const float *>gp, <const float *>sp,
+                                  <const float *>xp, <const float *>wp, <float *>dxp,
+                                  <float *>dwp, <float *>dbp, <float *>dzp, alpha, NULL, NULL,
+                                  N, D, M, n_threads, chunks, need_dx)
+        else:
+            _backward_call[double](&cfg, op, <const double *>gp, <const double *>sp,
+                                   <const double *>xp, <const double *>wp, <double *>dxp,
+                                   <double *>dwp, <double *>dbp, <double *>dzp, alpha, NULL,
+                                   NULL, N, D, M, n_threads, chunks, need_dx)
+        return (dx, dw, db)
     finally:
-        PyBuffer_Release(&gb)
-
-
-cdef tuple _backward_fast_run(int op, bint f32, bint ident, bint need_dx, Py_buffer *gb,
-                              Py_buffer *sb, Py_buffer *xb, Py_buffer *wb, object dt,
-                              Py_ssize_t N, Py_ssize_t D, Py_ssize_t M, double alpha,
-                              int n_threads, int chunks):
-    """backward_fast's outputs and kernel call, on its operands' buffers."""
-    cdef Py_buffer dxb, dwb, dbb, dzb
-    cdef DenseConfig cfg = _snapshot(chunks)
-    dx = _empty((N, D), dtype=dt) if need_dx else None
-    dw = _empty((D, M), dtype=dt)
-    db = _empty(M, dtype=dt)
-    dz = None if ident else _empty((N, M), dtype=dt)
-    PyObject_GetBuffer(dw, &dwb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-    try:
-        PyObject_GetBuffer(db, &dbb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-        try:
-            if need_dx:
-                PyObject_GetBuffer(dx, &dxb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-            try:
-                if not ident:
-                    PyObject_GetBuffer(dz, &dzb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-                try:
-                    if f32:
-                        _backward_call[float](
-                            &cfg, op, <const float *>gb.buf,
-                            NULL if ident else <const float *>sb.buf,
-                            <const float *>xb.buf, <const float *>wb.buf,
-                            <float *>dxb.buf if need_dx else NULL, <float *>dwb.buf,
-                            <float *>dbb.buf, NULL if ident else <float *>dzb.buf, alpha,
-                            NULL, NULL, N, D, M, n_threads, chunks, need_dx)
-                    else:
-                        _backward_call[double](
-                            &cfg, op, <const double *>gb.buf,
-                            NULL if ident else <const double *>sb.buf,
-                            <const double *>xb.buf, <const double *>wb.buf,
-                            <double *>dxb.buf if need_dx else NULL, <double *>dwb.buf,
-                            <double *>dbb.buf, NULL if ident else <double *>dzb.buf, alpha,
-                            NULL, NULL, N, D, M, n_threads, chunks, need_dx)
-                finally:
-                    if not ident:
-                        PyBuffer_Release(&dzb)
-            finally:
-                if need_dx:
-                    PyBuffer_Release(&dxb)
-        finally:
-            PyBuffer_Release(&dbb)
-    finally:
-        PyBuffer_Release(&dwb)
-    return (dx, dw, db)
+        release_all(&v)
 
 
 def parallel_seen():

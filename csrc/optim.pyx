@@ -4,9 +4,9 @@
 # result is the same for any thread count. The spans live in fastnn_optim.pxd (shared with the
 # network step kernel).
 from cython cimport floating
-from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
-                             PyBUF_WRITABLE)
 from libc.math cimport isfinite
+
+from fastnn_buffers cimport Views, take, release_all
 
 from fastnn_openmp cimport fnn_parallel_seen
 import numpy as np
@@ -68,9 +68,9 @@ def sgd_fast(w, dw, config, int n_threads):
     otherwise False and nothing is touched (fastnn/optim.py's checked path, which converts,
     copies or names the problem, does the call). The Python wrapper's half a dozen calls cost
     more than the update of a small parameter (bench/NOTES.md, forty-second session)."""
-    cdef Py_buffer wb, gb
+    cdef Views v
     cdef double lr
-    cdef Py_ssize_t n
+    cdef Py_ssize_t n, nbytes
     cdef char *wp
     cdef char *gp
     cdef bint f32
@@ -92,39 +92,31 @@ def sgd_fast(w, dw, config, int n_threads):
     lr = <double>value
     if not isfinite(lr) or lr < 0.0:
         return False
-    # (NumPy refuses a buffer that is not C-contiguous, or writeable when asked, with an error)
+    v.held = 0
     try:
-        PyObject_GetBuffer(w, &wb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-    except (BufferError, ValueError, TypeError):
-        return False
-    try:
-        try:
-            PyObject_GetBuffer(dw, &gb, PyBUF_C_CONTIGUOUS)
-        except (BufferError, ValueError, TypeError):
+        wp = <char *>take(&v, w, True)
+        gp = <char *>take(&v, dw, False) if wp != NULL else NULL
+        if gp == NULL:
             return False
-        try:
-            wp = <char *>wb.buf
-            gp = <char *>gb.buf
-            n = wb.len // wb.itemsize
-            if wb.len != gb.len or (wb.len > 0 and wp < gp + gb.len and gp < wp + wb.len):
-                return False   # (overlapping: the checked path copies dw first)
-            if n == 0:
-                return True
-            n_threads = gov_begin(&gc, _sites, _dynamic,
-                                  gov_key(0, RULE_SGD, n, 4 if f32 else 8, 0), n_threads)
-            with nogil:
-                if f32:
-                    update_raw[float](RULE_SGD, <float *>wp, <const float *>gp, NULL, NULL, n,
-                                      lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
-                else:
-                    update_raw[double](RULE_SGD, <double *>wp, <const double *>gp, NULL, NULL,
-                                       n, lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
-            gov_end(&gc)
+        nbytes = v.view[0].len
+        n = nbytes // v.view[0].itemsize
+        if nbytes > 0 and wp < gp + nbytes and gp < wp + nbytes:
+            return False   # (overlapping: the checked path copies dw first)
+        if n == 0:
             return True
-        finally:
-            PyBuffer_Release(&gb)
+        n_threads = gov_begin(&gc, _sites, _dynamic,
+                              gov_key(0, RULE_SGD, n, 4 if f32 else 8, 0), n_threads)
+        with nogil:
+            if f32:
+                update_raw[float](RULE_SGD, <float *>wp, <const float *>gp, NULL, NULL, n,
+                                  lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
+            else:
+                update_raw[double](RULE_SGD, <double *>wp, <const double *>gp, NULL, NULL, n,
+                                   lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
+        gov_end(&gc)
+        return True
     finally:
-        PyBuffer_Release(&wb)
+        release_all(&v)
 
 
 def all_finite(const floating[::1] x, int n_threads=1):
