@@ -4,8 +4,10 @@
 # shapes are validated before any loss runs: class labels and shapes by the Python wrappers
 # (fastnn/functional/losses.py), binary labels by binary_targets here, in one pass.
 from cython cimport floating
+from libc.stdlib cimport free, malloc
 
 from fastnn_openmp cimport fnn_parallel_seen
+from fastnn_buffers cimport Views, take, release_all
 import numpy as np
 
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
@@ -32,9 +34,7 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
     """softmax (kind SOFTMAX) or multiclass hinge (SVM) on scores x (N, C), labels y (N,)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef double[::1] groups = np.empty(max(loss_groups(N), 1), dtype=np.float64)
-    cdef double out
     cdef Py_ssize_t bad
-    cdef GovCall gc
     if kind != LOSS_SOFTMAX and kind != LOSS_SVM:
         raise ValueError("class_loss: kind must be SOFTMAX or SVM")
     if y.shape[0] != N or dx.shape[0] != N or dx.shape[1] != C or N < 1 or C < 1:
@@ -44,13 +44,87 @@ def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floa
     bad = check_labels(kind, &y[0], N, C, <floating *>NULL)
     if bad >= 0:
         raise ValueError(f"class_loss: y[{bad}] = {y[bad]} is not in [0, {C})")
+    return _class_call(kind, &x[0, 0], N, C, &y[0], &dx[0, 0], &groups[0], n_threads)
+
+
+cdef double _class_call(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
+                        const Py_ssize_t *y, floating *dx, double *groups,
+                        int n_threads) except? -1.0:
+    """class_loss's call of the kernel on checked buffers (labels in range, N, C >= 1; groups:
+    loss_groups(N) slots), with the call governor (class_loss and class_loss_fast)."""
+    cdef double out
+    cdef GovCall gc
     n_threads = gov_begin(&gc, _sites, _dynamic,
                           gov_key(0, kind, N, C, sizeof(floating)), n_threads)
     with nogil:
-        out = loss_raw(kind, &x[0, 0], N, C, &y[0], <const floating *>NULL, &dx[0, 0],
-                       &groups[0], NULL, batch_chunk_rows(_cfg, N), n_threads)
+        out = loss_raw(kind, x, N, C, y, <const floating *>NULL, dx, groups, NULL,
+                       batch_chunk_rows(_cfg, N), n_threads)
     gov_end(&gc)
     return out
+
+
+cdef object _ndarray = np.ndarray
+cdef object _float32 = np.dtype(np.float32)
+cdef object _float64 = np.dtype(np.float64)
+cdef object _intp = np.dtype(np.intp)
+cdef object _empty = np.empty
+
+
+def class_loss_fast(int kind, x, y, int n_threads):
+    """softmax_loss and svm_loss (kind SOFTMAX or SVM) on their common case, checked and run in
+    compiled code: x (N, C) a plain C-contiguous ndarray of a native float dtype, N, C >= 1,
+    y a plain C-contiguous intp array of N labels, all in [0, C). Returns (loss, dx), dx a new
+    array, with class_loss's numbers and governor site; or None, with nothing computed, for
+    any other call (fastnn/functional/losses.py's checked path converts, or names the
+    problem). See dense.forward_fast."""
+    cdef Views v
+    cdef Py_ssize_t N, C
+    cdef bint f32
+    cdef void *xp
+    cdef void *dxp
+    cdef const Py_ssize_t *yp
+    cdef double *groups
+    cdef double out
+    if ((kind != LOSS_SOFTMAX and kind != LOSS_SVM) or type(x) is not _ndarray
+            or type(y) is not _ndarray):
+        return None
+    dt = (<object>x).dtype
+    if dt is _float32:
+        f32 = True
+    elif dt is _float64:
+        f32 = False
+    else:
+        return None
+    xs = (<object>x).shape
+    if len(<tuple>xs) != 2:
+        return None
+    N = xs[0]
+    C = xs[1]
+    if N == 0 or C == 0 or (<object>y).dtype is not _intp or (<object>y).shape != (N,):
+        return None
+    v.held = 0
+    try:
+        xp = take(&v, x, False)
+        yp = <const Py_ssize_t *>take(&v, y, False) if xp != NULL else NULL
+        if yp == NULL or check_labels[float](kind, yp, N, C, <float *>NULL) >= 0:
+            return None
+        dx = _empty((N, C), dtype=dt)
+        dxp = take(&v, dx, True)
+        groups = <double *>malloc(loss_groups(N) * sizeof(double))
+        if groups == NULL:
+            raise MemoryError()
+        try:
+            if f32:
+                out = _class_call[float](kind, <const float *>xp, N, C, yp, <float *>dxp,
+                                         groups, n_threads)
+            else:
+                out = _class_call[double](kind, <const double *>xp, N, C, yp, <double *>dxp,
+                                          groups, n_threads)
+        finally:
+            free(groups)
+        return (out, dx)
+    finally:
+        release_all(&v)
 
 
 def target_loss(int kind, const floating[:, ::1] x, const floating[:, ::1] t, floating[:, ::1] dx,

@@ -617,3 +617,39 @@ def test_big_batch_runs_parallel(name):
     if started is None:
         pytest.skip("OpenMP worker threads cannot be observed here")
     assert started == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_class_loss_fast_takes_only_plain_calls_with_the_kernels_numbers(dtype):
+    """softmax_loss and svm_loss run their common case through losses.class_loss_fast: the
+    loss and the bits of class_loss, and None (nothing computed) for every call the checked
+    path must convert or refuse, a label out of range among them."""
+    from fastnn._kernels import losses as kl
+    rng = np.random.default_rng(13)
+    for kind in (kl.SOFTMAX, kl.SVM):
+        for n, c in [(1, 1), (1, 7), (13, 3), (300, 3), (1000, 10), (37, 129)]:
+            x = (rng.standard_normal((n, c)) * 5).astype(dtype)
+            y = rng.integers(0, c, n).astype(np.intp)
+            dx = np.empty_like(x)
+            want = kl.class_loss(kind, x, y, dx, 2)
+            got = kl.class_loss_fast(kind, x, y, 2)
+            assert got is not None
+            assert got[0] == want
+            assert_same_bits(got[1], dx)
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    y = np.array([0, 3, 1, 2, 2, 0], dtype=np.intp)
+    declined = [
+        (kl.MSE, x, y), (kl.LOGISTIC, x, y),
+        (kl.SOFTMAX, x.tolist(), y), (kl.SOFTMAX, x, y.tolist()),
+        (kl.SOFTMAX, x.astype(np.float16), y), (kl.SOFTMAX, x.astype(x.dtype.newbyteorder()), y),
+        (kl.SOFTMAX, x.reshape(6, 2, 2), y), (kl.SOFTMAX, x.reshape(-1), y),
+        (kl.SOFTMAX, x[:0], y[:0]), (kl.SOFTMAX, x[:, :0], y),
+        (kl.SOFTMAX, np.asfortranarray(x), y), (kl.SOFTMAX, x[::2], y[:3]),
+        (kl.SOFTMAX, np.ma.MaskedArray(x), y),
+        (kl.SOFTMAX, x, y.astype(np.int32)), (kl.SOFTMAX, x, y.astype(np.uint64)),
+        (kl.SOFTMAX, x, y[:5]), (kl.SOFTMAX, x, y.reshape(6, 1)), (kl.SOFTMAX, x, y.repeat(2)[::2]),
+        (kl.SOFTMAX, x, np.array([0, 3, 1, 4, 2, 0], dtype=np.intp)),    # == C
+        (kl.SVM, x, np.array([0, 3, 1, 2, 2, -1], dtype=np.intp)),       # negative
+    ]
+    for kind, x_, y_ in declined:
+        assert kl.class_loss_fast(kind, x_, y_, 2) is None

@@ -1,7 +1,7 @@
 """Loss kernels (csrc/losses.pyx). Private: use fastnn.functional.
 
 Each returns the mean loss and writes its gradient into ``dx`` (C-contiguous, x's dtype)."""
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +16,7 @@ MSE: int
 
 def class_loss(kind: int, x: _Float, y: NDArray[np.intp], dx: _Float, n_threads: int) -> float: ...
 def first_bad_class_label(y: NDArray[np.intp], num_classes: int) -> int: ...
+def class_loss_fast(kind: int, x: Any, y: Any, n_threads: int) -> Optional[Tuple[float, _Float]]: ...
 def binary_targets(kind: int, y: NDArray[np.intp], t: _Float) -> int: ...
 def target_loss(kind: int, x: _Float, t: _Float, dx: _Float, n_threads: int) -> float: ...
 

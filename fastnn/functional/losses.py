@@ -26,6 +26,9 @@ def _check_scores(shape):
 
 
 def _class_loss(kind, x, y):
+    res = _kl.class_loss_fast(kind, x, y, _threads._num_threads)
+    if res is not None:
+        return res   # (the common case, checked and run in compiled code: csrc/losses.pyx)
     # x's dtype and shape, then the labels, before an array x is converted: a broadcast view
     # of a huge shape with the wrong labels is refused, not copied (a list is converted
     # first: it already holds its data)
