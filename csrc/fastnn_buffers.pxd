@@ -1,6 +1,6 @@
 # The buffers of plain NumPy arrays, for the compiled fast paths of fastnn.functional and
 # fastnn.optim (dense.pyx forward_fast / backward_fast, losses.pyx class_loss_fast, optim.pyx
-# sgd_fast). Those take a call only when every array is already what the kernel reads, so they
+# rule_fast). Those take a call only when every array is already what the kernel reads, so they
 # need each array's memory, not a typed memoryview: a fused def function with memoryview
 # arguments dispatches on its arguments' types and builds a memoryview for each, which costs
 # about a microsecond a call (bench/NOTES.md, forty-second session).

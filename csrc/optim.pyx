@@ -4,7 +4,7 @@
 # result is the same for any thread count. The spans live in fastnn_optim.pxd (shared with the
 # network step kernel).
 from cython cimport floating
-from libc.math cimport isfinite
+from libc.math cimport INFINITY, isfinite, pow
 
 from fastnn_buffers cimport Views, take, release_all
 
@@ -60,23 +60,50 @@ cdef object _float32 = np.dtype(np.float32)
 cdef object _float64 = np.dtype(np.float64)
 
 
-def sgd_fast(w, dw, config, int n_threads):
-    """fastnn.optim.sgd's common case, compiled: w and dw plain C-contiguous ndarrays of one
-    native float dtype and shape, w writeable, the two not overlapping, and config a dict with a
-    float learning_rate that is finite and >= 0 and no weight_decay key. Then w is updated in
-    place and True returned, with exactly the numbers and governor site of update(SGD, ...);
-    otherwise False and nothing is touched (fastnn/optim.py's checked path, which converts,
-    copies or names the problem, does the call). The Python wrapper's half a dozen calls cost
-    more than the update of a small parameter (bench/NOTES.md, forty-second session)."""
+cdef inline bint _hyper(dict config, str key, double lo, double hi, double *out) except -1:
+    """config[key] into out when it is a float (exactly: no int, bool, NumPy scalar or 0-d
+    array, which the checked path converts or names) that is finite and in [lo, hi]."""
+    value = config.get(key)
+    if type(value) is not float:
+        return False
+    out[0] = <double>value
+    return isfinite(out[0]) and lo <= out[0] <= hi
+
+
+cdef inline bint _apart(const Py_buffer *a, const Py_buffer *b) noexcept:
+    """Two held buffers share no byte."""
+    cdef const char *pa = <const char *>a.buf
+    cdef const char *pb = <const char *>b.buf
+    return a.len == 0 or b.len == 0 or pa + a.len <= pb or pb + b.len <= pa
+
+
+def rule_fast(int rule, w, dw, config, s1, s2, int n_threads):
+    """An update rule of fastnn.optim on its common case, compiled: w, dw and the rule's state
+    arrays s1 (velocity, cache or Adam's m) and s2 (Adam's v), as config holds them (the wrapper
+    has checked that fastnn allocated them: its registry), plain C-contiguous ndarrays of one
+    native float dtype and shape, all but dw writeable, no two of them sharing a byte; config a
+    dict whose hyperparameters are all there as floats in their ranges (learning_rate,
+    momentum and epsilon >= 0, decay_rate, beta1 and beta2 in [0, 1]), Adam's t an int >= 0
+    whose bias corrections are not 0, and no weight_decay key. Then w and the state are
+    updated in place (Adam's config['t'] counted) and True returned, with the numbers and
+    governor site of update(rule, ...) as the checked path calls it; otherwise False and
+    nothing is touched (fastnn/optim.py's checked path, which fills in defaults, allocates or
+    copies state, converts, or names the problem, does the call). The Python wrapper's calls
+    cost more than the update of a small parameter (bench/NOTES.md, forty-second session)."""
     cdef Views v
-    cdef double lr
-    cdef Py_ssize_t n, nbytes
-    cdef char *wp
-    cdef char *gp
+    cdef double lr, h1 = 0.0, h2 = 0.0, eps = 0.0, c1 = 1.0, c2 = 1.0
+    cdef Py_ssize_t n, k, j, ns = 0, t = 0
+    cdef void *p[4]
     cdef bint f32
     cdef GovCall gc
-    if type(w) is not _ndarray or type(dw) is not _ndarray or type(config) is not dict:
+    if rule < RULE_SGD or rule > RULE_ADAM or type(config) is not dict:
         return False
+    if type(w) is not _ndarray or type(dw) is not _ndarray:
+        return False
+    if rule != RULE_SGD:
+        ns = 2 if rule == RULE_ADAM else 1
+        if type(s1) is not _ndarray or (ns == 2 and type(s2) is not _ndarray):
+            return False
     dt = (<object>w).dtype
     if dt is _float32:
         f32 = True
@@ -84,39 +111,63 @@ def sgd_fast(w, dw, config, int n_threads):
         f32 = False
     else:
         return False
-    if (<object>dw).dtype is not dt or (<object>dw).shape != (<object>w).shape:
+    shape = (<object>w).shape
+    for a in ((dw, s1, s2)[:ns + 1]):
+        if (<object>a).dtype is not dt or (<object>a).shape != shape:
+            return False
+    if "weight_decay" in <dict>config or not _hyper(config, "learning_rate", 0.0, INFINITY, &lr):
         return False
-    value = (<dict>config).get("learning_rate")
-    if type(value) is not float or "weight_decay" in <dict>config:
-        return False
-    lr = <double>value
-    if not isfinite(lr) or lr < 0.0:
-        return False
+    if rule == RULE_MOMENTUM or rule == RULE_NESTEROV:
+        if not _hyper(config, "momentum", 0.0, INFINITY, &h1):
+            return False
+    elif rule == RULE_RMSPROP:
+        if (not _hyper(config, "decay_rate", 0.0, 1.0, &h1)
+                or not _hyper(config, "epsilon", 0.0, INFINITY, &eps)):
+            return False
+    elif rule == RULE_ADAM:
+        if (not _hyper(config, "beta1", 0.0, 1.0, &h1) or not _hyper(config, "beta2", 0.0, 1.0, &h2)
+                or not _hyper(config, "epsilon", 0.0, INFINITY, &eps)):
+            return False
+        count = (<dict>config).get("t")
+        if type(count) is not int or not (0 <= count < 2**53):
+            return False
+        t = <Py_ssize_t>count + 1
+        # (the checked path's 1.0 - beta1 ** t: a float to an int power is C's pow of the two
+        # as doubles)
+        c1 = 1.0 - pow(h1, <double>t)
+        c2 = 1.0 - pow(h2, <double>t)
+        if c1 == 0.0 or c2 == 0.0:
+            return False
     v.held = 0
     try:
-        wp = <char *>take(&v, w, True)
-        gp = <char *>take(&v, dw, False) if wp != NULL else NULL
-        if gp == NULL:
+        p[0] = take(&v, w, True)
+        p[1] = take(&v, dw, False) if p[0] != NULL else NULL
+        p[2] = take(&v, s1, True) if ns >= 1 and p[1] != NULL else NULL
+        p[3] = take(&v, s2, True) if ns == 2 and p[2] != NULL else NULL
+        if v.held != ns + 2:
             return False
-        nbytes = v.view[0].len
-        n = nbytes // v.view[0].itemsize
-        if nbytes > 0 and wp < gp + nbytes and gp < wp + nbytes:
-            return False   # (overlapping: the checked path copies dw first)
-        if n == 0:
-            return True
-        n_threads = gov_begin(&gc, _sites, _dynamic,
-                              gov_key(0, RULE_SGD, n, 4 if f32 else 8, 0), n_threads)
-        with nogil:
-            if f32:
-                update_raw[float](RULE_SGD, <float *>wp, <const float *>gp, NULL, NULL, n,
-                                  lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
-            else:
-                update_raw[double](RULE_SGD, <double *>wp, <const double *>gp, NULL, NULL, n,
-                                   lr, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, n_threads)
-        gov_end(&gc)
-        return True
+        for k in range(v.held):
+            for j in range(k):
+                if not _apart(&v.view[k], &v.view[j]):
+                    return False   # (the checked path copies dw or the state first)
+        n = v.view[0].len // v.view[0].itemsize
+        if n > 0:
+            n_threads = gov_begin(&gc, _sites, _dynamic,
+                                  gov_key(0, rule, n, 4 if f32 else 8, 0), n_threads)
+            with nogil:
+                if f32:
+                    update_raw[float](rule, <float *>p[0], <const float *>p[1], <float *>p[2],
+                                      <float *>p[3], n, lr, h1, h2, eps, c1, c2, 0.0, n_threads)
+                else:
+                    update_raw[double](rule, <double *>p[0], <const double *>p[1],
+                                       <double *>p[2], <double *>p[3], n, lr, h1, h2, eps, c1,
+                                       c2, 0.0, n_threads)
+            gov_end(&gc)
     finally:
         release_all(&v)
+    if rule == RULE_ADAM:
+        (<dict>config)["t"] = t
+    return True
 
 
 def all_finite(const floating[::1] x, int n_threads=1):

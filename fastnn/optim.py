@@ -192,7 +192,7 @@ def _run(rule, w, dw, s1, s2, lr, h1=0.0, h2=0.0, eps=0.0, c1=1.0, c2=1.0, wd=0.
 
 def sgd(w, dw, config=None):
     """Vanilla SGD: ``w -= learning_rate * dw``."""
-    if _ko.sgd_fast(w, dw, config, _threads._num_threads):
+    if _ko.rule_fast(_ko.SGD, w, dw, config, None, None, _threads._num_threads):
         return w, config   # (the common case, checked and run in compiled code: csrc/optim.pyx)
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
@@ -203,7 +203,22 @@ def sgd(w, dw, config=None):
     return _run(_ko.SGD, w, dw, None, None, lr, wd=wd), config
 
 
+def _fast(rule, w, dw, config, key1, key2=None):
+    """The compiled update (optim.rule_fast) of a rule with state, when config already holds
+    state arrays under key1 (and key2) that fastnn allocated (its registry: the one check
+    compiled code does not make). True when it ran; the checked path does every other call."""
+    if type(config) is not dict:
+        return False
+    s1 = config.get(key1)
+    s2 = None if key2 is None else config.get(key2)
+    if not (_is_owned(s1) and (key2 is None or _is_owned(s2))):
+        return False
+    return _ko.rule_fast(rule, w, dw, config, s1, s2, _threads._num_threads)
+
+
 def _momentum(rule, w, dw, config):
+    if _fast(rule, w, dw, config, "velocity"):
+        return w, config
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     mu = _hyper(config, defaults, "momentum", 0.9, lo=0.0)
@@ -228,6 +243,8 @@ def nesterov_momentum(w, dw, config=None):
 def rmsprop(w, dw, config=None):
     """RMSProp: ``cache = decay_rate * cache + (1 - decay_rate) * dw**2;
     w -= learning_rate * dw / (sqrt(cache) + epsilon)``."""
+    if _fast(_ko.RMSPROP, w, dw, config, "cache"):
+        return w, config
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-2, lo=0.0)
     decay = _hyper(config, defaults, "decay_rate", 0.99, lo=0.0, hi=1.0)
@@ -242,6 +259,8 @@ def rmsprop(w, dw, config=None):
 
 def adam(w, dw, config=None):
     """Adam with bias correction; ``config['t']`` is incremented before it is used."""
+    if _fast(_ko.ADAM, w, dw, config, "m", "v"):
+        return w, config
     config, defaults = _config(config), {}
     lr = _hyper(config, defaults, "learning_rate", 1e-3, lo=0.0)
     b1 = _hyper(config, defaults, "beta1", 0.9, lo=0.0, hi=1.0)

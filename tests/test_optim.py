@@ -745,7 +745,7 @@ def test_adam_t_refused(t, exc):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sgd_compiled_path_takes_only_what_the_checked_path_would_do_the_same(dtype, rng):
-    """O.sgd runs its common case in compiled code (optim.sgd_fast). It must take exactly the
+    """O.sgd runs its common case in compiled code (optim.rule_fast). It must take exactly the
     calls the checked path would run in place, with the same bits, and hand every other one to
     the checked path untouched (that path converts, copies dw or names the problem)."""
     from fastnn._kernels import optim as ko
@@ -755,7 +755,7 @@ def test_sgd_compiled_path_takes_only_what_the_checked_path_would_do_the_same(dt
     # reference, in place, config returned as given
     w = w0.copy()
     cfg = {"learning_rate": 0.05}
-    assert ko.sgd_fast(w, dw, cfg, 2) is True
+    assert ko.rule_fast(ko.SGD, w, dw, cfg, None, None, 2) is True
     w_checked, _ = O.sgd(w0.copy(), dw, {"learning_rate": np.float64(0.05)})
     assert_same_bits(w, w_checked)
     w_ref, _ = R.sgd(w0.copy(), dw, {"learning_rate": 0.05})
@@ -764,7 +764,8 @@ def test_sgd_compiled_path_takes_only_what_the_checked_path_would_do_the_same(dt
     out, cfg_out = O.sgd(w, dw, cfg)
     assert out is w and cfg_out is cfg and cfg == {"learning_rate": 0.05}
     assert_same_bits(w, w_checked)
-    assert ko.sgd_fast(np.zeros(0, dtype), np.zeros(0, dtype), {"learning_rate": 0.1}, 2) is True
+    assert ko.rule_fast(ko.SGD, np.zeros(0, dtype), np.zeros(0, dtype), {"learning_rate": 0.1}, None,
+                        None, 2) is True
     # declined, and nothing written
     ro = w0.copy()
     ro.flags.writeable = False
@@ -790,7 +791,7 @@ def test_sgd_compiled_path_takes_only_what_the_checked_path_would_do_the_same(dt
     ]
     for w_, dw_, cfg_ in declined:
         before = np.array(w_, copy=True)
-        assert ko.sgd_fast(w_, dw_, cfg_, 2) is False, (w_.dtype, type(dw_), cfg_)
+        assert ko.rule_fast(ko.SGD, w_, dw_, cfg_, None, None, 2) is False, (w_.dtype, type(dw_), cfg_)
         assert_same_bits(np.asarray(w_), before)
     # w and dw overlapping (the same array, or views of one buffer): declined, and the
     # checked path gives the reference's numbers from a copy of dw
@@ -798,6 +799,104 @@ def test_sgd_compiled_path_takes_only_what_the_checked_path_would_do_the_same(dt
     same = buf.copy()
     for w_, dw_ in ((same, same), (buf[:8], buf[4:])):
         want = np.array(w_) - 0.05 * np.array(dw_)
-        assert ko.sgd_fast(w_, dw_, {"learning_rate": 0.05}, 2) is False
+        assert ko.rule_fast(ko.SGD, w_, dw_, {"learning_rate": 0.05}, None, None, 2) is False
         got, _ = O.sgd(w_, dw_, {"learning_rate": 0.05})
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule,keys", [("sgd_momentum", ("velocity",)),
+                                       ("nesterov_momentum", ("velocity",)),
+                                       ("rmsprop", ("cache",)), ("adam", ("m", "v"))])
+def test_stateful_rules_compiled_path(rule, keys, dtype, rng):
+    """From its second call on (the state arrays are fastnn's own by then) a rule with state
+    runs compiled (optim.rule_fast): the same bits in w, the state and Adam's t as the checked
+    path (which a NumPy float learning rate forces), step after step; and every call the
+    checked path must fill in, copy, convert or refuse is declined with nothing written."""
+    from fastnn._kernels import optim as ko
+    code = {"sgd_momentum": ko.MOMENTUM, "nesterov_momentum": ko.NESTEROV,
+            "rmsprop": ko.RMSPROP, "adam": ko.ADAM}[rule]
+    fn = getattr(O, rule)
+    w_fast = rng.standard_normal((6, 5)).astype(dtype)
+    w_checked = w_fast.copy()
+    cfg_fast = {"learning_rate": 0.01}
+    cfg_checked = {"learning_rate": np.float64(0.01)}
+    for step in range(4):
+        dw = rng.standard_normal((6, 5)).astype(dtype)
+        state = [cfg_fast.get(k) for k in keys]
+        probe = [None if a is None else a.copy() for a in state] + [None] * (2 - len(keys))
+        took = ko.rule_fast(code, w_fast.copy(), dw, dict(cfg_fast), *probe, 2)
+        assert took is (step > 0), step     # (the first call allocates the state: checked path)
+        out, cfg_fast = fn(w_fast, dw, cfg_fast)
+        assert out is w_fast
+        w_checked, cfg_checked = fn(w_checked, dw, cfg_checked)
+        assert_same_bits(w_fast, w_checked)
+        for k in keys:
+            assert_same_bits(cfg_fast[k], cfg_checked[k])
+            assert cfg_fast[k] is state[keys.index(k)] or step == 0   # updated in place
+        if rule == "adam":
+            assert cfg_fast["t"] == cfg_checked["t"] == step + 1 and type(cfg_fast["t"]) is int
+    # declined: nothing written to w, the state or config
+    base = dict(cfg_fast)
+    s = [base[k] for k in keys]
+    pad = [None] * (2 - len(keys))
+
+    def declined(cfg=None, w=None, dw=None, states=None):
+        cfg = dict(base) if cfg is None else cfg
+        w = w_fast.copy() if w is None else w
+        dw = np.ones_like(w_fast) if dw is None else dw
+        states = s + pad if states is None else states
+        before = ([np.array(w, copy=True)] + [np.array(a, copy=True) for a in states if a is not None],
+                  dict(cfg))
+        assert ko.rule_fast(code, w, dw, cfg, *states, 2) is False
+        after = [np.asarray(w)] + [np.asarray(a) for a in states if a is not None]
+        for a, b in zip(after, before[0]):
+            assert_same_bits(a, b)
+        assert cfg == before[1] or any(isinstance(v, float) and v != v for v in cfg.values())
+
+    hyper = {"sgd_momentum": ["momentum"], "nesterov_momentum": ["momentum"],
+             "rmsprop": ["decay_rate", "epsilon"], "adam": ["beta1", "beta2", "epsilon"]}[rule]
+    for key in ["learning_rate"] + hyper:
+        for bad in (None, 1, np.float64(0.5), float("nan"), float("inf"), -0.5, True):
+            cfg = dict(base)
+            if bad is None:
+                del cfg[key]
+            else:
+                cfg[key] = bad
+            declined(cfg)
+    for key in ("decay_rate", "beta1", "beta2"):
+        if key in hyper:
+            declined({**base, key: 1.5})
+    if rule == "adam":
+        for t in (None, 2.0, -1, True, 2**60, np.int64(3)):
+            cfg = dict(base)
+            if t is None:
+                del cfg["t"]
+            else:
+                cfg["t"] = t
+            declined(cfg)
+        declined({**base, "beta1": 1.0})                    # a bias correction of 0
+        declined(states=[s[0], s[0]])                       # m and v one array
+    declined({**base, "weight_decay": 0.0})
+    declined(dw=s[0].copy().view(np.ma.MaskedArray))
+    declined(dw=s[0])                                       # dw is the state
+    same = w_fast.copy()
+    declined(w=same, dw=same)                               # dw is w
+    declined(dw=np.ones((5, 6), dtype))
+    declined(dw=np.ones((6, 5), np.float32 if dtype == np.float64 else np.float64))
+    mine = [np.zeros_like(a) for a in s]
+    for i in range(len(s)):
+        for bad in (s[i].astype(np.float32 if dtype == np.float64 else np.float64), s[i][:3],
+                    np.asfortranarray(s[i]), None, list(s[i])):
+            states = list(s) + pad
+            states[i] = bad
+            declined(states=states)
+        ro = s[i].copy()
+        ro.flags.writeable = False
+        states = list(s) + pad
+        states[i] = ro
+        declined(states=states)
+        states = list(s) + pad
+        shared = mine[i]
+        states[i] = shared
+        declined(w=shared, states=states)                   # w and the state one array
