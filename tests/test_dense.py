@@ -1489,3 +1489,67 @@ def test_backward_fast_takes_only_plain_calls_with_the_kernels_numbers(dtype):
     ]
     for op, g_, s_, x_, w_, chunks in declined:
         assert _kd.backward_fast(op, g_, s_, x_, w_, True, 0.0, 2, chunks) is None
+
+
+class _Counting:
+    """A kernel module whose named entry points count their calls (the rest pass through)."""
+
+    def __init__(self, module, names):
+        self._module = module
+        self.calls = {n: 0 for n in names}
+
+    def __getattr__(self, name):
+        real = getattr(self._module, name)
+        if name not in self.calls:
+            return real
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return real(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_functional_calls_take_the_compiled_paths(monkeypatch, dtype):
+    """The wiring: a plain course-style call of a dense forward, backward or class loss never
+    reaches the kernels' memoryview entry points (it runs compiled: forward_fast,
+    backward_fast, class_loss_fast), while a call the fast paths decline (a strided x) does,
+    with the same numbers. A wrapper that always declined would pass every other test."""
+    import fastnn.functional.dense as FD
+    import fastnn.functional.losses as FL
+    from fastnn._kernels import losses as _kl
+    kd_count = _Counting(_kd, ["dense_forward", "dense_backward"])
+    kl_count = _Counting(_kl, ["class_loss"])
+    monkeypatch.setattr(FD, "_kd", kd_count)
+    monkeypatch.setattr(FL, "_kl", kl_count)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 7)).astype(dtype)
+    w = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    y = rng.integers(0, 5, 9)
+    plain = []
+    for fwd, bwd in ((F.affine_forward, F.affine_backward),
+                     (F.affine_relu_forward, F.affine_relu_backward),
+                     (F.affine_sigmoid_forward, F.affine_sigmoid_backward),
+                     (F.affine_tanh_forward, F.affine_tanh_backward),
+                     (F.affine_leaky_relu_forward, F.affine_leaky_relu_backward)):
+        out, cache = fwd(x, w, b)
+        loss, dout = F.softmax_loss(out, y)
+        plain.append((out, F.svm_loss(out, y)[1], loss, dout) + tuple(bwd(dout, cache)))
+    assert kd_count.calls == {"dense_forward": 0, "dense_backward": 0}
+    assert kl_count.calls == {"class_loss": 0}
+    # declined calls reach them, with the same numbers
+    xs = np.repeat(x, 2, axis=1)[:, ::2]
+    out, cache = F.affine_relu_forward(xs, w, b)
+    assert_same_bits(out, plain[1][0])
+    assert kd_count.calls == {"dense_forward": 1, "dense_backward": 0}
+    # (the forward kept a contiguous copy of x, so a plain dout still goes compiled; a
+    # Fortran-ordered one does not)
+    assert_same_bits(F.affine_relu_backward(plain[1][3], cache)[1], plain[1][5])
+    assert kd_count.calls["dense_backward"] == 0
+    assert_same_bits(F.affine_relu_backward(np.asfortranarray(plain[1][3]), cache)[1], plain[1][5])
+    assert kd_count.calls["dense_backward"] >= 1
+    loss, dout = F.softmax_loss(np.asfortranarray(plain[1][0]), y)
+    assert loss == plain[1][2]
+    assert_same_bits(dout, plain[1][3])
+    assert kl_count.calls == {"class_loss": 1}

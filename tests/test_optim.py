@@ -900,3 +900,36 @@ def test_stateful_rules_compiled_path(rule, keys, dtype, rng):
         shared = mine[i]
         states[i] = shared
         declined(w=shared, states=states)                   # w and the state one array
+
+
+@pytest.mark.parametrize("rule,keys", [("sgd", ()), ("sgd_momentum", ("velocity",)),
+                                       ("nesterov_momentum", ("velocity",)),
+                                       ("rmsprop", ("cache",)), ("adam", ("m", "v"))])
+def test_plain_rule_calls_take_the_compiled_path(monkeypatch, rule, keys, rng):
+    """The wiring: from the call on that config holds fastnn's own state arrays (sgd: from the
+    first), a plain call never reaches the kernel's memoryview entry point update(); state
+    arrays the caller put into config take the checked path, which copies them and leaves the
+    caller's arrays alone."""
+    from fastnn._kernels import optim as ko
+    calls = []
+    real = ko.update
+
+    def counted(*args):
+        calls.append(args[0])
+        return real(*args)
+    monkeypatch.setattr(O._ko, "update", counted)
+    fn = getattr(O, rule)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    cfg = {"learning_rate": 0.01}
+    for step in range(4):
+        w, cfg = fn(w, rng.standard_normal((4, 3)).astype(np.float32), cfg)
+    assert len(calls) == (1 if keys else 0), calls
+    if keys:
+        calls.clear()
+        mine = {k: np.zeros((4, 3), np.float32) for k in keys}
+        cfg2 = {**{k: v for k, v in cfg.items() if k not in keys}, **mine}
+        w2, cfg2 = fn(w.copy(), np.ones((4, 3), np.float32), cfg2)
+        assert len(calls) == 1
+        for k in keys:
+            assert cfg2[k] is not mine[k]
+            np.testing.assert_array_equal(mine[k], 0.0)
