@@ -11,6 +11,7 @@ from cython.parallel cimport prange
 import numpy as np
 from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
                             fnn_note_parallel, fnn_parallel_seen)
+from fastnn_buffers cimport Views, take, release_all
 
 from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_SIGMOID, FNN_TANH, FNN_PRELU,
                         act_fwd, act_bwd, act_fwd_rows, act_bwd_rows, prelu_alpha_acc_rows,
@@ -53,54 +54,141 @@ def set_min_work_per_thread(Py_ssize_t units):
 def forward(int op, const floating[::1] x, floating[::1] out, double alpha, int n_threads):
     """out = act(x) element-wise; x and out are flat, contiguous, same length, no overlap."""
     cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t nchunks, c, start, m
-    cdef int nt
-    cdef GovCall gc
     if op < FNN_IDENTITY or op > FNN_TANH:
         raise ValueError(f"unknown activation op {op}")
     if out.shape[0] != n:
         raise ValueError("out must have as many elements as x")
     if n == 0:
         return
-    nchunks = chunk_count(n)
+    _forward_call(op, &x[0], &out[0], n, alpha, n_threads)
+
+
+cdef int _forward_call(int op, const floating *x, floating *out, Py_ssize_t n, double alpha,
+                       int n_threads) except -1:
+    """forward's kernel call on checked buffers (n >= 1; forward and forward_fast)."""
+    cdef Py_ssize_t nchunks = chunk_count(n), c, start
+    cdef int nt
+    cdef GovCall gc
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(0, op, n, sizeof(floating), 0), n_threads)
     nt = effective_threads(n * OP_COST[op], MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt == 1:
-            act_fwd(op, &x[0], &out[0], n, alpha, NULL)
+            act_fwd(op, x, out, n, alpha, NULL)
         else:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
-                act_fwd(op, &x[start], &out[start], chunk_len(c, n), alpha, NULL)
+                act_fwd(op, x + start, out + start, chunk_len(c, n), alpha, NULL)
     gov_end(&gc)
+    return 0
 
 
 def backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx,
              double alpha, int n_threads):
     """dx = dout * act'(.) from the saved forward output (relu, sigmoid, tanh) or input (leaky)."""
     cdef Py_ssize_t n = dout.shape[0]
-    cdef Py_ssize_t nchunks, c, start, m
-    cdef int nt
-    cdef GovCall gc
     if op < FNN_IDENTITY or op > FNN_TANH:
         raise ValueError(f"unknown activation op {op}")
     if saved.shape[0] != n or dx.shape[0] != n:
         raise ValueError("dout, saved and dx must have the same number of elements")
     if n == 0:
         return
-    nchunks = chunk_count(n)
+    _backward_call(op, &dout[0], &saved[0], &dx[0], n, alpha, n_threads)
+
+
+cdef int _backward_call(int op, const floating *dout, const floating *saved, floating *dx,
+                        Py_ssize_t n, double alpha, int n_threads) except -1:
+    """backward's kernel call on checked buffers (n >= 1; backward and backward_fast)."""
+    cdef Py_ssize_t nchunks = chunk_count(n), c, start
+    cdef int nt
+    cdef GovCall gc
     n_threads = gov_begin(&gc, _sites, _dynamic, gov_key(1, op, n, sizeof(floating), 0), n_threads)
     nt = effective_threads(n, MIN_WORK_PER_THREAD, n_threads, nchunks)
     with nogil:
         if nt == 1:
-            act_bwd(op, &dout[0], &saved[0], &dx[0], n, alpha, NULL)
+            act_bwd(op, dout, saved, dx, n, alpha, NULL)
         else:
             fnn_note_parallel()   # (see fastnn_omp.h: fork safety)
             for c in prange(nchunks, num_threads=nt, schedule="static"):
                 start = c * FNN_CHUNK
-                act_bwd(op, &dout[start], &saved[start], &dx[start], chunk_len(c, n), alpha, NULL)
+                act_bwd(op, dout + start, saved + start, dx + start, chunk_len(c, n), alpha, NULL)
     gov_end(&gc)
+    return 0
+
+
+cdef object _ndarray = np.ndarray
+cdef object _float32 = np.dtype(np.float32)
+cdef object _float64 = np.dtype(np.float64)
+cdef object _empty = np.empty
+
+
+def forward_fast(int op, x, double alpha, int n_threads):
+    """An activation's forward on its common case, compiled: x a plain C-contiguous ndarray of
+    a native float dtype (any shape), op identity to tanh. Returns act(x) as a new array of x's
+    shape, with forward's numbers and governor site; or None, with nothing allocated, for any
+    other call (fastnn/functional/activations.py's checked path converts, or names the
+    problem). See dense.forward_fast."""
+    cdef Views v
+    cdef void *xp
+    cdef Py_ssize_t n
+    if op < FNN_IDENTITY or op > FNN_TANH or type(x) is not _ndarray:
+        return None
+    dt = (<object>x).dtype
+    if dt is not _float32 and dt is not _float64:
+        return None
+    v.held = 0
+    try:
+        xp = take(&v, x, False)
+        if xp == NULL:
+            return None
+        out = _empty((<object>x).shape, dtype=dt)
+        n = v.view[0].len // v.view[0].itemsize
+        if n > 0:
+            if dt is _float32:
+                _forward_call[float](op, <const float *>xp, <float *>take(&v, out, True), n,
+                                     alpha, n_threads)
+            else:
+                _forward_call[double](op, <const double *>xp, <double *>take(&v, out, True), n,
+                                      alpha, n_threads)
+        return out
+    finally:
+        release_all(&v)
+
+
+def backward_fast(int op, dout, saved, double alpha, int n_threads):
+    """An activation's backward on its common case, compiled: dout and saved plain C-contiguous
+    ndarrays of one native float dtype and one shape, op identity to tanh. Returns dx as a new
+    array of that shape, with backward's numbers and governor site; or None, with nothing
+    allocated, for any other call. See forward_fast."""
+    cdef Views v
+    cdef void *gp
+    cdef void *sp
+    cdef Py_ssize_t n
+    if (op < FNN_IDENTITY or op > FNN_TANH or type(dout) is not _ndarray
+            or type(saved) is not _ndarray):
+        return None
+    dt = (<object>dout).dtype
+    if (dt is not _float32 and dt is not _float64) or (<object>saved).dtype is not dt or (
+            (<object>saved).shape != (<object>dout).shape):
+        return None
+    v.held = 0
+    try:
+        gp = take(&v, dout, False)
+        sp = take(&v, saved, False) if gp != NULL else NULL
+        if sp == NULL:
+            return None
+        dx = _empty((<object>dout).shape, dtype=dt)
+        n = v.view[0].len // v.view[0].itemsize
+        if n > 0:
+            if dt is _float32:
+                _backward_call[float](op, <const float *>gp, <const float *>sp,
+                                      <float *>take(&v, dx, True), n, alpha, n_threads)
+            else:
+                _backward_call[double](op, <const double *>gp, <const double *>sp,
+                                       <double *>take(&v, dx, True), n, alpha, n_threads)
+        return dx
+    finally:
+        release_all(&v)
 
 
 cdef inline Py_ssize_t _rows_per_block(Py_ssize_t d) noexcept nogil:

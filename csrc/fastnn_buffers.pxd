@@ -1,9 +1,10 @@
 # The buffers of plain NumPy arrays, for the compiled fast paths of fastnn.functional and
-# fastnn.optim (dense.pyx forward_fast / backward_fast, losses.pyx class_loss_fast, optim.pyx
-# rule_fast). Those take a call only when every array is already what the kernel reads, so they
-# need each array's memory, not a typed memoryview: a fused def function with memoryview
-# arguments dispatches on its arguments' types and builds a memoryview for each, which costs
-# about a microsecond a call (bench/NOTES.md, forty-second session).
+# fastnn.optim (activations.pyx and dense.pyx forward_fast / backward_fast, losses.pyx
+# class_loss_fast, optim.pyx rule_fast). Those take a call only when every array is already
+# what the kernel reads, so they need each array's memory, not a typed memoryview: a fused def
+# function with memoryview arguments dispatches on its arguments' types and builds a
+# memoryview for each, which costs about a microsecond a call (bench/NOTES.md, forty-second
+# session).
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
                              PyBUF_WRITABLE)
 

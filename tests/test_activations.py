@@ -1099,3 +1099,66 @@ def test_maxout_argument_errors():
             F.maxout_reduce_backward(np.ones((2, 3)), g)
     with pytest.raises(ValueError, match="tanh_forward"):
         F.maxout_reduce_backward(np.ones((2, 3)), F.tanh_forward(np.ones((2, 3)))[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_fast_paths_take_only_plain_calls_with_the_kernels_numbers(monkeypatch, dtype):
+    """relu, leaky relu, sigmoid and tanh run their common case (a plain C-contiguous float
+    array, no out=) through activations.forward_fast / backward_fast: the bits of the kernels'
+    forward / backward, None (nothing computed) for every call the checked path must take, and
+    the public functions reach the memoryview entry points only for such calls."""
+    import fastnn.functional.activations as FA
+    from fastnn._kernels import activations as ka
+    rng = np.random.default_rng(21)
+    ops = [ka.IDENTITY, ka.RELU, ka.LEAKY_RELU, ka.SIGMOID, ka.TANH]
+    for shape in [(0,), (1,), (5, 7), (3, 4, 5), (200003,)]:
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        for op in ops:
+            want = np.empty_like(x)
+            ka.forward(op, x.reshape(-1), want.reshape(-1), 0.07, 2)
+            got = ka.forward_fast(op, x, 0.07, 2)
+            assert got.shape == shape and got.dtype == dtype
+            assert_same_bits(got, want)
+            ka.backward(op, g.reshape(-1), x.reshape(-1), want.reshape(-1), 0.07, 2)
+            got = ka.backward_fast(op, g, x, 0.07, 2)
+            assert got.shape == shape and got.dtype == dtype
+            assert_same_bits(got, want)
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (ka.PRELU, -1, 99):
+        assert ka.forward_fast(bad, x, 0.0, 2) is None and ka.backward_fast(bad, x, x, 0.0, 2) is None
+    for x_ in (x.tolist(), x[:, ::2], np.asfortranarray(x), x.astype(np.float16),
+               x.astype(x.dtype.newbyteorder()), np.ma.MaskedArray(x), np.float32(1.0)):
+        assert ka.forward_fast(ka.RELU, x_, 0.0, 2) is None
+        assert ka.backward_fast(ka.RELU, x_, x, 0.0, 2) is None
+        assert ka.backward_fast(ka.RELU, x, x_, 0.0, 2) is None
+    for s_ in (x.astype(other), x.reshape(4, 6), x.reshape(-1), x[:5]):
+        assert ka.backward_fast(ka.RELU, x, s_, 0.0, 2) is None
+    # the wiring
+    calls = {"forward": 0, "backward": 0}
+
+    class Counting:
+        def __getattr__(self, name):
+            real = getattr(ka, name)
+            if name not in calls:
+                return real
+
+            def counted(*args):
+                calls[name] += 1
+                return real(*args)
+            return counted
+    monkeypatch.setattr(FA, "_k", Counting())
+    for fwd, bwd in ((F.relu_forward, F.relu_backward), (F.sigmoid_forward, F.sigmoid_backward),
+                     (F.tanh_forward, F.tanh_backward), (F.leaky_relu_forward, F.leaky_relu_backward)):
+        out, cache = fwd(x)
+        bwd(x, cache)
+    assert calls == {"forward": 0, "backward": 0}
+    # (a Fortran-ordered x is converted to a C-ordered copy first, which then goes compiled;
+    # out= takes the checked path)
+    out, cache = F.relu_forward(np.asfortranarray(x))
+    assert calls == {"forward": 0, "backward": 0}
+    out2, _ = F.relu_forward(x, out=np.empty_like(x))
+    assert_same_bits(out2, out)
+    assert_same_bits(F.relu_backward(np.asfortranarray(x), cache), F.relu_backward(x, x))
+    assert calls == {"forward": 1, "backward": 1}

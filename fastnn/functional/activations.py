@@ -79,6 +79,10 @@ def _as_x(x, out):
 def _forward(op, x, out=None, alpha=0.0, given=None):
     """op(x) into out (or a new array). ``given``: the caller's own x when x is a converted
     copy of it; out may overlap neither (refused as it is for an x used as it is)."""
+    if out is None:
+        y = _k.forward_fast(op, x, alpha, _threads._num_threads)
+        if y is not None:
+            return y   # (the common case, checked and run in compiled code: csrc/activations.pyx)
     arr = _as_x(x, out)
     out = out_array(out, arr.shape, arr.dtype, arr, x, given)
     _k.forward(op, _flat(arr), _flat(out), alpha, _threads._num_threads)
@@ -94,6 +98,10 @@ def _cache_array(cache, kind):
 
 
 def _backward(op, dout, saved, out=None, alpha=0.0):
+    if out is None:
+        dx = _k.backward_fast(op, dout, saved, alpha, _threads._num_threads)
+        if dx is not None:
+            return dx   # (the common case, compiled: csrc/activations.pyx)
     dt = common_dtype(("dout", dout), ("cache", saved))
     given = (dout, saved)   # (out may overlap neither, converted or not)
     # (shapes before conversions: dout's is checked before dout is converted, and before
