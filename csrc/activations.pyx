@@ -11,7 +11,6 @@ from cython.parallel cimport prange
 import numpy as np
 from fastnn_openmp cimport (FNN_CHUNK, chunk_count, chunk_len, effective_threads,
                             fnn_note_parallel, fnn_parallel_seen)
-from fastnn_buffers cimport Views, take, release_all
 
 from fastnn_ops cimport (FNN_IDENTITY, FNN_RELU, FNN_LEAKY, FNN_SIGMOID, FNN_TANH, FNN_PRELU,
                         act_fwd, act_bwd, act_fwd_rows, act_bwd_rows, prelu_alpha_acc_rows,
@@ -39,6 +38,7 @@ cdef Py_ssize_t OP_COST[6]
 OP_COST[:] = [1, 1, 1, 2, 2, 1]    # identity, relu, leaky, sigmoid, tanh, prelu
 
 include "fastnn_sites.pxi"
+include "fastnn_fastpath.pxi"
 
 def min_work_per_thread():
     return MIN_WORK_PER_THREAD
@@ -116,10 +116,6 @@ cdef int _backward_call(int op, const floating *dout, const floating *saved, flo
     return 0
 
 
-cdef object _ndarray = np.ndarray
-cdef object _float32 = np.dtype(np.float32)
-cdef object _float64 = np.dtype(np.float64)
-cdef object _empty = np.empty
 
 
 def forward_fast(int op, x, double alpha, int n_threads):
@@ -131,10 +127,10 @@ def forward_fast(int op, x, double alpha, int n_threads):
     cdef Views v
     cdef void *xp
     cdef Py_ssize_t n
-    if op < FNN_IDENTITY or op > FNN_TANH or type(x) is not _ndarray:
+    if op < FNN_IDENTITY or op > FNN_TANH:
         return None
-    dt = (<object>x).dtype
-    if dt is not _float32 and dt is not _float64:
+    dt = plain_float_dtype(x)
+    if dt is None:
         return None
     v.held = 0
     try:
@@ -164,12 +160,11 @@ def backward_fast(int op, dout, saved, double alpha, int n_threads):
     cdef void *gp
     cdef void *sp
     cdef Py_ssize_t n
-    if (op < FNN_IDENTITY or op > FNN_TANH or type(dout) is not _ndarray
-            or type(saved) is not _ndarray):
+    if op < FNN_IDENTITY or op > FNN_TANH:
         return None
-    dt = (<object>dout).dtype
-    if (dt is not _float32 and dt is not _float64) or (<object>saved).dtype is not dt or (
-            (<object>saved).shape != (<object>dout).shape):
+    dt = plain_float_dtype(dout)
+    if (dt is None or plain_float_dtype(saved) is not dt
+            or (<object>saved).shape != (<object>dout).shape):
         return None
     v.held = 0
     try:

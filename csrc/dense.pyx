@@ -28,7 +28,6 @@ import time
 import numpy as np
 
 from fastnn_ops cimport FNN_IDENTITY, FNN_PRELU, FNN_RELU, keeps_pre
-from fastnn_buffers cimport Views, take, release_all
 from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, blas_enter,
                            blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
                            chunk_rows, dense_forward_raw, gemm,
@@ -36,6 +35,7 @@ from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, bl
                            wslot_elems, dx_tile_bound, dx_scratch_need, dx_direct)
 
 include "fastnn_sites.pxi"
+include "fastnn_fastpath.pxi"
 
 # The one configuration of the dense machinery in the process (the network module uses it too,
 # through config_address()). The tiling constants were measured with sgemm per tile against
@@ -431,10 +431,6 @@ cdef int _forward_call(const DenseConfig *cfg, int op, const floating *x, const 
     return 0
 
 
-cdef object _ndarray = np.ndarray
-cdef object _float32 = np.dtype(np.float32)
-cdef object _float64 = np.dtype(np.float64)
-cdef object _empty = np.empty
 cdef Py_ssize_t _INT32_MAX = 2**31 - 1
 
 
@@ -456,18 +452,12 @@ def forward_fast(int op, x, w, b, double alpha, int n_threads, int chunks=0):
     cdef void *yp
     cdef void *zp = NULL
     cdef DenseConfig cfg
-    if (op == FNN_PRELU or chunks < 0 or chunks > 2 or type(x) is not _ndarray
-            or type(w) is not _ndarray or type(b) is not _ndarray):
+    if op == FNN_PRELU or chunks < 0 or chunks > 2:
         return None
-    dt = (<object>x).dtype
-    if dt is _float32:
-        f32 = True
-    elif dt is _float64:
-        f32 = False
-    else:
+    dt = plain_float_dtype(x)
+    if dt is None or plain_float_dtype(w) is not dt or plain_float_dtype(b) is not dt:
         return None
-    if (<object>w).dtype is not dt or (<object>b).dtype is not dt:
-        return None
+    f32 = dt is _float32
     xs = (<object>x).shape
     ws = (<object>w).shape
     if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:
@@ -635,20 +625,13 @@ def backward_fast(int op, dout, saved, x, w, bint need_dx, double alpha, int n_t
     cdef void *dbp
     cdef void *dzp = NULL
     cdef DenseConfig cfg
-    if (op == FNN_PRELU or chunks < 0 or chunks > 2 or type(dout) is not _ndarray
-            or type(x) is not _ndarray or type(w) is not _ndarray
-            or (not ident and type(saved) is not _ndarray)):
+    if op == FNN_PRELU or chunks < 0 or chunks > 2:
         return None
-    dt = (<object>x).dtype
-    if dt is _float32:
-        f32 = True
-    elif dt is _float64:
-        f32 = False
-    else:
+    dt = plain_float_dtype(x)
+    if (dt is None or plain_float_dtype(dout) is not dt or plain_float_dtype(w) is not dt
+            or (not ident and plain_float_dtype(saved) is not dt)):
         return None
-    if (<object>dout).dtype is not dt or (<object>w).dtype is not dt or (
-            not ident and (<object>saved).dtype is not dt):
-        return None
+    f32 = dt is _float32
     xs = (<object>x).shape
     ws = (<object>w).shape
     if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:

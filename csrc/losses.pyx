@@ -7,7 +7,6 @@ from cython cimport floating
 from libc.stdlib cimport free, malloc
 
 from fastnn_openmp cimport fnn_parallel_seen
-from fastnn_buffers cimport Views, take, release_all
 import numpy as np
 
 from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_HINGE, LOSS_MSE,
@@ -27,6 +26,7 @@ BINARY_HINGE = LOSS_BINARY_HINGE
 MSE = LOSS_MSE
 
 include "fastnn_sites.pxi"
+include "fastnn_fastpath.pxi"
 
 
 def class_loss(int kind, const floating[:, ::1] x, const Py_ssize_t[::1] y, floating[:, ::1] dx,
@@ -63,11 +63,7 @@ cdef double _class_call(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
     return out
 
 
-cdef object _ndarray = np.ndarray
-cdef object _float32 = np.dtype(np.float32)
-cdef object _float64 = np.dtype(np.float64)
 cdef object _intp = np.dtype(np.intp)
-cdef object _empty = np.empty
 
 
 def class_loss_fast(int kind, x, y, int n_threads):
@@ -85,16 +81,12 @@ def class_loss_fast(int kind, x, y, int n_threads):
     cdef const Py_ssize_t *yp
     cdef double *groups
     cdef double out
-    if ((kind != LOSS_SOFTMAX and kind != LOSS_SVM) or type(x) is not _ndarray
-            or type(y) is not _ndarray):
+    if (kind != LOSS_SOFTMAX and kind != LOSS_SVM) or type(y) is not _ndarray:
         return None
-    dt = (<object>x).dtype
-    if dt is _float32:
-        f32 = True
-    elif dt is _float64:
-        f32 = False
-    else:
+    dt = plain_float_dtype(x)
+    if dt is None:
         return None
+    f32 = dt is _float32
     xs = (<object>x).shape
     if len(<tuple>xs) != 2:
         return None

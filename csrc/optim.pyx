@@ -6,7 +6,6 @@
 from cython cimport floating
 from libc.math cimport INFINITY, isfinite, pow
 
-from fastnn_buffers cimport Views, take, release_all
 
 from fastnn_openmp cimport fnn_parallel_seen
 import numpy as np
@@ -22,6 +21,7 @@ RMSPROP = RULE_RMSPROP
 ADAM = RULE_ADAM
 
 include "fastnn_sites.pxi"
+include "fastnn_fastpath.pxi"
 
 
 def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
@@ -55,9 +55,6 @@ def update(int rule, floating[::1] w, const floating[::1] dw, floating[::1] s1,
     gov_end(&gc)
 
 
-cdef object _ndarray = np.ndarray
-cdef object _float32 = np.dtype(np.float32)
-cdef object _float64 = np.dtype(np.float64)
 
 
 cdef inline bint _hyper(dict config, str key, double lo, double hi, double *out) except -1:
@@ -98,22 +95,15 @@ def rule_fast(int rule, w, dw, config, s1, s2, int n_threads):
     cdef GovCall gc
     if rule < RULE_SGD or rule > RULE_ADAM or type(config) is not dict:
         return False
-    if type(w) is not _ndarray or type(dw) is not _ndarray:
-        return False
     if rule != RULE_SGD:
         ns = 2 if rule == RULE_ADAM else 1
-        if type(s1) is not _ndarray or (ns == 2 and type(s2) is not _ndarray):
-            return False
-    dt = (<object>w).dtype
-    if dt is _float32:
-        f32 = True
-    elif dt is _float64:
-        f32 = False
-    else:
+    dt = plain_float_dtype(w)
+    if dt is None:
         return False
+    f32 = dt is _float32
     shape = (<object>w).shape
     for a in ((dw, s1, s2)[:ns + 1]):
-        if (<object>a).dtype is not dt or (<object>a).shape != shape:
+        if plain_float_dtype(a) is not dt or (<object>a).shape != shape:
             return False
     if "weight_decay" in <dict>config or not _hyper(config, "learning_rate", 0.0, INFINITY, &lr):
         return False
