@@ -14,14 +14,27 @@ cdef object _float64 = np.dtype(np.float64)
 cdef object _empty = np.empty
 
 
+cdef object _float32_type = type(_float32)
+cdef object _float64_type = type(_float64)
+
+
 cdef inline object plain_float_dtype(object a):
-    """a's dtype when a is a plain ndarray (no subclass) of native float32 or float64, else
-    None: the first check of every fast path (dtype objects compared by identity, so another
-    byte order, float16 or an integer dtype is None)."""
+    """float32's or float64's own dtype object when a is a plain ndarray (no subclass) of
+    native float32 or float64, else None: the first check of every fast path. Most arrays
+    hold NumPy's own dtype object (an identity test); an array that pickle.loads built (as
+    multiprocessing passes arrays) holds an equal copy, which counts when it is of the same
+    dtype class and native byte order (another byte order, float16 or an integer dtype is
+    None). The fast paths compare the returned objects by identity."""
     if type(a) is not _ndarray:
         return None
     dt = (<object>a).dtype
-    return dt if (dt is _float32 or dt is _float64) else None
+    if dt is _float32 or dt is _float64:
+        return dt
+    if type(dt) is _float32_type and dt.isnative:
+        return _float32
+    if type(dt) is _float64_type and dt.isnative:
+        return _float64
+    return None
 
 
 cdef enum:

@@ -1553,3 +1553,57 @@ def test_plain_functional_calls_take_the_compiled_paths(monkeypatch, dtype):
     assert loss == plain[1][2]
     assert_same_bits(dout, plain[1][3])
     assert kl_count.calls == {"class_loss": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unpickled_arrays_take_the_compiled_paths(monkeypatch, dtype):
+    """Arrays that pickle.loads built (as multiprocessing passes them) hold a dtype object
+    equal to NumPy's own but not the same object; the fast paths take them too (a plain call
+    must not slow down for how its arrays were made), with the same bits as the arrays they
+    were pickled from, and leave them unchanged. A big-endian copy is still declined."""
+    import pickle
+    import fastnn.functional.dense as FD
+    import fastnn.functional.losses as FL
+    import fastnn.optim as O
+    from fastnn._kernels import losses as _kl
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 7)).astype(dtype)
+    w = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    y = rng.integers(0, 5, 9)
+    xp, wp, bp = (pickle.loads(pickle.dumps(a)) for a in (x, w, b))
+    assert xp.dtype is not x.dtype and xp.dtype == x.dtype   # (what the test is about)
+    out, cache = F.affine_relu_forward(x, w, b)
+    loss, dout = F.softmax_loss(out, y)
+    dx, dw, db = F.affine_relu_backward(dout, cache)
+    dout_p = pickle.loads(pickle.dumps(dout))
+    kd_count = _Counting(_kd, ["dense_forward", "dense_backward"])
+    kl_count = _Counting(_kl, ["class_loss"])
+    monkeypatch.setattr(FD, "_kd", kd_count)
+    monkeypatch.setattr(FL, "_kl", kl_count)
+    out_p, cache_p = F.affine_relu_forward(xp, wp, bp)
+    loss_p, dout_pp = F.softmax_loss(pickle.loads(pickle.dumps(out)), y)
+    dx_p, dw_p, db_p = F.affine_relu_backward(dout_p, cache_p)
+    assert kd_count.calls == {"dense_forward": 0, "dense_backward": 0}
+    assert kl_count.calls == {"class_loss": 0}
+    for got, want in ((out_p, out), (dout_pp, dout), (dx_p, dx), (dw_p, dw), (db_p, db)):
+        assert_same_bits(got, want)
+        assert got.dtype == want.dtype
+    assert loss_p == loss
+    for a, orig in ((xp, x), (wp, w), (bp, b), (dout_p, dout)):
+        assert_same_bits(a, orig)
+    # the update rule's fast path takes them as well: same bits as on NumPy's own dtype
+    calls = []
+    real = O._ko.update
+    monkeypatch.setattr(O._ko, "update", lambda *a: calls.append(a[0]) or real(*a))
+    cfg = {"learning_rate": 0.1}
+    w_next, _ = O.sgd(w.copy(), dw, dict(cfg))
+    wp2 = pickle.loads(pickle.dumps(w))
+    w_next_p, _ = O.sgd(wp2, pickle.loads(pickle.dumps(dw)), dict(cfg))
+    assert calls == []
+    assert w_next_p is wp2                               # (in place, as on NumPy's dtype)
+    assert_same_bits(w_next_p, w_next)
+    # another byte order is not the kernels' layout: declined, the checked path's numbers
+    xb = x.astype(x.dtype.newbyteorder(">"))
+    assert_same_bits(F.affine_relu_forward(xb, w, b)[0], out)
+    assert kd_count.calls["dense_forward"] == 1
