@@ -413,6 +413,8 @@ def fs_path(path, name="path"):
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
     if not path:
         raise ValueError(f"{name} must name a file, got an empty path")
+    if "\0" in path:   # (the OS's calls would refuse it without naming the argument)
+        raise ValueError(f"{name} must name a file, got a path with a NUL character: {path!r}")
     return path
 
 
@@ -491,11 +493,16 @@ def read_npz(source, what, writer, names=None, key_ok=None):
                             raise ValueError(f"it has entries {writer} does not write: {name_list(extra)}")
                     keys = stored
                 _check_layout(npz.zip, infos)
+                arrays = {}
                 for k in keys:
                     info = npz.zip.getinfo(k + ".npy")
                     with npz.zip.open(info) as fh:
                         _check_npy_header(fh, info.file_size, k)
-                arrays = {k: npz[k] for k in keys}
+                    # (the member itself, not npz[k]: NpzFile looks a key up as a member's
+                    # whole name first, so npz["W.npy"] would be the member W.npy, which holds
+                    # the array named W, where the array named "W.npy" is W.npy.npy)
+                    with npz.zip.open(info) as fh:
+                        arrays[k] = np.lib.format.read_array(fh, allow_pickle=False)
             for k, v in arrays.items():
                 if not isinstance(v, np.ndarray):  # NpzFile returns a non-.npy member as raw bytes
                     raise ValueError(f"entry {k!r} is not a .npy array")

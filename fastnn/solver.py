@@ -404,8 +404,9 @@ class Solver:
 def load_checkpoint(path):
     """Read a checkpoint written by :class:`Solver`: ``path`` is either file of the pair (or the
     common stem). Returns ``(params, info)``: a dict of arrays and the JSON dict. A missing,
-    truncated or foreign file raises ValueError; the arrays are read from the directory of the
-    JSON file only, and nothing is unpickled."""
+    truncated or foreign file raises ValueError, and so does a JSON file whose ``params_file``
+    names another .npz than the pair's (a pair renamed or copied under another name: which
+    arrays were meant is not known); nothing is unpickled."""
     path = fs_path(path)
     stem = path
     for ext in (".npz", ".json"):
@@ -438,7 +439,11 @@ def load_checkpoint(path):
         raise ValueError(f"{stem}.json: param_names must be a list of names, got {names!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"{stem}.json: param_names names a parameter twice")
-    npz = os.path.join(os.path.dirname(stem), name)
+    npz = stem + ".npz"
+    if name != os.path.basename(npz):
+        raise ValueError(f"{stem}.json describes the arrays in {name!r}, not those in "
+                         f"{os.path.basename(npz)!r} beside it: the checkpoint was renamed or "
+                         "copied (Solver names both files of a pair after the same stem)")
     what = f"{npz} (a checkpoint's arrays)"
     params = read_npz(npz, what, "Solver", names=names)
     # real floats, as fastnn's models hold; NaN and Inf load as stored (a diverged run's

@@ -193,9 +193,11 @@ def test_a_device_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a regular file"):
         load_checkpoint(tmp_path / "ck_epoch_1.json")
     os.unlink(tmp_path / "ck_epoch_1.json")
-    os.symlink("/dev/null", tmp_path / "w.npz")
+    path = _checkpoint(tmp_path)
+    os.unlink(tmp_path / "ck_epoch_1.npz")
+    os.symlink("/dev/null", tmp_path / "ck_epoch_1.npz")
     with pytest.raises(ValueError, match="not a regular file"):
-        load_checkpoint(_checkpoint(tmp_path, params_file="w.npz"))
+        load_checkpoint(path)
 
 
 def _rewrite_meta(src, dst, edit):

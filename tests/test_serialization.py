@@ -938,3 +938,55 @@ def test_unexpected_arrays_are_listed_briefly(saved, tmp_path):
                                              r"'0\.extra001', '0\.extra002', '0\.extra003', "
                                              r"'0\.extra004' and 25 more$"):
             load(crowded)
+
+
+class _TwoNames(fastnn.Layer):
+    """A layer of a user's own with parameters named "s" and "s.npy" (an .npz archive stores
+    them as the members s.npy and s.npy.npy)."""
+
+    def __init__(self, n=3):
+        super().__init__(np.float32)
+        self._add_param("s", np.full(n, 2.0))
+        self._add_param("s.npy", np.full(n, 5.0))
+
+    def forward(self, x, training=False):
+        return x * self.params["s"] + self.params["s.npy"]
+
+    def backward(self, dout, need_dx=True):
+        return dout * self.params["s"]
+
+    def output_features(self, in_features):
+        return in_features
+
+    def get_config(self):
+        return {"n": 3}
+
+
+def test_a_parameter_named_like_another_s_member_loads_its_own_array(tmp_path):
+    """NumPy's NpzFile looks a key up as a member's whole name first: npz["s.npy"] is the
+    member s.npy, which holds the parameter "s". load gave "s.npy" the array of "s" (the
+    same shape: no error, other predictions); it reads each parameter's own member now."""
+    model = Sequential(Dense(3, 3, seed=0), _TwoNames())
+    model.layers[1].params["s"][...] = [1.5, 2.5, 3.5]
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    other = Sequential(Dense(3, 3, seed=1), _TwoNames())
+    other.load(path)
+    for key in ("s", "s.npy"):
+        assert_same_bits(other.layers[1].params[key], model.layers[1].params[key])
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert_same_bits(other.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("call", ["save", "load_model", "load"])
+def test_a_path_with_a_nul_character_is_refused_naming_path(tmp_path, call):
+    """The OS's calls refused it with a bare 'embedded null byte' that named no argument."""
+    path = str(tmp_path / "m") + "\0.npz"
+    with pytest.raises(ValueError, match="path must name a file, got a path with a NUL"):
+        if call == "save":
+            _model().save(path)
+        elif call == "load_model":
+            load_model(path)
+        else:
+            _model().load(path)
+    assert os.listdir(tmp_path) == []

@@ -754,6 +754,47 @@ def test_checkpoints_need_parameter_names_they_can_store(tmp_path, key):
     assert sorted(params) == sorted(model.params) == sorted(info["param_names"])
 
 
+def test_a_parameter_named_like_another_s_member_comes_back_as_saved(tmp_path):
+    """Parameters "W" and "W.npy" are the members W.npy and W.npy.npy: load_checkpoint read
+    "W.npy" as NumPy's NpzFile looks it up, the member W.npy, and returned W's array for it."""
+    shapes = {"W": (2, 2), "W.npy": (3,), "W.npy.npy": (1, 4)}
+    model = _Duck(train=lambda out: (out[0], {**{k: np.zeros(s) for k, s in shapes.items()},
+                                              **out[1]}))
+    model.params = {**{k: np.full(s, float(i + 2)) for i, (k, s) in enumerate(shapes.items())},
+                    **model.params}
+    Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+           checkpoint_name=str(tmp_path / "ck")).train()
+    params, _ = load_checkpoint(str(tmp_path / "ck_epoch_1.npz"))
+    for key in shapes:
+        assert_same_bits(params[key], model.params[key])
+
+
+def test_a_renamed_checkpoint_is_refused_not_read_from_the_other_file(tmp_path):
+    """A pair copied under another stem still names its first .npz inside its JSON:
+    load_checkpoint("best.npz") returned the arrays of ck_epoch_1.npz (rewritten by a later
+    run), not those of best.npz. Which arrays were meant is not known: a ValueError naming
+    both files, whichever file of the pair (or the stem) is given."""
+    import shutil
+
+    def run(value):
+        model = ScriptedModel()
+        model.params = {k: np.full_like(v, value) for k, v in model.params.items()}
+        Solver(model, _scripted_data(), num_epochs=1, batch_size=5, verbose=False,
+               optim_config={"learning_rate": 0.0}, checkpoint_name=str(tmp_path / "ck")).train()
+    run(1.0)
+    for ext in (".npz", ".json"):
+        shutil.copy(tmp_path / f"ck_epoch_1{ext}", tmp_path / f"best{ext}")
+    run(2.0)
+    for given in ("best.npz", "best.json", "best"):
+        with pytest.raises(ValueError, match="describes the arrays in 'ck_epoch_1.npz', not "
+                                             "those in 'best.npz'"):
+            load_checkpoint(str(tmp_path / given))
+    params, _ = load_checkpoint(str(tmp_path / "ck_epoch_1.npz"))   # (its own pair: the new run)
+    assert all(np.all(v == 2.0) for v in params.values())
+    with pytest.raises(ValueError, match="path must name a file, got a path with a NUL"):
+        load_checkpoint(str(tmp_path / "ck\0_epoch_1"))
+
+
 def test_model_params_may_be_any_mutable_mapping_and_checkpoint_name_a_bytes_path(tmp_path):
     """As the course's Solver, which only indexes and assigns into model.params."""
     import collections
