@@ -1042,7 +1042,10 @@ class Sequential:
 
     def train_step(self, X, y, loss, optimizer):
         """One step of SGD-style training on the batch (X, y); returns the loss as a float.
-        Steps on one model from several Python threads run one after the other."""
+        The step runs in training mode whatever the model's mode (Dropout drops after
+        eval() too, as Keras's train_on_batch), and updates only this model's parameters of
+        an optimizer that also holds other models'. Steps on one model from several Python
+        threads run one after the other."""
         if type(loss) is str and loss in _NAMED_LOSSES:
             loss = _NAMED_LOSSES[loss]   # (stateless; one instance per name, not one per step)
         # the step of the last cache hit again (same batch shape and dtype, loss type,
@@ -1068,6 +1071,11 @@ class Sequential:
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
+        if "step" in getattr(optimizer, "__dict__", ()):
+            # a step() set on the optimizer object itself (a wrapper that clips or logs): the
+            # kernel would update without calling it; the layer path calls it (as the
+            # shortcut, stepcall.train_step, declines such an optimizer too)
+            return None
         # the step of the last cache hit, for the same X shape and dtype and loss type: the
         # checks of _valid_entry without building the key (~0.5 us of a small network's
         # step). That entry is the most recently used already: a hit that returns a step
@@ -1281,9 +1289,15 @@ class Sequential:
         params = getattr(optimizer, "params", None)
         if params is None:
             params = self.parameters()
+        only = _own_part(optimizer, self)
+        if only is not None:
+            params = [p for p in params if p.key in only]
         if skip_nonfinite and not all(_grad_is_finite(p.grad) for p in params):
             return float(value), correct, True
-        optimizer.step()
+        if only is None:
+            optimizer.step()
+        else:
+            optimizer._step(only)
         return float(value), correct, False
 
     def evaluate(self, X, y, loss="softmax", batch_size=None):
@@ -1617,12 +1631,30 @@ def _fit_rng(seed):
         raise TypeError(f"seed must be an int, a SeedSequence, a Generator or None: {exc}") from None
 
 
+def _own_part(optimizer, model):
+    """The keys of model's parameters when a step of model must update only those of the
+    optimizer's: a fastnn optimizer (its class's own step(), none set on the object) that also
+    holds parameters of other models (one optimizer over two models that share layers). Their
+    gradients are not this batch's: as PyTorch's step skips a parameter that the backward
+    since zero_grad() gave no gradient, they are left as they are (no update, no momentum,
+    no weight decay). None: optimizer.step() updates all it holds."""
+    if (not isinstance(optimizer, Optimizer) or type(optimizer).step is not Optimizer.step
+            or "step" in getattr(optimizer, "__dict__", ())):
+        return None
+    mine = {p.key for p in model.parameters()}
+    for p in optimizer.params:
+        if p.key not in mine:
+            return mine
+    return None
+
+
 def _check_trains(optimizer, model):
     """ValueError when a fastnn optimizer would train nothing of `model`: it holds no
     parameter, or none of the model's (one made from another model's parameters() would leave
     this one as it is, and step the other with stale gradients). Other parameters beside the
-    model's are the caller's choice (one optimizer over two models that share layers), as in
-    PyTorch; a subset of the model's trains it and leaves the rest frozen."""
+    model's are the caller's choice (one optimizer over two models that share layers, as in
+    PyTorch: a step of one model leaves them alone, _own_part); a subset of the model's
+    trains it and leaves the rest frozen."""
     if not isinstance(optimizer, Optimizer):
         return   # an object of the caller's own with a step() method: its own business
     params = optimizer.params

@@ -237,6 +237,16 @@ class Optimizer(CheckedSettings):
                     dup._watch(key, alive[0])
         return dup
 
+    def step(self):
+        """Update every parameter the optimizer holds with the gradient it holds now."""
+        self._step(None)
+
+    def _step(self, only):
+        """step() over the parameters whose key is in `only` (None: all of them).
+        Sequential.train_step passes its model's own when the optimizer also holds other
+        models' parameters, which this batch gave no gradient (model._own_part)."""
+        raise NotImplementedError
+
     def zero_grad(self):
         for p in self.params:
             g = _grad_of(p)
@@ -298,14 +308,17 @@ class Optimizer(CheckedSettings):
         wd = self.weight_decay if p.decay else 0.0
         _optim._run(rule, w, g, s1, s2, self.lr, h1, h2, eps, c1, c2, wd)
 
-    def _prepared(self, n):
-        """(parameter, its array, its gradient, its n state arrays) for every parameter, all
-        checked before the first update: a step that raises has updated nothing. A gradient
+    def _prepared(self, n, only=None):
+        """(parameter, its array, its gradient, its n state arrays) for every parameter (whose
+        key is in `only`, when given), all checked before the first update: a step that
+        raises has updated nothing. A gradient
         that shares memory with a parameter (its own or another's, which an update before its
         own would change) is read from a copy, as fastnn.optim's rules do."""
         work = []
         add, slots = work.append, self._slots
         for p in self.params:
+            if only is not None and p.key not in only:
+                continue
             w, g = _data_of(p), _grad_of(p)
             if not isinstance(w, np.ndarray):
                 raise TypeError(f"parameter {p.name} must be a numpy.ndarray, got {type(w).__name__}")
@@ -378,13 +391,13 @@ class SGD(Optimizer):
         else:
             super().__setattr__(name, value)
 
-    def step(self):
+    def _step(self, only):
         if self.momentum == 0:
-            for p, w, g, _ in self._prepared(0):
+            for p, w, g, _ in self._prepared(0, only):
                 self._update(_ko.SGD, p, w, g)
         else:
             rule = _ko.NESTEROV if self.nesterov else _ko.MOMENTUM
-            for p, w, g, (v,) in self._prepared(1):
+            for p, w, g, (v,) in self._prepared(1, only):
                 self._update(rule, p, w, g, v, h1=self.momentum)
 
 
@@ -402,8 +415,8 @@ class RMSProp(Optimizer):
                    decay_rate=lambda v: check_scalar(v, "decay_rate", lo=0.0, hi=1.0, hi_open=True),
                    eps=lambda v: check_scalar(v, "eps", lo=0.0))
 
-    def step(self):
-        for p, w, g, (c,) in self._prepared(1):
+    def _step(self, only):
+        for p, w, g, (c,) in self._prepared(1, only):
             self._update(_ko.RMSPROP, p, w, g, c, h1=self.decay_rate, eps=self.eps)
 
 
@@ -430,8 +443,8 @@ class Adam(Optimizer):
                    t=lambda v: (v if type(v) is int and 0 <= v < 2**1023
                                 else check_int(v, "t", minimum=0, below=2**1023)))
 
-    def step(self):
-        work = self._prepared(2)   # (before t moves: a step that raises changes nothing)
+    def _step(self, only):
+        work = self._prepared(2, only)   # (before t moves: a step that raises changes nothing)
         object.__setattr__(self, "t", self.t + 1)   # (an int already checked: no __setattr__)
         b1, b2 = self.betas
         c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t

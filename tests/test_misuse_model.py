@@ -319,18 +319,48 @@ def test_an_optimizer_of_another_models_parameters_is_refused():
     np.testing.assert_array_equal(first.params["W"], frozen)
 
 
-def test_an_optimizer_over_two_models_that_share_a_layer_trains_both():
-    """As in PyTorch: one optimizer may hold parameters of several models; a step of one
-    model steps them all (the others with the gradients they hold)."""
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+                                  lambda ps: Adam(ps, lr=0.01, weight_decay=0.01)],
+                         ids=["momentum", "adam"])
+def test_an_optimizer_over_two_models_that_share_a_layer_trains_each_with_its_own_batch(make):
+    """One optimizer may hold parameters of several models. A step of one model updates that
+    model's parameters only, as PyTorch's step skips a parameter that the backward since
+    zero_grad() gave no gradient: a.train_step stepped b's head too, with the gradient b's
+    last step left (and its momentum). a's parameters come out as with an optimizer of its
+    own; b's head is left bit for bit; fit's check of the gradients looks at a's only."""
     X, y = _data()
     shared = Dense(5, 7, activation="relu", seed=0)
     a = Sequential(shared, Dense(7, 3, seed=1))
     b = Sequential(shared, Dense(7, 2, seed=2))
-    opt = SGD(a.parameters() + b.parameters()[2:], lr=0.1)
+    opt = make(a.parameters() + b.parameters()[2:])
+    twin = Sequential(Dense(5, 7, activation="relu", seed=0), Dense(7, 3, seed=1))
+    twin_opt = make(twin.parameters())
     W = shared.params["W"].copy()
-    a.train_step(X, y, "softmax", opt)
-    b.train_step(X, y % 2, "softmax", opt)
-    assert not np.array_equal(shared.params["W"], W)
+    for step in range(3):
+        b.train_step(X, y % 2, "softmax", opt)
+        head = [p.data.copy() for p in b.parameters()[2:]]
+        a.train_step(X, y, "softmax", opt)
+        for p, before in zip(b.parameters()[2:], head):
+            np.testing.assert_array_equal(p.data, before)
+        assert not np.array_equal(shared.params["W"], W)
+    # a alone, from b's weights of the shared layer at each step: as a twin with its own
+    # optimizer, when b does not step in between
+    twin.layers[0].params["W"][...] = shared.params["W"]
+    twin.layers[0].params["b"][...] = shared.params["b"]
+    twin.layers[1].params["W"][...] = a.layers[1].params["W"]
+    twin.layers[1].params["b"][...] = a.layers[1].params["b"]
+    opt.state.clear()
+    if hasattr(opt, "t"):
+        opt.t = twin_opt.t = 0
+    for step in range(3):
+        assert a.train_step(X, y, "softmax", opt) == twin.train_step(X, y, "softmax", twin_opt)
+    for p, q in zip(a.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    # b's head holding a non-finite gradient does not stop a's fit
+    b.layers[1].grads["W"][...] = np.nan
+    history = a.fit(X, y, loss="softmax", optimizer=opt, epochs=1, batch_size=len(X), seed=0,
+                    verbose=0)
+    assert np.isfinite(history["loss"]).all() and len(history["loss"]) == 1
 
 
 class _Block(fastnn.Layer):

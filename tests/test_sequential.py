@@ -549,6 +549,45 @@ def test_training_equivalent_variants(dtype, loss, kind, opt, variant):
         assert_same_bits(a, b)
 
 
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_a_step_set_on_the_optimizer_object_is_called_by_train_step_and_fit(cls):
+    """opt.step = wrapper (one that clips or logs): the whole-step kernel updated the
+    parameters itself and never called it, on train_step's and fit's steps, while the layer
+    path called it. Now every step calls it, before and after a compiled step was built for
+    that optimizer, and the numbers are the kernel's; without it the kernel runs again."""
+    r = np.random.default_rng(4)
+    X = r.standard_normal((16, 6)).astype(F32)
+    y = r.integers(0, 3, 16)
+
+    def make():
+        model = Sequential(Dense(6, 8, activation="relu", seed=1), Dense(8, 3, seed=2))
+        return model, cls(model.parameters(), lr=0.05)
+    model, opt = make()
+    twin, twin_opt = make()
+    calls = []
+    real = opt.step
+
+    def wrapper():
+        calls.append(1)
+        real()
+    losses = [model.train_step(X, y, "softmax", opt)]   # (a compiled step, built and hot)
+    opt.step = wrapper
+    losses += [model.train_step(X, y, "softmax", opt) for _ in range(3)]
+    assert len(calls) == 3
+    model.fit(X, y, loss="softmax", optimizer=opt, epochs=2, batch_size=8, seed=0, verbose=0)
+    assert len(calls) == 7
+    del opt.step
+    losses.append(model.train_step(X, y, "softmax", opt))
+    assert len(calls) == 7
+    twin_losses = [twin.train_step(X, y, "softmax", twin_opt) for _ in range(4)]
+    twin.fit(X, y, loss="softmax", optimizer=twin_opt, epochs=2, batch_size=8, seed=0,
+             verbose=0)
+    twin_losses.append(twin.train_step(X, y, "softmax", twin_opt))
+    assert losses == twin_losses
+    for a, b in zip(param_copies(model), param_copies(twin)):
+        assert_same_bits(a, b)
+
+
 def test_mse_float64_targets_same_run_either_way():
     """Targets are converted to the model's dtype on both paths (the whole-step kernel and the
     layer-by-layer path), so a float32 model trains the same way whatever the optimizer class."""
