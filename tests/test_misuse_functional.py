@@ -336,6 +336,29 @@ def test_a_cache_slope_beyond_float_range_is_a_damaged_cache(forward, backward):
         backward(np.ones((2, 4)), cache)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("chunks", 2**40), ("chunks", "a"), ("chunks", 5), ("chunks", -1), ("alpha", 10**400),
+    ("alpha", None), ("alpha", "0.1"), ("x_shape", (4, -1, -6)), ("x_shape", (4, 6, 0.5)),
+    ("x_shape", (4, 6.0))])
+@pytest.mark.parametrize("name", ["affine", "affine_relu", "affine_tanh"])
+def test_a_dense_cache_with_damaged_fields_is_named(name, field, value):
+    """The fields a dense backward hands the kernels as C numbers (its cut of the products,
+    the slope, which every activation's call takes) and the input shape dx is given: edited,
+    they gave an OverflowError, a TypeError naming nothing, or NumPy's reshape error."""
+    forward, backward = getattr(F, f"{name}_forward"), getattr(F, f"{name}_backward")
+    x = np.linspace(-1, 1, 24).reshape(4, 6)
+    out, cache = forward(x, np.ones((6, 2)), np.ones(2))
+    want = backward(np.ones((4, 2)), cache)
+    setattr(cache, field, value)
+    with pytest.raises(ValueError, match=f"cache is damaged or not from {name}_forward"):
+        backward(np.ones((4, 2)), cache)
+    out, cache = forward(x.reshape(4, 2, 3), np.ones((6, 2)), np.ones(2))
+    got = backward(np.ones((4, 2)), cache)   # (a 3-D input's shape: dx comes back in it)
+    assert got[0].shape == (4, 2, 3)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.reshape(b.shape), b)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fw", [F.affine_forward, F.affine_relu_forward, F.affine_sigmoid_forward,
                                 F.affine_tanh_forward, F.affine_leaky_relu_forward])

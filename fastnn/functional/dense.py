@@ -197,10 +197,17 @@ def _check_cache_arrays(cache, op, name):
     if not isinstance(w, np.ndarray) or w.shape != (d, m):
         raise ValueError(f"w changed shape since forward: expected {(d, m)}, got "
                          f"{np.shape(w) if isinstance(w, np.ndarray) else type(w).__name__}")
-    if op == _LEAKY:
+    if op == _LEAKY or type(cache.alpha) is not float:
+        # (the kernels take the slope as a C double, whichever activation: a damaged one must
+        # not be an OverflowError or a TypeError that names nothing)
         _check_slope(cache, name)
+    chunks = cache.chunks
+    if type(chunks) not in (int, bool) or not 0 <= chunks <= 2:   # (the forward's: False or 0..2)
+        raise ValueError(f"cache is damaged or not from {name}_forward: its cut of the products "
+                         f"is {chunks!r}")
     xs = cache.x_shape
-    if not (isinstance(xs, tuple) and len(xs) >= 1 and xs[0] == n and math.prod(xs[1:]) == d):
+    if not (isinstance(xs, tuple) and len(xs) >= 1 and xs[0] == n and math.prod(xs[1:]) == d
+            and all(type(v) is int and v >= 0 for v in xs)):
         raise ValueError(f"cache is damaged or not from {name}_forward: input shape {xs!r} "
                          f"does not match its flattened input {x2.shape}")
     if op != _ka.IDENTITY:
