@@ -336,9 +336,15 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
         raise ValueError(f"{name} must be 1-D with one label per row, got shape {arr.shape}")
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
-    bad = beyond_intp(arr) if arr.dtype.kind != "f" else _not_whole(arr)
-    if bad >= 0:
-        raise ValueError(f"{name} must hold {what}, got {arr[bad]} (at index {bad})")
+    if arr.dtype.kind != "f":
+        bad = beyond_intp(arr)
+        if bad >= 0:   # (an integer all the same: say why it is refused)
+            raise ValueError(f"{name} must hold {what}, got {arr[bad]} (at index {bad}), "
+                             f"outside the range of {np.dtype(np.intp)}, which labels are held in")
+    else:
+        bad = _not_whole(arr)
+        if bad >= 0:
+            raise ValueError(f"{name} must hold {what}, got {arr[bad]} (at index {bad})")
     if arr.dtype != np.intp or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.intp)
     return arr

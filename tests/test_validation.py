@@ -1488,6 +1488,18 @@ def test_train_step_labels_beyond_intp_are_refused(mname, make, loss):
         assert_same_bits(p.data, b)
 
 
+def test_integer_labels_beyond_intp_say_why_they_are_refused():
+    """"y must hold integer labels, got 9223372036854775808" named an integer as not one (the
+    whole-step path's message for a uint64 label an intp cannot hold); the message now says
+    what is wrong with it. A float that is not whole keeps the plain message."""
+    from fastnn._validation import int_labels
+    with pytest.raises(ValueError, match=r"^y must hold integer labels, got 9223372036854775808 "
+                                         rf"\(at index 2\), outside the range of {np.dtype(np.intp)}"):
+        int_labels(np.array([0, 1, 2**63], np.uint64), 3)
+    with pytest.raises(ValueError, match=r"^y must hold integer labels, got 0.5 \(at index 1\)$"):
+        int_labels(np.array([0.0, 0.5]), 2, allow_float=True)
+
+
 # ============================================================================ found by an audit
 @pytest.mark.parametrize("fn", [F.affine_forward, F.affine_relu_forward, F.affine_sigmoid_forward,
                                 F.affine_tanh_forward, F.affine_leaky_relu_forward])
