@@ -858,8 +858,9 @@ class _Stochastic(Layer):
 
 def _drop_probability(p, name):
     p = check_scalar(p, name)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{name} is the drop probability and must be in [0, 1), got {p}")
+    if not 0.0 <= p <= 1.0 - _fdrop.MIN_KEEP:   # (a unit kept with at least 2**-16)
+        raise ValueError(f"{name} is the drop probability and must be in [0, 1 - 2**-16] (the "
+                         f"mask's keep rate is exact to 2**-32 only), got {p}")
     return p
 
 

@@ -603,9 +603,13 @@ def test_keep_rate_is_p_to_32_bits(p):
     limit = kd.keep_limit(p)
     assert p <= (limit + 1) / 2**32 < p + 2**-32
     # the kernel and the reference keep exactly the units whose hash is at most the limit
+    # (the kernel's own call: the public functions refuse keep probabilities below 2**-16)
     x = np.ones(1 << 16, np.float32)
-    out, _ = F.dropout_forward(x, {"p": p, "mode": "train", "seed": 99})
+    out = np.empty_like(x)
+    kd.dropout_apply(x, out, p, 99, _threads._num_threads)
     assert_same_bits(out != 0, R.keep_mask(x.size, p, 99))
+    if p >= 2.0**-16:
+        assert_same_bits(F.dropout_forward(x, {"p": p, "mode": "train", "seed": 99})[0], out)
 
 
 @pytest.mark.parametrize("p", [0.0, -0.5, 1.5, float("nan")])
@@ -616,3 +620,28 @@ def test_dropout_kernel_refuses_p_outside_unit_interval(p):
     x = np.ones(4, np.float32)
     with pytest.raises(ValueError, match="p must be in"):
         kd.dropout_apply(x, np.empty_like(x), p, 0, 1)
+
+
+def test_keep_probabilities_below_the_masks_resolution_are_refused():
+    """The mask keeps an element when its 32-bit hash is below ceil(p * 2**32), and kept
+    elements are scaled by 1 / p: the output's mean is x * ceil(p * 2**32) / (p * 2**32).
+    A reviewer measured 1.164x at p = 1e-9, 233x at 1e-12, and an Inf at p = 1e-300 (the
+    scale beyond float32). Keep probabilities from 2**-16 (bias at most 2**-16) are taken,
+    smaller ones refused naming p; the layer's drop probability likewise up to 1 - 2**-16."""
+    x = np.ones(4096, np.float32)
+    for p in (1e-300, 1e-12, 1e-9, 1e-7, 2.0**-16 * 0.999):
+        with pytest.raises(ValueError, match=r"dropout_param\['p'\] is the keep probability "
+                                             r"and must be in \[2\*\*-16, 1\]"):
+            F.dropout_forward(x, {"p": p, "mode": "train", "seed": 0})
+        with pytest.raises(ValueError, match=r"^p is the drop probability and must be in "
+                                             r"\[0, 1 - 2\*\*-16\]"):
+            fastnn.Dropout(1.0 - p if p > 1e-12 else 1.0)
+    out, cache = F.dropout_forward(x, {"p": 2.0**-16, "mode": "train", "seed": 0})
+    assert np.isfinite(out).all() and set(np.unique(out)) <= {0.0, 65536.0}
+    layer = fastnn.Dropout(1.0 - 2.0**-16, seed=0)
+    assert np.isfinite(layer.forward(x, training=True)).all()
+    # what the floor bounds: over all 2**32 hashes a seed gives (a full period), the keep
+    # rate is ceil(p * 2**32) / 2**32, so the mean's relative bias is below 2**-32 / p
+    for p in (2.0**-16, 1e-4 + 1e-13, 0.3, 0.7):
+        bias = np.ceil(p * 2.0**32) / (p * 2.0**32) - 1.0
+        assert 0.0 <= bias <= 2.0**-32 / p <= 2.0**-16

@@ -632,7 +632,7 @@ def test_dropout_param_must_be_a_dict(bad):
     raises_naming(TypeError, "dropout_param", F.dropout_forward, np.ones((3, 4)), bad)
 
 
-@pytest.mark.parametrize("p", [1.0, 0.5, 1e-6, np.float32(0.25), np.array(0.75)])
+@pytest.mark.parametrize("p", [1.0, 0.5, 2.0**-16, np.float32(0.25), np.array(0.75)])
 def test_dropout_valid_p(p):
     out, cache = F.dropout_forward(np.ones((3, 4)), {"p": p, "seed": 1})
     assert out.shape == (3, 4) and np.all((out == 0) | (out == np.float64(1.0) / float(p)))

@@ -27,7 +27,8 @@ def keep_mask(n, p, seed):
     """Boolean keep-mask of n elements for keep probability p and a 64-bit seed."""
     h = keep_hashes(n, seed)
     # kept when h / 2**32 < p, i.e. h <= ceil(p * 2**32) - 1 (the keep rate is then within 2**-32
-    # of p, so the 1 / p scale leaves the mean unbiased even for tiny p)
+    # of p, so the 1 / p scale biases the mean by at most 2**-32 / p relative: the public
+    # functions take p from 2**-16 on, fastnn.functional.dropout.MIN_KEEP)
     limit = min((1 << 32) - 1, int(np.ceil(p * float(1 << 32))) - 1)
     return h <= np.uint32(limit)
 
