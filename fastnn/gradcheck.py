@@ -64,6 +64,16 @@ def _plus_minus(f, x, ix, h, as_array=False):
     return pos, neg
 
 
+def _difference(pos, neg):
+    """pos - neg, in float64 when either is an integer or bool NumPy value (an unsigned
+    difference wraps: f(x) = (x < 0) as uint8 gave the gradient +127.5 for -0.5, and NumPy
+    refuses to subtract bools); float values as they are, as the course's helper does."""
+    if (getattr(pos, "dtype", None) is not None and pos.dtype.kind in "biu") or (
+            getattr(neg, "dtype", None) is not None and neg.dtype.kind in "biu"):
+        return np.asarray(pos, dtype=np.float64) - np.asarray(neg, dtype=np.float64)
+    return pos - neg
+
+
 def _not_a_number(value, exc):
     """The TypeError for an f that returned `value`, not a number (a scalar loss)."""
     return TypeError(f"f must return a number (a scalar loss), got {type(value).__name__}: {exc}")
@@ -83,7 +93,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
         ix = it.multi_index
         fxph, fxmh = _plus_minus(f, x, ix, h)
         try:
-            grad[ix] = (fxph - fxmh) / (2 * h)
+            grad[ix] = _difference(fxph, fxmh) / (2 * h)
         except (TypeError, ValueError) as exc:
             raise _not_a_number(fxph, exc) from None
         if verbose:
@@ -114,7 +124,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
         if df.ndim and (pos.shape != df.shape or neg.shape != df.shape):   # (broadcasting would hide it)
             raise ValueError(f"df must have the shape of f(x) {pos.shape if pos.shape != df.shape else neg.shape}, "
                              f"got {df.shape}")
-        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
+        grad[ix] = np.sum(_difference(pos, neg) * df) / (2 * h)
         it.iternext()
     return grad
 
@@ -136,7 +146,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
         ix = tuple(randrange(m) for m in x.shape)
         fxph, fxmh = _plus_minus(f, x, ix, h)
         try:
-            numeric = (fxph - fxmh) / (2 * h)
+            numeric = _difference(fxph, fxmh) / (2 * h)
             if np.ndim(numeric) != 0:
                 raise TypeError(f"an array of shape {np.shape(numeric)}")
             if np.iscomplexobj(numeric):   # (eval_numerical_gradient's float grad refuses it)

@@ -364,3 +364,21 @@ def test_grad_check_sparse_names_an_f_that_returns_an_array(rng, capsys):
     with pytest.raises(TypeError, match=r"^f must return a number .*shape \(4,\)"):
         G.grad_check_sparse(lambda v: 2 * v, x, np.ones(4), num_checks=2)
     assert_same_bits(x, keep)
+
+
+@pytest.mark.parametrize("kind", [np.uint8, np.uint64, np.int8, np.bool_])
+def test_integer_and_bool_values_of_f_are_differenced_as_numbers(kind):
+    """f(x) = (x < 0), a step down at 0: the central difference over h = 1 is -0.5. Unsigned
+    values wrapped (uint8 gave +127.5) and bools were refused by NumPy's subtraction with a
+    message that did not name f; each helper now takes them as the numbers they are."""
+    x = np.array([0.0, 2.0])
+    df = np.ones(2)
+    want = np.array([-0.5, 0.0])
+    got = G.eval_numerical_gradient_array(lambda v: (v < 0).astype(kind), x, df, h=1.0)
+    np.testing.assert_array_equal(got, want)
+    got = G.eval_numerical_gradient(lambda v: kind(v[0] < 0), x, verbose=False, h=1.0)
+    np.testing.assert_array_equal(got, want)
+    errors = G.grad_check_sparse(lambda v: kind(v[0] < 0) + kind(v[1] < 0), x, want,
+                               num_checks=4, h=1.0)
+    assert errors == [0.0] * 4
+    np.testing.assert_array_equal(x, [0.0, 2.0])
