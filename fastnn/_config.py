@@ -116,5 +116,12 @@ def show_config(file=None):
     for i, line in enumerate(info["blas"]):
         text.append(f"  {'blas' if i == 0 else ''}{' ' * (8 if i == 0 else 12)}{line}")
     text.append(f"  kernels     {info['blas_kernels']}")
-    print("\n".join(text), file=file or sys.stdout)
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"file must be a text stream with a write() method (as print's), got "
+                        f"{type(file).__name__}")
+    try:
+        print("\n".join(text), file=file or sys.stdout)
+    except TypeError as exc:   # (a binary stream: io.BytesIO, a file opened "wb")
+        raise TypeError(f"file must be a text stream (as print's), got {type(file).__name__}: "
+                        f"{exc}") from None
     return info

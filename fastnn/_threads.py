@@ -64,10 +64,13 @@ def _from_env():
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value:
         # OpenMP allows a comma-separated list per nesting level; the first level is ours.
-        # An invalid value is the OpenMP runtime's business; we fall back to the CPU count.
-        parsed = _decimal(value.split(",")[0].strip())
-        if parsed is not None and 1 <= parsed <= 2**31 - 1:
-            return parsed
+        # An invalid value is the OpenMP runtime's business; we fall back to the CPU count,
+        # as the runtime does: a list with an entry that is not a positive int ("3," or
+        # "3,,2", which libgomp refuses whole) is invalid too.
+        levels = [_decimal(part.strip()) for part in value.split(",")]
+        if (all(n is not None and n >= 1 for n in levels)
+                and levels[0] <= 2**31 - 1):
+            return levels[0]
     return _cpu_count()
 
 

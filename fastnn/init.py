@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from fastnn._validation import check_int, check_scalar
+from fastnn._validation import check_int, check_scalar, too_many_entries
 
 __all__ = ["he_normal", "xavier_normal", "glorot_normal", "scaled_normal", "get_initializer", "default_for"]
 
@@ -28,6 +28,8 @@ def _check_args(shape, rng, dtype):
     if not isinstance(shape, (tuple, list)):
         raise TypeError(f"shape must be an int or a tuple of ints, got {type(shape).__name__}")
     shape = tuple(check_int(n, "shape", minimum=0) for n in shape)
+    if too_many_entries(shape):   # (NumPy's own "array is too big" named nothing)
+        raise ValueError(f"shape {shape} has more entries than an array can hold")
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -81,7 +83,13 @@ def scaled_normal(weight_scale):
 
     def init(shape, rng, dtype=np.float32):
         shape, dtype = _check_args(shape, rng, dtype)
-        return scaled_draws(rng.standard_normal, shape, weight_scale, dtype)
+        with np.errstate(over="ignore"):   # (refused below, naming weight_scale)
+            w = scaled_draws(rng.standard_normal, shape, weight_scale, dtype)
+        if weight_scale * 40.0 > float(np.finfo(dtype).max) and not np.isfinite(w).all():
+            # (a scale near the dtype's largest value: a draw times it can overflow; a normal
+            # draw is below 40 in magnitude, so smaller scales never do and skip the pass)
+            raise ValueError(f"weight_scale {weight_scale} times a normal draw overflows {dtype}")
+        return w
 
     init.__name__ = f"scaled_normal({weight_scale})"
     init.spec = ("scaled_normal", float(weight_scale))

@@ -237,6 +237,10 @@ def _report(env_set):
         ({"OMP_NUM_THREADS": "0"}, "cpus"),
         ({"OMP_NUM_THREADS": "4_0"}, "cpus"),         # int() takes these, OpenMP refuses them
         ({"OMP_NUM_THREADS": "\u0663"}, "cpus"),      # (an Arabic-Indic 3)
+        ({"OMP_NUM_THREADS": "3, 2"}, 3),              # (spaces around an entry: libgomp's too)
+        ({"OMP_NUM_THREADS": "3,"}, "cpus"),           # an empty level: libgomp refuses the
+        ({"OMP_NUM_THREADS": "3,,2"}, "cpus"),         # whole list (fastnn took 3 from these)
+        ({"OMP_NUM_THREADS": "3,0"}, "cpus"),
     ],
     ids=lambda v: repr(v),
 )
@@ -1521,3 +1525,17 @@ def test_the_build_translates_with_cython_in_forked_processes_only(monkeypatch):
         monkeypatch.setattr(multiprocessing, "get_all_start_methods",
                             lambda d=default: [d, "fork"])
         assert ns["_cython_jobs"]() == 0
+
+
+def test_show_config_names_a_file_it_cannot_print_to():
+    """show_config(file="out.txt") raised AttributeError and file=io.BytesIO() print's bare
+    TypeError; both now name file. A text stream gets the table."""
+    import io
+    for bad in ("out.txt", 3):
+        with pytest.raises(TypeError, match=r"^file must be a text stream with a write\(\)"):
+            fastnn.show_config(file=bad)
+    with pytest.raises(TypeError, match=r"^file must be a text stream \(as print's\), got BytesIO"):
+        fastnn.show_config(file=io.BytesIO())
+    out = io.StringIO()
+    info = fastnn.show_config(file=out)
+    assert out.getvalue().startswith(f"fastnn {info['version']}\n")

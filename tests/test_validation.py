@@ -2097,3 +2097,26 @@ def test_reseed_still_takes_none_and_ints():
     layer.reseed(7)
     assert_same_bits(layer.forward(x, training=True), a)
     layer.reseed(None)
+
+
+def test_initializers_refuse_an_overflowing_scale_and_a_shape_too_large_naming_them():
+    """scaled_normal(1e39) gave float32 weights of +-Inf with only NumPy's RuntimeWarning (the
+    layer API refused them, the public initializers did not), and a shape of 2**80 entries
+    gave NumPy's 'array is too big', naming nothing (a reviewer's finds)."""
+    from fastnn import init
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # (no RuntimeWarning on the way)
+        with pytest.raises(ValueError, match=r"^weight_scale 1e\+39 times a normal draw "
+                                             r"overflows float32"):
+            init.scaled_normal(1e39)((3, 3), rng, np.float32)
+        with pytest.raises(ValueError, match="weight_scale 1e\\+39"):
+            Dense(3, 3, weight_init=1e39, seed=0)
+        w = init.scaled_normal(1e37)((50, 50), np.random.default_rng(0), np.float32)
+        assert np.isfinite(w).all() and np.abs(w).max() > 1e37
+        assert np.isfinite(init.scaled_normal(1e39)((3, 3), rng, np.float64)).all()
+    for make in (init.he_normal, init.xavier_normal, init.scaled_normal(0.01)):
+        for shape in [(2**40, 2**40), (2**30, 2**30), (2**62, 4)]:
+            with pytest.raises(ValueError, match=r"^shape \(.*\) has more entries than an array "
+                                                 r"can hold"):
+                make(shape, rng)
