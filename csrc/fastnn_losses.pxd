@@ -91,7 +91,9 @@ cdef inline double svm_row(const floating *x, floating *d, Py_ssize_t C, Py_ssiz
             d[j] = 0
     d[label] = -count * inv_n
     if correct != correct:
-        d[label] = correct
+        # (with other classes every margin is NaN already; with none, C == 1, the row's loss
+        # would be 0 beside a NaN gradient: NaN, as a NaN score makes softmax's)
+        row = NAN
     if row != row:   # a NaN margin was summed (only positive and NaN margins are): the row's
         for j in range(C):   # whole gradient is NaN, found after the loop, which stays as lean
             d[j] = <floating>row   # as it was for the finite rows

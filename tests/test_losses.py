@@ -346,8 +346,9 @@ def test_x_and_y_not_modified(name, rng):
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_scores_propagate(name, rng):
     lo = BY_NAME[name]
-    # (5, 2), (5, 3), (5, 10): the softmax kernel's fixed-length loops
-    shapes = {"multiclass": [(5, 4), (5, 2), (5, 3), (5, 10)], "binary01": [(5,)],
+    # (5, 2), (5, 3), (5, 10): the softmax kernel's fixed-length loops; (5, 1): one class,
+    # where the hinge has no margin to carry a NaN (its loss was 0 beside a NaN gradient)
+    shapes = {"multiclass": [(5, 4), (5, 2), (5, 3), (5, 10), (5, 1)], "binary01": [(5,)],
               "binarypm": [(5,)], "regression": [(5, 2)]}[lo.kind]
     for dtype, shape in itertools.product(DTYPES, shapes):
         x, y = lo.data(rng, shape, dtype)
