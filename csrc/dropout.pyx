@@ -20,9 +20,24 @@ cpdef unsigned long long noise_key(unsigned long long seed) noexcept:
     """The hash key the noise of `seed` uses: the splitmix64 output for state `seed` (a
     bijection of 64-bit values), so that noise and a dropout mask given the same seed (a
     GaussianNoise and a Dropout layer seeded alike draw the same seeds) come from unrelated
-    keys. (The mask uses the seed itself: with it, the noise of a kept element had the sign
-    of its mask's hash.)"""
-    cdef unsigned long long z = seed + 0x9e3779b97f4a7c15ULL
+    keys (mask_key: with one key for both, the noise of a kept element had the sign of its
+    mask's hash)."""
+    return _mix64(seed + 0x9e3779b97f4a7c15ULL)
+
+
+cpdef unsigned long long mask_key(unsigned long long seed) noexcept:
+    """The hash key a dropout mask of `seed` uses: the seed xor a constant through
+    splitmix64's finaliser (another bijection than noise_key's). The hash takes the key's
+    low word plus the element index times 0x9E3779B9, so with the seed itself as the key two
+    seeds of one high word whose low words differ by k * 0x9E3779B9 gave the same mask
+    shifted by k elements (seeds 0 and 227: by 732,539 elements, a quarter of a million-element
+    mask alike); mixed, any structure between seeds is gone from the keys."""
+    return _mix64(seed ^ 0x6a09e667f3bcc908ULL)
+
+
+cdef inline unsigned long long _mix64(unsigned long long z) noexcept nogil:
+    """splitmix64's finaliser: a bijection of 64-bit values in which every input bit moves
+    every output bit."""
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
     return z ^ (z >> 31)
@@ -62,7 +77,8 @@ def dropout_apply(const floating[::1] x, floating[::1] y, double p, unsigned lon
     cdef Py_ssize_t n = x.shape[0], c, start, nchunks
     cdef uint32_t limit
     cdef bint inplace
-    cdef uint32_t lo = <uint32_t>(seed & 0xffffffffu), hi = <uint32_t>(seed >> 32)
+    cdef unsigned long long key = mask_key(seed)
+    cdef uint32_t lo = <uint32_t>(key & 0xffffffffu), hi = <uint32_t>(key >> 32)
     cdef floating scale = <floating>(1.0 / p)
     cdef int nt
     cdef GovCall gc

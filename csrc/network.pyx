@@ -41,7 +41,8 @@ from fastnn_losses cimport (LOSS_SOFTMAX, LOSS_SVM, LOSS_LOGISTIC, LOSS_BINARY_H
 from fastnn_optim cimport RULE_SGD, RULE_ADAM, update_raw, all_finite_raw
 
 from fastnn._kernels import dense as _dense_module
-from fastnn._kernels.dropout import keep_limit as _keep_limit, noise_key as _noise_key
+from fastnn._kernels.dropout import (keep_limit as _keep_limit, mask_key as _mask_key,
+                                     noise_key as _noise_key)
 
 cdef DenseConfig *_cfg = <DenseConfig *><size_t>_dense_module.config_address()
 
@@ -1569,7 +1570,8 @@ cdef class StepPlan:
         if not 0 <= seed < 2**64:
             raise ValueError(f"{what}: seed must be in [0, 2**64), got {seed}")
         if kind == RG_DROPOUT:
-            return (_keep_limit(v), seed & 0xffffffff, seed >> 32, 1.0 / v)
+            key = _mask_key(seed)
+            return (_keep_limit(v), key & 0xffffffff, key >> 32, 1.0 / v)
         key = _noise_key(seed)
         return (0, key & 0xffffffff, key >> 32, v)
 

@@ -63,7 +63,7 @@ def test_keep_decision_at_the_limit_is_the_references(seed):
     hash, taken from the reference, set on the limit in turn."""
     n = 8
     x = np.ones(n)
-    for i, h in enumerate(R.keep_hashes(n, seed).tolist()):
+    for i, h in enumerate(R.mask_hashes(n, seed).tolist()):
         for p, kept in (((h + 1) / 2**32, True), (h / 2**32, False)):
             if p == 0.0:
                 continue
@@ -645,3 +645,22 @@ def test_keep_probabilities_below_the_masks_resolution_are_refused():
     for p in (2.0**-16, 1e-4 + 1e-13, 0.3, 0.7):
         bias = np.ceil(p * 2.0**32) / (p * 2.0**32) - 1.0
         assert 0.0 <= bias <= 2.0**-32 / p <= 2.0**-16
+
+
+@pytest.mark.parametrize("seed,other,shift", [
+    (5, 5 + 0x9E3779B9, 1), (5, (5 + 7 * 0x9E3779B9) % 2**32, 7),
+    (5, (5 + 1000 * 0x9E3779B9) % 2**32, 1000), (0, 227, 732539)])
+def test_related_seeds_do_not_give_shifted_copies_of_one_mask(seed, other, shift):
+    """The hash takes its key's low word plus the element index times 0x9E3779B9: with the
+    seed itself as the key, two seeds of one high word whose low words differ by
+    k * 0x9E3779B9 gave the same mask shifted by k elements (all 1e5 positions alike; seeds 0
+    and 227 by 732,539 elements). Masks take the seed through a mixer (mask_key) now: shifted
+    or not, two such masks agree on about half of the elements, as unrelated ones do."""
+    n = 100_000 + shift
+    a = F.dropout_forward(np.ones(n), {"p": 0.5, "seed": seed})[0] != 0
+    b = F.dropout_forward(np.ones(n), {"p": 0.5, "seed": other})[0] != 0
+    tol = 5 * 0.5 / np.sqrt(n - shift)
+    assert abs(np.mean(b[:n - shift] == a[shift:]) - 0.5) <= tol
+    assert abs(np.mean(b[shift:] == a[:n - shift]) - 0.5) <= tol
+    assert abs(np.mean(a == b) - 0.5) <= 5 * 0.5 / np.sqrt(n)
+    assert_same_bits(a, R.keep_mask(n, 0.5, seed))

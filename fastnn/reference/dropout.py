@@ -14,8 +14,9 @@ def _fmix32(h):
 
 
 def keep_hashes(n, seed):
-    """The 32-bit hash of each of n elements' counters under a 64-bit seed (uint32, n): what
-    keep_mask compares with the keep limit."""
+    """The 32-bit hash of each of n elements' counters under a 64-bit key (uint32, n): under
+    mask_key(seed), what keep_mask compares with the keep limit; under noise_key(seed), the
+    noise's draws."""
     seed = int(seed)
     lo, hi = np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
     i = np.arange(n, dtype=np.uint32)
@@ -23,9 +24,27 @@ def keep_hashes(n, seed):
         return _fmix32(_fmix32(i * _GOLDEN + lo) ^ hi)
 
 
+def _mix64(z):
+    m = (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def mask_key(seed):
+    """The hash key of a dropout mask for a 64-bit seed: the seed xor 0x6A09E667F3BCC908
+    through splitmix64's finaliser (noise_key's is the seed plus splitmix64's increment)."""
+    return _mix64(int(seed) ^ 0x6A09E667F3BCC908)
+
+
+def mask_hashes(n, seed):
+    """The hashes a dropout mask of n elements under `seed` compares with its keep limit."""
+    return keep_hashes(n, mask_key(seed))
+
+
 def keep_mask(n, p, seed):
     """Boolean keep-mask of n elements for keep probability p and a 64-bit seed."""
-    h = keep_hashes(n, seed)
+    h = mask_hashes(n, seed)
     # kept when h / 2**32 < p, i.e. h <= ceil(p * 2**32) - 1 (the keep rate is then within 2**-32
     # of p, so the 1 / p scale biases the mean by at most 2**-32 / p relative: the public
     # functions take p from 2**-16 on, fastnn.functional.dropout.MIN_KEEP)
@@ -46,11 +65,7 @@ def dropout_backward(dout, p, mask):
 def noise_key(seed):
     """The hash key of the noise for a 64-bit seed: splitmix64's output for state `seed`, so
     that noise and a dropout mask given the same seed are unrelated."""
-    m = (1 << 64) - 1
-    z = (int(seed) + 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
+    return _mix64((int(seed) + 0x9E3779B97F4A7C15) & ((1 << 64) - 1))
 
 
 def standard_normals(n, seed):
