@@ -16,6 +16,14 @@ cdef object _empty = np.empty
 
 cdef object _float32_type = type(_float32)
 cdef object _float64_type = type(_float64)
+cdef object _intp_dtype = np.dtype(np.intp)
+cdef object _intp_type = type(_intp_dtype)
+
+
+cdef inline bint plain_intp_dtype(object dt):
+    """Whether dt is intp's own dtype object, or an equal copy (pickle.loads's) of the same
+    class in native byte order: class labels the kernels read as they are."""
+    return dt is _intp_dtype or (type(dt) is _intp_type and dt.isnative)
 
 
 cdef inline object plain_float_dtype(object a):

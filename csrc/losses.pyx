@@ -63,9 +63,6 @@ cdef double _class_call(int kind, const floating *x, Py_ssize_t N, Py_ssize_t C,
     return out
 
 
-cdef object _intp = np.dtype(np.intp)
-
-
 def class_loss_fast(int kind, x, y, int n_threads):
     """softmax_loss and svm_loss (kind SOFTMAX or SVM) on their common case, checked and run in
     compiled code: x (N, C) a plain C-contiguous ndarray of a native float dtype, N, C >= 1,
@@ -92,7 +89,7 @@ def class_loss_fast(int kind, x, y, int n_threads):
         return None
     N = xs[0]
     C = xs[1]
-    if N == 0 or C == 0 or (<object>y).dtype is not _intp or (<object>y).shape != (N,):
+    if N == 0 or C == 0 or not plain_intp_dtype((<object>y).dtype) or (<object>y).shape != (N,):
         return None
     v.held = 0
     try:

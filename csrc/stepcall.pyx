@@ -11,7 +11,7 @@ import numpy as np
 from fastnn import _threads
 from fastnn._kernels import network as _kn
 from fastnn._validation import int_labels as _int_labels, mse_targets_as as _mse_targets_as
-from fastnn.optimizers import RMSProp as _RMSProp, SGD as _SGD
+from fastnn.optimizers import Optimizer as _Optimizer, RMSProp as _RMSProp, SGD as _SGD
 
 from fastnn_losses cimport LOSS_MSE
 from fastnn_optim cimport RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, RULE_ADAM
@@ -23,6 +23,7 @@ cdef object _signature_matches = _kn.signature_matches
 cdef object _ArraysChanged = _kn.ArraysChanged
 cdef object _InputOverlaps = _kn.InputOverlaps
 cdef tuple _NO_DRAWS = (None, None)
+cdef object _own_step = _Optimizer.step
 
 
 cpdef int rule_of(optimizer) except -1:
@@ -147,7 +148,8 @@ def train_step(model, X, y, loss, optimizer):
     C-contiguous ndarray, `loss` has its loss type, and train_step's checks and _step's would
     run that step as it is: no layer list changed, X already of the model's dtype, no front
     layer, no layer inside the kernel that draws, the entry still valid for `optimizer`
-    (hot_entry), whose `step` no attribute of the instance hides. Else None, with nothing
+    (hot_entry), whose `step` is Optimizer's own (none set on the instance or its class).
+    Else None, with nothing
     run: the full path then decides.
 
     The checks after the first are made again under the model's lock (another thread's step
@@ -160,7 +162,9 @@ def train_step(model, X, y, loss, optimizer):
     with model._lock:
         layers = model._layers
         if (layers.changed or model._front or dtype_of(layers) is not X.dtype
-                or "step" in getattr(optimizer, "__dict__", ())):
+                or "step" in getattr(optimizer, "__dict__", ())
+                or type(optimizer).step is not _own_step):
+            # (a step() set on the optimizer object or its class: the layer path calls it)
             return None
         if model._hot is hot:
             # (still the hit checked above: hot_entry's checks of X and the loss hold)

@@ -1,4 +1,5 @@
 """fastnn.show_config(): what this build of fastnn is and how it runs here."""
+import io
 import os
 import sys
 
@@ -119,9 +120,8 @@ def show_config(file=None):
     if file is not None and not callable(getattr(file, "write", None)):
         raise TypeError(f"file must be a text stream with a write() method (as print's), got "
                         f"{type(file).__name__}")
-    try:
-        print("\n".join(text), file=file or sys.stdout)
-    except TypeError as exc:   # (a binary stream: io.BytesIO, a file opened "wb")
-        raise TypeError(f"file must be a text stream (as print's), got {type(file).__name__}: "
-                        f"{exc}") from None
+    if isinstance(file, (io.RawIOBase, io.BufferedIOBase)):   # (io.BytesIO, open(..., "wb"))
+        raise TypeError(f"file must be a text stream (as print's), got the binary stream "
+                        f"{type(file).__name__}")
+    print("\n".join(text), file=file or sys.stdout)
     return info

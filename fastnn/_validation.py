@@ -253,7 +253,7 @@ def _shares(out, arr):
 def class_labels(y, n, num_classes, name="y", rows="x"):
     """Integer class labels: 1-D, n of them (one per row of the array named `rows`), each in
     [0, num_classes). Returns an intp array."""
-    if (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1 and y.shape[0] == n
+    if (type(y) is np.ndarray and _is_intp(y.dtype) and y.ndim == 1 and y.shape[0] == n
             and y.flags.c_contiguous):
         # already what the checks below return when its labels are in range (the common case:
         # one compiled pass over them; a bad one is named by the checks below)
@@ -309,6 +309,12 @@ def _not_whole(arr):
 _INTP = np.dtype(np.intp)
 
 
+def _is_intp(dt):
+    """dt is intp's own dtype object, or an equal copy of the same class in native byte order
+    (an array that pickle.loads built holds one)."""
+    return dt is _INTP or (type(dt) is type(_INTP) and dt.isnative)
+
+
 def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_column=True,
                allow_float=False):
     """Integer (or bool) labels as a C-contiguous intp array of n entries, (n, 1) accepted
@@ -318,7 +324,7 @@ def int_labels(y, n, allow_bool=True, name="y", what="integer labels", allow_col
     (binary labels: 0.0 / 1.0 targets, as PyTorch's BCE loss takes them and the NumPy
     reference computes with them), float labels that are whole numbers are taken too; 0.5,
     NaN or Inf is refused naming its index."""
-    if (type(y) is np.ndarray and y.dtype is _INTP and y.ndim == 1 and y.shape[0] == n
+    if (type(y) is np.ndarray and _is_intp(y.dtype) and y.ndim == 1 and y.shape[0] == n
             and y.flags.c_contiguous):
         # already what the checks below would return (a training step's fast path; the
         # compiled step call, csrc/stepcall.pyx, asks this same check before calling here)

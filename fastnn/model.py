@@ -1071,10 +1071,11 @@ class Sequential:
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
-        if "step" in getattr(optimizer, "__dict__", ()):
-            # a step() set on the optimizer object itself (a wrapper that clips or logs): the
-            # kernel would update without calling it; the layer path calls it (as the
-            # shortcut, stepcall.train_step, declines such an optimizer too)
+        if "step" in getattr(optimizer, "__dict__", ()) or type(optimizer).step is not Optimizer.step:
+            # a step() set on the optimizer object itself (a wrapper that clips or logs), or
+            # on its class: the kernel would update without calling it; the layer path calls
+            # it (the shortcut, stepcall.train_step, declines an object's own step too, and
+            # finds no step built for the other)
             return None
         # the step of the last cache hit, for the same X shape and dtype and loss type: the
         # checks of _valid_entry without building the key (~0.5 us of a small network's
@@ -1641,7 +1642,12 @@ def _own_part(optimizer, model):
     if (not isinstance(optimizer, Optimizer) or type(optimizer).step is not Optimizer.step
             or "step" in getattr(optimizer, "__dict__", ())):
         return None
-    mine = {p.key for p in model.parameters()}
+    # (the usual case first, without building the model's parameters: every parameter's
+    # layer is one of the model's own layers)
+    layers = {id(layer) for layer in model._layers}
+    if all(id(getattr(p, "layer", None)) in layers for p in optimizer.params):
+        return None
+    mine = {p.key for p in model.parameters()}   # (layers of a layer of the caller's own)
     for p in optimizer.params:
         if p.key not in mine:
             return mine

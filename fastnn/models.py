@@ -35,6 +35,7 @@ import numpy as np
 
 from fastnn._validation import (check_float_dtype, check_int, check_scalar, check_seed, class_labels,
                                 too_many_entries)
+from fastnn.functional import dropout as _fdrop
 from fastnn.init import scaled_draws
 
 from fastnn.functional import (
@@ -213,14 +214,16 @@ class FullyConnectedNet:
         num_classes = check_int(num_classes, "num_classes", below=2**31)
         weight_scale = check_scalar(weight_scale, "weight_scale", lo=0.0)
         if isinstance(dropout_keep_ratio, bool) or not isinstance(dropout_keep_ratio, numbers.Real):
-            raise TypeError(f"dropout_keep_ratio must be a number in (0, 1], got {dropout_keep_ratio!r}")
+            raise TypeError(f"dropout_keep_ratio must be a number in [2**-16, 1], got "
+                            f"{dropout_keep_ratio!r}")
         try:
             keep = float(dropout_keep_ratio)
         except OverflowError:   # (an int beyond float's range: 10**400)
             keep = math.inf
-        if not 0.0 < keep <= 1.0:
+        if not _fdrop.MIN_KEEP <= keep <= 1.0:   # (what dropout_forward takes)
             raise ValueError("dropout_keep_ratio is the probability of keeping a unit and must be "
-                             f"in (0, 1], got {keep}")
+                             f"in [2**-16, 1] (the mask's keep rate is exact to 2**-32 only), "
+                             f"got {keep}")
 
         self.normalization = None
         self.use_dropout = keep != 1.0

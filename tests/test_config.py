@@ -1534,8 +1534,15 @@ def test_show_config_names_a_file_it_cannot_print_to():
     for bad in ("out.txt", 3):
         with pytest.raises(TypeError, match=r"^file must be a text stream with a write\(\)"):
             fastnn.show_config(file=bad)
-    with pytest.raises(TypeError, match=r"^file must be a text stream \(as print's\), got BytesIO"):
+    with pytest.raises(TypeError, match=r"^file must be a text stream \(as print's\), got the "
+                                        r"binary stream BytesIO"):
         fastnn.show_config(file=io.BytesIO())
+
+    class Broken(io.StringIO):   # (a text stream's own error is its own, not relabelled)
+        def write(self, text):
+            raise TypeError("my own bug")
+    with pytest.raises(TypeError, match="^my own bug$"):
+        fastnn.show_config(file=Broken())
     out = io.StringIO()
     info = fastnn.show_config(file=out)
     assert out.getvalue().startswith(f"fastnn {info['version']}\n")

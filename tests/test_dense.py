@@ -1582,7 +1582,9 @@ def test_unpickled_arrays_take_the_compiled_paths(monkeypatch, dtype):
     monkeypatch.setattr(FD, "_kd", kd_count)
     monkeypatch.setattr(FL, "_kl", kl_count)
     out_p, cache_p = F.affine_relu_forward(xp, wp, bp)
-    loss_p, dout_pp = F.softmax_loss(pickle.loads(pickle.dumps(out)), y)
+    y_p = pickle.loads(pickle.dumps(y))
+    assert y_p.dtype is not y.dtype
+    loss_p, dout_pp = F.softmax_loss(pickle.loads(pickle.dumps(out)), y_p)
     dx_p, dw_p, db_p = F.affine_relu_backward(dout_p, cache_p)
     assert kd_count.calls == {"dense_forward": 0, "dense_backward": 0}
     assert kl_count.calls == {"class_loss": 0}
@@ -1590,7 +1592,7 @@ def test_unpickled_arrays_take_the_compiled_paths(monkeypatch, dtype):
         assert_same_bits(got, want)
         assert got.dtype == want.dtype
     assert loss_p == loss
-    for a, orig in ((xp, x), (wp, w), (bp, b), (dout_p, dout)):
+    for a, orig in ((xp, x), (wp, w), (bp, b), (dout_p, dout), (y_p, y)):
         assert_same_bits(a, orig)
     # the update rule's fast path takes them as well: same bits as on NumPy's own dtype
     calls = []

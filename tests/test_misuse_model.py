@@ -327,7 +327,9 @@ def test_an_optimizer_over_two_models_that_share_a_layer_trains_each_with_its_ow
     model's parameters only, as PyTorch's step skips a parameter that the backward since
     zero_grad() gave no gradient: a.train_step stepped b's head too, with the gradient b's
     last step left (and its momentum). a's parameters come out as with an optimizer of its
-    own; b's head is left bit for bit; fit's check of the gradients looks at a's only."""
+    own (a check of the subset step's numbers: the old code gave them too, since b's head
+    never feeds a's loss); b's head is left bit for bit (what failed before); fit's check of
+    the gradients looks at a's only (b's NaN gradient stopped it before)."""
     X, y = _data()
     shared = Dense(5, 7, activation="relu", seed=0)
     a = Sequential(shared, Dense(7, 3, seed=1))

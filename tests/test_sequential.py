@@ -588,6 +588,29 @@ def test_a_step_set_on_the_optimizer_object_is_called_by_train_step_and_fit(cls)
         assert_same_bits(a, b)
 
 
+def test_a_step_set_on_the_optimizer_class_is_called_by_train_step(monkeypatch):
+    """The same for a step() set on the class itself (SGD.step = wrapper): the whole-step
+    kernel updated without it (a reviewer's find); every step now calls it."""
+    r = np.random.default_rng(5)
+    X = r.standard_normal((16, 6)).astype(F32)
+    y = r.integers(0, 3, 16)
+    model = Sequential(Dense(6, 8, activation="relu", seed=1), Dense(8, 3, seed=2))
+    opt = SGD(model.parameters(), lr=0.05)
+    for _ in range(2):
+        model.train_step(X, y, "softmax", opt)   # (a compiled step, built, then hot)
+    assert model._hot is not None
+    calls = []
+    real = SGD.step
+
+    def wrapper(self):
+        calls.append(1)
+        real(self)
+    monkeypatch.setattr(SGD, "step", wrapper)
+    for _ in range(3):
+        model.train_step(X, y, "softmax", opt)
+    assert len(calls) == 3
+
+
 def test_mse_float64_targets_same_run_either_way():
     """Targets are converted to the model's dtype on both paths (the whole-step kernel and the
     layer-by-layer path), so a float32 model trains the same way whatever the optimizer class."""

@@ -207,7 +207,8 @@ def _check_cache_arrays(cache, op, name):
                          f"is {chunks!r}")
     xs = cache.x_shape
     if not (isinstance(xs, tuple) and len(xs) >= 1 and xs[0] == n and math.prod(xs[1:]) == d
-            and all(type(v) is int and v >= 0 for v in xs)):
+            and (len(xs) == 2 and type(xs[0]) is int and type(xs[1]) is int   # (x2's own)
+                 or all(type(v) is int and v >= 0 for v in xs))):
         raise ValueError(f"cache is damaged or not from {name}_forward: input shape {xs!r} "
                          f"does not match its flattened input {x2.shape}")
     if op != _ka.IDENTITY:
