@@ -19,6 +19,7 @@ from fastnn_optim cimport RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, 
 cdef object _ndarray = np.ndarray
 cdef object _float32 = np.dtype(np.float32)
 cdef object _intp = np.dtype(np.intp)
+cdef object _intp_type = type(_intp)
 cdef object _signature_matches = _kn.signature_matches
 cdef object _ArraysChanged = _kn.ArraysChanged
 cdef object _InputOverlaps = _kn.InputOverlaps
@@ -90,9 +91,10 @@ cpdef tuple run(compiled, X, y, opt, bint skip_nonfinite=False, bint count=False
         # small network's ~3 us of Python around its step) go in as they are.
         binary = compiled.binary
         n = X.shape[0]
-        if (type(y) is _ndarray and y.dtype is _intp and y.ndim == 1 and y.shape[0] == n
-                and y.flags.c_contiguous):
-            labels = y
+        if (type(y) is _ndarray and (y.dtype is _intp or (type(y.dtype) is _intp_type
+                                                          and y.dtype.isnative))
+                and y.ndim == 1 and y.shape[0] == n and y.flags.c_contiguous):
+            labels = y   # (intp's own dtype object, or pickle.loads's equal copy of it)
         else:
             labels = _int_labels(y, n, binary, "y", "integer labels", binary, binary)
     watch = opt._watch_
@@ -156,9 +158,15 @@ def train_step(model, X, y, loss, optimizer):
     may have moved model._hot meanwhile). An entry holds only an optimizer that passed
     train_step's check, and is valid for that object alone."""
     hot = model._hot
-    if (hot is None or type(X) is not _ndarray or X.shape != hot[1] or X.dtype is not hot[2]
+    if (hot is None or type(X) is not _ndarray or X.shape != hot[1]
             or type(loss) is not hot[0][2] or not X.flags.c_contiguous):
         return None
+    if X.dtype is not hot[2]:
+        # an equal dtype object of X's own (pickle.loads makes one, as multiprocessing passes
+        # batches): a view with the hit's, which the checks below compare by identity
+        if type(X.dtype) is not type(hot[2]) or not X.dtype.isnative or X.dtype != hot[2]:
+            return None
+        X = X.view(hot[2])
     with model._lock:
         layers = model._layers
         if (layers.changed or model._front or dtype_of(layers) is not X.dtype

@@ -856,6 +856,11 @@ class Sequential:
                 else:
                     self._labels(y, given.shape[0], "y" + name[1:], name)   # (X: y, X_val: y_val)
         X = as_float_array(X, name, dtype)
+        if X.dtype is not dtype:
+            # an equal dtype object of X's own (pickle.loads makes one): a view with the
+            # model's, which the compiled step's checks compare by identity (else every step
+            # of such an X took the full path)
+            X = X.view(dtype)
         if X.ndim < 1:
             raise ValueError(f"{name} must have a batch axis, got a scalar")
         if not isinstance(given, np.ndarray):
