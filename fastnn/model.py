@@ -856,7 +856,7 @@ class Sequential:
                 else:
                     self._labels(y, given.shape[0], "y" + name[1:], name)   # (X: y, X_val: y_val)
         X = as_float_array(X, name, dtype)
-        if X.dtype is not dtype:
+        if X.dtype is not dtype and X.dtype == dtype:
             # an equal dtype object of X's own (pickle.loads makes one): a view with the
             # model's, which the compiled step's checks compare by identity (else every step
             # of such an X took the full path)
