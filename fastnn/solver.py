@@ -112,8 +112,10 @@ class Solver:
                             f"{type(model.params).__name__}")
         self.model = model
 
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        if not isinstance(data, collections.abc.Mapping):
+            # (any mapping: the course's Solver only reads data["X_train"] and the others, so
+            # np.load's NpzFile of a saved dataset works there)
+            raise TypeError(f"data must be a dict (or another mapping), got {type(data).__name__}")
         missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
         if missing:
             raise ValueError(f"data is missing {', '.join(missing)}")
@@ -158,8 +160,13 @@ class Solver:
         optim_config = opts["optim_config"]
         if optim_config is None:
             optim_config = {}
+        if not isinstance(optim_config, collections.abc.Mapping):
+            raise TypeError(f"optim_config must be a dict (or another mapping), got "
+                            f"{type(optim_config).__name__}")
         if not isinstance(optim_config, dict):
-            raise TypeError(f"optim_config must be a dict, got {type(optim_config).__name__}")
+            # (a read-only mapping, which each parameter's config is copied from as a dict,
+            # as the course's Solver copies its items)
+            optim_config = dict(optim_config)
         self.optim_config = optim_config
 
         lr_decay = opts["lr_decay"]

@@ -1046,3 +1046,30 @@ def test_a_truncated_checkpoint_leaves_no_file_open(tmp_path):
             load_checkpoint(tmp_path / "ck")
         kept.append(info.value)
     assert open_on_it() == 0
+
+
+def test_data_and_optim_config_may_be_read_only_mappings(tmp_path):
+    """The course's Solver only reads data's four arrays and iterates optim_config's items:
+    np.load's NpzFile of a saved dataset and a MappingProxyType train there, and were refused
+    here as not dicts (a reviewer's find). Either trains as the same data in dicts does."""
+    import types
+    data = _data()
+    np.savez(tmp_path / "d.npz", **data)
+    runs = []
+    for as_mapping in (False, True):
+        np.random.seed(0)
+        model = _model()
+        config = {"learning_rate": 0.1}
+        with np.load(tmp_path / "d.npz") as npz:
+            solver = Solver(model, npz if as_mapping else dict(data), update_rule="sgd",
+                            optim_config=types.MappingProxyType(config) if as_mapping else config,
+                            num_epochs=2, batch_size=10, verbose=False)
+            solver.train()
+        runs.append((solver.loss_history, {k: v.copy() for k, v in model.params.items()}))
+    assert runs[0][0] == runs[1][0]
+    for k in runs[0][1]:
+        assert_same_bits(runs[0][1][k], runs[1][1][k])
+    with pytest.raises(TypeError, match=r"^data must be a dict \(or another mapping\), got list"):
+        Solver(_model(), [data], verbose=False)
+    with pytest.raises(TypeError, match=r"^optim_config must be a dict \(or another mapping\)"):
+        Solver(_model(), data, optim_config=[("learning_rate", 0.1)], verbose=False)
