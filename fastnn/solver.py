@@ -3,7 +3,8 @@
 The keyword arguments and the training schedule are those of the course's Solver, so code
 written for it runs unchanged:
 
-- ``data`` is a dict with ``X_train``, ``y_train``, ``X_val``, ``y_val``;
+- ``data`` is a dict (or another mapping: an ``np.load`` of an .npz) with ``X_train``, ``y_train``,
+  ``X_val``, ``y_val``;
 - ``model`` has a ``params`` dict of arrays and ``loss(X, y=None)`` (scores without labels,
   ``(loss, grads)`` with them), like :class:`fastnn.models.TwoLayerNet`; a model that
   breaks this (scores not of shape (N, C), a gradient missing for a parameter, a loss that
