@@ -117,7 +117,7 @@ def _runners(dims, n, front, torch):
         lossfn = torch.nn.CrossEntropyLoss()
 
         def torch_step():
-            topt.zero_grad(set_to_none=False)
+            topt.zero_grad()   # (PyTorch's default: fastnn.bench's torch step says why)
             inp = tX + STD * torch.randn_like(tX) if front == "noise" else tX
             out = lossfn(tmodel(inp), ty)
             out.backward()
