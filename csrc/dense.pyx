@@ -434,6 +434,21 @@ cdef int _forward_call(const DenseConfig *cfg, int op, const floating *x, const 
 cdef Py_ssize_t _INT32_MAX = 2**31 - 1
 
 
+cdef inline bint _layer_dims(object x, object w, Py_ssize_t *N, Py_ssize_t *D,
+                             Py_ssize_t *M):
+    """The fast paths' shared shape check: x (N, D) and w (D, M), D >= 1, each side at most
+    2**31 - 1; False for any other shapes (the caller declines the call)."""
+    xs = x.shape
+    ws = w.shape
+    if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:
+        return False
+    N[0] = xs[0]
+    D[0] = xs[1]
+    M[0] = ws[1]
+    return (D[0] != 0 and ws[0] == D[0] and N[0] <= _INT32_MAX and D[0] <= _INT32_MAX
+            and M[0] <= _INT32_MAX)
+
+
 def forward_fast(int op, x, w, b, double alpha, int n_threads, int chunks=0):
     """fastnn.functional's common forward, checked and run in compiled code: x (N, D), w (D, M)
     and b (M,) plain C-contiguous ndarrays of one native float dtype, D >= 1, every side at most
@@ -458,16 +473,7 @@ def forward_fast(int op, x, w, b, double alpha, int n_threads, int chunks=0):
     if dt is None or plain_float_dtype(w) is not dt or plain_float_dtype(b) is not dt:
         return None
     f32 = dt is _float32
-    xs = (<object>x).shape
-    ws = (<object>w).shape
-    if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:
-        return None
-    N = xs[0]
-    D = xs[1]
-    M = ws[1]
-    if D == 0 or ws[0] != D or (<object>b).shape != (M,):
-        return None
-    if N > _INT32_MAX or D > _INT32_MAX or M > _INT32_MAX:
+    if not _layer_dims(x, w, &N, &D, &M) or (<object>b).shape != (M,):
         return None
     keep = keeps_pre(op)
     v.held = 0
@@ -632,17 +638,9 @@ def backward_fast(int op, dout, saved, x, w, bint need_dx, double alpha, int n_t
             or (not ident and plain_float_dtype(saved) is not dt)):
         return None
     f32 = dt is _float32
-    xs = (<object>x).shape
-    ws = (<object>w).shape
-    if len(<tuple>xs) != 2 or len(<tuple>ws) != 2:
-        return None
-    N = xs[0]
-    D = xs[1]
-    M = ws[1]
-    if N == 0 or D == 0 or M == 0 or ws[0] != D or (<object>dout).shape != (N, M) or (
-            not ident and (<object>saved).shape != (N, M)):
-        return None
-    if N > _INT32_MAX or D > _INT32_MAX or M > _INT32_MAX:
+    if (not _layer_dims(x, w, &N, &D, &M) or N == 0 or M == 0
+            or (<object>dout).shape != (N, M)
+            or (not ident and (<object>saved).shape != (N, M))):
         return None
     v.held = 0
     try:

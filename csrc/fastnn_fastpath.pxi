@@ -1,6 +1,7 @@
 # The compiled fast paths of fastnn.functional and fastnn.optim (activations.pyx and dense.pyx
-# forward_fast / backward_fast, losses.pyx class_loss_fast, optim.pyx rule_fast), included by
-# those modules after `import numpy as np`. A fast path takes a call only when every array is
+# forward_fast / backward_fast, losses.pyx class_loss_fast, optim.pyx rule_fast) and of
+# train_step's shortcut (stepcall.pyx: the labels' dtype), included by those modules after
+# `import numpy as np`. A fast path takes a call only when every array is
 # already what the kernel reads, so it needs each array's memory, not a typed memoryview: a
 # fused def function with memoryview arguments dispatches on its arguments' types and builds a
 # memoryview for each, which costs about a microsecond a call (bench/NOTES.md, forty-second

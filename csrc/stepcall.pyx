@@ -16,10 +16,7 @@ from fastnn.optimizers import Optimizer as _Optimizer, RMSProp as _RMSProp, SGD 
 from fastnn_losses cimport LOSS_MSE
 from fastnn_optim cimport RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_RMSPROP, RULE_ADAM
 
-cdef object _ndarray = np.ndarray
-cdef object _float32 = np.dtype(np.float32)
-cdef object _intp = np.dtype(np.intp)
-cdef object _intp_type = type(_intp)
+include "fastnn_fastpath.pxi"   # (_ndarray, _float32, plain_intp_dtype)
 cdef object _signature_matches = _kn.signature_matches
 cdef object _ArraysChanged = _kn.ArraysChanged
 cdef object _InputOverlaps = _kn.InputOverlaps
@@ -91,8 +88,7 @@ cpdef tuple run(compiled, X, y, opt, bint skip_nonfinite=False, bint count=False
         # small network's ~3 us of Python around its step) go in as they are.
         binary = compiled.binary
         n = X.shape[0]
-        if (type(y) is _ndarray and (y.dtype is _intp or (type(y.dtype) is _intp_type
-                                                          and y.dtype.isnative))
+        if (type(y) is _ndarray and plain_intp_dtype(y.dtype)
                 and y.ndim == 1 and y.shape[0] == n and y.flags.c_contiguous):
             labels = y   # (intp's own dtype object, or pickle.loads's equal copy of it)
         else:
@@ -172,7 +168,8 @@ def train_step(model, X, y, loss, optimizer):
         if (layers.changed or model._front or dtype_of(layers) is not X.dtype
                 or "step" in getattr(optimizer, "__dict__", ())
                 or type(optimizer).step is not _own_step):
-            # (a step() set on the optimizer object or its class: the layer path calls it)
+            # (a step() set on the optimizer object or its class: the layer path calls it;
+            # fastnn.optimizers.own_step's test, written out here on the step's hot path)
             return None
         if model._hot is hot:
             # (still the hit checked above: hot_entry's checks of X and the loss hold)

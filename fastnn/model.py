@@ -28,7 +28,7 @@ from fastnn._kernels import losses as _kl
 from fastnn._kernels import network as _kn
 from fastnn._kernels import optim as _ko
 from fastnn._kernels import stepcall as _sc
-from fastnn.optimizers import SGD, Adam, Optimizer, RMSProp
+from fastnn.optimizers import SGD, Adam, Optimizer, RMSProp, own_step
 
 __all__ = ["Sequential", "load_model"]
 
@@ -1076,7 +1076,7 @@ class Sequential:
     def _compiled_step(self, X, loss, optimizer):
         """The cached whole-step kernel for this batch, or None when the model, loss or
         optimizer is not one it covers (then the layer-by-layer path runs)."""
-        if "step" in getattr(optimizer, "__dict__", ()) or type(optimizer).step is not Optimizer.step:
+        if not own_step(optimizer):
             # a step() set on the optimizer object itself (a wrapper that clips or logs), or
             # on its class: the kernel would update without calling it; the layer path calls
             # it (the shortcut, stepcall.train_step, declines an object's own step too, and
@@ -1644,8 +1644,7 @@ def _own_part(optimizer, model):
     gradients are not this batch's: as PyTorch's step skips a parameter that the backward
     since zero_grad() gave no gradient, they are left as they are (no update, no momentum,
     no weight decay). None: optimizer.step() updates all it holds."""
-    if (not isinstance(optimizer, Optimizer) or type(optimizer).step is not Optimizer.step
-            or "step" in getattr(optimizer, "__dict__", ())):
+    if not isinstance(optimizer, Optimizer) or not own_step(optimizer):
         return None
     # (the usual case first, without building the model's parameters: every parameter's
     # layer is one of the model's own layers)

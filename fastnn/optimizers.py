@@ -368,6 +368,14 @@ class Optimizer(CheckedSettings):
         raise ValueError(f"{name(j)} shares memory with {name(i)}: each state array must be its own")
 
 
+def own_step(optimizer):
+    """Whether optimizer's step() is Optimizer's own, with no step set on the object or on its
+    class (a wrapper that clips or logs): only then may a model's step run the update
+    without calling it (the whole-step kernel) or update a subset of its parameters
+    (Optimizer._step)."""
+    return type(optimizer).step is Optimizer.step and "step" not in getattr(optimizer, "__dict__", ())
+
+
 class SGD(Optimizer):
     """SGD with optional momentum and Nesterov momentum (the course's formulas)."""
 
