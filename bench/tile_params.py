@@ -38,6 +38,11 @@ csrc/fastnn_dense.pxd); the two this script was written for:
 - ``k_split_pair`` (0: only ``k_split``): a lower bar of the same kind for a product worth two
   tiles on a 2-CPU plan (a value at or above ``k_split`` changes nothing); 784-512-512-10's
   first two layers on 128 rows (``k_split_pair --values 0,1``).
+- ``dw_halves_rows`` (with ``--large``; 0 turns it off) and ``dw_halves_elems``: a weight
+  gradient planned as two row tiles (a 2-CPU plan) over a batch of at least that many rows,
+  and of at most that many elements, runs as two halves of the batch, each thread its own
+  rows (dw_in_halves in csrc/fastnn_dense.pxd); only 784-512-512-10 on 1024 rows has such
+  products here (``dw_halves_rows --values 0,512 --large``).
 
 For each value this times, interleaved and as the median of R rounds, a training step
 (``Sequential.train_step``: forward, loss, backward, SGD update, all in the whole-step kernel)

@@ -32,7 +32,8 @@ from fastnn_dense cimport (DenseConfig, Plan, set_threads_fn, get_threads_fn, bl
                            blas_exit, make_plan, row_plan, forward_plan, forward_ws_elems,
                            chunk_rows, dense_forward_raw, gemm,
                            dense_backward_raw, backward_blocks, bias_rows_per_block,
-                           wslot_elems, dx_tile_bound, dx_scratch_need, dx_direct)
+                           wslot_elems, dx_tile_bound, dx_scratch_need, dx_direct,
+                           dw_in_halves)
 
 include "fastnn_sites.pxi"
 include "fastnn_fastpath.pxi"
@@ -107,6 +108,16 @@ _cfg.k_split = 4.0
 # 1000-300-10 (100) and 256-256-10 (64) 9-10% faster, and the 4096-wide network (its
 # forwards in parts now) the same; 784-512-512-10 (1024) stays below the bar.
 _cfg.k_split_pair = 1.0
+# A weight gradient planned as two row tiles (a 2-CPU plan) runs as two halves of the batch,
+# each thread its own rows of x and of the gradient (dw_in_halves), from 512 rows and up to
+# 2**21 elements of dw. On an Intel Xeon (2 CPUs, AVX-512, bench/NOTES.md, *The weight gradient
+# in halves of the batch*), two threads' sgemm calls after a pass that wrote the gradient's
+# rows half and half, ms: 784 x 512 over 1024 rows 3.10-3.14 as row tiles, 2.86-2.87 in
+# halves; 512 x 512 over 1024 2.21-2.32 / 1.94-1.96; over 512 rows 1.69 / 1.56 and 1.18 /
+# 1.06; over 256 rows no gain (0.83 / 0.80, 0.57 / 0.56); 4096 x 4096 over 256 rows
+# 31.6 / 34.5 and over 1024 114 / 117 (each half adds into the whole of dw once more).
+_cfg.dw_halves_rows = 512
+_cfg.dw_halves_elems = 2097152
 # Thin products cut under the small-matrix kernels' bar (make_plan): set at import where the
 # BLAS has them (fastnn/_blas.py, with thin = 0), else 0. 1e6 multiply-adds: SciPy's OpenBLAS
 # 0.3.30 took a 96 x 10 (inner 1024) call at its small-matrix speed and a 104 x 10 at its
@@ -160,13 +171,15 @@ def tile_params():
                 thin=_cfg.thin, chunk_min_rows=_cfg.chunk_min_rows,
                 chunk_rows_more=_cfg.chunk_rows_more, max_chunks=_cfg.max_chunks,
                 k_split=_cfg.k_split, k_split_pair=_cfg.k_split_pair,
-                max_tile_elems_direct=_cfg.max_tile_elems_direct, small_mnk=_cfg.small_mnk)
+                max_tile_elems_direct=_cfg.max_tile_elems_direct, small_mnk=_cfg.small_mnk,
+                dw_halves_rows=_cfg.dw_halves_rows, dw_halves_elems=_cfg.dw_halves_elems)
 
 
 def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max_tiles=None,
                     serial_flops=None, row_block_elems=None, thin=None, max_tile_elems=None,
                     chunk_min_rows=None, chunk_rows_more=None, max_chunks=None, tile_cores=None,
-                    k_split=None, k_split_pair=None, max_tile_elems_direct=None, small_mnk=None):
+                    k_split=None, k_split_pair=None, max_tile_elems_direct=None, small_mnk=None,
+                    dw_halves_rows=None, dw_halves_elems=None):
     """Tuning hook for bench/ (not public API); tile_cores is also set once at import. Every
     value is checked (finite numbers, ints; a bad one named) before any is set; ints are
     clamped to [their least, 2**30]."""
@@ -175,7 +188,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
                  thin=thin, max_tile_elems=max_tile_elems, chunk_min_rows=chunk_min_rows,
                  chunk_rows_more=chunk_rows_more, max_chunks=max_chunks, tile_cores=tile_cores,
                  k_split=k_split, k_split_pair=k_split_pair,
-                 max_tile_elems_direct=max_tile_elems_direct, small_mnk=small_mnk)
+                 max_tile_elems_direct=max_tile_elems_direct, small_mnk=small_mnk,
+                 dw_halves_rows=dw_halves_rows, dw_halves_elems=dw_halves_elems)
     from fastnn._validation import check_scalar
     v = {}
     for name, value in given.items():
@@ -191,7 +205,8 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
             except TypeError:
                 raise TypeError(f"set_tile_params: {name} must be an int, "
                                 f"got {type(value).__name__}") from None
-            v[name] = min(max(value, 0 if name in ("thin", "chunk_min_rows") else 1), 2**30)
+            v[name] = min(max(value, 0 if name in ("thin", "chunk_min_rows", "dw_halves_rows")
+                              else 1), 2**30)
     if "tile_flops" in v:
         _cfg.tile_flops = max(1.0, v["tile_flops"])
     if "min_tile_rows" in v:
@@ -224,6 +239,10 @@ def set_tile_params(tile_flops=None, min_tile_rows=None, min_tile_cols=None, max
         _cfg.k_split_pair = max(0.0, v["k_split_pair"])
     if "small_mnk" in v:
         _cfg.small_mnk = max(0.0, v["small_mnk"])
+    if "dw_halves_rows" in v:
+        _cfg.dw_halves_rows = v["dw_halves_rows"]
+    if "dw_halves_elems" in v:
+        _cfg.dw_halves_elems = v["dw_halves_elems"]
 
 
 def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=False,
@@ -237,6 +256,14 @@ def plan(Py_ssize_t r, Py_ssize_t c, Py_ssize_t k, bint dx=False, bint batch=Fal
     cdef Py_ssize_t ch = chunk_rows(&cfg, r, c, k) if (batch or dx) else 0
     cdef Plan p = make_plan(&cfg, r, c, k, cfg.max_tile_elems if dx else 0, ch, not dx)
     return (p.tr, p.tc, p.nr, p.nc)
+
+
+def dw_halves_of(Py_ssize_t N, Py_ssize_t D, Py_ssize_t M, bint chunks=True):
+    """Whether the weight gradient of a layer N x D -> M runs in halves of the batch
+    (dw_in_halves; chunks as in plan). For tests."""
+    cdef DenseConfig cfg = _snapshot(chunks)
+    cdef Plan pw = make_plan(&cfg, D, M, N)
+    return bool(dw_in_halves(&cfg, pw, chunk_rows(&cfg, N, D, M), N, D, M))
 
 
 def forward_plan_of(Py_ssize_t N, Py_ssize_t M, Py_ssize_t D, bint chunks=True):

@@ -405,6 +405,62 @@ def test_thin_products_under_the_small_matrix_bar_match_reference(name, dtype, r
     assert_thread_invariant(lambda: (sw.fwd(x, w, b, alpha)[0],) + tuple(sw.bwd(dout, sw.fwd(x, w, b, alpha)[1])))
 
 
+# A weight gradient worth two row tiles on a 2-CPU plan, over a batch of at least
+# dw_halves_rows rows: computed in halves of the batch (odd: halves of 300 and 301 rows)
+HALVES = ((601, 200), 96)
+
+
+def test_weight_gradient_in_halves_of_the_batch_plan(two_core_tiles):
+    """dw_in_halves: a weight gradient planned as exactly two row tiles runs in halves of the
+    batch from dw_halves_rows rows and up to dw_halves_elems elements, in fastnn.functional
+    and in the layer API alike; not below either bar, nor with dw_halves_rows = 0, nor as two
+    column tiles, nor on a 4-CPU plan (four tiles), nor for a 10-output layer."""
+    _kd = two_core_tiles
+    p = _kd.tile_params()
+    (n, d), m = HALVES
+    assert _kd.plan(d, m, n)[2:] == (2, 1) and n >= p["dw_halves_rows"] > 0
+    assert _kd.dw_halves_of(n, d, m) and _kd.dw_halves_of(n, d, m, chunks=False)
+    assert _kd.dw_halves_of(1024, 784, 512) and _kd.dw_halves_of(1024, 512, 512)
+    assert not _kd.dw_halves_of(128, 784, 512)   # (784-512-512-10's batch of 128)
+    assert not _kd.dw_halves_of(p["dw_halves_rows"] - 1, d, m)
+    assert _kd.plan(m, d, n)[2:] == (1, 2) and not _kd.dw_halves_of(n, m, d)
+    _kd.set_tile_params(small_mnk=0)   # (else the small-matrix cut takes this one first)
+    assert _kd.plan(512, 10, 1024)[2:] == (2, 1) and not _kd.dw_halves_of(1024, 512, 10)
+    _kd.set_tile_params(small_mnk=p["small_mnk"])
+    assert _kd.plan(2048, 1100, 512)[2:] == (2, 1) and not _kd.dw_halves_of(512, 2048, 1100)
+    _kd.set_tile_params(dw_halves_elems=d * m - 1)
+    assert not _kd.dw_halves_of(n, d, m)
+    _kd.set_tile_params(dw_halves_elems=d * m, dw_halves_rows=0)
+    assert not _kd.dw_halves_of(n, d, m)
+    _kd.set_tile_params(dw_halves_rows=p["dw_halves_rows"], dw_halves_elems=p["dw_halves_elems"],
+                        tile_cores=4)
+    assert np.prod(_kd.plan(784, 512, 1024)[2:]) == 4 and not _kd.dw_halves_of(1024, 784, 512)
+    _kd.set_tile_params(tile_cores=2)
+    assert _kd.dw_halves_of(1024, 784, 512)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", SANDWICH_NAMES)
+def test_weight_gradient_in_halves_matches_reference(name, dtype, rng, two_core_tiles):
+    """A weight gradient in halves of the batch: forward and backward against the reference,
+    the backward the same bits on 1, 2 and 3 threads, its dw within rounding of (but not the
+    same as) the two row tiles' (dw_halves_rows = 0), and dx and db the same bits as there."""
+    _kd = two_core_tiles
+    (n, d), m = HALVES
+    assert _kd.dw_halves_of(n, d, m, chunks=False)
+    sw, (x, w, b, dout, alpha), _, grads = check_against_reference(name, dtype, HALVES, rng)
+    _, cache = sw.fwd(x, w, b, alpha)
+    assert_thread_invariant(lambda: tuple(sw.bwd(dout, cache)))
+    _kd.set_tile_params(dw_halves_rows=0)
+    tiles = sw.bwd(dout, cache)
+    dw, dw_tiles = grads[1].astype(np.float64), tiles[1]
+    scale = np.abs(x).T.astype(np.float64) @ np.abs(dout).astype(np.float64)
+    assert np.all(np.abs(dw - dw_tiles) <= 8 * n * np.finfo(dtype).eps * scale)
+    assert not np.array_equal(grads[1], tiles[1])   # the halves did run: other sums
+    for i in [0] + list(range(2, len(grads))):
+        assert_same_bits(grads[i], tiles[i])
+
+
 # (x shape, M) at the edges of the parts: one row, one output (the gemv path), a depth just
 # above the first part's 16 (kd = 16, the second part one deep), depths 2 and 3 (kd = 1 and 2)
 DEEP_EDGES = [((1, 40), 3), ((5, 37), 1), ((3, 17), 2), ((1, 2), 1), ((2, 3), 1), ((4, 2, 9), 2)]
