@@ -795,7 +795,8 @@ cdef inline void dw_half_task(Plan pw, int phase, Py_ssize_t t, Py_ssize_t N, Py
     product over the batch's half t (rows [0, N // 2) of x and g, or [N // 2, N)) for one of
     dw's two row blocks (pw's row tiles): in phase 0 block 1 - t (written), in phase 1
     block t (added). Every element of dw is thus the sum of the two halves' products in a
-    fixed order (block 0: half 1's, then half 0's added; block 1: half 0's, then half 1's),
+    fixed order (block 0: half 1's, then half 0's added; block 1: half 0's, then half 1's;
+    the order shows in the bits where a half spans several of the BLAS's inner blocks),
     and a thread that runs task t of both phases reads only its half of the batch and ends
     holding block t, the rows its share of the update covers (update_raw is static)."""
     cdef Py_ssize_t h = N // 2

@@ -1157,16 +1157,24 @@ def test_step_kernel_with_a_layer_in_parts_for_two_tiles(dtype, two_core_tiles):
         assert_same_bits(a, b)
 
 
+# On a 2-CPU plan, 601 rows: the first layer's weight gradient in halves of the batch (a layer
+# without dx), or the second's (whose dx the layer path computes in the same call)
+HALVES_NETS = {"first": (601, (200, 96, 10), 0), "hidden": (601, (200, 256, 96, 10), 1)}
+
+
+@pytest.mark.parametrize("net", list(HALVES_NETS))
 @pytest.mark.parametrize("hidden", ["relu", "tanh"])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
-def test_step_kernel_with_a_weight_gradient_in_halves(dtype, hidden, two_core_tiles):
-    """On a 2-CPU plan the first layer of a 200-96-10 network on 601 rows computes its weight
-    gradient in halves of the batch (dw_in_halves): the whole-step kernel the same for 1, 2,
-    3 and 16 threads and the same bits as the layer path, and other bits than with
-    dw_halves_rows = 0 (its row tiles), for which the same holds."""
+def test_step_kernel_with_a_weight_gradient_in_halves(dtype, hidden, net, two_core_tiles):
+    """One layer of the network computes its weight gradient in halves of the batch
+    (dw_in_halves; the others do not): the whole-step kernel the same for 1, 2, 3 and 16
+    threads and the same bits as the layer path (where the hidden layer's call also computes
+    its dx), and that layer's weights in other bits than with dw_halves_rows = 0 (its row
+    tiles), for which the same holds."""
     _kd = two_core_tiles
-    n, widths = 601, (200, 96, 10)
-    assert _kd.dw_halves_of(n, widths[0], widths[1]) and not _kd.dw_halves_of(n, *widths[1:])
+    n, widths, at = HALVES_NETS[net]
+    assert [_kd.dw_halves_of(n, a, b) for a, b in zip(widths[:-1], widths[1:])] == [
+        i == at for i in range(len(widths) - 1)]
     runs = []
     for rows in (_kd.tile_params()["dw_halves_rows"], 0):
         _kd.set_tile_params(dw_halves_rows=rows)
@@ -1175,7 +1183,7 @@ def test_step_kernel_with_a_weight_gradient_in_halves(dtype, hidden, two_core_ti
         _kernel_against_layer_path(hidden, n, widths, dtype, seed=3)
     (halves_losses, halves_params), (tile_losses, tile_params) = runs
     np.testing.assert_allclose(halves_losses, tile_losses, rtol=1e-4 if dtype == F32 else 1e-12)
-    assert not np.array_equal(halves_params[0], tile_params[0])   # W of the first layer
+    assert not np.array_equal(halves_params[2 * at], tile_params[2 * at])   # that layer's W
 
 
 def test_dx_tiles_over_a_layer_that_takes_them_straight_in_are_bounded_higher(two_core_tiles):
