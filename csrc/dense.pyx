@@ -112,10 +112,11 @@ _cfg.k_split_pair = 1.0
 # each thread its own rows of x and of the gradient (dw_in_halves), from 512 rows and up to
 # 2**21 elements of dw. On an Intel Xeon (2 CPUs, AVX-512, bench/NOTES.md, *The weight gradient
 # in halves of the batch*), two threads' sgemm calls after a pass that wrote the gradient's
-# rows half and half, ms: 784 x 512 over 1024 rows 3.10-3.14 as row tiles, 2.86-2.87 in
-# halves; 512 x 512 over 1024 2.21-2.32 / 1.94-1.96; over 512 rows 1.69 / 1.56 and 1.18 /
-# 1.06; over 256 rows no gain (0.83 / 0.80, 0.57 / 0.56); 4096 x 4096 over 256 rows
-# 31.6 / 34.5 and over 1024 114 / 117 (each half adds into the whole of dw once more).
+# rows half and half, row tiles / halves in ms (the same runs): 784 x 512 over 1024 rows
+# 3.31-3.56 / 3.09-3.21, 512 x 512 over 1024 2.31-2.37 / 2.12-2.18, over 512 rows 1.69 / 1.56
+# and 1.18 / 1.06; over 256 rows no gain (0.83 / 0.80, 0.57 / 0.56); 4096 x 4096 over 256
+# rows 31.6 / 34.5 and over 1024 114 / 117 (each half adds into the whole of dw once more).
+# The layer API's 784-512-512-10 (1024) step 13.79 -> 13.43 ms (bench/tile_params.py).
 _cfg.dw_halves_rows = 512
 _cfg.dw_halves_elems = 2097152
 # Thin products cut under the small-matrix kernels' bar (make_plan): set at import where the
