@@ -1417,7 +1417,8 @@ def test_dout_errors(base, rng):
 @pytest.mark.parametrize("bad,exc", [
     ({"max_tiles": 1.5}, TypeError), ({"tile_flops": float("nan")}, ValueError),
     ({"serial_flops": "abc"}, TypeError), ({"k_split": float("inf")}, ValueError), ({"k_split_pair": float("nan")}, ValueError), ({"small_mnk": float("inf")}, ValueError), ({"max_tile_elems_direct": 2.5}, TypeError),
-    ({"thin": True}, TypeError),
+    ({"thin": True}, TypeError), ({"dw_halves_rows": 512.0}, TypeError),
+    ({"dw_halves_elems": "big"}, TypeError),
 ])
 def test_set_tile_params_checks_everything_before_setting_anything(bad, exc):
     """The tuning hook refuses a bad value by name and sets none of the values of that call
