@@ -160,7 +160,10 @@ def test_dense_nonfinite_propagates_like_numpy(spec, data):
     computation dtype, has them. (The dtype matters: in float32 a gradient term can underflow to
     0, and then inf * 0 is NaN where float64 would give an infinity.)"""
     inp = _dense_inputs(data, spec, nonfinite=True)
-    out = spec.run(inp)  # (inputs are checked for writes in the finite property)
+    before = {k: v.copy() for k, v in inp.items() if isinstance(v, np.ndarray)}
+    out = spec.run(inp)
+    for k, v in before.items():   # (NaN and infinities in x: compared bit for bit)
+        assert inp[k].tobytes() == v.tobytes(), f"{spec} changed its input {k}"
     dt = np.result_type(inp["x"].dtype, inp["w"].dtype, inp["b"].dtype)
     x, w, b, dout = (np.asarray(inp[k], dtype=dt) for k in ("x", "w", "b", "dout"))
     from fastnn.reference import dense as RD
