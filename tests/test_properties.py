@@ -28,16 +28,20 @@ from kernel_specs import (CHUNKED_DENSE, DENSE, ELEMENTWISE, LOSSES, OPTIM, Dens
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def run_unwritten(spec, inp):
+    """spec.run(inp), checking that no input array was written (bit for bit: NaN payloads
+    and signed zeros too)."""
+    before = {k: v.copy() for k, v in inp.items() if isinstance(v, np.ndarray)}
+    out = spec.run(inp)
+    for k, v in before.items():
+        assert_same_bits(inp[k], v, what=f"{spec}: input {k} was modified")
+    return out
+
+
 def run_and_check(spec, inp):
     """Run fastnn (on copies for the update rules, which write w and their state in place),
     check that no other input was written, and compare with the reference."""
-    if spec.family == "optim":
-        out = spec.run(fresh(inp))
-    else:
-        before = {k: v.copy() for k, v in inp.items() if isinstance(v, np.ndarray)}
-        out = spec.run(inp)
-        for k, v in before.items():
-            assert_same_bits(inp[k], v, what=f"{spec}: input {k} was modified")
+    out = spec.run(fresh(inp)) if spec.family == "optim" else run_unwritten(spec, inp)
     spec.check(inp, out)
     return out
 
@@ -160,10 +164,7 @@ def test_dense_nonfinite_propagates_like_numpy(spec, data):
     computation dtype, has them. (The dtype matters: in float32 a gradient term can underflow to
     0, and then inf * 0 is NaN where float64 would give an infinity.)"""
     inp = _dense_inputs(data, spec, nonfinite=True)
-    before = {k: v.copy() for k, v in inp.items() if isinstance(v, np.ndarray)}
-    out = spec.run(inp)
-    for k, v in before.items():   # (NaN and infinities in x: compared bit for bit)
-        assert inp[k].tobytes() == v.tobytes(), f"{spec} changed its input {k}"
+    out = run_unwritten(spec, inp)
     dt = np.result_type(inp["x"].dtype, inp["w"].dtype, inp["b"].dtype)
     x, w, b, dout = (np.asarray(inp[k], dtype=dt) for k in ("x", "w", "b", "dout"))
     from fastnn.reference import dense as RD
