@@ -649,18 +649,25 @@ def test_predict_beside_a_layer_path_training_step_leaves_the_step_alone():
         for trial in range(4):
             model = make()
             opt = SGD(model.parameters(), lr=0.05)
-            stop, errors, calls = threading.Event(), [], [0]
+            stop, first, errors, calls = threading.Event(), threading.Event(), [], [0]
 
             def predicting():
                 try:
                     while not stop.is_set():
                         model.predict(Xp)
                         calls[0] += 1
+                        first.set()
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
+                finally:
+                    first.set()
 
             t = threading.Thread(target=predicting)
             t.start()
+            # (the training starts once the predicting thread has made a call, so that it runs
+            # on a busy machine too: with the 4 steps started at once, a CI run's predicting
+            # thread once made no call before they were done)
+            first.wait(60)
             try:
                 losses = [model.train_step(_XA, _YA, "softmax", opt) for _ in range(4)]
             finally:
