@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -81,11 +80,13 @@ import numpy as np
 import fastnn.model
 from fastnn import Dense, Sequential
 
-path = sys.argv[1]
+path, want = sys.argv[1], int(sys.argv[2])
 real_write = fastnn.model.write_npz
+written = [0]
 
 class Slow:
-    # a file that takes its time: the parent kills this process in the middle of the write
+    # a file that stops in the middle of the write, once `want` bytes are written, and waits
+    # there for the parent's kill (so the kill lands mid-write however busy the machine is)
     def __init__(self, f):
         self.f = f
     def write(self, b):
@@ -93,7 +94,10 @@ class Slow:
         for i in range(0, len(mv), 1 << 16):
             self.f.write(mv[i:i + (1 << 16)])
             self.f.flush()
-            time.sleep(0.002)
+            written[0] += len(mv[i:i + (1 << 16)])
+            if written[0] >= want:
+                print("reached", flush=True)
+                time.sleep(600)
         return len(mv)
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -120,23 +124,19 @@ def test_killed_mid_write_leaves_the_old_model(tmp_path, saved, when):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    want = {"early": 1, "middle": 2_000_000, "late": 5_000_000}[when]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(path), str(want)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "saving"
-        want = {"early": 1, "middle": 2_000_000, "late": 5_000_000}[when]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            # bytes written so far: to a temporary file, or (a non-atomic save) to the target
-            sizes = [os.path.getsize(tmp_path / t) for t in _temp_files(tmp_path) if (tmp_path / t).exists()]
-            if path.exists() and path.stat().st_size != len(original):
-                sizes.append(path.stat().st_size)
-            if max(sizes, default=-1) >= want:
-                break
-            assert proc.poll() is None, "the save finished before it could be interrupted"
-            time.sleep(0.001)
-        else:
-            raise AssertionError("the temporary file never grew")
+        # the child stops once it has written `want` bytes (of a ~6 MB model) and waits to be
+        # killed; "saved" here would be a save that wrote less than that
+        assert proc.stdout.readline().strip() == "reached", "the save finished before it could be interrupted"
+        # bytes written so far: to a temporary file, or (a non-atomic save) to the target
+        sizes = [os.path.getsize(tmp_path / t) for t in _temp_files(tmp_path) if (tmp_path / t).exists()]
+        if path.exists() and path.stat().st_size != len(original):
+            sizes.append(path.stat().st_size)
+        assert max(sizes, default=-1) >= want, "no file of the save grew"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
