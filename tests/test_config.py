@@ -1394,8 +1394,10 @@ _FORK_BUSY = """
     threads = [threading.Thread(target=products), threading.Thread(target=training)]
     for t in threads:
         t.start()
-    tries, result = 0, None
-    while tries < 200 and result is None:
+    # (bounded by time, not by a count of tries: on a busy machine the two threads may take a
+    # while to start their first product and step)
+    deadline, tries, result = time.monotonic() + 30, 0, None
+    while result is None and time.monotonic() < deadline:
         tries += 1
         if _kd.blas_users() == 0 or model._lock.acquire(blocking=False):
             if model._lock._is_owned():
