@@ -159,21 +159,27 @@ N_PY_THREADS = 8
 
 def _run_concurrently(work, n=N_PY_THREADS, rounds=1, duration=0.1):
     """Run work(i) on n Python threads released together, each repeating its call for at least
-    ``duration`` seconds; returns, per round, the list of every thread's results (a list of
-    results per thread). Exceptions are re-raised; the threads must have overlapped in time."""
+    ``duration`` seconds and until every thread has started (up to 60 s), so that on a busy
+    machine too they overlap in time; returns, per round, the list of every thread's results
+    (a list of results per thread). Exceptions are re-raised; the threads must have
+    overlapped in time."""
     all_rounds = []
     for _ in range(rounds):
         barrier = threading.Barrier(n)
         results = [None] * n
         spans = [None] * n
         errors = []
+        started, lock = [0], threading.Lock()
 
         def target(i):
             try:
                 barrier.wait()
                 t0 = time.perf_counter()
+                with lock:
+                    started[0] += 1
                 mine = [work(i)]
-                while time.perf_counter() - t0 < duration:
+                while (time.perf_counter() - t0 < duration
+                       or (started[0] < n and time.perf_counter() - t0 < 60)):
                     mine.append(work(i))
                 results[i] = mine
                 spans[i] = (t0, time.perf_counter())
