@@ -92,9 +92,10 @@ class Slow:
     def write(self, b):
         mv = memoryview(b)
         for i in range(0, len(mv), 1 << 16):
-            self.f.write(mv[i:i + (1 << 16)])
+            piece = mv[i:i + (1 << 16)]
+            self.f.write(piece)
             self.f.flush()
-            written[0] += len(mv[i:i + (1 << 16)])
+            written[0] += len(piece)
             if written[0] >= want:
                 print("reached", flush=True)
                 time.sleep(600)
